@@ -1,0 +1,10 @@
+//! Client-side sub-commands of `quarry` that talk to a running node over the
+//! PostgreSQL wire protocol, like any other client.
+//!
+//! Layering: depends on no other Quarry crate; uses tokio-postgres only, so what it
+//! does is exactly what an external client could do.
+//!
+//! - [`tpch`]: `quarry load tpch`, the TPC-H sample data through COPY.
+#![deny(missing_docs)]
+
+pub mod tpch;

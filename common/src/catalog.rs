@@ -1,0 +1,353 @@
+//! The catalog model: what Raft replicates about schemas, tables and their data.
+//!
+//! A table's data is a set of immutable data files (Parquet, one per chunk). Each
+//! commit creates a table snapshot; a file belongs to every snapshot from the one
+//! that added it up to (not including) the one that removed it. That keeps each
+//! file recorded once however long the history, in the manner of Iceberg manifests.
+//!
+//! Ids ([`SchemaId`], [`TableId`], [`SnapshotId`]) come from one catalog-wide
+//! sequence, so snapshot ids increase with commit order across all tables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Id of a schema (namespace of tables).
+pub type SchemaId = u64;
+/// Id of a table; stays the same across renames.
+pub type TableId = u64;
+/// Id of a table snapshot; increases with commit order, catalog-wide.
+pub type SnapshotId = u64;
+/// Id of a column within its table; never reused, so renames and drops never
+/// rewrite data files (Iceberg's field ids).
+pub type FieldId = u32;
+/// Microseconds since the Unix epoch (UTC).
+pub type TimestampMicros = i64;
+
+/// Name of the schema a new database starts with, as in PostgreSQL.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Id of a chunk: a 128-bit random id (UUID v7, so ids sort by creation time).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkId(pub u128);
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+impl std::str::FromStr for ChunkId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(ChunkId)
+    }
+}
+
+/// A column's type. Each maps to one Arrow type (see `quarry-exec`) and one
+/// PostgreSQL type OID on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnType {
+    /// BOOLEAN.
+    Boolean,
+    /// SMALLINT (int2).
+    Int16,
+    /// INTEGER (int4).
+    Int32,
+    /// BIGINT (int8).
+    Int64,
+    /// REAL (float4).
+    Float32,
+    /// DOUBLE PRECISION (float8).
+    Float64,
+    /// NUMERIC(precision, scale), precision 1..=38.
+    Decimal {
+        /// Total number of decimal digits, 1..=38.
+        precision: u8,
+        /// Digits after the decimal point, 0..=precision.
+        scale: i8,
+    },
+    /// TEXT, VARCHAR, CHAR and JSON (stored as text).
+    Text,
+    /// DATE: days since 1970-01-01.
+    Date,
+    /// TIMESTAMP (without time zone), microsecond precision.
+    Timestamp,
+    /// TIMESTAMPTZ, microsecond precision, stored as UTC.
+    TimestampTz,
+    /// BYTEA.
+    Bytea,
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Int16 => f.write_str("smallint"),
+            ColumnType::Int32 => f.write_str("integer"),
+            ColumnType::Int64 => f.write_str("bigint"),
+            ColumnType::Float32 => f.write_str("real"),
+            ColumnType::Float64 => f.write_str("double precision"),
+            ColumnType::Decimal { precision, scale } => write!(f, "numeric({precision},{scale})"),
+            ColumnType::Text => f.write_str("text"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp without time zone"),
+            ColumnType::TimestampTz => f.write_str("timestamp with time zone"),
+            ColumnType::Bytea => f.write_str("bytea"),
+        }
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    /// Stable id, written into data files as the Parquet field id.
+    pub field_id: FieldId,
+    /// Current name (lower case unless created quoted).
+    pub name: String,
+    /// Value type.
+    pub column_type: ColumnType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A single value in a zone map (min or max of a column in one data file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Datum {
+    /// BOOLEAN.
+    Boolean(bool),
+    /// Any integer type, widened.
+    Int(i64),
+    /// REAL or DOUBLE PRECISION, widened.
+    Float(f64),
+    /// NUMERIC as its unscaled 128-bit integer (scale from the column type).
+    Decimal(i128),
+    /// TEXT: the exact min or max.
+    Text(String),
+    /// DATE in days since the epoch.
+    Date(i32),
+    /// TIMESTAMP or TIMESTAMPTZ in microseconds since the epoch.
+    Timestamp(TimestampMicros),
+    /// BYTEA.
+    Bytes(Vec<u8>),
+}
+
+/// Statistics of one column in one data file, used to skip files (zone maps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    /// The column's field id.
+    pub field_id: FieldId,
+    /// Number of NULL values.
+    pub null_count: u64,
+    /// Smallest non-null value, if known.
+    pub min: Option<Datum>,
+    /// Largest non-null value, if known.
+    pub max: Option<Datum>,
+}
+
+/// An immutable Parquet data file, stored as one chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// The chunk that holds the file's bytes.
+    pub chunk: ChunkId,
+    /// Length of the file in bytes.
+    pub size_bytes: u64,
+    /// CRC-32C (Castagnoli) of the whole file, verified on every read.
+    pub checksum_crc32c: u32,
+    /// Number of rows in the file.
+    pub row_count: u64,
+    /// Zone map per column, in column order at write time.
+    pub column_stats: Vec<ColumnStats>,
+}
+
+/// A data file and the snapshots it belongs to: `added_in <= s < removed_in`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// The file.
+    pub file: DataFile,
+    /// The snapshot that added the file.
+    pub added_in: SnapshotId,
+    /// The snapshot that removed it, if any.
+    pub removed_in: Option<SnapshotId>,
+}
+
+/// What a commit did, shown in snapshot history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// CREATE TABLE (possibly with the rows of CREATE TABLE AS).
+    Create,
+    /// INSERT or COPY: files added, none removed.
+    Append,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::Create => f.write_str("create"),
+            Operation::Append => f.write_str("append"),
+        }
+    }
+}
+
+/// One commit of a table: the state of its data at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSnapshot {
+    /// Snapshot id.
+    pub id: SnapshotId,
+    /// When the commit was applied (leader's clock, strictly increasing).
+    pub committed_at: TimestampMicros,
+    /// What the commit did.
+    pub operation: Operation,
+    /// Rows in the table at this snapshot.
+    pub row_count: u64,
+    /// Rows the commit added.
+    pub rows_added: u64,
+}
+
+/// A table: its columns, its snapshot history and the data files of that history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    /// Table id.
+    pub id: TableId,
+    /// Name of the schema it lives in.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in order.
+    pub columns: Vec<Column>,
+    /// Next unused field id.
+    pub next_field_id: FieldId,
+    /// Snapshots, oldest first; never empty (creation makes the first).
+    pub snapshots: Vec<TableSnapshot>,
+    /// Every data file of any snapshot in `snapshots`.
+    pub files: Vec<FileEntry>,
+}
+
+impl Table {
+    /// The newest snapshot.
+    pub fn current_snapshot(&self) -> &TableSnapshot {
+        self.snapshots
+            .last()
+            .expect("a table always has its creation snapshot")
+    }
+
+    /// The snapshot that was current at `at`, or None if the table did not exist yet.
+    pub fn snapshot_as_of(&self, at: TimestampMicros) -> Option<&TableSnapshot> {
+        let newer = self.snapshots.partition_point(|s| s.committed_at <= at);
+        newer.checked_sub(1).map(|i| &self.snapshots[i])
+    }
+
+    /// The data files of snapshot `id`.
+    pub fn files_at(&self, id: SnapshotId) -> impl Iterator<Item = &DataFile> {
+        self.files
+            .iter()
+            .filter(move |e| e.added_in <= id && e.removed_in.is_none_or(|r| id < r))
+            .map(|e| &e.file)
+    }
+
+    /// The column named `name`.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// The whole catalog: what the Raft state machine holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Schemas by name.
+    pub schemas: BTreeMap<String, SchemaId>,
+    /// Tables by (schema, name).
+    pub tables: BTreeMap<(String, String), Arc<Table>>,
+    /// Next unused id for schemas, tables and snapshots.
+    pub next_id: u64,
+    /// Commit time of the newest commit; commit times strictly increase.
+    pub last_commit_at: TimestampMicros,
+}
+
+impl Catalog {
+    /// The table `schema.name`.
+    pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
+        self.tables.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// Tables of `schema`, by name.
+    pub fn tables_in<'a>(&'a self, schema: &'a str) -> impl Iterator<Item = &'a Arc<Table>> {
+        self.tables
+            .range((schema.to_owned(), String::new())..)
+            .take_while(move |((s, _), _)| s == schema)
+            .map(|(_, t)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: SnapshotId, committed_at: TimestampMicros) -> TableSnapshot {
+        TableSnapshot {
+            id,
+            committed_at,
+            operation: Operation::Append,
+            row_count: 0,
+            rows_added: 0,
+        }
+    }
+
+    fn file(chunk: u128, added_in: SnapshotId, removed_in: Option<SnapshotId>) -> FileEntry {
+        FileEntry {
+            file: DataFile {
+                chunk: ChunkId(chunk),
+                size_bytes: 1,
+                checksum_crc32c: 0,
+                row_count: 1,
+                column_stats: vec![],
+            },
+            added_in,
+            removed_in,
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            id: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![],
+            next_field_id: 1,
+            snapshots: vec![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
+            files: vec![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
+        }
+    }
+
+    #[test]
+    fn snapshot_as_of_picks_the_newest_commit_not_after_the_instant() {
+        let t = table();
+        assert_eq!(t.snapshot_as_of(99), None);
+        assert_eq!(t.snapshot_as_of(100).map(|s| s.id), Some(2));
+        assert_eq!(t.snapshot_as_of(250).map(|s| s.id), Some(5));
+        assert_eq!(t.snapshot_as_of(i64::MAX).map(|s| s.id), Some(9));
+    }
+
+    #[test]
+    fn files_at_honours_added_and_removed_bounds() {
+        let t = table();
+        let chunks = |id| t.files_at(id).map(|f| f.chunk.0).collect::<Vec<_>>();
+        assert_eq!(chunks(2), vec![1]);
+        assert_eq!(chunks(5), vec![1, 2]);
+        assert_eq!(chunks(9), vec![1, 3]);
+    }
+
+    #[test]
+    fn chunk_id_round_trips_through_hex() {
+        let id = ChunkId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(id.to_string().parse::<ChunkId>().ok(), Some(id));
+    }
+}

@@ -1,0 +1,20 @@
+//! Quarry's shared vocabulary.
+//!
+//! Layering: this crate depends on nothing of Quarry's and holds no I/O. Every other
+//! crate (`storage`, `raft`, `exec`, `node`) speaks these types:
+//!
+//! ```text
+//!   common ──► storage ──┐
+//!      │                 ├──► exec ──► node (the `quarry` binary)
+//!      └────► raft ──────┘
+//! ```
+//!
+//! - [`catalog`]: the catalog model that Raft replicates (schemas, tables, columns
+//!   with field ids, data files, table snapshots with zone maps).
+//! - [`sqlstate`]: PostgreSQL SQLSTATE codes, the error classes clients see.
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod sqlstate;
+
+pub use sqlstate::SqlState;

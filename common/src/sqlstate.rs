@@ -1,0 +1,97 @@
+//! PostgreSQL error codes (SQLSTATE), as listed in the PostgreSQL documentation,
+//! Appendix A "PostgreSQL Error Codes".
+
+/// A five-character SQLSTATE error code sent to clients in every error response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState(&'static str);
+
+impl SqlState {
+    /// 0A000 feature_not_supported.
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// 08P01 protocol_violation.
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    /// 22000 data_exception.
+    pub const DATA_EXCEPTION: SqlState = SqlState("22000");
+    /// 22003 numeric_value_out_of_range.
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    /// 22007 invalid_datetime_format.
+    pub const INVALID_DATETIME_FORMAT: SqlState = SqlState("22007");
+    /// 22012 division_by_zero.
+    pub const DIVISION_BY_ZERO: SqlState = SqlState("22012");
+    /// 22023 invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 22P02 invalid_text_representation: a value that does not parse as its type.
+    pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    /// 22P04 bad_copy_file_format.
+    pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
+    /// 23502 not_null_violation.
+    pub const NOT_NULL_VIOLATION: SqlState = SqlState("23502");
+    /// 25001 active_sql_transaction.
+    pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    /// 40001 serialization_failure: retry the transaction.
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+    /// 42000 syntax_error_or_access_rule_violation (class).
+    pub const SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION: SqlState = SqlState("42000");
+    /// 42601 syntax_error.
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// 42703 undefined_column.
+    pub const UNDEFINED_COLUMN: SqlState = SqlState("42703");
+    /// 42704 undefined_object (an unknown type, setting or object).
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// 42804 datatype_mismatch.
+    pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
+    /// 42883 undefined_function.
+    pub const UNDEFINED_FUNCTION: SqlState = SqlState("42883");
+    /// 42P01 undefined_table.
+    pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
+    /// 42P06 duplicate_schema.
+    pub const DUPLICATE_SCHEMA: SqlState = SqlState("42P06");
+    /// 42P07 duplicate_table.
+    pub const DUPLICATE_TABLE: SqlState = SqlState("42P07");
+    /// 42701 duplicate_column.
+    pub const DUPLICATE_COLUMN: SqlState = SqlState("42701");
+    /// 3F000 invalid_schema_name: the schema does not exist.
+    pub const INVALID_SCHEMA_NAME: SqlState = SqlState("3F000");
+    /// 2BP01 dependent_objects_still_exist.
+    pub const DEPENDENT_OBJECTS_STILL_EXIST: SqlState = SqlState("2BP01");
+    /// 53200 out_of_memory.
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    /// 57014 query_canceled.
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// 57P01 admin_shutdown.
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// 58030 io_error.
+    pub const IO_ERROR: SqlState = SqlState("58030");
+    /// XX000 internal_error: a bug; the message says what broke.
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+    /// XX001 data_corrupted: stored data failed its checksum or is missing.
+    pub const DATA_CORRUPTED: SqlState = SqlState("XX001");
+
+    /// The five-character code.
+    pub fn code(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SqlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_five_characters() {
+        for state in [
+            SqlState::SYNTAX_ERROR,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::DATA_CORRUPTED,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+        ] {
+            assert_eq!(state.code().len(), 5, "{state}");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Writing data files: Arrow batches → Parquet (zstd, page statistics, page index)
+//! → chunks → [`DataFile`] records with zone maps, collected in a [`WriteSet`]
+//! until the statement commits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::Accumulator;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use quarry_common::SqlState;
+use quarry_common::catalog::{ColumnStats, ColumnType, DataFile, Datum, Table, TableId};
+use quarry_storage::ChunkStore;
+
+use crate::error::{Error, Result};
+use crate::types::file_schema;
+
+/// Rows per Parquet row group: the unit of row-group pruning and of parallel reads.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per data file: a file is one chunk and one unit of scan parallelism.
+pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
+
+/// Data files written by one statement (or, later, transaction) and not yet
+/// committed. Dropping an uncommitted write set deletes its chunks, so a failed or
+/// abandoned statement leaves nothing on disk.
+#[derive(Debug)]
+pub struct WriteSet {
+    chunks: ChunkStore,
+    files: Mutex<BTreeMap<TableId, Vec<DataFile>>>,
+}
+
+impl WriteSet {
+    /// An empty write set whose chunks live in `chunks`.
+    pub fn new(chunks: ChunkStore) -> Self {
+        WriteSet {
+            chunks,
+            files: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TableId, Vec<DataFile>>> {
+        self.files
+            .lock()
+            .expect("write set lock is never held across a panic")
+    }
+
+    fn add(&self, table: TableId, file: DataFile) {
+        self.lock().entry(table).or_default().push(file);
+    }
+
+    /// Hands the written files over for commit; the set is then empty. If the commit
+    /// fails definitely, pass the files back to [`WriteSet::discard_files`].
+    pub fn take(&self) -> BTreeMap<TableId, Vec<DataFile>> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
+    pub fn discard_files(&self, files: impl IntoIterator<Item = DataFile>) {
+        for file in files {
+            if let Err(e) = self.chunks.delete(file.chunk) {
+                tracing::warn!(chunk = %file.chunk, error = %e, "could not delete the chunk of an uncommitted data file");
+            }
+        }
+    }
+
+    /// Deletes every pending file.
+    pub fn discard(&self) {
+        let files = self.take();
+        self.discard_files(files.into_values().flatten());
+    }
+}
+
+impl Drop for WriteSet {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Min, max and null count of one column over the rows of a file.
+struct ColumnZoneMap {
+    min: MinAccumulator,
+    max: MaxAccumulator,
+    null_count: u64,
+}
+
+/// Streams batches of one table into data files, cutting a new file every
+/// [`FILE_ROWS_MAX`] rows. Each finished file is stored as a chunk and recorded
+/// in the [`WriteSet`].
+pub struct DataFileWriter {
+    table: Arc<Table>,
+    schema: SchemaRef,
+    chunks: ChunkStore,
+    writes: Arc<WriteSet>,
+    properties: WriterProperties,
+    current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
+    rows_in_file: u64,
+    rows_written: u64,
+}
+
+impl DataFileWriter {
+    /// A writer for `table` (its current columns) that records files in `writes`.
+    pub fn new(table: Arc<Table>, chunks: ChunkStore, writes: Arc<WriteSet>) -> Self {
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        DataFileWriter {
+            schema: file_schema(&table),
+            table,
+            chunks,
+            writes,
+            properties,
+            current: None,
+            rows_in_file: 0,
+            rows_written: 0,
+        }
+    }
+
+    /// Rows written so far (including files not finished yet).
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written
+    }
+
+    /// Appends `batch`, whose columns are the table's columns in order. Values are
+    /// cast to the column types where needed.
+    ///
+    /// # Errors
+    /// 23502 if a NOT NULL column gets a NULL, 22P02 / 22003 if a value does not
+    /// convert, an I/O error if a finished file cannot be stored.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = self.conform(batch)?;
+        let (writer, zone_maps) = match &mut self.current {
+            Some(current) => current,
+            None => {
+                let writer = ArrowWriter::try_new(
+                    Vec::new(),
+                    self.schema.clone(),
+                    Some(self.properties.clone()),
+                )
+                .map_err(|e| Error::Internal(format!("cannot start a Parquet writer: {e}")))?;
+                let zone_maps = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        Ok(ColumnZoneMap {
+                            min: MinAccumulator::try_new(f.data_type())?,
+                            max: MaxAccumulator::try_new(f.data_type())?,
+                            null_count: 0,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
+                self.current.insert((writer, zone_maps))
+            }
+        };
+        for (zone_map, column) in zone_maps.iter_mut().zip(batch.columns()) {
+            zone_map.min.update_batch(std::slice::from_ref(column))?;
+            zone_map.max.update_batch(std::slice::from_ref(column))?;
+            zone_map.null_count += column.null_count() as u64;
+        }
+        writer
+            .write(&batch)
+            .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
+        self.rows_in_file += batch.num_rows() as u64;
+        self.rows_written += batch.num_rows() as u64;
+        if self.rows_in_file >= FILE_ROWS_MAX {
+            self.finish_file().await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the last file. Returns the number of rows written.
+    ///
+    /// # Errors
+    /// An I/O error if the file cannot be stored.
+    pub async fn finish(mut self) -> Result<u64> {
+        self.finish_file().await?;
+        Ok(self.rows_written)
+    }
+
+    /// Casts `batch` to the file schema and checks NOT NULL columns.
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if batch.num_columns() != self.schema.fields().len() {
+            return Err(Error::Internal(format!(
+                "a batch of {} columns for table {} with {} columns",
+                batch.num_columns(),
+                self.table.name,
+                self.schema.fields().len()
+            )));
+        }
+        let options = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+        for ((column, field), def) in batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .zip(&self.table.columns)
+        {
+            if !def.nullable && column.null_count() > 0 {
+                return Err(Error::User {
+                    state: SqlState::NOT_NULL_VIOLATION,
+                    message: format!(
+                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                        def.name, self.table.name
+                    ),
+                    detail: None,
+                });
+            }
+            if column.data_type() == field.data_type() {
+                columns.push(column.clone());
+            } else {
+                let cast = cast_with_options(column, field.data_type(), &options).map_err(|e| {
+                    Error::User {
+                        state: SqlState::INVALID_TEXT_REPRESENTATION,
+                        message: format!(
+                            "invalid value for column \"{}\" of type {}: {e}",
+                            def.name, def.column_type
+                        ),
+                        detail: None,
+                    }
+                })?;
+                columns.push(cast);
+            }
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| {
+            Error::Internal(format!("batch does not fit table {}: {e}", self.table.name))
+        })
+    }
+
+    async fn finish_file(&mut self) -> Result<()> {
+        let Some((writer, zone_maps)) = self.current.take() else {
+            return Ok(());
+        };
+        let row_count = self.rows_in_file;
+        self.rows_in_file = 0;
+        let bytes = writer
+            .into_inner()
+            .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
+        let mut column_stats = Vec::with_capacity(zone_maps.len());
+        for (mut zone_map, column) in zone_maps.into_iter().zip(&self.table.columns) {
+            column_stats.push(ColumnStats {
+                field_id: column.field_id,
+                null_count: zone_map.null_count,
+                min: datum_of(&zone_map.min.evaluate()?),
+                max: datum_of(&zone_map.max.evaluate()?),
+            });
+        }
+        let chunks = self.chunks.clone();
+        let chunk = tokio::task::spawn_blocking(move || chunks.put(&bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("chunk write task failed: {e}")))?
+            .map_err(Error::Storage)?;
+        self.writes.add(
+            self.table.id,
+            DataFile {
+                chunk: chunk.id,
+                size_bytes: chunk.size_bytes,
+                checksum_crc32c: chunk.checksum_crc32c,
+                row_count,
+                column_stats,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A zone-map value from an engine scalar; None for NULL or unsupported types.
+pub fn datum_of(value: &ScalarValue) -> Option<Datum> {
+    Some(match value {
+        ScalarValue::Boolean(Some(v)) => Datum::Boolean(*v),
+        ScalarValue::Int8(Some(v)) => Datum::Int(*v as i64),
+        ScalarValue::Int16(Some(v)) => Datum::Int(*v as i64),
+        ScalarValue::Int32(Some(v)) => Datum::Int(*v as i64),
+        ScalarValue::Int64(Some(v)) => Datum::Int(*v),
+        ScalarValue::Float32(Some(v)) => Datum::Float(*v as f64),
+        ScalarValue::Float64(Some(v)) => Datum::Float(*v),
+        ScalarValue::Decimal128(Some(v), _, _) => Datum::Decimal(*v),
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => Datum::Text(v.clone()),
+        ScalarValue::Date32(Some(v)) => Datum::Date(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Datum::Timestamp(*v),
+        ScalarValue::Binary(Some(v))
+        | ScalarValue::LargeBinary(Some(v))
+        | ScalarValue::BinaryView(Some(v)) => Datum::Bytes(v.clone()),
+        _ => return None,
+    })
+}
+
+/// The engine scalar of a zone-map value of a column of type `column_type`;
+/// a typed NULL when `datum` is None.
+pub fn scalar_of(datum: Option<&Datum>, column_type: ColumnType) -> ScalarValue {
+    match (column_type, datum) {
+        (ColumnType::Boolean, Some(Datum::Boolean(v))) => ScalarValue::Boolean(Some(*v)),
+        (ColumnType::Int16, Some(Datum::Int(v))) => ScalarValue::Int16(Some(*v as i16)),
+        (ColumnType::Int32, Some(Datum::Int(v))) => ScalarValue::Int32(Some(*v as i32)),
+        (ColumnType::Int64, Some(Datum::Int(v))) => ScalarValue::Int64(Some(*v)),
+        (ColumnType::Float32, Some(Datum::Float(v))) => ScalarValue::Float32(Some(*v as f32)),
+        (ColumnType::Float64, Some(Datum::Float(v))) => ScalarValue::Float64(Some(*v)),
+        (ColumnType::Decimal { precision, scale }, Some(Datum::Decimal(v))) => {
+            ScalarValue::Decimal128(Some(*v), precision, scale)
+        }
+        (ColumnType::Text, Some(Datum::Text(v))) => ScalarValue::Utf8(Some(v.clone())),
+        (ColumnType::Date, Some(Datum::Date(v))) => ScalarValue::Date32(Some(*v)),
+        (ColumnType::Timestamp, Some(Datum::Timestamp(v))) => {
+            ScalarValue::TimestampMicrosecond(Some(*v), None)
+        }
+        (ColumnType::TimestampTz, Some(Datum::Timestamp(v))) => {
+            ScalarValue::TimestampMicrosecond(Some(*v), Some("UTC".into()))
+        }
+        (ColumnType::Bytea, Some(Datum::Bytes(v))) => ScalarValue::Binary(Some(v.clone())),
+        (t, _) => ScalarValue::try_from(&crate::types::arrow_type(t)).unwrap_or(ScalarValue::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_map_values_round_trip_through_scalars() {
+        let cases = [
+            (ColumnType::Int32, Datum::Int(-7)),
+            (ColumnType::Int64, Datum::Int(1 << 40)),
+            (ColumnType::Float64, Datum::Float(2.5)),
+            (
+                ColumnType::Decimal {
+                    precision: 15,
+                    scale: 2,
+                },
+                Datum::Decimal(12345),
+            ),
+            (ColumnType::Text, Datum::Text("abc".into())),
+            (ColumnType::Date, Datum::Date(10_000)),
+            (
+                ColumnType::Timestamp,
+                Datum::Timestamp(1_700_000_000_000_000),
+            ),
+            (ColumnType::Boolean, Datum::Boolean(true)),
+        ];
+        for (column_type, datum) in cases {
+            let scalar = scalar_of(Some(&datum), column_type);
+            assert_eq!(datum_of(&scalar), Some(datum), "{column_type}");
+        }
+        assert!(scalar_of(None, ColumnType::Int32).is_null());
+    }
+}

@@ -1,0 +1,28 @@
+//! Quarry's query execution: SQL sessions over DataFusion, reading table snapshots
+//! from Parquet data files in the chunk store and writing new ones.
+//!
+//! Layering: depends on `quarry-common`, `quarry-storage` (chunks) and `quarry-raft`
+//! (catalog commands). Opens no sockets and spawns no actors; the node drives
+//! [`Session`]s from its PostgreSQL front end and implements [`Metadata`] over Raft.
+//!
+//! ```text
+//!  Session ──parse──► Statement ──► DataFusion plan ──► SnapshotTable::scan
+//!     │                                   │                  │ zone-map pruning
+//!     │                                   ▼                  ▼
+//!     │                           TableSink / CopyIn    ChunkStore::get (CRC-32C)
+//!     │                                   │
+//!     └──────── Metadata::write ◄── WriteSet (data files pending commit)
+//! ```
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod copy;
+pub mod data_file;
+pub mod error;
+pub mod parser;
+pub mod session;
+pub mod table;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use session::{CommandTag, CopyIn, Engine, Metadata, Output, Session};

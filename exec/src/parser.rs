@@ -1,0 +1,168 @@
+//! SQL parsing: PostgreSQL's dialect, plus BigQuery's `FOR SYSTEM_TIME AS OF`.
+//!
+//! Statements first go through datafusion-pg-catalog's PostgreSQL compatibility
+//! parser, which rewrites what clients such as psql send about `pg_catalog` into
+//! forms DataFusion plans. What PostgreSQL's grammar rejects is parsed again with
+//! [`QuarryDialect`], PostgreSQL's dialect with table versioning (time travel), and
+//! given the same rewrites.
+
+use std::sync::LazyLock;
+
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use quarry_common::SqlState;
+
+use crate::error::{Result, user_error};
+
+/// PostgreSQL's dialect with `FOR SYSTEM_TIME AS OF` after a table name.
+///
+/// It reports PostgreSQL's type id, so the parser applies every PostgreSQL-only
+/// rule to it too.
+#[derive(Debug, Default)]
+pub struct QuarryDialect {
+    postgres: PostgreSqlDialect,
+}
+
+macro_rules! delegate {
+    ($($name:ident),* $(,)?) => {
+        $(fn $name(&self) -> bool { self.postgres.$name() })*
+    };
+}
+
+impl Dialect for QuarryDialect {
+    fn dialect(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<PostgreSqlDialect>()
+    }
+
+    fn supports_table_versioning(&self) -> bool {
+        true
+    }
+
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        self.postgres.identifier_quote_style(identifier)
+    }
+
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        self.postgres.is_delimited_identifier_start(ch)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        self.postgres.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        self.postgres.is_identifier_part(ch)
+    }
+
+    fn is_reserved_for_identifier(&self, kw: Keyword) -> bool {
+        self.postgres.is_reserved_for_identifier(kw)
+    }
+
+    fn is_custom_operator_part(&self, ch: char) -> bool {
+        self.postgres.is_custom_operator_part(ch)
+    }
+
+    fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
+        self.postgres.get_next_precedence(parser)
+    }
+
+    fn prec_value(&self, prec: Precedence) -> u8 {
+        self.postgres.prec_value(prec)
+    }
+
+    delegate!(
+        supports_unicode_string_literal,
+        supports_filter_during_aggregation,
+        supports_group_by_expr,
+        allow_extract_custom,
+        allow_extract_single_quotes,
+        supports_create_index_with_clause,
+        supports_explain_with_utility_options,
+        supports_listen_notify,
+        supports_factorial_operator,
+        supports_bitwise_shift_operators,
+        supports_comment_on,
+        supports_load_extension,
+        supports_named_fn_args_with_colon_operator,
+        supports_named_fn_args_with_expr_name,
+        supports_empty_projections,
+        supports_nested_comments,
+        supports_string_escape_constant,
+        supports_numeric_literal_underscores,
+        supports_array_typedef_with_brackets,
+        supports_geometric_types,
+        supports_set_names,
+        supports_alter_column_type_using,
+        supports_notnull_operator,
+        supports_interval_options,
+        supports_insert_table_alias,
+        supports_create_table_like_parenthesized,
+        supports_select_wildcard_with_alias,
+        supports_comma_separated_trim,
+        supports_xml_expressions,
+        supports_comment_optimizer_hint,
+    );
+}
+
+static COMPAT: LazyLock<PostgresCompatibilityParser> =
+    LazyLock::new(PostgresCompatibilityParser::new);
+
+/// Parses `sql` into statements (none for an empty string).
+///
+/// # Errors
+/// 42601 with the parser's message.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    match COMPAT.parse(sql) {
+        Ok(statements) => Ok(statements),
+        Err(postgres_error) => match Parser::parse_sql(&QuarryDialect::default(), sql) {
+            Ok(statements) => Ok(statements.into_iter().map(|s| COMPAT.rewrite(s)).collect()),
+            Err(_) => Err(user_error(
+                SqlState::SYNTAX_ERROR,
+                postgres_error.to_string(),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::ast::{SetExpr, TableFactor, TableVersion};
+
+    #[test]
+    fn time_travel_clause_is_parsed() {
+        let statements =
+            parse("select * from t for system_time as of timestamp '2026-01-01 00:00:00'")
+                .expect("parses");
+        let Statement::Query(query) = &statements[0] else {
+            panic!("not a query: {statements:?}");
+        };
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            panic!("not a select");
+        };
+        let TableFactor::Table { version, .. } = &select.from[0].relation else {
+            panic!("not a table");
+        };
+        assert!(matches!(version, Some(TableVersion::ForSystemTimeAsOf(_))));
+    }
+
+    #[test]
+    fn postgres_syntax_still_parses() {
+        for sql in [
+            "select 1::int4, 'a' || 'b', e'\\n', $1",
+            "copy t from stdin with (format csv, header true)",
+            "create table if not exists s.t (a int not null, b numeric(15,2))",
+        ] {
+            assert_eq!(parse(sql).expect(sql).len(), 1, "{sql}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_42601() {
+        let e = parse("selec 1").expect_err("bad syntax");
+        assert_eq!(e.sqlstate(), SqlState::SYNTAX_ERROR);
+    }
+}

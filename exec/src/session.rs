@@ -1,0 +1,1230 @@
+//! [`Session`]: one client's SQL session. Runs statements against a pinned catalog
+//! version, sends DDL and commits through the metadata layer, and returns rows,
+//! command tags or COPY streams.
+//!
+//! Statement flow:
+//!
+//! ```text
+//!  SQL ─parse─► Statement ─┬─ DDL ───────────────► Metadata::write (Raft)
+//!                          ├─ INSERT / CTAS / COPY ► DataFusion ─► data files
+//!                          │                         (WriteSet) ─► Metadata::write
+//!                          └─ query ──────────────► DataFusion ─► record batches
+//! ```
+//!
+//! Every statement pins the catalog with a linearizable read first, so it sees every
+//! commit acknowledged before it started. A statement that fails commits nothing,
+//! and the chunks it wrote are deleted.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    self, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, Ident,
+    ObjectName, ObjectType, SchemaName, Statement, TableFactor, VisitorMut,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use quarry_common::SqlState;
+use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table, TableId};
+use quarry_raft::command::columns_from_defs;
+use quarry_raft::{Applied, ColumnDef, Command};
+use quarry_storage::ChunkStore;
+
+use crate::catalog::{CATALOG_NAME, CatalogView, QuarryCatalog};
+use crate::copy::{COPY_BATCH_ROWS, CopyFormat, RecordParser, RowBuffer, RowFormatter};
+use crate::data_file::{DataFileWriter, WriteSet};
+use crate::error::{Error, Result, user_error};
+use crate::parser;
+use crate::table::SnapshotTable;
+use crate::types::{column_type_from_sql, column_type_of};
+
+/// The metadata layer as execution needs it. The node implements it over Raft
+/// (forwarding to the leader where needed); tests may use a single local replica.
+#[async_trait]
+pub trait Metadata: Send + Sync + 'static {
+    /// The catalog with every acknowledged commit applied (linearizable read).
+    async fn read(&self) -> quarry_raft::Result<Arc<Catalog>>;
+    /// Commits `command`; returns once applied on a majority.
+    async fn write(&self, command: Command) -> quarry_raft::Result<Applied>;
+}
+
+#[async_trait]
+impl Metadata for quarry_raft::Meta {
+    async fn read(&self) -> quarry_raft::Result<Arc<Catalog>> {
+        quarry_raft::Meta::read(self).await
+    }
+
+    async fn write(&self, command: Command) -> quarry_raft::Result<Applied> {
+        quarry_raft::Meta::write(self, command).await
+    }
+}
+
+/// What every session of a node shares.
+pub struct Engine {
+    meta: Arc<dyn Metadata>,
+    chunks: ChunkStore,
+    target_partitions: usize,
+}
+
+impl Engine {
+    /// An engine over `meta` and the local chunk store, running each query with
+    /// `target_partitions` parallel partitions.
+    pub fn new(meta: Arc<dyn Metadata>, chunks: ChunkStore, target_partitions: usize) -> Arc<Self> {
+        Arc::new(Engine {
+            meta,
+            chunks,
+            target_partitions: target_partitions.max(1),
+        })
+    }
+
+    /// A new session.
+    ///
+    /// # Errors
+    /// Internal if the engine's system schemas cannot be registered.
+    pub fn session(self: &Arc<Self>) -> Result<Session> {
+        Session::new(self.clone())
+    }
+}
+
+/// A PostgreSQL command tag, as sent in CommandComplete (`INSERT 0 5`, `CREATE TABLE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTag {
+    /// The command word(s), e.g. `INSERT`, `CREATE TABLE`.
+    pub command: String,
+    /// Rows affected, for commands that report them.
+    pub rows: Option<u64>,
+}
+
+impl CommandTag {
+    fn new(command: &str) -> Self {
+        CommandTag {
+            command: command.to_owned(),
+            rows: None,
+        }
+    }
+
+    fn with_rows(command: &str, rows: u64) -> Self {
+        CommandTag {
+            command: command.to_owned(),
+            rows: Some(rows),
+        }
+    }
+}
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed.
+    Rows(SendableRecordBatchStream),
+    /// A command's completion tag.
+    Command(CommandTag),
+    /// COPY FROM STDIN: feed the client's data to this, then finish it.
+    CopyIn(CopyIn),
+    /// COPY TO STDOUT: the formatted data.
+    CopyOut {
+        /// Number of columns.
+        columns: usize,
+        /// Whether the format is CSV (else text).
+        csv: bool,
+        /// Chunks of formatted rows.
+        data: BoxStream<'static, Result<Bytes>>,
+    },
+}
+
+/// A setting PostgreSQL clients read or write (SET / SHOW).
+const DEFAULT_SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("client_min_messages", "notice"),
+    ("datestyle", "ISO, MDY"),
+    ("default_transaction_isolation", "read committed"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("lc_messages", "C"),
+    ("max_identifier_length", "63"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "read committed"),
+];
+
+/// The server version reported to clients: the PostgreSQL protocol version Quarry
+/// follows, then Quarry's own.
+pub const SERVER_VERSION: &str = concat!("16.0 (Quarry ", env!("CARGO_PKG_VERSION"), ")");
+
+/// Schema holding a statement's time-travel tables.
+const AS_OF_SCHEMA: &str = "__quarry_as_of";
+
+/// One client's session.
+pub struct Session {
+    engine: Arc<Engine>,
+    ctx: SessionContext,
+    catalog: Arc<QuarryCatalog>,
+    settings: BTreeMap<String, String>,
+}
+
+/// The value of `ident` as PostgreSQL resolves it: unquoted names fold to lower case.
+pub fn normalize(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn object_parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => normalize(ident),
+            None => part.to_string(),
+        })
+        .collect()
+}
+
+impl Session {
+    fn new(engine: Arc<Engine>) -> Result<Session> {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(engine.target_partitions);
+        {
+            let options = config.options_mut();
+            options.execution.parquet.pushdown_filters = true;
+            options.execution.parquet.reorder_filters = true;
+            options.execution.parquet.schema_force_view_types = false;
+            options.optimizer.repartition_file_scans = false;
+            options.sql_parser.map_string_types_to_utf8view = false;
+            options.execution.time_zone = Some("+00:00".to_owned());
+        }
+        let ctx = SessionContext::new_with_config(config);
+        let view = CatalogView {
+            catalog: Arc::new(Catalog::default()),
+            writes: Arc::new(WriteSet::new(engine.chunks.clone())),
+        };
+        let catalog = Arc::new(QuarryCatalog::new(engine.chunks.clone(), view));
+        ctx.register_catalog(CATALOG_NAME, catalog.clone());
+        datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            CATALOG_NAME,
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
+        let settings = DEFAULT_SETTINGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([("server_version".to_owned(), SERVER_VERSION.to_owned())])
+            .collect();
+        Ok(Session {
+            engine,
+            ctx,
+            catalog,
+            settings,
+        })
+    }
+
+    /// The value of setting `name` (lower case), if it exists.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).map(String::as_str)
+    }
+
+    /// Parses `sql` into statements.
+    ///
+    /// # Errors
+    /// 42601.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        parser::parse(sql)
+    }
+
+    /// Pins the newest catalog and a fresh write set for the next statement.
+    async fn begin_statement(&self) -> Result<CatalogView> {
+        let catalog = self.engine.meta.read().await?;
+        let view = CatalogView {
+            catalog,
+            writes: Arc::new(WriteSet::new(self.engine.chunks.clone())),
+        };
+        self.catalog.set_view(view.clone());
+        self.catalog.remove_system_schema(AS_OF_SCHEMA);
+        Ok(view)
+    }
+
+    fn default_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config_options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// Resolves `name` to (schema, table).
+    fn resolve(&self, name: &ObjectName) -> Result<(String, String)> {
+        let parts = object_parts(name);
+        match parts.as_slice() {
+            [table] => Ok((self.default_schema(), table.clone())),
+            [schema, table] => Ok((schema.clone(), table.clone())),
+            [catalog, schema, table] if catalog == CATALOG_NAME || catalog == "postgres" => {
+                Ok((schema.clone(), table.clone()))
+            }
+            _ => Err(user_error(
+                SqlState::UNDEFINED_TABLE,
+                format!("relation \"{name}\" does not exist"),
+            )),
+        }
+    }
+
+    fn table<'a>(&self, catalog: &'a Catalog, name: &ObjectName) -> Result<&'a Arc<Table>> {
+        let (schema, table) = self.resolve(name)?;
+        catalog.table(&schema, &table).ok_or_else(|| {
+            user_error(
+                SqlState::UNDEFINED_TABLE,
+                format!("relation \"{name}\" does not exist"),
+            )
+        })
+    }
+
+    /// Describes `statement` for the extended protocol: its parameter types and the
+    /// schema of its rows (None for statements that return no rows).
+    ///
+    /// # Errors
+    /// As planning the statement fails.
+    pub async fn describe(
+        &mut self,
+        statement: &Statement,
+    ) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        if !returns_planned_rows(statement) {
+            return Ok((Vec::new(), None));
+        }
+        self.begin_statement().await?;
+        let plan = self.plan(statement.clone()).await?;
+        let types = plan.get_parameter_types().map_err(Error::from_engine)?;
+        let mut ordered: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(name, t)| {
+                name.trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()
+                    .map(|i| (i, t))
+            })
+            .collect();
+        ordered.sort_by_key(|(i, _)| *i);
+        let count = ordered.last().map(|(i, _)| *i).unwrap_or(0);
+        let mut params = vec![None; count];
+        for (i, t) in ordered {
+            params[i - 1] = t;
+        }
+        let schema = match statement {
+            Statement::Query(_) | Statement::Explain { .. } | Statement::ShowVariable { .. } => {
+                Some(Arc::new(plan.schema().as_arrow().clone()))
+            }
+            _ => None,
+        };
+        Ok((params, schema))
+    }
+
+    /// Executes one statement with `params` bound to `$1, $2, ...`.
+    ///
+    /// # Errors
+    /// Any [`Error`]; the statement then committed nothing.
+    pub async fn execute(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        match statement {
+            Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. } => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "multi-statement transactions are not supported yet; every statement commits on its own",
+            )),
+            Statement::Set(set) => self.set(set).await,
+            Statement::ShowVariable { variable } => self.show(&variable),
+            Statement::CreateSchema {
+                schema_name,
+                if_not_exists,
+                ..
+            } => {
+                let name = match &schema_name {
+                    SchemaName::Simple(name) => object_parts(name).join("."),
+                    other => {
+                        return Err(user_error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            format!("CREATE SCHEMA {other} is not supported"),
+                        ));
+                    }
+                };
+                self.engine
+                    .meta
+                    .write(Command::CreateSchema {
+                        name,
+                        if_not_exists,
+                    })
+                    .await?;
+                Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
+            }
+            Statement::CreateTable(create) => self.create_table(create).await,
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => self.drop(object_type, if_exists, &names, cascade).await,
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => {
+                self.copy(source, to, target, &options, &legacy_options)
+                    .await
+            }
+            Statement::Insert(_) => {
+                let view = self.begin_statement().await?;
+                let plan = self
+                    .plan_with_params(Statement::clone(&statement), params)
+                    .await?;
+                let batches = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(Error::from_engine)?
+                    .collect()
+                    .await
+                    .map_err(Error::from_engine)?;
+                let rows = count_of(&batches);
+                self.commit_appends(&view.writes).await?;
+                Ok(Output::Command(CommandTag::with_rows("INSERT", rows)))
+            }
+            other => {
+                let view = self.begin_statement().await?;
+                let plan = self.plan_with_params(other, params).await?;
+                if let LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) = &plan {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("{} is not supported yet", plan.display()),
+                    ));
+                }
+                let frame = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(Error::from_engine)?;
+                let stream = frame.execute_stream().await.map_err(Error::from_engine)?;
+                // The stream reads the pinned snapshots; it holds the write set only
+                // to keep the view alive.
+                drop(view);
+                Ok(Output::Rows(stream))
+            }
+        }
+    }
+
+    /// Plans `statement` against the pinned catalog, resolving time travel.
+    async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
+        self.pin_time_travel(&mut statement).await?;
+        self.ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(Error::from_engine)
+    }
+
+    async fn plan_with_params(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<LogicalPlan> {
+        let plan = self.plan(statement).await?;
+        match params {
+            Some(params) => plan.with_param_values(params).map_err(Error::from_engine),
+            None => Ok(plan),
+        }
+    }
+
+    /// Replaces each `t FOR SYSTEM_TIME AS OF <expr>` with a table of the statement's
+    /// time-travel schema that reads the snapshot current at that instant.
+    async fn pin_time_travel(&mut self, statement: &mut Statement) -> Result<()> {
+        struct Collect {
+            found: Vec<(String, ObjectName, Expr)>,
+        }
+        impl VisitorMut for Collect {
+            type Break = ();
+            fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+                if let TableFactor::Table { name, version, .. } = factor
+                    && let Some(ast::TableVersion::ForSystemTimeAsOf(expr)) = version.take()
+                {
+                    let alias = format!("t{}", self.found.len());
+                    let original = std::mem::replace(
+                        name,
+                        ObjectName::from(vec![Ident::new(AS_OF_SCHEMA), Ident::new(alias.clone())]),
+                    );
+                    self.found.push((alias, original, expr));
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut collect = Collect { found: Vec::new() };
+        let _ = ast::VisitMut::visit(statement, &mut collect);
+        if collect.found.is_empty() {
+            return Ok(());
+        }
+        let view = self.catalog.view();
+        let schema = Arc::new(MemorySchemaProvider::new());
+        for (alias, name, expr) in collect.found {
+            let at = self.eval_timestamp(&expr).await?;
+            let table = self.table(&view.catalog, &name)?;
+            let snapshot = table.snapshot_as_of(at).ok_or_else(|| {
+                user_error(
+                    SqlState::UNDEFINED_TABLE,
+                    format!(
+                        "relation \"{name}\" did not exist at {}",
+                        chrono::DateTime::from_timestamp_micros(at)
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| at.to_string())
+                    ),
+                )
+            })?;
+            let provider =
+                SnapshotTable::new(table.clone(), snapshot.id, self.engine.chunks.clone(), None);
+            datafusion::catalog::SchemaProvider::register_table(
+                schema.as_ref(),
+                alias,
+                Arc::new(provider),
+            )
+            .map_err(Error::from_engine)?;
+        }
+        datafusion::catalog::CatalogProvider::register_schema(
+            self.catalog.as_ref(),
+            AS_OF_SCHEMA,
+            schema,
+        )
+        .map_err(Error::from_engine)?;
+        Ok(())
+    }
+
+    /// Evaluates a constant timestamp expression to microseconds since the epoch (UTC).
+    async fn eval_timestamp(&self, expr: &Expr) -> Result<i64> {
+        let batches = self
+            .ctx
+            .sql(&format!("SELECT CAST(({expr}) AS TIMESTAMP)"))
+            .await
+            .map_err(Error::from_engine)?
+            .collect()
+            .await
+            .map_err(Error::from_engine)?;
+        let value = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| {
+                datafusion::arrow::compute::cast(
+                    b.column(0),
+                    &DataType::Timestamp(TimeUnit::Microsecond, None),
+                )
+            })
+            .transpose()
+            .map_err(|e| Error::from_engine(e.into()))?;
+        let array =
+            value.ok_or_else(|| Error::Internal("timestamp expression gave no rows".to_owned()))?;
+        let array = array
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::Internal("timestamp cast gave another type".to_owned()))?;
+        if array.is_null(0) {
+            return Err(user_error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                "FOR SYSTEM_TIME AS OF needs a non-null timestamp",
+            ));
+        }
+        Ok(array.value(0))
+    }
+
+    async fn create_table(&mut self, create: ast::CreateTable) -> Result<Output> {
+        if create.or_replace || create.temporary || create.external {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "CREATE OR REPLACE / TEMPORARY / EXTERNAL TABLE is not supported yet",
+            ));
+        }
+        if !create.constraints.is_empty() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "table constraints (PRIMARY KEY, UNIQUE, FOREIGN KEY, CHECK) are not supported",
+            ));
+        }
+        let view = self.begin_statement().await?;
+        let (schema, name) = self.resolve(&create.name)?;
+        let Some(query) = create.query else {
+            let mut columns = Vec::with_capacity(create.columns.len());
+            for column in &create.columns {
+                let mut nullable = true;
+                for option in &column.options {
+                    match &option.option {
+                        ast::ColumnOption::NotNull => nullable = false,
+                        ast::ColumnOption::Null => nullable = true,
+                        other => {
+                            return Err(user_error(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                format!("column option {other} is not supported yet"),
+                            ));
+                        }
+                    }
+                }
+                columns.push(ColumnDef {
+                    name: normalize(&column.name),
+                    column_type: column_type_from_sql(&column.data_type)?,
+                    nullable,
+                });
+            }
+            self.engine
+                .meta
+                .write(Command::CreateTable {
+                    schema,
+                    name,
+                    columns,
+                    if_not_exists: create.if_not_exists,
+                    files: Vec::new(),
+                })
+                .await?;
+            return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
+        };
+        // CREATE TABLE AS: table and rows commit together in one command.
+        if view.catalog.table(&schema, &name).is_some() {
+            if create.if_not_exists {
+                return Ok(Output::Command(CommandTag::with_rows("SELECT", 0)));
+            }
+            return Err(quarry_raft::CatalogError::TableExists(name).into());
+        }
+        if !view.catalog.schemas.contains_key(&schema) {
+            return Err(quarry_raft::CatalogError::SchemaNotFound(schema).into());
+        }
+        let plan = self.plan(Statement::Query(query)).await?;
+        let arrow_schema = plan.schema().as_arrow().clone();
+        let mut columns = Vec::with_capacity(arrow_schema.fields().len());
+        for (i, field) in arrow_schema.fields().iter().enumerate() {
+            let name = if create.columns.is_empty() {
+                field.name().clone()
+            } else {
+                create
+                    .columns
+                    .get(i)
+                    .map(|c| normalize(&c.name))
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::SYNTAX_ERROR,
+                            "CREATE TABLE AS names more columns than the query has",
+                        )
+                    })?
+            };
+            columns.push(ColumnDef {
+                name,
+                column_type: column_type_of(field.data_type())?,
+                nullable: true,
+            });
+        }
+        let provisional = Arc::new(Table {
+            id: 0,
+            schema: schema.clone(),
+            name: name.clone(),
+            next_field_id: columns.len() as u32 + 1,
+            columns: columns_from_defs(&columns),
+            snapshots: Vec::new(),
+            files: Vec::new(),
+        });
+        let mut stream = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(Error::from_engine)?
+            .execute_stream()
+            .await
+            .map_err(Error::from_engine)?;
+        let mut writer =
+            DataFileWriter::new(provisional, self.engine.chunks.clone(), view.writes.clone());
+        while let Some(batch) = stream.next().await {
+            writer.write(batch.map_err(Error::from_engine)?).await?;
+        }
+        let rows = writer.finish().await?;
+        let files = view
+            .writes
+            .take()
+            .into_values()
+            .flatten()
+            .collect::<Vec<_>>();
+        let command = Command::CreateTable {
+            schema,
+            name,
+            columns,
+            if_not_exists: false,
+            files: files.clone(),
+        };
+        match self.engine.meta.write(command).await {
+            Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
+            Err(e) => {
+                if matches!(
+                    e,
+                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
+                ) {
+                    view.writes.discard_files(files);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn drop(
+        &mut self,
+        object_type: ObjectType,
+        if_exists: bool,
+        names: &[ObjectName],
+        cascade: bool,
+    ) -> Result<Output> {
+        let tag = match object_type {
+            ObjectType::Table => "DROP TABLE",
+            ObjectType::Schema => "DROP SCHEMA",
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("DROP {other} is not supported"),
+                ));
+            }
+        };
+        for name in names {
+            let command = match object_type {
+                ObjectType::Table => {
+                    let (schema, name) = self.resolve(name)?;
+                    Command::DropTable {
+                        schema,
+                        name,
+                        if_exists,
+                    }
+                }
+                _ => Command::DropSchema {
+                    name: object_parts(name).join("."),
+                    if_exists,
+                    cascade,
+                },
+            };
+            self.engine.meta.write(command).await?;
+        }
+        Ok(Output::Command(CommandTag::new(tag)))
+    }
+
+    /// Commits the write set's files as one append per table.
+    async fn commit_appends(&self, writes: &WriteSet) -> Result<()> {
+        let pending: BTreeMap<TableId, Vec<_>> = writes.take();
+        let mut remaining = pending.into_iter();
+        while let Some((table, files)) = remaining.next() {
+            if files.is_empty() {
+                continue;
+            }
+            let result = self
+                .engine
+                .meta
+                .write(Command::Append {
+                    table,
+                    files: files.clone(),
+                })
+                .await;
+            if let Err(e) = result {
+                // Definite refusals leave the files unreferenced: delete them, and
+                // those of tables not committed yet. An unknown outcome
+                // (Unavailable) keeps them; garbage collection decides later.
+                if matches!(
+                    e,
+                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
+                ) {
+                    writes.discard_files(files);
+                    writes.discard_files(remaining.flat_map(|(_, f)| f));
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn set(&mut self, set: ast::Set) -> Result<Output> {
+        let (name, value) = match set {
+            ast::Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = object_parts(&variable).join(".");
+                let value = values
+                    .iter()
+                    .map(|v| match v {
+                        Expr::Value(v) => match &v.value {
+                            ast::Value::SingleQuotedString(s)
+                            | ast::Value::DoubleQuotedString(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                        Expr::Identifier(ident) => ident.value.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (name, value)
+            }
+            ast::Set::SetTimeZone { value, .. } => (
+                "timezone".to_owned(),
+                value.to_string().trim_matches('\'').to_owned(),
+            ),
+            ast::Set::SetNames { charset_name, .. } => {
+                ("client_encoding".to_owned(), charset_name.to_string())
+            }
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("{other} is not supported"),
+                ));
+            }
+        };
+        if name.starts_with("datafusion.") {
+            self.ctx
+                .sql(&format!("SET {name} = '{}'", value.replace('\'', "''")))
+                .await
+                .map_err(Error::from_engine)?;
+            return Ok(Output::Command(CommandTag::new("SET")));
+        }
+        match name.as_str() {
+            "search_path" => {
+                let first = value
+                    .split(',')
+                    .map(|s| s.trim().trim_matches('"'))
+                    .find(|s| !s.is_empty() && *s != "$user" && *s != "pg_catalog")
+                    .unwrap_or(DEFAULT_SCHEMA)
+                    .to_owned();
+                self.ctx
+                    .state_ref()
+                    .write()
+                    .config_mut()
+                    .options_mut()
+                    .catalog
+                    .default_schema = first;
+            }
+            "timezone" => {
+                let zone = if value.eq_ignore_ascii_case("utc") || value.eq_ignore_ascii_case("gmt")
+                {
+                    "+00:00".to_owned()
+                } else {
+                    value.clone()
+                };
+                self.ctx
+                    .sql(&format!(
+                        "SET datafusion.execution.time_zone = '{}'",
+                        zone.replace('\'', "''")
+                    ))
+                    .await
+                    .map_err(|e| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!("invalid value for parameter \"TimeZone\": \"{value}\": {e}"),
+                        )
+                    })?;
+            }
+            "statement_timeout" => {
+                if parse_duration_ms(&value).is_none() {
+                    return Err(user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        self.settings.insert(name, value);
+        Ok(Output::Command(CommandTag::new("SET")))
+    }
+
+    fn show(&self, variable: &[Ident]) -> Result<Output> {
+        let name = variable.iter().map(normalize).collect::<Vec<_>>().join(" ");
+        let (column, values): (String, Vec<String>) = if name == "all" {
+            (
+                "setting".to_owned(),
+                self.settings
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect(),
+            )
+        } else {
+            let value = self.settings.get(&name).ok_or_else(|| {
+                user_error(
+                    SqlState::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?;
+            (name.clone(), vec![value.clone()])
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok(batch) });
+        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))))
+    }
+
+    /// The statement timeout in milliseconds; 0 means none.
+    pub fn statement_timeout_ms(&self) -> u64 {
+        self.settings
+            .get("statement_timeout")
+            .and_then(|v| parse_duration_ms(v))
+            .unwrap_or(0)
+    }
+
+    async fn copy(
+        &mut self,
+        source: CopySource,
+        to: bool,
+        target: CopyTarget,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+    ) -> Result<Output> {
+        let format = copy_format(options, legacy)?;
+        let view = self.begin_statement().await?;
+        match (to, target) {
+            (false, CopyTarget::Stdin) => {
+                let CopySource::Table {
+                    table_name,
+                    columns,
+                } = source
+                else {
+                    return Err(user_error(
+                        SqlState::SYNTAX_ERROR,
+                        "COPY FROM needs a table",
+                    ));
+                };
+                let table = self.table(&view.catalog, &table_name)?.clone();
+                let columns: Vec<String> = columns.iter().map(normalize).collect();
+                let rows = RowBuffer::new(table.clone(), &columns)?;
+                let column_count = if columns.is_empty() {
+                    table.columns.len()
+                } else {
+                    columns.len()
+                };
+                Ok(Output::CopyIn(CopyIn {
+                    meta: self.engine.meta.clone(),
+                    writer: DataFileWriter::new(
+                        table.clone(),
+                        self.engine.chunks.clone(),
+                        view.writes.clone(),
+                    ),
+                    table,
+                    parser: RecordParser::new(format.clone()),
+                    rows,
+                    writes: view.writes,
+                    error: None,
+                    columns: column_count,
+                    csv: matches!(format, CopyFormat::Csv { .. }),
+                }))
+            }
+            (true, CopyTarget::Stdout) => {
+                let query = match source {
+                    CopySource::Query(query) => Statement::Query(query),
+                    CopySource::Table {
+                        table_name,
+                        columns,
+                    } => {
+                        let projection = if columns.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            columns
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        parser::parse(&format!("SELECT {projection} FROM {table_name}"))?
+                            .pop()
+                            .ok_or_else(|| {
+                                Error::Internal("COPY TO query did not parse".to_owned())
+                            })?
+                    }
+                };
+                let plan = self.plan(query).await?;
+                let columns = plan.schema().fields().len();
+                let stream = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(Error::from_engine)?
+                    .execute_stream()
+                    .await
+                    .map_err(Error::from_engine)?;
+                let csv = matches!(format, CopyFormat::Csv { .. });
+                let mut formatter = RowFormatter::new(format);
+                let data = stream
+                    .map_err(Error::from_engine)
+                    .and_then(move |batch| {
+                        futures::future::ready(formatter.format(&batch).map(Bytes::from))
+                    })
+                    .boxed();
+                Ok(Output::CopyOut { columns, csv, data })
+            }
+            (false, other) | (true, other) => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("COPY with {other} is not supported; use STDIN or STDOUT"),
+            )),
+        }
+    }
+}
+
+/// Whether DataFusion plans `statement` into rows whose shape `describe` reports.
+fn returns_planned_rows(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Query(_) | Statement::Explain { .. } | Statement::Insert(_)
+    )
+}
+
+/// The count DataFusion's DML plans return (one row, one UInt64 column).
+fn count_of(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.value(0))
+        })
+        .sum()
+}
+
+/// Parses a PostgreSQL duration setting (`5000`, `5s`, `250ms`, `1min`) to ms.
+fn parse_duration_ms(value: &str) -> Option<u64> {
+    let value = value.trim().trim_matches('\'');
+    let digits_end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let number: u64 = value[..digits_end].parse().ok()?;
+    let unit = value[digits_end..].trim().to_ascii_lowercase();
+    let factor = match unit.as_str() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFormat> {
+    let mut csv = false;
+    let mut delimiter = None;
+    let mut null = None;
+    let mut header = false;
+    let mut quote = None;
+    let mut escape = None;
+    for option in options {
+        match option {
+            CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
+                "csv" => csv = true,
+                "text" => csv = false,
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("COPY format \"{other}\" is not supported; use text or csv"),
+                    ));
+                }
+            },
+            CopyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyOption::Null(s) => null = Some(s.clone()),
+            CopyOption::Header(h) => header = *h,
+            CopyOption::Quote(c) => quote = Some(*c),
+            CopyOption::Escape(c) => escape = Some(*c),
+            CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ));
+            }
+        }
+    }
+    for option in legacy {
+        match option {
+            CopyLegacyOption::Csv(csv_options) => {
+                csv = true;
+                for o in csv_options {
+                    match o {
+                        CopyLegacyCsvOption::Header => header = true,
+                        CopyLegacyCsvOption::Quote(c) => quote = Some(*c),
+                        CopyLegacyCsvOption::Escape(c) => escape = Some(*c),
+                        other => {
+                            return Err(user_error(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                format!("COPY option {other} is not supported"),
+                            ));
+                        }
+                    }
+                }
+            }
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyLegacyOption::Null(s) => null = Some(s.clone()),
+            CopyLegacyOption::Header => header = true,
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ));
+            }
+        }
+    }
+    let byte = |c: char, what: &str| -> Result<u8> {
+        if c.is_ascii() {
+            Ok(c as u8)
+        } else {
+            Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("COPY {what} must be a single one-byte character"),
+            ))
+        }
+    };
+    if csv {
+        let quote = byte(quote.unwrap_or('"'), "quote")?;
+        Ok(CopyFormat::Csv {
+            delimiter: byte(delimiter.unwrap_or(','), "delimiter")?,
+            quote,
+            escape: escape
+                .map(|c| byte(c, "escape"))
+                .transpose()?
+                .unwrap_or(quote),
+            null: null.unwrap_or_default(),
+            header,
+        })
+    } else {
+        if header || quote.is_some() || escape.is_some() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "COPY HEADER, QUOTE and ESCAPE are available only in CSV mode",
+            ));
+        }
+        Ok(CopyFormat::Text {
+            delimiter: byte(delimiter.unwrap_or('\t'), "delimiter")?,
+            null: null.unwrap_or_else(|| "\\N".to_owned()),
+        })
+    }
+}
+
+/// A COPY FROM STDIN in progress: parses the client's data into data files and
+/// commits them as one snapshot when the client ends the copy. Dropped without
+/// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
+pub struct CopyIn {
+    meta: Arc<dyn Metadata>,
+    table: Arc<Table>,
+    parser: RecordParser,
+    rows: RowBuffer,
+    writer: DataFileWriter,
+    writes: Arc<WriteSet>,
+    /// The first error; later data is ignored and `finish` reports it.
+    error: Option<Error>,
+    /// Number of columns copied.
+    pub columns: usize,
+    /// Whether the format is CSV (else text).
+    pub csv: bool,
+}
+
+impl CopyIn {
+    /// Consumes a piece of the client's data. Errors are kept and reported by
+    /// [`CopyIn::finish`], as the client only reads the server's answer then.
+    pub async fn feed(&mut self, data: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let rows = &mut self.rows;
+        if let Err(e) = self
+            .parser
+            .feed(data, &mut |line, record| rows.push(line, record))
+        {
+            self.error = Some(e);
+            return;
+        }
+        if self.rows.len() >= COPY_BATCH_ROWS
+            && let Err(e) = self.flush().await
+        {
+            self.error = Some(e);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let batch = self.rows.take_batch()?;
+        self.writer.write(batch).await
+    }
+
+    /// Ends the copy: the rows commit as one new snapshot of the table.
+    ///
+    /// # Errors
+    /// The first error met while parsing, converting or writing, or the commit's;
+    /// then nothing is committed.
+    pub async fn finish(mut self) -> Result<CommandTag> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let rows = &mut self.rows;
+        self.parser
+            .finish(&mut |line, record| rows.push(line, record))?;
+        self.flush().await?;
+        let CopyIn {
+            meta,
+            table,
+            writer,
+            writes,
+            ..
+        } = self;
+        let count = writer.finish().await?;
+        let files: Vec<_> = writes.take().into_values().flatten().collect();
+        if !files.is_empty() {
+            let result = meta
+                .write(Command::Append {
+                    table: table.id,
+                    files: files.clone(),
+                })
+                .await;
+            if let Err(e) = result {
+                if matches!(
+                    e,
+                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
+                ) {
+                    writes.discard_files(files);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(CommandTag::with_rows("COPY", count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_postgres_units() {
+        assert_eq!(parse_duration_ms("0"), Some(0));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("5s"), Some(5000));
+        assert_eq!(parse_duration_ms("'2min'"), Some(120_000));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+}

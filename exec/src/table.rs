@@ -1,0 +1,416 @@
+//! [`SnapshotTable`]: a DataFusion table over one snapshot of a Quarry table.
+//!
+//! Scans prune data files by their zone maps, then read the survivors as Parquet
+//! through DataFusion's Parquet source (projection, row-group and page pruning,
+//! filter pushdown). Each file's bytes come from the chunk store, verified against
+//! the checksum recorded in the snapshot. Inserts write new data files into the
+//! statement's [`WriteSet`]; the session commits them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, UInt64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use quarry_common::SqlState;
+use quarry_common::catalog::{DataFile, SnapshotId, Table};
+use quarry_storage::{ChunkRef, ChunkStore};
+
+use crate::data_file::{DataFileWriter, WriteSet, scalar_of};
+use crate::error::{Error, to_engine, user_error};
+use crate::types::table_schema;
+
+/// One table at one snapshot, as DataFusion sees it.
+#[derive(Debug)]
+pub struct SnapshotTable {
+    table: Arc<Table>,
+    snapshot: SnapshotId,
+    schema: SchemaRef,
+    chunks: ChunkStore,
+    /// Where inserts put their files; None for a read-only (time-travel) view.
+    writes: Option<Arc<WriteSet>>,
+}
+
+impl SnapshotTable {
+    /// `table` at `snapshot`. With `writes`, INSERT is allowed and its files go there.
+    pub fn new(
+        table: Arc<Table>,
+        snapshot: SnapshotId,
+        chunks: ChunkStore,
+        writes: Option<Arc<WriteSet>>,
+    ) -> Self {
+        SnapshotTable {
+            schema: table_schema(&table),
+            table,
+            snapshot,
+            chunks,
+            writes,
+        }
+    }
+
+    fn files(&self) -> Vec<&DataFile> {
+        self.table.files_at(self.snapshot).collect()
+    }
+
+    fn qualified_name(&self) -> String {
+        format!("{}.{}", self.table.schema, self.table.name)
+    }
+}
+
+#[async_trait]
+impl datafusion::catalog::TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut files = self.files();
+        let predicate: Option<Arc<dyn PhysicalExpr>> = match conjunction(filters.iter().cloned()) {
+            Some(expr) => {
+                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+                Some(state.create_physical_expr(expr, &df_schema)?)
+            }
+            None => None,
+        };
+        if let Some(predicate) = &predicate {
+            let pruning = PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .build(predicate.clone());
+            if let Some(pruning) = pruning {
+                let keep = pruning.prune(&ZoneMaps {
+                    table: &self.table,
+                    files: &files,
+                })?;
+                let mut keep = keep.into_iter();
+                files.retain(|_| keep.next().unwrap_or(true));
+            }
+        }
+        let partitions = state.config().target_partitions().max(1);
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions.min(files.len().max(1)))
+            .map(|_| (0, Vec::new()))
+            .collect();
+        let mut by_size = files.clone();
+        by_size.sort_by_key(|f| std::cmp::Reverse(f.size_bytes));
+        for file in by_size {
+            let lightest = groups
+                .iter_mut()
+                .min_by_key(|(bytes, _)| *bytes)
+                .expect("there is at least one group");
+            lightest.0 += file.size_bytes;
+            lightest.1.push(PartitionedFile::new(
+                file.chunk.to_string(),
+                file.size_bytes,
+            ));
+        }
+        let factory = ChunkReaderFactory {
+            table: self.qualified_name(),
+            chunks: self.chunks.clone(),
+            files: files
+                .iter()
+                .map(|f| {
+                    (
+                        f.chunk.to_string(),
+                        ChunkRef {
+                            id: f.chunk,
+                            size_bytes: f.size_bytes,
+                            checksum_crc32c: f.checksum_crc32c,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_parquet_file_reader_factory(Arc::new(factory))
+            .with_enable_page_index(true)
+            .with_pushdown_filters(true);
+        if let Some(predicate) = predicate {
+            source = source.with_predicate(predicate);
+        }
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let Some(writes) = &self.writes else {
+            return Err(to_engine(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "cannot insert into a table read as of a past time",
+            )));
+        };
+        if insert_op != InsertOp::Append {
+            return Err(to_engine(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("{insert_op} is not supported yet"),
+            )));
+        }
+        let sink = TableSink {
+            table: self.table.clone(),
+            schema: self.schema.clone(),
+            chunks: self.chunks.clone(),
+            writes: writes.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Zone maps of a list of data files, in the shape DataFusion's pruning wants.
+struct ZoneMaps<'a> {
+    table: &'a Table,
+    files: &'a [&'a DataFile],
+}
+
+impl ZoneMaps<'_> {
+    fn values(
+        &self,
+        column: &Column,
+        pick: impl Fn(&quarry_common::catalog::ColumnStats) -> ScalarValue,
+    ) -> Option<ArrayRef> {
+        let def = self.table.column(&column.name)?;
+        let values = self.files.iter().map(|file| {
+            file.column_stats
+                .iter()
+                .find(|s| s.field_id == def.field_id)
+                .map(&pick)
+                .unwrap_or_else(|| scalar_of(None, def.column_type))
+        });
+        ScalarValue::iter_to_array(values).ok()
+    }
+}
+
+impl PruningStatistics for ZoneMaps<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        let def = self.table.column(&column.name)?;
+        self.values(column, |s| scalar_of(s.min.as_ref(), def.column_type))
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        let def = self.table.column(&column.name)?;
+        self.values(column, |s| scalar_of(s.max.as_ref(), def.column_type))
+    }
+
+    fn num_containers(&self) -> usize {
+        self.files.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.values(column, |s| ScalarValue::UInt64(Some(s.null_count)))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from_iter_values(
+            self.files.iter().map(|f| f.row_count),
+        )))
+    }
+
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<datafusion::arrow::array::BooleanArray> {
+        None
+    }
+}
+
+/// Opens data files through the chunk store, verifying checksums.
+#[derive(Debug)]
+struct ChunkReaderFactory {
+    table: String,
+    chunks: ChunkStore,
+    /// Files of the scan by path (the chunk id in hex).
+    files: HashMap<String, ChunkRef>,
+}
+
+impl ParquetFileReaderFactory for ChunkReaderFactory {
+    fn create_reader(
+        &self,
+        _partition_index: usize,
+        partitioned_file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        let path = partitioned_file.object_meta.location.to_string();
+        let chunk = *self.files.get(&path).ok_or_else(|| {
+            DataFusionError::Internal(format!("scan of unknown data file {path}"))
+        })?;
+        Ok(Box::new(ChunkReader {
+            table: self.table.clone(),
+            chunks: self.chunks.clone(),
+            chunk,
+            data: None,
+        }))
+    }
+}
+
+/// A data file read whole from its chunk (verified) on first use, then served
+/// from memory.
+struct ChunkReader {
+    table: String,
+    chunks: ChunkStore,
+    chunk: ChunkRef,
+    data: Option<Bytes>,
+}
+
+impl ChunkReader {
+    async fn load(&mut self) -> Result<Bytes, ParquetError> {
+        if let Some(data) = &self.data {
+            return Ok(data.clone());
+        }
+        let chunks = self.chunks.clone();
+        let chunk = self.chunk;
+        let read = tokio::task::spawn_blocking(move || chunks.get(&chunk))
+            .await
+            .map_err(|e| {
+                ParquetError::External(Box::new(Error::Internal(format!("read task failed: {e}"))))
+            })?;
+        let data = read.map_err(|source| {
+            let error = if source.is_data_corruption() {
+                Error::DataCorrupted {
+                    table: self.table.clone(),
+                    chunk: chunk.id,
+                    source,
+                }
+            } else {
+                Error::Storage(source)
+            };
+            ParquetError::External(Box::new(error))
+        })?;
+        self.data = Some(data.clone());
+        Ok(data)
+    }
+}
+
+impl AsyncFileReader for ChunkReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
+        Box::pin(async move {
+            let data = self.load().await?;
+            if range.end > data.len() as u64 {
+                return Err(ParquetError::EOF(format!(
+                    "range {range:?} beyond data file of {} bytes",
+                    data.len()
+                )));
+            }
+            Ok(data.slice(range.start as usize..range.end as usize))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        Box::pin(async move {
+            let data = self.load().await?;
+            let (column_index, offset_index) = options
+                .map(|o| (o.column_index_policy(), o.offset_index_policy()))
+                .unwrap_or((PageIndexPolicy::Optional, PageIndexPolicy::Optional));
+            let metadata = ParquetMetaDataReader::new()
+                .with_column_index_policy(column_index)
+                .with_offset_index_policy(offset_index)
+                .parse_and_finish(&data)?;
+            Ok(Arc::new(metadata))
+        })
+    }
+}
+
+/// Writes inserted rows into new data files of the statement's write set.
+struct TableSink {
+    table: Arc<Table>,
+    schema: SchemaRef,
+    chunks: ChunkStore,
+    writes: Arc<WriteSet>,
+}
+
+impl fmt::Debug for TableSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableSink({}.{})", self.table.schema, self.table.name)
+    }
+}
+
+impl DisplayAs for TableSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "QuarryTableSink: table={}.{}",
+            self.table.schema, self.table.name
+        )
+    }
+}
+
+#[async_trait]
+impl DataSink for TableSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let mut writer =
+            DataFileWriter::new(self.table.clone(), self.chunks.clone(), self.writes.clone());
+        while let Some(batch) = data.next().await {
+            writer.write(batch?).await.map_err(to_engine)?;
+        }
+        writer.finish().await.map_err(to_engine)
+    }
+}

@@ -1,0 +1,274 @@
+//! Column types: SQL type names → [`ColumnType`] → Arrow types.
+//!
+//! SQL names follow PostgreSQL's (documentation chapter 8, "Data Types"), with
+//! BigQuery's spellings (INT64, FLOAT64, STRING, BYTES) accepted too.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo, TimezoneInfo};
+use quarry_common::SqlState;
+use quarry_common::catalog::{Column, ColumnType, Table};
+
+use crate::error::{Result, user_error};
+
+/// Precision and scale of NUMERIC without arguments. PostgreSQL's is unbounded;
+/// this is BigQuery's NUMERIC.
+pub const DEFAULT_NUMERIC: (u8, i8) = (38, 9);
+
+/// Arrow metadata key holding a column's field id (the Parquet field id).
+pub const FIELD_ID_KEY: &str = "PARQUET:field_id";
+
+/// The Arrow type that stores `column_type`.
+pub fn arrow_type(column_type: ColumnType) -> DataType {
+    match column_type {
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Int16 => DataType::Int16,
+        ColumnType::Int32 => DataType::Int32,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float32 => DataType::Float32,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+        ColumnType::Text => DataType::Utf8,
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ColumnType::Bytea => DataType::Binary,
+    }
+}
+
+/// The column type for values of Arrow type `data_type` (CREATE TABLE AS).
+///
+/// # Errors
+/// 0A000 for Arrow types Quarry cannot store yet (lists, structs, intervals).
+pub fn column_type_of(data_type: &DataType) -> Result<ColumnType> {
+    Ok(match data_type {
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => ColumnType::Int16,
+        DataType::Int32 | DataType::UInt16 => ColumnType::Int32,
+        DataType::Int64 | DataType::UInt32 => ColumnType::Int64,
+        DataType::UInt64 => ColumnType::Decimal {
+            precision: 20,
+            scale: 0,
+        },
+        DataType::Float16 | DataType::Float32 => ColumnType::Float32,
+        DataType::Float64 => ColumnType::Float64,
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+            ColumnType::Decimal {
+                precision: *p,
+                scale: *s,
+            }
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+            ColumnType::Text
+        }
+        DataType::Date32 | DataType::Date64 => ColumnType::Date,
+        DataType::Timestamp(_, None) => ColumnType::Timestamp,
+        DataType::Timestamp(_, Some(_)) => ColumnType::TimestampTz,
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => ColumnType::Bytea,
+        DataType::Dictionary(_, value) => column_type_of(value)?,
+        other => {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("columns of type {other} cannot be stored yet"),
+            ));
+        }
+    })
+}
+
+/// The column type named by a SQL type in CREATE TABLE.
+///
+/// # Errors
+/// 42704 for unknown type names, 0A000 for known types Quarry does not store yet,
+/// 22023 for an out-of-range NUMERIC precision or scale.
+pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
+    use ast::DataType as T;
+    Ok(match sql {
+        T::Boolean | T::Bool => ColumnType::Boolean,
+        T::SmallInt(_) | T::Int2(_) | T::TinyInt(_) => ColumnType::Int16,
+        T::Int(_) | T::Integer(_) | T::Int4(_) | T::MediumInt(_) => ColumnType::Int32,
+        T::BigInt(_) | T::Int8(_) | T::Int64 => ColumnType::Int64,
+        T::Real | T::Float4 | T::Float32 => ColumnType::Float32,
+        T::Double(_) | T::DoublePrecision | T::Float8 | T::Float64 | T::Float(_) => {
+            ColumnType::Float64
+        }
+        T::Numeric(info) | T::Decimal(info) | T::Dec(info) => decimal(info)?,
+        T::Text
+        | T::String(_)
+        | T::Varchar(_)
+        | T::CharVarying(_)
+        | T::CharacterVarying(_)
+        | T::Char(_)
+        | T::Character(_)
+        | T::Nvarchar(_)
+        | T::JSON
+        | T::JSONB => ColumnType::Text,
+        T::Date => ColumnType::Date,
+        T::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) | T::Datetime(_) => {
+            ColumnType::Timestamp
+        }
+        T::Timestamp(_, TimezoneInfo::Tz | TimezoneInfo::WithTimeZone) => ColumnType::TimestampTz,
+        T::Bytea | T::Bytes(_) | T::Blob(_) | T::Binary(_) | T::Varbinary(_) => ColumnType::Bytea,
+        T::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
+            "int16" => ColumnType::Int16,
+            "int32" => ColumnType::Int32,
+            "serial" | "serial4" => ColumnType::Int32,
+            "bigserial" | "serial8" => ColumnType::Int64,
+            "timestamptz" => ColumnType::TimestampTz,
+            "bpchar" | "citext" | "name" => ColumnType::Text,
+            other => {
+                return Err(user_error(
+                    SqlState::UNDEFINED_OBJECT,
+                    format!("type \"{other}\" does not exist"),
+                ));
+            }
+        },
+        other => {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("columns of type {other} are not supported yet"),
+            ));
+        }
+    })
+}
+
+fn decimal(info: &ExactNumberInfo) -> Result<ColumnType> {
+    let (precision, scale) = match info {
+        ExactNumberInfo::None => (DEFAULT_NUMERIC.0 as u64, DEFAULT_NUMERIC.1 as i64),
+        ExactNumberInfo::Precision(p) => (*p, 0),
+        ExactNumberInfo::PrecisionAndScale(p, s) => (*p, *s),
+    };
+    if !(1..=38).contains(&precision) {
+        return Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("NUMERIC precision {precision} must be between 1 and 38"),
+        ));
+    }
+    if !(0..=precision as i64).contains(&scale) {
+        return Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("NUMERIC scale {scale} must be between 0 and precision {precision}"),
+        ));
+    }
+    Ok(ColumnType::Decimal {
+        precision: precision as u8,
+        scale: scale as i8,
+    })
+}
+
+/// The Arrow field of `column`, without metadata (the schema queries see).
+pub fn field(column: &Column) -> Field {
+    Field::new(
+        &column.name,
+        arrow_type(column.column_type),
+        column.nullable,
+    )
+}
+
+/// The Arrow schema queries see for `table`.
+pub fn table_schema(table: &Table) -> SchemaRef {
+    Arc::new(Schema::new(
+        table.columns.iter().map(field).collect::<Vec<_>>(),
+    ))
+}
+
+/// The Arrow schema written into data files: the table schema with each column's
+/// field id in its metadata, as Parquet field ids.
+pub fn file_schema(table: &Table) -> SchemaRef {
+    Arc::new(Schema::new(
+        table
+            .columns
+            .iter()
+            .map(|c| {
+                field(c).with_metadata([(FIELD_ID_KEY.to_owned(), c.field_id.to_string())].into())
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    fn parse_type(sql: &str) -> ast::DataType {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_data_type())
+            .expect("type parses")
+    }
+
+    #[test]
+    fn sql_type_names_map_to_column_types() {
+        let cases = [
+            ("integer", ColumnType::Int32),
+            ("int", ColumnType::Int32),
+            ("bigint", ColumnType::Int64),
+            ("smallint", ColumnType::Int16),
+            ("double precision", ColumnType::Float64),
+            ("real", ColumnType::Float32),
+            (
+                "decimal(15,2)",
+                ColumnType::Decimal {
+                    precision: 15,
+                    scale: 2,
+                },
+            ),
+            (
+                "numeric",
+                ColumnType::Decimal {
+                    precision: 38,
+                    scale: 9,
+                },
+            ),
+            ("varchar(25)", ColumnType::Text),
+            ("char(1)", ColumnType::Text),
+            ("text", ColumnType::Text),
+            ("date", ColumnType::Date),
+            ("timestamp", ColumnType::Timestamp),
+            ("timestamptz", ColumnType::TimestampTz),
+            ("timestamp with time zone", ColumnType::TimestampTz),
+            ("boolean", ColumnType::Boolean),
+            ("bytea", ColumnType::Bytea),
+        ];
+        for (sql, expected) in cases {
+            let parsed = parse_type(sql);
+            assert_eq!(column_type_from_sql(&parsed).expect(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_out_of_range_types_are_refused() {
+        let unknown = column_type_from_sql(&parse_type("frobnicator")).expect_err("unknown");
+        assert_eq!(unknown.sqlstate(), SqlState::UNDEFINED_OBJECT);
+        let wide = column_type_from_sql(&parse_type("numeric(50,2)")).expect_err("too wide");
+        assert_eq!(wide.sqlstate(), SqlState::INVALID_PARAMETER_VALUE);
+    }
+
+    #[test]
+    fn every_column_type_round_trips_through_arrow() {
+        for t in [
+            ColumnType::Boolean,
+            ColumnType::Int16,
+            ColumnType::Int32,
+            ColumnType::Int64,
+            ColumnType::Float32,
+            ColumnType::Float64,
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 3,
+            },
+            ColumnType::Text,
+            ColumnType::Date,
+            ColumnType::Timestamp,
+            ColumnType::TimestampTz,
+            ColumnType::Bytea,
+        ] {
+            assert_eq!(column_type_of(&arrow_type(t)).expect("maps"), t);
+        }
+    }
+}

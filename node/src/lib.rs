@@ -1,0 +1,20 @@
+//! The `quarry` binary's library: node supervisor, configuration, PostgreSQL wire
+//! front end and HTTP.
+//!
+//! Layering: the top of the stack. Only this crate builds runtimes, opens sockets
+//! and owns processes; it wires `quarry-raft` (metadata), `quarry-storage`
+//! (chunks) and `quarry-exec` (sessions) together.
+//!
+//! ```text
+//!  psql ──pgwire──► pg::Connection ──► exec::Session ──► raft::Meta (catalog, commits)
+//!                                            └──────────► storage::ChunkStore (data files)
+//!  curl ──HTTP───► http (/health, /ready, /metrics)
+//! ```
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod data_dir;
+pub mod http;
+pub mod pg;
+pub mod server;

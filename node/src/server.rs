@@ -1,0 +1,136 @@
+//! The node supervisor: opens the data directory, starts Raft, the chunk store, the
+//! PostgreSQL and HTTP listeners, and shuts them down in order on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use quarry_exec::Engine;
+use quarry_raft::network::Unconnected;
+use quarry_raft::{Meta, MetaConfig, NodeAddr};
+use quarry_storage::ChunkStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::data_dir::DataDir;
+use crate::http::{self, HttpState};
+use crate::pg::Frontend;
+
+/// Node id of the first node of a new cluster.
+const FIRST_NODE_ID: u64 = 1;
+
+/// Runs a node until SIGTERM or SIGINT; returns after a clean shutdown.
+///
+/// # Errors
+/// Startup failures (data directory locked or unreadable, ports in use, metadata
+/// store unreadable), each with what to fix.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = DataDir::open(&config.data_dir, FIRST_NODE_ID)?;
+    let node_id = data_dir.node_id();
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let chunks = ChunkStore::open(data_dir.path().join("chunks"))?;
+    let pg_listener = TcpListener::bind(config.pg_listen).await.with_context(|| {
+        format!(
+            "cannot listen for PostgreSQL clients on {}",
+            config.pg_listen
+        )
+    })?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let addr = NodeAddr {
+        rpc: String::new(),
+        pg: config.pg_listen.to_string(),
+    };
+    let meta = Meta::open(
+        &data_dir.path().join("meta.redb"),
+        MetaConfig::new(node_id, addr),
+        Unconnected,
+    )
+    .await?;
+    meta.bootstrap().await?;
+    let meta = Arc::new(meta);
+    let engine = Engine::new(meta.clone(), chunks, config.target_partitions);
+    let frontend = Frontend::new(engine);
+    tracing::info!(
+        node_id,
+        pg = %config.pg_listen,
+        http = %config.http_listen,
+        data_dir = %config.data_dir.display(),
+        "quarry node ready"
+    );
+
+    let http = tokio::spawn({
+        let router = http::router(HttpState {
+            metrics,
+            meta: meta.clone(),
+        });
+        async move { axum::serve(http_listener, router).await }
+    });
+
+    let mut connections = JoinSet::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = pg_listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let handlers = match frontend.connection() {
+                    Ok(handlers) => handlers,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up a session");
+                        continue;
+                    }
+                };
+                connections.spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: no new connections"
+    );
+    drop(pg_listener);
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "closing connections still open after the grace period"
+        );
+        connections.shutdown().await;
+    }
+    http.abort();
+    meta.shutdown().await;
+    tracing::info!("quarry node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,165 @@
+//! Starts real `quarry` processes on temporary data directories for tests, and
+//! stops them by pid whatever happens.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// How long a node may take to start accepting clients.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `quarry start` process.
+pub struct TestNode {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub pg_port: u16,
+    pub http_port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestNode {
+    /// Starts a node on `data_dir` and waits until it accepts PostgreSQL clients.
+    pub async fn start(data_dir: &Path) -> TestNode {
+        let mut node = TestNode::spawn(data_dir, &[]);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Spawns a node without waiting; `extra` flags are appended.
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> TestNode {
+        let pg_port = free_port();
+        let http_port = free_port();
+        let log = data_dir.with_extension(format!("{pg_port}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(["start", "--data-dir"])
+            .arg(data_dir)
+            .args(["--pg-listen", &format!("127.0.0.1:{pg_port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--shutdown-grace-secs", "5", "--target-partitions", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("quarry binary starts");
+        TestNode {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            pg_port,
+            http_port,
+            log,
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a client can connect, failing the test after [`START_TIMEOUT`].
+    pub async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok((client, connection)) = tokio_postgres::connect(&self.conn_string(), NoTls).await {
+                tokio::spawn(connection);
+                if client.simple_query("select 1").await.is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("quarry exited with {status} before accepting clients:\n{}", self.log());
+            }
+            assert!(started.elapsed() < START_TIMEOUT, "quarry did not start in time:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// libpq connection string for this node.
+    pub fn conn_string(&self) -> String {
+        format!("host=127.0.0.1 port={} user=test dbname=quarry connect_timeout=10", self.pg_port)
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.conn_string(), NoTls)
+            .await
+            .expect("connect to quarry");
+        tokio::spawn(connection);
+        client
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
+    /// kill -9, and reap the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+        assert!(sent.success());
+        let mut child = self.child.take().expect("node is running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("quarry did not exit within 30 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) for a process that exits by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("quarry did not exit in time:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}

@@ -1,0 +1,486 @@
+//! Catalog commands: what a Raft log entry asks of the state machine, and the pure
+//! logic that applies one to a [`Catalog`].
+//!
+//! Applying is deterministic: the same command on the same catalog gives the same
+//! result on every replica. The commit time comes from the proposer's clock
+//! ([`Proposal::proposed_at`]) and is forced to increase strictly.
+
+use std::sync::Arc;
+
+use quarry_common::SqlState;
+use quarry_common::catalog::{
+    Catalog, Column, ColumnType, DataFile, FileEntry, Operation, SnapshotId, Table, TableId,
+    TableSnapshot, TimestampMicros,
+};
+use serde::{Deserialize, Serialize};
+
+/// A command with the time its proposer sent it: the Raft log entry payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The change.
+    pub command: Command,
+    /// Proposer's wall clock when proposing; commit times derive from it.
+    pub proposed_at: TimestampMicros,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.command)
+    }
+}
+
+/// A column of a table being created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name.
+    pub name: String,
+    /// Value type.
+    pub column_type: ColumnType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A change to the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// CREATE SCHEMA.
+    CreateSchema {
+        /// Schema name.
+        name: String,
+        /// IF NOT EXISTS: an existing schema is not an error.
+        if_not_exists: bool,
+    },
+    /// DROP SCHEMA.
+    DropSchema {
+        /// Schema name.
+        name: String,
+        /// IF EXISTS: a missing schema is not an error.
+        if_exists: bool,
+        /// CASCADE: drop its tables too (else a non-empty schema is an error).
+        cascade: bool,
+    },
+    /// CREATE TABLE, optionally with its first data (CREATE TABLE AS).
+    CreateTable {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// Columns in order; field ids are assigned 1, 2, ...
+        columns: Vec<ColumnDef>,
+        /// IF NOT EXISTS: an existing table is not an error (and `files` are not added).
+        if_not_exists: bool,
+        /// Data files of the first snapshot (empty for a plain CREATE TABLE).
+        files: Vec<DataFile>,
+    },
+    /// DROP TABLE.
+    DropTable {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// IF EXISTS: a missing table is not an error.
+        if_exists: bool,
+    },
+    /// Add data files to a table (INSERT, COPY): one new snapshot. Appends never
+    /// conflict: they apply on top of whatever snapshot is current.
+    Append {
+        /// The table, by id, so a table dropped and re-created meanwhile is not hit.
+        table: TableId,
+        /// The new files.
+        files: Vec<DataFile>,
+    },
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing changed (IF [NOT] EXISTS matched, or a Raft-internal entry).
+    Nothing,
+    /// A schema was created or dropped.
+    Schema,
+    /// A table was created or dropped, or data committed: the new snapshot.
+    Snapshot {
+        /// The table.
+        table: TableId,
+        /// The snapshot the commit created (0 for DROP).
+        snapshot: SnapshotId,
+        /// Its commit time.
+        committed_at: TimestampMicros,
+    },
+}
+
+/// A command refused by the catalog; the catalog is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CatalogError {
+    /// CREATE SCHEMA of an existing name.
+    #[error("schema \"{0}\" already exists")]
+    SchemaExists(String),
+    /// A schema that does not exist.
+    #[error("schema \"{0}\" does not exist")]
+    SchemaNotFound(String),
+    /// DROP SCHEMA without CASCADE of a schema with tables.
+    #[error("cannot drop schema \"{0}\" because other objects depend on it")]
+    SchemaNotEmpty(String),
+    /// CREATE TABLE of an existing name.
+    #[error("relation \"{0}\" already exists")]
+    TableExists(String),
+    /// A table that does not exist (or was dropped meanwhile).
+    #[error("relation \"{0}\" does not exist")]
+    TableNotFound(String),
+    /// Two columns of one table with the same name.
+    #[error("column \"{0}\" specified more than once")]
+    DuplicateColumn(String),
+    /// A table needs at least one column.
+    #[error("a table must have at least one column")]
+    NoColumns,
+}
+
+impl CatalogError {
+    /// The SQLSTATE a client sees.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            CatalogError::SchemaExists(_) => SqlState::DUPLICATE_SCHEMA,
+            CatalogError::SchemaNotFound(_) => SqlState::INVALID_SCHEMA_NAME,
+            CatalogError::SchemaNotEmpty(_) => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            CatalogError::TableExists(_) => SqlState::DUPLICATE_TABLE,
+            CatalogError::TableNotFound(_) => SqlState::UNDEFINED_TABLE,
+            CatalogError::DuplicateColumn(_) => SqlState::DUPLICATE_COLUMN,
+            CatalogError::NoColumns => SqlState::SYNTAX_ERROR,
+        }
+    }
+}
+
+/// Applies `proposal` to `catalog`. On error the catalog is unchanged.
+pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, CatalogError> {
+    match &proposal.command {
+        Command::CreateSchema {
+            name,
+            if_not_exists,
+        } => {
+            if catalog.schemas.contains_key(name) {
+                return if *if_not_exists {
+                    Ok(Applied::Nothing)
+                } else {
+                    Err(CatalogError::SchemaExists(name.clone()))
+                };
+            }
+            let id = next_id(catalog);
+            catalog.schemas.insert(name.clone(), id);
+            Ok(Applied::Schema)
+        }
+        Command::DropSchema {
+            name,
+            if_exists,
+            cascade,
+        } => {
+            if !catalog.schemas.contains_key(name) {
+                return if *if_exists {
+                    Ok(Applied::Nothing)
+                } else {
+                    Err(CatalogError::SchemaNotFound(name.clone()))
+                };
+            }
+            let has_tables = catalog.tables_in(name).next().is_some();
+            if has_tables && !cascade {
+                return Err(CatalogError::SchemaNotEmpty(name.clone()));
+            }
+            catalog.tables.retain(|(schema, _), _| schema != name);
+            catalog.schemas.remove(name);
+            Ok(Applied::Schema)
+        }
+        Command::CreateTable {
+            schema,
+            name,
+            columns,
+            if_not_exists,
+            files,
+        } => {
+            if !catalog.schemas.contains_key(schema) {
+                return Err(CatalogError::SchemaNotFound(schema.clone()));
+            }
+            if catalog.table(schema, name).is_some() {
+                return if *if_not_exists {
+                    Ok(Applied::Nothing)
+                } else {
+                    Err(CatalogError::TableExists(name.clone()))
+                };
+            }
+            if columns.is_empty() {
+                return Err(CatalogError::NoColumns);
+            }
+            for (i, column) in columns.iter().enumerate() {
+                if columns[..i].iter().any(|c| c.name == column.name) {
+                    return Err(CatalogError::DuplicateColumn(column.name.clone()));
+                }
+            }
+            let id = next_id(catalog);
+            let snapshot = next_id(catalog);
+            let committed_at = commit_time(catalog, proposal.proposed_at);
+            let rows: u64 = files.iter().map(|f| f.row_count).sum();
+            let columns = columns_from_defs(columns);
+            let table = Table {
+                id,
+                schema: schema.clone(),
+                name: name.clone(),
+                next_field_id: columns.len() as u32 + 1,
+                columns,
+                snapshots: vec![TableSnapshot {
+                    id: snapshot,
+                    committed_at,
+                    operation: Operation::Create,
+                    row_count: rows,
+                    rows_added: rows,
+                }],
+                files: files
+                    .iter()
+                    .map(|file| FileEntry {
+                        file: file.clone(),
+                        added_in: snapshot,
+                        removed_in: None,
+                    })
+                    .collect(),
+            };
+            catalog
+                .tables
+                .insert((schema.clone(), name.clone()), Arc::new(table));
+            Ok(Applied::Snapshot {
+                table: id,
+                snapshot,
+                committed_at,
+            })
+        }
+        Command::DropTable {
+            schema,
+            name,
+            if_exists,
+        } => match catalog.tables.remove(&(schema.clone(), name.clone())) {
+            Some(table) => Ok(Applied::Snapshot {
+                table: table.id,
+                snapshot: 0,
+                committed_at: commit_time(catalog, proposal.proposed_at),
+            }),
+            None if *if_exists => Ok(Applied::Nothing),
+            None => Err(CatalogError::TableNotFound(name.clone())),
+        },
+        Command::Append { table, files } => {
+            let key = catalog
+                .tables
+                .iter()
+                .find(|(_, t)| t.id == *table)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| CatalogError::TableNotFound(format!("table id {table}")))?;
+            let snapshot = next_id(catalog);
+            let committed_at = commit_time(catalog, proposal.proposed_at);
+            let entry = catalog
+                .tables
+                .get_mut(&key)
+                .expect("the key was just found");
+            let table = Arc::make_mut(entry);
+            let rows_added: u64 = files.iter().map(|f| f.row_count).sum();
+            let row_count = table.current_snapshot().row_count + rows_added;
+            table.files.extend(files.iter().map(|file| FileEntry {
+                file: file.clone(),
+                added_in: snapshot,
+                removed_in: None,
+            }));
+            table.snapshots.push(TableSnapshot {
+                id: snapshot,
+                committed_at,
+                operation: Operation::Append,
+                row_count,
+                rows_added,
+            });
+            Ok(Applied::Snapshot {
+                table: table.id,
+                snapshot,
+                committed_at,
+            })
+        }
+    }
+}
+
+/// The columns a new table gets for `defs`: field ids 1, 2, ... in order.
+pub fn columns_from_defs(defs: &[ColumnDef]) -> Vec<Column> {
+    defs.iter()
+        .zip(1..)
+        .map(|(c, field_id)| Column {
+            field_id,
+            name: c.name.clone(),
+            column_type: c.column_type,
+            nullable: c.nullable,
+        })
+        .collect()
+}
+
+fn next_id(catalog: &mut Catalog) -> u64 {
+    catalog.next_id += 1;
+    catalog.next_id
+}
+
+/// The commit time of a new commit: the proposer's time, but always after the
+/// previous commit, so time travel by timestamp is unambiguous.
+fn commit_time(catalog: &mut Catalog, proposed_at: TimestampMicros) -> TimestampMicros {
+    let at = proposed_at.max(catalog.last_commit_at + 1);
+    catalog.last_commit_at = at;
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_common::catalog::ChunkId;
+
+    fn run(catalog: &mut Catalog, command: Command) -> Result<Applied, CatalogError> {
+        apply(
+            catalog,
+            &Proposal {
+                command,
+                proposed_at: 1_000,
+            },
+        )
+    }
+
+    fn with_public() -> Catalog {
+        let mut catalog = Catalog::default();
+        run(
+            &mut catalog,
+            Command::CreateSchema {
+                name: "public".into(),
+                if_not_exists: false,
+            },
+        )
+        .expect("create schema");
+        catalog
+    }
+
+    fn create(name: &str) -> Command {
+        Command::CreateTable {
+            schema: "public".into(),
+            name: name.into(),
+            columns: vec![ColumnDef {
+                name: "a".into(),
+                column_type: ColumnType::Int64,
+                nullable: true,
+            }],
+            if_not_exists: false,
+            files: vec![],
+        }
+    }
+
+    fn file(rows: u64) -> DataFile {
+        DataFile {
+            chunk: ChunkId(rows as u128),
+            size_bytes: 10,
+            checksum_crc32c: 1,
+            row_count: rows,
+            column_stats: vec![],
+        }
+    }
+
+    #[test]
+    fn appends_create_snapshots_with_growing_ids_times_and_rows() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        let id = catalog.table("public", "t").expect("t").id;
+        for rows in [3, 4] {
+            run(
+                &mut catalog,
+                Command::Append {
+                    table: id,
+                    files: vec![file(rows)],
+                },
+            )
+            .expect("append");
+        }
+        let t = catalog.table("public", "t").expect("t");
+        let ids: Vec<_> = t.snapshots.iter().map(|s| s.id).collect();
+        let times: Vec<_> = t.snapshots.iter().map(|s| s.committed_at).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        assert_eq!(t.current_snapshot().row_count, 7);
+        assert_eq!(t.files_at(ids[1]).count(), 1);
+        assert_eq!(t.files_at(ids[2]).count(), 2);
+    }
+
+    #[test]
+    fn refused_commands_leave_the_catalog_unchanged() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        let before = catalog.clone();
+        let cases = [
+            (create("t"), CatalogError::TableExists("t".into())),
+            (
+                Command::CreateSchema {
+                    name: "public".into(),
+                    if_not_exists: false,
+                },
+                CatalogError::SchemaExists("public".into()),
+            ),
+            (
+                Command::DropTable {
+                    schema: "public".into(),
+                    name: "nope".into(),
+                    if_exists: false,
+                },
+                CatalogError::TableNotFound("nope".into()),
+            ),
+            (
+                Command::DropSchema {
+                    name: "public".into(),
+                    if_exists: false,
+                    cascade: false,
+                },
+                CatalogError::SchemaNotEmpty("public".into()),
+            ),
+            (
+                Command::Append {
+                    table: 999,
+                    files: vec![file(1)],
+                },
+                CatalogError::TableNotFound("table id 999".into()),
+            ),
+        ];
+        for (command, expected) in cases {
+            assert_eq!(run(&mut catalog, command), Err(expected));
+            assert_eq!(catalog, before);
+        }
+    }
+
+    #[test]
+    fn duplicate_column_names_are_refused() {
+        let mut catalog = with_public();
+        let column = ColumnDef {
+            name: "a".into(),
+            column_type: ColumnType::Int32,
+            nullable: true,
+        };
+        let result = run(
+            &mut catalog,
+            Command::CreateTable {
+                schema: "public".into(),
+                name: "t".into(),
+                columns: vec![column.clone(), column],
+                if_not_exists: false,
+                files: vec![],
+            },
+        );
+        assert_eq!(result, Err(CatalogError::DuplicateColumn("a".into())));
+    }
+
+    #[test]
+    fn drop_schema_cascade_drops_its_tables() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        run(
+            &mut catalog,
+            Command::DropSchema {
+                name: "public".into(),
+                if_exists: false,
+                cascade: true,
+            },
+        )
+        .expect("drop");
+        assert!(catalog.tables.is_empty());
+        assert!(catalog.schemas.is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! Errors of the metadata layer.
+
+use crate::NodeId;
+use crate::command::CatalogError;
+
+/// Result of metadata operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong reading or writing metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command was applied and refused by the catalog (caller's fault, e.g. the
+    /// table exists). The catalog is unchanged.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// This node is not the leader and cannot serve the request (transient: retry, or
+    /// send to `leader`). Nothing was written.
+    #[error("this node is not the Raft leader{}", leader.map(|l| format!(" (leader is node {l})")).unwrap_or_default())]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Raft could not complete the request: no quorum, shut down, or a storage
+    /// failure (transient unless the node is shutting down). A write may or may not
+    /// have been applied.
+    #[error("metadata unavailable: {0}")]
+    Unavailable(String),
+    /// The Raft storage (redb) failed: the node stops serving metadata.
+    #[error("metadata storage error: {0}")]
+    Storage(String),
+}

@@ -1,0 +1,62 @@
+//! Quarry's replicated metadata: one openraft group whose state machine is the
+//! catalog (schemas, tables, field ids) and every table's snapshot history.
+//!
+//! Layering: depends on `quarry-common` only; holds no DataFusion, pgwire or actor
+//! code and opens no sockets. Where Raft needs the network it calls the
+//! [`openraft::RaftNetworkFactory`] the caller passes in (the node implements it
+//! over its internal RPC; a one-node group never sends anything).
+//!
+//! ```text
+//!  exec ──Command──► Meta::write ──client_write──► leader log (redb) ──commit──►
+//!        StateMachine::apply ──► Catalog' (Arc swap) ──► Meta::read (read-index)
+//! ```
+//!
+//! All state lives in one redb database, `<data_dir>/meta.redb`: the Raft log, the
+//! vote, the committed log id and the newest state-machine snapshot.
+#![deny(missing_docs)]
+
+pub mod command;
+mod error;
+mod log_store;
+mod meta;
+pub mod network;
+mod state_machine;
+
+pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal};
+pub use error::{Error, Result};
+pub use meta::{Meta, MetaConfig, now_micros};
+
+use std::io::Cursor;
+
+/// Raft node id; assigned once per node and kept in its data dir.
+pub type NodeId = u64;
+
+/// What the cluster knows of a node's addresses, stored in Raft membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeAddr {
+    /// Address of the node's internal RPC listener (HOST:PORT).
+    pub rpc: String,
+    /// Address of its PostgreSQL listener (HOST:PORT).
+    pub pg: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rpc={} pg={}", self.rpc, self.pg)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Quarry's openraft type configuration.
+    pub TypeConfig:
+        D = Proposal,
+        R = std::result::Result<Applied, CatalogError>,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle type.
+pub type Raft = openraft::Raft<TypeConfig>;

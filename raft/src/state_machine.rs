@@ -1,0 +1,232 @@
+//! The Raft state machine: the catalog, swapped atomically after each applied batch.
+//!
+//! The catalog lives in memory; durability comes from the Raft log plus the newest
+//! state-machine snapshot, kept in the `sm_snapshot` table of `meta.redb`. On
+//! restart the snapshot is loaded and openraft re-applies the committed log after it.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
+};
+use quarry_common::catalog::Catalog;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{self, Applied, CatalogError};
+use crate::{NodeAddr, NodeId, TypeConfig};
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
+const CURRENT: &str = "current";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The catalog as readers see it: replaced whole after every applied batch.
+#[derive(Debug, Default)]
+pub struct CatalogCell {
+    catalog: RwLock<Arc<Catalog>>,
+}
+
+impl CatalogCell {
+    /// The newest applied catalog.
+    pub fn get(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .expect("catalog lock is never held across a panic")
+            .clone()
+    }
+
+    fn set(&self, catalog: Arc<Catalog>) {
+        *self
+            .catalog
+            .write()
+            .expect("catalog lock is never held across a panic") = catalog;
+    }
+}
+
+/// A state-machine snapshot as stored in redb.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, NodeAddr>,
+    /// postcard of the [`Catalog`].
+    data: Vec<u8>,
+}
+
+/// The Raft state machine over a [`CatalogCell`].
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    cell: Arc<CatalogCell>,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, NodeAddr>,
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, AnyError::new(&e)),
+    }
+}
+
+impl StateMachine {
+    /// Opens the state machine, loading the newest stored snapshot if any.
+    pub fn open(db: Arc<Database>, cell: Arc<CatalogCell>) -> Result<Self, crate::Error> {
+        let storage = |e: redb::Error| crate::Error::Storage(e.to_string());
+        let txn = db.begin_write().map_err(|e| storage(e.into()))?;
+        txn.open_table(SNAPSHOT).map_err(|e| storage(e.into()))?;
+        txn.commit().map_err(|e| storage(e.into()))?;
+        let mut machine = StateMachine {
+            db,
+            cell,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+        };
+        if let Some(stored) = machine
+            .read_stored()
+            .map_err(|e| crate::Error::Storage(e.to_string()))?
+        {
+            let catalog: Catalog = postcard::from_bytes(&stored.data).map_err(|e| {
+                crate::Error::Storage(format!("state-machine snapshot does not decode: {e}"))
+            })?;
+            machine.cell.set(Arc::new(catalog));
+            machine.last_applied = stored.meta.last_log_id;
+            machine.last_membership = stored.meta.last_membership;
+        }
+        Ok(machine)
+    }
+
+    fn read_stored(&self) -> StorageResult<Option<StoredSnapshot>> {
+        let err = |e: redb::Error| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+        let Some(bytes) = table.get(CURRENT).map_err(|e| err(e.into()))? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(bytes.value())
+            .map(Some)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
+    }
+
+    fn write_stored(&self, stored: &StoredSnapshot) -> StorageResult<()> {
+        let signature = Some(stored.meta.signature());
+        let err = |e: redb::Error| {
+            io_error(
+                ErrorSubject::Snapshot(signature.clone()),
+                ErrorVerb::Write,
+                e,
+            )
+        };
+        let bytes = postcard::to_allocvec(stored).expect("encoding to a Vec cannot fail");
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+            table
+                .insert(CURRENT, bytes.as_slice())
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    fn snapshot_of(stored: StoredSnapshot) -> Snapshot<TypeConfig> {
+        Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let catalog = self.cell.get();
+        let data = postcard::to_allocvec(catalog.as_ref()).expect("encoding to a Vec cannot fail");
+        let snapshot_id = match self.last_applied {
+            Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
+            None => "empty".to_owned(),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: self.last_applied,
+                last_membership: self.last_membership.clone(),
+                snapshot_id,
+            },
+            data,
+        };
+        self.write_stored(&stored)?;
+        Ok(Self::snapshot_of(stored))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Result<Applied, CatalogError>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut catalog = (*self.cell.get()).clone();
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Ok(Applied::Nothing),
+                EntryPayload::Normal(proposal) => command::apply(&mut catalog, &proposal),
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(Applied::Nothing)
+                }
+            };
+            responses.push(response);
+        }
+        self.cell.set(Arc::new(catalog));
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let catalog: Catalog = postcard::from_bytes(&data).map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.write_stored(&stored)?;
+        self.cell.set(Arc::new(catalog));
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(self.read_stored()?.map(Self::snapshot_of))
+    }
+}
