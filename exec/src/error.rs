@@ -204,6 +204,9 @@ fn arrow_sqlstate(e: &ArrowError) -> SqlState {
         }
         ArrowError::DivideByZero => SqlState::DIVISION_BY_ZERO,
         ArrowError::ArithmeticOverflow(_) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => {
+            SqlState::NOT_NULL_VIOLATION
+        }
         ArrowError::InvalidArgumentError(_) => SqlState::INVALID_PARAMETER_VALUE,
         ArrowError::MemoryError(_) => SqlState::OUT_OF_MEMORY,
         _ => SqlState::INTERNAL_ERROR,

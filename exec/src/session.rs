@@ -209,6 +209,8 @@ impl Session {
             options.execution.parquet.schema_force_view_types = false;
             options.optimizer.repartition_file_scans = false;
             options.sql_parser.map_string_types_to_utf8view = false;
+            // PostgreSQL reads `12.50` as NUMERIC, not as a binary float.
+            options.sql_parser.parse_float_as_decimal = true;
             options.execution.time_zone = Some("+00:00".to_owned());
         }
         let ctx = SessionContext::new_with_config(config);

@@ -130,6 +130,7 @@ impl ErrorHandler for LogErrors {
 /// The client-facing error for `e`.
 pub fn to_pg_error(e: &quarry_exec::Error) -> PgWireError {
     let state = e.sqlstate();
+    tracing::debug!(error = ?e, %state, "statement error");
     if state == SqlState::INTERNAL_ERROR {
         tracing::warn!(error = %e, "internal error");
     }

@@ -50,7 +50,7 @@ impl TestNode {
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .args(["--shutdown-grace-secs", "5", "--target-partitions", "2"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -73,23 +73,39 @@ impl TestNode {
     pub async fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
-            if let Ok((client, connection)) = tokio_postgres::connect(&self.conn_string(), NoTls).await {
+            if let Ok((client, connection)) =
+                tokio_postgres::connect(&self.conn_string(), NoTls).await
+            {
                 tokio::spawn(connection);
                 if client.simple_query("select 1").await.is_ok() {
                     return;
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("quarry exited with {status} before accepting clients:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "quarry exited with {status} before accepting clients:\n{}",
+                    self.log()
+                );
             }
-            assert!(started.elapsed() < START_TIMEOUT, "quarry did not start in time:\n{}", self.log());
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "quarry did not start in time:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// libpq connection string for this node.
     pub fn conn_string(&self) -> String {
-        format!("host=127.0.0.1 port={} user=test dbname=quarry connect_timeout=10", self.pg_port)
+        format!(
+            "host=127.0.0.1 port={} user=test dbname=quarry connect_timeout=10",
+            self.pg_port
+        )
     }
 
     /// A connected client.
@@ -116,7 +132,10 @@ impl TestNode {
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.pid();
-        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
         assert!(sent.success());
         let mut child = self.child.take().expect("node is running");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -127,7 +146,10 @@ impl TestNode {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("quarry did not exit within 30 s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "quarry did not exit within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

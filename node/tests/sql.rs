@@ -1,0 +1,260 @@
+//! SQL over the PostgreSQL wire against a real `quarry` process.
+
+#[path = "support/node.rs"]
+mod support;
+
+use support::{TestNode, sqlstate};
+
+async fn node() -> (tempfile::TempDir, TestNode) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    (dir, node)
+}
+
+#[tokio::test]
+async fn ddl_insert_and_queries() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA shop;
+             CREATE TABLE shop.customers (id BIGINT NOT NULL, name TEXT, country TEXT);
+             CREATE TABLE shop.orders (id BIGINT NOT NULL, customer BIGINT, amount NUMERIC(12,2), placed DATE);",
+        )
+        .await
+        .expect("ddl");
+    let inserted = client
+        .execute(
+            "INSERT INTO shop.customers VALUES (1, 'Ada', 'UK'), (2, 'Grace', 'US'), (3, 'Linus', 'FI')",
+            &[],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 3);
+    client
+        .batch_execute(
+            "INSERT INTO shop.orders VALUES
+               (10, 1, 12.50, '2026-01-01'), (11, 1, 7.25, '2026-01-02'),
+               (12, 2, 100.00, '2026-01-02'), (13, 3, 1.00, '2026-02-01');",
+        )
+        .await
+        .expect("insert orders");
+
+    // Filter + aggregate + join.
+    let rows = client
+        .query(
+            "SELECT c.name, count(*) AS n, CAST(sum(o.amount) AS TEXT) AS total
+             FROM shop.orders o JOIN shop.customers c ON o.customer = c.id
+             WHERE o.placed < DATE '2026-02-01'
+             GROUP BY c.name ORDER BY c.name",
+            &[],
+        )
+        .await
+        .expect("join");
+    let got: Vec<(String, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get::<_, String>(2)))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            ("Ada".into(), 2, "19.75".into()),
+            ("Grace".into(), 1, "100.00".into())
+        ]
+    );
+
+    // Window function.
+    let rows = client
+        .query(
+            "SELECT id, sum(amount) OVER (PARTITION BY customer ORDER BY id) AS running::TEXT
+             FROM shop.orders ORDER BY id",
+            &[],
+        )
+        .await;
+    // `AS running::TEXT` is not valid SQL: the error must be a syntax error.
+    assert_eq!(sqlstate(&rows.expect_err("bad syntax")), "42601");
+    let rows = client
+        .query(
+            "SELECT id, CAST(sum(amount) OVER (PARTITION BY customer ORDER BY id) AS TEXT) AS running
+             FROM shop.orders ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("window");
+    let running: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(running, vec!["12.50", "19.75", "100.00", "1.00"]);
+
+    // information_schema sees the tables.
+    let rows = client
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("information_schema");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["customers", "orders"]);
+
+    // DROP, and the table is gone.
+    client
+        .batch_execute("DROP TABLE shop.orders")
+        .await
+        .expect("drop");
+    let e = client
+        .query("SELECT * FROM shop.orders", &[])
+        .await
+        .expect_err("dropped");
+    assert_eq!(sqlstate(&e), "42P01");
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_typed_parameters() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id INT NOT NULL, name TEXT, score DOUBLE PRECISION, day DATE)",
+        )
+        .await
+        .expect("create");
+    let insert = client
+        .prepare("INSERT INTO t VALUES ($1, $2, $3, $4)")
+        .await
+        .expect("prepare insert");
+    for (id, name, score) in [(1, "a", 1.5), (2, "b", 2.5), (3, "c", 3.5)] {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 1, id as u32).expect("date");
+        client
+            .execute(&insert, &[&id, &name, &score, &day])
+            .await
+            .expect("insert with parameters");
+    }
+    let select = client
+        .prepare("SELECT name, score FROM t WHERE id >= $1 AND name <> $2 ORDER BY id")
+        .await
+        .expect("prepare select");
+    let rows = client.query(&select, &[&2i32, &"c"]).await.expect("query");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "b");
+    assert_eq!(rows[0].get::<_, f64>(1), 2.5);
+    let rows = client
+        .query(
+            "SELECT count(*) FROM t WHERE day > $1",
+            &[&chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")],
+        )
+        .await
+        .expect("date parameter");
+    assert_eq!(rows[0].get::<_, i64>(0), 2);
+}
+
+#[tokio::test]
+async fn errors_carry_postgres_sqlstates() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (a INT, b TEXT)")
+        .await
+        .expect("create");
+    let cases = [
+        ("SELEC 1", "42601"),
+        ("SELECT * FROM missing", "42P01"),
+        ("SELECT nope FROM t", "42703"),
+        ("INSERT INTO t VALUES ('not a number', 'x')", "22P02"),
+        ("CREATE TABLE t (a INT)", "42P07"),
+        ("CREATE TABLE nowhere.t (a INT)", "3F000"),
+        ("CREATE TABLE u (a frobnicator)", "42704"),
+        ("SHOW no_such_setting", "42704"),
+    ];
+    for (sql, expected) in cases {
+        let e = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), expected, "{sql}: {e:?}");
+    }
+    // The connection is still usable after errors.
+    let rows = client
+        .query("SELECT count(*) FROM t", &[])
+        .await
+        .expect("still works");
+    assert_eq!(rows[0].get::<_, i64>(0), 0);
+}
+
+#[tokio::test]
+async fn a_failed_insert_leaves_no_rows() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (a INT NOT NULL, b INT); INSERT INTO t VALUES (1, 1)")
+        .await
+        .expect("setup");
+    // The third row violates NOT NULL after two good rows were already produced.
+    let e = client
+        .batch_execute("INSERT INTO t VALUES (2, 2), (3, 3), (NULL, 4)")
+        .await
+        .expect_err("not null");
+    assert_eq!(sqlstate(&e), "23502");
+    // A bad cast in the middle of an INSERT ... SELECT.
+    let e = client
+        .batch_execute("INSERT INTO t SELECT CAST(v AS INT), 0 FROM (SELECT '5' AS v UNION ALL SELECT '6' UNION ALL SELECT 'x') AS s")
+        .await
+        .expect_err("bad cast");
+    assert_eq!(sqlstate(&e), "22P02");
+    let rows = client
+        .query("SELECT a FROM t ORDER BY a", &[])
+        .await
+        .expect("select");
+    let values: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(values, vec![1]);
+    // No chunk of the failed statements stays on disk: only the one data file.
+    let chunks = std::fs::read_dir(node.data_dir.join("chunks"))
+        .expect("chunks dir")
+        .count();
+    assert_eq!(chunks, 1);
+}
+
+#[tokio::test]
+async fn create_table_as_and_time_travel() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE src AS SELECT * FROM (VALUES (1, 'one'), (2, 'two')) AS v(n, word)",
+        )
+        .await
+        .expect("ctas");
+    let before: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT CAST(now() AS TIMESTAMP WITH TIME ZONE)", &[])
+        .await
+        .expect("now")
+        .get(0);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    client
+        .batch_execute("INSERT INTO src VALUES (3, 'three')")
+        .await
+        .expect("insert");
+
+    let now = client
+        .query_one("SELECT count(*) FROM src", &[])
+        .await
+        .expect("count");
+    assert_eq!(now.get::<_, i64>(0), 3);
+    let at = before.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let then = client
+        .query_one(
+            &format!("SELECT count(*) FROM src FOR SYSTEM_TIME AS OF TIMESTAMP '{at}'"),
+            &[],
+        )
+        .await
+        .expect("time travel");
+    assert_eq!(then.get::<_, i64>(0), 2);
+    let e = client
+        .query(
+            "SELECT * FROM src FOR SYSTEM_TIME AS OF TIMESTAMP '2000-01-01 00:00:00'",
+            &[],
+        )
+        .await
+        .expect_err("before the table existed");
+    assert_eq!(sqlstate(&e), "42P01");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("did not exist"), "{message}");
+}
