@@ -334,6 +334,106 @@ pub fn scalar_of(datum: Option<&Datum>, column_type: ColumnType) -> ScalarValue 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use quarry_common::catalog::Column;
+
+    fn table() -> Arc<Table> {
+        Arc::new(Table {
+            id: 7,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                Column {
+                    field_id: 1,
+                    name: "id".into(),
+                    column_type: ColumnType::Int64,
+                    nullable: false,
+                },
+                Column {
+                    field_id: 2,
+                    name: "name".into(),
+                    column_type: ColumnType::Text,
+                    nullable: true,
+                },
+            ],
+            next_field_id: 3,
+            snapshots: vec![],
+            files: vec![],
+        })
+    }
+
+    fn batch(table: &Table, ids: Vec<i64>) -> RecordBatch {
+        let names: Vec<Option<String>> = ids
+            .iter()
+            .map(|i| (i % 2 == 0).then(|| format!("n{i}")))
+            .collect();
+        RecordBatch::try_new(
+            crate::types::table_schema(table),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(names)),
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[tokio::test]
+    async fn written_files_carry_zone_maps_and_dropping_the_write_set_deletes_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let writes = Arc::new(WriteSet::new(chunks.clone()));
+        let table = table();
+        let mut writer = DataFileWriter::new(table.clone(), chunks.clone(), writes.clone());
+        writer
+            .write(batch(&table, vec![5, 3, 9, 4]))
+            .await
+            .expect("write");
+        assert_eq!(writer.finish().await.expect("finish"), 4);
+        assert_eq!(chunks.list().expect("list").len(), 1);
+        let files = writes.take();
+        let file = &files[&7][0];
+        assert_eq!(file.row_count, 4);
+        assert_eq!(file.column_stats[0].min, Some(Datum::Int(3)));
+        assert_eq!(file.column_stats[0].max, Some(Datum::Int(9)));
+        assert_eq!(file.column_stats[1].null_count, 3);
+
+        // Files taken for commit survive the write set; pending ones do not.
+        let mut writer = DataFileWriter::new(table.clone(), chunks.clone(), writes.clone());
+        writer.write(batch(&table, vec![1])).await.expect("write");
+        writer.finish().await.expect("finish");
+        assert_eq!(chunks.list().expect("list").len(), 2);
+        drop(writes);
+        assert_eq!(chunks.list().expect("list"), vec![file.chunk]);
+    }
+
+    #[tokio::test]
+    async fn a_null_in_a_not_null_column_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let table = table();
+        let mut writer = DataFileWriter::new(
+            table.clone(),
+            chunks.clone(),
+            Arc::new(WriteSet::new(chunks)),
+        );
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
+        let names: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b")]));
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "id",
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+            datafusion::arrow::datatypes::Field::new(
+                "name",
+                datafusion::arrow::datatypes::DataType::Utf8,
+                true,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![ids, names]).expect("batch");
+        let e = writer.write(batch).await.expect_err("null id");
+        assert_eq!(e.sqlstate(), SqlState::NOT_NULL_VIOLATION);
+    }
 
     #[test]
     fn zone_map_values_round_trip_through_scalars() {
