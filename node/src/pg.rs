@@ -41,6 +41,47 @@ pub const DATABASE_NAMES: &[&str] = &["quarry", "postgres"];
 pub struct Frontend {
     engine: Arc<Engine>,
     connections: Arc<ConnectionManager>,
+    running: Arc<RunningStatements>,
+}
+
+/// Statements executing now, across connections; shutdown waits for them.
+#[derive(Debug, Default)]
+pub struct RunningStatements {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl RunningStatements {
+    fn enter(self: &Arc<Self>) -> RunningGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RunningGuard(self.clone())
+    }
+
+    /// Waits until no statement is executing.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+struct RunningGuard(Arc<RunningStatements>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Frontend {
@@ -49,7 +90,13 @@ impl Frontend {
         Arc::new(Frontend {
             engine,
             connections: Arc::new(ConnectionManager::new()),
+            running: Arc::new(RunningStatements::default()),
         })
+    }
+
+    /// Statements executing now.
+    pub fn running(&self) -> &RunningStatements {
+        &self.running
     }
 
     /// The handlers of one new client connection.
@@ -63,6 +110,7 @@ impl Frontend {
                 copy: Mutex::new(None),
             }),
             connections: self.connections.clone(),
+            running: self.running.clone(),
         });
         Ok(Handlers {
             connection,
@@ -75,6 +123,7 @@ impl Frontend {
 pub struct Connection {
     state: Arc<ConnectionState>,
     connections: Arc<ConnectionManager>,
+    running: Arc<RunningStatements>,
 }
 
 /// A connection's session, shared with its statement parser.
@@ -184,6 +233,7 @@ impl Connection {
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
+        let _running = self.running.enter();
         let mut session = self.state.session.lock().await;
         let timeout_ms = session.statement_timeout_ms();
         let execution = session.execute(statement, params);

@@ -108,17 +108,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "shutting down: no new connections"
     );
     drop(pg_listener);
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            connections = connections.len(),
-            "closing connections still open after the grace period"
-        );
-        connections.shutdown().await;
+    // Running statements may finish (their commits complete or fail cleanly);
+    // idle connections are closed at once.
+    if tokio::time::timeout(config.shutdown_grace, frontend.running().wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("statements still running after the grace period are cancelled");
     }
+    connections.shutdown().await;
     http.abort();
     meta.shutdown().await;
     tracing::info!("quarry node stopped");

@@ -1,0 +1,209 @@
+//! Process lifecycle: crash durability, clean shutdown, data-dir locking,
+//! corrupted data files, HTTP endpoints.
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{TestNode, sqlstate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn acknowledged_inserts_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut node = TestNode::start(&data).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE acks (id BIGINT NOT NULL)")
+        .await
+        .expect("create");
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let attempted = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let client = node.client().await;
+        let (acked, attempted) = (acked.clone(), attempted.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..10_000i64 {
+                let id = w * 1_000_000 + i;
+                attempted.lock().expect("lock").insert(id);
+                match client.execute("INSERT INTO acks VALUES ($1)", &[&id]).await {
+                    Ok(_) => {
+                        acked.lock().expect("lock").insert(id);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill9();
+    for writer in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let attempted = attempted.lock().expect("lock").clone();
+    assert!(
+        acked.len() > 10,
+        "too few inserts were acknowledged to test anything: {}",
+        acked.len()
+    );
+
+    let node = TestNode::start(&data).await;
+    let rows = node
+        .client()
+        .await
+        .query("SELECT id FROM acks", &[])
+        .await
+        .expect("select");
+    let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<_> = acked.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows lost after kill -9: {lost:?}"
+    );
+    let unexpected: Vec<_> = present.difference(&attempted).collect();
+    assert!(
+        unexpected.is_empty(),
+        "rows that were never inserted: {unexpected:?}"
+    );
+    assert_eq!(rows.len(), present.len(), "duplicated rows");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_data_stays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut node = TestNode::start(&data).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1), (2)")
+        .await
+        .expect("setup");
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}:\n{}", node.log());
+    let node = TestNode::start(&data).await;
+    let row = node
+        .client()
+        .await
+        .query_one("SELECT sum(a) FROM t", &[])
+        .await
+        .expect("sum");
+    assert_eq!(row.get::<_, i64>(0), 3);
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let _first = TestNode::start(&data).await;
+    let mut second = TestNode::spawn(&data, &[]);
+    let status = second.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        second.log().contains("in use by another quarry process"),
+        "{}",
+        second.log()
+    );
+}
+
+/// Data files of the node, largest first.
+fn data_files(node: &TestNode) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(node.data_dir.join("chunks"))
+        .expect("chunks")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+    files
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_data_file_gives_xx001_never_wrong_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t AS SELECT CAST(v AS BIGINT) AS v, CAST(v AS TEXT) AS s FROM generate_series(1, 50000) AS g(v)",
+        )
+        .await
+        .expect("ctas");
+    let files = data_files(&node);
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&files[0], bytes).expect("write");
+
+    let e = client
+        .query("SELECT sum(v) FROM t", &[])
+        .await
+        .expect_err("corrupt");
+    assert_eq!(sqlstate(&e), "XX001");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    let chunk = files[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("public.t"), "{message}");
+    assert!(message.contains(&chunk), "{message}");
+
+    // A missing file is reported the same way.
+    std::fs::remove_file(&files[0]).expect("remove");
+    let e = client
+        .query("SELECT count(s) FROM t", &[])
+        .await
+        .expect_err("missing");
+    assert_eq!(sqlstate(&e), "XX001");
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("response in time")
+    .expect("read");
+    response
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served_over_http() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .expect("setup");
+    let health = http_get(node.http_port, "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let ready = http_get(node.http_port, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let metrics = http_get(node.http_port, "/metrics").await;
+    assert!(
+        metrics.contains("quarry_storage_chunk_written_bytes_total"),
+        "{metrics}"
+    );
+}
