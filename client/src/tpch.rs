@@ -79,71 +79,66 @@ impl LoadSummary {
     }
 }
 
-/// Generates table `table` at `scale_factor` as CSV rows, sending chunks of about
-/// [`COPY_CHUNK_BYTES`] to `sender`. Runs on a blocking thread.
-fn generate(table: &str, scale_factor: f64, sender: mpsc::Sender<Bytes>) {
-    fn emit<T: Display>(rows: impl Iterator<Item = T>, sender: &mpsc::Sender<Bytes>) {
+/// Generates table `table` at `scale_factor` as CSV rows (no header), passing
+/// chunks of about [`COPY_CHUNK_BYTES`] to `emit_chunk` until it returns false.
+///
+/// # Panics
+/// If `table` is not one of [`TABLES`].
+pub fn generate_csv(table: &str, scale_factor: f64, mut emit_chunk: impl FnMut(Bytes) -> bool) {
+    fn emit<T: Display>(rows: impl Iterator<Item = T>, emit_chunk: &mut dyn FnMut(Bytes) -> bool) {
         use std::fmt::Write;
         let mut chunk = String::with_capacity(COPY_CHUNK_BYTES + 1024);
         for row in rows {
             let _ = writeln!(chunk, "{row}");
             if chunk.len() >= COPY_CHUNK_BYTES {
-                if sender
-                    .blocking_send(Bytes::from(std::mem::take(&mut chunk)))
-                    .is_err()
-                {
+                if !emit_chunk(Bytes::from(std::mem::take(&mut chunk))) {
                     return;
                 }
                 chunk.reserve(COPY_CHUNK_BYTES + 1024);
             }
         }
         if !chunk.is_empty() {
-            let _ = sender.blocking_send(Bytes::from(chunk));
+            emit_chunk(Bytes::from(chunk));
         }
     }
     let sf = scale_factor;
+    let out = &mut emit_chunk;
     match table {
         "region" => emit(
             RegionGenerator::new(sf, 1, 1).iter().map(RegionCsv::new),
-            &sender,
+            out,
         ),
         "nation" => emit(
             NationGenerator::new(sf, 1, 1).iter().map(NationCsv::new),
-            &sender,
+            out,
         ),
         "supplier" => emit(
             SupplierGenerator::new(sf, 1, 1)
                 .iter()
                 .map(SupplierCsv::new),
-            &sender,
+            out,
         ),
         "customer" => emit(
             CustomerGenerator::new(sf, 1, 1)
                 .iter()
                 .map(CustomerCsv::new),
-            &sender,
+            out,
         ),
-        "part" => emit(
-            PartGenerator::new(sf, 1, 1).iter().map(PartCsv::new),
-            &sender,
-        ),
+        "part" => emit(PartGenerator::new(sf, 1, 1).iter().map(PartCsv::new), out),
         "partsupp" => emit(
             PartSuppGenerator::new(sf, 1, 1)
                 .iter()
                 .map(PartSuppCsv::new),
-            &sender,
+            out,
         ),
-        "orders" => emit(
-            OrderGenerator::new(sf, 1, 1).iter().map(OrderCsv::new),
-            &sender,
-        ),
+        "orders" => emit(OrderGenerator::new(sf, 1, 1).iter().map(OrderCsv::new), out),
         "lineitem" => emit(
             LineItemGenerator::new(sf, 1, 1)
                 .iter()
                 .map(LineItemCsv::new),
-            &sender,
+            out,
         ),
-        other => unreachable!("unknown TPC-H table {other}"),
+        other => panic!("unknown TPC-H table {other}"),
     }
 }
 
@@ -156,7 +151,11 @@ async fn copy_table(
 ) -> anyhow::Result<(u64, u64)> {
     let (sender, mut receiver) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT_MAX);
     let name = table.to_owned();
-    let generator = tokio::task::spawn_blocking(move || generate(&name, scale_factor, sender));
+    let generator = tokio::task::spawn_blocking(move || {
+        generate_csv(&name, scale_factor, |chunk| {
+            sender.blocking_send(chunk).is_ok()
+        })
+    });
     let sink = client
         .copy_in::<_, Bytes>(&format!(
             "COPY {schema}.{table} FROM STDIN WITH (FORMAT csv)"
