@@ -25,6 +25,10 @@ use crate::{NodeId, TypeConfig};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 
+/// Version of the layout and encodings of `meta.redb` (storage/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 1;
+
+const FORMAT: &str = "format_version";
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
@@ -57,12 +61,36 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log tables of `db`, creating them if absent.
-    pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(STATE)?;
-        txn.commit()?;
+    /// Opens the log tables of `db`, creating them (stamped with
+    /// [`FORMAT_VERSION`]) if absent.
+    ///
+    /// # Errors
+    /// [`crate::Error::Storage`] if redb fails or the file has another format version.
+    pub fn open(db: Arc<Database>) -> Result<Self, crate::Error> {
+        let storage = |e: redb::Error| crate::Error::Storage(e.to_string());
+        let txn = db.begin_write().map_err(|e| storage(e.into()))?;
+        txn.open_table(LOG).map_err(|e| storage(e.into()))?;
+        {
+            let mut state = txn.open_table(STATE).map_err(|e| storage(e.into()))?;
+            let found = state
+                .get(FORMAT)
+                .map_err(|e| storage(e.into()))?
+                .map(|v| postcard::from_bytes::<u32>(v.value()));
+            match found {
+                None => {
+                    state
+                        .insert(FORMAT, encode(&FORMAT_VERSION).as_slice())
+                        .map_err(|e| storage(e.into()))?;
+                }
+                Some(Ok(FORMAT_VERSION)) => {}
+                Some(other) => {
+                    return Err(crate::Error::Storage(format!(
+                        "meta.redb has format version {other:?}; this quarry reads version {FORMAT_VERSION}"
+                    )));
+                }
+            }
+        }
+        txn.commit().map_err(|e| storage(e.into()))?;
         Ok(LogStore { db })
     }
 

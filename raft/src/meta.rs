@@ -79,7 +79,7 @@ impl Meta {
         let db = redb::Database::create(path)
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let log_store = LogStore::open(db.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+        let log_store = LogStore::open(db.clone())?;
         let cell = Arc::new(CatalogCell::default());
         let state_machine = StateMachine::open(db, cell.clone())?;
         let heartbeat_ms = config.heartbeat_interval.as_millis() as u64;

@@ -125,3 +125,34 @@ async fn refused_commands_report_the_catalog_error() {
     );
     meta.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_metadata_file_of_another_format_version_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.redb");
+    {
+        let meta = Meta::open(&path, config(1000), Unconnected)
+            .await
+            .expect("open");
+        meta.shutdown().await;
+    }
+    {
+        let db = redb::Database::open(&path).expect("redb");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut state = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("raft_state"))
+                .expect("table");
+            let version = postcard::to_allocvec(&99u32).expect("encode");
+            state
+                .insert("format_version", version.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let err = match Meta::open(&path, config(1000), Unconnected).await {
+        Ok(_) => panic!("a future format must not open"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("format version"), "{err}");
+}
