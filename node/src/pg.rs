@@ -13,18 +13,25 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::sql::sqlparser::ast::Statement;
-use futures::{Sink, SinkExt, StreamExt, stream};
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
+use futures::stream::BoxStream;
+use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::response::CommandComplete;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -32,6 +39,7 @@ use quarry_common::SqlState;
 use quarry_exec::session::SERVER_VERSION;
 use quarry_exec::{CommandTag, CopyIn, Engine, Output, Session};
 use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 /// Database names a client may connect to: Quarry's one database, and `postgres`,
 /// which many tools assume exists.
@@ -40,8 +48,82 @@ pub const DATABASE_NAMES: &[&str] = &["quarry", "postgres"];
 /// What all connections of a node share.
 pub struct Frontend {
     engine: Arc<Engine>,
-    connections: Arc<ConnectionManager>,
+    cancels: Arc<Cancels>,
     running: Arc<RunningStatements>,
+}
+
+/// Cancel signals of the open connections, by the (process id, secret key) each
+/// was given at startup. A cancel request bumps the connection's generation;
+/// the statement running then stops, whether it is planning, executing or
+/// streaming rows.
+#[derive(Debug, Default)]
+pub struct Cancels {
+    connections: std::sync::Mutex<HashMap<(i32, Bytes), watch::Sender<u64>>>,
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Bytes), watch::Sender<u64>>> {
+        self.connections
+            .lock()
+            .expect("cancel registry lock is never held across a panic")
+    }
+}
+
+/// Routes PostgreSQL CancelRequest messages to connections.
+pub struct CancelRouter(Arc<Cancels>);
+
+#[async_trait]
+impl CancelHandler for CancelRouter {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes());
+        if let Some(signal) = self.0.lock().get(&key) {
+            signal.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+/// Why a statement stopped early.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cancelled,
+    TimedOut,
+}
+
+impl Stop {
+    fn error(self) -> PgWireError {
+        let message = match self {
+            Stop::Cancelled => "canceling statement due to user request",
+            Stop::TimedOut => "canceling statement due to statement timeout",
+        };
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_owned(),
+            SqlState::QUERY_CANCELED.code().to_owned(),
+            message.to_owned(),
+        )))
+    }
+}
+
+type StopSignal = Shared<BoxFuture<'static, Stop>>;
+
+/// Ends `rows` with a 57014 error as soon as `stop` fires; dropping the rows
+/// stream stops the query's execution.
+fn until_stopped(
+    rows: BoxStream<'static, PgWireResult<DataRow>>,
+    stop: StopSignal,
+) -> impl futures::Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    stream::unfold(
+        (rows, stop, false),
+        |(mut rows, mut stop, stopped)| async move {
+            if stopped {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                reason = &mut stop => Some((Err(reason.error()), (rows, stop, true))),
+                item = rows.next() => item.map(|item| (item, (rows, stop, false))),
+            }
+        },
+    )
 }
 
 /// Statements executing now, across connections; shutdown waits for them.
@@ -89,7 +171,7 @@ impl Frontend {
     pub fn new(engine: Arc<Engine>) -> Arc<Self> {
         Arc::new(Frontend {
             engine,
-            connections: Arc::new(ConnectionManager::new()),
+            cancels: Arc::new(Cancels::default()),
             running: Arc::new(RunningStatements::default()),
         })
     }
@@ -109,12 +191,14 @@ impl Frontend {
                 session: Mutex::new(self.engine.session()?),
                 copy: Mutex::new(None),
             }),
-            connections: self.connections.clone(),
+            cancels: self.cancels.clone(),
+            cancel: watch::channel(0).0,
+            cancel_key: std::sync::Mutex::new(None),
             running: self.running.clone(),
         });
         Ok(Handlers {
             connection,
-            cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
+            cancel: Arc::new(CancelRouter(self.cancels.clone())),
         })
     }
 }
@@ -122,8 +206,25 @@ impl Frontend {
 /// One client connection.
 pub struct Connection {
     state: Arc<ConnectionState>,
-    connections: Arc<ConnectionManager>,
+    cancels: Arc<Cancels>,
+    /// Bumped by a cancel request for this connection.
+    cancel: watch::Sender<u64>,
+    /// This connection's key in `cancels`, once started up.
+    cancel_key: std::sync::Mutex<Option<(i32, Bytes)>>,
     running: Arc<RunningStatements>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let key = self
+            .cancel_key
+            .lock()
+            .expect("cancel key lock is never held across a panic")
+            .take();
+        if let Some(key) = key {
+            self.cancels.lock().remove(&key);
+        }
+    }
 }
 
 /// A connection's session, shared with its statement parser.
@@ -136,7 +237,7 @@ pub struct ConnectionState {
 /// pgwire's view of a [`Connection`].
 pub struct Handlers {
     connection: Arc<Connection>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<CancelRouter>,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -209,6 +310,7 @@ fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Arc<Vec<FieldI
 fn rows_response(
     stream: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
+    stop: StopSignal,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
     let row_fields = fields.clone();
@@ -220,11 +322,41 @@ fn rows_response(
             ))))
             .right_stream(),
         })
-        .flatten();
-    Ok(Response::Query(QueryResponse::new(fields, rows)))
+        .flatten()
+        .boxed();
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        until_stopped(rows, stop),
+    )))
 }
 
 impl Connection {
+    /// A signal that fires when this connection gets a cancel request, or after
+    /// `timeout_ms` (0: never).
+    fn stop_signal(&self, timeout_ms: u64) -> StopSignal {
+        let mut cancelled = self.cancel.subscribe();
+        cancelled.borrow_and_update();
+        async move {
+            let timeout = async {
+                if timeout_ms == 0 {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
+            };
+            tokio::select! {
+                changed = cancelled.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    Stop::Cancelled
+                }
+                () = timeout => Stop::TimedOut,
+            }
+        }
+        .boxed()
+        .shared()
+    }
+
     /// Runs `statement` under the session's statement timeout and the client's
     /// cancel request.
     async fn run(
@@ -235,24 +367,13 @@ impl Connection {
     ) -> PgWireResult<Response> {
         let _running = self.running.enter();
         let mut session = self.state.session.lock().await;
-        let timeout_ms = session.statement_timeout_ms();
-        let execution = session.execute(statement, params);
-        let output = if timeout_ms > 0 {
-            match tokio::time::timeout(Duration::from_millis(timeout_ms), execution).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(to_pg_error(&quarry_exec::Error::User {
-                        state: SqlState::QUERY_CANCELED,
-                        message: "canceling statement due to statement timeout".to_owned(),
-                        detail: None,
-                    }));
-                }
-            }
-        } else {
-            execution.await
+        let stop = self.stop_signal(session.statement_timeout_ms());
+        let output = tokio::select! {
+            output = session.execute(statement, params) => output,
+            reason = stop.clone() => return Err(reason.error()),
         };
         match output.map_err(|e| to_pg_error(&e))? {
-            Output::Rows(stream) => rows_response(stream, format),
+            Output::Rows(stream) => rows_response(stream, format, stop),
             Output::Command(tag) => Ok(Response::Execution(tag_of(&tag))),
             Output::CopyIn(copy) => {
                 let columns = copy.columns;
@@ -277,10 +398,6 @@ impl Connection {
 
 #[async_trait]
 impl NoopStartupHandler for Connection {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
-    }
-
     async fn post_startup<C>(
         &self,
         client: &mut C,
@@ -305,6 +422,13 @@ impl NoopStartupHandler for Connection {
                 ),
             ))));
         }
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes());
+        self.cancels.lock().insert(key.clone(), self.cancel.clone());
+        *self
+            .cancel_key
+            .lock()
+            .expect("cancel key lock is never held across a panic") = Some(key);
         client
             .send(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
                 "server_version".to_owned(),

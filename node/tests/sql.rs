@@ -258,3 +258,37 @@ async fn create_table_as_and_time_travel() {
         .unwrap_or_default();
     assert!(message.contains("did not exist"), "{message}");
 }
+
+#[tokio::test]
+async fn cancel_requests_and_statement_timeout_stop_a_running_query() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    let slow = "SELECT count(*) FROM generate_series(1, 2000000000) AS a(x) WHERE x % 7 = 3";
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let e = client.simple_query(slow).await.expect_err("cancelled");
+    assert_eq!(sqlstate(&e), "57014");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    canceller.await.expect("join").expect("cancel sent");
+
+    client
+        .batch_execute("SET statement_timeout = '200ms'")
+        .await
+        .expect("set");
+    let e = client.simple_query(slow).await.expect_err("timed out");
+    assert_eq!(sqlstate(&e), "57014");
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .expect("reset");
+    let rows = client
+        .query("SELECT 1", &[])
+        .await
+        .expect("usable after cancel");
+    assert_eq!(rows.len(), 1);
+}
