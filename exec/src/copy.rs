@@ -594,7 +594,7 @@ fn decode_bytea(text: &StringArray, bad: impl Fn(usize) -> Error) -> Result<Arra
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

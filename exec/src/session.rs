@@ -130,7 +130,7 @@ pub enum Output {
     /// A command's completion tag.
     Command(CommandTag),
     /// COPY FROM STDIN: feed the client's data to this, then finish it.
-    CopyIn(CopyIn),
+    CopyIn(Box<CopyIn>),
     /// COPY TO STDOUT: the formatted data.
     CopyOut {
         /// Number of columns.
@@ -839,13 +839,11 @@ impl Session {
                         )
                     })?;
             }
-            "statement_timeout" => {
-                if parse_duration_ms(&value).is_none() {
-                    return Err(user_error(
-                        SqlState::INVALID_PARAMETER_VALUE,
-                        format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
-                    ));
-                }
+            "statement_timeout" if parse_duration_ms(&value).is_none() => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
+                ));
             }
             _ => {}
         }
@@ -919,7 +917,7 @@ impl Session {
                 } else {
                     columns.len()
                 };
-                Ok(Output::CopyIn(CopyIn {
+                Ok(Output::CopyIn(Box::new(CopyIn {
                     meta: self.engine.meta.clone(),
                     writer: DataFileWriter::new(
                         table.clone(),
@@ -933,7 +931,7 @@ impl Session {
                     error: None,
                     columns: column_count,
                     csv: matches!(format, CopyFormat::Csv { .. }),
-                }))
+                })))
             }
             (true, CopyTarget::Stdout) => {
                 let query = match source {

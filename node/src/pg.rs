@@ -231,7 +231,7 @@ impl Drop for Connection {
 pub struct ConnectionState {
     session: Mutex<Session>,
     /// The COPY FROM STDIN in progress, if any.
-    copy: Mutex<Option<CopyIn>>,
+    copy: Mutex<Option<Box<CopyIn>>>,
 }
 
 /// pgwire's view of a [`Connection`].

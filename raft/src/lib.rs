@@ -14,6 +14,8 @@
 //! All state lives in one redb database, `<data_dir>/meta.redb`: the Raft log, the
 //! vote, the committed log id and the newest state-machine snapshot.
 #![deny(missing_docs)]
+// openraft's StorageError is large and is the error type its traits require.
+#![allow(clippy::result_large_err)]
 
 pub mod command;
 mod error;
