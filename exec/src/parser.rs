@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr, Ident, Query, SelectItem, SetExpr, Statement};
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -127,10 +127,114 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     }
 }
 
+/// The name PostgreSQL gives a result column computed by `expr` without an alias
+/// (its FigureColname rules, simplified): a column keeps its name, a function call
+/// or aggregate takes the function's name, CASE is `case`, anything else is
+/// `?column?`.
+fn postgres_column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => None,
+        Expr::Nested(inner) => postgres_column_name(inner).or_else(|| Some("?column?".to_owned())),
+        Expr::Cast { expr, .. } => match expr.as_ref() {
+            Expr::Identifier(ident) => Some(ident.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.to_lowercase()),
+            other => postgres_column_name(other),
+        },
+        Expr::Function(function) => function
+            .name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(|ident| ident.value.to_lowercase()),
+        Expr::Case { .. } => Some("case".to_owned()),
+        Expr::Exists { .. } => Some("exists".to_owned()),
+        _ => Some("?column?".to_owned()),
+    }
+}
+
+/// Names the unaliased result columns of `query` as PostgreSQL would (`count`
+/// rather than `count(*)`), where that name is unique among the result columns;
+/// DataFusion needs distinct names.
+pub fn name_result_columns(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let proposed: Vec<Option<String>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(expr) => postgres_column_name(expr),
+            _ => None,
+        })
+        .collect();
+    let taken: Vec<String> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => Some(ident.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|p| p.value.to_lowercase())
+            }
+            _ => None,
+        })
+        .collect();
+    for (item, name) in select.projection.iter_mut().zip(&proposed) {
+        let Some(name) = name else { continue };
+        let unique = proposed.iter().filter(|n| n.as_ref() == Some(name)).count() == 1
+            && !taken.contains(name);
+        if !unique {
+            continue;
+        }
+        if let SelectItem::UnnamedExpr(expr) = item {
+            let expr = std::mem::replace(
+                expr,
+                Expr::value(datafusion::sql::sqlparser::ast::Value::Null),
+            );
+            *item = SelectItem::ExprWithAlias {
+                expr,
+                alias: Ident::with_quote('"', name.clone()),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::sql::sqlparser::ast::{SetExpr, TableFactor, TableVersion};
+    use datafusion::sql::sqlparser::ast::{TableFactor, TableVersion};
+
+    #[test]
+    fn result_columns_get_postgres_names_when_unique() {
+        let cases = [
+            (
+                "select count(*), sum(a) from t",
+                "SELECT count(*) AS \"count\", sum(a) AS \"sum\" FROM t",
+            ),
+            ("select 1", "SELECT 1 AS \"?column?\""),
+            ("select 1, 2", "SELECT 1, 2"),
+            (
+                "select a, cast(b as text) from t",
+                "SELECT a, CAST(b AS TEXT) AS \"b\" FROM t",
+            ),
+            (
+                "select max(a) as m, max(b) from t",
+                "SELECT max(a) AS m, max(b) AS \"max\" FROM t",
+            ),
+            (
+                "select a, upper(a) as a from t",
+                "SELECT a, upper(a) AS a FROM t",
+            ),
+        ];
+        for (sql, expected) in cases {
+            let mut statements = parse(sql).expect(sql);
+            let Statement::Query(query) = &mut statements[0] else {
+                panic!("not a query");
+            };
+            name_result_columns(query);
+            assert_eq!(query.to_string(), expected, "{sql}");
+        }
+    }
 
     #[test]
     fn time_travel_clause_is_parsed() {

@@ -441,6 +441,9 @@ impl Session {
     /// Plans `statement` against the pinned catalog, resolving time travel.
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
         self.pin_time_travel(&mut statement).await?;
+        if let Statement::Query(query) = &mut statement {
+            parser::name_result_columns(query);
+        }
         self.ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))

@@ -84,6 +84,14 @@ async fn ddl_insert_and_queries() {
     let running: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(running, vec!["12.50", "19.75", "100.00", "1.00"]);
 
+    // Result columns are named as PostgreSQL names them.
+    let statement = client
+        .prepare("SELECT count(*), max(amount), 1 FROM shop.orders")
+        .await
+        .expect("prepare");
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, vec!["count", "max", "?column?"]);
+
     // information_schema sees the tables.
     let rows = client
         .query(
