@@ -579,7 +579,7 @@ fn bad_value(table: &str, column: &str, line: u64, column_type: ColumnType, valu
 }
 
 /// Decodes PostgreSQL's bytea hex format (`\x0a0b`); other text is taken as bytes.
-fn decode_bytea(text: &StringArray, bad: impl Fn(usize) -> Error) -> Result<ArrayRef> {
+pub fn decode_bytea(text: &StringArray, bad: impl Fn(usize) -> Error) -> Result<ArrayRef> {
     let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(text.len());
     for (row, value) in text.iter().enumerate() {
         values.push(match value {

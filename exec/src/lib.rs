@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bytea;
 pub mod catalog;
 pub mod copy;
 pub mod data_file;

@@ -444,11 +444,13 @@ impl Session {
         if let Statement::Query(query) = &mut statement {
             parser::name_result_columns(query);
         }
-        self.ctx
+        let plan = self
+            .ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
-            .map_err(Error::from_engine)
+            .map_err(Error::from_engine)?;
+        crate::bytea::rewrite_text_to_bytea_casts(plan).map_err(Error::from_engine)
     }
 
     async fn plan_with_params(

@@ -300,3 +300,76 @@ async fn cancel_requests_and_statement_timeout_stop_a_running_query() {
         .expect("usable after cancel");
     assert_eq!(rows.len(), 1);
 }
+
+#[tokio::test]
+async fn every_column_type_has_its_postgres_oid_and_round_trips() {
+    use tokio_postgres::types::Type;
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE types (b BOOLEAN, i2 SMALLINT, i4 INTEGER, i8 BIGINT, f4 REAL, f8 DOUBLE PRECISION,
+                                 n NUMERIC(10,3), t TEXT, d DATE, ts TIMESTAMP, tz TIMESTAMPTZ, by BYTEA);
+             INSERT INTO types VALUES (true, 2, 4, 8, 1.5, 2.25, 3.125, 'text', '2026-11-21',
+                                       '2026-11-21 10:11:12.5', '2026-11-21 10:11:12+00', '\\x0102ff');",
+        )
+        .await
+        .expect("setup");
+    let statement = client
+        .prepare("SELECT * FROM types")
+        .await
+        .expect("prepare");
+    let types: Vec<Type> = statement
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            Type::BOOL,
+            Type::INT2,
+            Type::INT4,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::TEXT,
+            Type::DATE,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::BYTEA
+        ]
+    );
+    let row = client.query_one(&statement, &[]).await.expect("row");
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, i16>(1), 2);
+    assert_eq!(row.get::<_, i32>(2), 4);
+    assert_eq!(row.get::<_, i64>(3), 8);
+    assert_eq!(row.get::<_, f32>(4), 1.5);
+    assert_eq!(row.get::<_, f64>(5), 2.25);
+    assert_eq!(row.get::<_, String>(7), "text");
+    assert_eq!(
+        row.get::<_, chrono::NaiveDate>(8),
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 21).expect("date")
+    );
+    assert_eq!(
+        row.get::<_, chrono::NaiveDateTime>(9).to_string(),
+        "2026-11-21 10:11:12.500"
+    );
+    assert_eq!(
+        row.get::<_, chrono::DateTime<chrono::Utc>>(10).to_rfc3339(),
+        "2026-11-21T10:11:12+00:00"
+    );
+    assert_eq!(row.get::<_, Vec<u8>>(11), vec![1, 2, 255]);
+    // NUMERIC in text form keeps its scale.
+    let text = client
+        .simple_query("SELECT n FROM types")
+        .await
+        .expect("simple");
+    let value = text.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("3.125"));
+}
