@@ -37,7 +37,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use quarry_common::SqlState;
-use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table, TableId};
+use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table};
 use quarry_raft::command::columns_from_defs;
 use quarry_raft::{Applied, ColumnDef, Command};
 use quarry_storage::ChunkStore;
@@ -412,7 +412,7 @@ impl Session {
                     .await
                     .map_err(Error::from_engine)?;
                 let rows = count_of(&batches);
-                self.commit_appends(&view.writes).await?;
+                commit_appends(self.engine.meta.as_ref(), &view.writes).await?;
                 Ok(Output::Command(CommandTag::with_rows("INSERT", rows)))
             }
             other => {
@@ -684,10 +684,7 @@ impl Session {
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
             Err(e) => {
-                if matches!(
-                    e,
-                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
-                ) {
+                if refused(&e) {
                     view.writes.discard_files(files);
                 }
                 Err(e.into())
@@ -731,39 +728,6 @@ impl Session {
             self.engine.meta.write(command).await?;
         }
         Ok(Output::Command(CommandTag::new(tag)))
-    }
-
-    /// Commits the write set's files as one append per table.
-    async fn commit_appends(&self, writes: &WriteSet) -> Result<()> {
-        let pending: BTreeMap<TableId, Vec<_>> = writes.take();
-        let mut remaining = pending.into_iter();
-        while let Some((table, files)) = remaining.next() {
-            if files.is_empty() {
-                continue;
-            }
-            let result = self
-                .engine
-                .meta
-                .write(Command::Append {
-                    table,
-                    files: files.clone(),
-                })
-                .await;
-            if let Err(e) = result {
-                // Definite refusals leave the files unreferenced: delete them, and
-                // those of tables not committed yet. An unknown outcome
-                // (Unavailable) keeps them; garbage collection decides later.
-                if matches!(
-                    e,
-                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
-                ) {
-                    writes.discard_files(files);
-                    writes.discard_files(remaining.flat_map(|(_, f)| f));
-                }
-                return Err(e.into());
-            }
-        }
-        Ok(())
     }
 
     async fn set(&mut self, set: ast::Set) -> Result<Output> {
@@ -929,7 +893,6 @@ impl Session {
                         self.engine.chunks.clone(),
                         view.writes.clone(),
                     ),
-                    table,
                     parser: RecordParser::new(format.clone()),
                     rows,
                     writes: view.writes,
@@ -987,6 +950,39 @@ impl Session {
             )),
         }
     }
+}
+
+/// Whether a failed metadata write certainly did not commit, so the data files it
+/// named are garbage now. An unknown outcome (`Unavailable`) keeps them; garbage
+/// collection decides later.
+fn refused(e: &quarry_raft::Error) -> bool {
+    matches!(
+        e,
+        quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
+    )
+}
+
+/// Commits the write set's files as one append per table; on a definite refusal
+/// deletes them.
+async fn commit_appends(meta: &dyn Metadata, writes: &WriteSet) -> Result<()> {
+    let mut pending = writes.take().into_iter();
+    while let Some((table, files)) = pending.next() {
+        if files.is_empty() {
+            continue;
+        }
+        let command = Command::Append {
+            table,
+            files: files.clone(),
+        };
+        if let Err(e) = meta.write(command).await {
+            if refused(&e) {
+                writes.discard_files(files);
+                writes.discard_files(pending.flat_map(|(_, f)| f));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 /// Whether DataFusion plans `statement` into rows whose shape `describe` reports.
@@ -1134,7 +1130,6 @@ fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Co
 /// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
 pub struct CopyIn {
     meta: Arc<dyn Metadata>,
-    table: Arc<Table>,
     parser: RecordParser,
     rows: RowBuffer,
     writer: DataFileWriter,
@@ -1192,30 +1187,12 @@ impl CopyIn {
         self.flush().await?;
         let CopyIn {
             meta,
-            table,
             writer,
             writes,
             ..
         } = self;
         let count = writer.finish().await?;
-        let files: Vec<_> = writes.take().into_values().flatten().collect();
-        if !files.is_empty() {
-            let result = meta
-                .write(Command::Append {
-                    table: table.id,
-                    files: files.clone(),
-                })
-                .await;
-            if let Err(e) = result {
-                if matches!(
-                    e,
-                    quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
-                ) {
-                    writes.discard_files(files);
-                }
-                return Err(e.into());
-            }
-        }
+        commit_appends(meta.as_ref(), &writes).await?;
         Ok(CommandTag::with_rows("COPY", count))
     }
 }

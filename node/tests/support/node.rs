@@ -137,22 +137,7 @@ impl TestNode {
             .status()
             .expect("kill runs");
         assert!(sent.success());
-        let mut child = self.child.take().expect("node is running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "quarry did not exit within 30 s of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Waits (bounded) for a process that exits by itself; returns its status.
