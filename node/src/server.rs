@@ -53,6 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     meta.bootstrap().await?;
     let meta = Arc::new(meta);
+    collect_garbage(&meta, &chunks).await?;
     let engine = Engine::new(meta.clone(), chunks, config.target_partitions);
     let frontend = Frontend::new(engine);
     tracing::info!(
@@ -120,6 +121,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     http.abort();
     meta.shutdown().await;
     tracing::info!("quarry node stopped");
+    Ok(())
+}
+
+/// Deletes chunks that no table references: data files of statements that a
+/// crash interrupted before their commit, and of dropped tables. Runs before the
+/// node accepts clients, so no statement is writing.
+///
+/// # Errors
+/// If the catalog cannot be read or the chunk directory listed.
+async fn collect_garbage(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
+    let catalog = meta.read().await?;
+    let referenced: std::collections::HashSet<_> = catalog
+        .tables
+        .values()
+        .flat_map(|table| table.files.iter().map(|entry| entry.file.chunk))
+        .collect();
+    let mut deleted = 0;
+    for chunk in chunks.list()? {
+        if !referenced.contains(&chunk) {
+            chunks.delete(chunk)?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted chunks no table references");
+    }
     Ok(())
 }
 

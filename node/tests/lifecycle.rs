@@ -207,3 +207,52 @@ async fn health_and_metrics_are_served_over_http() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn chunks_of_a_copy_cut_by_kill_9_are_deleted_at_restart() {
+    use bytes::Bytes;
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut node = TestNode::start(&data).await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE big (id BIGINT NOT NULL); INSERT INTO big VALUES (-1)")
+        .await
+        .expect("setup");
+    let sink = client
+        .copy_in::<_, Bytes>("COPY big FROM STDIN")
+        .await
+        .expect("copy in");
+    futures::pin_mut!(sink);
+    // More than one data file's worth of rows: whole files are written before the end.
+    let rows: String = (0..1_100_000).map(|i| format!("{i}\n")).collect();
+    sink.send(Bytes::from(rows)).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(data.join("chunks"))
+        .expect("chunks")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COPY wrote no data file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.kill9();
+
+    let node = TestNode::start(&data).await;
+    let count: i64 = node
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
+    let chunks = std::fs::read_dir(data.join("chunks"))
+        .expect("chunks")
+        .count();
+    assert_eq!(chunks, 1, "only the committed data file remains");
+}
