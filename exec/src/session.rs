@@ -226,6 +226,22 @@ impl Session {
             datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
         )
         .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
+        // Drivers (SQLAlchemy's among them) parse `version()` as PostgreSQL's.
+        ctx.register_udf(datafusion::logical_expr::create_udf(
+            "version",
+            vec![],
+            DataType::Utf8,
+            datafusion::logical_expr::Volatility::Stable,
+            Arc::new(|_| {
+                Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                    datafusion::common::ScalarValue::Utf8(Some(format!(
+                        "PostgreSQL {SERVER_VERSION} on {}-{}, 64-bit",
+                        std::env::consts::ARCH,
+                        std::env::consts::OS
+                    ))),
+                ))
+            }),
+        ));
         let settings = DEFAULT_SETTINGS
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

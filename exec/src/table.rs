@@ -169,13 +169,12 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
                 })
                 .collect(),
         };
-        let mut source = ParquetSource::new(self.schema.clone())
+        // Row-group and page pruning and row filtering get the filters from
+        // DataFusion's physical filter pushdown; here they only pruned files.
+        let source = ParquetSource::new(self.schema.clone())
             .with_parquet_file_reader_factory(Arc::new(factory))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);
-        if let Some(predicate) = predicate {
-            source = source.with_predicate(predicate);
-        }
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
