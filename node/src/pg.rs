@@ -581,8 +581,7 @@ impl ExtendedQueryHandler for Connection {
         let Some(statement) = &prepared.statement else {
             return Ok(Response::EmptyQuery);
         };
-        let types: Vec<Option<&DataType>> = prepared.params.iter().map(Option::as_ref).collect();
-        let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &types)?;
+        let params = bind_parameters(portal, &prepared.params)?;
         self.run(
             statement.clone(),
             Some(params),
@@ -590,6 +589,47 @@ impl ExtendedQueryHandler for Connection {
         )
         .await
     }
+}
+
+/// Decodes a portal's parameters. A parameter the client typed itself (Parse
+/// carried its OID) is decoded as that type and then cast to the type the
+/// statement needs, as PostgreSQL casts a typed parameter (psycopg sends Python
+/// ints as int8 for a NUMERIC comparison, say).
+fn bind_parameters(
+    portal: &Portal<Prepared>,
+    needed: &[Option<DataType>],
+) -> PgWireResult<datafusion::common::ParamValues> {
+    let client_typed = |i: usize| {
+        portal
+            .statement
+            .parameter_types
+            .get(i)
+            .is_some_and(|t| t.as_ref().is_some_and(|t| *t != Type::UNKNOWN))
+    };
+    let decode_as: Vec<Option<&DataType>> = needed
+        .iter()
+        .enumerate()
+        .map(|(i, t)| if client_typed(i) { None } else { t.as_ref() })
+        .collect();
+    let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &decode_as)?;
+    let datafusion::common::ParamValues::List(values) = params else {
+        return Ok(params);
+    };
+    let mut cast = Vec::with_capacity(values.len());
+    for (i, mut value) in values.into_iter().enumerate() {
+        if let Some(Some(target)) = needed.get(i)
+            && value.value.data_type() != *target
+        {
+            value.value = value.value.cast_to(target).map_err(|e| {
+                to_pg_error(&quarry_exec::error::user_error(
+                    SqlState::INVALID_TEXT_REPRESENTATION,
+                    format!("parameter ${} does not convert to {target}: {e}", i + 1),
+                ))
+            })?;
+        }
+        cast.push(value);
+    }
+    Ok(datafusion::common::ParamValues::List(cast))
 }
 
 #[async_trait]
