@@ -64,8 +64,8 @@ pub const TABLES: &[(&str, &str)] = &[
 /// What a load did.
 #[derive(Debug, Clone)]
 pub struct LoadSummary {
-    /// Rows per table, in load order.
-    pub rows: Vec<(String, u64)>,
+    /// Rows per table and the time its COPY took, in load order.
+    pub rows: Vec<(String, u64, Duration)>,
     /// Bytes of CSV sent.
     pub csv_bytes: u64,
     /// Wall time of the whole load.
@@ -75,7 +75,7 @@ pub struct LoadSummary {
 impl LoadSummary {
     /// Rows loaded in all.
     pub fn total_rows(&self) -> u64 {
-        self.rows.iter().map(|(_, n)| n).sum()
+        self.rows.iter().map(|(_, n, _)| n).sum()
     }
 }
 
@@ -243,9 +243,11 @@ pub async fn load(
             ProgressBar::hidden()
         };
         progress.set_message(table.to_string());
+        let copy_started = Instant::now();
         let (rows, bytes) = copy_table(&client, schema, table, scale_factor, &progress).await?;
+        let copy_elapsed = copy_started.elapsed();
         progress.finish_with_message(format!("{table} {rows} rows"));
-        summary.rows.push((table.to_string(), rows));
+        summary.rows.push((table.to_string(), rows, copy_elapsed));
         summary.csv_bytes += bytes;
     }
     summary.elapsed = started.elapsed();

@@ -106,8 +106,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let summary = quarry_client::tpch::load(&pg, scale_factor, &schema, true).await?;
             let seconds = summary.elapsed.as_secs_f64();
-            for (table, rows) in &summary.rows {
-                println!("{schema}.{table}: {rows} rows");
+            for (table, rows, elapsed) in &summary.rows {
+                println!(
+                    "{schema}.{table}: {rows} rows in {:.1} s ({:.0} rows/s)",
+                    elapsed.as_secs_f64(),
+                    *rows as f64 / elapsed.as_secs_f64().max(1e-9)
+                );
             }
             println!(
                 "loaded {} rows ({:.1} MiB of CSV) in {:.1} s: {:.0} rows/s",

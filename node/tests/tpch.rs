@@ -29,7 +29,7 @@ async fn loaded_node() -> (tempfile::TempDir, TestNode) {
         "load failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("tpch.lineitem: 60175 rows"), "{stdout}");
+    assert!(stdout.contains("tpch.lineitem: 60175 rows in"), "{stdout}");
     (dir, node)
 }
 
