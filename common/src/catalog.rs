@@ -186,6 +186,8 @@ pub enum Operation {
     Create,
     /// INSERT or COPY: files added, none removed.
     Append,
+    /// DELETE, UPDATE, MERGE: files replaced by rewritten ones.
+    Rewrite,
 }
 
 impl fmt::Display for Operation {
@@ -193,6 +195,7 @@ impl fmt::Display for Operation {
         match self {
             Operation::Create => f.write_str("create"),
             Operation::Append => f.write_str("append"),
+            Operation::Rewrite => f.write_str("rewrite"),
         }
     }
 }

@@ -26,6 +26,10 @@ impl SqlState {
     pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
     /// 23502 not_null_violation.
     pub const NOT_NULL_VIOLATION: SqlState = SqlState("23502");
+    /// 25P01 no_active_sql_transaction.
+    pub const NO_ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25P01");
+    /// 25P02 in_failed_sql_transaction: the transaction block already failed.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25001 active_sql_transaction.
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
     /// 40001 serialization_failure: retry the transaction.

@@ -15,7 +15,10 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use quarry_common::SqlState;
-use quarry_common::catalog::{ColumnStats, ColumnType, DataFile, Datum, Table, TableId};
+use quarry_common::catalog::{
+    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
+};
+use quarry_raft::TableChange;
 use quarry_storage::ChunkStore;
 
 use crate::error::{Error, Result};
@@ -26,13 +29,21 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per data file: a file is one chunk and one unit of scan parallelism.
 pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 
-/// Data files written by one statement (or, later, transaction) and not yet
-/// committed. Dropping an uncommitted write set deletes its chunks, so a failed or
-/// abandoned statement leaves nothing on disk.
+/// What a transaction (or autocommit statement) has changed and read, not yet
+/// committed: data files it wrote, data files it replaced, and the snapshots of
+/// the tables it read. Dropping an uncommitted write set deletes the files it
+/// wrote, so a failed or abandoned transaction leaves nothing on disk.
 #[derive(Debug)]
 pub struct WriteSet {
     chunks: ChunkStore,
-    files: Mutex<BTreeMap<TableId, Vec<DataFile>>>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    added: BTreeMap<TableId, Vec<DataFile>>,
+    removed: BTreeMap<TableId, Vec<ChunkId>>,
+    reads: BTreeMap<TableId, SnapshotId>,
 }
 
 impl WriteSet {
@@ -40,29 +51,81 @@ impl WriteSet {
     pub fn new(chunks: ChunkStore) -> Self {
         WriteSet {
             chunks,
-            files: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TableId, Vec<DataFile>>> {
-        self.files
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
             .lock()
             .expect("write set lock is never held across a panic")
     }
 
     fn add(&self, table: TableId, file: DataFile) {
-        self.lock().entry(table).or_default().push(file);
+        self.lock().added.entry(table).or_default().push(file);
     }
 
-    /// Hands the written files over for commit; the set is then empty. If the commit
-    /// fails definitely, pass the files back to [`WriteSet::discard_files`].
-    pub fn take(&self) -> BTreeMap<TableId, Vec<DataFile>> {
-        std::mem::take(&mut *self.lock())
+    /// Files this transaction added to `table` (it reads its own writes).
+    pub fn added_to(&self, table: TableId) -> Vec<DataFile> {
+        self.lock().added.get(&table).cloned().unwrap_or_default()
+    }
+
+    /// Committed files of `table` this transaction replaced.
+    pub fn removed_from(&self, table: TableId) -> Vec<ChunkId> {
+        self.lock().removed.get(&table).cloned().unwrap_or_default()
+    }
+
+    /// Records that the transaction replaces data file `chunk` of `table`. A file
+    /// the transaction wrote itself is simply dropped.
+    pub fn remove(&self, table: TableId, chunk: ChunkId) {
+        let mut pending = self.lock();
+        if let Some(added) = pending.added.get_mut(&table)
+            && let Some(i) = added.iter().position(|f| f.chunk == chunk)
+        {
+            let file = added.remove(i);
+            drop(pending);
+            self.discard_files([file]);
+            return;
+        }
+        pending.removed.entry(table).or_default().push(chunk);
+    }
+
+    /// Records that the transaction read `table` at `snapshot` (the first read
+    /// counts).
+    pub fn record_read(&self, table: TableId, snapshot: SnapshotId) {
+        self.lock().reads.entry(table).or_insert(snapshot);
+    }
+
+    /// Hands the changes over for commit, one per table, and the tables read; the
+    /// set is then empty. If the commit fails definitely, pass the changes to
+    /// [`WriteSet::discard_changes`].
+    pub fn take(&self) -> (Vec<TableChange>, Vec<(TableId, SnapshotId)>) {
+        let Pending {
+            added,
+            mut removed,
+            reads,
+        } = std::mem::take(&mut *self.lock());
+        let mut changes: Vec<TableChange> = added
+            .into_iter()
+            .map(|(table, added)| TableChange {
+                table,
+                added,
+                removed: removed.remove(&table).unwrap_or_default(),
+            })
+            .collect();
+        changes.extend(removed.into_iter().map(|(table, removed)| TableChange {
+            table,
+            added: Vec::new(),
+            removed,
+        }));
+        changes.retain(|c| !c.added.is_empty() || !c.removed.is_empty());
+        (changes, reads.into_iter().collect())
     }
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        let pending = self.lock();
+        pending.added.values().all(Vec::is_empty) && pending.removed.values().all(Vec::is_empty)
     }
 
     /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
@@ -74,10 +137,15 @@ impl WriteSet {
         }
     }
 
-    /// Deletes every pending file.
+    /// Deletes the files `changes` added.
+    pub fn discard_changes(&self, changes: Vec<TableChange>) {
+        self.discard_files(changes.into_iter().flat_map(|c| c.added));
+    }
+
+    /// Deletes every pending file and forgets every change.
     pub fn discard(&self) {
-        let files = self.take();
-        self.discard_files(files.into_values().flatten());
+        let (changes, _) = self.take();
+        self.discard_changes(changes);
     }
 }
 
@@ -390,8 +458,8 @@ mod tests {
             .expect("write");
         assert_eq!(writer.finish().await.expect("finish"), 4);
         assert_eq!(chunks.list().expect("list").len(), 1);
-        let files = writes.take();
-        let file = &files[&7][0];
+        let (changes, _) = writes.take();
+        let file = &changes[0].added[0];
         assert_eq!(file.row_count, 4);
         assert_eq!(file.column_stats[0].min, Some(Datum::Int(3)));
         assert_eq!(file.column_stats[0].max, Some(Datum::Int(9)));

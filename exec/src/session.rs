@@ -148,7 +148,7 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("client_encoding", "UTF8"),
     ("client_min_messages", "notice"),
     ("datestyle", "ISO, MDY"),
-    ("default_transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "repeatable read"),
     ("extra_float_digits", "1"),
     ("integer_datetimes", "on"),
     ("intervalstyle", "postgres"),
@@ -159,7 +159,6 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
-    ("transaction_isolation", "read committed"),
 ];
 
 /// The server version reported to clients: the PostgreSQL protocol version Quarry
@@ -175,6 +174,51 @@ pub struct Session {
     ctx: SessionContext,
     catalog: Arc<QuarryCatalog>,
     settings: BTreeMap<String, String>,
+    /// The open transaction block, if any.
+    transaction: Option<Transaction>,
+}
+
+/// Isolation levels. READ COMMITTED and REPEATABLE READ both run as snapshot
+/// isolation (the SQL standard allows a stronger level than asked for);
+/// SERIALIZABLE adds validation at commit that nothing the transaction read
+/// changed meanwhile, which rules out write skew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    Snapshot,
+    Serializable,
+}
+
+impl Isolation {
+    fn from_level(level: &ast::TransactionIsolationLevel) -> Isolation {
+        match level {
+            ast::TransactionIsolationLevel::Serializable => Isolation::Serializable,
+            _ => Isolation::Snapshot,
+        }
+    }
+
+    fn from_setting(value: Option<&str>) -> Isolation {
+        match value {
+            Some(v) if v.eq_ignore_ascii_case("serializable") => Isolation::Serializable,
+            _ => Isolation::Snapshot,
+        }
+    }
+
+    /// PostgreSQL's name for the level actually provided.
+    fn name(self) -> &'static str {
+        match self {
+            Isolation::Snapshot => "repeatable read",
+            Isolation::Serializable => "serializable",
+        }
+    }
+}
+
+/// An open BEGIN ... COMMIT block: one pinned catalog (its snapshot) and one
+/// write set for all its statements.
+struct Transaction {
+    view: CatalogView,
+    isolation: Isolation,
+    /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) is accepted.
+    failed: bool,
 }
 
 /// The value of `ident` as PostgreSQL resolves it: unquoted names fold to lower case.
@@ -252,6 +296,7 @@ impl Session {
             ctx,
             catalog,
             settings,
+            transaction: None,
         })
     }
 
@@ -268,16 +313,101 @@ impl Session {
         parser::parse(sql)
     }
 
-    /// Pins the newest catalog and a fresh write set for the next statement.
+    /// Pins the catalog and write set the next statement runs against: the open
+    /// transaction's, or else the newest catalog and a fresh write set.
     async fn begin_statement(&self) -> Result<CatalogView> {
-        let catalog = self.engine.meta.read().await?;
-        let view = CatalogView {
-            catalog,
-            writes: Arc::new(WriteSet::new(self.engine.chunks.clone())),
+        let view = match &self.transaction {
+            Some(transaction) => transaction.view.clone(),
+            None => self.fresh_view().await?,
         };
         self.catalog.set_view(view.clone());
         self.catalog.remove_system_schema(AS_OF_SCHEMA);
         Ok(view)
+    }
+
+    async fn fresh_view(&self) -> Result<CatalogView> {
+        Ok(CatalogView {
+            catalog: self.engine.meta.read().await?,
+            writes: Arc::new(WriteSet::new(self.engine.chunks.clone())),
+        })
+    }
+
+    /// Whether a transaction block (BEGIN ... COMMIT) is open.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// Commits what an autocommit statement wrote; inside a transaction block the
+    /// writes wait for COMMIT.
+    async fn commit_statement(&self, writes: &WriteSet) -> Result<()> {
+        if self.transaction.is_some() {
+            return Ok(());
+        }
+        commit_changes(self.engine.meta.as_ref(), writes, false).await
+    }
+
+    /// Refuses statements a transaction block cannot hold yet.
+    fn outside_transaction(&self, what: &str) -> Result<()> {
+        if self.transaction.is_some() {
+            return Err(user_error(
+                SqlState::ACTIVE_SQL_TRANSACTION,
+                format!("{what} cannot run inside a transaction block"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self, modes: &[ast::TransactionMode]) -> Result<Output> {
+        if self.transaction.is_some() {
+            tracing::debug!("BEGIN inside a transaction block is ignored, as in PostgreSQL");
+            return Ok(Output::Command(CommandTag::new("BEGIN")));
+        }
+        let mut isolation = Isolation::from_setting(self.setting("default_transaction_isolation"));
+        for mode in modes {
+            match mode {
+                ast::TransactionMode::IsolationLevel(level) => {
+                    isolation = Isolation::from_level(level)
+                }
+                ast::TransactionMode::AccessMode(_) => {}
+            }
+        }
+        self.transaction = Some(Transaction {
+            view: self.fresh_view().await?,
+            isolation,
+            failed: false,
+        });
+        Ok(Output::Command(CommandTag::new("BEGIN")))
+    }
+
+    async fn end(&mut self, commit: bool) -> Result<Output> {
+        let Some(transaction) = self.transaction.take() else {
+            // PostgreSQL warns "there is no transaction in progress" and goes on.
+            return Ok(Output::Command(CommandTag::new(if commit {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            })));
+        };
+        if !commit || transaction.failed {
+            transaction.view.writes.discard();
+            return Ok(Output::Command(CommandTag::new("ROLLBACK")));
+        }
+        let serializable = transaction.isolation == Isolation::Serializable;
+        commit_changes(
+            self.engine.meta.as_ref(),
+            &transaction.view.writes,
+            serializable,
+        )
+        .await?;
+        Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// The isolation level of the open transaction, or the default for new ones.
+    fn isolation_name(&self) -> &'static str {
+        match &self.transaction {
+            Some(t) => t.isolation.name(),
+            None => Isolation::from_setting(self.setting("default_transaction_isolation")).name(),
+        }
     }
 
     fn default_schema(&self) -> String {
@@ -356,6 +486,10 @@ impl Session {
 
     /// Executes one statement with `params` bound to `$1, $2, ...`.
     ///
+    /// Inside a transaction block, a failed statement aborts the transaction:
+    /// later statements fail with 25P02 until ROLLBACK (or COMMIT, which then
+    /// rolls back), as in PostgreSQL.
+    ///
     /// # Errors
     /// Any [`Error`]; the statement then committed nothing.
     pub async fn execute(
@@ -363,12 +497,42 @@ impl Session {
         statement: Statement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
+        let ends_transaction = matches!(
+            statement,
+            Statement::Commit { .. } | Statement::Rollback { .. }
+        );
+        if let Some(transaction) = &self.transaction
+            && transaction.failed
+            && !ends_transaction
+        {
+            return Err(user_error(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let result = self.execute_statement(statement, params).await;
+        if result.is_err()
+            && let Some(transaction) = &mut self.transaction
+        {
+            transaction.failed = true;
+        }
+        result
+    }
+
+    async fn execute_statement(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         match statement {
-            Statement::StartTransaction { .. }
-            | Statement::Commit { .. }
-            | Statement::Rollback { .. } => Err(user_error(
+            Statement::StartTransaction { modes, .. } => self.begin(&modes).await,
+            Statement::Commit { .. } => self.end(true).await,
+            Statement::Rollback {
+                savepoint: None, ..
+            } => self.end(false).await,
+            Statement::Rollback { .. } => Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
-                "multi-statement transactions are not supported yet; every statement commits on its own",
+                "savepoints are not supported yet",
             )),
             Statement::Set(set) => self.set(set).await,
             Statement::ShowVariable { variable } => self.show(&variable),
@@ -377,6 +541,7 @@ impl Session {
                 if_not_exists,
                 ..
             } => {
+                self.outside_transaction("CREATE SCHEMA")?;
                 let name = match &schema_name {
                     SchemaName::Simple(name) => object_parts(name).join("."),
                     other => {
@@ -395,14 +560,20 @@ impl Session {
                     .await?;
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
-            Statement::CreateTable(create) => self.create_table(create).await,
+            Statement::CreateTable(create) => {
+                self.outside_transaction("CREATE TABLE")?;
+                self.create_table(create).await
+            }
             Statement::Drop {
                 object_type,
                 if_exists,
                 names,
                 cascade,
                 ..
-            } => self.drop(object_type, if_exists, &names, cascade).await,
+            } => {
+                self.outside_transaction("DROP")?;
+                self.drop(object_type, if_exists, &names, cascade).await
+            }
             Statement::Copy {
                 source,
                 to,
@@ -428,7 +599,7 @@ impl Session {
                     .await
                     .map_err(Error::from_engine)?;
                 let rows = count_of(&batches);
-                commit_appends(self.engine.meta.as_ref(), &view.writes).await?;
+                self.commit_statement(&view.writes).await?;
                 Ok(Output::Command(CommandTag::with_rows("INSERT", rows)))
             }
             other => {
@@ -687,8 +858,9 @@ impl Session {
         let files = view
             .writes
             .take()
-            .into_values()
-            .flatten()
+            .0
+            .into_iter()
+            .flat_map(|change| change.added)
             .collect::<Vec<_>>();
         let command = Command::CreateTable {
             schema,
@@ -766,6 +938,24 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(", ");
                 (name, value)
+            }
+            ast::Set::SetTransaction {
+                modes,
+                session: false,
+                ..
+            } => {
+                let Some(transaction) = &mut self.transaction else {
+                    return Err(user_error(
+                        SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                        "SET TRANSACTION can only be used in transaction blocks",
+                    ));
+                };
+                for mode in &modes {
+                    if let ast::TransactionMode::IsolationLevel(level) = mode {
+                        transaction.isolation = Isolation::from_level(level);
+                    }
+                }
+                return Ok(Output::Command(CommandTag::new("SET")));
             }
             ast::Set::SetTimeZone { value, .. } => (
                 "timezone".to_owned(),
@@ -846,6 +1036,11 @@ impl Session {
                     .map(|(k, v)| format!("{k} = {v}"))
                     .collect(),
             )
+        } else if name == "transaction_isolation" || name == "transaction isolation level" {
+            (
+                "transaction_isolation".to_owned(),
+                vec![self.isolation_name().to_owned()],
+            )
         } else {
             let value = self.settings.get(&name).ok_or_else(|| {
                 user_error(
@@ -904,6 +1099,7 @@ impl Session {
                 };
                 Ok(Output::CopyIn(Box::new(CopyIn {
                     meta: self.engine.meta.clone(),
+                    commit: self.transaction.is_none(),
                     writer: DataFileWriter::new(
                         table.clone(),
                         self.engine.chunks.clone(),
@@ -978,25 +1174,23 @@ fn refused(e: &quarry_raft::Error) -> bool {
     )
 }
 
-/// Commits the write set's files as one append per table; on a definite refusal
-/// deletes them.
-async fn commit_appends(meta: &dyn Metadata, writes: &WriteSet) -> Result<()> {
-    let mut pending = writes.take().into_iter();
-    while let Some((table, files)) = pending.next() {
-        if files.is_empty() {
-            continue;
+/// Commits everything `writes` holds as one Raft command; on a definite refusal
+/// deletes the files it wrote. With `serializable`, the commit also fails if any
+/// table the transaction read changed meanwhile.
+async fn commit_changes(meta: &dyn Metadata, writes: &WriteSet, serializable: bool) -> Result<()> {
+    let (changes, reads) = writes.take();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let command = Command::Commit {
+        changes: changes.clone(),
+        read_set: if serializable { reads } else { Vec::new() },
+    };
+    if let Err(e) = meta.write(command).await {
+        if refused(&e) {
+            writes.discard_changes(changes);
         }
-        let command = Command::Append {
-            table,
-            files: files.clone(),
-        };
-        if let Err(e) = meta.write(command).await {
-            if refused(&e) {
-                writes.discard_files(files);
-                writes.discard_files(pending.flat_map(|(_, f)| f));
-            }
-            return Err(e.into());
-        }
+        return Err(e.into());
     }
     Ok(())
 }
@@ -1146,6 +1340,9 @@ fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Co
 /// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
 pub struct CopyIn {
     meta: Arc<dyn Metadata>,
+    /// Whether finishing commits (autocommit), or leaves the rows to the
+    /// transaction block's COMMIT.
+    commit: bool,
     parser: RecordParser,
     rows: RowBuffer,
     writer: DataFileWriter,
@@ -1205,10 +1402,13 @@ impl CopyIn {
             meta,
             writer,
             writes,
+            commit,
             ..
         } = self;
         let count = writer.finish().await?;
-        commit_appends(meta.as_ref(), &writes).await?;
+        if commit {
+            commit_changes(meta.as_ref(), &writes, false).await?;
+        }
         Ok(CommandTag::with_rows("COPY", count))
     }
 }

@@ -81,8 +81,22 @@ impl SnapshotTable {
         }
     }
 
-    fn files(&self) -> Vec<&DataFile> {
-        self.table.files_at(self.snapshot).collect()
+    /// The data files this scan sees: the snapshot's, less those the transaction
+    /// replaced, plus those it wrote. Reading records the snapshot in the
+    /// transaction's read set.
+    fn files(&self) -> Vec<DataFile> {
+        let snapshot_files = self.table.files_at(self.snapshot);
+        let Some(writes) = &self.writes else {
+            return snapshot_files.cloned().collect();
+        };
+        writes.record_read(self.table.id, self.snapshot);
+        let removed = writes.removed_from(self.table.id);
+        let mut files: Vec<DataFile> = snapshot_files
+            .filter(|f| !removed.contains(&f.chunk))
+            .cloned()
+            .collect();
+        files.extend(writes.added_to(self.table.id));
+        files
     }
 
     fn qualified_name(&self) -> String {
@@ -215,7 +229,7 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
 /// Zone maps of a list of data files, in the shape DataFusion's pruning wants.
 struct ZoneMaps<'a> {
     table: &'a Table,
-    files: &'a [&'a DataFile],
+    files: &'a [DataFile],
 }
 
 impl ZoneMaps<'_> {

@@ -374,7 +374,11 @@ impl Connection {
         };
         match output.map_err(|e| to_pg_error(&e))? {
             Output::Rows(stream) => rows_response(stream, format, stop),
-            Output::Command(tag) => Ok(Response::Execution(tag_of(&tag))),
+            Output::Command(tag) => Ok(match tag.command.as_str() {
+                "BEGIN" => Response::TransactionStart(tag_of(&tag)),
+                "COMMIT" | "ROLLBACK" => Response::TransactionEnd(tag_of(&tag)),
+                _ => Response::Execution(tag_of(&tag)),
+            }),
             Output::CopyIn(copy) => {
                 let columns = copy.columns;
                 *self.state.copy.lock().await = Some(copy);

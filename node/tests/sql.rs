@@ -436,3 +436,78 @@ async fn zone_maps_prune_data_files_from_scans() {
         .expect("count");
     assert_eq!(row.get::<_, i64>(0), 1021);
 }
+
+#[tokio::test]
+async fn a_transaction_reads_one_snapshot_plus_its_own_writes() {
+    let (_dir, node) = node().await;
+    let a = node.client().await;
+    let b = node.client().await;
+    a.batch_execute("CREATE TABLE t (v INT)")
+        .await
+        .expect("create");
+    let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
+
+    a.batch_execute("BEGIN").await.expect("begin");
+    assert_eq!(
+        count(
+            a.query("SELECT count(*) FROM t", &[])
+                .await
+                .expect("a reads")
+        ),
+        0
+    );
+    b.batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("b commits");
+    assert_eq!(
+        count(
+            a.query("SELECT count(*) FROM t", &[])
+                .await
+                .expect("a reads again")
+        ),
+        0,
+        "a transaction must not see commits made after its snapshot"
+    );
+    a.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect("a writes");
+    assert_eq!(
+        count(
+            a.query("SELECT count(*) FROM t", &[])
+                .await
+                .expect("own write")
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            b.query("SELECT count(*) FROM t", &[])
+                .await
+                .expect("b reads")
+        ),
+        1,
+        "uncommitted rows must not be visible to others"
+    );
+    a.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        count(b.query("SELECT count(*) FROM t", &[]).await.expect("after")),
+        2
+    );
+
+    // tokio-postgres' own transaction API (BEGIN / COMMIT over the wire).
+    let mut c = node.client().await;
+    let transaction = c.transaction().await.expect("begin");
+    transaction
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .expect("insert");
+    transaction.rollback().await.expect("rollback");
+    assert_eq!(
+        count(
+            b.query("SELECT count(*) FROM t", &[])
+                .await
+                .expect("after rollback")
+        ),
+        2
+    );
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, Column, ColumnType, DataFile, FileEntry, Operation, SnapshotId, Table, TableId,
-    TableSnapshot, TimestampMicros,
+    Catalog, ChunkId, Column, ColumnType, DataFile, FileEntry, Operation, SnapshotId, Table,
+    TableId, TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,14 +81,30 @@ pub enum Command {
         /// IF EXISTS: a missing table is not an error.
         if_exists: bool,
     },
-    /// Add data files to a table (INSERT, COPY): one new snapshot. Appends never
-    /// conflict: they apply on top of whatever snapshot is current.
-    Append {
-        /// The table, by id, so a table dropped and re-created meanwhile is not hit.
-        table: TableId,
-        /// The new files.
-        files: Vec<DataFile>,
+    /// Commit a transaction: data changes to any number of tables, applied all
+    /// together as one new snapshot of each changed table, or not at all.
+    ///
+    /// Conflicts follow first-committer-wins: a change that removes a data file
+    /// some commit already removed fails, as does (for SERIALIZABLE) a table in
+    /// `read_set` that changed since it was read. Pure appends never conflict.
+    Commit {
+        /// One entry per changed table.
+        changes: Vec<TableChange>,
+        /// Tables the transaction read, with the snapshot it read each at; empty
+        /// unless the transaction is SERIALIZABLE.
+        read_set: Vec<(TableId, SnapshotId)>,
     },
+}
+
+/// The data change a commit makes to one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableChange {
+    /// The table, by id, so a table dropped and re-created meanwhile is not hit.
+    pub table: TableId,
+    /// New data files (INSERT, COPY, and the rewritten files of DELETE/UPDATE).
+    pub added: Vec<DataFile>,
+    /// Data files the change replaces (DELETE/UPDATE rewrite whole files).
+    pub removed: Vec<ChunkId>,
 }
 
 /// What an applied command did.
@@ -98,7 +114,14 @@ pub enum Applied {
     Nothing,
     /// A schema was created or dropped.
     Schema,
-    /// A table was created or dropped, or data committed: the new snapshot.
+    /// A transaction committed: the snapshot id of every table it changed.
+    Commit {
+        /// The new snapshots' id.
+        snapshot: SnapshotId,
+        /// Their commit time.
+        committed_at: TimestampMicros,
+    },
+    /// A table was created or dropped: its new snapshot.
     Snapshot {
         /// The table.
         table: TableId,
@@ -133,6 +156,13 @@ pub enum CatalogError {
     /// A table needs at least one column.
     #[error("a table must have at least one column")]
     NoColumns,
+    /// A concurrent commit changed what this one read or rewrote (retry the
+    /// transaction).
+    #[error("could not serialize access due to concurrent update of \"{0}\"")]
+    SerializationFailure(String),
+    /// One commit named the same table twice (a bug in the proposer).
+    #[error("one commit changes table \"{0}\" twice")]
+    DuplicateChange(String),
 }
 
 impl CatalogError {
@@ -146,6 +176,8 @@ impl CatalogError {
             CatalogError::TableNotFound(_) => SqlState::UNDEFINED_TABLE,
             CatalogError::DuplicateColumn(_) => SqlState::DUPLICATE_COLUMN,
             CatalogError::NoColumns => SqlState::SYNTAX_ERROR,
+            CatalogError::SerializationFailure(_) => SqlState::SERIALIZATION_FAILURE,
+            CatalogError::DuplicateChange(_) => SqlState::INTERNAL_ERROR,
         }
     }
 }
@@ -262,41 +294,96 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             None if *if_exists => Ok(Applied::Nothing),
             None => Err(CatalogError::TableNotFound(name.clone())),
         },
-        Command::Append { table, files } => {
-            let key = catalog
-                .tables
+        Command::Commit { changes, read_set } => {
+            commit(catalog, proposal.proposed_at, changes, read_set)
+        }
+    }
+}
+
+fn table_key(catalog: &Catalog, id: TableId) -> Option<(String, String)> {
+    catalog
+        .tables
+        .iter()
+        .find(|(_, t)| t.id == id)
+        .map(|(key, _)| key.clone())
+}
+
+/// Validates every part of a commit, then applies it; on error nothing changed.
+fn commit(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    changes: &[TableChange],
+    read_set: &[(TableId, SnapshotId)],
+) -> Result<Applied, CatalogError> {
+    for (table, read_at) in read_set {
+        let current = table_key(catalog, *table)
+            .and_then(|key| catalog.tables.get(&key))
+            .map(|t| (t.name.clone(), t.current_snapshot().id));
+        match current {
+            Some((_, id)) if id == *read_at => {}
+            Some((name, _)) => return Err(CatalogError::SerializationFailure(name)),
+            None => {
+                return Err(CatalogError::SerializationFailure(format!(
+                    "table id {table}"
+                )));
+            }
+        }
+    }
+    let mut keys = Vec::with_capacity(changes.len());
+    for change in changes {
+        let key = table_key(catalog, change.table)
+            .ok_or_else(|| CatalogError::TableNotFound(format!("table id {}", change.table)))?;
+        let table = &catalog.tables[&key];
+        for chunk in &change.removed {
+            let live = table
+                .files
                 .iter()
-                .find(|(_, t)| t.id == *table)
-                .map(|(k, _)| k.clone())
-                .ok_or_else(|| CatalogError::TableNotFound(format!("table id {table}")))?;
-            let snapshot = next_id(catalog);
-            let committed_at = commit_time(catalog, proposal.proposed_at);
-            let entry = catalog
-                .tables
-                .get_mut(&key)
-                .expect("the key was just found");
-            let table = Arc::make_mut(entry);
-            let rows_added: u64 = files.iter().map(|f| f.row_count).sum();
-            let row_count = table.current_snapshot().row_count + rows_added;
-            table.files.extend(files.iter().map(|file| FileEntry {
+                .any(|e| e.file.chunk == *chunk && e.removed_in.is_none());
+            if !live {
+                return Err(CatalogError::SerializationFailure(table.name.clone()));
+            }
+        }
+        if keys.contains(&key) {
+            return Err(CatalogError::DuplicateChange(table.name.clone()));
+        }
+        keys.push(key);
+    }
+    let snapshot = next_id(catalog);
+    let committed_at = commit_time(catalog, proposed_at);
+    for (change, key) in changes.iter().zip(keys) {
+        let table = Arc::make_mut(catalog.tables.get_mut(&key).expect("validated above"));
+        let mut rows_removed = 0;
+        for entry in &mut table.files {
+            if entry.removed_in.is_none() && change.removed.contains(&entry.file.chunk) {
+                entry.removed_in = Some(snapshot);
+                rows_removed += entry.file.row_count;
+            }
+        }
+        let rows_added: u64 = change.added.iter().map(|f| f.row_count).sum();
+        let row_count = table.current_snapshot().row_count + rows_added - rows_removed;
+        table
+            .files
+            .extend(change.added.iter().map(|file| FileEntry {
                 file: file.clone(),
                 added_in: snapshot,
                 removed_in: None,
             }));
-            table.snapshots.push(TableSnapshot {
-                id: snapshot,
-                committed_at,
-                operation: Operation::Append,
-                row_count,
-                rows_added,
-            });
-            Ok(Applied::Snapshot {
-                table: table.id,
-                snapshot,
-                committed_at,
-            })
-        }
+        table.snapshots.push(TableSnapshot {
+            id: snapshot,
+            committed_at,
+            operation: if change.removed.is_empty() {
+                Operation::Append
+            } else {
+                Operation::Rewrite
+            },
+            row_count,
+            rows_added,
+        });
     }
+    Ok(Applied::Commit {
+        snapshot,
+        committed_at,
+    })
 }
 
 /// The columns a new table gets for `defs`: field ids 1, 2, ... in order.
@@ -367,6 +454,17 @@ mod tests {
         }
     }
 
+    fn append(table: TableId, added: Vec<DataFile>) -> Command {
+        Command::Commit {
+            changes: vec![TableChange {
+                table,
+                added,
+                removed: vec![],
+            }],
+            read_set: vec![],
+        }
+    }
+
     fn file(rows: u64) -> DataFile {
         DataFile {
             chunk: ChunkId(rows as u128),
@@ -383,14 +481,7 @@ mod tests {
         run(&mut catalog, create("t")).expect("create");
         let id = catalog.table("public", "t").expect("t").id;
         for rows in [3, 4] {
-            run(
-                &mut catalog,
-                Command::Append {
-                    table: id,
-                    files: vec![file(rows)],
-                },
-            )
-            .expect("append");
+            run(&mut catalog, append(id, vec![file(rows)])).expect("append");
         }
         let t = catalog.table("public", "t").expect("t");
         let ids: Vec<_> = t.snapshots.iter().map(|s| s.id).collect();
@@ -433,10 +524,7 @@ mod tests {
                 CatalogError::SchemaNotEmpty("public".into()),
             ),
             (
-                Command::Append {
-                    table: 999,
-                    files: vec![file(1)],
-                },
+                append(999, vec![file(1)]),
                 CatalogError::TableNotFound("table id 999".into()),
             ),
         ];
@@ -444,6 +532,92 @@ mod tests {
             assert_eq!(run(&mut catalog, command), Err(expected));
             assert_eq!(catalog, before);
         }
+    }
+
+    #[test]
+    fn the_second_of_two_rewrites_of_one_file_fails_and_changes_nothing() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        run(&mut catalog, create("u")).expect("create");
+        let t = catalog.table("public", "t").expect("t").id;
+        let u = catalog.table("public", "u").expect("u").id;
+        run(&mut catalog, append(t, vec![file(10)])).expect("append");
+        let rewrite = |rows| Command::Commit {
+            changes: vec![TableChange {
+                table: t,
+                added: vec![file(rows)],
+                removed: vec![ChunkId(10)],
+            }],
+            read_set: vec![],
+        };
+        run(&mut catalog, rewrite(7)).expect("first rewrite wins");
+        let table = catalog.table("public", "t").expect("t");
+        assert_eq!(table.current_snapshot().row_count, 7);
+        assert_eq!(table.current_snapshot().operation, Operation::Rewrite);
+        let before = catalog.clone();
+        // The second rewrite of the same file also appends to another table: all
+        // of it must fail.
+        let Command::Commit { mut changes, .. } = rewrite(8) else {
+            unreachable!("rewrite builds a commit");
+        };
+        changes.push(TableChange {
+            table: u,
+            added: vec![file(3)],
+            removed: vec![],
+        });
+        let result = run(
+            &mut catalog,
+            Command::Commit {
+                changes,
+                read_set: vec![],
+            },
+        );
+        assert_eq!(result, Err(CatalogError::SerializationFailure("t".into())));
+        assert_eq!(catalog, before);
+    }
+
+    #[test]
+    fn concurrent_appends_both_commit() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        let t = catalog.table("public", "t").expect("t").id;
+        run(&mut catalog, append(t, vec![file(1)])).expect("first");
+        run(&mut catalog, append(t, vec![file(2)])).expect("second");
+        assert_eq!(
+            catalog
+                .table("public", "t")
+                .expect("t")
+                .current_snapshot()
+                .row_count,
+            3
+        );
+    }
+
+    #[test]
+    fn a_serializable_commit_fails_when_a_table_it_read_changed() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        run(&mut catalog, create("u")).expect("create");
+        let t = catalog.table("public", "t").expect("t").id;
+        let u = catalog.table("public", "u").expect("u").id;
+        let read_at = catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .id;
+        run(&mut catalog, append(t, vec![file(1)])).expect("concurrent write to t");
+        let result = run(
+            &mut catalog,
+            Command::Commit {
+                changes: vec![TableChange {
+                    table: u,
+                    added: vec![file(2)],
+                    removed: vec![],
+                }],
+                read_set: vec![(t, read_at)],
+            },
+        );
+        assert_eq!(result, Err(CatalogError::SerializationFailure("t".into())));
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use quarry_common::catalog::{ChunkId, ColumnType, DataFile};
 use quarry_raft::network::Unconnected;
-use quarry_raft::{Applied, CatalogError, ColumnDef, Command, Error, Meta, MetaConfig, NodeAddr};
+use quarry_raft::{
+    Applied, CatalogError, ColumnDef, Command, Error, Meta, MetaConfig, NodeAddr, TableChange,
+};
 
 fn config(snapshot_every_entries: u64) -> MetaConfig {
     let mut config = MetaConfig::new(1, NodeAddr::default());
@@ -55,13 +57,17 @@ async fn committed_catalog_survives_restart() {
         .id;
     for chunk in 0..5 {
         let applied = meta
-            .write(Command::Append {
-                table,
-                files: vec![data_file(chunk)],
+            .write(Command::Commit {
+                changes: vec![TableChange {
+                    table,
+                    added: vec![data_file(chunk)],
+                    removed: vec![],
+                }],
+                read_set: vec![],
             })
             .await
             .expect("append");
-        assert!(matches!(applied, Applied::Snapshot { .. }));
+        assert!(matches!(applied, Applied::Commit { .. }));
     }
     let before = meta.read().await.expect("read");
     meta.shutdown().await;
