@@ -585,6 +585,43 @@ impl Session {
                 self.copy(source, to, target, &options, &legacy_options)
                     .await
             }
+            Statement::Truncate(truncate) => {
+                let view = self.begin_statement().await?;
+                for target in &truncate.table_names {
+                    let table = self.table(&view.catalog, &target.name)?.clone();
+                    let source = SnapshotTable::new(
+                        table.clone(),
+                        table.current_snapshot().id,
+                        self.engine.chunks.clone(),
+                        Some(view.writes.clone()),
+                    );
+                    for file in source.visible_files() {
+                        view.writes.remove(table.id, file.chunk);
+                    }
+                }
+                self.commit_statement(&view.writes).await?;
+                Ok(Output::Command(CommandTag::new("TRUNCATE TABLE")))
+            }
+            Statement::Delete(_) | Statement::Update { .. } => {
+                let command = if matches!(statement, Statement::Delete(_)) {
+                    "DELETE"
+                } else {
+                    "UPDATE"
+                };
+                let view = self.begin_statement().await?;
+                let plan = self.plan_with_params(statement, params).await?;
+                let batches = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(Error::from_engine)?
+                    .collect()
+                    .await
+                    .map_err(Error::from_engine)?;
+                let rows = count_of(&batches);
+                self.commit_statement(&view.writes).await?;
+                Ok(Output::Command(CommandTag::with_rows(command, rows)))
+            }
             Statement::Insert(_) => {
                 let view = self.begin_statement().await?;
                 let plan = self
@@ -1199,7 +1236,11 @@ async fn commit_changes(meta: &dyn Metadata, writes: &WriteSet, serializable: bo
 fn returns_planned_rows(statement: &Statement) -> bool {
     matches!(
         statement,
-        Statement::Query(_) | Statement::Explain { .. } | Statement::Insert(_)
+        Statement::Query(_)
+            | Statement::Explain { .. }
+            | Statement::Insert(_)
+            | Statement::Delete(_)
+            | Statement::Update { .. }
     )
 }
 

@@ -37,7 +37,6 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{
@@ -99,57 +98,69 @@ impl SnapshotTable {
         files
     }
 
-    fn qualified_name(&self) -> String {
-        format!("{}.{}", self.table.schema, self.table.name)
-    }
-}
-
-#[async_trait]
-impl datafusion::catalog::TableProvider for SnapshotTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+    /// The table this reads.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
+    /// The write set inserts and rewrites go to, if writable.
+    pub fn writes(&self) -> Option<&Arc<WriteSet>> {
+        self.writes.as_ref()
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    /// The chunk store.
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
     }
 
-    async fn scan(
+    /// The data files this scan sees (see [`SnapshotTable::files`]).
+    pub fn visible_files(&self) -> Vec<DataFile> {
+        self.files()
+    }
+
+    /// `files` less those whose zone maps show no row can match `filters`.
+    ///
+    /// # Errors
+    /// If the filters cannot be planned.
+    pub fn prune(
         &self,
         state: &dyn Session,
-        projection: Option<&Vec<usize>>,
+        mut files: Vec<DataFile>,
         filters: &[Expr],
+    ) -> DfResult<Vec<DataFile>> {
+        let Some(expr) = conjunction(filters.iter().cloned()) else {
+            return Ok(files);
+        };
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let predicate = state.create_physical_expr(expr, &df_schema)?;
+        let pruning = PruningPredicateBuilder::new()
+            .with_file_schema(self.schema.clone())
+            .build(predicate);
+        if let Some(pruning) = pruning {
+            let keep = pruning.prune(&ZoneMaps {
+                table: &self.table,
+                files: &files,
+            })?;
+            let mut keep = keep.into_iter();
+            files.retain(|_| keep.next().unwrap_or(true));
+        }
+        Ok(files)
+    }
+
+    /// A Parquet scan of `files` in up to `partitions` partitions balanced by
+    /// size. Row-group and page pruning and row filtering get their predicate
+    /// from DataFusion's physical filter pushdown.
+    ///
+    /// # Errors
+    /// If the projection does not fit the table.
+    pub fn file_scan(
+        &self,
+        files: Vec<DataFile>,
+        partitions: usize,
+        projection: Option<Vec<usize>>,
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut files = self.files();
-        let predicate: Option<Arc<dyn PhysicalExpr>> = match conjunction(filters.iter().cloned()) {
-            Some(expr) => {
-                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-                Some(state.create_physical_expr(expr, &df_schema)?)
-            }
-            None => None,
-        };
-        if let Some(predicate) = &predicate {
-            let pruning = PruningPredicateBuilder::new()
-                .with_file_schema(self.schema.clone())
-                .build(predicate.clone());
-            if let Some(pruning) = pruning {
-                let keep = pruning.prune(&ZoneMaps {
-                    table: &self.table,
-                    files: &files,
-                })?;
-                let mut keep = keep.into_iter();
-                files.retain(|_| keep.next().unwrap_or(true));
-            }
-        }
-        let partitions = state.config().target_partitions().max(1);
+        let partitions = partitions.max(1);
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions.min(files.len().max(1)))
             .map(|_| (0, Vec::new()))
             .collect();
@@ -183,8 +194,6 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
                 })
                 .collect(),
         };
-        // Row-group and page pruning and row filtering get the filters from
-        // DataFusion's physical filter pushdown; here they only pruned files.
         let source = ParquetSource::new(self.schema.clone())
             .with_parquet_file_reader_factory(Arc::new(factory))
             .with_enable_page_index(true)
@@ -192,10 +201,66 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
-                .with_projection_indices(projection.cloned())?
+                .with_projection_indices(projection)?
                 .with_limit(limit)
                 .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    fn qualified_name(&self) -> String {
+        format!("{}.{}", self.table.schema, self.table.name)
+    }
+}
+
+#[async_trait]
+impl datafusion::catalog::TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let files = self.files();
+        let files = self.prune(state, files, filters)?;
+        self.file_scan(
+            files,
+            state.config().target_partitions(),
+            projection.cloned(),
+            limit,
+        )
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        crate::rewrite::RewriteExec::plan(self, state, filters, Vec::new())
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        crate::rewrite::RewriteExec::plan(self, state, filters, assignments)
     }
 
     async fn insert_into(

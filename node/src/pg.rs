@@ -368,8 +368,19 @@ impl Connection {
         let _running = self.running.enter();
         let mut session = self.state.session.lock().await;
         let stop = self.stop_signal(session.statement_timeout_ms());
+        // A panic in one statement fails that statement (XX000), not the node or
+        // the connection.
+        let execution =
+            std::panic::AssertUnwindSafe(session.execute(statement, params)).catch_unwind();
         let output = tokio::select! {
-            output = session.execute(statement, params) => output,
+            output = execution => output.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(quarry_exec::Error::Internal(format!("statement panicked: {what}")))
+            }),
             reason = stop.clone() => return Err(reason.error()),
         };
         match output.map_err(|e| to_pg_error(&e))? {

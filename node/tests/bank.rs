@@ -1,0 +1,199 @@
+//! Snapshot isolation under concurrency: random transfers between accounts in
+//! BEGIN / UPDATE / UPDATE / COMMIT transactions, retried on 40001, while readers
+//! sum the balances in their own transactions. Every read must see the initial
+//! total, and the final balances must be exactly the committed transfers applied.
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{TestNode, sqlstate};
+
+const ACCOUNTS: i64 = 20;
+const INITIAL: i64 = 1_000;
+const WRITERS: u64 = 8;
+const TRANSFERS_PER_WRITER: u64 = 12;
+
+#[tokio::test]
+async fn concurrent_transfers_keep_the_total_and_lose_no_update() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let setup = node.client().await;
+    setup
+        .batch_execute("CREATE TABLE accounts (id BIGINT NOT NULL, balance BIGINT NOT NULL)")
+        .await
+        .expect("create");
+    let values: Vec<String> = (0..ACCOUNTS).map(|i| format!("({i}, {INITIAL})")).collect();
+    setup
+        .batch_execute(&format!(
+            "INSERT INTO accounts VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .expect("accounts");
+
+    let committed = Arc::new(Mutex::new(Vec::<(i64, i64, i64)>::new()));
+    let conflicts = Arc::new(Mutex::new(0u64));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let client = node.client().await;
+        let (committed, conflicts) = (committed.clone(), conflicts.clone());
+        tasks.push(tokio::spawn(async move {
+            // A small deterministic generator per writer.
+            let mut state = writer
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut next = move || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (state >> 33) as i64
+            };
+            for _ in 0..TRANSFERS_PER_WRITER {
+                let from = next() % ACCOUNTS;
+                let to = (from + 1 + next() % (ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + next() % 50;
+                loop {
+                    let attempt = async {
+                        client.batch_execute("BEGIN").await?;
+                        client
+                            .execute(
+                                "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+                                &[&amount, &from],
+                            )
+                            .await?;
+                        client
+                            .execute(
+                                "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                                &[&amount, &to],
+                            )
+                            .await?;
+                        client.batch_execute("COMMIT").await
+                    }
+                    .await;
+                    match attempt {
+                        Ok(()) => {
+                            committed.lock().expect("lock").push((from, to, amount));
+                            break;
+                        }
+                        Err(e) if sqlstate(&e) == "40001" => {
+                            *conflicts.lock().expect("lock") += 1;
+                            let _ = client.batch_execute("ROLLBACK").await;
+                        }
+                        Err(e) => panic!("transfer failed: {e:?}"),
+                    }
+                }
+            }
+        }));
+    }
+    let reader_client = node.client().await;
+    let reader = tokio::spawn(async move {
+        let mut reads = 0;
+        for _ in 0..40 {
+            reader_client.batch_execute("BEGIN").await.expect("begin");
+            let total: i64 = reader_client
+                .query_one("SELECT CAST(sum(balance) AS BIGINT) FROM accounts", &[])
+                .await
+                .expect("sum")
+                .get(0);
+            reader_client.batch_execute("COMMIT").await.expect("commit");
+            assert_eq!(
+                total,
+                ACCOUNTS * INITIAL,
+                "a snapshot read saw a partial transfer"
+            );
+            reads += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reads
+    });
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(240), task)
+            .await
+            .expect("writers finish in time")
+            .expect("writer");
+    }
+    assert_eq!(reader.await.expect("reader"), 40);
+
+    let mut expected = vec![INITIAL; ACCOUNTS as usize];
+    for (from, to, amount) in committed.lock().expect("lock").iter() {
+        expected[*from as usize] -= amount;
+        expected[*to as usize] += amount;
+    }
+    let rows = setup
+        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
+        .await
+        .expect("final");
+    let actual: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(
+        rows.len(),
+        ACCOUNTS as usize,
+        "accounts were duplicated or lost"
+    );
+    assert_eq!(
+        actual, expected,
+        "final balances differ from the committed transfers"
+    );
+    assert_eq!(
+        committed.lock().expect("lock").len() as u64,
+        WRITERS * TRANSFERS_PER_WRITER
+    );
+    eprintln!("conflicts retried: {}", conflicts.lock().expect("lock"));
+}
+
+#[tokio::test]
+async fn write_skew_is_allowed_by_snapshot_isolation_and_refused_by_serializable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let setup = node.client().await;
+    // Two doctors on call; each goes off call if the other is still on. Run
+    // interleaved, snapshot isolation lets both go (write skew).
+    setup
+        .batch_execute(
+            "CREATE TABLE alice (on_call BOOLEAN); CREATE TABLE bob (on_call BOOLEAN);
+             INSERT INTO alice VALUES (true); INSERT INTO bob VALUES (true);",
+        )
+        .await
+        .expect("setup");
+    for (level, skew_allowed) in [("REPEATABLE READ", true), ("SERIALIZABLE", false)] {
+        setup
+            .batch_execute("UPDATE alice SET on_call = true; UPDATE bob SET on_call = true")
+            .await
+            .expect("reset");
+        let a = node.client().await;
+        let b = node.client().await;
+        a.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}"))
+            .await
+            .expect("a begins");
+        b.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}"))
+            .await
+            .expect("b begins");
+        let on = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, bool>(0);
+        assert!(on(a
+            .query("SELECT on_call FROM bob", &[])
+            .await
+            .expect("a reads bob")));
+        assert!(on(b
+            .query("SELECT on_call FROM alice", &[])
+            .await
+            .expect("b reads alice")));
+        a.batch_execute("UPDATE alice SET on_call = false")
+            .await
+            .expect("a updates");
+        b.batch_execute("UPDATE bob SET on_call = false")
+            .await
+            .expect("b updates");
+        a.batch_execute("COMMIT")
+            .await
+            .expect("first commit succeeds");
+        let second = b.batch_execute("COMMIT").await;
+        if skew_allowed {
+            second.expect("snapshot isolation allows write skew");
+        } else {
+            assert_eq!(
+                sqlstate(&second.expect_err("serializable refuses write skew")),
+                "40001"
+            );
+        }
+    }
+}
