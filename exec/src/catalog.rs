@@ -81,6 +81,7 @@ impl QuarryCatalog {
 impl CatalogProvider for QuarryCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.view().catalog.schemas.keys().cloned().collect();
+        names.push(crate::system::SYSTEM_SCHEMA.to_owned());
         names.extend(self.system().keys().cloned());
         names.sort();
         names
@@ -91,6 +92,9 @@ impl CatalogProvider for QuarryCatalog {
             return Some(system.clone());
         }
         let view = self.view();
+        if name == crate::system::SYSTEM_SCHEMA {
+            return Some(Arc::new(crate::system::SystemSchema::new(view.catalog)));
+        }
         if !view.catalog.schemas.contains_key(name) {
             return None;
         }

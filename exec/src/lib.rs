@@ -23,6 +23,7 @@ pub mod error;
 pub mod parser;
 pub mod rewrite;
 pub mod session;
+pub mod system;
 pub mod table;
 pub mod types;
 
