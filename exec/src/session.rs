@@ -693,20 +693,25 @@ impl Session {
     /// time-travel schema that reads the snapshot current at that instant.
     async fn pin_time_travel(&mut self, statement: &mut Statement) -> Result<()> {
         struct Collect {
-            found: Vec<(String, ObjectName, Expr)>,
+            found: Vec<(String, ObjectName, ast::TableVersion)>,
         }
         impl VisitorMut for Collect {
             type Break = ();
             fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
                 if let TableFactor::Table { name, version, .. } = factor
-                    && let Some(ast::TableVersion::ForSystemTimeAsOf(expr)) = version.take()
+                    && let Some(
+                        ast::TableVersion::ForSystemTimeAsOf(_)
+                        | ast::TableVersion::TimestampAsOf(_)
+                        | ast::TableVersion::VersionAsOf(_),
+                    ) = version
+                    && let Some(version) = version.take()
                 {
                     let alias = format!("t{}", self.found.len());
                     let original = std::mem::replace(
                         name,
                         ObjectName::from(vec![Ident::new(AS_OF_SCHEMA), Ident::new(alias.clone())]),
                     );
-                    self.found.push((alias, original, expr));
+                    self.found.push((alias, original, version));
                 }
                 ControlFlow::Continue(())
             }
@@ -718,20 +723,45 @@ impl Session {
         }
         let view = self.catalog.view();
         let schema = Arc::new(MemorySchemaProvider::new());
-        for (alias, name, expr) in collect.found {
-            let at = self.eval_timestamp(&expr).await?;
+        for (alias, name, version) in collect.found {
             let table = self.table(&view.catalog, &name)?;
-            let snapshot = table.snapshot_as_of(at).ok_or_else(|| {
-                user_error(
-                    SqlState::UNDEFINED_TABLE,
-                    format!(
-                        "relation \"{name}\" did not exist at {}",
-                        chrono::DateTime::from_timestamp_micros(at)
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| at.to_string())
-                    ),
-                )
-            })?;
+            let snapshot = match version {
+                ast::TableVersion::VersionAsOf(id) => {
+                    let id: u64 = id.to_string().parse().map_err(|_| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!("snapshot id {id} is not a number"),
+                        )
+                    })?;
+                    table.snapshots.iter().find(|s| s.id == id).ok_or_else(|| {
+                        user_error(
+                            SqlState::UNDEFINED_OBJECT,
+                            format!("relation \"{name}\" has no snapshot {id} (see quarry_system.snapshots)"),
+                        )
+                    })?
+                }
+                ast::TableVersion::ForSystemTimeAsOf(expr)
+                | ast::TableVersion::TimestampAsOf(expr) => {
+                    let at = self.eval_timestamp(&expr).await?;
+                    table.snapshot_as_of(at).ok_or_else(|| {
+                        user_error(
+                            SqlState::UNDEFINED_TABLE,
+                            format!(
+                                "relation \"{name}\" did not exist at {}",
+                                chrono::DateTime::from_timestamp_micros(at)
+                                    .map(|t| t.to_rfc3339())
+                                    .unwrap_or_else(|| at.to_string())
+                            ),
+                        )
+                    })?
+                }
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("{other} is not supported; use FOR SYSTEM_TIME AS OF"),
+                    ));
+                }
+            };
             let provider =
                 SnapshotTable::new(table.clone(), snapshot.id, self.engine.chunks.clone(), None);
             datafusion::catalog::SchemaProvider::register_table(
@@ -801,6 +831,36 @@ impl Session {
         }
         let view = self.begin_statement().await?;
         let (schema, name) = self.resolve(&create.name)?;
+        if let Some(source) = &create.clone {
+            // A zero-copy clone (BigQuery's table clone): the new table starts with
+            // the source's current data files; each table's later changes write
+            // new files, so neither sees the other's.
+            let source = self.table(&view.catalog, source)?;
+            let columns = source
+                .columns
+                .iter()
+                .map(|c| ColumnDef {
+                    name: c.name.clone(),
+                    column_type: c.column_type,
+                    nullable: c.nullable,
+                })
+                .collect();
+            let files = source
+                .files_at(source.current_snapshot().id)
+                .cloned()
+                .collect();
+            self.engine
+                .meta
+                .write(Command::CreateTable {
+                    schema,
+                    name,
+                    columns,
+                    if_not_exists: create.if_not_exists,
+                    files,
+                })
+                .await?;
+            return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
+        }
         let Some(query) = create.query else {
             let mut columns = Vec::with_capacity(create.columns.len());
             for column in &create.columns {

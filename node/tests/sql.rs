@@ -511,3 +511,34 @@ async fn a_transaction_reads_one_snapshot_plus_its_own_writes() {
         2
     );
 }
+
+#[tokio::test]
+async fn time_travel_by_snapshot_id() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (v INT); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); DELETE FROM t")
+        .await
+        .expect("history");
+    let rows = client
+        .query(
+            "SELECT CAST(snapshot_id AS BIGINT), CAST(row_count AS BIGINT) FROM quarry_system.snapshots
+             WHERE table_name = 't' ORDER BY snapshot_id",
+            &[],
+        )
+        .await
+        .expect("snapshots");
+    let history: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        history.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![0, 1, 2, 0]
+    );
+    for (id, rows) in history {
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM t VERSION AS OF {id}"), &[])
+            .await
+            .expect("versioned read")
+            .get(0);
+        assert_eq!(count, rows, "snapshot {id}");
+    }
+}
