@@ -232,7 +232,14 @@ pub struct Table {
     pub snapshots: Vec<TableSnapshot>,
     /// Every data file of any snapshot in `snapshots`.
     pub files: Vec<FileEntry>,
+    /// How long snapshots stay readable by time travel after a newer one
+    /// replaces them; None: the cluster default (7 days).
+    pub retention_micros: Option<i64>,
 }
+
+/// How long old snapshots stay readable unless a table says otherwise: 7 days,
+/// BigQuery's default time travel window.
+pub const DEFAULT_RETENTION_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
 
 impl Table {
     /// The newest snapshot.
@@ -254,6 +261,18 @@ impl Table {
             .iter()
             .filter(move |e| e.added_in <= id && e.removed_in.is_none_or(|r| id < r))
             .map(|e| &e.file)
+    }
+
+    /// The table's time travel window in microseconds.
+    pub fn retention(&self) -> i64 {
+        self.retention_micros.unwrap_or(DEFAULT_RETENTION_MICROS)
+    }
+
+    /// The oldest snapshot that must stay readable at time `now`: the one that
+    /// was current when the retention window began.
+    pub fn retention_boundary(&self, now: TimestampMicros) -> &TableSnapshot {
+        self.snapshot_as_of(now - self.retention())
+            .unwrap_or_else(|| &self.snapshots[0])
     }
 
     /// The column named `name`.
@@ -327,6 +346,7 @@ mod tests {
             next_field_id: 1,
             snapshots: vec![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
             files: vec![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
+            retention_micros: Some(50),
         }
     }
 
@@ -346,6 +366,14 @@ mod tests {
         assert_eq!(chunks(2), vec![1]);
         assert_eq!(chunks(5), vec![1, 2]);
         assert_eq!(chunks(9), vec![1, 3]);
+    }
+
+    #[test]
+    fn the_retention_boundary_is_the_snapshot_current_when_the_window_began() {
+        let t = table();
+        assert_eq!(t.retention_boundary(120).id, 2);
+        assert_eq!(t.retention_boundary(260).id, 5);
+        assert_eq!(t.retention_boundary(1000).id, 9);
     }
 
     #[test]

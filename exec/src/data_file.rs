@@ -427,6 +427,7 @@ mod tests {
             next_field_id: 3,
             snapshots: vec![],
             files: vec![],
+            retention_micros: None,
         })
     }
 

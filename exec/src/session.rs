@@ -743,6 +743,22 @@ impl Session {
                 ast::TableVersion::ForSystemTimeAsOf(expr)
                 | ast::TableVersion::TimestampAsOf(expr) => {
                     let at = self.eval_timestamp(&expr).await?;
+                    let window = table.retention();
+                    let existed = table.snapshot_as_of(at).is_some()
+                        || table.snapshots[0].operation
+                            != quarry_common::catalog::Operation::Create;
+                    if existed && at < quarry_raft::now_micros() - window {
+                        return Err(user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "{at_text} is beyond the time travel window of \"{name}\" ({} s)",
+                                window / 1_000_000,
+                                at_text = chrono::DateTime::from_timestamp_micros(at)
+                                    .map(|t| t.to_rfc3339())
+                                    .unwrap_or_else(|| at.to_string())
+                            ),
+                        ));
+                    }
                     table.snapshot_as_of(at).ok_or_else(|| {
                         user_error(
                             SqlState::UNDEFINED_TABLE,
@@ -831,6 +847,7 @@ impl Session {
         }
         let view = self.begin_statement().await?;
         let (schema, name) = self.resolve(&create.name)?;
+        let retention_micros = table_options(&create.table_options)?;
         if let Some(source) = &create.clone {
             // A zero-copy clone (BigQuery's table clone): the new table starts with
             // the source's current data files; each table's later changes write
@@ -857,6 +874,7 @@ impl Session {
                     columns,
                     if_not_exists: create.if_not_exists,
                     files,
+                    retention_micros,
                 })
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
@@ -891,6 +909,7 @@ impl Session {
                     columns,
                     if_not_exists: create.if_not_exists,
                     files: Vec::new(),
+                    retention_micros,
                 })
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
@@ -937,6 +956,7 @@ impl Session {
             columns: columns_from_defs(&columns),
             snapshots: Vec::new(),
             files: Vec::new(),
+            retention_micros,
         });
         let mut stream = self
             .ctx
@@ -965,6 +985,7 @@ impl Session {
             columns,
             if_not_exists: false,
             files: files.clone(),
+            retention_micros,
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
@@ -1259,6 +1280,49 @@ impl Session {
             )),
         }
     }
+}
+
+/// Reads CREATE TABLE's `WITH (...)` options: `retention_seconds`, the time
+/// travel window (BigQuery's max_time_travel_hours, in seconds).
+fn table_options(options: &ast::CreateTableOptions) -> Result<Option<i64>> {
+    let ast::CreateTableOptions::With(options) = options else {
+        return match options {
+            ast::CreateTableOptions::None => Ok(None),
+            other => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("table options {other} are not supported"),
+            )),
+        };
+    };
+    let mut retention = None;
+    for option in options {
+        match option {
+            ast::SqlOption::KeyValue { key, value } if normalize(key) == "retention_seconds" => {
+                let seconds: i64 = value
+                    .to_string()
+                    .trim_matches('\'')
+                    .parse()
+                    .ok()
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "retention_seconds must be a whole number of seconds, not {value}"
+                            ),
+                        )
+                    })?;
+                retention = Some(seconds.saturating_mul(1_000_000));
+            }
+            other => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("unrecognized table option {other} (known: retention_seconds)"),
+                ));
+            }
+        }
+    }
+    Ok(retention)
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it

@@ -50,6 +50,9 @@ pub struct StartArgs {
     /// Seconds shutdown waits for running statements [default: 10].
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds between runs of the snapshot retention collector [default: 60].
+    #[arg(long)]
+    pub retention_check_secs: Option<u64>,
 }
 
 /// Sample data sets.
@@ -85,6 +88,7 @@ impl StartArgs {
             http_listen: self.http_listen,
             target_partitions: self.target_partitions,
             shutdown_grace_secs: self.shutdown_grace_secs,
+            retention_check_secs: self.retention_check_secs,
         }))
     }
 }

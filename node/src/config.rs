@@ -30,6 +30,8 @@ pub struct FileConfig {
     /// Seconds to wait for running statements at shutdown before closing their
     /// connections (default 10).
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds between runs of the snapshot retention collector (default 60).
+    pub retention_check_secs: Option<u64>,
 }
 
 /// The node's effective configuration.
@@ -45,6 +47,8 @@ pub struct Config {
     pub target_partitions: usize,
     /// How long shutdown waits for running statements.
     pub shutdown_grace: Duration,
+    /// How often expired snapshots are collected.
+    pub retention_check: Duration,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -113,6 +117,13 @@ impl FileConfig {
                     .shutdown_grace_secs
                     .or(self.shutdown_grace_secs)
                     .unwrap_or(10),
+            ),
+            retention_check: Duration::from_secs(
+                flags
+                    .retention_check_secs
+                    .or(self.retention_check_secs)
+                    .unwrap_or(60)
+                    .max(1),
             ),
         }
     }

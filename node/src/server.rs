@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     meta.bootstrap().await?;
     let meta = Arc::new(meta);
     collect_garbage(&meta, &chunks).await?;
+    let chunks_for_collector = chunks.clone();
     let engine = Engine::new(meta.clone(), chunks, config.target_partitions);
     let frontend = Frontend::new(engine);
     tracing::info!(
@@ -71,6 +72,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
         async move { axum::serve(http_listener, router).await }
     });
+
+    let collector = tokio::spawn(collect_expired_snapshots(
+        meta.clone(),
+        chunks_for_collector,
+        config.retention_check,
+    ));
 
     let mut connections = JoinSet::new();
     let shutdown = shutdown_signal();
@@ -119,6 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     connections.shutdown().await;
     http.abort();
+    collector.abort();
     meta.shutdown().await;
     tracing::info!("quarry node stopped");
     Ok(())
@@ -146,6 +154,58 @@ async fn collect_garbage(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()>
     }
     if deleted > 0 {
         tracing::info!(deleted, "deleted chunks no table references");
+    }
+    Ok(())
+}
+
+/// Every `interval`, expires each table's snapshots older than its retention
+/// window (keeping the one current when the window began) and deletes the data
+/// files only they used, unless a clone still references them.
+async fn collect_expired_snapshots(
+    meta: Arc<Meta>,
+    chunks: ChunkStore,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = expire_once(&meta, &chunks).await {
+            tracing::warn!(error = %e, "snapshot retention collection failed; retrying later");
+        }
+    }
+}
+
+async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
+    let catalog = meta.read().await?;
+    let now = quarry_raft::now_micros();
+    for table in catalog.tables.values() {
+        let keep_from = table.retention_boundary(now).id;
+        if table.snapshots[0].id >= keep_from {
+            continue;
+        }
+        let applied = meta
+            .write(quarry_raft::Command::ExpireSnapshots {
+                table: table.id,
+                keep_from,
+            })
+            .await?;
+        let quarry_raft::Applied::Expired { chunks: expired } = applied else {
+            continue;
+        };
+        let referenced: std::collections::HashSet<_> = meta
+            .read_local()
+            .tables
+            .values()
+            .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
+            .collect();
+        let mut deleted = 0;
+        for chunk in expired {
+            if !referenced.contains(&chunk) {
+                chunks.delete(chunk)?;
+                deleted += 1;
+            }
+        }
+        tracing::info!(table = %table.name, keep_from, deleted, "expired snapshots");
     }
     Ok(())
 }

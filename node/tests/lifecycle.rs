@@ -310,3 +310,80 @@ async fn a_config_file_sets_what_flags_do_not() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field"));
 }
+
+#[tokio::test]
+async fn expired_snapshots_lose_their_files_unless_a_clone_uses_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::spawn(&dir.path().join("data"), &["--retention-check-secs", "1"]);
+    let mut node = node;
+    node.wait_ready().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE kept (v INT) WITH (retention_seconds = 1);
+             INSERT INTO kept VALUES (1);
+             CREATE TABLE kept_clone CLONE kept;
+             DELETE FROM kept;
+             CREATE TABLE gone (v INT) WITH (retention_seconds = 1);
+             INSERT INTO gone VALUES (2);",
+        )
+        .await
+        .expect("setup");
+    let chunk_files = || -> BTreeSet<String> {
+        std::fs::read_dir(node.data_dir.join("chunks"))
+            .expect("chunks")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = chunk_files();
+    assert_eq!(before.len(), 2, "{before:?}");
+    client
+        .batch_execute("DELETE FROM gone")
+        .await
+        .expect("delete");
+    let cutoff = chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+
+    // The file of `gone` goes once its snapshots expire; the file of `kept`
+    // stays for the clone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = chunk_files();
+        if now.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired data files were not deleted: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let clone_rows: i64 = client
+        .query_one("SELECT count(*) FROM kept_clone", &[])
+        .await
+        .expect("clone still readable")
+        .get(0);
+    assert_eq!(clone_rows, 1);
+    let snapshots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM quarry_system.snapshots WHERE table_name = 'gone'",
+            &[],
+        )
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(
+        snapshots, 1,
+        "only the snapshot current at the window's start is kept"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = client
+        .query(
+            &format!("SELECT * FROM gone FOR SYSTEM_TIME AS OF TIMESTAMP '{cutoff}'"),
+            &[],
+        )
+        .await
+        .expect_err("beyond the window");
+    assert_eq!(sqlstate(&e), "22023");
+}

@@ -71,6 +71,8 @@ pub enum Command {
         if_not_exists: bool,
         /// Data files of the first snapshot (empty for a plain CREATE TABLE).
         files: Vec<DataFile>,
+        /// Time travel window; None: the default.
+        retention_micros: Option<i64>,
     },
     /// DROP TABLE.
     DropTable {
@@ -93,6 +95,14 @@ pub enum Command {
         /// Tables the transaction read, with the snapshot it read each at; empty
         /// unless the transaction is SERIALIZABLE.
         read_set: Vec<(TableId, SnapshotId)>,
+    },
+    /// Forget a table's snapshots older than `keep_from` and the data files only
+    /// they used (the retention collector; its clock decides `keep_from`).
+    ExpireSnapshots {
+        /// The table.
+        table: TableId,
+        /// The oldest snapshot kept.
+        keep_from: SnapshotId,
     },
 }
 
@@ -120,6 +130,12 @@ pub enum Applied {
         snapshot: SnapshotId,
         /// Their commit time.
         committed_at: TimestampMicros,
+    },
+    /// Snapshots expired; these data files left the table (their chunks may
+    /// still belong to a clone).
+    Expired {
+        /// The chunks of the files removed from the table's history.
+        chunks: Vec<ChunkId>,
     },
     /// A table was created or dropped: its new snapshot.
     Snapshot {
@@ -226,6 +242,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             columns,
             if_not_exists,
             files,
+            retention_micros,
         } => {
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
@@ -271,6 +288,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                         removed_in: None,
                     })
                     .collect(),
+                retention_micros: *retention_micros,
             };
             catalog
                 .tables
@@ -296,6 +314,29 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         },
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
+        }
+        Command::ExpireSnapshots { table, keep_from } => {
+            let Some(key) = table_key(catalog, *table) else {
+                return Ok(Applied::Nothing);
+            };
+            let entry = catalog
+                .tables
+                .get_mut(&key)
+                .expect("the key was just found");
+            if !entry.snapshots.iter().any(|s| s.id == *keep_from) {
+                return Ok(Applied::Nothing);
+            }
+            let table = Arc::make_mut(entry);
+            table.snapshots.retain(|s| s.id >= *keep_from);
+            let mut expired = Vec::new();
+            table.files.retain(|e| {
+                let needed = e.removed_in.is_none_or(|removed| removed > *keep_from);
+                if !needed {
+                    expired.push(e.file.chunk);
+                }
+                needed
+            });
+            Ok(Applied::Expired { chunks: expired })
         }
     }
 }
@@ -451,6 +492,7 @@ mod tests {
             }],
             if_not_exists: false,
             files: vec![],
+            retention_micros: None,
         }
     }
 
@@ -577,6 +619,51 @@ mod tests {
     }
 
     #[test]
+    fn expiring_snapshots_drops_files_only_older_snapshots_used() {
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        let t = catalog.table("public", "t").expect("t").id;
+        run(&mut catalog, append(t, vec![file(10)])).expect("append");
+        let rewrite = Command::Commit {
+            changes: vec![TableChange {
+                table: t,
+                added: vec![file(7)],
+                removed: vec![ChunkId(10)],
+            }],
+            read_set: vec![],
+        };
+        run(&mut catalog, rewrite).expect("rewrite");
+        let keep_from = catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .id;
+        let applied = run(
+            &mut catalog,
+            Command::ExpireSnapshots {
+                table: t,
+                keep_from,
+            },
+        )
+        .expect("expire");
+        assert_eq!(
+            applied,
+            Applied::Expired {
+                chunks: vec![ChunkId(10)]
+            }
+        );
+        let table = catalog.table("public", "t").expect("t");
+        assert_eq!(table.snapshots.len(), 1);
+        assert_eq!(
+            table
+                .files_at(keep_from)
+                .map(|f| f.chunk)
+                .collect::<Vec<_>>(),
+            vec![ChunkId(7)]
+        );
+    }
+
+    #[test]
     fn concurrent_appends_both_commit() {
         let mut catalog = with_public();
         run(&mut catalog, create("t")).expect("create");
@@ -636,6 +723,7 @@ mod tests {
                 columns: vec![column.clone(), column],
                 if_not_exists: false,
                 files: vec![],
+                retention_micros: None,
             },
         );
         assert_eq!(result, Err(CatalogError::DuplicateColumn("a".into())));

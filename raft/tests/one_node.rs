@@ -26,6 +26,7 @@ fn create_table(name: &str) -> Command {
         }],
         if_not_exists: false,
         files: vec![],
+        retention_micros: None,
     }
 }
 
