@@ -197,3 +197,76 @@ async fn write_skew_is_allowed_by_snapshot_isolation_and_refused_by_serializable
         }
     }
 }
+
+#[tokio::test]
+async fn kill_9_during_commits_leaves_each_transaction_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut node = TestNode::start(&data).await;
+    node.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE debits (tx BIGINT NOT NULL); CREATE TABLE credits (tx BIGINT NOT NULL)",
+        )
+        .await
+        .expect("setup");
+    let acknowledged = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let client = node.client().await;
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..100_000i64 {
+                let tx = w * 1_000_000 + i;
+                let result = async {
+                    client.batch_execute("BEGIN").await?;
+                    client
+                        .execute("INSERT INTO debits VALUES ($1)", &[&tx])
+                        .await?;
+                    client
+                        .execute("INSERT INTO credits VALUES ($1)", &[&tx])
+                        .await?;
+                    client.batch_execute("COMMIT").await
+                }
+                .await;
+                match result {
+                    Ok(()) => acknowledged.lock().expect("lock").push(tx),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill9();
+    for writer in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    }
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    assert!(
+        acknowledged.len() > 10,
+        "too few commits to test: {}",
+        acknowledged.len()
+    );
+
+    let node = TestNode::start(&data).await;
+    let client = node.client().await;
+    let read = |table: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(&format!("SELECT tx FROM {table} ORDER BY tx"), &[])
+                .await
+                .expect("read");
+            rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+        }
+    };
+    let debits = read("debits").await;
+    let credits = read("credits").await;
+    assert_eq!(debits, credits, "a transaction was half applied");
+    for tx in &acknowledged {
+        assert!(
+            debits.binary_search(tx).is_ok(),
+            "acknowledged transaction {tx} lost"
+        );
+    }
+}
