@@ -117,6 +117,18 @@ pub struct Column {
     pub column_type: ColumnType,
     /// Whether NULL is allowed.
     pub nullable: bool,
+    /// The value of rows whose data file predates the column (ADD COLUMN ...
+    /// DEFAULT), and of inserted rows that give none; None: NULL.
+    pub default: Option<Datum>,
+}
+
+/// A past version of a table's columns, kept for time travel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    /// The version number.
+    pub id: u32,
+    /// The columns as they were.
+    pub columns: Vec<Column>,
 }
 
 /// A single value in a zone map (min or max of a column in one data file).
@@ -188,6 +200,8 @@ pub enum Operation {
     Append,
     /// DELETE, UPDATE, MERGE: files replaced by rewritten ones.
     Rewrite,
+    /// ALTER TABLE: new columns, same data files.
+    Alter,
 }
 
 impl fmt::Display for Operation {
@@ -196,6 +210,7 @@ impl fmt::Display for Operation {
             Operation::Create => f.write_str("create"),
             Operation::Append => f.write_str("append"),
             Operation::Rewrite => f.write_str("rewrite"),
+            Operation::Alter => f.write_str("alter"),
         }
     }
 }
@@ -213,6 +228,8 @@ pub struct TableSnapshot {
     pub row_count: u64,
     /// Rows the commit added.
     pub rows_added: u64,
+    /// The version of the table's columns this snapshot has.
+    pub schema_id: u32,
 }
 
 /// A table: its columns, its snapshot history and the data files of that history.
@@ -224,8 +241,12 @@ pub struct Table {
     pub schema: String,
     /// Table name.
     pub name: String,
-    /// Columns in order.
+    /// Current columns in order.
     pub columns: Vec<Column>,
+    /// Version number of `columns`; ALTER TABLE makes a new one.
+    pub schema_id: u32,
+    /// Earlier versions of the columns that retained snapshots still have.
+    pub past_schemas: Vec<SchemaVersion>,
     /// Next unused field id.
     pub next_field_id: FieldId,
     /// Snapshots, oldest first; never empty (creation makes the first).
@@ -275,6 +296,18 @@ impl Table {
             .unwrap_or_else(|| &self.snapshots[0])
     }
 
+    /// The columns as of `snapshot`.
+    pub fn columns_at(&self, snapshot: &TableSnapshot) -> &[Column] {
+        if snapshot.schema_id == self.schema_id {
+            return &self.columns;
+        }
+        self.past_schemas
+            .iter()
+            .find(|s| s.id == snapshot.schema_id)
+            .map(|s| s.columns.as_slice())
+            .unwrap_or(&self.columns)
+    }
+
     /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
@@ -320,6 +353,7 @@ mod tests {
             operation: Operation::Append,
             row_count: 0,
             rows_added: 0,
+            schema_id: 0,
         }
     }
 
@@ -343,6 +377,8 @@ mod tests {
             schema: "public".into(),
             name: "t".into(),
             columns: vec![],
+            schema_id: 0,
+            past_schemas: vec![],
             next_field_id: 1,
             snapshots: vec![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
             files: vec![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],

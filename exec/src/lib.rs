@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod copy;
 pub mod data_file;
 pub mod error;
+pub mod field_ids;
 pub mod parser;
 pub mod rewrite;
 pub mod session;

@@ -39,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 use quarry_common::SqlState;
 use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table};
 use quarry_raft::command::columns_from_defs;
-use quarry_raft::{Applied, ColumnDef, Command};
+use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
 use quarry_storage::ChunkStore;
 
 use crate::catalog::{CATALOG_NAME, CatalogView, QuarryCatalog};
@@ -560,6 +560,7 @@ impl Session {
                     .await?;
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
+            Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
             Statement::CreateTable(create) => {
                 self.outside_transaction("CREATE TABLE")?;
                 self.create_table(create).await
@@ -832,6 +833,121 @@ impl Session {
         Ok(array.value(0))
     }
 
+    /// A column definition of CREATE TABLE or ALTER TABLE ADD COLUMN.
+    async fn column_def(&self, column: &ast::ColumnDef) -> Result<ColumnDef> {
+        let column_type = column_type_from_sql(&column.data_type)?;
+        let mut nullable = true;
+        let mut default = None;
+        for option in &column.options {
+            match &option.option {
+                ast::ColumnOption::NotNull => nullable = false,
+                ast::ColumnOption::Null => nullable = true,
+                ast::ColumnOption::Default(expr) => {
+                    let value = self
+                        .eval_constant(&format!("CAST(({expr}) AS {})", column.data_type))
+                        .await?;
+                    default = crate::data_file::datum_of(&value);
+                }
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("column option {other} is not supported yet"),
+                    ));
+                }
+            }
+        }
+        Ok(ColumnDef {
+            name: normalize(&column.name),
+            column_type,
+            nullable,
+            default,
+        })
+    }
+
+    /// Evaluates a constant SQL expression.
+    async fn eval_constant(&self, sql: &str) -> Result<datafusion::common::ScalarValue> {
+        let batches = self
+            .ctx
+            .sql(&format!("SELECT {sql}"))
+            .await
+            .map_err(Error::from_engine)?
+            .collect()
+            .await
+            .map_err(Error::from_engine)?;
+        let batch = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::Internal("a constant expression gave no rows".to_owned()))?;
+        datafusion::common::ScalarValue::try_from_array(batch.column(0), 0)
+            .map_err(Error::from_engine)
+    }
+
+    async fn alter_table(
+        &mut self,
+        name: &ObjectName,
+        operations: Vec<ast::AlterTableOperation>,
+    ) -> Result<Output> {
+        self.outside_transaction("ALTER TABLE")?;
+        let view = self.begin_statement().await?;
+        let table = self.table(&view.catalog, name)?.clone();
+        let mut changes = Vec::with_capacity(operations.len());
+        for operation in operations {
+            let change = match operation {
+                ast::AlterTableOperation::AddColumn { column_def, .. } => {
+                    SchemaChange::AddColumn(self.column_def(&column_def).await?)
+                }
+                ast::AlterTableOperation::DropColumn { column_names, .. } => {
+                    changes.extend(
+                        column_names
+                            .iter()
+                            .map(|c| SchemaChange::DropColumn(normalize(c))),
+                    );
+                    continue;
+                }
+                ast::AlterTableOperation::RenameColumn {
+                    old_column_name,
+                    new_column_name,
+                } => SchemaChange::RenameColumn {
+                    from: normalize(&old_column_name),
+                    to: normalize(&new_column_name),
+                },
+                ast::AlterTableOperation::RenameTable { table_name } => {
+                    let target = match table_name {
+                        ast::RenameTableNameKind::To(name) | ast::RenameTableNameKind::As(name) => {
+                            name
+                        }
+                    };
+                    let parts = object_parts(&target);
+                    SchemaChange::RenameTable(parts.last().cloned().unwrap_or_default())
+                }
+                ast::AlterTableOperation::AlterColumn {
+                    column_name,
+                    op: ast::AlterColumnOperation::SetDataType { data_type, .. },
+                } => SchemaChange::SetType {
+                    column: normalize(&column_name),
+                    column_type: column_type_from_sql(&data_type)?,
+                },
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("ALTER TABLE {other} is not supported yet"),
+                    ));
+                }
+            };
+            changes.push(change);
+        }
+        for change in changes {
+            self.engine
+                .meta
+                .write(Command::AlterTable {
+                    table: table.id,
+                    change,
+                })
+                .await?;
+        }
+        Ok(Output::Command(CommandTag::new("ALTER TABLE")))
+    }
+
     async fn create_table(&mut self, create: ast::CreateTable) -> Result<Output> {
         if create.or_replace || create.temporary || create.external {
             return Err(user_error(
@@ -860,8 +976,10 @@ impl Session {
                     name: c.name.clone(),
                     column_type: c.column_type,
                     nullable: c.nullable,
+                    default: c.default.clone(),
                 })
                 .collect();
+            let field_ids = source.columns.iter().map(|c| c.field_id).collect();
             let files = source
                 .files_at(source.current_snapshot().id)
                 .cloned()
@@ -875,6 +993,7 @@ impl Session {
                     if_not_exists: create.if_not_exists,
                     files,
                     retention_micros,
+                    field_ids,
                 })
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
@@ -882,24 +1001,7 @@ impl Session {
         let Some(query) = create.query else {
             let mut columns = Vec::with_capacity(create.columns.len());
             for column in &create.columns {
-                let mut nullable = true;
-                for option in &column.options {
-                    match &option.option {
-                        ast::ColumnOption::NotNull => nullable = false,
-                        ast::ColumnOption::Null => nullable = true,
-                        other => {
-                            return Err(user_error(
-                                SqlState::FEATURE_NOT_SUPPORTED,
-                                format!("column option {other} is not supported yet"),
-                            ));
-                        }
-                    }
-                }
-                columns.push(ColumnDef {
-                    name: normalize(&column.name),
-                    column_type: column_type_from_sql(&column.data_type)?,
-                    nullable,
-                });
+                columns.push(self.column_def(column).await?);
             }
             self.engine
                 .meta
@@ -910,6 +1012,7 @@ impl Session {
                     if_not_exists: create.if_not_exists,
                     files: Vec::new(),
                     retention_micros,
+                    field_ids: Vec::new(),
                 })
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
@@ -946,6 +1049,7 @@ impl Session {
                 name,
                 column_type: column_type_of(field.data_type())?,
                 nullable: true,
+                default: None,
             });
         }
         let provisional = Arc::new(Table {
@@ -954,6 +1058,8 @@ impl Session {
             name: name.clone(),
             next_field_id: columns.len() as u32 + 1,
             columns: columns_from_defs(&columns),
+            schema_id: 0,
+            past_schemas: Vec::new(),
             snapshots: Vec::new(),
             files: Vec::new(),
             retention_micros,
@@ -986,6 +1092,7 @@ impl Session {
             if_not_exists: false,
             files: files.clone(),
             retention_micros,
+            field_ids: Vec::new(),
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),

@@ -50,12 +50,15 @@ use quarry_storage::{ChunkRef, ChunkStore};
 
 use crate::data_file::{DataFileWriter, WriteSet, scalar_of};
 use crate::error::{Error, to_engine, user_error};
-use crate::types::table_schema;
 
 /// One table at one snapshot, as DataFusion sees it.
 #[derive(Debug)]
 pub struct SnapshotTable {
     table: Arc<Table>,
+    /// The snapshot's columns (older snapshots keep older columns).
+    columns: Vec<quarry_common::catalog::Column>,
+    /// DEFAULT expressions by column name, for INSERTs that omit columns.
+    defaults: HashMap<String, Expr>,
     snapshot: SnapshotId,
     schema: SchemaRef,
     chunks: ChunkStore,
@@ -71,8 +74,28 @@ impl SnapshotTable {
         chunks: ChunkStore,
         writes: Option<Arc<WriteSet>>,
     ) -> Self {
+        let columns = table
+            .snapshots
+            .iter()
+            .find(|s| s.id == snapshot)
+            .map(|s| table.columns_at(s).to_vec())
+            .unwrap_or_else(|| table.columns.clone());
+        let schema = crate::types::schema_of(&columns);
+        let defaults = columns
+            .iter()
+            .filter_map(|c| {
+                c.default.as_ref().map(|d| {
+                    (
+                        c.name.clone(),
+                        Expr::Literal(scalar_of(Some(d), c.column_type), None),
+                    )
+                })
+            })
+            .collect();
         SnapshotTable {
-            schema: table_schema(&table),
+            schema,
+            columns,
+            defaults,
             table,
             snapshot,
             chunks,
@@ -138,7 +161,7 @@ impl SnapshotTable {
             .build(predicate);
         if let Some(pruning) = pruning {
             let keep = pruning.prune(&ZoneMaps {
-                table: &self.table,
+                columns: &self.columns,
                 files: &files,
             })?;
             let mut keep = keep.into_iter();
@@ -203,6 +226,9 @@ impl SnapshotTable {
                 .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
                 .with_projection_indices(projection)?
                 .with_limit(limit)
+                .with_expr_adapter(Some(Arc::new(
+                    crate::field_ids::FieldIdAdapterFactory::new(self.columns.clone()),
+                )))
                 .build();
         Ok(DataSourceExec::from_data_source(config))
     }
@@ -220,6 +246,10 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get(column)
     }
 
     fn supports_filters_pushdown(
@@ -293,8 +323,14 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
 
 /// Zone maps of a list of data files, in the shape DataFusion's pruning wants.
 struct ZoneMaps<'a> {
-    table: &'a Table,
+    columns: &'a [quarry_common::catalog::Column],
     files: &'a [DataFile],
+}
+
+impl ZoneMaps<'_> {
+    fn column(&self, name: &str) -> Option<&quarry_common::catalog::Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
 }
 
 impl ZoneMaps<'_> {
@@ -303,7 +339,7 @@ impl ZoneMaps<'_> {
         column: &Column,
         pick: impl Fn(&quarry_common::catalog::ColumnStats) -> ScalarValue,
     ) -> Option<ArrayRef> {
-        let def = self.table.column(&column.name)?;
+        let def = self.column(&column.name)?;
         let values = self.files.iter().map(|file| {
             file.column_stats
                 .iter()
@@ -317,12 +353,12 @@ impl ZoneMaps<'_> {
 
 impl PruningStatistics for ZoneMaps<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        let def = self.table.column(&column.name)?;
+        let def = self.column(&column.name)?;
         self.values(column, |s| scalar_of(s.min.as_ref(), def.column_type))
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        let def = self.table.column(&column.name)?;
+        let def = self.column(&column.name)?;
         self.values(column, |s| scalar_of(s.max.as_ref(), def.column_type))
     }
 

@@ -170,9 +170,12 @@ pub fn field(column: &Column) -> Field {
 
 /// The Arrow schema queries see for `table`.
 pub fn table_schema(table: &Table) -> SchemaRef {
-    Arc::new(Schema::new(
-        table.columns.iter().map(field).collect::<Vec<_>>(),
-    ))
+    schema_of(&table.columns)
+}
+
+/// The Arrow schema of `columns`.
+pub fn schema_of(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(columns.iter().map(field).collect::<Vec<_>>()))
 }
 
 /// The Arrow schema written into data files: the table schema with each column's

@@ -542,3 +542,49 @@ async fn time_travel_by_snapshot_id() {
         assert_eq!(count, rows, "snapshot {id}");
     }
 }
+
+#[tokio::test]
+async fn time_travel_reads_each_snapshot_with_its_own_columns() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE s (a INT, b TEXT); INSERT INTO s VALUES (1, 'x')")
+        .await
+        .expect("setup");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    client
+        .batch_execute(
+            "ALTER TABLE s RENAME COLUMN b TO label;
+             ALTER TABLE s DROP COLUMN a;
+             ALTER TABLE s ADD COLUMN c BIGINT DEFAULT 5;
+             INSERT INTO s VALUES ('y', 6)",
+        )
+        .await
+        .expect("evolve");
+    let now = client.prepare("SELECT * FROM s").await.expect("current");
+    let names: Vec<&str> = now.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, vec!["label", "c"]);
+    let rows = client
+        .query("SELECT label, c FROM s ORDER BY label", &[])
+        .await
+        .expect("current rows");
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("x".into(), 5), ("y".into(), 6)]);
+
+    let old = client
+        .prepare(&format!(
+            "SELECT * FROM s FOR SYSTEM_TIME AS OF TIMESTAMP '{before}'"
+        ))
+        .await
+        .expect("old");
+    let names: Vec<&str> = old.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, vec!["a", "b"]);
+    let rows = client.query(&old, &[]).await.expect("old rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i32>(0), 1);
+    assert_eq!(rows[0].get::<_, String>(1), "x");
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, DataFile, FileEntry, Operation, SnapshotId, Table,
-    TableId, TableSnapshot, TimestampMicros,
+    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, FileEntry, Operation, SchemaVersion,
+    SnapshotId, Table, TableId, TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ impl std::fmt::Display for Proposal {
     }
 }
 
-/// A column of a table being created.
+/// A column of a table being created or altered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDef {
     /// Column name.
@@ -38,6 +38,35 @@ pub struct ColumnDef {
     pub column_type: ColumnType,
     /// Whether NULL is allowed.
     pub nullable: bool,
+    /// DEFAULT value, also the value of existing rows for ADD COLUMN.
+    pub default: Option<Datum>,
+}
+
+/// A change of a table's definition (ALTER TABLE). None rewrites data files:
+/// columns are matched to data by field id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SchemaChange {
+    /// ADD COLUMN: a new field id; older files read as its default.
+    AddColumn(ColumnDef),
+    /// DROP COLUMN: the field id is never reused.
+    DropColumn(String),
+    /// RENAME COLUMN.
+    RenameColumn {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// RENAME TO.
+    RenameTable(String),
+    /// ALTER COLUMN ... TYPE, widening only: SMALLINT → INTEGER → BIGINT,
+    /// REAL → DOUBLE PRECISION, NUMERIC(p,s) → NUMERIC(p',s) with p' >= p.
+    SetType {
+        /// The column.
+        column: String,
+        /// The wider type.
+        column_type: ColumnType,
+    },
 }
 
 /// A change to the catalog.
@@ -73,6 +102,9 @@ pub enum Command {
         files: Vec<DataFile>,
         /// Time travel window; None: the default.
         retention_micros: Option<i64>,
+        /// Field ids of `columns` (a clone keeps its source's, which its files
+        /// carry); empty: 1, 2, ...
+        field_ids: Vec<u32>,
     },
     /// DROP TABLE.
     DropTable {
@@ -95,6 +127,13 @@ pub enum Command {
         /// Tables the transaction read, with the snapshot it read each at; empty
         /// unless the transaction is SERIALIZABLE.
         read_set: Vec<(TableId, SnapshotId)>,
+    },
+    /// ALTER TABLE: a new version of the columns and a snapshot that has it.
+    AlterTable {
+        /// The table.
+        table: TableId,
+        /// What changes.
+        change: SchemaChange,
     },
     /// Forget a table's snapshots older than `keep_from` and the data files only
     /// they used (the retention collector; its clock decides `keep_from`).
@@ -176,6 +215,22 @@ pub enum CatalogError {
     /// transaction).
     #[error("could not serialize access due to concurrent update of \"{0}\"")]
     SerializationFailure(String),
+    /// A column that does not exist.
+    #[error("column \"{0}\" does not exist")]
+    ColumnNotFound(String),
+    /// A type change that could lose data.
+    #[error("column \"{column}\" cannot change from {from} to {to}: only widening is allowed")]
+    NarrowingTypeChange {
+        /// The column.
+        column: String,
+        /// Its type.
+        from: ColumnType,
+        /// The type asked for.
+        to: ColumnType,
+    },
+    /// DROP COLUMN of the last column.
+    #[error("cannot drop the last column of a table")]
+    LastColumn,
     /// One commit named the same table twice (a bug in the proposer).
     #[error("one commit changes table \"{0}\" twice")]
     DuplicateChange(String),
@@ -194,6 +249,9 @@ impl CatalogError {
             CatalogError::NoColumns => SqlState::SYNTAX_ERROR,
             CatalogError::SerializationFailure(_) => SqlState::SERIALIZATION_FAILURE,
             CatalogError::DuplicateChange(_) => SqlState::INTERNAL_ERROR,
+            CatalogError::ColumnNotFound(_) => SqlState::UNDEFINED_COLUMN,
+            CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
+            CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
         }
     }
 }
@@ -243,6 +301,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             if_not_exists,
             files,
             retention_micros,
+            field_ids,
         } => {
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
@@ -266,19 +325,28 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let snapshot = next_id(catalog);
             let committed_at = commit_time(catalog, proposal.proposed_at);
             let rows: u64 = files.iter().map(|f| f.row_count).sum();
-            let columns = columns_from_defs(columns);
+            let mut columns = columns_from_defs(columns);
+            if field_ids.len() == columns.len() {
+                for (column, id) in columns.iter_mut().zip(field_ids) {
+                    column.field_id = *id;
+                }
+            }
+            let next_field_id = columns.iter().map(|c| c.field_id).max().unwrap_or(0) + 1;
             let table = Table {
                 id,
                 schema: schema.clone(),
                 name: name.clone(),
-                next_field_id: columns.len() as u32 + 1,
+                next_field_id,
                 columns,
+                schema_id: 0,
+                past_schemas: Vec::new(),
                 snapshots: vec![TableSnapshot {
                     id: snapshot,
                     committed_at,
                     operation: Operation::Create,
                     row_count: rows,
                     rows_added: rows,
+                    schema_id: 0,
                 }],
                 files: files
                     .iter()
@@ -315,6 +383,9 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
         }
+        Command::AlterTable { table, change } => {
+            alter(catalog, proposal.proposed_at, *table, change)
+        }
         Command::ExpireSnapshots { table, keep_from } => {
             let Some(key) = table_key(catalog, *table) else {
                 return Ok(Applied::Nothing);
@@ -328,6 +399,8 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             }
             let table = Arc::make_mut(entry);
             table.snapshots.retain(|s| s.id >= *keep_from);
+            let used: Vec<u32> = table.snapshots.iter().map(|s| s.schema_id).collect();
+            table.past_schemas.retain(|s| used.contains(&s.id));
             let mut expired = Vec::new();
             table.files.retain(|e| {
                 let needed = e.removed_in.is_none_or(|removed| removed > *keep_from);
@@ -419,6 +492,7 @@ fn commit(
             },
             row_count,
             rows_added,
+            schema_id: table.schema_id,
         });
     }
     Ok(Applied::Commit {
@@ -436,8 +510,126 @@ pub fn columns_from_defs(defs: &[ColumnDef]) -> Vec<Column> {
             name: c.name.clone(),
             column_type: c.column_type,
             nullable: c.nullable,
+            default: c.default.clone(),
         })
         .collect()
+}
+
+/// Whether a column of type `from` may become `to` without rewriting or losing
+/// data.
+pub fn is_widening(from: ColumnType, to: ColumnType) -> bool {
+    use ColumnType as T;
+    match (from, to) {
+        (a, b) if a == b => true,
+        (T::Int16, T::Int32 | T::Int64) | (T::Int32, T::Int64) | (T::Float32, T::Float64) => true,
+        (
+            T::Decimal {
+                precision: p1,
+                scale: s1,
+            },
+            T::Decimal {
+                precision: p2,
+                scale: s2,
+            },
+        ) => s1 == s2 && p2 >= p1,
+        _ => false,
+    }
+}
+
+fn alter(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    id: TableId,
+    change: &SchemaChange,
+) -> Result<Applied, CatalogError> {
+    let key = table_key(catalog, id)
+        .ok_or_else(|| CatalogError::TableNotFound(format!("table id {id}")))?;
+    let current = &catalog.tables[&key];
+    let mut columns = current.columns.clone();
+    let mut next_field_id = current.next_field_id;
+    let mut new_key = key.clone();
+    let find = |columns: &[Column], name: &str| {
+        columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| CatalogError::ColumnNotFound(name.to_owned()))
+    };
+    match change {
+        SchemaChange::AddColumn(def) => {
+            if columns.iter().any(|c| c.name == def.name) {
+                return Err(CatalogError::DuplicateColumn(def.name.clone()));
+            }
+            columns.push(Column {
+                field_id: next_field_id,
+                name: def.name.clone(),
+                column_type: def.column_type,
+                nullable: def.nullable,
+                default: def.default.clone(),
+            });
+            next_field_id += 1;
+        }
+        SchemaChange::DropColumn(name) => {
+            let index = find(&columns, name)?;
+            if columns.len() == 1 {
+                return Err(CatalogError::LastColumn);
+            }
+            columns.remove(index);
+        }
+        SchemaChange::RenameColumn { from, to } => {
+            let index = find(&columns, from)?;
+            if columns.iter().any(|c| c.name == *to) {
+                return Err(CatalogError::DuplicateColumn(to.clone()));
+            }
+            columns[index].name = to.clone();
+        }
+        SchemaChange::RenameTable(to) => {
+            new_key = (key.0.clone(), to.clone());
+            if catalog.tables.contains_key(&new_key) {
+                return Err(CatalogError::TableExists(to.clone()));
+            }
+        }
+        SchemaChange::SetType {
+            column,
+            column_type,
+        } => {
+            let index = find(&columns, column)?;
+            let from = columns[index].column_type;
+            if !is_widening(from, *column_type) {
+                return Err(CatalogError::NarrowingTypeChange {
+                    column: column.clone(),
+                    from,
+                    to: *column_type,
+                });
+            }
+            columns[index].column_type = *column_type;
+        }
+    }
+    let snapshot = next_id(catalog);
+    let committed_at = commit_time(catalog, proposed_at);
+    let mut entry = catalog.tables.remove(&key).expect("the key was just found");
+    let table = Arc::make_mut(&mut entry);
+    let old = std::mem::replace(&mut table.columns, columns);
+    table.past_schemas.push(SchemaVersion {
+        id: table.schema_id,
+        columns: old,
+    });
+    table.schema_id += 1;
+    table.next_field_id = next_field_id;
+    table.name = new_key.1.clone();
+    let row_count = table.current_snapshot().row_count;
+    table.snapshots.push(TableSnapshot {
+        id: snapshot,
+        committed_at,
+        operation: Operation::Alter,
+        row_count,
+        rows_added: 0,
+        schema_id: table.schema_id,
+    });
+    catalog.tables.insert(new_key, entry);
+    Ok(Applied::Commit {
+        snapshot,
+        committed_at,
+    })
 }
 
 fn next_id(catalog: &mut Catalog) -> u64 {
@@ -489,10 +681,12 @@ mod tests {
                 name: "a".into(),
                 column_type: ColumnType::Int64,
                 nullable: true,
+                default: None,
             }],
             if_not_exists: false,
             files: vec![],
             retention_micros: None,
+            field_ids: vec![],
         }
     }
 
@@ -714,6 +908,7 @@ mod tests {
             name: "a".into(),
             column_type: ColumnType::Int32,
             nullable: true,
+            default: None,
         };
         let result = run(
             &mut catalog,
@@ -724,6 +919,7 @@ mod tests {
                 if_not_exists: false,
                 files: vec![],
                 retention_micros: None,
+                field_ids: vec![],
             },
         );
         assert_eq!(result, Err(CatalogError::DuplicateColumn("a".into())));

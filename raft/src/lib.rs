@@ -24,7 +24,7 @@ mod meta;
 pub mod network;
 mod state_machine;
 
-pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal, TableChange};
+pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal, SchemaChange, TableChange};
 pub use error::{Error, Result};
 pub use meta::{Meta, MetaConfig, now_micros};
 

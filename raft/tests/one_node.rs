@@ -23,10 +23,12 @@ fn create_table(name: &str) -> Command {
             name: "id".into(),
             column_type: ColumnType::Int64,
             nullable: false,
+            default: None,
         }],
         if_not_exists: false,
         files: vec![],
         retention_micros: None,
+        field_ids: vec![],
     }
 }
 
