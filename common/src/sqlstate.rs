@@ -10,6 +10,8 @@ impl SqlState {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// 08P01 protocol_violation.
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    /// 21000 cardinality_violation.
+    pub const CARDINALITY_VIOLATION: SqlState = SqlState("21000");
     /// 22000 data_exception.
     pub const DATA_EXCEPTION: SqlState = SqlState("22000");
     /// 22003 numeric_value_out_of_range.

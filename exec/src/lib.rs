@@ -21,6 +21,7 @@ pub mod copy;
 pub mod data_file;
 pub mod error;
 pub mod field_ids;
+pub mod merge;
 pub mod parser;
 pub mod rewrite;
 pub mod session;
