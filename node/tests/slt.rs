@@ -111,3 +111,28 @@ async fn sqllogictest_files_pass() {
         }
     }
 }
+
+/// The expected results of these files are checked against an independent
+/// engine too (DuckDB, installed by .ci/run), so they pin PostgreSQL's semantics
+/// rather than whatever Quarry returns.
+#[test]
+fn dml_expectations_agree_with_duckdb() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new("python3")
+        .current_dir(&root)
+        .args([
+            "tests/sql/crosscheck_duckdb.py",
+            "tests/sql/basics.slt",
+            "tests/sql/dml.slt",
+            "tests/sql/merge.slt",
+        ])
+        .output()
+        .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("agree with DuckDB").count(), 3, "{text}");
+}
