@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
@@ -800,38 +800,19 @@ impl Session {
 
     /// Evaluates a constant timestamp expression to microseconds since the epoch (UTC).
     async fn eval_timestamp(&self, expr: &Expr) -> Result<i64> {
-        let batches = self
-            .ctx
-            .sql(&format!("SELECT CAST(({expr}) AS TIMESTAMP)"))
-            .await
-            .map_err(Error::from_engine)?
-            .collect()
-            .await
+        let value = self
+            .eval_constant(&format!("CAST(({expr}) AS TIMESTAMP)"))
+            .await?
+            .cast_to(&DataType::Timestamp(TimeUnit::Microsecond, None))
             .map_err(Error::from_engine)?;
-        let value = batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .map(|b| {
-                datafusion::arrow::compute::cast(
-                    b.column(0),
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )
-            })
-            .transpose()
-            .map_err(|e| Error::from_engine(e.into()))?;
-        let array =
-            value.ok_or_else(|| Error::Internal("timestamp expression gave no rows".to_owned()))?;
-        let array = array
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| Error::Internal("timestamp cast gave another type".to_owned()))?;
-        if array.is_null(0) {
-            return Err(user_error(
+        match value {
+            datafusion::common::ScalarValue::TimestampMicrosecond(Some(micros), _) => Ok(micros),
+            datafusion::common::ScalarValue::TimestampMicrosecond(None, _) => Err(user_error(
                 SqlState::INVALID_PARAMETER_VALUE,
                 "FOR SYSTEM_TIME AS OF needs a non-null timestamp",
-            ));
+            )),
+            other => Err(Error::Internal(format!("a timestamp cast gave {other:?}"))),
         }
-        Ok(array.value(0))
     }
 
     /// A column definition of CREATE TABLE or ALTER TABLE ADD COLUMN.
@@ -867,14 +848,7 @@ impl Session {
 
     /// Evaluates a constant SQL expression.
     async fn eval_constant(&self, sql: &str) -> Result<datafusion::common::ScalarValue> {
-        let batches = self
-            .ctx
-            .sql(&format!("SELECT {sql}"))
-            .await
-            .map_err(Error::from_engine)?
-            .collect()
-            .await
-            .map_err(Error::from_engine)?;
+        let batches = self.run_query(&format!("SELECT {sql}")).await?;
         let batch = batches
             .iter()
             .find(|b| b.num_rows() > 0)
