@@ -604,42 +604,13 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("TRUNCATE TABLE")))
             }
             Statement::Merge(merge) => self.merge(&merge).await,
-            Statement::Delete(_) | Statement::Update { .. } => {
-                let command = if matches!(statement, Statement::Delete(_)) {
-                    "DELETE"
-                } else {
-                    "UPDATE"
+            Statement::Insert(_) | Statement::Delete(_) | Statement::Update { .. } => {
+                let command = match statement {
+                    Statement::Insert(_) => "INSERT",
+                    Statement::Delete(_) => "DELETE",
+                    _ => "UPDATE",
                 };
-                let view = self.begin_statement().await?;
-                let plan = self.plan_with_params(statement, params).await?;
-                let batches = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(Error::from_engine)?
-                    .collect()
-                    .await
-                    .map_err(Error::from_engine)?;
-                let rows = count_of(&batches);
-                self.commit_statement(&view.writes).await?;
-                Ok(Output::Command(CommandTag::with_rows(command, rows)))
-            }
-            Statement::Insert(_) => {
-                let view = self.begin_statement().await?;
-                let plan = self
-                    .plan_with_params(Statement::clone(&statement), params)
-                    .await?;
-                let batches = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(Error::from_engine)?
-                    .collect()
-                    .await
-                    .map_err(Error::from_engine)?;
-                let rows = count_of(&batches);
-                self.commit_statement(&view.writes).await?;
-                Ok(Output::Command(CommandTag::with_rows("INSERT", rows)))
+                self.execute_dml(command, statement, params).await
             }
             other => {
                 let view = self.begin_statement().await?;
@@ -855,6 +826,29 @@ impl Session {
             .ok_or_else(|| Error::Internal("a constant expression gave no rows".to_owned()))?;
         datafusion::common::ScalarValue::try_from_array(batch.column(0), 0)
             .map_err(Error::from_engine)
+    }
+
+    /// Runs an INSERT, DELETE or UPDATE planned by DataFusion (whose plan yields
+    /// the affected-row count) and commits it unless a transaction block is open.
+    async fn execute_dml(
+        &mut self,
+        command: &str,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        let view = self.begin_statement().await?;
+        let plan = self.plan_with_params(statement, params).await?;
+        let batches = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(Error::from_engine)?
+            .collect()
+            .await
+            .map_err(Error::from_engine)?;
+        let rows = count_of(&batches);
+        self.commit_statement(&view.writes).await?;
+        Ok(Output::Command(CommandTag::with_rows(command, rows)))
     }
 
     async fn run_query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
