@@ -115,6 +115,8 @@ static COMPAT: LazyLock<PostgresCompatibilityParser> =
 /// # Errors
 /// 42601 with the parser's message.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let desugared = desugar_clone_as_of(sql);
+    let sql = desugared.as_deref().unwrap_or(sql);
     match COMPAT.parse(sql) {
         Ok(statements) => Ok(statements),
         Err(postgres_error) => match Parser::parse_sql(&QuarryDialect::default(), sql) {
@@ -125,6 +127,31 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             )),
         },
     }
+}
+
+/// Table option that carries the instant of `CREATE TABLE ... CLONE source FOR
+/// SYSTEM_TIME AS OF <instant>` (BigQuery's table clone syntax), which the SQL
+/// parser has no grammar for.
+pub const CLONE_AS_OF_OPTION: &str = "__quarry_clone_as_of";
+
+/// Rewrites `CREATE TABLE t CLONE s FOR SYSTEM_TIME AS OF <expr>` into
+/// `CREATE TABLE t CLONE s WITH (__quarry_clone_as_of = <expr>)`; None for
+/// anything else.
+fn desugar_clone_as_of(sql: &str) -> Option<String> {
+    const AS_OF: &str = " for system_time as of ";
+    let lower = sql.to_ascii_lowercase();
+    if !lower.trim_start().starts_with("create table") || !lower.contains(" clone ") {
+        return None;
+    }
+    let at = lower.find(AS_OF)?;
+    if lower[..at].find(" clone ").is_none() {
+        return None;
+    }
+    let instant = sql[at + AS_OF.len()..].trim().trim_end_matches(';').trim();
+    Some(format!(
+        "{} WITH ({CLONE_AS_OF_OPTION} = {instant})",
+        &sql[..at]
+    ))
 }
 
 /// The name PostgreSQL gives a result column computed by `expr` without an alias
@@ -262,6 +289,22 @@ mod tests {
         ] {
             assert_eq!(parse(sql).expect(sql).len(), 1, "{sql}");
         }
+    }
+
+    #[test]
+    fn clone_as_of_is_desugared_into_a_table_option() {
+        let sql = "CREATE TABLE c CLONE s FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-01 00:00:00';";
+        assert_eq!(
+            desugar_clone_as_of(sql).as_deref(),
+            Some(
+                "CREATE TABLE c CLONE s WITH (__quarry_clone_as_of = TIMESTAMP '2026-01-01 00:00:00')"
+            )
+        );
+        assert_eq!(parse(sql).expect("parses").len(), 1);
+        assert_eq!(
+            desugar_clone_as_of("SELECT * FROM t FOR SYSTEM_TIME AS OF now()"),
+            None
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use quarry_common::SqlState;
-use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table};
+use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table, TableSnapshot};
 use quarry_raft::command::columns_from_defs;
 use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
 use quarry_storage::ChunkStore;
@@ -715,34 +715,7 @@ impl Session {
                 }
                 ast::TableVersion::ForSystemTimeAsOf(expr)
                 | ast::TableVersion::TimestampAsOf(expr) => {
-                    let at = self.eval_timestamp(&expr).await?;
-                    let window = table.retention();
-                    let existed = table.snapshot_as_of(at).is_some()
-                        || table.snapshots[0].operation
-                            != quarry_common::catalog::Operation::Create;
-                    if existed && at < quarry_raft::now_micros() - window {
-                        return Err(user_error(
-                            SqlState::INVALID_PARAMETER_VALUE,
-                            format!(
-                                "{at_text} is beyond the time travel window of \"{name}\" ({} s)",
-                                window / 1_000_000,
-                                at_text = chrono::DateTime::from_timestamp_micros(at)
-                                    .map(|t| t.to_rfc3339())
-                                    .unwrap_or_else(|| at.to_string())
-                            ),
-                        ));
-                    }
-                    table.snapshot_as_of(at).ok_or_else(|| {
-                        user_error(
-                            SqlState::UNDEFINED_TABLE,
-                            format!(
-                                "relation \"{name}\" did not exist at {}",
-                                chrono::DateTime::from_timestamp_micros(at)
-                                    .map(|t| t.to_rfc3339())
-                                    .unwrap_or_else(|| at.to_string())
-                            ),
-                        )
-                    })?
+                    self.snapshot_at(table, &name, &expr).await?
                 }
                 other => {
                     return Err(user_error(
@@ -767,6 +740,40 @@ impl Session {
         )
         .map_err(Error::from_engine)?;
         Ok(())
+    }
+
+    /// The snapshot of `table` (called `name`) current at the instant `expr`.
+    ///
+    /// # Errors
+    /// 22023 beyond the table's time travel window; 42P01 before it existed.
+    async fn snapshot_at<'a>(
+        &self,
+        table: &'a Table,
+        name: &ObjectName,
+        expr: &Expr,
+    ) -> Result<&'a TableSnapshot> {
+        let at = self.eval_timestamp(expr).await?;
+        let shown = chrono::DateTime::from_timestamp_micros(at)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| at.to_string());
+        let window = table.retention();
+        let existed = table.snapshot_as_of(at).is_some()
+            || table.snapshots[0].operation != quarry_common::catalog::Operation::Create;
+        if existed && at < quarry_raft::now_micros() - window {
+            return Err(user_error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                format!(
+                    "{shown} is beyond the time travel window of \"{name}\" ({} s)",
+                    window / 1_000_000
+                ),
+            ));
+        }
+        table.snapshot_as_of(at).ok_or_else(|| {
+            user_error(
+                SqlState::UNDEFINED_TABLE,
+                format!("relation \"{name}\" did not exist at {shown}"),
+            )
+        })
     }
 
     /// Evaluates a constant timestamp expression to microseconds since the epoch (UTC).
@@ -1024,14 +1031,23 @@ impl Session {
         }
         let view = self.begin_statement().await?;
         let (schema, name) = self.resolve(&create.name)?;
-        let retention_micros = table_options(&create.table_options)?;
+        let TableOptions {
+            retention_micros,
+            clone_as_of,
+        } = table_options(&create.table_options)?;
         if let Some(source) = &create.clone {
             // A zero-copy clone (BigQuery's table clone): the new table starts with
-            // the source's current data files; each table's later changes write
-            // new files, so neither sees the other's.
-            let source = self.table(&view.catalog, source)?;
-            let columns = source
-                .columns
+            // the source's data files at its current snapshot (or the one current
+            // at FOR SYSTEM_TIME AS OF); each table's later changes write new
+            // files, so neither sees the other's.
+            let source_name = source;
+            let source = self.table(&view.catalog, source_name)?;
+            let snapshot = match &clone_as_of {
+                Some(expr) => self.snapshot_at(source, source_name, expr).await?,
+                None => source.current_snapshot(),
+            };
+            let source_columns = source.columns_at(snapshot);
+            let columns = source_columns
                 .iter()
                 .map(|c| ColumnDef {
                     name: c.name.clone(),
@@ -1040,11 +1056,8 @@ impl Session {
                     default: c.default.clone(),
                 })
                 .collect();
-            let field_ids = source.columns.iter().map(|c| c.field_id).collect();
-            let files = source
-                .files_at(source.current_snapshot().id)
-                .cloned()
-                .collect();
+            let field_ids = source_columns.iter().map(|c| c.field_id).collect();
+            let files = source.files_at(snapshot.id).cloned().collect();
             self.engine
                 .meta
                 .write(Command::CreateTable {
@@ -1452,19 +1465,22 @@ impl Session {
 
 /// Reads CREATE TABLE's `WITH (...)` options: `retention_seconds`, the time
 /// travel window (BigQuery's max_time_travel_hours, in seconds).
-fn table_options(options: &ast::CreateTableOptions) -> Result<Option<i64>> {
+fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
     let ast::CreateTableOptions::With(options) = options else {
         return match options {
-            ast::CreateTableOptions::None => Ok(None),
+            ast::CreateTableOptions::None => Ok(TableOptions::default()),
             other => Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
                 format!("table options {other} are not supported"),
             )),
         };
     };
-    let mut retention = None;
+    let mut parsed = TableOptions::default();
     for option in options {
         match option {
+            ast::SqlOption::KeyValue { key, value } if key.value == parser::CLONE_AS_OF_OPTION => {
+                parsed.clone_as_of = Some(value.clone());
+            }
             ast::SqlOption::KeyValue { key, value } if normalize(key) == "retention_seconds" => {
                 let seconds: i64 = value
                     .to_string()
@@ -1480,7 +1496,7 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<Option<i64>> {
                             ),
                         )
                     })?;
-                retention = Some(seconds.saturating_mul(1_000_000));
+                parsed.retention_micros = Some(seconds.saturating_mul(1_000_000));
             }
             other => {
                 return Err(user_error(
@@ -1490,7 +1506,16 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<Option<i64>> {
             }
         }
     }
-    Ok(retention)
+    Ok(parsed)
+}
+
+/// CREATE TABLE's options.
+#[derive(Debug, Default)]
+struct TableOptions {
+    /// Time travel window.
+    retention_micros: Option<i64>,
+    /// For a clone, the instant of the source to clone.
+    clone_as_of: Option<Expr>,
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it

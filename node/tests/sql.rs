@@ -588,3 +588,39 @@ async fn time_travel_reads_each_snapshot_with_its_own_columns() {
     assert_eq!(rows[0].get::<_, i32>(0), 1);
     assert_eq!(rows[0].get::<_, String>(1), "x");
 }
+
+#[tokio::test]
+async fn a_clone_can_start_from_a_past_snapshot() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE src (v INT); INSERT INTO src VALUES (1), (2)")
+        .await
+        .expect("setup");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    client
+        .batch_execute("DELETE FROM src WHERE v = 1; ALTER TABLE src RENAME COLUMN v TO w")
+        .await
+        .expect("change the source");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE restored CLONE src FOR SYSTEM_TIME AS OF TIMESTAMP '{before}'"
+        ))
+        .await
+        .expect("clone as of");
+    let rows = client
+        .query("SELECT v FROM restored ORDER BY v", &[])
+        .await
+        .expect("the clone has the past columns and rows");
+    let values: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(values, vec![1, 2]);
+    let e = client
+        .batch_execute("CREATE TABLE too_early CLONE src FOR SYSTEM_TIME AS OF TIMESTAMP '2000-01-01 00:00:00'")
+        .await
+        .expect_err("before the source existed");
+    assert_eq!(sqlstate(&e), "42P01");
+}
