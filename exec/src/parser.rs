@@ -144,9 +144,7 @@ fn desugar_clone_as_of(sql: &str) -> Option<String> {
         return None;
     }
     let at = lower.find(AS_OF)?;
-    if lower[..at].find(" clone ").is_none() {
-        return None;
-    }
+    lower[..at].find(" clone ")?;
     let instant = sql[at + AS_OF.len()..].trim().trim_end_matches(';').trim();
     Some(format!(
         "{} WITH ({CLONE_AS_OF_OPTION} = {instant})",
