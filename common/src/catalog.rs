@@ -325,12 +325,34 @@ pub struct Catalog {
     pub next_id: u64,
     /// Commit time of the newest commit; commit times strictly increase.
     pub last_commit_at: TimestampMicros,
+    /// Dropped tables, restorable with UNDROP TABLE until their time travel
+    /// window has passed.
+    pub dropped: Vec<DroppedTable>,
+}
+
+/// A dropped table, kept whole for UNDROP TABLE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DroppedTable {
+    /// The table as it was.
+    pub table: Arc<Table>,
+    /// When DROP committed.
+    pub dropped_at: TimestampMicros,
 }
 
 impl Catalog {
     /// The table `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
         self.tables.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// Every chunk some table, dropped table or retained snapshot still lists:
+    /// what must stay on disk.
+    pub fn referenced_chunks(&self) -> std::collections::HashSet<ChunkId> {
+        self.tables
+            .values()
+            .chain(self.dropped.iter().map(|d| &d.table))
+            .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
+            .collect()
     }
 
     /// Tables of `schema`, by name.

@@ -115,7 +115,7 @@ static COMPAT: LazyLock<PostgresCompatibilityParser> =
 /// # Errors
 /// 42601 with the parser's message.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    let desugared = desugar_clone_as_of(sql);
+    let desugared = desugar_clone_as_of(sql).or_else(|| desugar_undrop(sql));
     let sql = desugared.as_deref().unwrap_or(sql);
     match COMPAT.parse(sql) {
         Ok(statements) => Ok(statements),
@@ -149,6 +149,31 @@ fn desugar_clone_as_of(sql: &str) -> Option<String> {
     Some(format!(
         "{} WITH ({CLONE_AS_OF_OPTION} = {instant})",
         &sql[..at]
+    ))
+}
+
+/// Table option marking `CREATE TABLE t CLONE t WITH (__quarry_undrop = true)`,
+/// the form `UNDROP TABLE t` is parsed into.
+pub const UNDROP_OPTION: &str = "__quarry_undrop";
+
+/// Rewrites `UNDROP TABLE name` (Snowflake's statement; the SQL parser has no
+/// grammar for it) into a clone of the dropped table marked as an undrop.
+fn desugar_undrop(sql: &str) -> Option<String> {
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("undrop")?
+        .trim_start()
+        .strip_prefix("table")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let name = trimmed[trimmed.len() - rest.len()..].trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(format!(
+        "CREATE TABLE {name} CLONE {name} WITH ({UNDROP_OPTION} = true)"
     ))
 }
 
@@ -303,6 +328,16 @@ mod tests {
             desugar_clone_as_of("SELECT * FROM t FOR SYSTEM_TIME AS OF now()"),
             None
         );
+    }
+
+    #[test]
+    fn undrop_is_desugared() {
+        assert_eq!(
+            desugar_undrop("undrop table s.t;").as_deref(),
+            Some("CREATE TABLE s.t CLONE s.t WITH (__quarry_undrop = true)")
+        );
+        assert_eq!(desugar_undrop("UNDROP TABLEt"), None);
+        assert_eq!(parse("UNDROP TABLE t").expect("parses").len(), 1);
     }
 
     #[test]

@@ -1034,7 +1034,15 @@ impl Session {
         let TableOptions {
             retention_micros,
             clone_as_of,
+            undrop,
         } = table_options(&create.table_options)?;
+        if undrop {
+            self.engine
+                .meta
+                .write(Command::UndropTable { schema, name })
+                .await?;
+            return Ok(Output::Command(CommandTag::new("UNDROP TABLE")));
+        }
         if let Some(source) = &create.clone {
             // A zero-copy clone (BigQuery's table clone): the new table starts with
             // the source's data files at its current snapshot (or the one current
@@ -1481,6 +1489,9 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
             ast::SqlOption::KeyValue { key, value } if key.value == parser::CLONE_AS_OF_OPTION => {
                 parsed.clone_as_of = Some(value.clone());
             }
+            ast::SqlOption::KeyValue { key, .. } if key.value == parser::UNDROP_OPTION => {
+                parsed.undrop = true;
+            }
             ast::SqlOption::KeyValue { key, value } if normalize(key) == "retention_seconds" => {
                 let seconds: i64 = value
                     .to_string()
@@ -1516,6 +1527,8 @@ struct TableOptions {
     retention_micros: Option<i64>,
     /// For a clone, the instant of the source to clone.
     clone_as_of: Option<Expr>,
+    /// The statement is UNDROP TABLE.
+    undrop: bool,
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it

@@ -133,18 +133,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Deletes chunks that no table references: data files of statements that a
-/// crash interrupted before their commit, and of dropped tables. Runs before the
+/// crash interrupted before their commit (dropped tables keep theirs until
+/// their window passes). Runs before the
 /// node accepts clients, so no statement is writing.
 ///
 /// # Errors
 /// If the catalog cannot be read or the chunk directory listed.
 async fn collect_garbage(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
-    let catalog = meta.read().await?;
-    let referenced: std::collections::HashSet<_> = catalog
-        .tables
-        .values()
-        .flat_map(|table| table.files.iter().map(|entry| entry.file.chunk))
-        .collect();
+    let referenced = meta.read().await?.referenced_chunks();
     let mut deleted = 0;
     for chunk in chunks.list()? {
         if !referenced.contains(&chunk) {
@@ -192,12 +188,7 @@ async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
         let quarry_raft::Applied::Expired { chunks: expired } = applied else {
             continue;
         };
-        let referenced: std::collections::HashSet<_> = meta
-            .read_local()
-            .tables
-            .values()
-            .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
-            .collect();
+        let referenced = meta.read_local().referenced_chunks();
         let mut deleted = 0;
         for chunk in expired {
             if !referenced.contains(&chunk) {
@@ -206,6 +197,23 @@ async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
             }
         }
         tracing::info!(table = %table.name, keep_from, deleted, "expired snapshots");
+    }
+    for dropped in &catalog.dropped {
+        if dropped.dropped_at >= now - dropped.table.retention() {
+            continue;
+        }
+        let applied = meta
+            .write(quarry_raft::Command::PurgeDropped {
+                table: dropped.table.id,
+            })
+            .await?;
+        if let quarry_raft::Applied::Expired { chunks: expired } = applied {
+            let referenced = meta.read_local().referenced_chunks();
+            for chunk in expired.into_iter().filter(|c| !referenced.contains(c)) {
+                chunks.delete(chunk)?;
+            }
+            tracing::info!(table = %dropped.table.name, "purged a dropped table past its window");
+        }
     }
     Ok(())
 }

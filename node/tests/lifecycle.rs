@@ -387,3 +387,58 @@ async fn expired_snapshots_lose_their_files_unless_a_clone_uses_them() {
         .expect_err("beyond the window");
     assert_eq!(sqlstate(&e), "22023");
 }
+
+#[tokio::test]
+async fn a_dropped_table_survives_a_restart_and_can_be_undropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut node = TestNode::start(&data).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE d (v INT); INSERT INTO d VALUES (1), (2); DROP TABLE d")
+        .await
+        .expect("setup");
+    assert!(node.terminate().success());
+    let node = TestNode::start(&data).await;
+    let client = node.client().await;
+    client
+        .batch_execute("UNDROP TABLE d")
+        .await
+        .expect("undrop");
+    let sum: i64 = client
+        .query_one("SELECT sum(v) FROM d", &[])
+        .await
+        .expect("the restored table reads its data files")
+        .get(0);
+    assert_eq!(sum, 3);
+}
+
+#[tokio::test]
+async fn a_dropped_table_is_purged_once_its_window_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = TestNode::spawn(&dir.path().join("data"), &["--retention-check-secs", "1"]);
+    node.wait_ready().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE brief (v INT) WITH (retention_seconds = 1); INSERT INTO brief VALUES (1); DROP TABLE brief")
+        .await
+        .expect("setup");
+    let chunks = || {
+        std::fs::read_dir(node.data_dir.join("chunks"))
+            .expect("chunks")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chunks() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped table's data file was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = client
+        .batch_execute("UNDROP TABLE brief")
+        .await
+        .expect_err("purged");
+    assert_eq!(sqlstate(&e), "42P01");
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, FileEntry, Operation, SchemaVersion,
-    SnapshotId, Table, TableId, TableSnapshot, TimestampMicros,
+    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, FileEntry, Operation,
+    SchemaVersion, SnapshotId, Table, TableId, TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +128,19 @@ pub enum Command {
         /// unless the transaction is SERIALIZABLE.
         read_set: Vec<(TableId, SnapshotId)>,
     },
+    /// UNDROP TABLE: restore the most recently dropped table of that name, with
+    /// its history.
+    UndropTable {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+    },
+    /// Forget a dropped table for good (its window has passed).
+    PurgeDropped {
+        /// The dropped table's id.
+        table: TableId,
+    },
     /// ALTER TABLE: a new version of the columns and a snapshot that has it.
     AlterTable {
         /// The table.
@@ -215,6 +228,11 @@ pub enum CatalogError {
     /// transaction).
     #[error("could not serialize access due to concurrent update of \"{0}\"")]
     SerializationFailure(String),
+    /// UNDROP TABLE with no dropped table of that name left.
+    #[error(
+        "no dropped table \"{0}\" to restore (dropped tables are kept for their time travel window)"
+    )]
+    NothingToUndrop(String),
     /// A column that does not exist.
     #[error("column \"{0}\" does not exist")]
     ColumnNotFound(String),
@@ -250,6 +268,7 @@ impl CatalogError {
             CatalogError::SerializationFailure(_) => SqlState::SERIALIZATION_FAILURE,
             CatalogError::DuplicateChange(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ColumnNotFound(_) => SqlState::UNDEFINED_COLUMN,
+            CatalogError::NothingToUndrop(_) => SqlState::UNDEFINED_TABLE,
             CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
         }
@@ -290,7 +309,15 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             if has_tables && !cascade {
                 return Err(CatalogError::SchemaNotEmpty(name.clone()));
             }
-            catalog.tables.retain(|(schema, _), _| schema != name);
+            let dropped_at = commit_time(catalog, proposal.proposed_at);
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut catalog.tables)
+                .into_iter()
+                .partition(|((schema, _), _)| schema == name);
+            catalog.tables = kept.into_iter().collect();
+            catalog.dropped.extend(
+                gone.into_iter()
+                    .map(|(_, table)| DroppedTable { table, dropped_at }),
+            );
             catalog.schemas.remove(name);
             Ok(Applied::Schema)
         }
@@ -372,16 +399,56 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             name,
             if_exists,
         } => match catalog.tables.remove(&(schema.clone(), name.clone())) {
-            Some(table) => Ok(Applied::Snapshot {
-                table: table.id,
-                snapshot: 0,
-                committed_at: commit_time(catalog, proposal.proposed_at),
-            }),
+            Some(table) => {
+                let committed_at = commit_time(catalog, proposal.proposed_at);
+                let id = table.id;
+                catalog.dropped.push(DroppedTable {
+                    table,
+                    dropped_at: committed_at,
+                });
+                Ok(Applied::Snapshot {
+                    table: id,
+                    snapshot: 0,
+                    committed_at,
+                })
+            }
             None if *if_exists => Ok(Applied::Nothing),
             None => Err(CatalogError::TableNotFound(name.clone())),
         },
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
+        }
+        Command::UndropTable { schema, name } => {
+            if !catalog.schemas.contains_key(schema) {
+                return Err(CatalogError::SchemaNotFound(schema.clone()));
+            }
+            if catalog.table(schema, name).is_some() {
+                return Err(CatalogError::TableExists(name.clone()));
+            }
+            let index = catalog
+                .dropped
+                .iter()
+                .rposition(|d| d.table.schema == *schema && d.table.name == *name)
+                .ok_or_else(|| CatalogError::NothingToUndrop(name.clone()))?;
+            let restored = catalog.dropped.remove(index).table;
+            let id = restored.id;
+            catalog
+                .tables
+                .insert((schema.clone(), name.clone()), restored);
+            Ok(Applied::Snapshot {
+                table: id,
+                snapshot: 0,
+                committed_at: commit_time(catalog, proposal.proposed_at),
+            })
+        }
+        Command::PurgeDropped { table } => {
+            let Some(index) = catalog.dropped.iter().position(|d| d.table.id == *table) else {
+                return Ok(Applied::Nothing);
+            };
+            let gone = catalog.dropped.remove(index);
+            Ok(Applied::Expired {
+                chunks: gone.table.files.iter().map(|e| e.file.chunk).collect(),
+            })
         }
         Command::AlterTable { table, change } => {
             alter(catalog, proposal.proposed_at, *table, change)
