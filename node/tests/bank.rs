@@ -196,6 +196,20 @@ async fn write_skew_is_allowed_by_snapshot_isolation_and_refused_by_serializable
             );
         }
     }
+    // The refused commit left no data file behind: every chunk on disk is one
+    // some committed snapshot added.
+    let committed: i64 = setup
+        .query_one(
+            "SELECT CAST(sum(files_added) AS BIGINT) FROM quarry_system.snapshots",
+            &[],
+        )
+        .await
+        .expect("files added")
+        .get(0);
+    let on_disk = std::fs::read_dir(node.data_dir.join("chunks"))
+        .expect("chunks")
+        .count() as i64;
+    assert_eq!(on_disk, committed);
 }
 
 #[tokio::test]
