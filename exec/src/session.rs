@@ -613,7 +613,9 @@ impl Session {
                 self.execute_dml(command, statement, params).await
             }
             other => {
-                let view = self.begin_statement().await?;
+                // Queries write nothing; the scans take the files of the pinned
+                // snapshots when planned, so the stream needs no view.
+                self.begin_statement().await?;
                 let plan = self.plan_with_params(other, params).await?;
                 if let LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) = &plan {
                     return Err(user_error(
@@ -627,9 +629,6 @@ impl Session {
                     .await
                     .map_err(Error::from_engine)?;
                 let stream = frame.execute_stream().await.map_err(Error::from_engine)?;
-                // The stream reads the pinned snapshots; it holds the write set only
-                // to keep the view alive.
-                drop(view);
                 Ok(Output::Rows(stream))
             }
         }
