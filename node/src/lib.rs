@@ -17,4 +17,5 @@ pub mod config;
 pub mod data_dir;
 pub mod http;
 pub mod pg;
+pub mod rpc;
 pub mod server;

@@ -1,0 +1,445 @@
+//! Internal RPC between nodes (DESIGN.md §6): tokio TCP, length-delimited frames,
+//! typed request and response enums in postcard, a version byte in every frame,
+//! a deadline on every call, pooled connections, and a [`Transport`] seam through
+//! which tests drop, delay or partition messages between chosen nodes.
+//!
+//! Frame: `u32 length (big-endian) | u8 version | postcard(message)`; the length
+//! counts the version byte and the message. One call at a time per connection; a
+//! pool keeps idle connections per peer for reuse.
+//!
+//! Requests are idempotent or carry their own ids, so a caller may retry a call
+//! that failed with [`RpcError::Unreachable`] or [`RpcError::DeadlineExceeded`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// Version of the frame layout and message encodings; a peer with another
+/// version is refused rather than misread.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest frame accepted, in bytes (bounds a peer's memory use per call).
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Idle connections kept per peer.
+pub const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Liveness probe; the peer echoes the payload.
+    Ping {
+        /// Echoed back.
+        payload: u64,
+    },
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// Answer to `Ping`.
+    Pong {
+        /// The request's payload.
+        payload: u64,
+        /// The answering node.
+        node_id: u64,
+    },
+    /// The peer could not serve the request (its error, as text).
+    Failed(String),
+}
+
+/// Why a call failed. Every variant leaves the caller free to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// No connection could be made or it broke (peer down, network cut).
+    #[error("node at {0} is unreachable: {1}")]
+    Unreachable(SocketAddr, String),
+    /// No answer within the call's deadline; the peer may still act on it.
+    #[error("no answer from {0} within {1:?}")]
+    DeadlineExceeded(SocketAddr, Duration),
+    /// The peer speaks another wire version.
+    #[error("node at {peer} speaks wire version {theirs}, this node {WIRE_VERSION}")]
+    Version {
+        /// The peer.
+        peer: SocketAddr,
+        /// Its version.
+        theirs: u8,
+    },
+    /// A frame did not decode (a bug or a foreign client).
+    #[error("malformed message from {0}: {1}")]
+    Protocol(SocketAddr, String),
+}
+
+fn encode<T: Serialize>(message: &T) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_u8(WIRE_VERSION);
+    frame
+        .extend_from_slice(&postcard::to_allocvec(message).expect("encoding to a Vec cannot fail"));
+    frame.freeze()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(peer: SocketAddr, frame: &[u8]) -> Result<T, RpcError> {
+    let (&version, body) = frame
+        .split_first()
+        .ok_or_else(|| RpcError::Protocol(peer, "empty frame".to_owned()))?;
+    if version != WIRE_VERSION {
+        return Err(RpcError::Version {
+            peer,
+            theirs: version,
+        });
+    }
+    postcard::from_bytes(body).map_err(|e| RpcError::Protocol(peer, e.to_string()))
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec()
+}
+
+/// Serves RPC requests on this node.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    async fn handle(&self, request: RpcRequest) -> RpcResponse;
+}
+
+/// Accepts connections on `listener` and answers each request with `handler`,
+/// until the task is dropped.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+    loop {
+        let Ok((socket, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let mut frames = Framed::new(socket, codec());
+            while let Some(Ok(frame)) = frames.next().await {
+                let response = match decode::<RpcRequest>(peer, &frame) {
+                    Ok(request) => handler.handle(request).await,
+                    Err(e) => RpcResponse::Failed(e.to_string()),
+                };
+                if frames.send(encode(&response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// How a node sends requests to others: the seam where tests inject faults.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` to the node at `target` and waits at most `deadline`.
+    ///
+    /// # Errors
+    /// [`RpcError`]; cancelling the future abandons the call.
+    async fn call(
+        &self,
+        target: SocketAddr,
+        request: RpcRequest,
+        deadline: Duration,
+    ) -> Result<RpcResponse, RpcError>;
+}
+
+/// TCP transport with a pool of idle connections per peer.
+#[derive(Debug, Default)]
+pub struct TcpTransport {
+    idle: Mutex<HashMap<SocketAddr, Vec<Framed<TcpStream, LengthDelimitedCodec>>>>,
+}
+
+impl TcpTransport {
+    /// A transport with an empty pool.
+    pub fn new() -> Self {
+        TcpTransport::default()
+    }
+
+    fn take_idle(&self, target: SocketAddr) -> Option<Framed<TcpStream, LengthDelimitedCodec>> {
+        self.idle
+            .lock()
+            .expect("pool lock is never held across a panic")
+            .get_mut(&target)
+            .and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, target: SocketAddr, connection: Framed<TcpStream, LengthDelimitedCodec>) {
+        let mut idle = self
+            .idle
+            .lock()
+            .expect("pool lock is never held across a panic");
+        let connections = idle.entry(target).or_default();
+        if connections.len() < IDLE_CONNECTIONS_PER_PEER_MAX {
+            connections.push(connection);
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target: SocketAddr,
+        request: &RpcRequest,
+    ) -> Result<RpcResponse, RpcError> {
+        let unreachable = |e: std::io::Error| RpcError::Unreachable(target, e.to_string());
+        let mut connection = match self.take_idle(target) {
+            Some(connection) => connection,
+            None => {
+                let socket = TcpStream::connect(target).await.map_err(unreachable)?;
+                let _ = socket.set_nodelay(true);
+                Framed::new(socket, codec())
+            }
+        };
+        connection
+            .send(encode(request))
+            .await
+            .map_err(unreachable)?;
+        let frame = connection
+            .next()
+            .await
+            .ok_or_else(|| RpcError::Unreachable(target, "connection closed".to_owned()))?
+            .map_err(unreachable)?;
+        let response = decode(target, &frame)?;
+        self.put_idle(target, connection);
+        Ok(response)
+    }
+}
+
+#[async_trait]
+impl Transport for TcpTransport {
+    async fn call(
+        &self,
+        target: SocketAddr,
+        request: RpcRequest,
+        deadline: Duration,
+    ) -> Result<RpcResponse, RpcError> {
+        // A connection abandoned by the deadline is dropped, never reused, so a
+        // late answer cannot be read as the answer to a later call.
+        tokio::time::timeout(deadline, self.exchange(target, &request))
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded(target, deadline))?
+    }
+}
+
+/// A transport that passes calls to an inner one except where a test says
+/// otherwise: links cut (partition) or slowed (delay).
+#[derive(Debug)]
+pub struct FaultyTransport<T> {
+    inner: T,
+    cut: Mutex<HashSet<SocketAddr>>,
+    delay: Mutex<HashMap<SocketAddr, Duration>>,
+}
+
+impl<T: Transport> FaultyTransport<T> {
+    /// No faults yet.
+    pub fn new(inner: T) -> Self {
+        FaultyTransport {
+            inner,
+            cut: Mutex::new(HashSet::new()),
+            delay: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Calls to `target` fail as unreachable until [`FaultyTransport::heal`].
+    pub fn partition(&self, target: SocketAddr) {
+        self.cut.lock().expect("fault lock").insert(target);
+    }
+
+    /// Calls to `target` take `delay` longer.
+    pub fn delay(&self, target: SocketAddr, delay: Duration) {
+        self.delay.lock().expect("fault lock").insert(target, delay);
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.cut.lock().expect("fault lock").clear();
+        self.delay.lock().expect("fault lock").clear();
+    }
+}
+
+#[async_trait]
+impl<T: Transport> Transport for FaultyTransport<T> {
+    async fn call(
+        &self,
+        target: SocketAddr,
+        request: RpcRequest,
+        deadline: Duration,
+    ) -> Result<RpcResponse, RpcError> {
+        if self.cut.lock().expect("fault lock").contains(&target) {
+            return Err(RpcError::Unreachable(
+                target,
+                "partitioned by the test".to_owned(),
+            ));
+        }
+        let delay = self.delay.lock().expect("fault lock").get(&target).copied();
+        tokio::time::timeout(deadline, async {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            self.inner.call(target, request, deadline).await
+        })
+        .await
+        .map_err(|_| RpcError::DeadlineExceeded(target, deadline))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Echo {
+        node_id: u64,
+        delay: Duration,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Handler for Echo {
+        async fn handle(&self, request: RpcRequest) -> RpcResponse {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            match request {
+                RpcRequest::Ping { payload } => RpcResponse::Pong {
+                    payload,
+                    node_id: self.node_id,
+                },
+            }
+        }
+    }
+
+    async fn server(delay: Duration) -> (SocketAddr, Arc<Echo>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let echo = Arc::new(Echo {
+            node_id: 7,
+            delay,
+            calls: AtomicUsize::new(0),
+        });
+        let task = tokio::spawn(serve(listener, echo.clone()));
+        (addr, echo, task)
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn calls_round_trip_and_reuse_pooled_connections() {
+        let (addr, echo, task) = server(Duration::ZERO).await;
+        let transport = TcpTransport::new();
+        for payload in 0..5 {
+            let response = transport
+                .call(addr, RpcRequest::Ping { payload }, SECOND)
+                .await
+                .expect("call");
+            assert_eq!(
+                response,
+                RpcResponse::Pong {
+                    payload,
+                    node_id: 7
+                }
+            );
+        }
+        assert_eq!(echo.calls.load(Ordering::SeqCst), 5);
+        let pooled = transport
+            .idle
+            .lock()
+            .expect("lock")
+            .get(&addr)
+            .map(Vec::len);
+        assert_eq!(pooled, Some(1), "sequential calls share one connection");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_slow_peer_fails_the_call_at_its_deadline() {
+        let (addr, _echo, task) = server(Duration::from_secs(5)).await;
+        let started = std::time::Instant::now();
+        let result = TcpTransport::new()
+            .call(
+                addr,
+                RpcRequest::Ping { payload: 1 },
+                Duration::from_millis(100),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RpcError::DeadlineExceeded(..))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let result = TcpTransport::new()
+            .call(addr, RpcRequest::Ping { payload: 1 }, SECOND)
+            .await;
+        assert!(
+            matches!(result, Err(RpcError::Unreachable(..))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn frames_of_another_version_are_refused() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let mut frame = encode(&RpcRequest::Ping { payload: 3 }).to_vec();
+        assert_eq!(
+            decode::<RpcRequest>(peer, &frame),
+            Ok(RpcRequest::Ping { payload: 3 })
+        );
+        frame[0] = WIRE_VERSION + 1;
+        assert_eq!(
+            decode::<RpcRequest>(peer, &frame),
+            Err(RpcError::Version {
+                peer,
+                theirs: WIRE_VERSION + 1
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_faulty_transport_partitions_delays_and_heals() {
+        let (addr, echo, task) = server(Duration::ZERO).await;
+        let transport = FaultyTransport::new(TcpTransport::new());
+        transport.partition(addr);
+        let cut = transport
+            .call(addr, RpcRequest::Ping { payload: 1 }, SECOND)
+            .await;
+        assert!(matches!(cut, Err(RpcError::Unreachable(..))));
+        assert_eq!(
+            echo.calls.load(Ordering::SeqCst),
+            0,
+            "a cut link delivers nothing"
+        );
+        transport.heal();
+        transport.delay(addr, Duration::from_millis(300));
+        let slow = transport
+            .call(
+                addr,
+                RpcRequest::Ping { payload: 2 },
+                Duration::from_millis(100),
+            )
+            .await;
+        assert!(matches!(slow, Err(RpcError::DeadlineExceeded(..))));
+        transport.heal();
+        let ok = transport
+            .call(addr, RpcRequest::Ping { payload: 3 }, SECOND)
+            .await;
+        assert_eq!(
+            ok,
+            Ok(RpcResponse::Pong {
+                payload: 3,
+                node_id: 7
+            })
+        );
+        task.abort();
+    }
+}
