@@ -17,5 +17,6 @@ pub mod config;
 pub mod data_dir;
 pub mod http;
 pub mod pg;
+pub mod raft_network;
 pub mod rpc;
 pub mod server;

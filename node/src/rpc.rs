@@ -18,6 +18,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use quarry_raft::{NodeId, TypeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -31,17 +37,23 @@ pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
 
 /// A request from one node to another.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum RpcRequest {
     /// Liveness probe; the peer echoes the payload.
     Ping {
         /// Echoed back.
         payload: u64,
     },
+    /// Raft AppendEntries (log replication and heartbeats).
+    RaftAppend(AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote.
+    RaftVote(VoteRequest<NodeId>),
+    /// Raft InstallSnapshot (one chunk).
+    RaftSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
 /// The answer to an [`RpcRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub enum RpcResponse {
     /// Answer to `Ping`.
     Pong {
@@ -50,6 +62,12 @@ pub enum RpcResponse {
         /// The answering node.
         node_id: u64,
     },
+    /// Answer to `RaftAppend`.
+    RaftAppend(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `RaftVote`.
+    RaftVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `RaftSnapshot`.
+    RaftSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// The peer could not serve the request (its error, as text).
     Failed(String),
 }
@@ -308,6 +326,7 @@ mod tests {
                     payload,
                     node_id: self.node_id,
                 },
+                other => RpcResponse::Failed(format!("echo cannot serve {other:?}")),
             }
         }
     }
@@ -390,14 +409,14 @@ mod tests {
     #[test]
     fn frames_of_another_version_are_refused() {
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let mut frame = encode(&RpcRequest::Ping { payload: 3 }).to_vec();
+        let mut frame = encode(&RpcResponse::Failed("x".into())).to_vec();
         assert_eq!(
-            decode::<RpcRequest>(peer, &frame),
-            Ok(RpcRequest::Ping { payload: 3 })
+            decode::<RpcResponse>(peer, &frame),
+            Ok(RpcResponse::Failed("x".into()))
         );
         frame[0] = WIRE_VERSION + 1;
         assert_eq!(
-            decode::<RpcRequest>(peer, &frame),
+            decode::<RpcResponse>(peer, &frame),
             Err(RpcError::Version {
                 peer,
                 theirs: WIRE_VERSION + 1
