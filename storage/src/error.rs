@@ -45,11 +45,25 @@ pub enum Error {
         /// Checksum of the bytes found.
         actual_crc32c: u32,
     },
+    /// Fewer than k chunks of a stripe are readable: its data is lost.
+    #[error("stripe lost: {available} chunks readable, {needed} needed")]
+    StripeLost {
+        /// Chunks needed (k).
+        needed: usize,
+        /// Chunks readable.
+        available: usize,
+    },
+    /// The erasure codec refused its input (a bug: a shape it does not support).
+    #[error("erasure coding failed: {0}")]
+    ErasureCoding(String),
 }
 
 impl Error {
     /// Whether the error means stored data is lost or damaged (SQLSTATE XX001).
     pub fn is_data_corruption(&self) -> bool {
-        matches!(self, Error::Missing { .. } | Error::Corrupt { .. })
+        matches!(
+            self,
+            Error::Missing { .. } | Error::Corrupt { .. } | Error::StripeLost { .. }
+        )
     }
 }

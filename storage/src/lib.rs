@@ -16,6 +16,7 @@
 
 mod chunk_store;
 mod error;
+pub mod stripe;
 
 pub use chunk_store::{ChunkRef, ChunkStore};
 pub use error::{Error, Result};
