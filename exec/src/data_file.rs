@@ -122,12 +122,6 @@ impl WriteSet {
         (changes, reads.into_iter().collect())
     }
 
-    /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        let pending = self.lock();
-        pending.added.values().all(Vec::is_empty) && pending.removed.values().all(Vec::is_empty)
-    }
-
     /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
     pub fn discard_files(&self, files: impl IntoIterator<Item = DataFile>) {
         for file in files {

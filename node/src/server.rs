@@ -140,18 +140,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// # Errors
 /// If the catalog cannot be read or the chunk directory listed.
 async fn collect_garbage(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
-    let referenced = meta.read().await?.referenced_chunks();
-    let mut deleted = 0;
-    for chunk in chunks.list()? {
-        if !referenced.contains(&chunk) {
-            chunks.delete(chunk)?;
-            deleted += 1;
-        }
-    }
+    // A linearizable read first, so the local catalog has every commit applied.
+    meta.read().await?;
+    let deleted = delete_unreferenced(meta, chunks, chunks.list()?)?;
     if deleted > 0 {
         tracing::info!(deleted, "deleted chunks no table references");
     }
     Ok(())
+}
+
+/// Deletes those of `candidates` that no table (live or dropped) of the locally
+/// applied catalog lists; returns how many.
+fn delete_unreferenced(
+    meta: &Meta,
+    chunks: &ChunkStore,
+    candidates: impl IntoIterator<Item = quarry_common::catalog::ChunkId>,
+) -> anyhow::Result<usize> {
+    let referenced = meta.read_local().referenced_chunks();
+    let mut deleted = 0;
+    for chunk in candidates.into_iter().filter(|c| !referenced.contains(c)) {
+        chunks.delete(chunk)?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 /// Every `interval`, expires each table's snapshots older than its retention
@@ -176,46 +187,40 @@ async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
     let now = quarry_raft::now_micros();
     for table in catalog.tables.values() {
         let keep_from = table.retention_boundary(now).id;
-        if table.snapshots[0].id >= keep_from {
-            continue;
-        }
-        let applied = meta
-            .write(quarry_raft::Command::ExpireSnapshots {
+        if table.snapshots[0].id < keep_from {
+            let command = quarry_raft::Command::ExpireSnapshots {
                 table: table.id,
                 keep_from,
-            })
-            .await?;
-        let quarry_raft::Applied::Expired { chunks: expired } = applied else {
-            continue;
-        };
-        let referenced = meta.read_local().referenced_chunks();
-        let mut deleted = 0;
-        for chunk in expired {
-            if !referenced.contains(&chunk) {
-                chunks.delete(chunk)?;
-                deleted += 1;
-            }
+            };
+            let deleted = expire(meta, chunks, command).await?;
+            tracing::info!(table = %table.name, keep_from, deleted, "expired snapshots");
         }
-        tracing::info!(table = %table.name, keep_from, deleted, "expired snapshots");
     }
     for dropped in &catalog.dropped {
-        if dropped.dropped_at >= now - dropped.table.retention() {
-            continue;
-        }
-        let applied = meta
-            .write(quarry_raft::Command::PurgeDropped {
+        if dropped.dropped_at < now - dropped.table.retention() {
+            let command = quarry_raft::Command::PurgeDropped {
                 table: dropped.table.id,
-            })
-            .await?;
-        if let quarry_raft::Applied::Expired { chunks: expired } = applied {
-            let referenced = meta.read_local().referenced_chunks();
-            for chunk in expired.into_iter().filter(|c| !referenced.contains(c)) {
-                chunks.delete(chunk)?;
-            }
-            tracing::info!(table = %dropped.table.name, "purged a dropped table past its window");
+            };
+            let deleted = expire(meta, chunks, command).await?;
+            tracing::info!(table = %dropped.table.name, deleted, "purged a dropped table past its window");
         }
     }
     Ok(())
+}
+
+/// Commits an expiry command and deletes the chunks it released that nothing
+/// else lists (a clone may share them); returns how many were deleted.
+async fn expire(
+    meta: &Meta,
+    chunks: &ChunkStore,
+    command: quarry_raft::Command,
+) -> anyhow::Result<usize> {
+    match meta.write(command).await? {
+        quarry_raft::Applied::Expired { chunks: released } => {
+            delete_unreferenced(meta, chunks, released)
+        }
+        _ => Ok(0),
+    }
 }
 
 async fn shutdown_signal() {
