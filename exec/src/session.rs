@@ -1042,29 +1042,44 @@ impl Session {
                 .await?;
             return Ok(Output::Command(CommandTag::new("UNDROP TABLE")));
         }
-        if let Some(source) = &create.clone {
-            // A zero-copy clone (BigQuery's table clone): the new table starts with
-            // the source's data files at its current snapshot (or the one current
-            // at FOR SYSTEM_TIME AS OF); each table's later changes write new
-            // files, so neither sees the other's.
-            let source_name = source;
-            let source = self.table(&view.catalog, source_name)?;
-            let snapshot = match &clone_as_of {
-                Some(expr) => self.snapshot_at(source, source_name, expr).await?,
-                None => source.current_snapshot(),
+        if create.clone.is_some() || create.query.is_none() {
+            // A zero-copy clone (BigQuery's table clone) starts with the source's
+            // data files at its current snapshot (or the one current at FOR
+            // SYSTEM_TIME AS OF), keeping their field ids; each table's later
+            // changes write new files, so neither sees the other's. A plain
+            // CREATE TABLE starts empty.
+            let (columns, files, field_ids) = match &create.clone {
+                Some(source_name) => {
+                    let source = self.table(&view.catalog, source_name)?;
+                    let snapshot = match &clone_as_of {
+                        Some(expr) => self.snapshot_at(source, source_name, expr).await?,
+                        None => source.current_snapshot(),
+                    };
+                    let source_columns = source.columns_at(snapshot);
+                    let columns = source_columns
+                        .iter()
+                        .map(|c| ColumnDef {
+                            name: c.name.clone(),
+                            column_type: c.column_type,
+                            nullable: c.nullable,
+                            default: c.default.clone(),
+                        })
+                        .collect();
+                    let field_ids = source_columns.iter().map(|c| c.field_id).collect();
+                    (
+                        columns,
+                        source.files_at(snapshot.id).cloned().collect(),
+                        field_ids,
+                    )
+                }
+                None => {
+                    let mut columns = Vec::with_capacity(create.columns.len());
+                    for column in &create.columns {
+                        columns.push(self.column_def(column).await?);
+                    }
+                    (columns, Vec::new(), Vec::new())
+                }
             };
-            let source_columns = source.columns_at(snapshot);
-            let columns = source_columns
-                .iter()
-                .map(|c| ColumnDef {
-                    name: c.name.clone(),
-                    column_type: c.column_type,
-                    nullable: c.nullable,
-                    default: c.default.clone(),
-                })
-                .collect();
-            let field_ids = source_columns.iter().map(|c| c.field_id).collect();
-            let files = source.files_at(snapshot.id).cloned().collect();
             self.engine
                 .meta
                 .write(Command::CreateTable {
@@ -1079,25 +1094,9 @@ impl Session {
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
         }
-        let Some(query) = create.query else {
-            let mut columns = Vec::with_capacity(create.columns.len());
-            for column in &create.columns {
-                columns.push(self.column_def(column).await?);
-            }
-            self.engine
-                .meta
-                .write(Command::CreateTable {
-                    schema,
-                    name,
-                    columns,
-                    if_not_exists: create.if_not_exists,
-                    files: Vec::new(),
-                    retention_micros,
-                    field_ids: Vec::new(),
-                })
-                .await?;
-            return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
-        };
+        let query = create
+            .query
+            .expect("checked above: CREATE TABLE AS has a query");
         // CREATE TABLE AS: table and rows commit together in one command.
         if view.catalog.table(&schema, &name).is_some() {
             if create.if_not_exists {
