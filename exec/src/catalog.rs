@@ -69,6 +69,16 @@ impl QuarryCatalog {
             .expect("system lock is never held across a panic")
     }
 
+    /// Removes every system schema. pg_catalog's provider holds the catalog
+    /// list, which holds this catalog: a session clears them when it ends to
+    /// break that cycle.
+    pub fn clear_system_schemas(&self) {
+        self.system
+            .write()
+            .expect("system lock is never held across a panic")
+            .clear();
+    }
+
     /// Removes a system schema (the statement's time-travel schema when done).
     pub fn remove_system_schema(&self, name: &str) {
         self.system

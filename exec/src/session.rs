@@ -221,6 +221,15 @@ struct Transaction {
     failed: bool,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Frees the session's DataFusion context (and the write set its catalog
+        // view holds, deleting files of an unfinished statement): without this,
+        // pg_catalog's provider keeps the catalog alive through the catalog list.
+        self.catalog.clear_system_schemas();
+    }
+}
+
 /// The value of `ident` as PostgreSQL resolves it: unquoted names fold to lower case.
 pub fn normalize(ident: &Ident) -> String {
     match ident.quote_style {

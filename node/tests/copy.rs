@@ -33,6 +33,27 @@ fn csv_rows(range: std::ops::Range<u64>) -> String {
         .collect()
 }
 
+/// Rows per data file (exec's `FILE_ROWS_MAX`): a COPY of more writes a file
+/// before it ends.
+const FILE_ROWS: u64 = 1024 * 1024;
+
+/// Waits (bounded) until a COPY in progress has written a data file, so the
+/// test shows that a failed COPY deletes what it wrote.
+async fn wait_for_a_data_file(node: &TestNode) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(node.data_dir.join("chunks"))
+        .expect("chunks")
+        .count()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COPY wrote no data file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn count(client: &tokio_postgres::Client) -> i64 {
     client
         .query_one("SELECT count(*) FROM items", &[])
@@ -107,14 +128,19 @@ async fn a_malformed_csv_line_is_named_and_nothing_commits() {
         .await
         .expect("copy in");
     futures::pin_mut!(sink);
-    // 20,000 good rows (enough to write data files), then a bad number on line 20,001.
-    sink.send(Bytes::from(csv_rows(0..20_000)))
-        .await
-        .expect("send");
+    // More good rows than one data file holds, so a file is written before the
+    // bad number on line GOOD + 1; the failed COPY must delete it.
+    const GOOD: u64 = FILE_ROWS + 1_000;
+    for start in (0..GOOD).step_by(100_000) {
+        sink.send(Bytes::from(csv_rows(start..(start + 100_000).min(GOOD))))
+            .await
+            .expect("send");
+    }
+    wait_for_a_data_file(&node).await;
     sink.send(Bytes::from_static(b"oops,\"x\",1.00,2026-01-01\n"))
         .await
         .expect("send");
-    sink.send(Bytes::from(csv_rows(20_000..20_010)))
+    sink.send(Bytes::from(csv_rows(GOOD..GOOD + 10)))
         .await
         .expect("send");
     let e = sink.finish().await.expect_err("bad line");
@@ -124,7 +150,7 @@ async fn a_malformed_csv_line_is_named_and_nothing_commits() {
         .and_then(|d| d.detail())
         .unwrap_or_default()
         .to_owned();
-    assert!(detail.contains("line 20001"), "{detail}");
+    assert!(detail.contains(&format!("line {}", GOOD + 1)), "{detail}");
     assert!(detail.contains("column id"), "{detail}");
     assert_eq!(count(&client).await, 0);
     let chunks = std::fs::read_dir(node.data_dir.join("chunks"))
@@ -156,9 +182,14 @@ async fn a_client_that_disconnects_mid_copy_leaves_nothing() {
             .await
             .expect("copy in");
         futures::pin_mut!(sink);
-        sink.send(Bytes::from(csv_rows(0..50_000)))
-            .await
-            .expect("send");
+        // More rows than one data file holds, so a file is on disk before the
+        // client goes away.
+        for start in (0..FILE_ROWS + 1_000).step_by(100_000) {
+            sink.send(Bytes::from(csv_rows(start..start + 100_000)))
+                .await
+                .expect("send");
+        }
+        wait_for_a_data_file(&node).await;
         // Dropping the sink unfinished and the client closes the connection
         // without CopyDone.
     }
