@@ -341,9 +341,7 @@ async fn expired_snapshots_lose_their_files_unless_a_clone_uses_them() {
         .batch_execute("DELETE FROM gone")
         .await
         .expect("delete");
-    let cutoff = chrono::Utc::now()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string();
+    let cutoff = support::instant_between_commits();
 
     // The file of `gone` goes once its snapshots expire; the file of `kept`
     // stays for the clone.

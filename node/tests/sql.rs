@@ -551,11 +551,7 @@ async fn time_travel_reads_each_snapshot_with_its_own_columns() {
         .batch_execute("CREATE TABLE s (a INT, b TEXT); INSERT INTO s VALUES (1, 'x')")
         .await
         .expect("setup");
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let before = chrono::Utc::now()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string();
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = support::instant_between_commits();
     client
         .batch_execute(
             "ALTER TABLE s RENAME COLUMN b TO label;
@@ -597,11 +593,7 @@ async fn a_clone_can_start_from_a_past_snapshot() {
         .batch_execute("CREATE TABLE src (v INT); INSERT INTO src VALUES (1), (2)")
         .await
         .expect("setup");
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let before = chrono::Utc::now()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string();
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = support::instant_between_commits();
     client
         .batch_execute("DELETE FROM src WHERE v = 1; ALTER TABLE src RENAME COLUMN v TO w")
         .await

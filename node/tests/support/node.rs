@@ -170,3 +170,14 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .map(|d| d.code().code().to_owned())
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
+
+/// A timestamp literal (UTC, microseconds) strictly after the commits made so
+/// far and before those made next: for FOR SYSTEM_TIME AS OF tests.
+pub fn instant_between_commits() -> String {
+    std::thread::sleep(Duration::from_millis(20));
+    let at = chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    at
+}
