@@ -256,6 +256,9 @@ pub struct Table {
     /// How long snapshots stay readable by time travel after a newer one
     /// replaces them; None: the cluster default (7 days).
     pub retention_micros: Option<i64>,
+    /// Stripe layout of new data files; None: the cluster default for its
+    /// size ([`StripeLayout::for_cluster`]).
+    pub layout: Option<StripeLayout>,
 }
 
 /// How long old snapshots stay readable unless a table says otherwise: 7 days,
@@ -328,6 +331,93 @@ pub struct Catalog {
     /// Dropped tables, restorable with UNDROP TABLE until their time travel
     /// window has passed.
     pub dropped: Vec<DroppedTable>,
+    /// The cluster's id, chosen when its first node bootstrapped it; every
+    /// node keeps it in its data dir and refuses a cluster with another.
+    pub cluster_id: u128,
+    /// Next unused node id (node ids start at 1, the bootstrapping node).
+    pub next_node_id: NodeId,
+    /// Every stripe that holds a live chunk, by stripe id.
+    pub stripes: BTreeMap<StripeId, Stripe>,
+    /// The stripe of every data chunk in `stripes` (derived, kept in step).
+    pub stripe_of: BTreeMap<ChunkId, StripeId>,
+}
+
+/// A node's id in the cluster: assigned once through Raft, kept in its data dir.
+pub type NodeId = u64;
+
+/// A stripe's id (a UUIDv7 like chunk ids).
+pub type StripeId = ChunkId;
+
+/// How a table's data files are grouped into stripes: `data_chunks` (k) whole
+/// data files and `parity_chunks` (m) Reed-Solomon parity chunks, each on its
+/// own node, so any m nodes may be lost (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeLayout {
+    /// k: data chunks per stripe.
+    pub data_chunks: u8,
+    /// m: parity chunks per stripe.
+    pub parity_chunks: u8,
+}
+
+impl StripeLayout {
+    /// The default for a cluster of `nodes` nodes: 1 → k=1 m=0, 2 → 1+1 (a
+    /// mirror), 3–5 → 2+1, 6 or more → 4+2.
+    pub fn for_cluster(nodes: usize) -> StripeLayout {
+        let (data_chunks, parity_chunks) = match nodes {
+            0 | 1 => (1, 0),
+            2 => (1, 1),
+            3..=5 => (2, 1),
+            _ => (4, 2),
+        };
+        StripeLayout {
+            data_chunks,
+            parity_chunks,
+        }
+    }
+}
+
+impl fmt::Display for StripeLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.data_chunks, self.parity_chunks)
+    }
+}
+
+/// One chunk of a stripe and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeChunk {
+    /// The chunk (for a data chunk, the data file's chunk).
+    pub chunk: ChunkId,
+    /// The node that holds it.
+    pub node: NodeId,
+    /// Its length in bytes.
+    pub size_bytes: u64,
+    /// CRC-32C of its bytes.
+    pub checksum_crc32c: u32,
+}
+
+/// k data chunks and m parity chunks, each on a different node where the
+/// cluster allows; parity is computed over the data chunks zero-padded to the
+/// longest (rounded up to even), storage/FORMAT.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stripe {
+    /// The stripe's id.
+    pub id: StripeId,
+    /// k: how many of `chunks` (the first ones) are data chunks.
+    pub data_chunks: u8,
+    /// Data chunks, then parity chunks.
+    pub chunks: Vec<StripeChunk>,
+}
+
+impl Stripe {
+    /// m: the number of parity chunks.
+    pub fn parity_chunks(&self) -> usize {
+        self.chunks.len() - usize::from(self.data_chunks)
+    }
+
+    /// The data chunks.
+    pub fn data(&self) -> &[StripeChunk] {
+        &self.chunks[..usize::from(self.data_chunks)]
+    }
 }
 
 /// A dropped table, kept whole for UNDROP TABLE.
@@ -353,6 +443,65 @@ impl Catalog {
             .chain(self.dropped.iter().map(|d| &d.table))
             .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
             .collect()
+    }
+
+    /// Every chunk that must be kept somewhere: those [`Self::referenced_chunks`]
+    /// lists and every chunk of a live stripe (a data chunk no table lists any
+    /// more still takes part in its stripe's parity).
+    pub fn live_chunks(&self) -> std::collections::HashSet<ChunkId> {
+        let mut live = self.referenced_chunks();
+        live.extend(
+            self.stripes
+                .values()
+                .flat_map(|s| s.chunks.iter().map(|c| c.chunk)),
+        );
+        live
+    }
+
+    /// The chunks placed on `node`, with their stripe.
+    pub fn chunks_on(&self, node: NodeId) -> impl Iterator<Item = (&Stripe, usize)> {
+        self.stripes.values().flat_map(move |s| {
+            s.chunks
+                .iter()
+                .enumerate()
+                .filter(move |(_, c)| c.node == node)
+                .map(move |(i, _)| (s, i))
+        })
+    }
+
+    /// The stripe holding data chunk `chunk`.
+    pub fn stripe_of(&self, chunk: ChunkId) -> Option<&Stripe> {
+        self.stripe_of.get(&chunk).and_then(|s| self.stripes.get(s))
+    }
+
+    /// Adds `stripe` and indexes its data chunks.
+    pub fn add_stripe(&mut self, stripe: Stripe) {
+        for c in stripe.data() {
+            self.stripe_of.insert(c.chunk, stripe.id);
+        }
+        self.stripes.insert(stripe.id, stripe);
+    }
+
+    /// Removes the stripes none of whose data chunks a table (live, dropped or
+    /// in retained history) lists any more; returns every chunk they held.
+    pub fn drop_dead_stripes(&mut self) -> Vec<ChunkId> {
+        let referenced = self.referenced_chunks();
+        let dead: Vec<StripeId> = self
+            .stripes
+            .values()
+            .filter(|s| !s.data().iter().any(|c| referenced.contains(&c.chunk)))
+            .map(|s| s.id)
+            .collect();
+        let mut released = Vec::new();
+        for id in dead {
+            if let Some(stripe) = self.stripes.remove(&id) {
+                for c in stripe.data() {
+                    self.stripe_of.remove(&c.chunk);
+                }
+                released.extend(stripe.chunks.iter().map(|c| c.chunk));
+            }
+        }
+        released
     }
 
     /// Tables of `schema`, by name.
@@ -405,6 +554,7 @@ mod tests {
             snapshots: vec![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
             files: vec![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
             retention_micros: Some(50),
+            layout: None,
         }
     }
 

@@ -36,6 +36,9 @@ impl SqlState {
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
     /// 40001 serialization_failure: retry the transaction.
     pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+    /// statement_completion_unknown: the outcome of a write is not known
+    /// (CockroachDB's "result is ambiguous").
+    pub const STATEMENT_COMPLETION_UNKNOWN: SqlState = SqlState("40003");
     /// 42000 syntax_error_or_access_rule_violation (class).
     pub const SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION: SqlState = SqlState("42000");
     /// 42601 syntax_error.

@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::chunks::DataFileStore;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use quarry_common::catalog::Catalog;
-use quarry_storage::ChunkStore;
 
 use crate::data_file::WriteSet;
 use crate::table::SnapshotTable;
@@ -32,14 +32,14 @@ pub struct CatalogView {
 /// DataFusion catalog over the session's current [`CatalogView`].
 #[derive(Debug)]
 pub struct QuarryCatalog {
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     view: RwLock<CatalogView>,
     system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl QuarryCatalog {
     /// A catalog provider starting at `view`.
-    pub fn new(chunks: ChunkStore, view: CatalogView) -> Self {
+    pub fn new(chunks: Arc<dyn DataFileStore>, view: CatalogView) -> Self {
         QuarryCatalog {
             chunks,
             view: RwLock::new(view),
@@ -103,7 +103,10 @@ impl CatalogProvider for QuarryCatalog {
         }
         let view = self.view();
         if name == crate::system::SYSTEM_SCHEMA {
-            return Some(Arc::new(crate::system::SystemSchema::new(view.catalog)));
+            return Some(Arc::new(crate::system::SystemSchema::new(
+                view.catalog,
+                self.chunks.clone(),
+            )));
         }
         if !view.catalog.schemas.contains_key(name) {
             return None;
@@ -133,7 +136,7 @@ impl CatalogProvider for QuarryCatalog {
 struct QuarrySchema {
     name: String,
     view: CatalogView,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
 }
 
 #[async_trait]

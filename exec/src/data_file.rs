@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -16,10 +17,11 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
+    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, StripeLayout, Table, TableId,
 };
 use quarry_raft::TableChange;
-use quarry_storage::ChunkStore;
+
+use crate::chunks::DataFileStore;
 
 use crate::error::{Error, Result};
 use crate::types::file_schema;
@@ -35,7 +37,7 @@ pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 /// wrote, so a failed or abandoned transaction leaves nothing on disk.
 #[derive(Debug)]
 pub struct WriteSet {
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     pending: Mutex<Pending>,
 }
 
@@ -44,11 +46,13 @@ struct Pending {
     added: BTreeMap<TableId, Vec<DataFile>>,
     removed: BTreeMap<TableId, Vec<ChunkId>>,
     reads: BTreeMap<TableId, SnapshotId>,
+    /// Stripe layout of each table written to.
+    layouts: BTreeMap<TableId, Option<StripeLayout>>,
 }
 
 impl WriteSet {
     /// An empty write set whose chunks live in `chunks`.
-    pub fn new(chunks: ChunkStore) -> Self {
+    pub fn new(chunks: Arc<dyn DataFileStore>) -> Self {
         WriteSet {
             chunks,
             pending: Mutex::new(Pending::default()),
@@ -61,8 +65,16 @@ impl WriteSet {
             .expect("write set lock is never held across a panic")
     }
 
-    fn add(&self, table: TableId, file: DataFile) {
-        self.lock().added.entry(table).or_default().push(file);
+    fn add(&self, table: &Table, file: DataFile) {
+        let mut pending = self.lock();
+        pending.layouts.insert(table.id, table.layout);
+        pending.added.entry(table.id).or_default().push(file);
+    }
+
+    /// The stripe layout of each table this set wrote to (None: the cluster
+    /// default).
+    pub fn layouts(&self) -> BTreeMap<TableId, Option<StripeLayout>> {
+        self.lock().layouts.clone()
     }
 
     /// Files this transaction added to `table` (it reads its own writes).
@@ -104,6 +116,7 @@ impl WriteSet {
             added,
             mut removed,
             reads,
+            ..
         } = std::mem::take(&mut *self.lock());
         let mut changes: Vec<TableChange> = added
             .into_iter()
@@ -111,12 +124,14 @@ impl WriteSet {
                 table,
                 added,
                 removed: removed.remove(&table).unwrap_or_default(),
+                stripes: Vec::new(),
             })
             .collect();
         changes.extend(removed.into_iter().map(|(table, removed)| TableChange {
             table,
             added: Vec::new(),
             removed,
+            stripes: Vec::new(),
         }));
         changes.retain(|c| !c.added.is_empty() || !c.removed.is_empty());
         (changes, reads.into_iter().collect())
@@ -125,9 +140,7 @@ impl WriteSet {
     /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
     pub fn discard_files(&self, files: impl IntoIterator<Item = DataFile>) {
         for file in files {
-            if let Err(e) = self.chunks.delete(file.chunk) {
-                tracing::warn!(chunk = %file.chunk, error = %e, "could not delete the chunk of an uncommitted data file");
-            }
+            self.chunks.discard(file.chunk);
         }
     }
 
@@ -162,7 +175,7 @@ struct ColumnZoneMap {
 pub struct DataFileWriter {
     table: Arc<Table>,
     schema: SchemaRef,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     writes: Arc<WriteSet>,
     properties: WriterProperties,
     current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
@@ -172,7 +185,7 @@ pub struct DataFileWriter {
 
 impl DataFileWriter {
     /// A writer for `table` (its current columns) that records files in `writes`.
-    pub fn new(table: Arc<Table>, chunks: ChunkStore, writes: Arc<WriteSet>) -> Self {
+    pub fn new(table: Arc<Table>, chunks: Arc<dyn DataFileStore>, writes: Arc<WriteSet>) -> Self {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -325,13 +338,13 @@ impl DataFileWriter {
                 max: datum_of(&zone_map.max.evaluate()?),
             });
         }
-        let chunks = self.chunks.clone();
-        let chunk = tokio::task::spawn_blocking(move || chunks.put(&bytes))
+        let chunk = self
+            .chunks
+            .put(Bytes::from(bytes))
             .await
-            .map_err(|e| Error::Internal(format!("chunk write task failed: {e}")))?
             .map_err(Error::Storage)?;
         self.writes.add(
-            self.table.id,
+            &self.table,
             DataFile {
                 chunk: chunk.id,
                 size_bytes: chunk.size_bytes,
@@ -398,6 +411,9 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use quarry_common::catalog::Column;
+    use quarry_storage::ChunkStore;
+
+    use crate::chunks::LocalFiles;
 
     fn table() -> Arc<Table> {
         Arc::new(Table {
@@ -426,6 +442,7 @@ mod tests {
             snapshots: vec![],
             files: vec![],
             retention_micros: None,
+            layout: None,
         })
     }
 
@@ -448,9 +465,10 @@ mod tests {
     async fn written_files_carry_zone_maps_and_dropping_the_write_set_deletes_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let chunks = ChunkStore::open(dir.path()).expect("store");
-        let writes = Arc::new(WriteSet::new(chunks.clone()));
+        let files: Arc<dyn DataFileStore> = Arc::new(LocalFiles(chunks.clone()));
+        let writes = Arc::new(WriteSet::new(files.clone()));
         let table = table();
-        let mut writer = DataFileWriter::new(table.clone(), chunks.clone(), writes.clone());
+        let mut writer = DataFileWriter::new(table.clone(), files.clone(), writes.clone());
         writer
             .write(batch(&table, vec![5, 3, 9, 4]))
             .await
@@ -465,7 +483,7 @@ mod tests {
         assert_eq!(file.column_stats[1].null_count, 3);
 
         // Files taken for commit survive the write set; pending ones do not.
-        let mut writer = DataFileWriter::new(table.clone(), chunks.clone(), writes.clone());
+        let mut writer = DataFileWriter::new(table.clone(), files.clone(), writes.clone());
         writer.write(batch(&table, vec![1])).await.expect("write");
         writer.finish().await.expect("finish");
         assert_eq!(chunks.list().expect("list").len(), 2);
@@ -476,7 +494,8 @@ mod tests {
     #[tokio::test]
     async fn a_null_in_a_not_null_column_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let chunks: Arc<dyn DataFileStore> =
+            Arc::new(LocalFiles(ChunkStore::open(dir.path()).expect("store")));
         let table = table();
         let mut writer = DataFileWriter::new(
             table.clone(),

@@ -75,6 +75,11 @@ impl Error {
             Error::User { state, .. } => *state,
             Error::DataCorrupted { .. } => SqlState::DATA_CORRUPTED,
             Error::Meta(quarry_raft::Error::Catalog(e)) => e.sqlstate(),
+            // Nothing was written and another attempt may find a leader: retry.
+            Error::Meta(quarry_raft::Error::NotLeader { .. }) => SqlState::SERIALIZATION_FAILURE,
+            Error::Meta(quarry_raft::Error::Unavailable(_)) => {
+                SqlState::STATEMENT_COMPLETION_UNKNOWN
+            }
             Error::Meta(_) => SqlState::IO_ERROR,
             Error::Storage(e) if e.is_data_corruption() => SqlState::DATA_CORRUPTED,
             Error::Storage(_) => SqlState::IO_ERROR,

@@ -17,6 +17,7 @@
 
 pub mod bytea;
 pub mod catalog;
+pub mod chunks;
 pub mod copy;
 pub mod data_file;
 pub mod error;

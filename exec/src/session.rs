@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::chunks::DataFileStore;
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
@@ -37,10 +38,9 @@ use datafusion::sql::sqlparser::ast::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use quarry_common::SqlState;
-use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, Table, TableSnapshot};
+use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, StripeLayout, Table, TableSnapshot};
 use quarry_raft::command::columns_from_defs;
 use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
-use quarry_storage::ChunkStore;
 
 use crate::catalog::{CATALOG_NAME, CatalogView, QuarryCatalog};
 use crate::copy::{COPY_BATCH_ROWS, CopyFormat, RecordParser, RowBuffer, RowFormatter};
@@ -74,14 +74,18 @@ impl Metadata for quarry_raft::Meta {
 /// What every session of a node shares.
 pub struct Engine {
     meta: Arc<dyn Metadata>,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     target_partitions: usize,
 }
 
 impl Engine {
     /// An engine over `meta` and the local chunk store, running each query with
     /// `target_partitions` parallel partitions.
-    pub fn new(meta: Arc<dyn Metadata>, chunks: ChunkStore, target_partitions: usize) -> Arc<Self> {
+    pub fn new(
+        meta: Arc<dyn Metadata>,
+        chunks: Arc<dyn DataFileStore>,
+        target_partitions: usize,
+    ) -> Arc<Self> {
         Arc::new(Engine {
             meta,
             chunks,
@@ -352,7 +356,13 @@ impl Session {
         if self.transaction.is_some() {
             return Ok(());
         }
-        commit_changes(self.engine.meta.as_ref(), writes, false).await
+        commit_changes(
+            self.engine.meta.as_ref(),
+            self.engine.chunks.as_ref(),
+            writes,
+            false,
+        )
+        .await
     }
 
     /// Refuses statements a transaction block cannot hold yet.
@@ -404,6 +414,7 @@ impl Session {
         let serializable = transaction.isolation == Isolation::Serializable;
         commit_changes(
             self.engine.meta.as_ref(),
+            self.engine.chunks.as_ref(),
             &transaction.view.writes,
             serializable,
         )
@@ -1043,6 +1054,8 @@ impl Session {
             retention_micros,
             clone_as_of,
             undrop,
+            layout,
+            ..
         } = table_options(&create.table_options)?;
         if undrop {
             self.engine
@@ -1099,6 +1112,8 @@ impl Session {
                     files,
                     retention_micros,
                     field_ids,
+                    layout,
+                    stripes: Vec::new(),
                 })
                 .await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
@@ -1152,6 +1167,7 @@ impl Session {
             snapshots: Vec::new(),
             files: Vec::new(),
             retention_micros,
+            layout,
         });
         let mut stream = self
             .ctx
@@ -1174,6 +1190,13 @@ impl Session {
             .into_iter()
             .flat_map(|change| change.added)
             .collect::<Vec<_>>();
+        let stripes = match self.engine.chunks.seal(layout, &files).await {
+            Ok(stripes) => stripes,
+            Err(e) => {
+                view.writes.discard_files(files);
+                return Err(Error::Storage(e));
+            }
+        };
         let command = Command::CreateTable {
             schema,
             name,
@@ -1182,6 +1205,8 @@ impl Session {
             files: files.clone(),
             retention_micros,
             field_ids: Vec::new(),
+            layout,
+            stripes,
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
@@ -1413,6 +1438,7 @@ impl Session {
                 };
                 Ok(Output::CopyIn(Box::new(CopyIn {
                     meta: self.engine.meta.clone(),
+                    chunks: self.engine.chunks.clone(),
                     commit: self.transaction.is_none(),
                     writer: DataFileWriter::new(
                         table.clone(),
@@ -1516,13 +1542,62 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
                     })?;
                 parsed.retention_micros = Some(seconds.saturating_mul(1_000_000));
             }
+            ast::SqlOption::KeyValue { key, value }
+                if matches!(normalize(key).as_str(), "data_chunks" | "parity_chunks") =>
+            {
+                let key = normalize(key);
+                let count: u8 = value
+                    .to_string()
+                    .trim_matches('\'')
+                    .parse()
+                    .ok()
+                    .filter(|n| {
+                        if key == "data_chunks" {
+                            (1..=32).contains(n)
+                        } else {
+                            *n <= 16
+                        }
+                    })
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "{key} must be a whole number ({}), not {value}",
+                                if key == "data_chunks" {
+                                    "1 to 32"
+                                } else {
+                                    "0 to 16"
+                                }
+                            ),
+                        )
+                    })?;
+                let layout = parsed.layout.get_or_insert(StripeLayout {
+                    data_chunks: 1,
+                    parity_chunks: 0,
+                });
+                if key == "data_chunks" {
+                    layout.data_chunks = count;
+                } else {
+                    layout.parity_chunks = count;
+                }
+                parsed.layout_keys += 1;
+            }
             other => {
                 return Err(user_error(
                     SqlState::INVALID_PARAMETER_VALUE,
-                    format!("unrecognized table option {other} (known: retention_seconds)"),
+                    format!(
+                        "unrecognized table option {other} \
+                         (known: retention_seconds, data_chunks, parity_chunks)"
+                    ),
                 ));
             }
         }
+    }
+    if parsed.layout.is_some() && parsed.layout_keys != 2 {
+        return Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            "data_chunks and parity_chunks must be given together",
+        ));
     }
     Ok(parsed)
 }
@@ -1536,6 +1611,10 @@ struct TableOptions {
     clone_as_of: Option<Expr>,
     /// The statement is UNDROP TABLE.
     undrop: bool,
+    /// `data_chunks` and `parity_chunks`: the table's stripe layout.
+    layout: Option<StripeLayout>,
+    /// How many of the two layout keys were given.
+    layout_keys: u8,
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it
@@ -1551,10 +1630,26 @@ fn refused(e: &quarry_raft::Error) -> bool {
 /// Commits everything `writes` holds as one Raft command; on a definite refusal
 /// deletes the files it wrote. With `serializable`, the commit also fails if any
 /// table the transaction read changed meanwhile.
-async fn commit_changes(meta: &dyn Metadata, writes: &WriteSet, serializable: bool) -> Result<()> {
-    let (changes, reads) = writes.take();
+async fn commit_changes(
+    meta: &dyn Metadata,
+    chunks: &dyn DataFileStore,
+    writes: &WriteSet,
+    serializable: bool,
+) -> Result<()> {
+    let layouts = writes.layouts();
+    let (mut changes, reads) = writes.take();
     if changes.is_empty() {
         return Ok(());
+    }
+    for i in 0..changes.len() {
+        let layout = layouts.get(&changes[i].table).copied().flatten();
+        match chunks.seal(layout, &changes[i].added).await {
+            Ok(stripes) => changes[i].stripes = stripes,
+            Err(e) => {
+                writes.discard_changes(changes);
+                return Err(Error::Storage(e));
+            }
+        }
     }
     let command = Command::Commit {
         changes: changes.clone(),
@@ -1718,6 +1813,7 @@ fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Co
 /// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
 pub struct CopyIn {
     meta: Arc<dyn Metadata>,
+    chunks: Arc<dyn DataFileStore>,
     /// Whether finishing commits (autocommit), or leaves the rows to the
     /// transaction block's COMMIT.
     commit: bool,
@@ -1778,6 +1874,7 @@ impl CopyIn {
         self.flush().await?;
         let CopyIn {
             meta,
+            chunks,
             writer,
             writes,
             commit,
@@ -1785,7 +1882,7 @@ impl CopyIn {
         } = self;
         let count = writer.finish().await?;
         if commit {
-            commit_changes(meta.as_ref(), &writes, false).await?;
+            commit_changes(meta.as_ref(), chunks.as_ref(), &writes, false).await?;
         }
         Ok(CommandTag::with_rows("COPY", count))
     }

@@ -8,6 +8,11 @@
 //!   rows and data files it added and removed. Rows count whole data files: a
 //!   rewrite (DELETE/UPDATE) removes each touched file's rows and adds the rows of
 //!   its replacement.
+//! - `quarry_system.nodes`: one row per node: id, addresses, failure domain,
+//!   gossip state (alive/suspect/down) and Raft role (leader/voter/learner).
+//! - `quarry_system.stripes`: one row per stripe: its layout, the nodes of its
+//!   chunks, how many chunks are on available nodes, and its health: healthy
+//!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
 
 use std::sync::Arc;
 
@@ -20,23 +25,133 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use quarry_common::catalog::Catalog;
 
+use crate::chunks::DataFileStore;
+
 /// Name of the system schema.
 pub const SYSTEM_SCHEMA: &str = "quarry_system";
 
 const TABLES: &str = "tables";
 const SNAPSHOTS: &str = "snapshots";
+const NODES: &str = "nodes";
+const STRIPES: &str = "stripes";
+const NAMES: [&str; 4] = [NODES, SNAPSHOTS, STRIPES, TABLES];
 
 /// The system schema over one catalog version.
 #[derive(Debug)]
 pub struct SystemSchema {
     catalog: Arc<Catalog>,
+    cluster: Arc<dyn DataFileStore>,
 }
 
 impl SystemSchema {
-    /// The system tables of `catalog`.
-    pub fn new(catalog: Arc<Catalog>) -> Self {
-        SystemSchema { catalog }
+    /// The system tables of `catalog`, and of the cluster `cluster` sees.
+    pub fn new(catalog: Arc<Catalog>, cluster: Arc<dyn DataFileStore>) -> Self {
+        SystemSchema { catalog, cluster }
     }
+}
+
+fn nodes(cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("node_id", DataType::UInt64, false),
+        Field::new("rpc_address", DataType::Utf8, false),
+        Field::new("pg_address", DataType::Utf8, false),
+        Field::new("domain", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("raft_role", DataType::Utf8, false),
+    ]));
+    let rows = cluster.nodes();
+    table(
+        schema,
+        vec![
+            count(rows.iter().map(|r| r.node_id).collect()),
+            text(rows.iter().map(|r| r.rpc_address.clone()).collect()),
+            text(rows.iter().map(|r| r.pg_address.clone()).collect()),
+            text(rows.iter().map(|r| r.domain.clone()).collect()),
+            text(rows.iter().map(|r| r.state.clone()).collect()),
+            text(rows.iter().map(|r| r.raft_role.clone()).collect()),
+        ],
+    )
+}
+
+fn stripes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stripe_id", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("data_chunks", DataType::UInt64, false),
+        Field::new("parity_chunks", DataType::UInt64, false),
+        Field::new("nodes", DataType::Utf8, false),
+        Field::new("available_chunks", DataType::UInt64, false),
+        Field::new("size_bytes", DataType::UInt64, false),
+        Field::new("health", DataType::Utf8, false),
+    ]));
+    let mut owner = std::collections::HashMap::new();
+    for t in catalog.tables.values() {
+        for entry in &t.files {
+            owner
+                .entry(entry.file.chunk)
+                .or_insert_with(|| format!("{}.{}", t.schema, t.name));
+        }
+    }
+    let all: Vec<_> = catalog.stripes.values().collect();
+    let available: Vec<u64> = all
+        .iter()
+        .map(|s| {
+            s.chunks
+                .iter()
+                .filter(|c| cluster.node_available(c.node))
+                .count() as u64
+        })
+        .collect();
+    table(
+        schema,
+        vec![
+            text(all.iter().map(|s| s.id.to_string()).collect()),
+            text(
+                all.iter()
+                    .map(|s| {
+                        s.data()
+                            .iter()
+                            .find_map(|c| owner.get(&c.chunk).cloned())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            ),
+            count(all.iter().map(|s| u64::from(s.data_chunks)).collect()),
+            count(all.iter().map(|s| s.parity_chunks() as u64).collect()),
+            text(
+                all.iter()
+                    .map(|s| {
+                        s.chunks
+                            .iter()
+                            .map(|c| c.node.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect(),
+            ),
+            count(available.clone()),
+            count(
+                all.iter()
+                    .map(|s| s.chunks.iter().map(|c| c.size_bytes).sum())
+                    .collect(),
+            ),
+            text(
+                all.iter()
+                    .zip(&available)
+                    .map(|(s, &a)| {
+                        if a as usize == s.chunks.len() {
+                            "healthy"
+                        } else if a >= u64::from(s.data_chunks) {
+                            "degraded"
+                        } else {
+                            "lost"
+                        }
+                        .to_owned()
+                    })
+                    .collect(),
+            ),
+        ],
+    )
 }
 
 fn text(values: Vec<String>) -> ArrayRef {
@@ -144,19 +259,21 @@ fn snapshots(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec![SNAPSHOTS.to_owned(), TABLES.to_owned()]
+        NAMES.iter().map(|n| (*n).to_owned()).collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match name {
             TABLES => tables(&self.catalog).map(Some),
             SNAPSHOTS => snapshots(&self.catalog).map(Some),
+            NODES => nodes(self.cluster.as_ref()).map(Some),
+            STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
             _ => Ok(None),
         }
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        matches!(name, TABLES | SNAPSHOTS)
+        NAMES.contains(&name)
     }
 
     fn register_table(

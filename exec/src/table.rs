@@ -46,7 +46,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_common::SqlState;
 use quarry_common::catalog::{DataFile, SnapshotId, Table};
-use quarry_storage::{ChunkRef, ChunkStore};
+use quarry_storage::ChunkRef;
+
+use crate::chunks::DataFileStore;
 
 use crate::data_file::{DataFileWriter, WriteSet, scalar_of};
 use crate::error::{Error, to_engine, user_error};
@@ -61,7 +63,7 @@ pub struct SnapshotTable {
     defaults: HashMap<String, Expr>,
     snapshot: SnapshotId,
     schema: SchemaRef,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     /// Where inserts put their files; None for a read-only (time-travel) view.
     writes: Option<Arc<WriteSet>>,
 }
@@ -71,7 +73,7 @@ impl SnapshotTable {
     pub fn new(
         table: Arc<Table>,
         snapshot: SnapshotId,
-        chunks: ChunkStore,
+        chunks: Arc<dyn DataFileStore>,
         writes: Option<Arc<WriteSet>>,
     ) -> Self {
         let columns = table
@@ -132,7 +134,7 @@ impl SnapshotTable {
     }
 
     /// The chunk store.
-    pub fn chunks(&self) -> &ChunkStore {
+    pub fn chunks(&self) -> &Arc<dyn DataFileStore> {
         &self.chunks
     }
 
@@ -389,7 +391,7 @@ impl PruningStatistics for ZoneMaps<'_> {
 #[derive(Debug)]
 struct ChunkReaderFactory {
     table: String,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     /// Files of the scan by path (the chunk id in hex).
     files: HashMap<String, ChunkRef>,
 }
@@ -419,7 +421,7 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
 /// from memory.
 struct ChunkReader {
     table: String,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     chunk: ChunkRef,
     data: Option<Bytes>,
 }
@@ -429,14 +431,8 @@ impl ChunkReader {
         if let Some(data) = &self.data {
             return Ok(data.clone());
         }
-        let chunks = self.chunks.clone();
         let chunk = self.chunk;
-        let read = tokio::task::spawn_blocking(move || chunks.get(&chunk))
-            .await
-            .map_err(|e| {
-                ParquetError::External(Box::new(Error::Internal(format!("read task failed: {e}"))))
-            })?;
-        let data = read.map_err(|source| {
+        let data = self.chunks.get(chunk).await.map_err(|source| {
             let error = if source.is_data_corruption() {
                 Error::DataCorrupted {
                     table: self.table.clone(),
@@ -489,7 +485,7 @@ impl AsyncFileReader for ChunkReader {
 struct TableSink {
     table: Arc<Table>,
     schema: SchemaRef,
-    chunks: ChunkStore,
+    chunks: Arc<dyn DataFileStore>,
     writes: Arc<WriteSet>,
 }
 

@@ -1,6 +1,5 @@
 //! The `quarry` command line.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a node until SIGTERM or SIGINT.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Load sample data into a running node.
     Load {
         /// Which data set.
@@ -35,24 +34,9 @@ pub struct StartArgs {
     /// TOML config file (see deploy/quarry.toml.example).
     #[arg(long, env = "QUARRY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory for the node's state [default: ./quarry-data].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// PostgreSQL listen address [default: 127.0.0.1:5433].
-    #[arg(long)]
-    pub pg_listen: Option<SocketAddr>,
-    /// HTTP listen address for /health and /metrics [default: 127.0.0.1:8433].
-    #[arg(long)]
-    pub http_listen: Option<SocketAddr>,
-    /// Parallel partitions per query [default: number of CPUs].
-    #[arg(long)]
-    pub target_partitions: Option<usize>,
-    /// Seconds shutdown waits for running statements [default: 10].
-    #[arg(long)]
-    pub shutdown_grace_secs: Option<u64>,
-    /// Seconds between runs of the snapshot retention collector [default: 60].
-    #[arg(long)]
-    pub retention_check_secs: Option<u64>,
+    /// The settings.
+    #[command(flatten)]
+    pub flags: FileConfig,
 }
 
 /// Sample data sets.
@@ -82,14 +66,7 @@ impl StartArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        Ok(file.merge(FileConfig {
-            data_dir: self.data_dir.clone(),
-            pg_listen: self.pg_listen,
-            http_listen: self.http_listen,
-            target_partitions: self.target_partitions,
-            shutdown_grace_secs: self.shutdown_grace_secs,
-            retention_check_secs: self.retention_check_secs,
-        }))
+        Ok(file.merge(self.flags.clone()))
     }
 }
 

@@ -15,23 +15,67 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8433";
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "quarry-data";
 
-/// Keys of the TOML config file; all optional.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Default address for node-to-node traffic (internal RPC over TCP and gossip
+/// over UDP share the port).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
+
+/// Keys of the TOML config file, which are also the flags of `quarry start`
+/// (`data_dir` is `--data-dir`); all optional.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Directory for all of the node's state (metadata, chunks).
+    /// Directory for all of the node's state (metadata, chunks) [default: ./quarry-data].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// HOST:PORT for PostgreSQL clients.
+    /// HOST:PORT for PostgreSQL clients [default: 127.0.0.1:5433].
+    #[arg(long)]
     pub pg_listen: Option<SocketAddr>,
-    /// HOST:PORT for HTTP (`/health`, `/metrics`).
+    /// HOST:PORT for HTTP (`/health`, `/metrics`) [default: 127.0.0.1:8433].
+    #[arg(long)]
     pub http_listen: Option<SocketAddr>,
-    /// Parallel partitions per query on this node (default: number of CPUs).
+    /// HOST:PORT for node-to-node traffic: internal RPC (TCP) and gossip (UDP)
+    /// on the same port; other nodes reach this node there [default: 127.0.0.1:7433].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Seed nodes' `listen` addresses (HOST:PORT, comma-separated) to join an
+    /// existing cluster; without it a node with an empty data dir bootstraps a
+    /// new cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Failure domain label (rack, host, zone): Raft voters and the chunks of
+    /// a stripe are spread over distinct domains first [default: the node's own].
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Parallel partitions per query on this node [default: number of CPUs].
+    #[arg(long)]
     pub target_partitions: Option<usize>,
     /// Seconds to wait for running statements at shutdown before closing their
-    /// connections (default 10).
+    /// connections [default: 10].
+    #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
-    /// Seconds between runs of the snapshot retention collector (default 60).
+    /// Seconds between runs of the collectors: snapshot retention and chunks
+    /// no stripe places on this node [default: 60].
+    #[arg(long)]
     pub retention_check_secs: Option<u64>,
+    /// Milliseconds after which a node that stops answering gossip probes is
+    /// declared down (SWIM suspicion timeout) [default: 3000].
+    #[arg(long)]
+    pub down_after_ms: Option<u64>,
+    /// Seconds a Raft voter may stay down before a live learner replaces it
+    /// [default: 300].
+    #[arg(long)]
+    pub voter_replace_after_secs: Option<u64>,
+    /// Seconds a node may stay down before its chunks are rebuilt on other
+    /// nodes [default: 600].
+    #[arg(long)]
+    pub repair_after_secs: Option<u64>,
+    /// Seconds between passes of the scrubber over this node's chunks
+    /// [default: 3600].
+    #[arg(long)]
+    pub scrub_interval_secs: Option<u64>,
+    /// Seconds to keep trying the seeds before giving up on joining [default: 30].
+    #[arg(long)]
+    pub join_timeout_secs: Option<u64>,
 }
 
 /// The node's effective configuration.
@@ -43,12 +87,28 @@ pub struct Config {
     pub pg_listen: SocketAddr,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// Node-to-node address (RPC and gossip).
+    pub listen: SocketAddr,
+    /// Seeds to join through; empty: bootstrap or restart.
+    pub join: Vec<String>,
+    /// Failure domain; empty: the node is its own domain.
+    pub domain: String,
     /// Parallel partitions per query.
     pub target_partitions: usize,
     /// How long shutdown waits for running statements.
     pub shutdown_grace: Duration,
-    /// How often expired snapshots are collected.
+    /// How often the collectors run.
     pub retention_check: Duration,
+    /// SWIM suspicion timeout.
+    pub down_after: Duration,
+    /// How long a voter may be down before it is replaced.
+    pub voter_replace_after: Duration,
+    /// How long a node may be down before its chunks are rebuilt elsewhere.
+    pub repair_after: Duration,
+    /// Time between scrubber passes.
+    pub scrub_interval: Duration,
+    /// How long joining keeps trying the seeds.
+    pub join_timeout: Duration,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -91,6 +151,9 @@ impl FileConfig {
     /// This file's values with `flags` on top, and defaults for what neither sets.
     pub fn merge(self, flags: FileConfig) -> Config {
         let parse = |s: &str| s.parse().expect("default addresses are valid");
+        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_secs(flag.or(file).unwrap_or(default).max(1))
+        };
         Config {
             data_dir: flags
                 .data_dir
@@ -104,6 +167,12 @@ impl FileConfig {
                 .http_listen
                 .or(self.http_listen)
                 .unwrap_or_else(|| parse(DEFAULT_HTTP_LISTEN)),
+            listen: flags
+                .listen
+                .or(self.listen)
+                .unwrap_or_else(|| parse(DEFAULT_LISTEN)),
+            join: flags.join.or(self.join).unwrap_or_default(),
+            domain: flags.domain.or(self.domain).unwrap_or_default(),
             target_partitions: flags
                 .target_partitions
                 .or(self.target_partitions)
@@ -118,13 +187,22 @@ impl FileConfig {
                     .or(self.shutdown_grace_secs)
                     .unwrap_or(10),
             ),
-            retention_check: Duration::from_secs(
+            retention_check: secs(flags.retention_check_secs, self.retention_check_secs, 60),
+            down_after: Duration::from_millis(
                 flags
-                    .retention_check_secs
-                    .or(self.retention_check_secs)
-                    .unwrap_or(60)
-                    .max(1),
+                    .down_after_ms
+                    .or(self.down_after_ms)
+                    .unwrap_or(3000)
+                    .max(200),
             ),
+            voter_replace_after: secs(
+                flags.voter_replace_after_secs,
+                self.voter_replace_after_secs,
+                300,
+            ),
+            repair_after: secs(flags.repair_after_secs, self.repair_after_secs, 600),
+            scrub_interval: secs(flags.scrub_interval_secs, self.scrub_interval_secs, 3600),
+            join_timeout: secs(flags.join_timeout_secs, self.join_timeout_secs, 30),
         }
     }
 }

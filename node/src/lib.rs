@@ -13,10 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod http;
+pub mod membership;
 pub mod pg;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;
+pub mod stripes;

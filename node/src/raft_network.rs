@@ -69,9 +69,11 @@ impl RaftPeer {
         let deadline: Duration = option.hard_ttl();
         match self.transport.call(address, request, deadline).await {
             Ok(response) => Ok(response),
-            Err(e @ (RpcError::Unreachable(..) | RpcError::DeadlineExceeded(..))) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(
+                e @ (RpcError::Unreachable(..)
+                | RpcError::AnswerLost(..)
+                | RpcError::DeadlineExceeded(..)),
+            ) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -162,6 +164,7 @@ impl Handler for RaftHandler {
             RpcRequest::RaftSnapshot(rpc) => {
                 RpcResponse::RaftSnapshot(self.raft.install_snapshot(rpc).await)
             }
+            other => RpcResponse::Failed(format!("not served by a Raft-only handler: {other:?}")),
         }
     }
 }

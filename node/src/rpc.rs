@@ -23,7 +23,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use quarry_raft::{NodeId, TypeConfig};
+use quarry_common::catalog::ChunkId;
+use quarry_raft::{Applied, CatalogError, NodeAddr, NodeId, Proposal, TypeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -32,7 +33,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// version is refused rather than misread.
 pub const WIRE_VERSION: u8 = 1;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
-pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
 pub const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
 
@@ -50,6 +51,73 @@ pub enum RpcRequest {
     RaftVote(VoteRequest<NodeId>),
     /// Raft InstallSnapshot (one chunk).
     RaftSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A node with an empty data dir asks to join: the leader assigns it a node
+    /// id and adds it as a Raft learner.
+    Join {
+        /// The joining node's addresses and failure domain.
+        addr: NodeAddr,
+    },
+    /// A node that has a data dir checks that it belongs to this cluster and
+    /// that its node id is not in use by another live node.
+    Hello {
+        /// The cluster id in its data dir.
+        cluster_id: u128,
+        /// Its node id.
+        node_id: NodeId,
+        /// Its addresses.
+        addr: NodeAddr,
+    },
+    /// A write forwarded to the leader.
+    Write(Proposal),
+    /// A follower asks the leader for its read index.
+    ReadIndex,
+    /// Store a chunk on this node (stripe placement or repair).
+    PutChunk {
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// Its bytes.
+        data: Bytes,
+    },
+    /// Read a chunk this node holds, verified against `checksum_crc32c`.
+    GetChunk {
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// Its recorded length.
+        size_bytes: u64,
+        /// Its recorded checksum.
+        checksum_crc32c: u32,
+    },
+}
+
+/// A metadata error sent back to the node that forwarded a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RemoteMetaError {
+    /// The catalog refused the command.
+    Catalog(CatalogError),
+    /// The peer could not find a leader.
+    NotLeader(Option<NodeId>),
+    /// The outcome is unknown.
+    Unavailable(String),
+}
+
+impl From<quarry_raft::Error> for RemoteMetaError {
+    fn from(e: quarry_raft::Error) -> Self {
+        match e {
+            quarry_raft::Error::Catalog(e) => RemoteMetaError::Catalog(e),
+            quarry_raft::Error::NotLeader { leader } => RemoteMetaError::NotLeader(leader),
+            other => RemoteMetaError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<RemoteMetaError> for quarry_raft::Error {
+    fn from(e: RemoteMetaError) -> Self {
+        match e {
+            RemoteMetaError::Catalog(e) => quarry_raft::Error::Catalog(e),
+            RemoteMetaError::NotLeader(leader) => quarry_raft::Error::NotLeader { leader },
+            RemoteMetaError::Unavailable(message) => quarry_raft::Error::Unavailable(message),
+        }
+    }
 }
 
 /// The answer to an [`RpcRequest`].
@@ -68,6 +136,24 @@ pub enum RpcResponse {
     RaftVote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// Answer to `RaftSnapshot`.
     RaftSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// Answer to `Join`: the new node's id and the cluster's.
+    Joined {
+        /// The id assigned.
+        node_id: NodeId,
+        /// The cluster's id.
+        cluster_id: u128,
+    },
+    /// Answer to `Hello` and `PutChunk`: accepted.
+    Ok,
+    /// The peer refuses the node (wrong cluster, node id in use); the text says
+    /// why and what to do.
+    Refused(String),
+    /// Answer to `Write`.
+    Written(Result<Applied, RemoteMetaError>),
+    /// Answer to `ReadIndex`.
+    ReadIndex(Result<u64, RemoteMetaError>),
+    /// Answer to `GetChunk`: the verified bytes.
+    Chunk(Bytes),
     /// The peer could not serve the request (its error, as text).
     Failed(String),
 }
@@ -75,9 +161,14 @@ pub enum RpcResponse {
 /// Why a call failed. Every variant leaves the caller free to retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
-    /// No connection could be made or it broke (peer down, network cut).
+    /// The request was not delivered: no connection could be made, or it broke
+    /// while sending (peer down, network cut). The peer did not act on it.
     #[error("node at {0} is unreachable: {1}")]
     Unreachable(SocketAddr, String),
+    /// The request was sent but the connection broke before the answer came:
+    /// the peer may or may not have acted on it.
+    #[error("connection to {0} lost before its answer: {1}")]
+    AnswerLost(SocketAddr, String),
     /// No answer within the call's deadline; the peer may still act on it.
     #[error("no answer from {0} within {1:?}")]
     DeadlineExceeded(SocketAddr, Duration),
@@ -216,11 +307,12 @@ impl TcpTransport {
             .send(encode(request))
             .await
             .map_err(unreachable)?;
+        let lost = |e: String| RpcError::AnswerLost(target, e);
         let frame = connection
             .next()
             .await
-            .ok_or_else(|| RpcError::Unreachable(target, "connection closed".to_owned()))?
-            .map_err(unreachable)?;
+            .ok_or_else(|| lost("connection closed".to_owned()))?
+            .map_err(|e| lost(e.to_string()))?;
         let response = decode(target, &frame)?;
         self.put_idle(target, connection);
         Ok(response)

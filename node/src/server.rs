@@ -1,37 +1,112 @@
-//! The node supervisor: opens the data directory, starts Raft, the chunk store, the
-//! PostgreSQL and HTTP listeners, and shuts them down in order on SIGTERM/SIGINT.
+//! The node supervisor: opens the data directory, joins or bootstraps the
+//! cluster, starts Raft, gossip, the chunk store, the internal RPC, the
+//! PostgreSQL and HTTP listeners and the background duties, and shuts them
+//! down in order on SIGTERM/SIGINT.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use quarry_exec::Engine;
-use quarry_raft::network::Unconnected;
 use quarry_raft::{Meta, MetaConfig, NodeAddr};
 use quarry_storage::ChunkStore;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 
+use crate::cluster::{Duties, NodeHandler, RpcLeaderLink, ask_seeds, run_duties};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::http::{self, HttpState};
+use crate::membership::{Identity, Membership};
 use crate::pg::Frontend;
+use crate::raft_network::RaftRpcNetwork;
+use crate::rpc::{RpcRequest, RpcResponse, TcpTransport, Transport};
+use crate::stripes::{ORPHAN_GRACE, StripeStore};
 
-/// Node id of the first node of a new cluster.
+/// Node id of the node that bootstraps a new cluster.
 const FIRST_NODE_ID: u64 = 1;
 
 /// Runs a node until SIGTERM or SIGINT; returns after a clean shutdown.
 ///
 /// # Errors
-/// Startup failures (data directory locked or unreadable, ports in use, metadata
-/// store unreadable), each with what to fix.
+/// Startup failures (data directory locked or unreadable, ports in use, seeds
+/// unreachable, a data dir of another cluster, a node id in use, metadata store
+/// unreadable), each with what to fix. A node that fails before it has an
+/// identity leaves its data dir as it found it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let data_dir = DataDir::open(&config.data_dir, FIRST_NODE_ID)?;
-    let node_id = data_dir.node_id();
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    let chunks = ChunkStore::open(data_dir.path().join("chunks"))?;
+    let mut data_dir = DataDir::open(&config.data_dir)?;
+    let result = serve(config, &mut data_dir).await;
+    if result.is_err() && data_dir.identity().is_none() {
+        data_dir.abandon();
+    }
+    result
+}
+
+/// Where this node's identity comes from.
+enum Start {
+    /// A new cluster: this node bootstraps it.
+    Bootstrap,
+    /// The node's data dir already has it.
+    Restart,
+    /// Just joined through a seed.
+    Joined,
+}
+
+/// Finds the node's id and cluster: from its data dir (checked with a seed,
+/// if any answers), by joining through the seeds, or as the first node.
+async fn identify(
+    config: &Config,
+    data_dir: &mut DataDir,
+    transport: &dyn Transport,
+    addr: &NodeAddr,
+) -> anyhow::Result<(u64, u128, Start)> {
+    if let Some((node_id, cluster_id)) = data_dir.identity() {
+        if !config.join.is_empty() {
+            let hello = RpcRequest::Hello {
+                cluster_id,
+                node_id,
+                addr: addr.clone(),
+            };
+            let timeout = config.join_timeout.min(std::time::Duration::from_secs(5));
+            match ask_seeds(transport, &config.join, hello, timeout).await {
+                Ok(RpcResponse::Refused(reason)) => anyhow::bail!(reason),
+                Ok(_) => {}
+                // The seeds may be down too (a whole-cluster restart): go on
+                // with the data dir's identity.
+                Err(e) => tracing::warn!(error = %e, "no seed confirmed this node's identity"),
+            }
+        }
+        return Ok((node_id, cluster_id, Start::Restart));
+    }
+    if config.join.is_empty() {
+        let cluster_id = uuid::Uuid::now_v7().as_u128();
+        data_dir.set_identity(FIRST_NODE_ID, cluster_id)?;
+        return Ok((FIRST_NODE_ID, cluster_id, Start::Bootstrap));
+    }
+    let join = RpcRequest::Join { addr: addr.clone() };
+    match ask_seeds(transport, &config.join, join, config.join_timeout).await? {
+        RpcResponse::Joined {
+            node_id,
+            cluster_id,
+        } => {
+            data_dir.set_identity(node_id, cluster_id)?;
+            Ok((node_id, cluster_id, Start::Joined))
+        }
+        RpcResponse::Refused(reason) => anyhow::bail!(reason),
+        other => anyhow::bail!("unexpected answer to joining: {other:?}"),
+    }
+}
+
+async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
+    let started_at = SystemTime::now();
+    let rpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen for nodes (TCP) on {}", config.listen))?;
+    let gossip_socket = UdpSocket::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen for gossip (UDP) on {}", config.listen))?;
     let pg_listener = TcpListener::bind(config.pg_listen).await.with_context(|| {
         format!(
             "cannot listen for PostgreSQL clients on {}",
@@ -41,24 +116,75 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new());
     let addr = NodeAddr {
-        rpc: String::new(),
+        rpc: config.listen.to_string(),
         pg: config.pg_listen.to_string(),
+        domain: config.domain.clone(),
     };
+    let (node_id, cluster_id, start) =
+        identify(&config, data_dir, transport.as_ref(), &addr).await?;
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let chunks = ChunkStore::open(data_dir.path().join("chunks"))?;
+    let cache = ChunkStore::open(data_dir.path().join("cache"))?;
     let meta = Meta::open(
         &data_dir.path().join("meta.redb"),
-        MetaConfig::new(node_id, addr),
-        Unconnected,
+        MetaConfig::new(node_id, addr.clone()),
+        RaftRpcNetwork::new(transport.clone()),
+        Arc::new(RpcLeaderLink::new(transport.clone())),
     )
     .await?;
-    meta.bootstrap().await?;
     let meta = Arc::new(meta);
-    collect_garbage(&meta, &chunks).await?;
-    let chunks_for_collector = chunks.clone();
-    let engine = Engine::new(meta.clone(), chunks, config.target_partitions);
+    let membership = Membership::start(
+        Identity {
+            node_id,
+            addr: config.listen,
+            pg: addr.pg.clone(),
+            domain: config.domain.clone(),
+            incarnation: quarry_raft::now_micros() as u64,
+        },
+        gossip_socket,
+        config.down_after,
+    );
+    for seed in &config.join {
+        if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
+            addrs.for_each(|a: SocketAddr| membership.announce(a));
+        }
+    }
+    let stripes = StripeStore::new(
+        node_id,
+        chunks,
+        cache,
+        meta.clone(),
+        transport.clone(),
+        membership.clone(),
+    );
+    let rpc_server = tokio::spawn(crate::rpc::serve(
+        rpc_listener,
+        Arc::new(NodeHandler::new(
+            meta.clone(),
+            stripes.clone(),
+            membership.clone(),
+            transport.clone(),
+        )),
+    ));
+    let single = node_id == FIRST_NODE_ID && config.join.is_empty();
+    if matches!(start, Start::Bootstrap) || (single && !meta.is_initialized().await?) {
+        meta.bootstrap(cluster_id).await?;
+    }
+    collect_garbage(&meta, &stripes, started_at).await;
+    let engine = Engine::new(
+        meta.clone(),
+        Arc::new(stripes.clone()),
+        config.target_partitions,
+    );
     let frontend = Frontend::new(engine);
     tracing::info!(
         node_id,
+        cluster = %quarry_common::catalog::ChunkId(cluster_id),
+        listen = %config.listen,
         pg = %config.pg_listen,
         http = %config.http_listen,
         data_dir = %config.data_dir.display(),
@@ -75,8 +201,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let collector = tokio::spawn(collect_expired_snapshots(
         meta.clone(),
-        chunks_for_collector,
+        stripes.clone(),
         config.retention_check,
+    ));
+    let scrubber = tokio::spawn(scrub(stripes.clone(), config.scrub_interval));
+    let duties = tokio::spawn(run_duties(
+        meta.clone(),
+        stripes.clone(),
+        membership.clone(),
+        Duties {
+            voter_replace_after: config.voter_replace_after,
+            repair_after: config.repair_after,
+        },
     ));
 
     let mut connections = JoinSet::new();
@@ -127,57 +263,62 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     connections.shutdown().await;
     http.abort();
     collector.abort();
+    scrubber.abort();
+    duties.abort();
+    rpc_server.abort();
     meta.shutdown().await;
     tracing::info!("quarry node stopped");
     Ok(())
 }
 
-/// Deletes chunks that no table references: data files of statements that a
-/// crash interrupted before their commit (dropped tables keep theirs until
-/// their window passes). Runs before the
-/// node accepts clients, so no statement is writing.
-///
-/// # Errors
-/// If the catalog cannot be read or the chunk directory listed.
-async fn collect_garbage(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
-    // A linearizable read first, so the local catalog has every commit applied.
-    meta.read().await?;
-    let deleted = delete_unreferenced(meta, chunks, chunks.list()?)?;
-    if deleted > 0 {
-        tracing::info!(deleted, "deleted chunks no table references");
+/// Deletes the local chunks written before this process started that no
+/// stripe places on this node: data files of statements a crash interrupted
+/// before their commit, and chunks repair moved elsewhere while this node was
+/// down. Needs a fresh catalog (read-index); skipped if the cluster has no
+/// leader yet — the periodic collector retries.
+async fn collect_garbage(meta: &Meta, stripes: &StripeStore, started_at: SystemTime) {
+    match meta.read().await {
+        Ok(catalog) => match stripes.collect(&catalog, started_at) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted chunks no stripe places on this node"),
+            Err(e) => tracing::warn!(error = %e, "startup chunk collection failed"),
+        },
+        Err(e) => tracing::warn!(error = %e, "startup chunk collection skipped"),
     }
-    Ok(())
 }
 
-/// Deletes those of `candidates` that no table (live or dropped) of the locally
-/// applied catalog lists; returns how many.
-fn delete_unreferenced(
-    meta: &Meta,
-    chunks: &ChunkStore,
-    candidates: impl IntoIterator<Item = quarry_common::catalog::ChunkId>,
-) -> anyhow::Result<usize> {
-    let referenced = meta.read_local().referenced_chunks();
-    let mut deleted = 0;
-    for chunk in candidates.into_iter().filter(|c| !referenced.contains(c)) {
-        chunks.delete(chunk)?;
-        deleted += 1;
+/// Every `interval`, re-verifies this node's chunks and repairs bad ones.
+async fn scrub(stripes: StripeStore, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let repaired = stripes.scrub().await;
+        if repaired > 0 {
+            tracing::info!(repaired, "scrubber repaired chunks");
+        }
     }
-    Ok(deleted)
 }
 
 /// Every `interval`, expires each table's snapshots older than its retention
-/// window (keeping the one current when the window began) and deletes the data
-/// files only they used, unless a clone still references them.
+/// window (keeping the one current when the window began), deletes the data
+/// files only they used, unless a clone or a live stripe still needs them, and
+/// collects local chunks no stripe places here (after a grace period).
 async fn collect_expired_snapshots(
     meta: Arc<Meta>,
-    chunks: ChunkStore,
+    stripes: StripeStore,
     interval: std::time::Duration,
 ) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        if let Err(e) = expire_once(&meta, &chunks).await {
+        if let Err(e) = expire_once(&meta, stripes.local()).await {
             tracing::warn!(error = %e, "snapshot retention collection failed; retrying later");
+        }
+        if let Ok(catalog) = meta.read().await
+            && let Err(e) = stripes.collect(&catalog, SystemTime::now() - ORPHAN_GRACE)
+        {
+            tracing::warn!(error = %e, "chunk collection failed; retrying later");
         }
     }
 }
@@ -185,6 +326,11 @@ async fn collect_expired_snapshots(
 async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
     let catalog = meta.read().await?;
     let now = quarry_raft::now_micros();
+    let leads =
+        meta.raft().metrics().borrow().current_leader == Some(meta.raft().metrics().borrow().id);
+    if !leads {
+        return Ok(());
+    }
     for table in catalog.tables.values() {
         let keep_from = table.retention_boundary(now).id;
         if table.snapshots[0].id < keep_from {
@@ -208,19 +354,24 @@ async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Commits an expiry command and deletes the chunks it released that nothing
-/// else lists (a clone may share them); returns how many were deleted.
+/// Commits an expiry command and deletes the local chunks it released that
+/// nothing else needs (a clone may share them); returns how many were deleted.
+/// Other nodes' chunks go with their own collector.
 async fn expire(
     meta: &Meta,
     chunks: &ChunkStore,
     command: quarry_raft::Command,
 ) -> anyhow::Result<usize> {
-    match meta.write(command).await? {
-        quarry_raft::Applied::Expired { chunks: released } => {
-            delete_unreferenced(meta, chunks, released)
-        }
-        _ => Ok(0),
+    let quarry_raft::Applied::Expired { chunks: released } = meta.write(command).await? else {
+        return Ok(0);
+    };
+    let live = meta.read_local().live_chunks();
+    let mut deleted = 0;
+    for chunk in released.into_iter().filter(|c| !live.contains(c)) {
+        chunks.delete(chunk)?;
+        deleted += 1;
     }
+    Ok(deleted)
 }
 
 async fn shutdown_signal() {

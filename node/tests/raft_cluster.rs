@@ -39,6 +39,7 @@ async fn replicas(n: u64) -> Vec<Replica> {
             NodeAddr {
                 rpc: addrs[i].to_string(),
                 pg: String::new(),
+                domain: String::new(),
             },
         );
         config.heartbeat_interval = Duration::from_millis(50);
@@ -46,6 +47,7 @@ async fn replicas(n: u64) -> Vec<Replica> {
             &dir.path().join("meta.redb"),
             config,
             RaftRpcNetwork::new(transport.clone()),
+            Arc::new(quarry_raft::NoLink),
         )
         .await
         .expect("open");
@@ -70,6 +72,7 @@ async fn replicas(n: u64) -> Vec<Replica> {
                 NodeAddr {
                     rpc: r.addr.to_string(),
                     pg: String::new(),
+                    domain: String::new(),
                 },
             )
         })

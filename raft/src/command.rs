@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, FileEntry, Operation,
-    SchemaVersion, SnapshotId, Table, TableId, TableSnapshot, TimestampMicros,
+    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, FileEntry, NodeId,
+    Operation, SchemaVersion, SnapshotId, Stripe, StripeId, StripeLayout, Table, TableId,
+    TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +106,10 @@ pub enum Command {
         /// Field ids of `columns` (a clone keeps its source's, which its files
         /// carry); empty: 1, 2, ...
         field_ids: Vec<u32>,
+        /// `WITH (data_chunks = k, parity_chunks = m)`; None: the cluster default.
+        layout: Option<StripeLayout>,
+        /// Placement of `files` (new stripes; a clone's files keep theirs).
+        stripes: Vec<Stripe>,
     },
     /// DROP TABLE.
     DropTable {
@@ -156,6 +161,27 @@ pub enum Command {
         /// The oldest snapshot kept.
         keep_from: SnapshotId,
     },
+    /// The first command of a new cluster: its id. Node 1 (the bootstrapping
+    /// node) exists from here on.
+    InitCluster {
+        /// The new cluster's id.
+        cluster_id: u128,
+    },
+    /// Assign the next node id to a joining node.
+    AllocateNodeId,
+    /// Record that chunk `index` of `stripe` moved from node `from` to node
+    /// `to` (repair rebuilt it there). Refused if the chunk is no longer on
+    /// `from`, so two repairers cannot both move it.
+    MoveChunk {
+        /// The stripe.
+        stripe: StripeId,
+        /// Position of the chunk in the stripe.
+        index: u8,
+        /// Where it was.
+        from: NodeId,
+        /// Where it is now.
+        to: NodeId,
+    },
 }
 
 /// The data change a commit makes to one table.
@@ -167,6 +193,8 @@ pub struct TableChange {
     pub added: Vec<DataFile>,
     /// Data files the change replaces (DELETE/UPDATE rewrite whole files).
     pub removed: Vec<ChunkId>,
+    /// Placement of the `added` files.
+    pub stripes: Vec<Stripe>,
 }
 
 /// What an applied command did.
@@ -189,6 +217,8 @@ pub enum Applied {
         /// The chunks of the files removed from the table's history.
         chunks: Vec<ChunkId>,
     },
+    /// A node id was assigned.
+    NodeId(NodeId),
     /// A table was created or dropped: its new snapshot.
     Snapshot {
         /// The table.
@@ -252,6 +282,19 @@ pub enum CatalogError {
     /// One commit named the same table twice (a bug in the proposer).
     #[error("one commit changes table \"{0}\" twice")]
     DuplicateChange(String),
+    /// A placement change raced another (the chunk moved or its stripe is gone).
+    #[error("chunk {index} of stripe {stripe} is no longer on node {from}")]
+    PlacementChanged {
+        /// The stripe.
+        stripe: StripeId,
+        /// The chunk's position.
+        index: u8,
+        /// The node the change expected.
+        from: NodeId,
+    },
+    /// A stripe layout out of range.
+    #[error("invalid stripe layout {0}: data_chunks must be 1 to 32 and parity_chunks 0 to 16")]
+    InvalidLayout(StripeLayout),
 }
 
 impl CatalogError {
@@ -271,6 +314,8 @@ impl CatalogError {
             CatalogError::NothingToUndrop(_) => SqlState::UNDEFINED_TABLE,
             CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
+            CatalogError::PlacementChanged { .. } => SqlState::SERIALIZATION_FAILURE,
+            CatalogError::InvalidLayout(_) => SqlState::INVALID_PARAMETER_VALUE,
         }
     }
 }
@@ -329,7 +374,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             files,
             retention_micros,
             field_ids,
+            layout,
+            stripes,
         } => {
+            if let Some(layout) = layout
+                && !layout_in_range(*layout)
+            {
+                return Err(CatalogError::InvalidLayout(*layout));
+            }
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
             }
@@ -384,10 +436,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     })
                     .collect(),
                 retention_micros: *retention_micros,
+                layout: *layout,
             };
             catalog
                 .tables
                 .insert((schema.clone(), name.clone()), Arc::new(table));
+            for stripe in stripes {
+                catalog.add_stripe(stripe.clone());
+            }
             Ok(Applied::Snapshot {
                 table: id,
                 snapshot,
@@ -446,9 +502,9 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 return Ok(Applied::Nothing);
             };
             let gone = catalog.dropped.remove(index);
-            Ok(Applied::Expired {
-                chunks: gone.table.files.iter().map(|e| e.file.chunk).collect(),
-            })
+            let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
+            chunks.extend(catalog.drop_dead_stripes());
+            Ok(Applied::Expired { chunks })
         }
         Command::AlterTable { table, change } => {
             alter(catalog, proposal.proposed_at, *table, change)
@@ -476,9 +532,49 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 }
                 needed
             });
+            expired.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks: expired })
         }
+        Command::InitCluster { cluster_id } => {
+            catalog.cluster_id = *cluster_id;
+            catalog.next_node_id = catalog.next_node_id.max(2);
+            Ok(Applied::Nothing)
+        }
+        Command::AllocateNodeId => {
+            let id = catalog.next_node_id.max(2);
+            catalog.next_node_id = id + 1;
+            Ok(Applied::NodeId(id))
+        }
+        Command::MoveChunk {
+            stripe,
+            index,
+            from,
+            to,
+        } => {
+            let moved = catalog
+                .stripes
+                .get_mut(stripe)
+                .and_then(|s| s.chunks.get_mut(usize::from(*index)))
+                .filter(|c| c.node == *from);
+            match moved {
+                Some(chunk) => {
+                    chunk.node = *to;
+                    Ok(Applied::Nothing)
+                }
+                None => Err(CatalogError::PlacementChanged {
+                    stripe: *stripe,
+                    index: *index,
+                    from: *from,
+                }),
+            }
+        }
     }
+}
+
+/// Whether a table's `WITH (data_chunks, parity_chunks)` is one Quarry can
+/// store: 1–32 data chunks, 0–16 parity chunks.
+fn layout_in_range(layout: StripeLayout) -> bool {
+    (1..=32).contains(&layout.data_chunks) && layout.parity_chunks <= 16
 }
 
 fn table_key(catalog: &Catalog, id: TableId) -> Option<(String, String)> {
@@ -561,6 +657,11 @@ fn commit(
             rows_added,
             schema_id: table.schema_id,
         });
+    }
+    for change in changes {
+        for stripe in &change.stripes {
+            catalog.add_stripe(stripe.clone());
+        }
     }
     Ok(Applied::Commit {
         snapshot,
@@ -754,6 +855,8 @@ mod tests {
             files: vec![],
             retention_micros: None,
             field_ids: vec![],
+            layout: None,
+            stripes: vec![],
         }
     }
 
@@ -763,6 +866,7 @@ mod tests {
                 table,
                 added,
                 removed: vec![],
+                stripes: vec![],
             }],
             read_set: vec![],
         }
@@ -850,6 +954,7 @@ mod tests {
                 table: t,
                 added: vec![file(rows)],
                 removed: vec![ChunkId(10)],
+                stripes: vec![],
             }],
             read_set: vec![],
         };
@@ -867,6 +972,7 @@ mod tests {
             table: u,
             added: vec![file(3)],
             removed: vec![],
+            stripes: vec![],
         });
         let result = run(
             &mut catalog,
@@ -890,6 +996,7 @@ mod tests {
                 table: t,
                 added: vec![file(7)],
                 removed: vec![ChunkId(10)],
+                stripes: vec![],
             }],
             read_set: vec![],
         };
@@ -961,6 +1068,7 @@ mod tests {
                     table: u,
                     added: vec![file(2)],
                     removed: vec![],
+                    stripes: vec![],
                 }],
                 read_set: vec![(t, read_at)],
             },
@@ -987,6 +1095,8 @@ mod tests {
                 files: vec![],
                 retention_micros: None,
                 field_ids: vec![],
+                layout: None,
+                stripes: vec![],
             },
         );
         assert_eq!(result, Err(CatalogError::DuplicateColumn("a".into())));

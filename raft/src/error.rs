@@ -13,9 +13,10 @@ pub enum Error {
     /// table exists). The catalog is unchanged.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// This node is not the leader and cannot serve the request (transient: retry, or
-    /// send to `leader`). Nothing was written.
-    #[error("this node is not the Raft leader{}", leader.map(|l| format!(" (leader is node {l})")).unwrap_or_default())]
+    /// No leader could serve the request: this node is not the leader and could
+    /// not reach one (election under way, partition, majority down). Nothing was
+    /// written; retrying is safe.
+    #[error("no Raft leader reachable from this node{}; nothing was written, retry", leader.map(|l| format!(" (last known leader: node {l})")).unwrap_or_default())]
     NotLeader {
         /// The leader, if known.
         leader: Option<NodeId>,

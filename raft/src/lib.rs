@@ -26,7 +26,7 @@ mod state_machine;
 
 pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal, SchemaChange, TableChange};
 pub use error::{Error, Result};
-pub use meta::{Meta, MetaConfig, now_micros};
+pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};
 
 use std::io::Cursor;
 
@@ -40,11 +40,17 @@ pub struct NodeAddr {
     pub rpc: String,
     /// Address of its PostgreSQL listener (HOST:PORT).
     pub pg: String,
+    /// Its failure domain label; empty: the node is a domain of its own.
+    pub domain: String,
 }
 
 impl std::fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rpc={} pg={}", self.rpc, self.pg)
+        write!(f, "rpc={} pg={}", self.rpc, self.pg)?;
+        if !self.domain.is_empty() {
+            write!(f, " domain={}", self.domain)?;
+        }
+        Ok(())
     }
 }
 

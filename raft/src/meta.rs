@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use async_trait::async_trait;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{RaftNetworkFactory, SnapshotPolicy};
 use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA};
+use tokio::time::Instant;
 
 use crate::command::{Applied, Command, Proposal};
 use crate::error::{Error, Result};
@@ -29,21 +31,70 @@ pub struct MetaConfig {
     pub snapshot_every_entries: u64,
     /// How long [`Meta::bootstrap`] waits for this node to become leader.
     pub leader_wait: Duration,
+    /// How long a read or write waits for a leader and its answer before it
+    /// fails (NotLeader if nothing was sent, Unavailable if a write's outcome
+    /// is unknown).
+    pub request_timeout: Duration,
 }
 
 impl MetaConfig {
-    /// Defaults for node `node_id` at `addr`: 100 ms heartbeats, a snapshot every
+    /// Defaults for node `node_id` at `addr`: 250 ms heartbeats (elections after
+    /// 0.75–1.5 s of silence: quick failover without spurious elections on a
+    /// loaded machine), a snapshot every
     /// 1000 entries (small enough to bound restart replay, large enough that
     /// snapshot writes stay rare next to commits).
     pub fn new(node_id: NodeId, addr: NodeAddr) -> Self {
         MetaConfig {
             node_id,
             addr,
-            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(250),
             snapshot_every_entries: 1000,
             leader_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// How a follower reaches the leader: the node implements it over its internal
+/// RPC (the leader answers with [`Meta::write_local`] and
+/// [`Meta::read_index_local`]).
+#[async_trait]
+pub trait LeaderLink: Send + Sync + 'static {
+    /// Has the leader at `leader` commit `proposal`.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] if it was certainly not applied (the peer was
+    /// unreachable or is not the leader); [`Error::Unavailable`] if the outcome
+    /// is unknown.
+    async fn write(&self, leader: &NodeAddr, proposal: Proposal) -> Result<Applied>;
+    /// Asks the leader at `leader` for its read index: the log index a replica
+    /// must have applied to serve a linearizable read.
+    async fn read_index(&self, leader: &NodeAddr) -> Result<u64>;
+}
+
+/// The [`LeaderLink`] of a node without peers: every leader is unreachable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLink;
+
+#[async_trait]
+impl LeaderLink for NoLink {
+    async fn write(&self, _leader: &NodeAddr, _proposal: Proposal) -> Result<Applied> {
+        Err(Error::NotLeader { leader: None })
+    }
+
+    async fn read_index(&self, _leader: &NodeAddr) -> Result<u64> {
+        Err(Error::NotLeader { leader: None })
+    }
+}
+
+/// Where a request must go, as a local attempt found out.
+enum Route<T> {
+    /// Served here.
+    Done(T),
+    /// Another node leads.
+    Leader(NodeId, NodeAddr),
+    /// No leader known yet (election under way or no quorum).
+    NoLeader(Option<NodeId>),
 }
 
 /// This node's replica of the catalog, and the way to change it.
@@ -55,7 +106,11 @@ pub struct Meta {
     raft: Raft,
     cell: Arc<CatalogCell>,
     config: MetaConfig,
+    link: Arc<dyn LeaderLink>,
 }
+
+/// How long to wait between attempts to find a leader.
+const LEADER_POLL: Duration = Duration::from_millis(50);
 
 /// Microseconds since the Unix epoch by this node's clock.
 pub fn now_micros() -> i64 {
@@ -67,12 +122,18 @@ pub fn now_micros() -> i64 {
 
 impl Meta {
     /// Opens (creating if needed) the metadata store `path` (a redb file) and starts
-    /// the Raft node. `network` carries Raft RPCs to other nodes.
+    /// the Raft node. `network` carries Raft RPCs to other nodes; `link` carries
+    /// forwarded writes and read-index requests to the leader.
     ///
     /// # Errors
     /// [`Error::Storage`] if the database cannot be opened (e.g. another process holds
     /// it) or its contents do not decode.
-    pub async fn open<N>(path: &Path, config: MetaConfig, network: N) -> Result<Meta>
+    pub async fn open<N>(
+        path: &Path,
+        config: MetaConfig,
+        network: N,
+        link: Arc<dyn LeaderLink>,
+    ) -> Result<Meta>
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
@@ -106,15 +167,33 @@ impl Meta {
         )
         .await
         .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Ok(Meta { raft, cell, config })
+        Ok(Meta {
+            raft,
+            cell,
+            config,
+            link,
+        })
     }
 
-    /// Makes this node the single voter of a new cluster if it has never been part
-    /// of one, waits until it leads, and creates the `public` schema on first start.
+    /// Whether this node's Raft state says it has been part of a cluster.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if Raft has stopped.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    /// Makes this node the single voter of a new cluster `cluster_id` if it has
+    /// never been part of one, waits until it leads, and creates the `public`
+    /// schema on first start. A node that was part of a cluster only waits to
+    /// lead if it is the only voter.
     ///
     /// # Errors
     /// [`Error::Unavailable`] if it does not become leader within `leader_wait`.
-    pub async fn bootstrap(&self) -> Result<()> {
+    pub async fn bootstrap(&self, cluster_id: u128) -> Result<()> {
         let initialized = self
             .raft
             .is_initialized()
@@ -133,6 +212,7 @@ impl Meta {
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         if !initialized {
+            self.write(Command::InitCluster { cluster_id }).await?;
             self.write(Command::CreateSchema {
                 name: DEFAULT_SCHEMA.to_owned(),
                 if_not_exists: true,
@@ -142,43 +222,153 @@ impl Meta {
         Ok(())
     }
 
-    /// Proposes `command` and waits until it is committed and applied.
+    /// Proposes `command` and waits until it is committed and applied, through
+    /// the leader wherever it is.
     ///
     /// # Errors
     /// [`Error::Catalog`] if the catalog refused it (nothing changed);
-    /// [`Error::NotLeader`] if this node cannot accept writes;
-    /// [`Error::Unavailable`] if Raft failed (the command may or may not apply).
+    /// [`Error::NotLeader`] if no leader could be reached within the request
+    /// timeout (nothing written); [`Error::Unavailable`] if the outcome is
+    /// unknown (the leader was lost after the command was sent).
     pub async fn write(&self, command: Command) -> Result<Applied> {
         let proposal = Proposal {
             command,
             proposed_at: now_micros(),
         };
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let route =
+                match tokio::time::timeout_at(deadline, self.try_write(proposal.clone())).await {
+                    Ok(route) => route?,
+                    Err(_) => return Err(self.write_timed_out()),
+                };
+            let last_known = match route {
+                Route::Done(applied) => return Ok(applied),
+                Route::Leader(id, addr) => {
+                    match tokio::time::timeout_at(
+                        deadline,
+                        self.link.write(&addr, proposal.clone()),
+                    )
+                    .await
+                    {
+                        Ok(Err(Error::NotLeader { .. })) => Some(id),
+                        Ok(answer) => return answer,
+                        Err(_) => return Err(self.write_timed_out()),
+                    }
+                }
+                Route::NoLeader(last_known) => last_known,
+            };
+            if Instant::now() + LEADER_POLL >= deadline {
+                return Err(Error::NotLeader { leader: last_known });
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    fn write_timed_out(&self) -> Error {
+        Error::Unavailable(format!(
+            "the write was not confirmed within {:?} (no majority of voters answered); \
+             it may or may not have been applied",
+            self.config.request_timeout
+        ))
+    }
+
+    /// Commits `proposal` if this node leads; the leader's side of a forwarded
+    /// write. Never forwards.
+    ///
+    /// # Errors
+    /// As [`Meta::write`]; NotLeader if this node does not lead.
+    pub async fn write_local(&self, proposal: Proposal) -> Result<Applied> {
+        match self.try_write(proposal).await? {
+            Route::Done(applied) => Ok(applied),
+            Route::Leader(id, _) => Err(Error::NotLeader { leader: Some(id) }),
+            Route::NoLeader(leader) => Err(Error::NotLeader { leader }),
+        }
+    }
+
+    async fn try_write(&self, proposal: Proposal) -> Result<Route<Applied>> {
         match self.raft.client_write(proposal).await {
-            Ok(response) => Ok(response.data?),
+            Ok(response) => Ok(Route::Done(response.data?)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(Error::NotLeader {
-                    leader: forward.leader_id,
+                Ok(match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(addr)) if id != self.config.node_id => Route::Leader(id, addr),
+                    (leader, _) => Route::NoLeader(leader),
                 })
             }
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
 
-    /// The catalog with every write acknowledged before this call applied
-    /// (read-index through the leader).
+    /// The catalog with every write acknowledged before this call applied: the
+    /// leader's read index (confirmed by a quorum of heartbeats), then this
+    /// replica waits until it has applied that far.
     ///
     /// # Errors
-    /// [`Error::NotLeader`] / [`Error::Unavailable`] if leadership cannot be
-    /// confirmed.
+    /// [`Error::NotLeader`] if no leader confirmed its leadership within the
+    /// request timeout; [`Error::Unavailable`] if Raft stopped.
     pub async fn read(&self) -> Result<Arc<Catalog>> {
-        self.raft.ensure_linearizable().await.map_err(|e| match e {
-            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
-                Error::NotLeader {
-                    leader: f.leader_id,
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let route = tokio::time::timeout_at(deadline, self.try_read_index())
+                .await
+                .map_err(|_| Error::NotLeader { leader: None })??;
+            let last_known = match route {
+                Route::Done(index) => return self.applied_through(index, deadline).await,
+                Route::Leader(id, addr) => {
+                    match tokio::time::timeout_at(deadline, self.link.read_index(&addr)).await {
+                        Ok(Ok(index)) => return self.applied_through(index, deadline).await,
+                        Ok(Err(Error::NotLeader { .. } | Error::Unavailable(_))) => Some(id),
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Err(Error::NotLeader { leader: Some(id) }),
+                    }
                 }
+                Route::NoLeader(last_known) => last_known,
+            };
+            if Instant::now() + LEADER_POLL >= deadline {
+                return Err(Error::NotLeader { leader: last_known });
             }
-            other => Error::Unavailable(other.to_string()),
-        })?;
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// This node's read index if it leads; the leader's side of a follower's
+    /// read.
+    ///
+    /// # Errors
+    /// NotLeader if this node does not lead.
+    pub async fn read_index_local(&self) -> Result<u64> {
+        match self.try_read_index().await? {
+            Route::Done(index) => Ok(index),
+            Route::Leader(id, _) => Err(Error::NotLeader { leader: Some(id) }),
+            Route::NoLeader(leader) => Err(Error::NotLeader { leader }),
+        }
+    }
+
+    async fn try_read_index(&self) -> Result<Route<u64>> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Route::Done(read.map(|l| l.index).unwrap_or(0))),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Ok(match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(addr)) if id != self.config.node_id => Route::Leader(id, addr),
+                    (leader, _) => Route::NoLeader(leader),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                tracing::debug!(error = %e, "leadership not confirmed by a quorum");
+                Ok(Route::NoLeader(Some(self.config.node_id)))
+            }
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The catalog once this replica has applied log index `index`.
+    async fn applied_through(&self, index: u64, deadline: Instant) -> Result<Arc<Catalog>> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| Error::Unavailable(format!("this replica did not catch up: {e}")))?;
         Ok(self.cell.get())
     }
 

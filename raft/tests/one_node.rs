@@ -29,6 +29,8 @@ fn create_table(name: &str) -> Command {
         files: vec![],
         retention_micros: None,
         field_ids: vec![],
+        layout: None,
+        stripes: vec![],
     }
 }
 
@@ -46,10 +48,15 @@ fn data_file(chunk: u128) -> DataFile {
 async fn committed_catalog_survives_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.redb");
-    let meta = Meta::open(&path, config(1000), Unconnected)
-        .await
-        .expect("open");
-    meta.bootstrap().await.expect("bootstrap");
+    let meta = Meta::open(
+        &path,
+        config(1000),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    .expect("open");
+    meta.bootstrap(1).await.expect("bootstrap");
     meta.write(create_table("t")).await.expect("create");
     let table = meta
         .read()
@@ -65,6 +72,7 @@ async fn committed_catalog_survives_restart() {
                     table,
                     added: vec![data_file(chunk)],
                     removed: vec![],
+                    stripes: vec![],
                 }],
                 read_set: vec![],
             })
@@ -76,10 +84,15 @@ async fn committed_catalog_survives_restart() {
     meta.shutdown().await;
     drop(meta);
 
-    let meta = Meta::open(&path, config(1000), Unconnected)
-        .await
-        .expect("reopen");
-    meta.bootstrap().await.expect("bootstrap again");
+    let meta = Meta::open(
+        &path,
+        config(1000),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    .expect("reopen");
+    meta.bootstrap(1).await.expect("bootstrap again");
     let after = meta.read().await.expect("read");
     assert_eq!(after, before);
     assert_eq!(
@@ -97,10 +110,15 @@ async fn committed_catalog_survives_restart() {
 async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.redb");
-    let meta = Meta::open(&path, config(4), Unconnected)
-        .await
-        .expect("open");
-    meta.bootstrap().await.expect("bootstrap");
+    let meta = Meta::open(
+        &path,
+        config(4),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    .expect("open");
+    meta.bootstrap(1).await.expect("bootstrap");
     for i in 0..25 {
         meta.write(create_table(&format!("t{i}")))
             .await
@@ -110,10 +128,15 @@ async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
     meta.shutdown().await;
     drop(meta);
 
-    let meta = Meta::open(&path, config(4), Unconnected)
-        .await
-        .expect("reopen");
-    meta.bootstrap().await.expect("bootstrap again");
+    let meta = Meta::open(
+        &path,
+        config(4),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    .expect("reopen");
+    meta.bootstrap(1).await.expect("bootstrap again");
     assert_eq!(meta.read().await.expect("read"), before);
     assert_eq!(before.tables.len(), 25);
     meta.shutdown().await;
@@ -122,10 +145,15 @@ async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
 #[tokio::test]
 async fn refused_commands_report_the_catalog_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let meta = Meta::open(&dir.path().join("meta.redb"), config(1000), Unconnected)
-        .await
-        .expect("open");
-    meta.bootstrap().await.expect("bootstrap");
+    let meta = Meta::open(
+        &dir.path().join("meta.redb"),
+        config(1000),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    .expect("open");
+    meta.bootstrap(1).await.expect("bootstrap");
     meta.write(create_table("t")).await.expect("create");
     let err = meta.write(create_table("t")).await.expect_err("duplicate");
     assert!(
@@ -140,9 +168,14 @@ async fn a_metadata_file_of_another_format_version_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.redb");
     {
-        let meta = Meta::open(&path, config(1000), Unconnected)
-            .await
-            .expect("open");
+        let meta = Meta::open(
+            &path,
+            config(1000),
+            Unconnected,
+            std::sync::Arc::new(quarry_raft::NoLink),
+        )
+        .await
+        .expect("open");
         meta.shutdown().await;
     }
     {
@@ -159,7 +192,14 @@ async fn a_metadata_file_of_another_format_version_is_refused() {
         }
         txn.commit().expect("commit");
     }
-    let err = match Meta::open(&path, config(1000), Unconnected).await {
+    let err = match Meta::open(
+        &path,
+        config(1000),
+        Unconnected,
+        std::sync::Arc::new(quarry_raft::NoLink),
+    )
+    .await
+    {
         Ok(_) => panic!("a future format must not open"),
         Err(e) => e,
     };

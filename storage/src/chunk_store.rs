@@ -75,9 +75,21 @@ impl ChunkStore {
     /// [`Error::Io`]; then no chunk exists (a temporary file may remain until the
     /// next open).
     pub fn put(&self, data: &[u8]) -> Result<ChunkRef> {
-        let id = ChunkId(uuid::Uuid::now_v7().as_u128());
+        self.put_as(ChunkId(uuid::Uuid::now_v7().as_u128()), data)
+    }
+
+    /// Stores `data` as chunk `id` (a chunk placed here by another node, or
+    /// rebuilt by repair), replacing any file of that id atomically.
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::put`].
+    pub fn put_as(&self, id: ChunkId, data: &[u8]) -> Result<ChunkRef> {
         let path = self.path_of(id);
-        let temp = self.dir.join(format!("{id}{TEMP_SUFFIX}"));
+        let temp = self.dir.join(format!(
+            "{id}.{}{TEMP_SUFFIX}",
+            uuid::Uuid::now_v7().simple()
+        ));
         let mut file = File::create(&temp).map_err(io_error(&temp))?;
         file.write_all(data).map_err(io_error(&temp))?;
         file.sync_all().map_err(io_error(&temp))?;
@@ -142,6 +154,13 @@ impl ChunkStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error(&path)(e)),
         }
+    }
+
+    /// When chunk `id` was last written, if it exists.
+    pub fn modified(&self, id: ChunkId) -> Option<std::time::SystemTime> {
+        fs::metadata(self.path_of(id))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     /// Ids of all chunks on disk, in id order.

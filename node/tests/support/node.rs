@@ -19,14 +19,24 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub pg_port: u16,
     pub http_port: u16,
+    /// Port of the node-to-node listener (RPC over TCP, gossip over UDP).
+    pub listen_port: u16,
+    /// Flags after the ports, kept for [`TestNode::restart`].
+    extra: Vec<String>,
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        // The node-to-node port is used for UDP too.
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestNode {
@@ -37,31 +47,69 @@ impl TestNode {
         node
     }
 
+    /// Starts a node with `extra` flags and waits until it accepts clients.
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
+        let mut node = TestNode::spawn(data_dir, extra);
+        node.wait_ready().await;
+        node
+    }
+
     /// Spawns a node without waiting; `extra` flags are appended.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> TestNode {
-        let pg_port = free_port();
-        let http_port = free_port();
-        let log = data_dir.with_extension(format!("{pg_port}.log"));
-        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut node = TestNode {
+            child: None,
+            data_dir: data_dir.to_owned(),
+            pg_port: free_port(),
+            http_port: free_port(),
+            listen_port: free_port(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log: data_dir.with_extension("log"),
+        };
+        node.launch();
+        node
+    }
+
+    /// This node's node-to-node address.
+    pub fn listen(&self) -> String {
+        format!("127.0.0.1:{}", self.listen_port)
+    }
+
+    fn launch(&mut self) {
+        if let Some(parent) = self.log.parent() {
+            std::fs::create_dir_all(parent).expect("log dir");
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["start", "--data-dir"])
-            .arg(data_dir)
-            .args(["--pg-listen", &format!("127.0.0.1:{pg_port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .arg(&self.data_dir)
+            .args(["--pg-listen", &format!("127.0.0.1:{}", self.pg_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--listen", &self.listen()])
             .args(["--shutdown-grace-secs", "5", "--target-partitions", "2"])
-            .args(extra)
+            .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("quarry binary starts");
-        TestNode {
-            child: Some(child),
-            data_dir: data_dir.to_owned(),
-            pg_port,
-            http_port,
-            log,
-        }
+        self.child = Some(child);
+    }
+
+    /// Starts the stopped node again on the same data dir, ports and flags, and
+    /// waits until it accepts clients.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "node is still running");
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The node's log so far.
@@ -161,6 +209,25 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            // Quarry's own lines: openraft repeats its complaints many times.
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("Z  INFO quarry_")
+                        || l.contains("Z  WARN quarry_")
+                        || l.contains("Z ERROR quarry_")
+                })
+                .rev()
+                .take(25)
+                .collect();
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 

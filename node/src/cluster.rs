@@ -1,0 +1,528 @@
+//! The cluster side of a node (DESIGN.md §3, §6): the RPC handler for
+//! node-to-node requests, forwarding of writes and read-index requests to the
+//! Raft leader, joining, and the leader's duties — promoting learners to
+//! voters across failure domains, replacing voters that stay down, and
+//! repairing the chunks of nodes that stay down.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use quarry_common::catalog::NodeId;
+use quarry_raft::{Applied, Command, LeaderLink, Meta, NodeAddr, Proposal, Raft};
+use tokio::time::Instant;
+
+use crate::membership::{MemberState, Membership};
+use crate::raft_network::RaftHandler;
+use crate::rpc::{RemoteMetaError, RpcError, RpcRequest, RpcResponse, Transport};
+use crate::stripes::{StripeStore, placement_order};
+
+/// Deadline of a metadata call to another node.
+const META_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Forwards writes and read-index requests to the leader over the RPC.
+pub struct RpcLeaderLink {
+    transport: Arc<dyn Transport>,
+}
+
+impl RpcLeaderLink {
+    /// A link over `transport`.
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        RpcLeaderLink { transport }
+    }
+}
+
+fn leader_addr(leader: &NodeAddr) -> quarry_raft::Result<SocketAddr> {
+    leader
+        .rpc
+        .parse()
+        .map_err(|_| quarry_raft::Error::NotLeader { leader: None })
+}
+
+#[async_trait]
+impl LeaderLink for RpcLeaderLink {
+    async fn write(&self, leader: &NodeAddr, proposal: Proposal) -> quarry_raft::Result<Applied> {
+        let addr = leader_addr(leader)?;
+        match self
+            .transport
+            .call(addr, RpcRequest::Write(proposal), META_CALL_DEADLINE)
+            .await
+        {
+            Ok(RpcResponse::Written(result)) => result.map_err(Into::into),
+            // Never delivered: certainly not applied.
+            Err(RpcError::Unreachable(..)) => Err(quarry_raft::Error::NotLeader { leader: None }),
+            Ok(other) => Err(quarry_raft::Error::Unavailable(format!(
+                "the leader answered {other:?}"
+            ))),
+            Err(e) => Err(quarry_raft::Error::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_index(&self, leader: &NodeAddr) -> quarry_raft::Result<u64> {
+        let addr = leader_addr(leader)?;
+        match self
+            .transport
+            .call(addr, RpcRequest::ReadIndex, META_CALL_DEADLINE)
+            .await
+        {
+            Ok(RpcResponse::ReadIndex(result)) => result.map_err(Into::into),
+            Ok(other) => Err(quarry_raft::Error::Unavailable(format!(
+                "the leader answered {other:?}"
+            ))),
+            Err(_) => Err(quarry_raft::Error::NotLeader { leader: None }),
+        }
+    }
+}
+
+/// Answers every node-to-node request on this node.
+pub struct NodeHandler {
+    raft: RaftHandler,
+    meta: Arc<Meta>,
+    stripes: StripeStore,
+    membership: Membership,
+    transport: Arc<dyn Transport>,
+}
+
+impl NodeHandler {
+    /// A handler for this node's Raft, catalog, chunks and membership.
+    pub fn new(
+        meta: Arc<Meta>,
+        stripes: StripeStore,
+        membership: Membership,
+        transport: Arc<dyn Transport>,
+    ) -> Self {
+        NodeHandler {
+            raft: RaftHandler::new(meta.raft().clone(), membership.me().node_id),
+            meta,
+            stripes,
+            membership,
+            transport,
+        }
+    }
+
+    async fn join(&self, addr: NodeAddr) -> RpcResponse {
+        let raft = self.meta.raft();
+        let leader = raft.metrics().borrow().current_leader;
+        let me = self.membership.me().node_id;
+        if leader != Some(me) {
+            // Only the leader can add a learner; pass the request on.
+            let Some(leader_addr) = leader.and_then(|l| {
+                raft.metrics()
+                    .borrow()
+                    .membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == l)
+                    .and_then(|(_, a)| a.rpc.parse::<SocketAddr>().ok())
+            }) else {
+                return RpcResponse::Failed("no Raft leader right now; retry".to_owned());
+            };
+            return match self
+                .transport
+                .call(leader_addr, RpcRequest::Join { addr }, META_CALL_DEADLINE)
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => RpcResponse::Failed(e.to_string()),
+            };
+        }
+        // A retried join (its answer was lost) finds the learner it added.
+        let existing = {
+            let metrics = raft.metrics().borrow().clone();
+            let config = metrics.membership_config.membership();
+            let voters: HashSet<NodeId> = config.voter_ids().collect();
+            config
+                .nodes()
+                .find(|(id, a)| a.rpc == addr.rpc && !voters.contains(id))
+                .map(|(id, _)| *id)
+        };
+        let node_id = match existing {
+            Some(id) => id,
+            None => match self
+                .meta
+                .write_local(quarry_raft::Proposal {
+                    command: Command::AllocateNodeId,
+                    proposed_at: quarry_raft::now_micros(),
+                })
+                .await
+            {
+                Ok(Applied::NodeId(id)) => id,
+                Ok(other) => return RpcResponse::Failed(format!("unexpected answer {other:?}")),
+                Err(e) => return RpcResponse::Failed(e.to_string()),
+            },
+        };
+        // A voter promotion may be under way; membership changes go one at a time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match raft.add_learner(node_id, addr.clone(), false).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(node_id, error = %e, "adding a learner must wait");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return RpcResponse::Failed(format!(
+                        "cannot add node {node_id} as a learner: {e}"
+                    ));
+                }
+            }
+        }
+        tracing::info!(node_id, %addr, "node joined as a learner");
+        RpcResponse::Joined {
+            node_id,
+            cluster_id: self.meta.read_local().cluster_id,
+        }
+    }
+
+    fn hello(&self, cluster_id: u128, node_id: NodeId, addr: &NodeAddr) -> RpcResponse {
+        let ours = self.meta.read_local().cluster_id;
+        if ours != 0 && cluster_id != ours {
+            return RpcResponse::Refused(format!(
+                "the data dir belongs to cluster {}, but this seed is in cluster {}: \
+                 start the node with an empty data dir to join this cluster",
+                quarry_common::catalog::ChunkId(cluster_id),
+                quarry_common::catalog::ChunkId(ours),
+            ));
+        }
+        if let Some(member) = self.membership.member(node_id)
+            && member.state != MemberState::Down
+            && member.identity.addr.to_string() != addr.rpc
+        {
+            return RpcResponse::Refused(format!(
+                "node id {node_id} is already in use by the live node at {}: \
+                 was the data dir copied? start this node with an empty data dir",
+                member.identity.addr
+            ));
+        }
+        RpcResponse::Ok
+    }
+}
+
+#[async_trait]
+impl crate::rpc::Handler for NodeHandler {
+    async fn handle(&self, request: RpcRequest) -> RpcResponse {
+        match request {
+            RpcRequest::Join { addr } => self.join(addr).await,
+            RpcRequest::Hello {
+                cluster_id,
+                node_id,
+                addr,
+            } => self.hello(cluster_id, node_id, &addr),
+            RpcRequest::Write(proposal) => RpcResponse::Written(
+                self.meta
+                    .write_local(proposal)
+                    .await
+                    .map_err(RemoteMetaError::from),
+            ),
+            RpcRequest::ReadIndex => RpcResponse::ReadIndex(
+                self.meta
+                    .read_index_local()
+                    .await
+                    .map_err(RemoteMetaError::from),
+            ),
+            RpcRequest::PutChunk { chunk, data } => {
+                let local = self.stripes.local().clone();
+                match quarry_exec::chunks::blocking(move || local.put_as(chunk, &data)).await {
+                    Ok(_) => RpcResponse::Ok,
+                    Err(e) => RpcResponse::Failed(e.to_string()),
+                }
+            }
+            RpcRequest::GetChunk {
+                chunk,
+                size_bytes,
+                checksum_crc32c,
+            } => {
+                let local = self.stripes.local().clone();
+                let reference = quarry_storage::ChunkRef {
+                    id: chunk,
+                    size_bytes,
+                    checksum_crc32c,
+                };
+                match quarry_exec::chunks::blocking(move || local.get(&reference)).await {
+                    Ok(data) => RpcResponse::Chunk(data),
+                    Err(e) => {
+                        if matches!(e, quarry_storage::Error::Corrupt { .. }) {
+                            metrics::counter!("quarry_chunk_corruptions_detected_total")
+                                .increment(1);
+                        }
+                        RpcResponse::Failed(e.to_string())
+                    }
+                }
+            }
+            raft => self.raft.handle(raft).await,
+        }
+    }
+}
+
+/// Asks the seeds, in turn, until one answers, for `request`; gives up after
+/// `timeout`.
+///
+/// # Errors
+/// If no seed answered in time (with what each said).
+pub async fn ask_seeds(
+    transport: &dyn Transport,
+    seeds: &[String],
+    request: RpcRequest,
+    timeout: Duration,
+) -> anyhow::Result<RpcResponse> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no seed given");
+    loop {
+        for seed in seeds {
+            let addrs = match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(addrs) => addrs.collect::<Vec<_>>(),
+                Err(e) => {
+                    last = format!("{seed}: {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match transport
+                    .call(addr, request.clone(), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(RpcResponse::Failed(e)) => last = format!("{seed}: {e}"),
+                    Ok(answer) => return Ok(answer),
+                    Err(e) => last = format!("{seed}: {e}"),
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "no seed answered within {timeout:?} (last error: {last}); \
+                 check --join and that the seeds are running"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Settings of the leader's duties.
+#[derive(Debug, Clone)]
+pub struct Duties {
+    /// How long a voter may be down before it is replaced.
+    pub voter_replace_after: Duration,
+    /// How long a node may be down before its chunks are rebuilt elsewhere.
+    pub repair_after: Duration,
+}
+
+/// Runs forever: every second, on the leader, manages voters and repairs
+/// stripes; on every node, re-announces to Raft peers when gossip is alone.
+pub async fn run_duties(
+    meta: Arc<Meta>,
+    stripes: StripeStore,
+    membership: Membership,
+    duties: Duties,
+) {
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let raft = meta.raft();
+        let metrics = raft.metrics().borrow().clone();
+        if membership.is_alone() {
+            for (id, addr) in metrics.membership_config.nodes() {
+                if *id != membership.me().node_id
+                    && let Ok(addr) = addr.rpc.parse()
+                {
+                    membership.announce(addr);
+                }
+            }
+        }
+        if metrics.current_leader != Some(membership.me().node_id) {
+            continue;
+        }
+        if let Err(e) = manage_voters(raft, &metrics, &membership, &duties, started).await {
+            tracing::warn!(error = %e, "voter management failed; retrying");
+        }
+        repair(&meta, &stripes, &membership, &duties, started).await;
+    }
+}
+
+/// How many voters a cluster of `nodes` nodes should have: 1, then 3, then 5
+/// (an even count adds no fault tolerance).
+pub fn voter_target(nodes: usize) -> usize {
+    match nodes {
+        0..=2 => 1,
+        3 | 4 => 3,
+        _ => 5,
+    }
+}
+
+async fn manage_voters(
+    raft: &Raft,
+    metrics: &openraft::RaftMetrics<NodeId, NodeAddr>,
+    membership: &Membership,
+    duties: &Duties,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let config = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+    let nodes: Vec<(NodeId, NodeAddr)> = config.nodes().map(|(id, a)| (*id, a.clone())).collect();
+    let last_log = metrics.last_log_index.unwrap_or(0);
+    let caught_up = |id: NodeId| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id))
+            .and_then(|m| m.as_ref())
+            .is_some_and(|m| m.index + 100 >= last_log)
+    };
+    let domain = |id: NodeId| {
+        nodes
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(n, a)| {
+                if a.domain.is_empty() {
+                    format!("node-{n}")
+                } else {
+                    a.domain.clone()
+                }
+            })
+            .unwrap_or_default()
+    };
+    let dead: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|v| {
+            membership
+                .down_for(*v, started)
+                .is_some_and(|d| d >= duties.voter_replace_after)
+        })
+        .collect();
+    let mut candidates: Vec<NodeId> = nodes
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !voters.contains(id) && membership.is_alive(*id) && caught_up(*id))
+        .collect();
+    let voter_domains: HashSet<String> = voters
+        .iter()
+        .filter(|v| !dead.contains(v))
+        .map(|v| domain(*v))
+        .collect();
+    // New failure domains first, then lowest id.
+    candidates.sort_by_key(|id| (voter_domains.contains(&domain(*id)), *id));
+    let Some(&candidate) = candidates.first() else {
+        return Ok(());
+    };
+    let mut new_voters = voters.clone();
+    if let Some(&gone) = dead.first() {
+        new_voters.remove(&gone);
+        new_voters.insert(candidate);
+        tracing::info!(gone, candidate, "replacing a voter that stayed down");
+    } else if voters.len() < voter_target(nodes.len()) {
+        new_voters.insert(candidate);
+        tracing::info!(candidate, "promoting a learner to voter");
+    } else {
+        return Ok(());
+    }
+    raft.change_membership(new_voters, true).await?;
+    Ok(())
+}
+
+/// Rebuilds, on other live nodes, the chunks of nodes down for longer than
+/// `repair_after` (or no longer in the cluster), and commits each move.
+async fn repair(
+    meta: &Meta,
+    stripes: &StripeStore,
+    membership: &Membership,
+    duties: &Duties,
+    started: Instant,
+) {
+    let catalog = meta.read_local();
+    let live = stripes.live_nodes();
+    let members: HashSet<NodeId> = meta
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    let lost = |node: NodeId| {
+        !members.contains(&node)
+            || membership
+                .down_for(node, started)
+                .is_some_and(|d| d >= duties.repair_after)
+    };
+    let mut bytes = 0u64;
+    let began = Instant::now();
+    for stripe in catalog.stripes.values() {
+        for (index, chunk) in stripe.chunks.iter().enumerate() {
+            if !lost(chunk.node) {
+                continue;
+            }
+            // Nodes without a chunk of this stripe first (spread over new
+            // domains); when every live node has one, the one with the fewest.
+            let holders: HashSet<NodeId> = stripe.chunks.iter().map(|c| c.node).collect();
+            let fresh: Vec<(NodeId, String)> = live
+                .iter()
+                .filter(|(n, _)| !holders.contains(n))
+                .cloned()
+                .collect();
+            let taken: HashSet<String> = stripe
+                .chunks
+                .iter()
+                .filter(|c| !lost(c.node))
+                .filter_map(|c| live.iter().find(|(n, _)| *n == c.node))
+                .map(|(n, d)| {
+                    if d.is_empty() {
+                        format!("node-{n}")
+                    } else {
+                        d.clone()
+                    }
+                })
+                .collect();
+            let target = match placement_order(stripe.id, &fresh, &taken).first() {
+                Some(&node) => node,
+                None => {
+                    let load = |n: NodeId| stripe.chunks.iter().filter(|c| c.node == n).count();
+                    let ranked = placement_order(stripe.id, &live, &HashSet::new());
+                    match ranked.into_iter().min_by_key(|n| load(*n)) {
+                        Some(node) => node,
+                        None => continue,
+                    }
+                }
+            };
+            let data = match stripes.rebuild(stripe, index).await {
+                Ok(data) => data,
+                Err(e) => {
+                    tracing::warn!(stripe = %stripe.id, index, error = %e, "cannot rebuild a chunk of a lost node");
+                    continue;
+                }
+            };
+            let len = data.len() as u64;
+            if let Err(e) = stripes.store_on(target, chunk.chunk, data).await {
+                tracing::warn!(target, error = %e, "cannot store a rebuilt chunk");
+                continue;
+            }
+            let command = Command::MoveChunk {
+                stripe: stripe.id,
+                index: index as u8,
+                from: chunk.node,
+                to: target,
+            };
+            match meta.write(command).await {
+                Ok(_) => {
+                    bytes += len;
+                    metrics::counter!("quarry_repaired_bytes_total").increment(len);
+                    metrics::counter!("quarry_chunks_repaired_total").increment(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot record a repaired chunk"),
+            }
+            // One move per stripe per pass: the next pass sees the new placement.
+            break;
+        }
+    }
+    if bytes > 0 {
+        let seconds = began.elapsed().as_secs_f64().max(1e-3);
+        tracing::info!(
+            bytes,
+            seconds,
+            mb_per_s = bytes as f64 / 1e6 / seconds,
+            "repaired chunks of lost nodes"
+        );
+    }
+}
