@@ -1055,7 +1055,6 @@ impl Session {
             clone_as_of,
             undrop,
             layout,
-            ..
         } = table_options(&create.table_options)?;
         if undrop {
             self.engine
@@ -1517,6 +1516,7 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
         };
     };
     let mut parsed = TableOptions::default();
+    let (mut data_chunks, mut parity_chunks) = (None, None);
     for option in options {
         match option {
             ast::SqlOption::KeyValue { key, value } if key.value == parser::CLONE_AS_OF_OPTION => {
@@ -1545,42 +1545,19 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
             ast::SqlOption::KeyValue { key, value }
                 if matches!(normalize(key).as_str(), "data_chunks" | "parity_chunks") =>
             {
+                // The range (1–32 data, 0–16 parity) is the catalog's to check.
                 let key = normalize(key);
-                let count: u8 = value
-                    .to_string()
-                    .trim_matches('\'')
-                    .parse()
-                    .ok()
-                    .filter(|n| {
-                        if key == "data_chunks" {
-                            (1..=32).contains(n)
-                        } else {
-                            *n <= 16
-                        }
-                    })
-                    .ok_or_else(|| {
-                        user_error(
-                            SqlState::INVALID_PARAMETER_VALUE,
-                            format!(
-                                "{key} must be a whole number ({}), not {value}",
-                                if key == "data_chunks" {
-                                    "1 to 32"
-                                } else {
-                                    "0 to 16"
-                                }
-                            ),
-                        )
-                    })?;
-                let layout = parsed.layout.get_or_insert(StripeLayout {
-                    data_chunks: 1,
-                    parity_chunks: 0,
-                });
+                let count: u8 = value.to_string().trim_matches('\'').parse().map_err(|_| {
+                    user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("{key} must be a small whole number, not {value}"),
+                    )
+                })?;
                 if key == "data_chunks" {
-                    layout.data_chunks = count;
+                    data_chunks = Some(count);
                 } else {
-                    layout.parity_chunks = count;
+                    parity_chunks = Some(count);
                 }
-                parsed.layout_keys += 1;
             }
             other => {
                 return Err(user_error(
@@ -1593,12 +1570,19 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
             }
         }
     }
-    if parsed.layout.is_some() && parsed.layout_keys != 2 {
-        return Err(user_error(
-            SqlState::INVALID_PARAMETER_VALUE,
-            "data_chunks and parity_chunks must be given together",
-        ));
-    }
+    parsed.layout = match (data_chunks, parity_chunks) {
+        (Some(data_chunks), Some(parity_chunks)) => Some(StripeLayout {
+            data_chunks,
+            parity_chunks,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(user_error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                "data_chunks and parity_chunks must be given together",
+            ));
+        }
+    };
     Ok(parsed)
 }
 
@@ -1613,8 +1597,6 @@ struct TableOptions {
     undrop: bool,
     /// `data_chunks` and `parity_chunks`: the table's stripe layout.
     layout: Option<StripeLayout>,
-    /// How many of the two layout keys were given.
-    layout_keys: u8,
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::membership::{MemberState, Membership};
 use crate::raft_network::RaftHandler;
 use crate::rpc::{RemoteMetaError, RpcError, RpcRequest, RpcResponse, Transport};
-use crate::stripes::{StripeStore, placement_order};
+use crate::stripes::{StripeStore, domain_of, placement_order};
 
 /// Deadline of a metadata call to another node.
 const META_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -108,14 +108,7 @@ impl NodeHandler {
         let me = self.membership.me().node_id;
         if leader != Some(me) {
             // Only the leader can add a learner; pass the request on.
-            let Some(leader_addr) = leader.and_then(|l| {
-                raft.metrics()
-                    .borrow()
-                    .membership_config
-                    .nodes()
-                    .find(|(id, _)| **id == l)
-                    .and_then(|(_, a)| a.rpc.parse::<SocketAddr>().ok())
-            }) else {
+            let Some(leader_addr) = leader.and_then(|l| self.stripes.addr_of(l)) else {
                 return RpcResponse::Failed("no Raft leader right now; retry".to_owned());
             };
             return match self
@@ -233,13 +226,12 @@ impl crate::rpc::Handler for NodeHandler {
                 size_bytes,
                 checksum_crc32c,
             } => {
-                let local = self.stripes.local().clone();
                 let reference = quarry_storage::ChunkRef {
                     id: chunk,
                     size_bytes,
                     checksum_crc32c,
                 };
-                match quarry_exec::chunks::blocking(move || local.get(&reference)).await {
+                match self.stripes.read_local(reference).await {
                     Ok(data) => RpcResponse::Chunk(data),
                     Err(e) => {
                         if matches!(e, quarry_storage::Error::Corrupt { .. }) {
@@ -374,13 +366,7 @@ async fn manage_voters(
         nodes
             .iter()
             .find(|(n, _)| *n == id)
-            .map(|(n, a)| {
-                if a.domain.is_empty() {
-                    format!("node-{n}")
-                } else {
-                    a.domain.clone()
-                }
-            })
+            .map(|(n, a)| domain_of(*n, &a.domain))
             .unwrap_or_default()
     };
     let dead: Vec<NodeId> = voters
@@ -467,13 +453,7 @@ async fn repair(
                 .iter()
                 .filter(|c| !lost(c.node))
                 .filter_map(|c| live.iter().find(|(n, _)| *n == c.node))
-                .map(|(n, d)| {
-                    if d.is_empty() {
-                        format!("node-{n}")
-                    } else {
-                        d.clone()
-                    }
-                })
+                .map(|(n, d)| domain_of(*n, d))
                 .collect();
             let target = match placement_order(stripe.id, &fresh, &taken).first() {
                 Some(&node) => node,

@@ -29,10 +29,10 @@ pub enum DataDirError {
     /// Another process holds the lock.
     #[error("data directory {0} is in use by another quarry process")]
     Locked(PathBuf),
-    /// The NODE_ID file is not a number.
-    #[error("data directory {path} has an unreadable NODE_ID file: {reason}")]
-    BadNodeId {
-        /// The directory.
+    /// The NODE_ID or CLUSTER_ID file is not a number.
+    #[error("unreadable id file {path}: {reason}")]
+    BadId {
+        /// The file.
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -69,7 +69,7 @@ fn read_id(dir: &Path, name: &str, radix: u32) -> Result<Option<u128>, DataDirEr
     match fs::read_to_string(&path) {
         Ok(text) => u128::from_str_radix(text.trim(), radix)
             .map(Some)
-            .map_err(|e| DataDirError::BadNodeId {
+            .map_err(|e| DataDirError::BadId {
                 path: path.clone(),
                 reason: e.to_string(),
             }),

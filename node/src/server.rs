@@ -154,7 +154,6 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         }
     }
     let stripes = StripeStore::new(
-        node_id,
         chunks,
         cache,
         meta.clone(),

@@ -38,6 +38,7 @@ const CACHE_TTL: Duration = Duration::from_secs(10 * 60);
 /// The node's data files: local chunks, stripes across the cluster.
 #[derive(Clone)]
 pub struct StripeStore {
+    /// This node's id (the membership's identity, copied for brevity).
     node_id: NodeId,
     local: ChunkStore,
     cache: ChunkStore,
@@ -59,6 +60,24 @@ fn remote_error(chunk: ChunkId, message: impl std::fmt::Display) -> StorageError
     StorageError::Io {
         path: std::path::PathBuf::from(chunk.to_string()),
         source: std::io::Error::other(message.to_string()),
+    }
+}
+
+/// The chunk-store reference of a stripe's chunk.
+fn reference(chunk: &StripeChunk) -> ChunkRef {
+    ChunkRef {
+        id: chunk.chunk,
+        size_bytes: chunk.size_bytes,
+        checksum_crc32c: chunk.checksum_crc32c,
+    }
+}
+
+/// A node's domain for spreading: its label, or its own name when unlabelled.
+pub fn domain_of(node: NodeId, domain: &str) -> String {
+    if domain.is_empty() {
+        format!("node-{node}")
+    } else {
+        domain.to_owned()
     }
 }
 
@@ -85,18 +104,11 @@ pub fn placement_order(
 ) -> Vec<NodeId> {
     let mut ranked: Vec<&(NodeId, String)> = candidates.iter().collect();
     ranked.sort_by_key(|(node, _)| std::cmp::Reverse(weight(stripe, *node)));
-    let domain = |(node, domain): &(NodeId, String)| {
-        if domain.is_empty() {
-            format!("node-{node}")
-        } else {
-            domain.clone()
-        }
-    };
     let mut used = taken_domains.clone();
     let mut first = Vec::new();
     let mut rest = Vec::new();
     for candidate in ranked {
-        if used.insert(domain(candidate)) {
+        if used.insert(domain_of(candidate.0, &candidate.1)) {
             first.push(candidate.0);
         } else {
             rest.push(candidate.0);
@@ -121,7 +133,6 @@ pub fn effective_layout(layout: StripeLayout, live: usize) -> (usize, usize) {
 impl StripeStore {
     /// A store over `local` (this node's chunks) and `cache` (rebuilt chunks).
     pub fn new(
-        node_id: NodeId,
         local: ChunkStore,
         cache: ChunkStore,
         meta: Arc<Meta>,
@@ -129,7 +140,7 @@ impl StripeStore {
         membership: Membership,
     ) -> Self {
         StripeStore {
-            node_id,
+            node_id: membership.me().node_id,
             local,
             cache,
             meta,
@@ -145,8 +156,10 @@ impl StripeStore {
 
     /// The Raft members (id, failure domain) gossip says are alive.
     pub fn live_nodes(&self) -> Vec<(NodeId, String)> {
-        let metrics = self.meta.raft().metrics().borrow().clone();
-        metrics
+        self.meta
+            .raft()
+            .metrics()
+            .borrow()
             .membership_config
             .nodes()
             .filter(|(id, _)| self.membership.is_alive(**id))
@@ -165,26 +178,30 @@ impl StripeStore {
             .count()
     }
 
-    fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
-        let metrics = self.meta.raft().metrics().borrow().clone();
-        metrics
+    /// Node `node`'s RPC address: from Raft membership, else from gossip.
+    pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        let from_raft = self
+            .meta
+            .raft()
+            .metrics()
+            .borrow()
             .membership_config
             .nodes()
             .find(|(id, _)| **id == node)
-            .and_then(|(_, addr)| addr.rpc.parse().ok())
-            .or_else(|| self.membership.member(node).map(|m| m.identity.addr))
+            .and_then(|(_, addr)| addr.rpc.parse().ok());
+        from_raft.or_else(|| self.membership.member(node).map(|m| m.identity.addr))
+    }
+
+    /// Reads `chunk` from this node's chunk store, verified.
+    pub async fn read_local(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
+        let local = self.local.clone();
+        blocking(move || local.get(&chunk)).await
     }
 
     /// The verified bytes of `chunk` as placed on its node.
     pub async fn fetch(&self, chunk: &StripeChunk) -> quarry_storage::Result<Bytes> {
-        let reference = ChunkRef {
-            id: chunk.chunk,
-            size_bytes: chunk.size_bytes,
-            checksum_crc32c: chunk.checksum_crc32c,
-        };
         if chunk.node == self.node_id {
-            let local = self.local.clone();
-            return blocking(move || local.get(&reference)).await;
+            return self.read_local(reference(chunk)).await;
         }
         let addr = self.addr_of(chunk.node).ok_or_else(|| {
             remote_error(chunk.chunk, format!("node {} has no address", chunk.node))
@@ -299,13 +316,7 @@ impl StripeStore {
         let mut repaired = 0;
         for (stripe, index) in catalog.chunks_on(self.node_id) {
             let chunk = &stripe.chunks[index];
-            let reference = ChunkRef {
-                id: chunk.chunk,
-                size_bytes: chunk.size_bytes,
-                checksum_crc32c: chunk.checksum_crc32c,
-            };
-            let local = self.local.clone();
-            match blocking(move || local.get(&reference)).await {
+            match self.read_local(reference(chunk)).await {
                 Ok(_) => continue,
                 Err(e) if e.is_data_corruption() => {
                     metrics::counter!("quarry_chunk_corruptions_detected_total").increment(1);
@@ -379,8 +390,7 @@ impl DataFileStore for StripeStore {
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
-        let local = self.local.clone();
-        let first_error = match blocking(move || local.get(&chunk)).await {
+        let first_error = match self.read_local(chunk).await {
             Ok(data) => return Ok(data),
             Err(e) if e.is_data_corruption() => {
                 if matches!(e, StorageError::Corrupt { .. }) {
@@ -423,7 +433,8 @@ impl DataFileStore for StripeStore {
     }
 
     fn nodes(&self) -> Vec<NodeRow> {
-        let metrics = self.meta.raft().metrics().borrow().clone();
+        let watch = self.meta.raft().metrics();
+        let metrics = watch.borrow();
         let config = metrics.membership_config.membership();
         let voters: HashSet<NodeId> = config.voter_ids().collect();
         config
@@ -481,13 +492,14 @@ impl DataFileStore for StripeStore {
             let order = placement_order(id, &live, &HashSet::new());
             let mut data = Vec::with_capacity(group.len());
             for file in group {
-                let reference = ChunkRef {
-                    id: file.chunk,
-                    size_bytes: file.size_bytes,
-                    checksum_crc32c: file.checksum_crc32c,
-                };
-                let local = self.local.clone();
-                data.push(blocking(move || local.get(&reference)).await?);
+                data.push(
+                    self.read_local(ChunkRef {
+                        id: file.chunk,
+                        size_bytes: file.size_bytes,
+                        checksum_crc32c: file.checksum_crc32c,
+                    })
+                    .await?,
+                );
             }
             let for_parity = data.clone();
             let parity = tokio::task::spawn_blocking(move || {

@@ -202,10 +202,12 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
     wait_for(Duration::from_secs(60), "a dead voter replaced", || async {
         let rows = support::cluster::node_rows(observer).await;
         rows.iter()
-            .filter(|r| r.1 == "alive" && r.2 != "learner")
+            .filter(|r| r.state == "alive" && r.raft_role != "learner")
             .count()
             == 4
-            && rows.iter().any(|r| r.1 == "down" && r.2 == "learner")
+            && rows
+                .iter()
+                .any(|r| r.state == "down" && r.raft_role == "learner")
     })
     .await;
 
@@ -222,30 +224,20 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect();
-    let mut c = c;
-    for candidate in (0..6).filter(|i| *i != leader && nodes[*i].is_running()) {
-        let id = observer
-            .client()
-            .await
-            .query_one(
-                &format!(
-                    "select node_id::bigint from quarry_system.nodes where rpc_address = '{}'",
-                    nodes[candidate].listen()
-                ),
-                &[],
-            )
-            .await
-            .expect("id")
-            .get::<_, i64>(0)
-            .to_string();
-        if placements
-            .iter()
-            .all(|p| p.split(',').filter(|n| *n == id).count() <= 1)
-        {
-            c = candidate;
-            break;
-        }
-    }
+    let rows = support::cluster::node_rows(observer).await;
+    let c = (0..6)
+        .filter(|i| *i != leader && nodes[*i].is_running())
+        .find(|i| {
+            let id = rows
+                .iter()
+                .find(|r| r.rpc_address == nodes[*i].listen())
+                .map(|r| r.id.to_string())
+                .expect("listed");
+            placements
+                .iter()
+                .all(|p| p.split(',').filter(|n| *n == id).count() <= 1)
+        })
+        .unwrap_or(c);
     nodes[c].kill9();
     let reader = nodes
         .iter()
@@ -284,7 +276,7 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
         .expect("a node")
         .parse()
         .expect("node id");
-    let holder = support::cluster::index_of(&nodes, 0, holder_id).await;
+    let holder = support::cluster::index_where(&nodes, 0, |r| r.id == holder_id).await;
     let files: Vec<_> = std::fs::read_dir(nodes[holder].data_dir.join("chunks"))
         .expect("chunks dir")
         .map(|e| e.expect("entry").path())
@@ -391,7 +383,7 @@ async fn bad_starts_fail_clearly_and_write_nothing() {
         support::cluster::node_rows(&cluster_a[0])
             .await
             .iter()
-            .any(|r| r.0 == 2 && r.1 == "alive")
+            .any(|r| r.id == 2 && r.state == "alive")
     })
     .await;
     let mut duplicate = TestNode::spawn(&copy, &["--join", &cluster_a[0].listen()]);

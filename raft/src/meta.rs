@@ -188,8 +188,8 @@ impl Meta {
 
     /// Makes this node the single voter of a new cluster `cluster_id` if it has
     /// never been part of one, waits until it leads, and creates the `public`
-    /// schema on first start. A node that was part of a cluster only waits to
-    /// lead if it is the only voter.
+    /// schema on first start. Called again on an initialized node (a one-node
+    /// cluster restarting), it only waits until this node leads.
     ///
     /// # Errors
     /// [`Error::Unavailable`] if it does not become leader within `leader_wait`.

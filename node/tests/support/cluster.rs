@@ -35,16 +35,25 @@ pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<TestNode
         || async {
             let rows = node_rows(&nodes[0]).await;
             rows.len() == n
-                && rows.iter().all(|r| r.1 == "alive")
-                && rows.iter().filter(|r| r.2 != "learner").count() == voters
+                && rows.iter().all(|r| r.state == "alive")
+                && rows.iter().filter(|r| r.raft_role != "learner").count() == voters
         },
     )
     .await;
     nodes
 }
 
-/// (node_id, state, raft_role) of every node, as `node` sees them.
-pub async fn node_rows(node: &TestNode) -> Vec<(i64, String, String)> {
+/// One row of `quarry_system.nodes`.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: i64,
+    pub rpc_address: String,
+    pub state: String,
+    pub raft_role: String,
+}
+
+/// Every node as `node` sees it (empty if it cannot answer).
+pub async fn node_rows(node: &TestNode) -> Vec<NodeRow> {
     let Ok((client, connection)) =
         tokio_postgres::connect(&node.conn_string(), tokio_postgres::NoTls).await
     else {
@@ -53,51 +62,42 @@ pub async fn node_rows(node: &TestNode) -> Vec<(i64, String, String)> {
     tokio::spawn(connection);
     match client
         .query(
-            "select node_id::bigint, state, raft_role from quarry_system.nodes order by node_id",
+            "select node_id::bigint, rpc_address, state, raft_role \
+             from quarry_system.nodes order by node_id",
             &[],
         )
         .await
     {
         Ok(rows) => rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| NodeRow {
+                id: r.get(0),
+                rpc_address: r.get(1),
+                state: r.get(2),
+                raft_role: r.get(3),
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
 }
 
-/// The index in `nodes` of the Raft leader, as the running `observer` sees it.
-pub async fn leader_index(nodes: &[TestNode], observer: usize) -> usize {
-    let client = nodes[observer].client().await;
-    let row = client
-        .query_one(
-            "select rpc_address from quarry_system.nodes where raft_role = 'leader'",
-            &[],
-        )
-        .await
-        .expect("a leader");
-    let address: &str = row.get(0);
+/// The index in `nodes` of the first node `observer` lists that matches `which`.
+pub async fn index_where(
+    nodes: &[TestNode],
+    observer: usize,
+    which: impl Fn(&NodeRow) -> bool,
+) -> usize {
+    let rows = node_rows(&nodes[observer]).await;
+    let row = rows.iter().find(|r| which(r)).expect("a matching node");
     nodes
         .iter()
-        .position(|n| n.listen() == address)
-        .expect("the leader is one of the nodes")
+        .position(|n| n.listen() == row.rpc_address)
+        .expect("one of the nodes")
 }
 
-/// The index in `nodes` of node `id`, as the running `observer` sees it.
-pub async fn index_of(nodes: &[TestNode], observer: usize, id: i64) -> usize {
-    let client = nodes[observer].client().await;
-    let row = client
-        .query_one(
-            &format!("select rpc_address from quarry_system.nodes where node_id = {id}"),
-            &[],
-        )
-        .await
-        .expect("the node");
-    let address: &str = row.get(0);
-    nodes
-        .iter()
-        .position(|n| n.listen() == address)
-        .expect("one of the nodes")
+/// The index in `nodes` of the Raft leader, as `observer` sees it.
+pub async fn leader_index(nodes: &[TestNode], observer: usize) -> usize {
+    index_where(nodes, observer, |r| r.raft_role == "leader").await
 }
 
 /// Polls `check` every 200 ms until it is true; fails the test after `limit`.
