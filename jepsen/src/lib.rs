@@ -11,4 +11,5 @@
 #![deny(missing_docs)]
 
 pub mod history;
+pub mod net;
 pub mod set;

@@ -396,3 +396,95 @@ async fn bad_starts_fail_clearly_and_write_nothing() {
     );
     assert!(!copy.join("meta.redb").exists(), "nothing written");
 }
+
+/// Inserts `id` through `node`, retrying on 40001 (certainly not written)
+/// until `limit`; panics on any other error.
+async fn insert_until_accepted(node: &TestNode, id: i64, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let client = node.client().await;
+        match client
+            .execute("insert into t values ($1, 'majority')", &[&id])
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if sqlstate(&e) == "40001" && started.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("insert {id} through the majority failed: {e:?}"),
+        }
+    }
+}
+
+/// The ids in `t` as `node` sees them, or None if it cannot answer.
+async fn ids(node: &TestNode) -> Option<BTreeSet<i64>> {
+    let (client, connection) = tokio_postgres::connect(&node.conn_string(), tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let rows = client.query("select id from t", &[]).await.ok()?;
+    Some(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_isolating_the_leader_refuses_writes_there_and_heals_to_one_state() {
+    let lan = quarry_jepsen::net::Lan::create(3)
+        .expect("a test network of namespaces (the tests run as root with iproute2)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hosts: Vec<_> = lan.hosts().iter().map(Some).collect();
+    let nodes = support::cluster::start_cluster_on(&hosts, dir.path(), &[]).await;
+    let client = nodes[0].client().await;
+    client
+        .batch_execute(
+            "create table t (id bigint not null, note text); insert into t values (0, 'before')",
+        )
+        .await
+        .expect("load");
+    let leader = leader_index(&nodes, 0).await;
+    let majority: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    lan.partition(&[leader]).expect("isolate the leader");
+
+    // The isolated old leader cannot confirm its leadership: a write there
+    // fails with a retryable error and leaves nothing.
+    let isolated = nodes[leader].client().await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        isolated.execute("insert into t values (100, 'minority')", &[]),
+    )
+    .await
+    .expect("the minority answers within its request timeout");
+    let error = refused.expect_err("the minority refuses writes");
+    assert_eq!(sqlstate(&error), "40001", "retryable: {error:?}");
+    let message = error.as_db_error().expect("db error").message().to_owned();
+    assert!(
+        message.contains("retry"),
+        "the message says what to do: {message}"
+    );
+
+    // The majority elects a leader and goes on.
+    for id in 1..=10 {
+        insert_until_accepted(
+            &nodes[majority[id as usize % 2]],
+            id,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let expected: BTreeSet<i64> = (0..=10).collect();
+    assert_eq!(ids(&nodes[majority[0]]).await, Some(expected.clone()));
+
+    // After healing every node agrees, and the refused row is nowhere.
+    lan.heal().expect("heal");
+    for node in &nodes {
+        wait_for(
+            Duration::from_secs(60),
+            "every node to agree after healing",
+            || async { ids(node).await.as_ref() == Some(&expected) },
+        )
+        .await;
+    }
+    let rows = support::cluster::node_rows(&nodes[leader]).await;
+    assert_eq!(rows.iter().filter(|r| r.raft_role == "leader").count(), 1);
+    drop(nodes);
+}

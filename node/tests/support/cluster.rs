@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use quarry_jepsen::net::Host;
+
 use super::node::TestNode;
 
 /// Flags every test cluster node gets: fast failure detection.
@@ -13,15 +15,28 @@ pub const FAST: &[&str] = &["--down-after-ms", "1000", "--join-timeout-secs", "3
 /// Starts `n` nodes under `dir`: node 1 bootstraps, the others join through
 /// it; each gets `extra` flags. Waits until every node is a member.
 pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<TestNode> {
+    start_cluster_on(&vec![None; n], dir, extra).await
+}
+
+/// Starts one node on each of `hosts` (a host of a test network, or `None`
+/// for 127.0.0.1) as [`start_cluster`] does.
+pub async fn start_cluster_on(
+    hosts: &[Option<&Host>],
+    dir: &Path,
+    extra: &[&str],
+) -> Vec<TestNode> {
+    let n = hosts.len();
     let mut flags: Vec<&str> = FAST.to_vec();
     flags.extend_from_slice(extra);
-    let first = TestNode::start_with(&dir.join("n1"), &flags).await;
+    let mut first = TestNode::spawn_on(hosts[0], &dir.join("n1"), &flags);
+    first.wait_ready().await;
     let seed = first.listen();
     let mut nodes = vec![first];
-    for i in 2..=n {
+    for (i, host) in hosts.iter().enumerate().skip(1) {
         let mut joined = flags.clone();
         joined.extend_from_slice(&["--join", seed.as_str()]);
-        let node = TestNode::start_with(&dir.join(format!("n{i}")), &joined).await;
+        let mut node = TestNode::spawn_on(*host, &dir.join(format!("n{}", i + 1)), &joined);
+        node.wait_ready().await;
         nodes.push(node);
     }
     let voters = match n {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use quarry_jepsen::net::Host;
 use tokio_postgres::{Client, NoTls};
 
 /// How long a node may take to start accepting clients.
@@ -21,6 +22,11 @@ pub struct TestNode {
     pub http_port: u16,
     /// Port of the node-to-node listener (RPC over TCP, gossip over UDP).
     pub listen_port: u16,
+    /// The address every listener binds (127.0.0.1, or the host's address on
+    /// a test network).
+    pub ip: String,
+    /// The network namespace the process runs in, if not the test's own.
+    netns: Option<String>,
     /// Flags after the ports, kept for [`TestNode::restart`].
     extra: Vec<String>,
     log: PathBuf,
@@ -56,7 +62,15 @@ impl TestNode {
 
     /// Spawns a node without waiting; `extra` flags are appended.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> TestNode {
+        TestNode::spawn_on(None, data_dir, extra)
+    }
+
+    /// Spawns a node on `host` of a test network (or on 127.0.0.1) without
+    /// waiting; `extra` flags are appended.
+    pub fn spawn_on(host: Option<&Host>, data_dir: &Path, extra: &[&str]) -> TestNode {
         let mut node = TestNode {
+            ip: host.map_or_else(|| "127.0.0.1".to_owned(), |h| h.addr.to_string()),
+            netns: host.map(|h| h.netns.clone()),
             child: None,
             data_dir: data_dir.to_owned(),
             pg_port: free_port(),
@@ -71,7 +85,7 @@ impl TestNode {
 
     /// This node's node-to-node address.
     pub fn listen(&self) -> String {
-        format!("127.0.0.1:{}", self.listen_port)
+        format!("{}:{}", self.ip, self.listen_port)
     }
 
     fn launch(&mut self) {
@@ -83,11 +97,20 @@ impl TestNode {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        // `ip netns exec` execs the program, so the child's pid is quarry's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_quarry")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_quarry")),
+        };
+        let child = command
             .args(["start", "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--pg-listen", &format!("127.0.0.1:{}", self.pg_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--pg-listen", &format!("{}:{}", self.ip, self.pg_port)])
+            .args(["--http-listen", &format!("{}:{}", self.ip, self.http_port)])
             .args(["--listen", &self.listen()])
             .args(["--shutdown-grace-secs", "5", "--target-partitions", "2"])
             .args(&self.extra)
@@ -151,8 +174,8 @@ impl TestNode {
     /// libpq connection string for this node.
     pub fn conn_string(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user=test dbname=quarry connect_timeout=10",
-            self.pg_port
+            "host={} port={} user=test dbname=quarry connect_timeout=10",
+            self.ip, self.pg_port
         )
     }
 
