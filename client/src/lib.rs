@@ -5,6 +5,9 @@
 //! does is exactly what an external client could do.
 //!
 //! - [`tpch`]: `quarry load tpch`, the TPC-H sample data through COPY.
+//! - [`cluster`]: `quarry cluster status` from the system tables, and
+//!   `quarry cluster local`, which starts child `quarry` processes.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod tpch;

@@ -26,6 +26,51 @@ pub enum CliCommand {
         #[command(subcommand)]
         dataset: Dataset,
     },
+    /// Look at or start a cluster.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// Sub-commands of `quarry cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Print the members with their state and Raft role, and every stripe that
+    /// is not healthy, as the node at --host sees them. Exits 1 when a node is
+    /// not alive or a stripe not healthy.
+    Status {
+        /// A node's PostgreSQL address, HOST:PORT.
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
+    },
+    /// Start an N-node cluster on this machine (node i on 127.0.0.i, same ports
+    /// on every address) for trying Quarry out; Ctrl-C or SIGTERM stops it.
+    /// Started again on the same --data-dir, the nodes restart with their data.
+    Local {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Parent of the nodes' data dirs and log files.
+        #[arg(long, default_value = "quarry-cluster")]
+        data_dir: PathBuf,
+        /// Address of node 1; node i gets this address + (i − 1).
+        #[arg(long, default_value = "127.0.0.1")]
+        first_address: std::net::Ipv4Addr,
+        /// PostgreSQL port of every node.
+        #[arg(long, default_value_t = 5433)]
+        pg_port: u16,
+        /// HTTP port of every node.
+        #[arg(long, default_value_t = 8433)]
+        http_port: u16,
+        /// Node-to-node port of every node.
+        #[arg(long, default_value_t = 7433)]
+        listen_port: u16,
+        /// More flags for every node's `quarry start` (after `--`).
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 /// Flags of `quarry start`; each overrides the config file's key of the same name.
@@ -77,6 +122,7 @@ impl StartArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         CliCommand::Start(args) => crate::server::run(args.config()?).await,
+        CliCommand::Cluster { command } => cluster(command).await,
         CliCommand::Load {
             dataset:
                 Dataset::Tpch {
@@ -102,6 +148,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.total_rows() as f64 / seconds.max(1e-9)
             );
             Ok(())
+        }
+    }
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    use quarry_client::cluster;
+    match command {
+        ClusterCommand::Status { host } => {
+            let status = cluster::status(&host).await?;
+            print!("{}", cluster::render(&status));
+            if !status.is_healthy() {
+                anyhow::bail!("the cluster is not fully healthy");
+            }
+            Ok(())
+        }
+        ClusterCommand::Local {
+            nodes,
+            data_dir,
+            first_address,
+            pg_port,
+            http_port,
+            listen_port,
+            extra,
+        } => {
+            let local = cluster::LocalCluster {
+                exe: std::env::current_exe()?,
+                nodes,
+                dir: data_dir,
+                first_address,
+                pg_port,
+                http_port,
+                listen_port,
+                extra,
+            };
+            let shutdown = crate::server::shutdown_signal();
+            tokio::pin!(shutdown);
+            // Interrupted while starting, the nodes started so far are killed
+            // (their handles kill on drop).
+            let mut started = tokio::select! {
+                started = local.start() => started?,
+                () = &mut shutdown => return Ok(()),
+            };
+            println!("{}", cluster::describe(&started, &local.dir));
+            let grace = std::time::Duration::from_secs(30);
+            // A node that dies is reported and the others keep running, so
+            // failures can be tried out; the command ends with the last node.
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => {
+                        cluster::stop(&mut started, grace).await;
+                        return Ok(());
+                    }
+                    exited = cluster::next_exit(&mut started) => match exited {
+                        Some((index, status)) => eprintln!(
+                            "node {} exited ({status}); its log is {}; the others keep running",
+                            index + 1,
+                            started[index].log.display()
+                        ),
+                        None => anyhow::bail!("every node has exited"),
+                    },
+                }
+            }
         }
     }
 }

@@ -398,11 +398,22 @@ async fn manage_voters(
         new_voters.remove(&gone);
         new_voters.insert(candidate);
         tracing::info!(gone, candidate, "replacing a voter that stayed down");
-    } else if voters.len() < voter_target(nodes.len()) {
-        new_voters.insert(candidate);
-        tracing::info!(candidate, "promoting a learner to voter");
     } else {
-        return Ok(());
+        // Grow to the largest odd count the target and the candidates allow,
+        // in one change: an even count (two voters) tolerates no more failures
+        // than the odd count below it and needs more nodes for a quorum.
+        let reachable = voter_target(nodes.len()).min(voters.len() + candidates.len());
+        let size = if reachable.is_multiple_of(2) {
+            reachable - 1
+        } else {
+            reachable
+        };
+        if size <= voters.len() {
+            return Ok(());
+        }
+        let promoted: Vec<NodeId> = candidates[..size - voters.len()].to_vec();
+        tracing::info!(?promoted, "promoting learners to voters");
+        new_voters.extend(promoted);
     }
     raft.change_membership(new_voters, true).await?;
     Ok(())

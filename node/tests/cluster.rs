@@ -488,3 +488,218 @@ async fn a_partition_isolating_the_leader_refuses_writes_there_and_heals_to_one_
     assert_eq!(rows.iter().filter(|r| r.raft_role == "leader").count(), 1);
     drop(nodes);
 }
+
+/// Pids of processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Arguments are NUL-separated; read them space-separated.
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills, when dropped, every process whose command line mentions its text.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in pids_mentioning(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The first line `child` prints (within two minutes); the rest of its
+/// output is read and dropped so that it never writes to a closed pipe.
+fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    lines_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a first line")
+}
+
+/// SIGTERM to `child`; asserts it exits 0 within a minute.
+async fn terminate_and_wait(mut child: std::process::Child) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("no exit within a minute of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("waiter");
+    assert!(exit.success(), "{exit}");
+}
+
+fn quarry(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(args)
+        .output()
+        .expect("quarry runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_stops() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("local");
+    let data_text = data.display().to_string();
+    let _cleanup = KillOnDrop(data_text.clone());
+    // An address block of its own so fixed ports cannot collide with other tests.
+    let block = 20 + std::process::id() % 200;
+    let first = format!("127.0.{block}.1");
+    let pg_port = support::node::free_port().to_string();
+    let http_port = support::node::free_port().to_string();
+    let listen_port = support::node::free_port().to_string();
+    let ports = [
+        "--pg-port",
+        &pg_port,
+        "--http-port",
+        &http_port,
+        "--listen-port",
+        &listen_port,
+    ];
+    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["cluster", "local", "--nodes", "3", "--data-dir", &data_text])
+        .args(["--first-address", &first])
+        .args(ports)
+        .args(["--", "--down-after-ms", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cluster local starts");
+    assert_eq!(
+        first_line(&mut parent),
+        format!("3 nodes running, data under {data_text}")
+    );
+    assert_eq!(
+        pids_mentioning(&data_text).len(),
+        4,
+        "the parent and three nodes"
+    );
+
+    let host = format!("127.0.{block}.2:{pg_port}");
+    let status = quarry(&["cluster", "status", "--host", &host]);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{text}");
+    assert!(text.starts_with("nodes: 3, alive: 3\n"), "{text}");
+    assert_eq!(text.matches(" leader ").count(), 1, "{text}");
+
+    // A table written through node 2, then node 3 killed: status names the
+    // node and the stripes that lost a chunk, and exits 1.
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.{block}.2 port={pg_port} user=test dbname=quarry"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to node 2");
+    tokio::spawn(connection);
+    client
+        .batch_execute("create table t (id bigint); insert into t values (1), (2), (3)")
+        .await
+        .expect("write");
+    // A node holding a chunk, other than node 2 (`nI` runs on 127.0.B.I).
+    let victim = client
+        .query_one(
+            "select split_part(n.pg_address, ':', 1) from quarry_system.stripes s \
+             join quarry_system.nodes n \
+               on strpos(',' || s.nodes || ',', ',' || n.node_id::text || ',') > 0 \
+             where n.pg_address <> $1 limit 1",
+            &[&host],
+        )
+        .await
+        .expect("a chunk holder")
+        .get::<_, String>(0);
+    let index = victim.rsplit('.').next().expect("last octet");
+    let pid = pids_mentioning(&format!("{data_text}/n{index} "));
+    assert_eq!(pid.len(), 1, "the process of {victim}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid[0].to_string()])
+        .status()
+        .expect("kill");
+    let started = std::time::Instant::now();
+    loop {
+        let status = quarry(&["cluster", "status", "--host", &host]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if !status.status.success() && text.contains(" down ") && text.contains("degraded") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "status did not report the lost node:\n{text}{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGTERM stops the nodes left and exits 0.
+    terminate_and_wait(parent).await;
+    assert!(pids_mentioning(&data_text).is_empty(), "every node stopped");
+
+    // Started again on the same data dir, the nodes keep their data.
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["cluster", "local", "--nodes", "3", "--data-dir", &data_text])
+        .args(["--first-address", &first])
+        .args(ports)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cluster local starts again");
+    assert_eq!(
+        first_line(&mut again),
+        format!("3 nodes running, data under {data_text}")
+    );
+    wait_for(
+        Duration::from_secs(120),
+        "the restarted cluster to answer",
+        || async {
+            let Ok((client, connection)) = tokio_postgres::connect(
+                &format!("host=127.0.{block}.1 port={pg_port} user=test dbname=quarry"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            else {
+                return false;
+            };
+            tokio::spawn(connection);
+            client
+                .query_one("select count(*)::bigint from t", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0) == 3)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    terminate_and_wait(again).await;
+    assert!(pids_mentioning(&data_text).is_empty(), "every node stopped");
+}

@@ -1,0 +1,391 @@
+//! `quarry cluster status` (members, Raft roles and stripes that are not
+//! healthy, read from the system tables of any node) and `quarry cluster
+//! local` (an N-node cluster of child processes on 127.0.0.x for trying
+//! Quarry out, tests and benches).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::NOTHING};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+/// Connects to the node whose PostgreSQL address is `pg` (HOST:PORT).
+///
+/// # Errors
+/// If the address is malformed or nothing answers within 10 s.
+pub async fn connect(pg: &str) -> anyhow::Result<Client> {
+    let (host, port) = pg
+        .rsplit_once(':')
+        .with_context(|| format!("{pg} is not HOST:PORT"))?;
+    let config = format!("host={host} port={port} user=quarry dbname=quarry connect_timeout=10");
+    let (client, connection) = tokio_postgres::connect(&config, NoTls)
+        .await
+        .with_context(|| format!("cannot connect to the node at {pg}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// What `quarry cluster status` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The members: (node id, rpc address, pg address, domain, state, Raft role).
+    pub nodes: Vec<[String; 6]>,
+    /// How many stripes there are.
+    pub stripes: i64,
+    /// Stripes that are not healthy: (stripe id, table, layout k+m, available
+    /// chunks, health).
+    pub unhealthy: Vec<[String; 5]>,
+}
+
+impl Status {
+    /// Whether every node is alive and every stripe healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.unhealthy.is_empty() && self.nodes.iter().all(|n| n[4] == "alive")
+    }
+}
+
+/// Reads the cluster's status from the node at `pg`.
+///
+/// # Errors
+/// If the node cannot be reached or cannot answer (no Raft leader reachable
+/// from it).
+pub async fn status(pg: &str) -> anyhow::Result<Status> {
+    let client = connect(pg).await?;
+    let nodes = client
+        .query(
+            "select node_id::text, rpc_address, pg_address, domain, state, raft_role \
+             from quarry_system.nodes order by node_id",
+            &[],
+        )
+        .await
+        .context("cannot read quarry_system.nodes")?
+        .iter()
+        .map(|r| std::array::from_fn(|i| r.get::<_, String>(i)))
+        .collect();
+    let stripes = client
+        .query_one("select count(*)::bigint from quarry_system.stripes", &[])
+        .await
+        .context("cannot read quarry_system.stripes")?
+        .get(0);
+    let unhealthy = client
+        .query(
+            "select stripe_id::text, table_name, \
+                    data_chunks::text || '+' || parity_chunks::text, \
+                    available_chunks::text, health \
+             from quarry_system.stripes where health <> 'healthy' \
+             order by health desc, stripe_id",
+            &[],
+        )
+        .await
+        .context("cannot read quarry_system.stripes")?
+        .iter()
+        .map(|r| std::array::from_fn(|i| r.get::<_, String>(i)))
+        .collect();
+    Ok(Status {
+        nodes,
+        stripes,
+        unhealthy,
+    })
+}
+
+/// `status` as the text `quarry cluster status` prints.
+pub fn render(status: &Status) -> String {
+    let mut nodes = Table::new();
+    nodes.load_preset(NOTHING).set_header([
+        "node",
+        "rpc address",
+        "pg address",
+        "domain",
+        "state",
+        "raft role",
+    ]);
+    for row in &status.nodes {
+        nodes.add_row(row.iter());
+    }
+    let alive = status.nodes.iter().filter(|n| n[4] == "alive").count();
+    let mut out = format!(
+        "nodes: {}, alive: {alive}\n{nodes}\n\nstripes: {}",
+        status.nodes.len(),
+        status.stripes
+    );
+    if status.unhealthy.is_empty() {
+        out.push_str(", all healthy\n");
+    } else {
+        let mut stripes = Table::new();
+        stripes.load_preset(NOTHING).set_header([
+            "stripe",
+            "table",
+            "layout",
+            "available chunks",
+            "health",
+        ]);
+        for row in &status.unhealthy {
+            stripes.add_row(row.iter());
+        }
+        out.push_str(&format!(
+            ", {} not healthy:\n{stripes}\n",
+            status.unhealthy.len()
+        ));
+    }
+    out
+}
+
+/// Settings of `quarry cluster local`.
+#[derive(Debug, Clone)]
+pub struct LocalCluster {
+    /// The `quarry` executable to start.
+    pub exe: PathBuf,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Parent of the nodes' data dirs (`n1`, `n2`, ...) and logs (`n1.log`, ...).
+    pub dir: PathBuf,
+    /// Node i listens on this address + (i − 1): 127.0.0.1, 127.0.0.2, ...
+    pub first_address: Ipv4Addr,
+    /// PostgreSQL port of every node.
+    pub pg_port: u16,
+    /// HTTP port of every node.
+    pub http_port: u16,
+    /// Node-to-node port of every node.
+    pub listen_port: u16,
+    /// More flags for every node's `quarry start`.
+    pub extra: Vec<String>,
+}
+
+/// One started node.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Its PostgreSQL address.
+    pub pg: SocketAddr,
+    /// Its node-to-node address.
+    pub listen: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Child,
+    exited: bool,
+}
+
+impl LocalCluster {
+    fn address(&self, i: usize) -> anyhow::Result<Ipv4Addr> {
+        let base = u32::from(self.first_address);
+        let ip = Ipv4Addr::from(base + i as u32);
+        if ip.octets()[0] != 127 {
+            bail!("node {} would get address {ip}, outside 127.0.0.0/8", i + 1);
+        }
+        Ok(ip)
+    }
+
+    /// Starts the nodes (node 1 bootstraps, or restarts; the others join it,
+    /// or restart from their data dirs) and waits until each accepts clients.
+    /// A node 1 that is not yet up when the others start is retried by them
+    /// for their join timeout (30 s by default).
+    ///
+    /// # Errors
+    /// If a node cannot be started or does not accept clients within 60 s;
+    /// the nodes already started are stopped again.
+    pub async fn start(&self) -> anyhow::Result<Vec<LocalNode>> {
+        if self.nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // All at once: restarted voters need each other for a quorum before
+        // any of them answers clients (new joiners retry their seed).
+        let mut started: Vec<LocalNode> = Vec::new();
+        let seed = SocketAddr::from((self.address(0)?, self.listen_port));
+        let mut failure = None;
+        for i in 0..self.nodes {
+            match self.spawn_node(i, seed) {
+                Ok(node) => started.push(node),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            for node in &mut started {
+                if let Err(e) = wait_ready(node).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        for node in &started {
+            if failure.is_none()
+                && let Err(e) = self.wait_members(node).await
+            {
+                failure = Some(e);
+            }
+        }
+        if let Some(e) = failure {
+            stop(&mut started, Duration::from_secs(10)).await;
+            return Err(e);
+        }
+        Ok(started)
+    }
+
+    /// Waits until `observer` lists every node as alive, with as many Raft
+    /// voters as the cluster keeps for its size (1, 3 from three nodes, 5 from
+    /// five), so that the cluster survives a node loss once this returns.
+    async fn wait_members(&self, observer: &LocalNode) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let voters = match self.nodes {
+            0..=2 => 1,
+            3 | 4 => 3,
+            _ => 5,
+        };
+        loop {
+            if let Ok(status) = status(&observer.pg.to_string()).await
+                && status.nodes.len() == self.nodes
+                && status.nodes.iter().all(|n| n[4] == "alive")
+                && status.nodes.iter().filter(|n| n[5] != "learner").count() == voters
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the nodes did not all become members within 60 s; logs are in {}",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn spawn_node(&self, i: usize, seed: SocketAddr) -> anyhow::Result<LocalNode> {
+        let ip = self.address(i)?;
+        let name = format!("n{}", i + 1);
+        let log = self.dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let pg = SocketAddr::from((ip, self.pg_port));
+        let listen = SocketAddr::from((ip, self.listen_port));
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("start")
+            .arg("--data-dir")
+            .arg(self.dir.join(&name))
+            .args(["--pg-listen", &pg.to_string()])
+            .args(["--http-listen", &format!("{ip}:{}", self.http_port)])
+            .args(["--listen", &listen.to_string()])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        if i > 0 {
+            command.args(["--join", &seed.to_string()]);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        Ok(LocalNode {
+            pg,
+            listen,
+            log,
+            child,
+            exited: false,
+        })
+    }
+}
+
+async fn wait_ready(node: &mut LocalNode) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = connect(&node.pg.to_string()).await
+            && client.simple_query("select 1").await.is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(status) = node.child.try_wait()? {
+            bail!(
+                "the node on {} exited ({status}); its log is {}",
+                node.pg,
+                node.log.display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the node on {} did not accept clients within 60 s; its log is {}",
+                node.pg,
+                node.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends SIGTERM to every node, waits up to `grace` for each to exit, then
+/// kills what is left.
+pub async fn stop(nodes: &mut [LocalNode], grace: Duration) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(grace, node.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = node.child.kill().await;
+        }
+    }
+}
+
+/// Waits until a node that was running exits; returns its index and exit
+/// status, or None (at once) when none is running.
+pub async fn next_exit(nodes: &mut [LocalNode]) -> Option<(usize, String)> {
+    let waits: Vec<_> = nodes
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, n)| !n.exited)
+        .map(|(i, n)| Box::pin(async move { (i, n.child.wait().await) }))
+        .collect();
+    if waits.is_empty() {
+        return None;
+    }
+    let ((index, status), _, _) = futures::future::select_all(waits).await;
+    nodes[index].exited = true;
+    let text = match status {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Some((index, text))
+}
+
+/// The lines `quarry cluster local` prints once the nodes are up.
+pub fn describe(nodes: &[LocalNode], dir: &Path) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(["node", "postgres", "node-to-node", "log"]);
+    for (i, node) in nodes.iter().enumerate() {
+        table.add_row([
+            (i + 1).to_string(),
+            node.pg.to_string(),
+            node.listen.to_string(),
+            node.log.display().to_string(),
+        ]);
+    }
+    let first = &nodes[0].pg;
+    format!(
+        "{} nodes running, data under {}\n{table}\n\n\
+         psql -h {} -p {} -U quarry quarry\n\
+         quarry cluster status --host {first}\n\
+         Ctrl-C stops every node.",
+        nodes.len(),
+        dir.display(),
+        first.ip(),
+        first.port()
+    )
+}
