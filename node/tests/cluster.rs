@@ -187,8 +187,20 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
         "degraded reads"
     );
 
-    // Repair rebuilds the lost chunks on the live nodes.
+    // Repair rebuilds the lost chunks on the live nodes (once gossip has
+    // declared both down: until then their stripes still count as healthy).
     let observer = &nodes[leader];
+    let (lost_a, lost_b) = (nodes[a].listen(), nodes[b].listen());
+    wait_for(Duration::from_secs(30), "both losses noticed", || async {
+        support::cluster::node_rows(observer)
+            .await
+            .iter()
+            .filter(|r| r.state == "down")
+            .filter(|r| r.rpc_address == lost_a || r.rpc_address == lost_b)
+            .count()
+            == 2
+    })
+    .await;
     wait_for(
         Duration::from_secs(120),
         "every stripe healthy again",
@@ -211,10 +223,8 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
     })
     .await;
 
-    // And a third loss is survived too. (Six chunks on four live nodes: two
-    // nodes now hold two chunks of a stripe. Losing one of those leaves
-    // exactly k chunks, which does not read back yet — see the issue note —
-    // so the third victim holds at most one chunk of every stripe.)
+    // And a third loss is survived too, even of a node that now holds two
+    // chunks of a stripe (six chunks on four live nodes): exactly k are left.
     let placements: Vec<String> = observer
         .client()
         .await
@@ -235,7 +245,7 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
                 .expect("listed");
             placements
                 .iter()
-                .all(|p| p.split(',').filter(|n| *n == id).count() <= 1)
+                .any(|p| p.split(',').filter(|n| *n == id).count() == 2)
         })
         .unwrap_or(c);
     nodes[c].kill9();
