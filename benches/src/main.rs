@@ -7,6 +7,11 @@
 //! - `tpch-csv --scale-factor N --out DIR`: writes the TPC-H tables as CSV (the same
 //!   rows `quarry load tpch` loads) plus `schema.sql`, for loading into another
 //!   engine such as DuckDB.
+//! - `cluster --nodes N --scale-factor S`: starts N local nodes, loads TPC-H,
+//!   and measures stripe storage overhead, crash detection time and repair
+//!   rate.
+
+mod cluster;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,30 @@ enum Command {
         /// Output directory (created).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Storage overhead, crash detection and repair rate on a local cluster.
+    Cluster {
+        /// Number of nodes (node i on 127.0.0.<first + i − 1>).
+        #[arg(long, default_value_t = 6)]
+        nodes: usize,
+        /// TPC-H scale factor of the data loaded.
+        #[arg(long, default_value_t = 0.1)]
+        scale_factor: f64,
+        /// A fresh directory for the nodes' data.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address of node 1.
+        #[arg(long, default_value = "127.0.70.1")]
+        first_address: std::net::Ipv4Addr,
+        /// The nodes' down_after_ms.
+        #[arg(long, default_value_t = 3000)]
+        down_after_ms: u64,
+        /// The nodes' repair_after_secs.
+        #[arg(long, default_value_t = 5)]
+        repair_after_secs: u64,
+        /// The quarry binary [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
     },
 }
 
@@ -116,5 +145,28 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tpch { pg, runs, queries } => run_tpch(&pg, runs.max(1), &queries).await,
         Command::TpchCsv { scale_factor, out } => write_csv(scale_factor, &out),
+        Command::Cluster {
+            nodes,
+            scale_factor,
+            data_dir,
+            first_address,
+            down_after_ms,
+            repair_after_secs,
+            quarry,
+        } => {
+            cluster::run(cluster::Settings {
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                nodes,
+                scale_factor,
+                dir: data_dir,
+                first_address,
+                down_after_ms,
+                repair_after_secs,
+            })
+            .await
+        }
     }
 }

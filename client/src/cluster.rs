@@ -324,6 +324,16 @@ async fn wait_ready(node: &mut LocalNode) -> anyhow::Result<()> {
     }
 }
 
+impl LocalNode {
+    /// kill -9 (a crash), and reap the process.
+    pub async fn kill9(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill().await;
+            self.exited = true;
+        }
+    }
+}
+
 /// Sends SIGTERM to every node, waits up to `grace` for each to exit, then
 /// kills what is left.
 pub async fn stop(nodes: &mut [LocalNode], grace: Duration) {

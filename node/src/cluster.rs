@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use quarry_common::catalog::NodeId;
+use quarry_common::catalog::{ChunkId, NodeId, StripeLayout};
 use quarry_raft::{Applied, Command, LeaderLink, Meta, NodeAddr, Proposal, Raft};
 use tokio::time::Instant;
 
@@ -330,6 +330,59 @@ pub async fn run_duties(
             tracing::warn!(error = %e, "voter management failed; retrying");
         }
         repair(&meta, &stripes, &membership, &duties, started).await;
+        widen(&meta, &stripes).await;
+    }
+}
+
+/// Gives every healthy stripe that was formed with fewer parity chunks than
+/// its table's layout asks for (nodes were down at its commit) the full
+/// parity, once enough live nodes hold none of its data. Data chunks stay
+/// where they are; a narrow k (fewer data chunks per stripe) is kept.
+async fn widen(meta: &Meta, stripes: &StripeStore) {
+    let catalog = meta.read_local();
+    let default = StripeLayout::for_cluster(stripes.cluster_size());
+    let mut layout_of = std::collections::HashMap::new();
+    for table in catalog.tables.values() {
+        for entry in &table.files {
+            layout_of.insert(entry.file.chunk, table.layout.unwrap_or(default));
+        }
+    }
+    let live: HashSet<NodeId> = stripes.live_nodes().into_iter().map(|(n, _)| n).collect();
+    for stripe in catalog.stripes.values() {
+        let Some(layout) = stripe.data().first().and_then(|c| layout_of.get(&c.chunk)) else {
+            continue;
+        };
+        let want = usize::from(layout.parity_chunks);
+        let data_nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
+        let healthy = stripe.chunks.iter().all(|c| live.contains(&c.node));
+        if stripe.parity_chunks() >= want || !healthy || live.len() < data_nodes.len() + want {
+            continue;
+        }
+        let expected: Vec<ChunkId> = stripe.chunks[usize::from(stripe.data_chunks)..]
+            .iter()
+            .map(|c| c.chunk)
+            .collect();
+        let parity = match stripes.widen_parity(stripe, want).await {
+            Ok(parity) => parity,
+            Err(e) => {
+                tracing::warn!(stripe = %stripe.id, error = %e, "cannot widen a narrow stripe yet");
+                continue;
+            }
+        };
+        let command = Command::ReplaceParity {
+            stripe: stripe.id,
+            expected,
+            parity,
+        };
+        match meta.write(command).await {
+            Ok(_) => {
+                tracing::info!(stripe = %stripe.id, from = stripe.parity_chunks(), to = want, "widened a narrow stripe");
+                metrics::counter!("quarry_stripes_widened_total").increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(stripe = %stripe.id, error = %e, "cannot record a widened stripe")
+            }
+        }
     }
 }
 

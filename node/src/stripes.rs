@@ -309,6 +309,68 @@ impl StripeStore {
         Ok(rebuilt)
     }
 
+    /// New parity for `stripe`: `parity` chunks computed from its data chunks
+    /// and stored on live nodes that hold none of its data (spread over
+    /// failure domains), ready for a `ReplaceParity` command. Stored chunks a
+    /// failed or refused widening leaves behind are collected as orphans.
+    ///
+    /// # Errors
+    /// If a data chunk cannot be read or too few live nodes accept a chunk.
+    pub async fn widen_parity(
+        &self,
+        stripe: &Stripe,
+        parity: usize,
+    ) -> quarry_storage::Result<Vec<StripeChunk>> {
+        let mut data = Vec::with_capacity(stripe.data().len());
+        for chunk in stripe.data() {
+            data.push(self.fetch(chunk).await?);
+        }
+        let encoded = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = data.iter().map(|d| d.as_ref()).collect();
+            quarry_storage::stripe::encode_parity(&refs, parity)
+        })
+        .await
+        .map_err(|e| remote_error(stripe.id, format!("parity task failed: {e}")))??;
+        let holders: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
+        let live = self.live_nodes();
+        let taken: HashSet<String> = live
+            .iter()
+            .filter(|(n, _)| holders.contains(n))
+            .map(|(n, d)| domain_of(*n, d))
+            .collect();
+        let free: Vec<(NodeId, String)> = live
+            .into_iter()
+            .filter(|(n, _)| !holders.contains(n))
+            .collect();
+        let mut candidates = placement_order(stripe.id, &free, &taken).into_iter();
+        let mut placed = Vec::with_capacity(parity);
+        for bytes in encoded {
+            let bytes = Bytes::from(bytes);
+            let chunk = ChunkId(uuid::Uuid::now_v7().as_u128());
+            let node = loop {
+                let Some(node) = candidates.next() else {
+                    return Err(remote_error(
+                        stripe.id,
+                        "not enough live nodes to widen the stripe",
+                    ));
+                };
+                match self.store_on(node, chunk, bytes.clone()).await {
+                    Ok(()) => break node,
+                    Err(e) => {
+                        tracing::warn!(node, %chunk, error = %e, "placing a parity chunk failed; trying the next node")
+                    }
+                }
+            };
+            placed.push(StripeChunk {
+                chunk,
+                node,
+                size_bytes: bytes.len() as u64,
+                checksum_crc32c: crc32c::crc32c(&bytes),
+            });
+        }
+        Ok(placed)
+    }
+
     /// Re-verifies every chunk placed on this node and rewrites a corrupt or
     /// missing one from its stripe; returns how many were repaired.
     pub async fn scrub(&self) -> usize {

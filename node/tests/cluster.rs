@@ -713,3 +713,73 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
     terminate_and_wait(again).await;
     assert!(pids_mentioning(&data_text).is_empty(), "every node stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_written_while_a_node_is_down_gets_its_full_parity_when_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = start_cluster(dir.path(), 4, &[]).await;
+    let client = nodes[0].client().await;
+    client
+        .batch_execute("create table t (id bigint) with (data_chunks = 1, parity_chunks = 3)")
+        .await
+        .expect("create");
+    let leader = leader_index(&nodes, 0).await;
+    let away = (0..4)
+        .find(|i| *i != leader && *i != 0)
+        .expect("a follower");
+    let away_addr = nodes[away].listen();
+    nodes[away].kill9();
+    wait_for(
+        Duration::from_secs(30),
+        "the node declared down",
+        || async {
+            support::cluster::node_rows(&nodes[leader])
+                .await
+                .iter()
+                .any(|r| r.rpc_address == away_addr && r.state == "down")
+        },
+    )
+    .await;
+    client
+        .batch_execute("insert into t select value from generate_series(1, 3000)")
+        .await
+        .expect("insert with a node down");
+    let parity = |node: &TestNode| {
+        let conn = node.conn_string();
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "select parity_chunks::bigint, nodes, health from quarry_system.stripes",
+                    &[],
+                )
+                .await
+                .ok()?;
+            Some((
+                row.get::<_, i64>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+            ))
+        }
+    };
+    let narrow = parity(&nodes[leader]).await.expect("a stripe");
+    assert_eq!(narrow.0, 2, "narrow while a node is down: {narrow:?}");
+    assert_eq!(narrow.2, "healthy");
+
+    nodes[away].restart().await;
+    wait_for(Duration::from_secs(60), "the stripe widened", || async {
+        parity(&nodes[leader])
+            .await
+            .is_some_and(|(m, holders, health)| {
+                m == 3
+                    && health == "healthy"
+                    && holders.split(',').collect::<BTreeSet<_>>().len() == 4
+            })
+    })
+    .await;
+    let (count, sum) = table_state(&nodes[away]).await;
+    assert_eq!((count, sum), (3000, 3000 * 3001 / 2));
+}

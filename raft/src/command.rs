@@ -10,8 +10,8 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, FileEntry, NodeId,
-    Operation, SchemaVersion, SnapshotId, Stripe, StripeId, StripeLayout, Table, TableId,
-    TableSnapshot, TimestampMicros,
+    Operation, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table,
+    TableId, TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,17 @@ pub enum Command {
         /// Where it is now.
         to: NodeId,
     },
+    /// Replace the parity chunks of `stripe` (widening a stripe formed
+    /// narrow while nodes were down). Refused if its parity chunks are no
+    /// longer `expected`, so two widenings cannot race.
+    ReplaceParity {
+        /// The stripe.
+        stripe: StripeId,
+        /// Its parity chunks as the proposer saw them.
+        expected: Vec<ChunkId>,
+        /// The new parity chunks, already stored on their nodes.
+        parity: Vec<StripeChunk>,
+    },
 }
 
 /// The data change a commit makes to one table.
@@ -292,6 +303,9 @@ pub enum CatalogError {
         /// The node the change expected.
         from: NodeId,
     },
+    /// A parity change raced another (the stripe's parity changed or it is gone).
+    #[error("the parity chunks of stripe {0} changed meanwhile")]
+    ParityChanged(StripeId),
     /// A stripe layout out of range.
     #[error("invalid stripe layout {0}: data_chunks must be 1 to 32 and parity_chunks 0 to 16")]
     InvalidLayout(StripeLayout),
@@ -315,6 +329,7 @@ impl CatalogError {
             CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
             CatalogError::PlacementChanged { .. } => SqlState::SERIALIZATION_FAILURE,
+            CatalogError::ParityChanged(_) => SqlState::SERIALIZATION_FAILURE,
             CatalogError::InvalidLayout(_) => SqlState::INVALID_PARAMETER_VALUE,
         }
     }
@@ -567,6 +582,26 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     from: *from,
                 }),
             }
+        }
+        Command::ReplaceParity {
+            stripe,
+            expected,
+            parity,
+        } => {
+            let Some(current) = catalog.stripes.get_mut(stripe) else {
+                return Err(CatalogError::ParityChanged(*stripe));
+            };
+            let k = usize::from(current.data_chunks);
+            let unchanged = current.chunks[k..]
+                .iter()
+                .map(|c| c.chunk)
+                .eq(expected.iter().copied());
+            if !unchanged {
+                return Err(CatalogError::ParityChanged(*stripe));
+            }
+            current.chunks.truncate(k);
+            current.chunks.extend(parity.iter().cloned());
+            Ok(Applied::Nothing)
         }
     }
 }
@@ -1117,5 +1152,45 @@ mod tests {
         .expect("drop");
         assert!(catalog.tables.is_empty());
         assert!(catalog.schemas.is_empty());
+    }
+
+    fn chunk(id: u128, node: NodeId) -> StripeChunk {
+        StripeChunk {
+            chunk: ChunkId(id),
+            node,
+            size_bytes: 10,
+            checksum_crc32c: 0,
+        }
+    }
+
+    #[test]
+    fn replacing_parity_checks_what_the_proposer_saw() {
+        let mut catalog = with_public();
+        let id = ChunkId(100);
+        catalog.add_stripe(Stripe {
+            id,
+            data_chunks: 1,
+            chunks: vec![chunk(1, 1), chunk(2, 2)],
+        });
+        let widen = |expected: Vec<ChunkId>| Command::ReplaceParity {
+            stripe: id,
+            expected,
+            parity: vec![chunk(3, 2), chunk(4, 3)],
+        };
+        assert_eq!(
+            run(&mut catalog, widen(vec![ChunkId(9)])),
+            Err(CatalogError::ParityChanged(id)),
+            "stale view refused"
+        );
+        assert_eq!(catalog.stripes[&id].chunks.len(), 2, "unchanged");
+        run(&mut catalog, widen(vec![ChunkId(2)])).expect("widen");
+        let stripe = &catalog.stripes[&id];
+        assert_eq!(stripe.parity_chunks(), 2);
+        assert_eq!(stripe.chunks[0], chunk(1, 1), "data chunks kept");
+        assert_eq!(
+            run(&mut catalog, widen(vec![ChunkId(2)])),
+            Err(CatalogError::ParityChanged(id)),
+            "a second widening from the same view is refused"
+        );
     }
 }

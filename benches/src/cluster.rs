@@ -1,0 +1,220 @@
+//! `quarry-bench cluster`: storage overhead of erasure-coded stripes, time to
+//! declare a crashed node down, and repair rate, on a local cluster of real
+//! `quarry` processes (`quarry cluster local`'s code) loaded with TPC-H.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use quarry_client::cluster::{LocalCluster, status};
+
+/// Settings of one run.
+pub struct Settings {
+    pub quarry: PathBuf,
+    pub nodes: usize,
+    pub scale_factor: f64,
+    pub dir: PathBuf,
+    pub first_address: std::net::Ipv4Addr,
+    pub down_after_ms: u64,
+    pub repair_after_secs: u64,
+}
+
+/// Bytes of the files under `dir` (recursively); 0 if it does not exist.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Polls `check` every 20 ms for up to `limit`; returns when it first held.
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return Ok(Instant::now());
+        }
+        if started.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    if settings.dir.exists() {
+        bail!(
+            "{} exists; the benchmark needs a fresh directory",
+            settings.dir.display()
+        );
+    }
+    let local = LocalCluster {
+        exe: settings.quarry.clone(),
+        nodes: settings.nodes,
+        dir: settings.dir.clone(),
+        first_address: settings.first_address,
+        pg_port: 5433,
+        http_port: 8433,
+        listen_port: 7433,
+        extra: vec![
+            "--down-after-ms".into(),
+            settings.down_after_ms.to_string(),
+            "--repair-after-secs".into(),
+            settings.repair_after_secs.to_string(),
+        ],
+    };
+    let mut nodes = local.start().await?;
+    let result = measure(&settings, &mut nodes).await;
+    quarry_client::cluster::stop(&mut nodes, Duration::from_secs(30)).await;
+    result
+}
+
+async fn measure(
+    settings: &Settings,
+    nodes: &mut [quarry_client::cluster::LocalNode],
+) -> anyhow::Result<()> {
+    let first = nodes[0].pg.to_string();
+    let load = quarry_client::tpch::load(&first, settings.scale_factor, "tpch", false).await?;
+    let client = quarry_client::cluster::connect(&first).await?;
+    let logical: i64 = client
+        .query_one(
+            "select sum(size_bytes)::bigint from quarry_system.tables where table_schema = 'tpch'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let layout = client
+        .query_one(
+            "select min(data_chunks)::bigint, max(data_chunks)::bigint, \
+                    min(parity_chunks)::bigint, max(parity_chunks)::bigint, \
+                    sum(size_bytes)::bigint, count(*)::bigint from quarry_system.stripes",
+            &[],
+        )
+        .await?;
+    let (k_min, k_max, m_min, m_max, placed, stripes): (i64, i64, i64, i64, i64, i64) = (
+        layout.get(0),
+        layout.get(1),
+        layout.get(2),
+        layout.get(3),
+        layout.get(4),
+        layout.get(5),
+    );
+    let on_disk: Vec<u64> = (1..=nodes.len())
+        .map(|i| bytes_under(&settings.dir.join(format!("n{i}/chunks"))))
+        .collect();
+    let disk: u64 = on_disk.iter().sum();
+
+    // Crash the last node (node 1 answers the questions).
+    let victim = nodes.len() - 1;
+    let victim_bytes = on_disk[victim];
+    let victim_addr = nodes[victim].listen.to_string();
+    let killed = Instant::now();
+    nodes[victim].kill9().await;
+    let down = until(
+        Duration::from_secs(120),
+        "the crash to be noticed",
+        || async {
+            status(&first).await.is_ok_and(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n[1] == victim_addr && n[4] == "down")
+            })
+        },
+    )
+    .await?;
+    let healthy = until(
+        Duration::from_secs(1800),
+        "every stripe healthy again",
+        || async {
+            status(&first)
+                .await
+                .is_ok_and(|s| s.unhealthy.is_empty() && s.stripes == stripes)
+        },
+    )
+    .await?;
+    let detection = down - killed;
+    let repair = (healthy - down).saturating_sub(Duration::from_secs(settings.repair_after_secs));
+
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "Quarry cluster: {} nodes on one machine ({machine}, {cores} cores), TPC-H SF {} ({} rows)",
+        nodes.len(),
+        settings.scale_factor,
+        load.total_rows()
+    );
+    println!(
+        "stripes: {stripes}, layout k={k_min}..{k_max} m={m_min}..{m_max} (expected overhead (k+m)/k = {:.3})",
+        (k_max + m_max) as f64 / k_max as f64
+    );
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| logical bytes (data files) | {logical} ({:.1} MiB) |",
+        mib(logical as u64)
+    );
+    println!(
+        "| placed bytes (data + parity chunks) | {placed} ({:.1} MiB) |",
+        mib(placed as u64)
+    );
+    println!(
+        "| bytes on disk (every node's chunks/) | {disk} ({:.1} MiB) |",
+        mib(disk)
+    );
+    println!(
+        "| placed / logical | {:.3} |",
+        placed as f64 / logical as f64
+    );
+    println!(
+        "| on disk / logical | {:.3} |",
+        disk as f64 / logical as f64
+    );
+    println!(
+        "| time to declare the crashed node down (down_after_ms = {}) | {:.2} s |",
+        settings.down_after_ms,
+        detection.as_secs_f64()
+    );
+    println!(
+        "| chunk bytes on the crashed node | {victim_bytes} ({:.1} MiB) |",
+        mib(victim_bytes)
+    );
+    println!(
+        "| repair time after repair_after_secs = {} (down → all stripes healthy, minus the wait) | {:.2} s |",
+        settings.repair_after_secs,
+        repair.as_secs_f64()
+    );
+    println!(
+        "| repair rate | {:.1} MB/s |",
+        victim_bytes as f64 / 1e6 / repair.as_secs_f64().max(1e-3)
+    );
+    Ok(())
+}
+
+/// The `quarry` binary next to this one (cargo puts both in target/<profile>).
+pub fn default_quarry() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    Ok(me.with_file_name("quarry"))
+}
