@@ -10,6 +10,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bank;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod net;
+pub mod runner;
 pub mod set;
