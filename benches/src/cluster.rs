@@ -114,6 +114,16 @@ async fn measure(
         layout.get(4),
         layout.get(5),
     );
+    let by_layout: Vec<(i64, i64, i64, i64)> = client
+        .query(
+            "select data_chunks::bigint, parity_chunks::bigint, count(*)::bigint, \
+                    sum(size_bytes)::bigint from quarry_system.stripes group by 1, 2 order by 1, 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
     let on_disk: Vec<u64> = (1..=nodes.len())
         .map(|i| bytes_under(&settings.dir.join(format!("n{i}/chunks"))))
         .collect();
@@ -166,10 +176,16 @@ async fn measure(
         settings.scale_factor,
         load.total_rows()
     );
-    println!(
-        "stripes: {stripes}, layout k={k_min}..{k_max} m={m_min}..{m_max} (expected overhead (k+m)/k = {:.3})",
-        (k_max + m_max) as f64 / k_max as f64
-    );
+    println!("stripes: {stripes}, k = {k_min}..{k_max}, m = {m_min}..{m_max}");
+    println!("| stripe layout k+m | stripes | placed bytes | (k+m)/k |");
+    println!("|---|---:|---:|---:|");
+    for (k, m, count, bytes) in &by_layout {
+        println!(
+            "| {k}+{m} | {count} | {bytes} | {:.3} |",
+            (k + m) as f64 / *k as f64
+        );
+    }
+    println!();
     println!("| measure | value |");
     println!("|---|---:|");
     println!(
