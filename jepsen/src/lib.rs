@@ -15,5 +15,6 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod register;
 pub mod runner;
 pub mod set;

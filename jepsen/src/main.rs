@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run one test.
     Test {
-        /// set or bank.
+        /// set, bank or register.
         #[arg(long)]
         workload: Workload,
         /// Faults, comma-separated: kill, pause, partition (none if absent).
