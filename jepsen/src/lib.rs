@@ -10,6 +10,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod append;
 pub mod bank;
 pub mod cluster;
 pub mod history;

@@ -35,6 +35,8 @@ pub enum Workload {
     /// Reads, writes and compare-and-sets of single rows, checked for
     /// linearizability.
     Register,
+    /// Transactions appending to and reading lists (Elle's list-append).
+    Append,
 }
 
 impl FromStr for Workload {
@@ -45,7 +47,10 @@ impl FromStr for Workload {
             "set" => Ok(Workload::Set),
             "bank" => Ok(Workload::Bank),
             "register" => Ok(Workload::Register),
-            other => Err(format!("unknown workload {other:?} (set, bank, register)")),
+            "append" => Ok(Workload::Append),
+            other => Err(format!(
+                "unknown workload {other:?} (set, bank, register, append)"
+            )),
         }
     }
 }
@@ -55,6 +60,8 @@ const ACCOUNTS: i64 = 5;
 const START_BALANCE: i64 = 100;
 /// Registers (rows) of the register workload, each starting at 0.
 const REGISTERS: i64 = 3;
+/// Lists (rows) of the append workload, each starting empty.
+const LISTS: i64 = 5;
 
 /// Settings of one run.
 #[derive(Debug, Clone)]
@@ -218,6 +225,27 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
                 }),
             )
         }
+        Workload::Append => {
+            let report = crate::append::check(&history);
+            let anomalies: BTreeMap<String, &Vec<String>> = report
+                .anomalies
+                .iter()
+                .map(|(a, examples)| (format!("{a:?}"), examples))
+                .collect();
+            (
+                report.valid_for_snapshot_isolation(),
+                json!({
+                    "transactions": report.transactions,
+                    "anomalies": anomalies,
+                    "forbidden_by_snapshot_isolation": report
+                        .anomalies
+                        .keys()
+                        .filter(|a| a.forbidden_by_snapshot_isolation())
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>(),
+                }),
+            )
+        }
         Workload::Register => {
             let report = crate::register::check(&history, Some(0));
             (
@@ -289,7 +317,15 @@ async fn setup(cluster: &Cluster, workload: Workload) -> anyhow::Result<()> {
             ACCOUNTS - 1
         ),
         // One statement per row: each row its own data file, so writes to
-        // different registers do not conflict.
+        // different rows do not conflict.
+        Workload::Append => {
+            let mut ddl =
+                "create table jepsen_append (k bigint not null, v text not null);".to_owned();
+            for k in 0..LISTS {
+                ddl.push_str(&format!("insert into jepsen_append values ({k}, '');"));
+            }
+            ddl
+        }
         Workload::Register => {
             let mut ddl =
                 "create table jepsen_register (k bigint not null, v bigint not null);".to_owned();
@@ -362,6 +398,20 @@ fn next_op(workload: Workload, next_value: &AtomicI64) -> (&'static str, Value) 
                 )
             }
         }
+        Workload::Append => {
+            let mut rng = rand::rng();
+            let micros: Vec<Value> = (0..rng.random_range(1..=3))
+                .map(|_| {
+                    let k = rng.random_range(0..LISTS);
+                    if rng.random_bool(0.5) {
+                        json!(["append", k, next_value.fetch_add(1, Ordering::Relaxed)])
+                    } else {
+                        json!(["r", k, null])
+                    }
+                })
+                .collect();
+            ("txn", Value::Array(micros))
+        }
         Workload::Register => {
             let mut rng = rand::rng();
             let k = rng.random_range(0..REGISTERS);
@@ -382,6 +432,7 @@ async fn perform(client: &Client, workload: Workload, f: &str, value: &Value) ->
         (Workload::Set, "add") => add(client, value).await,
         (Workload::Bank, "transfer") => transfer(client, value).await,
         (Workload::Bank, "read") => read_balances(client).await,
+        (Workload::Append, "txn") => append_txn(client, value).await,
         (Workload::Register, "read") => read_register(client, value).await,
         (Workload::Register, "write") => write_register(client, value).await,
         (Workload::Register, "cas") => cas_register(client, value).await,
@@ -437,6 +488,41 @@ async fn transfer(client: &Client, value: &Value) -> Attempt {
         .await?;
     client.batch_execute("commit").await?;
     Ok(Ok(value.clone()))
+}
+
+/// Runs a list-append transaction; returns it with the reads filled in.
+/// Lists are stored as text, values separated by spaces.
+async fn append_txn(client: &Client, value: &Value) -> Attempt {
+    let mut done = Vec::new();
+    client.batch_execute("begin").await?;
+    for micro in value.as_array().expect("a transaction is a list") {
+        let k = micro[1].as_i64().expect("key");
+        if micro[0] == "append" {
+            let v = micro[2].as_i64().expect("value");
+            client
+                .execute(
+                    "update jepsen_append set v = v || $2 where k = $1",
+                    &[&k, &format!(" {v}")],
+                )
+                .await?;
+            done.push(micro.clone());
+        } else {
+            let list = read_list(client, k).await?;
+            done.push(json!(["r", k, list]));
+        }
+    }
+    client.batch_execute("commit").await?;
+    Ok(Ok(Value::Array(done)))
+}
+
+async fn read_list(client: &Client, k: i64) -> anyhow::Result<Vec<i64>> {
+    let row = client
+        .query_opt("select v from jepsen_append where k = $1", &[&k])
+        .await?;
+    let text: String = row.map(|r| r.get(0)).unwrap_or_default();
+    text.split_whitespace()
+        .map(|v| v.parse().context("a list holds integers"))
+        .collect()
 }
 
 async fn read_register(client: &Client, value: &Value) -> Attempt {
@@ -496,11 +582,16 @@ async fn final_reads(cluster: &Cluster, settings: &Settings, recorder: &Recorder
         // Every read is judged as it happened; there is no final state.
         return;
     }
+    let f = if settings.workload == Workload::Append {
+        "txn"
+    } else {
+        "read"
+    };
     let process = settings.clients as u64;
     for node in &cluster.nodes {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            recorder.record(process, OpType::Invoke, "read", Value::Null);
+            recorder.record(process, OpType::Invoke, f, Value::Null);
             let result = async {
                 let client = connect(node.pg, Duration::from_secs(10)).await?;
                 match settings.workload {
@@ -513,16 +604,23 @@ async fn final_reads(cluster: &Cluster, settings: &Settings, recorder: &Recorder
                     Workload::Bank => match read_balances(&client).await? {
                         Ok(v) | Err(v) => Ok(v),
                     },
+                    Workload::Append => {
+                        let mut reads = Vec::new();
+                        for k in 0..LISTS {
+                            reads.push(json!(["r", k, read_list(&client, k).await?]));
+                        }
+                        Ok(Value::Array(reads))
+                    }
                     Workload::Register => unreachable!("returned above"),
                 }
             };
             match tokio::time::timeout(Duration::from_secs(20), result).await {
                 Ok(Ok(v)) => {
-                    recorder.record(process, OpType::Ok, "read", v);
+                    recorder.record(process, OpType::Ok, f, v);
                     break;
                 }
                 _ => {
-                    recorder.record(process, OpType::Fail, "read", Value::Null);
+                    recorder.record(process, OpType::Fail, f, Value::Null);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
