@@ -22,6 +22,14 @@ pub enum Nemesis {
     /// A network partition: one node isolated, the leader isolated, or a
     /// random majority / minority split; healed by removing the routes.
     Partition,
+    /// A node's outgoing traffic limited to 64–1024 kbit/s with up to
+    /// 500 ms of queueing (tc tbf: netem's delay and loss are not in this
+    /// kernel); removed at heal.
+    Slow,
+    /// A bit flipped in, or the second half cut off, a random data chunk
+    /// file of a random node; not undone (the scrubber and degraded reads
+    /// must cope).
+    Corrupt,
 }
 
 impl FromStr for Nemesis {
@@ -32,8 +40,10 @@ impl FromStr for Nemesis {
             "kill" => Ok(Nemesis::Kill),
             "pause" => Ok(Nemesis::Pause),
             "partition" => Ok(Nemesis::Partition),
+            "slow" => Ok(Nemesis::Slow),
+            "corrupt" => Ok(Nemesis::Corrupt),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition)"
+                "unknown nemesis {other:?} (kill, pause, partition, slow, corrupt)"
             )),
         }
     }
@@ -127,6 +137,18 @@ pub async fn run(
                     &format!("nodes {} cut off from the rest", named.join(",")),
                 );
             }
+            Nemesis::Slow => {
+                let rate = 64 << rand::rng().random_range(0..=4);
+                cluster.lan().throttle(target, rate)?;
+                log.record(
+                    "slow",
+                    &format!("{who}: node {} sends at most {rate} kbit/s", target + 1),
+                );
+            }
+            Nemesis::Corrupt => {
+                let detail = corrupt_a_chunk(&cluster.nodes[target].data_dir.join("chunks"));
+                log.record("corrupt", &format!("{who}: node {}: {detail}", target + 1));
+            }
         }
         tokio::time::sleep(interval / 2).await;
         cluster.heal_all()?;
@@ -135,4 +157,42 @@ pub async fn run(
     cluster.heal_all()?;
     log.record("heal", "end of the fault schedule");
     Ok(())
+}
+
+/// Flips one bit in, or truncates to half, a random file under `dir`;
+/// returns what it did.
+fn corrupt_a_chunk(dir: &std::path::Path) -> String {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(dir, &mut all);
+    let Some(path) = all.choose(&mut rand::rng()).cloned() else {
+        return "no chunk to corrupt".to_owned();
+    };
+    let Ok(mut bytes) = std::fs::read(&path) else {
+        return format!("{} vanished", path.display());
+    };
+    if bytes.is_empty() {
+        return format!("{} is empty", path.display());
+    }
+    let what = if rand::rng().random_bool(0.5) {
+        let at = rand::rng().random_range(0..bytes.len());
+        bytes[at] ^= 1 << rand::rng().random_range(0..8);
+        format!("flipped a bit at byte {at} of {}", path.display())
+    } else {
+        bytes.truncate(bytes.len() / 2);
+        format!("truncated {} to {} bytes", path.display(), bytes.len())
+    };
+    match std::fs::write(&path, &bytes) {
+        Ok(()) => what,
+        Err(e) => format!("could not write {}: {e}", path.display()),
+    }
 }

@@ -55,6 +55,25 @@ fn ip(args: &[&str]) -> Result<(), NetError> {
     }
 }
 
+/// Runs `tc ARGS`.
+fn tc(args: &[&str]) -> Result<(), NetError> {
+    let output = Command::new("tc")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip {
+            args: format!("(tc) {}", args.join(" ")),
+            stderr: format!("cannot run tc: {e}"),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Ip {
+            args: format!("(tc) {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
 /// One host of a [`Lan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -73,6 +92,8 @@ pub struct Lan {
     hosts: Vec<Host>,
     /// Blackhole routes in place: (host index, address of the other side).
     cuts: Mutex<BTreeSet<(usize, Ipv4Addr)>>,
+    /// Hosts with a netem qdisc on their interface.
+    impaired: Mutex<BTreeSet<usize>>,
 }
 
 static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
@@ -116,6 +137,7 @@ impl Lan {
             bridge: format!("qb{tag}"),
             hosts: Vec::new(),
             cuts: Mutex::new(BTreeSet::new()),
+            impaired: Mutex::new(BTreeSet::new()),
         };
         ip(&["link", "add", &lan.bridge, "type", "bridge"])?;
         ip(&[
@@ -186,11 +208,51 @@ impl Lan {
         Ok(())
     }
 
-    /// Removes every cut.
+    /// Limits what host `i` sends to `rate_kbit` kbit/s, queueing up to
+    /// 500 ms before dropping (tc tbf on its interface), until [`Lan::heal`].
+    /// (tc netem, for fixed delay and random loss, is not in every kernel:
+    /// this machine's answers "Specified qdisc kind is unknown".)
     ///
     /// # Errors
-    /// [`NetError`] if a route cannot be removed.
+    /// [`NetError`] if tc fails.
+    pub fn throttle(&self, i: usize, rate_kbit: u32) -> Result<(), NetError> {
+        let mut impaired = self.impaired.lock().expect("impaired lock");
+        let verb = if impaired.insert(i) { "add" } else { "change" };
+        tc(&[
+            "-n",
+            &self.hosts[i].netns,
+            "qdisc",
+            verb,
+            "dev",
+            "eth0",
+            "root",
+            "tbf",
+            "rate",
+            &format!("{rate_kbit}kbit"),
+            "burst",
+            "16kbit",
+            "latency",
+            "500ms",
+        ])
+    }
+
+    /// Removes every cut and every impairment.
+    ///
+    /// # Errors
+    /// [`NetError`] if a route or qdisc cannot be removed.
     pub fn heal(&self) -> Result<(), NetError> {
+        let mut impaired = self.impaired.lock().expect("impaired lock");
+        while let Some(i) = impaired.pop_first() {
+            tc(&[
+                "-n",
+                &self.hosts[i].netns,
+                "qdisc",
+                "del",
+                "dev",
+                "eth0",
+                "root",
+            ])?;
+        }
         let mut cuts = self.cuts.lock().expect("cuts lock");
         while let Some((i, addr)) = cuts.pop_first() {
             ip(&[

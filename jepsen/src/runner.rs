@@ -152,6 +152,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         "1",
         "--shutdown-grace-secs",
         "2",
+        // The corrupt nemesis damages a chunk every few intervals; the
+        // scrubber must mend it before another chunk of its stripe is hit.
+        "--scrub-interval-secs",
+        "5",
     ]
     .map(str::to_owned)
     .to_vec();
