@@ -2,12 +2,20 @@
 //! Jepsen's shape, and checkers that judge them.
 //!
 //! Layering: depends on no other Quarry crate; it observes a cluster only as its
-//! clients do. The harness that starts nodes in network namespaces and injects
-//! faults builds on these types.
+//! clients do, and starts the `quarry` binary as a separate process.
 //!
 //! ```text
-//!  workload clients ──► History (invoke / ok / fail / info ops) ──► checker ──► report
+//!  net (namespaces, bridge, routes, tc) ─► cluster (nodes by pid) ─► nemesis (faults on a schedule)
+//!  runner: workload clients ──► history (invoke / ok / fail / info) ──► checker ──► results.json
 //! ```
+//!
+//! Checkers: [`set`] (lost / unexpected / recovered adds), [`bank`] (sums and
+//! overdrafts of snapshot reads), [`register`] (linearizability, Wing–Gong–
+//! Lowe), [`append`] (Elle's list-append: dependency cycles by Adya's anomaly
+//! classes). Clock skew is not a nemesis: Linux time namespaces shift only the
+//! monotonic and boot clocks, not the realtime clock Quarry stamps commits
+//! with, and a per-process fake clock (LD_PRELOAD libfaketime) would not reach
+//! Rust's `clock_gettime` calls made through the vDSO reliably.
 #![deny(missing_docs)]
 
 pub mod append;
