@@ -19,8 +19,9 @@ pub enum Nemesis {
     Kill,
     /// SIGSTOP of a random node (or the leader), SIGCONT at heal.
     Pause,
-    /// A network partition: one node isolated, the leader isolated, or a
-    /// random majority / minority split; healed by removing the routes.
+    /// A network partition: one node isolated, the leader isolated, a
+    /// random majority / minority split, or a bridge (two halves that only
+    /// one node between them reaches); healed by removing the routes.
     Partition,
     /// A node's outgoing traffic limited to 64–1024 kbit/s with up to
     /// 500 ms of queueing (tc tbf: netem's delay and loss are not in this
@@ -117,25 +118,38 @@ pub async fn run(
                 log.record("pause", &format!("{who}: node {}", target + 1));
             }
             Nemesis::Partition => {
-                let side: Vec<usize> = if rand::rng().random_bool(0.5) {
-                    vec![target]
-                } else {
-                    // A random minority of at most (n - 1) / 2 nodes.
-                    let mut all: Vec<usize> = (0..n).collect();
-                    let size = rand::rng().random_range(1..=((n - 1) / 2).max(1));
-                    let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(
-                        all.as_mut_slice(),
-                        &mut rand::rng(),
-                        size,
-                    );
-                    chosen.to_vec()
+                let mut order: Vec<usize> = (0..n).collect();
+                rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+                let detail = match rand::rng().random_range(0..3) {
+                    0 => {
+                        cluster.lan().partition(&[target])?;
+                        format!("{who}: node {} cut off from the rest", target + 1)
+                    }
+                    1 => {
+                        // A random minority of at most (n - 1) / 2 nodes.
+                        let size = rand::rng().random_range(1..=((n - 1) / 2).max(1));
+                        let side = &order[..size];
+                        cluster.lan().partition(side)?;
+                        format!("nodes {} cut off from the rest", names(side))
+                    }
+                    _ => {
+                        // Halves around one bridge node that reaches both.
+                        let (left, rest) = order.split_at(n / 2);
+                        let (bridge, right) = rest.split_first().expect("n >= 1");
+                        let pairs: Vec<(usize, usize)> = left
+                            .iter()
+                            .flat_map(|a| right.iter().map(move |b| (*a, *b)))
+                            .collect();
+                        cluster.lan().cut(&pairs)?;
+                        format!(
+                            "bridge: nodes {} | node {} | nodes {}",
+                            names(left),
+                            bridge + 1,
+                            names(right)
+                        )
+                    }
                 };
-                cluster.lan().partition(&side)?;
-                let named: Vec<String> = side.iter().map(|i| (i + 1).to_string()).collect();
-                log.record(
-                    "partition",
-                    &format!("nodes {} cut off from the rest", named.join(",")),
-                );
+                log.record("partition", &detail);
             }
             Nemesis::Slow => {
                 let rate = 64 << rand::rng().random_range(0..=4);
@@ -195,4 +209,13 @@ fn corrupt_a_chunk(dir: &std::path::Path) -> String {
         Ok(()) => what,
         Err(e) => format!("could not write {}: {e}", path.display()),
     }
+}
+
+/// 1-based node numbers, comma-separated.
+fn names(nodes: &[usize]) -> String {
+    nodes
+        .iter()
+        .map(|i| (i + 1).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -190,17 +190,32 @@ impl Lan {
     /// # Errors
     /// [`NetError`] if a route cannot be added.
     pub fn partition(&self, side: &[usize]) -> Result<(), NetError> {
+        let n = self.hosts.len();
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|(i, j)| side.contains(i) != side.contains(j))
+            .collect();
+        self.cut(&pairs)
+    }
+
+    /// Cuts the links between each pair of hosts `(i, j)`, both directions
+    /// (e.g. a "bridge": two halves that only one node between them reaches).
+    ///
+    /// # Errors
+    /// [`NetError`] if a route cannot be added.
+    pub fn cut(&self, pairs: &[(usize, usize)]) -> Result<(), NetError> {
         let mut cuts = self.cuts.lock().expect("cuts lock");
-        for (i, host) in self.hosts.iter().enumerate() {
-            for (j, other) in self.hosts.iter().enumerate() {
-                if side.contains(&i) != side.contains(&j) && cuts.insert((i, other.addr)) {
+        for &(a, b) in pairs {
+            for (i, j) in [(a, b), (b, a)] {
+                let other = self.hosts[j].addr;
+                if i != j && cuts.insert((i, other)) {
                     ip(&[
                         "-n",
-                        &host.netns,
+                        &self.hosts[i].netns,
                         "route",
                         "add",
                         "blackhole",
-                        &format!("{}/32", other.addr),
+                        &format!("{other}/32"),
                     ])?;
                 }
             }
