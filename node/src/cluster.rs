@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use quarry_common::catalog::{ChunkId, NodeId, StripeLayout};
+use quarry_common::catalog::{ChunkId, NodeId, Stripe, StripeLayout};
 use quarry_raft::{Applied, Command, LeaderLink, Meta, NodeAddr, Proposal, Raft};
 use tokio::time::Instant;
 
@@ -331,6 +331,88 @@ pub async fn run_duties(
         }
         repair(&meta, &stripes, &membership, &duties, started).await;
         widen(&meta, &stripes).await;
+        regroup(&meta, &stripes).await;
+    }
+}
+
+/// Regroups narrow stripes (fewer data chunks than the cluster's default k,
+/// because their statement wrote fewer data files) into one stripe of the
+/// full width: their data chunks stay where they are, new parity is computed
+/// over all of them, and one Raft `Regroup` replaces the old stripes (whose
+/// parity chunks become orphans). Only stripes of tables without their own
+/// layout, healthy, with full parity, and data on distinct nodes; at most one
+/// new stripe per call.
+async fn regroup(meta: &Meta, stripes: &StripeStore) {
+    let catalog = meta.read_local();
+    let layout = StripeLayout::for_cluster(stripes.cluster_size());
+    let (k, m) = (
+        usize::from(layout.data_chunks),
+        usize::from(layout.parity_chunks),
+    );
+    let live: HashSet<NodeId> = stripes.live_nodes().into_iter().map(|(n, _)| n).collect();
+    if k < 2 || live.len() < k + m {
+        return;
+    }
+    let own_layout: HashSet<ChunkId> = catalog
+        .tables
+        .values()
+        .chain(catalog.dropped.iter().map(|d| &d.table))
+        .filter(|t| t.layout.is_some())
+        .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
+        .collect();
+    let mut group: Vec<&Stripe> = Vec::new();
+    let mut used: HashSet<NodeId> = HashSet::new();
+    let mut width = 0;
+    for stripe in catalog.stripes.values() {
+        let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
+        let fits = usize::from(stripe.data_chunks) < k
+            && stripe.parity_chunks() >= m
+            && nodes.len() == stripe.data().len()
+            && width + nodes.len() <= k
+            && nodes.is_disjoint(&used)
+            && stripe.chunks.iter().all(|c| live.contains(&c.node))
+            && !stripe.data().iter().any(|c| own_layout.contains(&c.chunk));
+        if !fits {
+            continue;
+        }
+        used.extend(nodes);
+        width += stripe.data().len();
+        group.push(stripe);
+        if width == k {
+            break;
+        }
+    }
+    if width < k {
+        return;
+    }
+    let id = ChunkId(uuid::Uuid::now_v7().as_u128());
+    let data: Vec<_> = group
+        .iter()
+        .flat_map(|s| s.data().iter().cloned())
+        .collect();
+    let parity = match stripes.new_parity(id, &data, m).await {
+        Ok(parity) => parity,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot regroup narrow stripes yet");
+            return;
+        }
+    };
+    let mut chunks = data;
+    chunks.extend(parity);
+    let command = Command::Regroup {
+        old: group.iter().map(|s| s.id).collect(),
+        new: Stripe {
+            id,
+            data_chunks: k as u8,
+            chunks,
+        },
+    };
+    match meta.write(command).await {
+        Ok(_) => {
+            tracing::info!(stripe = %id, from = group.len(), "regrouped narrow stripes into one");
+            metrics::counter!("quarry_stripes_regrouped_total").increment(group.len() as u64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot record a regrouped stripe"),
     }
 }
 
@@ -362,7 +444,7 @@ async fn widen(meta: &Meta, stripes: &StripeStore) {
             .iter()
             .map(|c| c.chunk)
             .collect();
-        let parity = match stripes.widen_parity(stripe, want).await {
+        let parity = match stripes.new_parity(stripe.id, stripe.data(), want).await {
             Ok(parity) => parity,
             Err(e) => {
                 tracing::warn!(stripe = %stripe.id, error = %e, "cannot widen a narrow stripe yet");

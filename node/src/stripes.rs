@@ -309,20 +309,22 @@ impl StripeStore {
         Ok(rebuilt)
     }
 
-    /// New parity for `stripe`: `parity` chunks computed from its data chunks
-    /// and stored on live nodes that hold none of its data (spread over
-    /// failure domains), ready for a `ReplaceParity` command. Stored chunks a
-    /// failed or refused widening leaves behind are collected as orphans.
+    /// New parity for stripe `id` with data chunks `data_chunks`: `parity`
+    /// chunks computed from them and stored on live nodes that hold none of
+    /// them (spread over failure domains), ready for a `ReplaceParity` or
+    /// `Regroup` command. Stored chunks a failed or refused change leaves
+    /// behind are collected as orphans.
     ///
     /// # Errors
     /// If a data chunk cannot be read or too few live nodes accept a chunk.
-    pub async fn widen_parity(
+    pub async fn new_parity(
         &self,
-        stripe: &Stripe,
+        id: ChunkId,
+        data_chunks: &[StripeChunk],
         parity: usize,
     ) -> quarry_storage::Result<Vec<StripeChunk>> {
-        let mut data = Vec::with_capacity(stripe.data().len());
-        for chunk in stripe.data() {
+        let mut data = Vec::with_capacity(data_chunks.len());
+        for chunk in data_chunks {
             data.push(self.fetch(chunk).await?);
         }
         let encoded = tokio::task::spawn_blocking(move || {
@@ -330,8 +332,8 @@ impl StripeStore {
             quarry_storage::stripe::encode_parity(&refs, parity)
         })
         .await
-        .map_err(|e| remote_error(stripe.id, format!("parity task failed: {e}")))??;
-        let holders: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
+        .map_err(|e| remote_error(id, format!("parity task failed: {e}")))??;
+        let holders: HashSet<NodeId> = data_chunks.iter().map(|c| c.node).collect();
         let live = self.live_nodes();
         let taken: HashSet<String> = live
             .iter()
@@ -342,17 +344,14 @@ impl StripeStore {
             .into_iter()
             .filter(|(n, _)| !holders.contains(n))
             .collect();
-        let mut candidates = placement_order(stripe.id, &free, &taken).into_iter();
+        let mut candidates = placement_order(id, &free, &taken).into_iter();
         let mut placed = Vec::with_capacity(parity);
         for bytes in encoded {
             let bytes = Bytes::from(bytes);
             let chunk = ChunkId(uuid::Uuid::now_v7().as_u128());
             let node = loop {
                 let Some(node) = candidates.next() else {
-                    return Err(remote_error(
-                        stripe.id,
-                        "not enough live nodes to widen the stripe",
-                    ));
+                    return Err(remote_error(id, "not enough live nodes for the parity"));
                 };
                 match self.store_on(node, chunk, bytes.clone()).await {
                     Ok(()) => break node,

@@ -783,3 +783,68 @@ async fn a_stripe_written_while_a_node_is_down_gets_its_full_parity_when_it_retu
     let (count, sum) = table_state(&nodes[away]).await;
     assert_eq!((count, sum), (3000, 3000 * 3001 / 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn narrow_stripes_of_small_statements_are_regrouped_to_the_full_width() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = start_cluster(dir.path(), 6, &[]).await;
+    let client = nodes[0].client().await;
+    client
+        .batch_execute("create table t (id bigint)")
+        .await
+        .expect("create");
+    // Each statement writes one data file: a 1+2 stripe (default 4+2).
+    for i in 1..=8i64 {
+        client
+            .execute(
+                "insert into t select $1 * 1000 + value from generate_series(1, 500)",
+                &[&i],
+            )
+            .await
+            .expect("insert");
+    }
+    let expected = table_state(&nodes[0]).await;
+    let wide = || async {
+        nodes[0]
+            .client()
+            .await
+            .query(
+                "select data_chunks::bigint, parity_chunks::bigint, health from quarry_system.stripes",
+                &[],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, String>(2)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "a stripe regrouped to 4+2",
+        || async {
+            let stripes = wide().await;
+            stripes.iter().any(|s| s.0 == 4 && s.1 == 2) && stripes.iter().all(|s| s.2 == "healthy")
+        },
+    )
+    .await;
+    let stripes = wide().await;
+    assert!(
+        stripes.len() < 8,
+        "fewer stripes than statements: {stripes:?}"
+    );
+    assert_eq!(table_state(&nodes[0]).await, expected);
+
+    // The new parity protects the regrouped data: lose two nodes.
+    let leader = leader_index(&nodes, 0).await;
+    let victims: Vec<usize> = (0..6).filter(|i| *i != leader && *i != 0).take(2).collect();
+    for v in &victims {
+        nodes[*v].kill9();
+    }
+    assert_eq!(
+        table_state(&nodes[0]).await,
+        expected,
+        "after losing two nodes"
+    );
+}

@@ -193,6 +193,16 @@ pub enum Command {
         /// The new parity chunks, already stored on their nodes.
         parity: Vec<StripeChunk>,
     },
+    /// Replace the stripes `old` by one stripe `new` whose data chunks are
+    /// theirs (unmoved) and whose parity is new: narrow stripes regrouped to
+    /// the full width. Refused unless the old stripes still exist and their
+    /// data chunks are exactly `new`'s.
+    Regroup {
+        /// The stripes replaced.
+        old: Vec<StripeId>,
+        /// The stripe replacing them, parity already stored.
+        new: Stripe,
+    },
 }
 
 /// The data change a commit makes to one table.
@@ -601,6 +611,26 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             }
             current.chunks.truncate(k);
             current.chunks.extend(parity.iter().cloned());
+            Ok(Applied::Nothing)
+        }
+        Command::Regroup { old, new } => {
+            let mut data: Vec<&StripeChunk> = Vec::new();
+            for id in old {
+                let Some(stripe) = catalog.stripes.get(id) else {
+                    return Err(CatalogError::ParityChanged(*id));
+                };
+                data.extend(stripe.data());
+            }
+            let mut wanted: Vec<&StripeChunk> = new.data().iter().collect();
+            data.sort_by_key(|c| c.chunk);
+            wanted.sort_by_key(|c| c.chunk);
+            if data != wanted || catalog.stripes.contains_key(&new.id) {
+                return Err(CatalogError::ParityChanged(new.id));
+            }
+            for id in old {
+                catalog.stripes.remove(id);
+            }
+            catalog.add_stripe(new.clone());
             Ok(Applied::Nothing)
         }
     }
@@ -1191,6 +1221,50 @@ mod tests {
             run(&mut catalog, widen(vec![ChunkId(2)])),
             Err(CatalogError::ParityChanged(id)),
             "a second widening from the same view is refused"
+        );
+    }
+
+    #[test]
+    fn regrouping_replaces_narrow_stripes_only_as_they_were_seen() {
+        let mut catalog = with_public();
+        for (id, data, parity) in [(100, 1, 11), (200, 2, 12)] {
+            catalog.add_stripe(Stripe {
+                id: ChunkId(id),
+                data_chunks: 1,
+                chunks: vec![chunk(data, data as NodeId), chunk(parity, 3)],
+            });
+        }
+        let new = Stripe {
+            id: ChunkId(300),
+            data_chunks: 2,
+            chunks: vec![chunk(1, 1), chunk(2, 2), chunk(21, 3)],
+        };
+        let moved = Stripe {
+            chunks: vec![chunk(1, 4), chunk(2, 2), chunk(21, 3)],
+            ..new.clone()
+        };
+        let regroup = |new: &Stripe| Command::Regroup {
+            old: vec![ChunkId(100), ChunkId(200)],
+            new: new.clone(),
+        };
+        assert_eq!(
+            run(&mut catalog, regroup(&moved)),
+            Err(CatalogError::ParityChanged(ChunkId(300))),
+            "a data chunk placed elsewhere than the catalog says"
+        );
+        run(&mut catalog, regroup(&new)).expect("regroup");
+        assert_eq!(catalog.stripes.len(), 1);
+        assert_eq!(
+            catalog.stripe_of(ChunkId(1)).map(|s| s.id),
+            Some(ChunkId(300))
+        );
+        assert_eq!(
+            catalog.stripe_of(ChunkId(2)).map(|s| s.id),
+            Some(ChunkId(300))
+        );
+        assert!(
+            run(&mut catalog, regroup(&new)).is_err(),
+            "the old stripes are gone"
         );
     }
 }
