@@ -91,6 +91,28 @@ async fn measure(
     let first = nodes[0].pg.to_string();
     let load = quarry_client::tpch::load(&first, settings.scale_factor, "tpch", false).await?;
     let client = quarry_client::cluster::connect(&first).await?;
+    // Small statements leave narrow stripes that the leader regroups in the
+    // background; measure once the stripe count has been still for 10 s.
+    let stripe_count = || async {
+        client
+            .query_one("select count(*)::bigint from quarry_system.stripes", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    let loaded_stripes = stripe_count().await;
+    let settle_started = Instant::now();
+    let mut last = (loaded_stripes, Instant::now());
+    while last.1.elapsed() < Duration::from_secs(10)
+        && settle_started.elapsed() < Duration::from_secs(600)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stripe_count().await;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    let regroup_seconds = (last.1 - settle_started).as_secs_f64();
     let logical: i64 = client
         .query_one(
             "select sum(size_bytes)::bigint from quarry_system.tables where table_schema = 'tpch'",
@@ -176,7 +198,10 @@ async fn measure(
         settings.scale_factor,
         load.total_rows()
     );
-    println!("stripes: {stripes}, k = {k_min}..{k_max}, m = {m_min}..{m_max}");
+    println!(
+        "stripes: {loaded_stripes} after loading, {stripes} after regrouping ({regroup_seconds:.1} s); \
+         k = {k_min}..{k_max}, m = {m_min}..{m_max}"
+    );
     println!("| stripe layout k+m | stripes | placed bytes | (k+m)/k |");
     println!("|---|---:|---:|---:|");
     for (k, m, count, bytes) in &by_layout {
