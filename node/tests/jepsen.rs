@@ -1,7 +1,7 @@
-//! The short Jepsen-style run CI makes: the set and bank workloads against five
-//! real nodes in network namespaces under kill -9 and partitions, each judged
-//! by its checker (quarry-jepsen's own tests check the checkers on histories
-//! with known anomalies).
+//! The short Jepsen-style runs CI makes: the set, bank and list-append
+//! workloads against five real nodes in network namespaces under kill -9 and
+//! partitions, each judged by its checker (quarry-jepsen's own tests check the
+//! checkers on histories with known anomalies).
 
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ async fn short_run(workload: Workload) {
     match workload {
         Workload::Set => assert!(ok("add") > 100, "{summary}"),
         Workload::Bank => assert!(ok("transfer") > 10 && ok("read") > 10, "{summary}"),
+        Workload::Append => assert!(ok("txn") > 50, "{summary}"),
         other => panic!("not one of CI's workloads: {other:?}"),
     }
 }
@@ -48,4 +49,9 @@ async fn set_under_kills_and_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bank_under_kills_and_partitions() {
     short_run(Workload::Bank).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_append_under_kills_and_partitions() {
+    short_run(Workload::Append).await;
 }
