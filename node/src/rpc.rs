@@ -30,8 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the frame layout and message encodings; a peer with another
-/// version is refused rather than misread.
-pub const WIRE_VERSION: u8 = 1;
+/// version is refused rather than misread. postcard is not self-describing,
+/// so any change to a message type, including a new Raft command variant
+/// (version 2: `ReplaceParity`, `Regroup`), needs a new version.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
