@@ -518,6 +518,31 @@ mod tests {
         );
     }
 
+    /// The Raft commands wire version 2 carries. A new command fails to
+    /// compile here: a reminder that it changes the encoding of Raft entries
+    /// (postcard is not self-describing) and needs a new [`WIRE_VERSION`].
+    #[allow(dead_code)]
+    fn commands_of_wire_version_2(command: &quarry_raft::Command) {
+        use quarry_raft::Command as C;
+        match command {
+            C::CreateSchema { .. }
+            | C::DropSchema { .. }
+            | C::CreateTable { .. }
+            | C::DropTable { .. }
+            | C::Commit { .. }
+            | C::UndropTable { .. }
+            | C::PurgeDropped { .. }
+            | C::AlterTable { .. }
+            | C::ExpireSnapshots { .. }
+            | C::InitCluster { .. }
+            | C::AllocateNodeId
+            | C::MoveChunk { .. }
+            | C::ReplaceParity { .. }
+            | C::Regroup { .. } => {}
+        }
+        const _: () = assert!(WIRE_VERSION == 2, "update the list above");
+    }
+
     #[tokio::test]
     async fn the_faulty_transport_partitions_delays_and_heals() {
         let (addr, echo, task) = server(Duration::ZERO).await;
