@@ -411,11 +411,7 @@ fn strongly_connected(nodes: usize, edges: &HashMap<usize, Vec<(usize, Edge)>>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::parse_json_lines;
-
-    fn history(lines: &str) -> Vec<Op> {
-        parse_json_lines(lines).expect("valid history")
-    }
+    use crate::history::parsed as history;
 
     fn found(lines: &str) -> Vec<Anomaly> {
         check(&history(lines)).anomalies.into_keys().collect()

@@ -88,11 +88,7 @@ pub fn check(history: &[Op], accounts: usize, total: i64) -> BankReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::parse_json_lines;
-
-    fn history(lines: &str) -> Vec<Op> {
-        parse_json_lines(lines).expect("valid history")
-    }
+    use crate::history::parsed as history;
 
     #[test]
     fn accepts_reads_that_preserve_the_total() {

@@ -45,3 +45,9 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<Op>, String> {
         .map(|(i, line)| serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1)))
         .collect()
 }
+
+/// A history from JSON lines written in a test; panics on a bad line.
+#[cfg(test)]
+pub(crate) fn parsed(lines: &str) -> Vec<Op> {
+    parse_json_lines(lines).expect("valid history")
+}

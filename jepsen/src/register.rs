@@ -242,11 +242,7 @@ pub fn check(history: &[Op], initial: Option<i64>) -> RegisterReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::parse_json_lines;
-
-    fn history(lines: &str) -> Vec<Op> {
-        parse_json_lines(lines).expect("valid history")
-    }
+    use crate::history::parsed as history;
 
     #[test]
     fn accepts_concurrent_operations_in_some_order() {

@@ -77,11 +77,7 @@ pub fn check(history: &[Op]) -> SetReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::parse_json_lines;
-
-    fn history(lines: &str) -> Vec<Op> {
-        parse_json_lines(lines).expect("valid history")
-    }
+    use crate::history::parsed as history;
 
     #[test]
     fn accepts_a_history_where_every_acknowledged_add_is_read() {
