@@ -56,9 +56,11 @@ impl Anomaly {
 pub struct AppendReport {
     /// Committed transactions analysed.
     pub transactions: usize,
-    /// Each anomaly found, with examples (transaction indexes into the
+    /// Each anomaly found, with up to ten examples (positions in the
     /// history, or a description).
     pub anomalies: BTreeMap<Anomaly, Vec<String>>,
+    /// How many times each anomaly was found.
+    pub counts: BTreeMap<Anomaly, usize>,
 }
 
 impl AppendReport {
@@ -72,6 +74,7 @@ impl AppendReport {
     }
 
     fn add(&mut self, anomaly: Anomaly, example: String) {
+        *self.counts.entry(anomaly).or_default() += 1;
         let examples = self.anomalies.entry(anomaly).or_default();
         if examples.len() < 10 {
             examples.push(example);

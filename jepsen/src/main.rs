@@ -54,6 +54,15 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         op_timeout: Duration,
     },
+    /// Judge a stored history again (a run's history.jsonl).
+    Check {
+        /// The workload that made it.
+        #[arg(long)]
+        workload: Workload,
+        /// The history file.
+        #[arg(long)]
+        history: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,17 +70,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Test {
-        workload,
-        nemesis,
-        time,
-        interval,
-        nodes,
-        clients,
-        dir,
-        quarry,
-        op_timeout,
-    } = Cli::parse().command;
+    let (workload, nemesis, time, interval, nodes, clients, dir, quarry, op_timeout) =
+        match Cli::parse().command {
+            Command::Test {
+                workload,
+                nemesis,
+                time,
+                interval,
+                nodes,
+                clients,
+                dir,
+                quarry,
+                op_timeout,
+            } => (
+                workload, nemesis, time, interval, nodes, clients, dir, quarry, op_timeout,
+            ),
+            Command::Check { workload, history } => return check(workload, &history),
+        };
     let quarry = match quarry {
         Some(path) => path,
         None => match std::env::current_exe() {
@@ -133,4 +148,28 @@ fn chrono_free_stamp() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn check(workload: Workload, path: &std::path::Path) -> ExitCode {
+    let history = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| quarry_jepsen::history::parse_json_lines(&text))
+    {
+        Ok(history) => history,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (valid, findings) = quarry_jepsen::runner::judge(workload, &history);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({"valid": valid, "checker": findings}))
+            .expect("json")
+    );
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -215,66 +215,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         writeln!(out, "{}", serde_json::to_string(op)?)?;
     }
     out.flush()?;
-    let (valid, checked) = match settings.workload {
-        Workload::Set => {
-            let report = crate::set::check(&history);
-            (
-                report.valid(),
-                json!({
-                    "acknowledged": report.acknowledged,
-                    "lost": report.lost,
-                    "unexpected": report.unexpected,
-                    "recovered": report.recovered.len(),
-                    "final_read": report.read_found,
-                }),
-            )
-        }
-        Workload::Append => {
-            let report = crate::append::check(&history);
-            let anomalies: BTreeMap<String, &Vec<String>> = report
-                .anomalies
-                .iter()
-                .map(|(a, examples)| (format!("{a:?}"), examples))
-                .collect();
-            (
-                report.valid_for_snapshot_isolation(),
-                json!({
-                    "transactions": report.transactions,
-                    "anomalies": anomalies,
-                    "forbidden_by_snapshot_isolation": report
-                        .anomalies
-                        .keys()
-                        .filter(|a| a.forbidden_by_snapshot_isolation())
-                        .map(|a| format!("{a:?}"))
-                        .collect::<Vec<_>>(),
-                }),
-            )
-        }
-        Workload::Register => {
-            let report = crate::register::check(&history, Some(0));
-            (
-                report.valid(),
-                json!({
-                    "keys": report.keys,
-                    "operations": report.operations,
-                    "violations": report.violations,
-                }),
-            )
-        }
-        Workload::Bank => {
-            let report = crate::bank::check(&history, ACCOUNTS as usize, ACCOUNTS * START_BALANCE);
-            (
-                report.valid(),
-                json!({
-                    "reads": report.reads,
-                    "transfers_ok": report.transfers_ok,
-                    "bad_reads": report.bad_reads.iter().take(20).map(|b| json!({
-                        "index": b.index, "problem": b.problem, "balances": b.balances,
-                    })).collect::<Vec<_>>(),
-                }),
-            )
-        }
-    };
+    let (valid, checked) = judge(settings.workload, &history);
     let summary = json!({
         "workload": format!("{:?}", settings.workload).to_lowercase(),
         "nemeses": settings.nemeses.iter().map(|n| format!("{n:?}").to_lowercase()).collect::<Vec<_>>(),
@@ -290,6 +231,76 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         serde_json::to_string_pretty(&summary)?,
     )?;
     Ok(Outcome { valid, summary })
+}
+
+/// Runs `workload`'s checker over `history`: whether it is valid, and the
+/// checker's findings as JSON.
+pub fn judge(workload: Workload, history: &[Op]) -> (bool, Value) {
+    match workload {
+        Workload::Set => {
+            let report = crate::set::check(history);
+            (
+                report.valid(),
+                json!({
+                    "acknowledged": report.acknowledged,
+                    "lost": report.lost,
+                    "unexpected": report.unexpected,
+                    "recovered": report.recovered.len(),
+                    "final_read": report.read_found,
+                }),
+            )
+        }
+        Workload::Append => {
+            let report = crate::append::check(history);
+            let anomalies: BTreeMap<String, &Vec<String>> = report
+                .anomalies
+                .iter()
+                .map(|(a, examples)| (format!("{a:?}"), examples))
+                .collect();
+            (
+                report.valid_for_snapshot_isolation(),
+                json!({
+                    "transactions": report.transactions,
+                    "counts": report
+                        .counts
+                        .iter()
+                        .map(|(a, n)| (format!("{a:?}"), *n))
+                        .collect::<BTreeMap<_, _>>(),
+                    "anomalies": anomalies,
+                    "forbidden_by_snapshot_isolation": report
+                        .anomalies
+                        .keys()
+                        .filter(|a| a.forbidden_by_snapshot_isolation())
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>(),
+                }),
+            )
+        }
+        Workload::Register => {
+            let report = crate::register::check(history, Some(0));
+            (
+                report.valid(),
+                json!({
+                    "keys": report.keys,
+                    "operations": report.operations,
+                    "violations": report.violations,
+                }),
+            )
+        }
+        Workload::Bank => {
+            let report = crate::bank::check(history, ACCOUNTS as usize, ACCOUNTS * START_BALANCE);
+            (
+                report.valid(),
+                json!({
+                    "reads": report.reads,
+                    "transfers_ok": report.transfers_ok,
+                    "bad_reads": report.bad_reads.iter().take(20).map(|b| json!({
+                        "index": b.index, "problem": b.problem, "balances": b.balances,
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        }
+    }
 }
 
 /// Completed operations by function and type.
