@@ -336,12 +336,12 @@ pub async fn run_duties(
 }
 
 /// Regroups narrow stripes (fewer data chunks than the cluster's default k,
-/// because their statement wrote fewer data files) into one stripe of the
-/// full width: their data chunks stay where they are, new parity is computed
-/// over all of them, and one Raft `Regroup` replaces the old stripes (whose
-/// parity chunks become orphans). Only stripes of tables without their own
-/// layout, healthy, with full parity, and data on distinct nodes; at most one
-/// new stripe per call.
+/// because their statement wrote fewer data files) into one wider stripe, up
+/// to the full width: their data chunks stay where they are, new parity is
+/// computed over all of them, and one Raft `Regroup` replaces the old stripes
+/// (whose parity chunks become orphans). Only stripes of tables without their
+/// own layout, healthy, with full parity, and data on distinct nodes; at most
+/// one new stripe per call, and each call leaves fewer stripes.
 async fn regroup(meta: &Meta, stripes: &StripeStore) {
     let catalog = meta.read_local();
     let layout = StripeLayout::for_cluster(stripes.cluster_size());
@@ -360,19 +360,26 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
         .filter(|t| t.layout.is_some())
         .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
         .collect();
+    // Widest stripes first, so a group needs the fewest members.
+    let mut candidates: Vec<&Stripe> = catalog
+        .stripes
+        .values()
+        .filter(|stripe| {
+            let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
+            usize::from(stripe.data_chunks) < k
+                && stripe.parity_chunks() >= m
+                && nodes.len() == stripe.data().len()
+                && stripe.chunks.iter().all(|c| live.contains(&c.node))
+                && !stripe.data().iter().any(|c| own_layout.contains(&c.chunk))
+        })
+        .collect();
+    candidates.sort_by_key(|s| std::cmp::Reverse(s.data_chunks));
     let mut group: Vec<&Stripe> = Vec::new();
     let mut used: HashSet<NodeId> = HashSet::new();
     let mut width = 0;
-    for stripe in catalog.stripes.values() {
+    for stripe in candidates {
         let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
-        let fits = usize::from(stripe.data_chunks) < k
-            && stripe.parity_chunks() >= m
-            && nodes.len() == stripe.data().len()
-            && width + nodes.len() <= k
-            && nodes.is_disjoint(&used)
-            && stripe.chunks.iter().all(|c| live.contains(&c.node))
-            && !stripe.data().iter().any(|c| own_layout.contains(&c.chunk));
-        if !fits {
+        if width + nodes.len() > k || !nodes.is_disjoint(&used) {
             continue;
         }
         used.extend(nodes);
@@ -382,7 +389,9 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
             break;
         }
     }
-    if width < k {
+    // Two or more stripes make one narrower-than-k stripe too (their data
+    // nodes may collide with every other candidate); it is a candidate again.
+    if group.len() < 2 {
         return;
     }
     let id = ChunkId(uuid::Uuid::now_v7().as_u128());
@@ -403,7 +412,7 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
         old: group.iter().map(|s| s.id).collect(),
         new: Stripe {
             id,
-            data_chunks: k as u8,
+            data_chunks: width as u8,
             chunks,
         },
     };
