@@ -164,7 +164,7 @@ async fn measure(
             status(&first).await.is_ok_and(|s| {
                 s.nodes
                     .iter()
-                    .any(|n| n[1] == victim_addr && n[4] == "down")
+                    .any(|n| n.rpc_address == victim_addr && n.state == "down")
             })
         },
     )

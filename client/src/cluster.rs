@@ -31,11 +31,28 @@ pub async fn connect(pg: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// One row of `quarry_system.nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub node_id: String,
+    /// Node-to-node address.
+    pub rpc_address: String,
+    /// PostgreSQL address.
+    pub pg_address: String,
+    /// Failure domain (empty: the node's own).
+    pub domain: String,
+    /// alive, suspect or down.
+    pub state: String,
+    /// leader, voter or learner.
+    pub raft_role: String,
+}
+
 /// What `quarry cluster status` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// The members: (node id, rpc address, pg address, domain, state, Raft role).
-    pub nodes: Vec<[String; 6]>,
+    /// The members, by node id.
+    pub nodes: Vec<Member>,
     /// How many stripes there are.
     pub stripes: i64,
     /// Stripes that are not healthy: (stripe id, table, layout k+m, available
@@ -46,7 +63,7 @@ pub struct Status {
 impl Status {
     /// Whether every node is alive and every stripe healthy.
     pub fn is_healthy(&self) -> bool {
-        self.unhealthy.is_empty() && self.nodes.iter().all(|n| n[4] == "alive")
+        self.unhealthy.is_empty() && self.nodes.iter().all(|n| n.state == "alive")
     }
 }
 
@@ -66,7 +83,14 @@ pub async fn status(pg: &str) -> anyhow::Result<Status> {
         .await
         .context("cannot read quarry_system.nodes")?
         .iter()
-        .map(|r| std::array::from_fn(|i| r.get::<_, String>(i)))
+        .map(|r| Member {
+            node_id: r.get(0),
+            rpc_address: r.get(1),
+            pg_address: r.get(2),
+            domain: r.get(3),
+            state: r.get(4),
+            raft_role: r.get(5),
+        })
         .collect();
     let stripes = client
         .query_one("select count(*)::bigint from quarry_system.stripes", &[])
@@ -105,10 +129,17 @@ pub fn render(status: &Status) -> String {
         "state",
         "raft role",
     ]);
-    for row in &status.nodes {
-        nodes.add_row(row.iter());
+    for n in &status.nodes {
+        nodes.add_row([
+            &n.node_id,
+            &n.rpc_address,
+            &n.pg_address,
+            &n.domain,
+            &n.state,
+            &n.raft_role,
+        ]);
     }
-    let alive = status.nodes.iter().filter(|n| n[4] == "alive").count();
+    let alive = status.nodes.iter().filter(|n| n.state == "alive").count();
     let mut out = format!(
         "nodes: {}, alive: {alive}\n{nodes}\n\nstripes: {}",
         status.nodes.len(),
@@ -243,8 +274,13 @@ impl LocalCluster {
         loop {
             if let Ok(status) = status(&observer.pg.to_string()).await
                 && status.nodes.len() == self.nodes
-                && status.nodes.iter().all(|n| n[4] == "alive")
-                && status.nodes.iter().filter(|n| n[5] != "learner").count() == voters
+                && status.nodes.iter().all(|n| n.state == "alive")
+                && status
+                    .nodes
+                    .iter()
+                    .filter(|n| n.raft_role != "learner")
+                    .count()
+                    == voters
             {
                 return Ok(());
             }
