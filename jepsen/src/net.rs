@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Why the network could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// An `ip` command failed; the text is its stderr.
-    #[error("`ip {args}` failed: {stderr}")]
-    Ip {
-        /// The arguments.
-        args: String,
+    /// An `ip` or `tc` command failed; the text is its stderr.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
         /// What it printed.
         stderr: String,
     },
@@ -36,42 +36,32 @@ pub enum NetError {
     NoSubnet,
 }
 
-/// Runs `ip ARGS`.
-fn ip(args: &[&str]) -> Result<(), NetError> {
-    let output = Command::new("ip")
+/// Runs `program ARGS` (iproute2's `ip` or `tc`).
+fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| NetError::Ip {
-            args: args.join(" "),
-            stderr: format!("cannot run ip: {e}"),
+        .map_err(|e| NetError::Command {
+            command: command.clone(),
+            stderr: format!("cannot run {program}: {e}"),
         })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(NetError::Ip {
-            args: args.join(" "),
+        Err(NetError::Command {
+            command,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }
 }
 
-/// Runs `tc ARGS`.
+fn ip(args: &[&str]) -> Result<(), NetError> {
+    run("ip", args)
+}
+
 fn tc(args: &[&str]) -> Result<(), NetError> {
-    let output = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| NetError::Ip {
-            args: format!("(tc) {}", args.join(" ")),
-            stderr: format!("cannot run tc: {e}"),
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Ip {
-            args: format!("(tc) {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
+    run("tc", args)
 }
 
 /// One host of a [`Lan`].
@@ -103,8 +93,8 @@ fn free_subnet() -> Result<(u8, u8), NetError> {
     let output = Command::new("ip")
         .args(["-4", "-o", "addr", "show"])
         .output()
-        .map_err(|e| NetError::Ip {
-            args: "-4 -o addr show".to_owned(),
+        .map_err(|e| NetError::Command {
+            command: "ip -4 -o addr show".to_owned(),
             stderr: e.to_string(),
         })?;
     let used = String::from_utf8_lossy(&output.stdout).into_owned();
