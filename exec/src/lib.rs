@@ -31,4 +31,4 @@ pub mod table;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use session::{CommandTag, CopyIn, Engine, Metadata, Output, Session};
+pub use session::{CommandTag, CopyIn, Engine, Metadata, Output, QueryResources, Session};

@@ -76,6 +76,17 @@ pub struct Engine {
     meta: Arc<dyn Metadata>,
     chunks: Arc<dyn DataFileStore>,
     target_partitions: usize,
+    resources: QueryResources,
+}
+
+/// What one query may use on this node.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResources {
+    /// Memory for a statement's sorts, aggregates and joins, in bytes; past
+    /// it they spill to disk (DataFusion's fair spill pool). None: unbounded.
+    pub memory_bytes: Option<usize>,
+    /// Directory for spill files (None: the system temp dir).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Engine {
@@ -85,11 +96,13 @@ impl Engine {
         meta: Arc<dyn Metadata>,
         chunks: Arc<dyn DataFileStore>,
         target_partitions: usize,
+        resources: QueryResources,
     ) -> Arc<Self> {
         Arc::new(Engine {
             meta,
             chunks,
             target_partitions: target_partitions.max(1),
+            resources,
         })
     }
 
@@ -270,7 +283,21 @@ impl Session {
             options.sql_parser.parse_float_as_decimal = true;
             options.execution.time_zone = Some("+00:00".to_owned());
         }
-        let ctx = SessionContext::new_with_config(config);
+        // A session runs one statement at a time, so its pool is the
+        // statement's memory.
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(bytes) = engine.resources.memory_bytes {
+            runtime = runtime.with_memory_pool(Arc::new(
+                datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+            ));
+        }
+        if let Some(dir) = &engine.resources.spill_dir {
+            runtime = runtime.with_temp_file_path(dir.clone());
+        }
+        let runtime = runtime
+            .build_arc()
+            .map_err(|e| Error::Internal(format!("cannot set up the query runtime: {e}")))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let view = CatalogView {
             catalog: Arc::new(Catalog::default()),
             writes: Arc::new(WriteSet::new(engine.chunks.clone())),

@@ -76,6 +76,10 @@ pub struct FileConfig {
     /// Seconds to keep trying the seeds before giving up on joining [default: 30].
     #[arg(long)]
     pub join_timeout_secs: Option<u64>,
+    /// Memory one statement's sorts, aggregates and joins may hold, in MiB;
+    /// past it they spill to `<data_dir>/spill` [default: 2048].
+    #[arg(long)]
+    pub query_memory_mb: Option<u64>,
 }
 
 /// The node's effective configuration.
@@ -109,6 +113,8 @@ pub struct Config {
     pub scrub_interval: Duration,
     /// How long joining keeps trying the seeds.
     pub join_timeout: Duration,
+    /// Memory per statement before spilling, in bytes.
+    pub query_memory_bytes: usize,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -203,6 +209,12 @@ impl FileConfig {
             repair_after: secs(flags.repair_after_secs, self.repair_after_secs, 600),
             scrub_interval: secs(flags.scrub_interval_secs, self.scrub_interval_secs, 3600),
             join_timeout: secs(flags.join_timeout_secs, self.join_timeout_secs, 30),
+            query_memory_bytes: (flags
+                .query_memory_mb
+                .or(self.query_memory_mb)
+                .unwrap_or(2048)
+                .max(1) as usize)
+                << 20,
         }
     }
 }

@@ -174,10 +174,19 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         meta.bootstrap(cluster_id).await?;
     }
     collect_garbage(&meta, &stripes, started_at).await;
+    // Spill files of statements cut short by a crash are of no use.
+    let spill_dir = config.data_dir.join("spill");
+    let _ = std::fs::remove_dir_all(&spill_dir);
+    std::fs::create_dir_all(&spill_dir)
+        .with_context(|| format!("cannot create {}", spill_dir.display()))?;
     let engine = Engine::new(
         meta.clone(),
         Arc::new(stripes.clone()),
         config.target_partitions,
+        quarry_exec::QueryResources {
+            memory_bytes: Some(config.query_memory_bytes),
+            spill_dir: Some(spill_dir),
+        },
     );
     let frontend = Frontend::new(engine);
     tracing::info!(
