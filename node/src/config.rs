@@ -80,6 +80,10 @@ pub struct FileConfig {
     /// past it they spill to `<data_dir>/spill` [default: 2048].
     #[arg(long)]
     pub query_memory_mb: Option<u64>,
+    /// Statements that run at once on this node (query slots); the others wait
+    /// in arrival order [default: 4 per CPU].
+    #[arg(long)]
+    pub query_slots: Option<usize>,
 }
 
 /// The node's effective configuration.
@@ -115,6 +119,8 @@ pub struct Config {
     pub join_timeout: Duration,
     /// Memory per statement before spilling, in bytes.
     pub query_memory_bytes: usize,
+    /// Statements that run at once.
+    pub query_slots: usize,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -215,6 +221,11 @@ impl FileConfig {
                 .unwrap_or(2048)
                 .max(1) as usize)
                 << 20,
+            query_slots: flags
+                .query_slots
+                .or(self.query_slots)
+                .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
         }
     }
 }

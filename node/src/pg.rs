@@ -50,6 +50,7 @@ pub struct Frontend {
     engine: Arc<Engine>,
     cancels: Arc<Cancels>,
     running: Arc<RunningStatements>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Cancel signals of the open connections, by the (process id, secret key) each
@@ -168,11 +169,15 @@ impl Drop for RunningGuard {
 
 impl Frontend {
     /// A front end over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Arc<Self> {
+    /// A front end over `engine` running at most `query_slots` statements at
+    /// once; the others wait for a slot, in arrival order (a cancel request or
+    /// the statement timeout ends the wait).
+    pub fn new(engine: Arc<Engine>, query_slots: usize) -> Arc<Self> {
         Arc::new(Frontend {
             engine,
             cancels: Arc::new(Cancels::default()),
             running: Arc::new(RunningStatements::default()),
+            slots: Arc::new(tokio::sync::Semaphore::new(query_slots.max(1))),
         })
     }
 
@@ -195,6 +200,7 @@ impl Frontend {
             cancel: watch::channel(0).0,
             cancel_key: std::sync::Mutex::new(None),
             running: self.running.clone(),
+            slots: self.slots.clone(),
         });
         Ok(Handlers {
             connection,
@@ -212,6 +218,8 @@ pub struct Connection {
     /// This connection's key in `cancels`, once started up.
     cancel_key: std::sync::Mutex<Option<(i32, Bytes)>>,
     running: Arc<RunningStatements>,
+    /// The node's query slots.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for Connection {
@@ -307,14 +315,37 @@ fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Arc<Vec<FieldI
 }
 
 /// Encodes a stream of batches as data rows; an error mid-stream keeps its SQLSTATE.
+/// Whether `statement` waits for a query slot: queries, DML, COPY, CREATE
+/// TABLE AS and EXPLAIN do; session and catalog commands do not.
+fn takes_slot(statement: &Statement) -> bool {
+    match statement {
+        Statement::Query(_)
+        | Statement::Insert(_)
+        | Statement::Update { .. }
+        | Statement::Delete(_)
+        | Statement::Merge { .. }
+        | Statement::Copy { .. }
+        | Statement::Explain { .. } => true,
+        Statement::CreateTable(create) => create.query.is_some(),
+        _ => false,
+    }
+}
+
 fn rows_response(
     stream: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
     stop: StopSignal,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
     let row_fields = fields.clone();
+    // The stream owns the query slot: it is freed when the last row is sent
+    // or the stream is dropped (cancel, timeout, client gone).
     let rows = stream
+        .map(move |batch| {
+            let _slot = &slot;
+            batch
+        })
         .map(move |batch| match batch {
             Ok(batch) => stream::iter(encode_recordbatch(row_fields.clone(), batch)).left_stream(),
             Err(e) => stream::once(futures::future::ready(Err(to_pg_error(
@@ -366,8 +397,45 @@ impl Connection {
         format: &Format,
     ) -> PgWireResult<Response> {
         let _running = self.running.enter();
-        let mut session = self.state.session.lock().await;
+        let session = self.state.session.lock().await;
         let stop = self.stop_signal(session.statement_timeout_ms());
+        // Wait for a query slot; it is held until the statement's rows have
+        // been sent (or it fails, or is cancelled). Session commands (SET,
+        // SHOW, BEGIN, COMMIT, DDL) run without one, so they never queue
+        // behind long queries.
+        if !takes_slot(&statement) {
+            return self
+                .execute(session, statement, params, format, stop, None)
+                .await;
+        }
+        metrics::gauge!("quarry_statements_waiting_for_slot").increment(1.0);
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot,
+            reason = stop.clone() => {
+                metrics::gauge!("quarry_statements_waiting_for_slot").decrement(1.0);
+                return Err(reason.error());
+            }
+        };
+        metrics::gauge!("quarry_statements_waiting_for_slot").decrement(1.0);
+        let slot = slot.map_err(|_| {
+            to_pg_error(&quarry_exec::Error::Internal(
+                "query slots closed".to_owned(),
+            ))
+        })?;
+        self.execute(session, statement, params, format, stop, Some(slot))
+            .await
+    }
+
+    /// Runs `statement` holding `slot` (if any) until its output is done.
+    async fn execute(
+        &self,
+        mut session: tokio::sync::MutexGuard<'_, Session>,
+        statement: Statement,
+        params: Option<datafusion::common::ParamValues>,
+        format: &Format,
+        stop: StopSignal,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> PgWireResult<Response> {
         // A panic in one statement fails that statement (XX000), not the node or
         // the connection.
         let execution =
@@ -384,7 +452,7 @@ impl Connection {
             reason = stop.clone() => return Err(reason.error()),
         };
         match output.map_err(|e| to_pg_error(&e))? {
-            Output::Rows(stream) => rows_response(stream, format, stop),
+            Output::Rows(stream) => rows_response(stream, format, stop, slot),
             Output::Command(tag) => Ok(match tag.command.as_str() {
                 "BEGIN" => Response::TransactionStart(tag_of(&tag)),
                 "COMMIT" | "ROLLBACK" => Response::TransactionEnd(tag_of(&tag)),
@@ -401,9 +469,12 @@ impl Connection {
                 )))
             }
             Output::CopyOut { columns, data, .. } => {
-                let data = data.map(|chunk| match chunk {
-                    Ok(bytes) => Ok(CopyData::new(bytes)),
-                    Err(e) => Err(to_pg_error(&e)),
+                let data = data.map(move |chunk| {
+                    let _slot = &slot;
+                    match chunk {
+                        Ok(bytes) => Ok(CopyData::new(bytes)),
+                        Err(e) => Err(to_pg_error(&e)),
+                    }
                 });
                 Ok(Response::CopyOut(CopyResponse::new(0, columns, data)))
             }

@@ -188,7 +188,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             spill_dir: Some(spill_dir),
         },
     );
-    let frontend = Frontend::new(engine);
+    let frontend = Frontend::new(engine, config.query_slots);
     tracing::info!(
         node_id,
         cluster = %quarry_common::catalog::ChunkId(cluster_id),

@@ -83,3 +83,49 @@ async fn a_sort_larger_than_the_memory_limit_spills_and_completes() {
     let (line, _) = sort_metrics(&[]).await;
     assert_eq!(spill_count(&line), 0, "in memory under the default: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_over_the_slot_count_wait_and_a_cancel_frees_the_slot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(&dir.path().join("n"), &["--query-slots", "1"]).await;
+    // A holds the one slot with a long aggregate (it is cancelled below).
+    let a = node.client().await;
+    let cancel_a = a.cancel_token();
+    let running = tokio::spawn(async move {
+        a.simple_query("select count(distinct md5(value::text)) from generate_series(1, 100000000)")
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // B waits for the slot.
+    let b = node.client().await;
+    let waiting = tokio::spawn(async move { b.query_one("select 42::bigint", &[]).await });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!running.is_finished(), "A still runs");
+    assert!(!waiting.is_finished(), "B ran while A held the only slot");
+
+    // C gives up waiting at its statement timeout, and takes no slot.
+    let c = node.client().await;
+    c.batch_execute("set statement_timeout = 300")
+        .await
+        .expect("set");
+    let error = c
+        .query_one("select 1::bigint", &[])
+        .await
+        .expect_err("timed out");
+    assert_eq!(support::sqlstate(&error), "57014", "{error:?}");
+
+    // Cancelling A frees its slot and B runs.
+    cancel_a
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel a");
+    let cancelled = running.await.expect("task").expect_err("A was cancelled");
+    assert_eq!(support::sqlstate(&cancelled), "57014");
+    let row = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("B runs once A is cancelled")
+        .expect("task")
+        .expect("B's row");
+    assert_eq!(row.get::<_, i64>(0), 42);
+}
