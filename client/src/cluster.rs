@@ -35,7 +35,7 @@ pub async fn connect(pg: &str) -> anyhow::Result<Client> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Node id.
-    pub node_id: String,
+    pub node_id: u64,
     /// Node-to-node address.
     pub rpc_address: String,
     /// PostgreSQL address.
@@ -67,16 +67,15 @@ impl Status {
     }
 }
 
-/// Reads the cluster's status from the node at `pg`.
+/// Every row of `quarry_system.nodes`, by node id, as the node behind
+/// `client` sees them.
 ///
 /// # Errors
-/// If the node cannot be reached or cannot answer (no Raft leader reachable
-/// from it).
-pub async fn status(pg: &str) -> anyhow::Result<Status> {
-    let client = connect(pg).await?;
-    let nodes = client
+/// If the node cannot answer (no Raft leader reachable from it).
+pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
+    Ok(client
         .query(
-            "select node_id::text, rpc_address, pg_address, domain, state, raft_role \
+            "select node_id::bigint, rpc_address, pg_address, domain, state, raft_role \
              from quarry_system.nodes order by node_id",
             &[],
         )
@@ -84,14 +83,24 @@ pub async fn status(pg: &str) -> anyhow::Result<Status> {
         .context("cannot read quarry_system.nodes")?
         .iter()
         .map(|r| Member {
-            node_id: r.get(0),
+            node_id: r.get::<_, i64>(0) as u64,
             rpc_address: r.get(1),
             pg_address: r.get(2),
             domain: r.get(3),
             state: r.get(4),
             raft_role: r.get(5),
         })
-        .collect();
+        .collect())
+}
+
+/// Reads the cluster's status from the node at `pg`.
+///
+/// # Errors
+/// If the node cannot be reached or cannot answer (no Raft leader reachable
+/// from it).
+pub async fn status(pg: &str) -> anyhow::Result<Status> {
+    let client = connect(pg).await?;
+    let nodes = members(&client).await?;
     let stripes = client
         .query_one("select count(*)::bigint from quarry_system.stripes", &[])
         .await
@@ -131,7 +140,7 @@ pub fn render(status: &Status) -> String {
     ]);
     for n in &status.nodes {
         nodes.add_row([
-            &n.node_id,
+            &n.node_id.to_string(),
             &n.rpc_address,
             &n.pg_address,
             &n.domain,

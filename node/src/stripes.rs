@@ -154,41 +154,39 @@ impl StripeStore {
         &self.local
     }
 
+    /// `f` over the Raft members (voters and learners), borrowed from the
+    /// Raft metrics without copying them (addr_of is on the read path).
+    fn with_members<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = (&NodeId, &quarry_raft::NodeAddr)>) -> T,
+    ) -> T {
+        let metrics = self.meta.raft().metrics();
+        let metrics = metrics.borrow();
+        f(&mut metrics.membership_config.nodes())
+    }
+
     /// The Raft members (id, failure domain) gossip says are alive.
     pub fn live_nodes(&self) -> Vec<(NodeId, String)> {
-        self.meta
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .filter(|(id, _)| self.membership.is_alive(**id))
-            .map(|(id, addr)| (*id, addr.domain.clone()))
-            .collect()
+        self.with_members(|members| {
+            members
+                .filter(|(id, _)| self.membership.is_alive(**id))
+                .map(|(id, addr)| (*id, addr.domain.clone()))
+                .collect()
+        })
     }
 
     /// The number of nodes in the cluster (voters and learners).
     pub fn cluster_size(&self) -> usize {
-        self.meta
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .count()
+        self.with_members(|members| members.count())
     }
 
     /// Node `node`'s RPC address: from Raft membership, else from gossip.
     pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
-        let from_raft = self
-            .meta
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .find(|(id, _)| **id == node)
-            .and_then(|(_, addr)| addr.rpc.parse().ok());
+        let from_raft = self.with_members(|members| {
+            members
+                .filter(|(id, _)| **id == node)
+                .find_map(|(_, addr)| addr.rpc.parse().ok())
+        });
         from_raft.or_else(|| self.membership.member(node).map(|m| m.identity.addr))
     }
 

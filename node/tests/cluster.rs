@@ -241,7 +241,7 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
             let id = rows
                 .iter()
                 .find(|r| r.rpc_address == nodes[*i].listen())
-                .map(|r| r.id.to_string())
+                .map(|r| r.node_id.to_string())
                 .expect("listed");
             placements
                 .iter()
@@ -279,14 +279,14 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
         .query_one("select nodes from quarry_system.stripes", &[])
         .await
         .expect("stripes");
-    let holder_id: i64 = placement
+    let holder_id: u64 = placement
         .get::<_, &str>(0)
         .split(',')
         .next()
         .expect("a node")
         .parse()
         .expect("node id");
-    let holder = support::cluster::index_where(&nodes, 0, |r| r.id == holder_id).await;
+    let holder = support::cluster::index_where(&nodes, 0, |r| r.node_id == holder_id).await;
     let files: Vec<_> = std::fs::read_dir(nodes[holder].data_dir.join("chunks"))
         .expect("chunks dir")
         .map(|e| e.expect("entry").path())
@@ -393,7 +393,7 @@ async fn bad_starts_fail_clearly_and_write_nothing() {
         support::cluster::node_rows(&cluster_a[0])
             .await
             .iter()
-            .any(|r| r.id == 2 && r.state == "alive")
+            .any(|r| r.node_id == 2 && r.state == "alive")
     })
     .await;
     let mut duplicate = TestNode::spawn(&copy, &["--join", &cluster_a[0].listen()]);
@@ -601,18 +601,24 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
         "--listen-port",
         &listen_port,
     ];
-    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["cluster", "local", "--nodes", "3", "--data-dir", &data_text])
-        .args(["--first-address", &first])
-        .args(ports)
-        .args(["--", "--down-after-ms", "1000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("cluster local starts");
-    assert_eq!(
-        first_line(&mut parent),
-        format!("3 nodes running, data under {data_text}")
-    );
+    // Three nodes on `data`; returns once they all answer.
+    let start = |node_flags: &[&str]| {
+        let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(["cluster", "local", "--nodes", "3", "--data-dir", &data_text])
+            .args(["--first-address", &first])
+            .args(ports)
+            .arg("--")
+            .args(node_flags)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cluster local starts");
+        assert_eq!(
+            first_line(&mut local),
+            format!("3 nodes running, data under {data_text}")
+        );
+        local
+    };
+    let parent = start(&["--down-after-ms", "1000"]);
     assert_eq!(
         pids_mentioning(&data_text).len(),
         4,
@@ -678,17 +684,7 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
     assert!(pids_mentioning(&data_text).is_empty(), "every node stopped");
 
     // Started again on the same data dir, the nodes keep their data.
-    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["cluster", "local", "--nodes", "3", "--data-dir", &data_text])
-        .args(["--first-address", &first])
-        .args(ports)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("cluster local starts again");
-    assert_eq!(
-        first_line(&mut again),
-        format!("3 nodes running, data under {data_text}")
-    );
+    let again = start(&[]);
     wait_for(
         Duration::from_secs(120),
         "the restarted cluster to answer",

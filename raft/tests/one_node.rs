@@ -44,19 +44,29 @@ fn data_file(chunk: u128) -> DataFile {
     }
 }
 
-#[tokio::test]
-async fn committed_catalog_survives_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("meta.redb");
-    let meta = Meta::open(
-        &path,
-        config(1000),
+/// Opens the metadata store at `path` as a node without peers.
+async fn open(path: &std::path::Path, snapshot_every_entries: u64) -> quarry_raft::Result<Meta> {
+    Meta::open(
+        path,
+        config(snapshot_every_entries),
         Unconnected,
         std::sync::Arc::new(quarry_raft::NoLink),
     )
     .await
-    .expect("open");
+}
+
+/// [`open`], then bootstrap (or restart) the one-node cluster.
+async fn open_bootstrapped(path: &std::path::Path, snapshot_every_entries: u64) -> Meta {
+    let meta = open(path, snapshot_every_entries).await.expect("open");
     meta.bootstrap(1).await.expect("bootstrap");
+    meta
+}
+
+#[tokio::test]
+async fn committed_catalog_survives_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.redb");
+    let meta = open_bootstrapped(&path, 1000).await;
     meta.write(create_table("t")).await.expect("create");
     let table = meta
         .read()
@@ -84,15 +94,7 @@ async fn committed_catalog_survives_restart() {
     meta.shutdown().await;
     drop(meta);
 
-    let meta = Meta::open(
-        &path,
-        config(1000),
-        Unconnected,
-        std::sync::Arc::new(quarry_raft::NoLink),
-    )
-    .await
-    .expect("reopen");
-    meta.bootstrap(1).await.expect("bootstrap again");
+    let meta = open_bootstrapped(&path, 1000).await;
     let after = meta.read().await.expect("read");
     assert_eq!(after, before);
     assert_eq!(
@@ -110,15 +112,7 @@ async fn committed_catalog_survives_restart() {
 async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.redb");
-    let meta = Meta::open(
-        &path,
-        config(4),
-        Unconnected,
-        std::sync::Arc::new(quarry_raft::NoLink),
-    )
-    .await
-    .expect("open");
-    meta.bootstrap(1).await.expect("bootstrap");
+    let meta = open_bootstrapped(&path, 4).await;
     for i in 0..25 {
         meta.write(create_table(&format!("t{i}")))
             .await
@@ -128,15 +122,7 @@ async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
     meta.shutdown().await;
     drop(meta);
 
-    let meta = Meta::open(
-        &path,
-        config(4),
-        Unconnected,
-        std::sync::Arc::new(quarry_raft::NoLink),
-    )
-    .await
-    .expect("reopen");
-    meta.bootstrap(1).await.expect("bootstrap again");
+    let meta = open_bootstrapped(&path, 4).await;
     assert_eq!(meta.read().await.expect("read"), before);
     assert_eq!(before.tables.len(), 25);
     meta.shutdown().await;
@@ -145,15 +131,7 @@ async fn restart_after_snapshots_and_log_purges_keeps_every_commit() {
 #[tokio::test]
 async fn refused_commands_report_the_catalog_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let meta = Meta::open(
-        &dir.path().join("meta.redb"),
-        config(1000),
-        Unconnected,
-        std::sync::Arc::new(quarry_raft::NoLink),
-    )
-    .await
-    .expect("open");
-    meta.bootstrap(1).await.expect("bootstrap");
+    let meta = open_bootstrapped(&dir.path().join("meta.redb"), 1000).await;
     meta.write(create_table("t")).await.expect("create");
     let err = meta.write(create_table("t")).await.expect_err("duplicate");
     assert!(
@@ -168,14 +146,7 @@ async fn a_metadata_file_of_another_format_version_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.redb");
     {
-        let meta = Meta::open(
-            &path,
-            config(1000),
-            Unconnected,
-            std::sync::Arc::new(quarry_raft::NoLink),
-        )
-        .await
-        .expect("open");
+        let meta = open(&path, 1000).await.expect("open");
         meta.shutdown().await;
     }
     {
@@ -192,14 +163,7 @@ async fn a_metadata_file_of_another_format_version_is_refused() {
         }
         txn.commit().expect("commit");
     }
-    let err = match Meta::open(
-        &path,
-        config(1000),
-        Unconnected,
-        std::sync::Arc::new(quarry_raft::NoLink),
-    )
-    .await
-    {
+    let err = match open(&path, 1000).await {
         Ok(_) => panic!("a future format must not open"),
         Err(e) => e,
     };

@@ -59,13 +59,7 @@ pub async fn start_cluster_on(
 }
 
 /// One row of `quarry_system.nodes`.
-#[derive(Debug, Clone)]
-pub struct NodeRow {
-    pub id: i64,
-    pub rpc_address: String,
-    pub state: String,
-    pub raft_role: String,
-}
+pub use quarry_client::cluster::Member as NodeRow;
 
 /// Every node as `node` sees it (empty if it cannot answer).
 pub async fn node_rows(node: &TestNode) -> Vec<NodeRow> {
@@ -75,25 +69,9 @@ pub async fn node_rows(node: &TestNode) -> Vec<NodeRow> {
         return Vec::new();
     };
     tokio::spawn(connection);
-    match client
-        .query(
-            "select node_id::bigint, rpc_address, state, raft_role \
-             from quarry_system.nodes order by node_id",
-            &[],
-        )
+    quarry_client::cluster::members(&client)
         .await
-    {
-        Ok(rows) => rows
-            .iter()
-            .map(|r| NodeRow {
-                id: r.get(0),
-                rpc_address: r.get(1),
-                state: r.get(2),
-                raft_role: r.get(3),
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+        .unwrap_or_default()
 }
 
 /// The index in `nodes` of the first node `observer` lists that matches `which`.
