@@ -89,7 +89,7 @@ async fn measure(
     nodes: &mut [quarry_client::cluster::LocalNode],
 ) -> anyhow::Result<()> {
     let first = nodes[0].pg.to_string();
-    let load = quarry_client::tpch::load(&first, settings.scale_factor, "tpch", false).await?;
+    let load = quarry_client::tpch::load(&first, settings.scale_factor, 1, "tpch", false).await?;
     let client = quarry_client::cluster::connect(&first).await?;
     // Small statements leave narrow stripes that the leader regroups in the
     // background; measure once the stripe count has been still for 10 s.

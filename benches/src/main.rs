@@ -84,7 +84,7 @@ fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
         let path = out.join(format!("{table}.csv"));
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let mut result = Ok(());
-        quarry_client::tpch::generate_csv(table, scale_factor, |chunk| {
+        quarry_client::tpch::generate_csv(table, scale_factor, 1, 1, |chunk| {
             result = file.write_all(&chunk);
             result.is_ok()
         });

@@ -80,6 +80,52 @@ impl SqlState {
     pub fn code(self) -> &'static str {
         self.0
     }
+
+    /// The SQLSTATE with code `code` (as sent by another node), or
+    /// internal_error (XX000) for a code Quarry does not raise.
+    pub fn from_code(code: &str) -> SqlState {
+        const KNOWN: &[SqlState] = &[
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::PROTOCOL_VIOLATION,
+            SqlState::CARDINALITY_VIOLATION,
+            SqlState::DATA_EXCEPTION,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::INVALID_DATETIME_FORMAT,
+            SqlState::DIVISION_BY_ZERO,
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::BAD_COPY_FILE_FORMAT,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::NO_ACTIVE_SQL_TRANSACTION,
+            SqlState::IN_FAILED_SQL_TRANSACTION,
+            SqlState::ACTIVE_SQL_TRANSACTION,
+            SqlState::SERIALIZATION_FAILURE,
+            SqlState::STATEMENT_COMPLETION_UNKNOWN,
+            SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            SqlState::SYNTAX_ERROR,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::DATATYPE_MISMATCH,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::DUPLICATE_SCHEMA,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_COLUMN,
+            SqlState::INVALID_SCHEMA_NAME,
+            SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::QUERY_CANCELED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::IO_ERROR,
+            SqlState::INTERNAL_ERROR,
+            SqlState::DATA_CORRUPTED,
+        ];
+        KNOWN
+            .iter()
+            .copied()
+            .find(|s| s.0 == code)
+            .unwrap_or(SqlState::INTERNAL_ERROR)
+    }
 }
 
 impl std::fmt::Display for SqlState {
@@ -102,5 +148,15 @@ mod tests {
         ] {
             assert_eq!(state.code().len(), 5, "{state}");
         }
+    }
+
+    #[test]
+    fn codes_read_back_into_their_sqlstate() {
+        assert_eq!(
+            SqlState::from_code("40001"),
+            SqlState::SERIALIZATION_FAILURE
+        );
+        assert_eq!(SqlState::from_code("22012"), SqlState::DIVISION_BY_ZERO);
+        assert_eq!(SqlState::from_code("99999"), SqlState::INTERNAL_ERROR);
     }
 }

@@ -77,6 +77,12 @@ impl WriteSet {
         self.lock().layouts.clone()
     }
 
+    /// Whether the transaction has added or replaced no data file yet.
+    pub fn writes_nothing(&self) -> bool {
+        let pending = self.lock();
+        pending.added.values().all(Vec::is_empty) && pending.removed.values().all(Vec::is_empty)
+    }
+
     /// Files this transaction added to `table` (it reads its own writes).
     pub fn added_to(&self, table: TableId) -> Vec<DataFile> {
         self.lock().added.get(&table).cloned().unwrap_or_default()

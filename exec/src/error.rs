@@ -172,7 +172,7 @@ fn root(e: &DataFusionError) -> &DataFusionError {
     }
 }
 
-fn engine_message(e: &DataFusionError) -> String {
+pub(crate) fn engine_message(e: &DataFusionError) -> String {
     if let Some(quarry) = quarry_error_in(e) {
         return quarry.to_string();
     }

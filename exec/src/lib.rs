@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod chunks;
 pub mod copy;
 pub mod data_file;
+pub mod distributed;
 pub mod error;
 pub mod field_ids;
 pub mod merge;

@@ -45,6 +45,8 @@ use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
 use crate::catalog::{CATALOG_NAME, CatalogView, QuarryCatalog};
 use crate::copy::{COPY_BATCH_ROWS, CopyFormat, RecordParser, RowBuffer, RowFormatter};
 use crate::data_file::{DataFileWriter, WriteSet};
+use crate::distributed::host::FragmentHost;
+use crate::distributed::{Cluster, DistributedPlan, ExchangeRequest, ExchangeResponse, Peers};
 use crate::error::{Error, Result, user_error};
 use crate::parser;
 use crate::table::SnapshotTable;
@@ -77,6 +79,8 @@ pub struct Engine {
     chunks: Arc<dyn DataFileStore>,
     target_partitions: usize,
     resources: QueryResources,
+    /// The other nodes queries are distributed over (None: this node alone).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What one query may use on this node.
@@ -91,19 +95,53 @@ pub struct QueryResources {
 
 impl Engine {
     /// An engine over `meta` and the local chunk store, running each query with
-    /// `target_partitions` parallel partitions.
+    /// `target_partitions` parallel partitions per node; with `peers`, queries
+    /// are distributed over the live nodes (DESIGN.md §5).
     pub fn new(
         meta: Arc<dyn Metadata>,
         chunks: Arc<dyn DataFileStore>,
         target_partitions: usize,
         resources: QueryResources,
+        peers: Option<Arc<dyn Peers>>,
     ) -> Arc<Self> {
-        Arc::new(Engine {
+        Arc::new_cyclic(|engine| Engine {
             meta,
             chunks,
             target_partitions: target_partitions.max(1),
             resources,
+            cluster: peers
+                .map(|peers| Arc::new(Cluster::new(peers, FragmentHost::new(engine.clone())))),
         })
+    }
+
+    /// The catalog as of now (for fragments started by other nodes).
+    ///
+    /// # Errors
+    /// If the metadata cannot be read.
+    pub async fn catalog(&self) -> Result<Arc<Catalog>> {
+        Ok(self.meta.read().await?)
+    }
+
+    /// The data file store.
+    pub fn chunks(&self) -> &Arc<dyn DataFileStore> {
+        &self.chunks
+    }
+
+    /// Answers another node's request about the fragments of a distributed
+    /// query.
+    pub async fn exchange(&self, request: ExchangeRequest) -> ExchangeResponse {
+        match &self.cluster {
+            Some(cluster) => cluster.host().handle(cluster, request).await,
+            None => ExchangeResponse::Failed {
+                sqlstate: SqlState::FEATURE_NOT_SUPPORTED.code().to_owned(),
+                message: "this node runs no distributed queries".to_owned(),
+            },
+        }
+    }
+
+    /// Fragments this node holds for distributed queries.
+    pub fn fragments_held(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.host().len())
     }
 
     /// A new session.
@@ -165,6 +203,8 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("client_encoding", "UTF8"),
     ("client_min_messages", "notice"),
     ("datestyle", "ISO, MDY"),
+    // CockroachDB's name: `off` runs every query on the node it arrives at.
+    ("distsql", "on"),
     ("default_transaction_isolation", "repeatable read"),
     ("extra_float_digits", "1"),
     ("integer_datetimes", "on"),
@@ -662,13 +702,19 @@ impl Session {
             other => {
                 // Queries write nothing; the scans take the files of the pinned
                 // snapshots when planned, so the stream needs no view.
-                self.begin_statement().await?;
+                let view = self.begin_statement().await?;
                 let plan = self.plan_with_params(other, params).await?;
                 if let LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) = &plan {
                     return Err(user_error(
                         SqlState::FEATURE_NOT_SUPPORTED,
                         format!("{} is not supported yet", plan.display()),
                     ));
+                }
+                // A transaction's own new data files live on this node only.
+                if view.writes.writes_nothing()
+                    && let Some(output) = self.run_distributed(&plan).await?
+                {
+                    return Ok(output);
                 }
                 let frame = self
                     .ctx
@@ -679,6 +725,86 @@ impl Session {
                 Ok(Output::Rows(stream))
             }
         }
+    }
+
+    /// Runs a query (or EXPLAIN [ANALYZE] of one) over the cluster's live
+    /// nodes; None when it is better run here alone (see
+    /// [`DistributedPlan::new`]).
+    async fn run_distributed(&self, plan: &LogicalPlan) -> Result<Option<Output>> {
+        let Some(cluster) = &self.engine.cluster else {
+            return Ok(None);
+        };
+        if self
+            .setting("distsql")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off"))
+        {
+            return Ok(None);
+        }
+        let (query, explain) = match plan {
+            LogicalPlan::Explain(e) => (e.plan.clone(), Some(false)),
+            LogicalPlan::Analyze(a) => (a.input.clone(), Some(true)),
+            other => (Arc::new(other.clone()), None),
+        };
+        if let LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) = query.as_ref() {
+            return Ok(None);
+        }
+        let state = self.ctx.state();
+        let physical = state
+            .create_physical_plan(&query)
+            .await
+            .map_err(Error::from_engine)?;
+        let distributed = DistributedPlan::new(cluster, physical, self.engine.target_partitions)
+            .map_err(Error::from_engine)?;
+        let Some(distributed) = distributed else {
+            return Ok(None);
+        };
+        let ctx = self.ctx.task_ctx();
+        let rows = match explain {
+            None => {
+                let stream = distributed.execute(ctx).await.map_err(Error::from_engine)?;
+                return Ok(Some(Output::Rows(stream)));
+            }
+            Some(false) => vec![
+                ("logical_plan", query.display_indent().to_string()),
+                ("distributed_plan", distributed.display(None)),
+            ],
+            Some(true) => {
+                let started = std::time::Instant::now();
+                let (count, reports) =
+                    distributed.analyze(ctx).await.map_err(Error::from_engine)?;
+                vec![(
+                    "Plan with Metrics",
+                    format!(
+                        "{}rows={count}, elapsed={} ms\n",
+                        distributed.display(Some(&reports)),
+                        started.elapsed().as_millis()
+                    ),
+                )]
+            }
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.1.as_str()),
+                )),
+            ],
+        )
+        .map_err(|e| Error::Internal(format!("cannot build the plan text: {e}")))?;
+        let stream = futures::stream::iter([Ok(batch)]);
+        Ok(Some(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        )))))
+    }
+
+    /// The task context of this session (its functions, settings and memory).
+    pub(crate) fn task_ctx(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.ctx.task_ctx()
     }
 
     /// Plans `statement` against the pinned catalog, resolving time travel.
@@ -1378,6 +1504,12 @@ impl Session {
                             format!("invalid value for parameter \"TimeZone\": \"{value}\": {e}"),
                         )
                     })?;
+            }
+            "distsql" if !matches!(value.to_ascii_lowercase().as_str(), "on" | "off") => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"distsql\": \"{value}\" (on or off)"),
+                ));
             }
             "statement_timeout" if parse_duration_ms(&value).is_none() => {
                 return Err(user_error(

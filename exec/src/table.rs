@@ -21,7 +21,7 @@ use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
-    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+    FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
@@ -45,7 +45,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_common::SqlState;
-use quarry_common::catalog::{DataFile, SnapshotId, Table};
+use quarry_common::catalog::{DataFile, SnapshotId, Table, TableId};
 use quarry_storage::ChunkRef;
 
 use crate::chunks::DataFileStore;
@@ -185,47 +185,20 @@ impl SnapshotTable {
         projection: Option<Vec<usize>>,
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let partitions = partitions.max(1);
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions.min(files.len().max(1)))
-            .map(|_| (0, Vec::new()))
+        let files = files
+            .iter()
+            .map(|f| PartitionedFile::new(scan_path(self.table.id, self.snapshot, f), f.size_bytes))
             .collect();
-        let mut by_size = files.clone();
-        by_size.sort_by_key(|f| std::cmp::Reverse(f.size_bytes));
-        for file in by_size {
-            let lightest = groups
-                .iter_mut()
-                .min_by_key(|(bytes, _)| *bytes)
-                .expect("there is at least one group");
-            lightest.0 += file.size_bytes;
-            lightest.1.push(PartitionedFile::new(
-                file.chunk.to_string(),
-                file.size_bytes,
-            ));
-        }
-        let factory = ChunkReaderFactory {
-            table: self.qualified_name(),
-            chunks: self.chunks.clone(),
-            files: files
-                .iter()
-                .map(|f| {
-                    (
-                        f.chunk.to_string(),
-                        ChunkRef {
-                            id: f.chunk,
-                            size_bytes: f.size_bytes,
-                            checksum_crc32c: f.checksum_crc32c,
-                        },
-                    )
-                })
-                .collect(),
-        };
         let source = ParquetSource::new(self.schema.clone())
-            .with_parquet_file_reader_factory(Arc::new(factory))
+            .with_parquet_file_reader_factory(Arc::new(ChunkReaderFactory {
+                table: self.qualified_name(),
+                chunks: self.chunks.clone(),
+            }))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+                .with_file_groups(balanced_groups(files, partitions))
                 .with_projection_indices(projection)?
                 .with_limit(limit)
                 .with_expr_adapter(Some(Arc::new(
@@ -387,13 +360,158 @@ impl PruningStatistics for ZoneMaps<'_> {
     }
 }
 
+/// The path a scan gives data file `file` of table `table` read at `snapshot`:
+/// `{table}/{snapshot}/{chunk}.{crc32c}`, so that a scan carries all it needs
+/// to be read on another node (the size is the path's object size).
+fn scan_path(table: TableId, snapshot: SnapshotId, file: &DataFile) -> String {
+    format!(
+        "{table}/{snapshot}/{}.{:08x}",
+        file.chunk, file.checksum_crc32c
+    )
+}
+
+/// The table, snapshot and data file a [`scan_path`] names.
+fn parse_scan_path(file: &PartitionedFile) -> Option<(TableId, SnapshotId, ChunkRef)> {
+    let path = file.object_meta.location.as_ref();
+    let mut parts = path.split('/');
+    let table = parts.next()?.parse().ok()?;
+    let snapshot = parts.next()?.parse().ok()?;
+    let (chunk, checksum) = parts.next()?.split_once('.')?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        table,
+        snapshot,
+        ChunkRef {
+            id: chunk.parse().ok()?,
+            size_bytes: file.object_meta.size,
+            checksum_crc32c: u32::from_str_radix(checksum, 16).ok()?,
+        },
+    ))
+}
+
+/// `files` in up to `partitions` groups balanced by size (largest first into
+/// the lightest group); one empty group when there are no files.
+pub fn balanced_groups(mut files: Vec<PartitionedFile>, partitions: usize) -> Vec<FileGroup> {
+    let count = partitions.max(1).min(files.len().max(1));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+        (0..count).map(|_| (0, Vec::new())).collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    for file in files {
+        let lightest = groups
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("there is at least one group");
+        lightest.0 += file.object_meta.size;
+        lightest.1.push(file);
+    }
+    groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect()
+}
+
+/// Whether `plan` is a scan of a Quarry table (made by [`SnapshotTable`]).
+pub fn is_table_scan(plan: &dyn ExecutionPlan) -> bool {
+    scan_config(plan).is_some()
+}
+
+/// The file scan config of a Quarry table scan.
+fn scan_config(plan: &dyn ExecutionPlan) -> Option<&FileScanConfig> {
+    let source = plan.downcast_ref::<DataSourceExec>()?;
+    let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+    config.file_source().downcast_ref::<ParquetSource>()?;
+    let mut files = config.file_groups.iter().flat_map(|g| g.files());
+    files
+        .all(|f| parse_scan_path(f).is_some())
+        .then_some(config)
+}
+
+/// The data files a table scan reads, with the chunk each lives in.
+pub fn scan_files(plan: &dyn ExecutionPlan) -> Vec<(PartitionedFile, ChunkRef)> {
+    scan_config(plan)
+        .map(|config| {
+            config
+                .file_groups
+                .iter()
+                .flat_map(|g| g.files())
+                .filter_map(|f| parse_scan_path(f).map(|(_, _, chunk)| (f.clone(), chunk)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The table scan `plan` reading `files` instead, in up to `partitions`
+/// partitions; None if `plan` is not a table scan.
+pub fn with_scan_files(
+    plan: &dyn ExecutionPlan,
+    files: Vec<PartitionedFile>,
+    partitions: usize,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut config = scan_config(plan)?.clone();
+    config.file_groups = balanced_groups(files, partitions);
+    Some(DataSourceExec::from_data_source(config))
+}
+
+/// A table scan decoded on another node, bound to this node's chunk store and
+/// to the table's columns in `catalog` (for renamed and dropped columns).
+///
+/// # Errors
+/// If the scan's table is not in `catalog`.
+pub fn bind_scan(
+    plan: &dyn ExecutionPlan,
+    catalog: &quarry_common::catalog::Catalog,
+    chunks: &Arc<dyn DataFileStore>,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(source) = plan.downcast_ref::<DataSourceExec>() else {
+        return Ok(None);
+    };
+    let Some(config) = source.data_source().downcast_ref::<FileScanConfig>() else {
+        return Ok(None);
+    };
+    let Some(parquet) = config.file_source().downcast_ref::<ParquetSource>() else {
+        return Ok(None);
+    };
+    let mut config = config.clone();
+    let first = config.file_groups.iter().flat_map(|g| g.files()).next();
+    let Some((table_id, snapshot, _)) = first.and_then(parse_scan_path) else {
+        // No files (a task with nothing to read) or not a table's files.
+        config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
+            ChunkReaderFactory {
+                table: String::new(),
+                chunks: chunks.clone(),
+            },
+        )));
+        return Ok(Some(DataSourceExec::from_data_source(config)));
+    };
+    let table = catalog
+        .tables
+        .values()
+        .find(|t| t.id == table_id)
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("table {table_id} is not in this node's catalog"))
+        })?;
+    let columns = table
+        .snapshots
+        .iter()
+        .find(|s| s.id == snapshot)
+        .map(|s| table.columns_at(s).to_vec())
+        .unwrap_or_else(|| table.columns.clone());
+    config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
+        ChunkReaderFactory {
+            table: format!("{}.{}", table.schema, table.name),
+            chunks: chunks.clone(),
+        },
+    )));
+    config.expr_adapter_factory = Some(Arc::new(crate::field_ids::FieldIdAdapterFactory::new(
+        columns,
+    )));
+    Ok(Some(DataSourceExec::from_data_source(config)))
+}
+
 /// Opens data files through the chunk store, verifying checksums.
 #[derive(Debug)]
 struct ChunkReaderFactory {
     table: String,
     chunks: Arc<dyn DataFileStore>,
-    /// Files of the scan by path (the chunk id in hex).
-    files: HashMap<String, ChunkRef>,
 }
 
 impl ParquetFileReaderFactory for ChunkReaderFactory {
@@ -404,9 +522,11 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
         _metadata_size_hint: Option<usize>,
         _metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
-        let path = partitioned_file.object_meta.location.to_string();
-        let chunk = *self.files.get(&path).ok_or_else(|| {
-            DataFusionError::Internal(format!("scan of unknown data file {path}"))
+        let (_, _, chunk) = parse_scan_path(&partitioned_file).ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "scan of unknown data file {}",
+                partitioned_file.object_meta.location
+            ))
         })?;
         Ok(Box::new(ChunkReader {
             table: self.table.clone(),

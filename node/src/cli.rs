@@ -98,6 +98,11 @@ pub enum Dataset {
         /// Schema to create the tables in.
         #[arg(long, default_value = "tpch")]
         schema: String,
+        /// Generate and load each large table in this many parts (dbgen's
+        /// -C), one COPY and at least one data file each: spreads every
+        /// large table over a cluster's nodes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=1000))]
+        parts: i32,
     },
 }
 
@@ -129,9 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     scale_factor,
                     pg,
                     schema,
+                    parts,
                 },
         } => {
-            let summary = quarry_client::tpch::load(&pg, scale_factor, &schema, true).await?;
+            let summary =
+                quarry_client::tpch::load(&pg, scale_factor, parts, &schema, true).await?;
             let seconds = summary.elapsed.as_secs_f64();
             for (table, rows, elapsed) in &summary.rows {
                 println!(

@@ -79,6 +79,7 @@ impl LeaderLink for RpcLeaderLink {
 /// Answers every node-to-node request on this node.
 pub struct NodeHandler {
     raft: RaftHandler,
+    engine: Arc<quarry_exec::Engine>,
     meta: Arc<Meta>,
     stripes: StripeStore,
     membership: Membership,
@@ -92,9 +93,11 @@ impl NodeHandler {
         stripes: StripeStore,
         membership: Membership,
         transport: Arc<dyn Transport>,
+        engine: Arc<quarry_exec::Engine>,
     ) -> Self {
         NodeHandler {
             raft: RaftHandler::new(meta.raft().clone(), membership.me().node_id),
+            engine,
             meta,
             stripes,
             membership,
@@ -220,6 +223,9 @@ impl crate::rpc::Handler for NodeHandler {
                     Ok(_) => RpcResponse::Ok,
                     Err(e) => RpcResponse::Failed(e.to_string()),
                 }
+            }
+            RpcRequest::Exchange(request) => {
+                RpcResponse::Exchange(self.engine.exchange(request).await)
             }
             RpcRequest::GetChunk {
                 chunk,

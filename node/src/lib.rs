@@ -18,6 +18,7 @@ pub mod config;
 pub mod data_dir;
 pub mod http;
 pub mod membership;
+pub mod peers;
 pub mod pg;
 pub mod raft_network;
 pub mod rpc;

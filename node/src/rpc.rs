@@ -32,8 +32,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// Version of the frame layout and message encodings; a peer with another
 /// version is refused rather than misread. postcard is not self-describing,
 /// so any change to a message type, including a new Raft command variant
-/// (version 2: `ReplaceParity`, `Regroup`), needs a new version.
-pub const WIRE_VERSION: u8 = 2;
+/// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`), needs a
+/// new version.
+pub const WIRE_VERSION: u8 = 3;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -80,6 +81,8 @@ pub enum RpcRequest {
         /// Its bytes.
         data: Bytes,
     },
+    /// A distributed query's fragments: start, fetch, metrics, stop.
+    Exchange(quarry_exec::distributed::ExchangeRequest),
     /// Read a chunk this node holds, verified against `checksum_crc32c`.
     GetChunk {
         /// The chunk's id.
@@ -156,6 +159,8 @@ pub enum RpcResponse {
     ReadIndex(Result<u64, RemoteMetaError>),
     /// Answer to `GetChunk`: the verified bytes.
     Chunk(Bytes),
+    /// Answer to `Exchange`.
+    Exchange(quarry_exec::distributed::ExchangeResponse),
     /// The peer could not serve the request (its error, as text).
     Failed(String),
 }
@@ -518,11 +523,11 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 2 carries. A new command fails to
+    /// The Raft commands wire version 3 carries. A new command fails to
     /// compile here: a reminder that it changes the encoding of Raft entries
     /// (postcard is not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_2(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_3(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -540,7 +545,7 @@ mod tests {
             | C::ReplaceParity { .. }
             | C::Regroup { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 2, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 3, "update the list above");
     }
 
     #[tokio::test]

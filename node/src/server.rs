@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::http::{self, HttpState};
 use crate::membership::{Identity, Membership};
+use crate::peers::RpcPeers;
 use crate::pg::Frontend;
 use crate::raft_network::RaftRpcNetwork;
 use crate::rpc::{RpcRequest, RpcResponse, TcpTransport, Transport};
@@ -160,20 +161,6 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         transport.clone(),
         membership.clone(),
     );
-    let rpc_server = tokio::spawn(crate::rpc::serve(
-        rpc_listener,
-        Arc::new(NodeHandler::new(
-            meta.clone(),
-            stripes.clone(),
-            membership.clone(),
-            transport.clone(),
-        )),
-    ));
-    let single = node_id == FIRST_NODE_ID && config.join.is_empty();
-    if matches!(start, Start::Bootstrap) || (single && !meta.is_initialized().await?) {
-        meta.bootstrap(cluster_id).await?;
-    }
-    collect_garbage(&meta, &stripes, started_at).await;
     // Spill files of statements cut short by a crash are of no use.
     let spill_dir = config.data_dir.join("spill");
     let _ = std::fs::remove_dir_all(&spill_dir);
@@ -187,7 +174,23 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             memory_bytes: Some(config.query_memory_bytes),
             spill_dir: Some(spill_dir),
         },
+        Some(Arc::new(RpcPeers::new(stripes.clone(), transport.clone()))),
     );
+    let rpc_server = tokio::spawn(crate::rpc::serve(
+        rpc_listener,
+        Arc::new(NodeHandler::new(
+            meta.clone(),
+            stripes.clone(),
+            membership.clone(),
+            transport.clone(),
+            engine.clone(),
+        )),
+    ));
+    let single = node_id == FIRST_NODE_ID && config.join.is_empty();
+    if matches!(start, Start::Bootstrap) || (single && !meta.is_initialized().await?) {
+        meta.bootstrap(cluster_id).await?;
+    }
+    collect_garbage(&meta, &stripes, started_at).await;
     let frontend = Frontend::new(engine, config.query_slots);
     tracing::info!(
         node_id,

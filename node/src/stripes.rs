@@ -149,6 +149,16 @@ impl StripeStore {
         }
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The catalog as this node last applied it (stripe placement).
+    pub fn catalog(&self) -> Arc<quarry_common::catalog::Catalog> {
+        self.meta.read_local()
+    }
+
     /// This node's chunk store.
     pub fn local(&self) -> &ChunkStore {
         &self.local

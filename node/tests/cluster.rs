@@ -305,7 +305,7 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
         "read around the damage"
     );
     let metrics_url = format!("http://127.0.0.1:{}/metrics", nodes[holder].http_port);
-    let body = reqwest_free_get(&metrics_url).await;
+    let body = support::node::http_get(&metrics_url).await;
     assert!(
         body.lines()
             .any(|l| l.starts_with("quarry_chunk_corruptions_detected_total") && !l.ends_with(" 0")),
@@ -320,20 +320,6 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
 }
 
 /// GET over a plain TCP connection (no HTTP client crate in the tests).
-async fn reqwest_free_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_starts_fail_clearly_and_write_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -2,18 +2,18 @@
 //! return DuckDB's answers (tests/tpch/answers, made by tests/tpch/make_answers.py),
 //! and psql can list and describe the tables.
 
-#[path = "support/node.rs"]
-mod support;
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
 
-use std::path::PathBuf;
+    #[path = "tpch.rs"]
+    pub mod tpch;
+}
+
 use std::process::Command;
 
-use support::TestNode;
-use tokio_postgres::SimpleQueryMessage;
-
-fn tpch_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tpch")
-}
+use support::node::TestNode;
+use support::tpch;
 
 async fn loaded_node() -> (tempfile::TempDir, TestNode) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -33,26 +33,6 @@ async fn loaded_node() -> (tempfile::TempDir, TestNode) {
     (dir, node)
 }
 
-/// Whether two printed values are equal: numbers within a relative 1e-5 (DuckDB
-/// averages in binary floating point, Quarry in decimal), anything else exactly.
-fn same_value(got: &str, expected: &str) -> bool {
-    if got == expected {
-        return true;
-    }
-    match (got.parse::<f64>(), expected.parse::<f64>()) {
-        (Ok(a), Ok(b)) => (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0),
-        _ => false,
-    }
-}
-
-fn same_rows(got: &[Vec<String>], expected: &[Vec<String>]) -> bool {
-    got.len() == expected.len()
-        && got
-            .iter()
-            .zip(expected)
-            .all(|(g, e)| g.len() == e.len() && g.iter().zip(e).all(|(a, b)| same_value(a, b)))
-}
-
 #[tokio::test]
 async fn the_22_queries_match_duckdb() {
     let (_dir, node) = loaded_node().await;
@@ -61,52 +41,7 @@ async fn the_22_queries_match_duckdb() {
         .batch_execute("SET search_path = tpch")
         .await
         .expect("search_path");
-    let mut failures = Vec::new();
-    for q in 1..=22 {
-        let sql = std::fs::read_to_string(tpch_dir().join(format!("queries/q{q:02}.sql")))
-            .expect("query");
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_path(tpch_dir().join(format!("answers/q{q:02}.csv")))
-            .expect("answer");
-        let expected: Vec<Vec<String>> = reader
-            .records()
-            .map(|r| r.expect("csv record").iter().map(str::to_owned).collect())
-            .collect();
-        let messages = match client.simple_query(&sql).await {
-            Ok(messages) => messages,
-            Err(e) => {
-                failures.push(format!("q{q:02} failed: {e:?}"));
-                continue;
-            }
-        };
-        let mut got: Vec<Vec<String>> = messages
-            .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).unwrap_or("").to_owned())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect();
-        if !same_rows(&got, &expected) {
-            // Rows that tie on the ORDER BY keys may come in any order.
-            let mut sorted_expected = expected.clone();
-            sorted_expected.sort();
-            got.sort();
-            if !same_rows(&got, &sorted_expected) {
-                failures.push(format!(
-                    "q{q:02}: {} rows, expected {}; first got {:?}, first expected {:?}",
-                    got.len(),
-                    expected.len(),
-                    got.first(),
-                    expected.first()
-                ));
-            }
-        }
-    }
+    let failures = tpch::mismatches(&client).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

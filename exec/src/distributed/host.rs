@@ -1,0 +1,282 @@
+//! [`FragmentHost`]: the fragments a node runs for distributed queries,
+//! started by their coordinator and pulled partition by partition by their
+//! consumers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
+use futures::{FutureExt, StreamExt};
+use quarry_common::catalog::NodeId;
+
+use super::exchange::{Codec, encode};
+use super::{
+    Cluster, ExchangeRequest, ExchangeResponse, FETCH_BYTES_MAX, FETCH_WAIT, FRAGMENT_IDLE_MAX,
+    FragmentKey, FragmentReport, QueryId, failed,
+};
+use crate::session::Engine;
+
+/// The fragments this node holds, by key.
+#[derive(Debug)]
+pub struct FragmentHost {
+    engine: Weak<Engine>,
+    fragments: Mutex<HashMap<FragmentKey, Arc<Fragment>>>,
+}
+
+/// One started fragment.
+#[derive(Debug)]
+struct Fragment {
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: Arc<TaskContext>,
+    partitions: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<Partition>>>>,
+    started: Instant,
+    last_used: Mutex<Instant>,
+    last_sent: Mutex<Instant>,
+    rows_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// One output partition of a fragment, once its consumer first fetched.
+#[derive(Default)]
+struct Partition {
+    stream: Option<SendableRecordBatchStream>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("started", &self.stream.is_some())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl FragmentHost {
+    /// The fragments of `engine`'s node.
+    pub fn new(engine: Weak<Engine>) -> Self {
+        FragmentHost {
+            engine,
+            fragments: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Fragments held now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no fragment is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FragmentKey, Arc<Fragment>>> {
+        self.fragments.lock().expect("fragment map lock")
+    }
+
+    /// Answers a request from a coordinator or consumer.
+    pub async fn handle(
+        &self,
+        cluster: &Arc<Cluster>,
+        request: ExchangeRequest,
+    ) -> ExchangeResponse {
+        match request {
+            ExchangeRequest::Start { key, plan } => match self.start(cluster, key, &plan).await {
+                Ok(()) => ExchangeResponse::Started,
+                Err(e) => failed(e),
+            },
+            ExchangeRequest::Fetch { key, partition } => self.fetch(key, partition).await,
+            ExchangeRequest::Metrics { query } => {
+                ExchangeResponse::Metrics(self.reports(query, cluster.peers().local()))
+            }
+            ExchangeRequest::Stop { query } => {
+                // Dropping a fragment drops its streams, which stops their tasks.
+                let stopped: Vec<_> = {
+                    let mut fragments = self.lock();
+                    let keys: Vec<_> = fragments
+                        .keys()
+                        .filter(|k| k.query == query)
+                        .copied()
+                        .collect();
+                    keys.iter().filter_map(|k| fragments.remove(k)).collect()
+                };
+                drop(stopped);
+                self.count();
+                ExchangeResponse::Stopped
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        cluster: &Arc<Cluster>,
+        key: FragmentKey,
+        plan: &Bytes,
+    ) -> Result<(), DataFusionError> {
+        self.lock().retain(|_, f| {
+            f.last_used.lock().expect("fragment clock").elapsed() < FRAGMENT_IDLE_MAX
+        });
+        let engine = self
+            .engine
+            .upgrade()
+            .ok_or_else(|| DataFusionError::Internal("the node is shutting down".to_owned()))?;
+        let session = engine.session().map_err(crate::error::to_engine)?;
+        let ctx = session.task_ctx();
+        let catalog = engine.catalog().await.map_err(crate::error::to_engine)?;
+        let codec = Codec {
+            cluster: cluster.clone(),
+        };
+        let plan = physical_plan_from_bytes_with_extension_codec(plan, &ctx, &codec)?;
+        let chunks = engine.chunks().clone();
+        let plan = plan
+            .transform_up(|node| {
+                Ok(
+                    match crate::table::bind_scan(node.as_ref(), &catalog, &chunks)? {
+                        Some(bound) => Transformed::yes(bound),
+                        None => Transformed::no(node),
+                    },
+                )
+            })?
+            .data;
+        let now = Instant::now();
+        let fragment = Fragment {
+            plan,
+            ctx,
+            partitions: Mutex::new(HashMap::new()),
+            started: now,
+            last_used: Mutex::new(now),
+            last_sent: Mutex::new(now),
+            rows_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+        };
+        self.lock().insert(key, Arc::new(fragment));
+        self.count();
+        Ok(())
+    }
+
+    /// Publishes the number of fragments held (gauge `quarry_fragments_running`).
+    fn count(&self) {
+        metrics::gauge!("quarry_fragments_running").set(self.len() as f64);
+    }
+
+    async fn fetch(&self, key: FragmentKey, partition: u32) -> ExchangeResponse {
+        let Some(fragment) = self.lock().get(&key).cloned() else {
+            return ExchangeResponse::Failed {
+                sqlstate: quarry_common::SqlState::QUERY_CANCELED.code().to_owned(),
+                message: format!(
+                    "task {} of stage {} of the query is not running here (stopped)",
+                    key.task, key.stage
+                ),
+            };
+        };
+        *fragment.last_used.lock().expect("fragment clock") = Instant::now();
+        let slot = fragment
+            .partitions
+            .lock()
+            .expect("partition map lock")
+            .entry(partition)
+            .or_default()
+            .clone();
+        let mut state = slot.lock().await;
+        if state.done {
+            return ExchangeResponse::Batches {
+                ipc: Bytes::new(),
+                done: true,
+            };
+        }
+        if state.stream.is_none() {
+            match fragment
+                .plan
+                .execute(partition as usize, fragment.ctx.clone())
+            {
+                Ok(stream) => state.stream = Some(stream),
+                Err(e) => return failed(e),
+            }
+        }
+        let stream = state.stream.as_mut().expect("started above");
+        let mut batches = Vec::new();
+        let mut size = 0;
+        let mut done = false;
+        match tokio::time::timeout(FETCH_WAIT, stream.next()).await {
+            Err(_) => {
+                return ExchangeResponse::Batches {
+                    ipc: Bytes::new(),
+                    done: false,
+                };
+            }
+            Ok(None) => done = true,
+            Ok(Some(Err(e))) => return failed(e),
+            Ok(Some(Ok(batch))) => {
+                size += batch.get_array_memory_size();
+                batches.push(batch);
+            }
+        }
+        while !done && size < FETCH_BYTES_MAX {
+            match stream.next().now_or_never() {
+                None => break,
+                Some(None) => done = true,
+                Some(Some(Err(e))) => return failed(e),
+                Some(Some(Ok(batch))) => {
+                    size += batch.get_array_memory_size();
+                    batches.push(batch);
+                }
+            }
+        }
+        if done {
+            state.done = true;
+            state.stream = None;
+        }
+        batches.retain(|b| b.num_rows() > 0);
+        let ipc = if batches.is_empty() {
+            Bytes::new()
+        } else {
+            match encode(&fragment.plan.schema(), &batches) {
+                Ok(ipc) => Bytes::from(ipc),
+                Err(e) => return failed(e),
+            }
+        };
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        fragment.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+        fragment
+            .bytes_sent
+            .fetch_add(ipc.len() as u64, Ordering::Relaxed);
+        if rows > 0 || done {
+            *fragment.last_sent.lock().expect("fragment clock") = Instant::now();
+        }
+        ExchangeResponse::Batches { ipc, done }
+    }
+
+    fn reports(&self, query: QueryId, node: NodeId) -> Vec<FragmentReport> {
+        let mut reports: Vec<FragmentReport> = self
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.query == query)
+            .map(|(key, f)| FragmentReport {
+                key: *key,
+                node,
+                rows_sent: f.rows_sent.load(Ordering::Relaxed),
+                bytes_sent: f.bytes_sent.load(Ordering::Relaxed),
+                elapsed_ms: f
+                    .last_sent
+                    .lock()
+                    .expect("fragment clock")
+                    .duration_since(f.started)
+                    .as_millis() as u64,
+                plan: DisplayableExecutionPlan::with_metrics(f.plan.as_ref())
+                    .indent(true)
+                    .to_string(),
+            })
+            .collect();
+        reports.sort_by_key(|r| r.key);
+        reports
+    }
+}

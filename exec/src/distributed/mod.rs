@@ -1,0 +1,261 @@
+//! Distributed execution (DESIGN.md §5): every node does its share of a query.
+//!
+//! The coordinator (the node holding the client's session) takes DataFusion's
+//! optimized physical plan and cuts it into **stages** at exchanges
+//! ([`stages`]): a hash repartition becomes a **shuffle** (producers hash rows
+//! into one partition range per consumer task), a coalesce or sort-preserving
+//! merge becomes a **gather** (every producer partition goes to the consumer).
+//! A stage whose rows can be divided runs as one **task** per live node, each
+//! scanning the data files whose data chunk that node holds (files of a node
+//! that is down go to a live one, read through parity); a stage that cannot be
+//! divided runs as one task on the coordinator. The root stage runs on the
+//! coordinator.
+//!
+//! Each task is a **fragment**: its plan, serialized with datafusion-proto,
+//! is started on its node ([`host::FragmentHost`]) and its partitions are
+//! pulled by the consumers ([`exchange::ExchangeExec`]) as Arrow IPC batches
+//! over the internal RPC, a bounded number of bytes per call, so a slow
+//! consumer holds its producers back (no unbounded queue between nodes).
+//! Ending the query, however it ends, stops every fragment on every node.
+//!
+//! ```text
+//!   coordinator                 node 2                  node 3
+//!   stage 0: SortPreservingMerge
+//!      └ ExchangeExec(gather) ◄─ stage 2 task 1 ◄──┐    stage 2 task 2 ...
+//!                                  FinalAggregate  │
+//!                                  └ ExchangeExec(shuffle) ◄─ stage 1 tasks
+//!                                                             PartialAggregate
+//!                                                             └ scan (local chunks)
+//! ```
+
+pub mod exchange;
+pub mod host;
+pub mod stages;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::error::DataFusionError;
+use quarry_common::SqlState;
+use quarry_common::catalog::{ChunkId, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, to_engine, user_error};
+
+pub use stages::DistributedPlan;
+
+/// Id of one distributed query, unique across the cluster (random).
+pub type QueryId = u128;
+
+/// How long a fetch waits for a producer's first batch before answering
+/// "nothing yet" (so that a dead or cut-off producer is noticed within
+/// [`CALL_DEADLINE`] even while a producer computes for minutes).
+pub const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Bytes of Arrow IPC a fetch returns at most (past its first batch).
+pub const FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Deadline of an exchange call to another node.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
+/// Fetched responses buffered per exchange partition ahead of its consumer.
+pub const PREFETCH: usize = 2;
+/// A fragment no consumer has fetched from for this long is dropped (its
+/// coordinator is gone).
+pub const FRAGMENT_IDLE_MAX: Duration = Duration::from_secs(600);
+
+/// One task of one stage of a query, as started on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FragmentKey {
+    /// The query.
+    pub query: QueryId,
+    /// The stage (0 is the root, run by the coordinator itself).
+    pub stage: u32,
+    /// The task within the stage.
+    pub task: u32,
+}
+
+/// A request between nodes about fragments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ExchangeRequest {
+    /// Decode and hold a fragment until its partitions are fetched.
+    Start {
+        /// Which fragment.
+        key: FragmentKey,
+        /// Its plan (datafusion-proto `PhysicalPlanNode`).
+        plan: Bytes,
+    },
+    /// The next batches of one partition of a fragment.
+    Fetch {
+        /// Which fragment.
+        key: FragmentKey,
+        /// Which of its output partitions.
+        partition: u32,
+    },
+    /// Metrics of every fragment of a query held by the node.
+    Metrics {
+        /// The query.
+        query: QueryId,
+    },
+    /// Drop every fragment of a query (ends its work on the node).
+    Stop {
+        /// The query.
+        query: QueryId,
+    },
+}
+
+/// The answer to an [`ExchangeRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExchangeResponse {
+    /// The fragment is ready to be fetched from.
+    Started,
+    /// Batches of a partition as one Arrow IPC stream (empty bytes: nothing
+    /// within [`FETCH_WAIT`]); `done` when the partition has no more rows.
+    Batches {
+        /// Arrow IPC stream: schema, zero or more batches, end marker.
+        ipc: Bytes,
+        /// No more batches follow.
+        done: bool,
+    },
+    /// Answer to `Metrics`.
+    Metrics(Vec<FragmentReport>),
+    /// Answer to `Stop`.
+    Stopped,
+    /// The fragment failed (or is unknown); the query fails with this error.
+    Failed {
+        /// SQLSTATE code.
+        sqlstate: String,
+        /// Message.
+        message: String,
+    },
+}
+
+/// What one fragment did, for EXPLAIN ANALYZE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FragmentReport {
+    /// Which fragment.
+    pub key: FragmentKey,
+    /// The node that ran it.
+    pub node: NodeId,
+    /// Rows it sent to its consumers.
+    pub rows_sent: u64,
+    /// Bytes (Arrow IPC) it sent to its consumers.
+    pub bytes_sent: u64,
+    /// Milliseconds from its start to its last batch sent.
+    pub elapsed_ms: u64,
+    /// Its plan with DataFusion's metrics per operator.
+    pub plan: String,
+}
+
+/// The cluster as distributed execution needs it; the node implements it over
+/// gossip membership, the stripe catalog and the internal RPC.
+#[async_trait]
+pub trait Peers: Send + Sync + Debug + 'static {
+    /// This node's id.
+    fn local(&self) -> NodeId;
+
+    /// The nodes that can run fragments now (alive), this one included, in
+    /// ascending order.
+    fn live(&self) -> Vec<NodeId>;
+
+    /// The node holding `chunk` (a data file's data chunk), if placed.
+    fn holder(&self, chunk: ChunkId) -> Option<NodeId>;
+
+    /// Sends `request` to `node` (never this node) and waits at most `deadline`.
+    ///
+    /// # Errors
+    /// Why the call failed (unreachable, deadline, refused); the caller
+    /// cannot know whether the peer acted on it.
+    async fn call(
+        &self,
+        node: NodeId,
+        request: ExchangeRequest,
+        deadline: Duration,
+    ) -> Result<ExchangeResponse, String>;
+}
+
+/// The error a query fails with when `node` cannot be reached mid-query:
+/// retryable (40001), as nothing was written.
+pub fn node_failed(node: NodeId, why: &str) -> DataFusionError {
+    to_engine(user_error(
+        SqlState::SERIALIZATION_FAILURE,
+        format!("node {node} failed during the query ({why}); nothing was written, retry"),
+    ))
+}
+
+/// The error a node answered with, as this node raises it.
+pub fn remote_error(node: NodeId, sqlstate: &str, message: &str) -> DataFusionError {
+    let state = SqlState::from_code(sqlstate);
+    let message = if state == SqlState::INTERNAL_ERROR {
+        format!("node {node}: {message}")
+    } else {
+        message.to_owned()
+    };
+    to_engine(user_error(state, message))
+}
+
+/// The answer for a failed fragment.
+pub fn failed(e: DataFusionError) -> ExchangeResponse {
+    let error = Error::from_engine(e);
+    let message = match &error {
+        Error::Engine(e) => crate::error::engine_message(e),
+        other => other.to_string(),
+    };
+    ExchangeResponse::Failed {
+        sqlstate: error.sqlstate().code().to_owned(),
+        message,
+    }
+}
+
+/// Runs a future that must not outlive `Arc` owners on a spawned task,
+/// logging instead of failing (for fire-and-forget stops).
+pub(crate) fn spawn_detached(what: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(work);
+    } else {
+        tracing::warn!(what, "no runtime to run on");
+    }
+}
+
+/// Cluster access for distributed queries: the peers and this node's
+/// fragment host.
+#[derive(Debug)]
+pub struct Cluster {
+    peers: Arc<dyn Peers>,
+    host: host::FragmentHost,
+}
+
+impl Cluster {
+    /// `peers` and the fragments this node runs.
+    pub fn new(peers: Arc<dyn Peers>, host: host::FragmentHost) -> Self {
+        Cluster { peers, host }
+    }
+
+    /// The peers.
+    pub fn peers(&self) -> &Arc<dyn Peers> {
+        &self.peers
+    }
+
+    /// This node's fragments.
+    pub fn host(&self) -> &host::FragmentHost {
+        &self.host
+    }
+
+    /// Sends `request` to `node`, this node included (answered in process).
+    ///
+    /// # Errors
+    /// [`node_failed`] when the node cannot be reached in time.
+    pub async fn call(
+        self: &Arc<Self>,
+        node: NodeId,
+        request: ExchangeRequest,
+    ) -> Result<ExchangeResponse, DataFusionError> {
+        if node == self.peers.local() {
+            return Ok(self.host.handle(self, request).await);
+        }
+        self.peers
+            .call(node, request, CALL_DEADLINE)
+            .await
+            .map_err(|why| node_failed(node, &why))
+    }
+}

@@ -1,0 +1,626 @@
+//! Cutting a physical plan into stages and stages into tasks
+//! ([`DistributedPlan::new`]), starting them ([`DistributedPlan::execute`])
+//! and showing them ([`DistributedPlan::display`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::JoinType;
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
+};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    Distribution, ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
+    replace_children_if_necessary,
+};
+use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+use futures::StreamExt;
+use quarry_common::catalog::NodeId;
+
+use super::exchange::{Codec, ExchangeExec, ExchangeSpec, Producer};
+use super::{
+    Cluster, ExchangeRequest, ExchangeResponse, FragmentKey, FragmentReport, QueryId, remote_error,
+    spawn_detached,
+};
+use crate::table::{is_table_scan, scan_files, with_scan_files};
+
+/// A query cut into stages, each stage into tasks on nodes.
+#[derive(Debug)]
+pub struct DistributedPlan {
+    /// The query's id.
+    pub query: QueryId,
+    /// Stage 0, run by the coordinator.
+    pub root: Arc<dyn ExecutionPlan>,
+    /// The other stages, by id (1..), producers before their consumers.
+    pub stages: Vec<Stage>,
+    cluster: Arc<Cluster>,
+}
+
+/// One stage of a distributed plan.
+#[derive(Debug)]
+pub struct Stage {
+    /// The stage's id.
+    pub id: u32,
+    /// Shuffle: hash partitions every task produces; None for a gather.
+    pub shuffle: Option<usize>,
+    /// The node of each task.
+    pub tasks: Vec<NodeId>,
+    /// Whether its rows are divided among its tasks (else one task, on the
+    /// coordinator, reads everything).
+    pub divided: bool,
+    /// Each task's fragment, per consumer task it serves.
+    pub fragments: Vec<Fragment>,
+}
+
+/// A fragment to start.
+#[derive(Debug)]
+pub struct Fragment {
+    /// Its key.
+    pub key: FragmentKey,
+    /// Its node.
+    pub node: NodeId,
+    /// Its plan.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// Its plan, encoded.
+    pub encoded: Bytes,
+}
+
+/// A stage as cut, before its tasks.
+struct Draft {
+    plan: Arc<dyn ExecutionPlan>,
+    /// Hash exprs and partitions per consumer task, for a shuffle.
+    shuffle: Option<(Vec<Arc<dyn PhysicalExpr>>, usize)>,
+}
+
+/// Where a task's rows come from.
+struct Task<'a> {
+    /// Divided stage: this task's index; None: the task reads everything.
+    index: Option<usize>,
+    /// Task of each data file's chunk (divided stages).
+    assign: &'a dyn Fn(quarry_common::catalog::ChunkId) -> usize,
+    /// Partitions of its scans.
+    partitions: usize,
+}
+
+impl DistributedPlan {
+    /// `plan` cut into stages run by the live nodes, or None when it is better
+    /// run on this node alone: one live node, nothing to divide, or a part
+    /// that cannot be sent to other nodes.
+    ///
+    /// # Errors
+    /// DataFusion's, if a rewritten plan does not fit together.
+    pub fn new(
+        cluster: &Arc<Cluster>,
+        plan: Arc<dyn ExecutionPlan>,
+        target_partitions: usize,
+    ) -> DfResult<Option<DistributedPlan>> {
+        let live = cluster.peers().live();
+        let local = cluster.peers().local();
+        if live.len() < 2 || !live.contains(&local) {
+            return Ok(None);
+        }
+        let query: QueryId = rand::random();
+        let plan = if plan.output_partitioning().partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(plan)) as Arc<dyn ExecutionPlan>
+        } else {
+            plan
+        };
+        let mut drafts: Vec<Draft> = Vec::new();
+        let root = cut_below(cluster, query, &mut drafts, plan)?;
+        if drafts.is_empty() {
+            return Ok(None);
+        }
+        // The stage each stage's exchange sits in (0: root).
+        let mut consumer_of: HashMap<u32, u32> = HashMap::new();
+        for (id, plan) in std::iter::once((0, &root)).chain(
+            drafts
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i as u32 + 1, &d.plan)),
+        ) {
+            plan.apply(|node| {
+                if let Some(exchange) = node.downcast_ref::<ExchangeExec>() {
+                    consumer_of.insert(exchange.spec().stage, id);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        // A gather with nothing cut below it can be read whole by each task
+        // of a divided stage (a broadcast by recomputing it there).
+        let inlinable: Vec<bool> = drafts
+            .iter()
+            .map(|d| {
+                let nested = d.plan.exists(|n| Ok(n.is::<ExchangeExec>()))?;
+                Ok(d.shuffle.is_none() && !nested)
+            })
+            .collect::<DfResult<_>>()?;
+        let inlinable = |stage: u32| inlinable[stage as usize - 1];
+        let divided: Vec<bool> = drafts
+            .iter()
+            .map(|d| matches!(divides(&d.plan, false, &inlinable), Some(true)))
+            .collect();
+        let tasks_of = |stage: u32| -> usize {
+            if stage == 0 || !divided[stage as usize - 1] {
+                1
+            } else {
+                live.len()
+            }
+        };
+        let codec = Codec {
+            cluster: cluster.clone(),
+        };
+        let mut stages: Vec<Stage> = Vec::new();
+        for (i, draft) in drafts.iter().enumerate() {
+            let id = i as u32 + 1;
+            let consumer = consumer_of.get(&id).copied().unwrap_or(0);
+            let consumers = tasks_of(consumer);
+            if draft.shuffle.is_none() && consumers > 1 {
+                // Inlined into each task of its consumer (see `inlinable`).
+                continue;
+            }
+            let nodes: Vec<NodeId> = if divided[i] {
+                live.clone()
+            } else {
+                vec![local]
+            };
+            let assign = |chunk| {
+                let holder = cluster.peers().holder(chunk);
+                holder
+                    .and_then(|h| nodes.iter().position(|n| *n == h))
+                    .unwrap_or_else(|| (chunk.0 % nodes.len() as u128) as usize)
+            };
+            let mut fragments = Vec::new();
+            for (t, node) in nodes.iter().enumerate() {
+                let task = Task {
+                    index: divided[i].then_some(t),
+                    assign: &assign,
+                    partitions: target_partitions,
+                };
+                let mut plan = instantiate(&draft.plan, false, &task, &stages, &drafts)?;
+                if let Some((hash, partitions)) = &draft.shuffle {
+                    plan = Arc::new(RepartitionExec::try_new(
+                        plan,
+                        Partitioning::Hash(hash.clone(), partitions * consumers),
+                    )?);
+                }
+                let encoded =
+                    match physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the query runs on this node alone");
+                            return Ok(None);
+                        }
+                    };
+                fragments.push(Fragment {
+                    key: FragmentKey {
+                        query,
+                        stage: id,
+                        task: t as u32,
+                    },
+                    node: *node,
+                    plan,
+                    encoded,
+                });
+            }
+            stages.push(Stage {
+                id,
+                shuffle: draft
+                    .shuffle
+                    .as_ref()
+                    .map(|(_, partitions)| partitions * consumers),
+                tasks: nodes,
+                divided: divided[i],
+                fragments,
+            });
+        }
+        let task = Task {
+            index: None,
+            assign: &|_| 0,
+            partitions: target_partitions,
+        };
+        let root = instantiate(&root, false, &task, &stages, &drafts)?;
+        Ok(Some(DistributedPlan {
+            query,
+            root,
+            stages,
+            cluster: cluster.clone(),
+        }))
+    }
+
+    /// The nodes running a fragment of the query.
+    fn nodes(&self) -> BTreeSet<NodeId> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.fragments.iter().map(|f| f.node))
+            .collect()
+    }
+
+    /// Starts every fragment; dropping the guard stops them all.
+    async fn start(&self) -> DfResult<StopGuard> {
+        let guard = StopGuard {
+            cluster: self.cluster.clone(),
+            query: self.query,
+            nodes: self.nodes(),
+        };
+        let starts = self.stages.iter().flat_map(|s| &s.fragments).map(|f| {
+            let cluster = self.cluster.clone();
+            let request = ExchangeRequest::Start {
+                key: f.key,
+                plan: f.encoded.clone(),
+            };
+            let node = f.node;
+            async move {
+                match cluster.call(node, request).await? {
+                    ExchangeResponse::Started => Ok(()),
+                    ExchangeResponse::Failed { sqlstate, message } => {
+                        Err(remote_error(node, &sqlstate, &message))
+                    }
+                    other => Err(DataFusionError::Internal(format!(
+                        "node {node} answered a start with {other:?}"
+                    ))),
+                }
+            }
+        });
+        futures::future::try_join_all(starts).await?;
+        Ok(guard)
+    }
+
+    /// Starts every fragment, then runs the root stage here. The stream stops
+    /// every fragment on every node when it ends or is dropped (cancel,
+    /// timeout, client gone).
+    ///
+    /// # Errors
+    /// If a fragment cannot be started (then none is left running).
+    pub async fn execute(&self, ctx: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let guard = self.start().await?;
+        let stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
+        let schema = stream.schema();
+        // The first error ends the query: stop every fragment now rather
+        // than when the client drops the stream.
+        let mut guard = Some(guard);
+        let stream = stream.map(move |batch| {
+            if batch.is_err() {
+                guard.take();
+            }
+            batch
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    /// Runs the query to its end (EXPLAIN ANALYZE): the rows it returned and
+    /// what every node reported of its fragments, then stops them.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub async fn analyze(&self, ctx: Arc<TaskContext>) -> DfResult<(usize, Vec<FragmentReport>)> {
+        let guard = self.start().await?;
+        let mut stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch?.num_rows();
+        }
+        let mut reports = Vec::new();
+        for node in self.nodes() {
+            let request = ExchangeRequest::Metrics { query: self.query };
+            match self.cluster.call(node, request).await {
+                Ok(ExchangeResponse::Metrics(r)) => reports.extend(r),
+                other => tracing::warn!(node, ?other, "no metrics of the query's fragments"),
+            }
+        }
+        drop(guard);
+        Ok((rows, reports))
+    }
+
+    /// The stages as EXPLAIN shows them; with `reports` (EXPLAIN ANALYZE)
+    /// every task's rows, bytes, time and operator metrics.
+    pub fn display(&self, reports: Option<&[FragmentReport]>) -> String {
+        let mut out = String::new();
+        let local = self.cluster.peers().local();
+        let _ = writeln!(out, "Stage 0: 1 task on node {local} (coordinator)");
+        let root = match reports {
+            Some(_) => DisplayableExecutionPlan::with_metrics(self.root.as_ref()),
+            None => DisplayableExecutionPlan::new(self.root.as_ref()),
+        };
+        let _ = write!(out, "{}", indent(&root.indent(true).to_string()));
+        for stage in self.stages.iter().rev() {
+            let nodes: Vec<String> = stage.tasks.iter().map(ToString::to_string).collect();
+            let output = match stage.shuffle {
+                Some(k) => format!("shuffle by hash into {k} partitions"),
+                None => "gathered".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "Stage {}: {} task{} on node{} [{}], {}",
+                stage.id,
+                stage.tasks.len(),
+                if stage.tasks.len() == 1 { "" } else { "s" },
+                if stage.tasks.len() == 1 { "" } else { "s" },
+                nodes.join(", "),
+                output
+            );
+            match reports {
+                None => {
+                    if let Some(first) = stage.fragments.first() {
+                        let _ = writeln!(out, "  task 0 on node {}:", first.node);
+                        let plan = DisplayableExecutionPlan::new(first.plan.as_ref());
+                        let _ = write!(out, "{}", indent(&plan.indent(true).to_string()));
+                    }
+                }
+                Some(reports) => {
+                    for report in reports.iter().filter(|r| r.key.stage == stage.id) {
+                        let _ = writeln!(
+                            out,
+                            "  task {} on node {}: rows sent={}, bytes sent={}, elapsed={} ms",
+                            report.key.task,
+                            report.node,
+                            report.rows_sent,
+                            report.bytes_sent,
+                            report.elapsed_ms
+                        );
+                        let _ = write!(out, "{}", indent(&report.plan));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// Stops the query's fragments on every node when dropped.
+struct StopGuard {
+    cluster: Arc<Cluster>,
+    query: QueryId,
+    nodes: BTreeSet<NodeId>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let cluster = self.cluster.clone();
+        let query = self.query;
+        let nodes = std::mem::take(&mut self.nodes);
+        spawn_detached("stop fragments", async move {
+            let stops = nodes.into_iter().map(|node| {
+                let cluster = cluster.clone();
+                async move {
+                    if let Err(e) = cluster.call(node, ExchangeRequest::Stop { query }).await {
+                        tracing::debug!(node, error = %e, "could not stop fragments");
+                    }
+                }
+            });
+            futures::future::join_all(stops).await;
+        });
+    }
+}
+
+/// Cuts `node`'s tree bottom-up, except below a scalar subquery: its
+/// subquery's result is shared with expressions in its input, so the two stay
+/// in one fragment.
+fn cut_below(
+    cluster: &Arc<Cluster>,
+    query: QueryId,
+    drafts: &mut Vec<Draft>,
+    node: Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if node.is::<ScalarSubqueryExec>() {
+        return Ok(node);
+    }
+    let children = node
+        .children()
+        .into_iter()
+        .map(|child| cut_below(cluster, query, drafts, child.clone()))
+        .collect::<DfResult<Vec<_>>>()?;
+    let node = replace_children_if_necessary(node, children)?;
+    cut(cluster, query, drafts, node)
+}
+
+/// One step of cutting (bottom-up): a hash repartition becomes a shuffle
+/// exchange, the input of a coalesce or sort-preserving merge a gather.
+fn cut(
+    cluster: &Arc<Cluster>,
+    query: QueryId,
+    drafts: &mut Vec<Draft>,
+    node: Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let stage = drafts.len() as u32 + 1;
+    if let Some(repartition) = node.downcast_ref::<RepartitionExec>()
+        && let Partitioning::Hash(hash, partitions) = repartition.partitioning()
+        && !repartition.preserve_order()
+        && reads_data(repartition.input())
+    {
+        drafts.push(Draft {
+            plan: repartition.input().clone(),
+            shuffle: Some((hash.clone(), *partitions)),
+        });
+        let spec = ExchangeSpec {
+            query,
+            stage,
+            shuffle: true,
+            partitions: *partitions as u32,
+            consumer: 0,
+            producers: Vec::new(),
+        };
+        let exchange = ExchangeExec::new(spec, node.schema(), hash.clone(), cluster.clone());
+        return Ok(Arc::new(exchange));
+    }
+    let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
+    if gathers
+        && let [input] = node.children().as_slice()
+        && input.output_partitioning().partition_count() > 1
+        && reads_data(input)
+    {
+        drafts.push(Draft {
+            plan: (*input).clone(),
+            shuffle: None,
+        });
+        let spec = ExchangeSpec {
+            query,
+            stage,
+            shuffle: false,
+            partitions: 0,
+            consumer: 0,
+            producers: Vec::new(),
+        };
+        let exchange = ExchangeExec::new(spec, input.schema(), Vec::new(), cluster.clone());
+        return replace_children_if_necessary(node, vec![Arc::new(exchange)]);
+    }
+    Ok(node)
+}
+
+/// Whether `plan` reads a table or another stage.
+fn reads_data(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.exists(|n| Ok(is_table_scan(n.as_ref()) || n.is::<ExchangeExec>()))
+        .unwrap_or(false)
+}
+
+/// The child of a join whose rows every task needs whole (the build side it
+/// collects), Some(None) for other nodes, None for a join that must see all
+/// probe rows in one place (it emits unmatched build rows).
+fn collected_side(node: &dyn ExecutionPlan) -> Option<Option<usize>> {
+    let emits_build_rows = |t: &JoinType| {
+        matches!(
+            t,
+            JoinType::Left
+                | JoinType::Full
+                | JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::LeftMark
+        )
+    };
+    if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+        return match join.partition_mode() {
+            PartitionMode::Partitioned => Some(None),
+            PartitionMode::CollectLeft if !emits_build_rows(join.join_type()) => Some(Some(0)),
+            _ => None,
+        };
+    }
+    if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
+        return (!emits_build_rows(join.join_type())).then_some(Some(0));
+    }
+    if node.is::<CrossJoinExec>() {
+        return Some(Some(0));
+    }
+    Some(None)
+}
+
+/// Whether a stage's rows divide among tasks: Some(true) when each task can
+/// take a share of its scans and shuffles (everything a collected join side
+/// needs being read whole by each), Some(false) when nothing divides, None
+/// when the stage must run as one task.
+fn divides(
+    node: &Arc<dyn ExecutionPlan>,
+    whole: bool,
+    inlinable: &dyn Fn(u32) -> bool,
+) -> Option<bool> {
+    if is_table_scan(node.as_ref()) {
+        return Some(!whole);
+    }
+    if let Some(exchange) = node.downcast_ref::<ExchangeExec>() {
+        return match (exchange.spec().shuffle, whole) {
+            (true, false) => Some(true),
+            (false, true) if inlinable(exchange.spec().stage) => Some(false),
+            _ => None,
+        };
+    }
+    if node.is::<ScalarSubqueryExec>() {
+        // Its subqueries must see every row.
+        return None;
+    }
+    let children = node.children();
+    if children.is_empty() {
+        // Values, generated rows: each task would repeat them.
+        return whole.then_some(false);
+    }
+    let collected = collected_side(node.as_ref())?;
+    let required = node.input_distribution_requirements();
+    let mut divided = false;
+    for (i, child) in children.into_iter().enumerate() {
+        let child_divided = divides(child, whole || collected == Some(i), inlinable)?;
+        if child_divided {
+            match required.child_distribution(i) {
+                Some(Distribution::UnspecifiedDistribution) => {}
+                Some(Distribution::KeyPartitioned(_))
+                    if matches!(child.output_partitioning(), Partitioning::Hash(..)) => {}
+                _ => return None,
+            }
+        }
+        divided |= child_divided;
+    }
+    Some(divided)
+}
+
+/// A task's copy of a stage's plan: its share of the divided scans, every
+/// file of the scans it needs whole, its exchanges pointed at their producers.
+fn instantiate(
+    node: &Arc<dyn ExecutionPlan>,
+    whole: bool,
+    task: &Task<'_>,
+    stages: &[Stage],
+    drafts: &[Draft],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if is_table_scan(node.as_ref()) {
+        let Some(index) = task.index.filter(|_| !whole) else {
+            return Ok(node.clone());
+        };
+        let files = scan_files(node.as_ref())
+            .into_iter()
+            .filter(|(_, chunk)| (task.assign)(chunk.id) == index)
+            .map(|(file, _)| file)
+            .collect();
+        return with_scan_files(node.as_ref(), files, task.partitions)
+            .ok_or_else(|| DataFusionError::Internal("a table scan lost its files".to_owned()));
+    }
+    if let Some(exchange) = node.downcast_ref::<ExchangeExec>() {
+        let spec = exchange.spec();
+        if whole && task.index.is_some() {
+            // A gather into a divided stage: each task computes it whole.
+            let draft = &drafts[spec.stage as usize - 1];
+            return instantiate(&draft.plan, true, task, stages, drafts);
+        }
+        let producer = stages
+            .iter()
+            .find(|s| s.id == spec.stage)
+            .ok_or_else(|| DataFusionError::Internal(format!("no stage {}", spec.stage)))?;
+        let producers = producer
+            .fragments
+            .iter()
+            .map(|f| Producer {
+                node: f.node,
+                task: f.key.task,
+                partitions: f.plan.output_partitioning().partition_count() as u32,
+            })
+            .collect();
+        let spec = ExchangeSpec {
+            consumer: task.index.unwrap_or(0) as u32,
+            producers,
+            ..spec.clone()
+        };
+        return Ok(Arc::new(exchange.with_spec(spec)));
+    }
+    let children = node.children();
+    if children.is_empty() {
+        return Ok(node.clone());
+    }
+    let collected = collected_side(node.as_ref()).flatten();
+    let children = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| instantiate(child, whole || collected == Some(i), task, stages, drafts))
+        .collect::<DfResult<Vec<_>>>()?;
+    replace_children_if_necessary(node.clone(), children)
+}

@@ -1,0 +1,83 @@
+//! The cluster as distributed queries see it ([`quarry_exec::distributed::Peers`]):
+//! live nodes from gossip, chunk holders from the stripe catalog, exchange
+//! calls over the internal RPC.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use quarry_common::catalog::{ChunkId, NodeId};
+use quarry_exec::distributed::{ExchangeRequest, ExchangeResponse, Peers};
+
+use crate::rpc::{RpcRequest, RpcResponse, Transport};
+use crate::stripes::StripeStore;
+
+/// [`Peers`] over this node's stripe store and RPC transport.
+pub struct RpcPeers {
+    stripes: StripeStore,
+    transport: Arc<dyn Transport>,
+}
+
+impl RpcPeers {
+    /// Peers as `stripes` sees the cluster, called through `transport`.
+    pub fn new(stripes: StripeStore, transport: Arc<dyn Transport>) -> Self {
+        RpcPeers { stripes, transport }
+    }
+}
+
+impl std::fmt::Debug for RpcPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcPeers")
+            .field("node_id", &self.stripes.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Peers for RpcPeers {
+    fn local(&self) -> NodeId {
+        self.stripes.node_id()
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        let mut live: Vec<NodeId> = self
+            .stripes
+            .live_nodes()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    fn holder(&self, chunk: ChunkId) -> Option<NodeId> {
+        let catalog = self.stripes.catalog();
+        let stripe = catalog.stripe_of(chunk)?;
+        stripe
+            .chunks
+            .iter()
+            .find(|c| c.chunk == chunk)
+            .map(|c| c.node)
+    }
+
+    async fn call(
+        &self,
+        node: NodeId,
+        request: ExchangeRequest,
+        deadline: Duration,
+    ) -> Result<ExchangeResponse, String> {
+        let addr = self
+            .stripes
+            .addr_of(node)
+            .ok_or_else(|| format!("node {node} has no address"))?;
+        match self
+            .transport
+            .call(addr, RpcRequest::Exchange(request), deadline)
+            .await
+        {
+            Ok(RpcResponse::Exchange(response)) => Ok(response),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
