@@ -17,6 +17,11 @@ parser = argparse.ArgumentParser()
 parser.add_argument("data")
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument(
+    "--parquet",
+    action="store_true",
+    help="query Parquet files (written once next to the CSV) instead of DuckDB's own storage",
+)
 args = parser.parse_args()
 data = pathlib.Path(args.data)
 queries = pathlib.Path(__file__).resolve().parent.parent / "tests" / "tpch" / "queries"
@@ -26,10 +31,19 @@ con.execute(f"SET threads = {args.threads}")
 for statement in (data / "schema.sql").read_text().split(";"):
     if statement.strip():
         con.execute(statement)
-for table in ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"]:
+tables = ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"]
+for table in tables:
     con.execute(f"COPY {table} FROM '{data / (table + '.csv')}' (FORMAT csv, HEADER false)")
+if args.parquet:
+    for table in tables:
+        path = data / f"{table}.parquet"
+        if not path.exists():
+            con.execute(f"COPY {table} TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{path}')")
 
-print(f"TPC-H on DuckDB {duckdb.__version__} ({args.threads} threads): median of {args.runs} runs after one warm-up")
+storage = "Parquet files" if args.parquet else "its own storage"
+print(f"TPC-H on DuckDB {duckdb.__version__} ({args.threads} threads, {storage}): median of {args.runs} runs after one warm-up")
 print(f"{'query':>5} {'median_ms':>10} {'rows':>6}")
 total = 0.0
 for q in range(1, 23):

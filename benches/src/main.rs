@@ -1,9 +1,12 @@
 //! `quarry-bench`: benchmarks against a running Quarry node, over the PostgreSQL
 //! wire like any client.
 //!
-//! - `tpch --pg HOST:PORT`: runs the 22 TPC-H queries (tests/tpch/queries) against
-//!   schema `tpch` (load it with `quarry load tpch`), one warm-up and `--runs` timed
-//!   runs each, and prints the median per query and the total.
+//! - `tpch --pg HOST:PORT` or `tpch --nodes K --scale-factor S --dir DIR`: runs
+//!   the 22 TPC-H queries (tests/tpch/queries) against schema `tpch` of a
+//!   running node (load it with `quarry load tpch`) or of a local cluster it
+//!   starts and loads, one warm-up and `--runs` timed runs each, and prints the
+//!   median per query; with Python's `duckdb`, DuckDB's times over Parquet of
+//!   the same rows, the ratios and the geometric means.
 //! - `tpch-csv --scale-factor N --out DIR`: writes the TPC-H tables as CSV (the same
 //!   rows `quarry load tpch` loads) plus `schema.sql`, for loading into another
 //!   engine such as DuckDB.
@@ -12,10 +15,10 @@
 //!   rate.
 
 mod cluster;
+mod tpch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,17 +32,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Time the 22 TPC-H queries on a running node.
+    /// Time the 22 TPC-H queries on a running node or a local cluster.
     Tpch {
-        /// The node's PostgreSQL address.
+        /// A running node's PostgreSQL address (without --nodes).
         #[arg(long, default_value = "127.0.0.1:5433")]
         pg: String,
+        /// Start a local cluster of this many nodes and load TPC-H into it.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// TPC-H scale factor (loaded with --nodes; DuckDB's data).
+        #[arg(long, default_value_t = 1.0)]
+        scale_factor: f64,
+        /// Directory for the nodes' data (fresh) and DuckDB's files.
+        #[arg(long, default_value = "/tmp/quarry-bench-tpch")]
+        dir: PathBuf,
+        /// Address of node 1 (with --nodes).
+        #[arg(long, default_value = "127.0.80.1")]
+        first_address: std::net::Ipv4Addr,
         /// Timed runs per query (after one warm-up); the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Directory of q01.sql … q22.sql.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tpch/queries"))]
         queries: PathBuf,
+        /// Do not run DuckDB even if its Python package is installed.
+        #[arg(long)]
+        no_duckdb: bool,
+        /// The quarry binary [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
     },
     /// Write the TPC-H tables as CSV files and their DDL as schema.sql.
     TpchCsv {
@@ -76,7 +97,7 @@ enum Command {
     },
 }
 
-fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut schema = std::fs::File::create(out.join("schema.sql"))?;
     for (table, columns) in quarry_client::tpch::TABLES {
@@ -94,56 +115,36 @@ fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_tpch(pg: &str, runs: usize, queries: &Path) -> anyhow::Result<()> {
-    let (host, port) = pg.rsplit_once(':').context("--pg must be HOST:PORT")?;
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host={host} port={port} user=bench dbname=quarry"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .with_context(|| format!("cannot connect to {pg}"))?;
-    tokio::spawn(connection);
-    client.batch_execute("SET search_path = tpch").await?;
-    println!("TPC-H on Quarry at {pg}: median of {runs} runs after one warm-up");
-    println!("{:>5} {:>10} {:>6}", "query", "median_ms", "rows");
-    let mut total = Duration::ZERO;
-    for q in 1..=22 {
-        let sql = std::fs::read_to_string(queries.join(format!("q{q:02}.sql")))?;
-        let mut rows = 0;
-        let mut times = Vec::with_capacity(runs);
-        for run in 0..=runs {
-            let started = Instant::now();
-            let messages = client
-                .simple_query(&sql)
-                .await
-                .with_context(|| format!("q{q:02}"))?;
-            let elapsed = started.elapsed();
-            rows = messages
-                .iter()
-                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-                .count();
-            if run > 0 {
-                times.push(elapsed);
-            }
-        }
-        times.sort();
-        let median = times[times.len() / 2];
-        total += median;
-        println!(
-            "{:>5} {:>10.1} {:>6}",
-            format!("q{q:02}"),
-            median.as_secs_f64() * 1000.0,
-            rows
-        );
-    }
-    println!("{:>5} {:>10.1}", "total", total.as_secs_f64() * 1000.0);
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Tpch { pg, runs, queries } => run_tpch(&pg, runs.max(1), &queries).await,
+        Command::Tpch {
+            pg,
+            nodes,
+            scale_factor,
+            dir,
+            first_address,
+            runs,
+            queries,
+            no_duckdb,
+            quarry,
+        } => {
+            tpch::run(tpch::Settings {
+                pg,
+                nodes,
+                scale_factor,
+                dir,
+                first_address,
+                runs: runs.max(1),
+                queries,
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                no_duckdb,
+            })
+            .await
+        }
         Command::TpchCsv { scale_factor, out } => write_csv(scale_factor, &out),
         Command::Cluster {
             nodes,

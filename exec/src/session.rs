@@ -759,9 +759,20 @@ impl Session {
             return Ok(None);
         };
         let ctx = self.ctx.task_ctx();
+        let start = || async {
+            distributed.start().await.map_err(|e| {
+                // Nothing ran yet: this node reads around the missing one.
+                tracing::info!(error = %e, "a node could not start its part of the query; running it here");
+            })
+        };
         let rows = match explain {
             None => {
-                let stream = distributed.execute(ctx).await.map_err(Error::from_engine)?;
+                let Ok(started) = start().await else {
+                    return Ok(None);
+                };
+                let stream = distributed
+                    .execute(started, ctx)
+                    .map_err(Error::from_engine)?;
                 return Ok(Some(Output::Rows(stream)));
             }
             Some(false) => vec![
@@ -770,8 +781,13 @@ impl Session {
             ],
             Some(true) => {
                 let started = std::time::Instant::now();
-                let (count, reports) =
-                    distributed.analyze(ctx).await.map_err(Error::from_engine)?;
+                let Ok(fragments) = start().await else {
+                    return Ok(None);
+                };
+                let (count, reports) = distributed
+                    .analyze(fragments, ctx)
+                    .await
+                    .map_err(Error::from_engine)?;
                 vec![(
                     "Plan with Metrics",
                     format!(

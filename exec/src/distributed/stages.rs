@@ -247,8 +247,12 @@ impl DistributedPlan {
             .collect()
     }
 
-    /// Starts every fragment; dropping the guard stops them all.
-    async fn start(&self) -> DfResult<StopGuard> {
+    /// Starts every fragment; dropping the answer stops them all. Nothing
+    /// has run yet when this fails, so the query may still run elsewhere.
+    ///
+    /// # Errors
+    /// If a node cannot start its fragment (then none is left running).
+    pub async fn start(&self) -> DfResult<Started> {
         let guard = StopGuard {
             cluster: self.cluster.clone(),
             query: self.query,
@@ -274,17 +278,20 @@ impl DistributedPlan {
             }
         });
         futures::future::try_join_all(starts).await?;
-        Ok(guard)
+        Ok(Started(guard))
     }
 
-    /// Starts every fragment, then runs the root stage here. The stream stops
-    /// every fragment on every node when it ends or is dropped (cancel,
-    /// timeout, client gone).
+    /// Runs the root stage here over the started fragments. The stream stops
+    /// every fragment on every node when it ends, fails or is dropped
+    /// (cancel, timeout, client gone).
     ///
     /// # Errors
-    /// If a fragment cannot be started (then none is left running).
-    pub async fn execute(&self, ctx: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let guard = self.start().await?;
+    /// If the root stage cannot be executed.
+    pub fn execute(
+        &self,
+        Started(guard): Started,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
         let stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
         let schema = stream.schema();
         // The first error ends the query: stop every fragment now rather
@@ -304,8 +311,11 @@ impl DistributedPlan {
     ///
     /// # Errors
     /// If the query fails.
-    pub async fn analyze(&self, ctx: Arc<TaskContext>) -> DfResult<(usize, Vec<FragmentReport>)> {
-        let guard = self.start().await?;
+    pub async fn analyze(
+        &self,
+        Started(guard): Started,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<(usize, Vec<FragmentReport>)> {
         let mut stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
@@ -382,7 +392,12 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
+/// A distributed query's fragments, started; dropping it stops them.
+#[derive(Debug)]
+pub struct Started(StopGuard);
+
 /// Stops the query's fragments on every node when dropped.
+#[derive(Debug)]
 struct StopGuard {
     cluster: Arc<Cluster>,
     query: QueryId,

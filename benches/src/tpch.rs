@@ -1,0 +1,232 @@
+//! `quarry-bench tpch`: the 22 TPC-H queries on a running node, or on a local
+//! cluster of `--nodes K` real `quarry` processes that it starts and loads
+//! (each large table in K parts, so every node holds a share); with the Python
+//! `duckdb` package installed, DuckDB runs the same queries over Parquet files
+//! of the same rows in the same run, and the table shows the ratio per query
+//! and the geometric means.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use quarry_client::cluster::LocalCluster;
+
+/// Settings of one run.
+pub struct Settings {
+    /// A running node's PostgreSQL address (when `nodes` is None).
+    pub pg: String,
+    /// Start a local cluster of this many nodes instead.
+    pub nodes: Option<usize>,
+    /// TPC-H scale factor to load (with `nodes`) and to give DuckDB.
+    pub scale_factor: f64,
+    /// A fresh directory for the nodes' data and the CSV/Parquet files.
+    pub dir: PathBuf,
+    /// Address of node 1 (with `nodes`).
+    pub first_address: std::net::Ipv4Addr,
+    /// Timed runs per query after one warm-up.
+    pub runs: usize,
+    /// q01.sql … q22.sql.
+    pub queries: PathBuf,
+    /// The quarry binary.
+    pub quarry: PathBuf,
+    /// Skip DuckDB even if installed.
+    pub no_duckdb: bool,
+}
+
+/// Median time and rows of each query, in order.
+type Timings = Vec<(String, Duration, usize)>;
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    println!("{}", machine());
+    let quarry = match settings.nodes {
+        None => time_quarry(&settings.pg, settings.runs, &settings.queries).await?,
+        Some(nodes) => {
+            if settings.dir.join("n1").exists() {
+                bail!(
+                    "{} holds a cluster already; use a fresh --dir",
+                    settings.dir.display()
+                );
+            }
+            let local = LocalCluster {
+                exe: settings.quarry.clone(),
+                nodes,
+                dir: settings.dir.clone(),
+                first_address: settings.first_address,
+                pg_port: 5433,
+                http_port: 8433,
+                listen_port: 7433,
+                extra: Vec::new(),
+            };
+            let mut running = local.start().await?;
+            let result = async {
+                let pg = running[0].pg.to_string();
+                let parts = i32::try_from(nodes).unwrap_or(i32::MAX);
+                let load =
+                    quarry_client::tpch::load(&pg, settings.scale_factor, parts, "tpch", false)
+                        .await?;
+                println!(
+                    "loaded TPC-H SF {} into {nodes} node(s) ({parts} part(s) per large table): \
+                     {} rows in {:.1} s",
+                    settings.scale_factor,
+                    load.total_rows(),
+                    load.elapsed.as_secs_f64()
+                );
+                time_quarry(&pg, settings.runs, &settings.queries).await
+            }
+            .await;
+            quarry_client::cluster::stop(&mut running, Duration::from_secs(30)).await;
+            result?
+        }
+    };
+    let duckdb = if settings.no_duckdb || !duckdb_installed() {
+        println!("(DuckDB not run: pip install duckdb to compare)");
+        None
+    } else {
+        Some(time_duckdb(&settings)?)
+    };
+    print_table(&quarry, duckdb.as_ref());
+    Ok(())
+}
+
+/// This machine, as the results table names it.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("machine: {cpus} CPUs ({model}), {memory_gib:.1} GiB RAM")
+}
+
+async fn time_quarry(pg: &str, runs: usize, queries: &Path) -> anyhow::Result<Timings> {
+    let client = quarry_client::cluster::connect(pg).await?;
+    client.batch_execute("SET search_path = tpch").await?;
+    let mut timings = Vec::new();
+    for q in 1..=22 {
+        let name = format!("q{q:02}");
+        let sql = std::fs::read_to_string(queries.join(format!("{name}.sql")))?;
+        let mut rows = 0;
+        let mut times = Vec::with_capacity(runs);
+        for run in 0..=runs {
+            let started = Instant::now();
+            let messages = client
+                .simple_query(&sql)
+                .await
+                .with_context(|| name.clone())?;
+            let elapsed = started.elapsed();
+            rows = messages
+                .iter()
+                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                .count();
+            if run > 0 {
+                times.push(elapsed);
+            }
+        }
+        times.sort();
+        timings.push((name, times[times.len() / 2], rows));
+    }
+    Ok(timings)
+}
+
+fn duckdb_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs benches/duckdb_tpch.py over Parquet files of the same rows.
+fn time_duckdb(settings: &Settings) -> anyhow::Result<Timings> {
+    let data = settings
+        .dir
+        .join(format!("csv-sf{}", settings.scale_factor));
+    if !data.join("schema.sql").exists() {
+        crate::write_csv(settings.scale_factor, &data)?;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("duckdb_tpch.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(&data)
+        .args(["--runs", &settings.runs.to_string()])
+        .args(["--threads", &threads.to_string(), "--parquet"])
+        .output()
+        .context("python3 runs")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "DuckDB failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if let Some(first) = stdout.lines().next() {
+        println!("{first}");
+    }
+    let mut timings = Vec::new();
+    for line in stdout.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(name), Some(ms), Some(rows)) = (fields.next(), fields.next(), fields.next())
+            && name.starts_with('q')
+            && let (Ok(ms), Ok(rows)) = (ms.parse::<f64>(), rows.parse::<usize>())
+        {
+            timings.push((name.to_owned(), Duration::from_secs_f64(ms / 1000.0), rows));
+        }
+    }
+    Ok(timings)
+}
+
+fn geomean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v.max(1e-9).ln(), n + 1));
+    if n == 0 { 0.0 } else { (sum / n as f64).exp() }
+}
+
+fn print_table(quarry: &Timings, duckdb: Option<&Timings>) {
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!("| query | Quarry ms | rows | DuckDB ms | ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (name, time, rows)) in quarry.iter().enumerate() {
+        match duckdb.and_then(|d| d.get(i)) {
+            Some((_, duck, duck_rows)) => {
+                let warn = if duck_rows == rows {
+                    ""
+                } else {
+                    " (row counts differ)"
+                };
+                println!(
+                    "| {name} | {:.1} | {rows} | {:.1} | {:.2}{warn} |",
+                    ms(time),
+                    ms(duck),
+                    ms(time) / ms(duck).max(1e-6)
+                );
+            }
+            None => println!("| {name} | {:.1} | {rows} | | |", ms(time)),
+        }
+    }
+    let quarry_geo = geomean(quarry.iter().map(|(_, t, _)| ms(t)));
+    match duckdb {
+        Some(duck) => {
+            let duck_geo = geomean(duck.iter().map(|(_, t, _)| ms(t)));
+            println!(
+                "| **geomean** | **{quarry_geo:.1}** | | **{duck_geo:.1}** | **{:.2}** |",
+                quarry_geo / duck_geo.max(1e-6)
+            );
+        }
+        None => println!("| **geomean** | **{quarry_geo:.1}** | | | |"),
+    }
+}
