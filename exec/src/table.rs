@@ -76,12 +76,7 @@ impl SnapshotTable {
         chunks: Arc<dyn DataFileStore>,
         writes: Option<Arc<WriteSet>>,
     ) -> Self {
-        let columns = table
-            .snapshots
-            .iter()
-            .find(|s| s.id == snapshot)
-            .map(|s| table.columns_at(s).to_vec())
-            .unwrap_or_else(|| table.columns.clone());
+        let columns = columns_at(&table, snapshot);
         let schema = crate::types::schema_of(&columns);
         let defaults = columns
             .iter()
@@ -360,6 +355,17 @@ impl PruningStatistics for ZoneMaps<'_> {
     }
 }
 
+/// The columns of `table` as of `snapshot` (older snapshots keep older
+/// columns); the current ones if the snapshot is unknown.
+fn columns_at(table: &Table, snapshot: SnapshotId) -> Vec<quarry_common::catalog::Column> {
+    table
+        .snapshots
+        .iter()
+        .find(|s| s.id == snapshot)
+        .map(|s| table.columns_at(s).to_vec())
+        .unwrap_or_else(|| table.columns.clone())
+}
+
 /// The path a scan gives data file `file` of table `table` read at `snapshot`:
 /// `{table}/{snapshot}/{chunk}.{crc32c}`, so that a scan carries all it needs
 /// to be read on another node (the size is the path's object size).
@@ -489,12 +495,7 @@ pub fn bind_scan(
         .ok_or_else(|| {
             DataFusionError::Plan(format!("table {table_id} is not in this node's catalog"))
         })?;
-    let columns = table
-        .snapshots
-        .iter()
-        .find(|s| s.id == snapshot)
-        .map(|s| table.columns_at(s).to_vec())
-        .unwrap_or_else(|| table.columns.clone());
+    let columns = columns_at(table, snapshot);
     config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
         ChunkReaderFactory {
             table: format!("{}.{}", table.schema, table.name),
