@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tpchgen::csv::{
     CustomerCsv, LineItemCsv, NationCsv, OrderCsv, PartCsv, PartSuppCsv, RegionCsv, SupplierCsv,
 };
@@ -250,14 +250,7 @@ pub async fn load(
     show_progress: bool,
 ) -> anyhow::Result<LoadSummary> {
     anyhow::ensure!(scale_factor > 0.0, "the scale factor must be positive");
-    let (host, port) = pg_address
-        .rsplit_once(':')
-        .with_context(|| format!("--pg must be HOST:PORT, got {pg_address}"))?;
-    let config = format!("host={host} port={port} user=quarry dbname=quarry");
-    let (client, connection) = tokio_postgres::connect(&config, NoTls)
-        .await
-        .with_context(|| format!("cannot connect to the node at {pg_address}"))?;
-    let connection = tokio::spawn(connection);
+    let client = crate::cluster::connect(pg_address).await?;
     let started = Instant::now();
     client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -307,7 +300,5 @@ pub async fn load(
         summary.csv_bytes += bytes;
     }
     summary.elapsed = started.elapsed();
-    drop(client);
-    let _ = connection.await;
     Ok(summary)
 }

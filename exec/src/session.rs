@@ -139,11 +139,6 @@ impl Engine {
         }
     }
 
-    /// Fragments this node holds for distributed queries.
-    pub fn fragments_held(&self) -> usize {
-        self.cluster.as_ref().map_or(0, |c| c.host().len())
-    }
-
     /// A new session.
     ///
     /// # Errors

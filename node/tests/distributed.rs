@@ -96,8 +96,13 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
     assert!(plan.contains("shuffle by hash"), "{plan}");
     for node in 1..=3 {
         let scans = task_sections(&plan, node)
-            .into_iter()
-            .filter(|s| s.contains("DataSourceExec") && !s.contains("output_rows=0,"))
+            .iter()
+            .flat_map(|s| s.lines())
+            .filter(|l| {
+                l.contains("DataSourceExec")
+                    && l.contains("output_rows=")
+                    && !l.contains("output_rows=0,")
+            })
             .count();
         assert!(scans > 0, "no scan with rows on node {node}:\n{plan}");
     }
@@ -156,11 +161,26 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
     }
 }
 
-async fn fragments_running(node: &TestNode) -> f64 {
+/// The node's `quarry_fragments_running` gauge; None until the node has
+/// started a fragment (so a node that never ran one cannot pass for one
+/// that stopped them all).
+async fn fragments_running(node: &TestNode) -> Option<f64> {
     let body = http_get(&format!("http://127.0.0.1:{}/metrics", node.http_port)).await;
     body.lines()
         .find_map(|l| l.strip_prefix("quarry_fragments_running "))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until every one of `nodes` holds no fragment (having run one).
+async fn all_stopped(nodes: &[TestNode]) {
+    for node in nodes {
+        wait_for(
+            Duration::from_secs(15),
+            "every fragment stopped",
+            || async { fragments_running(node).await == Some(0.0) },
+        )
+        .await;
+    }
 }
 
 /// A query long enough to cancel or to kill a node under (seconds), busy on
@@ -189,14 +209,7 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
     assert_eq!(sqlstate(&error), "57014", "{error:?}");
     assert!(started.elapsed() < Duration::from_secs(30));
     canceller.await.expect("task").expect("cancel sent");
-    for node in &nodes {
-        wait_for(
-            Duration::from_secs(15),
-            "the cancelled query's fragments to stop",
-            || async { fragments_running(node).await == 0.0 },
-        )
-        .await;
-    }
+    all_stopped(&nodes).await;
     // The node still answers, and its query slot is free again.
     assert_eq!(text(&client, "SELECT count(*) FROM orders").await, "15000");
 
@@ -211,6 +224,7 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
         .batch_execute("SET statement_timeout = 0")
         .await
         .expect("reset");
+    all_stopped(&nodes).await;
 
     // A node killed mid-query: a clear, retryable error within seconds.
     let query = tokio::spawn({
@@ -221,7 +235,14 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
             (result.map(|_| ()), started.elapsed(), client)
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the node once it runs its part (before, the coordinator would
+    // plan around it).
+    wait_for(
+        Duration::from_secs(30),
+        "node 3 to run fragments",
+        || async { fragments_running(&nodes[2]).await.is_some_and(|n| n > 0.0) },
+    )
+    .await;
     let killed_at = Instant::now();
     nodes[2].kill9();
     let (result, _, client) = tokio::time::timeout(Duration::from_secs(60), query)
@@ -257,10 +278,5 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
         text(&client, "SELECT count(*) FROM lineitem").await,
         "60175"
     );
-    for node in &nodes[..2] {
-        wait_for(Duration::from_secs(15), "no fragment left", || async {
-            fragments_running(node).await == 0.0
-        })
-        .await;
-    }
+    all_stopped(&nodes[..2]).await;
 }

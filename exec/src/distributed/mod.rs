@@ -207,16 +207,6 @@ pub fn failed(e: DataFusionError) -> ExchangeResponse {
     }
 }
 
-/// Runs a future that must not outlive `Arc` owners on a spawned task,
-/// logging instead of failing (for fire-and-forget stops).
-pub(crate) fn spawn_detached(what: &'static str, work: impl Future<Output = ()> + Send + 'static) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(work);
-    } else {
-        tracing::warn!(what, "no runtime to run on");
-    }
-}
-
 /// Cluster access for distributed queries: the peers and this node's
 /// fragment host.
 #[derive(Debug)]

@@ -32,7 +32,6 @@ use quarry_common::catalog::NodeId;
 use super::exchange::{Codec, ExchangeExec, ExchangeSpec, Producer};
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FragmentKey, FragmentReport, QueryId, remote_error,
-    spawn_detached,
 };
 use crate::table::{is_table_scan, scan_files, with_scan_files};
 
@@ -57,9 +56,6 @@ pub struct Stage {
     pub shuffle: Option<usize>,
     /// The node of each task.
     pub tasks: Vec<NodeId>,
-    /// Whether its rows are divided among its tasks (else one task, on the
-    /// coordinator, reads everything).
-    pub divided: bool,
     /// Each task's fragment, per consumer task it serves.
     pub fragments: Vec<Fragment>,
 }
@@ -221,7 +217,6 @@ impl DistributedPlan {
                     .as_ref()
                     .map(|(_, partitions)| partitions * consumers),
                 tasks: nodes,
-                divided: divided[i],
                 fragments,
             });
         }
@@ -409,7 +404,10 @@ impl Drop for StopGuard {
         let cluster = self.cluster.clone();
         let query = self.query;
         let nodes = std::mem::take(&mut self.nodes);
-        spawn_detached("stop fragments", async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let stops = nodes.into_iter().map(|node| {
                 let cluster = cluster.clone();
                 async move {
