@@ -23,6 +23,7 @@ pub mod data_file;
 pub mod distributed;
 pub mod error;
 pub mod field_ids;
+pub mod memory;
 pub mod merge;
 pub mod parser;
 pub mod rewrite;

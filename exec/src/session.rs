@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -95,7 +96,8 @@ pub struct QueryResources {
 
 impl Engine {
     /// An engine over `meta` and the local chunk store, running each query with
-    /// `target_partitions` parallel partitions per node; with `peers`, queries
+    /// `target_partitions` parallel partitions per node (fewer when the
+    /// query memory leaves under 16 MiB each); with `peers`, queries
     /// are distributed over the live nodes (DESIGN.md §5).
     pub fn new(
         meta: Arc<dyn Metadata>,
@@ -107,7 +109,7 @@ impl Engine {
         Arc::new_cyclic(|engine| Engine {
             meta,
             chunks,
-            target_partitions: target_partitions.max(1),
+            target_partitions: partitions_within(target_partitions, resources.memory_bytes),
             resources,
             cluster: peers
                 .map(|peers| Arc::new(Cluster::new(peers, FragmentHost::new(engine.clone())))),
@@ -300,6 +302,31 @@ fn object_parts(name: &ObjectName) -> Vec<String> {
         .collect()
 }
 
+/// Memory below which one more partition is not worth it: a partition's
+/// sort, aggregate or join needs a few batches in memory to make progress,
+/// and merging P sorted partitions holds batches of all P at once.
+const PARTITION_MEMORY_MIN: usize = 16 << 20;
+
+/// `target` partitions, fewer if the statement's memory is too small for each
+/// to have `PARTITION_MEMORY_MIN` (at least one).
+fn partitions_within(target: usize, memory_bytes: Option<usize>) -> usize {
+    let target = target.max(1);
+    match memory_bytes {
+        Some(bytes) => target.min(bytes / PARTITION_MEMORY_MIN).max(1),
+        None => target,
+    }
+}
+
+/// Bytes each partition's sort sets aside up front to merge what it spilled:
+/// DataFusion's 10 MiB, but never more than a quarter of the query's memory
+/// spread over its partitions. The set-aside memory cannot spill, so at the
+/// default a small limit with many partitions (8 × 10 MiB of 96 MiB) would
+/// leave the sorts almost nothing to buffer before spilling.
+fn sort_merge_reserve(memory_bytes: usize, partitions: usize) -> usize {
+    const DEFAULT: usize = 10 << 20;
+    (memory_bytes / (4 * partitions.max(1))).clamp(256 << 10, DEFAULT)
+}
+
 impl Session {
     fn new(engine: Arc<Engine>) -> Result<Session> {
         let mut config = SessionConfig::new()
@@ -317,14 +344,22 @@ impl Session {
             // PostgreSQL reads `12.50` as NUMERIC, not as a binary float.
             options.sql_parser.parse_float_as_decimal = true;
             options.execution.time_zone = Some("+00:00".to_owned());
+            if let Some(bytes) = engine.resources.memory_bytes {
+                options.execution.sort_spill_reservation_bytes =
+                    sort_merge_reserve(bytes, engine.target_partitions);
+                options.execution.spill_compression =
+                    datafusion::common::config::SpillCompression::Lz4Frame;
+            }
         }
         // A session runs one statement at a time, so its pool is the
         // statement's memory.
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(bytes) = engine.resources.memory_bytes {
-            runtime = runtime.with_memory_pool(Arc::new(
-                datafusion::execution::memory_pool::FairSpillPool::new(bytes),
-            ));
+            // The error of a statement that runs out names its largest consumers.
+            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                crate::memory::QueryPool::new(bytes),
+                std::num::NonZeroUsize::new(5).expect("non-zero"),
+            )));
         }
         if let Some(dir) = &engine.resources.spill_dir {
             runtime = runtime.with_temp_file_path(dir.clone());

@@ -77,7 +77,8 @@ pub struct FileConfig {
     #[arg(long)]
     pub join_timeout_secs: Option<u64>,
     /// Memory one statement's sorts, aggregates and joins may hold, in MiB;
-    /// past it they spill to `<data_dir>/spill` [default: 2048].
+    /// past it they spill to `<data_dir>/spill`; at most one partition per
+    /// 16 MiB [default: 2048].
     #[arg(long)]
     pub query_memory_mb: Option<u64>,
     /// Statements that run at once on this node (query slots); the others wait

@@ -106,14 +106,19 @@ impl TestNode {
             }
             None => Command::new(env!("CARGO_BIN_EXE_quarry")),
         };
-        let child = command
+        command
             .args(["start", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--pg-listen", &format!("{}:{}", self.ip, self.pg_port)])
             .args(["--http-listen", &format!("{}:{}", self.ip, self.http_port)])
             .args(["--listen", &self.listen()])
-            .args(["--shutdown-grace-secs", "5", "--target-partitions", "2"])
-            .args(&self.extra)
+            .args(["--shutdown-grace-secs", "5"])
+            .args(&self.extra);
+        // Two partitions unless the test's own flags choose.
+        if !self.extra.iter().any(|flag| flag == "--target-partitions") {
+            command.args(["--target-partitions", "2"]);
+        }
+        let child = command
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log_file)
