@@ -108,10 +108,10 @@ impl MemoryPool for QueryPool {
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        if is_merge(reservation.consumer()) {
-            if let Some(held) = self.merges().held.get_mut(&reservation.consumer().id()) {
-                *held = held.saturating_sub(shrink);
-            }
+        if is_merge(reservation.consumer())
+            && let Some(held) = self.merges().held.get_mut(&reservation.consumer().id())
+        {
+            *held = held.saturating_sub(shrink);
         }
         self.inner.shrink(reservation, shrink);
     }
