@@ -8,6 +8,7 @@
 //! down or their bytes are corrupt.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -105,6 +106,92 @@ impl DataFileStore for LocalFiles {
     }
 }
 
+/// A [`DataFileStore`] that keeps recently read data files in memory: a
+/// buffer pool of whole, verified data files. Data files are immutable, so
+/// an entry never goes stale; it is dropped when the pool needs room
+/// (quick_cache's CLOCK-Pro policy, which resists one-off scans) or when the
+/// file's chunk is discarded. Bytes are verified against their checksum when
+/// they are read from disk or rebuilt, before they enter the pool.
+#[derive(Debug)]
+pub struct CachedFiles {
+    inner: Arc<dyn DataFileStore>,
+    pool: quick_cache::sync::Cache<ChunkRef, Bytes, FileWeight>,
+}
+
+/// A cached file weighs its length in bytes.
+#[derive(Debug, Clone)]
+struct FileWeight;
+
+impl quick_cache::Weighter<ChunkRef, Bytes> for FileWeight {
+    fn weight(&self, _chunk: &ChunkRef, bytes: &Bytes) -> u64 {
+        bytes.len().max(1) as u64
+    }
+}
+
+/// Files expected in the pool per byte of capacity (an estimate quick_cache
+/// sizes its table by; data files are a few MiB to a few hundred).
+const TYPICAL_FILE_BYTES: u64 = 4 << 20;
+
+impl CachedFiles {
+    /// `inner` with a pool of at most `capacity_bytes` (0: no pool).
+    pub fn new(inner: Arc<dyn DataFileStore>, capacity_bytes: u64) -> CachedFiles {
+        let items = (capacity_bytes / TYPICAL_FILE_BYTES).max(16) as usize;
+        CachedFiles {
+            inner,
+            pool: quick_cache::sync::Cache::with_weighter(items, capacity_bytes, FileWeight),
+        }
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("quarry_data_cache_bytes").set(self.pool.weight() as f64);
+    }
+}
+
+#[async_trait]
+impl DataFileStore for CachedFiles {
+    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
+        self.inner.put(bytes).await
+    }
+
+    async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
+        if let Some(bytes) = self.pool.get(&chunk) {
+            metrics::counter!("quarry_data_cache_hits_total").increment(1);
+            return Ok(bytes);
+        }
+        // One read per file however many scans want it at once.
+        let bytes = self
+            .pool
+            .get_or_insert_async(&chunk, async {
+                metrics::counter!("quarry_data_cache_misses_total").increment(1);
+                self.inner.get(chunk).await
+            })
+            .await?;
+        self.publish();
+        Ok(bytes)
+    }
+
+    fn discard(&self, chunk: ChunkId) {
+        self.pool.retain(|cached, _| cached.id != chunk);
+        self.inner.discard(chunk);
+    }
+
+    async fn seal(
+        &self,
+        layout: Option<StripeLayout>,
+        files: &[DataFile],
+    ) -> quarry_storage::Result<Vec<Stripe>> {
+        self.inner.seal(layout, files).await
+    }
+
+    fn nodes(&self) -> Vec<NodeRow> {
+        self.inner.nodes()
+    }
+
+    fn node_available(&self, node: NodeId) -> bool {
+        self.inner.node_available(node)
+    }
+}
+
 /// Runs blocking chunk-store work off the async threads.
 ///
 /// # Errors
@@ -118,4 +205,41 @@ pub async fn blocking<T: Send + 'static>(
             path: std::path::PathBuf::new(),
             source: std::io::Error::other(format!("chunk task failed: {e}")),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_file_is_served_from_memory_until_discarded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ChunkStore::open(dir.path()).expect("store");
+        let cached = CachedFiles::new(Arc::new(LocalFiles(store.clone())), 1 << 20);
+        let chunk = cached
+            .put(Bytes::from_static(b"a data file"))
+            .await
+            .expect("put");
+        assert_eq!(cached.get(chunk).await.expect("first read"), "a data file");
+        // Gone from disk (without discard): the pool still has it.
+        store.delete(chunk.id).expect("delete");
+        assert_eq!(cached.get(chunk).await.expect("from memory"), "a data file");
+        // Discarded: gone from the pool too.
+        cached.discard(chunk.id);
+        assert!(
+            cached.get(chunk).await.is_err(),
+            "a discarded file is not served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pool_of_zero_bytes_reads_through() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ChunkStore::open(dir.path()).expect("store");
+        let cached = CachedFiles::new(Arc::new(LocalFiles(store.clone())), 0);
+        let chunk = cached.put(Bytes::from_static(b"x")).await.expect("put");
+        assert_eq!(cached.get(chunk).await.expect("read"), "x");
+        store.delete(chunk.id).expect("delete");
+        assert!(cached.get(chunk).await.is_err(), "nothing was kept");
+    }
 }

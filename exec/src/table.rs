@@ -17,7 +17,8 @@ use datafusion::arrow::array::{ArrayRef, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
@@ -42,6 +43,7 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
 };
+use datafusion_datasource::compute_all_files_statistics;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_common::SqlState;
@@ -182,8 +184,19 @@ impl SnapshotTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let files = files
             .iter()
-            .map(|f| PartitionedFile::new(scan_path(self.table.id, self.snapshot, f), f.size_bytes))
+            .map(|f| {
+                PartitionedFile::new(scan_path(self.table.id, self.snapshot, f), f.size_bytes)
+                    .with_statistics(Arc::new(self.file_statistics(f)))
+            })
             .collect();
+        // Group and table statistics for DataFusion's planner (join sides,
+        // build side and broadcast choice), summed from the files'.
+        let (groups, statistics) = compute_all_files_statistics(
+            balanced_groups(files, partitions),
+            self.schema.clone(),
+            true,
+            false,
+        )?;
         let source = ParquetSource::new(self.schema.clone())
             .with_parquet_file_reader_factory(Arc::new(ChunkReaderFactory {
                 table: self.qualified_name(),
@@ -193,7 +206,8 @@ impl SnapshotTable {
             .with_pushdown_filters(true);
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(balanced_groups(files, partitions))
+                .with_file_groups(groups)
+                .with_statistics(statistics)
                 .with_projection_indices(projection)?
                 .with_limit(limit)
                 .with_expr_adapter(Some(Arc::new(
@@ -201,6 +215,41 @@ impl SnapshotTable {
                 )))
                 .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// What the snapshot knows of `file`, for DataFusion's planner: exact
+    /// row and null counts, the file's size as an estimate of its bytes, and
+    /// its zone map's bounds as inexact min and max (a column added after the
+    /// file was written has none).
+    fn file_statistics(&self, file: &DataFile) -> Statistics {
+        let bound = |value: Option<&quarry_common::catalog::Datum>, column_type| match value {
+            Some(value) => Precision::Inexact(scalar_of(Some(value), column_type)),
+            None => Precision::Absent,
+        };
+        let column_statistics = self
+            .columns
+            .iter()
+            .map(|column| {
+                match file
+                    .column_stats
+                    .iter()
+                    .find(|s| s.field_id == column.field_id)
+                {
+                    Some(stats) => ColumnStatistics {
+                        null_count: Precision::Exact(stats.null_count as usize),
+                        min_value: bound(stats.min.as_ref(), column.column_type),
+                        max_value: bound(stats.max.as_ref(), column.column_type),
+                        ..ColumnStatistics::new_unknown()
+                    },
+                    None => ColumnStatistics::new_unknown(),
+                }
+            })
+            .collect();
+        Statistics {
+            num_rows: Precision::Exact(file.row_count as usize),
+            total_byte_size: Precision::Inexact(file.size_bytes as usize),
+            column_statistics,
+        }
     }
 
     fn qualified_name(&self) -> String {

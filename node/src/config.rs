@@ -85,6 +85,10 @@ pub struct FileConfig {
     /// in arrival order [default: 4 per CPU].
     #[arg(long)]
     pub query_slots: Option<usize>,
+    /// Memory for recently read data files (verified, whole), in MiB; 0 turns
+    /// the pool off [default: a quarter of the machine's memory].
+    #[arg(long)]
+    pub data_cache_mb: Option<u64>,
 }
 
 /// The node's effective configuration.
@@ -122,6 +126,8 @@ pub struct Config {
     pub query_memory_bytes: usize,
     /// Statements that run at once.
     pub query_slots: usize,
+    /// Bytes of recently read data files kept in memory.
+    pub data_cache_bytes: u64,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -227,8 +233,26 @@ impl FileConfig {
                 .or(self.query_slots)
                 .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1),
+            data_cache_bytes: flags
+                .data_cache_mb
+                .or(self.data_cache_mb)
+                .map_or_else(|| memory_total_bytes() / 4, |mb| mb << 20),
         }
     }
+}
+
+/// The machine's memory in bytes (`MemTotal` of /proc/meminfo, proc(5));
+/// 4 GiB where it cannot be read.
+fn memory_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kb| kb.trim().parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb << 10)
 }
 
 #[cfg(test)]

@@ -168,7 +168,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", spill_dir.display()))?;
     let engine = Engine::new(
         meta.clone(),
-        Arc::new(stripes.clone()),
+        Arc::new(quarry_exec::chunks::CachedFiles::new(
+            Arc::new(stripes.clone()),
+            config.data_cache_bytes,
+        )),
         config.target_partitions,
         quarry_exec::QueryResources {
             memory_bytes: Some(config.query_memory_bytes),

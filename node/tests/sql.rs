@@ -375,18 +375,24 @@ async fn every_column_type_has_its_postgres_oid_and_round_trips() {
 }
 
 /// The data files a plan's scan reads, from EXPLAIN's `file_groups`.
-async fn files_scanned(client: &tokio_postgres::Client, query: &str) -> usize {
+/// The text of `EXPLAIN query`'s physical plan.
+async fn physical_plan(client: &tokio_postgres::Client, query: &str) -> String {
     let rows = client
         .simple_query(&format!("EXPLAIN {query}"))
         .await
         .expect("explain");
-    let plan: String = rows
-        .iter()
+    rows.iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("physical_plan") => {
+                r.get(1).map(str::to_owned)
+            }
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+async fn files_scanned(client: &tokio_postgres::Client, query: &str) -> usize {
+    let plan = physical_plan(client, query).await;
     let groups = plan
         .split("file_groups={")
         .nth(1)
@@ -435,6 +441,65 @@ async fn zone_maps_prune_data_files_from_scans() {
         .await
         .expect("count");
     assert_eq!(row.get::<_, i64>(0), 1021);
+}
+
+#[tokio::test]
+async fn snapshot_statistics_feed_the_planner() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id BIGINT, k INT);
+             INSERT INTO big SELECT v, v % 10 FROM generate_series(1, 20000) AS g(v);
+             CREATE TABLE small (k INT, name TEXT);
+             INSERT INTO small VALUES (1, 'one'), (2, 'two');",
+        )
+        .await
+        .expect("two tables");
+    // The row count of the snapshot answers count(*) without a scan.
+    let plan = physical_plan(&client, "SELECT count(*) FROM big").await;
+    assert!(
+        plan.contains("20000") && !plan.contains("DataSourceExec"),
+        "count(*) from the snapshot's row count: {plan}"
+    );
+    // The smaller side builds the hash table, whichever side it is written on.
+    for query in [
+        "SELECT b.id, s.name FROM big b JOIN small s ON b.k = s.k",
+        "SELECT b.id, s.name FROM small s JOIN big b ON b.k = s.k",
+    ] {
+        let plan = physical_plan(&client, query).await;
+        let build = plan
+            .lines()
+            .skip_while(|l| !l.contains("HashJoinExec"))
+            .find(|l| l.contains("DataSourceExec"))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            build.contains("projection=[k, name]"),
+            "small is the build side of {query}: {plan}"
+        );
+    }
+    // Exact counts stay exact through deletes and a transaction's own rows.
+    client
+        .batch_execute("DELETE FROM big WHERE id <= 100")
+        .await
+        .expect("delete");
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute("INSERT INTO big VALUES (0, 0)")
+        .await
+        .expect("insert");
+    let row = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 19_901);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let row = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 19_900);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// What the catalog records of a stored chunk: enough to find and verify it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkRef {
     /// The chunk's id (its file name).
     pub id: ChunkId,
