@@ -339,7 +339,6 @@ impl Session {
             options.execution.parquet.pushdown_filters = true;
             options.execution.parquet.reorder_filters = true;
             options.execution.parquet.schema_force_view_types = false;
-            options.optimizer.repartition_file_scans = false;
             options.sql_parser.map_string_types_to_utf8view = false;
             // PostgreSQL reads `12.50` as NUMERIC, not as a binary float.
             options.sql_parser.parse_float_as_decimal = true;

@@ -44,6 +44,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
 };
 use datafusion_datasource::compute_all_files_statistics;
+use datafusion_datasource::file_groups::FileGroupPartitioner;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_common::SqlState;
@@ -494,6 +495,10 @@ pub fn scan_files(plan: &dyn ExecutionPlan) -> Vec<(PartitionedFile, ChunkRef)> 
         .unwrap_or_default()
 }
 
+/// DataFusion's default `repartition_file_min_size`: smaller scans are not
+/// split by byte ranges.
+const REPARTITION_FILE_MIN_BYTES: usize = 10 << 20;
+
 /// The table scan `plan` reading `files` instead, in up to `partitions`
 /// partitions; None if `plan` is not a table scan.
 pub fn with_scan_files(
@@ -502,7 +507,14 @@ pub fn with_scan_files(
     partitions: usize,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     let mut config = scan_config(plan)?.clone();
-    config.file_groups = balanced_groups(files, partitions);
+    let groups = balanced_groups(files, partitions);
+    // Fewer files than partitions: split files by row-group byte ranges, as
+    // DataFusion does for a local scan (`repartition_file_scans`).
+    config.file_groups = FileGroupPartitioner::new()
+        .with_target_partitions(partitions)
+        .with_repartition_file_min_size(REPARTITION_FILE_MIN_BYTES)
+        .repartition_file_groups(&groups)
+        .unwrap_or(groups);
     Some(DataSourceExec::from_data_source(config))
 }
 

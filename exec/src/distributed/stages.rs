@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::JoinType;
@@ -28,6 +29,7 @@ use datafusion::physical_plan::{
 use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
 use futures::StreamExt;
 use quarry_common::catalog::NodeId;
+use quarry_storage::ChunkRef;
 
 use super::exchange::{Codec, ExchangeExec, ExchangeSpec, Producer};
 use super::{
@@ -84,8 +86,11 @@ struct Draft {
 struct Task<'a> {
     /// Divided stage: this task's index; None: the task reads everything.
     index: Option<usize>,
-    /// Task of each data file's chunk (divided stages).
-    assign: &'a dyn Fn(quarry_common::catalog::ChunkId) -> usize,
+    /// Tasks of the stage.
+    tasks: usize,
+    /// The task on the node holding a data file's chunk, if one does
+    /// (divided stages).
+    holder: &'a dyn Fn(quarry_common::catalog::ChunkId) -> Option<usize>,
     /// Partitions of its scans.
     partitions: usize,
 }
@@ -171,17 +176,18 @@ impl DistributedPlan {
             } else {
                 vec![local]
             };
-            let assign = |chunk| {
-                let holder = cluster.peers().holder(chunk);
-                holder
+            let holder = |chunk| {
+                cluster
+                    .peers()
+                    .holder(chunk)
                     .and_then(|h| nodes.iter().position(|n| *n == h))
-                    .unwrap_or_else(|| (chunk.0 % nodes.len() as u128) as usize)
             };
             let mut fragments = Vec::new();
             for (t, node) in nodes.iter().enumerate() {
                 let task = Task {
                     index: divided[i].then_some(t),
-                    assign: &assign,
+                    tasks: nodes.len(),
+                    holder: &holder,
                     partitions: target_partitions,
                 };
                 let mut plan = instantiate(&draft.plan, false, &task, &stages, &drafts)?;
@@ -222,7 +228,8 @@ impl DistributedPlan {
         }
         let task = Task {
             index: None,
-            assign: &|_| 0,
+            tasks: 1,
+            holder: &|_| None,
             partitions: target_partitions,
         };
         let root = instantiate(&root, false, &task, &stages, &drafts)?;
@@ -577,6 +584,45 @@ fn divides(
     Some(divided)
 }
 
+/// How far past an even share of a scan's bytes a task may be given files
+/// its node holds before the rest go to other tasks, which read them over the
+/// network: the price of a remote read against that of waiting for the
+/// busiest node.
+const HOLDER_SLACK: f64 = 1.25;
+
+/// The task that scans each of `files` (in order), of `tasks`: the one on the
+/// node holding the file's chunk while that task has at most `HOLDER_SLACK`
+/// times an even share of the bytes, otherwise the least loaded task. Stripe
+/// placement spreads chunks by hashing, so one table's few files may well
+/// sit on one node; the tasks must still share the work. The same files give
+/// the same answer on every call.
+fn share_files(
+    files: &[(PartitionedFile, ChunkRef)],
+    tasks: usize,
+    holder: &dyn Fn(quarry_common::catalog::ChunkId) -> Option<usize>,
+) -> Vec<usize> {
+    let tasks = tasks.max(1);
+    let total: u64 = files.iter().map(|(_, c)| c.size_bytes).sum();
+    let limit = (total as f64 / tasks as f64 * HOLDER_SLACK) as u64;
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    // Largest first, ties by chunk id: deterministic across tasks.
+    order.sort_by_key(|&i| (std::cmp::Reverse(files[i].1.size_bytes), files[i].1.id));
+    let mut load = vec![0u64; tasks];
+    let mut owners = vec![0usize; files.len()];
+    for i in order {
+        let chunk = &files[i].1;
+        let owner = match holder(chunk.id).filter(|&h| h < tasks) {
+            Some(h) if load[h] + chunk.size_bytes <= limit.max(chunk.size_bytes) => h,
+            held => (0..tasks)
+                .min_by_key(|&t| (load[t], Some(t) != held))
+                .expect("at least one task"),
+        };
+        load[owner] += chunk.size_bytes;
+        owners[i] = owner;
+    }
+    owners
+}
+
 /// A task's copy of a stage's plan: its share of the divided scans, every
 /// file of the scans it needs whole, its exchanges pointed at their producers.
 fn instantiate(
@@ -590,10 +636,13 @@ fn instantiate(
         let Some(index) = task.index.filter(|_| !whole) else {
             return Ok(node.clone());
         };
-        let files = scan_files(node.as_ref())
+        let files = scan_files(node.as_ref());
+        let owners = share_files(&files, task.tasks, task.holder);
+        let files = files
             .into_iter()
-            .filter(|(_, chunk)| (task.assign)(chunk.id) == index)
-            .map(|(file, _)| file)
+            .zip(owners)
+            .filter(|(_, owner)| *owner == index)
+            .map(|((file, _), _)| file)
             .collect();
         return with_scan_files(node.as_ref(), files, task.partitions)
             .ok_or_else(|| DataFusionError::Internal("a table scan lost its files".to_owned()));
@@ -636,4 +685,45 @@ fn instantiate(
         .map(|(i, child)| instantiate(child, whole || collected == Some(i), task, stages, drafts))
         .collect::<DfResult<Vec<_>>>()?;
     replace_children_if_necessary(node.clone(), children)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_common::catalog::ChunkId;
+
+    fn file(id: u128, size_bytes: u64) -> (PartitionedFile, ChunkRef) {
+        let chunk = ChunkRef {
+            id: ChunkId(id),
+            size_bytes,
+            checksum_crc32c: 0,
+        };
+        (
+            PartitionedFile::new(format!("1/1/{id}.0"), size_bytes),
+            chunk,
+        )
+    }
+
+    #[test]
+    fn files_go_to_their_holders_while_the_work_stays_even() {
+        // Spread over three nodes: each task scans what its node holds.
+        let files = [file(1, 100), file(2, 100), file(3, 100)];
+        let spread = |c: ChunkId| Some((c.0 - 1) as usize);
+        assert_eq!(share_files(&files, 3, &spread), vec![0, 1, 2]);
+        // All on node 3 (stripes placed them there): two of the three go to
+        // the other tasks, which read them over the network.
+        let on_three = |_| Some(2);
+        let mut owners = share_files(&files, 3, &on_three);
+        assert!(owners.contains(&2), "the holder keeps one: {owners:?}");
+        owners.sort_unstable();
+        assert_eq!(owners, vec![0, 1, 2]);
+        // Uneven sizes: the holder keeps its files up to 1.25 × an even share.
+        let files = [file(1, 300), file(2, 100), file(3, 100), file(4, 100)];
+        let owners = share_files(&files, 2, &|_| Some(0));
+        assert_eq!(owners, vec![0, 1, 1, 1], "300 of 600 bytes on the holder");
+        // Every task gets the same answer.
+        assert_eq!(share_files(&files, 2, &|_| Some(0)), owners);
+        // A file no live node holds goes to the least loaded task.
+        assert_eq!(share_files(&[file(9, 10)], 2, &|_| None), vec![0]);
+    }
 }
