@@ -141,10 +141,6 @@ impl CachedFiles {
             pool: quick_cache::sync::Cache::with_weighter(items, capacity_bytes, FileWeight),
         }
     }
-
-    fn publish(&self) {
-        metrics::gauge!("quarry_data_cache_bytes").set(self.pool.weight() as f64);
-    }
 }
 
 #[async_trait]
@@ -154,19 +150,21 @@ impl DataFileStore for CachedFiles {
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
-        if let Some(bytes) = self.pool.get(&chunk) {
-            metrics::counter!("quarry_data_cache_hits_total").increment(1);
-            return Ok(bytes);
-        }
         // One read per file however many scans want it at once.
+        let mut read = false;
         let bytes = self
             .pool
             .get_or_insert_async(&chunk, async {
-                metrics::counter!("quarry_data_cache_misses_total").increment(1);
+                read = true;
                 self.inner.get(chunk).await
             })
             .await?;
-        self.publish();
+        if read {
+            metrics::counter!("quarry_data_cache_misses_total").increment(1);
+            metrics::gauge!("quarry_data_cache_bytes").set(self.pool.weight() as f64);
+        } else {
+            metrics::counter!("quarry_data_cache_hits_total").increment(1);
+        }
         Ok(bytes)
     }
 

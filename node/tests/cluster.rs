@@ -304,12 +304,12 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
         expected,
         "read around the damage"
     );
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", nodes[holder].http_port);
-    let body = support::node::http_get(&metrics_url).await;
+    let corruptions = nodes[holder]
+        .metric("quarry_chunk_corruptions_detected_total")
+        .await;
     assert!(
-        body.lines()
-            .any(|l| l.starts_with("quarry_chunk_corruptions_detected_total") && !l.ends_with(" 0")),
-        "corruption counted:\n{body}"
+        corruptions.is_some_and(|n| n > 0.0),
+        "corruption counted: {corruptions:?}"
     );
     wait_for(
         Duration::from_secs(60),

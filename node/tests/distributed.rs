@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::cluster::{start_cluster, wait_for};
-use support::node::{TestNode, http_get, sqlstate};
+use support::node::{TestNode, sqlstate};
 use tokio_postgres::{Client, NoTls};
 
 async fn loaded_cluster(dir: &std::path::Path) -> Vec<TestNode> {
@@ -165,10 +165,7 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
 /// started a fragment (so a node that never ran one cannot pass for one
 /// that stopped them all).
 async fn fragments_running(node: &TestNode) -> Option<f64> {
-    let body = http_get(&format!("http://127.0.0.1:{}/metrics", node.http_port)).await;
-    body.lines()
-        .find_map(|l| l.strip_prefix("quarry_fragments_running "))
-        .and_then(|v| v.trim().parse().ok())
+    node.metric("quarry_fragments_running").await
 }
 
 /// Waits until every one of `nodes` holds no fragment (having run one).

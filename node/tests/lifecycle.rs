@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{TestNode, sqlstate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{TestNode, http_get, sqlstate};
 
 #[tokio::test]
 async fn acknowledged_inserts_survive_kill_9() {
@@ -167,28 +166,6 @@ async fn a_flipped_byte_in_a_data_file_gives_xx001_never_wrong_rows() {
     assert_eq!(sqlstate(&e), "XX001");
 }
 
-async fn http_get(port: u16, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("response in time")
-    .expect("read");
-    response
-}
-
 #[tokio::test]
 async fn health_and_metrics_are_served_over_http() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -198,11 +175,11 @@ async fn health_and_metrics_are_served_over_http() {
         .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
         .await
         .expect("setup");
-    let health = http_get(node.http_port, "/health").await;
+    let health = http_get(&format!("http://127.0.0.1:{}/health", node.http_port)).await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    let ready = http_get(node.http_port, "/ready").await;
+    let ready = http_get(&format!("http://127.0.0.1:{}/ready", node.http_port)).await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let metrics = http_get(node.http_port, "/metrics").await;
+    let metrics = http_get(&format!("http://127.0.0.1:{}/metrics", node.http_port)).await;
     assert!(
         metrics.contains("quarry_storage_chunk_written_bytes_total"),
         "{metrics}"

@@ -503,6 +503,32 @@ async fn snapshot_statistics_feed_the_planner() {
 }
 
 #[tokio::test]
+async fn a_data_file_read_again_comes_from_memory() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT v FROM generate_series(1, 1000) AS g(v)")
+        .await
+        .expect("ctas");
+    let sum = "SELECT sum(v) FROM t";
+    let first = client.query_one(sum, &[]).await.expect("first read");
+    let misses = node.metric("quarry_data_cache_misses_total").await;
+    let second = client.query_one(sum, &[]).await.expect("second read");
+    assert_eq!(first.get::<_, i64>(0), second.get::<_, i64>(0));
+    assert!(
+        node.metric("quarry_data_cache_hits_total")
+            .await
+            .is_some_and(|n| n >= 1.0),
+        "the second scan is served from the pool"
+    );
+    assert_eq!(
+        node.metric("quarry_data_cache_misses_total").await,
+        misses,
+        "and reads nothing from disk"
+    );
+}
+
+#[tokio::test]
 async fn a_transaction_reads_one_snapshot_plus_its_own_writes() {
     let (_dir, node) = node().await;
     let a = node.client().await;

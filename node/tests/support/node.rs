@@ -46,6 +46,15 @@ pub fn free_port() -> u16 {
 }
 
 impl TestNode {
+    /// The value of metric `name` (a counter or gauge without labels) on the
+    /// node's /metrics; None until the node has published it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(&format!("http://{}:{}/metrics", self.ip, self.http_port)).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Starts a node on `data_dir` and waits until it accepts PostgreSQL clients.
     pub async fn start(data_dir: &Path) -> TestNode {
         let mut node = TestNode::spawn(data_dir, &[]);
@@ -277,17 +286,23 @@ pub fn instant_between_commits() -> String {
     at
 }
 
-/// The whole HTTP/1.0 response (head and body) to a GET of `url`.
+/// The whole HTTP/1.1 response (head and body) to a GET of `url`, read
+/// until the server closes the connection.
 pub async fn http_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').expect("path");
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
     stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("request");
     let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
+        .await
+        .expect("response in time")
+        .expect("response");
     body
 }
