@@ -16,6 +16,11 @@ use std::time::Duration;
 use support::cluster::{leader_index, start_cluster, wait_for};
 use support::node::{TestNode, sqlstate};
 
+/// Flags for tests of the read path through the disks: without a data file
+/// pool, every read goes to the chunks (a file read once would otherwise be
+/// served from memory, and a degraded or damaged read would never happen).
+const DISK_READS: [&str; 2] = ["--data-cache-mb", "0"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_and_keep_every_acknowledged_row_when_the_leader_dies() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -133,6 +138,8 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
             "2",
             "--voter-replace-after-secs",
             "2",
+            DISK_READS[0],
+            DISK_READS[1],
         ],
     )
     .await;
@@ -263,7 +270,12 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = start_cluster(dir.path(), 3, &["--scrub-interval-secs", "2"]).await;
+    let nodes = start_cluster(
+        dir.path(),
+        3,
+        &["--scrub-interval-secs", "2", DISK_READS[0], DISK_READS[1]],
+    )
+    .await;
     let client = nodes[0].client().await;
     client
         .batch_execute(
@@ -699,7 +711,7 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stripe_written_while_a_node_is_down_gets_its_full_parity_when_it_returns() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = start_cluster(dir.path(), 4, &[]).await;
+    let mut nodes = start_cluster(dir.path(), 4, &DISK_READS).await;
     let client = nodes[0].client().await;
     client
         .batch_execute("create table t (id bigint) with (data_chunks = 1, parity_chunks = 3)")
@@ -769,7 +781,7 @@ async fn a_stripe_written_while_a_node_is_down_gets_its_full_parity_when_it_retu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn narrow_stripes_of_small_statements_are_regrouped_to_the_full_width() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = start_cluster(dir.path(), 6, &[]).await;
+    let mut nodes = start_cluster(dir.path(), 6, &DISK_READS).await;
     let client = nodes[0].client().await;
     client
         .batch_execute("create table t (id bigint)")
