@@ -32,9 +32,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// Version of the frame layout and message encodings; a peer with another
 /// version is refused rather than misread. postcard is not self-describing,
 /// so any change to a message type, including a new Raft command variant
-/// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`), needs a
-/// new version.
-pub const WIRE_VERSION: u8 = 3;
+/// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`; version 4:
+/// dynamic filters between fragments), needs a new version.
+pub const WIRE_VERSION: u8 = 4;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -523,11 +523,12 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 3 carries. A new command fails to
-    /// compile here: a reminder that it changes the encoding of Raft entries
-    /// (postcard is not self-describing) and needs a new [`WIRE_VERSION`].
+    /// The Raft commands wire version 4 carries (the same as version 3; 4
+    /// changed the exchange messages). A new command fails to compile here:
+    /// a reminder that it changes the encoding of Raft entries (postcard is
+    /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_3(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_4(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -545,7 +546,7 @@ mod tests {
             | C::ReplaceParity { .. }
             | C::Regroup { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 3, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 4, "update the list above");
     }
 
     #[tokio::test]

@@ -20,7 +20,11 @@ use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::PhysicalExprNode;
+use prost::Message;
 use quarry_common::catalog::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +107,9 @@ pub struct ExchangeExec {
     /// Hash exprs of a shuffle, for display and for planning above it (kept
     /// on the coordinator only).
     hash: Vec<Arc<dyn PhysicalExpr>>,
+    /// Dynamic filters used by the stages it reads (transitively): a hash
+    /// join above computes its filter only if its probe side names it.
+    filters: Vec<Arc<dyn PhysicalExpr>>,
     cluster: Arc<Cluster>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -133,6 +140,7 @@ impl ExchangeExec {
             spec,
             schema,
             hash,
+            filters: Vec::new(),
             cluster,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -152,6 +160,13 @@ impl ExchangeExec {
             self.hash.clone(),
             self.cluster.clone(),
         )
+        .with_filters(self.filters.clone())
+    }
+
+    /// The same exchange naming the dynamic `filters` of the stages it reads.
+    pub fn with_filters(mut self, filters: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+        self.filters = filters;
+        self
     }
 }
 
@@ -204,7 +219,7 @@ impl ExecutionPlan for ExchangeExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        self.hash.iter().apply_until_stop(f)
+        self.hash.iter().chain(&self.filters).apply_until_stop(f)
     }
 
     fn with_new_children(
@@ -301,6 +316,11 @@ struct EncodedExchange {
     spec: ExchangeSpec,
     /// The schema as an empty Arrow IPC stream.
     schema: Vec<u8>,
+    /// A shuffle's hash expressions (datafusion-proto `PhysicalExprNode`s),
+    /// so that a join above sees both inputs hash partitioned alike.
+    hash: Vec<Vec<u8>>,
+    /// The dynamic filters it names, likewise.
+    filters: Vec<Vec<u8>>,
 }
 
 /// datafusion-proto's extension codec for Quarry's plan nodes.
@@ -315,18 +335,29 @@ impl PhysicalExtensionCodec for Codec {
         &self,
         buf: &[u8],
         _inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
+        ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let encoded: EncodedExchange = postcard::from_bytes(buf)
             .map_err(|e| DataFusionError::Internal(format!("bad exchange in a fragment: {e}")))?;
         let schema = StreamReader::try_new(Cursor::new(&encoded.schema), None)?.schema();
-        Ok(Arc::new(ExchangeExec::new(
-            encoded.spec,
-            schema,
-            Vec::new(),
-            self.cluster.clone(),
-        )))
+        let decode = |exprs: &[Vec<u8>]| {
+            exprs
+                .iter()
+                .map(|bytes| {
+                    let node = PhysicalExprNode::decode(bytes.as_slice()).map_err(|e| {
+                        DataFusionError::Internal(format!("bad expression in an exchange: {e}"))
+                    })?;
+                    parse_physical_expr(&node, ctx, &schema, self)
+                })
+                .collect::<DfResult<Vec<_>>>()
+        };
+        let hash = decode(&encoded.hash)?;
+        let filters = decode(&encoded.filters)?;
+        Ok(Arc::new(
+            ExchangeExec::new(encoded.spec, schema, hash, self.cluster.clone())
+                .with_filters(filters),
+        ))
     }
 
     fn try_encode(
@@ -341,9 +372,17 @@ impl PhysicalExtensionCodec for Codec {
                 node.name()
             )));
         };
+        let encode_all = |exprs: &[Arc<dyn PhysicalExpr>]| {
+            exprs
+                .iter()
+                .map(|e| Ok(serialize_physical_expr(e, self)?.encode_to_vec()))
+                .collect::<DfResult<Vec<_>>>()
+        };
         let encoded = EncodedExchange {
             spec: exchange.spec.clone(),
             schema: encode(&exchange.schema, &[])?,
+            hash: encode_all(&exchange.hash)?,
+            filters: encode_all(&exchange.filters)?,
         };
         let bytes = postcard::to_allocvec(&encoded)
             .map_err(|e| DataFusionError::Internal(format!("cannot encode an exchange: {e}")))?;

@@ -2,8 +2,8 @@
 //! started by their coordinator and pulled partition by partition by their
 //! consumers.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -13,14 +13,17 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
+use datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter;
+use datafusion_proto::physical_plan::DeduplicatingProtoConverter;
 use futures::{FutureExt, StreamExt};
 use quarry_common::catalog::NodeId;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::exchange::{Codec, encode};
+use super::filters::{self, FilterPart, FilterRoutes};
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FETCH_BYTES_MAX, FETCH_WAIT, FRAGMENT_IDLE_MAX,
-    FragmentKey, FragmentReport, QueryId, failed,
+    FragmentKey, FragmentReport, QueryId, failed, send_filters,
 };
 use crate::session::Engine;
 
@@ -29,6 +32,11 @@ use crate::session::Engine;
 pub struct FragmentHost {
     engine: Weak<Engine>,
     fragments: Mutex<HashMap<FragmentKey, Arc<Fragment>>>,
+    /// Parts of dynamic filters received, by query and filter, each by the
+    /// task that built it.
+    filters: Mutex<HashMap<(QueryId, u64), BTreeMap<FragmentKey, FilterPart>>>,
+    /// Counts filter parts received (wakes the tasks waiting for them).
+    arrivals: tokio::sync::watch::Sender<u64>,
 }
 
 /// One started fragment.
@@ -42,6 +50,12 @@ struct Fragment {
     last_sent: Mutex<Instant>,
     rows_sent: AtomicU64,
     bytes_sent: AtomicU64,
+    /// Dynamic filters its scans wait for: (filter id, parts expected).
+    waits: Vec<(u64, u32)>,
+    /// Whether those filters are in place.
+    filtered: AtomicBool,
+    /// Tasks sending its joins' filters to other nodes (stopped with it).
+    _senders: Vec<AbortOnDropHandle<()>>,
 }
 
 /// One output partition of a fragment, once its consumer first fetched.
@@ -66,6 +80,8 @@ impl FragmentHost {
         FragmentHost {
             engine,
             fragments: Mutex::new(HashMap::new()),
+            filters: Mutex::new(HashMap::new()),
+            arrivals: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -90,10 +106,27 @@ impl FragmentHost {
         request: ExchangeRequest,
     ) -> ExchangeResponse {
         match request {
-            ExchangeRequest::Start { key, plan } => match self.start(cluster, key, &plan).await {
-                Ok(()) => ExchangeResponse::Started,
-                Err(e) => failed(e),
-            },
+            ExchangeRequest::Start { key, plan, filters } => {
+                match self.start(cluster, key, &plan, filters).await {
+                    Ok(()) => ExchangeResponse::Started,
+                    Err(e) => failed(e),
+                }
+            }
+            ExchangeRequest::Filter {
+                query,
+                filter,
+                from,
+                part,
+            } => {
+                self.filters
+                    .lock()
+                    .expect("filter map lock")
+                    .entry((query, filter))
+                    .or_default()
+                    .insert(from, part);
+                self.arrivals.send_modify(|n| *n += 1);
+                ExchangeResponse::Received
+            }
             ExchangeRequest::Fetch { key, partition } => self.fetch(key, partition).await,
             ExchangeRequest::Metrics { query } => {
                 ExchangeResponse::Metrics(self.reports(query, cluster.peers().local()))
@@ -110,6 +143,10 @@ impl FragmentHost {
                     keys.iter().filter_map(|k| fragments.remove(k)).collect()
                 };
                 drop(stopped);
+                self.filters
+                    .lock()
+                    .expect("filter map lock")
+                    .retain(|(q, _), _| *q != query);
                 self.count();
                 ExchangeResponse::Stopped
             }
@@ -121,10 +158,19 @@ impl FragmentHost {
         cluster: &Arc<Cluster>,
         key: FragmentKey,
         plan: &Bytes,
+        routes: FilterRoutes,
     ) -> Result<(), DataFusionError> {
-        self.lock().retain(|_, f| {
-            f.last_used.lock().expect("fragment clock").elapsed() < FRAGMENT_IDLE_MAX
-        });
+        let running: HashSet<QueryId> = {
+            let mut fragments = self.lock();
+            fragments.retain(|_, f| {
+                f.last_used.lock().expect("fragment clock").elapsed() < FRAGMENT_IDLE_MAX
+            });
+            fragments.keys().map(|k| k.query).collect()
+        };
+        self.filters
+            .lock()
+            .expect("filter map lock")
+            .retain(|(q, _), _| *q == key.query || running.contains(q));
         let engine = self
             .engine
             .upgrade()
@@ -135,7 +181,15 @@ impl FragmentHost {
         let codec = Codec {
             cluster: cluster.clone(),
         };
-        let plan = physical_plan_from_bytes_with_extension_codec(plan, &ctx, &codec)?;
+        // Deduplicated: a join and the scans its dynamic filter was pushed
+        // into share one filter again (as they did on the coordinator), so
+        // the scans skip what the join's build side rules out.
+        let plan = physical_plan_from_bytes_with_proto_converter(
+            plan,
+            &ctx,
+            &codec,
+            &DeduplicatingProtoConverter {},
+        )?;
         let chunks = engine.chunks().clone();
         let plan = plan
             .transform_up(|node| {
@@ -147,8 +201,12 @@ impl FragmentHost {
                 )
             })?
             .data;
+        let senders = send_filters(cluster, &plan, key, &routes.sends)?;
         let now = Instant::now();
         let fragment = Fragment {
+            waits: routes.waits,
+            filtered: AtomicBool::new(false),
+            _senders: senders,
             plan,
             ctx,
             partitions: Mutex::new(HashMap::new()),
@@ -194,6 +252,16 @@ impl FragmentHost {
             };
         }
         if state.stream.is_none() {
+            match self.filtered(key.query, &fragment).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return ExchangeResponse::Batches {
+                        ipc: Bytes::new(),
+                        done: false,
+                    };
+                }
+                Err(e) => return failed(e),
+            }
             match fragment
                 .plan
                 .execute(partition as usize, fragment.ctx.clone())
@@ -253,6 +321,43 @@ impl FragmentHost {
             *fragment.last_sent.lock().expect("fragment clock") = Instant::now();
         }
         ExchangeResponse::Batches { ipc, done }
+    }
+
+    /// Puts the dynamic filters `fragment`'s scans wait for in place once
+    /// every part has come; false if some have not within [`FETCH_WAIT`].
+    async fn filtered(&self, query: QueryId, fragment: &Fragment) -> Result<bool, DataFusionError> {
+        if fragment.filtered.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let mut arrivals = self.arrivals.subscribe();
+        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        loop {
+            let parts: Option<Vec<(u64, Vec<FilterPart>)>> = {
+                let received = self.filters.lock().expect("filter map lock");
+                fragment
+                    .waits
+                    .iter()
+                    .map(|(id, expected)| {
+                        let parts = received.get(&(query, *id))?;
+                        (parts.len() >= *expected as usize)
+                            .then(|| (*id, parts.values().cloned().collect()))
+                    })
+                    .collect()
+            };
+            if let Some(parts) = parts {
+                for (id, parts) in parts {
+                    filters::apply(&fragment.plan, id, &parts, &fragment.ctx)?;
+                }
+                fragment.filtered.store(true, Ordering::Release);
+                return Ok(true);
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, arrivals.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Ok(false);
+            }
+        }
     }
 
     fn reports(&self, query: QueryId, node: NodeId) -> Vec<FragmentReport> {

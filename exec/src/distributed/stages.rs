@@ -30,10 +30,13 @@ use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
 use futures::StreamExt;
 use quarry_common::catalog::NodeId;
 use quarry_storage::ChunkRef;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::exchange::{Codec, ExchangeExec, ExchangeSpec, Producer};
+use super::filters::{self, FilterRoutes};
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FragmentKey, FragmentReport, QueryId, remote_error,
+    send_filters,
 };
 use crate::table::{is_table_scan, scan_files, with_scan_files};
 
@@ -46,6 +49,8 @@ pub struct DistributedPlan {
     pub root: Arc<dyn ExecutionPlan>,
     /// The other stages, by id (1..), producers before their consumers.
     pub stages: Vec<Stage>,
+    /// Dynamic filters the root's hash joins build for other stages' scans.
+    root_sends: Vec<(u64, Vec<NodeId>)>,
     cluster: Arc<Cluster>,
 }
 
@@ -73,6 +78,8 @@ pub struct Fragment {
     pub plan: Arc<dyn ExecutionPlan>,
     /// Its plan, encoded.
     pub encoded: Bytes,
+    /// The dynamic filters it sends and waits for.
+    pub filters: FilterRoutes,
 }
 
 /// A stage as cut, before its tasks.
@@ -214,6 +221,7 @@ impl DistributedPlan {
                     node: *node,
                     plan,
                     encoded,
+                    filters: FilterRoutes::default(),
                 });
             }
             stages.push(Stage {
@@ -233,10 +241,29 @@ impl DistributedPlan {
             partitions: target_partitions,
         };
         let root = instantiate(&root, false, &task, &stages, &drafts)?;
+        // Every task of a stage has the same operators, so its first task's
+        // plan stands for the stage.
+        let local = [local];
+        let mut plans = vec![(0, &root, &local[..])];
+        for stage in &stages {
+            if let Some(first) = stage.fragments.first() {
+                plans.push((stage.id, &first.plan, &stage.tasks[..]));
+            }
+        }
+        let mut routes = filters::routes(&plans)?;
+        for stage in &mut stages {
+            if let Some(stage_routes) = routes.get(&stage.id) {
+                for fragment in &mut stage.fragments {
+                    fragment.filters = stage_routes.clone();
+                }
+            }
+        }
+        let root_sends = routes.remove(&0).map(|r| r.sends).unwrap_or_default();
         Ok(Some(DistributedPlan {
             query,
             root,
             stages,
+            root_sends,
             cluster: cluster.clone(),
         }))
     }
@@ -265,6 +292,7 @@ impl DistributedPlan {
             let request = ExchangeRequest::Start {
                 key: f.key,
                 plan: f.encoded.clone(),
+                filters: f.filters.clone(),
             };
             let node = f.node;
             async move {
@@ -280,7 +308,13 @@ impl DistributedPlan {
             }
         });
         futures::future::try_join_all(starts).await?;
-        Ok(Started(guard))
+        let root = FragmentKey {
+            query: self.query,
+            stage: 0,
+            task: 0,
+        };
+        let senders = send_filters(&self.cluster, &self.root, root, &self.root_sends)?;
+        Ok(Started(guard, senders))
     }
 
     /// Runs the root stage here over the started fragments. The stream stops
@@ -291,14 +325,14 @@ impl DistributedPlan {
     /// If the root stage cannot be executed.
     pub fn execute(
         &self,
-        Started(guard): Started,
+        Started(guard, senders): Started,
         ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
         let schema = stream.schema();
         // The first error ends the query: stop every fragment now rather
         // than when the client drops the stream.
-        let mut guard = Some(guard);
+        let mut guard = Some((guard, senders));
         let stream = stream.map(move |batch| {
             if batch.is_err() {
                 guard.take();
@@ -315,7 +349,7 @@ impl DistributedPlan {
     /// If the query fails.
     pub async fn analyze(
         &self,
-        Started(guard): Started,
+        Started(guard, senders): Started,
         ctx: Arc<TaskContext>,
     ) -> DfResult<(usize, Vec<FragmentReport>)> {
         let mut stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
@@ -331,7 +365,7 @@ impl DistributedPlan {
                 other => tracing::warn!(node, ?other, "no metrics of the query's fragments"),
             }
         }
-        drop(guard);
+        drop((guard, senders));
         Ok((rows, reports))
     }
 
@@ -394,9 +428,10 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
-/// A distributed query's fragments, started; dropping it stops them.
+/// A distributed query's fragments, started, and the root's dynamic filter
+/// senders; dropping it stops them.
 #[derive(Debug)]
-pub struct Started(StopGuard);
+pub struct Started(StopGuard, Vec<AbortOnDropHandle<()>>);
 
 /// Stops the query's fragments on every node when dropped.
 #[derive(Debug)]
@@ -475,7 +510,8 @@ fn cut(
             consumer: 0,
             producers: Vec::new(),
         };
-        let exchange = ExchangeExec::new(spec, node.schema(), hash.clone(), cluster.clone());
+        let exchange = ExchangeExec::new(spec, node.schema(), hash.clone(), cluster.clone())
+            .with_filters(named_filters(repartition.input())?);
         return Ok(Arc::new(exchange));
     }
     let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
@@ -496,10 +532,19 @@ fn cut(
             consumer: 0,
             producers: Vec::new(),
         };
-        let exchange = ExchangeExec::new(spec, input.schema(), Vec::new(), cluster.clone());
+        let exchange = ExchangeExec::new(spec, input.schema(), Vec::new(), cluster.clone())
+            .with_filters(named_filters(input)?);
         return replace_children_if_necessary(node, vec![Arc::new(exchange)]);
     }
     Ok(node)
+}
+
+/// The dynamic filters used in `plan` (a stage being cut off), for the
+/// exchange that reads it to name.
+fn named_filters(plan: &Arc<dyn ExecutionPlan>) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
+    let mut filters: Vec<_> = filters::referenced(plan)?.into_iter().collect();
+    filters.sort_by_key(|(id, _)| *id);
+    Ok(filters.into_iter().map(|(_, f)| f).collect())
 }
 
 /// Whether `plan` reads a table or another stage.

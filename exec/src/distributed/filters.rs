@@ -1,0 +1,386 @@
+//! Dynamic filters across stages: a hash join's build side, once built,
+//! tells the scans of its probe side which keys can match, also when those
+//! scans run in other stages on other nodes.
+//!
+//! DataFusion pushes a hash join's dynamic filter (key bounds, and for small
+//! build sides the key set) into the scans below its probe side; the scans
+//! read it when they open their files, after the build ([DataFusion's dynamic
+//! filters](https://datafusion.apache.org/blog/2025/09/10/dynamic-filters)).
+//! Cut into stages, the join and the scans are in different fragments: here
+//! each task of the join's stage sends its part of the filter to the nodes
+//! whose tasks scan with it ([`FilterPart`], `ExchangeRequest::Filter`); a
+//! scanning task starts reading once every building task's part has come, with
+//! the parts joined by OR (a row passes if any task's build may match it).
+//! This is the runtime filter of Impala and the global runtime filter of
+//! StarRocks, carried by DataFusion's own filter expressions.
+//!
+//! Only hash joins' filters travel: a join's filter is complete once its build
+//! side is read, which never depends on its probe side. (A TopK's filter is
+//! complete only at the end of its input, so a scan below it cannot wait for
+//! it.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::protobuf::PhysicalExprNode;
+use prost::Message;
+use quarry_common::catalog::NodeId;
+use serde::{Deserialize, Serialize};
+
+use super::exchange::{ExchangeExec, encode};
+
+/// Which dynamic filters a task sends and which its scans wait for (set by
+/// the coordinator, which sees every stage).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRoutes {
+    /// Filters built by the task's hash joins: (filter id, the nodes whose
+    /// tasks scan with it).
+    pub sends: Vec<(u64, Vec<NodeId>)>,
+    /// Filters the task's scans wait for: (filter id, how many tasks build a
+    /// part of it).
+    pub waits: Vec<(u64, u32)>,
+}
+
+/// One building task's part of a filter, as sent between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilterPart {
+    /// The join's probe-side schema (an empty Arrow IPC stream), which the
+    /// filter's columns refer to.
+    pub schema: Bytes,
+    /// The filter (a datafusion-proto `PhysicalExprNode`).
+    pub expr: Bytes,
+    /// The join keys it is written in (the join's probe-side key columns),
+    /// likewise.
+    pub keys: Vec<Bytes>,
+}
+
+/// Every dynamic filter in `plan` (in its operators' expressions), by id;
+/// exchanges included (they name the filters of the stages they read).
+pub fn referenced(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Arc<dyn PhysicalExpr>>> {
+    let mut found = HashMap::new();
+    plan.apply(|node| {
+        node.apply_expressions(&mut |root| {
+            root.apply(|expr| {
+                if expr.is::<DynamicFilterPhysicalExpr>()
+                    && let Some(id) = expr.expression_id()
+                {
+                    found.entry(id).or_insert_with(|| expr.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// A filter a hash join builds, with the join's probe-side schema.
+pub type Built = (Arc<dyn PhysicalExpr>, SchemaRef);
+
+/// The dynamic filters `plan`'s hash joins build, by id.
+pub fn built(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Built>> {
+    let mut found = HashMap::new();
+    plan.apply(|node| {
+        if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+            for filter in node.dynamic_expressions_produced() {
+                if let Some(id) = filter.expression_id() {
+                    found.insert(id, (filter, join.right().schema()));
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
+}
+
+/// The filters `plan` waits for: those its operators use (scans, filters)
+/// that no join of its own builds. Exchanges only name filters for the
+/// stages they read, so they do not count.
+pub fn awaited(plan: &Arc<dyn ExecutionPlan>) -> DfResult<Vec<u64>> {
+    let built = built(plan)?;
+    let mut used = Vec::new();
+    plan.apply(|node| {
+        if !node.is::<ExchangeExec>() {
+            node.apply_expressions(&mut |root| {
+                root.apply(|expr| {
+                    if expr.is::<DynamicFilterPhysicalExpr>()
+                        && let Some(id) = expr.expression_id()
+                        && !built.contains_key(&id)
+                        && !used.contains(&id)
+                    {
+                        used.push(id);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(used)
+}
+
+/// The routes of every stage's tasks, given each stage's plan and the nodes of
+/// its tasks (stage 0 is the root, on the coordinator). A filter is routed
+/// when exactly one stage's joins build it; a scan whose filter is not routed
+/// reads without it, as before.
+pub fn routes(
+    stages: &[(u32, &Arc<dyn ExecutionPlan>, &[NodeId])],
+) -> DfResult<HashMap<u32, FilterRoutes>> {
+    let mut builders: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut waiters: Vec<(u32, Vec<u64>)> = Vec::new();
+    for (stage, plan, _) in stages {
+        for id in built(plan)?.into_keys() {
+            builders.entry(id).or_default().push(*stage);
+        }
+        waiters.push((*stage, awaited(plan)?));
+    }
+    let nodes_of = |stage: u32| {
+        stages
+            .iter()
+            .find(|(s, _, _)| *s == stage)
+            .map(|(_, _, nodes)| *nodes)
+            .unwrap_or_default()
+    };
+    let mut routes: HashMap<u32, FilterRoutes> = HashMap::new();
+    let mut sends: BTreeMap<(u32, u64), Vec<NodeId>> = BTreeMap::new();
+    for (stage, ids) in waiters {
+        for id in ids {
+            let Some([builder]) = builders.get(&id).map(Vec::as_slice) else {
+                continue;
+            };
+            if *builder == stage {
+                continue;
+            }
+            let tasks = nodes_of(*builder).len() as u32;
+            routes.entry(stage).or_default().waits.push((id, tasks));
+            let to = sends.entry((*builder, id)).or_default();
+            for node in nodes_of(stage) {
+                if !to.contains(node) {
+                    to.push(*node);
+                }
+            }
+        }
+    }
+    for ((stage, id), to) in sends {
+        routes.entry(stage).or_default().sends.push((id, to));
+    }
+    Ok(routes)
+}
+
+/// A join's finished filter as a part to send, with the hash routing between
+/// its partitions taken out: `CASE hash(key) % n WHEN i THEN f_i … END`
+/// becomes `f_0 OR … OR f_n` (a row may go to any task's partitions, and the
+/// routing hash of one task's partitions says nothing about another's).
+///
+/// # Errors
+/// DataFusion's, if the filter cannot be serialized.
+pub fn part(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<FilterPart> {
+    let (current, keys) = match filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
+        Some(dynamic) => (dynamic.current()?, filter.children()),
+        None => (filter.clone(), Vec::new()),
+    };
+    let unrouted = current
+        .transform_up(|expr| {
+            let Some(case) = expr.downcast_ref::<CaseExpr>() else {
+                return Ok(Transformed::no(expr));
+            };
+            if case.expr().is_none() {
+                return Ok(Transformed::no(expr));
+            }
+            let branches = case
+                .when_then_expr()
+                .iter()
+                .map(|(_, then)| then.clone())
+                .chain(case.else_expr().cloned());
+            Ok(Transformed::yes(any_of(branches)))
+        })?
+        .data;
+    let codec = DefaultPhysicalExtensionCodec {};
+    let encoded = |e: &Arc<dyn PhysicalExpr>| {
+        Ok(Bytes::from(
+            serialize_physical_expr(e, &codec)?.encode_to_vec(),
+        ))
+    };
+    Ok(FilterPart {
+        schema: Bytes::from(encode(schema, &[])?),
+        expr: encoded(&unrouted)?,
+        keys: keys.into_iter().map(encoded).collect::<DfResult<_>>()?,
+    })
+}
+
+/// `exprs` joined by OR (false for none).
+fn any_of(exprs: impl IntoIterator<Item = Arc<dyn PhysicalExpr>>) -> Arc<dyn PhysicalExpr> {
+    exprs
+        .into_iter()
+        .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::Or, b)))
+        .unwrap_or_else(|| lit(false))
+}
+
+/// Sets the filter `id` in `plan` to the OR of `parts` (one per building
+/// task) and marks it complete, so the scans using it read with it.
+///
+/// # Errors
+/// DataFusion's, if a part does not decode.
+pub fn apply(
+    plan: &Arc<dyn ExecutionPlan>,
+    id: u64,
+    parts: &[FilterPart],
+    ctx: &TaskContext,
+) -> DfResult<()> {
+    let codec = DefaultPhysicalExtensionCodec {};
+    let mut keys = Vec::new();
+    let mut exprs = Vec::new();
+    for part in parts {
+        let schema = StreamReader::try_new(Cursor::new(&part.schema), None)?.schema();
+        let decoded = |bytes: &Bytes| {
+            let node = PhysicalExprNode::decode(bytes.as_ref()).map_err(|e| {
+                DataFusionError::Internal(format!("a dynamic filter does not decode: {e}"))
+            })?;
+            parse_physical_expr(&node, ctx, &schema, &codec)
+        };
+        exprs.push(decoded(&part.expr)?);
+        keys = part.keys.iter().map(decoded).collect::<DfResult<_>>()?;
+    }
+    let combined = any_of(exprs);
+    let mut target = None;
+    plan.apply(|node| {
+        if node.is::<ExchangeExec>() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        node.apply_expressions(&mut |root| {
+            root.apply(|expr| {
+                if expr.is::<DynamicFilterPhysicalExpr>() && expr.expression_id() == Some(id) {
+                    target = Some(expr.clone());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    let Some(target) = target else {
+        return Ok(());
+    };
+    // Every use of the filter shares its state, each with its own columns
+    // (the scan's, the file's). The state is kept in the join's key
+    // columns, which each use maps to its own: so the update goes through
+    // a view of the filter in those columns, not through a use's view.
+    let view = if keys.is_empty() {
+        target
+    } else {
+        target.with_new_children(keys)?
+    };
+    if let Some(dynamic) = view.downcast_ref::<DynamicFilterPhysicalExpr>() {
+        dynamic.update(combined)?;
+        dynamic.mark_complete();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::{col, in_list};
+    use datafusion::prelude::SessionContext;
+
+    #[test]
+    fn parts_of_two_tasks_let_through_the_keys_of_either() {
+        // The join's probe side has the key third; the scan second; the
+        // file reader reads the key column alone.
+        let field = |name: &str| Field::new(name, DataType::Int64, false);
+        let schema = Arc::new(Schema::new(vec![field("a"), field("b"), field("k")]));
+        let scan_schema = Arc::new(Schema::new(vec![field("x"), field("k")]));
+        let read_schema = Arc::new(Schema::new(vec![field("k")]));
+        let k = col("k", &schema).expect("column");
+        let filter: Arc<dyn PhysicalExpr> =
+            Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
+        let keys = |values: &[i64]| {
+            let list = values.iter().map(|v| lit(*v)).collect();
+            in_list(k.clone(), list, &false, &schema).expect("in list")
+        };
+        // Task 0 routes between its two partitions, as DataFusion builds it.
+        let routed: Arc<dyn PhysicalExpr> = Arc::new(
+            CaseExpr::try_new(
+                Some(Arc::new(BinaryExpr::new(
+                    k.clone(),
+                    Operator::Modulo,
+                    lit(2i64),
+                ))),
+                vec![(lit(0i64), keys(&[2])), (lit(1i64), keys(&[7]))],
+                Some(lit(false)),
+            )
+            .expect("case"),
+        );
+        let ctx = SessionContext::new().task_ctx();
+        // Each task's join updates its own copy of the filter.
+        let built = |expr: Arc<dyn PhysicalExpr>| {
+            let copy = DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true));
+            copy.update(expr).expect("update");
+            copy.mark_complete();
+            Arc::new(copy) as Arc<dyn PhysicalExpr>
+        };
+        let first = part(&built(routed), &schema).expect("part");
+        let second = part(&built(keys(&[10])), &schema).expect("part");
+
+        // A scan in another stage uses the same filter (its id travels in
+        // the plan), in its own columns, and reads files with it in theirs.
+        let scan_filter = filter
+            .clone()
+            .with_new_children(vec![col("k", &scan_schema).expect("column")])
+            .expect("scan's view");
+        let read_filter = scan_filter
+            .clone()
+            .with_new_children(vec![col("k", &read_schema).expect("column")])
+            .expect("reader's view");
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(
+            datafusion::physical_plan::filter::FilterExec::try_new(
+                scan_filter,
+                Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                    scan_schema.clone(),
+                )),
+            )
+            .expect("filter"),
+        );
+        assert_eq!(awaited(&plan).expect("awaited").len(), 1);
+        let id = filter.expression_id().expect("id");
+        apply(&plan, id, &[first, second], &ctx).expect("apply");
+
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            read_schema.clone(),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                1, 2, 7, 9, 10,
+            ]))],
+        )
+        .expect("batch");
+        let passed = read_filter
+            .evaluate(&batch)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .expect("evaluate");
+        let passed: Vec<bool> = passed
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+            .expect("booleans")
+            .iter()
+            .map(|b| b.unwrap_or(false))
+            .collect();
+        // 2 and 7 from task 0's two partitions (the routing dropped), 10
+        // from task 1.
+        assert_eq!(passed, vec![false, true, true, false, true]);
+    }
+}
