@@ -1,5 +1,9 @@
 //! The HTTP listener: `/health` (process is up), `/ready` (metadata readable), and
 //! `/metrics` in Prometheus' text exposition format.
+//!
+//! It runs on a thread and runtime of its own: query execution keeps the
+//! node's worker threads busy for as long as a batch takes, and a health
+//! check or a metrics scrape must not wait for that.
 
 use std::sync::Arc;
 
@@ -17,6 +21,55 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// The metadata replica, for readiness.
     pub meta: Arc<Meta>,
+}
+
+/// The HTTP server on its own thread; [`Apart::stop`] ends it.
+pub struct Apart {
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Apart {
+    /// Stops accepting connections; the thread ends once the open ones
+    /// have answered (the process does not wait for it).
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+    }
+}
+
+/// Serves `router` on `listener` from a thread with a single-threaded
+/// runtime of its own.
+///
+/// # Errors
+/// If the listener cannot be moved or the thread or runtime cannot start.
+pub fn serve_apart(listener: tokio::net::TcpListener, router: Router) -> anyhow::Result<Apart> {
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("quarry-http".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the HTTP listener cannot be served");
+                        return;
+                    }
+                };
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            });
+        })?;
+    Ok(Apart { stop })
 }
 
 /// The HTTP routes.

@@ -205,13 +205,13 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         "quarry node ready"
     );
 
-    let http = tokio::spawn({
-        let router = http::router(HttpState {
+    let http = http::serve_apart(
+        http_listener,
+        http::router(HttpState {
             metrics,
             meta: meta.clone(),
-        });
-        async move { axum::serve(http_listener, router).await }
-    });
+        }),
+    )?;
 
     let collector = tokio::spawn(collect_expired_snapshots(
         meta.clone(),
@@ -275,7 +275,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         tracing::warn!("statements still running after the grace period are cancelled");
     }
     connections.shutdown().await;
-    http.abort();
+    http.stop();
     collector.abort();
     scrubber.abort();
     duties.abort();

@@ -270,12 +270,29 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
     });
     // Kill the node once it runs its part (before, the coordinator would
     // plan around it).
-    wait_for(
-        Duration::from_secs(30),
-        "node 3 to run fragments",
-        || async { fragments_running(&nodes[2]).await.is_some_and(|n| n > 0.0) },
-    )
-    .await;
+    let waiting = Instant::now();
+    let mut polls = Vec::new();
+    while !{
+        let asked = Instant::now();
+        let running = fragments_running(&nodes[2]).await;
+        polls.push((asked.duration_since(waiting), asked.elapsed(), running));
+        running.is_some_and(|n| n > 0.0)
+    } {
+        if query.is_finished() {
+            let (result, took, _) = query.await.expect("task");
+            panic!(
+                "the query ended after {took:?}, before node 3 ran its part: {result:?}; \
+                 node 1 sees {:?}; polls (at, took, gauge) {polls:?}",
+                support::cluster::node_rows(&nodes[0]).await
+            );
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "node 3 ran no fragment within 30 s; node 1 sees {:?}",
+            support::cluster::node_rows(&nodes[0]).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let killed_at = Instant::now();
     nodes[2].kill9();
     let (result, _, client) = tokio::time::timeout(Duration::from_secs(60), query)
