@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -43,8 +44,10 @@ use datafusion_proto::protobuf::PhysicalExprNode;
 use prost::Message;
 use quarry_common::catalog::NodeId;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::exchange::{ExchangeExec, encode};
+use super::{Cluster, ExchangeRequest, ExchangeResponse, FragmentKey};
 
 /// Which dynamic filters a task sends and which its scans wait for (set by
 /// the coordinator, which sees every stage).
@@ -71,17 +74,25 @@ pub struct FilterPart {
     pub keys: Vec<Bytes>,
 }
 
-/// Every dynamic filter in `plan` (in its operators' expressions), by id;
-/// exchanges included (they name the filters of the stages they read).
-pub fn referenced(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Arc<dyn PhysicalExpr>>> {
-    let mut found = HashMap::new();
+/// The dynamic filters used in `plan`'s operators, once each (by id), in
+/// the order met. With `exchanges`, also those its exchanges name for the
+/// stages they read.
+pub fn used(
+    plan: &Arc<dyn ExecutionPlan>,
+    exchanges: bool,
+) -> DfResult<Vec<(u64, Arc<dyn PhysicalExpr>)>> {
+    let mut found: Vec<(u64, Arc<dyn PhysicalExpr>)> = Vec::new();
     plan.apply(|node| {
+        if !exchanges && node.is::<ExchangeExec>() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
         node.apply_expressions(&mut |root| {
             root.apply(|expr| {
                 if expr.is::<DynamicFilterPhysicalExpr>()
                     && let Some(id) = expr.expression_id()
+                    && !found.iter().any(|(seen, _)| *seen == id)
                 {
-                    found.entry(id).or_insert_with(|| expr.clone());
+                    found.push((id, expr.clone()));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
@@ -114,25 +125,11 @@ pub fn built(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Built>> {
 /// stages they read, so they do not count.
 pub fn awaited(plan: &Arc<dyn ExecutionPlan>) -> DfResult<Vec<u64>> {
     let built = built(plan)?;
-    let mut used = Vec::new();
-    plan.apply(|node| {
-        if !node.is::<ExchangeExec>() {
-            node.apply_expressions(&mut |root| {
-                root.apply(|expr| {
-                    if expr.is::<DynamicFilterPhysicalExpr>()
-                        && let Some(id) = expr.expression_id()
-                        && !built.contains_key(&id)
-                        && !used.contains(&id)
-                    {
-                        used.push(id);
-                    }
-                    Ok(TreeNodeRecursion::Continue)
-                })
-            })?;
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    Ok(used)
+    Ok(used(plan, false)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !built.contains_key(id))
+        .collect())
 }
 
 /// The routes of every stage's tasks, given each stage's plan and the nodes of
@@ -243,38 +240,31 @@ pub fn apply(
     parts: &[FilterPart],
     ctx: &TaskContext,
 ) -> DfResult<()> {
-    let codec = DefaultPhysicalExtensionCodec {};
-    let mut keys = Vec::new();
-    let mut exprs = Vec::new();
-    for part in parts {
-        let schema = StreamReader::try_new(Cursor::new(&part.schema), None)?.schema();
-        let decoded = |bytes: &Bytes| {
-            let node = PhysicalExprNode::decode(bytes.as_ref()).map_err(|e| {
-                DataFusionError::Internal(format!("a dynamic filter does not decode: {e}"))
-            })?;
-            parse_physical_expr(&node, ctx, &schema, &codec)
-        };
-        exprs.push(decoded(&part.expr)?);
-        keys = part.keys.iter().map(decoded).collect::<DfResult<_>>()?;
-    }
-    let combined = any_of(exprs);
-    let mut target = None;
-    plan.apply(|node| {
-        if node.is::<ExchangeExec>() {
-            return Ok(TreeNodeRecursion::Continue);
-        }
-        node.apply_expressions(&mut |root| {
-            root.apply(|expr| {
-                if expr.is::<DynamicFilterPhysicalExpr>() && expr.expression_id() == Some(id) {
-                    target = Some(expr.clone());
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    })?;
-    let Some(target) = target else {
+    let Some((_, target)) = used(plan, false)?.into_iter().find(|(used, _)| *used == id) else {
         return Ok(());
+    };
+    let codec = DefaultPhysicalExtensionCodec {};
+    let decoded = |part: &FilterPart, bytes: &Bytes| {
+        let schema = StreamReader::try_new(Cursor::new(&part.schema), None)?.schema();
+        let node = PhysicalExprNode::decode(bytes.as_ref()).map_err(|e| {
+            DataFusionError::Internal(format!("a dynamic filter does not decode: {e}"))
+        })?;
+        parse_physical_expr(&node, ctx, &schema, &codec)
+    };
+    let combined = any_of(
+        parts
+            .iter()
+            .map(|part| decoded(part, &part.expr))
+            .collect::<DfResult<Vec<_>>>()?,
+    );
+    // Every building task writes its part in the same join keys.
+    let keys = match parts.first() {
+        Some(part) => part
+            .keys
+            .iter()
+            .map(|key| decoded(part, key))
+            .collect::<DfResult<Vec<_>>>()?,
+        None => Vec::new(),
     };
     // Every use of the filter shares its state, each with its own columns
     // (the scan's, the file's). The state is kept in the join's key
@@ -290,6 +280,73 @@ pub fn apply(
         dynamic.mark_complete();
     }
     Ok(())
+}
+
+/// Pause between attempts to send a dynamic filter part.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Starts sending the dynamic filters `plan`'s hash joins build (`sends`:
+/// filter id and the nodes waiting for it), each once its join's build side
+/// is read. Dropping the handles stops the sending (the query ended).
+///
+/// # Errors
+/// DataFusion's, if the plan's operators cannot be visited.
+pub fn send(
+    cluster: &Arc<Cluster>,
+    plan: &Arc<dyn ExecutionPlan>,
+    from: FragmentKey,
+    sends: &[(u64, Vec<NodeId>)],
+) -> DfResult<Vec<AbortOnDropHandle<()>>> {
+    if sends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let built = built(plan)?;
+    let senders = sends.iter().filter_map(|(id, to)| {
+        let (filter, schema) = built.get(id).cloned()?;
+        let (cluster, id, to) = (cluster.clone(), *id, to.clone());
+        Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Some(dynamic) = filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
+                dynamic.wait_complete().await;
+            }
+            // A filter that does not serialize lets every row through.
+            let part = part(&filter, &schema).or_else(|e| {
+                tracing::warn!(error = %e, "a dynamic filter is sent as true");
+                part(&lit(true), &schema)
+            });
+            match part {
+                Ok(part) => deliver(&cluster, from, id, &part, &to).await,
+                Err(e) => tracing::error!(error = %e, "cannot send a dynamic filter"),
+            }
+        })))
+    });
+    Ok(senders.collect())
+}
+
+/// Sends `part` to each of `nodes`, each until delivered or the query ends
+/// (which aborts the sender).
+async fn deliver(
+    cluster: &Arc<Cluster>,
+    from: FragmentKey,
+    id: u64,
+    part: &FilterPart,
+    nodes: &[NodeId],
+) {
+    for node in nodes {
+        loop {
+            let request = ExchangeRequest::Filter {
+                filter: id,
+                from,
+                part: part.clone(),
+            };
+            match cluster.call(*node, request).await {
+                Ok(ExchangeResponse::Received) => break,
+                other => {
+                    tracing::debug!(node, ?other, "a dynamic filter not delivered yet");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -314,7 +371,10 @@ mod tests {
             let list = values.iter().map(|v| lit(*v)).collect();
             in_list(k.clone(), list, &false, &schema).expect("in list")
         };
-        // Task 0 routes between its two partitions, as DataFusion builds it.
+        // Task 0 routes between its two partitions, as DataFusion builds it;
+        // its routing does not place 2 and 7 where the scan's rows would
+        // look for them, so only a filter with the routing taken out lets
+        // them through.
         let routed: Arc<dyn PhysicalExpr> = Arc::new(
             CaseExpr::try_new(
                 Some(Arc::new(BinaryExpr::new(
@@ -322,7 +382,7 @@ mod tests {
                     Operator::Modulo,
                     lit(2i64),
                 ))),
-                vec![(lit(0i64), keys(&[2])), (lit(1i64), keys(&[7]))],
+                vec![(lit(0i64), keys(&[7])), (lit(1i64), keys(&[2]))],
                 Some(lit(false)),
             )
             .expect("case"),

@@ -23,7 +23,7 @@ use super::exchange::{Codec, encode};
 use super::filters::{self, FilterPart, FilterRoutes};
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FETCH_BYTES_MAX, FETCH_WAIT, FRAGMENT_IDLE_MAX,
-    FragmentKey, FragmentReport, QueryId, failed, send_filters,
+    FragmentKey, FragmentReport, QueryId, failed,
 };
 use crate::session::Engine;
 
@@ -112,16 +112,11 @@ impl FragmentHost {
                     Err(e) => failed(e),
                 }
             }
-            ExchangeRequest::Filter {
-                query,
-                filter,
-                from,
-                part,
-            } => {
+            ExchangeRequest::Filter { filter, from, part } => {
                 self.filters
                     .lock()
                     .expect("filter map lock")
-                    .entry((query, filter))
+                    .entry((from.query, filter))
                     .or_default()
                     .insert(from, part);
                 self.arrivals.send_modify(|n| *n += 1);
@@ -201,7 +196,7 @@ impl FragmentHost {
                 )
             })?
             .data;
-        let senders = send_filters(cluster, &plan, key, &routes.sends)?;
+        let senders = filters::send(cluster, &plan, key, &routes.sends)?;
         let now = Instant::now();
         let fragment = Fragment {
             waits: routes.waits,

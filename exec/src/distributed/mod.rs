@@ -91,11 +91,9 @@ pub enum ExchangeRequest {
     /// One building task's part of a dynamic filter, for the tasks of the
     /// query on this node that scan with it.
     Filter {
-        /// The query.
-        query: QueryId,
         /// The filter's id.
         filter: u64,
-        /// The task that built this part.
+        /// The task that built this part (and so the query).
         from: FragmentKey,
         /// The part.
         part: filters::FilterPart,
@@ -222,74 +220,6 @@ pub fn failed(e: DataFusionError) -> ExchangeResponse {
         sqlstate: error.sqlstate().code().to_owned(),
         message,
     }
-}
-
-/// Pause between attempts to send a dynamic filter part.
-const FILTER_RETRY: Duration = Duration::from_millis(100);
-
-/// Starts sending the dynamic filters `plan`'s hash joins build (`sends`:
-/// filter id and the nodes waiting for it), each once its join's build side
-/// is read. Dropping the handles stops the sending (the query ended).
-///
-/// # Errors
-/// DataFusion's, if the plan's expressions cannot be visited.
-pub fn send_filters(
-    cluster: &Arc<Cluster>,
-    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-    from: FragmentKey,
-    sends: &[(u64, Vec<NodeId>)],
-) -> Result<Vec<tokio_util::task::AbortOnDropHandle<()>>, DataFusionError> {
-    if sends.is_empty() {
-        return Ok(Vec::new());
-    }
-    let built = filters::built(plan)?;
-    let mut senders = Vec::new();
-    for (id, to) in sends {
-        let Some((filter, schema)) = built.get(id).cloned() else {
-            continue;
-        };
-        let (cluster, id, to) = (cluster.clone(), *id, to.clone());
-        senders.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            async move {
-                if let Some(dynamic) = filter
-                    .downcast_ref::<datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr>(
-                ) {
-                    dynamic.wait_complete().await;
-                }
-                // A filter that does not serialize lets every row through.
-                let part = filters::part(&filter, &schema).or_else(|e| {
-                    tracing::warn!(error = %e, "a dynamic filter is sent as true");
-                    filters::part(&datafusion::physical_expr::expressions::lit(true), &schema)
-                });
-                let part = match part {
-                    Ok(part) => part,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot send a dynamic filter");
-                        return;
-                    }
-                };
-                for node in to {
-                    // Until delivered or the query ends (which aborts this).
-                    loop {
-                        let request = ExchangeRequest::Filter {
-                            query: from.query,
-                            filter: id,
-                            from,
-                            part: part.clone(),
-                        };
-                        match cluster.call(node, request).await {
-                            Ok(ExchangeResponse::Received) => break,
-                            other => {
-                                tracing::debug!(node, ?other, "a dynamic filter not delivered yet");
-                                tokio::time::sleep(FILTER_RETRY).await;
-                            }
-                        }
-                    }
-                }
-            },
-        )));
-    }
-    Ok(senders)
 }
 
 /// Cluster access for distributed queries: the peers and this node's

@@ -36,7 +36,6 @@ use super::exchange::{Codec, ExchangeExec, ExchangeSpec, Producer};
 use super::filters::{self, FilterRoutes};
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FragmentKey, FragmentReport, QueryId, remote_error,
-    send_filters,
 };
 use crate::table::{is_table_scan, scan_files, with_scan_files};
 
@@ -313,7 +312,7 @@ impl DistributedPlan {
             stage: 0,
             task: 0,
         };
-        let senders = send_filters(&self.cluster, &self.root, root, &self.root_sends)?;
+        let senders = filters::send(&self.cluster, &self.root, root, &self.root_sends)?;
         Ok(Started(guard, senders))
     }
 
@@ -542,9 +541,10 @@ fn cut(
 /// The dynamic filters used in `plan` (a stage being cut off), for the
 /// exchange that reads it to name.
 fn named_filters(plan: &Arc<dyn ExecutionPlan>) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
-    let mut filters: Vec<_> = filters::referenced(plan)?.into_iter().collect();
-    filters.sort_by_key(|(id, _)| *id);
-    Ok(filters.into_iter().map(|(_, f)| f).collect())
+    Ok(filters::used(plan, true)?
+        .into_iter()
+        .map(|(_, filter)| filter)
+        .collect())
 }
 
 /// Whether `plan` reads a table or another stage.
