@@ -206,13 +206,20 @@ async fn fragments_running(node: &TestNode) -> Option<f64> {
 
 /// Waits until every one of `nodes` holds no fragment (having run one).
 async fn all_stopped(nodes: &[TestNode]) {
-    for node in nodes {
-        wait_for(
-            Duration::from_secs(15),
-            "every fragment stopped",
-            || async { fragments_running(node).await == Some(0.0) },
-        )
-        .await;
+    for (i, node) in nodes.iter().enumerate() {
+        let waiting = Instant::now();
+        loop {
+            let running = fragments_running(node).await;
+            if running == Some(0.0) {
+                break;
+            }
+            assert!(
+                waiting.elapsed() < Duration::from_secs(15),
+                "nodes[{i}] still holds {running:?} fragments after 15 s; its log:\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
