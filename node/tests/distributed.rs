@@ -215,8 +215,10 @@ async fn all_stopped(nodes: &[TestNode]) {
             }
             assert!(
                 waiting.elapsed() < Duration::from_secs(15),
-                "nodes[{i}] still holds {running:?} fragments after 15 s; its log:\n{}",
-                node.log()
+                "nodes[{i}] still holds {running:?} fragments after 15 s; its log:\n{}\n\
+                 the coordinator's (nodes[0]) log:\n{}",
+                node.log(),
+                nodes[0].log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

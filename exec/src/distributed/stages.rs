@@ -432,6 +432,11 @@ fn indent(text: &str) -> String {
 #[derive(Debug)]
 pub struct Started(StopGuard, Vec<AbortOnDropHandle<()>>);
 
+/// Times a node is asked to stop a query's fragments.
+const STOP_ATTEMPTS: u32 = 5;
+/// Pause between those attempts.
+const STOP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Stops the query's fragments on every node when dropped.
 #[derive(Debug)]
 struct StopGuard {
@@ -452,8 +457,31 @@ impl Drop for StopGuard {
             let stops = nodes.into_iter().map(|node| {
                 let cluster = cluster.clone();
                 async move {
-                    if let Err(e) = cluster.call(node, ExchangeRequest::Stop { query }).await {
-                        tracing::debug!(node, error = %e, "could not stop fragments");
+                    // Stop is idempotent: a node that missed it (a lost
+                    // answer, a deadline under load) would keep the query's
+                    // fragments until they idle out, so it is asked again
+                    // while it is alive.
+                    for attempt in 1..=STOP_ATTEMPTS {
+                        match cluster.call(node, ExchangeRequest::Stop { query }).await {
+                            Ok(ExchangeResponse::Stopped) => return,
+                            other if !cluster.peers().live().contains(&node) => {
+                                tracing::debug!(
+                                    node,
+                                    ?other,
+                                    "a node that is down keeps no fragments"
+                                );
+                                return;
+                            }
+                            other => {
+                                tracing::warn!(
+                                    node,
+                                    attempt,
+                                    ?other,
+                                    "could not stop a query's fragments"
+                                );
+                                tokio::time::sleep(STOP_RETRY).await;
+                            }
+                        }
                     }
                 }
             });
