@@ -277,12 +277,26 @@ impl TcpTransport {
         TcpTransport::default()
     }
 
+    /// An idle connection to `target` that the peer has not closed. A peer
+    /// that restarted closed its end while the connection sat in the pool; a
+    /// request written to it would be lost (read as [`RpcError::AnswerLost`]),
+    /// so such connections are dropped here, before anything is sent.
     fn take_idle(&self, target: SocketAddr) -> Option<Framed<TcpStream, LengthDelimitedCodec>> {
-        self.idle
+        let mut idle = self
+            .idle
             .lock()
-            .expect("pool lock is never held across a panic")
-            .get_mut(&target)
-            .and_then(Vec::pop)
+            .expect("pool lock is never held across a panic");
+        let connections = idle.get_mut(&target)?;
+        while let Some(connection) = connections.pop() {
+            // An idle connection has nothing to read: end of stream means the
+            // peer closed it, and bytes nobody asked for mean it is out of step.
+            let mut byte = [0u8; 1];
+            match connection.get_ref().try_read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(connection),
+                _ => tracing::debug!(%target, "dropped a pooled connection the peer closed"),
+            }
+        }
+        None
     }
 
     fn put_idle(&self, target: SocketAddr, connection: Framed<TcpStream, LengthDelimitedCodec>) {
@@ -470,6 +484,61 @@ mod tests {
             .map(Vec::len);
         assert_eq!(pooled, Some(1), "sequential calls share one connection");
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_restarted_is_called_on_a_new_connection() {
+        // The first life of the peer answers one call, then closes its end
+        // and its listener, as a killed process does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let first_life = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut frames = Framed::new(socket, codec());
+            let frame = frames.next().await.expect("a request").expect("a frame");
+            let RpcRequest::Ping { payload } = decode(addr, &frame).expect("decodes") else {
+                panic!("not a ping");
+            };
+            let pong = RpcResponse::Pong {
+                payload,
+                node_id: 1,
+            };
+            frames.send(encode(&pong)).await.expect("answer");
+        });
+        let transport = TcpTransport::new();
+        let first = transport
+            .call(addr, RpcRequest::Ping { payload: 1 }, SECOND)
+            .await
+            .expect("first call");
+        assert_eq!(
+            first,
+            RpcResponse::Pong {
+                payload: 1,
+                node_id: 1
+            }
+        );
+        first_life.await.expect("first life ends");
+        // Its second life listens on the same address; the pooled connection
+        // to the first must not carry the next call.
+        let listener = TcpListener::bind(addr).await.expect("rebind");
+        let echo = Arc::new(Echo {
+            node_id: 7,
+            delay: Duration::ZERO,
+            calls: AtomicUsize::new(0),
+        });
+        let second_life = tokio::spawn(serve(listener, echo.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = transport
+            .call(addr, RpcRequest::Ping { payload: 2 }, SECOND)
+            .await;
+        assert_eq!(
+            second,
+            Ok(RpcResponse::Pong {
+                payload: 2,
+                node_id: 7
+            })
+        );
+        second_life.abort();
     }
 
     #[tokio::test]
