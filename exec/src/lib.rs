@@ -27,6 +27,7 @@ pub mod memory;
 pub mod merge;
 pub mod parser;
 pub mod rewrite;
+pub mod runtime;
 pub mod session;
 pub mod system;
 pub mod table;

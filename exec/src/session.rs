@@ -28,9 +28,10 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::TrackConsumersPool;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     self, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, Ident,
@@ -92,6 +93,9 @@ pub struct QueryResources {
     pub memory_bytes: Option<usize>,
     /// Directory for spill files (None: the system temp dir).
     pub spill_dir: Option<std::path::PathBuf>,
+    /// The runtime statements' operators run on, apart from the one serving
+    /// the network (None: the caller's); see [`crate::runtime`].
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Engine {
@@ -122,6 +126,11 @@ impl Engine {
     /// If the metadata cannot be read.
     pub async fn catalog(&self) -> Result<Arc<Catalog>> {
         Ok(self.meta.read().await?)
+    }
+
+    /// The runtime statements' operators run on (None: the caller's).
+    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.resources.runtime.as_ref()
     }
 
     /// The data file store.
@@ -366,7 +375,13 @@ impl Session {
         let runtime = runtime
             .build_arc()
             .map_err(|e| Error::Internal(format!("cannot set up the query runtime: {e}")))?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let view = CatalogView {
             catalog: Arc::new(Catalog::default()),
             writes: Arc::new(WriteSet::new(engine.chunks.clone())),
@@ -750,8 +765,7 @@ impl Session {
                     .execute_logical_plan(plan)
                     .await
                     .map_err(Error::from_engine)?;
-                let stream = frame.execute_stream().await.map_err(Error::from_engine)?;
-                Ok(Output::Rows(stream))
+                Ok(Output::Rows(self.stream(frame).await?))
             }
         }
     }
@@ -800,7 +814,7 @@ impl Session {
                     return Ok(None);
                 };
                 let stream = distributed
-                    .execute(started, ctx)
+                    .execute(started, ctx, self.engine.runtime())
                     .map_err(Error::from_engine)?;
                 return Ok(Some(Output::Rows(stream)));
             }
@@ -814,7 +828,7 @@ impl Session {
                     return Ok(None);
                 };
                 let (count, reports) = distributed
-                    .analyze(fragments, ctx)
+                    .analyze(fragments, ctx, self.engine.runtime())
                     .await
                     .map_err(Error::from_engine)?;
                 vec![(
@@ -845,6 +859,17 @@ impl Session {
         Ok(Some(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
             schema, stream,
         )))))
+    }
+
+    /// `frame`'s rows, its operators run on the engine's execution runtime.
+    async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream> {
+        let context = Arc::new(frame.task_ctx());
+        let plan = frame
+            .create_physical_plan()
+            .await
+            .map_err(Error::from_engine)?;
+        crate::runtime::execute_stream(self.engine.runtime(), plan, context)
+            .map_err(Error::from_engine)
     }
 
     /// The task context of this session (its functions, settings and memory).
@@ -1062,12 +1087,15 @@ impl Session {
     ) -> Result<Output> {
         let view = self.begin_statement().await?;
         let plan = self.plan_with_params(statement, params).await?;
-        let batches = self
+        let frame = self
             .ctx
             .execute_logical_plan(plan)
             .await
-            .map_err(Error::from_engine)?
-            .collect()
+            .map_err(Error::from_engine)?;
+        let batches: Vec<RecordBatch> = self
+            .stream(frame)
+            .await?
+            .try_collect()
             .await
             .map_err(Error::from_engine)?;
         let rows = count_of(&batches);
@@ -1366,14 +1394,12 @@ impl Session {
             retention_micros,
             layout,
         });
-        let mut stream = self
+        let frame = self
             .ctx
             .execute_logical_plan(plan)
             .await
-            .map_err(Error::from_engine)?
-            .execute_stream()
-            .await
             .map_err(Error::from_engine)?;
+        let mut stream = self.stream(frame).await?;
         let mut writer =
             DataFileWriter::new(provisional, self.engine.chunks.clone(), view.writes.clone());
         while let Some(batch) = stream.next().await {
@@ -1681,14 +1707,12 @@ impl Session {
                 };
                 let plan = self.plan(query).await?;
                 let columns = plan.schema().fields().len();
-                let stream = self
+                let frame = self
                     .ctx
                     .execute_logical_plan(plan)
                     .await
-                    .map_err(Error::from_engine)?
-                    .execute_stream()
-                    .await
                     .map_err(Error::from_engine)?;
+                let stream = self.stream(frame).await?;
                 let csv = matches!(format, CopyFormat::Csv { .. });
                 let mut formatter = RowFormatter::new(format);
                 let data = stream

@@ -266,17 +266,44 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// TCP transport with a pool of idle connections per peer.
-#[derive(Debug, Default)]
+///
+/// Every call runs on the runtime the transport was made on (the node's
+/// network runtime), whichever runtime calls: a connection's readiness is
+/// driven by the runtime that opened it, and one opened from the query
+/// execution runtime would stall whenever its threads are busy in operators,
+/// and with it any Raft heartbeat later sent over it from the pool.
+#[derive(Debug)]
 pub struct TcpTransport {
+    pool: Arc<Pool>,
+    network: tokio::runtime::Handle,
+}
+
+/// Idle connections per peer.
+#[derive(Debug, Default)]
+struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Framed<TcpStream, LengthDelimitedCodec>>>>,
 }
 
 impl TcpTransport {
-    /// A transport with an empty pool.
+    /// A transport with an empty pool, calling from the current runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn new() -> Self {
-        TcpTransport::default()
+        TcpTransport {
+            pool: Arc::default(),
+            network: tokio::runtime::Handle::current(),
+        }
     }
+}
 
+impl Default for TcpTransport {
+    fn default() -> Self {
+        TcpTransport::new()
+    }
+}
+
+impl Pool {
     /// An idle connection to `target` that the peer has not closed. A peer
     /// that restarted closed its end while the connection sat in the pool; a
     /// request written to it would be lost (read as [`RpcError::AnswerLost`]),
@@ -349,10 +376,21 @@ impl Transport for TcpTransport {
         deadline: Duration,
     ) -> Result<RpcResponse, RpcError> {
         // A connection abandoned by the deadline is dropped, never reused, so a
-        // late answer cannot be read as the answer to a later call.
-        tokio::time::timeout(deadline, self.exchange(target, &request))
-            .await
-            .map_err(|_| RpcError::DeadlineExceeded(target, deadline))?
+        // late answer cannot be read as the answer to a later call. A caller
+        // that gives up aborts the call (and so drops its connection).
+        let pool = self.pool.clone();
+        let call = self.network.spawn(async move {
+            tokio::time::timeout(deadline, pool.exchange(target, &request))
+                .await
+                .map_err(|_| RpcError::DeadlineExceeded(target, deadline))?
+        });
+        match tokio_util::task::AbortOnDropHandle::new(call).await {
+            Ok(result) => result,
+            Err(e) => Err(RpcError::Unreachable(
+                target,
+                format!("the call was not run: {e}"),
+            )),
+        }
     }
 }
 
@@ -477,6 +515,7 @@ mod tests {
         }
         assert_eq!(echo.calls.load(Ordering::SeqCst), 5);
         let pooled = transport
+            .pool
             .idle
             .lock()
             .expect("lock")

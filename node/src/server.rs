@@ -100,6 +100,42 @@ async fn identify(
     }
 }
 
+/// The tokio runtime query operators run on, one worker thread per CPU,
+/// apart from the runtime serving the network (pg wire, RPC, Raft, gossip,
+/// HTTP): a long poll of an operator holds an execution thread, never a
+/// network one (see `quarry_exec::runtime`). Shut down without waiting when
+/// dropped: what runs on it belongs to statements already ended or failed.
+struct ExecutionRuntime(Option<tokio::runtime::Runtime>);
+
+impl ExecutionRuntime {
+    fn start() -> anyhow::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("quarry-execution")
+            .enable_all()
+            .build()
+            .context("cannot start the query execution runtime")?;
+        Ok(ExecutionRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime is only taken when dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for ExecutionRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
     let rpc_listener = TcpListener::bind(config.listen)
@@ -166,6 +202,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&spill_dir);
     std::fs::create_dir_all(&spill_dir)
         .with_context(|| format!("cannot create {}", spill_dir.display()))?;
+    let execution = ExecutionRuntime::start()?;
     let engine = Engine::new(
         meta.clone(),
         Arc::new(quarry_exec::chunks::CachedFiles::new(
@@ -176,6 +213,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         quarry_exec::QueryResources {
             memory_bytes: Some(config.query_memory_bytes),
             spill_dir: Some(spill_dir),
+            runtime: Some(execution.handle()),
         },
         Some(Arc::new(RpcPeers::new(stripes.clone(), transport.clone()))),
     );

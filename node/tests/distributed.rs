@@ -225,10 +225,15 @@ async fn all_stopped(nodes: &[TestNode]) {
     }
 }
 
-/// A query long enough to cancel or to kill a node under (seconds), busy on
-/// every node to its end: an MD5 of each of 36 M pairs of lineitem rows,
-/// spread over the nodes by the join's shuffle.
-const LONG: &str = "SELECT count(*) FROM lineitem a JOIN lineitem b ON a.l_suppkey = b.l_suppkey \
+/// A query long enough to cancel or to kill a node under, busy on every node
+/// to its end: an MD5 of each of 180 M pairs of lineitem rows (a minute on
+/// three debug nodes), spread over the nodes by the join's shuffle. Every use
+/// ends it early (cancel, timeout, a killed node). It must outlast the test's
+/// reaction by far: a node whose share of the join is done and fetched is no
+/// longer needed, and killing it then rightly fails nothing (with a query of
+/// 36 M pairs that happened under load).
+const LONG: &str = "SELECT count(*) FROM lineitem a \
+                    JOIN lineitem b ON a.l_suppkey % 20 = b.l_suppkey % 20 \
                     WHERE md5(a.l_comment || b.l_comment) < '4'";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -268,7 +273,17 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
         .expect("reset");
     all_stopped(&nodes).await;
 
-    // A node killed mid-query: a clear, retryable error within seconds.
+    // A node killed mid-query: a clear, retryable error within seconds. The
+    // coordinator must see node 3 alive, or it plans around it.
+    wait_for(
+        Duration::from_secs(30),
+        "node 1 sees all three nodes alive",
+        || async {
+            let rows = support::cluster::node_rows(&nodes[0]).await;
+            rows.len() == 3 && rows.iter().all(|r| r.state == "alive")
+        },
+    )
+    .await;
     let query = tokio::spawn({
         let client = client;
         async move {
@@ -285,27 +300,35 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
             (result, started.elapsed(), client)
         }
     });
-    // Kill the node once it runs its part (before, the coordinator would
-    // plan around it).
+    // Kill the node once its part is being fetched: the query is then past
+    // its start (a node lost while the fragments start only makes the
+    // coordinator run the query alone, reading around it).
+    let fetches = || async {
+        nodes[2]
+            .metric("quarry_fragment_fetches_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let fetched_before = fetches().await;
     let waiting = Instant::now();
     let mut polls = Vec::new();
     while !{
         let asked = Instant::now();
-        let running = fragments_running(&nodes[2]).await;
-        polls.push((asked.duration_since(waiting), asked.elapsed(), running));
-        running.is_some_and(|n| n > 0.0)
+        let fetched = fetches().await;
+        polls.push((asked.duration_since(waiting), asked.elapsed(), fetched));
+        fetched > fetched_before
     } {
         if query.is_finished() {
             let (result, took, _) = query.await.expect("task");
             panic!(
-                "the query ended after {took:?}, before node 3 ran its part: {result:?}; \
-                 node 1 sees {:?}; polls (at, took, gauge) {polls:?}",
+                "the query ended after {took:?}, before node 3's part was fetched: {result:?}; \
+                 node 1 sees {:?}; polls (at, took, fetches) {polls:?}",
                 support::cluster::node_rows(&nodes[0]).await
             );
         }
         assert!(
             waiting.elapsed() < Duration::from_secs(30),
-            "node 3 ran no fragment within 30 s; node 1 sees {:?}",
+            "node 3's part was not fetched within 30 s; node 1 sees {:?}",
             support::cluster::node_rows(&nodes[0]).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

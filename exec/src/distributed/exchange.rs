@@ -27,6 +27,7 @@ use datafusion_proto::protobuf::PhysicalExprNode;
 use prost::Message;
 use quarry_common::catalog::NodeId;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     Cluster, ExchangeRequest, ExchangeResponse, FragmentKey, PREFETCH, QueryId, remote_error,
@@ -250,7 +251,7 @@ impl ExecutionPlan for ExchangeExec {
             let cluster = self.cluster.clone();
             let rows = rows.clone();
             let bytes = bytes.clone();
-            builder.spawn(async move {
+            let fetch = async move {
                 loop {
                     let request = ExchangeRequest::Fetch {
                         key,
@@ -279,7 +280,24 @@ impl ExecutionPlan for ExchangeExec {
                         return Ok(());
                     }
                 }
-            });
+            };
+            // Fetched on the network's runtime: a fetch is waiting, not
+            // computing, and must notice a failed producer while the
+            // execution threads are busy; the failure then ends the query at
+            // once (see `Cluster::fail`).
+            let cluster = self.cluster.clone();
+            let fetch = async move { fetch.await.map_err(|e| cluster.fail(key.query, node, e)) };
+            match self.cluster.network() {
+                Some(network) => {
+                    let task = AbortOnDropHandle::new(network.spawn(fetch));
+                    builder.spawn(async move {
+                        task.await.map_err(|e| {
+                            DataFusionError::Internal(format!("a fetch task failed: {e}"))
+                        })?
+                    });
+                }
+                None => builder.spawn(fetch),
+            }
         }
         Ok(builder.build())
     }

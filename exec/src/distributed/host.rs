@@ -56,6 +56,10 @@ struct Fragment {
     filtered: AtomicBool,
     /// Tasks sending its joins' filters to other nodes (stopped with it).
     _senders: Vec<AbortOnDropHandle<()>>,
+    /// The runtime its operators run on (see [`crate::runtime`]): a fetch
+    /// then waits for a batch at most [`FETCH_WAIT`], however long one poll
+    /// of an operator takes.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One output partition of a fragment, once its consumer first fetched.
@@ -202,6 +206,7 @@ impl FragmentHost {
             waits: routes.waits,
             filtered: AtomicBool::new(false),
             _senders: senders,
+            runtime: engine.runtime().cloned(),
             plan,
             ctx,
             partitions: Mutex::new(HashMap::new()),
@@ -232,6 +237,7 @@ impl FragmentHost {
             };
         };
         *fragment.last_used.lock().expect("fragment clock") = Instant::now();
+        metrics::counter!("quarry_fragment_fetches_total").increment(1);
         let slot = fragment
             .partitions
             .lock()
@@ -257,10 +263,11 @@ impl FragmentHost {
                 }
                 Err(e) => return failed(e),
             }
-            match fragment
-                .plan
-                .execute(partition as usize, fragment.ctx.clone())
-            {
+            let plan = fragment.plan.clone();
+            let ctx = fragment.ctx.clone();
+            match crate::runtime::drive(fragment.runtime.as_ref(), plan.schema(), move || {
+                plan.execute(partition as usize, ctx)
+            }) {
                 Ok(stream) => state.stream = Some(stream),
                 Err(e) => return failed(e),
             }

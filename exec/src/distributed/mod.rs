@@ -33,8 +33,9 @@ pub mod filters;
 pub mod host;
 pub mod stages;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -211,16 +212,23 @@ pub fn remote_error(node: NodeId, sqlstate: &str, message: &str) -> DataFusionEr
 
 /// The answer for a failed fragment.
 pub fn failed(e: DataFusionError) -> ExchangeResponse {
+    let (sqlstate, message) = described(e);
+    ExchangeResponse::Failed { sqlstate, message }
+}
+
+/// `e`'s SQLSTATE and message, as they travel between nodes.
+fn described(e: DataFusionError) -> (String, String) {
     let error = Error::from_engine(e);
     let message = match &error {
         Error::Engine(e) => crate::error::engine_message(e),
         other => other.to_string(),
     };
-    ExchangeResponse::Failed {
-        sqlstate: error.sqlstate().code().to_owned(),
-        message,
-    }
+    (error.sqlstate().code().to_owned(), message)
 }
+
+/// The first error a fetch of a query coordinated here met: the node fetched
+/// from, SQLSTATE and message (None while there is none).
+type Failure = Option<(NodeId, String, String)>;
 
 /// Cluster access for distributed queries: the peers and this node's
 /// fragment host.
@@ -228,12 +236,61 @@ pub fn failed(e: DataFusionError) -> ExchangeResponse {
 pub struct Cluster {
     peers: Arc<dyn Peers>,
     host: host::FragmentHost,
+    /// The runtime exchanges fetch on (the network's, apart from the one
+    /// operators run on); None: the caller's.
+    network: Option<tokio::runtime::Handle>,
+    /// Queries coordinated here, each with the first error met by one of this
+    /// node's fetches: the coordinator ends the query with it at once, even
+    /// while every execution thread is busy in a long poll of an operator.
+    failures: Mutex<HashMap<QueryId, tokio::sync::watch::Sender<Failure>>>,
 }
 
 impl Cluster {
-    /// `peers` and the fragments this node runs.
+    /// `peers` and the fragments this node runs; exchanges fetch on the
+    /// current runtime, if any.
     pub fn new(peers: Arc<dyn Peers>, host: host::FragmentHost) -> Self {
-        Cluster { peers, host }
+        Cluster {
+            peers,
+            host,
+            network: tokio::runtime::Handle::try_current().ok(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The runtime exchanges fetch on (None: the caller's).
+    pub fn network(&self) -> Option<&tokio::runtime::Handle> {
+        self.network.as_ref()
+    }
+
+    /// Watches `query` (coordinated here) for the first error of a fetch;
+    /// the watch ends when dropped.
+    fn watch_failures(self: &Arc<Self>, query: QueryId) -> FailureWatch {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        self.failures
+            .lock()
+            .expect("failure map lock")
+            .insert(query, sender);
+        FailureWatch {
+            cluster: self.clone(),
+            query,
+            receiver,
+        }
+    }
+
+    /// Records that a fetch of `query` failed with `e` (kept if the query is
+    /// coordinated here and has no error yet), and returns the error.
+    pub fn fail(&self, query: QueryId, node: NodeId, e: DataFusionError) -> DataFusionError {
+        let (sqlstate, message) = described(e);
+        if let Some(sender) = self.failures.lock().expect("failure map lock").get(&query) {
+            sender.send_if_modified(|failure| {
+                let first = failure.is_none();
+                if first {
+                    *failure = Some((node, sqlstate.clone(), message.clone()));
+                }
+                first
+            });
+        }
+        remote_error(node, &sqlstate, &message)
     }
 
     /// The peers.
@@ -262,5 +319,39 @@ impl Cluster {
             .call(node, request, CALL_DEADLINE)
             .await
             .map_err(|why| node_failed(node, &why))
+    }
+}
+
+/// A query's watch for the first failed fetch ([`Cluster::fail`]); the query
+/// is forgotten when it is dropped.
+#[derive(Debug)]
+struct FailureWatch {
+    cluster: Arc<Cluster>,
+    query: QueryId,
+    receiver: tokio::sync::watch::Receiver<Failure>,
+}
+
+impl FailureWatch {
+    /// Resolves with the query's error once a fetch failed.
+    async fn failed(&mut self) -> DataFusionError {
+        let failure = match self.receiver.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone(),
+            // The sender lives in the map until this watch is dropped.
+            Err(_) => None,
+        };
+        match failure {
+            Some((node, sqlstate, message)) => remote_error(node, &sqlstate, &message),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for FailureWatch {
+    fn drop(&mut self) {
+        self.cluster
+            .failures
+            .lock()
+            .expect("failure map lock")
+            .remove(&self.query);
     }
 }

@@ -326,18 +326,29 @@ impl DistributedPlan {
         &self,
         Started(guard, senders): Started,
         ctx: Arc<TaskContext>,
+        runtime: Option<&tokio::runtime::Handle>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
+        // Watched before the first fetch can fail.
+        let failures = self.cluster.watch_failures(self.query);
+        let stream = crate::runtime::execute_stream(runtime, self.root.clone(), ctx)?;
         let schema = stream.schema();
-        // The first error ends the query: stop every fragment now rather
-        // than when the client drops the stream.
-        let mut guard = Some((guard, senders));
-        let stream = stream.map(move |batch| {
-            if batch.is_err() {
-                guard.take();
-            }
-            batch
-        });
+        // The first error ends the query, whether it comes up through the
+        // root's operators or straight from a failed fetch (which the
+        // operators may not poll for a while): stop every fragment now
+        // rather than when the client drops the stream.
+        let stream = futures::stream::unfold(
+            Some((stream, failures, guard, senders)),
+            |state| async move {
+                let (mut stream, mut failures, guard, senders) = state?;
+                let batch = tokio::select! {
+                    biased;
+                    error = failures.failed() => Err(error),
+                    batch = stream.next() => batch?,
+                };
+                let next = batch.is_ok().then_some((stream, failures, guard, senders));
+                Some((batch, next))
+            },
+        );
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -350,8 +361,9 @@ impl DistributedPlan {
         &self,
         Started(guard, senders): Started,
         ctx: Arc<TaskContext>,
+        runtime: Option<&tokio::runtime::Handle>,
     ) -> DfResult<(usize, Vec<FragmentReport>)> {
-        let mut stream = datafusion::physical_plan::execute_stream(self.root.clone(), ctx)?;
+        let mut stream = crate::runtime::execute_stream(runtime, self.root.clone(), ctx)?;
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
             rows += batch?.num_rows();
