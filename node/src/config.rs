@@ -49,6 +49,11 @@ pub struct FileConfig {
     /// Parallel partitions per query on this node [default: number of CPUs].
     #[arg(long)]
     pub target_partitions: Option<usize>,
+    /// Threads query operators run on, apart from those serving clients,
+    /// other nodes, Raft and gossip; 0 runs operators on those [default:
+    /// number of CPUs].
+    #[arg(long)]
+    pub execution_threads: Option<usize>,
     /// Seconds to wait for running statements at shutdown before closing their
     /// connections [default: 10].
     #[arg(long)]
@@ -108,6 +113,9 @@ pub struct Config {
     pub domain: String,
     /// Parallel partitions per query.
     pub target_partitions: usize,
+    /// Threads of the execution runtime (0: none, operators share the
+    /// network's threads).
+    pub execution_threads: usize,
     /// How long shutdown waits for running statements.
     pub shutdown_grace: Duration,
     /// How often the collectors run.
@@ -195,6 +203,14 @@ impl FileConfig {
             target_partitions: flags
                 .target_partitions
                 .or(self.target_partitions)
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
+            execution_threads: flags
+                .execution_threads
+                .or(self.execution_threads)
                 .unwrap_or_else(|| {
                     std::thread::available_parallelism()
                         .map(|n| n.get())

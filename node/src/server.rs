@@ -100,16 +100,19 @@ async fn identify(
     }
 }
 
-/// The tokio runtime query operators run on, one worker thread per CPU,
+/// The tokio runtime query operators run on (`execution_threads` threads),
 /// apart from the runtime serving the network (pg wire, RPC, Raft, gossip,
 /// HTTP): a long poll of an operator holds an execution thread, never a
 /// network one (see `quarry_exec::runtime`). Shut down without waiting when
 /// dropped: what runs on it belongs to statements already ended or failed.
+/// None with 0 threads: operators then run on the network's runtime.
 struct ExecutionRuntime(Option<tokio::runtime::Runtime>);
 
 impl ExecutionRuntime {
-    fn start() -> anyhow::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        if threads == 0 {
+            return Ok(ExecutionRuntime(None));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("quarry-execution")
@@ -119,12 +122,8 @@ impl ExecutionRuntime {
         Ok(ExecutionRuntime(Some(runtime)))
     }
 
-    fn handle(&self) -> tokio::runtime::Handle {
-        self.0
-            .as_ref()
-            .expect("the runtime is only taken when dropped")
-            .handle()
-            .clone()
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|runtime| runtime.handle().clone())
     }
 }
 
@@ -202,7 +201,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&spill_dir);
     std::fs::create_dir_all(&spill_dir)
         .with_context(|| format!("cannot create {}", spill_dir.display()))?;
-    let execution = ExecutionRuntime::start()?;
+    let execution = ExecutionRuntime::start(config.execution_threads)?;
     let engine = Engine::new(
         meta.clone(),
         Arc::new(quarry_exec::chunks::CachedFiles::new(
@@ -213,7 +212,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         quarry_exec::QueryResources {
             memory_bytes: Some(config.query_memory_bytes),
             spill_dir: Some(spill_dir),
-            runtime: Some(execution.handle()),
+            runtime: execution.handle(),
         },
         Some(Arc::new(RpcPeers::new(stripes.clone(), transport.clone()))),
     );
