@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::TrackConsumersPool;
+use datafusion::execution::memory_pool::{MemoryPool, TrackConsumersPool, UnboundedMemoryPool};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -155,7 +155,30 @@ impl Engine {
     /// # Errors
     /// Internal if the engine's system schemas cannot be registered.
     pub fn session(self: &Arc<Self>) -> Result<Session> {
-        Session::new(self.clone())
+        Session::new(self.clone(), None)
+    }
+
+    /// A new pool of one query's memory on this node
+    /// ([`QueryResources::memory_bytes`]; unbounded without it).
+    pub(crate) fn query_pool(&self) -> Arc<dyn MemoryPool> {
+        match self.resources.memory_bytes {
+            // The error of a statement that runs out names its largest consumers.
+            Some(bytes) => Arc::new(TrackConsumersPool::new(
+                crate::memory::QueryPool::new(bytes),
+                std::num::NonZeroUsize::new(5).expect("non-zero"),
+            )),
+            None => Arc::new(UnboundedMemoryPool::default()),
+        }
+    }
+
+    /// A session whose statements take their memory from `pool`, shared with
+    /// whatever else uses it (the fragments of one distributed query on this
+    /// node, the coordinator's session among them).
+    ///
+    /// # Errors
+    /// As [`Engine::session`].
+    pub fn session_in(self: &Arc<Self>, pool: Arc<dyn MemoryPool>) -> Result<Session> {
+        Session::new(self.clone(), Some(pool))
     }
 }
 
@@ -337,7 +360,7 @@ fn sort_merge_reserve(memory_bytes: usize, partitions: usize) -> usize {
 }
 
 impl Session {
-    fn new(engine: Arc<Engine>) -> Result<Session> {
+    fn new(engine: Arc<Engine>, memory: Option<Arc<dyn MemoryPool>>) -> Result<Session> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -362,13 +385,7 @@ impl Session {
         // A session runs one statement at a time, so its pool is the
         // statement's memory.
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-        if let Some(bytes) = engine.resources.memory_bytes {
-            // The error of a statement that runs out names its largest consumers.
-            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
-                crate::memory::QueryPool::new(bytes),
-                std::num::NonZeroUsize::new(5).expect("non-zero"),
-            )));
-        }
+        runtime = runtime.with_memory_pool(memory.unwrap_or_else(|| engine.query_pool()));
         if let Some(dir) = &engine.resources.spill_dir {
             runtime = runtime.with_temp_file_path(dir.clone());
         }
@@ -802,6 +819,12 @@ impl Session {
             return Ok(None);
         };
         let ctx = self.ctx.task_ctx();
+        // This node's fragments of the query take their memory from this
+        // session's pool, as the root stage does.
+        cluster
+            .host()
+            .memory()
+            .pool(distributed.query(), || self.memory_pool());
         let start = || async {
             distributed.start().await.map_err(|e| {
                 // Nothing ran yet: this node reads around the missing one.
@@ -870,6 +893,11 @@ impl Session {
             .map_err(Error::from_engine)?;
         crate::runtime::execute_stream(self.engine.runtime(), plan, context)
             .map_err(Error::from_engine)
+    }
+
+    /// The memory pool of this session's statements.
+    pub(crate) fn memory_pool(&self) -> Arc<dyn MemoryPool> {
+        self.ctx.runtime_env().memory_pool.clone()
     }
 
     /// The task context of this session (its functions, settings and memory).

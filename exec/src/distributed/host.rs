@@ -11,6 +11,7 @@ use bytes::Bytes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter;
@@ -37,6 +38,48 @@ pub struct FragmentHost {
     filters: Mutex<HashMap<(QueryId, u64), BTreeMap<FragmentKey, FilterPart>>>,
     /// Counts filter parts received (wakes the tasks waiting for them).
     arrivals: tokio::sync::watch::Sender<u64>,
+    /// The memory of each query with fragments here.
+    memory: QueryMemory,
+}
+
+/// The memory pool of each distributed query with fragments on this node:
+/// its fragments, and on the coordinator the client's session, take their
+/// memory from one pool of the query's limit, as one statement on one node
+/// does (a pool per fragment would let a query of many stages hold the
+/// limit many times over). A pool lives as long as something uses it.
+#[derive(Debug, Default)]
+pub struct QueryMemory(Mutex<HashMap<QueryId, Weak<dyn MemoryPool>>>);
+
+impl QueryMemory {
+    /// `query`'s pool: the one in use, else a new one from `make`.
+    pub fn pool(
+        &self,
+        query: QueryId,
+        make: impl FnOnce() -> Arc<dyn MemoryPool>,
+    ) -> Arc<dyn MemoryPool> {
+        let mut pools = self.0.lock().expect("query memory lock");
+        if let Some(pool) = pools.get(&query).and_then(Weak::upgrade) {
+            return pool;
+        }
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        let pool = make();
+        pools.insert(query, Arc::downgrade(&pool));
+        pool
+    }
+
+    /// Queries with a pool in use.
+    pub fn len(&self) -> usize {
+        let pools = self.0.lock().expect("query memory lock");
+        pools
+            .values()
+            .filter(|pool| pool.strong_count() > 0)
+            .count()
+    }
+
+    /// Whether no query has a pool in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One started fragment.
@@ -86,7 +129,13 @@ impl FragmentHost {
             fragments: Mutex::new(HashMap::new()),
             filters: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::watch::Sender::new(0),
+            memory: QueryMemory::default(),
         }
+    }
+
+    /// The memory pools of the queries with fragments here.
+    pub fn memory(&self) -> &QueryMemory {
+        &self.memory
     }
 
     /// Fragments held now (for tests and metrics).
@@ -174,7 +223,8 @@ impl FragmentHost {
             .engine
             .upgrade()
             .ok_or_else(|| DataFusionError::Internal("the node is shutting down".to_owned()))?;
-        let session = engine.session().map_err(crate::error::to_engine)?;
+        let memory = self.memory.pool(key.query, || engine.query_pool());
+        let session = engine.session_in(memory).map_err(crate::error::to_engine)?;
         let ctx = session.task_ctx();
         let catalog = engine.catalog().await.map_err(crate::error::to_engine)?;
         let codec = Codec {
@@ -385,5 +435,38 @@ impl FragmentHost {
             .collect();
         reports.sort_by_key(|r| r.key);
         reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+
+    fn new_pool() -> Arc<dyn MemoryPool> {
+        Arc::new(GreedyMemoryPool::new(1 << 20))
+    }
+
+    #[test]
+    fn the_fragments_of_one_query_share_its_pool_while_it_is_used() {
+        let memory = QueryMemory::default();
+        let coordinator = memory.pool(1, new_pool);
+        let fragment = memory.pool(1, || panic!("the query has a pool"));
+        assert!(Arc::ptr_eq(&coordinator, &fragment));
+        let other = memory.pool(2, new_pool);
+        assert!(!Arc::ptr_eq(&coordinator, &other));
+        assert_eq!(memory.len(), 2);
+        // Memory taken through one is taken from the other.
+        let reservation =
+            datafusion::execution::memory_pool::MemoryConsumer::new("join").register(&fragment);
+        reservation.try_grow(600 << 10).expect("fits");
+        assert_eq!(coordinator.reserved(), 600 << 10);
+        drop(reservation);
+        // A query nothing uses any more gets a new pool.
+        drop((coordinator, fragment));
+        assert_eq!(memory.len(), 1);
+        let again = memory.pool(1, new_pool);
+        assert_eq!(again.reserved(), 0);
+        assert_eq!(memory.len(), 2);
     }
 }

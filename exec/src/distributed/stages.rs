@@ -380,6 +380,11 @@ impl DistributedPlan {
         Ok((rows, reports))
     }
 
+    /// The query's id across the cluster.
+    pub fn query(&self) -> QueryId {
+        self.query
+    }
+
     /// The stages as EXPLAIN shows them; with `reports` (EXPLAIN ANALYZE)
     /// every task's rows, bytes, time and operator metrics.
     pub fn display(&self, reports: Option<&[FragmentReport]>) -> String {
