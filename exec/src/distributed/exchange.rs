@@ -13,10 +13,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNodeIterator, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
@@ -24,6 +27,7 @@ use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
 use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use datafusion_proto::protobuf::PhysicalExprNode;
+use futures::StreamExt;
 use prost::Message;
 use quarry_common::catalog::NodeId;
 use serde::{Deserialize, Serialize};
@@ -237,9 +241,15 @@ impl ExecutionPlan for ExchangeExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let sources = self.spec.sources(partition);
+        // Batches received and not yet taken by the operator above count
+        // against the query's memory (so its sorts and joins spill sooner).
+        let buffered = Arc::new(
+            MemoryConsumer::new(format!("ExchangeExec[{partition}]"))
+                .register(context.memory_pool()),
+        );
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_received", partition);
         let mut builder = RecordBatchReceiverStreamBuilder::new(
@@ -251,6 +261,7 @@ impl ExecutionPlan for ExchangeExec {
             let cluster = self.cluster.clone();
             let rows = rows.clone();
             let bytes = bytes.clone();
+            let buffered = buffered.clone();
             let fetch = async move {
                 loop {
                     let request = ExchangeRequest::Fetch {
@@ -271,6 +282,7 @@ impl ExecutionPlan for ExchangeExec {
                     bytes.add(ipc.len());
                     for batch in decode(&ipc)? {
                         rows.add(batch.num_rows());
+                        buffered.grow(batch.get_array_memory_size());
                         if tx.send(Ok(batch)).await.is_err() {
                             // The consumer is gone: the query ended.
                             return Ok(());
@@ -299,7 +311,16 @@ impl ExecutionPlan for ExchangeExec {
                 None => builder.spawn(fetch),
             }
         }
-        Ok(builder.build())
+        let stream = builder.build().inspect(move |batch| {
+            if let Ok(batch) = batch {
+                let size = batch.get_array_memory_size().min(buffered.size());
+                buffered.shrink(size);
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 }
 
@@ -406,5 +427,112 @@ impl PhysicalExtensionCodec for Codec {
             .map_err(|e| DataFusionError::Internal(format!("cannot encode an exchange: {e}")))?;
         buf.extend_from_slice(&bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::Peers;
+    use crate::distributed::host::FragmentHost;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A producer on node 2 whose partition is `responses` batches of 1,000
+    /// rows, one per fetch.
+    #[derive(Debug)]
+    struct Producer2 {
+        schema: SchemaRef,
+        responses: usize,
+        fetched: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Peers for Producer2 {
+        fn local(&self) -> NodeId {
+            1
+        }
+
+        fn live(&self) -> Vec<NodeId> {
+            vec![1, 2]
+        }
+
+        fn holder(&self, _chunk: quarry_common::catalog::ChunkId) -> Option<NodeId> {
+            None
+        }
+
+        async fn call(
+            &self,
+            _node: NodeId,
+            _request: ExchangeRequest,
+            _deadline: Duration,
+        ) -> Result<ExchangeResponse, String> {
+            let n = self.fetched.fetch_add(1, Ordering::SeqCst) + 1;
+            let batch = RecordBatch::try_new(
+                self.schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(0..1000))],
+            )
+            .map_err(|e| e.to_string())?;
+            let ipc = encode(&self.schema, &[batch]).map_err(|e| e.to_string())?;
+            Ok(ExchangeResponse::Batches {
+                ipc: Bytes::from(ipc),
+                done: n >= self.responses,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_waiting_for_the_operator_above_count_against_the_query_memory() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let peers = Arc::new(Producer2 {
+            schema: schema.clone(),
+            responses: 5,
+            fetched: AtomicUsize::new(0),
+        });
+        let cluster = Arc::new(Cluster::new(
+            peers,
+            FragmentHost::new(std::sync::Weak::new()),
+        ));
+        let spec = ExchangeSpec {
+            query: 1,
+            stage: 1,
+            shuffle: false,
+            partitions: 1,
+            consumer: 0,
+            producers: vec![super::Producer {
+                node: 2,
+                task: 0,
+                partitions: 1,
+            }],
+        };
+        let exchange = ExchangeExec::new(spec, schema, Vec::new(), cluster);
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64 << 20));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .build_arc()
+            .expect("runtime");
+        let context = Arc::new(TaskContext::default().with_runtime(runtime));
+        let mut stream = exchange.execute(0, context).expect("stream");
+        // Nothing is taken yet: the prefetched batches are held for it.
+        let waiting = std::time::Instant::now();
+        while pool.reserved() == 0 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "no buffered batch counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch.expect("batch").num_rows();
+        }
+        assert_eq!(rows, 5000);
+        assert_eq!(pool.reserved(), 0, "taken batches are no longer counted");
     }
 }
