@@ -230,12 +230,17 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_busy_stream_leaves_the_callers_runtime_free() {
-        let execution = tokio::runtime::Builder::new_multi_thread()
+    /// An execution runtime of one worker thread.
+    fn one_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
-            .expect("runtime");
+            .expect("runtime")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_busy_stream_leaves_the_callers_runtime_free() {
+        let execution = one_thread_runtime();
         let mut stream = drive(Some(execution.handle()), schema(), || {
             Ok(busy_stream(Duration::from_millis(300), 10))
         })
@@ -260,10 +265,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn an_error_making_the_stream_is_its_first_item() {
-        let execution = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .expect("runtime");
+        let execution = one_thread_runtime();
         let mut stream = drive(Some(execution.handle()), schema(), || {
             Err(datafusion::error::DataFusionError::Plan("no".to_owned()))
         })

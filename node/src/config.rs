@@ -203,19 +203,11 @@ impl FileConfig {
             target_partitions: flags
                 .target_partitions
                 .or(self.target_partitions)
-                .unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                .unwrap_or_else(cpus),
             execution_threads: flags
                 .execution_threads
                 .or(self.execution_threads)
-                .unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                .unwrap_or_else(cpus),
             shutdown_grace: Duration::from_secs(
                 flags
                     .shutdown_grace_secs
@@ -247,7 +239,7 @@ impl FileConfig {
             query_slots: flags
                 .query_slots
                 .or(self.query_slots)
-                .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .unwrap_or_else(|| 4 * cpus())
                 .max(1),
             data_cache_bytes: flags
                 .data_cache_mb
@@ -269,6 +261,11 @@ fn memory_total_bytes() -> u64 {
                 .and_then(|kb| kb.trim().parse::<u64>().ok())
         })
         .map_or(4 << 30, |kb| kb << 10)
+}
+
+/// CPUs this process may use (1 if unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]

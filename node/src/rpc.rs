@@ -485,13 +485,19 @@ mod tests {
     async fn server(delay: Duration) -> (SocketAddr, Arc<Echo>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let (echo, task) = echo_on(listener, delay);
+        (addr, echo, task)
+    }
+
+    /// Node 7 answering pings on `listener` after `delay`.
+    fn echo_on(listener: TcpListener, delay: Duration) -> (Arc<Echo>, tokio::task::JoinHandle<()>) {
         let echo = Arc::new(Echo {
             node_id: 7,
             delay,
             calls: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve(listener, echo.clone()));
-        (addr, echo, task)
+        (echo, task)
     }
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -560,12 +566,7 @@ mod tests {
         // Its second life listens on the same address; the pooled connection
         // to the first must not carry the next call.
         let listener = TcpListener::bind(addr).await.expect("rebind");
-        let echo = Arc::new(Echo {
-            node_id: 7,
-            delay: Duration::ZERO,
-            calls: AtomicUsize::new(0),
-        });
-        let second_life = tokio::spawn(serve(listener, echo.clone()));
+        let (_echo, second_life) = echo_on(listener, Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = transport
             .call(addr, RpcRequest::Ping { payload: 2 }, SECOND)
