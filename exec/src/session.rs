@@ -31,7 +31,7 @@ use datafusion::execution::memory_pool::{MemoryPool, TrackConsumersPool, Unbound
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     self, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, Ident,
@@ -110,13 +110,18 @@ impl Engine {
         resources: QueryResources,
         peers: Option<Arc<dyn Peers>>,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|engine| Engine {
-            meta,
-            chunks,
-            target_partitions: partitions_within(target_partitions, resources.memory_bytes),
-            resources,
-            cluster: peers
-                .map(|peers| Arc::new(Cluster::new(peers, FragmentHost::new(engine.clone())))),
+        Arc::new_cyclic(|engine| {
+            let cluster = peers.map(|peers| {
+                let host = FragmentHost::new(engine.clone(), resources.runtime.clone());
+                Arc::new(Cluster::new(peers, host))
+            });
+            Engine {
+                meta,
+                chunks,
+                target_partitions: partitions_within(target_partitions, resources.memory_bytes),
+                resources,
+                cluster,
+            }
         })
     }
 
@@ -126,6 +131,12 @@ impl Engine {
     /// If the metadata cannot be read.
     pub async fn catalog(&self) -> Result<Arc<Catalog>> {
         Ok(self.meta.read().await?)
+    }
+
+    /// The cluster queries are distributed over (None: this node alone).
+    #[cfg(test)]
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The runtime statements' operators run on (None: the caller's).
@@ -777,12 +788,7 @@ impl Session {
                 {
                     return Ok(output);
                 }
-                let frame = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(Error::from_engine)?;
-                Ok(Output::Rows(self.stream(frame).await?))
+                Ok(Output::Rows(self.stream(plan).await?))
             }
         }
     }
@@ -884,8 +890,13 @@ impl Session {
         )))))
     }
 
-    /// `frame`'s rows, its operators run on the engine's execution runtime.
-    async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream> {
+    /// `plan`'s rows, its operators run on the engine's execution runtime.
+    async fn stream(&self, plan: LogicalPlan) -> Result<SendableRecordBatchStream> {
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(Error::from_engine)?;
         let context = Arc::new(frame.task_ctx());
         let plan = frame
             .create_physical_plan()
@@ -1115,13 +1126,8 @@ impl Session {
     ) -> Result<Output> {
         let view = self.begin_statement().await?;
         let plan = self.plan_with_params(statement, params).await?;
-        let frame = self
-            .ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(Error::from_engine)?;
         let batches: Vec<RecordBatch> = self
-            .stream(frame)
+            .stream(plan)
             .await?
             .try_collect()
             .await
@@ -1422,12 +1428,7 @@ impl Session {
             retention_micros,
             layout,
         });
-        let frame = self
-            .ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(Error::from_engine)?;
-        let mut stream = self.stream(frame).await?;
+        let mut stream = self.stream(plan).await?;
         let mut writer =
             DataFileWriter::new(provisional, self.engine.chunks.clone(), view.writes.clone());
         while let Some(batch) = stream.next().await {
@@ -1735,12 +1736,7 @@ impl Session {
                 };
                 let plan = self.plan(query).await?;
                 let columns = plan.schema().fields().len();
-                let frame = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(Error::from_engine)?;
-                let stream = self.stream(frame).await?;
+                let stream = self.stream(plan).await?;
                 let csv = matches!(format, CopyFormat::Csv { .. });
                 let mut formatter = RowFormatter::new(format);
                 let data = stream

@@ -1,9 +1,10 @@
 //! The HTTP listener: `/health` (process is up), `/ready` (metadata readable), and
 //! `/metrics` in Prometheus' text exposition format.
 //!
-//! It runs on a thread and runtime of its own: query execution keeps the
-//! node's worker threads busy for as long as a batch takes, and a health
-//! check or a metrics scrape must not wait for that.
+//! It runs on a thread and runtime of its own, so a health check or a metrics
+//! scrape never waits behind the node's other work: with
+//! `execution_threads = 0` query operators share the network's threads, and
+//! even apart from them those threads decode exchange batches.
 
 use std::sync::Arc;
 

@@ -497,7 +497,7 @@ mod tests {
         });
         let cluster = Arc::new(Cluster::new(
             peers,
-            FragmentHost::new(std::sync::Weak::new()),
+            FragmentHost::new(std::sync::Weak::new(), None),
         ));
         let spec = ExchangeSpec {
             query: 1,

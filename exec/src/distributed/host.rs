@@ -40,6 +40,10 @@ pub struct FragmentHost {
     arrivals: tokio::sync::watch::Sender<u64>,
     /// The memory of each query with fragments here.
     memory: QueryMemory,
+    /// The runtime fragments' operators run on (see [`crate::runtime`]): a
+    /// fetch then waits for a batch at most [`FETCH_WAIT`], however long one
+    /// poll of an operator takes. None: the caller's.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The memory pool of each distributed query with fragments on this node:
@@ -68,17 +72,13 @@ impl QueryMemory {
     }
 
     /// Queries with a pool in use.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let pools = self.0.lock().expect("query memory lock");
         pools
             .values()
             .filter(|pool| pool.strong_count() > 0)
             .count()
-    }
-
-    /// Whether no query has a pool in use.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -99,10 +99,6 @@ struct Fragment {
     filtered: AtomicBool,
     /// Tasks sending its joins' filters to other nodes (stopped with it).
     _senders: Vec<AbortOnDropHandle<()>>,
-    /// The runtime its operators run on (see [`crate::runtime`]): a fetch
-    /// then waits for a batch at most [`FETCH_WAIT`], however long one poll
-    /// of an operator takes.
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One output partition of a fragment, once its consumer first fetched.
@@ -123,13 +119,14 @@ impl std::fmt::Debug for Partition {
 
 impl FragmentHost {
     /// The fragments of `engine`'s node.
-    pub fn new(engine: Weak<Engine>) -> Self {
+    pub fn new(engine: Weak<Engine>, runtime: Option<tokio::runtime::Handle>) -> Self {
         FragmentHost {
             engine,
             fragments: Mutex::new(HashMap::new()),
             filters: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::watch::Sender::new(0),
             memory: QueryMemory::default(),
+            runtime,
         }
     }
 
@@ -256,7 +253,6 @@ impl FragmentHost {
             waits: routes.waits,
             filtered: AtomicBool::new(false),
             _senders: senders,
-            runtime: engine.runtime().cloned(),
             plan,
             ctx,
             partitions: Mutex::new(HashMap::new()),
@@ -315,7 +311,7 @@ impl FragmentHost {
             }
             let plan = fragment.plan.clone();
             let ctx = fragment.ctx.clone();
-            match crate::runtime::drive(fragment.runtime.as_ref(), plan.schema(), move || {
+            match crate::runtime::drive(self.runtime.as_ref(), plan.schema(), move || {
                 plan.execute(partition as usize, ctx)
             }) {
                 Ok(stream) => state.stream = Some(stream),
@@ -441,7 +437,103 @@ impl FragmentHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distributed::{ExchangeResponse, Peers};
+    use async_trait::async_trait;
+    use datafusion::arrow::datatypes::Schema;
     use datafusion::execution::memory_pool::GreedyMemoryPool;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+    use quarry_common::catalog::Catalog;
+
+    /// Metadata with an empty catalog that takes no writes.
+    struct EmptyCatalog;
+
+    #[async_trait]
+    impl crate::Metadata for EmptyCatalog {
+        async fn read(&self) -> quarry_raft::Result<Arc<Catalog>> {
+            Ok(Arc::new(Catalog::default()))
+        }
+
+        async fn write(
+            &self,
+            _command: quarry_raft::Command,
+        ) -> quarry_raft::Result<quarry_raft::Applied> {
+            unreachable!("starting a fragment writes nothing")
+        }
+    }
+
+    /// A cluster of this node alone.
+    #[derive(Debug)]
+    struct Alone;
+
+    #[async_trait]
+    impl Peers for Alone {
+        fn local(&self) -> NodeId {
+            1
+        }
+
+        fn live(&self) -> Vec<NodeId> {
+            vec![1]
+        }
+
+        fn holder(&self, _chunk: quarry_common::catalog::ChunkId) -> Option<NodeId> {
+            None
+        }
+
+        async fn call(
+            &self,
+            node: NodeId,
+            _request: ExchangeRequest,
+            _deadline: std::time::Duration,
+        ) -> Result<ExchangeResponse, String> {
+            Err(format!("node {node} is not in this cluster"))
+        }
+    }
+
+    #[tokio::test]
+    async fn started_fragments_of_one_query_take_memory_from_one_pool() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = quarry_storage::ChunkStore::open(dir.path()).expect("chunk store");
+        let resources = crate::QueryResources {
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let engine = Engine::new(
+            Arc::new(EmptyCatalog),
+            Arc::new(crate::chunks::LocalFiles(chunks)),
+            1,
+            resources,
+            Some(Arc::new(Alone)),
+        );
+        let cluster = engine.cluster().expect("with peers").clone();
+        let codec = Codec {
+            cluster: cluster.clone(),
+        };
+        let plan = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        let plan = physical_plan_to_bytes_with_extension_codec(plan, &codec).expect("encodes");
+        let keys = [(7, 1), (7, 2), (8, 1)].map(|(query, stage)| FragmentKey {
+            query,
+            stage,
+            task: 0,
+        });
+        for key in keys {
+            let start = ExchangeRequest::Start {
+                key,
+                plan: plan.clone(),
+                filters: FilterRoutes::default(),
+            };
+            let answer = cluster.host().handle(&cluster, start).await;
+            assert!(matches!(answer, ExchangeResponse::Started), "{answer:?}");
+        }
+        let pools: Vec<Arc<dyn MemoryPool>> = {
+            let fragments = cluster.host().lock();
+            keys.iter()
+                .map(|key| fragments[key].ctx.memory_pool().clone())
+                .collect()
+        };
+        assert!(Arc::ptr_eq(&pools[0], &pools[1]), "one query, one pool");
+        assert!(!Arc::ptr_eq(&pools[0], &pools[2]), "another query, another");
+    }
 
     fn new_pool() -> Arc<dyn MemoryPool> {
         Arc::new(GreedyMemoryPool::new(1 << 20))

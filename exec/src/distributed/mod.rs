@@ -258,7 +258,7 @@ impl Cluster {
     }
 
     /// The runtime exchanges fetch on (None: the caller's).
-    pub fn network(&self) -> Option<&tokio::runtime::Handle> {
+    pub(crate) fn network(&self) -> Option<&tokio::runtime::Handle> {
         self.network.as_ref()
     }
 
@@ -279,7 +279,7 @@ impl Cluster {
 
     /// Records that a fetch of `query` failed with `e` (kept if the query is
     /// coordinated here and has no error yet), and returns the error.
-    pub fn fail(&self, query: QueryId, node: NodeId, e: DataFusionError) -> DataFusionError {
+    pub(crate) fn fail(&self, query: QueryId, node: NodeId, e: DataFusionError) -> DataFusionError {
         let (sqlstate, message) = described(e);
         if let Some(sender) = self.failures.lock().expect("failure map lock").get(&query) {
             sender.send_if_modified(|failure| {
