@@ -20,7 +20,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 /// The consumer name DataFusion gives a sort's merge reservation
 /// (`sorts/sort.rs`).
@@ -147,10 +147,46 @@ impl MemoryPool for QueryPool {
     }
 }
 
+/// The memory pool of each distributed query with fragments on this node:
+/// its fragments, and on the coordinator the client's session, take their
+/// memory from one pool of the query's limit, as one statement on one node
+/// does (a pool per fragment would let a query of many stages hold the
+/// limit many times over). A pool lives as long as something uses it.
+#[derive(Debug, Default)]
+pub struct QueryMemory(Mutex<HashMap<crate::distributed::QueryId, Weak<dyn MemoryPool>>>);
+
+impl QueryMemory {
+    /// `query`'s pool: the one in use, else a new one from `make`.
+    pub fn pool(
+        &self,
+        query: crate::distributed::QueryId,
+        make: impl FnOnce() -> Arc<dyn MemoryPool>,
+    ) -> Arc<dyn MemoryPool> {
+        let mut pools = self.0.lock().expect("query memory lock");
+        if let Some(pool) = pools.get(&query).and_then(Weak::upgrade) {
+            return pool;
+        }
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        let pool = make();
+        pools.insert(query, Arc::downgrade(&pool));
+        pool
+    }
+
+    /// Queries with a pool in use.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let pools = self.0.lock().expect("query memory lock");
+        pools
+            .values()
+            .filter(|pool| pool.strong_count() > 0)
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
 
     #[test]
     fn sort_merges_share_half_the_pool_and_leave_the_rest_to_others() {
@@ -182,5 +218,32 @@ mod tests {
         let c = MemoryConsumer::new("ExternalSorterMerge[2]").register(&pool);
         assert!(c.try_grow(500).is_ok(), "one merge may take half");
         assert!(c.try_grow(1).is_err());
+    }
+
+    fn new_pool() -> Arc<dyn MemoryPool> {
+        Arc::new(GreedyMemoryPool::new(1 << 20))
+    }
+
+    #[test]
+    fn the_fragments_of_one_query_share_its_pool_while_it_is_used() {
+        let memory = QueryMemory::default();
+        let coordinator = memory.pool(1, new_pool);
+        let fragment = memory.pool(1, || panic!("the query has a pool"));
+        assert!(Arc::ptr_eq(&coordinator, &fragment));
+        let other = memory.pool(2, new_pool);
+        assert!(!Arc::ptr_eq(&coordinator, &other));
+        assert_eq!(memory.len(), 2);
+        // Memory taken through one is taken from the other.
+        let reservation =
+            datafusion::execution::memory_pool::MemoryConsumer::new("join").register(&fragment);
+        reservation.try_grow(600 << 10).expect("fits");
+        assert_eq!(coordinator.reserved(), 600 << 10);
+        drop(reservation);
+        // A query nothing uses any more gets a new pool.
+        drop((coordinator, fragment));
+        assert_eq!(memory.len(), 1);
+        let again = memory.pool(1, new_pool);
+        assert_eq!(again.reserved(), 0);
+        assert_eq!(memory.len(), 2);
     }
 }

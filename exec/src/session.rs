@@ -47,8 +47,7 @@ use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
 use crate::catalog::{CATALOG_NAME, CatalogView, QuarryCatalog};
 use crate::copy::{COPY_BATCH_ROWS, CopyFormat, RecordParser, RowBuffer, RowFormatter};
 use crate::data_file::{DataFileWriter, WriteSet};
-use crate::distributed::host::FragmentHost;
-use crate::distributed::{Cluster, DistributedPlan, ExchangeRequest, ExchangeResponse, Peers};
+use crate::distributed::{Cluster, DistributedPlan, Peers};
 use crate::error::{Error, Result, user_error};
 use crate::parser;
 use crate::table::SnapshotTable;
@@ -110,18 +109,12 @@ impl Engine {
         resources: QueryResources,
         peers: Option<Arc<dyn Peers>>,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|engine| {
-            let cluster = peers.map(|peers| {
-                let host = FragmentHost::new(engine.clone(), resources.runtime.clone());
-                Arc::new(Cluster::new(peers, host))
-            });
-            Engine {
-                meta,
-                chunks,
-                target_partitions: partitions_within(target_partitions, resources.memory_bytes),
-                resources,
-                cluster,
-            }
+        Arc::new(Engine {
+            meta,
+            chunks,
+            target_partitions: partitions_within(target_partitions, resources.memory_bytes),
+            resources,
+            cluster: peers.map(|peers| Arc::new(Cluster::new(peers))),
         })
     }
 
@@ -134,8 +127,7 @@ impl Engine {
     }
 
     /// The cluster queries are distributed over (None: this node alone).
-    #[cfg(test)]
-    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
     }
 
@@ -147,18 +139,6 @@ impl Engine {
     /// The data file store.
     pub fn chunks(&self) -> &Arc<dyn DataFileStore> {
         &self.chunks
-    }
-
-    /// Answers another node's request about the fragments of a distributed
-    /// query.
-    pub async fn exchange(&self, request: ExchangeRequest) -> ExchangeResponse {
-        match &self.cluster {
-            Some(cluster) => cluster.host().handle(cluster, request).await,
-            None => ExchangeResponse::Failed {
-                sqlstate: SqlState::FEATURE_NOT_SUPPORTED.code().to_owned(),
-                message: "this node runs no distributed queries".to_owned(),
-            },
-        }
     }
 
     /// A new session.
@@ -828,7 +808,6 @@ impl Session {
         // This node's fragments of the query take their memory from this
         // session's pool, as the root stage does.
         cluster
-            .host()
             .memory()
             .pool(distributed.query(), || self.memory_pool());
         let start = || async {

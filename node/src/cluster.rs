@@ -79,7 +79,7 @@ impl LeaderLink for RpcLeaderLink {
 /// Answers every node-to-node request on this node.
 pub struct NodeHandler {
     raft: RaftHandler,
-    engine: Arc<quarry_exec::Engine>,
+    queries: ractor::ActorRef<crate::query_manager::QueryManagerMsg>,
     meta: Arc<Meta>,
     stripes: StripeStore,
     membership: Membership,
@@ -93,11 +93,11 @@ impl NodeHandler {
         stripes: StripeStore,
         membership: Membership,
         transport: Arc<dyn Transport>,
-        engine: Arc<quarry_exec::Engine>,
+        queries: ractor::ActorRef<crate::query_manager::QueryManagerMsg>,
     ) -> Self {
         NodeHandler {
             raft: RaftHandler::new(meta.raft().clone(), membership.me().node_id),
-            engine,
+            queries,
             meta,
             stripes,
             membership,
@@ -225,7 +225,13 @@ impl crate::rpc::Handler for NodeHandler {
                 }
             }
             RpcRequest::Exchange(request) => {
-                RpcResponse::Exchange(self.engine.exchange(request).await)
+                let answer = crate::query_manager::answer(&self.queries, request, None).await;
+                RpcResponse::Exchange(answer.unwrap_or_else(|why| {
+                    quarry_exec::distributed::ExchangeResponse::Failed {
+                        sqlstate: quarry_common::SqlState::INTERNAL_ERROR.code().to_owned(),
+                        message: why,
+                    }
+                }))
             }
             RpcRequest::GetChunk {
                 chunk,

@@ -1,14 +1,16 @@
 //! The cluster as distributed queries see it ([`quarry_exec::distributed::Peers`]):
 //! live nodes from gossip, chunk holders from the stripe catalog, exchange
-//! calls over the internal RPC.
+//! calls over the internal RPC, and to this node through its query manager.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use quarry_common::catalog::{ChunkId, NodeId};
 use quarry_exec::distributed::{ExchangeRequest, ExchangeResponse, Peers};
+use ractor::ActorRef;
 
+use crate::query_manager::{self, QueryManagerMsg};
 use crate::rpc::{RpcRequest, RpcResponse, Transport};
 use crate::stripes::StripeStore;
 
@@ -16,12 +18,25 @@ use crate::stripes::StripeStore;
 pub struct RpcPeers {
     stripes: StripeStore,
     transport: Arc<dyn Transport>,
+    /// This node's query manager, once spawned (it needs the engine these
+    /// peers are given to).
+    queries: OnceLock<ActorRef<QueryManagerMsg>>,
 }
 
 impl RpcPeers {
     /// Peers as `stripes` sees the cluster, called through `transport`.
     pub fn new(stripes: StripeStore, transport: Arc<dyn Transport>) -> Self {
-        RpcPeers { stripes, transport }
+        RpcPeers {
+            stripes,
+            transport,
+            queries: OnceLock::new(),
+        }
+    }
+
+    /// Sends this node's own requests to `manager` from now on (until then
+    /// they fail: no query runs before the node is ready).
+    pub fn answer_locally(&self, manager: ActorRef<QueryManagerMsg>) {
+        let _ = self.queries.set(manager);
     }
 }
 
@@ -66,6 +81,13 @@ impl Peers for RpcPeers {
         request: ExchangeRequest,
         deadline: Duration,
     ) -> Result<ExchangeResponse, String> {
+        if node == self.local() {
+            let manager = self
+                .queries
+                .get()
+                .ok_or("this node's query manager has not started")?;
+            return query_manager::answer(manager, request, Some(deadline)).await;
+        }
         let addr = self
             .stripes
             .addr_of(node)

@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use quarry_exec::Engine;
 use quarry_raft::{Meta, MetaConfig, NodeAddr};
 use quarry_storage::ChunkStore;
+use ractor::Actor;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 
@@ -22,6 +23,7 @@ use crate::http::{self, HttpState};
 use crate::membership::{Identity, Membership};
 use crate::peers::RpcPeers;
 use crate::pg::Frontend;
+use crate::query_manager::{QueryManager, QueryManagerArgs};
 use crate::raft_network::RaftRpcNetwork;
 use crate::rpc::{RpcRequest, RpcResponse, TcpTransport, Transport};
 use crate::stripes::{ORPHAN_GRACE, StripeStore};
@@ -202,6 +204,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     std::fs::create_dir_all(&spill_dir)
         .with_context(|| format!("cannot create {}", spill_dir.display()))?;
     let execution = ExecutionRuntime::start(config.execution_threads)?;
+    let peers = Arc::new(RpcPeers::new(stripes.clone(), transport.clone()));
     let engine = Engine::new(
         meta.clone(),
         Arc::new(quarry_exec::chunks::CachedFiles::new(
@@ -214,8 +217,19 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             spill_dir: Some(spill_dir),
             runtime: execution.handle(),
         },
-        Some(Arc::new(RpcPeers::new(stripes.clone(), transport.clone()))),
+        Some(peers.clone()),
     );
+    let (queries, _) = Actor::spawn(
+        None,
+        QueryManager,
+        QueryManagerArgs {
+            engine: Arc::downgrade(&engine),
+            fragment_idle_max: quarry_exec::distributed::FRAGMENT_IDLE_MAX,
+        },
+    )
+    .await
+    .context("cannot start the query manager")?;
+    peers.answer_locally(queries.clone());
     let rpc_server = tokio::spawn(crate::rpc::serve(
         rpc_listener,
         Arc::new(NodeHandler::new(
@@ -223,7 +237,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             stripes.clone(),
             membership.clone(),
             transport.clone(),
-            engine.clone(),
+            queries.clone(),
         )),
     ));
     let single = node_id == FIRST_NODE_ID && config.join.is_empty();
@@ -317,6 +331,8 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     scrubber.abort();
     duties.abort();
     rpc_server.abort();
+    // Ends every fragment still held for other nodes' queries.
+    queries.stop(Some("the node is shutting down".to_owned()));
     meta.shutdown().await;
     tracing::info!("quarry node stopped");
     Ok(())

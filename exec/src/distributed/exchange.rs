@@ -434,7 +434,6 @@ impl PhysicalExtensionCodec for Codec {
 mod tests {
     use super::*;
     use crate::distributed::Peers;
-    use crate::distributed::host::FragmentHost;
     use async_trait::async_trait;
     use bytes::Bytes;
     use datafusion::arrow::array::Int64Array;
@@ -495,10 +494,7 @@ mod tests {
             responses: 5,
             fetched: AtomicUsize::new(0),
         });
-        let cluster = Arc::new(Cluster::new(
-            peers,
-            FragmentHost::new(std::sync::Weak::new(), None),
-        ));
+        let cluster = Arc::new(Cluster::new(peers));
         let spec = ExchangeSpec {
             query: 1,
             stage: 1,

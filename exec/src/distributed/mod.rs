@@ -12,7 +12,8 @@
 //! coordinator.
 //!
 //! Each task is a **fragment**: its plan, serialized with datafusion-proto,
-//! is started on its node ([`host::FragmentHost`]) and its partitions are
+//! is started on its node ([`fragment::Fragment`], run there by a fragment
+//! actor under the node's query manager) and its partitions are
 //! pulled by the consumers ([`exchange::ExchangeExec`]) as Arrow IPC batches
 //! over the internal RPC, a bounded number of bytes per call, so a slow
 //! consumer holds its producers back (no unbounded queue between nodes).
@@ -30,7 +31,7 @@
 
 pub mod exchange;
 pub mod filters;
-pub mod host;
+pub mod fragment;
 pub mod stages;
 
 use std::collections::HashMap;
@@ -62,8 +63,8 @@ pub const FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// Fetched responses buffered per exchange partition ahead of its consumer.
 pub const PREFETCH: usize = 2;
-/// A fragment no consumer has fetched from for this long is dropped (its
-/// coordinator is gone).
+/// A fragment no consumer has fetched from for this long is stopped by its
+/// node (its coordinator is gone).
 pub const FRAGMENT_IDLE_MAX: Duration = Duration::from_secs(600);
 
 /// One task of one stage of a query, as started on its node.
@@ -177,7 +178,8 @@ pub trait Peers: Send + Sync + Debug + 'static {
     /// The node holding `chunk` (a data file's data chunk), if placed.
     fn holder(&self, chunk: ChunkId) -> Option<NodeId>;
 
-    /// Sends `request` to `node` (never this node) and waits at most `deadline`.
+    /// Sends `request` to `node` and waits at most `deadline`; a request to
+    /// this node is answered in process, by its query manager.
     ///
     /// # Errors
     /// Why the call failed (unreachable, deadline, refused); the caller
@@ -230,12 +232,13 @@ fn described(e: DataFusionError) -> (String, String) {
 /// from, SQLSTATE and message (None while there is none).
 type Failure = Option<(NodeId, String, String)>;
 
-/// Cluster access for distributed queries: the peers and this node's
-/// fragment host.
+/// Cluster access for distributed queries: the peers, and the memory of the
+/// queries with fragments on this node.
 #[derive(Debug)]
 pub struct Cluster {
     peers: Arc<dyn Peers>,
-    host: host::FragmentHost,
+    /// The memory pool of each query with fragments here.
+    memory: crate::memory::QueryMemory,
     /// The runtime exchanges fetch on (the network's, apart from the one
     /// operators run on); None: the caller's.
     network: Option<tokio::runtime::Handle>,
@@ -246,12 +249,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `peers` and the fragments this node runs; exchanges fetch on the
-    /// current runtime, if any.
-    pub fn new(peers: Arc<dyn Peers>, host: host::FragmentHost) -> Self {
+    /// The cluster of `peers`; exchanges fetch on the current runtime, if
+    /// any.
+    pub fn new(peers: Arc<dyn Peers>) -> Self {
         Cluster {
             peers,
-            host,
+            memory: crate::memory::QueryMemory::default(),
             network: tokio::runtime::Handle::try_current().ok(),
             failures: Mutex::default(),
         }
@@ -298,9 +301,9 @@ impl Cluster {
         &self.peers
     }
 
-    /// This node's fragments.
-    pub fn host(&self) -> &host::FragmentHost {
-        &self.host
+    /// The memory pools of the queries with fragments on this node.
+    pub fn memory(&self) -> &crate::memory::QueryMemory {
+        &self.memory
     }
 
     /// Sends `request` to `node`, this node included (answered in process).
@@ -312,9 +315,6 @@ impl Cluster {
         node: NodeId,
         request: ExchangeRequest,
     ) -> Result<ExchangeResponse, DataFusionError> {
-        if node == self.peers.local() {
-            return Ok(self.host.handle(self, request).await);
-        }
         self.peers
             .call(node, request, CALL_DEADLINE)
             .await

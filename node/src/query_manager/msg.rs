@@ -1,0 +1,19 @@
+//! Messages of the query manager.
+
+use quarry_exec::distributed::{ExchangeRequest, ExchangeResponse};
+use ractor::RpcReplyPort;
+
+/// What the query manager is sent.
+#[derive(Debug)]
+pub enum QueryManagerMsg {
+    /// Answer a request about the fragments of a distributed query: start,
+    /// fetch, filter part, metrics, stop. Sent by the RPC server (for a
+    /// coordinator or consumer on another node) and by this node's
+    /// `RpcPeers` (for its own queries).
+    Answer {
+        /// The request.
+        request: ExchangeRequest,
+        /// Where the answer goes.
+        reply: RpcReplyPort<ExchangeResponse>,
+    },
+}
