@@ -95,6 +95,47 @@ pub struct QueryResources {
     /// The runtime statements' operators run on, apart from the one serving
     /// the network (None: the caller's); see [`crate::runtime`].
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Bytes of data files a query's scans must read for it to be
+    /// distributed with `distsql = auto` ([`DistSql`]); 0: every query.
+    pub distribute_min_bytes: u64,
+}
+
+/// The session setting `distsql`: whether a query runs over the cluster's
+/// live nodes or on the node it arrives at (CockroachDB's setting, with its
+/// values `off`, `auto` and `on`; its `always` is `on` here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistSql {
+    /// Every query on this node alone.
+    Off,
+    /// Queries that read at least [`QueryResources::distribute_min_bytes`]
+    /// over the cluster, smaller ones here: below that, a distributed run's
+    /// fixed cost (starting fragments on every node, exchange round trips)
+    /// outweighs what sharing the scan saves.
+    Auto,
+    /// Every query that can be over the cluster.
+    On,
+}
+
+impl DistSql {
+    /// The mode a setting's value names (any case); None if none.
+    pub fn parse(value: &str) -> Option<DistSql> {
+        match value.to_ascii_lowercase().as_str() {
+            "off" => Some(DistSql::Off),
+            "auto" => Some(DistSql::Auto),
+            "on" | "always" => Some(DistSql::On),
+            _ => None,
+        }
+    }
+
+    /// Whether a query whose scans read `scanned` bytes of data files is
+    /// distributed, with `min_bytes` the threshold of `auto`.
+    pub fn distributes(self, scanned: u64, min_bytes: u64) -> bool {
+        match self {
+            DistSql::Off => false,
+            DistSql::Auto => scanned >= min_bytes,
+            DistSql::On => true,
+        }
+    }
 }
 
 impl Engine {
@@ -223,8 +264,8 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("client_encoding", "UTF8"),
     ("client_min_messages", "notice"),
     ("datestyle", "ISO, MDY"),
-    // CockroachDB's name: `off` runs every query on the node it arrives at.
-    ("distsql", "on"),
+    // CockroachDB's name and values (see [`DistSql`]).
+    ("distsql", "auto"),
     ("default_transaction_isolation", "repeatable read"),
     ("extra_float_digits", "1"),
     ("integer_datetimes", "on"),
@@ -780,10 +821,11 @@ impl Session {
         let Some(cluster) = &self.engine.cluster else {
             return Ok(None);
         };
-        if self
+        let mode = self
             .setting("distsql")
-            .is_some_and(|v| v.eq_ignore_ascii_case("off"))
-        {
+            .and_then(DistSql::parse)
+            .unwrap_or(DistSql::Auto);
+        if mode == DistSql::Off {
             return Ok(None);
         }
         let (query, explain) = match plan {
@@ -799,6 +841,11 @@ impl Session {
             .create_physical_plan(&query)
             .await
             .map_err(Error::from_engine)?;
+        let scanned =
+            crate::distributed::stages::scanned_bytes(&physical).map_err(Error::from_engine)?;
+        if !mode.distributes(scanned, self.engine.resources.distribute_min_bytes) {
+            return Ok(None);
+        }
         let distributed = DistributedPlan::new(cluster, physical, self.engine.target_partitions)
             .map_err(Error::from_engine)?;
         let Some(distributed) = distributed else {
@@ -1584,10 +1631,12 @@ impl Session {
                         )
                     })?;
             }
-            "distsql" if !matches!(value.to_ascii_lowercase().as_str(), "on" | "off") => {
+            "distsql" if DistSql::parse(&value).is_none() => {
                 return Err(user_error(
                     SqlState::INVALID_PARAMETER_VALUE,
-                    format!("invalid value for parameter \"distsql\": \"{value}\" (on or off)"),
+                    format!(
+                        "invalid value for parameter \"distsql\": \"{value}\" (off, auto or on)"
+                    ),
                 ));
             }
             "statement_timeout" if parse_duration_ms(&value).is_none() => {
@@ -2112,5 +2161,29 @@ mod tests {
         assert_eq!(parse_duration_ms("5s"), Some(5000));
         assert_eq!(parse_duration_ms("'2min'"), Some(120_000));
         assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn distsql_distributes_what_its_mode_and_the_bytes_scanned_say() {
+        let mib = 1 << 20;
+        // (setting, bytes scanned, distributed with a 64 MiB threshold)
+        let cases = [
+            ("off", 10 * 1024 * mib, false),
+            ("auto", 0, false),
+            ("AUTO", 64 * mib - 1, false),
+            ("auto", 64 * mib, true),
+            ("on", 0, true),
+            ("always", 0, true),
+        ];
+        for (setting, scanned, expected) in cases {
+            let mode = DistSql::parse(setting).expect("a mode");
+            assert_eq!(
+                mode.distributes(scanned, 64 * mib),
+                expected,
+                "{setting}, {scanned} bytes"
+            );
+        }
+        assert_eq!(DistSql::parse("sometimes"), None);
+        assert!(DistSql::Auto.distributes(0, 0), "threshold 0: every query");
     }
 }

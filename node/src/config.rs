@@ -94,6 +94,13 @@ pub struct FileConfig {
     /// the pool off [default: a quarter of the machine's memory].
     #[arg(long)]
     pub data_cache_mb: Option<u64>,
+    /// A query is distributed over the cluster (with `distsql = auto`) when
+    /// its scans read at least this many MiB of data files; a smaller one
+    /// runs on the node it arrives at, where the distributed run's fixed
+    /// cost (starting fragments, exchanges) would outweigh sharing the scan
+    /// [default: 64].
+    #[arg(long)]
+    pub distribute_min_mb: Option<u64>,
 }
 
 /// The node's effective configuration.
@@ -136,6 +143,8 @@ pub struct Config {
     pub query_slots: usize,
     /// Bytes of recently read data files kept in memory.
     pub data_cache_bytes: u64,
+    /// Bytes of data files a query's scans read from which it is distributed.
+    pub distribute_min_bytes: u64,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -245,6 +254,11 @@ impl FileConfig {
                 .data_cache_mb
                 .or(self.data_cache_mb)
                 .map_or_else(|| memory_total_bytes() / 4, |mb| mb << 20),
+            distribute_min_bytes: flags
+                .distribute_min_mb
+                .or(self.distribute_min_mb)
+                .unwrap_or(64)
+                << 20,
         }
     }
 }

@@ -216,6 +216,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             memory_bytes: Some(config.query_memory_bytes),
             spill_dir: Some(spill_dir),
             runtime: execution.handle(),
+            distribute_min_bytes: config.distribute_min_bytes,
         },
         Some(peers.clone()),
     );

@@ -24,7 +24,8 @@ use support::node::{TestNode, sqlstate};
 use tokio_postgres::{Client, NoTls};
 
 async fn loaded_cluster(dir: &std::path::Path) -> Vec<TestNode> {
-    let nodes = start_cluster(dir, 3, &[]).await;
+    // Queries reading under 1 MiB run where they arrive (distsql = auto).
+    let nodes = start_cluster(dir, 3, &["--distribute-min-mb", "1"]).await;
     let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
         .args(["load", "tpch", "--scale-factor", "0.01", "--parts", "3"])
         .args(["--pg", &format!("127.0.0.1:{}", nodes[0].pg_port)])
@@ -38,12 +39,13 @@ async fn loaded_cluster(dir: &std::path::Path) -> Vec<TestNode> {
     nodes
 }
 
+/// A client of the TPC-H schema whose every query is distributed.
 async fn tpch_client(node: &TestNode) -> Client {
     let client = node.client().await;
     client
-        .batch_execute("SET search_path = tpch")
+        .batch_execute("SET search_path = tpch; SET distsql = on")
         .await
-        .expect("search_path");
+        .expect("search_path, distsql");
     client
 }
 
@@ -157,6 +159,22 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
         explain.contains("distributed_plan") && explain.contains("3 tasks on nodes [1, 2, 3]"),
         "{explain}"
     );
+    // By default (distsql = auto) a query is distributed only when its scans
+    // read enough (here 1 MiB): Q1 reads lineitem, a count of nation does not.
+    let auto = nodes[1].client().await;
+    auto.batch_execute("SET search_path = tpch")
+        .await
+        .expect("search_path");
+    assert_eq!(text(&auto, "SHOW distsql").await, "auto");
+    let explain = text(&auto, &format!("EXPLAIN {q1}")).await;
+    assert!(explain.contains("distributed_plan"), "{explain}");
+    let explain = text(&auto, "EXPLAIN SELECT count(*) FROM nation").await;
+    assert!(!explain.contains("distributed_plan"), "{explain}");
+    let distsql = auto
+        .batch_execute("SET distsql = sometimes")
+        .await
+        .expect_err("not a value of distsql");
+    assert_eq!(sqlstate(&distsql), "22023", "{distsql:?}");
 
     // More shapes agree between three nodes and one.
     let local = tpch_client(&nodes[2]).await;

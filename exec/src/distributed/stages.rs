@@ -101,6 +101,22 @@ struct Task<'a> {
     partitions: usize,
 }
 
+/// Bytes of the data files `plan`'s table scans read (after pruning).
+///
+/// # Errors
+/// DataFusion's, if the plan's operators cannot be visited.
+pub fn scanned_bytes(plan: &Arc<dyn ExecutionPlan>) -> DfResult<u64> {
+    let mut bytes = 0;
+    plan.apply(|node| {
+        bytes += scan_files(node.as_ref())
+            .iter()
+            .map(|(file, _)| file.object_meta.size)
+            .sum::<u64>();
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(bytes)
+}
+
 impl DistributedPlan {
     /// `plan` cut into stages run by the live nodes, or None when it is better
     /// run on this node alone: one live node, nothing to divide, or a part

@@ -127,6 +127,11 @@ impl TestNode {
         if !self.extra.iter().any(|flag| flag == "--target-partitions") {
             command.args(["--target-partitions", "2"]);
         }
+        // The tests' tables are small: every query is distributed unless
+        // the test's own flags choose.
+        if !self.extra.iter().any(|flag| flag == "--distribute-min-mb") {
+            command.args(["--distribute-min-mb", "0"]);
+        }
         let child = command
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
