@@ -31,6 +31,8 @@ pub mod runtime;
 pub mod session;
 pub mod system;
 pub mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod types;
 
 pub use error::{Error, Result};

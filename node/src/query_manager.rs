@@ -70,60 +70,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use async_trait::async_trait;
     use bytes::Bytes;
     use datafusion::arrow::datatypes::Schema;
     use datafusion::physical_plan::empty::EmptyExec;
-    use quarry_common::catalog::{Catalog, ChunkId, NodeId};
     use quarry_exec::Engine;
+    use quarry_exec::distributed::FragmentKey;
     use quarry_exec::distributed::filters::{FilterPart, FilterRoutes};
-    use quarry_exec::distributed::{FragmentKey, Peers};
+    use quarry_exec::testing::{Alone, EmptyCatalog};
     use ractor::Actor;
-
-    /// Metadata with an empty catalog that takes no writes.
-    struct EmptyCatalog;
-
-    #[async_trait]
-    impl quarry_exec::Metadata for EmptyCatalog {
-        async fn read(&self) -> quarry_raft::Result<Arc<Catalog>> {
-            Ok(Arc::new(Catalog::default()))
-        }
-
-        async fn write(
-            &self,
-            _command: quarry_raft::Command,
-        ) -> quarry_raft::Result<quarry_raft::Applied> {
-            unreachable!("running fragments writes nothing")
-        }
-    }
-
-    /// A cluster of this node alone; its requests go to the manager directly.
-    #[derive(Debug)]
-    struct Alone;
-
-    #[async_trait]
-    impl Peers for Alone {
-        fn local(&self) -> NodeId {
-            1
-        }
-
-        fn live(&self) -> Vec<NodeId> {
-            vec![1]
-        }
-
-        fn holder(&self, _chunk: ChunkId) -> Option<NodeId> {
-            None
-        }
-
-        async fn call(
-            &self,
-            node: NodeId,
-            _request: ExchangeRequest,
-            _deadline: Duration,
-        ) -> Result<ExchangeResponse, String> {
-            Err(format!("node {node}: no calls in this test"))
-        }
-    }
 
     /// A node's engine (over an empty catalog) and its query manager.
     struct Node {
@@ -185,6 +139,20 @@ mod tests {
                 .await
         }
 
+        /// Sends filter 5's part built by stage 2 of [`KEY`]'s query.
+        async fn send_filter_part(&self) {
+            let filter = ExchangeRequest::Filter {
+                filter: 5,
+                from: FragmentKey { stage: 2, ..KEY },
+                part: FilterPart {
+                    schema: Bytes::new(),
+                    expr: Bytes::new(),
+                    keys: Vec::new(),
+                },
+            };
+            assert_eq!(self.ask(filter).await, ExchangeResponse::Received);
+        }
+
         async fn fetch(&self, key: FragmentKey) -> ExchangeResponse {
             self.ask(ExchangeRequest::Fetch { key, partition: 0 }).await
         }
@@ -214,14 +182,6 @@ mod tests {
         stage: 1,
         task: 0,
     };
-
-    fn part() -> FilterPart {
-        FilterPart {
-            schema: Bytes::new(),
-            expr: Bytes::new(),
-            keys: Vec::new(),
-        }
-    }
 
     fn canceled(answer: &ExchangeResponse) -> bool {
         matches!(answer, ExchangeResponse::Failed { sqlstate, .. } if sqlstate == "57014")
@@ -268,13 +228,7 @@ mod tests {
     #[tokio::test]
     async fn a_filter_part_that_came_before_its_fragment_started_is_given_to_it() {
         let node = node(Duration::from_secs(600)).await;
-        let from = FragmentKey { stage: 2, ..KEY };
-        let filter = ExchangeRequest::Filter {
-            filter: 5,
-            from,
-            part: part(),
-        };
-        assert_eq!(node.ask(filter).await, ExchangeResponse::Received);
+        node.send_filter_part().await;
         assert_eq!(
             node.start(KEY, vec![(5, 1)]).await,
             ExchangeResponse::Started
@@ -295,13 +249,7 @@ mod tests {
             done: false,
         };
         assert_eq!(node.fetch(KEY).await, nothing_yet);
-        let from = FragmentKey { stage: 2, ..KEY };
-        let filter = ExchangeRequest::Filter {
-            filter: 5,
-            from,
-            part: part(),
-        };
-        assert_eq!(node.ask(filter).await, ExchangeResponse::Received);
+        node.send_filter_part().await;
         assert_eq!(node.fetch(KEY).await, DONE);
     }
 

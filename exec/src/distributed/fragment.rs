@@ -370,58 +370,11 @@ pub fn not_running(key: FragmentKey) -> ExchangeResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distributed::{ExchangeRequest, Peers};
-    use async_trait::async_trait;
+    use crate::testing::{Alone, EmptyCatalog};
     use datafusion::arrow::datatypes::Schema;
     use datafusion::execution::memory_pool::MemoryPool;
     use datafusion::physical_plan::empty::EmptyExec;
     use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
-    use quarry_common::catalog::Catalog;
-
-    /// Metadata with an empty catalog that takes no writes.
-    struct EmptyCatalog;
-
-    #[async_trait]
-    impl crate::Metadata for EmptyCatalog {
-        async fn read(&self) -> quarry_raft::Result<Arc<Catalog>> {
-            Ok(Arc::new(Catalog::default()))
-        }
-
-        async fn write(
-            &self,
-            _command: quarry_raft::Command,
-        ) -> quarry_raft::Result<quarry_raft::Applied> {
-            unreachable!("starting a fragment writes nothing")
-        }
-    }
-
-    /// A cluster of this node alone.
-    #[derive(Debug)]
-    struct Alone;
-
-    #[async_trait]
-    impl Peers for Alone {
-        fn local(&self) -> NodeId {
-            1
-        }
-
-        fn live(&self) -> Vec<NodeId> {
-            vec![1]
-        }
-
-        fn holder(&self, _chunk: quarry_common::catalog::ChunkId) -> Option<NodeId> {
-            None
-        }
-
-        async fn call(
-            &self,
-            node: NodeId,
-            _request: ExchangeRequest,
-            _deadline: Duration,
-        ) -> Result<ExchangeResponse, String> {
-            Err(format!("node {node} runs no fragments in this test"))
-        }
-    }
 
     /// An engine of one node with a query memory limit, over an empty catalog.
     fn engine(dir: &tempfile::TempDir) -> Arc<Engine> {
