@@ -28,6 +28,12 @@ use ractor::rpc::CallResult;
 pub use actor::{QueryManager, QueryManagerArgs};
 pub use msg::QueryManagerMsg;
 
+/// A fragment no consumer has fetched from for this long stops itself (its
+/// coordinator is gone): consumers fetch at least every [fetch
+/// wait](quarry_exec::distributed::FETCH_WAIT) while a query runs, so only
+/// a fragment of a query nobody reads any more goes this long.
+pub const FRAGMENT_IDLE_MAX: Duration = Duration::from_secs(600);
+
 /// Asks `manager` to answer `request`, waiting at most `deadline` (None: as
 /// long as it takes; every answer comes within the fetch wait or a start).
 ///
@@ -164,13 +170,21 @@ mod tests {
             }
         }
 
-        /// Waits (at most 10 s) until `query` has no fragment here.
-        async fn wait_gone(&self, query: u128) {
+        /// Waits (at most 10 s) until no fragment actor is alive here, as
+        /// the manager learnt from their supervision events.
+        async fn wait_all_ended(&self) {
             let waiting = std::time::Instant::now();
-            while self.reports(query).await > 0 {
+            loop {
+                let alive = ractor::call!(self.manager, |reply| {
+                    QueryManagerMsg::CountFragments { reply }
+                })
+                .expect("the manager answers");
+                if alive == 0 {
+                    return;
+                }
                 assert!(
                     waiting.elapsed() < Duration::from_secs(10),
-                    "the fragments of query {query} are still running"
+                    "{alive} fragments are still alive"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -198,7 +212,7 @@ mod tests {
         assert_eq!(node.start(KEY, Vec::new()).await, ExchangeResponse::Started);
         assert_eq!(node.reports(7).await, 1);
         // Its coordinator never fetches (it died): the fragment ends itself.
-        node.wait_gone(7).await;
+        node.wait_all_ended().await;
         let fetch = node.fetch(KEY).await;
         assert!(canceled(&fetch), "{fetch:?}");
     }
@@ -222,7 +236,7 @@ mod tests {
         // its wait.
         let fetch = fetch.await.expect("fetch task");
         assert!(canceled(&fetch), "{fetch:?}");
-        node.wait_gone(7).await;
+        node.wait_all_ended().await;
     }
 
     #[tokio::test]
@@ -266,7 +280,7 @@ mod tests {
             matches!(&answer, ExchangeResponse::Failed { message, .. } if message.contains("decode")),
             "{answer:?}"
         );
-        node.wait_gone(7).await;
+        node.wait_all_ended().await;
         let fetch = node.fetch(KEY).await;
         assert!(canceled(&fetch), "{fetch:?}");
     }

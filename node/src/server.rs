@@ -225,7 +225,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         QueryManager,
         QueryManagerArgs {
             engine: Arc::downgrade(&engine),
-            fragment_idle_max: quarry_exec::distributed::FRAGMENT_IDLE_MAX,
+            fragment_idle_max: crate::query_manager::FRAGMENT_IDLE_MAX,
         },
     )
     .await

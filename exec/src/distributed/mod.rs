@@ -63,9 +63,6 @@ pub const FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// Fetched responses buffered per exchange partition ahead of its consumer.
 pub const PREFETCH: usize = 2;
-/// A fragment no consumer has fetched from for this long is stopped by its
-/// node (its coordinator is gone).
-pub const FRAGMENT_IDLE_MAX: Duration = Duration::from_secs(600);
 
 /// One task of one stage of a query, as started on its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -48,7 +48,7 @@ impl Actor for FragmentActor {
     ) -> Result<FragmentState, ActorProcessingErr> {
         // Starting takes a catalog read and decoding the plan: done in
         // post_start, so that spawning never holds up the query manager.
-        Ok(FragmentState::Starting(Some(Box::new(args))))
+        Ok(FragmentState::Starting(Box::new(args)))
     }
 
     async fn post_start(
@@ -56,10 +56,8 @@ impl Actor for FragmentActor {
         myself: ActorRef<FragmentMsg>,
         state: &mut FragmentState,
     ) -> Result<(), ActorProcessingErr> {
-        let FragmentState::Starting(args) = state else {
-            return Ok(());
-        };
-        let Some(args) = args.take() else {
+        let FragmentState::Starting(args) = std::mem::replace(state, FragmentState::Stopping)
+        else {
             return Ok(());
         };
         let FragmentArgs {

@@ -11,11 +11,12 @@ use super::actor::FragmentArgs;
 
 /// A fragment actor's state.
 pub enum FragmentState {
-    /// Spawned; it starts the fragment before taking any message (None once
-    /// taken and the start failed: it is stopping).
-    Starting(Option<Box<FragmentArgs>>),
+    /// Spawned; it starts the fragment before taking any message.
+    Starting(Box<FragmentArgs>),
     /// Started.
     Running(Box<Running>),
+    /// It could not start, and is stopping.
+    Stopping,
 }
 
 /// A started fragment and its fetches.

@@ -22,7 +22,7 @@ pub struct QueryManagerArgs {
     /// The node's engine (fragments are planned and run by it).
     pub engine: Weak<Engine>,
     /// How long a fragment may go without a fetch before it stops itself
-    /// ([`quarry_exec::distributed::FRAGMENT_IDLE_MAX`] in a node).
+    /// ([`super::FRAGMENT_IDLE_MAX`] in a node).
     pub fragment_idle_max: Duration,
 }
 
@@ -70,7 +70,14 @@ impl Actor for QueryManager {
         message: QueryManagerMsg,
         state: &mut QueryManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        let QueryManagerMsg::Answer { request, reply } = message;
+        let (request, reply) = match message {
+            QueryManagerMsg::Answer { request, reply } => (request, reply),
+            #[cfg(test)]
+            QueryManagerMsg::CountFragments { reply } => {
+                let _ = reply.send(state.fragments.live());
+                return Ok(());
+            }
+        };
         match request {
             ExchangeRequest::Start { key, plan, filters } => {
                 let args = FragmentArgs {
@@ -170,12 +177,9 @@ impl Actor for QueryManager {
 }
 
 /// Answers a metrics request with the reports of `fragments`.
-async fn reports(
-    fragments: Vec<(quarry_exec::distributed::FragmentKey, ActorRef<FragmentMsg>)>,
-    reply: RpcReplyPort<ExchangeResponse>,
-) {
+async fn reports(fragments: Vec<ActorRef<FragmentMsg>>, reply: RpcReplyPort<ExchangeResponse>) {
     let mut reports = Vec::with_capacity(fragments.len());
-    for (_, fragment) in fragments {
+    for fragment in fragments {
         // A fragment that ended since has nothing more to say.
         if let Ok(report) = ractor::call!(fragment, |reply| FragmentMsg::Report { reply }) {
             reports.push(report);

@@ -16,4 +16,11 @@ pub enum QueryManagerMsg {
         /// Where the answer goes.
         reply: RpcReplyPort<ExchangeResponse>,
     },
+    /// Answer with the number of fragment actors alive (what the gauge
+    /// `quarry_fragments_running` shows). Sent by tests.
+    #[cfg(test)]
+    CountFragments {
+        /// Where the count goes.
+        reply: RpcReplyPort<usize>,
+    },
 }

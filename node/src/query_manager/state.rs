@@ -54,9 +54,6 @@ impl<F: Clone> Registry<F> {
             .or_default()
             .push((filter, from, part));
         self.of_query(from.query)
-            .into_iter()
-            .map(|(_, fragment)| fragment)
-            .collect()
     }
 
     /// The fragment `key`, if it runs here.
@@ -65,15 +62,17 @@ impl<F: Clone> Registry<F> {
     }
 
     /// The fragments of `query` here, in key order.
-    pub fn of_query(&self, query: QueryId) -> Vec<(FragmentKey, F)> {
+    pub fn of_query(&self, query: QueryId) -> Vec<F> {
         let mut fragments: Vec<_> = self
             .fragments
             .iter()
             .filter(|(key, _)| key.query == query)
-            .map(|(key, fragment)| (*key, fragment.clone()))
             .collect();
-        fragments.sort_by_key(|(key, _)| *key);
+        fragments.sort_by_key(|(key, _)| **key);
         fragments
+            .into_iter()
+            .map(|(_, fragment)| fragment.clone())
+            .collect()
     }
 
     /// Forgets `query`: its fragments (returned, to stop) and its parts.
@@ -166,7 +165,7 @@ mod tests {
         registry.started(key(2, 1, 0), "b");
         let (parts, _) = registry.started(key(1, 1, 1), "a again");
         assert!(parts.is_empty());
-        assert_eq!(registry.of_query(2), vec![(key(2, 1, 0), "b")]);
+        assert_eq!(registry.of_query(2), vec!["b"]);
     }
 
     #[test]
