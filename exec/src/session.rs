@@ -26,6 +26,7 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::ParamValues;
+use datafusion::common::config::ConfigOptions;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::{MemoryPool, TrackConsumersPool, UnboundedMemoryPool};
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -942,6 +943,12 @@ impl Session {
         self.ctx.task_ctx()
     }
 
+    /// Changes this session's DataFusion options, for what it plans and runs
+    /// from now on.
+    pub(crate) fn configure(&self, change: impl FnOnce(&mut ConfigOptions)) {
+        change(self.ctx.state_ref().write().config_mut().options_mut());
+    }
+
     /// Plans `statement` against the pinned catalog, resolving time travel.
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
         self.pin_time_travel(&mut statement).await?;
@@ -1603,13 +1610,7 @@ impl Session {
                     .find(|s| !s.is_empty() && *s != "$user" && *s != "pg_catalog")
                     .unwrap_or(DEFAULT_SCHEMA)
                     .to_owned();
-                self.ctx
-                    .state_ref()
-                    .write()
-                    .config_mut()
-                    .options_mut()
-                    .catalog
-                    .default_schema = first;
+                self.configure(|options| options.catalog.default_schema = first);
             }
             "timezone" => {
                 let zone = if value.eq_ignore_ascii_case("utc") || value.eq_ignore_ascii_case("gmt")

@@ -154,6 +154,39 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
             && !stage.contains("projection=[o_orderkey, o_custkey")),
         "the semi join and the orders scans share a stage:\n{plan}"
     );
+    // A fifth of the orders are urgent: some 3,000 keys, too many for
+    // DataFusion's default key list (150 a join partition), spread over the
+    // whole key range. With no join collected into one partition, both sides
+    // are shuffled and the join runs in another stage than the lineitem
+    // scans; its filter still reaches them as the keys themselves (their
+    // bounds alone would pass every row), and the scans read about a fifth of
+    // lineitem's 60,175 rows.
+    let partitioned = tpch_client(&nodes[1]).await;
+    partitioned
+        .batch_execute(
+            "SET datafusion.optimizer.hash_join_single_partition_threshold = 0; \
+             SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        )
+        .await
+        .expect("no join collected into one partition");
+    let urgent = "SELECT count(*) FROM lineitem JOIN orders ON l_orderkey = o_orderkey \
+                  WHERE o_orderpriority = '1-URGENT'";
+    let plan = text(&partitioned, &format!("EXPLAIN ANALYZE {urgent}")).await;
+    let lineitem_read: f64 = plan
+        .lines()
+        .filter(|l| l.contains("DataSourceExec") && l.contains("projection=[l_orderkey]"))
+        .map(|l| output_rows(l).unwrap_or_else(|| panic!("no output_rows in {l}")))
+        .sum();
+    assert!(
+        lineitem_read > 0.0 && lineitem_read < 20_000.0,
+        "lineitem scans read {lineitem_read} rows:\n{plan}"
+    );
+    assert!(
+        plan.split("Stage ")
+            .any(|stage| stage.contains("HashJoinExec")
+                && !stage.contains("projection=[l_orderkey]")),
+        "the join and the lineitem scans share a stage:\n{plan}"
+    );
     let explain = text(&client, &format!("EXPLAIN {q1}")).await;
     assert!(
         explain.contains("distributed_plan") && explain.contains("3 tasks on nodes [1, 2, 3]"),

@@ -27,13 +27,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, lit,
+    BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, InListExpr, Literal, lit,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::HashJoinExec;
@@ -99,6 +100,33 @@ pub fn used(
         })
     })?;
     Ok(found)
+}
+
+/// Distinct build-side keys, per join partition, up to which a fragment's
+/// hash join writes its dynamic filter as the list of its keys (DataFusion's
+/// default is 150). Past that the join filters with a reference to its hash
+/// table, which cannot leave the node: a scan in another stage then gets the
+/// keys' bounds alone, and sends on every row between them. A list costs
+/// each scan that receives it time in every file it opens (DataFusion
+/// builds pruning sets and guarantees from it), which lists of many
+/// thousands of keys did not repay: TPC-H Q8 at SF1 on 3 nodes went from
+/// 0.39 to 0.65 s with 10,000 here, and is unchanged with 1,000 (Trino's
+/// former per-driver limit, "dynamic filter collection thresholds" in
+/// [its documentation](https://trino.io/docs/current/admin/dynamic-filtering.html)).
+pub const SENT_KEYS_MAX: usize = 1_000;
+
+/// Bytes of a join partition's build-side key columns (all its rows, not
+/// only the distinct keys) up to which the list is written (DataFusion's
+/// default is 128 KiB).
+pub const SENT_KEYS_MAX_BYTES: usize = 1 << 20;
+
+/// Sets a fragment's options so that its joins' dynamic filters can travel
+/// as key lists ([`SENT_KEYS_MAX`]).
+pub fn sent_as_keys(options: &mut ConfigOptions) {
+    options
+        .optimizer
+        .hash_join_inlist_pushdown_max_distinct_values = SENT_KEYS_MAX;
+    options.optimizer.hash_join_inlist_pushdown_max_size = SENT_KEYS_MAX_BYTES;
 }
 
 /// A filter a hash join builds, with the join's probe-side schema.
@@ -221,6 +249,91 @@ pub fn part(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<Filt
     })
 }
 
+/// The OR of building tasks' filters, with their key lists made one.
+///
+/// Each task's filter is an OR of branches, one per join partition, each the
+/// partition's key bounds AND its keys (`k >= 1 AND k <= 9 AND k IN (1, 9)`).
+/// Written as given, a row that passes none is tested against every task's
+/// list in turn. When every branch has one list over the same keys, the
+/// union `(b_1 OR … OR b_n) AND k IN (l_1 ∪ … ∪ l_n)` is tested instead:
+/// one list lookup a row, and it lets through every row the branches do
+/// (and, through the bounds of one and the list of another, a few more,
+/// which the join then drops). Otherwise the filters are joined as they
+/// are.
+///
+/// # Errors
+/// DataFusion's, if the union list cannot be built.
+fn union_of(
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+    schema: &SchemaRef,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    let mut branches = Vec::new();
+    for filter in &filters {
+        split(filter, Operator::Or, &mut branches);
+    }
+    // A partition that built nothing contributes `false`.
+    branches.retain(|branch| !is_false(branch));
+    let mut keys: Option<Arc<dyn PhysicalExpr>> = None;
+    let mut values = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut bounds = Vec::new();
+    for branch in &branches {
+        let mut conjuncts = Vec::new();
+        split(branch, Operator::And, &mut conjuncts);
+        let mut lists = conjuncts
+            .iter()
+            .filter_map(|c| c.downcast_ref::<InListExpr>())
+            .filter(|list| !list.negated());
+        let (Some(list), None) = (lists.next(), lists.next()) else {
+            return Ok(any_of(filters));
+        };
+        if keys.get_or_insert_with(|| list.expr().clone()) != list.expr() {
+            return Ok(any_of(filters));
+        }
+        for value in list.list() {
+            let Some(literal) = value.downcast_ref::<Literal>() else {
+                return Ok(any_of(filters));
+            };
+            if seen.insert(literal.value().clone()) {
+                values.push(value.clone());
+            }
+        }
+        let rest: Vec<_> = conjuncts
+            .into_iter()
+            .filter(|c| !c.is::<InListExpr>())
+            .collect();
+        bounds.push(rest.into_iter().reduce(|a, b| {
+            Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>
+        }));
+    }
+    let Some(keys) = keys else {
+        return Ok(any_of(filters));
+    };
+    let list: Arc<dyn PhysicalExpr> = Arc::new(InListExpr::try_new(keys, values, false, schema)?);
+    // A branch with its list alone bounds nothing.
+    Ok(match bounds.into_iter().collect::<Option<Vec<_>>>() {
+        Some(bounds) => Arc::new(BinaryExpr::new(any_of(bounds), Operator::And, list)),
+        None => list,
+    })
+}
+
+/// Pushes the operands of `expr`'s top-level chain of `op` onto `into`.
+fn split(expr: &Arc<dyn PhysicalExpr>, op: Operator, into: &mut Vec<Arc<dyn PhysicalExpr>>) {
+    match expr.downcast_ref::<BinaryExpr>() {
+        Some(binary) if *binary.op() == op => {
+            split(binary.left(), op, into);
+            split(binary.right(), op, into);
+        }
+        _ => into.push(expr.clone()),
+    }
+}
+
+/// Whether `expr` is the literal `false`.
+fn is_false(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.downcast_ref::<Literal>()
+        .is_some_and(|l| l.value() == &datafusion::common::ScalarValue::Boolean(Some(false)))
+}
+
 /// `exprs` joined by OR (false for none).
 fn any_of(exprs: impl IntoIterator<Item = Arc<dyn PhysicalExpr>>) -> Arc<dyn PhysicalExpr> {
     exprs
@@ -244,19 +357,26 @@ pub fn apply(
         return Ok(());
     };
     let codec = DefaultPhysicalExtensionCodec {};
+    let schema_of = |part: &FilterPart| -> DfResult<SchemaRef> {
+        Ok(StreamReader::try_new(Cursor::new(&part.schema), None)?.schema())
+    };
     let decoded = |part: &FilterPart, bytes: &Bytes| {
-        let schema = StreamReader::try_new(Cursor::new(&part.schema), None)?.schema();
         let node = PhysicalExprNode::decode(bytes.as_ref()).map_err(|e| {
             DataFusionError::Internal(format!("a dynamic filter does not decode: {e}"))
         })?;
+        let schema = schema_of(part)?;
         parse_physical_expr(&node, ctx, &schema, &codec)
     };
-    let combined = any_of(
-        parts
-            .iter()
-            .map(|part| decoded(part, &part.expr))
-            .collect::<DfResult<Vec<_>>>()?,
-    );
+    let combined = match parts.first() {
+        Some(first) => union_of(
+            parts
+                .iter()
+                .map(|part| decoded(part, &part.expr))
+                .collect::<DfResult<Vec<_>>>()?,
+            &schema_of(first)?,
+        )?,
+        None => lit(false),
+    };
     // Every building task writes its part in the same join keys.
     let keys = match parts.first() {
         Some(part) => part
@@ -428,19 +548,130 @@ mod tests {
             ]))],
         )
         .expect("batch");
-        let passed = read_filter
-            .evaluate(&batch)
+        // 2 and 7 from task 0's two partitions (the routing dropped), 10
+        // from task 1.
+        assert_eq!(
+            passes(&read_filter, &batch),
+            vec![false, true, true, false, true]
+        );
+    }
+
+    /// Which rows of `batch` pass `filter`.
+    fn passes(
+        filter: &Arc<dyn PhysicalExpr>,
+        batch: &datafusion::arrow::record_batch::RecordBatch,
+    ) -> Vec<bool> {
+        let passed = filter
+            .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
             .expect("evaluate");
-        let passed: Vec<bool> = passed
+        passed
             .as_any()
             .downcast_ref::<datafusion::arrow::array::BooleanArray>()
             .expect("booleans")
             .iter()
             .map(|b| b.unwrap_or(false))
-            .collect();
-        // 2 and 7 from task 0's two partitions (the routing dropped), 10
-        // from task 1.
-        assert_eq!(passed, vec![false, true, true, false, true]);
+            .collect()
+    }
+
+    #[test]
+    fn key_lists_of_all_tasks_are_tested_as_one() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let k = col("k", &schema).expect("column");
+        let filter: Arc<dyn PhysicalExpr> =
+            Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
+        // What a join partition builds: its key bounds and its keys.
+        let branch = |values: &[i64]| -> Arc<dyn PhysicalExpr> {
+            let (min, max) = (values[0], values[values.len() - 1]);
+            let bounds = Arc::new(BinaryExpr::new(
+                Arc::new(BinaryExpr::new(k.clone(), Operator::GtEq, lit(min))),
+                Operator::And,
+                Arc::new(BinaryExpr::new(k.clone(), Operator::LtEq, lit(max))),
+            ));
+            let list = in_list(
+                k.clone(),
+                values.iter().map(|v| lit(*v)).collect(),
+                &false,
+                &schema,
+            )
+            .expect("in list");
+            Arc::new(BinaryExpr::new(bounds, Operator::And, list))
+        };
+        let built = |expr: Arc<dyn PhysicalExpr>| {
+            let copy = DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true));
+            copy.update(expr).expect("update");
+            copy.mark_complete();
+            Arc::new(copy) as Arc<dyn PhysicalExpr>
+        };
+        // Task 0 has two partitions, one of which built nothing; task 1 one,
+        // sharing key 9 with task 0.
+        let first = part(
+            &built(Arc::new(BinaryExpr::new(
+                branch(&[3, 9]),
+                Operator::Or,
+                lit(false),
+            ))),
+            &schema,
+        )
+        .expect("part");
+        let second = part(&built(branch(&[9, 20, 30])), &schema).expect("part");
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(
+            datafusion::physical_plan::filter::FilterExec::try_new(
+                filter.clone(),
+                Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                    schema.clone(),
+                )),
+            )
+            .expect("filter"),
+        );
+        let id = filter.expression_id().expect("id");
+        let ctx = SessionContext::new().task_ctx();
+        apply(&plan, id, &[first, second], &ctx).expect("apply");
+
+        let applied = filter
+            .downcast_ref::<DynamicFilterPhysicalExpr>()
+            .expect("dynamic")
+            .current()
+            .expect("current");
+        let mut lists = Vec::new();
+        applied
+            .apply(|expr| {
+                if let Some(list) = expr.downcast_ref::<InListExpr>() {
+                    lists.push(list.len());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .expect("visit");
+        assert_eq!(lists, vec![4], "one list of the distinct keys: {applied}");
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                3, 4, 9, 20, 25, 30, 31,
+            ]))],
+        )
+        .expect("batch");
+        assert_eq!(
+            passes(&filter, &batch),
+            vec![true, false, true, true, false, true, false]
+        );
+    }
+
+    #[test]
+    fn filters_without_one_key_list_are_joined_as_they_are() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let k = col("k", &schema).expect("column");
+        let at_least = |v: i64| -> Arc<dyn PhysicalExpr> {
+            Arc::new(BinaryExpr::new(k.clone(), Operator::GtEq, lit(v)))
+        };
+        let listed = in_list(k.clone(), vec![lit(1i64)], &false, &schema).expect("in list");
+        let joined = union_of(vec![at_least(5), listed], &schema).expect("union");
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                1, 2, 7,
+            ]))],
+        )
+        .expect("batch");
+        assert_eq!(passes(&joined, &batch), vec![true, false, true]);
     }
 }

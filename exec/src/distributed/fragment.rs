@@ -149,6 +149,7 @@ impl Fragment {
     ) -> Result<Fragment, DataFusionError> {
         let memory = cluster.memory().pool(key.query, || engine.query_pool());
         let session = engine.session_in(memory).map_err(crate::error::to_engine)?;
+        session.configure(filters::sent_as_keys);
         let ctx = session.task_ctx();
         let catalog = engine.catalog().await.map_err(crate::error::to_engine)?;
         let codec = Codec {
