@@ -61,6 +61,10 @@ enum Command {
         /// The quarry binary [default: next to this one].
         #[arg(long)]
         quarry: Option<PathBuf>,
+        /// A session setting for the queries, NAME=VALUE (e.g. distsql=on);
+        /// may be repeated.
+        #[arg(long, value_parser = setting)]
+        set: Vec<(String, String)>,
     },
     /// Write the TPC-H tables as CSV files and their DDL as schema.sql.
     TpchCsv {
@@ -97,6 +101,16 @@ enum Command {
     },
 }
 
+/// A `--set` argument, NAME=VALUE.
+fn setting(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got {arg:?}")),
+    }
+}
+
 pub(crate) fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut schema = std::fs::File::create(out.join("schema.sql"))?;
@@ -128,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             queries,
             no_duckdb,
             quarry,
+            set,
         } => {
             tpch::run(tpch::Settings {
                 pg,
@@ -142,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
                     None => cluster::default_quarry()?,
                 },
                 no_duckdb,
+                set,
             })
             .await
         }

@@ -5,7 +5,7 @@
 //! of the same rows in the same run, and the table shows the ratio per query
 //! and the geometric means.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct Settings {
     pub quarry: PathBuf,
     /// Skip DuckDB even if installed.
     pub no_duckdb: bool,
+    /// Session settings (name, value) set before the queries, e.g. `distsql`.
+    pub set: Vec<(String, String)>,
 }
 
 /// Median time and rows of each query, in order.
@@ -40,7 +42,7 @@ type Timings = Vec<(String, Duration, usize)>;
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("{}", machine());
     let quarry = match settings.nodes {
-        None => time_quarry(&settings.pg, settings.runs, &settings.queries).await?,
+        None => time_quarry(&settings.pg, &settings).await?,
         Some(nodes) => {
             if settings.dir.join("n1").exists() {
                 bail!(
@@ -72,7 +74,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     load.total_rows(),
                     load.elapsed.as_secs_f64()
                 );
-                time_quarry(&pg, settings.runs, &settings.queries).await
+                time_quarry(&pg, &settings).await
             }
             .await;
             quarry_client::cluster::stop(&mut running, Duration::from_secs(30)).await;
@@ -113,9 +115,17 @@ fn machine() -> String {
     format!("machine: {cpus} CPUs ({model}), {memory_gib:.1} GiB RAM")
 }
 
-async fn time_quarry(pg: &str, runs: usize, queries: &Path) -> anyhow::Result<Timings> {
+async fn time_quarry(pg: &str, settings: &Settings) -> anyhow::Result<Timings> {
+    let (runs, queries) = (settings.runs, &settings.queries);
     let client = quarry_client::cluster::connect(pg).await?;
     client.batch_execute("SET search_path = tpch").await?;
+    for (name, value) in &settings.set {
+        println!("SET {name} = '{value}'");
+        client
+            .batch_execute(&format!("SET {name} = '{}'", value.replace('\'', "''")))
+            .await
+            .with_context(|| format!("SET {name}"))?;
+    }
     let mut timings = Vec::new();
     for q in 1..=22 {
         let name = format!("q{q:02}");
