@@ -187,6 +187,22 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
                 && !stage.contains("projection=[l_orderkey]")),
         "the join and the lineitem scans share a stage:\n{plan}"
     );
+    // Q10 joins lineitem with customers' orders, which are gathered from a
+    // stage of their own: each task recomputes that side whole, so the
+    // lineitem scans still divide among all three nodes.
+    let q10 = support::tpch::query(10);
+    let plan = text(&client, &format!("EXPLAIN {q10}")).await;
+    let lineitem_stages: Vec<&str> = plan
+        .split("Stage ")
+        .filter(|stage| stage.contains("projection=[l_orderkey, l_extendedprice, l_discount]"))
+        .collect();
+    assert!(
+        !lineitem_stages.is_empty()
+            && lineitem_stages
+                .iter()
+                .all(|stage| stage.contains("3 tasks on nodes [1, 2, 3]")),
+        "lineitem is not scanned on every node:\n{plan}"
+    );
     let explain = text(&client, &format!("EXPLAIN {q1}")).await;
     assert!(
         explain.contains("distributed_plan") && explain.contains("3 tasks on nodes [1, 2, 3]"),

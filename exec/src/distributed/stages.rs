@@ -160,15 +160,18 @@ impl DistributedPlan {
                 Ok(TreeNodeRecursion::Continue)
             })?;
         }
-        // A gather with nothing cut below it can be read whole by each task
-        // of a divided stage (a broadcast by recomputing it there).
-        let inlinable: Vec<bool> = drafts
-            .iter()
-            .map(|d| {
-                let nested = d.plan.exists(|n| Ok(n.is::<ExchangeExec>()))?;
-                Ok(d.shuffle.is_none() && !nested)
-            })
-            .collect::<DfResult<_>>()?;
+        // A gather with no shuffle cut below it (only gathers that are
+        // themselves inlinable) can be read whole by each task of a divided
+        // stage (a broadcast by recomputing it there). Stages below another
+        // were cut before it, so theirs are known when it is looked at.
+        let mut inlinable: Vec<bool> = Vec::with_capacity(drafts.len());
+        for draft in &drafts {
+            let nested = draft.plan.exists(|n| {
+                Ok(n.downcast_ref::<ExchangeExec>()
+                    .is_some_and(|e| e.spec().shuffle || !inlinable[e.spec().stage as usize - 1]))
+            })?;
+            inlinable.push(draft.shuffle.is_none() && !nested);
+        }
         let inlinable = |stage: u32| inlinable[stage as usize - 1];
         let divided: Vec<bool> = drafts
             .iter()
@@ -185,12 +188,20 @@ impl DistributedPlan {
             cluster: cluster.clone(),
         };
         let mut stages: Vec<Stage> = Vec::new();
+        // Stages inlined into each task of their consumer (see `inlinable`),
+        // and with them the gathers inlined into them: consumers come after
+        // the stages they read.
+        let mut inlined = vec![false; drafts.len()];
+        for i in (0..drafts.len()).rev() {
+            let consumer = consumer_of.get(&(i as u32 + 1)).copied().unwrap_or(0);
+            inlined[i] = drafts[i].shuffle.is_none()
+                && (tasks_of(consumer) > 1 || (consumer > 0 && inlined[consumer as usize - 1]));
+        }
         for (i, draft) in drafts.iter().enumerate() {
             let id = i as u32 + 1;
             let consumer = consumer_of.get(&id).copied().unwrap_or(0);
             let consumers = tasks_of(consumer);
-            if draft.shuffle.is_none() && consumers > 1 {
-                // Inlined into each task of its consumer (see `inlinable`).
+            if inlined[i] {
                 continue;
             }
             let nodes: Vec<NodeId> = if divided[i] {
