@@ -32,10 +32,11 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, InListExpr, Literal, lit,
 };
+use datafusion::physical_expr::utils::split_disjunction;
+use datafusion::physical_expr::{PhysicalExpr, conjunction_opt, split_conjunction};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
@@ -109,8 +110,9 @@ pub fn used(
 /// keys' bounds alone, and sends on every row between them. A list costs
 /// each scan that receives it time in every file it opens (DataFusion
 /// builds pruning sets and guarantees from it), which lists of many
-/// thousands of keys did not repay: TPC-H Q8 at SF1 on 3 nodes went from
-/// 0.39 to 0.65 s with 10,000 here, and is unchanged with 1,000 (Trino's
+/// thousands of keys did not repay: with this set to 10,000, TPC-H Q8 at
+/// SF1 on 3 nodes went from 0.39 to 0.65 s; with 1,000 it is unchanged
+/// (benches/RESULTS.md, session 9; Trino's
 /// former per-driver limit, "dynamic filter collection thresholds" in
 /// [its documentation](https://trino.io/docs/current/admin/dynamic-filtering.html)).
 pub const SENT_KEYS_MAX: usize = 1_000;
@@ -267,24 +269,23 @@ fn union_of(
     filters: Vec<Arc<dyn PhysicalExpr>>,
     schema: &SchemaRef,
 ) -> DfResult<Arc<dyn PhysicalExpr>> {
-    let mut branches = Vec::new();
-    for filter in &filters {
-        split(filter, Operator::Or, &mut branches);
-    }
     // A partition that built nothing contributes `false`.
-    branches.retain(|branch| !is_false(branch));
+    let branches = filters
+        .iter()
+        .flat_map(split_disjunction)
+        .filter(|branch| !is_false(branch));
     let mut keys: Option<Arc<dyn PhysicalExpr>> = None;
     let mut values = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut bounds = Vec::new();
-    for branch in &branches {
-        let mut conjuncts = Vec::new();
-        split(branch, Operator::And, &mut conjuncts);
-        let mut lists = conjuncts
-            .iter()
-            .filter_map(|c| c.downcast_ref::<InListExpr>())
-            .filter(|list| !list.negated());
-        let (Some(list), None) = (lists.next(), lists.next()) else {
+    for branch in branches {
+        let conjuncts = split_conjunction(branch);
+        let mut lists = conjuncts.iter().filter_map(|c| {
+            c.downcast_ref::<InListExpr>()
+                .filter(|list| !list.negated())
+                .map(|list| (*c, list))
+        });
+        let (Some((list_expr, list)), None) = (lists.next(), lists.next()) else {
             return Ok(any_of(filters));
         };
         if keys.get_or_insert_with(|| list.expr().clone()) != list.expr() {
@@ -298,13 +299,12 @@ fn union_of(
                 values.push(value.clone());
             }
         }
-        let rest: Vec<_> = conjuncts
-            .into_iter()
-            .filter(|c| !c.is::<InListExpr>())
-            .collect();
-        bounds.push(rest.into_iter().reduce(|a, b| {
-            Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>
-        }));
+        bounds.push(conjunction_opt(
+            conjuncts
+                .into_iter()
+                .filter(|c| !Arc::ptr_eq(c, list_expr))
+                .cloned(),
+        ));
     }
     let Some(keys) = keys else {
         return Ok(any_of(filters));
@@ -315,17 +315,6 @@ fn union_of(
         Some(bounds) => Arc::new(BinaryExpr::new(any_of(bounds), Operator::And, list)),
         None => list,
     })
-}
-
-/// Pushes the operands of `expr`'s top-level chain of `op` onto `into`.
-fn split(expr: &Arc<dyn PhysicalExpr>, op: Operator, into: &mut Vec<Arc<dyn PhysicalExpr>>) {
-    match expr.downcast_ref::<BinaryExpr>() {
-        Some(binary) if *binary.op() == op => {
-            split(binary.left(), op, into);
-            split(binary.right(), op, into);
-        }
-        _ => into.push(expr.clone()),
-    }
 }
 
 /// Whether `expr` is the literal `false`.
