@@ -140,6 +140,7 @@ mod tests {
             let filters = FilterRoutes {
                 sends: Vec::new(),
                 waits,
+                builders: 0,
             };
             self.ask(ExchangeRequest::Start { key, plan, filters })
                 .await

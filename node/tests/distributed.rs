@@ -187,6 +187,38 @@ async fn on_three_nodes_tpch_matches_duckdb_and_queries_match_one_node() {
                 && !stage.contains("projection=[l_orderkey]")),
         "the join and the lineitem scans share a stage:\n{plan}"
     );
+    // Three fifths of the orders: some 9,000 keys, more than a join
+    // partition writes as a list. Each building task sends a Bloom filter of
+    // its keys instead (bounds alone would pass every lineitem row), and the
+    // scans read about three fifths of lineitem, and a hundredth of the rest.
+    let common = "SELECT count(*) FROM lineitem JOIN orders ON l_orderkey = o_orderkey \
+                  WHERE o_orderpriority IN ('3-MEDIUM', '4-NOT SPECIFIED', '5-LOW')";
+    let plan = text(&partitioned, &format!("EXPLAIN ANALYZE {common}")).await;
+    let scans: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("DataSourceExec") && l.contains("projection=[l_orderkey]"))
+        .collect();
+    let lineitem_read: f64 = scans
+        .iter()
+        .map(|l| output_rows(l).unwrap_or_else(|| panic!("no output_rows in {l}")))
+        .sum();
+    assert!(
+        lineitem_read > 30_000.0 && lineitem_read < 40_000.0,
+        "lineitem scans read {lineitem_read} rows:\n{plan}"
+    );
+    assert!(
+        scans.iter().all(|scan| scan.contains("bloom_filter")),
+        "the lineitem scans do not test a Bloom filter:\n{plan}"
+    );
+    let one_node = tpch_client(&nodes[2]).await;
+    one_node
+        .batch_execute("SET distsql = off")
+        .await
+        .expect("distsql off");
+    assert_eq!(
+        text(&partitioned, common).await,
+        text(&one_node, common).await
+    );
     // Q10 joins lineitem with customers' orders, which are gathered from a
     // stage of their own: each task recomputes that side whole, so the
     // lineitem scans still divide among all three nodes.

@@ -32,14 +32,14 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
+use datafusion::parquet::bloom_filter::Sbbf;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, InListExpr, Literal, lit,
 };
 use datafusion::physical_expr::utils::split_disjunction;
 use datafusion::physical_expr::{PhysicalExpr, conjunction_opt, split_conjunction};
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::joins::HashJoinExec;
-use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+use datafusion::physical_plan::joins::{HashJoinExec, HashTableLookupExpr};
+use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
 use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use datafusion_proto::protobuf::PhysicalExprNode;
@@ -48,6 +48,7 @@ use quarry_common::catalog::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::bloom::{self, BloomBuildExec, BloomFilterExpr, BuildKeys, FilterCodec};
 use super::exchange::{ExchangeExec, encode};
 use super::{Cluster, ExchangeRequest, ExchangeResponse, FragmentKey};
 
@@ -61,6 +62,9 @@ pub struct FilterRoutes {
     /// Filters the task's scans wait for: (filter id, how many tasks build a
     /// part of it).
     pub waits: Vec<(u64, u32)>,
+    /// How many tasks build a part of each filter the task sends (its
+    /// stage's tasks), whose Bloom filters are made one where they are used.
+    pub builders: u32,
 }
 
 /// One building task's part of a filter, as sent between nodes.
@@ -131,23 +135,87 @@ pub fn sent_as_keys(options: &mut ConfigOptions) {
     options.optimizer.hash_join_inlist_pushdown_max_size = SENT_KEYS_MAX_BYTES;
 }
 
-/// A filter a hash join builds, with the join's probe-side schema.
-pub type Built = (Arc<dyn PhysicalExpr>, SchemaRef);
+/// A filter a hash join builds.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The join's dynamic filter.
+    pub filter: Arc<dyn PhysicalExpr>,
+    /// The join's probe-side schema, which the filter's columns refer to.
+    pub schema: SchemaRef,
+    /// The hashes of its build side's keys, when recorded
+    /// ([`with_bloom_builds`]).
+    pub keys: Option<Arc<BuildKeys>>,
+}
 
 /// The dynamic filters `plan`'s hash joins build, by id.
 pub fn built(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Built>> {
     let mut found = HashMap::new();
     plan.apply(|node| {
         if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+            let keys = join
+                .left()
+                .downcast_ref::<BloomBuildExec>()
+                .map(|build| build.seen().clone());
             for filter in node.dynamic_expressions_produced() {
                 if let Some(id) = filter.expression_id() {
-                    found.insert(id, (filter, join.right().schema()));
+                    let schema = join.right().schema();
+                    let keys = keys.clone();
+                    found.insert(
+                        id,
+                        Built {
+                            filter,
+                            schema,
+                            keys,
+                        },
+                    );
                 }
             }
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(found)
+}
+
+/// `plan` with the build side of each hash join whose filter is sent
+/// (`routes.sends`) recording its keys' hashes ([`BloomBuildExec`]), so that the
+/// filter can carry a Bloom filter of them ([`part`]).
+///
+/// # Errors
+/// DataFusion's, if a join cannot take its new input.
+pub fn with_bloom_builds(
+    plan: Arc<dyn ExecutionPlan>,
+    routes: &FilterRoutes,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let sends = &routes.sends;
+    if sends.is_empty() {
+        return Ok(plan);
+    }
+    Ok(plan
+        .transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let sent = node.dynamic_expressions_produced().iter().any(|filter| {
+                filter
+                    .expression_id()
+                    .is_some_and(|id| sends.iter().any(|(sent, _)| *sent == id))
+            });
+            if !sent || join.left().is::<BloomBuildExec>() {
+                return Ok(Transformed::no(node));
+            }
+            let keys = join.on().iter().map(|(left, _)| left.clone()).collect();
+            let build = Arc::new(BloomBuildExec::new(
+                join.left().clone(),
+                keys,
+                Arc::new(BuildKeys::new(routes.builders.max(1))),
+            ));
+            let probe = join.right().clone();
+            Ok(Transformed::yes(replace_children_if_necessary(
+                node,
+                vec![build, probe],
+            )?))
+        })?
+        .data)
 }
 
 /// The filters `plan` waits for: those its operators use (scans, filters)
@@ -205,7 +273,9 @@ pub fn routes(
         }
     }
     for ((stage, id), to) in sends {
-        routes.entry(stage).or_default().sends.push((id, to));
+        let routes = routes.entry(stage).or_default();
+        routes.sends.push((id, to));
+        routes.builders = nodes_of(stage).len() as u32;
     }
     Ok(routes)
 }
@@ -214,10 +284,17 @@ pub fn routes(
 /// its partitions taken out: `CASE hash(key) % n WHEN i THEN f_i … END`
 /// becomes `f_0 OR … OR f_n` (a row may go to any task's partitions, and the
 /// routing hash of one task's partitions says nothing about another's).
+/// Each reference to a partition's hash table (which cannot leave the node)
+/// becomes a test against `bloom`, the Bloom filter of every key the task's
+/// build side has; without it, the reference is sent as `true`.
 ///
 /// # Errors
 /// DataFusion's, if the filter cannot be serialized.
-pub fn part(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<FilterPart> {
+pub fn part(
+    filter: &Arc<dyn PhysicalExpr>,
+    schema: &SchemaRef,
+    bloom: Option<&Arc<Sbbf>>,
+) -> DfResult<FilterPart> {
     let (current, keys) = match filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
         Some(dynamic) => (dynamic.current()?, filter.children()),
         None => (filter.clone(), Vec::new()),
@@ -237,8 +314,18 @@ pub fn part(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<Filt
                 .chain(case.else_expr().cloned());
             Ok(Transformed::yes(any_of(branches)))
         })?
+        .data
+        .transform_up(|expr| match bloom {
+            Some(bloom) if expr.is::<HashTableLookupExpr>() => {
+                let keys = expr.children().into_iter().cloned().collect();
+                Ok(Transformed::yes(
+                    Arc::new(BloomFilterExpr::new(keys, vec![bloom.clone()])) as _,
+                ))
+            }
+            _ => Ok(Transformed::no(expr)),
+        })?
         .data;
-    let codec = DefaultPhysicalExtensionCodec {};
+    let codec = FilterCodec;
     let encoded = |e: &Arc<dyn PhysicalExpr>| {
         Ok(Bytes::from(
             serialize_physical_expr(e, &codec)?.encode_to_vec(),
@@ -251,17 +338,17 @@ pub fn part(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> DfResult<Filt
     })
 }
 
-/// The OR of building tasks' filters, with their key lists made one.
+/// The OR of building tasks' filters, with their key sets made one.
 ///
 /// Each task's filter is an OR of branches, one per join partition, each the
-/// partition's key bounds AND its keys (`k >= 1 AND k <= 9 AND k IN (1, 9)`).
-/// Written as given, a row that passes none is tested against every task's
-/// list in turn. When every branch has one list over the same keys, the
-/// union `(b_1 OR … OR b_n) AND k IN (l_1 ∪ … ∪ l_n)` is tested instead:
-/// one list lookup a row, and it lets through every row the branches do
-/// (and, through the bounds of one and the list of another, a few more,
-/// which the join then drops). Otherwise the filters are joined as they
-/// are.
+/// partition's key bounds AND its key set: a list (`k >= 1 AND k <= 9 AND
+/// k IN (1, 9)`) or a Bloom filter. Written as given, a row that passes none
+/// is tested against every task's set in turn. When every branch has one set
+/// over the same keys, `(b_1 OR … OR b_n) AND (k IN (l_1 ∪ … ∪ l_m) OR
+/// bloom(k, f_1 … f_p))` is tested instead: the keys are looked up (or
+/// hashed) once a row, and it lets through every row the branches do (and,
+/// through the bounds of one and the set of another, a few more, which the
+/// join then drops). Otherwise the filters are joined as they are.
 ///
 /// # Errors
 /// DataFusion's, if the union list cannot be built.
@@ -274,46 +361,66 @@ fn union_of(
         .iter()
         .flat_map(split_disjunction)
         .filter(|branch| !is_false(branch));
-    let mut keys: Option<Arc<dyn PhysicalExpr>> = None;
+    let mut list_keys: Option<Arc<dyn PhysicalExpr>> = None;
     let mut values = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut bloom_keys: Option<Vec<Arc<dyn PhysicalExpr>>> = None;
+    let mut blooms: Vec<Arc<Sbbf>> = Vec::new();
     let mut bounds = Vec::new();
     for branch in branches {
         let conjuncts = split_conjunction(branch);
-        let mut lists = conjuncts.iter().filter_map(|c| {
-            c.downcast_ref::<InListExpr>()
-                .filter(|list| !list.negated())
-                .map(|list| (*c, list))
+        let mut sets = conjuncts.iter().filter(|c| {
+            c.is::<BloomFilterExpr>()
+                || c.downcast_ref::<InListExpr>()
+                    .is_some_and(|list| !list.negated())
         });
-        let (Some((list_expr, list)), None) = (lists.next(), lists.next()) else {
+        let (Some(&set), None) = (sets.next(), sets.next()) else {
             return Ok(any_of(filters));
         };
-        if keys.get_or_insert_with(|| list.expr().clone()) != list.expr() {
-            return Ok(any_of(filters));
-        }
-        for value in list.list() {
-            let Some(literal) = value.downcast_ref::<Literal>() else {
+        if let Some(bloom) = set.downcast_ref::<BloomFilterExpr>() {
+            if bloom_keys.get_or_insert_with(|| bloom.keys().to_vec()) != bloom.keys() {
                 return Ok(any_of(filters));
-            };
-            if seen.insert(literal.value().clone()) {
-                values.push(value.clone());
+            }
+            for filter in bloom.filters() {
+                if !blooms.iter().any(|seen| Arc::ptr_eq(seen, filter)) {
+                    blooms.push(filter.clone());
+                }
+            }
+        } else if let Some(list) = set.downcast_ref::<InListExpr>() {
+            if list_keys.get_or_insert_with(|| list.expr().clone()) != list.expr() {
+                return Ok(any_of(filters));
+            }
+            for value in list.list() {
+                let Some(literal) = value.downcast_ref::<Literal>() else {
+                    return Ok(any_of(filters));
+                };
+                if seen.insert(literal.value().clone()) {
+                    values.push(value.clone());
+                }
             }
         }
         bounds.push(conjunction_opt(
             conjuncts
                 .into_iter()
-                .filter(|c| !Arc::ptr_eq(c, list_expr))
+                .filter(|c| !Arc::ptr_eq(c, set))
                 .cloned(),
         ));
     }
-    let Some(keys) = keys else {
+    let list = list_keys
+        .map(|keys| InListExpr::try_new(keys, values, false, schema))
+        .transpose()?
+        .map(|list| Arc::new(list) as Arc<dyn PhysicalExpr>);
+    let bloom = bloom_keys.map(|keys| {
+        Arc::new(BloomFilterExpr::new(keys, bloom::merged(&blooms))) as Arc<dyn PhysicalExpr>
+    });
+    if list.is_none() && bloom.is_none() {
         return Ok(any_of(filters));
-    };
-    let list: Arc<dyn PhysicalExpr> = Arc::new(InListExpr::try_new(keys, values, false, schema)?);
-    // A branch with its list alone bounds nothing.
+    }
+    let sets = any_of(list.into_iter().chain(bloom));
+    // A branch with its set alone bounds nothing.
     Ok(match bounds.into_iter().collect::<Option<Vec<_>>>() {
-        Some(bounds) => Arc::new(BinaryExpr::new(any_of(bounds), Operator::And, list)),
-        None => list,
+        Some(bounds) => Arc::new(BinaryExpr::new(any_of(bounds), Operator::And, sets)),
+        None => sets,
     })
 }
 
@@ -345,7 +452,7 @@ pub fn apply(
     let Some((_, target)) = used(plan, false)?.into_iter().find(|(used, _)| *used == id) else {
         return Ok(());
     };
-    let codec = DefaultPhysicalExtensionCodec {};
+    let codec = FilterCodec;
     let schema_of = |part: &FilterPart| -> DfResult<SchemaRef> {
         Ok(StreamReader::try_new(Cursor::new(&part.schema), None)?.schema())
     };
@@ -411,16 +518,21 @@ pub fn send(
     }
     let built = built(plan)?;
     let senders = sends.iter().filter_map(|(id, to)| {
-        let (filter, schema) = built.get(id).cloned()?;
+        let Built {
+            filter,
+            schema,
+            keys,
+        } = built.get(id).cloned()?;
         let (cluster, id, to) = (cluster.clone(), *id, to.clone());
         Some(AbortOnDropHandle::new(tokio::spawn(async move {
             if let Some(dynamic) = filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
                 dynamic.wait_complete().await;
             }
+            let bloom = keys.and_then(|keys| keys.bloom());
             // A filter that does not serialize lets every row through.
-            let part = part(&filter, &schema).or_else(|e| {
+            let part = part(&filter, &schema, bloom.as_ref()).or_else(|e| {
                 tracing::warn!(error = %e, "a dynamic filter is sent as true");
-                part(&lit(true), &schema)
+                part(&lit(true), &schema, None)
             });
             match part {
                 Ok(part) => deliver(&cluster, from, id, &part, &to).await,
@@ -504,8 +616,8 @@ mod tests {
             copy.mark_complete();
             Arc::new(copy) as Arc<dyn PhysicalExpr>
         };
-        let first = part(&built(routed), &schema).expect("part");
-        let second = part(&built(keys(&[10])), &schema).expect("part");
+        let first = part(&built(routed), &schema, None).expect("part");
+        let second = part(&built(keys(&[10])), &schema, None).expect("part");
 
         // A scan in another stage uses the same filter (its id travels in
         // the plan), in its own columns, and reads files with it in theirs.
@@ -601,9 +713,10 @@ mod tests {
                 lit(false),
             ))),
             &schema,
+            None,
         )
         .expect("part");
-        let second = part(&built(branch(&[9, 20, 30])), &schema).expect("part");
+        let second = part(&built(branch(&[9, 20, 30])), &schema, None).expect("part");
         let plan: Arc<dyn ExecutionPlan> = Arc::new(
             datafusion::physical_plan::filter::FilterExec::try_new(
                 filter.clone(),
@@ -642,6 +755,115 @@ mod tests {
         assert_eq!(
             passes(&filter, &batch),
             vec![true, false, true, true, false, true, false]
+        );
+    }
+
+    #[test]
+    fn hash_table_references_travel_as_the_build_sides_bloom_filters() {
+        use datafusion::physical_plan::joins::join_hash_map::JoinHashMapU32;
+        use datafusion::physical_plan::joins::{Map, SeededRandomState};
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let k = col("k", &schema).expect("column");
+        let ctx = SessionContext::new().task_ctx();
+        let batch = |keys: Vec<i64>| {
+            datafusion::arrow::record_batch::RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(datafusion::arrow::array::Int64Array::from(keys))],
+            )
+            .expect("batch")
+        };
+        // What a task whose join partition has too many keys for a list
+        // builds: the bounds AND a reference to its hash table (empty here:
+        // it cannot leave the node either way).
+        let built = |min: i64, max: i64| {
+            let bounds = Arc::new(BinaryExpr::new(
+                Arc::new(BinaryExpr::new(k.clone(), Operator::GtEq, lit(min))),
+                Operator::And,
+                Arc::new(BinaryExpr::new(k.clone(), Operator::LtEq, lit(max))),
+            ));
+            let lookup = Arc::new(HashTableLookupExpr::new(
+                vec![k.clone()],
+                SeededRandomState::with_seed(0),
+                Arc::new(Map::HashMap(Box::new(JoinHashMapU32::with_capacity(0)))),
+                "hash_lookup".to_string(),
+            ));
+            let filter = DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true));
+            filter
+                .update(Arc::new(BinaryExpr::new(bounds, Operator::And, lookup)))
+                .expect("update");
+            filter.mark_complete();
+            Arc::new(filter) as Arc<dyn PhysicalExpr>
+        };
+        let bloom_of = |keys: Vec<i64>| {
+            let seen = BuildKeys::new(1);
+            seen.record(std::slice::from_ref(&k), &batch(keys), &ctx)
+                .expect("record");
+            seen.bloom().expect("a filter")
+        };
+        let applied = |parts: &[FilterPart]| {
+            let filter: Arc<dyn PhysicalExpr> =
+                Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
+            let plan: Arc<dyn ExecutionPlan> = Arc::new(
+                datafusion::physical_plan::filter::FilterExec::try_new(
+                    filter.clone(),
+                    Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                        schema.clone(),
+                    )),
+                )
+                .expect("filter"),
+            );
+            let id = filter.expression_id().expect("id");
+            apply(&plan, id, parts, &ctx).expect("apply");
+            filter
+        };
+        // Two tasks: keys 0, 2, …, 19,998 and 1, 3, …, 1,999.
+        let evens: Vec<i64> = (0..10_000).map(|i| i * 2).collect();
+        let odds: Vec<i64> = (0..1_000).map(|i| i * 2 + 1).collect();
+        let first = part(&built(0, 19_998), &schema, Some(&bloom_of(evens.clone()))).expect("part");
+        let second = part(&built(1, 1_999), &schema, Some(&bloom_of(odds))).expect("part");
+        let filter = applied(&[first, second]);
+        let current = filter
+            .downcast_ref::<DynamicFilterPhysicalExpr>()
+            .expect("dynamic")
+            .current()
+            .expect("current");
+        let mut blooms = Vec::new();
+        current
+            .apply(|expr| {
+                if let Some(bloom) = expr.downcast_ref::<BloomFilterExpr>() {
+                    blooms.push(bloom.filters().len());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .expect("visit");
+        assert_eq!(
+            blooms,
+            vec![2],
+            "one test of both tasks' filters: {current}"
+        );
+        // Every key of either task passes; of the 9,000 odd keys neither has,
+        // about one in a hundred.
+        let built_keys = (0..20_000).filter(|k| k % 2 == 0 || *k < 2_000).collect();
+        assert!(passes(&filter, &batch(built_keys)).iter().all(|p| *p));
+        let absent = (2_000..20_000).filter(|k| k % 2 == 1).collect();
+        let false_positives = passes(&filter, &batch(absent))
+            .iter()
+            .filter(|p| **p)
+            .count();
+        assert!(
+            false_positives < 300,
+            "{false_positives} of 9,000 absent keys pass"
+        );
+        assert_eq!(
+            passes(&filter, &batch(vec![-1, 20_001])),
+            vec![false, false]
+        );
+        // Without a Bloom filter only the bounds travel.
+        let bounds_only = applied(&[part(&built(0, 19_998), &schema, None).expect("part")]);
+        assert!(
+            passes(&bounds_only, &batch((0..19_999).collect()))
+                .iter()
+                .all(|p| *p)
         );
     }
 

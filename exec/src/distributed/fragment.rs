@@ -175,6 +175,7 @@ impl Fragment {
                 )
             })?
             .data;
+        let plan = filters::with_bloom_builds(plan, &routes)?;
         let senders = filters::send(cluster, &plan, key, &routes.sends)?;
         let filters = if routes.waits.is_empty() {
             Filters::InPlace
@@ -443,6 +444,7 @@ mod tests {
             // Filter 5 is built by two tasks. (The plan does not use it, so
             // its parts are not decoded when put in place.)
             waits: vec![(5, 2)],
+            builders: 0,
         };
         let mut fragment = Fragment::start(
             &engine,

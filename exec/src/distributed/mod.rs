@@ -29,6 +29,7 @@
 //!                                                             └ scan (local chunks)
 //! ```
 
+pub mod bloom;
 pub mod exchange;
 pub mod filters;
 pub mod fragment;

@@ -284,7 +284,9 @@ impl DistributedPlan {
                 }
             }
         }
-        let root_sends = routes.remove(&0).map(|r| r.sends).unwrap_or_default();
+        let root_routes = routes.remove(&0).unwrap_or_default();
+        let root = filters::with_bloom_builds(root, &root_routes)?;
+        let root_sends = root_routes.sends;
         Ok(Some(DistributedPlan {
             query,
             root,
