@@ -141,6 +141,7 @@ mod tests {
                 sends: Vec::new(),
                 waits,
                 builders: 0,
+                blooms: Vec::new(),
             };
             self.ask(ExchangeRequest::Start { key, plan, filters })
                 .await

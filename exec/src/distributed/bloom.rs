@@ -25,6 +25,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::datatypes::{DataType, Schema};
@@ -386,7 +387,7 @@ impl PhysicalExpr for BloomFilterExpr {
 #[derive(Serialize, Deserialize)]
 struct EncodedBloom {
     /// Each filter's bit set, as Parquet writes it.
-    filters: Vec<Vec<u8>>,
+    filters: Vec<Bytes>,
 }
 
 /// Encodes `expr` if it is a [`BloomFilterExpr`].
@@ -405,7 +406,7 @@ pub fn encode(expr: &Arc<dyn PhysicalExpr>, buf: &mut Vec<u8>) -> DfResult<()> {
         .map(|filter| {
             let mut bits = Vec::with_capacity(filter.num_blocks() * 32);
             filter.write_bitset(&mut bits)?;
-            Ok(bits)
+            Ok(Bytes::from(bits))
         })
         .collect::<DfResult<Vec<_>>>()?;
     let bytes = postcard::to_allocvec(&EncodedBloom { filters })

@@ -29,6 +29,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
@@ -38,7 +40,11 @@ use datafusion::physical_expr::expressions::{
 };
 use datafusion::physical_expr::utils::split_disjunction;
 use datafusion::physical_expr::{PhysicalExpr, conjunction_opt, split_conjunction};
-use datafusion::physical_plan::joins::{HashJoinExec, HashTableLookupExpr};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, HashTableLookupExpr, NestedLoopJoinExec, SortMergeJoinExec,
+};
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
 use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
 use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
@@ -65,6 +71,9 @@ pub struct FilterRoutes {
     /// How many tasks build a part of each filter the task sends (its
     /// stage's tasks), whose Bloom filters are made one where they are used.
     pub builders: u32,
+    /// The filters it sends whose build side is worth a Bloom filter of its
+    /// keys ([`reduced`]).
+    pub blooms: Vec<u64>,
 }
 
 /// One building task's part of a filter, as sent between nodes.
@@ -145,6 +154,8 @@ pub struct Built {
     /// The hashes of its build side's keys, when recorded
     /// ([`with_bloom_builds`]).
     pub keys: Option<Arc<BuildKeys>>,
+    /// The join's build side.
+    pub build: Arc<dyn ExecutionPlan>,
 }
 
 /// The dynamic filters `plan`'s hash joins build, by id.
@@ -159,13 +170,14 @@ pub fn built(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Built>> {
             for filter in node.dynamic_expressions_produced() {
                 if let Some(id) = filter.expression_id() {
                     let schema = join.right().schema();
-                    let keys = keys.clone();
+                    let (keys, build) = (keys.clone(), join.left().clone());
                     found.insert(
                         id,
                         Built {
                             filter,
                             schema,
                             keys,
+                            build,
                         },
                     );
                 }
@@ -176,9 +188,10 @@ pub fn built(plan: &Arc<dyn ExecutionPlan>) -> DfResult<HashMap<u64, Built>> {
     Ok(found)
 }
 
-/// `plan` with the build side of each hash join whose filter is sent
-/// (`routes.sends`) recording its keys' hashes ([`BloomBuildExec`]), so that the
-/// filter can carry a Bloom filter of them ([`part`]).
+/// `plan` with the build side of each hash join whose filter is sent with
+/// a Bloom filter (`routes.blooms`) recording its keys' hashes
+/// ([`BloomBuildExec`]), so that the filter can carry a Bloom filter of them
+/// ([`part`]).
 ///
 /// # Errors
 /// DataFusion's, if a join cannot take its new input.
@@ -186,8 +199,7 @@ pub fn with_bloom_builds(
     plan: Arc<dyn ExecutionPlan>,
     routes: &FilterRoutes,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let sends = &routes.sends;
-    if sends.is_empty() {
+    if routes.blooms.is_empty() {
         return Ok(plan);
     }
     Ok(plan
@@ -198,7 +210,7 @@ pub fn with_bloom_builds(
             let sent = node.dynamic_expressions_produced().iter().any(|filter| {
                 filter
                     .expression_id()
-                    .is_some_and(|id| sends.iter().any(|(sent, _)| *sent == id))
+                    .is_some_and(|id| routes.blooms.contains(&id))
             });
             if !sent || join.left().is::<BloomBuildExec>() {
                 return Ok(Transformed::no(node));
@@ -238,13 +250,19 @@ pub fn routes(
     stages: &[(u32, &Arc<dyn ExecutionPlan>, &[NodeId])],
 ) -> DfResult<HashMap<u32, FilterRoutes>> {
     let mut builders: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut build_sides: HashMap<u64, Arc<dyn ExecutionPlan>> = HashMap::new();
     let mut waiters: Vec<(u32, Vec<u64>)> = Vec::new();
     for (stage, plan, _) in stages {
-        for id in built(plan)?.into_keys() {
+        for (id, built) in built(plan)? {
             builders.entry(id).or_default().push(*stage);
+            build_sides.insert(id, built.build);
         }
         waiters.push((*stage, awaited(plan)?));
     }
+    let plans: HashMap<u32, &Arc<dyn ExecutionPlan>> = stages
+        .iter()
+        .map(|(stage, plan, _)| (*stage, *plan))
+        .collect();
     let nodes_of = |stage: u32| {
         stages
             .iter()
@@ -276,8 +294,51 @@ pub fn routes(
         let routes = routes.entry(stage).or_default();
         routes.sends.push((id, to));
         routes.builders = nodes_of(stage).len() as u32;
+        if let Some(build) = build_sides.get(&id)
+            && reduced(build, &plans)?
+        {
+            routes.blooms.push(id);
+        }
     }
     Ok(routes)
+}
+
+/// Whether `plan` may yield fewer rows than the tables it reads hold: a
+/// filter, a limit, a join or a scan with a predicate lies below it (also in
+/// the stages its exchanges read, found in `stages`). Only such a build side
+/// is worth a Bloom filter of its keys: a whole table's keys (TPC-H Q9's
+/// orders, joined with lineitem) rule out no row whose foreign key refers to
+/// them, and the filter would only cost time to build, send and test. This
+/// is Spark's condition for a runtime Bloom filter, a selective predicate on
+/// the side that builds it (SPARK-32268, `InjectRuntimeFilter`).
+///
+/// # Errors
+/// DataFusion's, if an operator's expressions cannot be visited.
+pub fn reduced(
+    plan: &Arc<dyn ExecutionPlan>,
+    stages: &HashMap<u32, &Arc<dyn ExecutionPlan>>,
+) -> DfResult<bool> {
+    plan.exists(|node| {
+        if let Some(exchange) = node.downcast_ref::<ExchangeExec>() {
+            return match stages.get(&exchange.spec().stage) {
+                Some(read) => reduced(read, stages),
+                None => Ok(true),
+            };
+        }
+        if let Some(scan) = node.downcast_ref::<DataSourceExec>() {
+            return Ok(scan
+                .data_source()
+                .downcast_ref::<FileScanConfig>()
+                .is_some_and(|config| config.file_source().filter().is_some()));
+        }
+        Ok(node.is::<FilterExec>()
+            || node.is::<GlobalLimitExec>()
+            || node.is::<LocalLimitExec>()
+            || node.is::<HashJoinExec>()
+            || node.is::<NestedLoopJoinExec>()
+            || node.is::<SortMergeJoinExec>()
+            || node.is::<CrossJoinExec>())
+    })
 }
 
 /// A join's finished filter as a part to send, with the hash routing between
@@ -522,6 +583,7 @@ pub fn send(
             filter,
             schema,
             keys,
+            ..
         } = built.get(id).cloned()?;
         let (cluster, id, to) = (cluster.clone(), *id, to.clone());
         Some(AbortOnDropHandle::new(tokio::spawn(async move {

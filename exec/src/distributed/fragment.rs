@@ -445,6 +445,7 @@ mod tests {
             // its parts are not decoded when put in place.)
             waits: vec![(5, 2)],
             builders: 0,
+            blooms: Vec::new(),
         };
         let mut fragment = Fragment::start(
             &engine,
