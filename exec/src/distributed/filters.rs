@@ -313,7 +313,7 @@ pub fn routes(
 /// the side that builds it (SPARK-32268, `InjectRuntimeFilter`).
 ///
 /// # Errors
-/// DataFusion's, if an operator's expressions cannot be visited.
+/// DataFusion's, if the plan cannot be visited.
 pub fn reduced(
     plan: &Arc<dyn ExecutionPlan>,
     stages: &HashMap<u32, &Arc<dyn ExecutionPlan>>,
@@ -737,12 +737,33 @@ mod tests {
             .collect()
     }
 
+    /// A scan's dynamic filter over `k`, set from building tasks' `parts`.
+    fn applied(
+        k: &Arc<dyn PhysicalExpr>,
+        schema: &SchemaRef,
+        parts: &[FilterPart],
+    ) -> Arc<dyn PhysicalExpr> {
+        let filter: Arc<dyn PhysicalExpr> =
+            Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(
+            datafusion::physical_plan::filter::FilterExec::try_new(
+                filter.clone(),
+                Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                    schema.clone(),
+                )),
+            )
+            .expect("filter"),
+        );
+        let id = filter.expression_id().expect("id");
+        let ctx = SessionContext::new().task_ctx();
+        apply(&plan, id, parts, &ctx).expect("apply");
+        filter
+    }
+
     #[test]
     fn key_lists_of_all_tasks_are_tested_as_one() {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let k = col("k", &schema).expect("column");
-        let filter: Arc<dyn PhysicalExpr> =
-            Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
         // What a join partition builds: its key bounds and its keys.
         let branch = |values: &[i64]| -> Arc<dyn PhysicalExpr> {
             let (min, max) = (values[0], values[values.len() - 1]);
@@ -779,18 +800,7 @@ mod tests {
         )
         .expect("part");
         let second = part(&built(branch(&[9, 20, 30])), &schema, None).expect("part");
-        let plan: Arc<dyn ExecutionPlan> = Arc::new(
-            datafusion::physical_plan::filter::FilterExec::try_new(
-                filter.clone(),
-                Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                    schema.clone(),
-                )),
-            )
-            .expect("filter"),
-        );
-        let id = filter.expression_id().expect("id");
-        let ctx = SessionContext::new().task_ctx();
-        apply(&plan, id, &[first, second], &ctx).expect("apply");
+        let filter = applied(&k, &schema, &[first, second]);
 
         let applied = filter
             .downcast_ref::<DynamicFilterPhysicalExpr>()
@@ -862,28 +872,12 @@ mod tests {
                 .expect("record");
             seen.bloom().expect("a filter")
         };
-        let applied = |parts: &[FilterPart]| {
-            let filter: Arc<dyn PhysicalExpr> =
-                Arc::new(DynamicFilterPhysicalExpr::new(vec![k.clone()], lit(true)));
-            let plan: Arc<dyn ExecutionPlan> = Arc::new(
-                datafusion::physical_plan::filter::FilterExec::try_new(
-                    filter.clone(),
-                    Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                        schema.clone(),
-                    )),
-                )
-                .expect("filter"),
-            );
-            let id = filter.expression_id().expect("id");
-            apply(&plan, id, parts, &ctx).expect("apply");
-            filter
-        };
         // Two tasks: keys 0, 2, …, 19,998 and 1, 3, …, 1,999.
         let evens: Vec<i64> = (0..10_000).map(|i| i * 2).collect();
         let odds: Vec<i64> = (0..1_000).map(|i| i * 2 + 1).collect();
         let first = part(&built(0, 19_998), &schema, Some(&bloom_of(evens.clone()))).expect("part");
         let second = part(&built(1, 1_999), &schema, Some(&bloom_of(odds))).expect("part");
-        let filter = applied(&[first, second]);
+        let filter = applied(&k, &schema, &[first, second]);
         let current = filter
             .downcast_ref::<DynamicFilterPhysicalExpr>()
             .expect("dynamic")
@@ -921,7 +915,11 @@ mod tests {
             vec![false, false]
         );
         // Without a Bloom filter only the bounds travel.
-        let bounds_only = applied(&[part(&built(0, 19_998), &schema, None).expect("part")]);
+        let bounds_only = applied(
+            &k,
+            &schema,
+            &[part(&built(0, 19_998), &schema, None).expect("part")],
+        );
         assert!(
             passes(&bounds_only, &batch((0..19_999).collect()))
                 .iter()
