@@ -21,6 +21,7 @@
 //! line. Keys are hashed to 64 bits by DataFusion's hashing with a fixed
 //! seed (so every node hashes alike); the filter holds those hashes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -105,14 +106,19 @@ impl BuildKeys {
     }
 
     /// Records the hashes of `keys` in `batch`, whose memory is counted in
-    /// `ctx`'s pool.
+    /// `ctx`'s pool. The hashing is done outside the lock, so the build
+    /// side's partitions record side by side.
     pub(crate) fn record(
         &self,
         keys: &[Arc<dyn PhysicalExpr>],
         batch: &RecordBatch,
         ctx: &TaskContext,
     ) -> DfResult<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*self.lock(), Recording::GaveUp) {
+            return Ok(());
+        }
+        let batch_hashes = hashes_of(keys, batch)?;
+        let mut state = self.lock();
         if matches!(*state, Recording::Idle) {
             let reservation = MemoryConsumer::new("BloomBuildExec").register(ctx.memory_pool());
             *state = Recording::Hashes(Vec::new(), reservation);
@@ -120,23 +126,26 @@ impl BuildKeys {
         let Recording::Hashes(hashes, reservation) = &mut *state else {
             return Ok(());
         };
-        let rows = batch.num_rows();
+        let rows = batch_hashes.len();
         if hashes.len() + rows > BUILD_ROWS_MAX
             || reservation.try_grow(rows * size_of::<u64>()).is_err()
         {
             *state = Recording::GaveUp;
             return Ok(());
         }
-        hashes.extend(hashes_of(keys, batch)?);
+        hashes.extend(batch_hashes);
         Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The Bloom filter of the hashes recorded, sized for as many distinct
     /// keys as rows (times the building tasks); `None` if the recording gave
     /// up. The hashes are freed.
     pub fn bloom(&self) -> Option<Arc<Sbbf>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let hashes = match std::mem::replace(&mut *state, Recording::GaveUp) {
+        let hashes = match std::mem::replace(&mut *self.lock(), Recording::GaveUp) {
             Recording::Idle => Vec::new(),
             Recording::Hashes(hashes, _reservation) => hashes,
             Recording::GaveUp => return None,
@@ -244,35 +253,31 @@ impl ExecutionPlan for BloomBuildExec {
 /// Bloom filters with as many blocks is the OR of their bit sets (each hash
 /// sets and tests bits in the block its value picks), so a row is tested
 /// against one filter a size instead of one a building task.
-pub fn merged(filters: &[Arc<Sbbf>]) -> Vec<Arc<Sbbf>> {
-    let mut bits_by_size: Vec<(usize, Vec<u8>, Arc<Sbbf>, bool)> = Vec::new();
+///
+/// # Errors
+/// Parquet's, if a bit set cannot be written out (into memory).
+pub fn merged(filters: &[Arc<Sbbf>]) -> DfResult<Vec<Arc<Sbbf>>> {
+    let mut by_size: BTreeMap<usize, Vec<&Arc<Sbbf>>> = BTreeMap::new();
     for filter in filters {
-        let mut bits = Vec::with_capacity(filter.num_blocks() * 32);
-        if filter.write_bitset(&mut bits).is_err() {
-            // Writing to a Vec cannot fail; were it to, keep it apart.
-            bits_by_size.push((usize::MAX, Vec::new(), filter.clone(), false));
-            continue;
-        }
-        match bits_by_size
-            .iter_mut()
-            .find(|(size, ..)| *size == filter.num_blocks())
-        {
-            Some((_, union, _, merged)) => {
-                for (to, from) in union.iter_mut().zip(&bits) {
-                    *to |= from;
-                }
-                *merged = true;
-            }
-            None => bits_by_size.push((filter.num_blocks(), bits, filter.clone(), false)),
-        }
+        by_size.entry(filter.num_blocks()).or_default().push(filter);
     }
-    bits_by_size
-        .into_iter()
-        .map(|(_, bits, filter, merged)| {
-            if merged {
-                Arc::new(Sbbf::new(&bits))
-            } else {
-                filter
+    let bits = |filter: &Sbbf| -> DfResult<Vec<u8>> {
+        let mut bits = Vec::with_capacity(filter.num_blocks() * 32);
+        filter.write_bitset(&mut bits)?;
+        Ok(bits)
+    };
+    by_size
+        .into_values()
+        .map(|group| match group.as_slice() {
+            [one] => Ok(Arc::clone(one)),
+            _ => {
+                let mut union = vec![0u8; group[0].num_blocks() * 32];
+                for filter in group {
+                    for (to, from) in union.iter_mut().zip(bits(filter)?) {
+                        *to |= from;
+                    }
+                }
+                Ok(Arc::new(Sbbf::new(&union)))
             }
         })
         .collect()
@@ -574,7 +579,7 @@ mod tests {
         );
         assert_eq!(first.num_blocks(), second.num_blocks());
         assert_ne!(first.num_blocks(), small.num_blocks());
-        let merged = merged(&[first, small, second]);
+        let merged = merged(&[first, small, second]).expect("merged");
         assert_eq!(merged.len(), 2, "one filter a size");
         let filter: Arc<dyn PhysicalExpr> = Arc::new(BloomFilterExpr::new(vec![key], merged));
         assert_eq!(passing(&filter, 0..10_000), 10_000);

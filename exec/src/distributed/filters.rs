@@ -207,12 +207,12 @@ pub fn with_bloom_builds(
             let Some(join) = node.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let sent = node.dynamic_expressions_produced().iter().any(|filter| {
+            let with_bloom = node.dynamic_expressions_produced().iter().any(|filter| {
                 filter
                     .expression_id()
                     .is_some_and(|id| routes.blooms.contains(&id))
             });
-            if !sent || join.left().is::<BloomBuildExec>() {
+            if !with_bloom || join.left().is::<BloomBuildExec>() {
                 return Ok(Transformed::no(node));
             }
             let keys = join.on().iter().map(|(left, _)| left.clone()).collect();
@@ -471,9 +471,12 @@ fn union_of(
         .map(|keys| InListExpr::try_new(keys, values, false, schema))
         .transpose()?
         .map(|list| Arc::new(list) as Arc<dyn PhysicalExpr>);
-    let bloom = bloom_keys.map(|keys| {
-        Arc::new(BloomFilterExpr::new(keys, bloom::merged(&blooms))) as Arc<dyn PhysicalExpr>
-    });
+    let bloom = match bloom_keys {
+        Some(keys) => Some(
+            Arc::new(BloomFilterExpr::new(keys, bloom::merged(&blooms)?)) as Arc<dyn PhysicalExpr>,
+        ),
+        None => None,
+    };
     if list.is_none() && bloom.is_none() {
         return Ok(any_of(filters));
     }
