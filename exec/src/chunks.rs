@@ -2,10 +2,11 @@
 //!
 //! On one node without peers the local [`ChunkStore`] is the whole story
 //! ([`LocalFiles`]). In a cluster the node crate implements the trait over
-//! stripes (DESIGN.md §4): new data files are written locally, placed into
-//! stripes across nodes when their statement commits ([`DataFileStore::seal`]),
-//! and read from wherever they live, rebuilt from parity when their node is
-//! down or their bytes are corrupt.
+//! `quarry_storage::StripeStore` (docs/ARCHITECTURE.md, "Storage"): new data
+//! files are written locally, placed into stripes across nodes when their
+//! statement commits ([`DataFileStore::seal`]), and read from wherever they
+//! live, rebuilt from parity when their node is down or their bytes are
+//! corrupt.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use quarry_common::catalog::{ChunkId, DataFile, NodeId, Stripe, StripeLayout};
-use quarry_storage::{ChunkRef, ChunkStore};
+use quarry_storage::{ChunkRef, ChunkStore, blocking};
 
 /// A node of the cluster as `quarry_system.nodes` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,21 +189,6 @@ impl DataFileStore for CachedFiles {
     fn node_available(&self, node: NodeId) -> bool {
         self.inner.node_available(node)
     }
-}
-
-/// Runs blocking chunk-store work off the async threads.
-///
-/// # Errors
-/// The work's error, or `Io` if the blocking task panicked.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> quarry_storage::Result<T> + Send + 'static,
-) -> quarry_storage::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| quarry_storage::Error::Io {
-            path: std::path::PathBuf::new(),
-            source: std::io::Error::other(format!("chunk task failed: {e}")),
-        })?
 }
 
 #[cfg(test)]

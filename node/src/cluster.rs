@@ -1,4 +1,4 @@
-//! The cluster side of a node (DESIGN.md §3, §6): the RPC handler for
+//! The cluster side of a node (docs/ARCHITECTURE.md §2, §6): the RPC handler for
 //! node-to-node requests, forwarding of writes and read-index requests to the
 //! Raft leader, joining, and the leader's duties — promoting learners to
 //! voters across failure domains, replacing voters that stay down, and
@@ -12,12 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use quarry_common::catalog::{ChunkId, NodeId, Stripe, StripeLayout};
 use quarry_raft::{Applied, Command, LeaderLink, Meta, NodeAddr, Proposal, Raft};
+use quarry_storage::StripeStore;
+use quarry_storage::placement::{domain_of, layouts_of, regroup_plan, repair_step, widen_to};
 use tokio::time::Instant;
 
 use crate::membership::{MemberState, Membership};
 use crate::raft_network::RaftHandler;
 use crate::rpc::{RemoteMetaError, RpcError, RpcRequest, RpcResponse, Transport};
-use crate::stripes::{StripeStore, domain_of, placement_order};
+use crate::stripes::ClusterView;
 
 /// Deadline of a metadata call to another node.
 const META_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -82,6 +84,7 @@ pub struct NodeHandler {
     queries: ractor::ActorRef<crate::query_manager::QueryManagerMsg>,
     meta: Arc<Meta>,
     stripes: StripeStore,
+    view: Arc<ClusterView>,
     membership: Membership,
     transport: Arc<dyn Transport>,
 }
@@ -91,6 +94,7 @@ impl NodeHandler {
     pub fn new(
         meta: Arc<Meta>,
         stripes: StripeStore,
+        view: Arc<ClusterView>,
         membership: Membership,
         transport: Arc<dyn Transport>,
         queries: ractor::ActorRef<crate::query_manager::QueryManagerMsg>,
@@ -100,6 +104,7 @@ impl NodeHandler {
             queries,
             meta,
             stripes,
+            view,
             membership,
             transport,
         }
@@ -111,7 +116,7 @@ impl NodeHandler {
         let me = self.membership.me().node_id;
         if leader != Some(me) {
             // Only the leader can add a learner; pass the request on.
-            let Some(leader_addr) = leader.and_then(|l| self.stripes.addr_of(l)) else {
+            let Some(leader_addr) = leader.and_then(|l| self.view.addr_of(l)) else {
                 return RpcResponse::Failed("no Raft leader right now; retry".to_owned());
             };
             return match self
@@ -219,7 +224,7 @@ impl crate::rpc::Handler for NodeHandler {
             ),
             RpcRequest::PutChunk { chunk, data } => {
                 let local = self.stripes.local().clone();
-                match quarry_exec::chunks::blocking(move || local.put_as(chunk, &data)).await {
+                match quarry_storage::blocking(move || local.put_as(chunk, &data)).await {
                     Ok(_) => RpcResponse::Ok,
                     Err(e) => RpcResponse::Failed(e.to_string()),
                 }
@@ -245,13 +250,7 @@ impl crate::rpc::Handler for NodeHandler {
                 };
                 match self.stripes.read_local(reference).await {
                     Ok(data) => RpcResponse::Chunk(data),
-                    Err(e) => {
-                        if matches!(e, quarry_storage::Error::Corrupt { .. }) {
-                            metrics::counter!("quarry_chunk_corruptions_detected_total")
-                                .increment(1);
-                        }
-                        RpcResponse::Failed(e.to_string())
-                    }
+                    Err(e) => RpcResponse::Failed(e.to_string()),
                 }
             }
             raft => self.raft.handle(raft).await,
@@ -356,15 +355,14 @@ pub async fn run_duties(
 /// one new stripe per call, and each call leaves fewer stripes.
 async fn regroup(meta: &Meta, stripes: &StripeStore) {
     let catalog = meta.read_local();
-    let layout = StripeLayout::for_cluster(stripes.cluster_size());
-    let (k, m) = (
-        usize::from(layout.data_chunks),
-        usize::from(layout.parity_chunks),
-    );
-    let live: HashSet<NodeId> = stripes.live_nodes().into_iter().map(|(n, _)| n).collect();
-    if k < 2 || live.len() < k + m {
-        return;
-    }
+    let layout = StripeLayout::for_cluster(stripes.cluster().cluster_size());
+    let m = usize::from(layout.parity_chunks);
+    let live: HashSet<NodeId> = stripes
+        .cluster()
+        .live_nodes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let own_layout: HashSet<ChunkId> = catalog
         .tables
         .values()
@@ -372,45 +370,15 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
         .filter(|t| t.layout.is_some())
         .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
         .collect();
-    // Widest stripes first, so a group needs the fewest members.
-    let mut candidates: Vec<&Stripe> = catalog
-        .stripes
-        .values()
-        .filter(|stripe| {
-            let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
-            usize::from(stripe.data_chunks) < k
-                && stripe.parity_chunks() >= m
-                && nodes.len() == stripe.data().len()
-                && stripe.chunks.iter().all(|c| live.contains(&c.node))
-                && !stripe.data().iter().any(|c| own_layout.contains(&c.chunk))
-        })
-        .collect();
-    candidates.sort_by_key(|s| std::cmp::Reverse(s.data_chunks));
-    let mut group: Vec<&Stripe> = Vec::new();
-    let mut used: HashSet<NodeId> = HashSet::new();
-    let mut width = 0;
-    for stripe in candidates {
-        let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
-        if width + nodes.len() > k || !nodes.is_disjoint(&used) {
-            continue;
-        }
-        used.extend(nodes);
-        width += stripe.data().len();
-        group.push(stripe);
-        if width == k {
-            break;
-        }
-    }
-    // Two or more stripes make one narrower-than-k stripe too (their data
-    // nodes may collide with every other candidate); it is a candidate again.
-    if group.len() < 2 {
+    let Some(group) = regroup_plan(catalog.stripes.values(), layout, &live, &own_layout) else {
         return;
-    }
+    };
     let id = ChunkId(uuid::Uuid::now_v7().as_u128());
     let data: Vec<_> = group
         .iter()
         .flat_map(|s| s.data().iter().cloned())
         .collect();
+    let width = data.len();
     let parity = match stripes.new_parity(id, &data, m).await {
         Ok(parity) => parity,
         Err(e) => {
@@ -431,7 +399,8 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
     match meta.write(command).await {
         Ok(_) => {
             tracing::info!(stripe = %id, from = group.len(), "regrouped narrow stripes into one");
-            metrics::counter!("quarry_stripes_regrouped_total").increment(group.len() as u64);
+            metrics::counter!("quarry_storage_stripes_regrouped_total")
+                .increment(group.len() as u64);
         }
         Err(e) => tracing::warn!(error = %e, "cannot record a regrouped stripe"),
     }
@@ -443,24 +412,21 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
 /// where they are; a narrow k (fewer data chunks per stripe) is kept.
 async fn widen(meta: &Meta, stripes: &StripeStore) {
     let catalog = meta.read_local();
-    let default = StripeLayout::for_cluster(stripes.cluster_size());
-    let mut layout_of = std::collections::HashMap::new();
-    for table in catalog.tables.values() {
-        for entry in &table.files {
-            layout_of.insert(entry.file.chunk, table.layout.unwrap_or(default));
-        }
-    }
-    let live: HashSet<NodeId> = stripes.live_nodes().into_iter().map(|(n, _)| n).collect();
+    let default = StripeLayout::for_cluster(stripes.cluster().cluster_size());
+    let layout_of = layouts_of(&catalog, default);
+    let live: HashSet<NodeId> = stripes
+        .cluster()
+        .live_nodes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for stripe in catalog.stripes.values() {
         let Some(layout) = stripe.data().first().and_then(|c| layout_of.get(&c.chunk)) else {
             continue;
         };
-        let want = usize::from(layout.parity_chunks);
-        let data_nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
-        let healthy = stripe.chunks.iter().all(|c| live.contains(&c.node));
-        if stripe.parity_chunks() >= want || !healthy || live.len() < data_nodes.len() + want {
+        let Some(want) = widen_to(stripe, *layout, &live) else {
             continue;
-        }
+        };
         let expected: Vec<ChunkId> = stripe.chunks[usize::from(stripe.data_chunks)..]
             .iter()
             .map(|c| c.chunk)
@@ -480,7 +446,7 @@ async fn widen(meta: &Meta, stripes: &StripeStore) {
         match meta.write(command).await {
             Ok(_) => {
                 tracing::info!(stripe = %stripe.id, from = stripe.parity_chunks(), to = want, "widened a narrow stripe");
-                metrics::counter!("quarry_stripes_widened_total").increment(1);
+                metrics::counter!("quarry_storage_stripes_widened_total").increment(1);
             }
             Err(e) => {
                 tracing::warn!(stripe = %stripe.id, error = %e, "cannot record a widened stripe")
@@ -585,7 +551,7 @@ async fn repair(
     started: Instant,
 ) {
     let catalog = meta.read_local();
-    let live = stripes.live_nodes();
+    let live = stripes.cluster().live_nodes();
     let members: HashSet<NodeId> = meta
         .raft()
         .metrics()
@@ -602,65 +568,37 @@ async fn repair(
     };
     let mut bytes = 0u64;
     let began = Instant::now();
+    // One move per stripe per pass: the next pass plans from the new placement.
     for stripe in catalog.stripes.values() {
-        for (index, chunk) in stripe.chunks.iter().enumerate() {
-            if !lost(chunk.node) {
+        let Some((index, target)) = repair_step(stripe, &live, lost) else {
+            continue;
+        };
+        let chunk = &stripe.chunks[index];
+        let data = match stripes.rebuild(stripe, index).await {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(stripe = %stripe.id, index, error = %e, "cannot rebuild a chunk of a lost node");
                 continue;
             }
-            // Nodes without a chunk of this stripe first (spread over new
-            // domains); when every live node has one, the one with the fewest.
-            let holders: HashSet<NodeId> = stripe.chunks.iter().map(|c| c.node).collect();
-            let fresh: Vec<(NodeId, String)> = live
-                .iter()
-                .filter(|(n, _)| !holders.contains(n))
-                .cloned()
-                .collect();
-            let taken: HashSet<String> = stripe
-                .chunks
-                .iter()
-                .filter(|c| !lost(c.node))
-                .filter_map(|c| live.iter().find(|(n, _)| *n == c.node))
-                .map(|(n, d)| domain_of(*n, d))
-                .collect();
-            let target = match placement_order(stripe.id, &fresh, &taken).first() {
-                Some(&node) => node,
-                None => {
-                    let load = |n: NodeId| stripe.chunks.iter().filter(|c| c.node == n).count();
-                    let ranked = placement_order(stripe.id, &live, &HashSet::new());
-                    match ranked.into_iter().min_by_key(|n| load(*n)) {
-                        Some(node) => node,
-                        None => continue,
-                    }
-                }
-            };
-            let data = match stripes.rebuild(stripe, index).await {
-                Ok(data) => data,
-                Err(e) => {
-                    tracing::warn!(stripe = %stripe.id, index, error = %e, "cannot rebuild a chunk of a lost node");
-                    continue;
-                }
-            };
-            let len = data.len() as u64;
-            if let Err(e) = stripes.store_on(target, chunk.chunk, data).await {
-                tracing::warn!(target, error = %e, "cannot store a rebuilt chunk");
-                continue;
+        };
+        let len = data.len() as u64;
+        if let Err(e) = stripes.store_on(target, chunk.chunk, data).await {
+            tracing::warn!(target, error = %e, "cannot store a rebuilt chunk");
+            continue;
+        }
+        let command = Command::MoveChunk {
+            stripe: stripe.id,
+            index: index as u8,
+            from: chunk.node,
+            to: target,
+        };
+        match meta.write(command).await {
+            Ok(_) => {
+                bytes += len;
+                metrics::counter!("quarry_storage_repaired_bytes_total").increment(len);
+                metrics::counter!("quarry_storage_chunks_repaired_total").increment(1);
             }
-            let command = Command::MoveChunk {
-                stripe: stripe.id,
-                index: index as u8,
-                from: chunk.node,
-                to: target,
-            };
-            match meta.write(command).await {
-                Ok(_) => {
-                    bytes += len;
-                    metrics::counter!("quarry_repaired_bytes_total").increment(len);
-                    metrics::counter!("quarry_chunks_repaired_total").increment(1);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot record a repaired chunk"),
-            }
-            // One move per stripe per pass: the next pass sees the new placement.
-            break;
+            Err(e) => tracing::warn!(error = %e, "cannot record a repaired chunk"),
         }
     }
     if bytes > 0 {

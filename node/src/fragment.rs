@@ -1,6 +1,6 @@
 //! The fragment actor: one task of one stage of a distributed query, run on
 //! this node for its coordinator and fetched from by its consumers
-//! (DESIGN.md §5). Its work is [`quarry_exec::distributed::fragment::Fragment`];
+//! (docs/ARCHITECTURE.md §4). Its work is [`quarry_exec::distributed::fragment::Fragment`];
 //! the actor owns one, answers the messages the query manager forwards to
 //! it, and runs each fetch as a task of its own, so that a fetch waiting for
 //! a batch never holds up another partition's fetch, a filter part or a

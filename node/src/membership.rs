@@ -1,4 +1,4 @@
-//! Gossip membership (DESIGN.md §6): foca's SWIM over UDP on the node's listen
+//! Gossip membership (docs/ARCHITECTURE.md §2): foca's SWIM over UDP on the node's listen
 //! port. Every node learns every other's id, addresses and failure domain, and
 //! whether it is alive, suspect or down; Raft voter management, stripe
 //! placement and repair read that view. Raft stays the source of truth for who

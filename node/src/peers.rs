@@ -8,15 +8,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use quarry_common::catalog::{ChunkId, NodeId};
 use quarry_exec::distributed::{ExchangeRequest, ExchangeResponse, Peers};
+use quarry_storage::ChunkTransport;
 use ractor::ActorRef;
 
 use crate::query_manager::{self, QueryManagerMsg};
 use crate::rpc::{RpcRequest, RpcResponse, Transport};
-use crate::stripes::StripeStore;
+use crate::stripes::ClusterView;
 
-/// [`Peers`] over this node's stripe store and RPC transport.
+/// [`Peers`] over this node's view of the cluster and RPC transport.
 pub struct RpcPeers {
-    stripes: StripeStore,
+    view: Arc<ClusterView>,
     transport: Arc<dyn Transport>,
     /// This node's query manager, once spawned (it needs the engine these
     /// peers are given to).
@@ -24,10 +25,10 @@ pub struct RpcPeers {
 }
 
 impl RpcPeers {
-    /// Peers as `stripes` sees the cluster, called through `transport`.
-    pub fn new(stripes: StripeStore, transport: Arc<dyn Transport>) -> Self {
+    /// Peers as `view` sees the cluster, called through `transport`.
+    pub fn new(view: Arc<ClusterView>, transport: Arc<dyn Transport>) -> Self {
         RpcPeers {
-            stripes,
+            view,
             transport,
             queries: OnceLock::new(),
         }
@@ -43,7 +44,7 @@ impl RpcPeers {
 impl std::fmt::Debug for RpcPeers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcPeers")
-            .field("node_id", &self.stripes.node_id())
+            .field("node_id", &self.view.node_id())
             .finish_non_exhaustive()
     }
 }
@@ -51,12 +52,12 @@ impl std::fmt::Debug for RpcPeers {
 #[async_trait]
 impl Peers for RpcPeers {
     fn local(&self) -> NodeId {
-        self.stripes.node_id()
+        self.view.node_id()
     }
 
     fn live(&self) -> Vec<NodeId> {
         let mut live: Vec<NodeId> = self
-            .stripes
+            .view
             .live_nodes()
             .into_iter()
             .map(|(id, _)| id)
@@ -66,7 +67,7 @@ impl Peers for RpcPeers {
     }
 
     fn holder(&self, chunk: ChunkId) -> Option<NodeId> {
-        let catalog = self.stripes.catalog();
+        let catalog = self.view.catalog();
         let stripe = catalog.stripe_of(chunk)?;
         stripe
             .chunks
@@ -89,7 +90,7 @@ impl Peers for RpcPeers {
             return query_manager::answer(manager, request, Some(deadline)).await;
         }
         let addr = self
-            .stripes
+            .view
             .addr_of(node)
             .ok_or_else(|| format!("node {node} has no address"))?;
         match self

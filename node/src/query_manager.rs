@@ -1,5 +1,5 @@
 //! The query manager: the actor that runs this node's fragments of
-//! distributed queries (DESIGN.md §1 "Query/Fragment", §5). Every request
+//! distributed queries (docs/ARCHITECTURE.md §2). Every request
 //! about fragments comes to it, from the internal RPC server for other
 //! nodes and from [`crate::peers::RpcPeers`] for this node's own queries.
 //! It spawns one fragment actor per fragment started here, as its linked

@@ -1,4 +1,4 @@
-//! Internal RPC between nodes (DESIGN.md §6): tokio TCP, length-delimited frames,
+//! Internal RPC between nodes (docs/ARCHITECTURE.md §8): tokio TCP, length-delimited frames,
 //! typed request and response enums in postcard, a version byte in every frame,
 //! a deadline on every call, pooled connections, and a [`Transport`] seam through
 //! which tests drop, delay or partition messages between chosen nodes.

@@ -11,7 +11,8 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use quarry_exec::Engine;
 use quarry_raft::{Meta, MetaConfig, NodeAddr};
-use quarry_storage::ChunkStore;
+use quarry_storage::stripe_store::ORPHAN_GRACE;
+use quarry_storage::{ChunkStore, StripeStore};
 use ractor::Actor;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
@@ -26,7 +27,7 @@ use crate::pg::Frontend;
 use crate::query_manager::{QueryManager, QueryManagerArgs};
 use crate::raft_network::RaftRpcNetwork;
 use crate::rpc::{RpcRequest, RpcResponse, TcpTransport, Transport};
-use crate::stripes::{ORPHAN_GRACE, StripeStore};
+use crate::stripes::{ClusterFiles, ClusterView};
 
 /// Node id of the node that bootstraps a new cluster.
 const FIRST_NODE_ID: u64 = 1;
@@ -191,24 +192,23 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             addrs.for_each(|a: SocketAddr| membership.announce(a));
         }
     }
-    let stripes = StripeStore::new(
-        chunks,
-        cache,
+    let view = Arc::new(ClusterView::new(
         meta.clone(),
         transport.clone(),
         membership.clone(),
-    );
+    ));
+    let stripes = StripeStore::new(chunks, cache, view.clone());
     // Spill files of statements cut short by a crash are of no use.
     let spill_dir = config.data_dir.join("spill");
     let _ = std::fs::remove_dir_all(&spill_dir);
     std::fs::create_dir_all(&spill_dir)
         .with_context(|| format!("cannot create {}", spill_dir.display()))?;
     let execution = ExecutionRuntime::start(config.execution_threads)?;
-    let peers = Arc::new(RpcPeers::new(stripes.clone(), transport.clone()));
+    let peers = Arc::new(RpcPeers::new(view.clone(), transport.clone()));
     let engine = Engine::new(
         meta.clone(),
         Arc::new(quarry_exec::chunks::CachedFiles::new(
-            Arc::new(stripes.clone()),
+            Arc::new(ClusterFiles::new(stripes.clone(), view.clone())),
             config.data_cache_bytes,
         )),
         config.target_partitions,
@@ -236,6 +236,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         Arc::new(NodeHandler::new(
             meta.clone(),
             stripes.clone(),
+            view.clone(),
             membership.clone(),
             transport.clone(),
             queries.clone(),

@@ -317,7 +317,7 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
         "read around the damage"
     );
     let corruptions = nodes[holder]
-        .metric("quarry_chunk_corruptions_detected_total")
+        .metric("quarry_storage_chunk_corruptions_total")
         .await;
     assert!(
         corruptions.is_some_and(|n| n > 0.0),

@@ -117,7 +117,7 @@ impl ChunkStore {
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                metrics::counter!("quarry_storage_chunk_corrupt_total").increment(1);
+                metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
                 return Err(Error::Missing {
                     chunk: chunk.id,
                     path,
@@ -129,7 +129,7 @@ impl ChunkStore {
         file.read_to_end(&mut data).map_err(io_error(&path))?;
         let actual_crc32c = crc32c::crc32c(&data);
         if data.len() as u64 != chunk.size_bytes || actual_crc32c != chunk.checksum_crc32c {
-            metrics::counter!("quarry_storage_chunk_corrupt_total").increment(1);
+            metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
             return Err(Error::Corrupt {
                 chunk: chunk.id,
                 expected_size_bytes: chunk.size_bytes,

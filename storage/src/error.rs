@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use quarry_common::catalog::ChunkId;
+use quarry_common::catalog::{ChunkId, NodeId};
 
 /// Result of chunk store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,6 +56,57 @@ pub enum Error {
     /// The erasure codec refused its input (a bug: a shape it does not support).
     #[error("erasure coding failed: {0}")]
     ErasureCoding(String),
+    /// Another node could not be asked about a chunk in time (no address,
+    /// connection refused, deadline passed): transient. A `put` may or may not
+    /// have stored the chunk there; an unrecorded chunk is collected later.
+    #[error("node {node} unreachable for chunk {chunk}: {reason}")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// The chunk asked for or sent.
+        chunk: ChunkId,
+        /// What the transport saw.
+        reason: String,
+    },
+    /// Another node answered with an error of its own (its copy is missing or
+    /// corrupt, its disk failed). Nothing changed here.
+    #[error("node {node} failed on chunk {chunk}: {message}")]
+    Remote {
+        /// The node.
+        node: NodeId,
+        /// The chunk.
+        chunk: ChunkId,
+        /// The node's error.
+        message: String,
+    },
+    /// A chunk's bytes arrived from another node not matching its recorded
+    /// size or checksum (damaged in transfer): transient; nothing returned.
+    #[error("chunk {chunk} from node {node} was damaged in transfer")]
+    Damaged {
+        /// The node it came from.
+        node: NodeId,
+        /// The chunk.
+        chunk: ChunkId,
+    },
+    /// Too few live nodes accepted a stripe's chunks (the caller's cluster is
+    /// too small or too many nodes are down): nothing was committed; chunks
+    /// already stored are orphans that collection removes.
+    #[error("stripe {stripe}: {placed} of {needed} chunks placed, no more live nodes to try")]
+    Placement {
+        /// The stripe.
+        stripe: ChunkId,
+        /// Chunks to place.
+        needed: usize,
+        /// Chunks placed before the nodes ran out.
+        placed: usize,
+    },
+    /// A bug: a blocking task of the store panicked. Its work may be half
+    /// done; what it wrote is unrecorded and collected later.
+    #[error("internal storage error: {message}")]
+    Internal {
+        /// What failed.
+        message: String,
+    },
 }
 
 impl Error {

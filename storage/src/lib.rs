@@ -1,22 +1,37 @@
-//! Quarry's chunk storage: immutable, checksummed blobs on a node's local disk.
+//! Quarry's storage: immutable, checksummed chunks on each node's local disk,
+//! grouped into erasure-coded stripes across nodes.
 //!
-//! Layering: depends only on `quarry-common`. Holds no DataFusion, pgwire, Raft or
-//! actor code; the caller decides what a chunk contains (a Parquet data file) and
-//! records the returned [`ChunkRef`] in the catalog through Raft.
+//! Layering: depends only on `quarry-common`. Holds no DataFusion, pgwire,
+//! openraft or actor code and opens no sockets: where it needs other nodes it
+//! calls the [`ChunkTransport`] it is given (the node implements it over its
+//! internal RPC; tests implement it in-process, with faults). The caller
+//! decides what a chunk contains (a Parquet data file) and records placement
+//! in the catalog through Raft.
 //!
 //! ```text
-//!   bytes ──put──► <data_dir>/chunks/<id>.tmp ──fsync, rename, fsync dir──► <id>
-//!                                                        │
-//!   ChunkRef {id, size, crc32c} ◄────────────────────────┘   (recorded via Raft)
-//!   get(ChunkRef) ──read whole file, verify size + CRC-32C──► Bytes | Error::Corrupt
+//!  bytes ──ChunkStore::put──► <data_dir>/chunks/<id>.tmp ──fsync, rename, fsync dir──► <id>
+//!  StripeStore::seal(files) ──► k data + m parity chunks (stripe) ──ChunkTransport::put──► holders
+//!  StripeStore::get(ChunkRef) ──► local | holder | rebuilt from any k chunks ──► verified Bytes
 //! ```
 //!
-//! The on-disk format is described in `storage/FORMAT.md`.
+//! - [`chunk_store`]: one node's chunks (write, verified read, list, delete).
+//! - [`stripe`]: Reed-Solomon encoding and reconstruction of a stripe.
+//! - [`placement`]: rendezvous placement over failure domains, and the plans
+//!   of repair, widening, regrouping and collection (pure functions).
+//! - [`stripe_store`]: the stripe store over a [`ChunkTransport`].
+//!
+//! The on-disk format is described in `storage/FORMAT.md`; how storage fits the
+//! whole is in `docs/ARCHITECTURE.md`.
 #![deny(missing_docs)]
 
-mod chunk_store;
+pub mod chunk_store;
 mod error;
+pub mod placement;
 pub mod stripe;
+pub mod stripe_store;
+pub mod transport;
 
 pub use chunk_store::{ChunkRef, ChunkStore};
 pub use error::{Error, Result};
+pub use stripe_store::{StripeStore, blocking};
+pub use transport::ChunkTransport;

@@ -1,4 +1,4 @@
-//! Erasure coding of stripes (DESIGN.md §4): k data chunks, each a whole data
+//! Erasure coding of stripes (docs/ARCHITECTURE.md §5): k data chunks, each a whole data
 //! file, plus m parity chunks (Reed-Solomon over GF(2^16), reed-solomon-simd).
 //!
 //! Data chunks keep their own lengths; parity is computed over the data chunks
