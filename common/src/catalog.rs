@@ -350,7 +350,7 @@ pub type StripeId = ChunkId;
 
 /// How a table's data files are grouped into stripes: `data_chunks` (k) whole
 /// data files and `parity_chunks` (m) Reed-Solomon parity chunks, each on its
-/// own node, so any m nodes may be lost (DESIGN.md §4).
+/// own node, so any m nodes may be lost (docs/ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StripeLayout {
     /// k: data chunks per stripe.

@@ -143,7 +143,7 @@ impl Engine {
     /// An engine over `meta` and the local chunk store, running each query with
     /// `target_partitions` parallel partitions per node (fewer when the
     /// query memory leaves under 16 MiB each); with `peers`, queries
-    /// are distributed over the live nodes (DESIGN.md §5).
+    /// are distributed over the live nodes (docs/ARCHITECTURE.md §4).
     pub fn new(
         meta: Arc<dyn Metadata>,
         chunks: Arc<dyn DataFileStore>,

@@ -3,7 +3,7 @@
 //!
 //! This is plain logic over DataFusion; the node's fragment actor
 //! (`node/src/fragment`) owns one and feeds it its messages, under the
-//! node's query manager (DESIGN.md §1, "Query/Fragment"):
+//! node's query manager (docs/ARCHITECTURE.md §2):
 //!
 //! ```text
 //!  Start ──► Fragment::start (decode the plan, bind its scans to local chunks,

@@ -1,4 +1,4 @@
-//! Distributed execution (DESIGN.md §5): every node does its share of a query.
+//! Distributed execution (docs/ARCHITECTURE.md §4): every node does its share of a query.
 //!
 //! The coordinator (the node holding the client's session) takes DataFusion's
 //! optimized physical plan and cuts it into **stages** at exchanges
