@@ -13,8 +13,11 @@
 //! - `cluster --nodes N --scale-factor S`: starts N local nodes, loads TPC-H,
 //!   and measures stripe storage overhead, crash detection time and repair
 //!   rate.
+//! - `commit-cost`: in-process, the Raft state machine's apply time for a
+//!   one-row commit as the table's history and the number of tables grow.
 
 mod cluster;
+mod commit_cost;
 mod tpch;
 
 use std::io::Write;
@@ -98,6 +101,18 @@ enum Command {
         /// The quarry binary [default: next to this one].
         #[arg(long)]
         quarry: Option<PathBuf>,
+    },
+    /// The state machine's cost of one commit as history and tables grow.
+    CommitCost {
+        /// Numbers of tables, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+        tables: Vec<usize>,
+        /// Numbers of snapshots of the committed table's history, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,20000")]
+        history: Vec<usize>,
+        /// Commits timed per case.
+        #[arg(long, default_value_t = 500)]
+        commits: usize,
     },
 }
 
@@ -184,6 +199,18 @@ async fn main() -> anyhow::Result<()> {
                 repair_after_secs,
             })
             .await
+        }
+        Command::CommitCost {
+            tables,
+            history,
+            commits,
+        } => {
+            commit_cost::run(commit_cost::Settings {
+                tables,
+                history,
+                commits: commits.max(1),
+            });
+            Ok(())
         }
     }
 }

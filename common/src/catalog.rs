@@ -7,8 +7,20 @@
 //!
 //! Ids ([`SchemaId`], [`TableId`], [`SnapshotId`]) come from one catalog-wide
 //! sequence, so snapshot ids increase with commit order across all tables.
+//!
+//! Every catalog version shares structure with the one before it: tables are
+//! `Arc`s in persistent ordered maps, a table's snapshots and files are
+//! persistent vectors, stripes a persistent map (imbl's B-trees and RRB
+//! vectors). Cloning a catalog or a table is O(1) and a commit copies only the
+//! paths it changes, O(log n), however long the history and however many
+//! tables: the Raft state machine publishes a new version per applied batch
+//! while statements keep reading the versions they pinned. Serialized, the
+//! maps and vectors are plain maps and sequences, the same encoding as
+//! `BTreeMap` and `Vec`.
 
 use std::collections::BTreeMap;
+
+use imbl::{OrdMap, Vector};
 use std::fmt;
 use std::sync::Arc;
 
@@ -250,9 +262,15 @@ pub struct Table {
     /// Next unused field id.
     pub next_field_id: FieldId,
     /// Snapshots, oldest first; never empty (creation makes the first).
-    pub snapshots: Vec<TableSnapshot>,
-    /// Every data file of any snapshot in `snapshots`.
-    pub files: Vec<FileEntry>,
+    pub snapshots: Vector<TableSnapshot>,
+    /// Every data file of any snapshot in `snapshots`, in the order they
+    /// were added.
+    pub files: Vector<FileEntry>,
+    /// Where each file not yet removed is in `files`, by chunk (derived from
+    /// `files`, kept in step by [`Table::add_files`] and
+    /// [`Table::remove_files`]; rebuilt by [`Catalog::reindex`]).
+    #[serde(skip)]
+    pub live_files: OrdMap<ChunkId, usize>,
     /// How long snapshots stay readable by time travel after a newer one
     /// replaces them; None: the cluster default (7 days).
     pub retention_micros: Option<i64>,
@@ -275,8 +293,60 @@ impl Table {
 
     /// The snapshot that was current at `at`, or None if the table did not exist yet.
     pub fn snapshot_as_of(&self, at: TimestampMicros) -> Option<&TableSnapshot> {
-        let newer = self.snapshots.partition_point(|s| s.committed_at <= at);
+        // Commit times strictly increase, so this finds the first newer one.
+        let newer = match self.snapshots.binary_search_by(|s| {
+            if s.committed_at <= at {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        }) {
+            Ok(i) | Err(i) => i,
+        };
         newer.checked_sub(1).map(|i| &self.snapshots[i])
+    }
+
+    /// Appends `files` as added in snapshot `snapshot`.
+    pub fn add_files(&mut self, files: impl IntoIterator<Item = DataFile>, snapshot: SnapshotId) {
+        for file in files {
+            self.live_files.insert(file.chunk, self.files.len());
+            self.files.push_back(FileEntry {
+                file,
+                added_in: snapshot,
+                removed_in: None,
+            });
+        }
+    }
+
+    /// The live (not yet removed) file entry of `chunk`.
+    pub fn live_file(&self, chunk: ChunkId) -> Option<&FileEntry> {
+        self.live_files.get(&chunk).map(|&i| &self.files[i])
+    }
+
+    /// Marks the live files of `chunks` removed in snapshot `snapshot`;
+    /// returns the rows they held. Chunks that are not live are skipped.
+    pub fn remove_files(&mut self, chunks: &[ChunkId], snapshot: SnapshotId) -> u64 {
+        let mut rows = 0;
+        for chunk in chunks {
+            if let Some(i) = self.live_files.remove(chunk) {
+                let entry = &mut self.files[i];
+                entry.removed_in = Some(snapshot);
+                rows += entry.file.row_count;
+            }
+        }
+        rows
+    }
+
+    /// Rebuilds `live_files` from `files` (after decoding, or after `files`
+    /// was edited as a whole).
+    pub fn reindex(&mut self) {
+        self.live_files = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.removed_in.is_none())
+            .map(|(i, e)| (e.file.chunk, i))
+            .collect();
     }
 
     /// The data files of snapshot `id`.
@@ -322,8 +392,13 @@ impl Table {
 pub struct Catalog {
     /// Schemas by name.
     pub schemas: BTreeMap<String, SchemaId>,
-    /// Tables by (schema, name).
-    pub tables: BTreeMap<(String, String), Arc<Table>>,
+    /// Tables by (schema, name). Change it through [`Catalog::insert_table`]
+    /// and [`Catalog::remove_table`], which keep `table_keys` in step.
+    pub tables: OrdMap<(String, String), Arc<Table>>,
+    /// The (schema, name) of every table in `tables`, by id (derived; rebuilt
+    /// by [`Catalog::reindex`]).
+    #[serde(skip)]
+    pub table_keys: OrdMap<TableId, (String, String)>,
     /// Next unused id for schemas, tables and snapshots.
     pub next_id: u64,
     /// Commit time of the newest commit; commit times strictly increase.
@@ -337,9 +412,9 @@ pub struct Catalog {
     /// Next unused node id (node ids start at 1, the bootstrapping node).
     pub next_node_id: NodeId,
     /// Every stripe that holds a live chunk, by stripe id.
-    pub stripes: BTreeMap<StripeId, Stripe>,
+    pub stripes: OrdMap<StripeId, Stripe>,
     /// The stripe of every data chunk in `stripes` (derived, kept in step).
-    pub stripe_of: BTreeMap<ChunkId, StripeId>,
+    pub stripe_of: OrdMap<ChunkId, StripeId>,
 }
 
 /// A node's id in the cluster: assigned once through Raft, kept in its data dir.
@@ -433,6 +508,47 @@ impl Catalog {
     /// The table `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
         self.tables.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// The (schema, name) of table `id`.
+    pub fn table_key(&self, id: TableId) -> Option<&(String, String)> {
+        self.table_keys.get(&id)
+    }
+
+    /// The table with id `id`.
+    pub fn table_by_id(&self, id: TableId) -> Option<&Arc<Table>> {
+        self.table_key(id).and_then(|key| self.tables.get(key))
+    }
+
+    /// Adds (or replaces) the table at `key`.
+    pub fn insert_table(&mut self, key: (String, String), table: Arc<Table>) {
+        self.table_keys.insert(table.id, key.clone());
+        self.tables.insert(key, table);
+    }
+
+    /// Removes the table at `key`.
+    pub fn remove_table(&mut self, key: &(String, String)) -> Option<Arc<Table>> {
+        let table = self.tables.remove(key)?;
+        self.table_keys.remove(&table.id);
+        Some(table)
+    }
+
+    /// Rebuilds the derived indexes that are not serialized (`table_keys`,
+    /// each table's `live_files`): after decoding a catalog.
+    pub fn reindex(&mut self) {
+        self.table_keys = self
+            .tables
+            .iter()
+            .map(|(key, table)| (table.id, key.clone()))
+            .collect();
+        let keys: Vec<(String, String)> = self.tables.keys().cloned().collect();
+        for key in keys {
+            let table = self.tables.get_mut(&key).expect("a key just listed");
+            Arc::make_mut(table).reindex();
+        }
+        for dropped in &mut self.dropped {
+            Arc::make_mut(&mut dropped.table).reindex();
+        }
     }
 
     /// Every chunk some table, dropped table or retained snapshot still lists:
@@ -551,8 +667,9 @@ mod tests {
             schema_id: 0,
             past_schemas: vec![],
             next_field_id: 1,
-            snapshots: vec![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
-            files: vec![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
+            snapshots: imbl::vector![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
+            files: imbl::vector![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
+            live_files: OrdMap::new(),
             retention_micros: Some(50),
             layout: None,
         }

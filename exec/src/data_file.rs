@@ -445,8 +445,9 @@ mod tests {
             schema_id: 0,
             past_schemas: vec![],
             next_field_id: 3,
-            snapshots: vec![],
-            files: vec![],
+            snapshots: Default::default(),
+            files: Default::default(),
+            live_files: Default::default(),
             retention_micros: None,
             layout: None,
         })

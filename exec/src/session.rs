@@ -1456,8 +1456,9 @@ impl Session {
             columns: columns_from_defs(&columns),
             schema_id: 0,
             past_schemas: Vec::new(),
-            snapshots: Vec::new(),
-            files: Vec::new(),
+            snapshots: Default::default(),
+            files: Default::default(),
+            live_files: Default::default(),
             retention_micros,
             layout,
         });

@@ -549,13 +549,9 @@ pub fn bind_scan(
         )));
         return Ok(Some(DataSourceExec::from_data_source(config)));
     };
-    let table = catalog
-        .tables
-        .values()
-        .find(|t| t.id == table_id)
-        .ok_or_else(|| {
-            DataFusionError::Plan(format!("table {table_id} is not in this node's catalog"))
-        })?;
+    let table = catalog.table_by_id(table_id).ok_or_else(|| {
+        DataFusionError::Plan(format!("table {table_id} is not in this node's catalog"))
+    })?;
     let columns = columns_at(table, snapshot);
     config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
         ChunkReaderFactory {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, FileEntry, NodeId,
-    Operation, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table,
-    TableId, TableSnapshot, TimestampMicros,
+    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, NodeId, Operation,
+    SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId,
+    TableSnapshot, TimestampMicros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -380,14 +380,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 return Err(CatalogError::SchemaNotEmpty(name.clone()));
             }
             let dropped_at = commit_time(catalog, proposal.proposed_at);
-            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut catalog.tables)
-                .into_iter()
-                .partition(|((schema, _), _)| schema == name);
-            catalog.tables = kept.into_iter().collect();
-            catalog.dropped.extend(
-                gone.into_iter()
-                    .map(|(_, table)| DroppedTable { table, dropped_at }),
-            );
+            let gone: Vec<(String, String)> = catalog
+                .tables_in(name)
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect();
+            for key in gone {
+                let table = catalog.remove_table(&key).expect("listed just above");
+                catalog.dropped.push(DroppedTable { table, dropped_at });
+            }
             catalog.schemas.remove(name);
             Ok(Applied::Schema)
         }
@@ -436,7 +436,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 }
             }
             let next_field_id = columns.iter().map(|c| c.field_id).max().unwrap_or(0) + 1;
-            let table = Table {
+            let mut table = Table {
                 id,
                 schema: schema.clone(),
                 name: name.clone(),
@@ -444,7 +444,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 columns,
                 schema_id: 0,
                 past_schemas: Vec::new(),
-                snapshots: vec![TableSnapshot {
+                snapshots: imbl::vector![TableSnapshot {
                     id: snapshot,
                     committed_at,
                     operation: Operation::Create,
@@ -452,20 +452,13 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     rows_added: rows,
                     schema_id: 0,
                 }],
-                files: files
-                    .iter()
-                    .map(|file| FileEntry {
-                        file: file.clone(),
-                        added_in: snapshot,
-                        removed_in: None,
-                    })
-                    .collect(),
+                files: imbl::Vector::new(),
+                live_files: imbl::OrdMap::new(),
                 retention_micros: *retention_micros,
                 layout: *layout,
             };
-            catalog
-                .tables
-                .insert((schema.clone(), name.clone()), Arc::new(table));
+            table.add_files(files.iter().cloned(), snapshot);
+            catalog.insert_table((schema.clone(), name.clone()), Arc::new(table));
             for stripe in stripes {
                 catalog.add_stripe(stripe.clone());
             }
@@ -479,7 +472,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             schema,
             name,
             if_exists,
-        } => match catalog.tables.remove(&(schema.clone(), name.clone())) {
+        } => match catalog.remove_table(&(schema.clone(), name.clone())) {
             Some(table) => {
                 let committed_at = commit_time(catalog, proposal.proposed_at);
                 let id = table.id;
@@ -513,9 +506,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 .ok_or_else(|| CatalogError::NothingToUndrop(name.clone()))?;
             let restored = catalog.dropped.remove(index).table;
             let id = restored.id;
-            catalog
-                .tables
-                .insert((schema.clone(), name.clone()), restored);
+            catalog.insert_table((schema.clone(), name.clone()), restored);
             Ok(Applied::Snapshot {
                 table: id,
                 snapshot: 0,
@@ -535,7 +526,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             alter(catalog, proposal.proposed_at, *table, change)
         }
         Command::ExpireSnapshots { table, keep_from } => {
-            let Some(key) = table_key(catalog, *table) else {
+            let Some(key) = catalog.table_key(*table).cloned() else {
                 return Ok(Applied::Nothing);
             };
             let entry = catalog
@@ -557,6 +548,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 }
                 needed
             });
+            table.reindex();
             expired.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks: expired })
         }
@@ -642,14 +634,6 @@ fn layout_in_range(layout: StripeLayout) -> bool {
     (1..=32).contains(&layout.data_chunks) && layout.parity_chunks <= 16
 }
 
-fn table_key(catalog: &Catalog, id: TableId) -> Option<(String, String)> {
-    catalog
-        .tables
-        .iter()
-        .find(|(_, t)| t.id == id)
-        .map(|(key, _)| key.clone())
-}
-
 /// Validates every part of a commit, then applies it; on error nothing changed.
 fn commit(
     catalog: &mut Catalog,
@@ -658,8 +642,8 @@ fn commit(
     read_set: &[(TableId, SnapshotId)],
 ) -> Result<Applied, CatalogError> {
     for (table, read_at) in read_set {
-        let current = table_key(catalog, *table)
-            .and_then(|key| catalog.tables.get(&key))
+        let current = catalog
+            .table_by_id(*table)
             .map(|t| (t.name.clone(), t.current_snapshot().id));
         match current {
             Some((_, id)) if id == *read_at => {}
@@ -673,15 +657,13 @@ fn commit(
     }
     let mut keys = Vec::with_capacity(changes.len());
     for change in changes {
-        let key = table_key(catalog, change.table)
+        let key = catalog
+            .table_key(change.table)
+            .cloned()
             .ok_or_else(|| CatalogError::TableNotFound(format!("table id {}", change.table)))?;
         let table = &catalog.tables[&key];
         for chunk in &change.removed {
-            let live = table
-                .files
-                .iter()
-                .any(|e| e.file.chunk == *chunk && e.removed_in.is_none());
-            if !live {
+            if table.live_file(*chunk).is_none() {
                 return Err(CatalogError::SerializationFailure(table.name.clone()));
             }
         }
@@ -694,23 +676,11 @@ fn commit(
     let committed_at = commit_time(catalog, proposed_at);
     for (change, key) in changes.iter().zip(keys) {
         let table = Arc::make_mut(catalog.tables.get_mut(&key).expect("validated above"));
-        let mut rows_removed = 0;
-        for entry in &mut table.files {
-            if entry.removed_in.is_none() && change.removed.contains(&entry.file.chunk) {
-                entry.removed_in = Some(snapshot);
-                rows_removed += entry.file.row_count;
-            }
-        }
+        let rows_removed = table.remove_files(&change.removed, snapshot);
         let rows_added: u64 = change.added.iter().map(|f| f.row_count).sum();
         let row_count = table.current_snapshot().row_count + rows_added - rows_removed;
-        table
-            .files
-            .extend(change.added.iter().map(|file| FileEntry {
-                file: file.clone(),
-                added_in: snapshot,
-                removed_in: None,
-            }));
-        table.snapshots.push(TableSnapshot {
+        table.add_files(change.added.iter().cloned(), snapshot);
+        table.snapshots.push_back(TableSnapshot {
             id: snapshot,
             committed_at,
             operation: if change.removed.is_empty() {
@@ -775,7 +745,9 @@ fn alter(
     id: TableId,
     change: &SchemaChange,
 ) -> Result<Applied, CatalogError> {
-    let key = table_key(catalog, id)
+    let key = catalog
+        .table_key(id)
+        .cloned()
         .ok_or_else(|| CatalogError::TableNotFound(format!("table id {id}")))?;
     let current = &catalog.tables[&key];
     let mut columns = current.columns.clone();
@@ -839,7 +811,7 @@ fn alter(
     }
     let snapshot = next_id(catalog);
     let committed_at = commit_time(catalog, proposed_at);
-    let mut entry = catalog.tables.remove(&key).expect("the key was just found");
+    let mut entry = catalog.remove_table(&key).expect("the key was just found");
     let table = Arc::make_mut(&mut entry);
     let old = std::mem::replace(&mut table.columns, columns);
     table.past_schemas.push(SchemaVersion {
@@ -850,7 +822,7 @@ fn alter(
     table.next_field_id = next_field_id;
     table.name = new_key.1.clone();
     let row_count = table.current_snapshot().row_count;
-    table.snapshots.push(TableSnapshot {
+    table.snapshots.push_back(TableSnapshot {
         id: snapshot,
         committed_at,
         operation: Operation::Alter,
@@ -858,7 +830,7 @@ fn alter(
         rows_added: 0,
         schema_id: table.schema_id,
     });
-    catalog.tables.insert(new_key, entry);
+    catalog.insert_table(new_key, entry);
     Ok(Applied::Commit {
         snapshot,
         committed_at,
@@ -963,6 +935,96 @@ mod tests {
         assert_eq!(t.current_snapshot().row_count, 7);
         assert_eq!(t.files_at(ids[1]).count(), 1);
         assert_eq!(t.files_at(ids[2]).count(), 2);
+    }
+
+    /// The derived indexes (tables by id, each table's live files by chunk)
+    /// equal what `reindex` rebuilds from the serialized state, after every
+    /// kind of command that changes tables or files; and a catalog survives
+    /// a postcard round trip (what Raft snapshots store) once reindexed.
+    #[test]
+    fn derived_indexes_stay_in_step_with_every_command() {
+        fn check(catalog: &Catalog, after: &str) {
+            let mut rebuilt = catalog.clone();
+            rebuilt.reindex();
+            assert_eq!(
+                rebuilt.table_keys, catalog.table_keys,
+                "table keys after {after}"
+            );
+            for (key, table) in &catalog.tables {
+                assert_eq!(
+                    rebuilt.tables[key].live_files, table.live_files,
+                    "live files of {key:?} after {after}"
+                );
+            }
+            let bytes = postcard::to_allocvec(catalog).expect("encode");
+            let mut decoded: Catalog = postcard::from_bytes(&bytes).expect("decode");
+            assert!(decoded.table_keys.is_empty(), "indexes are not serialized");
+            decoded.reindex();
+            assert_eq!(&decoded, catalog, "round trip after {after}");
+        }
+        let mut catalog = with_public();
+        run(&mut catalog, create("t")).expect("create");
+        run(&mut catalog, create("u")).expect("create");
+        let t = catalog.table("public", "t").expect("t").id;
+        run(&mut catalog, append(t, vec![file(1), file(2), file(3)])).expect("append");
+        check(&catalog, "append");
+        let rewrite = Command::Commit {
+            changes: vec![TableChange {
+                table: t,
+                added: vec![file(4)],
+                removed: vec![ChunkId(2)],
+                stripes: vec![],
+            }],
+            read_set: vec![],
+        };
+        run(&mut catalog, rewrite).expect("rewrite");
+        check(&catalog, "rewrite");
+        let t_now = catalog.table("public", "t").expect("t");
+        assert!(t_now.live_file(ChunkId(2)).is_none(), "removed");
+        assert_eq!(t_now.current_snapshot().row_count, 1 + 3 + 4);
+        let rename = Command::AlterTable {
+            table: t,
+            change: SchemaChange::RenameTable("t2".into()),
+        };
+        run(&mut catalog, rename).expect("rename");
+        check(&catalog, "rename");
+        assert_eq!(
+            catalog.table_by_id(t).map(|t| t.name.as_str()),
+            Some("t2"),
+            "found by id under its new name"
+        );
+        let keep_from = catalog.table_by_id(t).expect("t2").current_snapshot().id;
+        run(
+            &mut catalog,
+            Command::ExpireSnapshots {
+                table: t,
+                keep_from,
+            },
+        )
+        .expect("expire");
+        check(&catalog, "expire");
+        let drop = Command::DropTable {
+            schema: "public".into(),
+            name: "t2".into(),
+            if_exists: false,
+        };
+        run(&mut catalog, drop).expect("drop");
+        check(&catalog, "drop");
+        assert!(catalog.table_by_id(t).is_none());
+        let undrop = Command::UndropTable {
+            schema: "public".into(),
+            name: "t2".into(),
+        };
+        run(&mut catalog, undrop).expect("undrop");
+        check(&catalog, "undrop");
+        let cascade = Command::DropSchema {
+            name: "public".into(),
+            if_exists: false,
+            cascade: true,
+        };
+        run(&mut catalog, cascade).expect("drop schema");
+        check(&catalog, "drop schema");
+        assert!(catalog.table_keys.is_empty());
     }
 
     #[test]

@@ -91,9 +91,10 @@ impl StateMachine {
             .read_stored()
             .map_err(|e| crate::Error::Storage(e.to_string()))?
         {
-            let catalog: Catalog = postcard::from_bytes(&stored.data).map_err(|e| {
+            let mut catalog: Catalog = postcard::from_bytes(&stored.data).map_err(|e| {
                 crate::Error::Storage(format!("state-machine snapshot does not decode: {e}"))
             })?;
+            catalog.reindex();
             machine.cell.set(Arc::new(catalog));
             machine.last_applied = stored.meta.last_log_id;
             machine.last_membership = stored.meta.last_membership;
@@ -176,6 +177,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // O(1): the catalog's maps and vectors share structure with the
+        // version readers hold; applying copies only what changes.
         let mut catalog = (*self.cell.get()).clone();
         let mut responses = Vec::new();
         for entry in entries {
@@ -208,13 +211,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let catalog: Catalog = postcard::from_bytes(&data).map_err(|e| {
+        let mut catalog: Catalog = postcard::from_bytes(&data).map_err(|e| {
             io_error(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
                 e,
             )
         })?;
+        catalog.reindex();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
