@@ -9,6 +9,7 @@
 //! corrupt.
 
 use std::fmt::Debug;
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -48,6 +49,13 @@ pub trait DataFileStore: Send + Sync + Debug + 'static {
     /// [`quarry_storage::Error::Missing`] / `Corrupt` / `StripeLost` when the
     /// bytes cannot be found or rebuilt.
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes>;
+
+    /// Bytes `range` of data file `chunk`, verified, wherever it lives; only
+    /// the blocks the range covers are read where the file's layout allows.
+    ///
+    /// # Errors
+    /// As [`DataFileStore::get`]; `OutOfRange` if `range` is not in the file.
+    async fn get_range(&self, chunk: ChunkRef, range: Range<u64>) -> quarry_storage::Result<Bytes>;
 
     /// Deletes an uncommitted data file (best effort: a failure leaves garbage
     /// that the collector removes later).
@@ -92,6 +100,11 @@ impl DataFileStore for LocalFiles {
         blocking(move || store.get(&chunk)).await
     }
 
+    async fn get_range(&self, chunk: ChunkRef, range: Range<u64>) -> quarry_storage::Result<Bytes> {
+        let store = self.0.clone();
+        blocking(move || store.get_range(&chunk, range)).await
+    }
+
     fn discard(&self, chunk: ChunkId) {
         if let Err(e) = self.0.delete(chunk) {
             tracing::warn!(%chunk, error = %e, "could not delete the chunk of an uncommitted data file");
@@ -107,40 +120,66 @@ impl DataFileStore for LocalFiles {
     }
 }
 
-/// A [`DataFileStore`] that keeps recently read data files in memory: a
-/// buffer pool of whole, verified data files. Data files are immutable, so
-/// an entry never goes stale; it is dropped when the pool needs room
-/// (quick_cache's CLOCK-Pro policy, which resists one-off scans) or when the
-/// file's chunk is discarded. Bytes are verified against their checksum when
-/// they are read from disk or rebuilt, before they enter the pool.
+/// A [`DataFileStore`] that keeps what was recently read in memory: a buffer
+/// pool of verified byte ranges of data files (a whole file is the range
+/// `0..size`). Data files are immutable, so an entry never goes stale; it is
+/// dropped when the pool needs room (quick_cache's CLOCK-Pro policy, which
+/// resists one-off scans) or when the file's chunk is discarded. Bytes are
+/// verified when they are read from disk, fetched or rebuilt, before they
+/// enter the pool. Scans read a file's footer, page index and column chunks
+/// as ranges, so the pool holds the columns queries read, not whole files.
 #[derive(Debug)]
 pub struct CachedFiles {
     inner: Arc<dyn DataFileStore>,
-    pool: quick_cache::sync::Cache<ChunkRef, Bytes, FileWeight>,
+    pool: quick_cache::sync::Cache<(ChunkRef, u64, u64), Bytes, RangeWeight>,
 }
 
-/// A cached file weighs its length in bytes.
+/// A cached range weighs its length in bytes.
 #[derive(Debug, Clone)]
-struct FileWeight;
+struct RangeWeight;
 
-impl quick_cache::Weighter<ChunkRef, Bytes> for FileWeight {
-    fn weight(&self, _chunk: &ChunkRef, bytes: &Bytes) -> u64 {
+impl quick_cache::Weighter<(ChunkRef, u64, u64), Bytes> for RangeWeight {
+    fn weight(&self, _range: &(ChunkRef, u64, u64), bytes: &Bytes) -> u64 {
         bytes.len().max(1) as u64
     }
 }
 
-/// Files expected in the pool per byte of capacity (an estimate quick_cache
-/// sizes its table by; data files are a few MiB to a few hundred).
-const TYPICAL_FILE_BYTES: u64 = 4 << 20;
+/// Ranges expected in the pool per byte of capacity (an estimate quick_cache
+/// sizes its table by; column chunks are tens of KiB to a few MiB).
+const TYPICAL_RANGE_BYTES: u64 = 256 << 10;
 
 impl CachedFiles {
     /// `inner` with a pool of at most `capacity_bytes` (0: no pool).
     pub fn new(inner: Arc<dyn DataFileStore>, capacity_bytes: u64) -> CachedFiles {
-        let items = (capacity_bytes / TYPICAL_FILE_BYTES).max(16) as usize;
+        let items = (capacity_bytes / TYPICAL_RANGE_BYTES).max(16) as usize;
         CachedFiles {
             inner,
-            pool: quick_cache::sync::Cache::with_weighter(items, capacity_bytes, FileWeight),
+            pool: quick_cache::sync::Cache::with_weighter(items, capacity_bytes, RangeWeight),
         }
+    }
+
+    /// The bytes of `key` from the pool, or read by `read` (one read per key
+    /// however many scans want it at once).
+    async fn cached(
+        &self,
+        key: (ChunkRef, u64, u64),
+        read: impl Future<Output = quarry_storage::Result<Bytes>>,
+    ) -> quarry_storage::Result<Bytes> {
+        let mut missed = false;
+        let bytes = self
+            .pool
+            .get_or_insert_async(&key, async {
+                missed = true;
+                read.await
+            })
+            .await?;
+        if missed {
+            metrics::counter!("quarry_data_cache_misses_total").increment(1);
+            metrics::gauge!("quarry_data_cache_bytes").set(self.pool.weight() as f64);
+        } else {
+            metrics::counter!("quarry_data_cache_hits_total").increment(1);
+        }
+        Ok(bytes)
     }
 }
 
@@ -151,26 +190,17 @@ impl DataFileStore for CachedFiles {
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
-        // One read per file however many scans want it at once.
-        let mut read = false;
-        let bytes = self
-            .pool
-            .get_or_insert_async(&chunk, async {
-                read = true;
-                self.inner.get(chunk).await
-            })
-            .await?;
-        if read {
-            metrics::counter!("quarry_data_cache_misses_total").increment(1);
-            metrics::gauge!("quarry_data_cache_bytes").set(self.pool.weight() as f64);
-        } else {
-            metrics::counter!("quarry_data_cache_hits_total").increment(1);
-        }
-        Ok(bytes)
+        self.cached((chunk, 0, chunk.size_bytes), self.inner.get(chunk))
+            .await
+    }
+
+    async fn get_range(&self, chunk: ChunkRef, range: Range<u64>) -> quarry_storage::Result<Bytes> {
+        let key = (chunk, range.start, range.end);
+        self.cached(key, self.inner.get_range(chunk, range)).await
     }
 
     fn discard(&self, chunk: ChunkId) {
-        self.pool.retain(|cached, _| cached.id != chunk);
+        self.pool.retain(|cached, _| cached.0.id != chunk);
         self.inner.discard(chunk);
     }
 

@@ -200,6 +200,7 @@ impl SnapshotTable {
         )?;
         let source = ParquetSource::new(self.schema.clone())
             .with_parquet_file_reader_factory(Arc::new(ChunkReaderFactory {
+                metadata: Default::default(),
                 table: self.qualified_name(),
                 chunks: self.chunks.clone(),
             }))
@@ -543,6 +544,7 @@ pub fn bind_scan(
         // No files (a task with nothing to read) or not a table's files.
         config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
             ChunkReaderFactory {
+                metadata: Default::default(),
                 table: String::new(),
                 chunks: chunks.clone(),
             },
@@ -555,6 +557,7 @@ pub fn bind_scan(
     let columns = columns_at(table, snapshot);
     config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
         ChunkReaderFactory {
+            metadata: Default::default(),
             table: format!("{}.{}", table.schema, table.name),
             chunks: chunks.clone(),
         },
@@ -570,6 +573,34 @@ pub fn bind_scan(
 struct ChunkReaderFactory {
     table: String,
     chunks: Arc<dyn DataFileStore>,
+    /// Footers this scan has parsed, by data file and page index policies:
+    /// a file opened again by the same scan is not read and parsed again.
+    metadata: Arc<std::sync::Mutex<HashMap<MetadataKey, Arc<ParquetMetaData>>>>,
+}
+
+/// A data file (its footer is always read with its page index when present,
+/// so one parse serves every policy a scan asks for).
+type MetadataKey = ChunkRef;
+
+/// Fewest bytes read from a data file's end at first open (Parquet's metadata
+/// prefetch hint): the footer and page index of small files in one read.
+const FOOTER_PREFETCH_BYTES_MIN: u64 = 16 * 1024;
+
+/// The metadata prefetch for a data file of `size_bytes` bytes: its last
+/// checksum block (and the one before when that is short), so the first read
+/// verifies whole blocks and no byte of them is read for nothing.
+fn footer_prefetch_bytes(size_bytes: u64) -> usize {
+    let block = quarry_storage::chunk_store::BLOCK_BYTES;
+    let tail = match size_bytes % block {
+        0 => block,
+        short => short,
+    };
+    let prefetch = if tail >= FOOTER_PREFETCH_BYTES_MIN {
+        tail
+    } else {
+        tail + block
+    };
+    prefetch.min(size_bytes) as usize
 }
 
 impl ParquetFileReaderFactory for ChunkReaderFactory {
@@ -577,7 +608,7 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
         &self,
         _partition_index: usize,
         partitioned_file: PartitionedFile,
-        _metadata_size_hint: Option<usize>,
+        metadata_size_hint: Option<usize>,
         _metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
         let (_, _, chunk) = parse_scan_path(&partitioned_file).ok_or_else(|| {
@@ -589,55 +620,96 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
         Ok(Box::new(ChunkReader {
             table: self.table.clone(),
             chunks: self.chunks.clone(),
+            metadata: self.metadata.clone(),
             chunk,
-            data: None,
+            prefetch_bytes: metadata_size_hint
+                .unwrap_or_else(|| footer_prefetch_bytes(chunk.size_bytes)),
         }))
     }
 }
 
-/// A data file read whole from its chunk (verified) on first use, then served
-/// from memory.
+/// Largest gap between two ranges of one request read as one span.
+const RANGE_GAP_BYTES: u64 = 64 * 1024;
+
+/// A data file read by byte range (the footer, the page index, the column
+/// chunks and pages a scan needs), each range verified by the chunk store
+/// against the block checksums it covers.
 struct ChunkReader {
     table: String,
     chunks: Arc<dyn DataFileStore>,
+    metadata: Arc<std::sync::Mutex<HashMap<MetadataKey, Arc<ParquetMetaData>>>>,
     chunk: ChunkRef,
-    data: Option<Bytes>,
+    prefetch_bytes: usize,
 }
 
 impl ChunkReader {
-    async fn load(&mut self) -> Result<Bytes, ParquetError> {
-        if let Some(data) = &self.data {
-            return Ok(data.clone());
-        }
-        let chunk = self.chunk;
-        let data = self.chunks.get(chunk).await.map_err(|source| {
-            let error = if source.is_data_corruption() {
-                Error::DataCorrupted {
-                    table: self.table.clone(),
-                    chunk: chunk.id,
-                    source,
-                }
-            } else {
-                Error::Storage(source)
-            };
-            ParquetError::External(Box::new(error))
-        })?;
-        self.data = Some(data.clone());
-        Ok(data)
+    /// The storage error `source` as the query's error: XX001 naming the
+    /// table and file when stored data is damaged or lost.
+    fn error(&self, source: quarry_storage::Error) -> ParquetError {
+        let error = if source.is_data_corruption() {
+            Error::DataCorrupted {
+                table: self.table.clone(),
+                chunk: self.chunk.id,
+                source,
+            }
+        } else {
+            Error::Storage(source)
+        };
+        ParquetError::External(Box::new(error))
     }
 }
 
 impl AsyncFileReader for ChunkReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
         Box::pin(async move {
-            let data = self.load().await?;
-            if range.end > data.len() as u64 {
+            if range.end > self.chunk.size_bytes {
                 return Err(ParquetError::EOF(format!(
                     "range {range:?} beyond data file of {} bytes",
-                    data.len()
+                    self.chunk.size_bytes
                 )));
             }
-            Ok(data.slice(range.start as usize..range.end as usize))
+            self.chunks
+                .get_range(self.chunk, range)
+                .await
+                .map_err(|e| self.error(e))
+        })
+    }
+
+    /// Ranges closer than [`RANGE_GAP_BYTES`] are read as one span (the chunk
+    /// store reads and verifies whole 64 KiB blocks, so neighbouring pages
+    /// would otherwise read their shared blocks again).
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
+        Box::pin(async move {
+            let mut order: Vec<usize> = (0..ranges.len()).collect();
+            order.sort_by_key(|&i| ranges[i].start);
+            let mut spans: Vec<Range<u64>> = Vec::new();
+            for &i in &order {
+                let range = &ranges[i];
+                match spans.last_mut() {
+                    Some(span) if range.start <= span.end + RANGE_GAP_BYTES => {
+                        span.end = span.end.max(range.end);
+                    }
+                    _ => spans.push(range.clone()),
+                }
+            }
+            let mut fetched = Vec::with_capacity(spans.len());
+            for span in &spans {
+                fetched.push(self.get_bytes(span.clone()).await?);
+            }
+            Ok(ranges
+                .iter()
+                .map(|range| {
+                    // The last span starting at or before the range holds it.
+                    let at = spans.partition_point(|s| s.start <= range.start) - 1;
+                    let span = &spans[at];
+                    fetched[at].slice(
+                        (range.start - span.start) as usize..(range.end - span.start) as usize,
+                    )
+                })
+                .collect())
         })
     }
 
@@ -646,15 +718,44 @@ impl AsyncFileReader for ChunkReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
         Box::pin(async move {
-            let data = self.load().await?;
+            // The page index is read unless required: data files always
+            // have one, and a scan that skips it now may use it next.
+            let at_least_optional = |policy: PageIndexPolicy| match policy {
+                PageIndexPolicy::Required => PageIndexPolicy::Required,
+                _ => PageIndexPolicy::Optional,
+            };
             let (column_index, offset_index) = options
-                .map(|o| (o.column_index_policy(), o.offset_index_policy()))
+                .map(|o| {
+                    (
+                        at_least_optional(o.column_index_policy()),
+                        at_least_optional(o.offset_index_policy()),
+                    )
+                })
                 .unwrap_or((PageIndexPolicy::Optional, PageIndexPolicy::Optional));
-            let metadata = ParquetMetaDataReader::new()
-                .with_column_index_policy(column_index)
-                .with_offset_index_policy(offset_index)
-                .parse_and_finish(&data)?;
-            Ok(Arc::new(metadata))
+            let key = self.chunk;
+            let parsed = self
+                .metadata
+                .lock()
+                .map_err(|_| ParquetError::General("metadata cache lock poisoned".into()))?
+                .get(&key)
+                .cloned();
+            if let Some(metadata) = parsed {
+                return Ok(metadata);
+            }
+            let size = self.chunk.size_bytes;
+            let metadata = Arc::new(
+                ParquetMetaDataReader::new()
+                    .with_prefetch_hint(Some(self.prefetch_bytes))
+                    .with_column_index_policy(column_index)
+                    .with_offset_index_policy(offset_index)
+                    .load_and_finish(&mut *self, size)
+                    .await?,
+            );
+            self.metadata
+                .lock()
+                .map_err(|_| ParquetError::General("metadata cache lock poisoned".into()))?
+                .insert(key, metadata.clone());
+            Ok(metadata)
         })
     }
 }

@@ -253,6 +253,31 @@ impl crate::rpc::Handler for NodeHandler {
                     Err(e) => RpcResponse::Failed(e.to_string()),
                 }
             }
+            RpcRequest::GetChunkRange {
+                chunk,
+                size_bytes,
+                checksum_crc32c,
+                start_bytes,
+                end_bytes,
+            } => {
+                let reference = quarry_storage::ChunkRef {
+                    id: chunk,
+                    size_bytes,
+                    checksum_crc32c,
+                };
+                let local = self.stripes.local().clone();
+                match quarry_storage::blocking(move || {
+                    local.get_range(&reference, start_bytes..end_bytes)
+                })
+                .await
+                {
+                    Ok(data) => RpcResponse::ChunkRange {
+                        checksum_crc32c: crc32c::crc32c(&data),
+                        data,
+                    },
+                    Err(e) => RpcResponse::Failed(e.to_string()),
+                }
+            }
             raft => self.raft.handle(raft).await,
         }
     }

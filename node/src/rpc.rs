@@ -33,8 +33,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// version is refused rather than misread. postcard is not self-describing,
 /// so any change to a message type, including a new Raft command variant
 /// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`; version 4:
-/// dynamic filters between fragments), needs a new version.
-pub const WIRE_VERSION: u8 = 4;
+/// dynamic filters between fragments; version 5: `GetChunkRange`), needs a
+/// new version.
+pub const WIRE_VERSION: u8 = 5;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -91,6 +92,20 @@ pub enum RpcRequest {
         size_bytes: u64,
         /// Its recorded checksum.
         checksum_crc32c: u32,
+    },
+    /// Read bytes `start_bytes..end_bytes` of a chunk this node holds,
+    /// verifying the blocks they cover.
+    GetChunkRange {
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// Its recorded length.
+        size_bytes: u64,
+        /// Its recorded checksum.
+        checksum_crc32c: u32,
+        /// First byte.
+        start_bytes: u64,
+        /// End of the range (exclusive).
+        end_bytes: u64,
     },
 }
 
@@ -159,6 +174,14 @@ pub enum RpcResponse {
     ReadIndex(Result<u64, RemoteMetaError>),
     /// Answer to `GetChunk`: the verified bytes.
     Chunk(Bytes),
+    /// Answer to `GetChunkRange`: the verified bytes and their CRC-32C, so
+    /// the reader can tell they arrived as sent.
+    ChunkRange {
+        /// The bytes.
+        data: Bytes,
+        /// CRC-32C of `data`.
+        checksum_crc32c: u32,
+    },
     /// Answer to `Exchange`.
     Exchange(quarry_exec::distributed::ExchangeResponse),
     /// The peer could not serve the request (its error, as text).
@@ -632,12 +655,12 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 4 carries (the same as version 3; 4
-    /// changed the exchange messages). A new command fails to compile here:
+    /// The Raft commands wire version 5 carries (the same as version 3; 4
+    /// changed the exchange messages, 5 added `GetChunkRange`). A new command fails to compile here:
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_4(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_5(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -655,7 +678,7 @@ mod tests {
             | C::ReplaceParity { .. }
             | C::Regroup { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 4, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 5, "update the list above");
     }
 
     #[tokio::test]

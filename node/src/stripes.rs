@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,6 +150,40 @@ impl ChunkTransport for ClusterView {
         }
     }
 
+    async fn get_range(
+        &self,
+        node: NodeId,
+        chunk: ChunkRef,
+        range: Range<u64>,
+    ) -> quarry_storage::Result<Bytes> {
+        let request = RpcRequest::GetChunkRange {
+            chunk: chunk.id,
+            size_bytes: chunk.size_bytes,
+            checksum_crc32c: chunk.checksum_crc32c,
+            start_bytes: range.start,
+            end_bytes: range.end,
+        };
+        match self.call(node, chunk.id, request).await? {
+            RpcResponse::ChunkRange {
+                data,
+                checksum_crc32c,
+            } if data.len() as u64 == range.end - range.start
+                && crc32c::crc32c(&data) == checksum_crc32c =>
+            {
+                Ok(data)
+            }
+            RpcResponse::ChunkRange { .. } => Err(StorageError::Damaged {
+                node,
+                chunk: chunk.id,
+            }),
+            other => Err(StorageError::Remote {
+                node,
+                chunk: chunk.id,
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
     async fn put(&self, node: NodeId, chunk: ChunkId, data: Bytes) -> quarry_storage::Result<()> {
         match self
             .call(node, chunk, RpcRequest::PutChunk { chunk, data })
@@ -187,6 +222,10 @@ impl DataFileStore for ClusterFiles {
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
         self.stripes.get(chunk).await
+    }
+
+    async fn get_range(&self, chunk: ChunkRef, range: Range<u64>) -> quarry_storage::Result<Bytes> {
+        self.stripes.get_range(chunk, range).await
     }
 
     fn nodes(&self) -> Vec<NodeRow> {

@@ -16,8 +16,13 @@ use support::node::TestNode;
 use support::tpch;
 
 async fn loaded_node() -> (tempfile::TempDir, TestNode) {
+    loaded_node_with(&[]).await
+}
+
+/// A node started with `flags`, TPC-H SF 0.01 loaded into schema `tpch`.
+async fn loaded_node_with(flags: &[&str]) -> (tempfile::TempDir, TestNode) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = TestNode::start(&dir.path().join("data")).await;
+    let node = TestNode::start_with(&dir.path().join("data"), flags).await;
     let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
         .args(["load", "tpch", "--scale-factor", "0.01", "--pg"])
         .arg(format!("127.0.0.1:{}", node.pg_port))
@@ -93,4 +98,125 @@ async fn psql_lists_and_describes_the_tables() {
         lineitem.contains("bigint") && lineitem.contains("date"),
         "{lineitem}"
     );
+}
+
+/// Reads go to the disk (no data cache), and the scrubber runs every second.
+const DISK_READS_SCRUBBED: [&str; 4] = ["--data-cache-mb", "0", "--scrub-interval-secs", "1"];
+
+/// Bytes read from this node's chunks so far.
+async fn read_bytes(node: &TestNode) -> f64 {
+    node.metric("quarry_storage_chunk_read_bytes_total")
+        .await
+        .unwrap_or(0.0)
+}
+
+/// The chunk file of lineitem's one data file, and its bytes' length (the
+/// file also holds the block checksums and trailer of storage/FORMAT.md).
+async fn lineitem_file(node: &TestNode) -> (std::path::PathBuf, u64) {
+    let client = node.client().await;
+    let row = client
+        .query_one(
+            "SELECT CAST(data_files AS BIGINT), CAST(size_bytes AS BIGINT) FROM quarry_system.tables \
+             WHERE table_schema = 'tpch' AND table_name = 'lineitem'",
+            &[],
+        )
+        .await
+        .expect("lineitem's files");
+    assert_eq!(row.get::<_, i64>(0), 1, "SF 0.01 lineitem is one data file");
+    let size = row.get::<_, i64>(1) as u64;
+    let blocks = size.div_ceil(64 * 1024);
+    let path = std::fs::read_dir(node.data_dir.join("chunks"))
+        .expect("chunks")
+        .map(|e| e.expect("entry").path())
+        .find(|p| std::fs::metadata(p).map(|m| m.len()).ok() == Some(size + 4 * blocks + 16))
+        .expect("a chunk file of lineitem's size in layout 2");
+    (path, size)
+}
+
+#[tokio::test]
+async fn a_scan_of_4_of_lineitems_16_columns_reads_under_40_percent_of_its_bytes() {
+    // TPC-H Q6's four columns, read cold: nothing of lineitem was read since
+    // it was loaded, so the data cache holds none of it and what the scan
+    // needs comes from disk (a range the scan asks for twice, such as the
+    // footer, once).
+    let (_dir, node) = loaded_node().await;
+    let (_, size) = lineitem_file(&node).await;
+    let client = node.client().await;
+    let before = read_bytes(&node).await;
+    client
+        .query_one(
+            "SELECT sum(l_extendedprice * l_discount), sum(l_quantity), max(l_shipdate) \
+             FROM tpch.lineitem",
+            &[],
+        )
+        .await
+        .expect("scan");
+    let read = read_bytes(&node).await - before;
+    assert!(read > 0.0, "the scan read the disk");
+    assert!(
+        read < 0.4 * size as f64,
+        "read {read} bytes of a {size}-byte file ({:.1}%)",
+        100.0 * read / size as f64
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_an_unread_column_chunk_is_reported_only_where_it_is_read() {
+    let (_dir, node) = loaded_node_with(&DISK_READS_SCRUBBED).await;
+    let client = node.client().await;
+    let quantity = "SELECT CAST(sum(l_quantity) AS TEXT) FROM tpch.lineitem";
+    let expected: String = client.query_one(quantity, &[]).await.expect("sum").get(0);
+    let (path, size) = lineitem_file(&node).await;
+    let mut bytes = std::fs::read(&path).expect("read the chunk file");
+    let data = bytes::Bytes::copy_from_slice(&bytes[..size as usize]);
+    let metadata = datafusion::parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&data)
+        .expect("the data file's footer");
+    let comment = metadata
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "l_comment")
+        .expect("l_comment");
+    let (start, length) = metadata.row_group(0).column(comment).byte_range();
+    assert!(
+        length > 3 * 64 * 1024,
+        "l_comment spans whole blocks: {length}"
+    );
+    bytes[(start + length / 2) as usize] ^= 0x04;
+    std::fs::write(&path, &bytes).expect("flip a bit in l_comment's column chunk");
+
+    let got: String = client
+        .query_one(quantity, &[])
+        .await
+        .expect("a query that does not read l_comment is not affected")
+        .get(0);
+    assert_eq!(got, expected);
+
+    let e = client
+        .query_one(
+            "SELECT count(*) FROM tpch.lineitem WHERE l_comment LIKE '%fluffily%'",
+            &[],
+        )
+        .await
+        .expect_err("a query that reads l_comment");
+    assert_eq!(support::node::sqlstate(&e), "XX001", "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("tpch.lineitem"), "{message}");
+
+    // The scrubber (every second) reads every chunk whole and reports it too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reported = "scrubber found a bad chunk";
+    while !node.log().contains(reported) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber did not report the damage:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -1,7 +1,15 @@
 //! The local chunk store: one file per chunk under `<data_dir>/chunks/`.
+//!
+//! A chunk file (layout 2, storage/FORMAT.md "Chunks") is the chunk's bytes,
+//! then the CRC-32C of every [`BLOCK_BYTES`] block of them, then a 16-byte
+//! trailer; so a read of a byte range reads and verifies only the blocks it
+//! covers. Files of layout 1 (the bytes alone, whole-file checksum in the
+//! catalog) are still read; a range read of one reads it whole.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -11,6 +19,44 @@ use crate::error::{Error, Result};
 
 /// Suffix of a chunk being written; such files are garbage after a crash.
 const TEMP_SUFFIX: &str = ".tmp";
+
+/// Bytes covered by one block checksum: the unit a range read verifies.
+pub const BLOCK_BYTES: u64 = 64 * 1024;
+/// First bytes of a layout-2 trailer.
+const TRAILER_MAGIC: [u8; 4] = *b"QCB2";
+/// Trailer: magic, block size (u32 LE), block count (u32 LE), CRC-32C of the
+/// block checksum table (u32 LE).
+const TRAILER_BYTES: u64 = 16;
+
+/// Blocks of a chunk of `size_bytes` bytes.
+fn block_count(size_bytes: u64) -> u64 {
+    size_bytes.div_ceil(BLOCK_BYTES)
+}
+
+/// File length of a layout-2 chunk of `size_bytes` bytes.
+fn layout_2_bytes(size_bytes: u64) -> u64 {
+    size_bytes + 4 * block_count(size_bytes) + TRAILER_BYTES
+}
+
+/// The block checksum table and trailer that follow `data` in its file.
+fn block_table(data: &[u8]) -> Vec<u8> {
+    let mut table =
+        Vec::with_capacity((4 * block_count(data.len() as u64) + TRAILER_BYTES) as usize);
+    for block in data.chunks(BLOCK_BYTES as usize) {
+        table.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+    }
+    let table_crc32c = crc32c::crc32c(&table);
+    let blocks = block_count(data.len() as u64) as u32;
+    table.extend_from_slice(&TRAILER_MAGIC);
+    table.extend_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
+    table.extend_from_slice(&blocks.to_le_bytes());
+    table.extend_from_slice(&table_crc32c.to_le_bytes());
+    table
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
 
 /// What the catalog records of a stored chunk: enough to find and verify it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,7 +73,9 @@ pub struct ChunkRef {
 ///
 /// Writes are durable when [`ChunkStore::put`] returns: the data is written to a
 /// temporary file, fsynced, renamed to its final name and the directory fsynced.
-/// Reads verify size and checksum before returning a byte.
+/// Reads verify what they return before returning a byte: a whole read the
+/// chunk's size and checksum, a range read the checksums of the blocks it
+/// covers.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     dir: PathBuf,
@@ -92,6 +140,8 @@ impl ChunkStore {
         ));
         let mut file = File::create(&temp).map_err(io_error(&temp))?;
         file.write_all(data).map_err(io_error(&temp))?;
+        file.write_all(&block_table(data))
+            .map_err(io_error(&temp))?;
         file.sync_all().map_err(io_error(&temp))?;
         drop(file);
         fs::rename(&temp, &path).map_err(io_error(&path))?;
@@ -106,15 +156,10 @@ impl ChunkStore {
         })
     }
 
-    /// Reads chunk `chunk` whole and verifies its size and checksum.
-    /// Blocking: call from a blocking thread.
-    ///
-    /// # Errors
-    /// [`Error::Missing`] if the file is gone, [`Error::Corrupt`] if its bytes do not
-    /// match, [`Error::Io`] otherwise.
-    pub fn get(&self, chunk: &ChunkRef) -> Result<Bytes> {
+    /// Opens chunk `chunk`'s file and tells its layout by its length.
+    fn open_chunk(&self, chunk: &ChunkRef) -> Result<(File, PathBuf, Layout)> {
         let path = self.path_of(chunk.id);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
@@ -125,8 +170,38 @@ impl ChunkStore {
             }
             Err(e) => return Err(io_error(&path)(e)),
         };
+        let length = file.metadata().map_err(io_error(&path))?.len();
+        let layout = if length == layout_2_bytes(chunk.size_bytes) {
+            Layout::Blocks
+        } else if length == chunk.size_bytes {
+            Layout::Whole
+        } else {
+            metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
+            return Err(Error::Corrupt {
+                chunk: chunk.id,
+                expected_size_bytes: chunk.size_bytes,
+                actual_size_bytes: length,
+                expected_crc32c: chunk.checksum_crc32c,
+                actual_crc32c: 0,
+            });
+        };
+        Ok((file, path, layout))
+    }
+
+    /// Reads chunk `chunk` whole and verifies its size and checksum (and, in
+    /// layout 2, its block checksums, so scrubbing finds a damaged table too).
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] if the file is gone, [`Error::Corrupt`] if its bytes do not
+    /// match, [`Error::BlockCorrupt`] if its block checksums do not, [`Error::Io`]
+    /// otherwise.
+    pub fn get(&self, chunk: &ChunkRef) -> Result<Bytes> {
+        let (mut file, path, layout) = self.open_chunk(chunk)?;
         let mut data = Vec::with_capacity(chunk.size_bytes as usize);
         file.read_to_end(&mut data).map_err(io_error(&path))?;
+        metrics::counter!("quarry_storage_chunk_read_bytes_total").increment(data.len() as u64);
+        let table = data.split_off(chunk.size_bytes.min(data.len() as u64) as usize);
         let actual_crc32c = crc32c::crc32c(&data);
         if data.len() as u64 != chunk.size_bytes || actual_crc32c != chunk.checksum_crc32c {
             metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
@@ -138,8 +213,81 @@ impl ChunkStore {
                 actual_crc32c,
             });
         }
-        metrics::counter!("quarry_storage_chunk_read_bytes_total").increment(data.len() as u64);
+        if layout == Layout::Blocks && table != block_table(&data) {
+            metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
+            return Err(Error::BlockCorrupt {
+                chunk: chunk.id,
+                offset_bytes: chunk.size_bytes,
+                length_bytes: table.len() as u64,
+            });
+        }
         Ok(Bytes::from(data))
+    }
+
+    /// Reads bytes `range` of chunk `chunk`, verified: in layout 2 only the
+    /// blocks the range covers are read and checked (plus the block checksum
+    /// table, itself checked); a layout-1 chunk is read and checked whole.
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::get`]; [`Error::BlockCorrupt`] names the damaged
+    /// block; [`Error::OutOfRange`] if `range` is not within the chunk.
+    pub fn get_range(&self, chunk: &ChunkRef, range: Range<u64>) -> Result<Bytes> {
+        if range.start > range.end || range.end > chunk.size_bytes {
+            return Err(Error::OutOfRange {
+                chunk: chunk.id,
+                start_bytes: range.start,
+                end_bytes: range.end,
+                size_bytes: chunk.size_bytes,
+            });
+        }
+        let (file, path, layout) = self.open_chunk(chunk)?;
+        if layout == Layout::Whole {
+            drop(file);
+            return Ok(self
+                .get(chunk)?
+                .slice(range.start as usize..range.end as usize));
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let corrupt = |offset_bytes: u64, length_bytes: u64| {
+            metrics::counter!("quarry_storage_chunk_corruptions_total").increment(1);
+            Error::BlockCorrupt {
+                chunk: chunk.id,
+                offset_bytes,
+                length_bytes,
+            }
+        };
+        let blocks = block_count(chunk.size_bytes);
+        let mut table = vec![0u8; (4 * blocks + TRAILER_BYTES) as usize];
+        file.read_exact_at(&mut table, chunk.size_bytes)
+            .map_err(io_error(&path))?;
+        let (sums, trailer) = table.split_at((4 * blocks) as usize);
+        if trailer[..4] != TRAILER_MAGIC
+            || u64::from(u32_at(trailer, 4)) != BLOCK_BYTES
+            || u64::from(u32_at(trailer, 8)) != blocks
+            || u32_at(trailer, 12) != crc32c::crc32c(sums)
+        {
+            return Err(corrupt(chunk.size_bytes, table.len() as u64));
+        }
+        let first = range.start / BLOCK_BYTES;
+        let last = (range.end - 1) / BLOCK_BYTES;
+        let start = first * BLOCK_BYTES;
+        let end = ((last + 1) * BLOCK_BYTES).min(chunk.size_bytes);
+        let mut data = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut data, start)
+            .map_err(io_error(&path))?;
+        metrics::counter!("quarry_storage_chunk_read_bytes_total")
+            .increment(data.len() as u64 + table.len() as u64);
+        for (i, block) in data.chunks(BLOCK_BYTES as usize).enumerate() {
+            let index = first as usize + i;
+            if crc32c::crc32c(block) != u32_at(sums, 4 * index) {
+                return Err(corrupt(index as u64 * BLOCK_BYTES, block.len() as u64));
+            }
+        }
+        let data = Bytes::from(data);
+        Ok(data.slice((range.start - start) as usize..(range.end - start) as usize))
     }
 
     /// Deletes chunk `id` if present. Used to discard the chunks of a statement that
@@ -178,6 +326,15 @@ impl ChunkStore {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// How a chunk file is laid out (storage/FORMAT.md "Chunks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Layout 1: the bytes alone; the catalog's checksum covers them whole.
+    Whole,
+    /// Layout 2: the bytes, their block checksums, a trailer.
+    Blocks,
 }
 
 #[cfg(test)]
@@ -241,12 +398,118 @@ mod tests {
         assert_eq!(reopened.list().expect("list"), vec![chunk.id]);
     }
 
+    /// Bytes that differ from block to block.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_range_read_checks_only_the_blocks_it_covers() {
+        let (_dir, store) = store();
+        let data = pattern(5 * BLOCK_BYTES as usize + 100);
+        let chunk = store.put(&data).expect("put");
+        let path = store.path_of(chunk.id);
+        let mut bytes = fs::read(&path).expect("read");
+        // Damage block 3.
+        bytes[3 * BLOCK_BYTES as usize + 10] ^= 0x01;
+        fs::write(&path, bytes).expect("write");
+        let b = BLOCK_BYTES;
+        let clean = store
+            .get_range(&chunk, 10..2 * b + 5)
+            .expect("blocks 0-2 are intact");
+        assert_eq!(&clean[..], &data[10..(2 * b + 5) as usize]);
+        let tail = store
+            .get_range(&chunk, 4 * b..5 * b + 100)
+            .expect("blocks 4-5 are intact");
+        assert_eq!(&tail[..], &data[(4 * b) as usize..]);
+        let err = store
+            .get_range(&chunk, 2 * b..3 * b + 1)
+            .expect_err("block 3 is read");
+        assert!(
+            matches!(err, Error::BlockCorrupt { offset_bytes, .. } if offset_bytes == 3 * b),
+            "{err}"
+        );
+        assert!(err.is_data_corruption());
+        assert!(
+            matches!(store.get(&chunk), Err(Error::Corrupt { .. })),
+            "a whole read sees it"
+        );
+    }
+
+    #[test]
+    fn a_damaged_block_table_is_reported_by_range_and_whole_reads() {
+        let (_dir, store) = store();
+        let data = pattern(3 * BLOCK_BYTES as usize);
+        let chunk = store.put(&data).expect("put");
+        let path = store.path_of(chunk.id);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[data.len() + 5] ^= 0x10;
+        fs::write(&path, bytes).expect("write");
+        let err = store
+            .get_range(&chunk, 0..10)
+            .expect_err("the table is checked");
+        assert!(matches!(err, Error::BlockCorrupt { .. }), "{err}");
+        let err = store
+            .get(&chunk)
+            .expect_err("a whole read (scrub) checks the table too");
+        assert!(matches!(err, Error::BlockCorrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn chunks_of_the_old_whole_file_layout_are_still_read() {
+        let (_dir, store) = store();
+        let data = pattern(2 * BLOCK_BYTES as usize + 7);
+        // Layout 1: the bytes alone, as nodes wrote them before block checksums.
+        let id = ChunkId(42);
+        fs::write(store.path_of(id), &data).expect("write layout 1");
+        let chunk = ChunkRef {
+            id,
+            size_bytes: data.len() as u64,
+            checksum_crc32c: crc32c::crc32c(&data),
+        };
+        assert_eq!(&store.get(&chunk).expect("whole")[..], &data[..]);
+        let range = store.get_range(&chunk, 5..BLOCK_BYTES + 9).expect("range");
+        assert_eq!(&range[..], &data[5..(BLOCK_BYTES + 9) as usize]);
+        let mut bytes = data.clone();
+        bytes[BLOCK_BYTES as usize * 2] ^= 1;
+        fs::write(store.path_of(id), &bytes).expect("damage");
+        assert!(
+            matches!(store.get_range(&chunk, 0..1), Err(Error::Corrupt { .. })),
+            "a layout-1 range read checks the whole file"
+        );
+    }
+
+    #[test]
+    fn a_range_outside_the_chunk_is_refused() {
+        let (_dir, store) = store();
+        let chunk = store.put(b"0123456789").expect("put");
+        assert!(matches!(
+            store.get_range(&chunk, 5..11),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert_eq!(&store.get_range(&chunk, 10..10).expect("empty")[..], b"");
+    }
+
     proptest! {
         #[test]
         fn any_bytes_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let (_dir, store) = store();
             let chunk = store.put(&data).expect("put");
             prop_assert_eq!(&store.get(&chunk).expect("get")[..], &data[..]);
+        }
+
+        #[test]
+        fn any_range_reads_what_a_whole_read_slices(
+            len in 0usize..(3 * BLOCK_BYTES as usize),
+            a in 0usize..(3 * BLOCK_BYTES as usize),
+            b in 0usize..(3 * BLOCK_BYTES as usize),
+        ) {
+            let (_dir, store) = store();
+            let data = pattern(len);
+            let chunk = store.put(&data).expect("put");
+            let (start, end) = (a.min(b).min(len), a.max(b).min(len));
+            let range = store.get_range(&chunk, start as u64..end as u64).expect("range");
+            prop_assert_eq!(&range[..], &data[start..end]);
         }
     }
 }

@@ -45,6 +45,32 @@ pub enum Error {
         /// Checksum of the bytes found.
         actual_crc32c: u32,
     },
+    /// Part of a chunk does not match its block checksums, or its block
+    /// checksum table is damaged (bit rot, torn or tampered file). Nothing was
+    /// changed; the bytes are not returned.
+    #[error(
+        "chunk {chunk} is corrupt in bytes {offset_bytes}..+{length_bytes} (block checksum mismatch)"
+    )]
+    BlockCorrupt {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Where the damaged block (or the table) starts in the chunk file.
+        offset_bytes: u64,
+        /// Its length.
+        length_bytes: u64,
+    },
+    /// A range read past the end of a chunk (a bug of the caller). Nothing was read.
+    #[error("range {start_bytes}..{end_bytes} is outside chunk {chunk} of {size_bytes} bytes")]
+    OutOfRange {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Start of the range asked for.
+        start_bytes: u64,
+        /// End of the range asked for.
+        end_bytes: u64,
+        /// The chunk's length.
+        size_bytes: u64,
+    },
     /// Fewer than k chunks of a stripe are readable: its data is lost.
     #[error("stripe lost: {available} chunks readable, {needed} needed")]
     StripeLost {
@@ -114,7 +140,10 @@ impl Error {
     pub fn is_data_corruption(&self) -> bool {
         matches!(
             self,
-            Error::Missing { .. } | Error::Corrupt { .. } | Error::StripeLost { .. }
+            Error::Missing { .. }
+                | Error::Corrupt { .. }
+                | Error::BlockCorrupt { .. }
+                | Error::StripeLost { .. }
         )
     }
 }

@@ -17,6 +17,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -163,7 +164,40 @@ impl StripeStore {
     /// The local error when the chunk has no stripe; `StripeLost` when fewer
     /// than k chunks of its stripe are readable.
     pub async fn get(&self, chunk: ChunkRef) -> Result<Bytes> {
-        let first_error = match self.read_local(chunk).await {
+        self.read(chunk, None).await
+    }
+
+    /// Bytes `range` of data file `chunk`, verified, read from wherever it
+    /// lives as [`StripeStore::get`] does; this node's disk and a holder read
+    /// only the blocks the range covers. A degraded read rebuilds (and
+    /// caches) the whole chunk.
+    ///
+    /// # Errors
+    /// As [`StripeStore::get`]; `OutOfRange` if `range` is not in the chunk.
+    pub async fn get_range(&self, chunk: ChunkRef, range: Range<u64>) -> Result<Bytes> {
+        self.read(chunk, Some(range)).await
+    }
+
+    /// [`StripeStore::get`] (`range` None) or [`StripeStore::get_range`].
+    async fn read(&self, chunk: ChunkRef, range: Option<Range<u64>>) -> Result<Bytes> {
+        if let Some(range) = &range
+            && (range.start > range.end || range.end > chunk.size_bytes)
+        {
+            return Err(Error::OutOfRange {
+                chunk: chunk.id,
+                start_bytes: range.start,
+                end_bytes: range.end,
+                size_bytes: chunk.size_bytes,
+            });
+        }
+        let local = self.local.clone();
+        let wanted = range.clone();
+        let first_error = match blocking(move || match wanted {
+            None => local.get(&chunk),
+            Some(range) => local.get_range(&chunk, range),
+        })
+        .await
+        {
             Ok(data) => return Ok(data),
             Err(e) if e.is_data_corruption() => e,
             Err(e) => return Err(e),
@@ -179,16 +213,24 @@ impl StripeStore {
             .expect("stripe_of indexes the stripe's data chunks");
         let placed = &stripe.chunks[index];
         if placed.node != self.node_id() && self.cluster.maybe_up(placed.node) {
-            match self.fetch(placed).await {
+            let fetched = match range.clone() {
+                None => self.fetch(placed).await,
+                Some(range) => self.cluster.get_range(placed.node, chunk, range).await,
+            };
+            match fetched {
                 Ok(data) => return Ok(data),
                 Err(e) => {
                     tracing::warn!(chunk = %chunk.id, node = placed.node, error = %e, "remote chunk read failed; rebuilding from the stripe")
                 }
             }
         }
+        let slice = |data: Bytes| match &range {
+            None => data,
+            Some(range) => data.slice(range.start as usize..range.end as usize),
+        };
         let cache = self.cache.clone();
         if let Ok(data) = blocking(move || cache.get(&chunk)).await {
-            return Ok(data);
+            return Ok(slice(data));
         }
         let data = self.rebuild(stripe, index).await?;
         metrics::counter!("quarry_storage_degraded_reads_total").increment(1);
@@ -197,7 +239,7 @@ impl StripeStore {
         if let Err(e) = blocking(move || cache.put_as(chunk.id, &cached)).await {
             tracing::warn!(chunk = %chunk.id, error = %e, "cannot cache a rebuilt chunk");
         }
-        Ok(data)
+        Ok(slice(data))
     }
 
     /// Rebuilds chunk `index` of `stripe` from the other chunks (fetched from
@@ -652,6 +694,16 @@ mod tests {
             }
         }
 
+        async fn get_range(
+            &self,
+            node: NodeId,
+            chunk: ChunkRef,
+            range: Range<u64>,
+        ) -> Result<Bytes> {
+            let whole = self.get(node, chunk).await?;
+            Ok(whole.slice(range.start as usize..range.end as usize))
+        }
+
         async fn put(&self, node: NodeId, chunk: ChunkId, data: Bytes) -> Result<()> {
             match self.net.fault(node) {
                 Fault::Down => Err(Error::Unreachable {
@@ -739,6 +791,13 @@ mod tests {
             let store = net.store(reader);
             for (file, bytes) in files.iter().zip(&contents) {
                 assert_eq!(&store.get(file_ref(file)).await.expect("read"), bytes);
+                assert_eq!(
+                    store
+                        .get_range(file_ref(file), 7..900)
+                        .await
+                        .expect("range"),
+                    bytes.slice(7..900)
+                );
             }
         }
     }
@@ -802,6 +861,13 @@ mod tests {
                 .get(&reference(&stripe.chunks[index]))
                 .is_ok(),
             "the rebuilt chunk is cached"
+        );
+        assert_eq!(
+            reader
+                .get_range(file_ref(&files[file]), 3..40)
+                .await
+                .expect("range from the cache"),
+            contents[file].slice(3..40)
         );
         // With a second node down, fewer than k chunks remain.
         let other = stripe

@@ -4,6 +4,7 @@
 //! bytes damaged on the way).
 
 use std::fmt::Debug;
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -48,6 +49,14 @@ pub trait ChunkTransport: Send + Sync + Debug + 'static {
     /// `Unreachable` (no answer in time), `Remote` (the node failed to read
     /// it: missing or corrupt there).
     async fn get(&self, node: NodeId, chunk: ChunkRef) -> Result<Bytes>;
+
+    /// Bytes `range` of `chunk` as stored on `node` (another node), which
+    /// verifies the blocks it reads; the transport checks that what arrived
+    /// is what was sent.
+    ///
+    /// # Errors
+    /// As [`ChunkTransport::get`]; `Damaged` when the bytes changed on the way.
+    async fn get_range(&self, node: NodeId, chunk: ChunkRef, range: Range<u64>) -> Result<Bytes>;
 
     /// Stores `data` as chunk `chunk` on `node` (another node), durably
     /// (written, fsynced, renamed) before answering.
