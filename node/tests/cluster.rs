@@ -787,17 +787,28 @@ async fn narrow_stripes_of_small_statements_are_regrouped_to_the_full_width() {
         .batch_execute("create table t (id bigint)")
         .await
         .expect("create");
-    // Each statement writes one data file: a 1+2 stripe (default 4+2).
-    for i in 1..=8i64 {
-        client
-            .execute(
-                "insert into t select $1 * 1000 + value from generate_series(1, 500)",
-                &[&i],
-            )
-            .await
-            .expect("insert");
+    // Each statement writes one data file: a 1+2 stripe (default 4+2) whose
+    // data chunk lands on a node its id picks. A full-width stripe needs four
+    // on distinct nodes; a regroup made while statements still arrive may be
+    // narrower and waits for one on a node it lacks, so statements continue
+    // (up to 40) until a 4+2 stripe appears.
+    let insert = |i: i64| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "insert into t select $1 * 1000 + value from generate_series(1, 500)",
+                    &[&i],
+                )
+                .await
+                .expect("insert");
+        }
+    };
+    let mut statements = 0i64;
+    for _ in 0..8 {
+        statements += 1;
+        insert(statements).await;
     }
-    let expected = table_state(&nodes[0]).await;
     let wide = || async {
         nodes[0]
             .client()
@@ -814,19 +825,36 @@ async fn narrow_stripes_of_small_statements_are_regrouped_to_the_full_width() {
             })
             .unwrap_or_default()
     };
-    wait_for(
-        Duration::from_secs(60),
-        "a stripe regrouped to 4+2",
-        || async {
-            let stripes = wide().await;
-            stripes.iter().any(|s| s.0 == 4 && s.1 == 2) && stripes.iter().all(|s| s.2 == "healthy")
-        },
-    )
+    let started = std::time::Instant::now();
+    loop {
+        let stripes = wide().await;
+        if stripes.iter().any(|s| s.0 == 4 && s.1 == 2) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "timed out waiting for a stripe regrouped to 4+2 after {statements} statements: {stripes:?}"
+        );
+        if statements < 40 {
+            statements += 1;
+            insert(statements).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_for(Duration::from_secs(60), "every stripe healthy", || async {
+        wide().await.iter().all(|s| s.2 == "healthy")
+    })
     .await;
     let stripes = wide().await;
     assert!(
-        stripes.len() < 8,
-        "fewer stripes than statements: {stripes:?}"
+        (stripes.len() as i64) < statements,
+        "fewer stripes than statements ({statements}): {stripes:?}"
+    );
+    let expected = (
+        500 * statements,
+        (1..=statements)
+            .map(|i| i * 1000 * 500 + 500 * 501 / 2)
+            .sum::<i64>(),
     );
     assert_eq!(table_state(&nodes[0]).await, expected);
 

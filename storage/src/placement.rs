@@ -161,8 +161,10 @@ pub fn layouts_of(catalog: &Catalog, default: StripeLayout) -> HashMap<ChunkId, 
 /// data chunks stay where they are: at most k data chunks, on distinct nodes.
 /// Only stripes of tables without their own layout (`own_layout` lists those
 /// tables' data chunks), healthy on `live` nodes, with full parity, and data on
-/// distinct nodes; widest first, so a group needs the fewest members. None when
-/// fewer than two stripes qualify together. Each regroup leaves fewer stripes.
+/// distinct nodes. A full-width group if any start gives one (members taken
+/// widest first, so it needs the fewest), else the widest group of two or
+/// more; None when no two stripes fit together. Each regroup leaves fewer
+/// stripes.
 pub fn regroup_plan<'a>(
     stripes: impl Iterator<Item = &'a Stripe>,
     layout: StripeLayout,
@@ -187,10 +189,41 @@ pub fn regroup_plan<'a>(
         })
         .collect();
     candidates.sort_by_key(|s| std::cmp::Reverse(s.data_chunks));
+    // Greedy from each start (widest first): a full-width group wins at once,
+    // else the widest group of two or more. Starting only from the widest
+    // stripe would let one stripe whose nodes collide with every other
+    // candidate block all regrouping.
+    let mut best: Option<(usize, Vec<&Stripe>)> = None;
+    for start in 0..candidates.len().min(REGROUP_STARTS_MAX) {
+        let (width, group) = greedy_group(&candidates, start, k);
+        if group.len() < 2 {
+            continue;
+        }
+        if width == k {
+            return Some(group);
+        }
+        if best.as_ref().is_none_or(|(w, _)| width > *w) {
+            best = Some((width, group));
+        }
+    }
+    // A narrower-than-k stripe is a candidate again, so each regroup leaves
+    // fewer stripes and widths grow as new stripes arrive.
+    best.map(|(_, group)| group)
+}
+
+/// How many starting stripes [`regroup_plan`] tries: bounds a call to
+/// O(starts x candidates).
+const REGROUP_STARTS_MAX: usize = 64;
+
+/// `candidates[start]`, then every later-or-earlier candidate (in order) whose
+/// data nodes are disjoint from those taken and that fits in width `k`.
+fn greedy_group<'a>(candidates: &[&'a Stripe], start: usize, k: usize) -> (usize, Vec<&'a Stripe>) {
     let mut group: Vec<&Stripe> = Vec::new();
     let mut used: HashSet<NodeId> = HashSet::new();
     let mut width = 0;
-    for stripe in candidates {
+    let order = std::iter::once(start).chain((0..candidates.len()).filter(|i| *i != start));
+    for i in order {
+        let stripe = candidates[i];
         let nodes: HashSet<NodeId> = stripe.data().iter().map(|c| c.node).collect();
         if width + nodes.len() > k || !nodes.is_disjoint(&used) {
             continue;
@@ -202,9 +235,7 @@ pub fn regroup_plan<'a>(
             break;
         }
     }
-    // Two or more stripes make one narrower-than-k stripe too (their data
-    // nodes may collide with every other candidate); it is a candidate again.
-    (group.len() >= 2).then_some(group)
+    (width, group)
 }
 
 /// The chunks `node` must keep: those stripes place on it, and data files
@@ -411,5 +442,51 @@ mod tests {
         // Too few live nodes for a full stripe: nothing.
         let two: HashSet<NodeId> = [1, 2].into();
         assert!(regroup_plan([&a, &b].into_iter(), layout, &two, &HashSet::new()).is_none());
+    }
+
+    #[test]
+    fn a_wide_stripe_whose_nodes_collide_with_every_other_does_not_block_regrouping() {
+        let layout = StripeLayout {
+            data_chunks: 4,
+            parity_chunks: 2,
+        };
+        let live: HashSet<NodeId> = (1..=6).collect();
+        let blocker = stripe(1, &[1, 2, 3], &[5, 6]);
+        let on_3_4 = stripe(2, &[3, 4], &[5, 6]);
+        let on_5_6 = stripe(3, &[5, 6], &[1, 2]);
+        let group = regroup_plan(
+            [&blocker, &on_3_4, &on_5_6].into_iter(),
+            layout,
+            &live,
+            &HashSet::new(),
+        )
+        .expect("the two 2+2 stripes make a full 4+2");
+        let ids: Vec<ChunkId> = group.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![ChunkId(2), ChunkId(3)]);
+
+        // No full-width group: the widest of two or more, never the blocker alone.
+        let on_1 = stripe(4, &[1], &[5, 6]);
+        let on_2 = stripe(5, &[2], &[5, 6]);
+        let group = regroup_plan(
+            [&blocker, &on_1, &on_2].into_iter(),
+            layout,
+            &live,
+            &HashSet::new(),
+        )
+        .expect("the 1+2 stripes on nodes 1 and 2 regroup");
+        let ids: Vec<ChunkId> = group.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![ChunkId(4), ChunkId(5)]);
+
+        // A new stripe on a node the wide one lacks completes it.
+        let on_4 = stripe(6, &[4], &[5, 6]);
+        let group = regroup_plan(
+            [&blocker, &on_1, &on_4].into_iter(),
+            layout,
+            &live,
+            &HashSet::new(),
+        )
+        .expect("3 + 1 data chunks");
+        let ids: Vec<ChunkId> = group.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![ChunkId(1), ChunkId(6)]);
     }
 }
