@@ -74,6 +74,33 @@ fn io_error(
     }
 }
 
+fn write_stored(db: &Database, stored: &StoredSnapshot) -> StorageResult<()> {
+    let signature = Some(stored.meta.signature());
+    let err = |e: redb::Error| {
+        io_error(
+            ErrorSubject::Snapshot(signature.clone()),
+            ErrorVerb::Write,
+            e,
+        )
+    };
+    let bytes = postcard::to_allocvec(stored).expect("encoding to a Vec cannot fail");
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+        table
+            .insert(CURRENT, bytes.as_slice())
+            .map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))
+}
+
+fn snapshot_of(stored: StoredSnapshot) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta: stored.meta,
+        snapshot: Box::new(Cursor::new(stored.data)),
+    }
+}
+
 impl StateMachine {
     /// Opens the state machine, loading the newest stored snapshot if any.
     pub fn open(db: Arc<Database>, cell: Arc<CatalogCell>) -> Result<Self, crate::Error> {
@@ -113,39 +140,24 @@ impl StateMachine {
             .map(Some)
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
     }
-
-    fn write_stored(&self, stored: &StoredSnapshot) -> StorageResult<()> {
-        let signature = Some(stored.meta.signature());
-        let err = |e: redb::Error| {
-            io_error(
-                ErrorSubject::Snapshot(signature.clone()),
-                ErrorVerb::Write,
-                e,
-            )
-        };
-        let bytes = postcard::to_allocvec(stored).expect("encoding to a Vec cannot fail");
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            let mut table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
-            table
-                .insert(CURRENT, bytes.as_slice())
-                .map_err(|e| err(e.into()))?;
-        }
-        txn.commit().map_err(|e| err(e.into()))
-    }
-
-    fn snapshot_of(stored: StoredSnapshot) -> Snapshot<TypeConfig> {
-        Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }
-    }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+/// What one snapshot is built from: the catalog and the log position it
+/// reflects, taken together when openraft asks for a builder. The builder runs
+/// in its own task while entries keep being applied, so reading the catalog at
+/// build time instead would store entries after `last_log_id`, and a restart
+/// would apply them a second time.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    catalog: Arc<Catalog>,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, NodeAddr>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let catalog = self.cell.get();
-        let data = postcard::to_allocvec(catalog.as_ref()).expect("encoding to a Vec cannot fail");
+        let data =
+            postcard::to_allocvec(self.catalog.as_ref()).expect("encoding to a Vec cannot fail");
         let snapshot_id = match self.last_applied {
             Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
             None => "empty".to_owned(),
@@ -158,13 +170,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
             data,
         };
-        self.write_stored(&stored)?;
-        Ok(Self::snapshot_of(stored))
+        write_stored(&self.db, &stored)?;
+        Ok(snapshot_of(stored))
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
         &mut self,
@@ -198,7 +210,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        SnapshotBuilder {
+            db: self.db.clone(),
+            catalog: self.cell.get(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
@@ -223,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.write_stored(&stored)?;
+        write_stored(&self.db, &stored)?;
         self.cell.set(Arc::new(catalog));
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -231,6 +248,63 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_stored()?.map(Self::snapshot_of))
+        Ok(self.read_stored()?.map(snapshot_of))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Proposal};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn schema(index: u64, name: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                command: Command::CreateSchema {
+                    name: name.into(),
+                    if_not_exists: false,
+                },
+                proposed_at: 1_000,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_exactly_the_entries_up_to_its_last_log_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(Database::create(dir.path().join("meta.redb")).expect("redb"));
+        let mut machine =
+            StateMachine::open(db.clone(), Arc::new(CatalogCell::default())).expect("open");
+        machine.apply([schema(1, "a")]).await.expect("apply");
+        let mut builder = machine.get_snapshot_builder().await;
+        // openraft builds in its own task; entries keep being applied meanwhile.
+        machine.apply([schema(2, "b")]).await.expect("apply");
+        let snapshot = builder.build_snapshot().await.expect("build");
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(1));
+        let stored: Catalog =
+            postcard::from_bytes(snapshot.snapshot.get_ref()).expect("snapshot decodes");
+        assert_eq!(
+            stored.schemas.keys().collect::<Vec<_>>(),
+            ["a"],
+            "the snapshot must not hold entry 2, which a restart applies after it"
+        );
+
+        // A restart loads the snapshot and re-applies entry 2 exactly once.
+        let mut restarted =
+            StateMachine::open(db, Arc::new(CatalogCell::default())).expect("reopen");
+        let (applied, _) = restarted.applied_state().await.expect("state");
+        assert_eq!(applied.map(|id| id.index), Some(1));
+        let replay = restarted.apply([schema(2, "b")]).await.expect("replay");
+        assert!(
+            replay[0].is_ok(),
+            "entry 2 replays cleanly: {:?}",
+            replay[0]
+        );
+        assert_eq!(
+            restarted.cell.get().schemas.keys().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }
