@@ -2,11 +2,11 @@
 //!
 //! On one node without peers the local [`ChunkStore`] is the whole story
 //! ([`LocalFiles`]). In a cluster the node crate implements the trait over
-//! `quarry_storage::StripeStore` (docs/ARCHITECTURE.md, "Storage"): new data
-//! files are written locally, placed into stripes across nodes when their
-//! statement commits ([`DataFileStore::seal`]), and read from wherever they
-//! live, rebuilt from parity when their node is down or their bytes are
-//! corrupt.
+//! `quarry_storage::StripeStore` (docs/ARCHITECTURE.md, "Write path"): new
+//! data files go through a [`FileSink`] straight to their holders, grouped
+//! into stripes as they arrive (`quarry_storage::StripeWriter`), and are read
+//! from wherever they live, rebuilt from parity when their node is down or
+//! their bytes are corrupt.
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use quarry_common::catalog::{ChunkId, DataFile, NodeId, Stripe, StripeLayout};
+use quarry_common::catalog::{ChunkId, NodeId, Stripe, StripeLayout};
 use quarry_storage::{ChunkRef, ChunkStore, blocking};
 
 /// A node of the cluster as `quarry_system.nodes` shows it.
@@ -34,14 +34,50 @@ pub struct NodeRow {
     pub raft_role: String,
 }
 
+/// Where the new data files of one table written by one transaction go, as
+/// the engine finishes them: each is stored once, where it will live.
+#[async_trait]
+pub trait FileSink: Send + Sync + Debug {
+    /// Stores a new (uncommitted) data file where it will live.
+    ///
+    /// # Errors
+    /// If no node (or the local disk) accepts it; then the statement fails.
+    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef>;
+
+    /// Forgets a file put here that the transaction no longer adds.
+    fn discard(&self, chunk: ChunkId);
+
+    /// The placement of the files put here, for the commit that records
+    /// them: stripes with at least one file not discarded.
+    ///
+    /// # Errors
+    /// If the last stripe's parity cannot be stored on enough nodes; nothing
+    /// is committed.
+    async fn finish(&self) -> quarry_storage::Result<Vec<Stripe>>;
+}
+
+/// The cluster's sink: files go to their stripes' holders as they come.
+#[async_trait]
+impl FileSink for quarry_storage::StripeWriter {
+    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
+        quarry_storage::StripeWriter::put(self, bytes).await
+    }
+
+    fn discard(&self, chunk: ChunkId) {
+        quarry_storage::StripeWriter::discard(self, chunk);
+    }
+
+    async fn finish(&self) -> quarry_storage::Result<Vec<Stripe>> {
+        quarry_storage::StripeWriter::finish(self).await
+    }
+}
+
 /// The engine's access to data files, and to the cluster they are spread over.
 #[async_trait]
 pub trait DataFileStore: Send + Sync + Debug + 'static {
-    /// Stores the bytes of a new (uncommitted) data file on this node.
-    ///
-    /// # Errors
-    /// The local disk's error; then nothing is stored.
-    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef>;
+    /// A sink for new data files of a table with stripe layout `layout`
+    /// (None: the cluster default).
+    fn sink(&self, layout: Option<StripeLayout>) -> Arc<dyn FileSink>;
 
     /// The verified bytes of data file `chunk`, wherever it lives.
     ///
@@ -61,18 +97,6 @@ pub trait DataFileStore: Send + Sync + Debug + 'static {
     /// that the collector removes later).
     fn discard(&self, chunk: ChunkId);
 
-    /// Places `files`, new data files of a table with stripe layout `layout`
-    /// (None: the cluster default), into stripes on the cluster's nodes, ready
-    /// for the commit that records the returned placement.
-    ///
-    /// # Errors
-    /// If the chunks cannot be stored on enough nodes; nothing is committed.
-    async fn seal(
-        &self,
-        layout: Option<StripeLayout>,
-        files: &[DataFile],
-    ) -> quarry_storage::Result<Vec<Stripe>>;
-
     /// The cluster's nodes as this node sees them.
     fn nodes(&self) -> Vec<NodeRow> {
         Vec::new()
@@ -89,10 +113,25 @@ pub trait DataFileStore: Send + Sync + Debug + 'static {
 pub struct LocalFiles(pub ChunkStore);
 
 #[async_trait]
-impl DataFileStore for LocalFiles {
+impl FileSink for LocalFiles {
     async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
         let store = self.0.clone();
         blocking(move || store.put(&bytes)).await
+    }
+
+    fn discard(&self, chunk: ChunkId) {
+        DataFileStore::discard(self, chunk);
+    }
+
+    async fn finish(&self) -> quarry_storage::Result<Vec<Stripe>> {
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl DataFileStore for LocalFiles {
+    fn sink(&self, _layout: Option<StripeLayout>) -> Arc<dyn FileSink> {
+        Arc::new(self.clone())
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
@@ -109,14 +148,6 @@ impl DataFileStore for LocalFiles {
         if let Err(e) = self.0.delete(chunk) {
             tracing::warn!(%chunk, error = %e, "could not delete the chunk of an uncommitted data file");
         }
-    }
-
-    async fn seal(
-        &self,
-        _layout: Option<StripeLayout>,
-        _files: &[DataFile],
-    ) -> quarry_storage::Result<Vec<Stripe>> {
-        Ok(Vec::new())
     }
 }
 
@@ -185,8 +216,8 @@ impl CachedFiles {
 
 #[async_trait]
 impl DataFileStore for CachedFiles {
-    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
-        self.inner.put(bytes).await
+    fn sink(&self, layout: Option<StripeLayout>) -> Arc<dyn FileSink> {
+        self.inner.sink(layout)
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
@@ -202,14 +233,6 @@ impl DataFileStore for CachedFiles {
     fn discard(&self, chunk: ChunkId) {
         self.pool.retain(|cached, _| cached.0.id != chunk);
         self.inner.discard(chunk);
-    }
-
-    async fn seal(
-        &self,
-        layout: Option<StripeLayout>,
-        files: &[DataFile],
-    ) -> quarry_storage::Result<Vec<Stripe>> {
-        self.inner.seal(layout, files).await
     }
 
     fn nodes(&self) -> Vec<NodeRow> {
@@ -231,6 +254,7 @@ mod tests {
         let store = ChunkStore::open(dir.path()).expect("store");
         let cached = CachedFiles::new(Arc::new(LocalFiles(store.clone())), 1 << 20);
         let chunk = cached
+            .sink(None)
             .put(Bytes::from_static(b"a data file"))
             .await
             .expect("put");
@@ -251,7 +275,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = ChunkStore::open(dir.path()).expect("store");
         let cached = CachedFiles::new(Arc::new(LocalFiles(store.clone())), 0);
-        let chunk = cached.put(Bytes::from_static(b"x")).await.expect("put");
+        let chunk = cached
+            .sink(None)
+            .put(Bytes::from_static(b"x"))
+            .await
+            .expect("put");
         assert_eq!(cached.get(chunk).await.expect("read"), "x");
         store.delete(chunk.id).expect("delete");
         assert!(cached.get(chunk).await.is_err(), "nothing was kept");

@@ -17,11 +17,12 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, StripeLayout, Table, TableId,
+    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
 };
 use quarry_raft::TableChange;
+use quarry_storage::ChunkRef;
 
-use crate::chunks::DataFileStore;
+use crate::chunks::{DataFileStore, FileSink};
 
 use crate::error::{Error, Result};
 use crate::types::file_schema;
@@ -33,8 +34,11 @@ pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 
 /// What a transaction (or autocommit statement) has changed and read, not yet
 /// committed: data files it wrote, data files it replaced, and the snapshots of
-/// the tables it read. Dropping an uncommitted write set deletes the files it
-/// wrote, so a failed or abandoned transaction leaves nothing on disk.
+/// the tables it read. Each table's new files go through one [`FileSink`],
+/// which stores them where they will live as they are finished. Dropping an
+/// uncommitted write set discards the files it wrote, so a failed or abandoned
+/// transaction leaves nothing a reader can see (chunks already on other nodes
+/// are orphans their collection deletes).
 #[derive(Debug)]
 pub struct WriteSet {
     chunks: Arc<dyn DataFileStore>,
@@ -46,8 +50,8 @@ struct Pending {
     added: BTreeMap<TableId, Vec<DataFile>>,
     removed: BTreeMap<TableId, Vec<ChunkId>>,
     reads: BTreeMap<TableId, SnapshotId>,
-    /// Stripe layout of each table written to.
-    layouts: BTreeMap<TableId, Option<StripeLayout>>,
+    /// Where each table's new files go (created by the first file).
+    sinks: BTreeMap<TableId, Arc<dyn FileSink>>,
 }
 
 impl WriteSet {
@@ -65,16 +69,21 @@ impl WriteSet {
             .expect("write set lock is never held across a panic")
     }
 
-    fn add(&self, table: &Table, file: DataFile) {
-        let mut pending = self.lock();
-        pending.layouts.insert(table.id, table.layout);
-        pending.added.entry(table.id).or_default().push(file);
+    /// Stores the bytes of a new data file of `table` through the table's sink.
+    async fn put(&self, table: &Table, bytes: Bytes) -> Result<ChunkRef> {
+        let sink = {
+            let mut pending = self.lock();
+            pending
+                .sinks
+                .entry(table.id)
+                .or_insert_with(|| self.chunks.sink(table.layout))
+                .clone()
+        };
+        sink.put(bytes).await.map_err(Error::Storage)
     }
 
-    /// The stripe layout of each table this set wrote to (None: the cluster
-    /// default).
-    pub fn layouts(&self) -> BTreeMap<TableId, Option<StripeLayout>> {
-        self.lock().layouts.clone()
+    fn add(&self, table: TableId, file: DataFile) {
+        self.lock().added.entry(table).or_default().push(file);
     }
 
     /// Whether the transaction has added or replaced no data file yet.
@@ -100,9 +109,11 @@ impl WriteSet {
         if let Some(added) = pending.added.get_mut(&table)
             && let Some(i) = added.iter().position(|f| f.chunk == chunk)
         {
-            let file = added.remove(i);
-            drop(pending);
-            self.discard_files([file]);
+            added.remove(i);
+            match pending.sinks.get(&table) {
+                Some(sink) => sink.discard(chunk),
+                None => self.chunks.discard(chunk),
+            }
             return;
         }
         pending.removed.entry(table).or_default().push(chunk);
@@ -114,15 +125,44 @@ impl WriteSet {
         self.lock().reads.entry(table).or_insert(snapshot);
     }
 
-    /// Hands the changes over for commit, one per table, and the tables read; the
-    /// set is then empty. If the commit fails definitely, pass the changes to
+    /// Hands the changes over for commit, one per table, with the stripes
+    /// their new files were placed in, and the tables read; the set is then
+    /// empty. If the commit fails definitely, pass the changes to
     /// [`WriteSet::discard_changes`].
-    pub fn take(&self) -> (Vec<TableChange>, Vec<(TableId, SnapshotId)>) {
+    ///
+    /// # Errors
+    /// If a table's last stripe cannot be completed (its parity finds too few
+    /// nodes); the changes are discarded and nothing is to be committed.
+    pub async fn take(&self) -> Result<(Vec<TableChange>, Vec<(TableId, SnapshotId)>)> {
+        let (mut changes, reads, sinks) = self.take_pending();
+        for change in &mut changes {
+            let Some(sink) = sinks.get(&change.table) else {
+                continue;
+            };
+            match sink.finish().await {
+                Ok(stripes) => change.stripes = stripes,
+                Err(e) => {
+                    self.discard_changes(changes);
+                    return Err(Error::Storage(e));
+                }
+            }
+        }
+        Ok((changes, reads))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take_pending(
+        &self,
+    ) -> (
+        Vec<TableChange>,
+        Vec<(TableId, SnapshotId)>,
+        BTreeMap<TableId, Arc<dyn FileSink>>,
+    ) {
         let Pending {
             added,
             mut removed,
             reads,
-            ..
+            sinks,
         } = std::mem::take(&mut *self.lock());
         let mut changes: Vec<TableChange> = added
             .into_iter()
@@ -140,7 +180,7 @@ impl WriteSet {
             stripes: Vec::new(),
         }));
         changes.retain(|c| !c.added.is_empty() || !c.removed.is_empty());
-        (changes, reads.into_iter().collect())
+        (changes, reads.into_iter().collect(), sinks)
     }
 
     /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
@@ -157,7 +197,7 @@ impl WriteSet {
 
     /// Deletes every pending file and forgets every change.
     pub fn discard(&self) {
-        let (changes, _) = self.take();
+        let (changes, _, _) = self.take_pending();
         self.discard_changes(changes);
     }
 }
@@ -181,7 +221,6 @@ struct ColumnZoneMap {
 pub struct DataFileWriter {
     table: Arc<Table>,
     schema: SchemaRef,
-    chunks: Arc<dyn DataFileStore>,
     writes: Arc<WriteSet>,
     properties: WriterProperties,
     current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
@@ -191,7 +230,7 @@ pub struct DataFileWriter {
 
 impl DataFileWriter {
     /// A writer for `table` (its current columns) that records files in `writes`.
-    pub fn new(table: Arc<Table>, chunks: Arc<dyn DataFileStore>, writes: Arc<WriteSet>) -> Self {
+    pub fn new(table: Arc<Table>, writes: Arc<WriteSet>) -> Self {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -200,7 +239,6 @@ impl DataFileWriter {
         DataFileWriter {
             schema: file_schema(&table),
             table,
-            chunks,
             writes,
             properties,
             current: None,
@@ -221,10 +259,25 @@ impl DataFileWriter {
     /// 23502 if a NOT NULL column gets a NULL, 22P02 / 22003 if a value does not
     /// convert, an I/O error if a finished file cannot be stored.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
+        let mut batch = self.conform(batch)?;
+        // A batch larger than the current file's room is split across files,
+        // so no file holds more than FILE_ROWS_MAX rows.
+        while batch.num_rows() > 0 {
+            let room = (FILE_ROWS_MAX - self.rows_in_file) as usize;
+            let rest = batch.slice(
+                room.min(batch.num_rows()),
+                batch.num_rows().saturating_sub(room),
+            );
+            self.write_into_file(batch.slice(0, room.min(batch.num_rows())))
+                .await?;
+            batch = rest;
         }
-        let batch = self.conform(batch)?;
+        Ok(())
+    }
+
+    /// Appends `batch` (conformed, no more rows than the current file's
+    /// room) to the current file, finishing the file when it is full.
+    async fn write_into_file(&mut self, batch: RecordBatch) -> Result<()> {
         let (writer, zone_maps) = match &mut self.current {
             Some(current) => current,
             None => {
@@ -344,13 +397,9 @@ impl DataFileWriter {
                 max: datum_of(&zone_map.max.evaluate()?),
             });
         }
-        let chunk = self
-            .chunks
-            .put(Bytes::from(bytes))
-            .await
-            .map_err(Error::Storage)?;
+        let chunk = self.writes.put(&self.table, Bytes::from(bytes)).await?;
         self.writes.add(
-            &self.table,
+            self.table.id,
             DataFile {
                 chunk: chunk.id,
                 size_bytes: chunk.size_bytes,
@@ -475,14 +524,14 @@ mod tests {
         let files: Arc<dyn DataFileStore> = Arc::new(LocalFiles(chunks.clone()));
         let writes = Arc::new(WriteSet::new(files.clone()));
         let table = table();
-        let mut writer = DataFileWriter::new(table.clone(), files.clone(), writes.clone());
+        let mut writer = DataFileWriter::new(table.clone(), writes.clone());
         writer
             .write(batch(&table, vec![5, 3, 9, 4]))
             .await
             .expect("write");
         assert_eq!(writer.finish().await.expect("finish"), 4);
         assert_eq!(chunks.list().expect("list").len(), 1);
-        let (changes, _) = writes.take();
+        let (changes, _) = writes.take().await.expect("take");
         let file = &changes[0].added[0];
         assert_eq!(file.row_count, 4);
         assert_eq!(file.column_stats[0].min, Some(Datum::Int(3)));
@@ -490,7 +539,7 @@ mod tests {
         assert_eq!(file.column_stats[1].null_count, 3);
 
         // Files taken for commit survive the write set; pending ones do not.
-        let mut writer = DataFileWriter::new(table.clone(), files.clone(), writes.clone());
+        let mut writer = DataFileWriter::new(table.clone(), writes.clone());
         writer.write(batch(&table, vec![1])).await.expect("write");
         writer.finish().await.expect("finish");
         assert_eq!(chunks.list().expect("list").len(), 2);
@@ -499,16 +548,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_larger_than_a_file_is_split_at_file_rows_max() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let writes = Arc::new(WriteSet::new(Arc::new(LocalFiles(chunks.clone()))));
+        let table = table();
+        let mut writer = DataFileWriter::new(table.clone(), writes.clone());
+        writer
+            .write(batch(&table, vec![0; 10]))
+            .await
+            .expect("write");
+        let rows = FILE_ROWS_MAX as i64 + 5;
+        writer
+            .write(batch(&table, (0..rows).collect()))
+            .await
+            .expect("write");
+        assert_eq!(writer.finish().await.expect("finish"), rows as u64 + 10);
+        let (changes, _) = writes.take().await.expect("take");
+        let counts: Vec<u64> = changes[0].added.iter().map(|f| f.row_count).collect();
+        assert_eq!(counts, vec![FILE_ROWS_MAX, 15]);
+        assert_eq!(chunks.list().expect("list").len(), 2);
+    }
+
+    #[tokio::test]
     async fn a_null_in_a_not_null_column_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let chunks: Arc<dyn DataFileStore> =
             Arc::new(LocalFiles(ChunkStore::open(dir.path()).expect("store")));
         let table = table();
-        let mut writer = DataFileWriter::new(
-            table.clone(),
-            chunks.clone(),
-            Arc::new(WriteSet::new(chunks)),
-        );
+        let mut writer = DataFileWriter::new(table.clone(), Arc::new(WriteSet::new(chunks)));
         let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
         let names: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b")]));
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![

@@ -224,7 +224,7 @@ async fn rewrite_file(
     if changed == 0 {
         return Ok(0);
     }
-    let mut writer = DataFileWriter::new(table.clone(), source.chunks().clone(), writes.clone());
+    let mut writer = DataFileWriter::new(table.clone(), writes.clone());
     for batch in output {
         writer.write(batch).await.map_err(to_engine)?;
     }

@@ -517,13 +517,7 @@ impl Session {
         if self.transaction.is_some() {
             return Ok(());
         }
-        commit_changes(
-            self.engine.meta.as_ref(),
-            self.engine.chunks.as_ref(),
-            writes,
-            false,
-        )
-        .await
+        commit_changes(self.engine.meta.as_ref(), writes, false).await
     }
 
     /// Refuses statements a transaction block cannot hold yet.
@@ -575,7 +569,6 @@ impl Session {
         let serializable = transaction.isolation == Isolation::Serializable;
         commit_changes(
             self.engine.meta.as_ref(),
-            self.engine.chunks.as_ref(),
             &transaction.view.writes,
             serializable,
         )
@@ -1216,11 +1209,7 @@ impl Session {
         let old_files = current.visible_files();
         let batches = self.run_query(&plan.query).await?;
         let columns = table.columns.len();
-        let mut writer = DataFileWriter::new(
-            table.clone(),
-            self.engine.chunks.clone(),
-            view.writes.clone(),
-        );
+        let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut affected = 0u64;
         for batch in batches {
             let clause = datafusion::arrow::compute::cast(batch.column(columns), &DataType::Int64)
@@ -1463,26 +1452,18 @@ impl Session {
             layout,
         });
         let mut stream = self.stream(plan).await?;
-        let mut writer =
-            DataFileWriter::new(provisional, self.engine.chunks.clone(), view.writes.clone());
+        let mut writer = DataFileWriter::new(provisional, view.writes.clone());
         while let Some(batch) = stream.next().await {
             writer.write(batch.map_err(Error::from_engine)?).await?;
         }
         let rows = writer.finish().await?;
-        let files = view
-            .writes
-            .take()
-            .0
-            .into_iter()
-            .flat_map(|change| change.added)
-            .collect::<Vec<_>>();
-        let stripes = match self.engine.chunks.seal(layout, &files).await {
-            Ok(stripes) => stripes,
-            Err(e) => {
-                view.writes.discard_files(files);
-                return Err(Error::Storage(e));
-            }
-        };
+        let (changes, _) = view.writes.take().await?;
+        let mut files = Vec::new();
+        let mut stripes = Vec::new();
+        for change in changes {
+            files.extend(change.added);
+            stripes.extend(change.stripes);
+        }
         let command = Command::CreateTable {
             schema,
             name,
@@ -1726,13 +1707,8 @@ impl Session {
                 };
                 Ok(Output::CopyIn(Box::new(CopyIn {
                     meta: self.engine.meta.clone(),
-                    chunks: self.engine.chunks.clone(),
                     commit: self.transaction.is_none(),
-                    writer: DataFileWriter::new(
-                        table.clone(),
-                        self.engine.chunks.clone(),
-                        view.writes.clone(),
-                    ),
+                    writer: DataFileWriter::new(table.clone(), view.writes.clone()),
                     parser: RecordParser::new(format.clone()),
                     rows,
                     writes: view.writes,
@@ -1894,26 +1870,10 @@ fn refused(e: &quarry_raft::Error) -> bool {
 /// Commits everything `writes` holds as one Raft command; on a definite refusal
 /// deletes the files it wrote. With `serializable`, the commit also fails if any
 /// table the transaction read changed meanwhile.
-async fn commit_changes(
-    meta: &dyn Metadata,
-    chunks: &dyn DataFileStore,
-    writes: &WriteSet,
-    serializable: bool,
-) -> Result<()> {
-    let layouts = writes.layouts();
-    let (mut changes, reads) = writes.take();
+async fn commit_changes(meta: &dyn Metadata, writes: &WriteSet, serializable: bool) -> Result<()> {
+    let (changes, reads) = writes.take().await?;
     if changes.is_empty() {
         return Ok(());
-    }
-    for i in 0..changes.len() {
-        let layout = layouts.get(&changes[i].table).copied().flatten();
-        match chunks.seal(layout, &changes[i].added).await {
-            Ok(stripes) => changes[i].stripes = stripes,
-            Err(e) => {
-                writes.discard_changes(changes);
-                return Err(Error::Storage(e));
-            }
-        }
     }
     let command = Command::Commit {
         changes: changes.clone(),
@@ -2077,7 +2037,6 @@ fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Co
 /// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
 pub struct CopyIn {
     meta: Arc<dyn Metadata>,
-    chunks: Arc<dyn DataFileStore>,
     /// Whether finishing commits (autocommit), or leaves the rows to the
     /// transaction block's COMMIT.
     commit: bool,
@@ -2138,7 +2097,6 @@ impl CopyIn {
         self.flush().await?;
         let CopyIn {
             meta,
-            chunks,
             writer,
             writes,
             commit,
@@ -2146,7 +2104,7 @@ impl CopyIn {
         } = self;
         let count = writer.finish().await?;
         if commit {
-            commit_changes(meta.as_ref(), chunks.as_ref(), &writes, false).await?;
+            commit_changes(meta.as_ref(), &writes, false).await?;
         }
         Ok(CommandTag::with_rows("COPY", count))
     }

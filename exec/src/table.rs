@@ -335,7 +335,6 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
         let sink = TableSink {
             table: self.table.clone(),
             schema: self.schema.clone(),
-            chunks: self.chunks.clone(),
             writes: writes.clone(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
@@ -764,7 +763,6 @@ impl AsyncFileReader for ChunkReader {
 struct TableSink {
     table: Arc<Table>,
     schema: SchemaRef,
-    chunks: Arc<dyn DataFileStore>,
     writes: Arc<WriteSet>,
 }
 
@@ -795,8 +793,7 @@ impl DataSink for TableSink {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        let mut writer =
-            DataFileWriter::new(self.table.clone(), self.chunks.clone(), self.writes.clone());
+        let mut writer = DataFileWriter::new(self.table.clone(), self.writes.clone());
         while let Some(batch) = data.next().await {
             writer.write(batch?).await.map_err(to_engine)?;
         }

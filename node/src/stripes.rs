@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use quarry_common::catalog::{Catalog, ChunkId, DataFile, NodeId, Stripe, StripeLayout};
-use quarry_exec::chunks::{DataFileStore, NodeRow};
+use quarry_common::catalog::{Catalog, ChunkId, NodeId, StripeLayout};
+use quarry_exec::chunks::{DataFileStore, FileSink, NodeRow};
 use quarry_raft::Meta;
 use quarry_storage::placement::Candidate;
-use quarry_storage::{ChunkRef, ChunkTransport, Error as StorageError, StripeStore};
+use quarry_storage::{ChunkRef, ChunkTransport, Error as StorageError, StripeStore, StripeWriter};
 
 use crate::membership::Membership;
 use crate::rpc::{RpcRequest, RpcResponse, Transport};
@@ -216,8 +216,8 @@ impl ClusterFiles {
 
 #[async_trait]
 impl DataFileStore for ClusterFiles {
-    async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
-        self.stripes.put(bytes).await
+    fn sink(&self, layout: Option<StripeLayout>) -> Arc<dyn FileSink> {
+        Arc::new(StripeWriter::new(self.stripes.clone(), layout))
     }
 
     async fn get(&self, chunk: ChunkRef) -> quarry_storage::Result<Bytes> {
@@ -268,13 +268,5 @@ impl DataFileStore for ClusterFiles {
 
     fn discard(&self, chunk: ChunkId) {
         self.stripes.discard(chunk);
-    }
-
-    async fn seal(
-        &self,
-        layout: Option<StripeLayout>,
-        files: &[DataFile],
-    ) -> quarry_storage::Result<Vec<Stripe>> {
-        self.stripes.seal(layout, files).await
     }
 }

@@ -870,3 +870,122 @@ async fn narrow_stripes_of_small_statements_are_regrouped_to_the_full_width() {
         "after losing two nodes"
     );
 }
+
+/// Chunk files in `node`'s data directory.
+fn chunk_files(node: &TestNode) -> usize {
+    std::fs::read_dir(node.data_dir.join("chunks"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// How many chunks the catalog places on each of `nodes`, as `observer` sees it.
+async fn placed_chunks(nodes: &[TestNode], observer: usize) -> Option<Vec<usize>> {
+    let client = nodes[observer].client().await;
+    let stripes = client
+        .query("select nodes from quarry_system.stripes", &[])
+        .await
+        .ok()?;
+    let members = support::cluster::node_rows(&nodes[observer]).await;
+    let mut placed = vec![0; nodes.len()];
+    for row in stripes {
+        for id in row.get::<_, String>(0).split(',') {
+            let member = members.iter().find(|m| m.node_id.to_string() == id)?;
+            let index = nodes
+                .iter()
+                .position(|n| n.listen() == member.rpc_address)?;
+            placed[index] += 1;
+        }
+    }
+    Some(placed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_sends_each_file_once_to_its_holder_and_a_cut_copy_leaves_nothing() {
+    use bytes::Bytes;
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = start_cluster(dir.path(), 3, &[]).await;
+    let client = nodes[0].client().await;
+    client
+        .batch_execute("create table big (id bigint not null); insert into big values (-1)")
+        .await
+        .expect("setup");
+    let before: Vec<usize> = nodes.iter().map(chunk_files).collect();
+
+    // Three nodes: 2+1 stripes. Two data files' worth of rows (2 × 1,048,576)
+    // complete one stripe while the COPY is still open: each file goes to its
+    // holder as it is finished, and the parity follows, so every node gains a
+    // chunk before anything commits. (Files used to be written on the node
+    // running the COPY and sent to their holders at commit.)
+    let sink = client
+        .copy_in::<_, Bytes>("COPY big FROM STDIN")
+        .await
+        .expect("copy in");
+    futures::pin_mut!(sink);
+    let rows: String = (0..2_200_000).map(|i| format!("{i}\n")).collect();
+    sink.send(Bytes::from(rows)).await.expect("send");
+    let started = std::time::Instant::now();
+    loop {
+        let now: Vec<usize> = nodes.iter().map(chunk_files).collect();
+        if now.iter().zip(&before).all(|(n, b)| *n == b + 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "timed out waiting for a chunk of the open COPY on every node: \
+             chunk files {now:?}, before the COPY {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let count: i64 = nodes[1]
+        .client()
+        .await
+        .query_one("select count(*) from big", &[])
+        .await
+        .expect("count during the copy")
+        .get(0);
+    assert_eq!(count, 1, "the open COPY's rows are not visible");
+
+    // The node running the COPY dies: nothing commits, and every node's
+    // collection deletes the orphans at its next start.
+    nodes[0].kill9();
+    wait_for(
+        Duration::from_secs(60),
+        "the cut COPY invisible",
+        || async {
+            match nodes[1]
+                .client()
+                .await
+                .query_one("select count(*) from big", &[])
+                .await
+            {
+                Ok(row) => row.get::<_, i64>(0) == 1,
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    nodes[0].restart().await;
+    for (i, node) in nodes.iter_mut().enumerate().skip(1) {
+        let status = node.terminate();
+        assert!(status.success(), "node {i} stops cleanly: {status}");
+        node.restart().await;
+    }
+    wait_for(
+        Duration::from_secs(90),
+        "each node holding exactly the chunks the catalog places on it",
+        || async {
+            let held: Vec<usize> = nodes.iter().map(chunk_files).collect();
+            placed_chunks(&nodes, 1).await.is_some_and(|p| p == held)
+        },
+    )
+    .await;
+    let count: i64 = nodes[2]
+        .client()
+        .await
+        .query_one("select count(*) from big", &[])
+        .await
+        .expect("count after restarts")
+        .get(0);
+    assert_eq!(count, 1);
+}

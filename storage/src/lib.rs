@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!  bytes ──ChunkStore::put──► <data_dir>/chunks/<id>.tmp ──fsync, rename, fsync dir──► <id>
-//!  StripeStore::seal(files) ──► k data + m parity chunks (stripe) ──ChunkTransport::put──► holders
+//!  StripeWriter::put(file) ──ChunkTransport::put──► holder; k files ──► + m parity ──► stripe
 //!  StripeStore::get(ChunkRef) ──► local | holder | rebuilt from any k chunks ──► verified Bytes
 //! ```
 //!
@@ -19,6 +19,7 @@
 //! - [`placement`]: rendezvous placement over failure domains, and the plans
 //!   of repair, widening, regrouping and collection (pure functions).
 //! - [`stripe_store`]: the stripe store over a [`ChunkTransport`].
+//! - [`stripe_writer`]: new data files into stripes, each sent once, to its holder.
 //!
 //! The on-disk format is described in `storage/FORMAT.md`; how storage fits the
 //! whole is in `docs/ARCHITECTURE.md`.
@@ -29,9 +30,11 @@ mod error;
 pub mod placement;
 pub mod stripe;
 pub mod stripe_store;
+pub mod stripe_writer;
 pub mod transport;
 
 pub use chunk_store::{ChunkRef, ChunkStore};
 pub use error::{Error, Result};
 pub use stripe_store::{StripeStore, blocking};
+pub use stripe_writer::StripeWriter;
 pub use transport::ChunkTransport;

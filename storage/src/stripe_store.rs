@@ -1,10 +1,10 @@
 //! [`StripeStore`]: a node's data files across the cluster (storage/FORMAT.md,
-//! "Stripes"). New data files are written to the local chunk store; when their
-//! statement commits they are grouped into stripes of k data chunks and m
-//! parity chunks placed on distinct nodes ([`crate::placement`]), every chunk
-//! of a stripe sent at once. Reads come from the chunk's node; when it is down
-//! or the bytes are corrupt the chunk is rebuilt from any k chunks of its
-//! stripe (a degraded read) and cached locally.
+//! "Stripes"). New data files go straight to their holders through a
+//! [`crate::StripeWriter`], which groups them into stripes of k data chunks
+//! and m parity chunks on distinct nodes ([`crate::placement`]). Reads come
+//! from the chunk's node; when it is down or the bytes are corrupt the chunk
+//! is rebuilt from any k chunks of its stripe (a degraded read) and cached
+//! locally.
 //!
 //! Also here: the scrub of this node's chunks, the collection of chunks no
 //! stripe places on this node, and the rebuild and new parity that repair,
@@ -12,20 +12,19 @@
 //! their results through Raft.
 //!
 //! ```text
-//!  put ──► local ChunkStore ──seal──► encode parity ──put (concurrent)──► holders
-//!  get ──► local? ─no─► holder via ChunkTransport ─fails─► cache? ─no─► rebuild from k chunks ──► cache
+//!  StripeWriter::put ──► holder via ChunkTransport (k files: + m parity, concurrent)
+//!  get ──► local? ─no─► holder (catalog or pending) ─fails─► cache? ─no─► rebuild from k chunks ──► cache
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use quarry_common::catalog::{ChunkId, DataFile, NodeId, Stripe, StripeChunk, StripeLayout};
+use quarry_common::catalog::{ChunkId, NodeId, Stripe, StripeChunk};
 
-use crate::placement::{chunks_to_keep, effective_layout, order_without, placement_order};
+use crate::placement::{chunks_to_keep, order_without};
 use crate::transport::ChunkTransport;
 use crate::{ChunkRef, ChunkStore, Error, Result};
 
@@ -34,9 +33,6 @@ use crate::{ChunkRef, ChunkStore, Error, Result};
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(15 * 60);
 /// Chunks rebuilt by degraded reads stay cached this long.
 const CACHE_TTL: Duration = Duration::from_secs(10 * 60);
-/// Stripes of one statement sealed at once (each holds its data files'
-/// bytes in memory while its chunks are sent).
-const SEAL_STRIPES_INFLIGHT_MAX: usize = 4;
 
 /// The node's data files: local chunks, stripes across the cluster.
 #[derive(Debug, Clone)]
@@ -44,6 +40,9 @@ pub struct StripeStore {
     local: ChunkStore,
     cache: ChunkStore,
     cluster: Arc<dyn ChunkTransport>,
+    /// Where this node's uncommitted data files are (their stripe writers
+    /// live): the catalog does not know them yet.
+    pending: Arc<Mutex<HashMap<ChunkId, NodeId>>>,
 }
 
 /// The chunk-store reference of a stripe's chunk.
@@ -55,7 +54,7 @@ pub fn reference(chunk: &StripeChunk) -> ChunkRef {
     }
 }
 
-fn new_chunk_id() -> ChunkId {
+pub(crate) fn new_chunk_id() -> ChunkId {
     ChunkId(uuid::Uuid::now_v7().as_u128())
 }
 
@@ -81,6 +80,26 @@ impl StripeStore {
             local,
             cache,
             cluster,
+            pending: Arc::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, NodeId>> {
+        self.pending
+            .lock()
+            .expect("pending locations are never locked across a panic")
+    }
+
+    /// Records that uncommitted data file `chunk` is on `node`.
+    pub(crate) fn note_pending(&self, chunk: ChunkId, node: NodeId) {
+        self.pending().insert(chunk, node);
+    }
+
+    /// Forgets where uncommitted `chunks` are (committed or abandoned).
+    pub(crate) fn forget_pending(&self, chunks: &[ChunkId]) {
+        let mut pending = self.pending();
+        for chunk in chunks {
+            pending.remove(chunk);
         }
     }
 
@@ -108,18 +127,14 @@ impl StripeStore {
         blocking(move || local.get(&chunk)).await
     }
 
-    /// Stores a new (uncommitted) data file's bytes on this node.
-    ///
-    /// # Errors
-    /// The local disk's error; then nothing is stored.
-    pub async fn put(&self, bytes: Bytes) -> Result<ChunkRef> {
-        let local = self.local.clone();
-        blocking(move || local.put(&bytes)).await
-    }
-
-    /// Deletes an uncommitted data file (best effort: a failure leaves garbage
-    /// that [`StripeStore::collect`] removes later).
+    /// Deletes an uncommitted data file if this node holds it (best effort: a
+    /// failure leaves garbage that [`StripeStore::collect`] removes later); a
+    /// copy on another node is an orphan that node's collection removes.
     pub fn discard(&self, chunk: ChunkId) {
+        let holder = self.pending().remove(&chunk);
+        if holder.is_some_and(|node| node != self.node_id()) {
+            return;
+        }
         if let Err(e) = self.local.delete(chunk) {
             tracing::warn!(%chunk, error = %e, "could not delete the chunk of an uncommitted data file");
         }
@@ -204,7 +219,14 @@ impl StripeStore {
         };
         let catalog = self.cluster.catalog();
         let Some(stripe) = catalog.stripe_of(chunk.id) else {
-            return Err(first_error);
+            let holder = self.pending().get(&chunk.id).copied();
+            return match holder {
+                Some(node) if node != self.node_id() => match range {
+                    None => self.cluster.get(node, chunk).await,
+                    Some(range) => self.cluster.get_range(node, chunk, range).await,
+                },
+                _ => Err(first_error),
+            };
         };
         let index = stripe
             .chunks
@@ -300,7 +322,7 @@ impl StripeStore {
     /// # Errors
     /// `Placement` when `order` runs out of nodes; chunks already stored are
     /// then orphans that collection removes.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         stripe: ChunkId,
         chunks: &[(ChunkId, Bytes)],
@@ -385,90 +407,6 @@ impl StripeStore {
             .collect())
     }
 
-    /// Places `files`, new data files of a table with stripe layout `layout`
-    /// (None: the cluster default) written to this node, into stripes on the
-    /// cluster's live nodes, ready for the commit that records the returned
-    /// placement. Up to [`SEAL_STRIPES_INFLIGHT_MAX`] stripes at once, and
-    /// every chunk of a stripe sent at once. Local copies of data files placed
-    /// elsewhere are deleted once every stripe is placed.
-    ///
-    /// # Errors
-    /// If a file cannot be read back or the chunks cannot be stored on enough
-    /// nodes; nothing is committed, and chunks stored elsewhere are orphans.
-    pub async fn seal(
-        &self,
-        layout: Option<StripeLayout>,
-        files: &[DataFile],
-    ) -> Result<Vec<Stripe>> {
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let layout =
-            layout.unwrap_or_else(|| StripeLayout::for_cluster(self.cluster.cluster_size()));
-        let live = self.cluster.live_nodes();
-        let (k, m) = effective_layout(layout, live.len());
-        let stripes: Vec<_> = files
-            .chunks(k)
-            .map(|group| self.seal_stripe(group, m, &live))
-            .collect();
-        let sealed: Vec<Result<Stripe>> = futures::stream::iter(stripes)
-            .buffered(SEAL_STRIPES_INFLIGHT_MAX)
-            .collect()
-            .await;
-        let stripes = sealed.into_iter().collect::<Result<Vec<Stripe>>>()?;
-        let me = self.node_id();
-        for stripe in &stripes {
-            for chunk in stripe.data().iter().filter(|c| c.node != me) {
-                self.discard(chunk.chunk);
-            }
-        }
-        Ok(stripes)
-    }
-
-    /// One stripe of [`StripeStore::seal`]: `group`'s data files and `m` parity chunks.
-    async fn seal_stripe(
-        &self,
-        group: &[DataFile],
-        m: usize,
-        live: &[crate::placement::Candidate],
-    ) -> Result<Stripe> {
-        let id = new_chunk_id();
-        let order = placement_order(id, live, &HashSet::new());
-        let data = futures::future::try_join_all(group.iter().map(|file| {
-            self.read_local(ChunkRef {
-                id: file.chunk,
-                size_bytes: file.size_bytes,
-                checksum_crc32c: file.checksum_crc32c,
-            })
-        }))
-        .await?;
-        let for_parity = data.clone();
-        let parity = blocking(move || {
-            let refs: Vec<&[u8]> = for_parity.iter().map(|d| d.as_ref()).collect();
-            crate::stripe::encode_parity(&refs, m)
-        })
-        .await?;
-        let mut chunks: Vec<(ChunkId, Bytes)> =
-            group.iter().zip(data).map(|(f, d)| (f.chunk, d)).collect();
-        chunks.extend(parity.into_iter().map(|p| (new_chunk_id(), Bytes::from(p))));
-        let local: HashSet<ChunkId> = group.iter().map(|f| f.chunk).collect();
-        let nodes = self.place(id, &chunks, order, &local).await?;
-        Ok(Stripe {
-            id,
-            data_chunks: group.len() as u8,
-            chunks: chunks
-                .into_iter()
-                .zip(nodes)
-                .map(|((chunk, bytes), node)| StripeChunk {
-                    chunk,
-                    node,
-                    size_bytes: bytes.len() as u64,
-                    checksum_crc32c: crc32c::crc32c(&bytes),
-                })
-                .collect(),
-        })
-    }
-
     /// Re-verifies every chunk placed on this node and rewrites a corrupt or
     /// missing one from its stripe; returns how many were repaired.
     pub async fn scrub(&self) -> usize {
@@ -546,9 +484,10 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use quarry_common::catalog::Catalog;
+    use quarry_common::catalog::{Catalog, DataFile, StripeLayout};
 
     use super::*;
+    use crate::StripeWriter;
     use crate::placement::Candidate;
 
     /// What a fake node does when asked.
@@ -732,13 +671,20 @@ mod tests {
         })
     }
 
-    /// Writes `count` data files of distinct lengths on `store`'s node.
-    async fn write_files(store: &StripeStore, count: usize) -> (Vec<DataFile>, Vec<Bytes>) {
+    /// Writes `count` data files of distinct lengths from `store`'s node
+    /// through a stripe writer with `layout`; returns the files, their bytes
+    /// and the stripes, or the first error.
+    async fn write_files(
+        store: &StripeStore,
+        layout: Option<StripeLayout>,
+        count: usize,
+    ) -> Result<(Vec<DataFile>, Vec<Bytes>, Vec<Stripe>)> {
+        let writer = StripeWriter::new(store.clone(), layout);
         let mut files = Vec::new();
         let mut contents = Vec::new();
         for i in 0..count {
             let bytes = Bytes::from(vec![i as u8 + 1; 1000 + 37 * i]);
-            let chunk = store.put(bytes.clone()).await.expect("put");
+            let chunk = writer.put(bytes.clone()).await?;
             files.push(DataFile {
                 chunk: chunk.id,
                 size_bytes: chunk.size_bytes,
@@ -748,7 +694,8 @@ mod tests {
             });
             contents.push(bytes);
         }
-        (files, contents)
+        let stripes = writer.finish().await?;
+        Ok((files, contents, stripes))
     }
 
     fn file_ref(file: &DataFile) -> ChunkRef {
@@ -763,8 +710,8 @@ mod tests {
     async fn sealed_stripes_hold_each_chunk_on_a_distinct_node_readable_everywhere() {
         let net = Net::new(4);
         let writer = net.store(1);
-        let (files, contents) = write_files(&writer, 5).await;
-        let stripes = writer.seal(layout(2, 1), &files).await.expect("seal");
+        let (files, contents, stripes) =
+            write_files(&writer, layout(2, 1), 5).await.expect("write");
         assert_eq!(stripes.len(), 3, "5 files in stripes of 2");
         for stripe in &stripes {
             let nodes: HashSet<NodeId> = stripe.chunks.iter().map(|c| c.node).collect();
@@ -781,8 +728,8 @@ mod tests {
             }
             for chunk in stripe.data().iter().filter(|c| c.node != 1) {
                 assert!(
-                    net.stores[&1].get(&reference(chunk)).is_err(),
-                    "the writer's copy of a file placed elsewhere is gone"
+                    !net.stores[&1].list().expect("list").contains(&chunk.chunk),
+                    "a file placed elsewhere is never written on the writer's node"
                 );
             }
         }
@@ -807,19 +754,15 @@ mod tests {
         let net = Net::new(4);
         net.set(2, Fault::RefusesPuts);
         let writer = net.store(1);
-        let (files, _) = write_files(&writer, 4).await;
-        let stripes = writer
-            .seal(layout(2, 1), &files)
+        let (_, _, stripes) = write_files(&writer, layout(2, 1), 4)
             .await
-            .expect("seal around node 2");
+            .expect("write around node 2");
         assert!(
             stripes.iter().all(|s| s.chunks.iter().all(|c| c.node != 2)),
             "nothing placed on the refusing node: {stripes:?}"
         );
         net.set(3, Fault::RefusesPuts);
-        let (files, _) = write_files(&writer, 2).await;
-        let e = writer
-            .seal(layout(2, 1), &files)
+        let e = write_files(&writer, layout(2, 1), 2)
             .await
             .expect_err("two of four nodes refuse a 3-chunk stripe");
         assert!(matches!(e, Error::Placement { needed: 3, .. }), "{e}");
@@ -829,8 +772,8 @@ mod tests {
     async fn a_chunk_on_a_down_node_is_rebuilt_from_its_stripe_and_cached() {
         let net = Net::new(3);
         let writer = net.store(1);
-        let (files, contents) = write_files(&writer, 2).await;
-        let stripes = writer.seal(layout(2, 1), &files).await.expect("seal");
+        let (files, contents, stripes) =
+            write_files(&writer, layout(2, 1), 2).await.expect("write");
         net.commit(&stripes);
         let stripe = &stripes[0];
         let away = stripe
@@ -888,8 +831,8 @@ mod tests {
     async fn bytes_damaged_in_transfer_are_refused_and_read_around() {
         let net = Net::new(3);
         let writer = net.store(1);
-        let (files, contents) = write_files(&writer, 2).await;
-        let stripes = writer.seal(layout(2, 1), &files).await.expect("seal");
+        let (files, contents, stripes) =
+            write_files(&writer, layout(2, 1), 2).await.expect("write");
         net.commit(&stripes);
         let away = stripes[0]
             .data()
@@ -925,8 +868,7 @@ mod tests {
     async fn scrub_rewrites_a_corrupt_local_chunk_from_its_stripe() {
         let net = Net::new(3);
         let writer = net.store(1);
-        let (files, _) = write_files(&writer, 2).await;
-        let stripes = writer.seal(layout(2, 1), &files).await.expect("seal");
+        let (_, _, stripes) = write_files(&writer, layout(2, 1), 2).await.expect("write");
         net.commit(&stripes);
         let (holder, chunk) = stripes[0]
             .chunks
@@ -948,8 +890,7 @@ mod tests {
     async fn new_parity_goes_to_nodes_without_the_stripes_data() {
         let net = Net::new(5);
         let writer = net.store(1);
-        let (files, _) = write_files(&writer, 2).await;
-        let stripes = writer.seal(layout(2, 0), &files).await.expect("seal");
+        let (_, _, stripes) = write_files(&writer, layout(2, 0), 2).await.expect("write");
         let data = stripes[0].data().to_vec();
         let holders: HashSet<NodeId> = data.iter().map(|c| c.node).collect();
         let parity = writer
@@ -981,13 +922,9 @@ mod tests {
     async fn collection_keeps_placed_chunks_and_young_orphans() {
         let net = Net::new(3);
         let writer = net.store(1);
-        let (files, _) = write_files(&writer, 2).await;
-        let stripes = writer.seal(layout(2, 1), &files).await.expect("seal");
+        let (_, _, stripes) = write_files(&writer, layout(2, 1), 2).await.expect("write");
         net.commit(&stripes);
-        let orphan = writer
-            .put(Bytes::from_static(b"an uncommitted file"))
-            .await
-            .expect("put");
+        let orphan = net.stores[&1].put(b"an uncommitted file").expect("put");
         let catalog = net.catalog.lock().expect("lock").clone();
         let before = net.stores[&1].list().expect("list").len();
         assert_eq!(
@@ -1008,6 +945,89 @@ mod tests {
             net.stores[&1].list().expect("list").len(),
             before - 1,
             "placed chunks stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn files_go_once_to_their_holders_and_parity_as_a_stripe_completes() {
+        let net = Net::new(4);
+        let store = net.store(1);
+        let writer = StripeWriter::new(store.clone(), layout(2, 1));
+        let first = writer.put(Bytes::from(vec![7u8; 3000])).await.expect("put");
+        let held: Vec<NodeId> = net
+            .stores
+            .iter()
+            .filter(|(_, s)| s.list().expect("list").contains(&first.id))
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(held.len(), 1, "one copy, on its holder: {held:?}");
+        assert_eq!(
+            store.get(first).await.expect("an uncommitted file reads"),
+            Bytes::from(vec![7u8; 3000])
+        );
+        assert_eq!(
+            store.get_range(first, 10..20).await.expect("and by range"),
+            Bytes::from(vec![7u8; 10])
+        );
+        let second = writer.put(Bytes::from(vec![9u8; 2000])).await.expect("put");
+        let stored_before_finish: HashSet<ChunkId> = net
+            .stores
+            .values()
+            .flat_map(|s| s.list().expect("list"))
+            .collect();
+        let stripes = writer.finish().await.expect("finish");
+        assert_eq!(stripes.len(), 1);
+        assert!(
+            stored_before_finish.contains(&stripes[0].chunks[2].chunk),
+            "the second file completes the stripe: its parity is sent with it"
+        );
+        let data: Vec<ChunkId> = stripes[0].data().iter().map(|c| c.chunk).collect();
+        assert_eq!(data, vec![first.id, second.id]);
+        drop(writer);
+        assert!(
+            store.pending().is_empty(),
+            "a dropped writer forgets its files"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_discarded_file_leaves_an_open_stripe_and_stays_in_a_sealed_one() {
+        let net = Net::new(4);
+        let store = net.store(1);
+        let writer = StripeWriter::new(store.clone(), layout(2, 1));
+        let put = |n: u8| {
+            let writer = &writer;
+            async move {
+                writer
+                    .put(Bytes::from(vec![n; 500 + usize::from(n)]))
+                    .await
+                    .expect("put")
+            }
+        };
+        let (a, b) = (put(1).await, put(2).await);
+        let c = put(3).await;
+        writer.discard(c.id);
+        let d = put(4).await;
+        writer.discard(a.id);
+        let stripes = writer.finish().await.expect("finish");
+        let data: Vec<Vec<ChunkId>> = stripes
+            .iter()
+            .map(|s| s.data().iter().map(|c| c.chunk).collect())
+            .collect();
+        assert_eq!(
+            data,
+            vec![vec![a.id, b.id], vec![d.id]],
+            "a stays for b's sake; c left the open stripe"
+        );
+
+        let writer = StripeWriter::new(store.clone(), layout(2, 1));
+        let e = writer.put(Bytes::from_static(b"e")).await.expect("put");
+        let f = writer.put(Bytes::from_static(b"f")).await.expect("put");
+        writer.discard(e.id);
+        writer.discard(f.id);
+        assert!(
+            writer.finish().await.expect("finish").is_empty(),
+            "a stripe of only discarded files is not committed"
         );
     }
 }
