@@ -36,4 +36,5 @@ pub mod testing;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use parser::QuarryStatement;
 pub use session::{CommandTag, CopyIn, Engine, Metadata, Output, QueryResources, Session};

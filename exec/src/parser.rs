@@ -1,4 +1,7 @@
-//! SQL parsing: PostgreSQL's dialect, plus BigQuery's `FOR SYSTEM_TIME AS OF`.
+//! SQL parsing: PostgreSQL's dialect, plus BigQuery's `FOR SYSTEM_TIME AS OF`,
+//! plus the two statements PostgreSQL's grammar has no form for ([`QuarryStatement`]:
+//! `UNDROP TABLE` and `CREATE TABLE ... CLONE ... FOR SYSTEM_TIME AS OF`), parsed by
+//! their own grammar with sqlparser's parser API.
 //!
 //! Statements first go through datafusion-pg-catalog's PostgreSQL compatibility
 //! parser, which rewrites what clients such as psql send about `pg_catalog` into
@@ -8,10 +11,14 @@
 
 use std::sync::LazyLock;
 
-use datafusion::sql::sqlparser::ast::{Expr, Ident, Query, SelectItem, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
+use datafusion::sql::sqlparser::ast::{
+    CreateTable, CreateTableOptions, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, Statement,
+};
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use quarry_common::SqlState;
 
@@ -110,71 +117,185 @@ impl Dialect for QuarryDialect {
 static COMPAT: LazyLock<PostgresCompatibilityParser> =
     LazyLock::new(PostgresCompatibilityParser::new);
 
-/// Parses `sql` into statements (none for an empty string).
+/// A statement Quarry runs: one of PostgreSQL's grammar, or one of the two
+/// that grammar has no form for.
+#[derive(Debug, Clone, PartialEq)]
+// A statement is parsed once per query: the size of the variants is not worth
+// boxing PostgreSQL's statements for.
+#[allow(clippy::large_enum_variant)]
+pub enum QuarryStatement {
+    /// A statement of PostgreSQL's grammar (with BigQuery's `FOR SYSTEM_TIME
+    /// AS OF` after a table name in FROM).
+    Sql(Statement),
+    /// `UNDROP TABLE name` (Snowflake's): restores the most recently dropped
+    /// table of that name while its data is within the time travel window.
+    Undrop(ObjectName),
+    /// `CREATE TABLE name CLONE source FOR SYSTEM_TIME AS OF instant [WITH
+    /// (...)]` (BigQuery's table clone, at an instant of the source's
+    /// history). `create` holds the name, the source (`clone`) and the options.
+    CloneAsOf {
+        /// The CREATE TABLE ... CLONE statement without the instant.
+        create: Box<CreateTable>,
+        /// The instant of the source to clone.
+        instant: Expr,
+    },
+}
+
+impl From<Statement> for QuarryStatement {
+    fn from(statement: Statement) -> Self {
+        QuarryStatement::Sql(statement)
+    }
+}
+
+/// Parses `sql` into statements (none for an empty string). The text is split
+/// into statements at the tokenizer's top-level semicolons; each is parsed by
+/// Quarry's own grammar ([`parse_quarry_statement`]) if it starts like one,
+/// else by PostgreSQL's.
+///
+/// # Errors
+/// 42601 with the parser's message; nothing of a text with an error in any of
+/// its statements is returned.
+pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
+    let mut statements = Vec::new();
+    for text in split_statements(sql)? {
+        match parse_quarry_statement(text)? {
+            Some(statement) => statements.push(statement),
+            None => statements.extend(parse_postgres(text)?.into_iter().map(QuarryStatement::Sql)),
+        }
+    }
+    Ok(statements)
+}
+
+/// Parses `sql` with PostgreSQL's grammar only.
 ///
 /// # Errors
 /// 42601 with the parser's message.
-pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    let desugared = desugar_clone_as_of(sql).or_else(|| desugar_undrop(sql));
-    let sql = desugared.as_deref().unwrap_or(sql);
+pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
     match COMPAT.parse(sql) {
         Ok(statements) => Ok(statements),
         Err(postgres_error) => match Parser::parse_sql(&QuarryDialect::default(), sql) {
             Ok(statements) => Ok(statements.into_iter().map(|s| COMPAT.rewrite(s)).collect()),
-            Err(_) => Err(user_error(
-                SqlState::SYNTAX_ERROR,
-                postgres_error.to_string(),
-            )),
+            Err(_) => Err(syntax_error(postgres_error)),
         },
     }
 }
 
-/// Table option that carries the instant of `CREATE TABLE ... CLONE source FOR
-/// SYSTEM_TIME AS OF <instant>` (BigQuery's table clone syntax), which the SQL
-/// parser has no grammar for.
-pub const CLONE_AS_OF_OPTION: &str = "__quarry_clone_as_of";
-
-/// Rewrites `CREATE TABLE t CLONE s FOR SYSTEM_TIME AS OF <expr>` into
-/// `CREATE TABLE t CLONE s WITH (__quarry_clone_as_of = <expr>)`; None for
-/// anything else.
-fn desugar_clone_as_of(sql: &str) -> Option<String> {
-    const AS_OF: &str = " for system_time as of ";
-    let lower = sql.to_ascii_lowercase();
-    if !lower.trim_start().starts_with("create table") || !lower.contains(" clone ") {
-        return None;
-    }
-    let at = lower.find(AS_OF)?;
-    lower[..at].find(" clone ")?;
-    let instant = sql[at + AS_OF.len()..].trim().trim_end_matches(';').trim();
-    Some(format!(
-        "{} WITH ({CLONE_AS_OF_OPTION} = {instant})",
-        &sql[..at]
-    ))
+fn syntax_error(e: impl std::fmt::Display) -> crate::Error {
+    user_error(SqlState::SYNTAX_ERROR, e.to_string())
 }
 
-/// Table option marking `CREATE TABLE t CLONE t WITH (__quarry_undrop = true)`,
-/// the form `UNDROP TABLE t` is parsed into.
-pub const UNDROP_OPTION: &str = "__quarry_undrop";
+/// The texts of the statements of `sql`: split at semicolons the tokenizer
+/// sees outside literals, quoted identifiers and comments; empty statements
+/// are left out.
+fn split_statements(sql: &str) -> Result<Vec<&str>> {
+    let tokens = Tokenizer::new(&QuarryDialect::default(), sql)
+        .tokenize_with_location()
+        .map_err(syntax_error)?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // Locations count lines and characters from 1.
+    let offset = |location: Location| -> usize {
+        let line_start = line_starts[(location.line as usize).saturating_sub(1)];
+        sql[line_start..]
+            .char_indices()
+            .nth((location.column as usize).saturating_sub(1))
+            .map_or(sql.len(), |(i, _)| line_start + i)
+    };
+    let mut statements = Vec::new();
+    let mut start: Option<usize> = None;
+    for token in &tokens {
+        match &token.token {
+            Token::SemiColon => {
+                if let Some(begin) = start.take() {
+                    statements.push(&sql[begin..offset(token.span.start)]);
+                }
+            }
+            Token::Whitespace(_) => {}
+            _ => {
+                start.get_or_insert_with(|| offset(token.span.start));
+            }
+        }
+    }
+    if let Some(begin) = start {
+        statements.push(&sql[begin..]);
+    }
+    Ok(statements)
+}
 
-/// Rewrites `UNDROP TABLE name` (Snowflake's statement; the SQL parser has no
-/// grammar for it) into a clone of the dropped table marked as an undrop.
-fn desugar_undrop(sql: &str) -> Option<String> {
-    let trimmed = sql.trim().trim_end_matches(';').trim();
-    let lower = trimmed.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("undrop")?
-        .trim_start()
-        .strip_prefix("table")?;
-    if !rest.starts_with(char::is_whitespace) {
-        return None;
+/// Parses one statement of Quarry's own grammar, or returns None if `sql`
+/// does not start like one:
+///
+/// ```text
+/// UNDROP TABLE name
+/// CREATE TABLE [IF NOT EXISTS] name CLONE source FOR SYSTEM_TIME AS OF expr [WITH (option = value, ...)]
+/// ```
+///
+/// # Errors
+/// 42601 for a statement that starts like one of these and does not follow it.
+fn parse_quarry_statement(sql: &str) -> Result<Option<QuarryStatement>> {
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .map_err(syntax_error)?;
+    let starts_undrop = matches!(
+        &parser.peek_token_ref().token,
+        Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("undrop")
+    );
+    let statement = if starts_undrop {
+        parser.next_token();
+        let name = (|| {
+            parser.expect_keyword(Keyword::TABLE)?;
+            parser.parse_object_name(false)
+        })()
+        .map_err(syntax_error)?;
+        QuarryStatement::Undrop(name)
+    } else {
+        if !parser.parse_keywords(&[Keyword::CREATE, Keyword::TABLE]) {
+            return Ok(None);
+        }
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let Ok(name) = parser.parse_object_name(false) else {
+            return Ok(None);
+        };
+        if !parser.parse_keyword(Keyword::CLONE) {
+            return Ok(None);
+        }
+        let Ok(source) = parser.parse_object_name(false) else {
+            return Ok(None);
+        };
+        if !parser.parse_keywords(&[Keyword::FOR, Keyword::SYSTEM_TIME, Keyword::AS, Keyword::OF]) {
+            return Ok(None);
+        }
+        let (instant, options) = (|| {
+            let instant = parser.parse_expr()?;
+            let options = parser.parse_options(Keyword::WITH)?;
+            Ok::<_, ParserError>((instant, options))
+        })()
+        .map_err(syntax_error)?;
+        let table_options = if options.is_empty() {
+            CreateTableOptions::None
+        } else {
+            CreateTableOptions::With(options)
+        };
+        let create = CreateTableBuilder::new(name)
+            .if_not_exists(if_not_exists)
+            .clone_clause(Some(source))
+            .table_options(table_options)
+            .build();
+        QuarryStatement::CloneAsOf {
+            create: Box::new(create),
+            instant,
+        }
+    };
+    let rest = parser.peek_token_ref();
+    if rest.token != Token::EOF {
+        return Err(syntax_error(format!(
+            "syntax error at or near \"{}\" (line {}, column {})",
+            rest.token, rest.span.start.line, rest.span.start.column
+        )));
     }
-    let name = trimmed[trimmed.len() - rest.len()..].trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
-    }
-    Some(format!(
-        "CREATE TABLE {name} CLONE {name} WITH ({UNDROP_OPTION} = true)"
-    ))
+    Ok(Some(statement))
 }
 
 /// The name PostgreSQL gives a result column computed by `expr` without an alias
@@ -277,7 +398,7 @@ mod tests {
             ),
         ];
         for (sql, expected) in cases {
-            let mut statements = parse(sql).expect(sql);
+            let mut statements = parse_postgres(sql).expect(sql);
             let Statement::Query(query) = &mut statements[0] else {
                 panic!("not a query");
             };
@@ -289,7 +410,7 @@ mod tests {
     #[test]
     fn time_travel_clause_is_parsed() {
         let statements =
-            parse("select * from t for system_time as of timestamp '2026-01-01 00:00:00'")
+            parse_postgres("select * from t for system_time as of timestamp '2026-01-01 00:00:00'")
                 .expect("parses");
         let Statement::Query(query) = &statements[0] else {
             panic!("not a query: {statements:?}");
@@ -315,29 +436,58 @@ mod tests {
     }
 
     #[test]
-    fn clone_as_of_is_desugared_into_a_table_option() {
-        let sql = "CREATE TABLE c CLONE s FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-01 00:00:00';";
+    fn clone_as_of_is_parsed_by_its_grammar() {
+        let sql = "CREATE TABLE IF NOT EXISTS c\n  CLONE s.t\n  FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-01 00:00:00' - INTERVAL '1 hour'\n  WITH (retention_seconds = 60);";
+        let statements = parse(sql).expect("parses");
+        let [QuarryStatement::CloneAsOf { create, instant }] = statements.as_slice() else {
+            panic!("not a clone at an instant: {statements:?}");
+        };
+        assert_eq!(create.name.to_string(), "c");
+        assert!(create.if_not_exists);
         assert_eq!(
-            desugar_clone_as_of(sql).as_deref(),
-            Some(
-                "CREATE TABLE c CLONE s WITH (__quarry_clone_as_of = TIMESTAMP '2026-01-01 00:00:00')"
-            )
+            create.clone.as_ref().map(ToString::to_string).as_deref(),
+            Some("s.t")
         );
-        assert_eq!(parse(sql).expect("parses").len(), 1);
         assert_eq!(
-            desugar_clone_as_of("SELECT * FROM t FOR SYSTEM_TIME AS OF now()"),
-            None
+            instant.to_string(),
+            "TIMESTAMP '2026-01-01 00:00:00' - INTERVAL '1 hour'"
         );
+        assert_eq!(
+            create.table_options.to_string(),
+            "WITH (retention_seconds = 60)"
+        );
+        // A clone of the current snapshot is PostgreSQL-grammar CREATE TABLE.
+        assert!(matches!(
+            parse("create table c clone s").expect("parses").as_slice(),
+            [QuarryStatement::Sql(Statement::CreateTable(_))]
+        ));
+        let e = parse("CREATE TABLE c CLONE s FOR SYSTEM_TIME AS OF").expect_err("no instant");
+        assert_eq!(e.sqlstate(), SqlState::SYNTAX_ERROR);
+        let e = parse("CREATE TABLE c CLONE s FOR SYSTEM_TIME AS OF now() garbage")
+            .expect_err("trailing words");
+        assert_eq!(e.sqlstate(), SqlState::SYNTAX_ERROR);
     }
 
     #[test]
-    fn undrop_is_desugared() {
-        assert_eq!(
-            desugar_undrop("undrop table s.t;").as_deref(),
-            Some("CREATE TABLE s.t CLONE s.t WITH (__quarry_undrop = true)")
+    fn undrop_is_parsed_by_its_grammar_among_other_statements() {
+        let statements =
+            parse("select 1;\nundrop\n  table \"S\".t; -- comment; not a statement\nselect ';'")
+                .expect("parses");
+        assert_eq!(statements.len(), 3, "{statements:?}");
+        let QuarryStatement::Undrop(name) = &statements[1] else {
+            panic!("not an undrop: {statements:?}");
+        };
+        assert_eq!(name.to_string(), "\"S\".t");
+        assert!(
+            matches!(&statements[2], QuarryStatement::Sql(Statement::Query(q)) if q.to_string() == "SELECT ';'")
         );
-        assert_eq!(desugar_undrop("UNDROP TABLEt"), None);
-        assert_eq!(parse("UNDROP TABLE t").expect("parses").len(), 1);
+        for bad in ["UNDROP TABLEt", "UNDROP TABLE", "undrop table a b"] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.sqlstate(), SqlState::SYNTAX_ERROR, "{bad}");
+        }
+        // A text with an error anywhere yields no statement.
+        assert!(parse("undrop table t; selec 1").is_err());
+        assert!(parse(" ; ;").expect("empty statements").is_empty());
     }
 
     #[test]

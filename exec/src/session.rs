@@ -50,7 +50,7 @@ use crate::copy::{COPY_BATCH_ROWS, CopyFormat, RecordParser, RowBuffer, RowForma
 use crate::data_file::{DataFileWriter, WriteSet};
 use crate::distributed::{Cluster, DistributedPlan, Peers};
 use crate::error::{Error, Result, user_error};
-use crate::parser;
+use crate::parser::{self, QuarryStatement};
 use crate::table::SnapshotTable;
 use crate::types::{column_type_from_sql, column_type_of};
 
@@ -483,7 +483,7 @@ impl Session {
     ///
     /// # Errors
     /// 42601.
-    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+    pub fn parse(&self, sql: &str) -> Result<Vec<QuarryStatement>> {
         parser::parse(sql)
     }
 
@@ -626,8 +626,11 @@ impl Session {
     /// As planning the statement fails.
     pub async fn describe(
         &mut self,
-        statement: &Statement,
+        statement: &QuarryStatement,
     ) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        let QuarryStatement::Sql(statement) = statement else {
+            return Ok((Vec::new(), None));
+        };
         if !returns_planned_rows(statement) {
             return Ok((Vec::new(), None));
         }
@@ -668,12 +671,12 @@ impl Session {
     /// Any [`Error`]; the statement then committed nothing.
     pub async fn execute(
         &mut self,
-        statement: Statement,
+        statement: QuarryStatement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
         let ends_transaction = matches!(
             statement,
-            Statement::Commit { .. } | Statement::Rollback { .. }
+            QuarryStatement::Sql(Statement::Commit { .. } | Statement::Rollback { .. })
         );
         if let Some(transaction) = &self.transaction
             && transaction.failed
@@ -684,7 +687,22 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        let result = self.execute_statement(statement, params).await;
+        let result = match statement {
+            QuarryStatement::Sql(statement) => self.execute_statement(statement, params).await,
+            QuarryStatement::Undrop(name) => {
+                self.outside_transaction("UNDROP TABLE")?;
+                let (schema, name) = self.resolve(&name)?;
+                self.engine
+                    .meta
+                    .write(Command::UndropTable { schema, name })
+                    .await?;
+                Ok(Output::Command(CommandTag::new("UNDROP TABLE")))
+            }
+            QuarryStatement::CloneAsOf { create, instant } => {
+                self.outside_transaction("CREATE TABLE")?;
+                self.create_table(*create, Some(instant)).await
+            }
+        };
         if result.is_err()
             && let Some(transaction) = &mut self.transaction
         {
@@ -737,7 +755,7 @@ impl Session {
             Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
             Statement::CreateTable(create) => {
                 self.outside_transaction("CREATE TABLE")?;
-                self.create_table(create).await
+                self.create_table(create, None).await
             }
             Statement::Drop {
                 object_type,
@@ -1317,7 +1335,13 @@ impl Session {
         Ok(Output::Command(CommandTag::new("ALTER TABLE")))
     }
 
-    async fn create_table(&mut self, create: ast::CreateTable) -> Result<Output> {
+    /// CREATE TABLE: empty, a clone of `create.clone` (at `clone_as_of`, or
+    /// its current snapshot), or AS a query.
+    async fn create_table(
+        &mut self,
+        create: ast::CreateTable,
+        clone_as_of: Option<Expr>,
+    ) -> Result<Output> {
         if create.or_replace || create.temporary || create.external {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
@@ -1334,17 +1358,8 @@ impl Session {
         let (schema, name) = self.resolve(&create.name)?;
         let TableOptions {
             retention_micros,
-            clone_as_of,
-            undrop,
             layout,
         } = table_options(&create.table_options)?;
-        if undrop {
-            self.engine
-                .meta
-                .write(Command::UndropTable { schema, name })
-                .await?;
-            return Ok(Output::Command(CommandTag::new("UNDROP TABLE")));
-        }
         if create.clone.is_some() || create.query.is_none() {
             // A zero-copy clone (BigQuery's table clone) starts with the source's
             // data files at its current snapshot (or the one current at FOR
@@ -1733,7 +1748,7 @@ impl Session {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         };
-                        parser::parse(&format!("SELECT {projection} FROM {table_name}"))?
+                        parser::parse_postgres(&format!("SELECT {projection} FROM {table_name}"))?
                             .pop()
                             .ok_or_else(|| {
                                 Error::Internal("COPY TO query did not parse".to_owned())
@@ -1777,12 +1792,6 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
     let (mut data_chunks, mut parity_chunks) = (None, None);
     for option in options {
         match option {
-            ast::SqlOption::KeyValue { key, value } if key.value == parser::CLONE_AS_OF_OPTION => {
-                parsed.clone_as_of = Some(value.clone());
-            }
-            ast::SqlOption::KeyValue { key, .. } if key.value == parser::UNDROP_OPTION => {
-                parsed.undrop = true;
-            }
             ast::SqlOption::KeyValue { key, value } if normalize(key) == "retention_seconds" => {
                 let seconds: i64 = value
                     .to_string()
@@ -1849,10 +1858,6 @@ fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
 struct TableOptions {
     /// Time travel window.
     retention_micros: Option<i64>,
-    /// For a clone, the instant of the source to clone.
-    clone_as_of: Option<Expr>,
-    /// The statement is UNDROP TABLE.
-    undrop: bool,
     /// `data_chunks` and `parity_chunks`: the table's stripe layout.
     layout: Option<StripeLayout>,
 }

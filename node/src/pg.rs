@@ -36,6 +36,7 @@ use pgwire::messages::response::CommandComplete;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quarry_common::SqlState;
+use quarry_exec::QuarryStatement;
 use quarry_exec::session::SERVER_VERSION;
 use quarry_exec::{CommandTag, CopyIn, Engine, Output, Session};
 use tokio::sync::Mutex;
@@ -317,7 +318,10 @@ fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Arc<Vec<FieldI
 /// Encodes a stream of batches as data rows; an error mid-stream keeps its SQLSTATE.
 /// Whether `statement` waits for a query slot: queries, DML, COPY, CREATE
 /// TABLE AS and EXPLAIN do; session and catalog commands do not.
-fn takes_slot(statement: &Statement) -> bool {
+fn takes_slot(statement: &QuarryStatement) -> bool {
+    let QuarryStatement::Sql(statement) = statement else {
+        return false;
+    };
     match statement {
         Statement::Query(_)
         | Statement::Insert(_)
@@ -392,7 +396,7 @@ impl Connection {
     /// cancel request.
     async fn run(
         &self,
-        statement: Statement,
+        statement: QuarryStatement,
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
@@ -430,7 +434,7 @@ impl Connection {
     async fn execute(
         &self,
         mut session: tokio::sync::MutexGuard<'_, Session>,
-        statement: Statement,
+        statement: QuarryStatement,
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
         stop: StopSignal,
@@ -573,7 +577,7 @@ impl SimpleQueryHandler for Connection {
 /// A statement prepared with the extended protocol.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    statement: Option<Statement>,
+    statement: Option<QuarryStatement>,
     params: Vec<Option<DataType>>,
     schema: Option<SchemaRef>,
 }
