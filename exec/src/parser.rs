@@ -149,7 +149,7 @@ impl From<Statement> for QuarryStatement {
 
 /// Parses `sql` into statements (none for an empty string). The text is split
 /// into statements at the tokenizer's top-level semicolons; each is parsed by
-/// Quarry's own grammar ([`parse_quarry_statement`]) if it starts like one,
+/// Quarry's own grammar (`parse_quarry_statement`) if it starts like one,
 /// else by PostgreSQL's.
 ///
 /// # Errors

@@ -136,7 +136,7 @@ impl SnapshotTable {
         &self.chunks
     }
 
-    /// The data files this scan sees (see [`SnapshotTable::files`]).
+    /// The data files this scan sees (see `SnapshotTable::files`).
     pub fn visible_files(&self) -> Vec<DataFile> {
         self.files()
     }

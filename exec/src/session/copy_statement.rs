@@ -1,0 +1,271 @@
+//! COPY: its options, COPY TO STDOUT, and [`CopyIn`], a COPY FROM STDIN in
+//! progress.
+
+use super::*;
+
+pub(super) fn copy_format(
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+) -> Result<CopyFormat> {
+    let mut csv = false;
+    let mut delimiter = None;
+    let mut null = None;
+    let mut header = false;
+    let mut quote = None;
+    let mut escape = None;
+    for option in options {
+        match option {
+            CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
+                "csv" => csv = true,
+                "text" => csv = false,
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("COPY format \"{other}\" is not supported; use text or csv"),
+                    ));
+                }
+            },
+            CopyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyOption::Null(s) => null = Some(s.clone()),
+            CopyOption::Header(h) => header = *h,
+            CopyOption::Quote(c) => quote = Some(*c),
+            CopyOption::Escape(c) => escape = Some(*c),
+            CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ));
+            }
+        }
+    }
+    for option in legacy {
+        match option {
+            CopyLegacyOption::Csv(csv_options) => {
+                csv = true;
+                for o in csv_options {
+                    match o {
+                        CopyLegacyCsvOption::Header => header = true,
+                        CopyLegacyCsvOption::Quote(c) => quote = Some(*c),
+                        CopyLegacyCsvOption::Escape(c) => escape = Some(*c),
+                        other => {
+                            return Err(user_error(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                format!("COPY option {other} is not supported"),
+                            ));
+                        }
+                    }
+                }
+            }
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyLegacyOption::Null(s) => null = Some(s.clone()),
+            CopyLegacyOption::Header => header = true,
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ));
+            }
+        }
+    }
+    let byte = |c: char, what: &str| -> Result<u8> {
+        if c.is_ascii() {
+            Ok(c as u8)
+        } else {
+            Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("COPY {what} must be a single one-byte character"),
+            ))
+        }
+    };
+    if csv {
+        let quote = byte(quote.unwrap_or('"'), "quote")?;
+        Ok(CopyFormat::Csv {
+            delimiter: byte(delimiter.unwrap_or(','), "delimiter")?,
+            quote,
+            escape: escape
+                .map(|c| byte(c, "escape"))
+                .transpose()?
+                .unwrap_or(quote),
+            null: null.unwrap_or_default(),
+            header,
+        })
+    } else {
+        if header || quote.is_some() || escape.is_some() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "COPY HEADER, QUOTE and ESCAPE are available only in CSV mode",
+            ));
+        }
+        Ok(CopyFormat::Text {
+            delimiter: byte(delimiter.unwrap_or('\t'), "delimiter")?,
+            null: null.unwrap_or_else(|| "\\N".to_owned()),
+        })
+    }
+}
+
+/// A COPY FROM STDIN in progress: parses the client's data into data files and
+/// commits them as one snapshot when the client ends the copy. Dropped without
+/// [`CopyIn::finish`] (client failure or disconnect), it deletes what it wrote.
+pub struct CopyIn {
+    meta: Arc<dyn Metadata>,
+    /// Whether finishing commits (autocommit), or leaves the rows to the
+    /// transaction block's COMMIT.
+    commit: bool,
+    parser: RecordParser,
+    rows: RowBuffer,
+    writer: DataFileWriter,
+    writes: Arc<WriteSet>,
+    /// The first error; later data is ignored and `finish` reports it.
+    error: Option<Error>,
+    /// Number of columns copied.
+    pub columns: usize,
+    /// Whether the format is CSV (else text).
+    pub csv: bool,
+}
+
+impl CopyIn {
+    /// Consumes a piece of the client's data. Errors are kept and reported by
+    /// [`CopyIn::finish`], as the client only reads the server's answer then.
+    pub async fn feed(&mut self, data: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let rows = &mut self.rows;
+        if let Err(e) = self
+            .parser
+            .feed(data, &mut |line, record| rows.push(line, record))
+        {
+            self.error = Some(e);
+            return;
+        }
+        if self.rows.len() >= COPY_BATCH_ROWS
+            && let Err(e) = self.flush().await
+        {
+            self.error = Some(e);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let batch = self.rows.take_batch()?;
+        self.writer.write(batch).await
+    }
+
+    /// Ends the copy: the rows commit as one new snapshot of the table.
+    ///
+    /// # Errors
+    /// The first error met while parsing, converting or writing, or the commit's;
+    /// then nothing is committed.
+    pub async fn finish(mut self) -> Result<CommandTag> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let rows = &mut self.rows;
+        self.parser
+            .finish(&mut |line, record| rows.push(line, record))?;
+        self.flush().await?;
+        let CopyIn {
+            meta,
+            writer,
+            writes,
+            commit,
+            ..
+        } = self;
+        let count = writer.finish().await?;
+        if commit {
+            commit_changes(meta.as_ref(), &writes, false).await?;
+        }
+        Ok(CommandTag::with_rows("COPY", count))
+    }
+}
+
+impl Session {
+    pub(super) async fn copy(
+        &mut self,
+        source: CopySource,
+        to: bool,
+        target: CopyTarget,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+    ) -> Result<Output> {
+        let format = copy_format(options, legacy)?;
+        let view = self.begin_statement().await?;
+        match (to, target) {
+            (false, CopyTarget::Stdin) => {
+                let CopySource::Table {
+                    table_name,
+                    columns,
+                } = source
+                else {
+                    return Err(user_error(
+                        SqlState::SYNTAX_ERROR,
+                        "COPY FROM needs a table",
+                    ));
+                };
+                let table = self.table(&view.catalog, &table_name)?.clone();
+                let columns: Vec<String> = columns.iter().map(normalize).collect();
+                let rows = RowBuffer::new(table.clone(), &columns)?;
+                let column_count = if columns.is_empty() {
+                    table.columns.len()
+                } else {
+                    columns.len()
+                };
+                Ok(Output::CopyIn(Box::new(CopyIn {
+                    meta: self.engine.meta.clone(),
+                    commit: self.transaction.is_none(),
+                    writer: DataFileWriter::new(table.clone(), view.writes.clone()),
+                    parser: RecordParser::new(format.clone()),
+                    rows,
+                    writes: view.writes,
+                    error: None,
+                    columns: column_count,
+                    csv: matches!(format, CopyFormat::Csv { .. }),
+                })))
+            }
+            (true, CopyTarget::Stdout) => {
+                let query = match source {
+                    CopySource::Query(query) => Statement::Query(query),
+                    CopySource::Table {
+                        table_name,
+                        columns,
+                    } => {
+                        let projection = if columns.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            columns
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        parser::parse_postgres(&format!("SELECT {projection} FROM {table_name}"))?
+                            .pop()
+                            .ok_or_else(|| {
+                                Error::Internal("COPY TO query did not parse".to_owned())
+                            })?
+                    }
+                };
+                let plan = self.plan(query).await?;
+                let columns = plan.schema().fields().len();
+                let stream = self.stream(plan).await?;
+                let csv = matches!(format, CopyFormat::Csv { .. });
+                let mut formatter = RowFormatter::new(format);
+                let data = stream
+                    .map_err(Error::from_engine)
+                    .and_then(move |batch| {
+                        futures::future::ready(formatter.format(&batch).map(Bytes::from))
+                    })
+                    .boxed();
+                Ok(Output::CopyOut { columns, csv, data })
+            }
+            (false, other) | (true, other) => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("COPY with {other} is not supported; use STDIN or STDOUT"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! DDL: CREATE TABLE (empty, CLONE, AS), ALTER TABLE, DROP, and CREATE
+//! TABLE's options.
+
+use super::*;
+
+/// Reads CREATE TABLE's `WITH (...)` options: `retention_seconds`, the time
+/// travel window (BigQuery's max_time_travel_hours, in seconds).
+pub(super) fn table_options(options: &ast::CreateTableOptions) -> Result<TableOptions> {
+    let ast::CreateTableOptions::With(options) = options else {
+        return match options {
+            ast::CreateTableOptions::None => Ok(TableOptions::default()),
+            other => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("table options {other} are not supported"),
+            )),
+        };
+    };
+    let mut parsed = TableOptions::default();
+    let (mut data_chunks, mut parity_chunks) = (None, None);
+    for option in options {
+        match option {
+            ast::SqlOption::KeyValue { key, value } if normalize(key) == "retention_seconds" => {
+                let seconds: i64 = value
+                    .to_string()
+                    .trim_matches('\'')
+                    .parse()
+                    .ok()
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "retention_seconds must be a whole number of seconds, not {value}"
+                            ),
+                        )
+                    })?;
+                parsed.retention_micros = Some(seconds.saturating_mul(1_000_000));
+            }
+            ast::SqlOption::KeyValue { key, value }
+                if matches!(normalize(key).as_str(), "data_chunks" | "parity_chunks") =>
+            {
+                // The range (1–32 data, 0–16 parity) is the catalog's to check.
+                let key = normalize(key);
+                let count: u8 = value.to_string().trim_matches('\'').parse().map_err(|_| {
+                    user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("{key} must be a small whole number, not {value}"),
+                    )
+                })?;
+                if key == "data_chunks" {
+                    data_chunks = Some(count);
+                } else {
+                    parity_chunks = Some(count);
+                }
+            }
+            other => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "unrecognized table option {other} \
+                         (known: retention_seconds, data_chunks, parity_chunks)"
+                    ),
+                ));
+            }
+        }
+    }
+    parsed.layout = match (data_chunks, parity_chunks) {
+        (Some(data_chunks), Some(parity_chunks)) => Some(StripeLayout {
+            data_chunks,
+            parity_chunks,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(user_error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                "data_chunks and parity_chunks must be given together",
+            ));
+        }
+    };
+    Ok(parsed)
+}
+
+/// CREATE TABLE's options.
+#[derive(Debug, Default)]
+pub(super) struct TableOptions {
+    /// Time travel window.
+    retention_micros: Option<i64>,
+    /// `data_chunks` and `parity_chunks`: the table's stripe layout.
+    layout: Option<StripeLayout>,
+}
+
+impl Session {
+    /// A column definition of CREATE TABLE or ALTER TABLE ADD COLUMN.
+    pub(super) async fn column_def(&self, column: &ast::ColumnDef) -> Result<ColumnDef> {
+        let column_type = column_type_from_sql(&column.data_type)?;
+        let mut nullable = true;
+        let mut default = None;
+        for option in &column.options {
+            match &option.option {
+                ast::ColumnOption::NotNull => nullable = false,
+                ast::ColumnOption::Null => nullable = true,
+                ast::ColumnOption::Default(expr) => {
+                    let value = self
+                        .eval_constant(&format!("CAST(({expr}) AS {})", column.data_type))
+                        .await?;
+                    default = crate::data_file::datum_of(&value);
+                }
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("column option {other} is not supported yet"),
+                    ));
+                }
+            }
+        }
+        Ok(ColumnDef {
+            name: normalize(&column.name),
+            column_type,
+            nullable,
+            default,
+        })
+    }
+
+    pub(super) async fn alter_table(
+        &mut self,
+        name: &ObjectName,
+        operations: Vec<ast::AlterTableOperation>,
+    ) -> Result<Output> {
+        self.outside_transaction("ALTER TABLE")?;
+        let view = self.begin_statement().await?;
+        let table = self.table(&view.catalog, name)?.clone();
+        let mut changes = Vec::with_capacity(operations.len());
+        for operation in operations {
+            let change = match operation {
+                ast::AlterTableOperation::AddColumn { column_def, .. } => {
+                    SchemaChange::AddColumn(self.column_def(&column_def).await?)
+                }
+                ast::AlterTableOperation::DropColumn { column_names, .. } => {
+                    changes.extend(
+                        column_names
+                            .iter()
+                            .map(|c| SchemaChange::DropColumn(normalize(c))),
+                    );
+                    continue;
+                }
+                ast::AlterTableOperation::RenameColumn {
+                    old_column_name,
+                    new_column_name,
+                } => SchemaChange::RenameColumn {
+                    from: normalize(&old_column_name),
+                    to: normalize(&new_column_name),
+                },
+                ast::AlterTableOperation::RenameTable { table_name } => {
+                    let target = match table_name {
+                        ast::RenameTableNameKind::To(name) | ast::RenameTableNameKind::As(name) => {
+                            name
+                        }
+                    };
+                    let parts = object_parts(&target);
+                    SchemaChange::RenameTable(parts.last().cloned().unwrap_or_default())
+                }
+                ast::AlterTableOperation::AlterColumn {
+                    column_name,
+                    op: ast::AlterColumnOperation::SetDataType { data_type, .. },
+                } => SchemaChange::SetType {
+                    column: normalize(&column_name),
+                    column_type: column_type_from_sql(&data_type)?,
+                },
+                other => {
+                    return Err(user_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("ALTER TABLE {other} is not supported yet"),
+                    ));
+                }
+            };
+            changes.push(change);
+        }
+        for change in changes {
+            self.engine
+                .meta
+                .write(Command::AlterTable {
+                    table: table.id,
+                    change,
+                })
+                .await?;
+        }
+        Ok(Output::Command(CommandTag::new("ALTER TABLE")))
+    }
+
+    /// CREATE TABLE: empty, a clone of `create.clone` (at `clone_as_of`, or
+    /// its current snapshot), or AS a query.
+    pub(super) async fn create_table(
+        &mut self,
+        create: ast::CreateTable,
+        clone_as_of: Option<Expr>,
+    ) -> Result<Output> {
+        if create.or_replace || create.temporary || create.external {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "CREATE OR REPLACE / TEMPORARY / EXTERNAL TABLE is not supported yet",
+            ));
+        }
+        if !create.constraints.is_empty() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "table constraints (PRIMARY KEY, UNIQUE, FOREIGN KEY, CHECK) are not supported",
+            ));
+        }
+        let view = self.begin_statement().await?;
+        let (schema, name) = self.resolve(&create.name)?;
+        let TableOptions {
+            retention_micros,
+            layout,
+        } = table_options(&create.table_options)?;
+        if create.clone.is_some() || create.query.is_none() {
+            // A zero-copy clone (BigQuery's table clone) starts with the source's
+            // data files at its current snapshot (or the one current at FOR
+            // SYSTEM_TIME AS OF), keeping their field ids; each table's later
+            // changes write new files, so neither sees the other's. A plain
+            // CREATE TABLE starts empty.
+            let (columns, files, field_ids) = match &create.clone {
+                Some(source_name) => {
+                    let source = self.table(&view.catalog, source_name)?;
+                    let snapshot = match &clone_as_of {
+                        Some(expr) => self.snapshot_at(source, source_name, expr).await?,
+                        None => source.current_snapshot(),
+                    };
+                    let source_columns = source.columns_at(snapshot);
+                    let columns = source_columns
+                        .iter()
+                        .map(|c| ColumnDef {
+                            name: c.name.clone(),
+                            column_type: c.column_type,
+                            nullable: c.nullable,
+                            default: c.default.clone(),
+                        })
+                        .collect();
+                    let field_ids = source_columns.iter().map(|c| c.field_id).collect();
+                    (
+                        columns,
+                        source.files_at(snapshot.id).cloned().collect(),
+                        field_ids,
+                    )
+                }
+                None => {
+                    let mut columns = Vec::with_capacity(create.columns.len());
+                    for column in &create.columns {
+                        columns.push(self.column_def(column).await?);
+                    }
+                    (columns, Vec::new(), Vec::new())
+                }
+            };
+            self.engine
+                .meta
+                .write(Command::CreateTable {
+                    schema,
+                    name,
+                    columns,
+                    if_not_exists: create.if_not_exists,
+                    files,
+                    retention_micros,
+                    field_ids,
+                    layout,
+                    stripes: Vec::new(),
+                })
+                .await?;
+            return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
+        }
+        let query = create
+            .query
+            .expect("checked above: CREATE TABLE AS has a query");
+        // CREATE TABLE AS: table and rows commit together in one command.
+        if view.catalog.table(&schema, &name).is_some() {
+            if create.if_not_exists {
+                return Ok(Output::Command(CommandTag::with_rows("SELECT", 0)));
+            }
+            return Err(quarry_raft::CatalogError::TableExists(name).into());
+        }
+        if !view.catalog.schemas.contains_key(&schema) {
+            return Err(quarry_raft::CatalogError::SchemaNotFound(schema).into());
+        }
+        let plan = self.plan(Statement::Query(query)).await?;
+        let arrow_schema = plan.schema().as_arrow().clone();
+        let mut columns = Vec::with_capacity(arrow_schema.fields().len());
+        for (i, field) in arrow_schema.fields().iter().enumerate() {
+            let name = if create.columns.is_empty() {
+                field.name().clone()
+            } else {
+                create
+                    .columns
+                    .get(i)
+                    .map(|c| normalize(&c.name))
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::SYNTAX_ERROR,
+                            "CREATE TABLE AS names more columns than the query has",
+                        )
+                    })?
+            };
+            columns.push(ColumnDef {
+                name,
+                column_type: column_type_of(field.data_type())?,
+                nullable: true,
+                default: None,
+            });
+        }
+        let provisional = Arc::new(Table {
+            id: 0,
+            schema: schema.clone(),
+            name: name.clone(),
+            next_field_id: columns.len() as u32 + 1,
+            columns: columns_from_defs(&columns),
+            schema_id: 0,
+            past_schemas: Vec::new(),
+            snapshots: Default::default(),
+            files: Default::default(),
+            live_files: Default::default(),
+            retention_micros,
+            layout,
+        });
+        let mut stream = self.stream(plan).await?;
+        let mut writer = DataFileWriter::new(provisional, view.writes.clone());
+        while let Some(batch) = stream.next().await {
+            writer.write(batch.map_err(Error::from_engine)?).await?;
+        }
+        let rows = writer.finish().await?;
+        let (changes, _) = view.writes.take().await?;
+        let mut files = Vec::new();
+        let mut stripes = Vec::new();
+        for change in changes {
+            files.extend(change.added);
+            stripes.extend(change.stripes);
+        }
+        let command = Command::CreateTable {
+            schema,
+            name,
+            columns,
+            if_not_exists: false,
+            files: files.clone(),
+            retention_micros,
+            field_ids: Vec::new(),
+            layout,
+            stripes,
+        };
+        match self.engine.meta.write(command).await {
+            Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
+            Err(e) => {
+                if refused(&e) {
+                    view.writes.discard_files(files);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub(super) async fn drop(
+        &mut self,
+        object_type: ObjectType,
+        if_exists: bool,
+        names: &[ObjectName],
+        cascade: bool,
+    ) -> Result<Output> {
+        let tag = match object_type {
+            ObjectType::Table => "DROP TABLE",
+            ObjectType::Schema => "DROP SCHEMA",
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("DROP {other} is not supported"),
+                ));
+            }
+        };
+        for name in names {
+            let command = match object_type {
+                ObjectType::Table => {
+                    let (schema, name) = self.resolve(name)?;
+                    Command::DropTable {
+                        schema,
+                        name,
+                        if_exists,
+                    }
+                }
+                _ => Command::DropSchema {
+                    name: object_parts(name).join("."),
+                    if_exists,
+                    cascade,
+                },
+            };
+            self.engine.meta.write(command).await?;
+        }
+        Ok(Output::Command(CommandTag::new(tag)))
+    }
+}

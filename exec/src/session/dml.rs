@@ -1,0 +1,139 @@
+//! DML: INSERT / UPDATE / DELETE through DataFusion, and MERGE.
+
+use super::*;
+
+/// The count DataFusion's DML plans return (one row, one UInt64 column).
+pub(super) fn count_of(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.value(0))
+        })
+        .sum()
+}
+
+impl Session {
+    /// Evaluates a constant SQL expression.
+    pub(super) async fn eval_constant(&self, sql: &str) -> Result<datafusion::common::ScalarValue> {
+        let batches = self.run_query(&format!("SELECT {sql}")).await?;
+        let batch = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::Internal("a constant expression gave no rows".to_owned()))?;
+        datafusion::common::ScalarValue::try_from_array(batch.column(0), 0)
+            .map_err(Error::from_engine)
+    }
+
+    /// Runs an INSERT, DELETE or UPDATE planned by DataFusion (whose plan yields
+    /// the affected-row count) and commits it unless a transaction block is open.
+    pub(super) async fn execute_dml(
+        &mut self,
+        command: &str,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        let view = self.begin_statement().await?;
+        let plan = self.plan_with_params(statement, params).await?;
+        let batches: Vec<RecordBatch> = self
+            .stream(plan)
+            .await?
+            .try_collect()
+            .await
+            .map_err(Error::from_engine)?;
+        let rows = count_of(&batches);
+        self.commit_statement(&view.writes).await?;
+        Ok(Output::Command(CommandTag::with_rows(command, rows)))
+    }
+
+    pub(super) async fn run_query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.ctx
+            .sql(sql)
+            .await
+            .map_err(Error::from_engine)?
+            .collect()
+            .await
+            .map_err(Error::from_engine)
+    }
+
+    pub(super) async fn merge(&mut self, merge: &ast::Merge) -> Result<Output> {
+        let view = self.begin_statement().await?;
+        let TableFactor::Table { name, .. } = &merge.table else {
+            return Err(user_error(
+                SqlState::SYNTAX_ERROR,
+                "MERGE INTO needs a table",
+            ));
+        };
+        let table = self.table(&view.catalog, name)?.clone();
+        let target_sql = format!("\"{}\".\"{}\"", table.schema, table.name);
+        let plan = crate::merge::plan(merge, &table, &target_sql)?;
+        let duplicates = self.run_query(&plan.duplicate_check).await?;
+        let duplicated = duplicates
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            })
+            .map(|a| a.value(0))
+            .unwrap_or(0);
+        if duplicated > 0 {
+            return Err(user_error(
+                SqlState::CARDINALITY_VIOLATION,
+                "MERGE command cannot affect row a second time",
+            ));
+        }
+        let current = SnapshotTable::new(
+            table.clone(),
+            table.current_snapshot().id,
+            self.engine.chunks.clone(),
+            Some(view.writes.clone()),
+        );
+        let old_files = current.visible_files();
+        let batches = self.run_query(&plan.query).await?;
+        let columns = table.columns.len();
+        let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
+        let mut affected = 0u64;
+        for batch in batches {
+            let clause = datafusion::arrow::compute::cast(batch.column(columns), &DataType::Int64)
+                .map_err(|e| Error::Internal(format!("MERGE clause column: {e}")))?;
+            let clause = clause
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .ok_or_else(|| {
+                    Error::Internal("MERGE clause column is not an integer".to_owned())
+                })?;
+            let source_only = batch
+                .column(columns + 1)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .ok_or_else(|| Error::Internal("MERGE source flag is not a boolean".to_owned()))?;
+            let keep: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
+                .map(|row| {
+                    let number = clause.value(row);
+                    if number != 0 {
+                        affected += 1;
+                    }
+                    let deleted = plan.delete_clauses.contains(&(number as usize));
+                    let unmatched_source = source_only.value(row) && number == 0;
+                    Some(!deleted && !unmatched_source)
+                })
+                .collect();
+            let rows = batch
+                .project(&(0..columns).collect::<Vec<_>>())
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let kept = datafusion::arrow::compute::filter_record_batch(&rows, &keep)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            writer.write(kept).await?;
+        }
+        writer.finish().await?;
+        for file in old_files {
+            view.writes.remove(table.id, file.chunk);
+        }
+        self.commit_statement(&view.writes).await?;
+        Ok(Output::Command(CommandTag::with_rows("MERGE", affected)))
+    }
+}

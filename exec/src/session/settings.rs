@@ -1,0 +1,273 @@
+//! Session settings: SET / SHOW, their defaults, and the values they accept
+//! (durations with PostgreSQL's units, `distsql` modes).
+
+use super::*;
+
+/// The session setting `distsql`: whether a query runs over the cluster's
+/// live nodes or on the node it arrives at (CockroachDB's setting, with its
+/// values `off`, `auto` and `on`; its `always` is `on` here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistSql {
+    /// Every query on this node alone.
+    Off,
+    /// Queries that read at least [`QueryResources::distribute_min_bytes`]
+    /// over the cluster, smaller ones here: below that, a distributed run's
+    /// fixed cost (starting fragments on every node, exchange round trips)
+    /// outweighs what sharing the scan saves.
+    Auto,
+    /// Every query that can be over the cluster.
+    On,
+}
+
+impl DistSql {
+    /// The mode a setting's value names (any case); None if none.
+    pub fn parse(value: &str) -> Option<DistSql> {
+        match value.to_ascii_lowercase().as_str() {
+            "off" => Some(DistSql::Off),
+            "auto" => Some(DistSql::Auto),
+            "on" | "always" => Some(DistSql::On),
+            _ => None,
+        }
+    }
+
+    /// Whether a query whose scans read `scanned` bytes of data files is
+    /// distributed, with `min_bytes` the threshold of `auto`.
+    pub fn distributes(self, scanned: u64, min_bytes: u64) -> bool {
+        match self {
+            DistSql::Off => false,
+            DistSql::Auto => scanned >= min_bytes,
+            DistSql::On => true,
+        }
+    }
+}
+
+/// A setting PostgreSQL clients read or write (SET / SHOW).
+pub(super) const DEFAULT_SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("client_min_messages", "notice"),
+    ("datestyle", "ISO, MDY"),
+    // CockroachDB's name and values (see [`DistSql`]).
+    ("distsql", "auto"),
+    ("default_transaction_isolation", "repeatable read"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("lc_messages", "C"),
+    ("max_identifier_length", "63"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("timezone", "UTC"),
+];
+
+/// Parses a PostgreSQL duration setting (`5000`, `5s`, `250ms`, `1min`) to ms.
+pub(super) fn parse_duration_ms(value: &str) -> Option<u64> {
+    let value = value.trim().trim_matches('\'');
+    let digits_end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let number: u64 = value[..digits_end].parse().ok()?;
+    let unit = value[digits_end..].trim().to_ascii_lowercase();
+    let factor = match unit.as_str() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+impl Session {
+    pub(super) async fn set(&mut self, set: ast::Set) -> Result<Output> {
+        let (name, value) = match set {
+            ast::Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = object_parts(&variable).join(".");
+                let value = values
+                    .iter()
+                    .map(|v| match v {
+                        Expr::Value(v) => match &v.value {
+                            ast::Value::SingleQuotedString(s)
+                            | ast::Value::DoubleQuotedString(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                        Expr::Identifier(ident) => ident.value.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (name, value)
+            }
+            ast::Set::SetTransaction {
+                modes,
+                session: false,
+                ..
+            } => {
+                let Some(transaction) = &mut self.transaction else {
+                    return Err(user_error(
+                        SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                        "SET TRANSACTION can only be used in transaction blocks",
+                    ));
+                };
+                for mode in &modes {
+                    if let ast::TransactionMode::IsolationLevel(level) = mode {
+                        transaction.isolation = Isolation::from_level(level);
+                    }
+                }
+                return Ok(Output::Command(CommandTag::new("SET")));
+            }
+            ast::Set::SetTimeZone { value, .. } => (
+                "timezone".to_owned(),
+                value.to_string().trim_matches('\'').to_owned(),
+            ),
+            ast::Set::SetNames { charset_name, .. } => {
+                ("client_encoding".to_owned(), charset_name.to_string())
+            }
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("{other} is not supported"),
+                ));
+            }
+        };
+        if name.starts_with("datafusion.") {
+            self.ctx
+                .sql(&format!("SET {name} = '{}'", value.replace('\'', "''")))
+                .await
+                .map_err(Error::from_engine)?;
+            return Ok(Output::Command(CommandTag::new("SET")));
+        }
+        match name.as_str() {
+            "search_path" => {
+                let first = value
+                    .split(',')
+                    .map(|s| s.trim().trim_matches('"'))
+                    .find(|s| !s.is_empty() && *s != "$user" && *s != "pg_catalog")
+                    .unwrap_or(DEFAULT_SCHEMA)
+                    .to_owned();
+                self.configure(|options| options.catalog.default_schema = first);
+            }
+            "timezone" => {
+                let zone = if value.eq_ignore_ascii_case("utc") || value.eq_ignore_ascii_case("gmt")
+                {
+                    "+00:00".to_owned()
+                } else {
+                    value.clone()
+                };
+                self.ctx
+                    .sql(&format!(
+                        "SET datafusion.execution.time_zone = '{}'",
+                        zone.replace('\'', "''")
+                    ))
+                    .await
+                    .map_err(|e| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!("invalid value for parameter \"TimeZone\": \"{value}\": {e}"),
+                        )
+                    })?;
+            }
+            "distsql" if DistSql::parse(&value).is_none() => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "invalid value for parameter \"distsql\": \"{value}\" (off, auto or on)"
+                    ),
+                ));
+            }
+            "statement_timeout" if parse_duration_ms(&value).is_none() => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
+                ));
+            }
+            _ => {}
+        }
+        self.settings.insert(name, value);
+        Ok(Output::Command(CommandTag::new("SET")))
+    }
+
+    pub(super) fn show(&self, variable: &[Ident]) -> Result<Output> {
+        let name = variable.iter().map(normalize).collect::<Vec<_>>().join(" ");
+        let (column, values): (String, Vec<String>) = if name == "all" {
+            (
+                "setting".to_owned(),
+                self.settings
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect(),
+            )
+        } else if name == "transaction_isolation" || name == "transaction isolation level" {
+            (
+                "transaction_isolation".to_owned(),
+                vec![self.isolation_name().to_owned()],
+            )
+        } else {
+            let value = self.settings.get(&name).ok_or_else(|| {
+                user_error(
+                    SqlState::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?;
+            (name.clone(), vec![value.clone()])
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok(batch) });
+        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))))
+    }
+
+    /// The statement timeout in milliseconds; 0 means none.
+    pub fn statement_timeout_ms(&self) -> u64 {
+        self.settings
+            .get("statement_timeout")
+            .and_then(|v| parse_duration_ms(v))
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_postgres_units() {
+        assert_eq!(parse_duration_ms("0"), Some(0));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("5s"), Some(5000));
+        assert_eq!(parse_duration_ms("'2min'"), Some(120_000));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn distsql_distributes_what_its_mode_and_the_bytes_scanned_say() {
+        let mib = 1 << 20;
+        // (setting, bytes scanned, distributed with a 64 MiB threshold)
+        let cases = [
+            ("off", 10 * 1024 * mib, false),
+            ("auto", 0, false),
+            ("AUTO", 64 * mib - 1, false),
+            ("auto", 64 * mib, true),
+            ("on", 0, true),
+            ("always", 0, true),
+        ];
+        for (setting, scanned, expected) in cases {
+            let mode = DistSql::parse(setting).expect("a mode");
+            assert_eq!(
+                mode.distributes(scanned, 64 * mib),
+                expected,
+                "{setting}, {scanned} bytes"
+            );
+        }
+        assert_eq!(DistSql::parse("sometimes"), None);
+        assert!(DistSql::Auto.distributes(0, 0), "threshold 0: every query");
+    }
+}

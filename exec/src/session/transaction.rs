@@ -1,0 +1,182 @@
+//! Transaction blocks: BEGIN / COMMIT / ROLLBACK, isolation levels, the
+//! catalog view a statement or transaction pins, and committing a write set as
+//! one Raft command.
+
+use super::*;
+
+/// Isolation levels. READ COMMITTED and REPEATABLE READ both run as snapshot
+/// isolation (the SQL standard allows a stronger level than asked for);
+/// SERIALIZABLE adds validation at commit that nothing the transaction read
+/// changed meanwhile, which rules out write skew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isolation {
+    Snapshot,
+    Serializable,
+}
+
+impl Isolation {
+    pub(super) fn from_level(level: &ast::TransactionIsolationLevel) -> Isolation {
+        match level {
+            ast::TransactionIsolationLevel::Serializable => Isolation::Serializable,
+            _ => Isolation::Snapshot,
+        }
+    }
+
+    pub(super) fn from_setting(value: Option<&str>) -> Isolation {
+        match value {
+            Some(v) if v.eq_ignore_ascii_case("serializable") => Isolation::Serializable,
+            _ => Isolation::Snapshot,
+        }
+    }
+
+    /// PostgreSQL's name for the level actually provided.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Isolation::Snapshot => "repeatable read",
+            Isolation::Serializable => "serializable",
+        }
+    }
+}
+
+/// An open BEGIN ... COMMIT block: one pinned catalog (its snapshot) and one
+/// write set for all its statements.
+pub(super) struct Transaction {
+    pub(super) view: CatalogView,
+    pub(super) isolation: Isolation,
+    /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) is accepted.
+    pub(super) failed: bool,
+}
+
+/// Whether a failed metadata write certainly did not commit, so the data files it
+/// named are garbage now. An unknown outcome (`Unavailable`) keeps them; garbage
+/// collection decides later.
+pub(super) fn refused(e: &quarry_raft::Error) -> bool {
+    matches!(
+        e,
+        quarry_raft::Error::Catalog(_) | quarry_raft::Error::NotLeader { .. }
+    )
+}
+
+/// Commits everything `writes` holds as one Raft command; on a definite refusal
+/// deletes the files it wrote. With `serializable`, the commit also fails if any
+/// table the transaction read changed meanwhile.
+pub(super) async fn commit_changes(
+    meta: &dyn Metadata,
+    writes: &WriteSet,
+    serializable: bool,
+) -> Result<()> {
+    let (changes, reads) = writes.take().await?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let command = Command::Commit {
+        changes: changes.clone(),
+        read_set: if serializable { reads } else { Vec::new() },
+    };
+    if let Err(e) = meta.write(command).await {
+        if refused(&e) {
+            writes.discard_changes(changes);
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+impl Session {
+    /// Pins the catalog and write set the next statement runs against: the open
+    /// transaction's, or else the newest catalog and a fresh write set.
+    pub(super) async fn begin_statement(&self) -> Result<CatalogView> {
+        let view = match &self.transaction {
+            Some(transaction) => transaction.view.clone(),
+            None => self.fresh_view().await?,
+        };
+        self.catalog.set_view(view.clone());
+        self.catalog.remove_system_schema(AS_OF_SCHEMA);
+        Ok(view)
+    }
+
+    pub(super) async fn fresh_view(&self) -> Result<CatalogView> {
+        Ok(CatalogView {
+            catalog: self.engine.meta.read().await?,
+            writes: Arc::new(WriteSet::new(self.engine.chunks.clone())),
+        })
+    }
+
+    /// Whether a transaction block (BEGIN ... COMMIT) is open.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// Commits what an autocommit statement wrote; inside a transaction block the
+    /// writes wait for COMMIT.
+    pub(super) async fn commit_statement(&self, writes: &WriteSet) -> Result<()> {
+        if self.transaction.is_some() {
+            return Ok(());
+        }
+        commit_changes(self.engine.meta.as_ref(), writes, false).await
+    }
+
+    /// Refuses statements a transaction block cannot hold yet.
+    pub(super) fn outside_transaction(&self, what: &str) -> Result<()> {
+        if self.transaction.is_some() {
+            return Err(user_error(
+                SqlState::ACTIVE_SQL_TRANSACTION,
+                format!("{what} cannot run inside a transaction block"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn begin(&mut self, modes: &[ast::TransactionMode]) -> Result<Output> {
+        if self.transaction.is_some() {
+            tracing::debug!("BEGIN inside a transaction block is ignored, as in PostgreSQL");
+            return Ok(Output::Command(CommandTag::new("BEGIN")));
+        }
+        let mut isolation = Isolation::from_setting(self.setting("default_transaction_isolation"));
+        for mode in modes {
+            match mode {
+                ast::TransactionMode::IsolationLevel(level) => {
+                    isolation = Isolation::from_level(level)
+                }
+                ast::TransactionMode::AccessMode(_) => {}
+            }
+        }
+        self.transaction = Some(Transaction {
+            view: self.fresh_view().await?,
+            isolation,
+            failed: false,
+        });
+        Ok(Output::Command(CommandTag::new("BEGIN")))
+    }
+
+    pub(super) async fn end(&mut self, commit: bool) -> Result<Output> {
+        let Some(transaction) = self.transaction.take() else {
+            // PostgreSQL warns "there is no transaction in progress" and goes on.
+            return Ok(Output::Command(CommandTag::new(if commit {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            })));
+        };
+        if !commit || transaction.failed {
+            transaction.view.writes.discard();
+            return Ok(Output::Command(CommandTag::new("ROLLBACK")));
+        }
+        let serializable = transaction.isolation == Isolation::Serializable;
+        commit_changes(
+            self.engine.meta.as_ref(),
+            &transaction.view.writes,
+            serializable,
+        )
+        .await?;
+        Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// The isolation level of the open transaction, or the default for new ones.
+    pub(super) fn isolation_name(&self) -> &'static str {
+        match &self.transaction {
+            Some(t) => t.isolation.name(),
+            None => Isolation::from_setting(self.setting("default_transaction_isolation")).name(),
+        }
+    }
+}
