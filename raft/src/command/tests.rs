@@ -1,0 +1,479 @@
+//! Tests of the catalog commands: applying each to a catalog, and what it refuses.
+
+use super::*;
+use quarry_common::catalog::ChunkId;
+
+fn run(catalog: &mut Catalog, command: Command) -> Result<Applied, CatalogError> {
+    apply(
+        catalog,
+        &Proposal {
+            command,
+            proposed_at: 1_000,
+        },
+    )
+}
+
+fn with_public() -> Catalog {
+    let mut catalog = Catalog::default();
+    run(
+        &mut catalog,
+        Command::CreateSchema {
+            name: "public".into(),
+            if_not_exists: false,
+        },
+    )
+    .expect("create schema");
+    catalog
+}
+
+fn create(name: &str) -> Command {
+    Command::CreateTable {
+        schema: "public".into(),
+        name: name.into(),
+        columns: vec![ColumnDef {
+            name: "a".into(),
+            column_type: ColumnType::Int64,
+            nullable: true,
+            default: None,
+        }],
+        if_not_exists: false,
+        files: vec![],
+        retention_micros: None,
+        field_ids: vec![],
+        layout: None,
+        stripes: vec![],
+    }
+}
+
+fn append(table: TableId, added: Vec<DataFile>) -> Command {
+    Command::Commit {
+        changes: vec![TableChange {
+            table,
+            added,
+            removed: vec![],
+            stripes: vec![],
+        }],
+        read_set: vec![],
+    }
+}
+
+fn file(rows: u64) -> DataFile {
+    DataFile {
+        chunk: ChunkId(rows as u128),
+        size_bytes: 10,
+        checksum_crc32c: 1,
+        row_count: rows,
+        column_stats: vec![],
+    }
+}
+
+#[test]
+fn appends_create_snapshots_with_growing_ids_times_and_rows() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let id = catalog.table("public", "t").expect("t").id;
+    for rows in [3, 4] {
+        run(&mut catalog, append(id, vec![file(rows)])).expect("append");
+    }
+    let t = catalog.table("public", "t").expect("t");
+    let ids: Vec<_> = t.snapshots.iter().map(|s| s.id).collect();
+    let times: Vec<_> = t.snapshots.iter().map(|s| s.committed_at).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert_eq!(t.current_snapshot().row_count, 7);
+    assert_eq!(t.files_at(ids[1]).count(), 1);
+    assert_eq!(t.files_at(ids[2]).count(), 2);
+}
+
+/// The derived indexes (tables by id, each table's live files by chunk)
+/// equal what `reindex` rebuilds from the serialized state, after every
+/// kind of command that changes tables or files; and a catalog survives
+/// a postcard round trip (what Raft snapshots store) once reindexed.
+#[test]
+fn derived_indexes_stay_in_step_with_every_command() {
+    fn check(catalog: &Catalog, after: &str) {
+        let mut rebuilt = catalog.clone();
+        rebuilt.reindex();
+        assert_eq!(
+            rebuilt.table_keys, catalog.table_keys,
+            "table keys after {after}"
+        );
+        for (key, table) in &catalog.tables {
+            assert_eq!(
+                rebuilt.tables[key].live_files, table.live_files,
+                "live files of {key:?} after {after}"
+            );
+        }
+        let bytes = postcard::to_allocvec(catalog).expect("encode");
+        let mut decoded: Catalog = postcard::from_bytes(&bytes).expect("decode");
+        assert!(decoded.table_keys.is_empty(), "indexes are not serialized");
+        decoded.reindex();
+        assert_eq!(&decoded, catalog, "round trip after {after}");
+    }
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    run(&mut catalog, create("u")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(1), file(2), file(3)])).expect("append");
+    check(&catalog, "append");
+    let rewrite = Command::Commit {
+        changes: vec![TableChange {
+            table: t,
+            added: vec![file(4)],
+            removed: vec![ChunkId(2)],
+            stripes: vec![],
+        }],
+        read_set: vec![],
+    };
+    run(&mut catalog, rewrite).expect("rewrite");
+    check(&catalog, "rewrite");
+    let t_now = catalog.table("public", "t").expect("t");
+    assert!(t_now.live_file(ChunkId(2)).is_none(), "removed");
+    assert_eq!(t_now.current_snapshot().row_count, 1 + 3 + 4);
+    let rename = Command::AlterTable {
+        table: t,
+        change: SchemaChange::RenameTable("t2".into()),
+    };
+    run(&mut catalog, rename).expect("rename");
+    check(&catalog, "rename");
+    assert_eq!(
+        catalog.table_by_id(t).map(|t| t.name.as_str()),
+        Some("t2"),
+        "found by id under its new name"
+    );
+    let keep_from = catalog.table_by_id(t).expect("t2").current_snapshot().id;
+    run(
+        &mut catalog,
+        Command::ExpireSnapshots {
+            table: t,
+            keep_from,
+        },
+    )
+    .expect("expire");
+    check(&catalog, "expire");
+    let drop = Command::DropTable {
+        schema: "public".into(),
+        name: "t2".into(),
+        if_exists: false,
+    };
+    run(&mut catalog, drop).expect("drop");
+    check(&catalog, "drop");
+    assert!(catalog.table_by_id(t).is_none());
+    let undrop = Command::UndropTable {
+        schema: "public".into(),
+        name: "t2".into(),
+    };
+    run(&mut catalog, undrop).expect("undrop");
+    check(&catalog, "undrop");
+    let cascade = Command::DropSchema {
+        name: "public".into(),
+        if_exists: false,
+        cascade: true,
+    };
+    run(&mut catalog, cascade).expect("drop schema");
+    check(&catalog, "drop schema");
+    assert!(catalog.table_keys.is_empty());
+}
+
+#[test]
+fn refused_commands_leave_the_catalog_unchanged() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let before = catalog.clone();
+    let cases = [
+        (create("t"), CatalogError::TableExists("t".into())),
+        (
+            Command::CreateSchema {
+                name: "public".into(),
+                if_not_exists: false,
+            },
+            CatalogError::SchemaExists("public".into()),
+        ),
+        (
+            Command::DropTable {
+                schema: "public".into(),
+                name: "nope".into(),
+                if_exists: false,
+            },
+            CatalogError::TableNotFound("nope".into()),
+        ),
+        (
+            Command::DropSchema {
+                name: "public".into(),
+                if_exists: false,
+                cascade: false,
+            },
+            CatalogError::SchemaNotEmpty("public".into()),
+        ),
+        (
+            append(999, vec![file(1)]),
+            CatalogError::TableNotFound("table id 999".into()),
+        ),
+    ];
+    for (command, expected) in cases {
+        assert_eq!(run(&mut catalog, command), Err(expected));
+        assert_eq!(catalog, before);
+    }
+}
+
+#[test]
+fn the_second_of_two_rewrites_of_one_file_fails_and_changes_nothing() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    run(&mut catalog, create("u")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    let u = catalog.table("public", "u").expect("u").id;
+    run(&mut catalog, append(t, vec![file(10)])).expect("append");
+    let rewrite = |rows| Command::Commit {
+        changes: vec![TableChange {
+            table: t,
+            added: vec![file(rows)],
+            removed: vec![ChunkId(10)],
+            stripes: vec![],
+        }],
+        read_set: vec![],
+    };
+    run(&mut catalog, rewrite(7)).expect("first rewrite wins");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.current_snapshot().row_count, 7);
+    assert_eq!(table.current_snapshot().operation, Operation::Rewrite);
+    let before = catalog.clone();
+    // The second rewrite of the same file also appends to another table: all
+    // of it must fail.
+    let Command::Commit { mut changes, .. } = rewrite(8) else {
+        unreachable!("rewrite builds a commit");
+    };
+    changes.push(TableChange {
+        table: u,
+        added: vec![file(3)],
+        removed: vec![],
+        stripes: vec![],
+    });
+    let result = run(
+        &mut catalog,
+        Command::Commit {
+            changes,
+            read_set: vec![],
+        },
+    );
+    assert_eq!(result, Err(CatalogError::SerializationFailure("t".into())));
+    assert_eq!(catalog, before);
+}
+
+#[test]
+fn expiring_snapshots_drops_files_only_older_snapshots_used() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(10)])).expect("append");
+    let rewrite = Command::Commit {
+        changes: vec![TableChange {
+            table: t,
+            added: vec![file(7)],
+            removed: vec![ChunkId(10)],
+            stripes: vec![],
+        }],
+        read_set: vec![],
+    };
+    run(&mut catalog, rewrite).expect("rewrite");
+    let keep_from = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    let applied = run(
+        &mut catalog,
+        Command::ExpireSnapshots {
+            table: t,
+            keep_from,
+        },
+    )
+    .expect("expire");
+    assert_eq!(
+        applied,
+        Applied::Expired {
+            chunks: vec![ChunkId(10)]
+        }
+    );
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.snapshots.len(), 1);
+    assert_eq!(
+        table
+            .files_at(keep_from)
+            .map(|f| f.chunk)
+            .collect::<Vec<_>>(),
+        vec![ChunkId(7)]
+    );
+}
+
+#[test]
+fn concurrent_appends_both_commit() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(1)])).expect("first");
+    run(&mut catalog, append(t, vec![file(2)])).expect("second");
+    assert_eq!(
+        catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .row_count,
+        3
+    );
+}
+
+#[test]
+fn a_serializable_commit_fails_when_a_table_it_read_changed() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    run(&mut catalog, create("u")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    let u = catalog.table("public", "u").expect("u").id;
+    let read_at = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, append(t, vec![file(1)])).expect("concurrent write to t");
+    let result = run(
+        &mut catalog,
+        Command::Commit {
+            changes: vec![TableChange {
+                table: u,
+                added: vec![file(2)],
+                removed: vec![],
+                stripes: vec![],
+            }],
+            read_set: vec![(t, read_at)],
+        },
+    );
+    assert_eq!(result, Err(CatalogError::SerializationFailure("t".into())));
+}
+
+#[test]
+fn duplicate_column_names_are_refused() {
+    let mut catalog = with_public();
+    let column = ColumnDef {
+        name: "a".into(),
+        column_type: ColumnType::Int32,
+        nullable: true,
+        default: None,
+    };
+    let result = run(
+        &mut catalog,
+        Command::CreateTable {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![column.clone(), column],
+            if_not_exists: false,
+            files: vec![],
+            retention_micros: None,
+            field_ids: vec![],
+            layout: None,
+            stripes: vec![],
+        },
+    );
+    assert_eq!(result, Err(CatalogError::DuplicateColumn("a".into())));
+}
+
+#[test]
+fn drop_schema_cascade_drops_its_tables() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    run(
+        &mut catalog,
+        Command::DropSchema {
+            name: "public".into(),
+            if_exists: false,
+            cascade: true,
+        },
+    )
+    .expect("drop");
+    assert!(catalog.tables.is_empty());
+    assert!(catalog.schemas.is_empty());
+}
+
+fn chunk(id: u128, node: NodeId) -> StripeChunk {
+    StripeChunk {
+        chunk: ChunkId(id),
+        node,
+        size_bytes: 10,
+        checksum_crc32c: 0,
+    }
+}
+
+#[test]
+fn replacing_parity_checks_what_the_proposer_saw() {
+    let mut catalog = with_public();
+    let id = ChunkId(100);
+    catalog.add_stripe(Stripe {
+        id,
+        data_chunks: 1,
+        chunks: vec![chunk(1, 1), chunk(2, 2)],
+    });
+    let widen = |expected: Vec<ChunkId>| Command::ReplaceParity {
+        stripe: id,
+        expected,
+        parity: vec![chunk(3, 2), chunk(4, 3)],
+    };
+    assert_eq!(
+        run(&mut catalog, widen(vec![ChunkId(9)])),
+        Err(CatalogError::ParityChanged(id)),
+        "stale view refused"
+    );
+    assert_eq!(catalog.stripes[&id].chunks.len(), 2, "unchanged");
+    run(&mut catalog, widen(vec![ChunkId(2)])).expect("widen");
+    let stripe = &catalog.stripes[&id];
+    assert_eq!(stripe.parity_chunks(), 2);
+    assert_eq!(stripe.chunks[0], chunk(1, 1), "data chunks kept");
+    assert_eq!(
+        run(&mut catalog, widen(vec![ChunkId(2)])),
+        Err(CatalogError::ParityChanged(id)),
+        "a second widening from the same view is refused"
+    );
+}
+
+#[test]
+fn regrouping_replaces_narrow_stripes_only_as_they_were_seen() {
+    let mut catalog = with_public();
+    for (id, data, parity) in [(100, 1, 11), (200, 2, 12)] {
+        catalog.add_stripe(Stripe {
+            id: ChunkId(id),
+            data_chunks: 1,
+            chunks: vec![chunk(data, data as NodeId), chunk(parity, 3)],
+        });
+    }
+    let new = Stripe {
+        id: ChunkId(300),
+        data_chunks: 2,
+        chunks: vec![chunk(1, 1), chunk(2, 2), chunk(21, 3)],
+    };
+    let moved = Stripe {
+        chunks: vec![chunk(1, 4), chunk(2, 2), chunk(21, 3)],
+        ..new.clone()
+    };
+    let regroup = |new: &Stripe| Command::Regroup {
+        old: vec![ChunkId(100), ChunkId(200)],
+        new: new.clone(),
+    };
+    assert_eq!(
+        run(&mut catalog, regroup(&moved)),
+        Err(CatalogError::ParityChanged(ChunkId(300))),
+        "a data chunk placed elsewhere than the catalog says"
+    );
+    run(&mut catalog, regroup(&new)).expect("regroup");
+    assert_eq!(catalog.stripes.len(), 1);
+    assert_eq!(
+        catalog.stripe_of(ChunkId(1)).map(|s| s.id),
+        Some(ChunkId(300))
+    );
+    assert_eq!(
+        catalog.stripe_of(ChunkId(2)).map(|s| s.id),
+        Some(ChunkId(300))
+    );
+    assert!(
+        run(&mut catalog, regroup(&new)).is_err(),
+        "the old stripes are gone"
+    );
+}
