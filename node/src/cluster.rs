@@ -226,7 +226,10 @@ impl crate::rpc::Handler for NodeHandler {
                 let local = self.stripes.local().clone();
                 match quarry_storage::blocking(move || local.put_as(chunk, &data)).await {
                     Ok(_) => RpcResponse::Ok,
-                    Err(e) => RpcResponse::Failed(e.to_string()),
+                    Err(e) => RpcResponse::ChunkFailed {
+                        fault: e.fault(),
+                        message: e.to_string(),
+                    },
                 }
             }
             RpcRequest::Exchange(request) => {
@@ -250,7 +253,10 @@ impl crate::rpc::Handler for NodeHandler {
                 };
                 match self.stripes.read_local(reference).await {
                     Ok(data) => RpcResponse::Chunk(data),
-                    Err(e) => RpcResponse::Failed(e.to_string()),
+                    Err(e) => RpcResponse::ChunkFailed {
+                        fault: e.fault(),
+                        message: e.to_string(),
+                    },
                 }
             }
             RpcRequest::GetChunkRange {
@@ -275,7 +281,10 @@ impl crate::rpc::Handler for NodeHandler {
                         checksum_crc32c: crc32c::crc32c(&data),
                         data,
                     },
-                    Err(e) => RpcResponse::Failed(e.to_string()),
+                    Err(e) => RpcResponse::ChunkFailed {
+                        fault: e.fault(),
+                        message: e.to_string(),
+                    },
                 }
             }
             raft => self.raft.handle(raft).await,

@@ -33,9 +33,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// version is refused rather than misread. postcard is not self-describing,
 /// so any change to a message type, including a new Raft command variant
 /// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`; version 4:
-/// dynamic filters between fragments; version 5: `GetChunkRange`), needs a
-/// new version.
-pub const WIRE_VERSION: u8 = 5;
+/// dynamic filters between fragments; version 5: `GetChunkRange`; version 6:
+/// `ChunkFailed`), needs a new version.
+pub const WIRE_VERSION: u8 = 6;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -186,6 +186,15 @@ pub enum RpcResponse {
     Exchange(quarry_exec::distributed::ExchangeResponse),
     /// The peer could not serve the request (its error, as text).
     Failed(String),
+    /// Answer to `PutChunk`, `GetChunk` or `GetChunkRange`: the peer's chunk
+    /// store failed; `fault` says how, so the asking node classifies it as
+    /// its own (a corrupt copy there is XX001 here too).
+    ChunkFailed {
+        /// The kind of the error.
+        fault: quarry_storage::Fault,
+        /// The peer's error, as text.
+        message: String,
+    },
 }
 
 /// Why a call failed. Every variant leaves the caller free to retry.
@@ -638,6 +647,24 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_error_keeps_its_kind_across_the_wire() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        for fault in [
+            quarry_storage::Fault::Missing,
+            quarry_storage::Fault::Corrupt,
+            quarry_storage::Fault::Io,
+            quarry_storage::Fault::OutOfRange,
+            quarry_storage::Fault::Internal,
+        ] {
+            let answer = RpcResponse::ChunkFailed {
+                fault,
+                message: "m".into(),
+            };
+            assert_eq!(decode::<RpcResponse>(peer, &encode(&answer)), Ok(answer));
+        }
+    }
+
+    #[test]
     fn frames_of_another_version_are_refused() {
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let mut frame = encode(&RpcResponse::Failed("x".into())).to_vec();
@@ -655,12 +682,13 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 5 carries (the same as version 3; 4
-    /// changed the exchange messages, 5 added `GetChunkRange`). A new command fails to compile here:
+    /// The Raft commands wire version 6 carries (the same as version 3; 4
+    /// changed the exchange messages, 5 added `GetChunkRange`, 6
+    /// `ChunkFailed`). A new command fails to compile here:
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_5(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_6(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -678,7 +706,7 @@ mod tests {
             | C::ReplaceParity { .. }
             | C::Regroup { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 5, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 6, "update the list above");
     }
 
     #[tokio::test]

@@ -96,9 +96,16 @@ impl ClusterView {
             .call(addr, request, CHUNK_CALL_DEADLINE)
             .await
         {
+            Ok(RpcResponse::ChunkFailed { fault, message }) => Err(StorageError::Remote {
+                node,
+                chunk,
+                fault,
+                message,
+            }),
             Ok(RpcResponse::Failed(message)) => Err(StorageError::Remote {
                 node,
                 chunk,
+                fault: quarry_storage::Fault::Internal,
                 message,
             }),
             Ok(answer) => Ok(answer),
@@ -145,6 +152,7 @@ impl ChunkTransport for ClusterView {
             other => Err(StorageError::Remote {
                 node,
                 chunk: chunk.id,
+                fault: quarry_storage::Fault::Internal,
                 message: format!("unexpected answer {other:?}"),
             }),
         }
@@ -179,6 +187,7 @@ impl ChunkTransport for ClusterView {
             other => Err(StorageError::Remote {
                 node,
                 chunk: chunk.id,
+                fault: quarry_storage::Fault::Internal,
                 message: format!("unexpected answer {other:?}"),
             }),
         }
@@ -193,6 +202,7 @@ impl ChunkTransport for ClusterView {
             other => Err(StorageError::Remote {
                 node,
                 chunk,
+                fault: quarry_storage::Fault::Internal,
                 message: format!("unexpected answer {other:?}"),
             }),
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use quarry_common::catalog::{ChunkId, NodeId};
+use serde::{Deserialize, Serialize};
 
 /// Result of chunk store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,6 +103,8 @@ pub enum Error {
         node: NodeId,
         /// The chunk.
         chunk: ChunkId,
+        /// The kind of the node's error, as it reported it.
+        fault: Fault,
         /// The node's error.
         message: String,
     },
@@ -135,8 +138,26 @@ pub enum Error {
     },
 }
 
+/// The kind of a chunk error, as it crosses the internal RPC: the node that
+/// asked another about a chunk classifies that node's error as it would its
+/// own, so a client gets the same SQLSTATE wherever the chunk was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// The chunk is not on the node's disk ([`Error::Missing`]).
+    Missing,
+    /// The chunk's bytes are damaged ([`Error::Corrupt`], [`Error::BlockCorrupt`]).
+    Corrupt,
+    /// The node's disk failed the operation ([`Error::Io`]).
+    Io,
+    /// The request was outside the chunk ([`Error::OutOfRange`]).
+    OutOfRange,
+    /// Anything else the node could not do (a bug, or a failure of its own peers).
+    Internal,
+}
+
 impl Error {
-    /// Whether the error means stored data is lost or damaged (SQLSTATE XX001).
+    /// Whether the error means stored data is lost or damaged (SQLSTATE XX001),
+    /// here or on the node that answered.
     pub fn is_data_corruption(&self) -> bool {
         matches!(
             self,
@@ -144,6 +165,28 @@ impl Error {
                 | Error::Corrupt { .. }
                 | Error::BlockCorrupt { .. }
                 | Error::StripeLost { .. }
+                | Error::Remote {
+                    fault: Fault::Missing | Fault::Corrupt,
+                    ..
+                }
         )
+    }
+
+    /// This error's kind, for sending it to the node that asked.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Missing { .. } => Fault::Missing,
+            Error::Corrupt { .. } | Error::BlockCorrupt { .. } | Error::StripeLost { .. } => {
+                Fault::Corrupt
+            }
+            Error::Io { .. } => Fault::Io,
+            Error::OutOfRange { .. } => Fault::OutOfRange,
+            Error::Remote { fault, .. } => *fault,
+            Error::ErasureCoding(_)
+            | Error::Unreachable { .. }
+            | Error::Damaged { .. }
+            | Error::Placement { .. }
+            | Error::Internal { .. } => Fault::Internal,
+        }
     }
 }

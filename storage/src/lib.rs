@@ -34,7 +34,7 @@ pub mod stripe_writer;
 pub mod transport;
 
 pub use chunk_store::{ChunkRef, ChunkStore};
-pub use error::{Error, Result};
+pub use error::{Error, Fault, Result};
 pub use stripe_store::{StripeStore, blocking};
 pub use stripe_writer::StripeWriter;
 pub use transport::ChunkTransport;

@@ -130,10 +130,11 @@ impl ChunkTransport for View {
     }
 
     async fn get(&self, node: NodeId, chunk: ChunkRef) -> Result<Bytes> {
-        let remote = |message: String| Error::Remote {
+        let remote = |e: Error| Error::Remote {
             node,
             chunk: chunk.id,
-            message,
+            fault: e.fault(),
+            message: e.to_string(),
         };
         match self.net.fault(node) {
             Fault::Down => Err(Error::Unreachable {
@@ -168,6 +169,7 @@ impl ChunkTransport for View {
             Fault::RefusesPuts => Err(Error::Remote {
                 node,
                 chunk,
+                fault: crate::Fault::Io,
                 message: "no space left on device".into(),
             }),
             _ => {
@@ -541,4 +543,36 @@ async fn a_discarded_file_leaves_an_open_stripe_and_stays_in_a_sealed_one() {
         writer.finish().await.expect("finish").is_empty(),
         "a stripe of only discarded files is not committed"
     );
+}
+
+#[tokio::test]
+async fn a_damaged_copy_on_another_node_is_data_corruption_here_too() {
+    let net = Net::new(4);
+    let store = net.store(1);
+    let writer = StripeWriter::new(store.clone(), layout(2, 1));
+    let mut files = Vec::new();
+    for i in 0..2u8 {
+        files.push(writer.put(Bytes::from(vec![i; 3000])).await.expect("put"));
+    }
+    // Two files of an open stripe are on two distinct nodes: one is not this one.
+    let (file, holder) = files
+        .iter()
+        .find_map(|f| {
+            net.stores
+                .iter()
+                .find(|(n, s)| **n != 1 && s.list().expect("list").contains(&f.id))
+                .map(|(n, _)| (*f, *n))
+        })
+        .expect("a file on another node");
+    let path = net.stores[&holder].path_of(file.id);
+    let mut damaged = std::fs::read(&path).expect("read");
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(&path, &damaged).expect("damage");
+    let e = store.get(file).await.expect_err("a damaged copy");
+    assert!(
+        matches!(e, Error::Remote { node, fault: crate::Fault::Corrupt, .. } if node == holder),
+        "{e:?}"
+    );
+    assert!(e.is_data_corruption(), "XX001, as for a local copy: {e}");
 }
