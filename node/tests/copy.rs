@@ -236,3 +236,46 @@ async fn copy_to_stdout_round_trips_csv() {
         "id,name,price,added\n1,\"a \"\"quoted\"\", name\",1.50,2026-03-04\n2,,,\n"
     );
 }
+
+#[tokio::test]
+async fn copy_of_a_table_to_stdout_takes_its_column_list() {
+    let (_dir, node) = node_with_table().await;
+    let client = node.client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'a', 1.50, '2026-03-04')")
+        .await
+        .expect("insert");
+    let copy_out = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let stream = client.copy_out(sql).await?;
+            futures::pin_mut!(stream);
+            let mut out = Vec::new();
+            while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok::<_, tokio_postgres::Error>(String::from_utf8(out).expect("utf-8"))
+        }
+    };
+    assert_eq!(
+        copy_out("COPY items TO STDOUT").await.expect("whole table"),
+        "1\ta\t1.50\t2026-03-04\n"
+    );
+    assert_eq!(
+        copy_out("COPY public.items (added, ID) TO STDOUT (FORMAT csv)")
+            .await
+            .expect("two columns, in the list's order"),
+        "2026-03-04,1\n"
+    );
+    for (sql, state) in [
+        ("COPY items (nope) TO STDOUT", "42703"),
+        ("COPY missing TO STDOUT", "42P01"),
+    ] {
+        let e = copy_out(sql).await.expect_err(sql);
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some(state),
+            "{sql}: {e:?}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! progress.
 
 use super::*;
+use datafusion::common::TableReference;
 
 pub(super) fn copy_format(
     options: &[CopyOption],
@@ -184,6 +185,31 @@ impl CopyIn {
 }
 
 impl Session {
+    /// The plan of `COPY table [(columns)] TO`: a scan of the table's current
+    /// snapshot, projected to `columns` (all, in table order, when empty).
+    async fn table_scan_plan(
+        &self,
+        view: &CatalogView,
+        table_name: &ObjectName,
+        columns: &[Ident],
+    ) -> Result<LogicalPlan> {
+        self.table(&view.catalog, table_name)?;
+        let (schema, name) = self.resolve(table_name)?;
+        let scan = self
+            .ctx
+            .table(TableReference::partial(schema, name))
+            .await
+            .map_err(Error::from_engine)?;
+        let scan = if columns.is_empty() {
+            scan
+        } else {
+            let names: Vec<String> = columns.iter().map(normalize).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            scan.select_columns(&names).map_err(Error::from_engine)?
+        };
+        Ok(scan.into_unoptimized_plan())
+    }
+
     pub(super) async fn copy(
         &mut self,
         source: CopySource,
@@ -227,29 +253,13 @@ impl Session {
                 })))
             }
             (true, CopyTarget::Stdout) => {
-                let query = match source {
-                    CopySource::Query(query) => Statement::Query(query),
+                let plan = match source {
+                    CopySource::Query(query) => self.plan(Statement::Query(query)).await?,
                     CopySource::Table {
                         table_name,
                         columns,
-                    } => {
-                        let projection = if columns.is_empty() {
-                            "*".to_owned()
-                        } else {
-                            columns
-                                .iter()
-                                .map(|c| c.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
-                        parser::parse_postgres(&format!("SELECT {projection} FROM {table_name}"))?
-                            .pop()
-                            .ok_or_else(|| {
-                                Error::Internal("COPY TO query did not parse".to_owned())
-                            })?
-                    }
+                    } => self.table_scan_plan(&view, &table_name, &columns).await?,
                 };
-                let plan = self.plan(query).await?;
                 let columns = plan.schema().fields().len();
                 let stream = self.stream(plan).await?;
                 let csv = matches!(format, CopyFormat::Csv { .. });
