@@ -100,9 +100,7 @@ impl Session {
                 ast::ColumnOption::NotNull => nullable = false,
                 ast::ColumnOption::Null => nullable = true,
                 ast::ColumnOption::Default(expr) => {
-                    let value = self
-                        .eval_constant(&format!("CAST(({expr}) AS {})", column.data_type))
-                        .await?;
+                    let value = self.eval_constant(expr, &column.data_type).await?;
                     default = crate::data_file::datum_of(&value);
                 }
                 other => {

@@ -17,9 +17,43 @@ pub(super) fn count_of(batches: &[RecordBatch]) -> u64 {
 }
 
 impl Session {
-    /// Evaluates a constant SQL expression.
-    pub(super) async fn eval_constant(&self, sql: &str) -> Result<datafusion::common::ScalarValue> {
-        let batches = self.run_query(&format!("SELECT {sql}")).await?;
+    /// Evaluates the constant expression `expr` cast to `data_type` (as SQL's
+    /// `CAST(expr AS data_type)`): planned from the parsed expression, run
+    /// over a single empty row.
+    pub(super) async fn eval_constant(
+        &self,
+        expr: &Expr,
+        data_type: &ast::DataType,
+    ) -> Result<datafusion::common::ScalarValue> {
+        let cast = Expr::Cast {
+            kind: ast::CastKind::Cast,
+            expr: Box::new(Expr::Nested(Box::new(expr.clone()))),
+            data_type: data_type.clone(),
+            array: false,
+            format: None,
+        };
+        let state = self.ctx.state();
+        let value = state
+            .create_logical_expr_from_sql_expr(
+                ast::ExprWithAlias {
+                    expr: cast,
+                    alias: None,
+                },
+                &datafusion::common::DFSchema::empty(),
+            )
+            .map_err(Error::from_engine)?;
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::empty(true)
+            .project([value])
+            .and_then(|builder| builder.build())
+            .map_err(Error::from_engine)?;
+        let batches = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(Error::from_engine)?
+            .collect()
+            .await
+            .map_err(Error::from_engine)?;
         let batch = batches
             .iter()
             .find(|b| b.num_rows() > 0)

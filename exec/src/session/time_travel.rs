@@ -124,7 +124,10 @@ impl Session {
     /// Evaluates a constant timestamp expression to microseconds since the epoch (UTC).
     pub(super) async fn eval_timestamp(&self, expr: &Expr) -> Result<i64> {
         let value = self
-            .eval_constant(&format!("CAST(({expr}) AS TIMESTAMP)"))
+            .eval_constant(
+                expr,
+                &ast::DataType::Timestamp(None, ast::TimezoneInfo::None),
+            )
             .await?
             .cast_to(&DataType::Timestamp(TimeUnit::Microsecond, None))
             .map_err(Error::from_engine)?;
