@@ -70,6 +70,7 @@ mod time_travel;
 mod transaction;
 
 pub use copy_statement::CopyIn;
+use dispatch::Dispatch;
 use settings::DEFAULT_SETTINGS;
 pub use settings::DistSql;
 use time_travel::AS_OF_SCHEMA;
@@ -635,12 +636,16 @@ impl Session {
                     ));
                 }
                 // A transaction's own new data files live on this node only.
-                if view.writes.writes_nothing()
-                    && let Some(output) = self.run_distributed(&plan).await?
-                {
-                    return Ok(output);
+                if !view.writes.writes_nothing() {
+                    return Ok(Output::Rows(self.stream(plan).await?));
                 }
-                Ok(Output::Rows(self.stream(plan).await?))
+                match self.run_distributed(&plan).await? {
+                    Dispatch::Distributed(output) => Ok(output),
+                    Dispatch::Local(Some(physical)) => {
+                        Ok(Output::Rows(self.execute_physical(physical)?))
+                    }
+                    Dispatch::Local(None) => Ok(Output::Rows(self.stream(plan).await?)),
+                }
             }
         }
     }

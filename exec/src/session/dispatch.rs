@@ -2,21 +2,31 @@
 //! (`distsql`).
 
 use super::*;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// Where a query runs, as [`Session::run_distributed`] decided.
+pub(super) enum Dispatch {
+    /// It runs over the cluster: its rows (or its EXPLAIN).
+    Distributed(Output),
+    /// It runs here alone, with the physical plan already made for the
+    /// decision (None: not planned yet, as for EXPLAIN).
+    Local(Option<Arc<dyn ExecutionPlan>>),
+}
 
 impl Session {
     /// Runs a query (or EXPLAIN [ANALYZE] of one) over the cluster's live
-    /// nodes; None when it is better run here alone (see
-    /// [`DistributedPlan::new`]).
-    pub(super) async fn run_distributed(&self, plan: &LogicalPlan) -> Result<Option<Output>> {
+    /// nodes, or says it is better run here alone (see
+    /// [`DistributedPlan::new`]); a query is planned once either way.
+    pub(super) async fn run_distributed(&self, plan: &LogicalPlan) -> Result<Dispatch> {
         let Some(cluster) = &self.engine.cluster else {
-            return Ok(None);
+            return Ok(Dispatch::Local(None));
         };
         let mode = self
             .setting("distsql")
             .and_then(DistSql::parse)
             .unwrap_or(DistSql::Auto);
         if mode == DistSql::Off {
-            return Ok(None);
+            return Ok(Dispatch::Local(None));
         }
         let (query, explain) = match plan {
             LogicalPlan::Explain(e) => (e.plan.clone(), Some(false)),
@@ -24,7 +34,7 @@ impl Session {
             other => (Arc::new(other.clone()), None),
         };
         if let LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) = query.as_ref() {
-            return Ok(None);
+            return Ok(Dispatch::Local(None));
         }
         let state = self.ctx.state();
         let physical = state
@@ -33,13 +43,16 @@ impl Session {
             .map_err(Error::from_engine)?;
         let scanned =
             crate::distributed::stages::scanned_bytes(&physical).map_err(Error::from_engine)?;
+        // The physical plan of a plain query runs here if it is not cut.
+        let here = || Dispatch::Local(explain.is_none().then(|| physical.clone()));
         if !mode.distributes(scanned, self.engine.resources.distribute_min_bytes) {
-            return Ok(None);
+            return Ok(here());
         }
-        let distributed = DistributedPlan::new(cluster, physical, self.engine.target_partitions)
-            .map_err(Error::from_engine)?;
+        let distributed =
+            DistributedPlan::new(cluster, physical.clone(), self.engine.target_partitions)
+                .map_err(Error::from_engine)?;
         let Some(distributed) = distributed else {
-            return Ok(None);
+            return Ok(here());
         };
         let ctx = self.ctx.task_ctx();
         // This node's fragments of the query take their memory from this
@@ -56,12 +69,12 @@ impl Session {
         let rows = match explain {
             None => {
                 let Ok(started) = start().await else {
-                    return Ok(None);
+                    return Ok(here());
                 };
                 let stream = distributed
                     .execute(started, ctx, self.engine.runtime())
                     .map_err(Error::from_engine)?;
-                return Ok(Some(Output::Rows(stream)));
+                return Ok(Dispatch::Distributed(Output::Rows(stream)));
             }
             Some(false) => vec![
                 ("logical_plan", query.display_indent().to_string()),
@@ -70,7 +83,7 @@ impl Session {
             Some(true) => {
                 let started = std::time::Instant::now();
                 let Ok(fragments) = start().await else {
-                    return Ok(None);
+                    return Ok(here());
                 };
                 let (count, reports) = distributed
                     .analyze(fragments, ctx, self.engine.runtime())
@@ -101,9 +114,19 @@ impl Session {
         )
         .map_err(|e| Error::Internal(format!("cannot build the plan text: {e}")))?;
         let stream = futures::stream::iter([Ok(batch)]);
-        Ok(Some(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        )))))
+        Ok(Dispatch::Distributed(Output::Rows(Box::pin(
+            RecordBatchStreamAdapter::new(schema, stream),
+        ))))
+    }
+
+    /// The rows of a physical plan made by this session, its operators run
+    /// on the engine's execution runtime.
+    pub(super) fn execute_physical(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<SendableRecordBatchStream> {
+        crate::runtime::execute_stream(self.engine.runtime(), plan, self.ctx.task_ctx())
+            .map_err(Error::from_engine)
     }
 
     /// `plan`'s rows, its operators run on the engine's execution runtime.
