@@ -127,11 +127,19 @@ impl Session {
             Some(view.writes.clone()),
         );
         let old_files = current.visible_files();
-        let batches = self.run_query(&plan.query).await?;
+        // The table's new rows stream into new data files, a batch at a time.
+        let query = self
+            .ctx
+            .sql(&plan.query)
+            .await
+            .map_err(Error::from_engine)?
+            .into_unoptimized_plan();
+        let mut batches = self.stream(query).await?;
         let columns = table.columns.len();
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut affected = 0u64;
-        for batch in batches {
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(Error::from_engine)?;
             let clause = datafusion::arrow::compute::cast(batch.column(columns), &DataType::Int64)
                 .map_err(|e| Error::Internal(format!("MERGE clause column: {e}")))?;
             let clause = clause
