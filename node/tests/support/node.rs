@@ -30,6 +30,9 @@ pub struct TestNode {
     /// Flags after the ports, kept for [`TestNode::restart`].
     extra: Vec<String>,
     log: PathBuf,
+    /// Launched on ports no run of it has bound yet: if one was taken
+    /// between [`free_port`] and the bind (another test's), it may move.
+    fresh_ports: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -87,6 +90,7 @@ impl TestNode {
             listen_port: free_port(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.with_extension("log"),
+            fresh_ports: true,
         };
         node.launch();
         node
@@ -162,12 +166,14 @@ impl TestNode {
     /// Waits until a client can connect, failing the test after [`START_TIMEOUT`].
     pub async fn wait_ready(&mut self) {
         let started = Instant::now();
+        let mut port_retries = 3;
         loop {
             if let Ok((client, connection)) =
                 tokio_postgres::connect(&self.conn_string(), NoTls).await
             {
                 tokio::spawn(connection);
                 if client.simple_query("select 1").await.is_ok() {
+                    self.fresh_ports = false;
                     return;
                 }
             }
@@ -176,6 +182,24 @@ impl TestNode {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                // free_port releases the port it found; a test running
+                // beside this one may bind it first. A node that never ran
+                // on its ports takes new ones (later restarts keep them).
+                if self.fresh_ports
+                    && port_retries > 0
+                    && self.log().lines().any(|l| {
+                        l.contains("cannot listen") && l.contains("Address already in use")
+                    })
+                {
+                    port_retries -= 1;
+                    self.child = None;
+                    let _ = std::fs::remove_file(&self.log);
+                    self.pg_port = free_port();
+                    self.http_port = free_port();
+                    self.listen_port = free_port();
+                    self.launch();
+                    continue;
+                }
                 panic!(
                     "quarry exited with {status} before accepting clients:\n{}",
                     self.log()
