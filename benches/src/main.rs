@@ -15,10 +15,13 @@
 //!   rate.
 //! - `commit-cost`: in-process, the Raft state machine's apply time for a
 //!   one-row commit as the table's history and the number of tables grow.
+//! - `write --baseline OLD_BIN`: COPY throughput and one-row commit latency
+//!   on local clusters of 1 and 3 nodes, this build and another side by side.
 
 mod cluster;
 mod commit_cost;
 mod tpch;
+mod write;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,6 +116,31 @@ enum Command {
         /// Commits timed per case.
         #[arg(long, default_value_t = 500)]
         commits: usize,
+    },
+    /// COPY throughput and commit latency on local clusters, optionally side
+    /// by side with another build.
+    Write {
+        /// The quarry binary measured [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
+        /// Another quarry binary (e.g. the previous commit's) run the same way.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Cluster sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        nodes: Vec<usize>,
+        /// Rows of the COPY.
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        /// One-row commits timed.
+        #[arg(long, default_value_t = 300)]
+        commits: usize,
+        /// A fresh directory for the clusters' data.
+        #[arg(long, default_value = "/tmp/quarry-bench-write")]
+        dir: PathBuf,
+        /// Address of node 1.
+        #[arg(long, default_value = "127.0.90.1")]
+        first_address: std::net::Ipv4Addr,
     },
 }
 
@@ -211,6 +239,29 @@ async fn main() -> anyhow::Result<()> {
                 commits: commits.max(1),
             });
             Ok(())
+        }
+        Command::Write {
+            quarry,
+            baseline,
+            nodes,
+            rows,
+            commits,
+            dir,
+            first_address,
+        } => {
+            write::run(write::Settings {
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                baseline,
+                nodes,
+                rows,
+                commits: commits.max(1),
+                dir,
+                first_address,
+            })
+            .await
         }
     }
 }

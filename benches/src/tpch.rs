@@ -92,7 +92,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// This machine, as the results table names it.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -8,7 +8,7 @@ use crate::config::{Config, FileConfig};
 
 /// Quarry: a distributed analytical database speaking the PostgreSQL protocol.
 #[derive(Debug, Parser)]
-#[command(name = "quarry", version, about)]
+#[command(name = "quarry", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("QUARRY_COMMIT"), ")"), about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
