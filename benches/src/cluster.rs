@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use quarry_client::cluster::{LocalCluster, status};
+use quarry_client::cluster::status;
 
 /// Settings of one run.
 pub struct Settings {
@@ -63,21 +63,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.dir.display()
         );
     }
-    let local = LocalCluster {
-        exe: settings.quarry.clone(),
-        nodes: settings.nodes,
-        dir: settings.dir.clone(),
-        first_address: settings.first_address,
-        pg_port: 5433,
-        http_port: 8433,
-        listen_port: 7433,
-        extra: vec![
+    let local = crate::local_cluster(
+        &settings.quarry,
+        settings.nodes,
+        &settings.dir,
+        settings.first_address,
+        vec![
             "--down-after-ms".into(),
             settings.down_after_ms.to_string(),
             "--repair-after-secs".into(),
             settings.repair_after_secs.to_string(),
         ],
-    };
+    );
     let mut nodes = local.start().await?;
     let result = measure(&settings, &mut nodes).await;
     quarry_client::cluster::stop(&mut nodes, Duration::from_secs(30)).await;

@@ -144,6 +144,27 @@ enum Command {
     },
 }
 
+/// A local cluster of `nodes` processes of `exe` under `dir`, node i on
+/// `first_address` + i − 1 with the default ports, `extra` flags on each.
+pub(crate) fn local_cluster(
+    exe: &Path,
+    nodes: usize,
+    dir: &Path,
+    first_address: std::net::Ipv4Addr,
+    extra: Vec<String>,
+) -> quarry_client::cluster::LocalCluster {
+    quarry_client::cluster::LocalCluster {
+        exe: exe.to_owned(),
+        nodes,
+        dir: dir.to_owned(),
+        first_address,
+        pg_port: 5433,
+        http_port: 8433,
+        listen_port: 7433,
+        extra,
+    }
+}
+
 /// A `--set` argument, NAME=VALUE.
 fn setting(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {

@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use quarry_client::cluster::LocalCluster;
 
 /// Settings of one run.
 pub struct Settings {
@@ -50,16 +49,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     settings.dir.display()
                 );
             }
-            let local = LocalCluster {
-                exe: settings.quarry.clone(),
+            let local = crate::local_cluster(
+                &settings.quarry,
                 nodes,
-                dir: settings.dir.clone(),
-                first_address: settings.first_address,
-                pg_port: 5433,
-                http_port: 8433,
-                listen_port: 7433,
-                extra: Vec::new(),
-            };
+                &settings.dir,
+                settings.first_address,
+                Vec::new(),
+            );
             let mut running = local.start().await?;
             let result = async {
                 let pg = running[0].pg.to_string();

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::SinkExt;
-use quarry_client::cluster::LocalCluster;
 
 /// Settings of one run.
 pub struct Settings {
@@ -120,16 +119,7 @@ async fn run_one(
     pieces: &[Bytes],
 ) -> anyhow::Result<Figures> {
     let dir = settings.dir.join(format!("{label}-{nodes}"));
-    let local = LocalCluster {
-        exe: exe.to_owned(),
-        nodes,
-        dir,
-        first_address: settings.first_address,
-        pg_port: 5433,
-        http_port: 8433,
-        listen_port: 7433,
-        extra: Vec::new(),
-    };
+    let local = crate::local_cluster(exe, nodes, &dir, settings.first_address, Vec::new());
     let mut running = local.start().await?;
     let pg = running[0].pg.to_string();
     let result = measure(&pg, pieces, settings.rows, settings.commits).await;

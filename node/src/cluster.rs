@@ -380,6 +380,16 @@ pub async fn run_duties(
     }
 }
 
+/// The ids of the nodes gossip says are alive.
+fn live_node_ids(stripes: &StripeStore) -> HashSet<NodeId> {
+    stripes
+        .cluster()
+        .live_nodes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// Regroups narrow stripes (fewer data chunks than the cluster's default k,
 /// because their statement wrote fewer data files) into one wider stripe, up
 /// to the full width: their data chunks stay where they are, new parity is
@@ -391,12 +401,7 @@ async fn regroup(meta: &Meta, stripes: &StripeStore) {
     let catalog = meta.read_local();
     let layout = StripeLayout::for_cluster(stripes.cluster().cluster_size());
     let m = usize::from(layout.parity_chunks);
-    let live: HashSet<NodeId> = stripes
-        .cluster()
-        .live_nodes()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let live = live_node_ids(stripes);
     let own_layout: HashSet<ChunkId> = catalog
         .tables
         .values()
@@ -448,12 +453,7 @@ async fn widen(meta: &Meta, stripes: &StripeStore) {
     let catalog = meta.read_local();
     let default = StripeLayout::for_cluster(stripes.cluster().cluster_size());
     let layout_of = layouts_of(&catalog, default);
-    let live: HashSet<NodeId> = stripes
-        .cluster()
-        .live_nodes()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let live = live_node_ids(stripes);
     for stripe in catalog.stripes.values() {
         let Some(layout) = stripe.data().first().and_then(|c| layout_of.get(&c.chunk)) else {
             continue;
