@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use quarry_common::SqlState;
 
@@ -157,8 +157,8 @@ impl From<Statement> for QuarryStatement {
 /// its statements is returned.
 pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
     let mut statements = Vec::new();
-    for text in split_statements(sql)? {
-        match parse_quarry_statement(text)? {
+    for (text, tokens) in split_statements(sql)? {
+        match parse_quarry_statement(tokens)? {
             Some(statement) => statements.push(statement),
             None => statements.extend(parse_postgres(text)?.into_iter().map(QuarryStatement::Sql)),
         }
@@ -184,10 +184,10 @@ fn syntax_error(e: impl std::fmt::Display) -> crate::Error {
     user_error(SqlState::SYNTAX_ERROR, e.to_string())
 }
 
-/// The texts of the statements of `sql`: split at semicolons the tokenizer
-/// sees outside literals, quoted identifiers and comments; empty statements
-/// are left out.
-fn split_statements(sql: &str) -> Result<Vec<&str>> {
+/// The statements of `sql`, each as its text and its tokens: split at
+/// semicolons the tokenizer sees outside literals, quoted identifiers and
+/// comments; empty statements are left out.
+fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
     let tokens = Tokenizer::new(&QuarryDialect::default(), sql)
         .tokenize_with_location()
         .map_err(syntax_error)?;
@@ -204,26 +204,29 @@ fn split_statements(sql: &str) -> Result<Vec<&str>> {
     };
     let mut statements = Vec::new();
     let mut start: Option<usize> = None;
-    for token in &tokens {
+    let mut current = Vec::new();
+    for token in tokens {
         match &token.token {
             Token::SemiColon => {
                 if let Some(begin) = start.take() {
-                    statements.push(&sql[begin..offset(token.span.start)]);
+                    let text = &sql[begin..offset(token.span.start)];
+                    statements.push((text, std::mem::take(&mut current)));
                 }
             }
             Token::Whitespace(_) => {}
             _ => {
                 start.get_or_insert_with(|| offset(token.span.start));
+                current.push(token);
             }
         }
     }
     if let Some(begin) = start {
-        statements.push(&sql[begin..]);
+        statements.push((&sql[begin..], current));
     }
     Ok(statements)
 }
 
-/// Parses one statement of Quarry's own grammar, or returns None if `sql`
+/// Parses one statement (its tokens) of Quarry's own grammar, or returns None if it
 /// does not start like one:
 ///
 /// ```text
@@ -233,15 +236,21 @@ fn split_statements(sql: &str) -> Result<Vec<&str>> {
 ///
 /// # Errors
 /// 42601 for a statement that starts like one of these and does not follow it.
-fn parse_quarry_statement(sql: &str) -> Result<Option<QuarryStatement>> {
-    let dialect = QuarryDialect::default();
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .map_err(syntax_error)?;
+fn parse_quarry_statement(tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
+    // Most statements start otherwise: they are not parsed twice.
     let starts_undrop = matches!(
-        &parser.peek_token_ref().token,
-        Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("undrop")
+        tokens.first().map(|t| &t.token),
+        Some(Token::Word(word)) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("undrop")
     );
+    let starts_create = matches!(
+        tokens.first().map(|t| &t.token),
+        Some(Token::Word(word)) if word.keyword == Keyword::CREATE
+    );
+    if !starts_undrop && !starts_create {
+        return Ok(None);
+    }
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let statement = if starts_undrop {
         parser.next_token();
         let name = (|| {
