@@ -110,9 +110,9 @@ impl WriteSet {
             && let Some(i) = added.iter().position(|f| f.chunk == chunk)
         {
             added.remove(i);
-            match pending.sinks.get(&table) {
-                Some(sink) => sink.discard(chunk),
-                None => self.chunks.discard(chunk),
+            // Every added file came through its table's sink (put, then add).
+            if let Some(sink) = pending.sinks.get(&table) {
+                sink.discard(chunk);
             }
             return;
         }
