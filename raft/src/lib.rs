@@ -11,8 +11,10 @@
 //!        StateMachine::apply ──► Catalog' (Arc swap) ──► Meta::read (read-index)
 //! ```
 //!
-//! All state lives in one redb database, `<data_dir>/meta.redb`: the Raft log, the
-//! vote, the committed log id and the newest state-machine snapshot.
+//! The Raft log, the vote, the committed log id and which state-machine snapshot
+//! is current live in one redb database, `<data_dir>/meta.redb`; the snapshot
+//! itself is a file in `<data_dir>/meta.snapshots/`, written and streamed to
+//! followers record by record ([`snapshot_file`]).
 #![deny(missing_docs)]
 // openraft's StorageError is large and is the error type its traits require.
 #![allow(clippy::result_large_err)]
@@ -22,13 +24,12 @@ mod error;
 mod log_store;
 mod meta;
 pub mod network;
+pub mod snapshot_file;
 mod state_machine;
 
 pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal, SchemaChange, TableChange};
 pub use error::{Error, Result};
 pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};
-
-use std::io::Cursor;
 
 /// Raft node id; assigned once per node and kept in its data dir.
 pub type NodeId = u64;
@@ -62,7 +63,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

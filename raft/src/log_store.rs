@@ -26,7 +26,13 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 
 /// Version of the layout and encodings of `meta.redb` (storage/FORMAT.md).
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 keeps the state-machine snapshot in a file; a version 1 store
+/// (snapshot inside redb) is upgraded when it opens, and older builds refuse
+/// a version 2 store rather than miss its snapshot.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version before the snapshot file, upgraded in place.
+const FORMAT_VERSION_SNAPSHOT_IN_REDB: u32 = 1;
 
 const FORMAT: &str = "format_version";
 const VOTE: &str = "vote";
@@ -77,7 +83,7 @@ impl LogStore {
                 .map_err(|e| storage(e.into()))?
                 .map(|v| postcard::from_bytes::<u32>(v.value()));
             match found {
-                None => {
+                None | Some(Ok(FORMAT_VERSION_SNAPSHOT_IN_REDB)) => {
                     state
                         .insert(FORMAT, encode(&FORMAT_VERSION).as_slice())
                         .map_err(|e| storage(e.into()))?;

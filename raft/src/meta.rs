@@ -29,6 +29,8 @@ pub struct MetaConfig {
     /// Build a state-machine snapshot (and purge the log before it) every this many
     /// applied entries.
     pub snapshot_every_entries: u64,
+    /// Bytes per message when a snapshot file is sent to a lagging follower.
+    pub snapshot_chunk_bytes: u64,
     /// How long [`Meta::bootstrap`] waits for this node to become leader.
     pub leader_wait: Duration,
     /// How long a read or write waits for a leader and its answer before it
@@ -42,13 +44,14 @@ impl MetaConfig {
     /// 0.75–1.5 s of silence: quick failover without spurious elections on a
     /// loaded machine), a snapshot every
     /// 1000 entries (small enough to bound restart replay, large enough that
-    /// snapshot writes stay rare next to commits).
+    /// snapshot writes stay rare next to commits), sent in 3 MiB chunks.
     pub fn new(node_id: NodeId, addr: NodeAddr) -> Self {
         MetaConfig {
             node_id,
             addr,
             heartbeat_interval: Duration::from_millis(250),
             snapshot_every_entries: 1000,
+            snapshot_chunk_bytes: 3 * 1024 * 1024,
             leader_wait: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
         }
@@ -107,6 +110,9 @@ pub struct Meta {
     cell: Arc<CatalogCell>,
     config: MetaConfig,
     link: Arc<dyn LeaderLink>,
+    /// The metadata store, to wait at shutdown until every task using it
+    /// (a snapshot being built) has let go of it.
+    db: std::sync::Weak<redb::Database>,
 }
 
 /// How long to wait between attempts to find a leader.
@@ -140,9 +146,10 @@ impl Meta {
         let db = redb::Database::create(path)
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
+        let weak_db = Arc::downgrade(&db);
         let log_store = LogStore::open(db.clone())?;
         let cell = Arc::new(CatalogCell::default());
-        let state_machine = StateMachine::open(db, cell.clone())?;
+        let state_machine = StateMachine::open(db, path.with_extension("snapshots"), cell.clone())?;
         let heartbeat_ms = config.heartbeat_interval.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: "quarry".to_owned(),
@@ -151,6 +158,7 @@ impl Meta {
             election_timeout_max: heartbeat_ms * 6,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.snapshot_every_entries,
+            snapshot_max_chunk_size: config.snapshot_chunk_bytes,
             ..Default::default()
         };
         let raft_config = Arc::new(
@@ -172,6 +180,7 @@ impl Meta {
             cell,
             config,
             link,
+            db: weak_db,
         })
     }
 
@@ -382,10 +391,20 @@ impl Meta {
         &self.raft
     }
 
-    /// Stops the Raft node; pending writes fail.
+    /// Stops the Raft node; pending writes fail. Returns once the metadata
+    /// store is closed (a snapshot still being written is finished first), so
+    /// it can be opened again, or after 10 s with a warning.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.db.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!("the metadata store is still in use 10 s after shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

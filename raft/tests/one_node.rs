@@ -169,3 +169,46 @@ async fn a_metadata_file_of_another_format_version_is_refused() {
     };
     assert!(err.to_string().contains("format version"), "{err}");
 }
+
+#[tokio::test]
+async fn a_version_1_metadata_file_is_upgraded_to_version_2_and_keeps_its_catalog() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.redb");
+    let state = redb::TableDefinition::<&str, &[u8]>::new("raft_state");
+    let before = {
+        let meta = open_bootstrapped(&path, 1000).await;
+        meta.write(create_table("t")).await.expect("create");
+        let catalog = meta.read().await.expect("read");
+        meta.shutdown().await;
+        catalog
+    };
+    let stamp = |version: u32| {
+        let db = redb::Database::open(&path).expect("redb");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(state).expect("table");
+            let bytes = postcard::to_allocvec(&version).expect("encode");
+            table
+                .insert("format_version", bytes.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    };
+    stamp(1);
+    let meta = open_bootstrapped(&path, 1000).await;
+    assert_eq!(meta.read().await.expect("read"), before);
+    meta.shutdown().await;
+    drop(meta);
+    let db = redb::Database::open(&path).expect("redb");
+    let txn = redb::ReadableDatabase::begin_read(&db).expect("txn");
+    let table = txn.open_table(state).expect("table");
+    let version: u32 = postcard::from_bytes(
+        table
+            .get("format_version")
+            .expect("get")
+            .expect("stamped")
+            .value(),
+    )
+    .expect("decode");
+    assert_eq!(version, 2);
+}

@@ -1,0 +1,386 @@
+//! The state-machine snapshot as a file, written and read record by record.
+//!
+//! A snapshot is the whole [`Catalog`] at one log position. It is written as a
+//! sequence of records (one per table, dropped table and stripe) so that
+//! neither building, sending nor installing it ever holds more than one record's
+//! encoding in memory: openraft streams the file to a lagging follower in chunks
+//! (`snapshot_max_chunk_size`), and the follower writes the chunks to a file
+//! before decoding it.
+//!
+//! Layout (all integers little-endian; see `storage/FORMAT.md` §"Raft snapshot file"):
+//!
+//! ```text
+//! magic "QSNP" | u32 format version (1)
+//! record*      : u32 length | u32 crc32c of the body | body (postcard of `Record`)
+//! ```
+//!
+//! The first record is `Header`, the last is `End` with the number of records
+//! before it, so a truncated file is refused rather than read as a smaller
+//! catalog.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use quarry_common::catalog::{Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"QSNP";
+const VERSION: u32 = 1;
+/// Largest record accepted when reading (a table with a very long history is
+/// the biggest record); guards the allocation against a corrupt length.
+const RECORD_BYTES_MAX: usize = 1 << 30;
+
+/// One record of the file. Writing borrows from the catalog; reading owns.
+/// One record exists at a time, so the header's size costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Serialize, Deserialize)]
+enum Record<'a> {
+    Header {
+        schemas: Cow<'a, BTreeMap<String, SchemaId>>,
+        next_id: u64,
+        last_commit_at: i64,
+        cluster_id: u128,
+        next_node_id: NodeId,
+    },
+    Table {
+        schema: Cow<'a, str>,
+        name: Cow<'a, str>,
+        table: Cow<'a, Table>,
+    },
+    Dropped(Cow<'a, DroppedTable>),
+    Stripe(Cow<'a, Stripe>),
+    End {
+        records: u64,
+    },
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+struct RecordWriter<W: Write> {
+    out: W,
+    records: u64,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> RecordWriter<W> {
+    fn put(&mut self, record: &Record<'_>) -> io::Result<()> {
+        self.buf.clear();
+        let body = postcard::to_io(record, &mut self.buf)
+            .map_err(|e| invalid(format!("snapshot record does not encode: {e}")))?;
+        let len = u32::try_from(body.len())
+            .map_err(|_| invalid("a snapshot record is larger than 4 GiB"))?;
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(&crc32c::crc32c(body).to_le_bytes())?;
+        self.out.write_all(body)?;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+/// Writes `catalog` to `out` in the snapshot file layout.
+///
+/// # Errors
+/// Any error of `out`.
+pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
+    // Destructured whole so that a field added to `Catalog` does not compile
+    // until it is written here (and read back in `read`).
+    let Catalog {
+        schemas,
+        tables,
+        table_keys: _,
+        next_id,
+        last_commit_at,
+        dropped,
+        cluster_id,
+        next_node_id,
+        stripes,
+        stripe_of: _,
+    } = catalog;
+    let mut out = BufWriter::new(out);
+    out.write_all(MAGIC)?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    let mut writer = RecordWriter {
+        out,
+        records: 0,
+        buf: Vec::new(),
+    };
+    writer.put(&Record::Header {
+        schemas: Cow::Borrowed(schemas),
+        next_id: *next_id,
+        last_commit_at: *last_commit_at,
+        cluster_id: *cluster_id,
+        next_node_id: *next_node_id,
+    })?;
+    for ((schema, name), table) in tables {
+        writer.put(&Record::Table {
+            schema: Cow::Borrowed(schema),
+            name: Cow::Borrowed(name),
+            table: Cow::Borrowed(table.as_ref()),
+        })?;
+    }
+    for table in dropped {
+        writer.put(&Record::Dropped(Cow::Borrowed(table)))?;
+    }
+    for stripe in stripes.values() {
+        writer.put(&Record::Stripe(Cow::Borrowed(stripe)))?;
+    }
+    let records = writer.records;
+    writer.put(&Record::End { records })?;
+    writer.out.flush()
+}
+
+/// Reads a catalog written by [`write`], with its derived indexes rebuilt.
+///
+/// # Errors
+/// `InvalidData` if the file is not a snapshot of a known version, a record's
+/// checksum does not match, or the file ends before its `End` record.
+pub fn read(input: impl Read) -> io::Result<Catalog> {
+    let mut input = BufReader::new(input);
+    let mut head = [0u8; 8];
+    input.read_exact(&mut head)?;
+    if &head[..4] != MAGIC {
+        return Err(invalid("not a Quarry Raft snapshot file"));
+    }
+    let version = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(invalid(format!(
+            "Raft snapshot file version {version}; this build reads version {VERSION}"
+        )));
+    }
+    let mut catalog = Catalog::default();
+    let mut records = 0u64;
+    let mut header = false;
+    let mut body = Vec::new();
+    loop {
+        let mut frame = [0u8; 8];
+        input.read_exact(&mut frame).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                invalid("the snapshot file ends before its last record")
+            }
+            _ => e,
+        })?;
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
+        if len > RECORD_BYTES_MAX {
+            return Err(invalid(format!(
+                "snapshot record {records} claims {len} bytes"
+            )));
+        }
+        body.resize(len, 0);
+        input.read_exact(&mut body)?;
+        if crc32c::crc32c(&body) != crc {
+            return Err(invalid(format!(
+                "snapshot record {records} does not match its checksum"
+            )));
+        }
+        let record: Record<'static> = postcard::from_bytes(&body)
+            .map_err(|e| invalid(format!("snapshot record {records} does not decode: {e}")))?;
+        match record {
+            Record::Header {
+                schemas,
+                next_id,
+                last_commit_at,
+                cluster_id,
+                next_node_id,
+            } if records == 0 => {
+                catalog.schemas = schemas.into_owned();
+                catalog.next_id = next_id;
+                catalog.last_commit_at = last_commit_at;
+                catalog.cluster_id = cluster_id;
+                catalog.next_node_id = next_node_id;
+                header = true;
+            }
+            Record::Header { .. } => return Err(invalid("a second snapshot header")),
+            _ if !header => return Err(invalid("the snapshot file has no header")),
+            Record::Table {
+                schema,
+                name,
+                table,
+            } => catalog.insert_table(
+                (schema.into_owned(), name.into_owned()),
+                Arc::new(table.into_owned()),
+            ),
+            Record::Dropped(table) => catalog.dropped.push(table.into_owned()),
+            Record::Stripe(stripe) => catalog.add_stripe(stripe.into_owned()),
+            Record::End { records: written } => {
+                if written != records {
+                    return Err(invalid(format!(
+                        "the snapshot file says {written} records, it holds {records}"
+                    )));
+                }
+                catalog.reindex();
+                return Ok(catalog);
+            }
+        }
+        records += 1;
+    }
+}
+
+/// Writes `catalog` to `path` and makes it durable (the file, then its
+/// directory entry).
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_file(catalog: &Catalog, path: &Path) -> io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    write(catalog, &file)?;
+    file.sync_all()?;
+    sync_dir(path)
+}
+
+/// Reads the catalog of the snapshot file at `path`.
+///
+/// # Errors
+/// As [`read`], naming the file.
+pub fn read_file(path: &Path) -> io::Result<Catalog> {
+    let file = std::fs::File::open(path)?;
+    read(file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Makes the directory entry of `path` durable.
+///
+/// # Errors
+/// Any I/O error opening or syncing the directory.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{ColumnDef, Command, Proposal, TableChange, apply};
+    use quarry_common::catalog::{ChunkId, ColumnType, DataFile, StripeChunk};
+
+    fn run(catalog: &mut Catalog, command: Command) {
+        apply(
+            catalog,
+            &Proposal {
+                command,
+                proposed_at: 1_000,
+            },
+        )
+        .expect("command applies");
+    }
+
+    /// Three tables (one with a data file in a stripe), one dropped table.
+    fn catalog() -> Catalog {
+        let mut catalog = Catalog::default();
+        run(
+            &mut catalog,
+            Command::CreateSchema {
+                name: "public".into(),
+                if_not_exists: false,
+            },
+        );
+        for name in ["t0", "t1", "t2", "gone"] {
+            run(
+                &mut catalog,
+                Command::CreateTable {
+                    schema: "public".into(),
+                    name: name.into(),
+                    columns: vec![ColumnDef {
+                        name: "a".into(),
+                        column_type: ColumnType::Int64,
+                        nullable: true,
+                        default: None,
+                    }],
+                    if_not_exists: false,
+                    files: vec![],
+                    retention_micros: None,
+                    field_ids: vec![],
+                    layout: None,
+                    stripes: vec![],
+                },
+            );
+        }
+        let chunk = |id: u128| StripeChunk {
+            chunk: ChunkId(id),
+            node: 1,
+            size_bytes: 10,
+            checksum_crc32c: 1,
+        };
+        let t1 = catalog.table("public", "t1").expect("t1").id;
+        run(
+            &mut catalog,
+            Command::Commit {
+                changes: vec![TableChange {
+                    table: t1,
+                    added: vec![DataFile {
+                        chunk: ChunkId(101),
+                        size_bytes: 10,
+                        checksum_crc32c: 1,
+                        row_count: 3,
+                        column_stats: vec![],
+                    }],
+                    removed: vec![],
+                    stripes: vec![Stripe {
+                        id: ChunkId(100),
+                        data_chunks: 1,
+                        chunks: vec![chunk(101), chunk(102)],
+                    }],
+                }],
+                read_set: vec![],
+            },
+        );
+        run(
+            &mut catalog,
+            Command::DropTable {
+                schema: "public".into(),
+                name: "gone".into(),
+                if_exists: false,
+            },
+        );
+        catalog
+    }
+
+    #[test]
+    fn a_catalog_reads_back_equal_with_its_indexes() {
+        let catalog = catalog();
+        assert_eq!(catalog.tables.len(), 3);
+        assert_eq!(catalog.dropped.len(), 1);
+        let mut bytes = Vec::new();
+        write(&catalog, &mut bytes).expect("write");
+        let back = read(bytes.as_slice()).expect("read");
+        assert_eq!(back, catalog);
+        assert_eq!(back.table_keys, catalog.table_keys);
+        let t1 = back.table("public", "t1").expect("t1");
+        assert_eq!(
+            t1.live_files,
+            catalog.table("public", "t1").expect("t1").live_files
+        );
+        assert_eq!(t1.live_files.len(), 1);
+        assert_eq!(
+            back.stripe_of(ChunkId(101)).map(|s| s.id),
+            Some(ChunkId(100))
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_damaged_file_is_refused() {
+        let mut bytes = Vec::new();
+        write(&catalog(), &mut bytes).expect("write");
+        for cut in [4, 8, 20, bytes.len() - 1] {
+            let error = read(&bytes[..cut]).expect_err("a cut file");
+            assert!(
+                matches!(
+                    error.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ),
+                "cut at {cut}: {error}"
+            );
+        }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 12;
+        flipped[last] ^= 1;
+        let error = read(flipped.as_slice()).expect_err("a flipped bit");
+        assert!(error.to_string().contains("checksum"), "{error}");
+    }
+}
