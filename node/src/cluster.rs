@@ -214,13 +214,13 @@ impl crate::rpc::Handler for NodeHandler {
                 self.meta
                     .write_local(proposal)
                     .await
-                    .map_err(RemoteMetaError::from),
+                    .map_err(|e| RemoteMetaError::new(self.membership.me().node_id, e)),
             ),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(
                 self.meta
                     .read_index_local()
                     .await
-                    .map_err(RemoteMetaError::from),
+                    .map_err(|e| RemoteMetaError::new(self.membership.me().node_id, e)),
             ),
             RpcRequest::PutChunk { chunk, data } => {
                 let local = self.stripes.local().clone();

@@ -34,8 +34,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// so any change to a message type, including a new Raft command variant
 /// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`; version 4:
 /// dynamic filters between fragments; version 5: `GetChunkRange`; version 6:
-/// `ChunkFailed`), needs a new version.
-pub const WIRE_VERSION: u8 = 6;
+/// `ChunkFailed`; version 7: `RemoteMetaError` keeps storage failures and
+/// names the node), needs a new version.
+pub const WIRE_VERSION: u8 = 7;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -109,7 +110,9 @@ pub enum RpcRequest {
     },
 }
 
-/// A metadata error sent back to the node that forwarded a request.
+/// A metadata error sent back to the node that forwarded a request: each
+/// variant of [`quarry_raft::Error`], so the forwarding node reports what the
+/// leader would have (the same SQLSTATE), naming the node that failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RemoteMetaError {
     /// The catalog refused the command.
@@ -117,15 +120,31 @@ pub enum RemoteMetaError {
     /// The peer could not find a leader.
     NotLeader(Option<NodeId>),
     /// The outcome is unknown.
-    Unavailable(String),
+    Unavailable {
+        /// The node that answered.
+        node: NodeId,
+        /// Its error.
+        message: String,
+    },
+    /// The peer's metadata store failed.
+    Storage {
+        /// The node that answered.
+        node: NodeId,
+        /// Its error.
+        message: String,
+    },
 }
 
-impl From<quarry_raft::Error> for RemoteMetaError {
-    fn from(e: quarry_raft::Error) -> Self {
-        match e {
+impl RemoteMetaError {
+    /// `error`, as node `node` sends it.
+    pub fn new(node: NodeId, error: quarry_raft::Error) -> Self {
+        match error {
             quarry_raft::Error::Catalog(e) => RemoteMetaError::Catalog(e),
             quarry_raft::Error::NotLeader { leader } => RemoteMetaError::NotLeader(leader),
-            other => RemoteMetaError::Unavailable(other.to_string()),
+            quarry_raft::Error::Unavailable(message) => {
+                RemoteMetaError::Unavailable { node, message }
+            }
+            quarry_raft::Error::Storage(message) => RemoteMetaError::Storage { node, message },
         }
     }
 }
@@ -135,7 +154,12 @@ impl From<RemoteMetaError> for quarry_raft::Error {
         match e {
             RemoteMetaError::Catalog(e) => quarry_raft::Error::Catalog(e),
             RemoteMetaError::NotLeader(leader) => quarry_raft::Error::NotLeader { leader },
-            RemoteMetaError::Unavailable(message) => quarry_raft::Error::Unavailable(message),
+            RemoteMetaError::Unavailable { node, message } => {
+                quarry_raft::Error::Unavailable(format!("node {node}: {message}"))
+            }
+            RemoteMetaError::Storage { node, message } => {
+                quarry_raft::Error::Storage(format!("node {node}: {message}"))
+            }
         }
     }
 }
@@ -534,6 +558,28 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    #[test]
+    fn a_forwarded_metadata_error_keeps_its_kind_and_names_the_node() {
+        let cases = [
+            quarry_raft::Error::Storage("disk full".into()),
+            quarry_raft::Error::Unavailable("no quorum".into()),
+            quarry_raft::Error::NotLeader { leader: Some(3) },
+            quarry_raft::Error::Catalog(CatalogError::SerializationFailure("t".into())),
+        ];
+        for error in cases {
+            let kind = std::mem::discriminant(&error);
+            let text = error.to_string();
+            let sent = RemoteMetaError::new(2, error);
+            let bytes = postcard::to_allocvec(&sent).expect("encode");
+            let received: RemoteMetaError = postcard::from_bytes(&bytes).expect("decode");
+            let back = quarry_raft::Error::from(received);
+            assert_eq!(std::mem::discriminant(&back), kind, "{text} became {back}");
+            if let quarry_raft::Error::Storage(m) | quarry_raft::Error::Unavailable(m) = &back {
+                assert!(m.starts_with("node 2: "), "{m}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn calls_round_trip_and_reuse_pooled_connections() {
         let (addr, echo, task) = server(Duration::ZERO).await;
@@ -682,13 +728,14 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 6 carries (the same as version 3; 4
+    /// The Raft commands wire version 7 carries (the same as version 3; 4
     /// changed the exchange messages, 5 added `GetChunkRange`, 6
-    /// `ChunkFailed`). A new command fails to compile here:
+    /// `ChunkFailed`, 7 the typed `RemoteMetaError`). A new command fails to
+    /// compile here:
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_6(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_7(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -706,7 +753,7 @@ mod tests {
             | C::ReplaceParity { .. }
             | C::Regroup { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 6, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 7, "update the list above");
     }
 
     #[tokio::test]
