@@ -71,6 +71,10 @@ enum Command {
         /// may be repeated.
         #[arg(long, value_parser = setting)]
         set: Vec<(String, String)>,
+        /// Each node's data cache in MiB (with --nodes); 0 makes every run
+        /// read from the chunk stores [default: the node's default].
+        #[arg(long)]
+        data_cache_mb: Option<u64>,
     },
     /// Write the TPC-H tables as CSV files and their DDL as schema.sql.
     TpchCsv {
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             no_duckdb,
             quarry,
             set,
+            data_cache_mb,
         } => {
             tpch::run(tpch::Settings {
                 pg,
@@ -222,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 no_duckdb,
                 set,
+                data_cache_mb,
             })
             .await
         }

@@ -3,7 +3,10 @@
 //! (each large table in K parts, so every node holds a share); with the Python
 //! `duckdb` package installed, DuckDB runs the same queries over Parquet files
 //! of the same rows in the same run, and the table shows the ratio per query
-//! and the geometric means.
+//! and the geometric means. On a local cluster it also shows, per query, the
+//! bytes the nodes' chunk stores read during its warm-up run (the sum over
+//! the nodes of `quarry_storage_chunk_read_bytes_total`, from `/metrics`);
+//! with `--data-cache-mb 0` that is every byte the query needs from disk.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,15 +36,75 @@ pub struct Settings {
     pub no_duckdb: bool,
     /// Session settings (name, value) set before the queries, e.g. `distsql`.
     pub set: Vec<(String, String)>,
+    /// Each node's data cache in MiB (with `nodes`); None: the default.
+    pub data_cache_mb: Option<u64>,
 }
 
-/// Median time and rows of each query, in order.
-type Timings = Vec<(String, Duration, usize)>;
+/// One query's figures.
+struct Timing {
+    name: String,
+    /// Median of the timed runs.
+    median: Duration,
+    rows: usize,
+    /// Bytes read by the chunk stores of all nodes during the warm-up run
+    /// (None: not measured).
+    bytes_read: Option<u64>,
+}
+
+/// Every query's figures, in order.
+type Timings = Vec<Timing>;
+
+/// The counter of bytes a node's chunk store read.
+const READ_BYTES_METRIC: &str = "quarry_storage_chunk_read_bytes_total";
+
+/// Reads the nodes' `/metrics` over HTTP.
+struct MetricsReader {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    urls: Vec<hyper::Uri>,
+}
+
+impl MetricsReader {
+    fn new(http_addresses: impl IntoIterator<Item = String>) -> anyhow::Result<Self> {
+        let urls = http_addresses
+            .into_iter()
+            .map(|a| format!("http://{a}/metrics").parse())
+            .collect::<Result<_, _>>()?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(MetricsReader { client, urls })
+    }
+
+    /// The sum over the nodes of counter `name` (0 where not yet counted).
+    async fn sum(&self, name: &str) -> anyhow::Result<u64> {
+        use http_body_util::BodyExt;
+        let mut total = 0u64;
+        for url in &self.urls {
+            let response = self
+                .client
+                .get(url.clone())
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let body = response.into_body().collect().await?.to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(Ok(0.0), |v| v.trim().parse::<f64>())
+                .with_context(|| format!("{name} from {url}"))?;
+            total += value as u64;
+        }
+        Ok(total)
+    }
+}
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("{}", machine());
     let quarry = match settings.nodes {
-        None => time_quarry(&settings.pg, &settings).await?,
+        None => time_quarry(&settings.pg, &settings, None).await?,
         Some(nodes) => {
             if settings.dir.join("n1").exists() {
                 bail!(
@@ -49,13 +112,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     settings.dir.display()
                 );
             }
+            let extra = match settings.data_cache_mb {
+                Some(mb) => vec!["--data-cache-mb".to_owned(), mb.to_string()],
+                None => Vec::new(),
+            };
             let local = crate::local_cluster(
                 &settings.quarry,
                 nodes,
                 &settings.dir,
                 settings.first_address,
-                Vec::new(),
+                extra,
             );
+            let metrics = MetricsReader::new((0..nodes).map(|i| {
+                let ip = std::net::Ipv4Addr::from(u32::from(settings.first_address) + i as u32);
+                format!("{ip}:{}", local.http_port)
+            }))?;
             let mut running = local.start().await?;
             let result = async {
                 let pg = running[0].pg.to_string();
@@ -70,7 +141,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     load.total_rows(),
                     load.elapsed.as_secs_f64()
                 );
-                time_quarry(&pg, &settings).await
+                if let Some(mb) = settings.data_cache_mb {
+                    println!("data cache: {mb} MiB per node");
+                }
+                time_quarry(&pg, &settings, Some(&metrics)).await
             }
             .await;
             quarry_client::cluster::stop(&mut running, Duration::from_secs(30)).await;
@@ -111,7 +185,11 @@ pub(crate) fn machine() -> String {
     format!("machine: {cpus} CPUs ({model}), {memory_gib:.1} GiB RAM")
 }
 
-async fn time_quarry(pg: &str, settings: &Settings) -> anyhow::Result<Timings> {
+async fn time_quarry(
+    pg: &str,
+    settings: &Settings,
+    metrics: Option<&MetricsReader>,
+) -> anyhow::Result<Timings> {
     let (runs, queries) = (settings.runs, &settings.queries);
     let client = quarry_client::cluster::connect(pg).await?;
     client.batch_execute("SET search_path = tpch").await?;
@@ -128,7 +206,12 @@ async fn time_quarry(pg: &str, settings: &Settings) -> anyhow::Result<Timings> {
         let sql = std::fs::read_to_string(queries.join(format!("{name}.sql")))?;
         let mut rows = 0;
         let mut times = Vec::with_capacity(runs);
+        let mut bytes_read = None;
         for run in 0..=runs {
+            let read_before = match (run, metrics) {
+                (0, Some(metrics)) => Some(metrics.sum(READ_BYTES_METRIC).await?),
+                _ => None,
+            };
             let started = Instant::now();
             let messages = client
                 .simple_query(&sql)
@@ -139,12 +222,20 @@ async fn time_quarry(pg: &str, settings: &Settings) -> anyhow::Result<Timings> {
                 .iter()
                 .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
                 .count();
+            if let (Some(before), Some(metrics)) = (read_before, metrics) {
+                bytes_read = Some(metrics.sum(READ_BYTES_METRIC).await?.saturating_sub(before));
+            }
             if run > 0 {
                 times.push(elapsed);
             }
         }
         times.sort();
-        timings.push((name, times[times.len() / 2], rows));
+        timings.push(Timing {
+            name,
+            median: times[times.len() / 2],
+            rows,
+            bytes_read,
+        });
     }
     Ok(timings)
 }
@@ -190,7 +281,12 @@ fn time_duckdb(settings: &Settings) -> anyhow::Result<Timings> {
             && name.starts_with('q')
             && let (Ok(ms), Ok(rows)) = (ms.parse::<f64>(), rows.parse::<usize>())
         {
-            timings.push((name.to_owned(), Duration::from_secs_f64(ms / 1000.0), rows));
+            timings.push(Timing {
+                name: name.to_owned(),
+                median: Duration::from_secs_f64(ms / 1000.0),
+                rows,
+                bytes_read: None,
+            });
         }
     }
     Ok(timings)
@@ -203,36 +299,47 @@ fn geomean(values: impl Iterator<Item = f64>) -> f64 {
 
 fn print_table(quarry: &Timings, duckdb: Option<&Timings>) {
     let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    let mb = |t: &Timing| {
+        t.bytes_read
+            .map_or_else(String::new, |b| format!("{:.1}", b as f64 / 1e6))
+    };
     println!();
-    println!("| query | Quarry ms | rows | DuckDB ms | ratio |");
-    println!("|---|---:|---:|---:|---:|");
-    for (i, (name, time, rows)) in quarry.iter().enumerate() {
+    println!("| query | Quarry ms | rows | MB read | DuckDB ms | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (i, t) in quarry.iter().enumerate() {
+        let (name, rows) = (&t.name, t.rows);
         match duckdb.and_then(|d| d.get(i)) {
-            Some((_, duck, duck_rows)) => {
-                let warn = if duck_rows == rows {
+            Some(duck) => {
+                let warn = if duck.rows == rows {
                     ""
                 } else {
                     " (row counts differ)"
                 };
                 println!(
-                    "| {name} | {:.1} | {rows} | {:.1} | {:.2}{warn} |",
-                    ms(time),
-                    ms(duck),
-                    ms(time) / ms(duck).max(1e-6)
+                    "| {name} | {:.1} | {rows} | {} | {:.1} | {:.2}{warn} |",
+                    ms(&t.median),
+                    mb(t),
+                    ms(&duck.median),
+                    ms(&t.median) / ms(&duck.median).max(1e-6)
                 );
             }
-            None => println!("| {name} | {:.1} | {rows} | | |", ms(time)),
+            None => println!("| {name} | {:.1} | {rows} | {} | | |", ms(&t.median), mb(t)),
         }
     }
-    let quarry_geo = geomean(quarry.iter().map(|(_, t, _)| ms(t)));
+    let quarry_geo = geomean(quarry.iter().map(|t| ms(&t.median)));
+    let total_mb = quarry
+        .iter()
+        .map(|t| t.bytes_read)
+        .sum::<Option<u64>>()
+        .map_or_else(String::new, |b| format!("**{:.1}**", b as f64 / 1e6));
     match duckdb {
         Some(duck) => {
-            let duck_geo = geomean(duck.iter().map(|(_, t, _)| ms(t)));
+            let duck_geo = geomean(duck.iter().map(|t| ms(&t.median)));
             println!(
-                "| **geomean** | **{quarry_geo:.1}** | | **{duck_geo:.1}** | **{:.2}** |",
+                "| **geomean** (MB: total) | **{quarry_geo:.1}** | | {total_mb} | **{duck_geo:.1}** | **{:.2}** |",
                 quarry_geo / duck_geo.max(1e-6)
             );
         }
-        None => println!("| **geomean** | **{quarry_geo:.1}** | | | |"),
+        None => println!("| **geomean** (MB: total) | **{quarry_geo:.1}** | | {total_mb} | | |"),
     }
 }
