@@ -6,36 +6,51 @@
 //! target row no clause applies to stays as it is, a source row no INSERT applies
 //! to is dropped. The whole table is then rewritten (copy-on-write of every data
 //! file), so a concurrent rewrite of the same table conflicts (40001). A target
-//! row matched by two source rows is an error (21000), as in PostgreSQL.
+//! row matched by two source rows is an error (21000), as in PostgreSQL,
+//! found as the joined rows stream by (the join runs once).
+//!
+//! Built as a DataFusion logical plan from the parsed statement: its
+//! expressions (ON, WHEN conditions, SET and VALUES) are planned from the
+//! AST against the joined schema.
 
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::execution::SessionState;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    Expr as PlanExpr, JoinType, LogicalPlan, LogicalPlanBuilder, case, lit, when,
+};
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, Expr, Merge, MergeAction, MergeClauseKind, MergeInsertKind, TableFactor,
+    AssignmentTarget, Expr, ExprWithAlias, Merge, MergeAction, MergeClauseKind, MergeInsertKind,
+    TableFactor,
 };
 use quarry_common::SqlState;
 use quarry_common::catalog::Table;
 
-use crate::error::{Result, user_error};
+use crate::error::{Error, Result, user_error};
 use crate::session::normalize;
 
 /// Column of the planned query naming the clause that applied (0: none).
 pub const CLAUSE_COLUMN: &str = "__quarry_merge_clause";
 /// Column of the planned query: true for source rows that matched no target row.
 pub const SOURCE_ONLY_COLUMN: &str = "__quarry_merge_source_only";
+/// Column of the planned query: for a target row joined with a source row,
+/// the target row's number (unique per target row); null otherwise. A number
+/// seen twice is a target row matched twice.
+pub const MATCHED_ROW_COLUMN: &str = "__quarry_merge_matched_row";
 
 const ROW_ID: &str = "__quarry_merge_row";
 const FROM_SOURCE: &str = "__quarry_merge_source";
 
-/// A MERGE turned into SQL over the pinned catalog.
+/// A MERGE as one logical plan over the pinned catalog.
 pub struct MergePlan {
-    /// Rows: the table's columns in order, then [`CLAUSE_COLUMN`] and
-    /// [`SOURCE_ONLY_COLUMN`].
-    pub query: String,
-    /// Counts target rows matched by more than one source row.
-    pub duplicate_check: String,
+    /// Rows: the table's columns in order, then [`CLAUSE_COLUMN`],
+    /// [`SOURCE_ONLY_COLUMN`] and [`MATCHED_ROW_COLUMN`].
+    pub plan: LogicalPlan,
     /// 1-based clause numbers whose action is DELETE.
     pub delete_clauses: Vec<usize>,
 }
 
+/// The name the statement calls `factor` by: its alias, else its table name.
 fn alias_of(factor: &TableFactor, fallback: &str) -> Result<String> {
     match factor {
         TableFactor::Table {
@@ -43,7 +58,7 @@ fn alias_of(factor: &TableFactor, fallback: &str) -> Result<String> {
         }
         | TableFactor::Derived {
             alias: Some(alias), ..
-        } => Ok(alias.name.value.clone()),
+        } => Ok(normalize(&alias.name)),
         TableFactor::Table { name, .. } => Ok(name
             .0
             .last()
@@ -57,43 +72,102 @@ fn alias_of(factor: &TableFactor, fallback: &str) -> Result<String> {
     }
 }
 
-/// Plans `merge` into `table`, whose target reference is `target_sql`
-/// (schema-qualified name).
+fn column_index(table: &Table, name: &str) -> Result<usize> {
+    table
+        .columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| {
+            user_error(
+                SqlState::UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist"),
+            )
+        })
+}
+
+/// Plans an expression of the statement against the joined rows.
+fn expr(state: &SessionState, expr: &Expr, schema: &DFSchema) -> Result<PlanExpr> {
+    state
+        .create_logical_expr_from_sql_expr(
+            ExprWithAlias {
+                expr: expr.clone(),
+                alias: None,
+            },
+            schema,
+        )
+        .map_err(Error::from_engine)
+}
+
+/// Plans `merge` into `table`. `target` scans the table, `source` yields
+/// the source's rows (both unaliased); the plan numbers the target's rows,
+/// joins them with the source (full outer join on the ON condition) and
+/// computes, per joined row, the clause that applies and the row's new values.
 ///
 /// # Errors
-/// 0A000 for forms not supported; 42703 for unknown columns in SET or INSERT.
-pub fn plan(merge: &Merge, table: &Table, target_sql: &str) -> Result<MergePlan> {
-    let target = alias_of(&merge.table, &table.name)?;
-    let source = alias_of(&merge.source, "source")?;
-    let source_sql = match &merge.source {
-        TableFactor::Table { name, .. } => name.to_string(),
-        TableFactor::Derived { subquery, .. } => format!("({subquery})"),
-        _ => unreachable!("alias_of accepted only tables and subqueries"),
-    };
-    let on = &merge.on;
-    let matched = format!("{target}.{ROW_ID} IS NOT NULL AND {source}.{FROM_SOURCE} IS NOT NULL");
-    let source_only = format!("{target}.{ROW_ID} IS NULL");
-    let target_only = format!("{source}.{FROM_SOURCE} IS NULL");
+/// 0A000 for forms not supported; 42703 for unknown columns in SET or INSERT;
+/// the engine's errors for expressions that do not plan.
+pub fn plan(
+    state: &SessionState,
+    merge: &Merge,
+    table: &Table,
+    target: LogicalPlan,
+    source: LogicalPlan,
+) -> Result<MergePlan> {
+    let target_alias = alias_of(&merge.table, &table.name)?;
+    let source_alias = alias_of(&merge.source, "source")?;
+    let engine = Error::from_engine;
+    let target = LogicalPlanBuilder::from(target)
+        .window(vec![row_number().alias(ROW_ID)])
+        .and_then(|b| b.alias(target_alias.as_str()))
+        .and_then(|b| b.build())
+        .map_err(engine)?;
+    let mut source_columns: Vec<PlanExpr> = source
+        .schema()
+        .columns()
+        .into_iter()
+        .map(PlanExpr::Column)
+        .collect();
+    source_columns.push(lit(true).alias(FROM_SOURCE));
+    let source = LogicalPlanBuilder::from(source)
+        .project(source_columns)
+        .and_then(|b| b.alias(source_alias.as_str()))
+        .and_then(|b| b.build())
+        .map_err(engine)?;
+    let joined_schema = target.schema().join(source.schema()).map_err(engine)?;
+    let on = expr(state, &merge.on, &joined_schema)?;
+    let joined = LogicalPlanBuilder::from(target)
+        .join_on(source, JoinType::Full, [on])
+        .map_err(engine)?;
+
+    let row_id = PlanExpr::Column(Column::new(Some(target_alias.as_str()), ROW_ID));
+    let from_source = PlanExpr::Column(Column::new(Some(source_alias.as_str()), FROM_SOURCE));
+    let matched = row_id
+        .clone()
+        .is_not_null()
+        .and(from_source.clone().is_not_null());
+    let source_only = row_id.clone().is_null();
+    let target_only = from_source.is_null();
 
     let mut conditions = Vec::new();
     let mut delete_clauses = Vec::new();
     // Per column: (clause number, value) overrides.
-    let mut values: Vec<Vec<(usize, String)>> = vec![Vec::new(); table.columns.len()];
+    let mut values: Vec<Vec<(i64, PlanExpr)>> = vec![Vec::new(); table.columns.len()];
     for (i, clause) in merge.clauses.iter().enumerate() {
-        let number = i + 1;
+        let number = i as i64 + 1;
         let side = match clause.clause_kind {
-            MergeClauseKind::Matched => &matched,
-            MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => &source_only,
-            MergeClauseKind::NotMatchedBySource => &target_only,
+            MergeClauseKind::Matched => matched.clone(),
+            MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => {
+                source_only.clone()
+            }
+            MergeClauseKind::NotMatchedBySource => target_only.clone(),
         };
-        let predicate = clause
-            .predicate
-            .as_ref()
-            .map(|p| format!(" AND ({p})"))
-            .unwrap_or_default();
-        conditions.push(format!("WHEN {side}{predicate} THEN {number}"));
+        let condition = match &clause.predicate {
+            Some(predicate) => side.and(expr(state, predicate, &joined_schema)?),
+            None => side,
+        };
+        conditions.push((condition, number));
         match &clause.action {
-            MergeAction::Delete { .. } => delete_clauses.push(number),
+            MergeAction::Delete { .. } => delete_clauses.push(i + 1),
             MergeAction::Update(update) => {
                 if update.update_predicate.is_some() || update.delete_predicate.is_some() {
                     return Err(user_error(
@@ -114,17 +188,8 @@ pub fn plan(merge: &Merge, table: &Table, target_sql: &str) -> Result<MergePlan>
                         .and_then(|p| p.as_ident())
                         .map(normalize)
                         .unwrap_or_default();
-                    let index = table
-                        .columns
-                        .iter()
-                        .position(|c| c.name == column)
-                        .ok_or_else(|| {
-                            user_error(
-                                SqlState::UNDEFINED_COLUMN,
-                                format!("column \"{column}\" does not exist"),
-                            )
-                        })?;
-                    values[index].push((number, assignment.value.to_string()));
+                    let index = column_index(table, &column)?;
+                    values[index].push((number, expr(state, &assignment.value, &joined_schema)?));
                 }
             }
             MergeAction::Insert(insert) => {
@@ -163,60 +228,60 @@ pub fn plan(merge: &Merge, table: &Table, target_sql: &str) -> Result<MergePlan>
                 }
                 let mut given = vec![false; table.columns.len()];
                 for (column, value) in columns.iter().zip(row) {
-                    let index = table
-                        .columns
-                        .iter()
-                        .position(|c| c.name == *column)
-                        .ok_or_else(|| {
-                            user_error(
-                                SqlState::UNDEFINED_COLUMN,
-                                format!("column \"{column}\" does not exist"),
-                            )
-                        })?;
-                    values[index].push((number, value.to_string()));
+                    let index = column_index(table, column)?;
+                    values[index].push((number, expr(state, value, &joined_schema)?));
                     given[index] = true;
                 }
                 for (index, given) in given.into_iter().enumerate() {
                     if !given {
-                        values[index].push((number, "NULL".to_owned()));
+                        values[index].push((number, lit(ScalarValue::Null)));
                     }
                 }
             }
         }
     }
-    let clause_case = format!("CASE {} ELSE 0 END", conditions.join(" "));
-    let mut select = Vec::with_capacity(table.columns.len() + 2);
-    for (column, overrides) in table.columns.iter().zip(&values) {
-        let name = &column.name;
-        let original = format!("{target}.\"{name}\"");
-        if overrides.is_empty() {
-            select.push(format!("{original} AS \"{name}\""));
-            continue;
-        }
-        let whens: Vec<String> = overrides
-            .iter()
-            .map(|(number, value)| format!("WHEN {number} THEN {value}"))
-            .collect();
-        select.push(format!(
-            "CASE ({clause_case}) {} ELSE {original} END AS \"{name}\"",
-            whens.join(" ")
+    let mut conditions = conditions.into_iter();
+    let Some((first, number)) = conditions.next() else {
+        return Err(user_error(
+            SqlState::SYNTAX_ERROR,
+            "MERGE needs at least one WHEN clause",
         ));
+    };
+    let mut clause_case = when(first, lit(number));
+    for (condition, number) in conditions {
+        clause_case = clause_case.when(condition, lit(number));
     }
-    select.push(format!("{clause_case} AS {CLAUSE_COLUMN}"));
-    select.push(format!("({source_only}) AS {SOURCE_ONLY_COLUMN}"));
-    let target_rows = format!("(SELECT *, row_number() OVER () AS {ROW_ID} FROM {target_sql})");
-    let source_rows = format!("(SELECT *, true AS {FROM_SOURCE} FROM {source_sql})");
-    let query = format!(
-        "SELECT {} FROM {target_rows} AS {target} FULL OUTER JOIN {source_rows} AS {source} ON {on}",
-        select.join(", ")
+    let clause = clause_case.otherwise(lit(0i64)).map_err(engine)?;
+
+    let mut select = Vec::with_capacity(table.columns.len() + 3);
+    for (column, overrides) in table.columns.iter().zip(values) {
+        let original = PlanExpr::Column(Column::new(Some(target_alias.as_str()), &column.name));
+        let value = match overrides.split_first() {
+            None => original,
+            Some(((number, value), rest)) => {
+                let mut by_clause = case(clause.clone()).when(lit(*number), value.clone());
+                for (number, value) in rest {
+                    by_clause = by_clause.when(lit(*number), value.clone());
+                }
+                by_clause.otherwise(original).map_err(engine)?
+            }
+        };
+        select.push(value.alias(&column.name));
+    }
+    select.push(clause.alias(CLAUSE_COLUMN));
+    select.push(source_only.alias(SOURCE_ONLY_COLUMN));
+    select.push(
+        when(matched, row_id)
+            .otherwise(lit(ScalarValue::UInt64(None)))
+            .map_err(engine)?
+            .alias(MATCHED_ROW_COLUMN),
     );
-    let duplicate_check = format!(
-        "SELECT count(*) FROM (SELECT {target}.{ROW_ID} FROM {target_rows} AS {target} \
-         JOIN {source_rows} AS {source} ON {on} GROUP BY {target}.{ROW_ID} HAVING count(*) > 1) AS d"
-    );
+    let plan = joined
+        .project(select)
+        .and_then(|b| b.build())
+        .map_err(engine)?;
     Ok(MergePlan {
-        query,
-        duplicate_check,
+        plan,
         delete_clauses,
     })
 }

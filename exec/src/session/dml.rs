@@ -1,6 +1,7 @@
 //! DML: INSERT / UPDATE / DELETE through DataFusion, and MERGE.
 
 use super::*;
+use datafusion::common::TableReference;
 
 /// The count DataFusion's DML plans return (one row, one UInt64 column).
 pub(super) fn count_of(batches: &[RecordBatch]) -> u64 {
@@ -83,14 +84,20 @@ impl Session {
         Ok(Output::Command(CommandTag::with_rows(command, rows)))
     }
 
-    pub(super) async fn run_query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        self.ctx
-            .sql(sql)
+    /// A logical plan scanning table `name` as this session resolves it.
+    async fn scan_plan(&self, name: TableReference) -> Result<LogicalPlan> {
+        let provider = self
+            .ctx
+            .table_provider(name.clone())
             .await
-            .map_err(Error::from_engine)?
-            .collect()
-            .await
-            .map_err(Error::from_engine)
+            .map_err(Error::from_engine)?;
+        datafusion::logical_expr::LogicalPlanBuilder::scan(
+            name,
+            datafusion::datasource::provider_as_source(provider),
+            None,
+        )
+        .and_then(|b| b.build())
+        .map_err(Error::from_engine)
     }
 
     pub(super) async fn merge(&mut self, merge: &ast::Merge) -> Result<Output> {
@@ -102,24 +109,29 @@ impl Session {
             ));
         };
         let table = self.table(&view.catalog, name)?.clone();
-        let target_sql = format!("\"{}\".\"{}\"", table.schema, table.name);
-        let plan = crate::merge::plan(merge, &table, &target_sql)?;
-        let duplicates = self.run_query(&plan.duplicate_check).await?;
-        let duplicated = duplicates
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            })
-            .map(|a| a.value(0))
-            .unwrap_or(0);
-        if duplicated > 0 {
-            return Err(user_error(
-                SqlState::CARDINALITY_VIOLATION,
-                "MERGE command cannot affect row a second time",
-            ));
-        }
+        let target = self
+            .scan_plan(TableReference::partial(
+                table.schema.as_str(),
+                table.name.as_str(),
+            ))
+            .await?;
+        let source = match &merge.source {
+            TableFactor::Table { name, .. } => {
+                let (schema, name) = self.resolve(name)?;
+                self.scan_plan(TableReference::partial(schema, name))
+                    .await?
+            }
+            TableFactor::Derived { subquery, .. } => {
+                self.plan(Statement::Query(subquery.clone())).await?
+            }
+            _ => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "MERGE needs a table or an aliased subquery as its source",
+                ));
+            }
+        };
+        let plan = crate::merge::plan(&self.ctx.state(), merge, &table, target, source)?;
         let current = SnapshotTable::new(
             table.clone(),
             table.current_snapshot().id,
@@ -128,16 +140,13 @@ impl Session {
         );
         let old_files = current.visible_files();
         // The table's new rows stream into new data files, a batch at a time.
-        let query = self
-            .ctx
-            .sql(&plan.query)
-            .await
-            .map_err(Error::from_engine)?
-            .into_unoptimized_plan();
+        let query = plan.plan;
         let mut batches = self.stream(query).await?;
         let columns = table.columns.len();
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut affected = 0u64;
+        // Target rows joined with a source row so far.
+        let mut matched = std::collections::HashSet::new();
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(Error::from_engine)?;
             let clause = datafusion::arrow::compute::cast(batch.column(columns), &DataType::Int64)
@@ -153,6 +162,19 @@ impl Session {
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::BooleanArray>()
                 .ok_or_else(|| Error::Internal("MERGE source flag is not a boolean".to_owned()))?;
+            let matched_rows = batch
+                .column(columns + 2)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .ok_or_else(|| Error::Internal("MERGE row number is not a UInt64".to_owned()))?;
+            for row in matched_rows.iter().flatten() {
+                if !matched.insert(row) {
+                    return Err(user_error(
+                        SqlState::CARDINALITY_VIOLATION,
+                        "MERGE command cannot affect row a second time",
+                    ));
+                }
+            }
             let keep: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
                 .map(|row| {
                     let number = clause.value(row);
