@@ -34,6 +34,8 @@ impl SqlState {
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25001 active_sql_transaction.
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    /// 3B001 invalid_savepoint_specification: no savepoint of that name.
+    pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
     /// 40001 serialization_failure: retry the transaction.
     pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
     /// statement_completion_unknown: the outcome of a write is not known

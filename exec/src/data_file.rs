@@ -52,6 +52,46 @@ struct Pending {
     reads: BTreeMap<TableId, SnapshotId>,
     /// Where each table's new files go (created by the first file).
     sinks: BTreeMap<TableId, Arc<dyn FileSink>>,
+    /// The changes as each savepoint found them, oldest first.
+    savepoints: Vec<Changes>,
+}
+
+/// Files added and replaced, per table: what a savepoint restores.
+#[derive(Debug, Clone, Default)]
+struct Changes {
+    added: BTreeMap<TableId, Vec<DataFile>>,
+    removed: BTreeMap<TableId, Vec<ChunkId>>,
+}
+
+impl Pending {
+    /// Whether `chunk` is a file of the changes or of a savepoint (which a
+    /// rollback may bring back), so its bytes must stay.
+    fn holds(&self, table: TableId, chunk: ChunkId) -> bool {
+        let in_added = |added: &BTreeMap<TableId, Vec<DataFile>>| {
+            added
+                .get(&table)
+                .is_some_and(|files| files.iter().any(|f| f.chunk == chunk))
+        };
+        in_added(&self.added) || self.savepoints.iter().any(|s| in_added(&s.added))
+    }
+
+    /// Deletes the files of `candidates` nothing holds any more.
+    fn discard_unheld(&self, candidates: impl IntoIterator<Item = (TableId, ChunkId)>) {
+        for (table, chunk) in candidates {
+            if !self.holds(table, chunk)
+                && let Some(sink) = self.sinks.get(&table)
+            {
+                sink.discard(chunk);
+            }
+        }
+    }
+
+    fn files_of(added: &BTreeMap<TableId, Vec<DataFile>>) -> Vec<(TableId, ChunkId)> {
+        added
+            .iter()
+            .flat_map(|(table, files)| files.iter().map(|f| (*table, f.chunk)))
+            .collect()
+    }
 }
 
 impl WriteSet {
@@ -103,7 +143,8 @@ impl WriteSet {
     }
 
     /// Records that the transaction replaces data file `chunk` of `table`. A file
-    /// the transaction wrote itself is simply dropped.
+    /// the transaction wrote itself is simply dropped (and deleted, unless a
+    /// savepoint taken since it was written may bring it back).
     pub fn remove(&self, table: TableId, chunk: ChunkId) {
         let mut pending = self.lock();
         if let Some(added) = pending.added.get_mut(&table)
@@ -111,12 +152,52 @@ impl WriteSet {
         {
             added.remove(i);
             // Every added file came through its table's sink (put, then add).
-            if let Some(sink) = pending.sinks.get(&table) {
-                sink.discard(chunk);
-            }
+            pending.discard_unheld([(table, chunk)]);
             return;
         }
         pending.removed.entry(table).or_default().push(chunk);
+    }
+
+    /// Takes a savepoint: [`WriteSet::rollback_to`] with the returned depth
+    /// restores the files added and replaced as they are now.
+    pub fn savepoint(&self) -> usize {
+        let mut pending = self.lock();
+        let changes = Changes {
+            added: pending.added.clone(),
+            removed: pending.removed.clone(),
+        };
+        pending.savepoints.push(changes);
+        pending.savepoints.len() - 1
+    }
+
+    /// Undoes every change since savepoint `depth` was taken (PostgreSQL's
+    /// ROLLBACK TO SAVEPOINT): files written since are deleted, files
+    /// replaced since are current again. The savepoint stays; later ones are
+    /// gone. The tables read since stay read (a SERIALIZABLE commit still
+    /// checks them).
+    pub fn rollback_to(&self, depth: usize) {
+        let mut pending = self.lock();
+        let Some(changes) = pending.savepoints.get(depth).cloned() else {
+            return;
+        };
+        pending.savepoints.truncate(depth + 1);
+        let written = Pending::files_of(&pending.added);
+        pending.added = changes.added;
+        pending.removed = changes.removed;
+        pending.discard_unheld(written);
+    }
+
+    /// Forgets savepoint `depth` and every later one (RELEASE SAVEPOINT); the
+    /// changes made since stay.
+    pub fn release(&self, depth: usize) {
+        let mut pending = self.lock();
+        if depth >= pending.savepoints.len() {
+            return;
+        }
+        let released: Vec<Changes> = pending.savepoints.drain(depth..).collect();
+        let files = released.iter().flat_map(|c| Pending::files_of(&c.added));
+        let files: Vec<_> = files.collect();
+        pending.discard_unheld(files);
     }
 
     /// Records that the transaction read `table` at `snapshot` (the first read
@@ -134,6 +215,8 @@ impl WriteSet {
     /// If a table's last stripe cannot be completed (its parity finds too few
     /// nodes); the changes are discarded and nothing is to be committed.
     pub async fn take(&self) -> Result<(Vec<TableChange>, Vec<(TableId, SnapshotId)>)> {
+        // Files only a savepoint held are not part of the commit.
+        self.release(0);
         let (mut changes, reads, sinks) = self.take_pending();
         for change in &mut changes {
             let Some(sink) = sinks.get(&change.table) else {
@@ -163,7 +246,18 @@ impl WriteSet {
             mut removed,
             reads,
             sinks,
+            savepoints,
         } = std::mem::take(&mut *self.lock());
+        // Files only savepoints still held (a rollback discards them all).
+        for (table, chunk) in savepoints.iter().flat_map(|c| Pending::files_of(&c.added)) {
+            if !added
+                .get(&table)
+                .is_some_and(|files| files.iter().any(|f| f.chunk == chunk))
+                && let Some(sink) = sinks.get(&table)
+            {
+                sink.discard(chunk);
+            }
+        }
         let mut changes: Vec<TableChange> = added
             .into_iter()
             .map(|(table, added)| TableChange {
@@ -545,6 +639,58 @@ mod tests {
         assert_eq!(chunks.list().expect("list").len(), 2);
         drop(writes);
         assert_eq!(chunks.list().expect("list"), vec![file.chunk]);
+    }
+
+    #[tokio::test]
+    async fn savepoints_keep_the_files_they_may_bring_back_and_delete_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let writes = Arc::new(WriteSet::new(Arc::new(LocalFiles(chunks.clone()))));
+        let table = table();
+        let write = |ids: Vec<i64>| {
+            let (table, writes) = (table.clone(), writes.clone());
+            async move {
+                let mut writer = DataFileWriter::new(table.clone(), writes);
+                writer.write(batch(&table, ids)).await.expect("write");
+                writer.finish().await.expect("finish");
+            }
+        };
+        write(vec![1]).await;
+        let first = writes.added_to(table.id)[0].chunk;
+        let a = writes.savepoint();
+        // Replacing the first file after the savepoint keeps its bytes: a
+        // rollback to the savepoint brings it back.
+        writes.remove(table.id, first);
+        write(vec![2]).await;
+        let second = writes.added_to(table.id)[0].chunk;
+        assert_eq!(chunks.list().expect("list").len(), 2);
+        writes.rollback_to(a);
+        let added: Vec<ChunkId> = writes.added_to(table.id).iter().map(|f| f.chunk).collect();
+        assert_eq!(added, vec![first]);
+        assert_eq!(
+            chunks.list().expect("list"),
+            vec![first],
+            "the second file is gone"
+        );
+
+        // Without a savepoint holding it, a replaced file goes at once.
+        let b = writes.savepoint();
+        write(vec![3]).await;
+        let third = writes.added_to(table.id)[1].chunk;
+        writes.release(b);
+        writes.remove(table.id, third);
+        assert_eq!(chunks.list().expect("list"), vec![first]);
+        assert_ne!(second, third);
+
+        // A file only a savepoint still holds is not committed, and deleted.
+        writes.savepoint();
+        writes.remove(table.id, first);
+        write(vec![4]).await;
+        let fourth = writes.added_to(table.id)[0].chunk;
+        let (changes, _) = writes.take().await.expect("take");
+        let committed: Vec<ChunkId> = changes[0].added.iter().map(|f| f.chunk).collect();
+        assert_eq!(committed, vec![fourth]);
+        assert_eq!(chunks.list().expect("list"), vec![fourth]);
     }
 
     #[tokio::test]

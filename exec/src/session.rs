@@ -542,10 +542,12 @@ impl Session {
             Statement::Rollback {
                 savepoint: None, ..
             } => self.end(false).await,
-            Statement::Rollback { .. } => Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "savepoints are not supported yet",
-            )),
+            Statement::Rollback {
+                savepoint: Some(name),
+                ..
+            } => self.rollback_to_savepoint(&name),
+            Statement::Savepoint { name } => self.savepoint(&name),
+            Statement::ReleaseSavepoint { name } => self.release_savepoint(&name),
             Statement::Set(set) => self.set(set).await,
             Statement::ShowVariable { variable } => self.show(&variable),
             Statement::CreateSchema {

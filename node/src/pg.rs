@@ -27,12 +27,15 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers, Type};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
-use pgwire::messages::response::CommandComplete;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::{CommandComplete, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quarry_common::SqlState;
@@ -455,11 +458,14 @@ impl Connection {
             }),
             reason = stop.clone() => return Err(reason.error()),
         };
+        let in_transaction = session.in_transaction();
         match output.map_err(|e| to_pg_error(&e))? {
             Output::Rows(stream) => rows_response(stream, format, stop, slot),
+            // ROLLBACK TO SAVEPOINT is tagged ROLLBACK too, and the
+            // transaction goes on.
             Output::Command(tag) => Ok(match tag.command.as_str() {
                 "BEGIN" => Response::TransactionStart(tag_of(&tag)),
-                "COMMIT" | "ROLLBACK" => Response::TransactionEnd(tag_of(&tag)),
+                "COMMIT" | "ROLLBACK" if !in_transaction => Response::TransactionEnd(tag_of(&tag)),
                 _ => Response::Execution(tag_of(&tag)),
             }),
             Output::CopyIn(copy) => {
@@ -535,8 +541,38 @@ impl NoopStartupHandler for Connection {
     }
 }
 
+impl Connection {
+    /// Tells pgwire whether a transaction block is open before a statement
+    /// runs. pgwire derives the status it reports after the statement
+    /// (ReadyForQuery's I/T/E) from this and the kind of the answer, and on
+    /// its own can never leave the failed state (E) but by the end of the
+    /// transaction; PostgreSQL leaves it by ROLLBACK TO SAVEPOINT too. Starting
+    /// from T for any open transaction gives PostgreSQL's answers: in a
+    /// failed transaction every statement but COMMIT, ROLLBACK and ROLLBACK TO
+    /// fails (E again), and a successful ROLLBACK TO leaves T.
+    async fn sync_transaction_status<C: ClientInfo>(&self, client: &mut C) {
+        let open = self.state.session.lock().await.in_transaction();
+        client.set_transaction_status(if open {
+            TransactionStatus::Transaction
+        } else {
+            TransactionStatus::Idle
+        });
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Connection {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.sync_transaction_status(client).await;
+        self._on_query(client, query).await
+    }
+
     async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -654,6 +690,17 @@ impl ExtendedQueryHandler for Connection {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.state.clone()
+    }
+
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.sync_transaction_status(client).await;
+        self._on_execute(client, message).await
     }
 
     async fn do_query<C>(

@@ -5,10 +5,8 @@ SQLSTATEs are PostgreSQL's semantics, not just what Quarry happens to return.
 
     python3 tests/sql/crosscheck_postgres.py tests/sql/dml.slt tests/sql/merge.slt
 
-The server is Debian's `postgresql` (installed by .ci/run), started here by
-`initdb` and `pg_ctl` in a temporary directory, listening on a Unix socket in
-that directory only (no TCP port); it is stopped and removed on exit. As root,
-it runs as the `postgres` user, since PostgreSQL refuses to run as root.
+The server is Debian's `postgresql`, started in a temporary directory and
+removed on exit (tests/support/pg_server.py).
 
 Each file runs in a database of its own. Records that only Quarry has are
 skipped: quarry_system tables, SHOW, and records after a `# quarry-only` comment
@@ -18,16 +16,14 @@ not checked). Exits non-zero on the first disagreement.
 """
 import datetime
 import decimal
-import glob
 import os
-import pwd
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import psycopg
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from pg_server import Server  # noqa: E402
 
 
 def records(path):
@@ -73,46 +69,6 @@ def show(value):
     if isinstance(value, datetime.datetime):
         return value.isoformat(sep=" ")
     return str(value)
-
-
-class Server:
-    """A throwaway PostgreSQL server on a Unix socket in a temporary directory."""
-
-    def __init__(self):
-        initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                         key=lambda p: int(p.split("/")[4]))
-        if not initdbs:
-            sys.exit("no PostgreSQL server: install Debian's postgresql (.ci/run does)")
-        self.bin = os.path.dirname(initdbs[-1])
-        self.dir = tempfile.mkdtemp(prefix="quarry-pg-")
-        os.chmod(self.dir, 0o755)
-        self.data = os.path.join(self.dir, "data")
-        self.user = None
-        if os.geteuid() == 0:
-            self.user = pwd.getpwnam("postgres")
-            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
-        self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--locale=C")
-        self.run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.dir, "log"),
-                 "-o", f"-k {self.dir} -c listen_addresses='' -c fsync=off", "start")
-
-    def run(self, program, *args):
-        command = [os.path.join(self.bin, program), *args]
-        if self.user is not None:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{program} failed: {done.stdout}{done.stderr}")
-
-    def connect(self, dbname):
-        return psycopg.connect(host=self.dir, user="postgres", dbname=dbname,
-                               autocommit=True)
-
-    def stop(self):
-        try:
-            self.run("pg_ctl", "-D", self.data, "-w", "-m", "immediate", "stop")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def check(server, index, path):

@@ -43,8 +43,28 @@ impl Isolation {
 pub(super) struct Transaction {
     pub(super) view: CatalogView,
     pub(super) isolation: Isolation,
-    /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) is accepted.
+    /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) and
+    /// ROLLBACK TO SAVEPOINT are accepted.
     pub(super) failed: bool,
+    /// Savepoint names, oldest first; a name's position is its depth in the
+    /// write set ([`WriteSet::savepoint`]). A name may repeat: the newest
+    /// one is meant, as in PostgreSQL.
+    pub(super) savepoints: Vec<String>,
+}
+
+impl Transaction {
+    /// The depth of the newest savepoint called `name`.
+    fn savepoint_depth(&self, name: &str) -> Result<usize> {
+        self.savepoints
+            .iter()
+            .rposition(|s| s == name)
+            .ok_or_else(|| {
+                user_error(
+                    SqlState::INVALID_SAVEPOINT_SPECIFICATION,
+                    format!("savepoint \"{name}\" does not exist"),
+                )
+            })
+    }
 }
 
 /// Whether a failed metadata write certainly did not commit, so the data files it
@@ -145,6 +165,7 @@ impl Session {
             view: self.fresh_view().await?,
             isolation,
             failed: false,
+            savepoints: Vec::new(),
         });
         Ok(Output::Command(CommandTag::new("BEGIN")))
     }
@@ -170,6 +191,48 @@ impl Session {
         )
         .await?;
         Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// The open transaction, or 25P01 naming `what` (PostgreSQL's
+    /// "... can only be used in transaction blocks").
+    fn transaction_block(&mut self, what: &str) -> Result<&mut Transaction> {
+        self.transaction.as_mut().ok_or_else(|| {
+            user_error(
+                SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                format!("{what} can only be used in transaction blocks"),
+            )
+        })
+    }
+
+    /// SAVEPOINT name: a point ROLLBACK TO can return the transaction to.
+    pub(super) fn savepoint(&mut self, name: &Ident) -> Result<Output> {
+        let transaction = self.transaction_block("SAVEPOINT")?;
+        let depth = transaction.view.writes.savepoint();
+        debug_assert_eq!(depth, transaction.savepoints.len());
+        transaction.savepoints.push(normalize(name));
+        Ok(Output::Command(CommandTag::new("SAVEPOINT")))
+    }
+
+    /// RELEASE [SAVEPOINT] name: forgets the savepoint and every later one,
+    /// keeping what was done since.
+    pub(super) fn release_savepoint(&mut self, name: &Ident) -> Result<Output> {
+        let transaction = self.transaction_block("RELEASE SAVEPOINT")?;
+        let depth = transaction.savepoint_depth(&normalize(name))?;
+        transaction.view.writes.release(depth);
+        transaction.savepoints.truncate(depth);
+        Ok(Output::Command(CommandTag::new("RELEASE")))
+    }
+
+    /// ROLLBACK TO [SAVEPOINT] name: undoes what was done since the
+    /// savepoint, which stays; later savepoints are gone. A failed
+    /// transaction can go on from there.
+    pub(super) fn rollback_to_savepoint(&mut self, name: &Ident) -> Result<Output> {
+        let transaction = self.transaction_block("ROLLBACK TO SAVEPOINT")?;
+        let depth = transaction.savepoint_depth(&normalize(name))?;
+        transaction.view.writes.rollback_to(depth);
+        transaction.savepoints.truncate(depth + 1);
+        transaction.failed = false;
+        Ok(Output::Command(CommandTag::new("ROLLBACK")))
     }
 
     /// The isolation level of the open transaction, or the default for new ones.

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Client drivers as their users run them, against a Quarry node and against a
+real PostgreSQL (tests/support/pg_server.py) in the same run: every case must
+pass on both, so the suite pins PostgreSQL's behaviour rather than Quarry's.
+
+    python3 tests/drivers/suite.py QUARRY_PG_PORT [CASE ...]
+
+Each case gets a connection factory for one server and works in tables whose
+names start with its own prefix. Prints one line per case and server; exits
+non-zero on the first failure.
+"""
+import os
+import sys
+import traceback
+
+import psycopg
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from pg_server import Server  # noqa: E402
+
+CASES = {}
+
+
+def case(function):
+    CASES[function.__name__] = function
+    return function
+
+
+@case
+def psycopg_nested_transactions(connect):
+    """psycopg's nested `conn.transaction()` blocks are savepoints
+    (SAVEPOINT "_pg3_1" ... ROLLBACK TO / RELEASE): a failure inside one is
+    undone and the outer transaction goes on, in the status psycopg expects."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE nested (id INT NOT NULL)")
+        with conn.transaction():
+            conn.execute("INSERT INTO nested VALUES (1)")
+            try:
+                with conn.transaction():
+                    conn.execute("INSERT INTO nested VALUES (2)")
+                    conn.execute("SELECT * FROM nested_missing")
+            except psycopg.errors.UndefinedTable:
+                pass
+            status = conn.info.transaction_status
+            assert status == psycopg.pq.TransactionStatus.INTRANS, status
+            with conn.transaction():
+                conn.execute("INSERT INTO nested VALUES (3)")
+            conn.execute("INSERT INTO nested VALUES (4)")
+        rows = conn.execute("SELECT id FROM nested ORDER BY id").fetchall()
+        assert rows == [(1,), (3,), (4,)], rows
+        # A savepoint block left by an exception of the application's own
+        # (no failed statement) is rolled back too.
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO nested VALUES (5)")
+                with conn.transaction():
+                    conn.execute("DELETE FROM nested")
+                    raise KeyError("application error")
+        except KeyError:
+            pass
+        rows = conn.execute("SELECT count(*) FROM nested").fetchone()
+        assert rows == (3,), rows
+
+
+@case
+def psycopg_savepoint_errors(connect):
+    """Savepoint statements outside a transaction block, and an unknown name
+    inside one, fail with PostgreSQL's SQLSTATEs; the block is then failed
+    until ROLLBACK TO a savepoint that exists."""
+    with connect() as conn:
+        for statement in ["SAVEPOINT a", "RELEASE SAVEPOINT a", "ROLLBACK TO SAVEPOINT a"]:
+            try:
+                conn.execute(statement)
+                raise AssertionError(f"{statement} outside a block succeeded")
+            except psycopg.errors.NoActiveSqlTransaction:
+                pass
+        conn.execute("BEGIN")
+        conn.execute("SAVEPOINT a")
+        try:
+            conn.execute("RELEASE SAVEPOINT b")
+            raise AssertionError("RELEASE of an unknown savepoint succeeded")
+        except psycopg.errors.InvalidSavepointSpecification:
+            pass
+        status = conn.info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.INERROR, status
+        conn.execute("ROLLBACK TO SAVEPOINT a")
+        status = conn.info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.INTRANS, status
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.execute("COMMIT")
+        status = conn.info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.IDLE, status
+
+
+def run(name, connect):
+    try:
+        CASES[name](connect)
+    except Exception:  # noqa: BLE001 - any failure fails the case, with its trace
+        traceback.print_exc()
+        return False
+    return True
+
+
+def main():
+    port = sys.argv[1]
+    names = sys.argv[2:] or list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        sys.exit(f"unknown cases {unknown}; known: {list(CASES)}")
+    server = Server()
+    failed = []
+    try:
+        for index, name in enumerate(names):
+            dbname = f"drivers_{index}"
+            with server.connect("postgres") as admin:
+                admin.execute(f"CREATE DATABASE {dbname}")
+            targets = {
+                "PostgreSQL": lambda db=dbname: psycopg.connect(
+                    host=server.dir, user="postgres", dbname=db, autocommit=True),
+                "Quarry": lambda: psycopg.connect(
+                    host="127.0.0.1", port=port, user="drivers", dbname="quarry",
+                    autocommit=True),
+            }
+            for target, connect in targets.items():
+                ok = run(name, connect)
+                print(f"{name} on {target}: {'ok' if ok else 'FAILED'}", flush=True)
+                if not ok:
+                    failed.append(f"{name} on {target}")
+    finally:
+        server.stop()
+    if failed:
+        sys.exit(f"failed: {failed}")
+    print(f"drivers: {len(names)} cases pass on PostgreSQL and Quarry")
+
+
+main()

@@ -1,0 +1,57 @@
+"""A throwaway PostgreSQL server for tests that check Quarry's answers against
+PostgreSQL's.
+
+The server is Debian's `postgresql` (installed by .ci/run), started by `initdb`
+and `pg_ctl` in a temporary directory, listening on a Unix socket in that
+directory only (no TCP port); `stop` removes it. As root, it runs as the
+`postgres` user, since PostgreSQL refuses to run as root.
+"""
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import psycopg
+
+
+class Server:
+    """A throwaway PostgreSQL server on a Unix socket in a temporary directory."""
+
+    def __init__(self):
+        initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                         key=lambda p: int(p.split("/")[4]))
+        if not initdbs:
+            sys.exit("no PostgreSQL server: install Debian's postgresql (.ci/run does)")
+        self.bin = os.path.dirname(initdbs[-1])
+        self.dir = tempfile.mkdtemp(prefix="quarry-pg-")
+        os.chmod(self.dir, 0o755)
+        self.data = os.path.join(self.dir, "data")
+        self.user = None
+        if os.geteuid() == 0:
+            self.user = pwd.getpwnam("postgres")
+            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
+                 "-E", "UTF8", "--locale=C")
+        self.run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.dir, "log"),
+                 "-o", f"-k {self.dir} -c listen_addresses='' -c fsync=off", "start")
+
+    def run(self, program, *args):
+        command = [os.path.join(self.bin, program), *args]
+        if self.user is not None:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{program} failed: {done.stdout}{done.stderr}")
+
+    def connect(self, dbname):
+        return psycopg.connect(host=self.dir, user="postgres", dbname=dbname,
+                               autocommit=True)
+
+    def stop(self):
+        try:
+            self.run("pg_ctl", "-D", self.data, "-w", "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
