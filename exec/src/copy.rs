@@ -624,7 +624,18 @@ impl RowFormatter {
     /// # Errors
     /// Internal if a column cannot be formatted.
     pub fn format(&mut self, batch: &RecordBatch) -> Result<Vec<u8>> {
+        Ok(self.format_records(batch)?.concat())
+    }
+
+    /// Each of `batch`'s rows (and the header before the first batch) as its
+    /// own line, as PostgreSQL sends COPY TO STDOUT: one CopyData message per
+    /// row (clients such as psycopg's `Copy.rows()` read one row a message).
+    ///
+    /// # Errors
+    /// Internal if a column cannot be formatted.
+    pub fn format_records(&mut self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>> {
         let mut out = Vec::new();
+        let mut ends = Vec::with_capacity(batch.num_rows() + 1);
         let options = FormatOptions::default()
             .with_null("")
             .with_date_format(Some("%Y-%m-%d"))
@@ -645,6 +656,7 @@ impl RowFormatter {
                 .map(|f| f.name().clone())
                 .collect();
             self.write_record(&mut out, names.iter().map(|n| Some(n.clone())));
+            ends.push(out.len());
         }
         for row in 0..batch.num_rows() {
             let values = batch
@@ -684,8 +696,18 @@ impl RowFormatter {
                     }
                 });
             self.write_record(&mut out, values);
+            ends.push(out.len());
         }
-        Ok(out)
+        let out = bytes::Bytes::from(out);
+        let mut start = 0;
+        Ok(ends
+            .into_iter()
+            .map(|end| {
+                let record = out.slice(start..end);
+                start = end;
+                record
+            })
+            .collect())
     }
 
     fn write_record(&self, out: &mut Vec<u8>, values: impl Iterator<Item = Option<String>>) {

@@ -92,6 +92,21 @@ def psycopg_savepoint_errors(connect):
         assert status == psycopg.pq.TransactionStatus.IDLE, status
 
 
+@case
+def psycopg_copy_to_rows(connect):
+    """COPY ... TO STDOUT sends one CopyData message per row (and one for a
+    CSV header), which psycopg's `Copy.rows()` and message iteration rely on."""
+    query = "SELECT * FROM (VALUES (1, 'a b'), (2, NULL), (3, 'c')) AS v(id, name) ORDER BY id"
+    with connect() as conn:
+        cur = conn.cursor()
+        with cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+            rows = list(copy.rows())
+        assert rows == [("1", "a b"), ("2", None), ("3", "c")], rows
+        with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)") as copy:
+            messages = [bytes(data) for data in copy]
+        assert messages == [b"id,name\n", b"1,a b\n", b"2,\n", b"3,c\n"], messages
+
+
 def run(name, connect):
     try:
         CASES[name](connect)

@@ -264,11 +264,15 @@ impl Session {
                 let stream = self.stream(plan).await?;
                 let csv = matches!(format, CopyFormat::Csv { .. });
                 let mut formatter = RowFormatter::new(format);
+                // One message per row, as PostgreSQL sends them.
                 let data = stream
                     .map_err(Error::from_engine)
                     .and_then(move |batch| {
-                        futures::future::ready(formatter.format(&batch).map(Bytes::from))
+                        futures::future::ready(formatter.format_records(&batch).map(|records| {
+                            futures::stream::iter(records.into_iter().map(Ok::<Bytes, Error>))
+                        }))
                     })
+                    .try_flatten()
                     .boxed();
                 Ok(Output::CopyOut { columns, csv, data })
             }
