@@ -415,6 +415,29 @@ pub struct Catalog {
     pub stripes: OrdMap<StripeId, Stripe>,
     /// The stripe of every data chunk in `stripes` (derived, kept in step).
     pub stripe_of: OrdMap<ChunkId, StripeId>,
+    /// Views by (schema, name); tables and views share one namespace per
+    /// schema. Kept out of this struct's serde encoding (the Raft snapshot
+    /// file writes each view as its own record), so catalogs encoded before
+    /// views existed still decode.
+    #[serde(skip)]
+    pub views: OrdMap<(String, String), Arc<View>>,
+}
+
+/// A view (PostgreSQL's CREATE VIEW): a stored query, planned where it is
+/// named, over the catalog version the statement naming it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    /// Schema it lives in.
+    pub schema: String,
+    /// View name.
+    pub name: String,
+    /// The defining query, as SQL text (what `pg_views.definition` shows).
+    pub query: String,
+    /// The names of its columns, in order (the query's own, or the column
+    /// list given to CREATE VIEW).
+    pub columns: Vec<String>,
+    /// When it was created or last replaced.
+    pub created_at: TimestampMicros,
 }
 
 /// A node's id in the cluster: assigned once through Raft, kept in its data dir.
@@ -508,6 +531,24 @@ impl Catalog {
     /// The table `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
         self.tables.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// The view `schema.name`.
+    pub fn view(&self, schema: &str, name: &str) -> Option<&Arc<View>> {
+        self.views.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// Whether a table or a view is called `schema.name`.
+    pub fn relation_exists(&self, schema: &str, name: &str) -> bool {
+        self.table(schema, name).is_some() || self.view(schema, name).is_some()
+    }
+
+    /// The views of `schema`, by name.
+    pub fn views_in<'a>(&'a self, schema: &'a str) -> impl Iterator<Item = &'a Arc<View>> {
+        self.views
+            .range((schema.to_owned(), String::new())..)
+            .take_while(move |((s, _), _)| s == schema)
+            .map(|(_, v)| v)
     }
 
     /// The (schema, name) of table `id`.

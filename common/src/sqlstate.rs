@@ -59,6 +59,10 @@ impl SqlState {
     pub const DUPLICATE_SCHEMA: SqlState = SqlState("42P06");
     /// 42P07 duplicate_table.
     pub const DUPLICATE_TABLE: SqlState = SqlState("42P07");
+    /// 42809 wrong_object_type: e.g. DROP TABLE of a view.
+    pub const WRONG_OBJECT_TYPE: SqlState = SqlState("42809");
+    /// 42P16 invalid_table_definition.
+    pub const INVALID_TABLE_DEFINITION: SqlState = SqlState("42P16");
     /// 42701 duplicate_column.
     pub const DUPLICATE_COLUMN: SqlState = SqlState("42701");
     /// 3F000 invalid_schema_name: the schema does not exist.

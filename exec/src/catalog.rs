@@ -10,9 +10,12 @@ use std::sync::{Arc, RwLock};
 
 use crate::chunks::DataFileStore;
 use async_trait::async_trait;
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use quarry_common::catalog::Catalog;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use quarry_common::catalog::{Catalog, View};
 
 use crate::data_file::WriteSet;
 use crate::table::SnapshotTable;
@@ -29,12 +32,24 @@ pub struct CatalogView {
     pub writes: Arc<WriteSet>,
 }
 
+/// The session's planner state, for planning the queries of views; None once
+/// the session is gone.
+pub type StateSource = Arc<dyn Fn() -> Option<SessionState> + Send + Sync>;
+
 /// DataFusion catalog over the session's current [`CatalogView`].
-#[derive(Debug)]
 pub struct QuarryCatalog {
     chunks: Arc<dyn DataFileStore>,
     view: RwLock<CatalogView>,
     system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    state: RwLock<Option<StateSource>>,
+}
+
+impl std::fmt::Debug for QuarryCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuarryCatalog")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
 }
 
 impl QuarryCatalog {
@@ -44,7 +59,16 @@ impl QuarryCatalog {
             chunks,
             view: RwLock::new(view),
             system: RwLock::new(HashMap::new()),
+            state: RwLock::new(None),
         }
+    }
+
+    /// Where the queries of views get planned: the session's planner state.
+    pub fn set_state_source(&self, source: StateSource) {
+        *self
+            .state
+            .write()
+            .expect("state lock is never held across a panic") = Some(source);
     }
 
     /// Pins `view` for the next statement.
@@ -115,6 +139,11 @@ impl CatalogProvider for QuarryCatalog {
             name: name.to_owned(),
             view,
             chunks: self.chunks.clone(),
+            state: self
+                .state
+                .read()
+                .expect("state lock is never held across a panic")
+                .clone(),
         }))
     }
 
@@ -131,25 +160,86 @@ impl CatalogProvider for QuarryCatalog {
     }
 }
 
-/// One user schema in a [`CatalogView`]; tables are read at their current snapshot.
-#[derive(Debug)]
+/// One user schema in a [`CatalogView`]; tables are read at their current
+/// snapshot, views are planned from their query over the same view.
 struct QuarrySchema {
     name: String,
     view: CatalogView,
     chunks: Arc<dyn DataFileStore>,
+    state: Option<StateSource>,
+}
+
+impl std::fmt::Debug for QuarrySchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuarrySchema")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How deep views may name views: a view whose query names itself through
+/// others (possible after CREATE OR REPLACE) fails instead of recursing.
+const VIEW_DEPTH_MAX: usize = 32;
+
+impl QuarrySchema {
+    /// `view`'s query planned over this schema's catalog view, its columns
+    /// named as the view says.
+    async fn plan_view(&self, view: &View) -> DfResult<Arc<dyn TableProvider>> {
+        let state = self
+            .state
+            .as_ref()
+            .and_then(|source| source())
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!("view \"{}\" cannot be planned here", view.name))
+            })?;
+        let depth = VIEW_DEPTH.try_with(|d| *d).unwrap_or(0);
+        if depth >= VIEW_DEPTH_MAX {
+            return Err(DataFusionError::Plan(format!(
+                "infinite recursion detected in the rules of view \"{}\"",
+                view.name
+            )));
+        }
+        let plan = VIEW_DEPTH
+            .scope(depth + 1, state.create_logical_plan(&view.query))
+            .await?;
+        let fields = plan.schema().columns();
+        if fields.len() != view.columns.len() {
+            return Err(DataFusionError::Plan(format!(
+                "view \"{}\" has {} columns but its query now gives {}: a table it reads changed",
+                view.name,
+                view.columns.len(),
+                fields.len()
+            )));
+        }
+        let named = fields
+            .into_iter()
+            .zip(&view.columns)
+            .map(|(column, name)| Expr::Column(column).alias(name));
+        let plan = LogicalPlanBuilder::from(plan).project(named)?.build()?;
+        Ok(Arc::new(ViewTable::new(plan, Some(view.query.clone()))))
+    }
+}
+
+tokio::task_local! {
+    /// How many views deep the planning of the current statement is.
+    static VIEW_DEPTH: usize;
 }
 
 #[async_trait]
 impl SchemaProvider for QuarrySchema {
     fn table_names(&self) -> Vec<String> {
-        self.view
-            .catalog
+        let catalog = &self.view.catalog;
+        catalog
             .tables_in(&self.name)
             .map(|t| t.name.clone())
+            .chain(catalog.views_in(&self.name).map(|v| v.name.clone()))
             .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(view) = self.view.catalog.view(&self.name, name) {
+            return self.plan_view(view).await.map(Some);
+        }
         Ok(self.view.catalog.table(&self.name, name).map(|table| {
             Arc::new(SnapshotTable::new(
                 table.clone(),
@@ -171,6 +261,6 @@ impl SchemaProvider for QuarrySchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.view.catalog.table(&self.name, name).is_some()
+        self.view.catalog.relation_exists(&self.name, name)
     }
 }

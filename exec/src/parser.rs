@@ -9,11 +9,13 @@
 //! [`QuarryDialect`], PostgreSQL's dialect with table versioning (time travel), and
 //! given the same rewrites.
 
+use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, Statement,
+    CreateTable, CreateTableOptions, Expr, Ident, ObjectName, Query, SelectItem, SetExpr,
+    Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -139,6 +141,16 @@ pub enum QuarryStatement {
         /// The instant of the source to clone.
         instant: Expr,
     },
+    /// `ALTER VIEW [IF EXISTS] name RENAME TO new_name` (PostgreSQL's; the
+    /// SQL parser knows only `ALTER VIEW ... AS query`).
+    RenameView {
+        /// The view.
+        name: ObjectName,
+        /// Its new name (in the same schema).
+        to: Ident,
+        /// IF EXISTS: a missing view is not an error.
+        if_exists: bool,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -232,6 +244,7 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
 /// ```text
 /// UNDROP TABLE name
 /// CREATE TABLE [IF NOT EXISTS] name CLONE source FOR SYSTEM_TIME AS OF expr [WITH (option = value, ...)]
+/// ALTER VIEW [IF EXISTS] name RENAME TO new_name
 /// ```
 ///
 /// # Errors
@@ -246,12 +259,33 @@ fn parse_quarry_statement(tokens: Vec<TokenWithSpan>) -> Result<Option<QuarrySta
         tokens.first().map(|t| &t.token),
         Some(Token::Word(word)) if word.keyword == Keyword::CREATE
     );
-    if !starts_undrop && !starts_create {
+    let starts_alter = matches!(
+        tokens.first().map(|t| &t.token),
+        Some(Token::Word(word)) if word.keyword == Keyword::ALTER
+    );
+    if !starts_undrop && !starts_create && !starts_alter {
         return Ok(None);
     }
     let dialect = QuarryDialect::default();
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
-    let statement = if starts_undrop {
+    let statement = if starts_alter {
+        if !parser.parse_keywords(&[Keyword::ALTER, Keyword::VIEW]) {
+            return Ok(None);
+        }
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let Ok(name) = parser.parse_object_name(false) else {
+            return Ok(None);
+        };
+        if !parser.parse_keywords(&[Keyword::RENAME, Keyword::TO]) {
+            return Ok(None);
+        }
+        let to = parser.parse_identifier().map_err(syntax_error)?;
+        QuarryStatement::RenameView {
+            name,
+            to,
+            if_exists,
+        }
+    } else if starts_undrop {
         parser.next_token();
         let name = (|| {
             parser.expect_keyword(Keyword::TABLE)?;
@@ -330,6 +364,69 @@ fn postgres_column_name(expr: &Expr) -> Option<String> {
         Expr::Exists { .. } => Some("exists".to_owned()),
         _ => Some("?column?".to_owned()),
     }
+}
+
+/// DataFusion's `information_schema.views` lists every table, with a null
+/// definition for those that are not views, and names the definition column
+/// `definition`; PostgreSQL's lists views only, with the SQL standard's
+/// columns (Quarry's views are read-only).
+const VIEWS_ONLY: &str = "SELECT table_catalog, table_schema, table_name, \
+     definition AS view_definition, 'NONE' AS check_option, 'NO' AS is_updatable, \
+     'NO' AS is_insertable_into, 'NO' AS is_trigger_updatable, \
+     'NO' AS is_trigger_deletable, 'NO' AS is_trigger_insertable_into \
+     FROM information_schema.views WHERE definition IS NOT NULL";
+
+/// Replaces each `information_schema.views` that `statement` reads by its
+/// views-only rows (see [`VIEWS_ONLY`]), keeping the name it is known by.
+pub fn filter_information_schema_views(statement: &mut Statement) {
+    struct Filter;
+    impl VisitorMut for Filter {
+        type Break = ();
+        // After the factor's own parts are visited, so the subquery put in
+        // its place is not visited again.
+        fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let TableFactor::Table { name, alias, .. } = factor else {
+                return ControlFlow::Continue(());
+            };
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .filter_map(|p| p.as_ident())
+                .map(|i| match i.quote_style {
+                    Some(_) => i.value.clone(),
+                    None => i.value.to_lowercase(),
+                })
+                .collect();
+            let is_views = match parts.as_slice() {
+                [schema, table] | [_, schema, table] => {
+                    schema == "information_schema" && table == "views"
+                }
+                _ => false,
+            };
+            if !is_views {
+                return ControlFlow::Continue(());
+            }
+            let Some(Statement::Query(subquery)) =
+                parse_postgres(VIEWS_ONLY).ok().and_then(|mut s| s.pop())
+            else {
+                return ControlFlow::Continue(());
+            };
+            let alias = alias.take().unwrap_or_else(|| TableAlias {
+                explicit: true,
+                name: Ident::new("views"),
+                columns: Vec::new(),
+                at: None,
+            });
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery,
+                alias: Some(alias),
+                sample: None,
+            };
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = VisitMut::visit(statement, &mut Filter);
 }
 
 /// Names the unaliased result columns of `query` as PostgreSQL would (`count`

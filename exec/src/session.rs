@@ -354,6 +354,10 @@ impl Session {
             writes: Arc::new(WriteSet::new(engine.chunks.clone())),
         };
         let catalog = Arc::new(QuarryCatalog::new(engine.chunks.clone(), view));
+        let state = ctx.state_weak_ref();
+        catalog.set_state_source(Arc::new(move || {
+            state.upgrade().map(|state| state.read().clone())
+        }));
         ctx.register_catalog(CATALOG_NAME, catalog.clone());
         datafusion_pg_catalog::setup_pg_catalog(
             &ctx,
@@ -522,6 +526,11 @@ impl Session {
                 self.outside_transaction("CREATE TABLE")?;
                 self.create_table(*create, Some(instant)).await
             }
+            QuarryStatement::RenameView {
+                name,
+                to,
+                if_exists,
+            } => self.rename_view(&name, &to, if_exists).await,
         };
         if result.is_err()
             && let Some(transaction) = &mut self.transaction
@@ -575,6 +584,7 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
             Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
+            Statement::CreateView(create) => self.create_view(create).await,
             Statement::CreateTable(create) => {
                 self.outside_transaction("CREATE TABLE")?;
                 self.create_table(create, None).await
@@ -671,6 +681,7 @@ impl Session {
     /// Plans `statement` against the pinned catalog, resolving time travel.
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
         self.pin_time_travel(&mut statement).await?;
+        parser::filter_information_schema_views(&mut statement);
         if let Statement::Query(query) = &mut statement {
             parser::name_result_columns(query);
         }

@@ -127,6 +127,7 @@ fn sql_expectations_agree_with_postgresql() {
         "tests/sql/alter.slt",
         "tests/sql/transactions.slt",
         "tests/sql/errors.slt",
+        "tests/sql/views.slt",
     ];
     let output = std::process::Command::new("python3")
         .current_dir(&root)

@@ -98,6 +98,18 @@ async fn psql_lists_and_describes_the_tables() {
         lineitem.contains("bigint") && lineitem.contains("date"),
         "{lineitem}"
     );
+    psql("CREATE VIEW tpch.nation_names AS SELECT n_name FROM tpch.nation");
+    let views = psql("\\dv tpch.*");
+    assert!(
+        views.contains("nation_names") && views.contains("view"),
+        "{views}"
+    );
+    assert!(!views.contains("lineitem"), "\\dv lists tables:\n{views}");
+    let view = psql("\\d tpch.nation_names");
+    assert!(
+        view.contains("View \"tpch.nation_names\"") && view.contains("n_name"),
+        "{view}"
+    );
 }
 
 /// Reads go to the disk (no data cache), and the scrubber runs every second.

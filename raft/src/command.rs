@@ -11,7 +11,7 @@ use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, NodeId, Operation,
     SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId,
-    TableSnapshot, TimestampMicros,
+    TableSnapshot, TimestampMicros, View,
 };
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +203,32 @@ pub enum Command {
         /// The stripe replacing them, parity already stored.
         new: Stripe,
     },
+    /// CREATE [OR REPLACE] VIEW. A replacement keeps the view's columns in
+    /// order and may add some at the end (PostgreSQL's rule).
+    CreateView {
+        /// The view.
+        view: View,
+        /// OR REPLACE: an existing view of that name is replaced.
+        or_replace: bool,
+    },
+    /// DROP VIEW.
+    DropView {
+        /// Schema name.
+        schema: String,
+        /// View name.
+        name: String,
+        /// IF EXISTS: a missing view is not an error.
+        if_exists: bool,
+    },
+    /// ALTER VIEW ... RENAME TO.
+    RenameView {
+        /// Schema name.
+        schema: String,
+        /// View name.
+        name: String,
+        /// The new name.
+        to: String,
+    },
 }
 
 /// The data change a commit makes to one table.
@@ -319,6 +345,21 @@ pub enum CatalogError {
     /// A stripe layout out of range.
     #[error("invalid stripe layout {0}: data_chunks must be 1 to 32 and parity_chunks 0 to 16")]
     InvalidLayout(StripeLayout),
+    /// A view that does not exist.
+    #[error("view \"{0}\" does not exist")]
+    ViewNotFound(String),
+    /// CREATE OR REPLACE VIEW that drops or renames a column of the view.
+    #[error(
+        "cannot change the columns of view \"{view}\" from ({old}) to ({new}): a replacement may only add columns at the end"
+    )]
+    ViewColumnsChanged {
+        /// The view.
+        view: String,
+        /// Its columns.
+        old: String,
+        /// The replacement's columns.
+        new: String,
+    },
 }
 
 impl CatalogError {
@@ -341,6 +382,8 @@ impl CatalogError {
             CatalogError::PlacementChanged { .. } => SqlState::SERIALIZATION_FAILURE,
             CatalogError::ParityChanged(_) => SqlState::SERIALIZATION_FAILURE,
             CatalogError::InvalidLayout(_) => SqlState::INVALID_PARAMETER_VALUE,
+            CatalogError::ViewNotFound(_) => SqlState::UNDEFINED_TABLE,
+            CatalogError::ViewColumnsChanged { .. } => SqlState::INVALID_TABLE_DEFINITION,
         }
     }
 }
@@ -375,9 +418,17 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     Err(CatalogError::SchemaNotFound(name.clone()))
                 };
             }
-            let has_tables = catalog.tables_in(name).next().is_some();
-            if has_tables && !cascade {
+            let has_relations =
+                catalog.tables_in(name).next().is_some() || catalog.views_in(name).next().is_some();
+            if has_relations && !cascade {
                 return Err(CatalogError::SchemaNotEmpty(name.clone()));
+            }
+            let views: Vec<(String, String)> = catalog
+                .views_in(name)
+                .map(|v| (v.schema.clone(), v.name.clone()))
+                .collect();
+            for key in views {
+                catalog.views.remove(&key);
             }
             let dropped_at = commit_time(catalog, proposal.proposed_at);
             let gone: Vec<(String, String)> = catalog
@@ -410,7 +461,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
             }
-            if catalog.table(schema, name).is_some() {
+            if catalog.relation_exists(schema, name) {
                 return if *if_not_exists {
                     Ok(Applied::Nothing)
                 } else {
@@ -496,7 +547,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
             }
-            if catalog.table(schema, name).is_some() {
+            if catalog.relation_exists(schema, name) {
                 return Err(CatalogError::TableExists(name.clone()));
             }
             let index = catalog
@@ -603,6 +654,54 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             }
             current.chunks.truncate(k);
             current.chunks.extend(parity.iter().cloned());
+            Ok(Applied::Nothing)
+        }
+        Command::CreateView { view, or_replace } => {
+            if !catalog.schemas.contains_key(&view.schema) {
+                return Err(CatalogError::SchemaNotFound(view.schema.clone()));
+            }
+            if catalog.table(&view.schema, &view.name).is_some() {
+                return Err(CatalogError::TableExists(view.name.clone()));
+            }
+            let key = (view.schema.clone(), view.name.clone());
+            if let Some(old) = catalog.views.get(&key) {
+                if !or_replace {
+                    return Err(CatalogError::TableExists(view.name.clone()));
+                }
+                if !view.columns.starts_with(&old.columns) {
+                    return Err(CatalogError::ViewColumnsChanged {
+                        view: view.name.clone(),
+                        old: old.columns.join(", "),
+                        new: view.columns.join(", "),
+                    });
+                }
+            }
+            let mut view = view.clone();
+            view.created_at = commit_time(catalog, proposal.proposed_at);
+            catalog.views.insert(key, Arc::new(view));
+            Ok(Applied::Nothing)
+        }
+        Command::DropView {
+            schema,
+            name,
+            if_exists,
+        } => match catalog.views.remove(&(schema.clone(), name.clone())) {
+            Some(_) => Ok(Applied::Nothing),
+            None if *if_exists => Ok(Applied::Nothing),
+            None => Err(CatalogError::ViewNotFound(name.clone())),
+        },
+        Command::RenameView { schema, name, to } => {
+            if catalog.relation_exists(schema, to) {
+                return Err(CatalogError::TableExists(to.clone()));
+            }
+            let Some(view) = catalog.views.remove(&(schema.clone(), name.clone())) else {
+                return Err(CatalogError::ViewNotFound(name.clone()));
+            };
+            let mut view = (*view).clone();
+            view.name = to.clone();
+            catalog
+                .views
+                .insert((schema.clone(), to.clone()), Arc::new(view));
             Ok(Applied::Nothing)
         }
         Command::Regroup { old, new } => {
@@ -789,7 +888,7 @@ fn alter(
         }
         SchemaChange::RenameTable(to) => {
             new_key = (key.0.clone(), to.clone());
-            if catalog.tables.contains_key(&new_key) {
+            if catalog.relation_exists(&new_key.0, &new_key.1) {
                 return Err(CatalogError::TableExists(to.clone()));
             }
         }

@@ -14,7 +14,8 @@
 //! record*      : u32 length | u32 crc32c of the body | body (postcard of `Record`)
 //! ```
 //!
-//! The first record is `Header`, the last is `End` with the number of records
+//! The first record is `Header`, then one record per table, dropped table,
+//! stripe and view; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -24,7 +25,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use quarry_common::catalog::{Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table};
+use quarry_common::catalog::{Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table, View};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"QSNP";
@@ -55,6 +56,9 @@ enum Record<'a> {
     End {
         records: u64,
     },
+    /// Written before `End`; new variants go last, so files written before
+    /// views existed still read.
+    View(Cow<'a, View>),
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -100,6 +104,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         next_node_id,
         stripes,
         stripe_of: _,
+        views,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -128,6 +133,9 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
     }
     for stripe in stripes.values() {
         writer.put(&Record::Stripe(Cow::Borrowed(stripe)))?;
+    }
+    for view in views.values() {
+        writer.put(&Record::View(Cow::Borrowed(view.as_ref())))?;
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -207,6 +215,12 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             ),
             Record::Dropped(table) => catalog.dropped.push(table.into_owned()),
             Record::Stripe(stripe) => catalog.add_stripe(stripe.into_owned()),
+            Record::View(view) => {
+                let view = view.into_owned();
+                catalog
+                    .views
+                    .insert((view.schema.clone(), view.name.clone()), Arc::new(view));
+            }
             Record::End { records: written } => {
                 if written != records {
                     return Err(invalid(format!(
@@ -338,6 +352,19 @@ mod tests {
                 if_exists: false,
             },
         );
+        run(
+            &mut catalog,
+            Command::CreateView {
+                view: View {
+                    schema: "public".into(),
+                    name: "v".into(),
+                    query: "SELECT a FROM t1".into(),
+                    columns: vec!["a".into()],
+                    created_at: 0,
+                },
+                or_replace: false,
+            },
+        );
         catalog
     }
 
@@ -346,6 +373,7 @@ mod tests {
         let catalog = catalog();
         assert_eq!(catalog.tables.len(), 3);
         assert_eq!(catalog.dropped.len(), 1);
+        assert_eq!(catalog.views.len(), 1);
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");

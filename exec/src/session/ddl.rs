@@ -1,5 +1,5 @@
-//! DDL: CREATE TABLE (empty, CLONE, AS), ALTER TABLE, DROP, and CREATE
-//! TABLE's options.
+//! DDL: CREATE TABLE (empty, CLONE, AS), ALTER TABLE, CREATE / ALTER VIEW,
+//! DROP, and CREATE TABLE's options.
 
 use super::*;
 
@@ -126,6 +126,29 @@ impl Session {
     ) -> Result<Output> {
         self.outside_transaction("ALTER TABLE")?;
         let view = self.begin_statement().await?;
+        let (schema, relation) = self.resolve(name)?;
+        if view.catalog.view(&schema, &relation).is_some() {
+            // PostgreSQL lets ALTER TABLE rename a view.
+            return match operations.as_slice() {
+                [ast::AlterTableOperation::RenameTable { table_name }] => {
+                    let to = match table_name {
+                        ast::RenameTableNameKind::To(name) | ast::RenameTableNameKind::As(name) => {
+                            object_parts(name).pop().unwrap_or_default()
+                        }
+                    };
+                    self.engine
+                        .meta
+                        .write(Command::RenameView {
+                            schema,
+                            name: relation,
+                            to,
+                        })
+                        .await?;
+                    Ok(Output::Command(CommandTag::new("ALTER TABLE")))
+                }
+                _ => Err(not_a(&relation, "table", "ALTER VIEW")),
+            };
+        }
         let table = self.table(&view.catalog, name)?.clone();
         let mut changes = Vec::with_capacity(operations.len());
         for operation in operations {
@@ -360,6 +383,7 @@ impl Session {
     ) -> Result<Output> {
         let tag = match object_type {
             ObjectType::Table => "DROP TABLE",
+            ObjectType::View => "DROP VIEW",
             ObjectType::Schema => "DROP SCHEMA",
             other => {
                 return Err(user_error(
@@ -368,11 +392,26 @@ impl Session {
                 ));
             }
         };
+        let catalog = self.engine.meta.read().await?;
         for name in names {
             let command = match object_type {
                 ObjectType::Table => {
                     let (schema, name) = self.resolve(name)?;
+                    if catalog.view(&schema, &name).is_some() {
+                        return Err(not_a(&name, "table", "DROP VIEW"));
+                    }
                     Command::DropTable {
+                        schema,
+                        name,
+                        if_exists,
+                    }
+                }
+                ObjectType::View => {
+                    let (schema, name) = self.resolve(name)?;
+                    if catalog.table(&schema, &name).is_some() {
+                        return Err(not_a(&name, "view", "DROP TABLE"));
+                    }
+                    Command::DropView {
                         schema,
                         name,
                         if_exists,
@@ -388,4 +427,93 @@ impl Session {
         }
         Ok(Output::Command(CommandTag::new(tag)))
     }
+
+    /// CREATE [OR REPLACE] VIEW name [(columns)] AS query: the query is
+    /// planned now (so a view of missing tables or columns is refused) and
+    /// kept as text with its column names.
+    pub(super) async fn create_view(&mut self, create: ast::CreateView) -> Result<Output> {
+        self.outside_transaction("CREATE VIEW")?;
+        if create.materialized || create.temporary || create.if_not_exists || create.or_alter {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "only CREATE [OR REPLACE] VIEW name [(columns)] AS query is supported",
+            ));
+        }
+        let (schema, name) = self.resolve(&create.name)?;
+        self.begin_statement().await?;
+        let plan = self.plan(Statement::Query(create.query.clone())).await?;
+        let derived: Vec<String> = plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        if create.columns.len() > derived.len() {
+            return Err(user_error(
+                SqlState::SYNTAX_ERROR,
+                "CREATE VIEW specifies more column names than columns",
+            ));
+        }
+        let mut columns: Vec<String> = create.columns.iter().map(|c| normalize(&c.name)).collect();
+        columns.extend(derived[columns.len()..].iter().cloned());
+        for (i, column) in columns.iter().enumerate() {
+            if columns[..i].contains(column) {
+                return Err(user_error(
+                    SqlState::DUPLICATE_COLUMN,
+                    format!("column \"{column}\" specified more than once"),
+                ));
+            }
+        }
+        let view = quarry_common::catalog::View {
+            schema,
+            name,
+            query: create.query.to_string(),
+            columns,
+            created_at: 0,
+        };
+        self.engine
+            .meta
+            .write(Command::CreateView {
+                view,
+                or_replace: create.or_replace,
+            })
+            .await?;
+        Ok(Output::Command(CommandTag::new("CREATE VIEW")))
+    }
+
+    /// ALTER VIEW [IF EXISTS] name RENAME TO to.
+    pub(super) async fn rename_view(
+        &mut self,
+        name: &ObjectName,
+        to: &Ident,
+        if_exists: bool,
+    ) -> Result<Output> {
+        self.outside_transaction("ALTER VIEW")?;
+        let (schema, name) = self.resolve(name)?;
+        let catalog = self.engine.meta.read().await?;
+        if catalog.table(&schema, &name).is_some() {
+            return Err(not_a(&name, "view", "ALTER TABLE"));
+        }
+        if catalog.view(&schema, &name).is_none() && if_exists {
+            return Ok(Output::Command(CommandTag::new("ALTER VIEW")));
+        }
+        self.engine
+            .meta
+            .write(Command::RenameView {
+                schema,
+                name,
+                to: normalize(to),
+            })
+            .await?;
+        Ok(Output::Command(CommandTag::new("ALTER VIEW")))
+    }
+}
+
+/// 42809: `name` is a relation of the other kind (PostgreSQL's "... is not a
+/// table"), with the statement that fits it.
+fn not_a(name: &str, kind: &str, use_instead: &str) -> Error {
+    user_error(
+        SqlState::WRONG_OBJECT_TYPE,
+        format!("\"{name}\" is not a {kind}; use {use_instead}"),
+    )
 }

@@ -477,3 +477,78 @@ fn regrouping_replaces_narrow_stripes_only_as_they_were_seen() {
         "the old stripes are gone"
     );
 }
+
+fn view(name: &str, columns: &[&str]) -> Command {
+    Command::CreateView {
+        view: quarry_common::catalog::View {
+            schema: "public".into(),
+            name: name.into(),
+            query: "SELECT 1".into(),
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            created_at: 0,
+        },
+        or_replace: false,
+    }
+}
+
+#[test]
+fn views_share_the_table_namespace_and_go_with_their_schema() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    run(&mut catalog, view("v", &["a"])).expect("view");
+    assert_eq!(
+        run(&mut catalog, view("t", &["a"])),
+        Err(CatalogError::TableExists("t".into()))
+    );
+    assert_eq!(
+        run(&mut catalog, create("v")),
+        Err(CatalogError::TableExists("v".into()))
+    );
+    let Command::CreateView {
+        view: mut wider, ..
+    } = view("v", &["a", "b"])
+    else {
+        unreachable!("view builds CreateView");
+    };
+    let replace = |view: quarry_common::catalog::View| Command::CreateView {
+        view,
+        or_replace: true,
+    };
+    run(&mut catalog, replace(wider.clone())).expect("a replacement adds a column");
+    wider.columns = vec!["b".into()];
+    assert!(matches!(
+        run(&mut catalog, replace(wider)),
+        Err(CatalogError::ViewColumnsChanged { .. })
+    ));
+    run(
+        &mut catalog,
+        Command::RenameView {
+            schema: "public".into(),
+            name: "v".into(),
+            to: "w".into(),
+        },
+    )
+    .expect("rename");
+    assert!(catalog.view("public", "w").is_some() && catalog.view("public", "v").is_none());
+    let drop_schema = |cascade| Command::DropSchema {
+        name: "public".into(),
+        if_exists: false,
+        cascade,
+    };
+    run(
+        &mut catalog,
+        Command::DropTable {
+            schema: "public".into(),
+            name: "t".into(),
+            if_exists: false,
+        },
+    )
+    .expect("drop table");
+    assert_eq!(
+        run(&mut catalog, drop_schema(false)),
+        Err(CatalogError::SchemaNotEmpty("public".into())),
+        "a view keeps its schema"
+    );
+    run(&mut catalog, drop_schema(true)).expect("cascade");
+    assert!(catalog.views.is_empty());
+}
