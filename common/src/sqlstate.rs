@@ -34,6 +34,13 @@ impl SqlState {
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25001 active_sql_transaction.
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    /// 34000 invalid_cursor_name: no cursor of that name.
+    pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
+    /// 42P03 duplicate_cursor.
+    pub const DUPLICATE_CURSOR: SqlState = SqlState("42P03");
+    /// 55000 object_not_in_prerequisite_state (e.g. a backward FETCH of a
+    /// NO SCROLL cursor).
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     /// 3B001 invalid_savepoint_specification: no savepoint of that name.
     pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
     /// 40001 serialization_failure: retry the transaction.

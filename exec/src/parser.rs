@@ -14,13 +14,13 @@ use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr, Ident, ObjectName, Query, SelectItem, SetExpr,
-    Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    CreateTable, CreateTableOptions, Expr, FetchDirection, FetchPosition, Ident, ObjectName, Query,
+    SelectItem, SetExpr, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::{Dialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use quarry_common::SqlState;
 
@@ -250,6 +250,27 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
 /// # Errors
 /// 42601 for a statement that starts like one of these and does not follow it.
 fn parse_quarry_statement(tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
+    // `FETCH name` (PostgreSQL's FETCH NEXT FROM name), which the SQL parser
+    // does not take without a direction.
+    let words: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF | Token::SemiColon))
+        .collect();
+    if let [Token::Word(fetch), Token::Word(name)] = words.as_slice()
+        && fetch.keyword == Keyword::FETCH
+    {
+        return Ok(Some(QuarryStatement::Sql(Statement::Fetch {
+            name: Ident {
+                value: name.value.clone(),
+                quote_style: name.quote_style,
+                span: Span::empty(),
+            },
+            direction: FetchDirection::Next,
+            position: FetchPosition::From,
+            into: None,
+        })));
+    }
     // Most statements start otherwise: they are not parsed twice.
     let starts_undrop = matches!(
         tokens.first().map(|t| &t.token),

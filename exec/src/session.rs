@@ -62,6 +62,7 @@ use crate::table::SnapshotTable;
 use crate::types::{column_type_from_sql, column_type_of};
 
 mod copy_statement;
+mod cursor;
 mod ddl;
 mod dispatch;
 mod dml;
@@ -255,6 +256,8 @@ pub struct Session {
     settings: BTreeMap<String, String>,
     /// The open transaction block, if any.
     transaction: Option<Transaction>,
+    /// Open cursors by name.
+    cursors: BTreeMap<String, cursor::Cursor>,
 }
 
 impl Drop for Session {
@@ -392,6 +395,7 @@ impl Session {
             catalog,
             settings,
             transaction: None,
+            cursors: BTreeMap::new(),
         })
     }
 
@@ -455,6 +459,23 @@ impl Session {
         let QuarryStatement::Sql(statement) = statement else {
             return Ok((Vec::new(), None));
         };
+        if let Statement::Fetch { name, .. } = statement {
+            return Ok((Vec::new(), self.cursor_schema(name)));
+        }
+        // DECLARE ... CURSOR FOR query takes the query's parameters and
+        // returns no rows itself.
+        let (statement, rows) = match statement {
+            Statement::Declare { stmts } => match stmts.as_slice() {
+                [
+                    ast::Declare {
+                        for_query: Some(query),
+                        ..
+                    },
+                ] => (&Statement::Query(query.clone()), false),
+                _ => return Ok((Vec::new(), None)),
+            },
+            other => (other, true),
+        };
         if !returns_planned_rows(statement) {
             return Ok((Vec::new(), None));
         }
@@ -477,7 +498,9 @@ impl Session {
             params[i - 1] = t;
         }
         let schema = match statement {
-            Statement::Query(_) | Statement::Explain { .. } | Statement::ShowVariable { .. } => {
+            Statement::Query(_) | Statement::Explain { .. } | Statement::ShowVariable { .. }
+                if rows =>
+            {
                 Some(Arc::new(plan.schema().as_arrow().clone()))
             }
             _ => None,
@@ -556,6 +579,20 @@ impl Session {
                 ..
             } => self.rollback_to_savepoint(&name),
             Statement::Savepoint { name } => self.savepoint(&name),
+            Statement::Declare { stmts } => match <[ast::Declare; 1]>::try_from(stmts) {
+                Ok([declare]) => self.declare(declare, params).await,
+                Err(_) => Err(user_error(
+                    SqlState::SYNTAX_ERROR,
+                    "DECLARE declares one cursor at a time",
+                )),
+            },
+            Statement::Fetch {
+                name,
+                direction,
+                into: None,
+                ..
+            } => self.fetch(&name, &direction).await,
+            Statement::Close { cursor } => self.close(&cursor),
             Statement::ReleaseSavepoint { name } => self.release_savepoint(&name),
             Statement::Set(set) => self.set(set).await,
             Statement::ShowVariable { variable } => self.show(&variable),

@@ -107,6 +107,84 @@ def psycopg_copy_to_rows(connect):
         assert messages == [b"id,name\n", b"1,a b\n", b"2,\n", b"3,c\n"], messages
 
 
+@case
+def psycopg_named_cursor(connect):
+    """psycopg's named (server-side) cursors: DECLARE, Describe of the cursor's
+    portal, FETCH FORWARD itersize at a time, CLOSE; WITH HOLD outlives the
+    transaction; a cursor without it needs a transaction block (25P01)."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE curs (id INT NOT NULL)")
+        values = ", ".join(f"({i})" for i in range(1, 2501))
+        conn.execute(f"INSERT INTO curs VALUES {values}")
+        with conn.transaction():
+            with conn.cursor(name="paged") as cur:
+                cur.itersize = 1000
+                cur.execute("SELECT id FROM curs WHERE id > %s ORDER BY id", (500,))
+                assert [d.name for d in cur.description] == ["id"], cur.description
+                first = cur.fetchone()
+                assert first == (501,), first
+                some = cur.fetchmany(10)
+                assert some == [(i,) for i in range(502, 512)], some
+                rest = cur.fetchall()
+                assert len(rest) == 2500 - 511 and rest[-1] == (2500,), len(rest)
+        with conn.cursor(name="held", withhold=True) as cur:
+            cur.execute("SELECT id FROM curs ORDER BY id")
+            assert cur.fetchmany(3) == [(1,), (2,), (3,)]
+            assert cur.fetchone() == (4,)
+        try:
+            with conn.cursor(name="outside") as cur:
+                cur.execute("SELECT id FROM curs")
+            raise AssertionError("a cursor without hold outside a block was declared")
+        except psycopg.errors.NoActiveSqlTransaction:
+            pass
+
+
+@case
+def sql_cursors(connect):
+    """DECLARE / FETCH / CLOSE as SQL statements, and their errors."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE sqlcurs (id INT NOT NULL)")
+        conn.execute("INSERT INTO sqlcurs VALUES (1), (2), (3), (4), (5)")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE c NO SCROLL CURSOR FOR SELECT id FROM sqlcurs ORDER BY id")
+        assert conn.execute("FETCH 2 FROM c").fetchall() == [(1,), (2,)]
+        assert conn.execute("FETCH NEXT FROM c").fetchall() == [(3,)]
+        assert conn.execute("FETCH FORWARD ALL FROM c").fetchall() == [(4,), (5,)]
+        assert conn.execute("FETCH c").fetchall() == []
+        try:
+            conn.execute("DECLARE c CURSOR FOR SELECT 1")
+            raise AssertionError("a second cursor c was declared")
+        except psycopg.errors.DuplicateCursor:
+            pass
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE d NO SCROLL CURSOR FOR SELECT id FROM sqlcurs ORDER BY id")
+        try:
+            conn.execute("FETCH BACKWARD 1 FROM d")
+            raise AssertionError("a NO SCROLL cursor went backward")
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            pass
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE e CURSOR FOR SELECT id FROM sqlcurs")
+        conn.execute("CLOSE e")
+        try:
+            conn.execute("FETCH 1 FROM e")
+            raise AssertionError("a closed cursor fetched")
+        except psycopg.errors.InvalidCursorName:
+            pass
+        conn.execute("ROLLBACK")
+        # The end of the block closes a cursor without WITH HOLD.
+        conn.execute("BEGIN")
+        conn.execute("DECLARE f CURSOR FOR SELECT id FROM sqlcurs")
+        conn.execute("COMMIT")
+        try:
+            conn.execute("FETCH 1 FROM f")
+            raise AssertionError("a cursor outlived its block")
+        except psycopg.errors.InvalidCursorName:
+            pass
+
+
 def run(name, connect):
     try:
         CASES[name](connect)

@@ -171,6 +171,10 @@ impl Session {
     }
 
     pub(super) async fn end(&mut self, commit: bool) -> Result<Output> {
+        let committing = commit && self.transaction.as_ref().is_some_and(|t| !t.failed);
+        if self.transaction.is_some() {
+            self.close_transaction_cursors(committing);
+        }
         let Some(transaction) = self.transaction.take() else {
             // PostgreSQL warns "there is no transaction in progress" and goes on.
             return Ok(Output::Command(CommandTag::new(if commit {
