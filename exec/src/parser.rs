@@ -12,6 +12,7 @@
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use datafusion::sql::sqlparser::ast::{
     CreateTable, CreateTableOptions, Expr, FetchDirection, FetchPosition, Ident, ObjectName, Query,
@@ -448,6 +449,86 @@ pub fn filter_information_schema_views(statement: &mut Statement) {
         }
     }
     let _ = VisitMut::visit(statement, &mut Filter);
+}
+
+/// PostgreSQL's `to_regtype(name)`, `to_regclass(name)`,
+/// `to_regnamespace(name)` and `to_regproc(name)`: the object's oid, or NULL
+/// when there is none (where a cast to `regtype` ... fails). Each lookup is a
+/// scalar subquery over the pg_catalog table; `max` makes it one row, NULL
+/// when nothing matches.
+const REG_LOOKUPS: &[(&str, &str)] = &[
+    (
+        "to_regtype",
+        "SELECT max(oid) FROM pg_catalog.pg_type WHERE typname = $1",
+    ),
+    (
+        "to_regclass",
+        "SELECT max(c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+         ON c.relnamespace = n.oid WHERE c.relname = $1 \
+         AND n.nspname IN ('pg_catalog', current_schema())",
+    ),
+    (
+        "to_regnamespace",
+        "SELECT max(oid) FROM pg_catalog.pg_namespace WHERE nspname = $1",
+    ),
+    (
+        "to_regproc",
+        "SELECT max(oid) FROM pg_catalog.pg_proc WHERE proname = $1",
+    ),
+];
+
+/// Replaces PostgreSQL's `to_reg*(name)` lookups in `statement` by their
+/// subqueries (see [`REG_LOOKUPS`]).
+pub fn rewrite_reg_lookups(statement: &mut Statement) {
+    struct Rewrite;
+    impl VisitorMut for Rewrite {
+        type Break = ();
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            let Expr::Function(function) = expr else {
+                return ControlFlow::Continue(());
+            };
+            let name = function.name.to_string().to_lowercase();
+            let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+            let Some((_, template)) = REG_LOOKUPS.iter().find(|(f, _)| *f == name) else {
+                return ControlFlow::Continue(());
+            };
+            let ast::FunctionArguments::List(list) = &function.args else {
+                return ControlFlow::Continue(());
+            };
+            let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(argument))] =
+                list.args.as_slice()
+            else {
+                return ControlFlow::Continue(());
+            };
+            let argument = argument.clone();
+            let Some(Statement::Query(mut query)) =
+                parse_postgres(template).ok().and_then(|mut s| s.pop())
+            else {
+                return ControlFlow::Continue(());
+            };
+            struct Bind(Expr);
+            impl VisitorMut for Bind {
+                type Break = ();
+                fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+                    if matches!(expr, Expr::Value(v) if v.value == ast::Value::Placeholder("$1".into()))
+                    {
+                        *expr = Expr::Cast {
+                            kind: ast::CastKind::DoubleColon,
+                            expr: Box::new(Expr::Nested(Box::new(self.0.clone()))),
+                            data_type: ast::DataType::Text,
+                            array: false,
+                            format: None,
+                        };
+                    }
+                    ControlFlow::Continue(())
+                }
+            }
+            let _ = VisitMut::visit(&mut *query, &mut Bind(argument));
+            *expr = Expr::Subquery(query);
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = VisitMut::visit(statement, &mut Rewrite);
 }
 
 /// Names the unaliased result columns of `query` as PostgreSQL would (`count`

@@ -57,4 +57,5 @@ async fn the_driver_suite_passes_on_postgresql_and_quarry() {
         text.contains("cases pass on PostgreSQL and Quarry"),
         "{text}"
     );
+    println!("{text}");
 }

@@ -185,6 +185,52 @@ def sql_cursors(connect):
             pass
 
 
+@case
+def psycopg_type_info(connect):
+    """psycopg's TypeInfo.fetch (what SQLAlchemy's psycopg dialect runs when
+    it connects) looks types up with to_regtype: a known type's oid, none
+    for a type the server lacks."""
+    from psycopg.types import TypeInfo
+
+    with connect() as conn:
+        info = TypeInfo.fetch(conn, "int4")
+        assert info is not None and info.oid == 23, info
+        assert TypeInfo.fetch(conn, "hstore") is None
+        row = conn.execute(
+            "SELECT to_regtype('text') IS NOT NULL, to_regtype('no_such_type') IS NULL"
+        ).fetchone()
+        assert row == (True, True), row
+
+
+@case
+def sqlalchemy_reflects_columns(connect):
+    """SQLAlchemy 2 over psycopg: it connects (its dialect's first queries),
+    lists tables and reflects a table's columns."""
+    import sqlalchemy as sa
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE sa_items (id INT NOT NULL, name TEXT, price NUMERIC(10, 2))")
+        conn.execute("INSERT INTO sa_items VALUES (1, 'one', 1.50)")
+        info = conn.info
+        url = sa.engine.URL.create(
+            "postgresql+psycopg", username=info.user, host=info.host, port=info.port,
+            database=info.dbname)
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        assert "sa_items" in inspector.get_table_names(), inspector.get_table_names()
+        columns = {c["name"]: c for c in inspector.get_columns("sa_items")}
+        assert list(columns) == ["id", "name", "price"], columns
+        assert isinstance(columns["id"]["type"], sa.Integer), columns["id"]
+        assert columns["id"]["nullable"] is False and columns["name"]["nullable"] is True
+        assert isinstance(columns["price"]["type"], sa.Numeric), columns["price"]
+        with engine.connect() as c:
+            rows = c.execute(sa.text("SELECT id, name FROM sa_items")).fetchall()
+        assert [tuple(r) for r in rows] == [(1, "one")], rows
+    finally:
+        engine.dispose()
+
+
 def run(name, connect):
     try:
         CASES[name](connect)
