@@ -707,3 +707,47 @@ async fn a_clone_can_start_from_a_past_snapshot() {
         .expect_err("before the source existed");
     assert_eq!(sqlstate(&e), "42P01");
 }
+
+/// An extended-protocol Execute with a row limit returns that many rows and
+/// suspends the portal (PortalSuspended); the next Execute goes on where it
+/// stopped. JDBC's fetch size and asyncpg's cursors page this way.
+#[tokio::test]
+async fn a_portal_executed_with_max_rows_pages_through_the_result() {
+    let (_dir, node) = node().await;
+    let mut client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE paged (id BIGINT NOT NULL)")
+        .await
+        .expect("create");
+    let values: Vec<String> = (1..=250).map(|i| format!("({i})")).collect();
+    client
+        .batch_execute(&format!("INSERT INTO paged VALUES {}", values.join(", ")))
+        .await
+        .expect("insert");
+    let transaction = client.transaction().await.expect("begin");
+    let statement = transaction
+        .prepare("SELECT id FROM paged WHERE id > $1 ORDER BY id")
+        .await
+        .expect("prepare");
+    let portal = transaction
+        .bind(&statement, &[&100i64])
+        .await
+        .expect("bind");
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let rows = transaction
+            .query_portal(&portal, 60)
+            .await
+            .expect("execute");
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 60, "a page of {} rows", rows.len());
+        seen.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        pages += 1;
+    }
+    assert_eq!(seen, (101..=250).collect::<Vec<i64>>());
+    assert_eq!(pages, 3, "150 rows in pages of 60");
+    transaction.commit().await.expect("commit");
+}
