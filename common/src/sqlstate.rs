@@ -24,6 +24,9 @@ impl SqlState {
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 22P02 invalid_text_representation: a value that does not parse as its type.
     pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    /// 22P03 invalid_binary_representation: a binary value that does not
+    /// decode as its type.
+    pub const INVALID_BINARY_REPRESENTATION: SqlState = SqlState("22P03");
     /// 22P04 bad_copy_file_format.
     pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
     /// 23502 not_null_violation.

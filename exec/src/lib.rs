@@ -19,6 +19,7 @@ pub mod bytea;
 pub mod catalog;
 pub mod chunks;
 pub mod copy;
+pub mod copy_binary;
 pub mod data_file;
 pub mod distributed;
 pub mod error;

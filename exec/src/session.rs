@@ -237,8 +237,11 @@ pub enum Output {
     CopyOut {
         /// Number of columns.
         columns: usize,
-        /// Whether the format is CSV (else text).
+        /// Whether the format is CSV (else text or binary).
         csv: bool,
+        /// Whether the format is binary (the protocol layer ends it with
+        /// the trailer).
+        binary: bool,
         /// Chunks of formatted rows.
         data: BoxStream<'static, Result<Bytes>>,
     },

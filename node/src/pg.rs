@@ -472,15 +472,22 @@ impl Connection {
             }),
             Output::CopyIn(copy) => {
                 let columns = copy.columns;
+                // Format 0: textual (text or CSV) rows, as PostgreSQL reports
+                // both; 1: binary.
+                let format = i8::from(copy.binary);
                 *self.state.copy.lock().await = Some(copy);
-                // Format 0: textual (text or CSV) rows, as PostgreSQL reports both.
                 Ok(Response::CopyIn(CopyResponse::new(
-                    0,
+                    format,
                     columns,
                     stream::empty(),
                 )))
             }
-            Output::CopyOut { columns, data, .. } => {
+            Output::CopyOut {
+                columns,
+                binary,
+                data,
+                ..
+            } => {
                 let data = data.map(move |chunk| {
                     let _slot = &slot;
                     match chunk {
@@ -488,7 +495,12 @@ impl Connection {
                         Err(e) => Err(to_pg_error(&e)),
                     }
                 });
-                Ok(Response::CopyOut(CopyResponse::new(0, columns, data)))
+                // pgwire ends binary data with its trailer.
+                Ok(Response::CopyOut(CopyResponse::new(
+                    i8::from(binary),
+                    columns,
+                    data,
+                )))
             }
         }
     }

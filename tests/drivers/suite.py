@@ -231,6 +231,48 @@ def sqlalchemy_reflects_columns(connect):
         engine.dispose()
 
 
+@case
+def psycopg_binary_copy(connect):
+    """COPY FROM STDIN and TO STDOUT in binary format (psycopg's binary copy;
+    asyncpg's copy_records_to_table sends the same), every column type."""
+    import datetime
+    import decimal
+
+    types = ["int8", "text", "numeric", "date", "timestamp", "bool", "bytea", "float8", "int4"]
+    rows = [
+        (1, "one\ttab", decimal.Decimal("1.50"), datetime.date(2026, 1, 2),
+         datetime.datetime(2026, 1, 2, 3, 4, 5, 600000), True, b"\x00\xff", 0.5, -7),
+        (2, None, None, None, None, None, None, None, None),
+    ]
+    with connect() as conn:
+        conn.execute(
+            "CREATE TABLE bcopy (id BIGINT NOT NULL, name TEXT, price NUMERIC(10, 2), day DATE, "
+            "at TIMESTAMP, ok BOOLEAN, raw BYTEA, score DOUBLE PRECISION, small INT)")
+        cur = conn.cursor()
+        with cur.copy("COPY bcopy FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+        back = conn.execute("SELECT * FROM bcopy ORDER BY id").fetchall()
+        assert back == rows, back
+        with cur.copy("COPY (SELECT * FROM bcopy ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            out = list(copy.rows())
+        assert out == rows, out
+        # A field of the wrong width is refused, and nothing is written
+        # (PostgreSQL: 08P01 "insufficient data left in message"; Quarry:
+        # 22P03 invalid_binary_representation).
+        try:
+            with cur.copy("COPY bcopy (id) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int4"])
+                copy.write_row((3,))
+            raise AssertionError("an int4 field was taken for an int8 column")
+        except psycopg.errors.Error as e:
+            assert e.sqlstate in ("08P01", "22P03"), e.sqlstate
+        count = conn.execute("SELECT count(*) FROM bcopy").fetchone()
+        assert count == (2,), count
+
+
 def run(name, connect):
     try:
         CASES[name](connect)

@@ -4,11 +4,19 @@
 use super::*;
 use datafusion::common::TableReference;
 
+/// How COPY's rows are written: text or CSV lines, or PostgreSQL's binary
+/// format ([`crate::copy_binary`]).
+pub(super) enum CopyEncoding {
+    Lines(CopyFormat),
+    Binary,
+}
+
 pub(super) fn copy_format(
     options: &[CopyOption],
     legacy: &[CopyLegacyOption],
-) -> Result<CopyFormat> {
+) -> Result<CopyEncoding> {
     let mut csv = false;
+    let mut binary = false;
     let mut delimiter = None;
     let mut null = None;
     let mut header = false;
@@ -17,12 +25,13 @@ pub(super) fn copy_format(
     for option in options {
         match option {
             CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
-                "csv" => csv = true,
-                "text" => csv = false,
+                "csv" => (csv, binary) = (true, false),
+                "text" => (csv, binary) = (false, false),
+                "binary" => (csv, binary) = (false, true),
                 other => {
                     return Err(user_error(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        format!("COPY format \"{other}\" is not supported; use text or csv"),
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("COPY format \"{other}\" not recognized"),
                     ));
                 }
             },
@@ -62,6 +71,7 @@ pub(super) fn copy_format(
             CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
             CopyLegacyOption::Null(s) => null = Some(s.clone()),
             CopyLegacyOption::Header => header = true,
+            CopyLegacyOption::Binary => binary = true,
             other => {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -69,6 +79,15 @@ pub(super) fn copy_format(
                 ));
             }
         }
+    }
+    if binary {
+        if delimiter.is_some() || null.is_some() || header || quote.is_some() || escape.is_some() {
+            return Err(user_error(
+                SqlState::SYNTAX_ERROR,
+                "cannot specify DELIMITER, NULL, HEADER, QUOTE or ESCAPE in BINARY mode",
+            ));
+        }
+        return Ok(CopyEncoding::Binary);
     }
     let byte = |c: char, what: &str| -> Result<u8> {
         if c.is_ascii() {
@@ -82,7 +101,7 @@ pub(super) fn copy_format(
     };
     if csv {
         let quote = byte(quote.unwrap_or('"'), "quote")?;
-        Ok(CopyFormat::Csv {
+        Ok(CopyEncoding::Lines(CopyFormat::Csv {
             delimiter: byte(delimiter.unwrap_or(','), "delimiter")?,
             quote,
             escape: escape
@@ -91,7 +110,7 @@ pub(super) fn copy_format(
                 .unwrap_or(quote),
             null: null.unwrap_or_default(),
             header,
-        })
+        }))
     } else {
         if header || quote.is_some() || escape.is_some() {
             return Err(user_error(
@@ -99,11 +118,17 @@ pub(super) fn copy_format(
                 "COPY HEADER, QUOTE and ESCAPE are available only in CSV mode",
             ));
         }
-        Ok(CopyFormat::Text {
+        Ok(CopyEncoding::Lines(CopyFormat::Text {
             delimiter: byte(delimiter.unwrap_or('\t'), "delimiter")?,
             null: null.unwrap_or_else(|| "\\N".to_owned()),
-        })
+        }))
     }
+}
+
+/// What splits a COPY FROM's data into records.
+enum Parser {
+    Lines(RecordParser),
+    Binary(crate::copy_binary::BinaryRecordParser),
 }
 
 /// A COPY FROM STDIN in progress: parses the client's data into data files and
@@ -114,7 +139,7 @@ pub struct CopyIn {
     /// Whether finishing commits (autocommit), or leaves the rows to the
     /// transaction block's COMMIT.
     commit: bool,
-    parser: RecordParser,
+    parser: Parser,
     rows: RowBuffer,
     writer: DataFileWriter,
     writes: Arc<WriteSet>,
@@ -122,8 +147,10 @@ pub struct CopyIn {
     error: Option<Error>,
     /// Number of columns copied.
     pub columns: usize,
-    /// Whether the format is CSV (else text).
+    /// Whether the format is CSV (else text or binary).
     pub csv: bool,
+    /// Whether the format is binary.
+    pub binary: bool,
 }
 
 impl CopyIn {
@@ -134,10 +161,12 @@ impl CopyIn {
             return;
         }
         let rows = &mut self.rows;
-        if let Err(e) = self
-            .parser
-            .feed(data, &mut |line, record| rows.push(line, record))
-        {
+        let emit = &mut |line, record| rows.push(line, record);
+        let parsed = match &mut self.parser {
+            Parser::Lines(parser) => parser.feed(data, emit),
+            Parser::Binary(parser) => parser.feed(data, emit),
+        };
+        if let Err(e) = parsed {
             self.error = Some(e);
             return;
         }
@@ -166,8 +195,10 @@ impl CopyIn {
             return Err(e);
         }
         let rows = &mut self.rows;
-        self.parser
-            .finish(&mut |line, record| rows.push(line, record))?;
+        match &mut self.parser {
+            Parser::Lines(parser) => parser.finish(&mut |line, record| rows.push(line, record))?,
+            Parser::Binary(parser) => parser.finish()?,
+        }
         self.flush().await?;
         let CopyIn {
             meta,
@@ -235,21 +266,37 @@ impl Session {
                 let table = self.table(&view.catalog, &table_name)?.clone();
                 let columns: Vec<String> = columns.iter().map(normalize).collect();
                 let rows = RowBuffer::new(table.clone(), &columns)?;
-                let column_count = if columns.is_empty() {
-                    table.columns.len()
+                let types: Vec<quarry_common::catalog::ColumnType> = if columns.is_empty() {
+                    table.columns.iter().map(|c| c.column_type).collect()
                 } else {
-                    columns.len()
+                    columns
+                        .iter()
+                        .filter_map(|name| table.column(name).map(|c| c.column_type))
+                        .collect()
+                };
+                let column_count = types.len();
+                let (parser, csv, binary) = match format {
+                    CopyEncoding::Lines(format) => {
+                        let csv = matches!(format, CopyFormat::Csv { .. });
+                        (Parser::Lines(RecordParser::new(format)), csv, false)
+                    }
+                    CopyEncoding::Binary => (
+                        Parser::Binary(crate::copy_binary::BinaryRecordParser::new(types)),
+                        false,
+                        true,
+                    ),
                 };
                 Ok(Output::CopyIn(Box::new(CopyIn {
                     meta: self.engine.meta.clone(),
                     commit: self.transaction.is_none(),
                     writer: DataFileWriter::new(table.clone(), view.writes.clone()),
-                    parser: RecordParser::new(format.clone()),
+                    parser,
                     rows,
                     writes: view.writes,
                     error: None,
                     columns: column_count,
-                    csv: matches!(format, CopyFormat::Csv { .. }),
+                    csv,
+                    binary,
                 })))
             }
             (true, CopyTarget::Stdout) => {
@@ -262,19 +309,40 @@ impl Session {
                 };
                 let columns = plan.schema().fields().len();
                 let stream = self.stream(plan).await?;
-                let csv = matches!(format, CopyFormat::Csv { .. });
-                let mut formatter = RowFormatter::new(format);
+                let (csv, binary) = match &format {
+                    CopyEncoding::Lines(format) => {
+                        (matches!(format, CopyFormat::Csv { .. }), false)
+                    }
+                    CopyEncoding::Binary => (false, true),
+                };
+                enum Formatter {
+                    Lines(RowFormatter),
+                    Binary(crate::copy_binary::BinaryRowFormatter),
+                }
+                let mut formatter = match format {
+                    CopyEncoding::Lines(format) => Formatter::Lines(RowFormatter::new(format)),
+                    CopyEncoding::Binary => Formatter::Binary(Default::default()),
+                };
                 // One message per row, as PostgreSQL sends them.
                 let data = stream
                     .map_err(Error::from_engine)
                     .and_then(move |batch| {
-                        futures::future::ready(formatter.format_records(&batch).map(|records| {
+                        let records = match &mut formatter {
+                            Formatter::Lines(f) => f.format_records(&batch),
+                            Formatter::Binary(f) => f.format_records(&batch),
+                        };
+                        futures::future::ready(records.map(|records| {
                             futures::stream::iter(records.into_iter().map(Ok::<Bytes, Error>))
                         }))
                     })
                     .try_flatten()
                     .boxed();
-                Ok(Output::CopyOut { columns, csv, data })
+                Ok(Output::CopyOut {
+                    columns,
+                    csv,
+                    binary,
+                    data,
+                })
             }
             (false, other) | (true, other) => Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
