@@ -477,16 +477,150 @@ const REG_LOOKUPS: &[(&str, &str)] = &[
     ),
 ];
 
+/// PostgreSQL's `ARRAY(subquery)`: the subquery's single column as an array,
+/// in the subquery's order, empty for no rows. The rows' subquery stands
+/// where `(SELECT 1, 1)` is; when it has an ORDER BY, its rows are numbered
+/// in that order (`row_number() OVER (ORDER BY ...)`) and aggregated by number.
+const ARRAY_OF_SUBQUERY: &str = "SELECT coalesce(array_agg(__quarry_array_value \
+     ORDER BY __quarry_array_order), make_array()) \
+     FROM (SELECT 1, 1) AS __quarry_array_rows(__quarry_array_value, __quarry_array_order)";
+
+/// `ARRAY(subquery)` as a scalar subquery over the subquery's rows.
+fn array_of_subquery(subquery: &Query) -> Option<Expr> {
+    let mut rows = subquery.clone();
+    let order = match rows.order_by.take() {
+        Some(ast::OrderBy {
+            kind: ast::OrderByKind::Expressions(order),
+            ..
+        }) => order,
+        Some(other) => {
+            rows.order_by = Some(other);
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let SetExpr::Select(select) = rows.body.as_mut() else {
+        return None;
+    };
+    if select.projection.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Query(numbered)) = parse_postgres("SELECT row_number() OVER ()")
+        .ok()
+        .and_then(|mut s| s.pop())
+    else {
+        return None;
+    };
+    let SetExpr::Select(numbered) = *numbered.body else {
+        return None;
+    };
+    let Some(SelectItem::UnnamedExpr(Expr::Function(mut row_number))) =
+        numbered.projection.into_iter().next()
+    else {
+        return None;
+    };
+    if let Some(ast::WindowType::WindowSpec(spec)) = &mut row_number.over {
+        spec.order_by = order;
+    }
+    select
+        .projection
+        .push(SelectItem::UnnamedExpr(Expr::Function(row_number)));
+    let Some(Statement::Query(mut query)) = parse_postgres(ARRAY_OF_SUBQUERY)
+        .ok()
+        .and_then(|mut s| s.pop())
+    else {
+        return None;
+    };
+    let SetExpr::Select(outer) = query.body.as_mut() else {
+        return None;
+    };
+    let [from] = outer.from.as_mut_slice() else {
+        return None;
+    };
+    let TableFactor::Derived { subquery, .. } = &mut from.relation else {
+        return None;
+    };
+    *subquery = Box::new(rows);
+    Some(Expr::Subquery(query))
+}
+
 /// Replaces PostgreSQL's `to_reg*(name)` lookups in `statement` by their
-/// subqueries (see [`REG_LOOKUPS`]).
+/// subqueries (see [`REG_LOOKUPS`]), and `ARRAY(subquery)` by an aggregate
+/// over the subquery's rows.
 pub fn rewrite_reg_lookups(statement: &mut Statement) {
     struct Rewrite;
     impl VisitorMut for Rewrite {
         type Break = ();
+        // `FROM [pg_catalog.]unnest(...)` parsed as a table function (psql's
+        // \d+ writes it so): unnest is a table factor of its own to DataFusion.
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(args),
+                alias,
+                ..
+            } = factor
+                && let Some((function, schema)) = name.0.split_last()
+                && schema.iter().all(|s| {
+                    s.as_ident()
+                        .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"))
+                })
+                && schema.len() <= 1
+                && function
+                    .as_ident()
+                    .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+            {
+                let array_exprs: Option<Vec<Expr>> = args
+                    .args
+                    .iter()
+                    .map(|arg| match arg {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(array_exprs) = array_exprs {
+                    *factor = TableFactor::UNNEST {
+                        alias: alias.take(),
+                        array_exprs,
+                        with_offset: false,
+                        with_offset_alias: None,
+                        with_ordinality: false,
+                    };
+                }
+            }
+            // `FROM unnest(...) x`: for a function of one column the alias
+            // names the column too (PostgreSQL's rule; DataFusion names only
+            // the table).
+            if let TableFactor::UNNEST {
+                alias: Some(alias),
+                array_exprs,
+                ..
+            } = factor
+                && array_exprs.len() == 1
+                && alias.columns.is_empty()
+            {
+                alias.columns = vec![ast::TableAliasColumnDef {
+                    name: alias.name.clone(),
+                    data_type: None,
+                }];
+            }
+            ControlFlow::Continue(())
+        }
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
             let Expr::Function(function) = expr else {
                 return ControlFlow::Continue(());
             };
+            if let ast::FunctionArguments::Subquery(subquery) = &function.args
+                && function.name.to_string().eq_ignore_ascii_case("array")
+            {
+                if let Some(mut array) = array_of_subquery(subquery) {
+                    // The subquery inside ARRAY(...) is not visited on the
+                    // way down.
+                    let _ = VisitMut::visit(&mut array, &mut Rewrite);
+                    *expr = array;
+                }
+                return ControlFlow::Continue(());
+            }
             let name = function.name.to_string().to_lowercase();
             let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
             let Some((_, template)) = REG_LOOKUPS.iter().find(|(f, _)| *f == name) else {

@@ -128,6 +128,7 @@ fn sql_expectations_agree_with_postgresql() {
         "tests/sql/transactions.slt",
         "tests/sql/errors.slt",
         "tests/sql/views.slt",
+        "tests/sql/functions.slt",
     ];
     let output = std::process::Command::new("python3")
         .current_dir(&root)
