@@ -540,7 +540,7 @@ fn array_of_subquery(subquery: &Query) -> Option<Expr> {
     let TableFactor::Derived { subquery, .. } = &mut from.relation else {
         return None;
     };
-    *subquery = Box::new(rows);
+    **subquery = rows;
     Some(Expr::Subquery(query))
 }
 
