@@ -739,6 +739,7 @@ impl Session {
         self.pin_time_travel(&mut statement).await?;
         parser::filter_information_schema_views(&mut statement);
         parser::rewrite_reg_lookups(&mut statement);
+        let query = matches!(statement, Statement::Query(_));
         if let Statement::Query(query) = &mut statement {
             parser::name_result_columns(query);
         }
@@ -748,6 +749,11 @@ impl Session {
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
             .map_err(Error::from_engine)?;
+        let plan = if query {
+            crate::types::int4_result_literals(plan).map_err(Error::from_engine)?
+        } else {
+            plan
+        };
         crate::bytea::rewrite_text_to_bytea_casts(plan).map_err(Error::from_engine)
     }
 

@@ -192,6 +192,52 @@ pub fn file_schema(table: &Table) -> SchemaRef {
     ))
 }
 
+/// PostgreSQL types an integer literal `int4` when it fits (`SELECT 1` is
+/// int4, `SELECT 3000000000` int8); DataFusion types every integer literal
+/// Int64. The literals a query returns as its own columns (its outermost
+/// projection, under ORDER BY and LIMIT) are narrowed to Int32, so clients
+/// see PostgreSQL's column types; literals inside expressions keep Int64,
+/// whose arithmetic does not wrap where int4's would overflow.
+///
+/// # Errors
+/// DataFusion's, if the narrowed projection does not plan.
+pub fn int4_result_literals(
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> datafusion::common::Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::ScalarValue;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::expr::Alias;
+    use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+
+    fn narrow(expr: Expr) -> Expr {
+        match expr {
+            Expr::Literal(ScalarValue::Int64(Some(v)), metadata) => match i32::try_from(v) {
+                Ok(v) => Expr::Literal(ScalarValue::Int32(Some(v)), metadata),
+                Err(_) => Expr::Literal(ScalarValue::Int64(Some(v)), metadata),
+            },
+            Expr::Alias(alias) => Expr::Alias(Alias {
+                expr: Box::new(narrow(*alias.expr)),
+                ..alias
+            }),
+            other => other,
+        }
+    }
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let exprs = projection.expr.into_iter().map(narrow).collect();
+            Ok(LogicalPlan::Projection(Projection::try_new(
+                exprs,
+                projection.input,
+            )?))
+        }
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => plan
+            .map_children(|child| int4_result_literals(child).map(Transformed::yes))?
+            .data
+            .recompute_schema(),
+        other => Ok(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -751,3 +751,42 @@ async fn a_portal_executed_with_max_rows_pages_through_the_result() {
     assert_eq!(pages, 3, "150 rows in pages of 60");
     transaction.commit().await.expect("commit");
 }
+
+/// An integer literal a query returns is int4 when it fits, int8 otherwise,
+/// as PostgreSQL types them; count(*) stays bigint.
+#[tokio::test]
+async fn integer_literals_come_back_as_postgresql_types_them() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    let types = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let statement = client.prepare(sql).await.expect("prepare");
+            statement
+                .columns()
+                .iter()
+                .map(|c| c.type_().clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    use tokio_postgres::types::Type;
+    assert_eq!(types("SELECT 1").await, [Type::INT4]);
+    assert_eq!(
+        types("SELECT 1 AS one, 3000000000 AS big").await,
+        [Type::INT4, Type::INT8]
+    );
+    assert_eq!(
+        types("SELECT 7 AS n ORDER BY n LIMIT 1").await,
+        [Type::INT4]
+    );
+    assert_eq!(
+        types("SELECT count(*) FROM (VALUES (1)) AS v(x)").await,
+        [Type::INT8]
+    );
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(one, 1);
+}
