@@ -950,4 +950,4 @@ fn commit_time(catalog: &mut Catalog, proposed_at: TimestampMicros) -> Timestamp
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

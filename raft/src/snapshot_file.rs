@@ -270,50 +270,20 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{ColumnDef, Command, Proposal, TableChange, apply};
-    use quarry_common::catalog::{ChunkId, ColumnType, DataFile, StripeChunk};
+    use crate::command::tests::{create, run, with_public};
+    use crate::command::{Command, TableChange};
+    use quarry_common::catalog::{ChunkId, DataFile, StripeChunk};
 
-    fn run(catalog: &mut Catalog, command: Command) {
-        apply(
-            catalog,
-            &Proposal {
-                command,
-                proposed_at: 1_000,
-            },
-        )
-        .expect("command applies");
+    fn ok(catalog: &mut Catalog, command: Command) {
+        run(catalog, command).expect("command applies");
     }
 
-    /// Three tables (one with a data file in a stripe), one dropped table.
+    /// Three tables (one with a data file in a stripe), one dropped table,
+    /// one view.
     fn catalog() -> Catalog {
-        let mut catalog = Catalog::default();
-        run(
-            &mut catalog,
-            Command::CreateSchema {
-                name: "public".into(),
-                if_not_exists: false,
-            },
-        );
+        let mut catalog = with_public();
         for name in ["t0", "t1", "t2", "gone"] {
-            run(
-                &mut catalog,
-                Command::CreateTable {
-                    schema: "public".into(),
-                    name: name.into(),
-                    columns: vec![ColumnDef {
-                        name: "a".into(),
-                        column_type: ColumnType::Int64,
-                        nullable: true,
-                        default: None,
-                    }],
-                    if_not_exists: false,
-                    files: vec![],
-                    retention_micros: None,
-                    field_ids: vec![],
-                    layout: None,
-                    stripes: vec![],
-                },
-            );
+            ok(&mut catalog, create(name));
         }
         let chunk = |id: u128| StripeChunk {
             chunk: ChunkId(id),
@@ -322,7 +292,7 @@ mod tests {
             checksum_crc32c: 1,
         };
         let t1 = catalog.table("public", "t1").expect("t1").id;
-        run(
+        ok(
             &mut catalog,
             Command::Commit {
                 changes: vec![TableChange {
@@ -344,7 +314,7 @@ mod tests {
                 read_set: vec![],
             },
         );
-        run(
+        ok(
             &mut catalog,
             Command::DropTable {
                 schema: "public".into(),
@@ -352,7 +322,7 @@ mod tests {
                 if_exists: false,
             },
         );
-        run(
+        ok(
             &mut catalog,
             Command::CreateView {
                 view: View {

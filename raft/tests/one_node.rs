@@ -1,37 +1,20 @@
 //! A one-voter metadata group on a real redb file: writes, reads, restart, snapshots.
 
+mod support;
+
 use std::time::Duration;
 
-use quarry_common::catalog::{ChunkId, ColumnType, DataFile};
+use quarry_common::catalog::{ChunkId, DataFile};
 use quarry_raft::network::Unconnected;
-use quarry_raft::{
-    Applied, CatalogError, ColumnDef, Command, Error, Meta, MetaConfig, NodeAddr, TableChange,
-};
+use quarry_raft::{Applied, CatalogError, Command, Error, Meta, MetaConfig, NodeAddr, TableChange};
+
+use support::create_table;
 
 fn config(snapshot_every_entries: u64) -> MetaConfig {
     let mut config = MetaConfig::new(1, NodeAddr::default());
     config.heartbeat_interval = Duration::from_millis(50);
     config.snapshot_every_entries = snapshot_every_entries;
     config
-}
-
-fn create_table(name: &str) -> Command {
-    Command::CreateTable {
-        schema: "public".into(),
-        name: name.into(),
-        columns: vec![ColumnDef {
-            name: "id".into(),
-            column_type: ColumnType::Int64,
-            nullable: false,
-            default: None,
-        }],
-        if_not_exists: false,
-        files: vec![],
-        retention_micros: None,
-        field_ids: vec![],
-        layout: None,
-        stripes: vec![],
-    }
 }
 
 fn data_file(chunk: u128) -> DataFile {

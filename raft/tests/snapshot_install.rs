@@ -3,6 +3,8 @@
 // openraft's RPCError is large and is the error type its traits require.
 #![allow(clippy::result_large_err)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use quarry_common::catalog::ColumnType;
-use quarry_raft::{ColumnDef, Command, Meta, MetaConfig, NodeAddr, NodeId, Raft, TypeConfig};
+use quarry_raft::{Meta, MetaConfig, NodeAddr, NodeId, Raft, TypeConfig};
+use support::create_table;
 
 /// Routes Raft RPCs between in-process nodes; counts snapshot chunks.
 #[derive(Clone, Default)]
@@ -124,25 +126,6 @@ async fn open(dir: &std::path::Path, id: NodeId, router: &Router) -> Meta {
     .expect("open");
     router.add(id, meta.raft().clone());
     meta
-}
-
-fn create_table(name: &str) -> Command {
-    Command::CreateTable {
-        schema: "public".into(),
-        name: name.into(),
-        columns: vec![ColumnDef {
-            name: "id".into(),
-            column_type: ColumnType::Int64,
-            nullable: false,
-            default: None,
-        }],
-        if_not_exists: false,
-        files: vec![],
-        retention_micros: None,
-        field_ids: vec![],
-        layout: None,
-        stripes: vec![],
-    }
 }
 
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {

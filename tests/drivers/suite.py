@@ -26,6 +26,16 @@ def case(function):
     return function
 
 
+def fails(conn, sql, error, why):
+    """Runs `sql` on `conn`, which must fail with `error` (a psycopg error
+    class); `why` says what succeeding would mean."""
+    try:
+        conn.execute(sql)
+    except error:
+        return
+    raise AssertionError(why)
+
+
 @case
 def psycopg_nested_transactions(connect):
     """psycopg's nested `conn.transaction()` blocks are savepoints
@@ -69,18 +79,12 @@ def psycopg_savepoint_errors(connect):
     until ROLLBACK TO a savepoint that exists."""
     with connect() as conn:
         for statement in ["SAVEPOINT a", "RELEASE SAVEPOINT a", "ROLLBACK TO SAVEPOINT a"]:
-            try:
-                conn.execute(statement)
-                raise AssertionError(f"{statement} outside a block succeeded")
-            except psycopg.errors.NoActiveSqlTransaction:
-                pass
+            fails(conn, statement, psycopg.errors.NoActiveSqlTransaction,
+                  f"{statement} outside a block succeeded")
         conn.execute("BEGIN")
         conn.execute("SAVEPOINT a")
-        try:
-            conn.execute("RELEASE SAVEPOINT b")
-            raise AssertionError("RELEASE of an unknown savepoint succeeded")
-        except psycopg.errors.InvalidSavepointSpecification:
-            pass
+        fails(conn, "RELEASE SAVEPOINT b", psycopg.errors.InvalidSavepointSpecification,
+              "RELEASE of an unknown savepoint succeeded")
         status = conn.info.transaction_status
         assert status == psycopg.pq.TransactionStatus.INERROR, status
         conn.execute("ROLLBACK TO SAVEPOINT a")
@@ -151,38 +155,26 @@ def sql_cursors(connect):
         assert conn.execute("FETCH NEXT FROM c").fetchall() == [(3,)]
         assert conn.execute("FETCH FORWARD ALL FROM c").fetchall() == [(4,), (5,)]
         assert conn.execute("FETCH c").fetchall() == []
-        try:
-            conn.execute("DECLARE c CURSOR FOR SELECT 1")
-            raise AssertionError("a second cursor c was declared")
-        except psycopg.errors.DuplicateCursor:
-            pass
+        fails(conn, "DECLARE c CURSOR FOR SELECT 1", psycopg.errors.DuplicateCursor,
+              "a second cursor c was declared")
         conn.execute("ROLLBACK")
         conn.execute("BEGIN")
         conn.execute("DECLARE d NO SCROLL CURSOR FOR SELECT id FROM sqlcurs ORDER BY id")
-        try:
-            conn.execute("FETCH BACKWARD 1 FROM d")
-            raise AssertionError("a NO SCROLL cursor went backward")
-        except psycopg.errors.ObjectNotInPrerequisiteState:
-            pass
+        fails(conn, "FETCH BACKWARD 1 FROM d", psycopg.errors.ObjectNotInPrerequisiteState,
+              "a NO SCROLL cursor went backward")
         conn.execute("ROLLBACK")
         conn.execute("BEGIN")
         conn.execute("DECLARE e CURSOR FOR SELECT id FROM sqlcurs")
         conn.execute("CLOSE e")
-        try:
-            conn.execute("FETCH 1 FROM e")
-            raise AssertionError("a closed cursor fetched")
-        except psycopg.errors.InvalidCursorName:
-            pass
+        fails(conn, "FETCH 1 FROM e", psycopg.errors.InvalidCursorName,
+              "a closed cursor fetched")
         conn.execute("ROLLBACK")
         # The end of the block closes a cursor without WITH HOLD.
         conn.execute("BEGIN")
         conn.execute("DECLARE f CURSOR FOR SELECT id FROM sqlcurs")
         conn.execute("COMMIT")
-        try:
-            conn.execute("FETCH 1 FROM f")
-            raise AssertionError("a cursor outlived its block")
-        except psycopg.errors.InvalidCursorName:
-            pass
+        fails(conn, "FETCH 1 FROM f", psycopg.errors.InvalidCursorName,
+              "a cursor outlived its block")
 
 
 @case

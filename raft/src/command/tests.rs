@@ -3,7 +3,7 @@
 use super::*;
 use quarry_common::catalog::ChunkId;
 
-fn run(catalog: &mut Catalog, command: Command) -> Result<Applied, CatalogError> {
+pub(crate) fn run(catalog: &mut Catalog, command: Command) -> Result<Applied, CatalogError> {
     apply(
         catalog,
         &Proposal {
@@ -13,7 +13,7 @@ fn run(catalog: &mut Catalog, command: Command) -> Result<Applied, CatalogError>
     )
 }
 
-fn with_public() -> Catalog {
+pub(crate) fn with_public() -> Catalog {
     let mut catalog = Catalog::default();
     run(
         &mut catalog,
@@ -26,7 +26,7 @@ fn with_public() -> Catalog {
     catalog
 }
 
-fn create(name: &str) -> Command {
+pub(crate) fn create(name: &str) -> Command {
     Command::CreateTable {
         schema: "public".into(),
         name: name.into(),
@@ -57,7 +57,7 @@ fn append(table: TableId, added: Vec<DataFile>) -> Command {
     }
 }
 
-fn file(rows: u64) -> DataFile {
+pub(crate) fn file(rows: u64) -> DataFile {
     DataFile {
         chunk: ChunkId(rows as u128),
         size_bytes: 10,
