@@ -265,6 +265,51 @@ def psycopg_binary_copy(connect):
         assert count == (2,), count
 
 
+@case
+def asyncpg_queries_copy_and_cursors(connect):
+    """asyncpg: prepared statements with binary results, executemany,
+    copy_records_to_table (binary COPY) and a cursor that prefetches a row at
+    a time (Execute with a row limit)."""
+    import asyncio
+    import datetime
+    import decimal
+
+    import asyncpg
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE ap (id BIGINT NOT NULL, name TEXT, price NUMERIC(10, 2), day DATE)")
+        where = dict(host=conn.info.host, port=conn.info.port, user=conn.info.user,
+                     database=conn.info.dbname)
+
+    async def main():
+        c = await asyncpg.connect(**where)
+        try:
+            assert await c.fetchval("SELECT 1") == 1
+            await c.executemany(
+                "INSERT INTO ap VALUES ($1, $2, $3, $4)",
+                [(1, "a", decimal.Decimal("1.50"), datetime.date(2026, 1, 1)),
+                 (2, None, None, None)])
+            copied = await c.copy_records_to_table(
+                "ap", records=[(3, "c", decimal.Decimal("2.25"), datetime.date(2026, 1, 3))])
+            assert copied == "COPY 1", copied
+            rows = [tuple(r) for r in await c.fetch("SELECT * FROM ap ORDER BY id")]
+            assert rows == [
+                (1, "a", decimal.Decimal("1.50"), datetime.date(2026, 1, 1)),
+                (2, None, None, None),
+                (3, "c", decimal.Decimal("2.25"), datetime.date(2026, 1, 3)),
+            ], rows
+            async with c.transaction():
+                ids = [r["id"] async for r in c.cursor("SELECT id FROM ap ORDER BY id",
+                                                       prefetch=1)]
+            assert ids == [1, 2, 3], ids
+            statement = await c.prepare("SELECT name FROM ap WHERE id = $1")
+            assert await statement.fetchval(3) == "c"
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
 def run(name, connect):
     try:
         CASES[name](connect)
