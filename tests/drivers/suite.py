@@ -310,6 +310,23 @@ def asyncpg_queries_copy_and_cursors(connect):
     asyncio.run(main())
 
 
+@case
+def node_postgres(connect):
+    """node-postgres (npm `pg`, with `pg-cursor`): tests/drivers/node/pg_case.js
+    against the same server (`npm ci` in tests/drivers/node installs it)."""
+    import subprocess
+
+    with connect() as conn:
+        info = conn.info
+        env = dict(os.environ, PGHOST=info.host, PGPORT=str(info.port), PGUSER=info.user,
+                   PGDATABASE=info.dbname)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+    done = subprocess.run(["node", os.path.join(here, "pg_case.js")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "node-postgres: ok" in done.stdout, \
+        done.stdout + done.stderr
+
+
 def run(name, connect):
     try:
         CASES[name](connect)
