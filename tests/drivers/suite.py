@@ -327,6 +327,48 @@ def node_postgres(connect):
         done.stdout + done.stderr
 
 
+@case
+def pg8000_native_and_dbapi(connect):
+    """pg8000 (pure Python; typed parameters in the extended protocol): named
+    parameters, NUMERIC and DATE round trips, a list parameter with ANY,
+    DB-API executemany in a transaction."""
+    import datetime
+    import decimal
+
+    import pg8000.dbapi
+    import pg8000.native
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE p8 (id BIGINT NOT NULL, name TEXT, price NUMERIC(10, 2), day DATE)")
+        info = conn.info
+        where = dict(user=info.user, database=info.dbname)
+        if info.host.startswith("/"):
+            where["unix_sock"] = f"{info.host}/.s.PGSQL.{info.port}"
+        else:
+            where.update(host=info.host, port=info.port)
+    native = pg8000.native.Connection(**where)
+    try:
+        native.run("INSERT INTO p8 VALUES (:id, :name, :price, :day)", id=1, name="a",
+                   price=decimal.Decimal("1.50"), day=datetime.date(2026, 1, 1))
+        rows = native.run("SELECT * FROM p8 WHERE id = :id", id=1)
+        assert rows == [[1, "a", decimal.Decimal("1.50"), datetime.date(2026, 1, 1)]], rows
+    finally:
+        native.close()
+    dbapi = pg8000.dbapi.connect(**where)
+    try:
+        cursor = dbapi.cursor()
+        cursor.executemany("INSERT INTO p8 VALUES (%s, %s, %s, %s)",
+                           [(2, "b", decimal.Decimal("2.50"), None), (3, None, None, None)])
+        dbapi.commit()
+        cursor.execute("SELECT name FROM p8 WHERE name = ANY(%s) ORDER BY name", (["a", "b"],))
+        names = [row[0] for row in cursor.fetchall()]
+        assert names == ["a", "b"], names
+        cursor.execute("SELECT count(*) FROM p8")
+        assert cursor.fetchone()[0] == 3
+    finally:
+        dbapi.close()
+
+
 def run(name, connect):
     try:
         CASES[name](connect)
