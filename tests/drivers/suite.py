@@ -369,6 +369,25 @@ def pg8000_native_and_dbapi(connect):
         dbapi.close()
 
 
+@case
+def jdbc(connect):
+    """PostgreSQL's JDBC driver (Debian's libpostgresql-jdbc-java):
+    tests/drivers/jdbc/JdbcCase.java against the same server over TCP."""
+    import subprocess
+
+    with connect() as conn:
+        info = conn.info
+        host = "127.0.0.1" if info.host.startswith("/") else info.host
+        url = f"jdbc:postgresql://{host}:{info.port}/{info.dbname}"
+        user = info.user
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jdbc")
+    done = subprocess.run(
+        ["java", "-cp", "/usr/share/java/postgresql.jar",
+         os.path.join(here, "JdbcCase.java"), url, user],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "jdbc: ok" in done.stdout, done.stdout + done.stderr
+
+
 def run(name, connect):
     try:
         CASES[name](connect)
@@ -384,7 +403,7 @@ def main():
     unknown = [n for n in names if n not in CASES]
     if unknown:
         sys.exit(f"unknown cases {unknown}; known: {list(CASES)}")
-    server = Server()
+    server = Server(tcp=True)
     failed = []
     try:
         for index, name in enumerate(names):
@@ -393,7 +412,8 @@ def main():
                 admin.execute(f"CREATE DATABASE {dbname}")
             targets = {
                 "PostgreSQL": lambda db=dbname: psycopg.connect(
-                    host=server.dir, user="postgres", dbname=db, autocommit=True),
+                    host=server.dir, port=server.port, user="postgres", dbname=db,
+                    autocommit=True),
                 "Quarry": lambda: psycopg.connect(
                     host="127.0.0.1", port=port, user="drivers", dbname="quarry",
                     autocommit=True),

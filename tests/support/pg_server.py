@@ -10,6 +10,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,9 +19,11 @@ import psycopg
 
 
 class Server:
-    """A throwaway PostgreSQL server on a Unix socket in a temporary directory."""
+    """A throwaway PostgreSQL server on a Unix socket in a temporary directory,
+    and with `tcp`, on a free port of 127.0.0.1 too (`self.port`), for
+    clients that cannot use a Unix socket (JDBC)."""
 
-    def __init__(self):
+    def __init__(self, tcp=False):
         initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                          key=lambda p: int(p.split("/")[4]))
         if not initdbs:
@@ -35,8 +38,16 @@ class Server:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
                  "-E", "UTF8", "--locale=C")
+        self.port = 5432
+        listen = "''"
+        if tcp:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            listen = "127.0.0.1"
         self.run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.dir, "log"),
-                 "-o", f"-k {self.dir} -c listen_addresses='' -c fsync=off", "start")
+                 "-o", f"-k {self.dir} -p {self.port} -c listen_addresses={listen} -c fsync=off",
+                 "start")
 
     def run(self, program, *args):
         command = [os.path.join(self.bin, program), *args]
@@ -47,7 +58,7 @@ class Server:
             sys.exit(f"{program} failed: {done.stdout}{done.stderr}")
 
     def connect(self, dbname):
-        return psycopg.connect(host=self.dir, user="postgres", dbname=dbname,
+        return psycopg.connect(host=self.dir, port=self.port, user="postgres", dbname=dbname,
                                autocommit=True)
 
     def stop(self):

@@ -1,0 +1,73 @@
+// PostgreSQL's JDBC driver (Debian's libpostgresql-jdbc-java) against one
+// server: statements, prepared statements, batches, a fetch size that pages
+// a result through a portal, and DatabaseMetaData. Run by
+// tests/drivers/suite.py as `java -cp postgresql.jar JdbcCase.java URL USER`;
+// exits non-zero on any mismatch.
+import java.math.BigDecimal;
+import java.sql.*;
+import java.util.*;
+
+public class JdbcCase {
+    static void check(boolean ok, String what) {
+        if (!ok) throw new AssertionError(what);
+    }
+
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.setProperty("user", args[1]);
+        try (Connection c = DriverManager.getConnection(args[0], props)) {
+            try (Statement s = c.createStatement()) {
+                s.execute("CREATE TABLE jd (id BIGINT NOT NULL, name TEXT, price NUMERIC(10, 2))");
+                try (ResultSet r = s.executeQuery("SELECT 1")) {
+                    check(r.next() && r.getInt(1) == 1, "SELECT 1");
+                    check(r.getMetaData().getColumnType(1) == Types.INTEGER, "SELECT 1 is int4");
+                }
+            }
+            try (PreparedStatement p = c.prepareStatement("INSERT INTO jd VALUES (?, ?, ?)")) {
+                for (int i = 1; i <= 250; i++) {
+                    p.setLong(1, i);
+                    p.setString(2, i % 2 == 0 ? null : "n" + i);
+                    p.setBigDecimal(3, new BigDecimal(i + ".25"));
+                    p.addBatch();
+                }
+                int[] counts = p.executeBatch();
+                check(counts.length == 250, "batch of 250");
+            }
+            c.setAutoCommit(false);
+            try (PreparedStatement p = c.prepareStatement(
+                    "SELECT id, name, price FROM jd WHERE id > ? ORDER BY id")) {
+                p.setFetchSize(40);
+                p.setLong(1, 10);
+                long sum = 0;
+                int rows = 0;
+                try (ResultSet r = p.executeQuery()) {
+                    while (r.next()) {
+                        rows++;
+                        sum += r.getLong(1);
+                        if (r.getLong(1) == 11) {
+                            check("n11".equals(r.getString(2)), "name of 11");
+                            check(new BigDecimal("11.25").equals(r.getBigDecimal(3)), "price of 11");
+                        }
+                    }
+                }
+                check(rows == 240, "240 rows, got " + rows);
+                check(sum == (250L * 251 / 2) - 55, "sum of ids");
+            }
+            c.commit();
+            c.setAutoCommit(true);
+            DatabaseMetaData meta = c.getMetaData();
+            List<String> tables = new ArrayList<>();
+            try (ResultSet r = meta.getTables(null, "public", "%", new String[] {"TABLE"})) {
+                while (r.next()) tables.add(r.getString("TABLE_NAME"));
+            }
+            check(tables.contains("jd"), "getTables lists jd: " + tables);
+            List<String> columns = new ArrayList<>();
+            try (ResultSet r = meta.getColumns(null, "public", "jd", "%")) {
+                while (r.next()) columns.add(r.getString("COLUMN_NAME") + ":" + r.getString("TYPE_NAME"));
+            }
+            check(columns.equals(List.of("id:int8", "name:text", "price:numeric")),
+                  "getColumns: " + columns);
+        }
+        System.out.println("jdbc: ok");
+    }
+}
