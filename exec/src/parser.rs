@@ -544,6 +544,61 @@ fn array_of_subquery(subquery: &Query) -> Option<Expr> {
     Some(Expr::Subquery(query))
 }
 
+/// A scalar subquery that reads only pg_catalog tables and returns one plain
+/// value (JDBC's `(SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE
+/// c.oid = t.typrelid)`) is a lookup by a unique key; DataFusion plans a
+/// correlated scalar subquery only when it is aggregated, so the value is
+/// wrapped in `max(...)`, which keeps a single row's value (and NULL for
+/// none).
+fn aggregate_catalog_lookup(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let catalog_only = !select.from.is_empty()
+        && select.from.iter().all(|from| {
+            std::iter::once(&from.relation)
+                .chain(from.joins.iter().map(|j| &j.relation))
+                .all(|relation| {
+                    matches!(relation, TableFactor::Table { name, args: None, .. }
+                    if name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                        i.value.to_ascii_lowercase().starts_with("pg_")
+                    }))
+                })
+        });
+    let plain_group_by =
+        matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    if !catalog_only || !plain_group_by || select.having.is_some() {
+        return;
+    }
+    let [SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }] =
+        select.projection.as_mut_slice()
+    else {
+        return;
+    };
+    if matches!(value, Expr::Function(_)) {
+        return;
+    }
+    let Some(Statement::Query(max)) = parse_postgres("SELECT max(1)")
+        .ok()
+        .and_then(|mut s| s.pop())
+    else {
+        return;
+    };
+    let SetExpr::Select(max) = *max.body else {
+        return;
+    };
+    let Some(SelectItem::UnnamedExpr(Expr::Function(mut max))) = max.projection.into_iter().next()
+    else {
+        return;
+    };
+    if let ast::FunctionArguments::List(list) = &mut max.args {
+        list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+            value.clone(),
+        ))];
+    }
+    *value = Expr::Function(max);
+}
+
 /// Replaces PostgreSQL's `to_reg*(name)` lookups in `statement` by their
 /// subqueries (see [`REG_LOOKUPS`]), and `ARRAY(subquery)` by an aggregate
 /// over the subquery's rows.
@@ -607,6 +662,10 @@ pub fn rewrite_reg_lookups(statement: &mut Statement) {
             ControlFlow::Continue(())
         }
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Subquery(query) = expr {
+                aggregate_catalog_lookup(query);
+                return ControlFlow::Continue(());
+            }
             let Expr::Function(function) = expr else {
                 return ControlFlow::Continue(());
             };
