@@ -485,8 +485,104 @@ const ARRAY_OF_SUBQUERY: &str = "SELECT coalesce(array_agg(__quarry_array_value 
      ORDER BY __quarry_array_order), make_array()) \
      FROM (SELECT 1, 1) AS __quarry_array_rows(__quarry_array_value, __quarry_array_order)";
 
+/// `coalesce(array_agg(value ORDER BY ...), make_array())`: the values of a
+/// simple subquery's rows as an array, empty for none.
+const ARRAY_AGGREGATE: &str = "SELECT coalesce(array_agg(1 ORDER BY 1), make_array())";
+
+/// Aggregates that a subquery's single value must not be, for it to become
+/// `array_agg(value)` in place.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+];
+
+/// `ARRAY(subquery)` of a plain `SELECT value FROM ... [WHERE] [ORDER BY]`:
+/// the same query with `value` aggregated in place, so references to the
+/// outer query stay where they were (psql's `\du` correlates one).
+fn array_in_place(subquery: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = subquery.body.as_ref() else {
+        return None;
+    };
+    let plain = subquery.with.is_none()
+        && subquery.limit_clause.is_none()
+        && subquery.fetch.is_none()
+        && select.distinct.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+        && select.projection.len() == 1;
+    if !plain {
+        return None;
+    }
+    let mut query = subquery.clone();
+    let order = match query.order_by.take() {
+        Some(ast::OrderBy {
+            kind: ast::OrderByKind::Expressions(order),
+            ..
+        }) => order,
+        Some(_) => return None,
+        None => Vec::new(),
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let value = match select.projection.pop()? {
+        SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. } => value,
+        _ => return None,
+    };
+    if let Expr::Function(f) = &value
+        && AGGREGATES.contains(&f.name.to_string().to_lowercase().as_str())
+    {
+        return None;
+    }
+    let Some(Statement::Query(template)) = parse_postgres(ARRAY_AGGREGATE)
+        .ok()
+        .and_then(|mut s| s.pop())
+    else {
+        return None;
+    };
+    let SetExpr::Select(template) = *template.body else {
+        return None;
+    };
+    let Some(SelectItem::UnnamedExpr(Expr::Function(mut coalesce))) =
+        template.projection.into_iter().next()
+    else {
+        return None;
+    };
+    let ast::FunctionArguments::List(arguments) = &mut coalesce.args else {
+        return None;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Function(array_agg)))) =
+        arguments.args.first_mut()
+    else {
+        return None;
+    };
+    let ast::FunctionArguments::List(list) = &mut array_agg.args else {
+        return None;
+    };
+    list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(value))];
+    list.clauses = if order.is_empty() {
+        Vec::new()
+    } else {
+        vec![ast::FunctionArgumentClause::OrderBy(order)]
+    };
+    select
+        .projection
+        .push(SelectItem::UnnamedExpr(Expr::Function(coalesce)));
+    Some(Expr::Subquery(Box::new(query)))
+}
+
 /// `ARRAY(subquery)` as a scalar subquery over the subquery's rows.
 fn array_of_subquery(subquery: &Query) -> Option<Expr> {
+    if let Some(array) = array_in_place(subquery) {
+        return Some(array);
+    }
     let mut rows = subquery.clone();
     let order = match rows.order_by.take() {
         Some(ast::OrderBy {

@@ -105,6 +105,8 @@ async fn psql_lists_and_describes_the_tables() {
         "{views}"
     );
     assert!(!views.contains("lineitem"), "\\dv lists tables:\n{views}");
+    let roles = psql("\\du");
+    assert!(roles.contains("List of roles"), "{roles}");
     let view = psql("\\d tpch.nation_names");
     assert!(
         view.contains("View \"tpch.nation_names\"") && view.contains("n_name"),
