@@ -371,22 +371,7 @@ impl Session {
             datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
         )
         .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
-        // Every type is a built-in of pg_catalog, which is always on the
-        // search path: visible (SQLAlchemy's column reflection asks).
-        ctx.register_udf(datafusion::logical_expr::create_udf(
-            "pg_type_is_visible",
-            vec![DataType::Int32],
-            DataType::Boolean,
-            datafusion::logical_expr::Volatility::Stable,
-            Arc::new(|args: &[datafusion::logical_expr::ColumnarValue]| {
-                let rows = datafusion::logical_expr::ColumnarValue::values_to_arrays(args)?
-                    .first()
-                    .map_or(1, |a| a.len());
-                Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
-                    datafusion::arrow::array::BooleanArray::from(vec![true; rows]),
-                )))
-            }),
-        ));
+        crate::pg_functions::register(&ctx);
         // Drivers (SQLAlchemy's among them) parse `version()` as PostgreSQL's.
         ctx.register_udf(datafusion::logical_expr::create_udf(
             "version",
