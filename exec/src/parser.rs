@@ -428,9 +428,7 @@ pub fn filter_information_schema_views(statement: &mut Statement) {
             if !is_views {
                 return ControlFlow::Continue(());
             }
-            let Some(Statement::Query(subquery)) =
-                parse_postgres(VIEWS_ONLY).ok().and_then(|mut s| s.pop())
-            else {
+            let Some(subquery) = template_query(VIEWS_ONLY) else {
                 return ControlFlow::Continue(());
             };
             let alias = alias.take().unwrap_or_else(|| TableAlias {
@@ -484,6 +482,25 @@ const REG_LOOKUPS: &[(&str, &str)] = &[
 const ARRAY_OF_SUBQUERY: &str = "SELECT coalesce(array_agg(__quarry_array_value \
      ORDER BY __quarry_array_order), make_array()) \
      FROM (SELECT 1, 1) AS __quarry_array_rows(__quarry_array_value, __quarry_array_order)";
+
+/// The query of a fixed SQL text (one of this module's templates).
+fn template_query(sql: &str) -> Option<Box<Query>> {
+    match parse_postgres(sql).ok()?.pop()? {
+        Statement::Query(query) => Some(query),
+        _ => None,
+    }
+}
+
+/// The function call a fixed `SELECT f(...)` text selects.
+fn template_function(sql: &str) -> Option<ast::Function> {
+    let SetExpr::Select(select) = *template_query(sql)?.body else {
+        return None;
+    };
+    match select.projection.into_iter().next()? {
+        SelectItem::UnnamedExpr(Expr::Function(function)) => Some(function),
+        _ => None,
+    }
+}
 
 /// `coalesce(array_agg(value ORDER BY ...), make_array())`: the values of a
 /// simple subquery's rows as an array, empty for none.
@@ -541,20 +558,7 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
     {
         return None;
     }
-    let Some(Statement::Query(template)) = parse_postgres(ARRAY_AGGREGATE)
-        .ok()
-        .and_then(|mut s| s.pop())
-    else {
-        return None;
-    };
-    let SetExpr::Select(template) = *template.body else {
-        return None;
-    };
-    let Some(SelectItem::UnnamedExpr(Expr::Function(mut coalesce))) =
-        template.projection.into_iter().next()
-    else {
-        return None;
-    };
+    let mut coalesce = template_function(ARRAY_AGGREGATE)?;
     let ast::FunctionArguments::List(arguments) = &mut coalesce.args else {
         return None;
     };
@@ -601,32 +605,14 @@ fn array_of_subquery(subquery: &Query) -> Option<Expr> {
     if select.projection.len() != 1 {
         return None;
     }
-    let Some(Statement::Query(numbered)) = parse_postgres("SELECT row_number() OVER ()")
-        .ok()
-        .and_then(|mut s| s.pop())
-    else {
-        return None;
-    };
-    let SetExpr::Select(numbered) = *numbered.body else {
-        return None;
-    };
-    let Some(SelectItem::UnnamedExpr(Expr::Function(mut row_number))) =
-        numbered.projection.into_iter().next()
-    else {
-        return None;
-    };
+    let mut row_number = template_function("SELECT row_number() OVER ()")?;
     if let Some(ast::WindowType::WindowSpec(spec)) = &mut row_number.over {
         spec.order_by = order;
     }
     select
         .projection
         .push(SelectItem::UnnamedExpr(Expr::Function(row_number)));
-    let Some(Statement::Query(mut query)) = parse_postgres(ARRAY_OF_SUBQUERY)
-        .ok()
-        .and_then(|mut s| s.pop())
-    else {
-        return None;
-    };
+    let mut query = template_query(ARRAY_OF_SUBQUERY)?;
     let SetExpr::Select(outer) = query.body.as_mut() else {
         return None;
     };
@@ -674,17 +660,7 @@ fn aggregate_catalog_lookup(query: &mut Query) {
     if matches!(value, Expr::Function(_)) {
         return;
     }
-    let Some(Statement::Query(max)) = parse_postgres("SELECT max(1)")
-        .ok()
-        .and_then(|mut s| s.pop())
-    else {
-        return;
-    };
-    let SetExpr::Select(max) = *max.body else {
-        return;
-    };
-    let Some(SelectItem::UnnamedExpr(Expr::Function(mut max))) = max.projection.into_iter().next()
-    else {
+    let Some(mut max) = template_function("SELECT max(1)") else {
         return;
     };
     if let ast::FunctionArguments::List(list) = &mut max.args {
@@ -790,9 +766,7 @@ pub fn rewrite_reg_lookups(statement: &mut Statement) {
                 return ControlFlow::Continue(());
             };
             let argument = argument.clone();
-            let Some(Statement::Query(mut query)) =
-                parse_postgres(template).ok().and_then(|mut s| s.pop())
-            else {
+            let Some(mut query) = template_query(template) else {
                 return ControlFlow::Continue(());
             };
             struct Bind(Expr);
