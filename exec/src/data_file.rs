@@ -233,6 +233,7 @@ impl WriteSet {
         Ok((changes, reads))
     }
 
+    /// Empties the set (its savepoints released before, by the callers).
     #[allow(clippy::type_complexity)]
     fn take_pending(
         &self,
@@ -246,18 +247,8 @@ impl WriteSet {
             mut removed,
             reads,
             sinks,
-            savepoints,
+            savepoints: _,
         } = std::mem::take(&mut *self.lock());
-        // Files only savepoints still held (a rollback discards them all).
-        for (table, chunk) in savepoints.iter().flat_map(|c| Pending::files_of(&c.added)) {
-            if !added
-                .get(&table)
-                .is_some_and(|files| files.iter().any(|f| f.chunk == chunk))
-                && let Some(sink) = sinks.get(&table)
-            {
-                sink.discard(chunk);
-            }
-        }
         let mut changes: Vec<TableChange> = added
             .into_iter()
             .map(|(table, added)| TableChange {
@@ -291,6 +282,8 @@ impl WriteSet {
 
     /// Deletes every pending file and forgets every change.
     pub fn discard(&self) {
+        // Files only a savepoint held first, then the changes' own.
+        self.release(0);
         let (changes, _, _) = self.take_pending();
         self.discard_changes(changes);
     }
@@ -690,6 +683,19 @@ mod tests {
         let (changes, _) = writes.take().await.expect("take");
         let committed: Vec<ChunkId> = changes[0].added.iter().map(|f| f.chunk).collect();
         assert_eq!(committed, vec![fourth]);
+        assert_eq!(chunks.list().expect("list"), vec![fourth]);
+
+        // A rolled-back transaction deletes what only a savepoint held too.
+        write(vec![5]).await;
+        let fifth = writes.added_to(table.id)[0].chunk;
+        writes.savepoint();
+        writes.remove(table.id, fifth);
+        assert_eq!(
+            chunks.list().expect("list").len(),
+            2,
+            "the savepoint holds it"
+        );
+        writes.discard();
         assert_eq!(chunks.list().expect("list"), vec![fourth]);
     }
 
