@@ -5,14 +5,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result as DfResult;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 
-/// Registers the functions on `ctx`.
-pub fn register(ctx: &SessionContext) {
+/// Registers the functions on `ctx`, whose catalog (the session's pinned
+/// view) is `catalog`.
+pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog>) {
     // Every type and function is a built-in of pg_catalog, which is always
     // on the search path: visible.
     for name in ["pg_type_is_visible", "pg_function_is_visible"] {
@@ -22,6 +23,34 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(no_description("obj_description", 2));
     ctx.register_udf(no_description("col_description", 2));
     ctx.register_udf(no_description("shobj_description", 2));
+    // The bytes of the data files the database's tables read now (their
+    // current snapshots); NULL for another database's name.
+    ctx.register_udf(create_udf(
+        "pg_database_size",
+        vec![DataType::Utf8],
+        DataType::Int64,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let view = catalog.view();
+            let size: u64 = view
+                .catalog
+                .tables
+                .values()
+                .flat_map(|t| t.files_at(t.current_snapshot().id))
+                .map(|f| f.size_bytes)
+                .sum();
+            let sizes: Int64Array = names
+                .iter()
+                .map(|name| {
+                    (name == Some(crate::catalog::CATALOG_NAME))
+                        .then(|| i64::try_from(size).unwrap_or(i64::MAX))
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(sizes) as ArrayRef))
+        }),
+    ));
     ctx.register_udf(create_udf(
         "pg_size_pretty",
         vec![DataType::Int64],

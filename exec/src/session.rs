@@ -365,13 +365,13 @@ impl Session {
             state.upgrade().map(|state| state.read().clone())
         }));
         ctx.register_catalog(CATALOG_NAME, catalog.clone());
+        crate::pg_functions::register(&ctx, catalog.clone());
         datafusion_pg_catalog::setup_pg_catalog(
             &ctx,
             CATALOG_NAME,
             datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
         )
         .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
-        crate::pg_functions::register(&ctx);
         // Drivers (SQLAlchemy's among them) parse `version()` as PostgreSQL's.
         ctx.register_udf(datafusion::logical_expr::create_udf(
             "version",

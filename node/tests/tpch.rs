@@ -105,6 +105,15 @@ async fn psql_lists_and_describes_the_tables() {
         "{views}"
     );
     assert!(!views.contains("lineitem"), "\\dv lists tables:\n{views}");
+    let databases = psql("\\l+");
+    let quarry = databases
+        .lines()
+        .find(|l| l.trim_start().starts_with("quarry"))
+        .unwrap_or_default();
+    assert!(
+        quarry.contains(" MB") || quarry.contains(" kB"),
+        "{databases}"
+    );
     let roles = psql("\\du");
     assert!(roles.contains("List of roles"), "{roles}");
     let view = psql("\\d tpch.nation_names");
