@@ -73,6 +73,8 @@ impl SqlState {
     pub const WRONG_OBJECT_TYPE: SqlState = SqlState("42809");
     /// 42P16 invalid_table_definition.
     pub const INVALID_TABLE_DEFINITION: SqlState = SqlState("42P16");
+    /// 42P10 invalid_column_reference.
+    pub const INVALID_COLUMN_REFERENCE: SqlState = SqlState("42P10");
     /// 42701 duplicate_column.
     pub const DUPLICATE_COLUMN: SqlState = SqlState("42701");
     /// 3F000 invalid_schema_name: the schema does not exist.

@@ -100,6 +100,10 @@ pub struct RecordParser {
     skip_lines: u64,
     /// Text format: saw the `\.` end-of-data marker.
     ended: bool,
+    /// CSV: positions of the fields FORCE_NOT_NULL never reads as NULL.
+    force_not_null: Vec<usize>,
+    /// CSV: positions of the fields FORCE_NULL reads as NULL when quoted too.
+    force_null: Vec<usize>,
 }
 
 impl RecordParser {
@@ -117,7 +121,18 @@ impl RecordParser {
             line_number: 1,
             skip_lines,
             ended: false,
+            force_not_null: Vec::new(),
+            force_null: Vec::new(),
         }
+    }
+
+    /// CSV's FORCE_NOT_NULL and FORCE_NULL: the positions (among the COPY's
+    /// columns) of the fields whose null string is never NULL, and of those
+    /// where it is NULL even quoted.
+    pub fn with_force(mut self, not_null: Vec<usize>, null: Vec<usize>) -> Self {
+        self.force_not_null = not_null;
+        self.force_null = null;
+        self
     }
 
     /// Parses `input`, calling `emit(line_number, record)` for each complete record.
@@ -295,7 +310,11 @@ impl RecordParser {
 
     fn end_field(&mut self, null: &str) {
         let bytes = std::mem::take(&mut self.field);
-        let value = if !self.field_quoted && bytes == null.as_bytes() {
+        let position = self.record.len();
+        let is_null = bytes == null.as_bytes()
+            && !self.force_not_null.contains(&position)
+            && (!self.field_quoted || self.force_null.contains(&position));
+        let value = if is_null {
             None
         } else {
             Some(String::from_utf8_lossy(&bytes).into_owned())
@@ -607,6 +626,9 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 pub struct RowFormatter {
     format: CopyFormat,
     header_pending: bool,
+    /// CSV's FORCE_QUOTE: positions of the columns whose values are always
+    /// quoted.
+    force_quote: Vec<usize>,
 }
 
 impl RowFormatter {
@@ -616,7 +638,15 @@ impl RowFormatter {
         RowFormatter {
             format,
             header_pending,
+            force_quote: Vec::new(),
         }
+    }
+
+    /// CSV's FORCE_QUOTE: the positions of the columns whose non-NULL values
+    /// are quoted even when they need not be.
+    pub fn with_force_quote(mut self, positions: Vec<usize>) -> Self {
+        self.force_quote = positions;
+        self
     }
 
     /// The bytes of `batch`'s rows (and the header before the first batch).
@@ -655,7 +685,7 @@ impl RowFormatter {
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            self.write_record(&mut out, names.iter().map(|n| Some(n.clone())));
+            self.write_record(&mut out, names.iter().map(|n| Some(n.clone())), false);
             ends.push(out.len());
         }
         for row in 0..batch.num_rows() {
@@ -695,7 +725,7 @@ impl RowFormatter {
                         })
                     }
                 });
-            self.write_record(&mut out, values);
+            self.write_record(&mut out, values, true);
             ends.push(out.len());
         }
         let out = bytes::Bytes::from(out);
@@ -710,7 +740,12 @@ impl RowFormatter {
             .collect())
     }
 
-    fn write_record(&self, out: &mut Vec<u8>, values: impl Iterator<Item = Option<String>>) {
+    fn write_record(
+        &self,
+        out: &mut Vec<u8>,
+        values: impl Iterator<Item = Option<String>>,
+        rows: bool,
+    ) {
         match &self.format {
             CopyFormat::Text { delimiter, null } => {
                 for (i, value) in values.enumerate() {
@@ -751,7 +786,8 @@ impl RowFormatter {
                     match value {
                         None => out.extend_from_slice(null.as_bytes()),
                         Some(v) => {
-                            let needs_quotes = v.is_empty() && null.is_empty()
+                            let needs_quotes = rows && self.force_quote.contains(&i)
+                                || v.is_empty() && null.is_empty()
                                 || v == *null
                                 || v.bytes().any(|b| {
                                     b == *delimiter || b == *quote || b == b'\n' || b == b'\r'

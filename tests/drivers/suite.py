@@ -388,6 +388,34 @@ def jdbc(connect):
     assert done.returncode == 0 and "jdbc: ok" in done.stdout, done.stdout + done.stderr
 
 
+@case
+def copy_csv_force_options(connect):
+    """COPY's CSV options FORCE_QUOTE (TO), FORCE_NOT_NULL and FORCE_NULL
+    (FROM), and their errors."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE fq (id INT NOT NULL, a TEXT, b TEXT)")
+        cur = conn.cursor()
+        with cur.copy("COPY fq FROM STDIN (FORMAT csv, FORCE_NOT_NULL (a), FORCE_NULL (b))") as copy:
+            copy.write('1,,""\n2,x,y\n')
+        rows = conn.execute("SELECT id, a, b FROM fq ORDER BY id").fetchall()
+        # a: the unquoted empty string is '' (not NULL); b: quoted "" is NULL.
+        assert rows == [(1, "", None), (2, "x", "y")], rows
+        with cur.copy("COPY fq TO STDOUT (FORMAT csv, FORCE_QUOTE (id, b))") as copy:
+            out = b"".join(bytes(data) for data in copy)
+        # An empty string is quoted anyway, to tell it from NULL.
+        assert out == b'"1","",\n"2",x,"y"\n', out
+        fails(conn, "COPY fq TO STDOUT (FORMAT csv, FORCE_NOT_NULL (a))",
+              psycopg.errors.FeatureNotSupported, "FORCE_NOT_NULL with COPY TO")
+        fails(conn, "COPY fq FROM STDIN (FORMAT csv, FORCE_QUOTE (a))",
+              psycopg.errors.FeatureNotSupported, "FORCE_QUOTE with COPY FROM")
+        fails(conn, "COPY fq FROM STDIN (FORMAT csv, FORCE_NOT_NULL (nope))",
+              psycopg.errors.UndefinedColumn, "FORCE_NOT_NULL of a missing column")
+        fails(conn, "COPY fq (id, a) FROM STDIN (FORMAT csv, FORCE_NOT_NULL (b))",
+              psycopg.errors.InvalidColumnReference, "FORCE_NOT_NULL of a column not copied")
+        fails(conn, "COPY fq TO STDOUT (FORCE_QUOTE (a))",
+              psycopg.errors.FeatureNotSupported, "FORCE_QUOTE outside CSV mode")
+
+
 def run(name, connect):
     try:
         CASES[name](connect)

@@ -11,10 +11,45 @@ pub(super) enum CopyEncoding {
     Binary,
 }
 
+/// CSV's FORCE_QUOTE, FORCE_NOT_NULL and FORCE_NULL column lists, by name.
+#[derive(Default)]
+pub(super) struct Force {
+    quote: Vec<String>,
+    not_null: Vec<String>,
+    null: Vec<String>,
+}
+
+impl Force {
+    fn is_empty(&self) -> bool {
+        self.quote.is_empty() && self.not_null.is_empty() && self.null.is_empty()
+    }
+
+    /// The positions of `names` among `columns`; 42P10 for a name that is
+    /// not one of them.
+    fn positions(option: &str, names: &[String], columns: &[String]) -> Result<Vec<usize>> {
+        names
+            .iter()
+            .map(|name| {
+                columns.iter().position(|c| c == name).ok_or_else(|| {
+                    user_error(
+                        SqlState::INVALID_COLUMN_REFERENCE,
+                        format!("{option} column \"{name}\" not referenced by COPY"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+fn force_names(columns: &[Ident]) -> Vec<String> {
+    columns.iter().map(normalize).collect()
+}
+
 pub(super) fn copy_format(
     options: &[CopyOption],
     legacy: &[CopyLegacyOption],
-) -> Result<CopyEncoding> {
+) -> Result<(CopyEncoding, Force)> {
+    let mut force = Force::default();
     let mut csv = false;
     let mut binary = false;
     let mut delimiter = None;
@@ -42,6 +77,9 @@ pub(super) fn copy_format(
             CopyOption::Escape(c) => escape = Some(*c),
             CopyOption::Encoding(e)
                 if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            CopyOption::ForceQuote(columns) => force.quote = force_names(columns),
+            CopyOption::ForceNotNull(columns) => force.not_null = force_names(columns),
+            CopyOption::ForceNull(columns) => force.null = force_names(columns),
             other => {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -59,11 +97,11 @@ pub(super) fn copy_format(
                         CopyLegacyCsvOption::Header => header = true,
                         CopyLegacyCsvOption::Quote(c) => quote = Some(*c),
                         CopyLegacyCsvOption::Escape(c) => escape = Some(*c),
-                        other => {
-                            return Err(user_error(
-                                SqlState::FEATURE_NOT_SUPPORTED,
-                                format!("COPY option {other} is not supported"),
-                            ));
+                        CopyLegacyCsvOption::ForceQuote(columns) => {
+                            force.quote = force_names(columns)
+                        }
+                        CopyLegacyCsvOption::ForceNotNull(columns) => {
+                            force.not_null = force_names(columns)
                         }
                     }
                 }
@@ -80,6 +118,12 @@ pub(super) fn copy_format(
             }
         }
     }
+    if !csv && !force.is_empty() {
+        return Err(user_error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "COPY FORCE_QUOTE, FORCE_NOT_NULL and FORCE_NULL are available only in CSV mode",
+        ));
+    }
     if binary {
         if delimiter.is_some() || null.is_some() || header || quote.is_some() || escape.is_some() {
             return Err(user_error(
@@ -87,7 +131,7 @@ pub(super) fn copy_format(
                 "cannot specify DELIMITER, NULL, HEADER, QUOTE or ESCAPE in BINARY mode",
             ));
         }
-        return Ok(CopyEncoding::Binary);
+        return Ok((CopyEncoding::Binary, force));
     }
     let byte = |c: char, what: &str| -> Result<u8> {
         if c.is_ascii() {
@@ -101,16 +145,19 @@ pub(super) fn copy_format(
     };
     if csv {
         let quote = byte(quote.unwrap_or('"'), "quote")?;
-        Ok(CopyEncoding::Lines(CopyFormat::Csv {
-            delimiter: byte(delimiter.unwrap_or(','), "delimiter")?,
-            quote,
-            escape: escape
-                .map(|c| byte(c, "escape"))
-                .transpose()?
-                .unwrap_or(quote),
-            null: null.unwrap_or_default(),
-            header,
-        }))
+        Ok((
+            CopyEncoding::Lines(CopyFormat::Csv {
+                delimiter: byte(delimiter.unwrap_or(','), "delimiter")?,
+                quote,
+                escape: escape
+                    .map(|c| byte(c, "escape"))
+                    .transpose()?
+                    .unwrap_or(quote),
+                null: null.unwrap_or_default(),
+                header,
+            }),
+            force,
+        ))
     } else {
         if header || quote.is_some() || escape.is_some() {
             return Err(user_error(
@@ -118,10 +165,13 @@ pub(super) fn copy_format(
                 "COPY HEADER, QUOTE and ESCAPE are available only in CSV mode",
             ));
         }
-        Ok(CopyEncoding::Lines(CopyFormat::Text {
-            delimiter: byte(delimiter.unwrap_or('\t'), "delimiter")?,
-            null: null.unwrap_or_else(|| "\\N".to_owned()),
-        }))
+        Ok((
+            CopyEncoding::Lines(CopyFormat::Text {
+                delimiter: byte(delimiter.unwrap_or('\t'), "delimiter")?,
+                null: null.unwrap_or_else(|| "\\N".to_owned()),
+            }),
+            force,
+        ))
     }
 }
 
@@ -249,7 +299,19 @@ impl Session {
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
     ) -> Result<Output> {
-        let format = copy_format(options, legacy)?;
+        let (format, force) = copy_format(options, legacy)?;
+        if to && !(force.not_null.is_empty() && force.null.is_empty()) {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "COPY FORCE_NOT_NULL and FORCE_NULL cannot be used with COPY TO",
+            ));
+        }
+        if !to && !force.quote.is_empty() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "COPY FORCE_QUOTE cannot be used with COPY FROM",
+            ));
+        }
         let view = self.begin_statement().await?;
         match (to, target) {
             (false, CopyTarget::Stdin) => {
@@ -275,10 +337,32 @@ impl Session {
                         .collect()
                 };
                 let column_count = types.len();
+                let names: Vec<String> = if columns.is_empty() {
+                    table.columns.iter().map(|c| c.name.clone()).collect()
+                } else {
+                    columns.clone()
+                };
+                if let Some(missing) = force
+                    .not_null
+                    .iter()
+                    .chain(&force.null)
+                    .find(|name| table.column(name).is_none())
+                {
+                    return Err(user_error(
+                        SqlState::UNDEFINED_COLUMN,
+                        format!(
+                            "column \"{missing}\" of relation \"{}\" does not exist",
+                            table.name
+                        ),
+                    ));
+                }
+                let not_null = Force::positions("FORCE_NOT_NULL", &force.not_null, &names)?;
+                let null = Force::positions("FORCE_NULL", &force.null, &names)?;
                 let (parser, csv, binary) = match format {
                     CopyEncoding::Lines(format) => {
                         let csv = matches!(format, CopyFormat::Csv { .. });
-                        (Parser::Lines(RecordParser::new(format)), csv, false)
+                        let parser = RecordParser::new(format).with_force(not_null, null);
+                        (Parser::Lines(parser), csv, false)
                     }
                     CopyEncoding::Binary => (
                         Parser::Binary(crate::copy_binary::BinaryRecordParser::new(types)),
@@ -308,6 +392,13 @@ impl Session {
                     } => self.table_scan_plan(&view, &table_name, &columns).await?,
                 };
                 let columns = plan.schema().fields().len();
+                let names: Vec<String> = plan
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                let force_quote = Force::positions("FORCE_QUOTE", &force.quote, &names)?;
                 let stream = self.stream(plan).await?;
                 let (csv, binary) = match &format {
                     CopyEncoding::Lines(format) => {
@@ -320,7 +411,9 @@ impl Session {
                     Binary(crate::copy_binary::BinaryRowFormatter),
                 }
                 let mut formatter = match format {
-                    CopyEncoding::Lines(format) => Formatter::Lines(RowFormatter::new(format)),
+                    CopyEncoding::Lines(format) => {
+                        Formatter::Lines(RowFormatter::new(format).with_force_quote(force_quote))
+                    }
                     CopyEncoding::Binary => Formatter::Binary(Default::default()),
                 };
                 // One message per row, as PostgreSQL sends them.
