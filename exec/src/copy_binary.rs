@@ -10,11 +10,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use datafusion::arrow::array::{
-    Array, AsArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
-    Int16Array, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, TimeUnit, TimestampMicrosecondType,
 };
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use postgres_types::{FromSql, IsNull, ToSql, Type};
 use quarry_common::SqlState;
 use quarry_common::catalog::ColumnType;
@@ -313,56 +313,36 @@ fn write_field(column: &dyn Array, row: usize, out: &mut BytesMut) -> Result<()>
         out.put_i32(-1);
         return Ok(());
     }
-    let any = column.as_any();
-    let downcast = |what: &str| Error::Internal(format!("binary COPY: a {what} column"));
+    // Each arm reads the array as the type it just matched.
     match column.data_type() {
-        DataType::Boolean => put(
-            any.downcast_ref::<BooleanArray>()
-                .ok_or_else(|| downcast("boolean"))?
-                .value(row),
-            &Type::BOOL,
-            out,
-        ),
+        DataType::Boolean => put(column.as_boolean().value(row), &Type::BOOL, out),
         DataType::Int16 => put(
-            any.downcast_ref::<Int16Array>()
-                .ok_or_else(|| downcast("int2"))?
-                .value(row),
+            column.as_primitive::<Int16Type>().value(row),
             &Type::INT2,
             out,
         ),
         DataType::Int32 => put(
-            any.downcast_ref::<Int32Array>()
-                .ok_or_else(|| downcast("int4"))?
-                .value(row),
+            column.as_primitive::<Int32Type>().value(row),
             &Type::INT4,
             out,
         ),
         DataType::Int64 => put(
-            any.downcast_ref::<Int64Array>()
-                .ok_or_else(|| downcast("int8"))?
-                .value(row),
+            column.as_primitive::<Int64Type>().value(row),
             &Type::INT8,
             out,
         ),
         DataType::Float32 => put(
-            any.downcast_ref::<Float32Array>()
-                .ok_or_else(|| downcast("float4"))?
-                .value(row),
+            column.as_primitive::<Float32Type>().value(row),
             &Type::FLOAT4,
             out,
         ),
         DataType::Float64 => put(
-            any.downcast_ref::<Float64Array>()
-                .ok_or_else(|| downcast("float8"))?
-                .value(row),
+            column.as_primitive::<Float64Type>().value(row),
             &Type::FLOAT8,
             out,
         ),
         DataType::Decimal128(_, scale) => {
-            let value = any
-                .downcast_ref::<Decimal128Array>()
-                .ok_or_else(|| downcast("numeric"))?
-                .value(row);
+            let value = column.as_primitive::<Decimal128Type>().value(row);
             let decimal = Decimal::try_from_i128_with_scale(value, (*scale).max(0) as u32)
                 .map_err(|e| Error::Internal(format!("binary COPY of a numeric: {e}")))?;
             put(decimal, &Type::NUMERIC, out)
@@ -374,20 +354,14 @@ fn write_field(column: &dyn Array, row: usize, out: &mut BytesMut) -> Result<()>
         DataType::LargeBinary => put(column.as_binary::<i64>().value(row), &Type::BYTEA, out),
         DataType::BinaryView => put(column.as_binary_view().value(row), &Type::BYTEA, out),
         DataType::Date32 => {
-            let days = any
-                .downcast_ref::<Date32Array>()
-                .ok_or_else(|| downcast("date"))?
-                .value(row);
+            let days = column.as_primitive::<Date32Type>().value(row);
             let date = NaiveDate::from_ymd_opt(1970, 1, 1)
                 .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(days.into())))
                 .ok_or_else(|| Error::Internal(format!("binary COPY: date {days} out of range")))?;
             put(date, &Type::DATE, out)
         }
         DataType::Timestamp(TimeUnit::Microsecond, zone) => {
-            let micros = any
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .ok_or_else(|| downcast("timestamp"))?
-                .value(row);
+            let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
             let at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| {
                 Error::Internal(format!("binary COPY: timestamp {micros} out of range"))
             })?;
@@ -406,7 +380,9 @@ fn write_field(column: &dyn Array, row: usize, out: &mut BytesMut) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::array::{
+        ArrayRef, Date32Array, Decimal128Array, Int64Array, StringArray,
+    };
     use datafusion::arrow::datatypes::{Field, Schema};
     use std::sync::Arc;
 

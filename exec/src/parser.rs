@@ -671,10 +671,13 @@ fn aggregate_catalog_lookup(query: &mut Query) {
     *value = Expr::Function(max);
 }
 
-/// Replaces PostgreSQL's `to_reg*(name)` lookups in `statement` by their
-/// subqueries (see [`REG_LOOKUPS`]), and `ARRAY(subquery)` by an aggregate
-/// over the subquery's rows.
-pub fn rewrite_reg_lookups(statement: &mut Statement) {
+/// Rewrites the PostgreSQL forms DataFusion does not plan into ones it does:
+/// `to_reg*(name)` lookups into subqueries ([`REG_LOOKUPS`]), `ARRAY(subquery)`
+/// into an aggregate over the subquery's rows, `FROM [pg_catalog.]unnest(...)
+/// alias` into DataFusion's UNNEST with the alias naming its column, and
+/// correlated key lookups in pg_catalog into aggregates
+/// ([`aggregate_catalog_lookup`]).
+pub fn rewrite_postgres_forms(statement: &mut Statement) {
     struct Rewrite;
     impl VisitorMut for Rewrite {
         type Break = ();

@@ -20,9 +20,16 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
         ctx.register_udf(always_true(name));
     }
     // Quarry keeps no comments yet (COMMENT ON): no object has a description.
-    ctx.register_udf(no_description("obj_description", 2));
-    ctx.register_udf(no_description("col_description", 2));
-    ctx.register_udf(no_description("shobj_description", 2));
+    let (oid, name) = (DataType::Int32, DataType::Utf8);
+    ctx.register_udf(no_description(
+        "obj_description",
+        vec![oid.clone(), name.clone()],
+    ));
+    ctx.register_udf(no_description(
+        "col_description",
+        vec![oid.clone(), DataType::Int32],
+    ));
+    ctx.register_udf(no_description("shobj_description", vec![oid, name]));
     // The bytes of the data files the database's tables read now (their
     // current snapshots); NULL for another database's name.
     ctx.register_udf(create_udf(
@@ -85,15 +92,10 @@ fn always_true(name: &str) -> ScalarUDF {
     )
 }
 
-fn no_description(name: &str, arguments: usize) -> ScalarUDF {
-    let mut types = vec![DataType::Int32, DataType::Utf8];
-    types.truncate(arguments);
-    if name == "col_description" {
-        types = vec![DataType::Int32, DataType::Int32];
-    }
+fn no_description(name: &str, arguments: Vec<DataType>) -> ScalarUDF {
     create_udf(
         name,
-        types,
+        arguments,
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {

@@ -723,7 +723,7 @@ impl Session {
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
         self.pin_time_travel(&mut statement).await?;
         parser::filter_information_schema_views(&mut statement);
-        parser::rewrite_reg_lookups(&mut statement);
+        parser::rewrite_postgres_forms(&mut statement);
         let query = matches!(statement, Statement::Query(_));
         if let Statement::Query(query) = &mut statement {
             parser::name_result_columns(query);

@@ -96,15 +96,20 @@ fn io_error(
     }
 }
 
-/// A new snapshot file name: ordered by log index, unique per build.
-fn file_name(last_applied: Option<LogId<NodeId>>) -> String {
-    let nanos = SystemTime::now()
+/// Nanoseconds since the Unix epoch: what makes a file name unique.
+fn nanos_now() -> u128 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// A new snapshot file name: ordered by log index, unique per build.
+fn file_name(last_applied: Option<LogId<NodeId>>) -> String {
     format!(
-        "{:020}-{nanos}.qsnap",
-        last_applied.map(|id| id.index).unwrap_or(0)
+        "{:020}-{}.qsnap",
+        last_applied.map(|id| id.index).unwrap_or(0),
+        nanos_now()
     )
 }
 
@@ -346,11 +351,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = self.dir.join(format!("receiving-{nanos}.partial"));
+        let path = self.dir.join(format!("receiving-{}.partial", nanos_now()));
         let file = tokio::fs::File::create(&path)
             .await
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;

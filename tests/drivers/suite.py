@@ -164,6 +164,11 @@ def sql_cursors(connect):
               "a NO SCROLL cursor went backward")
         conn.execute("ROLLBACK")
         conn.execute("BEGIN")
+        conn.execute("DECLARE d NO SCROLL CURSOR FOR SELECT id FROM sqlcurs ORDER BY id")
+        fails(conn, "FETCH 1.5 FROM d", psycopg.errors.SyntaxError,
+              "a FETCH count that is not a whole number")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
         conn.execute("DECLARE e CURSOR FOR SELECT id FROM sqlcurs")
         conn.execute("CLOSE e")
         fails(conn, "FETCH 1 FROM e", psycopg.errors.InvalidCursorName,

@@ -56,8 +56,8 @@ fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
         match &limit.value {
             ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| {
                 user_error(
-                    SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    "cursor can only scan forward",
+                    SqlState::SYNTAX_ERROR,
+                    format!("FETCH count {n} is not a whole number"),
                 )
             }),
             other => Err(user_error(
