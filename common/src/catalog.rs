@@ -421,6 +421,70 @@ pub struct Catalog {
     /// views existed still decode.
     #[serde(skip)]
     pub views: OrdMap<(String, String), Arc<View>>,
+    /// Comments and declared constraints of tables, by table id (so they
+    /// follow a rename and an UNDROP); written as records of their own in
+    /// the Raft snapshot file, like `views`.
+    #[serde(skip)]
+    pub notes: OrdMap<TableId, Arc<TableNotes>>,
+}
+
+/// What a table declares about itself beyond its columns: COMMENT ON TABLE /
+/// COLUMN, and PRIMARY KEY, UNIQUE and FOREIGN KEY constraints, which Quarry
+/// keeps and shows in the catalogs but does not enforce (BigQuery's
+/// unenforced keys). A primary key's columns are NOT NULL, which is enforced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableNotes {
+    /// COMMENT ON TABLE.
+    pub comment: Option<String>,
+    /// COMMENT ON COLUMN, by field id.
+    pub column_comments: BTreeMap<FieldId, String>,
+    /// Declared constraints, in the order they were added.
+    pub constraints: Vec<Constraint>,
+}
+
+impl TableNotes {
+    /// Whether nothing is declared (the notes can be forgotten).
+    pub fn is_empty(&self) -> bool {
+        self.comment.is_none() && self.column_comments.is_empty() && self.constraints.is_empty()
+    }
+}
+
+/// A declared constraint of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// Its name, unique among the table's constraints.
+    pub name: String,
+    /// What it declares.
+    pub kind: ConstraintKind,
+}
+
+/// The kinds of constraint a table can declare, over columns by field id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConstraintKind {
+    /// PRIMARY KEY (at most one per table).
+    PrimaryKey(Vec<FieldId>),
+    /// UNIQUE.
+    Unique(Vec<FieldId>),
+    /// FOREIGN KEY (columns) REFERENCES table (referenced columns); the
+    /// referenced columns are that table's primary key or a unique constraint.
+    ForeignKey {
+        /// The referencing columns.
+        columns: Vec<FieldId>,
+        /// The referenced table.
+        table: TableId,
+        /// Its columns, in the order of `columns`.
+        referenced: Vec<FieldId>,
+    },
+}
+
+impl ConstraintKind {
+    /// The constrained columns of this table.
+    pub fn columns(&self) -> &[FieldId] {
+        match self {
+            ConstraintKind::PrimaryKey(columns) | ConstraintKind::Unique(columns) => columns,
+            ConstraintKind::ForeignKey { columns, .. } => columns,
+        }
+    }
 }
 
 /// A view (PostgreSQL's CREATE VIEW): a stored query, planned where it is

@@ -59,6 +59,10 @@ impl SqlState {
     pub const UNDEFINED_COLUMN: SqlState = SqlState("42703");
     /// 42704 undefined_object (an unknown type, setting or object).
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// 42710 duplicate_object (a constraint name in use).
+    pub const DUPLICATE_OBJECT: SqlState = SqlState("42710");
+    /// 42830 invalid_foreign_key.
+    pub const INVALID_FOREIGN_KEY: SqlState = SqlState("42830");
     /// 42804 datatype_mismatch.
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
     /// 42883 undefined_function.

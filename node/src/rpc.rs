@@ -35,9 +35,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// (version 2: `ReplaceParity`, `Regroup`; version 3: `Exchange`; version 4:
 /// dynamic filters between fragments; version 5: `GetChunkRange`; version 6:
 /// `ChunkFailed`; version 7: `RemoteMetaError` keeps storage failures and
-/// names the node; version 8: `CreateView`, `DropView`, `RenameView`), needs
-/// a new version.
-pub const WIRE_VERSION: u8 = 8;
+/// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
+/// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`), needs a new
+/// version.
+pub const WIRE_VERSION: u8 = 9;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -729,14 +730,14 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 8 carries (version 3's, and since 8 the
-    /// view commands; 4 changed the exchange messages, 5 added
+    /// The Raft commands wire version 9 carries (version 3's, since 8 the
+    /// view commands, since 9 comments, constraints and batches; 4 changed the exchange messages, 5 added
     /// `GetChunkRange`, 6 `ChunkFailed`, 7 the typed `RemoteMetaError`). A
     /// new command fails to compile here:
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_8(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_9(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -755,9 +756,13 @@ mod tests {
             | C::Regroup { .. }
             | C::CreateView { .. }
             | C::DropView { .. }
-            | C::RenameView { .. } => {}
+            | C::RenameView { .. }
+            | C::Comment { .. }
+            | C::AddConstraint { .. }
+            | C::DropConstraint { .. }
+            | C::Batch(_) => {}
         }
-        const _: () = assert!(WIRE_VERSION == 8, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 9, "update the list above");
     }
 
     #[tokio::test]

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, DataFile, Datum, DroppedTable, NodeId, Operation,
-    SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId,
-    TableSnapshot, TimestampMicros, View,
+    Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
+    DroppedTable, FieldId, NodeId, Operation, SchemaVersion, SnapshotId, Stripe, StripeChunk,
+    StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
 use serde::{Deserialize, Serialize};
 
@@ -229,6 +229,73 @@ pub enum Command {
         /// The new name.
         to: String,
     },
+    /// COMMENT ON TABLE / COLUMN; `comment` None removes it.
+    Comment {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        table: String,
+        /// The column, for COMMENT ON COLUMN.
+        column: Option<String>,
+        /// The comment.
+        comment: Option<String>,
+    },
+    /// ALTER TABLE ... ADD CONSTRAINT (and each constraint of CREATE TABLE).
+    AddConstraint {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        table: String,
+        /// The constraint.
+        constraint: ConstraintDef,
+    },
+    /// ALTER TABLE ... DROP CONSTRAINT.
+    DropConstraint {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        table: String,
+        /// The constraint's name.
+        name: String,
+        /// IF EXISTS: a missing constraint is not an error.
+        if_exists: bool,
+        /// CASCADE: foreign keys that reference it are dropped too (else
+        /// they make it an error).
+        cascade: bool,
+    },
+    /// Several commands applied in order as one: all of them, or none (on
+    /// the first error the catalog is unchanged). CREATE TABLE with its
+    /// constraints; ALTER TABLE with several actions.
+    Batch(Vec<Command>),
+}
+
+/// A constraint as DDL declares it, by column names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConstraintDef {
+    /// Its name; None: PostgreSQL's default (`t_pkey`, `t_a_key`, `t_a_fkey`).
+    pub name: Option<String>,
+    /// What it declares.
+    pub kind: ConstraintDefKind,
+}
+
+/// The kinds of [`ConstraintDef`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConstraintDefKind {
+    /// PRIMARY KEY (columns).
+    PrimaryKey(Vec<String>),
+    /// UNIQUE (columns).
+    Unique(Vec<String>),
+    /// FOREIGN KEY (columns) REFERENCES schema.table [(columns)].
+    ForeignKey {
+        /// The referencing columns.
+        columns: Vec<String>,
+        /// The referenced table's schema.
+        schema: String,
+        /// The referenced table.
+        table: String,
+        /// The referenced columns; empty: the referenced table's primary key.
+        referenced: Vec<String>,
+    },
 }
 
 /// The data change a commit makes to one table.
@@ -266,6 +333,8 @@ pub enum Applied {
     },
     /// A node id was assigned.
     NodeId(NodeId),
+    /// A batch applied: what each of its commands did, in order.
+    Batch(Vec<Applied>),
     /// A table was created or dropped: its new snapshot.
     Snapshot {
         /// The table.
@@ -348,6 +417,53 @@ pub enum CatalogError {
     /// A view that does not exist.
     #[error("view \"{0}\" does not exist")]
     ViewNotFound(String),
+    /// A constraint name the table already uses.
+    #[error("constraint \"{constraint}\" for relation \"{table}\" already exists")]
+    ConstraintExists {
+        /// The constraint.
+        constraint: String,
+        /// Its table.
+        table: String,
+    },
+    /// A constraint that does not exist.
+    #[error("constraint \"{constraint}\" of relation \"{table}\" does not exist")]
+    ConstraintNotFound {
+        /// The constraint.
+        constraint: String,
+        /// Its table.
+        table: String,
+    },
+    /// A second PRIMARY KEY.
+    #[error("multiple primary keys for table \"{0}\" are not allowed")]
+    MultiplePrimaryKeys(String),
+    /// A PRIMARY KEY column that allows NULL (ALTER TABLE ADD PRIMARY KEY).
+    #[error("column \"{0}\" of a primary key must be NOT NULL")]
+    PrimaryKeyNullable(String),
+    /// A FOREIGN KEY whose referenced columns are not a key of their table.
+    #[error("{0}")]
+    InvalidForeignKey(String),
+    /// A FOREIGN KEY column whose type differs from the column it references.
+    #[error(
+        "foreign key constraint \"{constraint}\" cannot be implemented: key columns \"{column}\" and \"{referenced}\" are of incompatible types"
+    )]
+    ForeignKeyTypes {
+        /// The constraint.
+        constraint: String,
+        /// The referencing column.
+        column: String,
+        /// The referenced column.
+        referenced: String,
+    },
+    /// DROP of a table or key that a foreign key of another table references.
+    #[error("cannot drop {what} because {constraint} on table {table} depends on it")]
+    Referenced {
+        /// What was to be dropped.
+        what: String,
+        /// The foreign key.
+        constraint: String,
+        /// Its table.
+        table: String,
+    },
     /// CREATE OR REPLACE VIEW that drops or renames a column of the view.
     #[error(
         "cannot change the columns of view \"{view}\" from ({old}) to ({new}): a replacement may only add columns at the end"
@@ -384,6 +500,13 @@ impl CatalogError {
             CatalogError::InvalidLayout(_) => SqlState::INVALID_PARAMETER_VALUE,
             CatalogError::ViewNotFound(_) => SqlState::UNDEFINED_TABLE,
             CatalogError::ViewColumnsChanged { .. } => SqlState::INVALID_TABLE_DEFINITION,
+            CatalogError::ConstraintExists { .. } => SqlState::DUPLICATE_OBJECT,
+            CatalogError::ConstraintNotFound { .. } => SqlState::UNDEFINED_OBJECT,
+            CatalogError::MultiplePrimaryKeys(_) => SqlState::INVALID_TABLE_DEFINITION,
+            CatalogError::PrimaryKeyNullable(_) => SqlState::INVALID_TABLE_DEFINITION,
+            CatalogError::InvalidForeignKey(_) => SqlState::INVALID_FOREIGN_KEY,
+            CatalogError::ForeignKeyTypes { .. } => SqlState::DATATYPE_MISMATCH,
+            CatalogError::Referenced { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
         }
     }
 }
@@ -523,23 +646,34 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             schema,
             name,
             if_exists,
-        } => match catalog.remove_table(&(schema.clone(), name.clone())) {
-            Some(table) => {
-                let committed_at = commit_time(catalog, proposal.proposed_at);
-                let id = table.id;
-                catalog.dropped.push(DroppedTable {
-                    table,
-                    dropped_at: committed_at,
+        } => {
+            if let Some(table) = catalog.table(schema, name)
+                && let Some((constraint, table_name)) = referencing(catalog, table.id, |_| true)
+            {
+                return Err(CatalogError::Referenced {
+                    what: format!("table {name}"),
+                    constraint,
+                    table: table_name,
                 });
-                Ok(Applied::Snapshot {
-                    table: id,
-                    snapshot: 0,
-                    committed_at,
-                })
             }
-            None if *if_exists => Ok(Applied::Nothing),
-            None => Err(CatalogError::TableNotFound(name.clone())),
-        },
+            match catalog.remove_table(&(schema.clone(), name.clone())) {
+                Some(table) => {
+                    let committed_at = commit_time(catalog, proposal.proposed_at);
+                    let id = table.id;
+                    catalog.dropped.push(DroppedTable {
+                        table,
+                        dropped_at: committed_at,
+                    });
+                    Ok(Applied::Snapshot {
+                        table: id,
+                        snapshot: 0,
+                        committed_at,
+                    })
+                }
+                None if *if_exists => Ok(Applied::Nothing),
+                None => Err(CatalogError::TableNotFound(name.clone())),
+            }
+        }
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
         }
@@ -569,12 +703,27 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 return Ok(Applied::Nothing);
             };
             let gone = catalog.dropped.remove(index);
+            catalog.notes.remove(table);
             let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
             chunks.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks })
         }
         Command::AlterTable { table, change } => {
-            alter(catalog, proposal.proposed_at, *table, change)
+            // A dropped column takes its comment and the constraints over it
+            // (PostgreSQL drops them with the column), here and in tables
+            // whose foreign keys reference it.
+            let dropped = match change {
+                SchemaChange::DropColumn(name) => catalog
+                    .table_by_id(*table)
+                    .and_then(|t| t.column(name))
+                    .map(|c| c.field_id),
+                _ => None,
+            };
+            let applied = alter(catalog, proposal.proposed_at, *table, change)?;
+            if let Some(field) = dropped {
+                forget_column(catalog, *table, field);
+            }
+            Ok(applied)
         }
         Command::ExpireSnapshots { table, keep_from } => {
             let Some(key) = catalog.table_key(*table).cloned() else {
@@ -704,6 +853,118 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 .insert((schema.clone(), to.clone()), Arc::new(view));
             Ok(Applied::Nothing)
         }
+        Command::Comment {
+            schema,
+            table,
+            column,
+            comment,
+        } => {
+            let table = catalog
+                .table(schema, table)
+                .ok_or_else(|| CatalogError::TableNotFound(table.clone()))?;
+            let (id, field) = match column {
+                Some(name) => (
+                    table.id,
+                    Some(
+                        table
+                            .column(name)
+                            .ok_or_else(|| CatalogError::ColumnNotFound(name.clone()))?
+                            .field_id,
+                    ),
+                ),
+                None => (table.id, None),
+            };
+            update_notes(catalog, id, |notes| match (field, comment) {
+                (Some(field), Some(text)) => {
+                    notes.column_comments.insert(field, text.clone());
+                }
+                (Some(field), None) => {
+                    notes.column_comments.remove(&field);
+                }
+                (None, text) => notes.comment = text.clone(),
+            });
+            Ok(Applied::Nothing)
+        }
+        Command::AddConstraint {
+            schema,
+            table,
+            constraint,
+        } => {
+            let added = constraint_of(catalog, schema, table, constraint)?;
+            let id = catalog
+                .table(schema, table)
+                .expect("checked by constraint_of")
+                .id;
+            update_notes(catalog, id, |notes| notes.constraints.push(added));
+            Ok(Applied::Nothing)
+        }
+        Command::DropConstraint {
+            schema,
+            table,
+            name,
+            if_exists,
+            cascade,
+        } => {
+            let table_ref = catalog
+                .table(schema, table)
+                .ok_or_else(|| CatalogError::TableNotFound(table.clone()))?;
+            let id = table_ref.id;
+            let found = catalog
+                .notes
+                .get(&id)
+                .and_then(|n| n.constraints.iter().find(|c| c.name == *name).cloned());
+            let Some(found) = found else {
+                return if *if_exists {
+                    Ok(Applied::Nothing)
+                } else {
+                    Err(CatalogError::ConstraintNotFound {
+                        constraint: name.clone(),
+                        table: table.clone(),
+                    })
+                };
+            };
+            // A key that foreign keys reference: only with CASCADE, which
+            // drops them.
+            let key_columns = match &found.kind {
+                ConstraintKind::PrimaryKey(columns) | ConstraintKind::Unique(columns) => {
+                    Some(columns.clone())
+                }
+                ConstraintKind::ForeignKey { .. } => None,
+            };
+            if let Some(key) = key_columns {
+                let references = |c: &Constraint| same_columns(referenced_by(c, id), &key);
+                if !cascade && let Some((constraint, on)) = referencing(catalog, id, references) {
+                    return Err(CatalogError::Referenced {
+                        what: format!("constraint {name} on table {table}"),
+                        constraint,
+                        table: on,
+                    });
+                }
+                let ids: Vec<TableId> = catalog.notes.keys().copied().collect();
+                for other in ids {
+                    update_notes(catalog, other, |notes| {
+                        notes.constraints.retain(|c| !references(c));
+                    });
+                }
+            }
+            update_notes(catalog, id, |notes| {
+                notes.constraints.retain(|c| c.name != *name)
+            });
+            Ok(Applied::Nothing)
+        }
+        Command::Batch(commands) => {
+            let mut scratch = catalog.clone();
+            let mut applied = Vec::with_capacity(commands.len());
+            for command in commands {
+                let proposal = Proposal {
+                    command: command.clone(),
+                    proposed_at: proposal.proposed_at,
+                };
+                applied.push(apply(&mut scratch, &proposal)?);
+            }
+            *catalog = scratch;
+            Ok(Applied::Batch(applied))
+        }
         Command::Regroup { old, new } => {
             let mut data: Vec<&StripeChunk> = Vec::new();
             for id in old {
@@ -725,6 +986,216 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             Ok(Applied::Nothing)
         }
     }
+}
+
+/// Changes the notes of table `id`, forgetting them once empty.
+fn update_notes(catalog: &mut Catalog, id: TableId, change: impl FnOnce(&mut TableNotes)) {
+    let mut notes = catalog
+        .notes
+        .get(&id)
+        .map(|n| (**n).clone())
+        .unwrap_or_default();
+    change(&mut notes);
+    if notes.is_empty() {
+        catalog.notes.remove(&id);
+    } else {
+        catalog.notes.insert(id, Arc::new(notes));
+    }
+}
+
+/// The columns of table `id` that foreign key `constraint` references (empty
+/// for any other constraint).
+fn referenced_by(constraint: &Constraint, id: TableId) -> &[FieldId] {
+    match &constraint.kind {
+        ConstraintKind::ForeignKey {
+            table, referenced, ..
+        } if *table == id => referenced,
+        _ => &[],
+    }
+}
+
+fn same_columns(a: &[FieldId], b: &[FieldId]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    !a.is_empty() && a == b
+}
+
+/// The first foreign key of another live table that references table `id`
+/// and passes `filter`: its name and table.
+fn referencing(
+    catalog: &Catalog,
+    id: TableId,
+    filter: impl Fn(&Constraint) -> bool,
+) -> Option<(String, String)> {
+    catalog.notes.iter().find_map(|(other, notes)| {
+        if *other == id {
+            return None;
+        }
+        let table = catalog.table_by_id(*other)?;
+        notes
+            .constraints
+            .iter()
+            .find(|c| !referenced_by(c, id).is_empty() && filter(c))
+            .map(|c| (c.name.clone(), table.name.clone()))
+    })
+}
+
+/// Forgets what refers to column `field` of table `id` (dropped).
+fn forget_column(catalog: &mut Catalog, id: TableId, field: FieldId) {
+    let ids: Vec<TableId> = catalog.notes.keys().copied().collect();
+    for other in ids {
+        update_notes(catalog, other, |notes| {
+            if other == id {
+                notes.column_comments.remove(&field);
+                notes
+                    .constraints
+                    .retain(|c| !c.kind.columns().contains(&field));
+            }
+            notes
+                .constraints
+                .retain(|c| !referenced_by(c, id).contains(&field));
+        });
+    }
+}
+
+/// Checks `def` against `schema.table` and resolves it to field ids.
+fn constraint_of(
+    catalog: &Catalog,
+    schema: &str,
+    table_name: &str,
+    def: &ConstraintDef,
+) -> Result<Constraint, CatalogError> {
+    let table = catalog
+        .table(schema, table_name)
+        .ok_or_else(|| CatalogError::TableNotFound(table_name.to_owned()))?;
+    let existing: &[Constraint] = catalog
+        .notes
+        .get(&table.id)
+        .map_or(&[], |n| n.constraints.as_slice());
+    let fields = |table: &Table, names: &[String]| -> Result<Vec<FieldId>, CatalogError> {
+        let mut ids = Vec::with_capacity(names.len());
+        for name in names {
+            let id = table
+                .column(name)
+                .ok_or_else(|| CatalogError::ColumnNotFound(name.clone()))?
+                .field_id;
+            if ids.contains(&id) {
+                return Err(CatalogError::DuplicateColumn(name.clone()));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    };
+    let (kind, default_name) = match &def.kind {
+        ConstraintDefKind::PrimaryKey(columns) => {
+            if existing
+                .iter()
+                .any(|c| matches!(c.kind, ConstraintKind::PrimaryKey(_)))
+            {
+                return Err(CatalogError::MultiplePrimaryKeys(table.name.clone()));
+            }
+            if let Some(column) = columns
+                .iter()
+                .find(|c| table.column(c).is_some_and(|c| c.nullable))
+            {
+                return Err(CatalogError::PrimaryKeyNullable(column.clone()));
+            }
+            (
+                ConstraintKind::PrimaryKey(fields(table, columns)?),
+                format!("{}_pkey", table.name),
+            )
+        }
+        ConstraintDefKind::Unique(columns) => (
+            ConstraintKind::Unique(fields(table, columns)?),
+            format!("{}_{}_key", table.name, columns.join("_")),
+        ),
+        ConstraintDefKind::ForeignKey {
+            columns,
+            schema: referenced_schema,
+            table: referenced_table,
+            referenced,
+        } => {
+            let target = catalog
+                .table(referenced_schema, referenced_table)
+                .ok_or_else(|| CatalogError::TableNotFound(referenced_table.clone()))?;
+            // The referenced table's keys: its own, or (referencing itself)
+            // those declared so far.
+            let keys: Vec<&Constraint> = catalog
+                .notes
+                .get(&target.id)
+                .map(|n| n.constraints.iter().collect())
+                .unwrap_or_default();
+            let referenced_ids = if referenced.is_empty() {
+                keys.iter()
+                    .find_map(|c| match &c.kind {
+                        ConstraintKind::PrimaryKey(columns) => Some(columns.clone()),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        CatalogError::InvalidForeignKey(format!(
+                            "there is no primary key for referenced table \"{}\"",
+                            target.name
+                        ))
+                    })?
+            } else {
+                fields(target, referenced)?
+            };
+            let column_ids = fields(table, columns)?;
+            if column_ids.len() != referenced_ids.len() {
+                return Err(CatalogError::InvalidForeignKey(
+                    "number of referencing and referenced columns for foreign key disagree"
+                        .to_owned(),
+                ));
+            }
+            let is_key = keys.iter().any(|c| match &c.kind {
+                ConstraintKind::PrimaryKey(key) | ConstraintKind::Unique(key) => {
+                    same_columns(key, &referenced_ids)
+                }
+                ConstraintKind::ForeignKey { .. } => false,
+            });
+            if !is_key {
+                return Err(CatalogError::InvalidForeignKey(format!(
+                    "there is no unique constraint matching given keys for referenced table \"{}\"",
+                    target.name
+                )));
+            }
+            let name = def
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}_{}_fkey", table.name, columns.join("_")));
+            for (column, referenced) in column_ids.iter().zip(&referenced_ids) {
+                let column = table.columns.iter().find(|c| c.field_id == *column);
+                let referenced = target.columns.iter().find(|c| c.field_id == *referenced);
+                if let (Some(column), Some(referenced)) = (column, referenced)
+                    && column.column_type != referenced.column_type
+                {
+                    return Err(CatalogError::ForeignKeyTypes {
+                        constraint: name,
+                        column: column.name.clone(),
+                        referenced: referenced.name.clone(),
+                    });
+                }
+            }
+            (
+                ConstraintKind::ForeignKey {
+                    columns: column_ids,
+                    table: target.id,
+                    referenced: referenced_ids,
+                },
+                name,
+            )
+        }
+    };
+    let name = def.name.clone().unwrap_or(default_name);
+    if existing.iter().any(|c| c.name == name) {
+        return Err(CatalogError::ConstraintExists {
+            constraint: name,
+            table: table.name.clone(),
+        });
+    }
+    Ok(Constraint { name, kind })
 }
 
 /// Whether a table's `WITH (data_chunks, parity_chunks)` is one Quarry can

@@ -27,7 +27,10 @@ pub mod network;
 pub mod snapshot_file;
 mod state_machine;
 
-pub use command::{Applied, CatalogError, ColumnDef, Command, Proposal, SchemaChange, TableChange};
+pub use command::{
+    Applied, CatalogError, ColumnDef, Command, ConstraintDef, ConstraintDefKind, Proposal,
+    SchemaChange, TableChange,
+};
 pub use error::{Error, Result};
 pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};
 

@@ -25,7 +25,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use quarry_common::catalog::{Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table, View};
+use quarry_common::catalog::{
+    Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
+};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"QSNP";
@@ -59,6 +61,11 @@ enum Record<'a> {
     /// Written before `End`; new variants go last, so files written before
     /// views existed still read.
     View(Cow<'a, View>),
+    /// The comments and constraints of one table (or dropped table).
+    Notes {
+        table: TableId,
+        notes: Cow<'a, TableNotes>,
+    },
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -105,6 +112,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         stripes,
         stripe_of: _,
         views,
+        notes,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -136,6 +144,12 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
     }
     for view in views.values() {
         writer.put(&Record::View(Cow::Borrowed(view.as_ref())))?;
+    }
+    for (table, table_notes) in notes {
+        writer.put(&Record::Notes {
+            table: *table,
+            notes: Cow::Borrowed(table_notes.as_ref()),
+        })?;
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -220,6 +234,9 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                 catalog
                     .views
                     .insert((view.schema.clone(), view.name.clone()), Arc::new(view));
+            }
+            Record::Notes { table, notes } => {
+                catalog.notes.insert(table, Arc::new(notes.into_owned()));
             }
             Record::End { records: written } => {
                 if written != records {
@@ -335,6 +352,15 @@ mod tests {
                 or_replace: false,
             },
         );
+        ok(
+            &mut catalog,
+            Command::Comment {
+                schema: "public".into(),
+                table: "t1".into(),
+                column: None,
+                comment: Some("kept in its own record".into()),
+            },
+        );
         catalog
     }
 
@@ -344,6 +370,7 @@ mod tests {
         assert_eq!(catalog.tables.len(), 3);
         assert_eq!(catalog.dropped.len(), 1);
         assert_eq!(catalog.views.len(), 1);
+        assert_eq!(catalog.notes.len(), 1);
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");

@@ -552,3 +552,230 @@ fn views_share_the_table_namespace_and_go_with_their_schema() {
     run(&mut catalog, drop_schema(true)).expect("cascade");
     assert!(catalog.views.is_empty());
 }
+
+fn two_columns(name: &str) -> Command {
+    let Command::CreateTable {
+        schema,
+        name,
+        if_not_exists,
+        files,
+        retention_micros,
+        field_ids,
+        layout,
+        stripes,
+        ..
+    } = create(name)
+    else {
+        unreachable!("create gives CreateTable")
+    };
+    let column = |name: &str, nullable| ColumnDef {
+        name: name.into(),
+        column_type: ColumnType::Int64,
+        nullable,
+        default: None,
+    };
+    Command::CreateTable {
+        schema,
+        name,
+        columns: vec![column("id", false), column("other", true)],
+        if_not_exists,
+        files,
+        retention_micros,
+        field_ids,
+        layout,
+        stripes,
+    }
+}
+
+fn add(table: &str, name: Option<&str>, kind: ConstraintDefKind) -> Command {
+    Command::AddConstraint {
+        schema: "public".into(),
+        table: table.into(),
+        constraint: ConstraintDef {
+            name: name.map(Into::into),
+            kind,
+        },
+    }
+}
+
+fn foreign_key(columns: &[&str], table: &str, referenced: &[&str]) -> ConstraintDefKind {
+    ConstraintDefKind::ForeignKey {
+        columns: columns.iter().map(|c| (*c).into()).collect(),
+        schema: "public".into(),
+        table: table.into(),
+        referenced: referenced.iter().map(|c| (*c).into()).collect(),
+    }
+}
+
+#[test]
+fn constraints_are_kept_by_field_id_with_postgresql_s_names_and_rules() {
+    let mut catalog = with_public();
+    run(&mut catalog, two_columns("parent")).unwrap();
+    run(&mut catalog, two_columns("child")).unwrap();
+    let pk = ConstraintDefKind::PrimaryKey(vec!["id".into()]);
+    run(&mut catalog, add("parent", None, pk.clone())).unwrap();
+    let parent = catalog.table("public", "parent").unwrap().clone();
+    let notes = catalog.notes.get(&parent.id).unwrap();
+    assert_eq!(notes.constraints[0].name, "parent_pkey");
+    assert_eq!(
+        notes.constraints[0].kind,
+        ConstraintKind::PrimaryKey(vec![1])
+    );
+    // One primary key; its columns NOT NULL; names unique per table.
+    assert_eq!(
+        run(&mut catalog, add("parent", Some("again"), pk.clone())),
+        Err(CatalogError::MultiplePrimaryKeys("parent".into()))
+    );
+    let nullable = ConstraintDefKind::PrimaryKey(vec!["other".into()]);
+    assert_eq!(
+        run(&mut catalog, add("child", None, nullable)),
+        Err(CatalogError::PrimaryKeyNullable("other".into()))
+    );
+    let unique = ConstraintDefKind::Unique(vec!["other".into()]);
+    run(&mut catalog, add("parent", None, unique.clone())).unwrap();
+    assert!(matches!(
+        run(
+            &mut catalog,
+            add("parent", Some("parent_other_key"), unique)
+        ),
+        Err(CatalogError::ConstraintExists { .. })
+    ));
+    // A foreign key names a key of the referenced table; without columns,
+    // its primary key.
+    assert!(matches!(
+        run(
+            &mut catalog,
+            add("child", None, foreign_key(&["id"], "nope", &[]))
+        ),
+        Err(CatalogError::TableNotFound(_))
+    ));
+    run(
+        &mut catalog,
+        add("child", None, foreign_key(&["other"], "parent", &[])),
+    )
+    .unwrap();
+    let child = catalog.table("public", "child").unwrap().clone();
+    assert_eq!(
+        catalog.notes.get(&child.id).unwrap().constraints[0],
+        Constraint {
+            name: "child_other_fkey".into(),
+            kind: ConstraintKind::ForeignKey {
+                columns: vec![2],
+                table: parent.id,
+                referenced: vec![1],
+            },
+        }
+    );
+    run(&mut catalog, two_columns("keyless")).unwrap();
+    assert!(matches!(
+        run(
+            &mut catalog,
+            add("child", None, foreign_key(&["id"], "keyless", &[]))
+        ),
+        Err(CatalogError::InvalidForeignKey(_))
+    ));
+    assert!(matches!(
+        run(
+            &mut catalog,
+            add("child", None, foreign_key(&["id"], "keyless", &["id"]))
+        ),
+        Err(CatalogError::InvalidForeignKey(_))
+    ));
+    // The referenced table and key cannot go while the foreign key is there.
+    let drop_parent = Command::DropTable {
+        schema: "public".into(),
+        name: "parent".into(),
+        if_exists: false,
+    };
+    assert!(matches!(
+        run(&mut catalog, drop_parent.clone()),
+        Err(CatalogError::Referenced { .. })
+    ));
+    let drop_pk = |cascade| Command::DropConstraint {
+        schema: "public".into(),
+        table: "parent".into(),
+        name: "parent_pkey".into(),
+        if_exists: false,
+        cascade,
+    };
+    assert!(matches!(
+        run(&mut catalog, drop_pk(false)),
+        Err(CatalogError::Referenced { .. })
+    ));
+    run(&mut catalog, drop_pk(true)).unwrap();
+    assert!(
+        !catalog.notes.contains_key(&child.id),
+        "CASCADE dropped the foreign key"
+    );
+    run(&mut catalog, drop_parent).unwrap();
+    // The dropped table keeps its notes for UNDROP until it is purged.
+    assert!(catalog.notes.contains_key(&parent.id));
+    run(&mut catalog, Command::PurgeDropped { table: parent.id }).unwrap();
+    assert!(!catalog.notes.contains_key(&parent.id));
+}
+
+#[test]
+fn comments_follow_columns_and_a_dropped_column_takes_its_notes() {
+    let mut catalog = with_public();
+    run(&mut catalog, two_columns("t")).unwrap();
+    let comment = |column: Option<&str>, text: Option<&str>| Command::Comment {
+        schema: "public".into(),
+        table: "t".into(),
+        column: column.map(Into::into),
+        comment: text.map(Into::into),
+    };
+    run(&mut catalog, comment(None, Some("the table"))).unwrap();
+    run(&mut catalog, comment(Some("other"), Some("a column"))).unwrap();
+    assert_eq!(
+        run(&mut catalog, comment(Some("nope"), Some("x"))),
+        Err(CatalogError::ColumnNotFound("nope".into()))
+    );
+    let id = catalog.table("public", "t").unwrap().id;
+    run(
+        &mut catalog,
+        add("t", None, ConstraintDefKind::Unique(vec!["other".into()])),
+    )
+    .unwrap();
+    let notes = catalog.notes.get(&id).unwrap().clone();
+    assert_eq!(notes.comment.as_deref(), Some("the table"));
+    assert_eq!(
+        notes.column_comments.get(&2).map(String::as_str),
+        Some("a column")
+    );
+    run(
+        &mut catalog,
+        Command::AlterTable {
+            table: id,
+            change: SchemaChange::DropColumn("other".into()),
+        },
+    )
+    .unwrap();
+    let notes = catalog.notes.get(&id).unwrap();
+    assert!(notes.column_comments.is_empty() && notes.constraints.is_empty());
+    run(&mut catalog, comment(None, None)).unwrap();
+    assert!(
+        !catalog.notes.contains_key(&id),
+        "empty notes are forgotten"
+    );
+}
+
+#[test]
+fn a_batch_applies_all_of_its_commands_or_none() {
+    let mut catalog = with_public();
+    let pk = || add("t", None, ConstraintDefKind::PrimaryKey(vec!["id".into()]));
+    let before = catalog.clone();
+    let failed = run(
+        &mut catalog,
+        Command::Batch(vec![
+            two_columns("t"),
+            pk(),
+            add("t", None, ConstraintDefKind::Unique(vec!["nope".into()])),
+        ]),
+    );
+    assert_eq!(failed, Err(CatalogError::ColumnNotFound("nope".into())));
+    assert_eq!(catalog, before, "nothing of a failed batch is applied");
+    let applied = run(&mut catalog, Command::Batch(vec![two_columns("t"), pk()])).unwrap();
+    assert!(matches!(&applied, Applied::Batch(each) if each.len() == 2));
+    let id = catalog.table("public", "t").unwrap().id;
+    assert_eq!(catalog.notes.get(&id).unwrap().constraints.len(), 1);
+}
