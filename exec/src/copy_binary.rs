@@ -31,28 +31,10 @@ fn bad(message: impl Into<String>) -> Error {
     user_error(SqlState::BAD_COPY_FILE_FORMAT, message)
 }
 
-/// The PostgreSQL type a column of `column_type` is sent as.
-fn pg_type(column_type: ColumnType) -> Type {
-    match column_type {
-        ColumnType::Boolean => Type::BOOL,
-        ColumnType::Int16 => Type::INT2,
-        ColumnType::Int32 => Type::INT4,
-        ColumnType::Int64 => Type::INT8,
-        ColumnType::Float32 => Type::FLOAT4,
-        ColumnType::Float64 => Type::FLOAT8,
-        ColumnType::Decimal { .. } => Type::NUMERIC,
-        ColumnType::Text => Type::TEXT,
-        ColumnType::Date => Type::DATE,
-        ColumnType::Timestamp => Type::TIMESTAMP,
-        ColumnType::TimestampTz => Type::TIMESTAMPTZ,
-        ColumnType::Bytea => Type::BYTEA,
-    }
-}
-
 /// The text form of a binary field of `column_type`, as the text format
 /// would carry it.
 fn field_text(column_type: ColumnType, raw: &[u8]) -> std::result::Result<String, String> {
-    let ty = pg_type(column_type);
+    let ty = crate::pg_catalog::pg_type(column_type);
     let text = match column_type {
         ColumnType::Boolean => if bool::from_sql(&ty, raw).map_err(|e| e.to_string())? {
             "t"
@@ -225,7 +207,7 @@ impl BinaryRecordParser {
                                     "row {}, column {}: not a binary {}: {e}",
                                     self.row,
                                     column + 1,
-                                    pg_type(*column_type)
+                                    crate::pg_catalog::pg_type(*column_type)
                                 ),
                             )
                         })?)

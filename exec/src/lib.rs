@@ -27,6 +27,7 @@ pub mod field_ids;
 pub mod memory;
 pub mod merge;
 pub mod parser;
+pub mod pg_catalog;
 pub mod pg_functions;
 pub mod rewrite;
 pub mod runtime;

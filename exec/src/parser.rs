@@ -582,8 +582,94 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
     Some(Expr::Subquery(Box::new(query)))
 }
 
+/// `ARRAY(SELECT f(x) FROM unnest(a) x)` with nothing else in the subquery
+/// (psql's `\d+` over an outer column): `array_transform(a, x -> f(x))`,
+/// empty when `a` is NULL, as DataFusion plans no subquery correlated inside
+/// UNNEST.
+fn array_transform_of_unnest(subquery: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = subquery.body.as_ref() else {
+        return None;
+    };
+    let plain = subquery.with.is_none()
+        && subquery.limit_clause.is_none()
+        && subquery.order_by.is_none()
+        && select.distinct.is_none()
+        && select.selection.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    let ([from], [SelectItem::UnnamedExpr(value)], true) =
+        (select.from.as_slice(), select.projection.as_slice(), plain)
+    else {
+        return None;
+    };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let (array, alias) = match &from.relation {
+        TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } if array_exprs.len() == 1 => (array_exprs[0].clone(), alias),
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            alias: Some(alias),
+            ..
+        } if name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+            && args.args.len() == 1 =>
+        {
+            let ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)) = &args.args[0] else {
+                return None;
+            };
+            (array.clone(), alias)
+        }
+        _ => return None,
+    };
+    let variable = match alias.columns.as_slice() {
+        [] => alias.name.clone(),
+        [column] => column.name.clone(),
+        _ => return None,
+    };
+    let mut coalesce =
+        template_function("SELECT coalesce(array_transform(NULL, NULL), make_array())")?;
+    let ast::FunctionArguments::List(arguments) = &mut coalesce.args else {
+        return None;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Function(transform)))) =
+        arguments.args.first_mut()
+    else {
+        return None;
+    };
+    let ast::FunctionArguments::List(list) = &mut transform.args else {
+        return None;
+    };
+    let lambda = Expr::Lambda(ast::LambdaFunction {
+        params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+            name: variable,
+            data_type: None,
+        }),
+        body: Box::new(value.clone()),
+        syntax: ast::LambdaSyntax::Arrow,
+    });
+    list.args = vec![
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(lambda)),
+    ];
+    Some(Expr::Function(coalesce))
+}
+
 /// `ARRAY(subquery)` as a scalar subquery over the subquery's rows.
 fn array_of_subquery(subquery: &Query) -> Option<Expr> {
+    if let Some(array) = array_transform_of_unnest(subquery) {
+        return Some(array);
+    }
     if let Some(array) = array_in_place(subquery) {
         return Some(array);
     }
@@ -633,23 +719,35 @@ fn array_of_subquery(subquery: &Query) -> Option<Expr> {
 /// wrapped in `max(...)`, which keeps a single row's value (and NULL for
 /// none).
 fn aggregate_catalog_lookup(query: &mut Query) {
+    // `ORDER BY ... LIMIT 1`: the first row's value in that order, which
+    // `first_value(value ORDER BY ...)` keeps (psql's lookup of a trigger's
+    // parent).
+    let order = match (&query.order_by, &query.limit_clause) {
+        (None, None) => None,
+        (
+            Some(ast::OrderBy {
+                kind: ast::OrderByKind::Expressions(order),
+                ..
+            }),
+            Some(ast::LimitClause::LimitOffset {
+                limit: Some(Expr::Value(limit)),
+                offset: None,
+                limit_by,
+            }),
+        ) if limit.value == ast::Value::Number("1".into(), false) && limit_by.is_empty() => {
+            Some(order.clone())
+        }
+        _ => return,
+    };
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
-    let catalog_only = !select.from.is_empty()
-        && select.from.iter().all(|from| {
-            std::iter::once(&from.relation)
-                .chain(from.joins.iter().map(|j| &j.relation))
-                .all(|relation| {
-                    matches!(relation, TableFactor::Table { name, args: None, .. }
-                    if name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
-                        i.value.to_ascii_lowercase().starts_with("pg_")
-                    }))
-                })
-        });
+    if !reads_only_catalog(select) {
+        return;
+    }
     let plain_group_by =
         matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
-    if !catalog_only || !plain_group_by || select.having.is_some() {
+    if !plain_group_by || select.having.is_some() || select.distinct.is_some() {
         return;
     }
     let [SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }] =
@@ -657,18 +755,198 @@ fn aggregate_catalog_lookup(query: &mut Query) {
     else {
         return;
     };
-    if matches!(value, Expr::Function(_)) {
+    // An aggregate already gives one row (and cannot be nested in another).
+    if contains_aggregate(value) {
         return;
     }
-    let Some(mut max) = template_function("SELECT max(1)") else {
+    let template = if order.is_some() {
+        "SELECT first_value(1 ORDER BY 1)"
+    } else {
+        "SELECT max(1)"
+    };
+    let Some(mut aggregate) = template_function(template) else {
         return;
     };
-    if let ast::FunctionArguments::List(list) = &mut max.args {
+    if let ast::FunctionArguments::List(list) = &mut aggregate.args {
         list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
             value.clone(),
         ))];
+        list.clauses = order
+            .into_iter()
+            .map(ast::FunctionArgumentClause::OrderBy)
+            .collect();
     }
-    *value = Expr::Function(max);
+    *value = Expr::Function(aggregate);
+    query.order_by = None;
+    query.limit_clause = None;
+}
+
+/// `generate_subscripts(array, 1)` in a SELECT list (SQLAlchemy numbers a
+/// key's columns so): `unnest(generate_series(1, cardinality(array)))`, the
+/// subscripts 1..n of a one-dimensional array, row by row beside any other
+/// unnest of the same list.
+fn generate_subscripts(function: &ast::Function) -> Option<Expr> {
+    let ast::FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let [
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(dimension)),
+    ] = list.args.as_slice()
+    else {
+        return None;
+    };
+    // The first dimension: a literal 1, or a parameter (SQLAlchemy binds it,
+    // cast to integer); catalog arrays have one dimension.
+    let mut dimension = dimension;
+    while let Expr::Cast { expr, .. } | Expr::Nested(expr) = dimension {
+        dimension = expr;
+    }
+    let first = match dimension {
+        Expr::Value(v) => {
+            matches!(&v.value, ast::Value::Placeholder(_))
+                || v.value == ast::Value::Number("1".into(), false)
+        }
+        _ => false,
+    };
+    if !first {
+        return None;
+    }
+    let mut subscripts = template_function("SELECT unnest(generate_series(1, cardinality(NULL)))")?;
+    struct Bind(Expr);
+    impl VisitorMut for Bind {
+        type Break = ();
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if matches!(expr, Expr::Value(v) if v.value == ast::Value::Null) {
+                *expr = self.0.clone();
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut expr = Expr::Function(subscripts.clone());
+    let _ = VisitMut::visit(&mut expr, &mut Bind(array.clone()));
+    if let Expr::Function(bound) = expr {
+        subscripts = bound;
+    }
+    Some(Expr::Function(subscripts))
+}
+
+/// Whether `expr` calls one of [`AGGREGATES`] anywhere.
+fn contains_aggregate(expr: &Expr) -> bool {
+    struct Find;
+    impl ast::Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f)
+                    if AGGREGATES.contains(&f.name.to_string().to_lowercase().as_str()) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    ast::Visit::visit(expr, &mut Find).is_break()
+}
+
+/// Whether `select` reads only pg_catalog tables (`pg_*`), directly or
+/// through derived tables that do.
+fn reads_only_catalog(select: &ast::Select) -> bool {
+    !select.from.is_empty()
+        && select.from.iter().all(|from| {
+            std::iter::once(&from.relation)
+                .chain(from.joins.iter().map(|j| &j.relation))
+                .all(|relation| match relation {
+                    TableFactor::Table {
+                        name, args: None, ..
+                    } => name
+                        .0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .is_some_and(|i| i.value.to_ascii_lowercase().starts_with("pg_")),
+                    TableFactor::Derived { subquery, .. } => match subquery.body.as_ref() {
+                        SetExpr::Select(inner) => reads_only_catalog(inner),
+                        _ => false,
+                    },
+                    _ => false,
+                })
+        })
+}
+
+/// `pg_partition_ancestors(relation)` in a FROM clause: the relation and the
+/// partitioned tables above it. Quarry has no partitioned tables, so the
+/// ancestors of `relation` are the relation alone: pg_class's row of it. The
+/// function (psql calls it with an outer column, which DataFusion cannot
+/// pass to a table function) becomes `(SELECT oid AS relid [, 1 AS depth]
+/// FROM pg_catalog.pg_class) AS alias` with `alias.relid = relation` added to
+/// the query's WHERE.
+fn rewrite_partition_ancestors(select: &mut ast::Select) {
+    let mut conditions = Vec::new();
+    for from in &mut select.from {
+        let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            with_ordinality,
+            ..
+        } = &mut from.relation
+        else {
+            continue;
+        };
+        let is_ancestors = name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_partition_ancestors"));
+        let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(relation))] =
+            args.args.as_slice()
+        else {
+            continue;
+        };
+        if !is_ancestors {
+            continue;
+        }
+        let sql = if *with_ordinality {
+            "SELECT oid AS relid, 1 AS depth FROM pg_catalog.pg_class"
+        } else {
+            "SELECT oid AS relid FROM pg_catalog.pg_class"
+        };
+        let Some(subquery) = template_query(sql) else {
+            continue;
+        };
+        let alias = alias.take().unwrap_or_else(|| ast::TableAlias {
+            explicit: true,
+            name: ast::Ident::new("pg_partition_ancestors"),
+            columns: Vec::new(),
+            at: None,
+        });
+        let column = alias
+            .columns
+            .first()
+            .map_or_else(|| ast::Ident::new("relid"), |c| c.name.clone());
+        conditions.push(Expr::BinaryOp {
+            left: Box::new(Expr::CompoundIdentifier(vec![alias.name.clone(), column])),
+            op: ast::BinaryOperator::Eq,
+            right: Box::new(Expr::Nested(Box::new(relation.clone()))),
+        });
+        from.relation = TableFactor::Derived {
+            lateral: false,
+            subquery,
+            alias: Some(alias),
+            sample: None,
+        };
+    }
+    for condition in conditions {
+        select.selection = Some(match select.selection.take() {
+            Some(existing) => Expr::BinaryOp {
+                left: Box::new(Expr::Nested(Box::new(existing))),
+                op: ast::BinaryOperator::And,
+                right: Box::new(condition),
+            },
+            None => condition,
+        });
+    }
 }
 
 /// Rewrites the PostgreSQL forms DataFusion does not plan into ones it does:
@@ -681,6 +959,12 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
     struct Rewrite;
     impl VisitorMut for Rewrite {
         type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                rewrite_partition_ancestors(select);
+            }
+            ControlFlow::Continue(())
+        }
         // `FROM [pg_catalog.]unnest(...)` parsed as a table function (psql's
         // \d+ writes it so): unnest is a table factor of its own to DataFusion.
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
@@ -757,6 +1041,12 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
             }
             let name = function.name.to_string().to_lowercase();
             let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+            if name == "generate_subscripts"
+                && let Some(subscripts) = generate_subscripts(function)
+            {
+                *expr = subscripts;
+                return ControlFlow::Continue(());
+            }
             let Some((_, template)) = REG_LOOKUPS.iter().find(|(f, _)| *f == name) else {
                 return ControlFlow::Continue(());
             };

@@ -5,10 +5,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray,
+};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result as DfResult;
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, create_udf,
+};
 use datafusion::prelude::SessionContext;
 
 /// Registers the functions on `ctx`, whose catalog (the session's pinned
@@ -19,19 +24,82 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
     for name in ["pg_type_is_visible", "pg_function_is_visible"] {
         ctx.register_udf(always_true(name));
     }
-    // Quarry keeps no comments yet (COMMENT ON): no object has a description.
-    let (oid, name) = (DataType::Int32, DataType::Utf8);
-    ctx.register_udf(no_description(
-        "obj_description",
-        vec![oid.clone(), name.clone()],
-    ));
-    ctx.register_udf(no_description(
-        "col_description",
-        vec![oid.clone(), DataType::Int32],
-    ));
-    ctx.register_udf(no_description("shobj_description", vec![oid, name]));
+    // Comments (COMMENT ON) and key definitions, answered from the notes of
+    // the statement's catalog; NULL for anything else, as PostgreSQL answers
+    // for an object without one.
+    let (oid, int, name, boolean) = (
+        DataType::Int32,
+        DataType::Int32,
+        DataType::Utf8,
+        DataType::Boolean,
+    );
+    let functions: [(&str, Vec<Vec<DataType>>, Describe); 6] = [
+        (
+            "obj_description",
+            vec![vec![oid.clone()], vec![oid.clone(), name.clone()]],
+            |meta, oid, _, class| match class {
+                None | Some("pg_class") => crate::pg_catalog::description(meta, oid, 0),
+                Some(_) => None,
+            },
+        ),
+        (
+            "col_description",
+            vec![vec![oid.clone(), int.clone()]],
+            |meta, oid, column, _| crate::pg_catalog::description(meta, oid, column?),
+        ),
+        (
+            "shobj_description",
+            vec![vec![oid.clone(), name.clone()]],
+            |_, _, _, _| None,
+        ),
+        (
+            "pg_get_constraintdef",
+            vec![vec![oid.clone()], vec![oid.clone(), boolean.clone()]],
+            |meta, oid, _, _| crate::pg_catalog::constraint_definition(meta, oid),
+        ),
+        // Quarry has no triggers (pg_trigger is empty).
+        (
+            "pg_get_triggerdef",
+            vec![vec![oid.clone()], vec![oid.clone(), boolean.clone()]],
+            |_, _, _, _| None,
+        ),
+        (
+            "pg_get_indexdef",
+            vec![vec![oid.clone()], vec![oid, int, boolean]],
+            |meta, oid, _, _| crate::pg_catalog::index_definition(meta, oid),
+        ),
+    ];
+    ctx.register_udf(ScalarUDF::new_from_impl(GetExpr {
+        signature: Signature::one_of(
+            [
+                vec![name.clone(), DataType::Int32],
+                vec![name.clone(), DataType::Int32, DataType::Boolean],
+            ]
+            .into_iter()
+            .flat_map(with_int8)
+            .map(TypeSignature::Exact)
+            .collect(),
+            Volatility::Immutable,
+        ),
+    }));
+    for (function, signatures, describe) in functions {
+        ctx.register_udf(ScalarUDF::new_from_impl(Described {
+            name: function,
+            signature: Signature::one_of(
+                signatures
+                    .into_iter()
+                    .flat_map(with_int8)
+                    .map(TypeSignature::Exact)
+                    .collect(),
+                Volatility::Stable,
+            ),
+            catalog: catalog.clone(),
+            describe,
+        }));
+    }
     // The bytes of the data files the database's tables read now (their
     // current snapshots); NULL for another database's name.
+    let database = catalog.clone();
     ctx.register_udf(create_udf(
         "pg_database_size",
         vec![DataType::Utf8],
@@ -40,7 +108,7 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
         Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let names = datafusion::common::cast::as_string_array(&arrays[0])?;
-            let view = catalog.view();
+            let view = database.view();
             let size: u64 = view
                 .catalog
                 .tables
@@ -56,6 +124,74 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
                 })
                 .collect();
             Ok(ColumnarValue::Array(Arc::new(sizes) as ArrayRef))
+        }),
+    ));
+    // The size of a relation by oid: a table's data files at its current
+    // snapshot (the heap of PostgreSQL's pg_table_size); 0 for a view or a
+    // system relation; NULL for an oid that names no relation. Quarry keeps
+    // no indexes, so pg_indexes_size is 0 and the total is the table's size.
+    for name in [
+        "pg_table_size",
+        "pg_relation_size",
+        "pg_total_relation_size",
+        "pg_indexes_size",
+    ] {
+        let catalog = catalog.clone();
+        let indexes = name == "pg_indexes_size";
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int32],
+            DataType::Int64,
+            Volatility::Stable,
+            Arc::new(move |args: &[ColumnarValue]| {
+                let arrays = ColumnarValue::values_to_arrays(args)?;
+                let oids = datafusion::common::cast::as_int32_array(&arrays[0])?;
+                let view = catalog.view();
+                let sizes: Int64Array = oids
+                    .iter()
+                    .map(|oid| {
+                        let oid = oid?;
+                        match view
+                            .catalog
+                            .tables
+                            .values()
+                            .find(|t| crate::pg_catalog::table_oid(t.id) == oid)
+                        {
+                            Some(_) if indexes => Some(0),
+                            Some(table) => Some(
+                                table
+                                    .files_at(table.current_snapshot().id)
+                                    .map(|f| i64::try_from(f.size_bytes).unwrap_or(i64::MAX))
+                                    .sum(),
+                            ),
+                            None => (!crate::pg_catalog::is_id_oid(oid)).then_some(0),
+                        }
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(sizes) as ArrayRef))
+            }),
+        ));
+    }
+    // A relation of Quarry's system schema is not on the search path (psql's
+    // `\dt` and `\dv` leave it out, as they leave out information_schema);
+    // every other relation is.
+    let hidden: Vec<i32> = crate::system::NAMES
+        .iter()
+        .map(|name| crate::pg_catalog::named_oid(crate::system::SYSTEM_SCHEMA, name))
+        .collect();
+    ctx.register_udf(create_udf(
+        "pg_table_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let oids = datafusion::common::cast::as_int32_array(&arrays[0])?;
+            let visible: BooleanArray = oids
+                .iter()
+                .map(|oid| oid.map(|oid| !hidden.contains(&oid)))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(visible) as ArrayRef))
         }),
     ));
     ctx.register_udf(create_udf(
@@ -92,23 +228,129 @@ fn always_true(name: &str) -> ScalarUDF {
     )
 }
 
-fn no_description(name: &str, arguments: Vec<DataType>) -> ScalarUDF {
-    create_udf(
-        name,
-        arguments,
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Array(Arc::new(StringArray::from(vec![
-                None::<
-                    &str,
-                >;
-                rows(
-                    args
-                )?
-            ]))))
-        }),
-    )
+/// What a catalog function answers for an oid, with its second argument
+/// when that is an integer (an attnum) or a name (a catalog).
+type Describe =
+    fn(&quarry_common::catalog::Catalog, i32, Option<i32>, Option<&str>) -> Option<String>;
+
+/// `signature` and its variants with int8 for any of its int4 arguments:
+/// Quarry computes integer literals as int8 (`col_description(oid, 2)`).
+fn with_int8(signature: Vec<DataType>) -> Vec<Vec<DataType>> {
+    let mut variants = vec![Vec::new()];
+    for data_type in signature {
+        let choices = if data_type == DataType::Int32 {
+            vec![DataType::Int32, DataType::Int64]
+        } else {
+            vec![data_type]
+        };
+        variants = variants
+            .into_iter()
+            .flat_map(|prefix: Vec<DataType>| {
+                choices.iter().map(move |choice| {
+                    let mut next = prefix.clone();
+                    next.push(choice.clone());
+                    next
+                })
+            })
+            .collect();
+    }
+    variants
+}
+
+/// `pg_get_expr(expression, relation [, pretty])`: Quarry's catalogs keep an
+/// expression (pg_attrdef's `adbin`) as its SQL text, which is what
+/// PostgreSQL's decompiles its node tree into.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct GetExpr {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for GetExpr {
+    fn name(&self) -> &str {
+        "pg_get_expr"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(args.args[0].clone())
+    }
+}
+
+/// A catalog function answered from the session's pinned catalog; NULL for
+/// a NULL oid.
+struct Described {
+    name: &'static str,
+    signature: Signature,
+    catalog: Arc<crate::catalog::QuarryCatalog>,
+    describe: Describe,
+}
+
+impl std::fmt::Debug for Described {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Described")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PartialEq for Described {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Described {}
+
+impl std::hash::Hash for Described {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Described {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        // Integer literals arrive as int8 (see with_int8).
+        let int4 = |array: &ArrayRef| match array.data_type() {
+            DataType::Int64 => datafusion::arrow::compute::cast(array, &DataType::Int32),
+            _ => Ok(array.clone()),
+        };
+        let arrays = arrays.iter().map(int4).collect::<Result<Vec<_>, _>>()?;
+        let oids = datafusion::common::cast::as_int32_array(&arrays[0])?;
+        let second = arrays.get(1);
+        let numbers = second.and_then(|a| a.as_any().downcast_ref::<Int32Array>());
+        let names = second.and_then(|a| a.as_any().downcast_ref::<StringArray>());
+        let view = self.catalog.view();
+        let answers: StringArray = (0..rows)
+            .map(|row| {
+                let oid = oids.is_valid(row).then(|| oids.value(row))?;
+                let number = numbers.and_then(|n| n.is_valid(row).then(|| n.value(row)));
+                let name = names.and_then(|n| n.is_valid(row).then(|| n.value(row)));
+                (self.describe)(&view.catalog, oid, number, name)
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(answers)))
+    }
 }
 
 /// `size` bytes as `pg_size_pretty` writes them: bytes below 10 kB; else

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider};
 use datafusion::common::ParamValues;
 use datafusion::common::config::ConfigOptions;
 use datafusion::execution::SendableRecordBatchStream;
@@ -365,13 +365,24 @@ impl Session {
             state.upgrade().map(|state| state.read().clone())
         }));
         ctx.register_catalog(CATALOG_NAME, catalog.clone());
-        crate::pg_functions::register(&ctx, catalog.clone());
         datafusion_pg_catalog::setup_pg_catalog(
             &ctx,
             CATALOG_NAME,
             datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
         )
         .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
+        // After pg_catalog's own, so Quarry's answer for the objects it has
+        // replaces the crate's (pg_relation_size).
+        crate::pg_functions::register(&ctx, catalog.clone());
+        // The relation tables of pg_catalog are Quarry's own (stable oids).
+        if let Some(inner) = catalog.schema("pg_catalog") {
+            catalog
+                .register_schema(
+                    "pg_catalog",
+                    Arc::new(crate::pg_catalog::PgCatalogSchema::new(inner, &catalog)),
+                )
+                .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
+        }
         // Drivers (SQLAlchemy's among them) parse `version()` as PostgreSQL's.
         ctx.register_udf(datafusion::logical_expr::create_udf(
             "version",
@@ -626,6 +637,12 @@ impl Session {
             }
             Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
             Statement::CreateView(create) => self.create_view(create).await,
+            Statement::Comment {
+                object_type,
+                object_name,
+                comment,
+                ..
+            } => self.comment(object_type, &object_name, comment).await,
             Statement::CreateTable(create) => {
                 self.outside_transaction("CREATE TABLE")?;
                 self.create_table(create, None).await

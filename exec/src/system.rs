@@ -34,7 +34,8 @@ const TABLES: &str = "tables";
 const SNAPSHOTS: &str = "snapshots";
 const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
-const NAMES: [&str; 4] = [NODES, SNAPSHOTS, STRIPES, TABLES];
+/// The tables of the system schema.
+pub const NAMES: [&str; 4] = [NODES, SNAPSHOTS, STRIPES, TABLES];
 
 /// The system schema over one catalog version.
 #[derive(Debug)]

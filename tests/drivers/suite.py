@@ -221,6 +221,34 @@ def sqlalchemy_reflects_columns(connect):
         assert isinstance(columns["id"]["type"], sa.Integer), columns["id"]
         assert columns["id"]["nullable"] is False and columns["name"]["nullable"] is True
         assert isinstance(columns["price"]["type"], sa.Numeric), columns["price"]
+        # Keys, indexes and comments: none declared, so each reflects empty.
+        assert inspector.get_pk_constraint("sa_items")["constrained_columns"] == []
+        assert inspector.get_indexes("sa_items") == []
+        assert inspector.get_unique_constraints("sa_items") == []
+        assert inspector.get_foreign_keys("sa_items") == []
+        assert inspector.get_table_comment("sa_items")["text"] is None
+        # A Table reflected whole (what applications and pandas do).
+        table = sa.Table("sa_items", sa.MetaData(), autoload_with=engine)
+        assert [c.name for c in table.columns] == ["id", "name", "price"], table.columns
+        # Declared keys and comments, reflected as PostgreSQL reports them.
+        with connect() as conn:
+            conn.execute("CREATE TABLE sa_parent (id BIGINT PRIMARY KEY, code TEXT NOT NULL, "
+                         "CONSTRAINT sa_parent_code UNIQUE (code))")
+            conn.execute("CREATE TABLE sa_child (id INT NOT NULL PRIMARY KEY, "
+                         "parent_id BIGINT REFERENCES sa_parent (id))")
+            conn.execute("COMMENT ON TABLE sa_parent IS 'the parents'")
+            conn.execute("COMMENT ON COLUMN sa_parent.code IS 'a code'")
+        inspector = sa.inspect(engine)
+        pk = inspector.get_pk_constraint("sa_parent")
+        assert pk["constrained_columns"] == ["id"] and pk["name"] == "sa_parent_pkey", pk
+        unique = inspector.get_unique_constraints("sa_parent")
+        assert [(u["name"], u["column_names"]) for u in unique] == [("sa_parent_code", ["code"])]
+        fks = inspector.get_foreign_keys("sa_child")
+        assert [(f["name"], f["constrained_columns"], f["referred_table"], f["referred_columns"])
+                for f in fks] == [("sa_child_parent_id_fkey", ["parent_id"], "sa_parent", ["id"])], fks
+        assert inspector.get_table_comment("sa_parent")["text"] == "the parents"
+        columns = {c["name"]: c for c in inspector.get_columns("sa_parent")}
+        assert columns["code"]["comment"] == "a code", columns["code"]
         with engine.connect() as c:
             rows = c.execute(sa.text("SELECT id, name FROM sa_items")).fetchall()
         assert [tuple(r) for r in rows] == [(1, "one")], rows
@@ -419,6 +447,64 @@ def copy_csv_force_options(connect):
               psycopg.errors.InvalidColumnReference, "FORCE_NOT_NULL of a column not copied")
         fails(conn, "COPY fq TO STDOUT (FORCE_QUOTE (a))",
               psycopg.errors.FeatureNotSupported, "FORCE_QUOTE outside CSV mode")
+
+
+@case
+def psql_meta_commands(connect):
+    """psql's describing meta-commands (`\\d+`, `\\dt+`, `\\dv`, `\\dn+`, `\\du`,
+    `\\l+`), which read pg_class, pg_attribute, pg_attrdef and pg_namespace by
+    oid across several queries."""
+    import subprocess
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE pm_items (id BIGINT NOT NULL, name TEXT DEFAULT 'none', "
+                     "price NUMERIC(10, 2), qty INT DEFAULT 7)")
+        conn.execute("INSERT INTO pm_items VALUES (1, 'one', 1.50, 2)")
+        conn.execute("CREATE VIEW pm_names AS SELECT id, name FROM pm_items")
+        info = conn.info
+        user = info.user
+
+    def psql(command):
+        done = subprocess.run(
+            ["psql", "-X", "-h", info.host, "-p", str(info.port), "-U", user, "-d", info.dbname,
+             "-c", command],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and not done.stderr, f"{command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    described = psql("\\d+ pm_items")
+    assert 'Table "public.pm_items"' in described, described
+    lines = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")]
+             for line in described.splitlines() if "|" in line}
+    assert lines["id"][1:4] == ["bigint", "", "not null"], lines["id"]
+    assert lines["name"][1] == "text", lines["name"]
+    assert lines["price"][1] == "numeric(10,2)", lines["price"]
+    assert lines["qty"][1] == "integer", lines["qty"]
+    assert "Access method" in described or "Storage" in described, described
+    sized = psql("\\dt+ pm_items")
+    row = next(line for line in sized.splitlines() if "pm_items" in line)
+    assert row.split("|")[2].strip() == "table", row
+    assert "bytes" in row or "kB" in row, sized
+    view = psql("\\d pm_names")
+    assert 'View "public.pm_names"' in view and "name" in view, view
+    assert "pm_names" in psql("\\dv"), "\\dv lists the view"
+    schemas = psql("\\dn+")
+    assert "public" in schemas, schemas
+    # Keys and comments as psql shows them.
+    with connect() as conn:
+        conn.execute("CREATE TABLE pm_parent (id BIGINT PRIMARY KEY, code TEXT NOT NULL UNIQUE)")
+        conn.execute("CREATE TABLE pm_child (id INT NOT NULL, parent BIGINT "
+                     "REFERENCES pm_parent (id), CONSTRAINT pm_child_key PRIMARY KEY (id))")
+        conn.execute("COMMENT ON TABLE pm_parent IS 'parents'")
+    parent = psql("\\d pm_parent")
+    assert '"pm_parent_pkey" PRIMARY KEY, btree (id)' in parent, parent
+    assert '"pm_parent_code_key" UNIQUE CONSTRAINT, btree (code)' in parent, parent
+    assert 'CONSTRAINT "pm_child_parent_fkey" FOREIGN KEY (parent) REFERENCES pm_parent(id)' \
+        in parent, parent
+    child = psql("\\d pm_child")
+    assert '"pm_child_key" PRIMARY KEY, btree (id)' in child, child
+    assert '"pm_child_parent_fkey" FOREIGN KEY (parent) REFERENCES pm_parent(id)' in child, child
+    assert "parents" in psql("\\dt+ pm_parent"), "\\dt+ shows the comment"
 
 
 def run(name, connect):

@@ -1,7 +1,180 @@
 //! DDL: CREATE TABLE (empty, CLONE, AS), ALTER TABLE, CREATE / ALTER VIEW,
-//! DROP, and CREATE TABLE's options.
+//! DROP, COMMENT ON, CREATE TABLE's options and its constraints.
 
 use super::*;
+use quarry_raft::{ConstraintDef, ConstraintDefKind};
+
+/// The name of a key column (`PRIMARY KEY (a, b)`): a plain column only.
+fn key_column(column: &ast::IndexColumn) -> Result<String> {
+    match &column.column.expr {
+        Expr::Identifier(ident) => Ok(normalize(ident)),
+        other => Err(user_error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!("a key over an expression ({other}) is not supported"),
+        )),
+    }
+}
+
+/// Refuses what Quarry cannot keep of a constraint: `ENFORCED` (Quarry keeps
+/// keys as declarations, BigQuery's `NOT ENFORCED`), and referential actions
+/// other than NO ACTION (nothing would carry them out).
+fn unenforced(characteristics: Option<&ast::ConstraintCharacteristics>) -> Result<()> {
+    if characteristics.is_some_and(|c| c.enforced == Some(true)) {
+        return Err(user_error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "Quarry does not enforce PRIMARY KEY, UNIQUE or FOREIGN KEY constraints: declare them NOT ENFORCED (or leave ENFORCED out)",
+        ));
+    }
+    Ok(())
+}
+
+impl Session {
+    /// A table constraint (`[CONSTRAINT name] PRIMARY KEY | UNIQUE | FOREIGN
+    /// KEY ...`) as kept in the catalog.
+    fn table_constraint(&self, constraint: &ast::TableConstraint) -> Result<ConstraintDef> {
+        let name = |ident: &Option<Ident>| ident.as_ref().map(normalize);
+        let keys = |columns: &[ast::IndexColumn]| -> Result<Vec<String>> {
+            columns.iter().map(key_column).collect()
+        };
+        match constraint {
+            ast::TableConstraint::PrimaryKey(pk) => {
+                unenforced(pk.characteristics.as_ref())?;
+                Ok(ConstraintDef {
+                    name: name(&pk.name),
+                    kind: ConstraintDefKind::PrimaryKey(keys(&pk.columns)?),
+                })
+            }
+            ast::TableConstraint::Unique(unique) => {
+                unenforced(unique.characteristics.as_ref())?;
+                Ok(ConstraintDef {
+                    name: name(&unique.name),
+                    kind: ConstraintDefKind::Unique(keys(&unique.columns)?),
+                })
+            }
+            ast::TableConstraint::ForeignKey(fk) => self.foreign_key(fk, None),
+            other => Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "constraint {other} is not supported (PRIMARY KEY, UNIQUE and FOREIGN KEY are)"
+                ),
+            )),
+        }
+    }
+
+    /// A FOREIGN KEY, or a column's REFERENCES (`column` names it).
+    fn foreign_key(
+        &self,
+        fk: &ast::ForeignKeyConstraint,
+        column: Option<&Ident>,
+    ) -> Result<ConstraintDef> {
+        unenforced(fk.characteristics.as_ref())?;
+        for action in [&fk.on_delete, &fk.on_update].into_iter().flatten() {
+            if !matches!(action, ast::ReferentialAction::NoAction) {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "ON DELETE / ON UPDATE {action} is not supported: Quarry keeps foreign keys as declarations and does not enforce them"
+                    ),
+                ));
+            }
+        }
+        let (schema, table) = self.resolve(&fk.foreign_table)?;
+        let columns = match column {
+            Some(column) => vec![normalize(column)],
+            None => fk.columns.iter().map(normalize).collect(),
+        };
+        Ok(ConstraintDef {
+            name: fk.name.as_ref().map(normalize),
+            kind: ConstraintDefKind::ForeignKey {
+                columns,
+                schema,
+                table,
+                referenced: fk.referred_columns.iter().map(normalize).collect(),
+            },
+        })
+    }
+
+    /// The constraints a column's options declare (PRIMARY KEY, UNIQUE,
+    /// REFERENCES).
+    fn column_constraints(&self, column: &ast::ColumnDef) -> Result<Vec<ConstraintDef>> {
+        let name = normalize(&column.name);
+        let mut constraints = Vec::new();
+        for option in &column.options {
+            let constraint_name = option.name.as_ref().map(normalize);
+            match &option.option {
+                ast::ColumnOption::PrimaryKey(pk) => {
+                    unenforced(pk.characteristics.as_ref())?;
+                    constraints.push(ConstraintDef {
+                        name: constraint_name,
+                        kind: ConstraintDefKind::PrimaryKey(vec![name.clone()]),
+                    });
+                }
+                ast::ColumnOption::Unique(unique) => {
+                    unenforced(unique.characteristics.as_ref())?;
+                    constraints.push(ConstraintDef {
+                        name: constraint_name,
+                        kind: ConstraintDefKind::Unique(vec![name.clone()]),
+                    });
+                }
+                ast::ColumnOption::ForeignKey(fk) => {
+                    let mut fk = self.foreign_key(fk, Some(&column.name))?;
+                    fk.name = fk.name.or(constraint_name);
+                    constraints.push(fk);
+                }
+                _ => {}
+            }
+        }
+        Ok(constraints)
+    }
+
+    /// COMMENT ON TABLE name | COLUMN table.column IS 'text' | NULL.
+    pub(super) async fn comment(
+        &mut self,
+        object_type: ast::CommentObject,
+        name: &ObjectName,
+        comment: Option<String>,
+    ) -> Result<Output> {
+        self.outside_transaction("COMMENT")?;
+        let (schema, table, column) = match object_type {
+            ast::CommentObject::Table => {
+                let (schema, table) = self.resolve(name)?;
+                (schema, table, None)
+            }
+            ast::CommentObject::Column => {
+                let mut parts = name.0.clone();
+                let column = parts.pop().and_then(|p| p.as_ident().map(normalize));
+                let (Some(column), false) = (column, parts.is_empty()) else {
+                    return Err(user_error(
+                        SqlState::SYNTAX_ERROR,
+                        format!("column name \"{name}\" must be qualified by its table"),
+                    ));
+                };
+                let (schema, table) = self.resolve(&ObjectName(parts))?;
+                (schema, table, Some(column))
+            }
+            other => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("COMMENT ON {other} is not supported (TABLE and COLUMN are)"),
+                ));
+            }
+        };
+        let catalog = self.engine.meta.read().await?;
+        if catalog.view(&schema, &table).is_some() {
+            return Err(not_a(&table, "table", "a table"));
+        }
+        self.engine
+            .meta
+            .write(Command::Comment {
+                schema,
+                table,
+                column,
+                comment,
+            })
+            .await?;
+        Ok(Output::Command(CommandTag::new("COMMENT")))
+    }
+}
 
 /// Reads CREATE TABLE's `WITH (...)` options: `retention_seconds`, the time
 /// travel window (BigQuery's max_time_travel_hours, in seconds).
@@ -97,8 +270,10 @@ impl Session {
         let mut default = None;
         for option in &column.options {
             match &option.option {
-                ast::ColumnOption::NotNull => nullable = false,
+                ast::ColumnOption::NotNull | ast::ColumnOption::PrimaryKey(_) => nullable = false,
                 ast::ColumnOption::Null => nullable = true,
+                // Kept by column_constraints.
+                ast::ColumnOption::Unique(_) | ast::ColumnOption::ForeignKey(_) => {}
                 ast::ColumnOption::Default(expr) => {
                     let value = self.eval_constant(expr, &column.data_type).await?;
                     default = crate::data_file::datum_of(&value);
@@ -151,10 +326,42 @@ impl Session {
         }
         let table = self.table(&view.catalog, name)?.clone();
         let mut changes = Vec::with_capacity(operations.len());
+        // Constraint actions, after the column changes (a key over a column
+        // added by the same statement).
+        let mut constraints = Vec::new();
         for operation in operations {
             let change = match operation {
                 ast::AlterTableOperation::AddColumn { column_def, .. } => {
+                    for constraint in self.column_constraints(&column_def)? {
+                        constraints.push(Command::AddConstraint {
+                            schema: schema.clone(),
+                            table: table.name.clone(),
+                            constraint,
+                        });
+                    }
                     SchemaChange::AddColumn(self.column_def(&column_def).await?)
+                }
+                ast::AlterTableOperation::AddConstraint { constraint, .. } => {
+                    constraints.push(Command::AddConstraint {
+                        schema: schema.clone(),
+                        table: table.name.clone(),
+                        constraint: self.table_constraint(&constraint)?,
+                    });
+                    continue;
+                }
+                ast::AlterTableOperation::DropConstraint {
+                    if_exists,
+                    name,
+                    drop_behavior,
+                } => {
+                    constraints.push(Command::DropConstraint {
+                        schema: schema.clone(),
+                        table: table.name.clone(),
+                        name: normalize(&name),
+                        if_exists,
+                        cascade: matches!(drop_behavior, Some(ast::DropBehavior::Cascade)),
+                    });
+                    continue;
                 }
                 ast::AlterTableOperation::DropColumn { column_names, .. } => {
                     changes.extend(
@@ -196,15 +403,20 @@ impl Session {
             };
             changes.push(change);
         }
-        for change in changes {
-            self.engine
-                .meta
-                .write(Command::AlterTable {
-                    table: table.id,
-                    change,
-                })
-                .await?;
-        }
+        // Every action of one ALTER TABLE applies, or none.
+        let mut commands: Vec<Command> = changes
+            .into_iter()
+            .map(|change| Command::AlterTable {
+                table: table.id,
+                change,
+            })
+            .collect();
+        commands.extend(constraints);
+        let command = match commands.len() {
+            1 => commands.pop().expect("one command"),
+            _ => Command::Batch(commands),
+        };
+        self.engine.meta.write(command).await?;
         Ok(Output::Command(CommandTag::new("ALTER TABLE")))
     }
 
@@ -221,10 +433,17 @@ impl Session {
                 "CREATE OR REPLACE / TEMPORARY / EXTERNAL TABLE is not supported yet",
             ));
         }
-        if !create.constraints.is_empty() {
+        let mut constraints = Vec::new();
+        for column in &create.columns {
+            constraints.extend(self.column_constraints(column)?);
+        }
+        for constraint in &create.constraints {
+            constraints.push(self.table_constraint(constraint)?);
+        }
+        if !constraints.is_empty() && (create.query.is_some() || create.clone.is_some()) {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
-                "table constraints (PRIMARY KEY, UNIQUE, FOREIGN KEY, CHECK) are not supported",
+                "constraints of CREATE TABLE AS or CLONE are not supported: add them with ALTER TABLE ... ADD CONSTRAINT",
             ));
         }
         let view = self.begin_statement().await?;
@@ -271,20 +490,47 @@ impl Session {
                     (columns, Vec::new(), Vec::new())
                 }
             };
-            self.engine
-                .meta
-                .write(Command::CreateTable {
-                    schema,
-                    name,
-                    columns,
-                    if_not_exists: create.if_not_exists,
-                    files,
-                    retention_micros,
-                    field_ids,
-                    layout,
-                    stripes: Vec::new(),
-                })
-                .await?;
+            let mut columns: Vec<ColumnDef> = columns;
+            // A primary key's columns are NOT NULL (PostgreSQL's rule).
+            for constraint in &constraints {
+                if let ConstraintDefKind::PrimaryKey(keys) = &constraint.kind {
+                    for column in columns.iter_mut().filter(|c| keys.contains(&c.name)) {
+                        column.nullable = false;
+                    }
+                }
+            }
+            if create.if_not_exists && view.catalog.relation_exists(&schema, &name) {
+                return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
+            }
+            let create_table = Command::CreateTable {
+                schema: schema.clone(),
+                name: name.clone(),
+                columns,
+                if_not_exists: create.if_not_exists,
+                files,
+                retention_micros,
+                field_ids,
+                layout,
+                stripes: Vec::new(),
+            };
+            // The table and its constraints are created together.
+            let command =
+                if constraints.is_empty() {
+                    create_table
+                } else {
+                    Command::Batch(
+                        std::iter::once(create_table)
+                            .chain(constraints.into_iter().map(|constraint| {
+                                Command::AddConstraint {
+                                    schema: schema.clone(),
+                                    table: name.clone(),
+                                    constraint,
+                                }
+                            }))
+                            .collect(),
+                    )
+                };
+            self.engine.meta.write(command).await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
         }
         let query = create
@@ -400,10 +646,18 @@ impl Session {
                     if catalog.view(&schema, &name).is_some() {
                         return Err(not_a(&name, "table", "DROP VIEW"));
                     }
-                    Command::DropTable {
-                        schema,
-                        name,
+                    let drop = Command::DropTable {
+                        schema: schema.clone(),
+                        name: name.clone(),
                         if_exists,
+                    };
+                    match catalog.table(&schema, &name) {
+                        Some(table) if cascade => {
+                            let mut commands = referencing_keys(&catalog, table.id);
+                            commands.push(drop);
+                            Command::Batch(commands)
+                        }
+                        _ => drop,
                     }
                 }
                 ObjectType::View => {
@@ -511,6 +765,36 @@ impl Session {
 
 /// 42809: `name` is a relation of the other kind (PostgreSQL's "... is not a
 /// table"), with the statement that fits it.
+/// DROP CONSTRAINT of each foreign key of another table that references
+/// table `id` (DROP TABLE ... CASCADE).
+fn referencing_keys(
+    catalog: &quarry_common::catalog::Catalog,
+    id: quarry_common::catalog::TableId,
+) -> Vec<Command> {
+    catalog
+        .notes
+        .iter()
+        .filter(|(other, _)| **other != id)
+        .filter_map(|(other, notes)| Some((catalog.table_by_id(*other)?, notes)))
+        .flat_map(|(table, notes)| {
+            notes.constraints.iter().filter_map(move |c| match &c.kind {
+                quarry_common::catalog::ConstraintKind::ForeignKey { table: target, .. }
+                    if *target == id =>
+                {
+                    Some(Command::DropConstraint {
+                        schema: table.schema.clone(),
+                        table: table.name.clone(),
+                        name: c.name.clone(),
+                        if_exists: true,
+                        cascade: false,
+                    })
+                }
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 fn not_a(name: &str, kind: &str, use_instead: &str) -> Error {
     user_error(
         SqlState::WRONG_OBJECT_TYPE,

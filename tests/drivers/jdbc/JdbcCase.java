@@ -67,6 +67,28 @@ public class JdbcCase {
             }
             check(columns.equals(List.of("id:int8", "name:text", "price:numeric")),
                   "getColumns: " + columns);
+            // Sizes and nullability come from pg_attribute's atttypmod and attnotnull.
+            try (ResultSet r = meta.getColumns(null, "public", "jd", "price")) {
+                check(r.next(), "getColumns finds price");
+                check(r.getInt("COLUMN_SIZE") == 10 && r.getInt("DECIMAL_DIGITS") == 2,
+                      "numeric(10,2): " + r.getInt("COLUMN_SIZE") + "," + r.getInt("DECIMAL_DIGITS"));
+                check("YES".equals(r.getString("IS_NULLABLE")), "price is nullable");
+            }
+            try (ResultSet r = meta.getColumns(null, "public", "jd", "id")) {
+                check(r.next() && "NO".equals(r.getString("IS_NULLABLE")), "id is NOT NULL");
+            }
+            Set<String> types = new HashSet<>();
+            try (ResultSet r = meta.getTypeInfo()) {
+                while (r.next()) types.add(r.getString("TYPE_NAME"));
+            }
+            check(types.containsAll(List.of("bool", "int4", "int8", "numeric", "text", "date",
+                                            "timestamptz", "bytea")), "getTypeInfo: " + types);
+            List<String> schemas = new ArrayList<>();
+            try (ResultSet r = meta.getSchemas()) {
+                while (r.next()) schemas.add(r.getString("TABLE_SCHEM"));
+            }
+            check(schemas.contains("public") && schemas.contains("pg_catalog"),
+                  "getSchemas: " + schemas);
         }
         System.out.println("jdbc: ok");
     }
