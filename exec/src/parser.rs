@@ -502,6 +502,23 @@ fn template_function(sql: &str) -> Option<ast::Function> {
     }
 }
 
+/// The arguments of the call that is `function`'s first argument (`g` of
+/// `f(g(...), ...)`), to fill in a template.
+fn first_argument_call(function: &mut ast::Function) -> Option<&mut ast::FunctionArgumentList> {
+    let ast::FunctionArguments::List(arguments) = &mut function.args else {
+        return None;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Function(inner)))) =
+        arguments.args.first_mut()
+    else {
+        return None;
+    };
+    match &mut inner.args {
+        ast::FunctionArguments::List(list) => Some(list),
+        _ => None,
+    }
+}
+
 /// `coalesce(array_agg(value ORDER BY ...), make_array())`: the values of a
 /// simple subquery's rows as an array, empty for none.
 const ARRAY_AGGREGATE: &str = "SELECT coalesce(array_agg(1 ORDER BY 1), make_array())";
@@ -559,17 +576,7 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
         return None;
     }
     let mut coalesce = template_function(ARRAY_AGGREGATE)?;
-    let ast::FunctionArguments::List(arguments) = &mut coalesce.args else {
-        return None;
-    };
-    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Function(array_agg)))) =
-        arguments.args.first_mut()
-    else {
-        return None;
-    };
-    let ast::FunctionArguments::List(list) = &mut array_agg.args else {
-        return None;
-    };
+    let list = first_argument_call(&mut coalesce)?;
     list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(value))];
     list.clauses = if order.is_empty() {
         Vec::new()
@@ -639,17 +646,7 @@ fn array_transform_of_unnest(subquery: &Query) -> Option<Expr> {
     };
     let mut coalesce =
         template_function("SELECT coalesce(array_transform(NULL, NULL), make_array())")?;
-    let ast::FunctionArguments::List(arguments) = &mut coalesce.args else {
-        return None;
-    };
-    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Function(transform)))) =
-        arguments.args.first_mut()
-    else {
-        return None;
-    };
-    let ast::FunctionArguments::List(list) = &mut transform.args else {
-        return None;
-    };
+    let list = first_argument_call(&mut coalesce)?;
     let lambda = Expr::Lambda(ast::LambdaFunction {
         params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
             name: variable,
@@ -1186,6 +1183,63 @@ mod tests {
             panic!("not a table");
         };
         assert!(matches!(version, Some(TableVersion::ForSystemTimeAsOf(_))));
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let mut statement = parse_postgres(sql).expect(sql).pop().expect(sql);
+        rewrite_postgres_forms(&mut statement);
+        statement.to_string()
+    }
+
+    #[test]
+    fn catalog_forms_become_ones_datafusion_plans() {
+        // SQLAlchemy's numbering of a key's columns.
+        let subscripts = rewritten(
+            "SELECT unnest(conkey), generate_subscripts(conkey, 1) FROM pg_catalog.pg_constraint",
+        );
+        assert!(
+            subscripts.contains("unnest(generate_series(1, cardinality(conkey)))"),
+            "{subscripts}"
+        );
+        // psql's \d+ over an outer array: a lambda over the array.
+        let transform = rewritten(
+            "SELECT array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x) \
+             FROM pg_catalog.pg_class tc",
+        );
+        assert!(
+            transform.contains("array_transform(tc.reloptions, x -> 'toast.' || x)"),
+            "{transform}"
+        );
+        // pg_partition_ancestors of an outer column: pg_class's row of it.
+        let ancestors = rewritten(
+            "SELECT relid FROM pg_catalog.pg_partition_ancestors(t.tgrelid) \
+             WITH ORDINALITY AS a(relid, depth)",
+        );
+        assert!(
+            ancestors.contains("SELECT oid AS relid, 1 AS depth FROM pg_catalog.pg_class")
+                && ancestors.contains("WHERE a.relid = (t.tgrelid)"),
+            "{ancestors}"
+        );
+        // A correlated lookup with ORDER BY ... LIMIT 1 (inside an
+        // expression, as psql's is inside a CASE): the first value in that
+        // order.
+        let first = rewritten(
+            "SELECT coalesce((SELECT u.tgname FROM pg_catalog.pg_trigger u \
+             WHERE u.tgrelid = t.tgrelid ORDER BY u.oid LIMIT 1), '') FROM pg_catalog.pg_trigger t",
+        );
+        assert!(
+            first.contains("first_value(u.tgname ORDER BY u.oid)") && !first.contains("LIMIT"),
+            "{first}"
+        );
+        // An aggregate inside the value is left alone.
+        let aggregated = rewritten(
+            "SELECT cardinality((SELECT coalesce(array_agg(r.rolname), make_array()) \
+             FROM pg_catalog.pg_roles r WHERE r.oid = m.roleid)) FROM pg_catalog.pg_auth_members m",
+        );
+        assert!(
+            aggregated.contains("array_agg(r.rolname)") && !aggregated.contains("max("),
+            "{aggregated}"
+        );
     }
 
     #[test]

@@ -554,37 +554,17 @@ fn views_share_the_table_namespace_and_go_with_their_schema() {
 }
 
 fn two_columns(name: &str) -> Command {
-    let Command::CreateTable {
-        schema,
-        name,
-        if_not_exists,
-        files,
-        retention_micros,
-        field_ids,
-        layout,
-        stripes,
-        ..
-    } = create(name)
-    else {
-        unreachable!("create gives CreateTable")
-    };
-    let column = |name: &str, nullable| ColumnDef {
-        name: name.into(),
-        column_type: ColumnType::Int64,
-        nullable,
-        default: None,
-    };
-    Command::CreateTable {
-        schema,
-        name,
-        columns: vec![column("id", false), column("other", true)],
-        if_not_exists,
-        files,
-        retention_micros,
-        field_ids,
-        layout,
-        stripes,
+    let mut command = create(name);
+    if let Command::CreateTable { columns, .. } = &mut command {
+        let column = |name: &str, nullable| ColumnDef {
+            name: name.into(),
+            column_type: ColumnType::Int64,
+            nullable,
+            default: None,
+        };
+        *columns = vec![column("id", false), column("other", true)];
     }
+    command
 }
 
 fn add(table: &str, name: Option<&str>, kind: ConstraintDefKind) -> Command {
