@@ -1082,6 +1082,58 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
         }
     }
     let _ = VisitMut::visit(statement, &mut Rewrite);
+    if let Statement::Query(query) = statement
+        && let SetExpr::Select(select) = query.body.as_mut()
+    {
+        for item in &mut select.projection {
+            if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+                regclass_as_name(expr);
+            }
+        }
+    }
+}
+
+/// `expr::regclass` in a statement's result columns shows the relation's
+/// name, as PostgreSQL's regclass output does (psql's "Referenced by: TABLE
+/// child"): `coalesce((SELECT max(relname) FROM pg_catalog.pg_class WHERE oid
+/// = expr), expr::text)`, the number for an oid that names no relation. A
+/// literal (`'t'::regclass`) and a cast inside an expression stay oids.
+fn regclass_as_name(expr: &mut Expr) {
+    let Expr::Cast {
+        expr: value,
+        data_type,
+        ..
+    } = expr
+    else {
+        return;
+    };
+    let is_regclass = data_type
+        .to_string()
+        .to_ascii_lowercase()
+        .rsplit('.')
+        .next()
+        .is_some_and(|t| t == "regclass");
+    if !is_regclass || matches!(value.as_ref(), Expr::Value(_)) {
+        return;
+    }
+    let Some(mut name) = template_function(
+        "SELECT coalesce((SELECT max(__quarry_class.relname) FROM pg_catalog.pg_class \
+         AS __quarry_class WHERE __quarry_class.oid = NULL), CAST(NULL AS TEXT))",
+    ) else {
+        return;
+    };
+    struct Bind(Expr);
+    impl VisitorMut for Bind {
+        type Break = ();
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if matches!(expr, Expr::Value(v) if v.value == ast::Value::Null) {
+                *expr = Expr::Nested(Box::new(self.0.clone()));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = VisitMut::visit(&mut name, &mut Bind((**value).clone()));
+    *expr = Expr::Function(name);
 }
 
 /// Names the unaliased result columns of `query` as PostgreSQL would (`count`
@@ -1230,6 +1282,14 @@ mod tests {
         assert!(
             first.contains("first_value(u.tgname ORDER BY u.oid)") && !first.contains("LIMIT"),
             "{first}"
+        );
+        // An oid shown as regclass is the relation's name.
+        let name = rewritten(
+            "SELECT conrelid::pg_catalog.regclass AS ontable FROM pg_catalog.pg_constraint",
+        );
+        assert!(
+            name.contains("max(__quarry_class.relname)") && name.contains("= (conrelid)"),
+            "{name}"
         );
         // An aggregate inside the value is left alone.
         let aggregated = rewritten(
