@@ -462,12 +462,11 @@ def psql_meta_commands(connect):
         conn.execute("INSERT INTO pm_items VALUES (1, 'one', 1.50, 2)")
         conn.execute("CREATE VIEW pm_names AS SELECT id, name FROM pm_items")
         info = conn.info
-        user = info.user
+        host, port, user, dbname = info.host, info.port, info.user, info.dbname
 
     def psql(command):
         done = subprocess.run(
-            ["psql", "-X", "-h", info.host, "-p", str(info.port), "-U", user, "-d", info.dbname,
-             "-c", command],
+            ["psql", "-X", "-h", host, "-p", str(port), "-U", user, "-d", dbname, "-c", command],
             capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and not done.stderr, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout
