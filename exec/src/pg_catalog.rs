@@ -181,6 +181,102 @@ static EXPORTED: LazyLock<
         .map_err(|e| format!("cannot read pg_catalog's column lists: {e}"))
 });
 
+/// PostgreSQL's pg_type rows with their `regproc` columns (typinput,
+/// typoutput, ...) as the functions' oids, as PostgreSQL keeps them: the
+/// export has the functions' names, so `typinput = 'array_in'::regproc`
+/// (JDBC's type cache), which compares with pg_proc's oid, failed.
+static PG_TYPE: LazyLock<Result<Arc<MemTable>, String>> = LazyLock::new(|| {
+    use datafusion::arrow::array::{Array, Int32Array, StringArray};
+    let exported = EXPORTED.as_ref().map_err(Clone::clone)?;
+    let batches = |table: &MemTable| -> Result<Vec<RecordBatch>, String> {
+        let mut all = Vec::new();
+        for partition in &table.batches {
+            let partition = partition
+                .try_read()
+                .map_err(|_| "pg_catalog's rows are being written".to_owned())?;
+            all.extend(partition.iter().cloned());
+        }
+        Ok(all)
+    };
+    let procs = exported
+        .pg_proc
+        .try_into_memtable()
+        .map_err(|e| e.to_string())?;
+    let mut oids: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    for batch in batches(&procs)? {
+        let names = batch
+            .column_by_name("proname")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        let ids = batch
+            .column_by_name("oid")
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
+        let (Some(names), Some(ids)) = (names, ids) else {
+            return Err("pg_proc lacks proname or oid".to_owned());
+        };
+        for i in 0..batch.num_rows() {
+            let oid = oids
+                .entry(names.value(i).to_owned())
+                .or_insert(ids.value(i));
+            *oid = (*oid).min(ids.value(i));
+        }
+    }
+    let types = exported
+        .pg_type
+        .try_into_memtable()
+        .map_err(|e| e.to_string())?;
+    let schema = types.schema();
+    let is_regproc = |field: &Field| {
+        field.data_type() == &DataType::Utf8
+            && field.metadata().get(kind_key()).map(String::as_str) == Some(kind::REGPROC)
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            if is_regproc(field) {
+                oid_field(field.name(), kind::REGPROC, field.is_nullable())
+            } else {
+                field.as_ref().clone()
+            }
+        })
+        .collect();
+    let converted = Arc::new(Schema::new(fields));
+    let mut rows = Vec::new();
+    for batch in batches(&types)? {
+        let columns = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, column)| {
+                if !is_regproc(field) {
+                    return column.clone();
+                }
+                let names = column.as_any().downcast_ref::<StringArray>();
+                let ids: Int32Array = (0..column.len())
+                    .map(|i| {
+                        let name = names.filter(|n| n.is_valid(i)).map(|n| n.value(i))?;
+                        // "-" is PostgreSQL's text for no function (oid 0).
+                        Some(
+                            oids.get(name.trim_start_matches("pg_catalog."))
+                                .copied()
+                                .unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                Arc::new(ids) as datafusion::arrow::array::ArrayRef
+            })
+            .collect();
+        rows.push(RecordBatch::try_new(converted.clone(), columns).map_err(|e| e.to_string())?);
+    }
+    MemTable::try_new(converted, vec![rows])
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+});
+
+fn kind_key() -> &'static str {
+    datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_KEY
+}
+
 /// The schema of one of the relation tables: PostgreSQL 16's columns.
 fn table_schema(table: &str) -> DfResult<SchemaRef> {
     let oid = |name: &str, kind: &str| oid_field(name, kind, false);
@@ -1051,6 +1147,12 @@ impl SchemaProvider for PgCatalogSchema {
         let name = name.to_ascii_lowercase();
         if RELATION_TABLES.contains(&name.as_str()) {
             return self.build(&name).await.map(Some);
+        }
+        if name == "pg_type" {
+            let table = PG_TYPE
+                .as_ref()
+                .map_err(|e| DataFusionError::Internal(e.clone()))?;
+            return Ok(Some(table.clone()));
         }
         self.inner.table(&name).await
     }

@@ -77,6 +77,12 @@ public class JdbcCase {
             try (ResultSet r = meta.getColumns(null, "public", "jd", "id")) {
                 check(r.next() && "NO".equals(r.getString("IS_NULLABLE")), "id is NOT NULL");
             }
+            Set<String> types = new HashSet<>();
+            try (ResultSet r = meta.getTypeInfo()) {
+                while (r.next()) types.add(r.getString("TYPE_NAME"));
+            }
+            check(types.containsAll(List.of("bool", "int4", "int8", "numeric", "text", "date",
+                                            "timestamptz", "bytea")), "getTypeInfo: " + types);
             List<String> schemas = new ArrayList<>();
             try (ResultSet r = meta.getSchemas()) {
                 while (r.next()) schemas.add(r.getString("TABLE_SCHEM"));
