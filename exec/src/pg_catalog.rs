@@ -542,48 +542,7 @@ impl PgCatalogSchema {
     async fn relations(&self, catalog: &QuarryCatalog) -> DfResult<Vec<Relation>> {
         let view = catalog.view();
         let meta = &view.catalog;
-        let mut relations = Vec::new();
-        for table in meta.tables.values() {
-            let snapshot = table.current_snapshot();
-            relations.push(Relation {
-                oid: table_oid(table.id),
-                namespace: namespace_oid(meta, &table.schema),
-                name: table.name.clone(),
-                kind: "r",
-                columns: table
-                    .columns
-                    .iter()
-                    .map(|column| Attribute {
-                        number: i16::try_from(column.field_id).unwrap_or(i16::MAX),
-                        name: column.name.clone(),
-                        type_oid: pg_type(column.column_type).oid() as i32,
-                        column_type: Some(column.column_type),
-                        not_null: !column.nullable,
-                        default: column.default.as_ref().map(|datum| {
-                            default_sql(
-                                &crate::data_file::scalar_of(Some(datum), column.column_type),
-                                column.column_type,
-                            )
-                        }),
-                    })
-                    .collect(),
-                rows: snapshot.row_count as f32,
-                bytes: table.files_at(snapshot.id).map(|f| f.size_bytes).sum(),
-                has_index: meta.notes.get(&table.id).is_some_and(|n| {
-                    n.constraints
-                        .iter()
-                        .any(|c| !matches!(c.kind, ConstraintKind::ForeignKey { .. }))
-                }),
-                has_triggers: meta.notes.iter().any(|(id, n)| {
-                    n.constraints.iter().any(|c| match &c.kind {
-                        ConstraintKind::ForeignKey { table: target, .. } => {
-                            *id == table.id || *target == table.id
-                        }
-                        _ => false,
-                    })
-                }),
-            });
-        }
+        let mut relations = table_relations(meta);
         // The index PostgreSQL builds for each PRIMARY KEY and UNIQUE (Quarry
         // keeps none, but psql, JDBC and SQLAlchemy read keys through them).
         for key in keys(meta) {
@@ -728,9 +687,8 @@ impl PgCatalogSchema {
                         .map(|column| attribute_row(relation.oid, column))
                 })
                 .collect(),
-            "pg_attrdef" => self
-                .relations(&catalog)
-                .await?
+            // Only tables have defaults.
+            "pg_attrdef" => table_relations(&catalog.view().catalog)
                 .iter()
                 .flat_map(|relation| {
                     relation.columns.iter().filter_map(|column| {
@@ -780,6 +738,53 @@ fn namespace_rows(catalog: &QuarryCatalog) -> Vec<Row> {
             ]
         })
         .collect()
+}
+
+/// Quarry's tables as pg_class and pg_attribute describe them.
+fn table_relations(meta: &Catalog) -> Vec<Relation> {
+    let mut relations = Vec::new();
+    for table in meta.tables.values() {
+        let snapshot = table.current_snapshot();
+        relations.push(Relation {
+            oid: table_oid(table.id),
+            namespace: namespace_oid(meta, &table.schema),
+            name: table.name.clone(),
+            kind: "r",
+            columns: table
+                .columns
+                .iter()
+                .map(|column| Attribute {
+                    number: i16::try_from(column.field_id).unwrap_or(i16::MAX),
+                    name: column.name.clone(),
+                    type_oid: pg_type(column.column_type).oid() as i32,
+                    column_type: Some(column.column_type),
+                    not_null: !column.nullable,
+                    default: column.default.as_ref().map(|datum| {
+                        default_sql(
+                            &crate::data_file::scalar_of(Some(datum), column.column_type),
+                            column.column_type,
+                        )
+                    }),
+                })
+                .collect(),
+            rows: snapshot.row_count as f32,
+            bytes: table.files_at(snapshot.id).map(|f| f.size_bytes).sum(),
+            has_index: meta.notes.get(&table.id).is_some_and(|n| {
+                n.constraints
+                    .iter()
+                    .any(|c| !matches!(c.kind, ConstraintKind::ForeignKey { .. }))
+            }),
+            has_triggers: meta.notes.iter().any(|(id, n)| {
+                n.constraints.iter().any(|c| match &c.kind {
+                    ConstraintKind::ForeignKey { table: target, .. } => {
+                        *id == table.id || *target == table.id
+                    }
+                    _ => false,
+                })
+            }),
+        });
+    }
+    relations
 }
 
 /// A declared key of a live table, with the oids pg_catalog gives it.

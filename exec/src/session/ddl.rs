@@ -161,7 +161,10 @@ impl Session {
         };
         let catalog = self.engine.meta.read().await?;
         if catalog.view(&schema, &table).is_some() {
-            return Err(not_a(&table, "table", "a table"));
+            return Err(user_error(
+                SqlState::WRONG_OBJECT_TYPE,
+                format!("\"{table}\" is not a table (comments on views are not supported yet)"),
+            ));
         }
         self.engine
             .meta
