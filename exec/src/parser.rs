@@ -23,6 +23,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
 use quarry_common::SqlState;
 
 use crate::error::{Result, user_error};
@@ -120,6 +121,105 @@ impl Dialect for QuarryDialect {
 static COMPAT: LazyLock<PostgresCompatibilityParser> =
     LazyLock::new(PostgresCompatibilityParser::new);
 
+/// datafusion-pg-catalog's rewrite rules but one: its `RemoveSubqueryFromProjection`
+/// replaces every correlated subquery in a SELECT list by NULL, which gave
+/// `SELECT a, (SELECT max(b) FROM t2 WHERE t2.k = t1.k) FROM t1` NULLs instead
+/// of the maxima. Here only subqueries that read pg_catalog alone are replaced
+/// ([`null_catalog_subqueries`]: client introspection that DataFusion cannot
+/// decorrelate, as before); a subquery over tables is planned, or refused.
+static RULES: LazyLock<Vec<Box<dyn SqlStatementRewriteRule>>> = LazyLock::new(|| {
+    vec![
+        Box::new(rules::AliasDuplicatedProjectionRewrite),
+        Box::new(rules::ResolveUnqualifiedIdentifier),
+        Box::new(rules::RewriteArrayAnyAllOperation),
+        Box::new(rules::PrependUnqualifiedPgTableName),
+        Box::new(rules::StripCallableQualifier),
+        Box::new(rules::FixArrayLiteral),
+        Box::new(rules::CurrentUserVariableToSessionUserFunctionCall),
+        Box::new(rules::StripCollate),
+        Box::new(rules::RewritePgCatalogOperator),
+        Box::new(rules::RewriteRegCastToSubquery::new()),
+        Box::new(rules::FixVersionColumnName),
+    ]
+});
+
+/// `statement` through [`RULES`], then [`null_catalog_subqueries`].
+fn rewrite_compatible(mut statement: Statement) -> Statement {
+    for rule in RULES.iter() {
+        statement = rule.rewrite(statement);
+    }
+    null_catalog_subqueries(&mut statement);
+    statement
+}
+
+/// Replaces by NULL each correlated subquery of a SELECT list that reads only
+/// pg_catalog tables (what datafusion-pg-catalog's rule did to every
+/// correlated subquery there).
+fn null_catalog_subqueries(statement: &mut Statement) {
+    struct Nulls;
+    impl VisitorMut for Nulls {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            let SetExpr::Select(select) = query.body.as_mut() else {
+                return ControlFlow::Continue(());
+            };
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item
+                    && let Expr::Subquery(subquery) = expr
+                    && let SetExpr::Select(inner) = subquery.body.as_ref()
+                    && reads_only_catalog(inner)
+                    && is_correlated(subquery, inner)
+                {
+                    *expr = Expr::Value(ast::Value::Null.into());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = VisitMut::visit(statement, &mut Nulls);
+}
+
+/// Whether `query` (whose body is `select`) names a table its FROM does not
+/// have (`outer.column`) or a parameter.
+fn is_correlated(query: &Query, select: &ast::Select) -> bool {
+    let aliases: Vec<String> = select
+        .from
+        .iter()
+        .flat_map(|from| {
+            std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+        })
+        .filter_map(|relation| match relation {
+            TableFactor::Table { alias, name, .. } => Some(match alias {
+                Some(alias) => alias.name.value.clone(),
+                None => name.0.last()?.as_ident()?.value.clone(),
+            }),
+            TableFactor::Derived {
+                alias: Some(alias), ..
+            } => Some(alias.name.value.clone()),
+            _ => None,
+        })
+        .collect();
+    struct Find<'a>(&'a [String]);
+    impl ast::Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Value(v) if matches!(v.value, ast::Value::Placeholder(_)) => {
+                    ControlFlow::Break(())
+                }
+                Expr::CompoundIdentifier(parts)
+                    if parts.len() >= 2
+                        && !self.0.iter().any(|a| a == &parts[parts.len() - 2].value) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    ast::Visit::visit(query, &mut Find(&aliases)).is_break()
+}
+
 /// A statement Quarry runs: one of PostgreSQL's grammar, or one of the two
 /// that grammar has no form for.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,9 +285,25 @@ pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
 /// 42601 with the parser's message.
 pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
     match COMPAT.parse(sql) {
-        Ok(statements) => Ok(statements),
+        Ok(statements) => {
+            // The crate also replaces whole fragments of known client queries
+            // before parsing (its blacklist); where it did, its statements
+            // are used as they are, else the text is parsed again and
+            // rewritten by RULES.
+            if let Ok(plain) = Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+                let same = plain.len() == statements.len()
+                    && plain
+                        .iter()
+                        .zip(&statements)
+                        .all(|(p, s)| &COMPAT.rewrite(p.clone()) == s);
+                if same {
+                    return Ok(plain.into_iter().map(rewrite_compatible).collect());
+                }
+            }
+            Ok(statements)
+        }
         Err(postgres_error) => match Parser::parse_sql(&QuarryDialect::default(), sql) {
-            Ok(statements) => Ok(statements.into_iter().map(|s| COMPAT.rewrite(s)).collect()),
+            Ok(statements) => Ok(statements.into_iter().map(rewrite_compatible).collect()),
             Err(_) => Err(syntax_error(postgres_error)),
         },
     }
@@ -1282,6 +1398,18 @@ mod tests {
         assert!(
             first.contains("first_value(u.tgname ORDER BY u.oid)") && !first.contains("LIMIT"),
             "{first}"
+        );
+        // A correlated subquery in a SELECT list is kept over tables, and
+        // replaced by NULL over pg_catalog alone (as before).
+        let over_tables = rewritten("SELECT a, (SELECT max(b) FROM u WHERE u.k = t.k) FROM t");
+        assert!(over_tables.contains("max(b)"), "{over_tables}");
+        let over_catalog = rewritten(
+            "SELECT a.attname, (SELECT d.adbin FROM pg_catalog.pg_attrdef d \
+             WHERE d.adrelid = a.attrelid) FROM pg_catalog.pg_attribute a",
+        );
+        assert!(
+            !over_catalog.contains("adbin") && over_catalog.contains("NULL"),
+            "{over_catalog}"
         );
         // An oid shown as regclass is the relation's name.
         let name = rewritten(
