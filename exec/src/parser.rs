@@ -653,6 +653,18 @@ const AGGREGATES: &[&str] = &[
     "bool_or",
 ];
 
+/// Whether `query` (whose body is `select`) is a plain SELECT: no WITH,
+/// LIMIT, FETCH, DISTINCT, GROUP BY or HAVING (WHERE and ORDER BY may be
+/// there).
+fn plain_select(query: &Query, select: &ast::Select) -> bool {
+    query.with.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && select.distinct.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+}
+
 /// `ARRAY(subquery)` of a plain `SELECT value FROM ... [WHERE] [ORDER BY]`:
 /// the same query with `value` aggregated in place, so references to the
 /// outer query stay where they were (psql's `\du` correlates one).
@@ -660,14 +672,7 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
     let SetExpr::Select(select) = subquery.body.as_ref() else {
         return None;
     };
-    let plain = subquery.with.is_none()
-        && subquery.limit_clause.is_none()
-        && subquery.fetch.is_none()
-        && select.distinct.is_none()
-        && select.having.is_none()
-        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
-        && select.projection.len() == 1;
-    if !plain {
+    if !plain_select(subquery, select) || select.projection.len() != 1 {
         return None;
     }
     let mut query = subquery.clone();
@@ -686,9 +691,7 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
         SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. } => value,
         _ => return None,
     };
-    if let Expr::Function(f) = &value
-        && AGGREGATES.contains(&f.name.to_string().to_lowercase().as_str())
-    {
+    if contains_aggregate(&value) {
         return None;
     }
     let mut coalesce = template_function(ARRAY_AGGREGATE)?;
@@ -713,13 +716,8 @@ fn array_transform_of_unnest(subquery: &Query) -> Option<Expr> {
     let SetExpr::Select(select) = subquery.body.as_ref() else {
         return None;
     };
-    let plain = subquery.with.is_none()
-        && subquery.limit_clause.is_none()
-        && subquery.order_by.is_none()
-        && select.distinct.is_none()
-        && select.selection.is_none()
-        && select.having.is_none()
-        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    let plain =
+        plain_select(subquery, select) && subquery.order_by.is_none() && select.selection.is_none();
     let ([from], [SelectItem::UnnamedExpr(value)], true) =
         (select.from.as_slice(), select.projection.as_slice(), plain)
     else {
