@@ -12,11 +12,13 @@
 //!   is `int2[]`, `pg_class.reloptions` is `text[]` (SQLAlchemy, psql's `\d+`).
 //! - **What Quarry knows**: row counts and sizes, column defaults.
 //!
-//! Each table is PostgreSQL's system rows (the crate's export of a PostgreSQL
-//! server's catalog: pg_catalog's own relations, columns and descriptions)
-//! followed by Quarry's rows, built when the statement is planned from the
-//! catalog version it reads. Column lists follow PostgreSQL 16's
-//! documentation, chapter 53 ("System Catalogs").
+//! Each table is built when the statement is planned, from the catalog
+//! version it reads: Quarry's schemas, tables, views, their columns, keys
+//! (each PRIMARY KEY and UNIQUE with the index PostgreSQL would build for it)
+//! and comments, and the tables of the system schemas (pg_catalog's own keep
+//! PostgreSQL's oids, e.g. pg_class 1259). Column lists follow PostgreSQL
+//! 16's documentation, chapter 53 ("System Catalogs"). pg_type is the crate's,
+//! with its regproc columns turned into oids ([`PG_TYPE`]).
 
 use std::sync::{Arc, LazyLock, Weak};
 
