@@ -291,6 +291,13 @@ impl Table {
             .expect("a table always has its creation snapshot")
     }
 
+    /// The bytes of the data files the current snapshot reads.
+    pub fn current_bytes(&self) -> u64 {
+        self.files_at(self.current_snapshot().id)
+            .map(|f| f.size_bytes)
+            .sum()
+    }
+
     /// The snapshot that was current at `at`, or None if the table did not exist yet.
     pub fn snapshot_as_of(&self, at: TimestampMicros) -> Option<&TableSnapshot> {
         // Commit times strictly increase, so this finds the first newer one.

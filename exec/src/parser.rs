@@ -286,11 +286,16 @@ pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
 pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
     match COMPAT.parse(sql) {
         Ok(statements) => {
-            // The crate also replaces whole fragments of known client queries
-            // before parsing (its blacklist); where it did, its statements
-            // are used as they are, else the text is parsed again and
-            // rewritten by RULES.
-            if let Ok(plain) = Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            // The crate's statements differ from RULES' only where a SELECT
+            // list holds a subquery, which takes a second SELECT: other
+            // texts (every INSERT ... VALUES) are parsed once. The crate also
+            // replaces whole fragments of known client queries before
+            // parsing (its blacklist); where it did, its statements are used
+            // as they are, else the text is parsed again and rewritten by
+            // RULES.
+            if selects(sql) >= 2
+                && let Ok(plain) = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            {
                 let same = plain.len() == statements.len()
                     && plain
                         .iter()
@@ -307,6 +312,15 @@ pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
             Err(_) => Err(syntax_error(postgres_error)),
         },
     }
+}
+
+/// How many times `select` occurs in `sql`, in any case (an upper bound on
+/// its SELECT keywords).
+fn selects(sql: &str) -> usize {
+    sql.as_bytes()
+        .windows(6)
+        .filter(|w| w.eq_ignore_ascii_case(b"select"))
+        .count()
 }
 
 fn syntax_error(e: impl std::fmt::Display) -> crate::Error {
@@ -923,23 +937,30 @@ fn generate_subscripts(function: &ast::Function) -> Option<Expr> {
     if !first {
         return None;
     }
-    let mut subscripts = template_function("SELECT unnest(generate_series(1, cardinality(NULL)))")?;
-    struct Bind(Expr);
-    impl VisitorMut for Bind {
+    let mut subscripts = Expr::Function(template_function(
+        "SELECT unnest(generate_series(1, cardinality(NULL)))",
+    )?);
+    fill_slots(&mut subscripts, &ast::Value::Null, array);
+    Some(subscripts)
+}
+
+/// Puts `value`, parenthesized, wherever `template` (one of this module's
+/// fixed SQL texts) has the literal `slot` (NULL, or the parameter `$1`).
+fn fill_slots<T: VisitMut>(template: &mut T, slot: &ast::Value, value: &Expr) {
+    struct Fill<'a> {
+        slot: &'a ast::Value,
+        value: &'a Expr,
+    }
+    impl VisitorMut for Fill<'_> {
         type Break = ();
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if matches!(expr, Expr::Value(v) if v.value == ast::Value::Null) {
-                *expr = self.0.clone();
+            if matches!(expr, Expr::Value(v) if &v.value == self.slot) {
+                *expr = Expr::Nested(Box::new(self.value.clone()));
             }
             ControlFlow::Continue(())
         }
     }
-    let mut expr = Expr::Function(subscripts.clone());
-    let _ = VisitMut::visit(&mut expr, &mut Bind(array.clone()));
-    if let Expr::Function(bound) = expr {
-        subscripts = bound;
-    }
-    Some(Expr::Function(subscripts))
+    let _ = VisitMut::visit(template, &mut Fill { slot, value });
 }
 
 /// Whether `expr` calls one of [`AGGREGATES`] anywhere.
@@ -1173,24 +1194,14 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
             let Some(mut query) = template_query(template) else {
                 return ControlFlow::Continue(());
             };
-            struct Bind(Expr);
-            impl VisitorMut for Bind {
-                type Break = ();
-                fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-                    if matches!(expr, Expr::Value(v) if v.value == ast::Value::Placeholder("$1".into()))
-                    {
-                        *expr = Expr::Cast {
-                            kind: ast::CastKind::DoubleColon,
-                            expr: Box::new(Expr::Nested(Box::new(self.0.clone()))),
-                            data_type: ast::DataType::Text,
-                            array: false,
-                            format: None,
-                        };
-                    }
-                    ControlFlow::Continue(())
-                }
-            }
-            let _ = VisitMut::visit(&mut *query, &mut Bind(argument));
+            let text = Expr::Cast {
+                kind: ast::CastKind::DoubleColon,
+                expr: Box::new(Expr::Nested(Box::new(argument))),
+                data_type: ast::DataType::Text,
+                array: false,
+                format: None,
+            };
+            fill_slots(&mut *query, &ast::Value::Placeholder("$1".into()), &text);
             *expr = Expr::Subquery(query);
             ControlFlow::Continue(())
         }
@@ -1236,17 +1247,7 @@ fn regclass_as_name(expr: &mut Expr) {
     ) else {
         return;
     };
-    struct Bind(Expr);
-    impl VisitorMut for Bind {
-        type Break = ();
-        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if matches!(expr, Expr::Value(v) if v.value == ast::Value::Null) {
-                *expr = Expr::Nested(Box::new(self.0.clone()));
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let _ = VisitMut::visit(&mut name, &mut Bind((**value).clone()));
+    fill_slots(&mut name, &ast::Value::Null, value);
     *expr = Expr::Function(name);
 }
 
@@ -1364,7 +1365,7 @@ mod tests {
             "SELECT unnest(conkey), generate_subscripts(conkey, 1) FROM pg_catalog.pg_constraint",
         );
         assert!(
-            subscripts.contains("unnest(generate_series(1, cardinality(conkey)))"),
+            subscripts.contains("unnest(generate_series(1, cardinality((conkey))))"),
             "{subscripts}"
         );
         // psql's \d+ over an outer array: a lambda over the array.

@@ -770,7 +770,7 @@ fn table_relations(meta: &Catalog) -> Vec<Relation> {
                 })
                 .collect(),
             rows: snapshot.row_count as f32,
-            bytes: table.files_at(snapshot.id).map(|f| f.size_bytes).sum(),
+            bytes: table.current_bytes(),
             has_index: meta.notes.get(&table.id).is_some_and(|n| {
                 n.constraints
                     .iter()

@@ -113,8 +113,7 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
                 .catalog
                 .tables
                 .values()
-                .flat_map(|t| t.files_at(t.current_snapshot().id))
-                .map(|f| f.size_bytes)
+                .map(|t| t.current_bytes())
                 .sum();
             let sizes: Int64Array = names
                 .iter()
@@ -158,12 +157,9 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
                             .find(|t| crate::pg_catalog::table_oid(t.id) == oid)
                         {
                             Some(_) if indexes => Some(0),
-                            Some(table) => Some(
-                                table
-                                    .files_at(table.current_snapshot().id)
-                                    .map(|f| i64::try_from(f.size_bytes).unwrap_or(i64::MAX))
-                                    .sum(),
-                            ),
+                            Some(table) => {
+                                Some(i64::try_from(table.current_bytes()).unwrap_or(i64::MAX))
+                            }
                             None => (!crate::pg_catalog::is_id_oid(oid)).then_some(0),
                         }
                     })

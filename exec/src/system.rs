@@ -193,11 +193,7 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
                     .map(|t| t.files_at(current(t)).count() as u64)
                     .collect(),
             ),
-            count(
-                all.iter()
-                    .map(|t| t.files_at(current(t)).map(|f| f.size_bytes).sum())
-                    .collect(),
-            ),
+            count(all.iter().map(|t| t.current_bytes()).collect()),
         ],
     )
 }
