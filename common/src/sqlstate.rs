@@ -37,6 +37,8 @@ impl SqlState {
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25001 active_sql_transaction.
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    /// 26000 invalid_sql_statement_name: no prepared statement of that name.
+    pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
     /// 34000 invalid_cursor_name: no cursor of that name.
     pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
     /// 42P03 duplicate_cursor.
@@ -121,6 +123,7 @@ impl SqlState {
             SqlState::NO_ACTIVE_SQL_TRANSACTION,
             SqlState::IN_FAILED_SQL_TRANSACTION,
             SqlState::ACTIVE_SQL_TRANSACTION,
+            SqlState::INVALID_SQL_STATEMENT_NAME,
             SqlState::SERIALIZATION_FAILURE,
             SqlState::STATEMENT_COMPLETION_UNKNOWN,
             SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,

@@ -66,6 +66,7 @@ mod cursor;
 mod ddl;
 mod dispatch;
 mod dml;
+mod prepared;
 mod settings;
 mod time_travel;
 mod transaction;
@@ -261,6 +262,9 @@ pub struct Session {
     transaction: Option<Transaction>,
     /// Open cursors by name.
     cursors: BTreeMap<String, cursor::Cursor>,
+    /// Named statements of the extended protocol and the ones DEALLOCATE
+    /// removed since the connection last asked.
+    prepared: prepared::PreparedNames,
 }
 
 impl Drop for Session {
@@ -411,6 +415,7 @@ impl Session {
             settings,
             transaction: None,
             cursors: BTreeMap::new(),
+            prepared: prepared::PreparedNames::default(),
         })
     }
 
@@ -552,16 +557,12 @@ impl Session {
         let result = match statement {
             QuarryStatement::Sql(statement) => self.execute_statement(statement, params).await,
             QuarryStatement::Undrop(name) => {
-                self.outside_transaction("UNDROP TABLE")?;
                 let (schema, name) = self.resolve(&name)?;
-                self.engine
-                    .meta
-                    .write(Command::UndropTable { schema, name })
+                self.write_ddl(Command::UndropTable { schema, name })
                     .await?;
                 Ok(Output::Command(CommandTag::new("UNDROP TABLE")))
             }
             QuarryStatement::CloneAsOf { create, instant } => {
-                self.outside_transaction("CREATE TABLE")?;
                 self.create_table(*create, Some(instant)).await
             }
             QuarryStatement::RenameView {
@@ -608,6 +609,7 @@ impl Session {
                 ..
             } => self.fetch(&name, &direction).await,
             Statement::Close { cursor } => self.close(&cursor),
+            Statement::Deallocate { name, .. } => self.deallocate(&name),
             Statement::ReleaseSavepoint { name } => self.release_savepoint(&name),
             Statement::Set(set) => self.set(set).await,
             Statement::ShowVariable { variable } => self.show(&variable),
@@ -616,7 +618,6 @@ impl Session {
                 if_not_exists,
                 ..
             } => {
-                self.outside_transaction("CREATE SCHEMA")?;
                 let name = match &schema_name {
                     SchemaName::Simple(name) => object_parts(name).join("."),
                     other => {
@@ -626,13 +627,11 @@ impl Session {
                         ));
                     }
                 };
-                self.engine
-                    .meta
-                    .write(Command::CreateSchema {
-                        name,
-                        if_not_exists,
-                    })
-                    .await?;
+                self.write_ddl(Command::CreateSchema {
+                    name,
+                    if_not_exists,
+                })
+                .await?;
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
             Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
@@ -643,20 +642,14 @@ impl Session {
                 comment,
                 ..
             } => self.comment(object_type, &object_name, comment).await,
-            Statement::CreateTable(create) => {
-                self.outside_transaction("CREATE TABLE")?;
-                self.create_table(create, None).await
-            }
+            Statement::CreateTable(create) => self.create_table(create, None).await,
             Statement::Drop {
                 object_type,
                 if_exists,
                 names,
                 cascade,
                 ..
-            } => {
-                self.outside_transaction("DROP")?;
-                self.drop(object_type, if_exists, &names, cascade).await
-            }
+            } => self.drop(object_type, if_exists, &names, cascade).await,
             Statement::Copy {
                 source,
                 to,

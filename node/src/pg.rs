@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
+use pgwire::api::DEFAULT_NAME;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::CancelHandler;
@@ -29,13 +30,17 @@ use pgwire::api::results::{
     CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::StoredStatement;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
-use pgwire::messages::extendedquery::{Describe, Execute, TARGET_TYPE_BYTE_PORTAL};
+use pgwire::messages::extendedquery::{
+    Close, CloseComplete, Describe, Execute, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::{CommandComplete, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
@@ -564,6 +569,17 @@ impl Connection {
     /// from T for any open transaction gives PostgreSQL's answers: in a
     /// failed transaction every statement but COMMIT, ROLLBACK and ROLLBACK TO
     /// fails (E again), and a successful ROLLBACK TO leaves T.
+    /// Removes from the portal store the statements DEALLOCATE dropped.
+    async fn drop_deallocated<C>(&self, client: &mut C)
+    where
+        C: ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        for name in self.state.session.lock().await.take_deallocated() {
+            client.portal_store().rm_statement(&name);
+        }
+    }
+
     async fn sync_transaction_status<C: ClientInfo>(&self, client: &mut C) {
         let open = self.state.session.lock().await.in_transaction();
         client.set_transaction_status(if open {
@@ -584,7 +600,9 @@ impl SimpleQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.sync_transaction_status(client).await;
-        self._on_query(client, query).await
+        let result = self._on_query(client, query).await;
+        self.drop_deallocated(client).await;
+        result
     }
 
     async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -714,7 +732,58 @@ impl ExtendedQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.sync_transaction_status(client).await;
-        self._on_execute(client, message).await
+        let result = self._on_execute(client, message).await;
+        self.drop_deallocated(client).await;
+        result
+    }
+
+    /// As pgwire's Parse, and the session learns the statement's name (for
+    /// DEALLOCATE).
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if name != DEFAULT_NAME {
+            self.state.session.lock().await.statement_prepared(&name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// As pgwire's Close, and a closed statement is forgotten by the session.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                self.state.session.lock().await.statement_closed(name);
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client
+            .send(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+            .await?;
+        Ok(())
     }
 
     /// A cursor made by DECLARE is a portal too (PostgreSQL's): psycopg's
@@ -781,10 +850,17 @@ fn bind_parameters(
             .get(i)
             .is_some_and(|t| t.as_ref().is_some_and(|t| *t != Type::UNKNOWN))
     };
-    let decode_as: Vec<Option<&DataType>> = needed
-        .iter()
-        .enumerate()
-        .map(|(i, t)| if client_typed(i) { None } else { t.as_ref() })
+    // A NULL neither the client nor the plan types (psycopg's None bound to
+    // `$1::timestamp`) is a text NULL, as PostgreSQL takes an unknown-typed
+    // value; the SQL around it converts it. (arrow-pg would drop it from
+    // the list, shifting the parameters after it.)
+    let decode_as: Vec<Option<&DataType>> = (0..portal.parameter_len())
+        .map(|i| match needed.get(i) {
+            _ if client_typed(i) => None,
+            Some(Some(t)) => Some(t),
+            _ if portal.parameters[i].is_none() => Some(&DataType::Utf8),
+            _ => None,
+        })
         .collect();
     let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &decode_as)?;
     let datafusion::common::ParamValues::List(values) = params else {

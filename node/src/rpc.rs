@@ -38,7 +38,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`), needs a new
 /// version.
-pub const WIRE_VERSION: u8 = 9;
+pub const WIRE_VERSION: u8 = 10;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -730,14 +730,15 @@ mod tests {
         );
     }
 
-    /// The Raft commands wire version 9 carries (version 3's, since 8 the
-    /// view commands, since 9 comments, constraints and batches; 4 changed the exchange messages, 5 added
+    /// The Raft commands wire version 10 carries (version 3's, since 8 the
+    /// view commands, since 9 comments, constraints and batches, since 10
+    /// transactions with DDL; 4 changed the exchange messages, 5 added
     /// `GetChunkRange`, 6 `ChunkFailed`, 7 the typed `RemoteMetaError`). A
     /// new command fails to compile here:
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_9(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_10(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -760,9 +761,10 @@ mod tests {
             | C::Comment { .. }
             | C::AddConstraint { .. }
             | C::DropConstraint { .. }
-            | C::Batch(_) => {}
+            | C::Batch(_)
+            | C::Transaction { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 9, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 10, "update the list above");
     }
 
     #[tokio::test]

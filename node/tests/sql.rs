@@ -603,6 +603,66 @@ async fn a_transaction_reads_one_snapshot_plus_its_own_writes() {
     );
 }
 
+/// DDL in a block applies at COMMIT on top of what others committed
+/// meanwhile: a table created by both goes to the first committer (the
+/// other COMMIT fails 42P07 and leaves nothing); a table another session
+/// altered after the block altered it fails the block (40001) rather than
+/// mixing the two schemas' field ids; a table created meanwhile under an
+/// unrelated name does not disturb the block's own new table.
+#[tokio::test]
+async fn ddl_in_blocks_commits_over_concurrent_ddl() {
+    let (_dir, node) = node().await;
+    let a = node.client().await;
+    let b = node.client().await;
+    a.batch_execute("BEGIN; CREATE TABLE dup (v INT); INSERT INTO dup VALUES (1)")
+        .await
+        .expect("a creates");
+    b.batch_execute("CREATE TABLE dup (w TEXT)")
+        .await
+        .expect("b creates the same name first");
+    let err = a.batch_execute("COMMIT").await.expect_err("a must fail");
+    assert_eq!(sqlstate(&err), "42P07", "{err}");
+    let columns = b
+        .query_one("SELECT count(*) FROM dup", &[])
+        .await
+        .expect("b's table");
+    assert_eq!(columns.get::<_, i64>(0), 0, "nothing of a's block remains");
+
+    b.batch_execute("CREATE TABLE t (v INT); INSERT INTO t VALUES (1)")
+        .await
+        .expect("t");
+    a.batch_execute("BEGIN; ALTER TABLE t ADD COLUMN mine INT; INSERT INTO t VALUES (2, 20)")
+        .await
+        .expect("a alters");
+    b.batch_execute("ALTER TABLE t ADD COLUMN theirs INT")
+        .await
+        .expect("b alters first");
+    let err = a.batch_execute("COMMIT").await.expect_err("a must fail");
+    assert_eq!(sqlstate(&err), "40001", "{err}");
+    let rows = b.query("SELECT * FROM t", &[]).await.expect("t after");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].columns().len(), 2, "only b's column was added");
+
+    a.batch_execute("BEGIN; CREATE TABLE mine (v INT); INSERT INTO mine VALUES (7)")
+        .await
+        .expect("a creates");
+    b.batch_execute("CREATE TABLE theirs (v INT)")
+        .await
+        .expect("b creates another table, taking the next id");
+    a.batch_execute("ALTER TABLE mine ADD COLUMN w INT; INSERT INTO mine VALUES (8, 80); COMMIT")
+        .await
+        .expect("a commits");
+    let rows = b
+        .query("SELECT v, w FROM mine ORDER BY v", &[])
+        .await
+        .expect("mine");
+    let got: Vec<(i32, Option<i32>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(7, None), (8, Some(80))]);
+    let theirs = b.query("SELECT * FROM theirs", &[]).await.expect("theirs");
+    assert!(theirs.is_empty(), "a's rows went to its own table");
+    assert_eq!(theirs.first().map_or(1, |r| r.columns().len()), 1);
+}
+
 #[tokio::test]
 async fn time_travel_by_snapshot_id() {
     let (_dir, node) = node().await;

@@ -267,6 +267,88 @@ pub enum Command {
     /// the first error the catalog is unchanged). CREATE TABLE with its
     /// constraints; ALTER TABLE with several actions.
     Batch(Vec<Command>),
+    /// COMMIT of a transaction block that changed definitions: its DDL, in
+    /// the order it ran, then its data [`Command::Commit`], applied as one
+    /// (all or none), as PostgreSQL's transactional DDL.
+    ///
+    /// The block ran its DDL on its own snapshot of the catalog, where each
+    /// CREATE TABLE took an id (`provisional`, in order); here the tables
+    /// take the catalog's next ids instead, and every later command naming a
+    /// provisional id is rewritten to the real one. A CREATE TABLE that
+    /// creates nothing here (or one more than the block saw) makes the
+    /// whole transaction fail, so a provisional id never reaches another
+    /// table.
+    Transaction {
+        /// Tables the block read and the snapshot it read each at, checked
+        /// before anything applies; empty unless it is SERIALIZABLE.
+        read_set: Vec<(TableId, SnapshotId)>,
+        /// Tables that existed before the block and that its ALTER TABLEs
+        /// changed, with the schema id they had then. Each must still have
+        /// it: an ALTER committed meanwhile would give the block's new
+        /// columns other field ids than the block's data files were
+        /// written with (PostgreSQL makes the second ALTER wait for a lock;
+        /// here the later COMMIT fails, 40001).
+        altered: Vec<(TableId, u32)>,
+        /// The DDL, then the data commit.
+        commands: Vec<Command>,
+        /// The ids the block's CREATE TABLEs took on its snapshot, in order.
+        provisional: Vec<TableId>,
+    },
+}
+
+impl Command {
+    /// Rewrites the table ids this command names by `ids`; a provisional
+    /// id with no real one yet (None) is a serialization failure.
+    fn remap_tables(
+        &mut self,
+        ids: &std::collections::HashMap<TableId, Option<TableId>>,
+    ) -> Result<(), CatalogError> {
+        let map = |id: &mut TableId| -> Result<(), CatalogError> {
+            match ids.get(id) {
+                None => Ok(()),
+                Some(Some(real)) => {
+                    *id = *real;
+                    Ok(())
+                }
+                Some(None) => Err(CatalogError::SerializationFailure(format!("table id {id}"))),
+            }
+        };
+        match self {
+            Command::AlterTable { table, .. }
+            | Command::ExpireSnapshots { table, .. }
+            | Command::PurgeDropped { table } => map(table),
+            Command::Commit { changes, read_set } => {
+                for change in changes {
+                    map(&mut change.table)?;
+                }
+                for (table, _) in read_set {
+                    map(table)?;
+                }
+                Ok(())
+            }
+            Command::Batch(commands) | Command::Transaction { commands, .. } => commands
+                .iter_mut()
+                .try_for_each(|command| command.remap_tables(ids)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The tables `command` created, as `applied` reports it, in order (a
+/// [`Command::Transaction`]'s `provisional`).
+pub fn created_tables(command: &Command, applied: &Applied) -> Vec<TableId> {
+    match (command, applied) {
+        (Command::CreateTable { .. }, Applied::Snapshot { table, .. }) => vec![*table],
+        (
+            Command::Batch(commands) | Command::Transaction { commands, .. },
+            Applied::Batch(applied),
+        ) => commands
+            .iter()
+            .zip(applied)
+            .flat_map(|(command, applied)| created_tables(command, applied))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A constraint as DDL declares it, by column names.
@@ -965,6 +1047,53 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             *catalog = scratch;
             Ok(Applied::Batch(applied))
         }
+        Command::Transaction {
+            read_set,
+            altered,
+            commands,
+            provisional,
+        } => {
+            check_reads(catalog, read_set)?;
+            for (id, schema_id) in altered {
+                match catalog.table_by_id(*id) {
+                    Some(table) if table.schema_id == *schema_id => {}
+                    Some(table) => {
+                        return Err(CatalogError::SerializationFailure(table.name.clone()));
+                    }
+                    None => {
+                        return Err(CatalogError::SerializationFailure(format!("table id {id}")));
+                    }
+                }
+            }
+            let mut ids: std::collections::HashMap<TableId, Option<TableId>> =
+                provisional.iter().map(|id| (*id, None)).collect();
+            let mut pending = provisional.iter();
+            let mut scratch = catalog.clone();
+            let mut applied = Vec::with_capacity(commands.len());
+            for command in commands {
+                let mut command = command.clone();
+                command.remap_tables(&ids)?;
+                let proposal = Proposal {
+                    command,
+                    proposed_at: proposal.proposed_at,
+                };
+                let result = apply(&mut scratch, &proposal)?;
+                for real in created_tables(&proposal.command, &result) {
+                    let Some(id) = pending.next() else {
+                        return Err(CatalogError::SerializationFailure(format!(
+                            "table id {real}"
+                        )));
+                    };
+                    ids.insert(*id, Some(real));
+                }
+                applied.push(result);
+            }
+            if let Some(id) = pending.next() {
+                return Err(CatalogError::SerializationFailure(format!("table id {id}")));
+            }
+            *catalog = scratch;
+            Ok(Applied::Batch(applied))
+        }
         Command::Regroup { old, new } => {
             let mut data: Vec<&StripeChunk> = Vec::new();
             for id in old {
@@ -1211,20 +1340,7 @@ fn commit(
     changes: &[TableChange],
     read_set: &[(TableId, SnapshotId)],
 ) -> Result<Applied, CatalogError> {
-    for (table, read_at) in read_set {
-        let current = catalog
-            .table_by_id(*table)
-            .map(|t| (t.name.clone(), t.current_snapshot().id));
-        match current {
-            Some((_, id)) if id == *read_at => {}
-            Some((name, _)) => return Err(CatalogError::SerializationFailure(name)),
-            None => {
-                return Err(CatalogError::SerializationFailure(format!(
-                    "table id {table}"
-                )));
-            }
-        }
-    }
+    check_reads(catalog, read_set)?;
     let mut keys = Vec::with_capacity(changes.len());
     for change in changes {
         let key = catalog
@@ -1410,6 +1526,26 @@ fn alter(
 fn next_id(catalog: &mut Catalog) -> u64 {
     catalog.next_id += 1;
     catalog.next_id
+}
+
+/// Refuses a SERIALIZABLE commit if a table it read changed (or went) since
+/// the snapshot it read.
+fn check_reads(catalog: &Catalog, read_set: &[(TableId, SnapshotId)]) -> Result<(), CatalogError> {
+    for (table, read_at) in read_set {
+        let current = catalog
+            .table_by_id(*table)
+            .map(|t| (t.name.clone(), t.current_snapshot().id));
+        match current {
+            Some((_, id)) if id == *read_at => {}
+            Some((name, _)) => return Err(CatalogError::SerializationFailure(name)),
+            None => {
+                return Err(CatalogError::SerializationFailure(format!(
+                    "table id {table}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The commit time of a new commit: the proposer's time, but always after the

@@ -29,7 +29,7 @@ mod state_machine;
 
 pub use command::{
     Applied, CatalogError, ColumnDef, Command, ConstraintDef, ConstraintDefKind, Proposal,
-    SchemaChange, TableChange,
+    SchemaChange, TableChange, created_tables,
 };
 pub use error::{Error, Result};
 pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};

@@ -256,6 +256,205 @@ def sqlalchemy_reflects_columns(connect):
         engine.dispose()
 
 
+def conninfo_of(connect):
+    """The connection string of the server `connect` reaches."""
+    with connect() as conn:
+        info = conn.info
+        return (f"host={info.host} port={info.port} user={info.user} "
+                f"dbname={info.dbname}")
+
+
+def sqlalchemy_url(connect, driver="psycopg"):
+    """The SQLAlchemy URL of the server `connect` reaches."""
+    import sqlalchemy as sa
+
+    with connect() as conn:
+        info = conn.info
+        return sa.engine.URL.create(
+            f"postgresql+{driver}", username=info.user, host=info.host, port=info.port,
+            database=info.dbname)
+
+
+@case
+def sqlalchemy_core_and_pandas(connect):
+    """SQLAlchemy Core as applications use it: `metadata.create_all` (its
+    existence checks and CREATE TABLEs in one transaction block), inserts of
+    many rows, a select with bound parameters, a rolled-back `engine.begin()`,
+    `drop_all`; then pandas over the same engine: `DataFrame.to_sql` (creating,
+    appending, replacing the table, each in a transaction) and `read_sql`."""
+    import datetime
+    import decimal
+
+    import pandas as pd
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlalchemy_url(connect))
+    try:
+        metadata = sa.MetaData()
+        customers = sa.Table(
+            "sac_customers", metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("name", sa.String(50), nullable=False),
+            comment="who buys")
+        orders = sa.Table(
+            "sac_orders", metadata,
+            sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("customer_id", sa.Integer, sa.ForeignKey("sac_customers.id")),
+            sa.Column("amount", sa.Numeric(10, 2)),
+            sa.Column("placed", sa.DateTime))
+        metadata.create_all(engine)
+        metadata.create_all(engine)  # again: every table exists, nothing to do
+        with engine.begin() as conn:
+            conn.execute(customers.insert(), [{"id": 1, "name": "ada"}, {"id": 2, "name": "bo"}])
+            conn.execute(orders.insert(), [
+                {"id": 10, "customer_id": 1, "amount": decimal.Decimal("9.99"),
+                 "placed": datetime.datetime(2026, 1, 2, 3, 4, 5)},
+                {"id": 11, "customer_id": 2, "amount": None, "placed": None},
+            ])
+        try:
+            with engine.begin() as conn:
+                conn.execute(customers.insert(), {"id": 3, "name": "cy"})
+                conn.execute(sa.text("SELECT * FROM sac_missing"))
+        except sa.exc.ProgrammingError:
+            pass
+        query = (sa.select(customers.c.name, orders.c.amount)
+                 .join(orders, orders.c.customer_id == customers.c.id)
+                 .where(orders.c.id >= sa.bindparam("low"))
+                 .order_by(orders.c.id))
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(query, {"low": 10})]
+            count = conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar()
+        assert rows == [("ada", decimal.Decimal("9.99")), ("bo", None)], rows
+        assert count == 2, "the rolled-back block left no row"
+        reflected = sa.MetaData()
+        reflected.reflect(engine, only=["sac_customers", "sac_orders"])
+        fks = reflected.tables["sac_orders"].foreign_keys
+        assert [fk.target_fullname for fk in fks] == ["sac_customers.id"], fks
+        assert reflected.tables["sac_customers"].comment == "who buys"
+        metadata.drop_all(engine)
+        assert not sa.inspect(engine).has_table("sac_orders")
+
+        frame = pd.DataFrame({
+            "id": [1, 2, 3],
+            "score": [0.5, None, 2.25],
+            "label": ["a", None, "c"],
+            "flag": [True, False, True],
+            "at": pd.to_datetime(["2026-01-01 00:00:00", "2026-06-30 12:30:00", None]),
+        })
+        frame.to_sql("sac_frame", engine, index=False)
+        frame.to_sql("sac_frame", engine, index=False, if_exists="append")
+        back = pd.read_sql("SELECT * FROM sac_frame ORDER BY id, label", engine)
+        assert list(back.columns) == list(frame.columns), back.dtypes
+        assert len(back) == 6 and back["id"].tolist() == [1, 1, 2, 2, 3, 3], back
+        assert back["score"].isna().tolist() == [False, False, True, True, False, False]
+        assert back["flag"].tolist() == [True, True, False, False, True, True], back["flag"]
+        assert back["at"].iloc[2] == pd.Timestamp("2026-06-30 12:30:00"), back["at"]
+        frame.head(1).to_sql("sac_frame", engine, index=False, if_exists="replace")
+        back = pd.read_sql_table("sac_frame", engine)
+        assert back["id"].tolist() == [1], back
+    finally:
+        engine.dispose()
+
+
+@case
+def psycopg2_dbapi(connect):
+    """psycopg2 (libpq; parameters interpolated client-side): its default
+    transaction blocks around DDL and DML, `execute_values`, `copy_expert`
+    both ways, a named (server-side) cursor fetched in pages, and errors as
+    its exception classes."""
+    import io
+
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extras
+
+    with connect() as conn:
+        info = conn.info
+        where = dict(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+    conn = psycopg2.connect(**where)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE p2 (id INT NOT NULL, name TEXT)")
+            cur.execute("INSERT INTO p2 VALUES (%s, %s)", (1, "o'brien"))
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO p2 VALUES %s", [(i, f"n{i}") for i in range(2, 101)])
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'p2'")
+            assert cur.fetchone() == (0,), "ROLLBACK took the table away"
+            cur.execute("CREATE TABLE p2 (id INT NOT NULL, name TEXT)")
+            cur.execute("INSERT INTO p2 VALUES (%s, %s)", (1, "o'brien"))
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO p2 VALUES %s", [(i, f"n{i}") for i in range(2, 101)])
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.copy_expert("COPY p2 FROM STDIN (FORMAT csv)", io.StringIO("101,\n102,x\n"))
+            out = io.StringIO()
+            cur.copy_expert("COPY (SELECT * FROM p2 WHERE id > 100 ORDER BY id) TO STDOUT", out)
+            assert out.getvalue() == "101\t\\N\n102\tx\n", out.getvalue()
+        conn.commit()
+        with conn.cursor("p2_pages") as named:
+            named.itersize = 7
+            named.execute("SELECT id, name FROM p2 ORDER BY id")
+            seen = [row for row in named]
+        assert len(seen) == 102 and seen[0] == (1, "o'brien") and seen[-1] == (102, "x"), seen[:3]
+        conn.commit()
+        with conn.cursor() as cur:
+            try:
+                cur.execute("SELECT * FROM p2_missing")
+                raise AssertionError("a missing table was found")
+            except psycopg2.errors.UndefinedTable:
+                pass
+            try:
+                cur.execute("SELECT 1")
+                raise AssertionError("a failed block went on")
+            except psycopg2.errors.InFailedSqlTransaction:
+                pass
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), sum(id) FROM p2")
+            assert cur.fetchone() == (102, sum(range(1, 103))), "all rows once"
+    finally:
+        conn.close()
+
+
+@case
+def psycopg_pipeline(connect):
+    """psycopg's pipeline mode: many extended-protocol statements sent
+    before any result is read, one Sync per batch. In a transaction block an
+    error fails its statement, skips the rest and rolls the block back.
+    Statements psycopg prepares by name (after `prepare_threshold` runs)
+    go with DEALLOCATE, as psycopg sends it when it drops them."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE pipe (id INT NOT NULL, name TEXT)")
+        with conn.pipeline():
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO pipe VALUES (%s, %s)",
+                                [(i, f"n{i}") for i in range(50)])
+                cursors = [conn.execute("SELECT count(*) FROM pipe WHERE id < %s", (n,))
+                           for n in (10, 20, 30)]
+        assert [c.fetchone()[0] for c in cursors] == [10, 20, 30]
+        try:
+            with conn.pipeline(), conn.transaction():
+                conn.execute("INSERT INTO pipe VALUES (%s, %s)", (100, "undone"))
+                conn.execute("SELECT * FROM pipe_missing")
+                conn.execute("INSERT INTO pipe VALUES (%s, %s)", (101, "skipped"))
+        except psycopg.errors.UndefinedTable:
+            pass
+        ids = [r[0] for r in conn.execute("SELECT id FROM pipe WHERE id >= 100 ORDER BY id")]
+        assert ids == [], ids
+    with psycopg.connect(conninfo_of(connect), prepare_threshold=0, autocommit=True) as conn:
+        conn.prepared_max = 2
+        for n in range(4):  # each new query pushes the oldest out: DEALLOCATE
+            row = conn.execute(f"SELECT count(*) + {n} FROM pipe WHERE id < %s", (5,)).fetchone()
+            assert row == (5 + n,), row
+        fails(conn, "DEALLOCATE never_prepared", psycopg.errors.InvalidSqlStatementName,
+              "DEALLOCATE of an unknown statement succeeded")
+        conn.execute("DEALLOCATE ALL")
+        row = conn.execute("SELECT count(*) FROM pipe WHERE id < %s", (5,)).fetchone()
+        assert row == (5,), row
+
+
 @case
 def psycopg_binary_copy(connect):
     """COPY FROM STDIN and TO STDOUT in binary format (psycopg's binary copy;

@@ -8,7 +8,8 @@ SQLSTATEs are PostgreSQL's semantics, not just what Quarry happens to return.
 The server is Debian's `postgresql`, started in a temporary directory and
 removed on exit (tests/support/pg_server.py).
 
-Each file runs in a database of its own. Records that only Quarry has are
+Each file runs in a database of its own (a `connection NAME` line switches to
+another session on it, as sqllogictest has it). Records that only Quarry has are
 skipped: quarry_system tables, SHOW, and records after a `# quarry-only` comment
 line (up to the next blank line). For `statement error <SQLSTATE>: ...`,
 PostgreSQL must fail with that SQLSTATE (the message pattern is Quarry's and is
@@ -43,6 +44,9 @@ def records(path):
             continue
         header = line
         i += 1
+        if header.split()[0] == "connection":
+            yield header, "", [], quarry_only
+            continue
         sql = []
         while i < len(lines) and lines[i].strip() and lines[i].strip() != "----":
             sql.append(lines[i])
@@ -76,11 +80,18 @@ def check(server, index, path):
     with server.connect("postgres") as admin:
         admin.execute(f"CREATE DATABASE {dbname}")
     checked = 0
-    with server.connect(dbname) as con:
+    connections = {"default": server.connect(dbname)}
+    try:
+        con = connections["default"]
         for header, sql, expected, quarry_only in records(path):
+            words = header.split()
+            if words[0] == "connection":
+                if words[1] not in connections:
+                    connections[words[1]] = server.connect(dbname)
+                con = connections[words[1]]
+                continue
             if quarry_only or "quarry_system" in sql or sql.strip().upper().startswith("SHOW"):
                 continue
-            words = header.split()
             where = f"{path}: {sql!r}"
             if words[0] == "statement":
                 try:
@@ -107,7 +118,10 @@ def check(server, index, path):
                 if rows != expected:
                     sys.exit(f"PostgreSQL gives {rows}, the file expects {expected}: {where}")
                 checked += 1
-    version = server.connect(dbname).execute("SHOW server_version").fetchone()[0]
+        version = con.execute("SHOW server_version").fetchone()[0]
+    finally:
+        for each in connections.values():
+            each.close()
     print(f"{path}: {checked} records agree with PostgreSQL {version}")
 
 

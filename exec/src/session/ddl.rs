@@ -134,7 +134,6 @@ impl Session {
         name: &ObjectName,
         comment: Option<String>,
     ) -> Result<Output> {
-        self.outside_transaction("COMMENT")?;
         let (schema, table, column) = match object_type {
             ast::CommentObject::Table => {
                 let (schema, table) = self.resolve(name)?;
@@ -159,22 +158,20 @@ impl Session {
                 ));
             }
         };
-        let catalog = self.engine.meta.read().await?;
+        let catalog = self.ddl_catalog().await?;
         if catalog.view(&schema, &table).is_some() {
             return Err(user_error(
                 SqlState::WRONG_OBJECT_TYPE,
                 format!("\"{table}\" is not a table (comments on views are not supported yet)"),
             ));
         }
-        self.engine
-            .meta
-            .write(Command::Comment {
-                schema,
-                table,
-                column,
-                comment,
-            })
-            .await?;
+        self.write_ddl(Command::Comment {
+            schema,
+            table,
+            column,
+            comment,
+        })
+        .await?;
         Ok(Output::Command(CommandTag::new("COMMENT")))
     }
 }
@@ -302,7 +299,6 @@ impl Session {
         name: &ObjectName,
         operations: Vec<ast::AlterTableOperation>,
     ) -> Result<Output> {
-        self.outside_transaction("ALTER TABLE")?;
         let view = self.begin_statement().await?;
         let (schema, relation) = self.resolve(name)?;
         if view.catalog.view(&schema, &relation).is_some() {
@@ -314,14 +310,12 @@ impl Session {
                             object_parts(name).pop().unwrap_or_default()
                         }
                     };
-                    self.engine
-                        .meta
-                        .write(Command::RenameView {
-                            schema,
-                            name: relation,
-                            to,
-                        })
-                        .await?;
+                    self.write_ddl(Command::RenameView {
+                        schema,
+                        name: relation,
+                        to,
+                    })
+                    .await?;
                     Ok(Output::Command(CommandTag::new("ALTER TABLE")))
                 }
                 _ => Err(not_a(&relation, "table", "ALTER VIEW")),
@@ -419,7 +413,7 @@ impl Session {
             1 => commands.pop().expect("one command"),
             _ => Command::Batch(commands),
         };
-        self.engine.meta.write(command).await?;
+        self.write_ddl(command).await?;
         Ok(Output::Command(CommandTag::new("ALTER TABLE")))
     }
 
@@ -533,7 +527,7 @@ impl Session {
                             .collect(),
                     )
                 };
-            self.engine.meta.write(command).await?;
+            self.write_ddl(command).await?;
             return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
         }
         let query = create
@@ -574,6 +568,26 @@ impl Session {
                 default: None,
             });
         }
+        if self.in_transaction() {
+            // In a transaction block the table is created in the block's
+            // catalog and filled like any table there; COMMIT sends both.
+            self.write_ddl(Command::CreateTable {
+                schema: schema.clone(),
+                name: name.clone(),
+                columns,
+                if_not_exists: false,
+                files: Vec::new(),
+                retention_micros,
+                field_ids: Vec::new(),
+                layout,
+                stripes: Vec::new(),
+            })
+            .await?;
+            let view = self.begin_statement().await?;
+            let table = self.table(&view.catalog, &create.name)?.clone();
+            let rows = self.write_rows(plan, table, &view.writes).await?;
+            return Ok(Output::Command(CommandTag::with_rows("SELECT", rows)));
+        }
         let provisional = Arc::new(Table {
             id: 0,
             schema: schema.clone(),
@@ -588,12 +602,7 @@ impl Session {
             retention_micros,
             layout,
         });
-        let mut stream = self.stream(plan).await?;
-        let mut writer = DataFileWriter::new(provisional, view.writes.clone());
-        while let Some(batch) = stream.next().await {
-            writer.write(batch.map_err(Error::from_engine)?).await?;
-        }
-        let rows = writer.finish().await?;
+        let rows = self.write_rows(plan, provisional, &view.writes).await?;
         let (changes, _) = view.writes.take().await?;
         let mut files = Vec::new();
         let mut stripes = Vec::new();
@@ -623,6 +632,22 @@ impl Session {
         }
     }
 
+    /// Runs `plan` and writes its rows as data files of `table` into
+    /// `writes`; the number of rows.
+    async fn write_rows(
+        &mut self,
+        plan: LogicalPlan,
+        table: Arc<Table>,
+        writes: &Arc<WriteSet>,
+    ) -> Result<u64> {
+        let mut stream = self.stream(plan).await?;
+        let mut writer = DataFileWriter::new(table, writes.clone());
+        while let Some(batch) = stream.next().await {
+            writer.write(batch.map_err(Error::from_engine)?).await?;
+        }
+        writer.finish().await
+    }
+
     pub(super) async fn drop(
         &mut self,
         object_type: ObjectType,
@@ -641,7 +666,7 @@ impl Session {
                 ));
             }
         };
-        let catalog = self.engine.meta.read().await?;
+        let catalog = self.ddl_catalog().await?;
         for name in names {
             let command = match object_type {
                 ObjectType::Table => {
@@ -680,7 +705,7 @@ impl Session {
                     cascade,
                 },
             };
-            self.engine.meta.write(command).await?;
+            self.write_ddl(command).await?;
         }
         Ok(Output::Command(CommandTag::new(tag)))
     }
@@ -689,7 +714,6 @@ impl Session {
     /// planned now (so a view of missing tables or columns is refused) and
     /// kept as text with its column names.
     pub(super) async fn create_view(&mut self, create: ast::CreateView) -> Result<Output> {
-        self.outside_transaction("CREATE VIEW")?;
         if create.materialized || create.temporary || create.if_not_exists || create.or_alter {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
@@ -728,13 +752,11 @@ impl Session {
             columns,
             created_at: 0,
         };
-        self.engine
-            .meta
-            .write(Command::CreateView {
-                view,
-                or_replace: create.or_replace,
-            })
-            .await?;
+        self.write_ddl(Command::CreateView {
+            view,
+            or_replace: create.or_replace,
+        })
+        .await?;
         Ok(Output::Command(CommandTag::new("CREATE VIEW")))
     }
 
@@ -745,23 +767,20 @@ impl Session {
         to: &Ident,
         if_exists: bool,
     ) -> Result<Output> {
-        self.outside_transaction("ALTER VIEW")?;
         let (schema, name) = self.resolve(name)?;
-        let catalog = self.engine.meta.read().await?;
+        let catalog = self.ddl_catalog().await?;
         if catalog.table(&schema, &name).is_some() {
             return Err(not_a(&name, "view", "ALTER TABLE"));
         }
         if catalog.view(&schema, &name).is_none() && if_exists {
             return Ok(Output::Command(CommandTag::new("ALTER VIEW")));
         }
-        self.engine
-            .meta
-            .write(Command::RenameView {
-                schema,
-                name,
-                to: normalize(to),
-            })
-            .await?;
+        self.write_ddl(Command::RenameView {
+            schema,
+            name,
+            to: normalize(to),
+        })
+        .await?;
         Ok(Output::Command(CommandTag::new("ALTER VIEW")))
     }
 }

@@ -2,6 +2,8 @@
 //! catalog view a statement or transaction pins, and committing a write set as
 //! one Raft command.
 
+use quarry_common::catalog::TableId;
+
 use super::*;
 
 /// Isolation levels. READ COMMITTED and REPEATABLE READ both run as snapshot
@@ -40,30 +42,97 @@ impl Isolation {
 
 /// An open BEGIN ... COMMIT block: one pinned catalog (its snapshot) and one
 /// write set for all its statements.
+///
+/// DDL in the block (PostgreSQL's transactional DDL) applies to the block's
+/// own copy of the catalog, which its later statements see and no other
+/// session does; COMMIT sends it with the data as one
+/// [`Command::Transaction`], ROLLBACK forgets it.
 pub(super) struct Transaction {
     pub(super) view: CatalogView,
+    /// The catalog as BEGIN pinned it, before the block's DDL.
+    base: Arc<Catalog>,
     pub(super) isolation: Isolation,
     /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) and
     /// ROLLBACK TO SAVEPOINT are accepted.
     pub(super) failed: bool,
-    /// Savepoint names, oldest first; a name's position is its depth in the
+    /// Savepoints, oldest first; a savepoint's position is its depth in the
     /// write set ([`WriteSet::savepoint`]). A name may repeat: the newest
     /// one is meant, as in PostgreSQL.
-    pub(super) savepoints: Vec<String>,
+    savepoints: Vec<Savepoint>,
+    /// The block's DDL, as applied to `view.catalog`, in order.
+    ddl: Vec<Command>,
+    /// The ids its CREATE TABLEs took in `view.catalog`, in order.
+    provisional: Vec<TableId>,
+}
+
+/// What ROLLBACK TO restores besides the write set's depth.
+struct Savepoint {
+    name: String,
+    catalog: Arc<Catalog>,
+    ddl: usize,
+    provisional: usize,
 }
 
 impl Transaction {
+    fn new(view: CatalogView, isolation: Isolation) -> Transaction {
+        Transaction {
+            base: view.catalog.clone(),
+            view,
+            isolation,
+            failed: false,
+            savepoints: Vec::new(),
+            ddl: Vec::new(),
+            provisional: Vec::new(),
+        }
+    }
+
+    /// Applies DDL `command` to the block's catalog (not yet to the
+    /// cluster's): later statements of the block see it, COMMIT sends it.
+    fn apply_ddl(&mut self, command: Command) -> Result<()> {
+        let mut catalog = (*self.view.catalog).clone();
+        let proposal = quarry_raft::Proposal {
+            command,
+            proposed_at: quarry_raft::now_micros(),
+        };
+        let applied = quarry_raft::command::apply(&mut catalog, &proposal)?;
+        if applied == Applied::Nothing && catalog == *self.view.catalog {
+            // IF [NOT] EXISTS matched: nothing to send. (Views, comments and
+            // constraints report Nothing too, but change the catalog.)
+            return Ok(());
+        }
+        let mut command = proposal.command;
+        // What was created here must be created at COMMIT too: should a
+        // concurrent commit have created it meanwhile, COMMIT fails (42P07)
+        // instead of writing into that other table.
+        definite(&mut command);
+        self.provisional
+            .extend(quarry_raft::created_tables(&command, &applied));
+        self.ddl.push(command);
+        self.view.catalog = Arc::new(catalog);
+        Ok(())
+    }
+
     /// The depth of the newest savepoint called `name`.
     fn savepoint_depth(&self, name: &str) -> Result<usize> {
         self.savepoints
             .iter()
-            .rposition(|s| s == name)
+            .rposition(|s| s.name == name)
             .ok_or_else(|| {
                 user_error(
                     SqlState::INVALID_SAVEPOINT_SPECIFICATION,
                     format!("savepoint \"{name}\" does not exist"),
                 )
             })
+    }
+}
+
+/// Clears IF NOT EXISTS from the creations of `command`.
+fn definite(command: &mut Command) {
+    match command {
+        Command::CreateTable { if_not_exists, .. }
+        | Command::CreateSchema { if_not_exists, .. } => *if_not_exists = false,
+        Command::Batch(commands) => commands.iter_mut().for_each(definite),
+        _ => {}
     }
 }
 
@@ -102,6 +171,67 @@ pub(super) async fn commit_changes(
     Ok(())
 }
 
+/// COMMIT of a transaction block with DDL: the DDL and the data changes of
+/// the tables that still exist, as one [`Command::Transaction`].
+async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Result<()> {
+    let writes = &transaction.view.writes;
+    let (changes, reads) = writes.take().await?;
+    // Rows written to a table the block dropped afterwards go with it.
+    let (changes, gone): (Vec<_>, Vec<_>) = changes
+        .into_iter()
+        .partition(|c| transaction.view.catalog.table_by_id(c.table).is_some());
+    writes.discard_changes(gone);
+    // A SERIALIZABLE block read the tables that existed at BEGIN as BEGIN
+    // pinned them (under its own changes); its own tables nobody else saw.
+    let read_set = match transaction.isolation {
+        Isolation::Serializable => reads
+            .into_iter()
+            .filter_map(|(id, _)| {
+                let table = transaction.base.table_by_id(id)?;
+                Some((id, table.current_snapshot().id))
+            })
+            .collect(),
+        Isolation::Snapshot => Vec::new(),
+    };
+    let mut altered = Vec::new();
+    for command in &transaction.ddl {
+        altered_tables(command, &mut altered);
+    }
+    let altered = altered
+        .into_iter()
+        .filter_map(|id| Some((id, transaction.base.table_by_id(id)?.schema_id)))
+        .collect();
+    let mut commands = transaction.ddl;
+    if !changes.is_empty() {
+        commands.push(Command::Commit {
+            changes: changes.clone(),
+            read_set: Vec::new(),
+        });
+    }
+    let command = Command::Transaction {
+        read_set,
+        altered,
+        commands,
+        provisional: transaction.provisional,
+    };
+    if let Err(e) = meta.write(command).await {
+        if refused(&e) {
+            writes.discard_changes(changes);
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The tables `command` alters (ALTER TABLE), into `into` once each.
+fn altered_tables(command: &Command, into: &mut Vec<TableId>) {
+    match command {
+        Command::AlterTable { table, .. } if !into.contains(table) => into.push(*table),
+        Command::Batch(commands) => commands.iter().for_each(|c| altered_tables(c, into)),
+        _ => {}
+    }
+}
+
 impl Session {
     /// Pins the catalog and write set the next statement runs against: the open
     /// transaction's, or else the newest catalog and a fresh write set.
@@ -136,17 +266,6 @@ impl Session {
         commit_changes(self.engine.meta.as_ref(), writes, false).await
     }
 
-    /// Refuses statements a transaction block cannot hold yet.
-    pub(super) fn outside_transaction(&self, what: &str) -> Result<()> {
-        if self.transaction.is_some() {
-            return Err(user_error(
-                SqlState::ACTIVE_SQL_TRANSACTION,
-                format!("{what} cannot run inside a transaction block"),
-            ));
-        }
-        Ok(())
-    }
-
     pub(super) async fn begin(&mut self, modes: &[ast::TransactionMode]) -> Result<Output> {
         if self.transaction.is_some() {
             tracing::debug!("BEGIN inside a transaction block is ignored, as in PostgreSQL");
@@ -161,12 +280,7 @@ impl Session {
                 ast::TransactionMode::AccessMode(_) => {}
             }
         }
-        self.transaction = Some(Transaction {
-            view: self.fresh_view().await?,
-            isolation,
-            failed: false,
-            savepoints: Vec::new(),
-        });
+        self.transaction = Some(Transaction::new(self.fresh_view().await?, isolation));
         Ok(Output::Command(CommandTag::new("BEGIN")))
     }
 
@@ -188,13 +302,38 @@ impl Session {
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
         let serializable = transaction.isolation == Isolation::Serializable;
-        commit_changes(
-            self.engine.meta.as_ref(),
-            &transaction.view.writes,
-            serializable,
-        )
-        .await?;
+        if transaction.ddl.is_empty() {
+            commit_changes(
+                self.engine.meta.as_ref(),
+                &transaction.view.writes,
+                serializable,
+            )
+            .await?;
+        } else {
+            commit_with_ddl(self.engine.meta.as_ref(), transaction).await?;
+        }
         Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// Writes DDL `command`: to the cluster at once, or inside a transaction
+    /// block to the block's catalog until COMMIT.
+    pub(super) async fn write_ddl(&mut self, command: Command) -> Result<()> {
+        match &mut self.transaction {
+            None => {
+                self.engine.meta.write(command).await?;
+                Ok(())
+            }
+            Some(transaction) => transaction.apply_ddl(command),
+        }
+    }
+
+    /// The catalog DDL checks names against: the transaction block's (with
+    /// its own DDL), or the newest.
+    pub(super) async fn ddl_catalog(&self) -> Result<Arc<Catalog>> {
+        match &self.transaction {
+            Some(transaction) => Ok(transaction.view.catalog.clone()),
+            None => Ok(self.engine.meta.read().await?),
+        }
     }
 
     /// The open transaction, or 25P01 naming `what` (PostgreSQL's
@@ -213,7 +352,12 @@ impl Session {
         let transaction = self.transaction_block("SAVEPOINT")?;
         let depth = transaction.view.writes.savepoint();
         debug_assert_eq!(depth, transaction.savepoints.len());
-        transaction.savepoints.push(normalize(name));
+        transaction.savepoints.push(Savepoint {
+            name: normalize(name),
+            catalog: transaction.view.catalog.clone(),
+            ddl: transaction.ddl.len(),
+            provisional: transaction.provisional.len(),
+        });
         Ok(Output::Command(CommandTag::new("SAVEPOINT")))
     }
 
@@ -235,6 +379,10 @@ impl Session {
         let depth = transaction.savepoint_depth(&normalize(name))?;
         transaction.view.writes.rollback_to(depth);
         transaction.savepoints.truncate(depth + 1);
+        let savepoint = &transaction.savepoints[depth];
+        transaction.view.catalog = savepoint.catalog.clone();
+        transaction.ddl.truncate(savepoint.ddl);
+        transaction.provisional.truncate(savepoint.provisional);
         transaction.failed = false;
         Ok(Output::Command(CommandTag::new("ROLLBACK")))
     }

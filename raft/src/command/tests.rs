@@ -759,3 +759,150 @@ fn a_batch_applies_all_of_its_commands_or_none() {
     let id = catalog.table("public", "t").unwrap().id;
     assert_eq!(catalog.notes.get(&id).unwrap().constraints.len(), 1);
 }
+
+fn transaction(commands: Vec<Command>, provisional: Vec<TableId>) -> Command {
+    Command::Transaction {
+        read_set: vec![],
+        altered: vec![],
+        commands,
+        provisional,
+    }
+}
+
+/// A block's CREATE TABLE took an id on its own snapshot; a table created
+/// meanwhile took that id for real, so at COMMIT the block's table gets the
+/// next one and its later commands follow it there, not to the other table.
+#[test]
+fn a_transaction_moves_its_provisional_tables_onto_real_ids() {
+    let mut catalog = with_public();
+    let mut block = catalog.clone();
+    run(&mut block, create("mine")).unwrap();
+    let provisional = block.table("public", "mine").unwrap().id;
+    run(&mut catalog, create("theirs")).unwrap();
+    let theirs = catalog.table("public", "theirs").unwrap().id;
+    assert_eq!(theirs, provisional, "the ids collide, as the test needs");
+    let add_column = Command::AlterTable {
+        table: provisional,
+        change: SchemaChange::AddColumn(ColumnDef {
+            name: "b".into(),
+            column_type: ColumnType::Int32,
+            nullable: true,
+            default: None,
+        }),
+    };
+    let applied = run(
+        &mut catalog,
+        transaction(
+            vec![
+                create("mine"),
+                add_column,
+                append(provisional, vec![file(5)]),
+            ],
+            vec![provisional],
+        ),
+    )
+    .unwrap();
+    assert!(matches!(&applied, Applied::Batch(each) if each.len() == 3));
+    let mine = catalog.table("public", "mine").unwrap();
+    assert_ne!(mine.id, theirs);
+    assert_eq!(mine.columns.len(), 2);
+    assert_eq!(mine.current_snapshot().row_count, 5);
+    let theirs = catalog.table("public", "theirs").unwrap();
+    assert_eq!(theirs.columns.len(), 1, "the other table is untouched");
+    assert_eq!(theirs.current_snapshot().row_count, 0);
+}
+
+/// Nothing of a block applies when any part fails: a name taken meanwhile
+/// (42P07 as PostgreSQL reports it at CREATE), a write conflict, or a
+/// CREATE that creates a different number of tables than the block saw.
+#[test]
+fn a_transaction_applies_all_of_its_commands_or_none() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).unwrap();
+    let t = catalog.table("public", "t").unwrap().id;
+    let mut block = catalog.clone();
+    run(&mut block, create("u")).unwrap();
+    let u = block.table("public", "u").unwrap().id;
+    run(&mut catalog, create("u")).unwrap();
+    let before = catalog.clone();
+    let taken = run(
+        &mut catalog,
+        transaction(
+            vec![
+                append(t, vec![file(1)]),
+                create("u"),
+                append(u, vec![file(2)]),
+            ],
+            vec![u],
+        ),
+    );
+    assert!(
+        matches!(taken, Err(CatalogError::TableExists(_))),
+        "{taken:?}"
+    );
+    assert_eq!(catalog, before, "nothing of a failed transaction applies");
+    let missing = run(&mut catalog, transaction(vec![create("v")], vec![]));
+    assert!(
+        matches!(missing, Err(CatalogError::SerializationFailure(_))),
+        "{missing:?}"
+    );
+    let unmatched = run(
+        &mut catalog,
+        transaction(vec![append(t, vec![file(3)])], vec![u]),
+    );
+    assert!(
+        matches!(unmatched, Err(CatalogError::SerializationFailure(_))),
+        "{unmatched:?}"
+    );
+    assert_eq!(catalog, before);
+    let read = Command::Transaction {
+        read_set: vec![(t, 0)],
+        altered: vec![],
+        commands: vec![create("w")],
+        provisional: vec![u],
+    };
+    let stale = run(&mut catalog, read);
+    assert!(matches!(stale, Err(CatalogError::SerializationFailure(name)) if name == "t"));
+    assert_eq!(catalog, before);
+}
+
+/// A block that altered a table commits only if nobody altered it since the
+/// block saw it: the block's data files carry the field ids of its schema.
+#[test]
+fn a_transaction_fails_when_a_table_it_altered_was_altered_meanwhile() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).unwrap();
+    let t = catalog.table("public", "t").unwrap().id;
+    let seen = catalog.table("public", "t").unwrap().schema_id;
+    let add = |name: &str| Command::AlterTable {
+        table: t,
+        change: SchemaChange::AddColumn(ColumnDef {
+            name: name.into(),
+            column_type: ColumnType::Int32,
+            nullable: true,
+            default: None,
+        }),
+    };
+    let block = Command::Transaction {
+        read_set: vec![],
+        altered: vec![(t, seen)],
+        commands: vec![add("mine"), append(t, vec![file(1)])],
+        provisional: vec![],
+    };
+    run(&mut catalog, add("theirs")).unwrap();
+    let before = catalog.clone();
+    let failed = run(&mut catalog, block.clone());
+    assert_eq!(failed, Err(CatalogError::SerializationFailure("t".into())));
+    assert_eq!(catalog, before);
+    let mut unaltered = with_public();
+    run(&mut unaltered, create("t")).unwrap();
+    run(&mut unaltered, block).unwrap();
+    let columns: Vec<_> = unaltered
+        .table("public", "t")
+        .unwrap()
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(columns, ["a", "mine"]);
+}
