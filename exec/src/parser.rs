@@ -152,9 +152,10 @@ fn rewrite_compatible(mut statement: Statement) -> Statement {
     statement
 }
 
-/// Replaces by NULL each correlated subquery of a SELECT list that reads only
-/// pg_catalog tables (what datafusion-pg-catalog's rule did to every
-/// correlated subquery there).
+/// Rewrites each correlated subquery of a SELECT list that reads only
+/// pg_catalog tables into a form DataFusion plans ([`catalog_key_lookup`]),
+/// or else replaces it by NULL (what datafusion-pg-catalog's rule did to
+/// every correlated subquery there).
 fn null_catalog_subqueries(statement: &mut Statement) {
     struct Nulls;
     impl VisitorMut for Nulls {
@@ -170,7 +171,8 @@ fn null_catalog_subqueries(statement: &mut Statement) {
                     && reads_only_catalog(inner)
                     && is_correlated(subquery, inner)
                 {
-                    *expr = Expr::Value(ast::Value::Null.into());
+                    *expr = catalog_key_lookup(subquery)
+                        .unwrap_or_else(|| Expr::Value(ast::Value::Null.into()));
                 }
             }
             ControlFlow::Continue(())
@@ -179,10 +181,172 @@ fn null_catalog_subqueries(statement: &mut Statement) {
     let _ = VisitMut::visit(statement, &mut Nulls);
 }
 
-/// Whether `query` (whose body is `select`) names a table its FROM does not
-/// have (`outer.column`) or a parameter.
-fn is_correlated(query: &Query, select: &ast::Select) -> bool {
-    let aliases: Vec<String> = select
+/// A correlated catalog subquery whose WHERE ties it to the outer row by
+/// equalities only (`d.adrelid = a.attrelid AND d.adnum = a.attnum`), which
+/// DataFusion decorrelates once [`aggregate_catalog_lookup`] aggregates it.
+/// Conditions on the outer row alone (`AND a.atthasdef`, psql's column
+/// default lookup) move out into `CASE WHEN condition THEN (subquery) END`,
+/// which is NULL exactly when the subquery would find no row for them.
+/// None for any other correlation, or one outside WHERE, or a parameter.
+fn catalog_key_lookup(query: &Query) -> Option<Expr> {
+    let mut query = query.clone();
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let aliases = from_aliases(select);
+    let selection = select.selection.take()?;
+    if is_correlated(&query, select_of(&query)?) {
+        return None;
+    }
+    let mut outer_only = Vec::new();
+    let mut rest = Vec::new();
+    for conjunct in conjuncts(selection) {
+        let (outer, inner) = (
+            names_outer(&conjunct, &aliases),
+            names_inner(&conjunct, &aliases),
+        );
+        match (outer, inner) {
+            (true, false) => outer_only.push(conjunct),
+            (false, _) => rest.push(conjunct),
+            (true, true) => match &conjunct {
+                Expr::BinaryOp {
+                    left,
+                    op: ast::BinaryOperator::Eq,
+                    right,
+                } if {
+                    let outer_side =
+                        |e: &Expr| names_outer(e, &aliases) && !names_inner(e, &aliases);
+                    (outer_side(left) && !names_outer(right, &aliases))
+                        || (outer_side(right) && !names_outer(left, &aliases))
+                } =>
+                {
+                    rest.push(conjunct)
+                }
+                _ => return None,
+            },
+        }
+    }
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        select.selection = conjoin(rest);
+    }
+    let lookup = Expr::Subquery(Box::new(query));
+    Some(match conjoin(outer_only) {
+        None => lookup,
+        Some(condition) => Expr::Case {
+            case_token: ast::helpers::attached_token::AttachedToken::empty(),
+            end_token: ast::helpers::attached_token::AttachedToken::empty(),
+            operand: None,
+            conditions: vec![ast::CaseWhen {
+                condition,
+                result: lookup,
+            }],
+            else_result: None,
+        },
+    })
+}
+
+fn select_of(query: &Query) -> Option<&ast::Select> {
+    match query.body.as_ref() {
+        SetExpr::Select(select) => Some(select),
+        _ => None,
+    }
+}
+
+/// `expr` split at its top-level ANDs.
+fn conjuncts(expr: Expr) -> Vec<Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::And,
+            right,
+        } => {
+            let mut all = conjuncts(*left);
+            all.extend(conjuncts(*right));
+            all
+        }
+        Expr::Nested(inner)
+            if matches!(
+                inner.as_ref(),
+                Expr::BinaryOp {
+                    op: ast::BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner)
+        }
+        other => vec![other],
+    }
+}
+
+/// The AND of `conditions`, None for none.
+fn conjoin(conditions: Vec<Expr>) -> Option<Expr> {
+    conditions.into_iter().reduce(|left, right| Expr::BinaryOp {
+        left: Box::new(left),
+        op: ast::BinaryOperator::And,
+        right: Box::new(right),
+    })
+}
+
+/// Whether `node` names a column of a table outside `aliases` (the
+/// subquery's own FROM), `outer.column`, or (with `placeholders`) holds a
+/// parameter.
+fn names_outer_in<V: ast::Visit>(node: &V, aliases: &[String], placeholders: bool) -> bool {
+    struct Find<'a>(&'a [String], bool);
+    impl ast::Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Value(v) if self.1 && matches!(v.value, ast::Value::Placeholder(_)) => {
+                    ControlFlow::Break(())
+                }
+                Expr::CompoundIdentifier(parts)
+                    if parts.len() >= 2
+                        && !self.0.iter().any(|a| a == &parts[parts.len() - 2].value) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    node.visit(&mut Find(aliases, placeholders)).is_break()
+}
+
+/// Whether `expr` names a column of a table outside `aliases`.
+fn names_outer(expr: &Expr, aliases: &[String]) -> bool {
+    names_outer_in(expr, aliases, false)
+}
+
+/// Whether `expr` names a column of the subquery's own FROM (`aliases`), or
+/// an unqualified column (which may be one), or holds a subquery.
+fn names_inner(expr: &Expr, aliases: &[String]) -> bool {
+    struct Find<'a>(&'a [String]);
+    impl ast::Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Identifier(_)
+                | Expr::Subquery(_)
+                | Expr::Exists { .. }
+                | Expr::InSubquery { .. } => ControlFlow::Break(()),
+                Expr::CompoundIdentifier(parts)
+                    if parts.len() >= 2
+                        && self.0.iter().any(|a| a == &parts[parts.len() - 2].value) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    ast::Visit::visit(expr, &mut Find(aliases)).is_break()
+}
+
+/// The names a SELECT's FROM gives its tables (aliases, or the tables' own
+/// names).
+fn from_aliases(select: &ast::Select) -> Vec<String> {
+    select
         .from
         .iter()
         .flat_map(|from| {
@@ -198,26 +362,13 @@ fn is_correlated(query: &Query, select: &ast::Select) -> bool {
             } => Some(alias.name.value.clone()),
             _ => None,
         })
-        .collect();
-    struct Find<'a>(&'a [String]);
-    impl ast::Visitor for Find<'_> {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::Value(v) if matches!(v.value, ast::Value::Placeholder(_)) => {
-                    ControlFlow::Break(())
-                }
-                Expr::CompoundIdentifier(parts)
-                    if parts.len() >= 2
-                        && !self.0.iter().any(|a| a == &parts[parts.len() - 2].value) =>
-                {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    ast::Visit::visit(query, &mut Find(&aliases)).is_break()
+        .collect()
+}
+
+/// Whether `query` (whose body is `select`) names a table its FROM does not
+/// have (`outer.column`) or a parameter.
+fn is_correlated(query: &Query, select: &ast::Select) -> bool {
+    names_outer_in(query, &from_aliases(select), true)
 }
 
 /// A statement Quarry runs: one of PostgreSQL's grammar, or one of the two
@@ -1398,17 +1549,30 @@ mod tests {
             first.contains("first_value(u.tgname ORDER BY u.oid)") && !first.contains("LIMIT"),
             "{first}"
         );
-        // A correlated subquery in a SELECT list is kept over tables, and
-        // replaced by NULL over pg_catalog alone (as before).
+        // A correlated subquery in a SELECT list is kept over tables. Over
+        // pg_catalog alone, one tied to the outer row by equalities is a
+        // key lookup (conditions on the outer row alone move into a CASE,
+        // psql's column defaults); any other is replaced by NULL.
         let over_tables = rewritten("SELECT a, (SELECT max(b) FROM u WHERE u.k = t.k) FROM t");
         assert!(over_tables.contains("max(b)"), "{over_tables}");
-        let over_catalog = rewritten(
+        let default = rewritten(
             "SELECT a.attname, (SELECT d.adbin FROM pg_catalog.pg_attrdef d \
-             WHERE d.adrelid = a.attrelid) FROM pg_catalog.pg_attribute a",
+             WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef) \
+             FROM pg_catalog.pg_attribute a",
         );
         assert!(
-            !over_catalog.contains("adbin") && over_catalog.contains("NULL"),
-            "{over_catalog}"
+            default.contains("CASE WHEN a.atthasdef THEN (SELECT max(d.adbin)")
+                && default.contains("WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum)"),
+            "{default}"
+        );
+        let collation = rewritten(
+            "SELECT a.attname, (SELECT c.collname FROM pg_catalog.pg_collation c, \
+             pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid \
+             AND a.attcollation <> t.typcollation) FROM pg_catalog.pg_attribute a",
+        );
+        assert!(
+            !collation.contains("collname") && collation.contains("NULL"),
+            "{collation}"
         );
         // An oid shown as regclass is the relation's name.
         let name = rewritten(

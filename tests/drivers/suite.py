@@ -678,6 +678,9 @@ def psql_meta_commands(connect):
     assert lines["name"][1] == "text", lines["name"]
     assert lines["price"][1] == "numeric(10,2)", lines["price"]
     assert lines["qty"][1] == "integer", lines["qty"]
+    # The Default column (psql's correlated lookup in pg_attrdef).
+    assert [lines[c][4] for c in ("id", "name", "price", "qty")] == \
+        ["", "'none'::text", "", "7"], described
     assert "Access method" in described or "Storage" in described, described
     sized = psql("\\dt+ pm_items")
     row = next(line for line in sized.splitlines() if "pm_items" in line)
