@@ -46,6 +46,8 @@ impl SqlState {
     /// 55000 object_not_in_prerequisite_state (e.g. a backward FETCH of a
     /// NO SCROLL cursor).
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
+    /// 55P02 cant_change_runtime_param: a setting fixed at build or start.
+    pub const CANT_CHANGE_RUNTIME_PARAM: SqlState = SqlState("55P02");
     /// 3B001 invalid_savepoint_specification: no savepoint of that name.
     pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
     /// 40001 serialization_failure: retry the transaction.
@@ -124,6 +126,7 @@ impl SqlState {
             SqlState::IN_FAILED_SQL_TRANSACTION,
             SqlState::ACTIVE_SQL_TRANSACTION,
             SqlState::INVALID_SQL_STATEMENT_NAME,
+            SqlState::CANT_CHANGE_RUNTIME_PARAM,
             SqlState::SERIALIZATION_FAILURE,
             SqlState::STATEMENT_COMPLETION_UNKNOWN,
             SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,

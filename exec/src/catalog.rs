@@ -42,6 +42,8 @@ pub struct QuarryCatalog {
     view: RwLock<CatalogView>,
     system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
     state: RwLock<Option<StateSource>>,
+    /// The session's settings (name, value), for pg_settings.
+    settings: RwLock<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for QuarryCatalog {
@@ -60,7 +62,27 @@ impl QuarryCatalog {
             view: RwLock::new(view),
             system: RwLock::new(HashMap::new()),
             state: RwLock::new(None),
+            settings: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Records the session's settings (at start and after each SET).
+    pub fn set_settings(&self, settings: &std::collections::BTreeMap<String, String>) {
+        *self
+            .settings
+            .write()
+            .expect("settings lock is never held across a panic") = settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+
+    /// The session's settings, by name.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.settings
+            .read()
+            .expect("settings lock is never held across a panic")
+            .clone()
     }
 
     /// Where the queries of views get planned: the session's planner state.

@@ -1095,6 +1095,59 @@ fn generate_subscripts(function: &ast::Function) -> Option<Expr> {
     Some(subscripts)
 }
 
+/// `information_schema._pg_expandarray(array)` (PostgreSQL's set-returning
+/// function of `(x, n)` records: each element and its subscript; JDBC's
+/// `getPrimaryKeys` and `getIndexInfo` call it in a SELECT list):
+/// `named_struct('x', unnest(array), 'n', unnest(generate_series(1,
+/// cardinality(array))))`, one row per element beside any other unnest of
+/// the same list, as PostgreSQL runs set-returning functions in lockstep.
+fn expand_array(function: &ast::Function) -> Option<Expr> {
+    let ast::FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array))] = list.args.as_slice()
+    else {
+        return None;
+    };
+    let mut elements = Expr::Function(template_function(
+        "SELECT named_struct('x', unnest(NULL), 'n', \
+         unnest(generate_series(1, cardinality(NULL))))",
+    )?);
+    fill_slots(&mut elements, &ast::Value::Null, array);
+    Some(elements)
+}
+
+/// `(composite).field` (a record's field, as `(i.keys).x`): DataFusion's
+/// `get_field(composite, 'field')`, its planner taking `.field` after an
+/// expression only for string literals.
+fn field_of_composite(expr: &Expr) -> Option<Expr> {
+    let Expr::CompoundFieldAccess { root, access_chain } = expr else {
+        return None;
+    };
+    let mut fields = Vec::with_capacity(access_chain.len());
+    for access in access_chain {
+        match access {
+            ast::AccessExpr::Dot(Expr::Identifier(field)) => {
+                fields.push(crate::session::normalize(field))
+            }
+            _ => return None,
+        }
+    }
+    let mut value = root.as_ref().clone();
+    for field in fields {
+        let mut get = template_function("SELECT get_field(NULL, 'field')")?;
+        fill_slots(&mut get, &ast::Value::Null, &value);
+        if let ast::FunctionArguments::List(list) = &mut get.args
+            && let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(name)))) =
+                list.args.get_mut(1)
+        {
+            name.value = ast::Value::SingleQuotedString(field);
+        }
+        value = Expr::Function(get);
+    }
+    Some(value)
+}
+
 /// Puts `value`, parenthesized, wherever `template` (one of this module's
 /// fixed SQL texts) has the literal `slot` (NULL, or the parameter `$1`).
 fn fill_slots<T: VisitMut>(template: &mut T, slot: &ast::Value, value: &Expr) {
@@ -1308,6 +1361,10 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
                 aggregate_catalog_lookup(query);
                 return ControlFlow::Continue(());
             }
+            if let Some(field) = field_of_composite(expr) {
+                *expr = field;
+                return ControlFlow::Continue(());
+            }
             let Expr::Function(function) = expr else {
                 return ControlFlow::Continue(());
             };
@@ -1328,6 +1385,12 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
                 && let Some(subscripts) = generate_subscripts(function)
             {
                 *expr = subscripts;
+                return ControlFlow::Continue(());
+            }
+            if name.rsplit('.').next() == Some("_pg_expandarray")
+                && let Some(elements) = expand_array(function)
+            {
+                *expr = elements;
                 return ControlFlow::Continue(());
             }
             let Some((_, template)) = REG_LOOKUPS.iter().find(|(f, _)| *f == name) else {

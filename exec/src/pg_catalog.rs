@@ -1024,10 +1024,19 @@ pub fn constraint_definition(meta: &Catalog, oid: i32) -> Option<String> {
     })
 }
 
-/// `pg_get_indexdef(oid)`: the CREATE INDEX of a key's index.
-pub fn index_definition(meta: &Catalog, oid: i32) -> Option<String> {
+/// `pg_get_indexdef(oid [, column, pretty])`: the CREATE INDEX of a key's
+/// index, or (column > 0) that column of it.
+pub fn index_definition(meta: &Catalog, oid: i32, column: i32) -> Option<String> {
     let keys = keys(meta);
     let key = keys.iter().find(|k| k.index == Some(oid))?;
+    // pg_get_indexdef(index, n, pretty) with n > 0: that key column alone
+    // (empty past the last), as JDBC's getIndexInfo names each column.
+    if column > 0 {
+        let nth = usize::try_from(column - 1)
+            .ok()
+            .and_then(|i| key.columns.get(i));
+        return Some(nth.map(|c| quote_ident(&c.name)).unwrap_or_default());
+    }
     Some(format!(
         "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({})",
         quote_ident(&key.constraint.name),
@@ -1144,6 +1153,59 @@ fn default_sql(value: &ScalarValue, column_type: ColumnType) -> String {
     }
 }
 
+impl PgCatalogSchema {
+    /// pg_settings: the session's settings (`name`, `setting`, and
+    /// `context`: `internal` for those fixed at build, `user` for those SET
+    /// changes), in the crate's columns, the others NULL.
+    async fn settings_table(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let catalog = self
+            .catalog
+            .upgrade()
+            .ok_or_else(|| DataFusionError::Plan("the session has ended".to_owned()))?;
+        let schema = self
+            .inner
+            .table("pg_settings")
+            .await?
+            .ok_or_else(|| DataFusionError::Internal("pg_settings is missing".to_owned()))?
+            .schema();
+        let settings = catalog.settings();
+        let rows = settings.len();
+        let text = |values: Vec<Option<&str>>| -> datafusion::arrow::array::ArrayRef {
+            Arc::new(datafusion::arrow::array::StringArray::from(values))
+        };
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| match field.name().as_str() {
+                "name" => Ok(text(
+                    settings.iter().map(|(n, _)| Some(n.as_str())).collect(),
+                )),
+                "setting" => Ok(text(
+                    settings.iter().map(|(_, v)| Some(v.as_str())).collect(),
+                )),
+                "context" => Ok(text(
+                    settings
+                        .iter()
+                        .map(|(n, _)| {
+                            Some(if crate::session::is_preset_setting(n) {
+                                "internal"
+                            } else {
+                                "user"
+                            })
+                        })
+                        .collect(),
+                )),
+                _ => Ok(datafusion::arrow::array::new_null_array(
+                    field.data_type(),
+                    rows,
+                )),
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for PgCatalogSchema {
     fn table_names(&self) -> Vec<String> {
@@ -1154,6 +1216,9 @@ impl SchemaProvider for PgCatalogSchema {
         let name = name.to_ascii_lowercase();
         if RELATION_TABLES.contains(&name.as_str()) {
             return self.build(&name).await.map(Some);
+        }
+        if name == "pg_settings" {
+            return self.settings_table().await.map(Some);
         }
         if name == "pg_type" {
             let table = PG_TYPE

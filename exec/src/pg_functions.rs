@@ -66,7 +66,9 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
         (
             "pg_get_indexdef",
             vec![vec![oid.clone()], vec![oid, int, boolean]],
-            |meta, oid, _, _| crate::pg_catalog::index_definition(meta, oid),
+            |meta, oid, column, _| {
+                crate::pg_catalog::index_definition(meta, oid, column.unwrap_or(0))
+            },
         ),
     ];
     ctx.register_udf(ScalarUDF::new_from_impl(GetExpr {
@@ -389,6 +391,78 @@ mod tests {
             (i64::MAX, "8192 PB"),
         ] {
             assert_eq!(size_pretty(size), text, "{size}");
+        }
+    }
+}
+
+/// The name of [`vector_element`].
+pub const VECTOR_ELEMENT: &str = "quarry_vector_element";
+
+/// `vector[i]` of an `int2vector` or `oidvector` value, which pg_catalog
+/// holds as PostgreSQL's text form (`"0 1"`, what SQLAlchemy splits):
+/// element `i` counting from 0, as PostgreSQL subscripts those types (JDBC's
+/// `getIndexInfo` reads `indoption[ordinal - 1]`); NULL outside the vector.
+/// The element is int8 (PostgreSQL's is int2 or oid; both fit).
+pub fn vector_element() -> ScalarUDF {
+    create_udf(
+        VECTOR_ELEMENT,
+        vec![DataType::Utf8, DataType::Int64],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let vectors = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let subscripts = datafusion::common::cast::as_int64_array(&arrays[1])?;
+            let elements: Int64Array = vectors
+                .iter()
+                .zip(subscripts.iter())
+                .map(|(vector, i)| {
+                    let i = usize::try_from(i?).ok()?;
+                    vector?.split_whitespace().nth(i)?.parse().ok()
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(elements) as ArrayRef))
+        }),
+    )
+}
+
+/// Plans `text[i]` as [`vector_element`]: PostgreSQL subscripts no text
+/// value, so a subscripted text column is one of pg_catalog's vectors.
+/// Ahead of DataFusion's planners, which would plan `array_element` and
+/// fail on text.
+#[derive(Debug)]
+pub struct VectorSubscript;
+
+impl datafusion::logical_expr::planner::ExprPlanner for VectorSubscript {
+    fn plan_field_access(
+        &self,
+        expr: datafusion::logical_expr::planner::RawFieldAccessExpr,
+        schema: &datafusion::common::DFSchema,
+    ) -> DfResult<
+        datafusion::logical_expr::planner::PlannerResult<
+            datafusion::logical_expr::planner::RawFieldAccessExpr,
+        >,
+    > {
+        use datafusion::logical_expr::planner::PlannerResult;
+        use datafusion::logical_expr::{ExprSchemable, GetFieldAccess};
+        let text = matches!(
+            expr.expr.get_type(schema),
+            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        );
+        match expr.field_access {
+            GetFieldAccess::ListIndex { key } if text => {
+                let vector = expr.expr.cast_to(&DataType::Utf8, schema)?;
+                let subscript = key.cast_to(&DataType::Int64, schema)?;
+                Ok(PlannerResult::Planned(
+                    Arc::new(vector_element()).call(vec![vector, subscript]),
+                ))
+            }
+            field_access => Ok(PlannerResult::Original(
+                datafusion::logical_expr::planner::RawFieldAccessExpr {
+                    field_access,
+                    expr: expr.expr,
+                },
+            )),
         }
     }
 }

@@ -73,8 +73,9 @@ mod transaction;
 
 pub use copy_statement::CopyIn;
 use dispatch::Dispatch;
-use settings::DEFAULT_SETTINGS;
 pub use settings::DistSql;
+pub use settings::is_preset_setting;
+use settings::{DEFAULT_SETTINGS, PRESET_SETTINGS};
 use time_travel::AS_OF_SCHEMA;
 use transaction::{Isolation, Transaction, commit_changes, refused};
 
@@ -352,12 +353,15 @@ impl Session {
         let runtime = runtime
             .build_arc()
             .map_err(|e| Error::Internal(format!("cannot set up the query runtime: {e}")))?;
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints))
-            .build();
+            .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints));
+        if let Some(planners) = builder.expr_planners() {
+            planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));
+        }
+        let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
         let view = CatalogView {
             catalog: Arc::new(Catalog::default()),
@@ -403,11 +407,12 @@ impl Session {
                 ))
             }),
         ));
-        let settings = DEFAULT_SETTINGS
+        let settings: BTreeMap<String, String> = DEFAULT_SETTINGS
             .iter()
+            .chain(PRESET_SETTINGS)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .chain([("server_version".to_owned(), SERVER_VERSION.to_owned())])
             .collect();
+        catalog.set_settings(&settings);
         Ok(Session {
             engine,
             ctx,

@@ -62,6 +62,22 @@ pub(super) const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("timezone", "UTC"),
 ];
 
+/// Settings fixed when the server was built (PostgreSQL's `internal`
+/// context): SHOW and pg_settings give them, SET refuses them (55P02).
+/// JDBC's `getImportedKeys` reads `max_index_keys`.
+pub(super) const PRESET_SETTINGS: &[(&str, &str)] = &[
+    ("block_size", "8192"),
+    ("max_function_args", "100"),
+    ("max_index_keys", "32"),
+    ("server_version", super::SERVER_VERSION),
+    ("server_version_num", "160000"),
+];
+
+/// Whether setting `name` is one of [`PRESET_SETTINGS`].
+pub fn is_preset_setting(name: &str) -> bool {
+    PRESET_SETTINGS.iter().any(|(preset, _)| *preset == name)
+}
+
 /// Parses a PostgreSQL duration setting (`5000`, `5s`, `250ms`, `1min`) to ms.
 pub(super) fn parse_duration_ms(value: &str) -> Option<u64> {
     let value = value.trim().trim_matches('\'');
@@ -135,6 +151,12 @@ impl Session {
                 ));
             }
         };
+        if is_preset_setting(&name) {
+            return Err(user_error(
+                SqlState::CANT_CHANGE_RUNTIME_PARAM,
+                format!("parameter \"{name}\" cannot be changed"),
+            ));
+        }
         if name.starts_with("datafusion.") {
             self.ctx
                 .sql(&format!("SET {name} = '{}'", value.replace('\'', "''")))
@@ -189,6 +211,7 @@ impl Session {
             _ => {}
         }
         self.settings.insert(name, value);
+        self.catalog.set_settings(&self.settings);
         Ok(Output::Command(CommandTag::new("SET")))
     }
 

@@ -89,6 +89,45 @@ public class JdbcCase {
             }
             check(schemas.contains("public") && schemas.contains("pg_catalog"),
                   "getSchemas: " + schemas);
+            // Declared keys, as BI tools read them to suggest joins.
+            try (Statement s = c.createStatement()) {
+                s.execute("CREATE TABLE jd_parent (id BIGINT, code TEXT NOT NULL, "
+                          + "PRIMARY KEY (id), CONSTRAINT jd_parent_code UNIQUE (code))");
+                s.execute("CREATE TABLE jd_child (id INT PRIMARY KEY, "
+                          + "parent_id BIGINT REFERENCES jd_parent (id))");
+            }
+            List<String> keys = new ArrayList<>();
+            try (ResultSet r = meta.getPrimaryKeys(null, "public", "jd_parent")) {
+                while (r.next()) {
+                    keys.add(r.getString("COLUMN_NAME") + ":" + r.getInt("KEY_SEQ") + ":"
+                             + r.getString("PK_NAME"));
+                }
+            }
+            check(keys.equals(List.of("id:1:jd_parent_pkey")), "getPrimaryKeys: " + keys);
+            List<String> imported = new ArrayList<>();
+            try (ResultSet r = meta.getImportedKeys(null, "public", "jd_child")) {
+                while (r.next()) {
+                    imported.add(r.getString("PKTABLE_NAME") + "." + r.getString("PKCOLUMN_NAME")
+                                 + "<-" + r.getString("FKTABLE_NAME") + "."
+                                 + r.getString("FKCOLUMN_NAME") + ":" + r.getString("FK_NAME"));
+                }
+            }
+            check(imported.equals(List.of("jd_parent.id<-jd_child.parent_id:jd_child_parent_id_fkey")),
+                  "getImportedKeys: " + imported);
+            List<String> exported = new ArrayList<>();
+            try (ResultSet r = meta.getExportedKeys(null, "public", "jd_parent")) {
+                while (r.next()) exported.add(r.getString("FKTABLE_NAME"));
+            }
+            check(exported.equals(List.of("jd_child")), "getExportedKeys: " + exported);
+            List<String> indexes = new ArrayList<>();
+            try (ResultSet r = meta.getIndexInfo(null, "public", "jd_parent", false, false)) {
+                while (r.next()) {
+                    indexes.add(r.getString("INDEX_NAME") + ":" + r.getString("COLUMN_NAME") + ":"
+                                + r.getBoolean("NON_UNIQUE"));
+                }
+            }
+            check(indexes.equals(List.of("jd_parent_code:code:false", "jd_parent_pkey:id:false")),
+                  "getIndexInfo: " + indexes);
         }
         System.out.println("jdbc: ok");
     }
