@@ -372,20 +372,21 @@ def psycopg2_dbapi(connect):
         info = conn.info
         where = dict(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
     conn = psycopg2.connect(**where)
+
+    def create_and_fill(cur):
+        cur.execute("CREATE TABLE p2 (id INT NOT NULL, name TEXT)")
+        cur.execute("INSERT INTO p2 VALUES (%s, %s)", (1, "o'brien"))
+        psycopg2.extras.execute_values(
+            cur, "INSERT INTO p2 VALUES %s", [(i, f"n{i}") for i in range(2, 101)])
+
     try:
         with conn.cursor() as cur:
-            cur.execute("CREATE TABLE p2 (id INT NOT NULL, name TEXT)")
-            cur.execute("INSERT INTO p2 VALUES (%s, %s)", (1, "o'brien"))
-            psycopg2.extras.execute_values(
-                cur, "INSERT INTO p2 VALUES %s", [(i, f"n{i}") for i in range(2, 101)])
+            create_and_fill(cur)
         conn.rollback()
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'p2'")
             assert cur.fetchone() == (0,), "ROLLBACK took the table away"
-            cur.execute("CREATE TABLE p2 (id INT NOT NULL, name TEXT)")
-            cur.execute("INSERT INTO p2 VALUES (%s, %s)", (1, "o'brien"))
-            psycopg2.extras.execute_values(
-                cur, "INSERT INTO p2 VALUES %s", [(i, f"n{i}") for i in range(2, 101)])
+            create_and_fill(cur)
         conn.commit()
         with conn.cursor() as cur:
             cur.copy_expert("COPY p2 FROM STDIN (FORMAT csv)", io.StringIO("101,\n102,x\n"))
