@@ -403,6 +403,14 @@ pub enum QuarryStatement {
         /// IF EXISTS: a missing view is not an error.
         if_exists: bool,
     },
+    /// `MOVE [direction] [FROM | IN] cursor` (PostgreSQL's): repositions a
+    /// cursor as FETCH with the same direction would, returning no rows.
+    Move {
+        /// The cursor.
+        name: Ident,
+        /// Where to move it.
+        direction: FetchDirection,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -520,6 +528,56 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
     Ok(statements)
 }
 
+/// Parses `FETCH [direction] [FROM | IN] name` from its tokens, with what the
+/// SQL parser lacks of PostgreSQL's grammar: `FETCH name` (NEXT) and negative
+/// counts (`RELATIVE -2`, `BACKWARD -1`).
+fn parse_fetch(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    let mut merged: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut negate = false;
+    for token in tokens {
+        match token.token {
+            Token::Minus => negate = true,
+            Token::Whitespace(_) if negate => {}
+            Token::Number(n, long) if negate => {
+                negate = false;
+                merged.push(TokenWithSpan {
+                    token: Token::Number(format!("-{n}"), long),
+                    span: token.span,
+                });
+            }
+            _ => merged.push(token),
+        }
+    }
+    let words: Vec<&Token> = merged
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF | Token::SemiColon))
+        .collect();
+    if let [Token::Word(_), Token::Word(name)] = words.as_slice() {
+        return Ok(Statement::Fetch {
+            name: Ident {
+                value: name.value.clone(),
+                quote_style: name.quote_style,
+                span: Span::empty(),
+            },
+            direction: FetchDirection::Next,
+            position: FetchPosition::From,
+            into: None,
+        });
+    }
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(merged);
+    let statement = parser.parse_statement().map_err(syntax_error)?;
+    match statement {
+        Statement::Fetch { into: None, .. } if parser.peek_token_ref().token == Token::EOF => {
+            Ok(statement)
+        }
+        _ => Err(syntax_error(
+            "FETCH | MOVE [direction] [FROM | IN] cursor_name",
+        )),
+    }
+}
+
 /// Parses one statement (its tokens) of Quarry's own grammar, or returns None if it
 /// does not start like one:
 ///
@@ -531,27 +589,26 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
 ///
 /// # Errors
 /// 42601 for a statement that starts like one of these and does not follow it.
-fn parse_quarry_statement(tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
-    // `FETCH name` (PostgreSQL's FETCH NEXT FROM name), which the SQL parser
-    // does not take without a direction.
-    let words: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF | Token::SemiColon))
-        .collect();
-    if let [Token::Word(fetch), Token::Word(name)] = words.as_slice()
-        && fetch.keyword == Keyword::FETCH
-    {
-        return Ok(Some(QuarryStatement::Sql(Statement::Fetch {
-            name: Ident {
-                value: name.value.clone(),
-                quote_style: name.quote_style,
-                span: Span::empty(),
-            },
-            direction: FetchDirection::Next,
-            position: FetchPosition::From,
-            into: None,
-        })));
+fn parse_quarry_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
+    // FETCH, and MOVE (which takes FETCH's grammar).
+    let first_word = match tokens.first().map(|t| &t.token) {
+        Some(Token::Word(word)) if word.quote_style.is_none() => word.value.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    if first_word == "fetch" || first_word == "move" {
+        tokens[0].token = Token::make_keyword("FETCH");
+        let fetch = parse_fetch(tokens)?;
+        return Ok(Some(if first_word == "move" {
+            let Statement::Fetch {
+                name, direction, ..
+            } = fetch
+            else {
+                unreachable!("parse_fetch returns FETCH statements")
+            };
+            QuarryStatement::Move { name, direction }
+        } else {
+            QuarryStatement::Sql(fetch)
+        }));
     }
     // Most statements start otherwise: they are not parsed twice.
     let starts_undrop = matches!(
@@ -1720,6 +1777,45 @@ mod tests {
         // A text with an error anywhere yields no statement.
         assert!(parse("undrop table t; selec 1").is_err());
         assert!(parse(" ; ;").expect("empty statements").is_empty());
+    }
+
+    #[test]
+    fn fetch_and_move_take_postgresql_forms() {
+        let statements = parse(
+            "FETCH c; MOVE c; fetch relative -2 in c; MOVE BACKWARD - 3 FROM \"C\"; move all in c",
+        )
+        .expect("parses");
+        let directions: Vec<String> = statements
+            .iter()
+            .map(|s| match s {
+                QuarryStatement::Sql(Statement::Fetch {
+                    name, direction, ..
+                }) => {
+                    format!("fetch {direction} {name}")
+                }
+                QuarryStatement::Move { name, direction } => format!("move {direction} {name}"),
+                other => panic!("not a fetch or move: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            directions,
+            [
+                "fetch NEXT c",
+                "move NEXT c",
+                "fetch RELATIVE -2 c",
+                "move BACKWARD -3 \"C\"",
+                "move ALL c"
+            ]
+        );
+        for bad in [
+            "MOVE",
+            "MOVE 1 IN",
+            "MOVE 1 IN c d",
+            "FETCH 1 FROM c INTO x",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.sqlstate(), SqlState::SYNTAX_ERROR, "{bad}");
+        }
     }
 
     #[test]

@@ -575,6 +575,7 @@ impl Session {
                 to,
                 if_exists,
             } => self.rename_view(&name, &to, if_exists).await,
+            QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
         };
         if result.is_err()
             && let Some(transaction) = &mut self.transaction

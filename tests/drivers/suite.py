@@ -183,6 +183,79 @@ def sql_cursors(connect):
 
 
 @case
+def scroll_cursors(connect):
+    """SCROLL cursors in every direction, MOVE and its counts, and the
+    positions before the first and after the last row."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE scrollcurs (id INT NOT NULL)")
+        conn.execute("INSERT INTO scrollcurs SELECT * FROM generate_series(1, 10)")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE s SCROLL CURSOR FOR SELECT id FROM scrollcurs ORDER BY id")
+
+        def fetch(direction):
+            return [r[0] for r in conn.execute(f"FETCH {direction} FROM s").fetchall()]
+
+        def move(direction):
+            return conn.execute(f"MOVE {direction} IN s").statusmessage
+
+        assert fetch("3") == [1, 2, 3]
+        assert fetch("PRIOR") == [2]
+        assert fetch("BACKWARD 5") == [1]
+        assert fetch("NEXT") == [1]
+        assert fetch("RELATIVE 0") == [1]
+        assert fetch("ABSOLUTE 7") == [7]
+        assert fetch("RELATIVE -2") == [5]
+        assert fetch("BACKWARD 2") == [4, 3]
+        assert fetch("FORWARD 0") == [3]
+        assert fetch("LAST") == [10]
+        assert fetch("NEXT") == []
+        assert fetch("PRIOR") == [10]
+        assert fetch("ABSOLUTE -3") == [8]
+        assert fetch("FIRST") == [1]
+        assert fetch("ABSOLUTE 11") == []
+        assert fetch("BACKWARD ALL") == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+        assert fetch("-2") == []
+        assert fetch("ABSOLUTE 0") == []
+        assert fetch("ALL") == list(range(1, 11))
+        assert fetch("ABSOLUTE -20") == []
+        assert fetch("NEXT") == [1]
+        assert move("FORWARD 4") == "MOVE 4"
+        assert fetch("NEXT") == [6]
+        assert move("ALL") == "MOVE 4"
+        assert move("NEXT") == "MOVE 0"
+        assert move("BACKWARD 3") == "MOVE 3"
+        assert fetch("NEXT") == [9]
+        assert move("ABSOLUTE 2") == "MOVE 1"
+        assert move("RELATIVE 50") == "MOVE 0"
+        assert fetch("PRIOR") == [10]
+        conn.execute("COMMIT")
+        # A NO SCROLL cursor may MOVE and FETCH forward only, not even to
+        # read its current row again.
+        conn.execute("BEGIN")
+        conn.execute("DECLARE n NO SCROLL CURSOR FOR SELECT id FROM scrollcurs ORDER BY id")
+        assert conn.execute("MOVE 3 IN n").statusmessage == "MOVE 3"
+        assert conn.execute("FETCH ABSOLUTE 5 FROM n").fetchall() == [(5,)]
+        assert conn.execute("MOVE n").statusmessage == "MOVE 1"
+        assert conn.execute("FETCH n").fetchall() == [(7,)]
+        fails(conn, "FETCH ABSOLUTE 2 FROM n", psycopg.errors.ObjectNotInPrerequisiteState,
+              "a NO SCROLL cursor went back to an earlier row")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE n NO SCROLL CURSOR FOR SELECT id FROM scrollcurs ORDER BY id")
+        fails(conn, "MOVE BACKWARD 1 IN n", psycopg.errors.ObjectNotInPrerequisiteState,
+              "a NO SCROLL cursor moved backward")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE n NO SCROLL CURSOR FOR SELECT id FROM scrollcurs ORDER BY id")
+        conn.execute("FETCH 2 FROM n")
+        fails(conn, "FETCH RELATIVE 0 FROM n", psycopg.errors.ObjectNotInPrerequisiteState,
+              "a NO SCROLL cursor read its current row again")
+        conn.execute("ROLLBACK")
+        fails(conn, "MOVE NEXT IN nowhere", psycopg.errors.InvalidCursorName,
+              "an undeclared cursor moved")
+
+
+@case
 def psycopg_type_info(connect):
     """psycopg's TypeInfo.fetch (what SQLAlchemy's psycopg dialect runs when
     it connects) looks types up with to_regtype: a known type's oid, none

@@ -1,13 +1,20 @@
-//! Cursors (PostgreSQL's DECLARE / FETCH / CLOSE): a query's rows, read a
-//! few at a time by name. The query runs as a stream; FETCH takes the next
-//! rows from it, so a large result is never held whole.
+//! Cursors (PostgreSQL's DECLARE / FETCH / MOVE / CLOSE): a query's rows,
+//! read a few at a time by name. The query runs as a stream; FETCH takes the
+//! next rows from it, so a large result is never held whole.
 //!
-//! Cursors are NO SCROLL: FETCH moves forward only (55000 otherwise). Without
-//! WITH HOLD a cursor belongs to its transaction block and closes when it ends;
-//! with it, the cursor outlives COMMIT (ROLLBACK of the block that declared
-//! it closes it).
+//! A cursor has PostgreSQL's position: before the first row (0), on row k
+//! (1-based), or after the last row. FETCH and MOVE take every direction of
+//! PostgreSQL's grammar (NEXT, PRIOR, FIRST, LAST, ABSOLUTE n, RELATIVE n, n,
+//! ALL, FORWARD [n | ALL], BACKWARD [n | ALL]). A NO SCROLL cursor (the
+//! default) keeps only its current row and refuses a move back with 55000; a
+//! SCROLL cursor keeps every row it has read, in memory, so it can go back.
+//! Without WITH HOLD a cursor belongs to its transaction block and closes
+//! when it ends; with it, the cursor outlives COMMIT (ROLLBACK of the block
+//! that declared it closes it).
 
 use super::*;
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::physical_plan::memory::MemoryStream;
 
 /// An open cursor.
@@ -16,45 +23,196 @@ pub(super) struct Cursor {
     /// The query's rows. Only FETCH reads them, through `&mut` (`get_mut`,
     /// no locking); the mutex makes the session `Sync`.
     rows: tokio::sync::Mutex<SendableRecordBatchStream>,
-    /// Rows read from `rows` and not fetched yet.
-    pending: Option<RecordBatch>,
+    /// Rows read from `rows` and kept, from row `first` on: all of them for
+    /// a SCROLL cursor, from the current row on for a NO SCROLL one.
+    kept: Vec<RecordBatch>,
+    /// The number (1-based) of the first kept row.
+    first: u64,
+    /// Rows read from `rows` so far.
+    read: u64,
+    /// `rows` has ended: the result has `read` rows.
+    ended: bool,
+    /// 0 before the first row, k on row k, `read + 1` after the last.
+    position: u64,
+    /// SCROLL: it may move back.
+    scroll: bool,
     /// WITH HOLD: it outlives the transaction block.
     hold: bool,
     /// Declared in the open transaction block (ROLLBACK closes it).
     in_transaction: bool,
 }
 
+/// A FETCH or MOVE direction, as counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    /// The next n rows (u64::MAX: all).
+    Forward(u64),
+    /// The previous n rows, last first (u64::MAX: all).
+    Backward(u64),
+    /// Row n (negative: counted from the end; 0: before the first).
+    Absolute(i64),
+    /// The row n rows away (0: the current row again).
+    Relative(i64),
+}
+
 impl Cursor {
-    /// Up to `count` next rows (all that are left for None).
-    async fn fetch(&mut self, count: Option<usize>) -> Result<Vec<RecordBatch>> {
-        let mut batches = Vec::new();
-        let mut wanted = count.unwrap_or(usize::MAX);
-        while wanted > 0 {
-            let batch = match self.pending.take() {
-                Some(batch) => batch,
-                None => match self.rows.get_mut().next().await {
-                    Some(batch) => batch.map_err(Error::from_engine)?,
-                    None => break,
-                },
-            };
-            if batch.num_rows() > wanted {
-                self.pending = Some(batch.slice(wanted, batch.num_rows() - wanted));
-                batches.push(batch.slice(0, wanted));
-                break;
+    /// Reads rows until row `row` is read or the result ends; returns how
+    /// many rows have been read.
+    async fn read_to(&mut self, row: u64) -> Result<u64> {
+        while self.read < row && !self.ended {
+            match self.rows.get_mut().next().await {
+                Some(batch) => {
+                    let batch = batch.map_err(Error::from_engine)?;
+                    self.read += batch.num_rows() as u64;
+                    if batch.num_rows() > 0 {
+                        self.kept.push(batch);
+                    }
+                }
+                None => self.ended = true,
             }
-            wanted -= batch.num_rows();
-            batches.push(batch);
         }
-        Ok(batches)
+        Ok(self.read)
+    }
+
+    /// Kept rows `from..=to` (1-based), in order.
+    fn take(&self, from: u64, to: u64) -> Vec<RecordBatch> {
+        let mut batches = Vec::new();
+        let mut start = self.first;
+        for batch in &self.kept {
+            let rows = batch.num_rows() as u64;
+            let (lo, hi) = (from.max(start), to.min(start + rows - 1));
+            if lo <= hi {
+                batches.push(batch.slice((lo - start) as usize, (hi - lo + 1) as usize));
+            }
+            start += rows;
+        }
+        batches
+    }
+
+    /// A NO SCROLL cursor forgets the rows before its current one.
+    fn forget_passed(&mut self) {
+        if self.scroll {
+            return;
+        }
+        let keep_from = self.position.max(1);
+        while let Some(batch) = self.kept.first() {
+            let rows = batch.num_rows() as u64;
+            if self.first + rows > keep_from {
+                let skip = keep_from.saturating_sub(self.first);
+                if skip > 0 {
+                    self.kept[0] = batch.slice(skip as usize, (rows - skip) as usize);
+                    self.first += skip;
+                }
+                return;
+            }
+            self.kept.remove(0);
+            self.first += rows;
+        }
+        self.first = self.first.max(keep_from.min(self.read + 1));
+    }
+
+    fn refuse_back(&self) -> Result<()> {
+        if self.scroll {
+            return Ok(());
+        }
+        Err(user_error(
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cursor can only scan forward; declare it SCROLL to enable backward scan",
+        ))
+    }
+
+    /// Moves by `step`; returns the rows passed over (in the order FETCH
+    /// returns them) and their number.
+    async fn step(&mut self, step: Step) -> Result<(Vec<RecordBatch>, u64)> {
+        let position = self.position;
+        let (batches, count) = match step {
+            Step::Forward(0) | Step::Backward(0) => {
+                return Box::pin(self.step(Step::Relative(0))).await;
+            }
+            Step::Forward(n) => {
+                let end = position.saturating_add(n);
+                let read = self.read_to(end).await?;
+                let to = end.min(read);
+                self.position = if to < end { read + 1 } else { end };
+                if to > position {
+                    (self.take(position + 1, to), to - position)
+                } else {
+                    (Vec::new(), 0)
+                }
+            }
+            Step::Backward(n) => {
+                self.refuse_back()?;
+                self.position = position.saturating_sub(n);
+                let from = self.position.max(1);
+                if position > from {
+                    let rows = self.take(from, position - 1);
+                    (reversed(&self.schema, rows)?, position - from)
+                } else {
+                    (Vec::new(), 0)
+                }
+            }
+            Step::Absolute(n) => {
+                let row = if n >= 0 {
+                    n.unsigned_abs()
+                } else {
+                    let total = self.read_to(u64::MAX).await?;
+                    (total + 1).saturating_sub(n.unsigned_abs())
+                };
+                self.go_to(row).await?
+            }
+            Step::Relative(n) => {
+                // Reading the current row again goes back too.
+                if n <= 0 {
+                    self.refuse_back()?;
+                }
+                let row = position.saturating_add_signed(n);
+                if n == 0 && (position == 0 || position > self.read) {
+                    (Vec::new(), 0)
+                } else if n < 0 && position <= n.unsigned_abs() {
+                    self.position = 0;
+                    (Vec::new(), 0)
+                } else {
+                    self.go_to(row).await?
+                }
+            }
+        };
+        self.forget_passed();
+        Ok((batches, count))
+    }
+
+    /// Moves onto row `row` (0: before the first row) and returns it.
+    async fn go_to(&mut self, row: u64) -> Result<(Vec<RecordBatch>, u64)> {
+        if row < self.position {
+            self.refuse_back()?;
+        }
+        if row == 0 {
+            self.position = 0;
+            return Ok((Vec::new(), 0));
+        }
+        let read = self.read_to(row).await?;
+        if row > read {
+            self.position = read + 1;
+            return Ok((Vec::new(), 0));
+        }
+        self.position = row;
+        Ok((self.take(row, row), 1))
     }
 }
 
-/// The number of rows a FETCH asks for (None: all), or 55000 for a direction
-/// a NO SCROLL cursor cannot go.
-fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
-    let count = |limit: &ast::ValueWithSpan| -> Result<usize> {
+/// `batches`' rows in reverse order, as one batch.
+fn reversed(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let engine = |e| Error::from_engine(datafusion::error::DataFusionError::from(e));
+    let all = concat_batches(schema, &batches).map_err(engine)?;
+    let rows = all.num_rows() as u32;
+    let indices = UInt32Array::from_iter_values((0..rows).rev());
+    Ok(vec![take_record_batch(&all, &indices).map_err(engine)?])
+}
+
+/// The step a FETCH or MOVE direction asks for.
+fn step_of(direction: &ast::FetchDirection) -> Result<Step> {
+    let count = |limit: &ast::ValueWithSpan| -> Result<i64> {
         match &limit.value {
-            ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| {
+            ast::Value::Number(n, _) => n.parse::<i64>().map_err(|_| {
                 user_error(
                     SqlState::SYNTAX_ERROR,
                     format!("FETCH count {n} is not a whole number"),
@@ -66,18 +224,34 @@ fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
             )),
         }
     };
-    match direction {
-        ast::FetchDirection::Next => Ok(Some(1)),
-        ast::FetchDirection::Forward { limit: None } => Ok(Some(1)),
+    // A negative count goes the other way, as in PostgreSQL.
+    let forward = |n: i64| {
+        if n < 0 {
+            Step::Backward(n.unsigned_abs())
+        } else {
+            Step::Forward(n.unsigned_abs())
+        }
+    };
+    Ok(match direction {
+        ast::FetchDirection::Next | ast::FetchDirection::Forward { limit: None } => {
+            Step::Forward(1)
+        }
+        ast::FetchDirection::Prior | ast::FetchDirection::Backward { limit: None } => {
+            Step::Backward(1)
+        }
         ast::FetchDirection::Forward { limit: Some(limit) }
-        | ast::FetchDirection::Count { limit } => count(limit).map(Some),
-        ast::FetchDirection::All | ast::FetchDirection::ForwardAll => Ok(None),
-        _ => Err(user_error(
-            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "cursor can only scan forward; declare it SCROLL to enable backward scan \
-             (Quarry's cursors are NO SCROLL)",
-        )),
-    }
+        | ast::FetchDirection::Count { limit } => forward(count(limit)?),
+        ast::FetchDirection::Backward { limit: Some(limit) } => match forward(count(limit)?) {
+            Step::Forward(n) => Step::Backward(n),
+            _ => Step::Forward(count(limit)?.unsigned_abs()),
+        },
+        ast::FetchDirection::All | ast::FetchDirection::ForwardAll => Step::Forward(u64::MAX),
+        ast::FetchDirection::BackwardAll => Step::Backward(u64::MAX),
+        ast::FetchDirection::First => Step::Absolute(1),
+        ast::FetchDirection::Last => Step::Absolute(-1),
+        ast::FetchDirection::Absolute { limit } => Step::Absolute(count(limit)?),
+        ast::FetchDirection::Relative { limit } => Step::Relative(count(limit)?),
+    })
 }
 
 fn no_cursor(name: &str) -> Error {
@@ -112,12 +286,6 @@ impl Session {
                 "DECLARE CURSOR needs FOR query",
             ));
         };
-        if declare.scroll == Some(true) {
-            return Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "SCROLL cursors are not supported; declare it NO SCROLL",
-            ));
-        }
         if declare.binary == Some(true) {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
@@ -149,7 +317,12 @@ impl Session {
             Cursor {
                 schema: rows.schema(),
                 rows: tokio::sync::Mutex::new(rows),
-                pending: None,
+                kept: Vec::new(),
+                first: 1,
+                read: 0,
+                ended: false,
+                position: 0,
+                scroll: declare.scroll == Some(true),
                 hold,
                 in_transaction: self.transaction.is_some(),
             },
@@ -157,22 +330,36 @@ impl Session {
         Ok(Output::Command(CommandTag::new("DECLARE CURSOR")))
     }
 
-    /// FETCH [direction] [FROM | IN] name: the cursor's next rows.
+    /// FETCH [direction] [FROM | IN] name: the cursor's rows in that
+    /// direction.
     pub(super) async fn fetch(
         &mut self,
         name: &Ident,
         direction: &ast::FetchDirection,
     ) -> Result<Output> {
-        let count = fetch_count(direction)?;
-        let name = normalize(name);
-        let cursor = self
-            .cursors
-            .get_mut(&name)
-            .ok_or_else(|| no_cursor(&name))?;
-        let batches = cursor.fetch(count).await?;
+        let step = step_of(direction)?;
+        let cursor = self.cursor(name)?;
+        let (batches, _) = cursor.step(step).await?;
         let stream = MemoryStream::try_new(batches, cursor.schema.clone(), None)
             .map_err(Error::from_engine)?;
         Ok(Output::Rows(Box::pin(stream)))
+    }
+
+    /// MOVE [direction] [FROM | IN] name: FETCH without the rows; the tag
+    /// counts them.
+    pub(super) async fn move_cursor(
+        &mut self,
+        name: &Ident,
+        direction: &ast::FetchDirection,
+    ) -> Result<Output> {
+        let step = step_of(direction)?;
+        let (_, count) = self.cursor(name)?.step(step).await?;
+        Ok(Output::Command(CommandTag::with_rows("MOVE", count)))
+    }
+
+    fn cursor(&mut self, name: &Ident) -> Result<&mut Cursor> {
+        let name = normalize(name);
+        self.cursors.get_mut(&name).ok_or_else(|| no_cursor(&name))
     }
 
     /// CLOSE name | ALL.
