@@ -29,6 +29,7 @@ pub mod merge;
 pub mod parser;
 pub mod pg_catalog;
 pub mod pg_functions;
+pub mod pg_signatures;
 pub mod rewrite;
 pub mod runtime;
 pub mod session;

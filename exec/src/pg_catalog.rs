@@ -183,6 +183,18 @@ static EXPORTED: LazyLock<
         .map_err(|e| format!("cannot read pg_catalog's column lists: {e}"))
 });
 
+/// The crate's export of one of PostgreSQL's own catalog tables (`pg_type`,
+/// `pg_proc`), None if it has none of that name or cannot be read.
+pub(crate) fn exported_table(name: &str) -> Option<Arc<MemTable>> {
+    let exported = EXPORTED.as_ref().ok()?;
+    let table = match name {
+        "pg_type" => &exported.pg_type,
+        "pg_proc" => &exported.pg_proc,
+        _ => return None,
+    };
+    table.try_into_memtable().ok()
+}
+
 /// PostgreSQL's pg_type rows with their `regproc` columns (typinput,
 /// typoutput, ...) as the functions' oids, as PostgreSQL keeps them: the
 /// export has the functions' names, so `typinput = 'array_in'::regproc`
@@ -1219,6 +1231,12 @@ impl SchemaProvider for PgCatalogSchema {
         }
         if name == "pg_settings" {
             return self.settings_table().await.map(Some);
+        }
+        if name == "pg_proc" {
+            let table = crate::pg_signatures::PG_PROC
+                .as_ref()
+                .map_err(|e| DataFusionError::Internal(e.clone()))?;
+            return Ok(Some(table.clone()));
         }
         if name == "pg_type" {
             let table = PG_TYPE

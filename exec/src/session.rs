@@ -382,6 +382,7 @@ impl Session {
         // After pg_catalog's own, so Quarry's answer for the objects it has
         // replaces the crate's (pg_relation_size).
         crate::pg_functions::register(&ctx, catalog.clone());
+        crate::pg_signatures::register(&ctx);
         // The relation tables of pg_catalog are Quarry's own (stable oids).
         if let Some(inner) = catalog.schema("pg_catalog") {
             catalog

@@ -724,8 +724,8 @@ def copy_csv_force_options(connect):
 
 @case
 def psql_meta_commands(connect):
-    """psql's describing meta-commands (`\\d+`, `\\dt+`, `\\dv`, `\\dn+`, `\\du`,
-    `\\l+`), which read pg_class, pg_attribute, pg_attrdef and pg_namespace by
+    """psql's describing meta-commands (`\\d+`, `\\dt+`, `\\dv`, `\\dn+`, `\\df+`),
+    which read pg_class, pg_attribute, pg_attrdef and pg_namespace by
     oid across several queries."""
     import subprocess
 
@@ -780,6 +780,16 @@ def psql_meta_commands(connect):
     assert '"pm_child_key" PRIMARY KEY, btree (id)' in child, child
     assert '"pm_child_parent_fkey" FOREIGN KEY (parent) REFERENCES pm_parent(id)' in child, child
     assert "parents" in psql("\\dt+ pm_parent"), "\\dt+ shows the comment"
+    # Functions: pg_proc's signatures as pg_get_function_result/arguments
+    # print them.
+    functions = psql("\\df abs")
+    signatures = sorted(tuple(c.strip() for c in line.split("|")[2:5])
+                        for line in functions.splitlines() if "| abs " in line)
+    assert signatures == sorted((t, t, "func") for t in (
+        "bigint", "double precision", "integer", "numeric", "real", "smallint")), functions
+    detailed = psql("\\df+ aclexplode")
+    assert "SETOF record" in detailed and "acl aclitem[], OUT grantor oid" in detailed, detailed
+    assert "insert_after boolean DEFAULT false" in psql("\\df jsonb_insert")
 
 
 def run(name, connect):

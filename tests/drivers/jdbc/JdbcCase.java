@@ -128,6 +128,22 @@ public class JdbcCase {
             }
             check(indexes.equals(List.of("jd_parent_code:code:false", "jd_parent_pkey:id:false")),
                   "getIndexInfo: " + indexes);
+            List<String> functions = new ArrayList<>();
+            try (ResultSet r = meta.getFunctions(null, "pg_catalog", "abs")) {
+                while (r.next()) {
+                    functions.add(r.getString("FUNCTION_NAME") + ":" + r.getInt("FUNCTION_TYPE"));
+                }
+            }
+            check(functions.size() == 6 && functions.stream().allMatch("abs:1"::equals),
+                  "getFunctions: " + functions);
+            List<String> arguments = new ArrayList<>();
+            try (ResultSet r = meta.getFunctionColumns(null, "pg_catalog", "aclexplode", "%")) {
+                while (r.next()) {
+                    arguments.add(r.getString("COLUMN_NAME") + ":" + r.getInt("COLUMN_TYPE"));
+                }
+            }
+            check(arguments.size() == 5 && arguments.get(0).equals("acl:1"),
+                  "getFunctionColumns: " + arguments);
         }
         System.out.println("jdbc: ok");
     }
