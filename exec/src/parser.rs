@@ -737,7 +737,9 @@ const VIEWS_ONLY: &str = "SELECT table_catalog, table_schema, table_name, \
      FROM information_schema.views WHERE definition IS NOT NULL";
 
 /// Replaces each `information_schema.views` that `statement` reads by its
-/// views-only rows (see [`VIEWS_ONLY`]), keeping the name it is known by.
+/// views-only rows (see [`VIEWS_ONLY`]), and each information_schema view
+/// DataFusion does not serve by Quarry's query for it
+/// ([`crate::information_schema`]), keeping the name it is known by.
 pub fn filter_information_schema_views(statement: &mut Statement) {
     struct Filter;
     impl VisitorMut for Filter {
@@ -757,21 +759,25 @@ pub fn filter_information_schema_views(statement: &mut Statement) {
                     None => i.value.to_lowercase(),
                 })
                 .collect();
-            let is_views = match parts.as_slice() {
-                [schema, table] | [_, schema, table] => {
-                    schema == "information_schema" && table == "views"
+            let view = match parts.as_slice() {
+                [schema, table] | [_, schema, table] if schema == "information_schema" => {
+                    table.as_str()
                 }
-                _ => false,
+                _ => return ControlFlow::Continue(()),
             };
-            if !is_views {
-                return ControlFlow::Continue(());
-            }
-            let Some(subquery) = template_query(VIEWS_ONLY) else {
+            let query = match view {
+                "views" => VIEWS_ONLY.to_owned(),
+                other => match crate::information_schema::view_query(other) {
+                    Some(query) => query,
+                    None => return ControlFlow::Continue(()),
+                },
+            };
+            let Some(subquery) = template_query(&query) else {
                 return ControlFlow::Continue(());
             };
             let alias = alias.take().unwrap_or_else(|| TableAlias {
                 explicit: true,
-                name: Ident::new("views"),
+                name: Ident::new(view),
                 columns: Vec::new(),
                 at: None,
             });

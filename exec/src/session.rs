@@ -357,6 +357,7 @@ impl Session {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rules(crate::optimizer::rules())
             .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints));
         if let Some(planners) = builder.expr_planners() {
             planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));

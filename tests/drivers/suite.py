@@ -256,6 +256,70 @@ def scroll_cursors(connect):
 
 
 @case
+def information_schema_constraints(connect):
+    """The information_schema views ORMs read keys from (Sequelize and
+    TypeORM join table_constraints, key_column_usage and
+    constraint_column_usage), for a composite UNIQUE and a foreign key
+    that references it in another column order."""
+    import re
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE isc_parent (id INT PRIMARY KEY, code TEXT NOT NULL, "
+                     "UNIQUE (code, id))")
+        conn.execute("CREATE TABLE isc_child (id INT, pid INT, pcode TEXT, "
+                     "FOREIGN KEY (pcode, pid) REFERENCES isc_parent (code, id))")
+
+        def rows(sql):
+            return sorted(tuple(r) for r in conn.execute(sql).fetchall())
+
+        keys = rows("SELECT constraint_name, table_name, constraint_type, is_deferrable, "
+                    "initially_deferred FROM information_schema.table_constraints "
+                    "WHERE table_name LIKE 'isc_%' AND constraint_type <> 'CHECK'")
+        assert keys == [
+            ("isc_child_pcode_pid_fkey", "isc_child", "FOREIGN KEY", "NO", "NO"),
+            ("isc_parent_code_id_key", "isc_parent", "UNIQUE", "NO", "NO"),
+            ("isc_parent_pkey", "isc_parent", "PRIMARY KEY", "NO", "NO"),
+        ], keys
+        # A column's NOT NULL is a CHECK named <schema>_<table>_<column>_not_null.
+        checks = rows("SELECT tc.constraint_name, cc.check_clause "
+                      "FROM information_schema.table_constraints tc "
+                      "JOIN information_schema.check_constraints cc "
+                      "ON cc.constraint_name = tc.constraint_name "
+                      "WHERE tc.table_name = 'isc_parent' AND tc.constraint_type = 'CHECK'")
+        assert sorted(c for _, c in checks) == ["code IS NOT NULL", "id IS NOT NULL"], checks
+        assert all(re.fullmatch(r"\d+_\d+_\d+_not_null", n) for n, _ in checks), checks
+        usage = rows("SELECT constraint_name, column_name, ordinal_position, "
+                     "position_in_unique_constraint FROM information_schema.key_column_usage "
+                     "WHERE table_name LIKE 'isc_%'")
+        assert usage == [
+            ("isc_child_pcode_pid_fkey", "pcode", 1, 1),
+            ("isc_child_pcode_pid_fkey", "pid", 2, 2),
+            ("isc_parent_code_id_key", "code", 1, None),
+            ("isc_parent_code_id_key", "id", 2, None),
+            ("isc_parent_pkey", "id", 1, None),
+        ], usage
+        referential = rows("SELECT constraint_name, unique_constraint_name, match_option, "
+                           "update_rule, delete_rule "
+                           "FROM information_schema.referential_constraints "
+                           "WHERE constraint_name LIKE 'isc_%'")
+        assert referential == [("isc_child_pcode_pid_fkey", "isc_parent_code_id_key", "NONE",
+                                 "NO ACTION", "NO ACTION")], referential
+        # Sequelize's foreign key query.
+        references = rows(
+            "SELECT DISTINCT tc.constraint_name, tc.table_name, kcu.column_name, "
+            "ccu.table_name AS referenced_table_name, ccu.column_name AS referenced_column_name "
+            "FROM information_schema.table_constraints AS tc "
+            "JOIN information_schema.key_column_usage AS kcu "
+            "ON tc.constraint_name = kcu.constraint_name "
+            "JOIN information_schema.constraint_column_usage AS ccu "
+            "ON ccu.constraint_name = tc.constraint_name "
+            "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_name = 'isc_child'")
+        assert references == sorted(
+            ("isc_child_pcode_pid_fkey", "isc_child", column, "isc_parent", referenced)
+            for column in ("pcode", "pid") for referenced in ("code", "id")), references
+
+
+@case
 def psycopg_type_info(connect):
     """psycopg's TypeInfo.fetch (what SQLAlchemy's psycopg dialect runs when
     it connects) looks types up with to_regtype: a known type's oid, none

@@ -1,0 +1,125 @@
+//! The views of information_schema that DataFusion does not serve, as the
+//! SQL standard defines them and PostgreSQL 15 fills them (documentation,
+//! chapter 37 "The Information Schema"): the constraint views that ORMs and
+//! BI tools read keys from (Sequelize, TypeORM, Metabase). Each is a query
+//! over Quarry's pg_catalog tables that replaces the view's name where a
+//! statement reads it, as PostgreSQL itself defines information_schema as
+//! views over pg_catalog.
+//!
+//! PostgreSQL lists a column's NOT NULL as a CHECK constraint named
+//! `<schema oid>_<table oid>_<column number>_not_null` in `table_constraints`
+//! and `check_constraints`; so does Quarry. `enforced` is `NO` for keys,
+//! which Quarry keeps and does not enforce (docs/POSTGRESQL.md).
+
+/// Key constraints with their tables and schemas.
+const KEYS: &str = "pg_catalog.pg_constraint c \
+     JOIN pg_catalog.pg_namespace nc ON nc.oid = c.connamespace \
+     JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+     JOIN pg_catalog.pg_namespace nr ON nr.oid = r.relnamespace";
+
+/// Columns declared NOT NULL, with their tables and schemas.
+const NOT_NULLS: &str = "pg_catalog.pg_attribute a \
+     JOIN pg_catalog.pg_class r ON r.oid = a.attrelid \
+     JOIN pg_catalog.pg_namespace nr ON nr.oid = r.relnamespace \
+     WHERE a.attnotnull AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind IN ('r', 'p')";
+
+/// A NOT NULL's constraint name, as PostgreSQL makes it.
+const NOT_NULL_NAME: &str = "CAST(nr.oid AS TEXT) || '_' || CAST(r.oid AS TEXT) || '_' || \
+     CAST(a.attnum AS TEXT) || '_not_null'";
+
+/// A referential action (`confupdtype`, `confdeltype`) by its SQL name.
+fn rule(column: &str) -> String {
+    format!(
+        "CASE c.{column} WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' \
+         WHEN 'd' THEN 'SET DEFAULT' WHEN 'r' THEN 'RESTRICT' ELSE 'NO ACTION' END"
+    )
+}
+
+/// The query behind information_schema view `name`, if Quarry defines it.
+pub fn view_query(name: &str) -> Option<String> {
+    Some(match name {
+        "table_constraints" => format!(
+            "SELECT current_database() AS constraint_catalog, nc.nspname AS constraint_schema, \
+             c.conname AS constraint_name, current_database() AS table_catalog, \
+             nr.nspname AS table_schema, r.relname AS table_name, \
+             CASE c.contype WHEN 'c' THEN 'CHECK' WHEN 'f' THEN 'FOREIGN KEY' \
+             WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END AS constraint_type, \
+             'NO' AS is_deferrable, 'NO' AS initially_deferred, 'NO' AS enforced, \
+             CASE WHEN c.contype = 'u' THEN 'YES' END AS nulls_distinct \
+             FROM {KEYS} WHERE c.contype IN ('c', 'f', 'p', 'u') AND r.relkind IN ('r', 'p') \
+             UNION ALL \
+             SELECT current_database() AS constraint_catalog, nr.nspname AS constraint_schema, \
+             {NOT_NULL_NAME} AS constraint_name, current_database() AS table_catalog, \
+             nr.nspname AS table_schema, r.relname AS table_name, 'CHECK' AS constraint_type, \
+             'NO' AS is_deferrable, 'NO' AS initially_deferred, 'YES' AS enforced, \
+             CAST(NULL AS TEXT) AS nulls_distinct \
+             FROM {NOT_NULLS}"
+        ),
+        "check_constraints" => format!(
+            "SELECT current_database() AS constraint_catalog, nr.nspname AS constraint_schema, \
+             {NOT_NULL_NAME} AS constraint_name, a.attname || ' IS NOT NULL' AS check_clause \
+             FROM {NOT_NULLS}"
+        ),
+        // Each column of a PRIMARY KEY, UNIQUE or FOREIGN KEY, with its
+        // place in the key and, for a foreign key, the place of the column
+        // it references in the referenced key.
+        "key_column_usage" => format!(
+            "SELECT current_database() AS constraint_catalog, nc.nspname AS constraint_schema, \
+             c.conname AS constraint_name, current_database() AS table_catalog, \
+             nr.nspname AS table_schema, r.relname AS table_name, a.attname AS column_name, \
+             CAST(k.value AS INT) AS ordinal_position, \
+             CASE WHEN c.contype = 'f' \
+             THEN CAST(array_position(u.conkey, c.confkey[k.value]) AS INT) END \
+             AS position_in_unique_constraint \
+             FROM {KEYS} \
+             JOIN generate_series(1, 32) AS k ON k.value <= cardinality(c.conkey) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum = c.conkey[k.value] \
+             LEFT JOIN pg_catalog.pg_constraint u ON c.contype = 'f' \
+             AND u.conrelid = c.confrelid AND u.conindid = c.conindid AND u.contype IN ('p', 'u') \
+             WHERE c.contype IN ('f', 'p', 'u') AND r.relkind IN ('r', 'p')"
+        ),
+        "referential_constraints" => format!(
+            "SELECT current_database() AS constraint_catalog, nc.nspname AS constraint_schema, \
+             c.conname AS constraint_name, \
+             CASE WHEN u.conname IS NOT NULL THEN current_database() END \
+             AS unique_constraint_catalog, \
+             nu.nspname AS unique_constraint_schema, u.conname AS unique_constraint_name, \
+             CASE c.confmatchtype WHEN 'f' THEN 'FULL' WHEN 'p' THEN 'PARTIAL' ELSE 'NONE' END \
+             AS match_option, {} AS update_rule, {} AS delete_rule \
+             FROM pg_catalog.pg_constraint c \
+             JOIN pg_catalog.pg_namespace nc ON nc.oid = c.connamespace \
+             LEFT JOIN pg_catalog.pg_constraint u ON u.conrelid = c.confrelid \
+             AND u.conindid = c.conindid AND u.contype IN ('p', 'u') \
+             LEFT JOIN pg_catalog.pg_namespace nu ON nu.oid = u.connamespace \
+             WHERE c.contype = 'f'",
+            rule("confupdtype"),
+            rule("confdeltype")
+        ),
+        // The columns each constraint uses: its own table's for a key, the
+        // referenced table's for a foreign key.
+        "constraint_column_usage" => {
+            let usage = |keys: &str, relation: &str, types: &str| {
+                format!(
+                    "SELECT current_database() AS table_catalog, nr.nspname AS table_schema, \
+                     r.relname AS table_name, a.attname AS column_name, \
+                     current_database() AS constraint_catalog, nc.nspname AS constraint_schema, \
+                     c.conname AS constraint_name \
+                     FROM pg_catalog.pg_constraint c \
+                     JOIN pg_catalog.pg_namespace nc ON nc.oid = c.connamespace \
+                     JOIN pg_catalog.pg_class r ON r.oid = c.{relation} \
+                     JOIN pg_catalog.pg_namespace nr ON nr.oid = r.relnamespace \
+                     JOIN generate_series(1, 32) AS k ON k.value <= cardinality(c.{keys}) \
+                     JOIN pg_catalog.pg_attribute a \
+                     ON a.attrelid = r.oid AND a.attnum = c.{keys}[k.value] \
+                     WHERE c.contype IN ({types}) AND r.relkind IN ('r', 'p')"
+                )
+            };
+            format!(
+                "{} UNION ALL {}",
+                usage("conkey", "conrelid", "'c', 'p', 'u'"),
+                usage("confkey", "confrelid", "'f'")
+            )
+        }
+        _ => return None,
+    })
+}
