@@ -20,6 +20,12 @@ impl SqlState {
     pub const INVALID_DATETIME_FORMAT: SqlState = SqlState("22007");
     /// 22012 division_by_zero.
     pub const DIVISION_BY_ZERO: SqlState = SqlState("22012");
+    /// 22021 character_not_in_repertoire: bytes that are not valid in their
+    /// encoding.
+    pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
+    /// 22P05 untranslatable_character: a character the target encoding
+    /// cannot represent.
+    pub const UNTRANSLATABLE_CHARACTER: SqlState = SqlState("22P05");
     /// 22023 invalid_parameter_value.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 22P02 invalid_text_representation: a value that does not parse as its type.
@@ -119,6 +125,8 @@ impl SqlState {
             SqlState::INVALID_DATETIME_FORMAT,
             SqlState::DIVISION_BY_ZERO,
             SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::UNTRANSLATABLE_CHARACTER,
             SqlState::INVALID_TEXT_REPRESENTATION,
             SqlState::BAD_COPY_FILE_FORMAT,
             SqlState::NOT_NULL_VIOLATION,

@@ -17,6 +17,7 @@
 
 pub mod bytea;
 pub mod catalog;
+pub mod charset;
 pub mod chunks;
 pub mod copy;
 pub mod copy_binary;

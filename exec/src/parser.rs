@@ -528,6 +528,82 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
     Ok(statements)
 }
 
+/// The column list that stands for COPY's `FORCE_QUOTE *` (every column):
+/// a name no SQL text can spell, as it holds a NUL.
+pub const ALL_COLUMNS: &str = "\0*";
+
+/// The first token of a statement as a lower-case unquoted word ("" if it
+/// is not one).
+fn first_word(tokens: &[TokenWithSpan]) -> String {
+    match tokens.first().map(|t| &t.token) {
+        Some(Token::Word(word)) if word.quote_style.is_none() => word.value.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// A COPY statement with `FORCE_QUOTE *` (or the older `FORCE QUOTE *`),
+/// the `*` read as the column list [`ALL_COLUMNS`]; None for a COPY
+/// without it.
+fn parse_copy_force_quote_all(tokens: &[TokenWithSpan]) -> Result<Option<Statement>> {
+    let is_word = |token: &Token, word: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    // FORCE_QUOTE takes a parenthesized list, the older FORCE QUOTE a bare one.
+    #[derive(PartialEq)]
+    enum After {
+        Other,
+        ForceQuote,
+        LegacyForceQuote,
+    }
+    let mut rewritten: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len() + 2);
+    let mut after = After::Other;
+    let mut found = false;
+    for token in tokens {
+        match &token.token {
+            Token::Whitespace(_) => {}
+            Token::Mul if after != After::Other => {
+                found = true;
+                let all = Token::Word(datafusion::sql::sqlparser::tokenizer::Word {
+                    value: ALL_COLUMNS.to_owned(),
+                    quote_style: Some('"'),
+                    keyword: Keyword::NoKeyword,
+                });
+                let list = if after == After::ForceQuote {
+                    vec![Token::LParen, all, Token::RParen]
+                } else {
+                    vec![all]
+                };
+                rewritten.extend(list.into_iter().map(|token| TokenWithSpan {
+                    token,
+                    span: Span::empty(),
+                }));
+                after = After::Other;
+                continue;
+            }
+            other => {
+                let previous_force = rewritten
+                    .iter()
+                    .rev()
+                    .find(|t| !matches!(t.token, Token::Whitespace(_)))
+                    .is_some_and(|t| is_word(&t.token, "force"));
+                after = if is_word(other, "force_quote") {
+                    After::ForceQuote
+                } else if is_word(other, "quote") && previous_force {
+                    After::LegacyForceQuote
+                } else {
+                    After::Other
+                };
+            }
+        }
+        rewritten.push(token.clone());
+    }
+    if !found {
+        return Ok(None);
+    }
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(rewritten);
+    let statement = parser.parse_statement().map_err(syntax_error)?;
+    Ok(Some(statement))
+}
+
 /// Parses `FETCH [direction] [FROM | IN] name` from its tokens, with what the
 /// SQL parser lacks of PostgreSQL's grammar: `FETCH name` (NEXT) and negative
 /// counts (`RELATIVE -2`, `BACKWARD -1`).
@@ -590,11 +666,14 @@ fn parse_fetch(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
 /// # Errors
 /// 42601 for a statement that starts like one of these and does not follow it.
 fn parse_quarry_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
+    // COPY ... FORCE_QUOTE *, which the SQL parser takes only with a list.
+    if first_word(&tokens) == "copy"
+        && let Some(copy) = parse_copy_force_quote_all(&tokens)?
+    {
+        return Ok(Some(QuarryStatement::Sql(copy)));
+    }
     // FETCH, and MOVE (which takes FETCH's grammar).
-    let first_word = match tokens.first().map(|t| &t.token) {
-        Some(Token::Word(word)) if word.quote_style.is_none() => word.value.to_ascii_lowercase(),
-        _ => String::new(),
-    };
+    let first_word = first_word(&tokens);
     if first_word == "fetch" || first_word == "move" {
         tokens[0].token = Token::make_keyword("FETCH");
         let fetch = parse_fetch(tokens)?;

@@ -490,10 +490,19 @@ impl Connection {
             Output::CopyOut {
                 columns,
                 binary,
-                data,
+                mut data,
                 ..
             } => {
-                let data = data.map(move |chunk| {
+                // pgwire reports an error met after CopyOutResponse with a
+                // CopyFail message, which only clients may send (PostgreSQL
+                // sends ErrorResponse). An error in the first record (a
+                // failed query, a character the ENCODING lacks) is the
+                // statement's error instead, before the copy starts.
+                let first = data.next().await;
+                if let Some(Err(e)) = &first {
+                    return Err(to_pg_error(e));
+                }
+                let data = stream::iter(first).chain(data).map(move |chunk| {
                     let _slot = &slot;
                     match chunk {
                         Ok(bytes) => Ok(CopyData::new(bytes)),

@@ -760,8 +760,8 @@ def jdbc(connect):
 
 @case
 def copy_csv_force_options(connect):
-    """COPY's CSV options FORCE_QUOTE (TO), FORCE_NOT_NULL and FORCE_NULL
-    (FROM), and their errors."""
+    """COPY's CSV options FORCE_QUOTE (TO, a list or *), FORCE_NOT_NULL and
+    FORCE_NULL (FROM), ENCODING both ways, and their errors."""
     with connect() as conn:
         conn.execute("CREATE TABLE fq (id INT NOT NULL, a TEXT, b TEXT)")
         cur = conn.cursor()
@@ -784,6 +784,44 @@ def copy_csv_force_options(connect):
               psycopg.errors.InvalidColumnReference, "FORCE_NOT_NULL of a column not copied")
         fails(conn, "COPY fq TO STDOUT (FORCE_QUOTE (a))",
               psycopg.errors.FeatureNotSupported, "FORCE_QUOTE outside CSV mode")
+
+        def copy_out(sql):
+            with cur.copy(sql) as copy:
+                return b"".join(bytes(data) for data in copy)
+
+        # FORCE_QUOTE * quotes every non-NULL value, in both spellings.
+        for sql in ("COPY fq TO STDOUT (FORMAT csv, FORCE_QUOTE *)",
+                    "COPY fq TO STDOUT CSV FORCE QUOTE *"):
+            assert copy_out(sql) == b'"1","",\n"2","x","y"\n', sql
+        # ENCODING: the data is converted from and to the named encoding.
+        conn.execute("CREATE TABLE fenc (id INT NOT NULL, word TEXT)")
+        for encoding, word in (("LATIN1", "café"), ("WIN1251", "щука"), ("SJIS", "日本")):
+            with cur.copy(f"COPY fenc FROM STDIN (FORMAT csv, ENCODING '{encoding}')") as copy:
+                copy.write(f"1,{word}\n".encode({"LATIN1": "latin-1", "WIN1251": "cp1251",
+                                                  "SJIS": "shift_jis"}[encoding]))
+            assert conn.execute("SELECT word FROM fenc").fetchall() == [(word,)], encoding
+            out = copy_out(f"COPY fenc (word) TO STDOUT (ENCODING '{encoding}')")
+            assert out == f"{word}\n".encode({"LATIN1": "latin-1", "WIN1251": "cp1251",
+                                               "SJIS": "shift_jis"}[encoding]), (encoding, out)
+            conn.execute("DELETE FROM fenc")
+        conn.execute("INSERT INTO fenc VALUES (1, 'цена €')")
+        for sql, error in (("COPY fenc TO STDOUT (ENCODING 'LATIN1')",
+                            psycopg.errors.UntranslatableCharacter),
+                           ("COPY fenc TO STDOUT (ENCODING 'no_such_encoding')",
+                            psycopg.errors.InvalidParameterValue)):
+            try:
+                copy_out(sql)
+                raise AssertionError(f"{sql} succeeded")
+            except error:
+                pass
+        with conn.transaction():
+            try:
+                with cur.copy("COPY fenc FROM STDIN (ENCODING 'SJIS')") as copy:
+                    copy.write(b"2\t\x82\n")
+                raise AssertionError("a malformed SJIS byte sequence was accepted")
+            except psycopg.errors.CharacterNotInRepertoire:
+                pass
+            raise psycopg.Rollback()
 
 
 @case

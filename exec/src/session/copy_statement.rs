@@ -2,6 +2,7 @@
 //! progress.
 
 use super::*;
+use crate::charset::Charset;
 use datafusion::common::TableReference;
 
 /// How COPY's rows are written: text or CSV lines, or PostgreSQL's binary
@@ -15,13 +16,24 @@ pub(super) enum CopyEncoding {
 #[derive(Default)]
 pub(super) struct Force {
     quote: Vec<String>,
+    /// FORCE_QUOTE *: every column.
+    quote_all: bool,
     not_null: Vec<String>,
     null: Vec<String>,
 }
 
 impl Force {
     fn is_empty(&self) -> bool {
-        self.quote.is_empty() && self.not_null.is_empty() && self.null.is_empty()
+        !self.quote_all && self.quote.is_empty() && self.not_null.is_empty() && self.null.is_empty()
+    }
+
+    /// Sets FORCE_QUOTE's columns, or all of them for `*` (which the
+    /// parser hands over as [`crate::parser::ALL_COLUMNS`]).
+    fn set_quote(&mut self, columns: &[Ident]) {
+        match columns {
+            [all] if all.value == crate::parser::ALL_COLUMNS => self.quote_all = true,
+            columns => self.quote = force_names(columns),
+        }
     }
 
     /// The positions of `names` among `columns`; 42P10 for a name that is
@@ -45,11 +57,14 @@ fn force_names(columns: &[Ident]) -> Vec<String> {
     columns.iter().map(normalize).collect()
 }
 
+/// COPY's options: the format, CSV's forced columns and the character set
+/// of the data (ENCODING).
 pub(super) fn copy_format(
     options: &[CopyOption],
     legacy: &[CopyLegacyOption],
-) -> Result<(CopyEncoding, Force)> {
+) -> Result<(CopyEncoding, Force, Charset)> {
     let mut force = Force::default();
+    let mut charset = Charset::Utf8;
     let mut csv = false;
     let mut binary = false;
     let mut delimiter = None;
@@ -75,9 +90,8 @@ pub(super) fn copy_format(
             CopyOption::Header(h) => header = *h,
             CopyOption::Quote(c) => quote = Some(*c),
             CopyOption::Escape(c) => escape = Some(*c),
-            CopyOption::Encoding(e)
-                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
-            CopyOption::ForceQuote(columns) => force.quote = force_names(columns),
+            CopyOption::Encoding(name) => charset = Charset::named(name)?,
+            CopyOption::ForceQuote(columns) => force.set_quote(columns),
             CopyOption::ForceNotNull(columns) => force.not_null = force_names(columns),
             CopyOption::ForceNull(columns) => force.null = force_names(columns),
             other => {
@@ -97,9 +111,7 @@ pub(super) fn copy_format(
                         CopyLegacyCsvOption::Header => header = true,
                         CopyLegacyCsvOption::Quote(c) => quote = Some(*c),
                         CopyLegacyCsvOption::Escape(c) => escape = Some(*c),
-                        CopyLegacyCsvOption::ForceQuote(columns) => {
-                            force.quote = force_names(columns)
-                        }
+                        CopyLegacyCsvOption::ForceQuote(columns) => force.set_quote(columns),
                         CopyLegacyCsvOption::ForceNotNull(columns) => {
                             force.not_null = force_names(columns)
                         }
@@ -131,7 +143,8 @@ pub(super) fn copy_format(
                 "cannot specify DELIMITER, NULL, HEADER, QUOTE or ESCAPE in BINARY mode",
             ));
         }
-        return Ok((CopyEncoding::Binary, force));
+        // PostgreSQL ignores ENCODING in binary mode.
+        return Ok((CopyEncoding::Binary, force, Charset::Utf8));
     }
     let byte = |c: char, what: &str| -> Result<u8> {
         if c.is_ascii() {
@@ -157,6 +170,7 @@ pub(super) fn copy_format(
                 header,
             }),
             force,
+            charset,
         ))
     } else {
         if header || quote.is_some() || escape.is_some() {
@@ -171,6 +185,7 @@ pub(super) fn copy_format(
                 null: null.unwrap_or_else(|| "\\N".to_owned()),
             }),
             force,
+            charset,
         ))
     }
 }
@@ -190,6 +205,8 @@ pub struct CopyIn {
     /// transaction block's COMMIT.
     commit: bool,
     parser: Parser,
+    /// The data's character set, decoded into UTF-8 before parsing.
+    decoding: crate::charset::Decoding,
     rows: RowBuffer,
     writer: DataFileWriter,
     writes: Arc<WriteSet>,
@@ -213,7 +230,10 @@ impl CopyIn {
         let rows = &mut self.rows;
         let emit = &mut |line, record| rows.push(line, record);
         let parsed = match &mut self.parser {
-            Parser::Lines(parser) => parser.feed(data, emit),
+            Parser::Lines(parser) => match self.decoding.decode(data, false) {
+                Ok(text) => parser.feed(&text, emit),
+                Err(e) => Err(e),
+            },
             Parser::Binary(parser) => parser.feed(data, emit),
         };
         if let Err(e) = parsed {
@@ -246,7 +266,12 @@ impl CopyIn {
         }
         let rows = &mut self.rows;
         match &mut self.parser {
-            Parser::Lines(parser) => parser.finish(&mut |line, record| rows.push(line, record))?,
+            Parser::Lines(parser) => {
+                let rest = self.decoding.decode(&[], true)?;
+                let emit = &mut |line, record| rows.push(line, record);
+                parser.feed(&rest, emit)?;
+                parser.finish(emit)?
+            }
             Parser::Binary(parser) => parser.finish()?,
         }
         self.flush().await?;
@@ -299,14 +324,14 @@ impl Session {
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
     ) -> Result<Output> {
-        let (format, force) = copy_format(options, legacy)?;
+        let (format, force, charset) = copy_format(options, legacy)?;
         if to && !(force.not_null.is_empty() && force.null.is_empty()) {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
                 "COPY FORCE_NOT_NULL and FORCE_NULL cannot be used with COPY TO",
             ));
         }
-        if !to && !force.quote.is_empty() {
+        if !to && (force.quote_all || !force.quote.is_empty()) {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
                 "COPY FORCE_QUOTE cannot be used with COPY FROM",
@@ -375,6 +400,7 @@ impl Session {
                     commit: self.transaction.is_none(),
                     writer: DataFileWriter::new(table.clone(), view.writes.clone()),
                     parser,
+                    decoding: charset.decoder(),
                     rows,
                     writes: view.writes,
                     error: None,
@@ -398,7 +424,11 @@ impl Session {
                     .iter()
                     .map(|f| f.name().clone())
                     .collect();
-                let force_quote = Force::positions("FORCE_QUOTE", &force.quote, &names)?;
+                let force_quote = if force.quote_all {
+                    (0..names.len()).collect()
+                } else {
+                    Force::positions("FORCE_QUOTE", &force.quote, &names)?
+                };
                 let stream = self.stream(plan).await?;
                 let (csv, binary) = match &format {
                     CopyEncoding::Lines(format) => {
@@ -424,7 +454,14 @@ impl Session {
                             Formatter::Lines(f) => f.format_records(&batch),
                             Formatter::Binary(f) => f.format_records(&batch),
                         };
-                        futures::future::ready(records.map(|records| {
+                        let encoded = records.and_then(|records| match charset {
+                            Charset::Utf8 => Ok(records),
+                            charset => records
+                                .into_iter()
+                                .map(|record| charset.encode(&record).map(Bytes::from))
+                                .collect(),
+                        });
+                        futures::future::ready(encoded.map(|records| {
                             futures::stream::iter(records.into_iter().map(Ok::<Bytes, Error>))
                         }))
                     })

@@ -141,15 +141,22 @@ impl Session {
                 "timezone".to_owned(),
                 value.to_string().trim_matches('\'').to_owned(),
             ),
-            ast::Set::SetNames { charset_name, .. } => {
-                ("client_encoding".to_owned(), charset_name.to_string())
-            }
+            ast::Set::SetNames { charset_name, .. } => (
+                "client_encoding".to_owned(),
+                charset_name.to_string().trim_matches('\'').to_owned(),
+            ),
             other => {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     format!("{other} is not supported"),
                 ));
             }
+        };
+        let value = if name.eq_ignore_ascii_case("client_encoding") {
+            check_client_encoding(&value)?;
+            "UTF8".to_owned()
+        } else {
+            value
         };
         if is_preset_setting(&name) {
             return Err(user_error(
@@ -257,9 +264,40 @@ impl Session {
     }
 }
 
+/// Quarry speaks UTF-8 only: a client encoding that is another character
+/// set is refused (0A000, as PostgreSQL refuses a conversion it lacks)
+/// rather than accepted and not honoured; an unknown name is 22023.
+fn check_client_encoding(value: &str) -> Result<()> {
+    match crate::charset::Charset::named(value) {
+        Ok(crate::charset::Charset::Utf8) => Ok(()),
+        Ok(_) => Err(user_error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!(
+                "client_encoding \"{value}\" is not supported: Quarry converts only to and from \
+                 UTF8 on the wire (COPY's ENCODING option converts data files)"
+            ),
+        )),
+        Err(_) => Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"client_encoding\": \"{value}\""),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_encoding_is_utf8_only() {
+        for utf8 in ["UTF8", "utf-8", "unicode", "SQL_ASCII"] {
+            check_client_encoding(utf8).expect(utf8);
+        }
+        let refused = check_client_encoding("LATIN1").unwrap_err();
+        assert_eq!(refused.sqlstate(), SqlState::FEATURE_NOT_SUPPORTED);
+        let unknown = check_client_encoding("klingon").unwrap_err();
+        assert_eq!(unknown.sqlstate(), SqlState::INVALID_PARAMETER_VALUE);
+    }
 
     #[test]
     fn durations_parse_with_postgres_units() {
