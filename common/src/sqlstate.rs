@@ -47,6 +47,8 @@ impl SqlState {
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
     /// 34000 invalid_cursor_name: no cursor of that name.
     pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
+    /// 42P05 duplicate_prepared_statement.
+    pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     /// 42P03 duplicate_cursor.
     pub const DUPLICATE_CURSOR: SqlState = SqlState("42P03");
     /// 55000 object_not_in_prerequisite_state (e.g. a backward FETCH of a
@@ -134,6 +136,7 @@ impl SqlState {
             SqlState::IN_FAILED_SQL_TRANSACTION,
             SqlState::ACTIVE_SQL_TRANSACTION,
             SqlState::INVALID_SQL_STATEMENT_NAME,
+            SqlState::DUPLICATE_PREPARED_STATEMENT,
             SqlState::CANT_CHANGE_RUNTIME_PARAM,
             SqlState::SERIALIZATION_FAILURE,
             SqlState::STATEMENT_COMPLETION_UNKNOWN,

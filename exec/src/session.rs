@@ -618,6 +618,21 @@ impl Session {
             } => self.fetch(&name, &direction).await,
             Statement::Close { cursor } => self.close(&cursor),
             Statement::Deallocate { name, .. } => self.deallocate(&name),
+            Statement::Prepare {
+                name,
+                data_types,
+                statement,
+            } => self.prepare(&name, data_types, *statement).await,
+            Statement::Execute {
+                name: Some(name),
+                parameters,
+                immediate: false,
+                into,
+                using,
+                ..
+            } if into.is_empty() && using.is_empty() => {
+                self.execute_prepared(&name, &parameters).await
+            }
             Statement::ReleaseSavepoint { name } => self.release_savepoint(&name),
             Statement::Set(set) => self.set(set).await,
             Statement::ShowVariable { variable } => self.show(&variable),

@@ -33,13 +33,15 @@ impl Session {
             array: false,
             format: None,
         };
+        self.eval(cast).await
+    }
+
+    /// Evaluates the constant expression `expr` over a single empty row.
+    pub(super) async fn eval(&self, expr: Expr) -> Result<datafusion::common::ScalarValue> {
         let state = self.ctx.state();
         let value = state
             .create_logical_expr_from_sql_expr(
-                ast::ExprWithAlias {
-                    expr: cast,
-                    alias: None,
-                },
+                ast::ExprWithAlias { expr, alias: None },
                 &datafusion::common::DFSchema::empty(),
             )
             .map_err(Error::from_engine)?;
