@@ -192,6 +192,24 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
             Ok(ColumnarValue::Array(Arc::new(visible) as ArrayRef))
         }),
     ));
+    // current_setting(name [, missing_ok]): a setting as SHOW gives it;
+    // 42704 for an unknown name, unless missing_ok (then NULL).
+    let settings = catalog.clone();
+    ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting {
+        signature: Signature::one_of(
+            vec![
+                TypeSignature::Exact(vec![DataType::Utf8]),
+                TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+            ],
+            Volatility::Stable,
+        ),
+        catalog: settings,
+    }));
+    // Quarry has one role per session until roles exist (issue 18): the
+    // session's user is a member of every role it names.
+    ctx.register_udf(ScalarUDF::new_from_impl(PgHasRole {
+        signature: Signature::variadic_any(Volatility::Stable),
+    }));
     ctx.register_udf(create_udf(
         "pg_size_pretty",
         vec![DataType::Int64],
@@ -464,5 +482,104 @@ impl datafusion::logical_expr::planner::ExprPlanner for VectorSubscript {
                 },
             )),
         }
+    }
+}
+
+/// `current_setting(name [, missing_ok])`, over the session's settings.
+#[derive(Debug)]
+struct CurrentSetting {
+    signature: Signature,
+    catalog: Arc<crate::catalog::QuarryCatalog>,
+}
+
+impl PartialEq for CurrentSetting {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.catalog, &other.catalog)
+    }
+}
+
+impl Eq for CurrentSetting {}
+
+impl std::hash::Hash for CurrentSetting {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "current_setting".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+        let missing_ok = arrays
+            .get(1)
+            .map(|a| datafusion::common::cast::as_boolean_array(a).cloned())
+            .transpose()?;
+        let settings = self.catalog.settings();
+        let mut values = Vec::with_capacity(names.len());
+        for row in 0..names.len() {
+            if names.is_null(row) {
+                values.push(None);
+                continue;
+            }
+            let name = names.value(row).to_ascii_lowercase();
+            match settings.iter().find(|(k, _)| *k == name) {
+                Some((_, value)) => values.push(Some(value.clone())),
+                None if missing_ok
+                    .as_ref()
+                    .is_some_and(|m| m.is_valid(row) && m.value(row)) =>
+                {
+                    values.push(None)
+                }
+                None => {
+                    return Err(datafusion::error::DataFusionError::External(Box::new(
+                        crate::error::user_error(
+                            quarry_common::SqlState::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"{name}\""),
+                        ),
+                    )));
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(values))))
+    }
+}
+
+/// `pg_has_role([user,] role, privilege)`: true, as every session acts as
+/// one all-powerful role until roles exist.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgHasRole {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgHasRole {
+    fn name(&self) -> &str {
+        "pg_has_role"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(vec![
+            true;
+            args.number_rows
+        ]))))
     }
 }

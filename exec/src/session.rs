@@ -592,6 +592,9 @@ impl Session {
         statement: Statement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
+        if let Some((name, value)) = settings::set_config_call(&statement) {
+            return self.set_config(name, value).await;
+        }
         match statement {
             Statement::StartTransaction { modes, .. } => self.begin(&modes).await,
             Statement::Commit { .. } => self.end(true).await,

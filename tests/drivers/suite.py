@@ -320,6 +320,87 @@ def information_schema_constraints(connect):
 
 
 @case
+def bi_tool_introspection(connect):
+    """The catalog queries Grafana's PostgreSQL data source, Metabase and
+    DBeaver send when they connect, list schemas, tables and columns, and
+    chart a table (their query texts)."""
+    with connect() as conn:
+        conn.execute("CREATE TABLE bi_metrics (ts TIMESTAMPTZ NOT NULL, v FLOAT8, host TEXT, "
+                     "price NUMERIC(10, 2))")
+        conn.execute("INSERT INTO bi_metrics VALUES ('2026-01-01 00:00:10+00', 1.5, 'a', 1), "
+                     "('2026-01-01 00:00:50+00', 2.5, 'a', 2), "
+                     "('2026-01-01 00:01:10+00', 4.0, 'b', 3)")
+
+        def rows(sql):
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+
+        # Grafana: version and TimescaleDB checks, the column list of the
+        # query editor, a $__timeGroup(ts, 1m) panel query as it expands.
+        assert rows("SELECT current_setting('server_version_num')::int/100 as version")[0][0] \
+            >= 1500
+        assert rows("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'") == []
+        columns = rows("SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\" "
+                       "FROM information_schema.columns WHERE quote_ident(table_schema) = 'public' "
+                       "AND quote_ident(table_name) = 'bi_metrics' ORDER BY ordinal_position")
+        assert columns == [("ts", "timestamp with time zone"), ("v", "double precision"),
+                           ("host", "text"), ("price", "numeric")], columns
+        details = rows("SELECT column_name, is_nullable, udt_name, numeric_precision, "
+                       "numeric_scale, datetime_precision FROM information_schema.columns "
+                       "WHERE table_name = 'bi_metrics' ORDER BY ordinal_position")
+        assert details == [("ts", "NO", "timestamptz", None, None, 6),
+                           ("v", "YES", "float8", 53, None, None),
+                           ("host", "YES", "text", None, None, None),
+                           ("price", "YES", "numeric", 10, 2, None)], details
+        panel = rows("SELECT floor(extract(epoch from ts)/60)*60 AS \"time\", avg(v) AS \"v\" "
+                     "FROM bi_metrics WHERE ts BETWEEN '2026-01-01T00:00:00Z' AND "
+                     "'2026-01-01T01:00:00Z' GROUP BY 1 ORDER BY 1")
+        assert [(float(t), v) for t, v in panel] == [(1767225600.0, 2.0), (1767225660.0, 4.0)], \
+            panel
+        # Metabase: schemas and tables it may read, and the search path.
+        schemas = [r[0] for r in rows(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('information_schema') "
+            "AND nspname NOT LIKE 'pg_%' AND has_schema_privilege(nspname, 'USAGE')")]
+        assert "public" in schemas, schemas
+        tables = [r[0] for r in rows(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+            "AND has_table_privilege(c.oid, 'SELECT') AND pg_has_role(c.relowner, 'USAGE')")]
+        assert "bi_metrics" in tables, tables
+        assert rows("SELECT current_setting('search_path')")[0][0]
+        assert rows("SELECT current_setting('no_such.setting', true)") == [(None,)]
+        # DBeaver: session facts, settings, the database, tables with their
+        # descriptions, and columns with defaults.
+        assert rows("SELECT current_schema(), session_user")[0][0] == "public"
+        assert rows("SELECT setting FROM pg_catalog.pg_settings "
+                    "WHERE name = 'standard_conforming_strings'") == [("on",)]
+        assert len(rows(f"SELECT db.oid, db.datname FROM pg_catalog.pg_database db "
+                        f"WHERE datname = '{conn.info.dbname}'")) == 1
+        described = rows(
+            "SELECT c.relname, d.description, CASE WHEN c.relkind = 'p' THEN true ELSE false END "
+            "FROM pg_catalog.pg_class c "
+            "LEFT OUTER JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid "
+            "LEFT OUTER JOIN pg_catalog.pg_description d ON d.objoid = c.oid "
+            "AND d.objsubid = 0 AND d.classoid = 'pg_class'::regclass "
+            "WHERE c.relname = 'bi_metrics' AND c.relkind NOT IN ('i', 'I', 'c')")
+        assert described == [("bi_metrics", None, False)], described
+        attributes = rows(
+            "SELECT a.attname, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid, true), "
+            "dsc.description FROM pg_catalog.pg_attribute a "
+            "INNER JOIN pg_catalog.pg_class c ON a.attrelid = c.oid "
+            "LEFT OUTER JOIN pg_catalog.pg_attrdef ad ON a.attrelid = ad.adrelid "
+            "AND a.attnum = ad.adnum "
+            "LEFT OUTER JOIN pg_catalog.pg_description dsc ON c.oid = dsc.objoid "
+            "AND a.attnum = dsc.objsubid "
+            "WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relname = 'bi_metrics' "
+            "ORDER BY a.attnum")
+        assert attributes == [("ts", None, None), ("v", None, None), ("host", None, None),
+                              ("price", None, None)], attributes
+        # pg_dump's and drivers' way of setting the search path.
+        assert rows("SELECT pg_catalog.set_config('search_path', 'public', false)") == \
+            [("public",)]
+
+
+@case
 def psycopg_type_info(connect):
     """psycopg's TypeInfo.fetch (what SQLAlchemy's psycopg dialect runs when
     it connects) looks types up with to_regtype: a known type's oid, none

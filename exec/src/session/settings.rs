@@ -255,12 +255,87 @@ impl Session {
         ))))
     }
 
+    /// `SELECT set_config(name, value, is_local)`: SET, answered with the
+    /// setting's new value as PostgreSQL answers it.
+    pub(super) async fn set_config(&mut self, name: String, value: String) -> Result<Output> {
+        let set = ast::Set::SingleAssignment {
+            scope: None,
+            hivevar: false,
+            variable: ObjectName::from(vec![Ident::new(name.clone())]),
+            values: vec![Expr::Value(ast::Value::SingleQuotedString(value).into())],
+        };
+        self.set(set).await?;
+        let value = self.settings.get(&name.to_ascii_lowercase()).cloned();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "set_config",
+            DataType::Utf8,
+            true,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![value]))],
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok(batch) });
+        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))))
+    }
+
     /// The statement timeout in milliseconds; 0 means none.
     pub fn statement_timeout_ms(&self) -> u64 {
         self.settings
             .get("statement_timeout")
             .and_then(|v| parse_duration_ms(v))
             .unwrap_or(0)
+    }
+}
+
+/// The setting and value of `SELECT [pg_catalog.]set_config('name', 'value',
+/// is_local)` alone (pg_dump's and drivers' way to set `search_path`), a
+/// SET in a function's clothes; None for any other statement. `is_local`
+/// is taken as SET, as settings are not transactional in Quarry.
+pub(super) fn set_config_call(statement: &Statement) -> Option<(String, String)> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [ast::SelectItem::UnnamedExpr(Expr::Function(function))] = select.projection.as_slice()
+    else {
+        return None;
+    };
+    if !select.from.is_empty() || select.selection.is_some() {
+        return None;
+    }
+    let name = function
+        .name
+        .0
+        .last()?
+        .as_ident()?
+        .value
+        .to_ascii_lowercase();
+    if name != "set_config" {
+        return None;
+    }
+    let ast::FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let text = |arg: &ast::FunctionArg| match arg {
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+            ast::Value::SingleQuotedString(s) => Some(s.clone()),
+            ast::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match list.args.as_slice() {
+        [name, value, local] => {
+            text(local)?;
+            Some((text(name)?, text(value)?))
+        }
+        _ => None,
     }
 }
 
