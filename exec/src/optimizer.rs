@@ -14,8 +14,8 @@ use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 /// and joins the inputs again pairwise by keys whose sides each read one
 /// input; a key that matches no pair is dropped (DataFusion 55), so the
 /// query returned rows that do not satisfy it. Join filters it keeps. A
-/// later pass of `extract_equijoin_predicate` makes the equality a key
-/// again where both sides fit the new join order.
+/// `push_down_filter` after it makes the equality a join key again where
+/// both sides fit the new join order, so the join stays a hash join.
 #[derive(Debug, Default)]
 pub struct CompoundJoinKeysAsFilters;
 
@@ -129,5 +129,22 @@ mod tests {
                    JOIN (VALUES (1, 11), (1, 21), (2, 12), (2, 22)) y(a, c) \
                    ON y.a = x1.a AND y.c IS NOT DISTINCT FROM x1.a + x2.b";
         assert_eq!(count(&ctx, null_safe).await, 4);
+        // Where the join order allows it, the compound key is a hash key
+        // again in the final plan.
+        let keyed = "SELECT count(*) FROM (VALUES (1, 1), (2, 2)) x1(k, a) \
+                   JOIN (VALUES (1, 10), (2, 20)) x2(k, b) ON x1.k = x2.k \
+                   JOIN (VALUES (11), (22), (33)) y(c) ON y.c = x1.a + x2.b";
+        assert_eq!(count(&ctx, keyed).await, 2);
+        let plan = ctx
+            .sql(&format!("EXPLAIN {keyed}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert!(!text.contains("NestedLoopJoinExec"), "{text}");
     }
 }
