@@ -10,6 +10,8 @@
 //! are not valid in the named encoding, 22P05 for a character the encoding
 //! cannot represent.
 
+use std::borrow::Cow;
+
 use encoding_rs::{DecoderResult, EncoderResult, Encoding};
 
 use quarry_common::SqlState;
@@ -254,7 +256,7 @@ impl Decoding {
     ///
     /// # Errors
     /// 22021 for bytes that are not valid in the character set.
-    pub fn decode(&mut self, data: &[u8], last: bool) -> Result<Vec<u8>> {
+    pub fn decode<'a>(&mut self, data: &'a [u8], last: bool) -> Result<Cow<'a, [u8]>> {
         let invalid = || {
             user_error(
                 SqlState::CHARACTER_NOT_IN_REPERTOIRE,
@@ -267,7 +269,7 @@ impl Decoding {
         match (&self.charset, &mut self.decoder) {
             (Charset::Latin1, _) => {
                 let text: String = data.iter().map(|&b| char::from(b)).collect();
-                Ok(text.into_bytes())
+                Ok(Cow::Owned(text.into_bytes()))
             }
             (_, Some(decoder)) => {
                 let mut text = String::with_capacity(
@@ -278,12 +280,12 @@ impl Decoding {
                 let (result, _) =
                     decoder.decode_to_string_without_replacement(data, &mut text, last);
                 match result {
-                    DecoderResult::InputEmpty => Ok(text.into_bytes()),
+                    DecoderResult::InputEmpty => Ok(Cow::Owned(text.into_bytes())),
                     DecoderResult::Malformed(..) | DecoderResult::OutputFull => Err(invalid()),
                 }
             }
             // UTF-8 is checked where it is parsed.
-            _ => Ok(data.to_vec()),
+            _ => Ok(Cow::Borrowed(data)),
         }
     }
 }
@@ -319,7 +321,11 @@ mod tests {
             b"caf\xe9\x80"
         );
         assert_eq!(
-            latin1.decoder().decode(b"caf\xe9\x80", true).unwrap(),
+            latin1
+                .decoder()
+                .decode(b"caf\xe9\x80", true)
+                .unwrap()
+                .as_ref(),
             "café\u{80}".as_bytes()
         );
         let e = latin1.encode("€".as_bytes()).unwrap_err();
@@ -333,8 +339,8 @@ mod tests {
         let encoded = sjis.encode("日本".as_bytes()).unwrap();
         assert_eq!(encoded.len(), 4);
         let mut decoding = sjis.decoder();
-        let mut text = decoding.decode(&encoded[..1], false).unwrap();
-        text.extend(decoding.decode(&encoded[1..], true).unwrap());
+        let mut text = decoding.decode(&encoded[..1], false).unwrap().into_owned();
+        text.extend(decoding.decode(&encoded[1..], true).unwrap().iter());
         assert_eq!(text, "日本".as_bytes());
         // Cut off at the end of the stream.
         let mut cut = sjis.decoder();

@@ -1064,7 +1064,7 @@ pub fn index_definition(meta: &Catalog, oid: i32, column: i32) -> Option<String>
 
 /// An identifier as PostgreSQL's quote_ident writes it: bare when it is
 /// lower case letters, digits and underscores not starting with a digit.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     let plain = name
         .chars()
         .next()

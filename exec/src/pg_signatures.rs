@@ -355,17 +355,10 @@ pub fn format_type(oid: i32, typmod: Option<i32>) -> String {
 /// plain lower-case identifier, or a keyword other than an unreserved one.
 fn quote_name(name: &str) -> String {
     const KEYWORDS: [&str; 2] = ["any", "char"];
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain && !KEYWORDS.contains(&name) {
-        name.to_owned()
+    if KEYWORDS.contains(&name) {
+        format!("\"{name}\"")
     } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
+        crate::pg_catalog::quote_ident(name)
     }
 }
 

@@ -36,7 +36,6 @@ use pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireServerHandl
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{
     Close, CloseComplete, Describe, Execute, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
     TARGET_TYPE_BYTE_STATEMENT,
@@ -119,10 +118,10 @@ type StopSignal = Shared<BoxFuture<'static, Stop>>;
 
 /// Ends `rows` with a 57014 error as soon as `stop` fires; dropping the rows
 /// stream stops the query's execution.
-fn until_stopped(
-    rows: BoxStream<'static, PgWireResult<DataRow>>,
+fn until_stopped<T: Send + 'static>(
+    rows: BoxStream<'static, PgWireResult<T>>,
     stop: StopSignal,
-) -> impl futures::Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+) -> impl futures::Stream<Item = PgWireResult<T>> + Send + 'static {
     stream::unfold(
         (rows, stop, false),
         |(mut rows, mut stop, stopped)| async move {
@@ -498,17 +497,26 @@ impl Connection {
                 // sends ErrorResponse). An error in the first record (a
                 // failed query, a character the ENCODING lacks) is the
                 // statement's error instead, before the copy starts.
-                let first = data.next().await;
+                let first = tokio::select! {
+                    first = data.next() => first,
+                    reason = stop.clone() => return Err(reason.error()),
+                };
                 if let Some(Err(e)) = &first {
                     return Err(to_pg_error(e));
                 }
-                let data = stream::iter(first).chain(data).map(move |chunk| {
-                    let _slot = &slot;
-                    match chunk {
-                        Ok(bytes) => Ok(CopyData::new(bytes)),
-                        Err(e) => Err(to_pg_error(&e)),
-                    }
-                });
+                let data = stream::iter(first)
+                    .chain(data)
+                    .map(move |chunk| {
+                        let _slot = &slot;
+                        match chunk {
+                            Ok(bytes) => Ok(CopyData::new(bytes)),
+                            Err(e) => Err(to_pg_error(&e)),
+                        }
+                    })
+                    .boxed();
+                // Cancel and statement_timeout stop a COPY TO as they stop
+                // a query.
+                let data = until_stopped(data, stop);
                 // pgwire ends binary data with its trailer.
                 Ok(Response::CopyOut(CopyResponse::new(
                     i8::from(binary),

@@ -343,6 +343,9 @@ pub(super) fn set_config_call(statement: &Statement) -> Option<(String, String)>
 /// set is refused (0A000, as PostgreSQL refuses a conversion it lacks)
 /// rather than accepted and not honoured; an unknown name is 22023.
 fn check_client_encoding(value: &str) -> Result<()> {
+    if value.eq_ignore_ascii_case("default") {
+        return Ok(());
+    }
     match crate::charset::Charset::named(value) {
         Ok(crate::charset::Charset::Utf8) => Ok(()),
         Ok(_) => Err(user_error(
@@ -365,7 +368,7 @@ mod tests {
 
     #[test]
     fn client_encoding_is_utf8_only() {
-        for utf8 in ["UTF8", "utf-8", "unicode", "SQL_ASCII"] {
+        for utf8 in ["UTF8", "utf-8", "unicode", "SQL_ASCII", "DEFAULT"] {
             check_client_encoding(utf8).expect(utf8);
         }
         let refused = check_client_encoding("LATIN1").unwrap_err();
