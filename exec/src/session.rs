@@ -231,6 +231,10 @@ impl CommandTag {
 pub enum Output {
     /// Rows, streamed.
     Rows(SendableRecordBatchStream),
+    /// Rows of a BINARY cursor: in binary format where the client did not
+    /// choose one (the simple query protocol); the extended protocol's Bind
+    /// chooses, as in PostgreSQL.
+    BinaryRows(SendableRecordBatchStream),
     /// A command's completion tag.
     Command(CommandTag),
     /// COPY FROM STDIN: feed the client's data to this, then finish it.

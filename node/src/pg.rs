@@ -451,6 +451,9 @@ impl Connection {
     ) -> PgWireResult<Response> {
         // A panic in one statement fails that statement (XX000), not the node or
         // the connection.
+        // Only the extended protocol passes parameters (possibly none), and
+        // its Bind chose the result format.
+        let simple_protocol = params.is_none();
         let execution =
             std::panic::AssertUnwindSafe(session.execute(statement, params)).catch_unwind();
         let output = tokio::select! {
@@ -467,6 +470,10 @@ impl Connection {
         let in_transaction = session.in_transaction();
         match output.map_err(|e| to_pg_error(&e))? {
             Output::Rows(stream) => rows_response(stream, format, stop, slot),
+            Output::BinaryRows(stream) if simple_protocol => {
+                rows_response(stream, &Format::UnifiedBinary, stop, slot)
+            }
+            Output::BinaryRows(stream) => rows_response(stream, format, stop, slot),
             // ROLLBACK TO SAVEPOINT is tagged ROLLBACK too, and the
             // transaction goes on.
             Output::Command(tag) => Ok(match tag.command.as_str() {

@@ -174,6 +174,18 @@ def sql_cursors(connect):
         fails(conn, "FETCH 1 FROM e", psycopg.errors.InvalidCursorName,
               "a closed cursor fetched")
         conn.execute("ROLLBACK")
+        # A BINARY cursor's rows come in binary format over the simple query
+        # protocol; over the extended one, Bind's result format decides.
+        conn.execute("BEGIN")
+        conn.execute("DECLARE b BINARY CURSOR FOR SELECT id, 'x' || id::text AS t "
+                     "FROM sqlcurs ORDER BY id")
+        fetched = conn.pgconn.exec_(b"FETCH 2 FROM b")
+        assert fetched.status == psycopg.pq.ExecStatus.TUPLES_OK, fetched.error_message
+        assert [fetched.fformat(0), fetched.fformat(1)] == [1, 1]
+        assert [fetched.get_value(r, c) for r in range(2) for c in range(2)] == \
+            [b"\x00\x00\x00\x01", b"x1", b"\x00\x00\x00\x02", b"x2"]
+        assert conn.execute("FETCH 1 FROM b").fetchall() == [(3, "x3")]
+        conn.execute("ROLLBACK")
         # The end of the block closes a cursor without WITH HOLD.
         conn.execute("BEGIN")
         conn.execute("DECLARE f CURSOR FOR SELECT id FROM sqlcurs")

@@ -5,7 +5,9 @@
 //! A cursor has PostgreSQL's position: before the first row (0), on row k
 //! (1-based), or after the last row. FETCH and MOVE take every direction of
 //! PostgreSQL's grammar (NEXT, PRIOR, FIRST, LAST, ABSOLUTE n, RELATIVE n, n,
-//! ALL, FORWARD [n | ALL], BACKWARD [n | ALL]). A NO SCROLL cursor (the
+//! ALL, FORWARD [n | ALL], BACKWARD [n | ALL]). A BINARY cursor's rows go
+//! out in binary format unless the client chose a format (the extended
+//! protocol's Bind), as PostgreSQL does. A NO SCROLL cursor (the
 //! default) keeps only its current row and refuses a move back with 55000; a
 //! SCROLL cursor keeps every row it has read, in memory, so it can go back.
 //! Without WITH HOLD a cursor belongs to its transaction block and closes
@@ -36,6 +38,8 @@ pub(super) struct Cursor {
     position: u64,
     /// SCROLL: it may move back.
     scroll: bool,
+    /// BINARY: its rows are sent in binary format by default.
+    binary: bool,
     /// WITH HOLD: it outlives the transaction block.
     hold: bool,
     /// Declared in the open transaction block (ROLLBACK closes it).
@@ -286,13 +290,6 @@ impl Session {
                 "DECLARE CURSOR needs FOR query",
             ));
         };
-        if declare.binary == Some(true) {
-            return Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "BINARY cursors are not supported; ask for binary results in the \
-                 extended protocol instead",
-            ));
-        }
         let hold = declare.hold == Some(true);
         if !hold && self.transaction.is_none() {
             return Err(user_error(
@@ -323,6 +320,7 @@ impl Session {
                 ended: false,
                 position: 0,
                 scroll: declare.scroll == Some(true),
+                binary: declare.binary == Some(true),
                 hold,
                 in_transaction: self.transaction.is_some(),
             },
@@ -340,9 +338,15 @@ impl Session {
         let step = step_of(direction)?;
         let cursor = self.cursor(name)?;
         let (batches, _) = cursor.step(step).await?;
-        let stream = MemoryStream::try_new(batches, cursor.schema.clone(), None)
-            .map_err(Error::from_engine)?;
-        Ok(Output::Rows(Box::pin(stream)))
+        let stream = Box::pin(
+            MemoryStream::try_new(batches, cursor.schema.clone(), None)
+                .map_err(Error::from_engine)?,
+        );
+        Ok(if cursor.binary {
+            Output::BinaryRows(stream)
+        } else {
+            Output::Rows(stream)
+        })
     }
 
     /// MOVE [direction] [FROM | IN] name: FETCH without the rows; the tag
