@@ -32,6 +32,41 @@ pub enum CliCommand {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Make the cluster's TLS certificates (PEM files in --certs-dir).
+    Cert {
+        /// Which certificate.
+        #[command(subcommand)]
+        command: CertCommand,
+        /// Directory of the CA and the certificates it signs.
+        #[arg(long, global = true, default_value = "certs")]
+        certs_dir: PathBuf,
+        /// Days a new CA is valid.
+        #[arg(long, global = true, default_value_t = 3650)]
+        ca_lifetime_days: u32,
+        /// Days a new node or client certificate is valid.
+        #[arg(long, global = true, default_value_t = 1825)]
+        lifetime_days: u32,
+    },
+}
+
+/// Sub-commands of `quarry cert`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// A new certificate authority: ca.crt and ca.key.
+    CreateCa,
+    /// A node's certificate, signed by the CA: node.crt and node.key, for
+    /// the names and addresses it is reached by.
+    CreateNode {
+        /// A DNS name or IP address of the node (repeat for more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// A user's client certificate, signed by the CA: client.USER.crt and
+    /// client.USER.key.
+    CreateClient {
+        /// The user (the certificate's common name).
+        user: String,
+    },
 }
 
 /// Sub-commands of `quarry cluster`.
@@ -128,6 +163,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         CliCommand::Start(args) => crate::server::run(args.config()?).await,
         CliCommand::Cluster { command } => cluster(command).await,
+        CliCommand::Cert {
+            command,
+            certs_dir,
+            ca_lifetime_days,
+            lifetime_days,
+        } => {
+            let lifetimes = crate::tls::Lifetimes {
+                ca_days: ca_lifetime_days,
+                cert_days: lifetime_days,
+            };
+            let made = match command {
+                CertCommand::CreateCa => {
+                    crate::tls::create_ca(&certs_dir, lifetimes)?;
+                    "ca.crt, ca.key".to_owned()
+                }
+                CertCommand::CreateNode { hosts } => {
+                    crate::tls::create_node(&certs_dir, &hosts, lifetimes)?;
+                    "node.crt, node.key".to_owned()
+                }
+                CertCommand::CreateClient { user } => {
+                    crate::tls::create_client(&certs_dir, &user, lifetimes)?;
+                    format!("client.{user}.crt, client.{user}.key")
+                }
+            };
+            println!("wrote {made} in {}", certs_dir.display());
+            Ok(())
+        }
         CliCommand::Load {
             dataset:
                 Dataset::Tpch {

@@ -101,6 +101,14 @@ pub struct FileConfig {
     /// [default: 64].
     #[arg(long)]
     pub distribute_min_mb: Option<u64>,
+    /// The node's TLS certificate (PEM, e.g. `certs/node.crt` from `quarry
+    /// cert create-node`): with --tls-key, PostgreSQL clients may connect
+    /// with TLS (SSLRequest or direct TLS); read again on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The node's effective configuration.
@@ -145,6 +153,8 @@ pub struct Config {
     pub data_cache_bytes: u64,
     /// Bytes of data files a query's scans read from which it is distributed.
     pub distribute_min_bytes: u64,
+    /// The certificate and key of the PostgreSQL port's TLS; None: no TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -259,6 +269,13 @@ impl FileConfig {
                 .or(self.distribute_min_mb)
                 .unwrap_or(64)
                 << 20,
+            tls: match (
+                flags.tls_cert.or(self.tls_cert),
+                flags.tls_key.or(self.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+                _ => None,
+            },
         }
     }
 }

@@ -27,3 +27,4 @@ pub mod raft_network;
 pub mod rpc;
 pub mod server;
 pub mod stripes;
+pub mod tls;

@@ -140,6 +140,17 @@ impl Drop for ExecutionRuntime {
 
 async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
+    // A certificate that cannot be read fails the start, before anything
+    // else is opened.
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = crate::tls::ReloadableTls::new(files.clone())?;
+            tls.reload_on_sighup()?;
+            tracing::info!(cert = %files.cert.display(), "PostgreSQL clients may connect with TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let rpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen for nodes (TCP) on {}", config.listen))?;
@@ -304,8 +315,9 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                let tls = tls.as_ref().map(|tls| tls.acceptor());
                 connections.spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

@@ -231,7 +231,7 @@ impl TestNode {
         client
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("node is running").id()
     }
 

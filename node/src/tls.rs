@@ -1,0 +1,338 @@
+//! TLS: the certificates of a cluster (`quarry cert`, as `cockroach cert`
+//! makes them, with rcgen) and the PostgreSQL port's TLS (rustls), which
+//! clients reach by SSLRequest or by PostgreSQL 17's direct TLS with ALPN
+//! `postgresql` (PostgreSQL documentation, 55.2.10 "SSL Session
+//! Encryption"). The certificate and key are read again on SIGHUP.
+//!
+//! Files (PEM), in one certificates directory:
+//! - `ca.crt`, `ca.key`: the cluster's certificate authority;
+//! - `node.crt`, `node.key`: a node's certificate, for the names and
+//!   addresses clients and other nodes reach it by (server and client use);
+//! - `client.<user>.crt`, `client.<user>.key`: a user's client certificate
+//!   (common name = the user).
+//!
+//! Private keys are written with mode 0600 and never overwritten.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol name of direct TLS connections (PostgreSQL 17).
+const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+
+/// The certificate files a node serves TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// The rustls server configuration for `files`.
+///
+/// # Errors
+/// If a file cannot be read or holds no certificate or key.
+pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("cannot read certificate {}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad PEM in {}", files.cert.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", files.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("cannot read private key {}", files.key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(|| {
+        format!(
+            "certificate {} does not match key {}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The PostgreSQL port's TLS acceptor, replaced when the files are read
+/// again (SIGHUP).
+pub struct ReloadableTls {
+    files: TlsFiles,
+    acceptor: RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+impl ReloadableTls {
+    /// Reads `files`.
+    ///
+    /// # Errors
+    /// As [`server_config`].
+    pub fn new(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&files)?);
+        Ok(Arc::new(ReloadableTls {
+            files,
+            acceptor: RwLock::new(acceptor),
+        }))
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor
+            .read()
+            .expect("the acceptor lock is never held across a panic")
+            .clone()
+    }
+
+    /// Reads the files again; on an error the current ones stay in use.
+    pub fn reload(&self) {
+        match server_config(&self.files) {
+            Ok(config) => {
+                *self
+                    .acceptor
+                    .write()
+                    .expect("the acceptor lock is never held across a panic") =
+                    tokio_rustls::TlsAcceptor::from(config);
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "TLS certificate not reloaded; the previous one stays in use");
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP, for as long as the process runs.
+    pub fn reload_on_sighup(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        let tls = Arc::clone(self);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tls.reload();
+            }
+        });
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ReloadableTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long the certificates `quarry cert` makes are valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// The CA's, in days.
+    pub ca_days: u32,
+    /// Node and client certificates', in days.
+    pub cert_days: u32,
+}
+
+impl Default for Lifetimes {
+    /// Ten years for the CA, five for the certificates it signs
+    /// (CockroachDB's defaults).
+    fn default() -> Self {
+        Lifetimes {
+            ca_days: 3650,
+            cert_days: 1825,
+        }
+    }
+}
+
+fn params_valid_for(days: u32) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let now = time::OffsetDateTime::now_utc();
+    // An hour back, for clocks a little behind this one.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    Ok(params)
+}
+
+/// Writes `contents` to a new file `path` (never over an existing one) with
+/// `mode`.
+fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `quarry cert create-ca`: a new CA in `dir` (`ca.crt`, `ca.key`).
+///
+/// # Errors
+/// If either file exists or cannot be written.
+pub fn create_ca(dir: &Path, lifetimes: Lifetimes) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = KeyPair::generate()?;
+    let mut params = params_valid_for(lifetimes.ca_days)?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Quarry");
+    // Each CA's name is its own (bytes of its public key), so a client
+    // that trusts one CA does not mistake another's certificates for its
+    // (clients find a certificate's issuer by name).
+    let id: String = key.public_key_raw()[1..7]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    name.push(DnType::CommonName, format!("Quarry CA {id}"));
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    write_new(&dir.join("ca.key"), &key.serialize_pem(), 0o600)?;
+    write_new(&dir.join("ca.crt"), &cert.pem(), 0o644)?;
+    Ok(())
+}
+
+/// The CA of `dir`, to sign with.
+fn load_ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (run `quarry cert create-ca` first)",
+                path.display()
+            )
+        })
+    };
+    let key = KeyPair::from_pem(&read("ca.key")?).context("ca.key is not a private key")?;
+    Issuer::from_ca_cert_pem(&read("ca.crt")?, key).context("ca.crt is not a certificate")
+}
+
+/// `quarry cert create-node`: `node.crt` / `node.key` in `dir`, signed by
+/// its CA, for `hosts` (DNS names or IP addresses), usable as a server's and
+/// as a client's certificate (node-to-node TLS is mutual).
+///
+/// # Errors
+/// If there is no CA in `dir`, no host, or a file exists.
+pub fn create_node(dir: &Path, hosts: &[String], lifetimes: Lifetimes) -> anyhow::Result<()> {
+    if hosts.is_empty() {
+        bail!("a node certificate needs at least one --host");
+    }
+    let issuer = load_ca(dir)?;
+    let mut params = params_valid_for(lifetimes.cert_days)?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Quarry");
+    name.push(DnType::CommonName, "node");
+    params.distinguished_name = name;
+    params.subject_alt_names = hosts
+        .iter()
+        .map(|host| match host.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(host.as_str().try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_new(&dir.join("node.key"), &key.serialize_pem(), 0o600)?;
+    write_new(&dir.join("node.crt"), &cert.pem(), 0o644)?;
+    Ok(())
+}
+
+/// `quarry cert create-client`: `client.<user>.crt` / `.key` in `dir`,
+/// signed by its CA, with common name `user`.
+///
+/// # Errors
+/// If there is no CA in `dir`, the user name is empty or holds a path
+/// separator, or a file exists.
+pub fn create_client(dir: &Path, user: &str, lifetimes: Lifetimes) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(['/', '\0']) {
+        bail!("{user:?} is not a user name");
+    }
+    let issuer = load_ca(dir)?;
+    let mut params = params_valid_for(lifetimes.cert_days)?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Quarry");
+    name.push(DnType::CommonName, user);
+    params.distinguished_name = name;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_new(
+        &dir.join(format!("client.{user}.key")),
+        &key.serialize_pem(),
+        0o600,
+    )?;
+    write_new(&dir.join(format!("client.{user}.crt")), &cert.pem(), 0o644)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_from_its_ca_serves_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), Lifetimes::default()).unwrap();
+        create_node(
+            dir.path(),
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+            Lifetimes::default(),
+        )
+        .unwrap();
+        create_client(dir.path(), "alice", Lifetimes::default()).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("node.crt"),
+            key: dir.path().join("node.key"),
+        };
+        let config = server_config(&files).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        // Keys are private; nothing is overwritten.
+        let mode = std::fs::metadata(dir.path().join("node.key"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert!(create_ca(dir.path(), Lifetimes::default()).is_err());
+        assert!(create_client(dir.path(), "alice", Lifetimes::default()).is_err());
+        // A key that is not the certificate's is refused.
+        let mismatched = TlsFiles {
+            cert: dir.path().join("node.crt"),
+            key: dir.path().join("client.alice.key"),
+        };
+        assert!(server_config(&mismatched).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! TLS on the PostgreSQL port: certificates from `quarry cert`, clients
+//! verifying the node (psql's `sslmode=verify-full`), plain connections
+//! still taken, and a certificate replaced on SIGHUP.
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::TestNode;
+
+/// Runs `quarry cert ARGS --certs-dir DIR`.
+fn cert(dir: &Path, args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("cert")
+        .args(args)
+        .arg("--certs-dir")
+        .arg(dir)
+        .output()
+        .expect("quarry runs");
+    assert!(
+        output.status.success(),
+        "quarry cert {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// psql's `\conninfo` over a connection with `options` (libpq keywords), or
+/// its error.
+fn psql(port: u16, options: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .arg(format!(
+            "host=localhost port={port} user=quarry dbname=quarry connect_timeout=10 {options}"
+        ))
+        .args(["-X", "-c", "\\conninfo", "-c", "SELECT 41 + 1"])
+        .output()
+        .expect("psql runs (.ci/run installs postgresql-client)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+#[tokio::test]
+async fn clients_verify_the_node_certificate_and_sighup_replaces_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    cert(&certs, &["create-ca"]);
+    cert(
+        &certs,
+        &["create-node", "--host", "localhost", "--host", "127.0.0.1"],
+    );
+    let node_cert = certs.join("node.crt");
+    let node_key = certs.join("node.key");
+    let node = TestNode::start_with(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            node_cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            node_key.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    let ca = certs.join("ca.crt");
+    let verify = |ca: &Path| format!("sslmode=verify-full sslrootcert={}", ca.display());
+
+    let secured = psql(node.pg_port, &verify(&ca)).expect("verify-full connects");
+    assert!(
+        secured.contains("SSL connection (protocol: TLSv1.3"),
+        "{secured}"
+    );
+    assert!(secured.contains("42"), "{secured}");
+    let plain = psql(node.pg_port, "sslmode=disable").expect("a plain connection is taken");
+    assert!(!plain.contains("SSL connection"), "{plain}");
+    // A CA that did not sign the node's certificate is not trusted.
+    let other = dir.path().join("other");
+    cert(&other, &["create-ca"]);
+    let refused = psql(node.pg_port, &verify(&other.join("ca.crt")))
+        .expect_err("a certificate from another CA");
+    assert!(refused.contains("certificate verify failed"), "{refused}");
+
+    // Replace the node's certificate by one of the other CA and send SIGHUP:
+    // new connections get the new certificate.
+    cert(&other, &["create-node", "--host", "localhost"]);
+    std::fs::copy(other.join("node.crt"), &node_cert).expect("copy cert");
+    std::fs::copy(other.join("node.key"), &node_key).expect("copy key");
+    let status = Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let mut reloaded = Err(String::new());
+    for _ in 0..50 {
+        reloaded = psql(node.pg_port, &verify(&other.join("ca.crt")));
+        if reloaded.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reloaded = reloaded.expect("the reloaded certificate is served");
+    assert!(reloaded.contains("SSL connection"), "{reloaded}");
+    assert!(
+        psql(node.pg_port, &verify(&ca)).is_err(),
+        "the old certificate is no longer served"
+    );
+    assert!(node.log().contains("TLS certificate reloaded"));
+}
+
+#[tokio::test]
+async fn a_node_with_an_unreadable_certificate_does_not_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.crt");
+    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["start", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--listen", &format!("127.0.0.1:{}", support::free_port())])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .expect("quarry runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot read certificate"), "{stderr}");
+    // Nothing was left behind for a later start to trip on.
+    assert!(!dir.path().join("data").exists());
+}
