@@ -38,11 +38,15 @@ impl Apart {
 }
 
 /// Serves `router` on `listener` from a thread with a single-threaded
-/// runtime of its own.
+/// runtime of its own; over TLS (HTTPS only) when `tls` is given.
 ///
 /// # Errors
 /// If the listener cannot be moved or the thread or runtime cannot start.
-pub fn serve_apart(listener: tokio::net::TcpListener, router: Router) -> anyhow::Result<Apart> {
+pub fn serve_apart(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<crate::tls::ReloadableTls>>,
+) -> anyhow::Result<Apart> {
     let listener = listener.into_std()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -62,6 +66,10 @@ pub fn serve_apart(listener: tokio::net::TcpListener, router: Router) -> anyhow:
                 let shutdown = async {
                     let _ = stopped.await;
                 };
+                if let Some(tls) = tls {
+                    serve_tls(listener, router, tls, shutdown).await;
+                    return;
+                }
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await
@@ -71,6 +79,47 @@ pub fn serve_apart(listener: tokio::net::TcpListener, router: Router) -> anyhow:
             });
         })?;
     Ok(Apart { stop })
+}
+
+/// Serves `router` over TLS until `shutdown`: each accepted connection is
+/// a TLS handshake (its failure ends that connection only), then HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Arc<crate::tls::ReloadableTls>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = tls.http_acceptor();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(socket).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
 }
 
 /// The HTTP routes.

@@ -275,6 +275,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             metrics,
             meta: meta.clone(),
         }),
+        tls.clone(),
     )?;
 
     let collector = tokio::spawn(collect_expired_snapshots(
@@ -315,7 +316,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                let tls = tls.as_ref().map(|tls| tls.acceptor());
+                let tls = tls.as_ref().map(|tls| tls.pg_acceptor());
                 connections.spawn(async move {
                     if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

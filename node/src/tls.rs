@@ -1,8 +1,9 @@
 //! TLS: the certificates of a cluster (`quarry cert`, as `cockroach cert`
-//! makes them, with rcgen) and the PostgreSQL port's TLS (rustls), which
+//! makes them, with rcgen), the PostgreSQL port's TLS (rustls), which
 //! clients reach by SSLRequest or by PostgreSQL 17's direct TLS with ALPN
 //! `postgresql` (PostgreSQL documentation, 55.2.10 "SSL Session
-//! Encryption"). The certificate and key are read again on SIGHUP.
+//! Encryption"), and HTTPS on the HTTP listener. The certificate and key are
+//! read again on SIGHUP.
 //!
 //! Files (PEM), in one certificates directory:
 //! - `ca.crt`, `ca.key`: the cluster's certificate authority;
@@ -29,6 +30,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The ALPN protocol name of direct TLS connections (PostgreSQL 17).
 const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+/// The ALPN protocol name of HTTP/1.1 (RFC 7301), what the HTTP listener
+/// speaks.
+const HTTP1_ALPN: &[u8] = b"http/1.1";
 
 /// The certificate files a node serves TLS with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +43,12 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The rustls server configuration for `files`.
+/// The rustls server configuration for `files`, offering the ALPN
+/// protocol `alpn`.
 ///
 /// # Errors
 /// If a file cannot be read or holds no certificate or key.
-pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .with_context(|| format!("cannot read certificate {}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -67,15 +72,31 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfi
             files.key.display()
         )
     })?;
-    config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The PostgreSQL port's TLS acceptor, replaced when the files are read
-/// again (SIGHUP).
+/// The TLS acceptors of the PostgreSQL port and the HTTP listener (one
+/// certificate, each with its ALPN protocol), replaced when the files are
+/// read again (SIGHUP).
 pub struct ReloadableTls {
     files: TlsFiles,
-    acceptor: RwLock<tokio_rustls::TlsAcceptor>,
+    acceptors: RwLock<Acceptors>,
+}
+
+#[derive(Clone)]
+struct Acceptors {
+    pg: tokio_rustls::TlsAcceptor,
+    http: tokio_rustls::TlsAcceptor,
+}
+
+impl Acceptors {
+    fn read(files: &TlsFiles) -> anyhow::Result<Acceptors> {
+        Ok(Acceptors {
+            pg: server_config(files, POSTGRESQL_ALPN)?.into(),
+            http: server_config(files, HTTP1_ALPN)?.into(),
+        })
+    }
 }
 
 impl ReloadableTls {
@@ -84,30 +105,38 @@ impl ReloadableTls {
     /// # Errors
     /// As [`server_config`].
     pub fn new(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&files)?);
+        let acceptors = Acceptors::read(&files)?;
         Ok(Arc::new(ReloadableTls {
             files,
-            acceptor: RwLock::new(acceptor),
+            acceptors: RwLock::new(acceptors),
         }))
     }
 
-    /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        self.acceptor
+    fn current(&self) -> Acceptors {
+        self.acceptors
             .read()
             .expect("the acceptor lock is never held across a panic")
             .clone()
     }
 
+    /// The acceptor for a new PostgreSQL connection.
+    pub fn pg_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current().pg
+    }
+
+    /// The acceptor for a new HTTP connection.
+    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current().http
+    }
+
     /// Reads the files again; on an error the current ones stay in use.
     pub fn reload(&self) {
-        match server_config(&self.files) {
-            Ok(config) => {
+        match Acceptors::read(&self.files) {
+            Ok(acceptors) => {
                 *self
-                    .acceptor
+                    .acceptors
                     .write()
-                    .expect("the acceptor lock is never held across a panic") =
-                    tokio_rustls::TlsAcceptor::from(config);
+                    .expect("the acceptor lock is never held across a panic") = acceptors;
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
@@ -316,7 +345,7 @@ mod tests {
             cert: dir.path().join("node.crt"),
             key: dir.path().join("node.key"),
         };
-        let config = server_config(&files).unwrap();
+        let config = server_config(&files, POSTGRESQL_ALPN).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
         // Keys are private; nothing is overwritten.
         let mode = std::fs::metadata(dir.path().join("node.key"))
@@ -333,6 +362,6 @@ mod tests {
             cert: dir.path().join("node.crt"),
             key: dir.path().join("client.alice.key"),
         };
-        assert!(server_config(&mismatched).is_err());
+        assert!(server_config(&mismatched, POSTGRESQL_ALPN).is_err());
     }
 }

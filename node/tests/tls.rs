@@ -1,5 +1,6 @@
-//! TLS on the PostgreSQL port: certificates from `quarry cert`, clients
-//! verifying the node (psql's `sslmode=verify-full`), plain connections
+//! TLS on the PostgreSQL port and HTTPS on the HTTP listener: certificates
+//! from `quarry cert`, clients verifying the node (psql's
+//! `sslmode=verify-full`, Python's urllib), plain PostgreSQL connections
 //! still taken, and a certificate replaced on SIGHUP.
 
 #[path = "support/node.rs"]
@@ -25,6 +26,27 @@ fn cert(dir: &Path, args: &[&str]) {
         "quarry cert {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The body of `https://localhost:PORT/PATH`, trusting the CA `ca`, or the
+/// error (Python's urllib, verifying the certificate and its host name).
+fn https_get(port: u16, path: &str, ca: &Path) -> Result<String, String> {
+    let script = format!(
+        "import ssl, urllib.request\n\
+         context = ssl.create_default_context(cafile={ca:?})\n\
+         print(urllib.request.urlopen('https://localhost:{port}{path}', context=context, \
+         timeout=10).read().decode(), end='')\n",
+        ca = ca.display().to_string()
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
 /// psql's `\conninfo` over a connection with `options` (libpq keywords), or
@@ -78,6 +100,23 @@ async fn clients_verify_the_node_certificate_and_sighup_replaces_it() {
         "{secured}"
     );
     assert!(secured.contains("42"), "{secured}");
+    // The HTTP listener speaks HTTPS with the same certificate, only.
+    assert_eq!(
+        https_get(node.http_port, "/health", &ca).expect("https"),
+        "ok\n"
+    );
+    let plain_http = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request\n\
+                 urllib.request.urlopen('http://localhost:{}/health', timeout=10)",
+                node.http_port
+            ),
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(!plain_http.status.success(), "plain HTTP was answered");
     let plain = psql(node.pg_port, "sslmode=disable").expect("a plain connection is taken");
     assert!(!plain.contains("SSL connection"), "{plain}");
     // A CA that did not sign the node's certificate is not trusted.
@@ -112,6 +151,11 @@ async fn clients_verify_the_node_certificate_and_sighup_replaces_it() {
         "the old certificate is no longer served"
     );
     assert!(node.log().contains("TLS certificate reloaded"));
+    assert_eq!(
+        https_get(node.http_port, "/ready", &other.join("ca.crt")).expect("https after reload"),
+        "ready\n"
+    );
+    assert!(https_get(node.http_port, "/health", &ca).is_err());
 }
 
 #[tokio::test]
