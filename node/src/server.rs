@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -135,6 +135,43 @@ impl Drop for ExecutionRuntime {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// PostgreSQL's limit on a startup packet's length (`MAX_STARTUP_PACKET_LENGTH`).
+const MAX_STARTUP_PACKET: u32 = 10_000;
+
+/// Whether a new PostgreSQL connection's first bytes can start a session: a
+/// TLS handshake (direct TLS), or a startup-phase packet whose length is
+/// between 8 and PostgreSQL's limit. pgwire waits for the rest of a packet
+/// of any stated length (until its 60 s startup timeout), so a client that
+/// states 0 or 2^31 would hold the connection; PostgreSQL closes those at
+/// once, and so does Quarry. Looks without consuming; gives up (false)
+/// when no four bytes arrive within the startup timeout.
+async fn plausible_first_packet(socket: &tokio::net::TcpStream) -> bool {
+    const TLS_HANDSHAKE: u8 = 0x16;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut head = [0u8; 4];
+    loop {
+        let seen = match tokio::time::timeout_at(deadline, socket.peek(&mut head)).await {
+            Ok(Ok(seen)) => seen,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if seen == 0 {
+            return false;
+        }
+        if head[0] == TLS_HANDSHAKE {
+            return true;
+        }
+        if seen == head.len() {
+            return (8..=MAX_STARTUP_PACKET).contains(&u32::from_be_bytes(head));
+        }
+        // Fewer than four bytes so far: peek returns at once while any are
+        // waiting, so pause before looking again.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -318,6 +355,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                 };
                 let tls = tls.as_ref().map(|tls| tls.pg_acceptor());
                 connections.spawn(async move {
+                    if !plausible_first_packet(&socket).await {
+                        tracing::debug!(%peer, "invalid length of startup packet; connection closed");
+                        return;
+                    }
                     if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
