@@ -153,8 +153,10 @@ pub struct Config {
     pub data_cache_bytes: u64,
     /// Bytes of data files a query's scans read from which it is distributed.
     pub distribute_min_bytes: u64,
-    /// The certificate and key of the PostgreSQL port's TLS; None: no TLS.
-    pub tls: Option<crate::tls::TlsFiles>,
+    /// The certificate of the PostgreSQL port's TLS and HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -176,6 +178,23 @@ pub enum ConfigError {
         /// Why.
         source: toml::de::Error,
     },
+}
+
+impl Config {
+    /// The TLS certificate and key, if given.
+    ///
+    /// # Errors
+    /// When only one of the two is given (by flag or config file).
+    pub fn tls(&self) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+        }
+    }
 }
 
 impl FileConfig {
@@ -269,13 +288,8 @@ impl FileConfig {
                 .or(self.distribute_min_mb)
                 .unwrap_or(64)
                 << 20,
-            tls: match (
-                flags.tls_cert.or(self.tls_cert),
-                flags.tls_key.or(self.tls_key),
-            ) {
-                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
-                _ => None,
-            },
+            tls_cert: flags.tls_cert.or(self.tls_cert),
+            tls_key: flags.tls_key.or(self.tls_key),
         }
     }
 }
@@ -320,6 +334,27 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/quarry"));
         assert_eq!(config.pg_listen.to_string(), "127.0.0.1:7000");
         assert_eq!(config.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let file: FileConfig = toml::from_str("tls_cert = \"certs/node.crt\"").expect("valid toml");
+        let half = file.clone().merge(FileConfig::default());
+        assert!(half.tls().is_err());
+        let flags = FileConfig {
+            tls_key: Some(PathBuf::from("certs/node.key")),
+            ..Default::default()
+        };
+        let whole = file.merge(flags).tls().expect("both").expect("tls");
+        assert_eq!(whole.cert, PathBuf::from("certs/node.crt"));
+        assert_eq!(whole.key, PathBuf::from("certs/node.key"));
+        assert!(
+            FileConfig::default()
+                .merge(FileConfig::default())
+                .tls()
+                .expect("neither")
+                .is_none()
+        );
     }
 
     #[test]

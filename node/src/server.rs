@@ -179,11 +179,11 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
     // A certificate that cannot be read fails the start, before anything
     // else is opened.
-    let tls = match &config.tls {
+    let tls = match config.tls()? {
         Some(files) => {
-            let tls = crate::tls::ReloadableTls::new(files.clone())?;
-            tls.reload_on_sighup()?;
             tracing::info!(cert = %files.cert.display(), "PostgreSQL clients may connect with TLS");
+            let tls = crate::tls::ReloadableTls::new(files)?;
+            tls.reload_on_sighup()?;
             Some(tls)
         }
         None => None,

@@ -43,12 +43,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The rustls server configuration for `files`, offering the ALPN
-/// protocol `alpn`.
+/// The rustls server configuration for `files` (no ALPN protocol yet).
 ///
 /// # Errors
 /// If a file cannot be read or holds no certificate or key.
-pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .with_context(|| format!("cannot read certificate {}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -58,22 +57,18 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc<rustls
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("cannot read private key {}", files.key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .with_context(|| {
-        format!(
-            "certificate {} does not match key {}",
-            files.cert.display(),
-            files.key.display()
-        )
-    })?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "certificate {} does not match key {}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })
 }
 
 /// The TLS acceptors of the PostgreSQL port and the HTTP listener (one
@@ -92,9 +87,15 @@ struct Acceptors {
 
 impl Acceptors {
     fn read(files: &TlsFiles) -> anyhow::Result<Acceptors> {
+        let config = server_config(files)?;
+        let with_alpn = |alpn: &[u8]| {
+            let mut config = config.clone();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        };
         Ok(Acceptors {
-            pg: server_config(files, POSTGRESQL_ALPN)?.into(),
-            http: server_config(files, HTTP1_ALPN)?.into(),
+            pg: with_alpn(POSTGRESQL_ALPN),
+            http: with_alpn(HTTP1_ALPN),
         })
     }
 }
@@ -345,8 +346,10 @@ mod tests {
             cert: dir.path().join("node.crt"),
             key: dir.path().join("node.key"),
         };
-        let config = server_config(&files, POSTGRESQL_ALPN).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        let tls = ReloadableTls::new(files).unwrap();
+        let alpn = |acceptor: tokio_rustls::TlsAcceptor| acceptor.config().alpn_protocols.clone();
+        assert_eq!(alpn(tls.pg_acceptor()), vec![b"postgresql".to_vec()]);
+        assert_eq!(alpn(tls.http_acceptor()), vec![b"http/1.1".to_vec()]);
         // Keys are private; nothing is overwritten.
         let mode = std::fs::metadata(dir.path().join("node.key"))
             .unwrap()
@@ -362,6 +365,6 @@ mod tests {
             cert: dir.path().join("node.crt"),
             key: dir.path().join("client.alice.key"),
         };
-        assert!(server_config(&mismatched, POSTGRESQL_ALPN).is_err());
+        assert!(server_config(&mismatched).is_err());
     }
 }
