@@ -31,6 +31,12 @@ fn packet(code: u32, body: &[u8]) -> Vec<u8> {
 /// The inputs for the PostgreSQL port, each sent on a connection of its own.
 fn pg_inputs(rng: &mut rand10::rngs::StdRng) -> Vec<(String, Vec<u8>)> {
     let startup = |params: &[u8]| packet(196_608, params);
+    // A valid startup, then `message`.
+    let after_startup = |message: &[u8]| {
+        let mut bytes = startup(b"user\0quarry\0database\0quarry\0\0");
+        bytes.extend(message);
+        bytes
+    };
     let mut inputs = vec![
         ("empty length".to_owned(), vec![0, 0, 0, 0]),
         (
@@ -71,21 +77,18 @@ fn pg_inputs(rng: &mut rand10::rngs::StdRng) -> Vec<(String, Vec<u8>)> {
             bytes.extend(b"\x16\x03\x01\xff\xffnot a client hello at all");
             bytes
         }),
-        ("startup then a huge message".to_owned(), {
-            let mut bytes = startup(b"user\0quarry\0database\0quarry\0\0");
-            bytes.extend(b"Q\x7f\xff\xff\xffSELECT 1");
-            bytes
-        }),
-        ("startup then an unknown message".to_owned(), {
-            let mut bytes = startup(b"user\0quarry\0database\0quarry\0\0");
-            bytes.extend(b"\xee\0\0\0\x08abcd");
-            bytes
-        }),
-        ("startup then a short Parse".to_owned(), {
-            let mut bytes = startup(b"user\0quarry\0database\0quarry\0\0");
-            bytes.extend(b"P\0\0\0\x06s");
-            bytes
-        }),
+        (
+            "startup then a huge message".to_owned(),
+            after_startup(b"Q\x7f\xff\xff\xffSELECT 1"),
+        ),
+        (
+            "startup then an unknown message".to_owned(),
+            after_startup(b"\xee\0\0\0\x08abcd"),
+        ),
+        (
+            "startup then a short Parse".to_owned(),
+            after_startup(b"P\0\0\0\x06s"),
+        ),
     ];
     for round in 0..24 {
         let len = rng.random_range(1..4096);
@@ -158,19 +161,8 @@ fn may_wait(what: &str) -> bool {
 async fn malformed_input_at_the_ports_ends_those_connections_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join("certs");
-    for args in [
-        vec!["create-ca"],
-        vec!["create-node", "--host", "localhost", "--host", "127.0.0.1"],
-    ] {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-            .arg("cert")
-            .args(&args)
-            .arg("--certs-dir")
-            .arg(&certs)
-            .status()
-            .expect("quarry cert runs");
-        assert!(status.success());
-    }
+    support::quarry_cert(&certs, &["create-ca"]);
+    support::quarry_cert(&certs, &["create-node", "--host", "localhost"]);
     let cert = certs.join("node.crt");
     let key = certs.join("node.key");
     let mut node = TestNode::start_with(

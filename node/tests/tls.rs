@@ -10,23 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::TestNode;
-
-/// Runs `quarry cert ARGS --certs-dir DIR`.
-fn cert(dir: &Path, args: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .arg("cert")
-        .args(args)
-        .arg("--certs-dir")
-        .arg(dir)
-        .output()
-        .expect("quarry runs");
-    assert!(
-        output.status.success(),
-        "quarry cert {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use support::{TestNode, quarry_cert as cert};
 
 /// The body of `https://localhost:PORT/PATH`, trusting the CA `ca`, or the
 /// error (Python's urllib, verifying the certificate and its host name).

@@ -335,3 +335,19 @@ pub async fn http_get(url: &str) -> String {
         .expect("response");
     body
 }
+
+/// Runs `quarry cert ARGS --certs-dir DIR` (the cluster's TLS files).
+pub fn quarry_cert(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("cert")
+        .args(args)
+        .arg("--certs-dir")
+        .arg(dir)
+        .output()
+        .expect("quarry runs");
+    assert!(
+        output.status.success(),
+        "quarry cert {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
