@@ -1,6 +1,6 @@
 //! TLS on the PostgreSQL port and HTTPS on the HTTP listener: certificates
-//! from `quarry cert`, clients verifying the node (psql's
-//! `sslmode=verify-full`, Python's urllib), plain PostgreSQL connections
+//! from `quarry cert`, clients verifying the node (`sslmode=verify-full` of
+//! psql, psycopg and JDBC; Python's urllib), plain PostgreSQL connections
 //! still taken, and a certificate replaced on SIGHUP.
 
 #[path = "support/node.rs"]
@@ -101,6 +101,51 @@ async fn clients_verify_the_node_certificate_and_sighup_replaces_it() {
         .output()
         .expect("python3 runs");
     assert!(!plain_http.status.success(), "plain HTTP was answered");
+    // JDBC (Java's TLS) and psycopg verify the node too.
+    let jdbc = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/drivers/jdbc/JdbcTls.java"),
+        )
+        .arg(format!(
+            "jdbc:postgresql://localhost:{}/quarry?sslmode=verify-full&sslrootcert={}",
+            node.pg_port,
+            ca.display()
+        ))
+        .arg("quarry")
+        .output()
+        .expect("java runs (.ci/run installs the JDK and libpostgresql-jdbc-java)");
+    let jdbc_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&jdbc.stdout),
+        String::from_utf8_lossy(&jdbc.stderr)
+    );
+    assert!(
+        jdbc.status.success() && jdbc_out.contains("jdbc tls: ok"),
+        "{jdbc_out}"
+    );
+    let psycopg = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import psycopg\n\
+                 with psycopg.connect('host=localhost port={} user=quarry dbname=quarry \
+                 sslmode=verify-full sslrootcert={}') as conn:\n\
+                 \x20   assert conn.pgconn.ssl_in_use\n\
+                 \x20   print(conn.execute('SELECT 42').fetchone()[0])\n",
+                node.pg_port,
+                ca.display()
+            ),
+        ])
+        .output()
+        .expect("python3 runs (.ci/run installs psycopg)");
+    assert_eq!(
+        String::from_utf8_lossy(&psycopg.stdout).trim(),
+        "42",
+        "{}",
+        String::from_utf8_lossy(&psycopg.stderr)
+    );
     let plain = psql(node.pg_port, "sslmode=disable").expect("a plain connection is taken");
     assert!(!plain.contains("SSL connection"), "{plain}");
     // A CA that did not sign the node's certificate is not trusted.
