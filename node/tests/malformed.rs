@@ -161,20 +161,7 @@ fn may_wait(what: &str) -> bool {
 async fn malformed_input_at_the_ports_ends_those_connections_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join("certs");
-    support::quarry_cert(&certs, &["create-ca"]);
-    support::quarry_cert(&certs, &["create-node", "--host", "localhost"]);
-    let cert = certs.join("node.crt");
-    let key = certs.join("node.key");
-    let mut node = TestNode::start_with(
-        &dir.path().join("data"),
-        &[
-            "--tls-cert",
-            cert.to_str().expect("utf-8"),
-            "--tls-key",
-            key.to_str().expect("utf-8"),
-        ],
-    )
-    .await;
+    let mut node = support::start_with_tls(&dir.path().join("data"), &certs, &["localhost"]).await;
     // A client that connects and says nothing holds its connection while
     // everything else goes on.
     let silent = TcpStream::connect(("127.0.0.1", node.pg_port))
@@ -201,7 +188,6 @@ async fn malformed_input_at_the_ports_ends_those_connections_only() {
         "the node kept these connections open past {DEADLINE:?}: {held:?}"
     );
     still_serves(&node, "the malformed inputs").await;
-    assert!(node.is_running(), "the node exited:\n{}", node.log());
     drop(silent);
     // It still shuts down cleanly and starts again.
     assert!(node.terminate().success(), "{}", node.log());

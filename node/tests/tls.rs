@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{TestNode, quarry_cert as cert};
+use support::quarry_cert as cert;
 
 /// The body of `https://localhost:PORT/PATH`, trusting the CA `ca`, or the
 /// error (Python's urllib, verifying the certificate and its host name).
@@ -58,23 +58,14 @@ fn psql(port: u16, options: &str) -> Result<String, String> {
 async fn clients_verify_the_node_certificate_and_sighup_replaces_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join("certs");
-    cert(&certs, &["create-ca"]);
-    cert(
-        &certs,
-        &["create-node", "--host", "localhost", "--host", "127.0.0.1"],
-    );
-    let node_cert = certs.join("node.crt");
-    let node_key = certs.join("node.key");
-    let node = TestNode::start_with(
+    let node = support::start_with_tls(
         &dir.path().join("data"),
-        &[
-            "--tls-cert",
-            node_cert.to_str().expect("utf-8 path"),
-            "--tls-key",
-            node_key.to_str().expect("utf-8 path"),
-        ],
+        &certs,
+        &["localhost", "127.0.0.1"],
     )
     .await;
+    let node_cert = certs.join("node.crt");
+    let node_key = certs.join("node.key");
     let ca = certs.join("ca.crt");
     let verify = |ca: &Path| format!("sslmode=verify-full sslrootcert={}", ca.display());
 

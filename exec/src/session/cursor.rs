@@ -109,10 +109,10 @@ impl Cursor {
                 }
                 return;
             }
+            // All passed: `first` becomes `read + 1`, the next row read.
             self.kept.remove(0);
             self.first += rows;
         }
-        self.first = self.first.max(keep_from.min(self.read + 1));
     }
 
     fn refuse_back(&self) -> Result<()> {
@@ -130,9 +130,6 @@ impl Cursor {
     async fn step(&mut self, step: Step) -> Result<(Vec<RecordBatch>, u64)> {
         let position = self.position;
         let (batches, count) = match step {
-            Step::Forward(0) | Step::Backward(0) => {
-                return Box::pin(self.step(Step::Relative(0))).await;
-            }
             Step::Forward(n) => {
                 let end = position.saturating_add(n);
                 let read = self.read_to(end).await?;
@@ -228,13 +225,12 @@ fn step_of(direction: &ast::FetchDirection) -> Result<Step> {
             )),
         }
     };
-    // A negative count goes the other way, as in PostgreSQL.
-    let forward = |n: i64| {
-        if n < 0 {
-            Step::Backward(n.unsigned_abs())
-        } else {
-            Step::Forward(n.unsigned_abs())
-        }
+    // A negative count goes the other way, as in PostgreSQL; 0 is the
+    // current row again.
+    let forward = |n: i64| match n {
+        0 => Step::Relative(0),
+        n if n < 0 => Step::Backward(n.unsigned_abs()),
+        n => Step::Forward(n.unsigned_abs()),
     };
     Ok(match direction {
         ast::FetchDirection::Next | ast::FetchDirection::Forward { limit: None } => {
@@ -245,10 +241,9 @@ fn step_of(direction: &ast::FetchDirection) -> Result<Step> {
         }
         ast::FetchDirection::Forward { limit: Some(limit) }
         | ast::FetchDirection::Count { limit } => forward(count(limit)?),
-        ast::FetchDirection::Backward { limit: Some(limit) } => match forward(count(limit)?) {
-            Step::Forward(n) => Step::Backward(n),
-            _ => Step::Forward(count(limit)?.unsigned_abs()),
-        },
+        ast::FetchDirection::Backward { limit: Some(limit) } => {
+            forward(count(limit)?.saturating_neg())
+        }
         ast::FetchDirection::All | ast::FetchDirection::ForwardAll => Step::Forward(u64::MAX),
         ast::FetchDirection::BackwardAll => Step::Backward(u64::MAX),
         ast::FetchDirection::First => Step::Absolute(1),

@@ -351,3 +351,26 @@ pub fn quarry_cert(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Makes a CA and a node certificate for `hosts` in `certs`, then starts a
+/// node on `data_dir` serving TLS with them (`certs/node.crt`, `node.key`).
+pub async fn start_with_tls(data_dir: &Path, certs: &Path, hosts: &[&str]) -> TestNode {
+    quarry_cert(certs, &["create-ca"]);
+    let mut node_args = vec!["create-node"];
+    for host in hosts {
+        node_args.extend(["--host", host]);
+    }
+    quarry_cert(certs, &node_args);
+    let cert = certs.join("node.crt");
+    let key = certs.join("node.key");
+    TestNode::start_with(
+        data_dir,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await
+}
