@@ -433,6 +433,14 @@ pub struct Catalog {
     /// the Raft snapshot file, like `views`.
     #[serde(skip)]
     pub notes: OrdMap<TableId, Arc<TableNotes>>,
+    /// Roles by name ([`crate::roles`]); records of their own in the Raft
+    /// snapshot file, like `views`.
+    #[serde(skip)]
+    pub roles: OrdMap<String, Arc<crate::roles::Role>>,
+    /// Owners and grants of schemas, tables and views; an object with no
+    /// entry is owned by the bootstrap superuser and granted to nobody.
+    #[serde(skip)]
+    pub acls: OrdMap<crate::roles::Securable, Arc<crate::roles::Acl>>,
 }
 
 /// What a table declares about itself beyond its columns: COMMENT ON TABLE /

@@ -11,10 +11,12 @@
 //!
 //! - [`catalog`]: the catalog model that Raft replicates (schemas, tables, columns
 //!   with field ids, data files, table snapshots with zone maps).
+//! - [`roles`]: roles, SCRAM verifiers, owners and privileges.
 //! - [`sqlstate`]: PostgreSQL SQLSTATE codes, the error classes clients see.
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod roles;
 pub mod sqlstate;
 
 pub use sqlstate::SqlState;

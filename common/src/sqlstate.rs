@@ -97,6 +97,23 @@ impl SqlState {
     pub const INVALID_SCHEMA_NAME: SqlState = SqlState("3F000");
     /// 2BP01 dependent_objects_still_exist.
     pub const DEPENDENT_OBJECTS_STILL_EXIST: SqlState = SqlState("2BP01");
+    /// 42501 insufficient_privilege: the role lacks a privilege the
+    /// statement needs.
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+    /// 42939 reserved_name: a role name PostgreSQL reserves.
+    pub const RESERVED_NAME: SqlState = SqlState("42939");
+    /// 0LP01 invalid_grant_operation: a membership grant that would cycle.
+    pub const INVALID_GRANT_OPERATION: SqlState = SqlState("0LP01");
+    /// 28000 invalid_authorization_specification: the role may not log in.
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
+    /// 28P01 invalid_password: password authentication failed (also for an
+    /// unknown user, so the answer does not tell them apart).
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    /// 53300 too_many_connections (also: too many failed logins from one
+    /// address).
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// 55006 object_in_use: e.g. DROP ROLE of the session's own role.
+    pub const OBJECT_IN_USE: SqlState = SqlState("55006");
     /// 53200 out_of_memory.
     pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     /// 57014 query_canceled.
@@ -152,6 +169,11 @@ impl SqlState {
             SqlState::DUPLICATE_COLUMN,
             SqlState::INVALID_SCHEMA_NAME,
             SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::OBJECT_IN_USE,
+            SqlState::RESERVED_NAME,
+            SqlState::INVALID_GRANT_OPERATION,
+            SqlState::DUPLICATE_OBJECT,
             SqlState::OUT_OF_MEMORY,
             SqlState::QUERY_CANCELED,
             SqlState::ADMIN_SHUTDOWN,

@@ -49,6 +49,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use quarry_common::SqlState;
 use quarry_common::catalog::{Catalog, DEFAULT_SCHEMA, StripeLayout, Table, TableSnapshot};
+use quarry_common::roles::{Privileges, Securable};
 use quarry_raft::command::columns_from_defs;
 use quarry_raft::{Applied, ColumnDef, Command, SchemaChange};
 
@@ -58,6 +59,7 @@ use crate::data_file::{DataFileWriter, WriteSet};
 use crate::distributed::{Cluster, DistributedPlan, Peers};
 use crate::error::{Error, Result, user_error};
 use crate::parser::{self, QuarryStatement};
+use crate::privileges::{Access, SessionUser};
 use crate::table::SnapshotTable;
 use crate::types::{column_type_from_sql, column_type_of};
 
@@ -270,6 +272,8 @@ pub struct Session {
     /// Named statements of the extended protocol and the ones DEALLOCATE
     /// removed since the connection last asked.
     prepared: prepared::PreparedNames,
+    /// Who the session is; its privileges are checked on every statement.
+    user: SessionUser,
 }
 
 impl Drop for Session {
@@ -427,7 +431,35 @@ impl Session {
             transaction: None,
             cursors: BTreeMap::new(),
             prepared: prepared::PreparedNames::default(),
+            user: SessionUser::new(quarry_common::roles::BOOTSTRAP_SUPERUSER, None),
         })
+    }
+
+    /// Sets who the session is (after the connection authenticated).
+    pub fn set_user(&mut self, user: SessionUser) {
+        self.user = user;
+    }
+
+    /// Who the session is.
+    pub fn user(&self) -> &SessionUser {
+        &self.user
+    }
+
+    /// The privilege checks of the statement being run, against the catalog
+    /// [`Self::begin_statement`] pinned and the newest one.
+    pub(crate) async fn access(&self) -> Result<Access> {
+        let pinned = self.catalog.view().catalog;
+        let latest = if self.transaction.is_some() && self.user.role.is_some() {
+            self.engine.meta.read().await?
+        } else {
+            pinned.clone()
+        };
+        Ok(Access::new(
+            latest,
+            pinned,
+            self.user.role,
+            self.default_schema(),
+        ))
     }
 
     /// The value of setting `name` (lower case), if it exists.
@@ -693,8 +725,11 @@ impl Session {
             }
             Statement::Truncate(truncate) => {
                 let view = self.begin_statement().await?;
+                let access = self.access().await?;
                 for target in &truncate.table_names {
                     let table = self.table(&view.catalog, &target.name)?.clone();
+                    access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
+                    access.require(&Securable::Table(table.id), Privileges::TRUNCATE)?;
                     let source = SnapshotTable::new(
                         table.clone(),
                         table.current_snapshot().id,
@@ -774,6 +809,7 @@ impl Session {
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
             .map_err(Error::from_engine)?;
+        self.access().await?.check_plan(&plan)?;
         let plan = if query {
             crate::types::int4_result_literals(plan).map_err(Error::from_engine)?
         } else {

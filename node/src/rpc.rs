@@ -36,9 +36,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// dynamic filters between fragments; version 5: `GetChunkRange`; version 6:
 /// `ChunkFailed`; version 7: `RemoteMetaError` keeps storage failures and
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
-/// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`), needs a new
-/// version.
-pub const WIRE_VERSION: u8 = 10;
+/// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
+/// roles, privileges and owners), needs a new version.
+pub const WIRE_VERSION: u8 = 11;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -738,7 +738,7 @@ mod tests {
     /// a reminder that it changes the encoding of Raft entries (postcard is
     /// not self-describing) and needs a new [`WIRE_VERSION`].
     #[allow(dead_code)]
-    fn commands_of_wire_version_10(command: &quarry_raft::Command) {
+    fn commands_of_wire_version_11(command: &quarry_raft::Command) {
         use quarry_raft::Command as C;
         match command {
             C::CreateSchema { .. }
@@ -762,9 +762,17 @@ mod tests {
             | C::AddConstraint { .. }
             | C::DropConstraint { .. }
             | C::Batch(_)
-            | C::Transaction { .. } => {}
+            | C::Transaction { .. }
+            | C::CreateRole { .. }
+            | C::AlterRole { .. }
+            | C::RenameRole { .. }
+            | C::DropRole { .. }
+            | C::SetMembership { .. }
+            | C::SetPrivileges { .. }
+            | C::SetOwner { .. }
+            | C::Owned { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 10, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 11, "update the list above");
     }
 
     #[tokio::test]

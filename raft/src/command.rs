@@ -13,7 +13,11 @@ use quarry_common::catalog::{
     DroppedTable, FieldId, NodeId, Operation, SchemaVersion, SnapshotId, Stripe, StripeChunk,
     StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
+use quarry_common::roles::{Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
+
+mod roles;
+pub use roles::{PUBLIC_NAME, RoleOptions};
 
 /// A command with the time its proposer sent it: the Raft log entry payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +298,68 @@ pub enum Command {
         /// The ids the block's CREATE TABLEs took on its snapshot, in order.
         provisional: Vec<TableId>,
     },
+    /// CREATE ROLE / CREATE USER.
+    CreateRole {
+        /// The new role's name.
+        name: String,
+        /// Its attributes.
+        options: RoleOptions,
+    },
+    /// ALTER ROLE ... [WITH] options.
+    AlterRole {
+        /// The role.
+        name: String,
+        /// What changes.
+        options: RoleOptions,
+    },
+    /// ALTER ROLE ... RENAME TO.
+    RenameRole {
+        /// The role.
+        name: String,
+        /// Its new name.
+        to: String,
+    },
+    /// DROP ROLE: refused while it owns objects or holds privileges.
+    DropRole {
+        /// The role.
+        name: String,
+        /// IF EXISTS: a missing role is not an error.
+        if_exists: bool,
+    },
+    /// GRANT role TO member (`granted`) or REVOKE role FROM member.
+    SetMembership {
+        /// The role granted.
+        role: String,
+        /// The role that becomes (or stops being) its member.
+        member: String,
+        /// GRANT (true) or REVOKE (false).
+        granted: bool,
+    },
+    /// GRANT privileges ON objects TO grantees (`granted`), or REVOKE.
+    SetPrivileges {
+        /// The objects.
+        objects: Vec<Securable>,
+        /// Role names; `public` stands for PUBLIC.
+        grantees: Vec<String>,
+        /// The privileges.
+        privileges: Privileges,
+        /// GRANT (true) or REVOKE (false).
+        granted: bool,
+    },
+    /// ALTER ... OWNER TO.
+    SetOwner {
+        /// The object.
+        object: Securable,
+        /// The new owner's name.
+        owner: String,
+    },
+    /// A CREATE SCHEMA, TABLE or VIEW whose new object `owner` owns.
+    Owned {
+        /// The creating role.
+        owner: RoleId,
+        /// The CREATE.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -329,6 +395,19 @@ impl Command {
             Command::Batch(commands) | Command::Transaction { commands, .. } => commands
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
+            Command::Owned { command, .. } => command.remap_tables(ids),
+            Command::SetPrivileges { objects, .. } => {
+                for object in objects {
+                    if let Securable::Table(id) = object {
+                        map(id)?;
+                    }
+                }
+                Ok(())
+            }
+            Command::SetOwner {
+                object: Securable::Table(id),
+                ..
+            } => map(id),
             _ => Ok(()),
         }
     }
@@ -339,6 +418,7 @@ impl Command {
 pub fn created_tables(command: &Command, applied: &Applied) -> Vec<TableId> {
     match (command, applied) {
         (Command::CreateTable { .. }, Applied::Snapshot { table, .. }) => vec![*table],
+        (Command::Owned { command, .. }, applied) => created_tables(command, applied),
         (
             Command::Batch(commands) | Command::Transaction { commands, .. },
             Applied::Batch(applied),
@@ -558,6 +638,35 @@ pub enum CatalogError {
         /// The replacement's columns.
         new: String,
     },
+    /// CREATE ROLE of a name in use.
+    #[error("role \"{0}\" already exists")]
+    RoleExists(String),
+    /// A role that does not exist.
+    #[error("role \"{0}\" does not exist")]
+    RoleNotFound(String),
+    /// A role name PostgreSQL reserves (`public`, `pg_*`).
+    #[error("role name \"{0}\" is reserved")]
+    ReservedRoleName(String),
+    /// DROP ROLE of a role that owns objects or holds privileges.
+    #[error(
+        "role \"{role}\" cannot be dropped because some objects depend on it: it owns {owned} and holds privileges on {granted}"
+    )]
+    RoleInUse {
+        /// The role.
+        role: String,
+        /// How many objects it owns.
+        owned: usize,
+        /// How many objects it holds privileges on.
+        granted: usize,
+    },
+    /// GRANT role TO member that would make a role a member of itself.
+    #[error("role \"{member}\" is a member of role \"{role}\"")]
+    MembershipCycle {
+        /// The role granted.
+        role: String,
+        /// The member.
+        member: String,
+    },
 }
 
 impl CatalogError {
@@ -589,13 +698,37 @@ impl CatalogError {
             CatalogError::InvalidForeignKey(_) => SqlState::INVALID_FOREIGN_KEY,
             CatalogError::ForeignKeyTypes { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::Referenced { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            CatalogError::RoleExists(_) => SqlState::DUPLICATE_OBJECT,
+            CatalogError::RoleNotFound(_) => SqlState::UNDEFINED_OBJECT,
+            CatalogError::ReservedRoleName(_) => SqlState::RESERVED_NAME,
+            CatalogError::RoleInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            CatalogError::MembershipCycle { .. } => SqlState::INVALID_GRANT_OPERATION,
         }
     }
 }
 
 /// Applies `proposal` to `catalog`. On error the catalog is unchanged.
 pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, CatalogError> {
+    if let Some(result) = roles::apply(catalog, &proposal.command) {
+        return result;
+    }
     match &proposal.command {
+        Command::Owned { owner, command } => {
+            let inner = Proposal {
+                command: (**command).clone(),
+                proposed_at: proposal.proposed_at,
+            };
+            let applied = apply(catalog, &inner)?;
+            roles::record_owner(catalog, *owner, command, &applied);
+            Ok(applied)
+        }
+        Command::CreateRole { .. }
+        | Command::AlterRole { .. }
+        | Command::RenameRole { .. }
+        | Command::DropRole { .. }
+        | Command::SetMembership { .. }
+        | Command::SetPrivileges { .. }
+        | Command::SetOwner { .. } => unreachable!("roles::apply takes these"),
         Command::CreateSchema {
             name,
             if_not_exists,
@@ -634,7 +767,9 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 .collect();
             for key in views {
                 catalog.views.remove(&key);
+                catalog.acls.remove(&Securable::View(key.0, key.1));
             }
+            catalog.acls.remove(&Securable::Schema(name.clone()));
             let dropped_at = commit_time(catalog, proposal.proposed_at);
             let gone: Vec<(String, String)> = catalog
                 .tables_in(name)
@@ -786,6 +921,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             };
             let gone = catalog.dropped.remove(index);
             catalog.notes.remove(table);
+            catalog.acls.remove(&Securable::Table(*table));
             let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
             chunks.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks })
@@ -917,7 +1053,12 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             name,
             if_exists,
         } => match catalog.views.remove(&(schema.clone(), name.clone())) {
-            Some(_) => Ok(Applied::Nothing),
+            Some(_) => {
+                catalog
+                    .acls
+                    .remove(&Securable::View(schema.clone(), name.clone()));
+                Ok(Applied::Nothing)
+            }
             None if *if_exists => Ok(Applied::Nothing),
             None => Err(CatalogError::ViewNotFound(name.clone())),
         },
@@ -928,6 +1069,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let Some(view) = catalog.views.remove(&(schema.clone(), name.clone())) else {
                 return Err(CatalogError::ViewNotFound(name.clone()));
             };
+            if let Some(acl) = catalog
+                .acls
+                .remove(&Securable::View(schema.clone(), name.clone()))
+            {
+                catalog
+                    .acls
+                    .insert(Securable::View(schema.clone(), to.clone()), acl);
+            }
             let mut view = (*view).clone();
             view.name = to.clone();
             catalog

@@ -28,8 +28,8 @@ pub mod snapshot_file;
 mod state_machine;
 
 pub use command::{
-    Applied, CatalogError, ColumnDef, Command, ConstraintDef, ConstraintDefKind, Proposal,
-    SchemaChange, TableChange, created_tables,
+    Applied, CatalogError, ColumnDef, Command, ConstraintDef, ConstraintDefKind, PUBLIC_NAME,
+    Proposal, RoleOptions, SchemaChange, TableChange, created_tables,
 };
 pub use error::{Error, Result};
 pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The first record is `Header`, then one record per table, dropped table,
-//! stripe and view; the last is `End` with the number of records
+//! stripe, view, table notes, role and object ACL; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use quarry_common::catalog::{
     Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
+use quarry_common::roles::{Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"QSNP";
@@ -65,6 +66,13 @@ enum Record<'a> {
     Notes {
         table: TableId,
         notes: Cow<'a, TableNotes>,
+    },
+    /// A role.
+    Role(Cow<'a, Role>),
+    /// The owner and grants of one object.
+    Acl {
+        object: Cow<'a, Securable>,
+        acl: Cow<'a, Acl>,
     },
 }
 
@@ -113,6 +121,8 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         stripe_of: _,
         views,
         notes,
+        roles,
+        acls,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -149,6 +159,15 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         writer.put(&Record::Notes {
             table: *table,
             notes: Cow::Borrowed(table_notes.as_ref()),
+        })?;
+    }
+    for role in roles.values() {
+        writer.put(&Record::Role(Cow::Borrowed(role.as_ref())))?;
+    }
+    for (object, acl) in acls {
+        writer.put(&Record::Acl {
+            object: Cow::Borrowed(object),
+            acl: Cow::Borrowed(acl.as_ref()),
         })?;
     }
     let records = writer.records;
@@ -237,6 +256,15 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             }
             Record::Notes { table, notes } => {
                 catalog.notes.insert(table, Arc::new(notes.into_owned()));
+            }
+            Record::Role(role) => {
+                let role = role.into_owned();
+                catalog.roles.insert(role.name.clone(), Arc::new(role));
+            }
+            Record::Acl { object, acl } => {
+                catalog
+                    .acls
+                    .insert(object.into_owned(), Arc::new(acl.into_owned()));
             }
             Record::End { records: written } => {
                 if written != records {
@@ -361,6 +389,31 @@ mod tests {
                 comment: Some("kept in its own record".into()),
             },
         );
+        ok(
+            &mut catalog,
+            Command::CreateRole {
+                name: "alice".into(),
+                options: crate::command::RoleOptions {
+                    login: Some(true),
+                    password: Some(Some(quarry_common::roles::ScramVerifier {
+                        iterations: 4096,
+                        salt: vec![1; 16],
+                        stored_key: [2; 32],
+                        server_key: [3; 32],
+                    })),
+                    ..Default::default()
+                },
+            },
+        );
+        ok(
+            &mut catalog,
+            Command::SetPrivileges {
+                objects: vec![quarry_common::roles::Securable::Table(t1)],
+                grantees: vec!["alice".into()],
+                privileges: quarry_common::roles::Privileges::SELECT,
+                granted: true,
+            },
+        );
         catalog
     }
 
@@ -371,6 +424,8 @@ mod tests {
         assert_eq!(catalog.dropped.len(), 1);
         assert_eq!(catalog.views.len(), 1);
         assert_eq!(catalog.notes.len(), 1);
+        assert_eq!(catalog.roles.len(), 1);
+        assert_eq!(catalog.acls.len(), 1);
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");

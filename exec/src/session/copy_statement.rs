@@ -313,7 +313,9 @@ impl Session {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             scan.select_columns(&names).map_err(Error::from_engine)?
         };
-        Ok(scan.into_unoptimized_plan())
+        let plan = scan.into_unoptimized_plan();
+        self.access().await?.check_plan(&plan)?;
+        Ok(plan)
     }
 
     pub(super) async fn copy(
@@ -351,6 +353,9 @@ impl Session {
                     ));
                 };
                 let table = self.table(&view.catalog, &table_name)?.clone();
+                let access = self.access().await?;
+                access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
+                access.require(&Securable::Table(table.id), Privileges::INSERT)?;
                 let columns: Vec<String> = columns.iter().map(normalize).collect();
                 let rows = RowBuffer::new(table.clone(), &columns)?;
                 let types: Vec<quarry_common::catalog::ColumnType> = if columns.is_empty() {

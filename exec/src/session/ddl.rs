@@ -458,6 +458,9 @@ impl Session {
             let (columns, files, field_ids) = match &create.clone {
                 Some(source_name) => {
                     let source = self.table(&view.catalog, source_name)?;
+                    let access = self.access().await?;
+                    access.require(&Securable::Schema(source.schema.clone()), Privileges::USAGE)?;
+                    access.require(&Securable::Table(source.id), Privileges::SELECT)?;
                     let snapshot = match &clone_as_of {
                         Some(expr) => self.snapshot_at(source, source_name, expr).await?,
                         None => source.current_snapshot(),
@@ -543,6 +546,11 @@ impl Session {
         if !view.catalog.schemas.contains_key(&schema) {
             return Err(quarry_raft::CatalogError::SchemaNotFound(schema).into());
         }
+        // Checked before any row is written; the command is checked again
+        // when proposed.
+        self.access()
+            .await?
+            .require(&Securable::Schema(schema.clone()), Privileges::CREATE)?;
         let plan = self.plan(Statement::Query(query)).await?;
         let arrow_schema = plan.schema().as_arrow().clone();
         let mut columns = Vec::with_capacity(arrow_schema.fields().len());
@@ -620,6 +628,13 @@ impl Session {
             field_ids: Vec::new(),
             layout,
             stripes,
+        };
+        let command = match self.authorize(command).await {
+            Ok(command) => command,
+            Err(e) => {
+                view.writes.discard_files(files);
+                return Err(e);
+            }
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),

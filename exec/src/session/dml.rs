@@ -93,13 +93,15 @@ impl Session {
             .table_provider(name.clone())
             .await
             .map_err(Error::from_engine)?;
-        datafusion::logical_expr::LogicalPlanBuilder::scan(
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
             name,
             datafusion::datasource::provider_as_source(provider),
             None,
         )
         .and_then(|b| b.build())
-        .map_err(Error::from_engine)
+        .map_err(Error::from_engine)?;
+        self.access().await?.check_plan(&plan)?;
+        Ok(plan)
     }
 
     pub(super) async fn merge(&mut self, merge: &ast::Merge) -> Result<Output> {
@@ -111,6 +113,17 @@ impl Session {
             ));
         };
         let table = self.table(&view.catalog, name)?.clone();
+        // MERGE reads its target (SELECT, checked on the scan) and needs
+        // the privilege of each kind of action it has.
+        let access = self.access().await?;
+        for clause in &merge.clauses {
+            let wanted = match &clause.action {
+                ast::MergeAction::Insert(_) => Privileges::INSERT,
+                ast::MergeAction::Update(_) => Privileges::UPDATE,
+                ast::MergeAction::Delete { .. } => Privileges::DELETE,
+            };
+            access.require(&Securable::Table(table.id), wanted)?;
+        }
         let target = self
             .scan_plan(TableReference::partial(
                 table.schema.as_str(),

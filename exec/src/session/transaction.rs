@@ -132,6 +132,7 @@ fn definite(command: &mut Command) {
         Command::CreateTable { if_not_exists, .. }
         | Command::CreateSchema { if_not_exists, .. } => *if_not_exists = false,
         Command::Batch(commands) => commands.iter_mut().for_each(definite),
+        Command::Owned { command, .. } => definite(command),
         _ => {}
     }
 }
@@ -318,6 +319,7 @@ impl Session {
     /// Writes DDL `command`: to the cluster at once, or inside a transaction
     /// block to the block's catalog until COMMIT.
     pub(super) async fn write_ddl(&mut self, command: Command) -> Result<()> {
+        let command = self.authorize(command).await?;
         match &mut self.transaction {
             None => {
                 self.engine.meta.write(command).await?;
@@ -325,6 +327,17 @@ impl Session {
             }
             Some(transaction) => transaction.apply_ddl(command),
         }
+    }
+
+    /// `command` checked against the session's privileges, and what it
+    /// creates owned by the session's role.
+    pub(super) async fn authorize(&self, command: Command) -> Result<Command> {
+        let pinned = self.ddl_catalog().await?;
+        let latest = match &self.transaction {
+            Some(_) if self.user.role.is_some() => self.engine.meta.read().await?,
+            _ => pinned.clone(),
+        };
+        Access::new(latest, pinned, self.user.role, self.default_schema()).authorize(command)
     }
 
     /// The catalog DDL checks names against: the transaction block's (with

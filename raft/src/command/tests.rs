@@ -906,3 +906,163 @@ fn a_transaction_fails_when_a_table_it_altered_was_altered_meanwhile() {
         .collect();
     assert_eq!(columns, ["a", "mine"]);
 }
+
+fn role(name: &str, options: RoleOptions) -> Command {
+    Command::CreateRole {
+        name: name.into(),
+        options,
+    }
+}
+
+#[test]
+fn a_created_object_is_owned_by_its_creator_and_a_view_rename_keeps_its_grants() {
+    let mut catalog = with_public();
+    run(&mut catalog, role("alice", RoleOptions::default())).unwrap();
+    let alice = catalog.role("alice").unwrap().id;
+    run(
+        &mut catalog,
+        Command::Owned {
+            owner: alice,
+            command: Box::new(create("t")),
+        },
+    )
+    .unwrap();
+    let t = Securable::Table(catalog.table("public", "t").unwrap().id);
+    assert_eq!(catalog.owner_of(&t), Some(alice));
+    let view = View {
+        schema: "public".into(),
+        name: "v".into(),
+        query: "SELECT a FROM t".into(),
+        columns: vec!["a".into()],
+        created_at: 0,
+    };
+    run(
+        &mut catalog,
+        Command::Owned {
+            owner: alice,
+            command: Box::new(Command::CreateView {
+                view,
+                or_replace: false,
+            }),
+        },
+    )
+    .unwrap();
+    run(&mut catalog, role("bob", RoleOptions::default())).unwrap();
+    run(
+        &mut catalog,
+        Command::SetPrivileges {
+            objects: vec![Securable::View("public".into(), "v".into())],
+            grantees: vec!["bob".into()],
+            privileges: Privileges::SELECT,
+            granted: true,
+        },
+    )
+    .unwrap();
+    run(
+        &mut catalog,
+        Command::RenameView {
+            schema: "public".into(),
+            name: "v".into(),
+            to: "w".into(),
+        },
+    )
+    .unwrap();
+    let bob = catalog.role("bob").unwrap().id;
+    let w = Securable::View("public".into(), "w".into());
+    assert!(catalog.has_privilege(bob, &w, Privileges::SELECT));
+    assert_eq!(catalog.owner_of(&w), Some(alice));
+}
+
+#[test]
+fn drop_role_is_refused_while_it_owns_or_holds_privileges() {
+    let mut catalog = with_public();
+    run(&mut catalog, role("alice", RoleOptions::default())).unwrap();
+    run(&mut catalog, create("t")).unwrap();
+    let t = Securable::Table(catalog.table("public", "t").unwrap().id);
+    let grant = |granted| Command::SetPrivileges {
+        objects: vec![t.clone()],
+        grantees: vec!["alice".into()],
+        privileges: Privileges::SELECT,
+        granted,
+    };
+    run(&mut catalog, grant(true)).unwrap();
+    let drop = Command::DropRole {
+        name: "alice".into(),
+        if_exists: false,
+    };
+    let refused = run(&mut catalog, drop.clone()).unwrap_err();
+    assert_eq!(refused.sqlstate(), SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    run(&mut catalog, grant(false)).unwrap();
+    run(&mut catalog, drop.clone()).unwrap();
+    assert!(catalog.role("alice").is_none());
+    assert_eq!(
+        run(&mut catalog, drop).unwrap_err(),
+        CatalogError::RoleNotFound("alice".into())
+    );
+}
+
+#[test]
+fn membership_may_not_cycle_and_reserved_names_are_refused() {
+    let mut catalog = with_public();
+    run(&mut catalog, role("a", RoleOptions::default())).unwrap();
+    run(
+        &mut catalog,
+        role(
+            "b",
+            RoleOptions {
+                in_role: vec!["a".into()],
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let cycle = run(
+        &mut catalog,
+        Command::SetMembership {
+            role: "b".into(),
+            member: "a".into(),
+            granted: true,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(cycle.sqlstate(), SqlState::INVALID_GRANT_OPERATION);
+    for name in ["public", "pg_monitor"] {
+        assert_eq!(
+            run(&mut catalog, role(name, RoleOptions::default()))
+                .unwrap_err()
+                .sqlstate(),
+            SqlState::RESERVED_NAME
+        );
+    }
+    let missing = run(
+        &mut catalog,
+        Command::SetPrivileges {
+            objects: vec![Securable::Schema("public".into())],
+            grantees: vec!["nobody".into()],
+            privileges: Privileges::USAGE,
+            granted: true,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(missing, CatalogError::RoleNotFound("nobody".into()));
+}
+
+#[test]
+fn revoking_from_public_on_schema_public_removes_its_implicit_usage() {
+    let mut catalog = with_public();
+    run(&mut catalog, role("alice", RoleOptions::default())).unwrap();
+    let alice = catalog.role("alice").unwrap().id;
+    let public = Securable::Schema("public".into());
+    assert!(catalog.has_privilege(alice, &public, Privileges::USAGE));
+    run(
+        &mut catalog,
+        Command::SetPrivileges {
+            objects: vec![public.clone()],
+            grantees: vec!["public".into()],
+            privileges: Privileges::USAGE,
+            granted: false,
+        },
+    )
+    .unwrap();
+    assert!(!catalog.has_privilege(alice, &public, Privileges::USAGE));
+}
