@@ -10,7 +10,9 @@ scale_factor="${SCALE_FACTOR:-1}"
 pg="127.0.0.1:5433"
 
 cargo build --release --bin quarry
-./target/release/quarry start --data-dir quarry-data --pg-listen "$pg" --http-listen 127.0.0.1:8433 &
+# --insecure: a demo on loopback, no passwords (docs/SECURITY.md sets up TLS
+# and logins).
+./target/release/quarry start --insecure --data-dir quarry-data --pg-listen "$pg" --http-listen 127.0.0.1:8433 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node' INT TERM EXIT
 

@@ -322,6 +322,7 @@ impl LocalCluster {
             .args(["--pg-listen", &pg.to_string()])
             .args(["--http-listen", &format!("{ip}:{}", self.http_port)])
             .args(["--listen", &listen.to_string()])
+            .arg("--insecure")
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

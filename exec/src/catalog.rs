@@ -14,7 +14,9 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableSource};
+
+use crate::privileges::Access;
 use quarry_common::catalog::{Catalog, View};
 
 use crate::data_file::WriteSet;
@@ -36,8 +38,18 @@ pub struct CatalogView {
 /// the session is gone.
 pub type StateSource = Arc<dyn Fn() -> Option<SessionState> + Send + Sync>;
 
+/// The table scans of the views a statement reads, already checked for the
+/// views' owners when the views were planned: the statement's own checks
+/// pass over them (DataFusion inlines a view's plan where it is named).
+/// Scans are told apart by the identity of their table source, which each
+/// planning of a relation makes anew and a user's SQL cannot share.
+pub type CheckedScans = Arc<std::sync::Mutex<Vec<Arc<dyn TableSource>>>>;
+
 /// DataFusion catalog over the session's current [`CatalogView`].
 pub struct QuarryCatalog {
+    checked_scans: CheckedScans,
+    /// The privilege checks of the statement being planned.
+    access: RwLock<Option<Arc<Access>>>,
     chunks: Arc<dyn DataFileStore>,
     view: RwLock<CatalogView>,
     system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
@@ -58,6 +70,8 @@ impl QuarryCatalog {
     /// A catalog provider starting at `view`.
     pub fn new(chunks: Arc<dyn DataFileStore>, view: CatalogView) -> Self {
         QuarryCatalog {
+            checked_scans: CheckedScans::default(),
+            access: RwLock::new(None),
             chunks,
             view: RwLock::new(view),
             system: RwLock::new(HashMap::new()),
@@ -93,8 +107,33 @@ impl QuarryCatalog {
             .expect("state lock is never held across a panic") = Some(source);
     }
 
+    /// The scans of views checked since the statement began.
+    pub fn checked_scans(&self) -> CheckedScans {
+        self.checked_scans.clone()
+    }
+
+    /// Sets the privilege checks of the statement about to be planned.
+    pub fn set_access(&self, access: Option<Arc<Access>>) {
+        *self
+            .access
+            .write()
+            .expect("access lock is never held across a panic") = access;
+    }
+
+    /// The privilege checks of the statement being planned.
+    pub fn access(&self) -> Option<Arc<Access>> {
+        self.access
+            .read()
+            .expect("access lock is never held across a panic")
+            .clone()
+    }
+
     /// Pins `view` for the next statement.
     pub fn set_view(&self, view: CatalogView) {
+        self.checked_scans
+            .lock()
+            .expect("checked scans lock is never held across a panic")
+            .clear();
         *self
             .view
             .write()
@@ -158,6 +197,8 @@ impl CatalogProvider for QuarryCatalog {
             return None;
         }
         Some(Arc::new(QuarrySchema {
+            checked_scans: self.checked_scans.clone(),
+            access: self.access(),
             name: name.to_owned(),
             view,
             chunks: self.chunks.clone(),
@@ -185,6 +226,8 @@ impl CatalogProvider for QuarryCatalog {
 /// One user schema in a [`CatalogView`]; tables are read at their current
 /// snapshot, views are planned from their query over the same view.
 struct QuarrySchema {
+    checked_scans: CheckedScans,
+    access: Option<Arc<Access>>,
     name: String,
     view: CatalogView,
     chunks: Arc<dyn DataFileStore>,
@@ -221,9 +264,39 @@ impl QuarrySchema {
                 view.name
             )));
         }
-        let plan = VIEW_DEPTH
-            .scope(depth + 1, state.create_logical_plan(&view.query))
-            .await?;
+        // Reading the view is checked for the role reading it (the
+        // session's, or the owner of the view naming this one); what its
+        // query reads, for its owner, as PostgreSQL does.
+        let external = |e: crate::Error| DataFusionError::External(Box::new(e));
+        let owner = match &self.access {
+            Some(access) => {
+                let reader = VIEW_ROLE.try_with(|r| *r).unwrap_or(access.role());
+                Some(
+                    access
+                        .require_view(reader, &view.schema, &view.name)
+                        .map_err(external)?,
+                )
+            }
+            None => None,
+        };
+        let planning = VIEW_DEPTH.scope(depth + 1, state.create_logical_plan(&view.query));
+        let plan = match owner {
+            Some(owner) => VIEW_ROLE.scope(owner, planning).await?,
+            None => planning.await?,
+        };
+        if let (Some(access), Some(owner)) = (&self.access, owner) {
+            access.check_plan_as(owner, &plan).map_err(external)?;
+            let mut checked = self
+                .checked_scans
+                .lock()
+                .expect("checked scans lock is never held across a panic");
+            plan.apply_with_subqueries(|node| {
+                if let LogicalPlan::TableScan(scan) = node {
+                    checked.push(scan.source.clone());
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+        }
         let fields = plan.schema().columns();
         if fields.len() != view.columns.len() {
             return Err(DataFusionError::Plan(format!(
@@ -245,6 +318,9 @@ impl QuarrySchema {
 tokio::task_local! {
     /// How many views deep the planning of the current statement is.
     static VIEW_DEPTH: usize;
+    /// The role a view being planned is read as: the owner of the view
+    /// whose query names it (unset at the statement's own level).
+    static VIEW_ROLE: Option<quarry_common::roles::RoleId>;
 }
 
 #[async_trait]

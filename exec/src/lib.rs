@@ -32,6 +32,7 @@ pub mod optimizer;
 pub mod parser;
 pub mod pg_catalog;
 pub mod pg_functions;
+pub mod pg_roles;
 pub mod pg_signatures;
 pub mod privileges;
 pub mod rewrite;

@@ -403,6 +403,18 @@ pub enum QuarryStatement {
         /// IF EXISTS: a missing view is not an error.
         if_exists: bool,
     },
+    /// `CREATE USER`: PostgreSQL's CREATE ROLE with LOGIN by default.
+    CreateUser(Box<ast::CreateRole>),
+    /// `GRANT role [, ...] TO role [, ...]` (`granted`) or `REVOKE role [,
+    /// ...] FROM role [, ...]`: role membership.
+    GrantRole {
+        /// The roles granted.
+        roles: Vec<Ident>,
+        /// Their new (or former) members.
+        members: Vec<Ident>,
+        /// GRANT (true) or REVOKE (false).
+        granted: bool,
+    },
     /// `MOVE [direction] [FROM | IN] cursor` (PostgreSQL's): repositions a
     /// cursor as FETCH with the same direction would, returning no rows.
     Move {
@@ -430,7 +442,7 @@ impl From<Statement> for QuarryStatement {
 pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
     let mut statements = Vec::new();
     for (text, tokens) in split_statements(sql)? {
-        match parse_quarry_statement(tokens)? {
+        match parse_quarry_statement(text, tokens)? {
             Some(statement) => statements.push(statement),
             None => statements.extend(parse_postgres(text)?.into_iter().map(QuarryStatement::Sql)),
         }
@@ -526,6 +538,113 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
         statements.push((&sql[begin..], current));
     }
     Ok(statements)
+}
+
+/// `CREATE USER` and `ALTER USER`, PostgreSQL's spellings of CREATE ROLE
+/// (with LOGIN by default) and ALTER ROLE, which the SQL parser reads in
+/// another database's grammar. None for other statements.
+fn parse_user_alias(text: &str, tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let create = is_word(0, "create");
+    if !(create || is_word(0, "alter")) || !is_word(1, "user") {
+        return Ok(None);
+    }
+    // The text starts at the first word; USER follows it after blanks.
+    let verb_len = if create { 6 } else { 5 };
+    let rest = text[verb_len..].trim_start();
+    let Some(after) = rest.get(4..) else {
+        return Ok(None);
+    };
+    let rewritten = format!("{} ROLE{after}", &text[..verb_len]);
+    let mut statements = parse_postgres(&rewritten)?;
+    if statements.len() != 1 {
+        return Err(syntax_error("one statement expected"));
+    }
+    Ok(Some(match statements.remove(0) {
+        Statement::CreateRole(create) => QuarryStatement::CreateUser(Box::new(create)),
+        other => QuarryStatement::Sql(other),
+    }))
+}
+
+/// `GRANT role [, ...] TO role [, ...]` and `REVOKE role [, ...] FROM role
+/// [, ...]` (no ON: membership, not privileges), which the SQL parser does
+/// not read. None for other statements.
+fn parse_grant_role(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let granted = match first_word(tokens).as_str() {
+        "grant" => true,
+        "revoke" => false,
+        _ => return Ok(None),
+    };
+    let keyword = |t: &Token, word: Keyword| matches!(t, Token::Word(w) if w.keyword == word && w.quote_style.is_none());
+    if tokens.iter().any(|t| keyword(&t.token, Keyword::ON)) {
+        return Ok(None);
+    }
+    // Privilege words without ON are a syntax error the SQL parser reports.
+    const PRIVILEGES: &[Keyword] = &[
+        Keyword::SELECT,
+        Keyword::INSERT,
+        Keyword::UPDATE,
+        Keyword::DELETE,
+        Keyword::TRUNCATE,
+        Keyword::REFERENCES,
+        Keyword::TRIGGER,
+        Keyword::USAGE,
+        Keyword::CREATE,
+        Keyword::ALL,
+        Keyword::CONNECT,
+        Keyword::TEMPORARY,
+        Keyword::EXECUTE,
+    ];
+    if tokens
+        .get(1)
+        .is_some_and(|t| PRIVILEGES.iter().any(|k| keyword(&t.token, *k)))
+    {
+        return Ok(None);
+    }
+    let separator = if granted { Keyword::TO } else { Keyword::FROM };
+    let mut roles = Vec::new();
+    let mut members = Vec::new();
+    let mut past = false;
+    let mut expect_name = true;
+    for token in &tokens[1..] {
+        match &token.token {
+            t if keyword(t, separator) && !past && !expect_name => {
+                past = true;
+                expect_name = true;
+            }
+            Token::Comma if !expect_name => expect_name = true,
+            Token::Word(w) if expect_name => {
+                let ident = Ident {
+                    value: w.value.clone(),
+                    quote_style: w.quote_style,
+                    span: token.span,
+                };
+                if past {
+                    members.push(ident);
+                } else {
+                    roles.push(ident);
+                }
+                expect_name = false;
+            }
+            other => {
+                return Err(syntax_error(format!(
+                    "syntax error at or near \"{other}\" (GRANT role TO role takes no options here)"
+                )));
+            }
+        }
+    }
+    if !past || expect_name || roles.is_empty() {
+        return Err(syntax_error(format!(
+            "{} role [, ...] {} role [, ...] expected",
+            if granted { "GRANT" } else { "REVOKE" },
+            if granted { "TO" } else { "FROM" }
+        )));
+    }
+    Ok(Some(QuarryStatement::GrantRole {
+        roles,
+        members,
+        granted,
+    }))
 }
 
 /// The column list that stands for COPY's `FORCE_QUOTE *` (every column):
@@ -665,7 +784,10 @@ fn parse_fetch(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
 ///
 /// # Errors
 /// 42601 for a statement that starts like one of these and does not follow it.
-fn parse_quarry_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Option<QuarryStatement>> {
+fn parse_quarry_statement(
+    text: &str,
+    mut tokens: Vec<TokenWithSpan>,
+) -> Result<Option<QuarryStatement>> {
     // COPY ... FORCE_QUOTE *, which the SQL parser takes only with a list.
     if first_word(&tokens) == "copy"
         && let Some(copy) = parse_copy_force_quote_all(&tokens)?
@@ -688,6 +810,12 @@ fn parse_quarry_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Option<Quarr
         } else {
             QuarryStatement::Sql(fetch)
         }));
+    }
+    if let Some(statement) = parse_user_alias(text, &tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_grant_role(&tokens)? {
+        return Ok(Some(statement));
     }
     // Most statements start otherwise: they are not parsed twice.
     let starts_undrop = matches!(

@@ -87,6 +87,13 @@ pub fn namespace_oid(catalog: &Catalog, name: &str) -> i32 {
     }
 }
 
+/// Whether `name` is one of the schemas the system provides (pg_catalog,
+/// information_schema, Quarry's system schema), readable by every role.
+pub fn is_system_namespace(name: &str) -> bool {
+    matches!(name, "pg_catalog" | "information_schema" | "pg_toast")
+        || name == crate::system::SYSTEM_SCHEMA
+}
+
 /// The oid of table `id`.
 pub fn table_oid(id: TableId) -> i32 {
     id_oid(id)
@@ -1231,6 +1238,11 @@ impl SchemaProvider for PgCatalogSchema {
         }
         if name == "pg_settings" {
             return self.settings_table().await.map(Some);
+        }
+        if let Some(catalog) = self.catalog.upgrade()
+            && let Some(table) = crate::pg_roles::table(&catalog.view().catalog, &name)
+        {
+            return table.map(|t| Some(t as Arc<dyn TableProvider>));
         }
         if name == "pg_proc" {
             let table = crate::pg_signatures::PG_PROC

@@ -25,6 +25,7 @@ use quarry_common::catalog::Catalog;
 use quarry_common::roles::{Privileges, RoleId, Securable};
 use quarry_raft::Command;
 
+use crate::catalog::CheckedScans;
 use crate::error::{Error, Result, user_error};
 use crate::table::SnapshotTable;
 
@@ -57,6 +58,7 @@ pub struct Access {
     pinned: Arc<Catalog>,
     role: Option<RoleId>,
     default_schema: String,
+    checked: CheckedScans,
 }
 
 fn denied(message: String) -> Error {
@@ -109,7 +111,49 @@ impl Access {
             pinned,
             role,
             default_schema,
+            checked: CheckedScans::default(),
         }
+    }
+
+    /// The same checks, passing over the scans in `checked` (those of views,
+    /// checked for their owners when planned).
+    pub fn with_checked_scans(mut self, checked: CheckedScans) -> Self {
+        self.checked = checked;
+        self
+    }
+
+    /// The session's role.
+    pub fn role(&self) -> Option<RoleId> {
+        self.role
+    }
+
+    /// Checks that `role` may read view `schema.name`; its owner, whose
+    /// privileges its query reads with.
+    ///
+    /// # Errors
+    /// 42501 `permission denied for view v`.
+    pub fn require_view(
+        &self,
+        role: Option<RoleId>,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<RoleId>> {
+        let object = Securable::View(schema.to_owned(), name.to_owned());
+        self.require_as(
+            role,
+            &Securable::Schema(schema.to_owned()),
+            Privileges::USAGE,
+        )?;
+        self.require_as(role, &object, Privileges::SELECT)?;
+        Ok(self.catalog_for(&object).owner_of(&object))
+    }
+
+    fn is_checked(&self, scan: &datafusion::logical_expr::TableScan) -> bool {
+        self.checked
+            .lock()
+            .expect("checked scans lock is never held across a panic")
+            .iter()
+            .any(|s| Arc::ptr_eq(s, &scan.source))
     }
 
     /// The catalog that knows `object`.
@@ -195,10 +239,18 @@ impl Access {
     /// # Errors
     /// 42501 naming the first relation the role may not use.
     pub fn check_plan(&self, plan: &LogicalPlan) -> Result<()> {
-        self.check_plan_as(self.role, plan, 0)
+        self.check_plan_at(self.role, plan, 0)
     }
 
-    fn check_plan_as(&self, role: Option<RoleId>, plan: &LogicalPlan, depth: usize) -> Result<()> {
+    /// Checks `plan` for `role` (a view's query, for its owner).
+    ///
+    /// # Errors
+    /// As [`Self::check_plan`].
+    pub fn check_plan_as(&self, role: Option<RoleId>, plan: &LogicalPlan) -> Result<()> {
+        self.check_plan_at(role, plan, 0)
+    }
+
+    fn check_plan_at(&self, role: Option<RoleId>, plan: &LogicalPlan, depth: usize) -> Result<()> {
         if role.is_none() {
             return Ok(());
         }
@@ -229,7 +281,9 @@ impl Access {
                     self.check_relation(role, &dml.table_name, wanted)
                 }
                 LogicalPlan::TableScan(scan) => {
-                    if exempt.as_deref() == Some(scan.table_name.to_string().as_str()) {
+                    if self.is_checked(scan)
+                        || exempt.as_deref() == Some(scan.table_name.to_string().as_str())
+                    {
                         Ok(())
                     } else {
                         self.check_scan(role, scan, depth)
@@ -305,13 +359,10 @@ impl Access {
             return self.require_as(role, &Securable::Table(table.id), Privileges::SELECT);
         }
         if let Some(view) = provider.downcast_ref::<ViewTable>() {
+            // A scan DataFusion did not inline (one with filters).
             let (schema, name) = self.resolve(&scan.table_name);
-            let object = Securable::View(schema.clone(), name);
-            self.require_as(role, &Securable::Schema(schema), Privileges::USAGE)?;
-            self.require_as(role, &object, Privileges::SELECT)?;
-            // What the view reads is checked for its owner.
-            let owner = self.catalog_for(&object).owner_of(&object);
-            return self.check_plan_as(owner, view.logical_plan(), depth + 1);
+            let owner = self.require_view(role, &schema, &name)?;
+            return self.check_plan_at(owner, view.logical_plan(), depth + 1);
         }
         let (schema, _) = self.resolve(&scan.table_name);
         self.check_system(role, &schema)

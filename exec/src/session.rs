@@ -69,6 +69,7 @@ mod ddl;
 mod dispatch;
 mod dml;
 mod prepared;
+mod roles;
 mod settings;
 mod time_travel;
 mod transaction;
@@ -423,6 +424,8 @@ impl Session {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         catalog.set_settings(&settings);
+        let user = SessionUser::new(quarry_common::roles::BOOTSTRAP_SUPERUSER, None);
+        crate::pg_roles::register(&ctx, &catalog, &user);
         Ok(Session {
             engine,
             ctx,
@@ -431,12 +434,13 @@ impl Session {
             transaction: None,
             cursors: BTreeMap::new(),
             prepared: prepared::PreparedNames::default(),
-            user: SessionUser::new(quarry_common::roles::BOOTSTRAP_SUPERUSER, None),
+            user,
         })
     }
 
     /// Sets who the session is (after the connection authenticated).
     pub fn set_user(&mut self, user: SessionUser) {
+        crate::pg_roles::register(&self.ctx, &self.catalog, &user);
         self.user = user;
     }
 
@@ -454,12 +458,10 @@ impl Session {
         } else {
             pinned.clone()
         };
-        Ok(Access::new(
-            latest,
-            pinned,
-            self.user.role,
-            self.default_schema(),
-        ))
+        Ok(
+            Access::new(latest, pinned, self.user.role, self.default_schema())
+                .with_checked_scans(self.catalog.checked_scans()),
+        )
     }
 
     /// The value of setting `name` (lower case), if it exists.
@@ -614,6 +616,12 @@ impl Session {
                 if_exists,
             } => self.rename_view(&name, &to, if_exists).await,
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
+            QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
+            QuarryStatement::GrantRole {
+                roles,
+                members,
+                granted,
+            } => self.grant_roles(&roles, &members, granted).await,
         };
         if result.is_err()
             && let Some(transaction) = &mut self.transaction
@@ -697,6 +705,16 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
             Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
+            Statement::CreateRole(create) => self.create_role(create, false).await,
+            Statement::AlterRole { name, operation } => self.alter_role(&name, operation).await,
+            Statement::Drop {
+                object_type: ObjectType::Role | ObjectType::User,
+                if_exists,
+                names,
+                ..
+            } => self.drop_roles(&names, if_exists).await,
+            Statement::Grant(grant) => self.grant(grant).await,
+            Statement::Revoke(revoke) => self.revoke(revoke).await,
             Statement::CreateView(create) => self.create_view(create).await,
             Statement::Comment {
                 object_type,

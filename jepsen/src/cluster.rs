@@ -88,6 +88,7 @@ impl Node {
                 &SocketAddr::new(self.pg.ip(), HTTP_PORT).to_string(),
             ])
             .args(["--listen", &self.listen.to_string()])
+            .arg("--insecure")
             .args(flags)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())

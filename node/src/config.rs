@@ -109,6 +109,19 @@ pub struct FileConfig {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// No TLS required and no authentication: any client may connect as any
+    /// user (a user name with no role acts as a superuser). For a node on
+    /// loopback while trying Quarry out; said in the log and by `SHOW
+    /// quarry.security`. Without it, clients log in with SCRAM-SHA-256 and
+    /// a node refuses to listen beyond loopback without TLS.
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure: bool,
+    /// File holding the password of the first superuser, `quarry`, set when
+    /// this node bootstraps a cluster (or finds no `quarry` role); the
+    /// environment variable QUARRY_INITIAL_PASSWORD may give it instead.
+    #[arg(long)]
+    pub initial_password_file: Option<PathBuf>,
 }
 
 /// The node's effective configuration.
@@ -157,6 +170,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// Its private key.
     pub tls_key: Option<PathBuf>,
+    /// `--insecure`: no authentication, TLS not required.
+    pub insecure: bool,
+    /// Where the first superuser's password is read from.
+    pub initial_password_file: Option<PathBuf>,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -194,6 +211,54 @@ impl Config {
             (None, None) => Ok(None),
             _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
         }
+    }
+}
+
+impl Config {
+    /// The first superuser's password: the file's first line, or
+    /// QUARRY_INITIAL_PASSWORD; None if neither is given.
+    ///
+    /// # Errors
+    /// When the file cannot be read or its password is empty.
+    pub fn initial_password(&self) -> anyhow::Result<Option<String>> {
+        let password = match &self.initial_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read --initial-password-file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => std::env::var("QUARRY_INITIAL_PASSWORD").ok(),
+        };
+        match password {
+            Some(p) if p.is_empty() => anyhow::bail!("the initial password is empty"),
+            other => Ok(other),
+        }
+    }
+
+    /// Refuses to serve beyond loopback without TLS unless `--insecure`.
+    ///
+    /// # Errors
+    /// When a client-facing address is not loopback, TLS is off and
+    /// `--insecure` was not given.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.insecure || self.tls_cert.is_some() {
+            return Ok(());
+        }
+        for (what, address) in [
+            ("pg_listen", self.pg_listen),
+            ("http_listen", self.http_listen),
+        ] {
+            if !address.ip().is_loopback() {
+                anyhow::bail!(
+                    "{what} {address} is beyond loopback but TLS is off: give --tls-cert and --tls-key (see `quarry cert`), or --insecure to serve in the clear without authentication"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -290,6 +355,8 @@ impl FileConfig {
                 << 20,
             tls_cert: flags.tls_cert.or(self.tls_cert),
             tls_key: flags.tls_key.or(self.tls_key),
+            insecure: flags.insecure || self.insecure,
+            initial_password_file: flags.initial_password_file.or(self.initial_password_file),
         }
     }
 }
@@ -355,6 +422,24 @@ mod tests {
                 .expect("neither")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_node_beyond_loopback_needs_tls_or_insecure() {
+        let open = |extra: &str| {
+            toml::from_str::<FileConfig>(&format!("pg_listen = \"0.0.0.0:5433\"\n{extra}"))
+                .expect("valid toml")
+                .merge(FileConfig::default())
+        };
+        assert!(open("").check_exposure().is_err());
+        assert!(open("insecure = true").check_exposure().is_ok());
+        assert!(
+            open("tls_cert = \"a\"\ntls_key = \"b\"")
+                .check_exposure()
+                .is_ok()
+        );
+        let loopback = FileConfig::default().merge(FileConfig::default());
+        assert!(loopback.check_exposure().is_ok());
     }
 
     #[test]

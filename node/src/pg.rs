@@ -20,8 +20,16 @@ use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
 use pgwire::api::DEFAULT_NAME;
-use pgwire::api::auth::StartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, ServerParameterProvider, StartupHandler, finish_authentication,
+    protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::{PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use pgwire::messages::startup::Authentication;
+use quarry_common::roles::Role;
+use quarry_exec::privileges::SessionUser;
+
+use crate::auth::{AuthMode, Authenticator};
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
@@ -42,7 +50,6 @@ use pgwire::messages::extendedquery::{
 };
 use pgwire::messages::response::{CommandComplete, TransactionStatus};
 use pgwire::messages::simplequery::Query;
-use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quarry_common::SqlState;
 use quarry_exec::QuarryStatement;
@@ -58,6 +65,7 @@ pub const DATABASE_NAMES: &[&str] = &["quarry", "postgres"];
 /// What all connections of a node share.
 pub struct Frontend {
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
     cancels: Arc<Cancels>,
     running: Arc<RunningStatements>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -182,9 +190,10 @@ impl Frontend {
     /// A front end over `engine` running at most `query_slots` statements at
     /// once; the others wait for a slot, in arrival order (a cancel request or
     /// the statement timeout ends the wait).
-    pub fn new(engine: Arc<Engine>, query_slots: usize) -> Arc<Self> {
+    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>, query_slots: usize) -> Arc<Self> {
         Arc::new(Frontend {
             engine,
+            auth,
             cancels: Arc::new(Cancels::default()),
             running: Arc::new(RunningStatements::default()),
             slots: Arc::new(tokio::sync::Semaphore::new(query_slots.max(1))),
@@ -211,6 +220,9 @@ impl Frontend {
             cancel_key: std::sync::Mutex::new(None),
             running: self.running.clone(),
             slots: self.slots.clone(),
+            engine: self.engine.clone(),
+            auth: self.auth.clone(),
+            login: std::sync::Mutex::new(Login::Initial),
         });
         Ok(Handlers {
             connection,
@@ -230,6 +242,9 @@ pub struct Connection {
     running: Arc<RunningStatements>,
     /// The node's query slots.
     slots: Arc<tokio::sync::Semaphore>,
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    login: std::sync::Mutex<Login>,
 }
 
 impl Drop for Connection {
@@ -535,52 +550,223 @@ impl Connection {
     }
 }
 
+/// The parameters a client is told at the end of its login (PostgreSQL's
+/// ParameterStatus set), with Quarry's version and the role's superuser flag.
+struct LoginParameters {
+    superuser: bool,
+}
+
+impl ServerParameterProvider for LoginParameters {
+    fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = SERVER_VERSION.to_owned();
+        parameters.time_zone = "UTC".to_owned();
+        parameters.is_superuser = self.superuser;
+        parameters.server_parameters(client)
+    }
+}
+
+/// Process ids and cancel keys of new connections.
+static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> =
+    std::sync::LazyLock::new(RandomPidSecretKeyGenerator::default);
+
+/// Where a connection's login stands.
+#[derive(Default)]
+enum Login {
+    /// Before the startup message.
+    #[default]
+    Initial,
+    /// Mechanisms offered to `user`.
+    Offered {
+        /// The startup message's user.
+        user: String,
+    },
+    /// Server-first sent; waiting for the client-final message.
+    Exchanging {
+        /// The startup message's user.
+        user: String,
+        /// The exchange.
+        exchange: Box<quarry_exec::scram::Exchange>,
+    },
+    /// Logged in (or refused).
+    Done,
+}
+
+fn fatal(state: SqlState, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        state.code().to_owned(),
+        message,
+    )))
+}
+
+fn refused(refusal: crate::auth::Refusal) -> PgWireError {
+    fatal(refusal.state, refusal.message)
+}
+
 #[async_trait]
-impl NoopStartupHandler for Connection {
-    async fn post_startup<C>(
+impl StartupHandler for Connection {
+    async fn on_startup<C>(
         &self,
         client: &mut C,
-        _message: PgWireFrontendMessage,
+        message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let database = client
-            .metadata()
-            .get("database")
-            .cloned()
-            .unwrap_or_default();
-        if !database.is_empty() && !DATABASE_NAMES.contains(&database.as_str()) {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_owned(),
-                "3D000".to_owned(),
-                format!(
-                    "database \"{database}\" does not exist (Quarry serves \"quarry\", also reachable as \"postgres\")"
-                ),
-            ))));
+        let state = std::mem::take(&mut *self.login());
+        match (state, message) {
+            (Login::Initial, PgWireFrontendMessage::Startup(startup)) => {
+                protocol_negotiation(client, &startup).await?;
+                save_startup_parameters_to_metadata(client, &startup);
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let database = client
+                    .metadata()
+                    .get("database")
+                    .cloned()
+                    .unwrap_or_default();
+                if user.is_empty() {
+                    return Err(fatal(
+                        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                        "no PostgreSQL user name specified in startup packet".to_owned(),
+                    ));
+                }
+                if !database.is_empty() && !DATABASE_NAMES.contains(&database.as_str()) {
+                    return Err(fatal(
+                        SqlState::from_code("3D000"),
+                        format!(
+                            "database \"{database}\" does not exist (Quarry serves \"quarry\", also reachable as \"postgres\")"
+                        ),
+                    ));
+                }
+                let address = client.socket_addr().ip();
+                self.auth.admit(address).map_err(refused)?;
+                if self.auth.mode() == AuthMode::Insecure {
+                    let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                    let role = catalog.role(&user).cloned();
+                    return self.logged_in(client, &user, role.as_deref()).await;
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                let mechanisms = self.auth.mechanisms(client.is_secure());
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                        mechanisms,
+                    )))
+                    .await?;
+                *self.login() = Login::Offered { user };
+                Ok(())
+            }
+            (Login::Offered { user }, PgWireFrontendMessage::PasswordMessageFamily(message)) => {
+                let address = client.socket_addr().ip();
+                let initial = message.into_sasl_initial_response()?;
+                let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                let data = initial.data.unwrap_or_default();
+                let started = self.auth.start(
+                    &catalog,
+                    &user,
+                    &initial.auth_method,
+                    &data,
+                    client.is_secure(),
+                    quarry_raft::now_micros(),
+                );
+                let (exchange, server_first) = match started {
+                    Ok(started) => started,
+                    Err(refusal) => {
+                        self.auth.failed(address, &user, &refusal.message);
+                        return Err(refused(refusal));
+                    }
+                };
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::SASLContinue(Bytes::from(server_first)),
+                    ))
+                    .await?;
+                *self.login() = Login::Exchanging {
+                    user,
+                    exchange: Box::new(exchange),
+                };
+                Ok(())
+            }
+            (
+                Login::Exchanging { user, exchange },
+                PgWireFrontendMessage::PasswordMessageFamily(message),
+            ) => {
+                let address = client.socket_addr().ip();
+                let response = message.into_sasl_response()?;
+                let server_final = match exchange.finish(&response.data) {
+                    Ok(server_final) => server_final,
+                    Err(e) => {
+                        let refusal = crate::auth::refusal(&user, &e);
+                        self.auth.failed(address, &user, &e.to_string());
+                        return Err(refused(refusal));
+                    }
+                };
+                let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                let role = catalog.role(&user).cloned();
+                if let Err(refusal) = crate::auth::may_log_in(role.as_deref(), &user) {
+                    self.auth.failed(address, &user, &refusal.message);
+                    return Err(refused(refusal));
+                }
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::SASLFinal(Bytes::from(server_final)),
+                    ))
+                    .await?;
+                self.logged_in(client, &user, role.as_deref()).await
+            }
+            (_, PgWireFrontendMessage::PasswordMessageFamily(_)) => Err(fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "unexpected password message".to_owned(),
+            )),
+            _ => Ok(()),
         }
-        let (pid, secret) = client.pid_and_secret_key();
+    }
+}
+
+impl Connection {
+    fn login(&self) -> std::sync::MutexGuard<'_, Login> {
+        self.login
+            .lock()
+            .expect("login lock is never held across a panic")
+    }
+
+    /// Ends a successful login: the session takes `user` (and its role), the
+    /// client gets its parameters, cancel key and ReadyForQuery.
+    async fn logged_in<C>(
+        &self,
+        client: &mut C,
+        user: &str,
+        role: Option<&Role>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.state
+            .session
+            .lock()
+            .await
+            .set_user(SessionUser::new(user, role.map(|r| r.id)));
+        tracing::info!(address = %client.socket_addr(), user, "login");
+        let (pid, secret) = PIDS.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
         let key = (pid, secret.to_bytes());
         self.cancels.lock().insert(key.clone(), self.cancel.clone());
         *self
             .cancel_key
             .lock()
             .expect("cancel key lock is never held across a panic") = Some(key);
-        client
-            .send(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
-                "server_version".to_owned(),
-                SERVER_VERSION.to_owned(),
-            )))
-            .await?;
-        client
-            .send(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
-                "TimeZone".to_owned(),
-                "UTC".to_owned(),
-            )))
-            .await?;
-        Ok(())
+        *self.login() = Login::Done;
+        let parameters = LoginParameters {
+            superuser: role.is_none_or(|r| r.superuser),
+        };
+        finish_authentication(client, &parameters).await
     }
 }
 

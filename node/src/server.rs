@@ -17,6 +17,7 @@ use ractor::Actor;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 
+use crate::auth::{AuthMode, Authenticator};
 use crate::cluster::{Duties, NodeHandler, RpcLeaderLink, ask_seeds, run_duties};
 use crate::config::Config;
 use crate::data_dir::DataDir;
@@ -175,8 +176,41 @@ async fn plausible_first_packet(socket: &tokio::net::TcpStream) -> bool {
     }
 }
 
+/// Creates the first superuser, `quarry`, unless a role of that name exists:
+/// with `password`, or (on an `--insecure` node) without one.
+async fn create_first_superuser(meta: &Meta, password: Option<&str>) -> anyhow::Result<()> {
+    let name = quarry_common::roles::BOOTSTRAP_SUPERUSER;
+    if meta.read().await?.role(name).is_some() {
+        return Ok(());
+    }
+    let command = quarry_raft::Command::CreateRole {
+        name: name.to_owned(),
+        options: quarry_raft::RoleOptions {
+            superuser: Some(true),
+            create_role: Some(true),
+            login: Some(true),
+            password: Some(password.map(quarry_exec::scram::verifier)),
+            ..Default::default()
+        },
+    };
+    match meta.write(command).await {
+        Ok(_) | Err(quarry_raft::Error::Catalog(quarry_raft::CatalogError::RoleExists(_))) => {
+            tracing::info!(role = name, "first superuser created");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
+    config.check_exposure()?;
+    let initial_password = config.initial_password()?;
+    if config.insecure {
+        tracing::warn!(
+            "--insecure: no authentication and no TLS required; any client may connect as any user"
+        );
+    }
     // A certificate that cannot be read fails the start, before anything
     // else is opened.
     let tls = match config.tls()? {
@@ -291,11 +325,30 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         )),
     ));
     let single = node_id == FIRST_NODE_ID && config.join.is_empty();
-    if matches!(start, Start::Bootstrap) || (single && !meta.is_initialized().await?) {
+    let bootstrapping =
+        matches!(start, Start::Bootstrap) || (single && !meta.is_initialized().await?);
+    if bootstrapping && !config.insecure && initial_password.is_none() {
+        anyhow::bail!(
+            "a new cluster needs the password of its first superuser, quarry: give --initial-password-file FILE or set QUARRY_INITIAL_PASSWORD (or start with --insecure)"
+        );
+    }
+    if bootstrapping {
         meta.bootstrap(cluster_id).await?;
     }
+    if (bootstrapping || single) && (initial_password.is_some() || config.insecure) {
+        create_first_superuser(&meta, initial_password.as_deref()).await?;
+    }
     collect_garbage(&meta, &stripes, started_at).await;
-    let frontend = Frontend::new(engine, config.query_slots);
+    let mode = if config.insecure {
+        AuthMode::Insecure
+    } else {
+        AuthMode::Scram
+    };
+    let frontend = Frontend::new(
+        engine,
+        Authenticator::new(mode, tls.clone()),
+        config.query_slots,
+    );
     tracing::info!(
         node_id,
         cluster = %quarry_common::catalog::ChunkId(cluster_id),

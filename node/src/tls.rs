@@ -83,11 +83,37 @@ pub struct ReloadableTls {
 struct Acceptors {
     pg: tokio_rustls::TlsAcceptor,
     http: tokio_rustls::TlsAcceptor,
+    /// The certificate's `tls-server-end-point` channel binding data.
+    end_point: Option<Vec<u8>>,
+}
+
+/// RFC 5929 §4.1 `tls-server-end-point`: the hash of the certificate (DER)
+/// with the hash of its signature algorithm, SHA-256 for MD5, SHA-1 and
+/// SHA-256 alike; None for a certificate that does not parse.
+pub fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let oid = parsed.signature_algorithm.algorithm.to_id_string();
+    let algorithm = match oid.as_str() {
+        // ecdsa-with-SHA384, sha384WithRSAEncryption
+        "1.2.840.10045.4.3.3" | "1.2.840.113549.1.1.12" => &ring::digest::SHA384,
+        // ecdsa-with-SHA512, sha512WithRSAEncryption
+        "1.2.840.10045.4.3.4" | "1.2.840.113549.1.1.13" => &ring::digest::SHA512,
+        // Ed25519 has no hash of its own; PostgreSQL refuses binding then.
+        "1.3.101.112" => return None,
+        _ => &ring::digest::SHA256,
+    };
+    Some(ring::digest::digest(algorithm, cert).as_ref().to_vec())
 }
 
 impl Acceptors {
     fn read(files: &TlsFiles) -> anyhow::Result<Acceptors> {
         let config = server_config(files)?;
+        let end_point = CertificateDer::pem_file_iter(&files.cert)
+            .ok()
+            .and_then(|mut certs| certs.next())
+            .and_then(|cert| cert.ok())
+            .and_then(|cert| tls_server_end_point(&cert));
         let with_alpn = |alpn: &[u8]| {
             let mut config = config.clone();
             config.alpn_protocols = vec![alpn.to_vec()];
@@ -96,6 +122,7 @@ impl Acceptors {
         Ok(Acceptors {
             pg: with_alpn(POSTGRESQL_ALPN),
             http: with_alpn(HTTP1_ALPN),
+            end_point,
         })
     }
 }
@@ -123,6 +150,11 @@ impl ReloadableTls {
     /// The acceptor for a new PostgreSQL connection.
     pub fn pg_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         self.current().pg
+    }
+
+    /// The channel binding data of the certificate being served.
+    pub fn end_point(&self) -> Option<Vec<u8>> {
+        self.current().end_point
     }
 
     /// The acceptor for a new HTTP connection.

@@ -246,7 +246,7 @@ async fn a_config_file_sets_what_flags_do_not() {
     let config = dir.path().join("quarry.toml");
     std::fs::write(
         &config,
-        format!("pg_listen = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 1\n"),
+        format!("pg_listen = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 1\ninsecure = true\n"),
     )
     .expect("config");
     // The harness passes --pg-listen; here the file must set it, so start by hand.

@@ -243,6 +243,12 @@ impl Session {
         };
         self.catalog.set_view(view.clone());
         self.catalog.remove_system_schema(AS_OF_SCHEMA);
+        // Views planned for this statement are checked as they are planned.
+        let access = match self.user().role {
+            Some(_) => Some(Arc::new(self.access().await?)),
+            None => None,
+        };
+        self.catalog.set_access(access);
         Ok(view)
     }
 

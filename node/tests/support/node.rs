@@ -33,6 +33,9 @@ pub struct TestNode {
     /// Launched on ports no run of it has bound yet: if one was taken
     /// between [`free_port`] and the bind (another test's), it may move.
     fresh_ports: bool,
+    /// The superuser's password on a node that authenticates; None: the
+    /// node runs with --insecure and the tests log in as anyone.
+    pub password: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -80,7 +83,13 @@ impl TestNode {
     /// Spawns a node on `host` of a test network (or on 127.0.0.1) without
     /// waiting; `extra` flags are appended.
     pub fn spawn_on(host: Option<&Host>, data_dir: &Path, extra: &[&str]) -> TestNode {
-        let mut node = TestNode {
+        let mut node = TestNode::unlaunched(host, data_dir, extra);
+        node.launch();
+        node
+    }
+
+    fn unlaunched(host: Option<&Host>, data_dir: &Path, extra: &[&str]) -> TestNode {
+        TestNode {
             ip: host.map_or_else(|| "127.0.0.1".to_owned(), |h| h.addr.to_string()),
             netns: host.map(|h| h.netns.clone()),
             child: None,
@@ -91,8 +100,27 @@ impl TestNode {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.with_extension("log"),
             fresh_ports: true,
-        };
+            password: None,
+        }
+    }
+
+    /// Starts a node that authenticates logins (no --insecure), its first
+    /// superuser `quarry` with `password`; `extra` flags are appended.
+    pub async fn start_secure(data_dir: &Path, password: &str, extra: &[&str]) -> TestNode {
+        std::fs::create_dir_all(data_dir.parent().expect("data dir has a parent"))
+            .expect("parent dir");
+        let file = data_dir.with_extension("password");
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        let mut flags = vec![
+            "--initial-password-file".to_owned(),
+            file.display().to_string(),
+        ];
+        flags.extend(extra.iter().map(|s| (*s).to_owned()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut node = TestNode::unlaunched(None, data_dir, &flags);
+        node.password = Some(password.to_owned());
         node.launch();
+        node.wait_ready().await;
         node
     }
 
@@ -127,6 +155,9 @@ impl TestNode {
             .args(["--listen", &self.listen()])
             .args(["--shutdown-grace-secs", "5"])
             .args(&self.extra);
+        if self.password.is_none() {
+            command.arg("--insecure");
+        }
         // Two partitions unless the test's own flags choose.
         if !self.extra.iter().any(|flag| flag == "--target-partitions") {
             command.args(["--target-partitions", "2"]);
@@ -216,10 +247,16 @@ impl TestNode {
 
     /// libpq connection string for this node.
     pub fn conn_string(&self) -> String {
-        format!(
-            "host={} port={} user=test dbname=quarry connect_timeout=10",
-            self.ip, self.pg_port
-        )
+        match &self.password {
+            None => format!(
+                "host={} port={} user=test dbname=quarry connect_timeout=10",
+                self.ip, self.pg_port
+            ),
+            Some(password) => format!(
+                "host={} port={} user=quarry password={password} dbname=quarry connect_timeout=10",
+                self.ip, self.pg_port
+            ),
+        }
     }
 
     /// A connected client.

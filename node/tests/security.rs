@@ -1,0 +1,462 @@
+//! Logins and privileges on real nodes: SCRAM-SHA-256 against the roles of
+//! the Raft catalog (wrong password, unknown user and expired role refused
+//! alike; failed logins counted and rate-limited per address), channel
+//! binding over TLS, `--insecure` and the refusal to serve beyond loopback
+//! in the clear, PostgreSQL's GRANT / REVOKE checked on every way a
+//! statement reaches a relation, REVOKE reaching an open connection on
+//! another node, and no password in the logs, the Raft log or snapshots.
+
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
+
+    #[path = "cluster.rs"]
+    pub mod cluster;
+}
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::cluster::FAST;
+use support::node::{TestNode, quarry_cert, sqlstate};
+use tokio_postgres::{Client, NoTls};
+
+const SUPERUSER_PASSWORD: &str = "Bootstrap-Secret-81";
+
+/// A client of `node` logged in as `user` with `password`, or the error.
+async fn login(
+    node: &TestNode,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let conn = format!(
+        "host={} port={} user={user} password={password} dbname=quarry connect_timeout=10",
+        node.ip, node.pg_port
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The same, from source address `source` (a loopback address of its own).
+async fn login_from(
+    node: &TestNode,
+    source: &str,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind a loopback source address");
+    let stream = socket
+        .connect(
+            format!("{}:{}", node.ip, node.pg_port)
+                .parse()
+                .expect("address"),
+        )
+        .await
+        .expect("tcp connect");
+    let mut config = tokio_postgres::Config::new();
+    config.user(user).password(password).dbname("quarry");
+    let (client, connection) = config.connect_raw(stream, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn refused(result: Result<Client, tokio_postgres::Error>) -> (String, String) {
+    let Err(e) = result else {
+        panic!("the login is refused");
+    };
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string());
+    (sqlstate(&e), message)
+}
+
+async fn denied(client: &Client, sql: &str) -> String {
+    let e = client
+        .simple_query(sql)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{sql} should be refused"));
+    assert_eq!(sqlstate(&e), "42501", "{sql}: {e}");
+    e.as_db_error()
+        .expect("a server error")
+        .message()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn wrong_password_unknown_user_and_expired_role_are_refused_alike() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, &[]).await;
+    let admin = node.client().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE alice LOGIN PASSWORD 'alice-pw';
+             CREATE USER old PASSWORD 'old-pw' VALID UNTIL '2001-01-01';
+             CREATE ROLE nologin PASSWORD 'nl-pw';",
+        )
+        .await
+        .expect("roles");
+
+    login(&node, "alice", "alice-pw")
+        .await
+        .expect("alice logs in");
+    let wrong = refused(login(&node, "alice", "nope").await);
+    let unknown = refused(login(&node, "mallory", "nope").await);
+    let expired = refused(login(&node, "old", "old-pw").await);
+    for (user, (state, message)) in [("alice", &wrong), ("mallory", &unknown), ("old", &expired)] {
+        assert_eq!(state, "28P01");
+        assert_eq!(
+            *message,
+            format!("password authentication failed for user \"{user}\"")
+        );
+    }
+    // LOGIN is checked after the password, as PostgreSQL does.
+    let (state, message) = refused(login(&node, "nologin", "nl-pw").await);
+    assert_eq!(state, "28000");
+    assert!(message.contains("not permitted to log in"), "{message}");
+    assert!(
+        node.metric("quarry_node_login_failures_total").await >= Some(4.0),
+        "failed logins are counted"
+    );
+
+    // Past ten failures a minute from one address, that address is turned
+    // away before any exchange; other addresses are not.
+    for _ in 0..10 {
+        let _ = login_from(&node, "127.0.0.7", "alice", "guess").await;
+    }
+    let (state, message) = refused(login_from(&node, "127.0.0.7", "alice", "alice-pw").await);
+    assert_eq!(state, "28000", "{message}");
+    assert!(message.contains("too many failed logins"), "{message}");
+    login_from(&node, "127.0.0.8", "alice", "alice-pw")
+        .await
+        .expect("another address logs in");
+
+    // ALTER ROLE changes a password at once; a role may change its own.
+    let alice = login(&node, "alice", "alice-pw").await.expect("alice");
+    alice
+        .batch_execute("ALTER ROLE alice PASSWORD 'new-pw'")
+        .await
+        .expect("own password");
+    refused(login(&node, "alice", "alice-pw").await);
+    login(&node, "alice", "new-pw").await.expect("new password");
+    let e = alice
+        .batch_execute("ALTER ROLE alice SUPERUSER")
+        .await
+        .expect_err("no self-promotion");
+    assert_eq!(sqlstate(&e), "42501");
+}
+
+#[tokio::test]
+async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, &[]).await;
+    let admin = node.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE t1 (a int); CREATE TABLE t2 (a int);
+             INSERT INTO t1 VALUES (1); INSERT INTO t2 VALUES (2);
+             CREATE VIEW v2 AS SELECT a FROM t2;
+             CREATE VIEW v1 AS SELECT a FROM t1;
+             CREATE ROLE readers;
+             CREATE ROLE alice LOGIN PASSWORD 'pw' IN ROLE readers;
+             GRANT SELECT ON t1 TO readers;
+             GRANT SELECT ON v1 TO alice;",
+        )
+        .await
+        .expect("setup");
+    let alice = login(&node, "alice", "pw").await.expect("alice");
+    // What alice may do, through her group.
+    let rows = alice.query("SELECT a FROM t1", &[]).await.expect("t1");
+    assert_eq!(rows.len(), 1);
+    alice.query("SELECT a FROM v1", &[]).await.expect("v1");
+    for sql in [
+        "SELECT * FROM t2",
+        "SELECT * FROM t1 WHERE a IN (SELECT a FROM t2)",
+        "WITH x AS (SELECT * FROM t2) SELECT * FROM x",
+        "SELECT * FROM t1 JOIN t2 ON true",
+        "SELECT * FROM t1, (SELECT a FROM t2) AS sub",
+        "EXPLAIN ANALYZE SELECT * FROM t2",
+        "COPY t2 TO STDOUT",
+        "COPY (SELECT * FROM t2) TO STDOUT",
+        "SELECT * FROM t2 AS v1",
+    ] {
+        assert_eq!(
+            denied(&alice, sql).await,
+            "permission denied for table t2",
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        denied(&alice, "SELECT * FROM v2").await,
+        "permission denied for view v2"
+    );
+    for (sql, message) in [
+        (
+            "INSERT INTO t1 VALUES (5)",
+            "permission denied for table t1",
+        ),
+        ("UPDATE t1 SET a = 3", "permission denied for table t1"),
+        ("DELETE FROM t1", "permission denied for table t1"),
+        ("TRUNCATE t1", "permission denied for table t1"),
+        ("DROP TABLE t1", "must be owner of table t1"),
+        (
+            "ALTER TABLE t1 ADD COLUMN b int",
+            "must be owner of table t1",
+        ),
+        ("GRANT SELECT ON t2 TO alice", "must be owner of table t2"),
+        (
+            "CREATE TABLE mine (a int)",
+            "permission denied for schema public",
+        ),
+        ("CREATE ROLE eve", "permission denied to create role"),
+    ] {
+        assert_eq!(denied(&alice, sql).await, message, "{sql}");
+    }
+    // A view reads with its owner's privileges: alice reads t2 through a
+    // view she may read, owned by one who may read t2.
+    admin
+        .batch_execute("GRANT SELECT ON v2 TO alice")
+        .await
+        .expect("grant");
+    let rows = alice.query("SELECT a FROM v2", &[]).await.expect("v2");
+    assert_eq!(rows[0].get::<_, i32>(0), 2);
+    // Privileges granted take effect on the next statement; so does REVOKE.
+    admin
+        .batch_execute(
+            "GRANT INSERT, DELETE ON t1 TO alice; GRANT CREATE ON SCHEMA public TO alice",
+        )
+        .await
+        .expect("grant");
+    alice
+        .batch_execute("INSERT INTO t1 VALUES (7)")
+        .await
+        .expect("insert");
+    alice
+        .batch_execute("DELETE FROM t1 WHERE a = 7")
+        .await
+        .expect("delete");
+    alice
+        .batch_execute("CREATE TABLE mine (a int); INSERT INTO mine VALUES (1); DROP TABLE mine")
+        .await
+        .expect("her own table is hers");
+    admin
+        .batch_execute("REVOKE SELECT ON t1 FROM readers")
+        .await
+        .expect("revoke");
+    assert_eq!(
+        denied(&alice, "SELECT * FROM t1").await,
+        "permission denied for table t1"
+    );
+
+    // The catalogs psql's \du and \dp read, and the privilege functions.
+    let row = admin
+        .query_one(
+            "SELECT has_table_privilege('alice', 't2', 'SELECT'), has_table_privilege('alice', 't1', 'INSERT'), pg_has_role('alice', 'readers', 'MEMBER')",
+            &[],
+        )
+        .await
+        .expect("functions");
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
+        (false, true, true)
+    );
+    let roles = admin
+        .query(
+            "SELECT rolname, rolcanlogin, rolpassword FROM pg_roles ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("pg_roles");
+    let roles: Vec<(String, bool, Option<String>)> = roles
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice".to_owned(), true, Some("********".to_owned())),
+            ("quarry".to_owned(), true, Some("********".to_owned())),
+            ("readers".to_owned(), false, None),
+        ]
+    );
+    let user: String = alice
+        .query_one("SELECT session_user", &[])
+        .await
+        .expect("user")
+        .get(0);
+    assert_eq!(user, "alice");
+    // DROP ROLE waits for its privileges to go.
+    let e = admin
+        .batch_execute("DROP ROLE alice")
+        .await
+        .expect_err("in use");
+    assert_eq!(sqlstate(&e), "2BP01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reaches_an_open_connection_on_another_node_and_no_password_is_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, FAST).await;
+    let mut flags = FAST.to_vec();
+    let seed = first.listen();
+    flags.extend(["--join", seed.as_str()]);
+    let second = TestNode::start_secure(&dir.path().join("n2"), SUPERUSER_PASSWORD, &flags).await;
+    let admin = first.client().await;
+    let secret = "Rosebud-Password-4417";
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE t (a int); INSERT INTO t VALUES (1);
+             CREATE ROLE bob LOGIN PASSWORD '{secret}'; GRANT SELECT ON t TO bob;"
+        ))
+        .await
+        .expect("setup");
+    // Node 2 learns of bob when it applies the commit.
+    let started = std::time::Instant::now();
+    let bob = loop {
+        match login(&second, "bob", secret).await {
+            Ok(client) => break client,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "bob cannot log in on node 2: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bob.query("SELECT a FROM t", &[]).await.expect("granted");
+    admin
+        .batch_execute("REVOKE SELECT ON t FROM bob")
+        .await
+        .expect("revoke");
+    let e = bob
+        .query("SELECT a FROM t", &[])
+        .await
+        .expect_err("revoked");
+    assert_eq!(sqlstate(&e), "42501");
+    drop(bob);
+    drop(admin);
+
+    // The password is nowhere: not in either node's log, Raft log or
+    // snapshots, nor in what the system tables show.
+    let superuser = first.client().await;
+    for table in ["nodes", "snapshots", "stripes", "tables"] {
+        let rows = superuser
+            .simple_query(&format!("SELECT * FROM quarry_system.{table}"))
+            .await
+            .expect("system table");
+        assert!(!format!("{rows:?}").contains(secret));
+    }
+    drop(superuser);
+    for node in [first, second] {
+        let log = node.log();
+        let data_dir = node.data_dir.clone();
+        drop(node);
+        assert!(!log.contains(secret), "the log holds the password");
+        assert!(
+            !contains_bytes(&data_dir, secret.as_bytes()),
+            "the data dir holds the password"
+        );
+    }
+}
+
+fn contains_bytes(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            return contains_bytes(&path, needle);
+        }
+        std::fs::read(&path)
+            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn channel_binding_works_over_tls_and_a_node_beyond_loopback_needs_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    quarry_cert(&certs, &["create-ca"]);
+    quarry_cert(
+        &certs,
+        &["create-node", "--host", "localhost", "--host", "127.0.0.1"],
+    );
+    let node = TestNode::start_secure(
+        &dir.path().join("n1"),
+        SUPERUSER_PASSWORD,
+        &[
+            "--tls-cert",
+            certs.join("node.crt").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("node.key").to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let psql = |options: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user=quarry dbname=quarry connect_timeout=10 sslmode=verify-full sslrootcert={} {options}",
+                node.pg_port,
+                certs.join("ca.crt").display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT session_user"])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .output()
+            .expect("psql runs")
+    };
+    // libpq picks SCRAM-SHA-256-PLUS over TLS; channel_binding=require
+    // fails unless the exchange was bound to the node's certificate.
+    let bound = psql("channel_binding=require");
+    assert!(
+        bound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bound.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&bound.stdout).trim(), "quarry");
+    let wrong = Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} user=quarry dbname=quarry sslmode=require channel_binding=require",
+            node.pg_port
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "not-it")
+        .output()
+        .expect("psql runs");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
+
+    // Beyond loopback in the clear: refused unless --insecure.
+    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["start", "--data-dir"])
+        .arg(dir.path().join("open"))
+        .args(["--pg-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .output()
+        .expect("quarry runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--insecure"));
+    // A new cluster needs its first superuser's password.
+    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["start", "--data-dir"])
+        .arg(dir.path().join("nopassword"))
+        .args(["--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", support::node::free_port()),
+        ])
+        .env_remove("QUARRY_INITIAL_PASSWORD")
+        .output()
+        .expect("quarry runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--initial-password-file"));
+}
