@@ -47,6 +47,7 @@ pub type CheckedScans = Arc<std::sync::Mutex<Vec<Arc<dyn TableSource>>>>;
 
 /// DataFusion catalog over the session's current [`CatalogView`].
 pub struct QuarryCatalog {
+    audit: RwLock<Option<Arc<dyn crate::audit::AuditLog>>>,
     checked_scans: CheckedScans,
     /// The privilege checks of the statement being planned.
     access: RwLock<Option<Arc<Access>>>,
@@ -70,6 +71,7 @@ impl QuarryCatalog {
     /// A catalog provider starting at `view`.
     pub fn new(chunks: Arc<dyn DataFileStore>, view: CatalogView) -> Self {
         QuarryCatalog {
+            audit: RwLock::new(None),
             checked_scans: CheckedScans::default(),
             access: RwLock::new(None),
             chunks,
@@ -105,6 +107,21 @@ impl QuarryCatalog {
             .state
             .write()
             .expect("state lock is never held across a panic") = Some(source);
+    }
+
+    /// Sets the node's audit log, which `quarry_system.audit` shows.
+    pub fn set_audit_log(&self, audit: Option<Arc<dyn crate::audit::AuditLog>>) {
+        *self
+            .audit
+            .write()
+            .expect("audit lock is never held across a panic") = audit;
+    }
+
+    fn audit_log(&self) -> Option<Arc<dyn crate::audit::AuditLog>> {
+        self.audit
+            .read()
+            .expect("audit lock is never held across a panic")
+            .clone()
     }
 
     /// The scans of views checked since the statement began.
@@ -188,10 +205,10 @@ impl CatalogProvider for QuarryCatalog {
         }
         let view = self.view();
         if name == crate::system::SYSTEM_SCHEMA {
-            return Some(Arc::new(crate::system::SystemSchema::new(
-                view.catalog,
-                self.chunks.clone(),
-            )));
+            return Some(Arc::new(
+                crate::system::SystemSchema::new(view.catalog, self.chunks.clone())
+                    .with_audit(self.audit_log()),
+            ));
         }
         if !view.catalog.schemas.contains_key(name) {
             return None;

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod bytea;
 pub mod catalog;
 pub mod charset;

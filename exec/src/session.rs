@@ -90,6 +90,11 @@ pub trait Metadata: Send + Sync + 'static {
     async fn read(&self) -> quarry_raft::Result<Arc<Catalog>>;
     /// Commits `command`; returns once applied on a majority.
     async fn write(&self, command: Command) -> quarry_raft::Result<Applied>;
+    /// The catalog as this node has applied it, without asking the leader
+    /// (may lag behind the cluster); None where there is no local copy.
+    fn read_local(&self) -> Option<Arc<Catalog>> {
+        None
+    }
 }
 
 #[async_trait]
@@ -101,6 +106,10 @@ impl Metadata for quarry_raft::Meta {
     async fn write(&self, command: Command) -> quarry_raft::Result<Applied> {
         quarry_raft::Meta::write(self, command).await
     }
+
+    fn read_local(&self) -> Option<Arc<Catalog>> {
+        Some(quarry_raft::Meta::read_local(self))
+    }
 }
 
 /// What every session of a node shares.
@@ -111,6 +120,8 @@ pub struct Engine {
     resources: QueryResources,
     /// The other nodes queries are distributed over (None: this node alone).
     cluster: Option<Arc<Cluster>>,
+    /// Where audit events go (set once by the node).
+    audit: std::sync::OnceLock<Arc<dyn crate::audit::AuditLog>>,
 }
 
 /// What one query may use on this node.
@@ -147,7 +158,34 @@ impl Engine {
             target_partitions: partitions_within(target_partitions, resources.memory_bytes),
             resources,
             cluster: peers.map(|peers| Arc::new(Cluster::new(peers))),
+            audit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends audit events to `audit` from now on (once; later calls are
+    /// ignored).
+    pub fn set_audit_log(&self, audit: Arc<dyn crate::audit::AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// Records `event` in the audit log, if the node keeps one.
+    pub fn audit(&self, event: crate::audit::AuditEvent) {
+        if let Some(audit) = self.audit.get() {
+            audit.record(event);
+        }
+    }
+
+    /// Records that `user` ran `command`, if it is audited.
+    pub(crate) fn audit_command(&self, user: &str, command: &Command) {
+        if let Some((event, detail)) = crate::audit::describe(command) {
+            self.audit(crate::audit::AuditEvent {
+                at_micros: quarry_raft::now_micros(),
+                event: event.to_owned(),
+                user: user.to_owned(),
+                address: None,
+                detail,
+            });
+        }
     }
 
     /// The catalog as of now (for fragments started by other nodes).
@@ -156,6 +194,19 @@ impl Engine {
     /// If the metadata cannot be read.
     pub async fn catalog(&self) -> Result<Arc<Catalog>> {
         Ok(self.meta.read().await?)
+    }
+
+    /// The catalog as this node has applied it, without a round trip to the
+    /// Raft leader (logins use it, so a node cut off from the leader still
+    /// admits clients; every statement then reads the newest catalog).
+    ///
+    /// # Errors
+    /// As [`Self::catalog`] where there is no local copy.
+    pub async fn local_catalog(&self) -> Result<Arc<Catalog>> {
+        match self.meta.read_local() {
+            Some(catalog) => Ok(catalog),
+            None => self.catalog().await,
+        }
     }
 
     /// The cluster queries are distributed over (None: this node alone).
@@ -378,6 +429,7 @@ impl Session {
             writes: Arc::new(WriteSet::new(engine.chunks.clone())),
         };
         let catalog = Arc::new(QuarryCatalog::new(engine.chunks.clone(), view));
+        catalog.set_audit_log(engine.audit.get().cloned());
         let state = ctx.state_weak_ref();
         catalog.set_state_source(Arc::new(move || {
             state.upgrade().map(|state| state.read().clone())

@@ -13,6 +13,8 @@
 //! - `quarry_system.stripes`: one row per stripe: its layout, the nodes of its
 //!   chunks, how many chunks are on available nodes, and its health: healthy
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
+//! - `quarry_system.audit`: this node's most recent audit events (logins,
+//!   role and privilege changes, DDL; [`crate::audit`]), oldest first.
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use quarry_common::catalog::Catalog;
 
+use crate::audit::AuditLog;
 use crate::chunks::DataFileStore;
 
 /// Name of the system schema.
@@ -34,21 +37,65 @@ const TABLES: &str = "tables";
 const SNAPSHOTS: &str = "snapshots";
 const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
+const AUDIT: &str = "audit";
 /// The tables of the system schema.
-pub const NAMES: [&str; 4] = [NODES, SNAPSHOTS, STRIPES, TABLES];
+pub const NAMES: [&str; 5] = [AUDIT, NODES, SNAPSHOTS, STRIPES, TABLES];
 
 /// The system schema over one catalog version.
 #[derive(Debug)]
 pub struct SystemSchema {
     catalog: Arc<Catalog>,
     cluster: Arc<dyn DataFileStore>,
+    audit: Option<Arc<dyn AuditLog>>,
 }
 
 impl SystemSchema {
     /// The system tables of `catalog`, and of the cluster `cluster` sees.
     pub fn new(catalog: Arc<Catalog>, cluster: Arc<dyn DataFileStore>) -> Self {
-        SystemSchema { catalog, cluster }
+        SystemSchema {
+            catalog,
+            cluster,
+            audit: None,
+        }
     }
+
+    /// The same, with this node's audit log.
+    pub fn with_audit(mut self, audit: Option<Arc<dyn AuditLog>>) -> Self {
+        self.audit = audit;
+        self
+    }
+}
+
+fn audit(log: Option<&Arc<dyn AuditLog>>) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("user_name", DataType::Utf8, false),
+        Field::new("address", DataType::Utf8, true),
+        Field::new("detail", DataType::Utf8, false),
+    ]));
+    let events = log.map(|l| l.recent()).unwrap_or_default();
+    table(
+        schema,
+        vec![
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    events.iter().map(|e| e.at_micros).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            text(events.iter().map(|e| e.event.clone()).collect()),
+            text(events.iter().map(|e| e.user.clone()).collect()),
+            Arc::new(StringArray::from(
+                events.iter().map(|e| e.address.clone()).collect::<Vec<_>>(),
+            )),
+            text(events.iter().map(|e| e.detail.clone()).collect()),
+        ],
+    )
 }
 
 fn nodes(cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
@@ -265,6 +312,7 @@ impl SchemaProvider for SystemSchema {
             SNAPSHOTS => snapshots(&self.catalog).map(Some),
             NODES => nodes(self.cluster.as_ref()).map(Some),
             STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
+            AUDIT => audit(self.audit.as_ref()).map(Some),
             _ => Ok(None),
         }
     }

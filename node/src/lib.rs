@@ -13,6 +13,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

@@ -644,10 +644,16 @@ impl StartupHandler for Connection {
                         ),
                     ));
                 }
-                let address = client.socket_addr().ip();
-                self.auth.admit(address).map_err(refused)?;
+                if let Err(refusal) = self.auth.admit(client.socket_addr().ip()) {
+                    self.audit_login(client.socket_addr(), &user, Some(&refusal.message));
+                    return Err(refused(refusal));
+                }
                 if self.auth.mode() == AuthMode::Insecure {
-                    let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                    let catalog = self
+                        .engine
+                        .local_catalog()
+                        .await
+                        .map_err(|e| to_pg_error(&e))?;
                     let role = catalog.role(&user).cloned();
                     return self.logged_in(client, &user, role.as_deref()).await;
                 }
@@ -662,9 +668,12 @@ impl StartupHandler for Connection {
                 Ok(())
             }
             (Login::Offered { user }, PgWireFrontendMessage::PasswordMessageFamily(message)) => {
-                let address = client.socket_addr().ip();
                 let initial = message.into_sasl_initial_response()?;
-                let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                let catalog = self
+                    .engine
+                    .local_catalog()
+                    .await
+                    .map_err(|e| to_pg_error(&e))?;
                 let data = initial.data.unwrap_or_default();
                 let started = self.auth.start(
                     &catalog,
@@ -677,7 +686,7 @@ impl StartupHandler for Connection {
                 let (exchange, server_first) = match started {
                     Ok(started) => started,
                     Err(refusal) => {
-                        self.auth.failed(address, &user, &refusal.message);
+                        self.login_failed(client.socket_addr(), &user, &refusal.message);
                         return Err(refused(refusal));
                     }
                 };
@@ -696,20 +705,23 @@ impl StartupHandler for Connection {
                 Login::Exchanging { user, exchange },
                 PgWireFrontendMessage::PasswordMessageFamily(message),
             ) => {
-                let address = client.socket_addr().ip();
                 let response = message.into_sasl_response()?;
                 let server_final = match exchange.finish(&response.data) {
                     Ok(server_final) => server_final,
                     Err(e) => {
                         let refusal = crate::auth::refusal(&user, &e);
-                        self.auth.failed(address, &user, &e.to_string());
+                        self.login_failed(client.socket_addr(), &user, &e.to_string());
                         return Err(refused(refusal));
                     }
                 };
-                let catalog = self.engine.catalog().await.map_err(|e| to_pg_error(&e))?;
+                let catalog = self
+                    .engine
+                    .local_catalog()
+                    .await
+                    .map_err(|e| to_pg_error(&e))?;
                 let role = catalog.role(&user).cloned();
                 if let Err(refusal) = crate::auth::may_log_in(role.as_deref(), &user) {
-                    self.auth.failed(address, &user, &refusal.message);
+                    self.login_failed(client.socket_addr(), &user, &refusal.message);
                     return Err(refused(refusal));
                 }
                 client
@@ -729,6 +741,28 @@ impl StartupHandler for Connection {
 }
 
 impl Connection {
+    /// Counts, logs and audits a failed login.
+    fn login_failed(&self, address: std::net::SocketAddr, user: &str, reason: &str) {
+        self.auth.failed(address.ip(), user, reason);
+        self.audit_login(address, user, Some(reason));
+    }
+
+    /// Audits a login (`failure`: why it failed).
+    fn audit_login(&self, address: std::net::SocketAddr, user: &str, failure: Option<&str>) {
+        self.engine.audit(quarry_exec::audit::AuditEvent {
+            at_micros: quarry_raft::now_micros(),
+            event: if failure.is_some() {
+                "login_failed"
+            } else {
+                "login"
+            }
+            .to_owned(),
+            user: user.to_owned(),
+            address: Some(address.to_string()),
+            detail: failure.unwrap_or("authenticated").to_owned(),
+        });
+    }
+
     fn login(&self) -> std::sync::MutexGuard<'_, Login> {
         self.login
             .lock()
@@ -754,6 +788,7 @@ impl Connection {
             .await
             .set_user(SessionUser::new(user, role.map(|r| r.id)));
         tracing::info!(address = %client.socket_addr(), user, "login");
+        self.audit_login(client.socket_addr(), user, None);
         let (pid, secret) = PIDS.generate(client);
         client.set_pid_and_secret_key(pid, secret.clone());
         let key = (pid, secret.to_bytes());

@@ -302,6 +302,9 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         },
         Some(peers.clone()),
     );
+    engine.set_audit_log(Arc::new(crate::audit::FileAuditLog::open(
+        &data_dir.path().join("audit.jsonl"),
+    )?));
     let (queries, _) = Actor::spawn(
         None,
         QueryManager,

@@ -124,6 +124,15 @@ async fn wrong_password_unknown_user_and_expired_role_are_refused_alike() {
         node.metric("quarry_node_login_failures_total").await >= Some(4.0),
         "failed logins are counted"
     );
+    let failed = admin
+        .query(
+            "SELECT user_name FROM quarry_system.audit WHERE event = 'login_failed' ORDER BY at",
+            &[],
+        )
+        .await
+        .expect("audit");
+    let failed: Vec<String> = failed.iter().map(|r| r.get(0)).collect();
+    assert_eq!(failed, ["alice", "mallory", "old", "nologin"]);
 
     // Past ten failures a minute from one address, that address is turned
     // away before any exchange; other addresses are not.
@@ -301,6 +310,41 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
         .await
         .expect_err("in use");
     assert_eq!(sqlstate(&e), "2BP01");
+
+    // The audit trail: logins, role and privilege changes, DDL; superusers
+    // alone read it.
+    let events = admin
+        .query(
+            "SELECT event, user_name, address IS NOT NULL, detail FROM quarry_system.audit",
+            &[],
+        )
+        .await
+        .expect("audit");
+    let events: Vec<(String, String, bool, String)> = events
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    for expected in [
+        ("login", "alice", true, "authenticated"),
+        ("role", "quarry", false, "CREATE ROLE alice (with password)"),
+        ("ddl", "quarry", false, "CREATE TABLE public.t1"),
+        ("ddl", "alice", false, "DROP TABLE public.mine"),
+        ("privilege", "quarry", false, "REVOKE r ON table id"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|(event, user, address, detail)| event == expected.0
+                    && user == expected.1
+                    && *address == expected.2
+                    && detail.starts_with(expected.3)),
+            "{expected:?} not in {events:#?}"
+        );
+    }
+    assert_eq!(
+        denied(&alice, "SELECT * FROM quarry_system.audit").await,
+        "permission denied for schema quarry_system"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -618,6 +618,7 @@ impl Session {
             files.extend(change.added);
             stripes.extend(change.stripes);
         }
+        let (table_schema, table_name) = (schema.clone(), name.clone());
         let command = Command::CreateTable {
             schema,
             name,
@@ -636,8 +637,22 @@ impl Session {
                 return Err(e);
             }
         };
+        let audited = Command::CreateTable {
+            schema: table_schema,
+            name: table_name,
+            columns: Vec::new(),
+            if_not_exists: false,
+            files: Vec::new(),
+            retention_micros: None,
+            field_ids: Vec::new(),
+            layout: None,
+            stripes: Vec::new(),
+        };
         match self.engine.meta.write(command).await {
-            Ok(_) => Ok(Output::Command(CommandTag::with_rows("SELECT", rows))),
+            Ok(_) => {
+                self.engine.audit_command(&self.user().name, &audited);
+                Ok(Output::Command(CommandTag::with_rows("SELECT", rows)))
+            }
             Err(e) => {
                 if refused(&e) {
                     view.writes.discard_files(files);

@@ -326,13 +326,15 @@ impl Session {
     /// block to the block's catalog until COMMIT.
     pub(super) async fn write_ddl(&mut self, command: Command) -> Result<()> {
         let command = self.authorize(command).await?;
+        let audited = command.clone();
         match &mut self.transaction {
             None => {
                 self.engine.meta.write(command).await?;
-                Ok(())
             }
-            Some(transaction) => transaction.apply_ddl(command),
+            Some(transaction) => transaction.apply_ddl(command)?,
         }
+        self.engine.audit_command(&self.user.name, &audited);
+        Ok(())
     }
 
     /// `command` checked against the session's privileges, and what it
