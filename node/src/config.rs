@@ -109,6 +109,12 @@ pub struct FileConfig {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM, `certs/ca.crt`): with it, nodes
+    /// talk to each other over mutual TLS, each showing a certificate this
+    /// CA signed; a node without one (or with another CA's) cannot join or
+    /// be dialled. Read again on SIGHUP with the certificate.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// No TLS required and no authentication: any client may connect as any
     /// user (a user name with no role acts as a superuser). For a node on
     /// loopback while trying Quarry out; said in the log and by `SHOW
@@ -170,6 +176,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// Its private key.
     pub tls_key: Option<PathBuf>,
+    /// The cluster CA, for node-to-node mutual TLS.
+    pub tls_ca: Option<PathBuf>,
     /// `--insecure`: no authentication, TLS not required.
     pub insecure: bool,
     /// Where the first superuser's password is read from.
@@ -207,7 +215,11 @@ impl Config {
             (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                ca: self.tls_ca.clone(),
             })),
+            (None, None) if self.tls_ca.is_some() => {
+                anyhow::bail!("tls_ca needs tls_cert and tls_key: the node's own certificate")
+            }
             (None, None) => Ok(None),
             _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
         }
@@ -355,6 +367,7 @@ impl FileConfig {
                 << 20,
             tls_cert: flags.tls_cert.or(self.tls_cert),
             tls_key: flags.tls_key.or(self.tls_key),
+            tls_ca: flags.tls_ca.or(self.tls_ca),
             insecure: flags.insecure || self.insecure,
             initial_password_file: flags.initial_password_file.or(self.initial_password_file),
         }
@@ -440,6 +453,15 @@ mod tests {
         );
         let loopback = FileConfig::default().merge(FileConfig::default());
         assert!(loopback.check_exposure().is_ok());
+        let nodes_open = |extra: &str| {
+            toml::from_str::<FileConfig>(&format!(
+                "listen = \"10.0.0.1:7433\"\ntls_cert = \"a\"\ntls_key = \"b\"\n{extra}"
+            ))
+            .expect("valid toml")
+            .merge(FileConfig::default())
+        };
+        assert!(nodes_open("").check_exposure().is_err());
+        assert!(nodes_open("tls_ca = \"c\"").check_exposure().is_ok());
     }
 
     #[test]

@@ -277,6 +277,74 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// A node-to-node connection: plain TCP, or mutual TLS over it.
+#[derive(Debug)]
+pub enum RpcStream {
+    /// In the clear (`--insecure`, or no cluster CA given).
+    Plain(TcpStream),
+    /// Mutual TLS.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+impl RpcStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            RpcStream::Plain(s) => s,
+            RpcStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for RpcStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            RpcStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for RpcStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            RpcStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            RpcStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            RpcStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How long a node may take to complete the TLS handshake of a node-to-node
+/// connection before it is closed.
+pub const RPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves RPC requests on this node.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
@@ -286,15 +354,45 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Accepts connections on `listener` and answers each request with `handler`,
 /// until the task is dropped.
-pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+///
+/// With `tls`, a connection is served only after a TLS handshake in which
+/// the peer showed a certificate the cluster CA signed; one that does not is
+/// logged and closed.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    tls: Option<Arc<crate::tls::ReloadableTls>>,
+) {
     loop {
         let Ok((socket, peer)) = listener.accept().await else {
             continue;
         };
         let _ = socket.set_nodelay(true);
         let handler = handler.clone();
+        let rpc_tls = tls.as_ref().and_then(|tls| tls.rpc());
         tokio::spawn(async move {
-            let mut frames = Framed::new(socket, codec());
+            let stream = match rpc_tls {
+                None => RpcStream::Plain(socket),
+                Some(rpc_tls) => {
+                    let accepted = tokio::time::timeout(
+                        RPC_HANDSHAKE_TIMEOUT,
+                        rpc_tls.acceptor.accept(socket),
+                    )
+                    .await;
+                    match accepted {
+                        Ok(Ok(stream)) => RpcStream::Tls(Box::new(stream.into())),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "refused a node connection: no certificate of this cluster's CA");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "refused a node connection: TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut frames = Framed::new(stream, codec());
             while let Some(Ok(frame)) = frames.next().await {
                 let response = match decode::<RpcRequest>(peer, &frame) {
                     Ok(request) => handler.handle(request).await,
@@ -336,10 +434,18 @@ pub struct TcpTransport {
     network: tokio::runtime::Handle,
 }
 
-/// Idle connections per peer.
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+/// Idle connections per peer, and how new ones are made.
+#[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Framed<TcpStream, LengthDelimitedCodec>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Framed<RpcStream, LengthDelimitedCodec>>>>,
+    /// Mutual TLS for the connections it dials.
+    tls: Option<Arc<crate::tls::ReloadableTls>>,
 }
 
 impl TcpTransport {
@@ -348,8 +454,20 @@ impl TcpTransport {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn new() -> Self {
+        TcpTransport::with_tls(None)
+    }
+
+    /// A transport dialling with the node's mutual TLS (when `tls` holds
+    /// the cluster CA), calling from the current runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn with_tls(tls: Option<Arc<crate::tls::ReloadableTls>>) -> Self {
         TcpTransport {
-            pool: Arc::default(),
+            pool: Arc::new(Pool {
+                idle: Mutex::default(),
+                tls,
+            }),
             network: tokio::runtime::Handle::current(),
         }
     }
@@ -366,7 +484,7 @@ impl Pool {
     /// that restarted closed its end while the connection sat in the pool; a
     /// request written to it would be lost (read as [`RpcError::AnswerLost`]),
     /// so such connections are dropped here, before anything is sent.
-    fn take_idle(&self, target: SocketAddr) -> Option<Framed<TcpStream, LengthDelimitedCodec>> {
+    fn take_idle(&self, target: SocketAddr) -> Option<Framed<RpcStream, LengthDelimitedCodec>> {
         let mut idle = self
             .idle
             .lock()
@@ -376,7 +494,9 @@ impl Pool {
             // An idle connection has nothing to read: end of stream means the
             // peer closed it, and bytes nobody asked for mean it is out of step.
             let mut byte = [0u8; 1];
-            match connection.get_ref().try_read(&mut byte) {
+            // (Over TLS, bytes waiting are a close_notify or worse: the
+            // connection is dropped either way.)
+            match connection.get_ref().tcp().try_read(&mut byte) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(connection),
                 _ => tracing::debug!(%target, "dropped a pooled connection the peer closed"),
             }
@@ -384,7 +504,7 @@ impl Pool {
         None
     }
 
-    fn put_idle(&self, target: SocketAddr, connection: Framed<TcpStream, LengthDelimitedCodec>) {
+    fn put_idle(&self, target: SocketAddr, connection: Framed<RpcStream, LengthDelimitedCodec>) {
         let mut idle = self
             .idle
             .lock()
@@ -406,7 +526,26 @@ impl Pool {
             None => {
                 let socket = TcpStream::connect(target).await.map_err(unreachable)?;
                 let _ = socket.set_nodelay(true);
-                Framed::new(socket, codec())
+                let stream = match self.tls.as_ref().and_then(|tls| tls.rpc()) {
+                    None => RpcStream::Plain(socket),
+                    Some(rpc_tls) => {
+                        let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+                        let connected = tokio::time::timeout(
+                            RPC_HANDSHAKE_TIMEOUT,
+                            rpc_tls.connector.connect(name, socket),
+                        )
+                        .await
+                        .map_err(|_| {
+                            RpcError::Unreachable(target, "TLS handshake timed out".to_owned())
+                        })?
+                        .map_err(|e| {
+                            tracing::warn!(%target, error = %e, "a node did not show a certificate of this cluster's CA");
+                            RpcError::Unreachable(target, format!("TLS: {e}"))
+                        })?;
+                        RpcStream::Tls(Box::new(connected.into()))
+                    }
+                };
+                Framed::new(stream, codec())
             }
         };
         connection
@@ -554,7 +693,7 @@ mod tests {
             delay,
             calls: AtomicUsize::new(0),
         });
-        let task = tokio::spawn(serve(listener, echo.clone()));
+        let task = tokio::spawn(serve(listener, echo.clone(), None));
         (echo, task)
     }
 

@@ -237,7 +237,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
-    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new());
+    if tls.as_ref().is_some_and(|tls| tls.rpc().is_some()) {
+        tracing::info!("nodes talk over mutual TLS (certificates of the cluster CA)");
+    }
+    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::with_tls(tls.clone()));
     let addr = NodeAddr {
         rpc: config.listen.to_string(),
         pg: config.pg_listen.to_string(),
@@ -326,6 +329,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             transport.clone(),
             queries.clone(),
         )),
+        tls.clone(),
     ));
     let single = node_id == FIRST_NODE_ID && config.join.is_empty();
     let bootstrapping =

@@ -41,6 +41,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// The cluster's CA certificate (PEM): with it, node-to-node RPC runs
+    /// over mutual TLS, each end showing a certificate the CA signed.
+    pub ca: Option<PathBuf>,
 }
 
 /// The rustls server configuration for `files` (no ALPN protocol yet).
@@ -85,6 +88,132 @@ struct Acceptors {
     http: tokio_rustls::TlsAcceptor,
     /// The certificate's `tls-server-end-point` channel binding data.
     end_point: Option<Vec<u8>>,
+    /// Node-to-node mutual TLS, when the CA is given.
+    rpc: Option<RpcTls>,
+}
+
+/// Both ends of node-to-node mutual TLS.
+#[derive(Clone)]
+pub struct RpcTls {
+    /// Accepts a node's connection showing a certificate the CA signed.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials a node, showing this node's certificate and checking the
+    /// peer's against the CA.
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read certificate {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad PEM in {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+fn ca_roots(ca: &Path) -> anyhow::Result<Arc<rustls::RootCertStore>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Checks a node's server certificate against the cluster CA, not against
+/// the address it was dialled by: nodes are reached by whatever address
+/// gossip learnt, and membership of the cluster is what the CA's signature
+/// says.
+#[derive(Debug)]
+struct ClusterServerVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ClusterServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Node-to-node mutual TLS for `files` (which name the CA).
+///
+/// # Errors
+/// If a file cannot be read or does not fit.
+pub fn rpc_tls(files: &TlsFiles, ca: &Path) -> anyhow::Result<RpcTls> {
+    let roots = ca_roots(ca)?;
+    let certs = read_certs(&files.cert)?;
+    let key = || {
+        PrivateKeyDer::from_pem_file(&files.key)
+            .with_context(|| format!("cannot read private key {}", files.key.display()))
+    };
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), ring_provider())
+            .build()
+            .context("the CA cannot verify node certificates")?;
+    let server = rustls::ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(certs.clone(), key()?)
+        .context("the node certificate does not match its key")?;
+    let servers =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, ring_provider())
+            .build()
+            .context("the CA cannot verify node certificates")?;
+    let client = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier(servers)))
+        .with_client_auth_cert(certs, key()?)
+        .context("the node certificate does not match its key")?;
+    Ok(RpcTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+    })
 }
 
 /// RFC 5929 §4.1 `tls-server-end-point`: the hash of the certificate (DER)
@@ -119,10 +248,15 @@ impl Acceptors {
             config.alpn_protocols = vec![alpn.to_vec()];
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         };
+        let rpc = match &files.ca {
+            Some(ca) => Some(rpc_tls(files, ca)?),
+            None => None,
+        };
         Ok(Acceptors {
             pg: with_alpn(POSTGRESQL_ALPN),
             http: with_alpn(HTTP1_ALPN),
             end_point,
+            rpc,
         })
     }
 }
@@ -155,6 +289,11 @@ impl ReloadableTls {
     /// The channel binding data of the certificate being served.
     pub fn end_point(&self) -> Option<Vec<u8>> {
         self.current().end_point
+    }
+
+    /// Node-to-node mutual TLS, when the node has the cluster CA.
+    pub fn rpc(&self) -> Option<RpcTls> {
+        self.current().rpc
     }
 
     /// The acceptor for a new HTTP connection.
@@ -375,6 +514,7 @@ mod tests {
         .unwrap();
         create_client(dir.path(), "alice", Lifetimes::default()).unwrap();
         let files = TlsFiles {
+            ca: None,
             cert: dir.path().join("node.crt"),
             key: dir.path().join("node.key"),
         };
@@ -394,6 +534,7 @@ mod tests {
         assert!(create_client(dir.path(), "alice", Lifetimes::default()).is_err());
         // A key that is not the certificate's is refused.
         let mismatched = TlsFiles {
+            ca: None,
             cert: dir.path().join("node.crt"),
             key: dir.path().join("client.alice.key"),
         };

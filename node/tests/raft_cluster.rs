@@ -54,6 +54,7 @@ async fn replicas(n: u64) -> Vec<Replica> {
         let server = tokio::spawn(serve(
             listener,
             Arc::new(RaftHandler::new(meta.raft().clone(), id)),
+            None,
         ));
         replicas.push(Replica {
             id,

@@ -504,3 +504,121 @@ async fn channel_binding_works_over_tls_and_a_node_beyond_loopback_needs_tls() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--initial-password-file"));
 }
+
+/// Runs `quarry start` with `args` until it exits (at most `limit`); its
+/// status and stderr.
+fn start_until_exit(args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("start")
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("quarry runs");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            use std::io::Read;
+            let _ = child
+                .stderr
+                .take()
+                .expect("piped")
+                .read_to_string(&mut stderr);
+            return (status.success(), stderr);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("quarry start {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_cannot_join() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster_certs = dir.path().join("certs");
+    let foreign_certs = dir.path().join("foreign");
+    for certs in [&cluster_certs, &foreign_certs] {
+        quarry_cert(certs, &["create-ca"]);
+        quarry_cert(
+            certs,
+            &["create-node", "--host", "127.0.0.1", "--host", "localhost"],
+        );
+    }
+    let tls = |certs: &Path| -> Vec<String> {
+        ["node.crt", "node.key", "ca.crt"]
+            .iter()
+            .zip(["--tls-cert", "--tls-key", "--tls-ca"])
+            .flat_map(|(file, flag)| [flag.to_owned(), certs.join(file).display().to_string()])
+            .collect()
+    };
+    let mut flags: Vec<String> = tls(&cluster_certs);
+    flags.extend(FAST.iter().map(|s| (*s).to_owned()));
+    let flags_ref: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first =
+        TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, &flags_ref).await;
+    let seed = first.listen();
+    let mut joining = flags_ref.clone();
+    joining.extend(["--join", seed.as_str()]);
+    let second = TestNode::start_secure(&dir.path().join("n2"), SUPERUSER_PASSWORD, &joining).await;
+    assert!(first.log().contains("nodes talk over mutual TLS"));
+    // Writes on one node are read on the other: Raft and the chunk store
+    // run over the mutual TLS connections.
+    first
+        .client()
+        .await
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(rows) = second.client().await.query("SELECT a FROM t", &[]).await {
+            assert_eq!(rows.len(), 2);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 2 reads t"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A node with another CA's certificate, and one without TLS, cannot
+    // join; the seed says why.
+    for (name, extra) in [
+        ("foreign", tls(&foreign_certs)),
+        ("plain", vec!["--insecure".to_owned()]),
+    ] {
+        let data = dir.path().join(name).display().to_string();
+        let listen = format!("127.0.0.1:{}", support::node::free_port());
+        let mut args: Vec<&str> = vec![
+            "--data-dir",
+            &data,
+            "--listen",
+            &listen,
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--join",
+            &seed,
+            "--join-timeout-secs",
+            "3",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let (joined, stderr) = start_until_exit(&args, Duration::from_secs(60));
+        assert!(!joined, "the {name} node joined: {stderr}");
+        assert!(
+            stderr.contains("join"),
+            "the {name} node failed otherwise: {stderr}"
+        );
+    }
+    assert!(
+        first.log().contains("refused a node connection"),
+        "{}",
+        first.log()
+    );
+}
