@@ -441,6 +441,22 @@ pub struct Catalog {
     /// entry is owned by the bootstrap superuser and granted to nobody.
     #[serde(skip)]
     pub acls: OrdMap<crate::roles::Securable, Arc<crate::roles::Acl>>,
+    /// The key that authenticates gossip datagrams between the nodes of a
+    /// cluster that talks over mutual TLS (set once, by the first node that
+    /// finds none); a record of its own in the Raft snapshot file.
+    #[serde(skip)]
+    pub gossip_key: Option<GossipKey>,
+}
+
+/// A cluster's gossip key: 32 random bytes, HMAC-SHA-256 key of every gossip
+/// datagram. Its `Debug` does not show it.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey(pub [u8; 32]);
+
+impl fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GossipKey(..)")
+    }
 }
 
 /// What a table declares about itself beyond its columns: COMMENT ON TABLE /

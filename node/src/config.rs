@@ -254,10 +254,20 @@ impl Config {
     /// Refuses to serve beyond loopback without TLS unless `--insecure`.
     ///
     /// # Errors
-    /// When a client-facing address is not loopback, TLS is off and
-    /// `--insecure` was not given.
+    /// Unless `--insecure`: when a client-facing address is not loopback
+    /// and TLS is off, or the node-to-node address is not loopback and the
+    /// cluster CA (mutual TLS) is not given.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
-        if self.insecure || self.tls_cert.is_some() {
+        if self.insecure {
+            return Ok(());
+        }
+        if !self.listen.ip().is_loopback() && self.tls_ca.is_none() {
+            anyhow::bail!(
+                "listen {} is beyond loopback but nodes would talk in the clear: give --tls-cert, --tls-key and --tls-ca (the cluster CA, see `quarry cert`), or --insecure",
+                self.listen
+            );
+        }
+        if self.tls_cert.is_some() {
             return Ok(());
         }
         for (what, address) in [

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::rpc::WIRE_VERSION;
+use quarry_common::catalog::GossipKey;
 
 /// What gossip spreads about a node: who it is and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +113,18 @@ fn probe_period(down_after: Duration) -> Duration {
 impl Membership {
     /// Starts gossip as `me` on `socket` (bound to `me.addr`), declaring a
     /// silent node down after about `down_after`.
-    pub fn start(me: Identity, socket: UdpSocket, down_after: Duration) -> Membership {
+    ///
+    /// `key` gives the cluster's gossip key whenever asked (None until the
+    /// cluster has one): with a key, every datagram sent carries its
+    /// HMAC-SHA-256 tag, and one received without the right tag is dropped,
+    /// so only nodes that learnt the key (over Raft, over mutual TLS) take
+    /// part.
+    pub fn start(
+        me: Identity,
+        socket: UdpSocket,
+        down_after: Duration,
+        key: GossipKeySource,
+    ) -> Membership {
         let mut config = foca::Config::new_lan(NonZeroU32::new(16).expect("non-zero"));
         config.probe_period = probe_period(down_after);
         config.probe_rtt = config.probe_period / 2;
@@ -136,8 +148,8 @@ impl Membership {
             input: input.clone(),
         };
         let socket = Arc::new(socket);
-        tokio::spawn(receive(socket.clone(), input.clone()));
-        tokio::spawn(run(me, config, socket, inputs, input, view));
+        tokio::spawn(receive(socket.clone(), input.clone(), key.clone()));
+        tokio::spawn(run(me, config, socket, inputs, input, view, key));
         membership
     }
 
@@ -207,14 +219,54 @@ impl Membership {
     }
 }
 
-async fn receive(socket: Arc<UdpSocket>, input: mpsc::Sender<Input>) {
+/// Where the gossip key comes from (the locally applied catalog).
+pub type GossipKeySource = Arc<dyn Fn() -> Option<GossipKey> + Send + Sync>;
+
+/// Bytes of a datagram's tag: HMAC-SHA-256 of the message (zeros while the
+/// cluster has no key).
+const TAG_BYTES: usize = 32;
+
+/// `WIRE_VERSION | tag | message`.
+fn seal(key: Option<GossipKey>, message: &[u8]) -> BytesMut {
+    let mut datagram = BytesMut::with_capacity(1 + TAG_BYTES + message.len());
+    datagram.put_u8(WIRE_VERSION);
+    match key {
+        Some(key) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.0);
+            datagram.extend_from_slice(ring::hmac::sign(&key, message).as_ref());
+        }
+        None => datagram.extend_from_slice(&[0; TAG_BYTES]),
+    }
+    datagram.extend_from_slice(message);
+    datagram
+}
+
+/// The message of `datagram` if it is of this wire version and, when the
+/// cluster has a key, its tag is right.
+fn open(key: Option<GossipKey>, datagram: &[u8]) -> Option<&[u8]> {
+    let (&version, rest) = datagram.split_first()?;
+    if version != WIRE_VERSION || rest.len() < TAG_BYTES {
+        return None;
+    }
+    let (tag, message) = rest.split_at(TAG_BYTES);
+    match key {
+        Some(key) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.0);
+            ring::hmac::verify(&key, message, tag).ok()?;
+            Some(message)
+        }
+        None => Some(message),
+    }
+}
+
+async fn receive(socket: Arc<UdpSocket>, input: mpsc::Sender<Input>, key: GossipKeySource) {
     let mut buffer = vec![0; 64 * 1024];
     loop {
-        let Ok((len, _peer)) = socket.recv_from(&mut buffer).await else {
+        let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
             continue;
         };
-        match buffer[..len].split_first() {
-            Some((&WIRE_VERSION, message)) => {
+        match open(key(), &buffer[..len]) {
+            Some(message) => {
                 if input
                     .send(Input::Data(Bytes::copy_from_slice(message)))
                     .await
@@ -223,7 +275,10 @@ async fn receive(socket: Arc<UdpSocket>, input: mpsc::Sender<Input>) {
                     return;
                 }
             }
-            _ => tracing::debug!("dropped a gossip datagram of another wire version"),
+            None => {
+                metrics::counter!("quarry_node_gossip_rejected_total").increment(1);
+                tracing::debug!(%peer, "dropped a gossip datagram of another wire version or without this cluster's key");
+            }
         }
     }
 }
@@ -236,6 +291,7 @@ async fn run(
     mut inputs: mpsc::Receiver<Input>,
     input: mpsc::Sender<Input>,
     view: Arc<RwLock<BTreeMap<NodeId, Member>>>,
+    key: GossipKeySource,
 ) {
     let rng: rand10::rngs::StdRng = rand10::make_rng();
     let mut foca = Foca::new(me.clone(), config, rng, PostcardCodec);
@@ -261,9 +317,7 @@ async fn run(
             tracing::debug!(error = %e, "gossip input ignored");
         }
         while let Some((to, data)) = runtime.to_send() {
-            let mut datagram = BytesMut::with_capacity(data.len() + 1);
-            datagram.put_u8(WIRE_VERSION);
-            datagram.extend_from_slice(&data);
+            let datagram = seal(key(), &data);
             let _ = socket.send_to(&datagram, to.addr).await;
         }
         while let Some((delay, timer)) = runtime.to_schedule() {
@@ -325,5 +379,27 @@ fn refresh(
             member.state = MemberState::Down;
             member.since = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_opens_only_with_the_key_it_was_sealed_with() {
+        let key = Some(GossipKey([7; 32]));
+        let sealed = seal(key, b"probe");
+        assert_eq!(open(key, &sealed), Some(&b"probe"[..]));
+        assert_eq!(open(Some(GossipKey([8; 32])), &sealed), None);
+        // A node that has the key drops what a node without it sends.
+        assert_eq!(open(key, &seal(None, b"probe")), None);
+        // Until a node learns the key, it takes what others send.
+        assert_eq!(open(None, &sealed), Some(&b"probe"[..]));
+        let mut tampered = sealed.to_vec();
+        *tampered.last_mut().expect("not empty") ^= 1;
+        assert_eq!(open(key, &tampered), None);
+        assert_eq!(open(key, &[WIRE_VERSION, 1, 2]), None);
+        assert_eq!(open(None, &[]), None);
     }
 }

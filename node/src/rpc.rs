@@ -37,7 +37,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `ChunkFailed`; version 7: `RemoteMetaError` keeps storage failures and
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
-/// roles, privileges and owners), needs a new version.
+/// roles, privileges, owners, `SetGossipKey`, and gossip datagrams with an
+/// HMAC tag), needs a new version.
 pub const WIRE_VERSION: u8 = 11;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -909,6 +910,7 @@ mod tests {
             | C::SetMembership { .. }
             | C::SetPrivileges { .. }
             | C::SetOwner { .. }
+            | C::SetGossipKey { .. }
             | C::Owned { .. } => {}
         }
         const _: () = assert!(WIRE_VERSION == 11, "update the list above");

@@ -176,6 +176,22 @@ async fn plausible_first_packet(socket: &tokio::net::TcpStream) -> bool {
     }
 }
 
+/// Gives the cluster a gossip key if it has none (nodes over mutual TLS
+/// authenticate their gossip with it): proposes a random one until the
+/// catalog has one, this node's or another's.
+async fn ensure_gossip_key(meta: Arc<Meta>) {
+    while meta.read_local().gossip_key.is_none() {
+        let key = quarry_common::catalog::GossipKey(rand::random());
+        match meta.write(quarry_raft::Command::SetGossipKey { key }).await {
+            Ok(_) => tracing::info!("gossip is authenticated with the cluster's key"),
+            Err(e) => {
+                tracing::debug!(error = %e, "the gossip key must wait");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Creates the first superuser, `quarry`, unless a role of that name exists:
 /// with `password`, or (on an `--insecure` node) without one.
 async fn create_first_superuser(meta: &Meta, password: Option<&str>) -> anyhow::Result<()> {
@@ -271,6 +287,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         },
         gossip_socket,
         config.down_after,
+        {
+            let meta = meta.clone();
+            Arc::new(move || meta.read_local().gossip_key)
+        },
     );
     for seed in &config.join {
         if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
@@ -344,6 +364,9 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     }
     if (bootstrapping || single) && (initial_password.is_some() || config.insecure) {
         create_first_superuser(&meta, initial_password.as_deref()).await?;
+    }
+    if tls.as_ref().is_some_and(|tls| tls.rpc().is_some()) {
+        tokio::spawn(ensure_gossip_key(meta.clone()));
     }
     collect_garbage(&meta, &stripes, started_at).await;
     let mode = if config.insecure {

@@ -621,4 +621,42 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_cannot_join() {
         "{}",
         first.log()
     );
+    // Gossip carries the cluster key's tag: the members know each other,
+    // and a datagram without the tag (what a stranger can send) is dropped.
+    let rows = support::cluster::node_rows(&first).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.state == "alive"), "{rows:?}");
+    assert!(first.log().contains("gossip is authenticated"));
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let mut forged = vec![11u8];
+    forged.extend([0u8; 32]);
+    forged.extend(b"not from a member");
+    stranger.send_to(&forged, &seed).expect("send");
+    // The HTTP listener speaks HTTPS here: Python's urllib reads /metrics.
+    let rejected = || {
+        let script = format!(
+            "import ssl, urllib.request\n\
+             context = ssl.create_default_context(cafile={ca:?})\n\
+             body = urllib.request.urlopen('https://localhost:{port}/metrics', context=context, timeout=10).read().decode()\n\
+             print(sum(float(l.split()[1]) for l in body.splitlines() if l.startswith('quarry_node_gossip_rejected_total ')))\n",
+            ca = cluster_certs.join("ca.crt").display().to_string(),
+            port = first.http_port,
+        );
+        let output = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3 runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.0)
+    };
+    let started = std::time::Instant::now();
+    while rejected() < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the forged datagram is dropped and counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

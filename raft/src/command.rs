@@ -10,8 +10,9 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, FieldId, NodeId, Operation, SchemaVersion, SnapshotId, Stripe, StripeChunk,
-    StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
+    DroppedTable, FieldId, GossipKey, NodeId, Operation, SchemaVersion, SnapshotId, Stripe,
+    StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot,
+    TimestampMicros, View,
 };
 use quarry_common::roles::{Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
@@ -352,6 +353,12 @@ pub enum Command {
         object: Securable,
         /// The new owner's name.
         owner: String,
+    },
+    /// Sets the cluster's gossip key, unless it has one (the first node to
+    /// propose one wins; later proposals change nothing).
+    SetGossipKey {
+        /// The key.
+        key: GossipKey,
     },
     /// A CREATE SCHEMA, TABLE or VIEW whose new object `owner` owns.
     Owned {
@@ -721,6 +728,12 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let applied = apply(catalog, &inner)?;
             roles::record_owner(catalog, *owner, command, &applied);
             Ok(applied)
+        }
+        Command::SetGossipKey { key } => {
+            if catalog.gossip_key.is_none() {
+                catalog.gossip_key = Some(*key);
+            }
+            Ok(Applied::Nothing)
         }
         Command::CreateRole { .. }
         | Command::AlterRole { .. }

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The first record is `Header`, then one record per table, dropped table,
-//! stripe, view, table notes, role and object ACL; the last is `End` with the number of records
+//! stripe, view, table notes, role and object ACL, and the gossip key; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, DroppedTable, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
+    Catalog, DroppedTable, GossipKey, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,8 @@ enum Record<'a> {
         object: Cow<'a, Securable>,
         acl: Cow<'a, Acl>,
     },
+    /// The cluster's gossip key.
+    GossipKey(GossipKey),
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -123,6 +125,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         notes,
         roles,
         acls,
+        gossip_key,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -169,6 +172,9 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
             object: Cow::Borrowed(object),
             acl: Cow::Borrowed(acl.as_ref()),
         })?;
+    }
+    if let Some(key) = gossip_key {
+        writer.put(&Record::GossipKey(*key))?;
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -266,6 +272,7 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                     .acls
                     .insert(object.into_owned(), Arc::new(acl.into_owned()));
             }
+            Record::GossipKey(key) => catalog.gossip_key = Some(key),
             Record::End { records: written } => {
                 if written != records {
                     return Err(invalid(format!(
@@ -426,6 +433,13 @@ mod tests {
         assert_eq!(catalog.notes.len(), 1);
         assert_eq!(catalog.roles.len(), 1);
         assert_eq!(catalog.acls.len(), 1);
+        let mut catalog = catalog;
+        ok(
+            &mut catalog,
+            Command::SetGossipKey {
+                key: GossipKey([9; 32]),
+            },
+        );
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");
