@@ -205,6 +205,42 @@ impl Cluster {
                 paused: false,
             })
             .collect();
+        // The nodes talk over mutual TLS, as a production cluster does:
+        // certificates of one CA, made by `quarry cert`.
+        let certs = dir.join("certs");
+        if !certs.join("ca.crt").exists() {
+            let mut hosts = vec!["localhost".to_owned()];
+            hosts.extend(lan.hosts().iter().map(|h| h.addr.to_string()));
+            let cert = |args: &[String]| -> anyhow::Result<()> {
+                let output = std::process::Command::new(quarry)
+                    .arg("cert")
+                    .args(args)
+                    .arg("--certs-dir")
+                    .arg(&certs)
+                    .output()
+                    .context("cannot run quarry cert")?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "quarry cert {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                Ok(())
+            };
+            cert(&["create-ca".to_owned()])?;
+            let mut node = vec!["create-node".to_owned()];
+            for host in hosts {
+                node.extend(["--host".to_owned(), host]);
+            }
+            cert(&node)?;
+        }
+        let mut flags = flags;
+        for (flag, file) in [
+            ("--tls-cert", "node.crt"),
+            ("--tls-key", "node.key"),
+            ("--tls-ca", "ca.crt"),
+        ] {
+            flags.extend([flag.to_owned(), certs.join(file).display().to_string()]);
+        }
         let mut cluster = Cluster {
             nodes,
             quarry: quarry.to_owned(),
