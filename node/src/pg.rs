@@ -657,6 +657,29 @@ impl StartupHandler for Connection {
                     let role = catalog.role(&user).cloned();
                     return self.logged_in(client, &user, role.as_deref()).await;
                 }
+                // A client certificate the cluster CA signed (checked in the
+                // TLS handshake) whose common name is the user logs in
+                // without a password, as PostgreSQL's `cert` method.
+                let certificate_user = client
+                    .client_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|leaf| crate::tls::common_name(leaf));
+                if certificate_user.as_deref() == Some(user.as_str()) {
+                    let catalog = self
+                        .engine
+                        .local_catalog()
+                        .await
+                        .map_err(|e| to_pg_error(&e))?;
+                    let role = catalog.role(&user).cloned();
+                    if let Err(refusal) = crate::auth::may_log_in(role.as_deref(), &user) {
+                        self.login_failed(client.socket_addr(), &user, &refusal.message);
+                        return Err(fatal(
+                            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                            format!("certificate authentication failed for user \"{user}\""),
+                        ));
+                    }
+                    return self.logged_in(client, &user, role.as_deref()).await;
+                }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 let mechanisms = self.auth.mechanisms(client.is_secure());
                 client

@@ -46,7 +46,8 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
 }
 
-/// The rustls server configuration for `files` (no ALPN protocol yet).
+/// The rustls server configuration for `files` (no ALPN protocol yet):
+/// with the CA, clients may show certificates it signed.
 ///
 /// # Errors
 /// If a file cannot be read or holds no certificate or key.
@@ -60,18 +61,31 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("cannot read private key {}", files.key.display()))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let builder = rustls::ServerConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "certificate {} does not match key {}",
-                files.cert.display(),
-                files.key.display()
+        .context("TLS protocol versions")?;
+    // With the cluster CA, a client may show a certificate it signed (a
+    // client-certificate login); one that shows another is refused in the
+    // handshake; one that shows none logs in with a password.
+    let builder = match &files.ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                ca_roots(ca)?,
+                ring_provider(),
             )
-        })
+            .allow_unauthenticated()
+            .build()
+            .context("the CA cannot verify client certificates")?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "certificate {} does not match key {}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })
 }
 
 /// The TLS acceptors of the PostgreSQL port and the HTTP listener (one
@@ -540,4 +554,19 @@ mod tests {
         };
         assert!(server_config(&mismatched).is_err());
     }
+}
+
+/// The common name of certificate `cert` (DER), the user a client
+/// certificate names (`quarry cert create-client USER`).
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(name)
 }

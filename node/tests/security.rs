@@ -537,7 +537,7 @@ fn start_until_exit(args: &[&str], limit: Duration) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_cannot_join() {
+async fn nodes_talk_over_mutual_tls_client_certificates_log_in_and_another_ca_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster_certs = dir.path().join("certs");
     let foreign_certs = dir.path().join("foreign");
@@ -585,6 +585,47 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_cannot_join() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Client certificates of the cluster CA log in without a password as
+    // the user they name; another user's name falls back to SCRAM.
+    first
+        .client()
+        .await
+        .batch_execute("CREATE ROLE alice LOGIN")
+        .await
+        .expect("alice");
+    quarry_cert(&cluster_certs, &["create-client", "alice"]);
+    quarry_cert(&foreign_certs, &["create-client", "alice"]);
+    let psql_as = |user: &str, certs: &Path| {
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user={user} dbname=quarry connect_timeout=10 sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+                first.pg_port,
+                cluster_certs.join("ca.crt").display(),
+                certs.join("client.alice.crt").display(),
+                certs.join("client.alice.key").display(),
+            ))
+            .args(["-X", "-w", "-A", "-t", "-c", "SELECT session_user"])
+            .output()
+            .expect("psql runs")
+    };
+    let alice = psql_as("alice", &cluster_certs);
+    assert!(
+        alice.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&alice.stdout).trim(), "alice");
+    let not_quarry = psql_as("quarry", &cluster_certs);
+    assert!(
+        !not_quarry.status.success(),
+        "alice's certificate is not quarry's"
+    );
+    let foreign = psql_as("alice", &foreign_certs);
+    assert!(
+        !foreign.status.success(),
+        "another CA's client certificate is refused"
+    );
 
     // A node with another CA's certificate, and one without TLS, cannot
     // join; the seed says why.
