@@ -23,7 +23,11 @@ class Server:
     and with `tcp`, on a free port of 127.0.0.1 too (`self.port`), for
     clients that cannot use a Unix socket (JDBC)."""
 
-    def __init__(self, tcp=False):
+    def __init__(self, tcp=False, settings=(), hba=None, files=()):
+        """`settings`: extra `name=value` server settings; `hba`: the lines of
+        pg_hba.conf instead of initdb's; `files`: (source, name) pairs copied
+        into the data directory (owned by the server's user, mode 0600), such
+        as a TLS certificate and key."""
         initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                          key=lambda p: int(p.split("/")[4]))
         if not initdbs:
@@ -38,6 +42,15 @@ class Server:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
                  "-E", "UTF8", "--locale=C")
+        for source, name in files:
+            target = os.path.join(self.data, name)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            if self.user is not None:
+                os.chown(target, self.user.pw_uid, self.user.pw_gid)
+        if hba is not None:
+            with open(os.path.join(self.data, "pg_hba.conf"), "w") as out:
+                out.write("\n".join(hba) + "\n")
         self.port = 5432
         listen = "''"
         if tcp:
@@ -46,7 +59,8 @@ class Server:
                 self.port = probe.getsockname()[1]
             listen = "127.0.0.1"
         self.run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.dir, "log"),
-                 "-o", f"-k {self.dir} -p {self.port} -c listen_addresses={listen} -c fsync=off",
+                 "-o", f"-k {self.dir} -p {self.port} -c listen_addresses={listen} -c fsync=off"
+                 + "".join(f" -c {setting}" for setting in settings),
                  "start")
 
     def run(self, program, *args):
