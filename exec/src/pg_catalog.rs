@@ -518,6 +518,33 @@ struct Relation {
     /// Whether a foreign key references it or is declared on it (PostgreSQL
     /// keeps such keys with triggers; psql lists them only then).
     has_triggers: bool,
+    /// The oid of its owner.
+    owner: i32,
+    /// Its `aclitem[]` text (None until something was granted on it).
+    acl: Option<Vec<String>>,
+}
+
+/// The oid of the owner of `object` (the bootstrap superuser's, or
+/// PostgreSQL's 10 before any role exists).
+fn owner_oid(meta: &Catalog, object: &quarry_common::roles::Securable) -> i32 {
+    meta.owner_of(object)
+        .map_or(BOOTSTRAP_SUPERUSER_OID, crate::pg_roles::role_oid)
+}
+
+/// The oid PostgreSQL gives its bootstrap superuser.
+const BOOTSTRAP_SUPERUSER_OID: i32 = 10;
+
+/// An `aclitem[]` as a list of text; NULL (PostgreSQL's default ACL) for
+/// None.
+fn text_array(values: Option<Vec<String>>) -> ScalarValue {
+    match values {
+        Some(values) => {
+            let values: Vec<ScalarValue> = values.into_iter().map(text).collect();
+            ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Utf8))
+        }
+        None => ScalarValue::try_from(&DataType::new_list(DataType::Utf8, true))
+            .unwrap_or(ScalarValue::Null),
+    }
 }
 
 /// A column of a [`Relation`], as pg_attribute describes it.
@@ -569,6 +596,8 @@ impl PgCatalogSchema {
         for key in keys(meta) {
             let Some(index) = key.index else { continue };
             relations.push(Relation {
+                owner: BOOTSTRAP_SUPERUSER_OID,
+                acl: None,
                 oid: index,
                 namespace: key.namespace,
                 name: key.constraint.name.clone(),
@@ -646,7 +675,16 @@ impl PgCatalogSchema {
                     None => continue,
                 }
             };
+            let view = quarry_common::roles::Securable::View(schema.clone(), name.clone());
+            let (owner, acl) = match kind {
+                "v" if meta.view(&schema, &name).is_some() => {
+                    (owner_oid(meta, &view), meta.acl_text(&view))
+                }
+                _ => (BOOTSTRAP_SUPERUSER_OID, None),
+            };
             relations.push(Relation {
+                owner,
+                acl,
                 oid: match system_relation_oid(&name) {
                     Some(oid) if schema == "pg_catalog" => oid,
                     _ => named_oid(&schema, &name),
@@ -754,8 +792,21 @@ fn namespace_rows(catalog: &QuarryCatalog) -> Vec<Row> {
         .map(|name| {
             vec![
                 ("oid", int4(namespace_oid(meta, &name))),
+                ("nspowner", {
+                    let schema = quarry_common::roles::Securable::Schema(name.clone());
+                    int4(if meta.schemas.contains_key(&name) {
+                        owner_oid(meta, &schema)
+                    } else {
+                        BOOTSTRAP_SUPERUSER_OID
+                    })
+                }),
+                (
+                    "nspacl",
+                    text_array(
+                        meta.acl_text(&quarry_common::roles::Securable::Schema(name.clone())),
+                    ),
+                ),
                 ("nspname", text(name)),
-                ("nspowner", int4(10)),
             ]
         })
         .collect()
@@ -766,7 +817,10 @@ fn table_relations(meta: &Catalog) -> Vec<Relation> {
     let mut relations = Vec::new();
     for table in meta.tables.values() {
         let snapshot = table.current_snapshot();
+        let object = quarry_common::roles::Securable::Table(table.id);
         relations.push(Relation {
+            owner: owner_oid(meta, &object),
+            acl: meta.acl_text(&object),
             oid: table_oid(table.id),
             namespace: namespace_oid(meta, &table.schema),
             name: table.name.clone(),
@@ -1092,7 +1146,8 @@ fn class_row(relation: &Relation) -> Row {
         ("oid", int4(relation.oid)),
         ("relname", text(relation.name.clone())),
         ("relnamespace", int4(relation.namespace)),
-        ("relowner", int4(10)),
+        ("relowner", int4(relation.owner)),
+        ("relacl", text_array(relation.acl.clone())),
         (
             "relam",
             int4(match relation.kind {

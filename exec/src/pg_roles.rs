@@ -181,6 +181,33 @@ pub fn table(meta: &Catalog, name: &str) -> Option<DfResult<Arc<MemTable>>> {
                 ],
             )
         }
+        // Quarry has no row security policies: PostgreSQL's columns, no rows
+        // (psql's \dp reads `polroles` as an oid array).
+        "pg_policy" => (
+            vec![
+                Field::new("oid", DataType::Int32, false),
+                Field::new("polname", DataType::Utf8, false),
+                Field::new("polrelid", DataType::Int32, false),
+                Field::new("polcmd", DataType::Utf8, false),
+                Field::new("polpermissive", DataType::Boolean, false),
+                Field::new("polroles", DataType::new_list(DataType::Int32, true), false),
+                Field::new("polqual", DataType::Utf8, true),
+                Field::new("polwithcheck", DataType::Utf8, true),
+            ],
+            vec![
+                oids(vec![]),
+                text(vec![]),
+                oids(vec![]),
+                text(vec![]),
+                Arc::new(BooleanArray::from(Vec::<bool>::new())) as ArrayRef,
+                datafusion::arrow::array::new_empty_array(&DataType::new_list(
+                    DataType::Int32,
+                    true,
+                )),
+                text(vec![]),
+                text(vec![]),
+            ],
+        ),
         _ => return None,
     };
     let schema: SchemaRef = Arc::new(Schema::new(fields));
@@ -201,6 +228,36 @@ pub fn register(ctx: &SessionContext, catalog: &Arc<QuarryCatalog>, user: &Sessi
             signature: Signature::exact(vec![], Volatility::Stable),
         }));
     }
+    let names = catalog.clone();
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_get_userbyid",
+        vec![DataType::Int32],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let oids = datafusion::common::cast::as_int32_array(&arrays[0])?;
+            let view = names.view();
+            let meta = &view.catalog;
+            let out: StringArray = oids
+                .iter()
+                .map(|oid| {
+                    let oid = oid?;
+                    let role = meta.roles.values().find(|r| role_oid(r.id) == oid);
+                    Some(match role {
+                        Some(role) => role.name.clone(),
+                        // PostgreSQL's bootstrap superuser (owner of what
+                        // predates roles).
+                        None if oid == 10 => meta
+                            .role(quarry_common::roles::BOOTSTRAP_SUPERUSER)
+                            .map_or_else(|| "postgres".to_owned(), |r| r.name.clone()),
+                        None => format!("unknown (OID={oid})"),
+                    })
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    ));
     for (name, kind) in [
         ("has_table_privilege", Kind::Table),
         ("has_schema_privilege", Kind::Schema),

@@ -298,6 +298,29 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
             ("readers".to_owned(), false, None),
         ]
     );
+    // Owners and grants as pg_class and pg_namespace show them (psql's \dn+).
+    let row = admin
+        .query_one(
+            "SELECT pg_get_userbyid(c.relowner), array_to_string(c.relacl, ',') \
+             FROM pg_catalog.pg_class c WHERE c.relname = 't1'",
+            &[],
+        )
+        .await
+        .expect("pg_class");
+    assert_eq!(row.get::<_, String>(0), "quarry");
+    assert_eq!(
+        row.get::<_, String>(1),
+        "quarry=arwdD/quarry,alice=ad/quarry"
+    );
+    let acl: String = admin
+        .query_one(
+            "SELECT array_to_string(nspacl, ',') FROM pg_catalog.pg_namespace WHERE nspname = 'public'",
+            &[],
+        )
+        .await
+        .expect("pg_namespace")
+        .get(0);
+    assert_eq!(acl, "quarry=UC/quarry,=U/quarry,alice=C/quarry");
     let user: String = alice
         .query_one("SELECT session_user", &[])
         .await
