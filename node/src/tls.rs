@@ -512,6 +512,21 @@ pub fn create_client(dir: &Path, user: &str, lifetimes: Lifetimes) -> anyhow::Re
     Ok(())
 }
 
+/// The common name of certificate `cert` (DER), the user a client
+/// certificate names (`quarry cert create-client USER`).
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,19 +569,4 @@ mod tests {
         };
         assert!(server_config(&mismatched).is_err());
     }
-}
-
-/// The common name of certificate `cert` (DER), the user a client
-/// certificate names (`quarry cert create-client USER`).
-pub fn common_name(cert: &[u8]) -> Option<String> {
-    use x509_parser::prelude::FromDer;
-    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
-    let name = parsed
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(name)
 }
