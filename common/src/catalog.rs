@@ -446,6 +446,10 @@ pub struct Catalog {
     /// finds none); a record of its own in the Raft snapshot file.
     #[serde(skip)]
     pub gossip_key: Option<GossipKey>,
+    /// The HTTP API's bearer tokens, by id; records of their own in the Raft
+    /// snapshot file.
+    #[serde(skip)]
+    pub tokens: OrdMap<String, Arc<crate::roles::AccessToken>>,
 }
 
 /// A cluster's gossip key: 32 random bytes, HMAC-SHA-256 key of every gossip

@@ -83,6 +83,34 @@ pub struct Role {
     pub member_of: BTreeSet<RoleId>,
 }
 
+/// A bearer token for the HTTP API (`CREATE ACCESS TOKEN`): it acts as the
+/// role that created it. Only a SHA-256 hash of its secret is kept.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessToken {
+    /// The token's public id (the part of the token before its secret).
+    pub id: String,
+    /// Its name, unique among its role's tokens.
+    pub name: String,
+    /// The role it acts as.
+    pub role: RoleId,
+    /// SHA-256 of its secret.
+    pub secret_sha256: [u8; 32],
+    /// When it was created.
+    pub created_at: TimestampMicros,
+    /// After this instant it is refused.
+    pub valid_until: Option<TimestampMicros>,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A set of privileges (PostgreSQL's ACL letters in [`Privileges::letters`]).
 #[derive(Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Privileges(pub u16);

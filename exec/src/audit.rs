@@ -141,6 +141,8 @@ pub fn describe(command: &Command) -> Option<(&'static str, String)> {
         Command::SetOwner { object: o, owner } => {
             ("privilege", format!("ALTER {} OWNER TO {owner}", object(o)))
         }
+        Command::CreateToken { token } => ("role", format!("CREATE ACCESS TOKEN {}", token.name)),
+        Command::DropToken { name, .. } => ("role", format!("DROP ACCESS TOKEN {name}")),
         Command::Owned { command, .. } => return describe(command),
         Command::Batch(commands) => {
             let parts: Vec<(&'static str, String)> = commands.iter().filter_map(describe).collect();

@@ -22,6 +22,7 @@ pub mod charset;
 pub mod chunks;
 pub mod copy;
 pub mod copy_binary;
+pub mod credentials;
 pub mod data_file;
 pub mod distributed;
 pub mod error;

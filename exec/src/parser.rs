@@ -403,6 +403,22 @@ pub enum QuarryStatement {
         /// IF EXISTS: a missing view is not an error.
         if_exists: bool,
     },
+    /// `CREATE ACCESS TOKEN name [VALID UNTIL 'timestamp']`: a bearer token
+    /// of the HTTP API for the session's role, shown once.
+    CreateAccessToken {
+        /// Its name among the role's tokens.
+        name: Ident,
+        /// When it stops being accepted.
+        valid_until: Option<Expr>,
+    },
+    /// `DROP ACCESS TOKEN [IF EXISTS] name`: revokes one of the session
+    /// role's tokens.
+    DropAccessToken {
+        /// Its name.
+        name: Ident,
+        /// IF EXISTS: a missing token is not an error.
+        if_exists: bool,
+    },
     /// `CREATE USER`: PostgreSQL's CREATE ROLE with LOGIN by default.
     CreateUser(Box<ast::CreateRole>),
     /// `GRANT role [, ...] TO role [, ...]` (`granted`) or `REVOKE role [,
@@ -538,6 +554,38 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
         statements.push((&sql[begin..], current));
     }
     Ok(statements)
+}
+
+/// `CREATE ACCESS TOKEN name [VALID UNTIL 'ts']` and `DROP ACCESS TOKEN [IF
+/// EXISTS] name` (Quarry's own); None for other statements.
+fn parse_access_token(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let create = is_word(0, "create");
+    if !(create || is_word(0, "drop")) || !is_word(1, "access") || !is_word(2, "token") {
+        return Ok(None);
+    }
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens[3..].to_vec());
+    let statement = if create {
+        let name = parser.parse_identifier().map_err(syntax_error)?;
+        let valid_until = if parser.parse_keywords(&[Keyword::VALID, Keyword::UNTIL]) {
+            Some(parser.parse_expr().map_err(syntax_error)?)
+        } else {
+            None
+        };
+        QuarryStatement::CreateAccessToken { name, valid_until }
+    } else {
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parser.parse_identifier().map_err(syntax_error)?;
+        QuarryStatement::DropAccessToken { name, if_exists }
+    };
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!(
+            "syntax error at or near \"{}\"",
+            parser.peek_token().token
+        )));
+    }
+    Ok(Some(statement))
 }
 
 /// `CREATE USER` and `ALTER USER`, PostgreSQL's spellings of CREATE ROLE
@@ -810,6 +858,9 @@ fn parse_quarry_statement(
         } else {
             QuarryStatement::Sql(fetch)
         }));
+    }
+    if let Some(statement) = parse_access_token(&tokens)? {
+        return Ok(Some(statement));
     }
     if let Some(statement) = parse_user_alias(text, &tokens)? {
         return Ok(Some(statement));

@@ -573,6 +573,10 @@ impl Session {
         &mut self,
         statement: &QuarryStatement,
     ) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        if let QuarryStatement::CreateAccessToken { .. } = statement {
+            let token = Field::new("token", DataType::Utf8, false);
+            return Ok((Vec::new(), Some(Arc::new(Schema::new(vec![token])))));
+        }
         let QuarryStatement::Sql(statement) = statement else {
             return Ok((Vec::new(), None));
         };
@@ -669,6 +673,12 @@ impl Session {
             } => self.rename_view(&name, &to, if_exists).await,
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
+            QuarryStatement::CreateAccessToken { name, valid_until } => {
+                self.create_access_token(&name, valid_until.as_ref()).await
+            }
+            QuarryStatement::DropAccessToken { name, if_exists } => {
+                self.drop_access_token(&name, if_exists).await
+            }
             QuarryStatement::GrantRole {
                 roles,
                 members,

@@ -123,6 +123,11 @@ pub struct FileConfig {
     #[arg(long)]
     #[serde(default)]
     pub insecure: bool,
+    /// `/metrics` asks for a login (HTTP Basic or a bearer token, over
+    /// HTTPS); by default it is open, as `/health` and `/ready` are.
+    #[arg(long)]
+    #[serde(default)]
+    pub metrics_require_login: bool,
     /// File holding the password of the first superuser, `quarry`, set when
     /// this node bootstraps a cluster (or finds no `quarry` role); the
     /// environment variable QUARRY_INITIAL_PASSWORD may give it instead.
@@ -182,6 +187,8 @@ pub struct Config {
     pub insecure: bool,
     /// Where the first superuser's password is read from.
     pub initial_password_file: Option<PathBuf>,
+    /// `/metrics` asks for a login.
+    pub metrics_require_login: bool,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -380,6 +387,7 @@ impl FileConfig {
             tls_ca: flags.tls_ca.or(self.tls_ca),
             insecure: flags.insecure || self.insecure,
             initial_password_file: flags.initial_password_file.or(self.initial_password_file),
+            metrics_require_login: flags.metrics_require_login || self.metrics_require_login,
         }
     }
 }

@@ -1,6 +1,14 @@
 //! The HTTP listener: `/health` (process is up), `/ready` (metadata readable), and
 //! `/metrics` in Prometheus' text exposition format.
 //!
+//! Who may call: `/health` and `/ready` are open; `/metrics` is open unless
+//! the node was started with `--metrics-require-login`, then it takes the
+//! catalog's users by HTTP Basic (user and password, checked against the
+//! role's SCRAM verifier) or a bearer token (`CREATE ACCESS TOKEN`), over
+//! HTTPS only (on an `--insecure` node, anything goes). A refusal is 401
+//! with `{"error": {"code": "unauthenticated", "message": ...}}` and a
+//! `WWW-Authenticate` challenge.
+//!
 //! It runs on a thread and runtime of its own, so a health check or a metrics
 //! scrape never waits behind the node's other work: with
 //! `execution_threads = 0` query operators share the network's threads, and
@@ -20,8 +28,21 @@ use quarry_raft::Meta;
 pub struct HttpState {
     /// Renders the metrics registry.
     pub metrics: PrometheusHandle,
-    /// The metadata replica, for readiness.
+    /// The metadata replica, for readiness and logins.
     pub meta: Arc<Meta>,
+    /// Who may read `/metrics`.
+    pub login: HttpLogin,
+}
+
+/// How the HTTP listener admits callers.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLogin {
+    /// `/metrics` takes a login (`--metrics-require-login`).
+    pub metrics: bool,
+    /// The listener speaks HTTPS (credentials are taken only then).
+    pub tls: bool,
+    /// `--insecure`: no login is asked for.
+    pub insecure: bool,
 }
 
 /// The HTTP server on its own thread; [`Apart::stop`] ends it.
@@ -138,6 +159,81 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> String {
-    state.metrics.render()
+async fn metrics(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.login.metrics
+        && !state.login.insecure
+        && let Err(refusal) = authenticate(&state, &headers)
+    {
+        return refusal;
+    }
+    state.metrics.render().into_response()
+}
+
+/// A 401 answer with `message`.
+fn unauthenticated(message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({
+        "error": {"code": "unauthenticated", "message": message}
+    });
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            axum::http::header::WWW_AUTHENTICATE,
+            "Basic realm=\"quarry\", Bearer realm=\"quarry\"",
+        )],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// The role `headers` log in as (HTTP Basic or a bearer token).
+///
+/// # Errors
+/// A 401 answer: no credentials, credentials over plain HTTP, or ones that
+/// do not check out (counted with failed PostgreSQL logins).
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    state: &HttpState,
+    headers: &axum::http::HeaderMap,
+) -> Result<quarry_common::roles::RoleId, axum::response::Response> {
+    use base64::Engine as _;
+    let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(unauthenticated(
+            "log in with HTTP Basic or a bearer token (CREATE ACCESS TOKEN), over HTTPS",
+        ));
+    };
+    if !state.login.tls {
+        return Err(unauthenticated(
+            "credentials are taken over HTTPS only: start the node with --tls-cert and --tls-key",
+        ));
+    }
+    let catalog = state.meta.read_local();
+    let now = quarry_raft::now_micros();
+    let role = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            quarry_exec::credentials::token_role(&catalog, token.trim(), now)
+        }
+        Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|decoded| String::from_utf8(decoded).ok())
+                .and_then(|pair| {
+                    let (user, password) = pair.split_once(':')?;
+                    quarry_exec::credentials::password_role(&catalog, user, password, now)
+                })
+        }
+        _ => None,
+    };
+    role.ok_or_else(|| {
+        metrics::counter!("quarry_node_login_failures_total").increment(1);
+        unauthenticated("invalid credentials")
+    })
 }

@@ -37,8 +37,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `ChunkFailed`; version 7: `RemoteMetaError` keeps storage failures and
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
-/// roles, privileges, owners, `SetGossipKey`, and gossip datagrams with an
-/// HMAC tag), needs a new version.
+/// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
+/// datagrams with an HMAC tag), needs a new version.
 pub const WIRE_VERSION: u8 = 11;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -911,6 +911,8 @@ mod tests {
             | C::SetPrivileges { .. }
             | C::SetOwner { .. }
             | C::SetGossipKey { .. }
+            | C::CreateToken { .. }
+            | C::DropToken { .. }
             | C::Owned { .. } => {}
         }
         const _: () = assert!(WIRE_VERSION == 11, "update the list above");

@@ -394,6 +394,11 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         http::router(HttpState {
             metrics,
             meta: meta.clone(),
+            login: http::HttpLogin {
+                metrics: config.metrics_require_login,
+                tls: tls.is_some(),
+                insecure: config.insecure,
+            },
         }),
         tls.clone(),
     )?;

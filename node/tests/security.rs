@@ -724,3 +724,94 @@ async fn nodes_talk_over_mutual_tls_client_certificates_log_in_and_another_ca_is
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The status of GET `https://localhost:PORT/PATH` with `authorization`
+/// (Python's urllib, trusting `ca`).
+fn https_status(port: u16, path: &str, ca: &Path, authorization: Option<&str>) -> u16 {
+    let header = authorization
+        .map(|a| format!("request.add_header('Authorization', {a:?})\n"))
+        .unwrap_or_default();
+    let script = format!(
+        "import ssl, urllib.request, urllib.error\n\
+         context = ssl.create_default_context(cafile={ca:?})\n\
+         request = urllib.request.Request('https://localhost:{port}{path}')\n\
+         {header}\
+         try:\n    print(urllib.request.urlopen(request, context=context, timeout=10).status)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code)\n",
+        ca = ca.display().to_string()
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+#[tokio::test]
+async fn metrics_take_http_basic_or_an_access_token_that_drop_revokes() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    quarry_cert(&certs, &["create-ca"]);
+    quarry_cert(&certs, &["create-node", "--host", "localhost"]);
+    let node = TestNode::start_secure(
+        &dir.path().join("n1"),
+        SUPERUSER_PASSWORD,
+        &[
+            "--tls-cert",
+            certs.join("node.crt").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("node.key").to_str().expect("utf-8"),
+            "--metrics-require-login",
+        ],
+    )
+    .await;
+    let ca = certs.join("ca.crt");
+    let port = node.http_port;
+    assert_eq!(https_status(port, "/health", &ca, None), 200);
+    assert_eq!(https_status(port, "/metrics", &ca, None), 401);
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    assert_eq!(
+        https_status(
+            port,
+            "/metrics",
+            &ca,
+            Some(&basic("quarry", SUPERUSER_PASSWORD))
+        ),
+        200
+    );
+    assert_eq!(
+        https_status(port, "/metrics", &ca, Some(&basic("quarry", "wrong"))),
+        401
+    );
+    let admin = node.client().await;
+    let token: String = admin
+        .query_one("CREATE ACCESS TOKEN scraper", &[])
+        .await
+        .expect("token")
+        .get(0);
+    assert!(token.starts_with("qat_"));
+    let bearer = format!("Bearer {token}");
+    assert_eq!(https_status(port, "/metrics", &ca, Some(&bearer)), 200);
+    let e = admin
+        .batch_execute("CREATE ACCESS TOKEN scraper")
+        .await
+        .expect_err("a second token of that name");
+    assert_eq!(sqlstate(&e), "42710");
+    admin
+        .batch_execute("DROP ACCESS TOKEN scraper")
+        .await
+        .expect("drop");
+    assert_eq!(https_status(port, "/metrics", &ca, Some(&bearer)), 401);
+    // The token's secret is in no log.
+    let secret = token.rsplit('_').next().expect("secret");
+    assert!(!node.log().contains(secret));
+}

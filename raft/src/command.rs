@@ -14,7 +14,7 @@ use quarry_common::catalog::{
     StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot,
     TimestampMicros, View,
 };
-use quarry_common::roles::{Privileges, RoleId, Securable};
+use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
 
 mod roles;
@@ -360,6 +360,20 @@ pub enum Command {
         /// The key.
         key: GossipKey,
     },
+    /// CREATE ACCESS TOKEN: a bearer token of the HTTP API for its role.
+    CreateToken {
+        /// The token (its secret's hash only).
+        token: AccessToken,
+    },
+    /// DROP ACCESS TOKEN.
+    DropToken {
+        /// The role whose token it is.
+        role: RoleId,
+        /// The token's name.
+        name: String,
+        /// IF EXISTS: a missing token is not an error.
+        if_exists: bool,
+    },
     /// A CREATE SCHEMA, TABLE or VIEW whose new object `owner` owns.
     Owned {
         /// The creating role.
@@ -666,6 +680,12 @@ pub enum CatalogError {
         /// How many objects it holds privileges on.
         granted: usize,
     },
+    /// CREATE ACCESS TOKEN of a name the role already uses.
+    #[error("access token \"{0}\" already exists")]
+    TokenExists(String),
+    /// A token that does not exist.
+    #[error("access token \"{0}\" does not exist")]
+    TokenNotFound(String),
     /// GRANT role TO member that would make a role a member of itself.
     #[error("role \"{member}\" is a member of role \"{role}\"")]
     MembershipCycle {
@@ -706,6 +726,8 @@ impl CatalogError {
             CatalogError::ForeignKeyTypes { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::Referenced { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
             CatalogError::RoleExists(_) => SqlState::DUPLICATE_OBJECT,
+            CatalogError::TokenExists(_) => SqlState::DUPLICATE_OBJECT,
+            CatalogError::TokenNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::RoleNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::ReservedRoleName(_) => SqlState::RESERVED_NAME,
             CatalogError::RoleInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
@@ -741,6 +763,8 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         | Command::DropRole { .. }
         | Command::SetMembership { .. }
         | Command::SetPrivileges { .. }
+        | Command::CreateToken { .. }
+        | Command::DropToken { .. }
         | Command::SetOwner { .. } => unreachable!("roles::apply takes these"),
         Command::CreateSchema {
             name,

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use quarry_common::catalog::{
     Catalog, DroppedTable, GossipKey, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
-use quarry_common::roles::{Acl, Role, Securable};
+use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"QSNP";
@@ -76,6 +76,8 @@ enum Record<'a> {
     },
     /// The cluster's gossip key.
     GossipKey(GossipKey),
+    /// An access token of the HTTP API (its secret's hash only).
+    Token(Cow<'a, AccessToken>),
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -126,6 +128,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         roles,
         acls,
         gossip_key,
+        tokens,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -175,6 +178,9 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
     }
     if let Some(key) = gossip_key {
         writer.put(&Record::GossipKey(*key))?;
+    }
+    for token in tokens.values() {
+        writer.put(&Record::Token(Cow::Borrowed(token.as_ref())))?;
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -273,6 +279,10 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                     .insert(object.into_owned(), Arc::new(acl.into_owned()));
             }
             Record::GossipKey(key) => catalog.gossip_key = Some(key),
+            Record::Token(token) => {
+                let token = token.into_owned();
+                catalog.tokens.insert(token.id.clone(), Arc::new(token));
+            }
             Record::End { records: written } => {
                 if written != records {
                     return Err(invalid(format!(

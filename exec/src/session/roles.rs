@@ -396,3 +396,76 @@ impl Session {
         })))
     }
 }
+
+impl Session {
+    /// The session's role, for statements that act for a role only.
+    fn own_role(&self, what: &str) -> Result<quarry_common::roles::RoleId> {
+        self.user().role.ok_or_else(|| {
+            user_error(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "{what} needs a session logged in as a role (\"{}\" is none)",
+                    self.user().name
+                ),
+            )
+        })
+    }
+
+    pub(super) async fn create_access_token(
+        &mut self,
+        name: &Ident,
+        valid_until: Option<&Expr>,
+    ) -> Result<Output> {
+        use base64::Engine as _;
+        let role = self.own_role("CREATE ACCESS TOKEN")?;
+        let valid_until = match valid_until {
+            Some(expr) => self.valid_until(expr).await?,
+            None => None,
+        };
+        let id: [u8; 8] = rand::random();
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let secret: [u8; crate::credentials::TOKEN_SECRET_BYTES] = rand::random();
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let token = format!("{}{id}_{secret}", crate::credentials::TOKEN_PREFIX);
+        self.write_ddl(Command::CreateToken {
+            token: quarry_common::roles::AccessToken {
+                id,
+                name: normalize(name),
+                role,
+                secret_sha256: crate::credentials::token_secret_sha256(&secret),
+                created_at: quarry_raft::now_micros(),
+                valid_until,
+            },
+        })
+        .await?;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "token",
+            DataType::Utf8,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![token]))],
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok(batch) });
+        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))))
+    }
+
+    pub(super) async fn drop_access_token(
+        &mut self,
+        name: &Ident,
+        if_exists: bool,
+    ) -> Result<Output> {
+        let role = self.own_role("DROP ACCESS TOKEN")?;
+        self.write_ddl(Command::DropToken {
+            role,
+            name: normalize(name),
+            if_exists,
+        })
+        .await?;
+        Ok(Output::Command(CommandTag::new("DROP ACCESS TOKEN")))
+    }
+}

@@ -110,6 +110,42 @@ pub(super) fn apply(
             privileges,
             granted,
         } => set_privileges(catalog, objects, grantees, *privileges, *granted),
+        Command::CreateToken { token } => {
+            if catalog.role_by_id(token.role).is_none() {
+                return Some(Err(CatalogError::RoleNotFound(token.role.to_string())));
+            }
+            let taken = catalog
+                .tokens
+                .values()
+                .any(|t| t.role == token.role && t.name == token.name)
+                || catalog.tokens.contains_key(&token.id);
+            if taken {
+                return Some(Err(CatalogError::TokenExists(token.name.clone())));
+            }
+            catalog
+                .tokens
+                .insert(token.id.clone(), Arc::new(token.clone()));
+            Ok(Applied::Nothing)
+        }
+        Command::DropToken {
+            role,
+            name,
+            if_exists,
+        } => {
+            let id = catalog
+                .tokens
+                .values()
+                .find(|t| t.role == *role && t.name == *name)
+                .map(|t| t.id.clone());
+            match id {
+                Some(id) => {
+                    catalog.tokens.remove(&id);
+                    Ok(Applied::Nothing)
+                }
+                None if *if_exists => Ok(Applied::Nothing),
+                None => Err(CatalogError::TokenNotFound(name.clone())),
+            }
+        }
         Command::SetOwner { object, owner } => role_id(catalog, owner).map(|owner| {
             let mut acl = catalog
                 .acls
@@ -205,6 +241,16 @@ fn drop_role(catalog: &mut Catalog, name: &str, if_exists: bool) -> Result<Appli
         });
     }
     catalog.roles.remove(name);
+    // Its access tokens go with it.
+    let tokens: Vec<String> = catalog
+        .tokens
+        .values()
+        .filter(|t| t.role == role.id)
+        .map(|t| t.id.clone())
+        .collect();
+    for id in tokens {
+        catalog.tokens.remove(&id);
+    }
     // Its members stop being members of it.
     let members: Vec<Arc<Role>> = catalog
         .roles
