@@ -665,19 +665,15 @@ impl StartupHandler for Connection {
                     .and_then(|certs| certs.first())
                     .and_then(|leaf| crate::tls::common_name(leaf));
                 if certificate_user.as_deref() == Some(user.as_str()) {
-                    let catalog = self
-                        .engine
-                        .local_catalog()
-                        .await
-                        .map_err(|e| to_pg_error(&e))?;
-                    let role = catalog.role(&user).cloned();
-                    if let Err(refusal) = crate::auth::may_log_in(role.as_deref(), &user) {
-                        self.login_failed(client.socket_addr(), &user, &refusal.message);
-                        return Err(fatal(
-                            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                            format!("certificate authentication failed for user \"{user}\""),
-                        ));
-                    }
+                    let role = self
+                        .role_to_log_in(client.socket_addr(), &user)
+                        .await?
+                        .map_err(|_| {
+                            fatal(
+                                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                                format!("certificate authentication failed for user \"{user}\""),
+                            )
+                        })?;
                     return self.logged_in(client, &user, role.as_deref()).await;
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -737,16 +733,10 @@ impl StartupHandler for Connection {
                         return Err(refused(refusal));
                     }
                 };
-                let catalog = self
-                    .engine
-                    .local_catalog()
-                    .await
-                    .map_err(|e| to_pg_error(&e))?;
-                let role = catalog.role(&user).cloned();
-                if let Err(refusal) = crate::auth::may_log_in(role.as_deref(), &user) {
-                    self.login_failed(client.socket_addr(), &user, &refusal.message);
-                    return Err(refused(refusal));
-                }
+                let role = self
+                    .role_to_log_in(client.socket_addr(), &user)
+                    .await?
+                    .map_err(refused)?;
                 client
                     .send(PgWireBackendMessage::Authentication(
                         Authentication::SASLFinal(Bytes::from(server_final)),
@@ -784,6 +774,29 @@ impl Connection {
             address: Some(address.to_string()),
             detail: failure.unwrap_or("authenticated").to_owned(),
         });
+    }
+
+    /// The role `user` logs in as once authenticated, from this node's
+    /// catalog; a refusal (no such role, or no LOGIN) is counted and
+    /// audited.
+    async fn role_to_log_in(
+        &self,
+        address: std::net::SocketAddr,
+        user: &str,
+    ) -> PgWireResult<Result<Option<Arc<Role>>, crate::auth::Refusal>> {
+        let catalog = self
+            .engine
+            .local_catalog()
+            .await
+            .map_err(|e| to_pg_error(&e))?;
+        let role = catalog.role(user).cloned();
+        Ok(match crate::auth::may_log_in(role.as_deref(), user) {
+            Ok(()) => Ok(role),
+            Err(refusal) => {
+                self.login_failed(address, user, &refusal.message);
+                Err(refusal)
+            }
+        })
     }
 
     fn login(&self) -> std::sync::MutexGuard<'_, Login> {

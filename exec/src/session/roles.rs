@@ -438,20 +438,7 @@ impl Session {
             },
         })
         .await?;
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "token",
-            DataType::Utf8,
-            false,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from(vec![token]))],
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let stream = futures::stream::once(async move { Ok(batch) });
-        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))))
+        super::settings::text_rows("token", vec![token])
     }
 
     pub(super) async fn drop_access_token(

@@ -246,13 +246,7 @@ impl Session {
             })?;
             (name.clone(), vec![value.clone()])
         };
-        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let stream = futures::stream::once(async move { Ok(batch) });
-        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))))
+        text_rows(&column, values)
     }
 
     /// `SELECT set_config(name, value, is_local)`: SET, answered with the
@@ -360,6 +354,17 @@ fn check_client_encoding(value: &str) -> Result<()> {
             format!("invalid value for parameter \"client_encoding\": \"{value}\""),
         )),
     }
+}
+
+/// Rows of one text column `column` holding `values`.
+pub(super) fn text_rows(column: &str, values: Vec<String>) -> Result<Output> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let stream = futures::stream::once(async move { Ok(batch) });
+    Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+        schema, stream,
+    ))))
 }
 
 #[cfg(test)]
