@@ -22,7 +22,6 @@ and mean in milliseconds.
 """
 import argparse
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -34,22 +33,9 @@ import psycopg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 from pg_server import Server  # noqa: E402
+from machine import machine  # noqa: E402  (benches/, the script's directory)
 
 PASSWORD = "bench-Password-1"
-
-
-def machine():
-    cpus = os.cpu_count()
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        mem = 0
-    return f"machine: {cpus} CPUs ({model}), {mem / 1024 / 1024:.1f} GiB RAM, {platform.system()}"
 
 
 def free_port():

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import psycopg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 from pg_server import Server  # noqa: E402
+from machine import machine  # noqa: E402  (benches/, the script's directory)
 
 JDBC_JAR = "/usr/share/java/postgresql.jar"
 JAVA_READER = r"""
@@ -61,20 +61,6 @@ public class Reader {
     }
 }
 """
-
-
-def machine():
-    cpus = os.cpu_count()
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        mem = 0
-    return f"machine: {cpus} CPUs ({model}), {mem / 1024 / 1024:.1f} GiB RAM, {platform.system()}"
 
 
 def rows_text(count):

@@ -501,9 +501,19 @@ impl Session {
         &self.user
     }
 
-    /// The privilege checks of the statement being run, against the catalog
-    /// [`Self::begin_statement`] pinned and the newest one.
-    pub(crate) async fn access(&self) -> Result<Access> {
+    /// The privilege checks of the statement being run: those
+    /// [`Self::begin_statement`] made, or new ones for a session without a
+    /// role (which read no other catalog).
+    pub(crate) async fn access(&self) -> Result<Arc<Access>> {
+        match self.catalog.access() {
+            Some(access) => Ok(access),
+            None => self.fresh_access().await.map(Arc::new),
+        }
+    }
+
+    /// Privilege checks against the catalog [`Self::begin_statement`]
+    /// pinned and the newest one (read again inside a transaction block).
+    pub(crate) async fn fresh_access(&self) -> Result<Access> {
         let pinned = self.catalog.view().catalog;
         let latest = if self.transaction.is_some() && self.user.role.is_some() {
             self.engine.meta.read().await?

@@ -245,7 +245,7 @@ impl Session {
         self.catalog.remove_system_schema(AS_OF_SCHEMA);
         // Views planned for this statement are checked as they are planned.
         let access = match self.user().role {
-            Some(_) => Some(Arc::new(self.access().await?)),
+            Some(_) => Some(Arc::new(self.fresh_access().await?)),
             None => None,
         };
         self.catalog.set_access(access);
