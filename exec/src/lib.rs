@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod array_text;
 pub mod audit;
 pub mod bytea;
 pub mod catalog;

@@ -1180,6 +1180,21 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
     if contains_aggregate(&value) {
         return None;
     }
+    // `ORDER BY 1`: the subquery's one column.
+    let order: Vec<ast::OrderByExpr> = order
+        .into_iter()
+        .map(|mut o| {
+            if let Expr::Value(v) = &o.expr
+                && matches!(&v.value, ast::Value::Number(n, _) if n == "1")
+            {
+                o.expr = value.clone();
+            }
+            o
+        })
+        .collect();
+    if names_subquery(&value) {
+        return array_over_rows(query, value, order);
+    }
     let mut coalesce = template_function(ARRAY_AGGREGATE)?;
     let list = first_argument_call(&mut coalesce)?;
     list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(value))];
@@ -1192,6 +1207,123 @@ fn array_in_place(subquery: &Query) -> Option<Expr> {
         .projection
         .push(SelectItem::UnnamedExpr(Expr::Function(coalesce)));
     Some(Expr::Subquery(Box::new(query)))
+}
+
+/// Whether `expr` holds a subquery.
+fn names_subquery(expr: &Expr) -> bool {
+    struct Find;
+    impl ast::Visitor for Find {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            ControlFlow::Break(())
+        }
+    }
+    ast::Visit::visit(expr, &mut Find).is_break()
+}
+
+/// [`array_in_place`] for a value that holds a subquery of its own, which
+/// DataFusion does not decorrelate inside an aggregate's argument: the value
+/// is computed in a derived table of the subquery's rows, which carries the
+/// inner side of each correlating equality (`polrelid = c.oid`, psql's
+/// `\dp`) out to the aggregating query's WHERE, where the correlation is
+/// one DataFusion plans. `query` is the subquery without its value and ORDER
+/// BY; None unless every condition naming the outer row is such an equality
+/// and the order names only the value.
+fn array_over_rows(mut query: Query, value: Expr, order: Vec<ast::OrderByExpr>) -> Option<Expr> {
+    if order.iter().any(|o| o.expr != value) {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let aliases = from_aliases(select);
+    let mut inner = Vec::new();
+    let mut outer = Vec::new();
+    for conjunct in select.selection.take().map(conjuncts).unwrap_or_default() {
+        if !names_outer(&conjunct, &aliases) {
+            inner.push(conjunct);
+            continue;
+        }
+        let Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        } = conjunct
+        else {
+            return None;
+        };
+        let outer_side = |e: &Expr| names_outer(e, &aliases) && !names_inner(e, &aliases);
+        let (key, against) = if outer_side(&right) && !names_outer(&left, &aliases) {
+            (*left, *right)
+        } else if outer_side(&left) && !names_outer(&right, &aliases) {
+            (*right, *left)
+        } else {
+            return None;
+        };
+        let name = ast::Ident::new(format!("__quarry_array_key{}", outer.len()));
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: key,
+            alias: name.clone(),
+        });
+        outer.push(Expr::BinaryOp {
+            left: Box::new(Expr::CompoundIdentifier(vec![
+                ast::Ident::new("__quarry_array_rows"),
+                name,
+            ])),
+            op: ast::BinaryOperator::Eq,
+            right: Box::new(against),
+        });
+    }
+    select.selection = conjoin(inner);
+    select.projection.insert(
+        0,
+        SelectItem::ExprWithAlias {
+            expr: value,
+            alias: ast::Ident::new("__quarry_array_value"),
+        },
+    );
+    let value = Expr::CompoundIdentifier(vec![
+        ast::Ident::new("__quarry_array_rows"),
+        ast::Ident::new("__quarry_array_value"),
+    ]);
+    let mut coalesce = template_function(ARRAY_AGGREGATE)?;
+    let list = first_argument_call(&mut coalesce)?;
+    list.args = vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+        value.clone(),
+    ))];
+    list.clauses = if order.is_empty() {
+        Vec::new()
+    } else {
+        vec![ast::FunctionArgumentClause::OrderBy(
+            order
+                .into_iter()
+                .map(|o| ast::OrderByExpr {
+                    expr: value.clone(),
+                    ..o
+                })
+                .collect(),
+        )]
+    };
+    let mut aggregate = template_query(ARRAY_OF_SUBQUERY)?;
+    let SetExpr::Select(outer_select) = aggregate.body.as_mut() else {
+        return None;
+    };
+    outer_select.projection = vec![SelectItem::UnnamedExpr(Expr::Function(coalesce))];
+    outer_select.selection = conjoin(outer);
+    let [from] = outer_select.from.as_mut_slice() else {
+        return None;
+    };
+    let TableFactor::Derived {
+        subquery, alias, ..
+    } = &mut from.relation
+    else {
+        return None;
+    };
+    if let Some(alias) = alias {
+        alias.columns.clear();
+    }
+    **subquery = query;
+    Some(Expr::Subquery(aggregate))
 }
 
 /// `ARRAY(SELECT f(x) FROM unnest(a) x)` with nothing else in the subquery
@@ -1488,15 +1620,27 @@ fn fill_slots<T: VisitMut>(template: &mut T, slot: &ast::Value, value: &Expr) {
     let _ = VisitMut::visit(template, &mut Fill { slot, value });
 }
 
-/// Whether `expr` calls one of [`AGGREGATES`] anywhere.
+/// Whether `expr` calls one of [`AGGREGATES`] outside its subqueries (an
+/// aggregate inside a subquery aggregates that subquery's rows).
 fn contains_aggregate(expr: &Expr) -> bool {
-    struct Find;
+    struct Find {
+        depth: usize,
+    }
     impl ast::Visitor for Find {
         type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
             match expr {
                 Expr::Function(f)
-                    if AGGREGATES.contains(&f.name.to_string().to_lowercase().as_str()) =>
+                    if self.depth == 0
+                        && AGGREGATES.contains(&f.name.to_string().to_lowercase().as_str()) =>
                 {
                     ControlFlow::Break(())
                 }
@@ -1504,7 +1648,7 @@ fn contains_aggregate(expr: &Expr) -> bool {
             }
         }
     }
-    ast::Visit::visit(expr, &mut Find).is_break()
+    ast::Visit::visit(expr, &mut Find { depth: 0 }).is_break()
 }
 
 /// Whether `select` reads only pg_catalog tables (`pg_*`), directly or

@@ -1297,7 +1297,7 @@ impl SchemaProvider for PgCatalogSchema {
         if let Some(catalog) = self.catalog.upgrade()
             && let Some(table) = crate::pg_roles::table(&catalog.view().catalog, &name)
         {
-            return table.map(|t| Some(t as Arc<dyn TableProvider>));
+            return table.map(Some);
         }
         if name == "pg_proc" {
             let table = crate::pg_signatures::PG_PROC

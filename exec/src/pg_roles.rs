@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::TableProvider;
+use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
+use datafusion::datasource::ViewTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use quarry_common::SqlState;
 use quarry_common::catalog::Catalog;
@@ -40,7 +44,7 @@ fn timestamp_type() -> DataType {
 
 /// `pg_roles` (and `pg_user`, `pg_auth_members`) of `meta`; None for another
 /// name.
-pub fn table(meta: &Catalog, name: &str) -> Option<DfResult<Arc<MemTable>>> {
+pub fn table(meta: &Catalog, name: &str) -> Option<DfResult<Arc<dyn TableProvider>>> {
     let roles = role_rows(meta);
     let text = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as ArrayRef;
     let flag = |f: fn(&Role) -> bool| {
@@ -181,10 +185,12 @@ pub fn table(meta: &Catalog, name: &str) -> Option<DfResult<Arc<MemTable>>> {
                 ],
             )
         }
-        // Quarry has no row security policies: PostgreSQL's columns, no rows
-        // (psql's \dp reads `polroles` as an oid array).
-        "pg_policy" => (
-            vec![
+        // Quarry has no row security policies: PostgreSQL's columns, no
+        // rows, as an empty relation the optimizer removes, with whatever
+        // subquery reads it (psql's \dp looks each policy's roles up by
+        // `oid = ANY (polroles)`, a correlation DataFusion cannot decorrelate).
+        "pg_policy" => {
+            let schema = Schema::new(vec![
                 Field::new("oid", DataType::Int32, false),
                 Field::new("polname", DataType::Utf8, false),
                 Field::new("polrelid", DataType::Int32, false),
@@ -193,28 +199,26 @@ pub fn table(meta: &Catalog, name: &str) -> Option<DfResult<Arc<MemTable>>> {
                 Field::new("polroles", DataType::new_list(DataType::Int32, true), false),
                 Field::new("polqual", DataType::Utf8, true),
                 Field::new("polwithcheck", DataType::Utf8, true),
-            ],
-            vec![
-                oids(vec![]),
-                text(vec![]),
-                oids(vec![]),
-                text(vec![]),
-                Arc::new(BooleanArray::from(Vec::<bool>::new())) as ArrayRef,
-                datafusion::arrow::array::new_empty_array(&DataType::new_list(
-                    DataType::Int32,
-                    true,
-                )),
-                text(vec![]),
-                text(vec![]),
-            ],
-        ),
+            ]);
+            let empty = DFSchema::try_from(schema).map(|schema| {
+                Arc::new(ViewTable::new(
+                    LogicalPlan::EmptyRelation(EmptyRelation {
+                        produce_one_row: false,
+                        schema: Arc::new(schema),
+                    }),
+                    None,
+                )) as Arc<dyn TableProvider>
+            });
+            return Some(empty);
+        }
         _ => return None,
     };
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     Some(
         datafusion::arrow::array::RecordBatch::try_new(schema.clone(), columns)
             .map_err(DataFusionError::from)
-            .and_then(|batch| MemTable::try_new(schema, vec![vec![batch]]).map(Arc::new)),
+            .and_then(|batch| MemTable::try_new(schema, vec![vec![batch]]))
+            .map(|table| Arc::new(table) as Arc<dyn TableProvider>),
     )
 }
 

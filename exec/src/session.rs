@@ -421,6 +421,7 @@ impl Session {
             .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints));
         if let Some(planners) = builder.expr_planners() {
             planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));
+            planners.insert(0, Arc::new(crate::array_text::ArrayTextLiterals));
         }
         let state = builder.build();
         let ctx = SessionContext::new_with_state(state);

@@ -116,6 +116,13 @@ async fn psql_lists_and_describes_the_tables() {
     );
     let roles = psql("\\du");
     assert!(roles.contains("List of roles"), "{roles}");
+    psql("CREATE ROLE analyst");
+    psql("GRANT SELECT ON tpch.nation TO analyst");
+    let privileges = psql("\\dp tpch.nation");
+    assert!(
+        privileges.contains("Access privileges") && privileges.contains("analyst=r/quarry"),
+        "{privileges}"
+    );
     let view = psql("\\d tpch.nation_names");
     assert!(
         view.contains("View \"tpch.nation_names\"") && view.contains("n_name"),

@@ -1,0 +1,279 @@
+//! PostgreSQL's text form of an array (`'{1,2,NULL}'`, `'{"a b",c}'`), as
+//! `array_in` reads it
+//! (<https://www.postgresql.org/docs/current/arrays.html#ARRAYS-IO>), and
+//! the expression planner that gives an untyped literal compared with an array
+//! the array's type, as PostgreSQL resolves an `unknown` literal against the
+//! other operand (`polroles <> '{0}'` in psql's `\dp`).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::sql::sqlparser::ast::BinaryOperator;
+use quarry_common::SqlState;
+
+/// The elements of the one-dimensional array text `text`: None for an
+/// unquoted `NULL`.
+///
+/// # Errors
+/// A message in PostgreSQL's words ("malformed array literal") for text
+/// that is not such an array, and for a multidimensional one.
+pub fn elements(text: &str) -> Result<Vec<Option<String>>, String> {
+    let malformed = |detail: &str| format!("malformed array literal: \"{text}\" ({detail})");
+    let trimmed = text.trim();
+    // A dimension decoration (`[1:3]={1,2,3}`) gives the bounds, which a
+    // one-dimensional array of Quarry's does not keep.
+    let body = match trimmed.strip_prefix('[') {
+        Some(_) => trimmed
+            .split_once('=')
+            .map(|(_, body)| body.trim())
+            .ok_or_else(|| malformed("missing \"=\" after array dimensions"))?,
+        None => trimmed,
+    };
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(|| malformed("array value must start with \"{\" and end with \"}\""))?;
+    let mut elements = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(elements);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let mut quoted = false;
+        match chars.peek() {
+            Some('"') => {
+                quoted = true;
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('\\') => {
+                            value.push(chars.next().ok_or_else(|| malformed("unexpected end"))?)
+                        }
+                        Some('"') => break,
+                        Some(c) => value.push(c),
+                        None => return Err(malformed("unterminated quoted element")),
+                    }
+                }
+                while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            }
+            Some('{') => {
+                return Err(format!(
+                    "malformed array literal: \"{text}\" (multidimensional arrays are not supported)"
+                ));
+            }
+            _ => {
+                while let Some(c) = chars.next_if(|c| *c != ',') {
+                    match c {
+                        '\\' => {
+                            value.push(chars.next().ok_or_else(|| malformed("unexpected end"))?)
+                        }
+                        '"' | '{' | '}' => return Err(malformed("unexpected character")),
+                        c => value.push(c),
+                    }
+                }
+                value.truncate(value.trim_end().len());
+                if value.is_empty() {
+                    return Err(malformed("empty element"));
+                }
+            }
+        }
+        elements.push((quoted || !value.eq_ignore_ascii_case("null")).then_some(value));
+        match chars.next() {
+            Some(',') => {}
+            None => return Ok(elements),
+            Some(_) => return Err(malformed("junk after element")),
+        }
+    }
+}
+
+/// The array text `text` as a list of `field`'s type.
+///
+/// # Errors
+/// 22P02 for text that is not an array, or an element that is not a value
+/// of the element type.
+pub fn parse(text: &str, field: &FieldRef) -> crate::Result<ScalarValue> {
+    let invalid =
+        |message: String| crate::error::user_error(SqlState::INVALID_TEXT_REPRESENTATION, message);
+    let elements = elements(text).map_err(invalid)?;
+    let strings: Arc<dyn Array> = Arc::new(StringArray::from(elements));
+    let values = cast(&strings, field.data_type()).map_err(|e| {
+        invalid(format!(
+            "invalid input syntax for type {} in array \"{text}\": {e}",
+            field.data_type()
+        ))
+    })?;
+    if values.null_count() != strings.null_count() {
+        return Err(invalid(format!(
+            "invalid input syntax for type {} in array \"{text}\"",
+            field.data_type()
+        )));
+    }
+    Ok(ScalarValue::List(ScalarValue::new_list_from_iter(
+        (0..values.len())
+            .map(|i| ScalarValue::try_from_array(&values, i))
+            .collect::<DfResult<Vec<_>>>()
+            .map_err(|e| invalid(e.to_string()))?
+            .into_iter(),
+        field.data_type(),
+        field.is_nullable(),
+    )))
+}
+
+/// An expression planner: a text literal compared with an array (`=`,
+/// `<>`, `<`, ..., `@>`, `<@`) is read as an array of that array's element
+/// type. It runs as DataFusion plans the comparison, since the plan's
+/// schema needs the comparison's type.
+#[derive(Debug, Default)]
+pub struct ArrayTextLiterals;
+
+fn comparison(op: &BinaryOperator) -> bool {
+    matches!(
+        op,
+        BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq
+            | BinaryOperator::AtArrow
+            | BinaryOperator::ArrowAt
+    )
+}
+
+fn list_field(expr: &Expr, schema: &DFSchema) -> Option<FieldRef> {
+    match expr.get_type(schema).ok()? {
+        DataType::List(field) | DataType::LargeList(field) => Some(field),
+        _ => None,
+    }
+}
+
+fn text_literal(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)), _) => Some(s),
+        _ => None,
+    }
+}
+
+/// `text` read as an array like `array`, if `array` is one and `text` a
+/// text literal.
+fn typed(array: &Expr, text: &Expr, schema: &DFSchema) -> DfResult<Option<Expr>> {
+    let (Some(field), Some(text)) = (list_field(array, schema), text_literal(text)) else {
+        return Ok(None);
+    };
+    let value = parse(text, &field).map_err(crate::error::to_engine)?;
+    Ok(Some(Expr::Literal(value, None)))
+}
+
+impl ExprPlanner for ArrayTextLiterals {
+    fn plan_binary_op(
+        &self,
+        mut expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> DfResult<PlannerResult<RawBinaryExpr>> {
+        if comparison(&expr.op) {
+            if let Some(value) = typed(&expr.left, &expr.right, schema)? {
+                expr.right = value;
+            } else if let Some(value) = typed(&expr.right, &expr.left, schema)? {
+                expr.left = value;
+            }
+        }
+        Ok(PlannerResult::Original(expr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+
+    #[test]
+    fn array_text_is_read_as_postgresql_reads_it() {
+        let some = |v: &[Option<&str>]| -> Vec<Option<String>> {
+            v.iter().map(|s| s.map(str::to_owned)).collect()
+        };
+        assert_eq!(elements("{}").unwrap(), some(&[]));
+        assert_eq!(elements(" { } ").unwrap(), some(&[]));
+        assert_eq!(elements("{0}").unwrap(), some(&[Some("0")]));
+        assert_eq!(
+            elements("{1, 2 ,NULL,\"NULL\"}").unwrap(),
+            some(&[Some("1"), Some("2"), None, Some("NULL")])
+        );
+        assert_eq!(
+            elements(r#"{"a b","c,d","e\"f",g\,h}"#).unwrap(),
+            some(&[Some("a b"), Some("c,d"), Some("e\"f"), Some("g,h")])
+        );
+        assert_eq!(
+            elements("[1:2]={x,y}").unwrap(),
+            some(&[Some("x"), Some("y")])
+        );
+        for bad in [
+            "1,2",
+            "{1,2",
+            "{1,,2}",
+            "{\"a}",
+            "{a\"b}",
+            "{{1},{2}}",
+            "{1}x",
+        ] {
+            let error = elements(bad).unwrap_err();
+            assert!(
+                error.starts_with("malformed array literal"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn elements_take_the_element_type_or_are_refused() {
+        let field: FieldRef = Arc::new(datafusion::arrow::datatypes::Field::new(
+            "item",
+            DataType::Int32,
+            true,
+        ));
+        let value = parse("{3,NULL,-4}", &field).unwrap();
+        assert_eq!(value.to_string(), "[3, , -4]");
+        assert!(matches!(&value, ScalarValue::List(l) if l.values().null_count() == 1));
+        assert_eq!(value.data_type(), DataType::new_list(DataType::Int32, true));
+        let error = parse("{3,x}", &field).unwrap_err();
+        assert_eq!(error.sqlstate(), SqlState::INVALID_TEXT_REPRESENTATION);
+    }
+
+    #[tokio::test]
+    async fn a_text_literal_compared_with_an_array_takes_its_type() {
+        let mut builder = datafusion::execution::SessionStateBuilder::new().with_default_features();
+        if let Some(planners) = builder.expr_planners() {
+            planners.insert(0, Arc::new(ArrayTextLiterals));
+        }
+        let state = builder.build();
+        let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+        let answer = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(sql).await?.collect().await?;
+                Ok::<_, DataFusionError>(
+                    datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string(),
+                )
+            }
+        };
+        let shown = answer(
+            "SELECT a = '{1,2}' AS same, a <> '{0}' AS other, '{1}' <> a AS flipped \
+             FROM (SELECT make_array(1, 2) AS a)",
+        )
+        .await
+        .unwrap();
+        assert!(shown.contains("| true | true  | true    |"), "{shown}");
+        let error = answer("SELECT make_array(1) = '{x}'").await.unwrap_err();
+        assert!(
+            error.to_string().contains("invalid input syntax"),
+            "{error}"
+        );
+    }
+}
