@@ -129,19 +129,118 @@ static COMPAT: LazyLock<PostgresCompatibilityParser> =
 /// decorrelate, as before); a subquery over tables is planned, or refused.
 static RULES: LazyLock<Vec<Box<dyn SqlStatementRewriteRule>>> = LazyLock::new(|| {
     vec![
+        Box::new(SpecialRegisters),
         Box::new(rules::AliasDuplicatedProjectionRewrite),
         Box::new(rules::ResolveUnqualifiedIdentifier),
         Box::new(rules::RewriteArrayAnyAllOperation),
         Box::new(rules::PrependUnqualifiedPgTableName),
         Box::new(rules::StripCallableQualifier),
         Box::new(rules::FixArrayLiteral),
-        Box::new(rules::CurrentUserVariableToSessionUserFunctionCall),
         Box::new(rules::StripCollate),
         Box::new(rules::RewritePgCatalogOperator),
         Box::new(rules::RewriteRegCastToSubquery::new()),
         Box::new(rules::FixVersionColumnName),
     ]
 });
+
+/// PostgreSQL's special registers written without parentheses, as the
+/// functions that answer them: `current_schema` → `current_schema()`,
+/// `current_role` → `current_role()`, `user` → `current_user()` and
+/// `current_catalog` → `current_database()`. `current_user` and
+/// `session_user` stay as they are: Quarry registers them
+/// ([`crate::pg_roles::register`]), each answering its own register, where
+/// datafusion-pg-catalog's rule made `current_user` `session_user`.
+#[derive(Debug)]
+struct SpecialRegisters;
+
+impl SqlStatementRewriteRule for SpecialRegisters {
+    fn rewrite(&self, mut statement: Statement) -> Statement {
+        /// The register `expr` names, if it is one that is rewritten.
+        fn register(expr: &Expr) -> Option<String> {
+            let name = match expr {
+                Expr::Identifier(ident) if ident.quote_style.is_none() => &ident.value,
+                Expr::Function(function)
+                    if matches!(function.args, ast::FunctionArguments::None) =>
+                {
+                    &function.name.0.last()?.as_ident()?.value
+                }
+                _ => return None,
+            };
+            let name = name.to_ascii_lowercase();
+            ["current_schema", "current_role", "user", "current_catalog"]
+                .contains(&name.as_str())
+                .then_some(name)
+        }
+        struct Rename;
+        impl VisitorMut for Rename {
+            type Break = ();
+            // A result column keeps the register's name (`SELECT user`
+            // names its column "user").
+            fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+                if let SetExpr::Select(select) = query.body.as_mut() {
+                    for item in &mut select.projection {
+                        if let SelectItem::UnnamedExpr(expr) = item
+                            && let Some(name) = register(expr)
+                        {
+                            *item = SelectItem::ExprWithAlias {
+                                expr: expr.clone(),
+                                alias: ast::Ident::new(name),
+                            };
+                        }
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+                let call = |name: &str| {
+                    Some(Expr::Function(ast::Function {
+                        name: ObjectName::from(vec![ast::Ident::new(name)]),
+                        uses_odbc_syntax: false,
+                        parameters: ast::FunctionArguments::None,
+                        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                            duplicate_treatment: None,
+                            args: Vec::new(),
+                            clauses: Vec::new(),
+                        }),
+                        filter: None,
+                        null_treatment: None,
+                        over: None,
+                        within_group: Vec::new(),
+                    }))
+                };
+                let replacement = match expr {
+                    Expr::Identifier(ident) if ident.quote_style.is_none() => {
+                        match ident.value.to_ascii_lowercase().as_str() {
+                            "current_schema" => call("current_schema"),
+                            "current_role" => call("current_role"),
+                            // `user` is `current_user` (a reserved word: a
+                            // column of that name is written "user").
+                            "user" => call("current_user"),
+                            _ => None,
+                        }
+                    }
+                    Expr::Function(function)
+                        if matches!(function.args, ast::FunctionArguments::None) =>
+                    {
+                        match function.name.to_string().to_ascii_lowercase().as_str() {
+                            "current_catalog" => call("current_database"),
+                            "user" => call("current_user"),
+                            "current_role" => call("current_role"),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(replacement) = replacement {
+                    *expr = replacement;
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = VisitMut::visit(&mut statement, &mut Rename);
+        statement
+    }
+}
 
 /// `statement` through [`RULES`], then [`null_catalog_subqueries`].
 fn rewrite_compatible(mut statement: Statement) -> Statement {
@@ -480,7 +579,7 @@ pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
             // parsing (its blacklist); where it did, its statements are used
             // as they are, else the text is parsed again and rewritten by
             // RULES.
-            if selects(sql) >= 2
+            if (selects(sql) >= 2 || names_user(sql))
                 && let Ok(plain) = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             {
                 let same = plain.len() == statements.len()
@@ -499,6 +598,15 @@ pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
             Err(_) => Err(syntax_error(postgres_error)),
         },
     }
+}
+
+/// Whether `sql` may name `current_user` (which the crate's rules make
+/// `session_user`), `user` or `current_role`, which [`SpecialRegisters`]
+/// rewrite.
+fn names_user(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"user") || w.eq_ignore_ascii_case(b"role"))
 }
 
 /// How many times `select` occurs in `sql`, in any case (an upper bound on

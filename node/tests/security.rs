@@ -321,12 +321,26 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
         .expect("pg_namespace")
         .get(0);
     assert_eq!(acl, "quarry=UC/quarry,=U/quarry,alice=C/quarry");
-    let user: String = alice
-        .query_one("SELECT session_user", &[])
+    let row = alice
+        .query_one(
+            "SELECT current_user, session_user, user, current_role, current_schema",
+            &[],
+        )
         .await
-        .expect("user")
-        .get(0);
-    assert_eq!(user, "alice");
+        .expect("user");
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "current_user",
+            "session_user",
+            "user",
+            "current_role",
+            "current_schema"
+        ]
+    );
+    let values: Vec<String> = (0..5).map(|i| row.get(i)).collect();
+    assert_eq!(values, ["alice", "alice", "alice", "alice", "public"]);
     // DROP ROLE waits for its privileges to go.
     let e = admin
         .batch_execute("DROP ROLE alice")
