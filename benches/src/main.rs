@@ -75,6 +75,11 @@ enum Command {
         /// read from the chunk stores [default: the node's default].
         #[arg(long)]
         data_cache_mb: Option<u64>,
+        /// The nodes (with --nodes) serve TLS with certificates the bench
+        /// makes, and every query runs over a plain and a TLS connection,
+        /// side by side.
+        #[arg(long)]
+        tls: bool,
     },
     /// Write the TPC-H tables as CSV files and their DDL as schema.sql.
     TpchCsv {
@@ -212,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             quarry,
             set,
             data_cache_mb,
+            tls,
         } => {
             tpch::run(tpch::Settings {
                 pg,
@@ -228,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
                 no_duckdb,
                 set,
                 data_cache_mb,
+                tls,
             })
             .await
         }

@@ -7,9 +7,13 @@
 //! bytes the nodes' chunk stores read during its warm-up run (the sum over
 //! the nodes of `quarry_storage_chunk_read_bytes_total`, from `/metrics`);
 //! with `--data-cache-mb 0` that is every byte the query needs from disk.
+//! With `--tls` (and `--nodes`) the nodes serve TLS with certificates from
+//! `quarry cert` (and talk to each other over mutual TLS), and every query
+//! runs over a plain connection and over a TLS one in turn, side by side.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -38,6 +42,9 @@ pub struct Settings {
     pub set: Vec<(String, String)>,
     /// Each node's data cache in MiB (with `nodes`); None: the default.
     pub data_cache_mb: Option<u64>,
+    /// Serve TLS (with `nodes`) and time each query over a plain and a TLS
+    /// connection.
+    pub tls: bool,
 }
 
 /// One query's figures.
@@ -101,10 +108,90 @@ impl MetricsReader {
     }
 }
 
+/// Makes a CA and one node certificate for the addresses of `nodes` nodes
+/// from `first` (`quarry cert`) in `dir`; the nodes' TLS flags.
+fn make_certificates(
+    quarry: &Path,
+    dir: &Path,
+    first: std::net::Ipv4Addr,
+    nodes: usize,
+) -> anyhow::Result<Vec<String>> {
+    let certs = dir.join("certs");
+    let run = |args: Vec<String>| -> anyhow::Result<()> {
+        let output = Command::new(quarry)
+            .args(&args)
+            .arg("--certs-dir")
+            .arg(&certs)
+            .output()
+            .with_context(|| format!("{} runs", quarry.display()))?;
+        if !output.status.success() {
+            bail!(
+                "quarry {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(vec!["cert".into(), "create-ca".into()])?;
+    let mut node = vec!["cert".to_owned(), "create-node".to_owned()];
+    for i in 0..nodes {
+        let ip = std::net::Ipv4Addr::from(u32::from(first) + i as u32);
+        node.extend(["--host".to_owned(), ip.to_string()]);
+    }
+    run(node)?;
+    let file = |name: &str| certs.join(name).display().to_string();
+    Ok(vec![
+        "--tls-cert".to_owned(),
+        file("node.crt"),
+        "--tls-key".to_owned(),
+        file("node.key"),
+        "--tls-ca".to_owned(),
+        file("ca.crt"),
+    ])
+}
+
+/// A TLS connection (`sslmode=require`, the node verified against `ca`) to
+/// the node at `pg`, HOST:PORT.
+async fn connect_tls(pg: &str, ca: &Path) -> anyhow::Result<tokio_postgres::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| ca.display().to_string())? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (host, port) = pg
+        .rsplit_once(':')
+        .with_context(|| format!("{pg} is not HOST:PORT"))?;
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={host} port={port} user=quarry dbname=quarry connect_timeout=10 sslmode=require"
+        ),
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    )
+    .await
+    .with_context(|| format!("cannot connect to the node at {pg} over TLS"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("{}", machine());
-    let quarry = match settings.nodes {
-        None => time_quarry(&settings.pg, &settings, None).await?,
+    if settings.tls && settings.nodes.is_none() {
+        bail!("--tls needs --nodes (the bench makes the certificates of the nodes it starts)");
+    }
+    let (quarry, over_tls) = match settings.nodes {
+        None => {
+            let client = quarry_client::cluster::connect(&settings.pg).await?;
+            let mut timings = time_quarry(vec![client], &settings, None).await?;
+            (timings.remove(0), None)
+        }
         Some(nodes) => {
             if settings.dir.join("n1").exists() {
                 bail!(
@@ -112,10 +199,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     settings.dir.display()
                 );
             }
-            let extra = match settings.data_cache_mb {
+            let mut extra = match settings.data_cache_mb {
                 Some(mb) => vec!["--data-cache-mb".to_owned(), mb.to_string()],
                 None => Vec::new(),
             };
+            if settings.tls {
+                std::fs::create_dir_all(&settings.dir)?;
+                extra.extend(make_certificates(
+                    &settings.quarry,
+                    &settings.dir,
+                    settings.first_address,
+                    nodes,
+                )?);
+            }
             let local = crate::local_cluster(
                 &settings.quarry,
                 nodes,
@@ -144,7 +240,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 if let Some(mb) = settings.data_cache_mb {
                     println!("data cache: {mb} MiB per node");
                 }
-                time_quarry(&pg, &settings, Some(&metrics)).await
+                let mut clients = vec![quarry_client::cluster::connect(&pg).await?];
+                if settings.tls {
+                    let ca = settings.dir.join("certs").join("ca.crt");
+                    clients.push(connect_tls(&pg, &ca).await?);
+                    println!(
+                        "TLS: each query runs over a plain and a TLS connection to node 1 in turn"
+                    );
+                }
+                // The nodes serve /metrics over HTTPS with --tls; the bytes
+                // read are measured over plain HTTP only.
+                let metrics = (!settings.tls).then_some(&metrics);
+                let mut timings = time_quarry(clients, &settings, metrics).await?;
+                let plain = timings.remove(0);
+                Ok::<_, anyhow::Error>((plain, timings.pop()))
             }
             .await;
             quarry_client::cluster::stop(&mut running, Duration::from_secs(30)).await;
@@ -158,6 +267,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(time_duckdb(&settings)?)
     };
     print_table(&quarry, duckdb.as_ref());
+    if let Some(over_tls) = &over_tls {
+        print_tls_table(&quarry, over_tls);
+    }
     Ok(())
 }
 
@@ -185,59 +297,79 @@ pub(crate) fn machine() -> String {
     format!("machine: {cpus} CPUs ({model}), {memory_gib:.1} GiB RAM")
 }
 
+/// The 22 queries' figures over each of `clients` (one Timings per client):
+/// each query runs its warm-up and timed runs on every client in turn before
+/// the next query. Bytes read are measured on the first client's warm-up.
 async fn time_quarry(
-    pg: &str,
+    clients: Vec<tokio_postgres::Client>,
     settings: &Settings,
     metrics: Option<&MetricsReader>,
-) -> anyhow::Result<Timings> {
+) -> anyhow::Result<Vec<Timings>> {
     let (runs, queries) = (settings.runs, &settings.queries);
-    let client = quarry_client::cluster::connect(pg).await?;
-    client.batch_execute("SET search_path = tpch").await?;
-    for (name, value) in &settings.set {
-        println!("SET {name} = '{value}'");
-        client
-            .batch_execute(&format!("SET {name} = '{}'", value.replace('\'', "''")))
-            .await
-            .with_context(|| format!("SET {name}"))?;
+    for (i, client) in clients.iter().enumerate() {
+        client.batch_execute("SET search_path = tpch").await?;
+        for (name, value) in &settings.set {
+            if i == 0 {
+                println!("SET {name} = '{value}'");
+            }
+            client
+                .batch_execute(&format!("SET {name} = '{}'", value.replace('\'', "''")))
+                .await
+                .with_context(|| format!("SET {name}"))?;
+        }
     }
-    let mut timings = Vec::new();
+    let mut all: Vec<Timings> = clients.iter().map(|_| Vec::new()).collect();
     for q in 1..=22 {
         let name = format!("q{q:02}");
         let sql = std::fs::read_to_string(queries.join(format!("{name}.sql")))?;
-        let mut rows = 0;
-        let mut times = Vec::with_capacity(runs);
-        let mut bytes_read = None;
-        for run in 0..=runs {
-            let read_before = match (run, metrics) {
-                (0, Some(metrics)) => Some(metrics.sum(READ_BYTES_METRIC).await?),
-                _ => None,
-            };
-            let started = Instant::now();
-            let messages = client
-                .simple_query(&sql)
-                .await
-                .with_context(|| name.clone())?;
-            let elapsed = started.elapsed();
-            rows = messages
-                .iter()
-                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-                .count();
-            if let (Some(before), Some(metrics)) = (read_before, metrics) {
-                bytes_read = Some(metrics.sum(READ_BYTES_METRIC).await?.saturating_sub(before));
-            }
-            if run > 0 {
-                times.push(elapsed);
-            }
+        for (i, client) in clients.iter().enumerate() {
+            let metrics = if i == 0 { metrics } else { None };
+            all[i].push(time_query(client, &name, &sql, runs, metrics).await?);
         }
-        times.sort();
-        timings.push(Timing {
-            name,
-            median: times[times.len() / 2],
-            rows,
-            bytes_read,
-        });
     }
-    Ok(timings)
+    Ok(all)
+}
+
+/// One query's warm-up run and `runs` timed runs on `client`.
+async fn time_query(
+    client: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+    runs: usize,
+    metrics: Option<&MetricsReader>,
+) -> anyhow::Result<Timing> {
+    let mut rows = 0;
+    let mut times = Vec::with_capacity(runs);
+    let mut bytes_read = None;
+    for run in 0..=runs {
+        let read_before = match (run, metrics) {
+            (0, Some(metrics)) => Some(metrics.sum(READ_BYTES_METRIC).await?),
+            _ => None,
+        };
+        let started = Instant::now();
+        let messages = client
+            .simple_query(sql)
+            .await
+            .with_context(|| name.to_owned())?;
+        let elapsed = started.elapsed();
+        rows = messages
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        if let (Some(before), Some(metrics)) = (read_before, metrics) {
+            bytes_read = Some(metrics.sum(READ_BYTES_METRIC).await?.saturating_sub(before));
+        }
+        if run > 0 {
+            times.push(elapsed);
+        }
+    }
+    times.sort();
+    Ok(Timing {
+        name: name.to_owned(),
+        median: times[times.len() / 2],
+        rows,
+        bytes_read,
+    })
 }
 
 fn duckdb_installed() -> bool {
@@ -295,6 +427,35 @@ fn time_duckdb(settings: &Settings) -> anyhow::Result<Timings> {
 fn geomean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v.max(1e-9).ln(), n + 1));
     if n == 0 { 0.0 } else { (sum / n as f64).exp() }
+}
+
+/// Each query's median over a plain and over a TLS connection, and their
+/// ratio, with the geometric means.
+fn print_tls_table(plain: &Timings, over_tls: &Timings) {
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!("| query | plain ms | TLS ms | TLS / plain |");
+    println!("|---|---:|---:|---:|");
+    for (p, t) in plain.iter().zip(over_tls) {
+        let warn = if p.rows == t.rows {
+            ""
+        } else {
+            " (row counts differ)"
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}{warn} |",
+            p.name,
+            ms(&p.median),
+            ms(&t.median),
+            ms(&t.median) / ms(&p.median).max(1e-6)
+        );
+    }
+    let plain_geo = geomean(plain.iter().map(|t| ms(&t.median)));
+    let tls_geo = geomean(over_tls.iter().map(|t| ms(&t.median)));
+    println!(
+        "| **geomean** | **{plain_geo:.1}** | **{tls_geo:.1}** | **{:.2}** |",
+        tls_geo / plain_geo.max(1e-6)
+    );
 }
 
 fn print_table(quarry: &Timings, duckdb: Option<&Timings>) {
