@@ -530,6 +530,16 @@ pub enum QuarryStatement {
         /// GRANT (true) or REVOKE (false).
         granted: bool,
     },
+    /// `ALTER VIEW [IF EXISTS] name OWNER TO role` (PostgreSQL's; the SQL
+    /// parser knows only `ALTER VIEW ... AS query`).
+    ViewOwner {
+        /// The view.
+        name: ObjectName,
+        /// Its new owner.
+        owner: ast::Owner,
+        /// IF EXISTS: a missing view is not an error.
+        if_exists: bool,
+    },
     /// `MOVE [direction] [FROM | IN] cursor` (PostgreSQL's): repositions a
     /// cursor as FETCH with the same direction would, returning no rows.
     Move {
@@ -1002,6 +1012,24 @@ fn parse_quarry_statement(
         let Ok(name) = parser.parse_object_name(false) else {
             return Ok(None);
         };
+        if parser.parse_keywords(&[Keyword::OWNER, Keyword::TO]) {
+            let owner = match parser.parse_one_of_keywords(&[
+                Keyword::CURRENT_USER,
+                Keyword::CURRENT_ROLE,
+                Keyword::SESSION_USER,
+            ]) {
+                Some(Keyword::CURRENT_USER) => ast::Owner::CurrentUser,
+                Some(Keyword::CURRENT_ROLE) => ast::Owner::CurrentRole,
+                Some(_) => ast::Owner::SessionUser,
+                None => ast::Owner::Ident(parser.parse_identifier().map_err(syntax_error)?),
+            };
+            parser.expect_token(&Token::EOF).map_err(syntax_error)?;
+            return Ok(Some(QuarryStatement::ViewOwner {
+                name,
+                owner,
+                if_exists,
+            }));
+        }
         if !parser.parse_keywords(&[Keyword::RENAME, Keyword::TO]) {
             return Ok(None);
         }

@@ -70,6 +70,7 @@ mod dispatch;
 mod dml;
 mod prepared;
 mod roles;
+use roles::OwnedKind;
 mod settings;
 mod time_travel;
 mod transaction;
@@ -682,6 +683,14 @@ impl Session {
                 to,
                 if_exists,
             } => self.rename_view(&name, &to, if_exists).await,
+            QuarryStatement::ViewOwner {
+                name,
+                owner,
+                if_exists,
+            } => {
+                self.set_owner(&name, OwnedKind::View, &owner, if_exists)
+                    .await
+            }
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
@@ -777,7 +786,23 @@ impl Session {
                 .await?;
                 Ok(Output::Command(CommandTag::new("CREATE SCHEMA")))
             }
-            Statement::AlterTable(alter) => self.alter_table(&alter.name, alter.operations).await,
+            Statement::AlterTable(alter) => match alter.operations.as_slice() {
+                [ast::AlterTableOperation::OwnerTo { new_owner }] => {
+                    self.set_owner(&alter.name, OwnedKind::Table, new_owner, alter.if_exists)
+                        .await
+                }
+                _ => self.alter_table(&alter.name, alter.operations).await,
+            },
+            Statement::AlterSchema(alter) => match alter.operations.as_slice() {
+                [ast::AlterSchemaOperation::OwnerTo { owner }] => {
+                    self.set_owner(&alter.name, OwnedKind::Schema, owner, alter.if_exists)
+                        .await
+                }
+                _ => Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("{} is not supported", Statement::AlterSchema(alter)),
+                )),
+            },
             Statement::CreateRole(create) => self.create_role(create, false).await,
             Statement::AlterRole { name, operation } => self.alter_role(&name, operation).await,
             Statement::Drop {

@@ -32,7 +32,17 @@ pub struct HttpState {
     pub meta: Arc<Meta>,
     /// Who may read `/metrics`.
     pub login: HttpLogin,
+    /// Counts failed logins per address and refuses an address over the
+    /// limit, with the PostgreSQL port's.
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// Where logins are audited.
+    pub engine: Arc<quarry_exec::Engine>,
 }
+
+/// The address an HTTPS request came from (an extension of each request on
+/// a connection), for the login limit and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// How the HTTP listener admits callers.
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +133,9 @@ async fn serve_tls(
             },
         };
         let acceptor = tls.http_acceptor();
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            router.clone().layer(axum::Extension(Peer(peer))),
+        );
         tokio::spawn(async move {
             let stream = match acceptor.accept(socket).await {
                 Ok(stream) => stream,
@@ -161,12 +173,13 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, String) {
 
 async fn metrics(
     State(state): State<HttpState>,
+    peer: Option<axum::Extension<Peer>>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if state.login.metrics
         && !state.login.insecure
-        && let Err(refusal) = authenticate(&state, &headers)
+        && let Err(refusal) = authenticate(&state, peer.map(|p| p.0.0), &headers)
     {
         return refusal;
     }
@@ -190,14 +203,17 @@ fn unauthenticated(message: &str) -> axum::response::Response {
         .into_response()
 }
 
-/// The role `headers` log in as (HTTP Basic or a bearer token).
+/// The role `headers` log in as (HTTP Basic or a bearer token), from
+/// `peer`.
 ///
 /// # Errors
 /// A 401 answer: no credentials, credentials over plain HTTP, or ones that
-/// do not check out (counted with failed PostgreSQL logins).
+/// do not check out (counted with failed PostgreSQL logins, per address,
+/// and audited); 429 while `peer` is over the failed-login limit.
 #[allow(clippy::result_large_err)]
 fn authenticate(
     state: &HttpState,
+    peer: Option<std::net::SocketAddr>,
     headers: &axum::http::HeaderMap,
 ) -> Result<quarry_common::roles::RoleId, axum::response::Response> {
     use base64::Engine as _;
@@ -214,26 +230,76 @@ fn authenticate(
             "credentials are taken over HTTPS only: start the node with --tls-cert and --tls-key",
         ));
     }
+    if let Some(peer) = peer
+        && let Err(refusal) = state.auth.admit(peer.ip())
+    {
+        return Err(too_many_logins(&refusal.message));
+    }
     let catalog = state.meta.read_local();
     let now = quarry_raft::now_micros();
-    let role = match value.split_once(' ') {
+    // The user a failure is audited for: Basic's user name, or the token's
+    // id (its first part, `qat_<id>`).
+    let (user, role, how) = match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-            quarry_exec::credentials::token_role(&catalog, token.trim(), now)
+            let token = token.trim();
+            let role = quarry_exec::credentials::token_role(&catalog, token, now);
+            let shown = token.rsplit_once('_').map_or("", |(id, _)| id);
+            let user = role.map_or_else(|| shown.to_owned(), |r| catalog.role_name(r));
+            (user, role, "HTTP bearer token")
         }
         Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => {
-            base64::engine::general_purpose::STANDARD
+            let pair = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
                 .ok()
-                .and_then(|decoded| String::from_utf8(decoded).ok())
-                .and_then(|pair| {
-                    let (user, password) = pair.split_once(':')?;
-                    quarry_exec::credentials::password_role(&catalog, user, password, now)
-                })
+                .and_then(|decoded| String::from_utf8(decoded).ok());
+            match pair.as_deref().and_then(|p| p.split_once(':')) {
+                Some((user, password)) => (
+                    user.to_owned(),
+                    quarry_exec::credentials::password_role(&catalog, user, password, now),
+                    "HTTP Basic",
+                ),
+                None => (String::new(), None, "HTTP Basic"),
+            }
         }
-        _ => None,
+        _ => (String::new(), None, "HTTP"),
     };
-    role.ok_or_else(|| {
-        metrics::counter!("quarry_node_login_failures_total").increment(1);
-        unauthenticated("invalid credentials")
-    })
+    let failure = role
+        .is_none()
+        .then(|| format!("{how}: invalid credentials"));
+    if let Some(peer) = peer {
+        state.engine.audit(quarry_exec::audit::AuditEvent {
+            at_micros: now,
+            event: if failure.is_some() {
+                "login_failed"
+            } else {
+                "login"
+            }
+            .to_owned(),
+            user: user.clone(),
+            address: Some(peer.to_string()),
+            detail: failure
+                .clone()
+                .unwrap_or_else(|| format!("authenticated ({how})")),
+        });
+    }
+    match (role, peer) {
+        (Some(role), _) => Ok(role),
+        (None, Some(peer)) => {
+            state.auth.failed(peer.ip(), &user, how);
+            Err(unauthenticated("invalid credentials"))
+        }
+        (None, None) => {
+            metrics::counter!("quarry_node_login_failures_total").increment(1);
+            Err(unauthenticated("invalid credentials"))
+        }
+    }
+}
+
+/// A 429 answer: the caller's address failed to log in too often lately.
+fn too_many_logins(message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({
+        "error": {"code": "too_many_failed_logins", "message": message}
+    });
+    (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response()
 }

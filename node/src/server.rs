@@ -374,11 +374,8 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     } else {
         AuthMode::Scram
     };
-    let frontend = Frontend::new(
-        engine,
-        Authenticator::new(mode, tls.clone()),
-        config.query_slots,
-    );
+    let auth = Authenticator::new(mode, tls.clone());
+    let frontend = Frontend::new(engine.clone(), auth.clone(), config.query_slots);
     tracing::info!(
         node_id,
         cluster = %quarry_common::catalog::ChunkId(cluster_id),
@@ -399,6 +396,8 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                 tls: tls.is_some(),
                 insecure: config.insecure,
             },
+            auth,
+            engine,
         }),
         tls.clone(),
     )?;

@@ -219,6 +219,8 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
             "must be owner of table t1",
         ),
         ("GRANT SELECT ON t2 TO alice", "must be owner of table t2"),
+        ("ALTER TABLE t2 OWNER TO alice", "must be owner of table t2"),
+        ("ALTER VIEW v2 OWNER TO alice", "must be owner of view v2"),
         (
             "CREATE TABLE mine (a int)",
             "permission denied for schema public",
@@ -262,6 +264,63 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
         denied(&alice, "SELECT * FROM t1").await,
         "permission denied for table t1"
     );
+
+    // ALTER ... OWNER TO: the owner (or a superuser) gives an object to a
+    // role they are a member of, and the new owner has the owner's rights.
+    alice
+        .batch_execute("CREATE TABLE hers (a int)")
+        .await
+        .expect("create");
+    assert_eq!(
+        denied(&alice, "ALTER TABLE hers OWNER TO quarry").await,
+        "must be able to SET ROLE \"quarry\""
+    );
+    alice
+        .batch_execute("ALTER TABLE hers OWNER TO readers")
+        .await
+        .expect("to her group");
+    let owner: String = admin
+        .query_one(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'hers'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, "readers");
+    alice
+        .batch_execute("DROP TABLE hers")
+        .await
+        .expect("a member of the owning role drops it");
+    admin
+        .batch_execute(
+            "CREATE SCHEMA theirs; ALTER SCHEMA theirs OWNER TO alice; \
+             ALTER TABLE t2 OWNER TO alice; ALTER VIEW v1 OWNER TO CURRENT_USER",
+        )
+        .await
+        .expect("owners");
+    alice
+        .batch_execute("CREATE TABLE theirs.x (a int); SELECT * FROM t2; DROP TABLE theirs.x")
+        .await
+        .expect("an owner's rights");
+    admin
+        .batch_execute("ALTER TABLE t2 OWNER TO quarry")
+        .await
+        .expect("back");
+    assert_eq!(
+        denied(&alice, "SELECT * FROM t2").await,
+        "permission denied for table t2"
+    );
+    let e = admin
+        .batch_execute("ALTER TABLE nosuch OWNER TO alice")
+        .await
+        .expect_err("no table");
+    assert_eq!(sqlstate(&e), "42P01");
+    let e = admin
+        .batch_execute("ALTER TABLE t2 OWNER TO nobody")
+        .await
+        .expect_err("no role");
+    assert_eq!(sqlstate(&e), "42704");
 
     // The catalogs psql's \du and \dp read, and the privilege functions.
     let row = admin
@@ -828,4 +887,46 @@ async fn metrics_take_http_basic_or_an_access_token_that_drop_revokes() {
     // The token's secret is in no log.
     let secret = token.rsplit('_').next().expect("secret");
     assert!(!node.log().contains(secret));
+    // HTTP logins are audited, with the caller's address, and count toward
+    // the per-address limit of failed logins (2 so far): past 10, even the
+    // right password gets 429 until the window ends.
+    for _ in 0..8 {
+        assert_eq!(
+            https_status(port, "/metrics", &ca, Some(&basic("quarry", "wrong"))),
+            401
+        );
+    }
+    assert_eq!(
+        https_status(
+            port,
+            "/metrics",
+            &ca,
+            Some(&basic("quarry", SUPERUSER_PASSWORD))
+        ),
+        429
+    );
+    let events = admin
+        .query(
+            "SELECT event, user_name, detail FROM quarry_system.audit \
+             WHERE address LIKE '127.0.0.1:%' AND detail LIKE '%HTTP%'",
+            &[],
+        )
+        .await
+        .expect("audit");
+    let events: Vec<(String, String, String)> = events
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    for expected in [
+        ("login", "quarry", "authenticated (HTTP Basic)"),
+        ("login", "quarry", "authenticated (HTTP bearer token)"),
+        ("login_failed", "quarry", "HTTP Basic: invalid credentials"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|(e, u, d)| (e.as_str(), u.as_str(), d.as_str()) == expected),
+            "{expected:?} not in {events:#?}"
+        );
+    }
 }

@@ -847,7 +847,7 @@ fn referencing_keys(
         .collect()
 }
 
-fn not_a(name: &str, kind: &str, use_instead: &str) -> Error {
+pub(super) fn not_a(name: &str, kind: &str, use_instead: &str) -> Error {
     user_error(
         SqlState::WRONG_OBJECT_TYPE,
         format!("\"{name}\" is not a {kind}; use {use_instead}"),

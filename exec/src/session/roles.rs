@@ -55,6 +55,17 @@ fn password_verifier(password: &Password) -> Result<Option<quarry_common::roles:
     Ok(Some(crate::scram::verifier(&text)))
 }
 
+/// What an `ALTER ... OWNER TO` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnedKind {
+    /// ALTER TABLE (a table or a view).
+    Table,
+    /// ALTER VIEW.
+    View,
+    /// ALTER SCHEMA.
+    Schema,
+}
+
 fn role_name(name: &ObjectName) -> Result<String> {
     match object_parts(name).as_slice() {
         [one] => Ok(one.clone()),
@@ -272,6 +283,80 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         self.write_ddl(Command::Batch(commands)).await?;
         Ok(Output::Command(CommandTag::new("DROP ROLE")))
+    }
+
+    /// `ALTER TABLE | VIEW | SCHEMA name OWNER TO owner`: the owner of
+    /// `object` (a relation or schema name, as the statement gave it)
+    /// becomes `owner`; `tag` is the statement's command tag. The owner or a
+    /// superuser may, giving it to a role they are a member of (PostgreSQL's
+    /// rule, checked as the command is proposed).
+    pub(super) async fn set_owner(
+        &mut self,
+        object: &ObjectName,
+        kind: OwnedKind,
+        owner: &ast::Owner,
+        if_exists: bool,
+    ) -> Result<Output> {
+        let tag = match kind {
+            OwnedKind::Table => "ALTER TABLE",
+            OwnedKind::View => "ALTER VIEW",
+            OwnedKind::Schema => "ALTER SCHEMA",
+        };
+        let owner = match owner {
+            ast::Owner::Ident(ident) => normalize(ident),
+            ast::Owner::CurrentUser | ast::Owner::CurrentRole | ast::Owner::SessionUser => {
+                self.user().name.clone()
+            }
+        };
+        let catalog = self.ddl_catalog().await?;
+        let securable = match kind {
+            OwnedKind::Schema => {
+                let name = object_parts(object).join(".");
+                if !catalog.schemas.contains_key(&name) {
+                    if if_exists {
+                        return Ok(Output::Command(CommandTag::new(tag)));
+                    }
+                    return Err(user_error(
+                        SqlState::INVALID_SCHEMA_NAME,
+                        format!("schema \"{name}\" does not exist"),
+                    ));
+                }
+                Securable::Schema(name)
+            }
+            OwnedKind::Table | OwnedKind::View => {
+                let (schema, name) = self.resolve(object)?;
+                // ALTER TABLE takes a view too (PostgreSQL's); ALTER VIEW
+                // only a view.
+                match (catalog.table(&schema, &name), kind) {
+                    (Some(_), OwnedKind::View) => {
+                        return Err(super::ddl::not_a(&name, "view", "ALTER TABLE"));
+                    }
+                    (Some(table), _) => Securable::Table(table.id),
+                    (None, _) if catalog.view(&schema, &name).is_some() => {
+                        Securable::View(schema, name)
+                    }
+                    (None, _) if if_exists => return Ok(Output::Command(CommandTag::new(tag))),
+                    (None, _) => {
+                        return Err(user_error(
+                            SqlState::UNDEFINED_TABLE,
+                            format!("relation \"{name}\" does not exist"),
+                        ));
+                    }
+                }
+            }
+        };
+        if catalog.role(&owner).is_none() {
+            return Err(user_error(
+                SqlState::UNDEFINED_OBJECT,
+                format!("role \"{owner}\" does not exist"),
+            ));
+        }
+        self.write_ddl(Command::SetOwner {
+            object: securable,
+            owner,
+        })
+        .await?;
+        Ok(Output::Command(CommandTag::new(tag)))
     }
 
     /// The objects a GRANT or REVOKE names.
