@@ -15,6 +15,9 @@
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
 //! - `quarry_system.audit`: this node's most recent audit events (logins,
 //!   role and privilege changes, DDL; [`crate::audit`]), oldest first.
+//! - `quarry_system.access_tokens`: one row per access token of the HTTP API:
+//!   its id (the token's first part, never its secret), name, role, when it
+//!   was created and until when it is accepted.
 
 use std::sync::Arc;
 
@@ -38,8 +41,9 @@ const SNAPSHOTS: &str = "snapshots";
 const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
 const AUDIT: &str = "audit";
+const ACCESS_TOKENS: &str = "access_tokens";
 /// The tables of the system schema.
-pub const NAMES: [&str; 5] = [AUDIT, NODES, SNAPSHOTS, STRIPES, TABLES];
+pub const NAMES: [&str; 6] = [ACCESS_TOKENS, AUDIT, NODES, SNAPSHOTS, STRIPES, TABLES];
 
 /// The system schema over one catalog version.
 #[derive(Debug)]
@@ -94,6 +98,38 @@ fn audit(log: Option<&Arc<dyn AuditLog>>) -> DfResult<Arc<dyn TableProvider>> {
                 events.iter().map(|e| e.address.clone()).collect::<Vec<_>>(),
             )),
             text(events.iter().map(|e| e.detail.clone()).collect()),
+        ],
+    )
+}
+
+fn access_tokens(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
+    let timestamp = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("token_id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("role_name", DataType::Utf8, false),
+        Field::new("created_at", timestamp(), false),
+        Field::new("valid_until", timestamp(), true),
+    ]));
+    let tokens: Vec<_> = catalog.tokens.values().collect();
+    table(
+        schema,
+        vec![
+            text(tokens.iter().map(|t| t.id.clone()).collect()),
+            text(tokens.iter().map(|t| t.name.clone()).collect()),
+            text(tokens.iter().map(|t| catalog.role_name(t.role)).collect()),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    tokens.iter().map(|t| t.created_at).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    tokens.iter().map(|t| t.valid_until).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
         ],
     )
 }
@@ -313,6 +349,7 @@ impl SchemaProvider for SystemSchema {
             NODES => nodes(self.cluster.as_ref()).map(Some),
             STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
             AUDIT => audit(self.audit.as_ref()).map(Some),
+            ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),
             _ => Ok(None),
         }
     }

@@ -874,6 +874,23 @@ async fn metrics_take_http_basic_or_an_access_token_that_drop_revokes() {
     assert!(token.starts_with("qat_"));
     let bearer = format!("Bearer {token}");
     assert_eq!(https_status(port, "/metrics", &ca, Some(&bearer)), 200);
+    let listed = admin
+        .query_one(
+            "SELECT token_id, name, role_name, valid_until IS NULL FROM quarry_system.access_tokens",
+            &[],
+        )
+        .await
+        .expect("tokens");
+    let id: String = listed.get(0);
+    assert!(token.starts_with(&format!("qat_{id}_")), "{id} of {token}");
+    assert_eq!(
+        (
+            listed.get::<_, String>(1),
+            listed.get::<_, String>(2),
+            listed.get::<_, bool>(3)
+        ),
+        ("scraper".to_owned(), "quarry".to_owned(), true)
+    );
     let e = admin
         .batch_execute("CREATE ACCESS TOKEN scraper")
         .await
