@@ -450,6 +450,11 @@ pub struct Catalog {
     /// snapshot file.
     #[serde(skip)]
     pub tokens: OrdMap<String, Arc<crate::roles::AccessToken>>,
+    /// The streaming API's channels: the next row offset of each channel of
+    /// each table (the rows before it are committed), changed only with the
+    /// rows they cover; records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub channels: OrdMap<(TableId, String), u64>,
 }
 
 /// A cluster's gossip key: 32 random bytes, HMAC-SHA-256 key of every gossip

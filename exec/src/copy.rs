@@ -411,6 +411,25 @@ pub struct RowBuffer {
     copy_columns: usize,
     builders: Vec<StringBuilder>,
     lines: Vec<u64>,
+    origin: RowOrigin,
+}
+
+/// Where a [`RowBuffer`]'s rows come from, as its errors name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowOrigin {
+    /// Lines of a COPY FROM.
+    Copy,
+    /// Rows of a streaming API request, counted from 1.
+    Request,
+}
+
+impl RowOrigin {
+    fn place(self, table: &str, line: u64) -> String {
+        match self {
+            RowOrigin::Copy => format!("COPY {table}, line {line}"),
+            RowOrigin::Request => format!("row {line}"),
+        }
+    }
 }
 
 impl RowBuffer {
@@ -452,7 +471,15 @@ impl RowBuffer {
             copy_columns,
             builders: (0..copy_columns).map(|_| StringBuilder::new()).collect(),
             lines: Vec::new(),
+            origin: RowOrigin::Copy,
         })
+    }
+
+    /// The same buffer, its errors naming rows of a streaming API request
+    /// (`row 3`) rather than COPY lines.
+    pub fn from_request(mut self) -> Self {
+        self.origin = RowOrigin::Request;
+        self
     }
 
     /// Rows buffered.
@@ -483,7 +510,7 @@ impl RowBuffer {
                     self.copy_columns,
                     record.len()
                 ),
-                detail: Some(format!("COPY {}, line {line}", self.table.name)),
+                detail: Some(self.origin.place(&self.table.name, line)),
             });
         }
         for (builder, field) in self.builders.iter_mut().zip(record) {
@@ -520,15 +547,16 @@ impl RowBuffer {
                         "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
                         column.name, self.table.name
                     ),
-                    detail: Some(format!("COPY {}, line {}", self.table.name, lines[row])),
+                    detail: Some(self.origin.place(&self.table.name, lines[row])),
                 });
             }
-            columns.push(convert(
-                text,
-                column.column_type,
-                |row| (column.name.clone(), lines[row]),
-                &self.table.name,
-            )?);
+            columns.push(convert(text, column.column_type, |row| {
+                format!(
+                    "{}, column {}",
+                    self.origin.place(&self.table.name, lines[row]),
+                    column.name
+                )
+            })?);
         }
         RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("COPY batch does not fit its table: {e}")))
@@ -539,14 +567,12 @@ impl RowBuffer {
 fn convert(
     text: &StringArray,
     column_type: ColumnType,
-    locate: impl Fn(usize) -> (String, u64),
-    table: &str,
+    locate: impl Fn(usize) -> String,
 ) -> Result<ArrayRef> {
     let target = arrow_type(column_type);
     if column_type == ColumnType::Bytea {
         return decode_bytea(text, |row| {
-            let (column, line) = locate(row);
-            bad_value(table, &column, line, column_type, text.value(row))
+            bad_value(&locate(row), column_type, text.value(row))
         });
     }
     let trimmed;
@@ -569,19 +595,14 @@ fn convert(
         let row = (0..source.len())
             .find(|r| source.is_valid(*r) && converted.is_null(*r))
             .expect("a value failed to convert");
-        let (column, line) = locate(row);
-        return Err(bad_value(
-            table,
-            &column,
-            line,
-            column_type,
-            text.value(row),
-        ));
+        return Err(bad_value(&locate(row), column_type, text.value(row)));
     }
     Ok(converted)
 }
 
-fn bad_value(table: &str, column: &str, line: u64, column_type: ColumnType, value: &str) -> Error {
+/// 22P02 (22007 for dates and times) for `value`, found at `place` (`COPY
+/// t, line 3, column c`).
+fn bad_value(place: &str, column_type: ColumnType, value: &str) -> Error {
     let state = match column_type {
         ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz => {
             SqlState::INVALID_DATETIME_FORMAT
@@ -591,9 +612,7 @@ fn bad_value(table: &str, column: &str, line: u64, column_type: ColumnType, valu
     Error::User {
         state,
         message: format!("invalid input syntax for type {column_type}: \"{value}\""),
-        detail: Some(format!(
-            "COPY {table}, line {line}, column {column}: \"{value}\""
-        )),
+        detail: Some(format!("{place}: \"{value}\"")),
     }
 }
 

@@ -50,4 +50,6 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;
-pub use session::{CommandTag, CopyIn, Engine, Metadata, Output, QueryResources, Session};
+pub use session::{
+    Appended, CommandTag, CopyIn, Engine, Metadata, Output, QueryResources, Session, StreamRows,
+};

@@ -72,6 +72,7 @@ mod prepared;
 mod roles;
 use roles::OwnedKind;
 mod settings;
+mod stream;
 mod time_travel;
 mod transaction;
 
@@ -80,6 +81,7 @@ use dispatch::Dispatch;
 pub use settings::DistSql;
 pub use settings::is_preset_setting;
 use settings::{DEFAULT_SETTINGS, PRESET_SETTINGS};
+pub use stream::{Appended, StreamRows};
 use time_travel::AS_OF_SCHEMA;
 use transaction::{Isolation, Transaction, commit_changes, refused};
 

@@ -90,6 +90,10 @@ pub struct FileConfig {
     /// in arrival order [default: 4 per CPU].
     #[arg(long)]
     pub query_slots: Option<usize>,
+    /// Largest body of a streaming API request (`POST
+    /// /v1/tables/.../rows`), in MiB; a larger one gets 413 [default: 64].
+    #[arg(long)]
+    pub stream_body_limit_mb: Option<u64>,
     /// Memory for recently read data files (verified, whole), in MiB; 0 turns
     /// the pool off [default: a quarter of the machine's memory].
     #[arg(long)]
@@ -189,6 +193,8 @@ pub struct Config {
     pub initial_password_file: Option<PathBuf>,
     /// `/metrics` asks for a login.
     pub metrics_require_login: bool,
+    /// Largest streaming API request body, in bytes.
+    pub stream_body_limit_bytes: usize,
 }
 
 /// Errors reading the configuration (the operator's to fix).
@@ -388,6 +394,14 @@ impl FileConfig {
             insecure: flags.insecure || self.insecure,
             initial_password_file: flags.initial_password_file.or(self.initial_password_file),
             metrics_require_login: flags.metrics_require_login || self.metrics_require_login,
+            stream_body_limit_bytes: usize::try_from(
+                flags
+                    .stream_body_limit_mb
+                    .or(self.stream_body_limit_mb)
+                    .unwrap_or(64)
+                    << 20,
+            )
+            .unwrap_or(usize::MAX),
         }
     }
 }

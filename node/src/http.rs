@@ -35,8 +35,13 @@ pub struct HttpState {
     /// Counts failed logins per address and refuses an address over the
     /// limit, with the PostgreSQL port's.
     pub auth: Arc<crate::auth::Authenticator>,
-    /// Where logins are audited.
+    /// Where logins are audited, and the streaming API's sessions come from.
     pub engine: Arc<quarry_exec::Engine>,
+    /// The node's network runtime, where streaming API requests run (the
+    /// HTTP listener's thread only serves them).
+    pub network: tokio::runtime::Handle,
+    /// Largest streaming API request body, in bytes.
+    pub stream_body_limit: usize,
 }
 
 /// The address an HTTPS request came from (an extension of each request on
@@ -161,6 +166,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/tables/{table}/channels/{channel}",
+            get(crate::stream_api::channel),
+        )
+        .route(
+            "/v1/tables/{table}/channels/{channel}/rows",
+            axum::routing::post(crate::stream_api::append),
+        )
         .with_state(state)
 }
 
@@ -211,7 +224,7 @@ fn unauthenticated(message: &str) -> axum::response::Response {
 /// do not check out (counted with failed PostgreSQL logins, per address,
 /// and audited); 429 while `peer` is over the failed-login limit.
 #[allow(clippy::result_large_err)]
-fn authenticate(
+pub(crate) fn authenticate(
     state: &HttpState,
     peer: Option<std::net::SocketAddr>,
     headers: &axum::http::HeaderMap,

@@ -28,5 +28,6 @@ pub mod query_manager;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;
+pub mod stream_api;
 pub mod stripes;
 pub mod tls;

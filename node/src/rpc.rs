@@ -39,7 +39,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
 /// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
 /// datagrams with an HMAC tag), needs a new version.
-pub const WIRE_VERSION: u8 = 11;
+pub const WIRE_VERSION: u8 = 12;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -913,9 +913,10 @@ mod tests {
             | C::SetGossipKey { .. }
             | C::CreateToken { .. }
             | C::DropToken { .. }
-            | C::Owned { .. } => {}
+            | C::Owned { .. }
+            | C::Append { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 11, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 12, "update the list above");
     }
 
     #[tokio::test]

@@ -398,6 +398,8 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             },
             auth,
             engine,
+            network: tokio::runtime::Handle::current(),
+            stream_body_limit: config.stream_body_limit_bytes,
         }),
         tls.clone(),
     )?;

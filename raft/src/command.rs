@@ -381,6 +381,18 @@ pub enum Command {
         /// The CREATE.
         command: Box<Command>,
     },
+    /// Rows of one channel of the streaming API: `change` (files added to
+    /// one table, none removed) commits as an append if the channel's next
+    /// offset is `offset`, and moves it past the rows added, in the same
+    /// command; otherwise nothing changes ([`CatalogError::ChannelOffset`]).
+    Append {
+        /// The table's new files.
+        change: TableChange,
+        /// The channel, named by the writer.
+        channel: String,
+        /// The channel's row offset of the first row added.
+        offset: u64,
+    },
 }
 
 impl Command {
@@ -417,6 +429,7 @@ impl Command {
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
             Command::Owned { command, .. } => command.remap_tables(ids),
+            Command::Append { change, .. } => map(&mut change.table),
             Command::SetPrivileges { objects, .. } => {
                 for object in objects {
                     if let Securable::Table(id) = object {
@@ -694,6 +707,20 @@ pub enum CatalogError {
         /// The member.
         member: String,
     },
+    /// An append to a channel at an offset other than its next one: rows
+    /// already written (a retry) or a gap.
+    #[error("channel \"{channel}\" is at offset {next_offset}, not {offset}")]
+    ChannelOffset {
+        /// The channel.
+        channel: String,
+        /// The offset the append gave.
+        offset: u64,
+        /// The channel's next offset.
+        next_offset: u64,
+    },
+    /// An append that removes files.
+    #[error("an append to a channel only adds rows")]
+    AppendRemoves,
 }
 
 impl CatalogError {
@@ -732,6 +759,8 @@ impl CatalogError {
             CatalogError::ReservedRoleName(_) => SqlState::RESERVED_NAME,
             CatalogError::RoleInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
             CatalogError::MembershipCycle { .. } => SqlState::INVALID_GRANT_OPERATION,
+            CatalogError::ChannelOffset { .. } => SqlState::INVALID_PARAMETER_VALUE,
+            CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
         }
     }
 }
@@ -931,6 +960,33 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
         }
+        Command::Append {
+            change,
+            channel,
+            offset,
+        } => {
+            if !change.removed.is_empty() {
+                return Err(CatalogError::AppendRemoves);
+            }
+            let key = (change.table, channel.clone());
+            let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
+            if *offset != next_offset {
+                return Err(CatalogError::ChannelOffset {
+                    channel: channel.clone(),
+                    offset: *offset,
+                    next_offset,
+                });
+            }
+            let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
+            let applied = commit(
+                catalog,
+                proposal.proposed_at,
+                std::slice::from_ref(change),
+                &[],
+            )?;
+            catalog.channels.insert(key, next_offset + rows);
+            Ok(applied)
+        }
         Command::UndropTable { schema, name } => {
             if !catalog.schemas.contains_key(schema) {
                 return Err(CatalogError::SchemaNotFound(schema.clone()));
@@ -959,6 +1015,15 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let gone = catalog.dropped.remove(index);
             catalog.notes.remove(table);
             catalog.acls.remove(&Securable::Table(*table));
+            let channels: Vec<_> = catalog
+                .channels
+                .keys()
+                .filter(|(id, _)| id == table)
+                .cloned()
+                .collect();
+            for channel in channels {
+                catalog.channels.remove(&channel);
+            }
             let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
             chunks.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks })

@@ -78,6 +78,12 @@ enum Record<'a> {
     GossipKey(GossipKey),
     /// An access token of the HTTP API (its secret's hash only).
     Token(Cow<'a, AccessToken>),
+    /// The next row offset of one channel of a table's streaming API.
+    Channel {
+        table: TableId,
+        channel: Cow<'a, str>,
+        next_offset: u64,
+    },
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -129,6 +135,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         acls,
         gossip_key,
         tokens,
+        channels,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -181,6 +188,13 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
     }
     for token in tokens.values() {
         writer.put(&Record::Token(Cow::Borrowed(token.as_ref())))?;
+    }
+    for ((table, channel), next_offset) in channels {
+        writer.put(&Record::Channel {
+            table: *table,
+            channel: Cow::Borrowed(channel),
+            next_offset: *next_offset,
+        })?;
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -282,6 +296,15 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             Record::Token(token) => {
                 let token = token.into_owned();
                 catalog.tokens.insert(token.id.clone(), Arc::new(token));
+            }
+            Record::Channel {
+                table,
+                channel,
+                next_offset,
+            } => {
+                catalog
+                    .channels
+                    .insert((table, channel.into_owned()), next_offset);
             }
             Record::End { records: written } => {
                 if written != records {
@@ -450,6 +473,27 @@ mod tests {
                 key: GossipKey([9; 32]),
             },
         );
+        let t1 = catalog.table("public", "t1").expect("t1").id;
+        ok(
+            &mut catalog,
+            Command::Append {
+                change: TableChange {
+                    table: t1,
+                    added: vec![DataFile {
+                        chunk: ChunkId(103),
+                        size_bytes: 10,
+                        checksum_crc32c: 1,
+                        row_count: 4,
+                        column_stats: vec![],
+                    }],
+                    removed: vec![],
+                    stripes: vec![],
+                },
+                channel: "writer-1".into(),
+                offset: 0,
+            },
+        );
+        assert_eq!(catalog.channels.len(), 1);
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");
@@ -460,7 +504,9 @@ mod tests {
             t1.live_files,
             catalog.table("public", "t1").expect("t1").live_files
         );
-        assert_eq!(t1.live_files.len(), 1);
+        // The committed file and the channel's.
+        assert_eq!(t1.live_files.len(), 2);
+        assert_eq!(back.channels, catalog.channels);
         assert_eq!(
             back.stripe_of(ChunkId(101)).map(|s| s.id),
             Some(ChunkId(100))

@@ -373,6 +373,44 @@ pub async fn http_get(url: &str) -> String {
     body
 }
 
+/// The status and body of an HTTP/1.1 request (`method` to `url`, with
+/// `body` of `content_type`), read until the server closes the connection.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let head = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("request");
+    // A server that refuses a large body may close before reading it all.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Runs `quarry cert ARGS --certs-dir DIR` (the cluster's TLS files).
 pub fn quarry_cert(dir: &Path, args: &[&str]) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))

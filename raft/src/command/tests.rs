@@ -67,6 +67,72 @@ pub(crate) fn file(rows: u64) -> DataFile {
     }
 }
 
+fn channel_append(table: TableId, channel: &str, offset: u64, rows: u64) -> Command {
+    Command::Append {
+        change: TableChange {
+            table,
+            added: vec![DataFile {
+                chunk: ChunkId(1_000 + u128::from(offset) * 10 + rows as u128),
+                ..file(rows)
+            }],
+            removed: vec![],
+            stripes: vec![],
+        },
+        channel: channel.into(),
+        offset,
+    }
+}
+
+#[test]
+fn a_channel_append_commits_only_at_the_channels_next_offset() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let id = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, channel_append(id, "w", 0, 3)).expect("first");
+    run(&mut catalog, channel_append(id, "w", 3, 2)).expect("second");
+    run(&mut catalog, channel_append(id, "other", 0, 1)).expect("another channel");
+    let before = catalog.clone();
+    // A retry of rows written, and a gap: refused, the catalog unchanged.
+    for (offset, rows) in [(0, 3), (3, 2), (9, 1)] {
+        match run(&mut catalog, channel_append(id, "w", offset, rows)) {
+            Err(CatalogError::ChannelOffset { next_offset, .. }) => assert_eq!(next_offset, 5),
+            other => panic!("offset {offset}: {other:?}"),
+        }
+        assert_eq!(catalog, before);
+    }
+    assert_eq!(catalog.channels.get(&(id, "w".to_owned())), Some(&5));
+    assert_eq!(catalog.channels.get(&(id, "other".to_owned())), Some(&1));
+    assert_eq!(
+        catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .row_count,
+        6
+    );
+    // An append only adds.
+    let mut removing = channel_append(id, "w", 5, 1);
+    if let Command::Append { change, .. } = &mut removing {
+        change.removed.push(ChunkId(1_003));
+    }
+    assert!(matches!(
+        run(&mut catalog, removing),
+        Err(CatalogError::AppendRemoves)
+    ));
+    // A purged table's channels go with it.
+    run(
+        &mut catalog,
+        Command::DropTable {
+            schema: "public".into(),
+            name: "t".into(),
+            if_exists: false,
+        },
+    )
+    .expect("drop");
+    run(&mut catalog, Command::PurgeDropped { table: id }).expect("purge");
+    assert!(catalog.channels.is_empty());
+}
+
 #[test]
 fn appends_create_snapshots_with_growing_ids_times_and_rows() {
     let mut catalog = with_public();

@@ -1,0 +1,366 @@
+//! The streaming API's appends (BigQuery's Storage Write API with offsets,
+//! <https://cloud.google.com/bigquery/docs/write-api#application-created_streams>):
+//! rows of one request to a channel of a table are written as data files and
+//! committed with the channel's new offset in one Raft command
+//! ([`Command::Append`]), so a retried request whose answer was lost finds
+//! its rows written (the offset has moved past them) and writes nothing twice.
+
+use super::*;
+use crate::copy::RowBuffer;
+use crate::data_file::DataFileWriter;
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::ipc::reader::StreamReader;
+
+/// A request's rows, as the client sent them.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamRows<'a> {
+    /// Newline-delimited JSON: one object per line, keys are column names.
+    NdJson(&'a [u8]),
+    /// An Arrow IPC stream whose fields are columns of the table.
+    ArrowIpc(&'a [u8]),
+}
+
+/// Where an append stands with respect to its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The rows are committed; the channel's next offset follows them.
+    Committed {
+        /// The channel's next offset.
+        next_offset: u64,
+    },
+    /// The channel is past `offset` already: these rows (a retry) were
+    /// written before. Nothing was written.
+    AlreadyWritten {
+        /// The channel's next offset.
+        next_offset: u64,
+    },
+    /// `offset` is beyond the channel's next offset. Nothing was written.
+    Gap {
+        /// The channel's next offset.
+        next_offset: u64,
+    },
+}
+
+/// Rows per batch handed to the data file writer.
+const BATCH_ROWS: usize = 65_536;
+
+/// The text a JSON value stands for in a column of `column_type`, as COPY
+/// would read it; None for null. Arrays and objects are kept as JSON text
+/// in a text column.
+fn json_text(
+    value: &serde_json::Value,
+    text_column: bool,
+) -> std::result::Result<Option<String>, ()> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => None,
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        Value::Array(_) | Value::Object(_) if text_column => Some(value.to_string()),
+        Value::Array(_) | Value::Object(_) => return Err(()),
+    })
+}
+
+/// The batches of an NDJSON body for `table`.
+///
+/// # Errors
+/// 22P02 for a line that is not a JSON object, 42703 for a key that is no
+/// column, and COPY's conversion errors, each naming the row.
+fn ndjson_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
+    let mut rows = RowBuffer::new(table.clone(), &[])?.from_request();
+    let mut batches = Vec::new();
+    let mut row = 0u64;
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        row += 1;
+        let at_row = |message: String| Error::User {
+            state: SqlState::INVALID_TEXT_REPRESENTATION,
+            message,
+            detail: Some(format!("row {row}")),
+        };
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)
+            .map_err(|e| at_row(format!("row {row} is not a JSON object: {e}")))?;
+        let mut record: Vec<Option<String>> = vec![None; table.columns.len()];
+        for (key, value) in &object {
+            let Some(position) = table.columns.iter().position(|c| c.name == *key) else {
+                return Err(Error::User {
+                    state: SqlState::UNDEFINED_COLUMN,
+                    message: format!(
+                        "column \"{key}\" of relation \"{}\" does not exist",
+                        table.name
+                    ),
+                    detail: Some(format!("row {row}")),
+                });
+            };
+            let column = &table.columns[position];
+            let text_column = column.column_type == quarry_common::catalog::ColumnType::Text;
+            record[position] = json_text(value, text_column).map_err(|()| Error::User {
+                state: SqlState::DATATYPE_MISMATCH,
+                message: format!(
+                    "column \"{key}\" is of type {} but the value is a JSON {}",
+                    column.column_type,
+                    if value.is_array() { "array" } else { "object" }
+                ),
+                detail: Some(format!("row {row}, column {key}")),
+            })?;
+        }
+        rows.push(row, record)?;
+        if rows.len() >= BATCH_ROWS {
+            batches.push(rows.take_batch()?);
+        }
+    }
+    if !rows.is_empty() {
+        batches.push(rows.take_batch()?);
+    }
+    Ok(batches)
+}
+
+/// The batches of an Arrow IPC stream body, as `table`'s columns: fields
+/// are matched by name (a missing one is NULL) and cast to the column's
+/// type.
+///
+/// # Errors
+/// 22P02 for a body that is not an Arrow IPC stream, 42703 for a field
+/// that is no column, 42804 for a type that does not cast, 23502 for a
+/// NULL in a NOT NULL column, naming the row.
+fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
+    let malformed = |e: &dyn std::fmt::Display| {
+        user_error(
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            format!("the body is not an Arrow IPC stream: {e}"),
+        )
+    };
+    let reader =
+        StreamReader::try_new(std::io::Cursor::new(body), None).map_err(|e| malformed(&e))?;
+    let schema = crate::types::table_schema(table);
+    let incoming = reader.schema();
+    let mut positions = Vec::with_capacity(table.columns.len());
+    for field in incoming.fields() {
+        if table.column(field.name()).is_none() {
+            return Err(user_error(
+                SqlState::UNDEFINED_COLUMN,
+                format!(
+                    "column \"{}\" of relation \"{}\" does not exist",
+                    field.name(),
+                    table.name
+                ),
+            ));
+        }
+    }
+    for column in &table.columns {
+        positions.push(incoming.index_of(&column.name).ok());
+    }
+    let mut batches = Vec::new();
+    let mut first_row = 1u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| malformed(&e))?;
+        let rows = batch.num_rows();
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for ((column, position), field) in table.columns.iter().zip(&positions).zip(schema.fields())
+        {
+            let array = match position {
+                Some(i) => datafusion::arrow::compute::cast(batch.column(*i), field.data_type())
+                    .map_err(|e| {
+                        user_error(
+                            SqlState::DATATYPE_MISMATCH,
+                            format!(
+                                "column \"{}\" is of type {} but the field is {}: {e}",
+                                column.name,
+                                column.column_type,
+                                batch.column(*i).data_type()
+                            ),
+                        )
+                    })?,
+                None => datafusion::arrow::array::new_null_array(field.data_type(), rows),
+            };
+            if !column.nullable && array.null_count() > 0 {
+                let row = (0..rows).find(|r| array.is_null(*r)).unwrap_or(0) as u64;
+                return Err(Error::User {
+                    state: SqlState::NOT_NULL_VIOLATION,
+                    message: format!(
+                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                        column.name, table.name
+                    ),
+                    detail: Some(format!("row {}", first_row + row)),
+                });
+            }
+            columns.push(array);
+        }
+        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
+            Error::Internal(format!("an appended batch does not fit its table: {e}"))
+        })?);
+        first_row += rows as u64;
+    }
+    Ok(batches)
+}
+
+impl Session {
+    /// The next offset of channel `channel` of table `table` (`schema.name`
+    /// or a name in the search path); None for a channel never written.
+    ///
+    /// # Errors
+    /// 42P01 for an unknown table; 42501 without SELECT or INSERT on it.
+    pub async fn channel_offset(&mut self, table: &str, channel: &str) -> Result<Option<u64>> {
+        let view = self.begin_statement().await?;
+        let table = self.stream_table(&view, table, Privileges::NONE).await?;
+        Ok(view
+            .catalog
+            .channels
+            .get(&(table.id, channel.to_owned()))
+            .copied())
+    }
+
+    /// The table a streaming request names, once the session's role may
+    /// use its schema and has `wanted` on it (or, for none, any of SELECT
+    /// and INSERT).
+    async fn stream_table(
+        &self,
+        view: &CatalogView,
+        name: &str,
+        wanted: Privileges,
+    ) -> Result<Arc<Table>> {
+        let parts: Vec<Ident> = name.split('.').map(Ident::new).collect();
+        if parts.len() > 2 || parts.iter().any(|p| p.value.is_empty()) {
+            return Err(user_error(
+                SqlState::UNDEFINED_TABLE,
+                format!("\"{name}\" is not a table name (schema.table)"),
+            ));
+        }
+        let table = self.table(&view.catalog, &ObjectName::from(parts))?.clone();
+        let access = self.access().await?;
+        access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
+        if wanted == Privileges::NONE {
+            if access
+                .require(&Securable::Table(table.id), Privileges::SELECT)
+                .is_err()
+            {
+                access.require(&Securable::Table(table.id), Privileges::INSERT)?;
+            }
+        } else {
+            access.require(&Securable::Table(table.id), wanted)?;
+        }
+        Ok(table)
+    }
+
+    /// Appends `rows` to channel `channel` of table `table` at `offset`,
+    /// the channel's row offset of the first row: committed (with the
+    /// channel's new offset, in one Raft command) when `offset` is the
+    /// channel's next offset, else nothing is written.
+    ///
+    /// # Errors
+    /// 42P01 / 42501 as [`Self::channel_offset`] (INSERT needed); a row
+    /// that does not fit the table (naming it); the commit's errors. A
+    /// failed append leaves nothing behind.
+    pub async fn append_rows(
+        &mut self,
+        table: &str,
+        channel: &str,
+        offset: u64,
+        rows: StreamRows<'_>,
+    ) -> Result<Appended> {
+        let view = self.begin_statement().await?;
+        let table = self.stream_table(&view, table, Privileges::INSERT).await?;
+        let key = (table.id, channel.to_owned());
+        let next_offset = view.catalog.channels.get(&key).copied().unwrap_or(0);
+        if let Some(settled) = settled(offset, next_offset) {
+            return Ok(settled);
+        }
+        let batches = match rows {
+            StreamRows::NdJson(body) => ndjson_batches(&table, body)?,
+            StreamRows::ArrowIpc(body) => arrow_batches(&table, body)?,
+        };
+        let count: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if count == 0 {
+            return Ok(Appended::Committed { next_offset });
+        }
+        let writes = view.writes.clone();
+        let mut writer = DataFileWriter::new(table.clone(), writes.clone());
+        for batch in batches {
+            writer.write(batch).await?;
+        }
+        writer.finish().await?;
+        let (mut changes, _) = writes.take().await?;
+        let change = match changes.pop() {
+            Some(change) if changes.is_empty() => change,
+            _ => {
+                return Err(Error::Internal(
+                    "an append wrote other than one table's files".to_owned(),
+                ));
+            }
+        };
+        let command = Command::Append {
+            change: change.clone(),
+            channel: channel.to_owned(),
+            offset,
+        };
+        match self.engine.meta.write(command).await {
+            Ok(_) => Ok(Appended::Committed {
+                next_offset: offset + count,
+            }),
+            Err(e) => {
+                if transaction::refused(&e) {
+                    writes.discard_changes(vec![change]);
+                }
+                match e {
+                    quarry_raft::Error::Catalog(quarry_raft::CatalogError::ChannelOffset {
+                        next_offset,
+                        ..
+                    }) => {
+                        Ok(settled(offset, next_offset)
+                            .unwrap_or(Appended::Committed { next_offset }))
+                    }
+                    e => Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// What an append at `offset` to a channel at `next_offset` comes to
+/// without writing: None when it is to be written.
+fn settled(offset: u64, next_offset: u64) -> Option<Appended> {
+    match offset.cmp(&next_offset) {
+        std::cmp::Ordering::Less => Some(Appended::AlreadyWritten { next_offset }),
+        std::cmp::Ordering::Greater => Some(Appended::Gap { next_offset }),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_read_as_copy_text() {
+        let text = |v: serde_json::Value, text_column| json_text(&v, text_column);
+        assert_eq!(text(serde_json::json!(null), false), Ok(None));
+        assert_eq!(
+            text(serde_json::json!(12.5), false),
+            Ok(Some("12.5".into()))
+        );
+        assert_eq!(
+            text(serde_json::json!(true), false),
+            Ok(Some("true".into()))
+        );
+        assert_eq!(text(serde_json::json!("x"), false), Ok(Some("x".into())));
+        assert_eq!(
+            text(serde_json::json!({"a": [1]}), true),
+            Ok(Some("{\"a\":[1]}".into()))
+        );
+        assert_eq!(text(serde_json::json!([1]), false), Err(()));
+    }
+
+    #[test]
+    fn an_offset_is_written_retried_or_a_gap() {
+        assert_eq!(settled(5, 5), None);
+        assert_eq!(
+            settled(3, 5),
+            Some(Appended::AlreadyWritten { next_offset: 5 })
+        );
+        assert_eq!(settled(7, 5), Some(Appended::Gap { next_offset: 5 }));
+    }
+}

@@ -1,0 +1,246 @@
+//! The streaming API on the HTTP listener (`docs/INGESTION.md`):
+//!
+//! - `POST /v1/tables/{schema.table}/channels/{channel}/rows?offset=N` with
+//!   NDJSON (`application/x-ndjson`) or an Arrow IPC stream
+//!   (`application/vnd.apache.arrow.stream`): `200 {"next_offset": M}` once
+//!   the rows are committed; `409 {"next_offset": M, "error": ...}` when
+//!   `N < M` (written before: nothing is written twice); `400` for a gap
+//!   (`N > M`) or rows that do not fit the table (naming the row and
+//!   column); `404` for an unknown table; `413` past the body limit; `415`
+//!   for another content type.
+//! - `GET /v1/tables/{schema.table}/channels/{channel}` → `{"next_offset":
+//!   M}`, `404` for a channel never written.
+//!
+//! Errors are `{"error": {"code": SQLSTATE or a word, "message", "detail"}}`.
+//! Requests log in as `/metrics` does (HTTP Basic or a bearer token over
+//! HTTPS) unless the node runs `--insecure`; the role needs INSERT (SELECT
+//! or INSERT to read an offset).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use quarry_common::SqlState;
+use quarry_exec::privileges::SessionUser;
+use quarry_exec::{Appended, StreamRows};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::{HttpState, Peer};
+
+/// `?offset=N`.
+#[derive(Debug, Deserialize)]
+pub struct OffsetQuery {
+    offset: Option<String>,
+}
+
+/// A JSON error answer; `next_offset` added when known.
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    detail: Option<String>,
+    next_offset: Option<u64>,
+) -> Response {
+    let mut body = json!({
+        "error": {"code": code, "message": message.into(), "detail": detail}
+    });
+    if let Some(next_offset) = next_offset {
+        body["next_offset"] = json!(next_offset);
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+/// The HTTP status of an engine error, by its SQLSTATE's class.
+fn status_of(state: SqlState) -> StatusCode {
+    let code = state.code();
+    match code {
+        "42P01" | "3F000" => StatusCode::NOT_FOUND,
+        "42501" => StatusCode::FORBIDDEN,
+        "40001" | "57P01" | "08006" => StatusCode::SERVICE_UNAVAILABLE,
+        _ if code.starts_with("22") || code.starts_with("23") || code.starts_with("42") => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn engine_error(e: &quarry_exec::Error) -> Response {
+    let state = e.sqlstate();
+    let detail = match e {
+        quarry_exec::Error::User { detail, .. } => detail.clone(),
+        _ => None,
+    };
+    error(status_of(state), state.code(), e.to_string(), detail, None)
+}
+
+/// The session user of a request: its login, or `quarry` (every check
+/// passes) on an `--insecure` node.
+#[allow(clippy::result_large_err)]
+fn user_of(
+    state: &HttpState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<SessionUser, Response> {
+    if state.login.insecure {
+        return Ok(SessionUser::new("quarry", None));
+    }
+    let role = crate::http::authenticate(state, peer, headers)?;
+    let name = state.meta.read_local().role_name(role);
+    Ok(SessionUser::new(name, Some(role)))
+}
+
+/// Runs `work` with a session of `user` on the node's network runtime (the
+/// HTTP listener's own thread only serves requests).
+async fn with_session<T, F, Fut>(
+    state: &HttpState,
+    user: SessionUser,
+    work: F,
+) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: FnOnce(quarry_exec::Session) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = quarry_exec::Result<T>> + Send + 'static,
+{
+    let engine = state.engine.clone();
+    let task = state.network.spawn(async move {
+        let mut session = engine.session()?;
+        session.set_user(user);
+        work(session).await
+    });
+    match task.await {
+        Ok(result) => result.map_err(|e| engine_error(&e)),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "XX000",
+            format!("the request's task ended: {e}"),
+            None,
+            None,
+        )),
+    }
+}
+
+/// `GET /v1/tables/{table}/channels/{channel}`.
+pub async fn channel(
+    State(state): State<HttpState>,
+    Path((table, channel)): Path<(String, String)>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
+    let name = channel.clone();
+    let offset = with_session(&state, user, async move |mut session| {
+        session.channel_offset(&table, &name).await
+    })
+    .await;
+    match offset {
+        Ok(Some(next_offset)) => axum::Json(json!({"next_offset": next_offset})).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("channel \"{channel}\" has never been written"),
+            None,
+            None,
+        ),
+        Err(answer) => answer,
+    }
+}
+
+/// `POST /v1/tables/{table}/channels/{channel}/rows?offset=N`.
+pub async fn append(
+    State(state): State<HttpState>,
+    Path((table, channel)): Path<(String, String)>,
+    Query(query): Query<OffsetQuery>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
+    let Some(offset) = query.offset.as_deref().and_then(|o| o.parse::<u64>().ok()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "22023",
+            "offset=N (the channel's row offset of the first row, 0 or more) is required",
+            None,
+            None,
+        );
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let arrow = match content_type.as_str() {
+        "application/x-ndjson" | "application/jsonl" => false,
+        "application/vnd.apache.arrow.stream" => true,
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "content type \"{other}\": send application/x-ndjson or application/vnd.apache.arrow.stream"
+                ),
+                None,
+                None,
+            );
+        }
+    };
+    let limit = state.stream_body_limit;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body exceeds {limit} bytes (stream_body_limit_mb) or was cut: {e}"),
+                None,
+                None,
+            );
+        }
+    };
+    let appended = with_session(&state, user, async move |mut session| {
+        let rows = if arrow {
+            StreamRows::ArrowIpc(&bytes)
+        } else {
+            StreamRows::NdJson(&bytes)
+        };
+        session.append_rows(&table, &channel, offset, rows).await
+    })
+    .await;
+    match appended {
+        Ok(Appended::Committed { next_offset }) => {
+            axum::Json(json!({"next_offset": next_offset})).into_response()
+        }
+        Ok(Appended::AlreadyWritten { next_offset }) => error(
+            StatusCode::CONFLICT,
+            "already_written",
+            format!(
+                "offset {offset} is before the channel's next offset {next_offset}: these rows were written before"
+            ),
+            None,
+            Some(next_offset),
+        ),
+        Ok(Appended::Gap { next_offset }) => error(
+            StatusCode::BAD_REQUEST,
+            "offset_gap",
+            format!(
+                "offset {offset} is past the channel's next offset {next_offset}: rows {next_offset}..{offset} are missing"
+            ),
+            None,
+            Some(next_offset),
+        ),
+        Err(answer) => answer,
+    }
+}

@@ -1,0 +1,319 @@
+//! The streaming API (`node/src/stream_api.rs`): appends to a channel at
+//! an offset are written exactly once, refused requests write nothing,
+//! acknowledged rows survive kill -9, and a writer may switch nodes.
+
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
+
+    #[path = "cluster.rs"]
+    pub mod cluster;
+}
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use support::cluster::start_cluster;
+use support::node::{TestNode, http_request};
+
+const NDJSON: &str = "application/x-ndjson";
+const ARROW: &str = "application/vnd.apache.arrow.stream";
+
+/// POSTs `body` to channel `channel` of `table` on `node` at `offset`: the
+/// status and the JSON answer.
+async fn append(
+    node: &TestNode,
+    table: &str,
+    channel: &str,
+    offset: u64,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let url = format!(
+        "http://{}:{}/v1/tables/{table}/channels/{channel}/rows?offset={offset}",
+        node.ip, node.http_port
+    );
+    let (status, body) = http_request("POST", &url, content_type, body).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, json)
+}
+
+/// GET of a channel: the status and the JSON answer.
+async fn channel(node: &TestNode, table: &str, channel: &str) -> (u16, serde_json::Value) {
+    let url = format!(
+        "http://{}:{}/v1/tables/{table}/channels/{channel}",
+        node.ip, node.http_port
+    );
+    let (status, body) = http_request("GET", &url, "text/plain", b"").await;
+    (status, serde_json::from_str(&body).expect("json"))
+}
+
+async fn count(node: &TestNode, table: &str) -> i64 {
+    node.client()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// An Arrow IPC stream of `ids` and `names` (fields id: int32, name: utf8).
+fn arrow_body(ids: &[i32], names: &[&str]) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int32Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(names.to_vec())),
+        ],
+    )
+    .expect("batch");
+    let mut out = Vec::new();
+    let mut writer =
+        datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.finish().expect("finish");
+    drop(writer);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_make_appends_exactly_once_and_refused_requests_write_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(&dir.path().join("n1"), &["--stream-body-limit-mb", "1"]).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE ev (id bigint NOT NULL, name text, amount double precision)")
+        .await
+        .expect("create");
+    let (status, _) = channel(&node, "public.ev", "c1").await;
+    assert_eq!(status, 404, "a channel never written");
+
+    let rows = b"{\"id\": 1, \"name\": \"a\", \"amount\": 1.5}\n{\"id\": 2, \"name\": null}\n";
+    let (status, answer) = append(&node, "public.ev", "c1", 0, NDJSON, rows).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(2))
+    );
+    // The retry of a request whose answer was lost: 409, written once.
+    let (status, answer) = append(&node, "public.ev", "c1", 0, NDJSON, rows).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["next_offset"], 2);
+    assert_eq!(answer["error"]["code"], "already_written");
+    assert_eq!(count(&node, "ev").await, 2);
+    // A gap: 400, nothing written.
+    let (status, answer) = append(&node, "public.ev", "c1", 5, NDJSON, rows).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &serde_json::json!("offset_gap"))
+    );
+    assert_eq!(answer["next_offset"], 2);
+    // Rows that do not fit: 400 naming the row and column; nothing of the
+    // request is written, and the offset stays.
+    for (body, code, detail) in [
+        (
+            &b"{\"id\": 3}\n{\"id\": \"x\"}\n"[..],
+            "22P02",
+            "row 2, column id",
+        ),
+        (b"{\"id\": 3, \"colour\": 1}\n", "42703", "row 1"),
+        (b"{\"id\": 3}\n{\"name\": \"b\"}\n", "23502", "row 2"),
+        (b"{\"id\": 3}\nnot json\n", "22P02", "row 2"),
+        (b"{\"id\": [3]}\n", "42804", "row 1, column id"),
+    ] {
+        let (status, answer) = append(&node, "public.ev", "c1", 2, NDJSON, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        let shown = answer["error"]["detail"].as_str().unwrap_or_default();
+        assert!(shown.starts_with(detail), "{answer}");
+    }
+    assert_eq!(count(&node, "ev").await, 2);
+    let (status, answer) = append(&node, "public.nosuch", "c1", 0, NDJSON, rows).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &serde_json::json!("42P01"))
+    );
+    let (status, _) = append(&node, "public.ev", "c1", 2, "text/csv", b"3\n").await;
+    assert_eq!(status, 415);
+    let big = "{\"id\": 9}\n".repeat(200_000);
+    let (status, answer) = append(&node, "public.ev", "c1", 2, NDJSON, big.as_bytes()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(count(&node, "ev").await, 2);
+
+    // Arrow IPC: fields by name, cast to the columns' types; a missing
+    // column is NULL.
+    let body = arrow_body(&[3, 4, 5], &["c", "d", "e"]);
+    let (status, answer) = append(&node, "public.ev", "c1", 2, ARROW, &body).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(5)),
+        "{answer}"
+    );
+    let (status, answer) = append(&node, "public.ev", "c1", 2, ARROW, &body).await;
+    assert_eq!(status, 409, "{answer}");
+    let (status, answer) = append(&node, "public.ev", "c1", 5, ARROW, b"not arrow").await;
+    assert_eq!(status, 400, "{answer}");
+    // Channels are independent; each resumes from its own offset.
+    let (status, answer) = append(&node, "public.ev", "c2", 0, NDJSON, b"{\"id\": 10}\n").await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(1))
+    );
+    let (status, answer) = channel(&node, "public.ev", "c1").await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(5))
+    );
+
+    let row = node
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), sum(id), count(name), sum(amount) FROM ev",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, f64>(3)
+        ),
+        (6, 25, 4, 1.5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_rows_survive_kill_9_and_a_writer_switches_nodes_with_its_offsets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = start_cluster(dir.path(), 3, &[]).await;
+    nodes[0]
+        .client()
+        .await
+        .batch_execute("CREATE TABLE clicks (id bigint, page text)")
+        .await
+        .expect("create");
+    let rows = |from: u64, n: u64| -> Vec<u8> {
+        (from..from + n)
+            .map(|i| format!("{{\"id\": {i}, \"page\": \"/p{i}\"}}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let (status, answer) = append(&nodes[0], "public.clicks", "w", 0, NDJSON, &rows(0, 100)).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(100))
+    );
+    // The node that took the request dies at once after its answer.
+    nodes[0].kill9();
+    // The writer goes on through another node, from the offset it was given;
+    // its retry of the first batch there is recognised.
+    let (status, answer) = append(&nodes[1], "public.clicks", "w", 0, NDJSON, &rows(0, 100)).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (409, &serde_json::json!(100))
+    );
+    let (status, answer) =
+        append(&nodes[1], "public.clicks", "w", 100, NDJSON, &rows(100, 50)).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(150))
+    );
+    let (status, answer) = channel(&nodes[2], "public.clicks", "w").await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(150))
+    );
+    nodes[0].restart().await;
+    for node in &nodes {
+        let row = node
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*), count(DISTINCT id), max(id) FROM clicks",
+                &[],
+            )
+            .await
+            .expect("rows");
+        assert_eq!(
+            (
+                row.get::<_, i64>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, i64>(2)
+            ),
+            (150, 150, 149)
+        );
+    }
+}
+
+/// Runs examples/stream_producer.py against `node`: its JSON summary.
+fn producer(node: &TestNode, channel: &str, rows: u64, arrow: bool) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/stream_producer.py");
+    let mut command = std::process::Command::new("python3");
+    command.arg(&script).args([
+        "--url",
+        &format!("http://{}:{}", node.ip, node.http_port),
+        "--table",
+        "public.events",
+        "--channel",
+        channel,
+        "--rows",
+        &rows.to_string(),
+        "--batch",
+        "1000",
+    ]);
+    if arrow {
+        command.arg("--arrow");
+    }
+    let output = command
+        .output()
+        .expect("python3 runs (.ci/run installs requests and pyarrow into .ci/venv)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("summary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_producer_resumes_where_its_channel_stands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE events (id bigint NOT NULL, name text, amount numeric(12, 2))")
+        .await
+        .expect("create");
+    for (channel, arrow) in [("json", false), ("arrow", true)] {
+        // A run that stops partway (its source had 1,500 rows then), and a
+        // later one over the whole source: each row once.
+        assert_eq!(producer(&node, channel, 1_500, arrow)["next_offset"], 1_500);
+        assert_eq!(producer(&node, channel, 3_500, arrow)["next_offset"], 3_500);
+        assert_eq!(producer(&node, channel, 3_500, arrow)["next_offset"], 3_500);
+    }
+    let row = node
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), CAST(sum(amount) AS text) FROM events",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2)
+        ),
+        (7_000, 3_500, "3061625.00".to_owned())
+    );
+}
