@@ -122,6 +122,8 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// 58030 io_error.
     pub const IO_ERROR: SqlState = SqlState("58030");
+    /// 58P01 undefined_file: a file named by a statement does not exist.
+    pub const UNDEFINED_FILE: SqlState = SqlState("58P01");
     /// XX000 internal_error: a bug; the message says what broke.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     /// XX001 data_corrupted: stored data failed its checksum or is missing.

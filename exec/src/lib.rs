@@ -51,5 +51,6 @@ pub mod types;
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;
 pub use session::{
-    Appended, CommandTag, CopyIn, Engine, Metadata, Output, QueryResources, Session, StreamRows,
+    Appended, CommandTag, Compacted, CopyIn, Engine, Metadata, Output, QueryResources, Session,
+    StreamRows, compaction_candidates,
 };

@@ -540,6 +540,20 @@ pub enum QuarryStatement {
         /// IF EXISTS: a missing view is not an error.
         if_exists: bool,
     },
+    /// `LOAD DATA INTO | OVERWRITE table FROM FILES (...)` (BigQuery's):
+    /// files on the node that runs it, read into the table in one commit.
+    LoadData {
+        /// The table.
+        table: ObjectName,
+        /// OVERWRITE: the files' rows replace the table's.
+        overwrite: bool,
+        /// The files' format.
+        format: FileFormat,
+        /// Paths (globs allowed) of the files.
+        uris: Vec<String>,
+        /// CSV: header lines to skip (0 or 1).
+        skip_leading_rows: u64,
+    },
     /// `MOVE [direction] [FROM | IN] cursor` (PostgreSQL's): repositions a
     /// cursor as FETCH with the same direction would, returning no rows.
     Move {
@@ -676,6 +690,119 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
 
 /// `CREATE ACCESS TOKEN name [VALID UNTIL 'ts']` and `DROP ACCESS TOKEN [IF
 /// EXISTS] name` (Quarry's own); None for other statements.
+/// The formats `LOAD DATA` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Apache Parquet: columns matched by name.
+    Parquet,
+    /// CSV (RFC 4180): columns by position.
+    Csv,
+    /// Newline-delimited JSON: keys matched to columns by name.
+    Json,
+}
+
+/// `LOAD DATA INTO | OVERWRITE table FROM FILES (format = '...', uris =
+/// ['...', ...] [, skip_leading_rows = N])`, BigQuery's
+/// (<https://cloud.google.com/bigquery/docs/reference/standard-sql/load-statements>).
+fn parse_load_data(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    if !is_word(0, "load") || !is_word(1, "data") {
+        return Ok(None);
+    }
+    let overwrite = is_word(2, "overwrite");
+    if !overwrite && !is_word(2, "into") {
+        return Err(syntax_error("LOAD DATA takes INTO or OVERWRITE"));
+    }
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens[3..].to_vec());
+    let table = parser.parse_object_name(false).map_err(syntax_error)?;
+    let files = parser.parse_keyword(Keyword::FROM)
+        && matches!(&parser.next_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case("files"));
+    if !files {
+        return Err(syntax_error(
+            "LOAD DATA ... takes FROM FILES (format = ..., uris = [...])",
+        ));
+    }
+    parser.expect_token(&Token::LParen).map_err(syntax_error)?;
+    let (mut format, mut uris, mut skip_leading_rows) = (None, Vec::new(), 0u64);
+    loop {
+        let option = parser
+            .parse_identifier()
+            .map_err(syntax_error)?
+            .value
+            .to_lowercase();
+        parser.expect_token(&Token::Eq).map_err(syntax_error)?;
+        let value = parser.parse_expr().map_err(syntax_error)?;
+        let text = |value: &Expr| match value {
+            Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) => Some(s.clone()),
+                ast::Value::Number(n, _) => Some(n.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let bad = || syntax_error(format!("LOAD DATA option {option} = {value} is not valid"));
+        match option.as_str() {
+            "format" => {
+                format = Some(
+                    match text(&value).ok_or_else(bad)?.to_uppercase().as_str() {
+                        "PARQUET" => FileFormat::Parquet,
+                        "CSV" => FileFormat::Csv,
+                        "JSON" | "NEWLINE_DELIMITED_JSON" => FileFormat::Json,
+                        other => {
+                            return Err(user_error(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                format!("LOAD DATA format '{other}': PARQUET, CSV or JSON"),
+                            ));
+                        }
+                    },
+                )
+            }
+            "uris" => {
+                let Expr::Array(array) = &value else {
+                    return Err(bad());
+                };
+                uris = array
+                    .elem
+                    .iter()
+                    .map(|e| text(e).ok_or_else(bad))
+                    .collect::<Result<_>>()?;
+            }
+            "skip_leading_rows" => {
+                skip_leading_rows = text(&value).and_then(|n| n.parse().ok()).ok_or_else(bad)?
+            }
+            _ => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("LOAD DATA option {option} is not supported"),
+                ));
+            }
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen).map_err(syntax_error)?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!(
+            "syntax error at or near \"{}\"",
+            parser.peek_token().token
+        )));
+    }
+    let format = format
+        .ok_or_else(|| syntax_error("LOAD DATA needs format = 'PARQUET' | 'CSV' | 'JSON'"))?;
+    if uris.is_empty() {
+        return Err(syntax_error("LOAD DATA needs uris = ['/path/file', ...]"));
+    }
+    Ok(Some(QuarryStatement::LoadData {
+        table,
+        overwrite,
+        format,
+        uris,
+        skip_leading_rows,
+    }))
+}
+
 fn parse_access_token(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
     let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
     let create = is_word(0, "create");
@@ -978,6 +1105,9 @@ fn parse_quarry_statement(
         }));
     }
     if let Some(statement) = parse_access_token(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_load_data(&tokens)? {
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_user_alias(text, &tokens)? {
@@ -2321,6 +2451,54 @@ mod tests {
         // A text with an error anywhere yields no statement.
         assert!(parse("undrop table t; selec 1").is_err());
         assert!(parse(" ; ;").expect("empty statements").is_empty());
+    }
+
+    #[test]
+    fn load_data_takes_bigquery_s_form() {
+        let statements = parse(
+            "LOAD DATA INTO s.t FROM FILES (format = 'csv', uris = ['/a/*.csv', '/b.csv'], skip_leading_rows = 1)",
+        )
+        .expect("parses");
+        assert_eq!(
+            statements,
+            [QuarryStatement::LoadData {
+                table: ObjectName::from(vec![Ident::new("s"), Ident::new("t")]),
+                overwrite: false,
+                format: FileFormat::Csv,
+                uris: vec!["/a/*.csv".into(), "/b.csv".into()],
+                skip_leading_rows: 1,
+            }]
+        );
+        let parsed =
+            parse("load data overwrite t from files (uris = ['/x.parquet'], format = 'PARQUET')");
+        let Ok(
+            [
+                QuarryStatement::LoadData {
+                    overwrite, format, ..
+                },
+            ],
+        ) = parsed.as_deref()
+        else {
+            panic!("not a load: {parsed:?}");
+        };
+        assert!(*overwrite);
+        assert_eq!(*format, FileFormat::Parquet);
+        for bad in [
+            "LOAD DATA t FROM FILES (format = 'CSV', uris = ['/a'])",
+            "LOAD DATA INTO t FROM FILES (uris = ['/a'])",
+            "LOAD DATA INTO t FROM FILES (format = 'CSV')",
+            "LOAD DATA INTO t FROM FILES (format = 'CSV', uris = '/a')",
+            "LOAD DATA INTO t FROM FILES (format = 'CSV', uris = ['/a']) x",
+        ] {
+            assert_eq!(
+                parse(bad).expect_err(bad).sqlstate(),
+                SqlState::SYNTAX_ERROR,
+                "{bad}"
+            );
+        }
+        let e = parse("LOAD DATA INTO t FROM FILES (format = 'AVRO', uris = ['/a'])")
+            .expect_err("avro");
+        assert_eq!(e.sqlstate(), SqlState::FEATURE_NOT_SUPPORTED);
     }
 
     #[test]

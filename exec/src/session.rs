@@ -63,11 +63,13 @@ use crate::privileges::{Access, SessionUser};
 use crate::table::SnapshotTable;
 use crate::types::{column_type_from_sql, column_type_of};
 
+mod compact;
 mod copy_statement;
 mod cursor;
 mod ddl;
 mod dispatch;
 mod dml;
+mod load;
 mod prepared;
 mod roles;
 use roles::OwnedKind;
@@ -76,6 +78,7 @@ mod stream;
 mod time_travel;
 mod transaction;
 
+pub use compact::{COMPACT_MIN_FILES, Compacted, SMALL_FILE_ROWS, compaction_candidates};
 pub use copy_statement::CopyIn;
 use dispatch::Dispatch;
 pub use settings::DistSql;
@@ -691,6 +694,16 @@ impl Session {
                 if_exists,
             } => {
                 self.set_owner(&name, OwnedKind::View, &owner, if_exists)
+                    .await
+            }
+            QuarryStatement::LoadData {
+                table,
+                overwrite,
+                format,
+                uris,
+                skip_leading_rows,
+            } => {
+                self.load_data(&table, overwrite, format, &uris, skip_leading_rows)
                     .await
             }
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,

@@ -62,6 +62,10 @@ pub struct FileConfig {
     /// no stripe places on this node [default: 60].
     #[arg(long)]
     pub retention_check_secs: Option<u64>,
+    /// Seconds between runs of the compactor, which merges tables' small
+    /// data files on the Raft leader [default: 10].
+    #[arg(long)]
+    pub compaction_interval_secs: Option<u64>,
     /// Milliseconds after which a node that stops answering gossip probes is
     /// declared down (SWIM suspicion timeout) [default: 3000].
     #[arg(long)]
@@ -163,6 +167,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often the collectors run.
     pub retention_check: Duration,
+    /// How often the compactor runs.
+    pub compaction_interval: Duration,
     /// SWIM suspicion timeout.
     pub down_after: Duration,
     /// How long a voter may be down before it is replaced.
@@ -353,6 +359,11 @@ impl FileConfig {
                     .unwrap_or(10),
             ),
             retention_check: secs(flags.retention_check_secs, self.retention_check_secs, 60),
+            compaction_interval: secs(
+                flags.compaction_interval_secs,
+                self.compaction_interval_secs,
+                10,
+            ),
             down_after: Duration::from_millis(
                 flags
                     .down_after_ms

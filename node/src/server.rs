@@ -376,6 +376,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     };
     let auth = Authenticator::new(mode, tls.clone());
     let frontend = Frontend::new(engine.clone(), auth.clone(), config.query_slots);
+    let compaction_engine = engine.clone();
     tracing::info!(
         node_id,
         cluster = %quarry_common::catalog::ChunkId(cluster_id),
@@ -410,6 +411,11 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         config.retention_check,
     ));
     let scrubber = tokio::spawn(scrub(stripes.clone(), config.scrub_interval));
+    let compactor = tokio::spawn(compact_tables(
+        compaction_engine,
+        meta.clone(),
+        config.compaction_interval,
+    ));
     let duties = tokio::spawn(run_duties(
         meta.clone(),
         stripes.clone(),
@@ -474,6 +480,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     http.stop();
     collector.abort();
     scrubber.abort();
+    compactor.abort();
     duties.abort();
     rpc_server.abort();
     // Ends every fragment still held for other nodes' queries.
@@ -531,6 +538,52 @@ async fn collect_expired_snapshots(
             && let Err(e) = stripes.collect(&catalog, SystemTime::now() - ORPHAN_GRACE)
         {
             tracing::warn!(error = %e, "chunk collection failed; retrying later");
+        }
+    }
+}
+
+/// Merges tables' small data files (`quarry_exec::compaction_candidates`)
+/// every `interval`, on the Raft leader only, one table at a time
+/// (`docs/INGESTION.md`).
+async fn compact_tables(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let metrics = meta.raft().metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            continue;
+        }
+        let Ok(catalog) = meta.read().await else {
+            continue;
+        };
+        let due: Vec<_> = catalog
+            .tables
+            .values()
+            .filter(|t| !quarry_exec::compaction_candidates(t).is_empty())
+            .map(|t| (t.id, format!("{}.{}", t.schema, t.name)))
+            .collect();
+        for (id, name) in due {
+            let compacted = match engine.session() {
+                Ok(mut session) => session.compact_table(id).await,
+                Err(e) => Err(e),
+            };
+            match compacted {
+                Ok(Some(done)) => {
+                    metrics::counter!("quarry_compaction_files_removed_total")
+                        .increment(done.files_removed as u64);
+                    tracing::info!(
+                        table = %name,
+                        files_removed = done.files_removed,
+                        files_added = done.files_added,
+                        rows = done.rows,
+                        "compacted small data files"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e, "compaction failed; retrying later")
+                }
+            }
         }
     }
 }

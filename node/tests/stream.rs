@@ -317,3 +317,87 @@ async fn the_python_producer_resumes_where_its_channel_stands() {
         (7_000, 3_500, "3061625.00".to_owned())
     );
 }
+
+async fn data_files(node: &TestNode, table: &str) -> i64 {
+    node.client()
+        .await
+        .query_one(
+            &format!(
+                "SELECT CAST(data_files AS BIGINT) FROM quarry_system.tables \
+                 WHERE table_schema = 'public' AND table_name = '{table}'"
+            ),
+            &[],
+        )
+        .await
+        .expect("files")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node =
+        TestNode::start_with(&dir.path().join("n1"), &["--compaction-interval-secs", "1"]).await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE ticks (id bigint, v text)")
+        .await
+        .expect("create");
+    let mut offset = 0;
+    for batch in 0..12u64 {
+        let body: String = (0..10)
+            .map(|i| format!("{{\"id\": {}, \"v\": \"b{batch}\"}}\n", batch * 10 + i))
+            .collect();
+        let (status, answer) =
+            append(&node, "public.ticks", "w", offset, NDJSON, body.as_bytes()).await;
+        assert_eq!(status, 200, "{answer}");
+        offset = answer["next_offset"].as_u64().expect("offset");
+    }
+    let before: i64 = client
+        .query_one(
+            "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
+             WHERE table_name = 'ticks'",
+            &[],
+        )
+        .await
+        .expect("snapshots")
+        .get(0);
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(60),
+        "the compactor merges the small files",
+        || async { data_files(&node, "ticks").await == 1 },
+    )
+    .await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), sum(id) FROM ticks",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (120, 120, (0..120).sum::<i64>())
+    );
+    // The snapshot before the compaction still reads its 12 files' rows.
+    let old: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM ticks VERSION AS OF {before}"),
+            &[],
+        )
+        .await
+        .expect("time travel")
+        .get(0);
+    assert_eq!(old, 120);
+    // The channel goes on where it was.
+    let (status, answer) =
+        append(&node, "public.ticks", "w", 120, NDJSON, b"{\"id\": 120}\n").await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(121))
+    );
+}

@@ -9,6 +9,7 @@ use super::*;
 use crate::copy::RowBuffer;
 use crate::data_file::DataFileWriter;
 use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::reader::StreamReader;
 
 /// A request's rows, as the client sent them.
@@ -119,28 +120,27 @@ fn ndjson_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-/// The batches of an Arrow IPC stream body, as `table`'s columns: fields
-/// are matched by name (a missing one is NULL) and cast to the column's
-/// type.
-///
-/// # Errors
-/// 22P02 for a body that is not an Arrow IPC stream, 42703 for a field
-/// that is no column, 42804 for a type that does not cast, 23502 for a
-/// NULL in a NOT NULL column, naming the row.
-fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
-    let malformed = |e: &dyn std::fmt::Display| {
-        user_error(
-            SqlState::INVALID_TEXT_REPRESENTATION,
-            format!("the body is not an Arrow IPC stream: {e}"),
-        )
-    };
-    let reader =
-        StreamReader::try_new(std::io::Cursor::new(body), None).map_err(|e| malformed(&e))?;
-    let schema = crate::types::table_schema(table);
-    let incoming = reader.schema();
-    let mut positions = Vec::with_capacity(table.columns.len());
-    for field in incoming.fields() {
-        if table.column(field.name()).is_none() {
+/// Batches of another schema made batches of a table: fields matched to
+/// columns by name (a column with no field is NULL), cast to the column's
+/// type, NOT NULL checked.
+pub(super) struct Conform {
+    table: Arc<Table>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    /// For each column, the position of its field.
+    positions: Vec<Option<usize>>,
+}
+
+impl Conform {
+    /// For batches of `incoming` into `table`.
+    ///
+    /// # Errors
+    /// 42703 for a field that is no column of `table`.
+    pub(super) fn new(table: &Arc<Table>, incoming: &Schema) -> Result<Self> {
+        if let Some(field) = incoming
+            .fields()
+            .iter()
+            .find(|f| table.column(f.name()).is_none())
+        {
             return Err(user_error(
                 SqlState::UNDEFINED_COLUMN,
                 format!(
@@ -150,17 +150,32 @@ fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
                 ),
             ));
         }
+        Ok(Conform {
+            table: table.clone(),
+            schema: crate::types::table_schema(table),
+            positions: table
+                .columns
+                .iter()
+                .map(|c| incoming.index_of(&c.name).ok())
+                .collect(),
+        })
     }
-    for column in &table.columns {
-        positions.push(incoming.index_of(&column.name).ok());
-    }
-    let mut batches = Vec::new();
-    let mut first_row = 1u64;
-    for batch in reader {
-        let batch = batch.map_err(|e| malformed(&e))?;
+
+    /// `batch` as rows of the table; `first_row` numbers its first row in
+    /// errors.
+    ///
+    /// # Errors
+    /// 42804 for a type that does not cast, 23502 for a NULL in a NOT NULL
+    /// column, naming the row.
+    pub(super) fn apply(&self, batch: &RecordBatch, first_row: u64) -> Result<RecordBatch> {
         let rows = batch.num_rows();
-        let mut columns = Vec::with_capacity(table.columns.len());
-        for ((column, position), field) in table.columns.iter().zip(&positions).zip(schema.fields())
+        let mut columns = Vec::with_capacity(self.table.columns.len());
+        for ((column, position), field) in self
+            .table
+            .columns
+            .iter()
+            .zip(&self.positions)
+            .zip(self.schema.fields())
         {
             let array = match position {
                 Some(i) => datafusion::arrow::compute::cast(batch.column(*i), field.data_type())
@@ -183,17 +198,39 @@ fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
                     state: SqlState::NOT_NULL_VIOLATION,
                     message: format!(
                         "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
-                        column.name, table.name
+                        column.name, self.table.name
                     ),
                     detail: Some(format!("row {}", first_row + row)),
                 });
             }
             columns.push(array);
         }
-        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
-            Error::Internal(format!("an appended batch does not fit its table: {e}"))
-        })?);
-        first_row += rows as u64;
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("a batch does not fit its table: {e}")))
+    }
+}
+
+/// The batches of an Arrow IPC stream body, as `table`'s columns
+/// ([`Conform`]).
+///
+/// # Errors
+/// 22P02 for a body that is not an Arrow IPC stream, and [`Conform`]'s.
+fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
+    let malformed = |e: &dyn std::fmt::Display| {
+        user_error(
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            format!("the body is not an Arrow IPC stream: {e}"),
+        )
+    };
+    let reader =
+        StreamReader::try_new(std::io::Cursor::new(body), None).map_err(|e| malformed(&e))?;
+    let conform = Conform::new(table, &reader.schema())?;
+    let mut batches = Vec::new();
+    let mut first_row = 1u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| malformed(&e))?;
+        batches.push(conform.apply(&batch, first_row)?);
+        first_row += batch.num_rows() as u64;
     }
     Ok(batches)
 }

@@ -1,0 +1,151 @@
+//! `LOAD DATA INTO | OVERWRITE t FROM FILES (format = ..., uris = [...])`,
+//! BigQuery's statement
+//! (<https://cloud.google.com/bigquery/docs/reference/standard-sql/load-statements>),
+//! over files on the node that runs it (superusers only, as PostgreSQL's
+//! server-side COPY FROM a file). The files are read with DataFusion's
+//! Parquet, CSV and NDJSON readers, their rows conformed to the table
+//! ([`super::stream::Conform`]) and written as data files committed in one
+//! snapshot: a load that fails anywhere leaves nothing.
+
+use super::stream::Conform;
+use super::*;
+use crate::data_file::DataFileWriter;
+use crate::parser::FileFormat;
+use crate::table::SnapshotTable;
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+
+/// Whether `uri` holds a glob pattern.
+fn is_glob(uri: &str) -> bool {
+    uri.contains(['*', '?', '['])
+}
+
+/// A DataFusion error of reading the files, as Quarry's: 22P02 for a
+/// value that does not parse, 58030 otherwise.
+fn read_error(e: datafusion::error::DataFusionError) -> Error {
+    match Error::from_engine(e) {
+        Error::Engine(e) => {
+            let message = e.to_string();
+            let state = if message.contains("parsing") || message.contains("Parser error") {
+                SqlState::INVALID_TEXT_REPRESENTATION
+            } else {
+                SqlState::IO_ERROR
+            };
+            user_error(state, format!("LOAD DATA: {message}"))
+        }
+        other => other,
+    }
+}
+
+impl Session {
+    /// Runs `LOAD DATA`.
+    ///
+    /// # Errors
+    /// 42501 for a role that is not a superuser; 58P01 for a file that does
+    /// not exist (or a pattern no file matches); 42703 / 42804 / 23502 /
+    /// 22P02 for rows that do not fit the table; nothing is written then.
+    pub(super) async fn load_data(
+        &mut self,
+        name: &ObjectName,
+        overwrite: bool,
+        format: FileFormat,
+        uris: &[String],
+        skip_leading_rows: u64,
+    ) -> Result<Output> {
+        let view = self.begin_statement().await?;
+        let table = self.table(&view.catalog, name)?.clone();
+        let access = self.access().await?;
+        if !access.is_superuser() {
+            return Err(user_error(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "must be superuser to LOAD DATA from files on the server",
+            ));
+        }
+        for uri in uris {
+            if !uri.starts_with('/') {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("LOAD DATA takes absolute paths on the node, not \"{uri}\""),
+                ));
+            }
+            if !is_glob(uri) && !std::path::Path::new(uri).exists() {
+                return Err(user_error(
+                    SqlState::UNDEFINED_FILE,
+                    format!("could not open file \"{uri}\" for reading: No such file or directory"),
+                ));
+            }
+        }
+        if skip_leading_rows > 1 || (skip_leading_rows == 1 && format != FileFormat::Csv) {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "skip_leading_rows is 0, or 1 for a CSV header",
+            ));
+        }
+        // CSV columns are the table's, by position; JSON keys are read as
+        // the columns of their names.
+        let typed = Schema::new(
+            table
+                .columns
+                .iter()
+                .map(|c| Field::new(&c.name, crate::types::arrow_type(c.column_type), true))
+                .collect::<Vec<_>>(),
+        );
+        let paths = uris.to_vec();
+        let frame = match format {
+            FileFormat::Parquet => {
+                self.ctx
+                    .read_parquet(paths, ParquetReadOptions::default().file_extension(""))
+                    .await
+            }
+            FileFormat::Csv => {
+                self.ctx
+                    .read_csv(
+                        paths,
+                        CsvReadOptions::new()
+                            .has_header(skip_leading_rows == 1)
+                            .schema(&typed)
+                            .file_extension(""),
+                    )
+                    .await
+            }
+            FileFormat::Json => {
+                self.ctx
+                    .read_json(
+                        paths,
+                        JsonReadOptions::default().schema(&typed).file_extension(""),
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| match read_error(e) {
+            Error::User { state, message, .. } if state == SqlState::IO_ERROR => {
+                user_error(SqlState::UNDEFINED_FILE, message)
+            }
+            other => other,
+        })?;
+        let plan = frame.create_physical_plan().await.map_err(read_error)?;
+        let conform = Conform::new(&table, plan.schema().as_ref())?;
+        let mut batches = self.execute_physical(plan)?;
+        let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
+        let mut rows = 0u64;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(read_error)?;
+            writer.write(conform.apply(&batch, rows + 1)?).await?;
+            rows += batch.num_rows() as u64;
+        }
+        writer.finish().await?;
+        if overwrite {
+            let current = SnapshotTable::new(
+                table.clone(),
+                table.current_snapshot().id,
+                self.engine.chunks.clone(),
+                None,
+            );
+            for file in current.visible_files() {
+                view.writes.remove(table.id, file.chunk);
+            }
+        }
+        self.commit_statement(&view.writes).await?;
+        Ok(Output::Command(CommandTag::with_rows("LOAD", rows)))
+    }
+}

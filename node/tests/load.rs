@@ -1,0 +1,176 @@
+//! `LOAD DATA INTO | OVERWRITE t FROM FILES (...)` over Parquet, CSV and
+//! NDJSON files on the node: every row in one commit, or nothing.
+
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
+}
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use support::node::{TestNode, sqlstate};
+
+fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let names: Vec<String> = ids.clone().map(|i| format!("p{i}")).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids)),
+            Arc::new(StringArray::from(names)),
+        ],
+    )
+    .expect("batch");
+    let file = std::fs::File::create(path).expect("file");
+    let mut writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    write_parquet(&files.join("a.parquet"), 0..100);
+    write_parquet(&files.join("b.parquet"), 100..150);
+    std::fs::write(
+        files.join("c1.csv"),
+        "id,name,amount\n1,x,1.5\n2,\"y, z\",\n",
+    )
+    .expect("csv");
+    std::fs::write(files.join("c2.csv"), "id,name,amount\n3,w,2.25\n").expect("csv");
+    std::fs::write(files.join("bad.csv"), "id,name,amount\n4,v,1\nfive,u,2\n").expect("csv");
+    std::fs::write(
+        files.join("e.ndjson"),
+        "{\"id\": 7, \"name\": \"j\"}\n{\"id\": 8, \"amount\": 0.5}\n",
+    )
+    .expect("json");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE p (id bigint NOT NULL, name text);
+             CREATE TABLE c (id int, name text, amount numeric(10, 2))",
+        )
+        .await
+        .expect("create");
+    let dir = files.display();
+    let loaded = client
+        .execute(
+            &format!(
+                "LOAD DATA INTO p FROM FILES (format = 'PARQUET', uris = ['{dir}/*.parquet'])"
+            ),
+            &[],
+        )
+        .await
+        .expect("parquet");
+    assert_eq!(loaded, 150);
+    let row = client
+        .query_one("SELECT count(*), count(DISTINCT id), max(name) FROM p", &[])
+        .await
+        .expect("p");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2)
+        ),
+        (150, 150, "p99".to_owned())
+    );
+    // OVERWRITE replaces the rows in the same commit.
+    client
+        .execute(
+            &format!(
+                "LOAD DATA OVERWRITE p FROM FILES (format = 'PARQUET', uris = ['{dir}/b.parquet'])"
+            ),
+            &[],
+        )
+        .await
+        .expect("overwrite");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM p", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 50);
+
+    client
+        .execute(
+            &format!(
+                "LOAD DATA INTO c FROM FILES (format = 'CSV', uris = ['{dir}/c1.csv', '{dir}/c2.csv'], skip_leading_rows = 1)"
+            ),
+            &[],
+        )
+        .await
+        .expect("csv");
+    client
+        .execute(
+            &format!("LOAD DATA INTO c FROM FILES (format = 'JSON', uris = ['{dir}/e.ndjson'])"),
+            &[],
+        )
+        .await
+        .expect("json");
+    let rows = client
+        .query(
+            "SELECT id, name, CAST(amount AS text) FROM c ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("c");
+    let rows: Vec<(i32, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, Some("x".into()), Some("1.50".into())),
+            (2, Some("y, z".into()), None),
+            (3, Some("w".into()), Some("2.25".into())),
+            (7, Some("j".into()), None),
+            (8, None, Some("0.50".into())),
+        ]
+    );
+
+    // A bad value in any file loads nothing of the statement.
+    let e = client
+        .execute(
+            &format!(
+                "LOAD DATA INTO c FROM FILES (format = 'CSV', uris = ['{dir}/c2.csv', '{dir}/bad.csv'], skip_leading_rows = 1)"
+            ),
+            &[],
+        )
+        .await
+        .expect_err("a bad value");
+    assert_eq!(sqlstate(&e), "22P02", "{e:?}");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM c", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 5);
+    // A missing file, and a relative path.
+    let e = client
+        .execute(
+            &format!("LOAD DATA INTO c FROM FILES (format = 'CSV', uris = ['{dir}/none.csv'])"),
+            &[],
+        )
+        .await
+        .expect_err("missing");
+    assert_eq!(sqlstate(&e), "58P01", "{e:?}");
+    let e = client
+        .execute(
+            "LOAD DATA INTO c FROM FILES (format = 'CSV', uris = ['files/c1.csv'])",
+            &[],
+        )
+        .await
+        .expect_err("relative");
+    assert_eq!(sqlstate(&e), "22023", "{e:?}");
+}
