@@ -20,12 +20,9 @@ pub struct Cli {
 pub enum CliCommand {
     /// Run a node until SIGTERM or SIGINT.
     Start(Box<StartArgs>),
-    /// Load sample data into a running node.
-    Load {
-        /// Which data set.
-        #[command(subcommand)]
-        dataset: Dataset,
-    },
+    /// Load files into a table of a running node (through its streaming
+    /// API, resumable), or sample data (`quarry load tpch`).
+    Load(Box<LoadArgs>),
     /// Look at or start a cluster.
     Cluster {
         /// What to do.
@@ -119,6 +116,36 @@ pub struct StartArgs {
     pub flags: FileConfig,
 }
 
+/// `quarry load`: files, or a sample data set.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LoadArgs {
+    /// A sample data set instead of files.
+    #[command(subcommand)]
+    pub dataset: Option<Dataset>,
+    /// Files and directories to load (Parquet, CSV with a header line,
+    /// NDJSON); a directory's files with those extensions, by name.
+    pub paths: Vec<PathBuf>,
+    /// The table, schema.table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// The files' format [default: by each file's extension].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::load_files::LoadFormat>,
+    /// Create the table from the first file's columns if it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// The node's HTTP address.
+    #[arg(long, default_value = concat!("http://", "127.0.0.1:8433"))]
+    pub url: String,
+    /// The node's PostgreSQL address (for --create).
+    #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+    pub pg: String,
+    /// Rows per request.
+    #[arg(long, default_value_t = 65_536)]
+    pub batch_rows: usize,
+}
+
 /// Sample data sets.
 #[derive(Debug, Subcommand)]
 pub enum Dataset {
@@ -190,15 +217,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {made} in {}", certs_dir.display());
             Ok(())
         }
-        CliCommand::Load {
-            dataset:
-                Dataset::Tpch {
-                    scale_factor,
-                    pg,
-                    schema,
-                    parts,
-                },
-        } => {
+        CliCommand::Load(args) => load(*args).await,
+    }
+}
+
+/// `quarry load`.
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    match args.dataset {
+        None => {
+            let Some(table) = args.table else {
+                anyhow::bail!("quarry load PATH... needs --table schema.table");
+            };
+            if args.paths.is_empty() {
+                anyhow::bail!("quarry load needs files or directories, or a data set (tpch)");
+            }
+            let started = std::time::Instant::now();
+            let summary = crate::load_files::load(&crate::load_files::LoadRequest {
+                paths: args.paths,
+                table: table.clone(),
+                format: args.format,
+                create: args.create,
+                url: args.url,
+                pg: args.pg,
+                batch_rows: args.batch_rows.max(1),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })
+            .await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "loaded {} rows from {} file(s) into {table} in {seconds:.1} s ({:.0} rows/s); \
+                 {} row(s) were there from an earlier run; channel {} is at {}",
+                summary.rows_sent,
+                summary.files,
+                summary.rows_sent as f64 / seconds.max(1e-9),
+                summary.resumed_at,
+                summary.channel,
+                summary.next_offset
+            );
+            Ok(())
+        }
+        Some(Dataset::Tpch {
+            scale_factor,
+            pg,
+            schema,
+            parts,
+        }) => {
             let summary =
                 quarry_client::tpch::load(&pg, scale_factor, parts, &schema, true).await?;
             let seconds = summary.elapsed.as_secs_f64();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod data_dir;
 pub mod fragment;
 pub mod http;
+pub mod load_files;
 pub mod membership;
 pub mod peers;
 pub mod pg;

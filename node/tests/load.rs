@@ -174,3 +174,111 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
         .expect_err("relative");
     assert_eq!(sqlstate(&e), "22023", "{e:?}");
 }
+
+/// The quarry binary the tests run.
+fn quarry() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_quarry"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    write_parquet(&files.join("a.parquet"), 0..10_000);
+    let csv: String = std::iter::once("id,name\n".to_owned())
+        .chain((10_000..20_000).map(|i| format!("{i},c{i}\n")))
+        .collect();
+    std::fs::write(files.join("b.csv"), csv).expect("csv");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    let url = format!("http://{}:{}", node.ip, node.http_port);
+    let pg = format!("{}:{}", node.ip, node.pg_port);
+    let run = |batch: &str| {
+        let mut command = std::process::Command::new(quarry());
+        command
+            .args([
+                "load",
+                "--table",
+                "public.loaded",
+                "--create",
+                "--url",
+                &url,
+                "--pg",
+                &pg,
+            ])
+            .args(["--batch-rows", batch])
+            .arg(&files)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    // A first run, killed once some rows are in.
+    let mut first = run("10").spawn().expect("quarry load runs");
+    let mut stderr = std::io::BufReader::new(first.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("the first line");
+    let channel = line
+        .split_whitespace()
+        .skip_while(|w| *w != "channel")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no channel in {line:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    let client = node.client().await;
+    let channel_url = format!("{url}/v1/tables/public.loaded/channels/{channel}");
+    let started = std::time::Instant::now();
+    let at_kill = loop {
+        let (status, body) =
+            support::node::http_request("GET", &channel_url, "text/plain", b"").await;
+        if status == 200 {
+            let offset =
+                serde_json::from_str::<serde_json::Value>(&body).expect("json")["next_offset"]
+                    .as_u64()
+                    .expect("offset");
+            if offset > 0 {
+                break offset;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no rows arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    first.kill().expect("kill");
+    first.wait().expect("reaped");
+    assert!(at_kill < 20_000, "the first run ended before it was killed");
+    // The rerun resumes where the channel stands.
+    let second = run("4096").output().expect("quarry load runs");
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        out.contains("channel") && out.contains("is at 20000"),
+        "{out}"
+    );
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM loaded",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        (20_000, 20_000, 0, 19_999)
+    );
+    // Once more: nothing left to send.
+    let third = run("4096").output().expect("quarry load runs");
+    let out = String::from_utf8_lossy(&third.stdout);
+    assert!(out.starts_with("loaded 0 rows"), "{out}");
+}

@@ -1,0 +1,432 @@
+//! `quarry load PATH... --table schema.table`: files on the client's
+//! machine (Parquet, CSV with a header line, NDJSON; directories are read
+//! whole) sent to a node through the streaming API (`docs/INGESTION.md`) as
+//! Arrow IPC batches with offsets. The channel is named after the files
+//! (paths, sizes, modification times), so a load that was interrupted and
+//! is run again resumes at the channel's next offset: each row once.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use http_body_util::{BodyExt, Full};
+
+/// The files' format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header line naming the columns.
+    Csv,
+    /// Newline-delimited JSON objects.
+    Ndjson,
+}
+
+impl LoadFormat {
+    /// The format of `path` by its extension.
+    fn of(path: &Path) -> Option<LoadFormat> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "parquet" => Some(LoadFormat::Parquet),
+            "csv" => Some(LoadFormat::Csv),
+            "ndjson" | "jsonl" | "json" => Some(LoadFormat::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+/// What `quarry load` is asked to do.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// Files and directories.
+    pub paths: Vec<PathBuf>,
+    /// `schema.table`.
+    pub table: String,
+    /// The format; by each file's extension when None.
+    pub format: Option<LoadFormat>,
+    /// Create the table from the first file's schema if it does not exist.
+    pub create: bool,
+    /// The node's HTTP address, `http://host:port`.
+    pub url: String,
+    /// The node's PostgreSQL address (for `create`).
+    pub pg: String,
+    /// Rows per request.
+    pub batch_rows: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Files read.
+    pub files: usize,
+    /// Rows the channel held when the load started (an earlier, interrupted
+    /// run's).
+    pub resumed_at: u64,
+    /// Rows sent by this run.
+    pub rows_sent: u64,
+    /// The channel's next offset at the end (every row of the files).
+    pub next_offset: u64,
+    /// The channel.
+    pub channel: String,
+}
+
+/// The files `paths` name, in order: directories' files sorted by name.
+fn files_of(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        if meta.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && LoadFormat::of(p).is_some())
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no files to load in {paths:?}");
+    }
+    Ok(files)
+}
+
+/// The channel of a load of `files` into `table`: the same files (paths,
+/// sizes and modification times) give the same channel.
+fn channel_of(table: &str, files: &[PathBuf]) -> anyhow::Result<String> {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(table.as_bytes());
+    for file in files {
+        let meta = std::fs::metadata(file)?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let canonical = std::fs::canonicalize(file)?;
+        digest.update(canonical.to_string_lossy().as_bytes());
+        digest.update(&meta.len().to_le_bytes());
+        digest.update(&modified.as_nanos().to_le_bytes());
+    }
+    let hash = digest.finish();
+    let hex: String = hash.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("quarry-load-{hex}"))
+}
+
+/// A file's batches, as they are read.
+type Batches = Box<dyn Iterator<Item = anyhow::Result<RecordBatch>>>;
+
+/// The batches of one file, `batch_rows` rows at most each.
+fn read_file(
+    path: &Path,
+    format: LoadFormat,
+    batch_rows: usize,
+) -> anyhow::Result<(SchemaRef, Batches)> {
+    let open = || std::fs::File::open(path).with_context(|| format!("{}", path.display()));
+    match format {
+        LoadFormat::Parquet => {
+            let builder =
+                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    open()?,
+                )
+                .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+            let reader = builder.with_batch_size(batch_rows).build()?;
+            let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
+            Ok((
+                schema,
+                Box::new(reader.map(|b| b.map_err(anyhow::Error::from))),
+            ))
+        }
+        LoadFormat::Csv => {
+            use datafusion::arrow::csv::reader::Format;
+            let (schema, _) = Format::default()
+                .with_header(true)
+                .infer_schema(BufReader::new(open()?), Some(10_000))
+                .with_context(|| format!("the columns of {}", path.display()))?;
+            let schema = Arc::new(schema);
+            let reader = datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_header(true)
+                .with_batch_size(batch_rows)
+                .build(BufReader::new(open()?))?;
+            Ok((
+                schema,
+                Box::new(reader.map(|b| b.map_err(anyhow::Error::from))),
+            ))
+        }
+        LoadFormat::Ndjson => {
+            let (schema, _) = datafusion::arrow::json::reader::infer_json_schema(
+                BufReader::new(open()?),
+                Some(10_000),
+            )
+            .with_context(|| format!("the keys of {}", path.display()))?;
+            let schema = Arc::new(schema);
+            let reader = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(batch_rows)
+                .build(BufReader::new(open()?))?;
+            Ok((
+                schema,
+                Box::new(reader.map(|b| b.map_err(anyhow::Error::from))),
+            ))
+        }
+    }
+}
+
+/// The SQL type of an Arrow type, for `--create`.
+fn sql_type(data_type: &DataType) -> Option<String> {
+    Some(match data_type {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".into(),
+        DataType::Int32 | DataType::UInt16 => "integer".into(),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "bigint".into(),
+        DataType::Float16 | DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p}, {s})"),
+        _ => return None,
+    })
+}
+
+/// `CREATE TABLE IF NOT EXISTS table (...)` for `schema`.
+fn create_statement(table: &str, schema: &SchemaRef) -> anyhow::Result<String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let sql = sql_type(f.data_type()).with_context(|| {
+                format!(
+                    "column \"{}\" is of type {}, which Quarry cannot hold yet",
+                    f.name(),
+                    f.data_type()
+                )
+            })?;
+            Ok(format!("\"{}\" {sql}", f.name().replace('"', "\"\"")))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({})",
+        columns.join(", ")
+    ))
+}
+
+/// `batch` as an Arrow IPC stream.
+fn ipc(batch: &RecordBatch) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut writer =
+        datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// A request's status and JSON answer.
+async fn request(
+    client: &HttpClient,
+    method: hyper::Method,
+    uri: &str,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))?;
+    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
+        .await
+        .context("no answer in 120 s")??;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// Sends `body` at `offset` until it is committed (or was): the channel's
+/// next offset. A lost answer or a 503 is retried with the same offset.
+async fn send(client: &HttpClient, uri: &str, offset: u64, body: Bytes) -> anyhow::Result<u64> {
+    let uri = format!("{uri}/rows?offset={offset}");
+    let mut last = String::new();
+    for attempt in 0..20u32 {
+        match request(
+            client,
+            hyper::Method::POST,
+            &uri,
+            "application/vnd.apache.arrow.stream",
+            body.clone(),
+        )
+        .await
+        {
+            Ok((200 | 409, answer)) => {
+                return answer["next_offset"]
+                    .as_u64()
+                    .context("the answer has no next_offset");
+            }
+            Ok((status @ (429 | 503 | 500..), answer)) => last = format!("{status} {answer}"),
+            Ok((status, answer)) => bail!("rows {offset}..: {status} {answer}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+    }
+    bail!("rows {offset}..: no commit after 20 attempts ({last})")
+}
+
+/// Runs a load.
+///
+/// # Errors
+/// A file that cannot be read, a table that does not exist (without
+/// `create`), a row the node refuses (400, with the node's message), or a
+/// node that does not answer.
+pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
+    let files = files_of(&request_.paths)?;
+    let channel = channel_of(&request_.table, &files)?;
+    let format_of = |path: &Path| {
+        request_
+            .format
+            .or_else(|| LoadFormat::of(path))
+            .with_context(|| format!("the format of {} (give --format)", path.display()))
+    };
+    if request_.create {
+        let (schema, _) = read_file(&files[0], format_of(&files[0])?, 1)?;
+        let statement = create_statement(&request_.table, &schema)?;
+        let client = quarry_client::cluster::connect(&request_.pg).await?;
+        client
+            .batch_execute(&statement)
+            .await
+            .with_context(|| statement.clone())?;
+    }
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let base = format!(
+        "{}/v1/tables/{}/channels/{channel}",
+        request_.url.trim_end_matches('/'),
+        request_.table
+    );
+    let resumed_at = match request(
+        &client,
+        hyper::Method::GET,
+        &base,
+        "text/plain",
+        Bytes::new(),
+    )
+    .await?
+    {
+        (200, answer) => answer["next_offset"].as_u64().unwrap_or(0),
+        (404, answer) if answer["error"]["code"] == "not_found" => 0,
+        (status, answer) => bail!("{base}: {status} {answer}"),
+    };
+    eprintln!(
+        "loading {} file(s) into {} through channel {channel}, from offset {resumed_at}",
+        files.len(),
+        request_.table
+    );
+    let bar = if request_.progress {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {human_pos} rows  {per_sec}  {elapsed}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar.set_position(resumed_at);
+    let mut position = 0u64;
+    let mut next_offset = resumed_at;
+    let mut rows_sent = 0u64;
+    for file in &files {
+        bar.set_message(file.display().to_string());
+        let (_, batches) = read_file(file, format_of(file)?, request_.batch_rows)?;
+        for batch in batches {
+            let batch = batch.with_context(|| format!("reading {}", file.display()))?;
+            let rows = batch.num_rows() as u64;
+            let start = position;
+            position += rows;
+            if position <= next_offset {
+                continue;
+            }
+            // Part of the batch may be in the channel already.
+            let skip = next_offset.saturating_sub(start);
+            let batch = batch.slice(skip as usize, (rows - skip) as usize);
+            let sent = next_offset;
+            next_offset = send(&client, &base, next_offset, Bytes::from(ipc(&batch)?))
+                .await
+                .with_context(|| format!("loading {}", file.display()))?;
+            rows_sent += next_offset.saturating_sub(sent);
+            bar.set_position(next_offset);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(LoadSummary {
+        files: files.len(),
+        resumed_at,
+        rows_sent,
+        next_offset,
+        channel,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    #[test]
+    fn create_maps_arrow_types_and_names_what_it_cannot() {
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("id", DataType::Int64, false),
+            datafusion::arrow::datatypes::Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            datafusion::arrow::datatypes::Field::new("price", DataType::Decimal128(12, 2), true),
+        ]));
+        assert_eq!(
+            create_statement("s.t", &schema).unwrap(),
+            "CREATE TABLE IF NOT EXISTS s.t (\"id\" bigint, \"at\" timestamptz, \"price\" numeric(12, 2))"
+        );
+        let nested = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "tags",
+                DataType::new_list(DataType::Utf8, true),
+                true,
+            ),
+        ]));
+        let error = create_statement("t", &nested).unwrap_err().to_string();
+        assert!(error.contains("column \"tags\""), "{error}");
+    }
+
+    #[test]
+    fn the_same_files_make_the_same_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        std::fs::write(&a, "x\n1\n").unwrap();
+        let one = channel_of("t", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(one, channel_of("t", std::slice::from_ref(&a)).unwrap());
+        assert_ne!(one, channel_of("u", std::slice::from_ref(&a)).unwrap());
+        std::fs::write(&a, "x\n1\n2\n").unwrap();
+        assert_ne!(one, channel_of("t", &[a]).unwrap());
+    }
+}
