@@ -801,14 +801,32 @@ async fn nodes_talk_over_mutual_tls_client_certificates_log_in_and_another_ca_is
 /// The status of GET `https://localhost:PORT/PATH` with `authorization`
 /// (Python's urllib, trusting `ca`).
 fn https_status(port: u16, path: &str, ca: &Path, authorization: Option<&str>) -> u16 {
+    https_request(port, path, ca, authorization, None)
+}
+
+/// The status of a request to `https://localhost:PORT/PATH` with
+/// `authorization`: a GET, or a POST of `body` (content type, bytes).
+fn https_request(
+    port: u16,
+    path: &str,
+    ca: &Path,
+    authorization: Option<&str>,
+    body: Option<(&str, &str)>,
+) -> u16 {
     let header = authorization
         .map(|a| format!("request.add_header('Authorization', {a:?})\n"))
         .unwrap_or_default();
+    let data = match body {
+        Some((content_type, data)) => format!(
+            "request.data = {data:?}.encode()\nrequest.add_header('Content-Type', {content_type:?})\n"
+        ),
+        None => String::new(),
+    };
     let script = format!(
         "import ssl, urllib.request, urllib.error\n\
          context = ssl.create_default_context(cafile={ca:?})\n\
          request = urllib.request.Request('https://localhost:{port}{path}')\n\
-         {header}\
+         {header}{data}\
          try:\n    print(urllib.request.urlopen(request, context=context, timeout=10).status)\n\
          except urllib.error.HTTPError as e:\n    print(e.code)\n",
         ca = ca.display().to_string()
@@ -904,6 +922,32 @@ async fn metrics_take_http_basic_or_an_access_token_that_drop_revokes() {
     // The token's secret is in no log.
     let secret = token.rsplit('_').next().expect("secret");
     assert!(!node.log().contains(secret));
+    // The streaming API takes the same logins, and the role needs INSERT.
+    admin
+        .batch_execute("CREATE TABLE feed (id bigint); CREATE ROLE bob LOGIN PASSWORD 'pw'")
+        .await
+        .expect("setup");
+    let rows = Some(("application/x-ndjson", "{\"id\": 1}\n"));
+    let path = "/v1/tables/public.feed/channels/c/rows?offset=0";
+    assert_eq!(https_request(port, path, &ca, None, rows), 401);
+    assert_eq!(
+        https_request(port, path, &ca, Some(&basic("bob", "pw")), rows),
+        403
+    );
+    admin
+        .batch_execute("GRANT INSERT ON feed TO bob")
+        .await
+        .expect("grant");
+    assert_eq!(
+        https_request(port, path, &ca, Some(&basic("bob", "pw")), rows),
+        200
+    );
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM feed", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
     // HTTP logins are audited, with the caller's address, and count toward
     // the per-address limit of failed logins (2 so far): past 10, even the
     // right password gets 429 until the window ends.
