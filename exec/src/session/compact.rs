@@ -93,19 +93,12 @@ impl Session {
         if chosen.is_empty() {
             return Ok(None);
         }
-        let name = TableReference::partial(table.schema.as_str(), table.name.as_str());
-        let provider = self
-            .ctx
-            .table_provider(name.clone())
-            .await
-            .map_err(Error::from_engine)?;
-        let logical = datafusion::logical_expr::LogicalPlanBuilder::scan(
-            name,
-            datafusion::datasource::provider_as_source(provider),
-            None,
-        )
-        .and_then(|b| b.build())
-        .map_err(Error::from_engine)?;
+        let logical = self
+            .scan_plan(TableReference::partial(
+                table.schema.as_str(),
+                table.name.as_str(),
+            ))
+            .await?;
         let physical = self
             .ctx
             .state()

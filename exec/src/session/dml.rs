@@ -87,7 +87,7 @@ impl Session {
     }
 
     /// A logical plan scanning table `name` as this session resolves it.
-    async fn scan_plan(&self, name: TableReference) -> Result<LogicalPlan> {
+    pub(super) async fn scan_plan(&self, name: TableReference) -> Result<LogicalPlan> {
         let provider = self
             .ctx
             .table_provider(name.clone())
