@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use support::node::{TestNode, sqlstate};
+use support::node::{TestNode, bigints, sqlstate};
 
 fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
     let schema = Arc::new(Schema::new(vec![
@@ -261,22 +261,12 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
         out.contains("channel") && out.contains("is at 20000"),
         "{out}"
     );
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM loaded",
-            &[],
-        )
-        .await
-        .expect("rows");
-    assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2),
-            row.get::<_, i64>(3)
-        ),
-        (20_000, 20_000, 0, 19_999)
-    );
+    let row = bigints(
+        &client,
+        "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM loaded",
+    )
+    .await;
+    assert_eq!(row, [20_000, 20_000, 0, 19_999]);
     // Once more: nothing left to send.
     let third = run("4096").output().expect("quarry load runs");
     let out = String::from_utf8_lossy(&third.stdout);

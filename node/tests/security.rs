@@ -226,6 +226,10 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
             "permission denied for schema public",
         ),
         ("CREATE ROLE eve", "permission denied to create role"),
+        (
+            "LOAD DATA INTO t1 FROM FILES (format = 'CSV', uris = ['/etc/hostname'])",
+            "must be superuser to LOAD DATA from files on the server",
+        ),
     ] {
         assert_eq!(denied(&alice, sql).await, message, "{sql}");
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use support::cluster::start_cluster;
-use support::node::{TestNode, http_request};
+use support::node::{TestNode, bigints, http_request};
 
 const NDJSON: &str = "application/x-ndjson";
 const ARROW: &str = "application/vnd.apache.arrow.stream";
@@ -232,23 +232,13 @@ async fn acknowledged_rows_survive_kill_9_and_a_writer_switches_nodes_with_its_o
     );
     nodes[0].restart().await;
     for node in &nodes {
-        let row = node
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*), count(DISTINCT id), max(id) FROM clicks",
-                &[],
-            )
-            .await
-            .expect("rows");
-        assert_eq!(
-            (
-                row.get::<_, i64>(0),
-                row.get::<_, i64>(1),
-                row.get::<_, i64>(2)
-            ),
-            (150, 150, 149)
-        );
+        let client = node.client().await;
+        let row = bigints(
+            &client,
+            "SELECT count(*), count(DISTINCT id), max(id) FROM clicks",
+        )
+        .await;
+        assert_eq!(row, [150, 150, 149]);
     }
 }
 
@@ -368,21 +358,12 @@ async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a
         || async { data_files(&node, "ticks").await == 1 },
     )
     .await;
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), sum(id) FROM ticks",
-            &[],
-        )
-        .await
-        .expect("rows");
-    assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2)
-        ),
-        (120, 120, (0..120).sum::<i64>())
-    );
+    let row = bigints(
+        &client,
+        "SELECT count(*), count(DISTINCT id), sum(id) FROM ticks",
+    )
+    .await;
+    assert_eq!(row, [120, 120, (0..120).sum::<i64>()]);
     // The snapshot before the compaction still reads its 12 files' rows.
     let old: i64 = client
         .query_one(

@@ -373,6 +373,15 @@ pub async fn http_get(url: &str) -> String {
     body
 }
 
+/// The one row `sql` answers on `client`, every column a bigint.
+pub async fn bigints(client: &Client, sql: &str) -> Vec<i64> {
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    (0..row.len()).map(|i| row.get(i)).collect()
+}
+
 /// The status and body of an HTTP/1.1 request (`method` to `url`, with
 /// `body` of `content_type`), read until the server closes the connection.
 pub async fn http_request(
