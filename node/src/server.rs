@@ -563,28 +563,43 @@ async fn compact_tables(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, inter
             .map(|t| (t.id, format!("{}.{}", t.schema, t.name)))
             .collect();
         for (id, name) in due {
-            let compacted = match engine.session() {
-                Ok(mut session) => session.compact_table(id).await,
-                Err(e) => Err(e),
-            };
-            match compacted {
-                Ok(Some(done)) => {
-                    metrics::counter!("quarry_compaction_files_removed_total")
-                        .increment(done.files_removed as u64);
-                    tracing::info!(
-                        table = %name,
-                        files_removed = done.files_removed,
-                        files_added = done.files_added,
-                        rows = done.rows,
-                        "compacted small data files"
-                    );
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(table = %name, error = %e, "compaction failed; retrying later")
+            // Merges until the table has too few small files, so a table
+            // fed faster than one merge per interval is kept up with.
+            for _ in 0..MERGES_PER_TABLE_RUN {
+                let compacted = match engine.session() {
+                    Ok(mut session) => session.compact_table(id).await,
+                    Err(e) => Err(e),
+                };
+                let merged = matches!(compacted, Ok(Some(_)));
+                log_compaction(&name, compacted);
+                if !merged {
+                    break;
                 }
             }
         }
+    }
+}
+
+/// Most merges of one table in one compactor run (each merges up to a full
+/// data file of rows).
+const MERGES_PER_TABLE_RUN: usize = 64;
+
+/// Counts and logs what one merge did.
+fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec::Compacted>>) {
+    match compacted {
+        Ok(Some(done)) => {
+            metrics::counter!("quarry_compaction_files_removed_total")
+                .increment(done.files_removed as u64);
+            tracing::info!(
+                table = %name,
+                files_removed = done.files_removed,
+                files_added = done.files_added,
+                rows = done.rows,
+                "compacted small data files"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(table = %name, error = %e, "compaction failed; retrying later"),
     }
 }
 
