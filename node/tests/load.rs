@@ -261,6 +261,21 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
         out.contains("channel") && out.contains("is at 20000"),
         "{out}"
     );
+    // It resumed where the first run stopped, sending only the rest.
+    let earlier: u64 = out
+        .split(" row(s) were there")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no earlier rows in {out}"));
+    assert!(
+        earlier >= at_kill && earlier > 0,
+        "{earlier} < {at_kill}: {out}"
+    );
+    assert!(
+        out.starts_with(&format!("loaded {} rows", 20_000 - earlier)),
+        "{out}"
+    );
     let row = bigints(
         &client,
         "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM loaded",

@@ -243,7 +243,9 @@ impl Session {
     /// 42P01 for an unknown table; 42501 without SELECT or INSERT on it.
     pub async fn channel_offset(&mut self, table: &str, channel: &str) -> Result<Option<u64>> {
         let view = self.begin_statement().await?;
-        let table = self.stream_table(&view, table, Privileges::NONE).await?;
+        let table = self
+            .stream_table(&view, table, &[Privileges::SELECT, Privileges::INSERT])
+            .await?;
         Ok(view
             .catalog
             .channels
@@ -252,13 +254,12 @@ impl Session {
     }
 
     /// The table a streaming request names, once the session's role may
-    /// use its schema and has `wanted` on it (or, for none, any of SELECT
-    /// and INSERT).
+    /// use its schema and has one of `any_of` on it.
     async fn stream_table(
         &self,
         view: &CatalogView,
         name: &str,
-        wanted: Privileges,
+        any_of: &[Privileges],
     ) -> Result<Arc<Table>> {
         let parts: Vec<Ident> = name.split('.').map(Ident::new).collect();
         if parts.len() > 2 || parts.iter().any(|p| p.value.is_empty()) {
@@ -270,17 +271,15 @@ impl Session {
         let table = self.table(&view.catalog, &ObjectName::from(parts))?.clone();
         let access = self.access().await?;
         access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
-        if wanted == Privileges::NONE {
-            if access
-                .require(&Securable::Table(table.id), Privileges::SELECT)
-                .is_err()
-            {
-                access.require(&Securable::Table(table.id), Privileges::INSERT)?;
+        let object = Securable::Table(table.id);
+        let mut refused = None;
+        for wanted in any_of {
+            match access.require(&object, *wanted) {
+                Ok(()) => return Ok(table),
+                Err(e) => refused = Some(e),
             }
-        } else {
-            access.require(&Securable::Table(table.id), wanted)?;
         }
-        Ok(table)
+        Err(refused.unwrap_or_else(|| Error::Internal("no privilege asked for".to_owned())))
     }
 
     /// Appends `rows` to channel `channel` of table `table` at `offset`,
@@ -300,7 +299,9 @@ impl Session {
         rows: StreamRows<'_>,
     ) -> Result<Appended> {
         let view = self.begin_statement().await?;
-        let table = self.stream_table(&view, table, Privileges::INSERT).await?;
+        let table = self
+            .stream_table(&view, table, &[Privileges::INSERT])
+            .await?;
         let key = (table.id, channel.to_owned());
         let next_offset = view.catalog.channels.get(&key).copied().unwrap_or(0);
         if let Some(settled) = settled(offset, next_offset) {
