@@ -277,6 +277,33 @@ pub struct Table {
     /// Stripe layout of new data files; None: the cluster default for its
     /// size ([`StripeLayout::for_cluster`]).
     pub layout: Option<StripeLayout>,
+    /// The replicated ingest buffer: the bytes of the data files held in the
+    /// catalog itself (small appends of the streaming API) rather than in
+    /// stripes, by chunk, until the compactor moves their rows into
+    /// full-size data files. Written to snapshots as records of their own.
+    #[serde(skip)]
+    pub buffer: OrdMap<ChunkId, bytes::Bytes>,
+    /// Where the rows of buffered files the compactor has moved now are, in
+    /// order, for the snapshots that still read those files (time travel,
+    /// older transactions) until they expire.
+    #[serde(skip)]
+    pub moved: OrdMap<ChunkId, Vec<RowRange>>,
+}
+
+/// Rows `first_row .. first_row + rows` of a data file: where rows of a
+/// buffered file went when the compactor moved them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowRange {
+    /// The data file's chunk.
+    pub chunk: ChunkId,
+    /// Its length in bytes.
+    pub size_bytes: u64,
+    /// Its CRC-32C.
+    pub checksum_crc32c: u32,
+    /// The first row, counted from 0.
+    pub first_row: u64,
+    /// How many rows.
+    pub rows: u64,
 }
 
 /// How long old snapshots stay readable unless a table says otherwise: 7 days,
@@ -354,6 +381,15 @@ impl Table {
             .filter(|(_, e)| e.removed_in.is_none())
             .map(|(i, e)| (e.file.chunk, i))
             .collect();
+    }
+
+    /// The files of the current snapshot held in the ingest buffer.
+    pub fn buffered_files(&self) -> impl Iterator<Item = &DataFile> {
+        self.live_files
+            .keys()
+            .filter(|chunk| self.buffer.contains_key(*chunk))
+            .filter_map(|chunk| self.live_file(*chunk))
+            .map(|e| &e.file)
     }
 
     /// The data files of snapshot `id`.
@@ -815,6 +851,8 @@ mod tests {
             snapshots: imbl::vector![snapshot(2, 100), snapshot(5, 200), snapshot(9, 300)],
             files: imbl::vector![file(1, 2, None), file(2, 5, Some(9)), file(3, 9, None)],
             live_files: OrdMap::new(),
+            buffer: OrdMap::new(),
+            moved: OrdMap::new(),
             retention_micros: Some(50),
             layout: None,
         }

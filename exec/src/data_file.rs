@@ -110,7 +110,7 @@ impl WriteSet {
     }
 
     /// Stores the bytes of a new data file of `table` through the table's sink.
-    async fn put(&self, table: &Table, bytes: Bytes) -> Result<ChunkRef> {
+    pub(crate) async fn put(&self, table: &Table, bytes: Bytes) -> Result<ChunkRef> {
         let sink = {
             let mut pending = self.lock();
             pending
@@ -122,7 +122,7 @@ impl WriteSet {
         sink.put(bytes).await.map_err(Error::Storage)
     }
 
-    fn add(&self, table: TableId, file: DataFile) {
+    pub(crate) fn add(&self, table: TableId, file: DataFile) {
         self.lock().added.entry(table).or_default().push(file);
     }
 
@@ -308,25 +308,49 @@ struct ColumnZoneMap {
 pub struct DataFileWriter {
     table: Arc<Table>,
     schema: SchemaRef,
-    writes: Arc<WriteSet>,
+    destination: Destination,
     properties: WriterProperties,
     current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
     rows_in_file: u64,
     rows_written: u64,
 }
 
+/// How data files are encoded: ZSTD, [`ROW_GROUP_ROWS`] rows per row group,
+/// statistics per page (and so a page index).
+pub(crate) fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+/// Where a [`DataFileWriter`] puts finished files.
+enum Destination {
+    /// Stored as chunks and recorded in a write set.
+    Writes(Arc<WriteSet>),
+    /// Kept in memory, with the file each is (its chunk id new, unstored).
+    Memory(Vec<(DataFile, Bytes)>),
+}
+
 impl DataFileWriter {
     /// A writer for `table` (its current columns) that records files in `writes`.
     pub fn new(table: Arc<Table>, writes: Arc<WriteSet>) -> Self {
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .build();
+        Self::to(table, Destination::Writes(writes))
+    }
+
+    /// A writer for `table` that keeps its files in memory, for
+    /// [`Self::finish_in_memory`] (rows bound for the ingest buffer).
+    pub fn in_memory(table: Arc<Table>) -> Self {
+        Self::to(table, Destination::Memory(Vec::new()))
+    }
+
+    fn to(table: Arc<Table>, destination: Destination) -> Self {
+        let properties = writer_properties();
         DataFileWriter {
             schema: file_schema(&table),
             table,
-            writes,
+            destination,
             properties,
             current: None,
             rows_in_file: 0,
@@ -414,6 +438,21 @@ impl DataFileWriter {
         Ok(self.rows_written)
     }
 
+    /// Finishes the last file of a writer made by [`Self::in_memory`]:
+    /// the files written, in order, with their bytes.
+    ///
+    /// # Errors
+    /// If the last file does not encode.
+    pub async fn finish_in_memory(mut self) -> Result<Vec<(DataFile, Bytes)>> {
+        self.finish_file().await?;
+        match self.destination {
+            Destination::Memory(files) => Ok(files),
+            Destination::Writes(_) => Err(Error::Internal(
+                "a data file writer to a write set has no files in memory".to_owned(),
+            )),
+        }
+    }
+
     /// Casts `batch` to the file schema and checks NOT NULL columns.
     fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
         if batch.num_columns() != self.schema.fields().len() {
@@ -484,17 +523,32 @@ impl DataFileWriter {
                 max: datum_of(&zone_map.max.evaluate()?),
             });
         }
-        let chunk = self.writes.put(&self.table, Bytes::from(bytes)).await?;
-        self.writes.add(
-            self.table.id,
-            DataFile {
-                chunk: chunk.id,
-                size_bytes: chunk.size_bytes,
-                checksum_crc32c: chunk.checksum_crc32c,
-                row_count,
-                column_stats,
-            },
-        );
+        let bytes = Bytes::from(bytes);
+        match &mut self.destination {
+            Destination::Writes(writes) => {
+                let chunk = writes.put(&self.table, bytes).await?;
+                writes.add(
+                    self.table.id,
+                    DataFile {
+                        chunk: chunk.id,
+                        size_bytes: chunk.size_bytes,
+                        checksum_crc32c: chunk.checksum_crc32c,
+                        row_count,
+                        column_stats,
+                    },
+                );
+            }
+            Destination::Memory(files) => files.push((
+                DataFile {
+                    chunk: quarry_storage::new_chunk_id(),
+                    size_bytes: bytes.len() as u64,
+                    checksum_crc32c: crc32c::crc32c(&bytes),
+                    row_count,
+                    column_stats,
+                },
+                bytes,
+            )),
+        }
         Ok(())
     }
 }
@@ -584,6 +638,8 @@ mod tests {
             snapshots: Default::default(),
             files: Default::default(),
             live_files: Default::default(),
+            buffer: Default::default(),
+            moved: Default::default(),
             retention_micros: None,
             layout: None,
         })

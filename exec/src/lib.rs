@@ -17,6 +17,7 @@
 
 pub mod array_text;
 pub mod audit;
+mod buffer;
 pub mod bytea;
 pub mod catalog;
 pub mod charset;
@@ -51,6 +52,6 @@ pub mod types;
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;
 pub use session::{
-    Appended, CommandTag, Compacted, CopyIn, Engine, Metadata, Output, QueryResources, Session,
-    StreamRows, compaction_candidates,
+    Appended, CommandTag, Compacted, Compaction, CopyIn, Engine, Metadata, Output, QueryResources,
+    Session, StreamRows, compaction_candidates, compaction_due,
 };

@@ -78,7 +78,10 @@ mod stream;
 mod time_travel;
 mod transaction;
 
-pub use compact::{COMPACT_MIN_FILES, Compacted, SMALL_FILE_ROWS, compaction_candidates};
+pub use compact::{
+    COMPACT_MIN_FILES, Compacted, Compaction, FLUSH_MIN_ROWS, SMALL_FILE_ROWS,
+    compaction_candidates, compaction_due,
+};
 pub use copy_statement::CopyIn;
 use dispatch::Dispatch;
 pub use settings::DistSql;

@@ -1,8 +1,9 @@
 //! `quarry_system`: read-only tables about the database itself, built from the
 //! catalog version the statement runs against.
 //!
-//! - `quarry_system.tables`: one row per table (id, current snapshot, rows, data
-//!   files, bytes).
+//! - `quarry_system.tables`: one row per table (id, current snapshot, rows,
+//!   data files in stripes and their bytes, and the files, rows and bytes of
+//!   its replicated ingest buffer).
 //! - `quarry_system.snapshots`: one row per table snapshot: when it committed,
 //!   the operation (create, append, rewrite), the table's rows after it, and the
 //!   rows and data files it added and removed. Rows count whole data files: a
@@ -28,7 +29,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use quarry_common::catalog::Catalog;
+use quarry_common::catalog::{Catalog, DataFile};
 
 use crate::audit::AuditLog;
 use crate::chunks::DataFileStore;
@@ -260,8 +261,14 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
         Field::new("row_count", DataType::UInt64, false),
         Field::new("data_files", DataType::UInt64, false),
         Field::new("size_bytes", DataType::UInt64, false),
+        Field::new("buffered_files", DataType::UInt64, false),
+        Field::new("buffered_rows", DataType::UInt64, false),
+        Field::new("buffered_bytes", DataType::UInt64, false),
     ]));
     let all: Vec<_> = catalog.tables.values().collect();
+    let buffered = |t: &quarry_common::catalog::Table, of: fn(&DataFile) -> u64| -> u64 {
+        t.buffered_files().map(of).sum()
+    };
     let current = |t: &quarry_common::catalog::Table| t.current_snapshot().id;
     table(
         schema,
@@ -273,10 +280,17 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
             count(all.iter().map(|t| t.current_snapshot().row_count).collect()),
             count(
                 all.iter()
-                    .map(|t| t.files_at(current(t)).count() as u64)
+                    .map(|t| t.live_files.len() as u64 - buffered(t, |_| 1))
                     .collect(),
             ),
-            count(all.iter().map(|t| t.current_bytes()).collect()),
+            count(
+                all.iter()
+                    .map(|t| t.current_bytes() - buffered(t, |f| f.size_bytes))
+                    .collect(),
+            ),
+            count(all.iter().map(|t| buffered(t, |_| 1)).collect()),
+            count(all.iter().map(|t| buffered(t, |f| f.row_count)).collect()),
+            count(all.iter().map(|t| buffered(t, |f| f.size_bytes)).collect()),
         ],
     )
 }

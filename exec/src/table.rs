@@ -51,6 +51,7 @@ use quarry_common::SqlState;
 use quarry_common::catalog::{DataFile, SnapshotId, Table, TableId};
 use quarry_storage::ChunkRef;
 
+use crate::buffer::BufferedFiles;
 use crate::chunks::DataFileStore;
 
 use crate::data_file::{DataFileWriter, WriteSet, scalar_of};
@@ -203,6 +204,7 @@ impl SnapshotTable {
                 metadata: Default::default(),
                 table: self.qualified_name(),
                 chunks: self.chunks.clone(),
+                buffered: BufferedFiles::of(&self.table),
             }))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);
@@ -518,6 +520,17 @@ pub fn with_scan_files(
     Some(DataSourceExec::from_data_source(config))
 }
 
+/// The table scan `plan` reading `files` in this order, in one partition
+/// (none split); None if `plan` is not a table scan.
+pub fn with_scan_files_in_order(
+    plan: &dyn ExecutionPlan,
+    files: Vec<PartitionedFile>,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut config = scan_config(plan)?.clone();
+    config.file_groups = vec![FileGroup::new(files)];
+    Some(DataSourceExec::from_data_source(config))
+}
+
 /// A table scan decoded on another node, bound to this node's chunk store and
 /// to the table's columns in `catalog` (for renamed and dropped columns).
 ///
@@ -546,6 +559,7 @@ pub fn bind_scan(
                 metadata: Default::default(),
                 table: String::new(),
                 chunks: chunks.clone(),
+                buffered: Default::default(),
             },
         )));
         return Ok(Some(DataSourceExec::from_data_source(config)));
@@ -559,6 +573,7 @@ pub fn bind_scan(
             metadata: Default::default(),
             table: format!("{}.{}", table.schema, table.name),
             chunks: chunks.clone(),
+            buffered: BufferedFiles::of(table),
         },
     )));
     config.expr_adapter_factory = Some(Arc::new(crate::field_ids::FieldIdAdapterFactory::new(
@@ -567,11 +582,13 @@ pub fn bind_scan(
     Ok(Some(DataSourceExec::from_data_source(config)))
 }
 
-/// Opens data files through the chunk store, verifying checksums.
+/// Opens data files through the chunk store, verifying checksums, and the
+/// files of the table's ingest buffer from the catalog.
 #[derive(Debug)]
 struct ChunkReaderFactory {
     table: String,
     chunks: Arc<dyn DataFileStore>,
+    buffered: Arc<BufferedFiles>,
     /// Footers this scan has parsed, by data file and page index policies:
     /// a file opened again by the same scan is not read and parsed again.
     metadata: Arc<std::sync::Mutex<HashMap<MetadataKey, Arc<ParquetMetaData>>>>,
@@ -616,10 +633,13 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
                 partitioned_file.object_meta.location
             ))
         })?;
+        let buffered = self.buffered.holds(chunk.id).then(|| self.buffered.clone());
         Ok(Box::new(ChunkReader {
             table: self.table.clone(),
             chunks: self.chunks.clone(),
             metadata: self.metadata.clone(),
+            buffered,
+            memory: None,
             chunk,
             prefetch_bytes: metadata_size_hint
                 .unwrap_or_else(|| footer_prefetch_bytes(chunk.size_bytes)),
@@ -637,11 +657,37 @@ struct ChunkReader {
     table: String,
     chunks: Arc<dyn DataFileStore>,
     metadata: Arc<std::sync::Mutex<HashMap<MetadataKey, Arc<ParquetMetaData>>>>,
+    /// Where a buffered file's bytes are (None: a data file in a stripe).
+    buffered: Option<Arc<BufferedFiles>>,
+    /// A buffered file's bytes, once found.
+    memory: Option<Bytes>,
     chunk: ChunkRef,
     prefetch_bytes: usize,
 }
 
 impl ChunkReader {
+    /// A buffered file's bytes (found on first use); None for a data file
+    /// in a stripe. A moved buffered file's re-encoded bytes differ from
+    /// the ones buffered, so its length is theirs, not the scan path's.
+    async fn memory(&mut self) -> Result<Option<Bytes>, ParquetError> {
+        if self.memory.is_none()
+            && let Some(buffered) = &self.buffered
+        {
+            self.memory = buffered
+                .bytes(self.chunk.id, self.chunk.size_bytes, &self.chunks)
+                .await?;
+        }
+        Ok(self.memory.clone())
+    }
+
+    /// The file's length in bytes.
+    async fn len(&mut self) -> Result<u64, ParquetError> {
+        Ok(match self.memory().await? {
+            Some(bytes) => bytes.len() as u64,
+            None => self.chunk.size_bytes,
+        })
+    }
+
     /// The storage error `source` as the query's error: XX001 naming the
     /// table and file when stored data is damaged or lost.
     fn error(&self, source: quarry_storage::Error) -> ParquetError {
@@ -661,11 +707,14 @@ impl ChunkReader {
 impl AsyncFileReader for ChunkReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
         Box::pin(async move {
-            if range.end > self.chunk.size_bytes {
+            let len = self.len().await?;
+            if range.end > len {
                 return Err(ParquetError::EOF(format!(
-                    "range {range:?} beyond data file of {} bytes",
-                    self.chunk.size_bytes
+                    "range {range:?} beyond data file of {len} bytes"
                 )));
+            }
+            if let Some(bytes) = self.memory().await? {
+                return Ok(bytes.slice(range.start as usize..range.end as usize));
             }
             self.chunks
                 .get_range(self.chunk, range)
@@ -741,7 +790,7 @@ impl AsyncFileReader for ChunkReader {
             if let Some(metadata) = parsed {
                 return Ok(metadata);
             }
-            let size = self.chunk.size_bytes;
+            let size = self.len().await?;
             let metadata = Arc::new(
                 ParquetMetaDataReader::new()
                     .with_prefetch_hint(Some(self.prefetch_bytes))

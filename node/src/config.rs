@@ -62,10 +62,16 @@ pub struct FileConfig {
     /// no stripe places on this node [default: 60].
     #[arg(long)]
     pub retention_check_secs: Option<u64>,
-    /// Seconds between runs of the compactor, which merges tables' small
-    /// data files on the Raft leader [default: 10].
+    /// Seconds between runs of the compactor, which moves tables' ingest
+    /// buffers into data files and merges their small data files on the
+    /// Raft leader [default: 10].
     #[arg(long)]
     pub compaction_interval_secs: Option<u64>,
+    /// Seconds a table's ingest buffer holds its oldest rows before the
+    /// compactor moves them into data files even when the buffer is small
+    /// (it moves sooner past 131,072 rows or 64 MiB) [default: 60].
+    #[arg(long)]
+    pub buffer_max_age_secs: Option<u64>,
     /// Milliseconds after which a node that stops answering gossip probes is
     /// declared down (SWIM suspicion timeout) [default: 3000].
     #[arg(long)]
@@ -169,6 +175,8 @@ pub struct Config {
     pub retention_check: Duration,
     /// How often the compactor runs.
     pub compaction_interval: Duration,
+    /// How long an ingest buffer holds its oldest rows at most.
+    pub buffer_max_age: Duration,
     /// SWIM suspicion timeout.
     pub down_after: Duration,
     /// How long a voter may be down before it is replaced.
@@ -364,6 +372,7 @@ impl FileConfig {
                 self.compaction_interval_secs,
                 10,
             ),
+            buffer_max_age: secs(flags.buffer_max_age_secs, self.buffer_max_age_secs, 60),
             down_after: Duration::from_millis(
                 flags
                     .down_after_ms

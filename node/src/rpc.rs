@@ -39,7 +39,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
 /// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
 /// datagrams with an HMAC tag), needs a new version.
-pub const WIRE_VERSION: u8 = 12;
+pub const WIRE_VERSION: u8 = 13;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -914,9 +914,11 @@ mod tests {
             | C::CreateToken { .. }
             | C::DropToken { .. }
             | C::Owned { .. }
-            | C::Append { .. } => {}
+            | C::Append { .. }
+            | C::AppendBuffered { .. }
+            | C::MoveBuffered { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 12, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 13, "update the list above");
     }
 
     #[tokio::test]

@@ -415,6 +415,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         compaction_engine,
         meta.clone(),
         config.compaction_interval,
+        config.buffer_max_age,
     ));
     let duties = tokio::spawn(run_duties(
         meta.clone(),
@@ -542,10 +543,16 @@ async fn collect_expired_snapshots(
     }
 }
 
-/// Merges tables' small data files (`quarry_exec::compaction_candidates`)
-/// every `interval`, on the Raft leader only, one table at a time
+/// Moves tables' ingest buffers into data files and merges their small data
+/// files (`quarry_exec::compaction_due`) every `interval`, on the Raft leader only, one table at a time
 /// (`docs/INGESTION.md`).
-async fn compact_tables(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, interval: Duration) {
+async fn compact_tables(
+    engine: Arc<quarry_exec::Engine>,
+    meta: Arc<Meta>,
+    interval: Duration,
+    buffer_max_age: Duration,
+) {
+    let max_age = buffer_max_age.as_micros() as i64;
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
@@ -556,10 +563,11 @@ async fn compact_tables(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, inter
         let Ok(catalog) = meta.read().await else {
             continue;
         };
+        let now = quarry_raft::now_micros();
         let due: Vec<_> = catalog
             .tables
             .values()
-            .filter(|t| !quarry_exec::compaction_candidates(t).is_empty())
+            .filter(|t| quarry_exec::compaction_due(t, now, max_age).is_some())
             .map(|t| (t.id, format!("{}.{}", t.schema, t.name)))
             .collect();
         for (id, name) in due {
@@ -567,7 +575,7 @@ async fn compact_tables(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, inter
             // fed faster than one merge per interval is kept up with.
             for _ in 0..MERGES_PER_TABLE_RUN {
                 let compacted = match engine.session() {
-                    Ok(mut session) => session.compact_table(id).await,
+                    Ok(mut session) => session.compact_table(id, max_age).await,
                     Err(e) => Err(e),
                 };
                 let merged = matches!(compacted, Ok(Some(_)));
@@ -587,6 +595,16 @@ const MERGES_PER_TABLE_RUN: usize = 64;
 /// Counts and logs what one merge did.
 fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec::Compacted>>) {
     match compacted {
+        Ok(Some(done)) if done.buffered => {
+            metrics::counter!("quarry_buffer_rows_moved_total").increment(done.rows);
+            tracing::info!(
+                table = %name,
+                buffered_files = done.files_removed,
+                files_added = done.files_added,
+                rows = done.rows,
+                "moved the ingest buffer into data files"
+            );
+        }
         Ok(Some(done)) => {
             metrics::counter!("quarry_compaction_files_removed_total")
                 .increment(done.files_removed as u64);

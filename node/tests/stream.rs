@@ -308,25 +308,24 @@ async fn the_python_producer_resumes_where_its_channel_stands() {
     );
 }
 
-async fn data_files(node: &TestNode, table: &str) -> i64 {
-    node.client()
-        .await
-        .query_one(
-            &format!(
-                "SELECT CAST(data_files AS BIGINT) FROM quarry_system.tables \
-                 WHERE table_schema = 'public' AND table_name = '{table}'"
-            ),
-            &[],
-        )
-        .await
-        .expect("files")
-        .get(0)
+/// `quarry_system.tables`' data files, buffered files and buffered rows of
+/// table `table`.
+async fn files(node: &TestNode, table: &str) -> Vec<i64> {
+    bigints(
+        &node.client().await,
+        &format!(
+            "SELECT CAST(data_files AS BIGINT), CAST(buffered_files AS BIGINT), \
+             CAST(buffered_rows AS BIGINT) FROM quarry_system.tables \
+             WHERE table_schema = 'public' AND table_name = '{table}'"
+        ),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a_row() {
+async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapshots_still_read() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node =
+    let mut node =
         TestNode::start_with(&dir.path().join("n1"), &["--compaction-interval-secs", "1"]).await;
     let client = node.client().await;
     client
@@ -343,6 +342,12 @@ async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a
         assert_eq!(status, 200, "{answer}");
         offset = answer["next_offset"].as_u64().expect("offset");
     }
+    // Held in the buffer (it is young and small), visible at once.
+    assert_eq!(files(&node, "ticks").await, [0, 12, 120]);
+    let everything = "SELECT count(*), count(DISTINCT id), sum(id), \
+                      count(*) FILTER (WHERE v = 'b3' AND id BETWEEN 30 AND 39) FROM ticks";
+    let expected = [120, 120, (0..120).sum::<i64>(), 10];
+    assert_eq!(bigints(&client, everything).await, expected);
     let before: i64 = client
         .query_one(
             "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
@@ -352,10 +357,41 @@ async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a
         .await
         .expect("snapshots")
         .get(0);
+    // The buffer is in the Raft log: it survives kill -9. Restarted with a
+    // short buffer age, the compactor moves it into one data file.
+    drop(client);
+    node.kill9();
+    node.set_flags(&[
+        "--compaction-interval-secs",
+        "1",
+        "--buffer-max-age-secs",
+        "1",
+    ]);
+    node.restart().await;
+    let client = node.client().await;
+    assert_eq!(bigints(&client, everything).await, expected);
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(60),
+        "the compactor moves the buffer",
+        || async { files(&node, "ticks").await == [1, 0, 0] },
+    )
+    .await;
+    assert_eq!(bigints(&client, everything).await, expected);
+    // The snapshot before the move still reads its 12 buffered files' rows,
+    // now from the data file they moved to.
+    let old = everything.replace("FROM ticks", &format!("FROM ticks VERSION AS OF {before}"));
+    assert_eq!(bigints(&client, &old).await, expected);
+    // Small INSERTs are data files in stripes, merged with the moved one.
+    for id in 120..128 {
+        client
+            .execute(&format!("INSERT INTO ticks VALUES ({id}, 'i')"), &[])
+            .await
+            .expect("insert");
+    }
     support::cluster::wait_for(
         std::time::Duration::from_secs(60),
         "the compactor merges the small files",
-        || async { data_files(&node, "ticks").await == 1 },
+        || async { files(&node, "ticks").await == [1, 0, 0] },
     )
     .await;
     let row = bigints(
@@ -363,22 +399,81 @@ async fn small_appends_are_compacted_into_one_file_without_losing_or_repeating_a
         "SELECT count(*), count(DISTINCT id), sum(id) FROM ticks",
     )
     .await;
-    assert_eq!(row, [120, 120, (0..120).sum::<i64>()]);
-    // The snapshot before the compaction still reads its 12 files' rows.
-    let old: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM ticks VERSION AS OF {before}"),
-            &[],
-        )
-        .await
-        .expect("time travel")
-        .get(0);
-    assert_eq!(old, 120);
+    assert_eq!(row, [128, 128, (0..128).sum::<i64>()]);
+    assert_eq!(bigints(&client, &old).await, expected);
     // The channel goes on where it was.
     let (status, answer) =
         append(&node, "public.ticks", "w", 120, NDJSON, b"{\"id\": 120}\n").await;
     assert_eq!(
         (status, &answer["next_offset"]),
         (200, &serde_json::json!(121))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_buffer_moves_loses_and_repeats_no_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = [
+        "--compaction-interval-secs",
+        "1",
+        "--buffer-max-age-secs",
+        "1",
+    ];
+    let mut node = TestNode::start_with(&dir.path().join("n1"), &flags).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE events (id bigint, payload text)")
+        .await
+        .expect("create");
+    let mut offset = 0u64;
+    let mut moved_at_least_once = false;
+    for round in 0..5u64 {
+        // Enough rows for a move of a few hundred milliseconds.
+        for _ in 0..4 {
+            let body: String = (offset..offset + 20_000)
+                .map(|i| format!("{{\"id\": {i}, \"payload\": \"event {i} of round {round}\"}}\n"))
+                .collect();
+            let (status, answer) =
+                append(&node, "public.events", "w", offset, NDJSON, body.as_bytes()).await;
+            assert_eq!(status, 200, "{answer}");
+            offset = answer["next_offset"].as_u64().expect("offset");
+        }
+        // Killed at a different point of the compactor's second each round.
+        tokio::time::sleep(std::time::Duration::from_millis(150 + 250 * round)).await;
+        node.kill9();
+        node.restart().await;
+        let client = node.client().await;
+        let total = offset as i64;
+        assert_eq!(
+            bigints(
+                &client,
+                "SELECT count(*), count(DISTINCT id), max(id) FROM events"
+            )
+            .await,
+            [total, total, total - 1],
+            "round {round}"
+        );
+        moved_at_least_once |= files(&node, "events").await[0] > 0;
+    }
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(60),
+        "the compactor moves the buffer",
+        || async { files(&node, "events").await[1] == 0 },
+    )
+    .await;
+    assert!(moved_at_least_once || files(&node, "events").await[0] > 0);
+    let total = offset as i64;
+    assert_eq!(
+        bigints(
+            &node.client().await,
+            "SELECT count(*), count(DISTINCT id), max(id) FROM events"
+        )
+        .await,
+        [total, total, total - 1]
+    );
+    let (status, answer) = channel(&node, "public.events", "w").await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(offset))
     );
 }

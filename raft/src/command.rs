@@ -10,8 +10,8 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, FieldId, GossipKey, NodeId, Operation, SchemaVersion, SnapshotId, Stripe,
-    StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot,
+    DroppedTable, FieldId, GossipKey, NodeId, Operation, RowRange, SchemaVersion, SnapshotId,
+    Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot,
     TimestampMicros, View,
 };
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
@@ -393,6 +393,34 @@ pub enum Command {
         /// The channel's row offset of the first row added.
         offset: u64,
     },
+    /// Rows of one channel of the streaming API held in the table's ingest
+    /// buffer: `file` is added to table `table` with its Parquet bytes kept
+    /// in the catalog (no stripe), if the channel's next offset is `offset`,
+    /// which moves past the file's rows in the same command; otherwise
+    /// nothing changes ([`CatalogError::ChannelOffset`]).
+    AppendBuffered {
+        /// The table.
+        table: TableId,
+        /// The buffered data file.
+        file: DataFile,
+        /// Its Parquet bytes.
+        bytes: bytes::Bytes,
+        /// The channel, named by the writer.
+        channel: String,
+        /// The channel's row offset of the first row added.
+        offset: u64,
+    },
+    /// The compactor's move of buffered files into data files: `change`
+    /// adds the new files and removes the buffered ones, and `moved` says,
+    /// for each buffered file removed, where its rows are now, so that the
+    /// snapshots that still read it do not need its bytes. Refused when a
+    /// removed file is not in the buffer or its rows are not all placed.
+    MoveBuffered {
+        /// The new data files and the buffered files they replace.
+        change: TableChange,
+        /// Each buffered file's rows, in order, in the new files.
+        moved: Vec<(ChunkId, Vec<RowRange>)>,
+    },
 }
 
 impl Command {
@@ -429,7 +457,10 @@ impl Command {
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
             Command::Owned { command, .. } => command.remap_tables(ids),
-            Command::Append { change, .. } => map(&mut change.table),
+            Command::Append { change, .. } | Command::MoveBuffered { change, .. } => {
+                map(&mut change.table)
+            }
+            Command::AppendBuffered { table, .. } => map(table),
             Command::SetPrivileges { objects, .. } => {
                 for object in objects {
                     if let Securable::Table(id) = object {
@@ -721,6 +752,10 @@ pub enum CatalogError {
     /// An append that removes files.
     #[error("an append to a channel only adds rows")]
     AppendRemoves,
+    /// A move of buffered files that does not account for them: a file not
+    /// in the buffer, or rows not placed in the new files.
+    #[error("buffered file {0} is not moved as a whole")]
+    BufferMove(ChunkId),
 }
 
 impl CatalogError {
@@ -761,6 +796,7 @@ impl CatalogError {
             CatalogError::MembershipCycle { .. } => SqlState::INVALID_GRANT_OPERATION,
             CatalogError::ChannelOffset { .. } => SqlState::INVALID_PARAMETER_VALUE,
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
+            CatalogError::BufferMove(_) => SqlState::INTERNAL_ERROR,
         }
     }
 }
@@ -911,6 +947,8 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 }],
                 files: imbl::Vector::new(),
                 live_files: imbl::OrdMap::new(),
+                buffer: Default::default(),
+                moved: Default::default(),
                 retention_micros: *retention_micros,
                 layout: *layout,
             };
@@ -985,6 +1023,74 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 &[],
             )?;
             catalog.channels.insert(key, next_offset + rows);
+            Ok(applied)
+        }
+        Command::AppendBuffered {
+            table,
+            file,
+            bytes,
+            channel,
+            offset,
+        } => {
+            let key = (*table, channel.clone());
+            let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
+            if *offset != next_offset {
+                return Err(CatalogError::ChannelOffset {
+                    channel: channel.clone(),
+                    offset: *offset,
+                    next_offset,
+                });
+            }
+            let change = TableChange {
+                table: *table,
+                added: vec![file.clone()],
+                removed: Vec::new(),
+                stripes: Vec::new(),
+            };
+            let applied = commit(catalog, proposal.proposed_at, &[change], &[])?;
+            let name = catalog.table_key(*table).cloned().expect("just committed");
+            let entry = catalog.tables.get_mut(&name).expect("just committed");
+            Arc::make_mut(entry)
+                .buffer
+                .insert(file.chunk, bytes.clone());
+            catalog.channels.insert(key, next_offset + file.row_count);
+            Ok(applied)
+        }
+        Command::MoveBuffered { change, moved } => {
+            if let Some(name) = catalog.table_key(change.table) {
+                let table = &catalog.tables[name];
+                let placed: std::collections::HashMap<ChunkId, u64> = moved
+                    .iter()
+                    .map(|(chunk, ranges)| (*chunk, ranges.iter().map(|r| r.rows).sum()))
+                    .collect();
+                for chunk in &change.removed {
+                    let whole = table.buffer.contains_key(chunk)
+                        && table
+                            .live_file(*chunk)
+                            .is_some_and(|e| placed.get(chunk) == Some(&e.file.row_count));
+                    if !whole {
+                        return Err(CatalogError::BufferMove(*chunk));
+                    }
+                }
+                if let Some((chunk, _)) = moved.iter().find(|(c, _)| !change.removed.contains(c)) {
+                    return Err(CatalogError::BufferMove(*chunk));
+                }
+            }
+            let applied = commit(
+                catalog,
+                proposal.proposed_at,
+                std::slice::from_ref(change),
+                &[],
+            )?;
+            let name = catalog
+                .table_key(change.table)
+                .cloned()
+                .expect("just committed");
+            let table = Arc::make_mut(catalog.tables.get_mut(&name).expect("just committed"));
+            for (chunk, ranges) in moved {
+                table.buffer.remove(chunk);
+                table.moved.insert(*chunk, ranges.clone());
+            }
             Ok(applied)
         }
         Command::UndropTable { schema, name } => {
@@ -1068,6 +1174,10 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 }
                 needed
             });
+            for chunk in &expired {
+                table.buffer.remove(chunk);
+                table.moved.remove(chunk);
+            }
             table.reindex();
             expired.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks: expired })

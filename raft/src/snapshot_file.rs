@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, DroppedTable, GossipKey, NodeId, SchemaId, Stripe, Table, TableId, TableNotes, View,
+    Catalog, ChunkId, DroppedTable, GossipKey, NodeId, RowRange, SchemaId, Stripe, Table, TableId,
+    TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,24 @@ enum Record<'a> {
         channel: Cow<'a, str>,
         next_offset: u64,
     },
+    /// The Parquet bytes of one file in a table's ingest buffer.
+    Buffered {
+        table: TableId,
+        chunk: ChunkId,
+        bytes: bytes::Bytes,
+    },
+    /// Where the rows of one buffered file moved by the compactor are.
+    Moved {
+        table: TableId,
+        chunk: ChunkId,
+        ranges: Cow<'a, [RowRange]>,
+    },
 }
+
+/// A table's ingest buffer and moved buffered files, as read from their
+/// records (applied to the table once all tables are read).
+type BufferRecords =
+    BTreeMap<TableId, (Vec<(ChunkId, bytes::Bytes)>, Vec<(ChunkId, Vec<RowRange>)>)>;
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -196,6 +214,26 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
             next_offset: *next_offset,
         })?;
     }
+    let every_table = tables
+        .values()
+        .map(|t| t.as_ref())
+        .chain(dropped.iter().map(|d| d.table.as_ref()));
+    for table in every_table {
+        for (chunk, bytes) in &table.buffer {
+            writer.put(&Record::Buffered {
+                table: table.id,
+                chunk: *chunk,
+                bytes: bytes.clone(),
+            })?;
+        }
+        for (chunk, ranges) in &table.moved {
+            writer.put(&Record::Moved {
+                table: table.id,
+                chunk: *chunk,
+                ranges: Cow::Borrowed(ranges),
+            })?;
+        }
+    }
     let records = writer.records;
     writer.put(&Record::End { records })?;
     writer.out.flush()
@@ -223,6 +261,7 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
     let mut records = 0u64;
     let mut header = false;
     let mut body = Vec::new();
+    let mut buffers = BufferRecords::new();
     loop {
         let mut frame = [0u8; 8];
         input.read_exact(&mut frame).map_err(|e| match e.kind() {
@@ -306,17 +345,54 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                     .channels
                     .insert((table, channel.into_owned()), next_offset);
             }
+            Record::Buffered {
+                table,
+                chunk,
+                bytes,
+            } => buffers.entry(table).or_default().0.push((chunk, bytes)),
+            Record::Moved {
+                table,
+                chunk,
+                ranges,
+            } => buffers
+                .entry(table)
+                .or_default()
+                .1
+                .push((chunk, ranges.into_owned())),
             Record::End { records: written } => {
                 if written != records {
                     return Err(invalid(format!(
                         "the snapshot file says {written} records, it holds {records}"
                     )));
                 }
+                restore_buffers(&mut catalog, buffers);
                 catalog.reindex();
                 return Ok(catalog);
             }
         }
         records += 1;
+    }
+}
+
+/// Puts the ingest buffers and moved buffered files read from their records
+/// back into their tables (live or dropped).
+fn restore_buffers(catalog: &mut Catalog, mut buffers: BufferRecords) {
+    if buffers.is_empty() {
+        return;
+    }
+    let mut restore = |table: &mut Arc<Table>| {
+        if let Some((buffered, moved)) = buffers.remove(&table.id) {
+            let table = Arc::make_mut(table);
+            table.buffer.extend(buffered);
+            table.moved.extend(moved);
+        }
+    };
+    let keys: Vec<(String, String)> = catalog.tables.keys().cloned().collect();
+    for key in keys {
+        restore(catalog.tables.get_mut(&key).expect("a key just listed"));
+    }
+    for dropped in &mut catalog.dropped {
+        restore(&mut dropped.table);
     }
 }
 
@@ -357,7 +433,7 @@ mod tests {
     use super::*;
     use crate::command::tests::{create, run, with_public};
     use crate::command::{Command, TableChange};
-    use quarry_common::catalog::{ChunkId, DataFile, StripeChunk};
+    use quarry_common::catalog::{DataFile, StripeChunk};
 
     fn ok(catalog: &mut Catalog, command: Command) {
         run(catalog, command).expect("command applies");
@@ -494,6 +570,54 @@ mod tests {
             },
         );
         assert_eq!(catalog.channels.len(), 1);
+        // Two buffered files, the first then moved into a data file.
+        let buffered = |chunk: u128| DataFile {
+            chunk: ChunkId(chunk),
+            size_bytes: 3,
+            checksum_crc32c: 7,
+            row_count: 2,
+            column_stats: vec![],
+        };
+        for (chunk, offset) in [(104, 4), (105, 6)] {
+            ok(
+                &mut catalog,
+                Command::AppendBuffered {
+                    table: t1,
+                    file: buffered(chunk),
+                    bytes: bytes::Bytes::from(vec![chunk as u8; 3]),
+                    channel: "writer-1".into(),
+                    offset,
+                },
+            );
+        }
+        let range = RowRange {
+            chunk: ChunkId(106),
+            size_bytes: 10,
+            checksum_crc32c: 1,
+            first_row: 0,
+            rows: 2,
+        };
+        ok(
+            &mut catalog,
+            Command::MoveBuffered {
+                change: TableChange {
+                    table: t1,
+                    added: vec![DataFile {
+                        chunk: ChunkId(106),
+                        size_bytes: 10,
+                        checksum_crc32c: 1,
+                        row_count: 2,
+                        column_stats: vec![],
+                    }],
+                    removed: vec![ChunkId(104)],
+                    stripes: vec![],
+                },
+                moved: vec![(ChunkId(104), vec![range])],
+            },
+        );
+        let table = catalog.table("public", "t1").expect("t1");
+        assert_eq!(table.buffer.keys().collect::<Vec<_>>(), [&ChunkId(105)]);
+        assert_eq!(table.moved.len(), 1);
         let mut bytes = Vec::new();
         write(&catalog, &mut bytes).expect("write");
         let back = read(bytes.as_slice()).expect("read");
@@ -504,8 +628,11 @@ mod tests {
             t1.live_files,
             catalog.table("public", "t1").expect("t1").live_files
         );
-        // The committed file and the channel's.
-        assert_eq!(t1.live_files.len(), 2);
+        assert_eq!(t1.buffer[&ChunkId(105)], bytes::Bytes::from(vec![105u8; 3]));
+        assert_eq!(t1.moved[&ChunkId(104)], vec![range]);
+        // The committed file, the channel's, the buffered one and the one
+        // the other moved into.
+        assert_eq!(t1.live_files.len(), 4);
         assert_eq!(back.channels, catalog.channels);
         assert_eq!(
             back.stripe_of(ChunkId(101)).map(|s| s.id),

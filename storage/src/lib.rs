@@ -35,6 +35,6 @@ pub mod transport;
 
 pub use chunk_store::{ChunkRef, ChunkStore};
 pub use error::{Error, Fault, Result};
-pub use stripe_store::{StripeStore, blocking};
+pub use stripe_store::{StripeStore, blocking, new_chunk_id};
 pub use stripe_writer::StripeWriter;
 pub use transport::ChunkTransport;

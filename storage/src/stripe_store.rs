@@ -54,7 +54,8 @@ pub fn reference(chunk: &StripeChunk) -> ChunkRef {
     }
 }
 
-pub(crate) fn new_chunk_id() -> ChunkId {
+/// A new chunk id: a UUIDv7, so ids sort roughly by creation time.
+pub fn new_chunk_id() -> ChunkId {
     ChunkId(uuid::Uuid::now_v7().as_u128())
 }
 

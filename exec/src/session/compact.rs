@@ -7,13 +7,21 @@
 //! it was (its new files are orphans the chunk collector deletes), and one
 //! that finds a file it merges rewritten meanwhile (a DELETE) fails its
 //! commit and changes nothing.
+//!
+//! The same compactor moves a table's ingest buffer (the files appends hold
+//! in the Raft catalog) into data files in stripes: the buffered files are
+//! read in the order they were appended and written as full-size files, and
+//! one [`Command::MoveBuffered`] swaps them, recording where each buffered
+//! file's rows now are so that older snapshots still read them.
 
 use super::*;
 use crate::data_file::{DataFileWriter, FILE_ROWS_MAX};
-use crate::table::{is_table_scan, scan_files, with_scan_files};
+use crate::table::{is_table_scan, scan_files, with_scan_files, with_scan_files_in_order};
 use datafusion::common::TableReference;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::physical_plan::ExecutionPlan;
-use quarry_common::catalog::{DataFile, TableId};
+use quarry_common::catalog::{ChunkId, DataFile, FileEntry, RowRange, TableId, TimestampMicros};
+use std::collections::HashMap;
 
 /// A file under this many rows is small.
 pub const SMALL_FILE_ROWS: u64 = FILE_ROWS_MAX / 8;
@@ -24,6 +32,109 @@ pub const COMPACT_MIN_FILES: usize = 8;
 /// Most files merged by one compaction.
 const COMPACT_MAX_FILES: usize = 1024;
 
+/// A table's ingest buffer is moved into data files once it holds this
+/// many rows ...
+pub const FLUSH_MIN_ROWS: u64 = SMALL_FILE_ROWS;
+
+/// ... or this many bytes, or once its oldest file is old enough.
+pub const FLUSH_MIN_BYTES: u64 = 64 << 20;
+
+/// Most rows one move of the buffer takes (a few full data files).
+const FLUSH_MAX_ROWS: u64 = 4 * FILE_ROWS_MAX;
+
+/// What the compactor would do to a table now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compaction {
+    /// Move these buffered files (oldest first) into data files.
+    Flush(Vec<DataFile>),
+    /// Merge these small data files (oldest first).
+    Merge(Vec<DataFile>),
+}
+
+/// The compaction `table` is due at time `now`: its ingest buffer's move
+/// when the buffer is large enough or its oldest file has waited
+/// `max_age` microseconds, else a merge of its small files
+/// (see [`compaction_candidates`]); None when neither is due.
+pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Option<Compaction> {
+    let flush = flush_candidates(table, now, max_age);
+    if !flush.is_empty() {
+        return Some(Compaction::Flush(flush));
+    }
+    let merge = compaction_candidates(table);
+    (!merge.is_empty()).then_some(Compaction::Merge(merge))
+}
+
+/// The buffered files of `table`'s current snapshot, oldest first (up to
+/// a few data files of rows), when the buffer is due to move at `now`.
+fn flush_candidates(table: &Table, now: TimestampMicros, max_age: i64) -> Vec<DataFile> {
+    if table.buffer.is_empty() {
+        return Vec::new();
+    }
+    let buffered: Vec<&FileEntry> = table
+        .files
+        .iter()
+        .filter(|e| e.removed_in.is_none() && table.buffer.contains_key(&e.file.chunk))
+        .collect();
+    let Some(oldest) = buffered.first() else {
+        return Vec::new();
+    };
+    let rows: u64 = buffered.iter().map(|e| e.file.row_count).sum();
+    let bytes: u64 = buffered.iter().map(|e| e.file.size_bytes).sum();
+    let waited = table
+        .snapshots
+        .iter()
+        .find(|s| s.id == oldest.added_in)
+        .is_none_or(|s| now - s.committed_at >= max_age);
+    if rows < FLUSH_MIN_ROWS && bytes < FLUSH_MIN_BYTES && !waited {
+        return Vec::new();
+    }
+    let mut chosen = Vec::new();
+    let mut rows = 0;
+    for entry in buffered {
+        if chosen.len() == COMPACT_MAX_FILES || (rows >= FLUSH_MAX_ROWS && !chosen.is_empty()) {
+            break;
+        }
+        rows += entry.file.row_count;
+        chosen.push(entry.file.clone());
+    }
+    chosen
+}
+
+/// Where the rows of each of `files` (read in order and written as `added`,
+/// a new data file every [`FILE_ROWS_MAX`] rows) are in `added`.
+fn moved_rows(files: &[DataFile], added: &[DataFile]) -> Result<Vec<(ChunkId, Vec<RowRange>)>> {
+    let mut at = 0u64;
+    let mut moved = Vec::with_capacity(files.len());
+    for file in files {
+        let mut ranges = Vec::new();
+        let end = at + file.row_count;
+        while at < end {
+            let index = (at / FILE_ROWS_MAX) as usize;
+            let first_row = at % FILE_ROWS_MAX;
+            let target = added.get(index).ok_or_else(|| {
+                Error::Internal(format!("moved rows past the {} files written", added.len()))
+            })?;
+            let rows = (end - at).min(FILE_ROWS_MAX - first_row);
+            if first_row + rows > target.row_count {
+                return Err(Error::Internal(format!(
+                    "moved rows {first_row}+{rows} past the {} of a written file",
+                    target.row_count
+                )));
+            }
+            ranges.push(RowRange {
+                chunk: target.chunk,
+                size_bytes: target.size_bytes,
+                checksum_crc32c: target.checksum_crc32c,
+                first_row,
+                rows,
+            });
+            at += rows;
+        }
+        moved.push((file.chunk, ranges));
+    }
+    Ok(moved)
+}
+
 /// What one compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compacted {
@@ -33,6 +144,8 @@ pub struct Compacted {
     pub files_added: usize,
     /// Rows moved.
     pub rows: u64,
+    /// Whether the files replaced were the ingest buffer's.
+    pub buffered: bool,
 }
 
 /// The small files of `table`'s current snapshot to merge, oldest first (up
@@ -40,7 +153,7 @@ pub struct Compacted {
 pub fn compaction_candidates(table: &Table) -> Vec<DataFile> {
     let small: Vec<&DataFile> = table
         .files_at(table.current_snapshot().id)
-        .filter(|f| f.row_count < SMALL_FILE_ROWS)
+        .filter(|f| f.row_count < SMALL_FILE_ROWS && !table.buffer.contains_key(&f.chunk))
         .collect();
     if small.len() < COMPACT_MIN_FILES {
         return Vec::new();
@@ -72,14 +185,15 @@ fn find_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
 }
 
 impl Session {
-    /// Merges the small files of table `id` (see [`compaction_candidates`]);
-    /// None when it has too few. Runs as its own statement: call it on a
+    /// Moves table `id`'s ingest buffer into data files or merges its small
+    /// files, whichever is due (see [`compaction_due`], `max_age` as there);
+    /// None when neither is. Runs as its own statement: call it on a
     /// session outside a transaction block.
     ///
     /// # Errors
     /// Reading or writing the files, or the commit's (40001 when a merged
     /// file was rewritten meanwhile); then nothing changed.
-    pub async fn compact_table(&mut self, id: TableId) -> Result<Option<Compacted>> {
+    pub async fn compact_table(&mut self, id: TableId, max_age: i64) -> Result<Option<Compacted>> {
         if self.transaction.is_some() {
             return Err(Error::Internal(
                 "compaction runs outside a transaction block".to_owned(),
@@ -89,10 +203,11 @@ impl Session {
         let Some(table) = view.catalog.table_by_id(id).cloned() else {
             return Ok(None);
         };
-        let chosen = compaction_candidates(&table);
-        if chosen.is_empty() {
-            return Ok(None);
-        }
+        let (chosen, flush) = match compaction_due(&table, quarry_raft::now_micros(), max_age) {
+            None => return Ok(None),
+            Some(Compaction::Flush(files)) => (files, true),
+            Some(Compaction::Merge(files)) => (files, false),
+        };
         let logical = self
             .scan_plan(TableReference::partial(
                 table.schema.as_str(),
@@ -107,11 +222,17 @@ impl Session {
             .map_err(Error::from_engine)?;
         let scan = find_scan(&physical)
             .ok_or_else(|| Error::Internal(format!("no table scan of {}", table.name)))?;
-        let wanted: std::collections::HashSet<_> = chosen.iter().map(|f| f.chunk).collect();
-        let files: Vec<_> = scan_files(scan.as_ref())
+        // Whole files: the planner may have split a file by byte ranges.
+        let mut by_chunk: HashMap<ChunkId, PartitionedFile> = scan_files(scan.as_ref())
             .into_iter()
-            .filter(|(_, chunk)| wanted.contains(&chunk.id))
-            .map(|(file, _)| file)
+            .map(|(mut file, chunk)| {
+                file.range = None;
+                (chunk.id, file)
+            })
+            .collect();
+        let files: Vec<_> = chosen
+            .iter()
+            .filter_map(|f| by_chunk.remove(&f.chunk))
             .collect();
         if files.len() != chosen.len() {
             return Err(Error::Internal(format!(
@@ -121,8 +242,14 @@ impl Session {
                 chosen.len()
             )));
         }
-        let merged = with_scan_files(scan.as_ref(), files, 1)
-            .ok_or_else(|| Error::Internal("the scan cannot be narrowed".to_owned()))?;
+        // A move of the buffer reads its files in order, so that where each
+        // one's rows land follows from the row counts.
+        let merged = if flush {
+            with_scan_files_in_order(scan.as_ref(), files)
+        } else {
+            with_scan_files(scan.as_ref(), files, 1)
+        }
+        .ok_or_else(|| Error::Internal("the scan cannot be narrowed".to_owned()))?;
         let mut batches = self.execute_physical(merged)?;
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut rows = 0u64;
@@ -144,9 +271,22 @@ impl Session {
         }
         let (changes, _) = view.writes.take().await?;
         let files_added = changes.iter().map(|c| c.added.len()).sum();
-        let command = Command::Commit {
-            changes: changes.clone(),
-            read_set: Vec::new(),
+        let command = match (flush, changes.as_slice()) {
+            (true, [change]) => Command::MoveBuffered {
+                change: change.clone(),
+                moved: moved_rows(&chosen, &change.added)?,
+            },
+            (true, _) => {
+                view.writes.discard_changes(changes);
+                return Err(Error::Internal(format!(
+                    "a move of {}'s buffer changed other than one table",
+                    table.name
+                )));
+            }
+            (false, _) => Command::Commit {
+                changes: changes.clone(),
+                read_set: Vec::new(),
+            },
         };
         if let Err(e) = self.engine.meta.write(command).await {
             if transaction::refused(&e) {
@@ -158,6 +298,45 @@ impl Session {
             files_removed: chosen.len(),
             files_added,
             rows,
+            buffered: flush,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(chunk: u128, row_count: u64) -> DataFile {
+        DataFile {
+            chunk: ChunkId(chunk),
+            size_bytes: 100 + chunk as u64,
+            checksum_crc32c: chunk as u32,
+            row_count,
+            column_stats: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn moved_rows_follow_the_order_files_were_read_in() {
+        let max = FILE_ROWS_MAX;
+        // Three buffered files, the second straddling the written files' cut.
+        let files = [file(1, max - 10), file(2, 30), file(3, 5)];
+        let added = [file(10, max), file(11, 25)];
+        let moved = moved_rows(&files, &added).expect("placed");
+        let ranges = |moved: &[RowRange]| -> Vec<(u128, u64, u64)> {
+            moved
+                .iter()
+                .map(|r| (r.chunk.0, r.first_row, r.rows))
+                .collect()
+        };
+        assert_eq!(moved[0].0, ChunkId(1));
+        assert_eq!(ranges(&moved[0].1), [(10, 0, max - 10)]);
+        assert_eq!(ranges(&moved[1].1), [(10, max - 10, 10), (11, 0, 20)]);
+        assert_eq!(ranges(&moved[2].1), [(11, 20, 5)]);
+        assert_eq!(moved[2].1[0].size_bytes, 111);
+        // Written files that do not hold the rows read: refused.
+        assert!(moved_rows(&files, &added[..1]).is_err());
+        assert!(moved_rows(&files, &[file(10, max), file(11, 3)]).is_err());
     }
 }

@@ -607,6 +607,8 @@ impl Session {
             snapshots: Default::default(),
             files: Default::default(),
             live_files: Default::default(),
+            buffer: Default::default(),
+            moved: Default::default(),
             retention_micros,
             layout,
         });

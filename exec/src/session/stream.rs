@@ -1,9 +1,12 @@
 //! The streaming API's appends (BigQuery's Storage Write API with offsets,
 //! <https://cloud.google.com/bigquery/docs/write-api#application-created_streams>):
-//! rows of one request to a channel of a table are written as data files and
-//! committed with the channel's new offset in one Raft command
-//! ([`Command::Append`]), so a retried request whose answer was lost finds
-//! its rows written (the offset has moved past them) and writes nothing twice.
+//! rows of one request to a channel of a table are encoded as one data file
+//! held in the table's replicated ingest buffer and committed with the
+//! channel's new offset in one Raft command ([`Command::AppendBuffered`]), so
+//! a retried request whose answer was lost finds its rows written (the
+//! offset has moved past them) and writes nothing twice. A request too large
+//! for the buffer is written as data files in stripes instead
+//! ([`Command::Append`]), with the same offset rule.
 
 use super::*;
 use crate::copy::RowBuffer;
@@ -11,6 +14,7 @@ use crate::data_file::DataFileWriter;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::reader::StreamReader;
+use quarry_common::catalog::DataFile;
 
 /// A request's rows, as the client sent them.
 #[derive(Debug, Clone, Copy)]
@@ -315,32 +319,59 @@ impl Session {
         if count == 0 {
             return Ok(Appended::Committed { next_offset });
         }
-        let writes = view.writes.clone();
-        let mut writer = DataFileWriter::new(table.clone(), writes.clone());
+        let mut writer = DataFileWriter::in_memory(table.clone());
         for batch in batches {
             writer.write(batch).await?;
         }
-        writer.finish().await?;
-        let (mut changes, _) = writes.take().await?;
-        let change = match changes.pop() {
-            Some(change) if changes.is_empty() => change,
-            _ => {
-                return Err(Error::Internal(
-                    "an append wrote other than one table's files".to_owned(),
-                ));
+        let mut files = writer.finish_in_memory().await?;
+        let writes = view.writes.clone();
+        let mut stored = None;
+        let command = match files.pop() {
+            Some((file, bytes)) if files.is_empty() && bytes.len() <= BUFFERED_FILE_BYTES_MAX => {
+                Command::AppendBuffered {
+                    table: table.id,
+                    file,
+                    bytes,
+                    channel: channel.to_owned(),
+                    offset,
+                }
             }
-        };
-        let command = Command::Append {
-            change: change.clone(),
-            channel: channel.to_owned(),
-            offset,
+            last => {
+                for (file, bytes) in files.into_iter().chain(last) {
+                    let chunk = writes.put(&table, bytes).await?;
+                    writes.add(
+                        table.id,
+                        DataFile {
+                            chunk: chunk.id,
+                            size_bytes: chunk.size_bytes,
+                            checksum_crc32c: chunk.checksum_crc32c,
+                            ..file
+                        },
+                    );
+                }
+                let (mut changes, _) = writes.take().await?;
+                let change = match changes.pop() {
+                    Some(change) if changes.is_empty() => change,
+                    _ => {
+                        return Err(Error::Internal(
+                            "an append wrote other than one table's files".to_owned(),
+                        ));
+                    }
+                };
+                stored = Some(change.clone());
+                Command::Append {
+                    change,
+                    channel: channel.to_owned(),
+                    offset,
+                }
+            }
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Appended::Committed {
                 next_offset: offset + count,
             }),
             Err(e) => {
-                if transaction::refused(&e) {
+                if let Some(change) = stored.filter(|_| transaction::refused(&e)) {
                     writes.discard_changes(vec![change]);
                 }
                 match e {
@@ -357,6 +388,12 @@ impl Session {
         }
     }
 }
+
+/// Largest data file an append holds in the ingest buffer (in the Raft log
+/// and every node's catalog); a larger one goes to stripes as it is. Below
+/// DataFusion's `repartition_file_min_size`, so a scan never splits a
+/// buffered file by byte ranges (a moved one is read re-encoded).
+pub const BUFFERED_FILE_BYTES_MAX: usize = 8 << 20;
 
 /// What an append at `offset` to a channel at `next_offset` comes to
 /// without writing: None when it is to be written.

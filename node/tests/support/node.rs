@@ -184,6 +184,11 @@ impl TestNode {
         self.wait_ready().await;
     }
 
+    /// Replaces the flags after the ports for the next [`TestNode::restart`].
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

@@ -1132,3 +1132,102 @@ fn revoking_from_public_on_schema_public_removes_its_implicit_usage() {
     .unwrap();
     assert!(!catalog.has_privilege(alice, &public, Privileges::USAGE));
 }
+
+fn buffered_append(table: TableId, offset: u64, rows: u64) -> Command {
+    Command::AppendBuffered {
+        table,
+        file: DataFile {
+            chunk: ChunkId(2_000 + u128::from(offset)),
+            ..file(rows)
+        },
+        bytes: bytes::Bytes::from(vec![offset as u8; 4]),
+        channel: "w".into(),
+        offset,
+    }
+}
+
+fn range(chunk: u128, first_row: u64, rows: u64) -> RowRange {
+    RowRange {
+        chunk: ChunkId(chunk),
+        size_bytes: 10,
+        checksum_crc32c: 1,
+        first_row,
+        rows,
+    }
+}
+
+#[test]
+fn buffered_rows_are_held_until_moved_whole_and_forgotten_when_they_expire() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let id = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, buffered_append(id, 0, 3)).expect("first");
+    run(&mut catalog, buffered_append(id, 3, 2)).expect("second");
+    let before = catalog.clone();
+    assert!(matches!(
+        run(&mut catalog, buffered_append(id, 0, 3)),
+        Err(CatalogError::ChannelOffset { next_offset: 5, .. })
+    ));
+    assert_eq!(catalog, before);
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.buffer.len(), 2);
+    assert_eq!(table.current_snapshot().row_count, 5);
+    assert_eq!(catalog.channels.get(&(id, "w".to_owned())), Some(&5));
+
+    let merged = DataFile {
+        chunk: ChunkId(3_000),
+        ..file(5)
+    };
+    let move_to = |moved: Vec<(ChunkId, Vec<RowRange>)>| Command::MoveBuffered {
+        change: TableChange {
+            table: id,
+            added: vec![merged.clone()],
+            removed: vec![ChunkId(2_000), ChunkId(2_003)],
+            stripes: vec![],
+        },
+        moved,
+    };
+    // Rows not all placed, a file left out, a file not in the buffer: refused.
+    for moved in [
+        vec![
+            (ChunkId(2_000), vec![range(3_000, 0, 2)]),
+            (ChunkId(2_003), vec![range(3_000, 3, 2)]),
+        ],
+        vec![(ChunkId(2_000), vec![range(3_000, 0, 3)])],
+        vec![
+            (ChunkId(2_000), vec![range(3_000, 0, 3)]),
+            (ChunkId(2_003), vec![range(3_000, 3, 2)]),
+            (ChunkId(9), vec![]),
+        ],
+    ] {
+        assert!(matches!(
+            run(&mut catalog, move_to(moved)),
+            Err(CatalogError::BufferMove(_))
+        ));
+        assert_eq!(catalog, before);
+    }
+    run(
+        &mut catalog,
+        move_to(vec![
+            (ChunkId(2_000), vec![range(3_000, 0, 3)]),
+            (ChunkId(2_003), vec![range(3_000, 3, 2)]),
+        ]),
+    )
+    .expect("move");
+    let table = catalog.table("public", "t").expect("t");
+    assert!(table.buffer.is_empty());
+    assert_eq!(table.moved.len(), 2);
+    assert_eq!(table.current_snapshot().row_count, 5);
+    let keep_from = table.current_snapshot().id;
+    run(
+        &mut catalog,
+        Command::ExpireSnapshots {
+            table: id,
+            keep_from,
+        },
+    )
+    .expect("expire");
+    let table = catalog.table("public", "t").expect("t");
+    assert!(table.moved.is_empty());
+    assert_eq!(table.live_files.len(), 1);
+}
