@@ -28,14 +28,53 @@ pub enum LoadFormat {
 }
 
 impl LoadFormat {
-    /// The format of `path` by its extension.
+    /// The format of `path` by its extension (the one before `.gz` or
+    /// `.zst` for a compressed file).
     fn of(path: &Path) -> Option<LoadFormat> {
+        let path = match Compression::of(path) {
+            Compression::None => path,
+            _ => Path::new(path.file_stem()?),
+        };
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "parquet" => Some(LoadFormat::Parquet),
             "csv" => Some(LoadFormat::Csv),
             "ndjson" | "jsonl" | "json" => Some(LoadFormat::Ndjson),
             _ => None,
         }
+    }
+}
+
+/// How a CSV or NDJSON file is compressed, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    /// `.gz` (RFC 1952; concatenated members read as one stream).
+    Gzip,
+    /// `.zst` (RFC 8878).
+    Zstd,
+}
+
+impl Compression {
+    fn of(path: &Path) -> Compression {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("gz" | "gzip") => Compression::Gzip,
+            Some("zst" | "zstd") => Compression::Zstd,
+            _ => Compression::None,
+        }
+    }
+
+    /// The decompressed bytes of `file`.
+    fn reader(self, file: std::fs::File) -> anyhow::Result<Box<dyn std::io::Read>> {
+        Ok(match self {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        })
     }
 }
 
@@ -76,10 +115,24 @@ pub struct LoadSummary {
     pub channel: String,
 }
 
-/// The files `paths` name, in order: directories' files sorted by name.
+/// The files `paths` name, in order: directories' files sorted by name, a
+/// glob pattern's matches (`*`, `?`, `[...]`, `**`) sorted by name.
 fn files_of(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
+        let text = path.to_string_lossy();
+        if !path.exists() && text.contains(['*', '?', '[']) {
+            let mut matched: Vec<PathBuf> = glob::glob(&text)
+                .with_context(|| format!("the pattern {text}"))?
+                .collect::<Result<_, _>>()?;
+            matched.retain(|p| p.is_file());
+            if matched.is_empty() {
+                bail!("no file matches {text}");
+            }
+            matched.sort();
+            files.extend(matched);
+            continue;
+        }
         let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
         if meta.is_dir() {
             let mut inside: Vec<PathBuf> = std::fs::read_dir(path)?
@@ -132,12 +185,21 @@ fn read_file(
     format: LoadFormat,
     batch_rows: usize,
 ) -> anyhow::Result<(SchemaRef, Batches)> {
-    let open = || std::fs::File::open(path).with_context(|| format!("{}", path.display()));
+    let compression = Compression::of(path);
+    let open = || -> anyhow::Result<Box<dyn std::io::Read>> {
+        let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        compression.reader(file)
+    };
     match format {
+        LoadFormat::Parquet if compression != Compression::None => bail!(
+            "{} is a compressed Parquet file; Parquet compresses its own pages, load it \
+             uncompressed",
+            path.display()
+        ),
         LoadFormat::Parquet => {
             let builder =
                 datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    open()?,
+                    std::fs::File::open(path).with_context(|| format!("{}", path.display()))?,
                 )
                 .with_context(|| format!("{} is not a Parquet file", path.display()))?;
             let reader = builder.with_batch_size(batch_rows).build()?;
@@ -416,6 +478,27 @@ mod tests {
         ]));
         let error = create_statement("t", &nested).unwrap_err().to_string();
         assert!(error.contains("column \"tags\""), "{error}");
+    }
+
+    #[test]
+    fn compressed_files_are_known_by_their_two_extensions() {
+        let of = |name: &str| {
+            (
+                LoadFormat::of(Path::new(name)),
+                Compression::of(Path::new(name)),
+            )
+        };
+        assert_eq!(of("a.csv.gz"), (Some(LoadFormat::Csv), Compression::Gzip));
+        assert_eq!(
+            of("a.JSONL.zst"),
+            (Some(LoadFormat::Ndjson), Compression::Zstd)
+        );
+        assert_eq!(
+            of("a.parquet"),
+            (Some(LoadFormat::Parquet), Compression::None)
+        );
+        assert_eq!(of("a.gz"), (None, Compression::Gzip));
+        assert_eq!(of("a.txt"), (None, Compression::None));
     }
 
     #[test]

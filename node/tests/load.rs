@@ -287,3 +287,67 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     let out = String::from_utf8_lossy(&third.stdout);
     assert!(out.starts_with("loaded 0 rows"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_load_reads_gzip_and_zstd_files_named_by_a_glob() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    let csv: String = std::iter::once("id,name\n".to_owned())
+        .chain((0..300).map(|i| format!("{i},c{i}\n")))
+        .collect();
+    let ndjson: String = (300..500)
+        .map(|i| format!("{{\"id\": {i}, \"name\": \"j{i}\"}}\n"))
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(files.join("part-1.csv.gz")).expect("file"),
+        flate2::Compression::default(),
+    );
+    gz.write_all(csv.as_bytes()).expect("gzip");
+    gz.finish().expect("gzip");
+    std::fs::write(
+        files.join("part-2.ndjson.zst"),
+        zstd::encode_all(ndjson.as_bytes(), 3).expect("zstd"),
+    )
+    .expect("file");
+    std::fs::write(files.join("other.txt"), "not matched").expect("file");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE l (id bigint, name text)")
+        .await
+        .expect("create");
+    let load = |pattern: String| {
+        std::process::Command::new(quarry())
+            .args(["load", &pattern, "--table", "public.l"])
+            .args(["--url", &format!("http://127.0.0.1:{}", node.http_port)])
+            .args(["--pg", &format!("127.0.0.1:{}", node.pg_port)])
+            .output()
+            .expect("quarry load runs")
+    };
+    let done = load(files.join("part-*").display().to_string());
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let row = bigints(
+        &node.client().await,
+        "SELECT count(*), count(DISTINCT id), sum(id), \
+         count(*) FILTER (WHERE name = 'c' || id OR name = 'j' || id) FROM l",
+    )
+    .await;
+    assert_eq!(row, [500, 500, (0..500).sum::<i64>(), 500]);
+    // A pattern that matches nothing, and a compressed Parquet file: clear
+    // refusals, nothing loaded.
+    let none = load(files.join("nothing-*.csv").display().to_string());
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no file matches"));
+    std::fs::write(files.join("x.parquet.gz"), b"whatever").expect("file");
+    let parquet = load(files.join("x.parquet.gz").display().to_string());
+    assert!(!parquet.status.success());
+    assert!(String::from_utf8_lossy(&parquet.stderr).contains("compressed Parquet"));
+    let row = bigints(&node.client().await, "SELECT count(*) FROM l").await;
+    assert_eq!(row, [500]);
+}
