@@ -1007,14 +1007,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 return Err(CatalogError::AppendRemoves);
             }
             let key = (change.table, channel.clone());
-            let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
-            if *offset != next_offset {
-                return Err(CatalogError::ChannelOffset {
-                    channel: channel.clone(),
-                    offset: *offset,
-                    next_offset,
-                });
-            }
+            let next_offset = channel_at(catalog, &key, *offset)?;
             let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
             let applied = commit(
                 catalog,
@@ -1033,14 +1026,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             offset,
         } => {
             let key = (*table, channel.clone());
-            let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
-            if *offset != next_offset {
-                return Err(CatalogError::ChannelOffset {
-                    channel: channel.clone(),
-                    offset: *offset,
-                    next_offset,
-                });
-            }
+            let next_offset = channel_at(catalog, &key, *offset)?;
             let change = TableChange {
                 table: *table,
                 added: vec![file.clone()],
@@ -1749,6 +1735,24 @@ fn commit(
         snapshot,
         committed_at,
     })
+}
+
+/// The next offset of channel `key`, if an append at `offset` is the next
+/// one; [`CatalogError::ChannelOffset`] otherwise.
+fn channel_at(
+    catalog: &Catalog,
+    key: &(TableId, String),
+    offset: u64,
+) -> Result<u64, CatalogError> {
+    let next_offset = catalog.channels.get(key).copied().unwrap_or(0);
+    if offset != next_offset {
+        return Err(CatalogError::ChannelOffset {
+            channel: key.1.clone(),
+            offset,
+            next_offset,
+        });
+    }
+    Ok(next_offset)
 }
 
 /// The columns a new table gets for `defs`: field ids 1, 2, ... in order.
