@@ -385,11 +385,19 @@ impl Table {
 
     /// The files of the current snapshot held in the ingest buffer.
     pub fn buffered_files(&self) -> impl Iterator<Item = &DataFile> {
-        self.live_files
+        self.buffered_entries().into_iter().map(|e| &e.file)
+    }
+
+    /// The entries of the current snapshot's buffered files, oldest first
+    /// (found from the buffer, not by walking the table's history).
+    pub fn buffered_entries(&self) -> Vec<&FileEntry> {
+        let mut at: Vec<usize> = self
+            .buffer
             .keys()
-            .filter(|chunk| self.buffer.contains_key(*chunk))
-            .filter_map(|chunk| self.live_file(*chunk))
-            .map(|e| &e.file)
+            .filter_map(|chunk| self.live_files.get(chunk).copied())
+            .collect();
+        at.sort_unstable();
+        at.into_iter().map(|i| &self.files[i]).collect()
     }
 
     /// The data files of snapshot `id`.

@@ -1006,17 +1006,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             if !change.removed.is_empty() {
                 return Err(CatalogError::AppendRemoves);
             }
-            let key = (change.table, channel.clone());
-            let next_offset = channel_at(catalog, &key, *offset)?;
-            let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
-            let applied = commit(
-                catalog,
-                proposal.proposed_at,
-                std::slice::from_ref(change),
-                &[],
-            )?;
-            catalog.channels.insert(key, next_offset + rows);
-            Ok(applied)
+            commit_to_channel(catalog, proposal.proposed_at, change, channel, *offset)
         }
         Command::AppendBuffered {
             table,
@@ -1025,21 +1015,17 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             channel,
             offset,
         } => {
-            let key = (*table, channel.clone());
-            let next_offset = channel_at(catalog, &key, *offset)?;
             let change = TableChange {
                 table: *table,
                 added: vec![file.clone()],
                 removed: Vec::new(),
                 stripes: Vec::new(),
             };
-            let applied = commit(catalog, proposal.proposed_at, &[change], &[])?;
-            let name = catalog.table_key(*table).cloned().expect("just committed");
-            let entry = catalog.tables.get_mut(&name).expect("just committed");
-            Arc::make_mut(entry)
+            let applied =
+                commit_to_channel(catalog, proposal.proposed_at, &change, channel, *offset)?;
+            committed_table(catalog, *table)
                 .buffer
                 .insert(file.chunk, bytes.clone());
-            catalog.channels.insert(key, next_offset + file.row_count);
             Ok(applied)
         }
         Command::MoveBuffered { change, moved } => {
@@ -1068,11 +1054,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 std::slice::from_ref(change),
                 &[],
             )?;
-            let name = catalog
-                .table_key(change.table)
-                .cloned()
-                .expect("just committed");
-            let table = Arc::make_mut(catalog.tables.get_mut(&name).expect("just committed"));
+            let table = committed_table(catalog, change.table);
             for (chunk, ranges) in moved {
                 table.buffer.remove(chunk);
                 table.moved.insert(*chunk, ranges.clone());
@@ -1737,22 +1719,35 @@ fn commit(
     })
 }
 
-/// The next offset of channel `key`, if an append at `offset` is the next
-/// one; [`CatalogError::ChannelOffset`] otherwise.
-fn channel_at(
-    catalog: &Catalog,
-    key: &(TableId, String),
+/// Commits `change` (files added only) as rows of `channel` at `offset`,
+/// moving the channel past them, if `offset` is the channel's next offset;
+/// [`CatalogError::ChannelOffset`] otherwise, changing nothing.
+fn commit_to_channel(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    change: &TableChange,
+    channel: &str,
     offset: u64,
-) -> Result<u64, CatalogError> {
-    let next_offset = catalog.channels.get(key).copied().unwrap_or(0);
+) -> Result<Applied, CatalogError> {
+    let key = (change.table, channel.to_owned());
+    let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
     if offset != next_offset {
         return Err(CatalogError::ChannelOffset {
-            channel: key.1.clone(),
+            channel: channel.to_owned(),
             offset,
             next_offset,
         });
     }
-    Ok(next_offset)
+    let applied = commit(catalog, proposed_at, std::slice::from_ref(change), &[])?;
+    let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
+    catalog.channels.insert(key, next_offset + rows);
+    Ok(applied)
+}
+
+/// Table `id`, which a commit has just changed, to change further.
+fn committed_table(catalog: &mut Catalog, id: TableId) -> &mut Table {
+    let name = catalog.table_key(id).cloned().expect("just committed");
+    Arc::make_mut(catalog.tables.get_mut(&name).expect("just committed"))
 }
 
 /// The columns a new table gets for `defs`: field ids 1, 2, ... in order.

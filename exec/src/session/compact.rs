@@ -20,7 +20,7 @@ use crate::table::{is_table_scan, scan_files, with_scan_files, with_scan_files_i
 use datafusion::common::TableReference;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::physical_plan::ExecutionPlan;
-use quarry_common::catalog::{ChunkId, DataFile, FileEntry, RowRange, TableId, TimestampMicros};
+use quarry_common::catalog::{ChunkId, DataFile, RowRange, TableId, TimestampMicros};
 use std::collections::HashMap;
 
 /// A file under this many rows is small.
@@ -70,11 +70,7 @@ fn flush_candidates(table: &Table, now: TimestampMicros, max_age: i64) -> Vec<Da
     if table.buffer.is_empty() {
         return Vec::new();
     }
-    let buffered: Vec<&FileEntry> = table
-        .files
-        .iter()
-        .filter(|e| e.removed_in.is_none() && table.buffer.contains_key(&e.file.chunk))
-        .collect();
+    let buffered = table.buffered_entries();
     let Some(oldest) = buffered.first() else {
         return Vec::new();
     };
