@@ -499,6 +499,49 @@ pub struct Catalog {
     /// rows they cover; records of their own in the Raft snapshot file.
     #[serde(skip)]
     pub channels: OrdMap<(TableId, String), u64>,
+    /// The sources of external tables (`CREATE EXTERNAL TABLE`), by table
+    /// id: such a table has no data files of its own, its rows are the
+    /// files the source names, read when a query scans it. Records of their
+    /// own in the Raft snapshot file.
+    #[serde(skip)]
+    pub external: OrdMap<TableId, Arc<ExternalSource>>,
+}
+
+/// The format of files read in place or loaded (`LOAD DATA`, external
+/// tables), BigQuery's `format` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFormat {
+    /// Apache Parquet: columns matched by name.
+    Parquet,
+    /// CSV (RFC 4180): columns by position.
+    Csv,
+    /// Newline-delimited JSON: keys matched to columns by name.
+    Json,
+}
+
+impl FileFormat {
+    /// The name BigQuery's `format` option gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileFormat::Parquet => "PARQUET",
+            FileFormat::Csv => "CSV",
+            FileFormat::Json => "NEWLINE_DELIMITED_JSON",
+        }
+    }
+}
+
+/// Where an external table's rows are: files on the nodes' file systems,
+/// read in place at every scan (BigQuery's external table definition,
+/// <https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#create_external_table_statement>).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalSource {
+    /// The files' format.
+    pub format: FileFormat,
+    /// Absolute paths, glob patterns allowed; the same path must name the
+    /// same file on every node that may run a scan of it.
+    pub uris: Vec<String>,
+    /// CSV: header lines to skip (0 or 1).
+    pub skip_leading_rows: u64,
 }
 
 /// A cluster's gossip key: 32 random bytes, HMAC-SHA-256 key of every gossip
@@ -697,6 +740,11 @@ impl Catalog {
             .range((schema.to_owned(), String::new())..)
             .take_while(move |((s, _), _)| s == schema)
             .map(|(_, v)| v)
+    }
+
+    /// The source of table `id` when it is an external table.
+    pub fn external_source(&self, id: TableId) -> Option<&Arc<ExternalSource>> {
+        self.external.get(&id)
     }
 
     /// The (schema, name) of table `id`.

@@ -356,6 +356,12 @@ impl SchemaProvider for QuarrySchema {
             return self.plan_view(view).await.map(Some);
         }
         Ok(self.view.catalog.table(&self.name, name).map(|table| {
+            if let Some(source) = self.view.catalog.external_source(table.id) {
+                return Arc::new(crate::external::ExternalTable::new(
+                    table.clone(),
+                    source.clone(),
+                )) as Arc<dyn TableProvider>;
+            }
             Arc::new(SnapshotTable::new(
                 table.clone(),
                 table.current_snapshot().id,

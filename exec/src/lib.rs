@@ -28,6 +28,7 @@ pub mod credentials;
 pub mod data_file;
 pub mod distributed;
 pub mod error;
+pub mod external;
 pub mod field_ids;
 pub mod information_schema;
 pub mod memory;

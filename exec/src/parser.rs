@@ -554,6 +554,18 @@ pub enum QuarryStatement {
         /// CSV: header lines to skip (0 or 1).
         skip_leading_rows: u64,
     },
+    /// `CREATE EXTERNAL TABLE name [(columns)] OPTIONS (...)` (BigQuery's):
+    /// a table whose rows are files read in place at every scan.
+    CreateExternalTable {
+        /// The table.
+        name: ObjectName,
+        /// IF NOT EXISTS: an existing relation of that name is not an error.
+        if_not_exists: bool,
+        /// Its columns; empty: inferred from the files.
+        columns: Vec<ast::ColumnDef>,
+        /// The files.
+        source: quarry_common::catalog::ExternalSource,
+    },
     /// `MOVE [direction] [FROM | IN] cursor` (PostgreSQL's): repositions a
     /// cursor as FETCH with the same direction would, returning no rows.
     Move {
@@ -690,15 +702,104 @@ fn split_statements(sql: &str) -> Result<Vec<(&str, Vec<TokenWithSpan>)>> {
 
 /// `CREATE ACCESS TOKEN name [VALID UNTIL 'ts']` and `DROP ACCESS TOKEN [IF
 /// EXISTS] name` (Quarry's own); None for other statements.
-/// The formats `LOAD DATA` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    /// Apache Parquet: columns matched by name.
-    Parquet,
-    /// CSV (RFC 4180): columns by position.
-    Csv,
-    /// Newline-delimited JSON: keys matched to columns by name.
-    Json,
+pub use quarry_common::catalog::FileFormat;
+
+/// The options of `LOAD DATA ... FROM FILES (...)` and `CREATE EXTERNAL
+/// TABLE ... OPTIONS (...)`.
+struct FileOptions {
+    format: FileFormat,
+    uris: Vec<String>,
+    skip_leading_rows: u64,
+}
+
+/// `(format = '...', uris = ['...', ...] [, skip_leading_rows = N])`,
+/// BigQuery's file options; `statement` names the statement in errors.
+fn parse_file_options(parser: &mut Parser<'_>, statement: &str) -> Result<FileOptions> {
+    parser.expect_token(&Token::LParen).map_err(syntax_error)?;
+    let (mut format, mut uris, mut skip_leading_rows) = (None, Vec::new(), 0u64);
+    loop {
+        let option = parser
+            .parse_identifier()
+            .map_err(syntax_error)?
+            .value
+            .to_lowercase();
+        parser.expect_token(&Token::Eq).map_err(syntax_error)?;
+        let value = parser.parse_expr().map_err(syntax_error)?;
+        let text = |value: &Expr| match value {
+            Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) => Some(s.clone()),
+                ast::Value::Number(n, _) => Some(n.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let bad = || {
+            syntax_error(format!(
+                "{statement} option {option} = {value} is not valid"
+            ))
+        };
+        match option.as_str() {
+            "format" => {
+                format = Some(
+                    match text(&value).ok_or_else(bad)?.to_uppercase().as_str() {
+                        "PARQUET" => FileFormat::Parquet,
+                        "CSV" => FileFormat::Csv,
+                        "JSON" | "NEWLINE_DELIMITED_JSON" => FileFormat::Json,
+                        other => {
+                            return Err(user_error(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                format!("{statement} format '{other}': PARQUET, CSV or JSON"),
+                            ));
+                        }
+                    },
+                )
+            }
+            "uris" => {
+                let Expr::Array(array) = &value else {
+                    return Err(bad());
+                };
+                uris = array
+                    .elem
+                    .iter()
+                    .map(|e| text(e).ok_or_else(bad))
+                    .collect::<Result<_>>()?;
+            }
+            "skip_leading_rows" => {
+                skip_leading_rows = text(&value).and_then(|n| n.parse().ok()).ok_or_else(bad)?
+            }
+            _ => {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("{statement} option {option} is not supported"),
+                ));
+            }
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen).map_err(syntax_error)?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!(
+            "syntax error at or near \"{}\"",
+            parser.peek_token().token
+        )));
+    }
+    let format = format.ok_or_else(|| {
+        syntax_error(format!(
+            "{statement} needs format = 'PARQUET' | 'CSV' | 'JSON'"
+        ))
+    })?;
+    if uris.is_empty() {
+        return Err(syntax_error(format!(
+            "{statement} needs uris = ['/path/file', ...]"
+        )));
+    }
+    Ok(FileOptions {
+        format,
+        uris,
+        skip_leading_rows,
+    })
 }
 
 /// `LOAD DATA INTO | OVERWRITE table FROM FILES (format = '...', uris =
@@ -723,83 +824,64 @@ fn parse_load_data(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> 
             "LOAD DATA ... takes FROM FILES (format = ..., uris = [...])",
         ));
     }
-    parser.expect_token(&Token::LParen).map_err(syntax_error)?;
-    let (mut format, mut uris, mut skip_leading_rows) = (None, Vec::new(), 0u64);
-    loop {
-        let option = parser
-            .parse_identifier()
-            .map_err(syntax_error)?
-            .value
-            .to_lowercase();
-        parser.expect_token(&Token::Eq).map_err(syntax_error)?;
-        let value = parser.parse_expr().map_err(syntax_error)?;
-        let text = |value: &Expr| match value {
-            Expr::Value(v) => match &v.value {
-                ast::Value::SingleQuotedString(s) => Some(s.clone()),
-                ast::Value::Number(n, _) => Some(n.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let bad = || syntax_error(format!("LOAD DATA option {option} = {value} is not valid"));
-        match option.as_str() {
-            "format" => {
-                format = Some(
-                    match text(&value).ok_or_else(bad)?.to_uppercase().as_str() {
-                        "PARQUET" => FileFormat::Parquet,
-                        "CSV" => FileFormat::Csv,
-                        "JSON" | "NEWLINE_DELIMITED_JSON" => FileFormat::Json,
-                        other => {
-                            return Err(user_error(
-                                SqlState::FEATURE_NOT_SUPPORTED,
-                                format!("LOAD DATA format '{other}': PARQUET, CSV or JSON"),
-                            ));
-                        }
-                    },
-                )
-            }
-            "uris" => {
-                let Expr::Array(array) = &value else {
-                    return Err(bad());
-                };
-                uris = array
-                    .elem
-                    .iter()
-                    .map(|e| text(e).ok_or_else(bad))
-                    .collect::<Result<_>>()?;
-            }
-            "skip_leading_rows" => {
-                skip_leading_rows = text(&value).and_then(|n| n.parse().ok()).ok_or_else(bad)?
-            }
-            _ => {
-                return Err(user_error(
-                    SqlState::FEATURE_NOT_SUPPORTED,
-                    format!("LOAD DATA option {option} is not supported"),
-                ));
-            }
-        }
-        if !parser.consume_token(&Token::Comma) {
-            break;
-        }
-    }
-    parser.expect_token(&Token::RParen).map_err(syntax_error)?;
-    if parser.peek_token().token != Token::EOF {
-        return Err(syntax_error(format!(
-            "syntax error at or near \"{}\"",
-            parser.peek_token().token
-        )));
-    }
-    let format = format
-        .ok_or_else(|| syntax_error("LOAD DATA needs format = 'PARQUET' | 'CSV' | 'JSON'"))?;
-    if uris.is_empty() {
-        return Err(syntax_error("LOAD DATA needs uris = ['/path/file', ...]"));
-    }
+    let FileOptions {
+        format,
+        uris,
+        skip_leading_rows,
+    } = parse_file_options(&mut parser, "LOAD DATA")?;
     Ok(Some(QuarryStatement::LoadData {
         table,
         overwrite,
         format,
         uris,
         skip_leading_rows,
+    }))
+}
+
+/// `CREATE EXTERNAL TABLE [IF NOT EXISTS] name [(column type, ...)] OPTIONS
+/// (format = '...', uris = ['...', ...] [, skip_leading_rows = N])`,
+/// BigQuery's
+/// (<https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#create_external_table_statement>).
+fn parse_external_table(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    if !is_word(0, "create") || !is_word(1, "external") || !is_word(2, "table") {
+        return Ok(None);
+    }
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens[3..].to_vec());
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false).map_err(syntax_error)?;
+    let mut columns = Vec::new();
+    if parser.peek_token().token == Token::LParen {
+        let (defs, constraints) = parser.parse_columns().map_err(syntax_error)?;
+        if !constraints.is_empty() {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "an external table has no constraints",
+            ));
+        }
+        columns = defs;
+    }
+    let options = matches!(&parser.next_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case("options"));
+    if !options {
+        return Err(syntax_error(
+            "CREATE EXTERNAL TABLE takes OPTIONS (format = ..., uris = [...])",
+        ));
+    }
+    let FileOptions {
+        format,
+        uris,
+        skip_leading_rows,
+    } = parse_file_options(&mut parser, "CREATE EXTERNAL TABLE")?;
+    Ok(Some(QuarryStatement::CreateExternalTable {
+        name,
+        if_not_exists,
+        columns,
+        source: quarry_common::catalog::ExternalSource {
+            format,
+            uris,
+            skip_leading_rows,
+        },
     }))
 }
 
@@ -1108,6 +1190,9 @@ fn parse_quarry_statement(
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_load_data(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_external_table(&tokens)? {
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_user_alias(text, &tokens)? {
@@ -2499,6 +2584,50 @@ mod tests {
         let e = parse("LOAD DATA INTO t FROM FILES (format = 'AVRO', uris = ['/a'])")
             .expect_err("avro");
         assert_eq!(e.sqlstate(), SqlState::FEATURE_NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn create_external_table_takes_bigquery_options_and_optional_columns() {
+        let statements = parse(
+            "CREATE EXTERNAL TABLE s.e OPTIONS (format = 'PARQUET', uris = ['/d/*.parquet']);
+             create external table if not exists e (a int, b text) options (uris = ['/c.csv'], format = 'csv', skip_leading_rows = 1)",
+        )
+        .expect("parses");
+        let [
+            QuarryStatement::CreateExternalTable {
+                name,
+                if_not_exists: false,
+                columns,
+                source,
+            },
+            QuarryStatement::CreateExternalTable {
+                if_not_exists: true,
+                columns: declared,
+                source: csv,
+                ..
+            },
+        ] = statements.as_slice()
+        else {
+            panic!("{statements:?}");
+        };
+        assert_eq!(name.to_string(), "s.e");
+        assert!(columns.is_empty());
+        assert_eq!(source.format, FileFormat::Parquet);
+        assert_eq!(source.uris, ["/d/*.parquet"]);
+        assert_eq!(declared.len(), 2);
+        assert_eq!((csv.format, csv.skip_leading_rows), (FileFormat::Csv, 1));
+        for bad in [
+            "CREATE EXTERNAL TABLE e",
+            "CREATE EXTERNAL TABLE e OPTIONS (format = 'CSV')",
+            "CREATE EXTERNAL TABLE e (a int) STORED AS PARQUET LOCATION '/x'",
+            "CREATE EXTERNAL TABLE e OPTIONS (format = 'CSV', uris = ['/a']) x",
+        ] {
+            assert_eq!(
+                parse(bad).expect_err(bad).sqlstate(),
+                SqlState::SYNTAX_ERROR,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

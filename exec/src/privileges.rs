@@ -358,6 +358,15 @@ impl Access {
             )?;
             return self.require_as(role, &Securable::Table(table.id), Privileges::SELECT);
         }
+        if let Some(external) = provider.downcast_ref::<crate::external::ExternalTable>() {
+            let table = external.table();
+            self.require_as(
+                role,
+                &Securable::Schema(table.schema.clone()),
+                Privileges::USAGE,
+            )?;
+            return self.require_as(role, &Securable::Table(table.id), Privileges::SELECT);
+        }
         if let Some(view) = provider.downcast_ref::<ViewTable>() {
             // A scan DataFusion did not inline (one with filters).
             let (schema, name) = self.resolve(&scan.table_name);
@@ -542,6 +551,11 @@ impl Access {
                 Ok(())
             }
             Command::Owned { command, .. } => self.check_command(command),
+            // An external table reads files of the node's file system:
+            // superusers only, as PostgreSQL's server-side COPY.
+            Command::SetExternalSource { .. } if !self.is_superuser() => Err(denied(
+                "must be superuser to create an external table over files on the server".to_owned(),
+            )),
             // Data commits are checked on their plans; the rest is the
             // cluster's own housekeeping.
             _ => Ok(()),

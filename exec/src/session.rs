@@ -69,6 +69,7 @@ mod cursor;
 mod ddl;
 mod dispatch;
 mod dml;
+mod external;
 mod load;
 mod prepared;
 mod roles;
@@ -709,6 +710,15 @@ impl Session {
                 self.load_data(&table, overwrite, format, &uris, skip_leading_rows)
                     .await
             }
+            QuarryStatement::CreateExternalTable {
+                name,
+                if_not_exists,
+                columns,
+                source,
+            } => {
+                self.create_external_table(&name, if_not_exists, &columns, source)
+                    .await
+            }
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
@@ -864,6 +874,11 @@ impl Session {
                     let table = self.table(&view.catalog, &target.name)?.clone();
                     access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
                     access.require(&Securable::Table(table.id), Privileges::TRUNCATE)?;
+                    if view.catalog.external_source(table.id).is_some() {
+                        return Err(
+                            quarry_raft::CatalogError::ExternalTable(table.name.clone()).into()
+                        );
+                    }
                     let source = SnapshotTable::new(
                         table.clone(),
                         table.current_snapshot().id,

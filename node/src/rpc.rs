@@ -38,8 +38,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
 /// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
-/// datagrams with an HMAC tag), needs a new version.
-pub const WIRE_VERSION: u8 = 13;
+/// datagrams with an HMAC tag; version 14: `SetExternalSource`), needs a
+/// new version.
+pub const WIRE_VERSION: u8 = 14;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -916,9 +917,10 @@ mod tests {
             | C::Owned { .. }
             | C::Append { .. }
             | C::AppendBuffered { .. }
-            | C::MoveBuffered { .. } => {}
+            | C::MoveBuffered { .. }
+            | C::SetExternalSource { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 13, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 14, "update the list above");
     }
 
     #[tokio::test]

@@ -175,6 +175,186 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
     assert_eq!(sqlstate(&e), "22023", "{e:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_tables_read_parquet_csv_and_json_files_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    write_parquet(&files.join("a.parquet"), 0..100);
+    write_parquet(&files.join("b.parquet"), 100..150);
+    std::fs::write(
+        files.join("c1.csv"),
+        "id,name,amount\n1,x,1.5\n2,\"y, z\",\n",
+    )
+    .expect("csv");
+    std::fs::write(files.join("c2.csv"), "id,name,amount\n3,w,2.25\n").expect("csv");
+    std::fs::write(
+        files.join("e.ndjson"),
+        "{\"id\": 7, \"name\": \"j\"}\n{\"id\": 8, \"amount\": 0.5}\n",
+    )
+    .expect("json");
+    let mut node = TestNode::start(&dir.path().join("n1")).await;
+    let client = node.client().await;
+    let dir = files.display();
+    // Parquet, its columns taken from the files.
+    client
+        .batch_execute(&format!(
+            "CREATE EXTERNAL TABLE ep OPTIONS (format = 'PARQUET', uris = ['{dir}/*.parquet'])"
+        ))
+        .await
+        .expect("parquet");
+    let columns: Vec<(String, String)> = client
+        .query(
+            "SELECT column_name, data_type FROM information_schema.columns \
+             WHERE table_name = 'ep' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("id".to_owned(), "bigint".to_owned()),
+            ("name".to_owned(), "text".to_owned())
+        ]
+    );
+    let row = client
+        .query_one(
+            "SELECT count(*), CAST(sum(id) AS text), max(name) FROM ep",
+            &[],
+        )
+        .await
+        .expect("ep");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
+        (150, "11175".to_owned(), "p99".to_owned())
+    );
+    // The files are read at each scan: a new file the pattern matches is
+    // seen by the next query.
+    write_parquet(&files.join("c.parquet"), 150..200);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ep WHERE id >= 100", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 100);
+    // CSV and NDJSON with declared columns.
+    client
+        .batch_execute(&format!(
+            "CREATE EXTERNAL TABLE ec (id int, name text, amount numeric(10, 2)) \
+               OPTIONS (format = 'CSV', uris = ['{dir}/c1.csv', '{dir}/c2.csv'], skip_leading_rows = 1);
+             CREATE EXTERNAL TABLE ej (id int, name text, amount numeric(10, 2)) \
+               OPTIONS (format = 'JSON', uris = ['{dir}/e.ndjson'])"
+        ))
+        .await
+        .expect("csv and json");
+    let rows: Vec<(i32, Option<String>, Option<String>)> = client
+        .query(
+            "SELECT id, name, CAST(amount AS text) FROM ec \
+             UNION ALL SELECT id, name, CAST(amount AS text) FROM ej ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("ec and ej")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, Some("x".into()), Some("1.50".into())),
+            (2, Some("y, z".into()), None),
+            (3, Some("w".into()), Some("2.25".into())),
+            (7, Some("j".into()), None),
+            (8, None, Some("0.50".into())),
+        ]
+    );
+    // Joined with a table of Quarry's own, and copied into one.
+    client
+        .batch_execute(
+            "CREATE TABLE owned AS SELECT * FROM ep WHERE id % 10 = 0;
+             CREATE TABLE names (id bigint, label text);
+             INSERT INTO names VALUES (1, 'one'), (2, 'two'), (3, 'three')",
+        )
+        .await
+        .expect("ctas");
+    let row = client
+        .query_one(
+            "SELECT count(*), string_agg(n.label, ',' ORDER BY n.label) \
+             FROM ec JOIN names n ON n.id = ec.id",
+            &[],
+        )
+        .await
+        .expect("join");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (3, "one,three,two".to_owned())
+    );
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM owned", &[])
+        .await
+        .expect("owned")
+        .get(0);
+    assert_eq!(count, 20);
+    // Its rows are the files': changes are refused with 42809.
+    for sql in [
+        "INSERT INTO ec VALUES (9, 'n', 1)",
+        "DELETE FROM ec WHERE id = 1",
+        "UPDATE ec SET name = 'q'",
+        "TRUNCATE ec",
+        "CREATE TABLE cl CLONE ec",
+        "SELECT * FROM ec FOR SYSTEM_TIME AS OF now()",
+    ] {
+        let e = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "42809", "{sql}: {e:?}");
+    }
+    // A file that does not exist: nothing is created.
+    for uri in ["none.parquet", "*.orc"] {
+        let e = client
+            .batch_execute(&format!(
+                "CREATE EXTERNAL TABLE missing OPTIONS (format = 'PARQUET', uris = ['{dir}/{uri}'])"
+            ))
+            .await
+            .expect_err(uri);
+        assert_eq!(sqlstate(&e), "58P01", "{uri}: {e:?}");
+        let message = e.as_db_error().expect("a database error").message();
+        assert!(message.contains(uri), "{message}");
+    }
+    let e = client
+        .query("SELECT * FROM missing", &[])
+        .await
+        .expect_err("not created");
+    assert_eq!(sqlstate(&e), "42P01", "{e:?}");
+    // A file removed after creation fails the scan clearly.
+    std::fs::remove_file(files.join("e.ndjson")).expect("remove");
+    let e = client
+        .query("SELECT * FROM ej", &[])
+        .await
+        .expect_err("file gone");
+    assert_eq!(sqlstate(&e), "58P01", "{e:?}");
+    let message = e.as_db_error().expect("a database error").message();
+    assert!(message.contains("e.ndjson"), "{message}");
+    // The definition is replicated metadata: it survives a restart.
+    drop(client);
+    assert!(node.terminate().success());
+    node.restart().await;
+    let client = node.client().await;
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ep", &[])
+        .await
+        .expect("after restart")
+        .get(0);
+    assert_eq!(count, 200);
+    client.batch_execute("DROP TABLE ep").await.expect("drop");
+}
+
 /// The quarry binary the tests run.
 fn quarry() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_quarry"))

@@ -230,6 +230,10 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
             "LOAD DATA INTO t1 FROM FILES (format = 'CSV', uris = ['/etc/hostname'])",
             "must be superuser to LOAD DATA from files on the server",
         ),
+        (
+            "CREATE EXTERNAL TABLE e OPTIONS (format = 'CSV', uris = ['/etc/hostname'])",
+            "must be superuser to create an external table over files on the server",
+        ),
     ] {
         assert_eq!(denied(&alice, sql).await, message, "{sql}");
     }

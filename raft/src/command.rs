@@ -10,9 +10,9 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, FieldId, GossipKey, NodeId, Operation, RowRange, SchemaVersion, SnapshotId,
-    Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot,
-    TimestampMicros, View,
+    DroppedTable, ExternalSource, FieldId, GossipKey, NodeId, Operation, RowRange, SchemaVersion,
+    SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes,
+    TableSnapshot, TimestampMicros, View,
 };
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
@@ -421,6 +421,18 @@ pub enum Command {
         /// Each buffered file's rows, in order, in the new files.
         moved: Vec<(ChunkId, Vec<RowRange>)>,
     },
+    /// Makes table `schema.name`, just created and holding no data file,
+    /// an external table reading `source` (CREATE EXTERNAL TABLE: proposed
+    /// in one batch with its CREATE TABLE). Its rows can then not be
+    /// changed ([`CatalogError::ExternalTable`]).
+    SetExternalSource {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// The files it reads.
+        source: ExternalSource,
+    },
 }
 
 impl Command {
@@ -756,6 +768,10 @@ pub enum CatalogError {
     /// in the buffer, or rows not placed in the new files.
     #[error("buffered file {0} is not moved as a whole")]
     BufferMove(ChunkId),
+    /// A change to the rows of an external table, or a source given to a
+    /// table that has rows of its own.
+    #[error("\"{0}\" is an external table: its rows are the files it reads")]
+    ExternalTable(String),
 }
 
 impl CatalogError {
@@ -797,6 +813,7 @@ impl CatalogError {
             CatalogError::ChannelOffset { .. } => SqlState::INVALID_PARAMETER_VALUE,
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
             CatalogError::BufferMove(_) => SqlState::INTERNAL_ERROR,
+            CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
         }
     }
 }
@@ -1088,6 +1105,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             };
             let gone = catalog.dropped.remove(index);
             catalog.notes.remove(table);
+            catalog.external.remove(table);
             catalog.acls.remove(&Securable::Table(*table));
             let channels: Vec<_> = catalog
                 .channels
@@ -1201,6 +1219,21 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             }
             current.chunks.truncate(k);
             current.chunks.extend(parity.iter().cloned());
+            Ok(Applied::Nothing)
+        }
+        Command::SetExternalSource {
+            schema,
+            name,
+            source,
+        } => {
+            let table = catalog
+                .table(schema, name)
+                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
+            if table.snapshots.len() != 1 || !table.files.is_empty() {
+                return Err(CatalogError::ExternalTable(name.clone()));
+            }
+            let id = table.id;
+            catalog.external.insert(id, Arc::new(source.clone()));
             Ok(Applied::Nothing)
         }
         Command::CreateView { view, or_replace } => {
@@ -1677,6 +1710,9 @@ fn commit(
             .cloned()
             .ok_or_else(|| CatalogError::TableNotFound(format!("table id {}", change.table)))?;
         let table = &catalog.tables[&key];
+        if catalog.external.contains_key(&change.table) {
+            return Err(CatalogError::ExternalTable(table.name.clone()));
+        }
         for chunk in &change.removed {
             if table.live_file(*chunk).is_none() {
                 return Err(CatalogError::SerializationFailure(table.name.clone()));

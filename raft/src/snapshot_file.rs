@@ -15,7 +15,8 @@
 //! ```
 //!
 //! The first record is `Header`, then one record per table, dropped table,
-//! stripe, view, table notes, role and object ACL, and the gossip key; the last is `End` with the number of records
+//! stripe, view, table notes, role and object ACL, the gossip key, token, channel,
+//! buffered file and external source; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -26,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, ChunkId, DroppedTable, GossipKey, NodeId, RowRange, SchemaId, Stripe, Table, TableId,
-    TableNotes, View,
+    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, NodeId, RowRange, SchemaId, Stripe,
+    Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,11 @@ enum Record<'a> {
         chunk: ChunkId,
         ranges: Cow<'a, [RowRange]>,
     },
+    /// The source of one external table (live or dropped).
+    External {
+        table: TableId,
+        source: Cow<'a, ExternalSource>,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -154,6 +160,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         gossip_key,
         tokens,
         channels,
+        external,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -212,6 +219,12 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
             table: *table,
             channel: Cow::Borrowed(channel),
             next_offset: *next_offset,
+        })?;
+    }
+    for (table, source) in external {
+        writer.put(&Record::External {
+            table: *table,
+            source: Cow::Borrowed(source.as_ref()),
         })?;
     }
     let every_table = tables
@@ -359,6 +372,11 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                 .or_default()
                 .1
                 .push((chunk, ranges.into_owned())),
+            Record::External { table, source } => {
+                catalog
+                    .external
+                    .insert(table, Arc::new(source.into_owned()));
+            }
             Record::End { records: written } => {
                 if written != records {
                     return Err(invalid(format!(
@@ -615,6 +633,20 @@ mod tests {
                 moved: vec![(ChunkId(104), vec![range])],
             },
         );
+        // An external table.
+        ok(&mut catalog, crate::command::tests::create("ext"));
+        ok(
+            &mut catalog,
+            Command::SetExternalSource {
+                schema: "public".into(),
+                name: "ext".into(),
+                source: ExternalSource {
+                    format: quarry_common::catalog::FileFormat::Csv,
+                    uris: vec!["/data/*.csv".into()],
+                    skip_leading_rows: 1,
+                },
+            },
+        );
         let table = catalog.table("public", "t1").expect("t1");
         assert_eq!(table.buffer.keys().collect::<Vec<_>>(), [&ChunkId(105)]);
         assert_eq!(table.moved.len(), 1);
@@ -634,6 +666,8 @@ mod tests {
         // the other moved into.
         assert_eq!(t1.live_files.len(), 4);
         assert_eq!(back.channels, catalog.channels);
+        assert_eq!(back.external.len(), 1);
+        assert_eq!(back.external, catalog.external);
         assert_eq!(
             back.stripe_of(ChunkId(101)).map(|s| s.id),
             Some(ChunkId(100))

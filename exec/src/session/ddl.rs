@@ -458,6 +458,14 @@ impl Session {
             let (columns, files, field_ids) = match &create.clone {
                 Some(source_name) => {
                     let source = self.table(&view.catalog, source_name)?;
+                    if view.catalog.external_source(source.id).is_some() {
+                        return Err(user_error(
+                            SqlState::WRONG_OBJECT_TYPE,
+                            format!(
+                                "cannot clone \"{source_name}\": it is an external table (CREATE TABLE ... AS SELECT copies its rows)"
+                            ),
+                        ));
+                    }
                     let access = self.access().await?;
                     access.require(&Securable::Schema(source.schema.clone()), Privileges::USAGE)?;
                     access.require(&Securable::Table(source.id), Privileges::SELECT)?;

@@ -14,25 +14,12 @@ use crate::parser::FileFormat;
 use crate::table::SnapshotTable;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use quarry_common::catalog::ExternalSource;
 
-/// Whether `uri` holds a glob pattern.
-fn is_glob(uri: &str) -> bool {
-    uri.contains(['*', '?', '['])
-}
-
-/// A DataFusion error of reading the files, as Quarry's: 22P02 for a
-/// value that does not parse, 58030 otherwise.
+/// A DataFusion error of reading the files, as Quarry's, naming LOAD DATA.
 fn read_error(e: datafusion::error::DataFusionError) -> Error {
-    match Error::from_engine(e) {
-        Error::Engine(e) => {
-            let message = e.to_string();
-            let state = if message.contains("parsing") || message.contains("Parser error") {
-                SqlState::INVALID_TEXT_REPRESENTATION
-            } else {
-                SqlState::IO_ERROR
-            };
-            user_error(state, format!("LOAD DATA: {message}"))
-        }
+    match crate::external::read_error(e) {
+        Error::User { state, message, .. } => user_error(state, format!("LOAD DATA: {message}")),
         other => other,
     }
 }
@@ -61,26 +48,12 @@ impl Session {
                 "must be superuser to LOAD DATA from files on the server",
             ));
         }
-        for uri in uris {
-            if !uri.starts_with('/') {
-                return Err(user_error(
-                    SqlState::INVALID_PARAMETER_VALUE,
-                    format!("LOAD DATA takes absolute paths on the node, not \"{uri}\""),
-                ));
-            }
-            if !is_glob(uri) && !std::path::Path::new(uri).exists() {
-                return Err(user_error(
-                    SqlState::UNDEFINED_FILE,
-                    format!("could not open file \"{uri}\" for reading: No such file or directory"),
-                ));
-            }
-        }
-        if skip_leading_rows > 1 || (skip_leading_rows == 1 && format != FileFormat::Csv) {
-            return Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "skip_leading_rows is 0, or 1 for a CSV header",
-            ));
-        }
+        crate::external::check_source(&ExternalSource {
+            format,
+            uris: Vec::new(),
+            skip_leading_rows,
+        })?;
+        let paths = crate::external::resolve_files(uris, "LOAD DATA")?;
         // CSV columns are the table's, by position; JSON keys are read as
         // the columns of their names.
         let typed = Schema::new(
@@ -90,7 +63,6 @@ impl Session {
                 .map(|c| Field::new(&c.name, crate::types::arrow_type(c.column_type), true))
                 .collect::<Vec<_>>(),
         );
-        let paths = uris.to_vec();
         let frame = match format {
             FileFormat::Parquet => {
                 self.ctx

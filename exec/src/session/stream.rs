@@ -273,6 +273,9 @@ impl Session {
             ));
         }
         let table = self.table(&view.catalog, &ObjectName::from(parts))?.clone();
+        if view.catalog.external_source(table.id).is_some() {
+            return Err(quarry_raft::CatalogError::ExternalTable(table.name.clone()).into());
+        }
         let access = self.access().await?;
         access.require(&Securable::Schema(table.schema.clone()), Privileges::USAGE)?;
         let object = Securable::Table(table.id);

@@ -43,6 +43,12 @@ impl Session {
         let schema = Arc::new(MemorySchemaProvider::new());
         for (alias, name, version) in collect.found {
             let table = self.table(&view.catalog, &name)?;
+            if view.catalog.external_source(table.id).is_some() {
+                return Err(user_error(
+                    SqlState::WRONG_OBJECT_TYPE,
+                    format!("\"{name}\" is an external table: it has no history to travel in"),
+                ));
+            }
             let snapshot = match version {
                 ast::TableVersion::VersionAsOf(id) => {
                     let id: u64 = id.to_string().parse().map_err(|_| {

@@ -134,6 +134,60 @@ fn a_channel_append_commits_only_at_the_channels_next_offset() {
 }
 
 #[test]
+fn an_external_table_takes_no_rows_and_its_source_goes_when_it_is_purged() {
+    let mut catalog = with_public();
+    let source = ExternalSource {
+        format: quarry_common::catalog::FileFormat::Parquet,
+        uris: vec!["/data/*.parquet".into()],
+        skip_leading_rows: 0,
+    };
+    let external = |name: &str| Command::SetExternalSource {
+        schema: "public".into(),
+        name: name.into(),
+        source: source.clone(),
+    };
+    run(&mut catalog, create("e")).expect("create");
+    run(&mut catalog, external("e")).expect("external");
+    let id = catalog.table("public", "e").expect("e").id;
+    assert_eq!(
+        catalog.external_source(id).map(|s| s.as_ref()),
+        Some(&source)
+    );
+    // Its rows are the files': commits and appends are refused.
+    let before = catalog.clone();
+    for command in [append(id, vec![file(3)]), channel_append(id, "w", 0, 2)] {
+        match run(&mut catalog, command) {
+            Err(e @ CatalogError::ExternalTable(_)) => {
+                assert_eq!(e.sqlstate(), SqlState::WRONG_OBJECT_TYPE)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(catalog, before);
+    }
+    // A table with rows of its own cannot become one.
+    run(&mut catalog, create("t")).expect("create t");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(3)])).expect("rows");
+    assert!(matches!(
+        run(&mut catalog, external("t")),
+        Err(CatalogError::ExternalTable(_))
+    ));
+    // Dropped, it stays external (UNDROP); purged, its source goes.
+    run(
+        &mut catalog,
+        Command::DropTable {
+            schema: "public".into(),
+            name: "e".into(),
+            if_exists: false,
+        },
+    )
+    .expect("drop");
+    assert!(catalog.external_source(id).is_some());
+    run(&mut catalog, Command::PurgeDropped { table: id }).expect("purge");
+    assert!(catalog.external.is_empty());
+}
+
+#[test]
 fn appends_create_snapshots_with_growing_ids_times_and_rows() {
     let mut catalog = with_public();
     run(&mut catalog, create("t")).expect("create");
