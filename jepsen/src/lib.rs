@@ -12,7 +12,9 @@
 //! Checkers: [`set`] (lost / unexpected / recovered adds), [`bank`] (sums and
 //! overdrafts of snapshot reads), [`register`] (linearizability, Wing–Gong–
 //! Lowe), [`append`] (Elle's list-append: dependency cycles by Adya's anomaly
-//! classes). Clock skew is not a nemesis: Linux time namespaces shift only the
+//! classes), [`stream`] (streaming API channels: every acknowledged row
+//! exactly once, each channel a gapless prefix at every read, nothing
+//! visible then gone). Clock skew is not a nemesis: Linux time namespaces shift only the
 //! monotonic and boot clocks, not the realtime clock Quarry stamps commits
 //! with, and a per-process fake clock (LD_PRELOAD libfaketime) would not reach
 //! Rust's `clock_gettime` calls made through the vDSO reliably.
@@ -27,3 +29,4 @@ pub mod net;
 pub mod register;
 pub mod runner;
 pub mod set;
+pub mod stream;

@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run one test.
     Test {
-        /// set, bank or register.
+        /// set, bank, register, append or stream.
         #[arg(long)]
         workload: Workload,
         /// Faults, comma-separated: kill, pause, partition (none if absent).

@@ -37,6 +37,9 @@ pub enum Workload {
     Register,
     /// Transactions appending to and reading lists (Elle's list-append).
     Append,
+    /// Writers of streaming API channels through random nodes, with
+    /// offsets and retries; reads of every channel.
+    Stream,
 }
 
 impl FromStr for Workload {
@@ -48,8 +51,9 @@ impl FromStr for Workload {
             "bank" => Ok(Workload::Bank),
             "register" => Ok(Workload::Register),
             "append" => Ok(Workload::Append),
+            "stream" => Ok(Workload::Stream),
             other => Err(format!(
-                "unknown workload {other:?} (set, bank, register, append)"
+                "unknown workload {other:?} (set, bank, register, append, stream)"
             )),
         }
     }
@@ -171,7 +175,30 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let until = start + settings.time;
     let next_value = Arc::new(AtomicI64::new(0));
     let mut clients = Vec::new();
+    let endpoints: Vec<crate::stream::Endpoint> = cluster
+        .nodes
+        .iter()
+        .map(|n| crate::stream::Endpoint {
+            pg: n.pg,
+            http: std::net::SocketAddr::new(n.pg.ip(), crate::cluster::HTTP_PORT),
+        })
+        .collect();
     for process in 0..settings.clients {
+        if settings.workload == Workload::Stream {
+            let (recorder, endpoints) = (recorder.clone(), endpoints.clone());
+            let ca = settings.dir.join("certs");
+            let timeout = settings.op_timeout;
+            clients.push(tokio::spawn(async move {
+                let record = move |process, op_type, f: &str, value| {
+                    recorder.record(process, op_type, f, value)
+                };
+                let ca = ca.join("ca.crt");
+                crate::stream::client_loop(process as u64, endpoints, &ca, timeout, until, &record)
+                    .await
+                    .expect("the cluster's CA certificate reads");
+            }));
+            continue;
+        }
         let pg = cluster.nodes[process % settings.nodes].pg;
         let recorder = recorder.clone();
         let next_value = next_value.clone();
@@ -276,6 +303,19 @@ pub fn judge(workload: Workload, history: &[Op]) -> (bool, Value) {
                 }),
             )
         }
+        Workload::Stream => {
+            let report = crate::stream::check(history);
+            (
+                report.valid(),
+                json!({
+                    "appends_acknowledged": report.acknowledged,
+                    "rows_acknowledged": report.rows_acknowledged,
+                    "appends_unknown": report.unknown,
+                    "reads": report.reads,
+                    "anomalies": report.anomalies,
+                }),
+            )
+        }
         Workload::Register => {
             let report = crate::register::check(history, Some(0));
             (
@@ -326,6 +366,7 @@ async fn setup(cluster: &Cluster, workload: Workload) -> anyhow::Result<()> {
     let client = connect(cluster.nodes[0].pg, Duration::from_secs(10)).await?;
     let ddl = match workload {
         Workload::Set => "create table jepsen_set (value bigint not null)".to_owned(),
+        Workload::Stream => crate::stream::DDL.to_owned(),
         Workload::Bank => format!(
             "create table jepsen_bank (id bigint not null, balance bigint not null); \
              insert into jepsen_bank select value, {START_BALANCE} from generate_series(0, {})",
@@ -399,6 +440,7 @@ async fn client_loop(
 
 fn next_op(workload: Workload, next_value: &AtomicI64) -> (&'static str, Value) {
     match workload {
+        Workload::Stream => unreachable!("the stream workload runs its own clients"),
         Workload::Set => ("add", json!(next_value.fetch_add(1, Ordering::Relaxed))),
         Workload::Bank => {
             let mut rng = rand::rng();
@@ -626,6 +668,7 @@ async fn final_reads(cluster: &Cluster, settings: &Settings, recorder: &Recorder
                         }
                         Ok(Value::Array(reads))
                     }
+                    Workload::Stream => crate::stream::read(&client).await,
                     Workload::Register => unreachable!("returned above"),
                 }
             };

@@ -1,5 +1,5 @@
-//! The short Jepsen-style runs CI makes: the set, bank and list-append
-//! workloads against five real nodes in network namespaces under kill -9 and
+//! The short Jepsen-style runs CI makes: the set, bank, list-append and
+//! stream workloads against five real nodes in network namespaces under kill -9 and
 //! partitions, each judged by its checker (quarry-jepsen's own tests check the
 //! checkers on histories with known anomalies).
 
@@ -37,6 +37,7 @@ async fn short_run(workload: Workload) {
         Workload::Set => assert!(ok("add") > 100, "{summary}"),
         Workload::Bank => assert!(ok("transfer") > 10 && ok("read") > 10, "{summary}"),
         Workload::Append => assert!(ok("txn") > 50, "{summary}"),
+        Workload::Stream => assert!(ok("append") > 100 && ok("read") > 10, "{summary}"),
         other => panic!("not one of CI's workloads: {other:?}"),
     }
 }
@@ -54,4 +55,9 @@ async fn bank_under_kills_and_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_append_under_kills_and_partitions() {
     short_run(Workload::Append).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_under_kills_and_partitions() {
+    short_run(Workload::Stream).await;
 }
