@@ -195,13 +195,14 @@ def run(args, pg, https, table, encode):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quarry", default="target/release/quarry")
+    parser.add_argument("--commit", help="the commit the binary was built at [default: HEAD]")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=1)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                           capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as workdir:
         first = start_quarry(args.quarry, workdir)
         nodes = [first] + [start_quarry(args.quarry, workdir, f"n{i + 1}", join=first[3])

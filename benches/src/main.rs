@@ -7,7 +7,7 @@
 //!   starts and loads, one warm-up and `--runs` timed runs each, and prints the
 //!   median per query; with Python's `duckdb`, DuckDB's times over Parquet of
 //!   the same rows, the ratios and the geometric means.
-//! - `tpch-csv --scale-factor N --out DIR`: writes the TPC-H tables as CSV (the same
+//! - `tpch-csv --scale-factor N --out DIR [--tables a,b]`: writes the TPC-H tables as CSV (the same
 //!   rows `quarry load tpch` loads) plus `schema.sql`, for loading into another
 //!   engine such as DuckDB.
 //! - `cluster --nodes N --scale-factor S`: starts N local nodes, loads TPC-H,
@@ -89,6 +89,9 @@ enum Command {
         /// Output directory (created).
         #[arg(long)]
         out: PathBuf,
+        /// Only these tables (all eight when absent).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
     },
     /// Storage overhead, crash detection and repair rate on a local cluster.
     Cluster {
@@ -184,10 +187,13 @@ fn setting(arg: &str) -> Result<(String, String), String> {
     }
 }
 
-pub(crate) fn write_csv(scale_factor: f64, out: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_csv(scale_factor: f64, out: &Path, tables: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut schema = std::fs::File::create(out.join("schema.sql"))?;
     for (table, columns) in quarry_client::tpch::TABLES {
+        if !tables.is_empty() && !tables.iter().any(|t| t == table) {
+            continue;
+        }
         writeln!(schema, "CREATE TABLE {table} ({columns});")?;
         let path = out.join(format!("{table}.csv"));
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -238,7 +244,11 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::TpchCsv { scale_factor, out } => write_csv(scale_factor, &out),
+        Command::TpchCsv {
+            scale_factor,
+            out,
+            tables,
+        } => write_csv(scale_factor, &out, &tables),
         Command::Cluster {
             nodes,
             scale_factor,

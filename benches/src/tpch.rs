@@ -385,7 +385,7 @@ fn time_duckdb(settings: &Settings) -> anyhow::Result<Timings> {
         .dir
         .join(format!("csv-sf{}", settings.scale_factor));
     if !data.join("schema.sql").exists() {
-        crate::write_csv(settings.scale_factor, &data)?;
+        crate::write_csv(settings.scale_factor, &data, &[])?;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("duckdb_tpch.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

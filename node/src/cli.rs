@@ -144,6 +144,20 @@ pub struct LoadArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 65_536)]
     pub batch_rows: usize,
+    /// The role to log in as (HTTP Basic over HTTPS, and --create's
+    /// PostgreSQL connection) when the node is not --insecure.
+    #[arg(long, default_value = "quarry")]
+    pub user: String,
+    /// Its password.
+    #[arg(long, env = "QUARRY_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// An access token (CREATE ACCESS TOKEN) to send instead of a password.
+    #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA certificates to trust for https:// URLs and the
+    /// PostgreSQL connection's TLS (`quarry cert create-ca` writes ca.crt).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Sample data sets.
@@ -241,6 +255,12 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 pg: args.pg,
                 batch_rows: args.batch_rows.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                login: crate::load_files::Login {
+                    user: Some(args.user),
+                    password: args.password,
+                    token: args.token,
+                    ca: args.ca,
+                },
             })
             .await?;
             let seconds = started.elapsed().as_secs_f64();

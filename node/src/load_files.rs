@@ -97,6 +97,136 @@ pub struct LoadRequest {
     pub batch_rows: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// How to log in.
+    pub login: Login,
+}
+
+/// How `quarry load` logs in to a node that asks for it (not `--insecure`):
+/// over HTTPS, HTTP Basic with `user` and `password`, or a bearer `token`;
+/// the PostgreSQL connection of `--create` as `user` with `password`.
+#[derive(Debug, Clone, Default)]
+pub struct Login {
+    /// The role [default: quarry].
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+    /// An access token (CREATE ACCESS TOKEN), instead of the password.
+    pub token: Option<String>,
+    /// A PEM file of the CA certificates to trust for HTTPS and TLS.
+    pub ca: Option<PathBuf>,
+}
+
+impl Login {
+    fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or("quarry")
+    }
+
+    /// The `Authorization` header's value, if there are credentials.
+    fn authorization(&self) -> Option<String> {
+        use base64::Engine as _;
+        if let Some(token) = &self.token {
+            return Some(format!("Bearer {token}"));
+        }
+        let password = self.password.as_ref()?;
+        let pair = format!("{}:{password}", self.user());
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ))
+    }
+
+    /// A TLS client configuration trusting `ca`, if given.
+    fn tls(&self) -> anyhow::Result<Option<rustls::ClientConfig>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("the CA certificates in {}", ca.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        Ok(Some(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        ))
+    }
+
+    /// A PostgreSQL connection to `pg` (HOST:PORT) as this login: over TLS
+    /// when a CA is given.
+    async fn connect(&self, pg: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (host, port) = pg
+            .rsplit_once(':')
+            .with_context(|| format!("{pg} is not HOST:PORT"))?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(
+                port.parse()
+                    .with_context(|| format!("{pg} is not HOST:PORT"))?,
+            )
+            .user(self.user())
+            .dbname("quarry")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        let client = match self.tls()? {
+            Some(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                    .await
+                    .with_context(|| format!("cannot connect to the node at {pg}"))?;
+                tokio::spawn(connection);
+                client
+            }
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .with_context(|| format!("cannot connect to the node at {pg}"))?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    /// An HTTP client: HTTPS trusting the CA when one is given, plain
+    /// HTTP otherwise.
+    fn http(&self) -> anyhow::Result<HttpClient> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match self.tls()? {
+            Some(tls) => builder
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .build(),
+            None => builder
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .build(),
+        };
+        Ok(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector),
+        )
+    }
 }
 
 /// What a load did.
@@ -296,23 +426,27 @@ fn ipc(batch: &RecordBatch) -> anyhow::Result<Vec<u8>> {
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;
 
 /// A request's status and JSON answer.
 async fn request(
     client: &HttpClient,
+    authorization: Option<&str>,
     method: hyper::Method,
     uri: &str,
     content_type: &str,
     body: Bytes,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(uri)
-        .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(body))?;
+        .header(hyper::header::CONTENT_TYPE, content_type);
+    if let Some(authorization) = authorization {
+        request = request.header(hyper::header::AUTHORIZATION, authorization);
+    }
+    let request = request.body(Full::new(body))?;
     let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
         .await
         .context("no answer in 120 s")??;
@@ -324,12 +458,19 @@ async fn request(
 
 /// Sends `body` at `offset` until it is committed (or was): the channel's
 /// next offset. A lost answer or a 503 is retried with the same offset.
-async fn send(client: &HttpClient, uri: &str, offset: u64, body: Bytes) -> anyhow::Result<u64> {
+async fn send(
+    client: &HttpClient,
+    authorization: Option<&str>,
+    uri: &str,
+    offset: u64,
+    body: Bytes,
+) -> anyhow::Result<u64> {
     let uri = format!("{uri}/rows?offset={offset}");
     let mut last = String::new();
     for attempt in 0..20u32 {
         match request(
             client,
+            authorization,
             hyper::Method::POST,
             &uri,
             "application/vnd.apache.arrow.stream",
@@ -369,15 +510,15 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
     if request_.create {
         let (schema, _) = read_file(&files[0], format_of(&files[0])?, 1)?;
         let statement = create_statement(&request_.table, &schema)?;
-        let client = quarry_client::cluster::connect(&request_.pg).await?;
+        let client = request_.login.connect(&request_.pg).await?;
         client
             .batch_execute(&statement)
             .await
             .with_context(|| statement.clone())?;
     }
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+    let client = request_.login.http()?;
+    let authorization = request_.login.authorization();
+    let authorization = authorization.as_deref();
     let base = format!(
         "{}/v1/tables/{}/channels/{channel}",
         request_.url.trim_end_matches('/'),
@@ -385,6 +526,7 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
     );
     let resumed_at = match request(
         &client,
+        authorization,
         hyper::Method::GET,
         &base,
         "text/plain",
@@ -432,9 +574,15 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
             let skip = next_offset.saturating_sub(start);
             let batch = batch.slice(skip as usize, (rows - skip) as usize);
             let sent = next_offset;
-            next_offset = send(&client, &base, next_offset, Bytes::from(ipc(&batch)?))
-                .await
-                .with_context(|| format!("loading {}", file.display()))?;
+            next_offset = send(
+                &client,
+                authorization,
+                &base,
+                next_offset,
+                Bytes::from(ipc(&batch)?),
+            )
+            .await
+            .with_context(|| format!("loading {}", file.display()))?;
             rows_sent += next_offset.saturating_sub(sent);
             bar.set_position(next_offset);
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use support::node::{TestNode, bigints, sqlstate};
+use support::node::{TestNode, bigints, quarry_cert, sqlstate};
 
 fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
     let schema = Arc::new(Schema::new(vec![
@@ -530,4 +530,106 @@ async fn quarry_load_reads_gzip_and_zstd_files_named_by_a_glob() {
     assert!(String::from_utf8_lossy(&parquet.stderr).contains("compressed Parquet"));
     let row = bigints(&node.client().await, "SELECT count(*) FROM l").await;
     assert_eq!(row, [500]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_load_logs_in_over_https_with_a_password_or_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    write_parquet(&files.join("a.parquet"), 0..1_000);
+    let certs = dir.path().join("certs");
+    quarry_cert(&certs, &["create-ca"]);
+    quarry_cert(
+        &certs,
+        &["create-node", "--host", "localhost", "--host", "127.0.0.1"],
+    );
+    let password = "load-pw";
+    let node = TestNode::start_secure(
+        &dir.path().join("n1"),
+        password,
+        &[
+            "--tls-cert",
+            certs.join("node.crt").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("node.key").to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", node.http_port);
+    let pg = format!("127.0.0.1:{}", node.pg_port);
+    let ca = certs.join("ca.crt");
+    let load = |table: &str, env: &[(&str, &str)], with_ca: bool| {
+        let mut command = std::process::Command::new(quarry());
+        command
+            .arg("load")
+            .arg(&files)
+            .args(["--table", table, "--create", "--url", &url, "--pg", &pg])
+            .env_remove("QUARRY_PASSWORD")
+            .env_remove("QUARRY_TOKEN");
+        if with_ca {
+            command.arg("--ca").arg(&ca);
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("quarry load runs")
+    };
+    // A password: --create over TLS, rows over HTTPS with HTTP Basic.
+    let out = load("public.by_password", &[("QUARRY_PASSWORD", password)], true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No credentials, or a CA the node's certificate is not from: refused,
+    // nothing loaded.
+    let out = load("public.refused", &[], true);
+    assert!(!out.status.success());
+    let out = load("public.untrusted", &[("QUARRY_PASSWORD", password)], false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("certificate") || stderr.contains("TLS") || stderr.contains("tls"),
+        "{stderr}"
+    );
+    // An access token.
+    let client = node.client().await;
+    let token: String = client
+        .query_one("CREATE ACCESS TOKEN loader", &[])
+        .await
+        .expect("token")
+        .get(0);
+    client
+        .batch_execute("CREATE TABLE by_token (id bigint, name text)")
+        .await
+        .expect("table");
+    let mut command = std::process::Command::new(quarry());
+    let out = command
+        .arg("load")
+        .arg(&files)
+        .args(["--table", "public.by_token", "--url", &url, "--ca"])
+        .arg(&ca)
+        .env_remove("QUARRY_PASSWORD")
+        .env("QUARRY_TOKEN", &token)
+        .output()
+        .expect("quarry load runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (table, rows) in [("by_password", 1_000i64), ("by_token", 1_000)] {
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(count, rows, "{table}");
+    }
+    let e = client
+        .query("SELECT * FROM refused", &[])
+        .await
+        .expect_err("no table");
+    assert_eq!(sqlstate(&e), "42P01");
 }
