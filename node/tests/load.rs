@@ -150,6 +150,14 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
         .await
         .expect_err("a bad value");
     assert_eq!(sqlstate(&e), "22P02", "{e:?}");
+    // The file, its row and the column are named.
+    let db = e.as_db_error().expect("a database error");
+    assert!(db.message().contains("\"five\""), "{db:?}");
+    assert_eq!(
+        db.detail(),
+        Some(format!("file {dir}/bad.csv, row 2, column id").as_str()),
+        "{db:?}"
+    );
     let count: i64 = client
         .query_one("SELECT count(*) FROM c", &[])
         .await

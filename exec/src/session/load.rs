@@ -12,8 +12,10 @@ use super::*;
 use crate::data_file::DataFileWriter;
 use crate::parser::FileFormat;
 use crate::table::SnapshotTable;
-use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::{
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+};
 use quarry_common::catalog::ExternalSource;
 
 /// A DataFusion error of reading the files, as Quarry's, naming LOAD DATA.
@@ -54,56 +56,99 @@ impl Session {
             skip_leading_rows,
         })?;
         let paths = crate::external::resolve_files(uris, "LOAD DATA")?;
-        // CSV columns are the table's, by position; JSON keys are read as
-        // the columns of their names.
+        // CSV columns are the table's, by position, read as text and
+        // converted by `Conform` (so a bad value names its row and column);
+        // JSON keys are read as the columns of their names.
+        let field =
+            |c: &quarry_common::catalog::Column, data_type| Field::new(&c.name, data_type, true);
         let typed = Schema::new(
             table
                 .columns
                 .iter()
-                .map(|c| Field::new(&c.name, crate::types::arrow_type(c.column_type), true))
+                .map(|c| field(c, crate::types::arrow_type(c.column_type)))
                 .collect::<Vec<_>>(),
         );
-        let frame = match format {
-            FileFormat::Parquet => {
-                self.ctx
-                    .read_parquet(paths, ParquetReadOptions::default().file_extension(""))
-                    .await
-            }
-            FileFormat::Csv => {
-                self.ctx
-                    .read_csv(
-                        paths,
-                        CsvReadOptions::new()
-                            .has_header(skip_leading_rows == 1)
-                            .schema(&typed)
-                            .file_extension(""),
-                    )
-                    .await
-            }
-            FileFormat::Json => {
-                self.ctx
-                    .read_json(
-                        paths,
-                        JsonReadOptions::default().schema(&typed).file_extension(""),
-                    )
-                    .await
-            }
-        }
-        .map_err(|e| match read_error(e) {
-            Error::User { state, message, .. } if state == SqlState::IO_ERROR => {
-                user_error(SqlState::UNDEFINED_FILE, message)
-            }
-            other => other,
-        })?;
-        let plan = frame.create_physical_plan().await.map_err(read_error)?;
-        let conform = Conform::new(&table, plan.schema().as_ref())?;
-        let mut batches = self.execute_physical(plan)?;
+        let text = Schema::new(
+            table
+                .columns
+                .iter()
+                .map(|c| field(c, DataType::Utf8))
+                .collect::<Vec<_>>(),
+        );
+        // One file at a time, in one partition, in order: rows are
+        // numbered within their file.
+        let reader = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_target_partitions(1)
+                .with_repartition_file_scans(false),
+        );
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut rows = 0u64;
-        while let Some(batch) = batches.next().await {
-            let batch = batch.map_err(read_error)?;
-            writer.write(conform.apply(&batch, rows + 1)?).await?;
-            rows += batch.num_rows() as u64;
+        for path in &paths {
+            let in_file = |e: Error| match e {
+                Error::User {
+                    state,
+                    message,
+                    detail,
+                } => Error::User {
+                    state,
+                    message,
+                    detail: Some(match detail {
+                        Some(detail) => format!("file {path}, {detail}"),
+                        None => format!("file {path}"),
+                    }),
+                },
+                other => other,
+            };
+            let frame = match format {
+                FileFormat::Parquet => {
+                    reader
+                        .read_parquet(
+                            path.as_str(),
+                            ParquetReadOptions::default().file_extension(""),
+                        )
+                        .await
+                }
+                FileFormat::Csv => {
+                    reader
+                        .read_csv(
+                            path.as_str(),
+                            CsvReadOptions::new()
+                                .has_header(skip_leading_rows == 1)
+                                .schema(&text)
+                                .file_extension(""),
+                        )
+                        .await
+                }
+                FileFormat::Json => {
+                    reader
+                        .read_json(
+                            path.as_str(),
+                            JsonReadOptions::default().schema(&typed).file_extension(""),
+                        )
+                        .await
+                }
+            }
+            .map_err(|e| match read_error(e) {
+                Error::User { state, message, .. } if state == SqlState::IO_ERROR => {
+                    user_error(SqlState::UNDEFINED_FILE, message)
+                }
+                other => other,
+            })
+            .map_err(in_file)?;
+            let plan = frame.create_physical_plan().await.map_err(read_error)?;
+            let conform = Conform::new(&table, plan.schema().as_ref()).map_err(in_file)?;
+            let mut batches = datafusion::physical_plan::execute_stream(plan, reader.task_ctx())
+                .map_err(read_error)?;
+            let mut row = 1u64;
+            while let Some(batch) = batches.next().await {
+                let batch = batch.map_err(read_error).map_err(in_file)?;
+                writer
+                    .write(conform.apply(&batch, row).map_err(in_file)?)
+                    .await?;
+                row += batch.num_rows() as u64;
+                rows += batch.num_rows() as u64;
+            }
         }
         writer.finish().await?;
         if overwrite {

@@ -169,8 +169,11 @@ impl Conform {
     /// errors.
     ///
     /// # Errors
-    /// 42804 for a type that does not cast, 23502 for a NULL in a NOT NULL
-    /// column, naming the row.
+    /// 42804 for a type that does not cast; for the first row that does
+    /// not fit, 22P02 for a value that does not convert to its column's
+    /// type (a string that is no number, a number out of range) and 23502
+    /// for a NULL in a NOT NULL column, naming the row and column. Nothing
+    /// turns NULL silently.
     pub(super) fn apply(&self, batch: &RecordBatch, first_row: u64) -> Result<RecordBatch> {
         let rows = batch.num_rows();
         let mut columns = Vec::with_capacity(self.table.columns.len());
@@ -182,18 +185,44 @@ impl Conform {
             .zip(self.schema.fields())
         {
             let array = match position {
-                Some(i) => datafusion::arrow::compute::cast(batch.column(*i), field.data_type())
-                    .map_err(|e| {
-                        user_error(
-                            SqlState::DATATYPE_MISMATCH,
-                            format!(
-                                "column \"{}\" is of type {} but the field is {}: {e}",
-                                column.name,
-                                column.column_type,
-                                batch.column(*i).data_type()
+                Some(i) => {
+                    let input = batch.column(*i);
+                    // A value that does not convert is NULL here, then
+                    // told from a NULL of the input.
+                    let output = datafusion::arrow::compute::cast(input, field.data_type())
+                        .map_err(|e| {
+                            user_error(
+                                SqlState::DATATYPE_MISMATCH,
+                                format!(
+                                    "column \"{}\" is of type {} but the field is {}: {e}",
+                                    column.name,
+                                    column.column_type,
+                                    input.data_type()
+                                ),
+                            )
+                        })?;
+                    if output.null_count() > input.null_count()
+                        && let Some(row) =
+                            (0..rows).find(|&r| input.is_valid(r) && output.is_null(r))
+                    {
+                        let value =
+                            datafusion::arrow::util::display::array_value_to_string(input, row)
+                                .unwrap_or_default();
+                        return Err(Error::User {
+                            state: SqlState::INVALID_TEXT_REPRESENTATION,
+                            message: format!(
+                                "invalid input syntax for type {}: \"{value}\"",
+                                column.column_type
                             ),
-                        )
-                    })?,
+                            detail: Some(format!(
+                                "row {}, column {}",
+                                first_row + row as u64,
+                                column.name
+                            )),
+                        });
+                    }
+                    output
+                }
                 None => datafusion::arrow::array::new_null_array(field.data_type(), rows),
             };
             if !column.nullable && array.null_count() > 0 {
@@ -204,7 +233,7 @@ impl Conform {
                         "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
                         column.name, self.table.name
                     ),
-                    detail: Some(format!("row {}", first_row + row)),
+                    detail: Some(format!("row {}, column {}", first_row + row, column.name)),
                 });
             }
             columns.push(array);
@@ -430,6 +459,65 @@ mod tests {
             Ok(Some("{\"a\":[1]}".into()))
         );
         assert_eq!(text(serde_json::json!([1]), false), Err(()));
+    }
+
+    #[test]
+    fn a_value_that_does_not_convert_is_an_error_naming_its_row_not_a_null() {
+        use datafusion::arrow::array::StringArray;
+        let mut catalog = Catalog::default();
+        for command in [
+            Command::CreateSchema {
+                name: "public".into(),
+                if_not_exists: false,
+            },
+            Command::CreateTable {
+                schema: "public".into(),
+                name: "t".into(),
+                columns: vec![ColumnDef {
+                    name: "a".into(),
+                    column_type: quarry_common::catalog::ColumnType::Int32,
+                    nullable: true,
+                    default: None,
+                }],
+                if_not_exists: false,
+                files: Vec::new(),
+                retention_micros: None,
+                field_ids: Vec::new(),
+                layout: None,
+                stripes: Vec::new(),
+            },
+        ] {
+            quarry_raft::command::apply(
+                &mut catalog,
+                &quarry_raft::command::Proposal {
+                    command,
+                    proposed_at: 1,
+                },
+            )
+            .expect("applies");
+        }
+        let table = catalog.table("public", "t").expect("t").clone();
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)]));
+        let conform = Conform::new(&table, &schema).expect("conform");
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![
+                Some("12"),
+                None,
+                Some("x"),
+            ]))],
+        )
+        .expect("batch");
+        match conform.apply(&batch, 10) {
+            Err(Error::User { state, detail, .. }) => {
+                assert_eq!(state, SqlState::INVALID_TEXT_REPRESENTATION);
+                assert_eq!(detail.as_deref(), Some("row 12, column a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A NULL stays NULL; a value converts.
+        let out = conform.apply(&batch.slice(0, 2), 1).expect("fits");
+        assert_eq!(out.column(0).null_count(), 1);
     }
 
     #[test]
