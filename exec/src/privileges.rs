@@ -348,18 +348,17 @@ impl Access {
         depth: usize,
     ) -> Result<()> {
         let provider = source_as_provider(&scan.source).map_err(Error::from_engine)?;
-        if let Some(table) = provider.downcast_ref::<SnapshotTable>() {
-            // Time-travel reads have their own schema name: check by id.
-            let table = table.table();
-            self.require_as(
-                role,
-                &Securable::Schema(table.schema.clone()),
-                Privileges::USAGE,
-            )?;
-            return self.require_as(role, &Securable::Table(table.id), Privileges::SELECT);
-        }
-        if let Some(external) = provider.downcast_ref::<crate::external::ExternalTable>() {
-            let table = external.table();
+        // A table of Quarry's or an external table; time-travel reads have
+        // their own schema name: check by id.
+        let table = provider
+            .downcast_ref::<SnapshotTable>()
+            .map(SnapshotTable::table)
+            .or_else(|| {
+                provider
+                    .downcast_ref::<crate::external::ExternalTable>()
+                    .map(crate::external::ExternalTable::table)
+            });
+        if let Some(table) = table {
             self.require_as(
                 role,
                 &Securable::Schema(table.schema.clone()),
