@@ -33,11 +33,10 @@ fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
     writer.close().expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let files = dir.path().join("files");
-    std::fs::create_dir_all(&files).expect("files dir");
+/// The files both LOAD DATA and external tables read: two Parquet files
+/// (ids 0..150), two CSV files with a header, one with a bad value, NDJSON.
+fn sample_files(files: &std::path::Path) {
+    std::fs::create_dir_all(files).expect("files dir");
     write_parquet(&files.join("a.parquet"), 0..100);
     write_parquet(&files.join("b.parquet"), 100..150);
     std::fs::write(
@@ -52,6 +51,13 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
         "{\"id\": 7, \"name\": \"j\"}\n{\"id\": 8, \"amount\": 0.5}\n",
     )
     .expect("json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    sample_files(&files);
     let node = TestNode::start(&dir.path().join("n1")).await;
     let client = node.client().await;
     client
@@ -187,20 +193,7 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
 async fn external_tables_read_parquet_csv_and_json_files_in_place() {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = dir.path().join("files");
-    std::fs::create_dir_all(&files).expect("files dir");
-    write_parquet(&files.join("a.parquet"), 0..100);
-    write_parquet(&files.join("b.parquet"), 100..150);
-    std::fs::write(
-        files.join("c1.csv"),
-        "id,name,amount\n1,x,1.5\n2,\"y, z\",\n",
-    )
-    .expect("csv");
-    std::fs::write(files.join("c2.csv"), "id,name,amount\n3,w,2.25\n").expect("csv");
-    std::fs::write(
-        files.join("e.ndjson"),
-        "{\"id\": 7, \"name\": \"j\"}\n{\"id\": 8, \"amount\": 0.5}\n",
-    )
-    .expect("json");
+    sample_files(&files);
     let mut node = TestNode::start(&dir.path().join("n1")).await;
     let client = node.client().await;
     let dir = files.display();
