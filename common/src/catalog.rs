@@ -519,17 +519,6 @@ pub enum FileFormat {
     Json,
 }
 
-impl FileFormat {
-    /// The name BigQuery's `format` option gives it.
-    pub fn name(self) -> &'static str {
-        match self {
-            FileFormat::Parquet => "PARQUET",
-            FileFormat::Csv => "CSV",
-            FileFormat::Json => "NEWLINE_DELIMITED_JSON",
-        }
-    }
-}
-
 /// Where an external table's rows are: files on the nodes' file systems,
 /// read in place at every scan (BigQuery's external table definition,
 /// <https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#create_external_table_statement>).

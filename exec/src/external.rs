@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -167,15 +167,10 @@ pub struct ExternalTable {
 }
 
 impl ExternalTable {
-    /// `table`, whose rows are the files of `source`.
+    /// `table`, whose rows are the files of `source` (its columns are all
+    /// nullable: the files decide).
     pub fn new(table: Arc<Table>, source: Arc<ExternalSource>) -> Self {
-        let schema = Arc::new(Schema::new(
-            table
-                .columns
-                .iter()
-                .map(|c| Field::new(&c.name, crate::types::arrow_type(c.column_type), true))
-                .collect::<Vec<_>>(),
-        ));
+        let schema = crate::types::table_schema(&table);
         ExternalTable {
             table,
             source,

@@ -135,27 +135,25 @@ impl Login {
         ))
     }
 
-    /// A TLS client configuration trusting `ca`, if given.
-    fn tls(&self) -> anyhow::Result<Option<rustls::ClientConfig>> {
+    /// A TLS client configuration trusting the CA certificates of `ca`
+    /// (none without it: an https:// URL then fails its certificate check).
+    fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        let Some(ca) = &self.ca else {
-            return Ok(None);
-        };
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca)
-            .with_context(|| format!("the CA certificates in {}", ca.display()))?
-        {
-            roots.add(cert?)?;
+        if let Some(ca) = &self.ca {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("the CA certificates in {}", ca.display()))?
+            {
+                roots.add(cert?)?;
+            }
         }
-        Ok(Some(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
         ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
     }
 
     /// A PostgreSQL connection to `pg` (HOST:PORT) as this login: over TLS
@@ -177,8 +175,9 @@ impl Login {
         if let Some(password) = &self.password {
             config.password(password);
         }
-        let client = match self.tls()? {
-            Some(tls) => {
+        let client = match &self.ca {
+            Some(_) => {
+                let tls = self.client_config()?;
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let (client, connection) = config
                     .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
@@ -202,26 +201,11 @@ impl Login {
     /// An HTTP client: HTTPS trusting the CA when one is given, plain
     /// HTTP otherwise.
     fn http(&self) -> anyhow::Result<HttpClient> {
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector = match self.tls()? {
-            Some(tls) => builder
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .build(),
-            None => builder
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .build(),
-        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.client_config()?)
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector),

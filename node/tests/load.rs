@@ -53,6 +53,19 @@ fn sample_files(files: &std::path::Path) {
     .expect("json");
 }
 
+/// The rows of c1.csv, c2.csv and e.ndjson of [`sample_files`] as
+/// `(id, name, amount as text)` of a `(id int, name text, amount
+/// numeric(10, 2))` table, by id.
+fn sample_rows() -> Vec<(i32, Option<String>, Option<String>)> {
+    vec![
+        (1, Some("x".into()), Some("1.50".into())),
+        (2, Some("y, z".into()), None),
+        (3, Some("w".into()), Some("2.25".into())),
+        (7, Some("j".into()), None),
+        (8, None, Some("0.50".into())),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -134,16 +147,7 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(
-        rows,
-        [
-            (1, Some("x".into()), Some("1.50".into())),
-            (2, Some("y, z".into()), None),
-            (3, Some("w".into()), Some("2.25".into())),
-            (7, Some("j".into()), None),
-            (8, None, Some("0.50".into())),
-        ]
-    );
+    assert_eq!(rows, sample_rows());
 
     // A bad value in any file loads nothing of the statement.
     let e = client
@@ -267,16 +271,7 @@ async fn external_tables_read_parquet_csv_and_json_files_in_place() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(
-        rows,
-        [
-            (1, Some("x".into()), Some("1.50".into())),
-            (2, Some("y, z".into()), None),
-            (3, Some("w".into()), Some("2.25".into())),
-            (7, Some("j".into()), None),
-            (8, None, Some("0.50".into())),
-        ]
-    );
+    assert_eq!(rows, sample_rows());
     // Joined with a table of Quarry's own, and copied into one.
     client
         .batch_execute(
@@ -605,16 +600,26 @@ async fn quarry_load_logs_in_over_https_with_a_password_or_a_token() {
         .batch_execute("CREATE TABLE by_token (id bigint, name text)")
         .await
         .expect("table");
-    let mut command = std::process::Command::new(quarry());
-    let out = command
-        .arg("load")
-        .arg(&files)
-        .args(["--table", "public.by_token", "--url", &url, "--ca"])
-        .arg(&ca)
-        .env_remove("QUARRY_PASSWORD")
-        .env("QUARRY_TOKEN", &token)
-        .output()
-        .expect("quarry load runs");
+    let to_by_token = |token: Option<&str>| {
+        let mut command = std::process::Command::new(quarry());
+        command
+            .arg("load")
+            .arg(&files)
+            .args(["--table", "public.by_token", "--url", &url, "--ca"])
+            .arg(&ca)
+            .env_remove("QUARRY_PASSWORD")
+            .env_remove("QUARRY_TOKEN");
+        if let Some(token) = token {
+            command.env("QUARRY_TOKEN", token);
+        }
+        command.output().expect("quarry load runs")
+    };
+    // Over HTTPS without credentials: the node asks for a login.
+    let out = to_by_token(None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    let out = to_by_token(Some(&token));
     assert!(
         out.status.success(),
         "{}",
