@@ -499,12 +499,31 @@ pub struct Catalog {
     /// rows they cover; records of their own in the Raft snapshot file.
     #[serde(skip)]
     pub channels: OrdMap<(TableId, String), u64>,
+    /// The streaming API's pending channels (BigQuery's PENDING write
+    /// streams): rows durable in stripes, in no snapshot until the channel
+    /// is committed. A channel is in `channels` or here, not both. Records
+    /// of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub pending: OrdMap<(TableId, String), Arc<PendingChannel>>,
     /// The sources of external tables (`CREATE EXTERNAL TABLE`), by table
     /// id: such a table has no data files of its own, its rows are the
     /// files the source names, read when a query scans it. Records of their
     /// own in the Raft snapshot file.
     #[serde(skip)]
     pub external: OrdMap<TableId, Arc<ExternalSource>>,
+}
+
+/// A pending channel of the streaming API: its rows' data files, kept out
+/// of every snapshot until the channel is committed (all at once) or
+/// discarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingChannel {
+    /// The data files of its rows, in order.
+    pub files: Vec<DataFile>,
+    /// The channel's next row offset.
+    pub next_offset: u64,
+    /// Commit time of its last append (expiry counts from it).
+    pub appended_at: TimestampMicros,
 }
 
 /// The format of files read in place or loaded (`LOAD DATA`, external
@@ -777,13 +796,19 @@ impl Catalog {
         }
     }
 
-    /// Every chunk some table, dropped table or retained snapshot still lists:
+    /// Every chunk some table, dropped table, retained snapshot or pending
+    /// channel still lists:
     /// what must stay on disk.
     pub fn referenced_chunks(&self) -> std::collections::HashSet<ChunkId> {
         self.tables
             .values()
             .chain(self.dropped.iter().map(|d| &d.table))
             .flat_map(|t| t.files.iter().map(|e| e.file.chunk))
+            .chain(
+                self.pending
+                    .values()
+                    .flat_map(|p| p.files.iter().map(|f| f.chunk)),
+            )
             .collect()
     }
 

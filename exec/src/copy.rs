@@ -7,15 +7,17 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatchOptions;
 use datafusion::arrow::array::{
     Array, ArrayRef, BinaryArray, RecordBatch, StringArray, StringBuilder, new_null_array,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use quarry_common::SqlState;
 use quarry_common::catalog::{ColumnType, Table};
 
+use crate::bad_rows::{BadRows, Misfit, fit_skipping};
 use crate::error::{Error, Result, user_error};
 use crate::types::{arrow_type, table_schema};
 
@@ -527,39 +529,87 @@ impl RowBuffer {
     /// 22P02 / 22003 / 22007 naming the line, column and value that does not
     /// convert; 23502 for a NULL in a NOT NULL column.
     pub fn take_batch(&mut self) -> Result<RecordBatch> {
-        let rows = self.lines.len();
-        let texts: Vec<StringArray> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        self.take_batch_skipping(&mut BadRows::default())
+    }
+
+    /// As [`Self::take_batch`], skipping rows that do not convert while
+    /// `bad` allows.
+    pub fn take_batch_skipping(&mut self, bad: &mut BadRows) -> Result<RecordBatch> {
+        let texts: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
         let lines = std::mem::take(&mut self.lines);
+        let texts = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(
+                (0..texts.len())
+                    .map(|i| ArrowField::new(format!("f{i}"), DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            )),
+            texts,
+            &RecordBatchOptions::new().with_row_count(Some(lines.len())),
+        )
+        .map_err(|e| Error::Internal(format!("COPY rows: {e}")))?;
+        fit_skipping(&texts, &|i| lines[i], bad, &|texts, line| {
+            self.convert_rows(texts, line)
+        })
+    }
+
+    /// The rows of `texts` (one text column per COPY column) as a batch of
+    /// the table; `line` gives a row's line by its index.
+    fn convert_rows(
+        &self,
+        texts: &RecordBatch,
+        line: &dyn Fn(usize) -> u64,
+    ) -> std::result::Result<RecordBatch, Misfit> {
+        let rows = texts.num_rows();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.table.columns.len());
         for (column, position) in self.table.columns.iter().zip(&self.positions) {
             let Some(position) = position else {
                 columns.push(new_null_array(&arrow_type(column.column_type), rows));
                 continue;
             };
-            let text = &texts[*position];
-            if !column.nullable && text.null_count() > 0 {
-                let row = (0..rows)
-                    .find(|r| text.is_null(*r))
-                    .expect("there is a null");
-                return Err(Error::User {
-                    state: SqlState::NOT_NULL_VIOLATION,
-                    message: format!(
-                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
-                        column.name, self.table.name
-                    ),
-                    detail: Some(self.origin.place(&self.table.name, lines[row])),
-                });
+            let text = texts
+                .column(*position)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("text columns");
+            if !column.nullable
+                && text.null_count() > 0
+                && let Some(row) = (0..rows).find(|r| text.is_null(*r))
+            {
+                return Err(Misfit::new(
+                    Some(row),
+                    Error::User {
+                        state: SqlState::NOT_NULL_VIOLATION,
+                        message: format!(
+                            "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                            column.name, self.table.name
+                        ),
+                        detail: Some(self.origin.place(&self.table.name, line(row))),
+                    },
+                ));
             }
             columns.push(convert(text, column.column_type, |row| {
                 format!(
                     "{}, column {}",
-                    self.origin.place(&self.table.name, lines[row]),
+                    self.origin.place(&self.table.name, line(row)),
                     column.name
                 )
             })?);
         }
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("COPY batch does not fit its table: {e}")))
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(|e| {
+            Misfit::new(
+                None,
+                Error::Internal(format!("COPY batch does not fit its table: {e}")),
+            )
+        })
     }
 }
 
@@ -568,12 +618,15 @@ fn convert(
     text: &StringArray,
     column_type: ColumnType,
     locate: impl Fn(usize) -> String,
-) -> Result<ArrayRef> {
+) -> std::result::Result<ArrayRef, Misfit> {
     let target = arrow_type(column_type);
     if column_type == ColumnType::Bytea {
+        let bad_row = std::cell::Cell::new(None);
         return decode_bytea(text, |row| {
+            bad_row.set(Some(row));
             bad_value(&locate(row), column_type, text.value(row))
-        });
+        })
+        .map_err(|e| Misfit::new(bad_row.get(), e));
     }
     let trimmed;
     let source: &StringArray = if matches!(column_type, ColumnType::Text) {
@@ -590,12 +643,19 @@ fn convert(
             ..Default::default()
         },
     )
-    .map_err(|e| Error::Internal(format!("no conversion from text to {target}: {e}")))?;
-    if converted.null_count() > source.null_count() {
-        let row = (0..source.len())
-            .find(|r| source.is_valid(*r) && converted.is_null(*r))
-            .expect("a value failed to convert");
-        return Err(bad_value(&locate(row), column_type, text.value(row)));
+    .map_err(|e| {
+        Misfit::new(
+            None,
+            Error::Internal(format!("no conversion from text to {target}: {e}")),
+        )
+    })?;
+    if converted.null_count() > source.null_count()
+        && let Some(row) = (0..source.len()).find(|r| source.is_valid(*r) && converted.is_null(*r))
+    {
+        return Err(Misfit::new(
+            Some(row),
+            bad_value(&locate(row), column_type, text.value(row)),
+        ));
     }
     Ok(converted)
 }

@@ -17,6 +17,7 @@
 
 pub mod array_text;
 pub mod audit;
+pub mod bad_rows;
 mod buffer;
 pub mod bytea;
 pub mod catalog;
@@ -53,6 +54,7 @@ pub mod types;
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;
 pub use session::{
-    Appended, CommandTag, Compacted, Compaction, CopyIn, Engine, Metadata, Output, QueryResources,
-    Session, StreamRows, compaction_candidates, compaction_due,
+    AppendMode, Appended, ChannelState, CommandTag, Compacted, Compaction, CopyIn, Engine,
+    Metadata, Notice, Output, QueryResources, Session, StreamRows, compaction_candidates,
+    compaction_due,
 };

@@ -553,6 +553,9 @@ pub enum QuarryStatement {
         uris: Vec<String>,
         /// CSV: header lines to skip (0 or 1).
         skip_leading_rows: u64,
+        /// Most rows that do not fit the table to skip, each reported as a
+        /// NOTICE, rather than fail (BigQuery's `max_bad_records`).
+        max_bad_records: u64,
     },
     /// `CREATE EXTERNAL TABLE name [(columns)] OPTIONS (...)` (BigQuery's):
     /// a table whose rows are files read in place at every scan.
@@ -710,13 +713,16 @@ struct FileOptions {
     format: FileFormat,
     uris: Vec<String>,
     skip_leading_rows: u64,
+    max_bad_records: u64,
 }
 
-/// `(format = '...', uris = ['...', ...] [, skip_leading_rows = N])`,
+/// `(format = '...', uris = ['...', ...] [, skip_leading_rows = N]
+/// [, max_bad_records = N])`,
 /// BigQuery's file options; `statement` names the statement in errors.
 fn parse_file_options(parser: &mut Parser<'_>, statement: &str) -> Result<FileOptions> {
     parser.expect_token(&Token::LParen).map_err(syntax_error)?;
-    let (mut format, mut uris, mut skip_leading_rows) = (None, Vec::new(), 0u64);
+    let (mut format, mut uris, mut skip_leading_rows, mut max_bad_records) =
+        (None, Vec::new(), 0u64, 0u64);
     loop {
         let option = parser
             .parse_identifier()
@@ -767,6 +773,9 @@ fn parse_file_options(parser: &mut Parser<'_>, statement: &str) -> Result<FileOp
             "skip_leading_rows" => {
                 skip_leading_rows = text(&value).and_then(|n| n.parse().ok()).ok_or_else(bad)?
             }
+            "max_bad_records" => {
+                max_bad_records = text(&value).and_then(|n| n.parse().ok()).ok_or_else(bad)?
+            }
             _ => {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -799,11 +808,12 @@ fn parse_file_options(parser: &mut Parser<'_>, statement: &str) -> Result<FileOp
         format,
         uris,
         skip_leading_rows,
+        max_bad_records,
     })
 }
 
 /// `LOAD DATA INTO | OVERWRITE table FROM FILES (format = '...', uris =
-/// ['...', ...] [, skip_leading_rows = N])`, BigQuery's
+/// ['...', ...] [, skip_leading_rows = N] [, max_bad_records = N])`, BigQuery's
 /// (<https://cloud.google.com/bigquery/docs/reference/standard-sql/load-statements>).
 fn parse_load_data(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
     let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
@@ -828,6 +838,7 @@ fn parse_load_data(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> 
         format,
         uris,
         skip_leading_rows,
+        max_bad_records,
     } = parse_file_options(&mut parser, "LOAD DATA")?;
     Ok(Some(QuarryStatement::LoadData {
         table,
@@ -835,6 +846,7 @@ fn parse_load_data(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> 
         format,
         uris,
         skip_leading_rows,
+        max_bad_records,
     }))
 }
 
@@ -872,7 +884,14 @@ fn parse_external_table(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStateme
         format,
         uris,
         skip_leading_rows,
+        max_bad_records,
     } = parse_file_options(&mut parser, "CREATE EXTERNAL TABLE")?;
+    if max_bad_records != 0 {
+        return Err(user_error(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "CREATE EXTERNAL TABLE option max_bad_records is not supported: a bad row fails the scan",
+        ));
+    }
     Ok(Some(QuarryStatement::CreateExternalTable {
         name,
         if_not_exists,
@@ -2552,8 +2571,23 @@ mod tests {
                 format: FileFormat::Csv,
                 uris: vec!["/a/*.csv".into(), "/b.csv".into()],
                 skip_leading_rows: 1,
+                max_bad_records: 0,
             }]
         );
+        let parsed = parse(
+            "LOAD DATA INTO t FROM FILES (format = 'CSV', uris = ['/a'], max_bad_records = 10)",
+        );
+        let Ok(
+            [
+                QuarryStatement::LoadData {
+                    max_bad_records, ..
+                },
+            ],
+        ) = parsed.as_deref()
+        else {
+            panic!("max_bad_records: {parsed:?}");
+        };
+        assert_eq!(*max_bad_records, 10);
         let parsed =
             parse("load data overwrite t from files (uris = ['/x.parquet'], format = 'PARQUET')");
         let Ok(

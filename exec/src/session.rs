@@ -88,7 +88,7 @@ use dispatch::Dispatch;
 pub use settings::DistSql;
 pub use settings::is_preset_setting;
 use settings::{DEFAULT_SETTINGS, PRESET_SETTINGS};
-pub use stream::{Appended, StreamRows};
+pub use stream::{AppendMode, Appended, ChannelState, StreamRows};
 use time_travel::AS_OF_SCHEMA;
 use transaction::{Isolation, Transaction, commit_changes, refused};
 
@@ -336,6 +336,18 @@ pub struct Session {
     prepared: prepared::PreparedNames,
     /// Who the session is; its privileges are checked on every statement.
     user: SessionUser,
+    /// NOTICEs of the statement run last, for the client, in order.
+    notices: Vec<Notice>,
+}
+
+/// A message for the client that is not an error (PostgreSQL's NOTICE,
+/// SQLSTATE 00000).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The message.
+    pub message: String,
+    /// Its detail.
+    pub detail: Option<String>,
 }
 
 impl Drop for Session {
@@ -498,7 +510,13 @@ impl Session {
             cursors: BTreeMap::new(),
             prepared: prepared::PreparedNames::default(),
             user,
+            notices: Vec::new(),
         })
+    }
+
+    /// The NOTICEs statements raised since the last call, in order.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Sets who the session is (after the connection authenticated).
@@ -706,9 +724,17 @@ impl Session {
                 format,
                 uris,
                 skip_leading_rows,
+                max_bad_records,
             } => {
-                self.load_data(&table, overwrite, format, &uris, skip_leading_rows)
-                    .await
+                self.load_data(
+                    &table,
+                    overwrite,
+                    format,
+                    &uris,
+                    skip_leading_rows,
+                    max_bad_records,
+                )
+                .await
             }
             QuarryStatement::CreateExternalTable {
                 name,

@@ -144,6 +144,11 @@ pub struct LoadArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 65_536)]
     pub batch_rows: usize,
+    /// Most rows that do not fit the table to skip, each listed at the end,
+    /// before the load fails and nothing of it is loaded (BigQuery's
+    /// max_bad_records).
+    #[arg(long, default_value_t = 0)]
+    pub max_bad_rows: u64,
     /// The role to log in as (HTTP Basic over HTTPS, and --create's
     /// PostgreSQL connection) when the node is not --insecure.
     #[arg(long, default_value = "quarry")]
@@ -254,6 +259,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 url: args.url,
                 pg: args.pg,
                 batch_rows: args.batch_rows.max(1),
+                max_bad_rows: args.max_bad_rows,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 login: crate::load_files::Login {
                     user: Some(args.user),
@@ -264,16 +270,21 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             })
             .await?;
             let seconds = started.elapsed().as_secs_f64();
+            let skipped = summary.skipped.len() as u64;
             println!(
                 "loaded {} rows from {} file(s) into {table} in {seconds:.1} s ({:.0} rows/s); \
-                 {} row(s) were there from an earlier run; channel {} is at {}",
-                summary.rows_sent,
+                 {} row(s) were sent by an earlier run; {skipped} bad row(s) skipped; \
+                 channel {} committed at {}",
+                summary.rows_sent - skipped,
                 summary.files,
                 summary.rows_sent as f64 / seconds.max(1e-9),
                 summary.resumed_at,
                 summary.channel,
                 summary.next_offset
             );
+            for line in &summary.skipped {
+                println!("skipped: {line}");
+            }
             Ok(())
         }
         Some(Dataset::Tpch {

@@ -168,11 +168,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route(
             "/v1/tables/{table}/channels/{channel}",
-            get(crate::stream_api::channel),
+            get(crate::stream_api::channel).delete(crate::stream_api::discard),
         )
         .route(
             "/v1/tables/{table}/channels/{channel}/rows",
             axum::routing::post(crate::stream_api::append),
+        )
+        .route(
+            "/v1/tables/{table}/channels/{channel}/commit",
+            axum::routing::post(crate::stream_api::commit),
         )
         .with_state(state)
 }

@@ -3,7 +3,10 @@
 //! whole) sent to a node through the streaming API (`docs/INGESTION.md`) as
 //! Arrow IPC batches with offsets. The channel is named after the files
 //! (paths, sizes, modification times), so a load that was interrupted and
-//! is run again resumes at the channel's next offset: each row once.
+//! is run again resumes at the channel's next offset: each row once. The
+//! channel is pending: its rows become visible together when the load
+//! commits it at the end, and a load the node refuses (a bad row past
+//! `--max-bad-rows`) discards it, so nothing of a failed load is seen.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -97,6 +100,9 @@ pub struct LoadRequest {
     pub batch_rows: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// Most rows that do not fit the table to skip (each listed in the
+    /// summary) before the load fails (BigQuery's `max_bad_records`).
+    pub max_bad_rows: u64,
     /// How to log in.
     pub login: Login,
 }
@@ -227,6 +233,9 @@ pub struct LoadSummary {
     pub next_offset: u64,
     /// The channel.
     pub channel: String,
+    /// The rows skipped as bad, each as `file F, row N: message (detail)`;
+    /// counted in `rows_sent` (they took their offsets).
+    pub skipped: Vec<String>,
 }
 
 /// The files `paths` name, in order: directories' files sorted by name, a
@@ -440,16 +449,39 @@ async fn request(
     Ok((status, json))
 }
 
-/// Sends `body` at `offset` until it is committed (or was): the channel's
-/// next offset. A lost answer or a 503 is retried with the same offset.
+/// Why rows were not sent.
+#[derive(Debug)]
+enum SendError {
+    /// The node refused them (a bad row, a table that does not fit): the
+    /// load cannot go on.
+    Refused(String),
+    /// No node answered, or not in time: a rerun resumes.
+    Unanswered(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Refused(why) | SendError::Unanswered(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Sends `body` at `offset` to the pending channel at `uri`, skipping up
+/// to `max_bad_rows` bad rows, until it is held (or was): the channel's
+/// next offset and the node's `skipped_rows`. A lost answer or a 503 is
+/// retried with the same offset.
 async fn send(
     client: &HttpClient,
     authorization: Option<&str>,
     uri: &str,
     offset: u64,
+    max_bad_rows: u64,
     body: Bytes,
-) -> anyhow::Result<u64> {
-    let uri = format!("{uri}/rows?offset={offset}");
+) -> Result<(u64, Vec<serde_json::Value>), SendError> {
+    let uri = format!("{uri}/rows?offset={offset}&pending=true&max_bad_rows={max_bad_rows}");
     let mut last = String::new();
     for attempt in 0..20u32 {
         match request(
@@ -462,18 +494,74 @@ async fn send(
         )
         .await
         {
-            Ok((200 | 409, answer)) => {
-                return answer["next_offset"]
-                    .as_u64()
-                    .context("the answer has no next_offset");
+            Ok((status @ (200 | 409), answer)) if answer["next_offset"].is_u64() => {
+                let skipped = match (status, answer["skipped_rows"].as_array()) {
+                    (200, Some(rows)) => rows.clone(),
+                    _ => Vec::new(),
+                };
+                return Ok((answer["next_offset"].as_u64().unwrap_or(offset), skipped));
             }
             Ok((status @ (429 | 503 | 500..), answer)) => last = format!("{status} {answer}"),
-            Ok((status, answer)) => bail!("rows {offset}..: {status} {answer}"),
+            Ok((status, answer)) => {
+                return Err(SendError::Refused(format!(
+                    "rows {offset}..: {status} {answer}"
+                )));
+            }
             Err(e) => last = format!("{e:#}"),
         }
         tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
     }
-    bail!("rows {offset}..: no commit after 20 attempts ({last})")
+    Err(SendError::Unanswered(format!(
+        "rows {offset}..: no answer after 20 attempts ({last})"
+    )))
+}
+
+/// Posts to `uri` (a channel's commit, or a DELETE discarding it) until a
+/// node answers: its status and answer.
+async fn end_channel(
+    client: &HttpClient,
+    authorization: Option<&str>,
+    method: hyper::Method,
+    uri: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut last = String::new();
+    for attempt in 0..20u32 {
+        match request(
+            client,
+            authorization,
+            method.clone(),
+            uri,
+            "text/plain",
+            Bytes::new(),
+        )
+        .await
+        {
+            Ok((status @ (429 | 503 | 500..), answer)) => last = format!("{status} {answer}"),
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+    }
+    bail!("{method} {uri}: no answer after 20 attempts ({last})")
+}
+
+/// The rows of the node's `skipped_rows` for a request whose first row is
+/// row `first_row` of `file`, as the summary lists them.
+fn skipped_lines(file: &Path, first_row: u64, skipped: &[serde_json::Value]) -> Vec<String> {
+    skipped
+        .iter()
+        .map(|bad| {
+            let row = first_row + bad["row"].as_u64().unwrap_or(1) - 1;
+            let message = bad["message"].as_str().unwrap_or("a bad row");
+            match bad["detail"].as_str() {
+                Some(detail) => format!(
+                    "file {}, row {row}: {message} ({detail} of the request)",
+                    file.display()
+                ),
+                None => format!("file {}, row {row}: {message}", file.display()),
+            }
+        })
+        .collect()
 }
 
 /// Runs a load.
@@ -522,10 +610,86 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
         (404, answer) if answer["error"]["code"] == "not_found" => 0,
         (status, answer) => bail!("{base}: {status} {answer}"),
     };
+    let mut skipped = Vec::new();
+    let sent = send_files(
+        request_,
+        &files,
+        &format_of,
+        &client,
+        authorization,
+        &base,
+        resumed_at,
+        &mut skipped,
+    )
+    .await;
+    let (next_offset, rows_sent) = match sent {
+        Ok(sent) => sent,
+        Err(e) => {
+            // A load that cannot go on is discarded, rows and all; one a
+            // node did not answer stays pending for a rerun to resume.
+            if !matches!(
+                e.downcast_ref::<SendError>(),
+                Some(SendError::Unanswered(_))
+            ) {
+                let discarded =
+                    end_channel(&client, authorization, hyper::Method::DELETE, &base).await;
+                if let Ok((status @ (200 | 404), _)) = discarded {
+                    let what = if status == 200 {
+                        "discarded"
+                    } else {
+                        "none sent"
+                    };
+                    return Err(
+                        e.context(format!("nothing was loaded (the rows sent were {what})"))
+                    );
+                }
+            }
+            return Err(e.context(format!(
+                "the rows sent wait in pending channel {channel}: run the same load again to resume"
+            )));
+        }
+    };
+    if next_offset > 0 {
+        match end_channel(
+            &client,
+            authorization,
+            hyper::Method::POST,
+            &format!("{base}/commit"),
+        )
+        .await?
+        {
+            (200, _) => {}
+            (status, answer) => bail!("committing channel {channel}: {status} {answer}"),
+        }
+    }
+    Ok(LoadSummary {
+        files: files.len(),
+        resumed_at,
+        rows_sent,
+        next_offset,
+        channel,
+        skipped,
+    })
+}
+
+/// Sends the rows of `files` past `resumed_at` to the pending channel at
+/// `base`: the channel's next offset and the rows sent.
+#[allow(clippy::too_many_arguments)]
+async fn send_files(
+    request_: &LoadRequest,
+    files: &[PathBuf],
+    format_of: &dyn Fn(&Path) -> anyhow::Result<LoadFormat>,
+    client: &HttpClient,
+    authorization: Option<&str>,
+    base: &str,
+    resumed_at: u64,
+    skipped: &mut Vec<String>,
+) -> anyhow::Result<(u64, u64)> {
     eprintln!(
-        "loading {} file(s) into {} through channel {channel}, from offset {resumed_at}",
+        "loading {} file(s) into {} through pending channel {}, from offset {resumed_at}",
         files.len(),
-        request_.table
+        request_.table,
+        base.rsplit('/').next().unwrap_or(base)
     );
     let bar = if request_.progress {
         indicatif::ProgressBar::new_spinner()
@@ -543,8 +707,9 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
     let mut position = 0u64;
     let mut next_offset = resumed_at;
     let mut rows_sent = 0u64;
-    for file in &files {
+    for file in files {
         bar.set_message(file.display().to_string());
+        let file_start = position;
         let (_, batches) = read_file(file, format_of(file)?, request_.batch_rows)?;
         for batch in batches {
             let batch = batch.with_context(|| format!("reading {}", file.display()))?;
@@ -558,27 +723,25 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
             let skip = next_offset.saturating_sub(start);
             let batch = batch.slice(skip as usize, (rows - skip) as usize);
             let sent = next_offset;
-            next_offset = send(
-                &client,
+            let budget = request_.max_bad_rows.saturating_sub(skipped.len() as u64);
+            let (next, bad) = send(
+                client,
                 authorization,
-                &base,
+                base,
                 next_offset,
+                budget,
                 Bytes::from(ipc(&batch)?),
             )
             .await
             .with_context(|| format!("loading {}", file.display()))?;
+            next_offset = next;
+            skipped.extend(skipped_lines(file, sent - file_start + 1, &bad));
             rows_sent += next_offset.saturating_sub(sent);
             bar.set_position(next_offset);
         }
     }
     bar.finish_and_clear();
-    Ok(LoadSummary {
-        files: files.len(),
-        resumed_at,
-        rows_sent,
-        next_offset,
-        channel,
-    })
+    Ok((next_offset, rows_sent))
 }
 
 #[cfg(test)]

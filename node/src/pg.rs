@@ -861,6 +861,23 @@ impl Connection {
         }
     }
 
+    /// Sends the NOTICEs the session's last statement raised.
+    async fn send_notices<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let notices = self.state.session.lock().await.take_notices();
+        for notice in notices {
+            let mut info = ErrorInfo::new("NOTICE".to_owned(), "00000".to_owned(), notice.message);
+            info.detail = notice.detail;
+            client
+                .send(PgWireBackendMessage::NoticeResponse(info.into()))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn sync_transaction_status<C: ClientInfo>(&self, client: &mut C) {
         let open = self.state.session.lock().await.in_transaction();
         client.set_transaction_status(if open {
@@ -886,7 +903,7 @@ impl SimpleQueryHandler for Connection {
         result
     }
 
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -904,7 +921,11 @@ impl SimpleQueryHandler for Connection {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.run(statement, None, &Format::UnifiedText).await {
+            let response = self.run(statement, None, &Format::UnifiedText).await;
+            // NOTICEs go out as the statement ends, before the query's
+            // responses (pgwire sends those after the last statement).
+            self.send_notices(client).await?;
+            match response {
                 Ok(response) => {
                     let copy_in = matches!(response, Response::CopyIn(_));
                     responses.push(response);
@@ -1093,7 +1114,7 @@ impl ExtendedQueryHandler for Connection {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Prepared>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -1107,12 +1128,15 @@ impl ExtendedQueryHandler for Connection {
             return Ok(Response::EmptyQuery);
         };
         let params = bind_parameters(portal, &prepared.params)?;
-        self.run(
-            statement.clone(),
-            Some(params),
-            &portal.result_column_format,
-        )
-        .await
+        let response = self
+            .run(
+                statement.clone(),
+                Some(params),
+                &portal.result_column_format,
+            )
+            .await;
+        self.send_notices(client).await?;
+        response
     }
 }
 

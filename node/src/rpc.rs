@@ -38,9 +38,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// names the node; version 8: `CreateView`, `DropView`, `RenameView`; version
 /// 9: `Comment`, `AddConstraint`, `DropConstraint`, `Batch`; version 11:
 /// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
-/// datagrams with an HMAC tag; version 14: `SetExternalSource`), needs a
-/// new version.
-pub const WIRE_VERSION: u8 = 14;
+/// datagrams with an HMAC tag; version 14: `SetExternalSource`; version 15:
+/// `skipped` in `Append` and `AppendBuffered`, `AppendPending`,
+/// `CommitPending`, `DiscardPending`), needs a new version.
+pub const WIRE_VERSION: u8 = 15;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -918,9 +919,12 @@ mod tests {
             | C::Append { .. }
             | C::AppendBuffered { .. }
             | C::MoveBuffered { .. }
-            | C::SetExternalSource { .. } => {}
+            | C::SetExternalSource { .. }
+            | C::AppendPending { .. }
+            | C::CommitPending { .. }
+            | C::DiscardPending { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 14, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 15, "update the list above");
     }
 
     #[tokio::test]

@@ -621,6 +621,11 @@ fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec:
     }
 }
 
+/// How long a pending channel of the streaming API may go without an
+/// append before its rows are discarded (an abandoned `quarry load`): a
+/// week to resume it.
+const PENDING_CHANNEL_MAX_AGE_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
+
 async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
     let catalog = meta.read().await?;
     let now = quarry_raft::now_micros();
@@ -638,6 +643,16 @@ async fn expire_once(meta: &Meta, chunks: &ChunkStore) -> anyhow::Result<()> {
             };
             let deleted = expire(meta, chunks, command).await?;
             tracing::info!(table = %table.name, keep_from, deleted, "expired snapshots");
+        }
+    }
+    for ((table, channel), pending) in &catalog.pending {
+        if pending.appended_at < now - PENDING_CHANNEL_MAX_AGE_MICROS {
+            let command = quarry_raft::Command::DiscardPending {
+                table: *table,
+                channel: channel.clone(),
+            };
+            let deleted = expire(meta, chunks, command).await?;
+            tracing::info!(table, %channel, deleted, "discarded a pending channel left uncommitted");
         }
     }
     for dropped in &catalog.dropped {

@@ -8,8 +8,16 @@
 //!   (`N > M`) or rows that do not fit the table (naming the row and
 //!   column); `404` for an unknown table; `413` past the body limit; `415`
 //!   for another content type.
+//!   With `pending=true` the channel is pending (BigQuery's PENDING write
+//!   stream): its rows are durable but invisible until
+//!   `POST .../channels/{channel}/commit` commits them all in one snapshot
+//!   (`200 {"next_offset": M}`, again on a retry), or `DELETE
+//!   .../channels/{channel}` discards them; `409` for rows sent to a
+//!   channel of the other kind. With `max_bad_rows=K` up to K rows that do
+//!   not fit are skipped (they keep their offsets) and listed as
+//!   `"skipped_rows": [{"row", "code", "message", "detail"}]`.
 //! - `GET /v1/tables/{schema.table}/channels/{channel}` → `{"next_offset":
-//!   M}`, `404` for a channel never written.
+//!   M, "pending": bool}`, `404` for a channel never written.
 //!
 //! Errors are `{"error": {"code": SQLSTATE or a word, "message", "detail"}}`.
 //! Requests log in as `/metrics` does (HTTP Basic or a bearer token over
@@ -22,16 +30,18 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quarry_common::SqlState;
 use quarry_exec::privileges::SessionUser;
-use quarry_exec::{Appended, StreamRows};
+use quarry_exec::{AppendMode, Appended, StreamRows};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{HttpState, Peer};
 
-/// `?offset=N`.
+/// `?offset=N[&pending=true][&max_bad_rows=K]`.
 #[derive(Debug, Deserialize)]
 pub struct OffsetQuery {
     offset: Option<String>,
+    pending: Option<String>,
+    max_bad_rows: Option<String>,
 }
 
 /// A JSON error answer; `next_offset` added when known.
@@ -55,7 +65,8 @@ fn error(
 fn status_of(state: SqlState) -> StatusCode {
     let code = state.code();
     match code {
-        "42P01" | "3F000" => StatusCode::NOT_FOUND,
+        "42P01" | "3F000" | "42704" => StatusCode::NOT_FOUND,
+        "55000" => StatusCode::CONFLICT,
         "42501" => StatusCode::FORBIDDEN,
         "40001" | "57P01" | "08006" => StatusCode::SERVICE_UNAVAILABLE,
         _ if code.starts_with("22") || code.starts_with("23") || code.starts_with("42") => {
@@ -137,7 +148,11 @@ pub async fn channel(
     })
     .await;
     match offset {
-        Ok(Some(next_offset)) => axum::Json(json!({"next_offset": next_offset})).into_response(),
+        Ok(Some(channel)) => axum::Json(json!({
+            "next_offset": channel.next_offset,
+            "pending": channel.pending,
+        }))
+        .into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -170,6 +185,36 @@ pub async fn append(
             None,
             None,
         );
+    };
+    let pending = match query.pending.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "22023",
+                format!("pending={other}: true or false"),
+                None,
+                None,
+            );
+        }
+    };
+    let max_bad_rows = match query.max_bad_rows.as_deref().map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(k)) => k,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "22023",
+                "max_bad_rows=K takes a count, 0 or more",
+                None,
+                None,
+            );
+        }
+    };
+    let mode = AppendMode {
+        pending,
+        max_bad_rows,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -216,12 +261,31 @@ pub async fn append(
         } else {
             StreamRows::NdJson(&bytes)
         };
-        session.append_rows(&table, &channel, offset, rows).await
+        session
+            .append_rows(&table, &channel, offset, rows, mode)
+            .await
     })
     .await;
     match appended {
-        Ok(Appended::Committed { next_offset }) => {
-            axum::Json(json!({"next_offset": next_offset})).into_response()
+        Ok(Appended::Committed {
+            next_offset,
+            skipped,
+        }) => {
+            let mut body = json!({"next_offset": next_offset});
+            if !skipped.is_empty() {
+                body["skipped_rows"] = skipped
+                    .iter()
+                    .map(|bad| {
+                        json!({
+                            "row": bad.row,
+                            "code": bad.state.code(),
+                            "message": bad.message,
+                            "detail": bad.detail,
+                        })
+                    })
+                    .collect();
+            }
+            axum::Json(body).into_response()
         }
         Ok(Appended::AlreadyWritten { next_offset }) => error(
             StatusCode::CONFLICT,
@@ -241,6 +305,54 @@ pub async fn append(
             None,
             Some(next_offset),
         ),
+        Err(answer) => answer,
+    }
+}
+
+/// `POST /v1/tables/{table}/channels/{channel}/commit`: commits a pending
+/// channel's rows in one snapshot.
+pub async fn commit(
+    State(state): State<HttpState>,
+    Path((table, channel)): Path<(String, String)>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    end_channel(state, table, channel, peer, headers, true).await
+}
+
+/// `DELETE /v1/tables/{table}/channels/{channel}`: discards a pending
+/// channel's rows.
+pub async fn discard(
+    State(state): State<HttpState>,
+    Path((table, channel)): Path<(String, String)>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    end_channel(state, table, channel, peer, headers, false).await
+}
+
+async fn end_channel(
+    state: HttpState,
+    table: String,
+    channel: String,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    commit: bool,
+) -> Response {
+    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
+    let ended = with_session(&state, user, async move |mut session| {
+        if commit {
+            session.commit_channel(&table, &channel).await
+        } else {
+            session.discard_channel(&table, &channel).await
+        }
+    })
+    .await;
+    match ended {
+        Ok(next_offset) => axum::Json(json!({"next_offset": next_offset})).into_response(),
         Err(answer) => answer,
     }
 }

@@ -174,6 +174,31 @@ async fn load_data_reads_parquet_csv_and_json_files_in_one_commit_or_not_at_all(
         .expect("count")
         .get(0);
     assert_eq!(count, 5);
+    // With max_bad_records the bad row is skipped, the rest loaded, and
+    // each skipped row is a NOTICE naming it, as COPY ... ON_ERROR ignore.
+    let (notices, loaded) = with_notices(
+        &node,
+        &format!(
+            "LOAD DATA INTO c FROM FILES (format = 'CSV', uris = ['{dir}/bad.csv'], skip_leading_rows = 1, max_bad_records = 1)"
+        ),
+    )
+    .await;
+    assert_eq!(loaded, 1);
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices[0].0.contains("\"five\""), "{notices:?}");
+    assert_eq!(
+        notices[0].1.as_deref(),
+        Some(format!("file {dir}/bad.csv, row 2, column id").as_str())
+    );
+    assert!(notices[1].0.starts_with("1 row was skipped"), "{notices:?}");
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM c WHERE id = 4", &[])
+        .await
+        .expect("c")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [4]);
     // A missing file, and a relative path.
     let e = client
         .execute(
@@ -352,6 +377,34 @@ async fn external_tables_read_parquet_csv_and_json_files_in_place() {
 }
 
 /// The quarry binary the tests run.
+/// Runs `statement` on a connection of its own: the NOTICEs it raised
+/// (message, detail) and the rows it reports.
+async fn with_notices(node: &TestNode, statement: &str) -> (Vec<(String, Option<String>)>, u64) {
+    use futures::StreamExt;
+    let (client, mut connection) =
+        tokio_postgres::connect(&node.conn_string(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(messages.for_each(move |message| {
+        if let Ok(tokio_postgres::AsyncMessage::Notice(notice)) = message {
+            let _ = sender.send((
+                notice.message().to_owned(),
+                notice.detail().map(str::to_owned),
+            ));
+        }
+        async {}
+    }));
+    let rows = client.execute(statement, &[]).await.expect(statement);
+    drop(client);
+    let mut notices = Vec::new();
+    while let Some(notice) = receiver.recv().await {
+        notices.push(notice);
+    }
+    (notices, rows)
+}
+
 fn quarry() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_quarry"))
 }
@@ -425,6 +478,15 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     first.kill().expect("kill");
     first.wait().expect("reaped");
     assert!(at_kill < 20_000, "the first run ended before it was killed");
+    // The rows it sent wait in its pending channel: none is visible.
+    let (status, body) = support::node::http_request("GET", &channel_url, "text/plain", b"").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pending"],
+        true
+    );
+    let row = bigints(&client, "SELECT count(*) FROM loaded").await;
+    assert_eq!(row, [0]);
     // The rerun resumes where the channel stands.
     let second = run("4096").output().expect("quarry load runs");
     let out = String::from_utf8_lossy(&second.stdout);
@@ -434,12 +496,12 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
         String::from_utf8_lossy(&second.stderr)
     );
     assert!(
-        out.contains("channel") && out.contains("is at 20000"),
+        out.contains("channel") && out.contains("committed at 20000"),
         "{out}"
     );
     // It resumed where the first run stopped, sending only the rest.
     let earlier: u64 = out
-        .split(" row(s) were there")
+        .split(" row(s) were sent by an earlier run")
         .next()
         .and_then(|head| head.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
@@ -462,6 +524,78 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     let third = run("4096").output().expect("quarry load runs");
     let out = String::from_utf8_lossy(&third.stdout);
     assert!(out.starts_with("loaded 0 rows"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarry_load_the_node_refuses_leaves_nothing_and_max_bad_rows_skips_and_lists() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("events.csv");
+    // Row 2,501 of 3,000 has an id that is no integer.
+    let csv: String = std::iter::once("id,name\n".to_owned())
+        .chain((0..3_000).map(|i| match i {
+            2_500 => "x,bad\n".to_owned(),
+            i => format!("{i},n{i}\n"),
+        }))
+        .collect();
+    std::fs::write(&file, csv).expect("csv");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE events (id integer NOT NULL, name text)")
+        .await
+        .expect("create");
+    let url = format!("http://{}:{}", node.ip, node.http_port);
+    let run = |max_bad_rows: &str| {
+        std::process::Command::new(quarry())
+            .args(["load", "--table", "public.events", "--url", &url])
+            .args(["--batch-rows", "500", "--max-bad-rows", max_bad_rows])
+            .arg(&file)
+            .output()
+            .expect("quarry load runs")
+    };
+    // Five requests are held before the sixth is refused: the load fails
+    // naming the row, and none of its rows is visible, then or later.
+    let failed = run("0");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{err}");
+    assert!(err.contains("nothing was loaded"), "{err}");
+    assert!(
+        err.contains("invalid input syntax for type integer"),
+        "{err}"
+    );
+    assert_eq!(bigints(&client, "SELECT count(*) FROM events").await, [0]);
+    // Its channel was discarded: the same load starts again from row 1.
+    let loaded = run("1");
+    let out = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(out.starts_with("loaded 2999 rows"), "{out}");
+    assert!(out.contains("1 bad row(s) skipped"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "skipped: file {}, row 2501: invalid input syntax for type integer: \"x\"",
+            file.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        bigints(
+            &client,
+            "SELECT count(*), count(DISTINCT id), min(id)::bigint, max(id)::bigint FROM events"
+        )
+        .await,
+        [2_999, 2_999, 0, 2_999]
+    );
+    // All in one snapshot: the table's history has one append of them.
+    let appends = bigints(
+        &client,
+        "SELECT count(*) FROM quarry_system.snapshots WHERE table_name = 'events' AND rows_added > 0",
+    )
+    .await;
+    assert_eq!(appends, [1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,11 +30,21 @@ async fn append(
     content_type: &str,
     body: &[u8],
 ) -> (u16, serde_json::Value) {
-    let url = format!(
-        "http://{}:{}/v1/tables/{table}/channels/{channel}/rows?offset={offset}",
-        node.ip, node.http_port
-    );
-    let (status, body) = http_request("POST", &url, content_type, body).await;
+    let path = format!("{table}/channels/{channel}/rows?offset={offset}");
+    call(node, "POST", &path, content_type, body).await
+}
+
+/// `method` of `/v1/tables/{path}` on `node`: the status and the JSON
+/// answer.
+async fn call(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}:{}/v1/tables/{path}", node.ip, node.http_port);
+    let (status, body) = http_request(method, &url, content_type, body).await;
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     (status, json)
 }
@@ -187,6 +197,174 @@ async fn offsets_make_appends_exactly_once_and_refused_requests_write_nothing() 
         ),
         (6, 25, 4, 1.5)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_channel_shows_its_rows_only_when_committed_and_bad_rows_are_skipped_when_allowed()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE ev (id integer NOT NULL, name text)")
+        .await
+        .expect("create");
+    let rows = b"{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n";
+    let pending =
+        |offset: u64| format!("public.ev/channels/load/rows?offset={offset}&pending=true");
+    let (status, answer) = call(&node, "POST", &pending(0), NDJSON, rows).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(3)),
+        "{answer}"
+    );
+    let body = arrow_body(&[4, 5], &["d", "e"]);
+    let (status, answer) = call(&node, "POST", &pending(3), ARROW, &body).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(5)),
+        "{answer}"
+    );
+    // Durable, not visible.
+    assert_eq!(count(&node, "ev").await, 0);
+    let (status, answer) = channel(&node, "public.ev", "load").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer,
+        serde_json::json!({"next_offset": 5, "pending": true})
+    );
+    // A retry is told it was written; rows sent to be committed at once
+    // are refused (409, 55000), nothing written.
+    let (status, answer) = call(&node, "POST", &pending(3), ARROW, &body).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (409, &serde_json::json!("already_written"))
+    );
+    let (status, answer) = append(&node, "public.ev", "load", 5, NDJSON, rows).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (409, &serde_json::json!("55000")),
+        "{answer}"
+    );
+    assert_eq!(count(&node, "ev").await, 0);
+    // The commit shows them all at once; a retried commit answers the same.
+    for _ in 0..2 {
+        let (status, answer) = call(
+            &node,
+            "POST",
+            "public.ev/channels/load/commit",
+            "text/plain",
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (status, answer),
+            (200, serde_json::json!({"next_offset": 5}))
+        );
+        assert_eq!(count(&node, "ev").await, 5);
+    }
+    let (_, answer) = channel(&node, "public.ev", "load").await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"next_offset": 5, "pending": false})
+    );
+    // A committed channel takes no more pending rows and is not discarded.
+    let (status, _) = call(&node, "POST", &pending(5), NDJSON, rows).await;
+    assert_eq!(status, 409);
+    let (status, answer) = call(
+        &node,
+        "DELETE",
+        "public.ev/channels/load",
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (409, &serde_json::json!("55000")),
+        "{answer}"
+    );
+    // A discarded channel's rows are never seen; the channel is gone.
+    let (status, _) = call(
+        &node,
+        "POST",
+        "public.ev/channels/gone/rows?offset=0&pending=true",
+        NDJSON,
+        rows,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, answer) = call(
+        &node,
+        "DELETE",
+        "public.ev/channels/gone",
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (200, serde_json::json!({"next_offset": 3}))
+    );
+    let (status, _) = channel(&node, "public.ev", "gone").await;
+    assert_eq!(status, 404);
+    let (status, answer) = call(
+        &node,
+        "POST",
+        "public.ev/channels/never/commit",
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &serde_json::json!("42704")),
+        "{answer}"
+    );
+    assert_eq!(count(&node, "ev").await, 5);
+
+    // max_bad_rows: two bad rows of five; one allowed refuses the request
+    // naming one (columns are checked in order: the NULL id of row 4 is
+    // met first, skipped, then row 2's id), two allowed skip both (they
+    // keep their offsets) and list them by row.
+    let mixed =
+        b"{\"id\": 10}\n{\"id\": \"x\"}\n{\"id\": 12}\n{\"name\": \"no id\"}\n{\"id\": 14}\n";
+    let skipping = |k: u64| format!("public.ev/channels/s/rows?offset=0&max_bad_rows={k}");
+    let (status, answer) = call(&node, "POST", &skipping(1), NDJSON, mixed).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &serde_json::json!("22P02")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["detail"], "row 2, column id: \"x\"",
+        "{answer}"
+    );
+    assert_eq!(count(&node, "ev").await, 5);
+    let (status, answer) = call(&node, "POST", &skipping(2), NDJSON, mixed).await;
+    assert_eq!(
+        (status, &answer["next_offset"]),
+        (200, &serde_json::json!(5)),
+        "{answer}"
+    );
+    let skipped = answer["skipped_rows"].as_array().expect("skipped rows");
+    let listed: Vec<(u64, &str)> = skipped
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_u64().unwrap_or(0),
+                r["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(2, "22P02"), (4, "23502")]);
+    assert_eq!(skipped[0]["detail"], "row 2, column id: \"x\"");
+    let sum = bigints(
+        &node.client().await,
+        "SELECT count(*), sum(id) FROM ev WHERE id >= 10",
+    )
+    .await;
+    assert_eq!(sum, [3, 36]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, ExternalSource, FieldId, GossipKey, NodeId, Operation, RowRange, SchemaVersion,
-    SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId, TableNotes,
-    TableSnapshot, TimestampMicros, View,
+    DroppedTable, ExternalSource, FieldId, GossipKey, NodeId, Operation, PendingChannel, RowRange,
+    SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId,
+    TableNotes, TableSnapshot, TimestampMicros, View,
 };
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
@@ -392,6 +392,10 @@ pub enum Command {
         channel: String,
         /// The channel's row offset of the first row added.
         offset: u64,
+        /// Rows the channel's offsets cover past the rows added: bad rows a
+        /// load skipped (`max_bad_rows`), counted so that an offset stays
+        /// the writer's position in its source.
+        skipped: u64,
     },
     /// Rows of one channel of the streaming API held in the table's ingest
     /// buffer: `file` is added to table `table` with its Parquet bytes kept
@@ -409,6 +413,8 @@ pub enum Command {
         channel: String,
         /// The channel's row offset of the first row added.
         offset: u64,
+        /// Bad rows skipped, as [`Command::Append`]'s.
+        skipped: u64,
     },
     /// The compactor's move of buffered files into data files: `change`
     /// adds the new files and removes the buffered ones, and `moved` says,
@@ -420,6 +426,40 @@ pub enum Command {
         change: TableChange,
         /// Each buffered file's rows, in order, in the new files.
         moved: Vec<(ChunkId, Vec<RowRange>)>,
+    },
+    /// Rows of a pending channel (BigQuery's PENDING write stream): the
+    /// data files of `change` (added only, with their stripes) are kept
+    /// with the channel, durable but in no snapshot, if the channel's next
+    /// offset is `offset` ([`CatalogError::ChannelOffset`] otherwise); a
+    /// channel that is not pending and has rows refuses them
+    /// ([`CatalogError::ChannelState`]).
+    AppendPending {
+        /// The files and their stripes.
+        change: TableChange,
+        /// The channel, named by the writer.
+        channel: String,
+        /// The channel's row offset of the first row added.
+        offset: u64,
+        /// Bad rows skipped, as [`Command::Append`]'s.
+        skipped: u64,
+    },
+    /// Commits every row of pending channel `channel` of table `table` in
+    /// one snapshot; the channel then holds its next offset as any other.
+    /// Nothing to do for a channel committed before (a retry).
+    CommitPending {
+        /// The table.
+        table: TableId,
+        /// The channel.
+        channel: String,
+    },
+    /// Forgets pending channel `channel` of table `table` and releases its
+    /// files' chunks ([`Applied::Expired`]); nothing for a channel that is
+    /// not pending.
+    DiscardPending {
+        /// The table.
+        table: TableId,
+        /// The channel.
+        channel: String,
     },
     /// Makes table `schema.name`, just created and holding no data file,
     /// an external table reading `source` (CREATE EXTERNAL TABLE: proposed
@@ -469,10 +509,12 @@ impl Command {
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
             Command::Owned { command, .. } => command.remap_tables(ids),
-            Command::Append { change, .. } | Command::MoveBuffered { change, .. } => {
-                map(&mut change.table)
-            }
-            Command::AppendBuffered { table, .. } => map(table),
+            Command::Append { change, .. }
+            | Command::MoveBuffered { change, .. }
+            | Command::AppendPending { change, .. } => map(&mut change.table),
+            Command::AppendBuffered { table, .. }
+            | Command::CommitPending { table, .. }
+            | Command::DiscardPending { table, .. } => map(table),
             Command::SetPrivileges { objects, .. } => {
                 for object in objects {
                     if let Securable::Table(id) = object {
@@ -761,6 +803,19 @@ pub enum CatalogError {
         /// The channel's next offset.
         next_offset: u64,
     },
+    /// An append or commit that does not fit the channel's kind: rows for
+    /// a pending channel sent to be committed at once, or the reverse; a
+    /// commit or discard of a channel that is not pending.
+    #[error("channel \"{channel}\" {problem}")]
+    ChannelState {
+        /// The channel.
+        channel: String,
+        /// What is wrong, as the rest of a sentence.
+        problem: String,
+    },
+    /// A commit or discard of a channel never written.
+    #[error("channel \"{0}\" does not exist")]
+    ChannelNotFound(String),
     /// An append that removes files.
     #[error("an append to a channel only adds rows")]
     AppendRemoves,
@@ -811,6 +866,8 @@ impl CatalogError {
             CatalogError::RoleInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
             CatalogError::MembershipCycle { .. } => SqlState::INVALID_GRANT_OPERATION,
             CatalogError::ChannelOffset { .. } => SqlState::INVALID_PARAMETER_VALUE,
+            CatalogError::ChannelState { .. } => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CatalogError::ChannelNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
             CatalogError::BufferMove(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
@@ -1019,11 +1076,19 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             change,
             channel,
             offset,
+            skipped,
         } => {
             if !change.removed.is_empty() {
                 return Err(CatalogError::AppendRemoves);
             }
-            commit_to_channel(catalog, proposal.proposed_at, change, channel, *offset)
+            commit_to_channel(
+                catalog,
+                proposal.proposed_at,
+                change,
+                channel,
+                *offset,
+                *skipped,
+            )
         }
         Command::AppendBuffered {
             table,
@@ -1031,6 +1096,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             bytes,
             channel,
             offset,
+            skipped,
         } => {
             let change = TableChange {
                 table: *table,
@@ -1038,12 +1104,42 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 removed: Vec::new(),
                 stripes: Vec::new(),
             };
-            let applied =
-                commit_to_channel(catalog, proposal.proposed_at, &change, channel, *offset)?;
+            let applied = commit_to_channel(
+                catalog,
+                proposal.proposed_at,
+                &change,
+                channel,
+                *offset,
+                *skipped,
+            )?;
             committed_table(catalog, *table)
                 .buffer
                 .insert(file.chunk, bytes.clone());
             Ok(applied)
+        }
+        Command::AppendPending {
+            change,
+            channel,
+            offset,
+            skipped,
+        } => append_pending(
+            catalog,
+            proposal.proposed_at,
+            change,
+            channel,
+            *offset,
+            *skipped,
+        ),
+        Command::CommitPending { table, channel } => {
+            commit_pending(catalog, proposal.proposed_at, *table, channel)
+        }
+        Command::DiscardPending { table, channel } => {
+            let Some(gone) = catalog.pending.remove(&(*table, channel.clone())) else {
+                return Ok(Applied::Nothing);
+            };
+            let mut chunks: Vec<ChunkId> = gone.files.iter().map(|f| f.chunk).collect();
+            chunks.extend(catalog.drop_dead_stripes());
+            Ok(Applied::Expired { chunks })
         }
         Command::MoveBuffered { change, moved } => {
             if let Some(name) = catalog.table_key(change.table) {
@@ -1115,6 +1211,15 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 .collect();
             for channel in channels {
                 catalog.channels.remove(&channel);
+            }
+            let pending: Vec<_> = catalog
+                .pending
+                .keys()
+                .filter(|(id, _)| id == table)
+                .cloned()
+                .collect();
+            for channel in pending {
+                catalog.pending.remove(&channel);
             }
             let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
             chunks.extend(catalog.drop_dead_stripes());
@@ -1756,16 +1861,25 @@ fn commit(
 }
 
 /// Commits `change` (files added only) as rows of `channel` at `offset`,
-/// moving the channel past them, if `offset` is the channel's next offset;
-/// [`CatalogError::ChannelOffset`] otherwise, changing nothing.
+/// moving the channel past them and `skipped` bad rows, if `offset` is the
+/// channel's next offset; [`CatalogError::ChannelOffset`] otherwise, and
+/// [`CatalogError::ChannelState`] for a pending channel, changing nothing.
 fn commit_to_channel(
     catalog: &mut Catalog,
     proposed_at: TimestampMicros,
     change: &TableChange,
     channel: &str,
     offset: u64,
+    skipped: u64,
 ) -> Result<Applied, CatalogError> {
     let key = (change.table, channel.to_owned());
+    if catalog.pending.contains_key(&key) {
+        return Err(CatalogError::ChannelState {
+            channel: channel.to_owned(),
+            problem: "is pending: its rows are appended as pending and committed together"
+                .to_owned(),
+        });
+    }
     let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
     if offset != next_offset {
         return Err(CatalogError::ChannelOffset {
@@ -1776,7 +1890,91 @@ fn commit_to_channel(
     }
     let applied = commit(catalog, proposed_at, std::slice::from_ref(change), &[])?;
     let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
-    catalog.channels.insert(key, next_offset + rows);
+    catalog.channels.insert(key, next_offset + rows + skipped);
+    Ok(applied)
+}
+
+/// [`Command::AppendPending`].
+fn append_pending(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    change: &TableChange,
+    channel: &str,
+    offset: u64,
+    skipped: u64,
+) -> Result<Applied, CatalogError> {
+    if !change.removed.is_empty() {
+        return Err(CatalogError::AppendRemoves);
+    }
+    let table = catalog
+        .table_key(change.table)
+        .map(|key| &catalog.tables[key])
+        .ok_or_else(|| CatalogError::TableNotFound(format!("table id {}", change.table)))?;
+    if catalog.external.contains_key(&change.table) {
+        return Err(CatalogError::ExternalTable(table.name.clone()));
+    }
+    let key = (change.table, channel.to_owned());
+    let pending = catalog.pending.get(&key);
+    let next_offset = match (pending, catalog.channels.get(&key)) {
+        (Some(pending), _) => pending.next_offset,
+        (None, None) => 0,
+        // A retry of rows a committed channel holds, told apart from new
+        // rows by its offset.
+        (None, Some(&next_offset)) if offset < next_offset => next_offset,
+        (None, Some(_)) => {
+            return Err(CatalogError::ChannelState {
+                channel: channel.to_owned(),
+                problem: "is not pending: its rows were committed".to_owned(),
+            });
+        }
+    };
+    if offset != next_offset {
+        return Err(CatalogError::ChannelOffset {
+            channel: channel.to_owned(),
+            offset,
+            next_offset,
+        });
+    }
+    let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
+    let mut files = pending.map(|p| p.files.clone()).unwrap_or_default();
+    files.extend(change.added.iter().cloned());
+    catalog.pending.insert(
+        key,
+        Arc::new(PendingChannel {
+            files,
+            next_offset: next_offset + rows + skipped,
+            appended_at: proposed_at,
+        }),
+    );
+    for stripe in &change.stripes {
+        catalog.add_stripe(stripe.clone());
+    }
+    Ok(Applied::Nothing)
+}
+
+/// [`Command::CommitPending`].
+fn commit_pending(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    table: TableId,
+    channel: &str,
+) -> Result<Applied, CatalogError> {
+    let key = (table, channel.to_owned());
+    let Some(pending) = catalog.pending.get(&key).cloned() else {
+        return match catalog.channels.get(&key) {
+            Some(_) => Ok(Applied::Nothing),
+            None => Err(CatalogError::ChannelNotFound(channel.to_owned())),
+        };
+    };
+    let change = TableChange {
+        table,
+        added: pending.files.clone(),
+        removed: Vec::new(),
+        stripes: Vec::new(),
+    };
+    let applied = commit(catalog, proposed_at, std::slice::from_ref(&change), &[])?;
+    catalog.pending.remove(&key);
+    catalog.channels.insert(key, pending.next_offset);
     Ok(applied)
 }
 

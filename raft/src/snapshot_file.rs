@@ -27,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, NodeId, RowRange, SchemaId, Stripe,
-    Table, TableId, TableNotes, View,
+    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, NodeId, PendingChannel, RowRange,
+    SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,12 @@ enum Record<'a> {
         table: TableId,
         source: Cow<'a, ExternalSource>,
     },
+    /// One pending channel of a table's streaming API.
+    Pending {
+        table: TableId,
+        channel: Cow<'a, str>,
+        pending: Cow<'a, PendingChannel>,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -160,6 +166,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         gossip_key,
         tokens,
         channels,
+        pending,
         external,
     } = catalog;
     let mut out = BufWriter::new(out);
@@ -219,6 +226,13 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
             table: *table,
             channel: Cow::Borrowed(channel),
             next_offset: *next_offset,
+        })?;
+    }
+    for ((table, channel), channel_pending) in pending {
+        writer.put(&Record::Pending {
+            table: *table,
+            channel: Cow::Borrowed(channel),
+            pending: Cow::Borrowed(channel_pending.as_ref()),
         })?;
     }
     for (table, source) in external {
@@ -376,6 +390,16 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                 catalog
                     .external
                     .insert(table, Arc::new(source.into_owned()));
+            }
+            Record::Pending {
+                table,
+                channel,
+                pending,
+            } => {
+                catalog.pending.insert(
+                    (table, channel.into_owned()),
+                    Arc::new(pending.into_owned()),
+                );
             }
             Record::End { records: written } => {
                 if written != records {
@@ -585,6 +609,7 @@ mod tests {
                 },
                 channel: "writer-1".into(),
                 offset: 0,
+                skipped: 0,
             },
         );
         assert_eq!(catalog.channels.len(), 1);
@@ -605,6 +630,7 @@ mod tests {
                     bytes: bytes::Bytes::from(vec![chunk as u8; 3]),
                     channel: "writer-1".into(),
                     offset,
+                    skipped: 0,
                 },
             );
         }
@@ -633,6 +659,28 @@ mod tests {
                 moved: vec![(ChunkId(104), vec![range])],
             },
         );
+        // A pending channel.
+        ok(
+            &mut catalog,
+            Command::AppendPending {
+                change: TableChange {
+                    table: t1,
+                    added: vec![DataFile {
+                        chunk: ChunkId(107),
+                        size_bytes: 10,
+                        checksum_crc32c: 1,
+                        row_count: 5,
+                        column_stats: vec![],
+                    }],
+                    removed: vec![],
+                    stripes: vec![],
+                },
+                channel: "load-1".into(),
+                offset: 0,
+                skipped: 1,
+            },
+        );
+        assert_eq!(catalog.pending.len(), 1);
         // An external table.
         ok(&mut catalog, crate::command::tests::create("ext"));
         ok(
@@ -666,6 +714,7 @@ mod tests {
         // the other moved into.
         assert_eq!(t1.live_files.len(), 4);
         assert_eq!(back.channels, catalog.channels);
+        assert_eq!(back.pending, catalog.pending);
         assert_eq!(back.external.len(), 1);
         assert_eq!(back.external, catalog.external);
         assert_eq!(

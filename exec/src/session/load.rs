@@ -9,6 +9,7 @@
 
 use super::stream::Conform;
 use super::*;
+use crate::bad_rows::BadRows;
 use crate::data_file::DataFileWriter;
 use crate::parser::FileFormat;
 use crate::table::SnapshotTable;
@@ -32,7 +33,9 @@ impl Session {
     /// # Errors
     /// 42501 for a role that is not a superuser; 58P01 for a file that does
     /// not exist (or a pattern no file matches); 42703 / 42804 / 23502 /
-    /// 22P02 for rows that do not fit the table; nothing is written then.
+    /// 22P02 for rows that do not fit the table (past `max_bad_records`
+    /// skipped, each a NOTICE naming its file, row and column); nothing is
+    /// written then.
     pub(super) async fn load_data(
         &mut self,
         name: &ObjectName,
@@ -40,6 +43,7 @@ impl Session {
         format: FileFormat,
         uris: &[String],
         skip_leading_rows: u64,
+        max_bad_records: u64,
     ) -> Result<Output> {
         let view = self.begin_statement().await?;
         let table = self.table(&view.catalog, name)?.clone();
@@ -84,6 +88,7 @@ impl Session {
         );
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
         let mut rows = 0u64;
+        let mut bad = BadRows::new(max_bad_records);
         for path in &paths {
             let in_file = |e: Error| match e {
                 Error::User {
@@ -141,13 +146,21 @@ impl Session {
             let mut batches = datafusion::physical_plan::execute_stream(plan, reader.task_ctx())
                 .map_err(read_error)?;
             let mut row = 1u64;
+            let skipped_before = bad.rows.len();
             while let Some(batch) = batches.next().await {
                 let batch = batch.map_err(read_error).map_err(in_file)?;
-                writer
-                    .write(conform.apply(&batch, row).map_err(in_file)?)
-                    .await?;
+                let fitting = conform
+                    .apply_skipping(&batch, row, &mut bad)
+                    .map_err(in_file)?;
                 row += batch.num_rows() as u64;
-                rows += batch.num_rows() as u64;
+                rows += fitting.num_rows() as u64;
+                writer.write(fitting).await?;
+            }
+            for skipped in &mut bad.rows[skipped_before..] {
+                skipped.detail = Some(match skipped.detail.take() {
+                    Some(detail) => format!("file {path}, {detail}"),
+                    None => format!("file {path}, row {}", skipped.row),
+                });
             }
         }
         writer.finish().await?;
@@ -163,6 +176,24 @@ impl Session {
             }
         }
         self.commit_statement(&view.writes).await?;
+        // As PostgreSQL's COPY ... ON_ERROR ignore LOG_VERBOSITY verbose:
+        // one NOTICE per row skipped, then their count.
+        for skipped in &bad.rows {
+            self.notices.push(Notice {
+                message: format!("skipping a row that does not fit: {}", skipped.message),
+                detail: skipped.detail.clone(),
+            });
+        }
+        if bad.count() > 0 {
+            self.notices.push(Notice {
+                message: format!(
+                    "{} row{} skipped (max_bad_records = {max_bad_records})",
+                    bad.count(),
+                    if bad.count() == 1 { " was" } else { "s were" }
+                ),
+                detail: None,
+            });
+        }
         Ok(Output::Command(CommandTag::with_rows("LOAD", rows)))
     }
 }

@@ -9,12 +9,14 @@
 //! ([`Command::Append`]), with the same offset rule.
 
 use super::*;
+use crate::bad_rows::{BadRow, BadRows, Misfit, fit_skipping};
 use crate::copy::RowBuffer;
 use crate::data_file::DataFileWriter;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::reader::StreamReader;
-use quarry_common::catalog::DataFile;
+use quarry_common::catalog::{DataFile, TableId};
+use quarry_raft::TableChange;
 
 /// A request's rows, as the client sent them.
 #[derive(Debug, Clone, Copy)]
@@ -26,12 +28,16 @@ pub enum StreamRows<'a> {
 }
 
 /// Where an append stands with respect to its channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    /// The rows are committed; the channel's next offset follows them.
+    /// The rows are committed (or, for a pending channel, durable and
+    /// waiting for its commit); the channel's next offset follows them.
     Committed {
         /// The channel's next offset.
         next_offset: u64,
+        /// Rows skipped as bad ([`AppendMode::max_bad_rows`]), numbered
+        /// within the request from 1.
+        skipped: Vec<BadRow>,
     },
     /// The channel is past `offset` already: these rows (a retry) were
     /// written before. Nothing was written.
@@ -44,6 +50,27 @@ pub enum Appended {
         /// The channel's next offset.
         next_offset: u64,
     },
+}
+
+/// How an append is made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppendMode {
+    /// The channel is pending (BigQuery's PENDING write stream): its rows
+    /// are durable but in no snapshot until [`Session::commit_channel`]
+    /// commits them all at once.
+    pub pending: bool,
+    /// Most rows of the request that do not fit the table to skip rather
+    /// than refuse the request; skipped rows still take their offsets.
+    pub max_bad_rows: u64,
+}
+
+/// A channel as a writer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelState {
+    /// The offset its next row takes.
+    pub next_offset: u64,
+    /// Whether its rows wait for a commit.
+    pub pending: bool,
 }
 
 /// Rows per batch handed to the data file writer.
@@ -67,12 +94,13 @@ fn json_text(
     })
 }
 
-/// The batches of an NDJSON body for `table`.
+/// The batches of an NDJSON body for `table`, skipping bad rows while
+/// `bad` allows.
 ///
 /// # Errors
 /// 22P02 for a line that is not a JSON object, 42703 for a key that is no
 /// column, and COPY's conversion errors, each naming the row.
-fn ndjson_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
+fn ndjson_batches(table: &Arc<Table>, body: &[u8], bad: &mut BadRows) -> Result<Vec<RecordBatch>> {
     let mut rows = RowBuffer::new(table.clone(), &[])?.from_request();
     let mut batches = Vec::new();
     let mut row = 0u64;
@@ -82,46 +110,54 @@ fn ndjson_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
             continue;
         }
         row += 1;
-        let at_row = |message: String| Error::User {
-            state: SqlState::INVALID_TEXT_REPRESENTATION,
-            message,
-            detail: Some(format!("row {row}")),
-        };
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)
-            .map_err(|e| at_row(format!("row {row} is not a JSON object: {e}")))?;
-        let mut record: Vec<Option<String>> = vec![None; table.columns.len()];
-        for (key, value) in &object {
-            let Some(position) = table.columns.iter().position(|c| c.name == *key) else {
-                return Err(Error::User {
-                    state: SqlState::UNDEFINED_COLUMN,
-                    message: format!(
-                        "column \"{key}\" of relation \"{}\" does not exist",
-                        table.name
-                    ),
-                    detail: Some(format!("row {row}")),
-                });
-            };
-            let column = &table.columns[position];
-            let text_column = column.column_type == quarry_common::catalog::ColumnType::Text;
-            record[position] = json_text(value, text_column).map_err(|()| Error::User {
-                state: SqlState::DATATYPE_MISMATCH,
-                message: format!(
-                    "column \"{key}\" is of type {} but the value is a JSON {}",
-                    column.column_type,
-                    if value.is_array() { "array" } else { "object" }
-                ),
-                detail: Some(format!("row {row}, column {key}")),
-            })?;
+        match ndjson_record(table, line, row) {
+            Ok(record) => rows.push(row, record)?,
+            Err(e) if bad.skip(row, &e) => continue,
+            Err(e) => return Err(e),
         }
-        rows.push(row, record)?;
         if rows.len() >= BATCH_ROWS {
-            batches.push(rows.take_batch()?);
+            batches.push(rows.take_batch_skipping(bad)?);
         }
     }
     if !rows.is_empty() {
-        batches.push(rows.take_batch()?);
+        batches.push(rows.take_batch_skipping(bad)?);
     }
     Ok(batches)
+}
+
+/// The fields of row `row`, NDJSON line `line`, by column.
+fn ndjson_record(table: &Table, line: &[u8], row: u64) -> Result<Vec<Option<String>>> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(line).map_err(|e| Error::User {
+            state: SqlState::INVALID_TEXT_REPRESENTATION,
+            message: format!("row {row} is not a JSON object: {e}"),
+            detail: Some(format!("row {row}")),
+        })?;
+    let mut record: Vec<Option<String>> = vec![None; table.columns.len()];
+    for (key, value) in &object {
+        let Some(position) = table.columns.iter().position(|c| c.name == *key) else {
+            return Err(Error::User {
+                state: SqlState::UNDEFINED_COLUMN,
+                message: format!(
+                    "column \"{key}\" of relation \"{}\" does not exist",
+                    table.name
+                ),
+                detail: Some(format!("row {row}")),
+            });
+        };
+        let column = &table.columns[position];
+        let text_column = column.column_type == quarry_common::catalog::ColumnType::Text;
+        record[position] = json_text(value, text_column).map_err(|()| Error::User {
+            state: SqlState::DATATYPE_MISMATCH,
+            message: format!(
+                "column \"{key}\" is of type {} but the value is a JSON {}",
+                column.column_type,
+                if value.is_array() { "array" } else { "object" }
+            ),
+            detail: Some(format!("row {row}, column {key}")),
+        })?;
+    }
+    Ok(record)
 }
 
 /// Batches of another schema made batches of a table: fields matched to
@@ -165,16 +201,33 @@ impl Conform {
         })
     }
 
-    /// `batch` as rows of the table; `first_row` numbers its first row in
-    /// errors.
+    /// `batch` as rows of the table, skipping rows that do not fit while
+    /// `bad` allows; `first_row` numbers its first row in errors.
     ///
     /// # Errors
     /// 42804 for a type that does not cast; for the first row that does
-    /// not fit, 22P02 for a value that does not convert to its column's
-    /// type (a string that is no number, a number out of range) and 23502
-    /// for a NULL in a NOT NULL column, naming the row and column. Nothing
-    /// turns NULL silently.
-    pub(super) fn apply(&self, batch: &RecordBatch, first_row: u64) -> Result<RecordBatch> {
+    /// not fit (past `bad`'s limit), 22P02 for a value that does not
+    /// convert to its column's type (a string that is no number, a number
+    /// out of range) and 23502 for a NULL in a NOT NULL column, naming the
+    /// row and column. Nothing turns NULL silently.
+    pub(super) fn apply_skipping(
+        &self,
+        batch: &RecordBatch,
+        first_row: u64,
+        bad: &mut BadRows,
+    ) -> Result<RecordBatch> {
+        fit_skipping(batch, &|i| first_row + i as u64, bad, &|b, number| {
+            self.fit(b, number)
+        })
+    }
+
+    /// [`Self::apply_skipping`] without skipping, the refused row by its index; `number` numbers
+    /// rows in errors.
+    fn fit(
+        &self,
+        batch: &RecordBatch,
+        number: &dyn Fn(usize) -> u64,
+    ) -> std::result::Result<RecordBatch, Misfit> {
         let rows = batch.num_rows();
         let mut columns = Vec::with_capacity(self.table.columns.len());
         for ((column, position), field) in self
@@ -191,13 +244,16 @@ impl Conform {
                     // told from a NULL of the input.
                     let output = datafusion::arrow::compute::cast(input, field.data_type())
                         .map_err(|e| {
-                            user_error(
-                                SqlState::DATATYPE_MISMATCH,
-                                format!(
-                                    "column \"{}\" is of type {} but the field is {}: {e}",
-                                    column.name,
-                                    column.column_type,
-                                    input.data_type()
+                            Misfit::new(
+                                None,
+                                user_error(
+                                    SqlState::DATATYPE_MISMATCH,
+                                    format!(
+                                        "column \"{}\" is of type {} but the field is {}: {e}",
+                                        column.name,
+                                        column.column_type,
+                                        input.data_type()
+                                    ),
                                 ),
                             )
                         })?;
@@ -208,38 +264,50 @@ impl Conform {
                         let value =
                             datafusion::arrow::util::display::array_value_to_string(input, row)
                                 .unwrap_or_default();
-                        return Err(Error::User {
-                            state: SqlState::INVALID_TEXT_REPRESENTATION,
-                            message: format!(
-                                "invalid input syntax for type {}: \"{value}\"",
-                                column.column_type
-                            ),
-                            detail: Some(format!(
-                                "row {}, column {}",
-                                first_row + row as u64,
-                                column.name
-                            )),
-                        });
+                        return Err(Misfit::new(
+                            Some(row),
+                            Error::User {
+                                state: SqlState::INVALID_TEXT_REPRESENTATION,
+                                message: format!(
+                                    "invalid input syntax for type {}: \"{value}\"",
+                                    column.column_type
+                                ),
+                                detail: Some(format!(
+                                    "row {}, column {}",
+                                    number(row),
+                                    column.name
+                                )),
+                            },
+                        ));
                     }
                     output
                 }
                 None => datafusion::arrow::array::new_null_array(field.data_type(), rows),
             };
-            if !column.nullable && array.null_count() > 0 {
-                let row = (0..rows).find(|r| array.is_null(*r)).unwrap_or(0) as u64;
-                return Err(Error::User {
-                    state: SqlState::NOT_NULL_VIOLATION,
-                    message: format!(
-                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
-                        column.name, self.table.name
-                    ),
-                    detail: Some(format!("row {}, column {}", first_row + row, column.name)),
-                });
+            if !column.nullable
+                && array.null_count() > 0
+                && let Some(row) = (0..rows).find(|r| array.is_null(*r))
+            {
+                return Err(Misfit::new(
+                    Some(row),
+                    Error::User {
+                        state: SqlState::NOT_NULL_VIOLATION,
+                        message: format!(
+                            "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                            column.name, self.table.name
+                        ),
+                        detail: Some(format!("row {}, column {}", number(row), column.name)),
+                    },
+                ));
             }
             columns.push(array);
         }
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("a batch does not fit its table: {e}")))
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| {
+            Misfit::new(
+                None,
+                Error::Internal(format!("a batch does not fit its table: {e}")),
+            )
+        })
     }
 }
 
@@ -248,7 +316,7 @@ impl Conform {
 ///
 /// # Errors
 /// 22P02 for a body that is not an Arrow IPC stream, and [`Conform`]'s.
-fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
+fn arrow_batches(table: &Arc<Table>, body: &[u8], bad: &mut BadRows) -> Result<Vec<RecordBatch>> {
     let malformed = |e: &dyn std::fmt::Display| {
         user_error(
             SqlState::INVALID_TEXT_REPRESENTATION,
@@ -262,28 +330,77 @@ fn arrow_batches(table: &Arc<Table>, body: &[u8]) -> Result<Vec<RecordBatch>> {
     let mut first_row = 1u64;
     for batch in reader {
         let batch = batch.map_err(|e| malformed(&e))?;
-        batches.push(conform.apply(&batch, first_row)?);
+        batches.push(conform.apply_skipping(&batch, first_row, bad)?);
         first_row += batch.num_rows() as u64;
     }
     Ok(batches)
 }
 
 impl Session {
-    /// The next offset of channel `channel` of table `table` (`schema.name`
-    /// or a name in the search path); None for a channel never written.
+    /// Channel `channel` of table `table` (`schema.name` or a name in the
+    /// search path); None for a channel never written.
     ///
     /// # Errors
     /// 42P01 for an unknown table; 42501 without SELECT or INSERT on it.
-    pub async fn channel_offset(&mut self, table: &str, channel: &str) -> Result<Option<u64>> {
+    pub async fn channel_offset(
+        &mut self,
+        table: &str,
+        channel: &str,
+    ) -> Result<Option<ChannelState>> {
         let view = self.begin_statement().await?;
         let table = self
             .stream_table(&view, table, &[Privileges::SELECT, Privileges::INSERT])
             .await?;
-        Ok(view
-            .catalog
-            .channels
-            .get(&(table.id, channel.to_owned()))
-            .copied())
+        Ok(channel_state(&view.catalog, table.id, channel))
+    }
+
+    /// Commits every row of pending channel `channel` of `table` in one
+    /// snapshot: the channel's next offset. A channel committed before
+    /// gives its next offset again (a retry).
+    ///
+    /// # Errors
+    /// 42P01 / 42501 as [`Self::append_rows`]; 42704 for a channel never
+    /// written; 55000 for a channel whose rows were committed as they came.
+    pub async fn commit_channel(&mut self, table: &str, channel: &str) -> Result<u64> {
+        self.end_channel(table, channel, true).await
+    }
+
+    /// Forgets pending channel `channel` of `table` and its rows (their
+    /// chunks are collected): the next offset it had.
+    ///
+    /// # Errors
+    /// As [`Self::commit_channel`]; 55000 for a committed channel too.
+    pub async fn discard_channel(&mut self, table: &str, channel: &str) -> Result<u64> {
+        self.end_channel(table, channel, false).await
+    }
+
+    async fn end_channel(&mut self, table: &str, channel: &str, commit: bool) -> Result<u64> {
+        let view = self.begin_statement().await?;
+        let table = self
+            .stream_table(&view, table, &[Privileges::INSERT])
+            .await?;
+        let state = channel_state(&view.catalog, table.id, channel)
+            .ok_or_else(|| quarry_raft::CatalogError::ChannelNotFound(channel.to_owned()))?;
+        if !state.pending && !commit {
+            return Err(quarry_raft::CatalogError::ChannelState {
+                channel: channel.to_owned(),
+                problem: "is not pending: its rows were committed".to_owned(),
+            }
+            .into());
+        }
+        let command = if commit {
+            Command::CommitPending {
+                table: table.id,
+                channel: channel.to_owned(),
+            }
+        } else {
+            Command::DiscardPending {
+                table: table.id,
+                channel: channel.to_owned(),
+            }
+        };
+        self.engine.meta.write(command).await?;
+        Ok(state.next_offset)
     }
 
     /// The table a streaming request names, once the session's role may
@@ -321,35 +438,43 @@ impl Session {
     /// Appends `rows` to channel `channel` of table `table` at `offset`,
     /// the channel's row offset of the first row: committed (with the
     /// channel's new offset, in one Raft command) when `offset` is the
-    /// channel's next offset, else nothing is written.
+    /// channel's next offset, else nothing is written. A pending channel's
+    /// rows are held for its commit instead.
     ///
     /// # Errors
     /// 42P01 / 42501 as [`Self::channel_offset`] (INSERT needed); a row
-    /// that does not fit the table (naming it); the commit's errors. A
-    /// failed append leaves nothing behind.
+    /// that does not fit the table (naming it) past `mode.max_bad_rows`;
+    /// 55000 for rows of a pending channel sent as committed, or the
+    /// reverse; the commit's errors. A failed append leaves nothing behind.
     pub async fn append_rows(
         &mut self,
         table: &str,
         channel: &str,
         offset: u64,
         rows: StreamRows<'_>,
+        mode: AppendMode,
     ) -> Result<Appended> {
         let view = self.begin_statement().await?;
         let table = self
             .stream_table(&view, table, &[Privileges::INSERT])
             .await?;
-        let key = (table.id, channel.to_owned());
-        let next_offset = view.catalog.channels.get(&key).copied().unwrap_or(0);
+        let next_offset =
+            channel_state(&view.catalog, table.id, channel).map_or(0, |state| state.next_offset);
         if let Some(settled) = settled(offset, next_offset) {
             return Ok(settled);
         }
+        let mut bad = BadRows::new(mode.max_bad_rows);
         let batches = match rows {
-            StreamRows::NdJson(body) => ndjson_batches(&table, body)?,
-            StreamRows::ArrowIpc(body) => arrow_batches(&table, body)?,
+            StreamRows::NdJson(body) => ndjson_batches(&table, body, &mut bad)?,
+            StreamRows::ArrowIpc(body) => arrow_batches(&table, body, &mut bad)?,
         };
         let count: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if count == 0 {
-            return Ok(Appended::Committed { next_offset });
+        let skipped = bad.count();
+        if count + skipped == 0 {
+            return Ok(Appended::Committed {
+                next_offset,
+                skipped: Vec::new(),
+            });
         }
         let mut writer = DataFileWriter::in_memory(table.clone());
         for batch in batches {
@@ -359,13 +484,16 @@ impl Session {
         let writes = view.writes.clone();
         let mut stored = None;
         let command = match files.pop() {
-            Some((file, bytes)) if files.is_empty() && bytes.len() <= BUFFERED_FILE_BYTES_MAX => {
+            Some((file, bytes))
+                if !mode.pending && files.is_empty() && bytes.len() <= BUFFERED_FILE_BYTES_MAX =>
+            {
                 Command::AppendBuffered {
                     table: table.id,
                     file,
                     bytes,
                     channel: channel.to_owned(),
                     offset,
+                    skipped,
                 }
             }
             last => {
@@ -384,6 +512,13 @@ impl Session {
                 let (mut changes, _) = writes.take().await?;
                 let change = match changes.pop() {
                     Some(change) if changes.is_empty() => change,
+                    // Every row skipped: the offsets move past them alone.
+                    None if count == 0 => TableChange {
+                        table: table.id,
+                        added: Vec::new(),
+                        removed: Vec::new(),
+                        stripes: Vec::new(),
+                    },
                     _ => {
                         return Err(Error::Internal(
                             "an append wrote other than one table's files".to_owned(),
@@ -391,16 +526,27 @@ impl Session {
                     }
                 };
                 stored = Some(change.clone());
-                Command::Append {
-                    change,
-                    channel: channel.to_owned(),
-                    offset,
+                if mode.pending {
+                    Command::AppendPending {
+                        change,
+                        channel: channel.to_owned(),
+                        offset,
+                        skipped,
+                    }
+                } else {
+                    Command::Append {
+                        change,
+                        channel: channel.to_owned(),
+                        offset,
+                        skipped,
+                    }
                 }
             }
         };
         match self.engine.meta.write(command).await {
             Ok(_) => Ok(Appended::Committed {
-                next_offset: offset + count,
+                next_offset: offset + count + skipped,
+                skipped: bad.rows,
             }),
             Err(e) => {
                 if let Some(change) = stored.filter(|_| transaction::refused(&e)) {
@@ -410,14 +556,29 @@ impl Session {
                     quarry_raft::Error::Catalog(quarry_raft::CatalogError::ChannelOffset {
                         next_offset,
                         ..
-                    }) => {
-                        Ok(settled(offset, next_offset)
-                            .unwrap_or(Appended::Committed { next_offset }))
-                    }
+                    }) => Ok(settled(offset, next_offset).unwrap_or(Appended::Committed {
+                        next_offset,
+                        skipped: Vec::new(),
+                    })),
                     e => Err(e.into()),
                 }
             }
         }
+    }
+}
+
+/// Channel `channel` of table `table` in `catalog`, pending or committed.
+fn channel_state(catalog: &Catalog, table: TableId, channel: &str) -> Option<ChannelState> {
+    let key = (table, channel.to_owned());
+    match catalog.pending.get(&key) {
+        Some(pending) => Some(ChannelState {
+            next_offset: pending.next_offset,
+            pending: true,
+        }),
+        None => catalog.channels.get(&key).map(|&next_offset| ChannelState {
+            next_offset,
+            pending: false,
+        }),
     }
 }
 
@@ -508,7 +669,7 @@ mod tests {
             ]))],
         )
         .expect("batch");
-        match conform.apply(&batch, 10) {
+        match conform.apply_skipping(&batch, 10, &mut BadRows::default()) {
             Err(Error::User { state, detail, .. }) => {
                 assert_eq!(state, SqlState::INVALID_TEXT_REPRESENTATION);
                 assert_eq!(detail.as_deref(), Some("row 12, column a"));
@@ -516,8 +677,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A NULL stays NULL; a value converts.
-        let out = conform.apply(&batch.slice(0, 2), 1).expect("fits");
+        let out = conform
+            .apply_skipping(&batch.slice(0, 2), 1, &mut BadRows::default())
+            .expect("fits");
         assert_eq!(out.column(0).null_count(), 1);
+        // Skipped when allowed: the other rows stay, the bad one is named.
+        let mut bad = BadRows::new(1);
+        let out = conform.apply_skipping(&batch, 10, &mut bad).expect("skips");
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!(bad.rows[0].row, 12);
+        assert_eq!(bad.rows[0].detail.as_deref(), Some("row 12, column a"));
     }
 
     #[test]

@@ -80,7 +80,154 @@ fn channel_append(table: TableId, channel: &str, offset: u64, rows: u64) -> Comm
         },
         channel: channel.into(),
         offset,
+        skipped: 0,
     }
+}
+
+fn pending_append(table: TableId, channel: &str, offset: u64, rows: u64, skipped: u64) -> Command {
+    match channel_append(table, channel, offset, rows) {
+        Command::Append { change, .. } => Command::AppendPending {
+            change,
+            channel: channel.into(),
+            offset,
+            skipped,
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_pending_channel_is_invisible_until_committed_at_once() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let id = catalog.table("public", "t").expect("t").id;
+    let rows = |catalog: &Catalog| {
+        catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .row_count
+    };
+    run(&mut catalog, pending_append(id, "load", 0, 3, 0)).expect("first");
+    // Two bad rows skipped: the offsets still count them.
+    run(&mut catalog, pending_append(id, "load", 3, 2, 2)).expect("second");
+    assert_eq!(rows(&catalog), 0);
+    assert!(catalog.channels.is_empty());
+    let pending = &catalog.pending[&(id, "load".to_owned())];
+    assert_eq!(pending.next_offset, 7);
+    assert_eq!(pending.files.len(), 2);
+    // Its files are kept: referenced, not garbage.
+    assert!(
+        catalog
+            .referenced_chunks()
+            .contains(&pending.files[0].chunk)
+    );
+    let before = catalog.clone();
+    // A retry, a gap, and rows to be committed as they come: refused.
+    for (command, check) in [
+        (
+            pending_append(id, "load", 3, 2, 0),
+            (|e: &CatalogError| matches!(e, CatalogError::ChannelOffset { next_offset: 7, .. }))
+                as fn(&CatalogError) -> bool,
+        ),
+        (pending_append(id, "load", 9, 1, 0), |e| {
+            matches!(e, CatalogError::ChannelOffset { next_offset: 7, .. })
+        }),
+        (channel_append(id, "load", 7, 1), |e| {
+            matches!(e, CatalogError::ChannelState { .. })
+        }),
+    ] {
+        let error = run(&mut catalog, command).expect_err("refused");
+        assert!(check(&error), "{error:?}");
+        assert_eq!(catalog, before);
+    }
+    // The commit: every row in one snapshot.
+    let snapshots = catalog.table("public", "t").expect("t").snapshots.len();
+    assert!(matches!(
+        run(
+            &mut catalog,
+            Command::CommitPending {
+                table: id,
+                channel: "load".into()
+            }
+        ),
+        Ok(Applied::Commit { .. })
+    ));
+    assert_eq!(rows(&catalog), 5);
+    assert_eq!(
+        catalog.table("public", "t").expect("t").snapshots.len(),
+        snapshots + 1
+    );
+    assert!(catalog.pending.is_empty());
+    assert_eq!(catalog.channels.get(&(id, "load".to_owned())), Some(&7));
+    // A retried commit does nothing; a retried append is told it was
+    // written; more rows are refused.
+    assert!(matches!(
+        run(
+            &mut catalog,
+            Command::CommitPending {
+                table: id,
+                channel: "load".into()
+            }
+        ),
+        Ok(Applied::Nothing)
+    ));
+    assert!(matches!(
+        run(&mut catalog, pending_append(id, "load", 3, 2, 2)),
+        Err(CatalogError::ChannelOffset { next_offset: 7, .. })
+    ));
+    assert!(matches!(
+        run(&mut catalog, pending_append(id, "load", 7, 1, 0)),
+        Err(CatalogError::ChannelState { .. })
+    ));
+    assert!(matches!(
+        run(
+            &mut catalog,
+            Command::CommitPending {
+                table: id,
+                channel: "never".into()
+            }
+        ),
+        Err(CatalogError::ChannelNotFound(_))
+    ));
+    // A discarded channel's files are released, its rows never seen.
+    run(&mut catalog, pending_append(id, "other", 0, 4, 0)).expect("other");
+    let chunk = catalog.pending[&(id, "other".to_owned())].files[0].chunk;
+    match run(
+        &mut catalog,
+        Command::DiscardPending {
+            table: id,
+            channel: "other".into(),
+        },
+    ) {
+        Ok(Applied::Expired { chunks }) => assert_eq!(chunks, vec![chunk]),
+        other => panic!("{other:?}"),
+    }
+    assert!(!catalog.referenced_chunks().contains(&chunk));
+    assert_eq!(rows(&catalog), 5);
+    // A purged table's pending channels go with it.
+    run(&mut catalog, pending_append(id, "third", 0, 1, 0)).expect("third");
+    run(
+        &mut catalog,
+        Command::DropTable {
+            schema: "public".into(),
+            name: "t".into(),
+            if_exists: false,
+        },
+    )
+    .expect("drop");
+    assert!(matches!(
+        run(
+            &mut catalog,
+            Command::CommitPending {
+                table: id,
+                channel: "third".into()
+            }
+        ),
+        Err(CatalogError::TableNotFound(_))
+    ));
+    run(&mut catalog, Command::PurgeDropped { table: id }).expect("purge");
+    assert!(catalog.pending.is_empty());
 }
 
 #[test]
@@ -1197,6 +1344,7 @@ fn buffered_append(table: TableId, offset: u64, rows: u64) -> Command {
         bytes: bytes::Bytes::from(vec![offset as u8; 4]),
         channel: "w".into(),
         offset,
+        skipped: 0,
     }
 }
 
