@@ -141,9 +141,13 @@ pub struct LoadArgs {
     /// The node's PostgreSQL address (for --create).
     #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
     pub pg: String,
-    /// Rows per request.
-    #[arg(long, default_value_t = 65_536)]
+    /// Rows per request (a request past 32 MiB is split).
+    #[arg(long, default_value_t = 262_144)]
     pub batch_rows: usize,
+    /// Files sent at once, each through a pending channel of its own; all
+    /// commit together. A rerun resumes with the same number.
+    #[arg(long, default_value_t = 2)]
+    pub parallel: usize,
     /// Most rows that do not fit the table to skip, each listed at the end,
     /// before the load fails and nothing of it is loaded (BigQuery's
     /// max_bad_records).
@@ -260,6 +264,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 pg: args.pg,
                 batch_rows: args.batch_rows.max(1),
                 max_bad_rows: args.max_bad_rows,
+                parallel: args.parallel.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 login: crate::load_files::Login {
                     user: Some(args.user),

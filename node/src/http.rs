@@ -178,6 +178,10 @@ pub fn router(state: HttpState) -> Router {
             "/v1/tables/{table}/channels/{channel}/commit",
             axum::routing::post(crate::stream_api::commit),
         )
+        .route(
+            "/v1/tables/{table}/commit",
+            axum::routing::post(crate::stream_api::commit_batch),
+        )
         .with_state(state)
 }
 

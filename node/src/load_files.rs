@@ -103,6 +103,8 @@ pub struct LoadRequest {
     /// Most rows that do not fit the table to skip (each listed in the
     /// summary) before the load fails (BigQuery's `max_bad_records`).
     pub max_bad_rows: u64,
+    /// Channels sent at once, each with every n-th file.
+    pub parallel: usize,
     /// How to log in.
     pub login: Login,
 }
@@ -457,12 +459,16 @@ enum SendError {
     Refused(String),
     /// No node answered, or not in time: a rerun resumes.
     Unanswered(String),
+    /// The body is past the node's limit (413): send fewer rows.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Refused(why) | SendError::Unanswered(why) => f.write_str(why),
+            SendError::Refused(why) | SendError::Unanswered(why) | SendError::TooLarge(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -501,6 +507,11 @@ async fn send(
                 };
                 return Ok((answer["next_offset"].as_u64().unwrap_or(offset), skipped));
             }
+            Ok((413, answer)) => {
+                return Err(SendError::TooLarge(format!(
+                    "rows {offset}..: 413 {answer}"
+                )));
+            }
             Ok((status @ (429 | 503 | 500..), answer)) => last = format!("{status} {answer}"),
             Ok((status, answer)) => {
                 return Err(SendError::Refused(format!(
@@ -516,13 +527,14 @@ async fn send(
     )))
 }
 
-/// Posts to `uri` (a channel's commit, or a DELETE discarding it) until a
-/// node answers: its status and answer.
+/// Posts `body` (JSON) to `uri` (a commit, or a DELETE discarding a
+/// channel) until a node answers: its status and answer.
 async fn end_channel(
     client: &HttpClient,
     authorization: Option<&str>,
     method: hyper::Method,
     uri: &str,
+    body: Option<Bytes>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let mut last = String::new();
     for attempt in 0..20u32 {
@@ -531,8 +543,8 @@ async fn end_channel(
             authorization,
             method.clone(),
             uri,
-            "text/plain",
-            Bytes::new(),
+            "application/json",
+            body.clone().unwrap_or_default(),
         )
         .await
         {
@@ -573,14 +585,18 @@ fn skipped_lines(file: &Path, first_row: u64, skipped: &[serde_json::Value]) -> 
 pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
     let files = files_of(&request_.paths)?;
     let channel = channel_of(&request_.table, &files)?;
-    let format_of = |path: &Path| {
-        request_
-            .format
-            .or_else(|| LoadFormat::of(path))
-            .with_context(|| format!("the format of {} (give --format)", path.display()))
-    };
+    let files = files
+        .into_iter()
+        .map(|path| {
+            let format = request_
+                .format
+                .or_else(|| LoadFormat::of(&path))
+                .with_context(|| format!("the format of {} (give --format)", path.display()))?;
+            Ok((path, format))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if request_.create {
-        let (schema, _) = read_file(&files[0], format_of(&files[0])?, 1)?;
+        let (schema, _) = read_file(&files[0].0, files[0].1, 1)?;
         let statement = create_statement(&request_.table, &schema)?;
         let client = request_.login.connect(&request_.pg).await?;
         client
@@ -591,105 +607,44 @@ pub async fn load(request_: &LoadRequest) -> anyhow::Result<LoadSummary> {
     let client = request_.login.http()?;
     let authorization = request_.login.authorization();
     let authorization = authorization.as_deref();
-    let base = format!(
-        "{}/v1/tables/{}/channels/{channel}",
+    let table_url = format!(
+        "{}/v1/tables/{}",
         request_.url.trim_end_matches('/'),
         request_.table
     );
-    let resumed_at = match request(
-        &client,
-        authorization,
-        hyper::Method::GET,
-        &base,
-        "text/plain",
-        Bytes::new(),
-    )
-    .await?
-    {
-        (200, answer) => answer["next_offset"].as_u64().unwrap_or(0),
-        (404, answer) if answer["error"]["code"] == "not_found" => 0,
-        (status, answer) => bail!("{base}: {status} {answer}"),
-    };
-    let mut skipped = Vec::new();
-    let sent = send_files(
-        request_,
-        &files,
-        &format_of,
-        &client,
-        authorization,
-        &base,
-        resumed_at,
-        &mut skipped,
-    )
-    .await;
-    let (next_offset, rows_sent) = match sent {
-        Ok(sent) => sent,
-        Err(e) => {
-            // A load that cannot go on is discarded, rows and all; one a
-            // node did not answer stays pending for a rerun to resume.
-            if !matches!(
-                e.downcast_ref::<SendError>(),
-                Some(SendError::Unanswered(_))
-            ) {
-                let discarded =
-                    end_channel(&client, authorization, hyper::Method::DELETE, &base).await;
-                if let Ok((status @ (200 | 404), _)) = discarded {
-                    let what = if status == 200 {
-                        "discarded"
-                    } else {
-                        "none sent"
-                    };
-                    return Err(
-                        e.context(format!("nothing was loaded (the rows sent were {what})"))
-                    );
-                }
-            }
-            return Err(e.context(format!(
-                "the rows sent wait in pending channel {channel}: run the same load again to resume"
-            )));
-        }
-    };
-    if next_offset > 0 {
-        match end_channel(
-            &client,
-            authorization,
-            hyper::Method::POST,
-            &format!("{base}/commit"),
-        )
-        .await?
-        {
-            (200, _) => {}
-            (status, answer) => bail!("committing channel {channel}: {status} {answer}"),
-        }
+    // One pending channel per worker, each sending every `workers`-th
+    // file; named with their number, so a rerun with as many workers
+    // resumes each where it stands.
+    let workers = request_.parallel.clamp(1, files.len());
+    let channels: Vec<String> = (0..workers)
+        .map(|k| format!("{channel}-{k}of{workers}"))
+        .collect();
+    let mut resumed = Vec::with_capacity(workers);
+    for name in &channels {
+        let uri = format!("{table_url}/channels/{name}");
+        resumed.push(
+            match request(
+                &client,
+                authorization,
+                hyper::Method::GET,
+                &uri,
+                "text/plain",
+                Bytes::new(),
+            )
+            .await?
+            {
+                (200, answer) => answer["next_offset"].as_u64().unwrap_or(0),
+                (404, answer) if answer["error"]["code"] == "not_found" => 0,
+                (status, answer) => bail!("{uri}: {status} {answer}"),
+            },
+        );
     }
-    Ok(LoadSummary {
-        files: files.len(),
-        resumed_at,
-        rows_sent,
-        next_offset,
-        channel,
-        skipped,
-    })
-}
-
-/// Sends the rows of `files` past `resumed_at` to the pending channel at
-/// `base`: the channel's next offset and the rows sent.
-#[allow(clippy::too_many_arguments)]
-async fn send_files(
-    request_: &LoadRequest,
-    files: &[PathBuf],
-    format_of: &dyn Fn(&Path) -> anyhow::Result<LoadFormat>,
-    client: &HttpClient,
-    authorization: Option<&str>,
-    base: &str,
-    resumed_at: u64,
-    skipped: &mut Vec<String>,
-) -> anyhow::Result<(u64, u64)> {
+    let resumed_at: u64 = resumed.iter().sum();
     eprintln!(
-        "loading {} file(s) into {} through pending channel {}, from offset {resumed_at}",
+        "loading {} file(s) into {} through pending channels {}, from {resumed_at} rows sent before",
         files.len(),
         request_.table,
-        base.rsplit('/').next().unwrap_or(base)
+        channels.join(", ")
     );
     let bar = if request_.progress {
         indicatif::ProgressBar::new_spinner()
@@ -704,44 +659,196 @@ async fn send_files(
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar.set_position(resumed_at);
-    let mut position = 0u64;
-    let mut next_offset = resumed_at;
-    let mut rows_sent = 0u64;
-    for file in files {
-        bar.set_message(file.display().to_string());
-        let file_start = position;
-        let (_, batches) = read_file(file, format_of(file)?, request_.batch_rows)?;
-        for batch in batches {
-            let batch = batch.with_context(|| format!("reading {}", file.display()))?;
-            let rows = batch.num_rows() as u64;
-            let start = position;
-            position += rows;
-            if position <= next_offset {
-                continue;
-            }
-            // Part of the batch may be in the channel already.
-            let skip = next_offset.saturating_sub(start);
-            let batch = batch.slice(skip as usize, (rows - skip) as usize);
-            let sent = next_offset;
-            let budget = request_.max_bad_rows.saturating_sub(skipped.len() as u64);
-            let (next, bad) = send(
-                client,
+    let budget = std::sync::atomic::AtomicU64::new(request_.max_bad_rows);
+    let sent = futures::future::try_join_all(channels.iter().zip(&resumed).enumerate().map(
+        |(k, (name, &from))| {
+            let mine: Vec<(PathBuf, LoadFormat)> =
+                files.iter().skip(k).step_by(workers).cloned().collect();
+            let worker = Worker {
+                client: &client,
                 authorization,
-                base,
-                next_offset,
-                budget,
-                Bytes::from(ipc(&batch)?),
-            )
-            .await
-            .with_context(|| format!("loading {}", file.display()))?;
-            next_offset = next;
-            skipped.extend(skipped_lines(file, sent - file_start + 1, &bad));
-            rows_sent += next_offset.saturating_sub(sent);
-            bar.set_position(next_offset);
+                uri: format!("{table_url}/channels/{name}"),
+                batch_rows: request_.batch_rows,
+                budget: &budget,
+                bar: &bar,
+            };
+            async move { worker.send_files(mine, from).await }
+        },
+    ))
+    .await;
+    bar.finish_and_clear();
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(e) => {
+            // A load that cannot go on is discarded, rows and all; one a
+            // node did not answer stays pending for a rerun to resume.
+            if !matches!(
+                e.downcast_ref::<SendError>(),
+                Some(SendError::Unanswered(_))
+            ) {
+                let mut discarded = true;
+                for name in &channels {
+                    let uri = format!("{table_url}/channels/{name}");
+                    let answer =
+                        end_channel(&client, authorization, hyper::Method::DELETE, &uri, None)
+                            .await;
+                    discarded &= matches!(answer, Ok((200 | 404, _)));
+                }
+                if discarded {
+                    return Err(e.context("nothing was loaded (the rows sent were discarded)"));
+                }
+            }
+            return Err(e.context(format!(
+                "the rows sent wait in pending channels {}: run the same load again to resume",
+                channels.join(", ")
+            )));
+        }
+    };
+    let written: Vec<String> = channels
+        .iter()
+        .zip(&sent)
+        .filter(|(_, (next_offset, _, _))| *next_offset > 0)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !written.is_empty() {
+        let body = serde_json::json!({"channels": written}).to_string();
+        match end_channel(
+            &client,
+            authorization,
+            hyper::Method::POST,
+            &format!("{table_url}/commit"),
+            Some(Bytes::from(body)),
+        )
+        .await?
+        {
+            (200, _) => {}
+            (status, answer) => bail!("committing channels {written:?}: {status} {answer}"),
         }
     }
-    bar.finish_and_clear();
-    Ok((next_offset, rows_sent))
+    Ok(LoadSummary {
+        files: files.len(),
+        resumed_at,
+        rows_sent: sent.iter().map(|s| s.1).sum(),
+        next_offset: sent.iter().map(|s| s.0).sum(),
+        channel,
+        skipped: sent.into_iter().flat_map(|s| s.2).collect(),
+    })
+}
+
+/// Most bytes of one request's Arrow body; a batch past it is split.
+const REQUEST_BYTES_MAX: usize = 32 << 20;
+
+/// One sender of a load: its files to one pending channel.
+struct Worker<'a> {
+    client: &'a HttpClient,
+    authorization: Option<&'a str>,
+    /// The channel's URI.
+    uri: String,
+    batch_rows: usize,
+    /// Bad rows the load may still skip, shared by its workers.
+    budget: &'a std::sync::atomic::AtomicU64,
+    bar: &'a indicatif::ProgressBar,
+}
+
+/// A batch read, where it starts in its file, and the file.
+type ReadBatch = (PathBuf, u64, RecordBatch);
+
+impl Worker<'_> {
+    /// Sends the rows of `files` past `resumed_at` (rows sent before) to
+    /// the channel: its next offset, the rows this run sent and the bad
+    /// rows skipped. Files are read on a thread of their own, a batch
+    /// ahead of the requests.
+    async fn send_files(
+        &self,
+        files: Vec<(PathBuf, LoadFormat)>,
+        resumed_at: u64,
+    ) -> anyhow::Result<(u64, u64, Vec<String>)> {
+        let (out, mut next) = tokio::sync::mpsc::channel::<anyhow::Result<ReadBatch>>(2);
+        let batch_rows = self.batch_rows;
+        // Ends when the receiver goes (a failed request).
+        tokio::task::spawn_blocking(move || {
+            let mut position = 0u64;
+            for (file, format) in files {
+                let read = read_file(&file, format, batch_rows).and_then(|(_, batches)| {
+                    let mut in_file = 0u64;
+                    for batch in batches {
+                        let batch = batch.with_context(|| format!("reading {}", file.display()))?;
+                        let rows = batch.num_rows() as u64;
+                        let (start, first) = (position, in_file);
+                        position += rows;
+                        in_file += rows;
+                        if position <= resumed_at {
+                            continue;
+                        }
+                        // Part of the batch may be in the channel already.
+                        let skip = resumed_at.saturating_sub(start);
+                        let batch = batch.slice(skip as usize, (rows - skip) as usize);
+                        let read = (file.clone(), first + skip + 1, batch);
+                        if out.blocking_send(Ok(read)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                });
+                if let Err(e) = read {
+                    let _ = out.blocking_send(Err(e));
+                    return;
+                }
+            }
+        });
+        let mut next_offset = resumed_at;
+        let mut rows_sent = 0u64;
+        let mut skipped = Vec::new();
+        while let Some(read) = next.recv().await {
+            let (file, first_row, batch) = read?;
+            // A batch too large for the node goes as halves.
+            let mut parts = vec![(first_row, batch)];
+            while let Some((first_row, batch)) = parts.pop() {
+                let body = ipc(&batch)?;
+                let rows = batch.num_rows();
+                if body.len() > REQUEST_BYTES_MAX && rows > 1 {
+                    let half = rows / 2;
+                    parts.push((first_row + half as u64, batch.slice(half, rows - half)));
+                    parts.push((first_row, batch.slice(0, half)));
+                    continue;
+                }
+                let budget = self.budget.load(std::sync::atomic::Ordering::Relaxed);
+                let sent = next_offset;
+                let answer = send(
+                    self.client,
+                    self.authorization,
+                    &self.uri,
+                    next_offset,
+                    budget,
+                    Bytes::from(body),
+                )
+                .await;
+                let (next, bad) = match answer {
+                    Err(SendError::TooLarge(_)) if rows > 1 => {
+                        let half = rows / 2;
+                        parts.push((first_row + half as u64, batch.slice(half, rows - half)));
+                        parts.push((first_row, batch.slice(0, half)));
+                        continue;
+                    }
+                    other => other.with_context(|| format!("loading {}", file.display()))?,
+                };
+                if next != sent + rows as u64 {
+                    bail!(
+                        "channel {} moved from {sent} to {next}, not past the {rows} rows sent: \
+                         is another load writing it?",
+                        self.uri
+                    );
+                }
+                next_offset = next;
+                self.budget
+                    .fetch_sub(bad.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                skipped.extend(skipped_lines(&file, first_row, &bad));
+                rows_sent += rows as u64;
+                self.bar.inc(rows as u64);
+            }
+        }
+        Ok((next_offset, rows_sent, skipped))
+    }
 }
 
 #[cfg(test)]

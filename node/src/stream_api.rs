@@ -11,7 +11,9 @@
 //!   With `pending=true` the channel is pending (BigQuery's PENDING write
 //!   stream): its rows are durable but invisible until
 //!   `POST .../channels/{channel}/commit` commits them all in one snapshot
-//!   (`200 {"next_offset": M}`, again on a retry), or `DELETE
+//!   (`200 {"next_offset": M}`, again on a retry) — or `POST
+//!   /v1/tables/{schema.table}/commit` with `{"channels": [...]}` several
+//!   channels in one snapshot — or `DELETE
 //!   .../channels/{channel}` discards them; `409` for rows sent to a
 //!   channel of the other kind. With `max_bad_rows=K` up to K rows that do
 //!   not fit are skipped (they keep their offsets) and listed as
@@ -317,7 +319,68 @@ pub async fn commit(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    end_channel(state, table, channel, peer, headers, true).await
+    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
+    let committed = with_session(&state, user, async move |mut session| {
+        session.commit_channels(&table, &[channel]).await
+    })
+    .await;
+    match committed {
+        Ok(offsets) => axum::Json(json!({"next_offset": offsets.first()})).into_response(),
+        Err(answer) => answer,
+    }
+}
+
+/// The body of a batch commit.
+#[derive(Debug, Deserialize)]
+pub struct BatchCommit {
+    channels: Vec<String>,
+}
+
+/// `POST /v1/tables/{table}/commit` with `{"channels": [...]}`: commits
+/// pending channels' rows together in one snapshot (BigQuery's
+/// BatchCommitWriteStreams): `{"next_offsets": {"channel": M, ...}}`.
+pub async fn commit_batch(
+    State(state): State<HttpState>,
+    Path(table): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
+    let request: BatchCommit = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "22P02",
+                format!("the body is not {{\"channels\": [\"name\", ...]}}: {e}"),
+                None,
+                None,
+            );
+        }
+    };
+    let channels = request.channels.clone();
+    let committed = with_session(&state, user, async move |mut session| {
+        session.commit_channels(&table, &request.channels).await
+    })
+    .await;
+    match committed {
+        Ok(offsets) => {
+            let offsets: serde_json::Map<String, serde_json::Value> = channels
+                .into_iter()
+                .zip(offsets)
+                .map(|(channel, offset)| (channel, json!(offset)))
+                .collect();
+            axum::Json(json!({"next_offsets": offsets})).into_response()
+        }
+        Err(answer) => answer,
+    }
 }
 
 /// `DELETE /v1/tables/{table}/channels/{channel}`: discards a pending
@@ -328,30 +391,15 @@ pub async fn discard(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    end_channel(state, table, channel, peer, headers, false).await
-}
-
-async fn end_channel(
-    state: HttpState,
-    table: String,
-    channel: String,
-    peer: Option<axum::Extension<Peer>>,
-    headers: HeaderMap,
-    commit: bool,
-) -> Response {
     let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
         Ok(user) => user,
         Err(refusal) => return refusal,
     };
-    let ended = with_session(&state, user, async move |mut session| {
-        if commit {
-            session.commit_channel(&table, &channel).await
-        } else {
-            session.discard_channel(&table, &channel).await
-        }
+    let discarded = with_session(&state, user, async move |mut session| {
+        session.discard_channel(&table, &channel).await
     })
     .await;
-    match ended {
+    match discarded {
         Ok(next_offset) => axum::Json(json!({"next_offset": next_offset})).into_response(),
         Err(answer) => answer,
     }

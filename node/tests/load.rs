@@ -447,27 +447,38 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     let mut stderr = std::io::BufReader::new(first.stderr.take().expect("stderr"));
     let mut line = String::new();
     stderr.read_line(&mut line).expect("the first line");
-    let channel = line
+    // Two files: two pending channels, sent at once.
+    let channels: Vec<String> = line
         .split_whitespace()
-        .skip_while(|w| *w != "channel")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no channel in {line:?}"))
-        .trim_end_matches(',')
-        .to_owned();
+        .skip_while(|w| *w != "channels")
+        .skip(1)
+        .take_while(|w| *w != "from")
+        .map(|w| w.trim_end_matches(',').to_owned())
+        .collect();
+    assert_eq!(channels.len(), 2, "{line:?}");
     let client = node.client().await;
-    let channel_url = format!("{url}/v1/tables/public.loaded/channels/{channel}");
+    let channel_urls: Vec<String> = channels
+        .iter()
+        .map(|c| format!("{url}/v1/tables/public.loaded/channels/{c}"))
+        .collect();
+    let offsets = async || {
+        let mut sum = 0;
+        for channel_url in &channel_urls {
+            let (status, body) =
+                support::node::http_request("GET", channel_url, "text/plain", b"").await;
+            if status == 200 {
+                let answer = serde_json::from_str::<serde_json::Value>(&body).expect("json");
+                assert_eq!(answer["pending"], true, "{answer}");
+                sum += answer["next_offset"].as_u64().expect("offset");
+            }
+        }
+        sum
+    };
     let started = std::time::Instant::now();
     let at_kill = loop {
-        let (status, body) =
-            support::node::http_request("GET", &channel_url, "text/plain", b"").await;
-        if status == 200 {
-            let offset =
-                serde_json::from_str::<serde_json::Value>(&body).expect("json")["next_offset"]
-                    .as_u64()
-                    .expect("offset");
-            if offset > 0 {
-                break offset;
-            }
+        let offset = offsets().await;
+        if offset > 0 {
+            break offset;
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(60),
@@ -478,13 +489,8 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     first.kill().expect("kill");
     first.wait().expect("reaped");
     assert!(at_kill < 20_000, "the first run ended before it was killed");
-    // The rows it sent wait in its pending channel: none is visible.
-    let (status, body) = support::node::http_request("GET", &channel_url, "text/plain", b"").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pending"],
-        true
-    );
+    // The rows it sent wait in its pending channels: none is visible.
+    assert!(offsets().await >= at_kill);
     let row = bigints(&client, "SELECT count(*) FROM loaded").await;
     assert_eq!(row, [0]);
     // The rerun resumes where the channel stands.
@@ -520,6 +526,13 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
     )
     .await;
     assert_eq!(row, [20_000, 20_000, 0, 19_999]);
+    // Both channels committed together, in one snapshot.
+    let appends = bigints(
+        &client,
+        "SELECT count(*) FROM quarry_system.snapshots WHERE table_name = 'loaded' AND rows_added > 0",
+    )
+    .await;
+    assert_eq!(appends, [1]);
     // Once more: nothing left to send.
     let third = run("4096").output().expect("quarry load runs");
     let out = String::from_utf8_lossy(&third.stdout);
@@ -530,32 +543,33 @@ async fn quarry_load_creates_the_table_and_a_rerun_after_kill_sends_each_row_onc
 async fn a_quarry_load_the_node_refuses_leaves_nothing_and_max_bad_rows_skips_and_lists() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("events.csv");
-    // Row 2,501 of 3,000 has an id that is no integer.
+    // Row 2,501 of 3,000 has an id that is no integer; each row is some
+    // 500 bytes, 1.5 MB in all.
     let csv: String = std::iter::once("id,name\n".to_owned())
         .chain((0..3_000).map(|i| match i {
             2_500 => "x,bad\n".to_owned(),
-            i => format!("{i},n{i}\n"),
+            i => format!("{i},{}\n", "n".repeat(500)),
         }))
         .collect();
     std::fs::write(&file, csv).expect("csv");
-    let node = TestNode::start(&dir.path().join("n1")).await;
+    let node = TestNode::start_with(&dir.path().join("n1"), &["--stream-body-limit-mb", "1"]).await;
     let client = node.client().await;
     client
         .batch_execute("CREATE TABLE events (id integer NOT NULL, name text)")
         .await
         .expect("create");
     let url = format!("http://{}:{}", node.ip, node.http_port);
-    let run = |max_bad_rows: &str| {
+    let run = |batch_rows: &str, max_bad_rows: &str| {
         std::process::Command::new(quarry())
             .args(["load", "--table", "public.events", "--url", &url])
-            .args(["--batch-rows", "500", "--max-bad-rows", max_bad_rows])
+            .args(["--batch-rows", batch_rows, "--max-bad-rows", max_bad_rows])
             .arg(&file)
             .output()
             .expect("quarry load runs")
     };
     // Five requests are held before the sixth is refused: the load fails
     // naming the row, and none of its rows is visible, then or later.
-    let failed = run("0");
+    let failed = run("500", "0");
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{err}");
     assert!(err.contains("nothing was loaded"), "{err}");
@@ -565,7 +579,9 @@ async fn a_quarry_load_the_node_refuses_leaves_nothing_and_max_bad_rows_skips_an
     );
     assert_eq!(bigints(&client, "SELECT count(*) FROM events").await, [0]);
     // Its channel was discarded: the same load starts again from row 1.
-    let loaded = run("1");
+    // All 3,000 rows in one request pass the node's 1 MiB limit (413):
+    // they go as halves.
+    let loaded = run("3000", "1");
     let out = String::from_utf8_lossy(&loaded.stdout);
     assert!(
         loaded.status.success(),

@@ -443,14 +443,16 @@ pub enum Command {
         /// Bad rows skipped, as [`Command::Append`]'s.
         skipped: u64,
     },
-    /// Commits every row of pending channel `channel` of table `table` in
-    /// one snapshot; the channel then holds its next offset as any other.
-    /// Nothing to do for a channel committed before (a retry).
+    /// Commits every row of pending channels `channels` of table `table`
+    /// in one snapshot (BigQuery's BatchCommitWriteStreams); each channel
+    /// then holds its next offset as any other. A channel committed before
+    /// (a retry) adds nothing; one never written refuses the whole commit
+    /// ([`CatalogError::ChannelNotFound`]).
     CommitPending {
         /// The table.
         table: TableId,
-        /// The channel.
-        channel: String,
+        /// The channels.
+        channels: Vec<String>,
     },
     /// Forgets pending channel `channel` of table `table` and releases its
     /// files' chunks ([`Applied::Expired`]); nothing for a channel that is
@@ -1130,8 +1132,8 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             *offset,
             *skipped,
         ),
-        Command::CommitPending { table, channel } => {
-            commit_pending(catalog, proposal.proposed_at, *table, channel)
+        Command::CommitPending { table, channels } => {
+            commit_pending(catalog, proposal.proposed_at, *table, channels)
         }
         Command::DiscardPending { table, channel } => {
             let Some(gone) = catalog.pending.remove(&(*table, channel.clone())) else {
@@ -1957,24 +1959,35 @@ fn commit_pending(
     catalog: &mut Catalog,
     proposed_at: TimestampMicros,
     table: TableId,
-    channel: &str,
+    channels: &[String],
 ) -> Result<Applied, CatalogError> {
-    let key = (table, channel.to_owned());
-    let Some(pending) = catalog.pending.get(&key).cloned() else {
-        return match catalog.channels.get(&key) {
-            Some(_) => Ok(Applied::Nothing),
-            None => Err(CatalogError::ChannelNotFound(channel.to_owned())),
-        };
-    };
+    let mut added = Vec::new();
+    let mut committing = Vec::new();
+    for channel in channels {
+        let key = (table, channel.clone());
+        match catalog.pending.get(&key) {
+            Some(pending) => {
+                added.extend(pending.files.iter().cloned());
+                committing.push((key, pending.next_offset));
+            }
+            None if catalog.channels.contains_key(&key) => {}
+            None => return Err(CatalogError::ChannelNotFound(channel.clone())),
+        }
+    }
+    if committing.is_empty() {
+        return Ok(Applied::Nothing);
+    }
     let change = TableChange {
         table,
-        added: pending.files.clone(),
+        added,
         removed: Vec::new(),
         stripes: Vec::new(),
     };
     let applied = commit(catalog, proposed_at, std::slice::from_ref(&change), &[])?;
-    catalog.pending.remove(&key);
-    catalog.channels.insert(key, pending.next_offset);
+    for (key, next_offset) in committing {
+        catalog.pending.remove(&key);
+        catalog.channels.insert(key, next_offset);
+    }
     Ok(applied)
 }
 

@@ -354,52 +354,64 @@ impl Session {
         Ok(channel_state(&view.catalog, table.id, channel))
     }
 
-    /// Commits every row of pending channel `channel` of `table` in one
-    /// snapshot: the channel's next offset. A channel committed before
-    /// gives its next offset again (a retry).
+    /// Commits every row of pending channels `channels` of `table` in one
+    /// snapshot (BigQuery's BatchCommitWriteStreams): each channel's next
+    /// offset. A channel committed before gives its next offset again (a
+    /// retry).
     ///
     /// # Errors
     /// 42P01 / 42501 as [`Self::append_rows`]; 42704 for a channel never
-    /// written; 55000 for a channel whose rows were committed as they came.
-    pub async fn commit_channel(&mut self, table: &str, channel: &str) -> Result<u64> {
-        self.end_channel(table, channel, true).await
+    /// written (nothing is committed then).
+    pub async fn commit_channels(&mut self, table: &str, channels: &[String]) -> Result<Vec<u64>> {
+        let view = self.begin_statement().await?;
+        let table = self
+            .stream_table(&view, table, &[Privileges::INSERT])
+            .await?;
+        let offsets = channels
+            .iter()
+            .map(|channel| {
+                channel_state(&view.catalog, table.id, channel)
+                    .map(|state| state.next_offset)
+                    .ok_or_else(|| quarry_raft::CatalogError::ChannelNotFound(channel.clone()))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.engine
+            .meta
+            .write(Command::CommitPending {
+                table: table.id,
+                channels: channels.to_vec(),
+            })
+            .await?;
+        Ok(offsets)
     }
 
     /// Forgets pending channel `channel` of `table` and its rows (their
     /// chunks are collected): the next offset it had.
     ///
     /// # Errors
-    /// As [`Self::commit_channel`]; 55000 for a committed channel too.
+    /// 42P01 / 42501 as [`Self::append_rows`]; 42704 for a channel never
+    /// written; 55000 for a committed channel.
     pub async fn discard_channel(&mut self, table: &str, channel: &str) -> Result<u64> {
-        self.end_channel(table, channel, false).await
-    }
-
-    async fn end_channel(&mut self, table: &str, channel: &str, commit: bool) -> Result<u64> {
         let view = self.begin_statement().await?;
         let table = self
             .stream_table(&view, table, &[Privileges::INSERT])
             .await?;
         let state = channel_state(&view.catalog, table.id, channel)
             .ok_or_else(|| quarry_raft::CatalogError::ChannelNotFound(channel.to_owned()))?;
-        if !state.pending && !commit {
+        if !state.pending {
             return Err(quarry_raft::CatalogError::ChannelState {
                 channel: channel.to_owned(),
                 problem: "is not pending: its rows were committed".to_owned(),
             }
             .into());
         }
-        let command = if commit {
-            Command::CommitPending {
+        self.engine
+            .meta
+            .write(Command::DiscardPending {
                 table: table.id,
                 channel: channel.to_owned(),
-            }
-        } else {
-            Command::DiscardPending {
-                table: table.id,
-                channel: channel.to_owned(),
-            }
-        };
-        self.engine.meta.write(command).await?;
+            })
+            .await?;
         Ok(state.next_offset)
     }
 

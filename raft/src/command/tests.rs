@@ -148,7 +148,7 @@ fn a_pending_channel_is_invisible_until_committed_at_once() {
             &mut catalog,
             Command::CommitPending {
                 table: id,
-                channel: "load".into()
+                channels: vec!["load".into()]
             }
         ),
         Ok(Applied::Commit { .. })
@@ -167,7 +167,7 @@ fn a_pending_channel_is_invisible_until_committed_at_once() {
             &mut catalog,
             Command::CommitPending {
                 table: id,
-                channel: "load".into()
+                channels: vec!["load".into()]
             }
         ),
         Ok(Applied::Nothing)
@@ -185,11 +185,29 @@ fn a_pending_channel_is_invisible_until_committed_at_once() {
             &mut catalog,
             Command::CommitPending {
                 table: id,
-                channel: "never".into()
+                channels: vec!["load".into(), "never".into()]
             }
         ),
         Err(CatalogError::ChannelNotFound(_))
     ));
+    // Two channels commit together, in one snapshot.
+    run(&mut catalog, pending_append(id, "p1", 0, 2, 0)).expect("p1");
+    run(&mut catalog, pending_append(id, "p2", 0, 3, 0)).expect("p2");
+    let snapshots = catalog.table("public", "t").expect("t").snapshots.len();
+    run(
+        &mut catalog,
+        Command::CommitPending {
+            table: id,
+            channels: vec!["p1".into(), "p2".into(), "load".into()],
+        },
+    )
+    .expect("both");
+    assert_eq!(rows(&catalog), 10);
+    assert_eq!(
+        catalog.table("public", "t").expect("t").snapshots.len(),
+        snapshots + 1
+    );
+    assert_eq!(catalog.channels.get(&(id, "p2".to_owned())), Some(&3));
     // A discarded channel's files are released, its rows never seen.
     run(&mut catalog, pending_append(id, "other", 0, 4, 0)).expect("other");
     let chunk = catalog.pending[&(id, "other".to_owned())].files[0].chunk;
@@ -204,7 +222,7 @@ fn a_pending_channel_is_invisible_until_committed_at_once() {
         other => panic!("{other:?}"),
     }
     assert!(!catalog.referenced_chunks().contains(&chunk));
-    assert_eq!(rows(&catalog), 5);
+    assert_eq!(rows(&catalog), 10);
     // A purged table's pending channels go with it.
     run(&mut catalog, pending_append(id, "third", 0, 1, 0)).expect("third");
     run(
@@ -221,7 +239,7 @@ fn a_pending_channel_is_invisible_until_committed_at_once() {
             &mut catalog,
             Command::CommitPending {
                 table: id,
-                channel: "third".into()
+                channels: vec!["third".into()]
             }
         ),
         Err(CatalogError::TableNotFound(_))
