@@ -16,7 +16,8 @@ Snappy pages).
 The run starts one Quarry node (--insecure, a temporary data directory on
 the same disk as DuckDB's database file), times `quarry load DIR --table
 tpch.lineitem --create` from start to its summary (reading the files,
-sending Arrow IPC batches through the streaming API, every row committed),
+sending Arrow IPC batches through the streaming API's pending channels, two
+files at once, and committing them all in one snapshot at the end),
 checks the row count with SELECT count(*), then times DuckDB's CTAS with
 `--threads` threads into a new database file (checkpointed, so the rows are
 on disk as Quarry's are). Prints the machine, the command, the commit and a

@@ -13,11 +13,14 @@ body format (NDJSON, then Arrow IPC), a table of its own: `--writers`
 threads, each with its own channel, send `--batch-rows` rows per request
 with offsets for `--seconds`, as fast as the node acknowledges them
 (requests' sessions kept alive, `requests`); a poller asks every 20 ms
-`SELECT writer, max(seq) ... GROUP BY writer` over the PostgreSQL wire
-(psycopg) and notes when each acknowledged request's last row is first
-seen. Prints the machine, the command, the commit and a Markdown table:
-rows/s, acknowledgement p50/p99, acknowledgement-to-visible p50/p99 (which
-includes the poller's period), the same p99s over the first and the last
+`SELECT writer, max(seq) ... WHERE seq > S GROUP BY writer` over the
+PostgreSQL wire (psycopg), S the least of the writers' newest rows it has
+seen (so the data files' zone maps spare it the older rows), and notes for
+each acknowledged request the start of the first query that saw its last
+row (a SELECT sees what was committed when it started). Prints the
+machine, the command, the commit and a Markdown table: rows/s,
+acknowledgement p50/p99, acknowledgement-to-visible p50/p99 (which
+includes the poller's period and the time one query takes), the same p99s over the first and the last
 third of the run (flat when the cost of a request does not grow with the
 table), and the most data files in stripes and files in the ingest buffer
 the table had (sampled every second; the compactor moves the buffer into
@@ -132,8 +135,13 @@ def run(args, pg, https, table, encode):
     def poller():
         with psycopg.connect(f"host=127.0.0.1 port={pg} user=quarry dbname=quarry", autocommit=True) as c:
             while time.monotonic() < stop + 1:
-                rows = c.execute(f"SELECT writer, max(seq) FROM {table} GROUP BY writer").fetchall()
+                floor = min((seen[n][-1][0] for n in range(args.writers) if n in seen), default=-1)
+                if len(seen) < args.writers:
+                    floor = -1
                 now = time.monotonic()
+                rows = c.execute(
+                    f"SELECT writer, max(seq) FROM {table} WHERE seq > {floor} GROUP BY writer"
+                ).fetchall()
                 for number, top in rows:
                     history = seen.setdefault(number, [])
                     if not history or history[-1][0] < top:
