@@ -279,7 +279,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             println!(
                 "loaded {} rows from {} file(s) into {table} in {seconds:.1} s ({:.0} rows/s); \
                  {} row(s) were sent by an earlier run; {skipped} bad row(s) skipped; \
-                 channel {} committed at {}",
+                 channels {}-* committed at {}",
                 summary.rows_sent - skipped,
                 summary.files,
                 summary.rows_sent as f64 / seconds.max(1e-9),

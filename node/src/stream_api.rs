@@ -133,6 +133,23 @@ where
     }
 }
 
+/// Runs `work` with a session of the request's user ([`user_of`]): its
+/// result, or the answer refusing the request.
+async fn as_user<T, F, Fut>(
+    state: &HttpState,
+    peer: Option<axum::Extension<Peer>>,
+    headers: &HeaderMap,
+    work: F,
+) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: FnOnce(quarry_exec::Session) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = quarry_exec::Result<T>> + Send + 'static,
+{
+    let user = user_of(state, peer.map(|p| p.0.0), headers)?;
+    with_session(state, user, work).await
+}
+
 /// `GET /v1/tables/{table}/channels/{channel}`.
 pub async fn channel(
     State(state): State<HttpState>,
@@ -140,12 +157,8 @@ pub async fn channel(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
     let name = channel.clone();
-    let offset = with_session(&state, user, async move |mut session| {
+    let offset = as_user(&state, peer, &headers, async move |mut session| {
         session.channel_offset(&table, &name).await
     })
     .await;
@@ -319,11 +332,7 @@ pub async fn commit(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
-    let committed = with_session(&state, user, async move |mut session| {
+    let committed = as_user(&state, peer, &headers, async move |mut session| {
         session.commit_channels(&table, &[channel]).await
     })
     .await;
@@ -349,10 +358,6 @@ pub async fn commit_batch(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
     let request: BatchCommit = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -366,7 +371,7 @@ pub async fn commit_batch(
         }
     };
     let channels = request.channels.clone();
-    let committed = with_session(&state, user, async move |mut session| {
+    let committed = as_user(&state, peer, &headers, async move |mut session| {
         session.commit_channels(&table, &request.channels).await
     })
     .await;
@@ -391,11 +396,7 @@ pub async fn discard(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
-    let discarded = with_session(&state, user, async move |mut session| {
+    let discarded = as_user(&state, peer, &headers, async move |mut session| {
         session.discard_channel(&table, &channel).await
     })
     .await;

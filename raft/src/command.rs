@@ -1205,24 +1205,8 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             catalog.notes.remove(table);
             catalog.external.remove(table);
             catalog.acls.remove(&Securable::Table(*table));
-            let channels: Vec<_> = catalog
-                .channels
-                .keys()
-                .filter(|(id, _)| id == table)
-                .cloned()
-                .collect();
-            for channel in channels {
-                catalog.channels.remove(&channel);
-            }
-            let pending: Vec<_> = catalog
-                .pending
-                .keys()
-                .filter(|(id, _)| id == table)
-                .cloned()
-                .collect();
-            for channel in pending {
-                catalog.pending.remove(&channel);
-            }
+            remove_channels_of(&mut catalog.channels, *table);
+            remove_channels_of(&mut catalog.pending, *table);
             let mut chunks: Vec<ChunkId> = gone.table.files.iter().map(|e| e.file.chunk).collect();
             chunks.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks })
@@ -1894,6 +1878,18 @@ fn commit_to_channel(
     let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
     catalog.channels.insert(key, next_offset + rows + skipped);
     Ok(applied)
+}
+
+/// Removes the entries of table `table`'s channels from `channels`.
+fn remove_channels_of<V: Clone>(channels: &mut imbl::OrdMap<(TableId, String), V>, table: TableId) {
+    let keys: Vec<_> = channels
+        .range((table, String::new())..)
+        .take_while(|((id, _), _)| *id == table)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in keys {
+        channels.remove(&key);
+    }
 }
 
 /// [`Command::AppendPending`].
