@@ -233,7 +233,7 @@ pub struct LoadSummary {
     pub rows_sent: u64,
     /// The channel's next offset at the end (every row of the files).
     pub next_offset: u64,
-    /// The channel.
+    /// The load's channels' common name (each is `<name>-<k>of<n>`).
     pub channel: String,
     /// The rows skipped as bad, each as `file F, row N: message (detail)`;
     /// counted in `rows_sent` (they took their offsets).

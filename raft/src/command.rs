@@ -1867,13 +1867,7 @@ fn commit_to_channel(
         });
     }
     let next_offset = catalog.channels.get(&key).copied().unwrap_or(0);
-    if offset != next_offset {
-        return Err(CatalogError::ChannelOffset {
-            channel: channel.to_owned(),
-            offset,
-            next_offset,
-        });
-    }
+    at_next_offset(channel, offset, next_offset)?;
     let applied = commit(catalog, proposed_at, std::slice::from_ref(change), &[])?;
     let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
     catalog.channels.insert(key, next_offset + rows + skipped);
@@ -1890,6 +1884,19 @@ fn remove_channels_of<V: Clone>(channels: &mut imbl::OrdMap<(TableId, String), V
     for key in keys {
         channels.remove(&key);
     }
+}
+
+/// [`CatalogError::ChannelOffset`] unless rows at `offset` are the next of
+/// a channel at `next_offset`.
+fn at_next_offset(channel: &str, offset: u64, next_offset: u64) -> Result<(), CatalogError> {
+    if offset == next_offset {
+        return Ok(());
+    }
+    Err(CatalogError::ChannelOffset {
+        channel: channel.to_owned(),
+        offset,
+        next_offset,
+    })
 }
 
 /// [`Command::AppendPending`].
@@ -1926,13 +1933,7 @@ fn append_pending(
             });
         }
     };
-    if offset != next_offset {
-        return Err(CatalogError::ChannelOffset {
-            channel: channel.to_owned(),
-            offset,
-            next_offset,
-        });
-    }
+    at_next_offset(channel, offset, next_offset)?;
     let rows: u64 = change.added.iter().map(|f| f.row_count).sum();
     let mut files = pending.map(|p| p.files.clone()).unwrap_or_default();
     files.extend(change.added.iter().cloned());
