@@ -45,6 +45,22 @@ impl BufferedFiles {
         })
     }
 
+    /// `table`'s buffer and moved files, and the files a transaction holds
+    /// in memory for it, not yet committed (`held`, see
+    /// [`WriteSet::holding`](crate::data_file::WriteSet::holding)).
+    pub(crate) fn with_held(
+        table: &Table,
+        held: impl IntoIterator<Item = (ChunkId, Bytes)>,
+    ) -> Arc<Self> {
+        let mut buffer = table.buffer.clone();
+        buffer.extend(held);
+        Arc::new(BufferedFiles {
+            buffer,
+            moved: table.moved.clone(),
+            ..Default::default()
+        })
+    }
+
     /// Whether `chunk` is read from here rather than from its stripe.
     pub(crate) fn holds(&self, chunk: ChunkId) -> bool {
         self.buffer.contains_key(&chunk) || self.moved.contains_key(&chunk)

@@ -44,6 +44,13 @@ pub trait FileSink: Send + Sync + Debug {
     /// If no node (or the local disk) accepts it; then the statement fails.
     async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef>;
 
+    /// Stores the bytes of a data file the catalog knows as `chunk` (one of
+    /// the ingest buffer's) where it will live, under that id.
+    ///
+    /// # Errors
+    /// As [`FileSink::put`].
+    async fn put_as(&self, chunk: ChunkId, bytes: Bytes) -> quarry_storage::Result<ChunkRef>;
+
     /// Forgets a file put here that the transaction no longer adds.
     fn discard(&self, chunk: ChunkId);
 
@@ -61,6 +68,10 @@ pub trait FileSink: Send + Sync + Debug {
 impl FileSink for quarry_storage::StripeWriter {
     async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
         quarry_storage::StripeWriter::put(self, bytes).await
+    }
+
+    async fn put_as(&self, chunk: ChunkId, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
+        quarry_storage::StripeWriter::put_as(self, chunk, bytes).await
     }
 
     fn discard(&self, chunk: ChunkId) {
@@ -117,6 +128,11 @@ impl FileSink for LocalFiles {
     async fn put(&self, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
         let store = self.0.clone();
         blocking(move || store.put(&bytes)).await
+    }
+
+    async fn put_as(&self, chunk: ChunkId, bytes: Bytes) -> quarry_storage::Result<ChunkRef> {
+        let store = self.0.clone();
+        blocking(move || store.put_as(chunk, &bytes)).await
     }
 
     fn discard(&self, chunk: ChunkId) {

@@ -32,6 +32,16 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per data file: a file is one chunk and one unit of scan parallelism.
 pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 
+/// A file under this many rows is small (an eighth of a full file): the
+/// compactor merges such files, and a statement's small files go to the
+/// ingest buffer rather than into stripes.
+pub const SMALL_FILE_ROWS: u64 = FILE_ROWS_MAX / 8;
+
+/// Most bytes of small files a write set holds in memory for the ingest
+/// buffer (the size of one streaming request's buffered file); past it,
+/// files go into stripes.
+pub const HELD_BYTES_MAX: usize = 8 << 20;
+
 /// What a transaction (or autocommit statement) has changed and read, not yet
 /// committed: data files it wrote, data files it replaced, and the snapshots of
 /// the tables it read. Each table's new files go through one [`FileSink`],
@@ -39,10 +49,30 @@ pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 /// uncommitted write set discards the files it wrote, so a failed or abandoned
 /// transaction leaves nothing a reader can see (chunks already on other nodes
 /// are orphans their collection deletes).
+///
+/// A write set made by [`WriteSet::holding`] keeps small files (by default
+/// under [`SMALL_FILE_ROWS`] rows; [`HELD_BYTES_MAX`] bytes in all) in memory
+/// instead: the commit carries their bytes into the table's replicated
+/// ingest buffer ([`Command::CommitBuffered`](quarry_raft::Command)), so a
+/// small INSERT costs one Raft commit and no stripe write, and the
+/// transaction's own scans read them from here.
 #[derive(Debug)]
 pub struct WriteSet {
     chunks: Arc<dyn DataFileStore>,
+    /// Files with fewer rows are held in memory (0: none).
+    held_file_rows: u64,
     pending: Mutex<Pending>,
+}
+
+/// What [`WriteSet::take`] hands over for commit.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The changes, one per table, with the stripes of their stored files.
+    pub changes: Vec<TableChange>,
+    /// The tables read and the snapshot each was read at.
+    pub reads: Vec<(TableId, SnapshotId)>,
+    /// The bytes of the added files held in memory, for the ingest buffer.
+    pub held: Vec<(ChunkId, Bytes)>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +82,9 @@ struct Pending {
     reads: BTreeMap<TableId, SnapshotId>,
     /// Where each table's new files go (created by the first file).
     sinks: BTreeMap<TableId, Arc<dyn FileSink>>,
+    /// The bytes of small files held in memory, by chunk, for the ingest
+    /// buffer (files of the changes or of a savepoint).
+    held: BTreeMap<ChunkId, Bytes>,
     /// The changes as each savepoint found them, oldest first.
     savepoints: Vec<Changes>,
 }
@@ -75,15 +108,23 @@ impl Pending {
         in_added(&self.added) || self.savepoints.iter().any(|s| in_added(&s.added))
     }
 
-    /// Deletes the files of `candidates` nothing holds any more.
-    fn discard_unheld(&self, candidates: impl IntoIterator<Item = (TableId, ChunkId)>) {
+    /// Deletes the files of `candidates` nothing holds any more (forgets
+    /// the bytes of those held in memory).
+    fn discard_unheld(&mut self, candidates: impl IntoIterator<Item = (TableId, ChunkId)>) {
         for (table, chunk) in candidates {
-            if !self.holds(table, chunk)
+            if self.holds(table, chunk) {
+                continue;
+            }
+            if self.held.remove(&chunk).is_none()
                 && let Some(sink) = self.sinks.get(&table)
             {
                 sink.discard(chunk);
             }
         }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held.values().map(Bytes::len).sum()
     }
 
     fn files_of(added: &BTreeMap<TableId, Vec<DataFile>>) -> Vec<(TableId, ChunkId)> {
@@ -97,8 +138,16 @@ impl Pending {
 impl WriteSet {
     /// An empty write set whose chunks live in `chunks`.
     pub fn new(chunks: Arc<dyn DataFileStore>) -> Self {
+        WriteSet::holding(chunks, 0)
+    }
+
+    /// An empty write set that holds files of fewer than `file_rows` rows
+    /// in memory for the ingest buffer (see [`WriteSet`]), the others going
+    /// to `chunks`.
+    pub fn holding(chunks: Arc<dyn DataFileStore>, file_rows: u64) -> Self {
         WriteSet {
             chunks,
+            held_file_rows: file_rows,
             pending: Mutex::new(Pending::default()),
         }
     }
@@ -124,6 +173,35 @@ impl WriteSet {
 
     pub(crate) fn add(&self, table: TableId, file: DataFile) {
         self.lock().added.entry(table).or_default().push(file);
+    }
+
+    /// Adds `file` of `table` with its bytes held in memory, if it is small
+    /// and the set holds small files and has room for it; otherwise gives
+    /// both back, for [`WriteSet::put`].
+    ///
+    /// # Errors
+    /// The file and its bytes, when they are not held.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn hold(
+        &self,
+        table: TableId,
+        file: DataFile,
+        bytes: Bytes,
+    ) -> std::result::Result<(), (DataFile, Bytes)> {
+        let mut pending = self.lock();
+        let room = HELD_BYTES_MAX.saturating_sub(pending.held_bytes());
+        if file.row_count >= self.held_file_rows || bytes.len() > room {
+            return Err((file, bytes));
+        }
+        pending.held.insert(file.chunk, bytes);
+        pending.added.entry(table).or_default().push(file);
+        Ok(())
+    }
+
+    /// The bytes of the files held in memory (see [`WriteSet::holding`]),
+    /// for the transaction's own scans.
+    pub fn held(&self) -> BTreeMap<ChunkId, Bytes> {
+        self.lock().held.clone()
     }
 
     /// Whether the transaction has added or replaced no data file yet.
@@ -207,46 +285,40 @@ impl WriteSet {
     }
 
     /// Hands the changes over for commit, one per table, with the stripes
-    /// their new files were placed in, and the tables read; the set is then
-    /// empty. If the commit fails definitely, pass the changes to
-    /// [`WriteSet::discard_changes`].
+    /// their new files were placed in, the tables read, and the bytes of
+    /// the files held in memory; the set is then empty. If the commit fails
+    /// definitely, pass the changes to [`WriteSet::discard_changes`].
     ///
     /// # Errors
     /// If a table's last stripe cannot be completed (its parity finds too few
     /// nodes); the changes are discarded and nothing is to be committed.
-    pub async fn take(&self) -> Result<(Vec<TableChange>, Vec<(TableId, SnapshotId)>)> {
+    pub async fn take(&self) -> Result<Taken> {
         // Files only a savepoint held are not part of the commit.
         self.release(0);
-        let (mut changes, reads, sinks) = self.take_pending();
-        for change in &mut changes {
+        let (mut taken, sinks) = self.take_pending();
+        for change in &mut taken.changes {
             let Some(sink) = sinks.get(&change.table) else {
                 continue;
             };
             match sink.finish().await {
                 Ok(stripes) => change.stripes = stripes,
                 Err(e) => {
-                    self.discard_changes(changes);
+                    self.discard_changes(taken.changes);
                     return Err(Error::Storage(e));
                 }
             }
         }
-        Ok((changes, reads))
+        Ok(taken)
     }
 
     /// Empties the set (its savepoints released before, by the callers).
-    #[allow(clippy::type_complexity)]
-    fn take_pending(
-        &self,
-    ) -> (
-        Vec<TableChange>,
-        Vec<(TableId, SnapshotId)>,
-        BTreeMap<TableId, Arc<dyn FileSink>>,
-    ) {
+    fn take_pending(&self) -> (Taken, BTreeMap<TableId, Arc<dyn FileSink>>) {
         let Pending {
             added,
             mut removed,
             reads,
             sinks,
+            held,
             savepoints: _,
         } = std::mem::take(&mut *self.lock());
         let mut changes: Vec<TableChange> = added
@@ -265,7 +337,12 @@ impl WriteSet {
             stripes: Vec::new(),
         }));
         changes.retain(|c| !c.added.is_empty() || !c.removed.is_empty());
-        (changes, reads.into_iter().collect(), sinks)
+        let taken = Taken {
+            changes,
+            reads: reads.into_iter().collect(),
+            held: held.into_iter().collect(),
+        };
+        (taken, sinks)
     }
 
     /// Deletes the chunks of `files` (best effort: a failure only leaves garbage).
@@ -280,12 +357,26 @@ impl WriteSet {
         self.discard_files(changes.into_iter().flat_map(|c| c.added));
     }
 
+    /// Deletes the stored files `taken` added (those held in memory were
+    /// never stored).
+    pub fn discard_taken(&self, taken: Taken) {
+        let held: std::collections::HashSet<ChunkId> =
+            taken.held.iter().map(|(chunk, _)| *chunk).collect();
+        self.discard_files(
+            taken
+                .changes
+                .into_iter()
+                .flat_map(|c| c.added)
+                .filter(|f| !held.contains(&f.chunk)),
+        );
+    }
+
     /// Deletes every pending file and forgets every change.
     pub fn discard(&self) {
         // Files only a savepoint held first, then the changes' own.
         self.release(0);
-        let (changes, _, _) = self.take_pending();
-        self.discard_changes(changes);
+        let (taken, _) = self.take_pending();
+        self.discard_taken(taken);
     }
 }
 
@@ -313,6 +404,8 @@ pub struct DataFileWriter {
     current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
     rows_in_file: u64,
     rows_written: u64,
+    /// Whether small files may be held in the write set's memory.
+    holds_small_files: bool,
 }
 
 /// How data files are encoded: ZSTD, [`ROW_GROUP_ROWS`] rows per row group,
@@ -355,7 +448,15 @@ impl DataFileWriter {
             current: None,
             rows_in_file: 0,
             rows_written: 0,
+            holds_small_files: true,
         }
+    }
+
+    /// This writer with every file stored in stripes, none held in memory
+    /// for the ingest buffer (the compactor's, whose files leave it).
+    pub fn into_stripes(mut self) -> Self {
+        self.holds_small_files = false;
+        self
     }
 
     /// Rows written so far (including files not finished yet).
@@ -524,30 +625,30 @@ impl DataFileWriter {
             });
         }
         let bytes = Bytes::from(bytes);
+        let file = DataFile {
+            chunk: quarry_storage::new_chunk_id(),
+            size_bytes: bytes.len() as u64,
+            checksum_crc32c: crc32c::crc32c(&bytes),
+            row_count,
+            column_stats,
+        };
         match &mut self.destination {
             Destination::Writes(writes) => {
+                let (mut file, bytes) = if self.holds_small_files {
+                    match writes.hold(self.table.id, file, bytes) {
+                        Ok(()) => return Ok(()),
+                        Err(refused) => refused,
+                    }
+                } else {
+                    (file, bytes)
+                };
                 let chunk = writes.put(&self.table, bytes).await?;
-                writes.add(
-                    self.table.id,
-                    DataFile {
-                        chunk: chunk.id,
-                        size_bytes: chunk.size_bytes,
-                        checksum_crc32c: chunk.checksum_crc32c,
-                        row_count,
-                        column_stats,
-                    },
-                );
+                file.chunk = chunk.id;
+                file.size_bytes = chunk.size_bytes;
+                file.checksum_crc32c = chunk.checksum_crc32c;
+                writes.add(self.table.id, file);
             }
-            Destination::Memory(files) => files.push((
-                DataFile {
-                    chunk: quarry_storage::new_chunk_id(),
-                    size_bytes: bytes.len() as u64,
-                    checksum_crc32c: crc32c::crc32c(&bytes),
-                    row_count,
-                    column_stats,
-                },
-                bytes,
-            )),
+            Destination::Memory(files) => files.push((file, bytes)),
         }
         Ok(())
     }
@@ -661,6 +762,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_holding_write_set_keeps_small_files_in_memory_until_commit_or_rollback() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chunks = ChunkStore::open(dir.path()).expect("store");
+        let files: Arc<dyn DataFileStore> = Arc::new(LocalFiles(chunks.clone()));
+        let writes = Arc::new(WriteSet::holding(files.clone(), SMALL_FILE_ROWS));
+        let table = table();
+        let write = |ids: Vec<i64>, stripes: bool| {
+            let (table, writes) = (table.clone(), writes.clone());
+            async move {
+                let mut writer = DataFileWriter::new(table.clone(), writes);
+                if stripes {
+                    writer = writer.into_stripes();
+                }
+                writer.write(batch(&table, ids)).await.expect("write");
+                writer.finish().await.expect("finish");
+            }
+        };
+        // A small file is held, not stored.
+        write(vec![1, 2, 3], false).await;
+        assert!(chunks.list().expect("list").is_empty());
+        let held = writes.held();
+        assert_eq!(held.len(), 1);
+        let first = writes.added_to(7)[0].clone();
+        assert_eq!(held[&first.chunk].len() as u64, first.size_bytes);
+        assert_eq!(crc32c::crc32c(&held[&first.chunk]), first.checksum_crc32c);
+        // A file that is not small, and one from a writer into stripes, are stored.
+        write((0..SMALL_FILE_ROWS as i64).collect(), false).await;
+        write(vec![4], true).await;
+        assert_eq!(chunks.list().expect("list").len(), 2);
+        assert_eq!(writes.held().len(), 1);
+        // Held files a savepoint rolls back are forgotten; one replaced too.
+        let depth = writes.savepoint();
+        write(vec![5], false).await;
+        assert_eq!(writes.held().len(), 2);
+        writes.rollback_to(depth);
+        assert_eq!(writes.held().len(), 1);
+        write(vec![6], false).await;
+        let sixth = writes.added_to(7).last().expect("sixth").chunk;
+        writes.release(0);
+        writes.remove(7, sixth);
+        assert_eq!(writes.held().keys().collect::<Vec<_>>(), [&first.chunk]);
+        // The commit takes the held bytes; the set is then empty.
+        let taken = writes.take().await.expect("take");
+        assert_eq!(taken.changes[0].added.len(), 3);
+        assert_eq!(taken.held.len(), 1);
+        assert_eq!(taken.held[0].0, first.chunk);
+        assert!(writes.held().is_empty());
+        // Room for held bytes is bounded: past it, small files are stored.
+        let writes = Arc::new(WriteSet::holding(files.clone(), SMALL_FILE_ROWS));
+        let big = Bytes::from(vec![0u8; HELD_BYTES_MAX]);
+        let file = |chunk: u128| DataFile {
+            chunk: ChunkId(chunk),
+            size_bytes: 0,
+            checksum_crc32c: 0,
+            row_count: 1,
+            column_stats: vec![],
+        };
+        assert!(writes.hold(7, file(1), big.clone()).is_ok());
+        assert!(writes.hold(7, file(2), Bytes::from_static(b"x")).is_err());
+        // A write set that does not hold gives every file back.
+        let plain = WriteSet::new(files);
+        assert!(plain.hold(7, file(3), Bytes::from_static(b"x")).is_err());
+    }
+
+    #[tokio::test]
     async fn written_files_carry_zone_maps_and_dropping_the_write_set_deletes_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let chunks = ChunkStore::open(dir.path()).expect("store");
@@ -674,7 +840,7 @@ mod tests {
             .expect("write");
         assert_eq!(writer.finish().await.expect("finish"), 4);
         assert_eq!(chunks.list().expect("list").len(), 1);
-        let (changes, _) = writes.take().await.expect("take");
+        let changes = writes.take().await.expect("take").changes;
         let file = &changes[0].added[0];
         assert_eq!(file.row_count, 4);
         assert_eq!(file.column_stats[0].min, Some(Datum::Int(3)));
@@ -736,7 +902,7 @@ mod tests {
         writes.remove(table.id, first);
         write(vec![4]).await;
         let fourth = writes.added_to(table.id)[0].chunk;
-        let (changes, _) = writes.take().await.expect("take");
+        let changes = writes.take().await.expect("take").changes;
         let committed: Vec<ChunkId> = changes[0].added.iter().map(|f| f.chunk).collect();
         assert_eq!(committed, vec![fourth]);
         assert_eq!(chunks.list().expect("list"), vec![fourth]);
@@ -772,7 +938,7 @@ mod tests {
             .await
             .expect("write");
         assert_eq!(writer.finish().await.expect("finish"), rows as u64 + 10);
-        let (changes, _) = writes.take().await.expect("take");
+        let changes = writes.take().await.expect("take").changes;
         let counts: Vec<u64> = changes[0].added.iter().map(|f| f.row_count).collect();
         assert_eq!(counts, vec![FILE_ROWS_MAX, 15]);
         assert_eq!(chunks.list().expect("list").len(), 2);

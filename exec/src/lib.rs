@@ -54,7 +54,7 @@ pub mod types;
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;
 pub use session::{
-    AppendMode, Appended, ChannelState, CommandTag, Compacted, Compaction, CopyIn, Engine,
-    Metadata, Notice, Output, QueryResources, Session, StreamRows, compaction_candidates,
+    AppendMode, Appended, ChannelState, CommandTag, Compacted, Compaction, CompactionKind, CopyIn,
+    Engine, Metadata, Notice, Output, QueryResources, Session, StreamRows, compaction_candidates,
     compaction_due,
 };

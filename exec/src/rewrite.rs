@@ -133,7 +133,14 @@ impl RewriteExec {
             Boundedness::Bounded,
         ));
         Ok(Arc::new(RewriteExec {
-            source: SnapshotTable::new(table.clone(), 0, target.chunks().clone(), None),
+            // With the write set: the transaction's own files held in
+            // memory are read from there.
+            source: SnapshotTable::new(
+                table.clone(),
+                0,
+                target.chunks().clone(),
+                Some(writes.clone()),
+            ),
             table,
             writes,
             files,
@@ -273,7 +280,12 @@ impl ExecutionPlan for RewriteExec {
                 "RewriteExec has one partition, not {partition}"
             )));
         }
-        let source = SnapshotTable::new(self.table.clone(), 0, self.source.chunks().clone(), None);
+        let source = SnapshotTable::new(
+            self.table.clone(),
+            0,
+            self.source.chunks().clone(),
+            Some(self.writes.clone()),
+        );
         let table = self.table.clone();
         let writes = self.writes.clone();
         let files = self.files.clone();

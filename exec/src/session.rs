@@ -80,7 +80,7 @@ mod time_travel;
 mod transaction;
 
 pub use compact::{
-    COMPACT_MIN_FILES, Compacted, Compaction, FLUSH_MIN_ROWS, SMALL_FILE_ROWS,
+    COMPACT_MIN_FILES, Compacted, Compaction, CompactionKind, FLUSH_MIN_ROWS, SMALL_FILE_ROWS,
     compaction_candidates, compaction_due,
 };
 pub use copy_statement::CopyIn;
@@ -148,6 +148,9 @@ pub struct QueryResources {
     /// Bytes of data files a query's scans must read for it to be
     /// distributed with `distsql = auto` ([`DistSql`]); 0: every query.
     pub distribute_min_bytes: u64,
+    /// A statement's data files with fewer rows go to the ingest buffer
+    /// ([`WriteSet::holding`]); 0: none do. None: [`SMALL_FILE_ROWS`].
+    pub buffer_file_rows: Option<u64>,
 }
 
 impl Engine {

@@ -204,7 +204,10 @@ impl SnapshotTable {
                 metadata: Default::default(),
                 table: self.qualified_name(),
                 chunks: self.chunks.clone(),
-                buffered: BufferedFiles::of(&self.table),
+                buffered: match &self.writes {
+                    Some(writes) => BufferedFiles::with_held(&self.table, writes.held()),
+                    None => BufferedFiles::of(&self.table),
+                },
             }))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);

@@ -72,6 +72,11 @@ pub struct FileConfig {
     /// (it moves sooner past 131,072 rows or 64 MiB) [default: 60].
     #[arg(long)]
     pub buffer_max_age_secs: Option<u64>,
+    /// A statement's data files with fewer rows than this go to the
+    /// table's ingest buffer (their bytes in the Raft log) instead of
+    /// stripes; 0: every file to stripes [default: 131072].
+    #[arg(long)]
+    pub buffer_file_rows: Option<u64>,
     /// Milliseconds after which a node that stops answering gossip probes is
     /// declared down (SWIM suspicion timeout) [default: 3000].
     #[arg(long)]
@@ -177,6 +182,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How long an ingest buffer holds its oldest rows at most.
     pub buffer_max_age: Duration,
+    /// Rows under which a statement's files go to the ingest buffer.
+    pub buffer_file_rows: u64,
     /// SWIM suspicion timeout.
     pub down_after: Duration,
     /// How long a voter may be down before it is replaced.
@@ -373,6 +380,10 @@ impl FileConfig {
                 10,
             ),
             buffer_max_age: secs(flags.buffer_max_age_secs, self.buffer_max_age_secs, 60),
+            buffer_file_rows: flags
+                .buffer_file_rows
+                .or(self.buffer_file_rows)
+                .unwrap_or(quarry_exec::data_file::SMALL_FILE_ROWS),
             down_after: Duration::from_millis(
                 flags
                     .down_after_ms

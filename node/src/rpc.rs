@@ -40,8 +40,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// roles, privileges, owners, access tokens, `SetGossipKey`, and gossip
 /// datagrams with an HMAC tag; version 14: `SetExternalSource`; version 15:
 /// `skipped` in `Append` and `AppendBuffered`, `AppendPending`,
-/// `CommitPending`, `DiscardPending`), needs a new version.
-pub const WIRE_VERSION: u8 = 15;
+/// `CommitPending`, `DiscardPending`; version 16: `CommitBuffered`,
+/// `SpillBuffered`), needs a new version.
+pub const WIRE_VERSION: u8 = 16;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -922,9 +923,11 @@ mod tests {
             | C::SetExternalSource { .. }
             | C::AppendPending { .. }
             | C::CommitPending { .. }
-            | C::DiscardPending { .. } => {}
+            | C::DiscardPending { .. }
+            | C::CommitBuffered { .. }
+            | C::SpillBuffered { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 15, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 16, "update the list above");
     }
 
     #[tokio::test]

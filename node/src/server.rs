@@ -322,6 +322,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             spill_dir: Some(spill_dir),
             runtime: execution.handle(),
             distribute_min_bytes: config.distribute_min_bytes,
+            buffer_file_rows: Some(config.buffer_file_rows),
         },
         Some(peers.clone()),
     );
@@ -595,7 +596,16 @@ const MERGES_PER_TABLE_RUN: usize = 64;
 /// Counts and logs what one merge did.
 fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec::Compacted>>) {
     match compacted {
-        Ok(Some(done)) if done.buffered => {
+        Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Spill => {
+            metrics::counter!("quarry_buffer_files_spilled_total")
+                .increment(done.files_removed as u64);
+            tracing::info!(
+                table = %name,
+                buffered_files = done.files_removed,
+                "stored replaced buffered files in stripes"
+            );
+        }
+        Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Flush => {
             metrics::counter!("quarry_buffer_rows_moved_total").increment(done.rows);
             tracing::info!(
                 table = %name,

@@ -144,7 +144,9 @@ async fn concurrent_transfers_keep_the_total_and_lose_no_update() {
 #[tokio::test]
 async fn write_skew_is_allowed_by_snapshot_isolation_and_refused_by_serializable() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = TestNode::start(&dir.path().join("data")).await;
+    // Files in stripes (none in the ingest buffer): a refused commit's
+    // would be on disk.
+    let node = TestNode::start_with(&dir.path().join("data"), &["--buffer-file-rows", "0"]).await;
     let setup = node.client().await;
     // Two doctors on call; each goes off call if the other is still on. Run
     // interleaved, snapshot isolation lets both go (write skew).

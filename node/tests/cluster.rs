@@ -18,8 +18,14 @@ use support::node::{TestNode, sqlstate};
 
 /// Flags for tests of the read path through the disks: without a data file
 /// pool, every read goes to the chunks (a file read once would otherwise be
-/// served from memory, and a degraded or damaged read would never happen).
-const DISK_READS: [&str; 2] = ["--data-cache-mb", "0"];
+/// served from memory, and a degraded or damaged read would never happen),
+/// and every statement's files are in stripes (none in the ingest buffer,
+/// whose bytes are in the Raft log).
+const DISK_READS: [&str; 4] = ["--data-cache-mb", "0", "--buffer-file-rows", "0"];
+
+/// Every statement's files in stripes, none in the ingest buffer: for
+/// tests of stripes written by small statements.
+const STRIPES_ONLY: [&str; 2] = ["--buffer-file-rows", "0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_and_keep_every_acknowledged_row_when_the_leader_dies() {
@@ -140,6 +146,8 @@ async fn six_nodes_with_4_plus_2_stripes_survive_two_losses_repair_and_a_third()
             "2",
             DISK_READS[0],
             DISK_READS[1],
+            DISK_READS[2],
+            DISK_READS[3],
         ],
     )
     .await;
@@ -273,7 +281,14 @@ async fn a_flipped_byte_is_read_around_counted_and_repaired_by_the_scrubber() {
     let nodes = start_cluster(
         dir.path(),
         3,
-        &["--scrub-interval-secs", "2", DISK_READS[0], DISK_READS[1]],
+        &[
+            "--scrub-interval-secs",
+            "2",
+            DISK_READS[0],
+            DISK_READS[1],
+            DISK_READS[2],
+            DISK_READS[3],
+        ],
     )
     .await;
     let client = nodes[0].client().await;
@@ -616,7 +631,7 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
         );
         local
     };
-    let parent = start(&["--down-after-ms", "1000"]);
+    let parent = start(&["--down-after-ms", "1000", STRIPES_ONLY[0], STRIPES_ONLY[1]]);
     assert_eq!(
         pids_mentioning(&data_text).len(),
         4,
@@ -682,7 +697,7 @@ async fn cluster_local_starts_nodes_that_cluster_status_describes_and_sigterm_st
     assert!(pids_mentioning(&data_text).is_empty(), "every node stopped");
 
     // Started again on the same data dir, the nodes keep their data.
-    let again = start(&[]);
+    let again = start(&STRIPES_ONLY);
     wait_for(
         Duration::from_secs(120),
         "the restarted cluster to answer",

@@ -169,7 +169,8 @@ async fn a_flipped_byte_in_a_data_file_gives_xx001_never_wrong_rows() {
 #[tokio::test]
 async fn health_and_metrics_are_served_over_http() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = TestNode::start(&dir.path().join("data")).await;
+    // The INSERT's file goes to a stripe, counted by the storage metrics.
+    let node = TestNode::start_with(&dir.path().join("data"), &["--buffer-file-rows", "0"]).await;
     node.client()
         .await
         .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
@@ -192,7 +193,9 @@ async fn chunks_of_a_copy_cut_by_kill_9_are_deleted_at_restart() {
     use futures::SinkExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let mut node = TestNode::start(&data).await;
+    // Files in stripes: the COPY's chunks are on disk before its commit.
+    let stripes_only = ["--buffer-file-rows", "0"];
+    let mut node = TestNode::start_with(&data, &stripes_only).await;
     let client = node.client().await;
     client
         .batch_execute("CREATE TABLE big (id BIGINT NOT NULL); INSERT INTO big VALUES (-1)")
@@ -220,7 +223,7 @@ async fn chunks_of_a_copy_cut_by_kill_9_are_deleted_at_restart() {
     }
     node.kill9();
 
-    let node = TestNode::start(&data).await;
+    let node = TestNode::start_with(&data, &stripes_only).await;
     let count: i64 = node
         .client()
         .await
@@ -292,7 +295,10 @@ async fn a_config_file_sets_what_flags_do_not() {
 #[tokio::test]
 async fn expired_snapshots_lose_their_files_unless_a_clone_uses_them() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = TestNode::spawn(&dir.path().join("data"), &["--retention-check-secs", "1"]);
+    let node = TestNode::spawn(
+        &dir.path().join("data"),
+        &["--retention-check-secs", "1", "--buffer-file-rows", "0"],
+    );
     let mut node = node;
     node.wait_ready().await;
     let client = node.client().await;
@@ -392,7 +398,10 @@ async fn a_dropped_table_survives_a_restart_and_can_be_undropped() {
 #[tokio::test]
 async fn a_dropped_table_is_purged_once_its_window_passes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = TestNode::spawn(&dir.path().join("data"), &["--retention-check-secs", "1"]);
+    let mut node = TestNode::spawn(
+        &dir.path().join("data"),
+        &["--retention-check-secs", "1", "--buffer-file-rows", "0"],
+    );
     node.wait_ready().await;
     let client = node.client().await;
     client

@@ -186,7 +186,10 @@ async fn errors_carry_postgres_sqlstates() {
 
 #[tokio::test]
 async fn a_failed_insert_leaves_no_rows() {
-    let (_dir, node) = node().await;
+    // Files in stripes (none in the ingest buffer), so that what a failed
+    // statement wrote would be on disk.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(&dir.path().join("data"), &["--buffer-file-rows", "0"]).await;
     let client = node.client().await;
     client
         .batch_execute("CREATE TABLE t (a INT NOT NULL, b INT); INSERT INTO t VALUES (1, 1)")

@@ -559,12 +559,20 @@ async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapsho
     // now from the data file they moved to.
     let old = everything.replace("FROM ticks", &format!("FROM ticks VERSION AS OF {before}"));
     assert_eq!(bigints(&client, &old).await, expected);
-    // Small INSERTs are data files in stripes, merged with the moved one.
-    for id in 120..128 {
+    // Small INSERTs wait in the buffer too. Moved one at a time (each
+    // older than the buffer's age before the next), they make small data
+    // files, merged with the first once there are eight.
+    for id in 120..127 {
         client
             .execute(&format!("INSERT INTO ticks VALUES ({id}, 'i')"), &[])
             .await
             .expect("insert");
+        support::cluster::wait_for(
+            std::time::Duration::from_secs(60),
+            "the compactor moves the INSERT's row",
+            || async { files(&node, "ticks").await[1] == 0 },
+        )
+        .await;
     }
     support::cluster::wait_for(
         std::time::Duration::from_secs(60),
@@ -577,7 +585,7 @@ async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapsho
         "SELECT count(*), count(DISTINCT id), sum(id) FROM ticks",
     )
     .await;
-    assert_eq!(row, [128, 128, (0..128).sum::<i64>()]);
+    assert_eq!(row, [127, 127, (0..127).sum::<i64>()]);
     assert_eq!(bigints(&client, &old).await, expected);
     // The channel goes on where it was.
     let (status, answer) =
@@ -654,4 +662,118 @@ async fn kill_9_while_the_buffer_moves_loses_and_repeats_no_row() {
         (status, &answer["next_offset"]),
         (200, &serde_json::json!(offset))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_inserts_wait_in_the_buffer_a_transaction_reads_its_own_and_kill_9_keeps_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node =
+        TestNode::start_with(&dir.path().join("n1"), &["--compaction-interval-secs", "1"]).await;
+    let client = node.client().await;
+    let other = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE acc (id bigint, v text); \
+             INSERT INTO acc VALUES (1, 'a'), (2, 'b')",
+        )
+        .await
+        .expect("create and insert");
+    // The INSERT's file is in the ingest buffer, not in a stripe.
+    assert_eq!(files(&node, "acc").await, [0, 1, 2]);
+    let before_update: i64 = client
+        .query_one(
+            "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
+             WHERE table_name = 'acc'",
+            &[],
+        )
+        .await
+        .expect("snapshot")
+        .get(0);
+    client
+        .batch_execute("INSERT INTO acc SELECT g, 'g' FROM generate_series(3, 10) AS s(g)")
+        .await
+        .expect("insert select");
+    assert_eq!(files(&node, "acc").await, [0, 2, 10]);
+    // A transaction reads, changes and rolls back its own held rows; no one
+    // else sees them before COMMIT.
+    let summary = "SELECT count(*), sum(id), count(*) FILTER (WHERE v = 'u') FROM acc";
+    client
+        .batch_execute(
+            "BEGIN; \
+             INSERT INTO acc SELECT g, 't' FROM generate_series(11, 20) AS s(g); \
+             UPDATE acc SET v = 'u' WHERE id = 15; \
+             DELETE FROM acc WHERE id = 16; \
+             SAVEPOINT s; \
+             INSERT INTO acc VALUES (100, 'r'); \
+             ROLLBACK TO SAVEPOINT s",
+        )
+        .await
+        .expect("transaction");
+    let mine = [19, (1..=20).sum::<i64>() - 16, 1];
+    assert_eq!(bigints(&client, summary).await, mine);
+    assert_eq!(
+        bigints(&other, summary).await,
+        [10, (1..=10).sum::<i64>(), 0]
+    );
+    assert_eq!(files(&node, "acc").await, [0, 2, 10]);
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(bigints(&other, summary).await, mine);
+    let [data_files, _, buffered_rows] = files(&node, "acc").await[..] else {
+        panic!("three counts");
+    };
+    assert_eq!((data_files, buffered_rows), (0, 19));
+    client
+        .batch_execute("BEGIN; INSERT INTO acc VALUES (1000, 'x'); ROLLBACK")
+        .await
+        .expect("rolled back");
+    assert_eq!(bigints(&other, summary).await, mine);
+    // A file of many rows goes into a stripe.
+    client
+        .batch_execute("INSERT INTO acc SELECT g, 'big' FROM generate_series(1001, 201000) AS s(g)")
+        .await
+        .expect("large insert");
+    assert_eq!(files(&node, "acc").await[..2], [1, 3]);
+    // An UPDATE replaces a buffered file; the compactor stores the replaced
+    // one in a stripe, where time travel still reads it.
+    client
+        .batch_execute("UPDATE acc SET v = 'w' WHERE id = 1")
+        .await
+        .expect("update");
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(60),
+        "the compactor spills the replaced buffered file",
+        || async { node.metric("quarry_buffer_files_spilled_total").await == Some(1.0) },
+    )
+    .await;
+    let old =
+        format!("SELECT count(*) FILTER (WHERE v = 'a') FROM acc VERSION AS OF {before_update}");
+    assert_eq!(bigints(&client, &old).await, [1]);
+    let everything = "SELECT count(*), sum(id), count(*) FILTER (WHERE v = 'w') FROM acc";
+    let expected = [
+        19 + 200_000,
+        (1..=20).sum::<i64>() - 16 + (1001..=201_000).sum::<i64>(),
+        1,
+    ];
+    assert_eq!(bigints(&client, everything).await, expected);
+    // The buffer is in the Raft log: kill -9 keeps every committed row.
+    drop((client, other));
+    node.kill9();
+    node.set_flags(&[
+        "--compaction-interval-secs",
+        "1",
+        "--buffer-max-age-secs",
+        "1",
+    ]);
+    node.restart().await;
+    let client = node.client().await;
+    assert_eq!(bigints(&client, everything).await, expected);
+    assert_eq!(bigints(&client, &old).await, [1]);
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(60),
+        "the compactor moves the buffer",
+        || async { files(&node, "acc").await[1..] == [0, 0] },
+    )
+    .await;
+    assert_eq!(bigints(&client, everything).await, expected);
+    assert_eq!(bigints(&client, &old).await, [1]);
 }

@@ -475,6 +475,33 @@ pub enum Command {
         /// The files it reads.
         source: ExternalSource,
     },
+    /// [`Command::Commit`] whose small added files are held in the tables'
+    /// ingest buffers: `buffered` gives the Parquet bytes of some of the
+    /// files `changes` adds (no stripe places them). Refused, with nothing
+    /// changed, when a buffered chunk is not a file the changes add
+    /// ([`CatalogError::BufferedFile`]).
+    CommitBuffered {
+        /// One entry per changed table, as [`Command::Commit`]'s.
+        changes: Vec<TableChange>,
+        /// As [`Command::Commit`]'s.
+        read_set: Vec<(TableId, SnapshotId)>,
+        /// The buffered files' bytes, by chunk.
+        buffered: Vec<(ChunkId, bytes::Bytes)>,
+    },
+    /// Buffered files that no snapshot from now on reads (replaced by a
+    /// DELETE, UPDATE or MERGE, kept for time travel) now in stripes: their
+    /// bytes, stored under the same chunk ids, leave the catalog's memory.
+    /// Refused, with nothing changed, unless each of `files` is in table
+    /// `table`'s buffer and removed from its current snapshot
+    /// ([`CatalogError::BufferMove`]).
+    SpillBuffered {
+        /// The table.
+        table: TableId,
+        /// The buffered files' chunks.
+        files: Vec<ChunkId>,
+        /// Where they are stored now.
+        stripes: Vec<Stripe>,
+    },
 }
 
 impl Command {
@@ -498,7 +525,10 @@ impl Command {
             Command::AlterTable { table, .. }
             | Command::ExpireSnapshots { table, .. }
             | Command::PurgeDropped { table } => map(table),
-            Command::Commit { changes, read_set } => {
+            Command::Commit { changes, read_set }
+            | Command::CommitBuffered {
+                changes, read_set, ..
+            } => {
                 for change in changes {
                     map(&mut change.table)?;
                 }
@@ -515,6 +545,7 @@ impl Command {
             | Command::MoveBuffered { change, .. }
             | Command::AppendPending { change, .. } => map(&mut change.table),
             Command::AppendBuffered { table, .. }
+            | Command::SpillBuffered { table, .. }
             | Command::CommitPending { table, .. }
             | Command::DiscardPending { table, .. } => map(table),
             Command::SetPrivileges { objects, .. } => {
@@ -829,6 +860,9 @@ pub enum CatalogError {
     /// table that has rows of its own.
     #[error("\"{0}\" is an external table: its rows are the files it reads")]
     ExternalTable(String),
+    /// Bytes for the ingest buffer of a file the commit does not add.
+    #[error("buffered file {0} is not a file the commit adds")]
+    BufferedFile(ChunkId),
 }
 
 impl CatalogError {
@@ -871,7 +905,7 @@ impl CatalogError {
             CatalogError::ChannelState { .. } => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             CatalogError::ChannelNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
-            CatalogError::BufferMove(_) => SqlState::INTERNAL_ERROR,
+            CatalogError::BufferMove(_) | CatalogError::BufferedFile(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
         }
     }
@@ -1028,6 +1062,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 retention_micros: *retention_micros,
                 layout: *layout,
             };
+            cloned_buffer(catalog, files, &mut table);
             table.add_files(files.iter().cloned(), snapshot);
             catalog.insert_table((schema.clone(), name.clone()), Arc::new(table));
             for stripe in stripes {
@@ -1074,6 +1109,32 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         Command::Commit { changes, read_set } => {
             commit(catalog, proposal.proposed_at, changes, read_set)
         }
+        Command::CommitBuffered {
+            changes,
+            read_set,
+            buffered,
+        } => {
+            let mut tables = Vec::with_capacity(buffered.len());
+            for (chunk, _) in buffered {
+                let change = changes
+                    .iter()
+                    .find(|c| c.added.iter().any(|f| f.chunk == *chunk))
+                    .ok_or(CatalogError::BufferedFile(*chunk))?;
+                tables.push(change.table);
+            }
+            let applied = commit(catalog, proposal.proposed_at, changes, read_set)?;
+            for ((chunk, bytes), table) in buffered.iter().zip(tables) {
+                committed_table(catalog, table)
+                    .buffer
+                    .insert(*chunk, bytes.clone());
+            }
+            Ok(applied)
+        }
+        Command::SpillBuffered {
+            table,
+            files,
+            stripes,
+        } => spill_buffered(catalog, *table, files, stripes),
         Command::Append {
             change,
             channel,
@@ -1844,6 +1905,65 @@ fn commit(
         snapshot,
         committed_at,
     })
+}
+
+/// The buffered and moved files among `files` (a CLONE's, shared with its
+/// source table) copied into `table`, so that the clone reads them as its
+/// source does: their bytes are in the source's buffer, not in a stripe.
+fn cloned_buffer(catalog: &Catalog, files: &[DataFile], table: &mut Table) {
+    if files.is_empty() {
+        return;
+    }
+    let sources: Vec<&Arc<Table>> = catalog
+        .tables
+        .values()
+        .filter(|t| !t.buffer.is_empty() || !t.moved.is_empty())
+        .collect();
+    for file in files {
+        for source in &sources {
+            if let Some(bytes) = source.buffer.get(&file.chunk) {
+                table.buffer.insert(file.chunk, bytes.clone());
+                break;
+            }
+            if let Some(ranges) = source.moved.get(&file.chunk) {
+                table.moved.insert(file.chunk, ranges.clone());
+                break;
+            }
+        }
+    }
+}
+
+/// [`Command::SpillBuffered`]: every file checked before any changes.
+fn spill_buffered(
+    catalog: &mut Catalog,
+    table: TableId,
+    files: &[ChunkId],
+    stripes: &[Stripe],
+) -> Result<Applied, CatalogError> {
+    let key = catalog
+        .table_key(table)
+        .cloned()
+        .ok_or_else(|| CatalogError::TableNotFound(format!("table id {table}")))?;
+    let entry = catalog
+        .tables
+        .get_mut(&key)
+        .expect("the key was just found");
+    for chunk in files {
+        let replaced = entry.buffer.contains_key(chunk)
+            && entry.live_file(*chunk).is_none()
+            && entry.files.iter().any(|e| e.file.chunk == *chunk);
+        if !replaced {
+            return Err(CatalogError::BufferMove(*chunk));
+        }
+    }
+    let table = Arc::make_mut(entry);
+    for chunk in files {
+        table.buffer.remove(chunk);
+    }
+    for stripe in stripes {
+        catalog.add_stripe(stripe.clone());
+    }
+    Ok(Applied::Nothing)
 }
 
 /// Commits `change` (files added only) as rows of `channel` at `offset`,

@@ -82,13 +82,21 @@ impl StripeWriter {
     /// `Placement` when no node of the stripe's order accepts the file, or
     /// the parity; chunks already stored are orphans collection removes.
     pub async fn put(&self, bytes: Bytes) -> Result<ChunkRef> {
+        self.put_as(new_chunk_id(), bytes).await
+    }
+
+    /// [`StripeWriter::put`] of a file with id `id` (a buffered file of the
+    /// catalog, stored as it is).
+    ///
+    /// # Errors
+    /// As [`StripeWriter::put`].
+    pub async fn put_as(&self, id: ChunkId, bytes: Bytes) -> Result<ChunkRef> {
         let mut state = self.state.lock().await;
         self.apply_discards(&mut state);
         if state.open.is_none() {
             state.open = Some(self.open_stripe());
         }
         let open = state.open.as_mut().expect("just opened");
-        let id = new_chunk_id();
         let node = loop {
             let Some(node) = open.spare.pop_front() else {
                 return Err(Error::Placement {

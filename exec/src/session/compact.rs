@@ -15,6 +15,7 @@
 //! file's rows now are so that older snapshots still read them.
 
 use super::*;
+pub use crate::data_file::SMALL_FILE_ROWS;
 use crate::data_file::{DataFileWriter, FILE_ROWS_MAX};
 use crate::table::{is_table_scan, scan_files, with_scan_files, with_scan_files_in_order};
 use datafusion::common::TableReference;
@@ -22,9 +23,6 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::physical_plan::ExecutionPlan;
 use quarry_common::catalog::{ChunkId, DataFile, RowRange, TableId, TimestampMicros};
 use std::collections::HashMap;
-
-/// A file under this many rows is small.
-pub const SMALL_FILE_ROWS: u64 = FILE_ROWS_MAX / 8;
 
 /// A table is compacted once it has this many small files.
 pub const COMPACT_MIN_FILES: usize = 8;
@@ -47,21 +45,46 @@ const FLUSH_MAX_ROWS: u64 = 4 * FILE_ROWS_MAX;
 pub enum Compaction {
     /// Move these buffered files (oldest first) into data files.
     Flush(Vec<DataFile>),
+    /// Store these buffered files, which only older snapshots read, in
+    /// stripes as they are ([`Command::SpillBuffered`]).
+    Spill(Vec<DataFile>),
     /// Merge these small data files (oldest first).
     Merge(Vec<DataFile>),
 }
 
 /// The compaction `table` is due at time `now`: its ingest buffer's move
 /// when the buffer is large enough or its oldest file has waited
-/// `max_age` microseconds, else a merge of its small files
-/// (see [`compaction_candidates`]); None when neither is due.
+/// `max_age` microseconds, else the spill of buffered files a DELETE or
+/// UPDATE replaced (see [`spill_candidates`]), else a merge of its small
+/// files (see [`compaction_candidates`]); None when none is due.
 pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Option<Compaction> {
     let flush = flush_candidates(table, now, max_age);
     if !flush.is_empty() {
         return Some(Compaction::Flush(flush));
     }
+    let spill = spill_candidates(table);
+    if !spill.is_empty() {
+        return Some(Compaction::Spill(spill));
+    }
     let merge = compaction_candidates(table);
     (!merge.is_empty()).then_some(Compaction::Merge(merge))
+}
+
+/// Buffered files of `table` that its current snapshot no longer reads (a
+/// DELETE, UPDATE or MERGE replaced them; older snapshots still do, for
+/// time travel), up to [`COMPACT_MAX_FILES`]: their bytes need not stay
+/// in every node's memory.
+pub fn spill_candidates(table: &Table) -> Vec<DataFile> {
+    if table.buffer.is_empty() {
+        return Vec::new();
+    }
+    table
+        .files
+        .iter()
+        .filter(|e| e.removed_in.is_some() && table.buffer.contains_key(&e.file.chunk))
+        .take(COMPACT_MAX_FILES)
+        .map(|e| e.file.clone())
+        .collect()
 }
 
 /// The buffered files of `table`'s current snapshot, oldest first (up to
@@ -140,8 +163,19 @@ pub struct Compacted {
     pub files_added: usize,
     /// Rows moved.
     pub rows: u64,
-    /// Whether the files replaced were the ingest buffer's.
-    pub buffered: bool,
+    /// Which kind of compaction it was.
+    pub kind: CompactionKind,
+}
+
+/// The kinds of [`Compaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionKind {
+    /// The ingest buffer moved into data files.
+    Flush,
+    /// Replaced buffered files stored in stripes.
+    Spill,
+    /// Small data files merged.
+    Merge,
 }
 
 /// The small files of `table`'s current snapshot to merge, oldest first (up
@@ -199,8 +233,10 @@ impl Session {
         let Some(table) = view.catalog.table_by_id(id).cloned() else {
             return Ok(None);
         };
-        let (chosen, flush) = match compaction_due(&table, quarry_raft::now_micros(), max_age) {
+        let due = compaction_due(&table, quarry_raft::now_micros(), max_age);
+        let (chosen, flush) = match due {
             None => return Ok(None),
+            Some(Compaction::Spill(files)) => return self.spill(&table, &files).await.map(Some),
             Some(Compaction::Flush(files)) => (files, true),
             Some(Compaction::Merge(files)) => (files, false),
         };
@@ -247,7 +283,7 @@ impl Session {
         }
         .ok_or_else(|| Error::Internal("the scan cannot be narrowed".to_owned()))?;
         let mut batches = self.execute_physical(merged)?;
-        let mut writer = DataFileWriter::new(table.clone(), view.writes.clone());
+        let mut writer = DataFileWriter::new(table.clone(), view.writes.clone()).into_stripes();
         let mut rows = 0u64;
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(Error::from_engine)?;
@@ -265,7 +301,7 @@ impl Session {
         for file in &chosen {
             view.writes.remove(table.id, file.chunk);
         }
-        let (changes, _) = view.writes.take().await?;
+        let changes = view.writes.take().await?.changes;
         let files_added = changes.iter().map(|c| c.added.len()).sum();
         let command = match (flush, changes.as_slice()) {
             (true, [change]) => Command::MoveBuffered {
@@ -294,8 +330,46 @@ impl Session {
             files_removed: chosen.len(),
             files_added,
             rows,
-            buffered: flush,
+            kind: if flush {
+                CompactionKind::Flush
+            } else {
+                CompactionKind::Merge
+            },
         }))
+    }
+
+    /// Stores the buffered `files` of `table` (replaced, see
+    /// [`spill_candidates`]) in stripes byte for byte under their chunk
+    /// ids, and proposes [`Command::SpillBuffered`]. A scan that still
+    /// finds a file in the buffer reads the same bytes as one that finds
+    /// it in its stripe. Stored copies of a refused spill are deleted with
+    /// the files, when their snapshots expire.
+    async fn spill(&self, table: &Table, files: &[DataFile]) -> Result<Compacted> {
+        let sink = self.engine.chunks.sink(table.layout);
+        let mut chunks = Vec::with_capacity(files.len());
+        for file in files {
+            let Some(bytes) = table.buffer.get(&file.chunk) else {
+                continue;
+            };
+            sink.put_as(file.chunk, bytes.clone())
+                .await
+                .map_err(Error::Storage)?;
+            chunks.push(file.chunk);
+        }
+        let stripes = sink.finish().await.map_err(Error::Storage)?;
+        let spilled = chunks.len();
+        let command = Command::SpillBuffered {
+            table: table.id,
+            files: chunks,
+            stripes,
+        };
+        self.engine.meta.write(command).await?;
+        Ok(Compacted {
+            files_removed: spilled,
+            files_added: spilled,
+            rows: files.iter().map(|f| f.row_count).sum(),
+            kind: CompactionKind::Spill,
+        })
     }
 }
 

@@ -601,7 +601,7 @@ impl Session {
             .await?;
             let view = self.begin_statement().await?;
             let table = self.table(&view.catalog, &create.name)?.clone();
-            let rows = self.write_rows(plan, table, &view.writes).await?;
+            let rows = self.write_rows(plan, table, &view.writes, true).await?;
             return Ok(Output::Command(CommandTag::with_rows("SELECT", rows)));
         }
         let provisional = Arc::new(Table {
@@ -620,8 +620,11 @@ impl Session {
             retention_micros,
             layout,
         });
-        let rows = self.write_rows(plan, provisional, &view.writes).await?;
-        let (changes, _) = view.writes.take().await?;
+        // CREATE TABLE carries files in stripes only.
+        let rows = self
+            .write_rows(plan, provisional, &view.writes, false)
+            .await?;
+        let changes = view.writes.take().await?.changes;
         let mut files = Vec::new();
         let mut stripes = Vec::new();
         for change in changes {
@@ -673,15 +676,20 @@ impl Session {
     }
 
     /// Runs `plan` and writes its rows as data files of `table` into
-    /// `writes`; the number of rows.
+    /// `writes` (small ones held for the ingest buffer if `hold`); the
+    /// number of rows.
     async fn write_rows(
         &mut self,
         plan: LogicalPlan,
         table: Arc<Table>,
         writes: &Arc<WriteSet>,
+        hold: bool,
     ) -> Result<u64> {
         let mut stream = self.stream(plan).await?;
         let mut writer = DataFileWriter::new(table, writes.clone());
+        if !hold {
+            writer = writer.into_stripes();
+        }
         while let Some(batch) = stream.next().await {
             writer.write(batch.map_err(Error::from_engine)?).await?;
         }

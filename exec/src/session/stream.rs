@@ -521,7 +521,7 @@ impl Session {
                         },
                     );
                 }
-                let (mut changes, _) = writes.take().await?;
+                let mut changes = writes.take().await?.changes;
                 let change = match changes.pop() {
                     Some(change) if changes.is_empty() => change,
                     // Every row skipped: the offsets move past them alone.
@@ -597,8 +597,9 @@ fn channel_state(catalog: &Catalog, table: TableId, channel: &str) -> Option<Cha
 /// Largest data file an append holds in the ingest buffer (in the Raft log
 /// and every node's catalog); a larger one goes to stripes as it is. Below
 /// DataFusion's `repartition_file_min_size`, so a scan never splits a
-/// buffered file by byte ranges (a moved one is read re-encoded).
-pub const BUFFERED_FILE_BYTES_MAX: usize = 8 << 20;
+/// buffered file by byte ranges (a moved one is read re-encoded). The same
+/// bound as a statement's small files held for the buffer.
+pub const BUFFERED_FILE_BYTES_MAX: usize = crate::data_file::HELD_BYTES_MAX;
 
 /// What an append at `offset` to a channel at `next_offset` comes to
 /// without writing: None when it is to be written.

@@ -2,7 +2,9 @@
 //! catalog view a statement or transaction pins, and committing a write set as
 //! one Raft command.
 
-use quarry_common::catalog::TableId;
+use quarry_common::catalog::{SnapshotId, TableId};
+
+use crate::data_file::Taken;
 
 use super::*;
 
@@ -155,33 +157,71 @@ pub(super) async fn commit_changes(
     writes: &WriteSet,
     serializable: bool,
 ) -> Result<()> {
-    let (changes, reads) = writes.take().await?;
-    if changes.is_empty() {
+    let mut taken = writes.take().await?;
+    if taken.changes.is_empty() {
         return Ok(());
     }
-    let command = Command::Commit {
-        changes: changes.clone(),
-        read_set: if serializable { reads } else { Vec::new() },
+    let read_set = if serializable {
+        std::mem::take(&mut taken.reads)
+    } else {
+        Vec::new()
     };
+    let command = data_commit(&taken, read_set);
     if let Err(e) = meta.write(command).await {
         if refused(&e) {
-            writes.discard_changes(changes);
+            writes.discard_taken(taken);
         }
         return Err(e.into());
     }
     Ok(())
 }
 
+/// The command committing `taken`'s changes: [`Command::CommitBuffered`]
+/// when it holds small files for the ingest buffer, else
+/// [`Command::Commit`].
+fn data_commit(taken: &Taken, read_set: Vec<(TableId, SnapshotId)>) -> Command {
+    if taken.held.is_empty() {
+        Command::Commit {
+            changes: taken.changes.clone(),
+            read_set,
+        }
+    } else {
+        Command::CommitBuffered {
+            changes: taken.changes.clone(),
+            read_set,
+            buffered: taken.held.clone(),
+        }
+    }
+}
+
 /// COMMIT of a transaction block with DDL: the DDL and the data changes of
 /// the tables that still exist, as one [`Command::Transaction`].
 async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Result<()> {
     let writes = &transaction.view.writes;
-    let (changes, reads) = writes.take().await?;
+    let Taken {
+        changes,
+        reads,
+        held,
+    } = writes.take().await?;
     // Rows written to a table the block dropped afterwards go with it.
     let (changes, gone): (Vec<_>, Vec<_>) = changes
         .into_iter()
         .partition(|c| transaction.view.catalog.table_by_id(c.table).is_some());
-    writes.discard_changes(gone);
+    let (held, gone_held) = held.into_iter().partition(|(chunk, _)| {
+        changes
+            .iter()
+            .any(|c| c.added.iter().any(|f| f.chunk == *chunk))
+    });
+    writes.discard_taken(Taken {
+        changes: gone,
+        reads: Vec::new(),
+        held: gone_held,
+    });
+    let taken = Taken {
+        changes,
+        reads: Vec::new(),
+        held,
+    };
     // A SERIALIZABLE block read the tables that existed at BEGIN as BEGIN
     // pinned them (under its own changes); its own tables nobody else saw.
     let read_set = match transaction.isolation {
@@ -203,11 +243,8 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
         .filter_map(|id| Some((id, transaction.base.table_by_id(id)?.schema_id)))
         .collect();
     let mut commands = transaction.ddl;
-    if !changes.is_empty() {
-        commands.push(Command::Commit {
-            changes: changes.clone(),
-            read_set: Vec::new(),
-        });
+    if !taken.changes.is_empty() {
+        commands.push(data_commit(&taken, Vec::new()));
     }
     let command = Command::Transaction {
         read_set,
@@ -217,7 +254,7 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
     };
     if let Err(e) = meta.write(command).await {
         if refused(&e) {
-            writes.discard_changes(changes);
+            writes.discard_taken(taken);
         }
         return Err(e.into());
     }
@@ -255,7 +292,13 @@ impl Session {
     pub(super) async fn fresh_view(&self) -> Result<CatalogView> {
         Ok(CatalogView {
             catalog: self.engine.meta.read().await?,
-            writes: Arc::new(WriteSet::new(self.engine.chunks.clone())),
+            writes: Arc::new(WriteSet::holding(
+                self.engine.chunks.clone(),
+                self.engine
+                    .resources
+                    .buffer_file_rows
+                    .unwrap_or(SMALL_FILE_ROWS),
+            )),
         })
     }
 

@@ -1451,3 +1451,104 @@ fn buffered_rows_are_held_until_moved_whole_and_forgotten_when_they_expire() {
     assert!(table.moved.is_empty());
     assert_eq!(table.live_files.len(), 1);
 }
+
+#[test]
+fn a_commit_holds_its_small_files_in_the_buffer_and_replaced_ones_are_spilled_and_cloned() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let id = catalog.table("public", "t").expect("t").id;
+    let small = |chunk: u128, rows: u64| DataFile {
+        chunk: ChunkId(chunk),
+        ..file(rows)
+    };
+    let commit = |added: Vec<DataFile>, removed: Vec<ChunkId>, buffered: Vec<u128>| {
+        Command::CommitBuffered {
+            changes: vec![TableChange {
+                table: id,
+                added,
+                removed,
+                stripes: vec![],
+            }],
+            read_set: vec![],
+            buffered: buffered
+                .into_iter()
+                .map(|c| (ChunkId(c), bytes::Bytes::from(vec![c as u8; 3])))
+                .collect(),
+        }
+    };
+    // Bytes for a file the commit does not add: refused, nothing changed.
+    let before = catalog.clone();
+    assert!(matches!(
+        run(&mut catalog, commit(vec![small(10, 2)], vec![], vec![11])),
+        Err(CatalogError::BufferedFile(ChunkId(11)))
+    ));
+    assert_eq!(catalog, before);
+    // One file buffered, one in a stripe, in one snapshot.
+    run(
+        &mut catalog,
+        commit(vec![small(10, 2), small(20, 5)], vec![], vec![10]),
+    )
+    .expect("commit");
+    let table = catalog.table("public", "t").expect("t").clone();
+    assert_eq!(
+        table.buffer.keys().copied().collect::<Vec<_>>(),
+        [ChunkId(10)]
+    );
+    assert_eq!(table.current_snapshot().row_count, 7);
+    assert_eq!(table.buffered_files().count(), 1);
+    // A clone shares the buffered file's bytes.
+    let mut clone = create("c");
+    if let Command::CreateTable { files, .. } = &mut clone {
+        *files = table
+            .files_at(table.current_snapshot().id)
+            .cloned()
+            .collect();
+    }
+    run(&mut catalog, clone).expect("clone");
+    let cloned = catalog.table("public", "c").expect("c");
+    assert_eq!(
+        cloned.buffer.get(&ChunkId(10)),
+        table.buffer.get(&ChunkId(10))
+    );
+    assert_eq!(cloned.current_snapshot().row_count, 7);
+    // A live buffered file is not spilled.
+    let spill = Command::SpillBuffered {
+        table: id,
+        files: vec![ChunkId(10)],
+        stripes: vec![],
+    };
+    let before = catalog.clone();
+    assert!(matches!(
+        run(&mut catalog, spill.clone()),
+        Err(CatalogError::BufferMove(ChunkId(10)))
+    ));
+    assert_eq!(catalog, before);
+    // Rewritten by an UPDATE, it is kept for time travel and may be spilled.
+    run(
+        &mut catalog,
+        commit(vec![small(30, 2)], vec![ChunkId(10)], vec![30]),
+    )
+    .expect("rewrite");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.buffer.len(), 2);
+    assert_eq!(table.buffered_files().count(), 1);
+    run(&mut catalog, spill.clone()).expect("spill");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(
+        table.buffer.keys().copied().collect::<Vec<_>>(),
+        [ChunkId(30)]
+    );
+    assert!(table.files.iter().any(|e| e.file.chunk == ChunkId(10)));
+    // The clone keeps its own bytes; a second spill finds nothing to spill.
+    assert!(
+        catalog
+            .table("public", "c")
+            .expect("c")
+            .buffer
+            .contains_key(&ChunkId(10))
+    );
+    assert!(matches!(
+        run(&mut catalog, spill),
+        Err(CatalogError::BufferMove(ChunkId(10)))
+    ));
+}
