@@ -153,8 +153,16 @@ pub struct LoadArgs {
     /// max_bad_records).
     #[arg(long, default_value_t = 0)]
     pub max_bad_rows: u64,
-    /// The role to log in as (HTTP Basic over HTTPS, and --create's
-    /// PostgreSQL connection) when the node is not --insecure.
+    /// How to log in.
+    #[command(flatten)]
+    pub login: LoginArgs,
+}
+
+/// How `quarry load` logs in to a node that asks for it (not --insecure).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginArgs {
+    /// The role to log in as (HTTP Basic over HTTPS, and the PostgreSQL
+    /// connection of --create and of tpch) when the node is not --insecure.
     #[arg(long, default_value = "quarry")]
     pub user: String,
     /// Its password.
@@ -167,6 +175,17 @@ pub struct LoadArgs {
     /// PostgreSQL connection's TLS (`quarry cert create-ca` writes ca.crt).
     #[arg(long)]
     pub ca: Option<PathBuf>,
+}
+
+impl LoginArgs {
+    fn login(self) -> crate::load_files::Login {
+        crate::load_files::Login {
+            user: Some(self.user),
+            password: self.password,
+            token: self.token,
+            ca: self.ca,
+        }
+    }
 }
 
 /// Sample data sets.
@@ -188,7 +207,32 @@ pub enum Dataset {
         /// large table over a cluster's nodes.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=1000))]
         parts: i32,
+        /// How the rows travel: Arrow batches through the streaming API's
+        /// pending channels (the node's HTTP listener, --url; resumable,
+        /// each table committed at once), or CSV through COPY FROM STDIN
+        /// (the PostgreSQL listener, --pg).
+        #[arg(long, value_enum, default_value_t = TpchPath::Copy)]
+        via: TpchPath,
+        /// The node's HTTP address (--via stream).
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:8433"))]
+        url: String,
+        /// Parts of a table sent at once (--via stream), each through a
+        /// pending channel of its own; a table's commit together.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// How to log in (--via stream).
+        #[command(flatten)]
+        login: LoginArgs,
     },
+}
+
+/// The ways `quarry load tpch` sends rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TpchPath {
+    /// The streaming API (`docs/INGESTION.md`).
+    Stream,
+    /// COPY FROM STDIN, CSV.
+    Copy,
 }
 
 impl StartArgs {
@@ -266,12 +310,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 max_bad_rows: args.max_bad_rows,
                 parallel: args.parallel.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                login: crate::load_files::Login {
-                    user: Some(args.user),
-                    password: args.password,
-                    token: args.token,
-                    ca: args.ca,
-                },
+                login: args.login.login(),
             })
             .await?;
             let seconds = started.elapsed().as_secs_f64();
@@ -297,6 +336,51 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             pg,
             schema,
             parts,
+            via: TpchPath::Stream,
+            url,
+            parallel,
+            login,
+        }) => {
+            let started = std::time::Instant::now();
+            let request = crate::load_files::LoadRequest {
+                paths: Vec::new(),
+                table: String::new(),
+                format: None,
+                create: false,
+                url,
+                pg,
+                batch_rows: args.batch_rows.max(1),
+                max_bad_rows: 0,
+                parallel: parallel.max(1),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                login: login.login(),
+            };
+            let loaded =
+                crate::load_files::load_tpch(&request, &schema, scale_factor, parts).await?;
+            let mut total = 0;
+            for (table, summary, elapsed) in &loaded {
+                println!(
+                    "{schema}.{table}: {} rows in {:.1} s ({:.0} rows/s)",
+                    summary.next_offset,
+                    elapsed.as_secs_f64(),
+                    summary.rows_sent as f64 / elapsed.as_secs_f64().max(1e-9)
+                );
+                total += summary.next_offset;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "loaded {total} rows through the streaming API in {seconds:.1} s: {:.0} rows/s",
+                total as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
+        Some(Dataset::Tpch {
+            scale_factor,
+            pg,
+            schema,
+            parts,
+            via: TpchPath::Copy,
+            ..
         }) => {
             let summary =
                 quarry_client::tpch::load(&pg, scale_factor, parts, &schema, true).await?;

@@ -789,3 +789,60 @@ async fn quarry_load_logs_in_over_https_with_a_password_or_a_token() {
         .expect_err("no table");
     assert_eq!(sqlstate(&e), "42P01");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_load_tpch_through_the_streaming_api_gives_the_rows_copy_gives() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    let pg = format!("127.0.0.1:{}", node.pg_port);
+    let url = format!("http://127.0.0.1:{}", node.http_port);
+    let load = |via: &str, schema: &str| {
+        let output = std::process::Command::new(quarry())
+            .args(["load", "tpch", "--scale-factor", "0.01", "--parts", "3"])
+            .args(["--via", via, "--schema", schema, "--pg", &pg, "--url", &url])
+            .output()
+            .expect("quarry load runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let streamed = load("stream", "tpch_s");
+    assert!(
+        streamed.contains("tpch_s.lineitem: 60175 rows"),
+        "{streamed}"
+    );
+    load("copy", "tpch_c");
+    let client = node.client().await;
+    // Every table holds the same rows both ways (types, decimals, dates
+    // and strings as COPY parses them), and as many as TPC-H specifies.
+    for (table, rows) in [
+        ("region", 5),
+        ("nation", 25),
+        ("supplier", 100),
+        ("customer", 1_500),
+        ("part", 2_000),
+        ("partsupp", 8_000),
+        ("orders", 15_000),
+        ("lineitem", 60_175),
+    ] {
+        let differ = format!(
+            "SELECT (SELECT count(*) FROM tpch_s.{table}) AS n, \
+             (SELECT count(*) FROM (SELECT * FROM tpch_s.{table} \
+              EXCEPT SELECT * FROM tpch_c.{table}) AS d) AS differ"
+        );
+        assert_eq!(bigints(&client, &differ).await, [rows, 0], "{table}");
+    }
+    // Each table's rows came in one snapshot (its channels committed at once).
+    let snapshots = "SELECT count(*) FROM quarry_system.snapshots \
+                     WHERE table_schema = 'tpch_s' AND table_name = 'lineitem' \
+                     AND operation <> 'create'";
+    assert_eq!(bigints(&client, snapshots).await, [1]);
+    // Run again, it leaves the loaded tables as they are.
+    let again = load("stream", "tpch_s");
+    assert!(!again.contains("tpch_s.lineitem:"), "{again}");
+    assert_eq!(
+        bigints(&client, "SELECT count(*) FROM tpch_s.lineitem").await,
+        [60_175]
+    );
+}

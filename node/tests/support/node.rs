@@ -383,7 +383,7 @@ pub async fn bigints(client: &Client, sql: &str) -> Vec<i64> {
     let row = client
         .query_one(sql, &[])
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     (0..row.len()).map(|i| row.get(i)).collect()
 }
 
