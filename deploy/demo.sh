@@ -20,7 +20,7 @@ for _ in $(seq 1 100); do
   if (exec 3<>/dev/tcp/127.0.0.1/5433) 2>/dev/null; then break; fi
   sleep 0.1
 done
-./target/release/quarry load tpch --scale-factor "$scale_factor" --pg "$pg"
+./target/release/quarry load tpch --scale-factor "$scale_factor" --pg "$pg" --url http://127.0.0.1:8433
 echo
 echo "Quarry is running. Try:"
 echo "  psql -h 127.0.0.1 -p 5433 -U quarry quarry -c 'select l_returnflag, count(*) from tpch.lineitem group by 1'"

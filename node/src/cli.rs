@@ -211,7 +211,7 @@ pub enum Dataset {
         /// pending channels (the node's HTTP listener, --url; resumable,
         /// each table committed at once), or CSV through COPY FROM STDIN
         /// (the PostgreSQL listener, --pg).
-        #[arg(long, value_enum, default_value_t = TpchPath::Copy)]
+        #[arg(long, value_enum, default_value_t = TpchPath::Stream)]
         via: TpchPath,
         /// The node's HTTP address (--via stream).
         #[arg(long, default_value = concat!("http://", "127.0.0.1:8433"))]

@@ -29,6 +29,7 @@ async fn loaded_cluster(dir: &std::path::Path) -> Vec<TestNode> {
     let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
         .args(["load", "tpch", "--scale-factor", "0.01", "--parts", "3"])
         .args(["--pg", &format!("127.0.0.1:{}", nodes[0].pg_port)])
+        .args(["--url", &format!("http://127.0.0.1:{}", nodes[0].http_port)])
         .output()
         .expect("quarry load runs");
     assert!(

@@ -777,3 +777,70 @@ async fn small_inserts_wait_in_the_buffer_a_transaction_reads_its_own_and_kill_9
     assert_eq!(bigints(&client, everything).await, expected);
     assert_eq!(bigints(&client, &old).await, [1]);
 }
+
+/// libfaketime (Debian's `faketime` package), which shifts the realtime
+/// clock of the process it is preloaded into.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_channel_left_for_seven_days_is_discarded_and_a_younger_one_kept() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = TestNode::start(&dir.path().join("n1")).await;
+    node.client()
+        .await
+        .batch_execute("CREATE TABLE ev (id integer, name text)")
+        .await
+        .expect("create");
+    let pending =
+        |channel: &str| format!("public.ev/channels/{channel}/rows?offset=0&pending=true");
+    let rows = b"{\"id\": 1}\n{\"id\": 2}\n";
+    let (status, answer) = call(&node, "POST", &pending("old"), NDJSON, rows).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = append(&node, "public.ev", "kept", 0, NDJSON, rows).await;
+    assert_eq!(status, 200, "{answer}");
+    // Six days on, a second pending channel is written.
+    node.kill9();
+    fn faked(days: &str) -> [(&str, &str); 3] {
+        [
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", days),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ]
+    }
+    node.set_env(&faked("+6d"));
+    node.set_flags(&["--retention-check-secs", "1"]);
+    node.restart().await;
+    let (status, answer) = call(&node, "POST", &pending("young"), NDJSON, rows).await;
+    assert_eq!(status, 200, "{answer}");
+    // Eight days after the first: it is discarded, the second kept.
+    node.kill9();
+    node.set_env(&faked("+8d"));
+    node.restart().await;
+    support::cluster::wait_for(
+        std::time::Duration::from_secs(30),
+        "the collector discards the week-old pending channel",
+        || async { channel(&node, "public.ev", "old").await.0 == 404 },
+    )
+    .await;
+    let (status, answer) = channel(&node, "public.ev", "young").await;
+    assert_eq!(
+        (status, answer),
+        (200, serde_json::json!({"next_offset": 2, "pending": true}))
+    );
+    // None of the discarded rows was ever visible; the committed ones stay.
+    assert_eq!(count(&node, "ev").await, 2);
+    let (status, answer) = call(
+        &node,
+        "POST",
+        "public.ev/channels/young/commit",
+        NDJSON,
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(count(&node, "ev").await, 4);
+}

@@ -26,6 +26,7 @@ async fn loaded_node_with(flags: &[&str]) -> (tempfile::TempDir, TestNode) {
     let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
         .args(["load", "tpch", "--scale-factor", "0.01", "--pg"])
         .arg(format!("127.0.0.1:{}", node.pg_port))
+        .args(["--url", &format!("http://127.0.0.1:{}", node.http_port)])
         .output()
         .expect("quarry load runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -36,6 +36,8 @@ pub struct TestNode {
     /// The superuser's password on a node that authenticates; None: the
     /// node runs with --insecure and the tests log in as anyone.
     pub password: Option<String>,
+    /// Environment variables of the process, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -101,6 +103,7 @@ impl TestNode {
             log: data_dir.with_extension("log"),
             fresh_ports: true,
             password: None,
+            env: Vec::new(),
         }
     }
 
@@ -169,6 +172,7 @@ impl TestNode {
         }
         let child = command
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -187,6 +191,14 @@ impl TestNode {
     /// Replaces the flags after the ports for the next [`TestNode::restart`].
     pub fn set_flags(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Replaces the environment variables of the next [`TestNode::restart`].
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// Whether the process is running.
