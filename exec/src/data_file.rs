@@ -85,6 +85,8 @@ struct Pending {
     /// The bytes of small files held in memory, by chunk, for the ingest
     /// buffer (files of the changes or of a savepoint).
     held: BTreeMap<ChunkId, Bytes>,
+    /// Their bytes in all.
+    held_bytes: usize,
     /// The changes as each savepoint found them, oldest first.
     savepoints: Vec<Changes>,
 }
@@ -115,16 +117,15 @@ impl Pending {
             if self.holds(table, chunk) {
                 continue;
             }
-            if self.held.remove(&chunk).is_none()
-                && let Some(sink) = self.sinks.get(&table)
-            {
-                sink.discard(chunk);
+            match self.held.remove(&chunk) {
+                Some(bytes) => self.held_bytes -= bytes.len(),
+                None => {
+                    if let Some(sink) = self.sinks.get(&table) {
+                        sink.discard(chunk);
+                    }
+                }
             }
         }
-    }
-
-    fn held_bytes(&self) -> usize {
-        self.held.values().map(Bytes::len).sum()
     }
 
     fn files_of(added: &BTreeMap<TableId, Vec<DataFile>>) -> Vec<(TableId, ChunkId)> {
@@ -189,10 +190,11 @@ impl WriteSet {
         bytes: Bytes,
     ) -> std::result::Result<(), (DataFile, Bytes)> {
         let mut pending = self.lock();
-        let room = HELD_BYTES_MAX.saturating_sub(pending.held_bytes());
+        let room = HELD_BYTES_MAX.saturating_sub(pending.held_bytes);
         if file.row_count >= self.held_file_rows || bytes.len() > room {
             return Err((file, bytes));
         }
+        pending.held_bytes += bytes.len();
         pending.held.insert(file.chunk, bytes);
         pending.added.entry(table).or_default().push(file);
         Ok(())
@@ -319,6 +321,7 @@ impl WriteSet {
             reads,
             sinks,
             held,
+            held_bytes: _,
             savepoints: _,
         } = std::mem::take(&mut *self.lock());
         let mut changes: Vec<TableChange> = added

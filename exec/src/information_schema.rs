@@ -73,7 +73,7 @@ pub fn view_query(name: &str) -> Option<String> {
              THEN CAST(array_position(u.conkey, c.confkey[k.value]) AS INT) END \
              AS position_in_unique_constraint \
              FROM {KEYS} \
-             JOIN generate_series(1, 32) AS k ON k.value <= cardinality(c.conkey) \
+             JOIN generate_series(1, 32) AS k(value) ON k.value <= cardinality(c.conkey) \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum = c.conkey[k.value] \
              LEFT JOIN pg_catalog.pg_constraint u ON c.contype = 'f' \
              AND u.conrelid = c.confrelid AND u.conindid = c.conindid AND u.contype IN ('p', 'u') \
@@ -109,7 +109,7 @@ pub fn view_query(name: &str) -> Option<String> {
                      JOIN pg_catalog.pg_namespace nc ON nc.oid = c.connamespace \
                      JOIN pg_catalog.pg_class r ON r.oid = c.{relation} \
                      JOIN pg_catalog.pg_namespace nr ON nr.oid = r.relnamespace \
-                     JOIN generate_series(1, 32) AS k ON k.value <= cardinality(c.{keys}) \
+                     JOIN generate_series(1, 32) AS k(value) ON k.value <= cardinality(c.{keys}) \
                      JOIN pg_catalog.pg_attribute a \
                      ON a.attrelid = r.oid AND a.attnum = c.{keys}[k.value] \
                      WHERE c.contype IN ({types}) AND r.relkind IN ('r', 'p')"

@@ -2173,6 +2173,29 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
                     };
                 }
             }
+            // `FROM generate_series(...) g`: the same rule for the set
+            // returning functions of one column (DataFusion calls it value).
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                alias: Some(alias),
+                ..
+            } = factor
+                && alias.columns.is_empty()
+                && name
+                    .0
+                    .last()
+                    .and_then(|part| part.as_ident())
+                    .is_some_and(|i| {
+                        i.value.eq_ignore_ascii_case("generate_series")
+                            || i.value.eq_ignore_ascii_case("range")
+                    })
+            {
+                alias.columns = vec![ast::TableAliasColumnDef {
+                    name: alias.name.clone(),
+                    data_type: None,
+                }];
+            }
             // `FROM unnest(...) x`: for a function of one column the alias
             // names the column too (PostgreSQL's rule; DataFusion names only
             // the table).

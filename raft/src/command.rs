@@ -1114,13 +1114,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             read_set,
             buffered,
         } => {
+            let added: std::collections::HashMap<ChunkId, TableId> = changes
+                .iter()
+                .flat_map(|c| c.added.iter().map(|f| (f.chunk, c.table)))
+                .collect();
             let mut tables = Vec::with_capacity(buffered.len());
             for (chunk, _) in buffered {
-                let change = changes
-                    .iter()
-                    .find(|c| c.added.iter().any(|f| f.chunk == *chunk))
-                    .ok_or(CatalogError::BufferedFile(*chunk))?;
-                tables.push(change.table);
+                let table = added.get(chunk).ok_or(CatalogError::BufferedFile(*chunk))?;
+                tables.push(*table);
             }
             let applied = commit(catalog, proposal.proposed_at, changes, read_set)?;
             for ((chunk, bytes), table) in buffered.iter().zip(tables) {

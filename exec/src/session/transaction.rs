@@ -207,11 +207,13 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
     let (changes, gone): (Vec<_>, Vec<_>) = changes
         .into_iter()
         .partition(|c| transaction.view.catalog.table_by_id(c.table).is_some());
-    let (held, gone_held) = held.into_iter().partition(|(chunk, _)| {
-        changes
-            .iter()
-            .any(|c| c.added.iter().any(|f| f.chunk == *chunk))
-    });
+    let kept: std::collections::HashSet<_> = changes
+        .iter()
+        .flat_map(|c| c.added.iter().map(|f| f.chunk))
+        .collect();
+    let (held, gone_held) = held
+        .into_iter()
+        .partition(|(chunk, _)| kept.contains(chunk));
     writes.discard_taken(Taken {
         changes: gone,
         reads: Vec::new(),
