@@ -336,71 +336,66 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             pg,
             schema,
             parts,
-            via: TpchPath::Stream,
+            via,
             url,
             parallel,
             login,
-        }) => {
-            let started = std::time::Instant::now();
-            let request = crate::load_files::LoadRequest {
-                paths: Vec::new(),
-                table: String::new(),
-                format: None,
-                create: false,
-                url,
-                pg,
-                batch_rows: args.batch_rows.max(1),
-                max_bad_rows: 0,
-                parallel: parallel.max(1),
-                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                login: login.login(),
-            };
-            let loaded =
-                crate::load_files::load_tpch(&request, &schema, scale_factor, parts).await?;
-            let mut total = 0;
-            for (table, summary, elapsed) in &loaded {
+        }) => match via {
+            TpchPath::Stream => {
+                let started = std::time::Instant::now();
+                let request = crate::load_files::LoadRequest {
+                    paths: Vec::new(),
+                    table: String::new(),
+                    format: None,
+                    create: false,
+                    url,
+                    pg,
+                    batch_rows: args.batch_rows.max(1),
+                    max_bad_rows: 0,
+                    parallel: parallel.max(1),
+                    progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    login: login.login(),
+                };
+                let loaded =
+                    crate::load_files::load_tpch(&request, &schema, scale_factor, parts).await?;
+                let mut total = 0;
+                for (table, summary, elapsed) in &loaded {
+                    println!(
+                        "{schema}.{table}: {} rows in {:.1} s ({:.0} rows/s)",
+                        summary.next_offset,
+                        elapsed.as_secs_f64(),
+                        summary.rows_sent as f64 / elapsed.as_secs_f64().max(1e-9)
+                    );
+                    total += summary.next_offset;
+                }
+                let seconds = started.elapsed().as_secs_f64();
                 println!(
-                    "{schema}.{table}: {} rows in {:.1} s ({:.0} rows/s)",
-                    summary.next_offset,
-                    elapsed.as_secs_f64(),
-                    summary.rows_sent as f64 / elapsed.as_secs_f64().max(1e-9)
+                    "loaded {total} rows through the streaming API in {seconds:.1} s: {:.0} rows/s",
+                    total as f64 / seconds.max(1e-9)
                 );
-                total += summary.next_offset;
+                Ok(())
             }
-            let seconds = started.elapsed().as_secs_f64();
-            println!(
-                "loaded {total} rows through the streaming API in {seconds:.1} s: {:.0} rows/s",
-                total as f64 / seconds.max(1e-9)
-            );
-            Ok(())
-        }
-        Some(Dataset::Tpch {
-            scale_factor,
-            pg,
-            schema,
-            parts,
-            via: TpchPath::Copy,
-            ..
-        }) => {
-            let summary =
-                quarry_client::tpch::load(&pg, scale_factor, parts, &schema, true).await?;
-            let seconds = summary.elapsed.as_secs_f64();
-            for (table, rows, elapsed) in &summary.rows {
+            TpchPath::Copy => {
+                let summary =
+                    quarry_client::tpch::load(&pg, scale_factor, parts, &schema, true).await?;
+                let seconds = summary.elapsed.as_secs_f64();
+                for (table, rows, elapsed) in &summary.rows {
+                    println!(
+                        "{schema}.{table}: {rows} rows in {:.1} s ({:.0} rows/s)",
+                        elapsed.as_secs_f64(),
+                        *rows as f64 / elapsed.as_secs_f64().max(1e-9)
+                    );
+                }
                 println!(
-                    "{schema}.{table}: {rows} rows in {:.1} s ({:.0} rows/s)",
-                    elapsed.as_secs_f64(),
-                    *rows as f64 / elapsed.as_secs_f64().max(1e-9)
+                    "loaded {} rows ({:.1} MiB of CSV) in {:.1} s: {:.0} rows/s",
+                    summary.total_rows(),
+                    summary.csv_bytes as f64 / (1024.0 * 1024.0),
+                    seconds,
+                    summary.total_rows() as f64 / seconds.max(1e-9)
                 );
+                Ok(())
             }
-            println!(
-                "loaded {} rows ({:.1} MiB of CSV) in {:.1} s: {:.0} rows/s",
-                summary.total_rows(),
-                summary.csv_bytes as f64 / (1024.0 * 1024.0),
-                seconds,
-                summary.total_rows() as f64 / seconds.max(1e-9)
-            );
-            Ok(())
-        }
+        },
     }
 }
 

@@ -500,6 +500,19 @@ async fn files(node: &TestNode, table: &str) -> Vec<i64> {
     .await
 }
 
+/// Kills `node` with -9 and starts it again with the compactor running
+/// every second and moving buffered rows older than a second.
+async fn kill_9_and_restart_with_a_short_buffer_age(node: &mut TestNode) {
+    node.kill9();
+    node.set_flags(&[
+        "--compaction-interval-secs",
+        "1",
+        "--buffer-max-age-secs",
+        "1",
+    ]);
+    node.restart().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapshots_still_read() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -538,14 +551,7 @@ async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapsho
     // The buffer is in the Raft log: it survives kill -9. Restarted with a
     // short buffer age, the compactor moves it into one data file.
     drop(client);
-    node.kill9();
-    node.set_flags(&[
-        "--compaction-interval-secs",
-        "1",
-        "--buffer-max-age-secs",
-        "1",
-    ]);
-    node.restart().await;
+    kill_9_and_restart_with_a_short_buffer_age(&mut node).await;
     let client = node.client().await;
     assert_eq!(bigints(&client, everything).await, expected);
     support::cluster::wait_for(
@@ -757,14 +763,7 @@ async fn small_inserts_wait_in_the_buffer_a_transaction_reads_its_own_and_kill_9
     assert_eq!(bigints(&client, everything).await, expected);
     // The buffer is in the Raft log: kill -9 keeps every committed row.
     drop((client, other));
-    node.kill9();
-    node.set_flags(&[
-        "--compaction-interval-secs",
-        "1",
-        "--buffer-max-age-secs",
-        "1",
-    ]);
-    node.restart().await;
+    kill_9_and_restart_with_a_short_buffer_age(&mut node).await;
     let client = node.client().await;
     assert_eq!(bigints(&client, everything).await, expected);
     assert_eq!(bigints(&client, &old).await, [1]);
