@@ -347,6 +347,7 @@ impl Session {
     async fn spill(&self, table: &Table, files: &[DataFile]) -> Result<Compacted> {
         let sink = self.engine.chunks.sink(table.layout);
         let mut chunks = Vec::with_capacity(files.len());
+        let mut rows = 0;
         for file in files {
             let Some(bytes) = table.buffer.get(&file.chunk) else {
                 continue;
@@ -355,6 +356,7 @@ impl Session {
                 .await
                 .map_err(Error::Storage)?;
             chunks.push(file.chunk);
+            rows += file.row_count;
         }
         let stripes = sink.finish().await.map_err(Error::Storage)?;
         let spilled = chunks.len();
@@ -367,7 +369,7 @@ impl Session {
         Ok(Compacted {
             files_removed: spilled,
             files_added: spilled,
-            rows: files.iter().map(|f| f.row_count).sum(),
+            rows,
             kind: CompactionKind::Spill,
         })
     }
