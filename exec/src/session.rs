@@ -132,6 +132,9 @@ pub struct Engine {
     cluster: Option<Arc<Cluster>>,
     /// Where audit events go (set once by the node).
     audit: std::sync::OnceLock<Arc<dyn crate::audit::AuditLog>>,
+    /// The memory pools of the queries made so far (dropped ones are
+    /// pruned as the pools are summed).
+    pools: std::sync::Mutex<Vec<std::sync::Weak<dyn MemoryPool>>>,
 }
 
 /// What one query may use on this node.
@@ -172,7 +175,25 @@ impl Engine {
             resources,
             cluster: peers.map(|peers| Arc::new(Cluster::new(peers))),
             audit: std::sync::OnceLock::new(),
+            pools: std::sync::Mutex::default(),
         })
+    }
+
+    /// Bytes the queries running on this node hold in their memory pools.
+    pub fn memory_reserved(&self) -> usize {
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut reserved = 0;
+        pools.retain(|pool| match pool.upgrade() {
+            Some(pool) => {
+                reserved += pool.reserved();
+                true
+            }
+            None => false,
+        });
+        reserved
     }
 
     /// Sends audit events to `audit` from now on (once; later calls are
@@ -248,14 +269,24 @@ impl Engine {
     /// A new pool of one query's memory on this node
     /// ([`QueryResources::memory_bytes`]; unbounded without it).
     pub(crate) fn query_pool(&self) -> Arc<dyn MemoryPool> {
-        match self.resources.memory_bytes {
+        let pool: Arc<dyn MemoryPool> = match self.resources.memory_bytes {
             // The error of a statement that runs out names its largest consumers.
             Some(bytes) => Arc::new(TrackConsumersPool::new(
                 crate::memory::QueryPool::new(bytes),
                 std::num::NonZeroUsize::new(5).expect("non-zero"),
             )),
             None => Arc::new(UnboundedMemoryPool::default()),
+        };
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pools.len() >= 1024 {
+            pools.retain(|pool| pool.strong_count() > 0);
         }
+        pools.push(Arc::downgrade(&pool));
+        drop(pools);
+        pool
     }
 
     /// A session whose statements take their memory from `pool`, shared with

@@ -29,7 +29,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use quarry_common::catalog::{Catalog, DataFile};
+use quarry_common::catalog::{Catalog, DataFile, Stripe};
 
 use crate::audit::AuditLog;
 use crate::chunks::DataFileStore;
@@ -178,15 +178,7 @@ fn stripes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn T
         }
     }
     let all: Vec<_> = catalog.stripes.values().collect();
-    let available: Vec<u64> = all
-        .iter()
-        .map(|s| {
-            s.chunks
-                .iter()
-                .filter(|c| cluster.node_available(c.node))
-                .count() as u64
-        })
-        .collect();
+    let available: Vec<u64> = all.iter().map(|s| available_chunks(s, cluster)).collect();
     table(
         schema,
         vec![
@@ -223,20 +215,48 @@ fn stripes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn T
             text(
                 all.iter()
                     .zip(&available)
-                    .map(|(s, &a)| {
-                        if a as usize == s.chunks.len() {
-                            "healthy"
-                        } else if a >= u64::from(s.data_chunks) {
-                            "degraded"
-                        } else {
-                            "lost"
-                        }
-                        .to_owned()
-                    })
+                    .map(|(s, &a)| health(s, a).to_owned())
                     .collect(),
             ),
         ],
     )
+}
+
+/// How many of `stripe`'s chunks are on nodes that can be read now.
+fn available_chunks(stripe: &Stripe, cluster: &dyn DataFileStore) -> u64 {
+    stripe
+        .chunks
+        .iter()
+        .filter(|c| cluster.node_available(c.node))
+        .count() as u64
+}
+
+/// `healthy` (every chunk readable), `degraded` (enough to read or rebuild
+/// every data file) or `lost`, for `stripe` with `available` chunks.
+fn health(stripe: &Stripe, available: u64) -> &'static str {
+    if available as usize == stripe.chunks.len() {
+        "healthy"
+    } else if available >= u64::from(stripe.data_chunks) {
+        "degraded"
+    } else {
+        "lost"
+    }
+}
+
+/// The number of stripes in each health (`healthy`, `degraded`, `lost`), as
+/// `quarry_system.stripes` shows it.
+pub fn stripes_by_health(
+    catalog: &Catalog,
+    cluster: &dyn DataFileStore,
+) -> [(&'static str, u64); 3] {
+    let mut counts = [("healthy", 0), ("degraded", 0), ("lost", 0)];
+    for stripe in catalog.stripes.values() {
+        let state = health(stripe, available_chunks(stripe, cluster));
+        if let Some(entry) = counts.iter_mut().find(|(name, _)| *name == state) {
+            entry.1 += 1;
+        }
+    }
+    counts
 }
 
 fn text(values: Vec<String>) -> ArrayRef {

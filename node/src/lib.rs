@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod fragment;
+pub mod gauges;
 pub mod http;
 pub mod load_files;
 pub mod membership;

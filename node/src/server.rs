@@ -378,6 +378,14 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let auth = Authenticator::new(mode, tls.clone());
     let frontend = Frontend::new(engine.clone(), auth.clone(), config.query_slots);
     let compaction_engine = engine.clone();
+    let gauge_sources = crate::gauges::Sources {
+        engine: engine.clone(),
+        meta: meta.clone(),
+        cluster: Arc::new(ClusterFiles::new(stripes.clone(), view.clone())),
+        data_dir: config.data_dir.clone(),
+        memory_limit_bytes: (config.query_slots as u64)
+            .saturating_mul(config.query_memory_bytes as u64),
+    };
     tracing::info!(
         node_id,
         cluster = %quarry_common::catalog::ChunkId(cluster_id),
@@ -417,6 +425,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         meta.clone(),
         config.compaction_interval,
         config.buffer_max_age,
+    ));
+    let gauges = tokio::spawn(crate::gauges::publish(
+        gauge_sources,
+        Duration::from_secs(5),
     ));
     let duties = tokio::spawn(run_duties(
         meta.clone(),
@@ -483,6 +495,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     collector.abort();
     scrubber.abort();
     compactor.abort();
+    gauges.abort();
     duties.abort();
     rpc_server.abort();
     // Ends every fragment still held for other nodes' queries.

@@ -427,3 +427,88 @@ async fn a_dropped_table_is_purged_once_its_window_passes() {
         .expect_err("purged");
     assert_eq!(sqlstate(&e), "42P01");
 }
+
+/// The `quarry_*` metric names `text` mentions.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("quarry_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_alert_rules_and_the_dashboard_name_only_metrics_a_node_exports() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let rules =
+        std::fs::read_to_string(deploy.join("prometheus/quarry-alerts.yml")).expect("alert rules");
+    let dashboard =
+        std::fs::read_to_string(deploy.join("grafana/quarry-dashboard.json")).expect("dashboard");
+    // The dashboard is Grafana JSON whose every panel queries something.
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let panels = parsed["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        assert!(
+            panel["targets"][0]["expr"].as_str().is_some(),
+            "panel {} has a query",
+            panel["title"]
+        );
+    }
+    // promtool (Debian's prometheus package) checks the rules and runs
+    // their unit tests (deploy/prometheus/quarry-alerts.test.yml).
+    for args in [
+        ["check", "rules", "quarry-alerts.yml"],
+        ["test", "rules", "quarry-alerts.test.yml"],
+    ] {
+        let run = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(deploy.join("prometheus"))
+            .output()
+            .expect("promtool runs (apt-get install prometheus)");
+        assert!(
+            run.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    // Every metric they name is on a fresh node's /metrics.
+    let mut named = metric_names(&rules);
+    named.extend(metric_names(&dashboard));
+    assert!(named.len() >= 15, "{named:?}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let url = format!("http://127.0.0.1:{}/metrics", node.http_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exported = loop {
+        let body = http_get(&url).await;
+        if body.contains("quarry_storage_disk_size_bytes") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gauges published: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lines: BTreeSet<String> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = named.iter().filter(|n| !lines.contains(*n)).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{exported}");
+    assert!(
+        exported.contains("quarry_cluster_nodes{state=\"alive\"} 1"),
+        "{exported}"
+    );
+    assert!(exported.contains("quarry_raft_leader 1"), "{exported}");
+}
