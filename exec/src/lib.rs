@@ -41,6 +41,7 @@ pub mod pg_functions;
 pub mod pg_roles;
 pub mod pg_signatures;
 pub mod privileges;
+pub mod result_cache;
 pub mod rewrite;
 pub mod runtime;
 pub mod scram;

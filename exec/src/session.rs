@@ -135,6 +135,8 @@ pub struct Engine {
     /// The memory pools of the queries made so far (dropped ones are
     /// pruned as the pools are summed).
     pools: std::sync::Mutex<Vec<std::sync::Weak<dyn MemoryPool>>>,
+    /// Results of recent queries, for repeats.
+    result_cache: Arc<crate::result_cache::ResultCache>,
 }
 
 /// What one query may use on this node.
@@ -154,6 +156,9 @@ pub struct QueryResources {
     /// A statement's data files with fewer rows go to the ingest buffer
     /// ([`WriteSet::holding`]); 0: none do. None: [`SMALL_FILE_ROWS`].
     pub buffer_file_rows: Option<u64>,
+    /// Bytes of query results kept for repeats
+    /// ([`crate::result_cache::ResultCache`]); None: 256 MiB, 0: none.
+    pub result_cache_bytes: Option<u64>,
 }
 
 impl Engine {
@@ -168,6 +173,9 @@ impl Engine {
         resources: QueryResources,
         peers: Option<Arc<dyn Peers>>,
     ) -> Arc<Self> {
+        let result_cache = Arc::new(crate::result_cache::ResultCache::new(
+            resources.result_cache_bytes.unwrap_or(256 << 20),
+        ));
         Arc::new(Engine {
             meta,
             chunks,
@@ -176,6 +184,7 @@ impl Engine {
             cluster: peers.map(|peers| Arc::new(Cluster::new(peers))),
             audit: std::sync::OnceLock::new(),
             pools: std::sync::Mutex::default(),
+            result_cache,
         })
     }
 
@@ -976,15 +985,42 @@ impl Session {
                 if !view.writes.writes_nothing() {
                     return Ok(Output::Rows(self.stream(plan).await?));
                 }
-                match self.run_distributed(&plan).await? {
-                    Dispatch::Distributed(output) => Ok(output),
-                    Dispatch::Local(Some(physical)) => {
-                        Ok(Output::Rows(self.execute_physical(physical)?))
+                let cache_key = self.result_cache_key(&plan);
+                if let Some(key) = &cache_key {
+                    if let Some(rows) = self.engine.result_cache.get(key) {
+                        metrics::counter!("quarry_result_cache_hits_total").increment(1);
+                        return Ok(Output::Rows(rows));
                     }
-                    Dispatch::Local(None) => Ok(Output::Rows(self.stream(plan).await?)),
+                    metrics::counter!("quarry_result_cache_misses_total").increment(1);
                 }
+                let output = match self.run_distributed(&plan).await? {
+                    Dispatch::Distributed(output) => output,
+                    Dispatch::Local(Some(physical)) => {
+                        Output::Rows(self.execute_physical(physical)?)
+                    }
+                    Dispatch::Local(None) => Output::Rows(self.stream(plan).await?),
+                };
+                Ok(match (cache_key, output) {
+                    (Some(key), Output::Rows(rows)) => {
+                        Output::Rows(self.engine.result_cache.store_after(key, rows))
+                    }
+                    (_, output) => output,
+                })
             }
         }
+    }
+
+    /// The result cache's key of query `plan` run by this session, or None
+    /// when it is not to be cached (`use_query_cache` off, or see
+    /// [`crate::result_cache::key_of`]).
+    fn result_cache_key(&self, plan: &LogicalPlan) -> Option<String> {
+        let on = self
+            .setting("use_query_cache")
+            .is_none_or(|v| !matches!(v.to_ascii_lowercase().as_str(), "off" | "false" | "0"));
+        if !on {
+            return None;
+        }
+        crate::result_cache::key_of(plan, &self.user().name, &self.settings)
     }
 
     /// The memory pool of this session's statements.

@@ -127,6 +127,11 @@ impl SnapshotTable {
         &self.table
     }
 
+    /// The snapshot this reads.
+    pub fn snapshot_id(&self) -> SnapshotId {
+        self.snapshot
+    }
+
     /// The write set inserts and rewrites go to, if writable.
     pub fn writes(&self) -> Option<&Arc<WriteSet>> {
         self.writes.as_ref()

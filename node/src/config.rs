@@ -72,6 +72,10 @@ pub struct FileConfig {
     /// (it moves sooner past 131,072 rows or 64 MiB) [default: 60].
     #[arg(long)]
     pub buffer_max_age_secs: Option<u64>,
+    /// MiB of query results kept to answer repeats of a query over the same
+    /// table snapshots (BigQuery's cached results); 0: none [default: 256].
+    #[arg(long)]
+    pub result_cache_mb: Option<u64>,
     /// A statement's data files with fewer rows than this go to the
     /// table's ingest buffer (their bytes in the Raft log) instead of
     /// stripes; 0: every file to stripes [default: 131072].
@@ -184,6 +188,8 @@ pub struct Config {
     pub buffer_max_age: Duration,
     /// Rows under which a statement's files go to the ingest buffer.
     pub buffer_file_rows: u64,
+    /// Bytes of query results kept for repeats.
+    pub result_cache_bytes: u64,
     /// SWIM suspicion timeout.
     pub down_after: Duration,
     /// How long a voter may be down before it is replaced.
@@ -380,6 +386,11 @@ impl FileConfig {
                 10,
             ),
             buffer_max_age: secs(flags.buffer_max_age_secs, self.buffer_max_age_secs, 60),
+            result_cache_bytes: flags
+                .result_cache_mb
+                .or(self.result_cache_mb)
+                .unwrap_or(256)
+                << 20,
             buffer_file_rows: flags
                 .buffer_file_rows
                 .or(self.buffer_file_rows)

@@ -32,6 +32,8 @@ pub const COUNTERS: &[&str] = &[
     "quarry_data_cache_misses_total",
     "quarry_fragment_fetches_total",
     "quarry_node_login_failures_total",
+    "quarry_result_cache_hits_total",
+    "quarry_result_cache_misses_total",
     "quarry_storage_chunk_corruptions_total",
     "quarry_storage_chunk_read_bytes_total",
     "quarry_storage_chunk_written_bytes_total",

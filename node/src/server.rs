@@ -323,6 +323,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             runtime: execution.handle(),
             distribute_min_bytes: config.distribute_min_bytes,
             buffer_file_rows: Some(config.buffer_file_rows),
+            result_cache_bytes: Some(config.result_cache_bytes),
         },
         Some(peers.clone()),
     );

@@ -999,3 +999,40 @@ async fn metrics_take_http_basic_or_an_access_token_that_drop_revokes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cached_result_is_served_only_after_the_privileges_are_checked_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, &[]).await;
+    let admin = node.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE secrets (a int); INSERT INTO secrets VALUES (7);
+             CREATE ROLE alice LOGIN PASSWORD 'pw';
+             GRANT USAGE ON SCHEMA public TO alice;
+             GRANT SELECT ON secrets TO alice;",
+        )
+        .await
+        .expect("setup");
+    let alice = login(&node, "alice", "pw").await.expect("alice");
+    let query = "SELECT sum(a) FROM secrets";
+    let hits = || async {
+        node.metric("quarry_result_cache_hits_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    alice.query(query, &[]).await.expect("a miss, cached");
+    let before = hits().await;
+    alice.query(query, &[]).await.expect("a hit");
+    assert_eq!(hits().await, before + 1.0);
+    // Revoked: the cached rows are there, and still refused.
+    admin
+        .batch_execute("REVOKE SELECT ON secrets FROM alice")
+        .await
+        .expect("revoke");
+    assert_eq!(
+        denied(&alice, query).await,
+        "permission denied for table secrets"
+    );
+    assert_eq!(hits().await, before + 1.0);
+}

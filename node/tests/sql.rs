@@ -864,3 +864,90 @@ async fn integer_literals_come_back_as_postgresql_types_them() {
         .get(0);
     assert_eq!(one, 1);
 }
+
+#[tokio::test]
+async fn a_repeated_query_is_answered_from_the_result_cache_until_a_table_it_reads_changes() {
+    // Without the data cache, a scan that runs reads the disk.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(&dir.path().join("data"), &["--data-cache-mb", "0"]).await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT v FROM generate_series(1, 100000) AS g(v)")
+        .await
+        .expect("ctas");
+    let metric = |name: &'static str| {
+        let node = &node;
+        async move { node.metric(name).await.unwrap_or(0.0) }
+    };
+    let state = || async {
+        (
+            metric("quarry_result_cache_hits_total").await,
+            metric("quarry_result_cache_misses_total").await,
+            metric("quarry_storage_chunk_read_bytes_total").await,
+        )
+    };
+    let query = "SELECT sum(v), count(*) FROM t WHERE v > 10";
+    let sum_count = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
+    let (hits, misses, read) = state().await;
+    let first = sum_count(client.query_one(query, &[]).await.expect("first"));
+    let after_first = state().await;
+    assert_eq!((after_first.0, after_first.1), (hits, misses + 1.0));
+    assert!(after_first.2 > read, "the first run reads its data file");
+    // Another session, the same query: the cached rows, no byte read.
+    let other = node.client().await;
+    let second = sum_count(other.query_one(query, &[]).await.expect("second"));
+    assert_eq!(second, first);
+    assert_eq!(state().await, (hits + 1.0, misses + 1.0, after_first.2));
+    // Bound parameters are part of the query.
+    let with = "SELECT count(*) FROM t WHERE v > $1";
+    let count = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    assert_eq!(
+        count(other.query_one(with, &[&99_990i64]).await.expect("p1")),
+        10
+    );
+    assert_eq!(
+        count(
+            other
+                .query_one(with, &[&99_990i64])
+                .await
+                .expect("p1 again")
+        ),
+        10
+    );
+    assert_eq!(
+        count(other.query_one(with, &[&99_995i64]).await.expect("p2")),
+        5
+    );
+    assert_eq!(state().await.0, hits + 2.0);
+    // A commit to the table: a new snapshot, a miss, the new rows.
+    client
+        .batch_execute("INSERT INTO t VALUES (1000000)")
+        .await
+        .expect("insert");
+    let (hits, misses, _) = state().await;
+    let third = sum_count(client.query_one(query, &[]).await.expect("third"));
+    assert_eq!(third, (first.0 + 1_000_000, first.1 + 1));
+    assert_eq!((state().await.0, state().await.1), (hits, misses + 1.0));
+    // now() and random() are never cached; nor is anything with the
+    // setting off.
+    for uncached in [
+        "SELECT sum(v), now() IS NOT NULL FROM t",
+        "SELECT sum(v) + CAST(random() * 0 AS BIGINT) FROM t",
+    ] {
+        client.query(uncached, &[]).await.expect("first");
+        client.query(uncached, &[]).await.expect("second");
+    }
+    assert_eq!(state().await.0, hits);
+    client
+        .batch_execute("SET use_query_cache = off")
+        .await
+        .expect("off");
+    client.query(query, &[]).await.expect("off, first");
+    client.query(query, &[]).await.expect("off, second");
+    assert_eq!(state().await.0, hits);
+    let e = client
+        .batch_execute("SET use_query_cache = sometimes")
+        .await
+        .expect_err("not a Boolean");
+    assert_eq!(sqlstate(&e), "22023");
+}

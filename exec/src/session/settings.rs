@@ -60,6 +60,8 @@ pub(super) const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
+    // BigQuery's useQueryCache (exec/src/result_cache.rs).
+    ("use_query_cache", "on"),
 ];
 
 /// Settings fixed when the server was built (PostgreSQL's `internal`
@@ -206,6 +208,19 @@ impl Session {
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!(
                         "invalid value for parameter \"distsql\": \"{value}\" (off, auto or on)"
+                    ),
+                ));
+            }
+            "use_query_cache"
+                if !matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "on" | "off" | "true" | "false" | "1" | "0"
+                ) =>
+            {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "parameter \"use_query_cache\" requires a Boolean value, not \"{value}\""
                     ),
                 ));
             }
