@@ -194,6 +194,11 @@ pub fn key_of(
     user: &str,
     settings: &BTreeMap<String, String>,
 ) -> Option<String> {
+    // EXPLAIN shows a plan, EXPLAIN ANALYZE how a run went: neither is a
+    // result to repeat.
+    if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+        return None;
+    }
     let mut snapshots = Vec::new();
     let mut cacheable = true;
     let _ = plan.apply_with_subqueries(|node| {
