@@ -8,12 +8,12 @@
 //! any of them (a new snapshot) makes the next run a miss: nothing is ever
 //! invalidated, entries of old snapshots just stop being asked for and
 //! leave as the cache needs room (quick_cache's CLOCK-Pro) or after
-//! [`ResultCache::ttl`] (24 hours). A plan is cacheable only when every
+//! [`TTL`] (24 hours). A plan is cacheable only when every
 //! scan is of a table's snapshot (not a system table, an external table's
 //! files, or a transaction's own uncommitted rows) and every function in it
 //! is immutable: `now()`, `random()` and the like are never cached. The key
 //! is taken after the statement is planned, so privileges are checked on
-//! every run, hit or miss. Results past [`ResultCache::entry_bytes_max`]
+//! every run, hit or miss. Results past an eighth of the cache's capacity
 //! are not kept. `SET use_query_cache = off` bypasses the cache, as
 //! BigQuery's `useQueryCache=false`.
 
@@ -33,7 +33,7 @@ use futures::StreamExt;
 use crate::table::SnapshotTable;
 
 /// How long an entry may answer, as BigQuery's 24 hours.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Entries expected per byte of capacity (for quick_cache's sizing).
 const BYTES_PER_ENTRY: u64 = 64 << 10;
@@ -89,16 +89,6 @@ impl ResultCache {
         }
     }
 
-    /// How long an entry answers.
-    pub fn ttl(&self) -> Duration {
-        TTL
-    }
-
-    /// The largest result kept, in bytes (an eighth of the capacity).
-    pub fn entry_bytes_max(&self) -> usize {
-        self.entry_bytes_max
-    }
-
     /// The stored rows of `key` as a stream, if they are there and young
     /// enough.
     pub fn get(&self, key: &str) -> Option<SendableRecordBatchStream> {
@@ -115,7 +105,7 @@ impl ResultCache {
     }
 
     /// `stream`, whose rows are kept under `key` once it has ended without
-    /// an error, if they are no more than [`Self::entry_bytes_max`]. A
+    /// an error, if they are no more than an eighth of the capacity. A
     /// stream dropped before its end (a cancelled statement) keeps nothing.
     pub fn store_after(
         self: &Arc<Self>,
