@@ -2323,9 +2323,22 @@ fn regclass_as_name(expr: &mut Expr) {
     *expr = Expr::Function(name);
 }
 
+/// Marks a result column's name as a repeat: `a\u{1}2` is the second result
+/// column named `a`. DataFusion needs distinct names; PostgreSQL gives its
+/// clients the name before the mark (`name_result_columns`).
+pub const REPEATED_NAME_MARK: char = '\u{1}';
+
+/// The name PostgreSQL gives a result column Quarry named `name` (see
+/// [`REPEATED_NAME_MARK`]).
+pub fn client_column_name(name: &str) -> &str {
+    name.split(REPEATED_NAME_MARK).next().unwrap_or(name)
+}
+
 /// Names the unaliased result columns of `query` as PostgreSQL would (`count`
-/// rather than `count(*)`), where that name is unique among the result columns;
-/// DataFusion needs distinct names.
+/// rather than `count(*)`), and gives the second and later columns of one
+/// name (`SELECT 1 AS a, 2 AS a`, `SELECT count(*), count(a)`) names marked
+/// as repeats ([`REPEATED_NAME_MARK`]), which PostgreSQL allows and
+/// DataFusion does not.
 pub fn name_result_columns(query: &mut Query) {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
@@ -2368,6 +2381,51 @@ pub fn name_result_columns(query: &mut Query) {
             };
         }
     }
+    // Repeated names: the first keeps its name, the others are marked.
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (item, proposed) in select.projection.iter_mut().zip(proposed) {
+        let name = match &*item {
+            SelectItem::ExprWithAlias { alias, .. } => match alias.quote_style {
+                Some(_) => alias.value.clone(),
+                None => alias.value.to_lowercase(),
+            },
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => ident.value.to_lowercase(),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => match parts.last() {
+                Some(part) => part.value.to_lowercase(),
+                None => continue,
+            },
+            SelectItem::UnnamedExpr(_) => match proposed {
+                Some(name) => name,
+                None => continue,
+            },
+            _ => continue,
+        };
+        let count = seen.entry(name.clone()).or_insert(0);
+        *count += 1;
+        let alias = match *count {
+            1 if matches!(
+                item,
+                SelectItem::UnnamedExpr(Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                    | SelectItem::ExprWithAlias { .. }
+            ) =>
+            {
+                continue;
+            }
+            1 => name,
+            n => format!("{name}{REPEATED_NAME_MARK}{n}"),
+        };
+        let expr = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
+            SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => expr,
+            other => {
+                *item = other;
+                continue;
+            }
+        };
+        *item = SelectItem::ExprWithAlias {
+            expr,
+            alias: Ident::with_quote('"', alias),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -2376,14 +2434,22 @@ mod tests {
     use datafusion::sql::sqlparser::ast::{TableFactor, TableVersion};
 
     #[test]
-    fn result_columns_get_postgres_names_when_unique() {
+    fn result_columns_get_postgres_names_and_repeats_are_marked() {
         let cases = [
             (
                 "select count(*), sum(a) from t",
                 "SELECT count(*) AS \"count\", sum(a) AS \"sum\" FROM t",
             ),
             ("select 1", "SELECT 1 AS \"?column?\""),
-            ("select 1, 2", "SELECT 1, 2"),
+            // Names PostgreSQL repeats: the later ones are marked.
+            (
+                "select 1, 2",
+                "SELECT 1 AS \"?column?\", 2 AS \"?column?\u{1}2\"",
+            ),
+            (
+                "select count(*), count(a) from t",
+                "SELECT count(*) AS \"count\", count(a) AS \"count\u{1}2\" FROM t",
+            ),
             (
                 "select a, cast(b as text) from t",
                 "SELECT a, CAST(b AS TEXT) AS \"b\" FROM t",
@@ -2394,7 +2460,7 @@ mod tests {
             ),
             (
                 "select a, upper(a) as a from t",
-                "SELECT a, upper(a) AS a FROM t",
+                "SELECT a, upper(a) AS \"a\u{1}2\" FROM t",
             ),
         ];
         for (sql, expected) in cases {

@@ -336,7 +336,34 @@ fn tag_of(tag: &CommandTag) -> Tag {
 }
 
 fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Arc<Vec<FieldInfo>>> {
-    Ok(Arc::new(arrow_schema_to_pg_fields(schema, format, None)?))
+    Ok(Arc::new(arrow_schema_to_pg_fields(
+        &client_schema(schema),
+        format,
+        None,
+    )?))
+}
+
+/// `schema` with its fields named as the client sees them: a repeated
+/// result column name without its mark
+/// (`quarry_exec::parser::REPEATED_NAME_MARK`).
+fn client_schema(schema: &SchemaRef) -> SchemaRef {
+    use quarry_exec::parser::{REPEATED_NAME_MARK, client_column_name};
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.name().contains(REPEATED_NAME_MARK))
+    {
+        return schema.clone();
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_name(client_column_name(f.name())))
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
 }
 
 /// Encodes a stream of batches as data rows; an error mid-stream keeps its SQLSTATE.
@@ -1008,7 +1035,7 @@ impl QueryParser for ConnectionState {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
             Some(schema) => Ok(arrow_schema_to_pg_fields(
-                schema,
+                &client_schema(schema),
                 column_format.unwrap_or(&Format::UnifiedBinary),
                 None,
             )?),

@@ -955,3 +955,34 @@ async fn a_repeated_query_is_answered_from_the_result_cache_until_a_table_it_rea
         .expect_err("not a Boolean");
     assert_eq!(sqlstate(&e), "22023");
 }
+
+#[tokio::test]
+async fn result_columns_may_share_a_name_as_in_postgresql() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (a int, b int); INSERT INTO t VALUES (1, 2)")
+        .await
+        .expect("setup");
+    for (sql, names) in [
+        ("SELECT 1 AS a, 2 AS a", vec!["a", "a"]),
+        ("SELECT a, a, b AS a FROM t", vec!["a", "a", "a"]),
+        (
+            "SELECT count(*), count(a), sum(b) FROM t",
+            vec!["count", "count", "sum"],
+        ),
+    ] {
+        // Both protocols: the simple one and a prepared statement.
+        let rows = client.query(sql, &[]).await.expect(sql);
+        let got: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+        assert_eq!(got, names, "{sql}");
+        let statement = client.prepare(sql).await.expect(sql);
+        let got: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(got, names, "{sql} prepared");
+    }
+    let row = client
+        .query_one("SELECT a, a + 1 AS a FROM t", &[])
+        .await
+        .expect("values");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (1, 2));
+}

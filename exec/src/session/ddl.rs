@@ -560,6 +560,9 @@ impl Session {
             .await?
             .require(&Securable::Schema(schema.clone()), Privileges::CREATE)?;
         let plan = self.plan(Statement::Query(query)).await?;
+        if create.columns.is_empty() {
+            no_repeated_columns(&plan)?;
+        }
         let arrow_schema = plan.schema().as_arrow().clone();
         let mut columns = Vec::with_capacity(arrow_schema.fields().len());
         for (i, field) in arrow_schema.fields().iter().enumerate() {
@@ -771,6 +774,9 @@ impl Session {
         let (schema, name) = self.resolve(&create.name)?;
         self.begin_statement().await?;
         let plan = self.plan(Statement::Query(create.query.clone())).await?;
+        if create.columns.is_empty() {
+            no_repeated_columns(&plan)?;
+        }
         let derived: Vec<String> = plan
             .schema()
             .fields()
@@ -870,4 +876,24 @@ pub(super) fn not_a(name: &str, kind: &str, use_instead: &str) -> Error {
         SqlState::WRONG_OBJECT_TYPE,
         format!("\"{name}\" is not a {kind}; use {use_instead}"),
     )
+}
+
+/// 42701 when `plan` has two result columns of one name, which a query may
+/// return but a table or view may not have (PostgreSQL's rule).
+fn no_repeated_columns(plan: &LogicalPlan) -> Result<()> {
+    match plan
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| f.name().contains(crate::parser::REPEATED_NAME_MARK))
+    {
+        Some(field) => Err(user_error(
+            SqlState::DUPLICATE_COLUMN,
+            format!(
+                "column \"{}\" specified more than once",
+                crate::parser::client_column_name(field.name())
+            ),
+        )),
+        None => Ok(()),
+    }
 }
