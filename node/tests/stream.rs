@@ -500,6 +500,18 @@ async fn files(node: &TestNode, table: &str) -> Vec<i64> {
     .await
 }
 
+/// The id of table `table`'s newest snapshot.
+async fn latest_snapshot(client: &tokio_postgres::Client, table: &str) -> i64 {
+    bigints(
+        client,
+        &format!(
+            "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
+             WHERE table_name = '{table}'"
+        ),
+    )
+    .await[0]
+}
+
 /// Kills `node` with -9 and starts it again with the compactor running
 /// every second and moving buffered rows older than a second.
 async fn kill_9_and_restart_with_a_short_buffer_age(node: &mut TestNode) {
@@ -539,15 +551,7 @@ async fn appends_wait_in_the_buffer_and_move_into_one_data_file_that_old_snapsho
                       count(*) FILTER (WHERE v = 'b3' AND id BETWEEN 30 AND 39) FROM ticks";
     let expected = [120, 120, (0..120).sum::<i64>(), 10];
     assert_eq!(bigints(&client, everything).await, expected);
-    let before: i64 = client
-        .query_one(
-            "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
-             WHERE table_name = 'ticks'",
-            &[],
-        )
-        .await
-        .expect("snapshots")
-        .get(0);
+    let before = latest_snapshot(&client, "ticks").await;
     // The buffer is in the Raft log: it survives kill -9. Restarted with a
     // short buffer age, the compactor moves it into one data file.
     drop(client);
@@ -686,15 +690,7 @@ async fn small_inserts_wait_in_the_buffer_a_transaction_reads_its_own_and_kill_9
         .expect("create and insert");
     // The INSERT's file is in the ingest buffer, not in a stripe.
     assert_eq!(files(&node, "acc").await, [0, 1, 2]);
-    let before_update: i64 = client
-        .query_one(
-            "SELECT CAST(max(snapshot_id) AS BIGINT) FROM quarry_system.snapshots \
-             WHERE table_name = 'acc'",
-            &[],
-        )
-        .await
-        .expect("snapshot")
-        .get(0);
+    let before_update = latest_snapshot(&client, "acc").await;
     client
         .batch_execute("INSERT INTO acc SELECT g, 'g' FROM generate_series(3, 10) AS s(g)")
         .await
