@@ -1350,7 +1350,31 @@ fn postgres_column_name(expr: &Expr) -> Option<String> {
             .map(|ident| ident.value.to_lowercase()),
         Expr::Case { .. } => Some("case".to_owned()),
         Expr::Exists { .. } => Some("exists".to_owned()),
+        // A scalar subquery is named after its one column.
+        Expr::Subquery(query) => Some(subquery_column_name(query)),
         _ => Some("?column?".to_owned()),
+    }
+}
+
+/// The name of the first result column of `query`, as PostgreSQL names a
+/// scalar subquery's column.
+fn subquery_column_name(query: &Query) -> String {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return "?column?".to_owned();
+    };
+    match select.projection.first() {
+        Some(SelectItem::ExprWithAlias { alias, .. }) => match alias.quote_style {
+            Some(_) => alias.value.clone(),
+            None => alias.value.to_lowercase(),
+        },
+        Some(SelectItem::UnnamedExpr(Expr::Identifier(ident))) => ident.value.to_lowercase(),
+        Some(SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts))) => parts
+            .last()
+            .map_or_else(|| "?column?".to_owned(), |p| p.value.to_lowercase()),
+        Some(SelectItem::UnnamedExpr(expr)) => {
+            postgres_column_name(expr).unwrap_or_else(|| "?column?".to_owned())
+        }
+        _ => "?column?".to_owned(),
     }
 }
 
@@ -2449,6 +2473,10 @@ mod tests {
             (
                 "select count(*), count(a) from t",
                 "SELECT count(*) AS \"count\", count(a) AS \"count\u{1}2\" FROM t",
+            ),
+            (
+                "select (select max(a) from t), (select b as total from u)",
+                "SELECT (SELECT max(a) FROM t) AS \"max\", (SELECT b AS total FROM u) AS \"total\"",
             ),
             (
                 "select a, cast(b as text) from t",

@@ -971,6 +971,10 @@ async fn result_columns_may_share_a_name_as_in_postgresql() {
             "SELECT count(*), count(a), sum(b) FROM t",
             vec!["count", "count", "sum"],
         ),
+        (
+            "SELECT (SELECT count(*) FROM t), (SELECT max(b) FROM t), (SELECT a FROM t)",
+            vec!["count", "max", "a"],
+        ),
     ] {
         // Both protocols: the simple one and a prepared statement.
         let rows = client.query(sql, &[]).await.expect(sql);
