@@ -232,6 +232,21 @@ async fn copy_part(
     Ok((rows, bytes))
 }
 
+/// Whether table `schema.table` exists on the node `client` is connected to.
+///
+/// # Errors
+/// If the catalog cannot be read.
+pub async fn table_exists(client: &Client, schema: &str, table: &str) -> anyhow::Result<bool> {
+    let rows = client
+        .query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+            &[&schema, &table],
+        )
+        .await
+        .context("cannot list existing tables")?;
+    Ok(!rows.is_empty())
+}
+
 /// Creates schema `schema` and the eight TPC-H tables in it on the node at
 /// `pg_address` (HOST:PORT), and loads them at `scale_factor` (SF 1 ≈ 8.7 M rows,
 /// ~1 GiB of CSV) in `parts` parts per large table. Shows a progress bar on
@@ -262,14 +277,7 @@ pub async fn load(
         elapsed: Duration::ZERO,
     };
     for (table, columns) in TABLES {
-        let existing = client
-            .query(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
-                &[&schema, table],
-            )
-            .await
-            .context("cannot list existing tables")?;
-        if !existing.is_empty() {
+        if table_exists(&client, schema, table).await? {
             tracing::info!(table, "already present; not loaded again");
             continue;
         }

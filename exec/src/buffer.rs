@@ -38,11 +38,7 @@ pub(crate) struct BufferedFiles {
 impl BufferedFiles {
     /// `table`'s buffer and moved files.
     pub(crate) fn of(table: &Table) -> Arc<Self> {
-        Arc::new(BufferedFiles {
-            buffer: table.buffer.clone(),
-            moved: table.moved.clone(),
-            ..Default::default()
-        })
+        Self::with_held(table, std::iter::empty())
     }
 
     /// `table`'s buffer and moved files, and the files a transaction holds

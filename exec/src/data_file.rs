@@ -38,8 +38,10 @@ pub const FILE_ROWS_MAX: u64 = 1024 * 1024;
 pub const SMALL_FILE_ROWS: u64 = FILE_ROWS_MAX / 8;
 
 /// Most bytes of small files a write set holds in memory for the ingest
-/// buffer (the size of one streaming request's buffered file); past it,
-/// files go into stripes.
+/// buffer, and of a streaming request's buffered file (in the Raft log and
+/// every node's catalog); past it, files go into stripes. Below DataFusion's
+/// `repartition_file_min_size`, so a scan never splits a buffered file by
+/// byte ranges (a moved one is read re-encoded).
 pub const HELD_BYTES_MAX: usize = 8 << 20;
 
 /// What a transaction (or autocommit statement) has changed and read, not yet

@@ -1016,7 +1016,8 @@ impl Session {
     fn result_cache_key(&self, plan: &LogicalPlan) -> Option<String> {
         let on = self
             .setting("use_query_cache")
-            .is_none_or(|v| !matches!(v.to_ascii_lowercase().as_str(), "off" | "false" | "0"));
+            .and_then(settings::parse_bool)
+            .unwrap_or(true);
         if !on {
             return None;
         }

@@ -873,14 +873,7 @@ pub async fn load_tpch(
     for (table, columns) in quarry_client::tpch::TABLES {
         let channel = format!("quarry-load-tpch-sf{scale_factor}-{parts}p");
         let parts = quarry_client::tpch::parts_of(table, parts);
-        let existing = pg
-            .query(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
-                &[&schema, table],
-            )
-            .await
-            .context("cannot list existing tables")?;
-        if existing.is_empty() {
+        if !quarry_client::tpch::table_exists(&pg, schema, table).await? {
             pg.batch_execute(&format!("CREATE TABLE {schema}.{table} ({columns})"))
                 .await
                 .with_context(|| format!("CREATE TABLE {schema}.{table} failed"))?;

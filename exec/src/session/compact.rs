@@ -55,7 +55,7 @@ pub enum Compaction {
 /// The compaction `table` is due at time `now`: its ingest buffer's move
 /// when the buffer is large enough or its oldest file has waited
 /// `max_age` microseconds, else the spill of buffered files a DELETE or
-/// UPDATE replaced (see [`spill_candidates`]), else a merge of its small
+/// UPDATE replaced (see `spill_candidates`), else a merge of its small
 /// files (see [`compaction_candidates`]); None when none is due.
 pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Option<Compaction> {
     let flush = flush_candidates(table, now, max_age);
@@ -74,7 +74,7 @@ pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Opti
 /// DELETE, UPDATE or MERGE replaced them; older snapshots still do, for
 /// time travel), up to [`COMPACT_MAX_FILES`]: their bytes need not stay
 /// in every node's memory.
-pub fn spill_candidates(table: &Table) -> Vec<DataFile> {
+fn spill_candidates(table: &Table) -> Vec<DataFile> {
     if table.buffer.is_empty() {
         return Vec::new();
     }

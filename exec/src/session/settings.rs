@@ -80,6 +80,16 @@ pub fn is_preset_setting(name: &str) -> bool {
     PRESET_SETTINGS.iter().any(|(preset, _)| *preset == name)
 }
 
+/// Parses a PostgreSQL Boolean setting (`on`, `off`, `true`, `false`, `1`,
+/// `0`, any case).
+pub(super) fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Some(true),
+        "off" | "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// Parses a PostgreSQL duration setting (`5000`, `5s`, `250ms`, `1min`) to ms.
 pub(super) fn parse_duration_ms(value: &str) -> Option<u64> {
     let value = value.trim().trim_matches('\'');
@@ -211,12 +221,7 @@ impl Session {
                     ),
                 ));
             }
-            "use_query_cache"
-                if !matches!(
-                    value.to_ascii_lowercase().as_str(),
-                    "on" | "off" | "true" | "false" | "1" | "0"
-                ) =>
-            {
+            "use_query_cache" if parse_bool(&value).is_none() => {
                 return Err(user_error(
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!(

@@ -497,7 +497,9 @@ impl Session {
         let mut stored = None;
         let command = match files.pop() {
             Some((file, bytes))
-                if !mode.pending && files.is_empty() && bytes.len() <= BUFFERED_FILE_BYTES_MAX =>
+                if !mode.pending
+                    && files.is_empty()
+                    && bytes.len() <= crate::data_file::HELD_BYTES_MAX =>
             {
                 Command::AppendBuffered {
                     table: table.id,
@@ -593,13 +595,6 @@ fn channel_state(catalog: &Catalog, table: TableId, channel: &str) -> Option<Cha
         }),
     }
 }
-
-/// Largest data file an append holds in the ingest buffer (in the Raft log
-/// and every node's catalog); a larger one goes to stripes as it is. Below
-/// DataFusion's `repartition_file_min_size`, so a scan never splits a
-/// buffered file by byte ranges (a moved one is read re-encoded). The same
-/// bound as a statement's small files held for the buffer.
-pub const BUFFERED_FILE_BYTES_MAX: usize = crate::data_file::HELD_BYTES_MAX;
 
 /// What an append at `offset` to a channel at `next_offset` comes to
 /// without writing: None when it is to be written.
