@@ -48,6 +48,7 @@ pub type CheckedScans = Arc<std::sync::Mutex<Vec<Arc<dyn TableSource>>>>;
 /// DataFusion catalog over the session's current [`CatalogView`].
 pub struct QuarryCatalog {
     audit: RwLock<Option<Arc<dyn crate::audit::AuditLog>>>,
+    jobs: RwLock<Option<Arc<dyn crate::jobs::JobSource>>>,
     checked_scans: CheckedScans,
     /// The privilege checks of the statement being planned.
     access: RwLock<Option<Arc<Access>>>,
@@ -72,6 +73,7 @@ impl QuarryCatalog {
     pub fn new(chunks: Arc<dyn DataFileStore>, view: CatalogView) -> Self {
         QuarryCatalog {
             audit: RwLock::new(None),
+            jobs: RwLock::new(None),
             checked_scans: CheckedScans::default(),
             access: RwLock::new(None),
             chunks,
@@ -115,6 +117,28 @@ impl QuarryCatalog {
             .audit
             .write()
             .expect("audit lock is never held across a panic") = audit;
+    }
+
+    /// Sets where the cluster's jobs and connections are read from, for
+    /// `quarry_system.jobs` and `pg_stat_activity`.
+    pub fn set_jobs(&self, jobs: Option<Arc<dyn crate::jobs::JobSource>>) {
+        *self
+            .jobs
+            .write()
+            .expect("jobs lock is never held across a panic") = jobs;
+    }
+
+    /// Where the cluster's jobs are read from, if the node keeps them.
+    pub fn jobs(&self) -> Option<Arc<dyn crate::jobs::JobSource>> {
+        self.jobs
+            .read()
+            .expect("jobs lock is never held across a panic")
+            .clone()
+    }
+
+    /// Whose jobs the statement being planned may see (None: everyone's).
+    pub fn viewer(&self) -> crate::jobs::Viewer {
+        self.access().and_then(|access| access.viewer())
     }
 
     fn audit_log(&self) -> Option<Arc<dyn crate::audit::AuditLog>> {
@@ -207,7 +231,8 @@ impl CatalogProvider for QuarryCatalog {
         if name == crate::system::SYSTEM_SCHEMA {
             return Some(Arc::new(
                 crate::system::SystemSchema::new(view.catalog, self.chunks.clone())
-                    .with_audit(self.audit_log()),
+                    .with_audit(self.audit_log())
+                    .with_jobs(self.jobs(), self.viewer()),
             ));
         }
         if !view.catalog.schemas.contains_key(name) {

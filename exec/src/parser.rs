@@ -577,6 +577,12 @@ pub enum QuarryStatement {
         /// Where to move it.
         direction: FetchDirection,
     },
+    /// `CANCEL JOB 'job_id'` (CockroachDB's form; BigQuery's
+    /// `BQ.JOBS.CANCEL`): stops a running job on whichever node runs it.
+    CancelJob {
+        /// The job's id, as `quarry_system.jobs` shows it.
+        job_id: String,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -594,11 +600,27 @@ impl From<Statement> for QuarryStatement {
 /// 42601 with the parser's message; nothing of a text with an error in any of
 /// its statements is returned.
 pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
+    Ok(parse_with_text(sql)?
+        .into_iter()
+        .map(|(_, statement)| statement)
+        .collect())
+}
+
+/// As [`parse`], each statement with its text (as the client wrote it,
+/// without the semicolon).
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_with_text(sql: &str) -> Result<Vec<(String, QuarryStatement)>> {
     let mut statements = Vec::new();
     for (text, tokens) in split_statements(sql)? {
         match parse_quarry_statement(text, tokens)? {
-            Some(statement) => statements.push(statement),
-            None => statements.extend(parse_postgres(text)?.into_iter().map(QuarryStatement::Sql)),
+            Some(statement) => statements.push((text.to_owned(), statement)),
+            None => statements.extend(
+                parse_postgres(text)?
+                    .into_iter()
+                    .map(|s| (text.to_owned(), QuarryStatement::Sql(s))),
+            ),
         }
     }
     Ok(statements)
@@ -1047,6 +1069,25 @@ pub const ALL_COLUMNS: &str = "\0*";
 
 /// The first token of a statement as a lower-case unquoted word ("" if it
 /// is not one).
+/// `CANCEL JOB 'job_id'`; None for a statement that does not start with
+/// CANCEL.
+fn parse_cancel_job(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    if first_word(tokens) != "cancel" {
+        return Ok(None);
+    }
+    match tokens.get(1..).unwrap_or_default() {
+        [job, id] if first_word(std::slice::from_ref(job)) == "job" => match &id.token {
+            Token::SingleQuotedString(job_id) => Ok(Some(QuarryStatement::CancelJob {
+                job_id: job_id.clone(),
+            })),
+            _ => Err(syntax_error(
+                "CANCEL JOB takes the job id as a string literal",
+            )),
+        },
+        _ => Err(syntax_error("expected CANCEL JOB 'job_id'")),
+    }
+}
+
 fn first_word(tokens: &[TokenWithSpan]) -> String {
     match tokens.first().map(|t| &t.token) {
         Some(Token::Word(word)) if word.quote_style.is_none() => word.value.to_ascii_lowercase(),
@@ -1218,6 +1259,9 @@ fn parse_quarry_statement(
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_grant_role(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_cancel_job(&tokens)? {
         return Ok(Some(statement));
     }
     // Most statements start otherwise: they are not parsed twice.

@@ -1283,11 +1283,22 @@ impl PgCatalogSchema {
 #[async_trait]
 impl SchemaProvider for PgCatalogSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.push(crate::pg_activity::NAME.to_owned());
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let name = name.to_ascii_lowercase();
+        if name == crate::pg_activity::NAME {
+            let catalog = self
+                .catalog
+                .upgrade()
+                .ok_or_else(|| DataFusionError::Plan("the session has ended".to_owned()))?;
+            return crate::pg_activity::table(catalog.jobs().as_ref(), &catalog.viewer())
+                .await
+                .map(Some);
+        }
         if RELATION_TABLES.contains(&name.as_str()) {
             return self.build(&name).await.map(Some);
         }
@@ -1315,7 +1326,7 @@ impl SchemaProvider for PgCatalogSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        name.eq_ignore_ascii_case(crate::pg_activity::NAME) || self.inner.table_exist(name)
     }
 }
 

@@ -98,6 +98,16 @@ fn known(catalog: &Catalog, object: &Securable) -> bool {
 }
 
 impl Access {
+    /// Whose jobs and queries this role may see and cancel: everyone's for
+    /// a superuser (or a session without a role), else its own.
+    pub fn viewer(&self) -> crate::jobs::Viewer {
+        let role = self.role?;
+        if self.latest.is_superuser(role) {
+            return None;
+        }
+        Some(self.latest.role_name(role))
+    }
+
     /// Checks for `role` against `latest`, falling back to `pinned` for
     /// objects only it has; unqualified names resolve in `default_schema`.
     pub fn new(

@@ -70,6 +70,7 @@ mod ddl;
 mod dispatch;
 mod dml;
 mod external;
+mod jobs;
 mod load;
 mod prepared;
 mod roles;
@@ -137,6 +138,8 @@ pub struct Engine {
     pools: std::sync::Mutex<Vec<std::sync::Weak<dyn MemoryPool>>>,
     /// Results of recent queries, for repeats.
     result_cache: Arc<crate::result_cache::ResultCache>,
+    /// The cluster's jobs and connections (set once by the node).
+    jobs: std::sync::OnceLock<Arc<dyn crate::jobs::JobSource>>,
 }
 
 /// What one query may use on this node.
@@ -185,6 +188,7 @@ impl Engine {
             audit: std::sync::OnceLock::new(),
             pools: std::sync::Mutex::default(),
             result_cache,
+            jobs: std::sync::OnceLock::new(),
         })
     }
 
@@ -209,6 +213,13 @@ impl Engine {
     /// ignored).
     pub fn set_audit_log(&self, audit: Arc<dyn crate::audit::AuditLog>) {
         let _ = self.audit.set(audit);
+    }
+
+    /// Reads the cluster's jobs and connections from `jobs` from now on
+    /// (once; later calls are ignored), for `quarry_system.jobs`,
+    /// `pg_stat_activity`, `pg_cancel_backend` and `CANCEL JOB`.
+    pub fn set_job_source(&self, jobs: Arc<dyn crate::jobs::JobSource>) {
+        let _ = self.jobs.set(jobs);
     }
 
     /// Records `event` in the audit log, if the node keeps one.
@@ -381,6 +392,10 @@ pub struct Session {
     user: SessionUser,
     /// NOTICEs of the statement run last, for the client, in order.
     notices: Vec<Notice>,
+    /// The session's memory pool, measured for each statement's peak.
+    pool: Arc<crate::jobs::MeasuredPool>,
+    /// What the statement running (or run last) measured.
+    stats: Arc<crate::jobs::StatementStats>,
 }
 
 /// A message for the client that is not an error (PostgreSQL's NOTICE,
@@ -471,7 +486,8 @@ impl Session {
         // A session runs one statement at a time, so its pool is the
         // statement's memory.
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-        runtime = runtime.with_memory_pool(memory.unwrap_or_else(|| engine.query_pool()));
+        let pool = crate::jobs::MeasuredPool::new(memory.unwrap_or_else(|| engine.query_pool()));
+        runtime = runtime.with_memory_pool(pool.clone());
         if let Some(dir) = &engine.resources.spill_dir {
             runtime = runtime.with_temp_file_path(dir.clone());
         }
@@ -496,6 +512,7 @@ impl Session {
         };
         let catalog = Arc::new(QuarryCatalog::new(engine.chunks.clone(), view));
         catalog.set_audit_log(engine.audit.get().cloned());
+        catalog.set_jobs(engine.jobs.get().cloned());
         let state = ctx.state_weak_ref();
         catalog.set_state_source(Arc::new(move || {
             state.upgrade().map(|state| state.read().clone())
@@ -544,6 +561,7 @@ impl Session {
         catalog.set_settings(&settings);
         let user = SessionUser::new(quarry_common::roles::BOOTSTRAP_SUPERUSER, None);
         crate::pg_roles::register(&ctx, &catalog, &user);
+        crate::pg_activity::register(&ctx, &catalog, user.role);
         Ok(Session {
             engine,
             ctx,
@@ -554,6 +572,8 @@ impl Session {
             prepared: prepared::PreparedNames::default(),
             user,
             notices: Vec::new(),
+            stats: crate::jobs::StatementStats::new(None),
+            pool,
         })
     }
 
@@ -565,7 +585,14 @@ impl Session {
     /// Sets who the session is (after the connection authenticated).
     pub fn set_user(&mut self, user: SessionUser) {
         crate::pg_roles::register(&self.ctx, &self.catalog, &user);
+        crate::pg_activity::register(&self.ctx, &self.catalog, user.role);
         self.user = user;
+    }
+
+    /// What the statement running (or run last) measured so far; its rows'
+    /// stream adds its operators' cost when it ends.
+    pub fn statement_stats(&self) -> Arc<crate::jobs::StatementStats> {
+        self.stats.clone()
     }
 
     /// Who the session is.
@@ -724,6 +751,7 @@ impl Session {
         statement: QuarryStatement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
+        self.stats = crate::jobs::StatementStats::new(Some(self.pool.clone()));
         let ends_transaction = matches!(
             statement,
             QuarryStatement::Sql(Statement::Commit { .. } | Statement::Rollback { .. })
@@ -789,6 +817,7 @@ impl Session {
                     .await
             }
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
+            QuarryStatement::CancelJob { job_id } => self.cancel_job(&job_id).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
                 self.create_access_token(&name, valid_until.as_ref()).await
@@ -985,9 +1014,11 @@ impl Session {
                 if !view.writes.writes_nothing() {
                     return Ok(Output::Rows(self.stream(plan).await?));
                 }
+                self.stats.reads(&plan);
                 let cache_key = self.result_cache_key(&plan);
                 if let Some(key) = &cache_key {
                     if let Some(rows) = self.engine.result_cache.get(key) {
+                        self.stats.cache_hit();
                         metrics::counter!("quarry_result_cache_hits_total").increment(1);
                         return Ok(Output::Rows(rows));
                     }

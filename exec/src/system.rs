@@ -16,6 +16,10 @@
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
 //! - `quarry_system.audit`: this node's most recent audit events (logins,
 //!   role and privilege changes, DDL; [`crate::audit`]), oldest first.
+//! - `quarry_system.jobs`: one row per statement run on any live node in the
+//!   job history window (BigQuery's `INFORMATION_SCHEMA.JOBS`,
+//!   [`crate::jobs`]), running ones included; a role that is not a superuser
+//!   sees its own.
 //! - `quarry_system.access_tokens`: one row per access token of the HTTP API:
 //!   its id (the token's first part, never its secret), name, role, when it
 //!   was created and until when it is accepted.
@@ -24,7 +28,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BooleanArray, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
@@ -33,6 +38,7 @@ use quarry_common::catalog::{Catalog, DataFile, Stripe};
 
 use crate::audit::AuditLog;
 use crate::chunks::DataFileStore;
+use crate::jobs::{JobRecord, JobSource, Viewer};
 
 /// Name of the system schema.
 pub const SYSTEM_SCHEMA: &str = "quarry_system";
@@ -43,8 +49,17 @@ const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
 const AUDIT: &str = "audit";
 const ACCESS_TOKENS: &str = "access_tokens";
+const JOBS: &str = "jobs";
 /// The tables of the system schema.
-pub const NAMES: [&str; 6] = [ACCESS_TOKENS, AUDIT, NODES, SNAPSHOTS, STRIPES, TABLES];
+pub const NAMES: [&str; 7] = [
+    ACCESS_TOKENS,
+    AUDIT,
+    JOBS,
+    NODES,
+    SNAPSHOTS,
+    STRIPES,
+    TABLES,
+];
 
 /// The system schema over one catalog version.
 #[derive(Debug)]
@@ -52,6 +67,8 @@ pub struct SystemSchema {
     catalog: Arc<Catalog>,
     cluster: Arc<dyn DataFileStore>,
     audit: Option<Arc<dyn AuditLog>>,
+    jobs: Option<Arc<dyn JobSource>>,
+    viewer: Viewer,
 }
 
 impl SystemSchema {
@@ -61,6 +78,8 @@ impl SystemSchema {
             catalog,
             cluster,
             audit: None,
+            jobs: None,
+            viewer: None,
         }
     }
 
@@ -69,6 +88,126 @@ impl SystemSchema {
         self.audit = audit;
         self
     }
+
+    /// The same, with the cluster's jobs as `viewer` may see them.
+    pub fn with_jobs(mut self, jobs: Option<Arc<dyn JobSource>>, viewer: Viewer) -> Self {
+        self.jobs = jobs;
+        self.viewer = viewer;
+        self
+    }
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn timestamps(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// The columns of `quarry_system.jobs`.
+pub fn jobs_schema() -> SchemaRef {
+    let list = DataType::new_list(DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("node_id", DataType::UInt64, false),
+        Field::new("pid", DataType::Int32, false),
+        Field::new("user_name", DataType::Utf8, false),
+        Field::new("client", DataType::Utf8, false),
+        Field::new("statement_type", DataType::Utf8, false),
+        Field::new("query", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("creation_time", timestamp_type(), false),
+        Field::new("start_time", timestamp_type(), true),
+        Field::new("end_time", timestamp_type(), true),
+        Field::new("total_bytes_processed", DataType::UInt64, false),
+        Field::new("row_count", DataType::UInt64, false),
+        Field::new("total_slot_ms", DataType::UInt64, false),
+        Field::new("peak_memory_bytes", DataType::UInt64, false),
+        Field::new("spilled_bytes", DataType::UInt64, false),
+        Field::new("cache_hit", DataType::Boolean, false),
+        Field::new("error_sqlstate", DataType::Utf8, true),
+        Field::new("error_message", DataType::Utf8, true),
+        Field::new("referenced_tables", list, false),
+        Field::new("destination_table", DataType::Utf8, true),
+    ]))
+}
+
+/// `jobs` as rows of `quarry_system.jobs`, newest first.
+///
+/// # Errors
+/// If the columns do not fit together (a bug).
+pub fn jobs_batch(mut jobs: Vec<JobRecord>) -> DfResult<RecordBatch> {
+    jobs.sort_by(|a, b| {
+        b.creation_micros
+            .cmp(&a.creation_micros)
+            .then_with(|| b.job_id.cmp(&a.job_id))
+    });
+    let mut tables = ListBuilder::new(StringBuilder::new());
+    for job in &jobs {
+        for table in &job.referenced_tables {
+            tables.values().append_value(table);
+        }
+        tables.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        text(jobs.iter().map(|j| j.job_id.clone()).collect()),
+        count(jobs.iter().map(|j| j.node).collect()),
+        Arc::new(Int32Array::from(
+            jobs.iter().map(|j| j.pid).collect::<Vec<_>>(),
+        )),
+        text(jobs.iter().map(|j| j.user.clone()).collect()),
+        text(jobs.iter().map(|j| j.client.clone()).collect()),
+        text(jobs.iter().map(|j| j.statement_type.clone()).collect()),
+        text(jobs.iter().map(|j| j.query.clone()).collect()),
+        text(jobs.iter().map(|j| j.state.name().to_owned()).collect()),
+        timestamps(jobs.iter().map(|j| Some(j.creation_micros)).collect()),
+        timestamps(jobs.iter().map(|j| j.start_micros).collect()),
+        timestamps(jobs.iter().map(|j| j.end_micros).collect()),
+        count(jobs.iter().map(|j| j.total_bytes_processed).collect()),
+        count(jobs.iter().map(|j| j.rows).collect()),
+        count(jobs.iter().map(|j| j.total_slot_ms).collect()),
+        count(jobs.iter().map(|j| j.peak_memory_bytes).collect()),
+        count(jobs.iter().map(|j| j.spilled_bytes).collect()),
+        Arc::new(BooleanArray::from(
+            jobs.iter().map(|j| j.cache_hit).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            jobs.iter()
+                .map(|j| j.error_sqlstate.clone())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            jobs.iter()
+                .map(|j| j.error_message.clone())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(tables.finish()),
+        Arc::new(StringArray::from(
+            jobs.iter()
+                .map(|j| j.destination_table.clone())
+                .collect::<Vec<_>>(),
+        )),
+    ];
+    Ok(RecordBatch::try_new(jobs_schema(), columns)?)
+}
+
+async fn jobs(
+    source: Option<&Arc<dyn JobSource>>,
+    viewer: &Viewer,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let jobs = match source {
+        Some(source) => source
+            .jobs(0, viewer)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        None => Vec::new(),
+    };
+    let batch = jobs_batch(jobs)?;
+    Ok(Arc::new(MemTable::try_new(
+        batch.schema(),
+        vec![vec![batch]],
+    )?))
 }
 
 fn audit(log: Option<&Arc<dyn AuditLog>>) -> DfResult<Arc<dyn TableProvider>> {
@@ -384,6 +523,7 @@ impl SchemaProvider for SystemSchema {
             STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
             AUDIT => audit(self.audit.as_ref()).map(Some),
             ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),
+            JOBS => jobs(self.jobs.as_ref(), &self.viewer).await.map(Some),
             _ => Ok(None),
         }
     }

@@ -87,6 +87,7 @@ pub struct NodeHandler {
     view: Arc<ClusterView>,
     membership: Membership,
     transport: Arc<dyn Transport>,
+    jobs: Arc<crate::jobs::Jobs>,
 }
 
 impl NodeHandler {
@@ -98,8 +99,10 @@ impl NodeHandler {
         membership: Membership,
         transport: Arc<dyn Transport>,
         queries: ractor::ActorRef<crate::query_manager::QueryManagerMsg>,
+        jobs: Arc<crate::jobs::Jobs>,
     ) -> Self {
         NodeHandler {
+            jobs,
             raft: RaftHandler::new(meta.raft().clone(), membership.me().node_id),
             queries,
             meta,
@@ -232,6 +235,7 @@ impl crate::rpc::Handler for NodeHandler {
                     },
                 }
             }
+            RpcRequest::Jobs(request) => RpcResponse::Jobs(self.jobs.answer(request)),
             RpcRequest::Exchange(request) => {
                 let answer = crate::query_manager::answer(&self.queries, request, None).await;
                 RpcResponse::Exchange(answer.unwrap_or_else(|why| {

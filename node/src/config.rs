@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// table snapshots (BigQuery's cached results); 0: none [default: 256].
     #[arg(long)]
     pub result_cache_mb: Option<u64>,
+    /// Days of job history a node keeps (`quarry_system.jobs`) [default: 30].
+    #[arg(long)]
+    pub job_history_days: Option<u64>,
     /// A statement's data files with fewer rows than this go to the
     /// table's ingest buffer (their bytes in the Raft log) instead of
     /// stripes; 0: every file to stripes [default: 131072].
@@ -190,6 +193,8 @@ pub struct Config {
     pub buffer_file_rows: u64,
     /// Bytes of query results kept for repeats.
     pub result_cache_bytes: u64,
+    /// How long ended jobs are kept.
+    pub job_history: Duration,
     /// SWIM suspicion timeout.
     pub down_after: Duration,
     /// How long a voter may be down before it is replaced.
@@ -391,6 +396,13 @@ impl FileConfig {
                 .or(self.result_cache_mb)
                 .unwrap_or(256)
                 << 20,
+            job_history: Duration::from_secs(
+                flags
+                    .job_history_days
+                    .or(self.job_history_days)
+                    .unwrap_or(30)
+                    .saturating_mul(86_400),
+            ),
             buffer_file_rows: flags
                 .buffer_file_rows
                 .or(self.buffer_file_rows)

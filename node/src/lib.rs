@@ -22,6 +22,7 @@ pub mod data_dir;
 pub mod fragment;
 pub mod gauges;
 pub mod http;
+pub mod jobs;
 pub mod load_files;
 pub mod membership;
 pub mod peers;

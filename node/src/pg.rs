@@ -20,11 +20,11 @@ use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
 use pgwire::api::DEFAULT_NAME;
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, ServerParameterProvider, StartupHandler, finish_authentication,
     protocol_negotiation, save_startup_parameters_to_metadata,
 };
-use pgwire::api::{PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::messages::startup::Authentication;
 use quarry_common::roles::Role;
 use quarry_exec::privileges::SessionUser;
@@ -53,8 +53,11 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quarry_common::SqlState;
 use quarry_exec::QuarryStatement;
+use quarry_exec::jobs::StatementStats;
 use quarry_exec::session::SERVER_VERSION;
 use quarry_exec::{CommandTag, CopyIn, Engine, Output, Session};
+
+use crate::jobs::{JobHandle, JobStart, Jobs};
 use tokio::sync::Mutex;
 use tokio::sync::watch;
 
@@ -69,6 +72,7 @@ pub struct Frontend {
     cancels: Arc<Cancels>,
     running: Arc<RunningStatements>,
     slots: Arc<tokio::sync::Semaphore>,
+    jobs: Arc<Jobs>,
 }
 
 /// Cancel signals of the open connections, by the (process id, secret key) each
@@ -190,8 +194,14 @@ impl Frontend {
     /// A front end over `engine` running at most `query_slots` statements at
     /// once; the others wait for a slot, in arrival order (a cancel request or
     /// the statement timeout ends the wait).
-    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>, query_slots: usize) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: Arc<Authenticator>,
+        query_slots: usize,
+        jobs: Arc<Jobs>,
+    ) -> Arc<Self> {
         Arc::new(Frontend {
+            jobs,
             engine,
             auth,
             cancels: Arc::new(Cancels::default()),
@@ -214,7 +224,12 @@ impl Frontend {
             state: Arc::new(ConnectionState {
                 session: Mutex::new(self.engine.session()?),
                 copy: Mutex::new(None),
+                copy_job: Mutex::new(None),
+                jobs: self.jobs.clone(),
+                pid: std::sync::atomic::AtomicI32::new(0),
             }),
+            jobs: self.jobs.clone(),
+            backend: std::sync::Mutex::new(None),
             cancels: self.cancels.clone(),
             cancel: watch::channel(0).0,
             cancel_key: std::sync::Mutex::new(None),
@@ -245,6 +260,9 @@ pub struct Connection {
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
     login: std::sync::Mutex<Login>,
+    /// The node's jobs; this connection's backend record once logged in.
+    jobs: Arc<Jobs>,
+    backend: std::sync::Mutex<Option<crate::jobs::BackendGuard>>,
 }
 
 impl Drop for Connection {
@@ -265,6 +283,58 @@ pub struct ConnectionState {
     session: Mutex<Session>,
     /// The COPY FROM STDIN in progress, if any.
     copy: Mutex<Option<Box<CopyIn>>>,
+    /// Its job.
+    copy_job: Mutex<Option<(JobHandle, Arc<StatementStats>)>>,
+    /// The node's jobs (a statement that fails to parse is one too).
+    jobs: Arc<Jobs>,
+    /// The connection's process id (0 before login).
+    pid: std::sync::atomic::AtomicI32,
+}
+
+impl ConnectionState {
+    /// Records `text`, which failed before it could run, as an ended job.
+    fn failed_job(&self, session: &Session, text: &str, error: &PgWireError) {
+        let job = self.jobs.begin(
+            JobStart {
+                pid: self.pid.load(std::sync::atomic::Ordering::Relaxed),
+                user: session.user().name.clone(),
+                client: "pgwire",
+                query: text.to_owned(),
+                kind: ("UNKNOWN".to_owned(), None),
+            },
+            Arc::new(|| {}),
+        );
+        job.finish(Default::default(), None, Some(job_error(error)));
+    }
+
+    /// Parses and describes `sql` for the extended protocol.
+    async fn prepare(&self, session: &mut Session, sql: &str) -> PgWireResult<Option<Prepared>> {
+        let mut statements = session.parse(sql).map_err(|e| to_pg_error(&e))?;
+        if statements.len() > 1 {
+            return Err(to_pg_error(&quarry_exec::error::user_error(
+                SqlState::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            )));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(Some(Prepared {
+                statement: None,
+                text: String::new(),
+                params: Vec::new(),
+                schema: None,
+            }));
+        };
+        let (params, schema) = session
+            .describe(&statement)
+            .await
+            .map_err(|e| to_pg_error(&e))?;
+        Ok(Some(Prepared {
+            statement: Some(statement),
+            text: sql.trim().trim_end_matches(';').to_owned(),
+            params,
+            schema,
+        }))
+    }
 }
 
 /// pgwire's view of a [`Connection`].
@@ -391,8 +461,13 @@ fn rows_response(
     format: &Format,
     stop: StopSignal,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    job: Option<(JobHandle, Arc<StatementStats>)>,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
+    let stream = match job {
+        Some((job, stats)) => tracked(stream, job, stats),
+        None => stream,
+    };
     let row_fields = fields.clone();
     // The stream owns the query slot: it is freed when the last row is sent
     // or the stream is dropped (cancel, timeout, client gone).
@@ -416,7 +491,85 @@ fn rows_response(
     )))
 }
 
+/// `stream`, counting its rows into `job`, which ends with the stream (with
+/// its error, if it fails).
+fn tracked(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    job: JobHandle,
+    stats: Arc<StatementStats>,
+) -> datafusion::execution::SendableRecordBatchStream {
+    let schema = stream.schema();
+    let rows = stream::unfold(Some((stream, job, stats, 0u64)), |state| async move {
+        let (mut stream, job, stats, rows) = state?;
+        match stream.next().await {
+            Some(Ok(batch)) => {
+                let n = batch.num_rows() as u64;
+                job.rows(n);
+                Some((Ok(batch), Some((stream, job, stats, rows + n))))
+            }
+            Some(Err(e)) => {
+                let error = quarry_exec::Error::from_engine(e);
+                job.finish(
+                    stats.measured(),
+                    Some(rows),
+                    Some((error.sqlstate().code().to_owned(), error.to_string())),
+                );
+                Some((
+                    Err(datafusion::error::DataFusionError::External(Box::new(
+                        error,
+                    ))),
+                    None,
+                ))
+            }
+            None => {
+                job.finish(stats.measured(), Some(rows), None);
+                None
+            }
+        }
+    });
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rows))
+}
+
+/// `stream`, ending `job` when it ends (with its first error, if any).
+fn ended_with<T: Send + 'static>(
+    stream: BoxStream<'static, PgWireResult<T>>,
+    job: JobHandle,
+    stats: Arc<StatementStats>,
+) -> impl futures::Stream<Item = PgWireResult<T>> + Send + 'static {
+    stream::unfold(Some((stream, job, stats)), |state| async move {
+        let (mut stream, job, stats) = state?;
+        match stream.next().await {
+            Some(Ok(item)) => Some((Ok(item), Some((stream, job, stats)))),
+            Some(Err(e)) => {
+                job.finish(stats.measured(), None, Some(job_error(&e)));
+                Some((Err(e), None))
+            }
+            None => {
+                job.finish(stats.measured(), None, None);
+                None
+            }
+        }
+    })
+}
+
+/// A job's error: its SQLSTATE and message.
+fn job_error(e: &PgWireError) -> (String, String) {
+    match e {
+        PgWireError::UserError(info) => (info.code.clone(), info.message.clone()),
+        other => (
+            SqlState::INTERNAL_ERROR.code().to_owned(),
+            other.to_string(),
+        ),
+    }
+}
+
 impl Connection {
+    /// Stops this connection's running statement, as a cancel request does.
+    fn canceller(&self) -> crate::jobs::Canceller {
+        let cancel = self.cancel.clone();
+        Arc::new(move || cancel.send_modify(|generation| *generation += 1))
+    }
+
     /// A signal that fires when this connection gets a cancel request, or after
     /// `timeout_ms` (0: never).
     fn stop_signal(&self, timeout_ms: u64) -> StopSignal {
@@ -448,19 +601,31 @@ impl Connection {
     async fn run(
         &self,
         statement: QuarryStatement,
+        text: &str,
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
         let _running = self.running.enter();
         let session = self.state.session.lock().await;
         let stop = self.stop_signal(session.statement_timeout_ms());
+        let job = self.jobs.begin(
+            JobStart {
+                pid: self.state.pid.load(std::sync::atomic::Ordering::Relaxed),
+                user: session.user().name.clone(),
+                client: "pgwire",
+                query: text.to_owned(),
+                kind: quarry_exec::jobs::statement_type(&statement),
+            },
+            self.canceller(),
+        );
         // Wait for a query slot; it is held until the statement's rows have
         // been sent (or it fails, or is cancelled). Session commands (SET,
         // SHOW, BEGIN, COMMIT, DDL) run without one, so they never queue
         // behind long queries.
         if !takes_slot(&statement) {
+            job.started();
             return self
-                .execute(session, statement, params, format, stop, None)
+                .execute(session, statement, params, format, stop, None, job)
                 .await;
         }
         metrics::gauge!("quarry_statements_waiting_for_slot").increment(1.0);
@@ -468,21 +633,76 @@ impl Connection {
             slot = self.slots.clone().acquire_owned() => slot,
             reason = stop.clone() => {
                 metrics::gauge!("quarry_statements_waiting_for_slot").decrement(1.0);
-                return Err(reason.error());
+                let error = reason.error();
+                job.finish(Default::default(), None, Some(job_error(&error)));
+                return Err(error);
             }
         };
+        job.started();
         metrics::gauge!("quarry_statements_waiting_for_slot").decrement(1.0);
         let slot = slot.map_err(|_| {
             to_pg_error(&quarry_exec::Error::Internal(
                 "query slots closed".to_owned(),
             ))
         })?;
-        self.execute(session, statement, params, format, stop, Some(slot))
+        self.execute(session, statement, params, format, stop, Some(slot), job)
             .await
     }
 
-    /// Runs `statement` holding `slot` (if any) until its output is done.
+    /// Runs `statement` as `job`, holding `slot` (if any) until its output
+    /// is done; the job ends with the output.
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
+        &self,
+        session: tokio::sync::MutexGuard<'_, Session>,
+        statement: QuarryStatement,
+        params: Option<datafusion::common::ParamValues>,
+        format: &Format,
+        stop: StopSignal,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        job: JobHandle,
+    ) -> PgWireResult<Response> {
+        let mut job = Some(job);
+        let (response, stats) = self
+            .execute_as_job(session, statement, params, format, stop, slot, &mut job)
+            .await;
+        // A streamed output took the job: its stream ends it.
+        let Some(job) = job else {
+            return response;
+        };
+        match &response {
+            Err(e) => job.finish(stats.measured(), None, Some(job_error(e))),
+            Ok(Response::CopyIn(_)) => {
+                *self.state.copy_job.lock().await = Some((job, stats));
+            }
+            Ok(_) => job.finish(stats.measured(), None, None),
+        }
+        response
+    }
+
+    /// [`Self::execute`]'s work; `job` is moved into a rows stream (and
+    /// replaced by a finished placeholder) when the output streams.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_as_job(
+        &self,
+        session: tokio::sync::MutexGuard<'_, Session>,
+        statement: QuarryStatement,
+        params: Option<datafusion::common::ParamValues>,
+        format: &Format,
+        stop: StopSignal,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        job: &mut Option<JobHandle>,
+    ) -> (PgWireResult<Response>, Arc<StatementStats>) {
+        let stats = session.statement_stats();
+        let response = self
+            .execute_statement(session, statement, params, format, stop, slot, job)
+            .await;
+        (response, stats)
+    }
+
+    /// Runs `statement`; a streamed output takes `job` along.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_statement(
         &self,
         mut session: tokio::sync::MutexGuard<'_, Session>,
         statement: QuarryStatement,
@@ -490,6 +710,7 @@ impl Connection {
         format: &Format,
         stop: StopSignal,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        job: &mut Option<JobHandle>,
     ) -> PgWireResult<Response> {
         // A panic in one statement fails that statement (XX000), not the node or
         // the connection.
@@ -510,12 +731,31 @@ impl Connection {
             reason = stop.clone() => return Err(reason.error()),
         };
         let in_transaction = session.in_transaction();
-        match output.map_err(|e| to_pg_error(&e))? {
-            Output::Rows(stream) => rows_response(stream, format, stop, slot),
+        if let Some(job) = job.as_mut() {
+            job.set_in_transaction(in_transaction);
+        }
+        let stats = session.statement_stats();
+        let output = output.map_err(|e| to_pg_error(&e))?;
+        let streamed = matches!(
+            output,
+            Output::Rows(_) | Output::BinaryRows(_) | Output::CopyOut { .. }
+        );
+        if let (Output::Command(tag), Some(job)) = (&output, job.as_ref())
+            && let Some(rows) = tag.rows
+        {
+            job.rows(rows);
+        }
+        let job = if streamed {
+            job.take().map(|job| (job, stats))
+        } else {
+            None
+        };
+        match output {
+            Output::Rows(stream) => rows_response(stream, format, stop, slot, job),
             Output::BinaryRows(stream) if simple_protocol => {
-                rows_response(stream, &Format::UnifiedBinary, stop, slot)
+                rows_response(stream, &Format::UnifiedBinary, stop, slot, job)
             }
-            Output::BinaryRows(stream) => rows_response(stream, format, stop, slot),
+            Output::BinaryRows(stream) => rows_response(stream, format, stop, slot, job),
             // ROLLBACK TO SAVEPOINT is tagged ROLLBACK too, and the
             // transaction goes on.
             Output::Command(tag) => Ok(match tag.command.as_str() {
@@ -563,6 +803,10 @@ impl Connection {
                         }
                     })
                     .boxed();
+                let data = match job {
+                    Some((job, stats)) => ended_with(data, job, stats).boxed(),
+                    None => data,
+                };
                 // Cancel and statement_timeout stop a COPY TO as they stop
                 // a query.
                 let data = until_stopped(data, stop);
@@ -595,10 +839,6 @@ impl ServerParameterProvider for LoginParameters {
         parameters.server_parameters(client)
     }
 }
-
-/// Process ids and cancel keys of new connections.
-static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> =
-    std::sync::LazyLock::new(RandomPidSecretKeyGenerator::default);
 
 /// Where a connection's login stands.
 #[derive(Default)]
@@ -852,8 +1092,37 @@ impl Connection {
             .set_user(SessionUser::new(user, role.map(|r| r.id)));
         tracing::info!(address = %client.socket_addr(), user, "login");
         self.audit_login(client.socket_addr(), user, None);
-        let (pid, secret) = PIDS.generate(client);
+        let (pid, secret) = self.jobs.new_pid(client);
         client.set_pid_and_secret_key(pid, secret.clone());
+        self.state
+            .pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        let now = quarry_raft::now_micros();
+        let address = client.socket_addr();
+        let backend = quarry_exec::jobs::Backend {
+            pid,
+            node: self.jobs.node(),
+            user: user.to_owned(),
+            application_name: client
+                .metadata()
+                .get("application_name")
+                .cloned()
+                .unwrap_or_default(),
+            client_addr: Some(address.ip().to_string()),
+            client_port: Some(i32::from(address.port())),
+            backend_start_micros: now,
+            state: "idle".to_owned(),
+            query: String::new(),
+            query_start_micros: None,
+            state_change_micros: Some(now),
+            job_id: None,
+            waiting: false,
+        };
+        *self
+            .backend
+            .lock()
+            .expect("backend lock is never held across a panic") =
+            Some(self.jobs.connect(backend, self.canceller()));
         let key = (pid, secret.to_bytes());
         self.cancels.lock().insert(key.clone(), self.cancel.clone());
         *self
@@ -936,19 +1205,21 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = self
-            .state
-            .session
-            .lock()
-            .await
-            .parse(query)
-            .map_err(|e| to_pg_error(&e))?;
+        let statements = match quarry_exec::parser::parse_with_text(query) {
+            Ok(statements) => statements,
+            Err(e) => {
+                let error = to_pg_error(&e);
+                let session = self.state.session.lock().await;
+                self.state.failed_job(&session, query.trim(), &error);
+                return Err(error);
+            }
+        };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
         let mut responses = Vec::with_capacity(statements.len());
-        for statement in statements {
-            let response = self.run(statement, None, &Format::UnifiedText).await;
+        for (text, statement) in statements {
+            let response = self.run(statement, &text, None, &Format::UnifiedText).await;
             // NOTICEs go out as the statement ends, before the query's
             // responses (pgwire sends those after the last statement).
             self.send_notices(client).await?;
@@ -975,6 +1246,8 @@ impl SimpleQueryHandler for Connection {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     statement: Option<QuarryStatement>,
+    /// Its text, for the job history.
+    text: String,
     params: Vec<Option<DataType>>,
     schema: Option<SchemaRef>,
 }
@@ -993,29 +1266,11 @@ impl QueryParser for ConnectionState {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let mut session = self.session.lock().await;
-        let mut statements = session.parse(sql).map_err(|e| to_pg_error(&e))?;
-        if statements.len() > 1 {
-            return Err(to_pg_error(&quarry_exec::error::user_error(
-                SqlState::SYNTAX_ERROR,
-                "cannot insert multiple commands into a prepared statement",
-            )));
+        let result = self.prepare(&mut session, sql).await;
+        if let Err(e) = &result {
+            self.failed_job(&session, sql.trim(), e);
         }
-        let Some(statement) = statements.pop() else {
-            return Ok(Some(Prepared {
-                statement: None,
-                params: Vec::new(),
-                schema: None,
-            }));
-        };
-        let (params, schema) = session
-            .describe(&statement)
-            .await
-            .map_err(|e| to_pg_error(&e))?;
-        Ok(Some(Prepared {
-            statement: Some(statement),
-            params,
-            schema,
-        }))
+        result
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -1158,6 +1413,7 @@ impl ExtendedQueryHandler for Connection {
         let response = self
             .run(
                 statement.clone(),
+                &prepared.text,
                 Some(params),
                 &portal.result_column_format,
             )
@@ -1243,7 +1499,19 @@ impl CopyHandler for Connection {
                 "CopyDone without COPY in progress".to_owned(),
             ))));
         };
-        let tag = copy.finish().await.map_err(|e| to_pg_error(&e))?;
+        let job = self.state.copy_job.lock().await.take();
+        let tag = copy.finish().await;
+        if let Some((job, stats)) = job {
+            match &tag {
+                Ok(tag) => job.finish(stats.measured(), tag.rows, None),
+                Err(e) => job.finish(
+                    stats.measured(),
+                    None,
+                    Some((e.sqlstate().code().to_owned(), e.to_string())),
+                ),
+            }
+        }
+        let tag = tag.map_err(|e| to_pg_error(&e))?;
         client
             .send(PgWireBackendMessage::CommandComplete(CommandComplete::new(
                 format!("COPY {}", tag.rows.unwrap_or(0)),
@@ -1260,6 +1528,16 @@ impl CopyHandler for Connection {
     {
         // Dropping the copy deletes the data files it wrote.
         drop(self.state.copy.lock().await.take());
+        if let Some((job, stats)) = self.state.copy_job.lock().await.take() {
+            job.finish(
+                stats.measured(),
+                None,
+                Some((
+                    SqlState::QUERY_CANCELED.code().to_owned(),
+                    format!("COPY from stdin failed: {}", fail.message),
+                )),
+            );
+        }
         PgWireError::UserError(Box::new(ErrorInfo::new(
             "ERROR".to_owned(),
             SqlState::QUERY_CANCELED.code().to_owned(),

@@ -41,8 +41,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// datagrams with an HMAC tag; version 14: `SetExternalSource`; version 15:
 /// `skipped` in `Append` and `AppendBuffered`, `AppendPending`,
 /// `CommitPending`, `DiscardPending`; version 16: `CommitBuffered`,
-/// `SpillBuffered`), needs a new version.
-pub const WIRE_VERSION: u8 = 16;
+/// `SpillBuffered`; version 17: fragment reports carry their cost, and the
+/// job and backend requests), needs a new version.
+pub const WIRE_VERSION: u8 = 17;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -114,6 +115,8 @@ pub enum RpcRequest {
         /// End of the range (exclusive).
         end_bytes: u64,
     },
+    /// The node's jobs and backends, and cancels ([`crate::jobs`]).
+    Jobs(crate::jobs::JobRequest),
 }
 
 /// A metadata error sent back to the node that forwarded a request: each
@@ -214,6 +217,8 @@ pub enum RpcResponse {
     },
     /// Answer to `Exchange`.
     Exchange(quarry_exec::distributed::ExchangeResponse),
+    /// Answer to `Jobs`.
+    Jobs(crate::jobs::JobResponse),
     /// The peer could not serve the request (its error, as text).
     Failed(String),
     /// Answer to `PutChunk`, `GetChunk` or `GetChunkRange`: the peer's chunk
@@ -927,7 +932,8 @@ mod tests {
             | C::CommitBuffered { .. }
             | C::SpillBuffered { .. } => {}
         }
-        const _: () = assert!(WIRE_VERSION == 16, "update the list above");
+        // Version 17 changed no command (fragment reports and job requests).
+        const _: () = assert!(WIRE_VERSION == 17, "update the list above");
     }
 
     #[tokio::test]

@@ -330,6 +330,18 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     engine.set_audit_log(Arc::new(crate::audit::FileAuditLog::open(
         &data_dir.path().join("audit.jsonl"),
     )?));
+    let jobs = crate::jobs::Jobs::open(
+        node_id,
+        &data_dir.path().join("jobs.redb"),
+        config.job_history,
+    )?;
+    let cluster_jobs = Arc::new(crate::jobs::ClusterJobs::new(
+        jobs.clone(),
+        view.clone(),
+        transport.clone(),
+    ));
+    engine.set_job_source(cluster_jobs.clone());
+    let job_keeper = tokio::spawn(jobs.clone().keep());
     let (queries, _) = Actor::spawn(
         None,
         QueryManager,
@@ -350,6 +362,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             membership.clone(),
             transport.clone(),
             queries.clone(),
+            jobs.clone(),
         )),
         tls.clone(),
     ));
@@ -377,7 +390,12 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         AuthMode::Scram
     };
     let auth = Authenticator::new(mode, tls.clone());
-    let frontend = Frontend::new(engine.clone(), auth.clone(), config.query_slots);
+    let frontend = Frontend::new(
+        engine.clone(),
+        auth.clone(),
+        config.query_slots,
+        jobs.clone(),
+    );
     let compaction_engine = engine.clone();
     let gauge_sources = crate::gauges::Sources {
         engine: engine.clone(),
@@ -498,6 +516,10 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     compactor.abort();
     gauges.abort();
     duties.abort();
+    job_keeper.abort();
+    if let Err(e) = jobs.write_ended() {
+        tracing::warn!(error = %e, "cannot write the job history");
+    }
     rpc_server.abort();
     // Ends every fragment still held for other nodes' queries.
     queries.stop(Some("the node is shutting down".to_owned()));

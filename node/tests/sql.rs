@@ -990,3 +990,108 @@ async fn result_columns_may_share_a_name_as_in_postgresql() {
         .expect("values");
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (1, 2));
 }
+
+/// One job of `quarry_system.jobs` by its exact text: (bytes processed,
+/// cache hit, rows, error SQLSTATE, state, referenced tables).
+async fn job_of(
+    client: &tokio_postgres::Client,
+    query: &str,
+) -> (i64, bool, i64, Option<String>, String, String) {
+    let row = client
+        .query_one(
+            "SELECT total_bytes_processed::bigint, cache_hit, row_count::bigint, error_sqlstate, \
+                    state, array_to_string(referenced_tables, ',') \
+             FROM quarry_system.jobs WHERE query = $1 ORDER BY creation_time DESC LIMIT 1",
+            &[&query],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the job of {query}: {e}"));
+    (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    )
+}
+
+#[tokio::test]
+async fn every_statement_is_a_job_with_the_bytes_its_scans_read_kept_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE events (id BIGINT NOT NULL, note TEXT);
+             INSERT INTO events SELECT v, md5(v::text) FROM generate_series(1, 5000) AS g(v);
+             INSERT INTO events SELECT v, md5(v::text) FROM generate_series(5001, 10000) AS g(v);
+             INSERT INTO events SELECT v, md5(v::text) FROM generate_series(10001, 15000) AS g(v);
+             INSERT INTO events SELECT v, md5(v::text) FROM generate_series(15001, 20000) AS g(v);",
+        )
+        .await
+        .expect("four inserts, four data files");
+    let table_bytes: i64 = client
+        .query_one(
+            "SELECT (size_bytes + buffered_bytes)::bigint FROM quarry_system.tables \
+             WHERE table_name = 'events'",
+            &[],
+        )
+        .await
+        .expect("table bytes")
+        .get(0);
+    // A full scan processes every data file's bytes; a pruned one a quarter.
+    let all = "SELECT count(*), max(note) FROM events";
+    client.query_one(all, &[]).await.expect("all");
+    let pruned = "SELECT count(*), max(note) FROM events WHERE id > 19000";
+    client.query_one(pruned, &[]).await.expect("pruned");
+    let (all_bytes, hit, rows, error, state, tables) = job_of(&client, all).await;
+    assert_eq!(all_bytes, table_bytes);
+    assert_eq!((hit, rows, error, state.as_str()), (false, 1, None, "DONE"));
+    assert!(tables.ends_with("events"), "{tables}");
+    let pruned_bytes = job_of(&client, pruned).await.0;
+    assert!(
+        pruned_bytes > 0 && pruned_bytes * 3 < all_bytes,
+        "{pruned_bytes} of {all_bytes}"
+    );
+    // A repeat is a cache hit that processes nothing; now() is never cached.
+    client.query_one(all, &[]).await.expect("again");
+    let (repeat_bytes, repeat_hit, ..) = job_of(&client, all).await;
+    assert_eq!((repeat_bytes, repeat_hit), (0, true));
+    let clock = "SELECT max(note), now() FROM events";
+    client.query_one(clock, &[]).await.expect("now");
+    client.query_one(clock, &[]).await.expect("now again");
+    let (clock_bytes, clock_hit, ..) = job_of(&client, clock).await;
+    assert_eq!((clock_bytes, clock_hit), (table_bytes, false));
+    // An INSERT into the table makes the next run miss.
+    client
+        .batch_execute("INSERT INTO events VALUES (20001, 'x')")
+        .await
+        .expect("insert");
+    client.query_one(all, &[]).await.expect("after insert");
+    let (after, hit, ..) = job_of(&client, all).await;
+    assert!(!hit && after > table_bytes, "{after} {hit}");
+    let (_, _, inserted, ..) = job_of(&client, "INSERT INTO events VALUES (20001, 'x')").await;
+    assert_eq!(inserted, 1);
+    // A failed statement is a job with its SQLSTATE.
+    let missing = "SELECT * FROM no_such_table";
+    client.query(missing, &[]).await.expect_err("no table");
+    let (_, _, _, error, state, _) = job_of(&client, missing).await;
+    assert_eq!((error.as_deref(), state.as_str()), (Some("42P01"), "DONE"));
+    // The statement reading the jobs is itself RUNNING while it reads them.
+    let running: String = client
+        .query_one(
+            "SELECT state FROM quarry_system.jobs WHERE query LIKE '%running-marker%' AND state <> 'DONE'",
+            &[],
+        )
+        .await
+        .expect("itself")
+        .get(0);
+    assert_eq!(running, "RUNNING");
+    // Kept across a restart.
+    drop(client);
+    assert!(node.terminate().success());
+    node.restart().await;
+    let client = node.client().await;
+    assert_eq!(job_of(&client, pruned).await.0, pruned_bytes);
+}

@@ -350,6 +350,7 @@ impl Fragment {
             rows_sent: self.rows_sent,
             bytes_sent: self.bytes_sent,
             elapsed_ms: self.last_sent.duration_since(self.started).as_millis() as u64,
+            cost: crate::jobs::plan_cost(&self.plan),
             plan: DisplayableExecutionPlan::with_metrics(self.plan.as_ref())
                 .indent(true)
                 .to_string(),

@@ -158,6 +158,8 @@ pub struct FragmentReport {
     pub bytes_sent: u64,
     /// Milliseconds from its start to its last batch sent.
     pub elapsed_ms: u64,
+    /// Its operators' time and spilled bytes so far.
+    pub cost: crate::jobs::Cost,
     /// Its plan with DataFusion's metrics per operator.
     pub plan: String,
 }

@@ -356,25 +356,42 @@ impl DistributedPlan {
         Started(guard, senders): Started,
         ctx: Arc<TaskContext>,
         runtime: Option<&tokio::runtime::Handle>,
+        stats: Arc<crate::jobs::StatementStats>,
     ) -> DfResult<SendableRecordBatchStream> {
         // Watched before the first fetch can fail.
         let failures = self.cluster.watch_failures(self.query);
         let stream = crate::runtime::execute_stream(runtime, self.root.clone(), ctx)?;
+        let stream = crate::jobs::costed(stream, self.root.clone(), stats.clone());
         let schema = stream.schema();
+        let fragments = Fragments {
+            cluster: self.cluster.clone(),
+            query: self.query,
+            nodes: self.nodes(),
+        };
         // The first error ends the query, whether it comes up through the
         // root's operators or straight from a failed fetch (which the
         // operators may not poll for a while): stop every fragment now
-        // rather than when the client drops the stream.
+        // rather than when the client drops the stream. At the end, the
+        // fragments' cost is added to the statement's before they stop.
         let stream = futures::stream::unfold(
-            Some((stream, failures, guard, senders)),
+            Some((stream, failures, guard, senders, fragments, stats)),
             |state| async move {
-                let (mut stream, mut failures, guard, senders) = state?;
+                let (mut stream, mut failures, guard, senders, fragments, stats) = state?;
                 let batch = tokio::select! {
                     biased;
-                    error = failures.failed() => Err(error),
-                    batch = stream.next() => batch?,
+                    error = failures.failed() => Some(Err(error)),
+                    batch = stream.next() => batch,
                 };
-                let next = batch.is_ok().then_some((stream, failures, guard, senders));
+                let Some(batch) = batch else {
+                    for report in fragments.reports().await {
+                        stats.add_cost(report.cost);
+                    }
+                    drop((guard, senders));
+                    return None;
+                };
+                let next = batch
+                    .is_ok()
+                    .then_some((stream, failures, guard, senders, fragments, stats));
                 Some((batch, next))
             },
         );
@@ -397,14 +414,13 @@ impl DistributedPlan {
         while let Some(batch) = stream.next().await {
             rows += batch?.num_rows();
         }
-        let mut reports = Vec::new();
-        for node in self.nodes() {
-            let request = ExchangeRequest::Metrics { query: self.query };
-            match self.cluster.call(node, request).await {
-                Ok(ExchangeResponse::Metrics(r)) => reports.extend(r),
-                other => tracing::warn!(node, ?other, "no metrics of the query's fragments"),
-            }
+        let reports = Fragments {
+            cluster: self.cluster.clone(),
+            query: self.query,
+            nodes: self.nodes(),
         }
+        .reports()
+        .await;
         drop((guard, senders));
         Ok((rows, reports))
     }
@@ -471,6 +487,35 @@ impl DistributedPlan {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// Where a query's fragments run, to ask for their reports.
+struct Fragments {
+    cluster: Arc<Cluster>,
+    query: QueryId,
+    nodes: BTreeSet<NodeId>,
+}
+
+impl Fragments {
+    /// What every node reports of its fragments of the query so far (a node
+    /// that does not answer is left out).
+    async fn reports(&self) -> Vec<FragmentReport> {
+        let asks = self.nodes.iter().map(|&node| async move {
+            let request = ExchangeRequest::Metrics { query: self.query };
+            match self.cluster.call(node, request).await {
+                Ok(ExchangeResponse::Metrics(r)) => r,
+                other => {
+                    tracing::warn!(node, ?other, "no metrics of the query's fragments");
+                    Vec::new()
+                }
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// A distributed query's fragments, started, and the root's dynamic filter

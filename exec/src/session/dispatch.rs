@@ -71,8 +71,9 @@ impl Session {
                 let Ok(started) = start().await else {
                     return Ok(here());
                 };
+                self.stats.scans(&physical);
                 let stream = distributed
-                    .execute(started, ctx, self.engine.runtime())
+                    .execute(started, ctx, self.engine.runtime(), self.stats.clone())
                     .map_err(Error::from_engine)?;
                 return Ok(Dispatch::Distributed(Output::Rows(stream)));
             }
@@ -85,10 +86,14 @@ impl Session {
                 let Ok(fragments) = start().await else {
                     return Ok(here());
                 };
+                self.stats.scans(&physical);
                 let (count, reports) = distributed
                     .analyze(fragments, ctx, self.engine.runtime())
                     .await
                     .map_err(Error::from_engine)?;
+                for report in &reports {
+                    self.stats.add_cost(report.cost);
+                }
                 vec![(
                     "Plan with Metrics",
                     format!(
@@ -125,8 +130,14 @@ impl Session {
         &self,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<SendableRecordBatchStream> {
-        crate::runtime::execute_stream(self.engine.runtime(), plan, self.ctx.task_ctx())
-            .map_err(Error::from_engine)
+        self.stats.scans(&plan);
+        let stream = crate::runtime::execute_stream(
+            self.engine.runtime(),
+            plan.clone(),
+            self.ctx.task_ctx(),
+        )
+        .map_err(Error::from_engine)?;
+        Ok(crate::jobs::costed(stream, plan, self.stats.clone()))
     }
 
     /// `plan`'s rows, its operators run on the engine's execution runtime.
@@ -141,7 +152,9 @@ impl Session {
             .create_physical_plan()
             .await
             .map_err(Error::from_engine)?;
-        crate::runtime::execute_stream(self.engine.runtime(), plan, context)
-            .map_err(Error::from_engine)
+        self.stats.scans(&plan);
+        let stream = crate::runtime::execute_stream(self.engine.runtime(), plan.clone(), context)
+            .map_err(Error::from_engine)?;
+        Ok(crate::jobs::costed(stream, plan, self.stats.clone()))
     }
 }
