@@ -2207,6 +2207,23 @@ pub fn rewrite_postgres_forms(statement: &mut Statement) {
         // `FROM [pg_catalog.]unnest(...)` parsed as a table function (psql's
         // \d+ writes it so): unnest is a table factor of its own to DataFusion.
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            // pg_catalog's tables Quarry adds to the crate's are found
+            // unqualified too (pg_catalog comes first in PostgreSQL's
+            // search path).
+            if let TableFactor::Table {
+                name, args: None, ..
+            } = factor
+                && let [part] = name.0.as_slice()
+                && part.as_ident().is_some_and(|i| {
+                    i.quote_style.is_none()
+                        && i.value.eq_ignore_ascii_case(crate::pg_activity::NAME)
+                })
+            {
+                *name = ObjectName(vec![
+                    ast::ObjectNamePart::Identifier(Ident::new("pg_catalog")),
+                    ast::ObjectNamePart::Identifier(Ident::new(crate::pg_activity::NAME)),
+                ]);
+            }
             if let TableFactor::Table {
                 name,
                 args: Some(args),

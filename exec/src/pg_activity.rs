@@ -210,17 +210,20 @@ impl AsyncScalarUDFImpl for CancelBackend {
             }
         };
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let pids = datafusion::common::cast::as_int32_array(&arrays[0])?;
+        let pids = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let pids = datafusion::common::cast::as_int64_array(&pids)?;
         let mut out = BooleanBuilder::with_capacity(pids.len());
         for pid in pids {
-            match pid {
+            match pid.and_then(|pid| i32::try_from(pid).ok()) {
                 Some(pid) => out.append_value(
                     source
                         .cancel_backend(pid, &viewer)
                         .await
                         .map_err(|e| DataFusionError::External(Box::new(e)))?,
                 ),
-                None => out.append_null(),
+                None if pid.is_none() => out.append_null(),
+                // Not a process id PostgreSQL could have given.
+                None => out.append_value(false),
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
@@ -232,7 +235,7 @@ pub fn register(ctx: &SessionContext, catalog: &Arc<QuarryCatalog>, role: Option
     let cancel = CancelBackend {
         catalog: Arc::downgrade(catalog),
         role,
-        signature: Signature::exact(vec![DataType::Int32], Volatility::Volatile),
+        signature: Signature::uniform(1, vec![DataType::Int64], Volatility::Volatile),
     };
     ctx.register_udf(AsyncScalarUDF::new(Arc::new(cancel)).into_scalar_udf());
 }

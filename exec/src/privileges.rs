@@ -333,19 +333,24 @@ impl Access {
             .or_else(|| self.table_object(&self.pinned, &schema, &name))
         else {
             // Not a table or view of Quarry's (pg_catalog and the like).
-            return self.check_system(role, &schema);
+            return self.check_system(role, &schema, &name);
         };
         self.require_as(role, &Securable::Schema(schema), Privileges::USAGE)?;
         self.require_as(role, &object, wanted)
     }
 
     /// System relations: pg_catalog and information_schema are everyone's;
-    /// quarry_system is for superusers (it shows every session's statements).
-    fn check_system(&self, role: Option<RoleId>, schema: &str) -> Result<()> {
+    /// quarry_system is for superusers (it shows every session's
+    /// statements), but for `quarry_system.jobs`, where a role sees its own
+    /// jobs (BigQuery's `INFORMATION_SCHEMA.JOBS_BY_USER`).
+    fn check_system(&self, role: Option<RoleId>, schema: &str, name: &str) -> Result<()> {
         let Some(role) = role else {
             return Ok(());
         };
-        if schema == crate::system::SYSTEM_SCHEMA && !self.latest.is_superuser(role) {
+        if schema == crate::system::SYSTEM_SCHEMA
+            && name != crate::system::JOBS
+            && !self.latest.is_superuser(role)
+        {
             return Err(denied(format!("permission denied for schema {schema}")));
         }
         Ok(())
@@ -382,8 +387,8 @@ impl Access {
             let owner = self.require_view(role, &schema, &name)?;
             return self.check_plan_at(owner, view.logical_plan(), depth + 1);
         }
-        let (schema, _) = self.resolve(&scan.table_name);
-        self.check_system(role, &schema)
+        let (schema, name) = self.resolve(&scan.table_name);
+        self.check_system(role, &schema, &name)
     }
 
     /// Checks a definition before it is proposed and returns it as it should

@@ -49,7 +49,8 @@ const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
 const AUDIT: &str = "audit";
 const ACCESS_TOKENS: &str = "access_tokens";
-const JOBS: &str = "jobs";
+/// `quarry_system.jobs`, the one system table every role may read (its own rows).
+pub const JOBS: &str = "jobs";
 /// The tables of the system schema.
 pub const NAMES: [&str; 7] = [
     ACCESS_TOKENS,

@@ -255,6 +255,7 @@ impl Jobs {
             pid: start.pid,
             ended: false,
             in_transaction: false,
+            stats: None,
         }
     }
 
@@ -460,9 +461,15 @@ pub struct JobHandle {
     pid: i32,
     ended: bool,
     in_transaction: bool,
+    stats: Option<Arc<quarry_exec::jobs::StatementStats>>,
 }
 
 impl JobHandle {
+    /// What the engine measures of the statement, for an end by drop.
+    pub fn measure(&mut self, stats: Arc<quarry_exec::jobs::StatementStats>) {
+        self.stats = Some(stats);
+    }
+
     /// The job's id.
     pub fn id(&self) -> &str {
         &self.job_id
@@ -515,8 +522,12 @@ impl JobHandle {
 impl Drop for JobHandle {
     fn drop(&mut self) {
         if !self.ended {
+            let measured = self.stats.as_ref().map(|s| s.measured());
             self.jobs
                 .end(&self.job_id, self.pid, self.in_transaction, |r| {
+                    if let Some(measured) = measured {
+                        r.measured(measured);
+                    }
                     r.error_sqlstate = Some(SqlState::QUERY_CANCELED.code().to_owned());
                     r.error_message =
                         Some("the statement ended before its rows were all sent".to_owned());
@@ -777,6 +788,10 @@ impl JobSource for ClusterJobs {
             )
         };
         let node = node_of(job_id).ok_or_else(unknown)?;
+        if node != self.local.node && self.view.addr_of(node).is_none() {
+            // No such node: no such job.
+            return Err(unknown());
+        }
         let request = JobRequest::CancelJob {
             job_id: job_id.to_owned(),
             viewer: viewer.clone(),

@@ -731,10 +731,11 @@ impl Connection {
             reason = stop.clone() => return Err(reason.error()),
         };
         let in_transaction = session.in_transaction();
+        let stats = session.statement_stats();
         if let Some(job) = job.as_mut() {
             job.set_in_transaction(in_transaction);
+            job.measure(stats.clone());
         }
-        let stats = session.statement_stats();
         let output = output.map_err(|e| to_pg_error(&e))?;
         let streamed = matches!(
             output,

@@ -485,3 +485,117 @@ async fn cancel_stops_fragments_everywhere_and_a_dead_node_fails_the_query_retry
     );
     all_stopped(&nodes[..2]).await;
 }
+
+/// The running statement whose text contains `marker`, as node `observer`
+/// sees it in pg_stat_activity: (pid, job id).
+async fn running_backend(observer: &Client, marker: &str) -> (i32, String) {
+    let waiting = Instant::now();
+    loop {
+        let rows = observer
+            .query(
+                "SELECT pid, job_id FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%' || $1 || '%' \
+                 AND query NOT LIKE '%pg_stat_activity%'",
+                &[&marker],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let Some(row) = rows.first() {
+            return (row.get(0), row.get(1));
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "no active backend runs {marker}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_is_cancelled_from_any_node_and_its_job_is_seen_from_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = loaded_cluster(dir.path()).await;
+    let client = tpch_client(&nodes[0]).await;
+    let second = nodes[1].client().await;
+    let third = nodes[2].client().await;
+    for (round, canceller) in ["pg_cancel_backend", "CANCEL JOB"].iter().enumerate() {
+        let marker = format!("round {round}");
+        let query = format!("{LONG} /* {marker} */");
+        let running = tokio::spawn({
+            let client = tpch_client(&nodes[0]).await;
+            async move { (client.simple_query(&query).await, client) }
+        });
+        // Node 2 sees the statement running on node 1 and its job.
+        let (pid, job_id) = running_backend(&second, &marker).await;
+        assert!(job_id.starts_with("1-"), "{job_id}");
+        let state: String = third
+            .query_one(
+                "SELECT state FROM quarry_system.jobs WHERE job_id = $1",
+                &[&job_id],
+            )
+            .await
+            .expect("the running job from node 3")
+            .get(0);
+        assert_eq!(state, "RUNNING");
+        if round == 0 {
+            let cancelled: bool = second
+                .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])
+                .await
+                .expect("pg_cancel_backend")
+                .get(0);
+            assert!(cancelled);
+        } else {
+            third
+                .batch_execute(&format!("CANCEL JOB '{job_id}'"))
+                .await
+                .expect("CANCEL JOB");
+        }
+        let (result, _client) = tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .unwrap_or_else(|_| panic!("{canceller} did not stop the statement"))
+            .expect("task");
+        let error = result.expect_err("cancelled");
+        assert_eq!(sqlstate(&error), "57014", "{canceller}: {error:?}");
+        all_stopped(&nodes).await;
+        // The ended job, with what it read and did, from every node.
+        for node in [&client, &second, &third] {
+            let row = node
+                .query_one(
+                    "SELECT state, error_sqlstate, total_bytes_processed::bigint, \
+                            total_slot_ms::bigint, statement_type \
+                     FROM quarry_system.jobs WHERE job_id = $1",
+                    &[&job_id],
+                )
+                .await
+                .expect("the ended job");
+            assert_eq!(row.get::<_, String>(0), "DONE");
+            assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("57014"));
+            assert!(row.get::<_, i64>(2) > 0, "bytes processed");
+            assert_eq!(row.get::<_, String>(4), "SELECT");
+        }
+        // Cancelling it again: it is not running (55000).
+        let error = third
+            .batch_execute(&format!("CANCEL JOB '{job_id}'"))
+            .await
+            .expect_err("not running");
+        assert_eq!(sqlstate(&error), "55000", "{error:?}");
+    }
+    // Slot time of a distributed query counts every node's operators.
+    let done = "SELECT count(*) FROM lineitem a JOIN orders o ON a.l_orderkey = o.o_orderkey";
+    text(&client, done).await;
+    let slot_ms: i64 = second
+        .query_one(
+            "SELECT total_slot_ms::bigint FROM quarry_system.jobs WHERE query = $1",
+            &[&done],
+        )
+        .await
+        .expect("the join's job")
+        .get(0);
+    assert!(slot_ms > 0, "{slot_ms}");
+    // An unknown job, and another role's.
+    let error = third
+        .batch_execute("CANCEL JOB '9-abc'")
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&error), "42704", "{error:?}");
+}

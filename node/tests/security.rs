@@ -1036,3 +1036,68 @@ async fn a_cached_result_is_served_only_after_the_privileges_are_checked_again()
     );
     assert_eq!(hits().await, before + 1.0);
 }
+
+async fn alices_jobs(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM quarry_system.jobs WHERE query = 'SELECT ''alice was here'''",
+            &[],
+        )
+        .await
+        .expect("jobs")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_role_sees_and_cancels_its_own_jobs_and_a_superuser_everyone_s() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_secure(&dir.path().join("n1"), SUPERUSER_PASSWORD, &[]).await;
+    let admin = node.client().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE alice LOGIN PASSWORD 'pw'; CREATE ROLE bob LOGIN PASSWORD 'pw';",
+        )
+        .await
+        .expect("setup");
+    let alice = login(&node, "alice", "pw").await.expect("alice");
+    let bob = login(&node, "bob", "pw").await.expect("bob");
+    alice
+        .simple_query("SELECT 'alice was here'")
+        .await
+        .expect("alice's query");
+    assert_eq!(alices_jobs(&alice).await, 1);
+    assert_eq!(alices_jobs(&bob).await, 0, "bob does not see alice's jobs");
+    assert_eq!(alices_jobs(&admin).await, 1, "a superuser sees every job");
+    // Bob sees alice's backend without its query, and may not cancel it.
+    let (pid, query): (i32, String) = {
+        let row = bob
+            .query_one(
+                "SELECT pid, query FROM pg_stat_activity WHERE usename = 'alice'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(query, "<insufficient privilege>");
+    let job_id: String = admin
+        .query_one(
+            "SELECT job_id FROM quarry_system.jobs WHERE user_name = 'alice' LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("alice's job")
+        .get(0);
+    let error = bob
+        .batch_execute(&format!("CANCEL JOB '{job_id}'"))
+        .await
+        .expect_err("not bob's");
+    assert_eq!(sqlstate(&error), "42501", "{error:?}");
+    // Alice is idle: there is nothing to cancel, which is not an error.
+    let cancelled: bool = admin
+        .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])
+        .await
+        .expect("cancel idle")
+        .get(0);
+    assert!(!cancelled);
+}
