@@ -42,6 +42,8 @@ pub struct HttpState {
     pub network: tokio::runtime::Handle,
     /// Largest streaming API request body, in bytes.
     pub stream_body_limit: usize,
+    /// The query API (None: not served).
+    pub queries: Option<Arc<crate::query_api::QueryApi>>,
 }
 
 /// The address an HTTPS request came from (an extension of each request on
@@ -182,6 +184,15 @@ pub fn router(state: HttpState) -> Router {
             "/v1/tables/{table}/commit",
             axum::routing::post(crate::stream_api::commit_batch),
         )
+        .route(
+            "/v1/queries",
+            axum::routing::post(crate::query_api::post_query),
+        )
+        .route(
+            "/v1/jobs/{job}",
+            get(crate::query_api::get_job).delete(crate::query_api::cancel_job),
+        )
+        .route("/v1/jobs/{job}/results", get(crate::query_api::get_results))
         .with_state(state)
 }
 

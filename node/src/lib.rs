@@ -27,6 +27,7 @@ pub mod load_files;
 pub mod membership;
 pub mod peers;
 pub mod pg;
+pub mod query_api;
 pub mod query_manager;
 pub mod raft_network;
 pub mod rpc;

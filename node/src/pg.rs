@@ -210,6 +210,12 @@ impl Frontend {
         })
     }
 
+    /// The node's query slots, which the HTTP query API's statements take
+    /// too.
+    pub fn slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.slots.clone()
+    }
+
     /// Statements executing now.
     pub fn running(&self) -> &RunningStatements {
         &self.running

@@ -429,6 +429,12 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             engine,
             network: tokio::runtime::Handle::current(),
             stream_body_limit: config.stream_body_limit_bytes,
+            queries: Some(crate::query_api::QueryApi::new(
+                jobs.clone(),
+                cluster_jobs.clone(),
+                data_dir.path().join("results"),
+                frontend.slots(),
+            )?),
         }),
         tls.clone(),
     )?;

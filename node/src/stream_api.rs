@@ -47,7 +47,7 @@ pub struct OffsetQuery {
 }
 
 /// A JSON error answer; `next_offset` added when known.
-fn error(
+pub(crate) fn error(
     status: StatusCode,
     code: &str,
     message: impl Into<String>,
@@ -64,7 +64,7 @@ fn error(
 }
 
 /// The HTTP status of an engine error, by its SQLSTATE's class.
-fn status_of(state: SqlState) -> StatusCode {
+pub(crate) fn status_of(state: SqlState) -> StatusCode {
     let code = state.code();
     match code {
         "42P01" | "3F000" | "42704" => StatusCode::NOT_FOUND,
@@ -78,7 +78,7 @@ fn status_of(state: SqlState) -> StatusCode {
     }
 }
 
-fn engine_error(e: &quarry_exec::Error) -> Response {
+pub(crate) fn engine_error(e: &quarry_exec::Error) -> Response {
     let state = e.sqlstate();
     let detail = match e {
         quarry_exec::Error::User { detail, .. } => detail.clone(),
@@ -90,7 +90,7 @@ fn engine_error(e: &quarry_exec::Error) -> Response {
 /// The session user of a request: its login, or `quarry` (every check
 /// passes) on an `--insecure` node.
 #[allow(clippy::result_large_err)]
-fn user_of(
+pub(crate) fn user_of(
     state: &HttpState,
     peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,

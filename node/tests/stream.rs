@@ -839,3 +839,171 @@ async fn a_pending_channel_left_for_seven_days_is_discarded_and_a_younger_one_ke
     assert_eq!(status, 200, "{answer}");
     assert_eq!(count(&node, "ev").await, 4);
 }
+
+/// A JSON call of the query API: status and body.
+async fn api(method: &str, url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let (status, _, answer) =
+        support::node::http_call(method, url, &[("Content-Type", "application/json")], &body).await;
+    let json = serde_json::from_slice(&answer)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}: {}", String::from_utf8_lossy(&answer)));
+    (status, json)
+}
+
+#[tokio::test]
+async fn the_query_api_pages_a_million_rows_exactly_and_cancels_and_reports_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let base = format!("http://127.0.0.1:{}", node.http_port);
+    let sql = "SELECT v, v * 2 AS w FROM generate_series(1, 1000000) AS g(v) ORDER BY v";
+    let (status, first) = api(
+        "POST",
+        &format!("{base}/v1/queries"),
+        &serde_json::json!({"sql": sql, "timeout_ms": 60000, "max_rows": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["state"], "DONE");
+    assert_eq!(first["total_rows"], 1_000_000);
+    assert_eq!(first["schema"][1]["name"], "w");
+    assert_eq!(first["rows"][4], serde_json::json!(["5", "10"]));
+    assert_eq!(first["next_page_token"], "5");
+    let job = first["job_id"].as_str().expect("job id").to_owned();
+    // Every page, in order: exactly the query's rows.
+    let mut token = Some("5".to_owned());
+    let mut next_v = 6u64;
+    while let Some(from) = token {
+        let (status, page) = api(
+            "GET",
+            &format!("{base}/v1/jobs/{job}/results?page_token={from}&max_rows=100000"),
+            &serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        for row in page["rows"].as_array().expect("rows") {
+            let v = next_v.to_string();
+            let w = (next_v * 2).to_string();
+            assert_eq!(row, &serde_json::json!([v, w]));
+            next_v += 1;
+        }
+        token = page["next_page_token"].as_str().map(str::to_owned);
+    }
+    assert_eq!(next_v, 1_000_001);
+    // The last rows as Arrow IPC.
+    let (status, head, bytes) = support::node::http_call(
+        "GET",
+        &format!("{base}/v1/jobs/{job}/results?page_token=999990&max_rows=100"),
+        &[("Accept", "application/vnd.apache.arrow.stream")],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("x-next-page-token"),
+        "{head}"
+    );
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(&bytes[..], None)
+        .expect("an Arrow stream");
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 10);
+    // The job's statistics, from GET and from SQL.
+    let (status, got) = api(
+        "GET",
+        &format!("{base}/v1/jobs/{job}"),
+        &serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["statistics"]["row_count"], 1_000_000);
+    assert_eq!(got["client"], "http");
+    let client = node.client().await;
+    let (state, rows) = {
+        let row = client
+            .query_one(
+                "SELECT state, row_count::bigint FROM quarry_system.jobs WHERE job_id = $1",
+                &[&job],
+            )
+            .await
+            .expect("the API's job in SQL");
+        (row.get::<_, String>(0), row.get::<_, i64>(1))
+    };
+    assert_eq!((state.as_str(), rows), ("DONE", 1_000_000));
+    // Errors carry the SQLSTATE.
+    let (status, failed) = api(
+        "POST",
+        &format!("{base}/v1/queries"),
+        &serde_json::json!({"sql": "SELECT * FROM nowhere"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &failed["error"]["code"]),
+        (404, &serde_json::json!("42P01"))
+    );
+    let (status, _, _) = support::node::http_call(
+        "POST",
+        &format!("{base}/v1/queries"),
+        &[("Content-Type", "application/json")],
+        b"{\"query\": 1}",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = api(
+        "GET",
+        &format!("{base}/v1/jobs/1-ffff"),
+        &serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A long job returns RUNNING, and DELETE cancels it.
+    let (status, running) = api(
+        "POST",
+        &format!("{base}/v1/queries"),
+        &serde_json::json!({
+            "sql": "SELECT count(*) FROM generate_series(1, 10000000000) AS g(v) WHERE v % 7 = 3",
+            "timeout_ms": 300
+        }),
+    )
+    .await;
+    assert_eq!(
+        (status, &running["state"]),
+        (202, &serde_json::json!("RUNNING"))
+    );
+    let long = running["job_id"].as_str().expect("id").to_owned();
+    let (status, cancelled) = api(
+        "DELETE",
+        &format!("{base}/v1/jobs/{long}"),
+        &serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let waiting = std::time::Instant::now();
+    loop {
+        let (_, job) = api(
+            "GET",
+            &format!("{base}/v1/jobs/{long}"),
+            &serde_json::Value::Null,
+        )
+        .await;
+        if job["state"] == "DONE" {
+            assert_eq!(job["error"]["code"], "57014", "{job}");
+            break;
+        }
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(30),
+            "{job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = api(
+        "DELETE",
+        &format!("{base}/v1/jobs/{long}"),
+        &serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 409);
+}
