@@ -430,6 +430,48 @@ pub trait JobSource: std::fmt::Debug + Send + Sync {
     async fn cancel_job(&self, job_id: &str, viewer: &Viewer) -> crate::Result<bool>;
 }
 
+/// `text` with the string after every PASSWORD keyword replaced by
+/// `'********'`, so no password (nor SCRAM verifier) of CREATE ROLE, ALTER
+/// ROLE or CREATE USER reaches the job history or `pg_stat_activity`,
+/// whether the statement parsed or not.
+pub fn redact_passwords(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find("password") {
+        let keyword_end = at + found + "password".len();
+        out.push_str(&text[at..keyword_end]);
+        at = keyword_end;
+        let rest = &text[at..];
+        let spaces = rest.len() - rest.trim_start().len();
+        if !rest[spaces..].starts_with('\'') {
+            continue;
+        }
+        // The quoted string: '' inside it is a quote.
+        let body = &rest[spaces + 1..];
+        let mut end = None;
+        let mut chars = body.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '\'' {
+                if chars.peek().is_some_and(|(_, next)| *next == '\'') {
+                    chars.next();
+                    continue;
+                }
+                end = Some(i);
+                break;
+            }
+        }
+        out.push_str(&rest[..spaces]);
+        out.push_str("'********'");
+        at += match end {
+            Some(end) => spaces + 1 + end + 1,
+            None => rest.len(),
+        };
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 /// The job's statement type (BigQuery's `statement_type`) and the table it
 /// writes, from its parsed form.
 pub fn statement_type(statement: &QuarryStatement) -> (String, Option<String>) {
@@ -517,6 +559,26 @@ mod tests {
         assert_eq!(pool.peak(), 1000);
         let stats = StatementStats::new(Some(pool.clone()));
         assert_eq!(stats.measured().peak_memory_bytes, 500);
+    }
+
+    #[test]
+    fn passwords_never_reach_a_job_s_text() {
+        assert_eq!(
+            redact_passwords("CREATE ROLE a LOGIN PASSWORD 'it''s secret' VALID UNTIL 'x'"),
+            "CREATE ROLE a LOGIN PASSWORD '********' VALID UNTIL 'x'"
+        );
+        assert_eq!(
+            redact_passwords("alter user b with encrypted password  'SCRAM-SHA-256$4096:x'"),
+            "alter user b with encrypted password  '********'"
+        );
+        assert_eq!(
+            redact_passwords("CREATE USER c PASSWORD 'open"),
+            "CREATE USER c PASSWORD '********'"
+        );
+        assert_eq!(
+            redact_passwords("SELECT password FROM t"),
+            "SELECT password FROM t"
+        );
     }
 
     #[test]

@@ -486,8 +486,16 @@ impl Session {
         // A session runs one statement at a time, so its pool is the
         // statement's memory.
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-        let pool = crate::jobs::MeasuredPool::new(memory.unwrap_or_else(|| engine.query_pool()));
-        runtime = runtime.with_memory_pool(pool.clone());
+        // A session of its own pool measures its statements' peak; one
+        // sharing another's (a fragment's) leaves that to the owner.
+        let (shared, pool) = match memory {
+            Some(shared) => (shared.clone(), crate::jobs::MeasuredPool::new(shared)),
+            None => {
+                let pool = crate::jobs::MeasuredPool::new(engine.query_pool());
+                (pool.clone() as Arc<dyn MemoryPool>, pool)
+            }
+        };
+        runtime = runtime.with_memory_pool(shared);
         if let Some(dir) = &engine.resources.spill_dir {
             runtime = runtime.with_temp_file_path(dir.clone());
         }

@@ -215,6 +215,7 @@ impl Jobs {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) & 0xF_FFFF;
         let key = ((creation.max(0) as u128) << 20) | u128::from(sequence);
         let job_id = format!("{}-{key:x}", self.node);
+        let query = quarry_exec::jobs::redact_passwords(&start.query);
         let record = JobRecord {
             job_id: job_id.clone(),
             node: self.node,
@@ -222,7 +223,7 @@ impl Jobs {
             user: start.user,
             client: start.client.to_owned(),
             statement_type: start.kind.0,
-            query: start.query.clone(),
+            query: query.clone(),
             state: JobState::Pending,
             creation_micros: creation,
             start_micros: None,
@@ -242,7 +243,7 @@ impl Jobs {
         if let Some(connected) = lock(&self.backends).get_mut(&start.pid) {
             let backend = &mut connected.backend;
             backend.state = "active".to_owned();
-            backend.query = start.query;
+            backend.query = query;
             backend.query_start_micros = Some(creation);
             backend.state_change_micros = Some(creation);
             backend.job_id = Some(job_id.clone());
@@ -495,6 +496,17 @@ impl JobHandle {
     /// Whether the session is in a transaction block after the statement.
     pub fn set_in_transaction(&mut self, open: bool) {
         self.in_transaction = open;
+    }
+
+    /// Ends the job with what the engine measured of it (nothing if it did
+    /// not start) and, if it failed, its error.
+    pub fn end(self, rows: Option<u64>, error: Option<(String, String)>) {
+        let measured = self
+            .stats
+            .as_ref()
+            .map(|s| s.measured())
+            .unwrap_or_default();
+        self.finish(measured, rows, error);
     }
 
     /// Ends the job with its statistics and, if it failed, its error.

@@ -53,7 +53,6 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quarry_common::SqlState;
 use quarry_exec::QuarryStatement;
-use quarry_exec::jobs::StatementStats;
 use quarry_exec::session::SERVER_VERSION;
 use quarry_exec::{CommandTag, CopyIn, Engine, Output, Session};
 
@@ -290,7 +289,7 @@ pub struct ConnectionState {
     /// The COPY FROM STDIN in progress, if any.
     copy: Mutex<Option<Box<CopyIn>>>,
     /// Its job.
-    copy_job: Mutex<Option<(JobHandle, Arc<StatementStats>)>>,
+    copy_job: Mutex<Option<JobHandle>>,
     /// The node's jobs (a statement that fails to parse is one too).
     jobs: Arc<Jobs>,
     /// The connection's process id (0 before login).
@@ -467,11 +466,11 @@ fn rows_response(
     format: &Format,
     stop: StopSignal,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    job: Option<(JobHandle, Arc<StatementStats>)>,
+    job: Option<JobHandle>,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
     let stream = match job {
-        Some((job, stats)) => tracked(stream, job, stats),
+        Some(job) => tracked(stream, job),
         None => stream,
     };
     let row_fields = fields.clone();
@@ -502,21 +501,19 @@ fn rows_response(
 fn tracked(
     stream: datafusion::execution::SendableRecordBatchStream,
     job: JobHandle,
-    stats: Arc<StatementStats>,
 ) -> datafusion::execution::SendableRecordBatchStream {
     let schema = stream.schema();
-    let rows = stream::unfold(Some((stream, job, stats, 0u64)), |state| async move {
-        let (mut stream, job, stats, rows) = state?;
+    let rows = stream::unfold(Some((stream, job, 0u64)), |state| async move {
+        let (mut stream, job, rows) = state?;
         match stream.next().await {
             Some(Ok(batch)) => {
                 let n = batch.num_rows() as u64;
                 job.rows(n);
-                Some((Ok(batch), Some((stream, job, stats, rows + n))))
+                Some((Ok(batch), Some((stream, job, rows + n))))
             }
             Some(Err(e)) => {
                 let error = quarry_exec::Error::from_engine(e);
-                job.finish(
-                    stats.measured(),
+                job.end(
                     Some(rows),
                     Some((error.sqlstate().code().to_owned(), error.to_string())),
                 );
@@ -528,7 +525,7 @@ fn tracked(
                 ))
             }
             None => {
-                job.finish(stats.measured(), Some(rows), None);
+                job.end(Some(rows), None);
                 None
             }
         }
@@ -540,18 +537,17 @@ fn tracked(
 fn ended_with<T: Send + 'static>(
     stream: BoxStream<'static, PgWireResult<T>>,
     job: JobHandle,
-    stats: Arc<StatementStats>,
 ) -> impl futures::Stream<Item = PgWireResult<T>> + Send + 'static {
-    stream::unfold(Some((stream, job, stats)), |state| async move {
-        let (mut stream, job, stats) = state?;
+    stream::unfold(Some((stream, job)), |state| async move {
+        let (mut stream, job) = state?;
         match stream.next().await {
-            Some(Ok(item)) => Some((Ok(item), Some((stream, job, stats)))),
+            Some(Ok(item)) => Some((Ok(item), Some((stream, job)))),
             Some(Err(e)) => {
-                job.finish(stats.measured(), None, Some(job_error(&e)));
+                job.end(None, Some(job_error(&e)));
                 Some((Err(e), None))
             }
             None => {
-                job.finish(stats.measured(), None, None);
+                job.end(None, None);
                 None
             }
         }
@@ -669,41 +665,22 @@ impl Connection {
         job: JobHandle,
     ) -> PgWireResult<Response> {
         let mut job = Some(job);
-        let (response, stats) = self
-            .execute_as_job(session, statement, params, format, stop, slot, &mut job)
-            .await;
+        // Boxed: the statement's future is large, and a deep one on the
+        // stack of a debug build overflows it.
+        let response = Box::pin(
+            self.execute_statement(session, statement, params, format, stop, slot, &mut job),
+        )
+        .await;
         // A streamed output took the job: its stream ends it.
         let Some(job) = job else {
             return response;
         };
         match &response {
-            Err(e) => job.finish(stats.measured(), None, Some(job_error(e))),
-            Ok(Response::CopyIn(_)) => {
-                *self.state.copy_job.lock().await = Some((job, stats));
-            }
-            Ok(_) => job.finish(stats.measured(), None, None),
+            Err(e) => job.end(None, Some(job_error(e))),
+            Ok(Response::CopyIn(_)) => *self.state.copy_job.lock().await = Some(job),
+            Ok(_) => job.end(None, None),
         }
         response
-    }
-
-    /// [`Self::execute`]'s work; `job` is moved into a rows stream (and
-    /// replaced by a finished placeholder) when the output streams.
-    #[allow(clippy::too_many_arguments)]
-    async fn execute_as_job(
-        &self,
-        session: tokio::sync::MutexGuard<'_, Session>,
-        statement: QuarryStatement,
-        params: Option<datafusion::common::ParamValues>,
-        format: &Format,
-        stop: StopSignal,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
-        job: &mut Option<JobHandle>,
-    ) -> (PgWireResult<Response>, Arc<StatementStats>) {
-        let stats = session.statement_stats();
-        let response = self
-            .execute_statement(session, statement, params, format, stop, slot, job)
-            .await;
-        (response, stats)
     }
 
     /// Runs `statement`; a streamed output takes `job` along.
@@ -737,10 +714,9 @@ impl Connection {
             reason = stop.clone() => return Err(reason.error()),
         };
         let in_transaction = session.in_transaction();
-        let stats = session.statement_stats();
         if let Some(job) = job.as_mut() {
             job.set_in_transaction(in_transaction);
-            job.measure(stats.clone());
+            job.measure(session.statement_stats());
         }
         let output = output.map_err(|e| to_pg_error(&e))?;
         let streamed = matches!(
@@ -752,11 +728,7 @@ impl Connection {
         {
             job.rows(rows);
         }
-        let job = if streamed {
-            job.take().map(|job| (job, stats))
-        } else {
-            None
-        };
+        let job = if streamed { job.take() } else { None };
         match output {
             Output::Rows(stream) => rows_response(stream, format, stop, slot, job),
             Output::BinaryRows(stream) if simple_protocol => {
@@ -811,7 +783,7 @@ impl Connection {
                     })
                     .boxed();
                 let data = match job {
-                    Some((job, stats)) => ended_with(data, job, stats).boxed(),
+                    Some(job) => ended_with(data, job).boxed(),
                     None => data,
                 };
                 // Cancel and statement_timeout stop a COPY TO as they stop
@@ -1508,14 +1480,10 @@ impl CopyHandler for Connection {
         };
         let job = self.state.copy_job.lock().await.take();
         let tag = copy.finish().await;
-        if let Some((job, stats)) = job {
+        if let Some(job) = job {
             match &tag {
-                Ok(tag) => job.finish(stats.measured(), tag.rows, None),
-                Err(e) => job.finish(
-                    stats.measured(),
-                    None,
-                    Some((e.sqlstate().code().to_owned(), e.to_string())),
-                ),
+                Ok(tag) => job.end(tag.rows, None),
+                Err(e) => job.end(None, Some((e.sqlstate().code().to_owned(), e.to_string()))),
             }
         }
         let tag = tag.map_err(|e| to_pg_error(&e))?;
@@ -1535,9 +1503,8 @@ impl CopyHandler for Connection {
     {
         // Dropping the copy deletes the data files it wrote.
         drop(self.state.copy.lock().await.take());
-        if let Some((job, stats)) = self.state.copy_job.lock().await.take() {
-            job.finish(
-                stats.measured(),
+        if let Some(job) = self.state.copy_job.lock().await.take() {
+            job.end(
                 None,
                 Some((
                     SqlState::QUERY_CANCELED.code().to_owned(),

@@ -185,6 +185,18 @@ fn api(state: &HttpState) -> Result<&Arc<QueryApi>, Response> {
     })
 }
 
+/// The API and whose jobs the request's login may see, or the refusal.
+#[allow(clippy::result_large_err)]
+fn caller(
+    state: &HttpState,
+    peer: Option<axum::Extension<Peer>>,
+    headers: &HeaderMap,
+) -> Result<(Arc<QueryApi>, Viewer), Response> {
+    let api = api(state)?.clone();
+    let user = user_of(state, peer.map(|p| p.0.0), headers)?;
+    Ok((api, viewer_of(state, &user)))
+}
+
 fn viewer_of(state: &HttpState, user: &quarry_exec::privileges::SessionUser) -> Viewer {
     let role = user.role?;
     let catalog = state.meta.read_local();
@@ -469,9 +481,7 @@ fn not_found(job_id: &str) -> Response {
 }
 
 fn micros_text(micros: Option<i64>) -> Value {
-    micros
-        .and_then(rfc3339)
-        .map_or(Value::Null, Value::String)
+    micros.and_then(rfc3339).map_or(Value::Null, Value::String)
 }
 
 /// RFC 3339 text of `micros` since the epoch.
@@ -569,15 +579,10 @@ pub async fn get_job(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let api = match api(&state) {
-        Ok(api) => api.clone(),
+    let (api, viewer) = match caller(&state, peer, &headers) {
+        Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
-    let viewer = viewer_of(&state, &user);
     match api.cluster.job(&job_id, &viewer).await {
         Ok(Some(record)) => (StatusCode::OK, axum::Json(job_json(&record))).into_response(),
         Ok(None) => not_found(&job_id),
@@ -593,15 +598,10 @@ pub async fn get_results(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let api = match api(&state) {
-        Ok(api) => api.clone(),
+    let (api, viewer) = match caller(&state, peer, &headers) {
+        Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
-    let viewer = viewer_of(&state, &user);
     let from = match page.page_token.as_deref().map(str::parse::<u64>) {
         None => 0,
         Some(Ok(from)) => from,
@@ -710,15 +710,10 @@ pub async fn cancel_job(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let api = match api(&state) {
-        Ok(api) => api.clone(),
+    let (api, viewer) = match caller(&state, peer, &headers) {
+        Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
-    let user = match user_of(&state, peer.map(|p| p.0.0), &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal,
-    };
-    let viewer = viewer_of(&state, &user);
     match api.cluster.cancel_job(&job_id, &viewer).await {
         Ok(true) => (
             StatusCode::OK,
