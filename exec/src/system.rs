@@ -10,7 +10,8 @@
 //!   rewrite (DELETE/UPDATE) removes each touched file's rows and adds the rows of
 //!   its replacement.
 //! - `quarry_system.nodes`: one row per node: id, addresses, failure domain,
-//!   gossip state (alive/suspect/down) and Raft role (leader/voter/learner).
+//!   gossip state (alive/suspect/down), Raft role (leader/voter/learner), and
+//!   the chunks (and their bytes) the stripe catalog places on it.
 //! - `quarry_system.stripes`: one row per stripe: its layout, the nodes of its
 //!   chunks, how many chunks are on available nodes, and its health: healthy
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
@@ -275,7 +276,7 @@ fn access_tokens(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
     )
 }
 
-fn nodes(cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
+fn nodes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("node_id", DataType::UInt64, false),
         Field::new("rpc_address", DataType::Utf8, false),
@@ -283,8 +284,20 @@ fn nodes(cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
         Field::new("domain", DataType::Utf8, false),
         Field::new("state", DataType::Utf8, false),
         Field::new("raft_role", DataType::Utf8, false),
+        Field::new("chunks", DataType::UInt64, false),
+        Field::new("chunk_bytes", DataType::UInt64, false),
     ]));
     let rows = cluster.nodes();
+    // The chunks of stripes the catalog places on each node.
+    let mut held: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
+    for stripe in catalog.stripes.values() {
+        for chunk in &stripe.chunks {
+            let entry = held.entry(chunk.node).or_default();
+            entry.0 += 1;
+            entry.1 += chunk.size_bytes;
+        }
+    }
+    let of = |node: u64| held.get(&node).copied().unwrap_or_default();
     table(
         schema,
         vec![
@@ -294,6 +307,8 @@ fn nodes(cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
             text(rows.iter().map(|r| r.domain.clone()).collect()),
             text(rows.iter().map(|r| r.state.clone()).collect()),
             text(rows.iter().map(|r| r.raft_role.clone()).collect()),
+            count(rows.iter().map(|r| of(r.node_id).0).collect()),
+            count(rows.iter().map(|r| of(r.node_id).1).collect()),
         ],
     )
 }
@@ -520,7 +535,7 @@ impl SchemaProvider for SystemSchema {
         match name {
             TABLES => tables(&self.catalog).map(Some),
             SNAPSHOTS => snapshots(&self.catalog).map(Some),
-            NODES => nodes(self.cluster.as_ref()).map(Some),
+            NODES => nodes(&self.catalog, self.cluster.as_ref()).map(Some),
             STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
             AUDIT => audit(self.audit.as_ref()).map(Some),
             ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),

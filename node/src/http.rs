@@ -1,5 +1,7 @@
-//! The HTTP listener: `/health` (process is up), `/ready` (metadata readable), and
-//! `/metrics` in Prometheus' text exposition format.
+//! The HTTP listener: the web console at `/` (`crate::console`), `/health`
+//! (process is up), `/ready` (metadata readable), `/metrics` in Prometheus'
+//! text exposition format, the streaming API (`crate::stream_api`) and the
+//! query API (`crate::query_api`).
 //!
 //! Who may call: `/health` and `/ready` are open; `/metrics` is open unless
 //! the node was started with `--metrics-require-login`, then it takes the
@@ -165,6 +167,9 @@ async fn serve_tls(
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(crate::console::index))
+        .route("/console.js", get(crate::console::script))
+        .route("/console.css", get(crate::console::style))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
