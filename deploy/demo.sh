@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds Quarry (release), starts one node on 127.0.0.1:5433 with its data in
+# Builds Quarry (release; its web console needs npm), starts one node on
+# 127.0.0.1:5433 (console at http://127.0.0.1:8433/) with its data in
 # ./quarry-data, loads TPC-H at scale factor 1 into schema tpch (tables already
 # loaded are kept), and keeps the node running until Ctrl-C.
 #
@@ -24,5 +25,6 @@ done
 echo
 echo "Quarry is running. Try:"
 echo "  psql -h 127.0.0.1 -p 5433 -U quarry quarry -c 'select l_returnflag, count(*) from tpch.lineitem group by 1'"
+echo "or open the web console: http://127.0.0.1:8433/"
 echo "Ctrl-C stops the node."
 wait $node

@@ -202,7 +202,7 @@ function statsLine(job) {
     ["cache hit", s.cache_hit ? "yes" : "no"],
   ];
   return [el("span", {}, `job ${job.job_id}: `),
-    parts.map(([k, v]) => el("span", {}, `${k} `, el("b", {}, String(v)), "  "))];
+    ...parts.map(([k, v]) => el("span", {}, `${k} `, el("b", {}, String(v)), "  "))];
 }
 
 /** The statement to run: the selection, else the whole text. */
@@ -222,6 +222,7 @@ async function run() {
   const cancelButton = document.getElementById("cancel");
   runButton.disabled = true;
   cancelButton.disabled = false;
+  status.textContent = "running";
   plan.hidden = true;
   stats.replaceChildren();
   grid.clear();
