@@ -27,6 +27,16 @@ pub const PUBLIC: RoleId = 0;
 /// The first superuser, created when a cluster is bootstrapped.
 pub const BOOTSTRAP_SUPERUSER: &str = "quarry";
 
+/// PostgreSQL's predefined role whose members see every role's jobs and
+/// statements (`quarry_system.jobs`, `pg_stat_activity`).
+pub const READ_ALL_STATS: &str = "pg_read_all_stats";
+/// PostgreSQL's predefined role whose members may cancel every role's
+/// statements (`pg_cancel_backend`, `CANCEL JOB`).
+pub const SIGNAL_BACKEND: &str = "pg_signal_backend";
+/// The predefined roles Quarry has, created with the cluster; they can be
+/// granted, not altered, renamed or dropped.
+pub const PREDEFINED_ROLES: [&str; 2] = [READ_ALL_STATS, SIGNAL_BACKEND];
+
 /// What a server keeps of a password for SCRAM-SHA-256 (RFC 5802 §3, RFC 7677):
 /// never the password nor the SaltedPassword.
 ///

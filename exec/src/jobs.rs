@@ -403,6 +403,24 @@ pub struct Backend {
 /// superuser), `Some(user)` only its own.
 pub type Viewer = Option<String>;
 
+/// Whose jobs `role` may see (with `predefined`
+/// [`quarry_common::roles::READ_ALL_STATS`]) or cancel (with
+/// [`quarry_common::roles::SIGNAL_BACKEND`]) by `catalog`: everyone's for a
+/// superuser, a member of that predefined role, or a session without a role
+/// (`--insecure`); else its own.
+pub fn viewer(
+    catalog: &quarry_common::catalog::Catalog,
+    role: Option<quarry_common::roles::RoleId>,
+    predefined: &str,
+) -> Viewer {
+    let role = role?;
+    let privileged = catalog.is_superuser(role)
+        || catalog
+            .role(predefined)
+            .is_some_and(|p| catalog.member_closure(role).contains(&p.id));
+    (!privileged).then(|| catalog.role_name(role))
+}
+
 /// The jobs and connections of the cluster, and how to stop them
 /// (implemented by the node over its RPC).
 #[async_trait]

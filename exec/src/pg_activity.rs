@@ -202,13 +202,11 @@ impl AsyncScalarUDFImpl for CancelBackend {
                 "this node keeps no record of its backends",
             )))
         })?;
-        let viewer: Viewer = match self.role {
-            None => None,
-            Some(role) => {
-                let meta = catalog.view().catalog;
-                (!meta.is_superuser(role)).then(|| meta.role_name(role))
-            }
-        };
+        let viewer = crate::jobs::viewer(
+            &catalog.view().catalog,
+            self.role,
+            quarry_common::roles::SIGNAL_BACKEND,
+        );
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let pids = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
         let pids = datafusion::common::cast::as_int64_array(&pids)?;

@@ -98,14 +98,13 @@ fn known(catalog: &Catalog, object: &Securable) -> bool {
 }
 
 impl Access {
-    /// Whose jobs and queries this role may see and cancel: everyone's for
-    /// a superuser (or a session without a role), else its own.
+    /// Whose jobs and statements this role may see ([`crate::jobs::viewer`]).
     pub fn viewer(&self) -> crate::jobs::Viewer {
-        let role = self.role?;
-        if self.latest.is_superuser(role) {
-            return None;
-        }
-        Some(self.latest.role_name(role))
+        crate::jobs::viewer(
+            &self.latest,
+            self.role,
+            quarry_common::roles::READ_ALL_STATS,
+        )
     }
 
     /// Checks for `role` against `latest`, falling back to `pinned` for

@@ -47,6 +47,22 @@ pub type Canceller = Arc<dyn Fn() + Send + Sync>;
 struct RunningJob {
     record: JobRecord,
     cancel: Canceller,
+    /// What the engine measured so far, once the statement is planned.
+    stats: Option<Arc<quarry_exec::jobs::StatementStats>>,
+}
+
+impl RunningJob {
+    /// The record with the statistics measured so far (bytes processed are
+    /// known once the statement is planned).
+    fn now(&self) -> JobRecord {
+        let mut record = self.record.clone();
+        if let Some(stats) = &self.stats {
+            let rows = record.rows;
+            record.measured(stats.measured());
+            record.rows = rows;
+        }
+        record
+    }
 }
 
 struct Connected {
@@ -239,7 +255,14 @@ impl Jobs {
             referenced_tables: Vec::new(),
             destination_table: start.kind.1,
         };
-        lock(&self.running).insert(job_id.clone(), RunningJob { record, cancel });
+        lock(&self.running).insert(
+            job_id.clone(),
+            RunningJob {
+                record,
+                cancel,
+                stats: None,
+            },
+        );
         if let Some(connected) = lock(&self.backends).get_mut(&start.pid) {
             let backend = &mut connected.backend;
             backend.state = "active".to_owned();
@@ -328,7 +351,7 @@ impl Jobs {
             jobs.insert(record.job_id.clone(), record.clone());
         }
         for job in lock(&self.running).values().filter(|j| visible(&j.record)) {
-            jobs.insert(job.record.job_id.clone(), job.record.clone());
+            jobs.insert(job.record.job_id.clone(), job.now());
         }
         Ok(jobs.into_values().collect())
     }
@@ -340,7 +363,7 @@ impl Jobs {
     pub fn local_job(&self, job_id: &str, viewer: &Viewer) -> anyhow::Result<Option<JobRecord>> {
         let visible = |r: &JobRecord| viewer.as_ref().is_none_or(|v| *v == r.user);
         if let Some(job) = lock(&self.running).get(job_id) {
-            return Ok(visible(&job.record).then(|| job.record.clone()));
+            return Ok(visible(&job.record).then(|| job.now()));
         }
         if let Some(r) = lock(&self.unflushed).iter().find(|r| r.job_id == job_id) {
             return Ok(visible(r).then(|| r.clone()));
@@ -468,6 +491,9 @@ pub struct JobHandle {
 impl JobHandle {
     /// What the engine measures of the statement, for an end by drop.
     pub fn measure(&mut self, stats: Arc<quarry_exec::jobs::StatementStats>) {
+        if let Some(job) = lock(&self.jobs.running).get_mut(&self.job_id) {
+            job.stats = Some(stats.clone());
+        }
         self.stats = Some(stats);
     }
 

@@ -191,16 +191,12 @@ fn caller(
     state: &HttpState,
     peer: Option<axum::Extension<Peer>>,
     headers: &HeaderMap,
+    predefined: &str,
 ) -> Result<(Arc<QueryApi>, Viewer), Response> {
     let api = api(state)?.clone();
     let user = user_of(state, peer.map(|p| p.0.0), headers)?;
-    Ok((api, viewer_of(state, &user)))
-}
-
-fn viewer_of(state: &HttpState, user: &quarry_exec::privileges::SessionUser) -> Viewer {
-    let role = user.role?;
-    let catalog = state.meta.read_local();
-    (!catalog.is_superuser(role)).then(|| catalog.role_name(role))
+    let viewer = quarry_exec::jobs::viewer(&state.meta.read_local(), user.role, predefined);
+    Ok((api, viewer))
 }
 
 /// `POST /v1/queries`.
@@ -579,7 +575,7 @@ pub async fn get_job(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let (api, viewer) = match caller(&state, peer, &headers) {
+    let (api, viewer) = match caller(&state, peer, &headers, quarry_common::roles::READ_ALL_STATS) {
         Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
@@ -598,7 +594,7 @@ pub async fn get_results(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let (api, viewer) = match caller(&state, peer, &headers) {
+    let (api, viewer) = match caller(&state, peer, &headers, quarry_common::roles::READ_ALL_STATS) {
         Ok(caller) => caller,
         Err(refusal) => return refusal,
     };
@@ -710,7 +706,7 @@ pub async fn cancel_job(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let (api, viewer) = match caller(&state, peer, &headers) {
+    let (api, viewer) = match caller(&state, peer, &headers, quarry_common::roles::SIGNAL_BACKEND) {
         Ok(caller) => caller,
         Err(refusal) => return refusal,
     };

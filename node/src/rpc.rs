@@ -930,9 +930,10 @@ mod tests {
             | C::CommitPending { .. }
             | C::DiscardPending { .. }
             | C::CommitBuffered { .. }
-            | C::SpillBuffered { .. } => {}
+            | C::SpillBuffered { .. }
+            | C::CreatePredefinedRoles => {}
         }
-        // Version 17 changed no command (fragment reports and job requests).
+        // Version 17: `CreatePredefinedRoles`, fragment reports, job requests.
         const _: () = assert!(WIRE_VERSION == 17, "update the list above");
     }
 

@@ -380,6 +380,14 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     if (bootstrapping || single) && (initial_password.is_some() || config.insecure) {
         create_first_superuser(&meta, initial_password.as_deref()).await?;
     }
+    if (bootstrapping || single)
+        && quarry_common::roles::PREDEFINED_ROLES
+            .iter()
+            .any(|name| meta.read_local().role(name).is_none())
+    {
+        meta.write(quarry_raft::Command::CreatePredefinedRoles)
+            .await?;
+    }
     if tls.as_ref().is_some_and(|tls| tls.rpc().is_some()) {
         tokio::spawn(ensure_gossip_key(meta.clone()));
     }

@@ -41,9 +41,19 @@ async fn the_console_runs_queries_pages_a_million_rows_and_shows_history_explore
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "the console's browser test failed:\n{text}");
+    assert!(
+        output.status.success(),
+        "the console's browser test failed:\n{text}"
+    );
     assert!(text.contains("console: ok"), "{text}");
-    for page in ["query", "million-rows", "history", "explorer", "cluster", "cluster-node-down"] {
+    for page in [
+        "query",
+        "million-rows",
+        "history",
+        "explorer",
+        "cluster",
+        "cluster-node-down",
+    ] {
         let shot = root.join(format!("target/console-screenshots/{page}.png"));
         assert!(shot.exists(), "no screenshot {}", shot.display());
     }

@@ -528,15 +528,25 @@ async fn a_statement_is_cancelled_from_any_node_and_its_job_is_seen_from_every_n
         // Node 2 sees the statement running on node 1 and its job.
         let (pid, job_id) = running_backend(&second, &marker).await;
         assert!(job_id.starts_with("1-"), "{job_id}");
-        let state: String = third
-            .query_one(
-                "SELECT state FROM quarry_system.jobs WHERE job_id = $1",
-                &[&job_id],
-            )
-            .await
-            .expect("the running job from node 3")
-            .get(0);
-        assert_eq!(state, "RUNNING");
+        // What it reads is known, and shown, once it is planned and while
+        // it runs.
+        wait_for(
+            Duration::from_secs(20),
+            "the running job's bytes from node 3",
+            || async {
+                let row = third
+                    .query_one(
+                        "SELECT state, total_bytes_processed::bigint FROM quarry_system.jobs \
+                         WHERE job_id = $1",
+                        &[&job_id],
+                    )
+                    .await
+                    .expect("the running job from node 3");
+                assert_eq!(row.get::<_, String>(0), "RUNNING");
+                row.get::<_, i64>(1) > 0
+            },
+        )
+        .await;
         if round == 0 {
             let cancelled: bool = second
                 .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])

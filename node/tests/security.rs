@@ -361,6 +361,9 @@ async fn privileges_are_checked_wherever_a_statement_reaches_a_relation() {
         roles,
         [
             ("alice".to_owned(), true, Some("********".to_owned())),
+            // PostgreSQL's predefined roles, listed as PostgreSQL lists them.
+            ("pg_read_all_stats".to_owned(), false, None),
+            ("pg_signal_backend".to_owned(), false, None),
             ("quarry".to_owned(), true, Some("********".to_owned())),
             ("readers".to_owned(), false, None),
         ]
@@ -1100,4 +1103,41 @@ async fn a_role_sees_and_cancels_its_own_jobs_and_a_superuser_everyone_s() {
         .expect("cancel idle")
         .get(0);
     assert!(!cancelled);
+    // PostgreSQL's predefined roles: pg_read_all_stats sees every job and
+    // statement, pg_signal_backend may cancel every role's.
+    admin
+        .batch_execute("GRANT pg_read_all_stats, pg_signal_backend TO bob")
+        .await
+        .expect("grant predefined roles");
+    assert_eq!(
+        alices_jobs(&bob).await,
+        1,
+        "pg_read_all_stats sees alice's jobs"
+    );
+    let query: String = bob
+        .query_one(
+            "SELECT query FROM pg_stat_activity WHERE usename = 'alice'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_ne!(query, "<insufficient privilege>");
+    let error = bob
+        .batch_execute(&format!("CANCEL JOB '{job_id}'"))
+        .await
+        .expect_err("ended");
+    assert_eq!(
+        sqlstate(&error),
+        "55000",
+        "allowed, and not running: {error:?}"
+    );
+    for statement in [
+        "DROP ROLE pg_read_all_stats",
+        "ALTER ROLE pg_signal_backend LOGIN",
+        "CREATE ROLE pg_mine",
+    ] {
+        let error = admin.batch_execute(statement).await.expect_err(statement);
+        assert_eq!(sqlstate(&error), "42939", "{statement}: {error:?}");
+    }
 }

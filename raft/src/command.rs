@@ -320,6 +320,10 @@ pub enum Command {
         /// Its new name.
         to: String,
     },
+    /// Creates the predefined roles the catalog lacks
+    /// ([`quarry_common::roles::PREDEFINED_ROLES`]); proposed when the
+    /// cluster starts.
+    CreatePredefinedRoles,
     /// DROP ROLE: refused while it owns objects or holds privileges.
     DropRole {
         /// The role.
@@ -936,6 +940,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
         | Command::AlterRole { .. }
         | Command::RenameRole { .. }
         | Command::DropRole { .. }
+        | Command::CreatePredefinedRoles
         | Command::SetMembership { .. }
         | Command::SetPrivileges { .. }
         | Command::CreateToken { .. }

@@ -111,6 +111,14 @@ def main():
         assert len(grid_cells(driver)) < 300, len(grid_cells(driver))
         shot(driver, "million-rows.png")
 
+        # EXPLAIN ANALYZE as a tree with rows and time per operator.
+        run_in_editor(driver, "EXPLAIN ANALYZE SELECT count(*) FROM console_demo WHERE v > 10")
+        until(driver, "the plan tree", lambda: driver.find_elements(By.CSS_SELECTOR, "#plan li .badge"))
+        badges = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#plan li .badge")]
+        assert any(b.endswith(" rows") for b in badges), badges
+        assert driver.find_elements(By.CSS_SELECTOR, "#plan li li"), "operators nest"
+        shot(driver, "explain.png")
+
         # A query over a table, then its job in the history with its bytes.
         run_in_editor(driver, "SELECT count(*), max(note) FROM console_demo")
         until(driver, "the table query", lambda: status(driver).startswith("done"))

@@ -3,14 +3,15 @@
 use super::*;
 
 impl Session {
-    /// Whose jobs this session may see and cancel, by the newest catalog
-    /// (None: everyone's).
-    pub(super) async fn viewer(&self) -> Result<crate::jobs::Viewer> {
-        let Some(role) = self.user.role else {
-            return Ok(None);
-        };
+    /// Whose jobs this session may cancel, by the newest catalog (None:
+    /// everyone's).
+    async fn canceller(&self) -> Result<crate::jobs::Viewer> {
         let latest = self.engine.catalog().await?;
-        Ok((!latest.is_superuser(role)).then(|| latest.role_name(role)))
+        Ok(crate::jobs::viewer(
+            &latest,
+            self.user.role,
+            quarry_common::roles::SIGNAL_BACKEND,
+        ))
     }
 
     /// `CANCEL JOB 'job_id'`: 42704 for a job no node knows, 55000 for one
@@ -22,7 +23,7 @@ impl Session {
                 "this node keeps no job history",
             ));
         };
-        let viewer = self.viewer().await?;
+        let viewer = self.canceller().await?;
         if !source.cancel_job(job_id, &viewer).await? {
             return Err(user_error(
                 SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,

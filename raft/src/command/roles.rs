@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use quarry_common::catalog::{Catalog, TimestampMicros};
-use quarry_common::roles::{Acl, PUBLIC, Privileges, Role, RoleId, ScramVerifier, Securable};
+use quarry_common::roles::{
+    Acl, PREDEFINED_ROLES, PUBLIC, Privileges, Role, RoleId, ScramVerifier, Securable,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, CatalogError, Command, next_id};
@@ -96,9 +98,38 @@ pub(super) fn apply(
 ) -> Option<Result<Applied, CatalogError>> {
     Some(match command {
         Command::CreateRole { name, options } => create_role(catalog, name, options),
+        Command::AlterRole { name, .. } | Command::RenameRole { name, .. }
+            if PREDEFINED_ROLES.contains(&name.as_str()) =>
+        {
+            Err(CatalogError::ReservedRoleName(name.clone()))
+        }
         Command::AlterRole { name, options } => alter_role(catalog, name, options),
         Command::RenameRole { name, to } => rename_role(catalog, name, to),
-        Command::DropRole { name, if_exists } => drop_role(catalog, name, *if_exists),
+        Command::DropRole { name, if_exists } => {
+            if PREDEFINED_ROLES.contains(&name.as_str()) {
+                return Some(Err(CatalogError::ReservedRoleName(name.clone())));
+            }
+            drop_role(catalog, name, *if_exists)
+        }
+        Command::CreatePredefinedRoles => {
+            for name in PREDEFINED_ROLES {
+                if catalog.role(name).is_none() {
+                    let role = Role {
+                        id: next_id(catalog),
+                        name: name.to_owned(),
+                        superuser: false,
+                        create_role: false,
+                        login: false,
+                        inherit: true,
+                        password: None,
+                        valid_until: None,
+                        member_of: Default::default(),
+                    };
+                    put_role(catalog, role);
+                }
+            }
+            Ok(Applied::Nothing)
+        }
         Command::SetMembership {
             role,
             member,
