@@ -6,9 +6,18 @@ mod support;
 
 use support::TestNode;
 
-/// The SortExec line of EXPLAIN ANALYZE for a 2 M-row sort on a node started
-/// with `flags`, and the number of spill files left once it is done.
-async fn sort_metrics(flags: &[&str]) -> (String, usize) {
+/// What a 2 M-row sort did on a node started with `flags`.
+struct Sorted {
+    /// The SortExec line of its EXPLAIN ANALYZE.
+    line: String,
+    /// Spill files left once it is done.
+    left: usize,
+    /// Its job's spilled bytes and peak memory (quarry_system.jobs).
+    spilled_bytes: i64,
+    peak_memory_bytes: i64,
+}
+
+async fn sort_metrics(flags: &[&str]) -> Sorted {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = TestNode::start_with(&dir.path().join("n"), flags).await;
     let client = node.client().await;
@@ -47,7 +56,20 @@ async fn sort_metrics(flags: &[&str]) -> (String, usize) {
         count += 1;
     }
     assert_eq!(count, 2_000_000);
-    (line, files_under(&node.data_dir.join("spill")))
+    let job = client
+        .query_one(
+            "SELECT spilled_bytes::bigint, peak_memory_bytes::bigint FROM quarry_system.jobs \
+             WHERE query = $1 AND state = 'DONE'",
+            &[&sort],
+        )
+        .await
+        .expect("the sort's job");
+    Sorted {
+        line,
+        left: files_under(&node.data_dir.join("spill")),
+        spilled_bytes: job.get(0),
+        peak_memory_bytes: job.get(1),
+    }
 }
 
 /// Regular files under `dir`, recursively (the session's temp directory
@@ -78,12 +100,27 @@ fn spill_count(line: &str) -> u64 {
 async fn a_sort_larger_than_the_memory_limit_spills_and_completes() {
     // Eight partitions sorting at once, as on an 8-core machine: their merges
     // and the merge of their outputs must all fit in the 96 MiB.
-    let (line, left) = sort_metrics(&["--query-memory-mb", "96", "--target-partitions", "8"]).await;
-    assert!(spill_count(&line) > 0, "spilled under 96 MiB: {line}");
-    assert_eq!(left, 0, "no spill files remain");
-    // The same sort with the default limit stays in memory.
-    let (line, _) = sort_metrics(&[]).await;
-    assert_eq!(spill_count(&line), 0, "in memory under the default: {line}");
+    let limited = sort_metrics(&["--query-memory-mb", "96", "--target-partitions", "8"]).await;
+    let line = &limited.line;
+    assert!(spill_count(line) > 0, "spilled under 96 MiB: {line}");
+    assert_eq!(limited.left, 0, "no spill files remain");
+    // Its job counts what it spilled, and its peak stays within the pool.
+    assert!(limited.spilled_bytes > 0, "spilled bytes in the job");
+    assert!(
+        limited.peak_memory_bytes > 0 && limited.peak_memory_bytes <= 96 << 20,
+        "peak {}",
+        limited.peak_memory_bytes
+    );
+    // The same sort with the default limit stays in memory, above 96 MiB.
+    let free = sort_metrics(&[]).await;
+    let line = &free.line;
+    assert_eq!(spill_count(line), 0, "in memory under the default: {line}");
+    assert_eq!(free.spilled_bytes, 0);
+    assert!(
+        free.peak_memory_bytes > 96 << 20,
+        "peak {} of a sort that needs more than 96 MiB",
+        free.peak_memory_bytes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

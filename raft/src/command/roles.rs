@@ -6,7 +6,7 @@
 //! keep the catalog consistent: names unique, grantees existing, no membership
 //! cycles, no role dropped while it owns or holds anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use quarry_common::catalog::{Catalog, TimestampMicros};
@@ -114,17 +114,7 @@ pub(super) fn apply(
         Command::CreatePredefinedRoles => {
             for name in PREDEFINED_ROLES {
                 if catalog.role(name).is_none() {
-                    let role = Role {
-                        id: next_id(catalog),
-                        name: name.to_owned(),
-                        superuser: false,
-                        create_role: false,
-                        login: false,
-                        inherit: true,
-                        password: None,
-                        valid_until: None,
-                        member_of: Default::default(),
-                    };
+                    let role = new_role(catalog, name, Default::default());
                     put_role(catalog, role);
                 }
             }
@@ -191,6 +181,22 @@ pub(super) fn apply(
     })
 }
 
+/// A new role of PostgreSQL's defaults (NOSUPERUSER NOCREATEROLE NOLOGIN
+/// INHERIT, no password), with the next id.
+fn new_role(catalog: &mut Catalog, name: &str, member_of: BTreeSet<RoleId>) -> Role {
+    Role {
+        id: next_id(catalog),
+        name: name.to_owned(),
+        superuser: false,
+        create_role: false,
+        login: false,
+        inherit: true,
+        password: None,
+        valid_until: None,
+        member_of,
+    }
+}
+
 fn create_role(
     catalog: &mut Catalog,
     name: &str,
@@ -207,17 +213,7 @@ fn create_role(
         .iter()
         .map(|r| role_id(catalog, r))
         .collect::<Result<_, _>>()?;
-    let mut role = Role {
-        id: next_id(catalog),
-        name: name.to_owned(),
-        superuser: false,
-        create_role: false,
-        login: false,
-        inherit: true,
-        password: None,
-        valid_until: None,
-        member_of,
-    };
+    let mut role = new_role(catalog, name, member_of);
     options.set(&mut role);
     put_role(catalog, role);
     Ok(Applied::Nothing)
