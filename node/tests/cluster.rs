@@ -754,10 +754,14 @@ async fn a_stripe_written_while_a_node_is_down_gets_its_full_parity_when_it_retu
         },
     )
     .await;
-    client
-        .batch_execute("insert into t select value from generate_series(1, 3000)")
-        .await
-        .expect("insert with a node down");
+    // Bounded, so a stuck write fails with the nodes' logs.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        client.batch_execute("insert into t select value from generate_series(1, 3000)"),
+    )
+    .await
+    .expect("the insert with a node down ends within 60 s")
+    .expect("insert with a node down");
     let parity = |node: &TestNode| {
         let conn = node.conn_string();
         async move {

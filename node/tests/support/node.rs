@@ -220,7 +220,12 @@ impl TestNode {
                 tokio_postgres::connect(&self.conn_string(), NoTls).await
             {
                 tokio::spawn(connection);
-                if client.simple_query("select 1").await.is_ok() {
+                // Bounded: a node that takes connections but never answers
+                // fails the start below with its log, rather than hanging.
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(5), client.simple_query("select 1"))
+                        .await;
+                if matches!(answered, Ok(Ok(_))) {
                     self.fresh_ports = false;
                     return;
                 }
