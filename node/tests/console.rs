@@ -46,6 +46,8 @@ async fn the_console_runs_queries_pages_a_million_rows_and_shows_history_explore
         "the console's browser test failed:\n{text}"
     );
     assert!(text.contains("console: ok"), "{text}");
+    // How long the killed node took to show as down, for `--no-capture`.
+    println!("{text}");
     for page in [
         "query",
         "million-rows",
