@@ -33,6 +33,7 @@ pub mod query_manager;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;
+pub mod service;
 pub mod stream_api;
 pub mod stripes;
 pub mod tls;

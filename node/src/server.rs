@@ -473,6 +473,11 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         },
     ));
 
+    let watchdog = tokio::spawn(crate::service::watchdog(meta.clone(), queries.clone()));
+    crate::service::ready(&format!(
+        "node {node_id} serving PostgreSQL on {} and HTTP on {}",
+        config.pg_listen, config.http_listen
+    ));
     let mut connections = JoinSet::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -510,6 +515,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         }
     }
 
+    crate::service::stopping();
     tracing::info!(
         connections = connections.len(),
         "shutting down: no new connections"
@@ -531,6 +537,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     gauges.abort();
     duties.abort();
     job_keeper.abort();
+    watchdog.abort();
     if let Err(e) = jobs.write_ended() {
         tracing::warn!(error = %e, "cannot write the job history");
     }

@@ -512,3 +512,95 @@ async fn the_alert_rules_and_the_dashboard_name_only_metrics_a_node_exports() {
     );
     assert!(exported.contains("quarry_raft_leader 1"), "{exported}");
 }
+
+/// The datagrams a fake service manager got on `socket` so far.
+fn notifications(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buffer) {
+        got.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    got
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_once_the_node_serves_the_watchdog_while_alive_and_stopping() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("a notify socket");
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut node = TestNode::start(&dir.path().join("data")).await;
+    assert!(node.terminate().success());
+    assert!(
+        notifications(&socket).is_empty(),
+        "nothing without NOTIFY_SOCKET"
+    );
+    // As systemd starts a unit of Type=notify with WatchdogSec=0.4s.
+    node.set_env(&[
+        ("NOTIFY_SOCKET", path.to_str().expect("utf-8 path")),
+        ("WATCHDOG_USEC", "400000"),
+    ]);
+    node.restart().await;
+    // The node answered a query: READY=1 was sent before it accepted one.
+    let first = notifications(&socket);
+    assert!(
+        first
+            .first()
+            .is_some_and(|m| m.contains("READY=1") && m.contains("STATUS=node 1 serving")),
+        "{first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let fed = notifications(&socket)
+        .iter()
+        .filter(|m| m.contains("WATCHDOG=1"))
+        .count();
+    assert!(fed >= 3, "the watchdog is fed every 200 ms: {fed} in 1.2 s");
+    assert!(node.terminate().success());
+    let last = notifications(&socket);
+    assert!(
+        last.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 on SIGTERM: {last:?}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_its_exposure_stays_low() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/quarry.service"
+    ))
+    .expect("the unit");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    // The unit as installed, but running this build as root (verify checks
+    // that the binary and the user exist).
+    let local = unit
+        .replace("/usr/local/bin/quarry", env!("CARGO_BIN_EXE_quarry"))
+        .replace("User=quarry", "User=root")
+        .replace("Group=quarry", "Group=root");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("quarry.service");
+    std::fs::write(&path, local).expect("write the unit");
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd; .ci/run installs it)");
+    let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze security");
+    let report = String::from_utf8_lossy(&security.stdout).into_owned();
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for quarry.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {report}"));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
+}

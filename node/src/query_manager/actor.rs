@@ -72,7 +72,6 @@ impl Actor for QueryManager {
     ) -> Result<(), ActorProcessingErr> {
         let (request, reply) = match message {
             QueryManagerMsg::Answer { request, reply } => (request, reply),
-            #[cfg(test)]
             QueryManagerMsg::CountFragments { reply } => {
                 let _ = reply.send(state.fragments.live());
                 return Ok(());

@@ -17,8 +17,8 @@ pub enum QueryManagerMsg {
         reply: RpcReplyPort<ExchangeResponse>,
     },
     /// Answer with the number of fragment actors alive (what the gauge
-    /// `quarry_fragments_running` shows). Sent by tests.
-    #[cfg(test)]
+    /// `quarry_fragments_running` shows). Sent by tests, and by the systemd
+    /// watchdog as its probe that the manager still answers.
     CountFragments {
         /// Where the count goes.
         reply: RpcReplyPort<usize>,
