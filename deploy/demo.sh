@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 scale_factor="${SCALE_FACTOR:-1}"
 pg="127.0.0.1:5433"
 
+# The web console is bundled by npm during the build (node/build.rs).
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
 cargo build --release --bin quarry
 # --insecure: a demo on loopback, no passwords (docs/SECURITY.md sets up TLS
 # and logins).
