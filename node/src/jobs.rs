@@ -49,6 +49,8 @@ struct RunningJob {
     cancel: Canceller,
     /// What the engine measured so far, once the statement is planned.
     stats: Option<Arc<quarry_exec::jobs::StatementStats>>,
+    /// Rows sent so far, counted by the job's handle without the lock.
+    rows: Arc<AtomicU64>,
 }
 
 impl RunningJob {
@@ -57,10 +59,9 @@ impl RunningJob {
     fn now(&self) -> JobRecord {
         let mut record = self.record.clone();
         if let Some(stats) = &self.stats {
-            let rows = record.rows;
             record.measured(stats.measured());
-            record.rows = rows;
         }
+        record.rows = self.rows.load(Ordering::Relaxed);
         record
     }
 }
@@ -255,12 +256,14 @@ impl Jobs {
             referenced_tables: Vec::new(),
             destination_table: start.kind.1,
         };
+        let rows = Arc::new(AtomicU64::new(0));
         lock(&self.running).insert(
             job_id.clone(),
             RunningJob {
                 record,
                 cancel,
                 stats: None,
+                rows: rows.clone(),
             },
         );
         if let Some(connected) = lock(&self.backends).get_mut(&start.pid) {
@@ -280,6 +283,7 @@ impl Jobs {
             ended: false,
             in_transaction: false,
             stats: None,
+            rows,
         }
     }
 
@@ -299,6 +303,7 @@ impl Jobs {
         let Some(mut job) = lock(&self.running).remove(job_id) else {
             return;
         };
+        job.record.rows = job.rows.load(Ordering::Relaxed);
         change(&mut job.record);
         job.record.state = JobState::Done;
         let end = now_micros();
@@ -486,6 +491,7 @@ pub struct JobHandle {
     ended: bool,
     in_transaction: bool,
     stats: Option<Arc<quarry_exec::jobs::StatementStats>>,
+    rows: Arc<AtomicU64>,
 }
 
 impl JobHandle {
@@ -514,9 +520,9 @@ impl JobHandle {
         }
     }
 
-    /// `rows` more rows were returned.
+    /// `rows` more rows were returned (or changed).
     pub fn rows(&self, rows: u64) {
-        self.jobs.update(&self.job_id, |r| r.rows += rows);
+        self.rows.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// Whether the session is in a transaction block after the statement.

@@ -503,18 +503,17 @@ fn tracked(
     job: JobHandle,
 ) -> datafusion::execution::SendableRecordBatchStream {
     let schema = stream.schema();
-    let rows = stream::unfold(Some((stream, job, 0u64)), |state| async move {
-        let (mut stream, job, rows) = state?;
+    let rows = stream::unfold(Some((stream, job)), |state| async move {
+        let (mut stream, job) = state?;
         match stream.next().await {
             Some(Ok(batch)) => {
-                let n = batch.num_rows() as u64;
-                job.rows(n);
-                Some((Ok(batch), Some((stream, job, rows + n))))
+                job.rows(batch.num_rows() as u64);
+                Some((Ok(batch), Some((stream, job))))
             }
             Some(Err(e)) => {
                 let error = quarry_exec::Error::from_engine(e);
                 job.end(
-                    Some(rows),
+                    None,
                     Some((error.sqlstate().code().to_owned(), error.to_string())),
                 );
                 Some((
@@ -525,7 +524,7 @@ fn tracked(
                 ))
             }
             None => {
-                job.end(Some(rows), None);
+                job.end(None, None);
                 None
             }
         }

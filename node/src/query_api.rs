@@ -64,11 +64,15 @@ pub struct QueryApi {
     slots: Arc<tokio::sync::Semaphore>,
     /// Jobs run through the API here: their owner and where their rows are.
     results: Mutex<HashMap<String, Arc<JobResult>>>,
+    /// When results were last pruned.
+    pruned: Mutex<std::time::Instant>,
 }
 
 /// The rows of one API job.
 struct JobResult {
     user: String,
+    /// When the job was created; its entry goes after [`RESULTS_KEPT`].
+    created: std::time::Instant,
     /// Set once the job has ended: the schema and cumulative rows per batch
     /// (None: a statement without rows), or its error.
     done: tokio::sync::watch::Sender<Option<Result<Option<Written>, Failure>>>,
@@ -121,6 +125,7 @@ impl QueryApi {
             dir,
             slots,
             results: Mutex::default(),
+            pruned: Mutex::new(std::time::Instant::now()),
         };
         api.prune();
         Ok(Arc::new(api))
@@ -130,8 +135,14 @@ impl QueryApi {
         self.dir.join(format!("{job_id}.arrow"))
     }
 
-    /// Deletes results older than [`RESULTS_KEPT`].
+    /// Deletes results older than [`RESULTS_KEPT`]: the entries of jobs
+    /// (with rows or not) and the files (those of a run before a restart
+    /// too).
     fn prune(&self) {
+        self.results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, result| result.created.elapsed() <= RESULTS_KEPT);
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -145,14 +156,17 @@ impl QueryApi {
             if old {
                 let _ = std::fs::remove_file(entry.path());
             }
-            if let Some(id) = entry.path().file_stem().and_then(|s| s.to_str())
-                && old
-            {
-                self.results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-            }
+        }
+    }
+
+    /// [`Self::prune`], at most once every ten minutes (it reads the
+    /// results directory).
+    fn prune_when_due(&self) {
+        let mut pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        if pruned.elapsed() >= Duration::from_secs(600) {
+            *pruned = std::time::Instant::now();
+            drop(pruned);
+            self.prune();
         }
     }
 }
@@ -242,7 +256,7 @@ pub async fn post_query(
         }
         Err(e) => return engine_error(&e),
     };
-    api.prune();
+    api.prune_when_due();
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let job = api.jobs.begin(
         JobStart {
@@ -259,6 +273,7 @@ pub async fn post_query(
     let job_id = job.id().to_owned();
     let result = Arc::new(JobResult {
         user: user.name.clone(),
+        created: std::time::Instant::now(),
         done: tokio::sync::watch::channel(None).0,
     });
     api.results
@@ -331,15 +346,12 @@ async fn run(
         () = &mut stop => Err(quarry_exec::Error::Cancelled),
     };
     drop(slot);
-    let measured = session.statement_stats().measured();
+    // What it measured, whether it failed before or after its rows.
+    job.measure(session.statement_stats());
     match &outcome {
-        Ok(_) => job.finish(measured, None, None),
-        Err(quarry_exec::Error::Cancelled) => job.finish(measured, None, Some(cancelled_error())),
-        Err(e) => job.finish(
-            measured,
-            None,
-            Some((e.sqlstate().code().to_owned(), e.to_string())),
-        ),
+        Ok(_) => job.end(None, None),
+        Err(quarry_exec::Error::Cancelled) => job.end(None, Some(cancelled_error())),
+        Err(e) => job.end(None, Some((e.sqlstate().code().to_owned(), e.to_string()))),
     }
     outcome
 }
