@@ -23,8 +23,26 @@ pub async fn connect(pg: &str) -> anyhow::Result<Client> {
     let (host, port) = pg
         .rsplit_once(':')
         .with_context(|| format!("{pg} is not HOST:PORT"))?;
-    let config = format!("host={host} port={port} user=quarry dbname=quarry connect_timeout=10");
-    let (client, connection) = tokio_postgres::connect(&config, NoTls)
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(
+            port.parse()
+                .with_context(|| format!("{pg}: invalid port"))?,
+        )
+        .user("quarry")
+        .dbname("quarry")
+        .connect_timeout(std::time::Duration::from_secs(10));
+    // The superuser's password, where the node asks for one (PostgreSQL's
+    // PGPASSWORD, or QUARRY_PASSWORD as `quarry load` reads it).
+    if let Some(password) = ["QUARRY_PASSWORD", "PGPASSWORD"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+    {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(NoTls)
         .await
         .with_context(|| format!("cannot connect to the node at {pg}"))?;
     tokio::spawn(connection);
@@ -46,6 +64,8 @@ pub struct Member {
     pub state: String,
     /// leader, voter or learner.
     pub raft_role: String,
+    /// Drained for maintenance (`quarry node drain`).
+    pub maintenance: bool,
 }
 
 /// What `quarry cluster status` found.
@@ -75,7 +95,8 @@ impl Status {
 pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
     Ok(client
         .query(
-            "select node_id::bigint, rpc_address, pg_address, domain, state, raft_role \
+            "select node_id::bigint, rpc_address, pg_address, domain, state, raft_role, \
+                    maintenance \
              from quarry_system.nodes order by node_id",
             &[],
         )
@@ -89,6 +110,7 @@ pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
             domain: r.get(3),
             state: r.get(4),
             raft_role: r.get(5),
+            maintenance: r.get(6),
         })
         .collect())
 }
@@ -127,6 +149,82 @@ pub async fn status(pg: &str) -> anyhow::Result<Status> {
     })
 }
 
+/// How a drain ended (`quarry node drain`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drained {
+    /// Seconds from the mark to no client session left on the node.
+    pub seconds: f64,
+}
+
+/// Drains node `node` through the node at `pg` (another one: the drained
+/// node closes its client connections): marks it with `ALTER NODE n DRAIN
+/// WITH (deadline_seconds = deadline_secs)`, then waits until the node has
+/// no client session left and is not the Raft leader.
+///
+/// # Errors
+/// If `pg` is the drained node's address, the statement fails, or the node
+/// still has sessions 30 s past the deadline.
+pub async fn drain(pg: &str, node: u64, deadline_secs: u32) -> anyhow::Result<Drained> {
+    let client = connect(pg).await?;
+    let before = members(&client).await?;
+    let member = before
+        .iter()
+        .find(|m| m.node_id == node)
+        .with_context(|| format!("node {node} is not a member of the cluster"))?;
+    anyhow::ensure!(
+        member.pg_address != pg,
+        "{pg} is node {node} itself, which closes its client connections as it drains: \
+         give --host another node's PostgreSQL address"
+    );
+    let started = std::time::Instant::now();
+    client
+        .batch_execute(&format!(
+            "ALTER NODE {node} DRAIN WITH (deadline_seconds = {deadline_secs})"
+        ))
+        .await
+        .with_context(|| format!("cannot drain node {node}"))?;
+    let limit = Duration::from_secs(u64::from(deadline_secs) + 30);
+    loop {
+        let sessions: i64 = client
+            .query_one(
+                &format!("select count(*)::bigint from pg_stat_activity where node_id = {node}"),
+                &[],
+            )
+            .await
+            .context("cannot read pg_stat_activity")?
+            .get(0);
+        let leads = members(&client)
+            .await?
+            .iter()
+            .any(|m| m.node_id == node && m.raft_role == "leader");
+        if sessions == 0 && !leads {
+            return Ok(Drained {
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "node {node} still has {sessions} client sessions{} {}s after the drain began",
+            if leads { " and leads Raft" } else { "" },
+            limit.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Ends node `node`'s maintenance through the node at `pg` (`ALTER NODE n
+/// RESUME`): it takes clients again and stands for Raft elections.
+///
+/// # Errors
+/// If the statement fails.
+pub async fn resume(pg: &str, node: u64) -> anyhow::Result<()> {
+    connect(pg)
+        .await?
+        .batch_execute(&format!("ALTER NODE {node} RESUME"))
+        .await
+        .with_context(|| format!("cannot resume node {node}"))
+}
+
 /// `status` as the text `quarry cluster status` prints.
 pub fn render(status: &Status) -> String {
     let mut nodes = Table::new();
@@ -137,15 +235,17 @@ pub fn render(status: &Status) -> String {
         "domain",
         "state",
         "raft role",
+        "maintenance",
     ]);
     for n in &status.nodes {
         nodes.add_row([
-            &n.node_id.to_string(),
+            n.node_id.to_string().as_str(),
             &n.rpc_address,
             &n.pg_address,
             &n.domain,
             &n.state,
-            &n.raft_role,
+            n.raft_role.as_str(),
+            if n.maintenance { "drained" } else { "" },
         ]);
     }
     let alive = status.nodes.iter().filter(|n| n.state == "alive").count();

@@ -511,6 +511,24 @@ pub struct Catalog {
     /// own in the Raft snapshot file.
     #[serde(skip)]
     pub external: OrdMap<TableId, Arc<ExternalSource>>,
+    /// Nodes an operator took out of service (`ALTER NODE n DRAIN`,
+    /// `quarry node drain`), by node id: such a node takes no new clients
+    /// and gives up Raft leadership, and while it is down for a restart its
+    /// chunks are not rebuilt elsewhere nor its voter replaced (until
+    /// `maintenance_timeout_secs`). Records of their own in the Raft
+    /// snapshot file.
+    #[serde(skip)]
+    pub maintenance: OrdMap<NodeId, Maintenance>,
+}
+
+/// A node in maintenance: since when, and how long its running statements
+/// may take to finish before they are cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// When the drain was asked for (the leader's clock).
+    pub since: TimestampMicros,
+    /// Seconds running statements may go on after the drain starts.
+    pub deadline_secs: u32,
 }
 
 /// A pending channel of the streaming API: its rows' data files, kept out

@@ -120,6 +120,8 @@ impl SqlState {
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// 57P01 admin_shutdown.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// 57P03 cannot_connect_now: the node is draining or starting.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     /// 58030 io_error.
     pub const IO_ERROR: SqlState = SqlState("58030");
     /// 58P01 undefined_file: a file named by a statement does not exist.
@@ -179,6 +181,7 @@ impl SqlState {
             SqlState::OUT_OF_MEMORY,
             SqlState::QUERY_CANCELED,
             SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
             SqlState::IO_ERROR,
             SqlState::INTERNAL_ERROR,
             SqlState::DATA_CORRUPTED,

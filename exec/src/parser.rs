@@ -583,6 +583,14 @@ pub enum QuarryStatement {
         /// The job's id, as `quarry_system.jobs` shows it.
         job_id: String,
     },
+    /// `ALTER NODE n DRAIN [WITH (deadline_seconds = s)]` or `ALTER NODE n
+    /// RESUME`: takes node n out of service for maintenance, or back.
+    AlterNode {
+        /// The node's id, as `quarry_system.nodes` shows it.
+        node: u64,
+        /// DRAIN: seconds its running statements may take; RESUME: None.
+        drain_deadline_secs: Option<u32>,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -1067,6 +1075,62 @@ fn parse_grant_role(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>>
 /// a name no SQL text can spell, as it holds a NUL.
 pub const ALL_COLUMNS: &str = "\0*";
 
+/// Seconds a drain lets running statements go on when `ALTER NODE n DRAIN`
+/// gives no `deadline_seconds`.
+pub const DRAIN_DEADLINE_SECS_DEFAULT: u32 = 60;
+
+/// `ALTER NODE n DRAIN [WITH (deadline_seconds = s)]` and `ALTER NODE n
+/// RESUME`; None for a statement that does not start with ALTER NODE.
+fn parse_alter_node(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let words: Vec<&Token> = tokens.iter().map(|t| &t.token).collect();
+    if first_word(tokens) != "alter" || tokens.get(1..2).is_none_or(|t| first_word(t) != "node") {
+        return Ok(None);
+    }
+    let usage = "expected ALTER NODE node_id DRAIN [WITH (deadline_seconds = n)] or ALTER NODE node_id RESUME";
+    let node = match words.get(2) {
+        Some(Token::Number(n, _)) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| syntax_error(format!("invalid node id {n}")))?,
+        _ => return Err(syntax_error(usage)),
+    };
+    let action = tokens.get(3..4).map(first_word).unwrap_or_default();
+    let rest = &words[4.min(words.len())..];
+    match (action.as_str(), rest) {
+        ("resume", []) => Ok(Some(QuarryStatement::AlterNode {
+            node,
+            drain_deadline_secs: None,
+        })),
+        ("drain", []) => Ok(Some(QuarryStatement::AlterNode {
+            node,
+            drain_deadline_secs: Some(DRAIN_DEADLINE_SECS_DEFAULT),
+        })),
+        (
+            "drain",
+            [
+                Token::Word(with),
+                Token::LParen,
+                Token::Word(option),
+                Token::Eq,
+                Token::Number(seconds, _),
+                Token::RParen,
+            ],
+        ) if with.value.eq_ignore_ascii_case("with")
+            && option.value.eq_ignore_ascii_case("deadline_seconds") =>
+        {
+            let seconds = seconds
+                .parse::<u32>()
+                .map_err(|_| syntax_error(format!("invalid deadline_seconds {seconds}")))?;
+            Ok(Some(QuarryStatement::AlterNode {
+                node,
+                drain_deadline_secs: Some(seconds),
+            }))
+        }
+        _ => Err(syntax_error(usage)),
+    }
+}
+
 /// The first token of a statement as a lower-case unquoted word ("" if it
 /// is not one).
 /// `CANCEL JOB 'job_id'`; None for a statement that does not start with
@@ -1262,6 +1326,9 @@ fn parse_quarry_statement(
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_cancel_job(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_alter_node(&tokens)? {
         return Ok(Some(statement));
     }
     // Most statements start otherwise: they are not parsed twice.

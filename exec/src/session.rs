@@ -826,6 +826,10 @@ impl Session {
             }
             QuarryStatement::Move { name, direction } => self.move_cursor(&name, &direction).await,
             QuarryStatement::CancelJob { job_id } => self.cancel_job(&job_id).await,
+            QuarryStatement::AlterNode {
+                node,
+                drain_deadline_secs,
+            } => self.alter_node(node, drain_deadline_secs).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
                 self.create_access_token(&name, valid_until.as_ref()).await

@@ -286,6 +286,7 @@ fn nodes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn Tab
         Field::new("raft_role", DataType::Utf8, false),
         Field::new("chunks", DataType::UInt64, false),
         Field::new("chunk_bytes", DataType::UInt64, false),
+        Field::new("maintenance", DataType::Boolean, false),
     ]));
     let rows = cluster.nodes();
     // The chunks of stripes the catalog places on each node.
@@ -309,6 +310,11 @@ fn nodes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn Tab
             text(rows.iter().map(|r| r.raft_role.clone()).collect()),
             count(rows.iter().map(|r| of(r.node_id).0).collect()),
             count(rows.iter().map(|r| of(r.node_id).1).collect()),
+            Arc::new(BooleanArray::from(
+                rows.iter()
+                    .map(|r| catalog.maintenance.contains_key(&r.node_id))
+                    .collect::<Vec<_>>(),
+            )),
         ],
     )
 }

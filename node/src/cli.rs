@@ -23,6 +23,13 @@ pub enum CliCommand {
     /// Load files into a table of a running node (through its streaming
     /// API, resumable), or sample data (`quarry load tpch`).
     Load(Box<LoadArgs>),
+    /// Take a node out of service for maintenance (drain), or back
+    /// (resume): the rolling restart of docs/INSTALL.md.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Look at or start a cluster.
     Cluster {
         /// What to do.
@@ -44,6 +51,10 @@ pub enum CliCommand {
         #[arg(long, global = true, default_value_t = 1825)]
         lifetime_days: u32,
     },
+    /// Print the manual page (roff), as the Debian package installs it
+    /// (deploy/debian/quarry.1).
+    #[command(hide = true)]
+    Man,
 }
 
 /// Sub-commands of `quarry cert`.
@@ -63,6 +74,36 @@ pub enum CertCommand {
     CreateClient {
         /// The user (the certificate's common name).
         user: String,
+    },
+}
+
+/// Sub-commands of `quarry node`. They connect as the superuser `quarry`,
+/// with the password in QUARRY_PASSWORD or PGPASSWORD where the node asks
+/// for one.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Drain node NODE: it refuses new clients (57P03, /ready fails), hands
+    /// Raft leadership over, lets running statements finish until the
+    /// deadline (then cancels them) and closes its client connections;
+    /// while it is down for maintenance its chunks are not rebuilt
+    /// elsewhere. Waits until it is drained.
+    Drain {
+        /// The node's id (`quarry cluster status`).
+        node: u64,
+        /// Another node's PostgreSQL address, HOST:PORT.
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
+        /// Seconds running statements may take before they are cancelled.
+        #[arg(long, default_value_t = 60)]
+        deadline_secs: u32,
+    },
+    /// End node NODE's maintenance: it takes clients again.
+    Resume {
+        /// The node's id.
+        node: u64,
+        /// A node's PostgreSQL address, HOST:PORT (any node).
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
     },
 }
 
@@ -249,6 +290,17 @@ impl StartArgs {
     }
 }
 
+/// Writes `quarry`'s manual page (roff): the command, its options and its
+/// sub-commands, from the same definitions as `--help`.
+///
+/// # Errors
+/// If writing fails.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    // The package version alone: the page does not change with each commit.
+    clap_mangen::Man::new(Cli::command().version(env!("CARGO_PKG_VERSION"))).render(out)
+}
+
 /// Runs the command line; the process exit code follows the result.
 ///
 /// # Errors
@@ -257,6 +309,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         CliCommand::Start(args) => crate::server::run(args.config()?).await,
         CliCommand::Cluster { command } => cluster(command).await,
+        CliCommand::Node { command } => match command {
+            NodeCommand::Drain {
+                node,
+                host,
+                deadline_secs,
+            } => {
+                let drained = quarry_client::cluster::drain(&host, node, deadline_secs).await?;
+                println!(
+                    "node {node} drained in {:.1} s: no client sessions, not the Raft leader; \
+                     `quarry node resume {node}` ends its maintenance",
+                    drained.seconds
+                );
+                Ok(())
+            }
+            NodeCommand::Resume { node, host } => {
+                quarry_client::cluster::resume(&host, node).await?;
+                println!("node {node} takes clients again");
+                Ok(())
+            }
+        },
         CliCommand::Cert {
             command,
             certs_dir,
@@ -285,6 +357,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Load(args) => load(*args).await,
+        CliCommand::Man => {
+            use std::io::Write as _;
+            let mut page = Vec::new();
+            man_page(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+            Ok(())
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use quarry_common::catalog::{ChunkId, NodeId, Stripe, StripeLayout};
+use quarry_common::catalog::{Catalog, ChunkId, NodeId, Stripe, StripeLayout};
 use quarry_raft::{Applied, Command, LeaderLink, Meta, NodeAddr, Proposal, Raft};
 use quarry_storage::StripeStore;
 use quarry_storage::placement::{domain_of, layouts_of, regroup_plan, repair_step, widen_to};
@@ -219,6 +219,10 @@ impl crate::rpc::Handler for NodeHandler {
                     .await
                     .map_err(|e| RemoteMetaError::new(self.membership.me().node_id, e)),
             ),
+            RpcRequest::Elect => match self.meta.raft().trigger().elect().await {
+                Ok(()) => RpcResponse::Ok,
+                Err(e) => RpcResponse::Failed(format!("cannot start an election: {e}")),
+            },
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(
                 self.meta
                     .read_index_local()
@@ -346,6 +350,18 @@ pub struct Duties {
     pub voter_replace_after: Duration,
     /// How long a node may be down before its chunks are rebuilt elsewhere.
     pub repair_after: Duration,
+    /// How long after its drain a node in maintenance is spared both.
+    pub maintenance_timeout: Duration,
+}
+
+/// Whether node `node` is in maintenance (drained by an operator) and
+/// within `timeout` of its mark: while down, it is neither repaired nor
+/// replaced as a voter.
+fn in_maintenance(catalog: &Catalog, node: NodeId, timeout: Duration) -> bool {
+    catalog.maintenance.get(&node).is_some_and(|mark| {
+        let age = (quarry_raft::now_micros() - mark.since).max(0) as u128;
+        age < timeout.as_micros()
+    })
 }
 
 /// Runs forever: every second, on the leader, manages voters and repairs
@@ -375,7 +391,9 @@ pub async fn run_duties(
         if metrics.current_leader != Some(membership.me().node_id) {
             continue;
         }
-        if let Err(e) = manage_voters(raft, &metrics, &membership, &duties, started).await {
+        let catalog = meta.read_local();
+        if let Err(e) = manage_voters(raft, &metrics, &membership, &duties, started, &catalog).await
+        {
             tracing::warn!(error = %e, "voter management failed; retrying");
         }
         repair(&meta, &stripes, &membership, &duties, started).await;
@@ -509,6 +527,7 @@ async fn manage_voters(
     membership: &Membership,
     duties: &Duties,
     started: Instant,
+    catalog: &Catalog,
 ) -> anyhow::Result<()> {
     let config = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = config.voter_ids().collect();
@@ -533,9 +552,10 @@ async fn manage_voters(
         .iter()
         .copied()
         .filter(|v| {
-            membership
-                .down_for(*v, started)
-                .is_some_and(|d| d >= duties.voter_replace_after)
+            !in_maintenance(catalog, *v, duties.maintenance_timeout)
+                && membership
+                    .down_for(*v, started)
+                    .is_some_and(|d| d >= duties.voter_replace_after)
         })
         .collect();
     let mut candidates: Vec<NodeId> = nodes
@@ -600,9 +620,10 @@ async fn repair(
         .collect();
     let lost = |node: NodeId| {
         !members.contains(&node)
-            || membership
-                .down_for(node, started)
-                .is_some_and(|d| d >= duties.repair_after)
+            || (!in_maintenance(&catalog, node, duties.maintenance_timeout)
+                && membership
+                    .down_for(node, started)
+                    .is_some_and(|d| d >= duties.repair_after))
     };
     let mut bytes = 0u64;
     let began = Instant::now();

@@ -96,6 +96,11 @@ pub struct FileConfig {
     /// nodes [default: 600].
     #[arg(long)]
     pub repair_after_secs: Option<u64>,
+    /// Seconds after `ALTER NODE n DRAIN` (`quarry node drain`) during which
+    /// the node, down for maintenance, is neither repaired nor replaced as
+    /// a voter [default: 3600].
+    #[arg(long)]
+    pub maintenance_timeout_secs: Option<u64>,
     /// Seconds between passes of the scrubber over this node's chunks
     /// [default: 3600].
     #[arg(long)]
@@ -201,6 +206,8 @@ pub struct Config {
     pub voter_replace_after: Duration,
     /// How long a node may be down before its chunks are rebuilt elsewhere.
     pub repair_after: Duration,
+    /// How long a node in maintenance may be down without repair.
+    pub maintenance_timeout: Duration,
     /// Time between scrubber passes.
     pub scrub_interval: Duration,
     /// How long joining keeps trying the seeds.
@@ -420,6 +427,11 @@ impl FileConfig {
                 300,
             ),
             repair_after: secs(flags.repair_after_secs, self.repair_after_secs, 600),
+            maintenance_timeout: secs(
+                flags.maintenance_timeout_secs,
+                self.maintenance_timeout_secs,
+                3600,
+            ),
             scrub_interval: secs(flags.scrub_interval_secs, self.scrub_interval_secs, 3600),
             join_timeout: secs(flags.join_timeout_secs, self.join_timeout_secs, 30),
             query_memory_bytes: (flags

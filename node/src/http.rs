@@ -46,6 +46,8 @@ pub struct HttpState {
     pub stream_body_limit: usize,
     /// The query API (None: not served).
     pub queries: Option<Arc<crate::query_api::QueryApi>>,
+    /// Whether the node takes clients (`/ready` fails while it drains).
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// The address an HTTPS request came from (an extension of each request on
@@ -166,6 +168,7 @@ async fn serve_tls(
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
+    let api = state.drain.clone();
     Router::new()
         .route("/", get(crate::console::index))
         .route("/console.js", get(crate::console::script))
@@ -198,10 +201,36 @@ pub fn router(state: HttpState) -> Router {
             get(crate::query_api::get_job).delete(crate::query_api::cancel_job),
         )
         .route("/v1/jobs/{job}/results", get(crate::query_api::get_results))
+        // While the node drains, new API requests go elsewhere (503, as
+        // /ready says).
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let serving = api.is_serving() || !request.uri().path().starts_with("/v1/");
+                async move {
+                    if serving {
+                        next.run(request).await
+                    } else {
+                        crate::stream_api::error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "57P03",
+                            "the node is draining for maintenance; send requests to another node",
+                            None,
+                            None,
+                        )
+                    }
+                }
+            },
+        ))
         .with_state(state)
 }
 
 async fn ready(State(state): State<HttpState>) -> (StatusCode, String) {
+    if !state.drain.is_serving() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining for maintenance\n".to_owned(),
+        );
+    }
     match state.meta.read().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod data_dir;
+pub mod drain;
 pub mod fragment;
 pub mod gauges;
 pub mod http;

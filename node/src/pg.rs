@@ -72,6 +72,7 @@ pub struct Frontend {
     running: Arc<RunningStatements>,
     slots: Arc<tokio::sync::Semaphore>,
     jobs: Arc<Jobs>,
+    drain: Arc<crate::drain::Drain>,
 }
 
 /// Cancel signals of the open connections, by the (process id, secret key) each
@@ -161,6 +162,11 @@ impl RunningStatements {
         RunningGuard(self.clone())
     }
 
+    /// Statements executing now.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until no statement is executing.
     pub async fn wait_idle(&self) {
         loop {
@@ -198,9 +204,11 @@ impl Frontend {
         auth: Arc<Authenticator>,
         query_slots: usize,
         jobs: Arc<Jobs>,
+        drain: Arc<crate::drain::Drain>,
     ) -> Arc<Self> {
         Arc::new(Frontend {
             jobs,
+            drain,
             engine,
             auth,
             cancels: Arc::new(Cancels::default()),
@@ -218,6 +226,16 @@ impl Frontend {
     /// Statements executing now.
     pub fn running(&self) -> &RunningStatements {
         &self.running
+    }
+
+    /// Cancels the running statement of every client connection, as a
+    /// cancel request would (57014); how many connections were signalled.
+    pub fn cancel_all(&self) -> usize {
+        let connections = self.cancels.lock();
+        for signal in connections.values() {
+            signal.send_modify(|generation| *generation += 1);
+        }
+        connections.len()
     }
 
     /// The handlers of one new client connection.
@@ -242,6 +260,7 @@ impl Frontend {
             slots: self.slots.clone(),
             engine: self.engine.clone(),
             auth: self.auth.clone(),
+            drain: self.drain.clone(),
             login: std::sync::Mutex::new(Login::Initial),
         });
         Ok(Handlers {
@@ -264,6 +283,8 @@ pub struct Connection {
     slots: Arc<tokio::sync::Semaphore>,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
+    /// Refuses new clients while the node drains.
+    drain: Arc<crate::drain::Drain>,
     login: std::sync::Mutex<Login>,
     /// The node's jobs; this connection's backend record once logged in.
     jobs: Arc<Jobs>,
@@ -875,6 +896,14 @@ impl StartupHandler for Connection {
                     .get("database")
                     .cloned()
                     .unwrap_or_default();
+                if !self.drain.is_serving() {
+                    return Err(fatal(
+                        SqlState::CANNOT_CONNECT_NOW,
+                        "the node is draining for maintenance (ALTER NODE ... RESUME ends it); \
+                         connect to another node"
+                            .to_owned(),
+                    ));
+                }
                 if user.is_empty() {
                     return Err(fatal(
                         SqlState::INVALID_AUTHORIZATION_SPECIFICATION,

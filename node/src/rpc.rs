@@ -42,8 +42,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `skipped` in `Append` and `AppendBuffered`, `AppendPending`,
 /// `CommitPending`, `DiscardPending`; version 16: `CommitBuffered`,
 /// `SpillBuffered`; version 17: fragment reports carry their cost, and the
-/// job and backend requests), needs a new version.
-pub const WIRE_VERSION: u8 = 17;
+/// job and backend requests; version 18: `SetMaintenance` and the drain
+/// requests), needs a new version.
+pub const WIRE_VERSION: u8 = 18;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -117,6 +118,10 @@ pub enum RpcRequest {
     },
     /// The node's jobs and backends, and cancels ([`crate::jobs`]).
     Jobs(crate::jobs::JobRequest),
+    /// A draining leader hands leadership over: the receiving voter starts
+    /// an election at once (the Raft thesis's TimeoutNow, §3.10). Answered
+    /// with `Ok` once the election is started.
+    Elect,
 }
 
 /// A metadata error sent back to the node that forwarded a request: each
@@ -931,10 +936,11 @@ mod tests {
             | C::DiscardPending { .. }
             | C::CommitBuffered { .. }
             | C::SpillBuffered { .. }
+            | C::SetMaintenance { .. }
             | C::CreatePredefinedRoles => {}
         }
         // Version 17: `CreatePredefinedRoles`, fragment reports, job requests.
-        const _: () = assert!(WIRE_VERSION == 17, "update the list above");
+        const _: () = assert!(WIRE_VERSION == 18, "update the list above");
     }
 
     #[tokio::test]

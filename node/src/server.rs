@@ -398,11 +398,13 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         AuthMode::Scram
     };
     let auth = Authenticator::new(mode, tls.clone());
+    let drain = crate::drain::Drain::new();
     let frontend = Frontend::new(
         engine.clone(),
         auth.clone(),
         config.query_slots,
         jobs.clone(),
+        drain.clone(),
     );
     let compaction_engine = engine.clone();
     let gauge_sources = crate::gauges::Sources {
@@ -443,6 +445,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                 data_dir.path().join("results"),
                 frontend.slots(),
             )?),
+            drain: drain.clone(),
         }),
         tls.clone(),
     )?;
@@ -470,10 +473,19 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         Duties {
             voter_replace_after: config.voter_replace_after,
             repair_after: config.repair_after,
+            maintenance_timeout: config.maintenance_timeout,
         },
     ));
 
     let watchdog = tokio::spawn(crate::service::watchdog(meta.clone(), queries.clone()));
+    let drainer = tokio::spawn(crate::drain::follow(
+        meta.clone(),
+        node_id,
+        drain.clone(),
+        frontend.clone(),
+        transport.clone(),
+    ));
+    let mut drain_state = drain.subscribe();
     crate::service::ready(&format!(
         "node {node_id} serving PostgreSQL on {} and HTTP on {}",
         config.pg_listen, config.http_listen
@@ -512,6 +524,15 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Ok(()) = drain_state.changed() => {
+                if *drain_state.borrow_and_update() == crate::drain::DrainState::Drained {
+                    // No client statement runs (or those past the deadline
+                    // were cancelled): the sessions go, and their clients
+                    // reconnect to other nodes.
+                    tracing::info!(connections = connections.len(), "closing client connections of the drained node");
+                    connections.abort_all();
+                }
+            }
         }
     }
 
@@ -538,6 +559,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     duties.abort();
     job_keeper.abort();
     watchdog.abort();
+    drainer.abort();
     if let Err(e) = jobs.write_ended() {
         tracing::warn!(error = %e, "cannot write the job history");
     }

@@ -27,6 +27,11 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// What `systemctl status` shows for the node (`STATUS=`).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
 /// The node shuts down: `STOPPING=1`.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);

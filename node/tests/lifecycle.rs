@@ -574,7 +574,7 @@ fn the_systemd_unit_verifies_and_its_exposure_stays_low() {
     // The unit as installed, but running this build as root (verify checks
     // that the binary and the user exist).
     let local = unit
-        .replace("/usr/local/bin/quarry", env!("CARGO_BIN_EXE_quarry"))
+        .replace("/usr/bin/quarry", env!("CARGO_BIN_EXE_quarry"))
         .replace("User=quarry", "User=root")
         .replace("Group=quarry", "Group=root");
     let dir = tempfile::tempdir().expect("temp dir");

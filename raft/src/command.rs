@@ -10,9 +10,9 @@ use std::sync::Arc;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, ExternalSource, FieldId, GossipKey, NodeId, Operation, PendingChannel, RowRange,
-    SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId, StripeLayout, Table, TableId,
-    TableNotes, TableSnapshot, TimestampMicros, View,
+    DroppedTable, ExternalSource, FieldId, GossipKey, Maintenance, NodeId, Operation,
+    PendingChannel, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
+    StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
@@ -506,6 +506,14 @@ pub enum Command {
         /// Where they are stored now.
         stripes: Vec<Stripe>,
     },
+    /// `ALTER NODE n DRAIN` (Some) or `ALTER NODE n RESUME` (None): marks
+    /// or clears node `node`'s maintenance ([`Catalog::maintenance`]).
+    SetMaintenance {
+        /// The node.
+        node: NodeId,
+        /// The mark; None clears it.
+        maintenance: Option<Maintenance>,
+    },
 }
 
 impl Command {
@@ -929,6 +937,17 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let applied = apply(catalog, &inner)?;
             roles::record_owner(catalog, *owner, command, &applied);
             Ok(applied)
+        }
+        Command::SetMaintenance { node, maintenance } => {
+            match maintenance {
+                Some(mark) => {
+                    catalog.maintenance.insert(*node, *mark);
+                }
+                None => {
+                    catalog.maintenance.remove(node);
+                }
+            }
+            Ok(Applied::Nothing)
         }
         Command::SetGossipKey { key } => {
             if catalog.gossip_key.is_none() {

@@ -27,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, NodeId, PendingChannel, RowRange,
-    SchemaId, Stripe, Table, TableId, TableNotes, View,
+    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
+    RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,11 @@ enum Record<'a> {
         channel: Cow<'a, str>,
         pending: Cow<'a, PendingChannel>,
     },
+    /// One node's maintenance mark.
+    Maintenance {
+        node: NodeId,
+        mark: Maintenance,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -168,6 +173,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         channels,
         pending,
         external,
+        maintenance,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -239,6 +245,12 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         writer.put(&Record::External {
             table: *table,
             source: Cow::Borrowed(source.as_ref()),
+        })?;
+    }
+    for (node, mark) in maintenance {
+        writer.put(&Record::Maintenance {
+            node: *node,
+            mark: *mark,
         })?;
     }
     let every_table = tables
@@ -359,6 +371,9 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                     .insert(object.into_owned(), Arc::new(acl.into_owned()));
             }
             Record::GossipKey(key) => catalog.gossip_key = Some(key),
+            Record::Maintenance { node, mark } => {
+                catalog.maintenance.insert(node, mark);
+            }
             Record::Token(token) => {
                 let token = token.into_owned();
                 catalog.tokens.insert(token.id.clone(), Arc::new(token));
@@ -695,6 +710,18 @@ mod tests {
                 },
             },
         );
+        // A node in maintenance.
+        let mark = Maintenance {
+            since: 5,
+            deadline_secs: 60,
+        };
+        ok(
+            &mut catalog,
+            Command::SetMaintenance {
+                node: 2,
+                maintenance: Some(mark),
+            },
+        );
         let table = catalog.table("public", "t1").expect("t1");
         assert_eq!(table.buffer.keys().collect::<Vec<_>>(), [&ChunkId(105)]);
         assert_eq!(table.moved.len(), 1);
@@ -703,6 +730,7 @@ mod tests {
         let back = read(bytes.as_slice()).expect("read");
         assert_eq!(back, catalog);
         assert_eq!(back.table_keys, catalog.table_keys);
+        assert_eq!(back.maintenance.get(&2), Some(&mark));
         let t1 = back.table("public", "t1").expect("t1");
         assert_eq!(
             t1.live_files,

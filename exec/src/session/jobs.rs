@@ -1,6 +1,8 @@
-//! `CANCEL JOB 'id'`: stops a job on whichever node runs it.
+//! `CANCEL JOB 'id'`: stops a job on whichever node runs it. `ALTER NODE n
+//! DRAIN | RESUME`: takes a node out of service for maintenance, or back.
 
 use super::*;
+use quarry_common::catalog::Maintenance;
 
 impl Session {
     /// Whose jobs this session may cancel, by the newest catalog (None:
@@ -31,5 +33,48 @@ impl Session {
             ));
         }
         Ok(Output::Command(CommandTag::new("CANCEL JOB")))
+    }
+
+    /// `ALTER NODE n DRAIN` / `RESUME`: marks or clears node n's
+    /// maintenance in the catalog; the node itself drains (or serves again)
+    /// when it sees the mark. 42501 for a role that is not a superuser,
+    /// 42704 for a node that is not a member of the cluster.
+    pub(super) async fn alter_node(
+        &self,
+        node: u64,
+        drain_deadline_secs: Option<u32>,
+    ) -> Result<Output> {
+        if !self.access().await?.is_superuser() {
+            return Err(user_error(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "must be superuser to drain or resume a node",
+            ));
+        }
+        if !self
+            .engine
+            .chunks
+            .nodes()
+            .iter()
+            .any(|member| member.node_id == node)
+        {
+            return Err(user_error(
+                SqlState::UNDEFINED_OBJECT,
+                format!("node {node} is not a member of the cluster"),
+            ));
+        }
+        let maintenance = drain_deadline_secs.map(|deadline_secs| Maintenance {
+            since: quarry_raft::now_micros(),
+            deadline_secs,
+        });
+        let tag = if maintenance.is_some() {
+            "ALTER NODE DRAIN"
+        } else {
+            "ALTER NODE RESUME"
+        };
+        self.engine
+            .meta
+            .write(Command::SetMaintenance { node, maintenance })
+            .await?;
+        Ok(Output::Command(CommandTag::new(tag)))
     }
 }

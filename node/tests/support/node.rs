@@ -188,6 +188,13 @@ impl TestNode {
         self.wait_ready().await;
     }
 
+    /// Starts the stopped node again as [`TestNode::restart`] does, without
+    /// waiting for it to take clients (a node in maintenance refuses them).
+    pub fn restart_unready(&mut self) {
+        assert!(self.child.is_none(), "node is still running");
+        self.launch();
+    }
+
     /// Replaces the flags after the ports for the next [`TestNode::restart`].
     pub fn set_flags(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| (*s).to_owned()).collect();

@@ -1,0 +1,316 @@
+//! Draining a node for maintenance (`quarry node drain`, `ALTER NODE n
+//! DRAIN`) and resuming it, on a 3-node cluster of real processes.
+
+#[path = "support/node.rs"]
+mod support;
+#[path = "support/cluster.rs"]
+mod support_cluster;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{TestNode, http_request, sqlstate};
+use support_cluster::{node_rows, start_cluster, wait_for};
+
+/// Node `node`'s id in the cluster.
+async fn id_of(nodes: &[TestNode], node: usize) -> u64 {
+    node_rows(&nodes[0])
+        .await
+        .iter()
+        .find(|r| r.rpc_address == nodes[node].listen())
+        .expect("a member")
+        .node_id
+}
+
+/// `quarry node ARGS...`; its output, failing the test unless it succeeds.
+fn quarry_node(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("node")
+        .args(args)
+        .output()
+        .expect("run quarry node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "quarry node {args:?}: {text}");
+    text
+}
+
+/// The status of the node's `/ready` (0 while it does not listen).
+async fn ready_status(node: &TestNode) -> u16 {
+    if tokio::net::TcpStream::connect(("127.0.0.1", node.http_port))
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    http_request(
+        "GET",
+        &format!("http://127.0.0.1:{}/ready", node.http_port),
+        "text/plain",
+        &[],
+    )
+    .await
+    .0
+}
+
+/// Where each stripe's chunks are, by stripe.
+async fn placements(node: &TestNode) -> Vec<(String, String)> {
+    node.client()
+        .await
+        .query(
+            "select stripe_id, nodes from quarry_system.stripes order by stripe_id",
+            &[],
+        )
+        .await
+        .expect("stripes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_while_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = start_cluster(
+        dir.path(),
+        3,
+        &[
+            "--repair-after-secs",
+            "1",
+            "--voter-replace-after-secs",
+            "1",
+        ],
+    )
+    .await;
+    let client = nodes[0].client().await;
+    client
+        .batch_execute("create table t (id bigint, pad text)")
+        .await
+        .expect("create");
+    for part in 0..3i64 {
+        client
+            .batch_execute(&format!(
+                "insert into t select {part} * 1000 + value, repeat('x', 40) \
+                 from generate_series(1, 1000)"
+            ))
+            .await
+            .expect("load");
+    }
+
+    // Drain the Raft leader, with a statement running on it and an idle
+    // session open.
+    let d = support_cluster::leader_index(&nodes, 0).await;
+    let other = (d + 1) % 3;
+    let id = id_of(&nodes, d).await;
+    let host = format!("127.0.0.1:{}", nodes[other].pg_port);
+    let running = nodes[d].client().await;
+    let idle = nodes[d].client().await;
+    let statement = tokio::spawn(async move {
+        running
+            .query_one(
+                "select count(*)::bigint from generate_series(1, 300000000)",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    });
+    let observer = nodes[other].client().await;
+    wait_for(Duration::from_secs(20), "the statement running", || async {
+        observer
+            .query_one(
+                &format!(
+                    "select count(*)::bigint from pg_stat_activity \
+                     where node_id = {id} and state = 'active' and query like '%generate_series%'"
+                ),
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    let said = tokio::task::spawn_blocking({
+        let host = host.clone();
+        move || {
+            quarry_node(&[
+                "drain",
+                &id.to_string(),
+                "--host",
+                &host,
+                "--deadline-secs",
+                "120",
+            ])
+        }
+    })
+    .await
+    .expect("drain");
+    assert!(said.contains(&format!("node {id} drained")), "{said}");
+    // The statement that ran finished with its answer; the idle session
+    // was closed; a new client is refused with 57P03; /ready fails.
+    assert_eq!(
+        statement
+            .await
+            .expect("join")
+            .expect("finished, not cancelled"),
+        300_000_000
+    );
+    assert!(idle.simple_query("select 1").await.is_err());
+    let refused = tokio_postgres::connect(&nodes[d].conn_string(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("a new client is refused");
+    assert_eq!(sqlstate(&refused), "57P03", "{refused}");
+    assert_eq!(ready_status(&nodes[d]).await, 503);
+    let rows = node_rows(&nodes[other]).await;
+    let row = rows.iter().find(|r| r.node_id == id).expect("row");
+    assert!(row.maintenance);
+    assert_ne!(row.raft_role, "leader", "leadership moved away");
+    assert!(rows.iter().any(|r| r.raft_role == "leader"));
+    // Another node's API requests are still served.
+    assert_eq!(ready_status(&nodes[other]).await, 200);
+
+    // Stopped for its maintenance (well past repair_after and
+    // voter_replace_after), its chunks are not rebuilt elsewhere and it
+    // stays a voter; reads are served degraded meanwhile.
+    let before = placements(&nodes[other]).await;
+    assert!(!before.is_empty());
+    nodes[d].kill9();
+    let me = nodes[d].listen();
+    wait_for(Duration::from_secs(20), "the node seen down", || async {
+        node_rows(&nodes[other])
+            .await
+            .iter()
+            .any(|r| r.rpc_address == me && r.state == "down")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(placements(&nodes[other]).await, before, "no repair");
+    let rows = node_rows(&nodes[other]).await;
+    assert_eq!(
+        rows.iter()
+            .find(|r| r.node_id == id)
+            .expect("row")
+            .raft_role,
+        "voter"
+    );
+    let count: i64 = nodes[other]
+        .client()
+        .await
+        .query_one("select count(*)::bigint from t", &[])
+        .await
+        .expect("degraded read")
+        .get(0);
+    assert_eq!(count, 3000);
+
+    // Restarted, it is still in maintenance until resumed.
+    nodes[d].restart_unready();
+    wait_for(Duration::from_secs(60), "the node alive again", || async {
+        ready_status(&nodes[d]).await == 503
+    })
+    .await;
+    let refused = tokio_postgres::connect(&nodes[d].conn_string(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused while in maintenance");
+    assert_eq!(sqlstate(&refused), "57P03");
+    let said = quarry_node(&["resume", &id.to_string(), "--host", &host]);
+    assert!(said.contains("takes clients again"), "{said}");
+    nodes[d].wait_ready().await;
+    assert_eq!(ready_status(&nodes[d]).await, 200);
+    assert!(!node_rows(&nodes[d]).await.iter().any(|r| r.maintenance));
+
+    // A drain whose deadline passes cancels the statements still running.
+    let e = (d + 2) % 3;
+    let id_e = id_of(&nodes, e).await;
+    let long = nodes[e].client().await;
+    let statement = tokio::spawn(async move {
+        long.query_one(
+            "select count(*)::bigint from generate_series(1, 100000000000)",
+            &[],
+        )
+        .await
+    });
+    wait_for(
+        Duration::from_secs(20),
+        "the long statement running",
+        || async {
+            observer
+                .query_one(
+                    &format!(
+                        "select count(*)::bigint from pg_stat_activity \
+                     where node_id = {id_e} and state = 'active' and query like '%generate_series%'"
+                    ),
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) == 1)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let host_d = format!("127.0.0.1:{}", nodes[d].pg_port);
+    tokio::task::spawn_blocking({
+        let host_d = host_d.clone();
+        move || {
+            quarry_node(&[
+                "drain",
+                &id_e.to_string(),
+                "--host",
+                &host_d,
+                "--deadline-secs",
+                "1",
+            ])
+        }
+    })
+    .await
+    .expect("drain");
+    let cancelled = statement
+        .await
+        .expect("join")
+        .err()
+        .expect("cancelled at the deadline");
+    assert_eq!(sqlstate(&cancelled), "57014", "{cancelled}");
+    quarry_node(&["resume", &id_e.to_string(), "--host", &host_d]);
+    nodes[e].wait_ready().await;
+}
+
+#[tokio::test]
+async fn alter_node_needs_a_superuser_and_a_member() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("n1")).await;
+    let client = node.client().await;
+    let unknown = client
+        .batch_execute("ALTER NODE 7 DRAIN")
+        .await
+        .expect_err("no node 7");
+    assert_eq!(sqlstate(&unknown), "42704", "{unknown}");
+    let syntax = client
+        .batch_execute("ALTER NODE 1 DRAIN WITH (deadline_seconds = soon)")
+        .await
+        .expect_err("syntax");
+    assert_eq!(sqlstate(&syntax), "42601", "{syntax}");
+    client
+        .batch_execute("CREATE ROLE plain LOGIN")
+        .await
+        .expect("role");
+    let (plain, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=plain dbname=quarry",
+            node.pg_port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect as plain");
+    tokio::spawn(connection);
+    let denied = plain
+        .batch_execute("ALTER NODE 1 DRAIN")
+        .await
+        .expect_err("not a superuser");
+    assert_eq!(sqlstate(&denied), "42501", "{denied}");
+    let rows = node_rows(&node).await;
+    assert!(!rows[0].maintenance);
+}
