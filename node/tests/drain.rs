@@ -1,16 +1,19 @@
 //! Draining a node for maintenance (`quarry node drain`, `ALTER NODE n
 //! DRAIN`) and resuming it, on a 3-node cluster of real processes.
 
-#[path = "support/node.rs"]
-mod support;
-#[path = "support/cluster.rs"]
-mod support_cluster;
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
+
+    #[path = "cluster.rs"]
+    pub mod cluster;
+}
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{TestNode, http_request, sqlstate};
-use support_cluster::{node_rows, start_cluster, wait_for};
+use support::cluster::{self as support_cluster, node_rows, start_cluster, wait_for};
+use support::node::{TestNode, http_request, sqlstate};
 
 /// Node `node`'s id in the cluster.
 async fn id_of(nodes: &[TestNode], node: usize) -> u64 {
