@@ -142,7 +142,7 @@ impl ChrootNode {
 
     /// SIGTERM, as systemd stops it; the node exits 0.
     fn stop(mut self) {
-        nix_kill(self.child.id(), "TERM");
+        signal(self.child.id(), "TERM");
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -166,7 +166,8 @@ impl Drop for ChrootNode {
     }
 }
 
-fn nix_kill(pid: u32, signal: &str) {
+/// kill(1) `-signal pid`.
+fn signal(pid: u32, signal: &str) {
     run(Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string()));
