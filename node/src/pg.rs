@@ -181,6 +181,14 @@ impl RunningStatements {
 
 struct RunningGuard(Arc<RunningStatements>);
 
+/// What a statement holds until its output is sent (or dropped): its query
+/// slot, if it takes one, and its place among the running statements, which
+/// a drain and a shutdown wait for.
+struct Held {
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _running: RunningGuard,
+}
+
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         if self
@@ -486,7 +494,7 @@ fn rows_response(
     stream: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
     stop: StopSignal,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    held: Held,
     job: Option<JobHandle>,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
@@ -495,11 +503,12 @@ fn rows_response(
         None => stream,
     };
     let row_fields = fields.clone();
-    // The stream owns the query slot: it is freed when the last row is sent
+    // The stream owns what the statement holds (its query slot, its running
+    // mark): freed when the last row is sent
     // or the stream is dropped (cancel, timeout, client gone).
     let rows = stream
         .map(move |batch| {
-            let _slot = &slot;
+            let _held = &held;
             batch
         })
         .map(move |batch| match batch {
@@ -627,7 +636,7 @@ impl Connection {
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
-        let _running = self.running.enter();
+        let running = self.running.enter();
         let session = self.state.session.lock().await;
         let stop = self.stop_signal(session.statement_timeout_ms());
         let job = self.jobs.begin(
@@ -646,8 +655,12 @@ impl Connection {
         // behind long queries.
         if !takes_slot(&statement) {
             job.started();
+            let held = Held {
+                _slot: None,
+                _running: running,
+            };
             return self
-                .execute(session, statement, params, format, stop, None, job)
+                .execute(session, statement, params, format, stop, held, job)
                 .await;
         }
         metrics::gauge!("quarry_statements_waiting_for_slot").increment(1.0);
@@ -667,11 +680,15 @@ impl Connection {
                 "query slots closed".to_owned(),
             ))
         })?;
-        self.execute(session, statement, params, format, stop, Some(slot), job)
+        let held = Held {
+            _slot: Some(slot),
+            _running: running,
+        };
+        self.execute(session, statement, params, format, stop, held, job)
             .await
     }
 
-    /// Runs `statement` as `job`, holding `slot` (if any) until its output
+    /// Runs `statement` as `job`, holding `held` until its output
     /// is done; the job ends with the output.
     #[allow(clippy::too_many_arguments)]
     async fn execute(
@@ -681,14 +698,14 @@ impl Connection {
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
         stop: StopSignal,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        held: Held,
         job: JobHandle,
     ) -> PgWireResult<Response> {
         let mut job = Some(job);
         // Boxed: the statement's future is large, and a deep one on the
         // stack of a debug build overflows it.
         let response = Box::pin(
-            self.execute_statement(session, statement, params, format, stop, slot, &mut job),
+            self.execute_statement(session, statement, params, format, stop, held, &mut job),
         )
         .await;
         // A streamed output took the job: its stream ends it.
@@ -712,7 +729,7 @@ impl Connection {
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
         stop: StopSignal,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        held: Held,
         job: &mut Option<JobHandle>,
     ) -> PgWireResult<Response> {
         // A panic in one statement fails that statement (XX000), not the node or
@@ -750,11 +767,11 @@ impl Connection {
         }
         let job = if streamed { job.take() } else { None };
         match output {
-            Output::Rows(stream) => rows_response(stream, format, stop, slot, job),
+            Output::Rows(stream) => rows_response(stream, format, stop, held, job),
             Output::BinaryRows(stream) if simple_protocol => {
-                rows_response(stream, &Format::UnifiedBinary, stop, slot, job)
+                rows_response(stream, &Format::UnifiedBinary, stop, held, job)
             }
-            Output::BinaryRows(stream) => rows_response(stream, format, stop, slot, job),
+            Output::BinaryRows(stream) => rows_response(stream, format, stop, held, job),
             // ROLLBACK TO SAVEPOINT is tagged ROLLBACK too, and the
             // transaction goes on.
             Output::Command(tag) => Ok(match tag.command.as_str() {
@@ -795,7 +812,7 @@ impl Connection {
                 let data = stream::iter(first)
                     .chain(data)
                     .map(move |chunk| {
-                        let _slot = &slot;
+                        let _held = &held;
                         match chunk {
                             Ok(bytes) => Ok(CopyData::new(bytes)),
                             Err(e) => Err(to_pg_error(&e)),

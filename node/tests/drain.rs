@@ -107,22 +107,30 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
             "1",
             "--voter-replace-after-secs",
             "1",
+            // Every statement's files in stripes, none in the ingest buffer.
+            "--buffer-file-rows",
+            "0",
         ],
     )
     .await;
     let client = nodes[0].client().await;
     client
-        .batch_execute("create table t (id bigint, pad text)")
+        .batch_execute(
+            "create table t (id bigint, pad text) with (data_chunks = 2, parity_chunks = 1)",
+        )
         .await
         .expect("create");
-    for part in 0..3i64 {
-        client
-            .batch_execute(&format!(
-                "insert into t select {part} * 1000 + value, repeat('x', 40) \
-                 from generate_series(1, 1000)"
-            ))
-            .await
-            .expect("load");
+    // Two INSERTs in one transaction: two data files, one sealed 2+1 stripe.
+    for round in 0..3i64 {
+        let mut statements = String::from("begin;");
+        for file in 0..2i64 {
+            let base = (round * 2 + file) * 1000;
+            statements.push_str(&format!(
+                "insert into t select {base} + value, repeat('x', 40) from generate_series(1, 1000);"
+            ));
+        }
+        statements.push_str("commit;");
+        client.batch_execute(&statements).await.expect("load");
     }
 
     // Drain the Raft leader, with a statement running on it and an idle
@@ -220,7 +228,7 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
         .await
         .expect("degraded read")
         .get(0);
-    assert_eq!(count, 3000);
+    assert_eq!(count, 6000);
 
     // Restarted, it is still in maintenance until resumed.
     nodes[d].restart_unready();
@@ -270,8 +278,7 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
     let cancelled = statement
         .await
         .expect("join")
-        .err()
-        .expect("cancelled at the deadline");
+        .expect_err("cancelled at the deadline");
     assert_eq!(sqlstate(&cancelled), "57014", "{cancelled}");
     quarry_node(&["resume", &id_e.to_string(), "--host", &host_d]);
     nodes[e].wait_ready().await;

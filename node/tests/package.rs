@@ -43,6 +43,8 @@ fn build_deb(version: &str, out: &Path) -> PathBuf {
                 "-p",
                 "quarry-node",
                 "--no-build",
+                "--strip",
+                "--fast",
                 "--deb-version",
                 version,
                 "-o",
@@ -89,8 +91,10 @@ struct ChrootNode {
 impl ChrootNode {
     async fn start(root: &Path, log: PathBuf) -> ChrootNode {
         let (pg_port, http_port, listen_port) = (free_port(), free_port(), free_port());
-        let child = in_root(root, &[])
-            .args(["--userspec=quarry:quarry", "/usr/bin/quarry", "start"])
+        let child = Command::new("chroot")
+            .arg("--userspec=quarry:quarry")
+            .arg(root)
+            .args(["/usr/bin/quarry", "start"])
             .args(["--config", "/etc/quarry/quarry.toml"])
             .arg(format!("--pg-listen=127.0.0.1:{pg_port}"))
             .arg(format!("--http-listen=127.0.0.1:{http_port}"))
