@@ -9,8 +9,11 @@
 //! 2. stops standing for Raft elections and, if it leads, hands leadership
 //!    to a caught-up voter (which starts an election at once: the Raft
 //!    thesis's TimeoutNow, §3.10);
-//! 3. lets running statements finish until the mark's deadline, then cancels
-//!    those still running (57014) and closes every client connection.
+//! 3. runs no new statement outside a transaction block (57P01: the client
+//!    knows it did not run and may retry it on another node), lets running
+//!    statements and open transaction blocks finish until the mark's
+//!    deadline, then cancels what still runs (57014) and closes every client
+//!    connection.
 //!
 //! While a marked node is down (stopped for an upgrade), the leader neither
 //! rebuilds its chunks elsewhere nor replaces it as a voter, for up to
@@ -33,7 +36,8 @@ use crate::rpc::{RpcRequest, RpcResponse, Transport};
 pub enum DrainState {
     /// Takes clients.
     Serving,
-    /// Marked: refuses new clients; running statements may finish.
+    /// Marked: refuses new clients and new statements outside transaction
+    /// blocks; running statements and open transaction blocks may finish.
     Draining,
     /// Marked, and no statement of a client runs: client connections are
     /// closed.
@@ -99,6 +103,7 @@ pub async fn follow(
             (None, DrainState::Serving) => {}
             (None, _) => {
                 meta.raft().runtime_config().elect(true);
+                frontend.running().open();
                 drain.set(DrainState::Serving);
                 crate::service::status("serving again after maintenance");
                 tracing::info!("maintenance ended: taking clients again");
@@ -109,12 +114,14 @@ pub async fn follow(
                     "draining for maintenance: refusing new clients"
                 );
                 drain.set(DrainState::Draining);
+                frontend.running().close();
                 crate::service::status("draining for maintenance");
                 meta.raft().runtime_config().elect(false);
                 hand_off_leadership(&meta, me, transport.as_ref()).await;
                 let deadline = mark_deadline(mark);
                 let finished = loop {
-                    if frontend.running().count() == 0 {
+                    let running = frontend.running();
+                    if running.count() == 0 && running.open_transactions() == 0 {
                         break true;
                     }
                     if tokio::time::Instant::now() >= deadline

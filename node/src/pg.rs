@@ -149,22 +149,51 @@ fn until_stopped<T: Send + 'static>(
     )
 }
 
-/// Statements executing now, across connections; shutdown waits for them.
+/// Statements executing now, and transaction blocks open, across
+/// connections: shutdown waits for the statements, a drain for both.
+///
+/// A drain first closes the gate ([`Self::close`]), then waits for the
+/// counts to reach zero. A statement outside a transaction block counts
+/// itself first and then looks at the gate (both sequentially consistent),
+/// so either the drain sees it running or it sees the gate closed and does
+/// not run: none starts once a drain has found the node idle.
 #[derive(Debug, Default)]
 pub struct RunningStatements {
     count: std::sync::atomic::AtomicUsize,
+    transactions: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
     idle: tokio::sync::Notify,
 }
 
 impl RunningStatements {
-    fn enter(self: &Arc<Self>) -> RunningGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        RunningGuard(self.clone())
+    /// Counts a statement in; `None` (not counted) when the gate is closed
+    /// and the statement does not continue an open transaction block.
+    fn enter(self: &Arc<Self>, in_transaction: bool) -> Option<RunningGuard> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.count.fetch_add(1, SeqCst);
+        let guard = RunningGuard(self.clone());
+        (in_transaction || !self.closed.load(SeqCst)).then_some(guard)
     }
 
     /// Statements executing now.
     pub fn count(&self) -> usize {
         self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Transaction blocks open now (BEGIN without its COMMIT or ROLLBACK).
+    pub fn open_transactions(&self) -> usize {
+        self.transactions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Refuses new statements outside transaction blocks (a drain).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes new statements again (a resume).
+    pub fn open(&self) {
+        self.closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits until no statement is executing.
@@ -181,14 +210,6 @@ impl RunningStatements {
 
 struct RunningGuard(Arc<RunningStatements>);
 
-/// What a statement holds until its output is sent (or dropped): its query
-/// slot, if it takes one, and its place among the running statements, which
-/// a drain and a shutdown wait for.
-struct Held {
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    _running: RunningGuard,
-}
-
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         if self
@@ -200,6 +221,34 @@ impl Drop for RunningGuard {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// A connection's open transaction block, counted while it lasts.
+struct TransactionGuard(Arc<RunningStatements>);
+
+impl TransactionGuard {
+    fn new(running: &Arc<RunningStatements>) -> TransactionGuard {
+        running
+            .transactions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        TransactionGuard(running.clone())
+    }
+}
+
+impl Drop for TransactionGuard {
+    fn drop(&mut self) {
+        self.0
+            .transactions
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What a statement holds until its output is sent (or dropped): its query
+/// slot, if it takes one, and its place among the running statements, which
+/// a drain and a shutdown wait for.
+struct Held {
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _running: RunningGuard,
 }
 
 impl Frontend {
@@ -256,6 +305,7 @@ impl Frontend {
                 session: Mutex::new(self.engine.session()?),
                 copy: Mutex::new(None),
                 copy_job: Mutex::new(None),
+                transaction: std::sync::Mutex::new(None),
                 jobs: self.jobs.clone(),
                 pid: std::sync::atomic::AtomicI32::new(0),
             }),
@@ -319,6 +369,9 @@ pub struct ConnectionState {
     copy: Mutex<Option<Box<CopyIn>>>,
     /// Its job.
     copy_job: Mutex<Option<JobHandle>>,
+    /// Held while the session's transaction block is open: a drain waits
+    /// for it to end.
+    transaction: std::sync::Mutex<Option<TransactionGuard>>,
     /// The node's jobs (a statement that fails to parse is one too).
     jobs: Arc<Jobs>,
     /// The connection's process id (0 before login).
@@ -636,8 +689,18 @@ impl Connection {
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
     ) -> PgWireResult<Response> {
-        let running = self.running.enter();
         let session = self.state.session.lock().await;
+        // A draining node runs no new work; a transaction block already
+        // open may finish.
+        let Some(running) = self.running.enter(session.in_transaction()) else {
+            return Err(to_pg_error(&quarry_exec::Error::User {
+                state: SqlState::ADMIN_SHUTDOWN,
+                message: "this node is draining for maintenance: the statement was not run; \
+                          connect to another node"
+                    .to_owned(),
+                detail: None,
+            }));
+        };
         let stop = self.stop_signal(session.statement_timeout_ms());
         let job = self.jobs.begin(
             JobStart {
@@ -708,6 +771,20 @@ impl Connection {
             self.execute_statement(session, statement, params, format, stop, held, &mut job),
         )
         .await;
+        // Count the session's transaction block while it is open.
+        let in_transaction = self.state.session.lock().await.in_transaction();
+        {
+            let mut open = self
+                .state
+                .transaction
+                .lock()
+                .expect("transaction lock is never held across a panic");
+            match (in_transaction, open.is_some()) {
+                (true, false) => *open = Some(TransactionGuard::new(&self.running)),
+                (false, true) => *open = None,
+                _ => {}
+            }
+        }
         // A streamed output took the job: its stream ends it.
         let Some(job) = job else {
             return response;

@@ -133,14 +133,19 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
         client.batch_execute(&statements).await.expect("load");
     }
 
-    // Drain the Raft leader, with a statement running on it and an idle
-    // session open.
+    // Drain the Raft leader, with a statement running on it, a transaction
+    // block open and an idle session.
     let d = support_cluster::leader_index(&nodes, 0).await;
     let other = (d + 1) % 4;
     let id = id_of(&nodes, d).await;
     let host = format!("127.0.0.1:{}", nodes[other].pg_port);
     let running = nodes[d].client().await;
     let idle = nodes[d].client().await;
+    let in_block = nodes[d].client().await;
+    in_block
+        .batch_execute("begin; insert into t values (-1, 'in a block')")
+        .await
+        .expect("begin");
     let statement = tokio::spawn(async move {
         running
             .query_one(
@@ -152,7 +157,7 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
     });
     let observer = nodes[other].client().await;
     wait_running(&observer, id).await;
-    let said = tokio::task::spawn_blocking({
+    let drain = tokio::task::spawn_blocking({
         let host = host.clone();
         move || {
             quarry_node(&[
@@ -164,9 +169,23 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
                 "120",
             ])
         }
+    });
+    wait_for(Duration::from_secs(20), "the node draining", || async {
+        ready_status(&nodes[d]).await == 503
     })
-    .await
-    .expect("drain");
+    .await;
+    // While it drains, a new statement outside a transaction block is
+    // refused (57P01) and does not run; the open block goes on and commits.
+    let refused = idle
+        .batch_execute("insert into t values (-2, 'refused')")
+        .await
+        .expect_err("no new work while draining");
+    assert_eq!(sqlstate(&refused), "57P01", "{refused}");
+    in_block
+        .batch_execute("insert into t values (-3, 'in a block'); commit")
+        .await
+        .expect("the open block finishes");
+    let said = drain.await.expect("drain");
     assert!(said.contains(&format!("node {id} drained")), "{said}");
     // The statement that ran finished with its answer; the idle session
     // was closed; a new client is refused with 57P03; /ready fails.
@@ -228,7 +247,7 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
         .await
         .expect("degraded read")
         .get(0);
-    assert_eq!(count, 6000);
+    assert_eq!(count, 6002, "the block's two rows, not the refused one");
 
     // Restarted, it is still in maintenance until resumed.
     nodes[d].restart_unready();
