@@ -765,6 +765,9 @@ impl Connection {
         job: JobHandle,
     ) -> PgWireResult<Response> {
         let mut job = Some(job);
+        // Counted as running until its transaction block (if it opened one)
+        // is counted, so a drain never finds the node idle in between.
+        let _counted = self.running.enter(true);
         // Boxed: the statement's future is large, and a deep one on the
         // stack of a debug build overflows it.
         let response = Box::pin(

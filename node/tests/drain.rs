@@ -9,55 +9,12 @@ mod support {
     pub mod cluster;
 }
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::cluster::{self as support_cluster, node_rows, start_cluster, wait_for};
-use support::node::{TestNode, http_request, sqlstate};
-
-/// Node `node`'s id in the cluster.
-async fn id_of(nodes: &[TestNode], node: usize) -> u64 {
-    node_rows(&nodes[0])
-        .await
-        .iter()
-        .find(|r| r.rpc_address == nodes[node].listen())
-        .expect("a member")
-        .node_id
-}
-
-/// `quarry node ARGS...`; its output, failing the test unless it succeeds.
-fn quarry_node(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .arg("node")
-        .args(args)
-        .output()
-        .expect("run quarry node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "quarry node {args:?}: {text}");
-    text
-}
-
-/// The status of the node's `/ready` (0 while it does not listen).
-async fn ready_status(node: &TestNode) -> u16 {
-    if tokio::net::TcpStream::connect(("127.0.0.1", node.http_port))
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    http_request(
-        "GET",
-        &format!("http://127.0.0.1:{}/ready", node.http_port),
-        "text/plain",
-        &[],
-    )
-    .await
-    .0
-}
+use support::cluster::{
+    self as support_cluster, id_of, node_rows, quarry_node, ready_status, start_cluster, wait_for,
+};
+use support::node::{TestNode, sqlstate};
 
 /// Waits until `observer` sees a generate_series statement running on node
 /// `node`.
@@ -231,7 +188,14 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(placements(&nodes[other]).await, before, "no repair");
+    // (Stripes written meanwhile, such as the job history's, are narrower
+    // and not compared.)
+    let after: Vec<_> = placements(&nodes[other])
+        .await
+        .into_iter()
+        .filter(|(stripe, _)| before.iter().any(|(b, _)| b == stripe))
+        .collect();
+    assert_eq!(after, before, "no repair");
     let rows = node_rows(&nodes[other]).await;
     assert_eq!(
         rows.iter()

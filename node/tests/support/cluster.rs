@@ -105,3 +105,47 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Node `node`'s id in the cluster.
+pub async fn id_of(nodes: &[TestNode], node: usize) -> u64 {
+    node_rows(&nodes[0])
+        .await
+        .iter()
+        .find(|r| r.rpc_address == nodes[node].listen())
+        .expect("a member")
+        .node_id
+}
+
+/// `quarry node ARGS...`; its output, failing the test unless it succeeds.
+pub fn quarry_node(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("node")
+        .args(args)
+        .output()
+        .expect("run quarry node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "quarry node {args:?}: {text}");
+    text
+}
+
+/// The status of the node's `/ready` (0 while it does not listen).
+pub async fn ready_status(node: &TestNode) -> u16 {
+    if tokio::net::TcpStream::connect(("127.0.0.1", node.http_port))
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    super::node::http_request(
+        "GET",
+        &format!("http://127.0.0.1:{}/ready", node.http_port),
+        "text/plain",
+        &[],
+    )
+    .await
+    .0
+}

@@ -419,34 +419,52 @@ pub async fn http_request(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
+    try_http_request(method, url, content_type, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`http_request`], or why no answer came (nothing listening, the
+/// connection cut, no status line, 30 s without an answer).
+pub async fn try_http_request(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').expect("path");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let head = format!(
         "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("request");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     // A server that refuses a large body may close before reading it all.
     let _ = stream.write_all(body).await;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
         .await
-        .expect("response in time")
-        .expect("response");
+        .map_err(|_| "no response in 30 s".to_owned())?
+        .map_err(|e| format!("response: {e}"))?;
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
+        .ok_or_else(|| format!("no status in {response:?}"))?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Runs `quarry cert ARGS --certs-dir DIR` (the cluster's TLS files).
