@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use quarry_client::cluster::status;
+use quarry_client::cluster::status_at;
 
 /// Settings of one run.
 pub struct Settings {
@@ -158,7 +158,7 @@ async fn measure(
         Duration::from_secs(120),
         "the crash to be noticed",
         || async {
-            status(&first).await.is_ok_and(|s| {
+            status_at(&first).await.is_ok_and(|s| {
                 s.nodes
                     .iter()
                     .any(|n| n.rpc_address == victim_addr && n.state == "down")
@@ -170,7 +170,7 @@ async fn measure(
         Duration::from_secs(1800),
         "every stripe healthy again",
         || async {
-            status(&first)
+            status_at(&first)
                 .await
                 .is_ok_and(|s| s.unhealthy.is_empty() && s.stripes == stripes)
         },

@@ -115,14 +115,13 @@ pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
         .collect())
 }
 
-/// Reads the cluster's status from the node at `pg`.
+/// Reads the cluster's status through `client`, connected to any node.
 ///
 /// # Errors
 /// If the node cannot be reached or cannot answer (no Raft leader reachable
 /// from it).
-pub async fn status(pg: &str) -> anyhow::Result<Status> {
-    let client = connect(pg).await?;
-    let nodes = members(&client).await?;
+pub async fn status(client: &Client) -> anyhow::Result<Status> {
+    let nodes = members(client).await?;
     let stripes = client
         .query_one("select count(*)::bigint from quarry_system.stripes", &[])
         .await
@@ -156,7 +155,17 @@ pub struct Drained {
     pub seconds: f64,
 }
 
-/// Drains node `node` through the node at `pg` (another one: the drained
+/// The cluster's status as the node at `pg` sees it, connecting as
+/// [`connect`] does.
+///
+/// # Errors
+/// As [`connect`] and [`status`].
+pub async fn status_at(pg: &str) -> anyhow::Result<Status> {
+    status(&connect(pg).await?).await
+}
+
+/// Drains node `node` through `client`, connected to the node at `pg`
+/// (another one: the drained
 /// node closes its client connections): marks it with `ALTER NODE n DRAIN
 /// WITH (deadline_seconds = deadline_secs)`, then waits until the node has
 /// no client session left and is not the Raft leader.
@@ -164,9 +173,13 @@ pub struct Drained {
 /// # Errors
 /// If `pg` is the drained node's address, the statement fails, or the node
 /// still has sessions 30 s past the deadline.
-pub async fn drain(pg: &str, node: u64, deadline_secs: u32) -> anyhow::Result<Drained> {
-    let client = connect(pg).await?;
-    let before = members(&client).await?;
+pub async fn drain(
+    client: &Client,
+    pg: &str,
+    node: u64,
+    deadline_secs: u32,
+) -> anyhow::Result<Drained> {
+    let before = members(client).await?;
     let member = before
         .iter()
         .find(|m| m.node_id == node)
@@ -193,7 +206,7 @@ pub async fn drain(pg: &str, node: u64, deadline_secs: u32) -> anyhow::Result<Dr
             .await
             .context("cannot read pg_stat_activity")?
             .get(0);
-        let leads = members(&client)
+        let leads = members(client)
             .await?
             .iter()
             .any(|m| m.node_id == node && m.raft_role == "leader");
@@ -212,14 +225,13 @@ pub async fn drain(pg: &str, node: u64, deadline_secs: u32) -> anyhow::Result<Dr
     }
 }
 
-/// Ends node `node`'s maintenance through the node at `pg` (`ALTER NODE n
+/// Ends node `node`'s maintenance through `client` (`ALTER NODE n
 /// RESUME`): it takes clients again and stands for Raft elections.
 ///
 /// # Errors
 /// If the statement fails.
-pub async fn resume(pg: &str, node: u64) -> anyhow::Result<()> {
-    connect(pg)
-        .await?
+pub async fn resume(client: &Client, node: u64) -> anyhow::Result<()> {
+    client
         .batch_execute(&format!("ALTER NODE {node} RESUME"))
         .await
         .with_context(|| format!("cannot resume node {node}"))
@@ -381,7 +393,7 @@ impl LocalCluster {
             _ => 5,
         };
         loop {
-            if let Ok(status) = status(&observer.pg.to_string()).await
+            if let Ok(status) = status_at(&observer.pg.to_string()).await
                 && status.nodes.len() == self.nodes
                 && status.nodes.iter().all(|n| n.state == "alive")
                 && status

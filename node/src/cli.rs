@@ -96,6 +96,9 @@ pub enum NodeCommand {
         /// Seconds running statements may take before they are cancelled.
         #[arg(long, default_value_t = 60)]
         deadline_secs: u32,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
     },
     /// End node NODE's maintenance: it takes clients again.
     Resume {
@@ -104,6 +107,9 @@ pub enum NodeCommand {
         /// A node's PostgreSQL address, HOST:PORT (any node).
         #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
         host: String,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
     },
 }
 
@@ -117,6 +123,9 @@ pub enum ClusterCommand {
         /// A node's PostgreSQL address, HOST:PORT.
         #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
         host: String,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
     },
     /// Start an N-node cluster on this machine (node i on 127.0.0.i, same ports
     /// on every address) for trying Quarry out; Ctrl-C or SIGTERM stops it.
@@ -199,7 +208,8 @@ pub struct LoadArgs {
     pub login: LoginArgs,
 }
 
-/// How `quarry load` logs in to a node that asks for it (not --insecure).
+/// How `quarry load`, `quarry node` and `quarry cluster status` log in to
+/// a node that asks for it (not --insecure).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoginArgs {
     /// The role to log in as (HTTP Basic over HTTPS, and the PostgreSQL
@@ -314,8 +324,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 node,
                 host,
                 deadline_secs,
+                login,
             } => {
-                let drained = quarry_client::cluster::drain(&host, node, deadline_secs).await?;
+                let client = login.login().connect(&host).await?;
+                let drained =
+                    quarry_client::cluster::drain(&client, &host, node, deadline_secs).await?;
                 println!(
                     "node {node} drained in {:.1} s: no client sessions, not the Raft leader; \
                      `quarry node resume {node}` ends its maintenance",
@@ -323,8 +336,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            NodeCommand::Resume { node, host } => {
-                quarry_client::cluster::resume(&host, node).await?;
+            NodeCommand::Resume { node, host, login } => {
+                let client = login.login().connect(&host).await?;
+                quarry_client::cluster::resume(&client, node).await?;
                 println!("node {node} takes clients again");
                 Ok(())
             }
@@ -481,8 +495,9 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
 async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     use quarry_client::cluster;
     match command {
-        ClusterCommand::Status { host } => {
-            let status = cluster::status(&host).await?;
+        ClusterCommand::Status { host, login } => {
+            let client = login.login().connect(&host).await?;
+            let status = cluster::status(&client).await?;
             print!("{}", cluster::render(&status));
             if !status.is_healthy() {
                 anyhow::bail!("the cluster is not fully healthy");

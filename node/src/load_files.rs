@@ -166,7 +166,7 @@ impl Login {
 
     /// A PostgreSQL connection to `pg` (HOST:PORT) as this login: over TLS
     /// when a CA is given.
-    async fn connect(&self, pg: &str) -> anyhow::Result<tokio_postgres::Client> {
+    pub(crate) async fn connect(&self, pg: &str) -> anyhow::Result<tokio_postgres::Client> {
         let (host, port) = pg
             .rsplit_once(':')
             .with_context(|| format!("{pg} is not HOST:PORT"))?;

@@ -304,3 +304,52 @@ async fn alter_node_needs_a_superuser_and_a_member() {
     let rows = node_rows(&node).await;
     assert!(!rows[0].maintenance);
 }
+
+/// `quarry node` and `quarry cluster status` log in as `quarry load` does:
+/// a password (QUARRY_PASSWORD) and TLS trusting the cluster's CA (--ca).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_in_with_a_password_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    support::node::quarry_cert(&certs, &["create-ca"]);
+    support::node::quarry_cert(&certs, &["create-node", "--host", "127.0.0.1"]);
+    let node = TestNode::start_secure(
+        &dir.path().join("n1"),
+        "s3cret-pw",
+        &[
+            "--tls-cert",
+            certs.join("node.crt").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("node.key").to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let host = format!("127.0.0.1:{}", node.pg_port);
+    let ca = certs.join("ca.crt");
+    let cli = |args: &[&str], password: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"));
+        cmd.args(args)
+            .args(["--host", &host, "--ca"])
+            .arg(&ca)
+            .env_remove("QUARRY_PASSWORD")
+            .env_remove("PGPASSWORD");
+        if let Some(password) = password {
+            cmd.env("QUARRY_PASSWORD", password);
+        }
+        let out = cmd.output().expect("run quarry");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, said) = cli(&["cluster", "status"], Some("s3cret-pw"));
+    assert!(ok && said.contains("alive"), "{said}");
+    let (ok, said) = cli(&["cluster", "status"], Some("wrong"));
+    assert!(!ok && said.contains("password"), "{said}");
+    let (ok, said) = cli(&["node", "resume", "1"], Some("s3cret-pw"));
+    assert!(ok && said.contains("takes clients again"), "{said}");
+}
