@@ -6,6 +6,9 @@
 #[path = "support/node.rs"]
 mod support;
 
+#[path = "support/bank.rs"]
+mod bank_workload;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,19 +59,7 @@ async fn concurrent_transfers_keep_the_total_and_lose_no_update() {
                 loop {
                     let attempt = async {
                         client.batch_execute("BEGIN").await?;
-                        client
-                            .execute(
-                                "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
-                                &[&amount, &from],
-                            )
-                            .await?;
-                        client
-                            .execute(
-                                "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
-                                &[&amount, &to],
-                            )
-                            .await?;
-                        client.batch_execute("COMMIT").await
+                        bank_workload::transfer_and_commit(&client, from, to, amount).await
                     }
                     .await;
                     match attempt {

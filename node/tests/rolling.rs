@@ -17,6 +17,9 @@ mod support {
 
     #[path = "cluster.rs"]
     pub mod cluster;
+
+    #[path = "bank.rs"]
+    pub mod bank;
 }
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,22 +112,7 @@ async fn bank_writer(
                 return;
             }
             // The block is open: the node's drain waits for it to end.
-            let block = async {
-                client
-                    .execute(
-                        "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
-                        &[&amount, &from],
-                    )
-                    .await?;
-                client
-                    .execute(
-                        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
-                        &[&amount, &to],
-                    )
-                    .await?;
-                client.batch_execute("COMMIT").await
-            }
-            .await;
+            let block = support::bank::transfer_and_commit(&client, from, to, amount).await;
             match block {
                 Ok(()) => {
                     seen.lock()
