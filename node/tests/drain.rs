@@ -282,6 +282,12 @@ async fn alter_node_needs_a_superuser_and_a_member() {
         .await
         .expect_err("syntax");
     assert_eq!(sqlstate(&syntax), "42601", "{syntax}");
+    // The only voter cannot be drained: no leader could be elected.
+    let alone = client
+        .batch_execute("ALTER NODE 1 DRAIN")
+        .await
+        .expect_err("the last voter");
+    assert_eq!(sqlstate(&alone), "55000", "{alone}");
     client
         .batch_execute("CREATE ROLE plain LOGIN")
         .await

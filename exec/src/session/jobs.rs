@@ -38,7 +38,9 @@ impl Session {
     /// `ALTER NODE n DRAIN` / `RESUME`: marks or clears node n's
     /// maintenance in the catalog; the node itself drains (or serves again)
     /// when it sees the mark. 42501 for a role that is not a superuser,
-    /// 42704 for a node that is not a member of the cluster.
+    /// 42704 for a node that is not a member of the cluster, 55000 for a
+    /// drain that would leave fewer than a majority of Raft voters alive
+    /// and not in maintenance.
     pub(super) async fn alter_node(
         &self,
         node: u64,
@@ -56,17 +58,40 @@ impl Session {
                 "must be superuser to drain or resume a node",
             ));
         }
-        if !self
-            .engine
-            .chunks
-            .nodes()
-            .iter()
-            .any(|member| member.node_id == node)
-        {
+        let members = self.engine.chunks.nodes();
+        if !members.iter().any(|member| member.node_id == node) {
             return Err(user_error(
                 SqlState::UNDEFINED_OBJECT,
                 format!("node {node} is not a member of the cluster"),
             ));
+        }
+        if drain_deadline_secs.is_some() && !latest.maintenance.contains_key(&node) {
+            // A drained voter stops standing for elections: a majority of
+            // voters must stay alive and serving, or no leader could be
+            // elected once the current one steps down.
+            let voters: Vec<_> = members
+                .iter()
+                .filter(|m| m.raft_role != "learner")
+                .collect();
+            let serving = voters
+                .iter()
+                .filter(|m| {
+                    m.node_id != node
+                        && m.state == "alive"
+                        && !latest.maintenance.contains_key(&m.node_id)
+                })
+                .count();
+            let majority = voters.len() / 2 + 1;
+            if voters.iter().any(|m| m.node_id == node) && serving < majority {
+                return Err(user_error(
+                    SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "draining node {node} would leave {serving} of {} Raft voters alive \
+                         and serving; {majority} are needed to elect a leader",
+                        voters.len()
+                    ),
+                ));
+            }
         }
         let maintenance = drain_deadline_secs.map(|deadline_secs| Maintenance {
             since: quarry_raft::now_micros(),
