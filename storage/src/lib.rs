@@ -28,6 +28,7 @@
 pub mod chunk_store;
 mod error;
 pub mod placement;
+pub mod rebalance;
 pub mod stripe;
 pub mod stripe_store;
 pub mod stripe_writer;
