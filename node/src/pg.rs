@@ -306,6 +306,7 @@ impl Frontend {
                 copy: Mutex::new(None),
                 copy_job: Mutex::new(None),
                 transaction: std::sync::Mutex::new(None),
+                copy_held: std::sync::Mutex::new(None),
                 jobs: self.jobs.clone(),
                 pid: std::sync::atomic::AtomicI32::new(0),
             }),
@@ -372,6 +373,9 @@ pub struct ConnectionState {
     /// Held while the session's transaction block is open: a drain waits
     /// for it to end.
     transaction: std::sync::Mutex<Option<TransactionGuard>>,
+    /// What a COPY FROM STDIN holds (its slot, its running mark) until its
+    /// data ends: a drain waits for it as for any running statement.
+    copy_held: std::sync::Mutex<Option<Held>>,
     /// The node's jobs (a statement that fails to parse is one too).
     jobs: Arc<Jobs>,
     /// The connection's process id (0 before login).
@@ -865,6 +869,11 @@ impl Connection {
                 // both; 1: binary.
                 let format = i8::from(copy.binary);
                 *self.state.copy.lock().await = Some(copy);
+                *self
+                    .state
+                    .copy_held
+                    .lock()
+                    .expect("copy lock is never held across a panic") = Some(held);
                 Ok(Response::CopyIn(CopyResponse::new(
                     format,
                     columns,
@@ -1595,6 +1604,13 @@ impl CopyHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // Running until its answer is sent.
+        let _held = self
+            .state
+            .copy_held
+            .lock()
+            .expect("copy lock is never held across a panic")
+            .take();
         let copy = self.state.copy.lock().await.take();
         let Some(copy) = copy else {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -1628,6 +1644,13 @@ impl CopyHandler for Connection {
     {
         // Dropping the copy deletes the data files it wrote.
         drop(self.state.copy.lock().await.take());
+        drop(
+            self.state
+                .copy_held
+                .lock()
+                .expect("copy lock is never held across a panic")
+                .take(),
+        );
         if let Some(job) = self.state.copy_job.lock().await.take() {
             job.end(
                 None,

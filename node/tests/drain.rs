@@ -359,3 +359,59 @@ async fn the_cli_logs_in_with_a_password_over_tls() {
     let (ok, said) = cli(&["node", "resume", "1"], Some("s3cret-pw"));
     assert!(ok && said.contains("takes clients again"), "{said}");
 }
+
+/// A COPY FROM STDIN under way when the drain begins counts as running: its
+/// data may go on arriving, and it commits before the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_under_way_finishes_before_the_drain_closes_its_connection() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = start_cluster(dir.path(), 3, &[]).await;
+    nodes[0]
+        .client()
+        .await
+        .batch_execute("create table c (id bigint)")
+        .await
+        .expect("create");
+    let id = id_of(&nodes, 1).await;
+    let copier = nodes[1].client().await;
+    let sink = copier
+        .copy_in::<_, bytes::Bytes>("copy c from stdin")
+        .await
+        .expect("copy starts");
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+        .await
+        .expect("data");
+    nodes[0]
+        .client()
+        .await
+        .batch_execute(&format!(
+            "ALTER NODE {id} DRAIN WITH (deadline_seconds = 60)"
+        ))
+        .await
+        .expect("drain");
+    wait_for(Duration::from_secs(20), "the node draining", || async {
+        ready_status(&nodes[1]).await == 503
+    })
+    .await;
+    // Well past the drain's checks (every 50 ms): it waits for the COPY.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sink.send(bytes::Bytes::from_static(b"3\n"))
+        .await
+        .expect("more data");
+    assert_eq!(sink.finish().await.expect("the COPY commits"), 3);
+    let count: i64 = nodes[0]
+        .client()
+        .await
+        .query_one("select count(*)::bigint from c", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 3);
+    // Then the drain completes and closes the connection.
+    wait_for(Duration::from_secs(20), "the connection closed", || async {
+        copier.simple_query("select 1").await.is_err()
+    })
+    .await;
+}
