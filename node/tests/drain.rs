@@ -188,8 +188,7 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // (Stripes written meanwhile, such as the job history's, are narrower
-    // and not compared.)
+    // (Stripes the cluster writes after the kill are not compared.)
     let after: Vec<_> = placements(&nodes[other])
         .await
         .into_iter()
@@ -354,6 +353,19 @@ async fn the_cli_logs_in_with_a_password_over_tls() {
     };
     let (ok, said) = cli(&["cluster", "status"], Some("s3cret-pw"));
     assert!(ok && said.contains("alive"), "{said}");
+    // The connection is TLS verified against --ca: another CA is refused.
+    let other = dir.path().join("other-ca");
+    support::node::quarry_cert(&other, &["create-ca"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["cluster", "status", "--host", &host, "--ca"])
+        .arg(other.join("ca.crt"))
+        .env("QUARRY_PASSWORD", "s3cret-pw")
+        .output()
+        .expect("run quarry");
+    assert!(
+        !out.status.success(),
+        "a node certificate from another CA is not trusted"
+    );
     let (ok, said) = cli(&["cluster", "status"], Some("wrong"));
     assert!(!ok && said.contains("password"), "{said}");
     let (ok, said) = cli(&["node", "resume", "1"], Some("s3cret-pw"));

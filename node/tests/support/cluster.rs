@@ -132,20 +132,14 @@ pub fn quarry_node(args: &[&str]) -> String {
     text
 }
 
-/// The status of the node's `/ready` (0 while it does not listen).
+/// The status of the node's `/ready` (0 while it does not answer).
 pub async fn ready_status(node: &TestNode) -> u16 {
-    if tokio::net::TcpStream::connect(("127.0.0.1", node.http_port))
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    super::node::http_request(
+    super::node::try_http_request(
         "GET",
         &format!("http://127.0.0.1:{}/ready", node.http_port),
         "text/plain",
         &[],
     )
     .await
-    .0
+    .map_or(0, |(status, _)| status)
 }
