@@ -561,8 +561,8 @@ fn rows_response(
     };
     let row_fields = fields.clone();
     // The stream owns what the statement holds (its query slot, its running
-    // mark): freed when the last row is sent
-    // or the stream is dropped (cancel, timeout, client gone).
+    // mark): freed when the last row is sent or the stream is dropped
+    // (cancel, timeout, client gone).
     let rows = stream
         .map(move |batch| {
             let _held = &held;
