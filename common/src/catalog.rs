@@ -519,6 +519,65 @@ pub struct Catalog {
     /// snapshot file.
     #[serde(skip)]
     pub maintenance: OrdMap<NodeId, Maintenance>,
+    /// The newest rebalance (under way or finished): the chunk moves the
+    /// leader planned and which it has made, so that a new leader carries
+    /// on where the old one stopped. A record of its own in the Raft
+    /// snapshot file.
+    #[serde(skip)]
+    pub rebalance: Option<Arc<Rebalance>>,
+    /// Nodes being decommissioned (`ALTER NODE n DECOMMISSION`), by node
+    /// id, with when it was asked for: they take no new chunks, rebalancing
+    /// moves all of theirs away, then the leader removes them from Raft.
+    /// Records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub decommissioning: OrdMap<NodeId, TimestampMicros>,
+}
+
+/// A rebalance: chunk moves planned by the Raft leader to even out the
+/// bytes each node holds or to empty nodes being decommissioned
+/// (docs/ARCHITECTURE.md, "Rebalancing").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebalance {
+    /// When it was planned (the leader's clock); identifies it.
+    pub planned_at: TimestampMicros,
+    /// Why it was planned, for people.
+    pub reason: String,
+    /// The moves, in the order they are made.
+    pub moves: Vec<PlannedMove>,
+    /// When its last move was made or given up; None while under way.
+    pub finished_at: Option<TimestampMicros>,
+}
+
+impl Rebalance {
+    /// Moves made so far and their bytes.
+    pub fn progress(&self) -> (usize, u64) {
+        self.moves
+            .iter()
+            .filter(|m| m.moved_at.is_some())
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.bytes))
+    }
+
+    /// Bytes of all its moves.
+    pub fn total_bytes(&self) -> u64 {
+        self.moves.iter().map(|m| m.bytes).sum()
+    }
+}
+
+/// One chunk move of a [`Rebalance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    /// The chunk's stripe.
+    pub stripe: StripeId,
+    /// The chunk's position in the stripe.
+    pub index: u8,
+    /// The node holding it when planned.
+    pub from: NodeId,
+    /// The node to hold it.
+    pub to: NodeId,
+    /// Its length.
+    pub bytes: u64,
+    /// When its `MoveChunk` was committed; None if not (yet) made.
+    pub moved_at: Option<TimestampMicros>,
 }
 
 /// A node in maintenance: since when, and how long its running statements

@@ -105,6 +105,16 @@ pub struct FileConfig {
     /// [default: 3600].
     #[arg(long)]
     pub scrub_interval_secs: Option<u64>,
+    /// MiB a second that rebalancing may send to or take from each node
+    /// (the leader makes one chunk move at a time and paces them); 0 turns
+    /// rebalancing off, decommissioning included [default: 64].
+    #[arg(long)]
+    pub rebalance_mb_per_sec: Option<u64>,
+    /// Seconds a node keeps its copy of a chunk that moved away (rebalance
+    /// or repair), for queries planned before the move: the longest query
+    /// window [default: 900].
+    #[arg(long)]
+    pub moved_chunk_grace_secs: Option<u64>,
     /// Seconds to keep trying the seeds before giving up on joining [default: 30].
     #[arg(long)]
     pub join_timeout_secs: Option<u64>,
@@ -210,6 +220,10 @@ pub struct Config {
     pub maintenance_timeout: Duration,
     /// Time between scrubber passes.
     pub scrub_interval: Duration,
+    /// Bytes a second rebalancing may move to or from each node (0: off).
+    pub rebalance_rate: u64,
+    /// How long a node keeps a chunk that moved away.
+    pub moved_chunk_grace: Duration,
     /// How long joining keeps trying the seeds.
     pub join_timeout: Duration,
     /// Memory per statement before spilling, in bytes.
@@ -433,6 +447,16 @@ impl FileConfig {
                 3600,
             ),
             scrub_interval: secs(flags.scrub_interval_secs, self.scrub_interval_secs, 3600),
+            rebalance_rate: flags
+                .rebalance_mb_per_sec
+                .or(self.rebalance_mb_per_sec)
+                .unwrap_or(64)
+                .saturating_mul(1 << 20),
+            moved_chunk_grace: secs(
+                flags.moved_chunk_grace_secs,
+                self.moved_chunk_grace_secs,
+                900,
+            ),
             join_timeout: secs(flags.join_timeout_secs, self.join_timeout_secs, 30),
             query_memory_bytes: (flags
                 .query_memory_mb

@@ -43,8 +43,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `CommitPending`, `DiscardPending`; version 16: `CommitBuffered`,
 /// `SpillBuffered`; version 17: fragment reports carry their cost, and the
 /// job and backend requests; version 18: `SetMaintenance` and the drain
-/// requests), needs a new version.
-pub const WIRE_VERSION: u8 = 18;
+/// requests; version 19: `StartRebalance`, `FinishRebalance`,
+/// `Decommission`), needs a new version.
+pub const WIRE_VERSION: u8 = 19;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -937,10 +938,13 @@ mod tests {
             | C::CommitBuffered { .. }
             | C::SpillBuffered { .. }
             | C::SetMaintenance { .. }
+            | C::StartRebalance { .. }
+            | C::FinishRebalance { .. }
+            | C::Decommission { .. }
             | C::CreatePredefinedRoles => {}
         }
-        // Version 17: `CreatePredefinedRoles`, fragment reports, job requests.
-        const _: () = assert!(WIRE_VERSION == 18, "update the list above");
+        // Version 19: the rebalance and decommission commands.
+        const _: () = assert!(WIRE_VERSION == 19, "update the list above");
     }
 
     #[tokio::test]

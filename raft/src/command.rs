@@ -11,7 +11,7 @@ use quarry_common::SqlState;
 use quarry_common::catalog::{
     Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
     DroppedTable, ExternalSource, FieldId, GossipKey, Maintenance, NodeId, Operation,
-    PendingChannel, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
+    PendingChannel, Rebalance, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
     StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
@@ -175,8 +175,9 @@ pub enum Command {
     /// Assign the next node id to a joining node.
     AllocateNodeId,
     /// Record that chunk `index` of `stripe` moved from node `from` to node
-    /// `to` (repair rebuilt it there). Refused if the chunk is no longer on
-    /// `from`, so two repairers cannot both move it.
+    /// `to` (repair rebuilt it there, or a rebalance copied it there).
+    /// Refused if the chunk is no longer on `from`, so two movers cannot
+    /// both move it.
     MoveChunk {
         /// The stripe.
         stripe: StripeId,
@@ -514,6 +515,26 @@ pub enum Command {
         /// The mark; None clears it.
         maintenance: Option<Maintenance>,
     },
+    /// Begin a rebalance the leader planned ([`Catalog::rebalance`]).
+    /// Refused while another is under way, so two leaders cannot both
+    /// plan; each `MoveChunk` that makes one of its moves marks it made.
+    StartRebalance {
+        /// The plan, no move made yet.
+        rebalance: Rebalance,
+    },
+    /// End the rebalance planned at `planned_at` (its moves not made are
+    /// given up). Refused if it is not the one under way.
+    FinishRebalance {
+        /// The rebalance's id.
+        planned_at: TimestampMicros,
+    },
+    /// `ALTER NODE n DECOMMISSION`: node `node` takes no new chunks and its
+    /// chunks are to move away ([`Catalog::decommissioning`]). Ends the
+    /// rebalance under way, so that the next plan empties the node.
+    Decommission {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 impl Command {
@@ -724,6 +745,12 @@ pub enum CatalogError {
     /// One commit named the same table twice (a bug in the proposer).
     #[error("one commit changes table \"{0}\" twice")]
     DuplicateChange(String),
+    /// A rebalance was planned while another was under way.
+    #[error("the rebalance planned at {0} is still under way")]
+    RebalanceUnderWay(TimestampMicros),
+    /// The rebalance to finish is not the one under way.
+    #[error("the rebalance planned at {0} is not under way")]
+    RebalanceChanged(TimestampMicros),
     /// A placement change raced another (the chunk moved or its stripe is gone).
     #[error("chunk {index} of stripe {stripe} is no longer on node {from}")]
     PlacementChanged {
@@ -895,6 +922,9 @@ impl CatalogError {
             CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
             CatalogError::PlacementChanged { .. } => SqlState::SERIALIZATION_FAILURE,
+            CatalogError::RebalanceUnderWay(_) | CatalogError::RebalanceChanged(_) => {
+                SqlState::SERIALIZATION_FAILURE
+            }
             CatalogError::ParityChanged(_) => SqlState::SERIALIZATION_FAILURE,
             CatalogError::InvalidLayout(_) => SqlState::INVALID_PARAMETER_VALUE,
             CatalogError::ViewNotFound(_) => SqlState::UNDEFINED_TABLE,
@@ -923,6 +953,30 @@ impl CatalogError {
     }
 }
 
+/// Marks the move of the rebalance under way that `MoveChunk` made, if it
+/// is one of its moves.
+fn mark_moved(
+    catalog: &mut Catalog,
+    at: TimestampMicros,
+    stripe: StripeId,
+    index: u8,
+    from: NodeId,
+    to: NodeId,
+) {
+    let Some(rebalance) = &mut catalog.rebalance else {
+        return;
+    };
+    if rebalance.finished_at.is_some() {
+        return;
+    }
+    let planned = rebalance.moves.iter().position(|m| {
+        m.stripe == stripe && m.index == index && m.from == from && m.to == to && m.moved_at.is_none()
+    });
+    if let Some(n) = planned {
+        Arc::make_mut(rebalance).moves[n].moved_at = Some(at);
+    }
+}
+
 /// Applies `proposal` to `catalog`. On error the catalog is unchanged.
 pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, CatalogError> {
     if let Some(result) = roles::apply(catalog, &proposal.command) {
@@ -946,6 +1000,38 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 None => {
                     catalog.maintenance.remove(node);
                 }
+            }
+            Ok(Applied::Nothing)
+        }
+        Command::StartRebalance { rebalance } => {
+            if let Some(current) = &catalog.rebalance
+                && current.finished_at.is_none()
+            {
+                return Err(CatalogError::RebalanceUnderWay(current.planned_at));
+            }
+            catalog.rebalance = Some(Arc::new(rebalance.clone()));
+            Ok(Applied::Nothing)
+        }
+        Command::FinishRebalance { planned_at } => {
+            match &mut catalog.rebalance {
+                Some(current)
+                    if current.planned_at == *planned_at && current.finished_at.is_none() =>
+                {
+                    Arc::make_mut(current).finished_at = Some(proposal.proposed_at);
+                    Ok(Applied::Nothing)
+                }
+                _ => Err(CatalogError::RebalanceChanged(*planned_at)),
+            }
+        }
+        Command::Decommission { node } => {
+            catalog
+                .decommissioning
+                .entry(*node)
+                .or_insert(proposal.proposed_at);
+            if let Some(current) = &mut catalog.rebalance
+                && current.finished_at.is_none()
+            {
+                Arc::make_mut(current).finished_at = Some(proposal.proposed_at);
             }
             Ok(Applied::Nothing)
         }
@@ -1369,6 +1455,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             match moved {
                 Some(chunk) => {
                     chunk.node = *to;
+                    mark_moved(catalog, proposal.proposed_at, *stripe, *index, *from, *to);
                     Ok(Applied::Nothing)
                 }
                 None => Err(CatalogError::PlacementChanged {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use quarry_common::catalog::{
     Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
+    Rebalance,
     RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
@@ -114,6 +115,13 @@ enum Record<'a> {
         node: NodeId,
         mark: Maintenance,
     },
+    /// The newest rebalance.
+    Rebalance(Cow<'a, Rebalance>),
+    /// One node being decommissioned, since when.
+    Decommissioning {
+        node: NodeId,
+        since: quarry_common::catalog::TimestampMicros,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -174,6 +182,8 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         pending,
         external,
         maintenance,
+        rebalance,
+        decommissioning,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -251,6 +261,15 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         writer.put(&Record::Maintenance {
             node: *node,
             mark: *mark,
+        })?;
+    }
+    if let Some(rebalance) = rebalance {
+        writer.put(&Record::Rebalance(Cow::Borrowed(rebalance.as_ref())))?;
+    }
+    for (node, since) in decommissioning {
+        writer.put(&Record::Decommissioning {
+            node: *node,
+            since: *since,
         })?;
     }
     let every_table = tables
@@ -373,6 +392,12 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             Record::GossipKey(key) => catalog.gossip_key = Some(key),
             Record::Maintenance { node, mark } => {
                 catalog.maintenance.insert(node, mark);
+            }
+            Record::Rebalance(rebalance) => {
+                catalog.rebalance = Some(Arc::new(rebalance.into_owned()));
+            }
+            Record::Decommissioning { node, since } => {
+                catalog.decommissioning.insert(node, since);
             }
             Record::Token(token) => {
                 let token = token.into_owned();
@@ -722,6 +747,26 @@ mod tests {
                 maintenance: Some(mark),
             },
         );
+        // A rebalance under way and a node being decommissioned.
+        ok(
+            &mut catalog,
+            Command::StartRebalance {
+                rebalance: Rebalance {
+                    planned_at: 7,
+                    reason: "test".into(),
+                    moves: vec![quarry_common::catalog::PlannedMove {
+                        stripe: ChunkId(1),
+                        index: 0,
+                        from: 1,
+                        to: 2,
+                        bytes: 10,
+                        moved_at: None,
+                    }],
+                    finished_at: None,
+                },
+            },
+        );
+        ok(&mut catalog, Command::Decommission { node: 3 });
         let table = catalog.table("public", "t1").expect("t1");
         assert_eq!(table.buffer.keys().collect::<Vec<_>>(), [&ChunkId(105)]);
         assert_eq!(table.moved.len(), 1);
@@ -731,6 +776,8 @@ mod tests {
         assert_eq!(back, catalog);
         assert_eq!(back.table_keys, catalog.table_keys);
         assert_eq!(back.maintenance.get(&2), Some(&mark));
+        assert_eq!(back.rebalance.as_ref().map(|r| r.moves.len()), Some(1));
+        assert!(back.decommissioning.contains_key(&3));
         let t1 = back.table("public", "t1").expect("t1");
         assert_eq!(
             t1.live_files,

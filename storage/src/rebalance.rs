@@ -1,6 +1,7 @@
 //! Rebalancing plans: which chunks to move so that every node holds a
-//! similar share of the stripes' bytes (issue 21; in progress: the plan is
-//! computed here, the mover that carries it out is not built yet).
+//! similar share of the stripes' bytes, and so that nodes being
+//! decommissioned hold none. The Raft leader plans, records the plan in
+//! Raft and makes the moves (node/src/rebalance.rs).
 //!
 //! A plan is a list of moves, each of one chunk of a stripe from the node
 //! holding it to another node, never to a node that already holds a chunk
@@ -9,7 +10,7 @@
 //! most loaded node gives the largest chunk that narrows its gap to the
 //! least loaded node it may go to, until every node is within the
 //! tolerance of the mean or no move narrows the spread; no move widens the
-//! spread between the most and least loaded nodes. The mover is to apply
+//! spread between the most and least loaded nodes. The mover applies
 //! each move with the `MoveChunk` Raft command's compare-and-set
 //! (raft/src/command.rs), so that a plan made on a catalog that changed
 //! since is refused move by move, not misapplied. Failure domains are not
@@ -67,10 +68,13 @@ pub fn is_balanced(bytes: &BTreeMap<NodeId, u64>, tolerance: f64) -> bool {
         .all(|b| (*b as f64 - mean).abs() <= mean * tolerance)
 }
 
-/// The moves that bring the chunks of `stripes` on `nodes` (the live
-/// members that may hold data) within `tolerance` of the mean, as nearly as
-/// whole chunks allow.
-pub fn plan(nodes: &[NodeId], stripes: &[Stripe], tolerance: f64) -> Plan {
+/// The moves that empty the `leaving` nodes (being decommissioned) onto
+/// `nodes` (the live members that may hold data), then bring the chunks of
+/// `stripes` on `nodes` within `tolerance` of the mean, as nearly as whole
+/// chunks allow. A chunk of a leaving node goes to the least loaded node
+/// holding no chunk of its stripe, largest chunks first; one with no such
+/// node stays where it is.
+pub fn plan(nodes: &[NodeId], leaving: &[NodeId], stripes: &[Stripe], tolerance: f64) -> Plan {
     let mut bytes = bytes_by_node(nodes, stripes);
     // Where each stripe's chunks are, as the plan moves them.
     let mut holders: Vec<Vec<NodeId>> = stripes
@@ -79,6 +83,43 @@ pub fn plan(nodes: &[NodeId], stripes: &[Stripe], tolerance: f64) -> Plan {
         .collect();
     let mut moved: HashSet<(usize, usize)> = HashSet::new();
     let mut moves = Vec::new();
+    let record = |s: usize, i: usize, from: NodeId, to: NodeId, moves: &mut Vec<Move>| {
+        moves.push(Move {
+            stripe: stripes[s].id,
+            index: u8::try_from(i).expect("a stripe has at most 255 chunks"),
+            from,
+            to,
+            bytes: stripes[s].chunks[i].size_bytes,
+        });
+    };
+    let mut evacuated: Vec<(usize, usize)> = stripes
+        .iter()
+        .enumerate()
+        .flat_map(|(s, stripe)| {
+            stripe
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| leaving.contains(&c.node))
+                .map(move |(i, _)| (s, i))
+        })
+        .collect();
+    evacuated.sort_by_key(|&(s, i)| std::cmp::Reverse(stripes[s].chunks[i].size_bytes));
+    for (s, i) in evacuated {
+        let target = bytes
+            .iter()
+            .filter(|(n, _)| !holders[s].contains(n) && !leaving.contains(n))
+            .min_by_key(|(n, b)| (**b, **n))
+            .map(|(n, _)| *n);
+        let Some(to) = target else {
+            continue;
+        };
+        let from = holders[s][i];
+        *bytes.get_mut(&to).expect("a planned node") += stripes[s].chunks[i].size_bytes;
+        holders[s][i] = to;
+        moved.insert((s, i));
+        record(s, i, from, to, &mut moves);
+    }
     let chunk_count: usize = stripes.iter().map(|s| s.chunks.len()).sum();
     while moves.len() < chunk_count && !is_balanced(&bytes, tolerance) {
         let Some(step) = best_move(&bytes, stripes, &holders, &moved) else {
@@ -90,13 +131,7 @@ pub fn plan(nodes: &[NodeId], stripes: &[Stripe], tolerance: f64) -> Plan {
         *bytes.get_mut(&to).expect("a planned node") += size;
         holders[s][i] = to;
         moved.insert((s, i));
-        moves.push(Move {
-            stripe: stripes[s].id,
-            index: u8::try_from(i).expect("a stripe has at most 255 chunks"),
-            from,
-            to,
-            bytes: size,
-        });
+        record(s, i, from, to, &mut moves);
     }
     Plan {
         moves,
@@ -199,7 +234,7 @@ mod tests {
             .collect();
         let nodes = [1, 2, 3, 4];
         assert!(!is_balanced(&bytes_by_node(&nodes, &stripes), 0.10));
-        let plan = plan(&nodes, &stripes, 0.10);
+        let plan = plan(&nodes, &[], &stripes, 0.10);
         let after = applied(&stripes, &plan);
         assert!(distinct_nodes(&after));
         assert_eq!(bytes_by_node(&nodes, &after), plan.bytes_after);
@@ -218,7 +253,7 @@ mod tests {
         let stripes: Vec<Stripe> = (1..=10)
             .map(|id| stripe(id, &[(1, 100), (2, 100), (3, 100)]))
             .collect();
-        assert!(plan(&[1, 2, 3], &stripes, 0.10).moves.is_empty());
+        assert!(plan(&[1, 2, 3], &[], &stripes, 0.10).moves.is_empty());
     }
 
     #[test]
@@ -229,8 +264,27 @@ mod tests {
         let stripes: Vec<Stripe> = (1..=6)
             .map(|id| stripe(id, &[(1, 300), (2, 100), (3, 100)]))
             .collect();
-        let plan = plan(&[1, 2, 3], &stripes, 0.10);
+        let plan = plan(&[1, 2, 3], &[], &stripes, 0.10);
         assert!(plan.moves.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_leaving_node_is_emptied_onto_the_others() {
+        // 2+1 stripes on nodes 1-3, node 4 empty; node 2 leaves: each of its
+        // chunks can only go to node 4 (nodes 1 and 3 hold its stripe).
+        let stripes: Vec<Stripe> = (1..=8)
+            .map(|id| stripe(id, &[(1, 100), (2, 100 + id as u64), (3, 100)]))
+            .collect();
+        let plan = plan(&[1, 3, 4], &[2], &stripes, 0.10);
+        let after = applied(&stripes, &plan);
+        assert!(distinct_nodes(&after));
+        assert!(after.iter().flat_map(|s| &s.chunks).all(|c| c.node != 2));
+        assert!(plan.moves.iter().all(|m| m.from == 2 && m.to == 4));
+        // Largest first.
+        assert_eq!(plan.moves[0].bytes, 108);
+        // With only three nodes left for three-chunk stripes, nothing else fits.
+        let stuck = super::plan(&[1, 3], &[2], &stripes, 0.10);
+        assert!(stuck.moves.is_empty(), "{stuck:?}");
     }
 
     proptest! {
@@ -254,7 +308,7 @@ mod tests {
                 .collect();
             let nodes: Vec<NodeId> = (1..=(6 + extra as u64)).collect();
             let before = bytes_by_node(&nodes, &stripes);
-            let plan = plan(&nodes, &stripes, 0.10);
+            let plan = plan(&nodes, &[], &stripes, 0.10);
             let after = applied(&stripes, &plan);
             prop_assert!(distinct_nodes(&after));
             prop_assert_eq!(bytes_by_node(&nodes, &after), plan.bytes_after.clone());

@@ -43,6 +43,19 @@ pub struct StripeStore {
     /// Where this node's uncommitted data files are (their stripe writers
     /// live): the catalog does not know them yet.
     pending: Arc<Mutex<HashMap<ChunkId, NodeId>>>,
+    /// Chunks placed here at the last collection, and those that have
+    /// since moved away, with when collection first saw them gone.
+    moved: Arc<Mutex<MovedAway>>,
+    /// How long a chunk that moved away stays (the longest query window).
+    moved_grace: Duration,
+}
+
+/// What collection remembers between runs: which local chunks were placed
+/// here, and since when those no longer placed here have been gone.
+#[derive(Debug, Default)]
+struct MovedAway {
+    placed: HashSet<ChunkId>,
+    since: HashMap<ChunkId, SystemTime>,
 }
 
 /// The chunk-store reference of a stripe's chunk.
@@ -82,7 +95,17 @@ impl StripeStore {
             cache,
             cluster,
             pending: Arc::default(),
+            moved: Arc::default(),
+            moved_grace: ORPHAN_GRACE,
         }
+    }
+
+    /// This store, keeping chunks that move away (rebalance, repair) for
+    /// `grace` after collection first sees them gone, so that a query
+    /// planned before the move still reads them here.
+    pub fn with_moved_grace(mut self, grace: Duration) -> Self {
+        self.moved_grace = grace;
+        self
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, NodeId>> {
@@ -445,9 +468,11 @@ impl StripeStore {
     }
 
     /// Deletes local chunks that no live stripe places on this node and that no
-    /// table lists, if written before `older_than`; and cached chunks past
-    /// their time. The catalog must be fresh (read-index). Returns how many
-    /// local chunks were deleted.
+    /// table lists, if written before `older_than` — but a chunk an earlier
+    /// run saw placed here (it has moved away since) only once the moved
+    /// grace has passed since a run first saw it gone; and cached chunks
+    /// past their time. The catalog must be fresh (read-index). Returns how
+    /// many local chunks were deleted.
     ///
     /// # Errors
     /// The local disk's error; chunks not yet deleted stay for the next run.
@@ -458,13 +483,30 @@ impl StripeStore {
     ) -> Result<usize> {
         let keep = chunks_to_keep(catalog, self.node_id());
         let mut deleted = 0;
-        for chunk in self.local.list()? {
-            let old = self.local.modified(chunk).is_some_and(|m| m < older_than);
-            if !keep.contains(&chunk) && old {
-                self.local.delete(chunk)?;
-                deleted += 1;
+        let now = SystemTime::now();
+        let local = self.local.list()?;
+        let present: HashSet<ChunkId> = local.iter().copied().collect();
+        let mut moved = self.moved.lock().expect("never locked across a panic");
+        let MovedAway { placed, since } = &mut *moved;
+        since.retain(|chunk, _| !keep.contains(chunk) && present.contains(chunk));
+        for &chunk in &local {
+            if keep.contains(&chunk) {
+                continue;
             }
+            if placed.contains(&chunk) || since.contains_key(&chunk) {
+                let gone = *since.entry(chunk).or_insert(now);
+                if gone + self.moved_grace > now {
+                    continue;
+                }
+            } else if !self.local.modified(chunk).is_some_and(|m| m < older_than) {
+                continue;
+            }
+            self.local.delete(chunk)?;
+            since.remove(&chunk);
+            deleted += 1;
         }
+        *placed = local.into_iter().filter(|c| keep.contains(c)).collect();
+        drop(moved);
         let expired = SystemTime::now() - CACHE_TTL;
         for chunk in self.cache.list()? {
             if self.cache.modified(chunk).is_none_or(|m| m < expired) {

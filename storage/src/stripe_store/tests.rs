@@ -463,6 +463,43 @@ async fn collection_keeps_placed_chunks_and_young_orphans() {
 }
 
 #[tokio::test]
+async fn a_chunk_that_moved_away_stays_for_the_moved_grace() {
+    let net = Net::new(4);
+    let (_, _, stripes) = write_files(&net.store(1), layout(2, 1), 2)
+        .await
+        .expect("write");
+    net.commit(&stripes);
+    let catalog = net.catalog.lock().expect("lock").clone();
+    let stripe = catalog.stripes.values().next().expect("a stripe").clone();
+    let (node, chunk) = (stripe.chunks[0].node, stripe.chunks[0].chunk);
+    let elsewhere = (1..=4)
+        .find(|n| stripe.chunks.iter().all(|c| c.node != *n))
+        .expect("a node without the stripe");
+    let store = net.store(node);
+    let later = SystemTime::now() + Duration::from_secs(1);
+    let kept = store.clone().with_moved_grace(Duration::from_secs(3600));
+    assert_eq!(kept.collect(&catalog, later).expect("collect"), 0, "placed here");
+    // The chunk moves away (as a rebalance's MoveChunk does).
+    let mut moved = (*catalog).clone();
+    let mut placed = stripe.clone();
+    placed.chunks[0].node = elsewhere;
+    moved.stripes.insert(stripe.id, placed);
+    assert_eq!(
+        kept.collect(&moved, later).expect("collect"),
+        0,
+        "a chunk that moved away stays within the grace, however old its file"
+    );
+    assert!(net.stores[&node].list().expect("list").contains(&chunk));
+    let gone = store.with_moved_grace(Duration::ZERO);
+    assert_eq!(
+        gone.collect(&moved, later).expect("collect"),
+        1,
+        "past the grace it goes"
+    );
+    assert!(!net.stores[&node].list().expect("list").contains(&chunk));
+}
+
+#[tokio::test]
 async fn files_go_once_to_their_holders_and_parity_as_a_stripe_completes() {
     let net = Net::new(4);
     let store = net.store(1);
