@@ -66,6 +66,25 @@ pub struct Member {
     pub raft_role: String,
     /// Drained for maintenance (`quarry node drain`).
     pub maintenance: bool,
+    /// Being decommissioned (`quarry node decommission`).
+    pub decommissioning: bool,
+}
+
+/// The newest rebalance, from `quarry_system.rebalance`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebalanceProgress {
+    /// Why it was planned.
+    pub reason: String,
+    /// Moves made.
+    pub moved: i64,
+    /// Moves planned.
+    pub planned: i64,
+    /// Bytes moved.
+    pub moved_bytes: i64,
+    /// Bytes of all planned moves.
+    pub planned_bytes: i64,
+    /// Whether it has ended (moves not made by then were given up).
+    pub finished: bool,
 }
 
 /// What `quarry cluster status` found.
@@ -78,6 +97,8 @@ pub struct Status {
     /// Stripes that are not healthy: (stripe id, table, layout k+m, available
     /// chunks, health).
     pub unhealthy: Vec<[String; 5]>,
+    /// The newest rebalance, if there was one.
+    pub rebalance: Option<RebalanceProgress>,
 }
 
 impl Status {
@@ -96,7 +117,7 @@ pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
     Ok(client
         .query(
             "select node_id::bigint, rpc_address, pg_address, domain, state, raft_role, \
-                    maintenance \
+                    maintenance, decommissioning \
              from quarry_system.nodes order by node_id",
             &[],
         )
@@ -111,8 +132,66 @@ pub async fn members(client: &Client) -> anyhow::Result<Vec<Member>> {
             state: r.get(4),
             raft_role: r.get(5),
             maintenance: r.get(6),
+            decommissioning: r.get(7),
         })
         .collect())
+}
+
+/// The newest rebalance's progress, as the node behind `client` sees it.
+///
+/// # Errors
+/// If the node cannot answer.
+pub async fn rebalance(client: &Client) -> anyhow::Result<Option<RebalanceProgress>> {
+    let rows = client
+        .query(
+            "select reason, \
+                    sum(case when state = 'moved' then 1 else 0 end)::bigint, \
+                    count(*)::bigint, \
+                    sum(case when state = 'moved' then bytes else 0 end)::bigint, \
+                    sum(bytes)::bigint, \
+                    bool_or(finished_at is not null) \
+             from quarry_system.rebalance group by reason",
+            &[],
+        )
+        .await
+        .context("cannot read quarry_system.rebalance")?;
+    Ok(rows.first().map(|r| RebalanceProgress {
+        reason: r.get(0),
+        moved: r.get(1),
+        planned: r.get(2),
+        moved_bytes: r.get(3),
+        planned_bytes: r.get(4),
+        finished: r.get(5),
+    }))
+}
+
+/// Decommissions node `node` through `client` (`ALTER NODE n
+/// DECOMMISSION`), then waits until the cluster has moved every chunk off
+/// it and removed it, calling `progress` every few seconds with the
+/// rebalance's progress. After it returns, stopping the node loses
+/// nothing.
+///
+/// # Errors
+/// If the statement is refused (the other nodes cannot hold the data) or
+/// the cluster cannot be read.
+pub async fn decommission(
+    client: &Client,
+    node: u64,
+    mut progress: impl FnMut(&RebalanceProgress),
+) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!("ALTER NODE {node} DECOMMISSION"))
+        .await
+        .with_context(|| format!("cannot decommission node {node}"))?;
+    loop {
+        if !members(client).await?.iter().any(|m| m.node_id == node) {
+            return Ok(());
+        }
+        if let Some(p) = rebalance(client).await? {
+            progress(&p);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// Reads the cluster's status through `client`, connected to any node.
@@ -145,6 +224,7 @@ pub async fn status(client: &Client) -> anyhow::Result<Status> {
         nodes,
         stripes,
         unhealthy,
+        rebalance: rebalance(client).await?,
     })
 }
 
@@ -257,7 +337,11 @@ pub fn render(status: &Status) -> String {
             &n.domain,
             &n.state,
             n.raft_role.as_str(),
-            if n.maintenance { "drained" } else { "" },
+            match (n.maintenance, n.decommissioning) {
+                (_, true) => "decommissioning",
+                (true, false) => "drained",
+                (false, false) => "",
+            },
         ]);
     }
     let alive = status.nodes.iter().filter(|n| n.state == "alive").count();
@@ -285,7 +369,24 @@ pub fn render(status: &Status) -> String {
             status.unhealthy.len()
         ));
     }
+    if let Some(r) = &status.rebalance {
+        out.push_str(&format!("rebalance: {}\n", render_rebalance(r)));
+    }
     out
+}
+
+/// One line of a rebalance's progress.
+pub fn render_rebalance(r: &RebalanceProgress) -> String {
+    let mb = |b: i64| b as f64 / (1 << 20) as f64;
+    format!(
+        "{} ({}): {} of {} moves, {:.1} of {:.1} MiB",
+        if r.finished { "finished" } else { "under way" },
+        r.reason,
+        r.moved,
+        r.planned,
+        mb(r.moved_bytes),
+        mb(r.planned_bytes)
+    )
 }
 
 /// Settings of `quarry cluster local`.

@@ -507,7 +507,9 @@ pub fn statement_type(statement: &QuarryStatement) -> (String, Option<String>) {
         QuarryStatement::CreateUser(_) => return ("CREATE_ROLE".into(), None),
         QuarryStatement::GrantRole { .. } => return ("GRANT".into(), None),
         QuarryStatement::CancelJob { .. } => return ("CANCEL_JOB".into(), None),
-        QuarryStatement::AlterNode { .. } => return ("ALTER_NODE".into(), None),
+        QuarryStatement::AlterNode { .. } | QuarryStatement::DecommissionNode { .. } => {
+            return ("ALTER_NODE".into(), None);
+        }
         _ => return ("OTHER".into(), None),
     };
     let (kind, destination) = match sql {

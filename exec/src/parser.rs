@@ -591,6 +591,12 @@ pub enum QuarryStatement {
         /// DRAIN: seconds its running statements may take; RESUME: None.
         drain_deadline_secs: Option<u32>,
     },
+    /// `ALTER NODE n DECOMMISSION`: moves every chunk off node n, then
+    /// removes it from the cluster.
+    DecommissionNode {
+        /// The node's id, as `quarry_system.nodes` shows it.
+        node: u64,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -1079,14 +1085,16 @@ pub const ALL_COLUMNS: &str = "\0*";
 /// gives no `deadline_seconds`.
 pub const DRAIN_DEADLINE_SECS_DEFAULT: u32 = 60;
 
-/// `ALTER NODE n DRAIN [WITH (deadline_seconds = s)]` and `ALTER NODE n
-/// RESUME`; None for a statement that does not start with ALTER NODE.
+/// `ALTER NODE n DRAIN [WITH (deadline_seconds = s)]`, `ALTER NODE n
+/// RESUME` and `ALTER NODE n DECOMMISSION`; None for a statement that does
+/// not start with ALTER NODE.
 fn parse_alter_node(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
     let words: Vec<&Token> = tokens.iter().map(|t| &t.token).collect();
     if first_word(tokens) != "alter" || tokens.get(1..2).is_none_or(|t| first_word(t) != "node") {
         return Ok(None);
     }
-    let usage = "expected ALTER NODE node_id DRAIN [WITH (deadline_seconds = n)] or ALTER NODE node_id RESUME";
+    let usage = "expected ALTER NODE node_id DRAIN [WITH (deadline_seconds = n)], \
+                 ALTER NODE node_id RESUME or ALTER NODE node_id DECOMMISSION";
     let node = match words.get(2) {
         Some(Token::Number(n, _)) => n
             .parse::<u64>()
@@ -1098,6 +1106,7 @@ fn parse_alter_node(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>>
     let action = tokens.get(3..4).map(first_word).unwrap_or_default();
     let rest = &words[4.min(words.len())..];
     match (action.as_str(), rest) {
+        ("decommission", []) => Ok(Some(QuarryStatement::DecommissionNode { node })),
         ("resume", []) => Ok(Some(QuarryStatement::AlterNode {
             node,
             drain_deadline_secs: None,

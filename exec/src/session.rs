@@ -830,6 +830,7 @@ impl Session {
                 node,
                 drain_deadline_secs,
             } => self.alter_node(node, drain_deadline_secs).await,
+            QuarryStatement::DecommissionNode { node } => self.decommission_node(node).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
                 self.create_access_token(&name, valid_until.as_ref()).await

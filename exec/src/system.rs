@@ -11,7 +11,12 @@
 //!   its replacement.
 //! - `quarry_system.nodes`: one row per node: id, addresses, failure domain,
 //!   gossip state (alive/suspect/down), Raft role (leader/voter/learner), and
-//!   the chunks (and their bytes) the stripe catalog places on it.
+//!   the chunks (and their bytes) the stripe catalog places on it, and
+//!   whether it is in maintenance or being decommissioned.
+//! - `quarry_system.rebalance`: one row per chunk move of the newest
+//!   rebalance: when and why it was planned, the chunk, from and to which
+//!   node, its bytes, its state (pending, moved, given up) and when it was
+//!   moved; when the rebalance finished.
 //! - `quarry_system.stripes`: one row per stripe: its layout, the nodes of its
 //!   chunks, how many chunks are on available nodes, and its health: healthy
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
@@ -50,14 +55,16 @@ const NODES: &str = "nodes";
 const STRIPES: &str = "stripes";
 const AUDIT: &str = "audit";
 const ACCESS_TOKENS: &str = "access_tokens";
+const REBALANCE: &str = "rebalance";
 /// `quarry_system.jobs`, the one system table every role may read (its own rows).
 pub const JOBS: &str = "jobs";
 /// The tables of the system schema.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     ACCESS_TOKENS,
     AUDIT,
     JOBS,
     NODES,
+    REBALANCE,
     SNAPSHOTS,
     STRIPES,
     TABLES,
@@ -287,6 +294,7 @@ fn nodes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn Tab
         Field::new("chunks", DataType::UInt64, false),
         Field::new("chunk_bytes", DataType::UInt64, false),
         Field::new("maintenance", DataType::Boolean, false),
+        Field::new("decommissioning", DataType::Boolean, false),
     ]));
     let rows = cluster.nodes();
     // The chunks of stripes the catalog places on each node.
@@ -315,6 +323,53 @@ fn nodes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn Tab
                     .map(|r| catalog.maintenance.contains_key(&r.node_id))
                     .collect::<Vec<_>>(),
             )),
+            Arc::new(BooleanArray::from(
+                rows.iter()
+                    .map(|r| catalog.decommissioning.contains_key(&r.node_id))
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+/// One row per chunk move of the newest rebalance.
+fn rebalance(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("planned_at", timestamp_type(), false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("stripe_id", DataType::Utf8, false),
+        Field::new("chunk_index", DataType::Int32, false),
+        Field::new("from_node", DataType::UInt64, false),
+        Field::new("to_node", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("moved_at", timestamp_type(), true),
+        Field::new("finished_at", timestamp_type(), true),
+    ]));
+    let Some(plan) = catalog.rebalance.as_deref() else {
+        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
+    };
+    let moves = &plan.moves;
+    let state = |m: &quarry_common::catalog::PlannedMove| match (m.moved_at, plan.finished_at) {
+        (Some(_), _) => "moved",
+        (None, None) => "pending",
+        (None, Some(_)) => "given up",
+    };
+    table(
+        schema,
+        vec![
+            timestamps(moves.iter().map(|_| Some(plan.planned_at)).collect()),
+            text(moves.iter().map(|_| plan.reason.clone()).collect()),
+            text(moves.iter().map(|m| m.stripe.to_string()).collect()),
+            Arc::new(Int32Array::from(
+                moves.iter().map(|m| i32::from(m.index)).collect::<Vec<_>>(),
+            )),
+            count(moves.iter().map(|m| m.from).collect()),
+            count(moves.iter().map(|m| m.to).collect()),
+            count(moves.iter().map(|m| m.bytes).collect()),
+            text(moves.iter().map(|m| state(m).to_owned()).collect()),
+            timestamps(moves.iter().map(|m| m.moved_at).collect()),
+            timestamps(moves.iter().map(|_| plan.finished_at).collect()),
         ],
     )
 }
@@ -545,6 +600,7 @@ impl SchemaProvider for SystemSchema {
             STRIPES => stripes(&self.catalog, self.cluster.as_ref()).map(Some),
             AUDIT => audit(self.audit.as_ref()).map(Some),
             ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),
+            REBALANCE => rebalance(&self.catalog).map(Some),
             JOBS => jobs(self.jobs.as_ref(), &self.viewer).await.map(Some),
             _ => Ok(None),
         }

@@ -100,6 +100,21 @@ pub enum NodeCommand {
         #[command(flatten)]
         login: LoginArgs,
     },
+    /// Decommission node NODE: it takes no new chunks, the cluster moves
+    /// every chunk off it (paced by rebalance_mb_per_sec) and then removes it
+    /// from Raft. Waits until it is removed, printing progress; after that,
+    /// stopping the node loses nothing. Refused when the other nodes are too
+    /// few to hold every stripe's chunks on distinct nodes.
+    Decommission {
+        /// The node's id (`quarry cluster status`).
+        node: u64,
+        /// A node's PostgreSQL address, HOST:PORT (any node).
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
+    },
     /// End node NODE's maintenance: it takes clients again.
     Resume {
         /// The node's id.
@@ -334,6 +349,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                      `quarry node resume {node}` ends its maintenance",
                     drained.seconds
                 );
+                Ok(())
+            }
+            NodeCommand::Decommission { node, host, login } => {
+                let client = login.login().connect(&host).await?;
+                quarry_client::cluster::decommission(&client, node, |p| {
+                    eprintln!("{}", quarry_client::cluster::render_rebalance(p));
+                })
+                .await?;
+                println!("node {node} holds no chunk and has left the cluster; it may be stopped");
                 Ok(())
             }
             NodeCommand::Resume { node, host, login } => {

@@ -352,6 +352,8 @@ pub struct Duties {
     pub repair_after: Duration,
     /// How long after its drain a node in maintenance is spared both.
     pub maintenance_timeout: Duration,
+    /// Bytes a second rebalancing may move to or from each node (0: off).
+    pub rebalance_rate: u64,
 }
 
 /// Whether node `node` is in maintenance (drained by an operator) and
@@ -364,8 +366,8 @@ fn in_maintenance(catalog: &Catalog, node: NodeId, timeout: Duration) -> bool {
     })
 }
 
-/// Runs forever: every second, on the leader, manages voters and repairs
-/// stripes; on every node, re-announces to Raft peers when gossip is alone.
+/// Runs forever: every second, on the leader, manages voters, repairs
+/// stripes, widens and regroups them and rebalances; on every node, re-announces to Raft peers when gossip is alone.
 pub async fn run_duties(
     meta: Arc<Meta>,
     stripes: StripeStore,
@@ -399,6 +401,7 @@ pub async fn run_duties(
         repair(&meta, &stripes, &membership, &duties, started).await;
         widen(&meta, &stripes).await;
         regroup(&meta, &stripes).await;
+        crate::rebalance::run_pass(&meta, &stripes, duties.rebalance_rate).await;
     }
 }
 
@@ -561,7 +564,12 @@ async fn manage_voters(
     let mut candidates: Vec<NodeId> = nodes
         .iter()
         .map(|(id, _)| *id)
-        .filter(|id| !voters.contains(id) && membership.is_alive(*id) && caught_up(*id))
+        .filter(|id| {
+            !voters.contains(id)
+                && !catalog.decommissioning.contains_key(id)
+                && membership.is_alive(*id)
+                && caught_up(*id)
+        })
         .collect();
     let voter_domains: HashSet<String> = voters
         .iter()

@@ -32,6 +32,7 @@ pub mod pg;
 pub mod query_api;
 pub mod query_manager;
 pub mod raft_network;
+pub mod rebalance;
 pub mod rpc;
 pub mod server;
 pub mod service;

@@ -302,7 +302,8 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         transport.clone(),
         membership.clone(),
     ));
-    let stripes = StripeStore::new(chunks, cache, view.clone());
+    let stripes =
+        StripeStore::new(chunks, cache, view.clone()).with_moved_grace(config.moved_chunk_grace);
     // Spill files of statements cut short by a crash are of no use.
     let spill_dir = config.data_dir.join("spill");
     let _ = std::fs::remove_dir_all(&spill_dir);
@@ -474,6 +475,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
             voter_replace_after: config.voter_replace_after,
             repair_after: config.repair_after,
             maintenance_timeout: config.maintenance_timeout,
+            rebalance_rate: config.rebalance_rate,
         },
     ));
 
@@ -634,6 +636,10 @@ async fn compact_tables(
 ) {
     let max_age = buffer_max_age.as_micros() as i64;
     let mut ticker = tokio::time::interval(interval);
+    // The first tick is immediate: the first run is one interval after
+    // startup, so `compaction_interval_secs` is the time between runs on
+    // whichever node leads.
+    ticker.tick().await;
     loop {
         ticker.tick().await;
         let metrics = meta.raft().metrics().borrow().clone();

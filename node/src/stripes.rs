@@ -120,10 +120,12 @@ impl ChunkTransport for ClusterView {
         self.node_id
     }
 
+    /// Nodes being decommissioned are left out: they take no new chunks.
     fn live_nodes(&self) -> Vec<Candidate> {
+        let leaving = self.meta.read_local().decommissioning.clone();
         self.with_members(|members| {
             members
-                .filter(|(id, _)| self.membership.is_alive(**id))
+                .filter(|(id, _)| self.membership.is_alive(**id) && !leaving.contains_key(*id))
                 .map(|(id, addr)| (*id, addr.domain.clone()))
                 .collect()
         })
@@ -133,8 +135,10 @@ impl ChunkTransport for ClusterView {
         self.membership.maybe_up(node)
     }
 
+    /// Nodes being decommissioned do not count.
     fn cluster_size(&self) -> usize {
-        self.with_members(|members| members.count())
+        let leaving = self.meta.read_local().decommissioning.clone();
+        self.with_members(|members| members.filter(|(id, _)| !leaving.contains_key(*id)).count())
     }
 
     fn catalog(&self) -> Arc<Catalog> {

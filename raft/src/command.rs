@@ -970,7 +970,11 @@ fn mark_moved(
         return;
     }
     let planned = rebalance.moves.iter().position(|m| {
-        m.stripe == stripe && m.index == index && m.from == from && m.to == to && m.moved_at.is_none()
+        m.stripe == stripe
+            && m.index == index
+            && m.from == from
+            && m.to == to
+            && m.moved_at.is_none()
     });
     if let Some(n) = planned {
         Arc::make_mut(rebalance).moves[n].moved_at = Some(at);
@@ -1012,17 +1016,13 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             catalog.rebalance = Some(Arc::new(rebalance.clone()));
             Ok(Applied::Nothing)
         }
-        Command::FinishRebalance { planned_at } => {
-            match &mut catalog.rebalance {
-                Some(current)
-                    if current.planned_at == *planned_at && current.finished_at.is_none() =>
-                {
-                    Arc::make_mut(current).finished_at = Some(proposal.proposed_at);
-                    Ok(Applied::Nothing)
-                }
-                _ => Err(CatalogError::RebalanceChanged(*planned_at)),
+        Command::FinishRebalance { planned_at } => match &mut catalog.rebalance {
+            Some(current) if current.planned_at == *planned_at && current.finished_at.is_none() => {
+                Arc::make_mut(current).finished_at = Some(proposal.proposed_at);
+                Ok(Applied::Nothing)
             }
-        }
+            _ => Err(CatalogError::RebalanceChanged(*planned_at)),
+        },
         Command::Decommission { node } => {
             catalog
                 .decommissioning

@@ -28,8 +28,7 @@ use std::sync::Arc;
 
 use quarry_common::catalog::{
     Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
-    Rebalance,
-    RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
+    Rebalance, RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};

@@ -498,7 +498,7 @@ impl StripeStore {
                 if gone + self.moved_grace > now {
                     continue;
                 }
-            } else if !self.local.modified(chunk).is_some_and(|m| m < older_than) {
+            } else if self.local.modified(chunk).is_none_or(|m| m >= older_than) {
                 continue;
             }
             self.local.delete(chunk)?;

@@ -1,5 +1,6 @@
 //! `CANCEL JOB 'id'`: stops a job on whichever node runs it. `ALTER NODE n
 //! DRAIN | RESUME`: takes a node out of service for maintenance, or back.
+//! `ALTER NODE n DECOMMISSION`: empties a node and removes it.
 
 use super::*;
 use quarry_common::catalog::Maintenance;
@@ -35,6 +36,67 @@ impl Session {
         Ok(Output::Command(CommandTag::new("CANCEL JOB")))
     }
 
+    /// 42501 unless this session's role is a superuser, by the newest
+    /// catalog (returned); `what` says what it may not do.
+    async fn superuser_catalog(&self, what: &str) -> Result<Arc<Catalog>> {
+        // By the newest catalog: these statements pin no snapshot.
+        let latest = self.engine.catalog().await?;
+        if self
+            .user
+            .role
+            .is_some_and(|role| !latest.is_superuser(role))
+        {
+            return Err(user_error(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!("must be superuser to {what}"),
+            ));
+        }
+        Ok(latest)
+    }
+
+    /// `ALTER NODE n DECOMMISSION`: marks node n as leaving; the Raft
+    /// leader's rebalancer moves every chunk off it and then removes it from
+    /// the cluster (`quarry_system.nodes` shows it gone). 42501 for a role
+    /// that is not a superuser, 42704 for a node that is not a member,
+    /// 55000 when the nodes that stay are too few to hold every stripe's
+    /// chunks on distinct nodes (its redundancy) or none would stay.
+    pub(super) async fn decommission_node(&self, node: u64) -> Result<Output> {
+        let latest = self.superuser_catalog("decommission a node").await?;
+        let members = self.engine.chunks.nodes();
+        if !members.iter().any(|member| member.node_id == node) {
+            return Err(user_error(
+                SqlState::UNDEFINED_OBJECT,
+                format!("node {node} is not a member of the cluster"),
+            ));
+        }
+        let staying = members
+            .iter()
+            .filter(|m| m.node_id != node && !latest.decommissioning.contains_key(&m.node_id))
+            .count();
+        let widest = latest
+            .stripes
+            .values()
+            .map(|s| s.chunks.len())
+            .max()
+            .unwrap_or(0);
+        if staying == 0 || staying < widest {
+            return Err(user_error(
+                SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "decommissioning node {node} would leave {staying} node(s), but stripes of \
+                     {widest} chunks need {} distinct nodes to keep their redundancy; \
+                     add a node first",
+                    widest.max(1)
+                ),
+            ));
+        }
+        self.engine
+            .meta
+            .write(Command::Decommission { node })
+            .await?;
+        Ok(Output::Command(CommandTag::new("ALTER NODE DECOMMISSION")))
+    }
+
     /// `ALTER NODE n DRAIN` / `RESUME`: marks or clears node n's
     /// maintenance in the catalog; the node itself drains (or serves again)
     /// when it sees the mark. 42501 for a role that is not a superuser,
@@ -46,18 +108,7 @@ impl Session {
         node: u64,
         drain_deadline_secs: Option<u32>,
     ) -> Result<Output> {
-        // By the newest catalog: this statement pins no snapshot.
-        let latest = self.engine.catalog().await?;
-        if self
-            .user
-            .role
-            .is_some_and(|role| !latest.is_superuser(role))
-        {
-            return Err(user_error(
-                SqlState::INSUFFICIENT_PRIVILEGE,
-                "must be superuser to drain or resume a node",
-            ));
-        }
+        let latest = self.superuser_catalog("drain or resume a node").await?;
         let members = self.engine.chunks.nodes();
         if !members.iter().any(|member| member.node_id == node) {
             return Err(user_error(

@@ -720,6 +720,88 @@ fn replacing_parity_checks_what_the_proposer_saw() {
 }
 
 #[test]
+fn a_rebalance_records_its_moves_as_they_are_made_and_one_runs_at_a_time() {
+    let mut catalog = with_public();
+    let id = ChunkId(100);
+    catalog.add_stripe(Stripe {
+        id,
+        data_chunks: 1,
+        chunks: vec![chunk(1, 1), chunk(2, 2)],
+    });
+    let planned = |index: u8, from: NodeId, to: NodeId| quarry_common::catalog::PlannedMove {
+        stripe: id,
+        index,
+        from,
+        to,
+        bytes: 10,
+        moved_at: None,
+    };
+    let plan = |planned_at, moves| Command::StartRebalance {
+        rebalance: Rebalance {
+            planned_at,
+            reason: "test".into(),
+            moves,
+            finished_at: None,
+        },
+    };
+    run(
+        &mut catalog,
+        plan(5, vec![planned(0, 1, 3), planned(1, 2, 4)]),
+    )
+    .expect("plan");
+    assert_eq!(
+        run(&mut catalog, plan(6, vec![])),
+        Err(CatalogError::RebalanceUnderWay(5)),
+        "a second plan while one is under way"
+    );
+    // A move that is not the plan's (repair) changes nothing in it.
+    run(
+        &mut catalog,
+        Command::MoveChunk {
+            stripe: id,
+            index: 1,
+            from: 2,
+            to: 5,
+        },
+    )
+    .expect("repair's move");
+    run(
+        &mut catalog,
+        Command::MoveChunk {
+            stripe: id,
+            index: 0,
+            from: 1,
+            to: 3,
+        },
+    )
+    .expect("the plan's move");
+    let rebalance = catalog.rebalance.clone().expect("plan");
+    assert_eq!(rebalance.moves[0].moved_at, Some(1_000));
+    assert_eq!(rebalance.moves[1].moved_at, None);
+    assert_eq!(rebalance.progress(), (1, 10));
+    assert_eq!(
+        run(&mut catalog, Command::FinishRebalance { planned_at: 6 }),
+        Err(CatalogError::RebalanceChanged(6))
+    );
+    run(&mut catalog, Command::FinishRebalance { planned_at: 5 }).expect("finish");
+    assert_eq!(
+        catalog.rebalance.as_ref().and_then(|r| r.finished_at),
+        Some(1_000)
+    );
+    // A finished plan marks no more moves; a new one may start.
+    run(&mut catalog, plan(7, vec![planned(0, 3, 1)])).expect("a new plan");
+    // A decommission ends the plan under way, so the next plan empties the node.
+    run(&mut catalog, Command::Decommission { node: 3 }).expect("decommission");
+    assert!(catalog.decommissioning.contains_key(&3));
+    assert!(
+        catalog
+            .rebalance
+            .as_ref()
+            .is_some_and(|r| r.finished_at.is_some())
+    );
+}
+
+#[test]
 fn regrouping_replaces_narrow_stripes_only_as_they_were_seen() {
     let mut catalog = with_public();
     for (id, data, parity) in [(100, 1, 11), (200, 2, 12)] {

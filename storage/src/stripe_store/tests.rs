@@ -478,7 +478,11 @@ async fn a_chunk_that_moved_away_stays_for_the_moved_grace() {
     let store = net.store(node);
     let later = SystemTime::now() + Duration::from_secs(1);
     let kept = store.clone().with_moved_grace(Duration::from_secs(3600));
-    assert_eq!(kept.collect(&catalog, later).expect("collect"), 0, "placed here");
+    assert_eq!(
+        kept.collect(&catalog, later).expect("collect"),
+        0,
+        "placed here"
+    );
     // The chunk moves away (as a rebalance's MoveChunk does).
     let mut moved = (*catalog).clone();
     let mut placed = stripe.clone();
