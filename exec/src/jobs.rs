@@ -507,6 +507,8 @@ pub fn statement_type(statement: &QuarryStatement) -> (String, Option<String>) {
         QuarryStatement::CreateUser(_) => return ("CREATE_ROLE".into(), None),
         QuarryStatement::GrantRole { .. } => return ("GRANT".into(), None),
         QuarryStatement::CancelJob { .. } => return ("CANCEL_JOB".into(), None),
+        QuarryStatement::Backup { .. } => return ("BACKUP".into(), None),
+        QuarryStatement::Restore { .. } => return ("RESTORE".into(), None),
         QuarryStatement::AlterNode { .. } | QuarryStatement::DecommissionNode { .. } => {
             return ("ALTER_NODE".into(), None);
         }

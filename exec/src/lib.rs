@@ -17,6 +17,7 @@
 
 pub mod array_text;
 pub mod audit;
+pub mod backup;
 pub mod bad_rows;
 mod buffer;
 pub mod bytea;

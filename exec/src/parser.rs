@@ -597,6 +597,18 @@ pub enum QuarryStatement {
         /// The node's id, as `quarry_system.nodes` shows it.
         node: u64,
     },
+    /// `BACKUP TO 'dir'` (CockroachDB's form): a backup of the catalog and
+    /// every data file into directory `dir` of the node that runs it.
+    Backup {
+        /// The backup directory, an absolute path on this node.
+        dir: String,
+    },
+    /// `RESTORE FROM 'dir'`: the newest backup in `dir` into this (empty)
+    /// cluster.
+    Restore {
+        /// The backup directory, an absolute path on this node.
+        dir: String,
+    },
 }
 
 impl From<Statement> for QuarryStatement {
@@ -1161,6 +1173,40 @@ fn parse_cancel_job(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>>
     }
 }
 
+/// `BACKUP TO 'dir'` and `RESTORE FROM 'dir'`; None for a statement that
+/// starts with neither word.
+fn parse_backup(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let (word, preposition) = match first_word(tokens).as_str() {
+        "backup" => ("BACKUP", "to"),
+        "restore" => ("RESTORE", "from"),
+        _ => return Ok(None),
+    };
+    let rest = tokens.get(1..).unwrap_or_default();
+    let [keyword, dir] = rest else {
+        return Err(syntax_error(format!(
+            "expected {word} {} '/absolute/dir'",
+            preposition.to_uppercase()
+        )));
+    };
+    if first_word(std::slice::from_ref(keyword)) != preposition {
+        return Err(syntax_error(format!(
+            "expected {word} {} '/absolute/dir'",
+            preposition.to_uppercase()
+        )));
+    }
+    let Token::SingleQuotedString(dir) = &dir.token else {
+        return Err(syntax_error(format!(
+            "{word} takes the directory as a string literal"
+        )));
+    };
+    let dir = dir.clone();
+    Ok(Some(if word == "BACKUP" {
+        QuarryStatement::Backup { dir }
+    } else {
+        QuarryStatement::Restore { dir }
+    }))
+}
+
 fn first_word(tokens: &[TokenWithSpan]) -> String {
     match tokens.first().map(|t| &t.token) {
         Some(Token::Word(word)) if word.quote_style.is_none() => word.value.to_ascii_lowercase(),
@@ -1335,6 +1381,9 @@ fn parse_quarry_statement(
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_cancel_job(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_backup(&tokens)? {
         return Ok(Some(statement));
     }
     if let Some(statement) = parse_alter_node(&tokens)? {

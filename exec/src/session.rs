@@ -63,6 +63,7 @@ use crate::privileges::{Access, SessionUser};
 use crate::table::SnapshotTable;
 use crate::types::{column_type_from_sql, column_type_of};
 
+mod backup;
 mod compact;
 mod copy_statement;
 mod cursor;
@@ -831,6 +832,8 @@ impl Session {
                 drain_deadline_secs,
             } => self.alter_node(node, drain_deadline_secs).await,
             QuarryStatement::DecommissionNode { node } => self.decommission_node(node).await,
+            QuarryStatement::Backup { dir } => self.backup(&dir).await,
+            QuarryStatement::Restore { dir } => self.restore(&dir).await,
             QuarryStatement::CreateUser(create) => self.create_role(*create, true).await,
             QuarryStatement::CreateAccessToken { name, valid_until } => {
                 self.create_access_token(&name, valid_until.as_ref()).await

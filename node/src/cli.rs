@@ -51,10 +51,57 @@ pub enum CliCommand {
         #[arg(long, global = true, default_value_t = 1825)]
         lifetime_days: u32,
     },
+    /// Back up the cluster into a directory, or check a backup.
+    Backup {
+        /// What to do.
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore the newest backup in --from into an empty cluster (`RESTORE
+    /// FROM`): the same tables, time-travel history, views and roles. The
+    /// directory is read by the node at --host.
+    Restore {
+        /// The backup directory: an absolute path on the node at --host.
+        #[arg(long)]
+        from: PathBuf,
+        /// A node's PostgreSQL address, HOST:PORT.
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
+    },
     /// Print the manual page (roff), as the Debian package installs it
     /// (deploy/debian/quarry.1).
     #[command(hide = true)]
     Man,
+}
+
+/// Sub-commands of `quarry backup`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write a backup (`BACKUP TO`): the catalog as of now and every data
+    /// file it lists, into --to on the node at --host; files an earlier
+    /// backup in --to holds are not copied again.
+    Create {
+        /// The backup directory: an absolute path on the node at --host (a
+        /// mounted backup disk).
+        #[arg(long)]
+        to: PathBuf,
+        /// A node's PostgreSQL address, HOST:PORT.
+        #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
+        host: String,
+        /// How to log in.
+        #[command(flatten)]
+        login: LoginArgs,
+    },
+    /// Check the newest backup in DIR (on this machine): its catalog, and
+    /// every data file's SHA-256, length and CRC-32C. Exits 1 at the first
+    /// problem, naming it.
+    Verify {
+        /// The backup directory.
+        dir: PathBuf,
+    },
 }
 
 /// Sub-commands of `quarry cert`.
@@ -367,6 +414,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        CliCommand::Backup { command } => match command {
+            BackupCommand::Create { to, host, login } => {
+                let client = login.login().connect(&host).await?;
+                let row = one_row(&client, &format!("BACKUP TO {}", quote_literal(&to)))
+                    .await
+                    .map_err(|e| failed("the backup", &e))?;
+                println!(
+                    "{}: {} data files, {} copied now ({} bytes), catalog {} bytes",
+                    row[0], row[1], row[2], row[3], row[4],
+                );
+                Ok(())
+            }
+            BackupCommand::Verify { dir } => {
+                let verified = quarry_exec::backup::verify(&dir)?;
+                println!(
+                    "{}: catalog and {} data files verified, {} tables, recovery point {} µs",
+                    verified.manifest.backup_id,
+                    verified.manifest.files.len(),
+                    verified.tables,
+                    verified.manifest.last_commit_at,
+                );
+                Ok(())
+            }
+        },
+        CliCommand::Restore { from, host, login } => {
+            let client = login.login().connect(&host).await?;
+            let row = one_row(&client, &format!("RESTORE FROM {}", quote_literal(&from)))
+                .await
+                .map_err(|e| failed("the restore", &e))?;
+            println!(
+                "restored {}: {} tables, {} data files ({} bytes)",
+                row[0], row[1], row[2], row[3],
+            );
+            Ok(())
+        }
         CliCommand::Cert {
             command,
             certs_dir,
@@ -577,4 +659,40 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `path` as a SQL string literal.
+fn quote_literal(path: &std::path::Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "''"))
+}
+
+/// A statement's error for the terminal: the server's message and SQLSTATE.
+fn failed(what: &str, e: &tokio_postgres::Error) -> anyhow::Error {
+    match e.as_db_error() {
+        Some(db) => anyhow::anyhow!(
+            "{what} failed: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ),
+        None => anyhow::anyhow!("{what} failed: {e}"),
+    }
+}
+
+/// The one row `sql` answers, as text, over the simple query protocol.
+async fn one_row(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or_default().to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default())
 }

@@ -44,7 +44,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `SpillBuffered`; version 17: fragment reports carry their cost, and the
 /// job and backend requests; version 18: `SetMaintenance` and the drain
 /// requests; version 19: `StartRebalance`, `FinishRebalance`,
-/// `Decommission`), needs a new version.
+/// `Decommission`, `Restore`), needs a new version.
 pub const WIRE_VERSION: u8 = 19;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -941,6 +941,7 @@ mod tests {
             | C::StartRebalance { .. }
             | C::FinishRebalance { .. }
             | C::Decommission { .. }
+            | C::Restore { .. }
             | C::CreatePredefinedRoles => {}
         }
         // Version 19: the rebalance and decommission commands.

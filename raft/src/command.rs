@@ -535,6 +535,15 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// `RESTORE FROM 'dir'`: the catalog of a backup, as a Raft snapshot
+    /// file whose stripes are those the restore just wrote, replaces this
+    /// cluster's objects (tables, snapshots, views, roles, ...); the
+    /// cluster's own identity, node marks and gossip key stay. Refused
+    /// unless the cluster holds no table, view or stripe.
+    Restore {
+        /// The catalog, in the Raft snapshot file format.
+        snapshot: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -745,6 +754,12 @@ pub enum CatalogError {
     /// One commit named the same table twice (a bug in the proposer).
     #[error("one commit changes table \"{0}\" twice")]
     DuplicateChange(String),
+    /// RESTORE into a cluster that holds objects.
+    #[error("RESTORE needs an empty cluster: this one holds tables, views or data files")]
+    RestoreIntoNonEmpty,
+    /// A backup's catalog does not decode.
+    #[error("the backup's catalog cannot be read: {0}")]
+    BadBackup(String),
     /// A rebalance was planned while another was under way.
     #[error("the rebalance planned at {0} is still under way")]
     RebalanceUnderWay(TimestampMicros),
@@ -922,6 +937,8 @@ impl CatalogError {
             CatalogError::NarrowingTypeChange { .. } => SqlState::DATATYPE_MISMATCH,
             CatalogError::LastColumn => SqlState::FEATURE_NOT_SUPPORTED,
             CatalogError::PlacementChanged { .. } => SqlState::SERIALIZATION_FAILURE,
+            CatalogError::RestoreIntoNonEmpty => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CatalogError::BadBackup(_) => SqlState::DATA_CORRUPTED,
             CatalogError::RebalanceUnderWay(_) | CatalogError::RebalanceChanged(_) => {
                 SqlState::SERIALIZATION_FAILURE
             }
@@ -1033,6 +1050,28 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             {
                 Arc::make_mut(current).finished_at = Some(proposal.proposed_at);
             }
+            Ok(Applied::Nothing)
+        }
+        Command::Restore { snapshot } => {
+            let empty = catalog.tables.is_empty()
+                && catalog.dropped.is_empty()
+                && catalog.views.is_empty()
+                && catalog.stripes.is_empty();
+            if !empty {
+                return Err(CatalogError::RestoreIntoNonEmpty);
+            }
+            let mut restored = crate::snapshot_file::read(snapshot.as_slice())
+                .map_err(|e| CatalogError::BadBackup(e.to_string()))?;
+            restored.cluster_id = catalog.cluster_id;
+            restored.next_node_id = catalog.next_node_id;
+            restored.gossip_key = catalog.gossip_key;
+            restored.maintenance = catalog.maintenance.clone();
+            restored.decommissioning = catalog.decommissioning.clone();
+            restored.rebalance = None;
+            restored.next_id = restored.next_id.max(catalog.next_id);
+            restored.last_commit_at = restored.last_commit_at.max(catalog.last_commit_at);
+            *catalog = restored;
+            catalog.reindex();
             Ok(Applied::Nothing)
         }
         Command::SetGossipKey { key } => {

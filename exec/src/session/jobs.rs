@@ -38,7 +38,7 @@ impl Session {
 
     /// 42501 unless this session's role is a superuser, by the newest
     /// catalog (returned); `what` says what it may not do.
-    async fn superuser_catalog(&self, what: &str) -> Result<Arc<Catalog>> {
+    pub(super) async fn superuser_catalog(&self, what: &str) -> Result<Arc<Catalog>> {
         // By the newest catalog: these statements pin no snapshot.
         let latest = self.engine.catalog().await?;
         if self
