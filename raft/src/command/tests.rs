@@ -802,6 +802,46 @@ fn a_rebalance_records_its_moves_as_they_are_made_and_one_runs_at_a_time() {
 }
 
 #[test]
+fn a_restore_replaces_an_empty_catalog_and_keeps_the_cluster_identity() {
+    // The backup: a table.
+    let mut backed_up = with_public();
+    run(&mut backed_up, create("t")).expect("create");
+    backed_up.cluster_id = 7;
+    let mut snapshot = Vec::new();
+    crate::snapshot_file::write(&backed_up, &mut snapshot).expect("encode");
+    let restore = || Command::Restore {
+        snapshot: snapshot.clone(),
+    };
+    // The target: another cluster, empty.
+    let mut target = with_public();
+    target.cluster_id = 9;
+    target.next_node_id = 5;
+    run(&mut target, restore()).expect("restore");
+    assert!(target.table("public", "t").is_some());
+    assert_eq!(target.cluster_id, 9, "the cluster keeps its own id");
+    assert_eq!(target.next_node_id, 5);
+    assert_eq!(
+        run(&mut target, restore()),
+        Err(CatalogError::RestoreIntoNonEmpty),
+        "a cluster that holds a table"
+    );
+    let mut damaged = with_public();
+    assert!(matches!(
+        run(
+            &mut damaged,
+            Command::Restore {
+                snapshot: b"QSNP nonsense".to_vec()
+            }
+        ),
+        Err(CatalogError::BadBackup(_))
+    ));
+    assert!(
+        damaged.tables.is_empty(),
+        "a refused restore changes nothing"
+    );
+}
+
+#[test]
 fn regrouping_replaces_narrow_stripes_only_as_they_were_seen() {
     let mut catalog = with_public();
     for (id, data, parity) in [(100, 1, 11), (200, 2, 12)] {
