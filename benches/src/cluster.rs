@@ -88,28 +88,7 @@ async fn measure(
     let first = nodes[0].pg.to_string();
     let load = quarry_client::tpch::load(&first, settings.scale_factor, 1, "tpch", false).await?;
     let client = quarry_client::cluster::connect(&first).await?;
-    // Small statements leave narrow stripes that the leader regroups in the
-    // background; measure once the stripe count has been still for 10 s.
-    let stripe_count = || async {
-        client
-            .query_one("select count(*)::bigint from quarry_system.stripes", &[])
-            .await
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(-1)
-    };
-    let loaded_stripes = stripe_count().await;
-    let settle_started = Instant::now();
-    let mut last = (loaded_stripes, Instant::now());
-    while last.1.elapsed() < Duration::from_secs(10)
-        && settle_started.elapsed() < Duration::from_secs(600)
-    {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = stripe_count().await;
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-    }
-    let regroup_seconds = (last.1 - settle_started).as_secs_f64();
+    let (loaded_stripes, regroup_seconds) = settle_stripes(&client).await;
     let logical: i64 = client
         .query_one(
             "select sum(size_bytes)::bigint from quarry_system.tables where table_schema = 'tpch'",
@@ -249,6 +228,33 @@ async fn measure(
         victim_bytes as f64 / 1e6 / repair.as_secs_f64().max(1e-3)
     );
     Ok(())
+}
+
+/// Small statements leave narrow stripes that the leader regroups in the
+/// background: waits (up to 10 minutes) until the stripe count has been
+/// still for 10 s. Returns the count when called and the seconds until it
+/// last changed.
+pub(crate) async fn settle_stripes(client: &tokio_postgres::Client) -> (i64, f64) {
+    let stripe_count = || async {
+        client
+            .query_one("select count(*)::bigint from quarry_system.stripes", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    let loaded_stripes = stripe_count().await;
+    let settle_started = Instant::now();
+    let mut last = (loaded_stripes, Instant::now());
+    while last.1.elapsed() < Duration::from_secs(10)
+        && settle_started.elapsed() < Duration::from_secs(600)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stripe_count().await;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    (loaded_stripes, (last.1 - settle_started).as_secs_f64())
 }
 
 /// The `quarry` binary next to this one (cargo puts both in target/<profile>).

@@ -17,9 +17,13 @@
 //!   one-row commit as the table's history and the number of tables grow.
 //! - `write --baseline OLD_BIN`: COPY throughput and one-row commit latency
 //!   on local clusters of 1 and 3 nodes, this build and another side by side.
+//! - `rebalance --limits 8,64`: the rate at which rebalancing fills a node
+//!   that joins a loaded cluster, per rate limit, against the disk's write
+//!   speed, and TPC-H Q6's latency before and during.
 
 mod cluster;
 mod commit_cost;
+mod rebalance;
 mod tpch;
 mod write;
 
@@ -128,6 +132,32 @@ enum Command {
         /// Commits timed per case.
         #[arg(long, default_value_t = 500)]
         commits: usize,
+    },
+    /// Rebalancing onto a joining node: rate per limit, against the disk's
+    /// speed, and query latency before and during.
+    Rebalance {
+        /// Nodes loaded before one more joins.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// TPC-H scale factor of the data loaded.
+        #[arg(long, default_value_t = 0.1)]
+        scale_factor: f64,
+        /// Rate limits (rebalance_mb_per_sec), comma-separated; a fresh
+        /// cluster each.
+        #[arg(long, value_delimiter = ',', default_value = "8,64")]
+        limits: Vec<u64>,
+        /// Q6 runs timed before the join.
+        #[arg(long, default_value_t = 20)]
+        queries: usize,
+        /// A fresh directory for the clusters' data.
+        #[arg(long, default_value = "/tmp/quarry-bench-rebalance")]
+        dir: PathBuf,
+        /// Address of node 1.
+        #[arg(long, default_value = "127.0.100.1")]
+        first_address: std::net::Ipv4Addr,
+        /// The quarry binary [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
     },
     /// COPY throughput and commit latency on local clusters, optionally side
     /// by side with another build.
@@ -249,6 +279,29 @@ async fn main() -> anyhow::Result<()> {
             out,
             tables,
         } => write_csv(scale_factor, &out, &tables),
+        Command::Rebalance {
+            nodes,
+            scale_factor,
+            limits,
+            queries,
+            dir,
+            first_address,
+            quarry,
+        } => {
+            rebalance::run(rebalance::Settings {
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                nodes,
+                scale_factor,
+                limits_mb: limits,
+                queries,
+                dir,
+                first_address,
+            })
+            .await
+        }
         Command::Cluster {
             nodes,
             scale_factor,

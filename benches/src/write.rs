@@ -56,7 +56,7 @@ fn csv_pieces(rows: u64) -> Vec<Bytes> {
     pieces
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     if sorted_ms.is_empty() {
         return f64::NAN;
     }

@@ -516,6 +516,18 @@ impl LocalCluster {
         }
     }
 
+    /// Starts node `i + 1` (beyond the first `nodes`, on the next address)
+    /// joining through node 1, and waits until it takes clients.
+    ///
+    /// # Errors
+    /// If it cannot be started or does not become ready.
+    pub async fn join_node(&self, i: usize) -> anyhow::Result<LocalNode> {
+        let seed = SocketAddr::from((self.address(0)?, self.listen_port));
+        let mut node = self.spawn_node(i, seed)?;
+        wait_ready(&mut node).await?;
+        Ok(node)
+    }
+
     fn spawn_node(&self, i: usize, seed: SocketAddr) -> anyhow::Result<LocalNode> {
         let ip = self.address(i)?;
         let name = format!("n{}", i + 1);
