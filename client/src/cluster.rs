@@ -165,8 +165,8 @@ pub async fn rebalance(client: &Client) -> anyhow::Result<Option<RebalanceProgre
     }))
 }
 
-/// Decommissions node `node` through `client` (`ALTER NODE n
-/// DECOMMISSION`), then waits until the cluster has moved every chunk off
+/// Decommissions node `node` through `client`, connected to the node at
+/// `pg` (another one) (`ALTER NODE n DECOMMISSION`), then waits until the cluster has moved every chunk off
 /// it and removed it, calling `progress` every few seconds with the
 /// rebalance's progress. After it returns, stopping the node loses
 /// nothing.
@@ -176,9 +176,18 @@ pub async fn rebalance(client: &Client) -> anyhow::Result<Option<RebalanceProgre
 /// the cluster cannot be read.
 pub async fn decommission(
     client: &Client,
+    pg: &str,
     node: u64,
     mut progress: impl FnMut(&RebalanceProgress),
 ) -> anyhow::Result<()> {
+    // The node leaves Raft without learning that it did: ask another.
+    if members(client)
+        .await?
+        .iter()
+        .any(|m| m.node_id == node && m.pg_address == pg)
+    {
+        anyhow::bail!("{pg} is node {node} itself; pass --host with another node's address");
+    }
     client
         .batch_execute(&format!("ALTER NODE {node} DECOMMISSION"))
         .await

@@ -155,7 +155,7 @@ pub enum NodeCommand {
     Decommission {
         /// The node's id (`quarry cluster status`).
         node: u64,
-        /// A node's PostgreSQL address, HOST:PORT (any node).
+        /// Another node's PostgreSQL address, HOST:PORT.
         #[arg(long, default_value = crate::config::DEFAULT_PG_LISTEN)]
         host: String,
         /// How to log in.
@@ -400,7 +400,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             NodeCommand::Decommission { node, host, login } => {
                 let client = login.login().connect(&host).await?;
-                quarry_client::cluster::decommission(&client, node, |p| {
+                quarry_client::cluster::decommission(&client, &host, node, |p| {
                     eprintln!("{}", quarry_client::cluster::render_rebalance(p));
                 })
                 .await?;

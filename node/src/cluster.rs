@@ -367,7 +367,8 @@ fn in_maintenance(catalog: &Catalog, node: NodeId, timeout: Duration) -> bool {
 }
 
 /// Runs forever: every second, on the leader, manages voters, repairs
-/// stripes, widens and regroups them and rebalances; on every node, re-announces to Raft peers when gossip is alone.
+/// stripes, widens and regroups them and rebalances; on every node,
+/// re-announces to Raft peers when gossip is alone.
 pub async fn run_duties(
     meta: Arc<Meta>,
     stripes: StripeStore,

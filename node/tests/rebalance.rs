@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::cluster::{FAST, id_of, node_rows, quarry_node, start_cluster, wait_for};
+use support::cluster::{
+    FAST, id_of, node_rows, quarry_node, start_cluster, unhealthy_stripes, wait_for,
+};
 use support::node::{TestNode, sqlstate};
 
 /// Bytes of chunks each member holds, by node id.
@@ -288,15 +290,7 @@ async fn a_joined_node_gets_its_share_while_queries_and_writes_run_and_the_leade
         );
     }
     // Every stripe is whole, and a query on the new node reads its chunks.
-    let unhealthy: i64 = client
-        .query_one(
-            "select count(*)::bigint from quarry_system.stripes where health <> 'healthy'",
-            &[],
-        )
-        .await
-        .expect("stripes")
-        .get(0);
-    assert_eq!(unhealthy, 0);
+    assert_eq!(unhealthy_stripes(&client).await, 0);
     assert_eq!(
         answer(&nodes[3].client().await).await.expect("answer"),
         expected
@@ -350,15 +344,7 @@ async fn a_decommissioned_node_can_be_stopped_without_losing_anything() {
     for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != 1) {
         let client = node.client().await;
         assert_eq!(answer(&client).await.expect("answer"), expected, "node {i}");
-        let unhealthy: i64 = client
-            .query_one(
-                "select count(*)::bigint from quarry_system.stripes where health <> 'healthy'",
-                &[],
-            )
-            .await
-            .expect("stripes")
-            .get(0);
-        assert_eq!(unhealthy, 0, "node {i}");
+        assert_eq!(unhealthy_stripes(&client).await, 0, "node {i}");
     }
     // Three nodes left for three-chunk stripes: another decommission is refused.
     let client = nodes[0].client().await;

@@ -143,3 +143,15 @@ pub async fn ready_status(node: &TestNode) -> u16 {
     .await
     .map_or(0, |(status, _)| status)
 }
+
+/// Stripes not healthy, as `client`'s node sees them.
+pub async fn unhealthy_stripes(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select count(*)::bigint from quarry_system.stripes where health <> 'healthy'",
+            &[],
+        )
+        .await
+        .expect("quarry_system.stripes")
+        .get(0)
+}
