@@ -57,12 +57,7 @@ where
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    if settings.dir.exists() {
-        bail!(
-            "{} exists; the benchmark needs a fresh directory",
-            settings.dir.display()
-        );
-    }
+    crate::require_fresh(&settings.dir)?;
     let local = crate::local_cluster(
         &settings.quarry,
         settings.nodes,

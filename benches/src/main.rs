@@ -207,6 +207,17 @@ pub(crate) fn local_cluster(
     }
 }
 
+/// Fails unless `dir` does not exist yet: a benchmark starts from nothing.
+pub(crate) fn require_fresh(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        anyhow::bail!(
+            "{} exists; the benchmark needs a fresh directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A `--set` argument, NAME=VALUE.
 fn setting(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {

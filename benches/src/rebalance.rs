@@ -160,12 +160,7 @@ async fn one_limit(settings: &Settings, limit_mb: u64, q6: &str) -> anyhow::Resu
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    if settings.dir.exists() {
-        bail!(
-            "{} exists; the benchmark needs a fresh directory",
-            settings.dir.display()
-        );
-    }
+    crate::require_fresh(&settings.dir)?;
     let q6 = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tpch/queries/q06.sql"),
     )

@@ -128,12 +128,7 @@ async fn run_one(
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    if settings.dir.exists() {
-        bail!(
-            "{} exists; the benchmark needs a fresh directory",
-            settings.dir.display()
-        );
-    }
+    crate::require_fresh(&settings.dir)?;
     println!("{}", crate::tpch::machine());
     let pieces = csv_pieces(settings.rows);
     let mut builds = vec![("measured", settings.quarry.clone())];

@@ -111,7 +111,8 @@ async fn start(
         .iter()
         .flat_map(|s| &s.chunks)
         .any(|c| leaving.contains(&c.node));
-    if !holding_leaving && is_balanced(&bytes_by_node(&nodes, &all), TOLERANCE) {
+    let before = bytes_by_node(&nodes, &all);
+    if !holding_leaving && is_balanced(&before, TOLERANCE) {
         return None;
     }
     let planned = plan(&nodes, leaving, &all, TOLERANCE);
@@ -145,7 +146,6 @@ async fn start(
     };
     let moves = rebalance.moves.len();
     let bytes = rebalance.total_bytes();
-    let before = bytes_by_node(&nodes, &all);
     tracing::debug!(?before, after = ?planned.bytes_after, "rebalance plan");
     match meta
         .write(Command::StartRebalance {
