@@ -178,7 +178,11 @@ async fn make_moves(
         if began.elapsed() >= PASS_BUDGET {
             return;
         }
-        let started = Instant::now();
+        // Each move sends `bytes` from one node and receives them on
+        // another: at `rate`, the mover waits bytes / rate before it, so
+        // that the bytes moved since the plan began never exceed rate ×
+        // the time since (a move copies its chunk at full speed).
+        tokio::time::sleep(Duration::from_secs_f64(planned.bytes as f64 / rate as f64)).await;
         match make_move(meta, stripes, planned, live).await {
             Ok(()) => {
                 metrics::counter!("quarry_rebalance_moved_bytes_total").increment(planned.bytes);
@@ -188,12 +192,6 @@ async fn make_moves(
                 tracing::info!(stripe = %planned.stripe, index = planned.index, why, "rebalance move given up");
                 continue;
             }
-        }
-        // Each move sends `bytes` from one node and receives them on
-        // another: at `rate`, it takes at least bytes / rate.
-        let least = Duration::from_secs_f64(planned.bytes as f64 / rate as f64);
-        if let Some(wait) = least.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
         }
     }
     match meta

@@ -6,11 +6,13 @@
 //! A plan is a list of moves, each of one chunk of a stripe from the node
 //! holding it to another node, never to a node that already holds a chunk
 //! of the same stripe (each chunk of a stripe on its own node is what lets
-//! a stripe survive the loss of m nodes). Moves are chosen greedily: the
-//! most loaded node gives the largest chunk that narrows its gap to the
-//! least loaded node it may go to, until every node is within the
-//! tolerance of the mean or no move narrows the spread; no move widens the
-//! spread between the most and least loaded nodes. The mover applies
+//! a stripe survive the loss of m nodes). Steps are chosen greedily: each
+//! is the single move, or else the swap of two chunks between two nodes,
+//! that most lowers the sum of the squares of the nodes' bytes, until
+//! every node is within the tolerance of the mean or no step helps; no
+//! step widens the spread between the most and least loaded nodes. Swaps
+//! are what let chunks larger than the remaining gaps still even them
+//! out. The mover applies
 //! each move with the `MoveChunk` Raft command's compare-and-set
 //! (raft/src/command.rs), so that a plan made on a catalog that changed
 //! since is refused move by move, not misapplied. Failure domains are not
@@ -75,7 +77,12 @@ pub fn is_balanced(bytes: &BTreeMap<NodeId, u64>, tolerance: f64) -> bool {
 /// holding no chunk of its stripe, largest chunks first; one with no such
 /// node stays where it is.
 pub fn plan(nodes: &[NodeId], leaving: &[NodeId], stripes: &[Stripe], tolerance: f64) -> Plan {
-    let mut bytes = bytes_by_node(nodes, stripes);
+    let staying: Vec<NodeId> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !leaving.contains(n))
+        .collect();
+    let mut bytes = bytes_by_node(&staying, stripes);
     // Where each stripe's chunks are, as the plan moves them.
     let mut holders: Vec<Vec<NodeId>> = stripes
         .iter()
@@ -122,16 +129,18 @@ pub fn plan(nodes: &[NodeId], leaving: &[NodeId], stripes: &[Stripe], tolerance:
     }
     let chunk_count: usize = stripes.iter().map(|s| s.chunks.len()).sum();
     while moves.len() < chunk_count && !is_balanced(&bytes, tolerance) {
-        let Some(step) = best_move(&bytes, stripes, &holders, &moved) else {
+        let step = best_step(&bytes, stripes, &holders, &moved);
+        if step.is_empty() {
             break;
-        };
-        let (s, i, from, to) = step;
-        let size = stripes[s].chunks[i].size_bytes;
-        *bytes.get_mut(&from).expect("a planned node") -= size;
-        *bytes.get_mut(&to).expect("a planned node") += size;
-        holders[s][i] = to;
-        moved.insert((s, i));
-        record(s, i, from, to, &mut moves);
+        }
+        for (s, i, from, to) in step {
+            let size = stripes[s].chunks[i].size_bytes;
+            *bytes.get_mut(&from).expect("a planned node") -= size;
+            *bytes.get_mut(&to).expect("a planned node") += size;
+            holders[s][i] = to;
+            moved.insert((s, i));
+            record(s, i, from, to, &mut moves);
+        }
     }
     Plan {
         moves,
@@ -139,45 +148,92 @@ pub fn plan(nodes: &[NodeId], leaving: &[NodeId], stripes: &[Stripe], tolerance:
     }
 }
 
-/// The next move: from the most loaded node that has one, the largest
-/// chunk whose move narrows the gap to the least loaded node it may go to
-/// (one holding no chunk of its stripe). Each chunk moves at most once.
-fn best_move(
+/// The next step: the move, or else the swap of two chunks between two
+/// nodes, that most lowers the sum of the squares of the nodes' bytes.
+/// Moving `c` bytes from a node holding `high` to one holding `low` lowers
+/// it by `2c(high - low - c)`: it helps exactly when `0 < c < high - low`,
+/// most when `c` is half the gap, and leaves both nodes between `low` and
+/// `high`, so no step widens the spread. A swap moves the difference of
+/// its two chunks; it is tried only when no single move helps, which is
+/// what happens when the chunks left are larger than the gaps. Each chunk
+/// moves at most once per plan.
+fn best_step(
     bytes: &BTreeMap<NodeId, u64>,
     stripes: &[Stripe],
     holders: &[Vec<NodeId>],
     moved: &HashSet<(usize, usize)>,
-) -> Option<(usize, usize, NodeId, NodeId)> {
-    let mut by_load: Vec<(NodeId, u64)> = bytes.iter().map(|(n, b)| (*n, *b)).collect();
-    by_load.sort_by_key(|(n, b)| (*b, *n));
-    for &(from, high) in by_load.iter().rev() {
-        let mut best: Option<(u64, usize, usize, NodeId)> = None;
-        for (s, stripe) in stripes.iter().enumerate() {
-            for (i, chunk) in stripe.chunks.iter().enumerate() {
-                if holders[s][i] != from || moved.contains(&(s, i)) {
+) -> Vec<(usize, usize, NodeId, NodeId)> {
+    let gain = |c: u64, gap: u64| -> u128 {
+        if c == 0 || c >= gap {
+            0
+        } else {
+            u128::from(c) * u128::from(gap - c)
+        }
+    };
+    // The chunks that may still move, by holder.
+    let mut held: BTreeMap<NodeId, Vec<(usize, usize)>> = BTreeMap::new();
+    for (s, stripe_holders) in holders.iter().enumerate() {
+        for (i, holder) in stripe_holders.iter().enumerate() {
+            if !moved.contains(&(s, i)) && bytes.contains_key(holder) {
+                held.entry(*holder).or_default().push((s, i));
+            }
+        }
+    }
+    let size = |(s, i): (usize, usize)| stripes[s].chunks[i].size_bytes;
+    let mut best: Option<(u128, (usize, usize), NodeId, NodeId)> = None;
+    for (&from, chunks) in &held {
+        let high = bytes[&from];
+        for &chunk in chunks {
+            for (&to, &low) in bytes {
+                if low >= high || holders[chunk.0].contains(&to) {
                     continue;
                 }
-                let size = chunk.size_bytes;
-                // The least loaded node this chunk may go to, if the move
-                // narrows the gap (size < high - low leaves both nearer).
-                let target = by_load.iter().find(|(to, low)| {
-                    *to != from
-                        && !holders[s].contains(to)
-                        && size > 0
-                        && size < high - low.min(&high)
-                });
-                if let Some(&(to, _)) = target
-                    && best.is_none_or(|(b, ..)| size > b)
-                {
-                    best = Some((size, s, i, to));
+                let g = gain(size(chunk), high - low);
+                if g > 0 && best.is_none_or(|(b, ..)| g > b) {
+                    best = Some((g, chunk, from, to));
                 }
             }
         }
-        if let Some((_, s, i, to)) = best {
-            return Some((s, i, from, to));
+    }
+    if let Some((_, (s, i), from, to)) = best {
+        return vec![(s, i, from, to)];
+    }
+    // Swaps: chunk x from `a` to `b` and chunk y from `b` to `a`, moving
+    // x - y bytes; for each x, the y nearest x - gap/2 is the best.
+    type Swap = (u128, (usize, usize), (usize, usize), NodeId, NodeId);
+    let mut best: Option<Swap> = None;
+    for (&a, xs) in &held {
+        for (&b, ys) in &held {
+            let (high, low) = (bytes[&a], bytes[&b]);
+            if low >= high {
+                continue;
+            }
+            let gap = high - low;
+            let mut ys: Vec<(usize, usize)> = ys
+                .iter()
+                .copied()
+                .filter(|y| !holders[y.0].contains(&a))
+                .collect();
+            ys.sort_by_key(|y| size(*y));
+            for &x in xs.iter().filter(|x| !holders[x.0].contains(&b)) {
+                let want = size(x).saturating_sub(gap / 2);
+                let at = ys.partition_point(|y| size(*y) < want);
+                for &y in ys[at.saturating_sub(4)..(at + 4).min(ys.len())].iter() {
+                    if y.0 == x.0 {
+                        continue;
+                    }
+                    let g = gain(size(x).saturating_sub(size(y)), gap);
+                    if g > 0 && best.is_none_or(|(b, ..)| g > b) {
+                        best = Some((g, x, y, a, b));
+                    }
+                }
+            }
         }
     }
-    None
+    match best {
+        Some((_, x, y, a, b)) => vec![(x.0, x.1, a, b), (y.0, y.1, b, a)],
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +343,72 @@ mod tests {
         assert!(stuck.moves.is_empty(), "{stuck:?}");
     }
 
+    #[test]
+    fn chunks_larger_than_the_gap_are_swapped() {
+        // Node 1 holds 10 + 7, node 2 holds 6 + 5: the 6-byte gap is
+        // narrower than any chunk, so no single move helps, but swapping
+        // the 7 for the 5 (or the 10 for the 6) leaves 15 and 13.
+        let stripes = vec![
+            stripe(1, &[(1, 10), (3, 10)]),
+            stripe(2, &[(1, 7), (4, 7)]),
+            stripe(3, &[(2, 6), (3, 6)]),
+            stripe(4, &[(2, 5), (4, 5)]),
+            stripe(5, &[(3, 1), (4, 1)]),
+        ];
+        let plan = plan(&[1, 2], &[], &stripes, 0.0);
+        assert_eq!(plan.moves.len(), 2, "{plan:?}");
+        let mut after: Vec<u64> = plan.bytes_after.values().copied().collect();
+        after.sort_unstable();
+        assert_eq!(after, [13, 15]);
+        assert!(distinct_nodes(&applied(&stripes, &plan)));
+    }
+
+    #[test]
+    fn a_joining_node_is_not_overfilled_by_large_chunks() {
+        // Largest-first would give node 4 the 9s and leave it above the
+        // others; it should end within 10% of the mean.
+        let mut stripes: Vec<Stripe> = (1..=4)
+            .map(|id| stripe(id, &[(1, 9), (2, 9), (3, 9)]))
+            .collect();
+        stripes.extend((5..=40).map(|id| stripe(id, &[(1, 1), (2, 1), (3, 1)])));
+        let plan = plan(&[1, 2, 3, 4], &[], &stripes, 0.10);
+        assert!(
+            is_balanced(&plan.bytes_after, 0.10),
+            "{:?}",
+            plan.bytes_after
+        );
+    }
+
     proptest! {
+        /// A node joining a cluster whose chunks are each small next to a
+        /// node's share always ends within ±10% of the mean, as do the
+        /// others.
+        #[test]
+        fn joins_with_small_chunks_always_balance(
+            sizes in proptest::collection::vec(proptest::collection::vec(1_000u64..4_000, 3), 40..120),
+            old_nodes in 3u64..6,
+            joining in 1u64..3,
+        ) {
+            // 2+1 stripes spread round-robin over the old nodes.
+            let stripes: Vec<Stripe> = sizes
+                .iter()
+                .enumerate()
+                .map(|(id, sizes)| {
+                    let chunks: Vec<(NodeId, u64)> = sizes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, size)| ((id as u64 + i as u64) % old_nodes + 1, *size))
+                        .collect();
+                    stripe(id as u128 + 1, &chunks)
+                })
+                .collect();
+            let nodes: Vec<NodeId> = (1..=old_nodes + joining).collect();
+            let plan = plan(&nodes, &[], &stripes, 0.10);
+            let after = applied(&stripes, &plan);
+            prop_assert!(distinct_nodes(&after));
+            prop_assert!(is_balanced(&plan.bytes_after, 0.10), "{:?}", plan.bytes_after);
+        }
+
         #[test]
         fn plans_keep_stripes_spread_and_never_widen_the_spread(
             layout in proptest::collection::vec(
