@@ -288,6 +288,11 @@ pub struct Table {
     /// older transactions) until they expire.
     #[serde(skip)]
     pub moved: OrdMap<ChunkId, Vec<RowRange>>,
+    /// How its rows are divided into partitions, if they are (set once,
+    /// right after creation, by `Command::SetPartitioning`). A record of
+    /// its own in the Raft snapshot file.
+    #[serde(skip)]
+    pub partitioning: Option<Arc<crate::partition::Partitioning>>,
 }
 
 /// Rows `first_row .. first_row + rows` of a data file: where rows of a
@@ -1002,6 +1007,7 @@ mod tests {
             moved: OrdMap::new(),
             retention_micros: Some(50),
             layout: None,
+            partitioning: None,
         }
     }
 

@@ -11,11 +11,13 @@
 //!
 //! - [`catalog`]: the catalog model that Raft replicates (schemas, tables, columns
 //!   with field ids, data files, table snapshots with zone maps).
+//! - [`partition`]: partitioned tables (partition keys, bounds and ids).
 //! - [`roles`]: roles, SCRAM verifiers, owners and privileges.
 //! - [`sqlstate`]: PostgreSQL SQLSTATE codes, the error classes clients see.
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod partition;
 pub mod roles;
 pub mod sqlstate;
 

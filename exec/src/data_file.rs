@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
@@ -19,6 +19,7 @@ use quarry_common::SqlState;
 use quarry_common::catalog::{
     ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
 };
+use quarry_common::partition::{PartitionKey, Partitioning};
 use quarry_raft::TableChange;
 use quarry_storage::ChunkRef;
 
@@ -401,17 +402,35 @@ struct ColumnZoneMap {
 /// Streams batches of one table into data files, cutting a new file every
 /// [`FILE_ROWS_MAX`] rows. Each finished file is stored as a chunk and recorded
 /// in the [`WriteSet`].
+///
+/// A partitioned table's rows are split by partition first: each partition
+/// has its own open file, so that no file holds rows of two partitions.
 pub struct DataFileWriter {
     table: Arc<Table>,
     schema: SchemaRef,
     destination: Destination,
     properties: WriterProperties,
-    current: Option<(ArrowWriter<Vec<u8>>, Vec<ColumnZoneMap>)>,
-    rows_in_file: u64,
+    /// The open file of each partition (one, under `PartitionKey::Null`,
+    /// for a table that is not partitioned).
+    open: BTreeMap<PartitionKey, OpenFile>,
+    /// The table's partitioning and the position of its column.
+    partitioning: Option<(Arc<Partitioning>, usize)>,
     rows_written: u64,
     /// Whether small files may be held in the write set's memory.
     holds_small_files: bool,
 }
+
+/// A data file being written.
+struct OpenFile {
+    writer: ArrowWriter<Vec<u8>>,
+    zone_maps: Vec<ColumnZoneMap>,
+    rows: u64,
+}
+
+/// Most files a writer keeps open at once (one per partition written to):
+/// past it, the fullest is finished early, and the compactor merges such
+/// small files later.
+const MAX_OPEN_FILES: usize = 64;
 
 /// How data files are encoded: ZSTD, [`ROW_GROUP_ROWS`] rows per row group,
 /// statistics per page (and so a page index).
@@ -445,13 +464,20 @@ impl DataFileWriter {
 
     fn to(table: Arc<Table>, destination: Destination) -> Self {
         let properties = writer_properties();
+        let partitioning = table.partitioning.as_ref().and_then(|p| {
+            table
+                .columns
+                .iter()
+                .position(|c| c.field_id == p.field_id)
+                .map(|index| (p.clone(), index))
+        });
         DataFileWriter {
             schema: file_schema(&table),
             table,
             destination,
             properties,
-            current: None,
-            rows_in_file: 0,
+            open: BTreeMap::new(),
+            partitioning,
             rows_written: 0,
             holds_small_files: true,
         }
@@ -476,61 +502,109 @@ impl DataFileWriter {
     /// 23502 if a NOT NULL column gets a NULL, 22P02 / 22003 if a value does not
     /// convert, an I/O error if a finished file cannot be stored.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let mut batch = self.conform(batch)?;
-        // A batch larger than the current file's room is split across files,
-        // so no file holds more than FILE_ROWS_MAX rows.
+        let batch = self.conform(batch)?;
+        let Some((partitioning, index)) = &self.partitioning else {
+            return self.write_partition(PartitionKey::Null, batch).await;
+        };
+        let keys = crate::partition::keys_of(partitioning, batch.column(*index))?;
+        match keys.first() {
+            None => Ok(()),
+            Some(first) if keys.iter().all(|k| k == first) => {
+                self.write_partition(*first, batch).await
+            }
+            Some(_) => {
+                for (key, rows) in crate::partition::rows_by_partition(&keys) {
+                    let rows =
+                        take_record_batch(&batch, &UInt32Array::from(rows)).map_err(|e| {
+                            Error::Internal(format!("splitting rows by partition: {e}"))
+                        })?;
+                    self.write_partition(key, rows).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends `batch` (conformed, all of partition `key`) to the
+    /// partition's files: a batch larger than the open file's room is
+    /// split across files, so no file holds more than FILE_ROWS_MAX rows.
+    async fn write_partition(&mut self, key: PartitionKey, mut batch: RecordBatch) -> Result<()> {
         while batch.num_rows() > 0 {
-            let room = (FILE_ROWS_MAX - self.rows_in_file) as usize;
+            let in_file = self.open.get(&key).map_or(0, |f| f.rows);
+            let room = (FILE_ROWS_MAX - in_file) as usize;
             let rest = batch.slice(
                 room.min(batch.num_rows()),
                 batch.num_rows().saturating_sub(room),
             );
-            self.write_into_file(batch.slice(0, room.min(batch.num_rows())))
+            self.write_into_file(key, batch.slice(0, room.min(batch.num_rows())))
                 .await?;
             batch = rest;
         }
         Ok(())
     }
 
-    /// Appends `batch` (conformed, no more rows than the current file's
-    /// room) to the current file, finishing the file when it is full.
-    async fn write_into_file(&mut self, batch: RecordBatch) -> Result<()> {
-        let (writer, zone_maps) = match &mut self.current {
-            Some(current) => current,
-            None => {
-                let writer = ArrowWriter::try_new(
-                    Vec::new(),
-                    self.schema.clone(),
-                    Some(self.properties.clone()),
-                )
-                .map_err(|e| Error::Internal(format!("cannot start a Parquet writer: {e}")))?;
-                let zone_maps = self
-                    .schema
-                    .fields()
+    /// Appends `batch` (conformed, no more rows than the open file's room)
+    /// to partition `key`'s open file, finishing the file when it is full.
+    async fn write_into_file(&mut self, key: PartitionKey, batch: RecordBatch) -> Result<()> {
+        if !self.open.contains_key(&key) {
+            if self.open.len() >= MAX_OPEN_FILES
+                && let Some(fullest) = self
+                    .open
                     .iter()
-                    .map(|f| {
-                        Ok(ColumnZoneMap {
-                            min: MinAccumulator::try_new(f.data_type())?,
-                            max: MaxAccumulator::try_new(f.data_type())?,
-                            null_count: 0,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
-                self.current.insert((writer, zone_maps))
+                    .max_by_key(|(_, f)| f.rows)
+                    .map(|(k, _)| *k)
+            {
+                self.finish_file(fullest).await?;
             }
-        };
-        for (zone_map, column) in zone_maps.iter_mut().zip(batch.columns()) {
+            let writer = ArrowWriter::try_new(
+                Vec::new(),
+                self.schema.clone(),
+                Some(self.properties.clone()),
+            )
+            .map_err(|e| Error::Internal(format!("cannot start a Parquet writer: {e}")))?;
+            let zone_maps = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    Ok(ColumnZoneMap {
+                        min: MinAccumulator::try_new(f.data_type())?,
+                        max: MaxAccumulator::try_new(f.data_type())?,
+                        null_count: 0,
+                    })
+                })
+                .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
+            self.open.insert(
+                key,
+                OpenFile {
+                    writer,
+                    zone_maps,
+                    rows: 0,
+                },
+            );
+        }
+        let file = self.open.get_mut(&key).expect("opened above");
+        for (zone_map, column) in file.zone_maps.iter_mut().zip(batch.columns()) {
             zone_map.min.update_batch(std::slice::from_ref(column))?;
             zone_map.max.update_batch(std::slice::from_ref(column))?;
             zone_map.null_count += column.null_count() as u64;
         }
-        writer
+        file.writer
             .write(&batch)
             .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
-        self.rows_in_file += batch.num_rows() as u64;
+        file.rows += batch.num_rows() as u64;
         self.rows_written += batch.num_rows() as u64;
-        if self.rows_in_file >= FILE_ROWS_MAX {
-            self.finish_file().await?;
+        if file.rows >= FILE_ROWS_MAX {
+            self.finish_file(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes every open file, in partition order.
+    async fn finish_files(&mut self) -> Result<()> {
+        let keys: Vec<PartitionKey> = self.open.keys().copied().collect();
+        for key in keys {
+            self.finish_file(key).await?;
         }
         Ok(())
     }
@@ -540,7 +614,7 @@ impl DataFileWriter {
     /// # Errors
     /// An I/O error if the file cannot be stored.
     pub async fn finish(mut self) -> Result<u64> {
-        self.finish_file().await?;
+        self.finish_files().await?;
         Ok(self.rows_written)
     }
 
@@ -550,7 +624,7 @@ impl DataFileWriter {
     /// # Errors
     /// If the last file does not encode.
     pub async fn finish_in_memory(mut self) -> Result<Vec<(DataFile, Bytes)>> {
-        self.finish_file().await?;
+        self.finish_files().await?;
         match self.destination {
             Destination::Memory(files) => Ok(files),
             Destination::Writes(_) => Err(Error::Internal(
@@ -611,12 +685,15 @@ impl DataFileWriter {
         })
     }
 
-    async fn finish_file(&mut self) -> Result<()> {
-        let Some((writer, zone_maps)) = self.current.take() else {
+    async fn finish_file(&mut self, key: PartitionKey) -> Result<()> {
+        let Some(OpenFile {
+            writer,
+            zone_maps,
+            rows: row_count,
+        }) = self.open.remove(&key)
+        else {
             return Ok(());
         };
-        let row_count = self.rows_in_file;
-        self.rows_in_file = 0;
         let bytes = writer
             .into_inner()
             .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
@@ -748,6 +825,7 @@ mod tests {
             moved: Default::default(),
             retention_micros: None,
             layout: None,
+            partitioning: None,
         })
     }
 

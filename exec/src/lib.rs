@@ -38,6 +38,7 @@ pub mod memory;
 pub mod merge;
 pub mod optimizer;
 pub mod parser;
+pub mod partition;
 pub mod pg_activity;
 pub mod pg_catalog;
 pub mod pg_functions;

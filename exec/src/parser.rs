@@ -1214,6 +1214,75 @@ fn first_word(tokens: &[TokenWithSpan]) -> String {
     }
 }
 
+/// `CREATE TABLE ... PARTITION BY expr WITH (options) [AS query]`, in
+/// PostgreSQL's order of the clauses (PARTITION BY before WITH); the SQL
+/// parser takes WITH first, so the WITH group is moved before PARTITION BY.
+/// None for any other statement.
+fn parse_partition_by_with(tokens: &[TokenWithSpan]) -> Result<Option<Statement>> {
+    let is_word = |token: &Token, word: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let mut depth = 0usize;
+    let mut partition = None;
+    let mut with = None;
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            token if depth == 0 && is_word(token, "as") => break,
+            token if depth == 0 && partition.is_none() && is_word(token, "partition") => {
+                partition = Some(i);
+            }
+            token if depth == 0 && partition.is_some() && is_word(token, "with") => {
+                with = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (Some(partition), Some(with)) = (partition, with) else {
+        return Ok(None);
+    };
+    // The WITH group: up to its closing parenthesis.
+    let open = tokens[with + 1..]
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|p| with + 1 + p);
+    let Some(open) = open.filter(|o| tokens[*o].token == Token::LParen) else {
+        return Ok(None);
+    };
+    let mut depth = 0usize;
+    let mut close = None;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(close) = close else {
+        return Ok(None);
+    };
+    let mut reordered = Vec::with_capacity(tokens.len() + 1);
+    reordered.extend_from_slice(&tokens[..partition]);
+    reordered.extend_from_slice(&tokens[with..=close]);
+    reordered.push(TokenWithSpan::wrap(Token::Whitespace(
+        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+    )));
+    reordered.extend_from_slice(&tokens[partition..with]);
+    reordered.extend_from_slice(&tokens[close + 1..]);
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(reordered);
+    let statement = parser.parse_statement().map_err(syntax_error)?;
+    while parser.consume_token(&Token::SemiColon) {}
+    parser.expect_token(&Token::EOF).map_err(syntax_error)?;
+    Ok(Some(statement))
+}
+
 /// A COPY statement with `FORCE_QUOTE *` (or the older `FORCE QUOTE *`),
 /// the `*` read as the column list [`ALL_COLUMNS`]; None for a COPY
 /// without it.
@@ -1367,6 +1436,11 @@ fn parse_quarry_statement(
     }
     if let Some(statement) = parse_access_token(&tokens)? {
         return Ok(Some(statement));
+    }
+    if first_word == "create"
+        && let Some(statement) = parse_partition_by_with(&tokens)?
+    {
+        return Ok(Some(QuarryStatement::Sql(statement)));
     }
     if let Some(statement) = parse_load_data(&tokens)? {
         return Ok(Some(statement));

@@ -4,7 +4,9 @@
 //! the WHERE predicate evaluated per row, and, if any row matches, the file is
 //! rewritten: DELETE keeps the rows that do not match, UPDATE also keeps the
 //! matching rows with the SET expressions applied. The new file replaces the old
-//! one in the transaction's write set; files without a match stay untouched. At
+//! one in the transaction's write set; files without a match stay untouched.
+//! A DELETE whose WHERE holds for every row of a file by its zone maps (a
+//! whole partition of a partitioned table) removes the file unread. At
 //! commit the replacement conflicts (40001) with any concurrent commit that
 //! replaced the same file first.
 
@@ -41,6 +43,9 @@ pub struct RewriteExec {
     source: SnapshotTable,
     writes: Arc<WriteSet>,
     files: Vec<DataFile>,
+    /// For each of `files`, whether every row matches (a DELETE removes it
+    /// unread).
+    whole: Vec<bool>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
     /// (column index, new value) for UPDATE; empty for DELETE.
     assignments: Vec<(usize, Arc<dyn PhysicalExpr>)>,
@@ -56,7 +61,7 @@ fn count_schema() -> SchemaRef {
 }
 
 /// `expr` with table qualifiers removed, to evaluate against the table's schema.
-fn unqualified(expr: Expr) -> DfResult<Expr> {
+pub(crate) fn unqualified(expr: Expr) -> DfResult<Expr> {
     expr.transform(|e| match e {
         Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
             Column::new_unqualified(c.name),
@@ -114,6 +119,14 @@ impl RewriteExec {
             None => None,
         };
         let files = target.prune(state, target.visible_files(), &filters)?;
+        // A DELETE whose WHERE holds for every row of a file, by the file's
+        // zone maps, removes the file without reading it (a whole
+        // partition, for one).
+        let whole = if assignments.is_empty() && !filters.is_empty() {
+            target.wholly_matching(state, &files, &filters)?
+        } else {
+            vec![false; files.len()]
+        };
         let mut physical_assignments = Vec::with_capacity(assignments.len());
         for (name, expr) in assignments {
             let index = table
@@ -144,10 +157,24 @@ impl RewriteExec {
             table,
             writes,
             files,
+            whole,
             predicate,
             assignments: physical_assignments,
             properties,
         }))
+    }
+}
+
+impl RewriteExec {
+    /// Bytes of the data files it reads: those it may rewrite (a file
+    /// removed whole is not read).
+    pub fn bytes_read(&self) -> u64 {
+        self.files
+            .iter()
+            .zip(&self.whole)
+            .filter(|(_, whole)| !**whole)
+            .map(|(f, _)| f.size_bytes)
+            .sum()
     }
 }
 
@@ -289,13 +316,19 @@ impl ExecutionPlan for RewriteExec {
         let table = self.table.clone();
         let writes = self.writes.clone();
         let files = self.files.clone();
+        let whole = self.whole.clone();
         let predicate = self.predicate.clone();
         let assignments = self.assignments.clone();
         let schema = count_schema();
         let result_schema = schema.clone();
         let stream = futures::stream::once(async move {
             let mut count = 0;
-            for file in &files {
+            for (file, whole) in files.iter().zip(whole) {
+                if whole {
+                    writes.remove(table.id, file.chunk);
+                    count += file.row_count;
+                    continue;
+                }
                 count += rewrite_file(
                     &source,
                     &table,

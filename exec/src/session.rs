@@ -1103,6 +1103,7 @@ impl Session {
             .await
             .map_err(Error::from_engine)?;
         self.access().await?.check_plan(&plan)?;
+        crate::partition::check_required_filters(&plan, &self.ctx.state())?;
         let plan = if query {
             crate::types::int4_result_literals(plan).map_err(Error::from_engine)?
         } else {

@@ -17,6 +17,11 @@
 //!   rebalance: when and why it was planned, the chunk, from and to which
 //!   node, its bytes, its state (pending, moved, given up) and when it was
 //!   moved; when the rebalance finished.
+//! - `quarry_system.partitions`: one row per partition of each
+//!   partitioned table's current snapshot (BigQuery's
+//!   `INFORMATION_SCHEMA.PARTITIONS`): its partition id (`20240131`,
+//!   `__NULL__`, ...), rows, data files, bytes, and when a commit last
+//!   added a file to it.
 //! - `quarry_system.stripes`: one row per stripe: its layout, the nodes of its
 //!   chunks, how many chunks are on available nodes, and its health: healthy
 //!   (all), degraded (at least k: readable by rebuilding) or lost (fewer).
@@ -56,14 +61,16 @@ const STRIPES: &str = "stripes";
 const AUDIT: &str = "audit";
 const ACCESS_TOKENS: &str = "access_tokens";
 const REBALANCE: &str = "rebalance";
+const PARTITIONS: &str = "partitions";
 /// `quarry_system.jobs`, the one system table every role may read (its own rows).
 pub const JOBS: &str = "jobs";
 /// The tables of the system schema.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     ACCESS_TOKENS,
     AUDIT,
     JOBS,
     NODES,
+    PARTITIONS,
     REBALANCE,
     SNAPSHOTS,
     STRIPES,
@@ -374,6 +381,68 @@ fn rebalance(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
     )
 }
 
+fn partitions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("table_schema", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("partition_id", DataType::Utf8, false),
+        Field::new("total_rows", DataType::UInt64, false),
+        Field::new("data_files", DataType::UInt64, false),
+        Field::new("total_bytes", DataType::UInt64, false),
+        Field::new("last_modified_time", timestamp_type(), false),
+    ]));
+    #[derive(Default)]
+    struct Partition {
+        rows: u64,
+        files: u64,
+        bytes: u64,
+        modified: i64,
+    }
+    let mut rows: Vec<(String, String, String, Partition)> = Vec::new();
+    for t in catalog.tables.values() {
+        let Some(partitioning) = &t.partitioning else {
+            continue;
+        };
+        let current = t.current_snapshot().id;
+        let committed: std::collections::HashMap<u64, i64> =
+            t.snapshots.iter().map(|s| (s.id, s.committed_at)).collect();
+        let mut by_key: std::collections::BTreeMap<_, Partition> = Default::default();
+        for entry in t
+            .files
+            .iter()
+            .filter(|e| e.added_in <= current && e.removed_in.is_none_or(|r| r > current))
+        {
+            let key = partitioning.key_of_file(&entry.file);
+            let partition = by_key.entry(key).or_default();
+            partition.rows += entry.file.row_count;
+            partition.files += 1;
+            partition.bytes += entry.file.size_bytes;
+            partition.modified = partition
+                .modified
+                .max(committed.get(&entry.added_in).copied().unwrap_or(0));
+        }
+        for (key, partition) in by_key {
+            let id = key.map_or_else(
+                || "__UNKNOWN__".to_owned(),
+                |k| partitioning.partition_id(k),
+            );
+            rows.push((t.schema.clone(), t.name.clone(), id, partition));
+        }
+    }
+    table(
+        schema,
+        vec![
+            text(rows.iter().map(|r| r.0.clone()).collect()),
+            text(rows.iter().map(|r| r.1.clone()).collect()),
+            text(rows.iter().map(|r| r.2.clone()).collect()),
+            count(rows.iter().map(|r| r.3.rows).collect()),
+            count(rows.iter().map(|r| r.3.files).collect()),
+            count(rows.iter().map(|r| r.3.bytes).collect()),
+            timestamps(rows.iter().map(|r| Some(r.3.modified)).collect()),
+        ],
+    )
+}
+
 fn stripes(catalog: &Catalog, cluster: &dyn DataFileStore) -> DfResult<Arc<dyn TableProvider>> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("stripe_id", DataType::Utf8, false),
@@ -601,6 +670,7 @@ impl SchemaProvider for SystemSchema {
             AUDIT => audit(self.audit.as_ref()).map(Some),
             ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),
             REBALANCE => rebalance(&self.catalog).map(Some),
+            PARTITIONS => partitions(&self.catalog).map(Some),
             JOBS => jobs(self.jobs.as_ref(), &self.viewer).await.map(Some),
             _ => Ok(None),
         }

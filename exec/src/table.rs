@@ -32,6 +32,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
@@ -122,6 +123,11 @@ impl SnapshotTable {
         files
     }
 
+    /// The columns of the snapshot read.
+    pub fn columns(&self) -> &[quarry_common::catalog::Column] {
+        &self.columns
+    }
+
     /// The table this reads.
     pub fn table(&self) -> &Arc<Table> {
         &self.table
@@ -147,7 +153,8 @@ impl SnapshotTable {
         self.files()
     }
 
-    /// `files` less those whose zone maps show no row can match `filters`.
+    /// `files` less those whose partition (for a partitioned table), then
+    /// whose zone maps, show no row can match `filters`.
     ///
     /// # Errors
     /// If the filters cannot be planned.
@@ -166,6 +173,15 @@ impl SnapshotTable {
             .with_file_schema(self.schema.clone())
             .build(predicate);
         if let Some(pruning) = pruning {
+            // Whole partitions first, from metadata alone.
+            if let Some(partitioning) = &self.table.partitioning {
+                files = crate::partition::prune_partitions(
+                    partitioning,
+                    &self.columns,
+                    &pruning,
+                    files,
+                )?;
+            }
             let keep = pruning.prune(&ZoneMaps {
                 columns: &self.columns,
                 files: &files,
@@ -174,6 +190,60 @@ impl SnapshotTable {
             files.retain(|_| keep.next().unwrap_or(true));
         }
         Ok(files)
+    }
+
+    /// For each of `files`, whether `filters` hold for every one of its rows
+    /// by its zone maps: no row can fail them (their negation prunes the
+    /// file) and no column they read holds a NULL.
+    ///
+    /// # Errors
+    /// If the filters cannot be planned.
+    pub fn wholly_matching(
+        &self,
+        state: &dyn Session,
+        files: &[DataFile],
+        filters: &[Expr],
+    ) -> DfResult<Vec<bool>> {
+        let none = vec![false; files.len()];
+        let Some(expr) = conjunction(filters.iter().cloned()) else {
+            return Ok(none);
+        };
+        let read: Vec<&quarry_common::catalog::Column> = expr
+            .column_refs()
+            .iter()
+            .filter_map(|c| self.columns.iter().find(|def| def.name == c.name))
+            .collect();
+        let df_schema = Arc::new(DFSchema::try_from(self.schema.as_ref().clone())?);
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(df_schema.clone())
+                .build(),
+        );
+        // NOT pushed into the comparisons, which pruning understands.
+        let negated = simplifier.simplify(Expr::Not(Box::new(expr)))?;
+        let predicate = state.create_physical_expr(negated, &df_schema)?;
+        let Some(pruning) = PruningPredicateBuilder::new()
+            .with_file_schema(self.schema.clone())
+            .build(predicate)
+        else {
+            return Ok(none);
+        };
+        let may_fail = pruning.prune(&ZoneMaps {
+            columns: &self.columns,
+            files,
+        })?;
+        Ok(files
+            .iter()
+            .zip(may_fail)
+            .map(|(file, may_fail)| {
+                !may_fail
+                    && read.iter().all(|def| {
+                        file.column_stats
+                            .iter()
+                            .any(|s| s.field_id == def.field_id && s.null_count == 0)
+                    })
+            })
+            .collect())
     }
 
     /// A Parquet scan of `files` in up to `partitions` partitions balanced by

@@ -45,7 +45,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// job and backend requests; version 18: `SetMaintenance` and the drain
 /// requests; version 19: `StartRebalance`, `FinishRebalance`,
 /// `Decommission`, `Restore`), needs a new version.
-pub const WIRE_VERSION: u8 = 19;
+pub const WIRE_VERSION: u8 = 20;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -942,10 +942,11 @@ mod tests {
             | C::FinishRebalance { .. }
             | C::Decommission { .. }
             | C::Restore { .. }
+            | C::SetPartitioning { .. }
             | C::CreatePredefinedRoles => {}
         }
-        // Version 19: the rebalance and decommission commands.
-        const _: () = assert!(WIRE_VERSION == 19, "update the list above");
+        // Version 20: SetPartitioning.
+        const _: () = assert!(WIRE_VERSION == 20, "update the list above");
     }
 
     #[tokio::test]

@@ -690,6 +690,16 @@ fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec:
                 "stored replaced buffered files in stripes"
             );
         }
+        Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Expire => {
+            metrics::counter!("quarry_partition_files_expired_total")
+                .increment(done.files_removed as u64);
+            tracing::info!(
+                table = %name,
+                files_removed = done.files_removed,
+                rows = done.rows,
+                "removed the files of expired partitions"
+            );
+        }
         Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Flush => {
             metrics::counter!("quarry_buffer_rows_moved_total").increment(done.rows);
             tracing::info!(

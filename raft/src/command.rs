@@ -14,6 +14,7 @@ use quarry_common::catalog::{
     PendingChannel, Rebalance, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
     StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
+use quarry_common::partition::Partitioning;
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
 
@@ -544,6 +545,18 @@ pub enum Command {
         /// The catalog, in the Raft snapshot file format.
         snapshot: Vec<u8>,
     },
+    /// Makes table `schema.name`, just created (it has one snapshot, whose
+    /// files were written for this partitioning), a partitioned table
+    /// (CREATE TABLE ... PARTITION BY: proposed in one batch with its
+    /// CREATE TABLE). Set once; [`CatalogError::Partitioning`] otherwise.
+    SetPartitioning {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// How its rows are divided.
+        partitioning: Partitioning,
+    },
 }
 
 impl Command {
@@ -914,6 +927,10 @@ pub enum CatalogError {
     /// table that has rows of its own.
     #[error("\"{0}\" is an external table: its rows are the files it reads")]
     ExternalTable(String),
+    /// A partitioning given to a table that is not new, or that names a
+    /// column it does not have.
+    #[error("{0}")]
+    Partitioning(String),
     /// Bytes for the ingest buffer of a file the commit does not add.
     #[error("buffered file {0} is not a file the commit adds")]
     BufferedFile(ChunkId),
@@ -966,6 +983,7 @@ impl CatalogError {
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
             CatalogError::BufferMove(_) | CatalogError::BufferedFile(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
+            CatalogError::Partitioning(_) => SqlState::INVALID_TABLE_DEFINITION,
         }
     }
 }
@@ -1210,6 +1228,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 moved: Default::default(),
                 retention_micros: *retention_micros,
                 layout: *layout,
+                partitioning: None,
             };
             cloned_buffer(catalog, files, &mut table);
             table.add_files(files.iter().cloned(), snapshot);
@@ -1537,6 +1556,32 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             }
             let id = table.id;
             catalog.external.insert(id, Arc::new(source.clone()));
+            Ok(Applied::Nothing)
+        }
+        Command::SetPartitioning {
+            schema,
+            name,
+            partitioning,
+        } => {
+            let table = catalog
+                .table(schema, name)
+                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
+            if table.snapshots.len() != 1 || table.partitioning.is_some() {
+                return Err(CatalogError::Partitioning(format!(
+                    "\"{name}\" can only be partitioned when it is created"
+                )));
+            }
+            if !table.columns.iter().any(|c| {
+                c.field_id == partitioning.field_id && c.column_type == partitioning.column_type
+            }) {
+                return Err(CatalogError::Partitioning(format!(
+                    "\"{name}\" has no column with field id {} of type {}",
+                    partitioning.field_id, partitioning.column_type
+                )));
+            }
+            let key = (schema.clone(), name.clone());
+            let entry = catalog.tables.get_mut(&key).expect("found above");
+            Arc::make_mut(entry).partitioning = Some(Arc::new(partitioning.clone()));
             Ok(Applied::Nothing)
         }
         Command::CreateView { view, or_replace } => {

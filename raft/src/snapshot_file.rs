@@ -16,7 +16,7 @@
 //!
 //! The first record is `Header`, then one record per table, dropped table,
 //! stripe, view, table notes, role and object ACL, the gossip key, token, channel,
-//! buffered file and external source; the last is `End` with the number of records
+//! buffered file, external source and partitioned table; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -30,6 +30,7 @@ use quarry_common::catalog::{
     Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
     Rebalance, RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
+use quarry_common::partition::Partitioning;
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
 
@@ -121,12 +122,24 @@ enum Record<'a> {
         node: NodeId,
         since: quarry_common::catalog::TimestampMicros,
     },
+    /// How one table (live or dropped) is partitioned.
+    Partitioning {
+        table: TableId,
+        partitioning: Cow<'a, Partitioning>,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
 /// records (applied to the table once all tables are read).
-type BufferRecords =
-    BTreeMap<TableId, (Vec<(ChunkId, bytes::Bytes)>, Vec<(ChunkId, Vec<RowRange>)>)>;
+type BufferRecords = BTreeMap<TableId, TableRecords>;
+
+/// The records of one table's fields kept outside its own record.
+#[derive(Default)]
+struct TableRecords {
+    buffered: Vec<(ChunkId, bytes::Bytes)>,
+    moved: Vec<(ChunkId, Vec<RowRange>)>,
+    partitioning: Option<Arc<Partitioning>>,
+}
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -290,6 +303,12 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
                 ranges: Cow::Borrowed(ranges),
             })?;
         }
+        if let Some(partitioning) = &table.partitioning {
+            writer.put(&Record::Partitioning {
+                table: table.id,
+                partitioning: Cow::Borrowed(partitioning.as_ref()),
+            })?;
+        }
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -415,7 +434,11 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                 table,
                 chunk,
                 bytes,
-            } => buffers.entry(table).or_default().0.push((chunk, bytes)),
+            } => buffers
+                .entry(table)
+                .or_default()
+                .buffered
+                .push((chunk, bytes)),
             Record::Moved {
                 table,
                 chunk,
@@ -423,8 +446,15 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             } => buffers
                 .entry(table)
                 .or_default()
-                .1
+                .moved
                 .push((chunk, ranges.into_owned())),
+            Record::Partitioning {
+                table,
+                partitioning,
+            } => {
+                buffers.entry(table).or_default().partitioning =
+                    Some(Arc::new(partitioning.into_owned()));
+            }
             Record::External { table, source } => {
                 catalog
                     .external
@@ -455,17 +485,18 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
     }
 }
 
-/// Puts the ingest buffers and moved buffered files read from their records
-/// back into their tables (live or dropped).
+/// Puts the ingest buffers, moved buffered files and partitionings read
+/// from their records back into their tables (live or dropped).
 fn restore_buffers(catalog: &mut Catalog, mut buffers: BufferRecords) {
     if buffers.is_empty() {
         return;
     }
     let mut restore = |table: &mut Arc<Table>| {
-        if let Some((buffered, moved)) = buffers.remove(&table.id) {
+        if let Some(records) = buffers.remove(&table.id) {
             let table = Arc::make_mut(table);
-            table.buffer.extend(buffered);
-            table.moved.extend(moved);
+            table.buffer.extend(records.buffered);
+            table.moved.extend(records.moved);
+            table.partitioning = records.partitioning;
         }
     };
     let keys: Vec<(String, String)> = catalog.tables.keys().cloned().collect();
@@ -526,6 +557,17 @@ mod tests {
         let mut catalog = with_public();
         for name in ["t0", "t1", "t2", "gone"] {
             ok(&mut catalog, create(name));
+        }
+        // A partitioned table, and a dropped one.
+        for name in ["t2", "gone"] {
+            ok(
+                &mut catalog,
+                Command::SetPartitioning {
+                    schema: "public".into(),
+                    name: name.into(),
+                    partitioning: crate::command::tests::range_partitioning(),
+                },
+            );
         }
         let chunk = |id: u128| StripeChunk {
             chunk: ChunkId(id),
@@ -619,6 +661,14 @@ mod tests {
         let catalog = catalog();
         assert_eq!(catalog.tables.len(), 3);
         assert_eq!(catalog.dropped.len(), 1);
+        assert!(
+            catalog
+                .table("public", "t2")
+                .expect("t2")
+                .partitioning
+                .is_some()
+        );
+        assert!(catalog.dropped[0].table.partitioning.is_some());
         assert_eq!(catalog.views.len(), 1);
         assert_eq!(catalog.notes.len(), 1);
         assert_eq!(catalog.roles.len(), 1);

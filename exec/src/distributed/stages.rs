@@ -101,7 +101,8 @@ struct Task<'a> {
     partitions: usize,
 }
 
-/// Bytes of the data files `plan`'s table scans read (after pruning).
+/// Bytes of the data files `plan`'s table scans, and its DELETE's and
+/// UPDATE's rewrites, read (after pruning).
 ///
 /// # Errors
 /// DataFusion's, if the plan's operators cannot be visited.
@@ -112,6 +113,9 @@ pub fn scanned_bytes(plan: &Arc<dyn ExecutionPlan>) -> DfResult<u64> {
             .iter()
             .map(|(file, _)| file.object_meta.size)
             .sum::<u64>();
+        if let Some(rewrite) = node.downcast_ref::<crate::rewrite::RewriteExec>() {
+            bytes += rewrite.bytes_read();
+        }
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(bytes)

@@ -22,6 +22,7 @@ use datafusion::common::TableReference;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::physical_plan::ExecutionPlan;
 use quarry_common::catalog::{ChunkId, DataFile, RowRange, TableId, TimestampMicros};
+use quarry_common::partition::PartitionKey;
 use std::collections::HashMap;
 
 /// A table is compacted once it has this many small files.
@@ -50,6 +51,32 @@ pub enum Compaction {
     Spill(Vec<DataFile>),
     /// Merge these small data files (oldest first).
     Merge(Vec<DataFile>),
+    /// Remove these files: their partitions have expired
+    /// (`partition_expiration_days`).
+    Expire(Vec<DataFile>),
+}
+
+/// The current files of `table` whose time partition ended more than its
+/// `partition_expiration_days` before `now` (BigQuery: a partition expires
+/// that long after its end, in UTC).
+fn expired_files(table: &Table, now: TimestampMicros) -> Vec<DataFile> {
+    let Some(partitioning) = &table.partitioning else {
+        return Vec::new();
+    };
+    let Some(expiration) = partitioning.expiration_micros else {
+        return Vec::new();
+    };
+    table
+        .files_at(table.current_snapshot().id)
+        .filter(|f| {
+            partitioning
+                .key_of_file(f)
+                .and_then(|key| partitioning.end_micros(key))
+                .is_some_and(|end| end.saturating_add(expiration) <= now)
+        })
+        .take(COMPACT_MAX_FILES)
+        .cloned()
+        .collect()
 }
 
 /// The compaction `table` is due at time `now`: its ingest buffer's move
@@ -58,6 +85,10 @@ pub enum Compaction {
 /// UPDATE replaced (see `spill_candidates`), else a merge of its small
 /// files (see [`compaction_candidates`]); None when none is due.
 pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Option<Compaction> {
+    let expired = expired_files(table, now);
+    if !expired.is_empty() {
+        return Some(Compaction::Expire(expired));
+    }
     let flush = flush_candidates(table, now, max_age);
     if !flush.is_empty() {
         return Some(Compaction::Flush(flush));
@@ -107,11 +138,17 @@ fn flush_candidates(table: &Table, now: TimestampMicros, max_age: i64) -> Vec<Da
     if rows < FLUSH_MIN_ROWS && bytes < FLUSH_MIN_BYTES && !waited {
         return Vec::new();
     }
+    // A partitioned table's files move a partition at a time (the oldest
+    // file's), so that the rows written follow the files read in order.
+    let partition = partition_of(table, &oldest.file);
     let mut chosen = Vec::new();
     let mut rows = 0;
     for entry in buffered {
         if chosen.len() == COMPACT_MAX_FILES || (rows >= FLUSH_MAX_ROWS && !chosen.is_empty()) {
             break;
+        }
+        if partition_of(table, &entry.file) != partition {
+            continue;
         }
         rows += entry.file.row_count;
         chosen.push(entry.file.clone());
@@ -176,17 +213,39 @@ pub enum CompactionKind {
     Spill,
     /// Small data files merged.
     Merge,
+    /// Expired partitions' files removed.
+    Expire,
+}
+
+/// The partition of `file` of `table`, if the table is partitioned.
+fn partition_of(table: &Table, file: &DataFile) -> Option<PartitionKey> {
+    table
+        .partitioning
+        .as_ref()
+        .and_then(|p| p.key_of_file(file))
 }
 
 /// The small files of `table`'s current snapshot to merge, oldest first (up
-/// to one full file of rows); empty when there are too few.
+/// to one full file of rows); empty when there are too few. A partitioned
+/// table's come from one partition, the one with the most.
 pub fn compaction_candidates(table: &Table) -> Vec<DataFile> {
-    let small: Vec<&DataFile> = table
+    let mut small: Vec<&DataFile> = table
         .files_at(table.current_snapshot().id)
         .filter(|f| f.row_count < SMALL_FILE_ROWS && !table.buffer.contains_key(&f.chunk))
         .collect();
     if small.len() < COMPACT_MIN_FILES {
         return Vec::new();
+    }
+    if table.partitioning.is_some() {
+        let mut counts: HashMap<Option<PartitionKey>, usize> = HashMap::new();
+        for file in &small {
+            *counts.entry(partition_of(table, file)).or_default() += 1;
+        }
+        let busiest = counts
+            .into_iter()
+            .max_by_key(|(key, n)| (*n, std::cmp::Reverse(*key)))
+            .map(|(key, _)| key);
+        small.retain(|f| Some(partition_of(table, f)) == busiest);
     }
     let mut chosen = Vec::new();
     let mut rows = 0;
@@ -237,6 +296,9 @@ impl Session {
         let (chosen, flush) = match due {
             None => return Ok(None),
             Some(Compaction::Spill(files)) => return self.spill(&table, &files).await.map(Some),
+            Some(Compaction::Expire(files)) => {
+                return self.expire(&table, &view, &files).await.map(Some);
+            }
             Some(Compaction::Flush(files)) => (files, true),
             Some(Compaction::Merge(files)) => (files, false),
         };
@@ -336,6 +398,33 @@ impl Session {
                 CompactionKind::Merge
             },
         }))
+    }
+
+    /// Removes `files` of `table`, whose partitions expired, in one commit
+    /// (kept for time travel like any removed file).
+    async fn expire(
+        &self,
+        table: &Table,
+        view: &CatalogView,
+        files: &[DataFile],
+    ) -> Result<Compacted> {
+        for file in files {
+            view.writes.remove(table.id, file.chunk);
+        }
+        let changes = view.writes.take().await?.changes;
+        self.engine
+            .meta
+            .write(Command::Commit {
+                changes,
+                read_set: Vec::new(),
+            })
+            .await?;
+        Ok(Compacted {
+            files_removed: files.len(),
+            files_added: 0,
+            rows: files.iter().map(|f| f.row_count).sum(),
+            kind: CompactionKind::Expire,
+        })
     }
 
     /// Stores the buffered `files` of `table` (replaced, see

@@ -2,6 +2,8 @@
 //! DROP, COMMENT ON, CREATE TABLE's options and its constraints.
 
 use super::*;
+use crate::partition::{PartitionOptions, partitioning_of};
+use quarry_common::partition::Partitioning;
 use quarry_raft::{ConstraintDef, ConstraintDefKind};
 
 /// The name of a key column (`PRIMARY KEY (a, b)`): a plain column only.
@@ -226,12 +228,44 @@ pub(super) fn table_options(options: &ast::CreateTableOptions) -> Result<TableOp
                     parity_chunks = Some(count);
                 }
             }
+            ast::SqlOption::KeyValue { key, value }
+                if normalize(key) == "partition_expiration_days" =>
+            {
+                let days: f64 = value
+                    .to_string()
+                    .trim_matches('\'')
+                    .parse()
+                    .ok()
+                    .filter(|d: &f64| d.is_finite() && *d > 0.0)
+                    .ok_or_else(|| {
+                        user_error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!("partition_expiration_days must be a positive number of days, not {value}"),
+                        )
+                    })?;
+                parsed.partition.expiration_micros = Some((days * 86_400e6) as i64);
+                parsed.partition_options = true;
+            }
+            ast::SqlOption::KeyValue { key, value }
+                if normalize(key) == "require_partition_filter" =>
+            {
+                parsed.partition.require_filter = super::settings::parse_bool(
+                    value.to_string().trim_matches('\''),
+                )
+                .ok_or_else(|| {
+                    user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("require_partition_filter must be true or false, not {value}"),
+                    )
+                })?;
+                parsed.partition_options = true;
+            }
             other => {
                 return Err(user_error(
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!(
-                        "unrecognized table option {other} \
-                         (known: retention_seconds, data_chunks, parity_chunks)"
+                        "unrecognized table option {other} (known: retention_seconds, data_chunks, \
+                         parity_chunks, partition_expiration_days, require_partition_filter)"
                     ),
                 ));
             }
@@ -260,6 +294,30 @@ pub(super) struct TableOptions {
     retention_micros: Option<i64>,
     /// `data_chunks` and `parity_chunks`: the table's stripe layout.
     layout: Option<StripeLayout>,
+    /// `partition_expiration_days` and `require_partition_filter`.
+    partition: PartitionOptions,
+    /// Whether either was given (they need PARTITION BY).
+    partition_options: bool,
+}
+
+/// The partitioning CREATE TABLE's `PARTITION BY` asks for its `columns`,
+/// with its options; None without PARTITION BY.
+///
+/// # Errors
+/// 42P16 for a bad PARTITION BY; 22023 for partition options without it.
+fn create_partitioning(
+    partition_by: Option<&Expr>,
+    columns: &[quarry_common::catalog::Column],
+    options: &TableOptions,
+) -> Result<Option<Partitioning>> {
+    match partition_by {
+        Some(expr) => partitioning_of(expr, columns, options.partition).map(Some),
+        None if options.partition_options => Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            "partition_expiration_days and require_partition_filter need PARTITION BY",
+        )),
+        None => Ok(None),
+    }
 }
 
 impl Session {
@@ -445,10 +503,8 @@ impl Session {
         }
         let view = self.begin_statement().await?;
         let (schema, name) = self.resolve(&create.name)?;
-        let TableOptions {
-            retention_micros,
-            layout,
-        } = table_options(&create.table_options)?;
+        let options = table_options(&create.table_options)?;
+        let (retention_micros, layout) = (options.retention_micros, options.layout);
         if create.clone.is_some() || create.query.is_none() {
             // A zero-copy clone (BigQuery's table clone) starts with the source's
             // data files at its current snapshot (or the one current at FOR
@@ -498,6 +554,26 @@ impl Session {
                     (columns, Vec::new(), Vec::new())
                 }
             };
+            // A clone is partitioned as its source; a new table as it says.
+            let partitioning = match &create.clone {
+                Some(source_name) => {
+                    if create.partition_by.is_some() || options.partition_options {
+                        return Err(user_error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "a clone is partitioned as its source: PARTITION BY and its options do not apply",
+                        ));
+                    }
+                    self.table(&view.catalog, source_name)?
+                        .partitioning
+                        .as_deref()
+                        .cloned()
+                }
+                None => create_partitioning(
+                    create.partition_by.as_deref(),
+                    &columns_from_defs(&columns),
+                    &options,
+                )?,
+            };
             let mut columns: Vec<ColumnDef> = columns;
             // A primary key's columns are NOT NULL (PostgreSQL's rule).
             for constraint in &constraints {
@@ -521,13 +597,20 @@ impl Session {
                 layout,
                 stripes: Vec::new(),
             };
-            // The table and its constraints are created together.
+            // The table, its partitioning and its constraints are created
+            // together.
+            let partitioning = partitioning.map(|partitioning| Command::SetPartitioning {
+                schema: schema.clone(),
+                name: name.clone(),
+                partitioning,
+            });
             let command =
-                if constraints.is_empty() {
+                if constraints.is_empty() && partitioning.is_none() {
                     create_table
                 } else {
                     Command::Batch(
                         std::iter::once(create_table)
+                            .chain(partitioning)
                             .chain(constraints.into_iter().map(|constraint| {
                                 Command::AddConstraint {
                                     schema: schema.clone(),
@@ -587,6 +670,11 @@ impl Session {
                 default: None,
             });
         }
+        let partitioning = create_partitioning(
+            create.partition_by.as_deref(),
+            &columns_from_defs(&columns),
+            &options,
+        )?;
         if self.in_transaction() {
             // In a transaction block the table is created in the block's
             // catalog and filled like any table there; COMMIT sends both.
@@ -602,6 +690,14 @@ impl Session {
                 stripes: Vec::new(),
             })
             .await?;
+            if let Some(partitioning) = partitioning {
+                self.write_ddl(Command::SetPartitioning {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    partitioning,
+                })
+                .await?;
+            }
             let view = self.begin_statement().await?;
             let table = self.table(&view.catalog, &create.name)?.clone();
             let rows = self.write_rows(plan, table, &view.writes, true).await?;
@@ -622,6 +718,7 @@ impl Session {
             moved: Default::default(),
             retention_micros,
             layout,
+            partitioning: partitioning.clone().map(Arc::new),
         });
         // CREATE TABLE carries files in stripes only.
         let rows = self
@@ -645,6 +742,17 @@ impl Session {
             field_ids: Vec::new(),
             layout,
             stripes,
+        };
+        let command = match partitioning {
+            Some(partitioning) => Command::Batch(vec![
+                command,
+                Command::SetPartitioning {
+                    schema: table_schema.clone(),
+                    name: table_name.clone(),
+                    partitioning,
+                },
+            ]),
+            None => command,
         };
         let command = match self.authorize(command).await {
             Ok(command) => command,

@@ -45,6 +45,66 @@ pub(crate) fn create(name: &str) -> Command {
     }
 }
 
+/// Integer-range partitioning of column `a` (field id 1) of [`create`]'s
+/// tables.
+pub(crate) fn range_partitioning() -> quarry_common::partition::Partitioning {
+    quarry_common::partition::Partitioning {
+        field_id: 1,
+        column_type: ColumnType::Int64,
+        scheme: quarry_common::partition::PartitionScheme::IntegerRange {
+            start: 0,
+            end: 100,
+            interval: 10,
+        },
+        expiration_micros: None,
+        require_filter: true,
+    }
+}
+
+#[test]
+fn a_table_is_partitioned_once_and_only_when_new() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let set = |name: &str, field_id| Command::SetPartitioning {
+        schema: "public".into(),
+        name: name.into(),
+        partitioning: quarry_common::partition::Partitioning {
+            field_id,
+            ..range_partitioning()
+        },
+    };
+    // A column the table does not have.
+    assert!(matches!(
+        run(&mut catalog, set("t", 9)),
+        Err(CatalogError::Partitioning(_))
+    ));
+    assert!(matches!(
+        run(&mut catalog, set("missing", 1)),
+        Err(CatalogError::TableNotFound(_))
+    ));
+    run(&mut catalog, set("t", 1)).expect("partitioned");
+    assert_eq!(
+        catalog
+            .table("public", "t")
+            .expect("t")
+            .partitioning
+            .as_deref(),
+        Some(&range_partitioning())
+    );
+    // Not twice, and not once the table has a second snapshot.
+    assert!(matches!(
+        run(&mut catalog, set("t", 1)),
+        Err(CatalogError::Partitioning(_))
+    ));
+    run(&mut catalog, create("u")).expect("create");
+    let u = catalog.table("public", "u").expect("u").id;
+    run(&mut catalog, append(u, vec![])).expect("append");
+    assert!(matches!(
+        run(&mut catalog, set("u", 1)),
+        Err(CatalogError::Partitioning(_))
+    ));
+}
+
 fn append(table: TableId, added: Vec<DataFile>) -> Command {
     Command::Commit {
         changes: vec![TableChange {
