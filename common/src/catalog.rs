@@ -293,6 +293,11 @@ pub struct Table {
     /// its own in the Raft snapshot file.
     #[serde(skip)]
     pub partitioning: Option<Arc<crate::partition::Partitioning>>,
+    /// How rows are laid out within its data files, if they are (set once,
+    /// right after creation, by `Command::SetFileLayout`). A record of its
+    /// own in the Raft snapshot file.
+    #[serde(skip)]
+    pub file_layout: Option<Arc<crate::partition::FileLayout>>,
 }
 
 /// Rows `first_row .. first_row + rows` of a data file: where rows of a
@@ -1008,6 +1013,7 @@ mod tests {
             retention_micros: Some(50),
             layout: None,
             partitioning: None,
+            file_layout: None,
         }
     }
 

@@ -1,3 +1,6 @@
+//! A table's data layout: partitions, and the order and indexes within
+//! each data file (clustering, bloom filters).
+//!
 //! Partitioned tables, as BigQuery has them
 //! (<https://cloud.google.com/bigquery/docs/partitioned-tables>): a table's
 //! rows are divided by one column into partitions (a day, hour, month or
@@ -16,6 +19,20 @@ use crate::catalog::{ColumnType, DataFile, Datum, FieldId};
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
+
+/// How rows are laid out within each of a table's data files (CREATE TABLE
+/// ... CLUSTER BY, `WITH (bloom_filter_columns = '...')`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLayout {
+    /// Columns each data file's rows are sorted by, at most
+    /// [`MAX_CLUSTER_COLUMNS`] (BigQuery's clustering columns).
+    pub cluster_by: Vec<FieldId>,
+    /// Columns whose Parquet column chunks carry a split-block bloom filter.
+    pub bloom_filters: Vec<FieldId>,
+}
+
+/// Most clustering columns a table has (BigQuery's limit).
+pub const MAX_CLUSTER_COLUMNS: usize = 4;
 
 /// How a table is partitioned (CREATE TABLE ... PARTITION BY).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

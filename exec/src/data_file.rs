@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{CastOptions, cast_with_options, take_record_batch};
+use datafusion::arrow::compute::{
+    CastOptions, SortColumn, SortOptions, cast_with_options, concat_batches, lexsort_to_indices,
+    take_record_batch,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
@@ -15,6 +18,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
     ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
@@ -415,6 +419,9 @@ pub struct DataFileWriter {
     open: BTreeMap<PartitionKey, OpenFile>,
     /// The table's partitioning and the position of its column.
     partitioning: Option<(Arc<Partitioning>, usize)>,
+    /// Positions of the columns each file's rows are sorted by (a
+    /// clustered table's; empty: rows stay in the order written).
+    sort_by: Vec<usize>,
     rows_written: u64,
     /// Whether small files may be held in the write set's memory.
     holds_small_files: bool,
@@ -425,6 +432,9 @@ struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     zone_maps: Vec<ColumnZoneMap>,
     rows: u64,
+    /// Rows held until the file is finished, to be sorted then (a
+    /// clustered table's).
+    held: Vec<RecordBatch>,
 }
 
 /// Most files a writer keeps open at once (one per partition written to):
@@ -463,7 +473,28 @@ impl DataFileWriter {
     }
 
     fn to(table: Arc<Table>, destination: Destination) -> Self {
-        let properties = writer_properties();
+        let position = |id: &u32| table.columns.iter().position(|c| c.field_id == *id);
+        let (sort_by, bloom_filters): (Vec<usize>, Vec<usize>) = match &table.file_layout {
+            Some(layout) => (
+                layout.cluster_by.iter().filter_map(position).collect(),
+                layout.bloom_filters.iter().filter_map(position).collect(),
+            ),
+            None => Default::default(),
+        };
+        let properties = if bloom_filters.is_empty() {
+            writer_properties()
+        } else {
+            // Split-block bloom filters on the chosen columns (Parquet's
+            // default false-positive rate, 5%).
+            let mut builder = writer_properties().into_builder();
+            for i in bloom_filters {
+                builder = builder.set_column_bloom_filter_enabled(
+                    ColumnPath::from(table.columns[i].name.as_str()),
+                    true,
+                );
+            }
+            builder.build()
+        };
         let partitioning = table.partitioning.as_ref().and_then(|p| {
             table
                 .columns
@@ -478,9 +509,18 @@ impl DataFileWriter {
             properties,
             open: BTreeMap::new(),
             partitioning,
+            sort_by,
             rows_written: 0,
             holds_small_files: true,
         }
+    }
+
+    /// This writer keeping rows in the order written, even for a clustered
+    /// table (a move of the ingest buffer, whose rows' positions are
+    /// recorded; re-clustering sorts them later).
+    pub fn keeping_order(mut self) -> Self {
+        self.sort_by.clear();
+        self
     }
 
     /// This writer with every file stored in stripes, none held in memory
@@ -580,6 +620,7 @@ impl DataFileWriter {
                     writer,
                     zone_maps,
                     rows: 0,
+                    held: Vec::new(),
                 },
             );
         }
@@ -589,11 +630,16 @@ impl DataFileWriter {
             zone_map.max.update_batch(std::slice::from_ref(column))?;
             zone_map.null_count += column.null_count() as u64;
         }
-        file.writer
-            .write(&batch)
-            .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
-        file.rows += batch.num_rows() as u64;
-        self.rows_written += batch.num_rows() as u64;
+        let rows = batch.num_rows() as u64;
+        if self.sort_by.is_empty() {
+            file.writer
+                .write(&batch)
+                .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
+        } else {
+            file.held.push(batch);
+        }
+        file.rows += rows;
+        self.rows_written += rows;
         if file.rows >= FILE_ROWS_MAX {
             self.finish_file(key).await?;
         }
@@ -687,13 +733,20 @@ impl DataFileWriter {
 
     async fn finish_file(&mut self, key: PartitionKey) -> Result<()> {
         let Some(OpenFile {
-            writer,
+            mut writer,
             zone_maps,
             rows: row_count,
+            held,
         }) = self.open.remove(&key)
         else {
             return Ok(());
         };
+        if !held.is_empty() {
+            let sorted = sorted_rows(&self.schema, &held, &self.sort_by)?;
+            writer
+                .write(&sorted)
+                .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
+        }
         let bytes = writer
             .into_inner()
             .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
@@ -734,6 +787,31 @@ impl DataFileWriter {
         }
         Ok(())
     }
+}
+
+/// `batches` as one batch sorted by the columns at `sort_by` (ascending,
+/// NULLs last, as BigQuery orders clustered data).
+fn sorted_rows(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    sort_by: &[usize],
+) -> Result<RecordBatch> {
+    let internal = |e: datafusion::arrow::error::ArrowError| {
+        Error::Internal(format!("sorting a clustered file's rows: {e}"))
+    };
+    let all = concat_batches(schema, batches).map_err(internal)?;
+    let columns: Vec<SortColumn> = sort_by
+        .iter()
+        .map(|i| SortColumn {
+            values: all.column(*i).clone(),
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+        })
+        .collect();
+    let order = lexsort_to_indices(&columns, None).map_err(internal)?;
+    take_record_batch(&all, &order).map_err(internal)
 }
 
 /// A zone-map value from an engine scalar; None for NULL or unsupported types.
@@ -826,6 +904,7 @@ mod tests {
             retention_micros: None,
             layout: None,
             partitioning: None,
+            file_layout: None,
         })
     }
 

@@ -1214,72 +1214,120 @@ fn first_word(tokens: &[TokenWithSpan]) -> String {
     }
 }
 
-/// `CREATE TABLE ... PARTITION BY expr WITH (options) [AS query]`, in
-/// PostgreSQL's order of the clauses (PARTITION BY before WITH); the SQL
-/// parser takes WITH first, so the WITH group is moved before PARTITION BY.
-/// None for any other statement.
-fn parse_partition_by_with(tokens: &[TokenWithSpan]) -> Result<Option<Statement>> {
+/// CREATE TABLE with the clauses of a table's data layout that the SQL
+/// parser does not take for PostgreSQL: `CLUSTER BY col, ...` (BigQuery's;
+/// anywhere after the column list, before AS), and `PARTITION BY expr WITH
+/// (options)` in PostgreSQL's order (the parser takes WITH first). The
+/// CLUSTER BY columns are taken out and put in the statement's
+/// `cluster_by`, and the WITH group is moved before PARTITION BY. None for
+/// any other statement.
+fn parse_create_table_layout(tokens: &[TokenWithSpan]) -> Result<Option<Statement>> {
     let is_word = |token: &Token, word: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
-    let mut depth = 0usize;
-    let mut partition = None;
-    let mut with = None;
-    for (i, t) in tokens.iter().enumerate() {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.saturating_sub(1),
-            token if depth == 0 && is_word(token, "as") => break,
-            token if depth == 0 && partition.is_none() && is_word(token, "partition") => {
-                partition = Some(i);
-            }
-            token if depth == 0 && partition.is_some() && is_word(token, "with") => {
-                with = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let (Some(partition), Some(with)) = (partition, with) else {
-        return Ok(None);
+    let next = |tokens: &[TokenWithSpan], from: usize| {
+        (from..tokens.len()).find(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
     };
-    // The WITH group: up to its closing parenthesis.
-    let open = tokens[with + 1..]
-        .iter()
-        .position(|t| !matches!(t.token, Token::Whitespace(_)))
-        .map(|p| with + 1 + p);
-    let Some(open) = open.filter(|o| tokens[*o].token == Token::LParen) else {
-        return Ok(None);
-    };
-    let mut depth = 0usize;
-    let mut close = None;
-    for (i, t) in tokens.iter().enumerate().skip(open) {
-        match t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => {
-                depth -= 1;
-                if depth == 0 {
-                    close = Some(i);
-                    break;
+    // Top-level clause positions, before any AS.
+    let clauses = |tokens: &[TokenWithSpan]| {
+        let (mut depth, mut partition, mut cluster, mut with) = (0usize, None, None, None);
+        for (i, t) in tokens.iter().enumerate() {
+            match &t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                token if depth == 0 && is_word(token, "as") => break,
+                token
+                    if depth == 0
+                        && (is_word(token, "partition") || is_word(token, "cluster"))
+                        && next(tokens, i + 1).is_some_and(|n| is_word(&tokens[n].token, "by")) =>
+                {
+                    if is_word(token, "partition") {
+                        partition.get_or_insert(i);
+                    } else {
+                        cluster.get_or_insert(i);
+                    }
                 }
+                token if depth == 0 && is_word(token, "with") => {
+                    with.get_or_insert(i);
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    let Some(close) = close else {
-        return Ok(None);
+        (partition, cluster, with)
     };
-    let mut reordered = Vec::with_capacity(tokens.len() + 1);
-    reordered.extend_from_slice(&tokens[..partition]);
-    reordered.extend_from_slice(&tokens[with..=close]);
-    reordered.push(TokenWithSpan::wrap(Token::Whitespace(
-        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
-    )));
-    reordered.extend_from_slice(&tokens[partition..with]);
-    reordered.extend_from_slice(&tokens[close + 1..]);
+    let (_, cluster, _) = clauses(tokens);
+    let mut tokens = tokens.to_vec();
+    let mut cluster_by = Vec::new();
+    if let Some(at) = cluster {
+        // CLUSTER BY ident [, ident]*
+        let mut i = next(&tokens, at + 1).expect("BY follows") + 1;
+        while let Some(n) = next(&tokens, i) {
+            match &tokens[n].token {
+                Token::Word(w) => cluster_by.push(Ident {
+                    value: w.value.clone(),
+                    quote_style: w.quote_style,
+                    span: tokens[n].span,
+                }),
+                _ => return Err(syntax_error("CLUSTER BY takes column names")),
+            }
+            i = n + 1;
+            match next(&tokens, i) {
+                Some(c) if tokens[c].token == Token::Comma => i = c + 1,
+                _ => break,
+            }
+        }
+        tokens.drain(at..i);
+    }
+    let (partition, _, with) = clauses(&tokens);
+    let reorder = matches!((partition, with), (Some(p), Some(w)) if p < w);
+    if cluster.is_none() && !reorder {
+        return Ok(None);
+    }
+    if let (true, Some(partition), Some(with)) = (reorder, partition, with) {
+        // The WITH group: up to its closing parenthesis.
+        let Some(open) = next(&tokens, with + 1).filter(|o| tokens[*o].token == Token::LParen)
+        else {
+            return Ok(None);
+        };
+        let mut depth = 0usize;
+        let mut close = None;
+        for (i, t) in tokens.iter().enumerate().skip(open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(close) = close else {
+            return Ok(None);
+        };
+        let mut reordered = Vec::with_capacity(tokens.len() + 1);
+        reordered.extend_from_slice(&tokens[..partition]);
+        reordered.extend_from_slice(&tokens[with..=close]);
+        reordered.push(TokenWithSpan::wrap(Token::Whitespace(
+            datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+        )));
+        reordered.extend_from_slice(&tokens[partition..with]);
+        reordered.extend_from_slice(&tokens[close + 1..]);
+        tokens = reordered;
+    }
     let dialect = QuarryDialect::default();
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(reordered);
-    let statement = parser.parse_statement().map_err(syntax_error)?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut statement = parser.parse_statement().map_err(syntax_error)?;
     while parser.consume_token(&Token::SemiColon) {}
     parser.expect_token(&Token::EOF).map_err(syntax_error)?;
+    if !cluster_by.is_empty() {
+        let Statement::CreateTable(create) = &mut statement else {
+            return Err(syntax_error("CLUSTER BY belongs to CREATE TABLE"));
+        };
+        create.cluster_by = Some(ast::WrappedCollection::NoWrapping(
+            cluster_by.into_iter().map(Expr::Identifier).collect(),
+        ));
+    }
     Ok(Some(statement))
 }
 
@@ -1438,7 +1486,7 @@ fn parse_quarry_statement(
         return Ok(Some(statement));
     }
     if first_word == "create"
-        && let Some(statement) = parse_partition_by_with(&tokens)?
+        && let Some(statement) = parse_create_table_layout(&tokens)?
     {
         return Ok(Some(QuarryStatement::Sql(statement)));
     }

@@ -943,9 +943,10 @@ mod tests {
             | C::Decommission { .. }
             | C::Restore { .. }
             | C::SetPartitioning { .. }
+            | C::SetFileLayout { .. }
             | C::CreatePredefinedRoles => {}
         }
-        // Version 20: SetPartitioning.
+        // Version 20: SetPartitioning, SetFileLayout.
         const _: () = assert!(WIRE_VERSION == 20, "update the list above");
     }
 

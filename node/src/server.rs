@@ -700,6 +700,16 @@ fn log_compaction(name: &str, compacted: quarry_exec::Result<Option<quarry_exec:
                 "removed the files of expired partitions"
             );
         }
+        Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Recluster => {
+            metrics::counter!("quarry_recluster_rows_total").increment(done.rows);
+            tracing::info!(
+                table = %name,
+                files_removed = done.files_removed,
+                files_added = done.files_added,
+                rows = done.rows,
+                "re-clustered overlapping data files"
+            );
+        }
         Ok(Some(done)) if done.kind == quarry_exec::CompactionKind::Flush => {
             metrics::counter!("quarry_buffer_rows_moved_total").increment(done.rows);
             tracing::info!(

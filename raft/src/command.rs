@@ -14,7 +14,7 @@ use quarry_common::catalog::{
     PendingChannel, Rebalance, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
     StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
-use quarry_common::partition::Partitioning;
+use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
 use serde::{Deserialize, Serialize};
 
@@ -557,6 +557,18 @@ pub enum Command {
         /// How its rows are divided.
         partitioning: Partitioning,
     },
+    /// Gives table `schema.name`, just created (one snapshot, whose files
+    /// were written for this layout), the order and indexes of its data
+    /// files (CREATE TABLE ... CLUSTER BY; proposed in one batch with its
+    /// CREATE TABLE). Set once; [`CatalogError::Partitioning`] otherwise.
+    SetFileLayout {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// The layout.
+        layout: FileLayout,
+    },
 }
 
 impl Command {
@@ -927,8 +939,8 @@ pub enum CatalogError {
     /// table that has rows of its own.
     #[error("\"{0}\" is an external table: its rows are the files it reads")]
     ExternalTable(String),
-    /// A partitioning given to a table that is not new, or that names a
-    /// column it does not have.
+    /// A partitioning or file layout given to a table that is not new, or
+    /// that names a column it does not have.
     #[error("{0}")]
     Partitioning(String),
     /// Bytes for the ingest buffer of a file the commit does not add.
@@ -1229,6 +1241,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 retention_micros: *retention_micros,
                 layout: *layout,
                 partitioning: None,
+                file_layout: None,
             };
             cloned_buffer(catalog, files, &mut table);
             table.add_files(files.iter().cloned(), snapshot);
@@ -1452,6 +1465,24 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     .map(|c| c.field_id),
                 _ => None,
             };
+            // The partitioning and clustering columns shape every data
+            // file: they stay (BigQuery refuses dropping them too).
+            if let (Some(field), Some(t)) = (dropped, catalog.table_by_id(*table)) {
+                let partitions = t.partitioning.as_ref().is_some_and(|p| p.field_id == field);
+                let clusters = t.file_layout.as_ref().is_some_and(|l| {
+                    l.cluster_by.contains(&field) || l.bloom_filters.contains(&field)
+                });
+                if partitions || clusters {
+                    return Err(CatalogError::Partitioning(format!(
+                        "cannot drop column \"{}\" of \"{}\": the table is partitioned or clustered by it, or it has a bloom filter",
+                        match change {
+                            SchemaChange::DropColumn(name) => name.as_str(),
+                            _ => "",
+                        },
+                        t.name
+                    )));
+                }
+            }
             let applied = alter(catalog, proposal.proposed_at, *table, change)?;
             if let Some(field) = dropped {
                 forget_column(catalog, *table, field);
@@ -1582,6 +1613,36 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             let key = (schema.clone(), name.clone());
             let entry = catalog.tables.get_mut(&key).expect("found above");
             Arc::make_mut(entry).partitioning = Some(Arc::new(partitioning.clone()));
+            Ok(Applied::Nothing)
+        }
+        Command::SetFileLayout {
+            schema,
+            name,
+            layout,
+        } => {
+            let table = catalog
+                .table(schema, name)
+                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
+            if table.snapshots.len() != 1 || table.file_layout.is_some() {
+                return Err(CatalogError::Partitioning(format!(
+                    "\"{name}\" can only be clustered when it is created"
+                )));
+            }
+            let known = |id: &FieldId| table.columns.iter().any(|c| c.field_id == *id);
+            if layout.cluster_by.len() > MAX_CLUSTER_COLUMNS
+                || !layout
+                    .cluster_by
+                    .iter()
+                    .chain(&layout.bloom_filters)
+                    .all(known)
+            {
+                return Err(CatalogError::Partitioning(format!(
+                    "\"{name}\": at most {MAX_CLUSTER_COLUMNS} clustering columns, each a column of the table"
+                )));
+            }
+            let key = (schema.clone(), name.clone());
+            let entry = catalog.tables.get_mut(&key).expect("found above");
+            Arc::make_mut(entry).file_layout = Some(Arc::new(layout.clone()));
             Ok(Applied::Nothing)
         }
         Command::CreateView { view, or_replace } => {

@@ -16,7 +16,7 @@
 //!
 //! The first record is `Header`, then one record per table, dropped table,
 //! stripe, view, table notes, role and object ACL, the gossip key, token, channel,
-//! buffered file, external source and partitioned table; the last is `End` with the number of records
+//! buffered file, external source, partitioned table and file layout; the last is `End` with the number of records
 //! before it, so a truncated file is refused rather than read as a smaller
 //! catalog.
 
@@ -30,7 +30,7 @@ use quarry_common::catalog::{
     Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
     Rebalance, RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
 };
-use quarry_common::partition::Partitioning;
+use quarry_common::partition::{FileLayout, Partitioning};
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +127,11 @@ enum Record<'a> {
         table: TableId,
         partitioning: Cow<'a, Partitioning>,
     },
+    /// How one table's (live or dropped) data files are laid out.
+    FileLayout {
+        table: TableId,
+        layout: Cow<'a, FileLayout>,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -139,6 +144,7 @@ struct TableRecords {
     buffered: Vec<(ChunkId, bytes::Bytes)>,
     moved: Vec<(ChunkId, Vec<RowRange>)>,
     partitioning: Option<Arc<Partitioning>>,
+    file_layout: Option<Arc<FileLayout>>,
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -309,6 +315,12 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
                 partitioning: Cow::Borrowed(partitioning.as_ref()),
             })?;
         }
+        if let Some(layout) = &table.file_layout {
+            writer.put(&Record::FileLayout {
+                table: table.id,
+                layout: Cow::Borrowed(layout.as_ref()),
+            })?;
+        }
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -455,6 +467,9 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                 buffers.entry(table).or_default().partitioning =
                     Some(Arc::new(partitioning.into_owned()));
             }
+            Record::FileLayout { table, layout } => {
+                buffers.entry(table).or_default().file_layout = Some(Arc::new(layout.into_owned()));
+            }
             Record::External { table, source } => {
                 catalog
                     .external
@@ -497,6 +512,7 @@ fn restore_buffers(catalog: &mut Catalog, mut buffers: BufferRecords) {
             table.buffer.extend(records.buffered);
             table.moved.extend(records.moved);
             table.partitioning = records.partitioning;
+            table.file_layout = records.file_layout;
         }
     };
     let keys: Vec<(String, String)> = catalog.tables.keys().cloned().collect();
@@ -558,6 +574,17 @@ mod tests {
         for name in ["t0", "t1", "t2", "gone"] {
             ok(&mut catalog, create(name));
         }
+        ok(
+            &mut catalog,
+            Command::SetFileLayout {
+                schema: "public".into(),
+                name: "t0".into(),
+                layout: FileLayout {
+                    cluster_by: vec![1],
+                    bloom_filters: vec![1],
+                },
+            },
+        );
         // A partitioned table, and a dropped one.
         for name in ["t2", "gone"] {
             ok(
@@ -669,6 +696,13 @@ mod tests {
                 .is_some()
         );
         assert!(catalog.dropped[0].table.partitioning.is_some());
+        assert!(
+            catalog
+                .table("public", "t0")
+                .expect("t0")
+                .file_layout
+                .is_some()
+        );
         assert_eq!(catalog.views.len(), 1);
         assert_eq!(catalog.notes.len(), 1);
         assert_eq!(catalog.roles.len(), 1);

@@ -16,11 +16,17 @@
 
 use super::*;
 pub use crate::data_file::SMALL_FILE_ROWS;
+use crate::data_file::scalar_of;
 use crate::data_file::{DataFileWriter, FILE_ROWS_MAX};
 use crate::table::{is_table_scan, scan_files, with_scan_files, with_scan_files_in_order};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::common::ScalarValue;
 use datafusion::common::TableReference;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::physical_expr::expressions::col as physical_col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use quarry_common::catalog::{ChunkId, DataFile, RowRange, TableId, TimestampMicros};
 use quarry_common::partition::PartitionKey;
 use std::collections::HashMap;
@@ -54,6 +60,8 @@ pub enum Compaction {
     /// Remove these files: their partitions have expired
     /// (`partition_expiration_days`).
     Expire(Vec<DataFile>),
+    /// Rewrite these overlapping files of a clustered table in one sort.
+    Recluster(Vec<DataFile>),
 }
 
 /// The current files of `table` whose time partition ended more than its
@@ -91,14 +99,125 @@ pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Opti
     }
     let flush = flush_candidates(table, now, max_age);
     if !flush.is_empty() {
-        return Some(Compaction::Flush(flush));
+        // A clustered table's buffer is merged like small files, sorted;
+        // the buffered files are then spilled for older snapshots.
+        return Some(if is_clustered(table) {
+            Compaction::Merge(flush)
+        } else {
+            Compaction::Flush(flush)
+        });
     }
     let spill = spill_candidates(table);
     if !spill.is_empty() {
         return Some(Compaction::Spill(spill));
     }
     let merge = compaction_candidates(table);
-    (!merge.is_empty()).then_some(Compaction::Merge(merge))
+    if !merge.is_empty() {
+        return Some(Compaction::Merge(merge));
+    }
+    let recluster = recluster_candidates(table);
+    (!recluster.is_empty()).then_some(Compaction::Recluster(recluster))
+}
+
+/// Whether `table`'s data files are sorted by clustering columns.
+fn is_clustered(table: &Table) -> bool {
+    table
+        .file_layout
+        .as_ref()
+        .is_some_and(|l| !l.cluster_by.is_empty())
+}
+
+/// Files of a clustered table are re-clustered once this many of them
+/// overlap on the first clustering column.
+pub const RECLUSTER_MIN_OVERLAP: usize = 4;
+
+/// Most rows one re-clustering rewrites.
+const RECLUSTER_MAX_ROWS: u64 = 8 * FILE_ROWS_MAX;
+
+/// The data files of a clustered `table`'s current snapshot to rewrite in
+/// one sort, so that they no longer overlap: in one partition, the
+/// largest group of files whose ranges of the first clustering column
+/// (by their zone maps) overlap, when at least [`RECLUSTER_MIN_OVERLAP`]
+/// of them overlap at one value (BigQuery re-clusters in the background
+/// likewise, <https://cloud.google.com/bigquery/docs/clustered-tables>).
+fn recluster_candidates(table: &Table) -> Vec<DataFile> {
+    let Some(first) = table
+        .file_layout
+        .as_ref()
+        .and_then(|l| l.cluster_by.first().copied())
+    else {
+        return Vec::new();
+    };
+    let Some(column) = table.columns.iter().find(|c| c.field_id == first) else {
+        return Vec::new();
+    };
+    let mut by_partition: HashMap<
+        Option<PartitionKey>,
+        Vec<(ScalarValue, ScalarValue, &DataFile)>,
+    > = HashMap::new();
+    for file in table
+        .files_at(table.current_snapshot().id)
+        .filter(|f| !table.buffer.contains_key(&f.chunk))
+    {
+        let Some(stats) = file.column_stats.iter().find(|s| s.field_id == first) else {
+            continue;
+        };
+        let (Some(min), Some(max)) = (stats.min.as_ref(), stats.max.as_ref()) else {
+            continue;
+        };
+        by_partition
+            .entry(partition_of(table, file))
+            .or_default()
+            .push((
+                scalar_of(Some(min), column.column_type),
+                scalar_of(Some(max), column.column_type),
+                file,
+            ));
+    }
+    let mut best: Vec<DataFile> = Vec::new();
+    for mut files in by_partition.into_values() {
+        files.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        // Groups of files whose ranges chain into one another, and the
+        // deepest overlap within each.
+        let mut group: Vec<&DataFile> = Vec::new();
+        let mut ends: Vec<ScalarValue> = Vec::new();
+        let mut depth = 0;
+        let mut group_end: Option<ScalarValue> = None;
+        let consider = |group: &mut Vec<&DataFile>, depth: usize, best: &mut Vec<DataFile>| {
+            if depth >= RECLUSTER_MIN_OVERLAP && group.len() > best.len() {
+                let mut rows = 0;
+                *best = group
+                    .iter()
+                    .take_while(|f| {
+                        rows += f.row_count;
+                        rows <= RECLUSTER_MAX_ROWS
+                    })
+                    .map(|f| (*f).clone())
+                    .collect();
+            }
+            group.clear();
+        };
+        for (min, max, file) in files {
+            // Ranges that only touch (one's last value the next one's
+            // first, as a sorted rewrite leaves them) do not overlap.
+            if group_end.as_ref().is_some_and(|end| &min >= end) {
+                consider(&mut group, depth, &mut best);
+                ends.clear();
+                depth = 0;
+                group_end = None;
+            }
+            ends.retain(|end| end > &min);
+            ends.push(max.clone());
+            depth = depth.max(ends.len());
+            group.push(file);
+            group_end = Some(match group_end {
+                Some(end) if end >= max => end,
+                _ => max,
+            });
+        }
+        consider(&mut group, depth, &mut best);
+    }
+    if best.len() < 2 { Vec::new() } else { best }
 }
 
 /// Buffered files of `table` that its current snapshot no longer reads (a
@@ -215,6 +334,35 @@ pub enum CompactionKind {
     Merge,
     /// Expired partitions' files removed.
     Expire,
+    /// Overlapping files of a clustered table rewritten in one sort.
+    Recluster,
+}
+
+/// `plan` sorted by `table`'s clustering columns (ascending, NULLs last).
+fn cluster_sort(table: &Table, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = plan.schema();
+    let columns = table
+        .file_layout
+        .as_ref()
+        .map(|l| l.cluster_by.clone())
+        .unwrap_or_default();
+    let mut exprs = Vec::new();
+    for id in columns {
+        let Some(def) = table.columns.iter().find(|c| c.field_id == id) else {
+            continue;
+        };
+        exprs.push(PhysicalSortExpr {
+            expr: physical_col(&def.name, &schema).map_err(Error::from_engine)?,
+            options: SortOptions {
+                descending: false,
+                nulls_first: false,
+            },
+        });
+    }
+    match LexOrdering::new(exprs) {
+        Some(ordering) => Ok(Arc::new(SortExec::new(ordering, plan))),
+        None => Ok(plan),
+    }
 }
 
 /// The partition of `file` of `table`, if the table is partitioned.
@@ -293,7 +441,7 @@ impl Session {
             return Ok(None);
         };
         let due = compaction_due(&table, quarry_raft::now_micros(), max_age);
-        let (chosen, flush) = match due {
+        let (chosen, flush) = match due.clone() {
             None => return Ok(None),
             Some(Compaction::Spill(files)) => return self.spill(&table, &files).await.map(Some),
             Some(Compaction::Expire(files)) => {
@@ -301,7 +449,9 @@ impl Session {
             }
             Some(Compaction::Flush(files)) => (files, true),
             Some(Compaction::Merge(files)) => (files, false),
+            Some(Compaction::Recluster(files)) => (files, false),
         };
+        let recluster = matches!(due, Some(Compaction::Recluster(_)));
         let logical = self
             .scan_plan(TableReference::partial(
                 table.schema.as_str(),
@@ -344,8 +494,18 @@ impl Session {
             with_scan_files(scan.as_ref(), files, 1)
         }
         .ok_or_else(|| Error::Internal("the scan cannot be narrowed".to_owned()))?;
+        // Re-clustering sorts all the rows, so the files it cuts from them
+        // do not overlap.
+        let merged = if recluster {
+            cluster_sort(&table, merged)?
+        } else {
+            merged
+        };
         let mut batches = self.execute_physical(merged)?;
         let mut writer = DataFileWriter::new(table.clone(), view.writes.clone()).into_stripes();
+        if flush {
+            writer = writer.keeping_order();
+        }
         let mut rows = 0u64;
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(Error::from_engine)?;
@@ -394,6 +554,8 @@ impl Session {
             rows,
             kind: if flush {
                 CompactionKind::Flush
+            } else if recluster {
+                CompactionKind::Recluster
             } else {
                 CompactionKind::Merge
             },

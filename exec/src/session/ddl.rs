@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::partition::{PartitionOptions, partitioning_of};
-use quarry_common::partition::Partitioning;
+use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_raft::{ConstraintDef, ConstraintDefKind};
 
 /// The name of a key column (`PRIMARY KEY (a, b)`): a plain column only.
@@ -246,6 +246,28 @@ pub(super) fn table_options(options: &ast::CreateTableOptions) -> Result<TableOp
                 parsed.partition.expiration_micros = Some((days * 86_400e6) as i64);
                 parsed.partition_options = true;
             }
+            ast::SqlOption::KeyValue { key, value } if normalize(key) == "bloom_filter_columns" => {
+                let names = match value {
+                    ast::Expr::Value(v) => match &v.value {
+                        ast::Value::SingleQuotedString(names) => Some(names.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "bloom_filter_columns is a string of column names, 'a,b', not {value}"
+                        ),
+                    )
+                })?;
+                parsed.bloom_filter_columns = names
+                    .split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+            }
             ast::SqlOption::KeyValue { key, value }
                 if normalize(key) == "require_partition_filter" =>
             {
@@ -265,7 +287,8 @@ pub(super) fn table_options(options: &ast::CreateTableOptions) -> Result<TableOp
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!(
                         "unrecognized table option {other} (known: retention_seconds, data_chunks, \
-                         parity_chunks, partition_expiration_days, require_partition_filter)"
+                         parity_chunks, partition_expiration_days, require_partition_filter, \
+                         bloom_filter_columns)"
                     ),
                 ));
             }
@@ -298,6 +321,72 @@ pub(super) struct TableOptions {
     partition: PartitionOptions,
     /// Whether either was given (they need PARTITION BY).
     partition_options: bool,
+    /// `bloom_filter_columns`: names of columns whose column chunks carry
+    /// bloom filters.
+    bloom_filter_columns: Vec<String>,
+}
+
+/// The file layout CREATE TABLE's `CLUSTER BY` and `bloom_filter_columns`
+/// ask for its `columns`; None with neither.
+///
+/// # Errors
+/// 42P16 for more than four clustering columns, a column named twice or
+/// one the table does not have.
+fn create_file_layout(
+    cluster_by: Option<&ast::WrappedCollection<Vec<Expr>>>,
+    columns: &[quarry_common::catalog::Column],
+    options: &TableOptions,
+) -> Result<Option<FileLayout>> {
+    let field_of = |name: &str, clause: &str| {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.field_id)
+            .ok_or_else(|| {
+                user_error(
+                    SqlState::INVALID_TABLE_DEFINITION,
+                    format!("{clause} names column \"{name}\", which the table does not have"),
+                )
+            })
+    };
+    let mut layout = FileLayout::default();
+    if let Some(
+        ast::WrappedCollection::NoWrapping(exprs) | ast::WrappedCollection::Parentheses(exprs),
+    ) = cluster_by
+    {
+        for expr in exprs {
+            let Expr::Identifier(ident) = expr else {
+                return Err(user_error(
+                    SqlState::INVALID_TABLE_DEFINITION,
+                    format!("CLUSTER BY takes column names, not {expr}"),
+                ));
+            };
+            let id = field_of(&normalize(ident), "CLUSTER BY")?;
+            if layout.cluster_by.contains(&id) {
+                return Err(user_error(
+                    SqlState::INVALID_TABLE_DEFINITION,
+                    format!("CLUSTER BY names column \"{}\" twice", normalize(ident)),
+                ));
+            }
+            layout.cluster_by.push(id);
+        }
+        if layout.cluster_by.len() > MAX_CLUSTER_COLUMNS {
+            return Err(user_error(
+                SqlState::INVALID_TABLE_DEFINITION,
+                format!(
+                    "CLUSTER BY takes at most {MAX_CLUSTER_COLUMNS} columns, not {}",
+                    layout.cluster_by.len()
+                ),
+            ));
+        }
+    }
+    for name in &options.bloom_filter_columns {
+        let id = field_of(name, "bloom_filter_columns")?;
+        if !layout.bloom_filters.contains(&id) {
+            layout.bloom_filters.push(id);
+        }
+    }
+    Ok((layout != FileLayout::default()).then_some(layout))
 }
 
 /// The partitioning CREATE TABLE's `PARTITION BY` asks for its `columns`,
@@ -574,6 +663,25 @@ impl Session {
                     &options,
                 )?,
             };
+            let file_layout = match &create.clone {
+                Some(source_name) => {
+                    if create.cluster_by.is_some() || !options.bloom_filter_columns.is_empty() {
+                        return Err(user_error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "a clone is clustered as its source: CLUSTER BY and bloom_filter_columns do not apply",
+                        ));
+                    }
+                    self.table(&view.catalog, source_name)?
+                        .file_layout
+                        .as_deref()
+                        .cloned()
+                }
+                None => create_file_layout(
+                    create.cluster_by.as_ref(),
+                    &columns_from_defs(&columns),
+                    &options,
+                )?,
+            };
             let mut columns: Vec<ColumnDef> = columns;
             // A primary key's columns are NOT NULL (PostgreSQL's rule).
             for constraint in &constraints {
@@ -604,13 +712,19 @@ impl Session {
                 name: name.clone(),
                 partitioning,
             });
+            let file_layout = file_layout.map(|layout| Command::SetFileLayout {
+                schema: schema.clone(),
+                name: name.clone(),
+                layout,
+            });
             let command =
-                if constraints.is_empty() && partitioning.is_none() {
+                if constraints.is_empty() && partitioning.is_none() && file_layout.is_none() {
                     create_table
                 } else {
                     Command::Batch(
                         std::iter::once(create_table)
                             .chain(partitioning)
+                            .chain(file_layout)
                             .chain(constraints.into_iter().map(|constraint| {
                                 Command::AddConstraint {
                                     schema: schema.clone(),
@@ -675,6 +789,11 @@ impl Session {
             &columns_from_defs(&columns),
             &options,
         )?;
+        let file_layout = create_file_layout(
+            create.cluster_by.as_ref(),
+            &columns_from_defs(&columns),
+            &options,
+        )?;
         if self.in_transaction() {
             // In a transaction block the table is created in the block's
             // catalog and filled like any table there; COMMIT sends both.
@@ -695,6 +814,14 @@ impl Session {
                     schema: schema.clone(),
                     name: name.clone(),
                     partitioning,
+                })
+                .await?;
+            }
+            if let Some(layout) = file_layout {
+                self.write_ddl(Command::SetFileLayout {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    layout,
                 })
                 .await?;
             }
@@ -719,6 +846,7 @@ impl Session {
             retention_micros,
             layout,
             partitioning: partitioning.clone().map(Arc::new),
+            file_layout: file_layout.clone().map(Arc::new),
         });
         // CREATE TABLE carries files in stripes only.
         let rows = self
@@ -743,16 +871,23 @@ impl Session {
             layout,
             stripes,
         };
-        let command = match partitioning {
-            Some(partitioning) => Command::Batch(vec![
-                command,
-                Command::SetPartitioning {
-                    schema: table_schema.clone(),
-                    name: table_name.clone(),
-                    partitioning,
-                },
-            ]),
-            None => command,
+        let layout_commands: Vec<Command> = partitioning
+            .map(|partitioning| Command::SetPartitioning {
+                schema: table_schema.clone(),
+                name: table_name.clone(),
+                partitioning,
+            })
+            .into_iter()
+            .chain(file_layout.map(|layout| Command::SetFileLayout {
+                schema: table_schema.clone(),
+                name: table_name.clone(),
+                layout,
+            }))
+            .collect();
+        let command = if layout_commands.is_empty() {
+            command
+        } else {
+            Command::Batch(std::iter::once(command).chain(layout_commands).collect())
         };
         let command = match self.authorize(command).await {
             Ok(command) => command,
