@@ -20,9 +20,13 @@
 //! - `rebalance --limits 8,64`: the rate at which rebalancing fills a node
 //!   that joins a loaded cluster, per rate limit, against the disk's write
 //!   speed, and TPC-H Q6's latency before and during.
+//! - `layout --scale-factor 1`: bytes read and time per query over TPC-H
+//!   lineitem as loaded, partitioned by month, and partitioned and
+//!   clustered.
 
 mod cluster;
 mod commit_cost;
+mod layout;
 mod rebalance;
 mod tpch;
 mod write;
@@ -159,6 +163,24 @@ enum Command {
         #[arg(long)]
         quarry: Option<PathBuf>,
     },
+    /// Bytes read and time per query over TPC-H lineitem in three layouts.
+    Layout {
+        /// TPC-H scale factor of the data loaded.
+        #[arg(long, default_value_t = 1.0)]
+        scale_factor: f64,
+        /// Timed runs per query and layout.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// A fresh directory for the node's data.
+        #[arg(long, default_value = "/tmp/quarry-bench-layout")]
+        dir: PathBuf,
+        /// Address of the node.
+        #[arg(long, default_value = "127.0.101.1")]
+        first_address: std::net::Ipv4Addr,
+        /// The quarry binary [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
+    },
     /// COPY throughput and commit latency on local clusters, optionally side
     /// by side with another build.
     Write {
@@ -290,6 +312,25 @@ async fn main() -> anyhow::Result<()> {
             out,
             tables,
         } => write_csv(scale_factor, &out, &tables),
+        Command::Layout {
+            scale_factor,
+            runs,
+            dir,
+            first_address,
+            quarry,
+        } => {
+            layout::run(layout::Settings {
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                scale_factor,
+                runs,
+                dir,
+                first_address,
+            })
+            .await
+        }
         Command::Rebalance {
             nodes,
             scale_factor,

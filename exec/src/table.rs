@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, UInt64Array};
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
@@ -39,6 +40,8 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
+use datafusion::physical_expr::expressions::col as physical_col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{
@@ -246,6 +249,30 @@ impl SnapshotTable {
             .collect())
     }
 
+    /// The order of a clustered table's rows within each data file (every
+    /// writer sorts them: docs/DATA_LAYOUT.md), for DataFusion, which keeps
+    /// it for a scan only where the files it reads in turn do not overlap
+    /// by their statistics; none for other tables.
+    fn cluster_ordering(&self) -> DfResult<Vec<LexOrdering>> {
+        let Some(layout) = &self.table.file_layout else {
+            return Ok(Vec::new());
+        };
+        let mut exprs = Vec::new();
+        for id in &layout.cluster_by {
+            let Some(column) = self.columns.iter().find(|c| c.field_id == *id) else {
+                break;
+            };
+            exprs.push(PhysicalSortExpr {
+                expr: physical_col(&column.name, &self.schema)?,
+                options: SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            });
+        }
+        Ok(LexOrdering::new(exprs).into_iter().collect())
+    }
+
     /// A Parquet scan of `files` in up to `partitions` partitions balanced by
     /// size. Row-group and page pruning and row filtering get their predicate
     /// from DataFusion's physical filter pushdown.
@@ -289,6 +316,7 @@ impl SnapshotTable {
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
+                .with_output_ordering(self.cluster_ordering()?)
                 .with_statistics(statistics)
                 .with_projection_indices(projection)?
                 .with_limit(limit)

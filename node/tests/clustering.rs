@@ -1,8 +1,8 @@
 //! Clustered tables and bloom filters against a real `quarry` process: each
 //! data file's rows are sorted by the clustering columns, the compactor
 //! re-clusters files that overlap, scans skip files and row groups by them,
-//! and bloom filters skip row groups for `=` on columns zone maps cannot
-//! help with.
+//! the planner knows the files' order, and bloom filters skip row groups
+//! for `=` on columns zone maps cannot help with.
 
 #[path = "support/node.rs"]
 mod support;
@@ -137,6 +137,36 @@ async fn clustered_files_are_sorted_re_clustered_and_pruned() {
         let skipped = pruned(&analyzed, "row_groups_pruned_statistics").unwrap_or(0);
         assert_eq!(skipped > 0, expect_pruned, "{table}:\n{analyzed}");
     }
+    // The planner knows the files' order: ORDER BY the clustering column
+    // merges the sorted files instead of sorting.
+    let order = "SELECT k FROM {t} ORDER BY k LIMIT 5 OFFSET 600000";
+    let sorted_plan = explain(&client, &order.replace("{t}", "events"), false).await;
+    assert!(
+        !sorted_plan.contains("SortExec"),
+        "a clustered table's scan is sorted again:\n{sorted_plan}"
+    );
+    assert!(
+        explain(&client, &order.replace("{t}", "plain"), false)
+            .await
+            .contains("SortExec")
+    );
+    let keys = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+    };
+    let events_keys = keys(
+        client
+            .query(&order.replace("{t}", "events"), &[])
+            .await
+            .expect("events"),
+    );
+    let plain_keys = keys(
+        client
+            .query(&order.replace("{t}", "plain"), &[])
+            .await
+            .expect("plain"),
+    );
+    assert_eq!(events_keys.len(), 5);
+    assert_eq!(events_keys, plain_keys);
     // Same answers as the table that is not clustered.
     for query in [
         "SELECT count(*), sum(k)::bigint FROM {t}",
