@@ -229,6 +229,32 @@ async fn measure(
 /// background: waits (up to 10 minutes) until the stripe count has been
 /// still for 10 s. Returns the count when called and the seconds until it
 /// last changed.
+/// Waits until the compactor has moved `schema`'s ingest buffers into data
+/// files (`quarry load tpch` streams into them), at most 30 minutes.
+pub(crate) async fn wait_for_empty_buffers(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> anyhow::Result<()> {
+    let waited = Instant::now();
+    loop {
+        let buffered: i64 = client
+            .query_one(
+                "select coalesce(sum(buffered_files), 0)::bigint from quarry_system.tables \
+                 where table_schema = $1",
+                &[&schema],
+            )
+            .await?
+            .get(0);
+        if buffered == 0 {
+            return Ok(());
+        }
+        if waited.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("{buffered} files still in the ingest buffers after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 pub(crate) async fn settle_stripes(client: &tokio_postgres::Client) -> (i64, f64) {
     let stripe_count = || async {
         client

@@ -122,24 +122,7 @@ async fn one_limit(settings: &Settings, limit_mb: u64, q6: &str) -> anyhow::Resu
         // `quarry load tpch` streams into the ingest buffers: wait until the
         // compactor has moved them into data files, so the join meets the
         // data's final layout.
-        let waited = Instant::now();
-        loop {
-            let buffered: i64 = client
-                .query_one(
-                    "select coalesce(sum(buffered_files), 0)::bigint from quarry_system.tables \
-                     where table_schema = 'tpch'",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if buffered == 0 {
-                break;
-            }
-            if waited.elapsed() > Duration::from_secs(1800) {
-                bail!("{buffered} files still in the ingest buffers after 30 minutes");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        crate::cluster::wait_for_empty_buffers(&client, "tpch").await?;
         crate::cluster::settle_stripes(&client).await;
         let mut before = Vec::with_capacity(settings.queries);
         for _ in 0..settings.queries {

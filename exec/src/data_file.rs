@@ -437,10 +437,15 @@ struct OpenFile {
     held: Vec<RecordBatch>,
 }
 
-/// Most files a writer keeps open at once (one per partition written to):
-/// past it, the fullest is finished early, and the compactor merges such
-/// small files later.
-const MAX_OPEN_FILES: usize = 64;
+/// Most files a writer keeps open at once (one per partition written to).
+const MAX_OPEN_FILES: usize = 1024;
+
+/// Most memory a writer's open files may hold (encoded pages and rows not
+/// yet encoded): past it, the largest is finished early, and the compactor
+/// merges such small files later. A statement writing one file stays far
+/// below it; one spreading rows over many partitions finishes files of a
+/// few MB each rather than hold the whole table.
+const OPEN_FILES_MEMORY_MAX: usize = 256 << 20;
 
 /// How data files are encoded: ZSTD, [`ROW_GROUP_ROWS`] rows per row group,
 /// statistics per page (and so a page index).
@@ -642,8 +647,38 @@ impl DataFileWriter {
         self.rows_written += rows;
         if file.rows >= FILE_ROWS_MAX {
             self.finish_file(key).await?;
+        } else if self.open.len() > 1 {
+            self.limit_memory().await?;
         }
         Ok(())
+    }
+
+    /// Finishes the open files holding the most memory until all of them
+    /// hold at most [`OPEN_FILES_MEMORY_MAX`].
+    async fn limit_memory(&mut self) -> Result<()> {
+        let size = |f: &OpenFile| {
+            f.writer.memory_size()
+                + f.writer.bytes_written()
+                + f.held
+                    .iter()
+                    .map(RecordBatch::get_array_memory_size)
+                    .sum::<usize>()
+        };
+        loop {
+            let total: usize = self.open.values().map(size).sum();
+            if total <= OPEN_FILES_MEMORY_MAX {
+                return Ok(());
+            }
+            let Some(largest) = self
+                .open
+                .iter()
+                .max_by_key(|(_, f)| size(f))
+                .map(|(k, _)| *k)
+            else {
+                return Ok(());
+            };
+            self.finish_file(largest).await?;
+        }
     }
 
     /// Finishes every open file, in partition order.

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::sql::sqlparser::ast;
 use quarry_common::SqlState;
-use quarry_common::catalog::{Column, ColumnType, DataFile, Datum};
+use quarry_common::catalog::{Column, ColumnType, DataFile, Datum, Table};
 use quarry_common::partition::{PartitionKey, PartitionScheme, Partitioning, TimeUnit};
 
 use crate::data_file::scalar_of;
@@ -150,30 +150,63 @@ pub fn partitioning_of(
                         require_filter: options.require_filter,
                     }
                 }
-                _ => {
-                    return Err(user_error(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "PARTITION BY {expr} is not supported: use a date column, \
-                             DATE_TRUNC(col, DAY|HOUR|MONTH|YEAR) or \
-                             RANGE_BUCKET(col, GENERATE_ARRAY(start, end, interval))"
-                        ),
-                    ));
-                }
+                _ => return Err(unsupported(expr)),
             }
         }
-        other => {
-            return Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "PARTITION BY {other} is not supported: use a date column, \
-                     DATE_TRUNC(col, DAY|HOUR|MONTH|YEAR) or \
-                     RANGE_BUCKET(col, GENERATE_ARRAY(start, end, interval))"
-                ),
-            ));
-        }
+        other => return Err(unsupported(other)),
     };
     Ok(partitioning)
+}
+
+/// 0A000 for a `PARTITION BY` of none of the supported forms.
+fn unsupported(expr: &ast::Expr) -> Error {
+    user_error(
+        SqlState::FEATURE_NOT_SUPPORTED,
+        format!(
+            "PARTITION BY {expr} is not supported: use a date column, \
+             DATE_TRUNC(col, DAY|HOUR|MONTH|YEAR) or \
+             RANGE_BUCKET(col, GENERATE_ARRAY(start, end, interval))"
+        ),
+    )
+}
+
+/// `table`'s `PARTITION BY` as SQL (`DATE_TRUNC(at, DAY)`,
+/// `RANGE_BUCKET(n, GENERATE_ARRAY(0, 100, 10))`), with its options; None
+/// when it is not partitioned.
+pub fn describe_partitioning(table: &Table) -> Option<String> {
+    let p = table.partitioning.as_ref()?;
+    let column = table
+        .columns
+        .iter()
+        .find(|c| c.field_id == p.field_id)
+        .map_or("?", |c| c.name.as_str());
+    let mut sql = match p.scheme {
+        PartitionScheme::Time(unit) => format!("DATE_TRUNC({column}, {unit})"),
+        PartitionScheme::IntegerRange {
+            start,
+            end,
+            interval,
+        } => format!("RANGE_BUCKET({column}, GENERATE_ARRAY({start}, {end}, {interval}))"),
+    };
+    if let Some(micros) = p.expiration_micros {
+        sql += &format!(", partition_expiration_days = {}", micros as f64 / 86_400e6);
+    }
+    if p.require_filter {
+        sql += ", require_partition_filter = true";
+    }
+    Some(sql)
+}
+
+/// `table`'s clustering columns, `a, b`; None when it has none.
+pub fn describe_clustering(table: &Table) -> Option<String> {
+    let layout = table.file_layout.as_ref()?;
+    let names: Vec<&str> = layout
+        .cluster_by
+        .iter()
+        .filter_map(|id| table.columns.iter().find(|c| c.field_id == *id))
+        .map(|c| c.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The plain arguments of a function call.

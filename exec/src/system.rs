@@ -2,8 +2,9 @@
 //! catalog version the statement runs against.
 //!
 //! - `quarry_system.tables`: one row per table (id, current snapshot, rows,
-//!   data files in stripes and their bytes, and the files, rows and bytes of
-//!   its replicated ingest buffer).
+//!   data files in stripes and their bytes, the files, rows and bytes of
+//!   its replicated ingest buffer, and its `PARTITION BY` and `CLUSTER BY`
+//!   as SQL, NULL when it has none).
 //! - `quarry_system.snapshots`: one row per table snapshot: when it committed,
 //!   the operation (create, append, rewrite), the table's rows after it, and the
 //!   rows and data files it added and removed. Rows count whole data files: a
@@ -569,6 +570,8 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
         Field::new("buffered_files", DataType::UInt64, false),
         Field::new("buffered_rows", DataType::UInt64, false),
         Field::new("buffered_bytes", DataType::UInt64, false),
+        Field::new("partitioned_by", DataType::Utf8, true),
+        Field::new("clustered_by", DataType::Utf8, true),
     ]));
     let all: Vec<_> = catalog.tables.values().collect();
     let buffered = |t: &quarry_common::catalog::Table, of: fn(&DataFile) -> u64| -> u64 {
@@ -596,6 +599,16 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
             count(all.iter().map(|t| buffered(t, |_| 1)).collect()),
             count(all.iter().map(|t| buffered(t, |f| f.row_count)).collect()),
             count(all.iter().map(|t| buffered(t, |f| f.size_bytes)).collect()),
+            Arc::new(StringArray::from(
+                all.iter()
+                    .map(|t| crate::partition::describe_partitioning(t))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                all.iter()
+                    .map(|t| crate::partition::describe_clustering(t))
+                    .collect::<Vec<_>>(),
+            )),
         ],
     )
 }
