@@ -435,6 +435,8 @@ struct OpenFile {
     /// Rows held until the file is finished, to be sorted then (a
     /// clustered table's).
     held: Vec<RecordBatch>,
+    /// Their memory.
+    held_bytes: usize,
 }
 
 /// Most files a writer keeps open at once (one per partition written to).
@@ -626,6 +628,7 @@ impl DataFileWriter {
                     zone_maps,
                     rows: 0,
                     held: Vec::new(),
+                    held_bytes: 0,
                 },
             );
         }
@@ -641,6 +644,7 @@ impl DataFileWriter {
                 .write(&batch)
                 .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
         } else {
+            file.held_bytes += batch.get_array_memory_size();
             file.held.push(batch);
         }
         file.rows += rows;
@@ -656,14 +660,7 @@ impl DataFileWriter {
     /// Finishes the open files holding the most memory until all of them
     /// hold at most [`OPEN_FILES_MEMORY_MAX`].
     async fn limit_memory(&mut self) -> Result<()> {
-        let size = |f: &OpenFile| {
-            f.writer.memory_size()
-                + f.writer.bytes_written()
-                + f.held
-                    .iter()
-                    .map(RecordBatch::get_array_memory_size)
-                    .sum::<usize>()
-        };
+        let size = |f: &OpenFile| f.writer.memory_size() + f.writer.bytes_written() + f.held_bytes;
         loop {
             let total: usize = self.open.values().map(size).sum();
             if total <= OPEN_FILES_MEMORY_MAX {
@@ -772,6 +769,7 @@ impl DataFileWriter {
             zone_maps,
             rows: row_count,
             held,
+            ..
         }) = self.open.remove(&key)
         else {
             return Ok(());
