@@ -23,7 +23,8 @@ use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statis
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
-    FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+    FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetFileMetrics, ParquetFileReaderFactory,
+    ParquetSource,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
@@ -728,11 +729,18 @@ fn footer_prefetch_bytes(size_bytes: u64) -> usize {
 impl ParquetFileReaderFactory for ChunkReaderFactory {
     fn create_reader(
         &self,
-        _partition_index: usize,
+        partition_index: usize,
         partitioned_file: PartitionedFile,
         metadata_size_hint: Option<usize>,
-        _metrics: &ExecutionPlanMetricsSet,
+        metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        // The scan's `bytes_scanned` (EXPLAIN ANALYZE): what this reader fetches.
+        let bytes_scanned = ParquetFileMetrics::new(
+            partition_index,
+            partitioned_file.object_meta.location.as_ref(),
+            metrics,
+        )
+        .bytes_scanned;
         let (_, _, chunk) = parse_scan_path(&partitioned_file).ok_or_else(|| {
             DataFusionError::Internal(format!(
                 "scan of unknown data file {}",
@@ -749,6 +757,7 @@ impl ParquetFileReaderFactory for ChunkReaderFactory {
             chunk,
             prefetch_bytes: metadata_size_hint
                 .unwrap_or_else(|| footer_prefetch_bytes(chunk.size_bytes)),
+            bytes_scanned,
         }))
     }
 }
@@ -769,6 +778,8 @@ struct ChunkReader {
     memory: Option<Bytes>,
     chunk: ChunkRef,
     prefetch_bytes: usize,
+    /// Bytes fetched, for the scan's metrics.
+    bytes_scanned: datafusion::physical_plan::metrics::Count,
 }
 
 impl ChunkReader {
@@ -819,6 +830,7 @@ impl AsyncFileReader for ChunkReader {
                     "range {range:?} beyond data file of {len} bytes"
                 )));
             }
+            self.bytes_scanned.add((range.end - range.start) as usize);
             if let Some(bytes) = self.memory().await? {
                 return Ok(bytes.slice(range.start as usize..range.end as usize));
             }

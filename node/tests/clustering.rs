@@ -110,6 +110,11 @@ async fn clustered_files_are_sorted_re_clustered_and_pruned() {
     );
     // Sorted within the file: row groups are pruned by their statistics.
     let analyzed = explain(&client, point, true).await;
+    // The scan reports the bytes its reader fetched.
+    assert!(
+        !analyzed.contains("bytes_scanned=0,"),
+        "no bytes_scanned recorded:\n{analyzed}"
+    );
     let skipped = pruned(&analyzed, "row_groups_pruned_statistics");
     assert!(
         skipped.is_some_and(|p| p > 0),
