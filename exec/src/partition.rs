@@ -487,10 +487,10 @@ pub fn check_required_filters(plan: &LogicalPlan, state: &SessionState) -> Resul
     optimized
         .apply(|node| {
             if let LogicalPlan::TableScan(scan) = node
-                && let Some((table, column)) = required(&scan.source)
-                && !usable_filter(state, &scan.filters, &table, &column)
+                && let Some(required) = required(&scan.source)
+                && !usable_filter(state, &scan.filters, &required)
             {
-                refused = Some((table.table().name.clone(), column.name.clone()));
+                refused = Some((required.name, required.column.name));
                 return Ok(TreeNodeRecursion::Stop);
             }
             Ok(TreeNodeRecursion::Continue)
@@ -522,11 +522,17 @@ fn scans_requiring_filter(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// The table of a scan whose table requires a partition filter, with its
-/// partitioning column.
-fn required(
-    source: &Arc<dyn datafusion::logical_expr::TableSource>,
-) -> Option<(SnapshotTableRef, Column)> {
+/// A scanned table that requires a partition filter: its name, schema
+/// and partitioning column.
+struct Required {
+    name: String,
+    schema: SchemaRef,
+    column: Column,
+}
+
+/// What a scan of `source` requires, if its table requires a partition
+/// filter.
+fn required(source: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<Required> {
     let provider = source_as_provider(source).ok()?;
     let table = provider.downcast_ref::<SnapshotTable>()?;
     let partitioning = table.table().partitioning.clone()?;
@@ -538,41 +544,29 @@ fn required(
         .iter()
         .find(|c| c.field_id == partitioning.field_id)?
         .clone();
-    Some((SnapshotTableRef(provider.clone()), column))
+    Some(Required {
+        name: table.table().name.clone(),
+        schema: provider.schema(),
+        column,
+    })
 }
 
-/// A scan's table, kept alive.
-struct SnapshotTableRef(Arc<dyn datafusion::catalog::TableProvider>);
-
-impl SnapshotTableRef {
-    fn table(&self) -> &quarry_common::catalog::Table {
-        self.0
-            .downcast_ref::<SnapshotTable>()
-            .expect("made from a SnapshotTable")
-            .table()
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.0.schema()
-    }
-}
-
-/// Whether `filters` hold a condition on `column` that can skip partitions.
-fn usable_filter(
-    state: &SessionState,
-    filters: &[Expr],
-    table: &SnapshotTableRef,
-    column: &Column,
-) -> bool {
+/// Whether `filters` hold a condition on the partitioning column that can
+/// skip partitions.
+fn usable_filter(state: &SessionState, filters: &[Expr], required: &Required) -> bool {
     let on_column: Vec<Expr> = filters
         .iter()
-        .filter(|f| f.column_refs().iter().any(|c| c.name == column.name))
+        .filter(|f| {
+            f.column_refs()
+                .iter()
+                .any(|c| c.name == required.column.name)
+        })
         .cloned()
         .collect();
     let Some(Ok(expr)) = conjunction(on_column).map(crate::rewrite::unqualified) else {
         return false;
     };
-    let schema = table.schema();
+    let schema = required.schema.clone();
     let Ok(df_schema) = DFSchema::try_from(schema.as_ref().clone()) else {
         return false;
     };
