@@ -1593,58 +1593,54 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             schema,
             name,
             partitioning,
-        } => {
-            let table = catalog
-                .table(schema, name)
-                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
-            if table.snapshots.len() != 1 || table.partitioning.is_some() {
-                return Err(CatalogError::Partitioning(format!(
-                    "\"{name}\" can only be partitioned when it is created"
-                )));
-            }
-            if !table.columns.iter().any(|c| {
-                c.field_id == partitioning.field_id && c.column_type == partitioning.column_type
-            }) {
-                return Err(CatalogError::Partitioning(format!(
-                    "\"{name}\" has no column with field id {} of type {}",
-                    partitioning.field_id, partitioning.column_type
-                )));
-            }
-            let key = (schema.clone(), name.clone());
-            let entry = catalog.tables.get_mut(&key).expect("found above");
-            Arc::make_mut(entry).partitioning = Some(Arc::new(partitioning.clone()));
-            Ok(Applied::Nothing)
-        }
+        } => set_at_creation(
+            catalog,
+            schema,
+            name,
+            "partitioned",
+            |table| {
+                let column = table.columns.iter().any(|c| {
+                    c.field_id == partitioning.field_id && c.column_type == partitioning.column_type
+                });
+                (table.partitioning.is_none() && column)
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!(
+                            "has a partitioning already, or no column with field id {} of type {}",
+                            partitioning.field_id, partitioning.column_type
+                        )
+                    })
+            },
+            |table| table.partitioning = Some(Arc::new(partitioning.clone())),
+        ),
         Command::SetFileLayout {
             schema,
             name,
             layout,
-        } => {
-            let table = catalog
-                .table(schema, name)
-                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
-            if table.snapshots.len() != 1 || table.file_layout.is_some() {
-                return Err(CatalogError::Partitioning(format!(
-                    "\"{name}\" can only be clustered when it is created"
-                )));
-            }
-            let known = |id: &FieldId| table.columns.iter().any(|c| c.field_id == *id);
-            if layout.cluster_by.len() > MAX_CLUSTER_COLUMNS
-                || !layout
-                    .cluster_by
-                    .iter()
-                    .chain(&layout.bloom_filters)
-                    .all(known)
-            {
-                return Err(CatalogError::Partitioning(format!(
-                    "\"{name}\": at most {MAX_CLUSTER_COLUMNS} clustering columns, each a column of the table"
-                )));
-            }
-            let key = (schema.clone(), name.clone());
-            let entry = catalog.tables.get_mut(&key).expect("found above");
-            Arc::make_mut(entry).file_layout = Some(Arc::new(layout.clone()));
-            Ok(Applied::Nothing)
-        }
+        } => set_at_creation(
+            catalog,
+            schema,
+            name,
+            "clustered",
+            |table| {
+                let known = |id: &FieldId| table.columns.iter().any(|c| c.field_id == *id);
+                let fits = layout.cluster_by.len() <= MAX_CLUSTER_COLUMNS
+                    && layout
+                        .cluster_by
+                        .iter()
+                        .chain(&layout.bloom_filters)
+                        .all(known);
+                (table.file_layout.is_none() && fits)
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!(
+                            "has a file layout already, or more than {MAX_CLUSTER_COLUMNS} \
+                         clustering columns, or a column it does not have"
+                        )
+                    })
+            },
+            |table| table.file_layout = Some(Arc::new(layout.clone())),
+        ),
         Command::CreateView { view, or_replace } => {
             if !catalog.schemas.contains_key(&view.schema) {
                 return Err(CatalogError::SchemaNotFound(view.schema.clone()));
@@ -2383,6 +2379,35 @@ pub fn columns_from_defs(defs: &[ColumnDef]) -> Vec<Column> {
             default: c.default.clone(),
         })
         .collect()
+}
+
+/// Changes table `schema.name` by `set` if it was just created (its one
+/// snapshot's files written for the change) and `fits` accepts it:
+/// `Command::SetPartitioning` and `Command::SetFileLayout`, proposed in
+/// one batch with the CREATE TABLE. [`CatalogError::Partitioning`]
+/// otherwise, naming what it was to be (`partitioned`, `clustered`).
+fn set_at_creation(
+    catalog: &mut Catalog,
+    schema: &str,
+    name: &str,
+    what: &str,
+    fits: impl FnOnce(&Table) -> Result<(), String>,
+    set: impl FnOnce(&mut Table),
+) -> Result<Applied, CatalogError> {
+    let table = catalog
+        .table(schema, name)
+        .ok_or_else(|| CatalogError::TableNotFound(name.to_owned()))?;
+    if table.snapshots.len() != 1 {
+        return Err(CatalogError::Partitioning(format!(
+            "\"{name}\" can only be {what} when it is created"
+        )));
+    }
+    fits(table).map_err(|why| CatalogError::Partitioning(format!("\"{name}\" {why}")))?;
+    let key = (schema.to_owned(), name.to_owned());
+    set(Arc::make_mut(
+        catalog.tables.get_mut(&key).expect("found above"),
+    ));
+    Ok(Applied::Nothing)
 }
 
 /// Whether a column of type `from` may become `to` without rewriting or losing

@@ -643,44 +643,38 @@ impl Session {
                     (columns, Vec::new(), Vec::new())
                 }
             };
-            // A clone is partitioned as its source; a new table as it says.
-            let partitioning = match &create.clone {
+            // A clone is laid out as its source; a new table as it says.
+            let (partitioning, file_layout) = match &create.clone {
                 Some(source_name) => {
-                    if create.partition_by.is_some() || options.partition_options {
-                        return Err(user_error(
-                            SqlState::FEATURE_NOT_SUPPORTED,
+                    let refused = if create.partition_by.is_some() || options.partition_options {
+                        Some(
                             "a clone is partitioned as its source: PARTITION BY and its options do not apply",
-                        ));
-                    }
-                    self.table(&view.catalog, source_name)?
-                        .partitioning
-                        .as_deref()
-                        .cloned()
-                }
-                None => create_partitioning(
-                    create.partition_by.as_deref(),
-                    &columns_from_defs(&columns),
-                    &options,
-                )?,
-            };
-            let file_layout = match &create.clone {
-                Some(source_name) => {
-                    if create.cluster_by.is_some() || !options.bloom_filter_columns.is_empty() {
-                        return Err(user_error(
-                            SqlState::FEATURE_NOT_SUPPORTED,
+                        )
+                    } else if create.cluster_by.is_some()
+                        || !options.bloom_filter_columns.is_empty()
+                    {
+                        Some(
                             "a clone is clustered as its source: CLUSTER BY and bloom_filter_columns do not apply",
-                        ));
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(message) = refused {
+                        return Err(user_error(SqlState::FEATURE_NOT_SUPPORTED, message));
                     }
-                    self.table(&view.catalog, source_name)?
-                        .file_layout
-                        .as_deref()
-                        .cloned()
+                    let source = self.table(&view.catalog, source_name)?;
+                    (
+                        source.partitioning.as_deref().cloned(),
+                        source.file_layout.as_deref().cloned(),
+                    )
                 }
-                None => create_file_layout(
-                    create.cluster_by.as_ref(),
-                    &columns_from_defs(&columns),
-                    &options,
-                )?,
+                None => {
+                    let columns = columns_from_defs(&columns);
+                    (
+                        create_partitioning(create.partition_by.as_deref(), &columns, &options)?,
+                        create_file_layout(create.cluster_by.as_ref(), &columns, &options)?,
+                    )
+                }
             };
             let mut columns: Vec<ColumnDef> = columns;
             // A primary key's columns are NOT NULL (PostgreSQL's rule).
