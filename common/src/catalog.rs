@@ -298,6 +298,35 @@ pub struct Table {
     /// own in the Raft snapshot file.
     #[serde(skip)]
     pub file_layout: Option<Arc<crate::partition::FileLayout>>,
+    /// Rows of data files deleted without rewriting the files (deletion
+    /// vectors: merge-on-read DELETE and UPDATE), by chunk: each file's
+    /// vectors, oldest first, each holding every row deleted as of its
+    /// snapshot. Records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub deletes: OrdMap<ChunkId, Vector<DeletionVector>>,
+}
+
+/// The rows of one data file deleted as of a snapshot: positions counted
+/// from 0 in the file's row order, as a roaring bitmap (Chambi et al.,
+/// "Better bitmap performance with Roaring bitmaps", 2016; Iceberg v3's
+/// and Delta Lake's deletion vectors are the same idea). A scan skips
+/// them; the compactor rewrites a file without them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletionVector {
+    /// The snapshot from which on these rows are deleted (until a newer
+    /// vector of the same file, or the file's removal).
+    pub snapshot: SnapshotId,
+    /// The deleted rows' positions.
+    pub rows: Arc<roaring::RoaringBitmap>,
+}
+
+/// Why rows could not be deleted by a deletion vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteConflict {
+    /// The file is not in the current snapshot (a commit removed it).
+    FileGone,
+    /// A commit deleted one of the rows already (or there is no such row).
+    RowGone,
 }
 
 /// Rows `first_row .. first_row + rows` of a data file: where rows of a
@@ -368,17 +397,118 @@ impl Table {
     }
 
     /// Marks the live files of `chunks` removed in snapshot `snapshot`;
-    /// returns the rows they held. Chunks that are not live are skipped.
+    /// returns the rows they held (less those deleted by their deletion
+    /// vectors). Chunks that are not live are skipped.
     pub fn remove_files(&mut self, chunks: &[ChunkId], snapshot: SnapshotId) -> u64 {
         let mut rows = 0;
         for chunk in chunks {
             if let Some(i) = self.live_files.remove(chunk) {
+                let deleted = self.deleted_count(*chunk, snapshot);
                 let entry = &mut self.files[i];
                 entry.removed_in = Some(snapshot);
-                rows += entry.file.row_count;
+                rows += entry.file.row_count - deleted;
             }
         }
         rows
+    }
+
+    /// The rows of data file `chunk` deleted as of snapshot `snapshot`
+    /// (its newest deletion vector no newer than it), if any are.
+    pub fn deleted_rows(
+        &self,
+        chunk: ChunkId,
+        snapshot: SnapshotId,
+    ) -> Option<&Arc<roaring::RoaringBitmap>> {
+        self.deletes
+            .get(&chunk)?
+            .iter()
+            .rev()
+            .find(|v| v.snapshot <= snapshot)
+            .map(|v| &v.rows)
+    }
+
+    /// How many rows of data file `chunk` are deleted as of `snapshot`.
+    pub fn deleted_count(&self, chunk: ChunkId, snapshot: SnapshotId) -> u64 {
+        self.deleted_rows(chunk, snapshot).map_or(0, |r| r.len())
+    }
+
+    /// The snapshot of data file `chunk`'s newest deletion vector, if it
+    /// has one: a commit that read the file before it would undo its
+    /// deletes by rewriting the file.
+    pub fn deleted_since(&self, chunk: ChunkId) -> Option<SnapshotId> {
+        self.deletes.get(&chunk)?.last().map(|v| v.snapshot)
+    }
+
+    /// Checks that `rows` of live data file `chunk` can be deleted now:
+    /// the file is live, each row exists, and none is deleted already.
+    ///
+    /// # Errors
+    /// What stands in the way.
+    pub fn check_delete(
+        &self,
+        chunk: ChunkId,
+        rows: &roaring::RoaringBitmap,
+    ) -> Result<(), DeleteConflict> {
+        let entry = self.live_file(chunk).ok_or(DeleteConflict::FileGone)?;
+        if rows
+            .max()
+            .is_some_and(|last| u64::from(last) >= entry.file.row_count)
+        {
+            return Err(DeleteConflict::RowGone);
+        }
+        if let Some(deleted) = self.deletes.get(&chunk).and_then(|h| h.last())
+            && !deleted.rows.is_disjoint(rows)
+        {
+            return Err(DeleteConflict::RowGone);
+        }
+        Ok(())
+    }
+
+    /// Deletes `rows` of live data file `chunk` from snapshot `snapshot` on
+    /// (checked by [`Table::check_delete`] first); returns how many.
+    pub fn delete_rows(
+        &mut self,
+        chunk: ChunkId,
+        rows: &roaring::RoaringBitmap,
+        snapshot: SnapshotId,
+    ) -> u64 {
+        let history = self.deletes.entry(chunk).or_default();
+        let mut all = history
+            .last()
+            .map(|v| v.rows.as_ref().clone())
+            .unwrap_or_default();
+        let before = all.len();
+        all |= rows;
+        let added = all.len() - before;
+        if history.last().is_some_and(|v| v.snapshot == snapshot) {
+            history.pop_back();
+        }
+        history.push_back(DeletionVector {
+            snapshot,
+            rows: Arc::new(all),
+        });
+        added
+    }
+
+    /// Forgets deletion vectors no snapshot from `keep_from` on reads: those
+    /// of files no longer in the table, and each file's vectors older than
+    /// the one `keep_from` reads.
+    pub fn expire_deletes(&mut self, keep_from: SnapshotId) {
+        let files: std::collections::HashSet<ChunkId> =
+            self.files.iter().map(|e| e.file.chunk).collect();
+        let chunks: Vec<ChunkId> = self.deletes.keys().copied().collect();
+        for chunk in chunks {
+            if !files.contains(&chunk) {
+                self.deletes.remove(&chunk);
+                continue;
+            }
+            let Some(history) = self.deletes.get_mut(&chunk) else {
+                continue;
+            };
+            if let Some(read) = history.iter().rposition(|v| v.snapshot <= keep_from) {
+                let _older = history.slice(..read);
+            }
+        }
     }
 
     /// Rebuilds `live_files` from `files` (after decoding, or after `files`

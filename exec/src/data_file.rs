@@ -934,6 +934,7 @@ mod tests {
             live_files: Default::default(),
             buffer: Default::default(),
             moved: Default::default(),
+            deletes: Default::default(),
             retention_micros: None,
             layout: None,
             partitioning: None,

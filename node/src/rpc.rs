@@ -44,8 +44,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `SpillBuffered`; version 17: fragment reports carry their cost, and the
 /// job and backend requests; version 18: `SetMaintenance` and the drain
 /// requests; version 19: `StartRebalance`, `FinishRebalance`,
-/// `Decommission`, `Restore`), needs a new version.
-pub const WIRE_VERSION: u8 = 20;
+/// `Decommission`, `Restore`; version 20: `SetPartitioning`,
+/// `SetFileLayout`; version 21: `CommitRows`, `SetDeletes`), needs a new
+/// version.
+pub const WIRE_VERSION: u8 = 21;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.

@@ -569,6 +569,70 @@ pub enum Command {
         /// The layout.
         layout: FileLayout,
     },
+    /// `commit` (a [`Command::Commit`] or [`Command::CommitBuffered`])
+    /// that also deletes rows of committed data files by deletion vectors
+    /// (merge-on-read DELETE and UPDATE), in the same new snapshot of each
+    /// table, applied all together or not at all.
+    ///
+    /// Conflicts are decided per row: deleting a row some commit deleted
+    /// first, or a row of a file some commit removed, fails
+    /// ([`CatalogError::SerializationFailure`]); rows of one file that two
+    /// transactions delete apart both go. A file `commit` removes must
+    /// have no deletion vector newer than the snapshot its table was read
+    /// at (`read_at`): the rewrite, made from the rows it read, would bring
+    /// those rows back.
+    CommitRows {
+        /// The commit of the files added and removed; it names every table
+        /// of `deletes` (with no files, if need be).
+        commit: Box<Command>,
+        /// The rows deleted.
+        deletes: Vec<RowDeletes>,
+        /// Each changed table and the snapshot the transaction read it at.
+        read_at: Vec<(TableId, SnapshotId)>,
+    },
+    /// Gives table `schema.name`, just created as a CLONE, its source's
+    /// deletion vectors as of the snapshot cloned, by chunk (each a roaring
+    /// bitmap in its portable serialization), in its creation snapshot
+    /// (proposed in one batch with its CREATE TABLE).
+    /// [`CatalogError::Partitioning`] when the table has more than one
+    /// snapshot or a chunk is not one of its files.
+    SetDeletes {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        name: String,
+        /// The deleted rows of each file.
+        deletes: Vec<(ChunkId, bytes::Bytes)>,
+    },
+}
+
+/// Rows of one committed data file that a commit deletes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowDeletes {
+    /// The table.
+    pub table: TableId,
+    /// The data file.
+    pub chunk: ChunkId,
+    /// The rows' positions in the file, as a roaring bitmap in its portable
+    /// serialization (<https://github.com/RoaringBitmap/RoaringFormatSpec>).
+    pub rows: bytes::Bytes,
+}
+
+/// A roaring bitmap in its portable serialization.
+pub fn encode_rows(rows: &roaring::RoaringBitmap) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(rows.serialized_size());
+    rows.serialize_into(&mut out)
+        .expect("writing to a Vec does not fail");
+    out.into()
+}
+
+/// The roaring bitmap `bytes` holds ([`encode_rows`]).
+///
+/// # Errors
+/// [`CatalogError::BadRows`] when the bytes are not one.
+pub fn decode_rows(bytes: &[u8]) -> Result<roaring::RoaringBitmap, CatalogError> {
+    roaring::RoaringBitmap::deserialize_from(bytes)
+        .map_err(|e| CatalogError::BadRows(e.to_string()))
 }
 
 impl Command {
@@ -607,6 +671,20 @@ impl Command {
             Command::Batch(commands) | Command::Transaction { commands, .. } => commands
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
+            Command::CommitRows {
+                commit,
+                deletes,
+                read_at,
+            } => {
+                commit.remap_tables(ids)?;
+                for delete in deletes {
+                    map(&mut delete.table)?;
+                }
+                for (table, _) in read_at {
+                    map(table)?;
+                }
+                Ok(())
+            }
             Command::Owned { command, .. } => command.remap_tables(ids),
             Command::Append { change, .. }
             | Command::MoveBuffered { change, .. }
@@ -946,6 +1024,10 @@ pub enum CatalogError {
     /// Bytes for the ingest buffer of a file the commit does not add.
     #[error("buffered file {0} is not a file the commit adds")]
     BufferedFile(ChunkId),
+    /// A deletion vector that is not a roaring bitmap, or a commit whose
+    /// deletes do not fit its changes.
+    #[error("invalid row deletes: {0}")]
+    BadRows(String),
 }
 
 impl CatalogError {
@@ -993,7 +1075,9 @@ impl CatalogError {
             CatalogError::ChannelState { .. } => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             CatalogError::ChannelNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::AppendRemoves => SqlState::INTERNAL_ERROR,
-            CatalogError::BufferMove(_) | CatalogError::BufferedFile(_) => SqlState::INTERNAL_ERROR,
+            CatalogError::BufferMove(_)
+            | CatalogError::BufferedFile(_)
+            | CatalogError::BadRows(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
             CatalogError::Partitioning(_) => SqlState::INVALID_TABLE_DEFINITION,
         }
@@ -1238,6 +1322,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 live_files: imbl::OrdMap::new(),
                 buffer: Default::default(),
                 moved: Default::default(),
+                deletes: Default::default(),
                 retention_micros: *retention_micros,
                 layout: *layout,
                 partitioning: None,
@@ -1394,6 +1479,11 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     .map(|(chunk, ranges)| (*chunk, ranges.iter().map(|r| r.rows).sum()))
                     .collect();
                 for chunk in &change.removed {
+                    // A move copies every row: one deleted by a vector
+                    // meanwhile would come back.
+                    if table.deletes.contains_key(chunk) {
+                        return Err(CatalogError::SerializationFailure(table.name.clone()));
+                    }
                     let whole = table.buffer.contains_key(chunk)
                         && table
                             .live_file(*chunk)
@@ -1517,6 +1607,7 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                 table.moved.remove(chunk);
             }
             table.reindex();
+            table.expire_deletes(*keep_from);
             expired.extend(catalog.drop_dead_stripes());
             Ok(Applied::Expired { chunks: expired })
         }
@@ -1613,6 +1704,44 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             },
             |table| table.partitioning = Some(Arc::new(partitioning.clone())),
         ),
+        Command::CommitRows {
+            commit,
+            deletes,
+            read_at,
+        } => commit_rows(catalog, proposal.proposed_at, commit, deletes, read_at),
+        Command::SetDeletes {
+            schema,
+            name,
+            deletes,
+        } => {
+            let decoded = deletes
+                .iter()
+                .map(|(chunk, rows)| Ok((*chunk, decode_rows(rows)?)))
+                .collect::<Result<Vec<_>, CatalogError>>()?;
+            set_at_creation(
+                catalog,
+                schema,
+                name,
+                "given deleted rows",
+                |table| {
+                    decoded
+                        .iter()
+                        .all(|(chunk, rows)| table.check_delete(*chunk, rows).is_ok())
+                        .then_some(())
+                        .ok_or_else(|| "has no such rows to delete".to_owned())
+                },
+                |table| {
+                    let snapshot = table.current_snapshot().id;
+                    let mut deleted = 0;
+                    for (chunk, rows) in &decoded {
+                        deleted += table.delete_rows(*chunk, rows, snapshot);
+                    }
+                    let creation = table.snapshots.back_mut().expect("one snapshot");
+                    creation.row_count -= deleted;
+                    creation.rows_added -= deleted;
+                },
+            )
+        }
         Command::SetFileLayout {
             schema,
             name,
@@ -2158,6 +2287,92 @@ fn commit(
         snapshot,
         committed_at,
     })
+}
+
+/// Applies [`Command::CommitRows`]: checks its deletes and removals
+/// against the catalog, applies its commit, then records the deletes in
+/// the commit's snapshot.
+fn commit_rows(
+    catalog: &mut Catalog,
+    proposed_at: TimestampMicros,
+    inner: &Command,
+    deletes: &[RowDeletes],
+    read_at: &[(TableId, SnapshotId)],
+) -> Result<Applied, CatalogError> {
+    let changes = match inner {
+        Command::Commit { changes, .. } | Command::CommitBuffered { changes, .. } => changes,
+        _ => {
+            return Err(CatalogError::BadRows(
+                "they go with a data commit only".to_owned(),
+            ));
+        }
+    };
+    let table_of = |id: TableId| {
+        catalog
+            .table_by_id(id)
+            .ok_or_else(|| CatalogError::TableNotFound(format!("table id {id}")))
+    };
+    for (id, read) in read_at {
+        let table = table_of(*id)?;
+        let removed = changes
+            .iter()
+            .filter(|c| c.table == *id)
+            .flat_map(|c| &c.removed);
+        for chunk in removed {
+            if table.deleted_since(*chunk).is_some_and(|at| at > *read) {
+                return Err(CatalogError::SerializationFailure(table.name.clone()));
+            }
+        }
+    }
+    let mut decoded = Vec::with_capacity(deletes.len());
+    for delete in deletes {
+        let table = table_of(delete.table)?;
+        let Some(change) = changes.iter().find(|c| c.table == delete.table) else {
+            return Err(CatalogError::BadRows(format!(
+                "the commit does not change \"{}\"",
+                table.name
+            )));
+        };
+        if change.removed.contains(&delete.chunk) {
+            return Err(CatalogError::BadRows(format!(
+                "data file {} is both removed and given deleted rows",
+                delete.chunk
+            )));
+        }
+        let rows = decode_rows(&delete.rows)?;
+        table
+            .check_delete(delete.chunk, &rows)
+            .map_err(|_| CatalogError::SerializationFailure(table.name.clone()))?;
+        decoded.push((delete.table, delete.chunk, rows));
+    }
+    let proposal = Proposal {
+        command: inner.clone(),
+        proposed_at,
+    };
+    if decoded.is_empty() {
+        return apply(catalog, &proposal);
+    }
+    // Two deletes of one file in the list are checked against each other
+    // as they apply, so they apply to a copy first.
+    let mut scratch = catalog.clone();
+    let applied = apply(&mut scratch, &proposal)?;
+    let Applied::Commit { snapshot, .. } = applied else {
+        return Err(CatalogError::BadRows(
+            "they go with a data commit only".to_owned(),
+        ));
+    };
+    for (id, chunk, rows) in &decoded {
+        let table = committed_table(&mut scratch, *id);
+        if table.check_delete(*chunk, rows).is_err() {
+            return Err(CatalogError::SerializationFailure(table.name.clone()));
+        }
+        let deleted = table.delete_rows(*chunk, rows, snapshot);
+        let current = table.snapshots.back_mut().expect("just committed");
+        current.row_count -= deleted;
+        current.operation = Operation::Rewrite;
+    }
+    *catalog = scratch;
+    Ok(applied)
 }
 
 /// The buffered and moved files among `files` (a CLONE's, shared with its

@@ -29,7 +29,8 @@ mod state_machine;
 
 pub use command::{
     Applied, CatalogError, ColumnDef, Command, ConstraintDef, ConstraintDefKind, PUBLIC_NAME,
-    Proposal, RoleOptions, SchemaChange, TableChange, created_tables,
+    Proposal, RoleOptions, RowDeletes, SchemaChange, TableChange, created_tables, decode_rows,
+    encode_rows,
 };
 pub use error::{Error, Result};
 pub use meta::{LeaderLink, Meta, MetaConfig, NoLink, now_micros};

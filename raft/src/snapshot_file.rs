@@ -27,8 +27,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, ChunkId, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId, PendingChannel,
-    Rebalance, RowRange, SchemaId, Stripe, Table, TableId, TableNotes, View,
+    Catalog, ChunkId, DeletionVector, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId,
+    PendingChannel, Rebalance, RowRange, SchemaId, SnapshotId, Stripe, Table, TableId, TableNotes,
+    View,
 };
 use quarry_common::partition::{FileLayout, Partitioning};
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
@@ -132,6 +133,15 @@ enum Record<'a> {
         table: TableId,
         layout: Cow<'a, FileLayout>,
     },
+    /// One deletion vector of one data file of a table (live or dropped),
+    /// a roaring bitmap in its portable serialization; a file's vectors
+    /// are written oldest first.
+    Deletes {
+        table: TableId,
+        chunk: ChunkId,
+        snapshot: SnapshotId,
+        rows: bytes::Bytes,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -145,6 +155,7 @@ struct TableRecords {
     moved: Vec<(ChunkId, Vec<RowRange>)>,
     partitioning: Option<Arc<Partitioning>>,
     file_layout: Option<Arc<FileLayout>>,
+    deletes: Vec<(ChunkId, DeletionVector)>,
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -321,6 +332,16 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
                 layout: Cow::Borrowed(layout.as_ref()),
             })?;
         }
+        for (chunk, history) in &table.deletes {
+            for vector in history {
+                writer.put(&Record::Deletes {
+                    table: table.id,
+                    chunk: *chunk,
+                    snapshot: vector.snapshot,
+                    rows: crate::command::encode_rows(&vector.rows),
+                })?;
+            }
+        }
     }
     let records = writer.records;
     writer.put(&Record::End { records })?;
@@ -470,6 +491,22 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             Record::FileLayout { table, layout } => {
                 buffers.entry(table).or_default().file_layout = Some(Arc::new(layout.into_owned()));
             }
+            Record::Deletes {
+                table,
+                chunk,
+                snapshot,
+                rows,
+            } => {
+                let rows = crate::command::decode_rows(&rows)
+                    .map_err(|e| invalid(format!("table {table}, data file {chunk}: {e}")))?;
+                buffers.entry(table).or_default().deletes.push((
+                    chunk,
+                    DeletionVector {
+                        snapshot,
+                        rows: Arc::new(rows),
+                    },
+                ));
+            }
             Record::External { table, source } => {
                 catalog
                     .external
@@ -513,6 +550,9 @@ fn restore_buffers(catalog: &mut Catalog, mut buffers: BufferRecords) {
             table.moved.extend(records.moved);
             table.partitioning = records.partitioning;
             table.file_layout = records.file_layout;
+            for (chunk, vector) in records.deletes {
+                table.deletes.entry(chunk).or_default().push_back(vector);
+            }
         }
     };
     let keys: Vec<(String, String)> = catalog.tables.keys().cloned().collect();

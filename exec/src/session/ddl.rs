@@ -837,6 +837,7 @@ impl Session {
             live_files: Default::default(),
             buffer: Default::default(),
             moved: Default::default(),
+            deletes: Default::default(),
             retention_micros,
             layout,
             partitioning: partitioning.clone().map(Arc::new),

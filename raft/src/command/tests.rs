@@ -1734,3 +1734,184 @@ fn a_commit_holds_its_small_files_in_the_buffer_and_replaced_ones_are_spilled_an
         Err(CatalogError::BufferMove(ChunkId(10)))
     ));
 }
+
+/// A commit of table `table` deleting `rows` of file `chunk` (adding
+/// `added`), having read the table at snapshot `read`.
+fn delete_rows(
+    table: TableId,
+    chunk: u128,
+    rows: &[u32],
+    added: Vec<DataFile>,
+    read: SnapshotId,
+) -> Command {
+    Command::CommitRows {
+        commit: Box::new(append(table, added)),
+        deletes: vec![RowDeletes {
+            table,
+            chunk: ChunkId(chunk),
+            rows: encode_rows(&rows.iter().copied().collect()),
+        }],
+        read_at: vec![(table, read)],
+    }
+}
+
+#[test]
+fn deletes_of_different_rows_of_one_file_both_commit_and_of_one_row_conflict() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(10)])).expect("append");
+    let read = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    // Two transactions read the same snapshot; each updates other rows.
+    run(
+        &mut catalog,
+        delete_rows(t, 10, &[1, 2], vec![file(2)], read),
+    )
+    .expect("first");
+    let after_first = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, delete_rows(t, 10, &[5], vec![file(1)], read)).expect("second");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.current_snapshot().row_count, 10 - 3 + 2 + 1);
+    assert_eq!(table.current_snapshot().operation, Operation::Rewrite);
+    let deleted: Vec<u32> = table
+        .deleted_rows(ChunkId(10), table.current_snapshot().id)
+        .expect("vector")
+        .iter()
+        .collect();
+    assert_eq!(deleted, vec![1, 2, 5]);
+    // Time travel: each snapshot reads the vector it had.
+    assert_eq!(table.deleted_count(ChunkId(10), read), 0);
+    assert_eq!(table.deleted_count(ChunkId(10), after_first), 2);
+    // A third deletes row 2 again: the later one loses, and nothing of its
+    // commit (its added file) stays.
+    let before = catalog.clone();
+    let result = run(
+        &mut catalog,
+        delete_rows(t, 10, &[2, 7], vec![file(3)], read),
+    );
+    assert_eq!(result, Err(CatalogError::SerializationFailure("t".into())));
+    assert_eq!(catalog, before);
+    // Rows past the file's end are refused too.
+    assert!(run(&mut catalog, delete_rows(t, 10, &[10], vec![], read)).is_err());
+}
+
+#[test]
+fn a_rewrite_of_a_file_that_lost_rows_after_it_was_read_conflicts() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(10)])).expect("append");
+    let read = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, delete_rows(t, 10, &[4], vec![], read)).expect("delete");
+    let rewrite = |read| Command::CommitRows {
+        commit: Box::new(Command::Commit {
+            changes: vec![TableChange {
+                table: t,
+                added: vec![file(9)],
+                removed: vec![ChunkId(10)],
+                stripes: vec![],
+            }],
+            read_set: vec![],
+        }),
+        deletes: vec![],
+        read_at: vec![(t, read)],
+    };
+    // Read before the delete: its new file would bring row 4 back.
+    assert_eq!(
+        run(&mut catalog, rewrite(read)),
+        Err(CatalogError::SerializationFailure("t".into()))
+    );
+    // Read after it (the compactor folding the vector): fine, and the
+    // rows removed are those still there.
+    let now = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, rewrite(now)).expect("fold");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.current_snapshot().row_count, 9);
+}
+
+#[test]
+fn deletion_vectors_expire_with_their_snapshots_and_survive_the_snapshot_file() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, append(t, vec![file(10), file(20)])).expect("append");
+    let read = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, delete_rows(t, 10, &[1], vec![], read)).expect("first");
+    run(&mut catalog, delete_rows(t, 10, &[3], vec![], read)).expect("second");
+    run(&mut catalog, delete_rows(t, 20, &[0, 19], vec![], read)).expect("third");
+    let mut bytes = Vec::new();
+    crate::snapshot_file::write(&catalog, &mut bytes).expect("write");
+    let read_back = crate::snapshot_file::read(&bytes[..]).expect("read");
+    assert_eq!(read_back, catalog);
+    let keep_from = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(
+        &mut catalog,
+        Command::ExpireSnapshots {
+            table: t,
+            keep_from,
+        },
+    )
+    .expect("expire");
+    let table = catalog.table("public", "t").expect("t");
+    assert_eq!(table.deletes[&ChunkId(10)].len(), 1);
+    assert_eq!(table.deleted_count(ChunkId(10), keep_from), 2);
+    assert_eq!(table.deleted_count(ChunkId(20), keep_from), 2);
+}
+
+#[test]
+fn a_buffer_move_of_a_file_with_deleted_rows_is_refused() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("create");
+    let t = catalog.table("public", "t").expect("t").id;
+    run(&mut catalog, buffered_append(t, 0, 10)).expect("buffered");
+    let chunk = catalog
+        .table("public", "t")
+        .expect("t")
+        .buffered_files()
+        .next()
+        .expect("one")
+        .chunk;
+    let read = catalog
+        .table("public", "t")
+        .expect("t")
+        .current_snapshot()
+        .id;
+    run(&mut catalog, delete_rows(t, chunk.0, &[0], vec![], read)).expect("delete");
+    let moved = Command::MoveBuffered {
+        change: TableChange {
+            table: t,
+            added: vec![file(10)],
+            removed: vec![chunk],
+            stripes: vec![],
+        },
+        moved: vec![(chunk, vec![range(10, 0, 10)])],
+    };
+    assert_eq!(
+        run(&mut catalog, moved),
+        Err(CatalogError::SerializationFailure("t".into()))
+    );
+}
