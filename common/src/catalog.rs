@@ -1140,6 +1140,7 @@ mod tests {
             live_files: OrdMap::new(),
             buffer: OrdMap::new(),
             moved: OrdMap::new(),
+            deletes: OrdMap::new(),
             retention_micros: Some(50),
             layout: None,
             partitioning: None,

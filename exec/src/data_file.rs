@@ -24,8 +24,9 @@ use quarry_common::catalog::{
     ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
 };
 use quarry_common::partition::{PartitionKey, Partitioning};
-use quarry_raft::TableChange;
+use quarry_raft::{RowDeletes, TableChange};
 use quarry_storage::ChunkRef;
+use roaring::RoaringBitmap;
 
 use crate::chunks::{DataFileStore, FileSink};
 
@@ -80,12 +81,19 @@ pub struct Taken {
     pub reads: Vec<(TableId, SnapshotId)>,
     /// The bytes of the added files held in memory, for the ingest buffer.
     pub held: Vec<(ChunkId, Bytes)>,
+    /// Rows of committed data files deleted (deletion vectors); each
+    /// table with some has an entry in `changes`.
+    pub deletes: Vec<RowDeletes>,
 }
+
+/// Rows of committed data files a transaction deleted, by table and file.
+type Deletes = BTreeMap<TableId, BTreeMap<ChunkId, RoaringBitmap>>;
 
 #[derive(Debug, Default)]
 struct Pending {
     added: BTreeMap<TableId, Vec<DataFile>>,
     removed: BTreeMap<TableId, Vec<ChunkId>>,
+    deletes: Deletes,
     reads: BTreeMap<TableId, SnapshotId>,
     /// Where each table's new files go (created by the first file).
     sinks: BTreeMap<TableId, Arc<dyn FileSink>>,
@@ -103,6 +111,7 @@ struct Pending {
 struct Changes {
     added: BTreeMap<TableId, Vec<DataFile>>,
     removed: BTreeMap<TableId, Vec<ChunkId>>,
+    deletes: Deletes,
 }
 
 impl Pending {
@@ -213,10 +222,31 @@ impl WriteSet {
         self.lock().held.clone()
     }
 
-    /// Whether the transaction has added or replaced no data file yet.
+    /// Whether the transaction has added or replaced no data file and
+    /// deleted no row of one yet.
     pub fn writes_nothing(&self) -> bool {
         let pending = self.lock();
-        pending.added.values().all(Vec::is_empty) && pending.removed.values().all(Vec::is_empty)
+        pending.added.values().all(Vec::is_empty)
+            && pending.removed.values().all(Vec::is_empty)
+            && pending.deletes.values().all(BTreeMap::is_empty)
+    }
+
+    /// Records that the transaction deletes `rows` of committed data file
+    /// `chunk` of `table` (a deletion vector: the file stays).
+    pub fn delete_rows(&self, table: TableId, chunk: ChunkId, rows: &RoaringBitmap) {
+        *self
+            .lock()
+            .deletes
+            .entry(table)
+            .or_default()
+            .entry(chunk)
+            .or_default() |= rows;
+    }
+
+    /// The rows of committed data file `chunk` of `table` this transaction
+    /// deleted, if any.
+    pub fn deleted_rows(&self, table: TableId, chunk: ChunkId) -> Option<RoaringBitmap> {
+        self.lock().deletes.get(&table)?.get(&chunk).cloned()
     }
 
     /// Files this transaction added to `table` (it reads its own writes).
@@ -242,6 +272,10 @@ impl WriteSet {
             pending.discard_unheld([(table, chunk)]);
             return;
         }
+        // The file's replacement was made from its rows less those deleted.
+        if let Some(deletes) = pending.deletes.get_mut(&table) {
+            deletes.remove(&chunk);
+        }
         pending.removed.entry(table).or_default().push(chunk);
     }
 
@@ -252,6 +286,7 @@ impl WriteSet {
         let changes = Changes {
             added: pending.added.clone(),
             removed: pending.removed.clone(),
+            deletes: pending.deletes.clone(),
         };
         pending.savepoints.push(changes);
         pending.savepoints.len() - 1
@@ -271,6 +306,7 @@ impl WriteSet {
         let written = Pending::files_of(&pending.added);
         pending.added = changes.added;
         pending.removed = changes.removed;
+        pending.deletes = changes.deletes;
         pending.discard_unheld(written);
     }
 
@@ -325,6 +361,7 @@ impl WriteSet {
         let Pending {
             added,
             mut removed,
+            deletes,
             reads,
             sinks,
             held,
@@ -346,11 +383,39 @@ impl WriteSet {
             removed,
             stripes: Vec::new(),
         }));
-        changes.retain(|c| !c.added.is_empty() || !c.removed.is_empty());
+        let deletes: Vec<RowDeletes> = deletes
+            .into_iter()
+            .flat_map(|(table, files)| {
+                files
+                    .into_iter()
+                    .filter(|(_, rows)| !rows.is_empty())
+                    .map(move |(chunk, rows)| RowDeletes {
+                        table,
+                        chunk,
+                        rows: quarry_raft::encode_rows(&rows),
+                    })
+            })
+            .collect();
+        changes.retain(|c| {
+            !c.added.is_empty()
+                || !c.removed.is_empty()
+                || deletes.iter().any(|d| d.table == c.table)
+        });
+        for delete in &deletes {
+            if !changes.iter().any(|c| c.table == delete.table) {
+                changes.push(TableChange {
+                    table: delete.table,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                    stripes: Vec::new(),
+                });
+            }
+        }
         let taken = Taken {
             changes,
             reads: reads.into_iter().collect(),
             held: held.into_iter().collect(),
+            deletes,
         };
         (taken, sinks)
     }

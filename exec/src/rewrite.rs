@@ -1,14 +1,21 @@
-//! DELETE and UPDATE by copy-on-write of data files (storage/FORMAT.md says why).
+//! DELETE and UPDATE: merge-on-read by deletion vectors, or copy-on-write of
+//! data files (docs/DATA_LAYOUT.md, "Row-level changes").
 //!
-//! For each data file whose zone maps allow a matching row, the file is read,
-//! the WHERE predicate evaluated per row, and, if any row matches, the file is
-//! rewritten: DELETE keeps the rows that do not match, UPDATE also keeps the
-//! matching rows with the SET expressions applied. The new file replaces the old
-//! one in the transaction's write set; files without a match stay untouched.
-//! A DELETE whose WHERE holds for every row of a file by its zone maps (a
-//! whole partition of a partitioned table) removes the file unread. At
-//! commit the replacement conflicts (40001) with any concurrent commit that
-//! replaced the same file first.
+//! For each data file whose zone maps allow a matching row, the file is read
+//! (less the rows already deleted) and the WHERE predicate evaluated per
+//! row. When the rows it matches leave at least half of the file's rows in
+//! place, their positions join the file's deletion vector in the
+//! transaction's write set and the file stays; UPDATE writes the matching
+//! rows, with the SET expressions applied, to new files. Otherwise the file
+//! is rewritten: DELETE keeps the rows that do not match, UPDATE also keeps
+//! the matching rows changed, and the new file replaces the old one (so is a
+//! file the transaction wrote itself). A DELETE that matches every row of a
+//! file, or whose WHERE holds for every row of it by its zone maps (a whole
+//! partition of a partitioned table), removes the file.
+//!
+//! At commit, deleting a row that a concurrent commit deleted first, or
+//! replacing a file that a concurrent commit replaced or deleted rows of
+//! first, fails (40001); deletes of different rows of one file both commit.
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +37,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 use quarry_common::SqlState;
-use quarry_common::catalog::{DataFile, Table};
+use quarry_common::catalog::{DataFile, SnapshotId, Table};
+use roaring::RoaringBitmap;
 
 use crate::data_file::{DataFileWriter, WriteSet};
 use crate::error::{to_engine, user_error};
@@ -40,6 +48,8 @@ use crate::table::SnapshotTable;
 /// table; yields one row with the number of rows deleted or updated.
 pub struct RewriteExec {
     table: Arc<Table>,
+    /// The snapshot read.
+    snapshot: SnapshotId,
     source: SnapshotTable,
     writes: Arc<WriteSet>,
     files: Vec<DataFile>,
@@ -150,10 +160,11 @@ impl RewriteExec {
             // memory are read from there.
             source: SnapshotTable::new(
                 table.clone(),
-                0,
+                target.snapshot_id(),
                 target.chunks().clone(),
                 Some(writes.clone()),
             ),
+            snapshot: target.snapshot_id(),
             table,
             writes,
             files,
@@ -201,70 +212,149 @@ impl DisplayAs for RewriteExec {
     }
 }
 
-/// Rewrites one data file; returns the rows it deleted or updated (0: the file
-/// is left as it is).
-async fn rewrite_file(
-    source: &SnapshotTable,
-    table: &Arc<Table>,
-    writes: &Arc<WriteSet>,
-    file: &DataFile,
-    predicate: Option<&Arc<dyn PhysicalExpr>>,
-    assignments: &[(usize, Arc<dyn PhysicalExpr>)],
-    context: Arc<TaskContext>,
-) -> DfResult<u64> {
-    let scan = source.file_scan(vec![file.clone()], 1, None, None)?;
-    let mut batches = scan.execute(0, context)?;
-    let mut output = Vec::new();
-    let mut changed = 0u64;
-    while let Some(batch) = batches.next().await {
-        let batch = batch?;
-        let matched = match predicate {
-            Some(predicate) => {
-                let value = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let value = value
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| {
-                        DataFusionError::Plan("WHERE must be a boolean expression".to_owned())
-                    })?;
-                // NULL does not match, as in WHERE.
-                if value.null_count() > 0 {
-                    prep_null_mask_filter(value)
-                } else {
-                    value.clone()
+/// A rewrite of the files of one statement: what it reads with, and the
+/// writer of the rows UPDATE changes in files that keep their place.
+struct Rewrite<'a> {
+    source: &'a SnapshotTable,
+    table: &'a Arc<Table>,
+    writes: &'a Arc<WriteSet>,
+    predicate: Option<&'a Arc<dyn PhysicalExpr>>,
+    assignments: &'a [(usize, Arc<dyn PhysicalExpr>)],
+    /// Rows UPDATE changed, created on the first.
+    updated: Option<DataFileWriter>,
+}
+
+/// Whether deleting `matched` more rows of a file of `rows` rows, `deleted`
+/// of them deleted before, by its deletion vector leaves at least half of
+/// its rows in place (else the file is rewritten without them).
+fn by_vector(rows: u64, deleted: u64, matched: u64) -> bool {
+    (deleted + matched) * 2 <= rows
+}
+
+impl Rewrite<'_> {
+    /// The rows of `batch` that `assignments` change, with their new values.
+    fn updated(&self, batch: &RecordBatch, matched: &BooleanArray) -> DfResult<RecordBatch> {
+        let hits = filter_record_batch(batch, matched)?;
+        let mut columns = hits.columns().to_vec();
+        for (index, expr) in self.assignments {
+            columns[*index] = expr.evaluate(&hits)?.into_array(hits.num_rows())?;
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .zip(&self.table.columns)
+            .map(|(c, def)| Field::new(&def.name, c.data_type().clone(), true))
+            .collect();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
+    /// Which rows of `batch` the WHERE matches (NULL does not, as in WHERE).
+    fn matches(&self, batch: &RecordBatch) -> DfResult<BooleanArray> {
+        let Some(predicate) = self.predicate else {
+            return Ok(BooleanArray::from(vec![true; batch.num_rows()]));
+        };
+        let value = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+        let value = value
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| {
+                DataFusionError::Plan("WHERE must be a boolean expression".to_owned())
+            })?;
+        Ok(if value.null_count() > 0 {
+            prep_null_mask_filter(value)
+        } else {
+            value.clone()
+        })
+    }
+
+    /// Deletes or updates the matching rows of one data file; returns how
+    /// many (0: the file is left as it is).
+    async fn file(&mut self, file: &DataFile, context: Arc<TaskContext>) -> DfResult<u64> {
+        let deleted = self.source.deleted_rows(file);
+        let scan = self.source.file_scan(vec![file.clone()], 1, None, None)?;
+        let mut batches = scan.execute(0, context)?;
+        let mut batches_read = Vec::new();
+        let mut matches = Vec::new();
+        let mut changed = 0u64;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            let matched = self.matches(&batch)?;
+            changed += matched.true_count() as u64;
+            batches_read.push(batch);
+            matches.push(matched);
+        }
+        if changed == 0 {
+            return Ok(0);
+        }
+        let live = file.row_count - deleted.as_ref().map_or(0, |d| d.len());
+        let own = self
+            .writes
+            .added_to(self.table.id)
+            .iter()
+            .any(|f| f.chunk == file.chunk);
+        if changed == live && self.assignments.is_empty() {
+            self.writes.remove(self.table.id, file.chunk);
+            return Ok(changed);
+        }
+        let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
+        if !own && by_vector(file.row_count, deleted_before, changed) {
+            // The positions of the rows read: the file's, less those
+            // deleted, in order.
+            let mut rows = RoaringBitmap::new();
+            let mut position = 0u32;
+            for matched in &matches {
+                for hit in matched.iter() {
+                    while deleted.as_ref().is_some_and(|d| d.contains(position)) {
+                        position += 1;
+                    }
+                    if hit == Some(true) {
+                        rows.insert(position);
+                    }
+                    position += 1;
                 }
             }
-            None => BooleanArray::from(vec![true; batch.num_rows()]),
-        };
-        changed += matched.true_count() as u64;
-        output.push(filter_record_batch(&batch, &not(&matched)?)?);
-        if !assignments.is_empty() && matched.true_count() > 0 {
-            let hits = filter_record_batch(&batch, &matched)?;
-            let mut columns = hits.columns().to_vec();
-            for (index, expr) in assignments {
-                columns[*index] = expr.evaluate(&hits)?.into_array(hits.num_rows())?;
+            if !self.assignments.is_empty() {
+                for (batch, matched) in batches_read.iter().zip(&matches) {
+                    if matched.true_count() == 0 {
+                        continue;
+                    }
+                    let updated = self.updated(batch, matched)?;
+                    let writer = self.updated.get_or_insert_with(|| {
+                        DataFileWriter::new(self.table.clone(), self.writes.clone())
+                    });
+                    writer.write(updated).await.map_err(to_engine)?;
+                }
             }
-            let fields: Vec<Field> = columns
-                .iter()
-                .zip(&table.columns)
-                .map(|(c, def)| Field::new(&def.name, c.data_type().clone(), true))
-                .collect();
-            output.push(RecordBatch::try_new(
-                Arc::new(Schema::new(fields)),
-                columns,
-            )?);
+            self.writes.delete_rows(self.table.id, file.chunk, &rows);
+            return Ok(changed);
         }
+        let mut writer = DataFileWriter::new(self.table.clone(), self.writes.clone());
+        for (batch, matched) in batches_read.iter().zip(&matches) {
+            writer
+                .write(filter_record_batch(batch, &not(matched)?)?)
+                .await
+                .map_err(to_engine)?;
+            if !self.assignments.is_empty() && matched.true_count() > 0 {
+                writer
+                    .write(self.updated(batch, matched)?)
+                    .await
+                    .map_err(to_engine)?;
+            }
+        }
+        writer.finish().await.map_err(to_engine)?;
+        self.writes.remove(self.table.id, file.chunk);
+        Ok(changed)
     }
-    if changed == 0 {
-        return Ok(0);
+
+    /// Writes out the rows UPDATE changed in files that keep their place.
+    async fn finish(self) -> DfResult<()> {
+        if let Some(writer) = self.updated {
+            writer.finish().await.map_err(to_engine)?;
+        }
+        Ok(())
     }
-    let mut writer = DataFileWriter::new(table.clone(), writes.clone());
-    for batch in output {
-        writer.write(batch).await.map_err(to_engine)?;
-    }
-    writer.finish().await.map_err(to_engine)?;
-    writes.remove(table.id, file.chunk);
-    Ok(changed)
 }
 
 impl ExecutionPlan for RewriteExec {
@@ -309,7 +399,7 @@ impl ExecutionPlan for RewriteExec {
         }
         let source = SnapshotTable::new(
             self.table.clone(),
-            0,
+            self.snapshot,
             self.source.chunks().clone(),
             Some(self.writes.clone()),
         );
@@ -323,23 +413,23 @@ impl ExecutionPlan for RewriteExec {
         let result_schema = schema.clone();
         let stream = futures::stream::once(async move {
             let mut count = 0;
+            let mut rewrite = Rewrite {
+                source: &source,
+                table: &table,
+                writes: &writes,
+                predicate: predicate.as_ref(),
+                assignments: &assignments,
+                updated: None,
+            };
             for (file, whole) in files.iter().zip(whole) {
                 if whole {
+                    count += file.row_count - source.deleted_rows(file).map_or(0, |d| d.len());
                     writes.remove(table.id, file.chunk);
-                    count += file.row_count;
                     continue;
                 }
-                count += rewrite_file(
-                    &source,
-                    &table,
-                    &writes,
-                    file,
-                    predicate.as_ref(),
-                    &assignments,
-                    context.clone(),
-                )
-                .await?;
+                count += rewrite.file(file, context.clone()).await?;
             }
+            rewrite.finish().await?;
             RecordBatch::try_new(
                 result_schema,
                 vec![Arc::new(UInt64Array::from(vec![count]))],

@@ -415,12 +415,15 @@ fn partitions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
         {
             let key = partitioning.key_of_file(&entry.file);
             let partition = by_key.entry(key).or_default();
-            partition.rows += entry.file.row_count;
+            let chunk = entry.file.chunk;
+            partition.rows += entry.file.row_count - t.deleted_count(chunk, current);
             partition.files += 1;
             partition.bytes += entry.file.size_bytes;
+            // Rows deleted by a deletion vector modify the partition too.
+            let changed = t.deleted_since(chunk).unwrap_or(0).max(entry.added_in);
             partition.modified = partition
                 .modified
-                .max(committed.get(&entry.added_in).copied().unwrap_or(0));
+                .max(committed.get(&changed).copied().unwrap_or(0));
         }
         for (key, partition) in by_key {
             let id = key.map_or_else(
@@ -572,8 +575,18 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
         Field::new("buffered_bytes", DataType::UInt64, false),
         Field::new("partitioned_by", DataType::Utf8, true),
         Field::new("clustered_by", DataType::Utf8, true),
+        Field::new("deleted_rows", DataType::UInt64, false),
     ]));
     let all: Vec<_> = catalog.tables.values().collect();
+    // Rows of current data files their deletion vectors delete.
+    let deleted = |t: &quarry_common::catalog::Table| -> u64 {
+        let current = t.current_snapshot().id;
+        t.deletes
+            .keys()
+            .filter(|chunk| t.live_file(**chunk).is_some())
+            .map(|chunk| t.deleted_count(*chunk, current))
+            .sum()
+    };
     let buffered = |t: &quarry_common::catalog::Table, of: fn(&DataFile) -> u64| -> u64 {
         t.buffered_files().map(of).sum()
     };
@@ -609,6 +622,7 @@ fn tables(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
                     .map(|t| crate::partition::describe_clustering(t))
                     .collect::<Vec<_>>(),
             )),
+            count(all.iter().map(|t| deleted(t)).collect()),
         ],
     )
 }

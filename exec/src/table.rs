@@ -22,6 +22,7 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetFileMetrics, ParquetFileReaderFactory,
     ParquetSource,
@@ -35,7 +36,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
-use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{
@@ -55,6 +56,7 @@ use futures::future::BoxFuture;
 use quarry_common::SqlState;
 use quarry_common::catalog::{DataFile, SnapshotId, Table, TableId};
 use quarry_storage::ChunkRef;
+use roaring::RoaringBitmap;
 
 use crate::buffer::BufferedFiles;
 use crate::chunks::DataFileStore;
@@ -290,8 +292,11 @@ impl SnapshotTable {
         let files = files
             .iter()
             .map(|f| {
-                PartitionedFile::new(scan_path(self.table.id, self.snapshot, f), f.size_bytes)
-                    .with_statistics(Arc::new(self.file_statistics(f)))
+                let deleted = self.deleted_rows(f);
+                let file =
+                    PartitionedFile::new(scan_path(self.table.id, self.snapshot, f), f.size_bytes)
+                        .with_statistics(Arc::new(self.file_statistics(f, deleted.as_ref())));
+                skipping_deleted(file, f.row_count, deleted.as_ref())
             })
             .collect();
         // Group and table statistics for DataFusion's planner (join sides,
@@ -328,11 +333,30 @@ impl SnapshotTable {
         Ok(DataSourceExec::from_data_source(config))
     }
 
+    /// The rows of `file` this scan does not see: those deleted as of the
+    /// snapshot, and those the transaction deleted.
+    pub fn deleted_rows(&self, file: &DataFile) -> Option<RoaringBitmap> {
+        let committed = self
+            .table
+            .deleted_rows(file.chunk, self.snapshot)
+            .map(|rows| rows.as_ref().clone());
+        let own = self
+            .writes
+            .as_ref()
+            .and_then(|w| w.deleted_rows(self.table.id, file.chunk));
+        match (committed, own) {
+            (Some(committed), Some(own)) => Some(committed | own),
+            (committed, own) => committed.or(own),
+        }
+    }
+
     /// What the snapshot knows of `file`, for DataFusion's planner: exact
-    /// row and null counts, the file's size as an estimate of its bytes, and
-    /// its zone map's bounds as inexact min and max (a column added after the
-    /// file was written has none).
-    fn file_statistics(&self, file: &DataFile) -> Statistics {
+    /// row counts (less `deleted`), null counts (inexact when rows are
+    /// deleted), the file's size as an estimate of its bytes, and its zone
+    /// map's bounds as inexact min and max (a column added after the file
+    /// was written has none).
+    fn file_statistics(&self, file: &DataFile, deleted: Option<&RoaringBitmap>) -> Statistics {
+        let deleted = deleted.map_or(0, |d| d.len());
         let bound = |value: Option<&quarry_common::catalog::Datum>, column_type| match value {
             Some(value) => Precision::Inexact(scalar_of(Some(value), column_type)),
             None => Precision::Absent,
@@ -347,7 +371,11 @@ impl SnapshotTable {
                     .find(|s| s.field_id == column.field_id)
                 {
                     Some(stats) => ColumnStatistics {
-                        null_count: Precision::Exact(stats.null_count as usize),
+                        null_count: if deleted == 0 {
+                            Precision::Exact(stats.null_count as usize)
+                        } else {
+                            Precision::Inexact(stats.null_count as usize)
+                        },
                         min_value: bound(stats.min.as_ref(), column.column_type),
                         max_value: bound(stats.max.as_ref(), column.column_type),
                         ..ColumnStatistics::new_unknown()
@@ -357,7 +385,7 @@ impl SnapshotTable {
             })
             .collect();
         Statistics {
-            num_rows: Precision::Exact(file.row_count as usize),
+            num_rows: Precision::Exact((file.row_count - deleted) as usize),
             total_byte_size: Precision::Inexact(file.size_bytes as usize),
             column_statistics,
         }
@@ -525,6 +553,34 @@ fn columns_at(table: &Table, snapshot: SnapshotId) -> Vec<quarry_common::catalog
         .unwrap_or_else(|| table.columns.clone())
 }
 
+/// `file` (of `rows` rows) read without the rows of `deleted`: a row
+/// selection the Parquet reader applies with its row group and page
+/// pruning, so deleted rows are not decoded where whole pages go.
+fn skipping_deleted(
+    file: PartitionedFile,
+    rows: u64,
+    deleted: Option<&RoaringBitmap>,
+) -> PartitionedFile {
+    let Some(deleted) = deleted.filter(|d| !d.is_empty()) else {
+        return file;
+    };
+    let mut selectors = Vec::new();
+    let mut at = 0u64;
+    let mut ranges = deleted.iter();
+    while let Some(range) = ranges.next_range() {
+        let (start, end) = (u64::from(*range.start()), u64::from(*range.end()) + 1);
+        if start > at {
+            selectors.push(RowSelector::select((start - at) as usize));
+        }
+        selectors.push(RowSelector::skip((end - start) as usize));
+        at = end;
+    }
+    if rows > at {
+        selectors.push(RowSelector::select((rows - at) as usize));
+    }
+    file.with_extension(ParquetRowSelection::new(RowSelection::from(selectors)))
+}
+
 /// The path a scan gives data file `file` of table `table` read at `snapshot`:
 /// `{table}/{snapshot}/{chunk}.{crc32c}`, so that a scan carries all it needs
 /// to be read on another node (the size is the path's object size).
@@ -675,6 +731,34 @@ pub fn bind_scan(
         DataFusionError::Plan(format!("table {table_id} is not in this node's catalog"))
     })?;
     let columns = columns_at(table, snapshot);
+    // Row selections do not travel with the plan: the deleted rows of each
+    // file come from this node's catalog.
+    if !table.deletes.is_empty() {
+        let rows: HashMap<_, _> = table
+            .files_at(snapshot)
+            .filter(|f| table.deletes.contains_key(&f.chunk))
+            .map(|f| (f.chunk, f.row_count))
+            .collect();
+        for group in &mut config.file_groups {
+            let files = group
+                .files()
+                .iter()
+                .cloned()
+                .map(|file| {
+                    let Some((_, _, chunk)) = parse_scan_path(&file) else {
+                        return file;
+                    };
+                    match (rows.get(&chunk.id), table.deleted_rows(chunk.id, snapshot)) {
+                        (Some(rows), Some(deleted)) => {
+                            skipping_deleted(file, *rows, Some(deleted.as_ref()))
+                        }
+                        _ => file,
+                    }
+                })
+                .collect();
+            *group = FileGroup::new(files);
+        }
+    }
     config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(
         ChunkReaderFactory {
             metadata: Default::default(),

@@ -946,10 +946,13 @@ mod tests {
             | C::Restore { .. }
             | C::SetPartitioning { .. }
             | C::SetFileLayout { .. }
+            | C::CommitRows { .. }
+            | C::SetDeletes { .. }
             | C::CreatePredefinedRoles => {}
         }
-        // Version 20: SetPartitioning, SetFileLayout.
-        const _: () = assert!(WIRE_VERSION == 20, "update the list above");
+        // Version 20: SetPartitioning, SetFileLayout; 21: CommitRows,
+        // SetDeletes.
+        const _: () = assert!(WIRE_VERSION == 21, "update the list above");
     }
 
     #[tokio::test]

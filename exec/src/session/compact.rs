@@ -62,6 +62,50 @@ pub enum Compaction {
     Expire(Vec<DataFile>),
     /// Rewrite these overlapping files of a clustered table in one sort.
     Recluster(Vec<DataFile>),
+    /// Rewrite these files without the rows their deletion vectors delete.
+    Fold(Vec<DataFile>),
+}
+
+/// A data file whose deletion vector deletes at least this share of its
+/// rows is rewritten without them (Iceberg's rewrite_data_files has the
+/// same kind of threshold, `delete-ratio-threshold`).
+pub const FOLD_MIN_DELETED_RATIO: f64 = 0.2;
+
+/// The data files of `table`'s current snapshot whose deletion vectors
+/// delete at least [`FOLD_MIN_DELETED_RATIO`] of their rows, up to about
+/// one full file of rows (at least one file).
+fn fold_candidates(table: &Table) -> Vec<DataFile> {
+    if table.deletes.is_empty() {
+        return Vec::new();
+    }
+    let current = table.current_snapshot().id;
+    let mut chosen = Vec::new();
+    let mut rows = 0;
+    for chunk in table.deletes.keys() {
+        let Some(entry) = table.live_file(*chunk) else {
+            continue;
+        };
+        let deleted = table.deleted_count(*chunk, current);
+        if (deleted as f64) < FOLD_MIN_DELETED_RATIO * entry.file.row_count as f64 {
+            continue;
+        }
+        if !chosen.is_empty() && rows + entry.file.row_count > FILE_ROWS_MAX {
+            break;
+        }
+        rows += entry.file.row_count;
+        chosen.push(entry.file.clone());
+    }
+    chosen
+}
+
+/// The rows of `files` of `table`'s current snapshot not deleted by their
+/// deletion vectors.
+fn live_rows(table: &Table, files: &[DataFile]) -> u64 {
+    let current = table.current_snapshot().id;
+    files
+        .iter()
+        .map(|f| f.row_count - table.deleted_count(f.chunk, current))
+        .sum()
 }
 
 /// The current files of `table` whose time partition ended more than its
@@ -99,9 +143,11 @@ pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Opti
     }
     let flush = flush_candidates(table, now, max_age);
     if !flush.is_empty() {
-        // A clustered table's buffer is merged like small files, sorted;
-        // the buffered files are then spilled for older snapshots.
-        return Some(if is_clustered(table) {
+        // A clustered table's buffer is merged like small files, sorted,
+        // and so is one with deleted rows (a move keeps every row); the
+        // buffered files are then spilled for older snapshots.
+        let deleted = flush.iter().any(|f| table.deletes.contains_key(&f.chunk));
+        return Some(if is_clustered(table) || deleted {
             Compaction::Merge(flush)
         } else {
             Compaction::Flush(flush)
@@ -114,6 +160,10 @@ pub fn compaction_due(table: &Table, now: TimestampMicros, max_age: i64) -> Opti
     let merge = compaction_candidates(table);
     if !merge.is_empty() {
         return Some(Compaction::Merge(merge));
+    }
+    let fold = fold_candidates(table);
+    if !fold.is_empty() {
+        return Some(Compaction::Fold(fold));
     }
     let recluster = recluster_candidates(table);
     (!recluster.is_empty()).then_some(Compaction::Recluster(recluster))
@@ -336,6 +386,8 @@ pub enum CompactionKind {
     Expire,
     /// Overlapping files of a clustered table rewritten in one sort.
     Recluster,
+    /// Files rewritten without the rows their deletion vectors delete.
+    Fold,
 }
 
 /// `plan` sorted by `table`'s clustering columns (ascending, NULLs last).
@@ -449,9 +501,10 @@ impl Session {
             }
             Some(Compaction::Flush(files)) => (files, true),
             Some(Compaction::Merge(files)) => (files, false),
-            Some(Compaction::Recluster(files)) => (files, false),
+            Some(Compaction::Recluster(files) | Compaction::Fold(files)) => (files, false),
         };
         let recluster = matches!(due, Some(Compaction::Recluster(_)));
+        let fold = matches!(due, Some(Compaction::Fold(_)));
         let logical = self
             .scan_plan(TableReference::partial(
                 table.schema.as_str(),
@@ -513,7 +566,7 @@ impl Session {
             writer.write(batch).await?;
         }
         writer.finish().await?;
-        let expected: u64 = chosen.iter().map(|f| f.row_count).sum();
+        let expected = live_rows(&table, &chosen);
         if rows != expected {
             return Err(Error::Internal(format!(
                 "compaction of {} read {rows} rows from files that hold {expected}",
@@ -523,7 +576,8 @@ impl Session {
         for file in &chosen {
             view.writes.remove(table.id, file.chunk);
         }
-        let changes = view.writes.take().await?.changes;
+        let taken = view.writes.take().await?;
+        let changes = taken.changes.clone();
         let files_added = changes.iter().map(|c| c.added.len()).sum();
         let command = match (flush, changes.as_slice()) {
             (true, [change]) => Command::MoveBuffered {
@@ -537,10 +591,9 @@ impl Session {
                     table.name
                 )));
             }
-            (false, _) => Command::Commit {
-                changes: changes.clone(),
-                read_set: Vec::new(),
-            },
+            // A file that lost rows to a DELETE since it was read must
+            // not be replaced by the rows read.
+            (false, _) => transaction::data_commit(&taken, Vec::new(), taken.reads.clone()),
         };
         if let Err(e) = self.engine.meta.write(command).await {
             if transaction::refused(&e) {
@@ -556,6 +609,8 @@ impl Session {
                 CompactionKind::Flush
             } else if recluster {
                 CompactionKind::Recluster
+            } else if fold {
+                CompactionKind::Fold
             } else {
                 CompactionKind::Merge
             },
@@ -573,18 +628,15 @@ impl Session {
         for file in files {
             view.writes.remove(table.id, file.chunk);
         }
-        let changes = view.writes.take().await?.changes;
+        let taken = view.writes.take().await?;
         self.engine
             .meta
-            .write(Command::Commit {
-                changes,
-                read_set: Vec::new(),
-            })
+            .write(transaction::data_commit(&taken, Vec::new(), Vec::new()))
             .await?;
         Ok(Compacted {
             files_removed: files.len(),
             files_added: 0,
-            rows: files.iter().map(|f| f.row_count).sum(),
+            rows: live_rows(table, files),
             kind: CompactionKind::Expire,
         })
     }

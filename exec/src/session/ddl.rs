@@ -600,7 +600,7 @@ impl Session {
             // SYSTEM_TIME AS OF), keeping their field ids; each table's later
             // changes write new files, so neither sees the other's. A plain
             // CREATE TABLE starts empty.
-            let (columns, files, field_ids) = match &create.clone {
+            let (columns, files, field_ids, deletes) = match &create.clone {
                 Some(source_name) => {
                     let source = self.table(&view.catalog, source_name)?;
                     if view.catalog.external_source(source.id).is_some() {
@@ -629,18 +629,24 @@ impl Session {
                         })
                         .collect();
                     let field_ids = source_columns.iter().map(|c| c.field_id).collect();
-                    (
-                        columns,
-                        source.files_at(snapshot.id).cloned().collect(),
-                        field_ids,
-                    )
+                    let files: Vec<quarry_common::catalog::DataFile> =
+                        source.files_at(snapshot.id).cloned().collect();
+                    // The rows its deletion vectors delete stay deleted.
+                    let deletes = files
+                        .iter()
+                        .filter_map(|f| {
+                            let rows = source.deleted_rows(f.chunk, snapshot.id)?;
+                            Some((f.chunk, quarry_raft::encode_rows(rows)))
+                        })
+                        .collect();
+                    (columns, files, field_ids, deletes)
                 }
                 None => {
                     let mut columns = Vec::with_capacity(create.columns.len());
                     for column in &create.columns {
                         columns.push(self.column_def(column).await?);
                     }
-                    (columns, Vec::new(), Vec::new())
+                    (columns, Vec::new(), Vec::new(), Vec::new())
                 }
             };
             // A clone is laid out as its source; a new table as it says.
@@ -711,14 +717,24 @@ impl Session {
                 name: name.clone(),
                 layout,
             });
+            let deletes = (!deletes.is_empty()).then(|| Command::SetDeletes {
+                schema: schema.clone(),
+                name: name.clone(),
+                deletes,
+            });
             let command =
-                if constraints.is_empty() && partitioning.is_none() && file_layout.is_none() {
+                if constraints.is_empty()
+                    && partitioning.is_none()
+                    && file_layout.is_none()
+                    && deletes.is_none()
+                {
                     create_table
                 } else {
                     Command::Batch(
                         std::iter::once(create_table)
                             .chain(partitioning)
                             .chain(file_layout)
+                            .chain(deletes)
                             .chain(constraints.into_iter().map(|constraint| {
                                 Command::AddConstraint {
                                     schema: schema.clone(),

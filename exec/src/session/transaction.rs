@@ -161,12 +161,13 @@ pub(super) async fn commit_changes(
     if taken.changes.is_empty() {
         return Ok(());
     }
+    let read_at = taken.reads.clone();
     let read_set = if serializable {
         std::mem::take(&mut taken.reads)
     } else {
         Vec::new()
     };
-    let command = data_commit(&taken, read_set);
+    let command = data_commit(&taken, read_set, read_at);
     if let Err(e) = meta.write(command).await {
         if refused(&e) {
             writes.discard_taken(taken);
@@ -178,9 +179,16 @@ pub(super) async fn commit_changes(
 
 /// The command committing `taken`'s changes: [`Command::CommitBuffered`]
 /// when it holds small files for the ingest buffer, else
-/// [`Command::Commit`].
-fn data_commit(taken: &Taken, read_set: Vec<(TableId, SnapshotId)>) -> Command {
-    if taken.held.is_empty() {
+/// [`Command::Commit`]; within [`Command::CommitRows`] when it deletes
+/// rows by deletion vectors or replaces files, with the snapshot each
+/// changed table was read at (`reads`: a file whose rows a commit deleted
+/// after that must not be replaced by what was read).
+pub(super) fn data_commit(
+    taken: &Taken,
+    read_set: Vec<(TableId, SnapshotId)>,
+    reads: Vec<(TableId, SnapshotId)>,
+) -> Command {
+    let commit = if taken.held.is_empty() {
         Command::Commit {
             changes: taken.changes.clone(),
             read_set,
@@ -191,6 +199,18 @@ fn data_commit(taken: &Taken, read_set: Vec<(TableId, SnapshotId)>) -> Command {
             read_set,
             buffered: taken.held.clone(),
         }
+    };
+    if taken.deletes.is_empty() && taken.changes.iter().all(|c| c.removed.is_empty()) {
+        return commit;
+    }
+    let read_at = reads
+        .into_iter()
+        .filter(|(table, _)| taken.changes.iter().any(|c| c.table == *table))
+        .collect();
+    Command::CommitRows {
+        commit: Box::new(commit),
+        deletes: taken.deletes.clone(),
+        read_at,
     }
 }
 
@@ -202,6 +222,7 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
         changes,
         reads,
         held,
+        deletes,
     } = writes.take().await?;
     // Rows written to a table the block dropped afterwards go with it.
     let (changes, gone): (Vec<_>, Vec<_>) = changes
@@ -218,22 +239,29 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
         changes: gone,
         reads: Vec::new(),
         held: gone_held,
+        deletes: Vec::new(),
     });
+    let deletes = deletes
+        .into_iter()
+        .filter(|d| changes.iter().any(|c| c.table == d.table))
+        .collect();
     let taken = Taken {
         changes,
         reads: Vec::new(),
         held,
+        deletes,
     };
-    // A SERIALIZABLE block read the tables that existed at BEGIN as BEGIN
-    // pinned them (under its own changes); its own tables nobody else saw.
+    // The block read the tables that existed at BEGIN as BEGIN pinned them
+    // (under its own changes); its own tables nobody else saw.
+    let pinned: Vec<(TableId, SnapshotId)> = reads
+        .into_iter()
+        .filter_map(|(id, _)| {
+            let table = transaction.base.table_by_id(id)?;
+            Some((id, table.current_snapshot().id))
+        })
+        .collect();
     let read_set = match transaction.isolation {
-        Isolation::Serializable => reads
-            .into_iter()
-            .filter_map(|(id, _)| {
-                let table = transaction.base.table_by_id(id)?;
-                Some((id, table.current_snapshot().id))
-            })
-            .collect(),
+        Isolation::Serializable => pinned.clone(),
         Isolation::Snapshot => Vec::new(),
     };
     let mut altered = Vec::new();
@@ -246,7 +274,7 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
         .collect();
     let mut commands = transaction.ddl;
     if !taken.changes.is_empty() {
-        commands.push(data_commit(&taken, Vec::new()));
+        commands.push(data_commit(&taken, Vec::new(), pinned));
     }
     let command = Command::Transaction {
         read_set,

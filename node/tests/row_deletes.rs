@@ -1,0 +1,325 @@
+//! Row-level DELETE and UPDATE against a real `quarry` process: a change
+//! that touches few rows of a data file writes a deletion vector instead of
+//! rewriting the file, transactions changing different rows of one file
+//! both commit while the same row conflicts, time travel reads the rows a
+//! vector deleted later, and the compactor folds vectors into new files
+//! without changing any answer.
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{TestNode, bigints, instant_between_commits, sqlstate};
+use tokio_postgres::Client;
+
+/// 300,000 rows: one data file (more rows than the ingest buffer holds).
+const ROWS: &str =
+    "INSERT INTO t SELECT v, v * 2, repeat('x', 30) || v FROM generate_series(0, 299999) AS g(v)";
+
+/// 600,000 rows: one data file, half of which is still more than the
+/// ingest buffer holds (so its rewrite is written to the chunk store).
+const MORE_ROWS: &str =
+    "INSERT INTO t SELECT v, v * 2, repeat('x', 30) || v FROM generate_series(0, 599999) AS g(v)";
+
+/// count(*), sum(id), sum(v) of `t` (as `from` says: a table, or one read
+/// as of a time).
+async fn answers(client: &Client, from: &str) -> Vec<i64> {
+    bigints(
+        client,
+        &format!("SELECT count(*)::bigint, sum(id)::bigint, sum(v)::bigint FROM {from}"),
+    )
+    .await
+}
+
+/// The first column of every row `sql` answers, a bigint.
+async fn column(client: &Client, sql: &str) -> Vec<i64> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Rows of `t`'s current data files deleted by their deletion vectors.
+async fn deleted_rows(client: &Client) -> i64 {
+    bigints(
+        client,
+        "SELECT deleted_rows::bigint FROM quarry_system.tables WHERE table_name = 't'",
+    )
+    .await[0]
+}
+
+/// (files_added, files_removed, rows_removed) of table `t`'s newest snapshot.
+async fn last_snapshot(client: &Client) -> (i64, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
+             FROM quarry_system.snapshots WHERE table_name = 't' \
+             ORDER BY snapshot_id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("snapshots");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Bytes the node's chunk store wrote so far.
+async fn bytes_written(node: &TestNode) -> f64 {
+    node.metric("quarry_storage_chunk_written_bytes_total")
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(&format!(
+            "SET use_query_cache = off;
+             CREATE TABLE t (id BIGINT, v BIGINT, payload TEXT);
+             {MORE_ROWS};"
+        ))
+        .await
+        .expect("table");
+    let file_bytes: i64 = bigints(
+        &client,
+        "SELECT size_bytes::bigint FROM quarry_system.tables WHERE table_name = 't'",
+    )
+    .await[0];
+    let before_delete = instant_between_commits();
+
+    // 600 rows of the one file: a vector, no data file written.
+    let written = bytes_written(&node).await;
+    let deleted = client
+        .execute("DELETE FROM t WHERE id % 1000 = 7", &[])
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 600);
+    let vector_bytes = bytes_written(&node).await - written;
+    assert_eq!(last_snapshot(&client).await, (0, 0, 600));
+    assert_eq!(deleted_rows(&client).await, 600);
+    assert!(
+        vector_bytes < file_bytes as f64 / 100.0,
+        "a 600-row delete wrote {vector_bytes} bytes; the file is {file_bytes}"
+    );
+    let sum_ids: i64 = (0..600_000).filter(|v| v % 1000 != 7).sum();
+    assert_eq!(
+        answers(&client, "t").await,
+        vec![599_400, sum_ids, 2 * sum_ids]
+    );
+    // The deleted rows are gone from every way of reading the table.
+    assert_eq!(
+        bigints(&client, "SELECT count(*)::bigint FROM t WHERE id = 1007").await,
+        vec![0]
+    );
+    assert_eq!(
+        column(
+            &client,
+            "SELECT id FROM t WHERE id BETWEEN 1005 AND 1009 ORDER BY id"
+        )
+        .await,
+        vec![1005, 1006, 1008, 1009]
+    );
+    // Time travel reads them as they were.
+    assert_eq!(
+        answers(
+            &client,
+            &format!("t FOR SYSTEM_TIME AS OF TIMESTAMP '{before_delete}'")
+        )
+        .await[0],
+        600_000
+    );
+
+    // UPDATE of 99 rows (id 7 is gone): a vector, and only the changed
+    // rows written.
+    let written = bytes_written(&node).await;
+    let updated = client
+        .execute("UPDATE t SET v = -1 WHERE id < 100", &[])
+        .await
+        .expect("update");
+    assert_eq!(updated, 99);
+    assert!(bytes_written(&node).await - written < file_bytes as f64 / 100.0);
+    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    assert_eq!((files_added, files_removed), (1, 0));
+    let low: i64 = (0..100).sum::<i64>() - 7;
+    assert_eq!(
+        answers(&client, "t").await,
+        vec![599_400, sum_ids, 2 * (sum_ids - low) - 99]
+    );
+    // A row deleted twice in one transaction, and the transaction's own
+    // reads see its deletes.
+    client
+        .batch_execute("BEGIN; DELETE FROM t WHERE id = 200000")
+        .await
+        .expect("begin");
+    assert_eq!(
+        bigints(
+            &client,
+            "SELECT count(*)::bigint FROM t WHERE id >= 199999 AND id <= 200001"
+        )
+        .await,
+        vec![2]
+    );
+    assert_eq!(
+        client
+            .execute("DELETE FROM t WHERE id >= 200000 AND id <= 200001", &[])
+            .await
+            .expect("second delete"),
+        1
+    );
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(answers(&client, "t").await[0], 599_400);
+
+    // Most of the file: rewritten, as before.
+    let written = bytes_written(&node).await;
+    client
+        .execute("DELETE FROM t WHERE id >= 300000", &[])
+        .await
+        .expect("big delete");
+    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    assert_eq!(files_removed, 1);
+    assert!(files_added >= 1);
+    let rewrite_bytes = bytes_written(&node).await - written;
+    assert!(
+        rewrite_bytes > 10.0 * vector_bytes.max(1.0),
+        "the rewrite wrote {rewrite_bytes} bytes, the vector {vector_bytes}"
+    );
+    let kept: i64 = (0..300_000).filter(|v| v % 1000 != 7).sum();
+    assert_eq!(
+        answers(&client, "t").await,
+        vec![299_700, kept, 2 * (kept - low) - 99]
+    );
+}
+
+#[tokio::test]
+async fn transactions_changing_different_rows_of_one_file_both_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let setup = node.client().await;
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE t (id BIGINT, v BIGINT, payload TEXT); {ROWS};"
+        ))
+        .await
+        .expect("table");
+    let a = node.client().await;
+    let b = node.client().await;
+    // Different rows: both commit.
+    a.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1")
+        .await
+        .expect("a");
+    b.batch_execute("BEGIN; UPDATE t SET v = v + 10 WHERE id = 2")
+        .await
+        .expect("b");
+    a.batch_execute("COMMIT").await.expect("a commits");
+    b.batch_execute("COMMIT").await.expect("b commits too");
+    assert_eq!(
+        column(&setup, "SELECT v FROM t WHERE id IN (1, 2) ORDER BY id").await,
+        vec![3, 14]
+    );
+    // A DELETE and an UPDATE of other rows of the same file.
+    a.batch_execute("BEGIN; DELETE FROM t WHERE id BETWEEN 10 AND 19")
+        .await
+        .expect("a");
+    b.batch_execute("BEGIN; UPDATE t SET v = 0 WHERE id BETWEEN 20 AND 29")
+        .await
+        .expect("b");
+    b.batch_execute("COMMIT").await.expect("b commits");
+    a.batch_execute("COMMIT").await.expect("a commits");
+    assert_eq!(
+        bigints(
+            &setup,
+            "SELECT count(*)::bigint, sum(v)::bigint FROM t WHERE id BETWEEN 10 AND 29"
+        )
+        .await,
+        vec![10, 0]
+    );
+    // The same row: the later commit fails with 40001 and leaves nothing.
+    a.batch_execute("BEGIN; UPDATE t SET v = 100 WHERE id = 3")
+        .await
+        .expect("a");
+    b.batch_execute("BEGIN; UPDATE t SET v = 200 WHERE id = 3")
+        .await
+        .expect("b");
+    a.batch_execute("COMMIT").await.expect("a commits");
+    let err = b.batch_execute("COMMIT").await.expect_err("b conflicts");
+    assert_eq!(sqlstate(&err), "40001", "{err}");
+    assert_eq!(
+        bigints(&setup, "SELECT v FROM t WHERE id = 3").await,
+        vec![100]
+    );
+    assert_eq!(
+        bigints(&setup, "SELECT count(*)::bigint FROM t").await,
+        vec![299_990]
+    );
+    // A rewrite of the whole file (most rows) after another transaction
+    // deleted rows of it conflicts too: it would bring them back.
+    a.batch_execute("BEGIN; DELETE FROM t WHERE id >= 100000")
+        .await
+        .expect("a");
+    b.batch_execute("BEGIN; DELETE FROM t WHERE id = 5")
+        .await
+        .expect("b");
+    b.batch_execute("COMMIT").await.expect("b commits");
+    let err = a.batch_execute("COMMIT").await.expect_err("a conflicts");
+    assert_eq!(sqlstate(&err), "40001", "{err}");
+    assert_eq!(
+        bigints(&setup, "SELECT count(*)::bigint FROM t").await,
+        vec![299_989]
+    );
+}
+
+#[tokio::test]
+async fn the_compactor_folds_deletion_vectors_without_changing_any_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(
+        &dir.path().join("data"),
+        &["--compaction-interval-secs", "1"],
+    )
+    .await;
+    let client = node.client().await;
+    client
+        .batch_execute(&format!(
+            "SET use_query_cache = off;
+             CREATE TABLE t (id BIGINT, v BIGINT, payload TEXT);
+             {ROWS};
+             DELETE FROM t WHERE id % 4 = 1;
+             UPDATE t SET v = 7 WHERE id % 100 = 0;"
+        ))
+        .await
+        .expect("table");
+    let after_changes = instant_between_commits();
+    let expected = answers(&client, "t").await;
+    assert_eq!(expected[0], 225_000);
+    // 25% of the file's rows are deleted: the compactor rewrites it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deleted_rows(&client).await > 0 {
+        assert!(Instant::now() < deadline, "the vector was not folded");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    assert!(files_added >= 1 && files_removed >= 1);
+    assert_eq!(answers(&client, "t").await, expected);
+    assert_eq!(
+        answers(
+            &client,
+            &format!("t FOR SYSTEM_TIME AS OF TIMESTAMP '{after_changes}'")
+        )
+        .await,
+        expected
+    );
+    // The rows are still changed one at a time afterwards.
+    assert_eq!(
+        client
+            .execute("DELETE FROM t WHERE id = 0", &[])
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(answers(&client, "t").await[0], 224_999);
+}
