@@ -24,6 +24,7 @@
 //!   lineitem as loaded, partitioned by month, and partitioned and
 //!   clustered.
 
+mod bank;
 mod cluster;
 mod commit_cost;
 mod layout;
@@ -158,6 +159,28 @@ enum Command {
         dir: PathBuf,
         /// Address of node 1.
         #[arg(long, default_value = "127.0.100.1")]
+        first_address: std::net::Ipv4Addr,
+        /// The quarry binary [default: next to this one].
+        #[arg(long)]
+        quarry: Option<PathBuf>,
+    },
+    /// Bank transfers: commits/s and 40001 rate, Quarry (merge-on-read and
+    /// copy-on-write DML) and PostgreSQL side by side.
+    Bank {
+        /// Concurrent sessions.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Rows of the accounts table.
+        #[arg(long, default_value_t = 20)]
+        accounts: u64,
+        /// Seconds each engine runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// A fresh directory for the node's and PostgreSQL's data.
+        #[arg(long, default_value = "/tmp/quarry-bench-bank")]
+        dir: PathBuf,
+        /// Address of the node.
+        #[arg(long, default_value = "127.0.102.1")]
         first_address: std::net::Ipv4Addr,
         /// The quarry binary [default: next to this one].
         #[arg(long)]
@@ -312,6 +335,27 @@ async fn main() -> anyhow::Result<()> {
             out,
             tables,
         } => write_csv(scale_factor, &out, &tables),
+        Command::Bank {
+            clients,
+            accounts,
+            seconds,
+            dir,
+            first_address,
+            quarry,
+        } => {
+            bank::run(bank::Settings {
+                quarry: match quarry {
+                    Some(path) => path,
+                    None => cluster::default_quarry()?,
+                },
+                dir,
+                first_address,
+                clients,
+                accounts,
+                seconds,
+            })
+            .await
+        }
         Command::Layout {
             scale_factor,
             runs,

@@ -67,6 +67,9 @@ pub const HELD_BYTES_MAX: usize = 8 << 20;
 #[derive(Debug)]
 pub struct WriteSet {
     chunks: Arc<dyn DataFileStore>,
+    /// Whether DELETE and UPDATE may delete rows by deletion vector (the
+    /// session's `dml_mode`); else they rewrite files.
+    merge_on_read: std::sync::atomic::AtomicBool,
     /// Files with fewer rows are held in memory (0: none).
     held_file_rows: u64,
     pending: Mutex<Pending>,
@@ -164,6 +167,7 @@ impl WriteSet {
     pub fn holding(chunks: Arc<dyn DataFileStore>, file_rows: u64) -> Self {
         WriteSet {
             chunks,
+            merge_on_read: std::sync::atomic::AtomicBool::new(true),
             held_file_rows: file_rows,
             pending: Mutex::new(Pending::default()),
         }
@@ -229,6 +233,19 @@ impl WriteSet {
         pending.added.values().all(Vec::is_empty)
             && pending.removed.values().all(Vec::is_empty)
             && pending.deletes.values().all(BTreeMap::is_empty)
+    }
+
+    /// Sets whether DELETE and UPDATE may delete rows by deletion vector
+    /// (the session's `dml_mode` is `merge-on-read`).
+    pub fn set_merge_on_read(&self, on: bool) {
+        self.merge_on_read
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether DELETE and UPDATE may delete rows by deletion vector.
+    pub fn merge_on_read(&self) -> bool {
+        self.merge_on_read
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records that the transaction deletes `rows` of committed data file

@@ -299,7 +299,8 @@ impl Rewrite<'_> {
             return Ok(changed);
         }
         let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
-        if !own && by_vector(file.row_count, deleted_before, changed) {
+        if !own && self.writes.merge_on_read() && by_vector(file.row_count, deleted_before, changed)
+        {
             // The positions of the rows read: the file's, less those
             // deleted, in order.
             let mut rows = RoaringBitmap::new();

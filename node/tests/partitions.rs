@@ -141,21 +141,29 @@ async fn deleting_whole_partitions_rewrites_no_file() {
         (0, 6, 12_000),
         "six partitions' files removed, none written"
     );
-    // A DELETE of part of a partition still rewrites its file.
+    // A DELETE of part of a partition reads its file and deletes the rows
+    // by the file's deletion vector (docs/DATA_LAYOUT.md): no file written.
     let partial = "DELETE FROM events WHERE day = DATE '2026-01-03' AND id < 1000";
     let deleted = client.execute(partial, &[]).await.expect("partial delete");
     assert_eq!(deleted, 34);
     assert!(bytes_processed(&client, partial).await > 0);
-    let files_added: i64 = client
+    let changed = client
         .query_one(
-            "SELECT files_added::bigint FROM quarry_system.snapshots WHERE table_name = 'events' \
+            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
+             FROM quarry_system.snapshots WHERE table_name = 'events' \
              ORDER BY snapshot_id DESC LIMIT 1",
             &[],
         )
         .await
-        .expect("snapshot")
-        .get(0);
-    assert_eq!(files_added, 1);
+        .expect("snapshot");
+    assert_eq!(
+        (
+            changed.get::<_, i64>(0),
+            changed.get::<_, i64>(1),
+            changed.get::<_, i64>(2)
+        ),
+        (0, 0, 34)
+    );
     assert_eq!(
         count(&client, "SELECT count(*) FROM events").await,
         60_000 - 12_000 - 34

@@ -190,6 +190,24 @@ async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file()
         "the rewrite wrote {rewrite_bytes} bytes, the vector {vector_bytes}"
     );
     let kept: i64 = (0..300_000).filter(|v| v % 1000 != 7).sum();
+    // A session asking for copy-on-write rewrites the file for one row.
+    client
+        .batch_execute("SET dml_mode = 'copy-on-write'; DELETE FROM t WHERE id = 299999")
+        .await
+        .expect("copy-on-write delete");
+    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    assert_eq!(files_removed, 1);
+    assert!(files_added >= 1);
+    assert_eq!(answers(&client, "t").await[0], 299_699);
+    client
+        .batch_execute("INSERT INTO t VALUES (299999, 599998, 'x'); SET dml_mode = 'merge-on-read'")
+        .await
+        .expect("put it back");
+    let err = client
+        .batch_execute("SET dml_mode = 'sometimes'")
+        .await
+        .expect_err("bad mode");
+    assert_eq!(sqlstate(&err), "22023", "{err}");
     assert_eq!(
         answers(&client, "t").await,
         vec![299_700, kept, 2 * (kept - low) - 99]

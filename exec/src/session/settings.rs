@@ -50,6 +50,10 @@ pub(super) const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     // CockroachDB's name and values (see [`DistSql`]).
     ("distsql", "auto"),
     ("default_transaction_isolation", "repeatable read"),
+    // How DELETE and UPDATE change data files: `merge-on-read` (deletion
+    // vectors) or `copy-on-write`, Iceberg's values of write.delete.mode
+    // (docs/DATA_LAYOUT.md, "Row-level changes").
+    ("dml_mode", "merge-on-read"),
     ("extra_float_digits", "1"),
     ("integer_datetimes", "on"),
     ("intervalstyle", "postgres"),
@@ -218,6 +222,20 @@ impl Session {
                     SqlState::INVALID_PARAMETER_VALUE,
                     format!(
                         "invalid value for parameter \"distsql\": \"{value}\" (off, auto or on)"
+                    ),
+                ));
+            }
+            "dml_mode"
+                if !matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "merge-on-read" | "copy-on-write"
+                ) =>
+            {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "invalid value for parameter \"dml_mode\": \"{value}\" \
+                         (merge-on-read or copy-on-write)"
                     ),
                 ));
             }

@@ -308,6 +308,10 @@ impl Session {
             Some(transaction) => transaction.view.clone(),
             None => self.fresh_view().await?,
         };
+        let copy_on_write = self
+            .setting("dml_mode")
+            .is_some_and(|mode| mode.eq_ignore_ascii_case("copy-on-write"));
+        view.writes.set_merge_on_read(!copy_on_write);
         self.catalog.set_view(view.clone());
         self.catalog.remove_system_schema(AS_OF_SCHEMA);
         // Views planned for this statement are checked as they are planned.
