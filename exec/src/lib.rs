@@ -47,6 +47,7 @@ pub mod pg_signatures;
 pub mod privileges;
 pub mod result_cache;
 pub mod rewrite;
+pub mod row_id;
 pub mod runtime;
 pub mod scram;
 pub mod session;

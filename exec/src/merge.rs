@@ -4,10 +4,13 @@
 //! For each joined row, the first WHEN clause that applies decides: UPDATE gives
 //! the row new values, DELETE drops it, INSERT makes a row from source values; a
 //! target row no clause applies to stays as it is, a source row no INSERT applies
-//! to is dropped. The whole table is then rewritten (copy-on-write of every data
-//! file), so a concurrent rewrite of the same table conflicts (40001). A target
-//! row matched by two source rows is an error (21000), as in PostgreSQL,
-//! found as the joined rows stream by (the join runs once).
+//! to is dropped. The rows a clause applies to are written to new data files;
+//! the target rows it updates or deletes are deleted from their data files
+//! by deletion vector, or their files rewritten without them (as DELETE and
+//! UPDATE do, docs/DATA_LAYOUT.md), so target rows no clause applies to are
+//! not written again. A target row matched by two source rows is an error
+//! (21000), as in PostgreSQL, found as the joined rows stream by (the join
+//! runs once).
 //!
 //! Built as a DataFusion logical plan from the parsed statement: its
 //! expressions (ON, WHEN conditions, SET and VALUES) are planned from the
@@ -15,7 +18,6 @@
 
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::SessionState;
-use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr as PlanExpr, JoinType, LogicalPlan, LogicalPlanBuilder, case, lit, when,
 };
@@ -34,17 +36,22 @@ pub const CLAUSE_COLUMN: &str = "__quarry_merge_clause";
 /// Column of the planned query: true for source rows that matched no target row.
 pub const SOURCE_ONLY_COLUMN: &str = "__quarry_merge_source_only";
 /// Column of the planned query: for a target row joined with a source row,
-/// the target row's number (unique per target row); null otherwise. A number
-/// seen twice is a target row matched twice.
+/// the target row's id (unique per target row); null otherwise. An id seen
+/// twice is a target row matched twice.
 pub const MATCHED_ROW_COLUMN: &str = "__quarry_merge_matched_row";
+/// Column of the planned query: the target row's id (its data file and
+/// position, [`crate::row_id`]); null for a source row no target row
+/// matched.
+pub const TARGET_ROW_COLUMN: &str = "__quarry_merge_target_row";
 
-const ROW_ID: &str = "__quarry_merge_row";
+const ROW_ID: &str = crate::row_id::ROW_ID_COLUMN;
 const FROM_SOURCE: &str = "__quarry_merge_source";
 
 /// A MERGE as one logical plan over the pinned catalog.
 pub struct MergePlan {
     /// Rows: the table's columns in order, then [`CLAUSE_COLUMN`],
-    /// [`SOURCE_ONLY_COLUMN`] and [`MATCHED_ROW_COLUMN`].
+    /// [`SOURCE_ONLY_COLUMN`], [`MATCHED_ROW_COLUMN`] and
+    /// [`TARGET_ROW_COLUMN`].
     pub plan: LogicalPlan,
     /// 1-based clause numbers whose action is DELETE.
     pub delete_clauses: Vec<usize>,
@@ -116,9 +123,9 @@ pub fn plan(
     let target_alias = alias_of(&merge.table, &table.name)?;
     let source_alias = alias_of(&merge.source, "source")?;
     let engine = Error::from_engine;
+    // The target's rows carry their ids (`target` reads a RowIdTable).
     let target = LogicalPlanBuilder::from(target)
-        .window(vec![row_number().alias(ROW_ID)])
-        .and_then(|b| b.alias(target_alias.as_str()))
+        .alias(target_alias.as_str())
         .and_then(|b| b.build())
         .map_err(engine)?;
     let mut source_columns: Vec<PlanExpr> = source
@@ -271,11 +278,12 @@ pub fn plan(
     select.push(clause.alias(CLAUSE_COLUMN));
     select.push(source_only.alias(SOURCE_ONLY_COLUMN));
     select.push(
-        when(matched, row_id)
+        when(matched, row_id.clone())
             .otherwise(lit(ScalarValue::UInt64(None)))
             .map_err(engine)?
             .alias(MATCHED_ROW_COLUMN),
     );
+    select.push(row_id.alias(TARGET_ROW_COLUMN));
     let plan = joined
         .project(select)
         .and_then(|b| b.build())

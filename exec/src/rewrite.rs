@@ -227,8 +227,59 @@ struct Rewrite<'a> {
 /// Whether deleting `matched` more rows of a file of `rows` rows, `deleted`
 /// of them deleted before, by its deletion vector leaves at least half of
 /// its rows in place (else the file is rewritten without them).
-fn by_vector(rows: u64, deleted: u64, matched: u64) -> bool {
+pub(crate) fn by_vector(rows: u64, deleted: u64, matched: u64) -> bool {
     (deleted + matched) * 2 <= rows
+}
+
+/// Deletes the rows at `positions` of data file `file` of `source`'s table
+/// in the transaction's write set: by deletion vector when that leaves at
+/// least half of the file's rows (see [`by_vector`]), the file is committed
+/// and the session's `dml_mode` allows; otherwise by writing the file's
+/// other rows to `writer` and replacing the file.
+///
+/// # Errors
+/// Reading the file or writing its rows.
+pub(crate) async fn delete_positions(
+    source: &SnapshotTable,
+    writes: &Arc<WriteSet>,
+    file: &DataFile,
+    positions: &RoaringBitmap,
+    writer: &mut DataFileWriter,
+    context: Arc<TaskContext>,
+) -> DfResult<()> {
+    let table = source.table().id;
+    let deleted = source.deleted_rows(file);
+    let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
+    let own = writes.added_to(table).iter().any(|f| f.chunk == file.chunk);
+    if !own
+        && writes.merge_on_read()
+        && by_vector(file.row_count, deleted_before, positions.len())
+    {
+        writes.delete_rows(table, file.chunk, positions);
+        return Ok(());
+    }
+    let scan = source.file_scan(vec![file.clone()], 1, None, None)?;
+    let mut batches = scan.execute(0, context)?;
+    let mut position = 0u32;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|_| {
+                while deleted.as_ref().is_some_and(|d| d.contains(position)) {
+                    position += 1;
+                }
+                let kept = !positions.contains(position);
+                position += 1;
+                Some(kept)
+            })
+            .collect();
+        writer
+            .write(filter_record_batch(&batch, &keep)?)
+            .await
+            .map_err(to_engine)?;
+    }
+    writes.remove(table, file.chunk);
+    Ok(())
 }
 
 impl Rewrite<'_> {

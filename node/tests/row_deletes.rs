@@ -341,3 +341,63 @@ async fn the_compactor_folds_deletion_vectors_without_changing_any_answer() {
     );
     assert_eq!(answers(&client, "t").await[0], 224_999);
 }
+
+#[tokio::test]
+async fn merge_deletes_the_target_rows_it_changes_by_deletion_vector() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(&format!(
+            "SET use_query_cache = off;
+             CREATE TABLE t (id BIGINT, v BIGINT, payload TEXT);
+             {ROWS};
+             CREATE TABLE changes (id BIGINT, v BIGINT);
+             INSERT INTO changes VALUES (10, -1), (11, 5), (12, 6), (300000, 7), (300001, 8);"
+        ))
+        .await
+        .expect("tables");
+    let file_bytes: i64 = bigints(
+        &client,
+        "SELECT size_bytes::bigint FROM quarry_system.tables WHERE table_name = 't'",
+    )
+    .await[0];
+    let written = bytes_written(&node).await;
+    let affected = client
+        .execute(
+            "MERGE INTO t USING changes s ON t.id = s.id \
+             WHEN MATCHED AND s.v < 0 THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET v = s.v \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v, 'new')",
+            &[],
+        )
+        .await
+        .expect("merge");
+    assert_eq!(affected, 5);
+    // One new file (the two updated and two inserted rows), none removed:
+    // the three target rows changed are deleted by the file's vector.
+    assert_eq!(last_snapshot(&client).await, (1, 0, 3));
+    assert_eq!(deleted_rows(&client).await, 3);
+    assert!(bytes_written(&node).await - written < file_bytes as f64 / 100.0);
+    assert_eq!(
+        column(&client, "SELECT v FROM t WHERE id BETWEEN 9 AND 13 OR id >= 300000 ORDER BY id").await,
+        vec![18, 5, 6, 26, 7, 8]
+    );
+    let sum_ids: i64 = (0..300_000).sum::<i64>() - 10 + 300_000 + 300_001;
+    let sum_v: i64 = 2 * (0..300_000).sum::<i64>() - 20 - 22 - 24 + 5 + 6 + 7 + 8;
+    assert_eq!(answers(&client, "t").await, vec![300_001, sum_ids, sum_v]);
+    // A target row matched twice is still an error, and leaves nothing.
+    client
+        .batch_execute("INSERT INTO changes VALUES (11, 9)")
+        .await
+        .expect("duplicate source row");
+    let err = client
+        .batch_execute(
+            "MERGE INTO t USING changes s ON t.id = s.id \
+             WHEN MATCHED THEN UPDATE SET v = s.v",
+        )
+        .await
+        .expect_err("matched twice");
+    assert_eq!(sqlstate(&err), "21000", "{err}");
+    assert_eq!(answers(&client, "t").await, vec![300_001, sum_ids, sum_v]);
+}

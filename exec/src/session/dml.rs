@@ -124,12 +124,32 @@ impl Session {
             };
             access.require(&Securable::Table(table.id), wanted)?;
         }
-        let target = self
-            .scan_plan(TableReference::partial(
-                table.schema.as_str(),
-                table.name.as_str(),
-            ))
-            .await?;
+        // The privilege checks of a scan of the target ...
+        self.scan_plan(TableReference::partial(
+            table.schema.as_str(),
+            table.name.as_str(),
+        ))
+        .await?;
+        // ... which is read with each row's data file and position.
+        let current = SnapshotTable::new(
+            table.clone(),
+            table.current_snapshot().id,
+            self.engine.chunks.clone(),
+            Some(view.writes.clone()),
+        );
+        let row_ids = Arc::new(crate::row_id::RowIdTable::new(SnapshotTable::new(
+            table.clone(),
+            table.current_snapshot().id,
+            self.engine.chunks.clone(),
+            Some(view.writes.clone()),
+        )));
+        let target = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            TableReference::partial(table.schema.as_str(), table.name.as_str()),
+            datafusion::datasource::provider_as_source(row_ids.clone()),
+            None,
+        )
+        .and_then(|b| b.build())
+        .map_err(Error::from_engine)?;
         let source = match &merge.source {
             TableFactor::Table { name, .. } => {
                 let (schema, name) = self.resolve(name)?;
@@ -147,14 +167,8 @@ impl Session {
             }
         };
         let plan = crate::merge::plan(&self.ctx.state(), merge, &table, target, source)?;
-        let current = SnapshotTable::new(
-            table.clone(),
-            table.current_snapshot().id,
-            self.engine.chunks.clone(),
-            Some(view.writes.clone()),
-        );
-        let old_files = current.visible_files();
-        // The table's new rows stream into new data files, a batch at a time.
+        // The rows clauses write stream into new data files, a batch at a
+        // time; the target rows they update or delete are gathered by file.
         let query = plan.plan;
         let mut batches = self.stream(query).await?;
         let columns = table.columns.len();
@@ -162,6 +176,9 @@ impl Session {
         let mut affected = 0u64;
         // Target rows joined with a source row so far.
         let mut matched = std::collections::HashSet::new();
+        let mut changed: std::collections::BTreeMap<usize, roaring::RoaringBitmap> =
+            Default::default();
+        let internal = |what: &str| Error::Internal(format!("MERGE {what}"));
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(Error::from_engine)?;
             let clause = datafusion::arrow::compute::cast(batch.column(columns), &DataType::Int64)
@@ -169,19 +186,17 @@ impl Session {
             let clause = clause
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .ok_or_else(|| {
-                    Error::Internal("MERGE clause column is not an integer".to_owned())
-                })?;
-            let source_only = batch
-                .column(columns + 1)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                .ok_or_else(|| Error::Internal("MERGE source flag is not a boolean".to_owned()))?;
+                .ok_or_else(|| internal("clause column is not an integer"))?;
             let matched_rows = batch
                 .column(columns + 2)
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                .ok_or_else(|| Error::Internal("MERGE row number is not a UInt64".to_owned()))?;
+                .ok_or_else(|| internal("row id is not a UInt64"))?;
+            let target_rows = batch
+                .column(columns + 3)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .ok_or_else(|| internal("target row id is not a UInt64"))?;
             for row in matched_rows.iter().flatten() {
                 if !matched.insert(row) {
                     return Err(user_error(
@@ -193,12 +208,18 @@ impl Session {
             let keep: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
                 .map(|row| {
                     let number = clause.value(row);
-                    if number != 0 {
-                        affected += 1;
+                    if number == 0 {
+                        // No clause applies: a target row stays where it
+                        // is, a source row is dropped.
+                        return Some(false);
                     }
-                    let deleted = plan.delete_clauses.contains(&(number as usize));
-                    let unmatched_source = source_only.value(row) && number == 0;
-                    Some(!deleted && !unmatched_source)
+                    affected += 1;
+                    if target_rows.is_valid(row) {
+                        let (file, position) =
+                            crate::row_id::split_row_id(target_rows.value(row));
+                        changed.entry(file).or_default().insert(position);
+                    }
+                    Some(!plan.delete_clauses.contains(&(number as usize)))
                 })
                 .collect();
             let rows = batch
@@ -208,10 +229,24 @@ impl Session {
                 .map_err(|e| Error::Internal(e.to_string()))?;
             writer.write(kept).await?;
         }
-        writer.finish().await?;
-        for file in old_files {
-            view.writes.remove(table.id, file.chunk);
+        let context = self.ctx.task_ctx();
+        for (index, positions) in changed {
+            let file = row_ids
+                .files()
+                .get(index)
+                .ok_or_else(|| internal("row id names no data file"))?;
+            crate::rewrite::delete_positions(
+                &current,
+                &view.writes,
+                file,
+                &positions,
+                &mut writer,
+                context.clone(),
+            )
+            .await
+            .map_err(Error::from_engine)?;
         }
+        writer.finish().await?;
         self.commit_statement(&view.writes).await?;
         Ok(Output::Command(CommandTag::with_rows("MERGE", affected)))
     }
