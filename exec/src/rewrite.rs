@@ -251,9 +251,7 @@ pub(crate) async fn delete_positions(
     let deleted = source.deleted_rows(file);
     let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
     let own = writes.added_to(table).iter().any(|f| f.chunk == file.chunk);
-    if !own
-        && writes.merge_on_read()
-        && by_vector(file.row_count, deleted_before, positions.len())
+    if !own && writes.merge_on_read() && by_vector(file.row_count, deleted_before, positions.len())
     {
         writes.delete_rows(table, file.chunk, positions);
         return Ok(());

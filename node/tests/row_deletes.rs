@@ -380,7 +380,11 @@ async fn merge_deletes_the_target_rows_it_changes_by_deletion_vector() {
     assert_eq!(deleted_rows(&client).await, 3);
     assert!(bytes_written(&node).await - written < file_bytes as f64 / 100.0);
     assert_eq!(
-        column(&client, "SELECT v FROM t WHERE id BETWEEN 9 AND 13 OR id >= 300000 ORDER BY id").await,
+        column(
+            &client,
+            "SELECT v FROM t WHERE id BETWEEN 9 AND 13 OR id >= 300000 ORDER BY id"
+        )
+        .await,
         vec![18, 5, 6, 26, 7, 8]
     );
     let sum_ids: i64 = (0..300_000).sum::<i64>() - 10 + 300_000 + 300_001;

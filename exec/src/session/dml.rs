@@ -215,8 +215,7 @@ impl Session {
                     }
                     affected += 1;
                     if target_rows.is_valid(row) {
-                        let (file, position) =
-                            crate::row_id::split_row_id(target_rows.value(row));
+                        let (file, position) = crate::row_id::split_row_id(target_rows.value(row));
                         changed.entry(file).or_default().insert(position);
                     }
                     Some(!plan.delete_clauses.contains(&(number as usize)))
