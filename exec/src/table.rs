@@ -426,12 +426,20 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let files = self.files();
         let files = self.prune(state, files, filters)?;
-        self.file_scan(
+        let scan = self.file_scan(
             files,
             state.config().target_partitions(),
             projection.cloned(),
             limit,
-        )
+        )?;
+        // DataFusion's `datafusion.execution.parquet.pushdown_filters`
+        // (on unless a session turns it off): whether filters are
+        // evaluated inside the Parquet reader, before the other columns
+        // are decoded, or after whole batches are decoded.
+        if state.config().options().execution.parquet.pushdown_filters {
+            return Ok(scan);
+        }
+        Ok(without_filter_pushdown(scan))
     }
 
     async fn delete_from(
@@ -551,6 +559,23 @@ fn columns_at(table: &Table, snapshot: SnapshotId) -> Vec<quarry_common::catalog
         .find(|s| s.id == snapshot)
         .map(|s| table.columns_at(s).to_vec())
         .unwrap_or_else(|| table.columns.clone())
+}
+
+/// `scan` (a Parquet scan of [`SnapshotTable::file_scan`]) evaluating its
+/// filters after decoding whole batches rather than in the reader.
+fn without_filter_pushdown(scan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let Some(config) = scan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|s| s.data_source().downcast_ref::<FileScanConfig>())
+    else {
+        return scan;
+    };
+    let Some(parquet) = config.file_source().downcast_ref::<ParquetSource>() else {
+        return scan;
+    };
+    let mut config = config.clone();
+    config.file_source = Arc::new(parquet.clone().with_pushdown_filters(false));
+    DataSourceExec::from_data_source(config)
 }
 
 /// `file` (of `rows` rows) read without the rows of `deleted`: a row

@@ -447,6 +447,36 @@ async fn zone_maps_prune_data_files_from_scans() {
 }
 
 #[tokio::test]
+async fn filters_go_into_the_parquet_reader_unless_the_session_turns_it_off() {
+    let (_dir, node) = node().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE readings (id BIGINT NOT NULL, v BIGINT);
+             INSERT INTO readings SELECT g, g % 7 FROM generate_series(1, 1000) AS t(g);",
+        )
+        .await
+        .expect("table");
+    let query = "SELECT count(*) FROM readings WHERE v = 3 AND id > 10";
+    // By default the reader evaluates the filter (DataFusion's
+    // pushdown_filters): no FilterExec above the scan.
+    let pushed = physical_plan(&client, query).await;
+    assert!(!pushed.contains("FilterExec"), "{pushed}");
+    assert!(pushed.contains("predicate="), "{pushed}");
+    client
+        .batch_execute("SET datafusion.execution.parquet.pushdown_filters = false")
+        .await
+        .expect("set");
+    let kept = physical_plan(&client, query).await;
+    assert!(kept.contains("FilterExec"), "{kept}");
+    let row = client.query_one(query, &[]).await.expect("count");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        (11..=1000).filter(|g| g % 7 == 3).count() as i64
+    );
+}
+
+#[tokio::test]
 async fn snapshot_statistics_feed_the_planner() {
     let (_dir, node) = node().await;
     let client = node.client().await;
