@@ -432,14 +432,10 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
             projection.cloned(),
             limit,
         )?;
-        // DataFusion's `datafusion.execution.parquet.pushdown_filters`
-        // (on unless a session turns it off): whether filters are
-        // evaluated inside the Parquet reader, before the other columns
-        // are decoded, or after whole batches are decoded.
-        if state.config().options().execution.parquet.pushdown_filters {
-            return Ok(scan);
-        }
-        Ok(without_filter_pushdown(scan))
+        Ok(with_session_reader_options(
+            scan,
+            &state.config().options().execution.parquet,
+        ))
     }
 
     async fn delete_from(
@@ -561,9 +557,17 @@ fn columns_at(table: &Table, snapshot: SnapshotId) -> Vec<quarry_common::catalog
         .unwrap_or_else(|| table.columns.clone())
 }
 
-/// `scan` (a Parquet scan of [`SnapshotTable::file_scan`]) evaluating its
-/// filters after decoding whole batches rather than in the reader.
-fn without_filter_pushdown(scan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+/// `scan` (a Parquet scan of [`SnapshotTable::file_scan`]) with the
+/// session's settings of how the reader applies filters: DataFusion's
+/// `datafusion.execution.parquet.pushdown_filters` (whether filters run
+/// inside the reader, before the other columns are decoded, or after whole
+/// batches are decoded; on unless a session turns it off),
+/// `reorder_filters`, `force_filter_selections` and
+/// `max_predicate_cache_size`.
+fn with_session_reader_options(
+    scan: Arc<dyn ExecutionPlan>,
+    session: &datafusion::common::config::ParquetOptions,
+) -> Arc<dyn ExecutionPlan> {
     let Some(config) = scan
         .downcast_ref::<DataSourceExec>()
         .and_then(|s| s.data_source().downcast_ref::<FileScanConfig>())
@@ -573,8 +577,17 @@ fn without_filter_pushdown(scan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPla
     let Some(parquet) = config.file_source().downcast_ref::<ParquetSource>() else {
         return scan;
     };
+    let mut options = parquet.table_parquet_options().clone();
+    options.global.reorder_filters = session.reorder_filters;
+    options.global.force_filter_selections = session.force_filter_selections;
+    options.global.max_predicate_cache_size = session.max_predicate_cache_size;
     let mut config = config.clone();
-    config.file_source = Arc::new(parquet.clone().with_pushdown_filters(false));
+    config.file_source = Arc::new(
+        parquet
+            .clone()
+            .with_table_parquet_options(options)
+            .with_pushdown_filters(session.pushdown_filters),
+    );
     DataSourceExec::from_data_source(config)
 }
 
