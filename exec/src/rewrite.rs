@@ -231,6 +231,22 @@ pub(crate) fn by_vector(rows: u64, deleted: u64, matched: u64) -> bool {
     (deleted + matched) * 2 <= rows
 }
 
+/// Whether `more` rows of data file `file` of table `table`, whose rows
+/// `deleted` are deleted already, are deleted by its deletion vector: the
+/// file is committed (not one the transaction wrote), the session's
+/// `dml_mode` is merge-on-read, and [`by_vector`] holds.
+fn deletes_by_vector(
+    writes: &WriteSet,
+    table: quarry_common::catalog::TableId,
+    file: &DataFile,
+    deleted: Option<&RoaringBitmap>,
+    more: u64,
+) -> bool {
+    let own = writes.added_to(table).iter().any(|f| f.chunk == file.chunk);
+    !own && writes.merge_on_read()
+        && by_vector(file.row_count, deleted.map_or(0, |d| d.len()), more)
+}
+
 /// Deletes the rows at `positions` of data file `file` of `source`'s table
 /// in the transaction's write set: by deletion vector when that leaves at
 /// least half of the file's rows (see [`by_vector`]), the file is committed
@@ -249,27 +265,17 @@ pub(crate) async fn delete_positions(
 ) -> DfResult<()> {
     let table = source.table().id;
     let deleted = source.deleted_rows(file);
-    let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
-    let own = writes.added_to(table).iter().any(|f| f.chunk == file.chunk);
-    if !own && writes.merge_on_read() && by_vector(file.row_count, deleted_before, positions.len())
-    {
+    if deletes_by_vector(writes, table, file, deleted.as_ref(), positions.len()) {
         writes.delete_rows(table, file.chunk, positions);
         return Ok(());
     }
     let scan = source.file_scan(vec![file.clone()], 1, None, None)?;
     let mut batches = scan.execute(0, context)?;
-    let mut position = 0u32;
+    let mut read = crate::row_id::Positions::new(deleted);
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let keep: BooleanArray = (0..batch.num_rows())
-            .map(|_| {
-                while deleted.as_ref().is_some_and(|d| d.contains(position)) {
-                    position += 1;
-                }
-                let kept = !positions.contains(position);
-                position += 1;
-                Some(kept)
-            })
+            .map(|_| Some(!positions.contains(read.next_row())))
             .collect();
         writer
             .write(filter_record_batch(&batch, &keep)?)
@@ -338,31 +344,21 @@ impl Rewrite<'_> {
             return Ok(0);
         }
         let live = file.row_count - deleted.as_ref().map_or(0, |d| d.len());
-        let own = self
-            .writes
-            .added_to(self.table.id)
-            .iter()
-            .any(|f| f.chunk == file.chunk);
         if changed == live && self.assignments.is_empty() {
             self.writes.remove(self.table.id, file.chunk);
             return Ok(changed);
         }
-        let deleted_before = deleted.as_ref().map_or(0, |d| d.len());
-        if !own && self.writes.merge_on_read() && by_vector(file.row_count, deleted_before, changed)
-        {
+        if deletes_by_vector(self.writes, self.table.id, file, deleted.as_ref(), changed) {
             // The positions of the rows read: the file's, less those
             // deleted, in order.
             let mut rows = RoaringBitmap::new();
-            let mut position = 0u32;
+            let mut read = crate::row_id::Positions::new(deleted);
             for matched in &matches {
                 for hit in matched.iter() {
-                    while deleted.as_ref().is_some_and(|d| d.contains(position)) {
-                        position += 1;
-                    }
+                    let position = read.next_row();
                     if hit == Some(true) {
                         rows.insert(position);
                     }
-                    position += 1;
                 }
             }
             if !self.assignments.is_empty() {

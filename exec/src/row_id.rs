@@ -137,23 +137,35 @@ impl DisplayAs for RowIdExec {
     }
 }
 
-/// The row ids of `rows` rows of file `index` read after position
-/// `*position` (rows of `deleted` skipped); advances `*position`.
-fn row_ids(
-    index: usize,
-    rows: usize,
-    deleted: Option<&roaring::RoaringBitmap>,
-    position: &mut u32,
-) -> UInt64Array {
-    let mut ids = Vec::with_capacity(rows);
-    for _ in 0..rows {
-        while deleted.is_some_and(|d| d.contains(*position)) {
-            *position += 1;
-        }
-        ids.push(((index as u64) << 32) | u64::from(*position));
-        *position += 1;
+/// The positions in its data file of the rows a scan of the file reads in
+/// order: every position, less those of the rows deleted before.
+pub(crate) struct Positions {
+    deleted: Option<roaring::RoaringBitmap>,
+    next: u32,
+}
+
+impl Positions {
+    /// The positions of the rows read from a file whose `deleted` rows
+    /// the scan skips.
+    pub(crate) fn new(deleted: Option<roaring::RoaringBitmap>) -> Self {
+        Positions { deleted, next: 0 }
     }
-    UInt64Array::from(ids)
+
+    /// The position of the next row read.
+    pub(crate) fn next_row(&mut self) -> u32 {
+        while self.deleted.as_ref().is_some_and(|d| d.contains(self.next)) {
+            self.next += 1;
+        }
+        self.next += 1;
+        self.next - 1
+    }
+}
+
+/// The row ids of the next `rows` rows of file `index`.
+fn row_ids(index: usize, rows: usize, positions: &mut Positions) -> UInt64Array {
+    (0..rows)
+        .map(|_| ((index as u64) << 32) | u64::from(positions.next_row()))
+        .collect()
 }
 
 impl ExecutionPlan for RowIdExec {
@@ -226,18 +238,13 @@ impl ExecutionPlan for RowIdExec {
                 let schema = schema.clone();
                 let context = context.clone();
                 async move {
-                    let deleted = source.deleted_rows(&file);
+                    let mut positions = Positions::new(source.deleted_rows(&file));
                     let scan = source.file_scan(vec![file], 1, Some(read), None)?;
-                    let mut position = 0u32;
                     let batches = scan.execute(0, context)?;
                     Ok::<_, DataFusionError>(batches.map(move |batch| {
                         let batch = batch?;
-                        let ids: ArrayRef = Arc::new(row_ids(
-                            index,
-                            batch.num_rows(),
-                            deleted.as_ref(),
-                            &mut position,
-                        ));
+                        let ids: ArrayRef =
+                            Arc::new(row_ids(index, batch.num_rows(), &mut positions));
                         let arrays: Vec<ArrayRef> = output
                             .iter()
                             .map(|from| match from {
