@@ -66,6 +66,30 @@ async fn last_snapshot(client: &Client) -> (i64, i64, i64) {
     (row.get(0), row.get(1), row.get(2))
 }
 
+/// Runs `first_sql` in a transaction on `first` and `second_sql` in one on
+/// `second`, both before either commits; commits `first`'s, then returns
+/// what committing `second`'s gives.
+async fn commit_both(
+    first: &Client,
+    first_sql: &str,
+    second: &Client,
+    second_sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    first
+        .batch_execute(&format!("BEGIN; {first_sql}"))
+        .await
+        .expect(first_sql);
+    second
+        .batch_execute(&format!("BEGIN; {second_sql}"))
+        .await
+        .expect(second_sql);
+    first
+        .batch_execute("COMMIT")
+        .await
+        .expect("the first commits");
+    second.batch_execute("COMMIT").await
+}
+
 /// Bytes the node's chunk store wrote so far.
 async fn bytes_written(node: &TestNode) -> f64 {
     node.metric("quarry_storage_chunk_written_bytes_total")
@@ -228,27 +252,27 @@ async fn transactions_changing_different_rows_of_one_file_both_commit() {
     let a = node.client().await;
     let b = node.client().await;
     // Different rows: both commit.
-    a.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1")
-        .await
-        .expect("a");
-    b.batch_execute("BEGIN; UPDATE t SET v = v + 10 WHERE id = 2")
-        .await
-        .expect("b");
-    a.batch_execute("COMMIT").await.expect("a commits");
-    b.batch_execute("COMMIT").await.expect("b commits too");
+    commit_both(
+        &a,
+        "UPDATE t SET v = v + 1 WHERE id = 1",
+        &b,
+        "UPDATE t SET v = v + 10 WHERE id = 2",
+    )
+    .await
+    .expect("b commits too");
     assert_eq!(
         column(&setup, "SELECT v FROM t WHERE id IN (1, 2) ORDER BY id").await,
         vec![3, 14]
     );
     // A DELETE and an UPDATE of other rows of the same file.
-    a.batch_execute("BEGIN; DELETE FROM t WHERE id BETWEEN 10 AND 19")
-        .await
-        .expect("a");
-    b.batch_execute("BEGIN; UPDATE t SET v = 0 WHERE id BETWEEN 20 AND 29")
-        .await
-        .expect("b");
-    b.batch_execute("COMMIT").await.expect("b commits");
-    a.batch_execute("COMMIT").await.expect("a commits");
+    commit_both(
+        &b,
+        "UPDATE t SET v = 0 WHERE id BETWEEN 20 AND 29",
+        &a,
+        "DELETE FROM t WHERE id BETWEEN 10 AND 19",
+    )
+    .await
+    .expect("the delete commits too");
     assert_eq!(
         bigints(
             &setup,
@@ -258,14 +282,14 @@ async fn transactions_changing_different_rows_of_one_file_both_commit() {
         vec![10, 0]
     );
     // The same row: the later commit fails with 40001 and leaves nothing.
-    a.batch_execute("BEGIN; UPDATE t SET v = 100 WHERE id = 3")
-        .await
-        .expect("a");
-    b.batch_execute("BEGIN; UPDATE t SET v = 200 WHERE id = 3")
-        .await
-        .expect("b");
-    a.batch_execute("COMMIT").await.expect("a commits");
-    let err = b.batch_execute("COMMIT").await.expect_err("b conflicts");
+    let err = commit_both(
+        &a,
+        "UPDATE t SET v = 100 WHERE id = 3",
+        &b,
+        "UPDATE t SET v = 200 WHERE id = 3",
+    )
+    .await
+    .expect_err("b conflicts");
     assert_eq!(sqlstate(&err), "40001", "{err}");
     assert_eq!(
         bigints(&setup, "SELECT v FROM t WHERE id = 3").await,
@@ -277,14 +301,14 @@ async fn transactions_changing_different_rows_of_one_file_both_commit() {
     );
     // A rewrite of the whole file (most rows) after another transaction
     // deleted rows of it conflicts too: it would bring them back.
-    a.batch_execute("BEGIN; DELETE FROM t WHERE id >= 100000")
-        .await
-        .expect("a");
-    b.batch_execute("BEGIN; DELETE FROM t WHERE id = 5")
-        .await
-        .expect("b");
-    b.batch_execute("COMMIT").await.expect("b commits");
-    let err = a.batch_execute("COMMIT").await.expect_err("a conflicts");
+    let err = commit_both(
+        &b,
+        "DELETE FROM t WHERE id = 5",
+        &a,
+        "DELETE FROM t WHERE id >= 100000",
+    )
+    .await
+    .expect_err("the rewrite conflicts");
     assert_eq!(sqlstate(&err), "40001", "{err}");
     assert_eq!(
         bigints(&setup, "SELECT count(*)::bigint FROM t").await,
