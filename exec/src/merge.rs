@@ -18,6 +18,7 @@
 
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     Expr as PlanExpr, JoinType, LogicalPlan, LogicalPlanBuilder, case, lit, when,
 };
@@ -55,6 +56,9 @@ pub struct MergePlan {
     pub plan: LogicalPlan,
     /// 1-based clause numbers whose action is DELETE.
     pub delete_clauses: Vec<usize>,
+    /// The conjuncts of the ON condition that read the target's columns
+    /// alone, unqualified (for `require_partition_filter`).
+    pub on_target: Vec<PlanExpr>,
 }
 
 /// The name the statement calls `factor` by: its alias, else its table name.
@@ -142,6 +146,20 @@ pub fn plan(
         .map_err(engine)?;
     let joined_schema = target.schema().join(source.schema()).map_err(engine)?;
     let on = expr(state, &merge.on, &joined_schema)?;
+    let on_target = split_conjunction(&on)
+        .into_iter()
+        .filter(|e| {
+            let columns = e.column_refs();
+            !columns.is_empty()
+                && columns.iter().all(|c| {
+                    c.relation
+                        .as_ref()
+                        .is_some_and(|r| r.table() == target_alias)
+                })
+        })
+        .map(|e| crate::rewrite::unqualified(e.clone()))
+        .collect::<datafusion::common::Result<Vec<_>>>()
+        .map_err(engine)?;
     let joined = LogicalPlanBuilder::from(target)
         .join_on(source, JoinType::Full, [on])
         .map_err(engine)?;
@@ -291,5 +309,6 @@ pub fn plan(
     Ok(MergePlan {
         plan,
         delete_clauses,
+        on_target,
     })
 }

@@ -497,15 +497,42 @@ pub fn check_required_filters(plan: &LogicalPlan, state: &SessionState) -> Resul
         })
         .map_err(Error::from_engine)?;
     match refused {
-        Some((table, column)) => Err(user_error(
-            SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
-            format!(
-                "cannot query table \"{table}\" without a filter over column \"{column}\" \
-                 that can be used for partition elimination (the table has require_partition_filter)"
-            ),
-        )),
+        Some((table, column)) => Err(missing_filter(&table, &column)),
         None => Ok(()),
     }
+}
+
+/// 42000 for a statement that reads `table` without a usable filter on its
+/// partitioning column `column`.
+fn missing_filter(table: &str, column: &str) -> Error {
+    user_error(
+        SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+        format!(
+            "cannot query table \"{table}\" without a filter over column \"{column}\" \
+             that can be used for partition elimination (the table has require_partition_filter)"
+        ),
+    )
+}
+
+/// For a MERGE into `target`: when the table requires a partition filter,
+/// `on_target` (the conjuncts of its ON condition on the target's columns
+/// alone) must hold one that can skip partitions, as BigQuery prunes a
+/// MERGE's target partitions from such static conditions.
+///
+/// # Errors
+/// 42000 naming the table and column.
+pub fn check_merge_filter(
+    target: &SnapshotTable,
+    on_target: &[Expr],
+    state: &SessionState,
+) -> Result<()> {
+    let Some(required) = required_of(target) else {
+        return Ok(());
+    };
+    if usable_filter(state, on_target, &required) {
+        return Ok(());
+    }
+    Err(missing_filter(&required.name, &required.column.name))
 }
 
 fn scans_requiring_filter(plan: &LogicalPlan) -> bool {
@@ -534,7 +561,11 @@ struct Required {
 /// filter.
 fn required(source: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<Required> {
     let provider = source_as_provider(source).ok()?;
-    let table = provider.downcast_ref::<SnapshotTable>()?;
+    required_of(provider.downcast_ref::<SnapshotTable>()?)
+}
+
+/// What reading `table` requires, if it requires a partition filter.
+fn required_of(table: &SnapshotTable) -> Option<Required> {
     let partitioning = table.table().partitioning.clone()?;
     if !partitioning.require_filter {
         return None;
@@ -546,7 +577,7 @@ fn required(source: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<R
         .clone();
     Some(Required {
         name: table.table().name.clone(),
-        schema: provider.schema(),
+        schema: datafusion::catalog::TableProvider::schema(table),
         column,
     })
 }

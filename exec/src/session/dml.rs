@@ -167,6 +167,7 @@ impl Session {
             }
         };
         let plan = crate::merge::plan(&self.ctx.state(), merge, &table, target, source)?;
+        crate::partition::check_merge_filter(&current, &plan.on_target, &self.ctx.state())?;
         // The rows clauses write stream into new data files, a batch at a
         // time; the target rows they update or delete are gathered by file.
         let query = plan.plan;
