@@ -248,10 +248,11 @@ fn deletes_by_vector(
 }
 
 /// Deletes the rows at `positions` of data file `file` of `source`'s table
-/// in the transaction's write set: by deletion vector when that leaves at
-/// least half of the file's rows (see [`by_vector`]), the file is committed
-/// and the session's `dml_mode` allows; otherwise by writing the file's
-/// other rows to `writer` and replacing the file.
+/// in the transaction's write set: by removing the file when they are all
+/// its rows left; by deletion vector when that leaves at least half of the
+/// file's rows (see [`by_vector`]), the file is committed and the session's
+/// `dml_mode` allows; otherwise by writing the file's other rows to
+/// `writer` and replacing the file.
 ///
 /// # Errors
 /// Reading the file or writing its rows.
@@ -265,6 +266,11 @@ pub(crate) async fn delete_positions(
 ) -> DfResult<()> {
     let table = source.table().id;
     let deleted = source.deleted_rows(file);
+    // Every row left: the file goes, unread.
+    if positions.len() == file.row_count - deleted.as_ref().map_or(0, |d| d.len()) {
+        writes.remove(table, file.chunk);
+        return Ok(());
+    }
     if deletes_by_vector(writes, table, file, deleted.as_ref(), positions.len()) {
         writes.delete_rows(table, file.chunk, positions);
         return Ok(());

@@ -64,6 +64,11 @@ impl RowIdTable {
         }
     }
 
+    /// The table read, at its snapshot, with the transaction's writes.
+    pub fn source(&self) -> &SnapshotTable {
+        &self.source
+    }
+
     /// The data files, in the order of the row ids' file indexes.
     pub fn files(&self) -> &[DataFile] {
         &self.files

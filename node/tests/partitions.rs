@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{TestNode, bigints};
+use support::{TestNode, bigints, last_snapshot};
 use tokio_postgres::Client;
 
 /// 30 days of 2,000 rows each, the days interleaved in one INSERT (so a
@@ -123,21 +123,8 @@ async fn deleting_whole_partitions_rewrites_no_file() {
         0,
         "whole partitions are deleted from metadata, unread"
     );
-    let last = client
-        .query_one(
-            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
-             FROM quarry_system.snapshots WHERE table_name = 'events' \
-             ORDER BY snapshot_id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .expect("snapshot");
     assert_eq!(
-        (
-            last.get::<_, i64>(0),
-            last.get::<_, i64>(1),
-            last.get::<_, i64>(2)
-        ),
+        last_snapshot(&client, "events").await,
         (0, 6, 12_000),
         "six partitions' files removed, none written"
     );
@@ -147,23 +134,7 @@ async fn deleting_whole_partitions_rewrites_no_file() {
     let deleted = client.execute(partial, &[]).await.expect("partial delete");
     assert_eq!(deleted, 34);
     assert!(bytes_processed(&client, partial).await > 0);
-    let changed = client
-        .query_one(
-            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
-             FROM quarry_system.snapshots WHERE table_name = 'events' \
-             ORDER BY snapshot_id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .expect("snapshot");
-    assert_eq!(
-        (
-            changed.get::<_, i64>(0),
-            changed.get::<_, i64>(1),
-            changed.get::<_, i64>(2)
-        ),
-        (0, 0, 34)
-    );
+    assert_eq!(last_snapshot(&client, "events").await, (0, 0, 34));
     assert_eq!(
         count(&client, "SELECT count(*) FROM events").await,
         60_000 - 12_000 - 34

@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{TestNode, bigints, instant_between_commits, sqlstate};
+use support::{TestNode, bigints, instant_between_commits, last_snapshot, sqlstate};
 use tokio_postgres::Client;
 
 /// 300,000 rows: one data file (more rows than the ingest buffer holds).
@@ -50,20 +50,6 @@ async fn deleted_rows(client: &Client) -> i64 {
         "SELECT deleted_rows::bigint FROM quarry_system.tables WHERE table_name = 't'",
     )
     .await[0]
-}
-
-/// (files_added, files_removed, rows_removed) of table `t`'s newest snapshot.
-async fn last_snapshot(client: &Client) -> (i64, i64, i64) {
-    let row = client
-        .query_one(
-            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
-             FROM quarry_system.snapshots WHERE table_name = 't' \
-             ORDER BY snapshot_id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .expect("snapshots");
-    (row.get(0), row.get(1), row.get(2))
 }
 
 /// Runs `first_sql` in a transaction on `first` and `second_sql` in one on
@@ -125,7 +111,7 @@ async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file()
         .expect("delete");
     assert_eq!(deleted, 600);
     let vector_bytes = bytes_written(&node).await - written;
-    assert_eq!(last_snapshot(&client).await, (0, 0, 600));
+    assert_eq!(last_snapshot(&client, "t").await, (0, 0, 600));
     assert_eq!(deleted_rows(&client).await, 600);
     assert!(
         vector_bytes < file_bytes as f64 / 100.0,
@@ -168,7 +154,7 @@ async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file()
         .expect("update");
     assert_eq!(updated, 99);
     assert!(bytes_written(&node).await - written < file_bytes as f64 / 100.0);
-    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    let (files_added, files_removed, _) = last_snapshot(&client, "t").await;
     assert_eq!((files_added, files_removed), (1, 0));
     let low: i64 = (0..100).sum::<i64>() - 7;
     assert_eq!(
@@ -205,7 +191,7 @@ async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file()
         .execute("DELETE FROM t WHERE id >= 300000", &[])
         .await
         .expect("big delete");
-    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    let (files_added, files_removed, _) = last_snapshot(&client, "t").await;
     assert_eq!(files_removed, 1);
     assert!(files_added >= 1);
     let rewrite_bytes = bytes_written(&node).await - written;
@@ -219,7 +205,7 @@ async fn a_small_change_writes_a_deletion_vector_instead_of_rewriting_the_file()
         .batch_execute("SET dml_mode = 'copy-on-write'; DELETE FROM t WHERE id = 299999")
         .await
         .expect("copy-on-write delete");
-    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    let (files_added, files_removed, _) = last_snapshot(&client, "t").await;
     assert_eq!(files_removed, 1);
     assert!(files_added >= 1);
     assert_eq!(answers(&client, "t").await[0], 299_699);
@@ -344,7 +330,7 @@ async fn the_compactor_folds_deletion_vectors_without_changing_any_answer() {
         assert!(Instant::now() < deadline, "the vector was not folded");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (files_added, files_removed, _) = last_snapshot(&client).await;
+    let (files_added, files_removed, _) = last_snapshot(&client, "t").await;
     assert!(files_added >= 1 && files_removed >= 1);
     assert_eq!(answers(&client, "t").await, expected);
     assert_eq!(
@@ -400,7 +386,7 @@ async fn merge_deletes_the_target_rows_it_changes_by_deletion_vector() {
     assert_eq!(affected, 5);
     // One new file (the two updated and two inserted rows), none removed:
     // the three target rows changed are deleted by the file's vector.
-    assert_eq!(last_snapshot(&client).await, (1, 0, 3));
+    assert_eq!(last_snapshot(&client, "t").await, (1, 0, 3));
     assert_eq!(deleted_rows(&client).await, 3);
     assert!(bytes_written(&node).await - written < file_bytes as f64 / 100.0);
     assert_eq!(

@@ -131,12 +131,6 @@ impl Session {
         ))
         .await?;
         // ... which is read with each row's data file and position.
-        let current = SnapshotTable::new(
-            table.clone(),
-            table.current_snapshot().id,
-            self.engine.chunks.clone(),
-            Some(view.writes.clone()),
-        );
         let row_ids = Arc::new(crate::row_id::RowIdTable::new(SnapshotTable::new(
             table.clone(),
             table.current_snapshot().id,
@@ -167,7 +161,8 @@ impl Session {
             }
         };
         let plan = crate::merge::plan(&self.ctx.state(), merge, &table, target, source)?;
-        crate::partition::check_merge_filter(&current, &plan.on_target, &self.ctx.state())?;
+        let current = row_ids.source();
+        crate::partition::check_merge_filter(current, &plan.on_target, &self.ctx.state())?;
         // The rows clauses write stream into new data files, a batch at a
         // time; the target rows they update or delete are gathered by file.
         let query = plan.plan;
@@ -236,7 +231,7 @@ impl Session {
                 .get(index)
                 .ok_or_else(|| internal("row id names no data file"))?;
             crate::rewrite::delete_positions(
-                &current,
+                current,
                 &view.writes,
                 file,
                 &positions,

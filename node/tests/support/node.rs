@@ -402,6 +402,21 @@ pub async fn http_get(url: &str) -> String {
     body
 }
 
+/// (files_added, files_removed, rows_removed) of the newest snapshot of
+/// table `table` (quarry_system.snapshots).
+pub async fn last_snapshot(client: &Client, table: &str) -> (i64, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT files_added::bigint, files_removed::bigint, rows_removed::bigint \
+             FROM quarry_system.snapshots WHERE table_name = $1 \
+             ORDER BY snapshot_id DESC LIMIT 1",
+            &[&table],
+        )
+        .await
+        .expect("snapshots");
+    (row.get(0), row.get(1), row.get(2))
+}
+
 /// The one row `sql` answers on `client`, every column a bigint.
 pub async fn bigints(client: &Client, sql: &str) -> Vec<i64> {
     let row = client

@@ -1735,6 +1735,15 @@ fn a_commit_holds_its_small_files_in_the_buffer_and_replaced_ones_are_spilled_an
     ));
 }
 
+/// The id of table `name`'s current snapshot.
+fn current(catalog: &Catalog, name: &str) -> SnapshotId {
+    catalog
+        .table("public", name)
+        .expect("the table")
+        .current_snapshot()
+        .id
+}
+
 /// A commit of table `table` deleting `rows` of file `chunk` (adding
 /// `added`), having read the table at snapshot `read`.
 fn delete_rows(
@@ -1761,22 +1770,14 @@ fn deletes_of_different_rows_of_one_file_both_commit_and_of_one_row_conflict() {
     run(&mut catalog, create("t")).expect("create");
     let t = catalog.table("public", "t").expect("t").id;
     run(&mut catalog, append(t, vec![file(10)])).expect("append");
-    let read = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let read = current(&catalog, "t");
     // Two transactions read the same snapshot; each updates other rows.
     run(
         &mut catalog,
         delete_rows(t, 10, &[1, 2], vec![file(2)], read),
     )
     .expect("first");
-    let after_first = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let after_first = current(&catalog, "t");
     run(&mut catalog, delete_rows(t, 10, &[5], vec![file(1)], read)).expect("second");
     let table = catalog.table("public", "t").expect("t");
     assert_eq!(table.current_snapshot().row_count, 10 - 3 + 2 + 1);
@@ -1809,11 +1810,7 @@ fn a_rewrite_of_a_file_that_lost_rows_after_it_was_read_conflicts() {
     run(&mut catalog, create("t")).expect("create");
     let t = catalog.table("public", "t").expect("t").id;
     run(&mut catalog, append(t, vec![file(10)])).expect("append");
-    let read = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let read = current(&catalog, "t");
     run(&mut catalog, delete_rows(t, 10, &[4], vec![], read)).expect("delete");
     let rewrite = |read| Command::CommitRows {
         commit: Box::new(Command::Commit {
@@ -1835,11 +1832,7 @@ fn a_rewrite_of_a_file_that_lost_rows_after_it_was_read_conflicts() {
     );
     // Read after it (the compactor folding the vector): fine, and the
     // rows removed are those still there.
-    let now = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let now = current(&catalog, "t");
     run(&mut catalog, rewrite(now)).expect("fold");
     let table = catalog.table("public", "t").expect("t");
     assert_eq!(table.current_snapshot().row_count, 9);
@@ -1851,11 +1844,7 @@ fn deletion_vectors_expire_with_their_snapshots_and_survive_the_snapshot_file() 
     run(&mut catalog, create("t")).expect("create");
     let t = catalog.table("public", "t").expect("t").id;
     run(&mut catalog, append(t, vec![file(10), file(20)])).expect("append");
-    let read = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let read = current(&catalog, "t");
     run(&mut catalog, delete_rows(t, 10, &[1], vec![], read)).expect("first");
     run(&mut catalog, delete_rows(t, 10, &[3], vec![], read)).expect("second");
     run(&mut catalog, delete_rows(t, 20, &[0, 19], vec![], read)).expect("third");
@@ -1863,11 +1852,7 @@ fn deletion_vectors_expire_with_their_snapshots_and_survive_the_snapshot_file() 
     crate::snapshot_file::write(&catalog, &mut bytes).expect("write");
     let read_back = crate::snapshot_file::read(&bytes[..]).expect("read");
     assert_eq!(read_back, catalog);
-    let keep_from = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let keep_from = current(&catalog, "t");
     run(
         &mut catalog,
         Command::ExpireSnapshots {
@@ -1895,11 +1880,7 @@ fn a_buffer_move_of_a_file_with_deleted_rows_is_refused() {
         .next()
         .expect("one")
         .chunk;
-    let read = catalog
-        .table("public", "t")
-        .expect("t")
-        .current_snapshot()
-        .id;
+    let read = current(&catalog, "t");
     run(&mut catalog, delete_rows(t, chunk.0, &[0], vec![], read)).expect("delete");
     let moved = Command::MoveBuffered {
         change: TableChange {
