@@ -479,7 +479,6 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         },
     ));
 
-    let watchdog = tokio::spawn(crate::service::watchdog(meta.clone(), queries.clone()));
     let drainer = tokio::spawn(crate::drain::follow(
         meta.clone(),
         node_id,
@@ -492,6 +491,9 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         "node {node_id} serving PostgreSQL on {} and HTTP on {}",
         config.pg_listen, config.http_listen
     ));
+    // Fed from READY=1 on: started before it, its first WATCHDOG=1 could
+    // reach systemd first.
+    let watchdog = tokio::spawn(crate::service::watchdog(meta.clone(), queries.clone()));
     let mut connections = JoinSet::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
