@@ -359,7 +359,7 @@ pub struct Duties {
 /// Whether node `node` is in maintenance (drained by an operator) and
 /// within `timeout` of its mark: while down, it is neither repaired nor
 /// replaced as a voter.
-fn in_maintenance(catalog: &Catalog, node: NodeId, timeout: Duration) -> bool {
+pub(crate) fn in_maintenance(catalog: &Catalog, node: NodeId, timeout: Duration) -> bool {
     catalog.maintenance.get(&node).is_some_and(|mark| {
         let age = (quarry_raft::now_micros() - mark.since).max(0) as u128;
         age < timeout.as_micros()
@@ -402,7 +402,7 @@ pub async fn run_duties(
         repair(&meta, &stripes, &membership, &duties, started).await;
         widen(&meta, &stripes).await;
         regroup(&meta, &stripes).await;
-        crate::rebalance::run_pass(&meta, &stripes, duties.rebalance_rate).await;
+        crate::rebalance::run_pass(&meta, &stripes, &duties).await;
     }
 }
 

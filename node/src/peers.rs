@@ -55,12 +55,16 @@ impl Peers for RpcPeers {
         self.view.node_id()
     }
 
+    /// Alive and not in maintenance: a drained node takes no new work (it
+    /// is about to stop), so no fragment of a new query is placed on it.
     fn live(&self) -> Vec<NodeId> {
+        let catalog = self.view.catalog();
         let mut live: Vec<NodeId> = self
             .view
             .live_nodes()
             .into_iter()
             .map(|(id, _)| id)
+            .filter(|id| !catalog.maintenance.contains_key(id))
             .collect();
         live.sort_unstable();
         live

@@ -21,6 +21,11 @@
 //!   if the cluster is still unbalanced.
 //! - Nothing is planned while a stripe has a chunk on a node that is down:
 //!   repair goes first.
+//! - Nothing is planned or moved while a member node is in maintenance
+//!   (drained, within `maintenance_timeout_secs`): it is expected to go
+//!   down and come back with its chunks, so moving them, or balancing
+//!   around it, is churn that a down node would also turn into a repair.
+//!   A plan under way resumes when the maintenance ends.
 //! - A node being decommissioned that holds no chunk any more is removed
 //!   from Raft (a voter is replaced by a live learner in the same change).
 
@@ -34,26 +39,35 @@ use quarry_storage::StripeStore;
 use quarry_storage::rebalance::{bytes_by_node, is_balanced, plan};
 use tokio::time::Instant;
 
+use crate::cluster::{Duties, in_maintenance};
+
 /// How far each node's bytes may be from the mean before a rebalance is
 /// planned (and what a plan aims for).
 pub const TOLERANCE: f64 = 0.10;
 /// Longest a pass makes moves before yielding to the other duties.
 pub const PASS_BUDGET: Duration = Duration::from_secs(3);
 
-/// One pass of the mover on the leader; `rate` is bytes a second per node
-/// (0: rebalancing is off).
-pub async fn run_pass(meta: &Meta, stripes: &StripeStore, rate: u64) {
+/// One pass of the mover on the leader; `duties.rebalance_rate` is bytes a
+/// second per node (0: rebalancing is off).
+pub async fn run_pass(meta: &Meta, stripes: &StripeStore, duties: &Duties) {
+    let rate = duties.rebalance_rate;
     if rate == 0 {
         return;
     }
     let catalog = meta.read_local();
+    let members = raft_members(meta);
+    if members
+        .iter()
+        .any(|n| in_maintenance(&catalog, *n, duties.maintenance_timeout))
+    {
+        return;
+    }
     let live: HashSet<NodeId> = stripes
         .cluster()
         .live_nodes()
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let members = raft_members(meta);
     let leaving: Vec<NodeId> = catalog
         .decommissioning
         .keys()

@@ -167,6 +167,24 @@ async fn a_drained_node_finishes_running_work_refuses_new_and_is_not_repaired_wh
     assert!(rows.iter().any(|r| r.raft_role == "leader"));
     // Another node's API requests are still served.
     assert_eq!(ready_status(&nodes[other]).await, 200);
+    // Queries other nodes coordinate place no task on it: it is about to
+    // stop, and a task there would fail the query when it does.
+    let plan: String = observer
+        .simple_query(
+            "set distsql = on; explain analyze \
+             select id % 7, count(*) from t group by 1",
+        )
+        .await
+        .expect("explain")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains(" on node "), "distributed: {plan}");
+    assert!(!plan.contains(&format!(" on node {id}:")), "{plan}");
 
     // Stopped for its maintenance (well past repair_after and
     // voter_replace_after), its chunks are not rebuilt elsewhere and it

@@ -171,8 +171,8 @@ pub trait Peers: Send + Sync + Debug + 'static {
     /// This node's id.
     fn local(&self) -> NodeId;
 
-    /// The nodes that can run fragments now (alive), this one included, in
-    /// ascending order.
+    /// The nodes that can run new fragments now (alive and not drained for
+    /// maintenance), this one included unless drained, in ascending order.
     fn live(&self) -> Vec<NodeId>;
 
     /// The node holding `chunk` (a data file's data chunk), if placed.
