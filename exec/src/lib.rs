@@ -32,6 +32,7 @@ pub mod distributed;
 pub mod error;
 pub mod external;
 pub mod field_ids;
+pub mod filter_placement;
 pub mod information_schema;
 pub mod jobs;
 pub mod memory;

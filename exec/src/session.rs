@@ -470,7 +470,10 @@ impl Session {
             .with_target_partitions(engine.target_partitions);
         {
             let options = config.options_mut();
-            options.execution.parquet.pushdown_filters = true;
+            // Each scan's filters go into the Parquet reader or after
+            // decoding as `filter_placement` decides; `true` puts them all
+            // in the reader.
+            options.execution.parquet.pushdown_filters = false;
             options.execution.parquet.reorder_filters = true;
             options.execution.parquet.schema_force_view_types = false;
             options.sql_parser.map_string_types_to_utf8view = false;
@@ -508,7 +511,9 @@ impl Session {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rules(crate::optimizer::rules())
-            .with_physical_optimizer_rule(Arc::new(crate::runtime::JoinYieldPoints));
+            .with_physical_optimizer_rules(crate::filter_placement::physical_rules(vec![
+                Arc::new(crate::runtime::JoinYieldPoints),
+            ]));
         if let Some(planners) = builder.expr_planners() {
             planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));
             planners.insert(0, Arc::new(crate::array_text::ArrayTextLiterals));

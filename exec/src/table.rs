@@ -561,7 +561,9 @@ fn columns_at(table: &Table, snapshot: SnapshotId) -> Vec<quarry_common::catalog
 /// session's settings of how the reader applies filters: DataFusion's
 /// `datafusion.execution.parquet.pushdown_filters` (whether filters run
 /// inside the reader, before the other columns are decoded, or after whole
-/// batches are decoded; on unless a session turns it off),
+/// batches are decoded; off by default, and then
+/// [`crate::filter_placement`] turns it on for the scans a join's dynamic
+/// filter reaches),
 /// `reorder_filters`, `force_filter_selections` and
 /// `max_predicate_cache_size`.
 fn with_session_reader_options(

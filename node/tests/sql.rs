@@ -447,33 +447,55 @@ async fn zone_maps_prune_data_files_from_scans() {
 }
 
 #[tokio::test]
-async fn filters_go_into_the_parquet_reader_unless_the_session_turns_it_off() {
+async fn join_filters_go_into_the_parquet_reader_and_static_filters_after_decoding() {
     let (_dir, node) = node().await;
     let client = node.client().await;
     client
         .batch_execute(
             "CREATE TABLE readings (id BIGINT NOT NULL, v BIGINT);
-             INSERT INTO readings SELECT g, g % 7 FROM generate_series(1, 1000) AS t(g);",
+             INSERT INTO readings SELECT g, g % 7 FROM generate_series(1, 1000) AS t(g);
+             CREATE TABLE kinds (k BIGINT, name TEXT);
+             INSERT INTO kinds VALUES (1, 'one'), (3, 'three'), (5, 'five');",
         )
         .await
-        .expect("table");
-    let query = "SELECT count(*) FROM readings WHERE v = 3 AND id > 10";
-    // By default the reader evaluates the filter (DataFusion's
-    // pushdown_filters): no FilterExec above the scan.
-    let pushed = physical_plan(&client, query).await;
-    assert!(!pushed.contains("FilterExec"), "{pushed}");
-    assert!(pushed.contains("predicate="), "{pushed}");
+        .expect("tables");
+    // A scan no dynamic filter reaches: its filter runs after decoding (a
+    // FilterExec above it), and the scan still prunes with it.
+    let alone = "SELECT count(*) FROM readings WHERE v = 3 AND id > 10";
+    let plan = physical_plan(&client, alone).await;
+    assert!(plan.contains("FilterExec: v@1 = 3 AND id@0 > 10"), "{plan}");
+    assert!(plan.contains("predicate=v@1 = 3 AND id@0 > 10"), "{plan}");
+    // The probe side of a join, which the build side's keys filter: its
+    // static filter goes into the reader with the join's dynamic filter;
+    // the build side filters after decoding.
+    let joined = "SELECT count(*) FROM readings r JOIN kinds s ON r.v = s.k \
+                  WHERE r.id > 10 AND s.name <> 'five'";
+    let plan = physical_plan(&client, joined).await;
+    assert!(!plan.contains("FilterExec: id@0 > 10"), "{plan}");
+    assert!(
+        plan.contains("predicate=id@0 > 10 AND DynamicFilter"),
+        "{plan}"
+    );
+    assert!(plan.contains("FilterExec: name@1 != five"), "{plan}");
+    let answers = [
+        (11..=1000).filter(|g| g % 7 == 3).count() as i64,
+        (11..=1000).filter(|g| [1, 3].contains(&(g % 7))).count() as i64,
+    ];
+    for (query, expected) in [alone, joined].into_iter().zip(answers) {
+        let row = client.query_one(query, &[]).await.expect("count");
+        assert_eq!(row.get::<_, i64>(0), expected, "{query}");
+    }
+    // DataFusion's setting puts every scan's filters in the reader.
     client
-        .batch_execute("SET datafusion.execution.parquet.pushdown_filters = false")
+        .batch_execute("SET datafusion.execution.parquet.pushdown_filters = true")
         .await
         .expect("set");
-    let kept = physical_plan(&client, query).await;
-    assert!(kept.contains("FilterExec"), "{kept}");
-    let row = client.query_one(query, &[]).await.expect("count");
-    assert_eq!(
-        row.get::<_, i64>(0),
-        (11..=1000).filter(|g| g % 7 == 3).count() as i64
-    );
+    for (query, expected) in [alone, joined].into_iter().zip(answers) {
+        let plan = physical_plan(&client, query).await;
+        assert!(!plan.contains("FilterExec"), "{plan}");
+        let row = client.query_one(query, &[]).await.expect("count");
+        assert_eq!(row.get::<_, i64>(0), expected, "{query}");
+    }
 }
 
 #[tokio::test]
