@@ -66,7 +66,12 @@ impl std::str::FromStr for ChunkId {
 
 /// A column's type. Each maps to one Arrow type (see `quarry-exec`) and one
 /// PostgreSQL type OID on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Arrays and structs nest to any depth, as Dremel's repeated and group
+/// fields do (Melnik et al., "Dremel: Interactive Analysis of Web-Scale
+/// Datasets", VLDB 2010, section 3); every nested field has its own field id,
+/// written into data files as its Parquet field id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ColumnType {
     /// BOOLEAN.
     Boolean,
@@ -87,7 +92,7 @@ pub enum ColumnType {
         /// Digits after the decimal point, 0..=precision.
         scale: i8,
     },
-    /// TEXT, VARCHAR, CHAR and JSON (stored as text).
+    /// TEXT, VARCHAR and CHAR.
     Text,
     /// DATE: days since 1970-01-01.
     Date,
@@ -97,6 +102,100 @@ pub enum ColumnType {
     TimestampTz,
     /// BYTEA.
     Bytea,
+    /// JSON (and JSONB): a JSON document, kept as the text it was given after
+    /// checking that it parses (RFC 8259).
+    Json,
+    /// `T[]` / `ARRAY<T>`: a one-dimensional array whose elements may be NULL.
+    Array(Box<NestedField>),
+    /// `STRUCT<a T, ...>` / a row value: named fields, each of which may be
+    /// NULL.
+    Struct(Vec<NestedField>),
+}
+
+/// A field inside an array or struct column: an array's element (named
+/// `item`) or one of a struct's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NestedField {
+    /// Stable id, unique within the table (0 until the catalog assigns one).
+    pub field_id: FieldId,
+    /// The field's name.
+    pub name: String,
+    /// The field's type.
+    pub column_type: ColumnType,
+}
+
+impl NestedField {
+    /// An array's element field of `column_type`, its id not yet assigned,
+    /// named `item` as Arrow names list elements.
+    pub fn element(column_type: ColumnType) -> NestedField {
+        NestedField {
+            field_id: 0,
+            name: "item".to_owned(),
+            column_type,
+        }
+    }
+}
+
+impl ColumnType {
+    /// Whether values of this type are arrays or structs.
+    pub fn is_nested(&self) -> bool {
+        matches!(self, ColumnType::Array(_) | ColumnType::Struct(_))
+    }
+
+    /// Gives every nested field a fresh id from `next`, depth first.
+    pub fn assign_field_ids(&mut self, next: &mut FieldId) {
+        let fields: &mut [NestedField] = match self {
+            ColumnType::Array(element) => std::slice::from_mut(element.as_mut()),
+            ColumnType::Struct(fields) => fields,
+            _ => return,
+        };
+        for field in fields {
+            field.field_id = *next;
+            *next += 1;
+            field.column_type.assign_field_ids(next);
+        }
+    }
+
+    /// The largest field id inside this type, if it nests any.
+    pub fn max_field_id(&self) -> Option<FieldId> {
+        let fields: &[NestedField] = match self {
+            ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
+            ColumnType::Struct(fields) => fields,
+            _ => return None,
+        };
+        fields
+            .iter()
+            .map(|f| f.column_type.max_field_id().unwrap_or(0).max(f.field_id))
+            .max()
+    }
+
+    /// This type with the field ids of `old` kept where a nested field of the
+    /// same name and position in the tree exists there, and fresh ids from
+    /// `next` elsewhere (ALTER COLUMN ... TYPE of a struct that gains fields).
+    pub fn keep_field_ids(&mut self, old: &ColumnType, next: &mut FieldId) {
+        match (self, old) {
+            (ColumnType::Array(new), ColumnType::Array(old)) => {
+                new.field_id = old.field_id;
+                new.column_type.keep_field_ids(&old.column_type, next);
+            }
+            (ColumnType::Struct(new), ColumnType::Struct(old)) => {
+                for field in new {
+                    match old.iter().find(|o| o.name == field.name) {
+                        Some(o) => {
+                            field.field_id = o.field_id;
+                            field.column_type.keep_field_ids(&o.column_type, next);
+                        }
+                        None => {
+                            field.field_id = *next;
+                            *next += 1;
+                            field.column_type.assign_field_ids(next);
+                        }
+                    }
+                }
+            }
+            (new, _) => new.assign_field_ids(next),
+        }
+    }
 }
 
 impl fmt::Display for ColumnType {
@@ -114,6 +213,23 @@ impl fmt::Display for ColumnType {
             ColumnType::Timestamp => f.write_str("timestamp without time zone"),
             ColumnType::TimestampTz => f.write_str("timestamp with time zone"),
             ColumnType::Bytea => f.write_str("bytea"),
+            ColumnType::Json => f.write_str("json"),
+            ColumnType::Array(element) => match &element.column_type {
+                // PostgreSQL's spelling where it has one (`bigint[]`), which
+                // it has not for arrays of arrays or of anonymous records.
+                t @ (ColumnType::Array(_) | ColumnType::Struct(_)) => write!(f, "ARRAY<{t}>"),
+                t => write!(f, "{t}[]"),
+            },
+            ColumnType::Struct(fields) => {
+                f.write_str("STRUCT<")?;
+                for (i, field) in fields.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{} {}", field.name, field.column_type)?;
+                }
+                f.write_str(">")
+            }
         }
     }
 }

@@ -52,6 +52,11 @@ impl Dialect for QuarryDialect {
         true
     }
 
+    /// BigQuery's `STRUCT<a INT64, b STRING>` type and `STRUCT(1 AS a)` value.
+    fn supports_struct_literal(&self) -> bool {
+        true
+    }
+
     fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
         self.postgres.identifier_quote_style(identifier)
     }

@@ -100,9 +100,29 @@ pub fn table_oid(id: TableId) -> i32 {
 }
 
 /// The PostgreSQL type a column of `column_type` has.
-pub fn pg_type(column_type: ColumnType) -> postgres_types::Type {
+pub fn pg_type(column_type: &ColumnType) -> postgres_types::Type {
     use postgres_types::Type;
     match column_type {
+        ColumnType::Json => Type::JSON,
+        ColumnType::Struct(_) => Type::RECORD,
+        // PostgreSQL has one array type per element type (no arrays of
+        // arrays, which Quarry refuses as BigQuery does).
+        ColumnType::Array(element) => match &element.column_type {
+            ColumnType::Boolean => Type::BOOL_ARRAY,
+            ColumnType::Int16 => Type::INT2_ARRAY,
+            ColumnType::Int32 => Type::INT4_ARRAY,
+            ColumnType::Int64 => Type::INT8_ARRAY,
+            ColumnType::Float32 => Type::FLOAT4_ARRAY,
+            ColumnType::Float64 => Type::FLOAT8_ARRAY,
+            ColumnType::Decimal { .. } => Type::NUMERIC_ARRAY,
+            ColumnType::Text => Type::TEXT_ARRAY,
+            ColumnType::Date => Type::DATE_ARRAY,
+            ColumnType::Timestamp => Type::TIMESTAMP_ARRAY,
+            ColumnType::TimestampTz => Type::TIMESTAMPTZ_ARRAY,
+            ColumnType::Bytea => Type::BYTEA_ARRAY,
+            ColumnType::Json => Type::JSON_ARRAY,
+            ColumnType::Struct(_) | ColumnType::Array(_) => Type::RECORD_ARRAY,
+        },
         ColumnType::Boolean => Type::BOOL,
         ColumnType::Int16 => Type::INT2,
         ColumnType::Int32 => Type::INT4,
@@ -121,8 +141,8 @@ pub fn pg_type(column_type: ColumnType) -> postgres_types::Type {
 /// `attlen`, `attbyval`, `attalign` and `atttypmod` of a column type, as
 /// pg_type and PostgreSQL's typmod encoding give them (numeric(p,s) is
 /// `(p << 16 | s) + 4`).
-fn storage_of(column_type: ColumnType) -> (i16, bool, &'static str, i32) {
-    match column_type {
+fn storage_of(column_type: &ColumnType) -> (i16, bool, &'static str, i32) {
+    match *column_type {
         ColumnType::Boolean => (1, true, "c", -1),
         ColumnType::Int16 => (2, true, "s", -1),
         ColumnType::Int32 | ColumnType::Date => (4, true, "i", -1),
@@ -135,7 +155,8 @@ fn storage_of(column_type: ColumnType) -> (i16, bool, &'static str, i32) {
             "i",
             ((i32::from(precision) << 16) | i32::from(scale as u8)) + 4,
         ),
-        ColumnType::Text | ColumnType::Bytea => (-1, false, "i", -1),
+        ColumnType::Text | ColumnType::Bytea | ColumnType::Json => (-1, false, "i", -1),
+        ColumnType::Array(_) | ColumnType::Struct(_) => (-1, false, "d", -1),
     }
 }
 
@@ -609,7 +630,7 @@ impl PgCatalogSchema {
                     .map(|(column, number)| Attribute {
                         number,
                         name: column.name.clone(),
-                        type_oid: pg_type(column.column_type).oid() as i32,
+                        type_oid: pg_type(&column.column_type).oid() as i32,
                         column_type: Some(column.column_type),
                         not_null: false,
                         default: None,
@@ -831,7 +852,7 @@ fn table_relations(meta: &Catalog) -> Vec<Relation> {
                 .map(|column| Attribute {
                     number: i16::try_from(column.field_id).unwrap_or(i16::MAX),
                     name: column.name.clone(),
-                    type_oid: pg_type(column.column_type).oid() as i32,
+                    type_oid: pg_type(&column.column_type).oid() as i32,
                     column_type: Some(column.column_type),
                     not_null: !column.nullable,
                     default: column.default.as_ref().map(|datum| {
@@ -1204,7 +1225,7 @@ fn attribute_row(relation: i32, column: &Attribute) -> Row {
 
 /// A column default as PostgreSQL's `pg_get_expr` writes it: numbers and
 /// booleans bare, other values quoted and cast to the column's type.
-fn default_sql(value: &ScalarValue, column_type: ColumnType) -> String {
+fn default_sql(value: &ScalarValue, column_type: &ColumnType) -> String {
     if value.is_null() {
         return "NULL".to_owned();
     }
@@ -1369,7 +1390,7 @@ mod tests {
     #[test]
     fn numeric_typmod_is_postgresql_s() {
         // numeric(10,2): (10 << 16 | 2) + 4, as PostgreSQL stores it.
-        let (_, _, _, typmod) = storage_of(ColumnType::Decimal {
+        let (_, _, _, typmod) = storage_of(&ColumnType::Decimal {
             precision: 10,
             scale: 2,
         });

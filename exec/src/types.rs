@@ -5,10 +5,13 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::extension::EXTENSION_TYPE_NAME_KEY;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo, TimezoneInfo};
 use quarry_common::SqlState;
-use quarry_common::catalog::{Column, ColumnType, Table};
+use quarry_common::catalog::{Column, ColumnType, NestedField, Table};
 
 use crate::error::{Result, user_error};
 
@@ -19,8 +22,18 @@ pub const DEFAULT_NUMERIC: (u8, i8) = (38, 9);
 /// Arrow metadata key holding a column's field id (the Parquet field id).
 pub const FIELD_ID_KEY: &str = "PARQUET:field_id";
 
-/// The Arrow type that stores `column_type`.
-pub fn arrow_type(column_type: ColumnType) -> DataType {
+/// Arrow's extension type name for JSON text (the canonical `arrow.json`
+/// extension), carried in a field's metadata: a JSON column is Utf8 with it.
+pub const JSON_EXTENSION: &str = "arrow.json";
+
+/// The Arrow type that stores `column_type`; nested fields without field ids.
+pub fn arrow_type(column_type: &ColumnType) -> DataType {
+    arrow_type_with(column_type, false)
+}
+
+/// The Arrow type that stores `column_type`, its nested fields carrying their
+/// field ids when `ids` (the type written into data files).
+fn arrow_type_with(column_type: &ColumnType, ids: bool) -> DataType {
     match column_type {
         ColumnType::Boolean => DataType::Boolean,
         ColumnType::Int16 => DataType::Int16,
@@ -28,19 +41,71 @@ pub fn arrow_type(column_type: ColumnType) -> DataType {
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
-        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
-        ColumnType::Text => DataType::Utf8,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
+        ColumnType::Text | ColumnType::Json => DataType::Utf8,
         ColumnType::Date => DataType::Date32,
         ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
         ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         ColumnType::Bytea => DataType::Binary,
+        ColumnType::Array(element) => DataType::List(Arc::new(nested_field(element, ids))),
+        ColumnType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| nested_field(f, ids))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
     }
+}
+
+/// The Arrow field of a nested field (always nullable).
+fn nested_field(field: &NestedField, ids: bool) -> Field {
+    let mut metadata = type_metadata(&field.column_type);
+    if ids {
+        metadata.insert(FIELD_ID_KEY.to_owned(), field.field_id.to_string());
+    }
+    Field::new(
+        &field.name,
+        arrow_type_with(&field.column_type, ids),
+        true,
+    )
+    .with_metadata(metadata)
+}
+
+/// The field metadata a value of `column_type` carries: the JSON extension
+/// name for JSON.
+fn type_metadata(column_type: &ColumnType) -> HashMap<String, String> {
+    match column_type {
+        ColumnType::Json => [(
+            EXTENSION_TYPE_NAME_KEY.to_owned(),
+            JSON_EXTENSION.to_owned(),
+        )]
+        .into(),
+        _ => HashMap::new(),
+    }
+}
+
+/// Whether `field` holds JSON text (Utf8 with the `arrow.json` extension).
+pub fn is_json(field: &Field) -> bool {
+    field.metadata().get(EXTENSION_TYPE_NAME_KEY).map(String::as_str) == Some(JSON_EXTENSION)
+}
+
+/// The column type for values in Arrow field `field` (CREATE TABLE AS):
+/// its type, and JSON for a field with the JSON extension.
+///
+/// # Errors
+/// As [`column_type_of`].
+pub fn column_type_of_field(field: &Field) -> Result<ColumnType> {
+    if is_json(field) {
+        return Ok(ColumnType::Json);
+    }
+    column_type_of(field.data_type())
 }
 
 /// The column type for values of Arrow type `data_type` (CREATE TABLE AS).
 ///
 /// # Errors
-/// 0A000 for Arrow types Quarry cannot store yet (lists, structs, intervals).
+/// 0A000 for Arrow types Quarry cannot store yet (intervals, maps, unions).
 pub fn column_type_of(data_type: &DataType) -> Result<ColumnType> {
     Ok(match data_type {
         DataType::Boolean => ColumnType::Boolean,
@@ -70,6 +135,25 @@ pub fn column_type_of(data_type: &DataType) -> Result<ColumnType> {
         | DataType::BinaryView
         | DataType::FixedSizeBinary(_) => ColumnType::Bytea,
         DataType::Dictionary(_, value) => column_type_of(value)?,
+        DataType::List(element)
+        | DataType::LargeList(element)
+        | DataType::ListView(element)
+        | DataType::LargeListView(element)
+        | DataType::FixedSizeList(element, _) => {
+            ColumnType::Array(Box::new(NestedField::element(column_type_of_field(element)?)))
+        }
+        DataType::Struct(fields) => ColumnType::Struct(
+            fields
+                .iter()
+                .map(|f| {
+                    Ok(NestedField {
+                        field_id: 0,
+                        name: f.name().clone(),
+                        column_type: column_type_of_field(f)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
         other => {
             return Err(user_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
@@ -103,9 +187,52 @@ pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
         | T::CharacterVarying(_)
         | T::Char(_)
         | T::Character(_)
-        | T::Nvarchar(_)
-        | T::JSON
-        | T::JSONB => ColumnType::Text,
+        | T::Nvarchar(_) => ColumnType::Text,
+        T::JSON | T::JSONB => ColumnType::Json,
+        T::Array(
+            ast::ArrayElemTypeDef::SquareBracket(element, _)
+            | ast::ArrayElemTypeDef::AngleBracket(element)
+            | ast::ArrayElemTypeDef::Parenthesis(element),
+        ) => {
+            let element = column_type_from_sql(element)?;
+            if matches!(element, ColumnType::Array(_)) && matches!(sql, T::Array(ast::ArrayElemTypeDef::SquareBracket(..))) {
+                // `int[][]`: PostgreSQL's multidimensional arrays are
+                // rectangular with bounds, which nested lists are not.
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "multidimensional arrays are not supported; use ARRAY<ARRAY<T>> for arrays of arrays",
+                ));
+            }
+            ColumnType::Array(Box::new(NestedField::element(element)))
+        }
+        T::Struct(fields, _) => {
+            if fields.is_empty() {
+                return Err(user_error(
+                    SqlState::SYNTAX_ERROR,
+                    "a STRUCT type needs at least one field",
+                ));
+            }
+            let mut nested: Vec<NestedField> = Vec::with_capacity(fields.len());
+            for (i, field) in fields.iter().enumerate() {
+                let name = match &field.field_name {
+                    Some(name) => name.value.clone(),
+                    // BigQuery names an anonymous field `_field_N`.
+                    None => format!("_field_{}", i + 1),
+                };
+                if nested.iter().any(|f| f.name == name) {
+                    return Err(user_error(
+                        SqlState::DUPLICATE_COLUMN,
+                        format!("duplicate field name \"{name}\" in STRUCT"),
+                    ));
+                }
+                nested.push(NestedField {
+                    field_id: 0,
+                    name,
+                    column_type: column_type_from_sql(&field.field_type)?,
+                });
+            }
+            ColumnType::Struct(nested)
+        }
         T::Date => ColumnType::Date,
         T::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) | T::Datetime(_) => {
             ColumnType::Timestamp
@@ -159,13 +286,15 @@ fn decimal(info: &ExactNumberInfo) -> Result<ColumnType> {
     })
 }
 
-/// The Arrow field of `column`, without metadata (the schema queries see).
+/// The Arrow field of `column` (the schema queries see): no field ids, the
+/// JSON extension name on JSON.
 pub fn field(column: &Column) -> Field {
     Field::new(
         &column.name,
-        arrow_type(column.column_type),
+        arrow_type(&column.column_type),
         column.nullable,
     )
+    .with_metadata(type_metadata(&column.column_type))
 }
 
 /// The Arrow schema queries see for `table`.
@@ -186,7 +315,10 @@ pub fn file_schema(table: &Table) -> SchemaRef {
             .columns
             .iter()
             .map(|c| {
-                field(c).with_metadata([(FIELD_ID_KEY.to_owned(), c.field_id.to_string())].into())
+                let mut metadata = type_metadata(&c.column_type);
+                metadata.insert(FIELD_ID_KEY.to_owned(), c.field_id.to_string());
+                Field::new(&c.name, arrow_type_with(&c.column_type, true), c.nullable)
+                    .with_metadata(metadata)
             })
             .collect::<Vec<_>>(),
     ))

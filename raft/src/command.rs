@@ -1301,7 +1301,18 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     column.field_id = *id;
                 }
             }
-            let next_field_id = columns.iter().map(|c| c.field_id).max().unwrap_or(0) + 1;
+            let mut next_field_id = columns.iter().map(|c| c.field_id).max().unwrap_or(0) + 1;
+            // Nested fields are numbered after the columns; a table created
+            // with its files' field ids (RESTORE, clone) keeps theirs.
+            for column in &mut columns {
+                if column.column_type.max_field_id() == Some(0) {
+                    column.column_type.assign_field_ids(&mut next_field_id);
+                }
+            }
+            let next_field_id = columns
+                .iter()
+                .filter_map(|c| c.column_type.max_field_id())
+                .fold(next_field_id, |next, id| next.max(id + 1));
             let mut table = Table {
                 id,
                 schema: schema.clone(),
@@ -2589,7 +2600,7 @@ pub fn columns_from_defs(defs: &[ColumnDef]) -> Vec<Column> {
         .map(|(c, field_id)| Column {
             field_id,
             name: c.name.clone(),
-            column_type: c.column_type,
+            column_type: c.column_type.clone(),
             nullable: c.nullable,
             default: c.default.clone(),
         })
@@ -2627,10 +2638,21 @@ fn set_at_creation(
 
 /// Whether a column of type `from` may become `to` without rewriting or losing
 /// data.
-pub fn is_widening(from: ColumnType, to: ColumnType) -> bool {
+///
+/// A struct widens to one that has each of its fields (by name, in the same
+/// order, each widening) and more fields after them; an array to one whose
+/// element widens. Nested field ids are not compared.
+pub fn is_widening(from: &ColumnType, to: &ColumnType) -> bool {
     use ColumnType as T;
     match (from, to) {
         (a, b) if a == b => true,
+        (T::Array(a), T::Array(b)) => is_widening(&a.column_type, &b.column_type),
+        (T::Struct(a), T::Struct(b)) => {
+            a.len() <= b.len()
+                && a.iter().zip(b).all(|(a, b)| {
+                    a.name == b.name && is_widening(&a.column_type, &b.column_type)
+                })
+        }
         (T::Int16, T::Int32 | T::Int64) | (T::Int32, T::Int64) | (T::Float32, T::Float64) => true,
         (
             T::Decimal {
@@ -2671,14 +2693,17 @@ fn alter(
             if columns.iter().any(|c| c.name == def.name) {
                 return Err(CatalogError::DuplicateColumn(def.name.clone()));
             }
+            let field_id = next_field_id;
+            next_field_id += 1;
+            let mut column_type = def.column_type.clone();
+            column_type.assign_field_ids(&mut next_field_id);
             columns.push(Column {
-                field_id: next_field_id,
+                field_id,
                 name: def.name.clone(),
-                column_type: def.column_type,
+                column_type,
                 nullable: def.nullable,
                 default: def.default.clone(),
             });
-            next_field_id += 1;
         }
         SchemaChange::DropColumn(name) => {
             let index = find(&columns, name)?;
@@ -2705,15 +2730,17 @@ fn alter(
             column_type,
         } => {
             let index = find(&columns, column)?;
-            let from = columns[index].column_type;
-            if !is_widening(from, *column_type) {
+            let from = &columns[index].column_type;
+            if !is_widening(from, column_type) {
                 return Err(CatalogError::NarrowingTypeChange {
                     column: column.clone(),
-                    from,
-                    to: *column_type,
+                    from: from.clone(),
+                    to: column_type.clone(),
                 });
             }
-            columns[index].column_type = *column_type;
+            let mut to = column_type.clone();
+            to.keep_field_ids(from, &mut next_field_id);
+            columns[index].column_type = to;
         }
     }
     let snapshot = next_id(catalog);
