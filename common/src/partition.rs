@@ -124,7 +124,7 @@ impl Partitioning {
                 }
             }
             PartitionScheme::Time(unit) => {
-                PartitionKey::Start(truncate(value, self.column_type, unit))
+                PartitionKey::Start(truncate(value, &self.column_type, unit))
             }
         }
     }
@@ -135,7 +135,7 @@ impl Partitioning {
             PartitionScheme::IntegerRange { interval, end, .. } => {
                 start.saturating_add(interval).min(end)
             }
-            PartitionScheme::Time(unit) => next_start(start, self.column_type, unit),
+            PartitionScheme::Time(unit) => next_start(start, &self.column_type, unit),
         };
         (start, next.saturating_sub(1))
     }
@@ -203,8 +203,8 @@ impl Partitioning {
 
 /// The start of the `unit` holding `value` (days for DATE, microseconds
 /// for timestamps).
-fn truncate(value: i64, column_type: ColumnType, unit: TimeUnit) -> i64 {
-    if column_type == ColumnType::Date {
+fn truncate(value: i64, column_type: &ColumnType, unit: TimeUnit) -> i64 {
+    if *column_type == ColumnType::Date {
         let Some(date) = date_of_days(value) else {
             return value;
         };
@@ -219,14 +219,14 @@ fn truncate(value: i64, column_type: ColumnType, unit: TimeUnit) -> i64 {
         TimeUnit::Day => value.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY,
         TimeUnit::Month | TimeUnit::Year => {
             let days = value.div_euclid(MICROS_PER_DAY);
-            truncate(days, ColumnType::Date, unit) * MICROS_PER_DAY
+            truncate(days, &ColumnType::Date, unit) * MICROS_PER_DAY
         }
     }
 }
 
 /// The start of the `unit` after the one starting at `start`.
-fn next_start(start: i64, column_type: ColumnType, unit: TimeUnit) -> i64 {
-    if column_type == ColumnType::Date {
+fn next_start(start: i64, column_type: &ColumnType, unit: TimeUnit) -> i64 {
+    if *column_type == ColumnType::Date {
         let Some(date) = date_of_days(start) else {
             return start.saturating_add(1);
         };
@@ -246,7 +246,7 @@ fn next_start(start: i64, column_type: ColumnType, unit: TimeUnit) -> i64 {
         TimeUnit::Hour => start.saturating_add(MICROS_PER_HOUR),
         TimeUnit::Day => start.saturating_add(MICROS_PER_DAY),
         TimeUnit::Month | TimeUnit::Year => {
-            next_start(start.div_euclid(MICROS_PER_DAY), ColumnType::Date, unit)
+            next_start(start.div_euclid(MICROS_PER_DAY), &ColumnType::Date, unit)
                 .saturating_mul(MICROS_PER_DAY)
         }
     }

@@ -10,10 +10,17 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
+use datafusion::logical_expr::{
+    ColumnarValue, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::optimizer::AnalyzerRule;
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 use quarry_common::SqlState;
 
@@ -104,16 +111,17 @@ pub fn parse(text: &str, field: &FieldRef) -> crate::Result<ScalarValue> {
         |message: String| crate::error::user_error(SqlState::INVALID_TEXT_REPRESENTATION, message);
     let elements = elements(text).map_err(invalid)?;
     let strings: Arc<dyn Array> = Arc::new(StringArray::from(elements));
+    // The element type in PostgreSQL's words (bigint, not Int64).
+    let type_name = crate::types::column_type_of(field.data_type())
+        .map_or_else(|_| field.data_type().to_string(), |t| t.to_string());
     let values = cast(&strings, field.data_type()).map_err(|e| {
         invalid(format!(
-            "invalid input syntax for type {} in array \"{text}\": {e}",
-            field.data_type()
+            "invalid input syntax for type {type_name} in array \"{text}\": {e}"
         ))
     })?;
     if values.null_count() != strings.null_count() {
         return Err(invalid(format!(
-            "invalid input syntax for type {} in array \"{text}\"",
-            field.data_type()
+            "invalid input syntax for type {type_name} in array \"{text}\""
         )));
     }
     Ok(ScalarValue::List(ScalarValue::new_list_from_iter(
@@ -186,6 +194,101 @@ impl ExprPlanner for ArrayTextLiterals {
             }
         }
         Ok(PlannerResult::Original(expr))
+    }
+}
+
+/// Casts from text to an array type read the text as PostgreSQL's array
+/// input does (`'{1,2}'::bigint[]`, `INSERT INTO t (tags) VALUES
+/// ('{a,b}')`), where Arrow's cast would make a one-element list of the
+/// whole text. An analyzer rule, after DataFusion's type coercion has made
+/// every cast explicit.
+#[derive(Debug, Default)]
+pub struct ArrayTextCasts;
+
+impl AnalyzerRule for ArrayTextCasts {
+    fn name(&self) -> &str {
+        "array_text_casts"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            let schema = match node.inputs().as_slice() {
+                [] => Arc::new(DFSchema::empty()),
+                [one] => one.schema().clone(),
+                _ => return Ok(Transformed::no(node)),
+            };
+            node.map_expressions(|e| {
+                e.transform_up(|e| {
+                    let (inner, field) = match &e {
+                        Expr::Cast(c) => (&c.expr, &c.field),
+                        Expr::TryCast(c) => (&c.expr, &c.field),
+                        _ => return Ok(Transformed::no(e)),
+                    };
+                    let DataType::List(element) = field.data_type() else {
+                        return Ok(Transformed::no(e));
+                    };
+                    if !matches!(
+                        inner.get_type(&schema),
+                        Ok(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+                    ) {
+                        return Ok(Transformed::no(e));
+                    }
+                    let udf = ScalarUDF::new_from_impl(ArrayIn {
+                        element: element.clone(),
+                        signature: Signature::any(1, Volatility::Immutable),
+                    });
+                    Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(Arc::new(udf), vec![inner.as_ref().clone()]),
+                    )))
+                })
+            })
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// PostgreSQL's `array_in`: array text to a list of `element`'s type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayIn {
+    element: FieldRef,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ArrayIn {
+    fn name(&self) -> &str {
+        "array_in"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::List(self.element.clone()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let text = |value: &ScalarValue| -> DfResult<ScalarValue> {
+            match value {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::Utf8View(Some(s))
+                | ScalarValue::LargeUtf8(Some(s)) => {
+                    parse(s, &self.element).map_err(crate::error::to_engine)
+                }
+                _ => Ok(ScalarValue::try_from(&DataType::List(
+                    self.element.clone(),
+                ))?),
+            }
+        };
+        match &args.args[0] {
+            ColumnarValue::Scalar(value) => Ok(ColumnarValue::Scalar(text(value)?)),
+            ColumnarValue::Array(array) => {
+                let values = (0..array.len())
+                    .map(|i| text(&ScalarValue::try_from_array(array, i)?))
+                    .collect::<DfResult<Vec<_>>>()?;
+                Ok(ColumnarValue::Array(ScalarValue::iter_to_array(values)?))
+            }
+        }
     }
 }
 

@@ -567,7 +567,7 @@ impl RowBuffer {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.table.columns.len());
         for (column, position) in self.table.columns.iter().zip(&self.positions) {
             let Some(position) = position else {
-                columns.push(new_null_array(&arrow_type(column.column_type), rows));
+                columns.push(new_null_array(&arrow_type(&column.column_type), rows));
                 continue;
             };
             let text = texts
@@ -591,7 +591,7 @@ impl RowBuffer {
                     },
                 ));
             }
-            columns.push(convert(text, column.column_type, |row| {
+            columns.push(convert(text, &column.column_type, |row| {
                 format!(
                     "{}, column {}",
                     self.origin.place(&self.table.name, line(row)),
@@ -616,11 +616,11 @@ impl RowBuffer {
 /// Converts text values to `column_type`, naming the first bad value.
 fn convert(
     text: &StringArray,
-    column_type: ColumnType,
+    column_type: &ColumnType,
     locate: impl Fn(usize) -> String,
 ) -> std::result::Result<ArrayRef, Misfit> {
     let target = arrow_type(column_type);
-    if column_type == ColumnType::Bytea {
+    if *column_type == ColumnType::Bytea {
         let bad_row = std::cell::Cell::new(None);
         return decode_bytea(text, |row| {
             bad_row.set(Some(row));
@@ -662,7 +662,7 @@ fn convert(
 
 /// 22P02 (22007 for dates and times) for `value`, found at `place` (`COPY
 /// t, line 3, column c`).
-fn bad_value(place: &str, column_type: ColumnType, value: &str) -> Error {
+fn bad_value(place: &str, column_type: &ColumnType, value: &str) -> Error {
     let state = match column_type {
         ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz => {
             SqlState::INVALID_DATETIME_FORMAT

@@ -33,7 +33,7 @@ fn bad(message: impl Into<String>) -> Error {
 
 /// The text form of a binary field of `column_type`, as the text format
 /// would carry it.
-fn field_text(column_type: ColumnType, raw: &[u8]) -> std::result::Result<String, String> {
+fn field_text(column_type: &ColumnType, raw: &[u8]) -> std::result::Result<String, String> {
     let ty = crate::pg_catalog::pg_type(column_type);
     let text = match column_type {
         ColumnType::Boolean => if bool::from_sql(&ty, raw).map_err(|e| e.to_string())? {
@@ -61,6 +61,16 @@ fn field_text(column_type: ColumnType, raw: &[u8]) -> std::result::Result<String
             .map_err(|e| e.to_string())?
             .to_string(),
         ColumnType::Text => String::from_sql(&ty, raw).map_err(|e| e.to_string())?,
+        // json's binary form is its text (jsonb's would start with a version
+        // byte; the column's type on the wire is json).
+        ColumnType::Json => std::str::from_utf8(raw)
+            .map_err(|e| e.to_string())?
+            .to_owned(),
+        ColumnType::Array(_) | ColumnType::Struct(_) => {
+            return Err(format!(
+                "binary COPY of {column_type} columns is not supported; use the text or CSV format"
+            ));
+        }
         ColumnType::Date => NaiveDate::from_sql(&ty, raw)
             .map_err(|e| e.to_string())?
             .format("%Y-%m-%d")
@@ -200,14 +210,14 @@ impl BinaryRecordParser {
                 record.push(match field {
                     None => None,
                     Some(range) => {
-                        Some(field_text(*column_type, &self.buffer[range]).map_err(|e| {
+                        Some(field_text(column_type, &self.buffer[range]).map_err(|e| {
                             user_error(
                                 SqlState::INVALID_BINARY_REPRESENTATION,
                                 format!(
                                     "row {}, column {}: not a binary {}: {e}",
                                     self.row,
                                     column + 1,
-                                    crate::pg_catalog::pg_type(*column_type)
+                                    crate::pg_catalog::pg_type(column_type)
                                 ),
                             )
                         })?)

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
-    CastOptions, SortColumn, SortOptions, cast_with_options, concat_batches, lexsort_to_indices,
-    take_record_batch,
+    CastOptions, SortColumn, SortOptions, cast, cast_with_options, concat_batches,
+    lexsort_to_indices, take_record_batch,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
@@ -824,6 +824,7 @@ impl DataFileWriter {
                     detail: None,
                 });
             }
+            check_json(column, &def.column_type, &def.name)?;
             if column.data_type() == field.data_type() {
                 columns.push(column.clone());
             } else {
@@ -952,9 +953,43 @@ pub fn datum_of(value: &ScalarValue) -> Option<Datum> {
     })
 }
 
+/// 22P02 unless every value of `column` that a JSON type (at any depth of
+/// `column_type`) holds parses as JSON (RFC 8259).
+fn check_json(column: &ArrayRef, column_type: &ColumnType, name: &str) -> Result<()> {
+    use datafusion::arrow::array::AsArray;
+    match column_type {
+        ColumnType::Json => {
+            let text = cast(column, &DataType::Utf8)
+                .map_err(|e| Error::Internal(format!("JSON column {name} as text: {e}")))?;
+            for value in text.as_string::<i32>().iter().flatten() {
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
+                    return Err(Error::User {
+                        state: SqlState::INVALID_TEXT_REPRESENTATION,
+                        message: format!("invalid input syntax for type json: {e}"),
+                        detail: Some(format!("column \"{name}\": {value}")),
+                    });
+                }
+            }
+            Ok(())
+        }
+        ColumnType::Array(element) => match column.as_list_opt::<i32>() {
+            Some(list) => check_json(list.values(), &element.column_type, name),
+            None => Ok(()),
+        },
+        ColumnType::Struct(fields) => match column.as_struct_opt() {
+            Some(array) => fields
+                .iter()
+                .zip(array.columns())
+                .try_for_each(|(f, c)| check_json(c, &f.column_type, name)),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// The engine scalar of a zone-map value of a column of type `column_type`;
 /// a typed NULL when `datum` is None.
-pub fn scalar_of(datum: Option<&Datum>, column_type: ColumnType) -> ScalarValue {
+pub fn scalar_of(datum: Option<&Datum>, column_type: &ColumnType) -> ScalarValue {
     match (column_type, datum) {
         (ColumnType::Boolean, Some(Datum::Boolean(v))) => ScalarValue::Boolean(Some(*v)),
         (ColumnType::Int16, Some(Datum::Int(v))) => ScalarValue::Int16(Some(*v as i16)),
@@ -963,7 +998,7 @@ pub fn scalar_of(datum: Option<&Datum>, column_type: ColumnType) -> ScalarValue 
         (ColumnType::Float32, Some(Datum::Float(v))) => ScalarValue::Float32(Some(*v as f32)),
         (ColumnType::Float64, Some(Datum::Float(v))) => ScalarValue::Float64(Some(*v)),
         (ColumnType::Decimal { precision, scale }, Some(Datum::Decimal(v))) => {
-            ScalarValue::Decimal128(Some(*v), precision, scale)
+            ScalarValue::Decimal128(Some(*v), *precision, *scale)
         }
         (ColumnType::Text, Some(Datum::Text(v))) => ScalarValue::Utf8(Some(v.clone())),
         (ColumnType::Date, Some(Datum::Date(v))) => ScalarValue::Date32(Some(*v)),
@@ -1270,9 +1305,9 @@ mod tests {
             (ColumnType::Boolean, Datum::Boolean(true)),
         ];
         for (column_type, datum) in cases {
-            let scalar = scalar_of(Some(&datum), column_type);
+            let scalar = scalar_of(Some(&datum), &column_type);
             assert_eq!(datum_of(&scalar), Some(datum), "{column_type}");
         }
-        assert!(scalar_of(None, ColumnType::Int32).is_null());
+        assert!(scalar_of(None, &ColumnType::Int32).is_null());
     }
 }

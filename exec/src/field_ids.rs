@@ -57,7 +57,7 @@ impl PhysicalExprAdapterFactory for FieldIdAdapterFactory {
                 .find(|(id, _)| *id == column.field_id);
             let target = match in_file {
                 Some((_, name)) => Target::File(name.clone()),
-                None => Target::Default(scalar_of(column.default.as_ref(), column.column_type)),
+                None => Target::Default(scalar_of(column.default.as_ref(), &column.column_type)),
             };
             let name = match &target {
                 Target::File(name) => name.clone(),

@@ -35,6 +35,7 @@ pub mod field_ids;
 pub mod filter_placement;
 pub mod information_schema;
 pub mod jobs;
+pub mod json;
 pub mod memory;
 pub mod merge;
 pub mod optimizer;

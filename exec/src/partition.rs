@@ -79,7 +79,7 @@ pub fn partitioning_of(
         })
     };
     let time = |c: &Column, unit: TimeUnit| -> Result<Partitioning> {
-        match (c.column_type, unit) {
+        match (c.column_type.clone(), unit) {
             (ColumnType::Date, TimeUnit::Hour) => Err(invalid(format!(
                 "column \"{}\" is a date: it is partitioned by DAY, MONTH or YEAR",
                 c.name
@@ -87,7 +87,7 @@ pub fn partitioning_of(
             (ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz, _) => {
                 Ok(Partitioning {
                     field_id: c.field_id,
-                    column_type: c.column_type,
+                    column_type: c.column_type.clone(),
                     scheme: PartitionScheme::Time(unit),
                     expiration_micros: options.expiration_micros,
                     require_filter: options.require_filter,
@@ -140,7 +140,7 @@ pub fn partitioning_of(
                     }
                     Partitioning {
                         field_id: c.field_id,
-                        column_type: c.column_type,
+                        column_type: c.column_type.clone(),
                         scheme: PartitionScheme::IntegerRange {
                             start,
                             end,
@@ -418,11 +418,11 @@ impl PartitionStats<'_> {
                     }
                     _ => Some(Datum::Int(value)),
                 };
-                scalar_of(datum.as_ref(), self.column.column_type)
+                scalar_of(datum.as_ref(), &self.column.column_type)
             }
             // NULL bounds: unknown, so never pruned by them.
             PartitionKey::Null | PartitionKey::Unpartitioned => {
-                scalar_of(None, self.column.column_type)
+                scalar_of(None, &self.column.column_type)
             }
         });
         ScalarValue::iter_to_array(values).ok()

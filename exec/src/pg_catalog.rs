@@ -631,7 +631,7 @@ impl PgCatalogSchema {
                         number,
                         name: column.name.clone(),
                         type_oid: pg_type(&column.column_type).oid() as i32,
-                        column_type: Some(column.column_type),
+                        column_type: Some(column.column_type.clone()),
                         not_null: false,
                         default: None,
                     })
@@ -720,12 +720,13 @@ impl PgCatalogSchema {
                         Attribute {
                             number: i16::try_from(i + 1).unwrap_or(i16::MAX),
                             name: field.name().clone(),
-                            type_oid: column_type.map(|t| pg_type(t).oid() as i32).unwrap_or_else(
-                                || {
+                            type_oid: column_type
+                                .as_ref()
+                                .map(|t| pg_type(t).oid() as i32)
+                                .unwrap_or_else(|| {
                                     arrow_pg::datatypes::into_pg_type(field.data_type())
                                         .map_or(25, |t| t.oid() as i32)
-                                },
-                            ),
+                                }),
                             column_type,
                             not_null: false,
                             default: None,
@@ -853,12 +854,12 @@ fn table_relations(meta: &Catalog) -> Vec<Relation> {
                     number: i16::try_from(column.field_id).unwrap_or(i16::MAX),
                     name: column.name.clone(),
                     type_oid: pg_type(&column.column_type).oid() as i32,
-                    column_type: Some(column.column_type),
+                    column_type: Some(column.column_type.clone()),
                     not_null: !column.nullable,
                     default: column.default.as_ref().map(|datum| {
                         default_sql(
-                            &crate::data_file::scalar_of(Some(datum), column.column_type),
-                            column.column_type,
+                            &crate::data_file::scalar_of(Some(datum), &column.column_type),
+                            &column.column_type,
                         )
                     }),
                 })
@@ -1196,8 +1197,10 @@ fn class_row(relation: &Relation) -> Row {
 }
 
 fn attribute_row(relation: i32, column: &Attribute) -> Row {
-    let (len, by_value, align, typmod) =
-        column.column_type.map_or((-1, false, "i", -1), storage_of);
+    let (len, by_value, align, typmod) = column
+        .column_type
+        .as_ref()
+        .map_or((-1, false, "i", -1), storage_of);
     vec![
         ("attrelid", int4(relation)),
         ("attname", text(column.name.clone())),

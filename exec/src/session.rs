@@ -517,9 +517,11 @@ impl Session {
         if let Some(planners) = builder.expr_planners() {
             planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));
             planners.insert(0, Arc::new(crate::array_text::ArrayTextLiterals));
+            crate::json::add_planner(planners);
         }
         let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.add_analyzer_rule(Arc::new(crate::array_text::ArrayTextCasts));
         let view = CatalogView {
             catalog: Arc::new(Catalog::default()),
             writes: Arc::new(WriteSet::new(engine.chunks.clone())),
@@ -542,6 +544,7 @@ impl Session {
         // replaces the crate's (pg_relation_size).
         crate::pg_functions::register(&ctx, catalog.clone());
         crate::pg_signatures::register(&ctx);
+        crate::json::register(&ctx);
         // The relation tables of pg_catalog are Quarry's own (stable oids).
         if let Some(inner) = catalog.schema("pg_catalog") {
             catalog

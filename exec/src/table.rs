@@ -95,7 +95,7 @@ impl SnapshotTable {
                 c.default.as_ref().map(|d| {
                     (
                         c.name.clone(),
-                        Expr::Literal(scalar_of(Some(d), c.column_type), None),
+                        Expr::Literal(scalar_of(Some(d), &c.column_type), None),
                     )
                 })
             })
@@ -357,10 +357,12 @@ impl SnapshotTable {
     /// was written has none).
     fn file_statistics(&self, file: &DataFile, deleted: Option<&RoaringBitmap>) -> Statistics {
         let deleted = deleted.map_or(0, |d| d.len());
-        let bound = |value: Option<&quarry_common::catalog::Datum>, column_type| match value {
-            Some(value) => Precision::Inexact(scalar_of(Some(value), column_type)),
-            None => Precision::Absent,
-        };
+        let bound =
+            |value: Option<&quarry_common::catalog::Datum>,
+             column_type: &quarry_common::catalog::ColumnType| match value {
+                Some(value) => Precision::Inexact(scalar_of(Some(value), column_type)),
+                None => Precision::Absent,
+            };
         let column_statistics = self
             .columns
             .iter()
@@ -376,8 +378,8 @@ impl SnapshotTable {
                         } else {
                             Precision::Inexact(stats.null_count as usize)
                         },
-                        min_value: bound(stats.min.as_ref(), column.column_type),
-                        max_value: bound(stats.max.as_ref(), column.column_type),
+                        min_value: bound(stats.min.as_ref(), &column.column_type),
+                        max_value: bound(stats.max.as_ref(), &column.column_type),
                         ..ColumnStatistics::new_unknown()
                     },
                     None => ColumnStatistics::new_unknown(),
@@ -506,7 +508,7 @@ impl ZoneMaps<'_> {
                 .iter()
                 .find(|s| s.field_id == def.field_id)
                 .map(&pick)
-                .unwrap_or_else(|| scalar_of(None, def.column_type))
+                .unwrap_or_else(|| scalar_of(None, &def.column_type))
         });
         ScalarValue::iter_to_array(values).ok()
     }
@@ -515,12 +517,12 @@ impl ZoneMaps<'_> {
 impl PruningStatistics for ZoneMaps<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
         let def = self.column(&column.name)?;
-        self.values(column, |s| scalar_of(s.min.as_ref(), def.column_type))
+        self.values(column, |s| scalar_of(s.min.as_ref(), &def.column_type))
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
         let def = self.column(&column.name)?;
-        self.values(column, |s| scalar_of(s.max.as_ref(), def.column_type))
+        self.values(column, |s| scalar_of(s.max.as_ref(), &def.column_type))
     }
 
     fn num_containers(&self) -> usize {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
-use datafusion::arrow::datatypes::extension::EXTENSION_TYPE_NAME_KEY;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo, TimezoneInfo};
 use quarry_common::SqlState;
@@ -25,6 +24,9 @@ pub const FIELD_ID_KEY: &str = "PARQUET:field_id";
 /// Arrow's extension type name for JSON text (the canonical `arrow.json`
 /// extension), carried in a field's metadata: a JSON column is Utf8 with it.
 pub const JSON_EXTENSION: &str = "arrow.json";
+
+/// The field metadata key naming an Arrow extension type.
+const EXTENSION_TYPE_NAME_KEY: &str = "ARROW:extension:name";
 
 /// The Arrow type that stores `column_type`; nested fields without field ids.
 pub fn arrow_type(column_type: &ColumnType) -> DataType {
@@ -64,12 +66,7 @@ fn nested_field(field: &NestedField, ids: bool) -> Field {
     if ids {
         metadata.insert(FIELD_ID_KEY.to_owned(), field.field_id.to_string());
     }
-    Field::new(
-        &field.name,
-        arrow_type_with(&field.column_type, ids),
-        true,
-    )
-    .with_metadata(metadata)
+    Field::new(&field.name, arrow_type_with(&field.column_type, ids), true).with_metadata(metadata)
 }
 
 /// The field metadata a value of `column_type` carries: the JSON extension
@@ -87,7 +84,11 @@ fn type_metadata(column_type: &ColumnType) -> HashMap<String, String> {
 
 /// Whether `field` holds JSON text (Utf8 with the `arrow.json` extension).
 pub fn is_json(field: &Field) -> bool {
-    field.metadata().get(EXTENSION_TYPE_NAME_KEY).map(String::as_str) == Some(JSON_EXTENSION)
+    field
+        .metadata()
+        .get(EXTENSION_TYPE_NAME_KEY)
+        .map(String::as_str)
+        == Some(JSON_EXTENSION)
 }
 
 /// The column type for values in Arrow field `field` (CREATE TABLE AS):
@@ -139,9 +140,9 @@ pub fn column_type_of(data_type: &DataType) -> Result<ColumnType> {
         | DataType::LargeList(element)
         | DataType::ListView(element)
         | DataType::LargeListView(element)
-        | DataType::FixedSizeList(element, _) => {
-            ColumnType::Array(Box::new(NestedField::element(column_type_of_field(element)?)))
-        }
+        | DataType::FixedSizeList(element, _) => ColumnType::Array(Box::new(NestedField::element(
+            column_type_of_field(element)?,
+        ))),
         DataType::Struct(fields) => ColumnType::Struct(
             fields
                 .iter()
@@ -195,12 +196,14 @@ pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
             | ast::ArrayElemTypeDef::Parenthesis(element),
         ) => {
             let element = column_type_from_sql(element)?;
-            if matches!(element, ColumnType::Array(_)) && matches!(sql, T::Array(ast::ArrayElemTypeDef::SquareBracket(..))) {
-                // `int[][]`: PostgreSQL's multidimensional arrays are
-                // rectangular with bounds, which nested lists are not.
+            if matches!(element, ColumnType::Array(_)) {
+                // As BigQuery: an array of arrays goes through a struct
+                // (`ARRAY<STRUCT<a ARRAY<T>>>`); PostgreSQL's `int[][]` is a
+                // rectangular multidimensional array, which nested lists are
+                // not.
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
-                    "multidimensional arrays are not supported; use ARRAY<ARRAY<T>> for arrays of arrays",
+                    "arrays of arrays are not supported; wrap the inner array in a STRUCT",
                 ));
             }
             ColumnType::Array(Box::new(NestedField::element(element)))
@@ -310,9 +313,13 @@ pub fn schema_of(columns: &[Column]) -> SchemaRef {
 /// The Arrow schema written into data files: the table schema with each column's
 /// field id in its metadata, as Parquet field ids.
 pub fn file_schema(table: &Table) -> SchemaRef {
+    file_schema_of(&table.columns)
+}
+
+/// The Arrow schema written into data files of `columns`, as [`file_schema`].
+pub fn file_schema_of(columns: &[Column]) -> SchemaRef {
     Arc::new(Schema::new(
-        table
-            .columns
+        columns
             .iter()
             .map(|c| {
                 let mut metadata = type_metadata(&c.column_type);
@@ -373,11 +380,10 @@ pub fn int4_result_literals(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn parse_type(sql: &str) -> ast::DataType {
-        Parser::new(&PostgreSqlDialect {})
+        Parser::new(&crate::parser::QuarryDialect::default())
             .try_with_sql(sql)
             .and_then(|mut p| p.parse_data_type())
             .expect("type parses")
@@ -448,8 +454,75 @@ mod tests {
             ColumnType::Timestamp,
             ColumnType::TimestampTz,
             ColumnType::Bytea,
+            ColumnType::Json,
+            ColumnType::Array(Box::new(NestedField::element(ColumnType::Int64))),
+            ColumnType::Struct(vec![
+                NestedField {
+                    field_id: 0,
+                    name: "a".to_owned(),
+                    column_type: ColumnType::Json,
+                },
+                NestedField {
+                    field_id: 0,
+                    name: "b".to_owned(),
+                    column_type: ColumnType::Array(Box::new(NestedField::element(
+                        ColumnType::Text,
+                    ))),
+                },
+            ]),
         ] {
-            assert_eq!(column_type_of(&arrow_type(t)).expect("maps"), t);
+            let field = Field::new("c", arrow_type(&t), true).with_metadata(type_metadata(&t));
+            assert_eq!(column_type_of_field(&field).expect("maps"), t);
+        }
+    }
+
+    #[test]
+    fn nested_types_parse_in_both_spellings_and_carry_field_ids_into_files() {
+        let postgres = column_type_from_sql(&parse_type("bigint[]")).expect("parses");
+        let bigquery = column_type_from_sql(&parse_type("ARRAY<INT64>")).expect("parses");
+        assert_eq!(postgres, bigquery);
+        assert_eq!(postgres.to_string(), "bigint[]");
+        let mut nested =
+            column_type_from_sql(&parse_type("STRUCT<a INT64, tags ARRAY<STRING>, doc JSON>"))
+                .expect("parses");
+        assert_eq!(
+            nested.to_string(),
+            "STRUCT<a bigint, tags text[], doc json>"
+        );
+        let mut next = 10;
+        nested.assign_field_ids(&mut next);
+        assert_eq!(next, 14);
+        assert_eq!(nested.max_field_id(), Some(13));
+        let columns = [Column {
+            field_id: 1,
+            name: "s".to_owned(),
+            column_type: nested,
+            nullable: true,
+            default: None,
+        }];
+        let schema = file_schema_of(&columns);
+        let DataType::Struct(fields) = schema.field(0).data_type() else {
+            panic!("a struct");
+        };
+        let ids: Vec<_> = fields
+            .iter()
+            .map(|f| f.metadata()[FIELD_ID_KEY].clone())
+            .collect();
+        assert_eq!(ids, ["10", "11", "13"]);
+        let DataType::List(element) = fields[1].data_type() else {
+            panic!("a list");
+        };
+        assert_eq!(element.metadata()[FIELD_ID_KEY], "12");
+        assert!(is_json(&fields[2]));
+        // The schema queries see has no ids.
+        assert!(schema_of(&columns).field(0).metadata().is_empty());
+    }
+
+    #[test]
+    fn arrays_of_arrays_and_empty_structs_are_refused() {
+        for sql in ["int[][]", "ARRAY<ARRAY<INT64>>"] {
+            let e = column_type_from_sql(&parse_type(sql)).expect_err(sql);
+            assert_eq!(e.sqlstate(), SqlState::FEATURE_NOT_SUPPORTED, "{sql}");
         }
     }
 }

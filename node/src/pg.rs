@@ -497,11 +497,31 @@ fn tag_of(tag: &CommandTag) -> Tag {
 }
 
 fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Arc<Vec<FieldInfo>>> {
-    Ok(Arc::new(arrow_schema_to_pg_fields(
-        &client_schema(schema),
-        format,
-        None,
-    )?))
+    Ok(Arc::new(pg_fields(schema, format)?))
+}
+
+/// The row description of `schema` in `format`: arrow-pg's types, and
+/// `json` for JSON values (text with the `arrow.json` extension), whose
+/// text and binary forms are both the document's text.
+fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    let fields = arrow_schema_to_pg_fields(&client_schema(schema), format, None)?;
+    Ok(fields
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(info, field)| {
+            if !quarry_exec::types::is_json(field) {
+                return info;
+            }
+            FieldInfo::new(
+                info.name().to_owned(),
+                info.table_id(),
+                info.column_id(),
+                Type::JSON,
+                info.format(),
+            )
+            .with_format_options(info.format_options().clone())
+        })
+        .collect())
 }
 
 /// `schema` with its fields named as the client sees them: a repeated
@@ -1402,11 +1422,7 @@ impl QueryParser for ConnectionState {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
-            Some(schema) => Ok(arrow_schema_to_pg_fields(
-                &client_schema(schema),
-                column_format.unwrap_or(&Format::UnifiedBinary),
-                None,
-            )?),
+            Some(schema) => pg_fields(schema, column_format.unwrap_or(&Format::UnifiedBinary)),
             None => Ok(Vec::new()),
         }
     }

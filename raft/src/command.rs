@@ -2649,9 +2649,9 @@ pub fn is_widening(from: &ColumnType, to: &ColumnType) -> bool {
         (T::Array(a), T::Array(b)) => is_widening(&a.column_type, &b.column_type),
         (T::Struct(a), T::Struct(b)) => {
             a.len() <= b.len()
-                && a.iter().zip(b).all(|(a, b)| {
-                    a.name == b.name && is_widening(&a.column_type, &b.column_type)
-                })
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.name == b.name && is_widening(&a.column_type, &b.column_type))
         }
         (T::Int16, T::Int32 | T::Int64) | (T::Int32, T::Int64) | (T::Float32, T::Float64) => true,
         (

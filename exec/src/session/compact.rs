@@ -219,8 +219,8 @@ fn recluster_candidates(table: &Table) -> Vec<DataFile> {
             .entry(partition_of(table, file))
             .or_default()
             .push((
-                scalar_of(Some(min), column.column_type),
-                scalar_of(Some(max), column.column_type),
+                scalar_of(Some(min), &column.column_type),
+                scalar_of(Some(max), &column.column_type),
                 file,
             ));
     }

@@ -359,11 +359,15 @@ impl Session {
                 let columns: Vec<String> = columns.iter().map(normalize).collect();
                 let rows = RowBuffer::new(table.clone(), &columns)?;
                 let types: Vec<quarry_common::catalog::ColumnType> = if columns.is_empty() {
-                    table.columns.iter().map(|c| c.column_type).collect()
+                    table
+                        .columns
+                        .iter()
+                        .map(|c| c.column_type.clone())
+                        .collect()
                 } else {
                     columns
                         .iter()
-                        .filter_map(|name| table.column(name).map(|c| c.column_type))
+                        .filter_map(|name| table.column(name).map(|c| c.column_type.clone()))
                         .collect()
                 };
                 let column_count = types.len();

@@ -623,7 +623,7 @@ impl Session {
                         .iter()
                         .map(|c| ColumnDef {
                             name: c.name.clone(),
-                            column_type: c.column_type,
+                            column_type: c.column_type.clone(),
                             nullable: c.nullable,
                             default: c.default.clone(),
                         })

@@ -69,7 +69,7 @@ impl Session {
             table
                 .columns
                 .iter()
-                .map(|c| field(c, crate::types::arrow_type(c.column_type)))
+                .map(|c| field(c, crate::types::arrow_type(&c.column_type)))
                 .collect::<Vec<_>>(),
         );
         let text = Schema::new(
