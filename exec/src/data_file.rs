@@ -478,10 +478,12 @@ impl Drop for WriteSet {
     }
 }
 
-/// Min, max and null count of one column over the rows of a file.
+/// Min, max and null count of one column over the rows of a file. Arrays,
+/// structs and JSON documents keep only the null count: they have no order
+/// a filter could prune by (DataFusion cannot compare lists of structs) and
+/// a document's bounds would be whole documents in the catalog.
 struct ColumnZoneMap {
-    min: MinAccumulator,
-    max: MaxAccumulator,
+    bounds: Option<(MinAccumulator, MaxAccumulator)>,
     null_count: u64,
 }
 
@@ -696,9 +698,16 @@ impl DataFileWriter {
                 .fields()
                 .iter()
                 .map(|f| {
+                    let bounded = !f.data_type().is_nested() && !crate::types::is_json(f);
                     Ok(ColumnZoneMap {
-                        min: MinAccumulator::try_new(f.data_type())?,
-                        max: MaxAccumulator::try_new(f.data_type())?,
+                        bounds: if bounded {
+                            Some((
+                                MinAccumulator::try_new(f.data_type())?,
+                                MaxAccumulator::try_new(f.data_type())?,
+                            ))
+                        } else {
+                            None
+                        },
                         null_count: 0,
                     })
                 })
@@ -716,8 +725,10 @@ impl DataFileWriter {
         }
         let file = self.open.get_mut(&key).expect("opened above");
         for (zone_map, column) in file.zone_maps.iter_mut().zip(batch.columns()) {
-            zone_map.min.update_batch(std::slice::from_ref(column))?;
-            zone_map.max.update_batch(std::slice::from_ref(column))?;
+            if let Some((min, max)) = &mut zone_map.bounds {
+                min.update_batch(std::slice::from_ref(column))?;
+                max.update_batch(std::slice::from_ref(column))?;
+            }
             zone_map.null_count += column.null_count() as u64;
         }
         let rows = batch.num_rows() as u64;
@@ -867,12 +878,18 @@ impl DataFileWriter {
             .into_inner()
             .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
         let mut column_stats = Vec::with_capacity(zone_maps.len());
-        for (mut zone_map, column) in zone_maps.into_iter().zip(&self.table.columns) {
+        for (zone_map, column) in zone_maps.into_iter().zip(&self.table.columns) {
+            let (min, max) = match zone_map.bounds {
+                Some((mut min, mut max)) => {
+                    (datum_of(&min.evaluate()?), datum_of(&max.evaluate()?))
+                }
+                None => (None, None),
+            };
             column_stats.push(ColumnStats {
                 field_id: column.field_id,
                 null_count: zone_map.null_count,
-                min: datum_of(&zone_map.min.evaluate()?),
-                max: datum_of(&zone_map.max.evaluate()?),
+                min,
+                max,
             });
         }
         let bytes = Bytes::from(bytes);

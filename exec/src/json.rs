@@ -60,6 +60,9 @@ pub fn register(ctx: &SessionContext) {
     for (name, udf) in [
         ("jsonb_array_length", udfs::json_length_udf()),
         ("json_array_length", udfs::json_length_udf()),
+        // The list jsonb_object_keys(j) unnests (crate::unnest), under a
+        // name that rewrite leaves alone.
+        ("json_object_key_list", udfs::json_object_keys_udf()),
     ] {
         ctx.register_udf(udf.as_ref().clone().with_aliases([name]));
     }
@@ -91,12 +94,15 @@ enum Kind {
     Query,
     /// `JSON_EXTRACT_ARRAY(doc[, path])`: the array at path as an array of JSON values.
     ExtractArray,
+    /// BigQuery's `JSON_VALUE_ARRAY(doc[, path])`: the array at path as an
+    /// array of its scalars' text (`jsonb_array_elements_text`).
+    ExtractStringArray,
     /// `jsonb_each(doc)` as a list of (key, value) structs, for UNNEST.
     Each,
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Contains,
         Kind::Exists,
         Kind::TypeOf,
@@ -107,6 +113,7 @@ impl Kind {
         Kind::Value,
         Kind::Query,
         Kind::ExtractArray,
+        Kind::ExtractStringArray,
         Kind::Each,
     ];
 
@@ -123,6 +130,7 @@ impl Kind {
             Kind::Value => &["json_value", "json_extract_scalar"],
             Kind::Query => &["json_query", "json_extract"],
             Kind::ExtractArray => &["json_extract_array", "json_query_array"],
+            Kind::ExtractStringArray => &["json_value_array", "json_extract_string_array"],
             Kind::Each => &["jsonb_each_entries"],
         }
     }
@@ -132,7 +140,7 @@ impl Kind {
         match self {
             Kind::Contains | Kind::Exists | Kind::Value | Kind::Query => (2, 2),
             Kind::TypeOf | Kind::ToJson | Kind::ToJsonString | Kind::Each => (1, 1),
-            Kind::ExtractArray => (1, 2),
+            Kind::ExtractArray | Kind::ExtractStringArray => (1, 2),
             Kind::BuildObject | Kind::BuildArray => (0, usize::MAX),
         }
     }
@@ -181,6 +189,9 @@ impl ScalarUDFImpl for JsonFunction {
         Ok(match self.kind {
             Kind::Contains | Kind::Exists => DataType::Boolean,
             Kind::ExtractArray => DataType::List(Arc::new(json_field("item"))),
+            Kind::ExtractStringArray => {
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+            }
             Kind::Each => DataType::List(Arc::new(Field::new(
                 "item",
                 DataType::Struct(entry_fields()),
@@ -365,11 +376,16 @@ impl JsonFunction {
                 }
                 Ok(Arc::new(out.finish()))
             }
-            Kind::ExtractArray => {
+            Kind::ExtractArray | Kind::ExtractStringArray => {
                 let docs = texts(&args[0])?;
                 let paths = args.get(1).map(texts).transpose()?;
+                let text = self.kind == Kind::ExtractStringArray;
                 let mut out =
-                    ListBuilder::new(StringBuilder::new()).with_field(Arc::new(json_field("item")));
+                    ListBuilder::new(StringBuilder::new()).with_field(Arc::new(if text {
+                        Field::new("item", DataType::Utf8, true)
+                    } else {
+                        json_field("item")
+                    }));
                 for i in 0..rows {
                     if docs.is_null(i) || paths.as_ref().is_some_and(|p| p.is_null(i)) {
                         out.append_null();
@@ -383,7 +399,11 @@ impl JsonFunction {
                     match found {
                         Some(Value::Array(items)) => {
                             for item in items {
-                                out.values().append_value(item.to_string());
+                                match (text, item) {
+                                    (true, Value::String(s)) => out.values().append_value(s),
+                                    (true, Value::Null) => out.values().append_null(),
+                                    (_, item) => out.values().append_value(item.to_string()),
+                                }
                             }
                             out.append(true);
                         }
@@ -403,7 +423,10 @@ impl JsonFunction {
                         continue;
                     }
                     let Value::Object(object) = parse(docs.value(i))? else {
-                        return exec_err!("cannot call jsonb_each on a non-object");
+                        return Err(crate::error::to_engine(crate::error::user_error(
+                            quarry_common::SqlState::INVALID_PARAMETER_VALUE,
+                            "cannot call jsonb_each on a non-object",
+                        )));
                     };
                     let entries = out.values();
                     for (key, value) in object {

@@ -58,6 +58,7 @@ pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod types;
+pub mod unnest;
 
 pub use error::{Error, Result};
 pub use parser::QuarryStatement;

@@ -126,7 +126,10 @@ impl Dialect for QuarryDialect {
 static COMPAT: LazyLock<PostgresCompatibilityParser> =
     LazyLock::new(PostgresCompatibilityParser::new);
 
-/// datafusion-pg-catalog's rewrite rules but one: its `RemoveSubqueryFromProjection`
+/// datafusion-pg-catalog's rewrite rules but two. Its `FixArrayLiteral`
+/// splits `'{...}'::T[]` at commas, so quoted elements, NULLs and malformed
+/// text came out wrong or accepted; array text is converted by
+/// [`crate::array_text`] instead, as PostgreSQL's `array_in` does. Its `RemoveSubqueryFromProjection`
 /// replaces every correlated subquery in a SELECT list by NULL, which gave
 /// `SELECT a, (SELECT max(b) FROM t2 WHERE t2.k = t1.k) FROM t1` NULLs instead
 /// of the maxima. Here only subqueries that read pg_catalog alone are replaced
@@ -140,7 +143,6 @@ static RULES: LazyLock<Vec<Box<dyn SqlStatementRewriteRule>>> = LazyLock::new(||
         Box::new(rules::RewriteArrayAnyAllOperation),
         Box::new(rules::PrependUnqualifiedPgTableName),
         Box::new(rules::StripCallableQualifier),
-        Box::new(rules::FixArrayLiteral),
         Box::new(rules::StripCollate),
         Box::new(rules::RewritePgCatalogOperator),
         Box::new(rules::RewriteRegCastToSubquery::new()),
@@ -662,16 +664,27 @@ pub fn parse_with_text(sql: &str) -> Result<Vec<(String, QuarryStatement)>> {
 /// # Errors
 /// 42601 with the parser's message.
 pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>> {
+    let statements = parse_postgres_compatible(sql)?;
+    Ok(statements
+        .into_iter()
+        .map(|s| crate::unnest::SetReturningCalls.rewrite(s))
+        .collect())
+}
+
+/// [`parse_postgres`] before [`crate::unnest::SetReturningCalls`].
+fn parse_postgres_compatible(sql: &str) -> Result<Vec<Statement>> {
     match COMPAT.parse(sql) {
         Ok(statements) => {
             // The crate's statements differ from RULES' only where a SELECT
             // list holds a subquery, which takes a second SELECT: other
             // texts (every INSERT ... VALUES) are parsed once. The crate also
             // replaces whole fragments of known client queries before
-            // parsing (its blacklist); where it did, its statements are used
+            // parsing (its blacklist), and splits array text cast to an
+            // array type at commas (`FixArrayLiteral`, not in RULES: texts
+            // with `[]` are parsed again); where it did, its statements are used
             // as they are, else the text is parsed again and rewritten by
             // RULES.
-            if (selects(sql) >= 2 || names_user(sql))
+            if (selects(sql) >= 2 || names_user(sql) || sql.contains("[]"))
                 && let Ok(plain) = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             {
                 let same = plain.len() == statements.len()

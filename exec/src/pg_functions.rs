@@ -205,6 +205,25 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
         ),
         catalog: settings,
     }));
+    // set_config(name, value, is_local) is carried out by the session
+    // before planning (session/settings.rs, `set_config_calls`), where its
+    // arguments are constants in a SELECT without FROM; planned here only
+    // so that such a SELECT can be described. Anywhere else it would set
+    // nothing, so it fails rather than answer as if it had.
+    ctx.register_udf(create_udf(
+        "set_config",
+        vec![DataType::Utf8, DataType::Utf8, DataType::Boolean],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(|_: &[ColumnarValue]| {
+            Err(datafusion::error::DataFusionError::External(Box::new(
+                crate::error::user_error(
+                    quarry_common::SqlState::FEATURE_NOT_SUPPORTED,
+                    "set_config takes constant arguments, in a SELECT without FROM",
+                ),
+            )))
+        }),
+    ));
     // Quarry has one role per session until roles exist (issue 18): the
     // session's user is a member of every role it names.
     ctx.register_udf(ScalarUDF::new_from_impl(PgHasRole {

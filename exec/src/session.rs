@@ -868,9 +868,12 @@ impl Session {
         statement: Statement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
-        if let Some((name, value)) = settings::set_config_call(&statement) {
-            return self.set_config(name, value).await;
-        }
+        let calls = settings::set_config_calls(&statement);
+        let statement = if calls.is_empty() {
+            statement
+        } else {
+            self.set_config(statement, calls).await?
+        };
         match statement {
             Statement::StartTransaction { modes, .. } => self.begin(&modes).await,
             Statement::Commit { .. } => self.end(true).await,

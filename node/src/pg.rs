@@ -1579,7 +1579,10 @@ fn bind_parameters(
             _ => None,
         })
         .collect();
-    let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &decode_as)?;
+    let params = match json_as_text(portal)? {
+        Some(portal) => arrow_pg::datatypes::df::deserialize_parameters(&portal, &decode_as)?,
+        None => arrow_pg::datatypes::df::deserialize_parameters(portal, &decode_as)?,
+    };
     let datafusion::common::ParamValues::List(values) = params else {
         return Ok(params);
     };
@@ -1598,6 +1601,54 @@ fn bind_parameters(
         cast.push(value);
     }
     Ok(datafusion::common::ParamValues::List(cast))
+}
+
+/// `portal` with its `json` and `jsonb` parameters as `text` ones, or None
+/// without any: arrow-pg decodes neither. A `json` value's text and binary
+/// forms are both its text, as `text`'s are; binary `jsonb` is a version
+/// byte (1) before the text (PostgreSQL's `jsonb_recv`).
+///
+/// # Errors
+/// 22P03 for binary `jsonb` of another version.
+fn json_as_text(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
+    let types = &portal.statement.parameter_types;
+    let is_json = |t: &Option<Type>| {
+        t.as_ref()
+            .is_some_and(|t| *t == Type::JSON || *t == Type::JSONB)
+    };
+    if !types.iter().any(is_json) {
+        return Ok(None);
+    }
+    let mut parameters = portal.parameters.clone();
+    let mut text_types = types.clone();
+    for (i, t) in text_types.iter_mut().enumerate() {
+        if !is_json(t) {
+            continue;
+        }
+        if *t == Some(Type::JSONB)
+            && portal.parameter_format.is_binary(i)
+            && let Some(Some(bytes)) = parameters.get_mut(i)
+        {
+            if bytes.first() != Some(&1) {
+                return Err(to_pg_error(&quarry_exec::error::user_error(
+                    SqlState::INVALID_BINARY_REPRESENTATION,
+                    format!("parameter ${}: unsupported jsonb version number", i + 1),
+                )));
+            }
+            *bytes = bytes.slice(1..);
+        }
+        *t = Some(Type::TEXT);
+    }
+    let mut text = Portal::<()>::default();
+    text.name = portal.name.clone();
+    text.statement = Arc::new(StoredStatement::new(
+        portal.statement.id.clone(),
+        (),
+        text_types,
+    ));
+    text.parameter_format = portal.parameter_format.clone();
+    text.parameters = parameters;
+    Ok(Some(text))
 }
 
 #[async_trait]

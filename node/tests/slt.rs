@@ -130,6 +130,7 @@ fn sql_expectations_agree_with_postgresql() {
         "tests/sql/views.slt",
         "tests/sql/functions.slt",
         "tests/sql/constraints.slt",
+        "tests/sql/nested.slt",
     ];
     let output = std::process::Command::new("python3")
         .current_dir(&root)

@@ -75,19 +75,33 @@ def show(value):
     return str(value)
 
 
+def as_text(con):
+    """`con` loading arrays and JSON as PostgreSQL's text forms (`{a,b}`,
+    the document's text), as the files write them, not as Python lists and
+    dicts."""
+    from psycopg.types.string import TextLoader
+
+    for info in psycopg.postgres.types:
+        if info.name in ("json", "jsonb"):
+            con.adapters.register_loader(info.oid, TextLoader)
+        if info.array_oid:
+            con.adapters.register_loader(info.array_oid, TextLoader)
+    return con
+
+
 def check(server, index, path):
     dbname = f"crosscheck_{index}"
     with server.connect("postgres") as admin:
         admin.execute(f"CREATE DATABASE {dbname}")
     checked = 0
-    connections = {"default": server.connect(dbname)}
+    connections = {"default": as_text(server.connect(dbname))}
     try:
         con = connections["default"]
         for header, sql, expected, quarry_only in records(path):
             words = header.split()
             if words[0] == "connection":
                 if words[1] not in connections:
-                    connections[words[1]] = server.connect(dbname)
+                    connections[words[1]] = as_text(server.connect(dbname))
                 con = connections[words[1]]
                 continue
             if quarry_only or "quarry_system" in sql or sql.strip().upper().startswith("SHOW"):

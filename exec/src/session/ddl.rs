@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::partition::{PartitionOptions, partitioning_of};
+use quarry_common::catalog::ColumnType;
 use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_raft::{ConstraintDef, ConstraintDefKind};
 
@@ -330,24 +331,33 @@ pub(super) struct TableOptions {
 /// ask for its `columns`; None with neither.
 ///
 /// # Errors
-/// 42P16 for more than four clustering columns, a column named twice or
-/// one the table does not have.
+/// 42P16 for more than four clustering columns, a column named twice, one
+/// the table does not have or one of an array, struct or JSON type.
 fn create_file_layout(
     cluster_by: Option<&ast::WrappedCollection<Vec<Expr>>>,
     columns: &[quarry_common::catalog::Column],
     options: &TableOptions,
 ) -> Result<Option<FileLayout>> {
     let field_of = |name: &str, clause: &str| {
-        columns
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.field_id)
-            .ok_or_else(|| {
-                user_error(
-                    SqlState::INVALID_TABLE_DEFINITION,
-                    format!("{clause} names column \"{name}\", which the table does not have"),
-                )
-            })
+        let column = columns.iter().find(|c| c.name == name).ok_or_else(|| {
+            user_error(
+                SqlState::INVALID_TABLE_DEFINITION,
+                format!("{clause} names column \"{name}\", which the table does not have"),
+            )
+        })?;
+        // BigQuery clusters by top-level scalar columns only: an array,
+        // struct or JSON value has no order to sort files by, and Parquet
+        // keeps no single statistics or bloom filter for it.
+        if column.column_type.is_nested() || column.column_type == ColumnType::Json {
+            return Err(user_error(
+                SqlState::INVALID_TABLE_DEFINITION,
+                format!(
+                    "{clause} cannot use column \"{name}\" of type {}: only scalar columns",
+                    column.column_type
+                ),
+            ));
+        }
+        Ok(column.field_id)
     };
     let mut layout = FileLayout::default();
     if let Some(

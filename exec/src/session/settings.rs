@@ -287,31 +287,49 @@ impl Session {
         text_rows(&column, values)
     }
 
-    /// `SELECT set_config(name, value, is_local)`: SET, answered with the
-    /// setting's new value as PostgreSQL answers it.
-    pub(super) async fn set_config(&mut self, name: String, value: String) -> Result<Output> {
-        let set = ast::Set::SingleAssignment {
-            scope: None,
-            hivevar: false,
-            variable: ObjectName::from(vec![Ident::new(name.clone())]),
-            values: vec![Expr::Value(ast::Value::SingleQuotedString(value).into())],
+    /// Carries out the `set_config` calls of `statement` (found by
+    /// [`set_config_calls`]) in order, as SETs, and gives `statement` with
+    /// each call replaced by the setting's new value, as PostgreSQL answers
+    /// it. The calls run before the rest of the select list is evaluated.
+    pub(super) async fn set_config(
+        &mut self,
+        mut statement: Statement,
+        calls: Vec<SetConfigCall>,
+    ) -> Result<Statement> {
+        for call in &calls {
+            let set = ast::Set::SingleAssignment {
+                scope: None,
+                hivevar: false,
+                variable: ObjectName::from(vec![Ident::new(call.name.clone())]),
+                values: vec![Expr::Value(
+                    ast::Value::SingleQuotedString(call.value.clone()).into(),
+                )],
+            };
+            self.set(set).await?;
+        }
+        let Statement::Query(query) = &mut statement else {
+            return Ok(statement);
         };
-        self.set(set).await?;
-        let value = self.settings.get(&name.to_ascii_lowercase()).cloned();
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "set_config",
-            DataType::Utf8,
-            true,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from(vec![value]))],
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let stream = futures::stream::once(async move { Ok(batch) });
-        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))))
+        let ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return Ok(statement);
+        };
+        for call in calls {
+            let value = self
+                .settings
+                .get(&call.name.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or(call.value);
+            let item = &mut select.projection[call.item];
+            let alias = match item {
+                ast::SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                _ => Ident::new("set_config"),
+            };
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: Expr::Value(ast::Value::SingleQuotedString(value).into()),
+                alias,
+            };
+        }
+        Ok(statement)
     }
 
     /// The statement timeout in milliseconds; 0 means none.
@@ -323,24 +341,51 @@ impl Session {
     }
 }
 
-/// The setting and value of `SELECT [pg_catalog.]set_config('name', 'value',
-/// is_local)` alone (pg_dump's and drivers' way to set `search_path`), a
-/// SET in a function's clothes; None for any other statement. `is_local`
-/// is taken as SET, as settings are not transactional in Quarry.
-pub(super) fn set_config_call(statement: &Statement) -> Option<(String, String)> {
+/// One `set_config('name', 'value', is_local)` call of a select list.
+pub(super) struct SetConfigCall {
+    /// The select list item it is.
+    item: usize,
+    name: String,
+    value: String,
+}
+
+/// The `[pg_catalog.]set_config('name', 'value', is_local)` items, with
+/// constant arguments, of a SELECT without FROM (pg_dump's and drivers'
+/// way to set `search_path`; asyncpg's to turn `jit` off beside
+/// `current_setting('jit')`): SETs in a function's clothes, none for any
+/// other statement. `is_local` is taken as SET, as settings are not
+/// transactional in Quarry.
+pub(super) fn set_config_calls(statement: &Statement) -> Vec<SetConfigCall> {
     let Statement::Query(query) = statement else {
-        return None;
+        return Vec::new();
     };
     let ast::SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
-    };
-    let [ast::SelectItem::UnnamedExpr(Expr::Function(function))] = select.projection.as_slice()
-    else {
-        return None;
+        return Vec::new();
     };
     if !select.from.is_empty() || select.selection.is_some() {
-        return None;
+        return Vec::new();
     }
+    select
+        .projection
+        .iter()
+        .enumerate()
+        .filter_map(|(item, projected)| {
+            let (ast::SelectItem::UnnamedExpr(Expr::Function(function))
+            | ast::SelectItem::ExprWithAlias {
+                expr: Expr::Function(function),
+                ..
+            }) = projected
+            else {
+                return None;
+            };
+            let (name, value) = set_config_arguments(function)?;
+            Some(SetConfigCall { item, name, value })
+        })
+        .collect()
+}
+
+/// The setting and value of a `set_config` call with constant arguments.
+fn set_config_arguments(function: &ast::Function) -> Option<(String, String)> {
     let name = function
         .name
         .0
