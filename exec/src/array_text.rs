@@ -292,6 +292,99 @@ impl ScalarUDFImpl for ArrayIn {
     }
 }
 
+/// PostgreSQL's text of the list or struct at `row` of `column`: an array
+/// as `array_out` writes it (`{1,"a b",NULL}`), a struct as `record_out`
+/// (`(1,"a b",)`, a NULL field empty), to any depth; `scalar` gives the
+/// text of a non-null scalar value.
+///
+/// # Errors
+/// As `scalar` fails.
+pub fn nested_text<E>(
+    column: &dyn Array,
+    row: usize,
+    scalar: &dyn Fn(&dyn Array, usize) -> Result<String, E>,
+) -> Result<String, E> {
+    use datafusion::arrow::array::AsArray;
+    match column.data_type() {
+        DataType::List(_) | DataType::LargeList(_) => {
+            let values = match column.data_type() {
+                DataType::List(_) => column.as_list::<i32>().value(row),
+                _ => column.as_list::<i64>().value(row),
+            };
+            let mut out = String::from("{");
+            for i in 0..values.len() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if is_null(values.as_ref(), i) {
+                    out.push_str("NULL");
+                    continue;
+                }
+                let text = nested_text(values.as_ref(), i, scalar)?;
+                let quote = text.is_empty()
+                    || text.eq_ignore_ascii_case("NULL")
+                    || text
+                        .chars()
+                        .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_whitespace());
+                if quote {
+                    out.push('"');
+                    for c in text.chars() {
+                        if matches!(c, '"' | '\\') {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                } else {
+                    out.push_str(&text);
+                }
+            }
+            out.push('}');
+            Ok(out)
+        }
+        DataType::Struct(_) => {
+            let fields = column.as_struct();
+            let mut out = String::from("(");
+            for (i, field) in fields.columns().iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if is_null(field.as_ref(), row) {
+                    continue;
+                }
+                let text = nested_text(field.as_ref(), row, scalar)?;
+                let quote = text.is_empty()
+                    || text
+                        .chars()
+                        .any(|c| matches!(c, '(' | ')' | ',' | '"' | '\\') || c.is_whitespace());
+                if quote {
+                    out.push('"');
+                    for c in text.chars() {
+                        if matches!(c, '"' | '\\') {
+                            out.push(c);
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                } else {
+                    out.push_str(&text);
+                }
+            }
+            out.push(')');
+            Ok(out)
+        }
+        _ => scalar(column, row),
+    }
+}
+
+/// Whether the value at `row` is NULL, counting every value of a NullArray
+/// (which has no validity buffer).
+fn is_null(array: &dyn Array, row: usize) -> bool {
+    array
+        .logical_nulls()
+        .is_some_and(|nulls| nulls.is_null(row))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

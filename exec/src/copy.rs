@@ -14,6 +14,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ScalarValue;
 use quarry_common::SqlState;
 use quarry_common::catalog::{ColumnType, Table};
 
@@ -628,6 +629,37 @@ fn convert(
         })
         .map_err(|e| Misfit::new(bad_row.get(), e));
     }
+    if let DataType::List(element) = &target {
+        // PostgreSQL's array text, element by element (array_in).
+        let mut values = Vec::with_capacity(text.len());
+        for row in 0..text.len() {
+            values.push(if text.is_null(row) {
+                ScalarValue::try_from(&target)
+                    .map_err(|e| Misfit::new(None, Error::from_engine(e)))?
+            } else {
+                crate::array_text::parse(text.value(row), element).map_err(|e| {
+                    let detail = format!("{}: \"{}\"", locate(row), text.value(row));
+                    let error = Error::User {
+                        state: e.sqlstate(),
+                        message: e.to_string(),
+                        detail: Some(detail),
+                    };
+                    Misfit::new(Some(row), error)
+                })?
+            });
+        }
+        return ScalarValue::iter_to_array(values)
+            .map_err(|e| Misfit::new(None, Error::from_engine(e)));
+    }
+    if column_type.is_nested() {
+        return Err(Misfit::new(
+            None,
+            crate::error::user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("COPY of {column_type} values as text is not supported yet"),
+            ),
+        ));
+    }
     let trimmed;
     let source: &StringArray = if matches!(column_type, ColumnType::Text) {
         text
@@ -658,6 +690,31 @@ fn convert(
         ));
     }
     Ok(converted)
+}
+
+/// The COPY text of the non-null scalar at `row` of `column`: Booleans as
+/// `t`/`f`, bytea in hex, others as `formatter` writes them.
+fn scalar_text(column: &dyn Array, row: usize, formatter: &ArrayFormatter) -> String {
+    match column.data_type() {
+        DataType::Boolean => {
+            if formatter.value(row).to_string() == "true" {
+                "t".to_owned()
+            } else {
+                "f".to_owned()
+            }
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            let binary = datafusion::arrow::compute::cast(column, &DataType::Binary)
+                .unwrap_or_else(|_| datafusion::arrow::array::make_array(column.to_data()));
+            let bytes = datafusion::arrow::array::as_generic_binary_array::<i32>(&binary)
+                .value(row)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            format!("\\x{bytes}")
+        }
+        _ => formatter.value(row).to_string(),
+    }
 }
 
 /// 22P02 (22007 for dates and times) for `value`, found at `place` (`COPY
@@ -756,6 +813,12 @@ impl RowFormatter {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Internal(format!("cannot format COPY output: {e}")))?;
+        // A value inside an array or struct, formatted as a column's.
+        let scalar = |array: &dyn Array, row: usize| -> Result<String> {
+            let formatter = ArrayFormatter::try_new(array, &options)
+                .map_err(|e| Error::Internal(format!("cannot format COPY output: {e}")))?;
+            Ok(scalar_text(array, row, &formatter))
+        };
         if self.header_pending {
             self.header_pending = false;
             let names: Vec<String> = batch
@@ -774,37 +837,15 @@ impl RowFormatter {
                 .zip(&formatters)
                 .map(|(column, formatter)| {
                     if column.is_null(row) {
-                        None
+                        Ok(None)
+                    } else if column.data_type().is_nested() {
+                        crate::array_text::nested_text(column.as_ref(), row, &scalar).map(Some)
                     } else {
-                        Some(match column.data_type() {
-                            DataType::Boolean => {
-                                let value = formatter.value(row).to_string();
-                                if value == "true" {
-                                    "t".to_owned()
-                                } else {
-                                    "f".to_owned()
-                                }
-                            }
-                            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
-                                let bytes =
-                                    datafusion::arrow::array::as_generic_binary_array::<i32>(
-                                        &datafusion::arrow::compute::cast(
-                                            column,
-                                            &DataType::Binary,
-                                        )
-                                        .unwrap_or_else(|_| column.clone()),
-                                    )
-                                    .value(row)
-                                    .iter()
-                                    .map(|b| format!("{b:02x}"))
-                                    .collect::<String>();
-                                format!("\\x{bytes}")
-                            }
-                            _ => formatter.value(row).to_string(),
-                        })
+                        Ok(Some(scalar_text(column.as_ref(), row, formatter)))
                     }
-                });
-            self.write_record(&mut out, values, true);
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.write_record(&mut out, values.into_iter(), true);
             ends.push(out.len());
         }
         let out = bytes::Bytes::from(out);
