@@ -15,13 +15,16 @@
 //!   `jsonb_each(j)` (`key`, `value`), in the select list and correlated in
 //!   FROM, through `unnest` of the array function that lists them.
 //! - `jsonb_agg(v)` / `json_agg(v)`: `to_jsonb(array_agg(v))`.
+//! - BigQuery's `a[OFFSET(i)]`, `a[ORDINAL(i)]` and their `SAFE_` forms:
+//!   the 1-based subscript `a[i + 1]`, `a[i]` (NULL out of range, where
+//!   BigQuery fails the unsafe forms).
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint, JoinOperator,
-    Query, Select, SelectItem, SetExpr, Statement, TableAlias, TableFactor, TableWithJoins,
-    VisitMut, VisitorMut,
+    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint,
+    JoinOperator, Query, Select, SelectItem, SetExpr, Statement, Subscript, TableAlias,
+    TableFactor, TableWithJoins, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::rules::SqlStatementRewriteRule;
@@ -57,6 +60,32 @@ impl SqlStatementRewriteRule for SetReturningCalls {
                 ControlFlow::Continue(())
             }
             fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+                if let Expr::CompoundFieldAccess { access_chain, .. } = expr {
+                    let mut subscripted = false;
+                    for access in access_chain.iter_mut() {
+                        match access {
+                            AccessExpr::Subscript(Subscript::Index { index }) => {
+                                subscripted = true;
+                                if let Some(position) = bigquery_position(index) {
+                                    *index = position;
+                                }
+                            }
+                            // `a[i].field`: the field by name, as `a[i]['field']`
+                            // (DataFusion plans no dot after a subscript).
+                            AccessExpr::Dot(Expr::Identifier(field)) if subscripted => {
+                                *access = AccessExpr::Subscript(Subscript::Index {
+                                    index: Expr::Value(
+                                        datafusion::sql::sqlparser::ast::Value::SingleQuotedString(
+                                            field.value.clone(),
+                                        )
+                                        .into(),
+                                    ),
+                                });
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 if let Some(rewritten) = select_list_call(expr) {
                     *expr = rewritten;
                 }
@@ -65,6 +94,21 @@ impl SqlStatementRewriteRule for SetReturningCalls {
         }
         let _ = statement.visit(&mut Rewrite);
         statement
+    }
+}
+
+/// BigQuery's array positions `a[OFFSET(i)]` (from 0) and `a[ORDINAL(i)]`
+/// (from 1), and their `SAFE_` forms, as the 1-based subscript they mean.
+/// Out of range, all four give NULL.
+fn bigquery_position(index: &Expr) -> Option<Expr> {
+    let (name, args) = call_of(index)?;
+    let [arg] = args.as_slice() else {
+        return None;
+    };
+    match name.as_str() {
+        "offset" | "safe_offset" => parse_expr(&format!("({arg}) + 1")),
+        "ordinal" | "safe_ordinal" => Some(arg.clone()),
+        _ => None,
     }
 }
 

@@ -477,6 +477,27 @@ fn sql_type(data_type: &DataType) -> Option<String> {
         DataType::Timestamp(_, None) => "timestamp".into(),
         DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
         DataType::Decimal128(p, s) => format!("numeric({p}, {s})"),
+        // NDJSON's arrays and objects, Parquet's LIST and groups, in
+        // BigQuery's spelling (docs/NESTED.md); an array directly of
+        // arrays has no Quarry type.
+        DataType::List(element) | DataType::LargeList(element)
+            if !matches!(
+                element.data_type(),
+                DataType::List(_) | DataType::LargeList(_)
+            ) =>
+        {
+            format!("ARRAY<{}>", sql_type(element.data_type())?)
+        }
+        DataType::Struct(fields) if !fields.is_empty() => {
+            let fields = fields
+                .iter()
+                .map(|f| {
+                    let name = f.name().replace('"', "\"\"");
+                    Some(format!("\"{name}\" {}", sql_type(f.data_type())?))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            format!("STRUCT<{}>", fields.join(", "))
+        }
         _ => return None,
     })
 }

@@ -163,3 +163,71 @@ async fn arrays_structs_and_json_copy_in_and_out_as_postgresql_text() {
         .get(0);
     assert_eq!(count, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_load_creates_nested_columns_from_ndjson_objects_and_arrays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.ndjson");
+    let lines: String = (0..500)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"actor\": {{\"login\": \"user{}\", \"site_admin\": {}}}, \
+                 \"labels\": [\"l{}\", \"all\"], \"commits\": [{{\"sha\": \"s{i}\", \"size\": {}}}]}}\n",
+                i % 7,
+                i % 2 == 0,
+                i % 3,
+                i % 5
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).expect("ndjson");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let url = format!("http://{}:{}", node.ip, node.http_port);
+    let pg = format!("{}:{}", node.ip, node.pg_port);
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "load",
+            "--table",
+            "public.gh",
+            "--create",
+            "--url",
+            &url,
+            "--pg",
+            &pg,
+        ])
+        .arg(&events)
+        .output()
+        .expect("quarry load runs");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let client = node.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT actor.login), sum(cardinality(labels))::bigint FROM gh",
+            &[],
+        )
+        .await
+        .expect("counts");
+    assert_eq!(row.get::<_, i64>(0), 500);
+    assert_eq!(row.get::<_, i64>(1), 7);
+    assert_eq!(row.get::<_, i64>(2), 1000);
+    let admins: i64 = client
+        .query_one("SELECT count(*) FROM gh WHERE actor.site_admin", &[])
+        .await
+        .expect("admins")
+        .get(0);
+    assert_eq!(admins, 250);
+    let size: i64 = client
+        .query_one(
+            "SELECT sum(c.size)::bigint FROM gh AS g, UNNEST(g.commits) AS c WHERE 'l1' IN UNNEST(g.labels)",
+            &[],
+        )
+        .await
+        .expect("unnest")
+        .get(0);
+    let expected: i64 = (0..500).filter(|i| i % 3 == 1).map(|i| i % 5).sum();
+    assert_eq!(size, expected);
+}
