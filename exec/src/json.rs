@@ -46,7 +46,28 @@ fn json_field(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true).with_metadata(json_metadata())
 }
 
-/// Registers the JSON functions on `ctx`.
+/// The SQL planner's types: `json` and `jsonb` in casts (`$1::jsonb`) as
+/// JSON values, then datafusion-pg-catalog's oid-alias and `pg_catalog.`
+/// types (the planner this one wraps; a session has one).
+#[derive(Debug)]
+pub struct JsonTypes;
+
+impl datafusion::logical_expr::planner::TypePlanner for JsonTypes {
+    fn plan_type_field(
+        &self,
+        sql_type: &datafusion::sql::sqlparser::ast::DataType,
+    ) -> DfResult<Option<FieldRef>> {
+        use datafusion::sql::sqlparser::ast::DataType as Sql;
+        if matches!(sql_type, Sql::JSON | Sql::JSONB) {
+            return Ok(Some(Arc::new(json_field(""))));
+        }
+        datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner
+            .plan_type_field(sql_type)
+    }
+}
+
+/// Registers the JSON functions on `ctx`, and [`JsonTypes`] as its type
+/// planner (after datafusion-pg-catalog's setup, which sets its own).
 pub fn register(ctx: &SessionContext) {
     for udf in [
         udfs::json_get_json_udf(),
@@ -69,6 +90,12 @@ pub fn register(ctx: &SessionContext) {
     for kind in Kind::ALL {
         ctx.register_udf(ScalarUDF::new_from_impl(JsonFunction::new(kind)));
     }
+    let state = ctx.state_ref();
+    let existing = state.read().clone();
+    *state.write() =
+        datafusion::execution::session_state::SessionStateBuilder::new_from_existing(existing)
+            .with_type_planner(Arc::new(JsonTypes))
+            .build();
 }
 
 /// The JSON functions of this module.

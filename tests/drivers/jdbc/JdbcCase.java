@@ -1,6 +1,7 @@
 // PostgreSQL's JDBC driver (Debian's libpostgresql-jdbc-java) against one
 // server: statements, prepared statements, batches, a fetch size that pages
-// a result through a portal, and DatabaseMetaData. Run by
+// a result through a portal, DatabaseMetaData, and arrays through
+// setArray / getArray. Run by
 // tests/drivers/suite.py as `java -cp postgresql.jar JdbcCase.java URL USER`;
 // exits non-zero on any mismatch.
 import java.math.BigDecimal;
@@ -144,6 +145,32 @@ public class JdbcCase {
             }
             check(arguments.size() == 5 && arguments.get(0).equals("acl:1"),
                   "getFunctionColumns: " + arguments);
+        }
+        // Arrays through setArray / getArray, and a jsonb column.
+        try (Connection c = DriverManager.getConnection(args[0], props)) {
+            try (Statement s = c.createStatement()) {
+                s.execute("CREATE TABLE ja (id BIGINT, tags TEXT[], scores BIGINT[], doc JSONB)");
+            }
+            try (PreparedStatement p = c.prepareStatement("INSERT INTO ja VALUES (?, ?, ?, ?::jsonb)")) {
+                p.setLong(1, 1);
+                p.setArray(2, c.createArrayOf("text", new String[] {"a", "b c", null}));
+                p.setArray(3, c.createArrayOf("int8", new Long[] {1L, 2L}));
+                p.setString(4, "{\"k\": [1, 2]}");
+                check(p.executeUpdate() == 1, "insert of arrays");
+            }
+            try (Statement s = c.createStatement();
+                 ResultSet r = s.executeQuery("SELECT tags, scores, doc ->> 'k' FROM ja")) {
+                check(r.next(), "a row of arrays");
+                Array tags = r.getArray(1);
+                Object[] texts = (Object[]) tags.getArray();
+                check(Arrays.equals(texts, new String[] {"a", "b c", null}),
+                      "getArray of text[]: " + Arrays.toString(texts));
+                check(tags.getBaseType() == Types.VARCHAR, "text[] elements are VARCHAR");
+                Object[] scores = (Object[]) r.getArray(2).getArray();
+                check(Arrays.equals(scores, new Long[] {1L, 2L}),
+                      "getArray of bigint[]: " + Arrays.toString(scores));
+                check("[1, 2]".equals(r.getString(3)), "doc ->> 'k': " + r.getString(3));
+            }
         }
         System.out.println("jdbc: ok");
     }
