@@ -1,13 +1,19 @@
-//! Nested columns against a real `quarry` process: a read of one struct
-//! field reads only that field's Parquet leaf, and arrays, structs and JSON
-//! go through COPY in PostgreSQL's text forms.
+//! Nested columns against real `quarry` processes: a read of one struct
+//! field reads only that field's Parquet leaf, arrays, structs and JSON go
+//! through COPY in PostgreSQL's text forms, `quarry load` makes nested
+//! columns of NDJSON, and nested values cross a three-node shuffle.
 
-#[path = "support/node.rs"]
-mod support;
+mod support {
+    #[path = "node.rs"]
+    pub mod node;
+
+    #[path = "cluster.rs"]
+    pub mod cluster;
+}
 
 use bytes::Bytes;
 use futures::SinkExt;
-use support::{TestNode, sqlstate};
+use support::node::{TestNode, sqlstate};
 use tokio_postgres::Client;
 
 /// Bytes the node's chunk store read (its counter on /metrics).
@@ -230,4 +236,70 @@ async fn quarry_load_creates_nested_columns_from_ndjson_objects_and_arrays() {
         .get(0);
     let expected: i64 = (0..500).filter(|i| i % 3 == 1).map(|i| i % 5).sum();
     assert_eq!(size, expected);
+}
+
+/// The rows of `sql` as text, in order.
+async fn texts(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nested_values_cross_a_shuffle_on_three_nodes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = support::cluster::start_cluster(dir.path(), 3, &["--distribute-min-mb", "1"]).await;
+    let client = nodes[1].client().await;
+    client
+        .batch_execute("CREATE TABLE ev (id BIGINT, s STRUCT<k INT64, name STRING>, tags ARRAY<STRING>, doc JSON)")
+        .await
+        .expect("table");
+    // Three INSERTs of 150,000 rows: data files, placed across the nodes.
+    for part in 0..3 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO ev SELECT v, STRUCT(v % 1000 AS k, 'n' || v AS name), \
+                 ['t' || (v % 3), md5(v::text)], '{{\"v\": ' || v || '}}' \
+                 FROM generate_series({}, {}) AS g(v)",
+                part * 150_000,
+                part * 150_000 + 149_999
+            ))
+            .await
+            .expect("insert");
+    }
+    // A self-join on the struct's key moves structs, arrays and JSON
+    // through a hash shuffle; the answer equals the one node's.
+    let sql = "SELECT a.s.k, count(*), min(b.s.name), max(b.tags[1]), max(cardinality(a.tags)), \
+               sum((b.doc ->> 'v')::bigint) \
+               FROM ev AS a JOIN ev AS b ON a.id = b.id WHERE a.s.k < 5 GROUP BY a.s.k ORDER BY 1";
+    client
+        .batch_execute("SET distsql = on")
+        .await
+        .expect("distsql on");
+    let plan = texts(&client, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .join("\n");
+    assert!(plan.contains("shuffle by hash"), "{plan}");
+    let distributed = texts(&client, sql).await;
+    client
+        .batch_execute("SET distsql = off")
+        .await
+        .expect("distsql off");
+    let local = texts(&client, sql).await;
+    assert_eq!(distributed, local);
+    assert_eq!(distributed.len(), 5);
+    let sum: i64 = (0..450_000_i64).filter(|v| v % 1000 == 0).sum();
+    assert_eq!(distributed[0], format!("0|450|n0|t2|2|{sum}"));
 }
