@@ -1078,15 +1078,39 @@ mod tests {
             create_statement("s.t", &schema).unwrap(),
             "CREATE TABLE IF NOT EXISTS s.t (\"id\" bigint, \"at\" timestamptz, \"price\" numeric(12, 2))"
         );
+        // NDJSON's arrays and objects: ARRAY and STRUCT columns.
         let nested = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
             datafusion::arrow::datatypes::Field::new(
                 "tags",
                 DataType::new_list(DataType::Utf8, true),
                 true,
             ),
+            datafusion::arrow::datatypes::Field::new(
+                "actor",
+                DataType::Struct(
+                    vec![
+                        datafusion::arrow::datatypes::Field::new("login", DataType::Utf8, true),
+                        datafusion::arrow::datatypes::Field::new("id", DataType::Int64, true),
+                    ]
+                    .into(),
+                ),
+                true,
+            ),
         ]));
-        let error = create_statement("t", &nested).unwrap_err().to_string();
-        assert!(error.contains("column \"tags\""), "{error}");
+        assert_eq!(
+            create_statement("t", &nested).unwrap(),
+            "CREATE TABLE IF NOT EXISTS t (\"tags\" ARRAY<text>, \"actor\" STRUCT<\"login\" text, \"id\" bigint>)"
+        );
+        // An array directly of arrays has no Quarry type.
+        let grid = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "cells",
+                DataType::new_list(DataType::new_list(DataType::Int64, true), true),
+                true,
+            ),
+        ]));
+        let error = create_statement("t", &grid).unwrap_err().to_string();
+        assert!(error.contains("column \"cells\""), "{error}");
     }
 
     #[test]
