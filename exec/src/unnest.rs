@@ -23,7 +23,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint,
-    JoinOperator, Query, Select, SelectItem, SetExpr, Statement, Subscript, TableAlias,
+    JoinOperator, ObjectName, Query, Select, SelectItem, SetExpr, Statement, Subscript, TableAlias,
     TableFactor, TableWithJoins, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::parser::Parser;
@@ -123,22 +123,22 @@ fn call_of(expr: &Expr) -> Option<(String, Vec<Expr>)> {
     if function.over.is_some() || function.filter.is_some() || !list.clauses.is_empty() {
         return None;
     }
-    let name = function
-        .name
-        .0
-        .last()?
-        .as_ident()?
-        .value
-        .to_ascii_lowercase();
-    let args = list
-        .args
-        .iter()
+    Some((function_name(&function.name)?, plain_args(&list.args)?))
+}
+
+/// A function's name, without its schema, in lower case.
+pub(crate) fn function_name(name: &ObjectName) -> Option<String> {
+    Some(name.0.last()?.as_ident()?.value.to_ascii_lowercase())
+}
+
+/// The arguments of a call, if all are plain expressions (no names, no `*`).
+fn plain_args(args: &[FunctionArg]) -> Option<Vec<Expr>> {
+    args.iter()
         .map(|a| match a {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
             _ => None,
         })
-        .collect::<Option<Vec<_>>>()?;
-    Some((name, args))
+        .collect()
 }
 
 fn parse_expr(sql: &str) -> Option<Expr> {
@@ -256,15 +256,8 @@ fn unnested(factor: &TableFactor) -> Option<Unnested> {
             with_ordinality: false,
             ..
         } => {
-            let function = name.0.last()?.as_ident()?.value.to_ascii_lowercase();
-            let args = args
-                .args
-                .iter()
-                .map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()?;
+            let function = function_name(name)?;
+            let args = plain_args(&args.args)?;
             if function == "unnest" {
                 let [array] = args.as_slice() else {
                     return None;

@@ -386,14 +386,7 @@ pub(super) fn set_config_calls(statement: &Statement) -> Vec<SetConfigCall> {
 
 /// The setting and value of a `set_config` call with constant arguments.
 fn set_config_arguments(function: &ast::Function) -> Option<(String, String)> {
-    let name = function
-        .name
-        .0
-        .last()?
-        .as_ident()?
-        .value
-        .to_ascii_lowercase();
-    if name != "set_config" {
+    if crate::unnest::function_name(&function.name)? != "set_config" {
         return None;
     }
     let ast::FunctionArguments::List(list) = &function.args else {
