@@ -81,6 +81,7 @@ async fn reading_one_struct_field_reads_only_its_leaf() {
     let all_fields = chunk_bytes_read(&node).await - before;
     assert_eq!(total, sum + 200_000 * 64);
 
+    eprintln!("chunk-store bytes read: s.a {one_field}, s.a + s.b + s.c {all_fields}");
     // The two hex leaves are ~12.8 MB before compression; `a` is a
     // dictionary of 100 values.
     assert!(one_field > 0.0, "the scan read the chunk store");
