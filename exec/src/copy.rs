@@ -692,6 +692,30 @@ fn convert(
     Ok(converted)
 }
 
+/// How COPY writes scalar values as text (PostgreSQL's output forms).
+fn text_format_options() -> FormatOptions<'static> {
+    FormatOptions::default()
+        .with_null("")
+        .with_date_format(Some("%Y-%m-%d"))
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"))
+}
+
+/// PostgreSQL's text of the non-null list or struct at `row` of `column`
+/// (`array_out`, `record_out`), its scalars as COPY writes them.
+///
+/// # Errors
+/// Internal if a value cannot be formatted.
+pub fn nested_value_text(column: &dyn Array, row: usize) -> Result<String> {
+    let options = text_format_options();
+    let scalar = |array: &dyn Array, row: usize| -> Result<String> {
+        let formatter = ArrayFormatter::try_new(array, &options)
+            .map_err(|e| Error::Internal(format!("cannot format a value: {e}")))?;
+        Ok(scalar_text(array, row, &formatter))
+    };
+    crate::array_text::nested_text(column, row, &scalar)
+}
+
 /// The COPY text of the non-null scalar at `row` of `column`: Booleans as
 /// `t`/`f`, bytea in hex, others as `formatter` writes them.
 fn scalar_text(column: &dyn Array, row: usize, formatter: &ArrayFormatter) -> String {
@@ -802,11 +826,7 @@ impl RowFormatter {
     pub fn format_records(&mut self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>> {
         let mut out = Vec::new();
         let mut ends = Vec::with_capacity(batch.num_rows() + 1);
-        let options = FormatOptions::default()
-            .with_null("")
-            .with_date_format(Some("%Y-%m-%d"))
-            .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
-            .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
+        let options = text_format_options();
         let formatters = batch
             .columns()
             .iter()

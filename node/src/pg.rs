@@ -567,6 +567,61 @@ fn takes_slot(statement: &QuarryStatement) -> bool {
     }
 }
 
+/// `batch` with its struct columns sent in text format replaced by their
+/// text (`record_out`): arrow-pg's record encoder writes a NULL field as
+/// `""`, which reads back as an empty string. The row description keeps
+/// their type (`record`). (An array's text goes through arrow-pg, which
+/// quotes a text value of an array type; structs inside arrays keep its
+/// encoding.)
+fn nested_as_text(
+    batch: datafusion::arrow::record_batch::RecordBatch,
+    fields: &[FieldInfo],
+) -> datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch> {
+    let nested_text = |i: usize| {
+        matches!(batch.column(i).data_type(), DataType::Struct(_))
+            && fields
+                .get(i)
+                .is_some_and(|f| f.format() == pgwire::api::results::FieldFormat::Text)
+    };
+    if !(0..batch.num_columns()).any(nested_text) {
+        return Ok(batch);
+    }
+    let mut schema_fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (i, (field, column)) in batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .enumerate()
+    {
+        if !nested_text(i) {
+            schema_fields.push(field.clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let texts = (0..column.len())
+            .map(|row| {
+                (!column.is_null(row))
+                    .then(|| quarry_exec::copy::nested_value_text(column.as_ref(), row))
+                    .transpose()
+            })
+            .collect::<quarry_exec::Result<datafusion::arrow::array::StringArray>>()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        schema_fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            field.name(),
+            DataType::Utf8,
+            true,
+        )));
+        columns.push(Arc::new(texts) as datafusion::arrow::array::ArrayRef);
+    }
+    datafusion::arrow::record_batch::RecordBatch::try_new(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(schema_fields)),
+        columns,
+    )
+    .map_err(Into::into)
+}
+
 fn rows_response(
     stream: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
@@ -588,13 +643,17 @@ fn rows_response(
             let _held = &held;
             batch
         })
-        .map(move |batch| match batch {
-            Ok(batch) => stream::iter(encode_recordbatch(row_fields.clone(), batch)).left_stream(),
-            Err(e) => stream::once(futures::future::ready(Err(to_pg_error(
-                &quarry_exec::Error::from_engine(e),
-            ))))
-            .right_stream(),
-        })
+        .map(
+            move |batch| match batch.and_then(|b| nested_as_text(b, &row_fields)) {
+                Ok(batch) => {
+                    stream::iter(encode_recordbatch(row_fields.clone(), batch)).left_stream()
+                }
+                Err(e) => stream::once(futures::future::ready(Err(to_pg_error(
+                    &quarry_exec::Error::from_engine(e),
+                ))))
+                .right_stream(),
+            },
+        )
         .flatten()
         .boxed();
     Ok(Response::Query(QueryResponse::new(

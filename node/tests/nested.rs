@@ -304,3 +304,19 @@ async fn nested_values_cross_a_shuffle_on_three_nodes() {
     let sum: i64 = (0..450_000_i64).filter(|v| v % 1000 == 0).sum();
     assert_eq!(distributed[0], format!("0|450|n0|t2|2|{sum}"));
 }
+
+#[tokio::test]
+async fn a_struct_in_a_text_result_writes_a_null_field_empty_and_an_empty_string_quoted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    // record_out: NULL is nothing between the commas, '' is "".
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT STRUCT(1 AS x, NULL AS z, '' AS e, 'a \"b\"' AS q), ['a', NULL]"
+        )
+        .await,
+        ["(1,,\"\",\"a \"\"b\"\"\")|{a,NULL}"]
+    );
+}
