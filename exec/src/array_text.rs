@@ -321,23 +321,8 @@ pub fn nested_text<E>(
                     continue;
                 }
                 let text = nested_text(values.as_ref(), i, scalar)?;
-                let quote = text.is_empty()
-                    || text.eq_ignore_ascii_case("NULL")
-                    || text
-                        .chars()
-                        .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_whitespace());
-                if quote {
-                    out.push('"');
-                    for c in text.chars() {
-                        if matches!(c, '"' | '\\') {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                    out.push('"');
-                } else {
-                    out.push_str(&text);
-                }
+                let quote = text.eq_ignore_ascii_case("NULL") || has_any(&text, &['{', '}']);
+                push_element(&mut out, &text, quote, false);
             }
             out.push('}');
             Ok(out)
@@ -353,28 +338,42 @@ pub fn nested_text<E>(
                     continue;
                 }
                 let text = nested_text(field.as_ref(), row, scalar)?;
-                let quote = text.is_empty()
-                    || text
-                        .chars()
-                        .any(|c| matches!(c, '(' | ')' | ',' | '"' | '\\') || c.is_whitespace());
-                if quote {
-                    out.push('"');
-                    for c in text.chars() {
-                        if matches!(c, '"' | '\\') {
-                            out.push(c);
-                        }
-                        out.push(c);
-                    }
-                    out.push('"');
-                } else {
-                    out.push_str(&text);
-                }
+                let quote = has_any(&text, &['(', ')']);
+                push_element(&mut out, &text, quote, true);
             }
             out.push(')');
             Ok(out)
         }
         _ => scalar(column, row),
     }
+}
+
+/// Whether `text` holds one of `brackets`, or anything else that makes
+/// array_out and record_out quote an element: a comma, a quote, a
+/// backslash, white space, or nothing at all.
+fn has_any(text: &str, brackets: &[char]) -> bool {
+    text.is_empty()
+        || text
+            .chars()
+            .any(|c| brackets.contains(&c) || matches!(c, ',' | '"' | '\\') || c.is_whitespace())
+}
+
+/// Appends an element's `text` to `out`, in double quotes if `quote`, each
+/// quote and backslash inside doubled (record_out) or preceded by a
+/// backslash (array_out).
+fn push_element(out: &mut String, text: &str, quote: bool, doubled: bool) {
+    if !quote {
+        out.push_str(text);
+        return;
+    }
+    out.push('"');
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push(if doubled { c } else { '\\' });
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// Whether the value at `row` is NULL, counting every value of a NullArray

@@ -833,12 +833,6 @@ impl RowFormatter {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Internal(format!("cannot format COPY output: {e}")))?;
-        // A value inside an array or struct, formatted as a column's.
-        let scalar = |array: &dyn Array, row: usize| -> Result<String> {
-            let formatter = ArrayFormatter::try_new(array, &options)
-                .map_err(|e| Error::Internal(format!("cannot format COPY output: {e}")))?;
-            Ok(scalar_text(array, row, &formatter))
-        };
         if self.header_pending {
             self.header_pending = false;
             let names: Vec<String> = batch
@@ -859,7 +853,7 @@ impl RowFormatter {
                     if column.is_null(row) {
                         Ok(None)
                     } else if column.data_type().is_nested() {
-                        crate::array_text::nested_text(column.as_ref(), row, &scalar).map(Some)
+                        nested_value_text(column.as_ref(), row).map(Some)
                     } else {
                         Ok(Some(scalar_text(column.as_ref(), row, formatter)))
                     }
