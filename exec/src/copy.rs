@@ -592,13 +592,25 @@ impl RowBuffer {
                     },
                 ));
             }
-            columns.push(convert(text, &column.column_type, |row| {
+            let locate = |row| {
                 format!(
                     "{}, column {}",
                     self.origin.place(&self.table.name, line(row)),
                     column.name
                 )
-            })?);
+            };
+            columns.push(
+                if self.origin == RowOrigin::Request
+                    && matches!(
+                        column.column_type,
+                        ColumnType::Array(_) | ColumnType::Struct(_)
+                    )
+                {
+                    nested_from_json(text, &column.column_type, locate)?
+                } else {
+                    convert(text, &column.column_type, locate)?
+                },
+            );
         }
         RecordBatch::try_new_with_options(
             self.schema.clone(),
@@ -612,6 +624,64 @@ impl RowBuffer {
             )
         })
     }
+}
+
+/// An array or struct column's values from their JSON texts (a streaming
+/// request's arrays and objects), decoded by arrow-json: an object's keys
+/// name its fields (a key that is no field is an error, a missing one is
+/// NULL), numbers in strings are numbers.
+///
+/// # Errors
+/// 22P02 naming the first value that does not decode.
+fn nested_from_json(
+    text: &StringArray,
+    column_type: &ColumnType,
+    locate: impl Fn(usize) -> String,
+) -> std::result::Result<ArrayRef, Misfit> {
+    use datafusion::arrow::json::ReaderBuilder;
+    let target = arrow_type(column_type);
+    let decode = |rows: std::ops::Range<usize>| -> std::result::Result<ArrayRef, String> {
+        let mut decoder = ReaderBuilder::new_with_field(ArrowField::new("v", target.clone(), true))
+            .with_strict_mode(true)
+            .with_batch_size(rows.len().max(1))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        for row in rows.clone() {
+            let value = if text.is_valid(row) {
+                text.value(row)
+            } else {
+                "null"
+            };
+            body.extend_from_slice(value.as_bytes());
+            body.push(b'\n');
+        }
+        decoder.decode(&body).map_err(|e| e.to_string())?;
+        match decoder.flush().map_err(|e| e.to_string())? {
+            Some(batch) if batch.num_rows() == rows.len() => Ok(batch.column(0).clone()),
+            _ => Err(format!("{} values decoded as fewer rows", rows.len())),
+        }
+    };
+    decode(0..text.len()).map_err(|whole| {
+        // Which value: the first that does not decode alone.
+        let bad = (0..text.len()).find_map(|row| decode(row..row + 1).err().map(|e| (row, e)));
+        let Some((row, problem)) = bad else {
+            return Misfit::new(None, Error::Internal(whole));
+        };
+        let value = if text.is_valid(row) {
+            text.value(row)
+        } else {
+            "null"
+        };
+        Misfit::new(
+            Some(row),
+            Error::User {
+                state: SqlState::INVALID_TEXT_REPRESENTATION,
+                message: format!("invalid input for type {column_type}: {problem}"),
+                detail: Some(format!("{}: {value}", locate(row))),
+            },
+        )
+    })
 }
 
 /// Converts text values to `column_type`, naming the first bad value.

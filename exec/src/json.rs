@@ -287,6 +287,68 @@ fn texts(array: &ArrayRef) -> DfResult<StringArray> {
         .clone())
 }
 
+/// arrow-json's encoder for a JSON-typed field: the document it holds,
+/// as it is, rather than a JSON string of its text.
+#[derive(Debug)]
+struct DocumentsAsThemselves;
+
+struct Document<'a>(&'a StringArray);
+
+impl datafusion::arrow::json::writer::Encoder for Document<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0.value(idx).as_bytes());
+    }
+}
+
+impl datafusion::arrow::json::writer::EncoderFactory for DocumentsAsThemselves {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a datafusion::arrow::json::writer::EncoderOptions,
+    ) -> Result<
+        Option<datafusion::arrow::json::writer::NullableEncoder<'a>>,
+        datafusion::arrow::error::ArrowError,
+    > {
+        match array.as_any().downcast_ref::<StringArray>() {
+            Some(documents) if is_json(field) => {
+                Ok(Some(datafusion::arrow::json::writer::NullableEncoder::new(
+                    Box::new(Document(documents)),
+                    documents.nulls().cloned(),
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The values of `array` (of `field`) as JSON documents: arrays and structs
+/// as JSON arrays and objects, JSON-typed values as the documents they
+/// hold, NULL as SQL NULL. Written by arrow-json's encoder, for a nested
+/// value arriving at a JSON column (a loaded NDJSON object).
+///
+/// # Errors
+/// When arrow-json has no encoding for a type in `array`.
+pub fn json_documents(field: &FieldRef, array: &dyn Array) -> DfResult<StringArray> {
+    use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
+    let options = EncoderOptions::default()
+        .with_explicit_nulls(true)
+        .with_encoder_factory(Arc::new(DocumentsAsThemselves));
+    let mut encoder = make_encoder(field, array, &options)?;
+    let mut documents = StringBuilder::new();
+    let mut out = Vec::new();
+    for row in 0..array.len() {
+        if array.is_null(row) {
+            documents.append_null();
+            continue;
+        }
+        out.clear();
+        encoder.encode(row, &mut out);
+        documents.append_value(String::from_utf8_lossy(&out));
+    }
+    Ok(documents.finish())
+}
+
 /// Parses JSON text, as 22P02 in PostgreSQL's words when it is not.
 fn parse(text: &str) -> DfResult<Value> {
     serde_json::from_str(text).map_err(|e| {

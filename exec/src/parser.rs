@@ -77,8 +77,12 @@ impl Dialect for QuarryDialect {
         self.postgres.is_reserved_for_identifier(kw)
     }
 
+    /// PostgreSQL's, except that `>` does not continue an operator: the
+    /// `>>>` closing `ARRAY<STRUCT<a ARRAY<T>>>` is `>>` and `>`, not one
+    /// custom operator. Quarry has no operator ending in `>>>` or `>>`
+    /// followed by another `>`.
     fn is_custom_operator_part(&self, ch: char) -> bool {
-        self.postgres.is_custom_operator_part(ch)
+        ch != '>' && self.postgres.is_custom_operator_part(ch)
     }
 
     fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {

@@ -489,6 +489,13 @@ mod tests {
             nested.to_string(),
             "STRUCT<a bigint, tags text[], doc json>"
         );
+        // Three closing brackets in a row are `>>` and `>`.
+        assert_eq!(
+            column_type_from_sql(&parse_type("ARRAY<STRUCT<f ARRAY<STRING>>>"))
+                .expect("parses")
+                .to_string(),
+            "ARRAY<STRUCT<f text[]>>"
+        );
         let mut next = 10;
         nested.assign_field_ids(&mut next);
         assert_eq!(next, 14);

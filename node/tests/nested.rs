@@ -1,7 +1,8 @@
 //! Nested columns against real `quarry` processes: a read of one struct
 //! field reads only that field's Parquet leaf, arrays, structs and JSON go
 //! through COPY in PostgreSQL's text forms, `quarry load` makes nested
-//! columns of NDJSON, and nested values cross a three-node shuffle.
+//! columns of NDJSON, the streaming API takes nested JSON rows, and nested
+//! values cross a three-node shuffle.
 
 mod support {
     #[path = "node.rs"]
@@ -13,7 +14,7 @@ mod support {
 
 use bytes::Bytes;
 use futures::SinkExt;
-use support::node::{TestNode, sqlstate};
+use support::node::{TestNode, http_request, sqlstate};
 use tokio_postgres::Client;
 
 /// Bytes the node's chunk store read (its counter on /metrics).
@@ -237,6 +238,237 @@ async fn quarry_load_creates_nested_columns_from_ndjson_objects_and_arrays() {
         .get(0);
     let expected: i64 = (0..500).filter(|i| i % 3 == 1).map(|i| i % 5).sum();
     assert_eq!(size, expected);
+}
+
+/// Writes `lines` (NDJSON) as a Parquet file at `path`, in the nested
+/// schema arrow-json infers from them (LIST and groups).
+fn nested_parquet(path: &std::path::Path, lines: &str) {
+    use datafusion::arrow::json::reader::{ReaderBuilder, infer_json_schema};
+    let (schema, _) =
+        infer_json_schema(std::io::Cursor::new(lines.as_bytes()), None).expect("schema");
+    let schema = std::sync::Arc::new(schema);
+    let reader = ReaderBuilder::new(schema.clone())
+        .build(std::io::Cursor::new(lines.as_bytes()))
+        .expect("reader");
+    let file = std::fs::File::create(path).expect("file");
+    let mut writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).expect("writer");
+    for batch in reader {
+        writer.write(&batch.expect("batch")).expect("write");
+    }
+    writer.close().expect("close");
+}
+
+#[tokio::test]
+async fn nested_parquet_and_ndjson_files_load_into_nested_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines: String = (0..400)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"actor\": {{\"login\": \"u{}\", \"org\": {{\"id\": {}}}}}, \
+                 \"commits\": [{{\"sha\": \"a{i}\", \"files\": [\"f{}\", \"g\"]}}, {{\"sha\": \"b{i}\", \"files\": []}}]}}\n",
+                i % 9,
+                i % 4,
+                i % 3
+            )
+        })
+        .collect();
+    let parquet = dir.path().join("events.parquet");
+    nested_parquet(&parquet, &lines);
+    let ndjson = dir.path().join("events.json");
+    std::fs::write(&ndjson, &lines).expect("ndjson");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["load", "--table", "public.from_load", "--create", "--url"])
+        .arg(format!("http://{}:{}", node.ip, node.http_port))
+        .arg("--pg")
+        .arg(format!("{}:{}", node.ip, node.pg_port))
+        .arg(&parquet)
+        .output()
+        .expect("quarry load runs");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let client = node.client().await;
+    let declared = "(id bigint, actor STRUCT<login STRING, org STRUCT<id INT64>>, \
+                    commits ARRAY<STRUCT<sha STRING, files ARRAY<STRING>>>)";
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE from_parquet {declared}; CREATE TABLE from_json {declared}"
+        ))
+        .await
+        .expect("create");
+    for (table, format, path) in [
+        ("from_parquet", "PARQUET", &parquet),
+        ("from_json", "JSON", &ndjson),
+    ] {
+        let loaded = client
+            .execute(
+                &format!(
+                    "LOAD DATA INTO {table} FROM FILES (format = '{format}', uris = ['{}'])",
+                    path.display()
+                ),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{format}: {e:?}"));
+        assert_eq!(loaded, 400);
+    }
+    // Two files per row (its second commit has none), so each row's
+    // org id is counted twice.
+    let expected_files: usize = 400 * 2;
+    let expected_org: i64 = (0..400).map(|i| i % 4).sum();
+    for table in ["from_load", "from_parquet", "from_json"] {
+        assert_eq!(
+            texts(
+                &client,
+                &format!(
+                    "SELECT count(DISTINCT e.actor.login), sum(e.actor.org.id), count(f) \
+                     FROM {table} AS e, UNNEST(e.commits) AS c, UNNEST(c.files) AS f"
+                )
+            )
+            .await,
+            [format!("9|{}|{expected_files}", expected_org * 2)],
+            "{table}"
+        );
+    }
+}
+
+/// POSTs NDJSON `body` to channel `channel` of `table` at `offset`: the
+/// status and the answer.
+async fn append_ndjson(node: &TestNode, table: &str, offset: u64, body: &str) -> (u16, String) {
+    let url = format!(
+        "http://{}:{}/v1/tables/{table}/channels/c/rows?offset={offset}",
+        node.ip, node.http_port
+    );
+    http_request("POST", &url, "application/x-ndjson", body.as_bytes()).await
+}
+
+#[tokio::test]
+async fn streamed_ndjson_rows_fill_array_struct_and_json_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id bigint, tags text[], actor STRUCT<login STRING, id INT64>, \
+             commits ARRAY<STRUCT<sha STRING, files ARRAY<STRING>>>, payload JSON)",
+        )
+        .await
+        .expect("create");
+    let rows = concat!(
+        r#"{"id": 1, "tags": ["a", "b"], "actor": {"login": "ann", "id": "7"}, "#,
+        r#""commits": [{"sha": "s1", "files": ["x.rs", "y.rs"]}, {"sha": "s2", "files": []}], "#,
+        r#""payload": {"action": "opened", "n": [1, 2]}}"#,
+        "\n",
+        r#"{"id": 2, "tags": null, "actor": {"login": "bo"}, "commits": [], "payload": [true]}"#,
+        "\n",
+        r#"{"id": 3}"#,
+        "\n",
+    );
+    let (status, answer) = append_ndjson(&node, "ev", 0, rows).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT id, array_to_string(tags, ','), actor.login, actor.id, cardinality(commits), \
+             payload->>'action', payload::text FROM ev ORDER BY id"
+        )
+        .await,
+        [
+            r#"1|a,b|ann|7|2|opened|{"action":"opened","n":[1,2]}"#,
+            "2|NULL|bo|NULL|0|NULL|[true]",
+            "3|NULL|NULL|NULL|NULL|NULL|NULL",
+        ]
+    );
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT c.sha, f FROM ev AS e, UNNEST(e.commits) AS c, UNNEST(c.files) AS f ORDER BY f"
+        )
+        .await,
+        ["s1|x.rs", "s1|y.rs"]
+    );
+    // A value that does not fit its column fails the request, naming its
+    // row, and writes nothing.
+    for (bad, problem) in [
+        (
+            r#"{"id": 9, "actor": {"login": "x", "nope": 1}}"#,
+            "row 2, column actor",
+        ),
+        (r#"{"id": 9, "tags": [[1]]}"#, "row 2, column tags"),
+        (
+            r#"{"id": 9, "commits": {"sha": "s"}}"#,
+            "row 2, column commits",
+        ),
+    ] {
+        let body = format!("{{\"id\": 8}}\n{bad}\n");
+        let (status, answer) = append_ndjson(&node, "ev", 3, &body).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(
+            answer.contains("22P02") && answer.contains(problem),
+            "{bad}: {answer}"
+        );
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ev", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn quarry_load_writes_ndjson_objects_into_a_json_column_as_documents() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.ndjson");
+    let lines: String = (0..300)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"payload\": {{\"action\": \"{}\", \"pr\": {{\"number\": {i}, \"labels\": [\"l{}\"]}}}}}}\n",
+                if i % 3 == 0 { "opened" } else { "closed" },
+                i % 4
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).expect("ndjson");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE gh (id bigint, payload JSON)")
+        .await
+        .expect("create");
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["load", "--table", "public.gh", "--url"])
+        .arg(format!("http://{}:{}", node.ip, node.http_port))
+        .arg("--pg")
+        .arg(format!("{}:{}", node.ip, node.pg_port))
+        .arg(&events)
+        .output()
+        .expect("quarry load runs");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT count(*), sum((payload #>> '{pr,number}')::bigint) FROM gh \
+             WHERE JSON_VALUE(payload, '$.action') = 'opened'"
+        )
+        .await,
+        [format!(
+            "100|{}",
+            (0..300).filter(|i| i % 3 == 0).sum::<i64>()
+        )]
+    );
+    assert_eq!(
+        texts(&client, "SELECT payload::text FROM gh WHERE id = 5").await,
+        [r#"{"action":"closed","pr":{"number":5,"labels":["l1"]}}"#]
+    );
 }
 
 /// The rows of `sql` as text, in order.

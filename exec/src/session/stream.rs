@@ -146,7 +146,13 @@ fn ndjson_record(table: &Table, line: &[u8], row: u64) -> Result<Vec<Option<Stri
             });
         };
         let column = &table.columns[position];
-        let text_column = column.column_type == quarry_common::catalog::ColumnType::Text;
+        // Arrays and objects stay JSON text for text and JSON columns, and
+        // are decoded by the row buffer for array and struct columns.
+        use quarry_common::catalog::ColumnType as T;
+        let text_column = matches!(
+            column.column_type,
+            T::Text | T::Json | T::Array(_) | T::Struct(_)
+        );
         record[position] = json_text(value, text_column).map_err(|()| Error::User {
             state: SqlState::DATATYPE_MISMATCH,
             message: format!(
@@ -239,7 +245,18 @@ impl Conform {
         {
             let array = match position {
                 Some(i) => {
-                    let input = batch.column(*i);
+                    let mut input = batch.column(*i).clone();
+                    if column.column_type == quarry_common::catalog::ColumnType::Json
+                        && input.data_type().is_nested()
+                    {
+                        // An array or object (an NDJSON file's, as its reader
+                        // inferred it) is the JSON document of its value.
+                        let documents =
+                            crate::json::json_documents(&batch.schema().fields()[*i], &input)
+                                .map_err(|e| Misfit::new(None, Error::from_engine(e)))?;
+                        input = Arc::new(documents);
+                    }
+                    let input = &input;
                     // A value that does not convert is NULL here, then
                     // told from a NULL of the input.
                     let output = datafusion::arrow::compute::cast(input, field.data_type())
