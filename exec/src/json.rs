@@ -325,14 +325,17 @@ impl datafusion::arrow::json::writer::EncoderFactory for DocumentsAsThemselves {
 /// The values of `array` (of `field`) as JSON documents: arrays and structs
 /// as JSON arrays and objects, JSON-typed values as the documents they
 /// hold, NULL as SQL NULL. Written by arrow-json's encoder, for a nested
-/// value arriving at a JSON column (a loaded NDJSON object).
+/// value arriving at a JSON column (a loaded NDJSON object). A NULL struct
+/// field is left out of its object: a reader inferring one struct from
+/// objects of different keys (arrow-json's) fills the keys an object did
+/// not have with NULL, and the document keeps the keys it had.
 ///
 /// # Errors
 /// When arrow-json has no encoding for a type in `array`.
 pub fn json_documents(field: &FieldRef, array: &dyn Array) -> DfResult<StringArray> {
     use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
     let options = EncoderOptions::default()
-        .with_explicit_nulls(true)
+        .with_explicit_nulls(false)
         .with_encoder_factory(Arc::new(DocumentsAsThemselves));
     let mut encoder = make_encoder(field, array, &options)?;
     let mut documents = StringBuilder::new();

@@ -427,9 +427,10 @@ async fn quarry_load_writes_ndjson_objects_into_a_json_column_as_documents() {
     let lines: String = (0..300)
         .map(|i| {
             format!(
-                "{{\"id\": {i}, \"payload\": {{\"action\": \"{}\", \"pr\": {{\"number\": {i}, \"labels\": [\"l{}\"]}}}}}}\n",
+                "{{\"id\": {i}, \"payload\": {{\"action\": \"{}\", \"pr\": {{\"number\": {i}, \"labels\": [\"l{}\"]}}{}}}}}\n",
                 if i % 3 == 0 { "opened" } else { "closed" },
-                i % 4
+                i % 4,
+                if i % 5 == 0 { ", \"extra\": 1" } else { "" }
             )
         })
         .collect();
@@ -466,8 +467,17 @@ async fn quarry_load_writes_ndjson_objects_into_a_json_column_as_documents() {
         )]
     );
     assert_eq!(
-        texts(&client, "SELECT payload::text FROM gh WHERE id = 5").await,
-        [r#"{"action":"closed","pr":{"number":5,"labels":["l1"]}}"#]
+        texts(
+            &client,
+            "SELECT payload::text FROM gh WHERE id IN (5, 6) ORDER BY id"
+        )
+        .await,
+        [
+            r#"{"action":"closed","pr":{"number":5,"labels":["l1"]},"extra":1}"#,
+            // The reader's struct has `extra` for every row; the document
+            // of an object without it has no `extra` key.
+            r#"{"action":"opened","pr":{"number":6,"labels":["l2"]}}"#,
+        ]
     );
 }
 
