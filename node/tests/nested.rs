@@ -545,6 +545,45 @@ async fn nested_values_cross_a_shuffle_on_three_nodes() {
     assert_eq!(distributed.len(), 5);
     let sum: i64 = (0..450_000_i64).filter(|v| v % 1000 == 0).sum();
     assert_eq!(distributed[0], format!("0|450|n0|t2|2|{sum}"));
+
+    // A small table of nested values joined to ev: its side is built whole
+    // (CollectLeft) in each task while ev's scan divides among the three
+    // nodes, so its structs and arrays reach every node.
+    client
+        .batch_execute(
+            "CREATE TABLE dim (k BIGINT, info STRUCT<label STRING, rank INT64>, aliases ARRAY<STRING>); \
+             INSERT INTO dim SELECT v, STRUCT('label' || v AS label, v % 7 AS rank), \
+             ['a' || v, 'b' || v] FROM generate_series(0, 999) AS g(v)",
+        )
+        .await
+        .expect("dim");
+    let sql = "SELECT d.info.rank, count(*), max(d.aliases[2]), min(e.s.name) \
+               FROM ev AS e JOIN dim AS d ON e.s.k = d.k WHERE d.info.label LIKE 'label1%' \
+               GROUP BY d.info.rank ORDER BY 1";
+    client
+        .batch_execute("SET distsql = on")
+        .await
+        .expect("distsql on");
+    let plan = texts(&client, &format!("EXPLAIN {sql}")).await.join("\n");
+    let ev_stages: Vec<&str> = plan
+        .split("Stage ")
+        .filter(|stage| stage.contains("get_field(s@1, k)"))
+        .collect();
+    assert!(
+        plan.contains("CollectLeft")
+            && !ev_stages.is_empty()
+            && ev_stages
+                .iter()
+                .all(|stage| stage.contains("3 tasks on nodes [1, 2, 3]")),
+        "dim is not built whole beside each ev scan:\n{plan}"
+    );
+    let distributed = texts(&client, sql).await;
+    client
+        .batch_execute("SET distsql = off")
+        .await
+        .expect("distsql off");
+    assert_eq!(distributed, texts(&client, sql).await);
+    assert_eq!(distributed.len(), 7);
 }
 
 #[tokio::test]

@@ -168,3 +168,52 @@ async fn statements_over_the_slot_count_wait_and_a_cancel_frees_the_slot() {
         .expect("B's row");
     assert_eq!(row.get::<_, i64>(0), 42);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sort_of_nested_values_spills_them_and_reads_them_back_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_with(&dir.path().join("n"), &["--query-memory-mb", "128"]).await;
+    let client = node.client().await;
+    // Structs, arrays and JSON documents carried through a sort on another
+    // key, larger than the memory limit.
+    let sort = "SELECT v, STRUCT(v % 1000 AS k, 'name' || v AS name) AS s, \
+                ['t' || (v % 3), md5(v::text)] AS tags, ('{\"v\": ' || v || '}')::json AS doc, \
+                md5(v::text) AS h FROM generate_series(1, 600000) AS g(v) ORDER BY h";
+    let plan: String = client
+        .simple_query(&format!("EXPLAIN ANALYZE {sort}"))
+        .await
+        .expect("explain analyze")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    let line = plan
+        .lines()
+        .find(|l| l.contains("SortExec"))
+        .expect("a sort in the plan");
+    assert!(spill_count(line) > 0, "spilled under 128 MiB: {line}");
+    // Every row comes back in order with its nested values whole.
+    let check = format!(
+        "SELECT count(*), \
+         count(*) FILTER (WHERE s.k <> v % 1000 OR s.name <> 'name' || v OR tags[1] <> 't' || (v % 3) \
+                           OR tags[2] <> h OR (doc ->> 'v')::bigint <> v), \
+         count(*) FILTER (WHERE h < previous) \
+         FROM (SELECT *, lag(h, 1, '') OVER (ORDER BY h) AS previous FROM ({sort}) AS sorted) AS w"
+    );
+    let row = client.query_one(&check, &[]).await.expect("check");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (600_000, 0, 0)
+    );
+    assert_eq!(
+        files_under(&node.data_dir.join("spill")),
+        0,
+        "no spill files remain"
+    );
+}
