@@ -77,6 +77,8 @@ impl SqlState {
     pub const INVALID_FOREIGN_KEY: SqlState = SqlState("42830");
     /// 42804 datatype_mismatch.
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
+    /// 42846 cannot_coerce (a row value that does not fit a struct).
+    pub const CANNOT_COERCE: SqlState = SqlState("42846");
     /// 42883 undefined_function.
     pub const UNDEFINED_FUNCTION: SqlState = SqlState("42883");
     /// 42P01 undefined_table.

@@ -113,7 +113,7 @@ fn bigquery_position(index: &Expr) -> Option<Expr> {
 }
 
 /// The name of a plain function call and its plain arguments.
-fn call_of(expr: &Expr) -> Option<(String, Vec<Expr>)> {
+pub(crate) fn call_of(expr: &Expr) -> Option<(String, Vec<Expr>)> {
     let Expr::Function(function) = expr else {
         return None;
     };

@@ -74,6 +74,14 @@ impl Session {
         params: Option<ParamValues>,
     ) -> Result<Output> {
         let view = self.begin_statement().await?;
+        let mut statement = statement;
+        if let Statement::Insert(insert) = &mut statement
+            && let ast::TableObject::TableName(name) = &insert.table
+            && let Ok(table) = self.table(&view.catalog, name)
+        {
+            // (A name that is no table is planning's error to give.)
+            crate::composite::row_values_as_structs(insert, table)?;
+        }
         let plan = self.plan_with_params(statement, params).await?;
         let batches: Vec<RecordBatch> = self
             .stream(plan)

@@ -1,0 +1,106 @@
+//! PostgreSQL's row values for struct columns: `ROW(1, 'a')` or `(1, 'a')`
+//! in `INSERT ... VALUES` assigns its values to a struct column's fields by
+//! position, as PostgreSQL assigns a row to a composite column
+//! (<https://www.postgresql.org/docs/current/rowtypes.html#ROWTYPES-IO-SYNTAX>).
+//! DataFusion's row value is a struct of fields `c0, c1, ...`, which does
+//! not cast to a struct of other names, so each is written as BigQuery's
+//! `STRUCT(1 AS a, 'a' AS b)` in the column's field names before planning;
+//! through arrays (`ARRAY[ROW(...)]`) and nested structs too.
+
+use datafusion::sql::sqlparser::ast::{Expr, Ident, Insert, SetExpr};
+use quarry_common::SqlState;
+use quarry_common::catalog::{ColumnType, Table};
+
+use crate::error::{Result, user_error};
+
+/// Rewrites the row values of `insert`'s VALUES that go into struct columns
+/// of `table`.
+///
+/// # Errors
+/// 42846 for a row value with more or fewer values than its struct has
+/// fields (PostgreSQL's "cannot cast type record": too few or too many
+/// columns).
+pub(crate) fn row_values_as_structs(insert: &mut Insert, table: &Table) -> Result<()> {
+    let Some(source) = insert.source.as_mut() else {
+        return Ok(());
+    };
+    let SetExpr::Values(values) = source.body.as_mut() else {
+        return Ok(());
+    };
+    let targets: Vec<Option<&ColumnType>> = if insert.columns.is_empty() {
+        table.columns.iter().map(|c| Some(&c.column_type)).collect()
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|name| {
+                let name = name.0.last()?.as_ident()?.value.as_str();
+                table.column(name).map(|c| &c.column_type)
+            })
+            .collect()
+    };
+    for row in &mut values.rows {
+        for (expr, target) in row.iter_mut().zip(&targets) {
+            if let Some(target) = target {
+                as_struct(expr, target)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The values of a row value: `ROW(a, b)` or `(a, b)`.
+fn row_value(expr: &Expr) -> Option<Vec<Expr>> {
+    match expr {
+        Expr::Tuple(values) => Some(values.clone()),
+        Expr::Function(_) => {
+            let (name, args) = crate::unnest::call_of(expr)?;
+            (name == "row").then_some(args)
+        }
+        _ => None,
+    }
+}
+
+fn as_struct(expr: &mut Expr, target: &ColumnType) -> Result<()> {
+    match target {
+        ColumnType::Struct(fields) => {
+            let Some(mut values) = row_value(expr) else {
+                return Ok(());
+            };
+            if values.len() != fields.len() {
+                return Err(user_error(
+                    SqlState::CANNOT_COERCE,
+                    format!(
+                        "cannot cast type record to {target}: the row has {} values, the \
+                         struct {} fields",
+                        values.len(),
+                        fields.len()
+                    ),
+                ));
+            }
+            for (value, field) in values.iter_mut().zip(fields) {
+                as_struct(value, &field.column_type)?;
+            }
+            *expr = Expr::Struct {
+                values: values
+                    .into_iter()
+                    .zip(fields)
+                    .map(|(value, field)| Expr::Named {
+                        expr: Box::new(value),
+                        name: Ident::with_quote('"', &field.name),
+                    })
+                    .collect(),
+                fields: Vec::new(),
+            };
+        }
+        ColumnType::Array(element) => {
+            if let Expr::Array(array) = expr {
+                for value in &mut array.elem {
+                    as_struct(value, &element.column_type)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
