@@ -640,6 +640,14 @@ fn nested_from_json(
 ) -> std::result::Result<ArrayRef, Misfit> {
     use datafusion::arrow::json::ReaderBuilder;
     let target = arrow_type(column_type);
+    // A NULL is JSON's null to the decoder.
+    let json = |row: usize| {
+        if text.is_valid(row) {
+            text.value(row)
+        } else {
+            "null"
+        }
+    };
     let decode = |rows: std::ops::Range<usize>| -> std::result::Result<ArrayRef, String> {
         let mut decoder = ReaderBuilder::new_with_field(ArrowField::new("v", target.clone(), true))
             .with_strict_mode(true)
@@ -648,12 +656,7 @@ fn nested_from_json(
             .map_err(|e| e.to_string())?;
         let mut body = Vec::new();
         for row in rows.clone() {
-            let value = if text.is_valid(row) {
-                text.value(row)
-            } else {
-                "null"
-            };
-            body.extend_from_slice(value.as_bytes());
+            body.extend_from_slice(json(row).as_bytes());
             body.push(b'\n');
         }
         decoder.decode(&body).map_err(|e| e.to_string())?;
@@ -668,11 +671,7 @@ fn nested_from_json(
         let Some((row, problem)) = bad else {
             return Misfit::new(None, Error::Internal(whole));
         };
-        let value = if text.is_valid(row) {
-            text.value(row)
-        } else {
-            "null"
-        };
+        let value = json(row);
         Misfit::new(
             Some(row),
             Error::User {

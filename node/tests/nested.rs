@@ -172,6 +172,26 @@ async fn arrays_structs_and_json_copy_in_and_out_as_postgresql_text() {
     assert_eq!(count, 2);
 }
 
+/// Runs `quarry load` of `file` into `table` of `node` with `flags`
+/// (`--create`), asserting that it succeeds.
+fn quarry_load(node: &TestNode, table: &str, flags: &[&str], file: &std::path::Path) {
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["load", "--table", table])
+        .args(flags)
+        .arg("--url")
+        .arg(format!("http://{}:{}", node.ip, node.http_port))
+        .arg("--pg")
+        .arg(format!("{}:{}", node.ip, node.pg_port))
+        .arg(file)
+        .output()
+        .expect("quarry load runs");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarry_load_creates_nested_columns_from_ndjson_objects_and_arrays() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -190,27 +210,7 @@ async fn quarry_load_creates_nested_columns_from_ndjson_objects_and_arrays() {
         .collect();
     std::fs::write(&events, lines).expect("ndjson");
     let node = TestNode::start(&dir.path().join("data")).await;
-    let url = format!("http://{}:{}", node.ip, node.http_port);
-    let pg = format!("{}:{}", node.ip, node.pg_port);
-    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args([
-            "load",
-            "--table",
-            "public.gh",
-            "--create",
-            "--url",
-            &url,
-            "--pg",
-            &pg,
-        ])
-        .arg(&events)
-        .output()
-        .expect("quarry load runs");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    quarry_load(&node, "public.gh", &["--create"], &events);
     let client = node.client().await;
     let row = client
         .query_one(
@@ -278,19 +278,7 @@ async fn nested_parquet_and_ndjson_files_load_into_nested_columns() {
     let ndjson = dir.path().join("events.json");
     std::fs::write(&ndjson, &lines).expect("ndjson");
     let node = TestNode::start(&dir.path().join("data")).await;
-    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["load", "--table", "public.from_load", "--create", "--url"])
-        .arg(format!("http://{}:{}", node.ip, node.http_port))
-        .arg("--pg")
-        .arg(format!("{}:{}", node.ip, node.pg_port))
-        .arg(&parquet)
-        .output()
-        .expect("quarry load runs");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    quarry_load(&node, "public.from_load", &["--create"], &parquet);
     let client = node.client().await;
     let declared = "(id bigint, actor STRUCT<login STRING, org STRUCT<id INT64>>, \
                     commits ARRAY<STRUCT<sha STRING, files ARRAY<STRING>>>)";
@@ -441,19 +429,7 @@ async fn quarry_load_writes_ndjson_objects_into_a_json_column_as_documents() {
         .batch_execute("CREATE TABLE gh (id bigint, payload JSON)")
         .await
         .expect("create");
-    let done = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["load", "--table", "public.gh", "--url"])
-        .arg(format!("http://{}:{}", node.ip, node.http_port))
-        .arg("--pg")
-        .arg(format!("{}:{}", node.ip, node.pg_port))
-        .arg(&events)
-        .output()
-        .expect("quarry load runs");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    quarry_load(&node, "public.gh", &[], &events);
     assert_eq!(
         texts(
             &client,
