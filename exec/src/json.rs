@@ -46,6 +46,17 @@ fn json_field(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true).with_metadata(json_metadata())
 }
 
+/// An `oid` field named `name`: int4 with datafusion-pg-catalog's alias.
+fn oid_field(name: &str) -> Field {
+    Field::new(name, DataType::Int32, true).with_metadata(
+        [(
+            arrow_pg::datatypes::PG_OID_ALIAS_KEY.to_owned(),
+            "oid".to_owned(),
+        )]
+        .into(),
+    )
+}
+
 /// The SQL planner's types: `json` and `jsonb` in casts (`$1::jsonb`) as
 /// JSON values, then datafusion-pg-catalog's oid-alias and `pg_catalog.`
 /// types (the planner this one wraps; a session has one).
@@ -57,9 +68,24 @@ impl datafusion::logical_expr::planner::TypePlanner for JsonTypes {
         &self,
         sql_type: &datafusion::sql::sqlparser::ast::DataType,
     ) -> DfResult<Option<FieldRef>> {
-        use datafusion::sql::sqlparser::ast::DataType as Sql;
+        use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as Sql};
         if matches!(sql_type, Sql::JSON | Sql::JSONB) {
             return Ok(Some(Arc::new(json_field(""))));
+        }
+        // `oid` and `oid[]`: int4 values that keep their alias (arrow-pg
+        // reports an aliased int4 as `oid`; the wire layer reports a list
+        // of them as `oid[]`), as the columns of pg_catalog's tables do.
+        let oid = |t: &Sql| matches!(t, Sql::Custom(name, args) if args.is_empty() && name.to_string().eq_ignore_ascii_case("oid"));
+        if oid(sql_type) {
+            return Ok(Some(Arc::new(oid_field(""))));
+        }
+        if let Sql::Array(
+            ArrayElemTypeDef::SquareBracket(element, None)
+            | ArrayElemTypeDef::AngleBracket(element),
+        ) = sql_type
+            && oid(element)
+        {
+            return Ok(Some(Arc::new(Field::new_list("", oid_field("item"), true))));
         }
         datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner
             .plan_type_field(sql_type)

@@ -24,6 +24,7 @@ pub mod bytea;
 pub mod catalog;
 pub mod charset;
 pub mod chunks;
+pub(crate) mod client_queries;
 pub(crate) mod composite;
 pub mod copy;
 pub mod copy_binary;

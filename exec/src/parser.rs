@@ -649,6 +649,7 @@ pub fn parse(sql: &str) -> Result<Vec<QuarryStatement>> {
 /// # Errors
 /// As [`parse`].
 pub fn parse_with_text(sql: &str) -> Result<Vec<(String, QuarryStatement)>> {
+    let sql = crate::client_queries::substitute(sql).unwrap_or(sql);
     let mut statements = Vec::new();
     for (text, tokens) in split_statements(sql)? {
         match parse_quarry_statement(text, tokens)? {

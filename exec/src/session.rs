@@ -744,6 +744,13 @@ impl Session {
         for (i, t) in ordered {
             params[i - 1] = t;
         }
+        if params.iter().any(Option::is_none) {
+            for (i, data_type) in inferred_parameters(&plan) {
+                if let Some(slot @ None) = params.get_mut(i - 1) {
+                    *slot = Some(data_type);
+                }
+            }
+        }
         let schema = match statement {
             Statement::Query(_) | Statement::Explain { .. } | Statement::ShowVariable { .. }
                 if rows =>
@@ -1134,6 +1141,54 @@ impl Session {
             None => Ok(plan),
         }
     }
+}
+
+/// Types of parameters DataFusion leaves untyped, as PostgreSQL types them:
+/// a parameter cast to a type (`$1::oid[]`) has that type (with the field
+/// metadata the type planner gave it: an `oid` element keeps its alias),
+/// and one compared with an array's elements (`$1 = ANY(a)`, planned as
+/// `array_has(a, $1)`) has their type. Their numbers and types.
+fn inferred_parameters(plan: &LogicalPlan) -> Vec<(usize, DataType)> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Cast, Expr as DfExpr, ExprSchemable, expr::Placeholder};
+    let number = |e: &DfExpr| match e {
+        DfExpr::Placeholder(Placeholder { id, .. }) => id
+            .trim_start_matches('$')
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i > 0),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        let schema = match node.inputs().as_slice() {
+            [input] => input.schema().clone(),
+            _ => node.schema().clone(),
+        };
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                match e {
+                    DfExpr::Cast(Cast { expr, field }) => {
+                        if let Some(i) = number(expr) {
+                            found.push((i, field.data_type().clone()));
+                        }
+                    }
+                    DfExpr::ScalarFunction(call) if call.name() == "array_has" => {
+                        if let [array, element] = call.args.as_slice()
+                            && let Some(i) = number(element)
+                            && let Ok(DataType::List(item) | DataType::LargeList(item)) =
+                                array.get_type(&schema)
+                        {
+                            found.push((i, item.data_type().clone()));
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// Whether DataFusion plans `statement` into rows whose shape `describe` reports.

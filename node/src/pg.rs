@@ -509,14 +509,18 @@ fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .into_iter()
         .zip(schema.fields())
         .map(|(info, field)| {
-            if !quarry_exec::types::is_json(field) {
+            let wire_type = if quarry_exec::types::is_json(field) {
+                Type::JSON
+            } else if let Some(oids) = oid_array(field.data_type()) {
+                oids
+            } else {
                 return info;
-            }
+            };
             FieldInfo::new(
                 info.name().to_owned(),
                 info.table_id(),
                 info.column_id(),
-                Type::JSON,
+                wire_type,
                 info.format(),
             )
             .with_format_options(info.format_options().clone())
@@ -524,22 +528,56 @@ fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .collect())
 }
 
+/// `oid[]` for a list of `oid`s (int4 elements carrying
+/// datafusion-pg-catalog's `oid` alias, as `$1::oid[]` plans), which
+/// arrow-pg reports as `int4[]`: its binary and text forms are int4[]'s,
+/// with the element type `oid`. asyncpg decodes `oid[]` without looking
+/// the type up; `int4[]` it looks up first.
+fn oid_array(data_type: &DataType) -> Option<Type> {
+    match data_type {
+        DataType::List(element)
+            if element.data_type() == &DataType::Int32
+                && element
+                    .metadata()
+                    .get(arrow_pg::datatypes::PG_OID_ALIAS_KEY)
+                    .is_some_and(|kind| kind == "oid") =>
+        {
+            Some(Type::OID_ARRAY)
+        }
+        _ => None,
+    }
+}
+
 /// `schema` with its fields named as the client sees them: a repeated
 /// result column name without its mark
 /// (`quarry_exec::parser::REPEATED_NAME_MARK`).
 fn client_schema(schema: &SchemaRef) -> SchemaRef {
+    use arrow_pg::datatypes::PG_OID_ALIAS_KEY;
     use quarry_exec::parser::{REPEATED_NAME_MARK, client_column_name};
+    // An oid alias (`oid`, `regtype`) kept by a value cast to another type
+    // (`elemtype::text`): the value is no longer an oid.
+    let stray_alias = |f: &datafusion::arrow::datatypes::Field| {
+        f.data_type() != &DataType::Int32 && f.metadata().contains_key(PG_OID_ALIAS_KEY)
+    };
     if !schema
         .fields()
         .iter()
-        .any(|f| f.name().contains(REPEATED_NAME_MARK))
+        .any(|f| f.name().contains(REPEATED_NAME_MARK) || stray_alias(f))
     {
         return schema.clone();
     }
     let fields: Vec<_> = schema
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_name(client_column_name(f.name())))
+        .map(|f| {
+            let mut field = f.as_ref().clone().with_name(client_column_name(f.name()));
+            if stray_alias(&field) {
+                let mut metadata = field.metadata().clone();
+                metadata.remove(PG_OID_ALIAS_KEY);
+                field = field.with_metadata(metadata);
+            }
+            field
+        })
         .collect();
     Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
         fields,
@@ -1469,7 +1507,7 @@ impl QueryParser for ConnectionState {
         stmt.params
             .iter()
             .map(|t| match t {
-                Some(t) => into_pg_type(t),
+                Some(t) => Ok(oid_array(t).unwrap_or(into_pg_type(t)?)),
                 None => Ok(Type::UNKNOWN),
             })
             .collect()
@@ -1638,7 +1676,7 @@ fn bind_parameters(
             _ => None,
         })
         .collect();
-    let params = match json_as_text(portal)? {
+    let params = match decodable(portal)? {
         Some(portal) => arrow_pg::datatypes::df::deserialize_parameters(&portal, &decode_as)?,
         None => arrow_pg::datatypes::df::deserialize_parameters(portal, &decode_as)?,
     };
@@ -1662,25 +1700,32 @@ fn bind_parameters(
     Ok(datafusion::common::ParamValues::List(cast))
 }
 
-/// `portal` with its `json` and `jsonb` parameters as `text` ones, or None
-/// without any: arrow-pg decodes neither. A `json` value's text and binary
-/// forms are both its text, as `text`'s are; binary `jsonb` is a version
-/// byte (1) before the text (PostgreSQL's `jsonb_recv`).
+/// `portal` with the parameter types arrow-pg does not decode as ones it
+/// does, or None without any: `json` and `jsonb` as `text` (a `json`
+/// value's text and binary forms are both its text, as `text`'s are;
+/// binary `jsonb` is a version byte, 1, before the text: PostgreSQL's
+/// `jsonb_recv`), and `oid[]` as `int4[]` (the same forms; the element type
+/// in a binary array's header is not checked).
 ///
 /// # Errors
 /// 22P03 for binary `jsonb` of another version.
-fn json_as_text(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
+fn decodable(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
     let types = &portal.statement.parameter_types;
     let is_json = |t: &Option<Type>| {
         t.as_ref()
             .is_some_and(|t| *t == Type::JSON || *t == Type::JSONB)
     };
-    if !types.iter().any(is_json) {
+    let is_oids = |t: &Option<Type>| t.as_ref() == Some(&Type::OID_ARRAY);
+    if !types.iter().any(|t| is_json(t) || is_oids(t)) {
         return Ok(None);
     }
     let mut parameters = portal.parameters.clone();
-    let mut text_types = types.clone();
-    for (i, t) in text_types.iter_mut().enumerate() {
+    let mut decodable_types = types.clone();
+    for (i, t) in decodable_types.iter_mut().enumerate() {
+        if is_oids(t) {
+            *t = Some(Type::INT4_ARRAY);
+            continue;
+        }
         if !is_json(t) {
             continue;
         }
@@ -1698,16 +1743,16 @@ fn json_as_text(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
         }
         *t = Some(Type::TEXT);
     }
-    let mut text = Portal::<()>::default();
-    text.name = portal.name.clone();
-    text.statement = Arc::new(StoredStatement::new(
+    let mut decodable = Portal::<()>::default();
+    decodable.name = portal.name.clone();
+    decodable.statement = Arc::new(StoredStatement::new(
         portal.statement.id.clone(),
         (),
-        text_types,
+        decodable_types,
     ));
-    text.parameter_format = portal.parameter_format.clone();
-    text.parameters = parameters;
-    Ok(Some(text))
+    decodable.parameter_format = portal.parameter_format.clone();
+    decodable.parameters = parameters;
+    Ok(Some(decodable))
 }
 
 #[async_trait]

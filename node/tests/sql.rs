@@ -152,6 +152,36 @@ async fn prepared_statements_bind_typed_parameters() {
         .await
         .expect("date parameter");
     assert_eq!(rows[0].get::<_, i64>(0), 2);
+
+    // Parameters typed as PostgreSQL types them: by their cast and by the
+    // array they are compared with; `oid` stays `oid`, and an oid cast to
+    // text is text.
+    client
+        .batch_execute("CREATE TABLE arr (v BIGINT[])")
+        .await
+        .expect("arr");
+    let typed = client
+        .prepare(
+            "SELECT 5::oid AS o, $1::oid[] AS os, $2::date AS d, oid::text AS t \
+             FROM pg_catalog.pg_type WHERE $3 = ANY(ARRAY[1, 2]::bigint[]) LIMIT 1",
+        )
+        .await
+        .expect("prepare");
+    use tokio_postgres::types::Type;
+    assert_eq!(typed.params(), [Type::OID_ARRAY, Type::DATE, Type::INT8]);
+    let columns: Vec<Type> = typed.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(
+        columns,
+        [Type::OID, Type::OID_ARRAY, Type::DATE, Type::TEXT]
+    );
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).expect("date");
+    let row = client
+        .query_one(&typed, &[&vec![16u32, 20u32], &day, &2i64])
+        .await
+        .expect("bound");
+    assert_eq!(row.get::<_, u32>(0), 5);
+    assert_eq!(row.get::<_, Vec<u32>>(1), [16, 20]);
+    assert_eq!(row.get::<_, chrono::NaiveDate>(2), day);
 }
 
 #[tokio::test]

@@ -777,8 +777,8 @@ def asyncpg_queries_copy_and_cursors(connect):
 def arrays_and_json_round_trip(connect):
     """Arrays and jsonb as Python lists and dicts, both ways: psycopg with
     text and binary results and list / Jsonb parameters, asyncpg with its
-    binary protocol (text[] as lists, json as text, binary jsonb
-    parameters)."""
+    binary protocol (text[], bigint[], float8[] and bool[] as lists, after
+    its type lookup; json as text, binary jsonb parameters)."""
     import asyncio
     import json
 
@@ -805,7 +805,7 @@ def arrays_and_json_round_trip(connect):
                      database=conn.info.dbname)
 
     # asyncpg decodes text[] and json itself; arrays of other element types
-    # it looks up with a pg_type query Quarry does not answer yet.
+    # it first looks up with its recursive pg_type query (an oid[] parameter).
     async def main():
         c = await asyncpg.connect(**where)
         try:
@@ -816,6 +816,12 @@ def arrays_and_json_round_trip(connect):
                             3, ["z", None], json.dumps({"a": [1, 2]}))
             row = await c.fetchrow("SELECT tags, doc -> 'a' ->> 1 AS a FROM aj WHERE id = 3")
             assert tuple(row) == (["z", None], "2"), row
+            row = await c.fetchrow("SELECT scores, ARRAY[1.5, NULL]::float8[] AS f, "
+                                   "ARRAY[true, false] AS b FROM aj WHERE id = 1")
+            assert tuple(row) == ([1, 2], [1.5, None], [True, False]), row
+            await c.execute("INSERT INTO aj (id, scores) VALUES ($1, $2)", 4, [7, None, -3])
+            assert await c.fetchval("SELECT scores FROM aj WHERE id = $1", 4) == [7, None, -3]
+            assert await c.fetchval("SELECT count(*) FROM aj WHERE $1 = ANY(scores)", 7) == 1
         finally:
             await c.close()
 
