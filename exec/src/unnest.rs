@@ -43,6 +43,7 @@ impl SqlStatementRewriteRule for SetReturningCalls {
             fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
                 if let SetExpr::Select(select) = query.body.as_mut() {
                     lateral_unnests(select);
+                    name_field_accesses(select);
                     // A rewritten call keeps its name as its column's, as
                     // PostgreSQL names a function's result column.
                     for item in &mut select.projection {
@@ -189,6 +190,68 @@ fn select_list_call(expr: &Expr) -> Option<Expr> {
     parse_expr(&format!("unnest({list})"))
 }
 
+/// Names each unaliased field access in `select`'s list (`s.a`, `t.s.a`,
+/// `items[1].sku`) by its field (`a`, `sku`), as PostgreSQL names `(s).a`
+/// and BigQuery `s.a`, rather than by DataFusion's `s[a]`. A compound name
+/// is a field access when it goes on past a column: past the longest
+/// prefix naming a relation of the FROM clause (its alias, name or
+/// schema-qualified name), two or more names remain.
+fn name_field_accesses(select: &mut Select) {
+    let folded = |ident: &Ident| match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    };
+    let mut relations: Vec<Vec<String>> = Vec::new();
+    for from in &select.from {
+        for relation in
+            std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+        {
+            if let Some(qualifier) = qualifier(relation) {
+                relations.push(vec![folded(&qualifier)]);
+            }
+            if let TableFactor::Table {
+                name, alias: None, ..
+            } = relation
+            {
+                relations.push(
+                    name.0
+                        .iter()
+                        .filter_map(|part| part.as_ident().map(folded))
+                        .collect(),
+                );
+            }
+        }
+    }
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else {
+            continue;
+        };
+        let field = match expr {
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let names: Vec<String> = parts.iter().map(folded).collect();
+                let qualified = relations
+                    .iter()
+                    .filter(|r| names.starts_with(r))
+                    .map(Vec::len)
+                    .max()
+                    .unwrap_or(0);
+                (names.len() - qualified >= 2).then(|| parts[parts.len() - 1].clone())
+            }
+            Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.last() {
+                Some(AccessExpr::Dot(Expr::Identifier(field))) => Some(field.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(field) = field {
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: field,
+            };
+        }
+    }
+}
+
 /// The name a relation's columns are qualified with.
 fn qualifier(relation: &TableFactor) -> Option<Ident> {
     match relation {
@@ -313,7 +376,13 @@ fn derived(relation: &TableFactor, unnest: &Unnested) -> Option<TableFactor> {
             unnest.list
         ));
     }
-    let mut sql = format!("SELECT {items} FROM {relation}");
+    // `FROM public.t, UNNEST(t.a)`: the relation is named by its qualifier
+    // inside too.
+    let from = match relation {
+        TableFactor::Table { alias: None, .. } => format!("{relation} AS {qualifier}"),
+        _ => relation.to_string(),
+    };
+    let mut sql = format!("SELECT {items} FROM {from}");
     if unnest.entries {
         sql = format!(
             "SELECT {qualifier}.*, {qualifier}.__entry['key'] AS key, \

@@ -577,3 +577,36 @@ async fn a_struct_in_a_text_result_writes_a_null_field_empty_and_an_empty_string
         ["(1,,\"\",\"a \"\"b\"\"\")|{a,NULL}"]
     );
 }
+
+#[tokio::test]
+async fn a_field_access_names_its_result_column_by_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE o (id INT, c STRUCT<name STRING, addr STRUCT<city STRING>>, \
+             items ARRAY<STRUCT<sku STRING>>); \
+             INSERT INTO o VALUES (1, STRUCT('a' AS name, STRUCT('x' AS city) AS addr), \
+             [STRUCT('k' AS sku)])",
+        )
+        .await
+        .expect("table");
+    let statement = client
+        .prepare(
+            "SELECT o.id, c.name, o.c.addr.city, public.o.c.addr, items[1].sku, i.sku AS own, i \
+             FROM public.o, UNNEST(o.items) AS i",
+        )
+        .await
+        .expect("prepare");
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "name", "city", "addr", "sku", "own", "i"]);
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT c.name, o.c.addr.city, items[1].sku FROM public.o"
+        )
+        .await,
+        ["a|x|k"]
+    );
+}
