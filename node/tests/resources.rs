@@ -174,6 +174,13 @@ async fn a_sort_of_nested_values_spills_them_and_reads_them_back_whole() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = TestNode::start_with(&dir.path().join("n"), &["--query-memory-mb", "128"]).await;
     let client = node.client().await;
+    // Batches of 1,024 rows: what the merges of sorted runs hold (they do
+    // not spill) is a batch per run, and nested rows are wide; the rows
+    // themselves still outgrow the pool and spill.
+    client
+        .batch_execute("SET datafusion.execution.batch_size = 1024")
+        .await
+        .expect("batch size");
     // Structs, arrays and JSON documents carried through a sort on another
     // key, larger than the memory limit.
     let sort = "SELECT v, STRUCT(v % 1000 AS k, 'name' || v AS name) AS s, \
