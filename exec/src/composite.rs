@@ -1,13 +1,13 @@
 //! PostgreSQL's row values for struct columns: `ROW(1, 'a')` or `(1, 'a')`
-//! in `INSERT ... VALUES` assigns its values to a struct column's fields by
-//! position, as PostgreSQL assigns a row to a composite column
+//! in `INSERT ... VALUES` or `UPDATE ... SET s = ...` assigns its values to
+//! a struct column's fields by position, as PostgreSQL assigns a row to a composite column
 //! (<https://www.postgresql.org/docs/current/rowtypes.html#ROWTYPES-IO-SYNTAX>).
 //! DataFusion's row value is a struct of fields `c0, c1, ...`, which does
 //! not cast to a struct of other names, so each is written as BigQuery's
 //! `STRUCT(1 AS a, 'a' AS b)` in the column's field names before planning;
 //! through arrays (`ARRAY[ROW(...)]`) and nested structs too.
 
-use datafusion::sql::sqlparser::ast::{Expr, Ident, Insert, SetExpr};
+use datafusion::sql::sqlparser::ast::{AssignmentTarget, Expr, Ident, Insert, SetExpr, Update};
 use quarry_common::SqlState;
 use quarry_common::catalog::{ColumnType, Table};
 
@@ -45,6 +45,29 @@ pub(crate) fn row_values_as_structs(insert: &mut Insert, table: &Table) -> Resul
                 as_struct(expr, target)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Rewrites the row values `update` assigns to struct columns of `table`
+/// (`SET s = ROW(1, 'a')`).
+///
+/// # Errors
+/// As [`row_values_as_structs`].
+pub(crate) fn row_values_in_update(update: &mut Update, table: &Table) -> Result<()> {
+    for assignment in &mut update.assignments {
+        let AssignmentTarget::ColumnName(name) = &assignment.target else {
+            continue;
+        };
+        let Some(column) = name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .and_then(|ident| table.column(&ident.value))
+        else {
+            continue;
+        };
+        as_struct(&mut assignment.value, &column.column_type)?;
     }
     Ok(())
 }

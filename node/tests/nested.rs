@@ -284,13 +284,15 @@ async fn nested_parquet_and_ndjson_files_load_into_nested_columns() {
                     commits ARRAY<STRUCT<sha STRING, files ARRAY<STRING>>>)";
     client
         .batch_execute(&format!(
-            "CREATE TABLE from_parquet {declared}; CREATE TABLE from_json {declared}"
+            "CREATE TABLE from_parquet {declared}; CREATE TABLE from_json {declared}; \
+             CREATE TABLE as_documents (id bigint, actor JSON, commits JSON)"
         ))
         .await
         .expect("create");
     for (table, format, path) in [
         ("from_parquet", "PARQUET", &parquet),
         ("from_json", "JSON", &ndjson),
+        ("as_documents", "JSON", &ndjson),
     ] {
         let loaded = client
             .execute(
@@ -322,6 +324,17 @@ async fn nested_parquet_and_ndjson_files_load_into_nested_columns() {
             "{table}"
         );
     }
+    // Objects and arrays loaded into JSON columns are their documents.
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT count(DISTINCT actor ->> 'login'), sum((actor #>> '{org,id}')::bigint), \
+             max(commits -> 1 ->> 'sha'), max(jsonb_array_length(commits -> 0 -> 'files')) \
+             FROM as_documents"
+        )
+        .await,
+        [format!("9|{expected_org}|b99|2")]
+    );
 }
 
 /// POSTs NDJSON `body` to channel `channel` of `table` at `offset`: the

@@ -82,6 +82,12 @@ impl Session {
             // (A name that is no table is planning's error to give.)
             crate::composite::row_values_as_structs(insert, table)?;
         }
+        if let Statement::Update(update) = &mut statement
+            && let TableFactor::Table { name, .. } = &update.table.relation
+            && let Ok(table) = self.table(&view.catalog, name)
+        {
+            crate::composite::row_values_in_update(update, table)?;
+        }
         let plan = self.plan_with_params(statement, params).await?;
         let batches: Vec<RecordBatch> = self
             .stream(plan)

@@ -17,9 +17,32 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
-use quarry_common::catalog::ExternalSource;
+use quarry_common::catalog::{ColumnType, ExternalSource};
 
 /// A DataFusion error of reading the files, as Quarry's, naming LOAD DATA.
+/// The schema an NDJSON file of `table` is read in: its columns' types
+/// (`typed`), except that a JSON column is read in the type the file's
+/// inferred schema (`inferred`) has for it, an object as a struct, which
+/// `Conform` writes as documents: arrow-json reads no object as text.
+fn ndjson_read_schema(table: &Table, typed: &Schema, inferred: Option<&Schema>) -> Schema {
+    let read_as = |field: &Field, column: &quarry_common::catalog::Column| match inferred
+        .map(|s| s.field_with_name(&column.name))
+    {
+        Some(Ok(found)) if column.column_type == ColumnType::Json => {
+            Field::new(field.name(), found.data_type().clone(), true)
+        }
+        _ => field.clone(),
+    };
+    Schema::new(
+        typed
+            .fields()
+            .iter()
+            .zip(&table.columns)
+            .map(|(field, column)| read_as(field, column))
+            .collect::<Vec<_>>(),
+    )
+}
+
 fn read_error(e: datafusion::error::DataFusionError) -> Error {
     match crate::external::read_error(e) {
         Error::User { state, message, .. } => user_error(state, format!("LOAD DATA: {message}")),
@@ -126,10 +149,26 @@ impl Session {
                         .await
                 }
                 FileFormat::Json => {
+                    let inferred = if table
+                        .columns
+                        .iter()
+                        .any(|c| c.column_type == ColumnType::Json)
+                    {
+                        reader
+                            .read_json(path.as_str(), JsonReadOptions::default().file_extension(""))
+                            .await
+                            .ok()
+                            .map(|frame| frame.schema().as_arrow().clone())
+                    } else {
+                        None
+                    };
+                    let schema = ndjson_read_schema(&table, &typed, inferred.as_ref());
                     reader
                         .read_json(
                             path.as_str(),
-                            JsonReadOptions::default().schema(&typed).file_extension(""),
+                            JsonReadOptions::default()
+                                .schema(&schema)
+                                .file_extension(""),
                         )
                         .await
                 }
