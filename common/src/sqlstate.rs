@@ -26,6 +26,9 @@ impl SqlState {
     /// 22P05 untranslatable_character: a character the target encoding
     /// cannot represent.
     pub const UNTRANSLATABLE_CHARACTER: SqlState = SqlState("22P05");
+    /// 2202E array_subscript_error (BigQuery's `OFFSET` / `ORDINAL` out of
+    /// the array).
+    pub const ARRAY_SUBSCRIPT_ERROR: SqlState = SqlState("2202E");
     /// 22023 invalid_parameter_value.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 22P02 invalid_text_representation: a value that does not parse as its type.

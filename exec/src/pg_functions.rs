@@ -192,6 +192,44 @@ pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog
             Ok(ColumnarValue::Array(Arc::new(visible) as ArrayRef))
         }),
     ));
+    // quarry_array_position(cardinality, position, written): BigQuery's
+    // `a[OFFSET(i)]` / `a[ORDINAL(i)]` (exec/src/unnest.rs) as the 1-based
+    // `position`, or 2202E when it is outside an array of `cardinality`
+    // elements; NULL for a NULL array or index. `written` is the subscript
+    // as the statement wrote it, for the error.
+    ctx.register_udf(create_udf(
+        crate::unnest::ARRAY_POSITION,
+        vec![DataType::UInt64, DataType::Int64, DataType::Utf8],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let lengths = datafusion::common::cast::as_uint64_array(&arrays[0])?;
+            let positions = datafusion::common::cast::as_int64_array(&arrays[1])?;
+            let written = datafusion::common::cast::as_string_array(&arrays[2])?;
+            let mut checked = Vec::with_capacity(positions.len());
+            for row in 0..positions.len() {
+                if lengths.is_null(row) || positions.is_null(row) {
+                    checked.push(None);
+                    continue;
+                }
+                let (length, position) = (lengths.value(row), positions.value(row));
+                if position < 1 || position as u64 > length {
+                    return Err(crate::error::to_engine(crate::error::user_error(
+                        quarry_common::SqlState::ARRAY_SUBSCRIPT_ERROR,
+                        format!(
+                            "array index {} is out of bounds: the array has {length} elements",
+                            written.value(row)
+                        ),
+                    )));
+                }
+                checked.push(Some(position));
+            }
+            Ok(ColumnarValue::Array(
+                Arc::new(Int64Array::from(checked)) as ArrayRef
+            ))
+        }),
+    ));
     // current_setting(name [, missing_ok]): a setting as SHOW gives it;
     // 42704 for an unknown name, unless missing_ok (then NULL).
     let settings = catalog.clone();

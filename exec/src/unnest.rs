@@ -16,8 +16,8 @@
 //!   FROM, through `unnest` of the array function that lists them.
 //! - `jsonb_agg(v)` / `json_agg(v)`: `to_jsonb(array_agg(v))`.
 //! - BigQuery's `a[OFFSET(i)]`, `a[ORDINAL(i)]` and their `SAFE_` forms:
-//!   the 1-based subscript `a[i + 1]`, `a[i]` (NULL out of range, where
-//!   BigQuery fails the unsafe forms).
+//!   the 1-based subscript `a[i + 1]`, `a[i]`; out of range the `SAFE_`
+//!   forms give NULL and the others fail (2202E), as in BigQuery.
 
 use std::ops::ControlFlow;
 
@@ -61,13 +61,22 @@ impl SqlStatementRewriteRule for SetReturningCalls {
                 ControlFlow::Continue(())
             }
             fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-                if let Expr::CompoundFieldAccess { access_chain, .. } = expr {
+                if let Expr::CompoundFieldAccess { root, access_chain } = expr {
                     let mut subscripted = false;
-                    for access in access_chain.iter_mut() {
+                    for k in 0..access_chain.len() {
+                        // The array the k-th access subscripts.
+                        let array = match k {
+                            0 => root.as_ref().clone(),
+                            _ => Expr::CompoundFieldAccess {
+                                root: root.clone(),
+                                access_chain: access_chain[..k].to_vec(),
+                            },
+                        };
+                        let access = &mut access_chain[k];
                         match access {
                             AccessExpr::Subscript(Subscript::Index { index }) => {
                                 subscripted = true;
-                                if let Some(position) = bigquery_position(index) {
+                                if let Some(position) = bigquery_position(index, &array) {
                                     *index = position;
                                 }
                             }
@@ -98,19 +107,31 @@ impl SqlStatementRewriteRule for SetReturningCalls {
     }
 }
 
+/// The function that checks an `OFFSET` / `ORDINAL` position against its
+/// array (registered in `crate::pg_functions`).
+pub(crate) const ARRAY_POSITION: &str = "quarry_array_position";
+
 /// BigQuery's array positions `a[OFFSET(i)]` (from 0) and `a[ORDINAL(i)]`
-/// (from 1), and their `SAFE_` forms, as the 1-based subscript they mean.
-/// Out of range, all four give NULL.
-fn bigquery_position(index: &Expr) -> Option<Expr> {
+/// (from 1), and their `SAFE_` forms, as the 1-based subscript of `array`
+/// they mean. Out of range, the `SAFE_` forms give NULL and the others fail
+/// with 2202E, as in BigQuery.
+fn bigquery_position(index: &Expr, array: &Expr) -> Option<Expr> {
     let (name, args) = call_of(index)?;
     let [arg] = args.as_slice() else {
         return None;
     };
-    match name.as_str() {
-        "offset" | "safe_offset" => parse_expr(&format!("({arg}) + 1")),
-        "ordinal" | "safe_ordinal" => Some(arg.clone()),
-        _ => None,
+    let position = match name.as_str() {
+        "offset" | "safe_offset" => format!("({arg}) + 1"),
+        "ordinal" | "safe_ordinal" => format!("{arg}"),
+        _ => return None,
+    };
+    if name.starts_with("safe_") {
+        return parse_expr(&position);
     }
+    let written = format!("{}({arg})", name.to_uppercase()).replace('\'', "''");
+    parse_expr(&format!(
+        "{ARRAY_POSITION}(cardinality({array}), {position}, '{written}')"
+    ))
 }
 
 /// The name of a plain function call and its plain arguments.
