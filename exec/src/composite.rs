@@ -1,5 +1,5 @@
 //! PostgreSQL's row values for struct columns: `ROW(1, 'a')` or `(1, 'a')`
-//! in `INSERT ... VALUES` or `UPDATE ... SET s = ...` assigns its values to
+//! in `INSERT ... VALUES`, `INSERT ... SELECT` or `UPDATE ... SET s = ...` assigns its values to
 //! a struct column's fields by position, as PostgreSQL assigns a row to a composite column
 //! (<https://www.postgresql.org/docs/current/rowtypes.html#ROWTYPES-IO-SYNTAX>).
 //! DataFusion's row value is a struct of fields `c0, c1, ...`, which does
@@ -7,14 +7,16 @@
 //! `STRUCT(1 AS a, 'a' AS b)` in the column's field names before planning;
 //! through arrays (`ARRAY[ROW(...)]`) and nested structs too.
 
-use datafusion::sql::sqlparser::ast::{AssignmentTarget, Expr, Ident, Insert, SetExpr, Update};
+use datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, Expr, Ident, Insert, SelectItem, SetExpr, Update,
+};
 use quarry_common::SqlState;
 use quarry_common::catalog::{ColumnType, Table};
 
 use crate::error::{Result, user_error};
 
-/// Rewrites the row values of `insert`'s VALUES that go into struct columns
-/// of `table`.
+/// Rewrites the row values of `insert`'s VALUES rows or SELECT list that
+/// go into struct columns of `table`.
 ///
 /// # Errors
 /// 42846 for a row value with more or fewer values than its struct has
@@ -22,9 +24,6 @@ use crate::error::{Result, user_error};
 /// columns).
 pub(crate) fn row_values_as_structs(insert: &mut Insert, table: &Table) -> Result<()> {
     let Some(source) = insert.source.as_mut() else {
-        return Ok(());
-    };
-    let SetExpr::Values(values) = source.body.as_mut() else {
         return Ok(());
     };
     let targets: Vec<Option<&ColumnType>> = if insert.columns.is_empty() {
@@ -39,8 +38,30 @@ pub(crate) fn row_values_as_structs(insert: &mut Insert, table: &Table) -> Resul
             })
             .collect()
     };
-    for row in &mut values.rows {
-        for (expr, target) in row.iter_mut().zip(&targets) {
+    // The expressions of each row: a VALUES row, or a SELECT's list (up to
+    // a `*`, after which positions are not known here).
+    let rows: Vec<Vec<&mut Expr>> = match source.body.as_mut() {
+        SetExpr::Values(values) => values
+            .rows
+            .iter_mut()
+            .map(|row| row.iter_mut().collect())
+            .collect(),
+        SetExpr::Select(select) => vec![
+            select
+                .projection
+                .iter_mut()
+                .map_while(|item| match item {
+                    SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                        Some(expr)
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ],
+        _ => Vec::new(),
+    };
+    for row in rows {
+        for (expr, target) in row.into_iter().zip(&targets) {
             if let Some(target) = target {
                 as_struct(expr, target)?;
             }
