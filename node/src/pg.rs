@@ -559,10 +559,12 @@ fn client_schema(schema: &SchemaRef) -> SchemaRef {
     let stray_alias = |f: &datafusion::arrow::datatypes::Field| {
         f.data_type() != &DataType::Int32 && f.metadata().contains_key(PG_OID_ALIAS_KEY)
     };
+    // Unsigned 64-bit values are sent as bigint (`nested_as_text`).
+    let unsigned = |f: &datafusion::arrow::datatypes::Field| f.data_type() == &DataType::UInt64;
     if !schema
         .fields()
         .iter()
-        .any(|f| f.name().contains(REPEATED_NAME_MARK) || stray_alias(f))
+        .any(|f| f.name().contains(REPEATED_NAME_MARK) || stray_alias(f) || unsigned(f))
     {
         return schema.clone();
     }
@@ -575,6 +577,9 @@ fn client_schema(schema: &SchemaRef) -> SchemaRef {
                 let mut metadata = field.metadata().clone();
                 metadata.remove(PG_OID_ALIAS_KEY);
                 field = field.with_metadata(metadata);
+            }
+            if unsigned(&field) {
+                field = field.with_data_type(DataType::Int64);
             }
             field
         })
@@ -605,12 +610,16 @@ fn takes_slot(statement: &QuarryStatement) -> bool {
     }
 }
 
-/// `batch` with its struct columns sent in text format replaced by their
-/// text (`record_out`): arrow-pg's record encoder writes a NULL field as
-/// `""`, which reads back as an empty string. The row description keeps
-/// their type (`record`). (An array's text goes through arrow-pg, which
-/// quotes a text value of an array type; structs inside arrays keep its
-/// encoding.)
+/// `batch` as the wire sends it:
+/// - its struct columns sent in text format replaced by their text
+///   (`record_out`): arrow-pg's record encoder writes a NULL field as `""`,
+///   which reads back as an empty string. The row description keeps their
+///   type (`record`). (An array's text goes through arrow-pg, which quotes a
+///   text value of an array type; structs inside arrays keep its encoding.)
+/// - its unsigned 64-bit columns (`cardinality`, `array_length`,
+///   `jsonb_array_length`) as bigint, as [`client_schema`] describes them:
+///   PostgreSQL has no unsigned type, and arrow-pg sends them as numeric.
+///   A value past bigint's range is 22003.
 fn nested_as_text(
     batch: datafusion::arrow::record_batch::RecordBatch,
     fields: &[FieldInfo],
@@ -621,7 +630,8 @@ fn nested_as_text(
                 .get(i)
                 .is_some_and(|f| f.format() == pgwire::api::results::FieldFormat::Text)
     };
-    if !(0..batch.num_columns()).any(nested_text) {
+    let unsigned = |i: usize| batch.column(i).data_type() == &DataType::UInt64;
+    if !(0..batch.num_columns()).any(|i| nested_text(i) || unsigned(i)) {
         return Ok(batch);
     }
     let mut schema_fields = Vec::with_capacity(batch.num_columns());
@@ -633,6 +643,27 @@ fn nested_as_text(
         .zip(batch.columns())
         .enumerate()
     {
+        if unsigned(i) {
+            let signed = datafusion::arrow::compute::cast_with_options(
+                column,
+                &DataType::Int64,
+                &datafusion::arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| {
+                quarry_exec::error::to_engine(quarry_exec::error::user_error(
+                    SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+                    format!("bigint out of range: {e}"),
+                ))
+            })?;
+            schema_fields.push(Arc::new(
+                field.as_ref().clone().with_data_type(DataType::Int64),
+            ));
+            columns.push(signed);
+            continue;
+        }
         if !nested_text(i) {
             schema_fields.push(field.clone());
             columns.push(column.clone());

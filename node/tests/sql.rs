@@ -182,6 +182,21 @@ async fn prepared_statements_bind_typed_parameters() {
     assert_eq!(row.get::<_, u32>(0), 5);
     assert_eq!(row.get::<_, Vec<u32>>(1), [16, 20]);
     assert_eq!(row.get::<_, chrono::NaiveDate>(2), day);
+
+    // Counts DataFusion answers unsigned are bigints, not numerics.
+    let counts = client
+        .prepare(
+            "SELECT cardinality(ARRAY[1, 2]), array_length(ARRAY[1, 2, 3], 1), \
+             jsonb_array_length('[1]'::jsonb)",
+        )
+        .await
+        .expect("prepare counts");
+    assert!(counts.columns().iter().all(|c| *c.type_() == Type::INT8));
+    let row = client.query_one(&counts, &[]).await.expect("counts");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+        (2, 3, 1)
+    );
 }
 
 #[tokio::test]
