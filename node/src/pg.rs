@@ -610,12 +610,48 @@ fn takes_slot(statement: &QuarryStatement) -> bool {
     }
 }
 
+/// Whether a column of `data_type` holds structs (itself, or as an array's
+/// elements at any depth), whose text Quarry writes ([`nested_as_text`]).
+fn record_text(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Struct(_) => true,
+        DataType::List(element) | DataType::LargeList(element) => record_text(element.data_type()),
+        _ => false,
+    }
+}
+
+/// The fields `batch`es of `schema` are encoded with: a column of structs
+/// in text format ([`record_text`]) as text, because [`nested_as_text`]
+/// turns it into its text and arrow-pg would quote the text of an array
+/// type; the row description keeps its type (`record`, `record[]`).
+fn encoding_fields(schema: &SchemaRef, fields: &[FieldInfo]) -> Vec<FieldInfo> {
+    fields
+        .iter()
+        .zip(schema.fields())
+        .map(|(info, field)| {
+            if record_text(field.data_type())
+                && info.format() == pgwire::api::results::FieldFormat::Text
+            {
+                FieldInfo::new(
+                    info.name().to_owned(),
+                    info.table_id(),
+                    info.column_id(),
+                    Type::TEXT,
+                    info.format(),
+                )
+                .with_format_options(info.format_options().clone())
+            } else {
+                info.clone()
+            }
+        })
+        .collect()
+}
+
 /// `batch` as the wire sends it:
-/// - its struct columns sent in text format replaced by their text
-///   (`record_out`): arrow-pg's record encoder writes a NULL field as `""`,
-///   which reads back as an empty string. The row description keeps their
-///   type (`record`). (An array's text goes through arrow-pg, which quotes a
-///   text value of an array type; structs inside arrays keep its encoding.)
+/// - its columns of structs (and of arrays of structs) sent in text format
+///   replaced by their text (`record_out`, `array_out`): arrow-pg's record
+///   encoder writes a NULL field as `""`, which reads back as an empty
+///   string. The row description keeps their type (`record`, `record[]`).
 /// - its unsigned 64-bit columns (`cardinality`, `array_length`,
 ///   `jsonb_array_length`) as bigint, as [`client_schema`] describes them:
 ///   PostgreSQL has no unsigned type, and arrow-pg sends them as numeric.
@@ -625,7 +661,7 @@ fn nested_as_text(
     fields: &[FieldInfo],
 ) -> datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch> {
     let nested_text = |i: usize| {
-        matches!(batch.column(i).data_type(), DataType::Struct(_))
+        record_text(batch.column(i).data_type())
             && fields
                 .get(i)
                 .is_some_and(|f| f.format() == pgwire::api::results::FieldFormat::Text)
@@ -699,11 +735,11 @@ fn rows_response(
     job: Option<JobHandle>,
 ) -> PgWireResult<Response> {
     let fields = fields_of(&stream.schema(), format)?;
+    let row_fields = Arc::new(encoding_fields(&stream.schema(), &fields));
     let stream = match job {
         Some(job) => tracked(stream, job),
         None => stream,
     };
-    let row_fields = fields.clone();
     // The stream owns what the statement holds (its query slot, its running
     // mark): freed when the last row is sent or the stream is dropped
     // (cancel, timeout, client gone).

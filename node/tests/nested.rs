@@ -589,6 +589,24 @@ async fn a_struct_in_a_text_result_writes_a_null_field_empty_and_an_empty_string
         .await,
         ["(1,,\"\",\"a \"\"b\"\"\")|{a,NULL}"]
     );
+    // Structs inside an array: array_out of record_out texts, as PostgreSQL
+    // writes `ARRAY[ROW(1, NULL), ROW(2, '')]`; the column stays record[].
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT [STRUCT(1 AS x, CAST(NULL AS text) AS t), STRUCT(2 AS x, '' AS t)]"
+        )
+        .await,
+        ["{\"(1,)\",\"(2,\\\"\\\")\"}"]
+    );
+    let described = client
+        .prepare("SELECT [STRUCT(1 AS x)] AS a")
+        .await
+        .expect("prepare");
+    assert_eq!(
+        described.columns()[0].type_().oid(),
+        tokio_postgres::types::Type::RECORD_ARRAY.oid()
+    );
 }
 
 #[tokio::test]

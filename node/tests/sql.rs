@@ -194,7 +194,11 @@ async fn prepared_statements_bind_typed_parameters() {
     assert!(counts.columns().iter().all(|c| *c.type_() == Type::INT8));
     let row = client.query_one(&counts, &[]).await.expect("counts");
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
         (2, 3, 1)
     );
 }
