@@ -64,19 +64,25 @@ impl SqlStatementRewriteRule for SetReturningCalls {
                 if let Expr::CompoundFieldAccess { root, access_chain } = expr {
                     let mut subscripted = false;
                     for k in 0..access_chain.len() {
-                        // The array the k-th access subscripts.
-                        let array = match k {
+                        // The array a subscript indexes: what comes before it.
+                        let array = || match k {
                             0 => root.as_ref().clone(),
                             _ => Expr::CompoundFieldAccess {
                                 root: root.clone(),
                                 access_chain: access_chain[..k].to_vec(),
                             },
                         };
+                        let position = match &access_chain[k] {
+                            AccessExpr::Subscript(Subscript::Index { index }) => {
+                                bigquery_position(index, &array())
+                            }
+                            _ => None,
+                        };
                         let access = &mut access_chain[k];
                         match access {
                             AccessExpr::Subscript(Subscript::Index { index }) => {
                                 subscripted = true;
-                                if let Some(position) = bigquery_position(index, &array) {
+                                if let Some(position) = position {
                                     *index = position;
                                 }
                             }

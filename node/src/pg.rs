@@ -509,23 +509,36 @@ fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .into_iter()
         .zip(schema.fields())
         .map(|(info, field)| {
-            let wire_type = if quarry_exec::types::is_json(field) {
-                Type::JSON
+            if quarry_exec::types::is_json(field) {
+                retyped(&info, Type::JSON)
             } else if let Some(oids) = oid_array(field.data_type()) {
-                oids
+                retyped(&info, oids)
             } else {
-                return info;
-            };
-            FieldInfo::new(
-                info.name().to_owned(),
-                info.table_id(),
-                info.column_id(),
-                wire_type,
-                info.format(),
-            )
-            .with_format_options(info.format_options().clone())
+                info
+            }
         })
         .collect())
+}
+
+/// `info` with the wire type `wire_type`.
+fn retyped(info: &FieldInfo, wire_type: Type) -> FieldInfo {
+    FieldInfo::new(
+        info.name().to_owned(),
+        info.table_id(),
+        info.column_id(),
+        wire_type,
+        info.format(),
+    )
+    .with_format_options(info.format_options().clone())
+}
+
+/// Whether values of `data_type` are sent as bigint: DataFusion answers
+/// some counts unsigned (`cardinality`, `array_length`,
+/// `jsonb_array_length`), PostgreSQL has no unsigned type, and arrow-pg
+/// would send them as numeric. [`client_schema`] describes them so and
+/// [`wire_batch`] converts them.
+fn sent_as_bigint(data_type: &DataType) -> bool {
+    *data_type == DataType::UInt64
 }
 
 /// `oid[]` for a list of `oid`s (int4 elements carrying
@@ -559,13 +572,9 @@ fn client_schema(schema: &SchemaRef) -> SchemaRef {
     let stray_alias = |f: &datafusion::arrow::datatypes::Field| {
         f.data_type() != &DataType::Int32 && f.metadata().contains_key(PG_OID_ALIAS_KEY)
     };
-    // Unsigned 64-bit values are sent as bigint (`nested_as_text`).
-    let unsigned = |f: &datafusion::arrow::datatypes::Field| f.data_type() == &DataType::UInt64;
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| f.name().contains(REPEATED_NAME_MARK) || stray_alias(f) || unsigned(f))
-    {
+    if !schema.fields().iter().any(|f| {
+        f.name().contains(REPEATED_NAME_MARK) || stray_alias(f) || sent_as_bigint(f.data_type())
+    }) {
         return schema.clone();
     }
     let fields: Vec<_> = schema
@@ -578,7 +587,7 @@ fn client_schema(schema: &SchemaRef) -> SchemaRef {
                 metadata.remove(PG_OID_ALIAS_KEY);
                 field = field.with_metadata(metadata);
             }
-            if unsigned(&field) {
+            if sent_as_bigint(field.data_type()) {
                 field = field.with_data_type(DataType::Int64);
             }
             field
@@ -611,7 +620,7 @@ fn takes_slot(statement: &QuarryStatement) -> bool {
 }
 
 /// Whether a column of `data_type` holds structs (itself, or as an array's
-/// elements at any depth), whose text Quarry writes ([`nested_as_text`]).
+/// elements at any depth), whose text Quarry writes ([`wire_batch`]).
 fn record_text(data_type: &DataType) -> bool {
     match data_type {
         DataType::Struct(_) => true,
@@ -621,7 +630,7 @@ fn record_text(data_type: &DataType) -> bool {
 }
 
 /// The fields `batch`es of `schema` are encoded with: a column of structs
-/// in text format ([`record_text`]) as text, because [`nested_as_text`]
+/// in text format ([`record_text`]) as text, because [`wire_batch`]
 /// turns it into its text and arrow-pg would quote the text of an array
 /// type; the row description keeps its type (`record`, `record[]`).
 fn encoding_fields(schema: &SchemaRef, fields: &[FieldInfo]) -> Vec<FieldInfo> {
@@ -632,14 +641,7 @@ fn encoding_fields(schema: &SchemaRef, fields: &[FieldInfo]) -> Vec<FieldInfo> {
             if record_text(field.data_type())
                 && info.format() == pgwire::api::results::FieldFormat::Text
             {
-                FieldInfo::new(
-                    info.name().to_owned(),
-                    info.table_id(),
-                    info.column_id(),
-                    Type::TEXT,
-                    info.format(),
-                )
-                .with_format_options(info.format_options().clone())
+                retyped(info, Type::TEXT)
             } else {
                 info.clone()
             }
@@ -652,11 +654,9 @@ fn encoding_fields(schema: &SchemaRef, fields: &[FieldInfo]) -> Vec<FieldInfo> {
 ///   replaced by their text (`record_out`, `array_out`): arrow-pg's record
 ///   encoder writes a NULL field as `""`, which reads back as an empty
 ///   string. The row description keeps their type (`record`, `record[]`).
-/// - its unsigned 64-bit columns (`cardinality`, `array_length`,
-///   `jsonb_array_length`) as bigint, as [`client_schema`] describes them:
-///   PostgreSQL has no unsigned type, and arrow-pg sends them as numeric.
-///   A value past bigint's range is 22003.
-fn nested_as_text(
+/// - its columns [`sent_as_bigint`] as bigint; a value past bigint's range
+///   is 22003.
+fn wire_batch(
     batch: datafusion::arrow::record_batch::RecordBatch,
     fields: &[FieldInfo],
 ) -> datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch> {
@@ -666,7 +666,7 @@ fn nested_as_text(
                 .get(i)
                 .is_some_and(|f| f.format() == pgwire::api::results::FieldFormat::Text)
     };
-    let unsigned = |i: usize| batch.column(i).data_type() == &DataType::UInt64;
+    let unsigned = |i: usize| sent_as_bigint(batch.column(i).data_type());
     if !(0..batch.num_columns()).any(|i| nested_text(i) || unsigned(i)) {
         return Ok(batch);
     }
@@ -749,7 +749,7 @@ fn rows_response(
             batch
         })
         .map(
-            move |batch| match batch.and_then(|b| nested_as_text(b, &row_fields)) {
+            move |batch| match batch.and_then(|b| wire_batch(b, &row_fields)) {
                 Ok(batch) => {
                     stream::iter(encode_recordbatch(row_fields.clone(), batch)).left_stream()
                 }
@@ -1574,7 +1574,10 @@ impl QueryParser for ConnectionState {
         stmt.params
             .iter()
             .map(|t| match t {
-                Some(t) => Ok(oid_array(t).unwrap_or(into_pg_type(t)?)),
+                Some(t) => match oid_array(t) {
+                    Some(oids) => Ok(oids),
+                    None => into_pg_type(t),
+                },
                 None => Ok(Type::UNKNOWN),
             })
             .collect()

@@ -20,6 +20,13 @@ use datafusion::prelude::{
 use quarry_common::catalog::{ColumnType, ExternalSource};
 
 /// A DataFusion error of reading the files, as Quarry's, naming LOAD DATA.
+fn read_error(e: datafusion::error::DataFusionError) -> Error {
+    match crate::external::read_error(e) {
+        Error::User { state, message, .. } => user_error(state, format!("LOAD DATA: {message}")),
+        other => other,
+    }
+}
+
 /// The schema an NDJSON file of `table` is read in: its columns' types
 /// (`typed`), except that a JSON column is read in the type the file's
 /// inferred schema (`inferred`) has for it, an object as a struct, which
@@ -41,13 +48,6 @@ fn ndjson_read_schema(table: &Table, typed: &Schema, inferred: Option<&Schema>) 
             .map(|(field, column)| read_as(field, column))
             .collect::<Vec<_>>(),
     )
-}
-
-fn read_error(e: datafusion::error::DataFusionError) -> Error {
-    match crate::external::read_error(e) {
-        Error::User { state, message, .. } => user_error(state, format!("LOAD DATA: {message}")),
-        other => other,
-    }
 }
 
 impl Session {

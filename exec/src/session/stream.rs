@@ -76,12 +76,13 @@ pub struct ChannelState {
 /// Rows per batch handed to the data file writer.
 const BATCH_ROWS: usize = 65_536;
 
-/// The text a JSON value stands for in a column of `column_type`, as COPY
-/// would read it; None for null. Arrays and objects are kept as JSON text
-/// in a text column.
+/// The text a JSON value stands for, as COPY would read it; None for null.
+/// Arrays and objects are kept as their JSON text where `takes_json` (text
+/// and JSON columns, and array and struct columns, whose row buffer decodes
+/// the JSON), and are an error elsewhere.
 fn json_text(
     value: &serde_json::Value,
-    text_column: bool,
+    takes_json: bool,
 ) -> std::result::Result<Option<String>, ()> {
     use serde_json::Value;
     Ok(match value {
@@ -89,7 +90,7 @@ fn json_text(
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
         Value::String(s) => Some(s.clone()),
-        Value::Array(_) | Value::Object(_) if text_column => Some(value.to_string()),
+        Value::Array(_) | Value::Object(_) if takes_json => Some(value.to_string()),
         Value::Array(_) | Value::Object(_) => return Err(()),
     })
 }
@@ -146,14 +147,12 @@ fn ndjson_record(table: &Table, line: &[u8], row: u64) -> Result<Vec<Option<Stri
             });
         };
         let column = &table.columns[position];
-        // Arrays and objects stay JSON text for text and JSON columns, and
-        // are decoded by the row buffer for array and struct columns.
         use quarry_common::catalog::ColumnType as T;
-        let text_column = matches!(
+        let takes_json = matches!(
             column.column_type,
             T::Text | T::Json | T::Array(_) | T::Struct(_)
         );
-        record[position] = json_text(value, text_column).map_err(|()| Error::User {
+        record[position] = json_text(value, takes_json).map_err(|()| Error::User {
             state: SqlState::DATATYPE_MISMATCH,
             message: format!(
                 "column \"{key}\" is of type {} but the value is a JSON {}",
@@ -629,7 +628,7 @@ mod tests {
 
     #[test]
     fn json_values_read_as_copy_text() {
-        let text = |v: serde_json::Value, text_column| json_text(&v, text_column);
+        let text = |v: serde_json::Value, takes_json| json_text(&v, takes_json);
         assert_eq!(text(serde_json::json!(null), false), Ok(None));
         assert_eq!(
             text(serde_json::json!(12.5), false),
