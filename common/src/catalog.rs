@@ -304,7 +304,8 @@ pub struct DataFile {
     pub checksum_crc32c: u32,
     /// Number of rows in the file.
     pub row_count: u64,
-    /// Zone map per column, in column order at write time.
+    /// Zone map per column, in column order at write time, then one per
+    /// scalar field reached through structs alone (`s.a.b`), by its field id.
     pub column_stats: Vec<ColumnStats>,
 }
 

@@ -21,7 +21,8 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    ChunkId, ColumnStats, ColumnType, DataFile, Datum, SnapshotId, Table, TableId,
+    ChunkId, ColumnStats, ColumnType, DataFile, Datum, FieldId, NestedField, SnapshotId, Table,
+    TableId,
 };
 use quarry_common::partition::{PartitionKey, Partitioning};
 use quarry_raft::{RowDeletes, TableChange};
@@ -481,10 +482,128 @@ impl Drop for WriteSet {
 /// Min, max and null count of one column over the rows of a file. Arrays,
 /// structs and JSON documents keep only the null count: they have no order
 /// a filter could prune by (DataFusion cannot compare lists of structs) and
-/// a document's bounds would be whole documents in the catalog.
+/// a document's bounds would be whole documents in the catalog. A struct's
+/// scalar leaves have zone maps of their own ([`StructLeaf`]).
 struct ColumnZoneMap {
     bounds: Option<(MinAccumulator, MaxAccumulator)>,
     null_count: u64,
+}
+
+impl ColumnZoneMap {
+    /// An empty zone map for values of `data_type`, with bounds if `bounded`.
+    fn new(data_type: &DataType, bounded: bool) -> datafusion::error::Result<Self> {
+        Ok(ColumnZoneMap {
+            bounds: if bounded {
+                Some((
+                    MinAccumulator::try_new(data_type)?,
+                    MaxAccumulator::try_new(data_type)?,
+                ))
+            } else {
+                None
+            },
+            null_count: 0,
+        })
+    }
+
+    /// Takes in `values`, of which `null_count` are NULL.
+    fn update(&mut self, values: &ArrayRef, null_count: usize) -> datafusion::error::Result<()> {
+        if let Some((min, max)) = &mut self.bounds {
+            min.update_batch(std::slice::from_ref(values))?;
+            max.update_batch(std::slice::from_ref(values))?;
+        }
+        self.null_count += null_count as u64;
+        Ok(())
+    }
+
+    /// The column statistics of field `field_id`.
+    fn finish(self, field_id: FieldId) -> datafusion::error::Result<ColumnStats> {
+        let (min, max) = match self.bounds {
+            Some((mut min, mut max)) => (datum_of(&min.evaluate()?), datum_of(&max.evaluate()?)),
+            None => (None, None),
+        };
+        Ok(ColumnStats {
+            field_id,
+            null_count: self.null_count,
+            min,
+            max,
+        })
+    }
+}
+
+/// A scalar field reached from a column through structs alone, no array
+/// between (`s.a.b`): Parquet keeps one value per row for it, and its zone
+/// map prunes files for filters on the field as a column's does.
+struct StructLeaf {
+    field_id: FieldId,
+    /// The column's position in the table.
+    column: usize,
+    /// The field's position in each struct on the way down.
+    path: Vec<usize>,
+}
+
+/// The scalar leaves of column `column` of type `column_type` reached
+/// through structs alone (none unless it is a struct), JSON leaves left out
+/// as a JSON column is.
+fn struct_leaves(column: usize, column_type: &ColumnType) -> Vec<StructLeaf> {
+    fn walk(
+        fields: &[NestedField],
+        column: usize,
+        path: &mut Vec<usize>,
+        out: &mut Vec<StructLeaf>,
+    ) {
+        for (i, field) in fields.iter().enumerate() {
+            path.push(i);
+            match &field.column_type {
+                ColumnType::Struct(inner) => walk(inner, column, path, out),
+                ColumnType::Array(_) | ColumnType::Json => {}
+                _ => out.push(StructLeaf {
+                    field_id: field.field_id,
+                    column,
+                    path: path.clone(),
+                }),
+            }
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    if let ColumnType::Struct(fields) = column_type {
+        walk(fields, column, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+impl StructLeaf {
+    /// The leaf's Arrow type in a table of `schema`.
+    fn data_type(&self, schema: &SchemaRef) -> DataType {
+        let mut data_type = schema.field(self.column).data_type().clone();
+        for &i in &self.path {
+            data_type = match data_type {
+                DataType::Struct(fields) => fields[i].data_type().clone(),
+                other => other,
+            };
+        }
+        data_type
+    }
+
+    /// The leaf's values in `batch`, NULL wherever a struct on the way is
+    /// (a struct's fields hold arbitrary values under its NULLs), and how
+    /// many are NULL.
+    fn values(&self, batch: &RecordBatch) -> datafusion::error::Result<(ArrayRef, usize)> {
+        use datafusion::arrow::array::{AsArray, BooleanArray};
+        use datafusion::arrow::buffer::NullBuffer;
+        let mut values = batch.column(self.column).clone();
+        let mut outer: Option<NullBuffer> = None;
+        for &i in &self.path {
+            outer = NullBuffer::union(outer.as_ref(), values.logical_nulls().as_ref());
+            values = values.as_struct().column(i).clone();
+        }
+        if let Some(outer) = outer.filter(|n| n.null_count() > 0) {
+            let null_under = BooleanArray::new(!outer.inner(), None);
+            values = datafusion::arrow::compute::nullif(&values, &null_under)?;
+        }
+        let nulls = values.logical_null_count();
+        Ok((values, nulls))
+    }
 }
 
 /// Streams batches of one table into data files, cutting a new file every
@@ -506,6 +625,8 @@ pub struct DataFileWriter {
     /// Positions of the columns each file's rows are sorted by (a
     /// clustered table's; empty: rows stay in the order written).
     sort_by: Vec<usize>,
+    /// The struct columns' scalar leaves, which get zone maps of their own.
+    leaves: Vec<StructLeaf>,
     rows_written: u64,
     /// Whether small files may be held in the write set's memory.
     holds_small_files: bool,
@@ -515,6 +636,9 @@ pub struct DataFileWriter {
 struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     zone_maps: Vec<ColumnZoneMap>,
+    /// Zone maps of the struct columns' scalar leaves ([`StructLeaf`]), in
+    /// the order of `DataFileWriter::leaves`.
+    leaf_zone_maps: Vec<ColumnZoneMap>,
     rows: u64,
     /// Rows held until the file is finished, to be sorted then (a
     /// clustered table's).
@@ -593,8 +717,15 @@ impl DataFileWriter {
                 .position(|c| c.field_id == p.field_id)
                 .map(|index| (p.clone(), index))
         });
+        let leaves = table
+            .columns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| struct_leaves(i, &c.column_type))
+            .collect();
         DataFileWriter {
             schema: file_schema(&table),
+            leaves,
             table,
             destination,
             properties,
@@ -699,24 +830,20 @@ impl DataFileWriter {
                 .iter()
                 .map(|f| {
                     let bounded = !f.data_type().is_nested() && !crate::types::is_json(f);
-                    Ok(ColumnZoneMap {
-                        bounds: if bounded {
-                            Some((
-                                MinAccumulator::try_new(f.data_type())?,
-                                MaxAccumulator::try_new(f.data_type())?,
-                            ))
-                        } else {
-                            None
-                        },
-                        null_count: 0,
-                    })
+                    ColumnZoneMap::new(f.data_type(), bounded)
                 })
+                .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
+            let leaf_zone_maps = self
+                .leaves
+                .iter()
+                .map(|leaf| ColumnZoneMap::new(&leaf.data_type(&self.schema), true))
                 .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
             self.open.insert(
                 key,
                 OpenFile {
                     writer,
                     zone_maps,
+                    leaf_zone_maps,
                     rows: 0,
                     held: Vec::new(),
                     held_bytes: 0,
@@ -725,11 +852,11 @@ impl DataFileWriter {
         }
         let file = self.open.get_mut(&key).expect("opened above");
         for (zone_map, column) in file.zone_maps.iter_mut().zip(batch.columns()) {
-            if let Some((min, max)) = &mut zone_map.bounds {
-                min.update_batch(std::slice::from_ref(column))?;
-                max.update_batch(std::slice::from_ref(column))?;
-            }
-            zone_map.null_count += column.null_count() as u64;
+            zone_map.update(column, column.null_count())?;
+        }
+        for (zone_map, leaf) in file.leaf_zone_maps.iter_mut().zip(&self.leaves) {
+            let (values, nulls) = leaf.values(&batch)?;
+            zone_map.update(&values, nulls)?;
         }
         let rows = batch.num_rows() as u64;
         if self.sort_by.is_empty() {
@@ -861,6 +988,7 @@ impl DataFileWriter {
         let Some(OpenFile {
             mut writer,
             zone_maps,
+            leaf_zone_maps,
             rows: row_count,
             held,
             ..
@@ -877,20 +1005,12 @@ impl DataFileWriter {
         let bytes = writer
             .into_inner()
             .map_err(|e| Error::Internal(format!("Parquet encoding failed: {e}")))?;
-        let mut column_stats = Vec::with_capacity(zone_maps.len());
+        let mut column_stats = Vec::with_capacity(zone_maps.len() + leaf_zone_maps.len());
         for (zone_map, column) in zone_maps.into_iter().zip(&self.table.columns) {
-            let (min, max) = match zone_map.bounds {
-                Some((mut min, mut max)) => {
-                    (datum_of(&min.evaluate()?), datum_of(&max.evaluate()?))
-                }
-                None => (None, None),
-            };
-            column_stats.push(ColumnStats {
-                field_id: column.field_id,
-                null_count: zone_map.null_count,
-                min,
-                max,
-            });
+            column_stats.push(zone_map.finish(column.field_id)?);
+        }
+        for (zone_map, leaf) in leaf_zone_maps.into_iter().zip(&self.leaves) {
+            column_stats.push(zone_map.finish(leaf.field_id)?);
         }
         let bytes = Bytes::from(bytes);
         let file = DataFile {

@@ -54,7 +54,7 @@ use datafusion_datasource::file_groups::FileGroupPartitioner;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use quarry_common::SqlState;
-use quarry_common::catalog::{DataFile, SnapshotId, Table, TableId};
+use quarry_common::catalog::{ColumnType, DataFile, FieldId, SnapshotId, Table, TableId};
 use quarry_storage::ChunkRef;
 use roaring::RoaringBitmap;
 
@@ -173,10 +173,12 @@ impl SnapshotTable {
         let Some(expr) = conjunction(filters.iter().cloned()) else {
             return Ok(files);
         };
-        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let (expr, leaves) = leaves_as_columns(expr, &self.columns)?;
+        let schema = with_leaf_columns(&self.schema, &leaves);
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         let predicate = state.create_physical_expr(expr, &df_schema)?;
         let pruning = PruningPredicateBuilder::new()
-            .with_file_schema(self.schema.clone())
+            .with_file_schema(schema)
             .build(predicate);
         if let Some(pruning) = pruning {
             // Whole partitions first, from metadata alone.
@@ -190,6 +192,7 @@ impl SnapshotTable {
             }
             let keep = pruning.prune(&ZoneMaps {
                 columns: &self.columns,
+                leaves: &leaves,
                 files: &files,
             })?;
             let mut keep = keep.into_iter();
@@ -236,6 +239,7 @@ impl SnapshotTable {
         };
         let may_fail = pruning.prune(&ZoneMaps {
             columns: &self.columns,
+            leaves: &[],
             files,
         })?;
         Ok(files
@@ -487,42 +491,158 @@ impl datafusion::catalog::TableProvider for SnapshotTable {
 /// Zone maps of a list of data files, in the shape DataFusion's pruning wants.
 struct ZoneMaps<'a> {
     columns: &'a [quarry_common::catalog::Column],
+    /// Struct fields standing as columns in the predicate.
+    leaves: &'a [LeafColumn],
     files: &'a [DataFile],
 }
 
 impl ZoneMaps<'_> {
-    fn column(&self, name: &str) -> Option<&quarry_common::catalog::Column> {
-        self.columns.iter().find(|c| c.name == name)
+    /// The field id and type of the column or struct leaf named `name`.
+    fn column(&self, name: &str) -> Option<(FieldId, &ColumnType)> {
+        match self.columns.iter().find(|c| c.name == name) {
+            Some(c) => Some((c.field_id, &c.column_type)),
+            None => self
+                .leaves
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| (l.field_id, &l.column_type)),
+        }
     }
-}
 
-impl ZoneMaps<'_> {
+    /// `pick` of each file's statistics of `column`, `unknown` for a file
+    /// that has none (written before the column or field was added).
     fn values(
         &self,
         column: &Column,
+        unknown: ScalarValue,
         pick: impl Fn(&quarry_common::catalog::ColumnStats) -> ScalarValue,
     ) -> Option<ArrayRef> {
-        let def = self.column(&column.name)?;
+        let (field_id, _) = self.column(&column.name)?;
         let values = self.files.iter().map(|file| {
             file.column_stats
                 .iter()
-                .find(|s| s.field_id == def.field_id)
+                .find(|s| s.field_id == field_id)
                 .map(&pick)
-                .unwrap_or_else(|| scalar_of(None, &def.column_type))
+                .unwrap_or_else(|| unknown.clone())
         });
         ScalarValue::iter_to_array(values).ok()
     }
 }
 
+/// A scalar field of a struct column reached through structs alone
+/// (`s.a.b`), standing as a column of its own in a pruning predicate so
+/// that its zone maps (written by `crate::data_file`) prune files.
+struct LeafColumn {
+    /// The stand-in column's name: a control character, then the path.
+    name: String,
+    field_id: FieldId,
+    column_type: ColumnType,
+}
+
+/// `expr` with each access of a scalar field through structs (`s.a.b`,
+/// DataFusion's `get_field`) replaced by a stand-in column, and the leaves
+/// those columns stand for.
+///
+/// # Errors
+/// Never in practice: rewriting an expression tree cannot fail.
+fn leaves_as_columns(
+    expr: Expr,
+    columns: &[quarry_common::catalog::Column],
+) -> DfResult<(Expr, Vec<LeafColumn>)> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let mut leaves: Vec<LeafColumn> = Vec::new();
+    let expr = expr
+        .transform_down(|e| {
+            let Some((name, field_id, column_type)) = field_access_leaf(&e, columns) else {
+                return Ok(Transformed::no(e));
+            };
+            if !leaves.iter().any(|l| l.name == name) {
+                leaves.push(LeafColumn {
+                    name: name.clone(),
+                    field_id,
+                    column_type,
+                });
+            }
+            Ok(Transformed::yes(Expr::Column(Column::from_name(name))))
+        })?
+        .data;
+    Ok((expr, leaves))
+}
+
+/// The stand-in name, field id and type of the scalar struct leaf that `e`
+/// reads, if it is a field access through structs alone to one.
+fn field_access_leaf(
+    e: &Expr,
+    columns: &[quarry_common::catalog::Column],
+) -> Option<(String, FieldId, ColumnType)> {
+    /// The column and field names `e` reads down through, outermost first.
+    fn path(e: &Expr) -> Option<(String, Vec<String>)> {
+        match e {
+            Expr::Column(c) => Some((c.name.clone(), Vec::new())),
+            Expr::ScalarFunction(f) if f.func.name() == "get_field" => {
+                let (first, names) = f.args.split_first()?;
+                let (column, mut fields) = path(first)?;
+                for name in names {
+                    match name {
+                        Expr::Literal(ScalarValue::Utf8(Some(n)), _) => fields.push(n.clone()),
+                        _ => return None,
+                    }
+                }
+                Some((column, fields))
+            }
+            _ => None,
+        }
+    }
+    let (column, fields) = path(e)?;
+    if fields.is_empty() {
+        return None;
+    }
+    let mut column_type = &columns.iter().find(|c| c.name == column)?.column_type;
+    let mut field_id = 0;
+    for name in &fields {
+        let ColumnType::Struct(inner) = column_type else {
+            return None;
+        };
+        let field = inner.iter().find(|f| &f.name == name)?;
+        field_id = field.field_id;
+        column_type = &field.column_type;
+    }
+    if column_type.is_nested() || *column_type == ColumnType::Json {
+        return None;
+    }
+    let name = format!("\u{1f}{column}.{}", fields.join("."));
+    Some((name, field_id, column_type.clone()))
+}
+
+/// `schema` with a column for each of `leaves`, of its Arrow type.
+fn with_leaf_columns(schema: &SchemaRef, leaves: &[LeafColumn]) -> SchemaRef {
+    if leaves.is_empty() {
+        return schema.clone();
+    }
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    for leaf in leaves {
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            &leaf.name,
+            crate::types::arrow_type(&leaf.column_type),
+            true,
+        )));
+    }
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
 impl PruningStatistics for ZoneMaps<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        let def = self.column(&column.name)?;
-        self.values(column, |s| scalar_of(s.min.as_ref(), &def.column_type))
+        let (_, column_type) = self.column(&column.name)?;
+        self.values(column, scalar_of(None, column_type), |s| {
+            scalar_of(s.min.as_ref(), column_type)
+        })
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        let def = self.column(&column.name)?;
-        self.values(column, |s| scalar_of(s.max.as_ref(), &def.column_type))
+        let (_, column_type) = self.column(&column.name)?;
+        self.values(column, scalar_of(None, column_type), |s| {
+            scalar_of(s.max.as_ref(), column_type)
+        })
     }
 
     fn num_containers(&self) -> usize {
@@ -530,7 +650,9 @@ impl PruningStatistics for ZoneMaps<'_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        self.values(column, |s| ScalarValue::UInt64(Some(s.null_count)))
+        self.values(column, ScalarValue::UInt64(None), |s| {
+            ScalarValue::UInt64(Some(s.null_count))
+        })
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {

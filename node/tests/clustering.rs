@@ -9,39 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::TestNode;
+use support::{TestNode, explain, files_scanned};
 use tokio_postgres::Client;
-
-async fn explain(client: &Client, query: &str, analyze: bool) -> String {
-    let rows = client
-        .simple_query(&format!(
-            "EXPLAIN {}{query}",
-            if analyze { "ANALYZE " } else { "" }
-        ))
-        .await
-        .expect("explain");
-    rows.iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Data files a query's scan reads (each appears as its 32-hex-digit chunk
-/// id, once per byte range the planner cut it into).
-async fn files_scanned(client: &Client, query: &str) -> usize {
-    let plan = explain(client, query, false).await;
-    plan.split("file_groups={")
-        .nth(1)
-        .and_then(|rest| rest.split('}').next())
-        .unwrap_or_default()
-        .split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|w| w.len() == 32)
-        .collect::<std::collections::HashSet<_>>()
-        .len()
-}
 
 /// What a pruning metric of an EXPLAIN ANALYZE (`name=T total → M
 /// matched`) pruned: T - M.

@@ -1,5 +1,6 @@
 //! Nested columns against real `quarry` processes: a read of one struct
-//! field reads only that field's Parquet leaf, arrays, structs and JSON go
+//! field reads only that field's Parquet leaf, a filter on one prunes data
+//! files by its zone maps, arrays, structs and JSON go
 //! through COPY in PostgreSQL's text forms, `quarry load` makes nested
 //! columns of NDJSON, the streaming API takes nested JSON rows, and nested
 //! values cross a three-node shuffle.
@@ -14,7 +15,7 @@ mod support {
 
 use bytes::Bytes;
 use futures::SinkExt;
-use support::node::{TestNode, http_request, sqlstate};
+use support::node::{TestNode, files_scanned, http_request, sqlstate};
 use tokio_postgres::Client;
 
 /// Bytes the node's chunk store read (its counter on /metrics).
@@ -90,6 +91,84 @@ async fn reading_one_struct_field_reads_only_its_leaf() {
         one_field * 10.0 < all_fields,
         "s.a read {one_field} bytes, all of s {all_fields}"
     );
+}
+
+#[tokio::test]
+async fn filters_on_struct_fields_prune_data_files_by_the_fields_zone_maps() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start(&dir.path().join("data")).await;
+    let client = node.client().await;
+    // Three data files: ids 1-1000 in January, 1001-2000 in February,
+    // 2001-3000 in March with every tenth struct NULL.
+    client
+        .batch_execute(
+            "SET use_query_cache = off;
+             CREATE TABLE events (id BIGINT, s STRUCT<a INT64, b STRUCT<day DATE, tag STRING>, tags ARRAY<STRING>>);
+             INSERT INTO events SELECT v, STRUCT(v AS a, STRUCT(DATE '2026-01-15' AS day, 'x' AS tag) AS b, ['t'] AS tags)
+               FROM generate_series(1, 1000) AS g(v);
+             INSERT INTO events SELECT v, STRUCT(v AS a, STRUCT(DATE '2026-02-15' AS day, 'y' AS tag) AS b, ['t'] AS tags)
+               FROM generate_series(1001, 2000) AS g(v);
+             INSERT INTO events SELECT v, CASE WHEN v % 10 = 0 THEN NULL
+                 ELSE STRUCT(v AS a, STRUCT(DATE '2026-03-15' AS day, 'z' AS tag) AS b, ['t'] AS tags) END
+               FROM generate_series(2001, 3000) AS g(v);",
+        )
+        .await
+        .expect("table");
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let n: i64 = client.query_one(sql, &[]).await.expect(sql).get(0);
+            n
+        }
+    };
+    assert_eq!(files_scanned(&client, "SELECT id FROM events").await, 3);
+
+    // A leaf under one struct, under two, a comparison each way, and IS NULL
+    // (a NULL struct makes its leaves NULL).
+    let cases: [(&str, usize, i64); 5] = [
+        ("SELECT count(*) FROM events WHERE s.a > 2500", 1, 450),
+        ("SELECT count(*) FROM events WHERE s.a <= 1000", 1, 1000),
+        (
+            "SELECT count(*) FROM events WHERE s.b.day = DATE '2026-02-15'",
+            1,
+            1000,
+        ),
+        (
+            "SELECT count(*) FROM events WHERE s.b.tag IN ('x', 'z')",
+            2,
+            1900,
+        ),
+        ("SELECT count(*) FROM events WHERE s.a IS NULL", 1, 100),
+    ];
+    for (sql, files, rows) in cases {
+        assert_eq!(files_scanned(&client, sql).await, files, "{sql}");
+        assert_eq!(count(sql).await, rows, "{sql}");
+    }
+    // A field under an array has no zone map: every file is read.
+    let through_array = "SELECT count(*) FROM events WHERE s.tags[1] = 'u'";
+    assert_eq!(files_scanned(&client, through_array).await, 3);
+    assert_eq!(count(through_array).await, 0);
+
+    // Files written before a field was added have no zone map for it; a
+    // filter on it reads them and finds the field NULL there.
+    client
+        .batch_execute(
+            "ALTER TABLE events ALTER COLUMN s SET DATA TYPE
+               STRUCT<a INT64, b STRUCT<day DATE, tag STRING>, tags ARRAY<STRING>, c INT64>;
+             INSERT INTO events SELECT v, STRUCT(v AS a, STRUCT(DATE '2026-04-15' AS day, 'w' AS tag) AS b,
+                 ['t'] AS tags, 7 AS c)
+               FROM generate_series(3001, 4000) AS g(v);",
+        )
+        .await
+        .expect("field added");
+    let added = "SELECT count(*) FROM events WHERE s.c IS NULL";
+    assert_eq!(files_scanned(&client, added).await, 3);
+    assert_eq!(count(added).await, 3000);
+    let added = "SELECT count(*) FROM events WHERE s.c = 7";
+    assert_eq!(count(added).await, 1000);
+    let old = "SELECT count(*) FROM events WHERE s.a > 3500";
+    assert_eq!(files_scanned(&client, old).await, 1);
+    assert_eq!(count(old).await, 500);
 }
 
 #[tokio::test]

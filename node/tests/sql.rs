@@ -3,7 +3,7 @@
 #[path = "support/node.rs"]
 mod support;
 
-use support::{TestNode, sqlstate};
+use support::{TestNode, files_scanned, sqlstate};
 
 async fn node() -> (tempfile::TempDir, TestNode) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -441,21 +441,6 @@ async fn physical_plan(client: &tokio_postgres::Client, query: &str) -> String {
             _ => None,
         })
         .collect()
-}
-
-async fn files_scanned(client: &tokio_postgres::Client, query: &str) -> usize {
-    let plan = physical_plan(client, query).await;
-    let groups = plan
-        .split("file_groups={")
-        .nth(1)
-        .and_then(|rest| rest.split('}').next())
-        .unwrap_or_default()
-        .to_owned();
-    // Each data file appears as its 32-hex-digit chunk id.
-    groups
-        .split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|w| w.len() == 32)
-        .count()
 }
 
 #[tokio::test]

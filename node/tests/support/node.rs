@@ -561,3 +561,35 @@ pub async fn http_call(
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     (status, head, response[split + 4..].to_vec())
 }
+
+/// The plan EXPLAIN [ANALYZE] gives for `query`, its lines joined.
+pub async fn explain(client: &Client, query: &str, analyze: bool) -> String {
+    let rows = client
+        .simple_query(&format!(
+            "EXPLAIN {}{query}",
+            if analyze { "ANALYZE " } else { "" }
+        ))
+        .await
+        .expect("explain");
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Data files a query's scan reads (each appears as its 32-hex-digit chunk
+/// id, once per byte range the planner cut it into).
+pub async fn files_scanned(client: &Client, query: &str) -> usize {
+    let plan = explain(client, query, false).await;
+    plan.split("file_groups={")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 32)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
