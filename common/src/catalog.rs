@@ -467,6 +467,31 @@ pub struct RowRange {
 pub const DEFAULT_RETENTION_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
 
 impl Table {
+    /// The type of the column or nested field with id `field`.
+    pub fn field_type(&self, field: FieldId) -> Option<&ColumnType> {
+        fn find(column_type: &ColumnType, field: FieldId) -> Option<&ColumnType> {
+            let fields: &[NestedField] = match column_type {
+                ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
+                ColumnType::Struct(fields) => fields,
+                _ => return None,
+            };
+            fields.iter().find_map(|f| {
+                if f.field_id == field {
+                    Some(&f.column_type)
+                } else {
+                    find(&f.column_type, field)
+                }
+            })
+        }
+        self.columns.iter().find_map(|c| {
+            if c.field_id == field {
+                Some(&c.column_type)
+            } else {
+                find(&c.column_type, field)
+            }
+        })
+    }
+
     /// The newest snapshot.
     pub fn current_snapshot(&self) -> &TableSnapshot {
         self.snapshots
@@ -788,6 +813,56 @@ pub struct Catalog {
     /// Records of their own in the Raft snapshot file.
     #[serde(skip)]
     pub decommissioning: OrdMap<NodeId, TimestampMicros>,
+    /// Named composite types (`CREATE TYPE name AS (...)`) by (schema,
+    /// name); records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub types: OrdMap<(String, String), Arc<CompositeType>>,
+    /// The fields declared as a named composite type, by (table, field id),
+    /// with the type's id: a column `home addr`, an array's element
+    /// (`past addr[]`) or a struct's field. An entry counts only while the
+    /// field exists with the type's fields ([`Catalog::composite_of`]).
+    /// Records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub typed_fields: OrdMap<(TableId, FieldId), u64>,
+}
+
+/// A named composite type (PostgreSQL's `CREATE TYPE name AS (field type,
+/// ...)`, section 8.16 of its manual): a struct type with a name, usable
+/// as a column's type, an array's element or a struct's field. Values are
+/// stored as any struct's are; the name is what the catalog shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompositeType {
+    /// Its id; the oids of its pg_class row, its pg_type row and its array
+    /// type's are made from `id`, `id + 1` and `id + 2`.
+    pub id: u64,
+    /// Schema it lives in.
+    pub schema: String,
+    /// Type name.
+    pub name: String,
+    /// Its fields in order (field ids 0: a column of the type gets its own).
+    pub fields: Vec<NestedField>,
+}
+
+impl CompositeType {
+    /// Whether `column_type` is a struct with this type's field names and
+    /// types in order (field ids aside).
+    pub fn matches(&self, column_type: &ColumnType) -> bool {
+        fn same(a: &ColumnType, b: &ColumnType) -> bool {
+            match (a, b) {
+                (ColumnType::Array(a), ColumnType::Array(b)) => {
+                    same(&a.column_type, &b.column_type)
+                }
+                (ColumnType::Struct(a), ColumnType::Struct(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|(a, b)| a.name == b.name && same(&a.column_type, &b.column_type))
+                }
+                (a, b) => a == b,
+            }
+        }
+        same(&ColumnType::Struct(self.fields.clone()), column_type)
+    }
 }
 
 /// A rebalance: chunk moves planned by the Raft leader to even out the
@@ -1074,6 +1149,15 @@ impl Catalog {
     /// Whether a table or a view is called `schema.name`.
     pub fn relation_exists(&self, schema: &str, name: &str) -> bool {
         self.table(schema, name).is_some() || self.view(schema, name).is_some()
+    }
+
+    /// The composite type that field `field` of table `table` is declared
+    /// as, if it is one and the field still has the type's fields.
+    pub fn composite_of(&self, table: &Table, field: FieldId) -> Option<&Arc<CompositeType>> {
+        let id = self.typed_fields.get(&(table.id, field))?;
+        let composite = self.types.values().find(|t| t.id == *id)?;
+        let column_type = table.field_type(field)?;
+        composite.matches(column_type).then_some(composite)
     }
 
     /// The views of `schema`, by name.

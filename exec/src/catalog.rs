@@ -387,12 +387,25 @@ impl SchemaProvider for QuarrySchema {
                     source.clone(),
                 )) as Arc<dyn TableProvider>;
             }
-            Arc::new(SnapshotTable::new(
-                table.clone(),
-                table.current_snapshot().id,
-                self.chunks.clone(),
-                Some(self.view.writes.clone()),
-            )) as Arc<dyn TableProvider>
+            let catalog = &self.view.catalog;
+            let type_oids: Vec<(String, i32)> = table
+                .columns
+                .iter()
+                .filter_map(|column| {
+                    let oid = crate::pg_catalog::column_type_oid(catalog, table, column);
+                    (oid != crate::pg_catalog::pg_type(&column.column_type).oid() as i32)
+                        .then(|| (column.name.clone(), oid))
+                })
+                .collect();
+            Arc::new(
+                SnapshotTable::new(
+                    table.clone(),
+                    table.current_snapshot().id,
+                    self.chunks.clone(),
+                    Some(self.view.writes.clone()),
+                )
+                .with_type_oids(&type_oids),
+            ) as Arc<dyn TableProvider>
         }))
     }
 

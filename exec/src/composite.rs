@@ -5,13 +5,19 @@
 //! DataFusion's row value is a struct of fields `c0, c1, ...`, which does
 //! not cast to a struct of other names, so each is written as BigQuery's
 //! `STRUCT(1 AS a, 'a' AS b)` in the column's field names before planning;
-//! through arrays (`ARRAY[ROW(...)]`) and nested structs too.
+//! through arrays (`ARRAY[ROW(...)]`) and nested structs too. A cast to a
+//! named composite type (`ROW('x', 1)::addr`) becomes a cast to its struct.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, Expr, Ident, Insert, SelectItem, SetExpr, Update,
+    AssignmentTarget, DataType, Expr, Ident, Insert, ObjectName, SelectItem, SetExpr, Statement,
+    Update, visit_expressions_mut,
 };
+use datafusion::sql::sqlparser::parser::Parser;
 use quarry_common::SqlState;
-use quarry_common::catalog::{ColumnType, Table};
+use quarry_common::catalog::{ColumnType, CompositeType, Table};
 
 use crate::error::{Result, user_error};
 
@@ -103,6 +109,62 @@ fn row_value(expr: &Expr) -> Option<Vec<Expr>> {
         }
         _ => None,
     }
+}
+
+/// Rewrites each cast to a named composite type of `CREATE TYPE`
+/// (`ROW('x', 1)::addr`, `CAST(v AS addr[])`), which `named` looks up,
+/// into a cast to its struct type: a row value first becomes a struct of
+/// the type's field names, as a row value into a column does, and the cast
+/// then converts each field by name.
+///
+/// # Errors
+/// 42846 for a row value of another length than the type's fields.
+pub(crate) fn casts_to_composite_types(
+    statement: &mut Statement,
+    named: &dyn Fn(&ObjectName) -> Option<Arc<CompositeType>>,
+) -> Result<()> {
+    let mut failed = None;
+    let _ = visit_expressions_mut(statement, |expr| {
+        let Expr::Cast {
+            expr: value,
+            data_type,
+            ..
+        } = expr
+        else {
+            return ControlFlow::<()>::Continue(());
+        };
+        let mut declared = Vec::new();
+        let target = match data_type {
+            DataType::Custom(..) | DataType::Array(_) => {
+                crate::types::column_type_naming(data_type, named, &mut Vec::new(), &mut declared)
+                    .ok()
+            }
+            _ => None,
+        };
+        let Some(target) = target.filter(|_| !declared.is_empty()) else {
+            return ControlFlow::Continue(());
+        };
+        let struct_type = Parser::new(&crate::parser::QuarryDialect::default())
+            .try_with_sql(&target.to_string())
+            .and_then(|mut p| p.parse_data_type());
+        match (as_struct(value, &target), struct_type) {
+            (Ok(()), Ok(struct_type)) => {
+                *data_type = struct_type;
+                ControlFlow::Continue(())
+            }
+            (Err(e), _) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+            (_, Err(e)) => {
+                failed = Some(crate::error::Error::Internal(format!(
+                    "the struct type {target} does not parse: {e}"
+                )));
+                ControlFlow::Break(())
+            }
+        }
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 fn as_struct(expr: &mut Expr, target: &ColumnType) -> Result<()> {

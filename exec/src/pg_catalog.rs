@@ -30,8 +30,8 @@ use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion_pg_catalog::pg_catalog::oid_field::{kind, oid_field};
 use quarry_common::catalog::{
-    Catalog, Column, ColumnType, Constraint, ConstraintKind, DEFAULT_SCHEMA, FieldId, Table,
-    TableId,
+    Catalog, Column, ColumnType, CompositeType, Constraint, ConstraintKind, DEFAULT_SCHEMA,
+    FieldId, Table, TableId,
 };
 
 use crate::catalog::QuarryCatalog;
@@ -136,6 +136,156 @@ pub fn pg_type(column_type: &ColumnType) -> postgres_types::Type {
         ColumnType::TimestampTz => Type::TIMESTAMPTZ,
         ColumnType::Bytea => Type::BYTEA,
     }
+}
+
+/// The oids of composite type `composite`: its pg_class row's (the
+/// relation of kind `c` that holds its fields), its pg_type row's and its
+/// array type's.
+pub fn composite_oids(composite: &CompositeType) -> (i32, i32, i32) {
+    (
+        id_oid(composite.id),
+        id_oid(composite.id + 1),
+        id_oid(composite.id + 2),
+    )
+}
+
+/// The pg_type oid of `column` of `table`: its composite type's, or that
+/// type's array's, where it is declared as one (`home addr`, `past
+/// addr[]`); else the type's [`pg_type`].
+pub fn column_type_oid(meta: &Catalog, table: &Table, column: &Column) -> i32 {
+    if let Some(composite) = meta.composite_of(table, column.field_id) {
+        return composite_oids(composite).1;
+    }
+    if let ColumnType::Array(element) = &column.column_type
+        && let Some(composite) = meta.composite_of(table, element.field_id)
+    {
+        return composite_oids(composite).2;
+    }
+    pg_type(&column.column_type).oid() as i32
+}
+
+/// The name `format_type` prints for the composite type, or the array of
+/// one, with oid `oid` (schema-qualified outside `public`).
+pub fn composite_type_name(meta: &Catalog, oid: i32) -> Option<String> {
+    meta.types.values().find_map(|composite| {
+        let (_, type_oid, array_oid) = composite_oids(composite);
+        let name = if composite.schema == DEFAULT_SCHEMA {
+            quote_ident(&composite.name)
+        } else {
+            format!(
+                "{}.{}",
+                quote_ident(&composite.schema),
+                quote_ident(&composite.name)
+            )
+        };
+        if oid == type_oid {
+            Some(name)
+        } else if oid == array_oid {
+            Some(format!("{name}[]"))
+        } else {
+            None
+        }
+    })
+}
+
+/// pg_type's rows of the composite types of `meta` and their array types,
+/// as PostgreSQL's `CREATE TYPE ... AS (...)` makes them (typtype `c`,
+/// category `C`, record_in/record_out; the array `_name` with array_in).
+fn composite_type_rows(meta: &Catalog) -> Vec<Row> {
+    // The oids of the functions PostgreSQL's pg_type names for them.
+    const RECORD_IN: i32 = 2290;
+    const RECORD_OUT: i32 = 2291;
+    const RECORD_RECV: i32 = 2402;
+    const RECORD_SEND: i32 = 2403;
+    const ARRAY_IN: i32 = 750;
+    const ARRAY_OUT: i32 = 751;
+    const ARRAY_RECV: i32 = 2400;
+    const ARRAY_SEND: i32 = 2401;
+    let mut rows = Vec::new();
+    for composite in meta.types.values() {
+        let (relation, type_oid, array_oid) = composite_oids(composite);
+        let namespace = namespace_oid(meta, &composite.schema);
+        let common = |oid: i32, name: String| -> Row {
+            vec![
+                ("oid", int4(oid)),
+                ("typname", text(name)),
+                ("typnamespace", int4(namespace)),
+                ("typowner", int4(BOOTSTRAP_SUPERUSER_OID)),
+                ("typlen", int2(-1)),
+                ("typbyval", boolean(false)),
+                ("typisdefined", boolean(true)),
+                ("typdelim", text(",")),
+                ("typalign", text("d")),
+                ("typstorage", text("x")),
+                ("typnotnull", boolean(false)),
+                ("typbasetype", int4(0)),
+                ("typtypmod", int4(-1)),
+                ("typndims", int4(0)),
+                ("typcollation", int4(0)),
+                ("typispreferred", boolean(false)),
+            ]
+        };
+        let mut row = common(type_oid, composite.name.clone());
+        row.extend([
+            ("typtype", text("c")),
+            ("typcategory", text("C")),
+            ("typrelid", int4(relation)),
+            ("typelem", int4(0)),
+            ("typarray", int4(array_oid)),
+            ("typinput", int4(RECORD_IN)),
+            ("typoutput", int4(RECORD_OUT)),
+            ("typreceive", int4(RECORD_RECV)),
+            ("typsend", int4(RECORD_SEND)),
+        ]);
+        rows.push(row);
+        let mut array = common(array_oid, format!("_{}", composite.name));
+        array.extend([
+            ("typtype", text("b")),
+            ("typcategory", text("A")),
+            ("typrelid", int4(0)),
+            ("typelem", int4(type_oid)),
+            ("typarray", int4(0)),
+            ("typinput", int4(ARRAY_IN)),
+            ("typoutput", int4(ARRAY_OUT)),
+            ("typreceive", int4(ARRAY_RECV)),
+            ("typsend", int4(ARRAY_SEND)),
+        ]);
+        rows.push(array);
+    }
+    rows
+}
+
+/// The relations of kind `c` that hold the fields of `meta`'s composite
+/// types, as PostgreSQL keeps them in pg_class and pg_attribute.
+fn composite_relations(meta: &Catalog) -> Vec<Relation> {
+    meta.types
+        .values()
+        .map(|composite| Relation {
+            owner: BOOTSTRAP_SUPERUSER_OID,
+            acl: None,
+            oid: composite_oids(composite).0,
+            namespace: namespace_oid(meta, &composite.schema),
+            name: composite.name.clone(),
+            kind: "c",
+            columns: composite
+                .fields
+                .iter()
+                .zip(1..)
+                .map(|(field, number)| Attribute {
+                    number,
+                    name: field.name.clone(),
+                    type_oid: pg_type(&field.column_type).oid() as i32,
+                    column_type: Some(field.column_type.clone()),
+                    not_null: false,
+                    default: None,
+                })
+                .collect(),
+            rows: 0.0,
+            bytes: 0,
+            has_index: false,
+            has_triggers: false,
+        })
+        .collect()
 }
 
 /// `attlen`, `attbyval`, `attalign` and `atttypmod` of a column type, as
@@ -612,6 +762,7 @@ impl PgCatalogSchema {
         let view = catalog.view();
         let meta = &view.catalog;
         let mut relations = table_relations(meta);
+        relations.extend(composite_relations(meta));
         // The index PostgreSQL builds for each PRIMARY KEY and UNIQUE (Quarry
         // keeps none, but psql, JDBC and SQLAlchemy read keys through them).
         for key in keys(meta) {
@@ -853,7 +1004,7 @@ fn table_relations(meta: &Catalog) -> Vec<Relation> {
                 .map(|column| Attribute {
                     number: i16::try_from(column.field_id).unwrap_or(i16::MAX),
                     name: column.name.clone(),
-                    type_oid: pg_type(&column.column_type).oid() as i32,
+                    type_oid: column_type_oid(meta, table, column),
                     column_type: Some(column.column_type.clone()),
                     not_null: !column.nullable,
                     default: column.default.as_ref().map(|datum| {
@@ -1344,7 +1495,22 @@ impl SchemaProvider for PgCatalogSchema {
             let table = PG_TYPE
                 .as_ref()
                 .map_err(|e| DataFusionError::Internal(e.clone()))?;
-            return Ok(Some(table.clone()));
+            // PostgreSQL's types, then the composite types of CREATE TYPE.
+            let user_types = match self.catalog.upgrade() {
+                Some(catalog) => composite_type_rows(&catalog.view().catalog),
+                None => Vec::new(),
+            };
+            if user_types.is_empty() {
+                return Ok(Some(table.clone()));
+            }
+            let schema = table.schema();
+            let mut batches = Vec::new();
+            for partition in &table.batches {
+                let partition = partition.read().await;
+                batches.extend(partition.iter().cloned());
+            }
+            batches.push(rows_batch(&schema, &user_types)?);
+            return Ok(Some(Arc::new(MemTable::try_new(schema, vec![batches])?)));
         }
         self.inner.table(&name).await
     }

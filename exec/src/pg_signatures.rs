@@ -445,20 +445,28 @@ impl ProcRow {
 }
 
 /// Registers `format_type` (replacing datafusion-pg-catalog's, which knows
-/// a few dozen types) and the signature functions on `ctx`.
-pub fn register(ctx: &SessionContext) {
+/// a few dozen types; the composite types of CREATE TYPE are looked up in
+/// the statement's `catalog`) and the signature functions on `ctx`.
+pub fn register(ctx: &SessionContext, catalog: Arc<crate::catalog::QuarryCatalog>) {
     ctx.register_udf(create_udf(
         "format_type",
         vec![DataType::Int64, DataType::Int64],
         DataType::Utf8,
-        Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let (types, mods) = (int64s(&arrays[0])?, int64s(&arrays[1])?);
+            let view = catalog.view();
             let names: StringArray = types
                 .iter()
                 .zip(mods.iter())
-                .map(|(ty, typmod)| ty.map(|ty| format_type(ty as i32, typmod.map(|m| m as i32))))
+                .map(|(ty, typmod)| {
+                    let ty = ty? as i32;
+                    Some(
+                        crate::pg_catalog::composite_type_name(&view.catalog, ty)
+                            .unwrap_or_else(|| format_type(ty, typmod.map(|m| m as i32))),
+                    )
+                })
                 .collect();
             Ok(ColumnarValue::Array(Arc::new(names) as ArrayRef))
         }),

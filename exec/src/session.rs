@@ -61,7 +61,7 @@ use crate::error::{Error, Result, user_error};
 use crate::parser::{self, QuarryStatement};
 use crate::privileges::{Access, SessionUser};
 use crate::table::SnapshotTable;
-use crate::types::{column_type_from_sql, column_type_of};
+use crate::types::column_type_of;
 
 mod backup;
 mod compact;
@@ -543,7 +543,7 @@ impl Session {
         // After pg_catalog's own, so Quarry's answer for the objects it has
         // replaces the crate's (pg_relation_size).
         crate::pg_functions::register(&ctx, catalog.clone());
-        crate::pg_signatures::register(&ctx);
+        crate::pg_signatures::register(&ctx, catalog.clone());
         crate::json::register(&ctx);
         // The relation tables of pg_catalog are Quarry's own (stable oids).
         if let Some(inner) = catalog.schema("pg_catalog") {
@@ -974,6 +974,10 @@ impl Session {
             Statement::Grant(grant) => self.grant(grant).await,
             Statement::Revoke(revoke) => self.revoke(revoke).await,
             Statement::CreateView(create) => self.create_view(create).await,
+            Statement::CreateType {
+                name,
+                representation,
+            } => self.create_type(&name, representation).await,
             Statement::Comment {
                 object_type,
                 object_name,
@@ -1108,6 +1112,14 @@ impl Session {
     /// Plans `statement` against the pinned catalog, resolving time travel.
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
         self.pin_time_travel(&mut statement).await?;
+        let catalog = self.ddl_catalog().await?;
+        if !catalog.types.is_empty() {
+            let named = |name: &ObjectName| {
+                let key = self.resolve(name).ok()?;
+                catalog.types.get(&key).cloned()
+            };
+            crate::composite::casts_to_composite_types(&mut statement, &named)?;
+        }
         parser::filter_information_schema_views(&mut statement);
         parser::rewrite_postgres_forms(&mut statement);
         let query = matches!(statement, Statement::Query(_));

@@ -111,6 +111,35 @@ impl SnapshotTable {
         }
     }
 
+    /// This table with its columns declared as named composite types (or
+    /// arrays of them) described by those types' oids, by column name
+    /// ([`crate::types::PG_TYPE_OID_KEY`]).
+    pub fn with_type_oids(mut self, oids: &[(String, i32)]) -> Self {
+        if oids.is_empty() {
+            return self;
+        }
+        let fields: Vec<_> = self
+            .schema
+            .fields()
+            .iter()
+            .map(
+                |field| match oids.iter().find(|(name, _)| name == field.name()) {
+                    Some((_, oid)) => {
+                        let mut metadata = field.metadata().clone();
+                        metadata.insert(crate::types::PG_TYPE_OID_KEY.to_owned(), oid.to_string());
+                        Arc::new(field.as_ref().clone().with_metadata(metadata))
+                    }
+                    None => field.clone(),
+                },
+            )
+            .collect();
+        self.schema = Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            self.schema.metadata().clone(),
+        ));
+        self
+    }
+
     /// The data files this scan sees: the snapshot's, less those the transaction
     /// replaced, plus those it wrote. Reading records the snapshot in the
     /// transaction's read set.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo, TimezoneInfo};
 use quarry_common::SqlState;
-use quarry_common::catalog::{Column, ColumnType, NestedField, Table};
+use quarry_common::catalog::{Column, ColumnType, CompositeType, NestedField, Table};
 
 use crate::error::{Result, user_error};
 
@@ -80,6 +80,16 @@ fn type_metadata(column_type: &ColumnType) -> HashMap<String, String> {
         .into(),
         _ => HashMap::new(),
     }
+}
+
+/// Field metadata key: the PostgreSQL type oid a column's values are
+/// described with, where its column type alone does not say it (a column
+/// declared as a named composite type, or an array of one).
+pub const PG_TYPE_OID_KEY: &str = "quarry.pg_type_oid";
+
+/// The PostgreSQL type oid `field` carries under [`PG_TYPE_OID_KEY`].
+pub fn pg_type_oid(field: &Field) -> Option<u32> {
+    field.metadata().get(PG_TYPE_OID_KEY)?.parse().ok()
 }
 
 /// Whether `field` holds JSON text (Utf8 with the `arrow.json` extension).
@@ -170,6 +180,27 @@ pub fn column_type_of(data_type: &DataType) -> Result<ColumnType> {
 /// 42704 for unknown type names, 0A000 for known types Quarry does not store yet,
 /// 22023 for an out-of-range NUMERIC precision or scale.
 pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
+    column_type_naming(sql, &|_| None, &mut Vec::new(), &mut Vec::new())
+}
+
+/// A field declared as a named composite type: the names from the column
+/// down to it (an array's element is `item`; empty: the column itself),
+/// and the type's schema and name.
+pub type DeclaredType = (Vec<String>, String, String);
+
+/// The column type named by a SQL type, where a name that is no built-in
+/// type is looked up by `named` (a composite type of `CREATE TYPE`, whose
+/// fields it stands for); each field so declared is added to `declared`,
+/// found at `path` below the column.
+///
+/// # Errors
+/// As [`column_type_from_sql`].
+pub fn column_type_naming(
+    sql: &ast::DataType,
+    named: &dyn Fn(&ast::ObjectName) -> Option<Arc<CompositeType>>,
+    path: &mut Vec<String>,
+    declared: &mut Vec<DeclaredType>,
+) -> Result<ColumnType> {
     use ast::DataType as T;
     Ok(match sql {
         T::Boolean | T::Bool => ColumnType::Boolean,
@@ -195,7 +226,9 @@ pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
             | ast::ArrayElemTypeDef::AngleBracket(element)
             | ast::ArrayElemTypeDef::Parenthesis(element),
         ) => {
-            let element = column_type_from_sql(element)?;
+            path.push("item".to_owned());
+            let element = column_type_naming(element, named, path, declared)?;
+            path.pop();
             if matches!(element, ColumnType::Array(_)) {
                 // As BigQuery: an array of arrays goes through a struct
                 // (`ARRAY<STRUCT<a ARRAY<T>>>`); PostgreSQL's `int[][]` is a
@@ -228,10 +261,13 @@ pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
                         format!("duplicate field name \"{name}\" in STRUCT"),
                     ));
                 }
+                path.push(name.clone());
+                let column_type = column_type_naming(&field.field_type, named, path, declared)?;
+                path.pop();
                 nested.push(NestedField {
                     field_id: 0,
                     name,
-                    column_type: column_type_from_sql(&field.field_type)?,
+                    column_type,
                 });
             }
             ColumnType::Struct(nested)
@@ -250,6 +286,14 @@ pub fn column_type_from_sql(sql: &ast::DataType) -> Result<ColumnType> {
             "timestamptz" => ColumnType::TimestampTz,
             "bpchar" | "citext" | "name" => ColumnType::Text,
             other => {
+                if let Some(composite) = named(name) {
+                    declared.push((
+                        path.clone(),
+                        composite.schema.clone(),
+                        composite.name.clone(),
+                    ));
+                    return Ok(ColumnType::Struct(composite.fields.clone()));
+                }
                 return Err(user_error(
                     SqlState::UNDEFINED_OBJECT,
                     format!("type \"{other}\" does not exist"),

@@ -511,6 +511,15 @@ fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .map(|(info, field)| {
             if quarry_exec::types::is_json(field) {
                 retyped(&info, Type::JSON)
+            } else if let Some(oid) = quarry_exec::types::pg_type_oid(field) {
+                // A column of a named composite type (CREATE TYPE), or an
+                // array of one: described by the type's oid.
+                let kind = match field.data_type() {
+                    DataType::List(_) => postgres_types::Kind::Array(Type::RECORD),
+                    _ => postgres_types::Kind::Composite(Vec::new()),
+                };
+                let wire_type = Type::new(String::new(), oid, kind, String::new());
+                retyped(&info, wire_type)
             } else if let Some(oids) = oid_array(field.data_type()) {
                 retyped(&info, oids)
             } else {

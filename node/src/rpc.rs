@@ -45,9 +45,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// job and backend requests; version 18: `SetMaintenance` and the drain
 /// requests; version 19: `StartRebalance`, `FinishRebalance`,
 /// `Decommission`, `Restore`; version 20: `SetPartitioning`,
-/// `SetFileLayout`; version 21: `CommitRows`, `SetDeletes`), needs a new
-/// version.
-pub const WIRE_VERSION: u8 = 21;
+/// `SetFileLayout`; version 21: `CommitRows`, `SetDeletes`; version 22:
+/// `CreateType`, `DropType`, `DeclareTypes`), needs a new version.
+pub const WIRE_VERSION: u8 = 22;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -948,11 +948,14 @@ mod tests {
             | C::SetFileLayout { .. }
             | C::CommitRows { .. }
             | C::SetDeletes { .. }
+            | C::CreateType { .. }
+            | C::DropType { .. }
+            | C::DeclareTypes { .. }
             | C::CreatePredefinedRoles => {}
         }
         // Version 20: SetPartitioning, SetFileLayout; 21: CommitRows,
-        // SetDeletes.
-        const _: () = assert!(WIRE_VERSION == 21, "update the list above");
+        // SetDeletes; 22: CreateType, DropType, DeclareTypes.
+        const _: () = assert!(WIRE_VERSION == 22, "update the list above");
     }
 
     #[tokio::test]

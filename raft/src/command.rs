@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use quarry_common::SqlState;
 use quarry_common::catalog::{
-    Catalog, ChunkId, Column, ColumnType, Constraint, ConstraintKind, DataFile, Datum,
-    DroppedTable, ExternalSource, FieldId, GossipKey, Maintenance, NodeId, Operation,
-    PendingChannel, Rebalance, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk, StripeId,
-    StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
+    Catalog, ChunkId, Column, ColumnType, CompositeType, Constraint, ConstraintKind, DataFile,
+    Datum, DroppedTable, ExternalSource, FieldId, GossipKey, Maintenance, NestedField, NodeId,
+    Operation, PendingChannel, Rebalance, RowRange, SchemaVersion, SnapshotId, Stripe, StripeChunk,
+    StripeId, StripeLayout, Table, TableId, TableNotes, TableSnapshot, TimestampMicros, View,
 };
 use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
@@ -604,6 +604,38 @@ pub enum Command {
         /// The deleted rows of each file.
         deletes: Vec<(ChunkId, bytes::Bytes)>,
     },
+    /// CREATE TYPE `schema.name` AS (fields): a named composite type.
+    /// [`CatalogError::TypeExists`] when a type or relation has the name.
+    CreateType {
+        /// Schema name.
+        schema: String,
+        /// Type name.
+        name: String,
+        /// Its fields in order.
+        fields: Vec<NestedField>,
+    },
+    /// DROP TYPE; [`CatalogError::TypeInUse`] while a field of a table is
+    /// declared as it.
+    DropType {
+        /// Schema name.
+        schema: String,
+        /// Type name.
+        name: String,
+        /// IF EXISTS: a missing type is not an error.
+        if_exists: bool,
+    },
+    /// Declares fields of table `schema.table` as named composite types
+    /// (proposed in one batch with the CREATE TABLE or ALTER TABLE that
+    /// gives them their struct types).
+    DeclareTypes {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        table: String,
+        /// Each field, as the names from its column down (an array's
+        /// element is `item`), and the (schema, name) of its type.
+        fields: Vec<(Vec<String>, String, String)>,
+    },
 }
 
 /// Rows of one committed data file that a commit deletes.
@@ -1028,6 +1060,33 @@ pub enum CatalogError {
     /// deletes do not fit its changes.
     #[error("invalid row deletes: {0}")]
     BadRows(String),
+    /// CREATE TYPE of a name a type or relation has.
+    #[error("type \"{0}\" already exists")]
+    TypeExists(String),
+    /// A type that does not exist.
+    #[error("type \"{0}\" does not exist")]
+    TypeNotFound(String),
+    /// DROP TYPE of a type a table's field is declared as.
+    #[error(
+        "cannot drop type {name} because other objects depend on it (column {column} of table {table})"
+    )]
+    TypeInUse {
+        /// The type.
+        name: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A field a declaration names that the table does not have, or whose
+    /// type is not the named type's.
+    #[error("column \"{column}\" is not of type {name}")]
+    NotOfType {
+        /// The column (and fields down to the one declared).
+        column: String,
+        /// The type.
+        name: String,
+    },
 }
 
 impl CatalogError {
@@ -1080,8 +1139,60 @@ impl CatalogError {
             | CatalogError::BadRows(_) => SqlState::INTERNAL_ERROR,
             CatalogError::ExternalTable(_) => SqlState::WRONG_OBJECT_TYPE,
             CatalogError::Partitioning(_) => SqlState::INVALID_TABLE_DEFINITION,
+            CatalogError::TypeExists(_) => SqlState::DUPLICATE_OBJECT,
+            CatalogError::TypeNotFound(_) => SqlState::UNDEFINED_OBJECT,
+            CatalogError::TypeInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            CatalogError::NotOfType { .. } => SqlState::DATATYPE_MISMATCH,
         }
     }
+}
+
+/// The first live table and column with a field declared as `composite`.
+fn type_user(catalog: &Catalog, composite: &CompositeType) -> Option<(String, String)> {
+    catalog
+        .typed_fields
+        .iter()
+        .filter(|(_, id)| **id == composite.id)
+        .find_map(|((table, field), _)| {
+            let (schema, name) = catalog.table_keys.get(table)?;
+            let table = catalog.table(schema, name)?;
+            catalog.composite_of(table, *field)?;
+            let column = table
+                .columns
+                .iter()
+                .find(|c| c.field_id == *field || contains_field(&c.column_type, *field))?;
+            Some((name.clone(), column.name.clone()))
+        })
+}
+
+/// Whether `column_type` nests a field with id `field`.
+fn contains_field(column_type: &ColumnType, field: FieldId) -> bool {
+    let fields: &[NestedField] = match column_type {
+        ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
+        ColumnType::Struct(fields) => fields,
+        _ => return false,
+    };
+    fields
+        .iter()
+        .any(|f| f.field_id == field || contains_field(&f.column_type, field))
+}
+
+/// The id and type of the field of `table` that `path` names: a column,
+/// then field names down through structs (`item` for an array's element).
+fn field_at<'a>(table: &'a Table, path: &[String]) -> Option<(FieldId, &'a ColumnType)> {
+    let (first, rest) = path.split_first()?;
+    let column = table.columns.iter().find(|c| &c.name == first)?;
+    let mut found = (column.field_id, &column.column_type);
+    for name in rest {
+        let fields: &[NestedField] = match found.1 {
+            ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
+            ColumnType::Struct(fields) => fields,
+            _ => return None,
+        };
+        let field = fields.iter().find(|f| &f.name == name)?;
+        found = (field.field_id, &field.column_type);
+    }
+    Some(found)
 }
 
 /// Marks the move of the rebalance under way that `MoveChunk` made, if it
@@ -1231,10 +1342,20 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
                     Err(CatalogError::SchemaNotFound(name.clone()))
                 };
             }
-            let has_relations =
-                catalog.tables_in(name).next().is_some() || catalog.views_in(name).next().is_some();
+            let has_relations = catalog.tables_in(name).next().is_some()
+                || catalog.views_in(name).next().is_some()
+                || catalog.types.keys().any(|(schema, _)| schema == name);
             if has_relations && !cascade {
                 return Err(CatalogError::SchemaNotEmpty(name.clone()));
+            }
+            let gone: Vec<(String, String)> = catalog
+                .types
+                .keys()
+                .filter(|(schema, _)| schema == name)
+                .cloned()
+                .collect();
+            for key in gone {
+                catalog.types.remove(&key);
             }
             let views: Vec<(String, String)> = catalog
                 .views_in(name)
@@ -1781,6 +1902,89 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             },
             |table| table.file_layout = Some(Arc::new(layout.clone())),
         ),
+        Command::CreateType {
+            schema,
+            name,
+            fields,
+        } => {
+            if !catalog.schemas.contains_key(schema) {
+                return Err(CatalogError::SchemaNotFound(schema.clone()));
+            }
+            let key = (schema.clone(), name.clone());
+            if catalog.types.contains_key(&key) || catalog.relation_exists(schema, name) {
+                return Err(CatalogError::TypeExists(name.clone()));
+            }
+            let id = catalog.next_id;
+            catalog.next_id += 3;
+            catalog.types.insert(
+                key,
+                Arc::new(CompositeType {
+                    id,
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    fields: fields.clone(),
+                }),
+            );
+            Ok(Applied::Nothing)
+        }
+        Command::DropType {
+            schema,
+            name,
+            if_exists,
+        } => {
+            let key = (schema.clone(), name.clone());
+            let Some(composite) = catalog.types.get(&key).cloned() else {
+                return if *if_exists {
+                    Ok(Applied::Nothing)
+                } else {
+                    Err(CatalogError::TypeNotFound(name.clone()))
+                };
+            };
+            if let Some((table, column)) = type_user(catalog, &composite) {
+                return Err(CatalogError::TypeInUse {
+                    name: name.clone(),
+                    table,
+                    column,
+                });
+            }
+            catalog.types.remove(&key);
+            let users: Vec<(TableId, FieldId)> = catalog
+                .typed_fields
+                .iter()
+                .filter(|(_, id)| **id == composite.id)
+                .map(|(key, _)| *key)
+                .collect();
+            for key in users {
+                catalog.typed_fields.remove(&key);
+            }
+            Ok(Applied::Nothing)
+        }
+        Command::DeclareTypes {
+            schema,
+            table,
+            fields,
+        } => {
+            let Some(found) = catalog.table(schema, table) else {
+                return Err(CatalogError::TableNotFound(table.clone()));
+            };
+            let found = found.clone();
+            let mut declared = Vec::with_capacity(fields.len());
+            for (path, type_schema, type_name) in fields {
+                let Some(composite) = catalog.types.get(&(type_schema.clone(), type_name.clone()))
+                else {
+                    return Err(CatalogError::TypeNotFound(type_name.clone()));
+                };
+                let field = field_at(&found, path)
+                    .filter(|(_, column_type)| composite.matches(column_type))
+                    .ok_or_else(|| CatalogError::NotOfType {
+                        column: path.join("."),
+                        name: type_name.clone(),
+                    })?;
+                declared.push(((found.id, field.0), composite.id));
+            }
+            catalog.typed_fields.extend(declared);
+            Ok(Applied::Nothing)
+        }
         Command::CreateView { view, or_replace } => {
             if !catalog.schemas.contains_key(&view.schema) {
                 return Err(CatalogError::SchemaNotFound(view.schema.clone()));

@@ -27,9 +27,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quarry_common::catalog::{
-    Catalog, ChunkId, DeletionVector, DroppedTable, ExternalSource, GossipKey, Maintenance, NodeId,
-    PendingChannel, Rebalance, RowRange, SchemaId, SnapshotId, Stripe, Table, TableId, TableNotes,
-    View,
+    Catalog, ChunkId, CompositeType, DeletionVector, DroppedTable, ExternalSource, FieldId,
+    GossipKey, Maintenance, NodeId, PendingChannel, Rebalance, RowRange, SchemaId, SnapshotId,
+    Stripe, Table, TableId, TableNotes, View,
 };
 use quarry_common::partition::{FileLayout, Partitioning};
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
@@ -142,6 +142,15 @@ enum Record<'a> {
         snapshot: SnapshotId,
         rows: bytes::Bytes,
     },
+    /// A named composite type.
+    Type(Cow<'a, CompositeType>),
+    /// A field of a table (live or dropped) declared as a named composite
+    /// type, by the type's id.
+    TypedField {
+        table: TableId,
+        field: FieldId,
+        type_id: u64,
+    },
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -213,6 +222,8 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         maintenance,
         rebalance,
         decommissioning,
+        types,
+        typed_fields,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -299,6 +310,16 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         writer.put(&Record::Decommissioning {
             node: *node,
             since: *since,
+        })?;
+    }
+    for composite in types.values() {
+        writer.put(&Record::Type(Cow::Borrowed(composite.as_ref())))?;
+    }
+    for ((table, field), type_id) in typed_fields {
+        writer.put(&Record::TypedField {
+            table: *table,
+            field: *field,
+            type_id: *type_id,
         })?;
     }
     let every_table = tables
@@ -506,6 +527,20 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
                         rows: Arc::new(rows),
                     },
                 ));
+            }
+            Record::Type(composite) => {
+                let composite = composite.into_owned();
+                catalog.types.insert(
+                    (composite.schema.clone(), composite.name.clone()),
+                    Arc::new(composite),
+                );
+            }
+            Record::TypedField {
+                table,
+                field,
+                type_id,
+            } => {
+                catalog.typed_fields.insert((table, field), type_id);
             }
             Record::External { table, source } => {
                 catalog
@@ -720,6 +755,39 @@ mod tests {
                 granted: true,
             },
         );
+        // A composite type, and a column of t1 declared as it.
+        let fields = vec![quarry_common::catalog::NestedField {
+            field_id: 0,
+            name: "zip".into(),
+            column_type: quarry_common::catalog::ColumnType::Int32,
+        }];
+        ok(
+            &mut catalog,
+            Command::CreateType {
+                schema: "public".into(),
+                name: "address".into(),
+                fields: fields.clone(),
+            },
+        );
+        ok(
+            &mut catalog,
+            Command::Batch(vec![
+                Command::AlterTable {
+                    table: t1,
+                    change: crate::command::SchemaChange::AddColumn(crate::command::ColumnDef {
+                        name: "home".into(),
+                        column_type: quarry_common::catalog::ColumnType::Struct(fields),
+                        nullable: true,
+                        default: None,
+                    }),
+                },
+                Command::DeclareTypes {
+                    schema: "public".into(),
+                    table: "t1".into(),
+                    fields: vec![(vec!["home".into()], "public".into(), "address".into())],
+                },
+            ]),
+        );
         catalog
     }
 
@@ -747,6 +815,10 @@ mod tests {
         assert_eq!(catalog.notes.len(), 1);
         assert_eq!(catalog.roles.len(), 1);
         assert_eq!(catalog.acls.len(), 1);
+        assert_eq!(catalog.types.len(), 1);
+        let t1 = catalog.table("public", "t1").expect("t1");
+        let home = t1.column("home").expect("home").field_id;
+        assert!(catalog.composite_of(t1, home).is_some());
         let mut catalog = catalog;
         ok(
             &mut catalog,
@@ -898,6 +970,8 @@ mod tests {
         let back = read(bytes.as_slice()).expect("read");
         assert_eq!(back, catalog);
         assert_eq!(back.table_keys, catalog.table_keys);
+        assert_eq!(back.types, catalog.types);
+        assert_eq!(back.typed_fields, catalog.typed_fields);
         assert_eq!(back.maintenance.get(&2), Some(&mark));
         assert_eq!(back.rebalance.as_ref().map(|r| r.moves.len()), Some(1));
         assert!(back.decommissioning.contains_key(&3));

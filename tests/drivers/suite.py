@@ -774,6 +774,29 @@ def asyncpg_queries_copy_and_cursors(connect):
 
 
 @case
+def composite_types_are_described_by_their_oids(connect):
+    """A column of a named composite type (CREATE TYPE ... AS), and one of an
+    array of it, are described by the type's and its array type's pg_type
+    oids; psycopg, which has no loader registered for them, returns their
+    text, in record_out's and array_out's forms."""
+    with connect() as conn:
+        conn.execute("CREATE TYPE postal AS (street text, zip int)")
+        conn.execute("CREATE TABLE letters (id int, sent_to postal, copies postal[])")
+        conn.execute("INSERT INTO letters VALUES "
+                     "(1, ROW('Main St', 12345), ARRAY[ROW('Old Rd', NULL)::postal])")
+        oids = dict(conn.execute(
+            "SELECT typname, oid::bigint FROM pg_type WHERE typname IN ('postal', '_postal')"
+        ).fetchall())
+        cursor = conn.execute("SELECT sent_to, copies FROM letters")
+        described = [column.type_code for column in cursor.description]
+        assert described == [oids["postal"], oids["_postal"]], (described, oids)
+        row = cursor.fetchone()
+        assert row == ('("Main St",12345)', '{"(\\"Old Rd\\",)"}'), row
+        conn.execute("DROP TABLE letters")
+        conn.execute("DROP TYPE postal")
+
+
+@case
 def arrays_and_json_round_trip(connect):
     """Arrays and jsonb as Python lists and dicts, both ways: psycopg with
     text and binary results and list / Jsonb parameters, asyncpg with its

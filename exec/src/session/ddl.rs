@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::partition::{PartitionOptions, partitioning_of};
-use quarry_common::catalog::ColumnType;
+use crate::types::{DeclaredType, column_type_naming};
+use quarry_common::catalog::{ColumnType, NestedField};
 use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_raft::{ConstraintDef, ConstraintDefKind};
 
@@ -420,9 +421,37 @@ fn create_partitioning(
 }
 
 impl Session {
-    /// A column definition of CREATE TABLE or ALTER TABLE ADD COLUMN.
-    pub(super) async fn column_def(&self, column: &ast::ColumnDef) -> Result<ColumnDef> {
-        let column_type = column_type_from_sql(&column.data_type)?;
+    /// The column type `sql` names, its composite type names looked up in
+    /// `catalog`; the fields declared as them, their paths starting at
+    /// column `column`, are added to `declared`.
+    pub(super) fn column_type_in(
+        &self,
+        catalog: &Catalog,
+        sql: &ast::DataType,
+        column: &str,
+        declared: &mut Vec<DeclaredType>,
+    ) -> Result<ColumnType> {
+        let named = |name: &ObjectName| {
+            let key = self.resolve(name).ok()?;
+            catalog.types.get(&key).cloned()
+        };
+        column_type_naming(sql, &named, &mut vec![column.to_owned()], declared)
+    }
+
+    /// A column definition of CREATE TABLE or ALTER TABLE ADD COLUMN; the
+    /// fields declared as named composite types are added to `declared`.
+    pub(super) async fn column_def(
+        &self,
+        catalog: &Catalog,
+        column: &ast::ColumnDef,
+        declared: &mut Vec<DeclaredType>,
+    ) -> Result<ColumnDef> {
+        let column_type = self.column_type_in(
+            catalog,
+            &column.data_type,
+            &normalize(&column.name),
+            declared,
+        )?;
         let mut nullable = true;
         let mut default = None;
         for option in &column.options {
@@ -483,6 +512,8 @@ impl Session {
         // Constraint actions, after the column changes (a key over a column
         // added by the same statement).
         let mut constraints = Vec::new();
+        // Fields given a named composite type, declared after the changes.
+        let mut declared = Vec::new();
         for operation in operations {
             let change = match operation {
                 ast::AlterTableOperation::AddColumn { column_def, .. } => {
@@ -493,7 +524,10 @@ impl Session {
                             constraint,
                         });
                     }
-                    SchemaChange::AddColumn(self.column_def(&column_def).await?)
+                    SchemaChange::AddColumn(
+                        self.column_def(&view.catalog, &column_def, &mut declared)
+                            .await?,
+                    )
                 }
                 ast::AlterTableOperation::AddConstraint { constraint, .. } => {
                     constraints.push(Command::AddConstraint {
@@ -544,10 +578,18 @@ impl Session {
                 ast::AlterTableOperation::AlterColumn {
                     column_name,
                     op: ast::AlterColumnOperation::SetDataType { data_type, .. },
-                } => SchemaChange::SetType {
-                    column: normalize(&column_name),
-                    column_type: column_type_from_sql(&data_type)?,
-                },
+                } => {
+                    let column = normalize(&column_name);
+                    SchemaChange::SetType {
+                        column_type: self.column_type_in(
+                            &view.catalog,
+                            &data_type,
+                            &column,
+                            &mut declared,
+                        )?,
+                        column,
+                    }
+                }
                 other => {
                     return Err(user_error(
                         SqlState::FEATURE_NOT_SUPPORTED,
@@ -566,6 +608,25 @@ impl Session {
             })
             .collect();
         commands.extend(constraints);
+        if !declared.is_empty() {
+            // A RENAME TO in the same statement has renamed the table.
+            let table_name = commands
+                .iter()
+                .rev()
+                .find_map(|c| match c {
+                    Command::AlterTable {
+                        change: SchemaChange::RenameTable(to),
+                        ..
+                    } => Some(to.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| table.name.clone());
+            commands.push(Command::DeclareTypes {
+                schema: schema.clone(),
+                table: table_name,
+                fields: declared,
+            });
+        }
         let command = match commands.len() {
             1 => commands.pop().expect("one command"),
             _ => Command::Batch(commands),
@@ -610,6 +671,7 @@ impl Session {
             // SYSTEM_TIME AS OF), keeping their field ids; each table's later
             // changes write new files, so neither sees the other's. A plain
             // CREATE TABLE starts empty.
+            let mut declared = Vec::new();
             let (columns, files, field_ids, deletes) = match &create.clone {
                 Some(source_name) => {
                     let source = self.table(&view.catalog, source_name)?;
@@ -654,7 +716,10 @@ impl Session {
                 None => {
                     let mut columns = Vec::with_capacity(create.columns.len());
                     for column in &create.columns {
-                        columns.push(self.column_def(column).await?);
+                        columns.push(
+                            self.column_def(&view.catalog, column, &mut declared)
+                                .await?,
+                        );
                     }
                     (columns, Vec::new(), Vec::new(), Vec::new())
                 }
@@ -732,11 +797,17 @@ impl Session {
                 name: name.clone(),
                 deletes,
             });
+            let declared = (!declared.is_empty()).then(|| Command::DeclareTypes {
+                schema: schema.clone(),
+                table: name.clone(),
+                fields: declared,
+            });
             let command =
                 if constraints.is_empty()
                     && partitioning.is_none()
                     && file_layout.is_none()
                     && deletes.is_none()
+                    && declared.is_none()
                 {
                     create_table
                 } else {
@@ -745,6 +816,7 @@ impl Session {
                             .chain(partitioning)
                             .chain(file_layout)
                             .chain(deletes)
+                            .chain(declared)
                             .chain(constraints.into_iter().map(|constraint| {
                                 Command::AddConstraint {
                                     schema: schema.clone(),
@@ -974,6 +1046,7 @@ impl Session {
             ObjectType::Table => "DROP TABLE",
             ObjectType::View => "DROP VIEW",
             ObjectType::Schema => "DROP SCHEMA",
+            ObjectType::Type => "DROP TYPE",
             other => {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -1009,6 +1082,20 @@ impl Session {
                         return Err(not_a(&name, "view", "DROP TABLE"));
                     }
                     Command::DropView {
+                        schema,
+                        name,
+                        if_exists,
+                    }
+                }
+                ObjectType::Type => {
+                    let (schema, name) = self.resolve(name)?;
+                    if cascade {
+                        return Err(user_error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "DROP TYPE ... CASCADE is not supported: drop or alter the columns of the type first",
+                        ));
+                    }
+                    Command::DropType {
                         schema,
                         name,
                         if_exists,
@@ -1076,6 +1163,58 @@ impl Session {
         })
         .await?;
         Ok(Output::Command(CommandTag::new("CREATE VIEW")))
+    }
+
+    /// CREATE TYPE name AS (field type, ...): a named composite type
+    /// (PostgreSQL's, section 8.16 of its manual), usable wherever a
+    /// column type is.
+    pub(super) async fn create_type(
+        &mut self,
+        name: &ObjectName,
+        representation: Option<ast::UserDefinedTypeRepresentation>,
+    ) -> Result<Output> {
+        let Some(ast::UserDefinedTypeRepresentation::Composite { attributes }) = representation
+        else {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "only composite types (CREATE TYPE name AS (field type, ...)) are supported",
+            ));
+        };
+        let (schema, type_name) = self.resolve(name)?;
+        let catalog = self.ddl_catalog().await?;
+        let mut fields: Vec<NestedField> = Vec::with_capacity(attributes.len());
+        for attribute in &attributes {
+            let field = normalize(&attribute.name);
+            if fields.iter().any(|f| f.name == field) {
+                return Err(user_error(
+                    SqlState::DUPLICATE_COLUMN,
+                    format!("column \"{field}\" specified more than once"),
+                ));
+            }
+            // A field of a composite type is stored as its struct.
+            let column_type =
+                self.column_type_in(&catalog, &attribute.data_type, &field, &mut Vec::new())?;
+            fields.push(NestedField {
+                field_id: 0,
+                name: field,
+                column_type,
+            });
+        }
+        if fields.is_empty() {
+            // PostgreSQL allows a composite type of no fields; a struct
+            // column needs one.
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "a composite type needs at least one field",
+            ));
+        }
+        self.write_ddl(Command::CreateType {
+            schema,
+            name: type_name,
+            fields,
+        })
+        .await?;
+        Ok(Output::Command(CommandTag::new("CREATE TYPE")))
     }
 
     /// ALTER VIEW [IF EXISTS] name RENAME TO to.

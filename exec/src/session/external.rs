@@ -35,6 +35,7 @@ impl Session {
         // The files must exist now, whether or not the columns are given.
         crate::external::resolve_files(&source.uris, "CREATE EXTERNAL TABLE")?;
         let mut defs = Vec::with_capacity(columns.len());
+        let mut declared = Vec::new();
         if columns.is_empty() {
             let files = crate::external::infer_schema(&self.ctx.state(), &source).await?;
             for field in files.fields() {
@@ -52,7 +53,9 @@ impl Session {
             }
         } else {
             for column in columns {
-                let mut def = self.column_def(column).await?;
+                let mut def = self
+                    .column_def(&view.catalog, column, &mut declared)
+                    .await?;
                 if def.default.is_some() {
                     return Err(user_error(
                         SqlState::FEATURE_NOT_SUPPORTED,
@@ -64,7 +67,12 @@ impl Session {
                 defs.push(def);
             }
         }
-        self.write_ddl(Command::Batch(vec![
+        let declared = (!declared.is_empty()).then(|| Command::DeclareTypes {
+            schema: schema.clone(),
+            table: table.clone(),
+            fields: declared,
+        });
+        let mut commands = vec![
             Command::CreateTable {
                 schema: schema.clone(),
                 name: table.clone(),
@@ -81,8 +89,9 @@ impl Session {
                 name: table,
                 source,
             },
-        ]))
-        .await?;
+        ];
+        commands.extend(declared);
+        self.write_ddl(Command::Batch(commands)).await?;
         done()
     }
 }
