@@ -156,14 +156,31 @@ impl ColumnType {
         }
     }
 
-    /// The largest field id inside this type, if it nests any.
-    pub fn max_field_id(&self) -> Option<FieldId> {
-        let fields: &[NestedField] = match self {
+    /// The fields this type nests directly: an array's element, a struct's
+    /// fields; none for other types.
+    pub fn nested_fields(&self) -> &[NestedField] {
+        match self {
             ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
             ColumnType::Struct(fields) => fields,
-            _ => return None,
-        };
-        fields
+            _ => &[],
+        }
+    }
+
+    /// The type of the field with id `field` nested at any depth inside
+    /// this type.
+    pub fn field_type(&self, field: FieldId) -> Option<&ColumnType> {
+        self.nested_fields().iter().find_map(|f| {
+            if f.field_id == field {
+                Some(&f.column_type)
+            } else {
+                f.column_type.field_type(field)
+            }
+        })
+    }
+
+    /// The largest field id inside this type, if it nests any.
+    pub fn max_field_id(&self) -> Option<FieldId> {
+        self.nested_fields()
             .iter()
             .map(|f| f.column_type.max_field_id().unwrap_or(0).max(f.field_id))
             .max()
@@ -469,25 +486,11 @@ pub const DEFAULT_RETENTION_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
 impl Table {
     /// The type of the column or nested field with id `field`.
     pub fn field_type(&self, field: FieldId) -> Option<&ColumnType> {
-        fn find(column_type: &ColumnType, field: FieldId) -> Option<&ColumnType> {
-            let fields: &[NestedField] = match column_type {
-                ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
-                ColumnType::Struct(fields) => fields,
-                _ => return None,
-            };
-            fields.iter().find_map(|f| {
-                if f.field_id == field {
-                    Some(&f.column_type)
-                } else {
-                    find(&f.column_type, field)
-                }
-            })
-        }
         self.columns.iter().find_map(|c| {
             if c.field_id == field {
                 Some(&c.column_type)
             } else {
-                find(&c.column_type, field)
+                c.column_type.field_type(field)
             }
         })
     }

@@ -255,6 +255,24 @@ fn composite_type_rows(meta: &Catalog) -> Vec<Row> {
     rows
 }
 
+/// Nullable attributes numbered 1, 2, ... of the `(name, type)`s of
+/// `columns`, with no defaults (an index's, a composite type's).
+fn numbered_attributes<'a>(
+    columns: impl Iterator<Item = (&'a String, &'a ColumnType)>,
+) -> Vec<Attribute> {
+    columns
+        .zip(1..)
+        .map(|((name, column_type), number)| Attribute {
+            number,
+            name: name.clone(),
+            type_oid: pg_type(column_type).oid() as i32,
+            column_type: Some(column_type.clone()),
+            not_null: false,
+            default: None,
+        })
+        .collect()
+}
+
 /// The relations of kind `c` that hold the fields of `meta`'s composite
 /// types, as PostgreSQL keeps them in pg_class and pg_attribute.
 fn composite_relations(meta: &Catalog) -> Vec<Relation> {
@@ -267,19 +285,12 @@ fn composite_relations(meta: &Catalog) -> Vec<Relation> {
             namespace: namespace_oid(meta, &composite.schema),
             name: composite.name.clone(),
             kind: "c",
-            columns: composite
-                .fields
-                .iter()
-                .zip(1..)
-                .map(|(field, number)| Attribute {
-                    number,
-                    name: field.name.clone(),
-                    type_oid: pg_type(&field.column_type).oid() as i32,
-                    column_type: Some(field.column_type.clone()),
-                    not_null: false,
-                    default: None,
-                })
-                .collect(),
+            columns: numbered_attributes(
+                composite
+                    .fields
+                    .iter()
+                    .map(|field| (&field.name, &field.column_type)),
+            ),
             rows: 0.0,
             bytes: 0,
             has_index: false,
@@ -774,19 +785,11 @@ impl PgCatalogSchema {
                 namespace: key.namespace,
                 name: key.constraint.name.clone(),
                 kind: "i",
-                columns: key
-                    .columns
-                    .iter()
-                    .zip(1..)
-                    .map(|(column, number)| Attribute {
-                        number,
-                        name: column.name.clone(),
-                        type_oid: pg_type(&column.column_type).oid() as i32,
-                        column_type: Some(column.column_type.clone()),
-                        not_null: false,
-                        default: None,
-                    })
-                    .collect(),
+                columns: numbered_attributes(
+                    key.columns
+                        .iter()
+                        .map(|column| (&column.name, &column.column_type)),
+                ),
                 rows: 0.0,
                 bytes: 0,
                 has_index: false,

@@ -1160,21 +1160,9 @@ fn type_user(catalog: &Catalog, composite: &CompositeType) -> Option<(String, St
             let column = table
                 .columns
                 .iter()
-                .find(|c| c.field_id == *field || contains_field(&c.column_type, *field))?;
+                .find(|c| c.field_id == *field || c.column_type.field_type(*field).is_some())?;
             Some((name.clone(), column.name.clone()))
         })
-}
-
-/// Whether `column_type` nests a field with id `field`.
-fn contains_field(column_type: &ColumnType, field: FieldId) -> bool {
-    let fields: &[NestedField] = match column_type {
-        ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
-        ColumnType::Struct(fields) => fields,
-        _ => return false,
-    };
-    fields
-        .iter()
-        .any(|f| f.field_id == field || contains_field(&f.column_type, field))
 }
 
 /// The id and type of the field of `table` that `path` names: a column,
@@ -1184,12 +1172,7 @@ fn field_at<'a>(table: &'a Table, path: &[String]) -> Option<(FieldId, &'a Colum
     let column = table.columns.iter().find(|c| &c.name == first)?;
     let mut found = (column.field_id, &column.column_type);
     for name in rest {
-        let fields: &[NestedField] = match found.1 {
-            ColumnType::Array(element) => std::slice::from_ref(element.as_ref()),
-            ColumnType::Struct(fields) => fields,
-            _ => return None,
-        };
-        let field = fields.iter().find(|f| &f.name == name)?;
+        let field = found.1.nested_fields().iter().find(|f| &f.name == name)?;
         found = (field.field_id, &field.column_type);
     }
     Some(found)
