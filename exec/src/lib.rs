@@ -48,6 +48,7 @@ pub mod pg_catalog;
 pub mod pg_functions;
 pub mod pg_roles;
 pub mod pg_signatures;
+pub mod pgoutput;
 pub mod privileges;
 pub mod result_cache;
 pub mod rewrite;
