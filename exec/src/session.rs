@@ -751,6 +751,25 @@ impl Session {
                 }
             }
         }
+        // A parameter compared with an `oid` column (`WHERE t.oid = $1`) is
+        // an oid, as PostgreSQL types it: described as `oid` (UInt32 here),
+        // which clients bind oids to (tokio-postgres's type lookup does).
+        if let Ok(fields) = plan.get_parameter_fields() {
+            for (name, field) in fields {
+                let is_oid = field.is_some_and(|f| {
+                    f.data_type() == &DataType::Int32
+                        && f.metadata()
+                            .get(datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_KEY)
+                            .is_some_and(|kind| kind == "oid")
+                });
+                if is_oid
+                    && let Ok(i) = name.trim_start_matches('$').parse::<usize>()
+                    && let Some(slot) = params.get_mut(i.wrapping_sub(1))
+                {
+                    *slot = Some(DataType::UInt32);
+                }
+            }
+        }
         let schema = match statement {
             Statement::Query(_) | Statement::Explain { .. } | Statement::ShowVariable { .. }
                 if rows =>

@@ -1583,6 +1583,8 @@ impl QueryParser for ConnectionState {
         stmt.params
             .iter()
             .map(|t| match t {
+                // An oid (a parameter compared with an `oid` column).
+                Some(DataType::UInt32) => Ok(Type::OID),
                 Some(t) => match oid_array(t) {
                     Some(oids) => Ok(oids),
                     None => into_pg_type(t),
@@ -1750,6 +1752,8 @@ fn bind_parameters(
     let decode_as: Vec<Option<&DataType>> = (0..portal.parameter_len())
         .map(|i| match needed.get(i) {
             _ if client_typed(i) => None,
+            // An oid's forms are int4's (`decodable`).
+            Some(Some(DataType::UInt32)) => Some(&DataType::Int32),
             Some(Some(t)) => Some(t),
             _ if portal.parameters[i].is_none() => Some(&DataType::Utf8),
             _ => None,
@@ -1795,7 +1799,8 @@ fn decodable(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
             .is_some_and(|t| *t == Type::JSON || *t == Type::JSONB)
     };
     let is_oids = |t: &Option<Type>| t.as_ref() == Some(&Type::OID_ARRAY);
-    if !types.iter().any(|t| is_json(t) || is_oids(t)) {
+    let is_oid = |t: &Option<Type>| t.as_ref() == Some(&Type::OID);
+    if !types.iter().any(|t| is_json(t) || is_oids(t) || is_oid(t)) {
         return Ok(None);
     }
     let mut parameters = portal.parameters.clone();
@@ -1803,6 +1808,13 @@ fn decodable(portal: &Portal<Prepared>) -> PgWireResult<Option<Portal<()>>> {
     for (i, t) in decodable_types.iter_mut().enumerate() {
         if is_oids(t) {
             *t = Some(Type::INT4_ARRAY);
+            continue;
+        }
+        if is_oid(t) {
+            // The same text; binary, four bytes as int4's. (Quarry's oids
+            // are below 2^31; one past it reads negative and fails to
+            // convert to the oid the statement needs.)
+            *t = Some(Type::INT4);
             continue;
         }
         if !is_json(t) {

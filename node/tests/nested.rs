@@ -749,8 +749,9 @@ async fn a_named_composite_type_is_in_the_catalog_and_outlives_kill_9() {
     let type_oid = pg_type_oid(&client, "address").await;
 
     // (The row description's oids are checked through psycopg in
-    // tests/drivers/suite.py: tokio-postgres looks an unknown oid up with
-    // `t.oid = $1` bound as oid, which Quarry describes as int4.)
+    // tests/drivers/suite.py; tokio-postgres's own type lookup reads
+    // pg_type.typtype as PostgreSQL's one-byte "char", which Quarry sends
+    // as text.)
     // The type and the column's declaration are in the Raft log.
     drop(client);
     node.kill9();

@@ -182,6 +182,32 @@ async fn prepared_statements_bind_typed_parameters() {
     assert_eq!(row.get::<_, u32>(0), 5);
     assert_eq!(row.get::<_, Vec<u32>>(1), [16, 20]);
     assert_eq!(row.get::<_, chrono::NaiveDate>(2), day);
+    // A parameter compared with an oid column is an oid (tokio-postgres's
+    // own type lookup binds `t.oid = $1` so), in binary and in text.
+    let by_oid = client
+        .prepare("SELECT typname FROM pg_catalog.pg_type WHERE oid = $1")
+        .await
+        .expect("prepare by oid");
+    assert_eq!(by_oid.params(), [Type::OID]);
+    let row = client
+        .query_one(&by_oid, &[&25u32])
+        .await
+        .expect("bound oid");
+    assert_eq!(row.get::<_, &str>(0), "text");
+    let texts = client
+        .simple_query(
+            "PREPARE by_oid AS SELECT typname FROM pg_type WHERE oid = $1; EXECUTE by_oid('23')",
+        )
+        .await
+        .expect("EXECUTE with an oid");
+    let names: Vec<&str> = texts
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["int4"]);
 
     // Counts DataFusion answers unsigned are bigints, not numerics.
     let counts = client
