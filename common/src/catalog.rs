@@ -827,6 +827,10 @@ pub struct Catalog {
     /// Records of their own in the Raft snapshot file.
     #[serde(skip)]
     pub typed_fields: OrdMap<(TableId, FieldId), u64>,
+    /// Subscriptions to PostgreSQL publications (`CREATE SUBSCRIPTION`),
+    /// by name; records of their own in the Raft snapshot file.
+    #[serde(skip)]
+    pub subscriptions: OrdMap<String, Arc<crate::subscription::Subscription>>,
 }
 
 /// A named composite type (PostgreSQL's `CREATE TYPE name AS (field type,

@@ -20,5 +20,6 @@ pub mod catalog;
 pub mod partition;
 pub mod roles;
 pub mod sqlstate;
+pub mod subscription;
 
 pub use sqlstate::SqlState;

@@ -46,7 +46,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// requests; version 19: `StartRebalance`, `FinishRebalance`,
 /// `Decommission`, `Restore`; version 20: `SetPartitioning`,
 /// `SetFileLayout`; version 21: `CommitRows`, `SetDeletes`; version 22:
-/// `CreateType`, `DropType`, `DeclareTypes`), needs a new version.
+/// `CreateType`, `DropType`, `DeclareTypes` and the subscription
+/// commands), needs a new version.
 pub const WIRE_VERSION: u8 = 22;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -951,10 +952,16 @@ mod tests {
             | C::CreateType { .. }
             | C::DropType { .. }
             | C::DeclareTypes { .. }
+            | C::CreateSubscription(_)
+            | C::DropSubscription { .. }
+            | C::AlterSubscription { .. }
+            | C::AdvanceSubscription(_)
+            | C::SubscriptionFailed { .. }
             | C::CreatePredefinedRoles => {}
         }
         // Version 20: SetPartitioning, SetFileLayout; 21: CommitRows,
-        // SetDeletes; 22: CreateType, DropType, DeclareTypes.
+        // SetDeletes; 22: CreateType, DropType, DeclareTypes and the
+        // subscription commands.
         const _: () = assert!(WIRE_VERSION == 22, "update the list above");
     }
 

@@ -16,6 +16,7 @@ use quarry_common::catalog::{
 };
 use quarry_common::partition::{FileLayout, MAX_CLUSTER_COLUMNS, Partitioning};
 use quarry_common::roles::{AccessToken, Privileges, RoleId, Securable};
+use quarry_common::subscription::{Progress, Subscription};
 use serde::{Deserialize, Serialize};
 
 mod roles;
@@ -624,6 +625,39 @@ pub enum Command {
         /// IF EXISTS: a missing type is not an error.
         if_exists: bool,
     },
+    /// CREATE SUBSCRIPTION; [`CatalogError::SubscriptionExists`] for a
+    /// name in use.
+    CreateSubscription(Subscription),
+    /// DROP SUBSCRIPTION (its applier stops and drops its slot first).
+    DropSubscription {
+        /// Its name.
+        name: String,
+        /// IF EXISTS: a missing subscription is not an error.
+        if_exists: bool,
+    },
+    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION.
+    AlterSubscription {
+        /// Its name.
+        name: String,
+        /// ENABLE (true) or DISABLE (false).
+        enabled: Option<bool>,
+        /// CONNECTION: the new connection string (without its password)
+        /// and password.
+        connection: Option<(String, Option<String>)>,
+    },
+    /// Moves a subscription's applied position (proposed in one batch with
+    /// the commit of the source transaction's rows, so the rows and the
+    /// position commit together or not at all);
+    /// [`CatalogError::SubscriptionMoved`] when the position is no longer
+    /// the one the applier read.
+    AdvanceSubscription(Progress),
+    /// Records the error that stopped a subscription's applier.
+    SubscriptionFailed {
+        /// Its name.
+        name: String,
+        /// The error (never the connection's password).
+        error: String,
+    },
     /// Declares fields of table `schema.table` as named composite types
     /// (proposed in one batch with the CREATE TABLE or ALTER TABLE that
     /// gives them their struct types).
@@ -1078,6 +1112,24 @@ pub enum CatalogError {
         /// The column.
         column: String,
     },
+    /// CREATE SUBSCRIPTION of a name in use.
+    #[error("subscription \"{0}\" already exists")]
+    SubscriptionExists(String),
+    /// A subscription that does not exist.
+    #[error("subscription \"{0}\" does not exist")]
+    SubscriptionNotFound(String),
+    /// A move of a subscription's applied position from a position that is
+    /// no longer current (the transaction was applied already), or
+    /// backwards.
+    #[error("subscription \"{name}\" is at LSN {current}, not {from}")]
+    SubscriptionMoved {
+        /// The subscription.
+        name: String,
+        /// Its applied position.
+        current: u64,
+        /// The position the move started from.
+        from: u64,
+    },
     /// A field a declaration names that the table does not have, or whose
     /// type is not the named type's.
     #[error("column \"{column}\" is not of type {name}")]
@@ -1143,8 +1195,20 @@ impl CatalogError {
             CatalogError::TypeNotFound(_) => SqlState::UNDEFINED_OBJECT,
             CatalogError::TypeInUse { .. } => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
             CatalogError::NotOfType { .. } => SqlState::DATATYPE_MISMATCH,
+            CatalogError::SubscriptionExists(_) => SqlState::DUPLICATE_OBJECT,
+            CatalogError::SubscriptionNotFound(_) => SqlState::UNDEFINED_OBJECT,
+            CatalogError::SubscriptionMoved { .. } => SqlState::SERIALIZATION_FAILURE,
         }
     }
+}
+
+/// A copy of subscription `name`, to change and put back.
+fn subscription_named(catalog: &Catalog, name: &str) -> Result<Subscription, CatalogError> {
+    catalog
+        .subscriptions
+        .get(name)
+        .map(|s| s.as_ref().clone())
+        .ok_or_else(|| CatalogError::SubscriptionNotFound(name.to_owned()))
 }
 
 /// The first live table and column with a field declared as `composite`.
@@ -1885,6 +1949,62 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             },
             |table| table.file_layout = Some(Arc::new(layout.clone())),
         ),
+        Command::CreateSubscription(subscription) => {
+            if catalog.subscriptions.contains_key(&subscription.name) {
+                return Err(CatalogError::SubscriptionExists(subscription.name.clone()));
+            }
+            catalog
+                .subscriptions
+                .insert(subscription.name.clone(), Arc::new(subscription.clone()));
+            Ok(Applied::Nothing)
+        }
+        Command::DropSubscription { name, if_exists } => match catalog.subscriptions.remove(name) {
+            Some(_) => Ok(Applied::Nothing),
+            None if *if_exists => Ok(Applied::Nothing),
+            None => Err(CatalogError::SubscriptionNotFound(name.clone())),
+        },
+        Command::AlterSubscription {
+            name,
+            enabled,
+            connection,
+        } => {
+            let mut subscription = subscription_named(catalog, name)?;
+            if let Some(enabled) = enabled {
+                subscription.enabled = *enabled;
+            }
+            if let Some((connection, password)) = connection {
+                subscription.connection = connection.clone();
+                subscription.password = password.clone();
+            }
+            catalog
+                .subscriptions
+                .insert(name.clone(), Arc::new(subscription));
+            Ok(Applied::Nothing)
+        }
+        Command::AdvanceSubscription(progress) => {
+            let name = &progress.subscription;
+            let mut subscription = subscription_named(catalog, name)?;
+            let now = commit_time(catalog, proposal.proposed_at);
+            subscription
+                .advance(progress, now)
+                .map_err(|_| CatalogError::SubscriptionMoved {
+                    name: name.clone(),
+                    current: subscription.applied_lsn,
+                    from: progress.from_lsn,
+                })?;
+            catalog
+                .subscriptions
+                .insert(name.clone(), Arc::new(subscription));
+            Ok(Applied::Nothing)
+        }
+        Command::SubscriptionFailed { name, error } => {
+            let mut subscription = subscription_named(catalog, name)?;
+            subscription.last_error = Some(error.clone());
+            catalog
+                .subscriptions
+                .insert(name.clone(), Arc::new(subscription));
+            Ok(Applied::Nothing)
+        }
         Command::CreateType {
             schema,
             name,

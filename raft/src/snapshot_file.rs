@@ -33,6 +33,7 @@ use quarry_common::catalog::{
 };
 use quarry_common::partition::{FileLayout, Partitioning};
 use quarry_common::roles::{AccessToken, Acl, Role, Securable};
+use quarry_common::subscription::Subscription;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"QSNP";
@@ -151,6 +152,9 @@ enum Record<'a> {
         field: FieldId,
         type_id: u64,
     },
+    /// A subscription (its password included: the snapshot file, as the
+    /// Raft log, holds the catalog whole).
+    Subscription(Cow<'a, Subscription>),
 }
 
 /// A table's ingest buffer and moved buffered files, as read from their
@@ -224,6 +228,7 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
         decommissioning,
         types,
         typed_fields,
+        subscriptions,
     } = catalog;
     let mut out = BufWriter::new(out);
     out.write_all(MAGIC)?;
@@ -314,6 +319,9 @@ pub fn write(catalog: &Catalog, out: impl Write) -> io::Result<()> {
     }
     for composite in types.values() {
         writer.put(&Record::Type(Cow::Borrowed(composite.as_ref())))?;
+    }
+    for subscription in subscriptions.values() {
+        writer.put(&Record::Subscription(Cow::Borrowed(subscription.as_ref())))?;
     }
     for ((table, field), type_id) in typed_fields {
         writer.put(&Record::TypedField {
@@ -542,6 +550,12 @@ pub fn read(input: impl Read) -> io::Result<Catalog> {
             } => {
                 catalog.typed_fields.insert((table, field), type_id);
             }
+            Record::Subscription(subscription) => {
+                let subscription = subscription.into_owned();
+                catalog
+                    .subscriptions
+                    .insert(subscription.name.clone(), Arc::new(subscription));
+            }
             Record::External { table, source } => {
                 catalog
                     .external
@@ -754,6 +768,32 @@ mod tests {
                 privileges: quarry_common::roles::Privileges::SELECT,
                 granted: true,
             },
+        );
+        ok(
+            &mut catalog,
+            Command::CreateSubscription(quarry_common::subscription::Subscription {
+                name: "sub".into(),
+                owner: "alice".into(),
+                connection: "host=127.0.0.1".into(),
+                password: Some("kept".into()),
+                publications: vec!["p".into()],
+                slot_name: "sub".into(),
+                enabled: true,
+                copy_data: true,
+                create_slot: true,
+                phase: quarry_common::subscription::SubscriptionPhase::Streaming,
+                tables: vec![quarry_common::subscription::SubscribedTable {
+                    source_schema: "public".into(),
+                    source_name: "t1".into(),
+                    table: t1,
+                    key: vec!["a".into()],
+                }],
+                applied_lsn: 42,
+                rows_applied: 3,
+                applied_at: 1,
+                source_commit_at: 2,
+                last_error: None,
+            }),
         );
         // A composite type, and a column of t1 declared as it.
         let fields = vec![quarry_common::catalog::NestedField {
@@ -972,6 +1012,8 @@ mod tests {
         assert_eq!(back.table_keys, catalog.table_keys);
         assert_eq!(back.types, catalog.types);
         assert_eq!(back.typed_fields, catalog.typed_fields);
+        assert_eq!(back.subscriptions, catalog.subscriptions);
+        assert_eq!(back.subscriptions.len(), 1);
         assert_eq!(back.maintenance.get(&2), Some(&mark));
         assert_eq!(back.rebalance.as_ref().map(|r| r.moves.len()), Some(1));
         assert!(back.decommissioning.contains_key(&3));

@@ -1896,3 +1896,118 @@ fn a_buffer_move_of_a_file_with_deleted_rows_is_refused() {
         Err(CatalogError::SerializationFailure("t".into()))
     );
 }
+
+fn subscription(name: &str) -> quarry_common::subscription::Subscription {
+    quarry_common::subscription::Subscription {
+        name: name.into(),
+        owner: "quarry".into(),
+        connection: "host=127.0.0.1 dbname=shop".into(),
+        password: Some("secret".into()),
+        publications: vec!["orders".into()],
+        slot_name: name.into(),
+        enabled: true,
+        copy_data: true,
+        create_slot: true,
+        phase: quarry_common::subscription::SubscriptionPhase::Copying,
+        tables: Vec::new(),
+        applied_lsn: 0,
+        rows_applied: 0,
+        applied_at: 0,
+        source_commit_at: 0,
+        last_error: None,
+    }
+}
+
+fn advance(from_lsn: u64, to_lsn: u64) -> Command {
+    Command::AdvanceSubscription(quarry_common::subscription::Progress {
+        subscription: "sub".into(),
+        from_lsn,
+        to_lsn,
+        rows: 1,
+        source_commit_at: 0,
+        phase: quarry_common::subscription::SubscriptionPhase::Streaming,
+        tables: None,
+    })
+}
+
+#[test]
+fn a_source_transaction_commits_with_its_position_exactly_once() {
+    let mut catalog = with_public();
+    run(&mut catalog, create("t")).expect("table");
+    run(
+        &mut catalog,
+        Command::CreateSubscription(subscription("sub")),
+    )
+    .expect("subscription");
+    assert_eq!(
+        run(
+            &mut catalog,
+            Command::CreateSubscription(subscription("sub"))
+        ),
+        Err(CatalogError::SubscriptionExists("sub".into()))
+    );
+    let table = catalog.table("public", "t").expect("t").id;
+    let rows = |catalog: &Catalog| {
+        catalog
+            .table("public", "t")
+            .expect("t")
+            .current_snapshot()
+            .row_count
+    };
+    // The rows and the position in one batch.
+    let transaction = || Command::Batch(vec![append(table, vec![file(3)]), advance(0, 100)]);
+    run(&mut catalog, transaction()).expect("applied");
+    assert_eq!(rows(&catalog), 3);
+    assert_eq!(catalog.subscriptions["sub"].applied_lsn, 100);
+    // The same transaction again adds nothing: its position moved.
+    assert_eq!(
+        run(&mut catalog, transaction()),
+        Err(CatalogError::SubscriptionMoved {
+            name: "sub".into(),
+            current: 100,
+            from: 0
+        })
+    );
+    assert_eq!(rows(&catalog), 3, "the refused batch wrote no rows");
+    run(&mut catalog, advance(100, 150)).expect("an empty transaction moves the position alone");
+    run(
+        &mut catalog,
+        Command::SubscriptionFailed {
+            name: "sub".into(),
+            error: "source gone".into(),
+        },
+    )
+    .expect("failure recorded");
+    assert_eq!(
+        catalog.subscriptions["sub"].last_error.as_deref(),
+        Some("source gone")
+    );
+    run(
+        &mut catalog,
+        Command::AlterSubscription {
+            name: "sub".into(),
+            enabled: Some(false),
+            connection: None,
+        },
+    )
+    .expect("disabled");
+    assert!(!catalog.subscriptions["sub"].enabled);
+    run(
+        &mut catalog,
+        Command::DropSubscription {
+            name: "sub".into(),
+            if_exists: false,
+        },
+    )
+    .expect("dropped");
+    assert_eq!(
+        run(
+            &mut catalog,
+            Command::DropSubscription {
+                name: "sub".into(),
+                if_exists: false,
+            },
+        ),
+        Err(CatalogError::SubscriptionNotFound("sub".into()))
+    );
+}
