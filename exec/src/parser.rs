@@ -531,6 +531,34 @@ pub enum QuarryStatement {
     },
     /// `CREATE USER`: PostgreSQL's CREATE ROLE with LOGIN by default.
     CreateUser(Box<ast::CreateRole>),
+    /// `CREATE SUBSCRIPTION name CONNECTION 'conninfo' PUBLICATION pub [,
+    /// ...] [WITH (option = value, ...)]` (PostgreSQL's).
+    CreateSubscription {
+        /// Its name.
+        name: Ident,
+        /// The source's connection string.
+        connection: String,
+        /// The source's publications.
+        publications: Vec<Ident>,
+        /// The WITH options, names lower-cased, values as written.
+        options: Vec<(String, String)>,
+    },
+    /// `ALTER SUBSCRIPTION name ENABLE | DISABLE | CONNECTION 'conninfo'`.
+    AlterSubscription {
+        /// Its name.
+        name: Ident,
+        /// ENABLE (true) or DISABLE (false).
+        enabled: Option<bool>,
+        /// CONNECTION: the new connection string.
+        connection: Option<String>,
+    },
+    /// `DROP SUBSCRIPTION [IF EXISTS] name`.
+    DropSubscription {
+        /// Its name.
+        name: Ident,
+        /// IF EXISTS: a missing subscription is not an error.
+        if_exists: bool,
+    },
     /// `GRANT role [, ...] TO role [, ...]` (`granted`) or `REVOKE role [,
     /// ...] FROM role [, ...]`: role membership.
     GrantRole {
@@ -995,6 +1023,110 @@ fn parse_access_token(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         let name = parser.parse_identifier().map_err(syntax_error)?;
         QuarryStatement::DropAccessToken { name, if_exists }
+    };
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!(
+            "syntax error at or near \"{}\"",
+            parser.peek_token().token
+        )));
+    }
+    Ok(Some(statement))
+}
+
+/// `CREATE | ALTER | DROP SUBSCRIPTION ...` (PostgreSQL's); None for other
+/// statements.
+fn parse_subscription(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
+    let is_word = |i: usize, word: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let verb = ["create", "alter", "drop"]
+        .into_iter()
+        .find(|verb| is_word(0, verb));
+    let Some(verb) = verb.filter(|_| is_word(1, "subscription")) else {
+        return Ok(None);
+    };
+    let dialect = QuarryDialect::default();
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens[2..].to_vec());
+    let string = |parser: &mut Parser<'_>| parser.parse_literal_string().map_err(syntax_error);
+    let statement = match verb {
+        "create" => {
+            let name = parser.parse_identifier().map_err(syntax_error)?;
+            parser
+                .expect_keyword(Keyword::CONNECTION)
+                .map_err(syntax_error)?;
+            let connection = string(&mut parser)?;
+            match parser.next_token().token {
+                Token::Word(w) if w.value.eq_ignore_ascii_case("publication") => {}
+                _ => {
+                    return Err(syntax_error(
+                        "CREATE SUBSCRIPTION needs PUBLICATION name [, ...]",
+                    ));
+                }
+            }
+            let publications = parser
+                .parse_comma_separated(|p| p.parse_identifier())
+                .map_err(syntax_error)?;
+            let mut options = Vec::new();
+            if parser.parse_keyword(Keyword::WITH) {
+                parser.expect_token(&Token::LParen).map_err(syntax_error)?;
+                loop {
+                    let option = parser
+                        .parse_identifier()
+                        .map_err(syntax_error)?
+                        .value
+                        .to_ascii_lowercase();
+                    // `= value`, or a boolean option given alone (true).
+                    let value = if parser.consume_token(&Token::Eq) {
+                        match parser.next_token().token {
+                            Token::SingleQuotedString(s) => s,
+                            Token::Word(w) => w.value,
+                            Token::Number(n, _) => n,
+                            other => {
+                                return Err(syntax_error(format!(
+                                    "syntax error at or near \"{other}\""
+                                )));
+                            }
+                        }
+                    } else {
+                        "true".to_owned()
+                    };
+                    options.push((option, value));
+                    if !parser.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+                parser.expect_token(&Token::RParen).map_err(syntax_error)?;
+            }
+            QuarryStatement::CreateSubscription {
+                name,
+                connection,
+                publications,
+                options,
+            }
+        }
+        "alter" => {
+            let name = parser.parse_identifier().map_err(syntax_error)?;
+            let (enabled, connection) = if parser.parse_keyword(Keyword::ENABLE) {
+                (Some(true), None)
+            } else if parser.parse_keyword(Keyword::DISABLE) {
+                (Some(false), None)
+            } else if parser.parse_keyword(Keyword::CONNECTION) {
+                (None, Some(string(&mut parser)?))
+            } else {
+                return Err(user_error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "ALTER SUBSCRIPTION supports ENABLE, DISABLE and CONNECTION",
+                ));
+            };
+            QuarryStatement::AlterSubscription {
+                name,
+                enabled,
+                connection,
+            }
+        }
+        _ => {
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = parser.parse_identifier().map_err(syntax_error)?;
+            QuarryStatement::DropSubscription { name, if_exists }
+        }
     };
     if parser.peek_token().token != Token::EOF {
         return Err(syntax_error(format!(
@@ -1506,6 +1638,9 @@ fn parse_quarry_statement(
         }));
     }
     if let Some(statement) = parse_access_token(&tokens)? {
+        return Ok(Some(statement));
+    }
+    if let Some(statement) = parse_subscription(&tokens)? {
         return Ok(Some(statement));
     }
     if first_word == "create"

@@ -78,6 +78,7 @@ mod roles;
 use roles::OwnedKind;
 mod settings;
 mod stream;
+mod subscription;
 mod time_travel;
 mod transaction;
 
@@ -810,6 +811,26 @@ impl Session {
         }
         let result = match statement {
             QuarryStatement::Sql(statement) => self.execute_statement(statement, params).await,
+            QuarryStatement::CreateSubscription {
+                name,
+                connection,
+                publications,
+                options,
+            } => {
+                self.create_subscription(&name, &connection, &publications, &options)
+                    .await
+            }
+            QuarryStatement::AlterSubscription {
+                name,
+                enabled,
+                connection,
+            } => {
+                self.alter_subscription(&name, enabled, connection.as_deref())
+                    .await
+            }
+            QuarryStatement::DropSubscription { name, if_exists } => {
+                self.drop_subscription(&name, if_exists).await
+            }
             QuarryStatement::Undrop(name) => {
                 let (schema, name) = self.resolve(&name)?;
                 self.write_ddl(Command::UndropTable { schema, name })

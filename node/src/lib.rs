@@ -38,4 +38,5 @@ pub mod server;
 pub mod service;
 pub mod stream_api;
 pub mod stripes;
+pub mod subscription;
 pub mod tls;

@@ -457,6 +457,11 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
         config.retention_check,
     ));
     let scrubber = tokio::spawn(scrub(stripes.clone(), config.scrub_interval));
+    // Subscriptions to PostgreSQL publications, applied on the leader.
+    let subscriptions = tokio::spawn(crate::subscription::run(
+        compaction_engine.clone(),
+        meta.clone(),
+    ));
     let compactor = tokio::spawn(compact_tables(
         compaction_engine,
         meta.clone(),
@@ -559,6 +564,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     collector.abort();
     scrubber.abort();
     compactor.abort();
+    subscriptions.abort();
     gauges.abort();
     duties.abort();
     job_keeper.abort();

@@ -176,3 +176,117 @@ async fn pgoutput_messages_of_a_real_server_decode() {
     );
     assert_eq!(changes.len(), 6);
 }
+
+/// The rows of `sql` on a client, each as its columns' text joined by `|`.
+async fn rows_text(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits (up to a minute) until `sql` gives the same rows on the source
+/// and on Quarry; panics with both otherwise.
+async fn converge(source: &tokio_postgres::Client, quarry: &tokio_postgres::Client, sql: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let expected = rows_text(source, sql).await;
+        let found = match quarry.simple_query(sql).await {
+            Ok(_) => rows_text(quarry, sql).await,
+            Err(e) => vec![format!("error: {e:?}")],
+        };
+        if expected == found {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let show = |rows: &[String]| rows.iter().take(5).cloned().collect::<Vec<_>>();
+            panic!(
+                "{sql}: the source has {} rows ({:?}...), Quarry {} ({:?}...)",
+                expected.len(),
+                show(&expected),
+                found.len(),
+                show(&found)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    source
+        .batch_execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2),
+                 opened date, note text);
+             CREATE TABLE ledger (id bigint PRIMARY KEY, account bigint, amount numeric(12,2));
+             CREATE TABLE unpublished (id bigint);
+             INSERT INTO accounts SELECT i, 'owner ' || i, i * 10, DATE '2026-01-01' + i, NULL
+               FROM generate_series(1, 1000) i;
+             CREATE PUBLICATION quarry_pub FOR TABLE accounts, ledger;",
+        )
+        .await
+        .expect("source tables");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    let accounts =
+        "SELECT id, owner, balance, opened, md5(coalesce(note, '-')) FROM accounts ORDER BY id";
+    let ledger = "SELECT id, account, amount FROM ledger ORDER BY id";
+    converge(&source, &quarry, accounts).await;
+
+    // A transaction over two tables; a delete; a key change; a value
+    // stored out of line (TOAST), then an update that leaves it as it was.
+    for change in [
+        "BEGIN; UPDATE accounts SET balance = balance - 5 WHERE id = 1;
+         INSERT INTO ledger VALUES (1, 1, -5), (2, 1, 0.25); COMMIT",
+        "DELETE FROM accounts WHERE id = 2",
+        "UPDATE accounts SET id = 2000 WHERE id = 3",
+        "UPDATE accounts SET note = (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i)
+           WHERE id = 4",
+        "UPDATE accounts SET balance = 1 WHERE id = 4",
+        "INSERT INTO unpublished VALUES (1)",
+        "BEGIN; INSERT INTO accounts VALUES (3001, 'new', 0, NULL, 'tab\there'); DELETE FROM ledger WHERE id = 2; COMMIT",
+    ] {
+        source.batch_execute(change).await.expect(change);
+    }
+    converge(&source, &quarry, accounts).await;
+    converge(&source, &quarry, ledger).await;
+    source
+        .batch_execute("TRUNCATE ledger")
+        .await
+        .expect("truncate");
+    converge(&source, &quarry, ledger).await;
+
+    // DROP SUBSCRIPTION drops the slot on the source.
+    quarry
+        .batch_execute("DROP SUBSCRIPTION sub")
+        .await
+        .expect("drop");
+    let slots: i64 = source
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .expect("slots")
+        .get(0);
+    assert_eq!(slots, 0, "the slot is gone");
+}

@@ -737,6 +737,12 @@ impl Command {
             Command::Batch(commands) | Command::Transaction { commands, .. } => commands
                 .iter_mut()
                 .try_for_each(|command| command.remap_tables(ids)),
+            // The tables an initial copy created in the same transaction.
+            Command::AdvanceSubscription(progress) => progress
+                .tables
+                .iter_mut()
+                .flatten()
+                .try_for_each(|t| map(&mut t.table)),
             Command::CommitRows {
                 commit,
                 deletes,

@@ -157,8 +157,22 @@ pub(super) async fn commit_changes(
     writes: &WriteSet,
     serializable: bool,
 ) -> Result<()> {
+    commit_changes_with(meta, writes, serializable, None).await
+}
+
+/// [`commit_changes`], with `extra` (if any) in the same Raft command: the
+/// command commits whether or not there are changes.
+async fn commit_changes_with(
+    meta: &dyn Metadata,
+    writes: &WriteSet,
+    serializable: bool,
+    extra: Option<Command>,
+) -> Result<()> {
     let mut taken = writes.take().await?;
     if taken.changes.is_empty() {
+        if let Some(extra) = extra {
+            meta.write(extra).await?;
+        }
         return Ok(());
     }
     let read_at = taken.reads.clone();
@@ -168,6 +182,10 @@ pub(super) async fn commit_changes(
         Vec::new()
     };
     let command = data_commit(&taken, read_set, read_at);
+    let command = match extra {
+        Some(extra) => Command::Batch(vec![command, extra]),
+        None => command,
+    };
     if let Err(e) = meta.write(command).await {
         if refused(&e) {
             writes.discard_taken(taken);
@@ -216,7 +234,11 @@ pub(super) fn data_commit(
 
 /// COMMIT of a transaction block with DDL: the DDL and the data changes of
 /// the tables that still exist, as one [`Command::Transaction`].
-async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Result<()> {
+async fn commit_with_ddl(
+    meta: &dyn Metadata,
+    transaction: Transaction,
+    extra: Option<Command>,
+) -> Result<()> {
     let writes = &transaction.view.writes;
     let Taken {
         changes,
@@ -276,6 +298,7 @@ async fn commit_with_ddl(meta: &dyn Metadata, transaction: Transaction) -> Resul
     if !taken.changes.is_empty() {
         commands.push(data_commit(&taken, Vec::new(), pinned));
     }
+    commands.extend(extra);
     let command = Command::Transaction {
         read_set,
         altered,
@@ -394,9 +417,58 @@ impl Session {
             )
             .await?;
         } else {
-            commit_with_ddl(self.engine.meta.as_ref(), transaction).await?;
+            commit_with_ddl(self.engine.meta.as_ref(), transaction, None).await?;
         }
         Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// COMMIT of the open transaction block with `extra` in the same Raft
+    /// command, applied with the block's changes or not at all (a
+    /// subscription's applied position with the rows of the source
+    /// transaction it applied).
+    ///
+    /// # Errors
+    /// 25P01 without a block; 25P02 for a failed block (rolled back); the
+    /// commit's error, `extra`'s refusal included (nothing is committed).
+    pub async fn commit_with(&mut self, extra: Command) -> Result<()> {
+        let Some(transaction) = self.transaction.take() else {
+            return Err(user_error(
+                SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                "there is no transaction in progress",
+            ));
+        };
+        self.transaction = Some(transaction);
+        self.close_transaction_cursors(true);
+        let transaction = self.transaction.take().expect("put back above");
+        if transaction.failed {
+            transaction.view.writes.discard();
+            return Err(user_error(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted",
+            ));
+        }
+        let serializable = transaction.isolation == Isolation::Serializable;
+        if transaction.ddl.is_empty() {
+            commit_changes_with(
+                self.engine.meta.as_ref(),
+                &transaction.view.writes,
+                serializable,
+                Some(extra),
+            )
+            .await
+        } else {
+            commit_with_ddl(self.engine.meta.as_ref(), transaction, Some(extra)).await
+        }
+    }
+
+    /// The id of table `schema.name` as the session sees it now (in a
+    /// transaction block, its catalog: a table the block created has a
+    /// provisional id until COMMIT).
+    ///
+    /// # Errors
+    /// As reading the catalog.
+    pub async fn table_id(&self, schema: &str, name: &str) -> Result<Option<TableId>> {
+        Ok(self.ddl_catalog().await?.table(schema, name).map(|t| t.id))
     }
 
     /// Writes DDL `command`: to the cluster at once, or inside a transaction

@@ -1,0 +1,308 @@
+//! `CREATE | ALTER | DROP SUBSCRIPTION` (PostgreSQL's statements of a
+//! logical replication subscriber): the subscription in the Raft catalog
+//! (`quarry_common::subscription`); the Raft leader's applier
+//! (`quarry_node::subscription`) copies and streams.
+
+use super::*;
+use quarry_common::subscription::{Subscription, SubscriptionPhase};
+
+/// A libpq connection string's `key=value` pairs, values unquoted
+/// (PostgreSQL's manual, section 34.1.1.1: a value with spaces is in single
+/// quotes, with `\'` and `\\` inside).
+fn conninfo_pairs(conninfo: &str) -> Result<Vec<(String, String)>> {
+    let bad = |why: &str| {
+        user_error(
+            SqlState::SYNTAX_ERROR,
+            format!("invalid connection string syntax: {why}"),
+        )
+    };
+    let mut pairs = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(bad(&format!("missing \"=\" after \"{key}\"")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(bad("unterminated quoted string")),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// `pairs` as a connection string, each value quoted.
+fn conninfo_text(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `conninfo` without its password, and the password.
+fn split_password(conninfo: &str) -> Result<(String, Option<String>)> {
+    let pairs = conninfo_pairs(conninfo)?;
+    let password = pairs
+        .iter()
+        .find(|(key, _)| key == "password")
+        .map(|(_, value)| value.clone());
+    let rest: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "password").collect();
+    // What the applier connects with must parse as libpq's form.
+    tokio_postgres::Config::from_str(&conninfo_text(&rest)).map_err(|e| {
+        user_error(
+            SqlState::SYNTAX_ERROR,
+            format!("invalid connection string: {e}"),
+        )
+    })?;
+    Ok((conninfo_text(&rest), password))
+}
+
+/// A boolean option's value (`true`, `false`, `on`, `off`, `1`, `0`).
+fn boolean_option(name: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" | "yes" => Ok(true),
+        "false" | "off" | "0" | "no" => Ok(false),
+        _ => Err(user_error(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("{name} requires a Boolean value"),
+        )),
+    }
+}
+
+use std::str::FromStr;
+
+impl Session {
+    /// 42501 unless the session's role is a superuser (PostgreSQL 16 also
+    /// lets members of pg_create_subscription create them).
+    async fn require_superuser(&self, what: &str) -> Result<()> {
+        // Checked against the catalog this statement reads.
+        self.begin_statement().await?;
+        if self.access().await?.is_superuser() {
+            return Ok(());
+        }
+        Err(user_error(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!("must be superuser to {what}"),
+        ))
+    }
+
+    /// CREATE SUBSCRIPTION: the subscription, enabled unless `enabled =
+    /// false`; the leader's applier makes the slot and copies.
+    ///
+    /// # Errors
+    /// 42501 for a role that is not a superuser; 42601 for a bad connection
+    /// string; 22023 for an unknown or bad option; 0A000 for `create_slot =
+    /// false`; 42710 for a name in use.
+    pub(super) async fn create_subscription(
+        &mut self,
+        name: &Ident,
+        connection: &str,
+        publications: &[Ident],
+        options: &[(String, String)],
+    ) -> Result<Output> {
+        self.require_superuser("create subscriptions").await?;
+        let name = normalize(name);
+        let (connection, password) = split_password(connection)?;
+        let mut subscription = Subscription {
+            name: name.clone(),
+            owner: self.user().name.clone(),
+            connection,
+            password,
+            publications: publications.iter().map(|p| p.value.clone()).collect(),
+            slot_name: name.clone(),
+            enabled: true,
+            copy_data: true,
+            create_slot: true,
+            phase: SubscriptionPhase::Copying,
+            tables: Vec::new(),
+            applied_lsn: 0,
+            rows_applied: 0,
+            applied_at: 0,
+            source_commit_at: 0,
+            last_error: None,
+        };
+        for (option, value) in options {
+            match option.as_str() {
+                "copy_data" => subscription.copy_data = boolean_option(option, value)?,
+                "create_slot" => subscription.create_slot = boolean_option(option, value)?,
+                "enabled" => subscription.enabled = boolean_option(option, value)?,
+                "slot_name" => subscription.slot_name = value.clone(),
+                other => {
+                    return Err(user_error(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("unrecognized subscription parameter: \"{other}\""),
+                    ));
+                }
+            }
+        }
+        if !subscription.create_slot {
+            return Err(user_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "create_slot = false is not supported: the subscription makes its slot to copy at its snapshot",
+            ));
+        }
+        self.engine
+            .meta
+            .write(Command::CreateSubscription(subscription))
+            .await?;
+        Ok(Output::Command(CommandTag::new("CREATE SUBSCRIPTION")))
+    }
+
+    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION.
+    pub(super) async fn alter_subscription(
+        &mut self,
+        name: &Ident,
+        enabled: Option<bool>,
+        connection: Option<&str>,
+    ) -> Result<Output> {
+        self.require_superuser("alter subscriptions").await?;
+        let connection = connection.map(split_password).transpose()?;
+        self.engine
+            .meta
+            .write(Command::AlterSubscription {
+                name: normalize(name),
+                enabled,
+                connection,
+            })
+            .await?;
+        Ok(Output::Command(CommandTag::new("ALTER SUBSCRIPTION")))
+    }
+
+    /// DROP SUBSCRIPTION: disables it (its applier stops within a second),
+    /// drops its slot on the source, then the subscription. A source that
+    /// cannot be reached leaves its slot, with a warning naming it (as
+    /// PostgreSQL's `slot_name = NONE` does).
+    pub(super) async fn drop_subscription(
+        &mut self,
+        name: &Ident,
+        if_exists: bool,
+    ) -> Result<Output> {
+        self.require_superuser("drop subscriptions").await?;
+        let name = normalize(name);
+        let catalog = self.engine.meta.read().await?;
+        let Some(subscription) = catalog.subscriptions.get(&name).cloned() else {
+            if if_exists {
+                return Ok(Output::Command(CommandTag::new("DROP SUBSCRIPTION")));
+            }
+            return Err(quarry_raft::CatalogError::SubscriptionNotFound(name).into());
+        };
+        self.engine
+            .meta
+            .write(Command::AlterSubscription {
+                name: name.clone(),
+                enabled: Some(false),
+                connection: None,
+            })
+            .await?;
+        if subscription.create_slot
+            && let Err(e) = drop_slot(&subscription).await
+        {
+            self.notices.push(Notice {
+                message: format!(
+                    "could not drop replication slot \"{}\" on the publisher: {e}",
+                    subscription.slot_name
+                ),
+                detail: Some("drop it there by hand (pg_drop_replication_slot)".to_owned()),
+            });
+        }
+        self.engine
+            .meta
+            .write(Command::DropSubscription {
+                name,
+                if_exists: true,
+            })
+            .await?;
+        Ok(Output::Command(CommandTag::new("DROP SUBSCRIPTION")))
+    }
+}
+
+/// Drops `subscription`'s slot on its source once no applier holds it
+/// (waiting up to ten seconds for the disabled applier to let go).
+async fn drop_slot(subscription: &Subscription) -> std::result::Result<(), String> {
+    let mut config =
+        tokio_postgres::Config::from_str(&subscription.connection).map_err(|e| e.to_string())?;
+    if let Some(password) = &subscription.password {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&subscription.slot_name],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match row {
+            None => return Ok(()),
+            Some(row) if !row.get::<_, bool>(0) => {
+                client
+                    .execute(
+                        "SELECT pg_drop_replication_slot($1)",
+                        &[&subscription.slot_name],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Some(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Some(_) => return Err("the slot is still in use".to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_taken_out_of_the_connection_string() {
+        let (rest, password) =
+            split_password("host=127.0.0.1 port=5432 password='it\\'s' dbname = shop")
+                .expect("parses");
+        assert_eq!(password.as_deref(), Some("it's"));
+        assert!(!rest.contains("password"), "{rest}");
+        let (rest, password) = split_password("host=h password='a b\\\\c' user=u").expect("parses");
+        assert_eq!(password.as_deref(), Some("a b\\c"));
+        assert_eq!(rest, "host='h' user='u'");
+        assert!(split_password("host").is_err());
+        assert!(split_password("host='unterminated").is_err());
+    }
+}

@@ -1,0 +1,837 @@
+//! The applier of a subscription to a PostgreSQL publication
+//! (`quarry_common::subscription`): a logical replication subscriber that
+//! copies the published tables and then applies the source's transactions,
+//! each as one Quarry commit holding its rows and the subscription's new
+//! applied position (docs/CDC.md).
+//!
+//! - **Copy and hand-off.** On a replication connection
+//!   (`pgwire-replication`), `CREATE_REPLICATION_SLOT ... (SNAPSHOT
+//!   'export')` makes the slot and exports the snapshot of its consistent
+//!   point; a second, ordinary connection copies each published table in a
+//!   transaction that imports that snapshot (`SET TRANSACTION SNAPSHOT`).
+//!   The tables (created in Quarry with mapped types where missing), their
+//!   rows and the position (the consistent point) commit in one Quarry
+//!   transaction; then the replication connection streams from the slot.
+//!   Every source transaction is in the copy or in the stream, not both. A
+//!   copy that did not commit is redone from a new slot.
+//! - **Apply.** pgoutput messages (`quarry_exec::pgoutput`) are gathered
+//!   per source transaction; at its Commit they are applied in order in a
+//!   Quarry transaction block (inserts by COPY, deletes by key, updates as a
+//!   delete and an insert, or an UPDATE of the columns sent when a TOASTed
+//!   value was left unchanged) committed with the position
+//!   ([`quarry_exec::Session::commit_with`]). The source is told the
+//!   position only after that commit; a transaction at or below the
+//!   committed position is skipped.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pgwire_replication::{Lsn as WalLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use quarry_common::subscription::{
+    Lsn, Progress, SubscribedTable, Subscription, SubscriptionPhase,
+};
+use quarry_exec::pgoutput::{self, Message, Relation, Value};
+use quarry_exec::{Output, Session};
+use quarry_raft::Command;
+
+use quarry_raft::Meta;
+
+/// Why an applier stopped (recorded as the subscription's last error).
+type ApplyError = String;
+
+/// How often the leader looks for subscriptions to start or stop.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most rows of one table gathered before they are written (a long
+/// source transaction's inserts are written in pieces, and commit at its
+/// end).
+const INSERT_BATCH_ROWS: usize = 10_000;
+
+/// Runs an applier for each enabled subscription while this node leads
+/// Raft; stops them when it no longer does, or when a subscription is
+/// disabled or dropped. An applier that fails is restarted after a pause.
+pub async fn run(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>) {
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let metrics = meta.raft().metrics().borrow().clone();
+        let leading = metrics.current_leader == Some(metrics.id);
+        let wanted: Vec<String> = match meta.read().await {
+            Ok(catalog) if leading => catalog
+                .subscriptions
+                .values()
+                .filter(|s| s.enabled)
+                .map(|s| s.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        running.retain(|name, task| {
+            let keep = wanted.contains(name) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for name in wanted {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let (engine, meta) = (engine.clone(), meta.clone());
+            let task_name = name.clone();
+            running.insert(
+                name,
+                tokio::spawn(async move {
+                    if let Err(error) = Box::pin(apply(&engine, &meta, &task_name)).await {
+                        tracing::warn!(subscription = %task_name, %error, "subscription stopped");
+                        let _ = meta
+                            .write(Command::SubscriptionFailed {
+                                name: task_name.clone(),
+                                error,
+                            })
+                            .await;
+                        // Retried by the next supervision after a pause.
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }),
+            );
+        }
+    }
+}
+
+/// The subscription `name` as the catalog holds it now.
+async fn current(meta: &Meta, name: &str) -> Result<Arc<Subscription>, ApplyError> {
+    let catalog = meta.read().await.map_err(|e| e.to_string())?;
+    catalog
+        .subscriptions
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("subscription \"{name}\" was dropped"))
+}
+
+/// Copies (if the copy has not committed) and then streams.
+async fn apply(
+    engine: &Arc<quarry_exec::Engine>,
+    meta: &Meta,
+    name: &str,
+) -> Result<(), ApplyError> {
+    let subscription = current(meta, name).await?;
+    let source = Source::of(&subscription)?;
+    let replication = match subscription.phase {
+        SubscriptionPhase::Copying => Box::pin(copy(engine, &subscription, &source)).await?,
+        SubscriptionPhase::Streaming => {
+            let mut client = source
+                .replication(&subscription, subscription.applied_lsn)
+                .await?;
+            client.start().await.map_err(|e| e.to_string())?;
+            client
+        }
+    };
+    Box::pin(stream(engine, meta, name, replication)).await
+}
+
+/// Where a subscription's source is: its connection string parsed, with
+/// the password.
+struct Source {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    dbname: String,
+}
+
+impl Source {
+    fn of(subscription: &Subscription) -> Result<Source, ApplyError> {
+        let config = tokio_postgres::Config::from_str(&subscription.connection)
+            .map_err(|e| format!("invalid connection string: {e}"))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(
+                "sslmode=require is not supported yet: the source connection is not encrypted"
+                    .to_owned(),
+            );
+        }
+        Ok(Source {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            user: config.get_user().unwrap_or("postgres").to_owned(),
+            password: subscription.password.clone().unwrap_or_default(),
+            dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
+        })
+    }
+
+    /// An ordinary connection.
+    async fn sql(&self) -> Result<tokio_postgres::Client, ApplyError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.dbname)
+            .application_name("quarry subscription");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to the source: {e}"))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// A replication connection on `subscription`'s slot, gated (commands
+    /// may run before START_REPLICATION), reporting `applied` as applied
+    /// until told more.
+    async fn replication(
+        &self,
+        subscription: &Subscription,
+        applied: Lsn,
+    ) -> Result<ReplicationClient, ApplyError> {
+        let mut config = ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.dbname.clone(),
+            subscription.slot_name.clone(),
+            subscription.publications.clone(),
+        );
+        config.port = self.port;
+        config.start_lsn = WalLsn::from_u64(applied);
+        config.ack_lsn = Some(WalLsn::from_u64(applied));
+        config.status_interval = Duration::from_secs(1);
+        config.idle_wakeup_interval = Duration::from_secs(1);
+        ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| format!("cannot open a replication connection: {e}"))
+    }
+}
+
+/// A published table as the source describes it.
+struct SourceTable {
+    schema: String,
+    name: String,
+    /// Column names and their Quarry types.
+    columns: Vec<(String, String)>,
+    /// Its primary key's columns.
+    key: Vec<String>,
+}
+
+/// The Quarry column type of a source column of type `oid` with modifier
+/// `typmod`, or None for a type Quarry cannot hold.
+fn quarry_type(oid: u32, typmod: i32) -> Option<String> {
+    let numeric = |typmod: i32| {
+        if typmod < 4 {
+            "numeric".to_owned()
+        } else {
+            let m = typmod - 4;
+            format!("numeric({},{})", (m >> 16) & 0xffff, m & 0xffff)
+        }
+    };
+    Some(match oid {
+        16 => "boolean".to_owned(),
+        17 => "bytea".to_owned(),
+        20 => "bigint".to_owned(),
+        21 => "smallint".to_owned(),
+        23 => "integer".to_owned(),
+        // text, varchar, char, name, uuid: text.
+        25 | 1043 | 1042 | 19 | 2950 => "text".to_owned(),
+        114 | 3802 => "jsonb".to_owned(),
+        700 => "real".to_owned(),
+        701 => "double precision".to_owned(),
+        1082 => "date".to_owned(),
+        1114 => "timestamp".to_owned(),
+        1184 => "timestamptz".to_owned(),
+        1700 => numeric(typmod),
+        1000 => "boolean[]".to_owned(),
+        1001 => "bytea[]".to_owned(),
+        1005 => "smallint[]".to_owned(),
+        1007 => "integer[]".to_owned(),
+        1016 => "bigint[]".to_owned(),
+        1009 | 1015 | 1014 | 2951 => "text[]".to_owned(),
+        1021 => "real[]".to_owned(),
+        1022 => "double precision[]".to_owned(),
+        1182 => "date[]".to_owned(),
+        1115 => "timestamp[]".to_owned(),
+        1185 => "timestamptz[]".to_owned(),
+        1231 => "numeric[]".to_owned(),
+        _ => return None,
+    })
+}
+
+/// The tables of `publications` on the source, with their columns.
+async fn published_tables(
+    client: &tokio_postgres::Client,
+    publications: &[String],
+) -> Result<Vec<SourceTable>, ApplyError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT schemaname::text, tablename::text FROM pg_publication_tables
+             WHERE pubname = ANY($1) ORDER BY 1, 2",
+            &[&publications],
+        )
+        .await
+        .map_err(|e| format!("cannot list the published tables: {e}"))?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let relation = format!("{}.{}", quote(&schema), quote(&name));
+        let columns = client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod FROM pg_attribute
+                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+                 ORDER BY attnum",
+                &[&relation],
+            )
+            .await
+            .map_err(|e| format!("cannot read the columns of {relation}: {e}"))?;
+        let mut mapped = Vec::with_capacity(columns.len());
+        for column in columns {
+            let (column_name, oid, typmod): (String, u32, i32) =
+                (column.get(0), column.get(1), column.get(2));
+            let Some(column_type) = quarry_type(oid, typmod) else {
+                return Err(format!(
+                    "column \"{column_name}\" of table {relation} has a type Quarry cannot hold (type oid {oid})"
+                ));
+            };
+            mapped.push((column_name, column_type));
+        }
+        let key = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary
+                 ORDER BY array_position(i.indkey, a.attnum)",
+                &[&relation],
+            )
+            .await
+            .map_err(|e| format!("cannot read the key of {relation}: {e}"))?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        tables.push(SourceTable {
+            schema,
+            name,
+            columns: mapped,
+            key,
+        });
+    }
+    Ok(tables)
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `value` as a quoted SQL string literal.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Runs one statement of SQL text on `session`, draining any rows.
+async fn execute(session: &mut Session, sql: &str) -> Result<Output, ApplyError> {
+    let mut statements = session.parse(sql).map_err(|e| e.to_string())?;
+    let statement = statements
+        .pop()
+        .ok_or_else(|| format!("no statement in {sql}"))?;
+    // Boxed: a statement's future is large, and deep on the stack of a
+    // debug build it overflows it (as the PostgreSQL wire's handler boxes
+    // it too).
+    Box::pin(session.execute(statement, None))
+        .await
+        .map_err(|e| format!("{e} (in: {})", sql.chars().take(200).collect::<String>()))
+}
+
+/// Makes the slot, copies the tables at its snapshot into Quarry and
+/// commits them with the consistent point; returns the replication
+/// connection, started.
+async fn copy(
+    engine: &Arc<quarry_exec::Engine>,
+    subscription: &Subscription,
+    source: &Source,
+) -> Result<ReplicationClient, ApplyError> {
+    let client = source.sql().await?;
+    // A slot left by a copy that did not commit: its snapshot is gone.
+    if subscription.create_slot {
+        let _ = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND NOT active",
+                &[&subscription.slot_name],
+            )
+            .await;
+    }
+    let mut replication = source.replication(subscription, 0).await?;
+    let created = replication
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote(&subscription.slot_name)
+        ))
+        .await
+        .map_err(|e| format!("cannot create the replication slot: {e}"))?;
+    let text = |i: usize| -> Result<String, ApplyError> {
+        created
+            .first()
+            .and_then(|row| row.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .ok_or_else(|| "CREATE_REPLICATION_SLOT answered no row".to_owned())
+    };
+    let consistent_point = pgoutput::parse_lsn(&text(1)?).map_err(|e| e.to_string())?;
+    let snapshot = text(2)?;
+
+    let tables = published_tables(&client, &subscription.publications).await?;
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    execute(&mut session, "BEGIN").await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(&snapshot)
+        ))
+        .await
+        .map_err(|e| format!("cannot import the slot's snapshot: {e}"))?;
+    let mut subscribed = Vec::with_capacity(tables.len());
+    let mut rows = 0;
+    for table in &tables {
+        let target = format!("{}.{}", quote(&table.schema), quote(&table.name));
+        execute(
+            &mut session,
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&table.schema)),
+        )
+        .await?;
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|(name, column_type)| format!("{} {column_type}", quote(name)))
+            .collect();
+        execute(
+            &mut session,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {target} ({})",
+                columns.join(", ")
+            ),
+        )
+        .await?;
+        let names: Vec<String> = table.columns.iter().map(|(n, _)| quote(n)).collect();
+        if subscription.copy_data {
+            rows += copy_table(&client, &mut session, &target, &names).await?;
+        }
+        let id = session
+            .table_id(&table.schema, &table.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("table {target} is gone"))?;
+        subscribed.push(SubscribedTable {
+            source_schema: table.schema.clone(),
+            source_name: table.name.clone(),
+            table: id,
+            key: table.key.clone(),
+        });
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| e.to_string())?;
+    Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
+        subscription: subscription.name.clone(),
+        from_lsn: subscription.applied_lsn,
+        to_lsn: consistent_point,
+        rows,
+        source_commit_at: 0,
+        phase: SubscriptionPhase::Streaming,
+        tables: Some(subscribed),
+    })))
+    .await
+    .map_err(|e| format!("cannot commit the copy: {e}"))?;
+    tracing::info!(
+        subscription = %subscription.name,
+        tables = tables.len(),
+        rows,
+        lsn = %pgoutput::lsn_text(consistent_point),
+        "copied the published tables"
+    );
+    replication.update_applied_lsn(WalLsn::from_u64(consistent_point));
+    replication.start().await.map_err(|e| e.to_string())?;
+    Ok(replication)
+}
+
+/// Copies the rows of source table `target` (of columns `names`) into the
+/// same table of `session`'s transaction block; returns how many.
+async fn copy_table(
+    client: &tokio_postgres::Client,
+    session: &mut Session,
+    target: &str,
+    names: &[String],
+) -> Result<u64, ApplyError> {
+    use futures::StreamExt;
+    let columns = names.join(", ");
+    let Output::CopyIn(mut copy_in) =
+        execute(session, &format!("COPY {target} ({columns}) FROM STDIN")).await?
+    else {
+        return Err("COPY FROM STDIN did not start".to_owned());
+    };
+    let stream = client
+        .copy_out(&format!("COPY (SELECT {columns} FROM {target}) TO STDOUT"))
+        .await
+        .map_err(|e| format!("cannot copy {target}: {e}"))?;
+    futures::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("copying {target}: {e}"))?;
+        copy_in.feed(&chunk).await;
+    }
+    let tag = Box::pin(copy_in.finish())
+        .await
+        .map_err(|e| format!("copying {target}: {e}"))?;
+    Ok(tag.rows.unwrap_or(0))
+}
+
+/// One change of a source transaction.
+enum Change {
+    Insert(u32, Vec<Value>),
+    Update(u32, Option<Vec<Value>>, Vec<Value>),
+    Delete(u32, Vec<Value>),
+    Truncate(Vec<u32>),
+}
+
+/// Streams from the slot and applies each transaction.
+async fn stream(
+    engine: &Arc<quarry_exec::Engine>,
+    meta: &Meta,
+    name: &str,
+    mut replication: ReplicationClient,
+) -> Result<(), ApplyError> {
+    let mut applied = current(meta, name).await?.applied_lsn;
+    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut commit_time = 0;
+    let mut in_transaction = false;
+    let mut last_idle_advance = std::time::Instant::now();
+    loop {
+        let Some(event) = replication.recv().await.map_err(|e| e.to_string())? else {
+            return Err("the source ended replication".to_owned());
+        };
+        match event {
+            ReplicationEvent::Begin {
+                commit_time_micros, ..
+            } => {
+                changes.clear();
+                in_transaction = true;
+                commit_time = commit_time_micros;
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                match pgoutput::decode(&data, false).map_err(|e| e.to_string())? {
+                    Message::Relation(relation) => {
+                        relations.insert(relation.oid, relation);
+                    }
+                    Message::Insert { relation, new } => {
+                        changes.push(Change::Insert(relation, new))
+                    }
+                    Message::Update { relation, old, new } => {
+                        changes.push(Change::Update(relation, old, new))
+                    }
+                    Message::Delete { relation, old } => {
+                        changes.push(Change::Delete(relation, old))
+                    }
+                    Message::Truncate { relations, .. } => {
+                        changes.push(Change::Truncate(relations))
+                    }
+                    _ => {}
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                in_transaction = false;
+                let end = end_lsn.as_u64();
+                if end <= applied {
+                    // Applied before a restart: the source resent it.
+                    replication.update_applied_lsn(WalLsn::from_u64(applied));
+                    continue;
+                }
+                let rows = changes.len() as u64;
+                let subscription = current(meta, name).await?;
+                let mut session = engine.session().map_err(|e| e.to_string())?;
+                execute(&mut session, "BEGIN").await?;
+                Box::pin(apply_changes(
+                    &mut session,
+                    &subscription,
+                    &relations,
+                    &changes,
+                ))
+                .await?;
+                Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
+                    subscription: name.to_owned(),
+                    from_lsn: applied,
+                    to_lsn: end,
+                    rows,
+                    source_commit_at: postgres_epoch_to_unix(commit_time),
+                    phase: SubscriptionPhase::Streaming,
+                    tables: None,
+                })))
+                .await
+                .map_err(|e| format!("cannot commit a source transaction: {e}"))?;
+                applied = end;
+                changes.clear();
+                replication.update_applied_lsn(WalLsn::from_u64(applied));
+                last_idle_advance = std::time::Instant::now();
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // Nothing pending: the source's WAL up to its end holds no
+                // change of the publication (only other tables'), so the
+                // position moves there, once committed, and the slot's
+                // confirmed position with it.
+                let end = wal_end.as_u64();
+                if !in_transaction
+                    && end > applied
+                    && last_idle_advance.elapsed() >= Duration::from_secs(1)
+                {
+                    meta.write(Command::AdvanceSubscription(Progress {
+                        subscription: name.to_owned(),
+                        from_lsn: applied,
+                        to_lsn: end,
+                        rows: 0,
+                        source_commit_at: 0,
+                        phase: SubscriptionPhase::Streaming,
+                        tables: None,
+                    }))
+                    .await
+                    .map_err(|e| format!("cannot record the position: {e}"))?;
+                    applied = end;
+                    replication.update_applied_lsn(WalLsn::from_u64(applied));
+                    last_idle_advance = std::time::Instant::now();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// PostgreSQL's microseconds since 2000-01-01 as microseconds since 1970.
+fn postgres_epoch_to_unix(micros: i64) -> i64 {
+    const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+    micros + POSTGRES_EPOCH_UNIX_MICROS
+}
+
+/// The Quarry table of source relation `relation` and its columns' names.
+fn target_of<'a>(
+    subscription: &Subscription,
+    relations: &'a HashMap<u32, Relation>,
+    relation: u32,
+) -> Result<(String, &'a Relation), ApplyError> {
+    let found = relations
+        .get(&relation)
+        .ok_or_else(|| format!("a change to relation {relation} before its Relation message"))?;
+    if !subscription
+        .tables
+        .iter()
+        .any(|t| t.source_schema == found.namespace && t.source_name == found.name)
+    {
+        return Err(format!(
+            "table {}.{} was added to the publication after the copy: ALTER SUBSCRIPTION ... REFRESH PUBLICATION is not supported yet",
+            found.namespace, found.name
+        ));
+    }
+    Ok((
+        format!("{}.{}", quote(&found.namespace), quote(&found.name)),
+        found,
+    ))
+}
+
+/// Applies `changes`, in order, in `session`'s open transaction block.
+async fn apply_changes(
+    session: &mut Session,
+    subscription: &Subscription,
+    relations: &HashMap<u32, Relation>,
+    changes: &[Change],
+) -> Result<(), ApplyError> {
+    // Rows to insert, gathered while consecutive changes insert into one
+    // table: (relation, COPY text).
+    let mut pending: Option<(u32, Vec<u8>, usize)> = None;
+    for change in changes {
+        let inserts_into = match change {
+            Change::Insert(relation, _) => Some(*relation),
+            Change::Update(relation, _, new)
+                if !new.contains(&Value::UnchangedToast) =>
+            {
+                Some(*relation)
+            }
+            _ => None,
+        };
+        if pending
+            .as_ref()
+            .is_some_and(|(r, _, rows)| Some(*r) != inserts_into || *rows >= INSERT_BATCH_ROWS)
+            || (inserts_into.is_some() && matches!(change, Change::Update(..)))
+        {
+            flush_inserts(session, subscription, relations, pending.take()).await?;
+        }
+        match change {
+            Change::Insert(relation, new) => {
+                let entry = pending.get_or_insert_with(|| (*relation, Vec::new(), 0));
+                copy_line(&mut entry.1, new);
+                entry.2 += 1;
+            }
+            Change::Delete(relation, old) => {
+                let (target, shape) = target_of(subscription, relations, *relation)?;
+                let condition = key_condition(shape, old)?;
+                execute(session, &format!("DELETE FROM {target} WHERE {condition}")).await?;
+            }
+            Change::Update(relation, old, new) => {
+                let (target, shape) = target_of(subscription, relations, *relation)?;
+                let condition = key_condition(shape, old.as_ref().unwrap_or(new))?;
+                if new.contains(&Value::UnchangedToast) {
+                    // Only the columns sent; the unchanged TOASTed ones stay.
+                    let sets: Vec<String> = shape
+                        .columns
+                        .iter()
+                        .zip(new)
+                        .filter_map(|(column, value)| {
+                            Some(format!("{} = {}", quote(&column.name), sql_value(value)?))
+                        })
+                        .collect();
+                    execute(
+                        session,
+                        &format!("UPDATE {target} SET {} WHERE {condition}", sets.join(", ")),
+                    )
+                    .await?;
+                } else {
+                    execute(session, &format!("DELETE FROM {target} WHERE {condition}")).await?;
+                    let mut line = Vec::new();
+                    copy_line(&mut line, new);
+                    flush_inserts(session, subscription, relations, Some((*relation, line, 1)))
+                        .await?;
+                }
+            }
+            Change::Truncate(truncated) => {
+                for relation in truncated {
+                    let (target, _) = target_of(subscription, relations, *relation)?;
+                    execute(session, &format!("DELETE FROM {target}")).await?;
+                }
+            }
+        }
+    }
+    flush_inserts(session, subscription, relations, pending).await
+}
+
+/// Writes gathered rows by COPY FROM STDIN into the block.
+async fn flush_inserts(
+    session: &mut Session,
+    subscription: &Subscription,
+    relations: &HashMap<u32, Relation>,
+    pending: Option<(u32, Vec<u8>, usize)>,
+) -> Result<(), ApplyError> {
+    let Some((relation, text, _)) = pending else {
+        return Ok(());
+    };
+    let (target, shape) = target_of(subscription, relations, relation)?;
+    let columns: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
+    let Output::CopyIn(mut copy_in) = execute(
+        session,
+        &format!("COPY {target} ({}) FROM STDIN", columns.join(", ")),
+    )
+    .await?
+    else {
+        return Err("COPY FROM STDIN did not start".to_owned());
+    };
+    copy_in.feed(&text).await;
+    Box::pin(copy_in.finish())
+        .await
+        .map_err(|e| format!("applying inserts into {target}: {e}"))?;
+    Ok(())
+}
+
+/// Appends `values` as one line of COPY's text format.
+fn copy_line(out: &mut Vec<u8>, values: &[Value]) {
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match value {
+            Value::Text(bytes) | Value::Binary(bytes) => {
+                for byte in bytes.iter() {
+                    match byte {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        other => out.push(*other),
+                    }
+                }
+            }
+            Value::Null | Value::UnchangedToast => out.extend_from_slice(b"\\N"),
+        }
+    }
+    out.push(b'\n');
+}
+
+/// `value` as a SQL literal; None for an unchanged TOASTed value.
+fn sql_value(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => Some("NULL".to_owned()),
+        Value::UnchangedToast => None,
+        Value::Text(bytes) | Value::Binary(bytes) => Some(literal(&text_of(bytes))),
+    }
+}
+
+fn text_of(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The condition that finds the row whose replica identity `values` holds
+/// (the key columns of `relation`; every column for REPLICA IDENTITY FULL).
+fn key_condition(relation: &Relation, values: &[Value]) -> Result<String, ApplyError> {
+    let mut parts = Vec::new();
+    for (column, value) in relation.columns.iter().zip(values) {
+        if !(column.key || relation.replica_identity == b'f') {
+            continue;
+        }
+        parts.push(match value {
+            Value::Null => format!("{} IS NULL", quote(&column.name)),
+            Value::UnchangedToast => continue,
+            Value::Text(bytes) | Value::Binary(bytes) => {
+                format!("{} = {}", quote(&column.name), literal(&text_of(bytes)))
+            }
+        });
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "table {}.{} has no replica identity: its updates and deletes cannot be applied",
+            relation.namespace, relation.name
+        ));
+    }
+    Ok(parts.join(" AND "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_escape_as_copy_text_reads_them() {
+        let mut out = Vec::new();
+        copy_line(
+            &mut out,
+            &[
+                Value::Text(Bytes::from_static(b"a\tb\\c\nd")),
+                Value::Null,
+                Value::Text(Bytes::from_static(b"")),
+            ],
+        );
+        assert_eq!(out, b"a\\tb\\\\c\\nd\t\\N\t\n");
+    }
+
+    #[test]
+    fn source_types_map_to_quarry_types() {
+        assert_eq!(
+            quarry_type(1700, (10 << 16 | 2) + 4).as_deref(),
+            Some("numeric(10,2)")
+        );
+        assert_eq!(quarry_type(1700, -1).as_deref(), Some("numeric"));
+        assert_eq!(quarry_type(2950, -1).as_deref(), Some("text"));
+        assert_eq!(quarry_type(1016, -1).as_deref(), Some("bigint[]"));
+        // point
+        assert_eq!(quarry_type(600, -1), None);
+    }
+}
