@@ -40,8 +40,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
@@ -63,10 +63,11 @@ const AUDIT: &str = "audit";
 const ACCESS_TOKENS: &str = "access_tokens";
 const REBALANCE: &str = "rebalance";
 const PARTITIONS: &str = "partitions";
+const SUBSCRIPTIONS: &str = "subscriptions";
 /// `quarry_system.jobs`, the one system table every role may read (its own rows).
 pub const JOBS: &str = "jobs";
 /// The tables of the system schema.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     ACCESS_TOKENS,
     AUDIT,
     JOBS,
@@ -75,6 +76,7 @@ pub const NAMES: [&str; 9] = [
     REBALANCE,
     SNAPSHOTS,
     STRIPES,
+    SUBSCRIPTIONS,
     TABLES,
 ];
 
@@ -682,6 +684,66 @@ fn snapshots(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
     )
 }
 
+/// `quarry_system.subscriptions`: each subscription to a PostgreSQL
+/// publication, where its applier stands and its last error; the
+/// connection string without its password.
+fn subscriptions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("subscription_name", DataType::Utf8, false),
+        Field::new("owner", DataType::Utf8, false),
+        Field::new("enabled", DataType::Boolean, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("connection", DataType::Utf8, false),
+        Field::new("publications", DataType::Utf8, false),
+        Field::new("slot_name", DataType::Utf8, false),
+        Field::new("tables", DataType::UInt64, false),
+        Field::new("applied_lsn", DataType::Utf8, false),
+        Field::new("rows_applied", DataType::UInt64, false),
+        Field::new("last_applied_time", timestamp_type(), true),
+        Field::new("source_commit_time", timestamp_type(), true),
+        Field::new("lag_seconds", DataType::Float64, true),
+        Field::new("last_error", DataType::Utf8, true),
+    ]));
+    let all: Vec<_> = catalog.subscriptions.values().collect();
+    let known = |micros: i64| (micros != 0).then_some(micros);
+    table(
+        schema,
+        vec![
+            text(all.iter().map(|s| s.name.clone()).collect()),
+            text(all.iter().map(|s| s.owner.clone()).collect()),
+            Arc::new(BooleanArray::from(
+                all.iter().map(|s| s.enabled).collect::<Vec<_>>(),
+            )),
+            text(all.iter().map(|s| s.phase.name().to_owned()).collect()),
+            text(all.iter().map(|s| s.connection.clone()).collect()),
+            text(all.iter().map(|s| s.publications.join(",")).collect()),
+            text(all.iter().map(|s| s.slot_name.clone()).collect()),
+            count(all.iter().map(|s| s.tables.len() as u64).collect()),
+            text(
+                all.iter()
+                    .map(|s| crate::pgoutput::lsn_text(s.applied_lsn))
+                    .collect(),
+            ),
+            count(all.iter().map(|s| s.rows_applied).collect()),
+            timestamps(all.iter().map(|s| known(s.applied_at)).collect()),
+            timestamps(all.iter().map(|s| known(s.source_commit_at)).collect()),
+            // From the source's commit of the last transaction applied to
+            // Quarry's commit of it.
+            Arc::new(Float64Array::from(
+                all.iter()
+                    .map(|s| {
+                        (s.source_commit_at != 0)
+                            .then(|| (s.applied_at - s.source_commit_at).max(0) as f64 / 1e6)
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                all.iter().map(|s| s.last_error.clone()).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
@@ -698,6 +760,7 @@ impl SchemaProvider for SystemSchema {
             ACCESS_TOKENS => access_tokens(&self.catalog).map(Some),
             REBALANCE => rebalance(&self.catalog).map(Some),
             PARTITIONS => partitions(&self.catalog).map(Some),
+            SUBSCRIPTIONS => subscriptions(&self.catalog).map(Some),
             JOBS => jobs(self.jobs.as_ref(), &self.viewer).await.map(Some),
             _ => Ok(None),
         }

@@ -653,9 +653,7 @@ async fn apply_changes(
     for change in changes {
         let inserts_into = match change {
             Change::Insert(relation, _) => Some(*relation),
-            Change::Update(relation, _, new)
-                if !new.contains(&Value::UnchangedToast) =>
-            {
+            Change::Update(relation, _, new) if !new.contains(&Value::UnchangedToast) => {
                 Some(*relation)
             }
             _ => None,

@@ -244,7 +244,8 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
     let quarry = node.client().await;
     quarry
         .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+            "CREATE SUBSCRIPTION sub
+               CONNECTION 'host=127.0.0.1 port={} user=postgres password=not-shown dbname=postgres'
                PUBLICATION quarry_pub",
             server.port
         ))
@@ -272,6 +273,62 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
     }
     converge(&source, &quarry, accounts).await;
     converge(&source, &quarry, ledger).await;
+
+    // The subscription's state; the slot's confirmed position is never
+    // past what Quarry committed, and follows it also when only an
+    // unpublished table changes.
+    let confirmed = || async {
+        let row = source
+            .query_one(
+                "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots",
+                &[],
+            )
+            .await
+            .expect("slot");
+        (
+            quarry_exec::pgoutput::parse_lsn(row.get(0)).expect("lsn"),
+            quarry_exec::pgoutput::parse_lsn(row.get(1)).expect("lsn"),
+        )
+    };
+    let shown = rows_text(
+        &quarry,
+        "SELECT state, tables, applied_lsn, rows_applied > 1000, last_error,
+                connection LIKE '%password%'
+         FROM quarry_system.subscriptions",
+    )
+    .await;
+    let fields: Vec<&str> = shown[0].split('|').collect();
+    assert_eq!(
+        (fields[0], fields[1], fields[3], fields[4], fields[5]),
+        ("streaming", "2", "t", "NULL", "f"),
+        "{shown:?}"
+    );
+    let applied = parse_lsn(fields[2]).expect("applied_lsn");
+    let (flushed, _) = confirmed().await;
+    assert!(
+        flushed <= applied,
+        "confirmed {flushed} is past applied {applied}"
+    );
+    for i in 0..20 {
+        source
+            .batch_execute(&format!("INSERT INTO unpublished VALUES ({i})"))
+            .await
+            .expect("unpublished");
+    }
+    let (_, wal_end) = confirmed().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (flushed, _) = confirmed().await;
+        if flushed >= wal_end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stays at {flushed}, the source's WAL is at {wal_end}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+
     source
         .batch_execute("TRUNCATE ledger")
         .await
