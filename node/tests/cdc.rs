@@ -347,3 +347,80 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
         .get(0);
     assert_eq!(slots, 0, "the slot is gone");
 }
+
+#[tokio::test]
+async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    source
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, n bigint, body text);
+             INSERT INTO events SELECT i, 0, md5(i::text) FROM generate_series(1, 20000) i;
+             CREATE PUBLICATION quarry_pub FOR TABLE events;",
+        )
+        .await
+        .expect("source table");
+    // A writer runs through the copy and the kills: each transaction
+    // inserts two rows and updates one.
+    let writer_client = server.client("postgres").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut next = 100_000;
+        while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            writer_client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO events VALUES ({next}, 1, 'w'), ({}, 1, 'w');
+                     UPDATE events SET n = n + 1 WHERE id = {};
+                     COMMIT",
+                    next + 1,
+                    next % 20_000 + 1
+                ))
+                .await
+                .expect("write");
+            next += 2;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        next
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    drop(quarry);
+    // Killed during the copy, then twice while it streams.
+    for pause in [150, 1500, 2500] {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        node.kill9();
+        node.restart().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    assert!(
+        written > 100_100,
+        "the writer wrote while the node was killed"
+    );
+    let quarry = node.client().await;
+    // Every row once, with every update: no transaction lost or repeated.
+    converge(
+        &source,
+        &quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    converge(
+        &source,
+        &quarry,
+        "SELECT id, n, body FROM events ORDER BY id",
+    )
+    .await;
+}
