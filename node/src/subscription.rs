@@ -492,6 +492,9 @@ async fn copy_table(
 
 /// One change of a source transaction.
 enum Change {
+    /// A relation's shape (before its first change, and after it changed
+    /// on the source): Quarry's table follows an added column.
+    Relation(u32),
     Insert(u32, Vec<Value>),
     Update(u32, Option<Vec<Value>>, Vec<Value>),
     Delete(u32, Vec<Value>),
@@ -526,6 +529,7 @@ async fn stream(
             ReplicationEvent::XLogData { data, .. } => {
                 match pgoutput::decode(&data, false).map_err(|e| e.to_string())? {
                     Message::Relation(relation) => {
+                        changes.push(Change::Relation(relation.oid));
                         relations.insert(relation.oid, relation);
                     }
                     Message::Insert { relation, new } => {
@@ -551,7 +555,10 @@ async fn stream(
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     continue;
                 }
-                let rows = changes.len() as u64;
+                let rows = changes
+                    .iter()
+                    .filter(|c| !matches!(c, Change::Relation(_)))
+                    .count() as u64;
                 let subscription = current(meta, name).await?;
                 let mut session = engine.session().map_err(|e| e.to_string())?;
                 execute(&mut session, "BEGIN").await?;
@@ -702,6 +709,10 @@ async fn apply_changes(
                         .await?;
                 }
             }
+            Change::Relation(relation) => {
+                let (target, shape) = target_of(subscription, relations, *relation)?;
+                follow_columns(session, &target, shape).await?;
+            }
             Change::Truncate(truncated) => {
                 for relation in truncated {
                     let (target, _) = target_of(subscription, relations, *relation)?;
@@ -711,6 +722,48 @@ async fn apply_changes(
         }
     }
     flush_inserts(session, subscription, relations, pending).await
+}
+
+/// Adds to Quarry's table `target` the columns the source's relation
+/// `shape` has and it lacks (an `ALTER TABLE ... ADD COLUMN` on the
+/// source), in the block; a column the source no longer has stops the
+/// applier rather than guess.
+async fn follow_columns(
+    session: &mut Session,
+    target: &str,
+    shape: &Relation,
+) -> Result<(), ApplyError> {
+    let columns = session
+        .table_columns(&shape.namespace, &shape.name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("table {target} no longer exists in Quarry"))?;
+    if let Some(gone) = columns
+        .iter()
+        .find(|name| !shape.columns.iter().any(|c| &c.name == *name))
+    {
+        return Err(format!(
+            "incompatible change on the source: column \"{gone}\" of {target} is gone (or renamed); the subscription stops rather than guess"
+        ));
+    }
+    for column in shape.columns.iter().filter(|c| !columns.contains(&c.name)) {
+        let column_type = quarry_type(column.type_oid, column.type_modifier).ok_or_else(|| {
+            format!(
+                "column \"{}\" added to {target} on the source has a type Quarry cannot hold (type oid {})",
+                column.name, column.type_oid
+            )
+        })?;
+        execute(
+            session,
+            &format!(
+                "ALTER TABLE {target} ADD COLUMN {} {column_type}",
+                quote(&column.name)
+            ),
+        )
+        .await?;
+        tracing::info!(table = %target, column = %column.name, "followed a column added on the source");
+    }
+    Ok(())
 }
 
 /// Writes gathered rows by COPY FROM STDIN into the block.

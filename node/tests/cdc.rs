@@ -329,6 +329,22 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 
+    // A column added on the source appears; rows from before it read its
+    // value as the source has it (NULL without a default).
+    for change in [
+        "ALTER TABLE accounts ADD COLUMN tier integer",
+        "UPDATE accounts SET tier = 7 WHERE id = 5",
+        "INSERT INTO accounts VALUES (3002, 'tiered', 1, NULL, NULL, 3)",
+    ] {
+        source.batch_execute(change).await.expect(change);
+    }
+    converge(
+        &source,
+        &quarry,
+        "SELECT id, owner, balance, tier FROM accounts WHERE id IN (5, 6, 3002) ORDER BY id",
+    )
+    .await;
+
     source
         .batch_execute("TRUNCATE ledger")
         .await

@@ -471,6 +471,19 @@ impl Session {
         Ok(self.ddl_catalog().await?.table(schema, name).map(|t| t.id))
     }
 
+    /// The column names of table `schema.name` as the session sees it now
+    /// (in a transaction block, after the block's own DDL).
+    ///
+    /// # Errors
+    /// As reading the catalog.
+    pub async fn table_columns(&self, schema: &str, name: &str) -> Result<Option<Vec<String>>> {
+        Ok(self
+            .ddl_catalog()
+            .await?
+            .table(schema, name)
+            .map(|t| t.columns.iter().map(|c| c.name.clone()).collect()))
+    }
+
     /// Writes DDL `command`: to the cluster at once, or inside a transaction
     /// block to the block's catalog until COMMIT.
     pub(super) async fn write_ddl(&mut self, command: Command) -> Result<()> {
