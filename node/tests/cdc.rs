@@ -7,6 +7,9 @@ mod support {
     #[path = "node.rs"]
     pub mod node;
 
+    #[path = "cluster.rs"]
+    pub mod cluster;
+
     #[path = "postgres.rs"]
     pub mod postgres;
 }
@@ -439,4 +442,58 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
         "SELECT id, n, body FROM events ORDER BY id",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_subscription_moves_to_the_new_leader_when_the_applying_node_dies() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    source
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, n bigint);
+             INSERT INTO events SELECT i, 0 FROM generate_series(1, 1000) i;
+             CREATE PUBLICATION quarry_pub FOR TABLE events;",
+        )
+        .await
+        .expect("source table");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = support::cluster::start_cluster(dir.path(), 3, &[]).await;
+    let leader = support::cluster::leader_index(&nodes, 0).await;
+    let survivor = (leader + 1) % nodes.len();
+    nodes[survivor]
+        .client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    let quarry = nodes[survivor].client().await;
+    let all = "SELECT count(*), count(DISTINCT id), sum(n) FROM events";
+    converge(&source, &quarry, all).await;
+    // The leader applies; it dies between two of the source's
+    // transactions, and the next leader carries on from the position.
+    let writes = |from: i64| {
+        let source = &source;
+        async move {
+            for i in from..from + 50 {
+                source
+                    .batch_execute(&format!(
+                        "BEGIN; INSERT INTO events VALUES ({}, 1); UPDATE events SET n = n + 1 WHERE id = {};
+                         COMMIT",
+                        10_000 + i,
+                        i % 1000 + 1
+                    ))
+                    .await
+                    .expect("write");
+            }
+        }
+    };
+    writes(0).await;
+    nodes[leader].kill9();
+    writes(50).await;
+    converge(&source, &quarry, all).await;
+    converge(&source, &quarry, "SELECT id, n FROM events ORDER BY id").await;
 }
