@@ -133,6 +133,36 @@ pub enum ProgressRefused {
 }
 
 impl Subscription {
+    /// A new subscription `name` of `owner` to `publications` at
+    /// `connection` (without its password), with PostgreSQL's defaults:
+    /// enabled, its slot named as it, made by it, and the tables copied.
+    pub fn new(
+        name: &str,
+        owner: &str,
+        connection: String,
+        password: Option<String>,
+        publications: Vec<String>,
+    ) -> Subscription {
+        Subscription {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            connection,
+            password,
+            publications,
+            slot_name: name.to_owned(),
+            enabled: true,
+            copy_data: true,
+            create_slot: true,
+            phase: SubscriptionPhase::Copying,
+            tables: Vec::new(),
+            applied_lsn: 0,
+            rows_applied: 0,
+            applied_at: 0,
+            source_commit_at: 0,
+            last_error: None,
+        }
+    }
+
     /// Applies `progress` at commit time `now`: the position moves from
     /// `from_lsn` to `to_lsn` only if `from_lsn` is still current and
     /// `to_lsn` is not behind it.
@@ -172,24 +202,15 @@ mod tests {
     use super::*;
 
     fn subscription() -> Subscription {
-        Subscription {
-            name: "s".into(),
-            owner: "quarry".into(),
-            connection: "host=127.0.0.1".into(),
-            password: None,
-            publications: vec!["p".into()],
-            slot_name: "s".into(),
-            enabled: true,
-            copy_data: true,
-            create_slot: true,
-            phase: SubscriptionPhase::Copying,
-            tables: Vec::new(),
-            applied_lsn: 0,
-            rows_applied: 0,
-            applied_at: 0,
-            source_commit_at: 0,
-            last_error: Some("an earlier failure".into()),
-        }
+        let mut s = Subscription::new(
+            "s",
+            "quarry",
+            "host=127.0.0.1".into(),
+            None,
+            vec!["p".into()],
+        );
+        s.last_error = Some("an earlier failure".into());
+        s
     }
 
     fn progress(from_lsn: Lsn, to_lsn: Lsn) -> Progress {

@@ -15,15 +15,16 @@
 //!   Every source transaction is in the copy or in the stream, not both. A
 //!   copy that did not commit is redone from a new slot.
 //! - **Apply.** pgoutput messages (`quarry_exec::pgoutput`) are gathered
-//!   per source transaction; at its Commit they are applied in order in a
-//!   Quarry transaction block (inserts by COPY, deletes by key, updates as a
-//!   delete and an insert, or an UPDATE of the columns sent when a TOASTed
-//!   value was left unchanged) committed with the position
-//!   ([`quarry_exec::Session::commit_with`]). The source is told the
+//!   per source transaction; the transactions received (up to
+//!   [`BATCH_TRANSACTIONS`]) are applied in order in one Quarry transaction
+//!   block, each table's inserts, deletes and updates as their net effect
+//!   (one DELETE by replica identity, one COPY), an update that left a
+//!   TOASTed value unchanged as an UPDATE of the columns sent, committed
+//!   with the position ([`quarry_exec::Session::commit_with`]). The source is told the
 //!   position only after that commit; a transaction at or below the
 //!   committed position is skipped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,11 +45,6 @@ type ApplyError = String;
 
 /// How often the leader looks for subscriptions to start or stop.
 const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Most rows of one table gathered before they are written (a long
-/// source transaction's inserts are written in pieces, and commit at its
-/// end).
-const INSERT_BATCH_ROWS: usize = 10_000;
 
 /// Runs an applier for each enabled subscription while this node leads
 /// Raft; stops them when it no longer does, or when a subscription is
@@ -494,14 +490,31 @@ async fn copy_table(
 enum Change {
     /// A relation's shape (before its first change, and after it changed
     /// on the source): Quarry's table follows an added column.
-    Relation(u32),
+    Relation(Relation),
     Insert(u32, Vec<Value>),
     Update(u32, Option<Vec<Value>>, Vec<Value>),
     Delete(u32, Vec<Value>),
     Truncate(Vec<u32>),
 }
 
-/// Streams from the slot and applies each transaction.
+/// Most source transactions, and most changes, one Quarry commit applies
+/// together when the applier is behind (group commit: the batch's rows
+/// and its last transaction's end LSN commit at once, or none of them).
+const BATCH_TRANSACTIONS: usize = 1_000;
+const BATCH_CHANGES: usize = 50_000;
+
+/// Source transactions received and not yet applied: their changes in
+/// order, and the last one's end LSN and commit time.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<Change>,
+    transactions: usize,
+    end_lsn: Lsn,
+    commit_time: i64,
+}
+
+/// Streams from the slot and applies the transactions, each batch of
+/// those already received in one Quarry commit.
 async fn stream(
     engine: &Arc<quarry_exec::Engine>,
     meta: &Meta,
@@ -510,40 +523,60 @@ async fn stream(
 ) -> Result<(), ApplyError> {
     let mut applied = current(meta, name).await?.applied_lsn;
     let mut relations: HashMap<u32, Relation> = HashMap::new();
-    let mut changes: Vec<Change> = Vec::new();
+    let mut open: Vec<Change> = Vec::new();
     let mut commit_time = 0;
     let mut in_transaction = false;
+    let mut batch = Batch::default();
     let mut last_idle_advance = std::time::Instant::now();
     loop {
-        let Some(event) = replication.recv().await.map_err(|e| e.to_string())? else {
+        // With transactions waiting, apply them once nothing more is
+        // ready at once (or the batch is full).
+        let full = batch.transactions >= BATCH_TRANSACTIONS || batch.changes.len() >= BATCH_CHANGES;
+        let event = if batch.transactions > 0 && !in_transaction {
+            match tokio::time::timeout(Duration::ZERO, replication.recv()).await {
+                Ok(event) if !full => event,
+                ready => {
+                    let subscription = current(meta, name).await?;
+                    let batch = std::mem::take(&mut batch);
+                    applied = Box::pin(apply_batch(
+                        engine,
+                        &subscription,
+                        &mut relations,
+                        batch,
+                        applied,
+                    ))
+                    .await?;
+                    replication.update_applied_lsn(WalLsn::from_u64(applied));
+                    last_idle_advance = std::time::Instant::now();
+                    match ready {
+                        Ok(event) => event,
+                        Err(_) => continue,
+                    }
+                }
+            }
+        } else {
+            replication.recv().await
+        };
+        let Some(event) = event.map_err(|e| e.to_string())? else {
             return Err("the source ended replication".to_owned());
         };
         match event {
             ReplicationEvent::Begin {
                 commit_time_micros, ..
             } => {
-                changes.clear();
+                open.clear();
                 in_transaction = true;
                 commit_time = commit_time_micros;
             }
             ReplicationEvent::XLogData { data, .. } => {
                 match pgoutput::decode(&data, false).map_err(|e| e.to_string())? {
-                    Message::Relation(relation) => {
-                        changes.push(Change::Relation(relation.oid));
-                        relations.insert(relation.oid, relation);
-                    }
-                    Message::Insert { relation, new } => {
-                        changes.push(Change::Insert(relation, new))
-                    }
+                    Message::Relation(relation) => open.push(Change::Relation(relation)),
+                    Message::Insert { relation, new } => open.push(Change::Insert(relation, new)),
                     Message::Update { relation, old, new } => {
-                        changes.push(Change::Update(relation, old, new))
+                        open.push(Change::Update(relation, old, new))
                     }
-                    Message::Delete { relation, old } => {
-                        changes.push(Change::Delete(relation, old))
-                    }
-                    Message::Truncate { relations, .. } => {
-                        changes.push(Change::Truncate(relations))
-                    }
+                    Message::Delete { relation, old } => open.push(Change::Delete(relation, old)),
+                    Message::Truncate { relations, .. } => open.push(Change::Truncate(relations)),
                     _ => {}
                 }
             }
@@ -551,39 +584,20 @@ async fn stream(
                 in_transaction = false;
                 let end = end_lsn.as_u64();
                 if end <= applied {
-                    // Applied before a restart: the source resent it.
+                    // Applied before a restart: the source resent it. Its
+                    // relations' shapes still hold for what follows.
+                    for change in open.drain(..) {
+                        if let Change::Relation(relation) = change {
+                            relations.insert(relation.oid, relation);
+                        }
+                    }
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     continue;
                 }
-                let rows = changes
-                    .iter()
-                    .filter(|c| !matches!(c, Change::Relation(_)))
-                    .count() as u64;
-                let subscription = current(meta, name).await?;
-                let mut session = engine.session().map_err(|e| e.to_string())?;
-                execute(&mut session, "BEGIN").await?;
-                Box::pin(apply_changes(
-                    &mut session,
-                    &subscription,
-                    &relations,
-                    &changes,
-                ))
-                .await?;
-                Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
-                    subscription: name.to_owned(),
-                    from_lsn: applied,
-                    to_lsn: end,
-                    rows,
-                    source_commit_at: postgres_epoch_to_unix(commit_time),
-                    phase: SubscriptionPhase::Streaming,
-                    tables: None,
-                })))
-                .await
-                .map_err(|e| format!("cannot commit a source transaction: {e}"))?;
-                applied = end;
-                changes.clear();
-                replication.update_applied_lsn(WalLsn::from_u64(applied));
-                last_idle_advance = std::time::Instant::now();
+                batch.changes.append(&mut open);
+                batch.transactions += 1;
+                batch.end_lsn = end;
+                batch.commit_time = commit_time;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // Nothing pending: the source's WAL up to its end holds no
@@ -592,6 +606,7 @@ async fn stream(
                 // confirmed position with it.
                 let end = wal_end.as_u64();
                 if !in_transaction
+                    && batch.transactions == 0
                     && end > applied
                     && last_idle_advance.elapsed() >= Duration::from_secs(1)
                 {
@@ -616,13 +631,50 @@ async fn stream(
     }
 }
 
+/// Applies `batch` in one Quarry transaction committed with the move of
+/// the position from `applied` to its end; returns the new position.
+async fn apply_batch(
+    engine: &Arc<quarry_exec::Engine>,
+    subscription: &Subscription,
+    relations: &mut HashMap<u32, Relation>,
+    batch: Batch,
+    applied: Lsn,
+) -> Result<Lsn, ApplyError> {
+    let rows = batch
+        .changes
+        .iter()
+        .filter(|c| !matches!(c, Change::Relation(_)))
+        .count() as u64;
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    execute(&mut session, "BEGIN").await?;
+    Box::pin(apply_changes(
+        &mut session,
+        subscription,
+        relations,
+        batch.changes,
+    ))
+    .await?;
+    Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
+        subscription: subscription.name.clone(),
+        from_lsn: applied,
+        to_lsn: batch.end_lsn,
+        rows,
+        source_commit_at: postgres_epoch_to_unix(batch.commit_time),
+        phase: SubscriptionPhase::Streaming,
+        tables: None,
+    })))
+    .await
+    .map_err(|e| format!("cannot commit source transactions: {e}"))?;
+    Ok(batch.end_lsn)
+}
+
 /// PostgreSQL's microseconds since 2000-01-01 as microseconds since 1970.
 fn postgres_epoch_to_unix(micros: i64) -> i64 {
     const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
     micros + POSTGRES_EPOCH_UNIX_MICROS
 }
 
-/// The Quarry table of source relation `relation` and its columns' names.
+/// The Quarry table of source relation `relation` and its shape.
 fn target_of<'a>(
     subscription: &Subscription,
     relations: &'a HashMap<u32, Relation>,
@@ -647,81 +699,173 @@ fn target_of<'a>(
     ))
 }
 
-/// Applies `changes`, in order, in `session`'s open transaction block.
+/// The net effect of a run of changes to one table: the rows that were
+/// there before it and are gone or replaced (by their replica identity),
+/// and the rows there after it that it wrote, by replica identity.
+#[derive(Default)]
+struct NetChanges {
+    deleted: BTreeMap<String, Vec<(String, Value)>>,
+    rows: BTreeMap<String, Vec<Value>>,
+}
+
+/// The replica identity of `values` (the key columns of `relation`; every
+/// column for REPLICA IDENTITY FULL): a text that tells rows apart, and
+/// the columns with their values.
+fn identity(
+    relation: &Relation,
+    values: &[Value],
+) -> Result<(String, Vec<(String, Value)>), ApplyError> {
+    let mut text = String::new();
+    let mut key = Vec::new();
+    for (column, value) in relation.columns.iter().zip(values) {
+        if !(column.key || relation.replica_identity == b'f') {
+            continue;
+        }
+        match value {
+            Value::Null => text.push_str("\u{1}N"),
+            Value::UnchangedToast => continue,
+            Value::Text(bytes) | Value::Binary(bytes) => {
+                text.push_str("\u{1}V");
+                text.push_str(&text_of(bytes));
+            }
+        }
+        key.push((column.name.clone(), value.clone()));
+    }
+    if key.is_empty() {
+        return Err(format!(
+            "table {}.{} has no replica identity: its updates and deletes cannot be applied",
+            relation.namespace, relation.name
+        ));
+    }
+    Ok((text, key))
+}
+
+/// Applies `changes`, in order, in `session`'s open transaction block:
+/// each run of inserts, deletes and whole-row updates as its net effect
+/// per table (one DELETE of the rows replaced, one COPY of the rows
+/// written); an update that left a TOASTed value unchanged, a TRUNCATE and
+/// a change of a relation's shape after what came before them.
 async fn apply_changes(
     session: &mut Session,
     subscription: &Subscription,
-    relations: &HashMap<u32, Relation>,
-    changes: &[Change],
+    relations: &mut HashMap<u32, Relation>,
+    changes: Vec<Change>,
 ) -> Result<(), ApplyError> {
-    // Rows to insert, gathered while consecutive changes insert into one
-    // table: (relation, COPY text).
-    let mut pending: Option<(u32, Vec<u8>, usize)> = None;
+    let mut net: BTreeMap<u32, NetChanges> = BTreeMap::new();
     for change in changes {
-        let inserts_into = match change {
-            Change::Insert(relation, _) => Some(*relation),
-            Change::Update(relation, _, new) if !new.contains(&Value::UnchangedToast) => {
-                Some(*relation)
-            }
-            _ => None,
-        };
-        if pending
-            .as_ref()
-            .is_some_and(|(r, _, rows)| Some(*r) != inserts_into || *rows >= INSERT_BATCH_ROWS)
-            || (inserts_into.is_some() && matches!(change, Change::Update(..)))
-        {
-            flush_inserts(session, subscription, relations, pending.take()).await?;
-        }
         match change {
-            Change::Insert(relation, new) => {
-                let entry = pending.get_or_insert_with(|| (*relation, Vec::new(), 0));
-                copy_line(&mut entry.1, new);
-                entry.2 += 1;
-            }
-            Change::Delete(relation, old) => {
-                let (target, shape) = target_of(subscription, relations, *relation)?;
-                let condition = key_condition(shape, old)?;
-                execute(session, &format!("DELETE FROM {target} WHERE {condition}")).await?;
-            }
-            Change::Update(relation, old, new) => {
-                let (target, shape) = target_of(subscription, relations, *relation)?;
-                let condition = key_condition(shape, old.as_ref().unwrap_or(new))?;
-                if new.contains(&Value::UnchangedToast) {
-                    // Only the columns sent; the unchanged TOASTed ones stay.
-                    let sets: Vec<String> = shape
-                        .columns
-                        .iter()
-                        .zip(new)
-                        .filter_map(|(column, value)| {
-                            Some(format!("{} = {}", quote(&column.name), sql_value(value)?))
-                        })
-                        .collect();
-                    execute(
-                        session,
-                        &format!("UPDATE {target} SET {} WHERE {condition}", sets.join(", ")),
-                    )
-                    .await?;
-                } else {
-                    execute(session, &format!("DELETE FROM {target} WHERE {condition}")).await?;
-                    let mut line = Vec::new();
-                    copy_line(&mut line, new);
-                    flush_inserts(session, subscription, relations, Some((*relation, line, 1)))
-                        .await?;
-                }
-            }
             Change::Relation(relation) => {
-                let (target, shape) = target_of(subscription, relations, *relation)?;
+                flush(session, subscription, relations, &mut net).await?;
+                let oid = relation.oid;
+                relations.insert(oid, relation);
+                let (target, shape) = target_of(subscription, relations, oid)?;
                 follow_columns(session, &target, shape).await?;
             }
+            Change::Insert(relation, new) => {
+                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (key, _) = identity(shape, &new)?;
+                net.entry(relation).or_default().rows.insert(key, new);
+            }
+            Change::Delete(relation, old) => {
+                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (key, columns) = identity(shape, &old)?;
+                let table = net.entry(relation).or_default();
+                if table.rows.remove(&key).is_none() {
+                    table.deleted.insert(key, columns);
+                }
+            }
+            Change::Update(relation, old, new) if !new.contains(&Value::UnchangedToast) => {
+                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (old_key, old_columns) = identity(shape, old.as_ref().unwrap_or(&new))?;
+                let (new_key, _) = identity(shape, &new)?;
+                let table = net.entry(relation).or_default();
+                if table.rows.remove(&old_key).is_none() {
+                    table.deleted.insert(old_key, old_columns);
+                }
+                table.rows.insert(new_key, new);
+            }
+            Change::Update(relation, old, new) => {
+                // The unchanged TOASTed values are only in Quarry's row:
+                // an UPDATE of the columns sent, after what came before.
+                flush(session, subscription, relations, &mut net).await?;
+                let (target, shape) = target_of(subscription, relations, relation)?;
+                let (_, key) = identity(shape, old.as_ref().unwrap_or(&new))?;
+                let sets: Vec<String> = shape
+                    .columns
+                    .iter()
+                    .zip(&new)
+                    .filter_map(|(column, value)| {
+                        Some(format!("{} = {}", quote(&column.name), sql_value(value)?))
+                    })
+                    .collect();
+                execute(
+                    session,
+                    &format!(
+                        "UPDATE {target} SET {} WHERE {}",
+                        sets.join(", "),
+                        key_condition(&key)
+                    ),
+                )
+                .await?;
+            }
             Change::Truncate(truncated) => {
+                flush(session, subscription, relations, &mut net).await?;
                 for relation in truncated {
-                    let (target, _) = target_of(subscription, relations, *relation)?;
+                    let (target, _) = target_of(subscription, relations, relation)?;
                     execute(session, &format!("DELETE FROM {target}")).await?;
                 }
             }
         }
     }
-    flush_inserts(session, subscription, relations, pending).await
+    flush(session, subscription, relations, &mut net).await
+}
+
+/// Most rows one DELETE statement of a flush names.
+const DELETE_ROWS: usize = 500;
+
+/// Writes the net changes gathered so far into the block and forgets them.
+async fn flush(
+    session: &mut Session,
+    subscription: &Subscription,
+    relations: &HashMap<u32, Relation>,
+    net: &mut BTreeMap<u32, NetChanges>,
+) -> Result<(), ApplyError> {
+    for (relation, changes) in std::mem::take(net) {
+        let (target, shape) = target_of(subscription, relations, relation)?;
+        let deleted: Vec<Vec<(String, Value)>> = changes.deleted.into_values().collect();
+        for rows in deleted.chunks(DELETE_ROWS) {
+            let condition: Vec<String> = rows
+                .iter()
+                .map(|key| format!("({})", key_condition(key)))
+                .collect();
+            execute(
+                session,
+                &format!("DELETE FROM {target} WHERE {}", condition.join(" OR ")),
+            )
+            .await?;
+        }
+        if changes.rows.is_empty() {
+            continue;
+        }
+        let mut text = Vec::new();
+        for row in changes.rows.values() {
+            copy_line(&mut text, row);
+        }
+        let columns: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
+        let Output::CopyIn(mut copy_in) = execute(
+            session,
+            &format!("COPY {target} ({}) FROM STDIN", columns.join(", ")),
+        )
+        .await?
+        else {
+            return Err("COPY FROM STDIN did not start".to_owned());
+        };
+        copy_in.feed(&text).await;
+        Box::pin(copy_in.finish())
+            .await
+            .map_err(|e| format!("applying rows to {target}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Adds to Quarry's table `target` the columns the source's relation
@@ -766,33 +910,6 @@ async fn follow_columns(
     Ok(())
 }
 
-/// Writes gathered rows by COPY FROM STDIN into the block.
-async fn flush_inserts(
-    session: &mut Session,
-    subscription: &Subscription,
-    relations: &HashMap<u32, Relation>,
-    pending: Option<(u32, Vec<u8>, usize)>,
-) -> Result<(), ApplyError> {
-    let Some((relation, text, _)) = pending else {
-        return Ok(());
-    };
-    let (target, shape) = target_of(subscription, relations, relation)?;
-    let columns: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
-    let Output::CopyIn(mut copy_in) = execute(
-        session,
-        &format!("COPY {target} ({}) FROM STDIN", columns.join(", ")),
-    )
-    .await?
-    else {
-        return Err("COPY FROM STDIN did not start".to_owned());
-    };
-    copy_in.feed(&text).await;
-    Box::pin(copy_in.finish())
-        .await
-        .map_err(|e| format!("applying inserts into {target}: {e}"))?;
-    Ok(())
-}
-
 /// Appends `values` as one line of COPY's text format.
 fn copy_line(out: &mut Vec<u8>, values: &[Value]) {
     for (i, value) in values.iter().enumerate() {
@@ -830,29 +947,15 @@ fn text_of(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The condition that finds the row whose replica identity `values` holds
-/// (the key columns of `relation`; every column for REPLICA IDENTITY FULL).
-fn key_condition(relation: &Relation, values: &[Value]) -> Result<String, ApplyError> {
-    let mut parts = Vec::new();
-    for (column, value) in relation.columns.iter().zip(values) {
-        if !(column.key || relation.replica_identity == b'f') {
-            continue;
-        }
-        parts.push(match value {
-            Value::Null => format!("{} IS NULL", quote(&column.name)),
-            Value::UnchangedToast => continue,
-            Value::Text(bytes) | Value::Binary(bytes) => {
-                format!("{} = {}", quote(&column.name), literal(&text_of(bytes)))
-            }
-        });
-    }
-    if parts.is_empty() {
-        return Err(format!(
-            "table {}.{} has no replica identity: its updates and deletes cannot be applied",
-            relation.namespace, relation.name
-        ));
-    }
-    Ok(parts.join(" AND "))
+/// The condition that finds the row of replica identity `key`.
+fn key_condition(key: &[(String, Value)]) -> String {
+    key.iter()
+        .map(|(column, value)| match sql_value(value) {
+            Some(literal) if *value != Value::Null => format!("{} = {literal}", quote(column)),
+            _ => format!("{} IS NULL", quote(column)),
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 #[cfg(test)]

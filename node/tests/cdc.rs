@@ -16,6 +16,7 @@ mod support {
 
 use bytes::Bytes;
 use quarry_exec::pgoutput::{Message, Value, decode, parse_lsn};
+use support::node::texts;
 use support::postgres::PgServer;
 
 fn text(value: &str) -> Value {
@@ -180,33 +181,14 @@ async fn pgoutput_messages_of_a_real_server_decode() {
     assert_eq!(changes.len(), 6);
 }
 
-/// The rows of `sql` on a client, each as its columns' text joined by `|`.
-async fn rows_text(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Waits (up to a minute) until `sql` gives the same rows on the source
 /// and on Quarry; panics with both otherwise.
 async fn converge(source: &tokio_postgres::Client, quarry: &tokio_postgres::Client, sql: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let expected = rows_text(source, sql).await;
+        let expected = texts(source, sql).await;
         let found = match quarry.simple_query(sql).await {
-            Ok(_) => rows_text(quarry, sql).await,
+            Ok(_) => texts(quarry, sql).await,
             Err(e) => vec![format!("error: {e:?}")],
         };
         if expected == found {
@@ -293,7 +275,7 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
             quarry_exec::pgoutput::parse_lsn(row.get(1)).expect("lsn"),
         )
     };
-    let shown = rows_text(
+    let shown = texts(
         &quarry,
         "SELECT state, tables, applied_lsn, rows_applied > 1000, last_error,
                 connection LIKE '%password%'

@@ -15,7 +15,7 @@ mod support {
 
 use bytes::Bytes;
 use futures::SinkExt;
-use support::node::{TestNode, files_scanned, http_request, sqlstate};
+use support::node::{TestNode, files_scanned, http_request, sqlstate, texts};
 use tokio_postgres::Client;
 
 /// Bytes the node's chunk store read (its counter on /metrics).
@@ -547,25 +547,6 @@ async fn quarry_load_writes_ndjson_objects_into_a_json_column_as_documents() {
             r#"{"action":"opened","pr":{"number":6,"labels":["l2"]}}"#,
         ]
     );
-}
-
-/// The rows of `sql` as text, in order.
-async fn texts(client: &Client, sql: &str) -> Vec<String> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

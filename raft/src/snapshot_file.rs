@@ -771,28 +771,24 @@ mod tests {
         );
         ok(
             &mut catalog,
-            Command::CreateSubscription(quarry_common::subscription::Subscription {
-                name: "sub".into(),
-                owner: "alice".into(),
-                connection: "host=127.0.0.1".into(),
-                password: Some("kept".into()),
-                publications: vec!["p".into()],
-                slot_name: "sub".into(),
-                enabled: true,
-                copy_data: true,
-                create_slot: true,
-                phase: quarry_common::subscription::SubscriptionPhase::Streaming,
-                tables: vec![quarry_common::subscription::SubscribedTable {
+            Command::CreateSubscription({
+                let mut s = quarry_common::subscription::Subscription::new(
+                    "sub",
+                    "alice",
+                    "host=127.0.0.1".into(),
+                    Some("kept".into()),
+                    vec!["p".into()],
+                );
+                s.phase = quarry_common::subscription::SubscriptionPhase::Streaming;
+                s.tables = vec![quarry_common::subscription::SubscribedTable {
                     source_schema: "public".into(),
                     source_name: "t1".into(),
                     table: t1,
                     key: vec!["a".into()],
-                }],
-                applied_lsn: 42,
-                rows_applied: 3,
-                applied_at: 1,
-                source_commit_at: 2,
-                last_error: None,
+                }];
+                s.applied_lsn = 42;
+                s.rows_applied = 3;
+                s
             }),
         );
         // A composite type, and a column of t1 declared as it.

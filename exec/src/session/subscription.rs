@@ -4,7 +4,7 @@
 //! (`quarry_node::subscription`) copies and streams.
 
 use super::*;
-use quarry_common::subscription::{Subscription, SubscriptionPhase};
+use quarry_common::subscription::Subscription;
 
 /// A libpq connection string's `key=value` pairs, values unquoted
 /// (PostgreSQL's manual, section 34.1.1.1: a value with spaces is in single
@@ -133,24 +133,13 @@ impl Session {
         self.require_superuser("create subscriptions").await?;
         let name = normalize(name);
         let (connection, password) = split_password(connection)?;
-        let mut subscription = Subscription {
-            name: name.clone(),
-            owner: self.user().name.clone(),
+        let mut subscription = Subscription::new(
+            &name,
+            &self.user().name,
             connection,
             password,
-            publications: publications.iter().map(|p| p.value.clone()).collect(),
-            slot_name: name.clone(),
-            enabled: true,
-            copy_data: true,
-            create_slot: true,
-            phase: SubscriptionPhase::Copying,
-            tables: Vec::new(),
-            applied_lsn: 0,
-            rows_applied: 0,
-            applied_at: 0,
-            source_commit_at: 0,
-            last_error: None,
-        };
+            publications.iter().map(|p| p.value.clone()).collect(),
+        );
         for (option, value) in options {
             match option.as_str() {
                 "copy_data" => subscription.copy_data = boolean_option(option, value)?,

@@ -593,3 +593,23 @@ pub async fn files_scanned(client: &Client, query: &str) -> usize {
         .collect::<std::collections::HashSet<_>>()
         .len()
 }
+
+/// The rows of `sql` as text, in order, each its columns' text joined
+/// by `|` (NULL as `NULL`).
+pub async fn texts(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}

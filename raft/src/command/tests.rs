@@ -1898,24 +1898,13 @@ fn a_buffer_move_of_a_file_with_deleted_rows_is_refused() {
 }
 
 fn subscription(name: &str) -> quarry_common::subscription::Subscription {
-    quarry_common::subscription::Subscription {
-        name: name.into(),
-        owner: "quarry".into(),
-        connection: "host=127.0.0.1 dbname=shop".into(),
-        password: Some("secret".into()),
-        publications: vec!["orders".into()],
-        slot_name: name.into(),
-        enabled: true,
-        copy_data: true,
-        create_slot: true,
-        phase: quarry_common::subscription::SubscriptionPhase::Copying,
-        tables: Vec::new(),
-        applied_lsn: 0,
-        rows_applied: 0,
-        applied_at: 0,
-        source_commit_at: 0,
-        last_error: None,
-    }
+    quarry_common::subscription::Subscription::new(
+        name,
+        "quarry",
+        "host=127.0.0.1 dbname=shop".into(),
+        Some("secret".into()),
+        vec!["orders".into()],
+    )
 }
 
 fn advance(from_lsn: u64, to_lsn: u64) -> Command {
