@@ -708,6 +708,33 @@ struct NetChanges {
     rows: BTreeMap<String, Vec<Value>>,
 }
 
+impl NetChanges {
+    /// A row written with replica identity `key`; for a table without a
+    /// key (`full`), identical rows are kept apart by `n`.
+    fn write(&mut self, key: String, row: Vec<Value>, full: bool, n: u64) {
+        let key = if full { format!("{key}\u{2}{n}") } else { key };
+        self.rows.insert(key, row);
+    }
+
+    /// The row of replica identity `key` removed: one written earlier in
+    /// the run if there is one, else the row that was there before it.
+    fn remove(&mut self, key: String, columns: Vec<(String, Value)>, full: bool) {
+        let earlier = if full {
+            let first = self
+                .rows
+                .range(format!("{key}\u{2}")..format!("{key}\u{3}"))
+                .next()
+                .map(|(k, _)| k.clone());
+            first.and_then(|k| self.rows.remove(&k))
+        } else {
+            self.rows.remove(&key)
+        };
+        if earlier.is_none() {
+            self.deleted.insert(key, columns);
+        }
+    }
+}
+
 /// The replica identity of `values` (the key columns of `relation`; every
 /// column for REPLICA IDENTITY FULL): a text that tells rows apart, and
 /// the columns with their values.
@@ -752,6 +779,9 @@ async fn apply_changes(
     changes: Vec<Change>,
 ) -> Result<(), ApplyError> {
     let mut net: BTreeMap<u32, NetChanges> = BTreeMap::new();
+    // Rows written so far: tells apart identical rows of a table without
+    // a key (REPLICA IDENTITY FULL).
+    let mut written = 0u64;
     for change in changes {
         match change {
             Change::Relation(relation) => {
@@ -763,26 +793,28 @@ async fn apply_changes(
             }
             Change::Insert(relation, new) => {
                 let (_, shape) = target_of(subscription, relations, relation)?;
+                let full = shape.replica_identity == b'f';
                 let (key, _) = identity(shape, &new)?;
-                net.entry(relation).or_default().rows.insert(key, new);
+                written += 1;
+                net.entry(relation)
+                    .or_default()
+                    .write(key, new, full, written);
             }
             Change::Delete(relation, old) => {
                 let (_, shape) = target_of(subscription, relations, relation)?;
+                let full = shape.replica_identity == b'f';
                 let (key, columns) = identity(shape, &old)?;
-                let table = net.entry(relation).or_default();
-                if table.rows.remove(&key).is_none() {
-                    table.deleted.insert(key, columns);
-                }
+                net.entry(relation).or_default().remove(key, columns, full);
             }
             Change::Update(relation, old, new) if !new.contains(&Value::UnchangedToast) => {
                 let (_, shape) = target_of(subscription, relations, relation)?;
+                let full = shape.replica_identity == b'f';
                 let (old_key, old_columns) = identity(shape, old.as_ref().unwrap_or(&new))?;
                 let (new_key, _) = identity(shape, &new)?;
                 let table = net.entry(relation).or_default();
-                if table.rows.remove(&old_key).is_none() {
-                    table.deleted.insert(old_key, old_columns);
-                }
-                table.rows.insert(new_key, new);
+                table.remove(old_key, old_columns, full);
+                written += 1;
+                table.write(new_key, new, full, written);
             }
             Change::Update(relation, old, new) => {
                 // The unchanged TOASTed values are only in Quarry's row:

@@ -218,9 +218,11 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
                  opened date, note text);
              CREATE TABLE ledger (id bigint PRIMARY KEY, account bigint, amount numeric(12,2));
              CREATE TABLE unpublished (id bigint);
+             CREATE TABLE tags (account bigint, tag text);
+             ALTER TABLE tags REPLICA IDENTITY FULL;
              INSERT INTO accounts SELECT i, 'owner ' || i, i * 10, DATE '2026-01-01' + i, NULL
                FROM generate_series(1, 1000) i;
-             CREATE PUBLICATION quarry_pub FOR TABLE accounts, ledger;",
+             CREATE PUBLICATION quarry_pub FOR TABLE accounts, ledger, tags;",
         )
         .await
         .expect("source tables");
@@ -258,6 +260,18 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
     }
     converge(&source, &quarry, accounts).await;
     converge(&source, &quarry, ledger).await;
+    // A table without a key (REPLICA IDENTITY FULL): identical rows in one
+    // transaction stay two; a delete of a row written in the same
+    // transaction removes one.
+    source
+        .batch_execute(
+            "BEGIN; INSERT INTO tags VALUES (1, 'a'), (1, 'a'), (2, 'b'), (3, 'c');
+             DELETE FROM tags WHERE account = 3; UPDATE tags SET tag = 'B' WHERE account = 2;
+             COMMIT",
+        )
+        .await
+        .expect("tags");
+    converge(&source, &quarry, "SELECT account, tag FROM tags ORDER BY account, tag").await;
 
     // The subscription's state; the slot's confirmed position is never
     // past what Quarry committed, and follows it also when only an
@@ -285,7 +299,7 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
     let fields: Vec<&str> = shown[0].split('|').collect();
     assert_eq!(
         (fields[0], fields[1], fields[3], fields[4], fields[5]),
-        ("streaming", "2", "t", "NULL", "f"),
+        ("streaming", "3", "t", "NULL", "f"),
         "{shown:?}"
     );
     let applied = parse_lsn(fields[2]).expect("applied_lsn");
