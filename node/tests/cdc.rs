@@ -271,7 +271,12 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
         )
         .await
         .expect("tags");
-    converge(&source, &quarry, "SELECT account, tag FROM tags ORDER BY account, tag").await;
+    converge(
+        &source,
+        &quarry,
+        "SELECT account, tag FROM tags ORDER BY account, tag",
+    )
+    .await;
 
     // The subscription's state; the slot's confirmed position is never
     // past what Quarry committed, and follows it also when only an
@@ -411,7 +416,9 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
         .await
         .expect("subscription");
     drop(quarry);
-    // Killed during the copy, then twice while it streams.
+    // Killed three times while the writer runs: 150 ms after CREATE
+    // SUBSCRIPTION (about when the applier starts its copy), then 1.5 s and
+    // 2.5 s after each restart.
     for pause in [150, 1500, 2500] {
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         node.kill9();
