@@ -148,7 +148,10 @@ impl Source {
             Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
             None => "localhost".to_owned(),
         };
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        if !matches!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
+        ) {
             return Err(
                 "sslmode=require is not supported yet: the source connection is not encrypted"
                     .to_owned(),

@@ -3,6 +3,8 @@
 //! (`quarry_common::subscription`); the Raft leader's applier
 //! (`quarry_node::subscription`) copies and streams.
 
+use std::str::FromStr;
+
 use super::*;
 use quarry_common::subscription::Subscription;
 
@@ -98,8 +100,6 @@ fn boolean_option(name: &str, value: &str) -> Result<bool> {
         )),
     }
 }
-
-use std::str::FromStr;
 
 impl Session {
     /// 42501 unless the session's role is a superuser (PostgreSQL 16 also
