@@ -31,6 +31,7 @@ Prints the machine, the command, the commit and a Markdown table.
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -209,8 +210,10 @@ def main():
         rep.execute("DROP SUBSCRIPTION bench_postgres")
     finally:
         node.kill()
+        node.wait()
         source.stop()
         replica.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     version = subprocess.run([os.path.join(source.bin, "postgres"), "--version"],
                              capture_output=True, text=True).stdout.strip()
