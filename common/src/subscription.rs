@@ -92,10 +92,6 @@ pub struct SubscribedTable {
     pub source_name: String,
     /// The Quarry table.
     pub table: TableId,
-    /// The names of its replica identity columns on the source (its
-    /// primary key's, or all for REPLICA IDENTITY FULL), by which updates
-    /// and deletes find rows.
-    pub key: Vec<String>,
 }
 
 /// A move of a subscription's applied position ([`Subscription::advance`]).

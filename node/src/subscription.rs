@@ -217,8 +217,6 @@ struct SourceTable {
     name: String,
     /// Column names and their Quarry types.
     columns: Vec<(String, String)>,
-    /// Its primary key's columns.
-    key: Vec<String>,
 }
 
 /// The Quarry column type of a source column of type `oid` with modifier
@@ -300,24 +298,10 @@ async fn published_tables(
             };
             mapped.push((column_name, column_type));
         }
-        let key = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary
-                 ORDER BY array_position(i.indkey, a.attnum)",
-                &[&relation],
-            )
-            .await
-            .map_err(|e| format!("cannot read the key of {relation}: {e}"))?
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
         tables.push(SourceTable {
             schema,
             name,
             columns: mapped,
-            key,
         });
     }
     Ok(tables)
@@ -429,7 +413,6 @@ async fn copy(
             source_schema: table.schema.clone(),
             source_name: table.name.clone(),
             table: id,
-            key: table.key.clone(),
         });
     }
     client
@@ -469,23 +452,37 @@ async fn copy_table(
 ) -> Result<u64, ApplyError> {
     use futures::StreamExt;
     let columns = names.join(", ");
-    let Output::CopyIn(mut copy_in) =
-        execute(session, &format!("COPY {target} ({columns}) FROM STDIN")).await?
-    else {
-        return Err("COPY FROM STDIN did not start".to_owned());
-    };
     let stream = client
         .copy_out(&format!("COPY (SELECT {columns} FROM {target}) TO STDOUT"))
         .await
         .map_err(|e| format!("cannot copy {target}: {e}"))?;
     futures::pin_mut!(stream);
+    // Fed to Quarry as they arrive.
+    let mut copy_in = start_copy(session, target, &columns).await?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("copying {target}: {e}"))?;
         copy_in.feed(&chunk).await;
     }
+    finish_copy(copy_in, target).await
+}
+
+/// Starts `COPY target (columns) FROM STDIN` (text format) in `session`.
+async fn start_copy(
+    session: &mut Session,
+    target: &str,
+    columns: &str,
+) -> Result<Box<quarry_exec::CopyIn>, ApplyError> {
+    match execute(session, &format!("COPY {target} ({columns}) FROM STDIN")).await? {
+        Output::CopyIn(copy_in) => Ok(copy_in),
+        _ => Err("COPY FROM STDIN did not start".to_owned()),
+    }
+}
+
+/// Ends a copy into `target`; returns the rows it wrote.
+async fn finish_copy(copy_in: Box<quarry_exec::CopyIn>, target: &str) -> Result<u64, ApplyError> {
     let tag = Box::pin(copy_in.finish())
         .await
-        .map_err(|e| format!("copying {target}: {e}"))?;
+        .map_err(|e| format!("copying rows into {target}: {e}"))?;
     Ok(tag.rows.unwrap_or(0))
 }
 
@@ -887,18 +884,9 @@ async fn flush(
             copy_line(&mut text, row);
         }
         let columns: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
-        let Output::CopyIn(mut copy_in) = execute(
-            session,
-            &format!("COPY {target} ({}) FROM STDIN", columns.join(", ")),
-        )
-        .await?
-        else {
-            return Err("COPY FROM STDIN did not start".to_owned());
-        };
+        let mut copy_in = start_copy(session, &target, &columns.join(", ")).await?;
         copy_in.feed(&text).await;
-        Box::pin(copy_in.finish())
-            .await
-            .map_err(|e| format!("applying rows to {target}: {e}"))?;
+        finish_copy(copy_in, &target).await?;
     }
     Ok(())
 }

@@ -784,7 +784,6 @@ mod tests {
                     source_schema: "public".into(),
                     source_name: "t1".into(),
                     table: t1,
-                    key: vec!["a".into()],
                 }];
                 s.applied_lsn = 42;
                 s.rows_applied = 3;
