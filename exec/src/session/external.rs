@@ -20,6 +20,8 @@ impl Session {
         source: ExternalSource,
     ) -> Result<Output> {
         let done = || Ok(Output::Command(CommandTag::new("CREATE EXTERNAL TABLE")));
+        // Privileges are checked against the catalog this statement reads.
+        let view = self.begin_statement().await?;
         if !self.access().await?.is_superuser() {
             return Err(user_error(
                 SqlState::INSUFFICIENT_PRIVILEGE,
@@ -27,7 +29,6 @@ impl Session {
             ));
         }
         crate::external::check_source(&source)?;
-        let view = self.begin_statement().await?;
         let (schema, table) = self.resolve(name)?;
         if if_not_exists && view.catalog.relation_exists(&schema, &table) {
             return done();
