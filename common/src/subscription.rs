@@ -41,8 +41,9 @@ pub struct Subscription {
     /// Whether the published tables' rows are copied before streaming
     /// (`copy_data`); without it only later changes arrive.
     pub copy_data: bool,
-    /// Whether CREATE SUBSCRIPTION makes the slot (`create_slot`), and so
-    /// DROP SUBSCRIPTION drops it; else it must exist.
+    /// Whether the subscription makes its slot (`create_slot`); else the
+    /// slot must exist on the source. DROP SUBSCRIPTION drops it either
+    /// way, as PostgreSQL's does.
     pub create_slot: bool,
     /// Where it stands.
     pub phase: SubscriptionPhase,
@@ -51,6 +52,10 @@ pub struct Subscription {
     /// The end LSN of the last source transaction applied (after the
     /// initial copy: the slot's consistent point); 0 before any.
     pub applied_lsn: Lsn,
+    /// The end of the source's write-ahead log as the source last reported
+    /// it to the applier (in its WAL data and keepalive messages) when the
+    /// applier committed; lag in bytes is its distance from `applied_lsn`.
+    pub source_wal_end: Lsn,
     /// Rows inserted, updated or deleted by applied transactions and the
     /// copy.
     pub rows_applied: u64,
@@ -61,6 +66,10 @@ pub struct Subscription {
     pub source_commit_at: TimestampMicros,
     /// The last error that stopped the applier, until it applies again.
     pub last_error: Option<String>,
+    /// ALTER SUBSCRIPTION ... REFRESH PUBLICATION was asked, with its
+    /// `copy_data`, and the applier has not yet done it (added the tables
+    /// added to the publications, copied if `copy_data`).
+    pub refresh: Option<bool>,
 }
 
 /// Where a subscription stands.
@@ -92,6 +101,24 @@ pub struct SubscribedTable {
     pub source_name: String,
     /// The Quarry table.
     pub table: TableId,
+    /// The source position its copy was taken at (the exported snapshot's
+    /// consistent point): changes of transactions the source committed
+    /// before it are in the copy and are not applied again.
+    pub copied_at: Lsn,
+    /// The source table's columns as followed so far: a Relation message
+    /// that gives one of them another type stops the applier.
+    pub columns: Vec<SourceColumn>,
+}
+
+/// A column of a source table as the source declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceColumn {
+    /// Its name.
+    pub name: String,
+    /// Its type's oid on the source (`atttypid`).
+    pub type_oid: u32,
+    /// Its type modifier (`atttypmod`; -1 for none).
+    pub type_modifier: i32,
 }
 
 /// A move of a subscription's applied position ([`Subscription::advance`]).
@@ -110,10 +137,16 @@ pub struct Progress {
     /// The transaction's commit time on the source (microseconds since the
     /// Unix epoch); 0 when unknown.
     pub source_commit_at: TimestampMicros,
+    /// The end of the source's write-ahead log as last reported to the
+    /// applier; 0 when unknown.
+    pub source_wal_end: Lsn,
     /// The phase after the move (`Streaming` once the copy commits).
     pub phase: SubscriptionPhase,
-    /// The tables replicated from then on (the copy's), if they change.
+    /// The tables replicated from then on (the copy's, after a REFRESH
+    /// PUBLICATION, or with their source columns changed), if they change.
     pub tables: Option<Vec<SubscribedTable>>,
+    /// It ends a REFRESH PUBLICATION (or the copy, which also answers one).
+    pub refreshed: bool,
 }
 
 /// Why a move of the applied position was refused.
@@ -152,10 +185,12 @@ impl Subscription {
             phase: SubscriptionPhase::Copying,
             tables: Vec::new(),
             applied_lsn: 0,
+            source_wal_end: 0,
             rows_applied: 0,
             applied_at: 0,
             source_commit_at: 0,
             last_error: None,
+            refresh: None,
         }
     }
 
@@ -184,12 +219,32 @@ impl Subscription {
         if progress.source_commit_at != 0 {
             self.source_commit_at = progress.source_commit_at;
         }
+        self.source_wal_end = self
+            .source_wal_end
+            .max(progress.source_wal_end)
+            .max(progress.to_lsn);
         self.phase = progress.phase;
         if let Some(tables) = &progress.tables {
             self.tables = tables.clone();
         }
+        if progress.refreshed {
+            self.refresh = None;
+        }
         self.last_error = None;
         Ok(())
+    }
+
+    /// Seconds from the source's commit of the last transaction applied to
+    /// Quarry's commit of it; None before any.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        (self.source_commit_at != 0)
+            .then(|| (self.applied_at - self.source_commit_at).max(0) as f64 / 1e6)
+    }
+
+    /// Bytes of the source's write-ahead log not yet applied, as of the
+    /// applier's last commit.
+    pub fn lag_bytes(&self) -> u64 {
+        self.source_wal_end.saturating_sub(self.applied_lsn)
     }
 }
 
@@ -216,8 +271,10 @@ mod tests {
             to_lsn,
             rows: 2,
             source_commit_at: 7,
+            source_wal_end: to_lsn + 50,
             phase: SubscriptionPhase::Streaming,
             tables: None,
+            refreshed: false,
         }
     }
 
@@ -236,6 +293,11 @@ mod tests {
         );
         assert_eq!(s.phase, SubscriptionPhase::Streaming);
         assert_eq!(s.last_error, None, "applying clears the last error");
+        assert_eq!(
+            s.lag_bytes(),
+            50,
+            "the source's WAL end beyond the position"
+        );
         // The same transaction again (a replay, or a second applier).
         assert_eq!(
             s.advance(&progress(0, 100), 6),
@@ -252,5 +314,20 @@ mod tests {
         );
         s.advance(&progress(100, 180), 8).expect("the next one");
         assert_eq!((s.applied_lsn, s.rows_applied), (180, 4));
+        // A WAL end reported earlier than the position: no lag.
+        let mut caught_up = progress(180, 300);
+        caught_up.source_wal_end = 250;
+        s.advance(&caught_up, 9).expect("caught up");
+        assert_eq!(s.lag_bytes(), 0);
+        // A refresh asked stays asked until a move says it is done.
+        s.refresh = Some(true);
+        let mut reshaped = progress(300, 300);
+        reshaped.tables = Some(Vec::new());
+        s.advance(&reshaped, 10).expect("tables changed");
+        assert_eq!(s.refresh, Some(true));
+        let mut refreshed = progress(300, 300);
+        refreshed.refreshed = true;
+        s.advance(&refreshed, 11).expect("refreshed");
+        assert_eq!(s.refresh, None);
     }
 }

@@ -56,6 +56,7 @@ pub mod row_id;
 pub mod runtime;
 pub mod scram;
 pub mod session;
+pub mod source;
 pub mod system;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]

@@ -543,7 +543,8 @@ pub enum QuarryStatement {
         /// The WITH options, names lower-cased, values as written.
         options: Vec<(String, String)>,
     },
-    /// `ALTER SUBSCRIPTION name ENABLE | DISABLE | CONNECTION 'conninfo'`.
+    /// `ALTER SUBSCRIPTION name ENABLE | DISABLE | CONNECTION 'conninfo' |
+    /// REFRESH PUBLICATION [WITH (copy_data = ...)]`.
     AlterSubscription {
         /// Its name.
         name: Ident,
@@ -551,6 +552,9 @@ pub enum QuarryStatement {
         enabled: Option<bool>,
         /// CONNECTION: the new connection string.
         connection: Option<String>,
+        /// REFRESH PUBLICATION, with its WITH options (names lower-cased,
+        /// values as written).
+        refresh: Option<Vec<(String, String)>>,
     },
     /// `DROP SUBSCRIPTION [IF EXISTS] name`.
     DropSubscription {
@@ -1033,6 +1037,38 @@ fn parse_access_token(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement
     Ok(Some(statement))
 }
 
+/// A subscription statement's `( name [= value] [, ...] )` after WITH: the
+/// names lower-cased, the values as written (a name alone is `true`).
+fn subscription_options(parser: &mut Parser) -> Result<Vec<(String, String)>> {
+    parser.expect_token(&Token::LParen).map_err(syntax_error)?;
+    let mut options = Vec::new();
+    loop {
+        let option = parser
+            .parse_identifier()
+            .map_err(syntax_error)?
+            .value
+            .to_ascii_lowercase();
+        let value = if parser.consume_token(&Token::Eq) {
+            match parser.next_token().token {
+                Token::SingleQuotedString(s) => s,
+                Token::Word(w) => w.value,
+                Token::Number(n, _) => n,
+                other => {
+                    return Err(syntax_error(format!("syntax error at or near \"{other}\"")));
+                }
+            }
+        } else {
+            "true".to_owned()
+        };
+        options.push((option, value));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen).map_err(syntax_error)?;
+    Ok(options)
+}
+
 /// `CREATE | ALTER | DROP SUBSCRIPTION ...` (PostgreSQL's); None for other
 /// statements.
 fn parse_subscription(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement>> {
@@ -1064,37 +1100,11 @@ fn parse_subscription(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement
             let publications = parser
                 .parse_comma_separated(|p| p.parse_identifier())
                 .map_err(syntax_error)?;
-            let mut options = Vec::new();
-            if parser.parse_keyword(Keyword::WITH) {
-                parser.expect_token(&Token::LParen).map_err(syntax_error)?;
-                loop {
-                    let option = parser
-                        .parse_identifier()
-                        .map_err(syntax_error)?
-                        .value
-                        .to_ascii_lowercase();
-                    // `= value`, or a boolean option given alone (true).
-                    let value = if parser.consume_token(&Token::Eq) {
-                        match parser.next_token().token {
-                            Token::SingleQuotedString(s) => s,
-                            Token::Word(w) => w.value,
-                            Token::Number(n, _) => n,
-                            other => {
-                                return Err(syntax_error(format!(
-                                    "syntax error at or near \"{other}\""
-                                )));
-                            }
-                        }
-                    } else {
-                        "true".to_owned()
-                    };
-                    options.push((option, value));
-                    if !parser.consume_token(&Token::Comma) {
-                        break;
-                    }
-                }
-                parser.expect_token(&Token::RParen).map_err(syntax_error)?;
-            }
+            let options = if parser.parse_keyword(Keyword::WITH) {
+                subscription_options(&mut parser)?
+            } else {
+                Vec::new()
+            };
             QuarryStatement::CreateSubscription {
                 name,
                 connection,
@@ -1104,22 +1114,34 @@ fn parse_subscription(tokens: &[TokenWithSpan]) -> Result<Option<QuarryStatement
         }
         "alter" => {
             let name = parser.parse_identifier().map_err(syntax_error)?;
-            let (enabled, connection) = if parser.parse_keyword(Keyword::ENABLE) {
-                (Some(true), None)
+            let (mut enabled, mut connection, mut refresh) = (None, None, None);
+            if parser.parse_keyword(Keyword::ENABLE) {
+                enabled = Some(true);
             } else if parser.parse_keyword(Keyword::DISABLE) {
-                (Some(false), None)
+                enabled = Some(false);
             } else if parser.parse_keyword(Keyword::CONNECTION) {
-                (None, Some(string(&mut parser)?))
+                connection = Some(string(&mut parser)?);
+            } else if parser.parse_keyword(Keyword::REFRESH) {
+                match parser.next_token().token {
+                    Token::Word(w) if w.value.eq_ignore_ascii_case("publication") => {}
+                    _ => return Err(syntax_error("REFRESH needs PUBLICATION")),
+                }
+                refresh = Some(if parser.parse_keyword(Keyword::WITH) {
+                    subscription_options(&mut parser)?
+                } else {
+                    Vec::new()
+                });
             } else {
                 return Err(user_error(
                     SqlState::FEATURE_NOT_SUPPORTED,
-                    "ALTER SUBSCRIPTION supports ENABLE, DISABLE and CONNECTION",
+                    "ALTER SUBSCRIPTION supports ENABLE, DISABLE, CONNECTION and REFRESH PUBLICATION",
                 ));
-            };
+            }
             QuarryStatement::AlterSubscription {
                 name,
                 enabled,
                 connection,
+                refresh,
             }
         }
         _ => {

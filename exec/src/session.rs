@@ -824,8 +824,9 @@ impl Session {
                 name,
                 enabled,
                 connection,
+                refresh,
             } => {
-                self.alter_subscription(&name, enabled, connection.as_deref())
+                self.alter_subscription(&name, enabled, connection.as_deref(), refresh.as_deref())
                     .await
             }
             QuarryStatement::DropSubscription { name, if_exists } => {

@@ -686,7 +686,9 @@ fn snapshots(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
 
 /// `quarry_system.subscriptions`: each subscription to a PostgreSQL
 /// publication, where its applier stands and its last error; the
-/// connection string without its password.
+/// connection string without its password. `lag_bytes` is the source's
+/// WAL not yet applied as of the applier's last commit (the WAL end the
+/// source last reported, less `applied_lsn`).
 fn subscriptions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("subscription_name", DataType::Utf8, false),
@@ -701,6 +703,7 @@ fn subscriptions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
         Field::new("rows_applied", DataType::UInt64, false),
         Field::new("last_applied_time", timestamp_type(), true),
         Field::new("source_commit_time", timestamp_type(), true),
+        Field::new("lag_bytes", DataType::UInt64, false),
         Field::new("lag_seconds", DataType::Float64, true),
         Field::new("last_error", DataType::Utf8, true),
     ]));
@@ -727,15 +730,9 @@ fn subscriptions(catalog: &Catalog) -> DfResult<Arc<dyn TableProvider>> {
             count(all.iter().map(|s| s.rows_applied).collect()),
             timestamps(all.iter().map(|s| known(s.applied_at)).collect()),
             timestamps(all.iter().map(|s| known(s.source_commit_at)).collect()),
-            // From the source's commit of the last transaction applied to
-            // Quarry's commit of it.
+            count(all.iter().map(|s| s.lag_bytes()).collect()),
             Arc::new(Float64Array::from(
-                all.iter()
-                    .map(|s| {
-                        (s.source_commit_at != 0)
-                            .then(|| (s.applied_at - s.source_commit_at).max(0) as f64 / 1e6)
-                    })
-                    .collect::<Vec<_>>(),
+                all.iter().map(|s| s.lag_seconds()).collect::<Vec<_>>(),
             )),
             Arc::new(StringArray::from(
                 all.iter().map(|s| s.last_error.clone()).collect::<Vec<_>>(),

@@ -10,12 +10,21 @@
 //! | `quarry_query_memory_reserved_bytes` | | bytes the running statements hold in their memory pools |
 //! | `quarry_query_memory_limit_bytes` | | what they may hold in all: query slots × memory per statement |
 //! | `quarry_storage_disk_available_bytes`, `quarry_storage_disk_size_bytes` | | the data directory's file system (statvfs) |
+//! | `quarry_subscription_lag_bytes` | `subscription` | the source's WAL not yet applied, as of the applier's last commit (`quarry_system.subscriptions.lag_bytes`) |
+//! | `quarry_subscription_lag_seconds` | `subscription` | from the source's commit of the last transaction applied to Quarry's (`lag_seconds`) |
+//! | `quarry_subscription_rows_applied_total` | `subscription` | rows copied and changed by applied transactions |
+//! | `quarry_subscription_failing` | `subscription` | 1 while the applier's last attempt stopped with an error (`last_error`) |
+//!
+//! The subscription metrics come from the Raft catalog, so every node
+//! exports the same values (aggregate them with `max by (subscription)`);
+//! a dropped subscription's go to zero.
 //!
 //! The node's counters, and the gauges set as events happen, are registered
 //! at zero when it starts, so that a rule or panel on them sees them before
 //! their first event (`node/tests/lifecycle.rs` checks that every metric
 //! the alert rules and the dashboard name is exported).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,13 +81,16 @@ pub async fn publish(sources: Sources, interval: Duration) {
     }
     metrics::gauge!("quarry_query_memory_limit_bytes").set(sources.memory_limit_bytes as f64);
     let mut ticker = tokio::time::interval(interval);
+    let mut subscriptions = BTreeSet::new();
     loop {
         ticker.tick().await;
-        sample(&sources);
+        sample(&sources, &mut subscriptions);
     }
 }
 
-fn sample(sources: &Sources) {
+/// Samples the gauges; `subscriptions` are the subscriptions exported so
+/// far (those dropped since are set to zero).
+fn sample(sources: &Sources, subscriptions: &mut BTreeSet<String>) {
     let nodes = sources.cluster.nodes();
     for state in ["alive", "suspect", "down"] {
         let count = nodes.iter().filter(|n| n.state == state).count();
@@ -94,6 +106,30 @@ fn sample(sources: &Sources) {
         quarry_exec::system::stripes_by_health(&catalog, sources.cluster.as_ref())
     {
         metrics::gauge!("quarry_storage_stripes", "health" => health).set(count as f64);
+    }
+    let now = BTreeSet::from_iter(catalog.subscriptions.keys().cloned());
+    for gone in subscriptions.difference(&now) {
+        let label = [("subscription", gone.clone())];
+        metrics::gauge!("quarry_subscription_lag_bytes", &label).set(0.0);
+        metrics::gauge!("quarry_subscription_lag_seconds", &label).set(0.0);
+        metrics::gauge!("quarry_subscription_failing", &label).set(0.0);
+    }
+    *subscriptions = now;
+    for subscription in catalog.subscriptions.values() {
+        let label = [("subscription", subscription.name.clone())];
+        metrics::gauge!("quarry_subscription_lag_bytes", &label)
+            .set(subscription.lag_bytes() as f64);
+        metrics::gauge!("quarry_subscription_lag_seconds", &label)
+            .set(subscription.lag_seconds().unwrap_or(0.0));
+        metrics::counter!("quarry_subscription_rows_applied_total", &label)
+            .absolute(subscription.rows_applied);
+        metrics::gauge!("quarry_subscription_failing", &label).set(
+            if subscription.last_error.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
     }
     metrics::gauge!("quarry_query_memory_reserved_bytes")
         .set(sources.engine.memory_reserved() as f64);

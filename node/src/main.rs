@@ -13,6 +13,8 @@ fn main() -> std::process::ExitCode {
         // Colours only on a terminal, not in log files or the journal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Fail points named in FAILPOINTS (test builds only; see node/Cargo.toml).
+    let _fail_points = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());
     let cli = quarry_node::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

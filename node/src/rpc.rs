@@ -47,8 +47,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// `Decommission`, `Restore`; version 20: `SetPartitioning`,
 /// `SetFileLayout`; version 21: `CommitRows`, `SetDeletes`; version 22:
 /// `CreateType`, `DropType`, `DeclareTypes` and the subscription
-/// commands), needs a new version.
-pub const WIRE_VERSION: u8 = 22;
+/// commands; version 23: a subscription's source WAL end, its tables'
+/// copy positions and REFRESH PUBLICATION), needs a new version.
+pub const WIRE_VERSION: u8 = 23;
 /// Largest frame accepted, in bytes (bounds a peer's memory use per call).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Idle connections kept per peer.
@@ -961,8 +962,9 @@ mod tests {
         }
         // Version 20: SetPartitioning, SetFileLayout; 21: CommitRows,
         // SetDeletes; 22: CreateType, DropType, DeclareTypes and the
-        // subscription commands.
-        const _: () = assert!(WIRE_VERSION == 22, "update the list above");
+        // subscription commands; 23: the subscription commands' new fields
+        // (no new command).
+        const _: () = assert!(WIRE_VERSION == 23, "update the list above");
     }
 
     #[tokio::test]

@@ -25,20 +25,34 @@
 //!   committed position is skipped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pgwire_replication::{Lsn as WalLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use quarry_common::subscription::{
-    Lsn, Progress, SubscribedTable, Subscription, SubscriptionPhase,
+    Lsn, Progress, SourceColumn, SubscribedTable, Subscription, SubscriptionPhase,
 };
 use quarry_exec::pgoutput::{self, Message, Relation, Value};
+use quarry_exec::source::SourceConfig;
 use quarry_exec::{Output, Session};
 use quarry_raft::Command;
 
 use quarry_raft::Meta;
+
+/// A point the crash tests kill the applying node at (docs/CDC.md): with
+/// fail points compiled in (test builds; node/Cargo.toml) and
+/// `FAILPOINTS=<name>=return`, the process sends itself SIGKILL here, as
+/// `kill -9` would, at exactly this step. In a release build it is nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| {
+            tracing::warn!(point = $name, "crash point reached: SIGKILL");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            unreachable!("SIGKILL returned")
+        })
+    };
+}
 
 /// Why an applier stopped (recorded as the subscription's last error).
 type ApplyError = String;
@@ -116,8 +130,11 @@ async fn apply(
 ) -> Result<(), ApplyError> {
     let subscription = current(meta, name).await?;
     let source = Source::of(&subscription)?;
+    let wal_end = SourceWalEnd::watch(&source).await?;
     let replication = match subscription.phase {
-        SubscriptionPhase::Copying => Box::pin(copy(engine, &subscription, &source)).await?,
+        SubscriptionPhase::Copying => {
+            Box::pin(copy(engine, &subscription, &source, &wal_end)).await?
+        }
         SubscriptionPhase::Streaming => {
             let mut client = source
                 .replication(&subscription, subscription.applied_lsn)
@@ -126,62 +143,87 @@ async fn apply(
             client
         }
     };
-    Box::pin(stream(engine, meta, name, replication)).await
+    Box::pin(stream(engine, meta, name, (&source, &wal_end), replication)).await
 }
 
-/// Where a subscription's source is: its connection string parsed, with
-/// the password.
-struct Source {
-    host: String,
-    port: u16,
-    user: String,
-    password: String,
-    dbname: String,
+/// The source's current end of WAL, polled every second on an ordinary
+/// connection (`pg_current_wal_lsn()`, or the replay position of a
+/// standby) while the applier runs: the commits record it, for lag in
+/// bytes. The replication stream alone does not tell it: a logical
+/// walsender's messages carry the position it has decoded up to.
+struct SourceWalEnd {
+    lsn: Arc<std::sync::atomic::AtomicU64>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
 }
+
+impl SourceWalEnd {
+    /// Polls once now, then every second.
+    async fn watch(source: &Source) -> Result<SourceWalEnd, ApplyError> {
+        let client = source.sql().await?;
+        let lsn = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        poll_wal_end(&client, &lsn).await?;
+        let (polled, source) = (lsn.clone(), source.clone());
+        let task = tokio::spawn(async move {
+            let mut client = Some(client);
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                if client.is_none() {
+                    client = source.sql().await.ok();
+                }
+                if let Some(connected) = &client
+                    && poll_wal_end(connected, &polled).await.is_err()
+                {
+                    client = None;
+                }
+            }
+        });
+        Ok(SourceWalEnd {
+            lsn,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        })
+    }
+
+    /// The end last polled, or `seen` (a position the stream showed) if
+    /// that is further.
+    fn at_least(&self, seen: Lsn) -> Lsn {
+        self.lsn
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(seen)
+    }
+}
+
+/// Reads the source's current end of WAL into `into` (which only grows).
+async fn poll_wal_end(
+    client: &tokio_postgres::Client,
+    into: &std::sync::atomic::AtomicU64,
+) -> Result<(), ApplyError> {
+    let row = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                     ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("cannot read the source's WAL position: {e}"))?;
+    let end = pgoutput::parse_lsn(row.get::<_, &str>(0)).map_err(|e| e.to_string())?;
+    into.fetch_max(end, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Where a subscription's source is and how to reach it (over TLS as its
+/// `sslmode` says: `quarry_exec::source`).
+#[derive(Clone)]
+struct Source(SourceConfig);
 
 impl Source {
     fn of(subscription: &Subscription) -> Result<Source, ApplyError> {
-        let config = tokio_postgres::Config::from_str(&subscription.connection)
-            .map_err(|e| format!("invalid connection string: {e}"))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => "localhost".to_owned(),
-        };
-        if !matches!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
-        ) {
-            return Err(
-                "sslmode=require is not supported yet: the source connection is not encrypted"
-                    .to_owned(),
-            );
-        }
-        Ok(Source {
-            host,
-            port: config.get_ports().first().copied().unwrap_or(5432),
-            user: config.get_user().unwrap_or("postgres").to_owned(),
-            password: subscription.password.clone().unwrap_or_default(),
-            dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
-        })
+        SourceConfig::parse(&subscription.connection, subscription.password.as_deref()).map(Source)
     }
 
     /// An ordinary connection.
     async fn sql(&self) -> Result<tokio_postgres::Client, ApplyError> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.host)
-            .port(self.port)
-            .user(&self.user)
-            .password(&self.password)
-            .dbname(&self.dbname)
-            .application_name("quarry subscription");
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("cannot connect to the source: {e}"))?;
-        tokio::spawn(connection);
-        Ok(client)
+        self.0.connect("quarry subscription").await
     }
 
     /// A replication connection on `subscription`'s slot, gated (commands
@@ -192,19 +234,23 @@ impl Source {
         subscription: &Subscription,
         applied: Lsn,
     ) -> Result<ReplicationClient, ApplyError> {
+        // Plain to a loopback relay that carries it over TLS, or straight
+        // to the source.
+        let (host, port) = self.0.relay().await?;
         let mut config = ReplicationConfig::new(
-            self.host.clone(),
-            self.user.clone(),
-            self.password.clone(),
-            self.dbname.clone(),
+            host,
+            self.0.user.clone(),
+            self.0.password.clone(),
+            self.0.dbname.clone(),
             subscription.slot_name.clone(),
             subscription.publications.clone(),
         );
-        config.port = self.port;
+        config.port = port;
         config.start_lsn = WalLsn::from_u64(applied);
         config.ack_lsn = Some(WalLsn::from_u64(applied));
         config.status_interval = Duration::from_secs(1);
         config.idle_wakeup_interval = Duration::from_secs(1);
+        config.application_name = Some("quarry subscription".to_owned());
         ReplicationClient::connect_gated(config)
             .await
             .map_err(|e| format!("cannot open a replication connection: {e}"))
@@ -217,6 +263,8 @@ struct SourceTable {
     name: String,
     /// Column names and their Quarry types.
     columns: Vec<(String, String)>,
+    /// The columns as the source declares them.
+    source_columns: Vec<SourceColumn>,
 }
 
 /// The Quarry column type of a source column of type `oid` with modifier
@@ -288,6 +336,7 @@ async fn published_tables(
             .await
             .map_err(|e| format!("cannot read the columns of {relation}: {e}"))?;
         let mut mapped = Vec::with_capacity(columns.len());
+        let mut source_columns = Vec::with_capacity(columns.len());
         for column in columns {
             let (column_name, oid, typmod): (String, u32, i32) =
                 (column.get(0), column.get(1), column.get(2));
@@ -296,12 +345,18 @@ async fn published_tables(
                     "column \"{column_name}\" of table {relation} has a type Quarry cannot hold (type oid {oid})"
                 ));
             };
+            source_columns.push(SourceColumn {
+                name: column_name.clone(),
+                type_oid: oid,
+                type_modifier: typmod,
+            });
             mapped.push((column_name, column_type));
         }
         tables.push(SourceTable {
             schema,
             name,
             columns: mapped,
+            source_columns,
         });
     }
     Ok(tables)
@@ -331,33 +386,39 @@ async fn execute(session: &mut Session, sql: &str) -> Result<Output, ApplyError>
         .map_err(|e| format!("{e} (in: {})", sql.chars().take(200).collect::<String>()))
 }
 
-/// Makes the slot, copies the tables at its snapshot into Quarry and
-/// commits them with the consistent point; returns the replication
-/// connection, started.
-async fn copy(
-    engine: &Arc<quarry_exec::Engine>,
-    subscription: &Subscription,
+/// A slot made with its snapshot exported: the replication connection
+/// that holds it (the snapshot can be imported while that connection does
+/// nothing else), the slot's consistent point and the snapshot's name.
+struct Exported {
+    connection: ReplicationClient,
+    consistent_point: Lsn,
+    snapshot: String,
+}
+
+/// Makes `subscription`'s slot, or with `temporary` a temporary slot of a
+/// name of its own (gone with its connection; for a copy alone), and
+/// exports its snapshot.
+async fn export_snapshot(
     source: &Source,
-) -> Result<ReplicationClient, ApplyError> {
-    let client = source.sql().await?;
-    // A slot left by a copy that did not commit: its snapshot is gone.
-    if subscription.create_slot {
-        let _ = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                 WHERE slot_name = $1 AND NOT active",
-                &[&subscription.slot_name],
-            )
-            .await;
-    }
-    let mut replication = source.replication(subscription, 0).await?;
-    let created = replication
-        .simple_query(&format!(
+    subscription: &Subscription,
+    temporary: bool,
+) -> Result<Exported, ApplyError> {
+    let mut connection = source.replication(subscription, 0).await?;
+    let command = if temporary {
+        format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote(&format!("quarry_copy_{:016x}", rand::random::<u64>()))
+        )
+    } else {
+        format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
             quote(&subscription.slot_name)
-        ))
+        )
+    };
+    let created = connection
+        .simple_query(&command)
         .await
-        .map_err(|e| format!("cannot create the replication slot: {e}"))?;
+        .map_err(|e| format!("cannot create a replication slot: {e}"))?;
     let text = |i: usize| -> Result<String, ApplyError> {
         created
             .first()
@@ -365,25 +426,30 @@ async fn copy(
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .ok_or_else(|| "CREATE_REPLICATION_SLOT answered no row".to_owned())
     };
-    let consistent_point = pgoutput::parse_lsn(&text(1)?).map_err(|e| e.to_string())?;
-    let snapshot = text(2)?;
+    Ok(Exported {
+        consistent_point: pgoutput::parse_lsn(&text(1)?).map_err(|e| e.to_string())?,
+        snapshot: text(2)?,
+        connection,
+    })
+}
 
-    let tables = published_tables(&client, &subscription.publications).await?;
-    let mut session = engine.session().map_err(|e| e.to_string())?;
-    execute(&mut session, "BEGIN").await?;
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(&snapshot)
-        ))
-        .await
-        .map_err(|e| format!("cannot import the slot's snapshot: {e}"))?;
-    let mut subscribed = Vec::with_capacity(tables.len());
+/// Creates in `session`'s open block the Quarry tables of `tables` it
+/// lacks (schemas too) and, with `copy_data`, copies their rows through
+/// `client` (in the transaction the caller began on it); returns them as
+/// followed tables copied at `copied_at`, and the rows copied.
+async fn create_tables(
+    client: &tokio_postgres::Client,
+    session: &mut Session,
+    tables: &[&SourceTable],
+    copy_data: bool,
+    copied_at: Lsn,
+) -> Result<(Vec<SubscribedTable>, u64), ApplyError> {
+    let mut followed = Vec::with_capacity(tables.len());
     let mut rows = 0;
-    for table in &tables {
+    for table in tables {
         let target = format!("{}.{}", quote(&table.schema), quote(&table.name));
         execute(
-            &mut session,
+            session,
             &format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&table.schema)),
         )
         .await?;
@@ -393,7 +459,7 @@ async fn copy(
             .map(|(name, column_type)| format!("{} {column_type}", quote(name)))
             .collect();
         execute(
-            &mut session,
+            session,
             &format!(
                 "CREATE TABLE IF NOT EXISTS {target} ({})",
                 columns.join(", ")
@@ -401,35 +467,110 @@ async fn copy(
         )
         .await?;
         let names: Vec<String> = table.columns.iter().map(|(n, _)| quote(n)).collect();
-        if subscription.copy_data {
-            rows += copy_table(&client, &mut session, &target, &names).await?;
+        if copy_data {
+            rows += copy_table(client, session, &target, &names).await?;
         }
         let id = session
             .table_id(&table.schema, &table.name)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("table {target} is gone"))?;
-        subscribed.push(SubscribedTable {
+        followed.push(SubscribedTable {
             source_schema: table.schema.clone(),
             source_name: table.name.clone(),
             table: id,
+            copied_at,
+            columns: table.source_columns.clone(),
         });
     }
+    Ok((followed, rows))
+}
+
+/// Begins, on `client`, the read-only transaction that sees `snapshot`.
+async fn import_snapshot(
+    client: &tokio_postgres::Client,
+    snapshot: &str,
+) -> Result<(), ApplyError> {
     client
-        .batch_execute("COMMIT")
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(snapshot)
+        ))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot import the slot's snapshot: {e}"))
+}
+
+/// Makes the slot (unless the subscription uses one that exists), copies
+/// the tables at an exported snapshot into Quarry and commits them with
+/// the snapshot's consistent point; returns the replication connection,
+/// started there.
+///
+/// With `create_slot = false` the snapshot is a temporary slot's, and the
+/// existing slot streams from its consistent point (the source skips the
+/// transactions committed before it, which the copy holds); without
+/// `copy_data` either, the tables are created empty and the slot streams
+/// from its own confirmed position.
+async fn copy(
+    engine: &Arc<quarry_exec::Engine>,
+    subscription: &Subscription,
+    source: &Source,
+    wal_end: &SourceWalEnd,
+) -> Result<ReplicationClient, ApplyError> {
+    let client = source.sql().await?;
+    if subscription.create_slot {
+        // A slot left by a copy that did not commit: its snapshot is gone.
+        let _ = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND NOT active",
+                &[&subscription.slot_name],
+            )
+            .await;
+    }
+    let exported = if subscription.create_slot || subscription.copy_data {
+        Some(export_snapshot(source, subscription, !subscription.create_slot).await?)
+    } else {
+        None
+    };
+    let consistent_point = exported.as_ref().map_or(0, |e| e.consistent_point);
+    let tables = published_tables(&client, &subscription.publications).await?;
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    execute(&mut session, "BEGIN").await?;
+    let copying = match &exported {
+        Some(exported) if subscription.copy_data => {
+            import_snapshot(&client, &exported.snapshot).await?;
+            true
+        }
+        _ => false,
+    };
+    let (subscribed, rows) = create_tables(
+        &client,
+        &mut session,
+        &tables.iter().collect::<Vec<_>>(),
+        copying,
+        consistent_point,
+    )
+    .await?;
+    if copying {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
         subscription: subscription.name.clone(),
         from_lsn: subscription.applied_lsn,
         to_lsn: consistent_point,
         rows,
         source_commit_at: 0,
+        source_wal_end: wal_end.at_least(consistent_point),
         phase: SubscriptionPhase::Streaming,
         tables: Some(subscribed),
+        refreshed: true,
     })))
     .await
     .map_err(|e| format!("cannot commit the copy: {e}"))?;
+    crash_point!("subscription-copied");
     tracing::info!(
         subscription = %subscription.name,
         tables = tables.len(),
@@ -437,9 +578,83 @@ async fn copy(
         lsn = %pgoutput::lsn_text(consistent_point),
         "copied the published tables"
     );
+    let mut replication = match exported {
+        Some(exported) if subscription.create_slot => exported.connection,
+        // A temporary slot goes with its connection.
+        _ => source.replication(subscription, consistent_point).await?,
+    };
     replication.update_applied_lsn(WalLsn::from_u64(consistent_point));
     replication.start().await.map_err(|e| e.to_string())?;
     Ok(replication)
+}
+
+/// ALTER SUBSCRIPTION ... REFRESH PUBLICATION, done by the applier between
+/// two source transactions with all it received applied (at `applied`):
+/// the tables now published and not followed yet are created in Quarry
+/// and, with `copy_data`, copied at the exported snapshot of a temporary
+/// slot made now (the stream's changes to them from transactions committed
+/// before its consistent point are in the copy and are skipped); the
+/// tables no longer published are no longer followed (their rows stay).
+/// `followed` are the tables followed so far. Commits the new list of
+/// tables and returns it.
+async fn refresh(
+    engine: &Arc<quarry_exec::Engine>,
+    subscription: &Subscription,
+    (source, followed): (&Source, &[SubscribedTable]),
+    copy_data: bool,
+    applied: Lsn,
+) -> Result<Vec<SubscribedTable>, ApplyError> {
+    let client = source.sql().await?;
+    let published = published_tables(&client, &subscription.publications).await?;
+    let followed = |table: &SourceTable| {
+        followed
+            .iter()
+            .find(|t| t.source_schema == table.schema && t.source_name == table.name)
+            .cloned()
+    };
+    let mut tables: Vec<SubscribedTable> = published.iter().filter_map(followed).collect();
+    let added: Vec<&SourceTable> = published.iter().filter(|t| followed(t).is_none()).collect();
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    execute(&mut session, "BEGIN").await?;
+    // Held until the copy is done: the temporary slot and its snapshot.
+    let exported = if copy_data && !added.is_empty() {
+        let exported = export_snapshot(source, subscription, true).await?;
+        import_snapshot(&client, &exported.snapshot).await?;
+        Some(exported)
+    } else {
+        None
+    };
+    let copied_at = exported.as_ref().map_or(0, |e| e.consistent_point);
+    let (created, rows) =
+        create_tables(&client, &mut session, &added, exported.is_some(), copied_at).await?;
+    if exported.is_some() {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tables.extend(created);
+    Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
+        subscription: subscription.name.clone(),
+        from_lsn: applied,
+        to_lsn: applied,
+        rows,
+        source_commit_at: 0,
+        source_wal_end: 0,
+        phase: SubscriptionPhase::Streaming,
+        tables: Some(tables.clone()),
+        refreshed: true,
+    })))
+    .await
+    .map_err(|e| format!("cannot commit the refresh: {e}"))?;
+    tracing::info!(
+        subscription = %subscription.name,
+        added = added.len(),
+        rows,
+        lsn = %pgoutput::lsn_text(copied_at),
+        "refreshed the publications' tables"
+    );
+    Ok(tables)
 }
 
 /// Copies the rows of source table `target` (of columns `names`) into the
@@ -462,6 +677,7 @@ async fn copy_table(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("copying {target}: {e}"))?;
         copy_in.feed(&chunk).await;
+        crash_point!("subscription-copying");
     }
     finish_copy(copy_in, target).await
 }
@@ -514,15 +730,23 @@ struct Batch {
 }
 
 /// Streams from the slot and applies the transactions, each batch of
-/// those already received in one Quarry commit.
+/// those already received in one Quarry commit; between transactions, does
+/// a REFRESH PUBLICATION when one is asked.
 async fn stream(
     engine: &Arc<quarry_exec::Engine>,
     meta: &Meta,
     name: &str,
+    (source, wal_end): (&Source, &SourceWalEnd),
     mut replication: ReplicationClient,
 ) -> Result<(), ApplyError> {
-    let mut applied = current(meta, name).await?.applied_lsn;
+    let subscription = current(meta, name).await?;
+    let mut applied = subscription.applied_lsn;
+    let mut tables = subscription.tables.clone();
+    // The furthest position the stream showed.
+    let mut wal_end_seen = applied;
     let mut relations: HashMap<u32, Relation> = HashMap::new();
+    // Each relation's schema and name, as its Relation messages came.
+    let mut names: HashMap<u32, (String, String)> = HashMap::new();
     let mut open: Vec<Change> = Vec::new();
     let mut commit_time = 0;
     let mut in_transaction = false;
@@ -541,17 +765,48 @@ async fn stream(
                     applied = Box::pin(apply_batch(
                         engine,
                         &subscription,
+                        &mut tables,
                         &mut relations,
                         batch,
-                        applied,
+                        (applied, wal_end.at_least(wal_end_seen)),
                     ))
                     .await?;
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     last_idle_advance = std::time::Instant::now();
+                    if let Some(copy_data) = subscription.refresh {
+                        tables = Box::pin(refresh(
+                            engine,
+                            &subscription,
+                            (source, &tables),
+                            copy_data,
+                            applied,
+                        ))
+                        .await?;
+                    }
                     match ready {
                         Ok(event) => event,
                         Err(_) => continue,
                     }
+                }
+            }
+        } else if !in_transaction {
+            // Nothing pending: a REFRESH PUBLICATION asked is done within
+            // a second.
+            match tokio::time::timeout(Duration::from_secs(1), replication.recv()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    let subscription = current(meta, name).await?;
+                    if let Some(copy_data) = subscription.refresh {
+                        tables = Box::pin(refresh(
+                            engine,
+                            &subscription,
+                            (source, &tables),
+                            copy_data,
+                            applied,
+                        ))
+                        .await?;
+                    }
+                    continue;
                 }
             }
         } else {
@@ -568,9 +823,23 @@ async fn stream(
                 in_transaction = true;
                 commit_time = commit_time_micros;
             }
-            ReplicationEvent::XLogData { data, .. } => {
+            ReplicationEvent::XLogData {
+                data,
+                wal_end: data_end,
+                ..
+            } => {
+                wal_end_seen = wal_end_seen.max(data_end.as_u64());
+                if in_transaction {
+                    crash_point!("subscription-receiving");
+                }
                 match pgoutput::decode(&data, false).map_err(|e| e.to_string())? {
-                    Message::Relation(relation) => open.push(Change::Relation(relation)),
+                    Message::Relation(relation) => {
+                        names.insert(
+                            relation.oid,
+                            (relation.namespace.clone(), relation.name.clone()),
+                        );
+                        open.push(Change::Relation(relation))
+                    }
                     Message::Insert { relation, new } => open.push(Change::Insert(relation, new)),
                     Message::Update { relation, old, new } => {
                         open.push(Change::Update(relation, old, new))
@@ -580,9 +849,10 @@ async fn stream(
                     _ => {}
                 }
             }
-            ReplicationEvent::Commit { end_lsn, .. } => {
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 in_transaction = false;
                 let end = end_lsn.as_u64();
+                wal_end_seen = wal_end_seen.max(end);
                 if end <= applied {
                     // Applied before a restart: the source resent it. Its
                     // relations' shapes still hold for what follows.
@@ -594,17 +864,22 @@ async fn stream(
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     continue;
                 }
+                retain_followed(&mut open, &names, &tables, lsn.as_u64());
                 batch.changes.append(&mut open);
                 batch.transactions += 1;
                 batch.end_lsn = end;
                 batch.commit_time = commit_time;
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
+            ReplicationEvent::KeepAlive {
+                wal_end: keepalive_end,
+                ..
+            } => {
                 // Nothing pending: the source's WAL up to its end holds no
                 // change of the publication (only other tables'), so the
                 // position moves there, once committed, and the slot's
                 // confirmed position with it.
-                let end = wal_end.as_u64();
+                let end = keepalive_end.as_u64();
+                wal_end_seen = wal_end_seen.max(end);
                 if !in_transaction
                     && batch.transactions == 0
                     && end > applied
@@ -616,8 +891,10 @@ async fn stream(
                         to_lsn: end,
                         rows: 0,
                         source_commit_at: 0,
+                        source_wal_end: wal_end.at_least(wal_end_seen),
                         phase: SubscriptionPhase::Streaming,
                         tables: None,
+                        refreshed: false,
                     }))
                     .await
                     .map_err(|e| format!("cannot record the position: {e}"))?;
@@ -631,14 +908,55 @@ async fn stream(
     }
 }
 
+/// The followed table that source relation `relation` is, by the name its
+/// Relation message gave.
+fn followed_table<'a>(
+    names: &HashMap<u32, (String, String)>,
+    tables: &'a [SubscribedTable],
+    relation: u32,
+) -> Option<&'a SubscribedTable> {
+    let (schema, name) = names.get(&relation)?;
+    tables
+        .iter()
+        .find(|t| &t.source_schema == schema && &t.source_name == name)
+}
+
+/// Keeps of `changes`, a source transaction committed at `commit`, those
+/// to be applied: not the changes of tables the subscription does not
+/// follow (added to a publication and not yet refreshed, as PostgreSQL's
+/// subscriber ignores them), nor those a table's copy already holds (the
+/// transaction committed before the copy's snapshot).
+fn retain_followed(
+    changes: &mut Vec<Change>,
+    names: &HashMap<u32, (String, String)>,
+    tables: &[SubscribedTable],
+    commit: Lsn,
+) {
+    let applies = |relation: &u32| {
+        followed_table(names, tables, *relation).is_some_and(|t| commit >= t.copied_at)
+    };
+    changes.retain_mut(|change| match change {
+        Change::Relation(_) => true,
+        Change::Insert(relation, _)
+        | Change::Update(relation, _, _)
+        | Change::Delete(relation, _) => applies(relation),
+        Change::Truncate(relations) => {
+            relations.retain(applies);
+            !relations.is_empty()
+        }
+    });
+}
+
 /// Applies `batch` in one Quarry transaction committed with the move of
-/// the position from `applied` to its end; returns the new position.
+/// the position from `applied` to its end (and the source's WAL end as
+/// seen); returns the new position.
 async fn apply_batch(
     engine: &Arc<quarry_exec::Engine>,
     subscription: &Subscription,
+    tables: &mut Vec<SubscribedTable>,
     relations: &mut HashMap<u32, Relation>,
     batch: Batch,
-    applied: Lsn,
+    (applied, source_wal_end): (Lsn, Lsn),
 ) -> Result<Lsn, ApplyError> {
     let rows = batch
         .changes
@@ -647,24 +965,30 @@ async fn apply_batch(
         .count() as u64;
     let mut session = engine.session().map_err(|e| e.to_string())?;
     execute(&mut session, "BEGIN").await?;
-    Box::pin(apply_changes(
+    let mut followed = tables.clone();
+    let reshaped = Box::pin(apply_changes(
         &mut session,
-        subscription,
+        &mut followed,
         relations,
         batch.changes,
     ))
     .await?;
+    crash_point!("subscription-applying");
     Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
         subscription: subscription.name.clone(),
         from_lsn: applied,
         to_lsn: batch.end_lsn,
         rows,
         source_commit_at: postgres_epoch_to_unix(batch.commit_time),
+        source_wal_end,
         phase: SubscriptionPhase::Streaming,
-        tables: None,
+        tables: reshaped.then(|| followed.clone()),
+        refreshed: false,
     })))
     .await
     .map_err(|e| format!("cannot commit source transactions: {e}"))?;
+    *tables = followed;
+    crash_point!("subscription-committed");
     Ok(batch.end_lsn)
 }
 
@@ -674,22 +998,26 @@ fn postgres_epoch_to_unix(micros: i64) -> i64 {
     micros + POSTGRES_EPOCH_UNIX_MICROS
 }
 
+/// Whether the subscription follows the source table `relation`.
+fn follows(tables: &[SubscribedTable], relation: &Relation) -> bool {
+    tables
+        .iter()
+        .any(|t| t.source_schema == relation.namespace && t.source_name == relation.name)
+}
+
 /// The Quarry table of source relation `relation` and its shape.
 fn target_of<'a>(
-    subscription: &Subscription,
+    tables: &[SubscribedTable],
     relations: &'a HashMap<u32, Relation>,
     relation: u32,
 ) -> Result<(String, &'a Relation), ApplyError> {
     let found = relations
         .get(&relation)
         .ok_or_else(|| format!("a change to relation {relation} before its Relation message"))?;
-    if !subscription
-        .tables
-        .iter()
-        .any(|t| t.source_schema == found.namespace && t.source_name == found.name)
-    {
+    if !follows(tables, found) {
+        // Unreachable: such changes are dropped when received.
         return Err(format!(
-            "table {}.{} was added to the publication after the copy: ALTER SUBSCRIPTION ... REFRESH PUBLICATION is not supported yet",
+            "a change to table {}.{}, which the subscription does not follow",
             found.namespace, found.name
         ));
     }
@@ -771,13 +1099,15 @@ fn identity(
 /// each run of inserts, deletes and whole-row updates as its net effect
 /// per table (one DELETE of the rows replaced, one COPY of the rows
 /// written); an update that left a TOASTed value unchanged, a TRUNCATE and
-/// a change of a relation's shape after what came before them.
+/// a change of a relation's shape after what came before them (which
+/// updates `tables`' record of the source's columns; true if it did).
 async fn apply_changes(
     session: &mut Session,
-    subscription: &Subscription,
+    tables: &mut [SubscribedTable],
     relations: &mut HashMap<u32, Relation>,
     changes: Vec<Change>,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
+    let mut reshaped = false;
     let mut net: BTreeMap<u32, NetChanges> = BTreeMap::new();
     // Rows written so far: tells apart identical rows of a table without
     // a key (REPLICA IDENTITY FULL).
@@ -785,14 +1115,18 @@ async fn apply_changes(
     for change in changes {
         match change {
             Change::Relation(relation) => {
-                flush(session, subscription, relations, &mut net).await?;
+                flush(session, tables, relations, &mut net).await?;
                 let oid = relation.oid;
+                let followed = tables.iter_mut().find(|t| {
+                    t.source_schema == relation.namespace && t.source_name == relation.name
+                });
+                if let Some(followed) = followed {
+                    reshaped |= follow_columns(session, &relation, followed).await?;
+                }
                 relations.insert(oid, relation);
-                let (target, shape) = target_of(subscription, relations, oid)?;
-                follow_columns(session, &target, shape).await?;
             }
             Change::Insert(relation, new) => {
-                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (_, shape) = target_of(tables, relations, relation)?;
                 let full = shape.replica_identity == b'f';
                 let (key, _) = identity(shape, &new)?;
                 written += 1;
@@ -801,13 +1135,13 @@ async fn apply_changes(
                     .write(key, new, full, written);
             }
             Change::Delete(relation, old) => {
-                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (_, shape) = target_of(tables, relations, relation)?;
                 let full = shape.replica_identity == b'f';
                 let (key, columns) = identity(shape, &old)?;
                 net.entry(relation).or_default().remove(key, columns, full);
             }
             Change::Update(relation, old, new) if !new.contains(&Value::UnchangedToast) => {
-                let (_, shape) = target_of(subscription, relations, relation)?;
+                let (_, shape) = target_of(tables, relations, relation)?;
                 let full = shape.replica_identity == b'f';
                 let (old_key, old_columns) = identity(shape, old.as_ref().unwrap_or(&new))?;
                 let (new_key, _) = identity(shape, &new)?;
@@ -819,8 +1153,8 @@ async fn apply_changes(
             Change::Update(relation, old, new) => {
                 // The unchanged TOASTed values are only in Quarry's row:
                 // an UPDATE of the columns sent, after what came before.
-                flush(session, subscription, relations, &mut net).await?;
-                let (target, shape) = target_of(subscription, relations, relation)?;
+                flush(session, tables, relations, &mut net).await?;
+                let (target, shape) = target_of(tables, relations, relation)?;
                 let (_, key) = identity(shape, old.as_ref().unwrap_or(&new))?;
                 let sets: Vec<String> = shape
                     .columns
@@ -841,15 +1175,16 @@ async fn apply_changes(
                 .await?;
             }
             Change::Truncate(truncated) => {
-                flush(session, subscription, relations, &mut net).await?;
+                flush(session, tables, relations, &mut net).await?;
                 for relation in truncated {
-                    let (target, _) = target_of(subscription, relations, relation)?;
+                    let (target, _) = target_of(tables, relations, relation)?;
                     execute(session, &format!("DELETE FROM {target}")).await?;
                 }
             }
         }
     }
-    flush(session, subscription, relations, &mut net).await
+    flush(session, tables, relations, &mut net).await?;
+    Ok(reshaped)
 }
 
 /// Most rows one DELETE statement of a flush names.
@@ -858,12 +1193,12 @@ const DELETE_ROWS: usize = 500;
 /// Writes the net changes gathered so far into the block and forgets them.
 async fn flush(
     session: &mut Session,
-    subscription: &Subscription,
+    tables: &[SubscribedTable],
     relations: &HashMap<u32, Relation>,
     net: &mut BTreeMap<u32, NetChanges>,
 ) -> Result<(), ApplyError> {
     for (relation, changes) in std::mem::take(net) {
-        let (target, shape) = target_of(subscription, relations, relation)?;
+        let (target, shape) = target_of(tables, relations, relation)?;
         let deleted: Vec<Vec<(String, Value)>> = changes.deleted.into_values().collect();
         for rows in deleted.chunks(DELETE_ROWS) {
             let condition: Vec<String> = rows
@@ -891,15 +1226,18 @@ async fn flush(
     Ok(())
 }
 
-/// Adds to Quarry's table `target` the columns the source's relation
-/// `shape` has and it lacks (an `ALTER TABLE ... ADD COLUMN` on the
-/// source), in the block; a column the source no longer has stops the
-/// applier rather than guess.
+/// Follows a Relation message of followed table `followed`: adds to its
+/// Quarry table the columns the source's relation `shape` has and it lacks
+/// (an `ALTER TABLE ... ADD COLUMN` on the source), in the block; a column
+/// the source no longer has (dropped or renamed), or that has another type
+/// than before, stops the applier rather than guess. Returns whether the
+/// source's columns changed (recorded in `followed`).
 async fn follow_columns(
     session: &mut Session,
-    target: &str,
     shape: &Relation,
-) -> Result<(), ApplyError> {
+    followed: &mut SubscribedTable,
+) -> Result<bool, ApplyError> {
+    let target = format!("{}.{}", quote(&shape.namespace), quote(&shape.name));
     let columns = session
         .table_columns(&shape.namespace, &shape.name)
         .await
@@ -912,6 +1250,20 @@ async fn follow_columns(
         return Err(format!(
             "incompatible change on the source: column \"{gone}\" of {target} is gone (or renamed); the subscription stops rather than guess"
         ));
+    }
+    let type_name =
+        |oid: u32, typmod: i32| quarry_exec::pg_signatures::format_type(oid as i32, Some(typmod));
+    for column in &shape.columns {
+        if let Some(known) = followed.columns.iter().find(|k| k.name == column.name)
+            && (known.type_oid, known.type_modifier) != (column.type_oid, column.type_modifier)
+        {
+            return Err(format!(
+                "incompatible change on the source: column \"{}\" of {target} changed type from {} to {}; the subscription stops rather than guess",
+                column.name,
+                type_name(known.type_oid, known.type_modifier),
+                type_name(column.type_oid, column.type_modifier),
+            ));
+        }
     }
     for column in shape.columns.iter().filter(|c| !columns.contains(&c.name)) {
         let column_type = quarry_type(column.type_oid, column.type_modifier).ok_or_else(|| {
@@ -930,7 +1282,20 @@ async fn follow_columns(
         .await?;
         tracing::info!(table = %target, column = %column.name, "followed a column added on the source");
     }
-    Ok(())
+    let now: Vec<SourceColumn> = shape
+        .columns
+        .iter()
+        .map(|c| SourceColumn {
+            name: c.name.clone(),
+            type_oid: c.type_oid,
+            type_modifier: c.type_modifier,
+        })
+        .collect();
+    if now == followed.columns {
+        return Ok(false);
+    }
+    followed.columns = now;
+    Ok(true)
 }
 
 /// Appends `values` as one line of COPY's text format.

@@ -14,6 +14,10 @@ mod support {
     pub mod postgres;
 }
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use bytes::Bytes;
 use quarry_exec::pgoutput::{Message, Value, decode, parse_lsn};
 use support::node::texts;
@@ -184,7 +188,7 @@ async fn pgoutput_messages_of_a_real_server_decode() {
 /// Waits (up to a minute) until `sql` gives the same rows on the source
 /// and on Quarry; panics with both otherwise.
 async fn converge(source: &tokio_postgres::Client, quarry: &tokio_postgres::Client, sql: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let expected = texts(source, sql).await;
         let found = match quarry.simple_query(sql).await {
@@ -204,7 +208,7 @@ async fn converge(source: &tokio_postgres::Client, quarry: &tokio_postgres::Clie
                 show(&found)
             );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -320,7 +324,7 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
             .expect("unpublished");
     }
     let (_, wal_end) = confirmed().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (flushed, _) = confirmed().await;
         if flushed >= wal_end {
@@ -330,7 +334,7 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
             std::time::Instant::now() < deadline,
             "the slot stays at {flushed}, the source's WAL is at {wal_end}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // A column added on the source appears; rows from before it read its
@@ -355,6 +359,21 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
         .expect("truncate");
     converge(&source, &quarry, ledger).await;
 
+    // A column's type changed on the source stops the applier, with an
+    // error that says so, rather than round its values into the old type.
+    source
+        .batch_execute(
+            "ALTER TABLE ledger ALTER COLUMN amount TYPE numeric(14,4);
+             INSERT INTO ledger VALUES (9, 1, 1.2345)",
+        )
+        .await
+        .expect("type change");
+    wait_shown(&quarry, "coalesce(last_error, '')", |error| {
+        error.contains("column \"amount\" of \"public\".\"ledger\" changed type from numeric(12,2) to numeric(14,4)")
+    })
+    .await;
+    assert_eq!(texts(&quarry, "SELECT count(*) FROM ledger").await, ["0"]);
+
     // DROP SUBSCRIPTION drops the slot on the source.
     quarry
         .batch_execute("DROP SUBSCRIPTION sub")
@@ -368,42 +387,473 @@ async fn a_subscription_copies_the_tables_then_applies_each_transaction() {
     assert_eq!(slots, 0, "the slot is gone");
 }
 
+/// The subscription `sub`'s columns `columns` in quarry_system.subscriptions.
+async fn shown(quarry: &tokio_postgres::Client, columns: &str) -> String {
+    shown_of(quarry, "sub", columns).await
+}
+
+/// Subscription `name`'s columns `columns` in quarry_system.subscriptions.
+async fn shown_of(quarry: &tokio_postgres::Client, name: &str, columns: &str) -> String {
+    texts(
+        quarry,
+        &format!(
+            "SELECT {columns} FROM quarry_system.subscriptions WHERE subscription_name = '{name}'"
+        ),
+    )
+    .await
+    .concat()
+}
+
+/// Waits (up to two minutes) until `check` holds of `sub`'s `columns`.
+async fn wait_shown(quarry: &tokio_postgres::Client, columns: &str, check: impl Fn(&str) -> bool) {
+    wait_shown_of(quarry, "sub", columns, check).await
+}
+
+/// Waits (up to two minutes) until `check` holds of subscription `name`'s
+/// `columns`.
+async fn wait_shown_of(
+    quarry: &tokio_postgres::Client,
+    name: &str,
+    columns: &str,
+    check: impl Fn(&str) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = shown_of(quarry, name, columns).await;
+        if check(&found) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{columns} of subscription {name} stays {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
+async fn refresh_publication_copies_the_tables_added_and_applies_their_changes_once() {
     let server = PgServer::start(&["wal_level=logical"]);
     let source = server.client("postgres").await;
     source
         .batch_execute(
-            "CREATE TABLE events (id bigint PRIMARY KEY, n bigint, body text);
-             INSERT INTO events SELECT i, 0, md5(i::text) FROM generate_series(1, 20000) i;
-             CREATE PUBLICATION quarry_pub FOR TABLE events;",
+            "CREATE TABLE first (id bigint PRIMARY KEY, v text);
+             CREATE TABLE events (id bigint PRIMARY KEY, n bigint, body text);
+             INSERT INTO first VALUES (1, 'a');
+             INSERT INTO events SELECT i, 0, md5(i::text) FROM generate_series(1, 5000) i;
+             CREATE PUBLICATION quarry_pub FOR TABLE first;",
         )
         .await
-        .expect("source table");
-    // A writer runs through the copy and the kills: each transaction
-    // inserts two rows and updates one.
-    let writer_client = server.client("postgres").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer_stop = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut next = 100_000;
-        while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
-            writer_client
+        .expect("source tables");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    converge(&source, &quarry, "SELECT id, v FROM first ORDER BY id").await;
+
+    // `events` joins the publication while a writer changes it: its
+    // changes reach the applier, which ignores them until the refresh
+    // copies the table; those before the copy's snapshot are in the copy,
+    // those after it are applied, none twice.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(
+        server.client("postgres").await,
+        5000,
+        (0, 1),
+        stop.clone(),
+        committed.clone(),
+    );
+    source
+        .batch_execute("ALTER PUBLICATION quarry_pub ADD TABLE events")
+        .await
+        .expect("add table");
+    while committed.load(Ordering::Relaxed) < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let missing = quarry.simple_query("SELECT count(*) FROM events").await;
+    assert_eq!(
+        missing
+            .as_ref()
+            .map_err(support::node::sqlstate)
+            .err()
+            .as_deref(),
+        Some("42P01"),
+        "not followed before the refresh"
+    );
+    quarry
+        .batch_execute("ALTER SUBSCRIPTION sub REFRESH PUBLICATION")
+        .await
+        .expect("refresh");
+    wait_shown(&quarry, "tables", |t| t == "2").await;
+    while committed.load(Ordering::Relaxed) < 150 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    source
+        .batch_execute("INSERT INTO first VALUES (2, 'b')")
+        .await
+        .expect("first");
+    converge(
+        &source,
+        &quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+    converge(&source, &quarry, "SELECT id, v FROM first ORDER BY id").await;
+
+    // A table dropped from the publication is no longer followed; its
+    // rows stay.
+    source
+        .batch_execute("ALTER PUBLICATION quarry_pub DROP TABLE first")
+        .await
+        .expect("drop table");
+    quarry
+        .batch_execute("ALTER SUBSCRIPTION sub REFRESH PUBLICATION WITH (copy_data = false)")
+        .await
+        .expect("refresh");
+    wait_shown(&quarry, "tables", |t| t == "1").await;
+    assert_eq!(texts(&quarry, "SELECT count(*) FROM first").await, ["2"]);
+
+    // Errors: an unknown option; a disabled subscription (as PostgreSQL).
+    let error = quarry
+        .batch_execute("ALTER SUBSCRIPTION sub REFRESH PUBLICATION WITH (origin = none)")
+        .await
+        .expect_err("unknown option");
+    assert_eq!(support::node::sqlstate(&error), "22023");
+    quarry
+        .batch_execute("ALTER SUBSCRIPTION sub DISABLE")
+        .await
+        .expect("disable");
+    let error = quarry
+        .batch_execute("ALTER SUBSCRIPTION sub REFRESH PUBLICATION")
+        .await
+        .expect_err("disabled");
+    assert_eq!(support::node::sqlstate(&error), "55000");
+}
+
+#[tokio::test]
+async fn a_subscription_on_an_existing_slot_copies_at_a_snapshot_of_its_own() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 3000).await;
+    // The slot exists before the subscription, and the source changes
+    // after it was made: those changes are both in the slot's stream and
+    // in the copy, and are applied once.
+    source
+        .batch_execute("SELECT pg_create_logical_replication_slot('existing', 'pgoutput')")
+        .await
+        .expect("slot");
+    source
+        .batch_execute(
+            "INSERT INTO events SELECT i, 5, 'after the slot' FROM generate_series(3001, 3100) i;
+             UPDATE events SET n = n + 1 WHERE id <= 100;
+             DELETE FROM events WHERE id BETWEEN 200 AND 249;",
+        )
+        .await
+        .expect("changes after the slot");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub WITH (create_slot = false, slot_name = 'existing')",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    converge(&source, &quarry, EVENTS_HASH).await;
+    source
+        .batch_execute("UPDATE events SET body = 'later' WHERE id % 10 = 0")
+        .await
+        .expect("later change");
+    converge(&source, &quarry, EVENTS_HASH).await;
+    // The existing slot streams (its confirmed position moves); the copy's
+    // temporary slot is gone.
+    let slots = texts(
+        &source,
+        "SELECT slot_name, confirmed_flush_lsn > '0/0' FROM pg_replication_slots ORDER BY 1",
+    )
+    .await;
+    assert_eq!(slots, ["existing|t"]);
+    // Lag in bytes: the subscription is disabled while the source writes
+    // 8 MB to a table it does not publish after a change it does; enabled
+    // again, its commit of that change records the source's end of WAL
+    // beyond it, until the idle source's position is applied too.
+    quarry
+        .batch_execute("ALTER SUBSCRIPTION sub DISABLE")
+        .await
+        .expect("disable");
+    // Its applier lets go of the slot within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while texts(&source, "SELECT active FROM pg_replication_slots").await != ["f"] {
+        assert!(std::time::Instant::now() < deadline, "the applier stops");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two transactions (one simple query would be one).
+    for write in [
+        "UPDATE events SET n = 0 WHERE id = 1",
+        "CREATE TABLE bulk AS SELECT i, md5(i::text) AS h FROM generate_series(1, 100000) i",
+    ] {
+        source.batch_execute(write).await.expect(write);
+    }
+    quarry
+        .batch_execute("ALTER SUBSCRIPTION sub ENABLE")
+        .await
+        .expect("enable");
+    wait_shown(&quarry, "lag_bytes", |lag| {
+        lag.parse::<u64>().expect("bytes") > 4_000_000
+    })
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+    wait_shown(&quarry, "lag_bytes", |lag| lag == "0").await;
+    // The same on /metrics.
+    let rows_applied: f64 = shown(&quarry, "rows_applied").await.parse().expect("rows");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = (
+            node.metric("quarry_subscription_rows_applied_total{subscription=\"sub\"}")
+                .await,
+            node.metric("quarry_subscription_lag_bytes{subscription=\"sub\"}")
+                .await,
+        );
+        if shown == (Some(rows_applied), Some(0.0)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics shows {shown:?}, the system table {rows_applied} rows and no lag"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // DROP SUBSCRIPTION drops the slot it did not make, as PostgreSQL's.
+    quarry
+        .batch_execute("DROP SUBSCRIPTION sub")
+        .await
+        .expect("drop");
+    assert_eq!(
+        texts(&source, "SELECT count(*) FROM pg_replication_slots").await,
+        ["0"]
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_requires_tls_is_reached_over_tls_with_its_certificate_checked() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    support::node::quarry_cert(certs.path(), &["create-ca"]);
+    support::node::quarry_cert(certs.path(), &["create-node", "--host", "127.0.0.1"]);
+    let other_ca = tempfile::tempdir().expect("temp dir");
+    support::node::quarry_cert(other_ca.path(), &["create-ca"]);
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 2000).await;
+    // TLS with a certificate for 127.0.0.1 signed by `certs`' CA; the role
+    // `replicator` may log in (and replicate) over TLS only.
+    let installed = server.install_files(&[
+        &certs.path().join("node.crt"),
+        &certs.path().join("node.key"),
+    ]);
+    // Each its own transaction (ALTER SYSTEM cannot be in one).
+    for setting in [
+        "CREATE ROLE replicator LOGIN REPLICATION SUPERUSER".to_owned(),
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            installed[0].display()
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            installed[1].display()
+        ),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+    ] {
+        source.batch_execute(&setting).await.expect(&setting);
+    }
+    server.set_hba(
+        "hostssl all replicator 127.0.0.1/32 trust
+         hostssl replication replicator 127.0.0.1/32 trust
+         hostnossl all replicator 0.0.0.0/0 reject
+         host all postgres 127.0.0.1/32 trust
+         local all all trust
+",
+    );
+    source
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    let ca = certs.path().join("ca.crt");
+    let subscribe = |name: &str, options: String| {
+        let quarry = &quarry;
+        let port = server.port;
+        let name = name.to_owned();
+        async move {
+            quarry
+                .batch_execute(&format!(
+                    "CREATE SUBSCRIPTION {name}
+                       CONNECTION 'port={port} user=replicator dbname=postgres {options}'
+                       PUBLICATION quarry_pub WITH (slot_name = '{name}')"
+                ))
+                .await
+                .expect("subscription");
+        }
+    };
+    // verify-full: the chain to the CA and the host name.
+    subscribe(
+        "sub",
+        format!(
+            "host=127.0.0.1 sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    )
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+    source
+        .batch_execute("UPDATE events SET n = n + 1 WHERE id % 7 = 0")
+        .await
+        .expect("update");
+    converge(&source, &quarry, EVENTS_HASH).await;
+    // Its walsender and its other connection are encrypted.
+    let encrypted = texts(
+        &source,
+        "SELECT count(*) FILTER (WHERE backend_type = 'walsender') > 0, bool_and(ssl)
+         FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) WHERE usename = 'replicator'",
+    )
+    .await;
+    assert_eq!(encrypted, ["t|t"]);
+    // DROP SUBSCRIPTION reaches the source over TLS too, to drop the slot.
+    quarry
+        .batch_execute("DROP SUBSCRIPTION sub; DROP TABLE events")
+        .await
+        .expect("drop");
+    assert_eq!(
+        texts(&source, "SELECT count(*) FROM pg_replication_slots").await,
+        ["0"]
+    );
+
+    // verify-ca: the chain only, so a host name the certificate does not
+    // name is accepted; verify-full refuses it.
+    subscribe(
+        "by_ca",
+        format!(
+            "host=localhost sslmode=verify-ca sslrootcert={}",
+            ca.display()
+        ),
+    )
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+    quarry
+        .batch_execute("DROP SUBSCRIPTION by_ca")
+        .await
+        .expect("drop");
+    subscribe(
+        "wrong_name",
+        format!(
+            "host=localhost sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+    )
+    .await;
+    // Another CA; no TLS where the source requires it.
+    subscribe(
+        "wrong_ca",
+        format!(
+            "host=127.0.0.1 sslmode=verify-full sslrootcert={}",
+            other_ca.path().join("ca.crt").display()
+        ),
+    )
+    .await;
+    subscribe("plain", "host=127.0.0.1 sslmode=disable".to_owned()).await;
+    for (name, error) in [
+        ("wrong_name", "certificate not valid for name \"localhost\""),
+        ("wrong_ca", "UnknownIssuer"),
+        ("plain", "no encryption"),
+    ] {
+        wait_shown_of(&quarry, name, "coalesce(last_error, '')", |found| {
+            found.contains(error)
+        })
+        .await;
+        assert_eq!(shown_of(&quarry, name, "state").await, "copying");
+    }
+}
+
+/// Writer `writer` of `writers` on the source's `events` (ids 1..=`rows`
+/// to begin with): every few milliseconds a transaction that inserts two
+/// rows, updates one and deletes one of the first rows (rows no other
+/// writer touches), until `stop`; `committed` counts its transactions.
+fn spawn_writer(
+    client: tokio_postgres::Client,
+    rows: i64,
+    (writer, writers): (i64, i64),
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i: i64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let n = i * writers + writer;
+            let next = 10_000_000 + 2 * n;
+            client
                 .batch_execute(&format!(
                     "BEGIN;
                      INSERT INTO events VALUES ({next}, 1, 'w'), ({}, 1, 'w');
                      UPDATE events SET n = n + 1 WHERE id = {};
+                     DELETE FROM events WHERE id = {};
                      COMMIT",
                     next + 1,
-                    next % 20_000 + 1
+                    (i * 7919) % (rows / writers) * writers + writer + 1,
+                    rows - n,
                 ))
                 .await
                 .expect("write");
-            next += 2;
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            i += 1;
+            committed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        next
-    });
+    })
+}
+
+/// An ordered hash of every row of `events`, the same SQL on both sides.
+const EVENTS_HASH: &str = "SELECT count(*), md5(string_agg(id::text || ':' || n::text || ':' || body, ',' ORDER BY id)) FROM events";
+
+/// The source's `events` with `rows` rows, published as `quarry_pub`.
+async fn events_table(source: &tokio_postgres::Client, rows: i64) {
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE events (id bigint PRIMARY KEY, n bigint, body text);
+             INSERT INTO events SELECT i, 0, md5(i::text) FROM generate_series(1, {rows}) i;
+             CREATE PUBLICATION quarry_pub FOR TABLE events;"
+        ))
+        .await
+        .expect("source table");
+}
+
+#[tokio::test]
+async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 20_000).await;
+    // A writer runs through the copy and the kills.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(
+        server.client("postgres").await,
+        20_000,
+        (0, 1),
+        stop.clone(),
+        committed.clone(),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
@@ -420,15 +870,15 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
     // SUBSCRIPTION (about when the applier starts its copy), then 1.5 s and
     // 2.5 s after each restart.
     for pause in [150, 1500, 2500] {
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         node.kill9();
         node.restart().await;
     }
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let written = writer.await.expect("writer");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
     assert!(
-        written > 100_100,
+        committed.load(Ordering::Relaxed) > 50,
         "the writer wrote while the node was killed"
     );
     let quarry = node.client().await;
@@ -445,6 +895,181 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
         "SELECT id, n, body FROM events ORDER BY id",
     )
     .await;
+}
+
+/// Quarry's applied position and the source slot's `confirmed_flush_lsn`,
+/// as numbers; the source's read first, so that it is never past the
+/// other unless the source was told more than Quarry committed.
+async fn positions(source: &tokio_postgres::Client, quarry: &tokio_postgres::Client) -> (u64, u64) {
+    let confirmed = texts(
+        source,
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'sub'",
+    )
+    .await;
+    let applied = texts(
+        quarry,
+        "SELECT applied_lsn FROM quarry_system.subscriptions WHERE subscription_name = 'sub'",
+    )
+    .await;
+    let lsn = |rows: Vec<String>| {
+        rows.first()
+            .map(|t| parse_lsn(t).expect("an LSN"))
+            .unwrap_or(0)
+    };
+    (lsn(applied), lsn(confirmed))
+}
+
+#[tokio::test]
+async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 50_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(
+        server.client("postgres").await,
+        50_000,
+        (0, 1),
+        stop.clone(),
+        committed.clone(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
+    // The node kills itself (SIGKILL) at each step in turn, by a fail
+    // point (node/src/subscription.rs), and restarts: during the copy,
+    // after the copy committed, in the middle of receiving a source
+    // transaction, with a batch applied but not committed, and after the
+    // commit before the source is told.
+    let points = [
+        "subscription-copying",
+        "subscription-copied",
+        "subscription-receiving",
+        "subscription-applying",
+        "subscription-committed",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        node.kill9();
+        node.set_env(&[("FAILPOINTS", &format!("{point}=return"))]);
+        if i == 0 {
+            node.restart().await;
+            node.client()
+                .await
+                .batch_execute(&format!(
+                    "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+                       PUBLICATION quarry_pub",
+                    server.port
+                ))
+                .await
+                .expect("subscription");
+        } else {
+            node.restart_unready();
+        }
+        let before = committed.load(Ordering::Relaxed);
+        let status = node.wait_exit(Duration::from_secs(180));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{point}: killed by SIGKILL"
+        );
+        let log = node.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("crash point reached") && l.contains(point)),
+            "{point}: the node died at its crash point"
+        );
+        // The writer goes on meanwhile.
+        while committed.load(Ordering::Relaxed) < before + 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // After the acknowledgement: killed once the source confirmed a
+    // position Quarry committed after this restart.
+    node.set_env(&[]);
+    node.restart().await;
+    let quarry = node.client().await;
+    let (at_restart, _) = positions(&source, &quarry).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (applied, confirmed) = positions(&source, &quarry).await;
+        assert!(
+            confirmed <= applied.max(at_restart),
+            "the source confirmed what Quarry did not commit"
+        );
+        if confirmed > at_restart {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source never confirmed past {at_restart}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.kill9();
+    node.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let quarry = node.client().await;
+    converge(
+        &source,
+        &quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+}
+
+#[tokio::test]
+async fn a_million_row_copy_with_writers_running_ends_identical() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 1_000_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for writer in 0..2 {
+        handles.push(spawn_writer(
+            server.client("postgres").await,
+            1_000_000,
+            (writer, 2),
+            stop.clone(),
+            committed.clone(),
+        ));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = support::node::TestNode::start(&dir.path().join("data")).await;
+    let quarry = node.client().await;
+    let before = committed.load(Ordering::Relaxed);
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while texts(
+        &quarry,
+        "SELECT state FROM quarry_system.subscriptions WHERE subscription_name = 'sub'",
+    )
+    .await
+        != ["streaming"]
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = committed.load(Ordering::Relaxed) - before;
+    assert!(during > 0, "the writers committed while the copy ran");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.await.expect("writer");
+    }
+    converge(&source, &quarry, EVENTS_HASH).await;
 }
 
 #[tokio::test]

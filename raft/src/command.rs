@@ -635,7 +635,8 @@ pub enum Command {
         /// IF EXISTS: a missing subscription is not an error.
         if_exists: bool,
     },
-    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION.
+    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION | REFRESH
+    /// PUBLICATION.
     AlterSubscription {
         /// Its name.
         name: String,
@@ -644,6 +645,10 @@ pub enum Command {
         /// CONNECTION: the new connection string (without its password)
         /// and password.
         connection: Option<(String, Option<String>)>,
+        /// REFRESH PUBLICATION with its `copy_data`: the applier adds the
+        /// tables added to the publications (copied if `copy_data`) and
+        /// follows them from then on.
+        refresh: Option<bool>,
     },
     /// Moves a subscription's applied position (proposed in one batch with
     /// the commit of the source transaction's rows, so the rows and the
@@ -1973,10 +1978,14 @@ pub fn apply(catalog: &mut Catalog, proposal: &Proposal) -> Result<Applied, Cata
             name,
             enabled,
             connection,
+            refresh,
         } => {
             let mut subscription = subscription_named(catalog, name)?;
             if let Some(enabled) = enabled {
                 subscription.enabled = *enabled;
+            }
+            if refresh.is_some() {
+                subscription.refresh = *refresh;
             }
             if let Some((connection, password)) = connection {
                 subscription.connection = connection.clone();

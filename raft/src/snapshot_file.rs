@@ -784,8 +784,16 @@ mod tests {
                     source_schema: "public".into(),
                     source_name: "t1".into(),
                     table: t1,
+                    copied_at: 40,
+                    columns: vec![quarry_common::subscription::SourceColumn {
+                        name: "a".into(),
+                        type_oid: 1700,
+                        type_modifier: (12 << 16 | 2) + 4,
+                    }],
                 }];
                 s.applied_lsn = 42;
+                s.source_wal_end = 50;
+                s.refresh = Some(true);
                 s.rows_applied = 3;
                 s
             }),

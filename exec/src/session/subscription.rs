@@ -3,90 +3,23 @@
 //! (`quarry_common::subscription`); the Raft leader's applier
 //! (`quarry_node::subscription`) copies and streams.
 
-use std::str::FromStr;
-
 use super::*;
+use crate::source::SourceConfig;
 use quarry_common::subscription::Subscription;
-
-/// A libpq connection string's `key=value` pairs, values unquoted
-/// (PostgreSQL's manual, section 34.1.1.1: a value with spaces is in single
-/// quotes, with `\'` and `\\` inside).
-fn conninfo_pairs(conninfo: &str) -> Result<Vec<(String, String)>> {
-    let bad = |why: &str| {
-        user_error(
-            SqlState::SYNTAX_ERROR,
-            format!("invalid connection string syntax: {why}"),
-        )
-    };
-    let mut pairs = Vec::new();
-    let mut chars = conninfo.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(bad(&format!("missing \"=\" after \"{key}\"")));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    Some('\\') => value.extend(chars.next()),
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                    None => return Err(bad("unterminated quoted string")),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        pairs.push((key, value));
-    }
-}
-
-/// `pairs` as a connection string, each value quoted.
-fn conninfo_text(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(key, value)| {
-            format!(
-                "{key}='{}'",
-                value.replace('\\', "\\\\").replace('\'', "\\'")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// `conninfo` without its password, and the password.
 fn split_password(conninfo: &str) -> Result<(String, Option<String>)> {
-    let pairs = conninfo_pairs(conninfo)?;
+    let bad = |why: String| user_error(SqlState::SYNTAX_ERROR, why);
+    let pairs = crate::source::conninfo_pairs(conninfo).map_err(bad)?;
     let password = pairs
         .iter()
         .find(|(key, _)| key == "password")
         .map(|(_, value)| value.clone());
     let rest: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "password").collect();
-    // What the applier connects with must parse as libpq's form.
-    tokio_postgres::Config::from_str(&conninfo_text(&rest)).map_err(|e| {
-        user_error(
-            SqlState::SYNTAX_ERROR,
-            format!("invalid connection string: {e}"),
-        )
-    })?;
-    Ok((conninfo_text(&rest), password))
+    let rest = crate::source::conninfo_text(&rest);
+    // What the applier connects with must parse (sslmode too).
+    SourceConfig::parse(&rest, password.as_deref()).map_err(bad)?;
+    Ok((rest, password))
 }
 
 /// A boolean option's value (`true`, `false`, `on`, `off`, `1`, `0`).
@@ -121,8 +54,7 @@ impl Session {
     ///
     /// # Errors
     /// 42501 for a role that is not a superuser; 42601 for a bad connection
-    /// string; 22023 for an unknown or bad option; 0A000 for `create_slot =
-    /// false`; 42710 for a name in use.
+    /// string; 22023 for an unknown or bad option; 42710 for a name in use.
     pub(super) async fn create_subscription(
         &mut self,
         name: &Ident,
@@ -154,12 +86,6 @@ impl Session {
                 }
             }
         }
-        if !subscription.create_slot {
-            return Err(user_error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "create_slot = false is not supported: the subscription makes its slot to copy at its snapshot",
-            ));
-        }
         self.engine
             .meta
             .write(Command::CreateSubscription(subscription))
@@ -167,21 +93,60 @@ impl Session {
         Ok(Output::Command(CommandTag::new("CREATE SUBSCRIPTION")))
     }
 
-    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION.
+    /// ALTER SUBSCRIPTION ... ENABLE | DISABLE | CONNECTION | REFRESH
+    /// PUBLICATION [WITH (copy_data = ...)]: a refresh is done by the
+    /// subscription's applier, which copies the tables added to the
+    /// publications (as of a snapshot of its own) and applies their later
+    /// changes.
+    ///
+    /// # Errors
+    /// 42501 for a role that is not a superuser; 42704 for an unknown
+    /// subscription; 55000 for a refresh of a disabled subscription (as
+    /// PostgreSQL); 22023 for an unknown or bad option.
     pub(super) async fn alter_subscription(
         &mut self,
         name: &Ident,
         enabled: Option<bool>,
         connection: Option<&str>,
+        refresh: Option<&[(String, String)]>,
     ) -> Result<Output> {
         self.require_superuser("alter subscriptions").await?;
+        let name = normalize(name);
         let connection = connection.map(split_password).transpose()?;
+        let refresh = match refresh {
+            None => None,
+            Some(options) => {
+                let mut copy_data = true;
+                for (option, value) in options {
+                    match option.as_str() {
+                        "copy_data" => copy_data = boolean_option(option, value)?,
+                        other => {
+                            return Err(user_error(
+                                SqlState::INVALID_PARAMETER_VALUE,
+                                format!("unrecognized subscription parameter: \"{other}\""),
+                            ));
+                        }
+                    }
+                }
+                let catalog = self.engine.meta.read().await?;
+                match catalog.subscriptions.get(&name) {
+                    Some(subscription) if !subscription.enabled => {
+                        return Err(user_error(
+                            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                            "ALTER SUBSCRIPTION ... REFRESH is not allowed for disabled subscriptions",
+                        ));
+                    }
+                    _ => Some(copy_data),
+                }
+            }
+        };
         self.engine
             .meta
             .write(Command::AlterSubscription {
-                name: normalize(name),
+                name,
                 enabled,
                 connection,
+                refresh,
             })
             .await?;
         Ok(Output::Command(CommandTag::new("ALTER SUBSCRIPTION")))
@@ -211,11 +176,11 @@ impl Session {
                 name: name.clone(),
                 enabled: Some(false),
                 connection: None,
+                refresh: None,
             })
             .await?;
-        if subscription.create_slot
-            && let Err(e) = drop_slot(&subscription).await
-        {
+        // Made by the subscription or not, as PostgreSQL's DROP SUBSCRIPTION.
+        if let Err(e) = drop_slot(&subscription).await {
             self.notices.push(Notice {
                 message: format!(
                     "could not drop replication slot \"{}\" on the publisher: {e}",
@@ -238,16 +203,9 @@ impl Session {
 /// Drops `subscription`'s slot on its source once no applier holds it
 /// (waiting up to ten seconds for the disabled applier to let go).
 async fn drop_slot(subscription: &Subscription) -> std::result::Result<(), String> {
-    let mut config =
-        tokio_postgres::Config::from_str(&subscription.connection).map_err(|e| e.to_string())?;
-    if let Some(password) = &subscription.password {
-        config.password(password);
-    }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let client = SourceConfig::parse(&subscription.connection, subscription.password.as_deref())?
+        .connect("quarry drop subscription")
+        .await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let row = client
@@ -293,5 +251,6 @@ mod tests {
         assert_eq!(rest, "host='h' user='u'");
         assert!(split_password("host").is_err());
         assert!(split_password("host='unterminated").is_err());
+        assert!(split_password("host=h sslmode=sometimes").is_err());
     }
 }

@@ -91,6 +91,32 @@ impl PgServer {
         client
     }
 
+    /// Copies `files` into the server's directory, owned by the server's
+    /// user and readable by it alone (as PostgreSQL wants of a key file);
+    /// returns where they are.
+    pub fn install_files(&self, files: &[&Path]) -> Vec<PathBuf> {
+        files
+            .iter()
+            .map(|file| {
+                let to = self.dir.path().join(file.file_name().expect("a file name"));
+                std::fs::copy(file, &to).expect("copy");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if is_root() {
+                    run(Command::new("chown").args(["postgres:postgres"]).arg(&to));
+                }
+                to
+            })
+            .collect()
+    }
+
+    /// Replaces the server's pg_hba.conf with `lines` (applied at the next
+    /// configuration reload).
+    pub fn set_hba(&self, lines: &str) {
+        std::fs::write(self.dir.path().join("data").join("pg_hba.conf"), lines)
+            .expect("pg_hba.conf");
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

@@ -1914,8 +1914,10 @@ fn advance(from_lsn: u64, to_lsn: u64) -> Command {
         to_lsn,
         rows: 1,
         source_commit_at: 0,
+        source_wal_end: 0,
         phase: quarry_common::subscription::SubscriptionPhase::Streaming,
         tables: None,
+        refreshed: false,
     })
 }
 
@@ -1977,10 +1979,23 @@ fn a_source_transaction_commits_with_its_position_exactly_once() {
             name: "sub".into(),
             enabled: Some(false),
             connection: None,
+            refresh: None,
         },
     )
     .expect("disabled");
     assert!(!catalog.subscriptions["sub"].enabled);
+    assert_eq!(catalog.subscriptions["sub"].refresh, None);
+    run(
+        &mut catalog,
+        Command::AlterSubscription {
+            name: "sub".into(),
+            enabled: None,
+            connection: None,
+            refresh: Some(false),
+        },
+    )
+    .expect("refresh asked");
+    assert_eq!(catalog.subscriptions["sub"].refresh, Some(false));
     run(
         &mut catalog,
         Command::DropSubscription {
