@@ -588,6 +588,28 @@ async fn copy(
     Ok(replication)
 }
 
+/// Does the REFRESH PUBLICATION `subscription` asks for, if it asks one;
+/// `tables` (those followed) become the tables followed after it.
+async fn refresh_if_asked(
+    engine: &Arc<quarry_exec::Engine>,
+    subscription: &Subscription,
+    source: &Source,
+    tables: &mut Vec<SubscribedTable>,
+    applied: Lsn,
+) -> Result<(), ApplyError> {
+    if let Some(copy_data) = subscription.refresh {
+        *tables = Box::pin(refresh(
+            engine,
+            subscription,
+            (source, tables),
+            copy_data,
+            applied,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// ALTER SUBSCRIPTION ... REFRESH PUBLICATION, done by the applier between
 /// two source transactions with all it received applied (at `applied`):
 /// the tables now published and not followed yet are created in Quarry
@@ -773,16 +795,7 @@ async fn stream(
                     .await?;
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     last_idle_advance = std::time::Instant::now();
-                    if let Some(copy_data) = subscription.refresh {
-                        tables = Box::pin(refresh(
-                            engine,
-                            &subscription,
-                            (source, &tables),
-                            copy_data,
-                            applied,
-                        ))
-                        .await?;
-                    }
+                    refresh_if_asked(engine, &subscription, source, &mut tables, applied).await?;
                     match ready {
                         Ok(event) => event,
                         Err(_) => continue,
@@ -796,16 +809,7 @@ async fn stream(
                 Ok(event) => event,
                 Err(_) => {
                     let subscription = current(meta, name).await?;
-                    if let Some(copy_data) = subscription.refresh {
-                        tables = Box::pin(refresh(
-                            engine,
-                            &subscription,
-                            (source, &tables),
-                            copy_data,
-                            applied,
-                        ))
-                        .await?;
-                    }
+                    refresh_if_asked(engine, &subscription, source, &mut tables, applied).await?;
                     continue;
                 }
             }

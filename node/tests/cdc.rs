@@ -462,20 +462,12 @@ async fn refresh_publication_copies_the_tables_added_and_applies_their_changes_o
     // changes reach the applier, which ignores them until the refresh
     // copies the table; those before the copy's snapshot are in the copy,
     // those after it are applied, none twice.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = spawn_writer(
-        server.client("postgres").await,
-        5000,
-        (0, 1),
-        stop.clone(),
-        committed.clone(),
-    );
+    let writers = Writers::start(&server, 5000, 1).await;
     source
         .batch_execute("ALTER PUBLICATION quarry_pub ADD TABLE events")
         .await
         .expect("add table");
-    while committed.load(Ordering::Relaxed) < 50 {
+    while writers.committed() < 50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let missing = quarry.simple_query("SELECT count(*) FROM events").await;
@@ -493,11 +485,10 @@ async fn refresh_publication_copies_the_tables_added_and_applies_their_changes_o
         .await
         .expect("refresh");
     wait_shown(&quarry, "tables", |t| t == "2").await;
-    while committed.load(Ordering::Relaxed) < 150 {
+    while writers.committed() < 150 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writers.stop().await;
     source
         .batch_execute("INSERT INTO first VALUES (2, 'b')")
         .await
@@ -824,6 +815,50 @@ fn spawn_writer(
     })
 }
 
+/// `count` writers ([`spawn_writer`]) on the source's `events` of `rows`
+/// rows, until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    async fn start(server: &PgServer, rows: i64, count: i64) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let mut handles = Vec::new();
+        for writer in 0..count {
+            handles.push(spawn_writer(
+                server.client("postgres").await,
+                rows,
+                (writer, count),
+                stop.clone(),
+                committed.clone(),
+            ));
+        }
+        Writers {
+            stop,
+            committed,
+            handles,
+        }
+    }
+
+    /// Transactions committed so far.
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Stops them; returns the transactions they committed.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.handles {
+            handle.await.expect("writer");
+        }
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
 /// An ordered hash of every row of `events`, the same SQL on both sides.
 const EVENTS_HASH: &str = "SELECT count(*), md5(string_agg(id::text || ':' || n::text || ':' || body, ',' ORDER BY id)) FROM events";
 
@@ -845,15 +880,7 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
     let source = server.client("postgres").await;
     events_table(&source, 20_000).await;
     // A writer runs through the copy and the kills.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = spawn_writer(
-        server.client("postgres").await,
-        20_000,
-        (0, 1),
-        stop.clone(),
-        committed.clone(),
-    );
+    let writers = Writers::start(&server, 20_000, 1).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
@@ -875,10 +902,8 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
         node.restart().await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
     assert!(
-        committed.load(Ordering::Relaxed) > 50,
+        writers.stop().await > 50,
         "the writer wrote while the node was killed"
     );
     let quarry = node.client().await;
@@ -924,15 +949,7 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
     let server = PgServer::start(&["wal_level=logical"]);
     let source = server.client("postgres").await;
     events_table(&source, 50_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = spawn_writer(
-        server.client("postgres").await,
-        50_000,
-        (0, 1),
-        stop.clone(),
-        committed.clone(),
-    );
+    let writers = Writers::start(&server, 50_000, 1).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
     // The node kills itself (SIGKILL) at each step in turn, by a fail
@@ -964,7 +981,7 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
         } else {
             node.restart_unready();
         }
-        let before = committed.load(Ordering::Relaxed);
+        let before = writers.committed();
         let status = node.wait_exit(Duration::from_secs(180));
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -978,7 +995,7 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
             "{point}: the node died at its crash point"
         );
         // The writer goes on meanwhile.
-        while committed.load(Ordering::Relaxed) < before + 10 {
+        while writers.committed() < before + 10 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -1007,8 +1024,7 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
     node.kill9();
     node.restart().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writers.stop().await;
     let quarry = node.client().await;
     converge(
         &source,
@@ -1024,22 +1040,11 @@ async fn a_million_row_copy_with_writers_running_ends_identical() {
     let server = PgServer::start(&["wal_level=logical"]);
     let source = server.client("postgres").await;
     events_table(&source, 1_000_000).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
-    for writer in 0..2 {
-        handles.push(spawn_writer(
-            server.client("postgres").await,
-            1_000_000,
-            (writer, 2),
-            stop.clone(),
-            committed.clone(),
-        ));
-    }
+    let writers = Writers::start(&server, 1_000_000, 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
-    let before = committed.load(Ordering::Relaxed);
+    let before = writers.committed();
     quarry
         .batch_execute(&format!(
             "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
@@ -1062,13 +1067,10 @@ async fn a_million_row_copy_with_writers_running_ends_identical() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let during = committed.load(Ordering::Relaxed) - before;
+    let during = writers.committed() - before;
     assert!(during > 0, "the writers committed while the copy ran");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for handle in handles {
-        handle.await.expect("writer");
-    }
+    writers.stop().await;
     converge(&source, &quarry, EVENTS_HASH).await;
 }
 
