@@ -771,6 +771,10 @@ async fn stream(
     let mut names: HashMap<u32, (String, String)> = HashMap::new();
     let mut open: Vec<Change> = Vec::new();
     let mut commit_time = 0;
+    // The open source transaction's commit LSN (its Begin says).
+    let mut final_lsn = 0;
+    // A large source transaction's block, applied into as it arrives.
+    let mut large: Option<Block> = None;
     let mut in_transaction = false;
     let mut batch = Batch::default();
     let mut last_idle_advance = std::time::Instant::now();
@@ -786,7 +790,7 @@ async fn stream(
                     let batch = std::mem::take(&mut batch);
                     applied = Box::pin(apply_batch(
                         engine,
-                        &subscription,
+                        name,
                         &mut tables,
                         &mut relations,
                         batch,
@@ -821,11 +825,14 @@ async fn stream(
         };
         match event {
             ReplicationEvent::Begin {
-                commit_time_micros, ..
+                commit_time_micros,
+                final_lsn: commit_lsn,
+                ..
             } => {
                 open.clear();
                 in_transaction = true;
                 commit_time = commit_time_micros;
+                final_lsn = commit_lsn.as_u64();
             }
             ReplicationEvent::XLogData {
                 data,
@@ -852,6 +859,42 @@ async fn stream(
                     Message::Truncate { relations, .. } => open.push(Change::Truncate(relations)),
                     _ => {}
                 }
+                if in_transaction && open.len() >= BATCH_CHANGES {
+                    // A large source transaction: applied as it arrives
+                    // into a Quarry block of its own, committed at its
+                    // commit (as PostgreSQL's subscriber applies), so that
+                    // the applier holds at most a batch of it. The complete
+                    // transactions before it commit first.
+                    if batch.transactions > 0 {
+                        applied = Box::pin(apply_batch(
+                            engine,
+                            name,
+                            &mut tables,
+                            &mut relations,
+                            std::mem::take(&mut batch),
+                            (applied, wal_end.at_least(wal_end_seen)),
+                        ))
+                        .await?;
+                        replication.update_applied_lsn(WalLsn::from_u64(applied));
+                        last_idle_advance = std::time::Instant::now();
+                    }
+                    let mut part = std::mem::take(&mut open);
+                    if final_lsn < applied {
+                        // Applied before a restart (its commit ends at or
+                        // before the position): only the relations'
+                        // shapes count.
+                        keep_shapes(part, &mut relations);
+                    } else {
+                        retain_followed(&mut part, &names, &tables, final_lsn);
+                        if large.is_none() {
+                            large = Some(Block::begin(engine, &tables).await?);
+                        }
+                        if let Some(block) = large.as_mut() {
+                            block.apply(&mut relations, part).await?;
+                        }
+                        crash_point!("subscription-applying-part");
+                    }
+                }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 in_transaction = false;
@@ -860,15 +903,28 @@ async fn stream(
                 if end <= applied {
                     // Applied before a restart: the source resent it. Its
                     // relations' shapes still hold for what follows.
-                    for change in open.drain(..) {
-                        if let Change::Relation(relation) = change {
-                            relations.insert(relation.oid, relation);
-                        }
-                    }
+                    keep_shapes(std::mem::take(&mut open), &mut relations);
                     replication.update_applied_lsn(WalLsn::from_u64(applied));
                     continue;
                 }
                 retain_followed(&mut open, &names, &tables, lsn.as_u64());
+                if let Some(mut block) = large.take() {
+                    block
+                        .apply(&mut relations, std::mem::take(&mut open))
+                        .await?;
+                    block
+                        .commit(
+                            name,
+                            &mut tables,
+                            (applied, end, wal_end.at_least(wal_end_seen)),
+                            commit_time,
+                        )
+                        .await?;
+                    applied = end;
+                    replication.update_applied_lsn(WalLsn::from_u64(applied));
+                    last_idle_advance = std::time::Instant::now();
+                    continue;
+                }
                 batch.changes.append(&mut open);
                 batch.transactions += 1;
                 batch.end_lsn = end;
@@ -912,6 +968,16 @@ async fn stream(
     }
 }
 
+/// Keeps the relations' shapes of `changes`, a source transaction not to
+/// be applied (they hold for what follows).
+fn keep_shapes(changes: Vec<Change>, relations: &mut HashMap<u32, Relation>) {
+    for change in changes {
+        if let Change::Relation(relation) = change {
+            relations.insert(relation.oid, relation);
+        }
+    }
+}
+
 /// The followed table that source relation `relation` is, by the name its
 /// Relation message gave.
 fn followed_table<'a>(
@@ -951,48 +1017,112 @@ fn retain_followed(
     });
 }
 
+/// A Quarry transaction block that source changes are applied into, to
+/// commit with the move of the subscription's position.
+struct Block {
+    session: Session,
+    /// The followed tables as the changes leave them (their source
+    /// columns).
+    followed: Vec<SubscribedTable>,
+    /// Whether the changes changed `followed`.
+    reshaped: bool,
+    /// Rows the changes inserted, updated or deleted.
+    rows: u64,
+}
+
+impl Block {
+    async fn begin(
+        engine: &Arc<quarry_exec::Engine>,
+        tables: &[SubscribedTable],
+    ) -> Result<Block, ApplyError> {
+        let mut session = engine.session().map_err(|e| e.to_string())?;
+        execute(&mut session, "BEGIN").await?;
+        Ok(Block {
+            session,
+            followed: tables.to_vec(),
+            reshaped: false,
+            rows: 0,
+        })
+    }
+
+    /// Applies `changes` (in order, after those applied before).
+    async fn apply(
+        &mut self,
+        relations: &mut HashMap<u32, Relation>,
+        changes: Vec<Change>,
+    ) -> Result<(), ApplyError> {
+        self.rows += changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Relation(_)))
+            .count() as u64;
+        self.reshaped |= Box::pin(apply_changes(
+            &mut self.session,
+            &mut self.followed,
+            relations,
+            changes,
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Commits the block with the move of `subscription`'s position from
+    /// `applied` to `end` (the last source transaction's end, committed at
+    /// `commit_time`, the source's WAL end then `source_wal_end`); `tables`
+    /// become the followed tables as the changes left them.
+    async fn commit(
+        self,
+        subscription: &str,
+        tables: &mut Vec<SubscribedTable>,
+        (applied, end, source_wal_end): (Lsn, Lsn, Lsn),
+        commit_time: i64,
+    ) -> Result<(), ApplyError> {
+        crash_point!("subscription-applying");
+        let Block {
+            mut session,
+            followed,
+            reshaped,
+            rows,
+        } = self;
+        Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
+            subscription: subscription.to_owned(),
+            from_lsn: applied,
+            to_lsn: end,
+            rows,
+            source_commit_at: postgres_epoch_to_unix(commit_time),
+            source_wal_end,
+            phase: SubscriptionPhase::Streaming,
+            tables: reshaped.then(|| followed.clone()),
+            refreshed: false,
+        })))
+        .await
+        .map_err(|e| format!("cannot commit source transactions: {e}"))?;
+        *tables = followed;
+        crash_point!("subscription-committed");
+        Ok(())
+    }
+}
+
 /// Applies `batch` in one Quarry transaction committed with the move of
-/// the position from `applied` to its end (and the source's WAL end as
+/// `subscription`'s position from `applied` to its end (and the source's WAL end as
 /// seen); returns the new position.
 async fn apply_batch(
     engine: &Arc<quarry_exec::Engine>,
-    subscription: &Subscription,
+    subscription: &str,
     tables: &mut Vec<SubscribedTable>,
     relations: &mut HashMap<u32, Relation>,
     batch: Batch,
     (applied, source_wal_end): (Lsn, Lsn),
 ) -> Result<Lsn, ApplyError> {
-    let rows = batch
-        .changes
-        .iter()
-        .filter(|c| !matches!(c, Change::Relation(_)))
-        .count() as u64;
-    let mut session = engine.session().map_err(|e| e.to_string())?;
-    execute(&mut session, "BEGIN").await?;
-    let mut followed = tables.clone();
-    let reshaped = Box::pin(apply_changes(
-        &mut session,
-        &mut followed,
-        relations,
-        batch.changes,
-    ))
-    .await?;
-    crash_point!("subscription-applying");
-    Box::pin(session.commit_with(Command::AdvanceSubscription(Progress {
-        subscription: subscription.name.clone(),
-        from_lsn: applied,
-        to_lsn: batch.end_lsn,
-        rows,
-        source_commit_at: postgres_epoch_to_unix(batch.commit_time),
-        source_wal_end,
-        phase: SubscriptionPhase::Streaming,
-        tables: reshaped.then(|| followed.clone()),
-        refreshed: false,
-    })))
-    .await
-    .map_err(|e| format!("cannot commit source transactions: {e}"))?;
-    *tables = followed;
-    crash_point!("subscription-committed");
+    let mut block = Block::begin(engine, tables).await?;
+    block.apply(relations, batch.changes).await?;
+    block
+        .commit(
+            subscription,
+            tables,
+            (applied, batch.end_lsn, source_wal_end),
+            batch.commit_time,
+        )
+        .await?;
     Ok(batch.end_lsn)
 }
 

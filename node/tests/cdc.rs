@@ -1036,6 +1036,72 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
 }
 
 #[tokio::test]
+async fn a_large_source_transaction_is_applied_as_it_arrives_and_once_across_a_kill() {
+    let server = PgServer::start(&["wal_level=logical"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 1000).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
+    node.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    converge(&source, &node.client().await, EVENTS_HASH).await;
+    // A source transaction of some 100,600 changes (more than a batch):
+    // the node applies its first part into a block of its own, and dies
+    // there (a fail point).
+    node.kill9();
+    node.set_env(&[("FAILPOINTS", "subscription-applying-part=return")]);
+    node.restart().await;
+    source
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO events SELECT i, 1, 'large' FROM generate_series(100001, 200000) i;
+             UPDATE events SET n = n + 10 WHERE id <= 500;
+             DELETE FROM events WHERE id BETWEEN 600 AND 700;
+             COMMIT",
+        )
+        .await
+        .expect("large transaction");
+    let status = node.wait_exit(Duration::from_secs(180));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
+    );
+    assert!(
+        node.log()
+            .lines()
+            .any(|l| l.contains("crash point reached") && l.contains("subscription-applying-part")),
+        "the node died with part of the transaction applied"
+    );
+    // Restarted, it applies the whole transaction once; then a large
+    // update between two small transactions, in order.
+    node.set_env(&[]);
+    node.restart().await;
+    let quarry = node.client().await;
+    converge(
+        &source,
+        &quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    for change in [
+        "UPDATE events SET body = 'before' WHERE id = 1",
+        "UPDATE events SET n = n + 1, body = 'updated' WHERE id > 100000",
+        "UPDATE events SET body = 'after' WHERE id = 1",
+    ] {
+        source.batch_execute(change).await.expect(change);
+    }
+    converge(&source, &quarry, EVENTS_HASH).await;
+}
+
+#[tokio::test]
 async fn a_million_row_copy_with_writers_running_ends_identical() {
     let server = PgServer::start(&["wal_level=logical"]);
     let source = server.client("postgres").await;
