@@ -4,7 +4,8 @@ CREATE SUBSCRIPTION, and into a second PostgreSQL by PostgreSQL's own
 logical replication (the comparison), side by side in one run.
 
     python3 benches/cdc.py [--rows 1000000] [--rate 100] [--seconds 30]
-        [--burst 100000] [--quarry target/release/quarry] [--commit SHA]
+        [--burst 100000] [--large 1000000] [--quarry target/release/quarry]
+        [--commit SHA]
 
 The source (Debian's PostgreSQL, started in a temporary directory, as is
 the subscriber) has pgbench's tables: `accounts` of `--rows` rows and
@@ -23,6 +24,10 @@ with its own slot, at the same time.
 - Throughput: `--burst` history rows in transactions of 1,000 rows,
   written as fast as the source takes them; from the first commit to the
   last row seen on the subscriber, in rows per second.
+- A large transaction: `--large` history rows in one source transaction;
+  from its commit returning to its last row seen on the subscriber, in
+  rows per second, and Quarry's resident memory (VmRSS, sampled every
+  50 ms) before it and at its peak while it is applied.
 
 At the end the subscribers' tables are compared with the source's
 (count and sum of balances); the run fails if they differ.
@@ -67,6 +72,29 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+class Resident(threading.Thread):
+    """Samples a process's resident memory (VmRSS) every 50 ms and keeps
+    the largest, in bytes."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = self.now()
+        self.stop = False
+
+    def now(self):
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.05)
+
+
 class Watcher(threading.Thread):
     """Polls a subscriber for the largest history id it holds and records
     when each id was first seen."""
@@ -98,6 +126,7 @@ def main():
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--burst", type=int, default=100_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--quarry", default="target/release/quarry")
     parser.add_argument("--commit")
     args = parser.parse_args()
@@ -195,6 +224,21 @@ def main():
         for name, w in watchers.items():
             wait(f"{name} to apply the burst", lambda w=w: w.top >= last, limit=3600)
             results[name]["burst"] = args.burst / (w.seen[last] - first)
+
+        # One transaction of --large rows.
+        resident = Resident(node.pid)
+        results["rss_before"] = resident.peak
+        resident.start()
+        src.execute(f"INSERT INTO history SELECT i, i % {args.rows} + 1, 1, clock_timestamp() "
+                    f"FROM generate_series({last + 1}, {last + args.large}) i")
+        committed_at = time.monotonic()
+        large_last = last + args.large
+        for name, w in watchers.items():
+            wait(f"{name} to apply the large transaction", lambda w=w: w.top >= large_last,
+                 limit=3600)
+            results[name]["large"] = args.large / max(w.seen[large_last] - committed_at, 1e-3)
+        resident.stop = True
+        results["rss_peak"] = resident.peak
         for w in watchers.values():
             w.stop = True
 
@@ -219,17 +263,23 @@ def main():
                              capture_output=True, text=True).stdout.strip()
     print(machine())
     print(f"command: python3 benches/cdc.py --rows {args.rows} --rate {args.rate} "
-          f"--seconds {args.seconds} --burst {args.burst} --quarry {args.quarry}")
+          f"--seconds {args.seconds} --burst {args.burst} --large {args.large} "
+          f"--quarry {args.quarry}")
     print(f"commit: {commit}; comparison: {version} logical replication subscriber")
     print(f"source load: {results['load']:.1f} transactions/s (pgbench's UPDATE + INSERT)")
     print()
     print("| subscriber | copy of accounts, s | copy, rows/s | lag p50, s | lag p99, s "
-          "| burst apply, rows/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| burst apply, rows/s | large transaction apply, rows/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("Quarry", "PostgreSQL"):
         r = results[name]
         print(f"| {name} | {r['copy']:.1f} | {args.rows / r['copy']:,.0f} | {r['p50']:.3f} "
-              f"| {r['p99']:.3f} | {r['burst']:,.0f} |")
+              f"| {r['p99']:.3f} | {r['burst']:,.0f} | {r['large']:,.0f} |")
+    mib = 1024 * 1024
+    print()
+    print(f"Quarry's resident memory: {results['rss_before'] / mib:,.0f} MiB before the "
+          f"large transaction, {results['rss_peak'] / mib:,.0f} MiB at most while it was "
+          f"applied")
 
 
 if __name__ == "__main__":
