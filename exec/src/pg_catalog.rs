@@ -387,7 +387,8 @@ pub(crate) fn exported_table(name: &str) -> Option<Arc<MemTable>> {
 /// PostgreSQL's pg_type rows with their `regproc` columns (typinput,
 /// typoutput, ...) as the functions' oids, as PostgreSQL keeps them: the
 /// export has the functions' names, so `typinput = 'array_in'::regproc`
-/// (JDBC's type cache), which compares with pg_proc's oid, failed.
+/// (JDBC's type cache), which compares with pg_proc's oid, failed. Its
+/// `"char"` columns are marked as such for the wire.
 static PG_TYPE: LazyLock<Result<Arc<MemTable>, String>> = LazyLock::new(|| {
     use datafusion::arrow::array::{Array, Int32Array, StringArray};
     let exported = EXPORTED.as_ref().map_err(Clone::clone)?;
@@ -432,12 +433,29 @@ static PG_TYPE: LazyLock<Result<Arc<MemTable>, String>> = LazyLock::new(|| {
         field.data_type() == &DataType::Utf8
             && field.metadata().get(kind_key()).map(String::as_str) == Some(kind::REGPROC)
     };
+    // PostgreSQL's one-byte `"char"` columns: described as "char" (oid 18)
+    // and sent as one byte in binary, as clients that look types up read
+    // them (tokio-postgres reads `typtype` as an i8).
+    const CHAR_COLUMNS: [&str; 5] = [
+        "typtype",
+        "typcategory",
+        "typdelim",
+        "typalign",
+        "typstorage",
+    ];
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|field| {
             if is_regproc(field) {
                 oid_field(field.name(), kind::REGPROC, field.is_nullable())
+            } else if CHAR_COLUMNS.contains(&field.name().as_str()) {
+                let mut metadata = field.metadata().clone();
+                metadata.insert(
+                    arrow_pg::datatypes::PG_CHAR_KEY.to_owned(),
+                    "char".to_owned(),
+                );
+                field.as_ref().clone().with_metadata(metadata)
             } else {
                 field.as_ref().clone()
             }
@@ -532,9 +550,11 @@ fn table_schema(table: &str) -> DfResult<SchemaRef> {
             text_null("relpartbound"),
         ],
         "pg_attribute" => vec![
-            oid("attrelid", kind::REGCLASS),
+            // oid, as PostgreSQL declares them (so `attrelid = $1` is an
+            // oid parameter, as tokio-postgres binds it).
+            oid("attrelid", kind::OID),
             text("attname"),
-            oid("atttypid", kind::REGTYPE),
+            oid("atttypid", kind::OID),
             int2("attlen"),
             int2("attnum"),
             int4("attcacheoff"),

@@ -729,10 +729,32 @@ async fn a_named_composite_type_is_in_the_catalog_and_outlives_kill_9() {
         .expect("type and table");
     let type_oid = pg_type_oid(&client, "address").await;
 
-    // (The row description's oids are checked through psycopg in
-    // tests/drivers/suite.py; tokio-postgres's own type lookup reads
-    // pg_type.typtype as PostgreSQL's one-byte "char", which Quarry sends
-    // as text.)
+    // tokio-postgres looks the result's types up (pg_type.typtype read as
+    // PostgreSQL's one-byte "char", then the composite's fields from
+    // pg_attribute) to prepare the statement.
+    let prepared = client
+        .prepare("SELECT id, home, past FROM residents")
+        .await
+        .expect("tokio-postgres prepares over composite columns");
+    let home = prepared.columns()[1].type_();
+    assert_eq!((home.oid(), home.name()), (type_oid, "address"));
+    match home.kind() {
+        tokio_postgres::types::Kind::Composite(fields) => assert_eq!(
+            fields
+                .iter()
+                .map(|f| (f.name(), f.type_().clone()))
+                .collect::<Vec<_>>(),
+            [
+                ("street", tokio_postgres::types::Type::TEXT),
+                ("zip", tokio_postgres::types::Type::INT4)
+            ]
+        ),
+        other => panic!("home is described as {other:?}"),
+    }
+    assert!(matches!(
+        prepared.columns()[2].type_().kind(),
+        tokio_postgres::types::Kind::Array(element) if element == home
+    ));
     // The type and the column's declaration are in the Raft log.
     drop(client);
     node.kill9();
