@@ -110,6 +110,13 @@ pub struct SubscribedTable {
     pub columns: Vec<SourceColumn>,
 }
 
+impl SubscribedTable {
+    /// Whether it is source table `schema`.`name`.
+    pub fn is(&self, schema: &str, name: &str) -> bool {
+        self.source_schema == schema && self.source_name == name
+    }
+}
+
 /// A column of a source table as the source declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceColumn {

@@ -261,10 +261,8 @@ impl Source {
 struct SourceTable {
     schema: String,
     name: String,
-    /// Column names and their Quarry types.
-    columns: Vec<(String, String)>,
-    /// The columns as the source declares them.
-    source_columns: Vec<SourceColumn>,
+    /// Its columns as the source declares them.
+    columns: Vec<SourceColumn>,
 }
 
 /// The Quarry column type of a source column of type `oid` with modifier
@@ -309,6 +307,15 @@ fn quarry_type(oid: u32, typmod: i32) -> Option<String> {
     })
 }
 
+/// The Quarry column type of source column `name` of type `oid` with
+/// modifier `typmod` in table `table`; an error naming them for a type
+/// Quarry cannot hold.
+fn column_type(table: &str, name: &str, oid: u32, typmod: i32) -> Result<String, ApplyError> {
+    quarry_type(oid, typmod).ok_or_else(|| {
+        format!("column \"{name}\" of table {table} has a type Quarry cannot hold (type oid {oid})")
+    })
+}
+
 /// The tables of `publications` on the source, with their columns.
 async fn published_tables(
     client: &tokio_postgres::Client,
@@ -335,28 +342,17 @@ async fn published_tables(
             )
             .await
             .map_err(|e| format!("cannot read the columns of {relation}: {e}"))?;
-        let mut mapped = Vec::with_capacity(columns.len());
-        let mut source_columns = Vec::with_capacity(columns.len());
-        for column in columns {
-            let (column_name, oid, typmod): (String, u32, i32) =
-                (column.get(0), column.get(1), column.get(2));
-            let Some(column_type) = quarry_type(oid, typmod) else {
-                return Err(format!(
-                    "column \"{column_name}\" of table {relation} has a type Quarry cannot hold (type oid {oid})"
-                ));
-            };
-            source_columns.push(SourceColumn {
-                name: column_name.clone(),
-                type_oid: oid,
-                type_modifier: typmod,
-            });
-            mapped.push((column_name, column_type));
-        }
         tables.push(SourceTable {
             schema,
             name,
-            columns: mapped,
-            source_columns,
+            columns: columns
+                .iter()
+                .map(|column| SourceColumn {
+                    name: column.get(0),
+                    type_oid: column.get(1),
+                    type_modifier: column.get(2),
+                })
+                .collect(),
         });
     }
     Ok(tables)
@@ -453,11 +449,14 @@ async fn create_tables(
             &format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&table.schema)),
         )
         .await?;
-        let columns: Vec<String> = table
+        let columns = table
             .columns
             .iter()
-            .map(|(name, column_type)| format!("{} {column_type}", quote(name)))
-            .collect();
+            .map(|c| {
+                let column_type = column_type(&target, &c.name, c.type_oid, c.type_modifier)?;
+                Ok(format!("{} {column_type}", quote(&c.name)))
+            })
+            .collect::<Result<Vec<String>, ApplyError>>()?;
         execute(
             session,
             &format!(
@@ -466,7 +465,7 @@ async fn create_tables(
             ),
         )
         .await?;
-        let names: Vec<String> = table.columns.iter().map(|(n, _)| quote(n)).collect();
+        let names: Vec<String> = table.columns.iter().map(|c| quote(&c.name)).collect();
         if copy_data {
             rows += copy_table(client, session, &target, &names).await?;
         }
@@ -480,7 +479,7 @@ async fn create_tables(
             source_name: table.name.clone(),
             table: id,
             copied_at,
-            columns: table.source_columns.clone(),
+            columns: table.columns.clone(),
         });
     }
     Ok((followed, rows))
@@ -631,7 +630,7 @@ async fn refresh(
     let followed = |table: &SourceTable| {
         followed
             .iter()
-            .find(|t| t.source_schema == table.schema && t.source_name == table.name)
+            .find(|t| t.is(&table.schema, &table.name))
             .cloned()
     };
     let mut tables: Vec<SubscribedTable> = published.iter().filter_map(followed).collect();
@@ -986,9 +985,7 @@ fn followed_table<'a>(
     relation: u32,
 ) -> Option<&'a SubscribedTable> {
     let (schema, name) = names.get(&relation)?;
-    tables
-        .iter()
-        .find(|t| &t.source_schema == schema && &t.source_name == name)
+    tables.iter().find(|t| t.is(schema, name))
 }
 
 /// Keeps of `changes`, a source transaction committed at `commit`, those
@@ -1136,7 +1133,7 @@ fn postgres_epoch_to_unix(micros: i64) -> i64 {
 fn follows(tables: &[SubscribedTable], relation: &Relation) -> bool {
     tables
         .iter()
-        .any(|t| t.source_schema == relation.namespace && t.source_name == relation.name)
+        .any(|t| t.is(&relation.namespace, &relation.name))
 }
 
 /// The Quarry table of source relation `relation` and its shape.
@@ -1251,9 +1248,9 @@ async fn apply_changes(
             Change::Relation(relation) => {
                 flush(session, tables, relations, &mut net).await?;
                 let oid = relation.oid;
-                let followed = tables.iter_mut().find(|t| {
-                    t.source_schema == relation.namespace && t.source_name == relation.name
-                });
+                let followed = tables
+                    .iter_mut()
+                    .find(|t| t.is(&relation.namespace, &relation.name));
                 if let Some(followed) = followed {
                     reshaped |= follow_columns(session, &relation, followed).await?;
                 }
@@ -1400,12 +1397,8 @@ async fn follow_columns(
         }
     }
     for column in shape.columns.iter().filter(|c| !columns.contains(&c.name)) {
-        let column_type = quarry_type(column.type_oid, column.type_modifier).ok_or_else(|| {
-            format!(
-                "column \"{}\" added to {target} on the source has a type Quarry cannot hold (type oid {})",
-                column.name, column.type_oid
-            )
-        })?;
+        let column_type =
+            column_type(&target, &column.name, column.type_oid, column.type_modifier)?;
         execute(
             session,
             &format!(
