@@ -50,6 +50,7 @@ pub mod pg_roles;
 pub mod pg_signatures;
 pub mod pgoutput;
 pub mod privileges;
+pub mod replication;
 pub mod result_cache;
 pub mod rewrite;
 pub mod row_id;

@@ -193,6 +193,18 @@ pub enum Message {
     },
 }
 
+/// The (sub)transaction id a message inside a stream block carries
+/// (protocol 2: Relation, Type, Insert, Update, Delete, Truncate and
+/// transactional logical messages), or None for one that carries none.
+pub fn streamed_xid(data: &[u8]) -> Option<u32> {
+    match data.first()? {
+        b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M' => {
+            Some(u32::from_be_bytes(data.get(1..5)?.try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes one pgoutput message. `in_stream`: the message is inside a
 /// StreamStart/StreamStop block (protocol 2), where change messages carry
 /// the transaction's xid first; the decoder keeps no other state.
@@ -492,5 +504,8 @@ mod tests {
             decode(&message, false).is_err(),
             "read as unstreamed, 'N' is missing"
         );
+        assert_eq!(streamed_xid(&message), Some(9));
+        assert_eq!(streamed_xid(b"E"), None, "Stream Stop carries none");
+        assert_eq!(streamed_xid(&[b'I', 0, 0]), None, "cut short");
     }
 }

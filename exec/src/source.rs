@@ -13,10 +13,9 @@
 //!
 //! `sslrootcert` is a PEM file of CA certificates on the applying node.
 //! Ordinary connections use tokio-postgres with rustls; the replication
-//! connection's crate is given a loopback address ([`SourceConfig::relay`])
-//! whose one connection is carried to the source over TLS negotiated here
-//! (PostgreSQL's SSLRequest, then a rustls handshake), so that every TLS
-//! connection uses Quarry's one crypto provider (ring).
+//! connection (`crate::replication`) runs over [`SourceConfig::transport`],
+//! TLS negotiated here (PostgreSQL's SSLRequest, then a rustls handshake).
+//! Every TLS connection uses Quarry's one crypto provider (ring).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -284,39 +283,44 @@ impl SourceConfig {
         Ok(client)
     }
 
-    /// The address a plain connection is to be made to for a connection to
-    /// the source: the source's own without TLS; else a loopback port whose
-    /// first connection (within 30 seconds) is carried over a TLS session
-    /// to the source negotiated here, before this returns (so a refused
-    /// certificate is this call's error).
+    /// A byte stream to the source for a connection of its own protocol
+    /// (the replication connection, `crate::replication`): TCP or a Unix
+    /// socket, over TLS as `sslmode` says, negotiated here (PostgreSQL's
+    /// SSLRequest, section 55.2.10, then the rustls handshake), so that a
+    /// refused certificate is this call's error.
     ///
     /// # Errors
     /// The source cannot be reached, or fails TLS as `sslmode` asks.
-    pub async fn relay(&self) -> Result<(String, u16), SourceError> {
-        if !self.tls_wanted() {
-            return Ok((self.host.clone(), self.port));
-        }
+    pub async fn transport(&self) -> Result<Box<dyn Transport>, SourceError> {
         let failed = |e: std::io::Error| format!("cannot connect to the source: {e}");
+        let timed_out = |_| "cannot connect to the source: timed out".to_owned();
+        if self.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
+            let socket = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::net::UnixStream::connect(&path),
+            )
+            .await
+            .map_err(timed_out)?
+            .map_err(failed)?;
+            return Ok(Box::new(socket));
+        }
         let mut upstream = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| "cannot connect to the source: timed out".to_owned())?
+        .map_err(timed_out)?
         .map_err(failed)?;
-        // SSLRequest: length 8, code 80877103 (PostgreSQL manual, 55.2.10).
-        upstream
-            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .await
-            .map_err(failed)?;
+        let _ = upstream.set_nodelay(true);
+        if !self.tls_wanted() {
+            return Ok(Box::new(upstream));
+        }
+        let mut request = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::ssl_request(&mut request);
+        upstream.write_all(&request).await.map_err(failed)?;
         let mut answer = [0u8; 1];
         upstream.read_exact(&mut answer).await.map_err(failed)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| format!("cannot listen on loopback: {e}"))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| format!("cannot listen on loopback: {e}"))?;
         match answer[0] {
             b'S' => {
                 let name = ServerName::try_from(self.host.clone())
@@ -325,40 +329,24 @@ impl SourceConfig {
                     .connect(name, upstream)
                     .await
                     .map_err(|e| format!("TLS with the source failed: {e}"))?;
-                tokio::spawn(pipe(listener, tls));
+                Ok(Box::new(tls))
             }
-            b'N' if self.ssl_mode.plain_allowed() => {
-                tokio::spawn(pipe(listener, upstream));
-            }
-            b'N' => {
-                return Err(format!(
-                    "the source does not offer TLS, and sslmode is {:?}",
-                    self.ssl_mode
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "the source answered the TLS request with {other:#x}"
-                ));
-            }
+            b'N' if self.ssl_mode.plain_allowed() => Ok(Box::new(upstream)),
+            b'N' => Err(format!(
+                "the source does not offer TLS, and sslmode is {:?}",
+                self.ssl_mode
+            )),
+            other => Err(format!(
+                "the source answered the TLS request with {other:#x}"
+            )),
         }
-        Ok(("127.0.0.1".to_owned(), local.port()))
     }
 }
 
-/// Carries `listener`'s first connection to and from `upstream`.
-async fn pipe<S>(listener: tokio::net::TcpListener, mut upstream: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let Ok(Ok((mut local, _))) =
-        tokio::time::timeout(Duration::from_secs(30), listener.accept()).await
-    else {
-        return;
-    };
-    drop(listener);
-    let _ = tokio::io::copy_bidirectional(&mut local, &mut upstream).await;
-}
+/// A connection's byte stream: TCP, a Unix socket, or TLS over TCP.
+pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Transport for T {}
 
 /// `sslmode` require (without `sslrootcert`), allow and prefer: any
 /// certificate, its handshake signatures still checked.

@@ -461,6 +461,7 @@ async fn serve(config: Config, data_dir: &mut DataDir) -> anyhow::Result<()> {
     let subscriptions = tokio::spawn(crate::subscription::run(
         compaction_engine.clone(),
         meta.clone(),
+        config.data_dir.join("spill"),
     ));
     let compactor = tokio::spawn(compact_tables(
         compaction_engine,

@@ -5,7 +5,7 @@
 //! applied position (docs/CDC.md).
 //!
 //! - **Copy and hand-off.** On a replication connection
-//!   (`pgwire-replication`), `CREATE_REPLICATION_SLOT ... (SNAPSHOT
+//!   (`quarry_exec::replication`), `CREATE_REPLICATION_SLOT ... (SNAPSHOT
 //!   'export')` makes the slot and exports the snapshot of its consistent
 //!   point; a second, ordinary connection copies each published table in a
 //!   transaction that imports that snapshot (`SET TRANSACTION SNAPSHOT`).
@@ -23,22 +23,30 @@
 //!   with the position ([`quarry_exec::Session::commit_with`]). The source is told the
 //!   position only after that commit; a transaction at or below the
 //!   committed position is skipped.
+//! - **Streamed transactions** (pgoutput protocol 2): spooled while in
+//!   progress and applied at their commit ([`streamed`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn as WalLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use quarry_common::subscription::{
     Lsn, Progress, SourceColumn, SubscribedTable, Subscription, SubscriptionPhase,
 };
 use quarry_exec::pgoutput::{self, Message, Relation, Value};
+use quarry_exec::replication::{
+    LogicalOptions, ReplicationConnection, ReplicationEvent, ReplicationStream,
+};
 use quarry_exec::source::SourceConfig;
 use quarry_exec::{Output, Session};
 use quarry_raft::Command;
 
 use quarry_raft::Meta;
+
+mod streamed;
+use streamed::Streamed;
 
 /// A point the crash tests kill the applying node at (docs/CDC.md): with
 /// fail points compiled in (test builds; node/Cargo.toml) and
@@ -63,7 +71,7 @@ const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs an applier for each enabled subscription while this node leads
 /// Raft; stops them when it no longer does, or when a subscription is
 /// disabled or dropped. An applier that fails is restarted after a pause.
-pub async fn run(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>) {
+pub async fn run(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>, spool_dir: PathBuf) {
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);
     loop {
@@ -90,12 +98,13 @@ pub async fn run(engine: Arc<quarry_exec::Engine>, meta: Arc<Meta>) {
             if running.contains_key(&name) {
                 continue;
             }
-            let (engine, meta) = (engine.clone(), meta.clone());
+            let (engine, meta, spool_dir) = (engine.clone(), meta.clone(), spool_dir.clone());
             let task_name = name.clone();
             running.insert(
                 name,
                 tokio::spawn(async move {
-                    if let Err(error) = Box::pin(apply(&engine, &meta, &task_name)).await {
+                    if let Err(error) = Box::pin(apply(&engine, &meta, &task_name, spool_dir)).await
+                    {
                         tracing::warn!(subscription = %task_name, %error, "subscription stopped");
                         let _ = meta
                             .write(Command::SubscriptionFailed {
@@ -127,6 +136,7 @@ async fn apply(
     engine: &Arc<quarry_exec::Engine>,
     meta: &Meta,
     name: &str,
+    spool_dir: PathBuf,
 ) -> Result<(), ApplyError> {
     let subscription = current(meta, name).await?;
     let source = Source::of(&subscription)?;
@@ -136,14 +146,20 @@ async fn apply(
             Box::pin(copy(engine, &subscription, &source, &wal_end)).await?
         }
         SubscriptionPhase::Streaming => {
-            let mut client = source
-                .replication(&subscription, subscription.applied_lsn)
-                .await?;
-            client.start().await.map_err(|e| e.to_string())?;
-            client
+            let applied = subscription.applied_lsn;
+            let connection = source.replication().await?;
+            Source::start(connection, &subscription, applied).await?
         }
     };
-    Box::pin(stream(engine, meta, name, (&source, &wal_end), replication)).await
+    let streamed = Streamed::new(spool_dir);
+    Box::pin(stream(
+        engine,
+        meta,
+        name,
+        (&source, &wal_end),
+        (replication, streamed),
+    ))
+    .await
 }
 
 /// The source's current end of WAL, polled every second on an ordinary
@@ -226,34 +242,29 @@ impl Source {
         self.0.connect("quarry subscription").await
     }
 
-    /// A replication connection on `subscription`'s slot, gated (commands
-    /// may run before START_REPLICATION), reporting `applied` as applied
-    /// until told more.
-    async fn replication(
-        &self,
-        subscription: &Subscription,
-        applied: Lsn,
-    ) -> Result<ReplicationClient, ApplyError> {
-        // Plain to a loopback relay that carries it over TLS, or straight
-        // to the source.
-        let (host, port) = self.0.relay().await?;
-        let mut config = ReplicationConfig::new(
-            host,
-            self.0.user.clone(),
-            self.0.password.clone(),
-            self.0.dbname.clone(),
-            subscription.slot_name.clone(),
-            subscription.publications.clone(),
-        );
-        config.port = port;
-        config.start_lsn = WalLsn::from_u64(applied);
-        config.ack_lsn = Some(WalLsn::from_u64(applied));
-        config.status_interval = Duration::from_secs(1);
-        config.idle_wakeup_interval = Duration::from_secs(1);
-        config.application_name = Some("quarry subscription".to_owned());
-        ReplicationClient::connect_gated(config)
+    /// A replication connection, not yet streaming.
+    async fn replication(&self) -> Result<ReplicationConnection, ApplyError> {
+        ReplicationConnection::connect(&self.0, "quarry subscription")
             .await
             .map_err(|e| format!("cannot open a replication connection: {e}"))
+    }
+
+    /// Starts streaming `subscription`'s slot on `connection` from
+    /// `position` (0: the slot's confirmed position), reporting it as
+    /// applied. Large transactions are streamed while in progress
+    /// (pgoutput protocol 2) when the source can (version 14 and later).
+    async fn start(
+        connection: ReplicationConnection,
+        subscription: &Subscription,
+        position: Lsn,
+    ) -> Result<ReplicationStream, ApplyError> {
+        let options = LogicalOptions {
+            publications: subscription.publications.clone(),
+            streaming: connection.server_version() >= 140000,
+        };
+        connection
+            .start(&subscription.slot_name, position, &options, position)
+            .await
     }
 }
 
@@ -386,7 +397,7 @@ async fn execute(session: &mut Session, sql: &str) -> Result<Output, ApplyError>
 /// that holds it (the snapshot can be imported while that connection does
 /// nothing else), the slot's consistent point and the snapshot's name.
 struct Exported {
-    connection: ReplicationClient,
+    connection: ReplicationConnection,
     consistent_point: Lsn,
     snapshot: String,
 }
@@ -399,7 +410,7 @@ async fn export_snapshot(
     subscription: &Subscription,
     temporary: bool,
 ) -> Result<Exported, ApplyError> {
-    let mut connection = source.replication(subscription, 0).await?;
+    let mut connection = source.replication().await?;
     let command = if temporary {
         format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
@@ -419,7 +430,6 @@ async fn export_snapshot(
         created
             .first()
             .and_then(|row| row.get(i).cloned().flatten())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .ok_or_else(|| "CREATE_REPLICATION_SLOT answered no row".to_owned())
     };
     Ok(Exported {
@@ -514,7 +524,7 @@ async fn copy(
     subscription: &Subscription,
     source: &Source,
     wal_end: &SourceWalEnd,
-) -> Result<ReplicationClient, ApplyError> {
+) -> Result<ReplicationStream, ApplyError> {
     let client = source.sql().await?;
     if subscription.create_slot {
         // A slot left by a copy that did not commit: its snapshot is gone.
@@ -577,14 +587,12 @@ async fn copy(
         lsn = %pgoutput::lsn_text(consistent_point),
         "copied the published tables"
     );
-    let mut replication = match exported {
+    let connection = match exported {
         Some(exported) if subscription.create_slot => exported.connection,
         // A temporary slot goes with its connection.
-        _ => source.replication(subscription, consistent_point).await?,
+        _ => source.replication().await?,
     };
-    replication.update_applied_lsn(WalLsn::from_u64(consistent_point));
-    replication.start().await.map_err(|e| e.to_string())?;
-    Ok(replication)
+    Source::start(connection, subscription, consistent_point).await
 }
 
 /// Does the REFRESH PUBLICATION `subscription` asks for, if it asks one;
@@ -734,6 +742,20 @@ enum Change {
     Truncate(Vec<u32>),
 }
 
+impl Change {
+    /// The change `message` is, if it is one.
+    fn of(message: Message) -> Option<Change> {
+        Some(match message {
+            Message::Relation(relation) => Change::Relation(relation),
+            Message::Insert { relation, new } => Change::Insert(relation, new),
+            Message::Update { relation, old, new } => Change::Update(relation, old, new),
+            Message::Delete { relation, old } => Change::Delete(relation, old),
+            Message::Truncate { relations, .. } => Change::Truncate(relations),
+            _ => return None,
+        })
+    }
+}
+
 /// Most source transactions, and most changes, one Quarry commit applies
 /// together when the applier is behind (group commit: the batch's rows
 /// and its last transaction's end LSN commit at once, or none of them).
@@ -758,212 +780,334 @@ async fn stream(
     meta: &Meta,
     name: &str,
     (source, wal_end): (&Source, &SourceWalEnd),
-    mut replication: ReplicationClient,
+    (replication, streamed): (ReplicationStream, Streamed),
 ) -> Result<(), ApplyError> {
     let subscription = current(meta, name).await?;
-    let mut applied = subscription.applied_lsn;
-    let mut tables = subscription.tables.clone();
-    // The furthest position the stream showed.
-    let mut wal_end_seen = applied;
-    let mut relations: HashMap<u32, Relation> = HashMap::new();
-    // Each relation's schema and name, as its Relation messages came.
-    let mut names: HashMap<u32, (String, String)> = HashMap::new();
-    let mut open: Vec<Change> = Vec::new();
-    let mut commit_time = 0;
-    // The open source transaction's commit LSN (its Begin says).
-    let mut final_lsn = 0;
-    // A large source transaction's block, applied into as it arrives.
-    let mut large: Option<Block> = None;
-    let mut in_transaction = false;
-    let mut batch = Batch::default();
-    let mut last_idle_advance = std::time::Instant::now();
+    let mut applier = Applier {
+        engine,
+        name,
+        wal_end,
+        replication,
+        streamed,
+        applied: subscription.applied_lsn,
+        tables: subscription.tables.clone(),
+        wal_end_seen: subscription.applied_lsn,
+        relations: HashMap::new(),
+        names: HashMap::new(),
+        open: Vec::new(),
+        commit_time: 0,
+        final_lsn: 0,
+        large: None,
+        in_transaction: false,
+        in_stream: None,
+        batch: Batch::default(),
+        last_idle_advance: std::time::Instant::now(),
+    };
     loop {
         // With transactions waiting, apply them once nothing more is
         // ready at once (or the batch is full).
+        let batch = &applier.batch;
         let full = batch.transactions >= BATCH_TRANSACTIONS || batch.changes.len() >= BATCH_CHANGES;
-        let event = if batch.transactions > 0 && !in_transaction {
-            match tokio::time::timeout(Duration::ZERO, replication.recv()).await {
+        let between = !applier.in_transaction && applier.in_stream.is_none();
+        let event = if batch.transactions > 0 && between {
+            match tokio::time::timeout(Duration::ZERO, applier.replication.recv()).await {
                 Ok(event) if !full => event,
                 ready => {
                     let subscription = current(meta, name).await?;
-                    let batch = std::mem::take(&mut batch);
-                    applied = Box::pin(apply_batch(
-                        engine,
-                        name,
-                        &mut tables,
-                        &mut relations,
-                        batch,
-                        (applied, wal_end.at_least(wal_end_seen)),
-                    ))
-                    .await?;
-                    replication.update_applied_lsn(WalLsn::from_u64(applied));
-                    last_idle_advance = std::time::Instant::now();
-                    refresh_if_asked(engine, &subscription, source, &mut tables, applied).await?;
+                    applier.apply_batch().await?;
+                    let applied = applier.applied;
+                    refresh_if_asked(engine, &subscription, source, &mut applier.tables, applied)
+                        .await?;
                     match ready {
                         Ok(event) => event,
                         Err(_) => continue,
                     }
                 }
             }
-        } else if !in_transaction {
+        } else if between {
             // Nothing pending: a REFRESH PUBLICATION asked is done within
             // a second.
-            match tokio::time::timeout(Duration::from_secs(1), replication.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(1), applier.replication.recv()).await {
                 Ok(event) => event,
                 Err(_) => {
                     let subscription = current(meta, name).await?;
-                    refresh_if_asked(engine, &subscription, source, &mut tables, applied).await?;
+                    let applied = applier.applied;
+                    refresh_if_asked(engine, &subscription, source, &mut applier.tables, applied)
+                        .await?;
                     continue;
                 }
             }
         } else {
-            replication.recv().await
+            applier.replication.recv().await
         };
-        let Some(event) = event.map_err(|e| e.to_string())? else {
-            return Err("the source ended replication".to_owned());
-        };
-        match event {
-            ReplicationEvent::Begin {
-                commit_time_micros,
-                final_lsn: commit_lsn,
-                ..
-            } => {
-                open.clear();
-                in_transaction = true;
-                commit_time = commit_time_micros;
-                final_lsn = commit_lsn.as_u64();
-            }
+        match event? {
             ReplicationEvent::XLogData {
                 data,
                 wal_end: data_end,
                 ..
             } => {
-                wal_end_seen = wal_end_seen.max(data_end.as_u64());
-                if in_transaction {
-                    crash_point!("subscription-receiving");
-                }
-                match pgoutput::decode(&data, false).map_err(|e| e.to_string())? {
-                    Message::Relation(relation) => {
-                        names.insert(
-                            relation.oid,
-                            (relation.namespace.clone(), relation.name.clone()),
-                        );
-                        open.push(Change::Relation(relation))
-                    }
-                    Message::Insert { relation, new } => open.push(Change::Insert(relation, new)),
-                    Message::Update { relation, old, new } => {
-                        open.push(Change::Update(relation, old, new))
-                    }
-                    Message::Delete { relation, old } => open.push(Change::Delete(relation, old)),
-                    Message::Truncate { relations, .. } => open.push(Change::Truncate(relations)),
-                    _ => {}
-                }
-                if in_transaction && open.len() >= BATCH_CHANGES {
-                    // A large source transaction: applied as it arrives
-                    // into a Quarry block of its own, committed at its
-                    // commit (as PostgreSQL's subscriber applies), so that
-                    // the applier holds at most a batch of it. The complete
-                    // transactions before it commit first.
-                    if batch.transactions > 0 {
-                        applied = Box::pin(apply_batch(
-                            engine,
-                            name,
-                            &mut tables,
-                            &mut relations,
-                            std::mem::take(&mut batch),
-                            (applied, wal_end.at_least(wal_end_seen)),
-                        ))
-                        .await?;
-                        replication.update_applied_lsn(WalLsn::from_u64(applied));
-                        last_idle_advance = std::time::Instant::now();
-                    }
-                    let mut part = std::mem::take(&mut open);
-                    if final_lsn < applied {
-                        // Applied before a restart (its commit ends at or
-                        // before the position): only the relations'
-                        // shapes count.
-                        keep_shapes(part, &mut relations);
-                    } else {
-                        retain_followed(&mut part, &names, &tables, final_lsn);
-                        if large.is_none() {
-                            large = Some(Block::begin(engine, &tables).await?);
-                        }
-                        if let Some(block) = large.as_mut() {
-                            block.apply(&mut relations, part).await?;
-                        }
-                        crash_point!("subscription-applying-part");
-                    }
-                }
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                in_transaction = false;
-                let end = end_lsn.as_u64();
-                wal_end_seen = wal_end_seen.max(end);
-                if end <= applied {
-                    // Applied before a restart: the source resent it. Its
-                    // relations' shapes still hold for what follows.
-                    keep_shapes(std::mem::take(&mut open), &mut relations);
-                    replication.update_applied_lsn(WalLsn::from_u64(applied));
-                    continue;
-                }
-                retain_followed(&mut open, &names, &tables, lsn.as_u64());
-                if let Some(mut block) = large.take() {
-                    block
-                        .apply(&mut relations, std::mem::take(&mut open))
-                        .await?;
-                    block
-                        .commit(
-                            name,
-                            &mut tables,
-                            (applied, end, wal_end.at_least(wal_end_seen)),
-                            commit_time,
-                        )
-                        .await?;
-                    applied = end;
-                    replication.update_applied_lsn(WalLsn::from_u64(applied));
-                    last_idle_advance = std::time::Instant::now();
-                    continue;
-                }
-                batch.changes.append(&mut open);
-                batch.transactions += 1;
-                batch.end_lsn = end;
-                batch.commit_time = commit_time;
+                applier.wal_end_seen = applier.wal_end_seen.max(data_end);
+                Box::pin(applier.message(&data)).await?;
             }
             ReplicationEvent::KeepAlive {
                 wal_end: keepalive_end,
+            } => {
+                applier.wal_end_seen = applier.wal_end_seen.max(keepalive_end);
+                applier.keepalive(meta, keepalive_end).await?;
+            }
+        }
+    }
+}
+
+/// A streaming applier's state.
+struct Applier<'a> {
+    engine: &'a Arc<quarry_exec::Engine>,
+    name: &'a str,
+    wal_end: &'a SourceWalEnd,
+    replication: ReplicationStream,
+    /// Transactions streamed while in progress (protocol 2).
+    streamed: Streamed,
+    /// The position committed: the end of the last source transaction
+    /// applied.
+    applied: Lsn,
+    /// The tables followed.
+    tables: Vec<SubscribedTable>,
+    /// The furthest position the stream showed.
+    wal_end_seen: Lsn,
+    relations: HashMap<u32, Relation>,
+    /// Each relation's schema and name, as its Relation messages came.
+    names: HashMap<u32, (String, String)>,
+    /// The changes of the source transaction being received.
+    open: Vec<Change>,
+    commit_time: i64,
+    /// The open source transaction's commit LSN (its Begin says).
+    final_lsn: Lsn,
+    /// A large source transaction's block, applied into as it arrives.
+    large: Option<Block>,
+    /// Between a Begin and its Commit.
+    in_transaction: bool,
+    /// Inside a block of streamed transaction (Stream Start ... Stop).
+    in_stream: Option<u32>,
+    /// Complete transactions received and not yet applied.
+    batch: Batch,
+    last_idle_advance: std::time::Instant,
+}
+
+impl Applier<'_> {
+    /// The source's WAL end as far as known.
+    fn source_wal_end(&self) -> Lsn {
+        self.wal_end.at_least(self.wal_end_seen)
+    }
+
+    /// The position moved to `end`, committed: the source is told.
+    fn moved(&mut self, end: Lsn) {
+        self.applied = end;
+        self.replication.update_applied(end);
+        self.last_idle_advance = std::time::Instant::now();
+    }
+
+    /// Applies the complete transactions received, if any.
+    async fn apply_batch(&mut self) -> Result<(), ApplyError> {
+        if self.batch.transactions == 0 {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let positions = (self.applied, self.source_wal_end());
+        let end = Box::pin(apply_batch(
+            self.engine,
+            self.name,
+            &mut self.tables,
+            &mut self.relations,
+            batch,
+            positions,
+        ))
+        .await?;
+        self.moved(end);
+        Ok(())
+    }
+
+    /// Takes in one pgoutput message.
+    async fn message(&mut self, data: &Bytes) -> Result<(), ApplyError> {
+        let message =
+            pgoutput::decode(data, self.in_stream.is_some()).map_err(|e| e.to_string())?;
+        if let Message::Relation(relation) = &message {
+            self.names.insert(
+                relation.oid,
+                (relation.namespace.clone(), relation.name.clone()),
+            );
+        }
+        match message {
+            Message::Begin {
+                final_lsn,
+                commit_time,
                 ..
             } => {
-                // Nothing pending: the source's WAL up to its end holds no
-                // change of the publication (only other tables'), so the
-                // position moves there, once committed, and the slot's
-                // confirmed position with it.
-                let end = keepalive_end.as_u64();
-                wal_end_seen = wal_end_seen.max(end);
-                if !in_transaction
-                    && batch.transactions == 0
-                    && end > applied
-                    && last_idle_advance.elapsed() >= Duration::from_secs(1)
-                {
-                    meta.write(Command::AdvanceSubscription(Progress {
-                        subscription: name.to_owned(),
-                        from_lsn: applied,
-                        to_lsn: end,
-                        rows: 0,
-                        source_commit_at: 0,
-                        source_wal_end: wal_end.at_least(wal_end_seen),
-                        phase: SubscriptionPhase::Streaming,
-                        tables: None,
-                        refreshed: false,
-                    }))
-                    .await
-                    .map_err(|e| format!("cannot record the position: {e}"))?;
-                    applied = end;
-                    replication.update_applied_lsn(WalLsn::from_u64(applied));
-                    last_idle_advance = std::time::Instant::now();
+                self.open.clear();
+                self.in_transaction = true;
+                self.commit_time = commit_time;
+                self.final_lsn = final_lsn;
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => Box::pin(self.commit(commit_lsn, end_lsn)).await?,
+            Message::StreamStart { xid, first } => {
+                self.streamed.start(xid, first)?;
+                self.in_stream = Some(xid);
+            }
+            Message::StreamStop => self.in_stream = None,
+            Message::StreamAbort { xid, subxid } => self.streamed.abort(xid, subxid),
+            Message::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => Box::pin(self.stream_commit(xid, (commit_lsn, end_lsn), commit_time)).await?,
+            message => {
+                if let Some(xid) = self.in_stream {
+                    crash_point!("subscription-receiving-streamed");
+                    return self.streamed.keep(xid, data);
+                }
+                if self.in_transaction {
+                    crash_point!("subscription-receiving");
+                }
+                if let Some(change) = Change::of(message) {
+                    self.open.push(change);
+                }
+                if self.in_transaction && self.open.len() >= BATCH_CHANGES {
+                    Box::pin(self.apply_part()).await?;
                 }
             }
-            _ => {}
         }
+        Ok(())
+    }
+
+    /// A large source transaction: applied as it arrives into a Quarry
+    /// block of its own, committed at its commit (as PostgreSQL's
+    /// subscriber applies), so that the applier holds at most a batch of
+    /// it. The complete transactions before it commit first.
+    async fn apply_part(&mut self) -> Result<(), ApplyError> {
+        self.apply_batch().await?;
+        let mut part = std::mem::take(&mut self.open);
+        if self.final_lsn < self.applied {
+            // Applied before a restart (its commit ends at or before the
+            // position): only the relations' shapes count.
+            keep_shapes(part, &mut self.relations);
+            return Ok(());
+        }
+        retain_followed(&mut part, &self.names, &self.tables, self.final_lsn);
+        if self.large.is_none() {
+            self.large = Some(Block::begin(self.engine, &self.tables).await?);
+        }
+        if let Some(block) = self.large.as_mut() {
+            block.apply(&mut self.relations, part).await?;
+        }
+        crash_point!("subscription-applying-part");
+        Ok(())
+    }
+
+    /// The open source transaction committed at `commit_lsn`, ending at
+    /// `end`.
+    async fn commit(&mut self, commit_lsn: Lsn, end: Lsn) -> Result<(), ApplyError> {
+        self.in_transaction = false;
+        self.wal_end_seen = self.wal_end_seen.max(end);
+        if end <= self.applied {
+            // Applied before a restart: the source resent it. Its
+            // relations' shapes still hold for what follows.
+            keep_shapes(std::mem::take(&mut self.open), &mut self.relations);
+            self.replication.update_applied(self.applied);
+            return Ok(());
+        }
+        retain_followed(&mut self.open, &self.names, &self.tables, commit_lsn);
+        if let Some(mut block) = self.large.take() {
+            block
+                .apply(&mut self.relations, std::mem::take(&mut self.open))
+                .await?;
+            let positions = (self.applied, end, self.source_wal_end());
+            block
+                .commit(self.name, &mut self.tables, positions, self.commit_time)
+                .await?;
+            self.moved(end);
+            return Ok(());
+        }
+        self.batch.changes.append(&mut self.open);
+        self.batch.transactions += 1;
+        self.batch.end_lsn = end;
+        self.batch.commit_time = self.commit_time;
+        Ok(())
+    }
+
+    /// Streamed transaction `xid` committed at `commit_lsn`, ending at
+    /// `end`: applied, after the complete transactions before it, from its
+    /// spool in parts into one Quarry block, committed with the position.
+    async fn stream_commit(
+        &mut self,
+        xid: u32,
+        (commit_lsn, end): (Lsn, Lsn),
+        commit_time: i64,
+    ) -> Result<(), ApplyError> {
+        self.wal_end_seen = self.wal_end_seen.max(end);
+        let mut changes = self.streamed.commit(xid)?;
+        if end <= self.applied {
+            // Applied before a restart: only the relations' shapes count.
+            loop {
+                let part = changes.next_part(BATCH_CHANGES)?;
+                if part.is_empty() {
+                    break;
+                }
+                keep_shapes(part, &mut self.relations);
+            }
+            return Ok(());
+        }
+        self.apply_batch().await?;
+        let mut block = Block::begin(self.engine, &self.tables).await?;
+        loop {
+            let mut part = changes.next_part(BATCH_CHANGES)?;
+            if part.is_empty() {
+                break;
+            }
+            retain_followed(&mut part, &self.names, &self.tables, commit_lsn);
+            block.apply(&mut self.relations, part).await?;
+            crash_point!("subscription-applying-part");
+        }
+        let positions = (self.applied, end, self.source_wal_end());
+        block
+            .commit(self.name, &mut self.tables, positions, commit_time)
+            .await?;
+        self.moved(end);
+        Ok(())
+    }
+
+    /// A keepalive showing the source's WAL end `end`. With nothing
+    /// pending, the source's WAL up to it holds no change of the
+    /// publication (only other tables'), so the position moves there, once
+    /// committed, and the slot's confirmed position with it.
+    async fn keepalive(&mut self, meta: &Meta, end: Lsn) -> Result<(), ApplyError> {
+        if self.in_transaction
+            || self.in_stream.is_some()
+            || self.streamed.any_open()
+            || self.batch.transactions > 0
+            || end <= self.applied
+            || self.last_idle_advance.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(());
+        }
+        meta.write(Command::AdvanceSubscription(Progress {
+            subscription: self.name.to_owned(),
+            from_lsn: self.applied,
+            to_lsn: end,
+            rows: 0,
+            source_commit_at: 0,
+            source_wal_end: self.source_wal_end(),
+            phase: SubscriptionPhase::Streaming,
+            tables: None,
+            refreshed: false,
+        }))
+        .await
+        .map_err(|e| format!("cannot record the position: {e}"))?;
+        self.moved(end);
+        Ok(())
     }
 }
 

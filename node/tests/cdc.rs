@@ -1101,6 +1101,157 @@ async fn a_large_source_transaction_is_applied_as_it_arrives_and_once_across_a_k
     converge(&source, &quarry, EVENTS_HASH).await;
 }
 
+/// The source's count of transactions it streamed while in progress on
+/// slot `sub` (`pg_stat_replication_slots`, PostgreSQL 14 and later).
+async fn streamed_transactions(source: &tokio_postgres::Client) -> i64 {
+    source
+        .query_opt(
+            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'sub'",
+            &[],
+        )
+        .await
+        .expect("slot statistics")
+        .map_or(0, |row| row.get(0))
+}
+
+/// Waits (up to a minute) until the source has streamed more than `than`
+/// transactions while in progress on slot `sub`.
+async fn wait_streamed(source: &tokio_postgres::Client, than: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while streamed_transactions(source).await <= than {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source never streamed a transaction in progress"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn transactions_streamed_in_progress_apply_once_at_their_commit_without_aborted_parts() {
+    // 64 kB of decoded changes (the least PostgreSQL allows) and the
+    // source streams the transaction to the subscriber while in progress:
+    // pgoutput protocol version 2 (PostgreSQL manual, 55.5.3).
+    let server = PgServer::start(&["wal_level=logical", "logical_decoding_work_mem=64kB"]);
+    let source = server.client("postgres").await;
+    events_table(&source, 1000).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
+    node.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.port
+        ))
+        .await
+        .expect("subscription");
+    let quarry = node.client().await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+    let before = streamed_transactions(&source).await;
+
+    // A transaction left open after 20,000 inserts, a subtransaction
+    // rolled back and one released; other transactions commit meanwhile.
+    let open = server.client("postgres").await;
+    open.batch_execute(
+        "BEGIN;
+         INSERT INTO events SELECT i, 1, 'streamed' FROM generate_series(100001, 120000) i;
+         SAVEPOINT a;
+         INSERT INTO events SELECT i, 1, 'rolled back' FROM generate_series(200001, 205000) i;
+         UPDATE events SET n = n + 1000 WHERE id <= 100;
+         ROLLBACK TO SAVEPOINT a;
+         SAVEPOINT b;
+         UPDATE events SET n = n + 100 WHERE id <= 300;
+         RELEASE SAVEPOINT b;
+         INSERT INTO events SELECT i, 2, 'streamed later' FROM generate_series(120001, 125000) i;",
+    )
+    .await
+    .expect("open transaction");
+    wait_streamed(&source, before).await;
+    // A transaction aborted after being streamed in part.
+    let aborted = server.client("postgres").await;
+    aborted
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO events SELECT i, 3, 'aborted' FROM generate_series(300001, 320000) i;",
+        )
+        .await
+        .expect("aborted transaction");
+    wait_streamed(&source, before + 1).await;
+    aborted.batch_execute("ROLLBACK").await.expect("rollback");
+    source
+        .batch_execute(
+            "UPDATE events SET body = 'committed meanwhile' WHERE id = 999;
+             INSERT INTO events VALUES (500000, 5, 'committed meanwhile');",
+        )
+        .await
+        .expect("small transactions");
+    // (Row 999: the open transaction holds rows 1 to 300.) Those commit
+    // in Quarry while the streamed one is still open there: none of its
+    // rows shows.
+    let sql = "SELECT count(*) FILTER (WHERE id = 500000), count(*) FILTER (WHERE id > 100000 AND id < 500000)
+               FROM events";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while texts(&quarry, sql).await != ["1|0"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}: the small transactions never showed alone",
+            texts(&quarry, sql).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    open.batch_execute("COMMIT").await.expect("commit");
+    converge(
+        &source,
+        &quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    converge(&source, &quarry, EVENTS_HASH).await;
+
+    // Killed while receiving a streamed transaction, and again with part
+    // of one applied at its commit (60,000 changes: more than a part):
+    // each is applied once after the restart.
+    for (point, first) in [
+        ("subscription-receiving-streamed", 600_001),
+        ("subscription-applying-part", 700_001),
+    ] {
+        node.kill9();
+        node.set_env(&[("FAILPOINTS", &format!("{point}=return"))]);
+        node.restart().await;
+        let streamed = streamed_transactions(&source).await;
+        source
+            .batch_execute(&format!(
+                "INSERT INTO events SELECT i, 7, 'large' FROM generate_series({first}, {}) i",
+                first + 59_999
+            ))
+            .await
+            .expect("large transaction");
+        let status = node.wait_exit(Duration::from_secs(180));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{point}: killed by SIGKILL"
+        );
+        assert!(
+            node.log()
+                .lines()
+                .any(|l| l.contains("crash point reached") && l.contains(point)),
+            "{point}: the node died at its crash point"
+        );
+        node.set_env(&[]);
+        node.restart().await;
+        let quarry = node.client().await;
+        converge(&source, &quarry, EVENTS_HASH).await;
+        wait_streamed(&source, streamed).await;
+        let (applied, confirmed) = positions(&source, &quarry).await;
+        assert!(
+            confirmed <= applied,
+            "the source confirmed what Quarry did not commit"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_million_row_copy_with_writers_running_ends_identical() {
     let server = PgServer::start(&["wal_level=logical"]);
