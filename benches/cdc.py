@@ -29,6 +29,12 @@ with its own slot, at the same time.
   rows per second, and Quarry's resident memory (VmRSS, sampled every
   50 ms) before it and at its peak while it is applied.
 
+Both subscribers stream transactions in progress (pgoutput protocol 2:
+Quarry always does against PostgreSQL 14 and later; PostgreSQL's
+subscription is made `WITH (streaming = on)`), so a transaction larger than
+the source's `logical_decoding_work_mem` (64 MB) reaches them before its
+commit.
+
 At the end the subscribers' tables are compared with the source's
 (count and sum of balances); the run fails if they differ.
 
@@ -161,8 +167,10 @@ def main():
         # Both copies at once, as the subscriptions start together.
         started = time.monotonic()
         q.execute(f"CREATE SUBSCRIPTION bench_quarry CONNECTION '{conninfo}' PUBLICATION bench")
+        # Streaming in-progress transactions, as Quarry's subscription does
+        # (pgoutput protocol 2; PostgreSQL's default is off).
         rep.execute(f"CREATE SUBSCRIPTION bench_postgres CONNECTION '{conninfo}' "
-                    f"PUBLICATION bench")
+                    f"PUBLICATION bench WITH (streaming = on)")
         copied = {}
 
         def quarry_copied():
