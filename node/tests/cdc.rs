@@ -448,14 +448,7 @@ async fn refresh_publication_copies_the_tables_added_and_applies_their_changes_o
     let dir = tempfile::tempdir().expect("temp dir");
     let node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
-    quarry
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&quarry, server.port).await;
     converge(&source, &quarry, "SELECT id, v FROM first ORDER BY id").await;
 
     // `events` joins the publication while a writer changes it: its
@@ -884,14 +877,7 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
-    quarry
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&quarry, server.port).await;
     drop(quarry);
     // Killed three times while the writer runs: 150 ms after CREATE
     // SUBSCRIPTION (about when the applier starts its copy), then 1.5 s and
@@ -920,6 +906,35 @@ async fn kill_9_of_the_applying_node_loses_and_repeats_no_transaction() {
         "SELECT id, n, body FROM events ORDER BY id",
     )
     .await;
+}
+
+/// Waits (up to 3 minutes) for `node` to die at crash point `point`: by
+/// SIGKILL, its log saying it reached that point.
+fn died_at(node: &mut support::node::TestNode, point: &str) {
+    let status = node.wait_exit(Duration::from_secs(180));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{point}: killed by SIGKILL"
+    );
+    assert!(
+        node.log()
+            .lines()
+            .any(|l| l.contains("crash point reached") && l.contains(point)),
+        "{point}: the node died at its crash point"
+    );
+}
+
+/// Subscribes `quarry` to publication `quarry_pub` of the source on
+/// `port`, as subscription `sub`.
+async fn subscribe(quarry: &tokio_postgres::Client, port: u16) {
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={port} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub"
+        ))
+        .await
+        .expect("subscription");
 }
 
 /// Quarry's applied position and the source slot's `confirmed_flush_lsn`,
@@ -969,31 +984,12 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
         node.set_env(&[("FAILPOINTS", &format!("{point}=return"))]);
         if i == 0 {
             node.restart().await;
-            node.client()
-                .await
-                .batch_execute(&format!(
-                    "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-                       PUBLICATION quarry_pub",
-                    server.port
-                ))
-                .await
-                .expect("subscription");
+            subscribe(&node.client().await, server.port).await;
         } else {
             node.restart_unready();
         }
         let before = writers.committed();
-        let status = node.wait_exit(Duration::from_secs(180));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{point}: killed by SIGKILL"
-        );
-        let log = node.log();
-        assert!(
-            log.lines()
-                .any(|l| l.contains("crash point reached") && l.contains(point)),
-            "{point}: the node died at its crash point"
-        );
+        died_at(&mut node, point);
         // The writer goes on meanwhile.
         while writers.committed() < before + 10 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1042,15 +1038,7 @@ async fn a_large_source_transaction_is_applied_as_it_arrives_and_once_across_a_k
     events_table(&source, 1000).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
-    node.client()
-        .await
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&node.client().await, server.port).await;
     converge(&source, &node.client().await, EVENTS_HASH).await;
     // A source transaction of some 100,600 changes (more than a batch):
     // the node applies its first part into a block of its own, and dies
@@ -1068,18 +1056,7 @@ async fn a_large_source_transaction_is_applied_as_it_arrives_and_once_across_a_k
         )
         .await
         .expect("large transaction");
-    let status = node.wait_exit(Duration::from_secs(180));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "killed by SIGKILL"
-    );
-    assert!(
-        node.log()
-            .lines()
-            .any(|l| l.contains("crash point reached") && l.contains("subscription-applying-part")),
-        "the node died with part of the transaction applied"
-    );
+    died_at(&mut node, "subscription-applying-part");
     // Restarted, it applies the whole transaction once; then a large
     // update between two small transactions, in order.
     node.set_env(&[]);
@@ -1137,15 +1114,7 @@ async fn transactions_streamed_in_progress_apply_once_at_their_commit_without_ab
     events_table(&source, 1000).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
-    node.client()
-        .await
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&node.client().await, server.port).await;
     let quarry = node.client().await;
     converge(&source, &quarry, EVENTS_HASH).await;
     let before = streamed_transactions(&source).await;
@@ -1227,18 +1196,7 @@ async fn transactions_streamed_in_progress_apply_once_at_their_commit_without_ab
             ))
             .await
             .expect("large transaction");
-        let status = node.wait_exit(Duration::from_secs(180));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{point}: killed by SIGKILL"
-        );
-        assert!(
-            node.log()
-                .lines()
-                .any(|l| l.contains("crash point reached") && l.contains(point)),
-            "{point}: the node died at its crash point"
-        );
+        died_at(&mut node, point);
         node.set_env(&[]);
         node.restart().await;
         let quarry = node.client().await;
@@ -1262,14 +1220,7 @@ async fn a_million_row_copy_with_writers_running_ends_identical() {
     let node = support::node::TestNode::start(&dir.path().join("data")).await;
     let quarry = node.client().await;
     let before = writers.committed();
-    quarry
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&quarry, server.port).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     while texts(
         &quarry,
@@ -1307,16 +1258,7 @@ async fn the_subscription_moves_to_the_new_leader_when_the_applying_node_dies() 
     let mut nodes = support::cluster::start_cluster(dir.path(), 3, &[]).await;
     let leader = support::cluster::leader_index(&nodes, 0).await;
     let survivor = (leader + 1) % nodes.len();
-    nodes[survivor]
-        .client()
-        .await
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres'
-               PUBLICATION quarry_pub",
-            server.port
-        ))
-        .await
-        .expect("subscription");
+    subscribe(&nodes[survivor].client().await, server.port).await;
     let quarry = nodes[survivor].client().await;
     let all = "SELECT count(*), count(DISTINCT id), sum(n) FROM events";
     converge(&source, &quarry, all).await;
