@@ -14,7 +14,10 @@ Quarry's repository; this script runs its tools:
   `|`-separated, UTF-8) into `--data` unless they are there already;
 - `dsqgen -DIALECT netezza -QUALIFY Y` writes each query of the templates
   with the specification's qualification parameters (query 14, 23, 24 and
-  39 are two statements each, run one after the other and timed together);
+  39 are two statements each, run one after the other and timed together).
+  Two rewrites make them standard SQL that both engines parse: the
+  dialect's `date + 30 days` becomes `date + interval '30' day`, and query
+  90's alias `at` (a word DuckDB reserves) becomes `at_`;
 - `tools/tpcds.sql` is the schema (its primary key clauses left out).
 
 DuckDB reads the rows into its own storage in memory; Quarry's node (a
@@ -83,6 +86,10 @@ def generate_queries(kit, scale, out):
                        stdout=subprocess.DEVNULL)
         text = open(os.path.join(out, "query_0.sql")).read()
         text = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+        # The dialect's date arithmetic, `date + 30 days`, as standard SQL.
+        text = re.sub(r"([+-])\s*(\d+)\s+days\b", r"\1 interval '\2' day", text)
+        # Query 90's alias `at`, which DuckDB reserves.
+        text = text.replace(") at,", ") at_,")
         queries[number] = [s.strip() for s in text.split(";") if s.strip()]
     return queries
 
