@@ -1114,8 +1114,18 @@ async fn transactions_streamed_in_progress_apply_once_at_their_commit_without_ab
     events_table(&source, 1000).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = support::node::TestNode::start(&dir.path().join("data")).await;
-    subscribe(&node.client().await, server.port).await;
+    // Over the source's Unix socket: the replication connection's other
+    // transport.
     let quarry = node.client().await;
+    quarry
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host={} port={} user=postgres dbname=postgres'
+               PUBLICATION quarry_pub",
+            server.socket_dir().display(),
+            server.port
+        ))
+        .await
+        .expect("subscription");
     converge(&source, &quarry, EVENTS_HASH).await;
     let before = streamed_transactions(&source).await;
 

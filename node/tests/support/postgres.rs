@@ -76,6 +76,11 @@ impl PgServer {
         PgServer { dir, bin, port }
     }
 
+    /// The directory of its Unix socket (a libpq `host` for it).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A connection to database `dbname` as `postgres`.
     pub async fn client(&self, dbname: &str) -> Client {
         let (client, connection) = tokio_postgres::connect(
