@@ -4,6 +4,7 @@
 
     python3 benches/tpcds.py --kit PATH [--scale-factor 1] [--data DIR]
         [--runs 3] [--threads 2] [--timeout 300] [--queries 1,2,...]
+        [--plan] [--duckdb-integer-division]
         [--quarry target/release/quarry] [--commit SHA]
 
 `--kit` is a checkout of the TPC's TPC-DS kit (its tools built: `make -C
@@ -27,6 +28,12 @@ and `--runs` times; the median is printed, in ms, with the rows each engine
 returned. A query that fails (or runs past `--timeout` seconds on Quarry)
 is shown with its error and left out of the geomean, which is over the
 queries both engines ran.
+
+`--plan` also times Quarry's `EXPLAIN` of each query (parsing, planning,
+optimizing and printing the plans; the same warm-up and median), an upper
+bound on its planning time. `--duckdb-integer-division` runs DuckDB with
+`SET integer_division = true`, so that `/` of two integers truncates as in
+PostgreSQL and Quarry (queries 34 and 73 divide integer columns).
 
 Prints the machine, the command, the commit and a Markdown table.
 """
@@ -94,10 +101,12 @@ def generate_queries(kit, scale, out):
     return queries
 
 
-def load_duckdb(tables, data, threads):
+def load_duckdb(tables, data, threads, integer_division=False):
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.execute("SET enable_progress_bar = false")
+    if integer_division:
+        con.execute("SET integer_division = true")
     for name, ddl in tables:
         con.execute(ddl)
         con.execute(f"COPY {name} FROM '{os.path.join(data, name + '.dat')}' "
@@ -137,6 +146,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=300)
     parser.add_argument("--queries")
+    parser.add_argument("--plan", action="store_true")
+    parser.add_argument("--duckdb-integer-division", action="store_true")
     parser.add_argument("--quarry", default="target/release/quarry")
     parser.add_argument("--commit")
     args = parser.parse_args()
@@ -152,7 +163,7 @@ def main():
     tables = tables_of(args.kit)
 
     started = time.monotonic()
-    duck = load_duckdb(tables, data, args.threads)
+    duck = load_duckdb(tables, data, args.threads, args.duckdb_integer_division)
     duck_load = time.monotonic() - started
     node, port, _, _ = start_quarry(args.quarry, workdir)
     results = {}
@@ -180,6 +191,12 @@ def main():
                     result[engine] = str(e).strip().splitlines()[0][:120]
                     if engine == "Quarry" and q.closed:
                         raise
+            if args.plan:
+                try:
+                    result["plan"] = timed(lambda sql: on_quarry("EXPLAIN " + sql),
+                                           queries[number], args.runs)[0]
+                except Exception as e:  # noqa: BLE001 - reported in the table
+                    result["plan"] = str(e).strip().splitlines()[0][:120]
             results[number] = result
             print(f"q{number}: {result}", file=sys.stderr, flush=True)
     finally:
@@ -191,14 +208,19 @@ def main():
     print(f"command: python3 benches/tpcds.py --kit {args.kit} --scale-factor "
           f"{args.scale_factor} --runs {args.runs} --threads {args.threads} "
           f"--timeout {args.timeout} --quarry {args.quarry}"
-          + (f" --queries {args.queries}" if args.queries else ""))
+          + (f" --queries {args.queries}" if args.queries else "")
+          + (" --plan" if args.plan else "")
+          + (" --duckdb-integer-division" if args.duckdb_integer_division else ""))
     print(f"commit: {commit}; comparison: DuckDB {duckdb.__version__} ({args.threads} threads, "
           "its own storage, in memory)")
     print(f"load (not timed in the queries): DuckDB {duck_load:.1f} s, Quarry {quarry_load:.1f} s "
           "(COPY over the PostgreSQL wire)")
     print()
-    print("| query | Quarry ms | DuckDB ms | Quarry / DuckDB | rows Quarry | rows DuckDB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    plan = (lambda r: "") if not args.plan else (
+        lambda r: f" {r['plan']:,.1f} |" if isinstance(r["plan"], float) else f" error: {r['plan']} |")
+    print("| query | Quarry ms | DuckDB ms | Quarry / DuckDB | rows Quarry | rows DuckDB |"
+          + (" Quarry EXPLAIN ms |" if args.plan else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.plan else ""))
     logs = []
     for number, result in results.items():
         quarry, duck_result = result["Quarry"], result["DuckDB"]
@@ -206,10 +228,10 @@ def main():
             ratio = quarry[0] / duck_result[0]
             logs.append((math.log(quarry[0]), math.log(duck_result[0])))
             print(f"| q{number} | {quarry[0]:,.1f} | {duck_result[0]:,.1f} | {ratio:.2f} "
-                  f"| {quarry[1]} | {duck_result[1]} |")
+                  f"| {quarry[1]} | {duck_result[1]} |" + plan(result))
         else:
             show = lambda r: f"{r[0]:,.1f}" if isinstance(r, tuple) else f"error: {r}"  # noqa: E731
-            print(f"| q{number} | {show(quarry)} | {show(duck_result)} | | | |")
+            print(f"| q{number} | {show(quarry)} | {show(duck_result)} | | | |" + plan(result))
     if logs:
         quarry_geo = math.exp(sum(a for a, _ in logs) / len(logs))
         duck_geo = math.exp(sum(b for _, b in logs) / len(logs))

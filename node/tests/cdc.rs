@@ -486,13 +486,7 @@ async fn refresh_publication_copies_the_tables_added_and_applies_their_changes_o
         .batch_execute("INSERT INTO first VALUES (2, 'b')")
         .await
         .expect("first");
-    converge(
-        &source,
-        &quarry,
-        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
-    )
-    .await;
-    converge(&source, &quarry, EVENTS_HASH).await;
+    converge_events(&source, &quarry).await;
     converge(&source, &quarry, "SELECT id, v FROM first ORDER BY id").await;
 
     // A table dropped from the publication is no longer followed; its
@@ -855,6 +849,19 @@ impl Writers {
 /// An ordered hash of every row of `events`, the same SQL on both sides.
 const EVENTS_HASH: &str = "SELECT count(*), md5(string_agg(id::text || ':' || n::text || ':' || body, ',' ORDER BY id)) FROM events";
 
+/// Waits until `events` is identical on both sides: its count, distinct
+/// ids, sum and largest id first (a readable difference), then the
+/// ordered hash of every row.
+async fn converge_events(source: &tokio_postgres::Client, quarry: &tokio_postgres::Client) {
+    converge(
+        source,
+        quarry,
+        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
+    )
+    .await;
+    converge(source, quarry, EVENTS_HASH).await;
+}
+
 /// The source's `events` with `rows` rows, published as `quarry_pub`.
 async fn events_table(source: &tokio_postgres::Client, rows: i64) {
     source
@@ -1022,13 +1029,7 @@ async fn kill_9_at_each_step_of_copy_and_apply_loses_and_repeats_no_transaction(
     tokio::time::sleep(Duration::from_secs(1)).await;
     writers.stop().await;
     let quarry = node.client().await;
-    converge(
-        &source,
-        &quarry,
-        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
-    )
-    .await;
-    converge(&source, &quarry, EVENTS_HASH).await;
+    converge_events(&source, &quarry).await;
 }
 
 #[tokio::test]
@@ -1180,13 +1181,7 @@ async fn transactions_streamed_in_progress_apply_once_at_their_commit_without_ab
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     open.batch_execute("COMMIT").await.expect("commit");
-    converge(
-        &source,
-        &quarry,
-        "SELECT count(*), count(DISTINCT id), sum(n), max(id) FROM events",
-    )
-    .await;
-    converge(&source, &quarry, EVENTS_HASH).await;
+    converge_events(&source, &quarry).await;
 
     // Killed while receiving a streamed transaction, and again with part
     // of one applied at its commit (60,000 changes: more than a part):
