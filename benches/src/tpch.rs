@@ -307,7 +307,11 @@ async fn time_quarry(
 ) -> anyhow::Result<Vec<Timings>> {
     let (runs, queries) = (settings.runs, &settings.queries);
     for (i, client) in clients.iter().enumerate() {
-        client.batch_execute("SET search_path = tpch").await?;
+        // The result cache would answer every timed run from the warm-up's
+        // result; `--set use_query_cache=on` times it instead.
+        client
+            .batch_execute("SET search_path = tpch; SET use_query_cache = off")
+            .await?;
         for (name, value) in &settings.set {
             if i == 0 {
                 println!("SET {name} = '{value}'");

@@ -285,6 +285,15 @@ impl SnapshotTable {
             .collect())
     }
 
+    /// Whether the table's data files carry bloom filters
+    /// (`bloom_filter_columns`: docs/DATA_LAYOUT.md).
+    fn has_bloom_filters(&self) -> bool {
+        self.table
+            .file_layout
+            .as_ref()
+            .is_some_and(|layout| !layout.bloom_filters.is_empty())
+    }
+
     /// The order of a clustered table's rows within each data file (every
     /// writer sorts them: docs/DATA_LAYOUT.md), for DataFusion, which keeps
     /// it for a scan only where the files it reads in turn do not overlap
@@ -351,6 +360,10 @@ impl SnapshotTable {
                 },
             }))
             .with_enable_page_index(true)
+            // Only a table with `bloom_filter_columns` has bloom filters to
+            // read; for any other, DataFusion would still evaluate the
+            // pruning predicate once per row group against none.
+            .with_bloom_filter_on_read(self.has_bloom_filters())
             .with_pushdown_filters(true);
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
