@@ -57,6 +57,7 @@ pub mod row_id;
 pub mod runtime;
 pub mod scram;
 pub mod session;
+pub mod shared;
 pub mod source;
 pub mod system;
 pub mod table;

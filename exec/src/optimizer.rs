@@ -89,6 +89,8 @@ pub fn rules() -> Vec<std::sync::Arc<dyn OptimizerRule + Send + Sync>> {
         .position(|rule| rule.name() == "eliminate_cross_join")
         .unwrap_or(rules.len());
     rules.insert(at, std::sync::Arc::new(CompoundJoinKeysAsFilters));
+    // Last: subplans still alike once the others are done are shared.
+    rules.push(std::sync::Arc::new(crate::shared::ShareCommonSubqueries));
     rules
 }
 

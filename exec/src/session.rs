@@ -514,7 +514,9 @@ impl Session {
             .with_optimizer_rules(crate::optimizer::rules())
             .with_physical_optimizer_rules(crate::filter_placement::physical_rules(vec![
                 Arc::new(crate::runtime::JoinYieldPoints),
-            ]));
+                Arc::new(crate::shared::ShareSubplans),
+            ]))
+            .with_query_planner(Arc::new(crate::shared::QuarryQueryPlanner));
         if let Some(planners) = builder.expr_planners() {
             planners.insert(0, Arc::new(crate::pg_functions::VectorSubscript));
             planners.insert(0, Arc::new(crate::array_text::ArrayTextLiterals));

@@ -48,9 +48,12 @@ impl Session {
         if !mode.distributes(scanned, self.engine.resources.distribute_min_bytes) {
             return Ok(here());
         }
-        let distributed =
-            DistributedPlan::new(cluster, physical.clone(), self.engine.target_partitions)
-                .map_err(Error::from_engine)?;
+        let distributed = DistributedPlan::new(
+            cluster,
+            crate::shared::unshared(physical.clone()).map_err(Error::from_engine)?,
+            self.engine.target_partitions,
+        )
+        .map_err(Error::from_engine)?;
         let Some(distributed) = distributed else {
             return Ok(here());
         };
