@@ -82,7 +82,9 @@ impl OptimizerRule for CompoundJoinKeysAsFilters {
 }
 
 /// DataFusion's logical optimizer rules with Quarry's in their places.
-pub fn rules() -> Vec<std::sync::Arc<dyn OptimizerRule + Send + Sync>> {
+pub fn rules(
+    share_subplans: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::sync::Arc<dyn OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     let at = rules
         .iter()
@@ -90,7 +92,9 @@ pub fn rules() -> Vec<std::sync::Arc<dyn OptimizerRule + Send + Sync>> {
         .unwrap_or(rules.len());
     rules.insert(at, std::sync::Arc::new(CompoundJoinKeysAsFilters));
     // Last: subplans still alike once the others are done are shared.
-    rules.push(std::sync::Arc::new(crate::shared::ShareCommonSubqueries));
+    rules.push(std::sync::Arc::new(crate::shared::ShareCommonSubqueries {
+        enabled: share_subplans,
+    }));
     rules
 }
 
@@ -118,7 +122,7 @@ mod tests {
     async fn a_key_over_two_joined_relations_is_kept() {
         let state = SessionStateBuilder::new()
             .with_default_features()
-            .with_optimizer_rules(rules())
+            .with_optimizer_rules(rules(Default::default()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let sql = "SELECT count(*) FROM (VALUES (1), (2)) x1(a) \

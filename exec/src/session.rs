@@ -379,6 +379,8 @@ pub const SERVER_VERSION: &str = concat!("16.0 (Quarry ", env!("CARGO_PKG_VERSIO
 
 /// One client's session.
 pub struct Session {
+    /// Whether alike subplans are computed once (`share_subplans`).
+    share_subplans: Arc<std::sync::atomic::AtomicBool>,
     engine: Arc<Engine>,
     ctx: SessionContext,
     catalog: Arc<QuarryCatalog>,
@@ -507,11 +509,14 @@ impl Session {
         let runtime = runtime
             .build_arc()
             .map_err(|e| Error::Internal(format!("cannot set up the query runtime: {e}")))?;
+        // The setting `share_subplans`, read by its optimizer rule
+        // (exec/src/shared.rs); set from the session's settings per statement.
+        let share_subplans = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_optimizer_rules(crate::optimizer::rules())
+            .with_optimizer_rules(crate::optimizer::rules(share_subplans.clone()))
             .with_physical_optimizer_rules(crate::filter_placement::physical_rules(vec![
                 Arc::new(crate::runtime::JoinYieldPoints),
                 Arc::new(crate::shared::ShareSubplans),
@@ -594,6 +599,7 @@ impl Session {
             notices: Vec::new(),
             stats: crate::jobs::StatementStats::new(None),
             pool,
+            share_subplans,
         })
     }
 
@@ -1154,6 +1160,12 @@ impl Session {
 
     /// Plans `statement` against the pinned catalog, resolving time travel.
     async fn plan(&mut self, mut statement: Statement) -> Result<LogicalPlan> {
+        let share = self
+            .setting("share_subplans")
+            .and_then(settings::parse_bool)
+            .unwrap_or(false);
+        self.share_subplans
+            .store(share, std::sync::atomic::Ordering::Relaxed);
         self.pin_time_travel(&mut statement).await?;
         let catalog = self.ddl_catalog().await?;
         if !catalog.types.is_empty() {

@@ -3,10 +3,10 @@
 //!
 //! DataFusion's SQL planner copies a CTE's plan into every place that reads
 //! it, so `WITH t AS (SELECT ... GROUP BY ...)` read twice (TPC-H Q15: the
-//! revenue per supplier and its maximum) scans and aggregates twice. As in
-//! PostgreSQL, where a CTE read more than once is materialized (PostgreSQL
-//! manual, "WITH Queries", section 7.8.3), and in DuckDB, its result is
-//! computed once here:
+//! revenue per supplier and its maximum) scans and aggregates twice. As
+//! in PostgreSQL, where a CTE read more than once is materialized
+//! (PostgreSQL manual, section 7.8.3, "Common Table Expression
+//! Materialization"), and in DuckDB, its result is computed once here:
 //!
 //! - [`ShareCommonSubqueries`], the last logical optimizer rule, finds the
 //!   aggregations, joins and windows that occur more than once, alike, in
@@ -31,11 +31,16 @@
 //! filter (read again rather than kept). A distributed plan
 //! runs every occurrence itself ([`unshared`]): its fragments are cut and
 //! sent before execution.
+//!
+//! Off by default: the session setting `share_subplans = on` turns it on
+//! (benches/RESULTS.md, "Subplans computed once", has the measurements
+//! that keep it off: a shared subplan gets no filter from the joins above
+//! it, which some queries lose more by than they gain).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -103,9 +108,13 @@ impl UserDefinedLogicalNodeCore for SharedNode {
     }
 }
 
-/// The logical rule (see the module documentation).
+/// The logical rule (see the module documentation). It does nothing unless
+/// `enabled` (the session setting `share_subplans`) is set.
 #[derive(Debug, Default)]
-pub struct ShareCommonSubqueries;
+pub struct ShareCommonSubqueries {
+    /// Whether subplans are shared.
+    pub enabled: Arc<AtomicBool>,
+}
 
 impl OptimizerRule for ShareCommonSubqueries {
     fn name(&self) -> &str {
@@ -121,6 +130,9 @@ impl OptimizerRule for ShareCommonSubqueries {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> DfResult<Transformed<LogicalPlan>> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(Transformed::no(plan));
+        }
         let mut seen: HashMap<Occurrence, usize> = HashMap::new();
         let mut recursive = false;
         plan.apply_with_subqueries(|node| {
@@ -525,7 +537,9 @@ mod tests {
 
     fn context() -> SessionContext {
         let mut rules = datafusion::optimizer::Optimizer::new().rules;
-        rules.push(Arc::new(ShareCommonSubqueries));
+        rules.push(Arc::new(ShareCommonSubqueries {
+            enabled: Arc::new(AtomicBool::new(true)),
+        }));
         let mut physical =
             datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
         physical.push(Arc::new(ShareSubplans));
@@ -621,6 +635,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_is_shared_unless_enabled() {
+        let mut rules = datafusion::optimizer::Optimizer::new().rules;
+        rules.push(Arc::new(ShareCommonSubqueries::default()));
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_optimizer_rules(rules)
+            .with_query_planner(Arc::new(QuarryQueryPlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        with_table(&ctx).await;
+        let (plan, rows) = plan_and_rows(&ctx, Q15_LIKE).await;
+        assert!(!plan.contains("SharedExec"), "{plan}");
+        assert_eq!(rows, vec![4]);
+    }
+
+    #[tokio::test]
     async fn ctes_read_once_or_only_scanning_are_not_shared() {
         let ctx = context();
         with_table(&ctx).await;
@@ -647,6 +677,63 @@ mod tests {
         let (plan, rows) = plan_and_rows(&ctx, volatile).await;
         assert!(!plan.contains("SharedExec"), "{plan}");
         assert_eq!(rows, vec![7]);
+    }
+
+    /// Two occurrences of one input of three 1,000-row batches, sharing an
+    /// output, run in turn with `pool_bytes` of query memory: the rows each
+    /// returned, and whether the output was kept for the second.
+    async fn two_occurrences(pool_bytes: usize) -> (usize, usize, bool) {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion_datasource::memory::MemorySourceConfig;
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = |start: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(start..start + 1000))],
+            )
+            .expect("batch")
+        };
+        let partitions = vec![vec![batch(0), batch(1000), batch(2000)]];
+        let input = MemorySourceConfig::try_new_exec(&partitions, schema.clone(), None)
+            .expect("input") as Arc<dyn ExecutionPlan>;
+        let output = Arc::new(SharedOutput::new(2, 1));
+        let first = SharedExec::new(7, input.clone()).with_output(output.clone());
+        let second = SharedExec::new(7, input).with_output(output.clone());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(pool_bytes)))
+            .build_arc()
+            .expect("runtime");
+        let task = Arc::new(TaskContext::default().with_runtime(runtime));
+        let rows = |batches: Vec<RecordBatch>| batches.iter().map(RecordBatch::num_rows).sum();
+        let a: Vec<RecordBatch> = first
+            .execute(0, task.clone())
+            .expect("first")
+            .try_collect()
+            .await
+            .expect("first rows");
+        let kept = matches!(*output.partitions[0].lock().await, Slot::Kept { .. });
+        let b: Vec<RecordBatch> = second
+            .execute(0, task)
+            .expect("second")
+            .try_collect()
+            .await
+            .expect("second rows");
+        // Taken by both: nothing is kept any more.
+        assert!(!matches!(
+            *output.partitions[0].lock().await,
+            Slot::Kept { .. }
+        ));
+        (rows(a), rows(b), kept)
+    }
+
+    #[tokio::test]
+    async fn an_output_too_large_for_the_query_memory_is_computed_by_each_occurrence() {
+        // Room for the three batches: kept once, replayed for the second.
+        assert_eq!(two_occurrences(1 << 20).await, (3000, 3000, true));
+        // Room for one batch: the first streams on, the second computes.
+        assert_eq!(two_occurrences(10_000).await, (3000, 3000, false));
     }
 
     #[tokio::test]

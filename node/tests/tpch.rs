@@ -51,6 +51,48 @@ async fn the_22_queries_match_duckdb() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The plans of `EXPLAIN` of TPC-H Q15, as one text.
+async fn explain_q15(client: &tokio_postgres::Client) -> String {
+    let rows = client
+        .query(&format!("EXPLAIN {}", tpch::query(15)), &[])
+        .await
+        .expect("explain q15");
+    rows.iter()
+        .map(|r| r.get::<_, String>(1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn with_share_subplans_q15_computes_its_cte_once_and_the_22_queries_still_match() {
+    let (_dir, node) = loaded_node().await;
+    let client = node.client().await;
+    client
+        .batch_execute("SET search_path = tpch")
+        .await
+        .expect("search_path");
+    let off = explain_q15(&client).await;
+    assert!(!off.contains("SharedExec"), "shared while off:\n{off}");
+    client
+        .batch_execute("SET share_subplans = on")
+        .await
+        .expect("share_subplans on");
+    // Q15's revenue CTE is read by the join and by the max subquery.
+    let on = explain_q15(&client).await;
+    assert!(on.contains("SharedExec") && on.contains("uses=2"), "{on}");
+    let failures = tpch::mismatches(&client).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let bad = client
+        .batch_execute("SET share_subplans = sometimes")
+        .await
+        .expect_err("not a Boolean");
+    assert_eq!(
+        bad.code().map(|c| c.code().to_owned()).as_deref(),
+        Some("22023"),
+        "{bad:?}"
+    );
+}
+
 #[tokio::test]
 async fn psql_lists_and_describes_the_tables() {
     let (_dir, node) = loaded_node().await;

@@ -61,6 +61,9 @@ pub(super) const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("max_identifier_length", "63"),
     ("search_path", "public"),
     ("server_encoding", "UTF8"),
+    // Whether alike subplans (a CTE read more than once) are computed once
+    // (exec/src/shared.rs).
+    ("share_subplans", "off"),
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
@@ -236,6 +239,14 @@ impl Session {
                     format!(
                         "invalid value for parameter \"dml_mode\": \"{value}\" \
                          (merge-on-read or copy-on-write)"
+                    ),
+                ));
+            }
+            "share_subplans" if parse_bool(&value).is_none() => {
+                return Err(user_error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "parameter \"share_subplans\" requires a Boolean value, not \"{value}\""
                     ),
                 ));
             }
