@@ -603,12 +603,19 @@ mod tests {
         assert_eq!(rows, vec![4]);
     }
 
-    #[tokio::test]
-    async fn a_shared_cte_runs_its_input_once() {
+    /// A session with the rules and table `t`, and its physical plan of
+    /// [`Q15_LIKE`].
+    async fn q15_like_plan() -> (SessionContext, Arc<dyn ExecutionPlan>) {
         let ctx = context();
         with_table(&ctx).await;
         let frame = ctx.sql(Q15_LIKE).await.expect("plan");
         let physical = frame.create_physical_plan().await.expect("physical");
+        (ctx, physical)
+    }
+
+    #[tokio::test]
+    async fn a_shared_cte_runs_its_input_once() {
+        let (ctx, physical) = q15_like_plan().await;
         let task = ctx.task_ctx();
         let batches = datafusion::physical_plan::collect(physical.clone(), task)
             .await
@@ -738,10 +745,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_distributed_plan_runs_each_occurrence_itself() {
-        let ctx = context();
-        with_table(&ctx).await;
-        let frame = ctx.sql(Q15_LIKE).await.expect("plan");
-        let physical = frame.create_physical_plan().await.expect("physical");
+        let (ctx, physical) = q15_like_plan().await;
         let apart = unshared(physical).expect("unshared");
         let shown = datafusion::physical_plan::displayable(apart.as_ref())
             .indent(false)

@@ -39,14 +39,20 @@ async fn loaded_node_with(flags: &[&str]) -> (tempfile::TempDir, TestNode) {
     (dir, node)
 }
 
-#[tokio::test]
-async fn the_22_queries_match_duckdb() {
-    let (_dir, node) = loaded_node().await;
+/// A client of `node` whose search path is the TPC-H schema.
+async fn tpch_client(node: &TestNode) -> tokio_postgres::Client {
     let client = node.client().await;
     client
         .batch_execute("SET search_path = tpch")
         .await
         .expect("search_path");
+    client
+}
+
+#[tokio::test]
+async fn the_22_queries_match_duckdb() {
+    let (_dir, node) = loaded_node().await;
+    let client = tpch_client(&node).await;
     let failures = tpch::mismatches(&client).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -66,11 +72,7 @@ async fn explain_q15(client: &tokio_postgres::Client) -> String {
 #[tokio::test]
 async fn with_share_subplans_q15_computes_its_cte_once_and_the_22_queries_still_match() {
     let (_dir, node) = loaded_node().await;
-    let client = node.client().await;
-    client
-        .batch_execute("SET search_path = tpch")
-        .await
-        .expect("search_path");
+    let client = tpch_client(&node).await;
     let off = explain_q15(&client).await;
     assert!(!off.contains("SharedExec"), "shared while off:\n{off}");
     client
