@@ -4,7 +4,7 @@
 
     python3 benches/tpcds.py --kit PATH [--scale-factor 1] [--data DIR]
         [--runs 3] [--threads 2] [--timeout 300] [--queries 1,2,...]
-        [--plan] [--duckdb-integer-division]
+        [--plan] [--duckdb-integer-division] [--set NAME=VALUE ...]
         [--quarry target/release/quarry] [--commit SHA]
 
 `--kit` is a checkout of the TPC's TPC-DS kit (its tools built: `make -C
@@ -34,6 +34,8 @@ optimizing and printing the plans; the same warm-up and median), an upper
 bound on its planning time. `--duckdb-integer-division` runs DuckDB with
 `SET integer_division = true`, so that `/` of two integers truncates as in
 PostgreSQL and Quarry (queries 34 and 73 divide integer columns).
+`--set NAME=VALUE` (repeatable) makes a session setting for Quarry's
+queries, e.g. `share_subplans=on`.
 
 Prints the machine, the command, the commit and a Markdown table.
 """
@@ -148,6 +150,7 @@ def main():
     parser.add_argument("--queries")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--duckdb-integer-division", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--quarry", default="target/release/quarry")
     parser.add_argument("--commit")
     args = parser.parse_args()
@@ -175,6 +178,9 @@ def main():
                             autocommit=True)
         q.execute("SET use_query_cache = off")
         q.execute(f"SET statement_timeout = '{args.timeout}s'")
+        for setting in args.set:
+            name, _, value = setting.partition("=")
+            q.execute(f"SET {name} = '{value}'")
 
         def on_quarry(sql):
             return q.execute(sql).fetchall()
@@ -210,7 +216,8 @@ def main():
           f"--timeout {args.timeout} --quarry {args.quarry}"
           + (f" --queries {args.queries}" if args.queries else "")
           + (" --plan" if args.plan else "")
-          + (" --duckdb-integer-division" if args.duckdb_integer_division else ""))
+          + (" --duckdb-integer-division" if args.duckdb_integer_division else "")
+          + "".join(f" --set {setting}" for setting in args.set))
     print(f"commit: {commit}; comparison: DuckDB {duckdb.__version__} ({args.threads} threads, "
           "its own storage, in memory)")
     print(f"load (not timed in the queries): DuckDB {duck_load:.1f} s, Quarry {quarry_load:.1f} s "

@@ -9,7 +9,7 @@
 //! Materialization"), and in DuckDB, its result is computed once here:
 //!
 //! - [`ShareCommonSubqueries`], the last logical optimizer rule, finds the
-//!   aggregations, joins and windows that occur more than once, alike, in
+//!   aggregations and windows that occur more than once, alike, in
 //!   the optimized plan of a statement and its subqueries (a CTE's copies
 //!   are alike unless the optimizer pushed different filters into them, in
 //!   which case each reads less than the whole would), and puts each
@@ -33,9 +33,9 @@
 //! sent before execution.
 //!
 //! Off by default: the session setting `share_subplans = on` turns it on
-//! (benches/RESULTS.md, "Subplans computed once", has the measurements
-//! that keep it off: a shared subplan gets no filter from the joins above
-//! it, which some queries lose more by than they gain).
+//! (benches/RESULTS.md, "Subplans computed once", has the measurements;
+//! a shared subplan gets no dynamic filter from the joins above it, which
+//! is why joins are not shared).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -195,17 +195,17 @@ struct Occurrence {
 }
 
 impl Occurrence {
-    /// `plan` as an occurrence if it is worth sharing: it aggregates, joins
-    /// or windows (a plain scan is cheaper read again than kept), and reads
+    /// `plan` as an occurrence if it is worth sharing: it aggregates or
+    /// windows. Not a join: one under a selective join would lose the
+    /// dynamic filter that join sends its scans (TPC-DS Q39's inventory ⋈
+    /// item ⋈ warehouse, read for one month a copy, or whole when shared);
+    /// nor a plain scan, cheaper read again than kept. And it reads
     /// nothing of an outer query and no volatile function (whose values
     /// each evaluation draws anew).
     fn of(plan: &LogicalPlan) -> Option<Occurrence> {
         if !matches!(
             plan,
-            LogicalPlan::Aggregate(_)
-                | LogicalPlan::Join(_)
-                | LogicalPlan::Window(_)
-                | LogicalPlan::Distinct(_)
+            LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
         ) {
             return None;
         }
